@@ -1,0 +1,3 @@
+"""plano_fast: a fast LLM API gateway compatible with Plano's configuration."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from plano_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Build script for the optional Cython scanner.
+
+The extension is built when Cython and a C compiler are available. When either is
+missing the install still succeeds and ``plano_fast.scan`` falls back to the pure-Python
+twin (``plano_fast._scan_py``), reporting which implementation is active.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build extensions, but never fail the install when a compiler is missing."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any toolchain failure means "use the twin"
+            self._warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+                raise
+            self._warn(exc)
+
+    @staticmethod
+    def _warn(exc: BaseException) -> None:
+        sys.stderr.write(
+            f"plano_fast: the Cython scanner was not built ({exc}); "
+            "the pure-Python scanner will be used\n"
+        )
+
+
+def _extensions() -> list[Extension]:
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        sys.stderr.write("plano_fast: Cython not installed; using the pure-Python scanner\n")
+        return []
+    annotate = os.environ.get("PLANO_FAST_CYTHON_ANNOTATE") == "1"
+    return cythonize(
+        [Extension("plano_fast._scan", ["plano_fast/_scan.pyx"], extra_compile_args=["-O3"])],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+        annotate=annotate,
+    )
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
