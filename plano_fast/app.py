@@ -1,0 +1,170 @@
+"""The application object: owns the listener, the pools, and every background task.
+
+Start order: router -> upstream pool -> listener.  Stop order (ARCHITECTURE.md rule 4):
+stop accepting -> drain in-flight requests (streams included) within the drain timeout ->
+flush usage -> close pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from plano_fast.errors import MethodNotAllowed, NotFound
+from plano_fast.exchange import (
+    CHAT_COMPLETIONS,
+    MESSAGES,
+    RESPONSES,
+    Endpoint,
+    Exchange,
+    ExchangeContext,
+)
+from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
+from plano_fast.routing import Router
+from plano_fast.upstream import UpstreamPool
+from plano_fast.usage import UsageEvent, UsageSink
+
+if TYPE_CHECKING:
+    from plano_fast.config import GatewayConfig
+
+log = logging.getLogger("plano_fast")
+
+_ENDPOINTS: dict[bytes, Endpoint] = {
+    b"/v1/chat/completions": CHAT_COMPLETIONS,
+    b"/chat/completions": CHAT_COMPLETIONS,
+    b"/v1/messages": MESSAGES,
+    b"/v1/responses": RESPONSES,
+}
+
+
+class RecentUsage:
+    """Default usage sink until a store is configured: a bounded in-memory log."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.events: collections.deque[UsageEvent] = collections.deque(maxlen=maxlen)
+        self.total = 0
+
+    def __call__(self, event: UsageEvent) -> None:
+        self.total += 1
+        self.events.append(event)
+
+
+class Gateway:
+    """One gateway process: listener, exchange context, background tasks."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        reuse_port: bool = False,
+        usage_sink: UsageSink | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.config = config
+        settings = config.settings
+        self.host = host if host is not None else config.listener.address
+        self.port = port if port is not None else config.listener.port
+        self.reuse_port = reuse_port
+        self._sock = sock
+        self.limits = ServerLimits(
+            max_header_bytes=settings.max_header_bytes,
+            max_body_bytes=settings.max_body_bytes,
+            request_head_timeout_s=settings.request_head_timeout_s,
+            request_body_timeout_s=config.listener.timeout_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+        )
+        self.router = Router(config)
+        self.usage_sink: UsageSink = usage_sink or RecentUsage()
+        self.connections: set[ServerProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._models_body = json.dumps(
+            {"object": "list", "data": self.router.models_list()}, separators=(",", ":")
+        ).encode()
+        self.pool: UpstreamPool
+        self.ctx: ExchangeContext
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self.config.settings
+        self.pool = UpstreamPool(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            idle_timeout_s=settings.upstream_idle_timeout_s,
+            max_idle_per_origin=settings.upstream_pool_max_idle_per_origin,
+            dns_ttl_s=settings.dns_ttl_s,
+        )
+        timeout_s = self.config.listener.timeout_s
+        self.ctx = ExchangeContext(self.router, self.pool, self.usage_sink, timeout_s, timeout_s)
+        loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(self._protocol_factory, sock=self._sock)
+        else:
+            self._server = await loop.create_server(
+                self._protocol_factory,
+                self.host,
+                self.port,
+                reuse_port=self.reuse_port or None,
+                backlog=2048,
+            )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._tasks.append(loop.create_task(self._housekeeping()))
+        log.info("listening on %s:%d", self.host, self.port)
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Graceful stop: refuse new connections, let in-flight exchanges finish."""
+        if drain_timeout_s is None:
+            drain_timeout_s = self.config.settings.drain_timeout_s
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout_s
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.pool.sweep()
+
+    # -- connections ------------------------------------------------------------------
+    def _protocol_factory(self) -> ServerProtocol:
+        proto = ServerProtocol(self.handle, self.limits, self.connections.discard)
+        self.connections.add(proto)
+        return proto
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        """Dispatch by path; forwarded endpoints become an Exchange."""
+        endpoint = _ENDPOINTS.get(request.path)
+        if endpoint is not None:
+            if request.method != b"POST":
+                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+            await Exchange(self.ctx, request, responder, endpoint).run()
+            return
+        path = request.path
+        if path in (b"/healthz", b"/health"):
+            responder.send_simple(200, b'{"status":"ok"}')
+            return
+        if path in (b"/v1/models", b"/models"):
+            if request.method != b"GET":
+                raise MethodNotAllowed("/v1/models accepts GET only")
+            responder.send_simple(200, self._models_body)
+            return
+        raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")

@@ -1,0 +1,382 @@
+"""The exchange: the one place that holds policy for a forwarded request.
+
+Phases (Pingora's habit): identify the body's model -> route -> rewrite headers and body ->
+forward through the pool -> relay and observe the response -> settle a usage event.  The
+protocol below it owns bytes; the pool owns connections; this module decides.
+
+Relaying happens in callbacks (``on_upstream_*``) invoked from the upstream connection's
+``data_received``: a response chunk goes from one socket to the other in the same loop
+iteration, passing through the usage scanner, which only looks unless it has to strip the
+usage-only chunk the gateway itself asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING
+
+from plano_fast import scan
+from plano_fast.errors import (
+    BadRequestBody,
+    ClientError,
+    GatewayError,
+    UnknownModelError,
+    UpstreamError,
+)
+from plano_fast.routing import UnknownModel
+from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamPool
+from plano_fast.usage import (
+    STATUS_CLIENT_GONE,
+    STATUS_OK,
+    STATUS_UPSTREAM_ERROR,
+    STATUS_UPSTREAM_FAILED,
+    STATUS_USAGE_MISSING,
+    UsageEvent,
+    UsageSink,
+)
+
+if TYPE_CHECKING:
+    from plano_fast.config import ModelProvider
+    from plano_fast.http_server import Request, Responder
+    from plano_fast.routing import Router
+
+# Client credentials that must never reach a provider the gateway authenticates itself.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+# Recomputed or meaningless for the upstream hop.  accept-encoding is dropped so the
+# provider answers in identity encoding: usage cannot be read from a gzip stream.
+DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"accept-encoding",
+}
+DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+
+_REQUEST_PREFIX = os.urandom(4).hex()
+_request_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique per process and across workers; cheaper than uuid4 on the hot path."""
+    return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
+
+
+class Endpoint:
+    """What a client endpoint means for routing and scanning."""
+
+    __slots__ = ("name", "scan_api", "wire_api")
+
+    def __init__(self, name: str, scan_api: int, wire_api: str) -> None:
+        self.name = name
+        self.scan_api = scan_api
+        self.wire_api = wire_api
+
+
+CHAT_COMPLETIONS = Endpoint("chat_completions", scan.API_OPENAI_CHAT, "openai")
+RESPONSES = Endpoint("responses", scan.API_OPENAI_RESPONSES, "openai")
+MESSAGES = Endpoint("messages", scan.API_ANTHROPIC, "anthropic")
+
+
+def upstream_path(provider: ModelProvider, endpoint: Endpoint) -> bytes | None:
+    """The provider path serving ``endpoint``, or None when it cannot be served."""
+    if endpoint is MESSAGES:
+        path = provider.messages_path
+    elif endpoint is CHAT_COMPLETIONS:
+        path = provider.chat_completions_path
+    else:
+        chat = provider.chat_completions_path
+        if provider.wire_api != "openai" or chat is None or not chat.endswith("/chat/completions"):
+            return None
+        path = chat[: -len("/chat/completions")] + "/responses"
+    return path.encode() if path else None
+
+
+class ExchangeContext:
+    """Shared, long-lived state every exchange needs (owned by the Gateway)."""
+
+    __slots__ = ("router", "pool", "usage_sink", "first_byte_timeout_s", "idle_timeout_s")
+
+    def __init__(
+        self,
+        router: Router,
+        pool: UpstreamPool,
+        usage_sink: UsageSink,
+        first_byte_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        self.router = router
+        self.pool = pool
+        self.usage_sink = usage_sink
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+
+
+class Exchange:
+    """One forwarded request: the ResponseSink of its upstream connection."""
+
+    __slots__ = (
+        "ctx",
+        "request",
+        "responder",
+        "endpoint",
+        "provider",
+        "origin",
+        "model",
+        "streaming",
+        "scanner",
+        "conn",
+        "done",
+        "status",
+        "started_ns",
+        "request_id",
+        "attempts",
+        "outcome",
+        "_upstream_data",
+        "_error",
+    )
+
+    def __init__(
+        self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
+    ) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.responder = responder
+        self.endpoint = endpoint
+        self.started_ns = time.time_ns()
+        self.request_id = ""
+        self.status = 0
+        self.attempts = 0
+        self.outcome = ""
+        self.conn: UpstreamConnection | None = None
+        self.scanner: scan.UsageScanner | None = None
+        self.model: str | None = None
+        self.streaming = False
+        self._error: GatewayError | None = None
+
+    # -- phases -----------------------------------------------------------------------
+    async def run(self) -> None:
+        request = self.request
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            route = self.ctx.router.resolve(fields.model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        provider = route.provider
+        path = upstream_path(provider, self.endpoint)
+        if path is None:
+            raise ClientError(
+                f"model '{fields.model}' is served by provider '{provider.name}', which does "
+                f"not support the {self.endpoint.name} API"
+            )
+        self.provider = provider
+        self.model = route.upstream_model or fields.model
+        self.streaming = fields.stream
+        # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
+        # client that did not ask for it, so every stream can be billed.
+        inject = (
+            fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
+        )
+        body = scan.rewrite_request(
+            request.body,
+            model=route.upstream_model if route.rewrite else None,
+            inject_include_usage=inject,
+        )
+        self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+        client_id = request.header(b"x-request-id")
+        self.request_id = client_id.decode("latin-1")[:128] if client_id else new_request_id()
+        self._upstream_data = self._build_upstream_request(provider, path, body)
+        self.origin = origin_of(provider)
+        await self._forward()
+
+    def _build_upstream_request(
+        self, provider: ModelProvider, path: bytes, body: bytes
+    ) -> list[bytes]:
+        request = self.request
+        target = path + b"?" + request.query if request.query else path
+        parts = [request.method + b" " + target + b" HTTP/1.1\r\n"]
+        passthrough = provider.passthrough_auth
+        connection_tokens = _connection_tokens(request.headers)
+        seen_version = False
+        for name, value in request.headers:
+            if name in DROPPED_REQUEST_HEADERS or name.startswith(b"x-xproxy-"):
+                continue
+            if connection_tokens and name in connection_tokens:
+                continue
+            if not passthrough and name in CREDENTIAL_HEADERS:
+                continue
+            if name == b"anthropic-version":
+                seen_version = True
+            parts.append(name + b": " + value + b"\r\n")
+        if not passthrough:
+            for name, value in provider.auth_headers:
+                if name == b"anthropic-version" and seen_version:
+                    continue
+                parts.append(name + b": " + value + b"\r\n")
+        for name, value in provider.extra_headers:
+            parts.append(name + b": " + value + b"\r\n")
+        if request.header(b"x-request-id") is None:
+            parts.append(b"x-request-id: " + self.request_id.encode() + b"\r\n")
+        parts.append(b"host: " + provider.host_header.encode() + b"\r\n")
+        parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        return [b"".join(parts), body]
+
+    async def _forward(self) -> None:
+        pool = self.ctx.pool
+        loop = pool.loop
+        while True:
+            self.attempts += 1
+            conn = pool.take_idle(self.origin) if self.attempts == 1 else None
+            if conn is None:
+                try:
+                    conn = await pool.connect(self.origin)
+                except UpstreamError as exc:
+                    if exc.retryable and self.attempts == 1:
+                        continue
+                    self._settle(STATUS_UPSTREAM_FAILED, exc.status)
+                    raise
+            self.done = loop.create_future()
+            self._error = None
+            self.conn = conn
+            self.responder.upstream = conn
+            conn.send_request(
+                self._upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
+            )
+            try:
+                retry = await self.done
+            except asyncio.CancelledError:
+                # The client went away: drop the upstream response, bill what was seen.
+                if self.conn is not None:
+                    self.conn.detach()
+                    self.conn = None
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+            if not retry:
+                return
+
+    # -- ResponseSink -----------------------------------------------------------------
+    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
+        self.status = status
+        content_length: int | None = None
+        out: list[Header] = []
+        for name, value in headers:
+            if name in DROPPED_RESPONSE_HEADERS:
+                if name == b"content-length" and not chunked:
+                    content_length = int(value)
+                continue
+            out.append((name, value))
+        out.append((b"x-request-id", self.request_id.encode()))
+        scanner = self.scanner
+        if scanner is not None and status >= 400:
+            # Errors are relayed as they are; the scanner still notes the error body.
+            scanner = self.scanner = scan.UsageScanner(self.endpoint.scan_api, False, False)
+        if content_length is not None and scanner is not None and self._may_rewrite_body():
+            content_length = None  # the stripped body is shorter: send it chunked
+        self.responder.send_head(status, out, content_length)
+
+    def _may_rewrite_body(self) -> bool:
+        return self.streaming and self.status < 400
+
+    def on_upstream_body(self, data: bytes) -> None:
+        responder = self.responder
+        if not responder.client_connected:
+            return
+        scanner = self.scanner
+        if scanner is not None:
+            data = scanner.feed(data)
+        responder.send_body(data)
+
+    def on_upstream_complete(self) -> None:
+        self.conn = None
+        responder = self.responder
+        scanner = self.scanner
+        if scanner is not None:
+            tail = scanner.finish()
+            if tail:
+                responder.send_body(tail)
+        if self.status >= 400:
+            outcome = STATUS_UPSTREAM_ERROR
+        elif scanner is not None and scanner.result().has_usage:
+            outcome = STATUS_OK
+        else:
+            outcome = STATUS_USAGE_MISSING
+        self._settle(outcome, self.status)
+        responder.end()
+        if not self.done.done():
+            self.done.set_result(False)
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        self.conn = None
+        if self.done.done():
+            return
+        if retry_safe and self.attempts == 1 and not self.responder.head_sent:
+            self.done.set_result(True)  # once more, on a fresh connection
+            return
+        self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
+        self.responder.send_error(error, self.request.api_format)
+        self.done.set_result(False)
+
+    def on_upstream_pause_writing(self) -> None:
+        self.responder.pause_client_reading()
+
+    def on_upstream_resume_writing(self) -> None:
+        self.responder.resume_client_reading()
+
+    # -- settle -----------------------------------------------------------------------
+    def _settle(self, outcome: str, http_status: int) -> None:
+        if self.outcome:
+            return
+        self.outcome = outcome
+        scanner = self.scanner
+        if scanner is not None:
+            usage = scanner.result()
+            event = UsageEvent(
+                request_id=self.request_id,
+                time_ns=self.started_ns,
+                provider=self.provider.provider,
+                model=usage.model or self.model,
+                streaming=self.streaming,
+                status=outcome,
+                http_status=http_status,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                has_usage=usage.has_usage,
+                duration_ms=(time.time_ns() - self.started_ns) / 1e6,
+            )
+        else:
+            event = UsageEvent(
+                request_id=self.request_id,
+                time_ns=self.started_ns,
+                provider=self.provider.provider,
+                model=self.model,
+                streaming=self.streaming,
+                status=outcome,
+                http_status=http_status,
+                duration_ms=(time.time_ns() - self.started_ns) / 1e6,
+            )
+        self.ctx.usage_sink(event)
+
+
+def _connection_tokens(headers: list[Header]) -> frozenset[bytes] | None:
+    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[bytes] | None = None
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token and token not in (b"keep-alive", b"close"):
+                    tokens = tokens or set()
+                    tokens.add(token)
+    return frozenset(tokens) if tokens else None
+
+
+def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:
+    return ("https" if provider.tls else "http", provider.host, provider.port, egress)

@@ -1,0 +1,625 @@
+"""The downstream HTTP/1.1 server: one ``ServerProtocol`` per client connection.
+
+Theory of operation
+-------------------
+The protocol owns bytes and connection state and knows nothing of providers, projects or
+budgets.  httptools (llhttp) parses the request; llhttp already refuses the classic
+smuggling shapes (Content-Length together with Transfer-Encoding, duplicate or non-numeric
+Content-Length, Transfer-Encoding not ending in ``chunked``) and we add the rest of RFC 9112
+§6.1: any Transfer-Encoding other than exactly ``chunked`` (we could not decode it) and a
+Transfer-Encoding on an HTTP/1.0 request are refused.  Every framing error is answered with
+400 and the connection is closed, because after a framing error the next byte's meaning is
+unknowable.
+
+A request is handed to the ``handler`` (the exchange) only once its body is complete: LLM
+requests must be routed on the ``model`` inside the body, so the body is needed before the
+first upstream byte can be sent.  The body is bounded by ``max_body_bytes`` (413).
+
+Pipelined requests are answered in order: while one exchange runs, later requests are
+parsed into a queue and reading pauses, so a client can never make us buffer more than one
+extra request (uvicorn's approach).
+
+Flow control runs both ways (``Responder``): when the client's socket buffer passes the
+high-water mark, reading from the upstream connection relaying to it pauses; when the
+upstream's socket buffer fills while we send it a request, reading from the client pauses.
+Memory per connection is therefore bounded by the write-buffer high-water mark plus one
+socket read, whatever the size of the stream.
+
+Limits and their precedents: header section 32 KiB by default (nginx uses 4 x 8 KiB large
+header buffers, node 16 KiB; LLM clients send big ``anthropic-beta`` and tracing headers),
+request head timeout 10 s (nginx ``client_header_timeout`` is 60 s, uvicorn has none; a slow
+loris is cheap to refuse), keep-alive idle 60 s (nginx 75 s, AWS ALB 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httptools
+
+from plano_fast.errors import (
+    ApiFormat,
+    BodyTooLarge,
+    GatewayError,
+    HeadersTooLarge,
+    MalformedRequest,
+    RequestHeadTimeout,
+    api_format_for_path,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+Header = tuple[bytes, bytes]
+
+# Write-buffer water marks for client transports.  64 KiB keeps a few SSE events in
+# flight without letting a slow reader grow memory; measured in the 1 GiB slow-reader test.
+CLIENT_WRITE_HIGH_WATER = 64 * 1024
+CLIENT_WRITE_LOW_WATER = 16 * 1024
+
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
+_STATUS_LINES[529] = b"HTTP/1.1 529 Overloaded\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+class _DateHeader:
+    """``date:`` header bytes, rebuilt at most once a second rather than per response."""
+
+    __slots__ = ("_second", "value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self.value = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.value
+
+
+DATE_HEADER = _DateHeader()
+SERVER_HEADER = b"server: plano_fast\r\n"
+
+
+class Request:
+    """One parsed request, complete with its body.  Header names are lowercased."""
+
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "keep_alive", "api_format")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        body: bytes,
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        path, sep, query = target.partition(b"?")
+        self.path = path
+        self.query = query if sep else b""
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.api_format = api_format_for_path(path)
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (``name`` lowercased)."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class UpstreamReader(Protocol):
+    """What the responder pauses when the client reads slowly (an upstream transport)."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class ServerLimits:
+    """Per-listener limits, validated once at start-up."""
+
+    __slots__ = (
+        "max_header_bytes",
+        "max_body_bytes",
+        "request_head_timeout_s",
+        "request_body_timeout_s",
+        "keepalive_timeout_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_header_bytes: int = 32 * 1024,
+        max_body_bytes: int = 32 * 1024 * 1024,
+        request_head_timeout_s: float = 10.0,
+        request_body_timeout_s: float = 300.0,
+        keepalive_timeout_s: float = 60.0,
+    ) -> None:
+        if min(max_header_bytes, max_body_bytes) <= 0:
+            raise ValueError("size limits must be positive")
+        if min(request_head_timeout_s, request_body_timeout_s, keepalive_timeout_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.request_head_timeout_s = request_head_timeout_s
+        self.request_body_timeout_s = request_body_timeout_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+
+
+class Responder:
+    """The write side of one exchange: response framing and client-side flow control.
+
+    Created per request by the protocol; the exchange writes through it.  ``send_head``
+    chooses the framing: a known ``content_length`` is sent as is, otherwise the body is
+    sent chunked (HTTP/1.1) or delimited by closing the connection (HTTP/1.0 clients).
+    """
+
+    __slots__ = (
+        "_proto",
+        "_transport",
+        "head_sent",
+        "finished",
+        "_chunked",
+        "_close_after",
+        "upstream",
+        "bytes_sent",
+    )
+
+    def __init__(self, proto: ServerProtocol, keep_alive: bool) -> None:
+        self._proto = proto
+        self._transport = proto.transport
+        self.head_sent = False
+        self.finished = False
+        self._chunked = False
+        self._close_after = not keep_alive
+        #: the upstream transport relaying to this client; paused when the client is slow
+        self.upstream: UpstreamReader | None = None
+        self.bytes_sent = 0
+
+    @property
+    def closing(self) -> bool:
+        return self._close_after or self._proto.draining
+
+    def send_head(
+        self, status: int, headers: list[Header] | tuple[Header, ...], content_length: int | None
+    ) -> None:
+        parts = [status_line(status)]
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
+        if content_length is not None:
+            parts.append(b"content-length: %d\r\n" % content_length)
+        elif self._proto.http11:
+            self._chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self._close_after = True
+        if self.closing:
+            self._close_after = True
+            parts.append(b"connection: close\r\n")
+        parts.append(DATE_HEADER.get())
+        parts.append(SERVER_HEADER)
+        parts.append(b"\r\n")
+        self.head_sent = True
+        self._transport.write(b"".join(parts))
+
+    def send_body(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        n = len(data)
+        self.bytes_sent += n
+        if self._chunked:
+            self._transport.writelines((b"%x\r\n" % n, data, b"\r\n"))
+        else:
+            self._transport.write(data)
+
+    def end(self) -> None:
+        """The response is complete: terminate framing and move to the next request."""
+        if self.finished:
+            return
+        self.finished = True
+        self.upstream = None
+        if self._chunked:
+            self._transport.write(b"0\r\n\r\n")
+        self._proto.exchange_done(self, self._close_after)
+
+    def abort(self) -> None:
+        """The response cannot be completed (upstream broke mid-body): drop the connection.
+
+        Closing without the terminating chunk tells the client the body is incomplete,
+        which is the only honest signal left once the status line has gone out.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        self.upstream = None
+        self._proto.exchange_done(self, True, abort=True)
+
+    def send_error(self, error: GatewayError, fmt: ApiFormat) -> None:
+        """Answer with a gateway error, if nothing has been sent yet; otherwise abort."""
+        if self.head_sent:
+            self.abort()
+            return
+        if error.close_connection:
+            self._close_after = True
+        body = error.body(fmt)
+        self.send_head(error.status, ((b"content-type", b"application/json"),), len(body))
+        self.send_body(body)
+        self.end()
+
+    def send_simple(
+        self, status: int, body: bytes, content_type: bytes = b"application/json"
+    ) -> None:
+        self.send_head(status, ((b"content-type", content_type),), len(body))
+        self.send_body(body)
+        self.end()
+
+    def pause_client_reading(self) -> None:
+        self._proto.pause_client_reading()
+
+    def resume_client_reading(self) -> None:
+        self._proto.resume_client_reading()
+
+    @property
+    def client_connected(self) -> bool:
+        return not self._proto.lost
+
+    def client_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+
+class ServerProtocol(asyncio.Protocol):
+    """One client connection: parse, enforce limits, run exchanges in order."""
+
+    __slots__ = (
+        "transport",
+        "loop",
+        "_handler",
+        "_limits",
+        "_on_close",
+        "_parser",
+        "_headers",
+        "_url",
+        "_head_bytes",
+        "_body_parts",
+        "_body_bytes",
+        "_headers_done",
+        "_pending",
+        "_active",
+        "_timer",
+        "_reading_paused",
+        "_writing_paused",
+        "_expect_continue",
+        "_te_seen",
+        "_in_head",
+        "_head_raw",
+        "_broken",
+        "http11",
+        "draining",
+        "lost",
+        "tasks",
+    )
+
+    def __init__(
+        self,
+        handler: Callable[[Request, Responder], Coroutine[Any, Any, None]],
+        limits: ServerLimits,
+        on_close: Callable[[ServerProtocol], None] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._handler = handler
+        self._limits = limits
+        self._on_close = on_close
+        self._parser = httptools.HttpRequestParser(self)
+        self._headers: list[Header] = []
+        self._url = b""
+        self._head_bytes = 0
+        self._body_parts: list[bytes] = []
+        self._body_bytes = 0
+        self._headers_done = False
+        self._pending: collections.deque[Request] = collections.deque()
+        self._active: Responder | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._expect_continue = False
+        self._te_seen = False
+        self._in_head = True
+        self._head_raw = 0
+        self._broken = False
+        self.http11 = True
+        self.draining = False
+        self.lost = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- asyncio callbacks ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(CLIENT_WRITE_HIGH_WATER, CLIENT_WRITE_LOW_WATER)
+        self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return  # after a framing error nothing more is read
+        try:
+            self._parser.feed_data(data)
+            if self._in_head:
+                # httptools buffers a header until it ends, so a client that never ends
+                # one must be stopped here: the bound is the limit plus one socket read.
+                self._head_raw += len(data)
+                if self._head_raw > self._limits.max_header_bytes:
+                    raise HeadersTooLarge(
+                        f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
+                    )
+        except HeadersTooLarge as exc:
+            self._refuse(exc)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, GatewayError):
+                self._refuse(cause)
+            else:  # a bug in a callback: answer rather than hang
+                self._refuse(MalformedRequest(f"malformed request: {exc}"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(MalformedRequest("protocol upgrade is not supported"))
+        except httptools.HttpParserError as exc:
+            self._refuse(MalformedRequest(f"malformed request: {_parser_reason(exc)}"))
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read the answer to what it already sent.
+        if self._active is None and not self._pending:
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._cancel_timer()
+        active = self._active
+        if active is not None and active.upstream is not None:
+            # Unblock a paused upstream so the exchange can notice and clean up.
+            active.upstream.resume_reading()
+        for task in self.tasks:
+            task.cancel()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        active = self._active
+        if active is not None and active.upstream is not None:
+            active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        active = self._active
+        if active is not None and active.upstream is not None:
+            active.upstream.resume_reading()
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._url = b""
+        self._head_bytes = 0
+        self._body_parts = []
+        self._body_bytes = 0
+        self._headers_done = False
+        self._expect_continue = False
+        self._te_seen = False
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HeadersTooLarge("request line and headers exceed the size limit")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
+            )
+        name = name.lower()
+        if name == b"transfer-encoding":
+            if self._te_seen or value.strip().lower() != b"chunked":
+                raise MalformedRequest(
+                    "unsupported Transfer-Encoding: only a single 'chunked' is accepted"
+                )
+            self._te_seen = True
+        elif name == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise MalformedRequest("unsupported Expect header")
+            self._expect_continue = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self.http11 = parser.get_http_version() == "1.1"
+        if self._te_seen and not self.http11:
+            raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
+        self._headers_done = True
+        self._in_head = False
+        self._head_raw = 0
+        # The head arrived in time; the body now gets the listener's request timeout.
+        if self._active is None:
+            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+        for name, value in self._headers:
+            if name == b"content-length" and int(value) > self._limits.max_body_bytes:
+                raise BodyTooLarge(
+                    f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"
+                )
+        if self._expect_continue and self._active is None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._expect_continue = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            raise BodyTooLarge(
+                f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"
+            )
+        self._body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        parts = self._body_parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._body_parts = []
+        request = Request(
+            self._parser.get_method(),
+            self._url,
+            self._headers,
+            body,
+            self._parser.should_keep_alive(),
+        )
+        self._headers_done = False
+        if self._active is None:
+            self._start(request)
+        else:
+            # Pipelined: answer in order; stop reading so at most one request waits.
+            self._pending.append(request)
+            self._pause_reading()
+
+    # -- exchange lifecycle -----------------------------------------------------------
+    def _start(self, request: Request) -> None:
+        self._cancel_timer()
+        responder = Responder(self, request.keep_alive and not self.draining)
+        self._active = responder
+        task = self.loop.create_task(self._run(request, responder))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, request: Request, responder: Responder) -> None:
+        try:
+            await self._handler(request, responder)
+        except asyncio.CancelledError:
+            if not responder.finished:
+                responder.abort()
+            raise
+        except GatewayError as exc:
+            responder.send_error(exc, request.api_format)
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
+            self.loop.call_exception_handler(
+                {"message": "unhandled error in request handler", "exception": exc}
+            )
+            responder.send_error(GatewayError("internal gateway error"), request.api_format)
+        if not responder.finished:
+            responder.send_error(GatewayError("handler returned without a response"), request.api_format)
+
+    def exchange_done(self, responder: Responder, close: bool, abort: bool = False) -> None:
+        if responder is not self._active:
+            return
+        self._active = None
+        if self.lost:
+            return
+        if abort:
+            self.transport.abort()
+            return
+        if close or self.draining:
+            self.transport.close()
+            return
+        if self._pending:
+            self._start(self._pending.popleft())
+            if not self._pending:
+                self._resume_reading()
+            return
+        self._resume_reading()
+        if self._headers_done:
+            # The next request's head is in; its body is still arriving.
+            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+        elif self._head_bytes:
+            self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
+        else:
+            self._arm(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Answer a request that cannot be parsed or accepted, then close."""
+        self._broken = True
+        self._cancel_timer()
+        self._pause_reading()
+        fmt = api_format_for_path(self._url.partition(b"?")[0]) if self._url else ApiFormat.OPENAI
+        if self._active is not None:
+            # An exchange is still answering an earlier request; the client's later bytes
+            # are garbage, so finish that answer and close.
+            self._active._close_after = True
+            return
+        responder = Responder(self, keep_alive=False)
+        self._active = responder
+        responder.send_error(error, fmt)
+
+    # -- shutdown ---------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Graceful: close now if idle, otherwise after the in-flight response."""
+        self.draining = True
+        if self._active is None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.lost:
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self._active is None
+
+    # -- timers and reading -----------------------------------------------------------
+    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay_s, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._timer = None
+        if self._active is None and not self.lost:
+            self._refuse(RequestHeadTimeout("request was not received within the time limit"))
+
+    def _on_idle_timeout(self) -> None:
+        self._timer = None
+        if self._active is None and not self.lost:
+            self.transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.lost:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # Used by the exchange while it writes a request upstream (upstream flow control).
+    def pause_client_reading(self) -> None:
+        self._pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if not self._pending:
+            self._resume_reading()
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__

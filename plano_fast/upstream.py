@@ -1,0 +1,427 @@
+"""The upstream side: keep-alive connection pools per origin, DNS cache, response relay.
+
+One ``UpstreamConnection`` (an asyncio.Protocol) carries one request at a time.  Its
+response is parsed by httptools and each parsed piece is handed to the ``ResponseSink``
+(the exchange) straight from ``data_received`` — no task, no queue, no await per chunk —
+so an SSE event reaches the client in the same loop iteration it arrived in.
+
+Pool rules (after httpcore): all pool state changes in one synchronous step; idle
+connections are kept LIFO (the most recently used is the most likely to still be open); a
+connection is dropped when it has been idle longer than ``idle_timeout_s`` or when the
+server closed it (``connection_lost`` while idle removes it at once).  Errors are
+translated into gateway errors at this one boundary, each saying whether a retry is safe:
+only a connect failure, or a *reused* connection that died before any response byte, may
+be retried — then on a fresh connection, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from typing import Protocol
+
+import httptools
+
+from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+
+Header = tuple[bytes, bytes]
+
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1).  Never relayed in
+# either direction; framing is redone for each side.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Upstream write-buffer marks: past the high mark the client stops being read.
+UPSTREAM_WRITE_HIGH_WATER = 256 * 1024
+UPSTREAM_WRITE_LOW_WATER = 64 * 1024
+
+
+class ResponseSink(Protocol):
+    """Receives one upstream response as it is parsed (implemented by the exchange)."""
+
+    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None: ...
+
+    def on_upstream_body(self, data: bytes) -> None: ...
+
+    def on_upstream_complete(self) -> None: ...
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None: ...
+
+    def on_upstream_pause_writing(self) -> None: ...
+
+    def on_upstream_resume_writing(self) -> None: ...
+
+
+Origin = tuple[str, str, int, str | None]  # scheme, host, port, local (egress) address
+
+
+class DnsCache:
+    """getaddrinfo results cached for ``ttl_s``; IP literals bypass it."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host)
+                return [(family, host)]
+            except OSError:
+                pass
+        now = time.monotonic()
+        entry = self._entries.get((host, port))
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[tuple[int, str]] = []
+        for family, _, _, _, sockaddr in infos:
+            item = (int(family), str(sockaddr[0]))
+            if item not in addresses:
+                addresses.append(item)
+        if not addresses:
+            raise OSError(f"no address for {host}")
+        self._entries[(host, port)] = (now + self._ttl_s, addresses)
+        return addresses
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a provider; one request at a time."""
+
+    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
+        self._pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        self._headers: list[Header] = []
+        self._chunked = False
+        self._has_length = False
+        self._head_seen = False
+        self._received_any = False
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_byte_timeout_s = 0.0
+        self._idle_timeout_s = 0.0
+        self._last_rx = 0.0
+        self.reused = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests_served = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("active" if self._sink else "idle")
+        return f"<UpstreamConnection {self.origin[0]}://{self.origin[1]}:{self.origin[2]} {state}>"
+
+    # -- used by the exchange ---------------------------------------------------------
+    def send_request(
+        self,
+        data: list[bytes],
+        sink: ResponseSink,
+        first_byte_timeout_s: float,
+        idle_timeout_s: float,
+    ) -> None:
+        assert self.transport is not None and self._sink is None
+        self._sink = sink
+        self._received_any = False
+        self._headers = []
+        self._chunked = False
+        self._has_length = False
+        self._head_seen = False
+        self._first_byte_timeout_s = first_byte_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        loop = self._pool.loop
+        self._last_rx = loop.time()
+        self._timer = loop.call_later(first_byte_timeout_s, self._on_timer)
+        self.transport.writelines(data)
+
+    def detach(self) -> None:
+        """The exchange gives up on this response (client gone): close, never reuse."""
+        self._sink = None
+        self._close()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self._last_rx = self._pool.loop.time()
+            self.transport.resume_reading()
+
+    # -- asyncio callbacks ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(UPSTREAM_WRITE_HIGH_WATER, UPSTREAM_WRITE_LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:
+            # Bytes on an idle connection: the server is confused; never reuse it.
+            self._close()
+            return
+        self._received_any = True
+        self._last_rx = self._pool.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # The sink raised while handling a piece; it has already dealt with it.
+            cause = exc.__context__
+            self._fail(UpstreamError(f"error relaying upstream response: {cause!r}"), False)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"invalid response from upstream: {exc}"), False)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self._pool.forget(self)
+        sink = self._sink
+        if sink is None:
+            return
+        if self._head_seen and not self._chunked and not self._has_length:
+            # A close-delimited body (RFC 9112 §6.3 rule 8) ends with the connection.
+            self._sink = None
+            sink.on_upstream_complete()
+            return
+        if not self._received_any:
+            self._fail(
+                UpstreamConnectError("upstream closed the connection before responding"),
+                retry_safe=self.reused,
+            )
+        else:
+            self._fail(UpstreamError("upstream closed the connection mid-response"), False)
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.on_upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.on_upstream_resume_writing()
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            self._chunked = True
+        elif name == b"content-length":
+            self._has_length = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx interim responses (100 Continue, 103 Early Hints) are not relayed.
+            self._headers = []
+            self._chunked = False
+            self._has_length = False
+            return
+        assert self._sink is not None
+        self._head_seen = True
+        self._sink.on_upstream_head(status, self._headers, self._chunked)
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            return
+        sink = self._sink
+        self._sink = None
+        self._cancel_timer()
+        self.requests_served += 1
+        keep = self._parser.should_keep_alive() and not self.closed
+        if keep:
+            # Reset for the next response before handing the connection back.
+            self._parser = httptools.HttpResponseParser(self)
+            self._pool.release(self)
+        else:
+            self._close()
+        if sink is not None:
+            sink.on_upstream_complete()
+
+    # -- internals --------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._sink is None or self.closed:
+            return
+        loop = self._pool.loop
+        if not self._received_any:
+            self._fail(UpstreamTimeout("upstream did not respond within the timeout"), False)
+            return
+        if self._reading_paused:
+            # The client is slow, not the provider: keep waiting.
+            self._timer = loop.call_later(self._idle_timeout_s, self._on_timer)
+            return
+        remaining = self._last_rx + self._idle_timeout_s - loop.time()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._on_timer)
+            return
+        self._fail(UpstreamTimeout("upstream stalled mid-response"), False)
+
+    def _fail(self, error: UpstreamError, retry_safe: bool) -> None:
+        sink = self._sink
+        self._sink = None
+        self._close()
+        if sink is not None:
+            sink.on_upstream_error(error, retry_safe)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if not self.closed:
+            self.closed = True
+            self._pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin (scheme, host, port, egress address)."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        idle_timeout_s: float,
+        max_idle_per_origin: int,
+        dns_ttl_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_idle_per_origin = max_idle_per_origin
+        self.dns = DnsCache(dns_ttl_s)
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[UpstreamConnection]] = {}
+        self.connections_opened = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        idle = sum(len(v) for v in self._idle.values())
+        return f"<UpstreamPool idle={idle} opened={self.connections_opened}>"
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            # Verified against the system CA store; HTTP/1.1 only.
+            ctx = ssl.create_default_context()
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ssl = ctx
+        return self._ssl
+
+    def take_idle(self, origin: Origin) -> UpstreamConnection | None:
+        stack = self._idle.get(origin)
+        if not stack:
+            return None
+        now = self.loop.time()
+        while stack:
+            conn = stack.pop()
+            if conn.closed or now - conn.idle_since > self.idle_timeout_s:
+                conn._close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
+    async def connect(self, origin: Origin) -> UpstreamConnection:
+        scheme, host, port, local_addr = origin
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                addresses = await self.dns.resolve(host, port)
+                last_exc: BaseException | None = None
+                for family, address in addresses:
+                    try:
+                        _, proto = await self.loop.create_connection(
+                            lambda: UpstreamConnection(self, origin),
+                            address,
+                            port,
+                            family=family,
+                            ssl=self.ssl_context() if scheme == "https" else None,
+                            server_hostname=host if scheme == "https" else None,
+                            local_addr=(local_addr, 0) if local_addr else None,
+                        )
+                        break
+                    except OSError as exc:
+                        last_exc = exc
+                else:
+                    raise last_exc or OSError("no address")
+        except TimeoutError:
+            raise UpstreamConnectError(
+                f"timed out connecting to upstream {host}:{port}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(f"TLS error with upstream {host}:{port}: {exc.reason}") from None
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        assert isinstance(proto, UpstreamConnection)
+        sock = proto.transport.get_extra_info("socket") if proto.transport else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.connections_opened += 1
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed or conn.closed:
+            conn._close()
+            return
+        stack = self._idle.setdefault(conn.origin, [])
+        if len(stack) >= self.max_idle_per_origin:
+            conn._close()
+            return
+        conn.idle_since = self.loop.time()
+        stack.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        stack = self._idle.get(conn.origin)
+        if stack and conn in stack:
+            stack.remove(conn)
+
+    def sweep(self) -> None:
+        """Close idle connections past their idle timeout (called periodically)."""
+        now = self.loop.time()
+        for stack in self._idle.values():
+            for conn in [c for c in stack if now - c.idle_since > self.idle_timeout_s]:
+                conn._close()
+
+    def close(self) -> None:
+        self.closed = True
+        for stack in list(self._idle.values()):
+            for conn in list(stack):
+                conn._close()
+        self._idle.clear()
+

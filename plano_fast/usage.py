@@ -1,0 +1,42 @@
+"""The usage record every forwarded request ends as.
+
+The request path builds one ``UsageEvent`` per exchange and hands it to a ``UsageSink``
+without awaiting anything; the billing pipeline (queue, flusher, pricing) consumes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Outcome of an exchange, as stored in usage_log.status.
+STATUS_OK = "ok"  # provider answered 2xx and usage was read
+STATUS_USAGE_MISSING = "usage_missing"  # 2xx but the response carried no usage block
+STATUS_UPSTREAM_ERROR = "upstream_error"  # provider answered >= 400
+STATUS_UPSTREAM_FAILED = "upstream_failed"  # connection failed / reset / timed out
+STATUS_CLIENT_GONE = "client_disconnected"  # the client left before the response ended
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    """One exchange's usage, as read off the wire.  Tokens are provider-reported counts."""
+
+    request_id: str
+    time_ns: int
+    provider: str
+    model: str | None
+    streaming: bool
+    status: str
+    http_status: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    has_usage: bool = False
+    project_id: str | None = None
+    key_hash: str | None = None
+    duration_ms: float = 0.0
+
+
+UsageSink = Callable[[UsageEvent], None]

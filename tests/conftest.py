@@ -1,0 +1,42 @@
+"""Shared fixtures: the shipped fake provider and the real gateway as a subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess, write_config
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProviderThread]:
+    with FakeProviderThread() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    config = write_config(tmp_path_factory.mktemp("gw") / "plano_config.yaml", fake.port)
+    with GatewayProcess(config) as proc:
+        yield proc
+
+
+@pytest.fixture
+def make_gateway(
+    fake: FakeProviderThread, tmp_path: Path
+) -> Iterator[object]:
+    """Start a gateway with extra ``plano_fast:`` settings; stopped after the test."""
+    started: list[GatewayProcess] = []
+
+    def start(settings: dict[str, object] | None = None, **kwargs: object) -> GatewayProcess:
+        config = write_config(tmp_path / f"plano_config_{len(started)}.yaml", fake.port, settings)
+        proc = GatewayProcess(config, **kwargs)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

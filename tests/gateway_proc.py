@@ -1,0 +1,163 @@
+"""Run the real gateway as a subprocess (``python -m plano_fast serve``) for tests."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class GatewayProcess:
+    """A gateway started from a config file; ``url`` is ready once constructed."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        workers: int = 1,
+        log_path: Path | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.config_path = config_path
+        self.log_path = log_path or config_path.with_suffix(".log")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        args = [sys.executable, "-m", "plano_fast", "serve", "--config", str(config_path)]
+        args += ["--port", str(port), "--workers", str(workers)] + (extra_args or [])
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=full_env
+        )
+        self.port = 0
+        self.pids: list[int] = []
+        self._wait_ready(workers)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _wait_ready(self, workers: int, timeout_s: float = 20.0) -> None:
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout_s
+        buf = b""
+        ready = 0
+        while ready < workers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(
+                    f"gateway did not start: {self.log_path.read_text(errors='replace')[-3000:]}"
+                )
+            if not sel.select(remaining):
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                continue
+            buf += chunk
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                text = line.decode()
+                if "listening on" in text:
+                    ready += 1
+                    addr = text.split("listening on ", 1)[1].split()[0]
+                    self.port = int(addr.rsplit(":", 1)[1])
+                    self.pids.append(int(text.split("(pid ", 1)[1].split(",")[0]))
+        sel.close()
+
+    def rss_kib(self, pid: int | None = None) -> tuple[int, int]:
+        """(VmRSS, VmHWM) of the gateway process in KiB."""
+        status = Path(f"/proc/{pid or self.pids[0]}/status").read_text()
+        values = {}
+        for line in status.splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                values[key] = int(value.split()[0])
+        return values["VmRSS"], values["VmHWM"]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout_s)
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def write_config(path: Path, fake_port: int, settings: dict[str, object] | None = None) -> Path:
+    """The test config: every provider points at the fake provider on ``fake_port``."""
+    base = f"http://127.0.0.1:{fake_port}"
+    extra = "".join(f"  {k}: {v}\n" for k, v in (settings or {}).items())
+    path.write_text(
+        f"""\
+version: v0.4.0
+listeners:
+  - type: model
+    name: test_listener
+    address: 127.0.0.1
+    port: 12000
+    timeout: 5s
+model_providers:
+  - model: openai/gpt-4o-mini
+    base_url: {base}
+    access_key: sk-server-openai-key
+    default: true
+  - model: openai/*
+    base_url: {base}
+    access_key: sk-server-openai-key
+  - model: anthropic/claude-sonnet-4-5
+    base_url: {base}
+    access_key: sk-ant-server-key
+  - name: anthropic-passthrough
+    model: anthropic/claude-passthrough
+    base_url: {base}
+    passthrough_auth: true
+  - model: vllm/llama-passthrough
+    base_url: {base}
+    provider_interface: openai
+    passthrough_auth: true
+  - model: down/unreachable-model
+    base_url: http://127.0.0.1:9
+    provider_interface: openai
+    access_key: sk-unused
+model_aliases:
+  fast:
+    target: openai/gpt-4o-mini
+plano_fast:
+  sqlite_path: {path.parent / "usage.db"}
+{extra}"""
+    )
+    return path

@@ -1,0 +1,235 @@
+"""The official SDKs, pointed at the real gateway, against the shipped fake provider."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import anthropic
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+
+CLIENT_KEY = "sk-client-own-key-123"
+
+
+def _openai(gateway: GatewayProcess, key: str = CLIENT_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+
+
+def _anthropic(gateway: GatewayProcess, key: str = CLIENT_KEY) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+
+
+def _last(fake: FakeProviderThread):  # type: ignore[no-untyped-def]
+    requests = [r for r in fake.requests if not r.path.startswith("/_fake")]
+    assert requests, "the fake provider received nothing"
+    return requests[-1]
+
+
+def test_openai_chat_swaps_access_key(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with _openai(gateway) as client:
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
+    assert reply.choices[0].message.content
+    assert reply.model == "gpt-4o-mini"
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+    seen = _last(fake)
+    assert seen.path == "/v1/chat/completions"
+    assert seen.header("authorization") == "Bearer sk-server-openai-key"
+    assert CLIENT_KEY not in json.dumps(seen.headers)
+    # The model needed no rewriting: the body reached the provider byte for byte.
+    assert json.loads(seen.body)["model"] == "gpt-4o-mini"
+
+
+def test_openai_provider_prefix_and_alias_rewrite_model(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    with _openai(gateway) as client:
+        for requested in ("openai/gpt-4o-mini", "fast", "openai/gpt-5-nano"):
+            fake.clear()
+            client.chat.completions.create(
+                model=requested, messages=[{"role": "user", "content": "hi"}]
+            )
+            sent = _last(fake).json()
+            expected = "gpt-5-nano" if requested.endswith("nano") else "gpt-4o-mini"
+            assert sent["model"] == expected, requested
+            assert sent["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_openai_stream_without_usage_request_sees_no_usage_chunk(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    fake.clear()
+    with _openai(gateway) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "count"}], stream=True
+            )
+        )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    # The gateway asked the provider for usage (to bill) but the client did not: the
+    # usage-only chunk must not reach it.
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    assert _last(fake).json()["stream_options"] == {"include_usage": True}
+
+
+def test_openai_stream_with_usage_request_keeps_usage_chunk(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    with _openai(gateway) as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "count"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
+    assert usage_chunks[0].usage.completion_tokens > 0  # type: ignore[union-attr]
+
+
+def test_openai_passthrough_forwards_client_key(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    fake.clear()
+    with _openai(gateway) as client:
+        client.chat.completions.create(
+            model="vllm/llama-passthrough", messages=[{"role": "user", "content": "x"}]
+        )
+    seen = _last(fake)
+    assert seen.header("authorization") == f"Bearer {CLIENT_KEY}"
+    assert "sk-server" not in json.dumps(seen.headers)
+    assert seen.json()["model"] == "llama-passthrough"
+
+
+def test_anthropic_messages_swaps_key(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with _anthropic(gateway) as client:
+        message = client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hello"}],
+        )
+    assert message.content[0].type == "text"
+    assert message.usage.input_tokens > 0
+    seen = _last(fake)
+    assert seen.path == "/v1/messages"
+    assert seen.header("x-api-key") == "sk-ant-server-key"
+    assert seen.header("anthropic-version") == "2023-06-01"
+    assert CLIENT_KEY not in json.dumps(seen.headers)
+
+
+def test_anthropic_stream_helper(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    with _anthropic(gateway) as client:
+        with client.messages.stream(
+            model="anthropic/claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "stream please"}],
+        ) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert text
+    assert final.usage.output_tokens > 0
+    assert _last(fake).json()["model"] == "claude-sonnet-4-5"
+
+
+def test_anthropic_passthrough_forwards_client_key(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    fake.clear()
+    with _anthropic(gateway) as client:
+        client.messages.create(
+            model="anthropic-passthrough",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "x"}],
+        )
+    seen = _last(fake)
+    assert seen.header("x-api-key") == CLIENT_KEY
+    assert "sk-ant-server" not in json.dumps(seen.headers)
+
+
+def test_unknown_model_is_400_in_each_format(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with _openai(gateway) as client, pytest.raises(openai.BadRequestError) as oai:
+        client.chat.completions.create(model="nope-1", messages=[{"role": "user", "content": "x"}])
+    assert "nope-1" in str(oai.value) and "gpt-4o-mini" in str(oai.value)
+    with _anthropic(gateway) as aclient, pytest.raises(anthropic.BadRequestError) as ant:
+        aclient.messages.create(
+            model="nope-2", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert "nope-2" in str(ant.value)
+    assert ant.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
+
+
+def test_messages_to_openai_provider_is_refused_clearly(gateway: GatewayProcess) -> None:
+    with _anthropic(gateway) as client, pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(
+            model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert "messages" in str(err.value)
+
+
+def test_provider_errors_are_relayed(gateway: GatewayProcess) -> None:
+    with _openai(gateway) as client, pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-fake-status": "429"},
+        )
+
+
+def test_unreachable_provider_is_502(gateway: GatewayProcess) -> None:
+    with _openai(gateway) as client, pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(
+            model="down/unreachable-model", messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.status_code == 502
+    assert "cannot connect" in str(err.value)
+
+
+def test_slow_provider_is_504(gateway: GatewayProcess) -> None:
+    # The listener timeout in the test config is 5 s.
+    with _openai(gateway) as client, pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-fake-latency-ms": "6000"},
+        )
+    assert err.value.status_code == 504
+
+
+def test_models_and_health(gateway: GatewayProcess) -> None:
+    with _openai(gateway) as client:
+        ids = [m.id for m in client.models.list()]
+    assert "openai/gpt-4o-mini" in ids and "anthropic/claude-sonnet-4-5" in ids
+    with urllib.request.urlopen(gateway.url + "/healthz") as resp:
+        assert resp.status == 200
+
+
+def test_first_sse_event_arrives_before_stream_ends(gateway: GatewayProcess) -> None:
+    """Bytes are relayed as they arrive: with 200 ms between provider events, the
+    first event must reach the client long before the provider has finished."""
+    with _openai(gateway) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "slow"}],
+            stream=True,
+            extra_headers={"x-fake-events": "6", "x-fake-interval-ms": "200"},
+        )
+        start = time.monotonic()
+        arrivals = [time.monotonic() - start for _ in stream]
+    assert len(arrivals) >= 6
+    # Six events 200 ms apart take >= 1 s in all; the first arrives within ~200 ms.
+    assert arrivals[-1] - arrivals[0] > 0.8
+    assert arrivals[0] < 0.5

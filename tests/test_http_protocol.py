@@ -1,0 +1,316 @@
+"""Bad and unusual HTTP input over raw sockets: each case's status, body, and that the
+gateway keeps serving other connections afterwards.  Responses are parsed with h11, an
+independent HTTP implementation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+
+import h11
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_responses(
+    sock: socket.socket, count: int = 1, timeout_s: float = 10.0
+) -> tuple[list[tuple[h11.Response, bytes]], bool]:
+    """Read ``count`` responses; returns them and whether the server closed afterwards."""
+    conn = h11.Connection(h11.CLIENT)
+    # h11 needs to have "sent" a request per response it parses.
+    results: list[tuple[h11.Response, bytes]] = []
+    sock.settimeout(timeout_s)
+    closed = False
+    for _ in range(count):
+        conn.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+        conn.send(h11.EndOfMessage())
+        response: h11.Response | None = None
+        body = b""
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                raise AssertionError("connection closed before a complete response") from None
+            if event is h11.NEED_DATA:
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    raise AssertionError("timed out waiting for a response") from None
+                if not data:
+                    closed = True
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise AssertionError("connection closed before a complete response")
+        assert response is not None
+        results.append((response, body))
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            break
+        conn.start_next_cycle()
+    if not closed:
+        closed = server_closed(sock)
+    return results, closed
+
+
+def server_closed(sock: socket.socket, wait_s: float = 2.0) -> bool:
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def request(body: bytes = CHAT, path: bytes = b"/v1/chat/completions", extra: bytes = b"") -> bytes:
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer sk-x\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+def still_serving(gateway: GatewayProcess) -> None:
+    with connect(gateway.port) as sock:
+        sock.sendall(request())
+        [(response, body)], _ = read_responses(sock)
+    assert response.status_code == 200, body
+    assert json.loads(body)["object"] == "chat.completion"
+
+
+def error_of(body: bytes) -> str:
+    return str(json.loads(body)["error"]["message"])
+
+
+# -- malformed and ambiguous framing: 400 and close ------------------------------------
+SMUGGLING = {
+    "content-length and transfer-encoding": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "conflicting content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "invalid content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length: 5x\r\n\r\nhello",
+    "negative content-length": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length: -1\r\n\r\n",
+    "transfer-encoding gzip, chunked": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding xchunked": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "duplicate transfer-encoding": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding on HTTP/1.0": b"POST /v1/chat/completions HTTP/1.0\r\nHost: a\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "space before colon": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Content-Length : 5\r\n\r\nhello",
+    "obsolete line folding": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-A: a\r\n b\r\n"
+    b"Content-Length: 0\r\n\r\n",
+    "garbage request line": b"HELLO\r\n\r\n",
+    "bad method": b"P@ST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n",
+    "bare LF line ends": b"POST /v1/chat/completions HTTP/1.1\nHost: a\nContent-Length: 0\n\n",
+    "bad chunk size": b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_malformed_or_ambiguous_framing_is_400_and_closed(
+    gateway: GatewayProcess, fake: FakeProviderThread, case: str
+) -> None:
+    fake.clear()
+    with connect(gateway.port) as sock:
+        sock.sendall(SMUGGLING[case])
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 400
+    assert "malformed request" in error_of(body) or "Transfer-Encoding" in error_of(body)
+    assert closed, "the connection must be closed after a framing error"
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    still_serving(gateway)
+
+
+def test_oversized_headers_431(gateway: GatewayProcess) -> None:
+    with connect(gateway.port) as sock:
+        sock.sendall(request(extra=b"X-Big: " + b"a" * 40_000 + b"\r\n"))
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 431
+    assert "headers exceed" in error_of(body)
+    assert closed
+    still_serving(gateway)
+
+
+def test_endless_header_is_stopped_at_the_limit(gateway: GatewayProcess) -> None:
+    # A header that never ends must not make the gateway buffer it forever.
+    with connect(gateway.port) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nX-Endless: ")
+        try:
+            for _ in range(64):
+                sock.sendall(b"b" * 16384)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        [(response, _)], closed = read_responses(sock)
+    assert response.status_code == 431
+    assert closed
+    still_serving(gateway)
+
+
+def test_body_over_limit_413(make_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = make_gateway({"max_body_bytes": 1024})
+    with connect(gateway.port) as sock:
+        sock.sendall(request(body=b'{"model":"gpt-4o-mini","x":"' + b"a" * 2000 + b'"}'))
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 413
+    assert "1024 bytes" in error_of(body)
+    assert closed
+    # Chunked bodies are counted as they arrive.
+    with connect(gateway.port) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"200\r\n" + b"a" * 512 + b"\r\n") * 3
+        )
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 413
+    still_serving(gateway)
+
+
+def test_request_head_timeout_408(make_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = make_gateway({"request_head_timeout_s": 0.5})
+    with connect(gateway.port) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\n")  # never finished
+        started = time.monotonic()
+        [(response, body)], closed = read_responses(sock)
+        waited = time.monotonic() - started
+    assert response.status_code == 408
+    assert "time limit" in error_of(body)
+    assert closed
+    assert 0.3 < waited < 3.0
+    still_serving(gateway)
+
+
+def test_idle_keepalive_connection_is_closed(make_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = make_gateway({"keepalive_timeout_s": 0.5})
+    with connect(gateway.port) as sock:
+        sock.sendall(request())
+        [(response, _)], _ = read_responses(sock)
+        assert response.status_code == 200
+        assert server_closed(sock, wait_s=3.0)
+
+
+def test_broken_json_is_400_and_connection_stays_usable(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    fake.clear()
+    with connect(gateway.port) as sock:
+        sock.sendall(request(body=b'{"model": "gpt-4o-mini", "messages": [}'))
+        [(response, body)], closed = read_responses(sock)
+        assert response.status_code == 400
+        assert "not valid JSON" in error_of(body)
+        assert not closed  # the framing was fine: keep-alive continues
+        sock.sendall(request())
+        [(response, _)], _ = read_responses(sock)
+        assert response.status_code == 200
+    assert len([r for r in fake.requests if r.path == "/v1/chat/completions"]) == 1
+
+
+def test_unknown_path_404_and_wrong_method_405(gateway: GatewayProcess) -> None:
+    with connect(gateway.port) as sock:
+        sock.sendall(request(path=b"/v2/nothing"))
+        [(response, body)], _ = read_responses(sock)
+        assert response.status_code == 404
+        assert "/v2/nothing" in error_of(body)
+        sock.sendall(b"GET /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n")
+        [(response, body)], _ = read_responses(sock)
+        assert response.status_code == 405
+
+
+def test_keepalive_and_pipelining_answer_in_order(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    bodies = [
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"%d"}]}' % i
+        for i in range(5)
+    ]
+    latency = [b"x-fake-latency-ms: %d\r\n" % ms for ms in (150, 0, 80, 0, 30)]
+    with connect(gateway.port) as sock:
+        sock.sendall(b"".join(request(body=b, extra=lat) for b, lat in zip(bodies, latency)))
+        responses, closed = read_responses(sock, count=5)
+    assert [r.status_code for r, _ in responses] == [200] * 5
+    assert not closed
+    # Answered in request order even though later requests were faster upstream.
+    forwarded = [r for r in fake.requests if r.path == "/v1/chat/completions"][-5:]
+    assert [r.json()["messages"][0]["content"] for r in forwarded] == [str(i) for i in range(5)]
+
+
+def test_chunked_request_body_and_expect_continue(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    fake.clear()
+    with connect(gateway.port) as sock:
+        head = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head)
+        sock.settimeout(5)
+        interim = sock.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        half = len(CHAT) // 2
+        for piece in (CHAT[:half], CHAT[half:]):
+            sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        [(response, _)], _ = read_responses(sock)
+    assert response.status_code == 200
+    seen = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1]
+    assert seen.body == CHAT  # de-chunked, forwarded with a Content-Length
+    assert seen.header("content-length") == str(len(CHAT))
+    assert seen.header("transfer-encoding") is None
+    assert seen.header("expect") is None
+
+
+def test_hop_by_hop_headers_are_not_forwarded(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with connect(gateway.port) as sock:
+        sock.sendall(
+            request(
+                extra=b"Connection: keep-alive, X-Secret-Hop\r\nX-Secret-Hop: 1\r\n"
+                b"Keep-Alive: timeout=5\r\nProxy-Authorization: Basic abc\r\nTE: trailers\r\n"
+                b"Accept-Encoding: gzip\r\nX-Xproxy-Project-Id: forged\r\nX-Kept: yes\r\n"
+            )
+        )
+        [(response, _)], _ = read_responses(sock)
+    assert response.status_code == 200
+    seen = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1]
+    names = {name for name, _ in seen.headers}
+    for dropped in ("x-secret-hop", "keep-alive", "proxy-authorization", "te", "accept-encoding",
+                    "x-xproxy-project-id", "connection"):
+        assert dropped not in names, dropped
+    assert seen.header("x-kept") == "yes"
+    assert seen.header("host") == f"127.0.0.1:{fake.port}"
+    hop = {k.lower() for k, _ in response.headers}
+    assert b"keep-alive" not in hop
+
+
+def test_upstream_reset_mid_stream_is_an_incomplete_response(gateway: GatewayProcess) -> None:
+    with connect(gateway.port) as sock:
+        body = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"x"}]}'
+        sock.sendall(request(body=body, extra=b"x-fake-events: 10\r\nx-fake-reset-after-events: 3\r\n"))
+        with pytest.raises(AssertionError, match="closed before a complete response"):
+            read_responses(sock)
+    still_serving(gateway)
