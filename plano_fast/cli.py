@@ -81,13 +81,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_worker(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux/macOS
-        uvloop = None
-    if uvloop is not None:
-        return int(uvloop.run(_serve_until_signal(config, host, port, reuse_port)))
-    return asyncio.run(_serve_until_signal(config, host, port, reuse_port))
+    import uvloop
+
+    return int(uvloop.run(_serve_until_signal(config, host, port, reuse_port)))
 
 
 async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
