@@ -80,18 +80,23 @@ RESPONSES = Endpoint("responses", scan.API_OPENAI_RESPONSES, "openai")
 MESSAGES = Endpoint("messages", scan.API_ANTHROPIC, "anthropic")
 
 
-def upstream_path(provider: ModelProvider, endpoint: Endpoint) -> bytes | None:
+def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None) -> bytes | None:
     """The provider path serving ``endpoint``, or None when it cannot be served."""
     if endpoint is MESSAGES:
         path = provider.messages_path
     elif endpoint is CHAT_COMPLETIONS:
-        path = provider.chat_completions_path
+        path = provider.chat_path_for(model) if model else provider.chat_completions_path
     else:
-        chat = provider.chat_completions_path
-        if provider.wire_api != "openai" or chat is None or not chat.endswith("/chat/completions"):
-            return None
-        path = chat[: -len("/chat/completions")] + "/responses"
+        path = provider.responses_path
     return path.encode() if path else None
+
+
+def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Header, ...]:
+    # Anthropic's OpenAI-compatible chat endpoint takes a bearer token, its Messages API
+    # an x-api-key; the config precomputes both.
+    if endpoint is CHAT_COMPLETIONS and provider.chat_auth_headers:
+        return provider.chat_auth_headers
+    return provider.auth_headers
 
 
 class ExchangeContext:
@@ -168,7 +173,7 @@ class Exchange:
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         provider = route.provider
-        path = upstream_path(provider, self.endpoint)
+        path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
                 f"model '{fields.model}' is served by provider '{provider.name}', which does "
@@ -214,7 +219,7 @@ class Exchange:
                 seen_version = True
             parts.append(name + b": " + value + b"\r\n")
         if not passthrough:
-            for name, value in provider.auth_headers:
+            for name, value in auth_headers_for(provider, self.endpoint):
                 if name == b"anthropic-version" and seen_version:
                     continue
                 parts.append(name + b": " + value + b"\r\n")
