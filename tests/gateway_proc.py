@@ -138,7 +138,7 @@ model_providers:
   - model: openai/*
     base_url: {base}
     access_key: sk-server-openai-key
-  - model: anthropic/claude-sonnet-4-5
+  - model: anthropic/claude-sonnet-4-6
     base_url: {base}
     access_key: sk-ant-server-key
   - name: anthropic-passthrough

@@ -116,7 +116,7 @@ def test_anthropic_messages_swaps_key(gateway: GatewayProcess, fake: FakeProvide
     fake.clear()
     with _anthropic(gateway) as client:
         message = client.messages.create(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             max_tokens=64,
             messages=[{"role": "user", "content": "hello"}],
         )
@@ -132,7 +132,7 @@ def test_anthropic_messages_swaps_key(gateway: GatewayProcess, fake: FakeProvide
 def test_anthropic_stream_helper(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
     with _anthropic(gateway) as client:
         with client.messages.stream(
-            model="anthropic/claude-sonnet-4-5",
+            model="anthropic/claude-sonnet-4-6",
             max_tokens=64,
             messages=[{"role": "user", "content": "stream please"}],
         ) as stream:
@@ -140,7 +140,7 @@ def test_anthropic_stream_helper(gateway: GatewayProcess, fake: FakeProviderThre
             final = stream.get_final_message()
     assert text
     assert final.usage.output_tokens > 0
-    assert _last(fake).json()["model"] == "claude-sonnet-4-5"
+    assert _last(fake).json()["model"] == "claude-sonnet-4-6"
 
 
 def test_anthropic_passthrough_forwards_client_key(
@@ -154,7 +154,8 @@ def test_anthropic_passthrough_forwards_client_key(
             messages=[{"role": "user", "content": "x"}],
         )
     seen = _last(fake)
-    assert seen.header("x-api-key") == CLIENT_KEY
+    # Newer anthropic SDKs send the key as a bearer token, older ones as x-api-key.
+    assert CLIENT_KEY in (seen.header("x-api-key"), (seen.header("authorization") or "")[7:])
     assert "sk-ant-server" not in json.dumps(seen.headers)
 
 
@@ -212,7 +213,7 @@ def test_slow_provider_is_504(gateway: GatewayProcess) -> None:
 def test_models_and_health(gateway: GatewayProcess) -> None:
     with _openai(gateway) as client:
         ids = [m.id for m in client.models.list()]
-    assert "openai/gpt-4o-mini" in ids and "anthropic/claude-sonnet-4-5" in ids
+    assert "openai/gpt-4o-mini" in ids and "anthropic/claude-sonnet-4-6" in ids
     with urllib.request.urlopen(gateway.url + "/healthz") as resp:
         assert resp.status == 200
 

@@ -1,0 +1,1523 @@
+"""Fake LLM provider: a fast stand-in for OpenAI, Anthropic and Gemini.
+
+Written directly on ``asyncio.Protocol`` + ``httptools`` (run it on uvloop) so it
+can serve as the benchmark floor.  It speaks HTTP/1.1 with keep-alive (and
+pipelining), accepts Content-Length and chunked request bodies, answers JSON with
+Content-Length and streams SSE with ``Transfer-Encoding: chunked``; every SSE
+event is written as soon as it is produced and the writer awaits the transport's
+flow control (``pause_writing``/``resume_writing``), so a slow reader never makes
+this process buffer more than about one event.
+
+Routes (method, path; the query string is ignored for routing)
+--------------------------------------------------------------
+* ``POST …/chat/completions``                 OpenAI Chat Completions (JSON or SSE)
+* ``POST …/responses``                        OpenAI Responses API (JSON or SSE)
+* ``POST …/v1/messages``                      Anthropic Messages (JSON or SSE)
+* ``POST …/v1/messages/count_tokens``         ``{"input_tokens": I}``
+* ``POST …/models/{model}:generateContent``   Gemini JSON
+* ``POST …/models/{model}:streamGenerateContent?alt=sse``  Gemini SSE
+  (without ``alt=sse``: Gemini's streamed JSON-array form)
+* ``POST …/models/{model}:countTokens``       ``{"totalTokens": I}``
+* ``GET  …/models``                           OpenAI list shape (Anthropic shape when the
+  request carries ``anthropic-version``)
+* ``GET /_fake/requests`` (recorded requests as JSON), ``DELETE /_fake/requests``
+  (clear), ``GET /_fake/health``
+* anything else: 404 with an OpenAI-shaped error body.
+
+Control headers (per request; constructor args / CLI flags give the defaults)
+----------------------------------------------------------------------------
+* ``x-fake-latency-ms``           delay before the response head
+* ``x-fake-events``               number of content delta events (default 8)
+* ``x-fake-interval-ms``          pause before each content event after the first
+* ``x-fake-status``               reply with this status and a provider-shaped error body
+  (429 also sends ``retry-after``; value from ``x-fake-retry-after``, default ``1``)
+* ``x-fake-reset-after-events``   stream: write the first N SSE events (of any type,
+  e.g. OpenAI's role chunk counts), then reset the TCP connection (RST).  N=0 resets
+  right after the response head.  Non-stream requests: reset without any response.
+* ``x-fake-error-after-events``   stream: after the first N SSE events send the provider's
+  in-stream error event (OpenAI ``data: {"error":…}``, Anthropic/Responses ``event: error``,
+  Gemini ``data: {"error":…}``) and end the stream cleanly (no ``[DONE]``/``message_stop``).
+* ``x-fake-stream-bytes``         content events carry ``stream_event_bytes`` (64 KiB)
+  of text each; ``ceil(bytes / stream_event_bytes)`` of them are sent, so the body is
+  at least that many bytes.  Aggregated texts (Responses ``*.done`` /
+  ``response.completed``) are replaced by a short placeholder in streams.  Also works
+  for non-stream requests (a huge JSON body written with flow control).
+* ``x-fake-input-tokens`` ``x-fake-output-tokens`` ``x-fake-cached-tokens``
+  ``x-fake-reasoning-tokens`` ``x-fake-cache-write-tokens``  usage overrides
+* ``x-fake-omit-usage: 1``        never send usage
+* ``x-fake-retry-after``          value of the retry-after header for error statuses
+
+Usage numbers (canonical record, rendered per provider)
+-------------------------------------------------------
+``I`` (input total, cache-inclusive) = ``x-fake-input-tokens`` or
+``max(1, len(request_body_bytes) // 4)``; ``C`` cached, ``W`` cache-write, ``R``
+reasoning default to 0; ``O`` (output total, reasoning-inclusive) =
+``x-fake-output-tokens`` or ``content_events + R`` where content_events is
+``x-fake-events`` (or the stream-bytes event count).  Rendering:
+
+* OpenAI chat: prompt_tokens=I, completion_tokens=O, total_tokens=I+O,
+  prompt_tokens_details.cached_tokens=C, .cache_write_tokens=W,
+  completion_tokens_details.reasoning_tokens=R
+* Responses: input_tokens=I, output_tokens=O, total_tokens=I+O,
+  input_tokens_details.{cached_tokens=C, cache_write_tokens=W},
+  output_tokens_details.reasoning_tokens=R
+* Anthropic: input_tokens=max(0, I-C-W), cache_read_input_tokens=C,
+  cache_creation_input_tokens=W (all 5m), output_tokens=O (message_start has 1);
+  ``output_tokens_details.thinking_tokens=R`` only when R>0.  count_tokens returns I.
+* Gemini: promptTokenCount=I, candidatesTokenCount=O-R, thoughtsTokenCount=R (if >0),
+  cachedContentTokenCount=C (if >0), totalTokenCount=I+O; streamed events carry
+  cumulative candidatesTokenCount ``(O-R)*(k+1)//n`` (the last event is final).
+
+Every response carries ``x-fake-peer: ip:port`` and ``x-fake-request-id: N``.
+
+Python API
+----------
+``FakeProvider(host, port, *, latency_ms, events, interval_ms, status, input_tokens, …)``
+(``await start()`` / ``await stop()``, ``.port``, ``.url``, ``.requests``, ``.clear()``) runs
+on the current loop; ``FakeProviderThread(**same)`` runs one on its own uvloop in a
+daemon thread (context manager; ``.port``, ``.url``, ``.requests`` snapshot, ``.clear()``,
+``.stop()``).  ``RecordedRequest`` holds method, path (with query), headers
+(``[(lowercased name, value)]`` in order), raw body bytes, peer, time, request_id.
+
+CLI
+---
+``python -m benchmarks.fake_provider --host 127.0.0.1 --port 9000 [--latency-ms X]
+[--events N] [--interval-ms X] [--stream-event-bytes N] [--no-record] [--workers N]``
+prints ``listening on host:port`` once ready; SIGTERM/SIGINT stop it.  ``--workers N``
+forks N processes sharing the port with SO_REUSEPORT (``--port 0`` picks one port for all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import dataclasses
+import http
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any, Callable, Coroutine, Iterator, Optional, Union, cast
+
+import httptools
+
+try:  # orjson is optional; json is the fallback
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    _loads: Callable[[Union[bytes, str]], Any] = orjson.loads
+    _JSONDecodeError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, UnicodeDecodeError)
+except ImportError:  # pragma: no cover - exercised only without orjson
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+    _loads = json.loads
+    _JSONDecodeError = (ValueError, UnicodeDecodeError)
+
+__all__ = ["FakeProvider", "FakeProviderThread", "RecordedRequest", "main"]
+
+# --------------------------------------------------------------------------------------
+# static data
+
+_WORDS: tuple[str, ...] = (
+    "Hello", " from", " the", " fake", " provider", ".", " This", " is", " a", " streamed",
+    " answer", " with", " one", " token", " per", " event",
+)
+_WORDS_JSON: tuple[bytes, ...] = tuple(_dumps(w) for w in _WORDS)
+_NW = len(_WORDS)
+_FILLER = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+_MARK = "@@FAKE_PROVIDER_CONTENT@@"
+_MARK_B = _MARK.encode()
+_OMITTED_TEXT = "[x-fake-stream-bytes: aggregated text omitted]"
+_PAUSE = object()  # pacing point yielded by event generators before content events
+
+_DEFAULT_MODELS = {
+    "chat": "gpt-4o-mini",
+    "responses": "gpt-4o-mini",
+    "messages": "claude-sonnet-4-6",
+}
+_LIST_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-5", "claude-sonnet-4-6", "claude-haiku-4-5", "gemini-2.5-flash")
+_OPENAI_MODELS_BODY = _dumps(
+    {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake-provider"}
+            for m in _LIST_MODELS
+        ],
+    }
+)
+_ANTHROPIC_MODELS_BODY = _dumps(
+    {
+        "data": [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in _LIST_MODELS
+            if m.startswith("claude")
+        ],
+        "has_more": False,
+        "first_id": "claude-sonnet-4-6",
+        "last_id": "claude-haiku-4-5",
+    }
+)
+
+_CT_JSON = b"application/json"
+_CT_SSE = b"text/event-stream; charset=utf-8"
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = {529: "Site Overloaded"}.get(code, "Unknown")
+    return b"HTTP/1.1 %d %s\r\n" % (code, phrase.encode())
+
+
+_STATUS_LINES: dict[int, bytes] = {c: _status_line(c) for c in (200, 400, 404, 405, 429, 500, 503, 529)}
+
+
+def _get_status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = _STATUS_LINES[code] = _status_line(code)
+    return line
+
+
+# --------------------------------------------------------------------------------------
+# public data types
+
+
+@dataclasses.dataclass(slots=True)
+class RecordedRequest:
+    """One request as the fake provider received it."""
+
+    method: str
+    path: str  # with the query string
+    headers: list[tuple[str, str]]  # (lowercased name, value) in the order received
+    body: bytes
+    peer: tuple[str, int]
+    time: float = 0.0
+    request_id: int = 0
+
+    def header(self, name: str) -> Optional[str]:
+        """First value of header ``name`` (case-insensitive) or None."""
+        name = name.lower()
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for n, v in self.headers if n == name]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "headers": [[n, v] for n, v in self.headers],
+            "body": self.body.decode("latin-1"),
+            "body_base64": base64.b64encode(self.body).decode("ascii"),
+            "peer": [self.peer[0], self.peer[1]],
+            "time": self.time,
+        }
+
+
+@dataclasses.dataclass(slots=True)
+class _Ctl:
+    """Effective control settings for one request."""
+
+    latency: float = 0.0  # seconds
+    events: int = 8
+    interval: float = 0.0  # seconds
+    status: int = 0  # 0 = normal
+    reset_after: int = -1  # -1 = off
+    error_after: int = -1  # -1 = off
+    stream_bytes: int = 0  # 0 = off
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    cached: int = 0
+    reasoning: int = 0
+    cache_write: int = 0
+    omit_usage: bool = False
+    retry_after: str = "1"
+
+
+_INT_CTL = {
+    "x-fake-events": "events",
+    "x-fake-status": "status",
+    "x-fake-reset-after-events": "reset_after",
+    "x-fake-error-after-events": "error_after",
+    "x-fake-stream-bytes": "stream_bytes",
+    "x-fake-input-tokens": "input_tokens",
+    "x-fake-output-tokens": "output_tokens",
+    "x-fake-cached-tokens": "cached",
+    "x-fake-reasoning-tokens": "reasoning",
+    "x-fake-cache-write-tokens": "cache_write",
+}
+_MS_CTL = {"x-fake-latency-ms": "latency", "x-fake-interval-ms": "interval"}
+
+
+@dataclasses.dataclass(slots=True)
+class _Usage:
+    i: int  # input total (cache inclusive)
+    o: int  # output total (reasoning inclusive)
+    c: int  # cache read
+    r: int  # reasoning
+    w: int  # cache write
+
+
+class _BadRequest(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------
+# per-request response context
+
+
+class _Ctx:
+    __slots__ = ("rid", "uid", "model", "model_json", "created", "n", "big", "usage", "omit_usage")
+
+    def __init__(
+        self, rid: int, uid: str, model: str, model_json: bytes, n: int, big: Optional[bytes],
+        usage: _Usage, omit_usage: bool,
+    ) -> None:
+        self.rid = rid
+        self.uid = uid  # 24 hex chars, unique per request and server
+        self.model = model
+        self.model_json = model_json
+        self.created = int(time.time())
+        self.n = n  # number of content events
+        self.big = big  # JSON string literal of one big text chunk (stream-bytes mode) or None
+        self.usage = usage
+        self.omit_usage = omit_usage
+
+    def content(self, i: int) -> bytes:
+        """JSON string literal of the text of content event ``i``."""
+        big = self.big
+        return big if big is not None else _WORDS_JSON[i % _NW]
+
+    def text(self) -> str:
+        """Full aggregated text (placeholder marker in stream-bytes mode)."""
+        if self.big is not None:
+            return _MARK
+        return _full_text(self.n)
+
+    def text_json(self) -> bytes:
+        if self.big is not None:
+            return b'"' + _MARK_B + b'"'
+        return _full_text_json(self.n)
+
+
+_TEXT_CACHE: dict[int, tuple[str, bytes]] = {}
+
+
+def _text_pair(n: int) -> tuple[str, bytes]:
+    pair = _TEXT_CACHE.get(n)
+    if pair is None:
+        s = "".join(_WORDS[i % _NW] for i in range(n))
+        pair = (s, _dumps(s))
+        if len(_TEXT_CACHE) < 1024:
+            _TEXT_CACHE[n] = pair
+    return pair
+
+
+def _full_text(n: int) -> str:
+    return _text_pair(n)[0]
+
+
+def _full_text_json(n: int) -> bytes:
+    return _text_pair(n)[1]
+
+
+# ---------------------------------------------------------------------------- OpenAI chat
+
+
+def _oai_usage(u: _Usage) -> bytes:
+    return (
+        b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d,'
+        b'"prompt_tokens_details":{"cached_tokens":%d,"cache_write_tokens":%d,"audio_tokens":0},'
+        b'"completion_tokens_details":{"reasoning_tokens":%d,"audio_tokens":0,'
+        b'"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}'
+    ) % (u.i, u.o, u.i + u.o, u.c, u.w, u.r)
+
+
+def _chat_json(ctx: _Ctx) -> bytes:
+    usage = b"" if ctx.omit_usage else b'"usage":' + _oai_usage(ctx.usage) + b","
+    return (
+        b'{"id":"chatcmpl-%s","object":"chat.completion","created":%d,"model":%s,'
+        b'"choices":[{"index":0,"message":{"role":"assistant","content":%s,"refusal":null,'
+        b'"annotations":[]},"logprobs":null,"finish_reason":"stop"}],%s'
+        b'"service_tier":"default","system_fingerprint":"fp_fakeprov"}'
+    ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.text_json(), usage)
+
+
+def _chat_events(ctx: _Ctx, include_usage: bool) -> Iterator[object]:
+    head = (
+        b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s,'
+        b'"service_tier":"default","system_fingerprint":"fp_fakeprov","choices":['
+    ) % (ctx.uid.encode(), ctx.created, ctx.model_json)
+    usage_on = include_usage and not ctx.omit_usage
+    tail = b',"usage":null}\n\n' if usage_on else b"}\n\n"
+    yield (
+        head + b'{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+        b'"logprobs":null,"finish_reason":null}]' + tail
+    )
+    mid = b'{"index":0,"delta":{"content":'
+    end = b'},"logprobs":null,"finish_reason":null}]' + tail
+    for i in range(ctx.n):
+        if i:
+            yield _PAUSE
+        yield b"".join((head, mid, ctx.content(i), end))
+    yield head + b'{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]' + tail
+    if usage_on:
+        yield head + b'],"usage":' + _oai_usage(ctx.usage) + b"}\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+# ----------------------------------------------------------------------------- Responses
+
+
+def _resp_usage(u: _Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": u.i,
+        "input_tokens_details": {"cached_tokens": u.c, "cache_write_tokens": u.w},
+        "output_tokens": u.o,
+        "output_tokens_details": {"reasoning_tokens": u.r},
+        "total_tokens": u.i + u.o,
+    }
+
+
+def _resp_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def _resp_item(ctx: _Ctx, text: Optional[str]) -> dict[str, Any]:
+    return {
+        "id": "msg_" + ctx.uid,
+        "type": "message",
+        "status": "in_progress" if text is None else "completed",
+        "content": [] if text is None else [_resp_part(text)],
+        "role": "assistant",
+    }
+
+
+def _resp_object(ctx: _Ctx, req: dict[str, Any], text: Optional[str]) -> dict[str, Any]:
+    done = text is not None
+    return {
+        "id": "resp_" + ctx.uid,
+        "object": "response",
+        "created_at": ctx.created,
+        "status": "completed" if done else "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.get("instructions"),
+        "max_output_tokens": req.get("max_output_tokens"),
+        "max_tool_calls": None,
+        "model": ctx.model,
+        "output": [_resp_item(ctx, text)] if done else [],
+        "parallel_tool_calls": True,
+        "previous_response_id": req.get("previous_response_id"),
+        "prompt_cache_key": None,
+        "reasoning": {"effort": None, "summary": None},
+        "safety_identifier": None,
+        "service_tier": "default",
+        "store": bool(req.get("store", True)),
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_logprobs": 0,
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": (None if ctx.omit_usage or not done else _resp_usage(ctx.usage)),
+        "user": None,
+        "metadata": {},
+    }
+
+
+def _responses_json(ctx: _Ctx, req: dict[str, Any]) -> bytes:
+    return _dumps(_resp_object(ctx, req, ctx.text()))
+
+
+def _sse(event: str, obj: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+
+
+def _responses_events(ctx: _Ctx, req: dict[str, Any]) -> Iterator[object]:
+    seq = 0
+    text = _OMITTED_TEXT if ctx.big is not None else ctx.text()
+    item_id = "msg_" + ctx.uid
+    for typ in ("response.created", "response.in_progress"):
+        yield _sse(typ, {"type": typ, "sequence_number": seq, "response": _resp_object(ctx, req, None)})
+        seq += 1
+    yield _sse(
+        "response.output_item.added",
+        {"type": "response.output_item.added", "sequence_number": seq, "output_index": 0,
+         "item": _resp_item(ctx, None)},
+    )
+    seq += 1
+    yield _sse(
+        "response.content_part.added",
+        {"type": "response.content_part.added", "sequence_number": seq, "item_id": item_id,
+         "output_index": 0, "content_index": 0, "part": _resp_part("")},
+    )
+    seq += 1
+    pre = b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+    mid = b',"item_id":"' + item_id.encode() + b'","output_index":0,"content_index":0,"delta":'
+    end = b',"logprobs":[]}\n\n'
+    for i in range(ctx.n):
+        if i:
+            yield _PAUSE
+        yield b"".join((pre, b"%d" % seq, mid, ctx.content(i), end))
+        seq += 1
+    yield _sse(
+        "response.output_text.done",
+        {"type": "response.output_text.done", "sequence_number": seq, "item_id": item_id,
+         "output_index": 0, "content_index": 0, "text": text, "logprobs": []},
+    )
+    seq += 1
+    yield _sse(
+        "response.content_part.done",
+        {"type": "response.content_part.done", "sequence_number": seq, "item_id": item_id,
+         "output_index": 0, "content_index": 0, "part": _resp_part(text)},
+    )
+    seq += 1
+    yield _sse(
+        "response.output_item.done",
+        {"type": "response.output_item.done", "sequence_number": seq, "output_index": 0,
+         "item": _resp_item(ctx, text)},
+    )
+    seq += 1
+    yield _sse(
+        "response.completed",
+        {"type": "response.completed", "sequence_number": seq, "response": _resp_object(ctx, req, text)},
+    )
+
+
+# ----------------------------------------------------------------------------- Anthropic
+
+
+def _ant_usage(u: _Usage, output_tokens: int) -> bytes:
+    extra = b',"output_tokens_details":{"thinking_tokens":%d}' % u.r if u.r else b""
+    return (
+        b'{"input_tokens":%d,"cache_creation_input_tokens":%d,"cache_read_input_tokens":%d,'
+        b'"cache_creation":{"ephemeral_5m_input_tokens":%d,"ephemeral_1h_input_tokens":0},'
+        b'"output_tokens":%d%s,"service_tier":"standard"}'
+    ) % (max(0, u.i - u.c - u.w), u.w, u.c, u.w, output_tokens, extra)
+
+
+def _messages_json(ctx: _Ctx) -> bytes:
+    usage = b"" if ctx.omit_usage else b',"usage":' + _ant_usage(ctx.usage, ctx.usage.o)
+    return (
+        b'{"model":%s,"id":"msg_%s","type":"message","role":"assistant",'
+        b'"content":[{"type":"text","text":%s}],"stop_reason":"end_turn","stop_sequence":null%s}'
+    ) % (ctx.model_json, ctx.uid.encode(), ctx.text_json(), usage)
+
+
+_ANT_BLOCK_START = (
+    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    b'"content_block":{"type":"text","text":""}}\n\n'
+)
+_ANT_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+_ANT_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+_ANT_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_ANT_DELTA_PRE = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":'
+)
+
+
+def _messages_events(ctx: _Ctx) -> Iterator[object]:
+    u = ctx.usage
+    usage = b"" if ctx.omit_usage else b',"usage":' + _ant_usage(u, 1)
+    yield (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_%s","type":"message",'
+        b'"role":"assistant","model":%s,"content":[],"stop_reason":null,"stop_sequence":null%s}}\n\n'
+    ) % (ctx.uid.encode(), ctx.model_json, usage)
+    yield _ANT_BLOCK_START
+    yield _ANT_PING
+    for i in range(ctx.n):
+        if i:
+            yield _PAUSE
+        yield b"".join((_ANT_DELTA_PRE, ctx.content(i), b"}}\n\n"))
+    yield _ANT_BLOCK_STOP
+    if ctx.omit_usage:
+        dusage = b""
+    else:
+        dusage = b',"usage":{"input_tokens":%d,"cache_creation_input_tokens":%d,"cache_read_input_tokens":%d,"output_tokens":%d}' % (
+            max(0, u.i - u.c - u.w), u.w, u.c, u.o
+        )
+    yield (
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn",'
+        b'"stop_sequence":null}%s}\n\n'
+    ) % dusage
+    yield _ANT_STOP
+
+
+# -------------------------------------------------------------------------------- Gemini
+
+
+def _gem_usage(u: _Usage, cand: int) -> bytes:
+    extra = b""
+    if u.c:
+        extra += b',"cachedContentTokenCount":%d' % u.c
+    if u.r:
+        extra += b',"thoughtsTokenCount":%d' % u.r
+    return (
+        b'{"promptTokenCount":%d,"candidatesTokenCount":%d,"totalTokenCount":%d,'
+        b'"promptTokensDetails":[{"modality":"TEXT","tokenCount":%d}]%s}'
+    ) % (u.i, cand, u.i + cand + u.r, u.i, extra)
+
+
+def _gem_obj(ctx: _Ctx, text_json: bytes, final: bool, cand: int) -> bytes:
+    fin = b'"finishReason":"STOP",' if final else b""
+    usage = b"" if ctx.omit_usage else b'"usageMetadata":' + _gem_usage(ctx.usage, cand) + b","
+    return b"".join((
+        b'{"candidates":[{"content":{"parts":[{"text":', text_json, b'}],"role":"model"},', fin,
+        b'"index":0}],', usage, b'"modelVersion":', ctx.model_json, b',"responseId":"', ctx.uid.encode(), b'"}',
+    ))
+
+
+def _gemini_json(ctx: _Ctx) -> bytes:
+    u = ctx.usage
+    return _gem_obj(ctx, ctx.text_json(), True, max(0, u.o - u.r))
+
+
+def _gemini_events(ctx: _Ctx, sse: bool) -> Iterator[object]:
+    u = ctx.usage
+    total_cand = max(0, u.o - u.r)
+    n = ctx.n
+    if n == 0:
+        items: Iterator[tuple[int, bytes]] = iter([(0, b'""')])
+        n = 1
+    else:
+        items = ((i, ctx.content(i)) for i in range(n))
+    for i, text in items:
+        if i:
+            yield _PAUSE
+        obj = _gem_obj(ctx, text, i == n - 1, total_cand * (i + 1) // n)
+        if sse:
+            yield b"data: " + obj + b"\r\n\r\n"
+        else:
+            yield (b"[" if i == 0 else b"\r\n,") + obj
+    if not sse:
+        yield b"\r\n]"
+
+
+# --------------------------------------------------------------------------------- errors
+
+_OAI_ERR: dict[int, tuple[str, Optional[str]]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout", None),
+    409: ("conflict", None),
+    413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", None),
+    429: ("requests", "rate_limit_exceeded"),
+}
+_ANT_ERR: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_GEM_ERR: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _error_body(family: str, status: int, message: str, rid: int, unknown_url: bool = False) -> bytes:
+    if family == "anthropic":
+        etype = _ANT_ERR.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+        return _dumps(
+            {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_fake%08d" % rid}
+        )
+    if family == "gemini":
+        gstatus = _GEM_ERR.get(status) or ("INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+        return _dumps({"error": {"code": status, "message": message, "status": gstatus}})
+    otype, code = _OAI_ERR.get(status) or (
+        ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+    )
+    if unknown_url:
+        otype, code = "invalid_request_error", None
+    return _dumps({"error": {"message": message, "type": otype, "param": None, "code": code}})
+
+
+_STREAM_ERR_MSG = "fake provider: injected mid-stream error"
+
+
+def _stream_error_event(kind: str, sse: bool, sent: int) -> bytes:
+    """The provider's in-stream error event (sent after a 200 head), ending the stream."""
+    if kind == "chat":
+        return b"data: " + _dumps(
+            {"error": {"message": _STREAM_ERR_MSG, "type": "server_error", "param": None, "code": None}}
+        ) + b"\n\n"
+    if kind == "responses":
+        return _sse("error", {"type": "error", "sequence_number": sent, "code": "server_error",
+                              "message": _STREAM_ERR_MSG, "param": None})
+    if kind == "messages":
+        return _sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    obj = _dumps({"error": {"code": 500, "message": _STREAM_ERR_MSG, "status": "INTERNAL"}})
+    if sse:
+        return b"data: " + obj + b"\r\n\r\n"
+    return (b"[" if sent == 0 else b"\r\n,") + obj + b"\r\n]"
+
+
+# ------------------------------------------------------------------------------- routing
+
+
+def _route(method: str, path: str) -> tuple[Optional[str], str]:
+    """(kind, family) for a path; kind None = unknown route."""
+    if path.endswith("/chat/completions"):
+        return "chat", "openai"
+    if path.endswith("/v1/messages"):
+        return "messages", "anthropic"
+    if path.endswith("/responses"):
+        return "responses", "openai"
+    colon = path.rfind(":")
+    if colon > path.rfind("/") > 0:  # Gemini-style ".../models/{model}:{verb}" (also tunedModels, Vertex)
+        verb = path[colon + 1:]
+        if verb == "generateContent":
+            return "gemini", "gemini"
+        if verb == "streamGenerateContent":
+            return "gemini_stream", "gemini"
+        if verb == "countTokens":
+            return "gemini_count", "gemini"
+        return None, "gemini"
+    if path.endswith("/v1/messages/count_tokens"):
+        return "count_tokens", "anthropic"
+    if path.endswith("/models"):
+        return "models", "openai"
+    return None, "openai"
+
+
+_POST_KINDS = frozenset(("chat", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
+
+
+def _gemini_model(path: str) -> str:
+    return path[path.rfind("/") + 1:path.rfind(":")] or "gemini-2.5-flash"
+
+
+# ------------------------------------------------------------------------------ protocol
+
+# (method, url, headers, special headers (x-fake-* and anthropic-version), body, keep_alive)
+_Pending = tuple[str, str, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], bytes, bool]
+
+
+class _HttpProtocol(asyncio.Protocol):
+    __slots__ = (
+        "srv", "loop", "transport", "parser", "peer", "peer_hdr", "_url", "_headers", "_special",
+        "_body", "_expect", "_queue", "_task", "_paused", "_waiter", "closed", "_closing", "_reading_paused",
+    )
+
+    def __init__(self, srv: "FakeProvider") -> None:
+        self.srv = srv
+        self.loop = srv._loop_ref()
+        self.transport: Optional[asyncio.Transport] = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: tuple[str, int] = ("", 0)
+        self.peer_hdr = b""
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._special: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._expect = False
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._paused = False
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self.closed = False
+        self._closing = False
+        self._reading_paused = False
+
+    # -- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+            host = self.peer[0]
+            self.peer_hdr = (("[%s]" % host) if ":" in host else host).encode() + b":%d" % self.peer[1]
+        else:
+            self.peer = (str(peer or ""), 0)
+            self.peer_hdr = self.peer[0].encode() + b":0"
+        self.srv._conns.add(self)
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.closed = True
+        self._closing = True
+        self.srv._conns.discard(self)
+        self._wake()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def wait_writable(self) -> None:
+        while self._paused and not self.closed:
+            w = self._waiter
+            if w is None:
+                w = self._waiter = self.loop.create_future()
+            await w
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as exc:
+            if self._task is None and not self._queue:
+                body = _dumps({"error": {"message": "bad request: %s" % exc, "type": "invalid_request_error",
+                                         "param": None, "code": None}})
+                self.send(400, _CT_JSON, body, 0, b"", False)
+            self.close()
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._headers = []
+        self._special = []
+        self._body = []
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = name.lower()
+        self._headers.append((n, value))
+        if n.startswith(b"x-fake-") or n == b"anthropic-version":
+            self._special.append((n, value))
+        elif n == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        if self._expect and self._task is None and not self._queue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        p = self.parser
+        url = b"".join(self._url).decode("latin-1")
+        body = b"".join(self._body) if self._body else b""
+        self._queue.append(
+            (p.get_method().decode("latin-1"), url, self._headers, self._special, body, bool(p.should_keep_alive()))
+        )
+        if self._task is None:
+            self._process()
+        elif len(self._queue) > 32 and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    # -- request processing
+    def _process(self) -> None:
+        queue = self._queue
+        while queue and not self._closing:
+            method, url, headers, special, body, keep_alive = queue.popleft()
+            coro = self.srv._handle(self, method, url, headers, special, body, keep_alive)
+            if coro is not None:
+                task = self._task = self.loop.create_task(coro)
+                task.add_done_callback(self._task_done)
+                return
+        if self._reading_paused and not self._closing and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _task_done(self, task: "asyncio.Task[None]") -> None:
+        self._task = None
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:  # a bug: drop the connection
+                sys.stderr.write("fake_provider: handler error: %r\n" % (exc,))
+                self.abort()
+                return
+        if not self._closing:
+            self._process()
+
+    # -- output helpers
+    def send(self, status: int, ctype: bytes, body: bytes, rid: int, extra: bytes, keep_alive: bool) -> None:
+        t = self.transport
+        if t is None or self._closing:
+            return
+        t.write(
+            b"".join((
+                _get_status_line(status),
+                b"content-type: ", ctype,
+                b"\r\ncontent-length: %d\r\nx-fake-peer: " % len(body), self.peer_hdr,
+                b"\r\nx-fake-request-id: %d\r\n" % rid, extra,
+                b"" if keep_alive else b"connection: close\r\n",
+                b"\r\n", body,
+            ))
+        )
+        if not keep_alive:
+            self.close()
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None and not self._closing:
+            t.write(data)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def reset(self) -> None:
+        """Let buffered output reach the kernel, then RST the connection."""
+        t = self.transport
+        if t is None or self.closed:
+            return
+        deadline = self.loop.time() + 2.0
+        while not self.closed and t.get_write_buffer_size() and self.loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.005)  # give a local reader the chance to pull what was sent
+        if self.closed:
+            return
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.abort()
+
+
+# -------------------------------------------------------------------------------- server
+
+
+class FakeProvider:
+    """The asyncio fake provider server (run it on uvloop for speed)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_ms: float = 0,
+        events: int = 8,
+        interval_ms: float = 0,
+        status: int = 0,
+        input_tokens: Optional[int] = None,
+        output_tokens: Optional[int] = None,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        omit_usage: bool = False,
+        stream_event_bytes: int = 65536,
+        max_recorded: int = 10000,
+        record: bool = True,
+        reuse_port: bool = False,
+        backlog: int = 4096,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._defaults = _Ctl(
+            latency=latency_ms / 1000.0,
+            events=events,
+            interval=interval_ms / 1000.0,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached=cached_tokens,
+            reasoning=reasoning_tokens,
+            cache_write=cache_write_tokens,
+            omit_usage=omit_usage,
+        )
+        if stream_event_bytes < 16:
+            raise ValueError("stream_event_bytes must be >= 16")
+        reps = stream_event_bytes // len(_FILLER) + 1
+        self._big_raw = (_FILLER * reps)[:stream_event_bytes]
+        self._big_json = b'"' + self._big_raw + b'"'
+        self.record = record
+        self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._nonce = os.urandom(6).hex()
+        self._reuse_port = reuse_port
+        self._backlog = backlog
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._conns: set[_HttpProtocol] = set()
+        self._model_json: dict[str, bytes] = {}
+
+    # -- lifecycle
+    def _loop_ref(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: _HttpProtocol(self),
+            self.host,
+            self.port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
+        )
+        sock = self._server.sockets[0]
+        self.port = int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        server.close()
+        conns = list(self._conns)
+        tasks = [c._task for c in conns if c._task is not None]
+        for c in conns:
+            c.abort()
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+        for _ in range(3):  # let connection_lost callbacks run
+            await asyncio.sleep(0)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", None) else self.host
+        if ":" in host:
+            host = "[%s]" % host
+        return "http://%s:%d" % (host, self.port)
+
+    # -- recording
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._recorded)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._recorded.clear()
+
+    # -- request handling
+    def _model_bytes(self, model: str) -> bytes:
+        mj = self._model_json.get(model)
+        if mj is None:
+            mj = _dumps(model)
+            if len(self._model_json) < 256:
+                self._model_json[model] = mj
+        return mj
+
+    def _controls(self, special: list[tuple[bytes, bytes]]) -> _Ctl:
+        ctl: Optional[_Ctl] = None
+        for bname, bvalue in special:
+            if not bname.startswith(b"x-fake-"):
+                continue
+            if ctl is None:
+                ctl = dataclasses.replace(self._defaults)
+            name = bname.decode("latin-1")
+            value = bvalue.decode("latin-1")
+            v = value.strip()
+            try:
+                if name in _INT_CTL:
+                    setattr(ctl, _INT_CTL[name], int(v))
+                elif name in _MS_CTL:
+                    setattr(ctl, _MS_CTL[name], float(v) / 1000.0)
+                elif name == "x-fake-omit-usage":
+                    ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
+                elif name == "x-fake-retry-after":
+                    ctl.retry_after = v
+            except ValueError:
+                raise _BadRequest("invalid value for %s: %r" % (name, value)) from None
+        return ctl if ctl is not None else self._defaults
+
+    def _usage(self, ctl: _Ctl, body: bytes, n_events: int) -> _Usage:
+        i = ctl.input_tokens if ctl.input_tokens is not None else max(1, len(body) // 4)
+        o = ctl.output_tokens if ctl.output_tokens is not None else n_events + ctl.reasoning
+        return _Usage(i, o, ctl.cached, ctl.reasoning, ctl.cache_write)
+
+    def _handle(
+        self, p: _HttpProtocol, method: str, url: str, raw_headers: list[tuple[bytes, bytes]],
+        special: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool,
+    ) -> Optional[Coroutine[Any, Any, None]]:
+        path, _, query = url.partition("?")
+        if path.startswith("/_fake/"):
+            self._admin(p, method, path, keep_alive)
+            return None
+        self._counter += 1
+        rid = self._counter
+        if self.record:
+            headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers]
+            rec = RecordedRequest(method, url, headers, body, p.peer, time.time(), rid)
+            with self._lock:
+                self._recorded.append(rec)
+        kind, family = _route(method, path)
+        try:
+            ctl = self._controls(special)
+        except _BadRequest as exc:
+            p.send(400, _CT_JSON, _error_body(family, 400, str(exc), rid), rid, b"", keep_alive)
+            return None
+        if kind is None:
+            return self._respond(p, ctl, rid, 404, _CT_JSON, _error_body(
+                family, 404, "Invalid URL (%s %s)" % (method, path), rid, True), keep_alive)
+        want = "POST" if kind in _POST_KINDS else "GET"
+        if method != want:
+            return self._respond(p, ctl, rid, 405, _CT_JSON, _error_body(
+                family, 405, "Method %s not allowed for %s" % (method, path), rid, True), keep_alive)
+        if kind == "models" and any(n == b"anthropic-version" for n, _ in special):
+            family = "anthropic"
+        if ctl.status and ctl.status != 200:
+            extra = b""
+            if ctl.status == 429 or any(n == b"x-fake-retry-after" for n, _ in special):
+                extra = b"retry-after: " + ctl.retry_after.encode("latin-1") + b"\r\n"
+            if family == "anthropic":
+                extra += b"request-id: req_fake%08d\r\n" % rid
+            return self._respond(p, ctl, rid, ctl.status, _CT_JSON, _error_body(
+                family, ctl.status, "fake provider: injected HTTP %d" % ctl.status, rid), keep_alive, extra)
+        if kind == "models":
+            body_out = _ANTHROPIC_MODELS_BODY if family == "anthropic" else _OPENAI_MODELS_BODY
+            return self._respond(p, ctl, rid, 200, _CT_JSON, body_out, keep_alive)
+
+        # body
+        req: dict[str, Any]
+        if body:
+            try:
+                obj = _loads(body)
+            except _JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                return self._respond(p, ctl, rid, 400, _CT_JSON, _error_body(
+                    family, 400, "request body is not a JSON object", rid), keep_alive)
+            req = obj
+        else:
+            req = {}
+
+        if kind == "count_tokens" or kind == "gemini_count":
+            i = self._usage(ctl, body, 0).i
+            out = _dumps({"input_tokens": i} if kind == "count_tokens" else {"totalTokens": i})
+            return self._respond(p, ctl, rid, 200, _CT_JSON, out, keep_alive)
+
+        if family == "gemini":
+            model = _gemini_model(path)
+            stream = kind == "gemini_stream"
+        else:
+            m = req.get("model")
+            model = m if isinstance(m, str) else _DEFAULT_MODELS[kind]
+            stream = req.get("stream") is True
+        big: Optional[bytes] = None
+        n = ctl.events
+        if ctl.stream_bytes > 0:
+            big = self._big_json
+            n = max(1, math.ceil(ctl.stream_bytes / len(self._big_raw)))
+        n = max(0, n)
+        ctx = _Ctx(rid, "%s%012x" % (self._nonce, rid), model, self._model_bytes(model), n, big,
+                   self._usage(ctl, body, n), ctl.omit_usage)
+        extra = b"request-id: req_fake%08d\r\n" % rid if family == "anthropic" else b""
+
+        if stream:
+            events: Iterator[object]
+            ctype = _CT_SSE
+            if kind == "chat":
+                so = req.get("stream_options")
+                include_usage = isinstance(so, dict) and so.get("include_usage") is True
+                events = _chat_events(ctx, include_usage)
+            elif kind == "responses":
+                events = _responses_events(ctx, req)
+            elif kind == "messages":
+                events = _messages_events(ctx)
+            else:
+                sse = "alt=sse" in query
+                if not sse:
+                    ctype = _CT_JSON
+                events = _gemini_events(ctx, sse)
+            return self._stream(p, ctl, rid, ctype, events, keep_alive, extra, kind, ctype is _CT_SSE)
+
+        if kind == "chat":
+            out = _chat_json(ctx)
+        elif kind == "responses":
+            out = _responses_json(ctx, req)
+        elif kind == "messages":
+            out = _messages_json(ctx)
+        else:
+            out = _gemini_json(ctx)
+        if big is not None:
+            return self._big_json_response(p, ctl, rid, out, n, keep_alive, extra)
+        return self._respond(p, ctl, rid, 200, _CT_JSON, out, keep_alive, extra)
+
+    def _respond(
+        self, p: _HttpProtocol, ctl: _Ctl, rid: int, status: int, ctype: bytes, body: bytes,
+        keep_alive: bool, extra: bytes = b"",
+    ) -> Optional[Coroutine[Any, Any, None]]:
+        if ctl.latency <= 0 and ctl.reset_after < 0:
+            p.send(status, ctype, body, rid, extra, keep_alive)
+            return None
+        return self._respond_later(p, ctl, rid, status, ctype, body, keep_alive, extra)
+
+    async def _respond_later(
+        self, p: _HttpProtocol, ctl: _Ctl, rid: int, status: int, ctype: bytes, body: bytes,
+        keep_alive: bool, extra: bytes,
+    ) -> None:
+        if ctl.latency > 0:
+            await asyncio.sleep(ctl.latency)
+        if ctl.reset_after >= 0:
+            await p.reset()
+            return
+        p.send(status, ctype, body, rid, extra, keep_alive)
+
+    async def _big_json_response(
+        self, p: _HttpProtocol, ctl: _Ctl, rid: int, template: bytes, n: int, keep_alive: bool, extra: bytes,
+    ) -> None:
+        if ctl.latency > 0:
+            await asyncio.sleep(ctl.latency)
+        if ctl.reset_after >= 0:
+            await p.reset()
+            return
+        prefix, _, suffix = template.partition(_MARK_B)
+        chunk = self._big_raw
+        length = len(prefix) + len(suffix) + n * len(chunk)
+        p.write(b"".join((
+            _STATUS_LINES[200], b"content-type: application/json\r\ncontent-length: %d\r\nx-fake-peer: " % length,
+            p.peer_hdr, b"\r\nx-fake-request-id: %d\r\n" % rid, extra,
+            b"" if keep_alive else b"connection: close\r\n", b"\r\n", prefix,
+        )))
+        for i in range(n):
+            if p._paused:
+                await p.wait_writable()
+            if p.closed:
+                return
+            p.write(chunk)
+            if i & 7 == 7:
+                await asyncio.sleep(0)
+        p.write(suffix)
+        if not keep_alive:
+            p.close()
+
+    async def _stream(
+        self, p: _HttpProtocol, ctl: _Ctl, rid: int, ctype: bytes, events: Iterator[object],
+        keep_alive: bool, extra: bytes, kind: str, sse: bool,
+    ) -> None:
+        if ctl.latency > 0:
+            await asyncio.sleep(ctl.latency)
+        if p.closed:
+            return
+        p.write(b"".join((
+            _STATUS_LINES[200], b"content-type: ", ctype, b"\r\ntransfer-encoding: chunked\r\n"
+            b"cache-control: no-cache\r\nx-fake-peer: ", p.peer_hdr, b"\r\nx-fake-request-id: %d\r\n" % rid,
+            extra, b"" if keep_alive else b"connection: close\r\n", b"\r\n",
+        )))
+        reset_after = ctl.reset_after
+        if reset_after == 0:
+            await p.reset()
+            return
+        interval = ctl.interval
+        error_after = ctl.error_after
+        sent = 0
+        for ev in events:
+            if sent == error_after:
+                break
+            if ev is _PAUSE:
+                if interval > 0:
+                    await asyncio.sleep(interval)
+                continue
+            assert isinstance(ev, bytes)
+            if p._paused:
+                await p.wait_writable()
+            if p.closed:
+                return
+            p.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+            sent += 1
+            if sent == reset_after:
+                await p.reset()
+                return
+            if len(ev) > 16384 and sent & 7 == 0:
+                await asyncio.sleep(0)  # fairness when the reader keeps up
+        if p._paused:
+            await p.wait_writable()
+        if error_after >= 0:  # (also when N >= the number of events: error after the last one)
+            ev = _stream_error_event(kind, sse, sent)
+            p.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
+        else:
+            p.write(b"0\r\n\r\n")
+        if not keep_alive:
+            p.close()
+
+    def _admin(self, p: _HttpProtocol, method: str, path: str, keep_alive: bool) -> None:
+        if path == "/_fake/health" and method == "GET":
+            p.send(200, _CT_JSON, b'{"status":"ok"}', 0, b"", keep_alive)
+        elif path == "/_fake/requests" and method == "GET":
+            p.send(200, _CT_JSON, _dumps([r.to_dict() for r in self.requests]), 0, b"", keep_alive)
+        elif path == "/_fake/requests" and method == "DELETE":
+            with self._lock:
+                n = len(self._recorded)
+                self._recorded.clear()
+            p.send(200, _CT_JSON, _dumps({"cleared": n}), 0, b"", keep_alive)
+        else:
+            p.send(404, _CT_JSON, _error_body("openai", 404, "Invalid URL (%s %s)" % (method, path), 0, True),
+                   0, b"", keep_alive)
+
+
+# ------------------------------------------------------------------------ thread wrapper
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+
+
+class FakeProviderThread:
+    """Runs a FakeProvider on its own (uv)loop in a daemon thread.  Context manager."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> None:
+        self.provider = FakeProvider(host, port, **kwargs)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "FakeProviderThread":
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = _new_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            try:
+                try:
+                    loop.run_until_complete(self.provider.start())
+                except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+                    errors.append(exc)
+                    return
+                finally:
+                    ready.set()
+                loop.run_forever()
+                loop.run_until_complete(self.provider.stop())
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-provider", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if errors:
+            self._thread.join()
+            self._thread = None
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        self._thread = None
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+
+    def __enter__(self) -> "FakeProviderThread":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self.provider.port
+
+    @property
+    def url(self) -> str:
+        return self.provider.url
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.provider.requests
+
+    def clear(self) -> None:
+        self.provider.clear()
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def _provider_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "latency_ms": args.latency_ms,
+        "events": args.events,
+        "interval_ms": args.interval_ms,
+        "stream_event_bytes": args.stream_event_bytes,
+        "max_recorded": args.max_recorded,
+        "record": not args.no_record,
+    }
+
+
+async def _serve(host: str, port: int, kwargs: dict[str, Any], reuse_port: bool,
+                 on_ready: Callable[[int], None]) -> None:
+    provider = FakeProvider(host, port, reuse_port=reuse_port, **kwargs)
+    await provider.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    on_ready(provider.port)
+    await stop.wait()
+    await provider.stop()
+
+
+def _run_worker(host: str, port: int, kwargs: dict[str, Any], reuse_port: bool,
+                on_ready: Callable[[int], None]) -> None:
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(_serve(host, port, kwargs, reuse_port, on_ready))
+    finally:
+        loop.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fake_provider", description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=9000)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--events", type=int, default=8)
+    ap.add_argument("--interval-ms", type=float, default=0.0)
+    ap.add_argument("--stream-event-bytes", type=int, default=65536)
+    ap.add_argument("--max-recorded", type=int, default=10000)
+    ap.add_argument("--no-record", action="store_true", help="do not record requests (benchmarks)")
+    ap.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT")
+    args = ap.parse_args(argv)
+    kwargs = _provider_kwargs(args)
+
+    def announce(port: int) -> None:
+        print("listening on %s:%d" % (args.host, port), flush=True)
+
+    if args.workers <= 1:
+        _run_worker(args.host, args.port, kwargs, False, announce)
+        return 0
+
+    # multi-process: every worker binds the same port with SO_REUSEPORT
+    port = args.port
+    placeholder: Optional[socket.socket] = None
+    if port == 0:
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        placeholder = socket.socket(family, socket.SOCK_STREAM)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        placeholder.bind((args.host, 0))
+        port = placeholder.getsockname()[1]
+    children: list[int] = []
+    ready_r, ready_w = os.pipe()
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(ready_r)
+            if placeholder is not None:
+                placeholder.close()
+            code = 0
+
+            def ready(_port: int) -> None:
+                os.write(ready_w, b"1")
+
+            try:
+                _run_worker(args.host, port, kwargs, True, ready)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    os.close(ready_w)
+    got = 0
+    while got < args.workers:
+        chunk = os.read(ready_r, 64)
+        if not chunk:
+            break
+        got += len(chunk)
+    os.close(ready_r)
+    if placeholder is not None:
+        placeholder.close()
+    if got < args.workers:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            os.waitpid(pid, 0)
+        print("fake_provider: workers failed to start", file=sys.stderr)
+        return 1
+    announce(port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for cpid in children:
+            try:
+                os.kill(cpid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for pid in children:
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
