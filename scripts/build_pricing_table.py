@@ -1,0 +1,637 @@
+#!/usr/bin/env python3
+"""Build plano_fast's bundled price table (``plano_fast/data/prices.json``).
+
+Usage (from the repository root)::
+
+    python scripts/build_pricing_table.py --data ../shared/data/pricing --out plano_fast/data/prices.json
+    python scripts/build_pricing_table.py --data ../shared/data/pricing --out plano_fast/data/prices.json --check
+
+Inputs: the three public datasets described in ``<data>/SOURCES.md``:
+
+* ``portkey-models/pricing/<provider>.json`` -- Portkey-AI/models (MIT), US **cents per token**.
+  **Primary source** (SOURCES.md recommendation: MIT, broadest split by provider, explicit
+  cache read/write prices).
+* ``litellm/model_prices_and_context_window.json`` -- BerriAI/litellm (MIT), **USD per token**.
+  First fallback.
+* ``genai-prices/prices/new_data/v2/data.json`` -- pydantic/genai-prices (MIT), **USD per 1M
+  tokens**.  Second fallback, and the preferred source of context tiers (explicit thresholds).
+
+Output: integer **nano-USD per 1,000,000 tokens** (1 nano-USD = 1e-9 USD) for input, output,
+cache read and cache write, per (gateway provider id, model id), with the source of each entry
+and a ``sources`` header (dataset, commit / snapshot date, licence, sha256 of the files read).
+
+Merge policy (per gateway provider; all of it is deterministic, no clock, no network):
+
+1. Portkey entries come first.  Then LiteLLM entries, then genai-prices entries, for model ids
+   (compared case-insensitively) that no earlier source had.  Each entry records ``src``.
+   Majority rule: when LiteLLM and genai-prices both list a Portkey model with the same
+   input/output prices and Portkey differs, the two-source majority wins
+   (``"src": "litellm+genai-prices"``).
+2. Portkey cleaning: ``pricing_config: null`` skipped; ``request_text_token`` /
+   ``response_text_token`` used when ``request_token`` / ``response_token`` are absent;
+   OpenRouter ``:batch`` keys (batch prices) and ``openrouter/*`` meta-routers (variable price)
+   skipped; keys ``<model>-lte-<N>k`` become ``<model>`` (the ``-gt-<N>k`` twin is not used as a
+   tier: its thresholds are inconsistent with the providers' published ones, e.g.
+   gemini-2.5-pro is tiered at 200k, Portkey labels it 128k -- tiers come from step 4 instead).
+3. Zero token prices: an entry whose input and output prices are both 0 is kept (a known free
+   model, e.g. ``...:free``) only when it has no other non-zero price (image / audio /
+   per-unit) -- otherwise it is a non-token model and is skipped.  A cache price of 0 (while
+   input is not free) means "not listed" and becomes null; a cache-read price above the input
+   price is rejected as a data error (null).  Null cache prices are filled from the next source
+   that lists the same model with the *same* input and output prices (``fill`` records it).
+4. Context tiers (whole request priced at the tier when prompt tokens > ``above``): taken
+   from genai-prices, else LiteLLM ``*_above_<N>k_tokens``, for the same model id, only when
+   that source's base input/output prices equal the entry's.
+5. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
+   is used; time-of-day (off-peak) variants are ignored.
+6. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
+   tokens is rounded half up (counted in the build summary).
+
+To refresh: copy the new dataset snapshots into the data folder, update SOURCES.md and
+``SOURCE_META`` below (commit, date), rerun this script, review the diff, commit both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Snapshot metadata.  The build checks that each commit is mentioned in SOURCES.md, so a
+# refreshed data folder with stale metadata here fails loudly instead of mislabelling prices.
+SOURCE_META: dict[str, dict[str, str]] = {
+    "portkey": {
+        "dataset": "Portkey-AI/models pricing/*.json",
+        "url": "https://github.com/Portkey-AI/models",
+        "commit": "f654307ec968cc9c8a54f2139fb79ede59c3d688",
+        "snapshot_date": "2026-08-21",
+        "licence": "MIT (Copyright (c) 2025 Portkey.ai)",
+        "unit": "US cents per token",
+        "role": "primary",
+    },
+    "litellm": {
+        "dataset": "BerriAI/litellm model_prices_and_context_window.json",
+        "url": "https://github.com/BerriAI/litellm",
+        "mirror": "https://github.com/RoCry/llm-api-price",
+        "commit": "8442b939a6ead479f7995b5d74d8dce488bd0966",
+        "licence": "MIT",
+        "unit": "USD per token",
+        "role": "fallback 1 (missing models, missing cache prices, context tiers)",
+    },
+    "genai-prices": {
+        "dataset": "pydantic/genai-prices prices/new_data/v2/data.json",
+        "url": "https://github.com/pydantic/genai-prices",
+        "commit": "47df840a5ab10bbcffb8e5ac01b9899032245d1b",
+        "snapshot_date": "2026-08-21",
+        "licence": "MIT",
+        "unit": "USD per 1M tokens",
+        "role": "fallback 2 (missing models, missing cache prices); preferred source of context tiers",
+    },
+}
+
+PORTKEY_DIR = "portkey-models/pricing"
+LITELLM_FILE = "litellm/model_prices_and_context_window.json"
+GENAI_FILE = "genai-prices/prices/new_data/v2/data.json"
+
+
+@dataclass(frozen=True)
+class ProviderSources:
+    gateway_id: str
+    portkey: tuple[str, ...]  # file stems, in priority order
+    litellm: tuple[str, ...]  # litellm_provider values
+    genai: tuple[str, ...]  # genai-prices provider ids
+    exclude: tuple[str, ...] = ()  # model-id prefixes that belong to another provider
+
+
+PROVIDERS: tuple[ProviderSources, ...] = (
+    ProviderSources("anthropic", ("anthropic",), ("anthropic",), ("anthropic",)),
+    ProviderSources("cerebras", ("cerebras",), ("cerebras",), ("cerebras",)),
+    ProviderSources("deepseek", ("deepseek",), ("deepseek",), ("deepseek",)),
+    ProviderSources("fireworks", ("fireworks-ai",), ("fireworks_ai",), ("fireworks",)),
+    # genai-prices' "google" provider also lists Vertex-hosted Claude models.
+    ProviderSources("gemini", ("google",), ("gemini",), ("google",), exclude=("claude",)),
+    ProviderSources("groq", ("groq",), ("groq",), ("groq",)),
+    ProviderSources("mistral", ("mistral-ai",), ("mistral",), ("mistral",)),
+    ProviderSources("moonshotai", ("moonshot",), ("moonshot",), ("moonshotai",)),
+    ProviderSources("openai", ("openai",), ("openai",), ("openai",)),
+    ProviderSources("openrouter", ("openrouter",), ("openrouter",), ("openrouter",)),
+    ProviderSources("perplexity", ("perplexity-ai",), ("perplexity",), ("perplexity",)),
+    ProviderSources("qwen", ("dashscope",), ("dashscope",), ()),  # genai-prices has no DashScope
+    ProviderSources("together", ("together-ai",), ("together_ai",), ("together",)),
+    ProviderSources("xai", ("x-ai",), ("xai",), ("x-ai",)),
+    ProviderSources("zhipu", ("zhipu", "z-ai"), ("zai",), ("zhipuai", "zai")),
+)
+
+LITELLM_MODES = ("chat", "responses", "completion")
+FIREWORKS_PREFIX = "accounts/fireworks/models/"
+
+# Multipliers from each source unit to nano-USD per 1M tokens.
+CENTS_PER_TOKEN = Decimal(10) ** 13  # /100 (USD) * 1e6 (per M) * 1e9 (nano)
+USD_PER_TOKEN = Decimal(10) ** 15
+USD_PER_MTOK = Decimal(10) ** 9
+
+_TIER_KEY = re.compile(r"^(?P<base>.+)-(?P<kind>lte|gt)-(?P<n>\d+)k$")
+_LITELLM_TIER = re.compile(
+    r"^(?P<field>input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|"
+    r"cache_creation_input_token_cost)_above_(?P<n>\d+)k_tokens$"
+)
+_LITELLM_FIELDS = {
+    "input_cost_per_token": "in",
+    "output_cost_per_token": "out",
+    "cache_read_input_token_cost": "cr",
+    "cache_creation_input_token_cost": "cw",
+}
+_GENAI_FIELDS = {
+    "input_mtok": "in",
+    "output_mtok": "out",
+    "cache_read_mtok": "cr",
+    "cache_write_mtok": "cw",
+}
+PRICE_FIELDS = ("in", "out", "cr", "cw")
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.rounded = 0
+        self.rejected_cache_read = 0
+        self.skipped: dict[str, int] = {}
+        self.filled = 0
+        self.tiers_attached = 0
+        self.disagreements = 0
+        self.majority = 0
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+STATS = Stats()
+
+
+def to_nano(value: Any, unit: Decimal) -> int | None:
+    """Exact conversion of a dataset number to integer nano-USD per 1M tokens."""
+    if value is None or isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, Decimal)):
+        raise TypeError(f"unexpected price value {value!r}")
+    scaled = Decimal(value) * unit
+    whole = scaled.to_integral_value(rounding=ROUND_HALF_UP)
+    if whole != scaled:
+        STATS.rounded += 1
+    if whole < 0:
+        raise ValueError(f"negative price {value!r}")
+    return int(whole)
+
+
+@dataclass
+class Tier:
+    above: int
+    prices: dict[str, int | None]
+
+
+@dataclass
+class Entry:
+    model: str
+    src: str
+    prices: dict[str, int | None]  # in, out, cr, cw
+    tiers: list[Tier] = field(default_factory=list)
+    fill: dict[str, str] = field(default_factory=dict)
+
+    def clean(self) -> None:
+        inp = self.prices["in"] or 0
+        for key in ("cr", "cw"):
+            if self.prices[key] == 0 and inp > 0:
+                self.prices[key] = None
+        cr = self.prices["cr"]
+        if cr is not None and cr > inp:
+            self.prices["cr"] = None
+            STATS.rejected_cache_read += 1
+
+
+def load_json(path: Path) -> Any:
+    with path.open("rb") as fh:
+        return json.loads(fh.read(), parse_float=Decimal)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- Portkey
+
+
+def _pk_price(pay: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        node = pay.get(name)
+        if isinstance(node, dict) and "price" in node:
+            return node["price"]
+    return None
+
+
+def _has_other_price(node: Any, skip: frozenset[str]) -> bool:
+    """Any non-zero number anywhere in ``node`` outside the keys in ``skip``."""
+    if isinstance(node, dict):
+        return any(_has_other_price(v, skip) for k, v in node.items() if k not in skip)
+    if isinstance(node, list):
+        return any(_has_other_price(v, skip) for v in node)
+    if isinstance(node, (int, Decimal)) and not isinstance(node, bool):
+        return node != 0
+    return False
+
+
+_PK_TOKEN_KEYS = frozenset(
+    {
+        "request_token",
+        "response_token",
+        "request_text_token",
+        "response_text_token",
+        "cache_read_input_token",
+        "cache_write_input_token",
+    }
+)
+
+
+def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
+    out: list[Entry] = []
+    seen: set[str] = set()
+    for stem in stems:
+        doc = load_json(data / PORTKEY_DIR / f"{stem}.json")
+        plain = {k.lower() for k in doc}
+        for key, value in doc.items():
+            if key == "default":
+                continue
+            model = key
+            m = _TIER_KEY.match(key)
+            if m:
+                if m["kind"] == "gt":
+                    STATS.skip("portkey -gt-Nk tier key")
+                    continue
+                model = m["base"]
+                if model.lower() in plain:  # a plain key for the same model wins
+                    STATS.skip("portkey -lte-Nk key shadowed by plain key")
+                    continue
+            if key.endswith(":batch"):
+                STATS.skip("portkey :batch variant")
+                continue
+            if key.startswith("openrouter/"):
+                STATS.skip("openrouter meta-router")
+                continue
+            config = value.get("pricing_config") if isinstance(value, dict) else None
+            if not isinstance(config, dict):
+                STATS.skip("portkey pricing_config null")
+                continue
+            pay = config.get("pay_as_you_go")
+            if not isinstance(pay, dict):
+                STATS.skip("portkey no pay_as_you_go")
+                continue
+            inp = to_nano(_pk_price(pay, "request_token", "request_text_token"), CENTS_PER_TOKEN)
+            outp = to_nano(_pk_price(pay, "response_token", "response_text_token"), CENTS_PER_TOKEN)
+            if inp is None or outp is None:
+                STATS.skip("portkey no token price")
+                continue
+            if inp == 0 and outp == 0 and _has_other_price(pay, _PK_TOKEN_KEYS):
+                STATS.skip("portkey non-token model")
+                continue
+            if model.lower() in seen:
+                STATS.skip("duplicate within source")
+                continue
+            seen.add(model.lower())
+            entry = Entry(
+                model,
+                "portkey",
+                {
+                    "in": inp,
+                    "out": outp,
+                    "cr": to_nano(_pk_price(pay, "cache_read_input_token"), CENTS_PER_TOKEN),
+                    "cw": to_nano(_pk_price(pay, "cache_write_input_token"), CENTS_PER_TOKEN),
+                },
+            )
+            entry.clean()
+            out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- LiteLLM
+
+
+def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]:
+    out: list[Entry] = []
+    seen: set[str] = set()
+    for key in sorted(doc):
+        value = doc[key]
+        if not isinstance(value, dict) or value.get("litellm_provider") not in providers:
+            continue
+        if value.get("mode") not in LITELLM_MODES:
+            continue
+        provider = value["litellm_provider"]
+        model = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
+        if model.startswith(FIREWORKS_PREFIX):
+            model = model[len(FIREWORKS_PREFIX) :]
+        inp = to_nano(value.get("input_cost_per_token"), USD_PER_TOKEN)
+        outp = to_nano(value.get("output_cost_per_token"), USD_PER_TOKEN)
+        if inp is None or outp is None:
+            STATS.skip("litellm no token price")
+            continue
+        if model.lower() in seen:
+            STATS.skip("duplicate within source")
+            continue
+        seen.add(model.lower())
+        tiers: dict[int, dict[str, int | None]] = {}
+        for fname, fvalue in value.items():
+            m = _LITELLM_TIER.match(fname)
+            if m:
+                above = int(m["n"]) * 1000
+                tiers.setdefault(above, {})[_LITELLM_FIELDS[m["field"]]] = to_nano(
+                    fvalue, USD_PER_TOKEN
+                )
+        entry = Entry(
+            model,
+            "litellm",
+            {
+                "in": inp,
+                "out": outp,
+                "cr": to_nano(value.get("cache_read_input_token_cost"), USD_PER_TOKEN),
+                "cw": to_nano(value.get("cache_creation_input_token_cost"), USD_PER_TOKEN),
+            },
+        )
+        entry.clean()
+        entry.tiers = _complete_tiers(entry.prices, tiers)
+        out.append(entry)
+    return out
+
+
+def _complete_tiers(
+    base: dict[str, int | None], tiers: dict[int, dict[str, int | None]]
+) -> list[Tier]:
+    """Tiers with every field set: a field a tier does not mention keeps its lower value."""
+    result: list[Tier] = []
+    current = dict(base)
+    for above in sorted(tiers):
+        for key, value in tiers[above].items():
+            current[key] = value
+        if "in" not in tiers[above] and "out" not in tiers[above]:
+            continue
+        if current == (result[-1].prices if result else base):
+            continue  # a tier that changes nothing
+        result.append(Tier(above, dict(current)))
+    return result
+
+
+# ------------------------------------------------------------------------ genai-prices
+
+
+def _genai_effective(prices: Any, snapshot_date: str) -> dict[str, Any] | None:
+    if isinstance(prices, dict):
+        return prices
+    best: dict[str, Any] | None = None
+    best_start = ""
+    for item in prices:
+        constraint = item.get("constraint")
+        if constraint is None:
+            start = ""
+        elif "start_date" in constraint:
+            start = str(constraint["start_date"])
+            if start > snapshot_date:
+                continue
+        else:  # time-of-day window (off-peak prices): ignored
+            continue
+        if best is None or start >= best_start:
+            best, best_start = item["prices"], start
+    return best
+
+
+def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[Entry]:
+    snapshot_date = SOURCE_META["genai-prices"]["snapshot_date"]
+    out: list[Entry] = []
+    seen: set[str] = set()
+    for provider in doc:
+        if provider["id"] not in providers:
+            continue
+        for model in provider["models"]:
+            prices = _genai_effective(model["prices"], snapshot_date)
+            if prices is None:
+                STATS.skip("genai-prices no effective price")
+                continue
+            base: dict[str, int | None] = {}
+            tiers: dict[int, dict[str, int | None]] = {}
+            for src_key, key in _GENAI_FIELDS.items():
+                value = prices.get(src_key)
+                if isinstance(value, dict):  # TieredPrices
+                    base[key] = to_nano(value["base"], USD_PER_MTOK)
+                    for tier in value["tiers"]:
+                        tiers.setdefault(int(tier["start"]), {})[key] = to_nano(
+                            tier["price"], USD_PER_MTOK
+                        )
+                else:
+                    base[key] = to_nano(value, USD_PER_MTOK)
+            if base["in"] is None and base["out"] is None:
+                STATS.skip("genai-prices no token price")
+                continue
+            base["in"] = base["in"] or 0
+            base["out"] = base["out"] or 0
+            model_id = str(model["id"])
+            if model_id.lower() in seen:
+                STATS.skip("duplicate within source")
+                continue
+            seen.add(model_id.lower())
+            entry = Entry(model_id, "genai-prices", base)
+            entry.clean()
+            entry.tiers = _complete_tiers(entry.prices, tiers)
+            out.append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def _in_out(entry: Entry) -> tuple[int | None, int | None]:
+    return entry.prices["in"], entry.prices["out"]
+
+
+def merge(sources: list[list[Entry]]) -> list[Entry]:
+    merged: dict[str, Entry] = {}
+    later: dict[str, list[Entry]] = {}
+    for entries in sources:
+        for entry in entries:
+            key = entry.model.lower()
+            if key in merged:
+                later.setdefault(key, []).append(entry)
+            else:
+                merged[key] = entry
+    for key in list(merged):
+        entry = merged[key]
+        others = later.get(key, [])
+        if len(others) >= 2 and _in_out(others[0]) == _in_out(others[1]) != _in_out(entry):
+            # Both fallbacks list the model at the same price and the primary differs: the
+            # two-source majority wins (recorded as "src": "<a>+<b>").
+            STATS.majority += 1
+            winner = others[0]
+            entry = Entry(
+                winner.model if winner.model == entry.model else entry.model,
+                f"{winner.src}+{others[1].src}",
+                dict(winner.prices),
+                list(winner.tiers),
+            )
+            others = [others[1]]
+            merged[key] = entry
+        agreeing = [o for o in others if _in_out(o) == _in_out(entry)]
+        STATS.disagreements += len(others) - len(agreeing)
+        for field_name in ("cr", "cw"):
+            if entry.prices[field_name] is None:
+                for other in agreeing:
+                    if other.prices[field_name] is not None:
+                        entry.prices[field_name] = other.prices[field_name]
+                        entry.fill[field_name] = other.src
+                        STATS.filled += 1
+                        break
+        if not entry.tiers:
+            # genai-prices first: explicit, curated thresholds.
+            for other in sorted(agreeing, key=lambda o: o.src != "genai-prices"):
+                if other.tiers:
+                    entry.tiers = [Tier(t.above, dict(t.prices)) for t in other.tiers]
+                    entry.fill["tiers"] = other.src
+                    STATS.tiers_attached += 1
+                    break
+    return sorted(merged.values(), key=lambda e: (e.model.lower(), e.model))
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def entry_json(entry: Entry) -> str:
+    obj: dict[str, Any] = {"in": entry.prices["in"], "out": entry.prices["out"]}
+    for key in ("cr", "cw"):
+        if entry.prices[key] is not None:
+            obj[key] = entry.prices[key]
+    if entry.tiers:
+        tiers = []
+        for tier in entry.tiers:
+            t: dict[str, Any] = {"above": tier.above}
+            for key in PRICE_FIELDS:
+                if tier.prices.get(key) is not None:
+                    t[key] = tier.prices[key]
+            tiers.append(t)
+        obj["tiers"] = tiers
+    obj["src"] = entry.src
+    if entry.fill:
+        obj["fill"] = dict(sorted(entry.fill.items()))
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def build(data: Path) -> str:
+    sources_md = data / "SOURCES.md"
+    if sources_md.exists():
+        text = sources_md.read_text(encoding="utf-8")
+        for name, meta in SOURCE_META.items():
+            if meta["commit"] not in text:
+                raise SystemExit(
+                    f"{sources_md} does not mention the {name} commit {meta['commit']}: "
+                    "update SOURCE_META in this script after refreshing the data"
+                )
+    litellm_path = data / LITELLM_FILE
+    genai_path = data / GENAI_FILE
+    litellm_doc = load_json(litellm_path)
+    genai_doc = load_json(genai_path)
+
+    used_portkey: set[str] = set()
+    table: dict[str, list[Entry]] = {}
+    for ps in PROVIDERS:
+        used_portkey.update(ps.portkey)
+        loaded = [
+            load_portkey(data, ps.portkey),
+            load_litellm(litellm_doc, ps.litellm),
+            load_genai(genai_doc, ps.genai),
+        ]
+        loaded = [
+            [e for e in entries if not e.model.lower().startswith(ps.exclude)] for entries in loaded
+        ]
+        table[ps.gateway_id] = merge(loaded)
+
+    sources: dict[str, Any] = {}
+    for name, meta in SOURCE_META.items():
+        sources[name] = dict(meta)
+    sources["portkey"]["files"] = {
+        f"{PORTKEY_DIR}/{stem}.json": sha256_of(data / PORTKEY_DIR / f"{stem}.json")
+        for stem in sorted(used_portkey)
+    }
+    sources["litellm"]["snapshot_date"] = str(litellm_doc.get("last_updated", ""))[:10]
+    sources["litellm"]["files"] = {LITELLM_FILE: sha256_of(litellm_path)}
+    sources["genai-prices"]["files"] = {GENAI_FILE: sha256_of(genai_path)}
+
+    header = {
+        "schema": SCHEMA_VERSION,
+        "unit": "integer nano-USD (1e-9 USD) per 1,000,000 tokens",
+        "generated_by": "scripts/build_pricing_table.py",
+        "fields": {
+            "in": "input (uncached prompt) tokens",
+            "out": "output tokens (reasoning included)",
+            "cr": "cache-read input tokens (absent: not listed, priced as input)",
+            "cw": "cache-write input tokens (absent: not listed, priced as input)",
+            "tiers": "context tiers: all prices switch when prompt tokens > above",
+            "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
+            "fill": "fields taken from another source listing the same model at the same in/out prices",
+        },
+        "sources": sources,
+    }
+    lines = ["{"]
+    for key in ("schema", "unit", "generated_by", "fields", "sources"):
+        rendered = json.dumps(header[key], indent=1, sort_keys=True, ensure_ascii=False)
+        rendered = rendered.replace("\n", "\n ")
+        lines.append(f" {json.dumps(key)}: {rendered},")
+    lines.append(' "models": {')
+    providers = sorted(table)
+    for pi, provider in enumerate(providers):
+        lines.append(f"  {json.dumps(provider)}: {{")
+        entries = table[provider]
+        for ei, entry in enumerate(entries):
+            comma = "," if ei < len(entries) - 1 else ""
+            name = json.dumps(entry.model, ensure_ascii=False)
+            lines.append(f"   {name}: {entry_json(entry)}{comma}")
+        lines.append("  }" + ("," if pi < len(providers) - 1 else ""))
+    lines.append(" }")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    json.loads(text)  # must be valid JSON
+    summary = ", ".join(f"{p}={len(table[p])}" for p in providers)
+    print(f"entries: {sum(len(v) for v in table.values())} ({summary})", file=sys.stderr)
+    print(
+        f"rounded={STATS.rounded} rejected_cache_read={STATS.rejected_cache_read} "
+        f"filled={STATS.filled} tiers_attached={STATS.tiers_attached} "
+        f"fallback_disagreements={STATS.disagreements} majority_over_primary={STATS.majority}",
+        file=sys.stderr,
+    )
+    for reason, count in sorted(STATS.skipped.items()):
+        print(f"skipped {count}: {reason}", file=sys.stderr)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the shared pricing data folder")
+    parser.add_argument("--out", type=Path, required=True, help="output file (prices.json)")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 if --out differs from the build"
+    )
+    args = parser.parse_args(argv)
+    text = build(args.data)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(text.encode("utf-8"))
+    print(f"wrote {args.out} ({len(text.encode('utf-8'))} bytes)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
