@@ -193,8 +193,9 @@ class Exchange:
             inject_include_usage=inject,
         )
         self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
-        client_id = request.header(b"x-request-id")
-        self.request_id = client_id.decode("latin-1")[:128] if client_id else new_request_id()
+        # Always our own id: usage_log is unique on it, so a client-chosen id could make
+        # two requests collapse into one billed row.
+        self.request_id = new_request_id()
         self._upstream_data = self._build_upstream_request(provider, path, body)
         self.origin = origin_of(provider)
         await self._forward()
@@ -275,7 +276,7 @@ class Exchange:
                     content_length = int(value)
                 continue
             out.append((name, value))
-        out.append((b"x-request-id", self.request_id.encode()))
+        out.append((b"x-plano-request-id", self.request_id.encode()))
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.

@@ -38,7 +38,7 @@ import collections
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
@@ -311,6 +311,7 @@ class ServerProtocol(asyncio.Protocol):
         "_expect_continue",
         "_te_seen",
         "_in_head",
+        "_msg_started",
         "_head_raw",
         "_broken",
         "http11",
@@ -344,6 +345,7 @@ class ServerProtocol(asyncio.Protocol):
         self._expect_continue = False
         self._te_seen = False
         self._in_head = True
+        self._msg_started = False
         self._head_raw = 0
         self._broken = False
         self.http11 = True
@@ -353,8 +355,8 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(CLIENT_WRITE_HIGH_WATER, CLIENT_WRITE_LOW_WATER)
         self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
 
@@ -425,6 +427,7 @@ class ServerProtocol(asyncio.Protocol):
         self._expect_continue = False
         self._te_seen = False
         self._in_head = True
+        self._msg_started = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -480,6 +483,7 @@ class ServerProtocol(asyncio.Protocol):
         self._body_parts.append(body)
 
     def on_message_complete(self) -> None:
+        self._msg_started = False
         parts = self._body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body_parts = []
@@ -545,7 +549,7 @@ class ServerProtocol(asyncio.Protocol):
         if self._headers_done:
             # The next request's head is in; its body is still arriving.
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
-        elif self._head_bytes:
+        elif self._msg_started:
             self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
         else:
             self._arm(self._limits.keepalive_timeout_s, self._on_idle_timeout)

@@ -20,7 +20,7 @@ import asyncio
 import socket
 import ssl
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -167,8 +167,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(UPSTREAM_WRITE_HIGH_WATER, UPSTREAM_WRITE_LOW_WATER)
 
     def data_received(self, data: bytes) -> None:

@@ -125,7 +125,8 @@ def test_anthropic_messages_swaps_key(gateway: GatewayProcess, fake: FakeProvide
     seen = _last(fake)
     assert seen.path == "/v1/messages"
     assert seen.header("x-api-key") == "sk-ant-server-key"
-    assert seen.header("anthropic-version") == "2023-06-01"
+    # The client's own anthropic-version is kept, and never sent twice.
+    assert len(seen.header_all("anthropic-version")) == 1
     assert CLIENT_KEY not in json.dumps(seen.headers)
 
 

@@ -1,0 +1,964 @@
+"""Pure-Python twin of :mod:`plano_fast._scan` (the compiled byte scanner).
+
+Both modules expose the same API and give the same results; the compiled one walks the raw
+bytes once (no JSON objects are built), this one leans on :mod:`json` and small slices.
+:mod:`plano_fast.scan` picks whichever is available.  Everything below is the specification
+both implementations follow.
+
+Request side (:func:`scan_request`, :func:`rewrite_request`)
+------------------------------------------------------------
+* The body must be one valid JSON text (RFC 8259, UTF-8, no BOM) whose top-level value is an
+  object; otherwise :class:`ScanError`.  ``NaN``/``Infinity`` are rejected (``json.loads``
+  would accept them), as is nesting deeper than :data:`MAX_DEPTH`.
+* Only *top-level* keys are read (keys are compared after decoding escapes, so
+  ``"mod\\u0065l"`` is ``model``).  Duplicate keys: **the last one wins**, exactly like
+  ``json.loads``; a later duplicate replaces the whole earlier value.
+* ``model``: a string (``None`` when absent or ``null``).  A model whose escapes decode to a
+  lone UTF-16 surrogate is rejected (it could not be logged or forwarded as UTF-8).
+* ``stream``: a boolean; absent or ``null`` -> ``False`` (the OpenAI API documents
+  ``boolean or null``); any other type -> :class:`ScanError`.
+* ``stream_options``: an object or ``null``; ``include_usage`` inside it: a boolean or
+  ``null`` (-> ``None``).
+* ``max_output_tokens`` is the first non-null of ``max_tokens``, ``max_completion_tokens``,
+  ``max_output_tokens`` (top level, in that priority order) and then Gemini's
+  ``generationConfig.maxOutputTokens``.  Each of them, when present and not ``null``, must be
+  an integer ``0 <= n <= MAX_TOKEN_COUNT``.
+* :func:`rewrite_request` replaces the value of **every** top-level ``model`` member (so a
+  duplicate key cannot smuggle another model past an upstream parser that keeps the first
+  one), or inserts ``"model":...`` as the first member.  ``inject_include_usage`` inserts
+  ``"stream_options":{"include_usage":true}`` as the first member when absent, replaces a
+  ``null`` ``stream_options``, inserts ``"include_usage":true`` into an object lacking it, and
+  turns every ``false``/``null`` ``include_usage`` into ``true``.  All other bytes are kept.
+  When nothing has to change the very same ``bytes`` object is returned.  The model string is
+  written like ``json.dumps(model, ensure_ascii=False)`` (``ensure_ascii=True`` if it contains
+  lone surrogates).  ``stream_options`` is only valid upstream together with ``stream: true``;
+  the caller decides when to ask for it.
+
+Response side (:class:`UsageScanner`)
+-------------------------------------
+Mapping into :class:`Usage` (numbers are exactly what the provider reported; nothing is
+derived or subtracted):
+
+=================  =====================  ======================  ===========================  ================================  ========================
+API                input_tokens           output_tokens           cache_read_tokens            cache_write_tokens                reasoning_tokens
+=================  =====================  ======================  ===========================  ================================  ========================
+OpenAI chat        usage.prompt_tokens    usage.completion_tokens prompt_tokens_details        prompt_tokens_details             completion_tokens_details
+                                                                  .cached_tokens               .cache_write_tokens               .reasoning_tokens
+OpenAI Responses   usage.input_tokens     usage.output_tokens     input_tokens_details         input_tokens_details              output_tokens_details
+                                                                  .cached_tokens               .cache_write_tokens               .reasoning_tokens
+Anthropic          usage.input_tokens     usage.output_tokens     cache_read_input_tokens      cache_creation_input_tokens       (0)
+Gemini             usageMetadata          usageMetadata           usageMetadata                (0)                               usageMetadata
+                   .promptTokenCount      .candidatesTokenCount   .cachedContentTokenCount                                       .thoughtsTokenCount
+=================  =====================  ======================  ===========================  ================================  ========================
+
+Semantics therefore differ per provider and are left to the caller: OpenAI/Gemini input
+*includes* cached tokens, Anthropic ``input_tokens`` excludes cache reads and writes; OpenAI
+output includes reasoning, Gemini ``candidatesTokenCount`` excludes thoughts, xAI reports
+reasoning outside ``completion_tokens``.
+
+Where the usage object is looked for, per JSON document (a non-streamed body, or the ``data``
+of one SSE event; a top-level array is treated as a sequence of documents, which covers
+Gemini's ``streamGenerateContent`` without ``alt=sse``):
+
+* OpenAI chat: top-level ``usage``; when that is absent/``null``, ``x_groq.usage`` (Groq
+  without ``include_usage``).  ``"usage": null`` chunks are ignored.
+* Responses: top-level ``usage`` (non-streamed) or ``response.usage`` (``response.completed``,
+  ``response.incomplete``, ``response.failed`` events); ``null`` is ignored.
+* Anthropic: top-level ``usage`` (non-streamed body, ``message_delta``) and ``message.usage``
+  (``message_start``).  Anthropic fields are merged one by one, later values win, so
+  ``message_delta`` counts override ``message_start`` ones when present.  Only a top-level
+  ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
+  in the fields but reports ``has_usage=False`` (its output count is a placeholder).
+* Gemini: ``usageMetadata`` (cumulative: the last one wins).
+* For the other APIs the last usage object seen replaces the previous one entirely.
+
+A usage object counts only when it is an object, at least one of its input/output counts is
+present, every count that is present (and not ``null``) is an integer
+``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` member is an object or ``null``;
+otherwise it is ignored (``has_usage`` stays as it was: never a made-up number).  Absent
+counts read as 0.  ``model`` is the top-level ``model`` string (Gemini ``modelVersion``;
+Responses ``response.model`` and Anthropic ``message.model`` when the top-level one is
+missing); the last one seen wins; strings longer than :data:`MAX_MODEL_BYTES` UTF-8 bytes or
+containing lone surrogates are ignored.  ``is_error`` becomes true for any document with a
+non-null top-level ``error`` or a top-level ``type`` of ``"error"`` or ``"response.failed"``,
+and for any SSE ``event: error`` line.
+
+Validity: a document contributes nothing unless it is entirely valid JSON (same rules as the
+request side).  A non-streamed body is only evaluated at :meth:`UsageScanner.finish`.
+
+Streams (``streaming=True``): the body is SSE unless its first non-whitespace byte is ``{`` or
+``[`` (an error returned as plain JSON, or Gemini's JSON-array stream), in which case it is
+handled as a non-streamed body.  SSE follows the WHATWG rules: lines end in ``\\n``,
+``\\r\\n`` or ``\\r``; ``:`` lines are comments; ``data`` values (one optional leading space
+removed) of one event are joined with ``\\n``; a blank line dispatches the event.  ``[DONE]``
+and any other non-JSON data are ignored.  Unlike the spec, an event still pending at the end
+of the body (no final blank line) is dispatched by :meth:`UsageScanner.finish`: truncated JSON
+is invalid anyway, and several recorded Anthropic streams end without the blank line.
+
+Bounded memory (all caps apply identically to both implementations, so billing never depends
+on which one is installed):
+
+* :data:`MAX_BODY_BYTES` (32 MiB): a non-streamed body larger than this gives
+  ``has_usage=False`` (the twin buffers up to this much; the compiled scanner buffers nothing).
+* :data:`MAX_EVENT_BYTES` (8 MiB): an SSE event whose joined data is larger is ignored.
+  (The twin buffers at most one line/event of this size; the compiled scanner buffers nothing.)
+* :data:`MAX_HOLD_BYTES` (64 KiB): with ``strip_usage_chunk`` the scanner holds back the
+  current event until it is complete; an event larger than this is forwarded as it arrives
+  and never stripped.
+* :data:`MAX_DEPTH` (512) nesting levels.
+
+``strip_usage_chunk`` (OpenAI chat streams only): an event whose data is a JSON object with
+``"choices": []``, a ``usage`` object and no non-null ``error`` is removed entirely (its lines
+and terminating blank line).  On the other events a single top-level ``"usage":null`` member
+(which OpenAI only sends because ``include_usage`` was requested) is removed too, together
+with its separating comma, so the client receives the bytes OpenAI would have sent without
+``include_usage``.  Events whose data spans several ``data:`` lines are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import re
+from typing import Any, Final
+
+__all__ = [
+    "API_ANTHROPIC",
+    "API_GEMINI",
+    "API_OPENAI_CHAT",
+    "API_OPENAI_RESPONSES",
+    "MAX_BODY_BYTES",
+    "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
+    "MAX_HOLD_BYTES",
+    "MAX_MODEL_BYTES",
+    "MAX_TOKEN_COUNT",
+    "RequestFields",
+    "ScanError",
+    "Usage",
+    "UsageScanner",
+    "rewrite_request",
+    "scan_request",
+]
+
+
+class ScanError(ValueError):
+    """Malformed input for the byte scanner (shared by both implementations)."""
+
+
+API_OPENAI_CHAT: Final = 1
+API_OPENAI_RESPONSES: Final = 2
+API_ANTHROPIC: Final = 3
+API_GEMINI: Final = 4
+_APIS: Final = (API_OPENAI_CHAT, API_OPENAI_RESPONSES, API_ANTHROPIC, API_GEMINI)
+
+MAX_DEPTH: Final = 512
+MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
+MAX_HOLD_BYTES: Final = 64 * 1024
+MAX_MODEL_BYTES: Final = 256
+MAX_TOKEN_COUNT: Final = 10**18 - 1
+
+# Error messages shared with the compiled module (type errors; syntax messages differ).
+MSG_NOT_OBJECT: Final = "request body must be a JSON object"
+MSG_MODEL_TYPE: Final = 'request "model" must be a string'
+MSG_MODEL_SURROGATE: Final = 'request "model" contains a lone surrogate escape'
+MSG_STREAM_TYPE: Final = 'request "stream" must be a boolean'
+MSG_STREAM_OPTIONS_TYPE: Final = 'request "stream_options" must be an object'
+MSG_INCLUDE_USAGE_TYPE: Final = 'request "stream_options.include_usage" must be a boolean'
+MSG_GENERATION_CONFIG_TYPE: Final = 'request "generationConfig" must be an object'
+MAX_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def msg_max_type(key: str) -> str:
+    return f'request "{key}" must be an integer between 0 and {MAX_TOKEN_COUNT}'
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JSON parsing
+
+
+class _ConstantError(Exception):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_STRING_RE: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NON_BRACKET_RE: Final = re.compile(r"[^\[\]{}]+")
+_PAIR_RE: Final = re.compile(r"\[\]|\{\}")
+_WS_RE: Final = re.compile(r"[ \t\n\r]*")
+_EOL_RE: Final = re.compile(rb"[\r\n]")
+_JSON_WS: Final = b" \t\r\n"
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS_RE.match(text, pos)
+    assert match is not None
+    return match.end()
+
+
+def _too_deep(text: str) -> bool:
+    """Whether valid JSON ``text`` nests deeper than MAX_DEPTH (measured on the text itself,
+    so containers later replaced by a duplicate key count too)."""
+    brackets = _NON_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    if len(brackets) <= 2 * MAX_DEPTH:
+        return False
+    for _ in range(MAX_DEPTH):
+        brackets = _PAIR_RE.sub("", brackets)
+        if not brackets:
+            return False
+    return True
+
+
+def _loads(data: bytes) -> Any:
+    """Parse one strict JSON text from UTF-8 bytes; ScanError on anything malformed."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScanError(f"malformed JSON: invalid UTF-8 at byte {exc.start}") from None
+    try:
+        obj = _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        raise ScanError(f"malformed JSON: {exc.msg} (character {exc.pos})") from None
+    except _ConstantError as exc:
+        raise ScanError(f"malformed JSON: {exc.args[0]} is not allowed") from None
+    except RecursionError:
+        raise ScanError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
+    if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(text):
+        raise ScanError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
+    return obj
+
+
+def _decode_json_string(raw: bytes) -> str:
+    """Decode one JSON string token (with its quotes) that is already known to be valid."""
+    value = _DECODER.decode(raw.decode("utf-8"))
+    assert isinstance(value, str)
+    return value
+
+
+def _encode_json_string(value: str) -> bytes:
+    """JSON-encode ``value`` like ``json.dumps(value, ensure_ascii=False)``."""
+    if type(value) is not str:
+        raise TypeError(f"model must be a str, not {type(value).__name__}")
+    try:
+        return json.encoder.encode_basestring(value).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: fall back to \\u escapes
+        return json.encoder.encode_basestring_ascii(value).encode("ascii")
+
+
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# request side
+
+
+class RequestFields:
+    """What the gateway needs from a request body."""
+
+    __slots__ = ("include_usage", "max_output_tokens", "model", "stream")
+
+    def __init__(
+        self,
+        model: str | None,
+        stream: bool,
+        include_usage: bool | None,
+        max_output_tokens: int | None,
+    ) -> None:
+        self.model = model
+        self.stream = stream
+        self.include_usage = include_usage
+        self.max_output_tokens = max_output_tokens
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestFields(model={self.model!r}, stream={self.stream!r}, "
+            f"include_usage={self.include_usage!r}, max_output_tokens={self.max_output_tokens!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestFields):
+            return NotImplemented
+        return (self.model, self.stream, self.include_usage, self.max_output_tokens) == (
+            other.model,
+            other.stream,
+            other.include_usage,
+            other.max_output_tokens,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _req_count(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+        raise ScanError(msg_max_type(key))
+    return value
+
+
+def _request_fields(obj: Any) -> RequestFields:
+    if type(obj) is not dict:
+        raise ScanError(MSG_NOT_OBJECT)
+    model = obj.get("model")
+    if model is not None:
+        if type(model) is not str:
+            raise ScanError(MSG_MODEL_TYPE)
+        if _has_lone_surrogate(model):
+            raise ScanError(MSG_MODEL_SURROGATE)
+    stream = obj.get("stream")
+    if stream is None:
+        stream = False
+    elif type(stream) is not bool:
+        raise ScanError(MSG_STREAM_TYPE)
+    include_usage: bool | None = None
+    options = obj.get("stream_options")
+    if options is not None:
+        if type(options) is not dict:
+            raise ScanError(MSG_STREAM_OPTIONS_TYPE)
+        flag = options.get("include_usage")
+        if flag is not None:
+            if type(flag) is not bool:
+                raise ScanError(MSG_INCLUDE_USAGE_TYPE)
+            include_usage = flag
+    max_out: int | None = None
+    for key in MAX_KEYS:
+        count = _req_count(obj.get(key), key)
+        if max_out is None:
+            max_out = count
+    config = obj.get("generationConfig")
+    if config is not None:
+        if type(config) is not dict:
+            raise ScanError(MSG_GENERATION_CONFIG_TYPE)
+        count = _req_count(config.get("maxOutputTokens"), "generationConfig.maxOutputTokens")
+        if max_out is None:
+            max_out = count
+    return RequestFields(model, stream, include_usage, max_out)
+
+
+def _check_body(body: object) -> bytes:
+    if type(body) is not bytes:
+        raise TypeError(f"body must be bytes, not {type(body).__name__}")
+    return body
+
+
+def scan_request(body: bytes) -> RequestFields:
+    """Read model / stream / stream_options.include_usage / max tokens from a request body."""
+    return _request_fields(_loads(_check_body(body)))
+
+
+def _members(text: str, pos: int) -> list[tuple[str, int, int, int]]:
+    """Members of the (valid) JSON object starting at ``text[pos] == '{'``.
+
+    ``text`` is the body decoded as latin-1, so indexes are byte offsets.  Returns
+    ``(key, key_start, value_start, value_end)`` tuples; the key is only meaningful for ASCII
+    names (all the names looked up are ASCII)."""
+    members: list[tuple[str, int, int, int]] = []
+    raw_decode = _DECODER.raw_decode
+    i = _skip_ws(text, pos + 1)
+    if text[i] == "}":
+        return members
+    while True:
+        key_start = i
+        key, i = raw_decode(text, i)
+        i = _skip_ws(text, _skip_ws(text, i) + 1)  # skip ":"
+        value_start = i
+        _, i = raw_decode(text, i)
+        members.append((key, key_start, value_start, i))
+        i = _skip_ws(text, i)
+        if text[i] == "}":
+            return members
+        i = _skip_ws(text, i + 1)  # skip ","
+
+
+_INCLUDE_USAGE_OBJECT: Final = b'{"include_usage":true}'
+
+
+def rewrite_request(
+    body: bytes, model: str | None = None, inject_include_usage: bool = False
+) -> bytes:
+    """Return ``body`` with the model replaced/inserted and/or include_usage forced on.
+
+    Returns the same object when nothing had to change."""
+    _request_fields(_loads(_check_body(body)))  # validate first
+    encoded = None if model is None else _encode_json_string(model)
+    if encoded is None and not inject_include_usage:
+        return body
+    text = body.decode("latin-1")
+    root = _skip_ws(text, 0)
+    members = _members(text, root)
+    edits: list[tuple[int, int, bytes]] = []
+    inserts: list[bytes] = []
+    if encoded is not None:
+        occurrences = [m for m in members if m[0] == "model"]
+        if not occurrences:
+            inserts.append(b'"model":' + encoded)
+        for _, _, start, end in occurrences:
+            if body[start:end] != encoded:
+                edits.append((start, end, encoded))
+    if inject_include_usage:
+        occurrences = [m for m in members if m[0] == "stream_options"]
+        if not occurrences:
+            inserts.append(b'"stream_options":' + _INCLUDE_USAGE_OBJECT)
+        for _, _, start, end in occurrences:
+            if body[start] != 0x7B:  # null (or an earlier duplicate of another type)
+                edits.append((start, end, _INCLUDE_USAGE_OBJECT))
+                continue
+            inner = _members(text, start)
+            flags = [m for m in inner if m[0] == "include_usage"]
+            if not flags:
+                edits.append((start + 1, start + 1, b'"include_usage":true' + (b"," if inner else b"")))
+            for _, _, fstart, fend in flags:
+                if body[fstart:fend] != b"true":
+                    edits.append((fstart, fend, b"true"))
+    if inserts:
+        edits.append((root + 1, root + 1, b",".join(inserts) + (b"," if members else b"")))
+    if not edits:
+        return body
+    edits.sort()
+    out: list[bytes] = []
+    pos = 0
+    for start, end, replacement in edits:
+        out.append(body[pos:start])
+        out.append(replacement)
+        pos = end
+    out.append(body[pos:])
+    return b"".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# response side
+
+
+class Usage:
+    """Token usage read from a response body or stream."""
+
+    __slots__ = (
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "has_usage",
+        "input_tokens",
+        "is_error",
+        "model",
+        "output_tokens",
+        "reasoning_tokens",
+    )
+
+    def __init__(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        has_usage: bool = False,
+        model: str | None = None,
+        is_error: bool = False,
+    ) -> None:
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.has_usage = has_usage
+        self.model = model
+        self.is_error = is_error
+
+    def _key(self) -> tuple[int, int, int, int, int, bool, str | None, bool]:
+        return (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+            self.has_usage,
+            self.model,
+            self.is_error,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Usage(input_tokens={self.input_tokens}, output_tokens={self.output_tokens}, "
+            f"cache_read_tokens={self.cache_read_tokens}, "
+            f"cache_write_tokens={self.cache_write_tokens}, "
+            f"reasoning_tokens={self.reasoning_tokens}, has_usage={self.has_usage}, "
+            f"model={self.model!r}, is_error={self.is_error})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _Bad(Exception):
+    pass
+
+
+def _count(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
+        raise _Bad
+    return value
+
+
+def _details(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise _Bad
+    return value
+
+
+_Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+
+
+def _usage_counts(api: int, usage: Any) -> _Counts | None:
+    """(input, output, cache_read, cache_write, reasoning) with None for absent, or None when
+    the usage object does not count."""
+    if type(usage) is not dict:
+        return None
+    try:
+        if api == API_OPENAI_CHAT or api == API_OPENAI_RESPONSES:
+            chat = api == API_OPENAI_CHAT
+            inp = _count(usage.get("prompt_tokens" if chat else "input_tokens"))
+            out = _count(usage.get("completion_tokens" if chat else "output_tokens"))
+            in_details = _details(
+                usage.get("prompt_tokens_details" if chat else "input_tokens_details")
+            )
+            out_details = _details(
+                usage.get("completion_tokens_details" if chat else "output_tokens_details")
+            )
+            cache_read = _count(in_details.get("cached_tokens"))
+            cache_write = _count(in_details.get("cache_write_tokens"))
+            reasoning = _count(out_details.get("reasoning_tokens"))
+        elif api == API_ANTHROPIC:
+            inp = _count(usage.get("input_tokens"))
+            out = _count(usage.get("output_tokens"))
+            cache_read = _count(usage.get("cache_read_input_tokens"))
+            cache_write = _count(usage.get("cache_creation_input_tokens"))
+            reasoning = None
+        else:
+            inp = _count(usage.get("promptTokenCount"))
+            out = _count(usage.get("candidatesTokenCount"))
+            cache_read = _count(usage.get("cachedContentTokenCount"))
+            cache_write = None
+            reasoning = _count(usage.get("thoughtsTokenCount"))
+    except _Bad:
+        return None
+    if inp is None and out is None:
+        return None
+    return (inp, out, cache_read, cache_write, reasoning)
+
+
+def _good_model(value: Any) -> str | None:
+    if type(value) is not str:
+        return None
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value if len(raw) <= MAX_MODEL_BYTES else None
+
+
+_NESTED: Final = {
+    API_OPENAI_CHAT: "x_groq",
+    API_OPENAI_RESPONSES: "response",
+    API_ANTHROPIC: "message",
+}
+
+
+class _Acc:
+    __slots__ = ("counts", "has_usage", "is_error", "model")
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0, 0, 0]
+        self.has_usage = False
+        self.is_error = False
+        self.model: str | None = None
+
+
+def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
+    if doc.get("error") is not None or doc.get("type") in ("error", "response.failed"):
+        acc.is_error = True
+    nested_name = _NESTED.get(api)
+    nested = doc.get(nested_name) if nested_name is not None else None
+    if type(nested) is not dict:
+        nested = None
+    model = _good_model(doc.get("modelVersion" if api == API_GEMINI else "model"))
+    if model is None and nested is not None and api != API_OPENAI_CHAT:
+        model = _good_model(nested.get("model"))
+    if model is not None:
+        acc.model = model
+    top = doc.get("usageMetadata" if api == API_GEMINI else "usage")
+    inner = nested.get("usage") if nested is not None else None
+    if api == API_ANTHROPIC:
+        for usage, final in ((inner, False), (top, True)):
+            if usage is None:
+                continue
+            counts = _usage_counts(api, usage)
+            if counts is None:
+                continue
+            for i, value in enumerate(counts):
+                if value is not None:
+                    acc.counts[i] = value
+            if final:
+                acc.has_usage = True
+        return
+    usage = top if top is not None else inner
+    if usage is None:
+        return
+    counts = _usage_counts(api, usage)
+    if counts is not None:
+        acc.counts = [0 if value is None else value for value in counts]
+        acc.has_usage = True
+
+
+def _apply_value(acc: _Acc, api: int, value: Any) -> None:
+    if type(value) is dict:
+        _apply_doc(acc, api, value)
+    elif type(value) is list:
+        for item in value:
+            if type(item) is dict:
+                _apply_doc(acc, api, item)
+
+
+def _usage_only(value: Any) -> bool:
+    return (
+        type(value) is dict
+        and value.get("choices") == []
+        and type(value.get("choices")) is list
+        and type(value.get("usage")) is dict
+        and value.get("error") is None
+    )
+
+
+def _usage_null_span(payload: bytes) -> tuple[int, int] | None:
+    """Byte span to cut so the single top-level ``"usage":null`` member disappears."""
+    text = payload.decode("latin-1")
+    root = _skip_ws(text, 0)
+    members = _members(text, root)
+    hits = [i for i, m in enumerate(members) if m[0] == "usage"]
+    if len(hits) != 1:
+        return None
+    i = hits[0]
+    key, key_start, value_start, value_end = members[i]
+    if payload[value_start:value_end] != b"null":
+        return None
+    if i > 0:
+        return (members[i - 1][3], value_end)
+    if len(members) > 1:
+        return (key_start, members[1][1])
+    return (key_start, value_end)
+
+
+_M_UNDECIDED: Final = 0
+_M_SSE: Final = 1
+_M_JSON: Final = 2
+_KEEP: Final = 0
+_DROP: Final = 1
+_LINE_CAP: Final = MAX_EVENT_BYTES + 16
+_INVALID: Final = object()
+
+
+class UsageScanner:
+    """Incremental usage reader for one response body (see the module docstring)."""
+
+    __slots__ = (
+        "_acc",
+        "_api",
+        "_data_first_offset",
+        "_data_len",
+        "_data_lines",
+        "_data_over",
+        "_data_parts",
+        "_decision",
+        "_decision_pending",
+        "_finished",
+        "_flushed",
+        "_held",
+        "_json_len",
+        "_json_over",
+        "_json_parts",
+        "_line",
+        "_line_len",
+        "_line_offset",
+        "_line_trunc",
+        "_mode",
+        "_pending_cr",
+        "_region_len",
+        "_strip",
+    )
+
+    def __init__(self, api: int, streaming: bool, strip_usage_chunk: bool = False) -> None:
+        if api not in _APIS:
+            raise ValueError(f"unknown api {api!r}")
+        if strip_usage_chunk and (api != API_OPENAI_CHAT or not streaming):
+            raise ValueError(
+                "strip_usage_chunk is only supported for streamed OpenAI chat completions"
+            )
+        self._api = api
+        self._strip = bool(strip_usage_chunk)
+        self._mode = _M_UNDECIDED if streaming else _M_JSON
+        self._finished = False
+        self._acc = _Acc()
+        self._json_parts: list[bytes] = []
+        self._json_len = 0
+        self._json_over = False
+        self._line: list[bytes] = []
+        self._line_len = 0
+        self._line_trunc = False
+        self._line_offset = 0
+        self._pending_cr = False
+        self._data_parts: list[bytes] = []
+        self._data_len = 0
+        self._data_lines = 0
+        self._data_over = False
+        self._data_first_offset = 0
+        self._held = bytearray()
+        self._region_len = 0
+        self._flushed = False
+        self._decision: int | tuple[int, int] = _KEEP
+        self._decision_pending = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> bytes:
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if self._finished:
+            raise ValueError("feed() called after finish()")
+        if not data:
+            return data
+        mode = self._mode
+        if mode == _M_JSON:
+            self._json_add(data)
+            return data
+        if mode == _M_UNDECIDED:
+            rest = data.lstrip(_JSON_WS)
+            if rest and rest[0] in b"{[":
+                self._mode = _M_JSON
+                self._json_add(rest)
+                if self._strip and self._held:
+                    held = bytes(self._held)
+                    self._held.clear()
+                    return held + data
+                return data
+            if rest:
+                self._mode = _M_SSE
+        if not self._strip:
+            self._sse(data, None)
+            return data
+        out: list[bytes] = []
+        self._sse(data, out)
+        if len(out) == 1 and out[0] == data:
+            return data
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._finished:
+            return b""
+        self._finished = True
+        if self._mode == _M_JSON:
+            if not self._json_over and self._json_parts:
+                self._eval(b"".join(self._json_parts))
+            self._json_parts = []
+            return b""
+        out: list[bytes] | None = [] if self._strip else None
+        self._pending_cr = False
+        if out is not None and self._decision_pending:
+            self._apply_decision(out)
+        if self._line_len:
+            self._end_line()
+        if self._data_lines:
+            self._dispatch()
+        if out is not None:
+            self._apply_decision(out)
+            return b"".join(out)
+        return b""
+
+    def result(self) -> Usage:
+        acc = self._acc
+        c = acc.counts
+        return Usage(c[0], c[1], c[2], c[3], c[4], acc.has_usage, acc.model, acc.is_error)
+
+    # -- non-streamed JSON --------------------------------------------------------------------
+
+    def _json_add(self, data: bytes) -> None:
+        if self._json_over:
+            return
+        self._json_len += len(data)
+        if self._json_len > MAX_BODY_BYTES:
+            self._json_over = True
+            self._json_parts = []
+        else:
+            self._json_parts.append(data)
+
+    def _eval(self, payload: bytes) -> Any:
+        try:
+            value = _loads(payload)
+        except ScanError:
+            return _INVALID
+        _apply_value(self._acc, self._api, value)
+        return value
+
+    # -- SSE ------------------------------------------------------------------------------------
+
+    def _sse(self, data: bytes, out: list[bytes] | None) -> None:
+        n = len(data)
+        pos = 0
+        if self._pending_cr:
+            self._pending_cr = False
+            if data[0] == 0x0A:
+                pos = 1
+                if out is not None:
+                    self._region_add(data[:1], out)
+        if out is not None and self._decision_pending:
+            self._apply_decision(out)
+        search = _EOL_RE.search
+        while pos < n:
+            match = search(data, pos)
+            if match is None:
+                piece = data[pos:]
+                self._line_add(piece)
+                if out is not None:
+                    self._region_add(piece, out)
+                return
+            eol = match.start()
+            self._line_add(data[pos:eol])
+            nxt = eol + 1
+            if data[eol] == 0x0D:
+                if nxt < n:
+                    if data[nxt] == 0x0A:
+                        nxt += 1
+                else:
+                    self._pending_cr = True
+            if out is not None:
+                self._region_add(data[pos:nxt], out)
+            if self._end_line() and out is not None and not self._pending_cr:
+                self._apply_decision(out)
+            pos = nxt
+
+    def _line_add(self, piece: bytes) -> None:
+        if self._line_len == 0:
+            self._line_offset = self._region_len
+        if not piece:
+            return
+        if not self._line_trunc:
+            if self._line_len + len(piece) <= _LINE_CAP:
+                self._line.append(piece)
+            else:
+                head = (b"".join(self._line) + piece)[:16]
+                self._line = [head]
+                self._line_trunc = True
+        self._line_len += len(piece)
+
+    def _end_line(self) -> bool:
+        """Process the buffered line; True when it was blank (event dispatched)."""
+        if self._line_len == 0:
+            self._dispatch()
+            if self._strip:
+                self._decision_pending = True
+            return True
+        line = b"".join(self._line)
+        total = self._line_len
+        trunc = self._line_trunc
+        offset = self._line_offset
+        self._line = []
+        self._line_len = 0
+        self._line_trunc = False
+        if line[0] == 0x3A:  # ':' comment
+            return False
+        colon = line.find(b":")
+        if colon < 0:
+            field = line
+            value = b""
+            value_start = total
+        else:
+            field = line[:colon]
+            value_start = colon + 1
+            if line[value_start : value_start + 1] == b" ":
+                value_start += 1
+            value = line[value_start:]
+        if field == b"data":
+            self._data_line(value, total - value_start, trunc, offset + value_start)
+        elif field == b"event" and not trunc and value == b"error":
+            self._acc.is_error = True
+        return False
+
+    def _data_line(self, value: bytes, length: int, trunc: bool, offset: int) -> None:
+        self._data_lines += 1
+        if self._data_lines == 1:
+            self._data_first_offset = offset
+        else:
+            length += 1
+        self._data_len += length
+        if self._data_over:
+            return
+        if trunc or self._data_len > MAX_EVENT_BYTES:
+            self._data_over = True
+            self._data_parts = []
+        else:
+            self._data_parts.append(value)
+
+    def _dispatch(self) -> None:
+        decision: int | tuple[int, int] = _KEEP
+        if self._data_lines and not self._data_over:
+            payload = b"\n".join(self._data_parts)
+            value = self._eval(payload)
+            if self._strip and type(value) is dict:
+                if _usage_only(value):
+                    decision = _DROP
+                elif self._data_lines == 1 and "usage" in value and value["usage"] is None:
+                    span = _usage_null_span(payload)
+                    if span is not None:
+                        base = self._data_first_offset
+                        decision = (base + span[0], base + span[1])
+        self._data_parts = []
+        self._data_len = 0
+        self._data_lines = 0
+        self._data_over = False
+        self._decision = decision
+
+    # -- strip_usage_chunk: hold back the current event ------------------------------------------
+
+    def _region_add(self, piece: bytes, out: list[bytes]) -> None:
+        self._region_len += len(piece)
+        if self._flushed:
+            out.append(piece)
+            return
+        self._held += piece
+        if self._region_len > MAX_HOLD_BYTES:
+            out.append(bytes(self._held))
+            self._held.clear()
+            self._flushed = True
+
+    def _apply_decision(self, out: list[bytes]) -> None:
+        decision = self._decision
+        if not self._flushed and self._region_len <= MAX_HOLD_BYTES:
+            if decision == _DROP:
+                pass
+            elif isinstance(decision, tuple):
+                start, end = decision
+                out.append(bytes(self._held[:start]) + bytes(self._held[end:]))
+            elif self._held:
+                out.append(bytes(self._held))
+        elif self._held:
+            out.append(bytes(self._held))
+        self._held.clear()
+        self._region_len = 0
+        self._flushed = False
+        self._decision = _KEEP
+        self._decision_pending = False

@@ -1,0 +1,481 @@
+"""PostgreSQL store: asyncpg pool; usage written in bulk.
+
+``write_usage`` runs ONE data-modifying statement per batch: it inserts the rows
+(``ON CONFLICT (request_id) DO NOTHING``), takes exactly the rows it inserted (``RETURNING``)
+and upserts their cost into ``spending_counters`` per scope and period.  Batches of 100 rows
+or more are first COPYed (binary) into a per-connection temp table in the same transaction;
+smaller ones (and ``settle``'s single row) travel as one array per column.  ``set_prices``
+is built the same way around ``UPDATE ... WHERE NOT priced``.  So spend always equals the
+sum of the log, whatever is replayed or retried.
+
+Counter rows are always locked in one global order (``COLLATE "C"`` in SQL, code-point order
+in Python) to keep concurrent writers and reservers from deadlocking; a deadlock or
+serialization failure that happens anyway is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+
+from plano_fast.store import (
+    AlreadyExists,
+    BudgetTarget,
+    InvalidValue,
+    MissingReference,
+    Reservation,
+    Row,
+    SqlStore,
+    Stmt,
+    StoreError,
+    UsageRow,
+    check_targets,
+    new_id,
+    normalize_usage,
+)
+
+T = TypeVar("T")
+
+_MIGRATION_LOCK = 0x706C616E6F5F6D  # pg_advisory_xact_lock key for migrations ("plano_m")
+_RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+def _counters_cte(source: str, now_param: str) -> str:
+    """CTEs adding ``source``'s (time_ns, project_id, user_id, key_hash, cost_nano_usd)
+    to spending_counters for each scope present and each period.  Costs are first summed
+    per scope and UTC day, so the month arithmetic runs per day, not per row."""
+    return f"""
+scoped AS (
+    SELECT k, i, d, SUM(c) AS c FROM (
+        SELECT 'project'::text AS k, project_id AS i, time_ns / 86400000000000 AS d, cost_nano_usd AS c
+          FROM {source} WHERE project_id IS NOT NULL
+        UNION ALL
+        SELECT 'user', user_id, time_ns / 86400000000000, cost_nano_usd
+          FROM {source} WHERE user_id IS NOT NULL
+        UNION ALL
+        SELECT 'key', key_hash, time_ns / 86400000000000, cost_nano_usd
+          FROM {source} WHERE key_hash IS NOT NULL
+    ) per_row
+    GROUP BY k, i, d
+),
+periods AS (
+    SELECT k, i, 'total'::text AS p, 0::bigint AS s, c FROM scoped
+    UNION ALL
+    SELECT k, i, 'monthly',
+           EXTRACT(EPOCH FROM date_trunc('month', to_timestamp(d * 86400) AT TIME ZONE 'UTC'))::bigint,
+           c
+      FROM scoped
+    UNION ALL
+    SELECT k, i, 'daily', d * 86400, c FROM scoped
+),
+bump AS (
+    INSERT INTO spending_counters AS sc
+        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, SUM(c)::bigint, 0, {now_param}
+      FROM periods
+     GROUP BY k, i, p, s
+     ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+       SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
+           updated_at_ns = EXCLUDED.updated_at_ns
+    RETURNING 1
+)"""
+
+
+_USAGE_COLUMNS = (
+    "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
+)  # fmt: skip
+_USAGE_COLUMN_LIST = ", ".join(_USAGE_COLUMNS)
+
+_INSERT_AND_COUNT = f"""
+ins AS (
+    INSERT INTO usage_log ({_USAGE_COLUMN_LIST})
+    SELECT {_USAGE_COLUMN_LIST} FROM {{source}}
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING time_ns, project_id, user_id, key_hash, priced, cost_nano_usd
+),
+src AS (
+    SELECT time_ns, project_id, user_id, key_hash, cost_nano_usd FROM ins
+     WHERE priced AND cost_nano_usd > 0
+),{{counters}}
+SELECT count(*) FROM ins
+"""
+
+# Small batches (and ``settle``): one statement, one array per column.
+_WRITE_USAGE = (
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
+        $14::boolean[], $15::text[], $16::integer[], $17::boolean[], $18::bigint[],
+        $19::bigint[], $20::text[]
+    ) AS r(request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model,
+           input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
+           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status)
+),"""
+    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$21"))
+)
+
+# Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
+# the same single statement reading from it.  The temp table empties itself at commit.
+_STAGING = "plano_usage_staging"
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
+    request_id text, time_ns bigint, project_id text, user_id text, key_hash text, token_id text,
+    provider text, model text, input_tokens bigint, output_tokens bigint,
+    cache_read_tokens bigint, cache_write_tokens bigint, reasoning_tokens bigint,
+    streaming boolean, status text, http_status integer, priced boolean, cost_nano_usd bigint,
+    duration_us bigint, price_status text
+) ON COMMIT DELETE ROWS
+"""
+_WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
+_COPY_THRESHOLD = 100  # rows; below this the one-statement array path is quicker
+
+_SET_PRICES = f"""
+WITH v AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, cost, status)
+),
+upd AS (
+    UPDATE usage_log u
+       SET priced = (v.cost IS NOT NULL), cost_nano_usd = v.cost, price_status = v.status,
+           price_attempted_at_ns = $4
+      FROM v
+     WHERE u.id = v.id AND NOT u.priced
+    RETURNING u.time_ns, u.project_id, u.user_id, u.key_hash, u.priced, u.cost_nano_usd
+),
+src AS (
+    SELECT time_ns, project_id, user_id, key_hash, cost_nano_usd FROM upd
+     WHERE priced AND cost_nano_usd > 0
+),{_counters_cte("src", "$4")}
+SELECT count(*) FILTER (WHERE priced) FROM upd
+"""
+
+# One atomic statement per counter: create it holding the reservation if it is new and the
+# amount fits, otherwise add to ``reserved`` only if spent + reserved + amount <= limit
+# (evaluated on the locked, latest row version).
+_RESERVE = """
+INSERT INTO spending_counters AS sc
+    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT $1::text, $2::text, $3::text, $4::bigint, 0, $5::bigint, $6::bigint WHERE $5::bigint <= $7::bigint
+ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+   SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
+       updated_at_ns = EXCLUDED.updated_at_ns
+ WHERE sc.spent_nano_usd + sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd <= $7::bigint
+RETURNING 1
+"""
+
+_INSERT_RESERVATIONS = """
+INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
+                                   amount_nano_usd, created_at_ns, expires_at_ns)
+SELECT $1::text, k, i, p, s, $6::bigint, $7::bigint, $8::bigint
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS t(k, i, p, s)
+"""
+
+_TAKE_RESERVATION = """
+DELETE FROM spending_reservations WHERE id = $1
+RETURNING scope_kind, scope_id, period, period_start, amount_nano_usd
+"""
+
+_UNRESERVE = """
+UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd - $1, updated_at_ns = $2
+ WHERE scope_kind = $3 AND scope_id = $4 AND period = $5 AND period_start = $6
+"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _dollar(sql: str) -> str:
+    """Rewrite portable ``?`` placeholders to PostgreSQL's ``$n``."""
+    parts = sql.split("?")
+    out = [parts[0]]
+    for n, part in enumerate(parts[1:], start=1):
+        out.append(f"${n}")
+        out.append(part)
+    return "".join(out)
+
+
+def _rowcount(status: str) -> int:
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
+        return AlreadyExists(str(exc))
+    if isinstance(exc, asyncpg.exceptions.ForeignKeyViolationError):
+        return MissingReference(str(exc))
+    if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
+        return InvalidValue(str(exc))
+    return exc
+
+
+def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
+            r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
+            r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, bool(r.priced),
+            r.cost_nano_usd if r.priced else None, r.duration_us,
+            "priced" if r.priced else "pending",
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+def _usage_arrays(rows: Sequence[UsageRow]) -> list[list[Any]]:
+    return [list(column) for column in zip(*_usage_records(rows), strict=True)]
+
+
+class _Refused(Exception):
+    pass
+
+
+class PostgresStore(SqlStore):
+    kind = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.min_size = min_size
+        self.max_size = max_size
+        self.command_timeout = command_timeout
+        self._pool: Any = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            command_timeout=self.command_timeout,
+        )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise StoreError("the PostgreSQL store is not open")
+        return self._pool
+
+    async def _retrying(self, fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
+        for attempt in range(attempts):
+            try:
+                return await fn()
+            except _RETRYABLE:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.005 * 2**attempt)
+            except asyncpg.exceptions.IntegrityConstraintViolationError as exc:
+                raise _translate(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _in_tx(self, body: Callable[[Any], Awaitable[T]]) -> T:
+        async def attempt() -> T:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await body(conn)
+
+        return await self._retrying(attempt)
+
+    async def _fetch(self, sql: str, args: Sequence[object] = ()) -> list[Row]:
+        async def run() -> list[Row]:
+            rows: list[Row] = await self.pool.fetch(_dollar(sql), *args)
+            return rows
+
+        return await self._retrying(run)
+
+    async def _execute(self, sql: str, args: Sequence[object] = ()) -> int:
+        async def run() -> int:
+            return _rowcount(await self.pool.execute(_dollar(sql), *args))
+
+        return await self._retrying(run)
+
+    async def _transaction(self, statements: Sequence[Stmt]) -> list[int]:
+        async def body(conn: Any) -> list[int]:
+            return [_rowcount(await conn.execute(_dollar(sql), *args)) for sql, args in statements]
+
+        return await self._in_tx(body)
+
+    # -- migrations -------------------------------------------------------------------------
+
+    async def applied_migrations(self) -> list[int]:
+        async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return []
+            rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+            return [int(r[0]) for r in rows]
+
+    async def apply_migration(self, version: int, name: str, sql: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialize concurrent `migrate` runs (several hosts starting at once).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            # Read pg_class with this statement's snapshot (to_regclass would consult the
+            # catalog cache, which may predate the run that held the lock before us).
+            exists = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.relname = 'schema_migrations' "
+                "AND n.nspname = current_schema())"
+            )
+            if not exists:
+                await conn.execute(
+                    "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at_ns BIGINT NOT NULL)"
+                )
+            elif await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", version):
+                return False
+            await conn.execute(sql)  # simple-query protocol: many statements, one transaction
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at_ns) VALUES ($1, $2, $3)",
+                version,
+                name,
+                time.time_ns(),
+            )
+            return True
+
+    # -- usage and billing --------------------------------------------------------------------
+
+    @staticmethod
+    async def _write_usage_on(conn: Any, rows: list[UsageRow], now: int) -> int:
+        """Insert + count on ``conn``, which must be inside a transaction for big batches."""
+        if len(rows) < _COPY_THRESHOLD:
+            return int(await conn.fetchval(_WRITE_USAGE, *_usage_arrays(rows), now))
+        await conn.execute(_CREATE_STAGING)
+        await conn.copy_records_to_table(_STAGING, records=_usage_records(rows), columns=_USAGE_COLUMNS)
+        return int(await conn.fetchval(_WRITE_STAGED, now))
+
+    async def write_usage(self, rows: Sequence[UsageRow]) -> int:
+        batch = normalize_usage(rows)
+        if not batch:
+            return 0
+        # Insert in one global order, so concurrent batches that overlap (replays) wait on
+        # each other instead of deadlocking on the request_id index.
+        batch.sort(key=lambda r: r.request_id)
+        now = time.time_ns()
+
+        async def body(conn: Any) -> int:
+            return await self._write_usage_on(conn, batch, now)
+
+        if len(batch) < _COPY_THRESHOLD:  # one statement: its own transaction
+
+            async def attempt() -> int:
+                async with self.pool.acquire() as conn:
+                    return await body(conn)
+
+            return await self._retrying(attempt)
+        return await self._in_tx(body)
+
+    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
+        latest: dict[int, tuple[int | None, str]] = {}
+        for row_id, cost, status in results:
+            if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 0):
+                raise InvalidValue("cost_nano_usd must be a non-negative integer or None")
+            latest[int(row_id)] = (cost, status)
+        if not latest:
+            return 0
+        ids = sorted(latest)
+        costs = [latest[i][0] for i in ids]
+        statuses = [latest[i][1] for i in ids]
+        now = time.time_ns()
+
+        async def attempt() -> int:
+            return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now))
+
+        return await self._retrying(attempt)
+
+    # -- hard budgets -------------------------------------------------------------------------
+
+    async def reserve(
+        self, targets: Sequence[BudgetTarget], amount_nano_usd: int, *, ttl_s: float = 600.0
+    ) -> Reservation | None:
+        todo = check_targets(targets, amount_nano_usd)
+        now = time.time_ns()
+        res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9))
+
+        async def body(conn: Any) -> None:
+            # The reservation rows first: they conflict with nobody, and the counter row
+            # locks taken below are then held only until COMMIT.
+            await conn.execute(
+                _INSERT_RESERVATIONS,
+                res.id,
+                [k.scope_kind for k in res.counters],
+                [k.scope_id for k in res.counters],
+                [k.period for k in res.counters],
+                [k.period_start for k in res.counters],
+                amount_nano_usd,
+                now,
+                res.expires_at_ns,
+            )
+            for t in todo:  # sorted: the global lock order
+                ok = await conn.fetchval(
+                    _RESERVE, t.scope_kind, t.scope_id, t.period, t.period_start,
+                    amount_nano_usd, now, t.limit_nano_usd,
+                )  # fmt: skip
+                if ok is None:
+                    raise _Refused
+
+        try:
+            await self._in_tx(body)
+        except _Refused:
+            return None
+        return res
+
+    @staticmethod
+    async def _release_on(conn: Any, reservation_id: str, now: int) -> bool:
+        rows = await conn.fetch(_TAKE_RESERVATION, reservation_id)
+        if not rows:
+            return False
+        held = sorted(((r[0], r[1], r[2], int(r[3])), int(r[4])) for r in rows)
+        await conn.executemany(_UNRESERVE, [(amount, now, *key) for key, amount in held])
+        return True
+
+    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+        batch = normalize_usage([usage])
+        now = time.time_ns()
+
+        async def body(conn: Any) -> bool:
+            await self._write_usage_on(conn, batch, now)
+            return await self._release_on(conn, reservation.id, now)
+
+        return await self._in_tx(body)
+
+    async def release(self, reservation: Reservation) -> bool:
+        now = time.time_ns()
+        async def body(conn: Any) -> bool:
+            return await self._release_on(conn, reservation.id, now)
+
+        return await self._in_tx(body)
+
+    async def release_expired(self, now_ns: int | None = None) -> int:
+        now = time.time_ns() if now_ns is None else now_ns
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT id FROM spending_reservations WHERE expires_at_ns <= $1", now
+        )
+        released = 0
+        for r in rows:
+            rid: str = r[0]
+
+            async def body(conn: Any, rid: str = rid) -> bool:
+                return await self._release_on(conn, rid, now)
+
+            if await self._in_tx(body):
+                released += 1
+        return released

@@ -1,0 +1,912 @@
+"""One suite, both stores: every test runs against SQLite (a temp file) and PostgreSQL (a
+fresh schema in this session's own database, see tests/pg.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import os
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plano_fast.store import (
+    REQUIRED_SCHEMA_VERSION,
+    AlreadyExists,
+    BudgetTarget,
+    CounterKey,
+    InvalidValue,
+    MissingReference,
+    PipeTarget,
+    SchemaTooOld,
+    SqlStore,
+    Store,
+    UsageRow,
+    counter_deltas,
+    day_start,
+    month_start,
+    open_store,
+    period_start,
+    usage_row_from_event,
+)
+from plano_fast.store.migrate import load_migrations, migrate, run_migrate, schema_version
+from tests import pg
+
+ROOT = Path(__file__).resolve().parents[1]
+Body = Callable[[Store], Awaitable[None]]
+
+
+def ns(year: int, month: int, day: int, h: int = 0, m: int = 0, s: int = 0, frac_ns: int = 0) -> int:
+    t = dt.datetime(year, month, day, h, m, s, tzinfo=dt.UTC)
+    return int(t.timestamp()) * 1_000_000_000 + frac_ns
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Backend:
+    kind: str
+    database_url: str | None
+    sqlite_path: str
+
+    def store(self, **options: Any) -> Store:
+        return open_store(self.database_url, self.sqlite_path, **options)
+
+    def run(self, body: Body, *, migrated: bool = True, **options: Any) -> None:
+        async def main() -> None:
+            async with self.store(**options) as store:
+                if migrated:
+                    await migrate(store)
+                await body(store)
+
+        asyncio.run(main())
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    try:
+        pg.server_dsn()
+    except pg.PostgresUnavailable as exc:
+        if os.environ.get("PLANO_FAST_TEST_REQUIRE_PG"):
+            raise
+        pytest.skip(f"no PostgreSQL available: {exc}")
+    with pg.temp_database() as dsn:
+        yield dsn
+    pg.stop_private_cluster()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield Backend("sqlite", None, str(tmp_path / "plano_fast.db"))
+        return
+    database: str = request.getfixturevalue("pg_database")
+    with pg.temp_schema(database) as dsn:
+        yield Backend("postgres", dsn, str(tmp_path / "unused.db"))
+
+
+_counter = 0
+
+
+def usage(
+    *,
+    t: int,
+    project: str | None = "p1",
+    user: str | None = None,
+    key: str | None = None,
+    cost: int | None = None,
+    model: str | None = "gpt-4o-mini",
+    request_id: str | None = None,
+    provider: str = "openai",
+) -> UsageRow:
+    global _counter
+    _counter += 1
+    return UsageRow(
+        request_id=request_id or f"req-{_counter}-{random.getrandbits(40):x}",
+        time_ns=t,
+        project_id=project,
+        user_id=user,
+        key_hash=key,
+        token_id=None,
+        provider=provider,
+        model=model,
+        input_tokens=100,
+        output_tokens=20,
+        cache_read_tokens=5,
+        cache_write_tokens=1,
+        reasoning_tokens=3,
+        streaming=True,
+        status="ok",
+        http_status=200,
+        priced=cost is not None,
+        cost_nano_usd=cost,
+        duration_us=1234,
+    )
+
+
+async def all_usage(store: Store) -> list[UsageRow]:
+    return await store.recent_usage(None, limit=10**9)
+
+
+async def assert_counters_match_log(store: Store) -> None:
+    """spent of every counter == sum of the priced log rows in its scope and period."""
+    expected = counter_deltas(await all_usage(store))
+    actual = {c.key: c.spent_nano_usd for c in await store.load_counters() if c.spent_nano_usd}
+    assert actual == expected
+    for key, spent in expected.items():
+        if key.period == "total":
+            assert await store.sum_usage_cost(key.scope_id, scope_kind=key.scope_kind) == spent
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def test_migrate_from_empty_then_nothing(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        assert store.kind == backend.kind
+        assert await store.applied_migrations() == []
+        assert await schema_version(store) == 0
+        with pytest.raises(SchemaTooOld) as info:
+            await store.check_schema()
+        assert "plano-fast migrate" in str(info.value)
+        latest = len(load_migrations(store.kind))
+        assert await migrate(store) == list(range(1, latest + 1))
+        assert await migrate(store) == []
+        assert await store.applied_migrations() == list(range(1, latest + 1))
+        assert await schema_version(store) == latest >= REQUIRED_SCHEMA_VERSION
+        await store.check_schema()
+
+    backend.run(body, migrated=False)
+
+
+def test_schema_older_than_required_is_refused(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        await store._execute("DELETE FROM schema_migrations WHERE version = ?", (REQUIRED_SCHEMA_VERSION,))
+        with pytest.raises(SchemaTooOld) as info:
+            await store.check_schema()
+        assert info.value.current == REQUIRED_SCHEMA_VERSION - 1
+        assert "plano-fast migrate" in str(info.value)
+
+    backend.run(body)
+
+
+def test_failed_migration_leaves_nothing_behind(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        bad = "CREATE TABLE oops (a INTEGER);\nINSERT INTO oops VALUES (1);\nSELECT * FROM no_such_table;\n"
+        with pytest.raises(Exception):  # noqa: B017 - the backend's own SQL error
+            await store.apply_migration(900, "bad", bad)
+        assert 900 not in await store.applied_migrations()
+        # The table was rolled back too: creating it again works.
+        assert await store.apply_migration(900, "good", "CREATE TABLE oops (a INTEGER);\n")
+        assert 900 in await store.applied_migrations()
+        assert not await store.apply_migration(900, "good", "CREATE TABLE oops (a INTEGER);\n")
+
+    backend.run(body)
+
+
+def test_concurrent_migrate_applies_once(backend: Backend) -> None:
+    async def main() -> None:
+        a, b = backend.store(), backend.store()
+        async with a, b:
+            results = await asyncio.gather(migrate(a), migrate(b))
+            latest = len(load_migrations(backend.kind))
+            assert sorted(results[0] + results[1]) == list(range(1, latest + 1))
+            await a.check_schema()
+
+    asyncio.run(main())
+
+
+def test_run_migrate_helper(backend: Backend) -> None:
+    latest = len(load_migrations(backend.kind))
+    assert asyncio.run(run_migrate(backend.database_url, backend.sqlite_path)) == list(range(1, latest + 1))
+    assert asyncio.run(run_migrate(backend.database_url, backend.sqlite_path)) == []
+
+
+def test_migration_files_are_shipped_in_the_package() -> None:
+    for kind in ("sqlite", "postgres"):
+        repo = sorted(p.name for p in (ROOT / "migrations" / kind).glob("*.sql"))
+        packaged = sorted(p.name for p in (ROOT / "plano_fast" / "migrations" / kind).glob("*.sql"))
+        assert repo == packaged, "copy migrations/ to plano_fast/migrations/"
+        for name in repo:
+            a = (ROOT / "migrations" / kind / name).read_bytes()
+            b = (ROOT / "plano_fast" / "migrations" / kind / name).read_bytes()
+            assert a == b, f"plano_fast/migrations/{kind}/{name} differs from migrations/{kind}/{name}"
+    sqlite_versions = [(m.version, m.name) for m in load_migrations("sqlite")]
+    postgres_versions = [(m.version, m.name) for m in load_migrations("postgres")]
+    assert sqlite_versions == postgres_versions
+    assert sqlite_versions[-1][0] == REQUIRED_SCHEMA_VERSION
+
+
+def test_both_backends_have_the_same_tables_and_columns(pg_database: str, tmp_path: Path) -> None:
+    async def columns(store: Store) -> dict[str, list[str]]:
+        assert isinstance(store, SqlStore)
+        if store.kind == "sqlite":
+            tables = [r[0] for r in await store._fetch("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            out = {}
+            for t in tables:
+                out[t] = sorted(r[1] for r in await store._fetch(f"PRAGMA table_info({t})"))
+            return out
+        rows = await store._fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema()"
+        )
+        result: dict[str, list[str]] = {}
+        for t, c in rows:
+            result.setdefault(t, []).append(c)
+        return {t: sorted(c) for t, c in result.items()}
+
+    found: dict[str, dict[str, list[str]]] = {}
+    with pg.temp_schema(pg_database) as dsn:
+        for b in (Backend("sqlite", None, str(tmp_path / "x.db")), Backend("postgres", dsn, "")):
+
+            async def body(store: Store, kind: str = b.kind) -> None:
+                found[kind] = await columns(store)
+
+            b.run(body)
+    assert found["sqlite"] == found["postgres"]
+    for table in ("users", "projects", "registered_api_keys", "proxy_tokens", "pipes", "pipe_targets",
+                  "provider_keys", "usage_log", "spending_limits", "spending_counters", "custom_pricing",
+                  "spending_reservations", "schema_migrations"):  # fmt: skip
+        assert table in found["postgres"], table
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    b = Backend("sqlite", None, str(tmp_path / "sub" / "dir" / "plano.db"))
+
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        assert (await store._fetch("PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await store._fetch("PRAGMA foreign_keys"))[0][0] == 1
+
+    b.run(body)
+    # The file is a plain SQLite database other tools can read.
+    with sqlite3.connect(b.sqlite_path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] >= 1
+    conn.close()
+
+
+def test_open_store_picks_the_backend(tmp_path: Path) -> None:
+    from plano_fast.store.postgres import PostgresStore
+    from plano_fast.store.sqlite import SqliteStore
+
+    assert isinstance(open_store(None, str(tmp_path / "a.db")), SqliteStore)
+    assert isinstance(open_store("", str(tmp_path / "a.db")), SqliteStore)
+    assert isinstance(open_store("postgresql://u@h/db", "x"), PostgresStore)
+    assert isinstance(open_store("postgres://u@h/db", "x"), PostgresStore)
+    with pytest.raises(InvalidValue):
+        open_store("mysql://u@h/db", "x")
+
+
+# --------------------------------------------------------------------------- usage + counters
+
+
+def test_period_starts() -> None:
+    assert period_start("total", ns(2024, 5, 6, 7)) == 0
+    assert period_start("daily", ns(2024, 1, 31, 23, 59, 59, 999_999_999)) == ns(2024, 1, 31) // 10**9
+    assert period_start("daily", ns(2024, 2, 1, 0, 0, 0, 1)) == ns(2024, 2, 1) // 10**9
+    assert period_start("monthly", ns(2024, 2, 29, 23, 59, 59, 999_999_999)) == ns(2024, 2, 1) // 10**9
+    assert period_start("monthly", ns(2024, 12, 31, 23, 59, 59)) == ns(2024, 12, 1) // 10**9
+    assert month_start(ns(2025, 1, 1)) == ns(2025, 1, 1) // 10**9
+    assert day_start(ns(2024, 3, 1, 12)) == ns(2024, 3, 1) // 10**9
+    with pytest.raises(InvalidValue):
+        period_start("weekly", 0)
+
+
+def test_usage_row_from_event() -> None:
+    from plano_fast.usage import UsageEvent
+
+    ev = UsageEvent(
+        request_id="r1", time_ns=5, provider="openai", model="gpt-4o", streaming=True, status="ok",
+        http_status=200, input_tokens=10, output_tokens=2, cache_read_tokens=1, reasoning_tokens=3,
+        has_usage=True, project_id="p", key_hash=sha("k"), duration_ms=12.3456,
+    )  # fmt: skip
+    row = usage_row_from_event(ev)
+    assert (row.request_id, row.project_id, row.key_hash, row.user_id) == ("r1", "p", sha("k"), None)
+    assert (row.input_tokens, row.output_tokens, row.cache_read_tokens, row.reasoning_tokens) == (10, 2, 1, 3)
+    assert not row.priced and row.cost_nano_usd is None and row.duration_us == 12346
+    priced = usage_row_from_event(ev, user_id="u", token_id="t", cost_nano_usd=99)
+    assert priced.priced and priced.cost_nano_usd == 99 and (priced.user_id, priced.token_id) == ("u", "t")
+
+
+def test_write_usage_is_idempotent(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        t = ns(2024, 6, 1, 12)
+        batch = [
+            usage(t=t, cost=1_000, user="u1", key=sha("k1")),
+            usage(t=t + 1, cost=2_500, user="u2"),
+            usage(t=t + 2, cost=None, key=sha("k1")),
+            usage(t=t + 3, cost=700, project="p2"),
+            usage(t=t + 4, cost=0),
+            usage(t=t + 5, cost=50, project=None, user=None),
+        ]
+        assert await store.write_usage(batch) == 6
+        counters_once = await store.load_counters()
+        assert await store.write_usage(batch) == 0
+        assert await store.write_usage(list(reversed(batch))) == 0
+        assert await store.load_counters() == counters_once
+        assert len(await all_usage(store)) == 6
+        assert await store.sum_usage_cost("p1") == 3_500
+        assert await store.sum_usage_cost("p2") == 700
+        assert await store.sum_usage_cost("u1", scope_kind="user") == 1_000
+        assert await store.sum_usage_cost(sha("k1"), scope_kind="key") == 1_000
+        total = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert total is not None and total.spent_nano_usd == 3_500 and total.reserved_nano_usd == 0
+        await assert_counters_match_log(store)
+        # A partly replayed batch inserts (and counts) only the new rows.
+        fresh = usage(t=t + 9, cost=11)
+        assert await store.write_usage([batch[0], fresh, batch[1]]) == 1
+        assert await store.sum_usage_cost("p1") == 3_511
+        await assert_counters_match_log(store)
+        assert await store.write_usage([]) == 0
+
+    backend.run(body)
+
+
+def test_duplicate_request_id_within_one_batch_is_written_once(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        row = usage(t=ns(2024, 6, 1), cost=100, request_id="same")
+        assert await store.write_usage([row, replace(row, cost_nano_usd=999), row]) == 1
+        rows = await all_usage(store)
+        assert [(r.request_id, r.cost_nano_usd) for r in rows] == [("same", 100)]
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_rows_round_trip(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        row = usage(t=ns(2024, 6, 1, 1, 2, 3, 456_789_123), cost=123_456_789_012, user="u", key=sha("k"))
+        row.token_id = "tok-1"
+        unpriced = usage(t=ns(2024, 6, 1, 1, 2, 4), cost=None, model=None)
+        unpriced.streaming = False
+        await store.write_usage([row, unpriced])
+        got = await store.recent_usage("p1")
+        assert [r.request_id for r in got] == [unpriced.request_id, row.request_id]  # newest first
+        assert replace(got[1], row_id=None, price_status="pending") == replace(row, price_status="pending")
+        assert got[1].price_status == "priced" and got[1].row_id is not None
+        assert replace(got[0], row_id=None) == unpriced
+        assert await store.recent_usage("p1", limit=1) == got[:1]
+        assert await store.recent_usage("nope") == []
+
+    backend.run(body)
+
+
+def test_daily_and_monthly_boundaries(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        late = ns(2024, 1, 31, 23, 59, 59, 900_000_000)  # last day of January
+        early = ns(2024, 2, 1, 0, 0, 0, 100_000_000)  # first day of February
+        mid_late = ns(2024, 3, 15, 23, 59, 59, 900_000_000)
+        mid_early = ns(2024, 3, 16, 0, 0, 0, 100_000_000)
+        await store.write_usage(
+            [
+                usage(t=late, cost=1, user="u"),
+                usage(t=early, cost=10, user="u"),
+                usage(t=mid_late, cost=100, user="u"),
+                usage(t=mid_early, cost=1000, user="u"),
+            ]
+        )
+        s = 1_000_000_000
+
+        async def spent(period: str, start: int, kind: str = "project", scope: str = "p1") -> int | None:
+            c = await store.get_counter(CounterKey(kind, scope, period, start))
+            return None if c is None else c.spent_nano_usd
+
+        for kind, scope in (("project", "p1"), ("user", "u")):
+            assert await spent("total", 0, kind, scope) == 1111
+            assert await spent("daily", ns(2024, 1, 31) // s, kind, scope) == 1
+            assert await spent("daily", ns(2024, 2, 1) // s, kind, scope) == 10
+            assert await spent("daily", ns(2024, 3, 15) // s, kind, scope) == 100
+            assert await spent("daily", ns(2024, 3, 16) // s, kind, scope) == 1000
+            assert await spent("monthly", ns(2024, 1, 1) // s, kind, scope) == 1
+            assert await spent("monthly", ns(2024, 2, 1) // s, kind, scope) == 10
+            assert await spent("monthly", ns(2024, 3, 1) // s, kind, scope) == 1100
+        # Counters of the periods containing an instant: total + that month + that day.
+        current = await store.load_counters(at_ns=mid_early)
+        assert {(c.scope_kind, c.period, c.spent_nano_usd) for c in current} == {
+            ("project", "total", 1111), ("project", "monthly", 1100), ("project", "daily", 1000),
+            ("user", "total", 1111), ("user", "monthly", 1100), ("user", "daily", 1000),
+        }  # fmt: skip
+        assert await store.sum_usage_cost("p1", start_ns=ns(2024, 2, 1), end_ns=ns(2024, 3, 16)) == 110
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_counters_always_equal_the_log(backend: Backend) -> None:
+    rng = random.Random(1234)
+
+    async def body(store: Store) -> None:
+        base = ns(2024, 1, 30)
+        rows = [
+            usage(
+                t=base + rng.randrange(0, 5 * 86_400) * 1_000_000_000 + rng.randrange(10**9),
+                project=rng.choice(["pa", "pb", "pc", None]),
+                user=rng.choice(["ua", "ub", None]),
+                key=rng.choice([sha("x"), sha("y"), None]),
+                cost=rng.choice([None, rng.randrange(0, 10**12)]),
+            )
+            for _ in range(600)
+        ]
+        # Batches overlapping each other: every row is sent twice or more.
+        for i in range(0, len(rows), 50):
+            await store.write_usage(rows[max(0, i - 30) : i + 50])
+        await store.write_usage(rng.sample(rows, 200))
+        assert len(await all_usage(store)) == 600
+        await assert_counters_match_log(store)
+        # Price what is left, twice over, in two shuffled passes.
+        todo = await store.fetch_unpriced(1000)
+        assert {r.request_id for r in todo} == {r.request_id for r in rows if not r.priced}
+        prices = [(r.row_id or 0, rng.choice([None, rng.randrange(10**9)]), "x") for r in todo]
+        for _ in range(2):
+            rng.shuffle(prices)
+            await store.set_prices([(i, c, "priced" if c is not None else "unpriced_unknown") for i, c, _ in prices])
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_set_prices_never_double_counts(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        t = ns(2024, 7, 4, 10)
+        rows = [usage(t=t + i, user="u1", key=sha("k"), model=f"m{i % 3}") for i in range(10)]
+        rows.append(usage(t=t + 20, cost=5))  # priced on arrival: never fetched
+        assert await store.write_usage(rows) == 11
+        todo = await store.fetch_unpriced(100)
+        assert [r.request_id for r in todo] == [r.request_id for r in rows[:10]]
+        assert all(r.row_id is not None and not r.priced and r.price_status == "pending" for r in todo)
+        assert len(await store.fetch_unpriced(3)) == 3
+        results = [
+            (r.row_id or 0, None if r.model == "m2" else 1_000 * (i + 1), "priced" if r.model != "m2" else "unpriced_unknown")
+            for i, r in enumerate(todo)
+        ]
+        assert await store.set_prices(results) == 7
+        after_first = await store.sum_usage_cost("p1")
+        assert after_first == 5 + sum(c for _, c, _ in results if c is not None)
+        # Again, and with different costs: nothing changes.
+        assert await store.set_prices(results) == 0
+        assert await store.set_prices([(i, 999_999, "priced") for i, c, _ in results if c is not None]) == 0
+        assert await store.sum_usage_cost("p1") == after_first
+        await assert_counters_match_log(store)
+        # Rows with no known price are not fetched again...
+        assert await store.fetch_unpriced(100) == []
+        unknown = [r for r in await all_usage(store) if r.model == "m2"]
+        assert {r.price_status for r in unknown} == {"unpriced_unknown"} and not any(r.priced for r in unknown)
+        # ...until requeued (e.g. a custom price for that model was added).
+        assert await store.requeue_unpriced(model="m1") == 0
+        assert await store.requeue_unpriced(model="m2") == 3
+        again = await store.fetch_unpriced(100)
+        assert sorted(r.request_id for r in again) == sorted(r.request_id for r in unknown)
+        assert await store.set_prices([(r.row_id or 0, 10, "priced") for r in again]) == 3
+        assert await store.sum_usage_cost("p1") == after_first + 30
+        assert await store.fetch_unpriced(100) == []
+        await assert_counters_match_log(store)
+        with pytest.raises(InvalidValue):
+            await store.set_prices([(1, -5, "priced")])
+        assert await store.set_prices([]) == 0
+
+    backend.run(body)
+
+
+def test_priced_row_needs_integer_cost(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        bad = usage(t=ns(2024, 1, 1), cost=10)
+        with pytest.raises(InvalidValue):
+            await store.write_usage([replace(bad, cost_nano_usd=None)])
+        with pytest.raises(InvalidValue):
+            await store.write_usage([replace(bad, cost_nano_usd=1.5)])  # type: ignore[arg-type]
+        with pytest.raises(InvalidValue):
+            await store.write_usage([replace(bad, cost_nano_usd=-1)])
+        assert await all_usage(store) == []
+
+    backend.run(body)
+
+
+def test_bulk_write_of_ten_thousand_rows(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        t = ns(2024, 8, 31, 22)
+        rows = [
+            usage(t=t + i * 1_000_000_000, cost=i if i % 3 else None, user=f"u{i % 7}", key=sha(f"k{i % 5}"),
+                  project=f"p{i % 11}")
+            for i in range(10_000)
+        ]  # fmt: skip
+        assert await store.write_usage(rows) == 10_000
+        assert await store.write_usage(rows) == 0
+        assert len(await store.fetch_unpriced(20_000)) == sum(1 for r in rows if not r.priced)
+        await assert_counters_match_log(store)
+        more = [usage(t=t + i, cost=1) for i in range(5_000)]
+        for i in range(0, len(more), 1_000):
+            assert await store.write_usage(more[i : i + 1_000]) == 1_000
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_concurrent_overlapping_writers_keep_counters_exact(backend: Backend) -> None:
+    async def main() -> None:
+        rows = [
+            usage(t=ns(2024, 9, 1) + i * 3_600_000_000_000, cost=1 + i, user=f"u{i % 3}", project=f"p{i % 2}")
+            for i in range(400)
+        ]
+        stores = [backend.store() for _ in range(3)]
+        for s in stores:
+            await s.open()
+        try:
+            await migrate(stores[0])
+
+            async def writer(store: Store, seed: int) -> int:
+                rng = random.Random(seed)
+                written = 0
+                for i in range(10):
+                    # Both PostgreSQL write paths: arrays (< 100 rows) and COPY (>= 100).
+                    written += await store.write_usage(rng.sample(rows, 60 if i % 2 else 150))
+                return written
+
+            counts = await asyncio.gather(*(writer(stores[i % 3], i) for i in range(6)))
+            inserted = await stores[0].write_usage(rows)
+            assert sum(counts) + inserted == 400
+            await assert_counters_match_log(stores[0])
+        finally:
+            for s in stores:
+                await s.close()
+
+    asyncio.run(main())
+
+
+def test_usage_totals(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        d1, d2 = ns(2024, 5, 1, 10), ns(2024, 5, 2, 9)
+        await store.write_usage(
+            [
+                usage(t=d1, cost=10, model="a"),
+                usage(t=d1 + 1, cost=None, model="a"),
+                usage(t=d1 + 2, cost=5, model="b"),
+                usage(t=d2, cost=7, model="a"),
+                usage(t=d2, cost=7, model=None, provider="anthropic"),
+                usage(t=d2, cost=1_000, model="a", project="other"),
+            ]
+        )
+        totals = await store.usage_totals("p1")
+        got = [(t.day_start, t.provider, t.model, t.requests, t.cost_nano_usd, t.unpriced_requests) for t in totals]
+        day1, day2 = ns(2024, 5, 1) // 10**9, ns(2024, 5, 2) // 10**9
+        assert got == [
+            (day1, "openai", "a", 2, 10, 1),
+            (day1, "openai", "b", 1, 5, 0),
+            (day2, "anthropic", None, 1, 7, 0),
+            (day2, "openai", "a", 1, 7, 0),
+        ]
+        assert totals[0].input_tokens == 200 and totals[0].output_tokens == 40
+        assert totals[0].cache_read_tokens == 10 and totals[0].reasoning_tokens == 6
+        everyone = await store.usage_totals()
+        assert sum(t.cost_nano_usd for t in everyone) == 1_029
+        only_day2 = await store.usage_totals("p1", start_ns=ns(2024, 5, 2), end_ns=ns(2024, 5, 3))
+        assert [t.day_start for t in only_day2] == [day2, day2]
+
+    backend.run(body)
+
+
+# --------------------------------------------------------------------------- CRUD
+
+
+def test_projects_and_users(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        p = await store.create_project("alpha")
+        q = await store.create_project("beta", project_id="fixed-id")
+        assert await store.get_project(p.id) == p
+        assert await store.get_project("fixed-id") == q
+        assert await store.get_project("missing") is None
+        assert [x.id for x in await store.list_projects()] == [p.id, q.id]
+        with pytest.raises(AlreadyExists):
+            await store.create_project("again", project_id="fixed-id")
+        u = await store.create_user("Ada", email="ada@example.com")
+        assert await store.get_user(u.id) == u
+        assert await store.list_users() == [u]
+        with pytest.raises(AlreadyExists):
+            await store.create_user("Other Ada", email="ada@example.com")
+        assert await store.delete_user(u.id)
+        assert not await store.delete_user(u.id)
+        assert await store.get_user(u.id) is None
+        assert await store.delete_project(q.id)
+        assert not await store.delete_project(q.id)
+        assert await store.list_projects() == [p]
+
+    backend.run(body)
+
+
+def test_registered_api_keys(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        p = await store.create_project("fw")
+        h1, h2 = sha("sk-live-one"), sha("sk-live-two")
+        k1 = await store.register_api_key(h1, p.id, "openai", "https://api.openai.com", "one", "10.0.0.7")
+        k2 = await store.register_api_key(h2, p.id, "anthropic", "https://api.anthropic.com")
+        assert await store.get_api_key(h1) == k1
+        assert k1.is_active and k1.egress_ip == "10.0.0.7" and k2.display_name is None
+        assert {k.key_hash for k in await store.list_active_api_keys()} == {h1, h2}
+        assert {k.key_hash for k in await store.list_api_keys(p.id)} == {h1, h2}
+        assert await store.list_api_keys("other") == []
+        with pytest.raises(AlreadyExists):
+            await store.register_api_key(h1, p.id, "openai", "https://api.openai.com")
+        with pytest.raises(MissingReference):
+            await store.register_api_key(sha("x"), "no-such-project", "openai", "https://api.openai.com")
+        # Raw keys are refused, by the API and by the schema itself.
+        for raw in ("sk-live-one", h1.upper(), h1[:-1], h1 + "0"):
+            with pytest.raises(InvalidValue):
+                await store.register_api_key(raw, p.id, "openai", "https://api.openai.com")
+        assert isinstance(store, SqlStore)
+        with pytest.raises(InvalidValue):
+            await store._execute(
+                "INSERT INTO registered_api_keys (key_hash, project_id, provider, upstream_url, "
+                "created_at_ns, updated_at_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                ("sk-" + "a" * 61, p.id, "openai", "https://x", 0, 0),
+            )
+        assert await store.deactivate_api_key(h1)
+        assert [k.key_hash for k in await store.list_active_api_keys()] == [h2]
+        got = await store.get_api_key(h1)
+        assert got is not None and not got.is_active
+        assert await store.set_api_key_active(h1, True)
+        assert {k.key_hash for k in await store.list_active_api_keys()} == {h1, h2}
+        assert not await store.deactivate_api_key(sha("unknown"))
+        assert await store.delete_api_key(h2)
+        assert await store.get_api_key(h2) is None
+        # Deleting the project removes its keys.
+        assert await store.delete_project(p.id)
+        assert await store.list_api_keys() == []
+
+    backend.run(body)
+
+
+def test_spending_limits(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        a = await store.set_spending_limit("project", "p1", "monthly", 5_000_000_000)
+        assert (a.enforcement, a.is_active, a.limit_nano_usd) == ("soft", True, 5_000_000_000)
+        b = await store.set_spending_limit("user", "u1", "daily", 1_000, "hard")
+        c = await store.set_spending_limit("key", sha("k"), "total", 10, active=False)
+        again = await store.set_spending_limit("project", "p1", "monthly", 7, "hard")
+        assert again.id == a.id and again.limit_nano_usd == 7 and again.enforcement == "hard"
+        assert again.created_at_ns == a.created_at_ns
+        assert {x.id for x in await store.list_spending_limits()} == {a.id, b.id, c.id}
+        assert [x.id for x in await store.list_spending_limits("user")] == [b.id]
+        assert [x.id for x in await store.list_spending_limits("project", "p1")] == [a.id]
+        assert {x.id for x in await store.list_active_spending_limits()} == {a.id, b.id}
+        assert await store.delete_spending_limit(b.id)
+        assert not await store.delete_spending_limit(b.id)
+        assert {x.id for x in await store.list_spending_limits()} == {a.id, c.id}
+        for args in (("team", "x", "daily", 1), ("project", "x", "weekly", 1), ("project", "x", "daily", -1)):
+            with pytest.raises(InvalidValue):
+                await store.set_spending_limit(*args)
+        with pytest.raises(InvalidValue):
+            await store.set_spending_limit("project", "x", "daily", 1, "strict")
+        with pytest.raises(InvalidValue):
+            await store.set_spending_limit("project", "x", "daily", 1.5)  # type: ignore[arg-type]
+
+    backend.run(body)
+
+
+def test_custom_pricing(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        p = await store.create_project("priced")
+        g = await store.set_custom_price("gpt-4o", input_per_mtok_nano_usd=2_500_000_000, output_per_mtok_nano_usd=10_000_000_000)
+        mine = await store.set_custom_price(
+            "gpt-4o", project_id=p.id, input_per_mtok_nano_usd=20_000_000, output_per_mtok_nano_usd=80_000_000,
+            cache_read_per_mtok_nano_usd=10_000_000, cache_write_per_mtok_nano_usd=25_000_000,
+        )  # fmt: skip
+        assert g.project_id is None and mine.project_id == p.id
+        assert mine.cache_read_per_mtok_nano_usd == 10_000_000
+        g2 = await store.set_custom_price("gpt-4o", input_per_mtok_nano_usd=1, output_per_mtok_nano_usd=2)
+        assert g2.id == g.id and (g2.input_per_mtok_nano_usd, g2.output_per_mtok_nano_usd) == (1, 2)
+        other = await store.set_custom_price("claude", input_per_mtok_nano_usd=3, output_per_mtok_nano_usd=4)
+        listed = await store.list_custom_prices()
+        assert [(x.project_id, x.model) for x in listed] == [(None, "claude"), (None, "gpt-4o"), (p.id, "gpt-4o")]
+        assert await store.delete_custom_price(other.id)
+        assert not await store.delete_custom_price(other.id)
+        with pytest.raises(MissingReference):
+            await store.set_custom_price("x", project_id="nope", input_per_mtok_nano_usd=1, output_per_mtok_nano_usd=1)
+        with pytest.raises(InvalidValue):
+            await store.set_custom_price("x", input_per_mtok_nano_usd=0.5, output_per_mtok_nano_usd=1)  # type: ignore[arg-type]
+        await store.delete_project(p.id)
+        assert [(x.project_id, x.model) for x in await store.list_custom_prices()] == [(None, "gpt-4o")]
+
+    backend.run(body)
+
+
+def test_tokens_pipes_and_provider_keys(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        p = await store.create_project("managed")
+        u = await store.create_user("Bob")
+        pk = await store.create_provider_key("openai", b"\x00sealed\xff", b"n" * 12, "kek-1", project_id=p.id, display_name="main")
+        shared = await store.create_provider_key("anthropic", b"c", b"n", "kek-1")
+        assert await store.get_provider_key(pk.id) == pk
+        assert [k.id for k in await store.list_provider_keys(p.id)] == [pk.id]
+        assert {k.id for k in await store.list_provider_keys()} == {pk.id, shared.id}
+        with pytest.raises(InvalidValue):
+            await store.create_provider_key("openai", "sk-plaintext", b"n", "kek-1")  # type: ignore[arg-type]
+        targets = [
+            PipeTarget("openai", model="gpt-4o-mini", provider_key_id=pk.id, weight=3),
+            PipeTarget("anthropic", model_filter="claude-*", provider_key_id=shared.id),
+        ]
+        pipe = await store.create_pipe(p.id, "default", targets)
+        assert await store.get_pipe(pipe.id) == pipe
+        assert pipe.targets == tuple(targets)
+        assert await store.list_pipes(p.id) == [pipe]
+        assert await store.list_pipes("other") == []
+        with pytest.raises(AlreadyExists):
+            await store.create_pipe(p.id, "default", targets)
+        with pytest.raises(MissingReference):
+            await store.create_pipe(p.id, "bad-key", [PipeTarget("openai", model="m", provider_key_id="nope")])
+        assert [x.name for x in await store.list_pipes()] == ["default"]  # the failed one left nothing
+        with pytest.raises(InvalidValue):
+            await store.create_pipe(p.id, "empty", [])
+        with pytest.raises(InvalidValue):
+            await store.create_pipe(p.id, "no-model", [PipeTarget("openai")])
+
+        now = 1_700_000_000 * 10**9
+        th = sha("xproxy_abc")
+        tok = await store.create_proxy_token(th, p.id, user_id=u.id, pipe_id=pipe.id, name="ci")
+        old = await store.create_proxy_token(sha("xproxy_old"), p.id, expires_at_ns=now - 1)
+        later = await store.create_proxy_token(sha("xproxy_later"), p.id, expires_at_ns=now + 10**12)
+        with pytest.raises(InvalidValue):
+            await store.create_proxy_token("xproxy_abc", p.id)
+        with pytest.raises(AlreadyExists):
+            await store.create_proxy_token(th, p.id)
+        assert await store.get_proxy_token(th) == tok
+        assert await store.get_proxy_token(sha("nope")) is None
+        assert [x.id for x in await store.list_proxy_tokens(user_id=u.id)] == [tok.id]
+        assert {x.id for x in await store.list_proxy_tokens(p.id)} == {tok.id, old.id, later.id}
+        assert {x.id for x in await store.list_active_proxy_tokens(now)} == {tok.id, later.id}
+        await store.touch_proxy_tokens({tok.id: 500, later.id: 100})
+        await store.touch_proxy_tokens({tok.id: 400})  # never moves backwards
+        got = await store.get_proxy_token(th)
+        assert got is not None and got.last_used_at_ns == 500
+        assert await store.revoke_proxy_token(tok.id)
+        assert not await store.revoke_proxy_token(tok.id)
+        got = await store.get_proxy_token(th)
+        assert got is not None and got.revoked and got.revoked_at_ns is not None
+        assert {x.id for x in await store.list_active_proxy_tokens(now)} == {later.id}
+        # Deleting a pipe detaches tokens from it (they then fail closed).
+        later_with_pipe = await store.create_proxy_token(sha("xproxy_p"), p.id, pipe_id=pipe.id)
+        assert await store.delete_pipe(pipe.id)
+        assert await store.get_pipe(pipe.id) is None
+        got = await store.get_proxy_token(later_with_pipe.token_hash)
+        assert got is not None and got.pipe_id is None
+        assert await store.revoke_provider_key(pk.id)
+        assert not await store.revoke_provider_key(pk.id)
+        revoked = await store.get_provider_key(pk.id)
+        assert revoked is not None and not revoked.is_active and revoked.ciphertext == b"\x00sealed\xff"
+        # Deleting the user deletes their tokens; deleting the project everything else.
+        assert await store.delete_user(u.id)
+        assert await store.list_proxy_tokens(user_id=u.id) == []
+        assert await store.delete_project(p.id)
+        assert await store.list_proxy_tokens() == []
+        assert [k.id for k in await store.list_provider_keys()] == [shared.id]
+
+    backend.run(body)
+
+
+def test_deleting_a_project_keeps_usage_and_counters(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        p = await store.create_project("gone")
+        await store.set_spending_limit("project", p.id, "total", 100)
+        await store.write_usage([usage(t=ns(2024, 1, 1), project=p.id, cost=42)])
+        assert await store.delete_project(p.id)
+        assert await store.list_spending_limits() == []
+        assert await store.sum_usage_cost(p.id) == 42
+        assert (await store.get_counter(CounterKey("project", p.id, "total", 0))) is not None
+
+    backend.run(body)
+
+
+# --------------------------------------------------------------------------- reservations
+
+
+def _targets(limit: int, start: int = 0) -> list[BudgetTarget]:
+    return [BudgetTarget("project", "p1", "total", 0, limit)]
+
+
+def test_concurrent_reservations_never_exceed_the_limit(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        limit, amount = 1_000, 7
+        await store.write_usage([usage(t=ns(2024, 1, 1), cost=100)])  # 100 already spent
+        results = await asyncio.gather(*(store.reserve(_targets(limit), amount) for _ in range(200)))
+        granted = [r for r in results if r is not None]
+        assert len(granted) == (limit - 100) // amount
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.spent_nano_usd == 100 and c.reserved_nano_usd == len(granted) * amount
+        # Settle half with the real (smaller) cost, release the rest.
+        half = len(granted) // 2
+        settled = await asyncio.gather(
+            *(store.settle(r, usage(t=ns(2024, 1, 2), cost=5)) for r in granted[:half])
+        )
+        assert all(settled)
+        released = await asyncio.gather(*(store.release(r) for r in granted[half:]))
+        assert all(released)
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.reserved_nano_usd == 0 and c.spent_nano_usd == 100 + 5 * half
+        assert await store.sum_usage_cost("p1") == 100 + 5 * half
+        # Twice is a no-op.
+        assert not await store.release(granted[0])
+        assert not await store.settle(granted[-1], usage(t=ns(2024, 1, 2), cost=None))
+        c2 = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c2 is not None and c2.reserved_nano_usd == 0 and c2.spent_nano_usd == c.spent_nano_usd
+        await assert_counters_match_log(store)
+
+    backend.run(body, max_size=20) if backend.kind == "postgres" else backend.run(body)
+
+
+def test_reservations_across_two_store_instances(backend: Backend) -> None:
+    """Two processes' worth of stores (own pools / own SQLite connections) share the limit."""
+
+    async def main() -> None:
+        a, b = backend.store(), backend.store()
+        async with a, b:
+            await migrate(a)
+            results = await asyncio.gather(
+                *(s.reserve(_targets(500), 10) for _ in range(60) for s in (a, b))
+            )
+            assert sum(r is not None for r in results) == 50
+            c = await a.get_counter(CounterKey("project", "p1", "total", 0))
+            assert c is not None and c.reserved_nano_usd == 500
+
+    asyncio.run(main())
+
+
+def test_reservation_is_all_or_nothing(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        t = ns(2024, 4, 10, 12)
+        day, month = period_start("daily", t), period_start("monthly", t)
+        targets = [
+            BudgetTarget("project", "p1", "monthly", month, 10_000),
+            BudgetTarget("user", "u1", "daily", day, 100),
+            BudgetTarget("project", "p1", "monthly", month, 50_000),  # same counter: tightest wins
+        ]
+        r = await store.reserve(targets, 80)
+        assert r is not None and len(r.counters) == 2
+        assert await store.reserve(targets, 30) is None  # the user's daily limit refuses
+        proj = await store.get_counter(CounterKey("project", "p1", "monthly", month))
+        user = await store.get_counter(CounterKey("user", "u1", "daily", day))
+        assert proj is not None and proj.reserved_nano_usd == 80
+        assert user is not None and user.reserved_nano_usd == 80
+        assert await store.reserve([BudgetTarget("user", "u9", "total", 0, 10)], 11) is None
+        assert await store.get_counter(CounterKey("user", "u9", "total", 0)) is None
+        zero = await store.reserve([BudgetTarget("user", "u9", "total", 0, 10)], 0)
+        assert zero is not None
+        # Settling moves spend from reserved to spent with the row, for every scope of the row.
+        assert await store.settle(r, usage(t=t, cost=60, user="u1"))
+        proj = await store.get_counter(CounterKey("project", "p1", "monthly", month))
+        user = await store.get_counter(CounterKey("user", "u1", "daily", day))
+        assert proj is not None and (proj.spent_nano_usd, proj.reserved_nano_usd) == (60, 0)
+        assert user is not None and (user.spent_nano_usd, user.reserved_nano_usd) == (60, 0)
+        assert await store.reserve(targets, 40) is not None  # 60 spent + 40 <= 100
+        assert await store.reserve(targets, 1) is None
+        for bad in ([BudgetTarget("team", "x", "total", 0, 1)], [BudgetTarget("user", "x", "weekly", 0, 1)]):
+            with pytest.raises(InvalidValue):
+                await store.reserve(bad, 1)
+        with pytest.raises(InvalidValue):
+            await store.reserve(targets, -1)
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_expired_reservations_are_released(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        short = await store.reserve(_targets(100), 30, ttl_s=0)
+        long = await store.reserve(_targets(100), 20, ttl_s=3600)
+        assert short is not None and long is not None
+        assert await store.release_expired() == 1
+        assert await store.release_expired() == 0
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.reserved_nano_usd == 20
+        assert not await store.release(short)
+        assert await store.release_expired(now_ns=long.expires_at_ns) == 1
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.reserved_nano_usd == 0
+
+    backend.run(body)
