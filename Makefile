@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx
 env: $(VENV)/.installed
 
 run: env
+	$(PY) -m plano_fast migrate --config $(CONFIG)
 	$(PY) -m plano_fast serve --config $(CONFIG)
 
 test: env

@@ -8,12 +8,12 @@ flush usage -> close pools.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import socket
 from typing import TYPE_CHECKING
 
+from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.errors import MethodNotAllowed, NotFound
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -25,8 +25,8 @@ from plano_fast.exchange import (
 )
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
+from plano_fast.store import Store, open_store
 from plano_fast.upstream import UpstreamPool
-from plano_fast.usage import UsageEvent, UsageSink
 
 if TYPE_CHECKING:
     from plano_fast.config import GatewayConfig
@@ -41,18 +41,6 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
 }
 
 
-class RecentUsage:
-    """Default usage sink until a store is configured: a bounded in-memory log."""
-
-    def __init__(self, maxlen: int = 10_000) -> None:
-        self.events: collections.deque[UsageEvent] = collections.deque(maxlen=maxlen)
-        self.total = 0
-
-    def __call__(self, event: UsageEvent) -> None:
-        self.total += 1
-        self.events.append(event)
-
-
 class Gateway:
     """One gateway process: listener, exchange context, background tasks."""
 
@@ -63,7 +51,7 @@ class Gateway:
         host: str | None = None,
         port: int | None = None,
         reuse_port: bool = False,
-        usage_sink: UsageSink | None = None,
+        store: Store | None = None,
         sock: socket.socket | None = None,
     ) -> None:
         self.config = config
@@ -80,7 +68,8 @@ class Gateway:
             keepalive_timeout_s=settings.keepalive_timeout_s,
         )
         self.router = Router(config)
-        self.usage_sink: UsageSink = usage_sink or RecentUsage()
+        self.store = store or open_store(settings.database_url, settings.sqlite_path)
+        self.billing = BillingPipeline(self.store, settings)
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,7 +81,15 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the store (refusing an old schema), start billing, then listen."""
         settings = self.config.settings
+        await self.store.open()
+        try:
+            await self.store.check_schema()
+        except BaseException:
+            await self.store.close()
+            raise
+        await self.billing.start()
         self.pool = UpstreamPool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             idle_timeout_s=settings.upstream_idle_timeout_s,
@@ -100,7 +97,9 @@ class Gateway:
             dns_ttl_s=settings.dns_ttl_s,
         )
         timeout_s = self.config.listener.timeout_s
-        self.ctx = ExchangeContext(self.router, self.pool, self.usage_sink, timeout_s, timeout_s)
+        self.ctx = ExchangeContext(
+            self.router, self.pool, self.billing.submit, timeout_s, timeout_s
+        )
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             self._server = await loop.create_server(self._protocol_factory, sock=self._sock)
@@ -138,6 +137,9 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        # Every exchange has settled: drain the usage queue, then close the store.
+        await self.billing.stop()
+        await self.store.close()
 
     async def _housekeeping(self) -> None:
         while True:

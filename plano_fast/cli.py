@@ -12,7 +12,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from plano_fast import __version__, scan
+from plano_fast import __version__
+from plano_fast import scan
 from plano_fast.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("plano_fast")
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config file without starting")
     validate.add_argument("config")
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--config", "-c", required=True, help="plano_config.yaml")
     return parser
 
 
@@ -43,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args.config)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "migrate":
+        return _migrate(args.config)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -56,6 +62,24 @@ def _validate(path: str) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     names = ", ".join(p.name for p in config.providers)
     print(f"{path}: ok ({len(config.providers)} providers: {names})")
+    return 0
+
+
+def _migrate(path: str) -> int:
+    from plano_fast.store.migrate import run_migrate
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        return 1
+    settings = config.settings
+    applied = asyncio.run(run_migrate(settings.database_url, settings.sqlite_path))
+    where = "PostgreSQL" if settings.database_url else settings.sqlite_path
+    if applied:
+        print(f"{where}: applied migrations {', '.join(map(str, applied))}")
+    else:
+        print(f"{where}: schema up to date")
     return 0
 
 
@@ -89,8 +113,14 @@ def _run_worker(config: GatewayConfig, host: str, port: int, reuse_port: bool) -
 async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
     from plano_fast.app import Gateway
 
+    from plano_fast.store import SchemaTooOld
+
     gateway = Gateway(config, host=host, port=port, reuse_port=reuse_port)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except SchemaTooOld as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     # One line a supervisor or test can wait for.
     print(
         f"plano_fast listening on {gateway.host}:{gateway.port} "

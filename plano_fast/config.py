@@ -212,6 +212,11 @@ class GatewaySettings(BaseModel):
     sqlite_path: NonEmptyStr = "plano_fast.db"  # usage store when database_url is unset
     database_url: str | None = Field(default=None, repr=False)  # PostgreSQL usage store
     usage_flush_interval_s: PosFloat = 10.0  # usage batch flush period
+    usage_batch_size: PosInt = 1000  # rows per bulk write
+    usage_max_pending_events: PosInt = 100_000  # in memory while the store is down; then journal
+    usage_journal_path: NonEmptyStr = "plano_fast_usage.journal"  # spill file (one per process)
+    price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
+    budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)
     admin_port: Port | None = None  # admin API port; None disables the admin API
     admin_address: NonEmptyStr = "127.0.0.1"  # admin API bind address
 

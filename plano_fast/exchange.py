@@ -356,6 +356,7 @@ class Exchange:
                 reasoning_tokens=usage.reasoning_tokens,
                 has_usage=usage.has_usage,
                 duration_ms=(time.time_ns() - self.started_ns) / 1e6,
+                wire_format=self.endpoint.wire_api,
             )
         else:
             event = UsageEvent(

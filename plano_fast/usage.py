@@ -37,6 +37,8 @@ class UsageEvent:
     project_id: str | None = None
     key_hash: str | None = None
     duration_ms: float = 0.0
+    #: the response shape usage was read from: "openai", "anthropic" or "gemini"
+    wire_format: str = "openai"
 
 
 UsageSink = Callable[[UsageEvent], None]

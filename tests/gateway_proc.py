@@ -26,10 +26,16 @@ class GatewayProcess:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         port: int = 0,
+        migrate: bool = True,
     ) -> None:
         self.config_path = config_path
         self.log_path = log_path or config_path.with_suffix(".log")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        if migrate:
+            subprocess.run(
+                [sys.executable, "-m", "plano_fast", "migrate", "--config", str(config_path)],
+                check=True, cwd=ROOT, capture_output=True, env={**os.environ, **(env or {})},
+            )
         args = [sys.executable, "-m", "plano_fast", "serve", "--config", str(config_path)]
         args += ["--port", str(port), "--workers", str(workers)] + (extra_args or [])
         full_env = dict(os.environ)
@@ -120,7 +126,16 @@ class GatewayProcess:
 def write_config(path: Path, fake_port: int, settings: dict[str, object] | None = None) -> Path:
     """The test config: every provider points at the fake provider on ``fake_port``."""
     base = f"http://127.0.0.1:{fake_port}"
-    extra = "".join(f"  {k}: {v}\n" for k, v in (settings or {}).items())
+    merged: dict[str, object] = {
+        "sqlite_path": path.with_suffix(".db"),
+        "usage_journal_path": path.with_suffix(".journal"),
+        # The billing loops run every second in tests (10 s by default).
+        "usage_flush_interval_s": 1,
+        "price_interval_s": 1,
+        "budget_check_interval_s": 1,
+    }
+    merged.update(settings or {})
+    extra = "".join(f"  {k}: {v}\n" for k, v in merged.items())
     path.write_text(
         f"""\
 version: v0.4.0
@@ -157,7 +172,6 @@ model_aliases:
   fast:
     target: openai/gpt-4o-mini
 plano_fast:
-  sqlite_path: {path.parent / "usage.db"}
 {extra}"""
     )
     return path

@@ -1,0 +1,1 @@
+"""The billing pipeline: usage queue -> flusher -> store; pricing; budgets."""

@@ -1,0 +1,221 @@
+"""UsageFlusher: the request path's usage events, batched into the store.
+
+The request path calls ``submit`` (``put_nowait``: never awaits, never touches the
+database).  The flusher writes a batch when ``batch_size`` events are waiting or every
+``interval_s``, whichever comes first, in one bulk statement that also updates the
+spending counters (the store does both in one transaction, deriving the counter deltas
+from exactly the rows it inserted — so counters and log cannot disagree, and a replayed
+batch cannot count twice).
+
+Events are priced here, in memory, before they are written: the pricing registry needs no
+I/O, and a row priced at flush time reaches the spending counters one pricing cycle
+sooner, which shortens the soft-limit delay.  Rows whose model has no price are written
+unpriced; the PriceCalculator retries them when custom prices change.
+
+Overflow policy (explicit and counted): while the store is failing, rows stay in memory
+up to ``max_pending_rows``; past that the oldest are appended to the spill journal, and
+replayed from it on the next start.  Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from plano_fast.billing.journal import Journal
+from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, TokenCounts, usage_family
+from plano_fast.store import Store, UsageRow, usage_row_from_event
+from plano_fast.usage import UsageEvent
+
+log = logging.getLogger("plano_fast.billing")
+
+MAX_RETRY_DELAY_S = 30.0
+
+
+def pricing_family(provider: str, wire_format: str) -> str:
+    """How to read the token counts: by provider, corrected for the response shape.
+
+    Gemini's OpenAI-compatible endpoint reports usage the OpenAI way (reasoning inside
+    completion_tokens), unlike its native API.
+    """
+    family = usage_family(provider)
+    if wire_format == "openai" and provider == "gemini":
+        return FAMILY_OPENAI
+    return family
+
+
+def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
+    """Cost of one event in nano-USD, or None when it cannot be priced."""
+    if not event.has_usage:
+        # A provider error or a failed connection bills nothing; a successful response
+        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
+        # it stays unpriced and visible, never silently zero.
+        return 0 if event.http_status >= 400 else None
+    if event.model is None:
+        return None
+    family = pricing_family(event.provider, event.wire_format)
+    tokens = TokenCounts(
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_read_tokens,
+        event.cache_write_tokens,
+        event.reasoning_tokens,
+    )
+    return pricing.cost_nano_usd(event.provider, event.model, event.project_id, tokens, family=family)
+
+
+class UsageFlusher:
+    def __init__(
+        self,
+        store: Store,
+        pricing: PricingRegistry,
+        journal: Journal,
+        metrics: BillingMetrics,
+        *,
+        interval_s: float,
+        batch_size: int = 1000,
+        max_pending_rows: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.pricing = pricing
+        self.journal = journal
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.batch_size = batch_size
+        self.max_pending_rows = max(max_pending_rows, batch_size)
+        self.queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
+        self._pending: collections.deque[UsageRow] = collections.deque()
+        self._batch_ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retry_delay_s = 0.0
+        self._replayed: list[Path] = []
+
+    # -- the request path -------------------------------------------------------------
+    def submit(self, event: UsageEvent) -> None:
+        """The UsageSink: called on the request path; never blocks."""
+        self.queue.put_nowait(event)
+        self.metrics.events_submitted += 1
+        if self.queue.qsize() >= self.batch_size:
+            self._batch_ready.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        for path in self.journal.claim():
+            rows = Journal.read(path)
+            log.info("replaying %d usage rows from %s", len(rows), path)
+            self.metrics.rows_replayed += len(rows)
+            self._pending.extend(rows)
+            self._replayed.append(path)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
+
+    async def stop(self, deadline_s: float = 10.0) -> None:
+        """Drain: everything submitted so far is written, or journaled if the store is down."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._drain_queue()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while self._pending and loop.time() < end:
+            if not await self._flush_once():
+                await asyncio.sleep(min(0.5, max(0.0, end - loop.time())))
+        if self._pending:
+            spilled = self.journal.spill(self._pending)
+            self.metrics.rows_spilled += spilled
+            log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
+            self._pending.clear()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending) + self.queue.qsize()
+
+    async def flush_now(self) -> None:
+        """Write everything waiting (used by tests and the admin API)."""
+        self._drain_queue()
+        while self._pending:
+            if not await self._flush_once():
+                break
+
+    # -- the loop ---------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_flush = loop.time() + self.interval_s
+        while True:
+            wait_s = max(0.0, next_flush - loop.time())
+            if self._retry_delay_s:
+                wait_s = max(wait_s, self._retry_delay_s)
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._batch_ready.wait()
+            except TimeoutError:
+                pass
+            self._batch_ready.clear()
+            self._drain_queue()
+            if loop.time() >= next_flush or len(self._pending) >= self.batch_size:
+                while self._pending:
+                    if not await self._flush_once():
+                        break
+                    if len(self._pending) < self.batch_size and loop.time() < next_flush:
+                        break
+                next_flush = loop.time() + self.interval_s
+
+    def _drain_queue(self) -> None:
+        queue = self.queue
+        pricing = self.pricing
+        pending = self._pending
+        unpriced = 0
+        while not queue.empty():
+            event = queue.get_nowait()
+            cost = price_event(pricing, event)
+            if cost is None:
+                unpriced += 1
+            pending.append(usage_row_from_event(event, cost_nano_usd=cost))
+        self.metrics.rows_unpriced_at_flush += unpriced
+        overflow = len(pending) - self.max_pending_rows
+        if overflow > 0:
+            spill = [pending.popleft() for _ in range(overflow)]
+            self.metrics.rows_spilled += self.journal.spill(spill)
+            log.warning("usage backlog over %d rows: %d spilled to %s",
+                        self.max_pending_rows, overflow, self.journal.path)
+
+    async def _flush_once(self) -> bool:
+        batch = [self._pending[i] for i in range(min(self.batch_size, len(self._pending)))]
+        if not batch:
+            return True
+        started = time.perf_counter()
+        try:
+            inserted = await self.store.write_usage(batch)
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
+            self.metrics.flush_failures += 1
+            self._retry_delay_s = min(MAX_RETRY_DELAY_S, max(0.5, self._retry_delay_s * 2))
+            log.warning("usage flush of %d rows failed (%s); retrying in %.1fs",
+                        len(batch), type(exc).__name__, self._retry_delay_s)
+            return False
+        for _ in batch:
+            self._pending.popleft()
+        self._retry_delay_s = 0.0
+        self.metrics.rows_written += inserted
+        self.metrics.rows_duplicate += len(batch) - inserted
+        self.metrics.flushes += 1
+        self.metrics.last_flush_s = time.perf_counter() - started
+        if not self._pending:
+            self._forget_replayed()
+        return True
+
+    def _forget_replayed(self) -> None:
+        for path in self._replayed:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self._replayed.clear()
+
+
+def rows_cost(rows: Iterable[UsageRow]) -> int:
+    return sum(r.cost_nano_usd or 0 for r in rows)

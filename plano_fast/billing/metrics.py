@@ -1,0 +1,25 @@
+"""Billing counters: plain integers owned by one process, exported by the metrics endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class BillingMetrics:
+    events_submitted: int = 0
+    rows_written: int = 0
+    rows_duplicate: int = 0  # already in the store (journal replay after a crash)
+    rows_unpriced_at_flush: int = 0
+    rows_priced_late: int = 0  # priced by the PriceCalculator
+    rows_unpriced_unknown: int = 0  # no price known even after a retry
+    rows_spilled: int = 0
+    rows_replayed: int = 0
+    flushes: int = 0
+    flush_failures: int = 0
+    price_failures: int = 0
+    budget_check_failures: int = 0
+    last_flush_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -1,0 +1,129 @@
+"""PriceCalculator: prices the rows that could not be priced when they were flushed.
+
+Every ``interval_s`` it reloads custom prices from the store into the registry (project
+override -> global override -> bundled table), then fetches up to ``batch_size`` unpriced
+rows and prices them; ``set_prices`` adds their cost to the spending counters in the same
+transaction, guarded so a repeat can never count twice.  A row that still has no price is
+marked ``unpriced_unknown`` (counted in a metric) and retried only after custom pricing
+changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts
+from plano_fast.billing.flusher import pricing_family
+from plano_fast.store import PRICE_STATUS_PRICED, PRICE_STATUS_UNKNOWN, CustomPrice, Store
+
+log = logging.getLogger("plano_fast.billing")
+
+
+
+def _model_price(price: CustomPrice) -> ModelPrice:
+    return ModelPrice(
+        input_per_mtok=price.input_per_mtok_nano_usd,
+        output_per_mtok=price.output_per_mtok_nano_usd,
+        cache_read_per_mtok=price.cache_read_per_mtok_nano_usd,
+        cache_write_per_mtok=price.cache_write_per_mtok_nano_usd,
+        source="custom",
+    )
+
+
+class PriceCalculator:
+    def __init__(
+        self,
+        store: Store,
+        pricing: PricingRegistry,
+        metrics: BillingMetrics,
+        *,
+        interval_s: float,
+        batch_size: int = 1000,
+    ) -> None:
+        self.store = store
+        self.pricing = pricing
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.batch_size = batch_size
+        self._custom_signature: tuple[tuple[object, ...], ...] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        try:
+            await self.reload_custom_prices()
+        except Exception as exc:  # noqa: BLE001 - the loop retries
+            log.warning("custom prices not loaded yet: %s", type(exc).__name__)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="price-calculator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.run_once()
+            except Exception as exc:  # noqa: BLE001 - logged, counted, retried next cycle
+                self.metrics.price_failures += 1
+                log.warning("pricing cycle failed: %s", type(exc).__name__)
+
+    async def reload_custom_prices(self) -> bool:
+        """Swap store-defined prices into the registry; True when they changed."""
+        prices = await self.store.list_custom_prices()
+        signature = tuple(
+            (p.project_id, p.model, p.input_per_mtok_nano_usd, p.output_per_mtok_nano_usd,
+             p.cache_read_per_mtok_nano_usd, p.cache_write_per_mtok_nano_usd)
+            for p in prices
+        )
+        if signature == self._custom_signature:
+            return False
+        global_prices = {p.model: _model_price(p) for p in prices if p.project_id is None}
+        project_prices = {
+            (p.project_id, p.model): _model_price(p) for p in prices if p.project_id is not None
+        }
+        self.pricing.set_overrides(global_prices, project_prices)
+        changed = self._custom_signature is not None
+        self._custom_signature = signature
+        if changed:
+            # Rows no price was known for may have one now.
+            await self.store.requeue_unpriced()
+        return True
+
+    async def run_once(self) -> int:
+        """One cycle; returns the number of rows newly priced."""
+        await self.reload_custom_prices()
+        priced_total = 0
+        while True:
+            rows = await self.store.fetch_unpriced(self.batch_size)
+            if not rows:
+                return priced_total
+            results: list[tuple[int, int | None, str]] = []
+            for row in rows:
+                assert row.row_id is not None
+                cost: int | None = None
+                if row.model is not None and row.status != "usage_missing":
+                    tokens = TokenCounts(row.input_tokens, row.output_tokens, row.cache_read_tokens,
+                                         row.cache_write_tokens, row.reasoning_tokens)
+                    cost = self.pricing.cost_nano_usd(
+                        row.provider, row.model, row.project_id, tokens,
+                        # rows do not keep the response shape; the gateway reads
+                        # Anthropic natively and everything else OpenAI-shaped
+                        family=pricing_family(
+                            row.provider, "anthropic" if row.provider == "anthropic" else "openai"
+                        ),
+                    )
+                if cost is None:
+                    self.metrics.rows_unpriced_unknown += 1
+                    results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))
+                else:
+                    results.append((row.row_id, cost, PRICE_STATUS_PRICED))
+            priced = await self.store.set_prices(results)
+            self.metrics.rows_priced_late += priced
+            priced_total += priced
+            if len(rows) < self.batch_size:
+                return priced_total
