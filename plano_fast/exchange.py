@@ -13,6 +13,7 @@ usage-only chunk the gateway itself asked for.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import time
@@ -57,6 +58,27 @@ DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 
 _REQUEST_PREFIX = os.urandom(4).hex()
 _request_counter = itertools.count(1)
+
+
+def client_key(request: Request) -> bytes | None:
+    """The credential the client's SDK sent, wherever that SDK puts it."""
+    for name, value in request.headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+        elif name in (b"x-api-key", b"x-goog-api-key", b"api-key") and value.strip():
+            return value.strip()
+    if request.query:
+        for pair in request.query.split(b"&"):
+            if pair.startswith(b"key="):
+                return pair[4:] or None
+    return None
+
+
+def key_hash(key: bytes) -> str:
+    """SHA-256 hex of a client key: how keys are identified and stored, never in clear."""
+    return hashlib.sha256(key).hexdigest()
 
 
 def new_request_id() -> str:
@@ -141,6 +163,7 @@ class Exchange:
         "outcome",
         "_upstream_data",
         "_error",
+        "key_hash",
     )
 
     def __init__(
@@ -160,6 +183,7 @@ class Exchange:
         self.model: str | None = None
         self.streaming = False
         self._error: GatewayError | None = None
+        self.key_hash: str | None = None
 
     # -- phases -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -181,6 +205,9 @@ class Exchange:
             )
         self.provider = provider
         self.model = route.upstream_model or fields.model
+        # Config mode identifies callers by their key's hash (per-key usage and limits).
+        key = client_key(request)
+        self.key_hash = key_hash(key) if key else None
         self.streaming = fields.stream
         # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
         # client that did not ask for it, so every stream can be billed.
@@ -357,6 +384,7 @@ class Exchange:
                 has_usage=usage.has_usage,
                 duration_ms=(time.time_ns() - self.started_ns) / 1e6,
                 wire_format=self.endpoint.wire_api,
+                key_hash=self.key_hash,
             )
         else:
             event = UsageEvent(
@@ -368,6 +396,7 @@ class Exchange:
                 status=outcome,
                 http_status=http_status,
                 duration_ms=(time.time_ns() - self.started_ns) / 1e6,
+                key_hash=self.key_hash,
             )
         self.ctx.usage_sink(event)
 

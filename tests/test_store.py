@@ -70,19 +70,6 @@ class Backend:
         asyncio.run(main())
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    try:
-        pg.server_dsn()
-    except pg.PostgresUnavailable as exc:
-        if os.environ.get("PLANO_FAST_TEST_REQUIRE_PG"):
-            raise
-        pytest.skip(f"no PostgreSQL available: {exc}")
-    with pg.temp_database() as dsn:
-        yield dsn
-    pg.stop_private_cluster()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":

@@ -105,13 +105,32 @@ class UsageFlusher:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        for path in self.journal.claim():
-            rows = Journal.read(path)
-            log.info("replaying %d usage rows from %s", len(rows), path)
-            self.metrics.rows_replayed += len(rows)
-            self._pending.extend(rows)
-            self._replayed.append(path)
+        self._replayed = self.journal.claim()
+        await self._replay_journals()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
+
+    async def _replay_journals(self) -> None:
+        """Write claimed journal files straight to the store, a batch at a time.
+
+        They bypass the in-memory backlog (which may be small) and are deleted only once
+        fully written; a failure leaves the file for the next cycle, and re-writing rows
+        already stored is harmless (idempotent on request_id).
+        """
+        while self._replayed:
+            path = self._replayed[0]
+            written = 0
+            try:
+                for batch in Journal.read_batches(path, self.batch_size):
+                    self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
+                    written += len(batch)
+            except Exception as exc:  # noqa: BLE001 - retried on a later cycle
+                self.metrics.flush_failures += 1
+                log.warning("journal replay of %s paused (%s)", path, type(exc).__name__)
+                return
+            log.info("replayed %d usage rows from %s", written, path)
+            self.metrics.rows_replayed += written
+            path.unlink(missing_ok=True)
+            self._replayed.pop(0)
 
     async def stop(self, deadline_s: float = 10.0) -> None:
         """Drain: everything submitted so far is written, or journaled if the store is down."""
@@ -158,11 +177,15 @@ class UsageFlusher:
             self._batch_ready.clear()
             self._drain_queue()
             if loop.time() >= next_flush or len(self._pending) >= self.batch_size:
+                healthy = True
                 while self._pending:
                     if not await self._flush_once():
+                        healthy = False
                         break
                     if len(self._pending) < self.batch_size and loop.time() < next_flush:
                         break
+                if healthy and self._replayed:
+                    await self._replay_journals()
                 next_flush = loop.time() + self.interval_s
 
     def _drain_queue(self) -> None:
@@ -204,17 +227,7 @@ class UsageFlusher:
         self.metrics.rows_duplicate += len(batch) - inserted
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
-        if not self._pending:
-            self._forget_replayed()
         return True
-
-    def _forget_replayed(self) -> None:
-        for path in self._replayed:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-        self._replayed.clear()
 
 
 def rows_cost(rows: Iterable[UsageRow]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from plano_fast.store import UsageRow
@@ -66,8 +66,9 @@ class Journal:
         return claimed
 
     @staticmethod
-    def read(path: Path) -> list[UsageRow]:
-        rows: list[UsageRow] = []
+    def read_batches(path: Path, batch_size: int) -> Iterator[list[UsageRow]]:
+        """The file's rows, ``batch_size`` at a time (memory stays bounded)."""
+        batch: list[UsageRow] = []
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 line = line.strip()
@@ -77,8 +78,12 @@ class Journal:
                     data = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash mid-write
-                rows.append(UsageRow(**{k: data[k] for k in _FIELDS if k in data}))
-        return rows
+                batch.append(UsageRow(**{k: data[k] for k in _FIELDS if k in data}))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
 
 
 def _alive(pid: int) -> bool:

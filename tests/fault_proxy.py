@@ -1,0 +1,124 @@
+"""A TCP proxy that can cut every connection on demand (after asyncpg's test fuzzer).
+
+Put it between the gateway and PostgreSQL to make "the database went away" happen
+without touching the shared server: ``cut()`` resets every open connection and refuses
+new ones until ``restore()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from types import TracebackType
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+
+def dsn_target(dsn: str) -> str | tuple[str, int]:
+    """Where a PostgreSQL DSN points: a unix socket path or (host, port)."""
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    host = query.get("host") or parts.hostname or "127.0.0.1"
+    port = int(query.get("port") or parts.port or 5432)
+    if host.startswith("/"):
+        return f"{host}/.s.PGSQL.{port}"
+    return (host, port)
+
+
+def proxied_dsn(dsn: str, proxy_port: int) -> str:
+    """The same DSN, reaching the server through the proxy on 127.0.0.1:proxy_port."""
+    parts = urlsplit(dsn)
+    query = {k: v for k, v in parse_qsl(parts.query) if k not in ("host", "port")}
+    user = parts.username or "postgres"
+    return urlunsplit(
+        parts._replace(netloc=f"{user}@127.0.0.1:{proxy_port}", query=urlencode(query))
+    )
+
+
+class FaultProxy:
+    def __init__(self, target: str | tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._cut = False
+        self.connections_made = 0
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.transport.abort()
+            return
+        try:
+            if isinstance(self.target, str):
+                up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections_made += 1
+        self._writers.update((writer, up_writer))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+                self._writers.discard(dst)
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut(self) -> None:
+        def do() -> None:
+            self._cut = True
+            for w in list(self._writers):
+                w.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(do)
+
+    def restore(self) -> None:
+        def do() -> None:
+            self._cut = False
+
+        self._loop.call_soon_threadsafe(do)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            self.cut()
+            if self._server is not None:
+                self._server.close()
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
