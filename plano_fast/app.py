@@ -19,10 +19,11 @@ from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     MESSAGES,
     RESPONSES,
+    ConfigExchange,
     Endpoint,
-    Exchange,
     ExchangeContext,
 )
+from plano_fast.firewall import ApiKeyRegistry, FirewallExchange
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
 from plano_fast.store import Store, open_store
@@ -70,6 +71,8 @@ class Gateway:
         self.router = Router(config)
         self.store = store or open_store(settings.database_url, settings.sqlite_path)
         self.billing = BillingPipeline(self.store, settings)
+        self.firewall = settings.mode == "firewall"
+        self.registry = ApiKeyRegistry(self.store, settings.key_registry_reload_s)
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -90,6 +93,8 @@ class Gateway:
             await self.store.close()
             raise
         await self.billing.start()
+        if self.firewall:
+            await self.registry.start()
         self.pool = UpstreamPool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             idle_timeout_s=settings.upstream_idle_timeout_s,
@@ -98,7 +103,13 @@ class Gateway:
         )
         timeout_s = self.config.listener.timeout_s
         self.ctx = ExchangeContext(
-            self.router, self.pool, self.billing.submit, timeout_s, timeout_s
+            self.router,
+            self.pool,
+            self.billing.submit,
+            timeout_s,
+            timeout_s,
+            registry=self.registry,
+            budget=self.billing.budget,
         )
         loop = asyncio.get_running_loop()
         if self._sock is not None:
@@ -138,6 +149,7 @@ class Gateway:
             await self._server.wait_closed()
             self._server = None
         # Every exchange has settled: drain the usage queue, then close the store.
+        await self.registry.stop()
         await self.billing.stop()
         await self.store.close()
 
@@ -154,11 +166,14 @@ class Gateway:
 
     async def handle(self, request: Request, responder: Responder) -> None:
         """Dispatch by path; forwarded endpoints become an Exchange."""
+        if self.firewall and request.path not in (b"/healthz", b"/health"):
+            await FirewallExchange(self.ctx, request, responder).run()
+            return
         endpoint = _ENDPOINTS.get(request.path)
         if endpoint is not None:
             if request.method != b"POST":
                 raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            await Exchange(self.ctx, request, responder, endpoint).run()
+            await ConfigExchange(self.ctx, request, responder, endpoint).run()
             return
         path = request.path
         if path in (b"/healthz", b"/health"):

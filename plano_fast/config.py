@@ -219,6 +219,11 @@ class GatewaySettings(BaseModel):
     budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)
     admin_port: Port | None = None  # admin API port; None disables the admin API
     admin_address: NonEmptyStr = "127.0.0.1"  # admin API bind address
+    # Admin API key ($ENV expanded); PLANO_FAST_ADMIN_KEY in the environment also works.
+    admin_key: str | None = Field(default=None, repr=False)
+    # "config": route by model (Plano); "firewall": clients use their own registered keys.
+    mode: Literal["config", "firewall"] = "config"
+    key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
 
 
 @dataclass(frozen=True)
@@ -637,7 +642,7 @@ class _Builder:
         data = {} if raw is None else raw
         if isinstance(data, dict):
             data = dict(data)
-            for key in ("database_url", "sqlite_path"):
+            for key in ("database_url", "sqlite_path", "admin_key"):
                 if isinstance(data.get(key), str):
                     data[key] = self.expand(data[key], ("plano_fast", key))
             if "sqlite_path" in data and data["sqlite_path"] is None:

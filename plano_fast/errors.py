@@ -82,7 +82,13 @@ _GEMINI_STATUS = {
 }
 
 
-def error_body(fmt: ApiFormat, status: int, message: str, code: str | None = None) -> bytes:
+def error_body(
+    fmt: ApiFormat,
+    status: int,
+    message: str,
+    code: str | None = None,
+    openai_type: str | None = None,
+) -> bytes:
     """Render an error body the client's SDK understands.
 
     ``code`` is a short machine-readable reason (``"model_not_found"``); it goes where each
@@ -106,7 +112,7 @@ def error_body(fmt: ApiFormat, status: int, message: str, code: str | None = Non
         doc = {
             "error": {
                 "message": message,
-                "type": _OPENAI_TYPES.get(status, "api_error"),
+                "type": openai_type or _OPENAI_TYPES.get(status, "api_error"),
                 "param": None,
                 "code": code,
             }
@@ -123,6 +129,8 @@ class GatewayError(Exception):
     code: str | None = None
     #: the connection must be closed after the answer (framing can no longer be trusted)
     close_connection: bool = False
+    #: OpenAI-format "type" when it is not the usual one for the status
+    openai_type: str | None = None
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or HTTPStatus(self.status).phrase)
@@ -132,7 +140,7 @@ class GatewayError(Exception):
         return str(self.args[0])
 
     def body(self, fmt: ApiFormat) -> bytes:
-        return error_body(fmt, self.status, self.message, self.code)
+        return error_body(fmt, self.status, self.message, self.code, self.openai_type)
 
 
 class ClientError(GatewayError):
@@ -182,6 +190,22 @@ class UnknownModelError(ClientError):
 
 class BadRequestBody(ClientError):
     code = "invalid_json"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class SpendingLimitExceeded(ClientError):
+    """A soft or hard budget refuses the request (the original design's body)."""
+
+    status = 429
+    code = "spending_limit_exceeded"
+    openai_type = "spending_limit_exceeded"
+
+    def __init__(self, message: str = "project has exceeded its spending limit") -> None:
+        super().__init__(message)
 
 
 class UpstreamError(GatewayError):

@@ -31,6 +31,7 @@ from plano_fast.routing import UnknownModel
 from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_GONE,
+    STATUS_NOT_BILLABLE,
     STATUS_OK,
     STATUS_UPSTREAM_ERROR,
     STATUS_UPSTREAM_FAILED,
@@ -40,7 +41,9 @@ from plano_fast.usage import (
 )
 
 if TYPE_CHECKING:
+    from plano_fast.billing.budget import BudgetChecker
     from plano_fast.config import ModelProvider
+    from plano_fast.firewall import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
     from plano_fast.routing import Router
 
@@ -124,7 +127,15 @@ def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Heade
 class ExchangeContext:
     """Shared, long-lived state every exchange needs (owned by the Gateway)."""
 
-    __slots__ = ("router", "pool", "usage_sink", "first_byte_timeout_s", "idle_timeout_s")
+    __slots__ = (
+        "router",
+        "pool",
+        "usage_sink",
+        "first_byte_timeout_s",
+        "idle_timeout_s",
+        "registry",
+        "budget",
+    )
 
     def __init__(
         self,
@@ -133,24 +144,32 @@ class ExchangeContext:
         usage_sink: UsageSink,
         first_byte_timeout_s: float,
         idle_timeout_s: float,
+        registry: ApiKeyRegistry | None = None,
+        budget: BudgetChecker | None = None,
     ) -> None:
         self.router = router
         self.pool = pool
         self.usage_sink = usage_sink
         self.first_byte_timeout_s = first_byte_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.registry = registry
+        self.budget = budget
 
 
 class Exchange:
-    """One forwarded request: the ResponseSink of its upstream connection."""
+    """One forwarded request: the ResponseSink of its upstream connection.
+
+    Subclasses implement ``run`` (identify, admit, route, rewrite) and then call
+    ``forward``; relaying, retry and settling the usage event are shared.
+    """
 
     __slots__ = (
         "ctx",
         "request",
         "responder",
-        "endpoint",
-        "provider",
         "origin",
+        "provider_id",
+        "wire_format",
         "model",
         "streaming",
         "scanner",
@@ -161,20 +180,20 @@ class Exchange:
         "request_id",
         "attempts",
         "outcome",
-        "_upstream_data",
-        "_error",
+        "upstream_data",
         "key_hash",
+        "project_id",
+        "scan_api",
     )
 
-    def __init__(
-        self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
-    ) -> None:
+    def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
         self.ctx = ctx
         self.request = request
         self.responder = responder
-        self.endpoint = endpoint
         self.started_ns = time.time_ns()
-        self.request_id = ""
+        # Always our own id: usage_log is unique on it, so a client-chosen id could make
+        # two requests collapse into one billed row.
+        self.request_id = new_request_id()
         self.status = 0
         self.attempts = 0
         self.outcome = ""
@@ -182,82 +201,20 @@ class Exchange:
         self.scanner: scan.UsageScanner | None = None
         self.model: str | None = None
         self.streaming = False
-        self._error: GatewayError | None = None
         self.key_hash: str | None = None
+        self.project_id: str | None = None
+        self.provider_id = ""
+        self.wire_format = "openai"
+        self.upstream_data: list[bytes] = []
+        self.origin: Origin = ("http", "", 0, None)
+        self.scan_api = scan.API_OPENAI_CHAT
 
-    # -- phases -----------------------------------------------------------------------
     async def run(self) -> None:
-        request = self.request
-        try:
-            fields = scan.scan_request(request.body)
-        except scan.ScanError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        try:
-            route = self.ctx.router.resolve(fields.model)
-        except UnknownModel as exc:
-            raise UnknownModelError(str(exc)) from None
-        provider = route.provider
-        path = upstream_path(provider, self.endpoint, route.upstream_model)
-        if path is None:
-            raise ClientError(
-                f"model '{fields.model}' is served by provider '{provider.name}', which does "
-                f"not support the {self.endpoint.name} API"
-            )
-        self.provider = provider
-        self.model = route.upstream_model or fields.model
-        # Config mode identifies callers by their key's hash (per-key usage and limits).
-        key = client_key(request)
-        self.key_hash = key_hash(key) if key else None
-        self.streaming = fields.stream
-        # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
-        # client that did not ask for it, so every stream can be billed.
-        inject = (
-            fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
-        )
-        body = scan.rewrite_request(
-            request.body,
-            model=route.upstream_model if route.rewrite else None,
-            inject_include_usage=inject,
-        )
-        self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
-        # Always our own id: usage_log is unique on it, so a client-chosen id could make
-        # two requests collapse into one billed row.
-        self.request_id = new_request_id()
-        self._upstream_data = self._build_upstream_request(provider, path, body)
-        self.origin = origin_of(provider)
+        raise NotImplementedError
+
+    async def forward(self) -> None:
         await self._forward()
 
-    def _build_upstream_request(
-        self, provider: ModelProvider, path: bytes, body: bytes
-    ) -> list[bytes]:
-        request = self.request
-        target = path + b"?" + request.query if request.query else path
-        parts = [request.method + b" " + target + b" HTTP/1.1\r\n"]
-        passthrough = provider.passthrough_auth
-        connection_tokens = _connection_tokens(request.headers)
-        seen_version = False
-        for name, value in request.headers:
-            if name in DROPPED_REQUEST_HEADERS or name.startswith(b"x-xproxy-"):
-                continue
-            if connection_tokens and name in connection_tokens:
-                continue
-            if not passthrough and name in CREDENTIAL_HEADERS:
-                continue
-            if name == b"anthropic-version":
-                seen_version = True
-            parts.append(name + b": " + value + b"\r\n")
-        if not passthrough:
-            for name, value in auth_headers_for(provider, self.endpoint):
-                if name == b"anthropic-version" and seen_version:
-                    continue
-                parts.append(name + b": " + value + b"\r\n")
-        for name, value in provider.extra_headers:
-            parts.append(name + b": " + value + b"\r\n")
-        if request.header(b"x-request-id") is None:
-            parts.append(b"x-request-id: " + self.request_id.encode() + b"\r\n")
-        parts.append(b"host: " + provider.host_header.encode() + b"\r\n")
-        parts.append(b"content-length: %d\r\n\r\n" % len(body))
-        return [b"".join(parts), body]
 
     async def _forward(self) -> None:
         pool = self.ctx.pool
@@ -274,11 +231,10 @@ class Exchange:
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
             self.done = loop.create_future()
-            self._error = None
             self.conn = conn
             self.responder.upstream = conn
             conn.send_request(
-                self._upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
+                self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
             )
             try:
                 retry = await self.done
@@ -307,7 +263,7 @@ class Exchange:
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.
-            scanner = self.scanner = scan.UsageScanner(self.endpoint.scan_api, False, False)
+            scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
         self.responder.send_head(status, out, content_length)
@@ -334,7 +290,9 @@ class Exchange:
                 responder.send_body(tail)
         if self.status >= 400:
             outcome = STATUS_UPSTREAM_ERROR
-        elif scanner is not None and scanner.result().has_usage:
+        elif scanner is None:
+            outcome = STATUS_NOT_BILLABLE
+        elif scanner.result().has_usage:
             outcome = STATUS_OK
         else:
             outcome = STATUS_USAGE_MISSING
@@ -371,7 +329,7 @@ class Exchange:
             event = UsageEvent(
                 request_id=self.request_id,
                 time_ns=self.started_ns,
-                provider=self.provider.provider,
+                provider=self.provider_id,
                 model=usage.model or self.model,
                 streaming=self.streaming,
                 status=outcome,
@@ -383,22 +341,119 @@ class Exchange:
                 reasoning_tokens=usage.reasoning_tokens,
                 has_usage=usage.has_usage,
                 duration_ms=(time.time_ns() - self.started_ns) / 1e6,
-                wire_format=self.endpoint.wire_api,
+                wire_format=self.wire_format,
                 key_hash=self.key_hash,
+                project_id=self.project_id,
             )
         else:
             event = UsageEvent(
                 request_id=self.request_id,
                 time_ns=self.started_ns,
-                provider=self.provider.provider,
+                provider=self.provider_id,
                 model=self.model,
                 streaming=self.streaming,
                 status=outcome,
                 http_status=http_status,
                 duration_ms=(time.time_ns() - self.started_ns) / 1e6,
                 key_hash=self.key_hash,
+                project_id=self.project_id,
             )
         self.ctx.usage_sink(event)
+
+
+class ConfigExchange(Exchange):
+    """Config mode: the body's model picks a configured provider (Plano semantics)."""
+
+    __slots__ = ("endpoint", "provider")
+
+    def __init__(
+        self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
+    ) -> None:
+        super().__init__(ctx, request, responder)
+        self.endpoint = endpoint
+        self.wire_format = endpoint.wire_api
+        self.scan_api = endpoint.scan_api
+
+    async def run(self) -> None:
+        request = self.request
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            route = self.ctx.router.resolve(fields.model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        provider = route.provider
+        path = upstream_path(provider, self.endpoint, route.upstream_model)
+        if path is None:
+            raise ClientError(
+                f"model '{fields.model}' is served by provider '{provider.name}', which does "
+                f"not support the {self.endpoint.name} API"
+            )
+        self.provider = provider
+        self.provider_id = provider.provider
+        self.model = route.upstream_model or fields.model
+        # Config mode identifies callers by their key's hash (per-key usage and limits).
+        key = client_key(request)
+        self.key_hash = key_hash(key) if key else None
+        self.streaming = fields.stream
+        # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
+        # client that did not ask for it, so every stream can be billed.
+        inject = (
+            fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
+        )
+        body = scan.rewrite_request(
+            request.body,
+            model=route.upstream_model if route.rewrite else None,
+            inject_include_usage=inject,
+        )
+        self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+        passthrough = provider.passthrough_auth
+        head = [request.method + b" " + path + (b"?" + request.query if request.query else b"")
+                + b" HTTP/1.1\r\n"]
+        seen_version = forwardable_headers(request, head, drop_credentials=not passthrough)
+        if not passthrough:
+            for name, value in auth_headers_for(provider, self.endpoint):
+                if name == b"anthropic-version" and seen_version:
+                    continue
+                head.append(name + b": " + value + b"\r\n")
+        for name, value in provider.extra_headers:
+            head.append(name + b": " + value + b"\r\n")
+        self.upstream_data = finish_head(self, head, provider.host_header, body)
+        self.origin = origin_of(provider)
+        await self.forward()
+
+
+def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials: bool) -> bool:
+    """Append the client's headers that may go upstream; True if anthropic-version was one.
+
+    Dropped: hop-by-hop headers and those named in Connection, framing and host (redone
+    for the upstream hop), accept-encoding (usage must be readable), every x-xproxy-*
+    header (only the gateway may set them: a client must not forge identity), and the
+    client's credentials when the gateway authenticates itself.
+    """
+    connection_tokens = _connection_tokens(request.headers)
+    seen_version = False
+    for name, value in request.headers:
+        if name in DROPPED_REQUEST_HEADERS or name.startswith(b"x-xproxy-"):
+            continue
+        if connection_tokens and name in connection_tokens:
+            continue
+        if drop_credentials and name in CREDENTIAL_HEADERS:
+            continue
+        if name == b"anthropic-version":
+            seen_version = True
+        out.append(name + b": " + value + b"\r\n")
+    return seen_version
+
+
+def finish_head(exchange: Exchange, head: list[bytes], host: str, body: bytes) -> list[bytes]:
+    if exchange.request.header(b"x-request-id") is None:
+        head.append(b"x-request-id: " + exchange.request_id.encode() + b"\r\n")
+    head.append(b"host: " + host.encode() + b"\r\n")
+    head.append(b"content-length: %d\r\n\r\n" % len(body))
+    return [b"".join(head), body]
 
 
 def _connection_tokens(headers: list[Header]) -> frozenset[bytes] | None:

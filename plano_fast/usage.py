@@ -15,6 +15,7 @@ STATUS_USAGE_MISSING = "usage_missing"  # 2xx but the response carried no usage 
 STATUS_UPSTREAM_ERROR = "upstream_error"  # provider answered >= 400
 STATUS_UPSTREAM_FAILED = "upstream_failed"  # connection failed / reset / timed out
 STATUS_CLIENT_GONE = "client_disconnected"  # the client left before the response ended
+STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
 
 
 @dataclass(slots=True)

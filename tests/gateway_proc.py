@@ -108,7 +108,8 @@ class GatewayProcess:
         return self.proc.returncode
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> GatewayProcess:

@@ -30,7 +30,7 @@ from plano_fast.billing.journal import Journal
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, TokenCounts, usage_family
 from plano_fast.store import Store, UsageRow, usage_row_from_event
-from plano_fast.usage import UsageEvent
+from plano_fast.usage import STATUS_NOT_BILLABLE, UsageEvent
 
 log = logging.getLogger("plano_fast.billing")
 
@@ -51,6 +51,8 @@ def pricing_family(provider: str, wire_format: str) -> str:
 
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
     """Cost of one event in nano-USD, or None when it cannot be priced."""
+    if event.status == STATUS_NOT_BILLABLE:
+        return 0
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
         # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
