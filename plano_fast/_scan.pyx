@@ -14,6 +14,7 @@ the walker as it arrives, so nothing is buffered except, with ``strip_usage_chun
 current event (up to ``MAX_HOLD_BYTES``).
 """
 
+cimport cython
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -111,6 +112,49 @@ cdef extern from *:
         return p;
     }
 
+    /* First byte in [p, end) that is '"', '\\\\' or < 0x20 (or end): bytes >= 0x80 pass. */
+    static inline const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) {
+    #ifdef PF_SSE2
+        const __m128i q = _mm_set1_epi8('"');
+        const __m128i b = _mm_set1_epi8('\\\\');
+        const __m128i f = _mm_set1_epi8((char)0x80);
+        const __m128i s = _mm_set1_epi8((char)0xA0);  /* (x ^ 0x80) < 0xA0 signed <=> x < 0x20 */
+        while (end - p >= 32) {
+            __m128i x = _mm_loadu_si128((const __m128i *)p);
+            __m128i y = _mm_loadu_si128((const __m128i *)(p + 16));
+            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(_mm_xor_si128(x, f), s));
+            __m128i my = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(y, q), _mm_cmpeq_epi8(y, b)), _mm_cmplt_epi8(_mm_xor_si128(y, f), s));
+            unsigned int m = (unsigned int)_mm_movemask_epi8(mx) | ((unsigned int)_mm_movemask_epi8(my) << 16);
+            if (m) return p + pf_ctz(m);
+            p += 32;
+        }
+        if (end - p >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)p);
+            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(_mm_xor_si128(x, f), s));
+            unsigned int m = (unsigned int)_mm_movemask_epi8(mx);
+            if (m) return p + pf_ctz(m);
+            p += 16;
+        }
+    #else
+        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        while (end - p >= 8) {
+            uint64_t w, hq, hb, lt;
+            memcpy(&w, p, 8);
+            hq = w ^ (ones * 0x22); hq = (hq - ones) & ~hq;
+            hb = w ^ (ones * 0x5C); hb = (hb - ones) & ~hb;
+            lt = (w - ones * 0x20) & ~w;
+            if ((hq | hb | lt) & highs) break;
+            p += 8;
+        }
+    #endif
+        while (p < end) {
+            unsigned char c = *p;
+            if (c == '"' || c == '\\\\' || c < 0x20) return p;
+            ++p;
+        }
+        return p;
+    }
+
     /* First '\\n' or '\\r' in [p, end) (or end). */
     static inline const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) {
     #ifdef PF_SSE2
@@ -131,6 +175,7 @@ cdef extern from *:
     }
     """
     const unsigned char *pf_scan_plain(const unsigned char *p, const unsigned char *end) noexcept nogil
+    const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
 
 
@@ -227,7 +272,7 @@ cdef enum:
     SL_DETOUT1
     SL_DETIN2
     SL_DETOUT2
-    SL_F = 20        # 20..24 record 0, 25..29 record 1
+    SL_F = 20        # 20..25 record 0, 26..31 record 1
     SL_RMODEL = 40
     SL_RSTREAM
     SL_RSOPT
@@ -258,6 +303,7 @@ cdef enum:
     F_CR
     F_CW
     F_RS
+    F_HIT            # DeepSeek prompt_cache_hit_tokens: cache_read when cached_tokens is absent
 
 cdef enum:
     # record states
@@ -309,8 +355,8 @@ cdef struct Acc:
 
 cdef struct URec:
     int status
-    int fst[5]
-    int64_t fv[5]
+    int fst[6]
+    int64_t fv[6]
     int det_in
     int det_out
 
@@ -364,6 +410,7 @@ cdef struct ReqRec:
 cdef struct Walker:
     int api             # 0 for requests
     bint track          # strip_usage_chunk member tracking
+    bint lenient        # responses: bytes >= 0x80 inside strings are not validated
     int state
     int depth
     int slot
@@ -420,10 +467,13 @@ cdef struct Walker:
 # walker helpers
 
 cdef inline void urec_clear(URec *r) noexcept nogil:
-    cdef int i
-    for i in range(5):
-        r.fst[i] = ST_ABSENT
-        r.fv[i] = 0
+    # values (fv) are only read when their state is ST_OK: no need to clear them
+    r.fst[0] = ST_ABSENT
+    r.fst[1] = ST_ABSENT
+    r.fst[2] = ST_ABSENT
+    r.fst[3] = ST_ABSENT
+    r.fst[4] = ST_ABSENT
+    r.fst[5] = ST_ABSENT
     r.det_in = ST_ABSENT
     r.det_out = ST_ABSENT
 
@@ -500,7 +550,7 @@ cdef inline int w_fail(Walker *w, int code, int64_t pos) noexcept nogil:
 
 
 cdef inline bint is_int_slot(int slot) noexcept nogil:
-    return (SL_F <= slot < SL_F + 10) or (SL_RMAX <= slot < SL_RMAX + 4)
+    return (SL_F <= slot < SL_F + 12) or (SL_RMAX <= slot < SL_RMAX + 4)
 
 
 cdef inline int bool_state(int kind) noexcept nogil:
@@ -546,7 +596,7 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         return
     if slot >= SL_F:
         i = slot - SL_F
-        d.u[i // 5].fst[i % 5] = null_or_bad(kind)
+        d.u[i // 6].fst[i % 6] = null_or_bad(kind)
     elif slot == SL_MODEL1:
         d.model_st0 = ST_ABSENT
     elif slot == SL_MODEL2:
@@ -643,13 +693,11 @@ cdef inline bint key_is(const unsigned char *k, Py_ssize_t n, const char *name, 
     return n == m and memcmp(k, name, m) == 0
 
 
-cdef int key_lookup(Walker *w, int node) noexcept nogil:
-    """Slot for the value of the key just read (``w.key``) in an object of type ``node``."""
-    cdef const unsigned char *k = w.key
-    cdef Py_ssize_t n = w.cap_len
+cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) noexcept nogil:
+    """Slot for the value of key ``k[0:n]`` (decoded) in an object of type ``node``."""
     cdef int api = w.api
     cdef int rec
-    if w.cap_over or w.cap_bad:
+    if n < 4 or n > 27:
         return SL_NONE
     if node == ND_DOC:
         if api == A_GEM:
@@ -687,52 +735,54 @@ cdef int key_lookup(Walker *w, int node) noexcept nogil:
         rec = node - ND_USAGE1
         if api == A_CHAT:
             if key_is(k, n, "prompt_tokens", 13):
-                return SL_F + rec * 5 + F_IN
+                return SL_F + rec * 6 + F_IN
             if key_is(k, n, "completion_tokens", 17):
-                return SL_F + rec * 5 + F_OUT
+                return SL_F + rec * 6 + F_OUT
             if key_is(k, n, "prompt_tokens_details", 21):
                 return SL_DETIN1 if rec == 0 else SL_DETIN2
             if key_is(k, n, "completion_tokens_details", 25):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
+            if key_is(k, n, "prompt_cache_hit_tokens", 23):
+                return SL_F + rec * 6 + F_HIT
         elif api == A_RESP:
             if key_is(k, n, "input_tokens", 12):
-                return SL_F + rec * 5 + F_IN
+                return SL_F + rec * 6 + F_IN
             if key_is(k, n, "output_tokens", 13):
-                return SL_F + rec * 5 + F_OUT
+                return SL_F + rec * 6 + F_OUT
             if key_is(k, n, "input_tokens_details", 20):
                 return SL_DETIN1 if rec == 0 else SL_DETIN2
             if key_is(k, n, "output_tokens_details", 21):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
         elif api == A_ANTH:
             if key_is(k, n, "input_tokens", 12):
-                return SL_F + rec * 5 + F_IN
+                return SL_F + rec * 6 + F_IN
             if key_is(k, n, "output_tokens", 13):
-                return SL_F + rec * 5 + F_OUT
+                return SL_F + rec * 6 + F_OUT
             if key_is(k, n, "cache_read_input_tokens", 23):
-                return SL_F + rec * 5 + F_CR
+                return SL_F + rec * 6 + F_CR
             if key_is(k, n, "cache_creation_input_tokens", 27):
-                return SL_F + rec * 5 + F_CW
+                return SL_F + rec * 6 + F_CW
         else:
             if key_is(k, n, "promptTokenCount", 16):
-                return SL_F + rec * 5 + F_IN
+                return SL_F + rec * 6 + F_IN
             if key_is(k, n, "candidatesTokenCount", 20):
-                return SL_F + rec * 5 + F_OUT
+                return SL_F + rec * 6 + F_OUT
             if key_is(k, n, "cachedContentTokenCount", 23):
-                return SL_F + rec * 5 + F_CR
+                return SL_F + rec * 6 + F_CR
             if key_is(k, n, "thoughtsTokenCount", 18):
-                return SL_F + rec * 5 + F_RS
+                return SL_F + rec * 6 + F_RS
         return SL_NONE
     if node == ND_DETIN1 or node == ND_DETIN2:
         rec = 0 if node == ND_DETIN1 else 1
         if key_is(k, n, "cached_tokens", 13):
-            return SL_F + rec * 5 + F_CR
+            return SL_F + rec * 6 + F_CR
         if key_is(k, n, "cache_write_tokens", 18):
-            return SL_F + rec * 5 + F_CW
+            return SL_F + rec * 6 + F_CW
         return SL_NONE
     if node == ND_DETOUT1 or node == ND_DETOUT2:
         rec = 0 if node == ND_DETOUT1 else 1
         if key_is(k, n, "reasoning_tokens", 16):
-            return SL_F + rec * 5 + F_RS
+            return SL_F + rec * 6 + F_RS
         return SL_NONE
     if node == ND_REQ:
         if key_is(k, n, "model", 5):
@@ -764,7 +814,7 @@ cdef inline bint urec_eval(URec *r) noexcept nogil:
     cdef int i
     if r.status != ST_OK or r.det_in == ST_BAD or r.det_out == ST_BAD:
         return 0
-    for i in range(5):
+    for i in range(6):
         if r.fst[i] == ST_BAD:
             return 0
     return r.fst[F_IN] == ST_OK or r.fst[F_OUT] == ST_OK
@@ -802,6 +852,8 @@ cdef void doc_eval(Walker *w) noexcept nogil:
     if urec_eval(r):
         for i in range(5):
             a.v[i] = r.fv[i] if r.fst[i] == ST_OK else 0
+        if r.fst[F_CR] != ST_OK and r.fst[F_HIT] == ST_OK:
+            a.v[F_CR] = r.fv[F_HIT]
         a.has_usage = 1
 
 
@@ -1094,7 +1146,7 @@ cdef const unsigned char *str_skip(Walker *w, const unsigned char *p, const unsi
                     w.esc = 0
             p += 1
             continue
-        p = pf_scan_plain(p, end)
+        p = pf_scan_text(p, end) if w.lenient else pf_scan_plain(p, end)
         if p == end:
             return p
         c = p[0]
@@ -1121,7 +1173,7 @@ cdef const unsigned char *str_cap(Walker *w, const unsigned char *p, const unsig
     cdef Py_ssize_t run, room
     while p < end:
         if not (w.u8need or w.esc or w.pend_hi):
-            q = pf_scan_plain(p, end)
+            q = pf_scan_text(p, end) if w.lenient else pf_scan_plain(p, end)
             if q > p:
                 run = q - p
                 room = w.cap_max - w.cap_len
@@ -1192,12 +1244,26 @@ cdef const unsigned char *str_cap(Walker *w, const unsigned char *p, const unsig
             if c < 0x20:
                 w.err = E_CONTROL
                 return NULL
-            if c >= 0x80 and utf8_lead(w, c) < 0:
+            if c >= 0x80 and not w.lenient and utf8_lead(w, c) < 0:
                 w.err = E_UTF8
                 return NULL
-            cap_put(w, c)
+            cap_put(w, c)  # lenient: validated as a whole in str_done
         p += 1
     return p
+
+
+cdef bint utf8_valid(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef const unsigned char *end = p + n
+    cdef int k
+    while p < end:
+        if p[0] < 0x80:
+            p += 1
+            continue
+        k = utf8_seq(p, end)
+        if k <= 0:
+            return 0
+        p += k
+    return 1
 
 
 cdef void str_done(Walker *w, int64_t off) noexcept nogil:
@@ -1205,9 +1271,11 @@ cdef void str_done(Walker *w, int64_t off) noexcept nogil:
     cdef int slot = w.str_slot
     cdef DocRec *d
     cdef bint ok
+    if w.lenient and w.str_mode != SM_SKIP and not w.cap_over and not utf8_valid(w.cap_buf, w.cap_len):
+        w.cap_bad = 1
     if w.in_key:
-        if w.str_mode == SM_KEY:
-            w.slot = key_lookup(w, w.node[w.depth - 1])
+        if w.str_mode == SM_KEY and not w.cap_over and not w.cap_bad:
+            w.slot = key_lookup(w, w.node[w.depth - 1], w.key, w.cap_len)
         else:
             w.slot = SL_NONE
         w.state = W_COLON
@@ -1231,14 +1299,12 @@ cdef void str_done(Walker *w, int64_t off) noexcept nogil:
 
 
 cdef inline void key_begin(Walker *w, int64_t off) noexcept nogil:
-    cdef int depth = w.depth
-    cdef DocRec *d
     w.state = W_STR
     w.in_key = 1
     w.esc = 0
     w.u8need = 0
     w.str_esc = 0
-    if w.node[depth - 1] != ND_NONE:
+    if w.node[w.depth - 1] != ND_NONE:
         w.str_mode = SM_KEY
         w.cap_buf = w.key
         w.cap_max = C_KEY_CAP
@@ -1248,6 +1314,13 @@ cdef inline void key_begin(Walker *w, int64_t off) noexcept nogil:
         w.pend_hi = 0
     else:
         w.str_mode = SM_SKIP
+    key_mark(w, off)
+
+
+cdef inline void key_mark(Walker *w, int64_t off) noexcept nogil:
+    """Member bookkeeping at the opening quote of a key (depth 1 and 2 only)."""
+    cdef int depth = w.depth
+    cdef DocRec *d
     if depth == 1:
         w.members1 += 1
         w.prev_end1 = w.last_end1
@@ -1276,8 +1349,8 @@ cdef void num_done(Walker *w, int64_t off) noexcept nogil:
             w.req.maxv[i] = w.num_val
         else:
             i = slot - SL_F
-            w.doc.u[i // 5].fst[i % 5] = st
-            w.doc.u[i // 5].fv[i % 5] = w.num_val
+            w.doc.u[i // 6].fst[i % 6] = st
+            w.doc.u[i // 6].fv[i % 6] = w.num_val
     scalar_done(w, off)
 
 
@@ -1368,6 +1441,104 @@ cdef inline int utf8_seq(const unsigned char *p, const unsigned char *end) noexc
     return n
 
 
+cdef inline const unsigned char *scalar_end(const unsigned char *p, const unsigned char *end,
+                                            bint lenient) noexcept nogil:
+    """End of the complete, valid scalar token (string, number, literal) starting at ``p``, or
+    NULL when it is cut by ``end``, invalid, or not a scalar (the general path decides)."""
+    cdef unsigned char c = p[0]
+    cdef unsigned char e
+    cdef const unsigned char *q
+    cdef int k
+    if c == b'"':
+        q = p + 1
+        while True:
+            q = pf_scan_text(q, end) if lenient else pf_scan_plain(q, end)
+            if q == end:
+                return NULL
+            e = q[0]
+            if e == b'"':
+                return q + 1
+            if e == b'\\':
+                if end - q < 2:
+                    return NULL
+                e = q[1]
+                if e == b'u':
+                    if end - q < 6:
+                        return NULL
+                    if hexval(q[2]) < 0 or hexval(q[3]) < 0 or hexval(q[4]) < 0 or hexval(q[5]) < 0:
+                        return NULL
+                    q += 6
+                elif (e == b'"' or e == b'\\' or e == b'/' or e == b'b' or e == b'f'
+                        or e == b'n' or e == b'r' or e == b't'):
+                    q += 2
+                else:
+                    return NULL
+            elif e < 0x80:
+                return NULL  # control character
+            else:
+                while True:  # a run of multi-byte characters
+                    e = q[0]
+                    if end - q >= 3 and (0xE1 <= e <= 0xEC or e >= 0xEE) and e <= 0xEF:
+                        # the common 3-byte case (CJK...): no special second-byte range
+                        if (q[1] & 0xC0) != 0x80 or (q[2] & 0xC0) != 0x80:
+                            return NULL
+                        q += 3
+                    elif end - q >= 2 and 0xC2 <= e <= 0xDF:
+                        if (q[1] & 0xC0) != 0x80:
+                            return NULL
+                        q += 2
+                    else:
+                        k = utf8_seq(q, end)
+                        if k <= 0:
+                            return NULL
+                        q += k
+                    if q == end or q[0] < 0x80:
+                        break
+    if c == b't' or c == b'n':
+        if end - p < 4:
+            return NULL
+        if c == b't':
+            if p[1] != b'r' or p[2] != b'u' or p[3] != b'e':
+                return NULL
+        elif p[1] != b'u' or p[2] != b'l' or p[3] != b'l':
+            return NULL
+        return p + 4
+    if c == b'f':
+        if end - p < 5 or p[1] != b'a' or p[2] != b'l' or p[3] != b's' or p[4] != b'e':
+            return NULL
+        return p + 5
+    if c != b'-' and not (b'0' <= c <= b'9'):
+        return NULL
+    q = p + 1 if c == b'-' else p
+    if q >= end:
+        return NULL
+    if q[0] == b'0':
+        q += 1
+    elif b'1' <= q[0] <= b'9':
+        q += 1
+        while q < end and b'0' <= q[0] <= b'9':
+            q += 1
+    else:
+        return NULL
+    if q < end and q[0] == b'.':
+        q += 1
+        if q >= end or not (b'0' <= q[0] <= b'9'):
+            return NULL
+        while q < end and b'0' <= q[0] <= b'9':
+            q += 1
+    if q < end and (q[0] == b'e' or q[0] == b'E'):
+        q += 1
+        if q < end and (q[0] == b'+' or q[0] == b'-'):
+            q += 1
+        if q >= end or not (b'0' <= q[0] <= b'9'):
+            return NULL
+        while q < end and b'0' <= q[0] <= b'9':
+            q += 1
+    if q == end:
+        return NULL  # the number may continue in the next chunk
+    return q
+
+
 cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const unsigned char *end,
                                     const unsigned char *buf, int64_t base) noexcept nogil:
     """Validate tokens inside an uninteresting container (node ND_NONE) with the state in
@@ -1434,94 +1605,12 @@ cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const uns
             depth += 1
             p += 1
             continue
-        elif c == b't' or c == b'f' or c == b'n':
-            k = 5 if c == b'f' else 4
-            if end - p < k:
-                break
-            if c == b't':
-                if p[1] != b'r' or p[2] != b'u' or p[3] != b'e':
-                    break
-            elif c == b'n':
-                if p[1] != b'u' or p[2] != b'l' or p[3] != b'l':
-                    break
-            elif p[1] != b'a' or p[2] != b'l' or p[3] != b's' or p[4] != b'e':
-                break
-            p += k
-            st = W_AFTER
-            continue
-        elif c == b'-' or (b'0' <= c <= b'9'):
-            q = p + 1 if c == b'-' else p
-            if q >= end:
-                break
-            if q[0] == b'0':
-                q += 1
-            elif b'1' <= q[0] <= b'9':
-                q += 1
-                while q < end and b'0' <= q[0] <= b'9':
-                    q += 1
-            else:
-                break
-            if q < end and q[0] == b'.':
-                q += 1
-                if q >= end or not (b'0' <= q[0] <= b'9'):
-                    break
-                while q < end and b'0' <= q[0] <= b'9':
-                    q += 1
-            if q < end and (q[0] == b'e' or q[0] == b'E'):
-                q += 1
-                if q < end and (q[0] == b'+' or q[0] == b'-'):
-                    q += 1
-                if q >= end or not (b'0' <= q[0] <= b'9'):
-                    break
-                while q < end and b'0' <= q[0] <= b'9':
-                    q += 1
-            if q == end:
-                break
-            p = q
-            st = W_AFTER
-            continue
-        elif c != b'"':
+        elif c != b'"' and c != b't' and c != b'f' and c != b'n' and c != b'-' and not (b'0' <= c <= b'9'):
             break
-        # a string (key or value): find its end inside this buffer
-        q = p + 1
-        while True:
-            q = pf_scan_plain(q, end)
-            if q == end:
-                break
-            e = q[0]
-            if e == b'"':
-                break
-            if e == b'\\':
-                if end - q < 2:
-                    q = end
-                    break
-                e = q[1]
-                if e == b'u':
-                    if end - q < 6:
-                        q = end
-                        break
-                    if hexval(q[2]) < 0 or hexval(q[3]) < 0 or hexval(q[4]) < 0 or hexval(q[5]) < 0:
-                        q = end
-                        break
-                    q += 6
-                elif (e == b'"' or e == b'\\' or e == b'/' or e == b'b' or e == b'f'
-                        or e == b'n' or e == b'r' or e == b't'):
-                    q += 2
-                else:
-                    q = end
-                    break
-            elif e < 0x80:
-                q = end  # control character: the general path reports it
-                break
-            else:
-                k = utf8_seq(q, end)
-                if k <= 0:
-                    q = end
-                    break
-                q += k
-        if q == end:
+        q = scalar_end(p, end, w.lenient)
+        if q == NULL:
             break
-        p = q + 1
+        p = q
         st = W_COLON if (st == W_KEY or st == W_KEY_OR_CLOSE) else W_AFTER
     w.state = st
     w.depth = depth
@@ -1601,6 +1690,14 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
                 w.state = W_VALUE
             elif st == W_KEY or st == W_KEY_OR_CLOSE:
                 if c == b'"':
+                    q = pf_scan_plain(p + 1, end)
+                    if q < end and q[0] == b'"':
+                        # a plain key complete in this buffer: look it up in place
+                        key_mark(w, base + (p - buf))
+                        w.slot = key_lookup(w, w.node[w.depth - 1], p + 1, q - p - 1)
+                        w.state = W_COLON
+                        p = q + 1
+                        continue
                     key_begin(w, base + (p - buf))
                 elif c == b'}' and st == W_KEY_OR_CLOSE:
                     container_done(w, base + (p - buf) + 1)
@@ -1609,15 +1706,21 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
             elif st == W_VALUE or st == W_VALUE_OR_CLOSE:
                 if c == b']' and st == W_VALUE_OR_CLOSE:
                     container_done(w, base + (p - buf) + 1)
-                elif c == b'"' and w.slot == SL_NONE and w.depth > 2:
-                    w.state = W_STR
-                    w.str_mode = SM_SKIP
-                    w.in_key = 0
-                    w.esc = 0
-                    w.u8need = 0
-                    w.str_slot = SL_NONE
-                elif value_begin(w, c, base + (p - buf)) < 0:
-                    return -1
+                else:
+                    if w.slot == SL_NONE and c != b'{' and c != b'[':
+                        q = scalar_end(p, end, w.lenient)
+                        if q != NULL:
+                            # a complete scalar nobody wants (value_end would only note
+                            # the end of a top-level member)
+                            if w.depth <= 2:
+                                w.vslot[w.depth] = SL_NONE
+                                if w.depth == 1:
+                                    w.last_end1 = base + (q - buf)
+                            w.state = W_DONE if w.depth == 0 else W_AFTER
+                            p = q
+                            continue
+                    if value_begin(w, c, base + (p - buf)) < 0:
+                        return -1
             else:  # W_DONE
                 return w_fail(w, E_TRAILING, base + (p - buf))
             p += 1
@@ -1645,6 +1748,8 @@ cdef str w_error_message(Walker *w):
 # ------------------------------------------------------------------------------------------
 # request side
 
+@cython.freelist(8)
+@cython.final
 cdef class RequestFields:
     """What the gateway needs from a request body."""
 
@@ -1684,6 +1789,7 @@ cdef int req_walk(ReqScan *s, bytes body) except -1:
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
     s.w.api = 0
     s.w.track = 0
+    s.w.lenient = 0
     s.w.doc = NULL
     s.w.pend = NULL
     s.w.req = &s.r
@@ -1813,6 +1919,8 @@ def rewrite_request(bytes body not None, model=None, bint inject_include_usage=F
 # ------------------------------------------------------------------------------------------
 # response side
 
+@cython.freelist(8)
+@cython.final
 cdef class Usage:
     """Token usage read from a response body or stream."""
 
@@ -1881,6 +1989,8 @@ cdef enum:
 cdef const unsigned char *NEWLINE = b"\n"
 
 
+@cython.freelist(8)
+@cython.final
 cdef class UsageScanner:
     """Incremental usage reader for one response body (see plano_fast._scan_py)."""
 
@@ -1928,6 +2038,7 @@ cdef class UsageScanner:
         self.w.doc = &self.doc
         self.w.req = NULL
         self.w.pend = &self.pend
+        self.w.lenient = 1
         self.api = api
         self.w.api = api
         self.strip = strip_usage_chunk

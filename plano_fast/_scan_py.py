@@ -43,7 +43,9 @@ derived or subtracted):
 API                input_tokens           output_tokens           cache_read_tokens            cache_write_tokens                reasoning_tokens
 =================  =====================  ======================  ===========================  ================================  ========================
 OpenAI chat        usage.prompt_tokens    usage.completion_tokens prompt_tokens_details        prompt_tokens_details             completion_tokens_details
-                                                                  .cached_tokens               .cache_write_tokens               .reasoning_tokens
+                                                                  .cached_tokens (else         .cache_write_tokens               .reasoning_tokens
+                                                                  DeepSeek's usage
+                                                                  .prompt_cache_hit_tokens)
 OpenAI Responses   usage.input_tokens     usage.output_tokens     input_tokens_details         input_tokens_details              output_tokens_details
                                                                   .cached_tokens               .cache_write_tokens               .reasoning_tokens
 Anthropic          usage.input_tokens     usage.output_tokens     cache_read_input_tokens      cache_creation_input_tokens       (0)
@@ -84,7 +86,10 @@ non-null top-level ``error`` or a top-level ``type`` of ``"error"`` or ``"respon
 and for any SSE ``event: error`` line.
 
 Validity: a document contributes nothing unless it is entirely valid JSON (same rules as the
-request side).  A non-streamed body is only evaluated at :meth:`UsageScanner.finish`.
+request side, except that bytes inside strings are not checked for UTF-8 validity: providers
+send valid UTF-8, and checking it would dominate the scan time of non-Latin text; an invalid
+key, model or ``type`` string simply never matches).  A non-streamed body is only evaluated at
+:meth:`UsageScanner.finish`.
 
 Streams (``streaming=True``): the body is SSE unless its first non-whitespace byte is ``{`` or
 ``[`` (an error returned as plain JSON, or Gemini's JSON-array stream), in which case it is
@@ -214,10 +219,13 @@ def _too_deep(text: str) -> bool:
     return True
 
 
-def _loads(data: bytes) -> Any:
-    """Parse one strict JSON text from UTF-8 bytes; ScanError on anything malformed."""
+def _loads(data: bytes, lenient: bool = False) -> Any:
+    """Parse one strict JSON text from UTF-8 bytes; ScanError on anything malformed.
+
+    ``lenient`` (response side): invalid UTF-8 inside strings is tolerated (it becomes lone
+    surrogates, which never match a key nor make a usable model string)."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8", "surrogateescape" if lenient else "strict")
     except UnicodeDecodeError as exc:
         raise ScanError(f"malformed JSON: invalid UTF-8 at byte {exc.start}") from None
     try:
@@ -544,6 +552,10 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
             cache_read = _count(in_details.get("cached_tokens"))
             cache_write = _count(in_details.get("cache_write_tokens"))
             reasoning = _count(out_details.get("reasoning_tokens"))
+            if chat:
+                hit = _count(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
+                if cache_read is None:
+                    cache_read = hit
         elif api == API_ANTHROPIC:
             inp = _count(usage.get("input_tokens"))
             out = _count(usage.get("output_tokens"))
@@ -808,7 +820,7 @@ class UsageScanner:
 
     def _eval(self, payload: bytes) -> Any:
         try:
-            value = _loads(payload)
+            value = _loads(payload, lenient=True)
         except ScanError:
             return _INVALID
         _apply_value(self._acc, self._api, value)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING
 
+from aiohttp import web
+
+from plano_fast.admin import create_admin_app, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.errors import MethodNotAllowed, NotFound
 from plano_fast.exchange import (
@@ -22,8 +26,12 @@ from plano_fast.exchange import (
     ConfigExchange,
     Endpoint,
     ExchangeContext,
+    client_key,
 )
 from plano_fast.firewall import ApiKeyRegistry, FirewallExchange
+from plano_fast.managed.crypto import KeyCipher
+from plano_fast.managed.exchange import ManagedContext, ManagedExchange
+from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
 from plano_fast.store import Store, open_store
@@ -31,6 +39,7 @@ from plano_fast.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from plano_fast.config import GatewayConfig
+    from plano_fast.store import RegisteredApiKey
 
 log = logging.getLogger("plano_fast")
 
@@ -73,6 +82,18 @@ class Gateway:
         self.billing = BillingPipeline(self.store, settings)
         self.firewall = settings.mode == "firewall"
         self.registry = ApiKeyRegistry(self.store, settings.key_registry_reload_s)
+        self.managed: ManagedContext | None = None
+        if settings.managed:
+            # Refuses to construct without PLANO_FAST_MASTER_KEY (MasterKeyError).
+            state = ManagedState(
+                self.store, KeyCipher.from_env(), config, reload_interval_s=settings.managed_reload_s
+            )
+            self.managed = ManagedContext(
+                state,
+                self.store,
+                self.billing.pricing,
+                max_output_tokens=settings.managed_max_output_tokens,
+            )
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,6 +102,16 @@ class Gateway:
         ).encode()
         self.pool: UpstreamPool
         self.ctx: ExchangeContext
+        self.admin_runner: web.AppRunner | None = None
+        self.admin_port: int | None = None
+        self._admin_key: str | None = None
+        if settings.admin_port is not None:
+            self._admin_key = settings.admin_key or os.environ.get("PLANO_FAST_ADMIN_KEY")
+            if not self._admin_key:
+                raise AdminKeyMissing(
+                    "plano_fast.admin_port is set but no admin key: set plano_fast.admin_key "
+                    "(e.g. $PLANO_FAST_ADMIN_KEY) — the admin API never runs unauthenticated"
+                )
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,6 +126,8 @@ class Gateway:
         await self.billing.start()
         if self.firewall:
             await self.registry.start()
+        if self.managed is not None:
+            await self.managed.state.start()
         self.pool = UpstreamPool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             idle_timeout_s=settings.upstream_idle_timeout_s,
@@ -123,6 +156,11 @@ class Gateway:
                 backlog=2048,
             )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self._admin_key is not None and settings.admin_port is not None:
+            app = create_admin_app(_GatewayAdmin(self), admin_key=self._admin_key)
+            self.admin_runner, self.admin_port = await start_admin_server(
+                app, settings.admin_address, settings.admin_port
+            )
         self._tasks.append(loop.create_task(self._housekeeping()))
         log.info("listening on %s:%d", self.host, self.port)
 
@@ -132,6 +170,9 @@ class Gateway:
             drain_timeout_s = self.config.settings.drain_timeout_s
         if self._server is not None:
             self._server.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
+            self.admin_runner = None
         for conn in list(self.connections):
             conn.shutdown()
         loop = asyncio.get_running_loop()
@@ -150,6 +191,9 @@ class Gateway:
             self._server = None
         # Every exchange has settled: drain the usage queue, then close the store.
         await self.registry.stop()
+        if self.managed is not None:
+            await asyncio.gather(*self.managed.tasks, return_exceptions=True)
+            await self.managed.state.stop()
         await self.billing.stop()
         await self.store.close()
 
@@ -166,6 +210,15 @@ class Gateway:
 
     async def handle(self, request: Request, responder: Responder) -> None:
         """Dispatch by path; forwarded endpoints become an Exchange."""
+        if self.managed is not None:
+            endpoint = _ENDPOINTS.get(request.path)
+            key = client_key(request) if endpoint is not None else None
+            if key is not None and key.startswith(b"xproxy_"):
+                if request.method != b"POST":
+                    raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+                assert endpoint is not None
+                await ManagedExchange(self.ctx, self.managed, request, responder, endpoint).run()
+                return
         if self.firewall and request.path not in (b"/healthz", b"/health"):
             await FirewallExchange(self.ctx, request, responder).run()
             return
@@ -185,3 +238,39 @@ class Gateway:
             responder.send_simple(200, self._models_body)
             return
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
+
+
+class AdminKeyMissing(ValueError):
+    pass
+
+
+class _GatewayAdmin:
+    """The admin API's view of this gateway (plano_fast.admin.AdminContext)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+
+    @property
+    def store(self) -> Store:
+        return self._gw.store
+
+    @property
+    def registry_ready(self) -> bool:
+        return self._gw.registry.ready
+
+    async def on_keys_changed(self) -> None:
+        await self._gw.registry.reload()
+
+    async def on_prices_changed(self) -> None:
+        await self._gw.billing.pricer.reload_custom_prices()
+
+    async def on_limits_changed(self) -> None:
+        await self._gw.billing.budget.check_once()
+        if self._gw.managed is not None:
+            await self._gw.managed.state.reload()
+
+    def blocked(self) -> frozenset[tuple[str, str]]:
+        return self._gw.billing.budget.blocked
+
+    def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
+        return self._gw.registry.lookup_key(key_hash)

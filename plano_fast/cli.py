@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from plano_fast import __version__
 from plano_fast import scan
+from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("plano_fast")
@@ -38,11 +39,15 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--config", "-c", required=True, help="plano_config.yaml")
+
+    add_admin_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "admin_action", None):
+        return run_admin_command(args)
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "serve":
@@ -113,9 +118,15 @@ def _run_worker(config: GatewayConfig, host: str, port: int, reuse_port: bool) -
 async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
     from plano_fast.app import Gateway
 
+    from plano_fast.app import AdminKeyMissing
+    from plano_fast.managed.crypto import MasterKeyError
     from plano_fast.store import SchemaTooOld
 
-    gateway = Gateway(config, host=host, port=port, reuse_port=reuse_port)
+    try:
+        gateway = Gateway(config, host=host, port=port, reuse_port=reuse_port)
+    except (MasterKeyError, AdminKeyMissing) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     try:
         await gateway.start()
     except SchemaTooOld as exc:
@@ -124,7 +135,9 @@ async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse
     # One line a supervisor or test can wait for.
     print(
         f"plano_fast listening on {gateway.host}:{gateway.port} "
-        f"(pid {os.getpid()}, scanner: {scan.IMPLEMENTATION})",
+        f"(pid {os.getpid()}, scanner: {scan.IMPLEMENTATION})"
+        + (f"; admin API on {config.settings.admin_address}:{gateway.admin_port}"
+           if gateway.admin_port else ""),
         flush=True,
     )
     stop = asyncio.Event()

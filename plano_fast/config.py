@@ -224,6 +224,11 @@ class GatewaySettings(BaseModel):
     # "config": route by model (Plano); "firewall": clients use their own registered keys.
     mode: Literal["config", "firewall"] = "config"
     key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
+    # Managed mode: xproxy_ tokens with server-side provider keys (needs
+    # PLANO_FAST_MASTER_KEY in the environment).  Works beside config or firewall mode.
+    managed: bool = False
+    managed_reload_s: PosFloat = 5.0  # token/pipe/limit cache refresh (revocation bound)
+    managed_max_output_tokens: PosInt = 4096  # output ceiling when a request sets none
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,7 @@ class Exchange:
         "key_hash",
         "project_id",
         "scan_api",
+        "failover_error",
     )
 
     def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
@@ -208,6 +209,7 @@ class Exchange:
         self.upstream_data: list[bytes] = []
         self.origin: Origin = ("http", "", 0, None)
         self.scan_api = scan.API_OPENAI_CHAT
+        self.failover_error: UpstreamError | None = None
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -228,6 +230,9 @@ class Exchange:
                 except UpstreamError as exc:
                     if exc.retryable and self.attempts == 1:
                         continue
+                    if self._has_fallback():
+                        self.failover_error = exc
+                        return
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
             self.done = loop.create_future()
@@ -278,16 +283,15 @@ class Exchange:
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)
-        responder.send_body(data)
+        self._relay(data)
+
+    def _relay(self, data: bytes) -> None:
+        self.responder.send_body(data)
 
     def on_upstream_complete(self) -> None:
         self.conn = None
-        responder = self.responder
         scanner = self.scanner
-        if scanner is not None:
-            tail = scanner.finish()
-            if tail:
-                responder.send_body(tail)
+        tail = scanner.finish() if scanner is not None else b""
         if self.status >= 400:
             outcome = STATUS_UPSTREAM_ERROR
         elif scanner is None:
@@ -296,10 +300,20 @@ class Exchange:
             outcome = STATUS_OK
         else:
             outcome = STATUS_USAGE_MISSING
-        self._settle(outcome, self.status)
-        responder.end()
+        self._finish(outcome, tail)
         if not self.done.done():
             self.done.set_result(False)
+
+    def _finish(self, outcome: str, tail: bytes) -> None:
+        """The upstream response is complete: send what is left, settle, end."""
+        if tail:
+            self.responder.send_body(tail)
+        self._settle(outcome, self.status)
+        self.responder.end()
+
+    def _has_fallback(self) -> bool:
+        """Whether another upstream may still serve this request (managed failover)."""
+        return False
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         self.conn = None
@@ -307,6 +321,10 @@ class Exchange:
             return
         if retry_safe and self.attempts == 1 and not self.responder.head_sent:
             self.done.set_result(True)  # once more, on a fresh connection
+            return
+        if not self.responder.head_sent and self._has_fallback():
+            self.failover_error = error
+            self.done.set_result(False)
             return
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
         self.responder.send_error(error, self.request.api_format)
@@ -323,42 +341,33 @@ class Exchange:
         if self.outcome:
             return
         self.outcome = outcome
+        self.ctx.usage_sink(self.make_event(outcome, http_status))
+
+    def make_event(self, outcome: str, http_status: int) -> UsageEvent:
+        event = UsageEvent(
+            request_id=self.request_id,
+            time_ns=self.started_ns,
+            provider=self.provider_id,
+            model=self.model,
+            streaming=self.streaming,
+            status=outcome,
+            http_status=http_status,
+            duration_ms=(time.time_ns() - self.started_ns) / 1e6,
+            wire_format=self.wire_format,
+            key_hash=self.key_hash,
+            project_id=self.project_id,
+        )
         scanner = self.scanner
         if scanner is not None:
             usage = scanner.result()
-            event = UsageEvent(
-                request_id=self.request_id,
-                time_ns=self.started_ns,
-                provider=self.provider_id,
-                model=usage.model or self.model,
-                streaming=self.streaming,
-                status=outcome,
-                http_status=http_status,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                has_usage=usage.has_usage,
-                duration_ms=(time.time_ns() - self.started_ns) / 1e6,
-                wire_format=self.wire_format,
-                key_hash=self.key_hash,
-                project_id=self.project_id,
-            )
-        else:
-            event = UsageEvent(
-                request_id=self.request_id,
-                time_ns=self.started_ns,
-                provider=self.provider_id,
-                model=self.model,
-                streaming=self.streaming,
-                status=outcome,
-                http_status=http_status,
-                duration_ms=(time.time_ns() - self.started_ns) / 1e6,
-                key_hash=self.key_hash,
-                project_id=self.project_id,
-            )
-        self.ctx.usage_sink(event)
+            event.model = usage.model or self.model
+            event.input_tokens = usage.input_tokens
+            event.output_tokens = usage.output_tokens
+            event.cache_read_tokens = usage.cache_read_tokens
+            event.cache_write_tokens = usage.cache_write_tokens
+            event.reasoning_tokens = usage.reasoning_tokens
+            event.has_usage = usage.has_usage
+        return event
 
 
 class ConfigExchange(Exchange):

@@ -37,6 +37,8 @@ class UsageEvent:
     has_usage: bool = False
     project_id: str | None = None
     key_hash: str | None = None
+    user_id: str | None = None
+    token_id: str | None = None
     duration_ms: float = 0.0
     #: the response shape usage was read from: "openai", "anthropic" or "gemini"
     wire_format: str = "openai"

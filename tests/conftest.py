@@ -58,8 +58,12 @@ def make_gateway(
     """Start a gateway with extra ``plano_fast:`` settings; stopped after the test."""
     started: list[GatewayProcess] = []
 
-    def start(settings: dict[str, object] | None = None, **kwargs: object) -> GatewayProcess:
-        config = write_config(tmp_path / f"plano_config_{len(started)}.yaml", fake.port, settings)
+    def start(
+        settings: dict[str, object] | None = None, extra_providers: str = "", **kwargs: object
+    ) -> GatewayProcess:
+        config = write_config(
+            tmp_path / f"plano_config_{len(started)}.yaml", fake.port, settings, extra_providers
+        )
         proc = GatewayProcess(config, **kwargs)  # type: ignore[arg-type]
         started.append(proc)
         return proc

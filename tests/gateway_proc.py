@@ -44,6 +44,7 @@ class GatewayProcess:
             args, stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, env=full_env
         )
         self.port = 0
+        self.admin_port = 0
         self.pids: list[int] = []
         self._wait_ready(workers)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -76,6 +77,8 @@ class GatewayProcess:
                     addr = text.split("listening on ", 1)[1].split()[0]
                     self.port = int(addr.rsplit(":", 1)[1])
                     self.pids.append(int(text.split("(pid ", 1)[1].split(",")[0]))
+                    if "admin API on " in text:
+                        self.admin_port = int(text.rsplit(":", 1)[1])
         sel.close()
 
     def rss_kib(self, pid: int | None = None) -> tuple[int, int]:
@@ -124,7 +127,12 @@ class GatewayProcess:
         self.stop()
 
 
-def write_config(path: Path, fake_port: int, settings: dict[str, object] | None = None) -> Path:
+def write_config(
+    path: Path,
+    fake_port: int,
+    settings: dict[str, object] | None = None,
+    extra_providers: str = "",
+) -> Path:
     """The test config: every provider points at the fake provider on ``fake_port``."""
     base = f"http://127.0.0.1:{fake_port}"
     merged: dict[str, object] = {
@@ -169,7 +177,7 @@ model_providers:
     base_url: http://127.0.0.1:9
     provider_interface: openai
     access_key: sk-unused
-model_aliases:
+{extra_providers}model_aliases:
   fast:
     target: openai/gpt-4o-mini
 plano_fast:

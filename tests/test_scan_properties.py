@@ -336,7 +336,8 @@ RESPONSE_KEYS = st.sampled_from(
 TOKEN_KEYS = st.sampled_from(
     ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "cache_read_input_tokens",
      "cache_creation_input_tokens", "promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount",
-     "thoughtsTokenCount", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens"]
+     "thoughtsTokenCount", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+     "prompt_cache_hit_tokens"]
 )  # fmt: skip
 DETAIL_KEYS = st.sampled_from(
     ["prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details"]

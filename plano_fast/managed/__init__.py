@@ -1,0 +1,1 @@
+"""Managed mode: xproxy_ tokens, pipes, server-side provider keys, hard budgets."""

@@ -1,0 +1,372 @@
+"""ManagedExchange: an ``xproxy_`` token, a pipe, a server-side key, a hard budget.
+
+Phases:
+  identify  token SHA-256 -> in-memory token cache (revoked/expired -> 401)
+  route     the token's pipe -> targets serving the body's model (none -> 400 naming them)
+  admit     reserve the request's maximum possible cost in the shared store, for every
+            hard limit of its project and user (one atomic conditional UPDATE on
+            PostgreSQL), or 402; the database being away means 503, never an unbilled pass
+  forward   the first target; on a connect error, timeout, 429 or 5xx before any byte
+            went to the client, the next one
+  settle    synchronous: the usage row is written and the reservation settled to the
+            actual cost BEFORE the final bytes are relayed — for streams the terminal
+            event ([DONE], message_stop, response.completed) is held back until then.
+
+The maximum cost is conservative by construction: a token is never shorter than one byte
+of UTF-8 text, so the body's byte length bounds the input tokens; output is bounded by
+``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` or, when absent, by the
+configured ceiling, which is also sent upstream so the bound holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from plano_fast import scan
+from plano_fast.billing.flusher import price_event
+from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
+from plano_fast.exchange import (
+    CHAT_COMPLETIONS,
+    MESSAGES,
+    Endpoint,
+    Exchange,
+    ExchangeContext,
+    client_key,
+    finish_head,
+    forwardable_headers,
+    origin_of,
+    upstream_path,
+)
+from plano_fast.http_server import Request, Responder
+from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
+from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.store import BudgetTarget, Reservation, Store, period_start, usage_row_from_event
+from plano_fast.usage import UsageEvent
+
+log = logging.getLogger("plano_fast.managed")
+
+# Lines that start the last event of a stream, per format: held until billing is done.
+TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
+
+
+class BudgetExceeded(ClientError):
+    status = 402
+    code = "budget_exceeded"
+    openai_type = "insufficient_quota"
+
+
+class ManagedContext:
+    """What managed exchanges share (owned by the Gateway)."""
+
+    __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks")
+
+    def __init__(
+        self,
+        state: ManagedState,
+        store: Store,
+        pricing: PricingRegistry,
+        *,
+        max_output_tokens: int,
+        reservation_ttl_s: float = 600.0,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.pricing = pricing
+        self.max_output_tokens = max_output_tokens
+        self.reservation_ttl_s = reservation_ttl_s
+        #: background releases, shielded from the cancellation of a client's task
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class ManagedExchange(Exchange):
+    __slots__ = (
+        "mctx",
+        "endpoint",
+        "targets",
+        "target_index",
+        "reservation",
+        "held",
+        "terminal",
+        "swallow",
+        "final_event",
+        "user_id",
+        "token_id",
+    )
+
+    def __init__(
+        self,
+        ctx: ExchangeContext,
+        mctx: ManagedContext,
+        request: Request,
+        responder: Responder,
+        endpoint: Endpoint,
+    ) -> None:
+        super().__init__(ctx, request, responder)
+        self.mctx = mctx
+        self.endpoint = endpoint
+        self.wire_format = endpoint.wire_api
+        self.scan_api = endpoint.scan_api
+        self.targets: list[Target] = []
+        self.target_index = 0
+        self.reservation: Reservation | None = None
+        self.held = b""
+        self.terminal = False
+        self.swallow = False
+        self.final_event: UsageEvent | None = None
+        self.user_id: str | None = None
+        self.token_id: str | None = None
+
+    # -- phases -----------------------------------------------------------------------
+    async def run(self) -> None:
+        state = self.mctx.state
+        if not state.ready:
+            raise ServiceUnavailable("the gateway has not loaded its tokens yet")
+        request = self.request
+        key = client_key(request)
+        if key is None or not key.startswith(TOKEN_PREFIX.encode()):
+            raise Unauthorized("an xproxy_ token is required")
+        token = state.lookup(token_hash(key), time.time_ns())
+        if token is None:
+            raise Unauthorized("this token is invalid, revoked or expired")
+        pipe = state.pipe_for(token)
+        if pipe is None:
+            raise ClientError("this token's project has no pipe to route it")
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        targets = [t for t in pipe.candidates(fields.model)
+                   if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
+        if not targets:
+            allowed = ", ".join(pipe.allowed_models()) or "none"
+            raise ClientError(
+                f"model '{fields.model}' is not served by pipe '{pipe.pipe.name}'; "
+                f"allowed models: {allowed}"
+            )
+        self.targets = targets
+        self.project_id = token.project_id
+        self.user_id = token.user_id
+        self.token_id = token.id
+        self.streaming = fields.stream
+        body = request.body
+        max_out = fields.max_output_tokens
+        if max_out is None:
+            max_out = self.mctx.max_output_tokens
+            body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
+        self.reservation = await self._reserve(len(body), max_out)
+        try:
+            await self._forward_targets(body, fields)
+            if self.final_event is not None:
+                await self._bill_and_finish()
+        finally:
+            if self.reservation is not None:
+                # Errors, failover exhaustion, client gone: give the reservation back.
+                self.mctx.spawn(self.mctx.store.release(self.reservation))
+                self.reservation = None
+
+    async def _reserve(self, input_bound: int, output_bound: int) -> Reservation | None:
+        state = self.mctx.state
+        now = time.time_ns()
+        budget_targets = []
+        for scope in (("project", self.project_id), ("user", self.user_id)):
+            if scope[1] is None:
+                continue
+            for limit in state.hard_limits.get((scope[0], scope[1]), ()):
+                budget_targets.append(BudgetTarget(
+                    limit.scope_kind, limit.scope_id, limit.period,
+                    period_start(limit.period, now), limit.limit_nano_usd,
+                ))
+        if not budget_targets:
+            return None
+        worst = 0
+        tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
+        for target in self.targets:
+            model = target.model or self.model_for(target)
+            cost = self.mctx.pricing.cost_nano_usd(
+                target.provider.provider, model or "", self.project_id, tokens
+            )
+            if cost is None:
+                raise BudgetExceeded(
+                    f"no price is known for model '{model}', so its hard budget cannot be "
+                    "enforced; set a custom price for it"
+                )
+            worst = max(worst, cost)
+        try:
+            reservation = await self.mctx.store.reserve(
+                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s
+            )
+        except Exception as exc:  # noqa: BLE001 - fail closed
+            log.warning("budget reservation failed: %s", type(exc).__name__)
+            raise ServiceUnavailable("budget state is unavailable; try again") from None
+        if reservation is None:
+            raise BudgetExceeded(
+                f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}, "
+                "more than the remaining budget"
+            )
+        return reservation
+
+    def model_for(self, target: Target) -> str | None:
+        return target.model or self.model
+
+    async def _forward_targets(self, body: bytes, fields: scan.RequestFields) -> None:
+        request = self.request
+        for index, target in enumerate(self.targets):
+            self.target_index = index
+            provider = target.provider
+            upstream_model = target.model or fields.model
+            self.model = upstream_model
+            self.provider_id = provider.provider
+            path = upstream_path(provider, self.endpoint, upstream_model)
+            assert path is not None
+            inject = (fields.stream and self.endpoint is CHAT_COMPLETIONS
+                      and fields.include_usage is not True)
+            rewritten = scan.rewrite_request(
+                body,
+                model=upstream_model if upstream_model != fields.model else None,
+                inject_include_usage=inject,
+            )
+            self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
+            head = [request.method + b" " + path + b" HTTP/1.1\r\n"]
+            seen_version = forwardable_headers(request, head, drop_credentials=True)
+            auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
+            for name, value in auth:
+                if name == b"anthropic-version" and seen_version:
+                    continue
+                head.append(name + b": " + value + b"\r\n")
+            for name, value in provider.extra_headers:
+                head.append(name + b": " + value + b"\r\n")
+            self.upstream_data = finish_head(self, head, provider.host_header, rewritten)
+            self.origin = origin_of(provider)
+            self.failover_error = None
+            self.swallow = False
+            self.attempts = 0
+            await self.forward()
+            if self.failover_error is None and not self.swallow:
+                return
+            log.info("pipe target %d (%s) failed (%s); trying the next",
+                     index, provider.name, self.failover_error or f"HTTP {self.status}")
+        raise AssertionError("unreachable: the last target never fails over")
+
+    def _has_fallback(self) -> bool:
+        return self.target_index + 1 < len(self.targets)
+
+    # -- sink overrides ---------------------------------------------------------------
+    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
+        if (status == 429 or status >= 500) and self._has_fallback():
+            self.status = status
+            self.swallow = True  # nothing reaches the client; the next target serves
+            return
+        super().on_upstream_head(status, headers, chunked)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if not self.swallow:
+            super().on_upstream_body(data)
+
+    def on_upstream_complete(self) -> None:
+        if self.swallow:
+            self.conn = None
+            if not self.done.done():
+                self.done.set_result(False)
+            return
+        super().on_upstream_complete()
+
+    def _relay(self, data: bytes) -> None:
+        """Send as it comes, but hold back the terminal event until billing is done."""
+        if not data:
+            return
+        if self.terminal:
+            self.held += data
+            return
+        if not self.streaming:
+            # A JSON body: hold the latest piece (the client needs the whole body anyway).
+            if self.held:
+                self.responder.send_body(self.held)
+            self.held = data
+            return
+        data = self.held + data if self.held else data
+        self.held = b""
+        for marker in TERMINAL_MARKERS:
+            at = data.find(marker)
+            if at >= 0:
+                self.responder.send_body(data[:at])
+                self.held = data[at:]
+                self.terminal = True
+                return
+        # A marker split across reads: keep a trailing partial line that could start one.
+        cut = data.rfind(b"\n") + 1
+        partial = data[cut:]
+        if partial and any(m.startswith(partial) for m in TERMINAL_MARKERS):
+            self.responder.send_body(data[:cut])
+            self.held = partial
+        else:
+            self.responder.send_body(data)
+
+    def _finish(self, outcome: str, tail: bytes) -> None:
+        self.held += tail
+        self.outcome = outcome
+        self.final_event = self._event(outcome, self.status)
+
+    def _settle(self, outcome: str, http_status: int) -> None:
+        # Failures (no response, client gone): asynchronous billing, reservation released.
+        if self.outcome:
+            return
+        self.outcome = outcome
+        self.ctx.usage_sink(self._event(outcome, http_status))
+
+    def _event(self, outcome: str, http_status: int) -> UsageEvent:
+        event = self.make_event(outcome, http_status)
+        event.user_id = self.user_id
+        event.token_id = self.token_id
+        return event
+
+    async def _bill_and_finish(self) -> None:
+        event = self.final_event
+        assert event is not None
+        reservation, self.reservation = self.reservation, None
+        billing = self.mctx.spawn(self._bill(event, reservation))
+        # Shielded: a client leaving now must not cancel the write of its usage.
+        await asyncio.shield(billing)
+        if self.held:
+            self.responder.send_body(self.held)
+            self.held = b""
+        self.responder.end()
+
+
+    async def _bill(self, event: UsageEvent, reservation: Reservation | None) -> None:
+        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        store = self.mctx.store
+        try:
+            if reservation is not None:
+                await store.settle(reservation, row)
+            else:
+                await store.write_usage([row])
+        except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
+            log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
+            self.ctx.usage_sink(event)
+            if reservation is not None:
+                self.mctx.spawn(store.release(reservation))
+
+
+def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:
+    """Insert the output ceiling so the reserved bound is one the provider enforces.
+
+    Managed mode only, and only when the client set no bound: a parse and re-encode is
+    acceptable here (the pass-through paths never do this).
+    """
+    name = "max_output_tokens" if endpoint.name == "responses" else "max_tokens"
+    if endpoint is CHAT_COMPLETIONS and provider == "openai":
+        name = "max_completion_tokens"  # OpenAI's reasoning models refuse max_tokens
+    doc = json.loads(body)
+    doc[name] = max_tokens
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
