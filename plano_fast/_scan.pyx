@@ -538,8 +538,7 @@ cdef inline void w_reset(Walker *w) noexcept nogil:
     w.vslot[2] = SL_NONE
     if w.req != NULL:
         req_reset(w.req)
-    if w.doc != NULL:
-        doc_reset(w.doc)
+    # the document record is reset when a document object opens (open_obj)
 
 
 cdef inline int w_fail(Walker *w, int code, int64_t pos) noexcept nogil:
@@ -2285,6 +2284,11 @@ cdef class UsageScanner:
                 elif c == b':':
                     self.lstate = L_SKIP
                     i += 1
+                    continue
+                elif c == b'd' and n - i >= 5 and memcmp(buf + i, b"data:", 5) == 0:
+                    i += 5
+                    self.data_line_start()
+                    self.lstate = L_DATA_SP
                     continue
                 else:
                     self.lstate = L_FIELD

@@ -164,7 +164,7 @@ class ManagedExchange(Exchange):
         if max_out is None:
             max_out = self.mctx.max_output_tokens
             body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
-        self.reservation = await self._reserve(len(body), max_out)
+        self.reservation = await self._reserve(len(body), max_out, fields.model)
         try:
             await self._forward_targets(body, fields)
             if self.final_event is not None:
@@ -175,7 +175,9 @@ class ManagedExchange(Exchange):
                 self.mctx.spawn(self.mctx.store.release(self.reservation))
                 self.reservation = None
 
-    async def _reserve(self, input_bound: int, output_bound: int) -> Reservation | None:
+    async def _reserve(
+        self, input_bound: int, output_bound: int, client_model: str | None
+    ) -> Reservation | None:
         state = self.mctx.state
         now = time.time_ns()
         budget_targets = []
@@ -192,7 +194,7 @@ class ManagedExchange(Exchange):
         worst = 0
         tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
         for target in self.targets:
-            model = target.model or self.model_for(target)
+            model = target.model or client_model
             cost = self.mctx.pricing.cost_nano_usd(
                 target.provider.provider, model or "", self.project_id, tokens
             )
@@ -215,9 +217,6 @@ class ManagedExchange(Exchange):
                 "more than the remaining budget"
             )
         return reservation
-
-    def model_for(self, target: Target) -> str | None:
-        return target.model or self.model
 
     async def _forward_targets(self, body: bytes, fields: scan.RequestFields) -> None:
         request = self.request

@@ -1,0 +1,290 @@
+"""Managed mode end to end: xproxy_ tokens, pipes, encrypted server-side keys, synchronous
+billing, failover, and hard budgets that cannot be overshot across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.managed.crypto import KeyCipher, generate_master_key, parse_master_key
+from plano_fast.managed.state import new_token, token_hash
+from plano_fast.store import PipeTarget, Store, open_store
+from tests.gateway_proc import GatewayProcess
+
+MASTER_KEY = generate_master_key()
+OPENAI_SERVER_KEY = "sk-managed-openai-server-key-42"
+ANTHROPIC_SERVER_KEY = "sk-ant-managed-server-key-42"
+ENV = {"PLANO_FAST_MASTER_KEY": MASTER_KEY}
+
+
+def store_call(database_url: str | None, sqlite_path: str, fn: Callable[[Store], Any]) -> Any:
+    async def go() -> Any:
+        async with open_store(database_url, sqlite_path) as store:
+            return await fn(store)
+
+    return asyncio.run(go())
+
+
+@dataclass
+class Tenant:
+    project_id: str
+    user_id: str
+    token: str
+    token_id: str
+
+
+def provision(
+    database_url: str | None,
+    sqlite_path: str,
+    targets: list[tuple[str, str | None, str | None]],
+    *,
+    limit_nano_usd: int | None = None,
+    expires_at_ns: int | None = None,
+) -> Tenant:
+    """A project, user, encrypted keys, one pipe (provider, model, filter) and a token."""
+    cipher = KeyCipher(parse_master_key(MASTER_KEY))
+
+    async def go(store: Store) -> Tenant:
+        project = await store.create_project("managed")
+        user = await store.create_user("alice")
+        keys = {}
+        for provider, secret in (("openai", OPENAI_SERVER_KEY), ("anthropic", ANTHROPIC_SERVER_KEY)):
+            ciphertext, nonce, key_id = cipher.encrypt(secret, provider)
+            keys[provider] = await store.create_provider_key(
+                provider, ciphertext, nonce, key_id, project_id=project.id
+            )
+        pipe_targets = []
+        for name, model, model_filter in targets:
+            provider = "anthropic" if "anthropic" in name or "claude" in name else "openai"
+            pipe_targets.append(PipeTarget(name, model, model_filter, keys[provider].id))
+        pipe = await store.create_pipe(project.id, "default", pipe_targets)
+        token = new_token()
+        row = await store.create_proxy_token(
+            token_hash(token), project.id, user_id=user.id, pipe_id=pipe.id,
+            expires_at_ns=expires_at_ns,
+        )
+        if limit_nano_usd is not None:
+            await store.set_spending_limit("project", project.id, "total", limit_nano_usd, "hard")
+        return Tenant(project.id, user.id, token, row.id)
+
+    result: Tenant = store_call(database_url, sqlite_path, go)
+    return result
+
+
+DEFAULT_PIPE = [
+    ("openai/gpt-4o-mini", None, "gpt-4o-mini*"),
+    ("anthropic/claude-sonnet-4-6", None, "claude-*"),
+]
+
+
+@pytest.fixture
+def managed(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> tuple[GatewayProcess, str, Tenant]:
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
+    tenant = provision(None, sqlite_path, DEFAULT_PIPE)
+    time.sleep(1.5)  # one state reload
+    return gateway, sqlite_path, tenant
+
+
+def rows(sqlite_path: str, database_url: str | None = None) -> list[Any]:
+    return list(store_call(database_url, sqlite_path, lambda s: s.recent_usage(None, limit=10_000)))
+
+
+def test_sdks_reach_the_provider_with_the_server_side_key(
+    managed: tuple[GatewayProcess, str, Tenant], fake: FakeProviderThread
+) -> None:
+    gateway, sqlite_path, tenant = managed
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        # Synchronous billing: the row exists the moment the response is complete.
+        billed = rows(sqlite_path)
+        assert len(billed) == 1 and billed[0].priced and billed[0].cost_nano_usd
+        assert billed[0].token_id == tenant.token_id and billed[0].user_id == tenant.user_id
+        chunks = list(client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        ))
+        assert len(rows(sqlite_path)) == 2
+    assert reply.choices[0].message.content and chunks
+    seen = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert {r.header("authorization") for r in seen} == {f"Bearer {OPENAI_SERVER_KEY}"}
+    assert tenant.token not in json.dumps([r.headers for r in seen])
+
+    with anthropic.Anthropic(base_url=gateway.url, api_key=tenant.token, max_retries=0) as ac:
+        with ac.messages.stream(model="claude-sonnet-4-6", max_tokens=20,
+                                messages=[{"role": "user", "content": "x"}]) as stream:
+            final = stream.get_final_message()
+        assert len(rows(sqlite_path)) == 3
+    assert final.usage.output_tokens > 0
+    ant = [r for r in fake.requests if r.path == "/v1/messages"][-1]
+    assert ant.header("x-api-key") == ANTHROPIC_SERVER_KEY
+    assert ant.header("authorization") is None
+
+
+def test_revoked_expired_and_wrong_model(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
+    live = provision(None, sqlite_path, DEFAULT_PIPE)
+    expired = provision(None, sqlite_path, DEFAULT_PIPE, expires_at_ns=time.time_ns() - 1)
+    time.sleep(1.5)
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=live.token, max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError) as wrong:
+            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "x"}])
+        assert "gpt-4o-mini*" in str(wrong.value) and "claude-*" in str(wrong.value)
+        store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(live.token_id))
+        deadline = time.monotonic() + 5  # bound: managed_reload_s (1 s here)
+        while True:
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+                )
+            except openai.AuthenticationError:
+                break
+            assert time.monotonic() < deadline, "revocation never took effect"
+            time.sleep(0.2)
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=expired.token, max_retries=0) as c2:
+        with pytest.raises(openai.AuthenticationError):
+            c2.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="xproxy_" + "A" * 43,
+                       max_retries=0) as c3:
+        with pytest.raises(openai.AuthenticationError):
+            c3.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+
+
+def test_failover_to_the_second_target_bills_the_one_that_served(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    with FakeProviderThread(status=503) as broken:
+        extra = (
+            f"  - name: broken-openai\n    model: openai/gpt-4o\n"
+            f"    base_url: http://127.0.0.1:{broken.port}\n    access_key: sk-unused\n"
+        )
+        gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV,
+                               extra_providers=extra)
+        tenant = provision(None, sqlite_path, [
+            # (provider, upstream model, client models served)
+            ("broken-openai", "gpt-4o", "gpt-4o"),
+            ("down/unreachable-model", "llama", "gpt-4o"),
+            ("openai/gpt-4o-mini", "gpt-4o-mini", "gpt-4o"),
+        ])
+        time.sleep(1.5)
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as c:
+            reply = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        assert len([r for r in broken.requests if r.path.endswith("/chat/completions")]) == 1
+    assert reply.model == "gpt-4o-mini"
+    [row] = rows(sqlite_path)
+    assert row.model is not None and row.model.startswith("gpt-4o-mini") and row.status == "ok"
+
+
+def test_provider_keys_are_encrypted_at_rest(managed: tuple[GatewayProcess, str, Tenant]) -> None:
+    gateway, sqlite_path, tenant = managed
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as c:
+        c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    gateway.stop()
+    dump = b"".join(p.read_bytes() for p in Path(sqlite_path).parent.glob("*.db*"))
+    for secret in (OPENAI_SERVER_KEY, ANTHROPIC_SERVER_KEY, tenant.token, MASTER_KEY):
+        assert secret.encode() not in dump
+    assert secret not in gateway.log_text()
+
+
+def test_refuses_to_start_managed_mode_without_a_master_key(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    with pytest.raises(RuntimeError, match="PLANO_FAST_MASTER_KEY"):
+        make_gateway({"managed": "true"}, env={"PLANO_FAST_MASTER_KEY": ""})
+
+
+def test_hard_budget_refuses_with_402_when_the_reservation_does_not_fit(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
+    body = REQUEST_BODY
+    tenant = provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=3 * request_cost(body))
+    time.sleep(1.5)
+    statuses = asyncio.run(fire(gateway.url, tenant.token, body, 6, concurrency=1))
+    assert statuses == [200, 200, 200, 402, 402, 402]
+    spent = sum(r.cost_nano_usd or 0 for r in rows(sqlite_path))
+    assert spent == 3 * request_cost(body)
+
+
+# -- the overshoot test ----------------------------------------------------------------
+REQUEST_BODY = json.dumps(
+    {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+    separators=(",", ":"),
+).encode()
+STREAM_BODY = json.dumps(
+    {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+     "messages": [{"role": "user", "content": "hi"}]},
+    separators=(",", ":"),
+).encode()
+
+
+def request_cost(body: bytes) -> int:
+    """What the fake provider will report, priced: input = the body's bytes (the gateway's
+    conservative bound, so reservation == actual), output = max_tokens (50).
+    gpt-4o-mini: 150 nano-USD per input token, 600 per output token."""
+    return len(body) * 150 + 50 * 600
+
+
+async def fire(url: str, token: str, body: bytes, count: int, concurrency: int) -> list[int]:
+    headers = {
+        "authorization": f"Bearer {token}",
+        "content-type": "application/json",
+        "x-fake-input-tokens": str(len(body)),
+        "x-fake-output-tokens": "50",
+    }
+    semaphore = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one() -> int:
+            async with semaphore:
+                async with session.post(url + "/v1/chat/completions", data=body,
+                                        headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+        if concurrency == 1:
+            return [await one() for _ in range(count)]
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+@pytest.mark.parametrize("body", [REQUEST_BODY, STREAM_BODY], ids=["json", "stream"])
+def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str, tmp_path: Path, body: bytes
+) -> None:
+    cost = request_cost(body)
+    limit = 50 * cost  # about 50 requests fit
+    gateway = make_gateway(
+        {"managed": "true", "database_url": f'"{pg_dsn}"', "managed_reload_s": 1},
+        env=ENV, workers=4,
+    )
+    tenant = provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=limit)
+    time.sleep(1.5)
+    statuses = asyncio.run(fire(gateway.url, tenant.token, body, 400, concurrency=400))
+    served = statuses.count(200)
+    assert set(statuses) <= {200, 402}, sorted(set(statuses))
+    recorded = [r for r in rows("", pg_dsn) if r.project_id == tenant.project_id]
+    spent = sum(r.cost_nano_usd or 0 for r in recorded)
+    print(f"served {served} of 400, spent {spent} of limit {limit} (one request = {cost})")
+    assert len(recorded) == served
+    assert spent <= limit
+    assert limit - spent < cost  # within one request's cost of the limit
