@@ -235,3 +235,57 @@ def test_first_sse_event_arrives_before_stream_ends(gateway: GatewayProcess) -> 
     # Six events 200 ms apart take >= 1 s in all; the first arrives within ~200 ms.
     assert arrivals[-1] - arrivals[0] > 0.8
     assert arrivals[0] < 0.5
+
+
+def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    """An upstream that closes a kept-alive connection just as the next request arrives
+    (the classic keep-alive race): nothing was sent to the client yet, so the gateway
+    retries once on a fresh connection and the client never notices."""
+    import socket
+    import threading
+
+    body = b'{"id":"x","object":"chat.completion","model":"m","choices":[],"usage":null}'
+    reply = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+             % len(body)) + body
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    served: list[int] = []
+
+    def serve() -> None:
+        conn_no = 0
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn_no += 1
+            with conn:
+                # Answer one request, then drop the connection when the second arrives.
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.recv(65536) if b'"m"' not in data else None
+                conn.sendall(reply)
+                served.append(conn_no)
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)  # the next request on this connection ...
+                except OSError:
+                    pass
+                # ... is answered by closing without a byte.
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    extra = (f"  - name: flaky\n    model: flaky/m\n    base_url: http://127.0.0.1:{port}\n"
+             "    provider_interface: openai\n    access_key: sk-x\n")
+    gateway = make_gateway(extra_providers=extra)
+    try:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as client:
+            for _ in range(3):
+                client.chat.completions.create(model="flaky", messages=[])
+    finally:
+        server.close()
+    # Each request after the first hit a stale connection and was retried on a new one.
+    assert served == [1, 2, 3]
