@@ -7,11 +7,16 @@ The specification (mapping, caps, duplicate-key rule, SSE rules) lives in the do
 :mod:`plano_fast._scan_py`, the pure-Python twin; both give identical results.
 
 How it works: one resumable, validating JSON state machine (``Walker``) reads every byte
-once.  String contents are skipped 16/32 bytes at a time (SSE2, SWAR fallback) and only
-keys of "interesting" objects are decoded (into a small fixed buffer) to follow the few paths
-we need (``model``, ``usage.*``, ...).  The SSE layer feeds each ``data:`` payload directly into
-the walker as it arrives, so nothing is buffered except, with ``strip_usage_chunk``, the
-current event (up to ``MAX_HOLD_BYTES``).
+once, keeping only a 512-entry container stack and a few small fixed buffers.  String contents
+are skipped 16/32 bytes at a time (SSE2; SWAR fallback elsewhere).  Keys are only looked at in
+the few "interesting" objects on the paths we read (the document, ``usage``,
+``*_tokens_details``, ``message``/``response``/``x_groq``, ``stream_options``...), in place when
+they are plain ASCII; everything under any other key is validated by ``fast_skip``, a tight
+loop with its state in registers that hands partial tokens (cut by a chunk boundary) back to
+the resumable general path.  The SSE layer feeds each ``data:`` payload straight into the walker
+as it arrives, so nothing is buffered except, with ``strip_usage_chunk``, the current event (up
+to ``MAX_HOLD_BYTES``).  A scanner is not thread-safe (one per response); inputs of 1 MiB or
+more are scanned with the GIL released.
 """
 
 cimport cython
@@ -1547,9 +1552,7 @@ cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const uns
     cdef int st = w.state
     cdef int depth = w.depth
     cdef unsigned char c
-    cdef unsigned char e
     cdef const unsigned char *q
-    cdef int k
     while p < end:
         c = p[0]
         if c == b' ' or c == b'\n' or c == b'\r' or c == b'\t':

@@ -18,6 +18,7 @@ Routes (JSON in and out; money as integer nano-USD plus an exact decimal USD str
     GET    /usage/recent?project_id=&limit=  (limit 1..1000, default 100)
     GET    /usage/totals?project_id=&days=   (days 1..3660, default 30; per project/model/UTC day)
     GET    /budget/blocked                   -> {"blocked": [project ids], "scopes": [[kind, id]]}
+    /provider-keys, /pipes, /tokens          managed mode: see ``plano_fast.admin_managed``
     *      /auth/check[/<path>]              Envoy ext_authz (client key, not the admin key)
     GET    /healthz                          {"status": "ok"} (no key)
 
@@ -76,7 +77,9 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 
 from plano_fast import admin_models as m
+from plano_fast.admin_managed import ManagedAdmin, add_managed_routes
 from plano_fast.admin_models import RequestError, hash_api_key, parse_body, parse_json_body
+from plano_fast.managed.crypto import KeyCipher
 from plano_fast.store import (
     AlreadyExists,
     InvalidValue,
@@ -112,6 +115,16 @@ class AdminContext(Protocol):
     @property
     def registry_ready(self) -> bool:
         """False until the key registry has loaded once (``/auth/check`` then fails closed: 503)."""
+
+    @property
+    def cipher(self) -> KeyCipher | None:
+        """Managed mode's provider-key cipher; None when managed mode is off (the managed
+        routes then answer 409 ``managed_mode_disabled``)."""
+
+    async def on_managed_changed(self) -> None:
+        """A provider key, pipe or token changed (also: a project or user was deleted):
+        reload the managed state now, so a revocation is effective at once.  A no-op when
+        managed mode is off."""
 
     async def on_keys_changed(self) -> None:
         """A key was registered, (de)activated or deleted: reload the ApiKeyRegistry now."""
@@ -186,7 +199,7 @@ def _make_auth_middleware(admin_key: str, public: set[AbstractResource]) -> Midd
             return await handler(request)
         except RequestError as exc:
             extra = {"details": exc.details} if exc.details else {}
-            return _error(exc.status, exc.code, exc.message, **extra)
+            return _error(exc.status, exc.code, exc.message, **extra, **(exc.extra or {}))
         except web.HTTPException as exc:
             code, message = _STATUS_CODES.get(exc.status, ("http_error", exc.reason))
             resp = _error(exc.status, code, message)
@@ -375,12 +388,20 @@ class _Admin:
         return _json(m.project_view(project))
 
     async def delete_project(self, request: web.Request) -> web.Response:
-        if not await self.store.delete_project(request.match_info["id"]):
+        project_id = request.match_info["id"]
+        if await self.store.get_project(project_id) is None:
             raise RequestError(404, "not_found", "no project has this id")
-        # Its keys, limits and prices went with it.
+        # Pipes first: their targets reference the project's provider keys with ON DELETE
+        # RESTRICT, which PostgreSQL checks before the cascade reaches the targets.
+        for pipe in await self.store.list_pipes(project_id):
+            await self.store.delete_pipe(pipe.id)
+        if not await self.store.delete_project(project_id):
+            raise RequestError(404, "not_found", "no project has this id")
+        # Its keys, limits, prices, pipes, provider keys and tokens went with it.
         extra = await self._notify(
-            self.ctx.on_keys_changed, self.ctx.on_limits_changed, self.ctx.on_prices_changed
-        )
+            self.ctx.on_keys_changed, self.ctx.on_limits_changed, self.ctx.on_prices_changed,
+            self.ctx.on_managed_changed,
+        )  # fmt: skip
         return _json({"deleted": True, **extra})
 
     async def create_user(self, request: web.Request) -> web.Response:
@@ -404,7 +425,8 @@ class _Admin:
     async def delete_user(self, request: web.Request) -> web.Response:
         if not await self.store.delete_user(request.match_info["id"]):
             raise RequestError(404, "not_found", "no user has this id")
-        extra = await self._notify(self.ctx.on_limits_changed)
+        # Its limits and tokens went with it.
+        extra = await self._notify(self.ctx.on_limits_changed, self.ctx.on_managed_changed)
         return _json({"deleted": True, **extra})
 
     # -- spending limits ------------------------------------------------------------------
@@ -603,6 +625,7 @@ def create_admin_app(ctx: AdminContext, *, admin_key: str) -> web.Application:
     r.add_get("/usage/recent", handlers.usage_recent)
     r.add_get("/usage/totals", handlers.usage_totals)
     r.add_get("/budget/blocked", handlers.budget_blocked)
+    add_managed_routes(r, ManagedAdmin(ctx, handlers._notify))
     # Envoy's ext_authz HTTP service appends the original path to its path_prefix and
     # keeps the original method, so accept any method on /auth/check and below it.
     exempt(r.add_route("*", "/auth/check", handlers.auth_check))

@@ -1,4 +1,5 @@
-"""The CLI mirror of the admin API: ``plano-fast keys | limits | usage ...``.
+"""The CLI mirror of the admin API: ``plano-fast keys | limits | usage | users | projects |
+pipes | provider-keys | tokens ...`` and the local ``plano-fast managed new-master-key``.
 
 ``add_admin_commands(subparsers)`` registers the subcommands on the ``plano-fast`` parser;
 ``run_admin_command(args)`` performs the HTTP call and prints the JSON answer (exit code 0;
@@ -11,6 +12,11 @@ Client keys never leave this process in clear text: ``keys register`` and
 ``key_hash``.  The key is read from stdin (``--api-key-stdin``, or a hidden prompt on a
 terminal) or from an environment variable (``--api-key-env NAME``), never from the
 command line, where ``ps`` and shell history would keep it.
+
+Provider API keys (``provider-keys add``) are read the same way (stdin, hidden prompt or
+an environment variable, never argv) and sent to the admin API, which encrypts them.
+``tokens create`` prints the new ``xproxy_`` token: the only time it is shown.
+``managed new-master-key`` needs no server: it prints a fresh base64 32-byte master key.
 
 The admin key comes from ``--admin-key`` or ``$PLANO_FAST_ADMIN_KEY`` (preferred: the
 environment keeps it out of ``ps``); the URL from ``--admin-url`` or
@@ -45,7 +51,31 @@ ACTIONS: Final = (
     "limits.list",
     "limits.delete",
     "usage",
+    "users.create",
+    "users.list",
+    "projects.create",
+    "projects.list",
+    "pipes.create",
+    "pipes.list",
+    "pipes.delete",
+    "provider-keys.add",
+    "provider-keys.list",
+    "provider-keys.revoke",
+    "tokens.create",
+    "tokens.list",
+    "tokens.revoke",
+    "managed.new-master-key",
 )
+LOCAL_ACTIONS: Final = frozenset({"managed.new-master-key"})  # answered without the API
+TARGET_FIELDS: Final = {
+    "provider": "provider",
+    "model": "model",
+    "filter": "model_filter",
+    "model_filter": "model_filter",
+    "key": "provider_key_id",
+    "provider_key_id": "provider_key_id",
+    "weight": "weight",
+}
 
 
 class AdminClientError(Exception):
@@ -112,11 +142,11 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def _key_source(parser: argparse.ArgumentParser, *, allow_hash: bool) -> None:
+def _key_source(parser: argparse.ArgumentParser, *, allow_hash: bool, what: str = "client key") -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--api-key-stdin", action="store_true", help="read the client key from stdin")
+    group.add_argument("--api-key-stdin", action="store_true", help=f"read the {what} from stdin")
     group.add_argument(
-        "--api-key-env", metavar="NAME", help="read the client key from this environment variable"
+        "--api-key-env", metavar="NAME", help=f"read the {what} from this environment variable"
     )
     if allow_hash:
         group.add_argument("--key-hash", help="the key's SHA-256 hex instead of the key")
@@ -177,24 +207,164 @@ def add_admin_commands(subparsers: Any) -> None:
     usage.add_argument("--days", type=int, default=30, help="days of totals (default 30)")
     usage.set_defaults(admin_action="usage")
 
+    _add_directory_commands(subparsers, common)
+    _add_managed_commands(subparsers, common)
+
+
+def _add_directory_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """``users create|list`` and ``projects create|list``."""
+    users = subparsers.add_parser("users", help="users (admin API)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    ucreate = users_sub.add_parser("create", parents=[common], help="create a user")
+    ucreate.add_argument("--name", required=True)
+    ucreate.add_argument("--email")
+    ucreate.add_argument("--id", dest="object_id", metavar="ID", help="choose the id (default: a new UUID)")
+    ucreate.set_defaults(admin_action="users.create")
+    users_sub.add_parser("list", parents=[common], help="list users").set_defaults(admin_action="users.list")
+
+    projects = subparsers.add_parser("projects", help="projects (admin API)")
+    projects_sub = projects.add_subparsers(dest="projects_command", required=True)
+    pcreate = projects_sub.add_parser("create", parents=[common], help="create a project")
+    pcreate.add_argument("--name", required=True)
+    pcreate.add_argument("--id", dest="object_id", metavar="ID", help="choose the id (default: a new UUID)")
+    pcreate.set_defaults(admin_action="projects.create")
+    plist = projects_sub.add_parser("list", parents=[common], help="list projects")
+    plist.set_defaults(admin_action="projects.list")
+
+
+def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """``pipes``, ``provider-keys``, ``tokens`` (admin API) and ``managed new-master-key``."""
+    pipes = subparsers.add_parser("pipes", help="managed-mode pipes (admin API)")
+    pipes_sub = pipes.add_subparsers(dest="pipes_command", required=True)
+    pcreate = pipes_sub.add_parser("create", parents=[common], help="create a pipe")
+    pcreate.add_argument("--project-id", required=True)
+    pcreate.add_argument("--name", default="default", help="pipe name (default: default)")
+    pcreate.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="SPEC",
+        help="a target, in failover order (repeat): provider=P,model=M,filter=F,key=PROVIDER_KEY_ID,"
+        "weight=N; provider and key are required, and model or filter (filter=* serves every model)",
+    )
+    pcreate.set_defaults(admin_action="pipes.create")
+    plist = pipes_sub.add_parser("list", parents=[common], help="list pipes")
+    plist.add_argument("--project-id")
+    plist.set_defaults(admin_action="pipes.list")
+    pdel = pipes_sub.add_parser("delete", parents=[common], help="delete a pipe")
+    pdel.add_argument("pipe_id")
+    pdel.add_argument(
+        "--revoke-tokens", action="store_true", help="also revoke the active tokens bound to it"
+    )
+    pdel.set_defaults(admin_action="pipes.delete")
+
+    pkeys = subparsers.add_parser("provider-keys", help="managed-mode provider keys (admin API)")
+    pkeys_sub = pkeys.add_subparsers(dest="provider_keys_command", required=True)
+    kadd = pkeys_sub.add_parser(
+        "add", parents=[common], help="store a provider API key (encrypted by the gateway)"
+    )
+    _key_source(kadd, allow_hash=False, what="provider API key")
+    kadd.add_argument("--provider", required=True, help="provider id, e.g. openai, anthropic, gemini")
+    kadd.add_argument("--project-id", help="the project that may use it (default: shared by all)")
+    kadd.add_argument("--display-name")
+    kadd.set_defaults(admin_action="provider-keys.add")
+    klist = pkeys_sub.add_parser("list", parents=[common], help="list provider keys (no secrets)")
+    klist.add_argument("--project-id")
+    klist.set_defaults(admin_action="provider-keys.list")
+    krevoke = pkeys_sub.add_parser("revoke", parents=[common], help="revoke a provider key")
+    krevoke.add_argument("provider_key_id")
+    krevoke.set_defaults(admin_action="provider-keys.revoke")
+
+    tokens = subparsers.add_parser("tokens", help="managed-mode xproxy_ tokens (admin API)")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    tcreate = tokens_sub.add_parser("create", parents=[common], help="create a token (shown once)")
+    tcreate.add_argument("--project-id", required=True)
+    tcreate.add_argument("--user-id")
+    tcreate.add_argument("--pipe-id", help="default: the project's 'default' pipe (or its only one)")
+    tcreate.add_argument("--name")
+    expiry = tcreate.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", type=int, metavar="SECONDS", help="lifetime in seconds")
+    expiry.add_argument("--expires-at", metavar="ISO8601", help="e.g. 2030-01-31T12:00:00Z")
+    tcreate.add_argument(
+        "--token-only", action="store_true", help="print only the token (for scripts)"
+    )
+    tcreate.set_defaults(admin_action="tokens.create")
+    tlist = tokens_sub.add_parser("list", parents=[common], help="list tokens (never the tokens)")
+    tlist.add_argument("--project-id")
+    tlist.add_argument("--user-id")
+    tlist.set_defaults(admin_action="tokens.list")
+    trevoke = tokens_sub.add_parser("revoke", parents=[common], help="revoke a token")
+    trevoke.add_argument("token_id")
+    trevoke.set_defaults(admin_action="tokens.revoke")
+
+    managed = subparsers.add_parser("managed", help="managed-mode utilities (local)")
+    managed_sub = managed.add_subparsers(dest="managed_command", required=True)
+    mkey = managed_sub.add_parser(
+        "new-master-key", help="print a fresh master key for $PLANO_FAST_MASTER_KEY (no server needed)"
+    )
+    mkey.set_defaults(admin_action="managed.new-master-key")
+
 
 # --------------------------------------------------------------------------- commands
 
 
-def _read_client_key(args: argparse.Namespace) -> str:
+def _read_secret(args: argparse.Namespace, what: str, options: str) -> str:
+    """A secret from ``--api-key-env NAME``, stdin or a hidden prompt: never from argv."""
     if args.api_key_env:
         value = os.environ.get(args.api_key_env, "")
         if not value.strip():
             raise AdminClientError(f"environment variable {args.api_key_env} is empty or unset")
         return value.strip()
     if not args.api_key_stdin and sys.stdin.isatty():
-        value = getpass.getpass("client API key: ")
+        value = getpass.getpass(f"{what}: ")
     else:
         value = sys.stdin.readline()
     value = value.strip()
     if not value:
-        raise AdminClientError("no client key given (use --api-key-stdin, --api-key-env NAME or --key-hash)")
+        raise AdminClientError(f"no {what} given (use {options})")
     return value
+
+
+def _read_client_key(args: argparse.Namespace) -> str:
+    return _read_secret(args, "client API key", "--api-key-stdin, --api-key-env NAME or --key-hash")
+
+
+def parse_target(spec: str) -> dict[str, Any]:
+    """``provider=openai,model=gpt-4o,filter=gpt-4o*,key=<id>,weight=2`` -> a target body."""
+    target: dict[str, Any] = {}
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        field = TARGET_FIELDS.get(name.strip().lower())
+        if not sep or field is None:
+            known = ", ".join(sorted(TARGET_FIELDS))
+            raise AdminClientError(f"--target {spec!r}: expected name=value pairs ({known}), got {part!r}")
+        if field in target:
+            raise AdminClientError(f"--target {spec!r}: {name.strip()} given twice")
+        value = value.strip()
+        if field == "weight":
+            try:
+                target[field] = int(value)
+            except ValueError:
+                raise AdminClientError(f"--target {spec!r}: weight must be an integer") from None
+        else:
+            target[field] = value
+    for required in ("provider", "provider_key_id"):
+        if not target.get(required):
+            raise AdminClientError(f"--target {spec!r}: needs {'key' if required != 'provider' else required}=")
+    return target
+
+
+def _optional(args: argparse.Namespace, body: dict[str, Any], **fields: str) -> dict[str, Any]:
+    """Copy the set arguments into ``body``: body field -> argument name."""
+    for field, arg in fields.items():
+        value = getattr(args, arg)
+        if value is not None:
+            body[field] = value
+    return body
+
+
+def _quoted(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
 
 
 def _key_hash(args: argparse.Namespace) -> str:
@@ -246,11 +416,67 @@ def build_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | 
         if args.totals:
             return "GET", "/usage/totals" + _query({"project_id": args.project_id, "days": args.days}), None
         return "GET", "/usage/recent" + _query({"project_id": args.project_id, "limit": args.limit}), None
+    managed = _build_managed_request(args)
+    if managed is not None:
+        return managed
     raise AdminClientError(f"unknown admin command {action!r}")
+
+
+def _build_managed_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None] | None:
+    action = args.admin_action
+    if action == "users.create":
+        return "POST", "/users", _optional(args, {"name": args.name}, email="email", id="object_id")
+    if action == "users.list":
+        return "GET", "/users", None
+    if action == "projects.create":
+        return "POST", "/projects", _optional(args, {"name": args.name}, id="object_id")
+    if action == "projects.list":
+        return "GET", "/projects", None
+    if action == "pipes.create":
+        targets = [parse_target(spec) for spec in args.target]
+        return "POST", "/pipes", {"project_id": args.project_id, "name": args.name, "targets": targets}
+    if action == "pipes.list":
+        return "GET", "/pipes" + _query({"project_id": args.project_id}), None
+    if action == "pipes.delete":
+        query = _query({"revoke_tokens": "true" if args.revoke_tokens else None})
+        return "DELETE", "/pipes/" + _quoted(args.pipe_id) + query, None
+    if action == "provider-keys.add":
+        body: dict[str, Any] = {"provider": args.provider}
+        _optional(args, body, project_id="project_id", display_name="display_name")
+        body["api_key"] = _read_secret(args, "provider API key", "--api-key-stdin or --api-key-env NAME")
+        return "POST", "/provider-keys", body
+    if action == "provider-keys.list":
+        return "GET", "/provider-keys" + _query({"project_id": args.project_id}), None
+    if action == "provider-keys.revoke":
+        return "POST", "/provider-keys/" + _quoted(args.provider_key_id) + "/revoke", None
+    if action == "tokens.create":
+        body = _optional(
+            args, {"project_id": args.project_id}, user_id="user_id", pipe_id="pipe_id", name="name",
+            expires_in_s="expires_in", expires_at="expires_at",
+        )  # fmt: skip
+        return "POST", "/tokens", body
+    if action == "tokens.list":
+        return "GET", "/tokens" + _query({"project_id": args.project_id, "user_id": args.user_id}), None
+    if action == "tokens.revoke":
+        return "POST", "/tokens/" + _quoted(args.token_id) + "/revoke", None
+    return None
+
+
+def _run_local(args: argparse.Namespace) -> int:
+    if args.admin_action == "managed.new-master-key":
+        from plano_fast.managed.crypto import MASTER_KEY_ENV, generate_master_key
+
+        print(generate_master_key())
+        print(f"(set it as ${MASTER_KEY_ENV} on every gateway instance; keep it secret)", file=sys.stderr)
+        return 0
+    print(f"error: unknown local command {args.admin_action!r}", file=sys.stderr)
+    return 2
 
 
 def run_admin_command(args: argparse.Namespace) -> int:
     """Run a parsed admin subcommand: print the JSON answer; 0 ok, 1 API error, 2 no call."""
+    if args.admin_action in LOCAL_ACTIONS:
+        return _run_local(args)
     admin_key = args.admin_key or os.environ.get(ADMIN_KEY_ENV, "")
     try:
         if not admin_key:
@@ -264,5 +490,8 @@ def run_admin_command(args: argparse.Namespace) -> int:
     if status >= 400:
         print(f"admin API answered {status}:\n{text}", file=sys.stderr)
         return 1
+    if args.admin_action == "tokens.create" and getattr(args, "token_only", False) and isinstance(answer, dict):
+        print(answer["token"])
+        return 0
     print(text)
     return 0

@@ -53,13 +53,19 @@ class RequestError(Exception):
     """A client error with its HTTP status; ``message`` never contains a secret."""
 
     def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.extra = extra  # more fields for the error body (never secrets)
 
 
 def hash_api_key(api_key: str) -> str:

@@ -269,6 +269,15 @@ class _GatewayAdmin:
         if self._gw.managed is not None:
             await self._gw.managed.state.reload()
 
+    @property
+    def cipher(self) -> KeyCipher | None:
+        managed = self._gw.managed
+        return managed.state.cipher if managed is not None else None
+
+    async def on_managed_changed(self) -> None:
+        if self._gw.managed is not None:
+            await self._gw.managed.state.reload()
+
     def blocked(self) -> frozenset[tuple[str, str]]:
         return self._gw.billing.budget.blocked
 

@@ -288,6 +288,9 @@ class Exchange:
     def _relay(self, data: bytes) -> None:
         self.responder.send_body(data)
 
+    def on_upstream_read_done(self) -> None:
+        self.responder.flush()
+
     def on_upstream_complete(self) -> None:
         self.conn = None
         scanner = self.scanner

@@ -60,6 +60,9 @@ class ResponseSink(Protocol):
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None: ...
 
+    def on_upstream_read_done(self) -> None:
+        """One socket read has been parsed: write out what it produced."""
+
     def on_upstream_pause_writing(self) -> None: ...
 
     def on_upstream_resume_writing(self) -> None: ...
@@ -178,6 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received_any = True
         self._last_rx = self._pool.loop.time()
+        sink = self._sink
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -186,6 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamError(f"error relaying upstream response: {cause!r}"), False)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"invalid response from upstream: {exc}"), False)
+        sink.on_upstream_read_done()
 
     def eof_received(self) -> bool | None:
         return False

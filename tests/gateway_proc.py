@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +28,7 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         port: int = 0,
         migrate: bool = True,
+        before_start: Callable[[], object] | None = None,
     ) -> None:
         self.config_path = config_path
         self.log_path = log_path or config_path.with_suffix(".log")
@@ -36,6 +38,8 @@ class GatewayProcess:
                 [sys.executable, "-m", "plano_fast", "migrate", "--config", str(config_path)],
                 check=True, cwd=ROOT, capture_output=True, env={**os.environ, **(env or {})},
             )
+        if before_start is not None:
+            before_start()  # e.g. provision tenants, so the gateway loads them at start
         args = [sys.executable, "-m", "plano_fast", "serve", "--config", str(config_path)]
         args += ["--port", str(port), "--workers", str(workers)] + (extra_args or [])
         full_env = dict(os.environ)

@@ -1,8 +1,8 @@
 """The admin API over a real store (SQLite file and PostgreSQL schema), on a real socket.
 
 The gateway side is a small fake ``AdminContext``: it holds the store, a dict registry
-reloaded from ``store.list_active_api_keys()``, counters of the ``on_*_changed`` calls and a
-settable blocked set.
+reloaded from ``store.list_active_api_keys()``, counters of the ``on_*_changed`` calls, a
+settable blocked set and (managed mode, tests/test_admin_managed.py) an optional cipher.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from multidict import CIMultiDictProxy
 from plano_fast.admin import create_admin_app, start_admin_server
 from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.admin_models import nano_to_usd, usd_to_nano
+from plano_fast.managed.crypto import KeyCipher
+from plano_fast.managed.state import ManagedState
 from plano_fast.store import RegisteredApiKey, Store, UsageRow, open_store
 from plano_fast.store.migrate import migrate
 
@@ -57,13 +59,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 class FakeContext:
     """What the gateway gives the admin app, reduced to what the tests look at."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cipher: KeyCipher | None = None) -> None:
         self.store = store
+        self.cipher = cipher
         self.registry: dict[str, RegisteredApiKey] = {}
         self.registry_ready = False
         self.calls: Counter[str] = Counter()
         self.blocked_set: set[tuple[str, str]] = set()
         self.fail_keys_changed = False
+        self.fail_managed_changed = False
+        self.managed_state: ManagedState | None = None  # a real one, when a test sets it
 
     async def reload(self) -> None:
         self.registry = {k.key_hash: k for k in await self.store.list_active_api_keys()}
@@ -80,6 +85,13 @@ class FakeContext:
 
     async def on_limits_changed(self) -> None:
         self.calls["limits"] += 1
+
+    async def on_managed_changed(self) -> None:
+        self.calls["managed"] += 1
+        if self.fail_managed_changed:
+            raise RuntimeError("managed state reload failed")
+        if self.managed_state is not None:
+            await self.managed_state.reload()
 
     def blocked(self) -> frozenset[tuple[str, str]]:
         return frozenset(self.blocked_set)
@@ -127,11 +139,11 @@ class Harness:
 Body = Callable[[Harness], Awaitable[None]]
 
 
-def run(backend: Backend, body: Body, *, ready: bool = True) -> None:
+def run(backend: Backend, body: Body, *, ready: bool = True, cipher: KeyCipher | None = None) -> None:
     async def main() -> None:
         async with open_store(backend.database_url, backend.sqlite_path) as store:
             await migrate(store)
-            ctx = FakeContext(store)
+            ctx = FakeContext(store, cipher)
             if ready:
                 await ctx.reload()
             app = create_admin_app(ctx, admin_key=ADMIN_KEY)
@@ -628,6 +640,7 @@ def test_projects_and_users(backend: Backend) -> None:
         assert (await h.call("DELETE", "/projects/proj-alpha"))[1] == {"deleted": True}
         assert h.ctx.calls["keys"] == calls["keys"] + 1 and h.ctx.calls["limits"] == calls["limits"] + 1
         assert h.ctx.calls["prices"] == calls.get("prices", 0) + 1
+        assert h.ctx.calls["managed"] == calls.get("managed", 0) + 1
         assert await h.store.list_api_keys() == [] and RAW_HASH not in h.ctx.registry
         assert (await h.call("GET", "/projects/proj-alpha"))[0] == 404
         assert (await h.call("DELETE", "/projects/proj-alpha"))[0] == 404

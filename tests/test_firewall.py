@@ -59,11 +59,13 @@ def firewall(
 ) -> tuple[GatewayProcess, str, str]:
     """A firewall-mode gateway with two registered keys; (gateway, sqlite path, project)."""
     sqlite_path = str(tmp_path / "plano_config_0.db")
-    # Migrate and register before the gateway starts, so its registry loads them.
-    gateway = make_gateway({"mode": "firewall", "key_registry_reload_s": 1})
-    project = setup_keys(sqlite_path, fake.url)
-    time.sleep(1.5)  # one registry reload
-    return gateway, sqlite_path, project
+    projects: list[str] = []
+    # Registered after migrate and before the gateway starts: its registry loads them.
+    gateway = make_gateway(
+        {"mode": "firewall", "key_registry_reload_s": 1},
+        before_start=lambda: projects.append(setup_keys(sqlite_path, fake.url)),
+    )
+    return gateway, sqlite_path, projects[0]
 
 
 def _client(gateway: GatewayProcess, key: str = USER_KEY) -> openai.OpenAI:

@@ -93,10 +93,12 @@ def managed(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> tuple[GatewayProcess, str, Tenant]:
     sqlite_path = str(tmp_path / "plano_config_0.db")
-    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
-    tenant = provision(None, sqlite_path, DEFAULT_PIPE)
-    time.sleep(1.5)  # one state reload
-    return gateway, sqlite_path, tenant
+    tenants: list[Tenant] = []
+    gateway = make_gateway(
+        {"managed": "true", "managed_reload_s": 1}, env=ENV,
+        before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE)),
+    )
+    return gateway, sqlite_path, tenants[0]
 
 
 def rows(sqlite_path: str, database_url: str | None = None) -> list[Any]:
@@ -216,10 +218,15 @@ def test_hard_budget_refuses_with_402_when_the_reservation_does_not_fit(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     sqlite_path = str(tmp_path / "plano_config_0.db")
-    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
     body = REQUEST_BODY
-    tenant = provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=3 * request_cost(body))
-    time.sleep(1.5)
+    tenants: list[Tenant] = []
+    gateway = make_gateway(
+        {"managed": "true", "managed_reload_s": 1}, env=ENV,
+        before_start=lambda: tenants.append(
+            provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=3 * request_cost(body))
+        ),
+    )
+    tenant = tenants[0]
     statuses = asyncio.run(fire(gateway.url, tenant.token, body, 6, concurrency=1))
     assert statuses == [200, 200, 200, 402, 402, 402]
     spent = sum(r.cost_nano_usd or 0 for r in rows(sqlite_path))
@@ -273,12 +280,15 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
 ) -> None:
     cost = request_cost(body)
     limit = 50 * cost  # about 50 requests fit
+    tenants: list[Tenant] = []
     gateway = make_gateway(
         {"managed": "true", "database_url": f'"{pg_dsn}"', "managed_reload_s": 1},
         env=ENV, workers=4,
+        before_start=lambda: tenants.append(
+            provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=limit)
+        ),
     )
-    tenant = provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=limit)
-    time.sleep(1.5)
+    tenant = tenants[0]
     statuses = asyncio.run(fire(gateway.url, tenant.token, body, 400, concurrency=400))
     served = statuses.count(200)
     assert set(statuses) <= {200, 402}, sorted(set(statuses))

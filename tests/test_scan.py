@@ -708,6 +708,15 @@ OPENAI_BODY = json.dumps(
         (CHAT, b'{"model":"' + b"m" * 257 + b'"}', NO_USAGE),
         (CHAT, b'{"model":"\\ud800"}', NO_USAGE),
         (CHAT, b'{"model":"gpt\\u002d4\\ud83d\\ude00"}', U(has_usage=False, model="gpt-4\U0001f600")),
+        # responses tolerate invalid UTF-8 inside strings (never in what is read)
+        (CHAT, b'{"c":"bad \xff\xc3 utf-8","model":"m","usage":{"prompt_tokens":1}}', U(1, model="m")),
+        (CHAT, b'{"c":"\xed\xa0\x80\xe4","usage":{"prompt_tokens":1}}', U(1)),
+        (CHAT, b'{"model":"m\xff","usage":{"prompt_tokens":1}}', U(1)),
+        (CHAT, b'{"model":"caf\xc3\xa9","usage":{"prompt_tokens":1}}', U(1, model="café")),
+        (CHAT, b'{"us\xffage":{"prompt_tokens":1}}', NO_USAGE),
+        (CHAT, b'{"usage":{"prompt_tokens":1}}\xc3\xa9', NO_USAGE),
+        (CHAT, b'{"usage":{"prompt_tokens":1},\xff"a":1}', NO_USAGE),
+        (ANTHROPIC, b'{"type":"err\xffor"}', NO_USAGE),
         # invalid JSON anywhere: nothing counts
         (CHAT, OPENAI_BODY[:-1], NO_USAGE),
         (CHAT, OPENAI_BODY + b"x", NO_USAGE),
