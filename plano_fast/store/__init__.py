@@ -1005,6 +1005,9 @@ class SqlStore(Store):
                     "(SELECT key_hash FROM registered_api_keys WHERE project_id = ?)",
                     (project_id,),
                 ),
+                # Pipes first: their targets RESTRICT the deletion of provider keys, and
+                # PostgreSQL checks that before the project's cascade reaches the targets.
+                ("DELETE FROM pipes WHERE project_id = ?", (project_id,)),
                 ("DELETE FROM projects WHERE id = ?", (project_id,)),
             ]
         )
