@@ -79,9 +79,22 @@ def client_key(request: Request) -> bytes | None:
     return None
 
 
+_KEY_HASHES: dict[bytes, str] = {}
+_KEY_HASHES_MAX = 4096
+
+
 def key_hash(key: bytes) -> str:
-    """SHA-256 hex of a client key: how keys are identified and stored, never in clear."""
-    return hashlib.sha256(key).hexdigest()
+    """SHA-256 hex of a client key: how keys are identified and stored, never in clear.
+
+    Clients send the same few keys over and over; a bounded memo turns the hash into a
+    dict lookup (the raw key is already in this process's memory for the request).
+    """
+    digest = _KEY_HASHES.get(key)
+    if digest is None:
+        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+            _KEY_HASHES.clear()
+        digest = _KEY_HASHES[key] = hashlib.sha256(key).hexdigest()
+    return digest
 
 
 def new_request_id() -> str:

@@ -527,3 +527,15 @@ def test_count_tokens_estimate_same_for_equivalent_requests() -> None:
     assert abs(count_tokens_estimate(gem, "gemini") - est) <= 16
     # unparseable requests fall back to their JSON size
     assert count_tokens_estimate({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}, "anthropic") > 0
+
+
+@pytest.mark.parametrize(("model", "injected"), [
+    ("gemini-3-pro-preview", True), ("gemini-3.1-flash", True), ("models/gemini-4-x", True),
+    ("gemini-2.5-flash", False), ("gemini-2.0-flash", False), ("my-tuned-model", False),
+])
+def test_gemini3_gets_thought_signature_sentinel_on_foreign_calls(model: str, injected: bool) -> None:
+    out = convert_request(OPENAI_TOOL_CONVERSATION, "openai", "gemini", target_model=model)
+    calls = out["contents"][1]["parts"]
+    assert all(("thoughtSignature" in p) is injected for p in calls)
+    if injected:
+        assert calls[0]["thoughtSignature"] == "skip_thought_signature_validator"

@@ -13,11 +13,16 @@ import anthropic
 import httpx2 as httpx
 import openai
 import yaml
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming, MessageCreateParamsStreaming
+from openai.types.chat.completion_create_params import (
+    CompletionCreateParamsNonStreaming,
+    CompletionCreateParamsStreaming,
+)
 from pydantic import TypeAdapter
 
 from plano_fast.convert import StreamConverter
 
-FIXTURES = Path("/work/shared/data/fixtures")
+from tests.shared_data import FIXTURES  # noqa: E402
 HAVE_FIXTURES = FIXTURES.is_dir()
 
 
@@ -405,3 +410,32 @@ def every_split(data: bytes, step: int = 1) -> Iterator[list[bytes]]:
 
 
 Check = Callable[[bytes], None]
+
+
+# --------------------------------------------------------------------------------------
+# request bodies against the SDKs' own parameter types (deep: pydantic validates the
+# SDKs' Iterable[...] fields lazily, so every iterator is consumed)
+# --------------------------------------------------------------------------------------
+
+_ANTHROPIC_PARAMS = (TypeAdapter(MessageCreateParamsNonStreaming), TypeAdapter(MessageCreateParamsStreaming))
+_OPENAI_PARAMS = (TypeAdapter(CompletionCreateParamsNonStreaming), TypeAdapter(CompletionCreateParamsStreaming))
+
+
+def _consume(value: Any) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _consume(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _consume(v)
+    elif isinstance(value, Iterator):
+        for v in value:
+            _consume(v)
+
+
+def validate_anthropic_request(body: dict[str, Any]) -> None:
+    _consume(_ANTHROPIC_PARAMS[bool(body.get("stream"))].validate_python(body))
+
+
+def validate_openai_request(body: dict[str, Any]) -> None:
+    _consume(_OPENAI_PARAMS[bool(body.get("stream"))].validate_python(body))

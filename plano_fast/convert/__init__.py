@@ -77,8 +77,12 @@ targets get ``max_completion_tokens`` (option ``openai_max_tokens_field="max_tok
 and, when streaming, ``stream_options.include_usage: true``.  Gemini function calls carry
 no ids: Gemini requests get stable ids (``call_<sha256>`` of position) and calls in
 Gemini answers ``call_<sha256(responseId, n)>``; a ``functionResponse`` without id is
-matched to the earliest unanswered call of the same name.  Gemini tool schemas are sent
-as ``parametersJsonSchema`` (JSON Schema as is); incoming OpenAPI ``parameters``
+matched to the earliest unanswered call of the same name.  Function calls sent to a
+Gemini 3+ model (``gemini-<major>`` >= 3 in ``target_model``) carry Google's documented
+``thoughtSignature: "skip_thought_signature_validator"`` (they were not produced by that
+model, or the client dropped the signature; Gemini 3 rejects unsigned calls with 400).
+Gemini tool schemas are sent as ``parametersJsonSchema`` (JSON Schema as is); incoming
+OpenAPI ``parameters``
 (``type: STRING``) are lower-cased to JSON Schema.  ``top_k`` is dropped for OpenAI;
 ``seed``/penalties are dropped for Anthropic; ``cache_control``, ``metadata`` (except
 ``user_id``), ``safetySettings`` are dropped.  An ``is_error`` tool result becomes an OpenAI

@@ -326,7 +326,20 @@ def _gemini_media(part: Image | Document | Audio) -> JSONDict:
     return {"fileData": {"mimeType": part.media_type or guess_mime(url, default), "fileUri": url}}
 
 
-def _emit_gemini(req: Request) -> JSONDict:
+#: Google's documented sentinel for function calls that Gemini 3+ did not produce itself
+#: (history from another model or rebuilt by the client): without a ``thoughtSignature``
+#: Gemini 3 answers 400 "Function call is missing a thought_signature".
+SKIP_THOUGHT_SIGNATURE = "skip_thought_signature_validator"
+_GEMINI_MAJOR = re.compile(r"gemini-(\d+)")
+
+
+def _needs_thought_signature(model: str) -> bool:
+    found = _GEMINI_MAJOR.search(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+def _emit_gemini(req: Request, model: str) -> JSONDict:
+    signature = _needs_thought_signature(model)
     names = {
         part.id: part.name
         for msg in req.messages
@@ -343,7 +356,10 @@ def _emit_gemini(req: Request) -> JSONDict:
                 if part.text:
                     parts.append({"text": part.text})
             elif isinstance(part, ToolUse):
-                parts.append({"functionCall": {"id": part.id, "name": part.name, "args": part.input}})
+                call: JSONDict = {"functionCall": {"id": part.id, "name": part.name, "args": part.input}}
+                if signature:
+                    call["thoughtSignature"] = SKIP_THOUGHT_SIGNATURE
+                parts.append(call)
             elif isinstance(part, ToolResult):
                 name = part.name or names.get(part.tool_use_id)
                 if name is None:
@@ -382,7 +398,8 @@ def _emit_gemini(req: Request) -> JSONDict:
             decls.append(d)
         body["tools"] = [{"functionDeclarations": decls}]
         if req.tool_choice is not None:
-            fcc: JSONDict = {"mode": {"auto": "AUTO", "any": "ANY", "none": "NONE", "tool": "ANY"}[req.tool_choice]}
+            modes = {"auto": "AUTO", "any": "ANY", "none": "NONE", "tool": "ANY"}
+            fcc: JSONDict = {"mode": modes[req.tool_choice]}
             if req.tool_choice == "tool":
                 fcc["allowedFunctionNames"] = [req.tool_name]
             body["toolConfig"] = {"functionCallingConfig": fcc}
@@ -416,7 +433,8 @@ def _emit_gemini(req: Request) -> JSONDict:
         if spec.dynamic and spec.budget is None and spec.effort is None:
             gc["thinkingConfig"] = {"thinkingBudget": -1, "includeThoughts": True}
         else:
-            gc["thinkingConfig"] = {"thinkingBudget": _budget(spec, "reasoning_effort"), "includeThoughts": True}
+            budget = _budget(spec, "reasoning_effort")
+            gc["thinkingConfig"] = {"thinkingBudget": budget, "includeThoughts": True}
     if gc:
         body["generationConfig"] = gc
     return body
@@ -434,4 +452,4 @@ def emit_request(
         return _emit_openai(req, target_model, openai_max_tokens_field)
     if target == "anthropic":
         return _emit_anthropic(req, target_model, default_max_tokens)
-    return _emit_gemini(req)
+    return _emit_gemini(req, target_model)

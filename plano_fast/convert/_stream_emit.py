@@ -44,7 +44,17 @@ class Emitter:
     """Base: output buffering and the shared state flags (also the no-op emitter used
     when source and target formats are the same)."""
 
-    __slots__ = ("out", "model", "include_usage", "created", "started", "finished", "closed", "usage", "stop")
+    __slots__ = (
+        "out",
+        "model",
+        "include_usage",
+        "created",
+        "started",
+        "finished",
+        "closed",
+        "usage",
+        "stop",
+    )
 
     def __init__(self, client_model: str, include_usage: bool, created: int) -> None:
         self.out: list[bytes] = []
@@ -168,7 +178,11 @@ class AnthropicEmitter(Emitter):
             self._open_block("text", {"type": "text", "text": ""})
         self._ev(
             b"content_block_delta",
-            {"type": "content_block_delta", "index": self._index, "delta": {"type": "text_delta", "text": text}},
+            {
+                "type": "content_block_delta",
+                "index": self._index,
+                "delta": {"type": "text_delta", "text": text},
+            },
         )
 
     def thinking(self, text: str) -> None:
@@ -289,7 +303,7 @@ class OpenAIEmitter(Emitter):
             + dumps(self.model)
             + b',"choices":[{"index":0,"delta":'
         )
-        self._chunk({"role": "assistant", "content": ""})
+        self._chunk({"role": "assistant"})
 
     def _chunk(self, delta: JSONDict, finish: bytes = b"null") -> None:
         self.out.append(self._prefix + dumps(delta) + b',"finish_reason":' + finish + b"}]}\n\n")
@@ -391,7 +405,9 @@ class GeminiEmitter(Emitter):
         self.started = True
         self._rid = gemini_id(upstream_id)
 
-    def _event(self, parts: list[JSONDict], finish: str | None = None, usage: JSONDict | None = None) -> None:
+    def _event(
+        self, parts: list[JSONDict], finish: str | None = None, usage: JSONDict | None = None
+    ) -> None:
         cand: JSONDict = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish is not None:
             cand["finishReason"] = finish

@@ -108,7 +108,8 @@ def _parse_openai(body: JSONDict) -> Response:
             if not isinstance(cid, str) or not cid:
                 cid = synth_call_id(body.get("id"), k)
             name = fn.get("name")
-            resp.parts.append(ToolUse(cid, name if isinstance(name, str) else "", parse_arguments_lenient(fn.get("arguments"))))
+            args = parse_arguments_lenient(fn.get("arguments"))
+            resp.parts.append(ToolUse(cid, name if isinstance(name, str) else "", args))
             n_calls += 1
     resp.stop = stop_from("openai", choice.get("finish_reason"), n_calls > 0)
     usage = body.get("usage")
