@@ -1620,6 +1620,64 @@ cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const uns
     return p
 
 
+cdef inline const unsigned char *int_fast(Walker *w, const unsigned char *p, const unsigned char *end,
+                                         int64_t off) noexcept nogil:
+    """A plain non-negative integer complete in this buffer, for an int slot: deliver it and
+    return the byte after it; NULL to let the general path handle anything else."""
+    cdef const unsigned char *q = p + 1
+    cdef int64_t v = p[0] - 48
+    cdef int slot = w.slot
+    cdef int i
+    cdef int st
+    if p[0] != b'0':
+        while q < end and b'0' <= q[0] <= b'9':
+            if q - p < C_MAX_DIGITS:
+                v = v * 10 + (q[0] - 48)
+            q += 1
+    if q == end or q[0] == b'.' or q[0] == b'e' or q[0] == b'E' or (b'0' <= q[0] <= b'9'):
+        return NULL
+    st = ST_OK if q - p <= C_MAX_DIGITS else ST_BAD
+    if w.depth <= 2:
+        w.vstart[w.depth] = off
+        w.vslot[w.depth] = slot
+        w.vkind[w.depth] = K_NUM
+    if slot >= SL_RMAX:
+        i = slot - SL_RMAX
+        w.req.maxst[i] = st
+        w.req.maxv[i] = v
+    else:
+        i = slot - SL_F
+        w.doc.u[i // 6].fst[i % 6] = st
+        w.doc.u[i // 6].fv[i % 6] = v
+    scalar_done(w, off + (q - p))
+    return q
+
+
+cdef inline void cap_direct(Walker *w, const unsigned char *s, Py_ssize_t n, int64_t off) noexcept nogil:
+    """A plain ASCII string value for a capture slot (model / type), complete in the buffer."""
+    cdef DocRec *d = w.doc
+    cdef int slot = w.slot
+    cdef bint ok
+    if w.depth <= 2:
+        w.vstart[w.depth] = off
+        w.vslot[w.depth] = slot
+        w.vkind[w.depth] = K_STR
+    if slot == SL_TYPE:
+        d.typ = key_is(s, n, "error", 5) or key_is(s, n, "response.failed", 15)
+        return
+    ok = n <= C_MODEL_CAP
+    if slot == SL_MODEL1:
+        d.model_st0 = ST_OK if ok else ST_ABSENT
+        if ok:
+            memcpy(d.model_buf0, s, n)
+            d.model_len0 = n
+    else:
+        d.model_st1 = ST_OK if ok else ST_ABSENT
+        if ok:
+            memcpy(d.model_buf1, s, n)
+            d.model_len1 = n
+
+
 cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base) noexcept nogil:
     """Feed bytes ``buf[0:n]`` (global offset ``base``) to the walker.  -1 once in error."""
     cdef const unsigned char *p = buf
@@ -1709,6 +1767,18 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
                 if c == b']' and st == W_VALUE_OR_CLOSE:
                     container_done(w, base + (p - buf) + 1)
                 else:
+                    if b'0' <= c <= b'9' and is_int_slot(w.slot):
+                        q = int_fast(w, p, end, base + (p - buf))
+                        if q != NULL:
+                            p = q
+                            continue
+                    elif c == b'"' and (w.slot == SL_MODEL1 or w.slot == SL_MODEL2 or w.slot == SL_TYPE):
+                        q = pf_scan_plain(p + 1, end)
+                        if q < end and q[0] == b'"':
+                            cap_direct(w, p + 1, q - p - 1, base + (p - buf))
+                            p = q + 1
+                            scalar_done(w, base + (p - buf))
+                            continue
                     if w.slot == SL_NONE and c != b'{' and c != b'[':
                         q = scalar_end(p, end, w.lenient)
                         if q != NULL:

@@ -64,8 +64,9 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
 
 * OpenAI chat: top-level ``usage``; when that is absent/``null``, ``x_groq.usage`` (Groq
   without ``include_usage``).  ``"usage": null`` chunks are ignored.
-* Responses: top-level ``usage`` (non-streamed) or ``response.usage`` (``response.completed``,
-  ``response.incomplete``, ``response.failed`` events); ``null`` is ignored.
+* Responses: top-level ``usage`` (non-streamed) or, when absent/``null``, ``response.usage`` of
+  any event (in practice ``response.completed`` / ``response.incomplete`` /
+  ``response.failed``; the earlier events carry ``null``, which is ignored).
 * Anthropic: top-level ``usage`` (non-streamed body, ``message_delta``) and ``message.usage``
   (``message_start``).  Anthropic fields are merged one by one, later values win, so
   ``message_delta`` counts override ``message_start`` ones when present.  Only a top-level

@@ -21,6 +21,7 @@ from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.errors import MethodNotAllowed, NotFound
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
+    COUNT_TOKENS,
     MESSAGES,
     RESPONSES,
     ConfigExchange,
@@ -47,6 +48,7 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/chat/completions": CHAT_COMPLETIONS,
     b"/chat/completions": CHAT_COMPLETIONS,
     b"/v1/messages": MESSAGES,
+    b"/v1/messages/count_tokens": COUNT_TOKENS,
     b"/v1/responses": RESPONSES,
 }
 

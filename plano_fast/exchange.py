@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import os
 import time
 from typing import TYPE_CHECKING
@@ -27,6 +28,8 @@ from plano_fast.errors import (
     UnknownModelError,
     UpstreamError,
 )
+from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
+from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.routing import UnknownModel
 from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamPool
 from plano_fast.usage import (
@@ -116,12 +119,16 @@ class Endpoint:
 CHAT_COMPLETIONS = Endpoint("chat_completions", scan.API_OPENAI_CHAT, "openai")
 RESPONSES = Endpoint("responses", scan.API_OPENAI_RESPONSES, "openai")
 MESSAGES = Endpoint("messages", scan.API_ANTHROPIC, "anthropic")
+# Claude Code calls it before requests; counted, not billed.
+COUNT_TOKENS = Endpoint("count_tokens", scan.API_ANTHROPIC, "anthropic")
 
 
 def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None) -> bytes | None:
     """The provider path serving ``endpoint``, or None when it cannot be served."""
     if endpoint is MESSAGES:
         path = provider.messages_path
+    elif endpoint is COUNT_TOKENS:
+        path = provider.messages_path + "/count_tokens" if provider.messages_path else None
     elif endpoint is CHAT_COMPLETIONS:
         path = provider.chat_path_for(model) if model else provider.chat_completions_path
     else:
@@ -267,8 +274,8 @@ class Exchange:
                 return
 
     # -- ResponseSink -----------------------------------------------------------------
-    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
-        self.status = status
+    def client_headers(self, headers: list[Header], chunked: bool) -> tuple[list[Header], int | None]:
+        """The upstream response's headers fit for the client, and its Content-Length."""
         content_length: int | None = None
         out: list[Header] = []
         for name, value in headers:
@@ -278,6 +285,11 @@ class Exchange:
                 continue
             out.append((name, value))
         out.append((b"x-plano-request-id", self.request_id.encode()))
+        return out, content_length
+
+    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
+        self.status = status
+        out, content_length = self.client_headers(headers, chunked)
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.
@@ -389,7 +401,7 @@ class Exchange:
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider")
+    __slots__ = ("endpoint", "provider", "conversion")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -398,6 +410,7 @@ class ConfigExchange(Exchange):
         self.endpoint = endpoint
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
+        self.conversion: Conversion | None = None
 
     async def run(self) -> None:
         request = self.request
@@ -410,6 +423,12 @@ class ConfigExchange(Exchange):
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         provider = route.provider
+        if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
+            self._count_tokens_locally()
+            return
+        if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
+            await self._run_converted(fields, route.upstream_model or fields.model, provider)
+            return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
@@ -433,7 +452,8 @@ class ConfigExchange(Exchange):
             model=route.upstream_model if route.rewrite else None,
             inject_include_usage=inject,
         )
-        self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+        if self.endpoint is not COUNT_TOKENS:
+            self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
         passthrough = provider.passthrough_auth
         head = [request.method + b" " + path + (b"?" + request.query if request.query else b"")
                 + b" HTTP/1.1\r\n"]
@@ -448,6 +468,102 @@ class ConfigExchange(Exchange):
         self.upstream_data = finish_head(self, head, provider.host_header, body)
         self.origin = origin_of(provider)
         await self.forward()
+
+    def _count_tokens_locally(self) -> None:
+        """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
+        try:
+            doc = json.loads(self.request.body)
+        except ValueError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            count = count_tokens_estimate(doc, "anthropic")
+        except ConversionError as exc:
+            raise request_error(exc) from None
+        self.responder.send_simple(200, b'{"input_tokens":%d}' % count)
+
+    async def _run_converted(
+        self, fields: scan.RequestFields, model: str | None, provider: ModelProvider
+    ) -> None:
+        """The client's format differs from the provider's: convert both ways."""
+        request = self.request
+        source, target = self.endpoint.wire_api, provider.wire_api
+        if target not in SCAN_API_FOR_WIRE:
+            raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
+        try:
+            doc = json.loads(request.body)
+        except ValueError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            upstream_doc = convert_request(
+                doc, source, target, target_model=model or "",
+                openai_max_tokens_field=(
+                    "max_completion_tokens" if provider.provider == "openai" else "max_tokens"
+                ),
+            )
+        except ConversionError as exc:
+            raise request_error(exc) from None
+        body = json.dumps(upstream_doc, separators=(",", ":"), ensure_ascii=False).encode()
+        upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
+        path = upstream_path(provider, upstream_endpoint, model)
+        if path is None:
+            raise ClientError(f"provider '{provider.name}' has no {upstream_endpoint.name} endpoint")
+        self.provider = provider
+        self.provider_id = provider.provider
+        self.model = model
+        key = client_key(request)
+        self.key_hash = key_hash(key) if key else None
+        self.streaming = fields.stream
+        self.wire_format = target
+        self.scan_api = SCAN_API_FOR_WIRE[target]
+        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
+        self.conversion = Conversion(
+            target, source, fields.model or model or "", fields.stream,
+            include_usage=fields.include_usage is True,
+        )
+        passthrough = provider.passthrough_auth
+        head = [b"POST " + path + b" HTTP/1.1\r\n"]
+        seen_version = forwardable_headers(request, head, drop_credentials=not passthrough)
+        if not passthrough:
+            for name, value in auth_headers_for(provider, upstream_endpoint):
+                if name == b"anthropic-version" and seen_version:
+                    continue
+                head.append(name + b": " + value + b"\r\n")
+                seen_version = seen_version or name == b"anthropic-version"
+        if target == "anthropic" and not seen_version:
+            head.append(b"anthropic-version: 2023-06-01\r\n")
+        for name, value in provider.extra_headers:
+            head.append(name + b": " + value + b"\r\n")
+        self.upstream_data = finish_head(self, head, provider.host_header, body)
+        self.origin = origin_of(provider)
+        await self.forward()
+
+    # -- response side of a converted exchange --------------------------------------
+    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
+        conversion = self.conversion
+        if conversion is None:
+            super().on_upstream_head(status, headers, chunked)
+            return
+        self.status = status
+        if status >= 400 and self.scanner is not None:
+            self.scanner = scan.UsageScanner(self.scan_api, False, False)
+        out, _ = self.client_headers(headers, chunked)
+        conversion.head(self.responder, status, out)
+
+    def _relay(self, data: bytes) -> None:
+        conversion = self.conversion
+        if conversion is None:
+            self.responder.send_body(data)
+        else:
+            conversion.relay(data, self.responder)
+
+    def _finish(self, outcome: str, tail: bytes) -> None:
+        conversion = self.conversion
+        if conversion is None:
+            super()._finish(outcome, tail)
+            return
+        conversion.finish(self.responder, tail)
+        self._settle(outcome, self.status)
+        self.responder.end()
 
 
 def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials: bool) -> bool:

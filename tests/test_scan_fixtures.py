@@ -10,8 +10,6 @@ for the slower pure-Python twin).
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 from types import ModuleType
 from typing import Any
 
@@ -27,10 +25,10 @@ from tests.test_scan import (
     check_all_splits,
     request_tuple,
 )
+from tests.shared_data import FIXTURES
 
 yaml = pytest.importorskip("yaml")
 
-FIXTURES = pathlib.Path(os.environ.get("PLANO_FAST_FIXTURES", "/work/shared/data/fixtures"))
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"fixtures not found at {FIXTURES}")
 
 

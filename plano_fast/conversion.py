@@ -1,0 +1,112 @@
+"""Cross-format exchanges: a client speaking one API in front of a provider speaking another.
+
+Used by config mode when the client's endpoint and the provider's wire API differ:
+``/v1/messages`` (Claude Code and the anthropic SDK) in front of OpenAI-compatible
+providers, and ``/v1/chat/completions`` in front of Anthropic's native Messages API.
+Only this path parses and re-encodes JSON; same-format traffic never comes here.
+
+Usage is read by the scanner from the *upstream* bytes, before conversion, so billing
+sees the provider's own counts with the provider's semantics.
+"""
+
+from __future__ import annotations
+
+import json
+
+from plano_fast import scan
+from plano_fast.convert import ConversionError, StreamConverter, convert_error, convert_response
+from plano_fast.errors import ApiFormat, ClientError, GatewayError
+from plano_fast.http_server import Responder
+
+# A converted non-streamed answer is buffered whole; bigger answers are refused (502).
+MAX_BUFFERED_RESPONSE_BYTES = 64 * 1024 * 1024
+
+SCAN_API_FOR_WIRE = {"openai": scan.API_OPENAI_CHAT, "anthropic": scan.API_ANTHROPIC}
+
+
+class ConversionFailed(GatewayError):
+    status = 502
+    source = "upstream"
+    code = "conversion_error"
+
+
+def request_error(exc: ConversionError) -> GatewayError:
+    return ClientError(str(exc)) if exc.status < 500 else ConversionFailed(str(exc))
+
+
+class Conversion:
+    """Per-exchange conversion state: the response side of one cross-format exchange."""
+
+    __slots__ = ("source", "target", "client_model", "streaming", "stream", "buffer", "size",
+                 "status", "headers")
+
+    def __init__(
+        self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool
+    ) -> None:
+        self.source = source  # the upstream's format
+        self.target = target  # the client's format
+        self.client_model = client_model
+        self.streaming = streaming
+        self.stream = (
+            StreamConverter(source, target, client_model=client_model, include_usage=include_usage)
+            if streaming else None
+        )
+        self.buffer: list[bytes] = []
+        self.size = 0
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Streams start at once; a JSON answer (or any error) waits for its whole body."""
+        self.status = status
+        if status < 400 and self.stream is not None:
+            responder.send_head(status, headers, None)
+        else:
+            self.headers = [(n, v) for n, v in headers if n != b"content-type"]
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        if not data:
+            return
+        if self.stream is not None and self.status < 400:
+            try:
+                out = self.stream.feed(data)
+            except ConversionError as exc:
+                responder.send_body(self.stream.error_event(str(exc)))
+                responder.abort()
+                return
+            responder.send_body(out)
+            return
+        self.size += len(data)
+        if self.size > MAX_BUFFERED_RESPONSE_BYTES:
+            raise ConversionFailed("upstream answer too large to convert")
+        self.buffer.append(data)
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        """Send the rest, converted; the caller ends the response."""
+        if self.stream is not None and self.status < 400:
+            out = self.stream.feed(tail) + self.stream.finish() if tail else self.stream.finish()
+            responder.send_body(out)
+            return
+        if tail:
+            self.buffer.append(tail)
+        body = b"".join(self.buffer)
+        ctype = (b"content-type", b"application/json")
+        if self.status >= 400:
+            status, converted = convert_error(self.status, body, self.source, self.target)
+        else:
+            status = self.status
+            try:
+                converted = json.dumps(
+                    convert_response(json.loads(body), self.source, self.target,
+                                     client_model=self.client_model),
+                    separators=(",", ":"), ensure_ascii=False,
+                ).encode()
+            except (ConversionError, ValueError) as exc:
+                error = ConversionFailed(f"upstream answer could not be converted: {exc}")
+                status, converted = error.status, error.body(_FORMATS[self.target])
+        self.buffer = []
+        responder.send_head(status, [*self.headers, ctype], len(converted))
+        responder.send_body(converted)
+
+
+_FORMATS = {"openai": ApiFormat.OPENAI, "anthropic": ApiFormat.ANTHROPIC, "gemini": ApiFormat.GEMINI}

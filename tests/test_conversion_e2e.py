@@ -1,0 +1,126 @@
+"""Any client to any provider: the official SDKs through the gateway to a fake provider
+speaking the other format; the SDKs' own parsers must accept every byte."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import anthropic
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+from tests.test_billing_e2e import wait_rows
+
+TOOLS_ANTHROPIC = [{
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                     "required": ["city"]},
+}]
+
+
+def _last(fake: FakeProviderThread, suffix: str):  # type: ignore[no-untyped-def]
+    return [r for r in fake.requests if r.path.endswith(suffix)][-1]
+
+
+def test_anthropic_sdk_on_an_openai_provider(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-c", max_retries=0) as client:
+        message = client.messages.create(
+            model="gpt-4o-mini", max_tokens=64, system="Be brief.", tools=TOOLS_ANTHROPIC,
+            messages=[{"role": "user", "content": "hello"}],
+        )
+        assert message.type == "message" and message.content[0].type == "text"
+        assert message.model == "gpt-4o-mini" and message.usage.input_tokens > 0
+        sent = _last(fake, "/chat/completions")
+        body = sent.json()
+        assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+        assert body["tools"][0]["function"]["name"] == "get_weather"
+        assert sent.header("authorization") == "Bearer sk-server-openai-key"
+
+        with client.messages.stream(
+            model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "stream"}],
+            extra_headers={"x-fake-events": "6"},
+        ) as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert text and final.stop_reason == "end_turn"
+        assert final.usage.output_tokens > 0
+        assert _last(fake, "/chat/completions").json()["stream_options"] == {"include_usage": True}
+
+
+def test_openai_sdk_on_anthropic_native(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-c", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="claude-sonnet-4-6",
+            messages=[{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "hello"}],
+            max_tokens=32,
+        )
+        assert reply.object == "chat.completion" and reply.choices[0].message.content
+        assert reply.choices[0].finish_reason == "stop"
+        sent = _last(fake, "/v1/messages")
+        assert sent.json()["system"] == "Be brief."
+        assert sent.header("x-api-key") == "sk-ant-server-key"
+
+        chunks = list(client.chat.completions.create(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}], max_tokens=32,
+            stream=True, stream_options={"include_usage": True},
+        ))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_converted_usage_is_billed(make_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = make_gateway()
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-c", max_retries=0) as client:
+        client.messages.create(
+            model="gpt-4o-mini", max_tokens=64, messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-fake-input-tokens": "1000", "x-fake-cached-tokens": "200",
+                           "x-fake-output-tokens": "100"},
+        )
+    [row] = wait_rows(None, str(gateway.config_path.with_suffix(".db")), 1)
+    assert (row.provider, row.input_tokens, row.cache_read_tokens, row.output_tokens) == (
+        "openai", 1000, 200, 100)
+    assert row.cost_nano_usd == 195_000
+
+
+def test_provider_errors_reach_the_client_in_its_own_shape(gateway: GatewayProcess) -> None:
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-c", max_retries=0) as client:
+        with pytest.raises(anthropic.RateLimitError) as err:
+            client.messages.create(
+                model="gpt-4o-mini", max_tokens=8, messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-fake-status": "429"},
+            )
+    assert err.value.body["type"] == "error"  # type: ignore[index]
+
+
+def test_inexpressible_requests_are_refused_naming_the_field(gateway: GatewayProcess) -> None:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-c", max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(
+                model="claude-sonnet-4-6", messages=[{"role": "user", "content": "x"}], n=2
+            )
+    assert "n" in json.dumps(err.value.body)
+
+
+def test_count_tokens_in_front_of_any_provider(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-c", max_retries=0) as client:
+        # An Anthropic provider counts itself ...
+        fake.clear()
+        exact = client.messages.count_tokens(
+            model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hello there"}]
+        )
+        assert exact.input_tokens > 0
+        assert _last(fake, "/v1/messages/count_tokens").header("x-api-key") == "sk-ant-server-key"
+        # ... any other gets a documented estimate, without a provider call.
+        fake.clear()
+        estimate = client.messages.count_tokens(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there " * 40}]
+        )
+        assert estimate.input_tokens > 40
+        assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
