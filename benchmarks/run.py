@@ -1,0 +1,1251 @@
+"""One command for the gateway benchmark: start everything, run the scenarios, stop
+everything, write the report.
+
+    .venv/bin/python benchmarks/run.py                       # full run (~6-7 min)
+    .venv/bin/python benchmarks/run.py --quick --modes config --workers 1    # CI smoke (<60 s)
+    .venv/bin/python benchmarks/run.py --with-litellm --duration-s 8 --repeats 3
+
+Targets, all measured in the same run and interleaved (repeat r of a scenario runs every
+target before repeat r+1 starts), against one fake provider process
+(``benchmarks/fake_provider.py``, 64 SSE events at 20 ms by default):
+
+* ``direct``   -- the fake provider itself: the floor;
+* ``nginx``    -- nginx ``proxy_pass`` with an upstream keep-alive pool, one worker
+  (skipped with a message when nginx is not installed);
+* ``plano_fast <mode> wN`` -- the gateway in each ``--modes`` mode with each ``--workers``
+  count.  A mode is a function that writes the config, does any setup, and says what a
+  client must send (``MODES``); ``config`` is implemented, ``firewall`` and ``managed``
+  are skipped ("mode not available yet") unless the gateway's config schema accepts them;
+* ``litellm``  -- only with ``--with-litellm`` (``benchmarks/litellm_setup.py``).
+
+Scenarios (``SCENARIOS``): non-streaming small body at saturation (64 connections: wrk
+when installed, else ``benchmarks/loadgen.py``) and at concurrency 1 at a fixed rate
+(open loop; wrk2 when installed, else loadgen); streaming (64 events x 20 ms) at
+concurrency 1, 64 and 1,000 (loadgen).
+
+Measured: requests/s; latency percentiles; added latency (target minus direct, same
+scenario, medians over repeats); CPU microseconds per request of the proxy's processes
+(/proc/<pid>/stat utime+stime over the run, all processes of the tree, divided by the
+requests the load tool completed) and of the fake provider; RSS (VmRSS, VmHWM); non-2xx
+and errors; stalled streams; usage rows recorded by the gateway per scenario (one API key
+per scenario, rows grouped by key hash after a graceful stop) against requests sent.
+
+Output: ``benchmarks/results/<timestamp>/{results.md, results.json, latency.png,
+raw/*.txt}`` and a copy of results.md as ``benchmarks/results/latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.nginx import NginxProxy, nginx_binary  # noqa: E402
+
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+MODEL = "gpt-4o-mini"
+BODY_JSON = json.dumps(
+    {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]},
+    separators=(",", ":"),
+)
+BODY_STREAM = json.dumps(
+    {
+        "model": MODEL,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+    },
+    separators=(",", ":"),
+)
+PATH = "/v1/chat/completions"
+STREAM_EVENTS = 64
+STREAM_INTERVAL_MS = 20.0
+
+# Thresholds (issue 8)
+T_RPS_RATIO = 0.5
+T_ADDED_P50_MS = 0.2
+T_ADDED_P99_MS = 1.0
+T_RSS_MB = 200.0
+T_RSS_FLAT = 0.10  # RSS after the 2nd round of 1,000 streams <= 110% of after the 1st
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def proc_tree(pid: int) -> list[int]:
+    """pid and all its descendants (via /proc/<pid>/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        if not Path(f"/proc/{p}").exists():
+            continue
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                try:
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return sorted(set(out))
+
+
+def cpu_s(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def rss_kib(pids: list[int]) -> dict[str, float]:
+    """Sum and max over processes of VmRSS and VmHWM, in MiB."""
+    rss: list[int] = []
+    hwm: list[int] = []
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        vals = {}
+        for line in status.splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":", 1)
+                vals[k] = int(v.split()[0])
+        if vals:
+            rss.append(vals.get("VmRSS", 0))
+            hwm.append(vals.get("VmHWM", 0))
+    return {
+        "rss_mb": sum(rss) / 1024, "rss_max_mb": max(rss, default=0) / 1024,
+        "hwm_mb": sum(hwm) / 1024, "hwm_max_mb": max(hwm, default=0) / 1024,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:", 1)[1].split()[0])
+        mem = f"{mem_kib / 1024 / 1024:.1f} GiB"
+    except (OSError, IndexError, ValueError):
+        pass
+
+    def git(*args: str) -> str:
+        try:
+            r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+            return r.stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    nginx = nginx_binary()
+    nginx_v = ""
+    if nginx:
+        r = subprocess.run([nginx, "-v"], capture_output=True, text=True)
+        nginx_v = (r.stderr or r.stdout).strip().replace("nginx version: ", "")
+    wrk = shutil.which("wrk")
+    wrk_v = ""
+    if wrk:
+        r = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+        wrk_v = (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "wrk"
+        wrk_v = wrk_v.split(" Copyright")[0]
+    try:
+        from plano_fast import scan
+
+        scanner = scan.IMPLEMENTATION
+    except Exception as exc:  # pragma: no cover
+        scanner = f"? ({exc})"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "gateway_commit": commit + (" (uncommitted changes)" if dirty else ""),
+        "scanner": scanner,
+        "nginx": nginx_v or "not installed",
+        "wrk": wrk_v or "not installed",
+        "wrk2": "installed" if shutil.which("wrk2") else "not installed",
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+# --------------------------------------------------------------------------- targets and modes
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    kind: str  # direct | nginx | plano_fast | litellm
+    url: str
+    root_pid: Optional[int]
+    headers_for: Callable[[str], list[tuple[str, str]]]
+    stop: Callable[[], None]
+    usage_group_for: Optional[Callable[[str], tuple[str, str]]] = None  # (column, value) of a scenario's rows
+    sqlite_path: Optional[Path] = None
+    log_path: Optional[Path] = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        return proc_tree(self.root_pid) if self.root_pid else []
+
+
+@dataclasses.dataclass
+class ModeSetup:
+    """What a mode gives the harness: the config to serve and what a client must send.
+
+    ``usage_group_for(scenario)`` names the usage_log column and value that identify the
+    scenario's rows (one key or token per scenario), e.g. ``("key_hash", "ab12...")``.
+    """
+
+    config_path: Path
+    headers_for: Callable[[str], list[tuple[str, str]]]
+    usage_group_for: Callable[[str], tuple[str, str]]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    post_start: Optional[Callable[[Any], None]] = None  # e.g. register keys via the admin API
+
+
+class ModeUnavailable(Exception):
+    """The gateway (or this harness) cannot run this mode; str() says why."""
+
+
+def write_gateway_config(path: Path, fake_port: int, settings: dict[str, Any]) -> Path:
+    extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings.items())
+    path.write_text(
+        f"""\
+# written by benchmarks/run.py
+version: v0.4.0
+listeners:
+  - type: model
+    name: bench_listener
+    address: 127.0.0.1
+    port: 12000
+    timeout: 120s
+model_providers:
+  - model: openai/{MODEL}
+    base_url: http://127.0.0.1:{fake_port}
+    access_key: sk-bench-upstream-key
+    default: true
+plano_fast:
+{extra}"""
+    )
+    return path
+
+
+def _base_settings(workdir: Path) -> dict[str, Any]:
+    return {
+        "sqlite_path": str(workdir / "usage.db"),
+        "usage_journal_path": str(workdir / "usage.journal"),
+        "usage_flush_interval_s": 1,  # rows land within a second (default 10 s)
+        "price_interval_s": 1,
+        "budget_check_interval_s": 1,
+    }
+
+
+def _scenario_key(mode: str, scenario: str) -> str:
+    return f"sk-bench-{mode}-{scenario}-0123456789abcdef"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _migrate(config_path: Path, env: Optional[dict[str, str]] = None) -> None:
+    subprocess.run([PY, "-m", "plano_fast", "migrate", "--config", str(config_path)], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, **(env or {})})
+
+
+def _store_call(sqlite_path: Path, fn: Callable[[Any], Any]) -> Any:
+    import asyncio
+
+    from plano_fast.store import open_store
+
+    async def go() -> Any:
+        async with open_store(None, str(sqlite_path)) as store:
+            return await fn(store)
+
+    return asyncio.run(go())
+
+
+def mode_config(workdir: Path, fake_port: int, workers: int, scenarios: list[str]) -> ModeSetup:
+    """Config mode: the gateway holds the provider key; callers are told apart by the
+    hash of the key they send (one key per scenario, so usage rows are counted per
+    scenario)."""
+    cfg = write_gateway_config(workdir / "plano_config.yaml", fake_port, _base_settings(workdir))
+    return ModeSetup(
+        config_path=cfg,
+        headers_for=lambda s: [("authorization", f"Bearer {_scenario_key('config', s)}")],
+        usage_group_for=lambda s: ("key_hash", _sha(_scenario_key("config", s))),
+    )
+
+
+def mode_firewall(workdir: Path, fake_port: int, workers: int, scenarios: list[str]) -> ModeSetup:
+    """Firewall mode: clients send their own provider key, registered beforehand (here
+    straight in the store, before the gateway starts, so every worker's registry loads
+    them at start-up); one key per scenario."""
+    ok, why = gateway_supports_mode("firewall")
+    if not ok:
+        raise ModeUnavailable(f"mode not available yet ({why})")
+    settings = {**_base_settings(workdir), "mode": "firewall"}
+    cfg = write_gateway_config(workdir / "plano_config.yaml", fake_port, settings)
+    _migrate(cfg)
+    fake_url = f"http://127.0.0.1:{fake_port}"
+
+    async def register(store: Any) -> None:
+        for s in scenarios:
+            project = await store.create_project(f"bench-{s}")
+            await store.register_api_key(_sha(_scenario_key("firewall", s)), project.id, "openai", fake_url,
+                                         f"bench {s}")
+
+    _store_call(workdir / "usage.db", register)
+    return ModeSetup(
+        config_path=cfg,
+        headers_for=lambda s: [("authorization", f"Bearer {_scenario_key('firewall', s)}")],
+        usage_group_for=lambda s: ("key_hash", _sha(_scenario_key("firewall", s))),
+    )
+
+
+def mode_managed(workdir: Path, fake_port: int, workers: int, scenarios: list[str]) -> ModeSetup:
+    """Managed mode: one project with an encrypted server-side OpenAI key and a pipe to
+    the configured provider; one ``xproxy_`` token per scenario (rows grouped by token)."""
+    ok, why = gateway_supports_mode("managed")
+    if not ok:
+        raise ModeUnavailable(f"mode not available yet ({why})")
+    from plano_fast.managed.crypto import KeyCipher, generate_master_key, parse_master_key
+    from plano_fast.managed.state import new_token, token_hash
+    from plano_fast.store import PipeTarget
+
+    master = generate_master_key()
+    env = {"PLANO_FAST_MASTER_KEY": master}
+    settings = {**_base_settings(workdir), "managed": True, "managed_reload_s": 5}
+    cfg = write_gateway_config(workdir / "plano_config.yaml", fake_port, settings)
+    _migrate(cfg, env)
+    cipher = KeyCipher(parse_master_key(master))
+    tokens: dict[str, tuple[str, str]] = {}
+
+    async def provision(store: Any) -> None:
+        project = await store.create_project("bench-managed")
+        user = await store.create_user("bench")
+        ciphertext, nonce, key_id = cipher.encrypt("sk-bench-managed-server-key", "openai")
+        pkey = await store.create_provider_key("openai", ciphertext, nonce, key_id, project_id=project.id)
+        pipe = await store.create_pipe(project.id, "default",
+                                       [PipeTarget(f"openai/{MODEL}", None, f"{MODEL}*", pkey.id)])
+        for s in scenarios:
+            token = new_token()
+            row = await store.create_proxy_token(token_hash(token), project.id, user_id=user.id, pipe_id=pipe.id)
+            tokens[s] = (token, row.id)
+
+    _store_call(workdir / "usage.db", provision)
+    return ModeSetup(
+        config_path=cfg,
+        headers_for=lambda s: [("authorization", f"Bearer {tokens[s][0]}")],
+        usage_group_for=lambda s: ("token_id", tokens[s][1]),
+        env=env,
+    )
+
+
+def gateway_supports_mode(name: str) -> tuple[bool, str]:
+    """Capability check against the gateway's config schema: ``config``/``firewall`` are
+    values of ``plano_fast.mode``; ``managed`` is the ``plano_fast.managed`` switch."""
+    try:
+        from pydantic import ValidationError
+
+        from plano_fast.config import GatewaySettings
+    except Exception as exc:  # pragma: no cover
+        return False, f"cannot import plano_fast.config ({exc})"
+    fields = GatewaySettings.model_fields
+    if name == "managed":
+        if "managed" not in fields:
+            return False, "plano_fast has no 'managed' setting"
+        try:
+            import plano_fast.managed.crypto  # noqa: F401
+            import plano_fast.managed.state  # noqa: F401
+        except ImportError as exc:
+            return False, f"plano_fast.managed is incomplete ({exc})"
+        return True, ""
+    if "mode" not in fields:
+        return False, "plano_fast has no 'mode' setting"
+    try:
+        GatewaySettings.model_validate({"mode": name})
+    except ValidationError:
+        return False, f"the config schema rejects 'mode: {name}'"
+    return True, ""
+
+
+MODES: dict[str, Callable[[Path, int, int, list[str]], ModeSetup]] = {
+    "config": mode_config,
+    "firewall": mode_firewall,
+    "managed": mode_managed,
+}
+
+
+def start_fake(workers: int, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    args = [PY, "-m", "benchmarks.fake_provider", "--port", "0", "--no-record",
+            "--events", str(STREAM_EVENTS), "--interval-ms", str(STREAM_INTERVAL_MS),
+            "--workers", str(workers)]
+    logf = open(log_path, "ab")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if "listening on" in line:
+            port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+            return proc, port
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"fake provider did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def stop_proc(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def start_gateway(mode: str, workers: int, workdir: Path, fake_port: int, scenarios: list[str]) -> Target:
+    from tests.gateway_proc import GatewayProcess
+
+    setup = MODES[mode](workdir, fake_port, workers, scenarios)
+    gw = GatewayProcess(setup.config_path, workers=workers, log_path=workdir / "gateway.log", env=setup.env)
+    if setup.post_start is not None:
+        setup.post_start(gw)
+    settings_path = workdir / "usage.db"
+    info: dict[str, Any] = {"mode": mode, "workers": workers, "worker_pids": gw.pids,
+                            "config": str(setup.config_path)}
+
+    def stop() -> None:
+        info["alive_at_stop"] = gw.proc.poll() is None
+        info["exit_code"] = gw.stop()
+
+    return Target(
+        name=f"plano_fast {mode} w{workers}",
+        kind="plano_fast",
+        url=gw.url,
+        root_pid=gw.proc.pid,
+        headers_for=setup.headers_for,
+        stop=stop,
+        usage_group_for=setup.usage_group_for,
+        sqlite_path=settings_path,
+        log_path=workdir / "gateway.log",
+        info=info,
+    )
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclasses.dataclass
+class Scenario:
+    name: str
+    title: str
+    stream: bool
+    concurrency: int
+    rate: Optional[float] = None  # open loop when set
+    duration_s: float = 5.0
+    warmup_s: float = 1.0
+    repeats: int = 1
+    saturation: bool = False  # wrk when installed
+    rounds_plano: int = 1  # rounds for the gateway (RSS flat after load)
+    timeout_s: float = 30.0
+    settle_s: float = 2.0  # wait after the run before reading after-load RSS
+
+
+def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenario list.  Full run: ``--duration-s`` (5 s) per measurement, non-streaming
+    scenarios ``--repeats`` (3) times, streaming ones once (two rounds of 1,000 streams
+    for the gateway, to see whether RSS is flat after load).  ``--quick``: ~1 s each."""
+    d = args.duration_s
+    q = args.quick
+    reps = args.repeats
+    w = 0.2 if q else 1.0  # warm-up (wrk: whole seconds; skipped when < 0.5 s)
+    ds = 0.5 if q else d  # streaming: streams are *started* during ds, then drained
+    return [
+        Scenario("ns_sat", "non-streaming, saturation (64 connections, closed loop)", False, 64,
+                 duration_s=d, warmup_s=w, repeats=reps, saturation=True, timeout_s=10),
+        Scenario("ns_c1", f"non-streaming, concurrency 1 at {args.rate:g} req/s (open loop)", False, 1,
+                 rate=args.rate, duration_s=d, warmup_s=w, repeats=reps, timeout_s=10),
+        Scenario("st_c1", f"streaming {STREAM_EVENTS} events x {STREAM_INTERVAL_MS:g} ms, concurrency 1",
+                 True, 1, duration_s=ds, warmup_s=0.0, repeats=1),
+        Scenario("st_c64", f"streaming {STREAM_EVENTS} x {STREAM_INTERVAL_MS:g} ms, concurrency 64", True, 64,
+                 duration_s=ds, warmup_s=0.0, repeats=1),
+        Scenario("st_c1000", f"streaming {STREAM_EVENTS} x {STREAM_INTERVAL_MS:g} ms, concurrency 1,000",
+                 True, 1000, duration_s=ds, warmup_s=0.0, repeats=1, rounds_plano=2, timeout_s=120,
+                 settle_s=1.0 if q else 3.0),
+    ]
+
+
+# --------------------------------------------------------------------------- load tools
+
+
+def _wrk_script(path: Path, body: str, headers: list[tuple[str, str]]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}",
+             'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def _dur_ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", text.strip())
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    r: dict[str, Any] = {"latency_ms": {}}
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if m:
+        r["completed"] = int(m.group(1))
+        r["elapsed_s"] = _dur_ms(m.group(2) + m.group(3)) / 1000
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = {k: int(v) for k, v in zip(("connect", "read", "write", "timeout"), m.groups())} if m else {}
+    r["errors"] = {k: v for k, v in errs.items() if v}
+    r["error_count"] = sum(errs.values())
+    r["timeouts"] = errs.get("timeout", 0)
+    # wrk: "     50%    1.43ms"; wrk2: " 50.000%    1.23ms"
+    for pm in re.finditer(r"^\s+([\d.]+)%\s+([\d.]+(?:us|ms|s|m))\s*$", out, re.M):
+        p = float(pm.group(1))
+        key = "p" + ("%g" % p).replace(".", "_")
+        r["latency_ms"].setdefault(key, _dur_ms(pm.group(2)))
+    return r
+
+
+def run_tool(target: Target, sc: Scenario, raw_dir: Path, tag: str, wrk: Optional[str],
+             wrk2: Optional[str]) -> dict[str, Any]:
+    """Run one measurement; returns the parsed result (+ 'tool', 'raw', 'completed_total')."""
+    headers = target.headers_for(sc.name)
+    url = target.url + PATH
+    body = BODY_STREAM if sc.stream else BODY_JSON
+    raw = raw_dir / f"{sc.name}__{target.name.replace(' ', '_')}__{tag}.txt"
+    use_wrk = wrk if (sc.saturation and not sc.stream) else (wrk2 if (sc.rate and not sc.stream) else None)
+    if use_wrk:
+        script = _wrk_script(raw_dir / f".{sc.name}_{target.name.replace(' ', '_')}.lua", body, headers)
+        base = [use_wrk, "-t1", f"-c{sc.concurrency}", "--latency", "-s", str(script)]
+        if sc.rate:
+            base += [f"-R{int(sc.rate)}"]
+        base += [f"--timeout={int(sc.timeout_s)}s"]
+        text = ""
+        completed_total = 0
+        in_flight_bound = 0
+        if sc.warmup_s >= 0.5:
+            wcmd = base + [f"-d{max(1, round(sc.warmup_s))}s", url]
+            w = subprocess.run(wcmd, capture_output=True, text=True)
+            text += "$ " + shlex.join(wcmd) + "\n" + w.stdout + w.stderr + "\n"
+            completed_total += parse_wrk(w.stdout).get("completed", 0)
+            in_flight_bound += sc.concurrency
+        cmd = base + [f"-d{max(1, round(sc.duration_s))}s", url]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        text += "$ " + shlex.join(cmd) + "\n" + p.stdout + p.stderr
+        raw.write_text(text)
+        r = parse_wrk(p.stdout)
+        completed_total += r.get("completed", 0)
+        in_flight_bound += sc.concurrency
+        r.update({
+            "tool": Path(use_wrk).name, "raw": raw.name, "completed_total": completed_total,
+            "completed_2xx_total": completed_total - r["non2xx"],
+            # wrk closes its connections at the end: up to -c requests per invocation may
+            # have reached the server without their response being counted
+            "sent_total_max": completed_total + in_flight_bound + r["error_count"],
+            "sent_total_min": completed_total,
+            "requests": r.get("completed", 0),
+        })
+        return r
+    cmd = [PY, "-m", "benchmarks.loadgen", "--url", url, "--body", body,
+           "-c", str(sc.concurrency), "-d", str(sc.duration_s), "--warmup-s", str(sc.warmup_s),
+           "--timeout-s", str(sc.timeout_s), "--json"]
+    if sc.rate:
+        cmd += ["--rate", str(sc.rate)]
+    if sc.stream:
+        cmd += ["--stream"]
+    for k, v in headers:
+        cmd += ["-H", f"{k}: {v}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    raw.write_text("$ " + shlex.join(cmd) + "\n" + p.stdout + p.stderr)
+    try:
+        r = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return {"tool": "python-loadgen", "raw": raw.name, "failed": f"loadgen failed: {p.stderr[-500:]}",
+                "rps": 0.0, "requests": 0, "latency_ms": {}, "non2xx": 0, "error_count": 1,
+                "completed_total": 0, "completed_2xx_total": 0, "sent_total_min": 0, "sent_total_max": 0}
+    r.update({
+        "tool": "python-loadgen", "raw": raw.name, "completed_total": r["completed"],
+        "completed_2xx_total": r["completed_2xx"],
+        "sent_total_min": r["completed"], "sent_total_max": r["sent"],
+        "loadgen_cpu_frac": r["loadgen_cpu_s"] / max(1e-9, r["wall_s"]),
+    })
+    return dict(r)
+
+
+def measure(target: Target, fake_pids: list[int], sc: Scenario, raw_dir: Path, tag: str,
+            wrk: Optional[str], wrk2: Optional[str]) -> dict[str, Any]:
+    pids = target.pids()
+    if target.root_pid is not None and not pids:
+        return {"tool": "-", "failed": "target process is not running", "rps": 0.0, "requests": 0,
+                "latency_ms": {}, "non2xx": 0, "error_count": 0, "completed_total": 0,
+                "completed_2xx_total": 0, "sent_total_min": 0, "sent_total_max": 0, "dead": True}
+    mem_before = rss_kib(pids)
+    cpu0 = cpu_s(pids)
+    fcpu0 = cpu_s(fake_pids)
+    t0 = time.monotonic()
+    r = run_tool(target, sc, raw_dir, tag, wrk, wrk2)
+    wall = time.monotonic() - t0
+    pids_after = target.pids()
+    cpu1 = cpu_s(sorted(set(pids) | set(pids_after)))
+    fcpu1 = cpu_s(fake_pids)
+    n = max(1, r.get("completed_total", 0))
+    if target.kind != "direct":
+        r["proxy_cpu_s"] = cpu1 - cpu0
+        # /proc counts CPU in clock ticks (10 ms): below ~10 ticks per run the
+        # per-request figure is mostly quantization, so it is not reported
+        r["proxy_cpu_us_per_req"] = (cpu1 - cpu0) / n * 1e6 if cpu1 - cpu0 >= 10 / CLK_TCK else None
+        r["proxy_cpu_frac"] = (cpu1 - cpu0) / wall
+    r["fake_cpu_us_per_req"] = (fcpu1 - fcpu0) / n * 1e6
+    r["wall_s"] = wall
+    if target.kind != "direct":
+        r["mem_before"] = mem_before
+        if sc.settle_s and sc.concurrency >= 1000:
+            time.sleep(sc.settle_s)
+        pids_after = target.pids()
+        if pids_after:
+            r["mem_peak_end"] = rss_kib(pids_after)
+            r["mem_after"] = rss_kib(pids_after)
+        else:
+            r["dead"] = True
+            r.setdefault("failed", "target process died during the run")
+    return r
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _med(values: list[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None and v == v]
+    return statistics.median(vals) if vals else None
+
+
+def summarize_runs(runs: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
+    s: dict[str, Any] = {"runs": len(runs)}
+    s["rps"] = _med([r.get("rps", 0.0) for r in runs])
+    for k in ("p50", "p90", "p99", "p99_9", "p100"):
+        s[f"lat_{k}"] = _med([r.get("latency_ms", {}).get(k) for r in runs])
+    s["proxy_cpu_us_per_req"] = _med([r.get("proxy_cpu_us_per_req") for r in runs])
+    s["proxy_cpu_frac"] = _med([r.get("proxy_cpu_frac") for r in runs])
+    s["fake_cpu_us_per_req"] = _med([r.get("fake_cpu_us_per_req") for r in runs])
+    s["loadgen_cpu_frac"] = _med([r.get("loadgen_cpu_frac") for r in runs])
+    sent = sum(r.get("sent", 0) for r in runs)
+    s["late_frac"] = sum(r.get("late_sends", 0) for r in runs) / sent if sent else None
+    s["non2xx"] = sum(r.get("non2xx", 0) for r in runs)
+    s["errors"] = sum(r.get("error_count", 0) for r in runs)
+    s["timeouts"] = sum(r.get("timeouts", 0) for r in runs)
+    s["tool"] = runs[0].get("tool") if runs else None
+    s["failed"] = [r["failed"] for r in runs if r.get("failed")]
+    s["dead"] = any(r.get("dead") for r in runs)
+    if stream:
+        for k in ("p50", "p99", "p100"):
+            s[f"ttfb_{k}"] = _med([r.get("ttfb_ms", {}).get(k) for r in runs])
+        s["stalled"] = sum(r.get("stalled_streams", 0) for r in runs)
+        s["incomplete"] = sum(r.get("incomplete_streams", 0) for r in runs)
+        s["streams"] = sum(r.get("completed", 0) for r in runs)
+        s["streams_sent"] = sum(r.get("sent", 0) for r in runs)
+        s["events_per_s"] = _med([r.get("events_per_s") for r in runs])
+        s["max_gap_ms"] = max((r.get("max_gap_ms", {}).get("p100", 0) for r in runs), default=0)
+    mems = [r["mem_after"] for r in runs if "mem_after" in r]
+    if mems:
+        s["rss_after_mb"] = [m["rss_mb"] for m in mems]
+        s["rss_after_max_proc_mb"] = [m["rss_max_mb"] for m in mems]
+        s["hwm_mb"] = max(r["mem_peak_end"]["hwm_max_mb"] for r in runs if "mem_peak_end" in r)
+        s["rss_before_mb"] = runs[0]["mem_before"]["rss_mb"]
+    if s["dead"]:
+        s["rss_after_mb"] = []
+        s["hwm_mb"] = None
+    return s
+
+
+def count_usage(target: Target) -> dict[str, Any]:
+    """Rows per (key_hash, token_id) and status in the gateway's SQLite store (read after
+    the gateway stopped gracefully, so its usage queue has been drained)."""
+    assert target.sqlite_path is not None
+    if not target.sqlite_path.exists():
+        return {"error": f"{target.sqlite_path} does not exist"}
+    con = sqlite3.connect(f"file:{target.sqlite_path}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT key_hash, token_id, status, COUNT(*) FROM usage_log GROUP BY key_hash, token_id, status"
+        ).fetchall()
+    finally:
+        con.close()
+    groups: dict[tuple[str, str], dict[str, int]] = {}
+    for key_hash, token_id, status, n in rows:
+        for col, val in (("key_hash", key_hash), ("token_id", token_id)):
+            if val is not None:
+                g = groups.setdefault((col, val), {})
+                g[status] = g.get(status, 0) + n
+        if key_hash is None and token_id is None:
+            g = groups.setdefault(("none", ""), {})
+            g[status] = g.get(status, 0) + n
+    return {"groups": groups, "total": sum(r[3] for r in rows)}
+
+
+def gateway_log_problems(path: Optional[Path]) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    bad = [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln or "Traceback" in ln]
+    warn = [ln for ln in lines if " WARNING " in ln]
+    return {"error_lines": len(bad), "warning_lines": len(warn), "first_errors": bad[:10],
+            "first_warnings": warn[:5]}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _f(v: Optional[float], fmt: str = "{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
+    """The PASS/FAIL table against the issue-8 targets."""
+    checks: list[dict[str, str]] = []
+    summ = report["summary"]
+    names = report["target_names"]
+    pfs = [n for n in names if n.startswith("plano_fast")]
+    nginx = "nginx" if "nginx" in names else None
+
+    def add(target: str, what: str, measured: str, threshold: str, ok: Optional[bool]) -> None:
+        checks.append({"target": target, "check": what, "measured": measured, "threshold": threshold,
+                       "result": "n/a" if ok is None else ("PASS" if ok else "FAIL")})
+
+    for pf in pfs:
+        sat = summ.get("ns_sat", {})
+        pf_rps = sat.get(pf, {}).get("rps")
+        if nginx and sat.get(nginx, {}).get("rps"):
+            ratio = (pf_rps or 0) / sat[nginx]["rps"]
+            add(pf, "req/s at saturation vs nginx", f"{ratio:.0%} ({_f(pf_rps, '{:.0f}')} vs "
+                f"{sat[nginx]['rps']:.0f} req/s)", f">= {T_RPS_RATIO:.0%}", ratio >= T_RPS_RATIO)
+        else:
+            add(pf, "req/s at saturation vs nginx", f"{_f(pf_rps, '{:.0f}')} req/s; nginx not measured",
+                f">= {T_RPS_RATIO:.0%}", None)
+        c1 = summ.get("ns_c1", {})
+        direct = c1.get("direct", {})
+        mine = c1.get(pf, {})
+        if direct.get("lat_p50") is not None and mine.get("lat_p50") is not None:
+            a50 = mine["lat_p50"] - direct["lat_p50"]
+            a99 = mine["lat_p99"] - direct["lat_p99"]
+            add(pf, "added latency p50, concurrency 1", f"{a50:.3f} ms", f"<= {T_ADDED_P50_MS} ms",
+                a50 <= T_ADDED_P50_MS)
+            add(pf, "added latency p99, concurrency 1", f"{a99:.3f} ms", f"<= {T_ADDED_P99_MS} ms",
+                a99 <= T_ADDED_P99_MS)
+        dead_in = [sn for sn in summ if summ[sn].get(pf, {}).get("dead")]
+        if dead_in:
+            add(pf, "gateway process stays up", f"exited during/before {dead_in[0]} (see gateway log)",
+                "running", False)
+        big = summ.get("st_c1000", {}).get(pf)
+        if big:
+            stalled = big.get("stalled", 0) + big.get("errors", 0) + big.get("non2xx", 0)
+            add(pf, "1,000 streams: every stream completes",
+                f"{big.get('streams', 0)} of {big.get('streams_sent', 0)} completed, {stalled} stalled/failed, "
+                f"longest gap {big.get('max_gap_ms', 0):.0f} ms", "0 stalled", stalled == 0)
+            hwm = big.get("hwm_mb")
+            add(pf, "peak RSS (largest process)", f"{_f(hwm, '{:.1f}')} MiB", f"< {T_RSS_MB:.0f} MiB",
+                hwm is not None and hwm < T_RSS_MB)
+            after = big.get("rss_after_mb", [])
+            if big.get("dead"):
+                add(pf, "RSS flat after load (round 2 vs round 1)", "gateway not running", f"<= +{T_RSS_FLAT:.0%}",
+                    False)
+            elif len(after) >= 2:
+                growth = after[-1] / after[0] - 1 if after[0] else 0
+                add(pf, "RSS flat after load (round 2 vs round 1)",
+                    " -> ".join(f"{a:.1f}" for a in after) + f" MiB ({growth:+.1%}); before load "
+                    f"{_f(big.get('rss_before_mb'), '{:.1f}')} MiB", f"<= +{T_RSS_FLAT:.0%}", growth <= T_RSS_FLAT)
+        usage = report["usage"].get(pf)
+        if usage is not None:
+            if "error" in usage:
+                add(pf, "usage rows = requests served", usage["error"], "every scenario", False)
+            else:
+                bad = [s for s, u in usage["scenarios"].items() if not u["ok"]]
+                tot_rows = sum(u["rows"] for u in usage["scenarios"].values())
+                tot_served = sum(u["completed"] for u in usage["scenarios"].values())
+                add(pf, "usage rows = requests served (every scenario)",
+                    f"{tot_rows} rows / {tot_served} served" + (f"; mismatch in {', '.join(bad)}" if bad else ""),
+                    "equal per scenario", not bad)
+        errs = sum(summ.get(s, {}).get(pf, {}).get("non2xx", 0) + summ.get(s, {}).get(pf, {}).get("errors", 0)
+                   for s in summ)
+        add(pf, "non-2xx + errors (all scenarios)", str(errs), "0", errs == 0)
+    return checks
+
+
+def render_md(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    out: list[str] = []
+    out.append(f"# plano_fast benchmark — {report['started']}\n")
+    out.append(f"Command: `{report['command']}`\n")
+    out.append("| machine | |\n|---|---|")
+    for k in ("cpu", "cores", "memory", "kernel", "python", "gateway_commit", "scanner", "nginx", "wrk",
+              "wrk2", "loadavg_at_start"):
+        v = m.get(k)
+        out.append(f"| {k} | {' '.join(v) if isinstance(v, list) else v} |")
+    for n, info in report["targets"].items():
+        if info.get("kind") == "litellm":
+            out.append(f"| litellm | {info.get('version')} (own venv, no database: no usage rows) |")
+    out.append(f"| fake provider | {report['fake_workers']} process(es), {STREAM_EVENTS} events x "
+               f"{STREAM_INTERVAL_MS:g} ms per stream |")
+    out.append(f"| durations | {report['args']['duration_s']:g} s per measurement, medians of "
+               f"{report['args']['repeats']} repeat(s) for the non-streaming scenarios, targets interleaved |")
+    out.append("")
+    out.append("All processes (load tool, proxy, fake provider) share this machine's cores, so absolute "
+               "numbers are bounded by it; compare the rows of one table (same run). CPU µs/req is the proxy "
+               "processes' utime+stime over the measurement (warm-up included) divided by the requests "
+               "completed; '—' where the run used under 10 clock ticks of CPU (too coarse to divide). "
+               "'Added' = target minus direct, medians over the repeats.\n")
+    if report["skipped"]:
+        out.append("Skipped:\n")
+        for s in report["skipped"]:
+            out.append(f"* {s['target']}: {s['reason']}")
+        out.append("")
+
+    out.append("## Targets\n")
+    out.append("| target | check | measured | threshold | result |\n|---|---|---|---|---|")
+    for c in report["checks"]:
+        out.append(f"| {c['target']} | {c['check']} | {c['measured']} | {c['threshold']} | **{c['result']}** |")
+    out.append("")
+
+    names = report["target_names"]
+    summ = report["summary"]
+    for sc in report["scenarios"]:
+        s = summ.get(sc["name"], {})
+        out.append(f"## {sc['name']}: {sc['title']}\n")
+        direct = s.get("direct", {})
+        if not sc["stream"]:
+            out.append("| target | tool | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | added p50 ms "
+                       "| added p99 ms | proxy CPU µs/req | proxy CPU % | fake CPU µs/req | non-2xx | errors |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for n in names:
+                r = s.get(n)
+                if not r:
+                    continue
+                a50 = None if n == "direct" or r["lat_p50"] is None or direct.get("lat_p50") is None \
+                    else r["lat_p50"] - direct["lat_p50"]
+                a99 = None if n == "direct" or r["lat_p99"] is None or direct.get("lat_p99") is None \
+                    else r["lat_p99"] - direct["lat_p99"]
+                out.append(
+                    f"| {n} | {r['tool']} | {_f(r['rps'], '{:.0f}')} | {_f(r['lat_p50'], '{:.3f}')} | "
+                    f"{_f(r['lat_p90'], '{:.3f}')} | {_f(r['lat_p99'], '{:.3f}')} | {_f(r['lat_p99_9'], '{:.3f}')} | "
+                    f"{_f(r['lat_p100'], '{:.3f}')} | {_f(a50, '{:+.3f}')} | {_f(a99, '{:+.3f}')} | "
+                    f"{_f(r['proxy_cpu_us_per_req'], '{:.0f}')} | "
+                    f"{_f(None if r['proxy_cpu_frac'] is None else r['proxy_cpu_frac'] * 100, '{:.0f}')} | "
+                    f"{_f(r['fake_cpu_us_per_req'], '{:.0f}')} | {r['non2xx']} | {r['errors']} |"
+                )
+        else:
+            out.append("| target | streams done/sent | streams started/s | events/s | TTFB p50 ms | TTFB p99 ms | "
+                       "added TTFB p50 ms | total p50 ms | total p99 ms | max ms | stalled | longest gap ms | "
+                       "proxy CPU µs/stream | RSS before → after MiB (all processes) | peak RSS MiB (largest process) "
+                       "| non-2xx | errors |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            for n in names:
+                r = s.get(n)
+                if not r:
+                    continue
+                at = None if n == "direct" or r.get("ttfb_p50") is None or direct.get("ttfb_p50") is None \
+                    else r["ttfb_p50"] - direct["ttfb_p50"]
+                mem = "—"
+                if r.get("rss_after_mb"):
+                    mem = f"{r['rss_before_mb']:.1f} → " + " → ".join(f"{a:.1f}" for a in r["rss_after_mb"])
+                out.append(
+                    f"| {n} | {r['streams']}/{r['streams_sent']} | {_f(r['rps'], '{:.1f}')} | "
+                    f"{_f(r['events_per_s'], '{:.0f}')} | {_f(r.get('ttfb_p50'), '{:.3f}')} | "
+                    f"{_f(r.get('ttfb_p99'), '{:.3f}')} | {_f(at, '{:+.3f}')} | {_f(r['lat_p50'], '{:.1f}')} | "
+                    f"{_f(r['lat_p99'], '{:.1f}')} | {_f(r['lat_p100'], '{:.1f}')} | {r['stalled']} | "
+                    f"{r['max_gap_ms']:.0f} | {_f(r['proxy_cpu_us_per_req'], '{:.0f}')} | {mem} | "
+                    f"{_f(r.get('hwm_mb'), '{:.1f}')} | {r['non2xx']} | {r['errors']} |"
+                )
+        if sc.get("rate"):
+            late = [f"{n}: {s[n]['late_frac']:.1%}" for n in names if s.get(n, {}).get("late_frac") is not None]
+            if late:
+                out.append(f"\nOpen loop: share of requests sent behind schedule because the previous response "
+                           f"was still pending (their latency counts from the intended send time, so a target "
+                           f"that cannot keep up with {sc['rate']:g} req/s shows queueing): {', '.join(late)}.")
+        lg = [f"{n}: {s[n]['loadgen_cpu_frac']:.0%}" for n in names if s.get(n, {}).get("loadgen_cpu_frac")]
+        if lg:
+            out.append(f"\nLoad generator CPU (fraction of one core): {', '.join(lg)}.")
+        fails = [f"{n}: {f}" for n in names for f in s.get(n, {}).get("failed", [])]
+        if fails:
+            out.append("\nFailed runs: " + "; ".join(fails))
+        out.append("")
+
+    if report["usage"]:
+        out.append("## Usage rows (gateway SQLite store, after a graceful stop)\n")
+        out.append("| target | scenario | requests sent (client) | responses completed | 2xx | rows | rows ok | "
+                   "other statuses | result |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for n, u in report["usage"].items():
+            if "error" in u:
+                out.append(f"| {n} | — | — | — | — | — | — | {u['error']} | FAIL |")
+                continue
+            for sname, x in u["scenarios"].items():
+                sent = str(x["sent_min"]) if x["sent_min"] == x["sent_max"] else f"{x['sent_min']}–{x['sent_max']}"
+                other = ", ".join(f"{k}: {v}" for k, v in x["statuses"].items() if k != "ok") or "—"
+                out.append(f"| {n} | {sname} | {sent} | {x['completed']} | {x['completed_2xx']} | {x['rows']} | "
+                           f"{x['rows_ok']} | {other} | {'PASS' if x['ok'] else 'FAIL'} |")
+            if u.get("unattributed"):
+                out.append(f"| {n} | (other keys) | | | | {u['unattributed']} | | | |")
+        out.append("\nwrk counts only responses it completed; it closes its connections at the end of a run, so "
+                   "up to `-c` requests per wrk invocation may reach the gateway uncounted (hence a range for "
+                   "'sent'). The Python load generator drains in-flight requests, so its 'sent' is exact.\n")
+
+    if report["gateway_logs"]:
+        out.append("## Gateway logs\n")
+        for n, g in report["gateway_logs"].items():
+            state = "running until the end" if g.get("alive_at_stop") else "**had exited before the end of the run**"
+            out.append(f"* {n}: {state}, exit code {g.get('exit_code')}; {g.get('error_lines', 0)} error lines, "
+                       f"{g.get('warning_lines', 0)} warning lines (log: `raw/{n.replace(' ', '_')}.log`)")
+            for ln in g.get("first_errors", [])[:5]:
+                out.append(f"  * `{ln[:300]}`")
+        out.append("")
+    out.append("Raw outputs: `raw/`; all numbers: `results.json`; plot: `latency.png`.\n")
+    return "\n".join(out)
+
+
+def plot(report: dict[str, Any], path: Path) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed: no plot (pip install matplotlib)"
+    names = report["target_names"]
+    summ = report["summary"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    # 1: latency percentile spectrum at concurrency 1 (median run per target)
+    ax = axes[0]
+    pts = ["p50", "p75", "p90", "p95", "p99", "p99_9", "p99_99", "p100"]
+    for n in names:
+        runs = report["runs"].get("ns_c1", {}).get(n, [])
+        if not runs:
+            continue
+        mid = sorted(runs, key=lambda r: r.get("latency_ms", {}).get("p50", 0))[len(runs) // 2]
+        lat = mid.get("latency_ms", {})
+        xs = [p for p in pts if p in lat]
+        ax.plot(range(len(xs)), [lat[p] for p in xs], marker="o", label=n)
+        ax.set_xticks(range(len(xs)), [p.replace("_", ".") for p in xs])
+    ax.set_yscale("log")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title(f"non-streaming, concurrency 1 at {report['args']['rate']:g} req/s")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    # 2: req/s at saturation
+    ax = axes[1]
+    sat = summ.get("ns_sat", {})
+    xs = [n for n in names if n in sat]
+    ax.bar(range(len(xs)), [sat[n]["rps"] or 0 for n in xs], color="tab:blue")
+    ax.set_xticks(range(len(xs)), xs, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("requests/s")
+    ax.set_title("non-streaming saturation, 64 connections")
+    for i, n in enumerate(xs):
+        ax.annotate(f"{sat[n]['rps'] or 0:.0f}", (i, sat[n]["rps"] or 0), ha="center", va="bottom", fontsize=8)
+    # 3: streams: TTFB and total p50/p99 at 1000
+    ax = axes[2]
+    width = 0.2
+    for j, (sname, label) in enumerate((("st_c1", "c=1"), ("st_c64", "c=64"), ("st_c1000", "c=1000"))):
+        s = summ.get(sname, {})
+        xs2 = [n for n in names if n in s]
+        ax.bar([i + (j - 1) * width for i in range(len(xs2))], [s[n]["lat_p99"] or 0 for n in xs2], width,
+               label=f"{label} total p99")
+        ax.set_xticks(range(len(xs2)), xs2, rotation=20, ha="right", fontsize=8)
+    ideal = (STREAM_EVENTS - 1) * STREAM_INTERVAL_MS
+    ax.axhline(ideal, color="k", ls="--", lw=1, label=f"ideal {ideal:.0f} ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("stream duration p99, ms (log)")
+    ax.set_title(f"streams of {STREAM_EVENTS} events x {STREAM_INTERVAL_MS:g} ms")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"plano_fast benchmark {report['started']} — {report['machine']['cpu']}, "
+                 f"{report['machine']['cores']} cores", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short durations, one repeat (CI smoke)")
+    ap.add_argument("--duration-s", type=float, default=None, help="seconds per measurement (default 5; quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of the non-streaming scenarios (default 3)")
+    ap.add_argument("--modes", default="config",
+                    help="comma list of gateway modes: config,firewall,managed; MODE:W1+W2 gives that mode "
+                         "its own worker counts (e.g. config,firewall:1,managed:1)")
+    ap.add_argument("--workers", default=None, help="comma list of gateway worker counts (default 1,<cores>)")
+    ap.add_argument("--with-litellm", action="store_true", help="add the LiteLLM proxy baseline")
+    ap.add_argument("--litellm-version", default=None)
+    ap.add_argument("--no-nginx", action="store_true", help="skip the nginx baseline")
+    ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator for saturation too")
+    ap.add_argument("--rate", type=float, default=500.0, help="fixed rate of the concurrency-1 scenario")
+    ap.add_argument("--fake-workers", type=int, default=1, help="fake provider processes")
+    ap.add_argument("--scenarios", default=None, help="comma list to run a subset (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
+    ap.add_argument("--keep-work", action="store_true", help="keep the temporary work dir (configs, dbs)")
+    args = ap.parse_args(argv)
+    if args.duration_s is None:
+        args.duration_s = 1.0 if args.quick else 5.0
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.workers is None:
+        args.workers = "1" if args.quick else f"1,{max(2, os.cpu_count() or 2)}"
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    started = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_root = Path(args.out)
+    out_dir = out_root / stamp
+    raw_dir = out_dir / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="plano-bench-"))
+    command = shlex.join([os.path.relpath(PY, ROOT) if PY.startswith(str(ROOT)) else PY,
+                          "benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    log(f"results -> {out_dir}; work dir {work}")
+
+    machine = machine_info()
+    wrk = None if args.no_wrk else shutil.which("wrk")
+    wrk2 = None if args.no_wrk else shutil.which("wrk2")
+    scenarios = build_scenarios(args)
+    if args.scenarios:
+        wanted = set(args.scenarios.split(","))
+        scenarios = [s for s in scenarios if s.name in wanted]
+    skipped: list[dict[str, str]] = []
+    targets: list[Target] = []
+    fake_proc = None
+    t_start = time.monotonic()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {s.name: {} for s in scenarios}
+    usage: dict[str, Any] = {}
+    gateway_logs: dict[str, Any] = {}
+    try:
+        fake_proc, fake_port = start_fake(args.fake_workers, work / "fake_provider.log")
+        fake_pids = proc_tree(fake_proc.pid)
+        log(f"fake provider on :{fake_port} (pids {fake_pids})")
+        targets.append(Target("direct", "direct", f"http://127.0.0.1:{fake_port}", None,
+                              lambda s: [("authorization", "Bearer sk-bench-direct")], lambda: None))
+        if args.no_nginx:
+            skipped.append({"target": "nginx", "reason": "--no-nginx"})
+        elif nginx_binary() is None:
+            skipped.append({"target": "nginx", "reason": "nginx is not installed — baseline skipped "
+                            "(apt-get install nginx)"})
+            log("nginx not installed: skipping the nginx baseline")
+        else:
+            ng = NginxProxy(fake_port, prefix=work / "nginx")
+            targets.append(Target("nginx", "nginx", ng.url, ng.proc.pid,
+                                  lambda s: [("authorization", "Bearer sk-bench-nginx")], ng.stop,
+                                  info={"version": machine["nginx"]}))
+            log(f"nginx on {ng.url}")
+        for mode_spec in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            mode, _, own_workers = mode_spec.partition(":")
+            if mode not in MODES:
+                skipped.append({"target": f"plano_fast {mode}", "reason": f"unknown mode (known: {', '.join(MODES)})"})
+                continue
+            worker_list = own_workers.replace("+", ",") if own_workers else str(args.workers)
+            for w in [int(x) for x in worker_list.split(",") if x.strip()]:
+                wd = work / f"gw-{mode}-w{w}"
+                wd.mkdir()
+                try:
+                    t = start_gateway(mode, w, wd, fake_port, [sc.name for sc in scenarios])
+                except ModeUnavailable as exc:
+                    skipped.append({"target": f"plano_fast {mode} w{w}", "reason": str(exc)})
+                    log(f"plano_fast {mode} w{w}: skipped: {exc}")
+                    continue
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    detail = str(exc) + (f" {exc.stderr!r}" if isinstance(exc, subprocess.CalledProcessError) else "")
+                    skipped.append({"target": f"plano_fast {mode} w{w}",
+                                    "reason": f"FAILED TO START: {detail[-1500:]}"})
+                    log(f"plano_fast {mode} w{w}: FAILED TO START: {detail[-1500:]}")
+                    continue
+                targets.append(t)
+                log(f"{t.name} on {t.url} (pids {t.pids()})")
+        if args.with_litellm:
+            from benchmarks.litellm_setup import LITELLM_VERSION, LiteLLMProxy, LiteLLMUnavailable
+
+            version = args.litellm_version or LITELLM_VERSION
+            try:
+                log(f"LiteLLM {version}: installing/starting (benchmarks/.litellm-venv)")
+                ll = LiteLLMProxy(fake_port, free_port(), work, version=version)
+                ll_headers = [("authorization", f"Bearer {ll.master_key}")]
+                targets.append(Target("litellm", "litellm", ll.url, ll.proc.pid, lambda s: ll_headers, ll.stop,
+                                      info={"version": version}))
+                log(f"LiteLLM {version} on {ll.url}")
+            except LiteLLMUnavailable as exc:
+                skipped.append({"target": "litellm", "reason": f"LiteLLM: not available ({exc})"})
+                log(f"LiteLLM: not available ({exc})")
+
+        time.sleep(0.5)
+        for sc in scenarios:
+            for rep in range(sc.repeats):
+                for t in targets:
+                    rounds = sc.rounds_plano if t.kind == "plano_fast" else 1
+                    for rnd in range(rounds):
+                        tag = f"r{rep + 1}" + (f"_round{rnd + 1}" if rounds > 1 else "")
+                        r = measure(t, fake_pids, sc, raw_dir, tag, wrk, wrk2)
+                        runs[sc.name].setdefault(t.name, []).append(r)
+                        desc = (f"{r.get('rps', 0):.0f} req/s p50 {r.get('latency_ms', {}).get('p50', float('nan')):.3f} ms"
+                                f" p99 {r.get('latency_ms', {}).get('p99', float('nan')):.3f} ms")
+                        if sc.stream:
+                            desc += f" stalled {r.get('stalled_streams')} ttfb50 {r.get('ttfb_ms', {}).get('p50', 0):.2f} ms"
+                        if "mem_after" in r:
+                            desc += f" rss {r['mem_after']['rss_mb']:.1f} MiB"
+                        if r.get("non2xx") or r.get("error_count"):
+                            desc += f" NON2XX {r.get('non2xx')} ERRORS {r.get('errors')}"
+                        log(f"{sc.name} {tag} {t.name}: {desc}")
+    finally:
+        # graceful stops: the gateway drains its usage queue on SIGTERM
+        for t in targets:
+            try:
+                t.stop()
+            except Exception as exc:  # pragma: no cover
+                log(f"stopping {t.name}: {exc}")
+        if fake_proc is not None:
+            stop_proc(fake_proc)
+
+    # keep every gateway's log (and the fake provider's) with the results
+    for t in targets:
+        if t.log_path is not None and t.log_path.exists():
+            shutil.copyfile(t.log_path, raw_dir / f"{t.name.replace(' ', '_')}.log")
+    if (work / "fake_provider.log").exists():
+        shutil.copyfile(work / "fake_provider.log", raw_dir / "fake_provider.log")
+
+    # usage accounting per gateway target and scenario
+    for t in targets:
+        if t.kind != "plano_fast" or t.usage_group_for is None:
+            continue
+        gateway_logs[t.name] = {**gateway_log_problems(t.log_path),
+                                "alive_at_stop": t.info.get("alive_at_stop"), "exit_code": t.info.get("exit_code")}
+        counted = count_usage(t)
+        if "error" in counted:
+            usage[t.name] = counted
+            continue
+        groups = counted["groups"]
+        scen: dict[str, Any] = {}
+        attributed = 0
+        for sc in scenarios:
+            statuses = groups.get(t.usage_group_for(sc.name), {})
+            rs = runs[sc.name].get(t.name, [])
+            completed = sum(r.get("completed_total", 0) for r in rs)
+            c2xx = sum(r.get("completed_2xx_total", 0) for r in rs)
+            smin = sum(r.get("sent_total_min", 0) for r in rs)
+            smax = sum(r.get("sent_total_max", 0) for r in rs)
+            rows = sum(statuses.values())
+            attributed += rows
+            rows_ok = statuses.get("ok", 0)
+            ok = completed <= rows <= smax and rows_ok >= c2xx
+            scen[sc.name] = {"sent_min": smin, "sent_max": smax, "completed": completed, "completed_2xx": c2xx,
+                             "rows": rows, "rows_ok": rows_ok, "statuses": statuses, "ok": ok}
+        usage[t.name] = {"scenarios": scen, "unattributed": counted["total"] - attributed}
+
+    summary = {sc.name: {n: summarize_runs(rs, sc.stream) for n, rs in runs[sc.name].items()} for sc in scenarios}
+    report: dict[str, Any] = {
+        "started": started,
+        "command": command,
+        "args": vars(args),
+        "machine": machine,
+        "fake_workers": args.fake_workers,
+        "target_names": [t.name for t in targets],
+        "targets": {t.name: {"kind": t.kind, "url": t.url, **t.info} for t in targets},
+        "skipped": skipped,
+        "scenarios": [dataclasses.asdict(s) for s in scenarios],
+        "runs": runs,
+        "summary": summary,
+        "usage": usage,
+        "gateway_logs": gateway_logs,
+        "elapsed_s": time.monotonic() - t_start,
+    }
+    report["checks"] = evaluate(report)
+    note = plot(report, out_dir / "latency.png")
+    if note:
+        report["skipped"].append({"target": "plot", "reason": note})
+    (out_dir / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    md = render_md(report)
+    (out_dir / "results.md").write_text(md)
+    shutil.copyfile(out_dir / "results.md", out_root / "latest.md")
+    if args.keep_work:
+        log(f"work dir kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {report['elapsed_s']:.0f} s: {out_dir / 'results.md'}")
+    for c in report["checks"]:
+        log(f"{c['result']:4} {c['target']}: {c['check']}: {c['measured']} ({c['threshold']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
