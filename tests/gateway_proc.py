@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -53,37 +54,39 @@ class GatewayProcess:
         self._wait_ready(workers)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def _wait_ready(self, workers: int, timeout_s: float = 20.0) -> None:
+    def _wait_ready(self, workers: int, timeout_s: float = 30.0) -> None:
+        """Wait for every worker's readiness line (matched anywhere in the output, so
+        lines from several processes sharing the pipe may arrive in any grouping)."""
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout_s
-        buf = b""
-        ready = 0
-        while ready < workers:
+        out = ""
+        pattern = re.compile(
+            r"listening on (\S+):(\d+) \(pid (\d+)[^)]*\)(?:; admin API on \S+:(\d+))?"
+        )
+        while True:
+            found = pattern.findall(out)
+            if len({pid for _, _, pid, _ in found}) >= workers and out.endswith("\n"):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(
-                    f"gateway did not start: {self.log_path.read_text(errors='replace')[-3000:]}"
+                    f"gateway did not start (stdout: {out!r}): "
+                    f"{self.log_path.read_text(errors='replace')[-3000:]}"
                 )
-            if not sel.select(remaining):
+            if not sel.select(min(remaining, 0.5)):
                 continue
             chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                continue
-            buf += chunk
-            while b"\n" in buf:
-                line, _, buf = buf.partition(b"\n")
-                text = line.decode()
-                if "listening on" in text:
-                    ready += 1
-                    addr = text.split("listening on ", 1)[1].split()[0]
-                    self.port = int(addr.rsplit(":", 1)[1])
-                    self.pids.append(int(text.split("(pid ", 1)[1].split(",")[0]))
-                    if "admin API on " in text:
-                        self.admin_port = int(text.rsplit(":", 1)[1])
+            if chunk:
+                out += chunk.decode(errors="replace")
         sel.close()
+        for _, port, pid, admin_port in found:
+            self.port = int(port)
+            self.pids.append(int(pid))
+            if admin_port:
+                self.admin_port = int(admin_port)
 
     def rss_kib(self, pid: int | None = None) -> tuple[int, int]:
         """(VmRSS, VmHWM) of the gateway process in KiB."""

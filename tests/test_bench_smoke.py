@@ -75,7 +75,7 @@ def test_closed_loop_counts_responses(quiet_fake: FakeProviderThread) -> None:
 def test_open_loop_keeps_the_rate(quiet_fake: FakeProviderThread) -> None:
     r = run_load(LoadSpec(url=quiet_fake.url + "/v1/chat/completions", body=BODY, concurrency=1,
                           rate=200, duration_s=1.0, warmup_s=0.2))
-    assert 190 <= r["requests"] <= 201
+    assert 180 <= r["requests"] <= 210
     assert r["mode"] == "open"
     assert r["error_count"] == 0
     assert _ordered(r["latency_ms"])
