@@ -154,6 +154,9 @@ class ModelProvider:
     chat_auth_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
     # True when chat_completions_path still contains "{model}" (azure_openai/* wildcard).
     model_in_path: bool = False
+    # Gemini's native generateContent API (wire_api "gemini"): the path prefix the
+    # "/models/{model}:generateContent" paths hang off, e.g. "/v1beta".
+    gemini_base_path: str | None = None
 
     def chat_path_for(self, upstream_model: str) -> str | None:
         """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
@@ -775,6 +778,18 @@ class _Builder:
             self.err(loc + ("base_url",), str(exc))
             return None
         paths = P.upstream_paths(spec, origin.path, model_id, is_wildcard)
+        wire_api = spec.wire_api
+        auth_style = spec.auth_style
+        gemini_base: str | None = None
+        if spec.id == "gemini" and origin.path.strip("/") and not origin.path.rstrip("/").endswith(
+            "/openai"
+        ):
+            # A base_url such as https://generativelanguage.googleapis.com/v1beta (not its
+            # /openai compatibility layer) selects Gemini's native API: requests are then
+            # converted to generateContent (plano_fast extension; Plano uses the compat API).
+            wire_api, auth_style = "gemini", P.AUTH_GOOG
+            gemini_base = origin.path.rstrip("/")
+            paths = P.Paths(None, None, None, False)
         if spec.wire_api == P.WIRE_BEDROCK:
             self.warn(loc, "amazon_bedrock (Converse API) is not supported by plano_fast yet")
 
@@ -795,7 +810,7 @@ class _Builder:
         auth: tuple[tuple[bytes, bytes], ...] = ()
         chat_auth: tuple[tuple[bytes, bytes], ...] = ()
         if access_key and not pin.passthrough_auth and len(self.errors) == n_err:
-            auth = P.auth_headers_for(spec.auth_style, access_key)
+            auth = P.auth_headers_for(auth_style, access_key)
             chat_auth = P.auth_headers_for(P.AUTH_BEARER, access_key) if (
                 spec.wire_api == P.WIRE_ANTHROPIC
             ) else auth
@@ -827,7 +842,7 @@ class _Builder:
             name=name,
             provider=provider,
             model=model_id,
-            wire_api=spec.wire_api,
+            wire_api=wire_api,
             scheme=origin.scheme,
             host=origin.host,
             port=origin.port,
@@ -850,6 +865,7 @@ class _Builder:
             responses_path=paths.responses,
             chat_auth_headers=chat_auth,
             model_in_path=paths.model_in_path,
+            gemini_base_path=gemini_base,
         )
 
     def build_headers(

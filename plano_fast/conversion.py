@@ -21,7 +21,11 @@ from plano_fast.http_server import Responder
 # A converted non-streamed answer is buffered whole; bigger answers are refused (502).
 MAX_BUFFERED_RESPONSE_BYTES = 64 * 1024 * 1024
 
-SCAN_API_FOR_WIRE = {"openai": scan.API_OPENAI_CHAT, "anthropic": scan.API_ANTHROPIC}
+SCAN_API_FOR_WIRE = {
+    "openai": scan.API_OPENAI_CHAT,
+    "anthropic": scan.API_ANTHROPIC,
+    "gemini": scan.API_GEMINI,
+}
 
 
 class ConversionFailed(GatewayError):

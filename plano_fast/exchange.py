@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+from urllib.parse import quote
 import os
 import time
 from typing import TYPE_CHECKING
@@ -504,7 +505,14 @@ class ConfigExchange(Exchange):
             raise request_error(exc) from None
         body = json.dumps(upstream_doc, separators=(",", ":"), ensure_ascii=False).encode()
         upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
-        path = upstream_path(provider, upstream_endpoint, model)
+        if target == "gemini":
+            # The model is in the path; streaming is a method (SSE asked for explicitly).
+            method = ":streamGenerateContent?alt=sse" if fields.stream else ":generateContent"
+            path: bytes | None = (
+                f"{provider.gemini_base_path}/models/{quote(model or '', safe='')}{method}".encode()
+            )
+        else:
+            path = upstream_path(provider, upstream_endpoint, model)
         if path is None:
             raise ClientError(f"provider '{provider.name}' has no {upstream_endpoint.name} endpoint")
         self.provider = provider
@@ -524,7 +532,10 @@ class ConfigExchange(Exchange):
         head = [b"POST " + path + b" HTTP/1.1\r\n"]
         seen_version = forwardable_headers(request, head, drop_credentials=not passthrough)
         if not passthrough:
-            for name, value in auth_headers_for(provider, upstream_endpoint):
+            auth = provider.auth_headers if target == "gemini" else auth_headers_for(
+                provider, upstream_endpoint
+            )
+            for name, value in auth:
                 if name == b"anthropic-version" and seen_version:
                     continue
                 head.append(name + b": " + value + b"\r\n")

@@ -124,3 +124,42 @@ def test_count_tokens_in_front_of_any_provider(gateway: GatewayProcess, fake: Fa
         )
         assert estimate.input_tokens > 40
         assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
+
+
+GEMINI_NATIVE = (
+    "  - model: gemini/gemini-2.5-flash\n"
+    "    base_url: http://127.0.0.1:{port}/v1beta\n"
+    "    access_key: gemini-server-key\n"
+)
+
+
+def test_openai_and_anthropic_sdks_on_gemini_native(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """A base_url of .../v1beta (not .../v1beta/openai) selects Gemini's native API."""
+    gateway = make_gateway(extra_providers=GEMINI_NATIVE.format(port=fake.port))
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-c", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="gemini-2.5-flash", messages=[{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "hello"}],
+        )
+        assert reply.choices[0].message.content and reply.usage is not None
+        sent = _last(fake, ":generateContent")
+        assert sent.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+        assert sent.header("x-goog-api-key") == "gemini-server-key"
+        assert sent.json()["systemInstruction"]["parts"][0]["text"] == "Be brief."
+        chunks = list(client.chat.completions.create(
+            model="gemini-2.5-flash", messages=[{"role": "user", "content": "x"}], stream=True,
+            stream_options={"include_usage": True},
+        ))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].usage is not None
+        assert _last(fake, "streamGenerateContent?alt=sse").path.endswith("?alt=sse")
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-c", max_retries=0) as ac:
+        with ac.messages.stream(model="gemini-2.5-flash", max_tokens=32,
+                                messages=[{"role": "user", "content": "x"}]) as stream:
+            final = stream.get_final_message()
+        assert final.content[0].type == "text" and final.usage.output_tokens > 0
+    rows = wait_rows(None, str(gateway.config_path.with_suffix(".db")), 3)
+    assert {r.provider for r in rows} == {"gemini"} and all(r.input_tokens > 0 for r in rows)
