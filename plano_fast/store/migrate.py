@@ -6,7 +6,8 @@ Each missing migration runs in its own transaction together with the row that re
 
 Where the files come from: in a source checkout, the repository's ``migrations/``
 directory (the canonical copy); in an installed package, the copy shipped as package data
-under ``plano_fast/migrations/`` (kept byte-identical by tests/test_store.py).
+under ``plano_fast/migrations/`` (a symlink to ``migrations/`` in the repository, so
+there is one copy; setuptools follows it when it builds a wheel).
 """
 
 from __future__ import annotations
