@@ -643,10 +643,13 @@ def _is_loopback(host: str) -> bool:
 
 
 async def start_admin_server(
-    app: web.Application, host: str, port: int
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
 ) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one).
 
+    ``reuse_port`` lets every worker of a ``--workers N`` gateway serve the admin API on
+    the same port (each answers from the shared store; a change reloads the in-memory
+    state of the worker that made it at once, the others within their reload interval).
     Returns ``(runner, bound_port)``; the caller stops it with ``await runner.cleanup()``.
     """
     if not _is_loopback(host):
@@ -654,7 +657,7 @@ async def start_admin_server(
     runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
     except BaseException:
         await runner.cleanup()

@@ -161,7 +161,7 @@ class Gateway:
         if self._admin_key is not None and settings.admin_port is not None:
             app = create_admin_app(_GatewayAdmin(self), admin_key=self._admin_key)
             self.admin_runner, self.admin_port = await start_admin_server(
-                app, settings.admin_address, settings.admin_port
+                app, settings.admin_address, settings.admin_port, reuse_port=self.reuse_port
             )
         self._tasks.append(loop.create_task(self._housekeeping()))
         log.info("listening on %s:%d", self.host, self.port)

@@ -256,3 +256,47 @@ def test_no_raw_key_anywhere(firewall: tuple[GatewayProcess, str, str]) -> None:
         everything += wal.read_bytes().decode("latin-1")
     for key in (USER_KEY, ANT_KEY, OTHER_KEY):
         assert key not in everything
+
+
+def test_admin_api_wired_into_the_gateway(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Registering through the gateway's own admin API takes effect at once (the local
+    registry reloads on the change), and the admin API refuses calls without its key."""
+    admin_key = "admin-key-for-tests-0123456789"
+    gateway = make_gateway(
+        {"mode": "firewall", "admin_port": 0, "admin_key": "$PLANO_FAST_TEST_ADMIN"},
+        env={"PLANO_FAST_TEST_ADMIN": admin_key},
+    )
+    assert gateway.admin_port
+    admin = f"http://127.0.0.1:{gateway.admin_port}"
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None,
+             key: str | None = admin_key) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            admin + path, method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"content-type": "application/json",
+                     **({"authorization": f"Bearer {key}"} if key else {})},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else dict(resp.headers))
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert call("GET", "/budget/blocked", key=None)[0] == 401
+    assert call("GET", "/api-keys", key="wrong")[0] == 401
+    status, created = call("POST", "/api-keys/register", {
+        "api_key": USER_KEY, "provider": "openai", "upstream_url": fake.url, "project": "via-admin",
+    })
+    assert status == 201, created
+    assert USER_KEY not in json.dumps(created)
+    with _client(gateway) as client:  # no wait: the registry reloaded on the change
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    status, auth = call("GET", "/auth/check", key=USER_KEY)
+    assert status == 200
+    assert auth.get("x-xproxy-api-key-hash") or auth.get("X-Xproxy-Api-Key-Hash")
+    assert call("GET", "/budget/blocked")[1]["blocked"] == []
+    assert USER_KEY not in gateway.log_text()
