@@ -288,9 +288,8 @@ def _base_settings(workdir: Path) -> dict[str, Any]:
     return {
         "sqlite_path": str(workdir / "usage.db"),
         "usage_journal_path": str(workdir / "usage.journal"),
-        "usage_flush_interval_s": 1,  # rows land within a second (default 10 s)
-        "price_interval_s": 1,
-        "budget_check_interval_s": 1,
+        # The production defaults (10 s cycles): rows are counted after a graceful stop,
+        # which drains the usage queue, so the check does not need short intervals.
     }
 
 
