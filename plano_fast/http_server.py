@@ -305,9 +305,6 @@ class Responder:
     def client_connected(self) -> bool:
         return not self._proto.lost
 
-    def client_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
-
 
 class ServerProtocol(asyncio.Protocol):
     """One client connection: parse, enforce limits, run exchanges in order."""

@@ -124,7 +124,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
-        self.requests_served = 0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("active" if self._sink else "idle")
@@ -255,7 +254,6 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         self._sink = None
         self._cancel_timer()
-        self.requests_served += 1
         keep = self._parser.should_keep_alive() and not self.closed
         if keep:
             # Reset for the next response before handing the connection back.

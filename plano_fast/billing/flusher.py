@@ -23,7 +23,6 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from plano_fast.billing.journal import Journal
@@ -231,6 +230,3 @@ class UsageFlusher:
         self.metrics.last_flush_s = time.perf_counter() - started
         return True
 
-
-def rows_cost(rows: Iterable[UsageRow]) -> int:
-    return sum(r.cost_nano_usd or 0 for r in rows)
