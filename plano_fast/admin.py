@@ -68,7 +68,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Protocol
 
 from aiohttp import web
@@ -89,6 +89,9 @@ from plano_fast.store import (
     Store,
     day_start,
 )
+
+# Metric names ending so are gauges (current values); the rest are counters.
+_GAUGE_SUFFIXES = ("_s", "_current", "_size", "_backlog", "_connections", "_ready", "_idle")
 
 log = logging.getLogger("plano_fast.admin")
 
@@ -137,6 +140,9 @@ class AdminContext(Protocol):
 
     def blocked(self) -> frozenset[tuple[str, str]]:
         """(scope_kind, scope_id) pairs currently over a limit."""
+
+    def metrics(self) -> Mapping[str, float]:
+        """This process's counters and gauges (names without prefix), for ``/metrics``."""
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         """The in-memory registry entry; None when unknown or inactive."""
@@ -532,6 +538,16 @@ class _Admin:
             body["all_projects"] = [m.total_view(t, None) for t in rows]
         return _json(body)
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format: billing counters (rows written, unpriced-unknown,
+        spilled, flush failures, ...) and gauges (connections, backlog, registry size)."""
+        lines = []
+        for name, value in sorted(self.ctx.metrics().items()):
+            metric = "plano_fast_" + name
+            lines.append(f"# TYPE {metric} {'gauge' if name.endswith(_GAUGE_SUFFIXES) else 'counter'}")
+            lines.append(f"{metric} {value:g}" if isinstance(value, float) else f"{metric} {value}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
     async def budget_blocked(self, request: web.Request) -> web.Response:
         scopes = sorted(self.ctx.blocked())
         projects = [scope_id for kind, scope_id in scopes if kind == "project"]
@@ -625,6 +641,7 @@ def create_admin_app(ctx: AdminContext, *, admin_key: str) -> web.Application:
     r.add_get("/usage/recent", handlers.usage_recent)
     r.add_get("/usage/totals", handlers.usage_totals)
     r.add_get("/budget/blocked", handlers.budget_blocked)
+    r.add_get("/metrics", handlers.metrics)
     add_managed_routes(r, ManagedAdmin(ctx, handlers._notify))
     # Envoy's ext_authz HTTP service appends the original path to its path_prefix and
     # keeps the original method, so accept any method on /auth/check and below it.

@@ -283,5 +283,17 @@ class _GatewayAdmin:
     def blocked(self) -> frozenset[tuple[str, str]]:
         return self._gw.billing.budget.blocked
 
+    def metrics(self) -> dict[str, float]:
+        gw = self._gw
+        values: dict[str, float] = dict(gw.billing.metrics.as_dict())
+        values["last_flush_s"] = gw.billing.metrics.last_flush_s
+        values["usage_backlog"] = gw.billing.flusher.backlog
+        values["client_connections"] = len(gw.connections)
+        values["upstream_pool_idle"] = gw.pool.idle_count
+        values["upstream_connections_opened"] = gw.pool.connections_opened
+        values["key_registry_size"] = len(gw.registry)
+        values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
+        return values
+
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)

@@ -96,6 +96,9 @@ class FakeContext:
     def blocked(self) -> frozenset[tuple[str, str]]:
         return frozenset(self.blocked_set)
 
+    def metrics(self) -> dict[str, float]:
+        return {"rows_written": 3, "usage_backlog": 1}
+
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self.registry.get(key_hash)
 

@@ -299,4 +299,9 @@ def test_admin_api_wired_into_the_gateway(
     assert status == 200
     assert auth.get("x-xproxy-api-key-hash") or auth.get("X-Xproxy-Api-Key-Hash")
     assert call("GET", "/budget/blocked")[1]["blocked"] == []
-    assert USER_KEY not in gateway.log_text()
+    req = urllib.request.Request(admin + "/metrics", headers={"authorization": f"Bearer {admin_key}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        metrics = resp.read().decode()
+    assert "plano_fast_key_registry_size 1" in metrics
+    assert "# TYPE plano_fast_rows_unpriced_unknown counter" in metrics
+    assert USER_KEY not in metrics and USER_KEY not in gateway.log_text()
