@@ -30,6 +30,7 @@ from plano_fast.exchange import (
     client_key,
 )
 from plano_fast.firewall import ApiKeyRegistry, FirewallExchange
+from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
@@ -223,6 +224,9 @@ class Gateway:
                 return
         if self.firewall and request.path not in (b"/healthz", b"/health"):
             await FirewallExchange(self.ctx, request, responder).run()
+            return
+        if is_gemini_path(request.path) and request.method == b"POST":
+            await GeminiExchange(self.ctx, request, responder, GEMINI).run()
             return
         endpoint = _ENDPOINTS.get(request.path)
         if endpoint is not None:

@@ -19,7 +19,7 @@ import json
 from urllib.parse import quote
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from plano_fast import scan
 from plano_fast.errors import (
@@ -143,6 +143,19 @@ def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Heade
     if endpoint is CHAT_COMPLETIONS and provider.chat_auth_headers:
         return provider.chat_auth_headers
     return provider.auth_headers
+
+
+class RequestFieldsLike(Protocol):
+    """What the exchange reads of a request (scan.RequestFields, or a Gemini path's)."""
+
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def include_usage(self) -> bool | None: ...
 
 
 class ExchangeContext:
@@ -483,7 +496,7 @@ class ConfigExchange(Exchange):
         self.responder.send_simple(200, b'{"input_tokens":%d}' % count)
 
     async def _run_converted(
-        self, fields: scan.RequestFields, model: str | None, provider: ModelProvider
+        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> None:
         """The client's format differs from the provider's: convert both ways."""
         request = self.request
@@ -496,7 +509,7 @@ class ConfigExchange(Exchange):
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         try:
             upstream_doc = convert_request(
-                doc, source, target, target_model=model or "",
+                doc, source, target, target_model=model or "", stream=fields.stream,
                 openai_max_tokens_field=(
                     "max_completion_tokens" if provider.provider == "openai" else "max_tokens"
                 ),

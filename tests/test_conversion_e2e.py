@@ -163,3 +163,49 @@ def test_openai_and_anthropic_sdks_on_gemini_native(
         assert final.content[0].type == "text" and final.usage.output_tokens > 0
     rows = wait_rows(None, str(gateway.config_path.with_suffix(".db")), 3)
     assert {r.provider for r in rows} == {"gemini"} and all(r.input_tokens > 0 for r in rows)
+
+
+def _gemini_post(url: str, body: dict[str, object], key: str = "client-goog-key") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={
+        "content-type": "application/json", "x-goog-api-key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_gemini_clients_native_and_converted(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    gateway = make_gateway(extra_providers=GEMINI_NATIVE.format(port=fake.port))
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+    fake.clear()
+    status, raw = _gemini_post(gateway.url + "/v1beta/models/gemini-2.5-flash:generateContent", body)
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["candidates"][0]["content"]["parts"][0]["text"]
+    assert answer["usageMetadata"]["promptTokenCount"] > 0
+    sent = _last(fake, ":generateContent")
+    assert sent.path == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert sent.header("x-goog-api-key") == "gemini-server-key"
+
+    # A Gemini client in front of an OpenAI provider, streaming.
+    status, raw = _gemini_post(
+        gateway.url + "/v1beta/models/gpt-4o-mini:streamGenerateContent?alt=sse", body)
+    assert status == 200, raw
+    events = [json.loads(line[6:]) for line in raw.split(b"\r\n") if line.startswith(b"data: ")]
+    assert "".join(p["text"] for e in events for c in e.get("candidates", [])
+                   for p in c["content"]["parts"] if "text" in p)
+    assert events[-1]["usageMetadata"]["candidatesTokenCount"] > 0
+    assert _last(fake, "/chat/completions").json()["stream"] is True
+
+    status, raw = _gemini_post(gateway.url + "/v1beta/models/no-such-model:generateContent", body)
+    assert status == 400
+    error = json.loads(raw)["error"]
+    assert error["status"] == "INVALID_ARGUMENT" and "no-such-model" in error["message"]
+    rows = wait_rows(None, str(gateway.config_path.with_suffix(".db")), 2)
+    assert sorted(r.provider for r in rows) == ["gemini", "openai"]

@@ -1,0 +1,87 @@
+"""Gemini-format clients: ``POST /v1beta/models/{model}:generateContent`` and
+``:streamGenerateContent`` in config mode.
+
+The model comes from the path and streaming from the method.  A Gemini-native provider
+(``base_url`` ending in ``/v1beta``) is forwarded to as is, the model rewritten in the
+path; any other provider is reached through conversion.  Streams are answered as SSE
+(``alt=sse``, what Google's SDKs ask for).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from plano_fast import scan
+from plano_fast.errors import BadRequestBody, UnknownModelError
+from plano_fast.exchange import (
+    ConfigExchange,
+    Endpoint,
+    client_key,
+    finish_head,
+    forwardable_headers,
+    key_hash,
+    origin_of,
+)
+from plano_fast.routing import UnknownModel
+
+GEMINI = Endpoint("gemini", scan.API_GEMINI, "gemini")
+METHODS = (b"generateContent", b"streamGenerateContent")
+
+
+def is_gemini_path(path: bytes) -> bool:
+    if not path.startswith(b"/v1beta/models/"):
+        return False
+    return path.rpartition(b":")[2] in METHODS
+
+
+class PathFields:
+    __slots__ = ("model", "stream", "include_usage")
+
+    def __init__(self, model: str, stream: bool) -> None:
+        self.model: str | None = model
+        self.stream = stream
+        self.include_usage: bool | None = True
+
+
+class GeminiExchange(ConfigExchange):
+    __slots__ = ()
+
+    async def run(self) -> None:
+        request = self.request
+        name, _, method = request.path.rpartition(b"/")[2].partition(b":")
+        model = unquote(name.decode("latin-1"))
+        if not model:
+            raise BadRequestBody("the request path names no model")
+        fields = PathFields(model, method == b"streamGenerateContent")
+        try:
+            route = self.ctx.router.resolve(model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        provider = route.provider
+        upstream_model = route.upstream_model or model
+        if provider.wire_api != "gemini":
+            await self._run_converted(fields, upstream_model, provider)
+            return
+        self.provider = provider
+        self.provider_id = provider.provider
+        self.model = upstream_model
+        key = client_key(request)
+        self.key_hash = key_hash(key) if key else None
+        self.streaming = fields.stream
+        self.scanner = scan.UsageScanner(scan.API_GEMINI, fields.stream, False)
+        passthrough = provider.passthrough_auth
+        # Keep the client's query (alt=sse) but never its ?key= unless passing through.
+        query = b"&".join(
+            p for p in request.query.split(b"&") if p and (passthrough or not p.startswith(b"key="))
+        )
+        path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
+        head = [b"POST " + path + method + (b"?" + query if query else b"") + b" HTTP/1.1\r\n"]
+        forwardable_headers(request, head, drop_credentials=not passthrough)
+        if not passthrough:
+            for name_, value in provider.auth_headers:
+                head.append(name_ + b": " + value + b"\r\n")
+        for name_, value in provider.extra_headers:
+            head.append(name_ + b": " + value + b"\r\n")
+        self.upstream_data = finish_head(self, head, provider.host_header, request.body)
+        self.origin = origin_of(provider)
+        await self.forward()
