@@ -468,18 +468,13 @@ class ConfigExchange(Exchange):
         )
         if self.endpoint is not COUNT_TOKENS:
             self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
-        passthrough = provider.passthrough_auth
-        head = [request.method + b" " + path + (b"?" + request.query if request.query else b"")
-                + b" HTTP/1.1\r\n"]
-        seen_version = forwardable_headers(request, head, drop_credentials=not passthrough)
-        if not passthrough:
-            for name, value in auth_headers_for(provider, self.endpoint):
-                if name == b"anthropic-version" and seen_version:
-                    continue
-                head.append(name + b": " + value + b"\r\n")
-        for name, value in provider.extra_headers:
-            head.append(name + b": " + value + b"\r\n")
-        self.upstream_data = finish_head(self, head, provider.host_header, body)
+        self.upstream_data = upstream_request(
+            self,
+            request.method + b" " + path + (b"?" + request.query if request.query else b""),
+            provider,
+            None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
+            body,
+        )
         self.origin = origin_of(provider)
         await self.forward()
 
@@ -541,23 +536,14 @@ class ConfigExchange(Exchange):
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
         )
-        passthrough = provider.passthrough_auth
-        head = [b"POST " + path + b" HTTP/1.1\r\n"]
-        seen_version = forwardable_headers(request, head, drop_credentials=not passthrough)
-        if not passthrough:
+        auth = None
+        if not provider.passthrough_auth:
             auth = provider.auth_headers if target == "gemini" else auth_headers_for(
                 provider, upstream_endpoint
             )
-            for name, value in auth:
-                if name == b"anthropic-version" and seen_version:
-                    continue
-                head.append(name + b": " + value + b"\r\n")
-                seen_version = seen_version or name == b"anthropic-version"
-        if target == "anthropic" and not seen_version:
-            head.append(b"anthropic-version: 2023-06-01\r\n")
-        for name, value in provider.extra_headers:
-            head.append(name + b": " + value + b"\r\n")
-        self.upstream_data = finish_head(self, head, provider.host_header, body)
+        self.upstream_data = upstream_request(
+            self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
+        )
         self.origin = origin_of(provider)
         await self.forward()
 
@@ -611,6 +597,33 @@ def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials:
             seen_version = True
         out.append(name + b": " + value + b"\r\n")
     return seen_version
+
+
+def upstream_request(
+    exchange: Exchange,
+    request_line: bytes,
+    provider: ModelProvider,
+    auth: tuple[Header, ...] | None,
+    body: bytes,
+    *,
+    anthropic_version: bool = False,
+) -> list[bytes]:
+    """The bytes to send upstream: request line, the client's forwardable headers, the
+    gateway's credentials (``auth``; None = pass the client's through), the provider's
+    configured headers, host and length.  A client's own anthropic-version wins."""
+    head = [request_line + b" HTTP/1.1\r\n"]
+    seen_version = forwardable_headers(exchange.request, head, drop_credentials=auth is not None)
+    for name, value in auth or ():
+        if name == b"anthropic-version":
+            if seen_version:
+                continue
+            seen_version = True
+        head.append(name + b": " + value + b"\r\n")
+    if anthropic_version and not seen_version:
+        head.append(b"anthropic-version: 2023-06-01\r\n")
+    for name, value in provider.extra_headers:
+        head.append(name + b": " + value + b"\r\n")
+    return finish_head(exchange, head, provider.host_header, body)
 
 
 def finish_head(exchange: Exchange, head: list[bytes], host: str, body: bytes) -> list[bytes]:

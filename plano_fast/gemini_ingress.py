@@ -17,10 +17,9 @@ from plano_fast.exchange import (
     ConfigExchange,
     Endpoint,
     client_key,
-    finish_head,
-    forwardable_headers,
     key_hash,
     origin_of,
+    upstream_request,
 )
 from plano_fast.routing import UnknownModel
 
@@ -75,13 +74,12 @@ class GeminiExchange(ConfigExchange):
             p for p in request.query.split(b"&") if p and (passthrough or not p.startswith(b"key="))
         )
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
-        head = [b"POST " + path + method + (b"?" + query if query else b"") + b" HTTP/1.1\r\n"]
-        forwardable_headers(request, head, drop_credentials=not passthrough)
-        if not passthrough:
-            for name_, value in provider.auth_headers:
-                head.append(name_ + b": " + value + b"\r\n")
-        for name_, value in provider.extra_headers:
-            head.append(name_ + b": " + value + b"\r\n")
-        self.upstream_data = finish_head(self, head, provider.host_header, request.body)
+        self.upstream_data = upstream_request(
+            self,
+            b"POST " + path + method + (b"?" + query if query else b""),
+            provider,
+            None if passthrough else provider.auth_headers,
+            request.body,
+        )
         self.origin = origin_of(provider)
         await self.forward()

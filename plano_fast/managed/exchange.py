@@ -37,10 +37,9 @@ from plano_fast.exchange import (
     Exchange,
     ExchangeContext,
     client_key,
-    finish_head,
-    forwardable_headers,
     origin_of,
     upstream_path,
+    upstream_request,
 )
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
@@ -282,16 +281,10 @@ class ManagedExchange(Exchange):
                 inject_include_usage=inject,
             )
             self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
-            head = [request.method + b" " + path + b" HTTP/1.1\r\n"]
-            seen_version = forwardable_headers(request, head, drop_credentials=True)
             auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
-            for name, value in auth:
-                if name == b"anthropic-version" and seen_version:
-                    continue
-                head.append(name + b": " + value + b"\r\n")
-            for name, value in provider.extra_headers:
-                head.append(name + b": " + value + b"\r\n")
-            self.upstream_data = finish_head(self, head, provider.host_header, rewritten)
+            self.upstream_data = upstream_request(
+                self, request.method + b" " + path, provider, auth, rewritten
+            )
             self.origin = origin_of(provider)
             self.failover_error = None
             self.swallow = False
