@@ -784,6 +784,15 @@ def _provider_key(r: Row) -> ProviderKey:
     )  # fmt: skip
 
 
+def _where_equal(sql: str, **filters: object) -> tuple[str, list[object]]:
+    """``sql`` with ``WHERE col = ? AND ...`` for the filters that are not None."""
+    given = [(column, value) for column, value in filters.items() if value is not None]
+    if not given:
+        return sql, []
+    clause = " AND ".join(f"{column} = ?" for column, _ in given)
+    return f"{sql} WHERE {clause}", [value for _, value in given]
+
+
 def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     """What priced rows add to the counters: per scope (project, user, key) and period."""
     per_day: dict[tuple[str, str, int], int] = {}  # summed per scope and UTC day first
@@ -1130,17 +1139,9 @@ class SqlStore(Store):
     async def list_spending_limits(
         self, scope_kind: str | None = None, scope_id: str | None = None
     ) -> list[SpendingLimit]:
-        sql = f"SELECT {_LIMIT_COLS} FROM spending_limits"
-        where: list[str] = []
-        args: list[object] = []
-        if scope_kind is not None:
-            where.append("scope_kind = ?")
-            args.append(scope_kind)
-        if scope_id is not None:
-            where.append("scope_id = ?")
-            args.append(scope_id)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _where_equal(
+            f"SELECT {_LIMIT_COLS} FROM spending_limits", scope_kind=scope_kind, scope_id=scope_id
+        )
         rows = await self._fetch(sql + " ORDER BY created_at_ns, id", args)
         return [_limit(r) for r in rows]
 
@@ -1239,17 +1240,9 @@ class SqlStore(Store):
     async def list_proxy_tokens(
         self, project_id: str | None = None, user_id: str | None = None
     ) -> list[ProxyToken]:
-        sql = f"SELECT {_TOKEN_COLS} FROM proxy_tokens"
-        where: list[str] = []
-        args: list[object] = []
-        if project_id is not None:
-            where.append("project_id = ?")
-            args.append(project_id)
-        if user_id is not None:
-            where.append("user_id = ?")
-            args.append(user_id)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, args = _where_equal(
+            f"SELECT {_TOKEN_COLS} FROM proxy_tokens", project_id=project_id, user_id=user_id
+        )
         rows = await self._fetch(sql + " ORDER BY created_at_ns, id", args)
         return [_token(r) for r in rows]
 
