@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from plano_fast.admin import create_admin_app, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
+from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.errors import MethodNotAllowed, NotFound
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -40,6 +41,8 @@ from plano_fast.store import Store, open_store
 from plano_fast.upstream import UpstreamPool
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from plano_fast.config import GatewayConfig
     from plano_fast.store import RegisteredApiKey
 
@@ -104,6 +107,7 @@ class Gateway:
             {"object": "list", "data": self.router.models_list()}, separators=(",", ":")
         ).encode()
         self.pool: UpstreamPool
+        self.clock: DeadlineClock
         self.ctx: ExchangeContext
         self.admin_runner: web.AppRunner | None = None
         self.admin_port: int | None = None
@@ -131,13 +135,24 @@ class Gateway:
             await self.registry.start()
         if self.managed is not None:
             await self.managed.state.start()
+        timeout_s = self.config.listener.timeout_s
+        limits = self.limits
+        self.clock = DeadlineClock(
+            tick_for(
+                limits.request_head_timeout_s,
+                limits.request_body_timeout_s,
+                limits.keepalive_timeout_s,
+                timeout_s,
+            )
+        )
+        self.clock.start()
         self.pool = UpstreamPool(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             idle_timeout_s=settings.upstream_idle_timeout_s,
             max_idle_per_origin=settings.upstream_pool_max_idle_per_origin,
             dns_ttl_s=settings.dns_ttl_s,
+            clock=self.clock,
         )
-        timeout_s = self.config.listener.timeout_s
         self.ctx = ExchangeContext(
             self.router,
             self.pool,
@@ -189,6 +204,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self.pool.close()
+        self.clock.stop()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -207,12 +223,12 @@ class Gateway:
 
     # -- connections ------------------------------------------------------------------
     def _protocol_factory(self) -> ServerProtocol:
-        proto = ServerProtocol(self.handle, self.limits, self.connections.discard)
+        proto = ServerProtocol(self.handle, self.limits, self.clock, self.connections.discard)
         self.connections.add(proto)
         return proto
 
-    async def handle(self, request: Request, responder: Responder) -> None:
-        """Dispatch by path; forwarded endpoints become an Exchange."""
+    def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start)."""
         if self.managed is not None:
             endpoint = _ENDPOINTS.get(request.path)
             key = client_key(request) if endpoint is not None else None
@@ -220,29 +236,25 @@ class Gateway:
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
                 assert endpoint is not None
-                await ManagedExchange(self.ctx, self.managed, request, responder, endpoint).run()
-                return
+                return ManagedExchange(self.ctx, self.managed, request, responder, endpoint).run()
         if self.firewall and request.path not in (b"/healthz", b"/health"):
-            await FirewallExchange(self.ctx, request, responder).run()
-            return
+            return FirewallExchange(self.ctx, request, responder).start()
         if is_gemini_path(request.path) and request.method == b"POST":
-            await GeminiExchange(self.ctx, request, responder, GEMINI).run()
-            return
+            return GeminiExchange(self.ctx, request, responder, GEMINI).start()
         endpoint = _ENDPOINTS.get(request.path)
         if endpoint is not None:
             if request.method != b"POST":
                 raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            await ConfigExchange(self.ctx, request, responder, endpoint).run()
-            return
+            return ConfigExchange(self.ctx, request, responder, endpoint).start()
         path = request.path
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
-            return
+            return None
         if path in (b"/v1/models", b"/models"):
             if request.method != b"GET":
                 raise MethodNotAllowed("/v1/models accepts GET only")
             responder.send_simple(200, self._models_body)
-            return
+            return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
 

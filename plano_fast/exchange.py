@@ -8,6 +8,12 @@ Relaying happens in callbacks (``on_upstream_*``) invoked from the upstream conn
 ``data_received``: a response chunk goes from one socket to the other in the same loop
 iteration, passing through the usage scanner, which only looks unless it has to strip the
 usage-only chunk the gateway itself asked for.
+
+``start`` runs synchronously from the server's parser callback.  When the pool has an idle
+connection (the steady state) the request is written at once and the exchange lives on in
+those callbacks: no task, no coroutine, no future.  Only when it must wait -- open a
+connection, retry on a fresh one, reserve budget (managed mode) -- does it return a
+coroutine, which the server runs as a task.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 from urllib.parse import quote
 import os
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plano_fast import scan
 from plano_fast.errors import (
@@ -45,6 +51,8 @@ from plano_fast.usage import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.config import ModelProvider
     from plano_fast.firewall import ApiKeyRegistry
@@ -244,13 +252,45 @@ class Exchange:
         self.origin: Origin = ("http", "", 0, None)
         self.scan_api = scan.API_OPENAI_CHAT
         self.failover_error: UpstreamError | None = None
+        #: resolved when the upstream response ends, on the awaiting path only
+        self.done: asyncio.Future[bool] | None = None
+
+    def start(self) -> Coroutine[Any, Any, None] | None:
+        """Handle the request; a coroutine when it must wait (see the module docstring).
+
+        Errors raised here (GatewayError) are answered by the server in the client's format.
+        """
+        return self.run()
 
     async def run(self) -> None:
         raise NotImplementedError
 
+    def forward_now(self) -> Coroutine[Any, Any, None] | None:
+        """Send on an idle pooled connection now; a coroutine when one must be opened."""
+        conn = self.ctx.pool.take_idle(self.origin)
+        if conn is None:
+            return self._forward()
+        self.attempts = 1
+        self.responder.on_client_gone = self._client_gone
+        self._send(conn)
+        return None
+
     async def forward(self) -> None:
         await self._forward()
 
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.responder.upstream = conn
+        conn.send_request(
+            self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
+        )
+
+    def _client_gone(self) -> None:
+        """The client disconnected mid-exchange: drop the upstream response, bill what was seen."""
+        if self.conn is not None:
+            self.conn.detach()
+            self.conn = None
+        self._settle(STATUS_CLIENT_GONE, self.status)
 
     async def _forward(self) -> None:
         pool = self.ctx.pool
@@ -269,14 +309,10 @@ class Exchange:
                         return
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
-            self.done = loop.create_future()
-            self.conn = conn
-            self.responder.upstream = conn
-            conn.send_request(
-                self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
-            )
+            done = self.done = loop.create_future()
+            self._send(conn)
             try:
-                retry = await self.done
+                retry = await done
             except asyncio.CancelledError:
                 # The client went away: drop the upstream response, bill what was seen.
                 if self.conn is not None:
@@ -343,8 +379,9 @@ class Exchange:
         else:
             outcome = STATUS_USAGE_MISSING
         self._finish(outcome, tail)
-        if not self.done.done():
-            self.done.set_result(False)
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(False)
 
     def _finish(self, outcome: str, tail: bytes) -> None:
         """The upstream response is complete: send what is left, settle, end."""
@@ -359,18 +396,25 @@ class Exchange:
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         self.conn = None
-        if self.done.done():
+        done = self.done
+        if done is None:
+            if retry_safe and self.attempts == 1 and not self.responder.head_sent:
+                # A reused connection died before answering: once more on a fresh one.
+                self.responder.continue_in_task(self._forward(), self.request)
+                return
+        elif done.done():
             return
-        if retry_safe and self.attempts == 1 and not self.responder.head_sent:
-            self.done.set_result(True)  # once more, on a fresh connection
+        elif retry_safe and self.attempts == 1 and not self.responder.head_sent:
+            done.set_result(True)  # once more, on a fresh connection
             return
-        if not self.responder.head_sent and self._has_fallback():
+        elif not self.responder.head_sent and self._has_fallback():
             self.failover_error = error
-            self.done.set_result(False)
+            done.set_result(False)
             return
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
         self.responder.send_error(error, self.request.api_format)
-        self.done.set_result(False)
+        if done is not None:
+            done.set_result(False)
 
     def on_upstream_pause_writing(self) -> None:
         self.responder.pause_client_reading()
@@ -426,7 +470,7 @@ class ConfigExchange(Exchange):
         self.scan_api = endpoint.scan_api
         self.conversion: Conversion | None = None
 
-    async def run(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
         try:
             fields = scan.scan_request(request.body)
@@ -439,10 +483,9 @@ class ConfigExchange(Exchange):
         provider = route.provider
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
             self._count_tokens_locally()
-            return
+            return None
         if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
-            await self._run_converted(fields, route.upstream_model or fields.model, provider)
-            return
+            return self._start_converted(fields, route.upstream_model or fields.model, provider)
         path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
@@ -476,7 +519,7 @@ class ConfigExchange(Exchange):
             body,
         )
         self.origin = origin_of(provider)
-        await self.forward()
+        return self.forward_now()
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
@@ -490,9 +533,9 @@ class ConfigExchange(Exchange):
             raise request_error(exc) from None
         self.responder.send_simple(200, b'{"input_tokens":%d}' % count)
 
-    async def _run_converted(
+    def _start_converted(
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
-    ) -> None:
+    ) -> Coroutine[Any, Any, None] | None:
         """The client's format differs from the provider's: convert both ways."""
         request = self.request
         source, target = self.endpoint.wire_api, provider.wire_api
@@ -545,7 +588,7 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
-        await self.forward()
+        return self.forward_now()
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from plano_fast import scan
@@ -120,7 +122,7 @@ def scan_api_for(path: bytes) -> tuple[int, str] | None:
 class FirewallExchange(Exchange):
     __slots__ = ()
 
-    async def run(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None] | None:
         ctx = self.ctx
         registry, budget = ctx.registry, ctx.budget
         assert registry is not None and budget is not None
@@ -174,4 +176,4 @@ class FirewallExchange(Exchange):
         forwardable_headers(request, head, drop_credentials=False)
         self.upstream_data = finish_head(self, head, route.host_header, body)
         self.origin = route.origin
-        await self.forward()
+        return self.forward_now()

@@ -9,6 +9,8 @@ path; any other provider is reached through conversion.  Streams are answered as
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import quote, unquote
 
 from plano_fast import scan
@@ -45,7 +47,7 @@ class PathFields:
 class GeminiExchange(ConfigExchange):
     __slots__ = ()
 
-    async def run(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
         name, _, method = request.path.rpartition(b"/")[2].partition(b":")
         model = unquote(name.decode("latin-1"))
@@ -59,8 +61,7 @@ class GeminiExchange(ConfigExchange):
         provider = route.provider
         upstream_model = route.upstream_model or model
         if provider.wire_api != "gemini":
-            await self._run_converted(fields, upstream_model, provider)
-            return
+            return self._start_converted(fields, upstream_model, provider)
         self.provider = provider
         self.provider_id = provider.provider
         self.model = upstream_model
@@ -82,4 +83,4 @@ class GeminiExchange(ConfigExchange):
             request.body,
         )
         self.origin = origin_of(provider)
-        await self.forward()
+        return self.forward_now()

@@ -24,6 +24,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 Header = tuple[bytes, bytes]
@@ -117,7 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = False
         self._received_any = False
         self._reading_paused = False
-        self._timer: asyncio.TimerHandle | None = None
+        #: first-byte / stall check due at this loop time (0 = none), on the pool's clock
+        self.deadline = 0.0
         self._first_byte_timeout_s = 0.0
         self._idle_timeout_s = 0.0
         self._last_rx = 0.0
@@ -147,8 +149,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._first_byte_timeout_s = first_byte_timeout_s
         self._idle_timeout_s = idle_timeout_s
         loop = self._pool.loop
-        self._last_rx = loop.time()
-        self._timer = loop.call_later(first_byte_timeout_s, self._on_timer)
+        self._last_rx = now = loop.time()
+        self.deadline = now + first_byte_timeout_s
         self.transport.writelines(data)
 
     def detach(self) -> None:
@@ -172,6 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(UPSTREAM_WRITE_HIGH_WATER, UPSTREAM_WRITE_LOW_WATER)
+        self._pool.clock.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self._sink is None:
@@ -265,8 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_upstream_complete()
 
     # -- internals --------------------------------------------------------------------
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
         if self._sink is None or self.closed:
             return
         loop = self._pool.loop
@@ -275,11 +277,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._reading_paused:
             # The client is slow, not the provider: keep waiting.
-            self._timer = loop.call_later(self._idle_timeout_s, self._on_timer)
+            self.deadline = loop.time() + self._idle_timeout_s
             return
         remaining = self._last_rx + self._idle_timeout_s - loop.time()
         if remaining > 0:
-            self._timer = loop.call_later(remaining, self._on_timer)
+            self.deadline = loop.time() + remaining
             return
         self._fail(UpstreamTimeout("upstream stalled mid-response"), False)
 
@@ -291,9 +293,7 @@ class UpstreamConnection(asyncio.Protocol):
             sink.on_upstream_error(error, retry_safe)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = 0.0
 
     def _close(self) -> None:
         self._cancel_timer()
@@ -314,9 +314,12 @@ class UpstreamPool:
         idle_timeout_s: float,
         max_idle_per_origin: int,
         dns_ttl_s: float,
+        clock: DeadlineClock,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        #: checks active connections' first-byte and stall timeouts
+        self.clock = clock
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_idle_per_origin = max_idle_per_origin
@@ -410,6 +413,7 @@ class UpstreamPool:
         stack.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        self.clock.discard(conn)
         stack = self._idle.get(conn.origin)
         if stack and conn in stack:
             stack.remove(conn)

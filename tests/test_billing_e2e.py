@@ -216,3 +216,38 @@ def test_shutdown_while_database_is_down_journals_then_replays(
             again.stop()
     assert len(rows) == 12 and len({r.request_id for r in rows}) == 12
     assert not list(gateway.config_path.parent.glob("*.journal.*"))
+
+
+def test_client_leaving_mid_stream_is_billed_as_disconnected(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """A client that hangs up mid-stream (the exchange runs in upstream callbacks, with
+    no task to cancel): the upstream response is dropped, the row says
+    client_disconnected, and the gateway goes on serving."""
+    import socket
+
+    gateway = make_gateway()
+    body = (b'{"model":"gpt-4o-mini","stream":true,'
+            b'"messages":[{"role":"user","content":"long"}]}')
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-gone", max_retries=0)
+    with oai:
+        # Warm the pool, so the next request takes an idle connection (the no-task path).
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+        host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-gone\r\n"
+                b"content-type: application/json\r\nx-fake-events: 200\r\nx-fake-interval-ms: 20\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            first = sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        # ... and the gateway still serves.
+        oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "b"}])
+    gateway.stop()
+    rows = read_rows(None, _sqlite(gateway))
+    assert sorted(r.status for r in rows) == ["client_disconnected", "ok", "ok"]
+    gone = next(r for r in rows if r.status == "client_disconnected")
+    assert gone.streaming and gone.http_status == 200
+    # 200 events at 20 ms take 4 s; the row was settled when the client left, not then.
+    assert gone.duration_us < 3_000_000

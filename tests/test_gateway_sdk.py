@@ -259,8 +259,8 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
                 conn.recv(65536) if b'"m"' not in data else None
+                served.append(conn_no)  # before the reply: the client may check at once
                 conn.sendall(reply)
-                served.append(conn_no)
                 conn.settimeout(5)
                 try:
                     conn.recv(65536)  # the next request on this connection ...

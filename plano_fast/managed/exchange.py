@@ -314,8 +314,9 @@ class ManagedExchange(Exchange):
     def on_upstream_complete(self) -> None:
         if self.swallow:
             self.conn = None
-            if not self.done.done():
-                self.done.set_result(False)
+            done = self.done  # managed exchanges always await (failover needs it)
+            if done is not None and not done.done():
+                done.set_result(False)
             return
         super().on_upstream_complete()
 
