@@ -269,21 +269,31 @@ def cost_nano_usd(
     ``family`` overrides the usage family derived from ``provider`` (see module docstring).
     """
     fam = usage_family(provider) if family is None else family
-    inp = tokens.input_tokens
-    cr = tokens.cache_read_tokens
-    cw = tokens.cache_write_tokens
+    return _cost(
+        price,
+        fam,
+        tokens.input_tokens,
+        tokens.output_tokens,
+        tokens.cache_read_tokens,
+        tokens.cache_write_tokens,
+        tokens.reasoning_tokens,
+    )
+
+
+def _cost(price: ModelPrice, fam: str, inp: int, output: int, cr: int, cw: int, reasoning: int) -> int:
+    """``cost_nano_usd`` on validated counts (the one implementation of the formula)."""
     if fam == FAMILY_ANTHROPIC:
         uncached = inp
         prompt = inp + cr + cw
-        out = tokens.output_tokens
+        out = output
     elif fam == FAMILY_OPENAI or fam == FAMILY_SEPARATE_REASONING:
         uncached = inp - cr - cw
         if uncached < 0:
             uncached = 0
         prompt = inp
-        out = tokens.output_tokens
+        out = output
         if fam == FAMILY_SEPARATE_REASONING:
-            out += tokens.reasoning_tokens
+            out += reasoning
     else:
         raise ValueError(f"unknown usage family {fam!r}")
 
@@ -540,4 +550,45 @@ class PricingRegistry:
             return None
         return cost_nano_usd(
             price, provider, tokens, family=resolution.family if family is None else family
+        )
+
+    def cost_of_counts(
+        self,
+        provider: str,
+        model: str,
+        project_id: str | None,
+        family: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+        reasoning_tokens: int,
+    ) -> int | None:
+        """``cost_nano_usd(provider, model, project_id, TokenCounts(...), family=family)``.
+
+        The same result and the same errors, for the billing hot path: the counts are
+        passed as they are (no ``TokenCounts`` is built unless they are invalid, to raise
+        its error) and the family is required.
+        """
+        if not (
+            type(input_tokens) is int
+            and type(output_tokens) is int
+            and type(cache_read_tokens) is int
+            and type(cache_write_tokens) is int
+            and type(reasoning_tokens) is int
+            and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | reasoning_tokens) >= 0
+        ):  # raises TokenCounts' own TypeError / ValueError
+            TokenCounts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+        resolution = self._cache.get((provider, model))
+        if resolution is None:
+            resolution = self._resolve(provider, model)
+        global_prices, project_prices = self._overrides
+        if global_prices or project_prices:
+            price = self._price(resolution, project_id)
+        else:
+            price = resolution.default
+        if price is None:
+            return None
+        return _cost(
+            price, family, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
         )

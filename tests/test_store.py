@@ -497,6 +497,87 @@ def test_priced_row_needs_integer_cost(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_priced_row_cost_must_not_be_a_bool(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        bad = replace(usage(t=ns(2024, 1, 1), cost=10), cost_nano_usd=True)
+        with pytest.raises(InvalidValue):
+            await store.write_usage([bad])
+        assert await all_usage(store) == []
+
+    backend.run(body)
+
+
+def test_counter_deltas_equal_a_row_by_row_sum() -> None:
+    rng = random.Random(5)
+    rows = [
+        usage(t=ns(2024, 1, 30, 23) + rng.randrange(3 * 86_400) * 10**9,
+              cost=rng.choice([None, 0, rng.randrange(1, 10_000)]),
+              project=rng.choice([None, "p1", "p2"]), user=rng.choice([None, "u1", "u2"]),
+              key=rng.choice([None, sha("k1")]))
+        for _ in range(2_000)
+    ]  # fmt: skip
+    expected: dict[CounterKey, int] = {}
+    for r in rows:
+        if not r.priced or not r.cost_nano_usd:
+            continue
+        for kind, scope_id in (("project", r.project_id), ("user", r.user_id), ("key", r.key_hash)):
+            if scope_id is None:
+                continue
+            for period in ("total", "monthly", "daily"):
+                k = CounterKey(kind, scope_id, period, period_start(period, r.time_ns))
+                expected[k] = expected.get(k, 0) + r.cost_nano_usd
+    assert counter_deltas(rows) == expected
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 129, 300, 1000])
+def test_partly_replayed_batches_count_only_new_rows(backend: Backend, size: int) -> None:
+    """Skipped rows anywhere in a batch (first, middle or last insert chunk)."""
+
+    async def body(store: Store) -> None:
+        t = ns(2024, 2, 28, 23)
+        rows = [usage(t=t + i * 10**10, cost=i % 5 or None, user=f"u{i % 3}", key=sha(f"k{i % 4}"))
+                for i in range(size)]  # fmt: skip
+        old = rows[: size // 3] + rows[-(size // 4) :] if size > 3 else rows[:1]
+        assert await store.write_usage(old) == len({r.request_id for r in old})
+        await assert_counters_match_log(store)
+        assert await store.write_usage(rows) == size - len({r.request_id for r in old})
+        await assert_counters_match_log(store)
+        assert len(await all_usage(store)) == size
+
+    backend.run(body)
+
+
+def test_sqlite_insert_statement_shapes() -> None:
+    from plano_fast.store.sqlite import _INSERT_CHUNK, _chunk_params, _chunk_sizes, _usage_params
+
+    shapes: set[int] = set()
+    for n in range(0, 3 * _INSERT_CHUNK + 2):
+        sizes = _chunk_sizes(n)
+        assert sum(sizes) == n and all(0 < s <= _INSERT_CHUNK for s in sizes)
+        shapes.update(sizes)
+    assert len(shapes) <= 8
+    rows = [usage(t=1, cost=c) for c in (None, 0, 5)]
+    rows.append(replace(rows[0], priced=1, cost_nano_usd=7))  # type: ignore[arg-type]
+    rows.append(replace(rows[0], priced=0, cost_nano_usd=7))  # type: ignore[arg-type]
+    rows.append(replace(rows[0], priced=False, cost_nano_usd=7, streaming=2))  # type: ignore[arg-type]
+    assert _chunk_params(rows) == [v for r in rows for v in _usage_params(r)]
+
+
+def test_postgres_usage_records() -> None:
+    from plano_fast.store.postgres import _USAGE_COLUMNS, _usage_records
+
+    rows = [usage(t=1, cost=c) for c in (None, 0, 5)]
+    rows.append(replace(rows[0], priced=1, cost_nano_usd=7))  # type: ignore[arg-type]
+    rows.append(replace(rows[0], priced=0, cost_nano_usd=7, streaming=2))  # type: ignore[arg-type]
+    expected = [
+        tuple(bool(getattr(r, c)) if c in ("streaming", "priced") else getattr(r, c) for c in _USAGE_COLUMNS[:17])
+        + (r.cost_nano_usd if r.priced else None, r.duration_us, "priced" if r.priced else "pending")
+        for r in rows
+    ]
+    assert _usage_records(rows) == expected
+    assert [type(v) for v in _usage_records(rows)[3]] == [type(v) for v in expected[3]]
+
+
 def test_bulk_write_of_ten_thousand_rows(backend: Backend) -> None:
     async def body(store: Store) -> None:
         t = ns(2024, 8, 31, 22)

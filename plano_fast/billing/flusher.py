@@ -1,6 +1,6 @@
 """UsageFlusher: the request path's usage events, batched into the store.
 
-The request path calls ``submit`` (``put_nowait``: never awaits, never touches the
+The request path calls ``submit`` (a list append: never awaits, never touches the
 database).  The flusher writes a batch when ``batch_size`` events are waiting or every
 ``interval_s``, whichever comes first, in one bulk statement that also updates the
 spending counters (the store does both in one transaction, deriving the counter deltas
@@ -12,6 +12,11 @@ I/O, and a row priced at flush time reaches the spending counters one pricing cy
 sooner, which shortens the soft-limit delay.  Rows whose model has no price are written
 unpriced; the PriceCalculator retries them when custom prices change.
 
+All of it runs on the event loop, so no stretch of it may be long: events are priced and
+turned into rows ``DRAIN_SLICE`` at a time with a yield to the loop in between, and a
+flush hands the store at most ``batch_size`` rows (the SQLite store splits those further
+into small statements, see ``plano_fast.store.sqlite``).
+
 Overflow policy (explicit and counted): while the store is failing, rows stay in memory
 up to ``max_pending_rows``; past that the oldest are appended to the spill journal, and
 replayed from it on the next start.  Nothing is dropped.
@@ -21,19 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from plano_fast.billing.journal import Journal
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, TokenCounts, usage_family
-from plano_fast.store import Store, UsageRow, usage_row_from_event
+from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, usage_family
+from plano_fast.store import Store, UsageRow
 from plano_fast.usage import STATUS_NOT_BILLABLE, UsageEvent
 
 log = logging.getLogger("plano_fast.billing")
 
 MAX_RETRY_DELAY_S = 30.0
+
+DRAIN_SLICE = 128
+"""Events priced and converted per synchronous stretch of the event loop (about 0.3 ms)."""
+
+_FAMILIES: dict[tuple[str, str], str] = {}
+_FAMILIES_MAX = 1024
 
 
 def pricing_family(provider: str, wire_format: str) -> str:
@@ -42,9 +55,13 @@ def pricing_family(provider: str, wire_format: str) -> str:
     Gemini's OpenAI-compatible endpoint reports usage the OpenAI way (reasoning inside
     completion_tokens), unlike its native API.
     """
-    family = usage_family(provider)
-    if wire_format == "openai" and provider == "gemini":
-        return FAMILY_OPENAI
+    key = (provider, wire_format)
+    family = _FAMILIES.get(key)
+    if family is None:
+        family = FAMILY_OPENAI if wire_format == "openai" and provider == "gemini" else usage_family(provider)
+        if len(_FAMILIES) >= _FAMILIES_MAX:
+            _FAMILIES.clear()
+        _FAMILIES[key] = family
     return family
 
 
@@ -57,17 +74,64 @@ def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
         # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
         # it stays unpriced and visible, never silently zero.
         return 0 if event.http_status >= 400 else None
-    if event.model is None:
+    model = event.model
+    if model is None:
         return None
-    family = pricing_family(event.provider, event.wire_format)
-    tokens = TokenCounts(
+    return pricing.cost_of_counts(
+        event.provider,
+        model,
+        event.project_id,
+        pricing_family(event.provider, event.wire_format),
         event.input_tokens,
         event.output_tokens,
         event.cache_read_tokens,
         event.cache_write_tokens,
         event.reasoning_tokens,
     )
-    return pricing.cost_nano_usd(event.provider, event.model, event.project_id, tokens, family=family)
+
+
+def rows_of_events(
+    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
+) -> int:
+    """Append ``usage_row_from_event(e, cost_nano_usd=price_event(pricing, e))`` to ``out``
+    for each event, in one pass; returns how many rows are unpriced.
+
+    The flusher's hot loop, with both helpers inlined (their equivalence is tested).
+    """
+    unpriced = 0
+    append = out.append
+    cost_of_counts = pricing.cost_of_counts
+    families = _FAMILIES
+    row = UsageRow
+    for e in events:
+        status = e.status
+        cost: int | None
+        if status == STATUS_NOT_BILLABLE:
+            cost = 0
+        elif not e.has_usage:
+            cost = 0 if e.http_status >= 400 else None
+        elif e.model is None:
+            cost = None
+        else:
+            family = families.get((e.provider, e.wire_format))
+            if family is None:
+                family = pricing_family(e.provider, e.wire_format)
+            cost = cost_of_counts(
+                e.provider, e.model, e.project_id, family, e.input_tokens, e.output_tokens,
+                e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens,
+            )  # fmt: skip
+        if cost is None:
+            unpriced += 1
+        d = e.duration_ms * 1000
+        append(
+            row(
+                e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
+                e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
+                cost is not None, cost, round(d) if d > 0.5 else 0,
+            )  # fmt: skip
+        )
+    return unpriced
 
 
 class UsageFlusher:
@@ -89,9 +153,14 @@ class UsageFlusher:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.max_pending_rows = max(max_pending_rows, batch_size)
-        self.queue: asyncio.Queue[UsageEvent] = asyncio.Queue()
+        # Submitted events: ``submit`` appends to ``_queue``; a drain takes the whole list
+        # over as ``_draining`` and converts it from the front a slice at a time, so the
+        # event loop never runs long without a break.
+        self._queue: list[UsageEvent] = []
+        self._draining: list[UsageEvent] = []
         self._pending: collections.deque[UsageRow] = collections.deque()
         self._batch_ready = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._retry_delay_s = 0.0
         self._replayed: list[Path] = []
@@ -99,9 +168,10 @@ class UsageFlusher:
     # -- the request path -------------------------------------------------------------
     def submit(self, event: UsageEvent) -> None:
         """The UsageSink: called on the request path; never blocks."""
-        self.queue.put_nowait(event)
+        queue = self._queue
+        queue.append(event)
         self.metrics.events_submitted += 1
-        if self.queue.qsize() >= self.batch_size:
+        if len(queue) >= self.batch_size:
             self._batch_ready.set()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -139,7 +209,7 @@ class UsageFlusher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self._drain_queue()
+        await self._drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
         while self._pending and loop.time() < end:
@@ -152,12 +222,17 @@ class UsageFlusher:
             self._pending.clear()
 
     @property
+    def _queued(self) -> int:
+        """Events submitted and not yet converted to rows."""
+        return len(self._queue) + len(self._draining)
+
+    @property
     def backlog(self) -> int:
-        return len(self._pending) + self.queue.qsize()
+        return len(self._pending) + self._queued
 
     async def flush_now(self) -> None:
         """Write everything waiting (used by tests and the admin API)."""
-        self._drain_queue()
+        await self._drain()
         while self._pending:
             if not await self._flush_once():
                 break
@@ -176,7 +251,7 @@ class UsageFlusher:
             except TimeoutError:
                 pass
             self._batch_ready.clear()
-            self._drain_queue()
+            await self._drain()
             if loop.time() >= next_flush or len(self._pending) >= self.batch_size:
                 healthy = True
                 while self._pending:
@@ -189,18 +264,48 @@ class UsageFlusher:
                     await self._replay_journals()
                 next_flush = loop.time() + self.interval_s
 
-    def _drain_queue(self) -> None:
-        queue = self.queue
-        pricing = self.pricing
+    async def _drain(self) -> None:
+        """Price and convert every event queued when called, a slice at a time.
+
+        Between slices the event loop runs (events submitted meanwhile wait for the next
+        drain); the state between slices is consistent, so a concurrent drain (``flush_now``
+        while the loop task drains) just shares the work, and a cancellation loses nothing.
+        """
+        todo = self._queued
+        while todo > 0:
+            done = self._convert_slice(min(todo, DRAIN_SLICE))
+            if not done:  # a concurrent drain converted the rest
+                break
+            todo -= done
+            if todo > 0:
+                await asyncio.sleep(0)
+        self._spill_overflow()
+
+    def _convert_slice(self, limit: int) -> int:
+        """Price and convert up to ``limit`` queued events, oldest first; returns how many."""
+        events = self._draining
+        if not events:
+            if not self._queue:
+                return 0
+            events = self._draining = self._queue
+            self._queue = []
+        end = min(len(events), limit)
         pending = self._pending
-        unpriced = 0
-        while not queue.empty():
-            event = queue.get_nowait()
-            cost = price_event(pricing, event)
-            if cost is None:
-                unpriced += 1
-            pending.append(usage_row_from_event(event, cost_nano_usd=cost))
+        before = len(pending)
+        try:
+            unpriced = rows_of_events(self.pricing, events[:end], pending)
+        except BaseException:
+            # As a queue get would have it: the failing event is consumed, the rest stay.
+            end = len(pending) - before + 1
+            raise
+        finally:
+            # Dropped slice by slice, so their deallocation is spread out too.
+            del events[:end]
         self.metrics.rows_unpriced_at_flush += unpriced
+        return end
+
+    def _spill_overflow(self) -> None:
+        pending = self._pending
         overflow = len(pending) - self.max_pending_rows
         if overflow > 0:
             spill = [pending.popleft() for _ in range(overflow)]
@@ -209,7 +314,14 @@ class UsageFlusher:
                         self.max_pending_rows, overflow, self.journal.path)
 
     async def _flush_once(self) -> bool:
-        batch = [self._pending[i] for i in range(min(self.batch_size, len(self._pending)))]
+        # One flush at a time: two (flush_now while the loop task flushes) would write the
+        # same head of the backlog and then both pop it, losing the rows after it.
+        async with self._flush_lock:
+            return await self._flush_head()
+
+    async def _flush_head(self) -> bool:
+        pending = self._pending
+        batch = list(itertools.islice(pending, self.batch_size))
         if not batch:
             return True
         started = time.perf_counter()
@@ -222,11 +334,10 @@ class UsageFlusher:
                         len(batch), type(exc).__name__, self._retry_delay_s)
             return False
         for _ in batch:
-            self._pending.popleft()
+            pending.popleft()
         self._retry_delay_s = 0.0
         self.metrics.rows_written += inserted
         self.metrics.rows_duplicate += len(batch) - inserted
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
         return True
-

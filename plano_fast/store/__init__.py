@@ -192,26 +192,28 @@ def usage_row_from_event(
     cost_nano_usd: int | None = None,
 ) -> UsageRow:
     """The row for a request-path ``UsageEvent``; priced iff ``cost_nano_usd`` is given."""
+    d = event.duration_ms * 1000
     return UsageRow(
-        request_id=event.request_id,
-        time_ns=event.time_ns,
-        project_id=event.project_id,
-        user_id=user_id if user_id is not None else event.user_id,
-        key_hash=event.key_hash,
-        token_id=token_id if token_id is not None else event.token_id,
-        provider=event.provider,
-        model=event.model,
-        input_tokens=event.input_tokens,
-        output_tokens=event.output_tokens,
-        cache_read_tokens=event.cache_read_tokens,
-        cache_write_tokens=event.cache_write_tokens,
-        reasoning_tokens=event.reasoning_tokens,
-        streaming=event.streaming,
-        status=event.status,
-        http_status=event.http_status,
-        priced=cost_nano_usd is not None,
-        cost_nano_usd=cost_nano_usd,
-        duration_us=max(0, round(event.duration_ms * 1000)),
+        event.request_id,
+        event.time_ns,
+        event.project_id,
+        event.user_id if user_id is None else user_id,
+        event.key_hash,
+        event.token_id if token_id is None else token_id,
+        event.provider,
+        event.model,
+        event.input_tokens,
+        event.output_tokens,
+        event.cache_read_tokens,
+        event.cache_write_tokens,
+        event.reasoning_tokens,
+        event.streaming,
+        event.status,
+        event.http_status,
+        cost_nano_usd is not None,
+        cost_nano_usd,
+        # max(0, round(d)): round() is 0 up to 0.5 (half to even), and so is max() below 0.
+        round(d) if d > 0.5 else 0,
     )
 
 
@@ -793,22 +795,33 @@ def _where_equal(sql: str, **filters: object) -> tuple[str, list[object]]:
     return f"{sql} WHERE {clause}", [value for _, value in given]
 
 
-def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
-    """What priced rows add to the counters: per scope (project, user, key) and period."""
-    per_day: dict[tuple[str, str, int], int] = {}  # summed per scope and UTC day first
+DaySums = dict[tuple[str | None, str | None, str | None, int], int]
+"""Priced cost summed per (project_id, user_id, key_hash, UTC day number)."""
+
+
+def add_day_sums(rows: Sequence[UsageRow], sums: DaySums) -> None:
+    """Add what priced ``rows`` cost to ``sums`` (the first half of ``counter_deltas``)."""
+    get = sums.get
     for row in rows:
         cost = row.cost_nano_usd
         if not row.priced or not cost:
             continue
-        day = row.time_ns // _NS_PER_DAY
-        if row.project_id is not None:
-            k = ("project", row.project_id, day)
+        k = (row.project_id, row.user_id, row.key_hash, row.time_ns // _NS_PER_DAY)
+        sums[k] = get(k, 0) + cost
+
+
+def deltas_of_day_sums(sums: DaySums) -> dict[CounterKey, int]:
+    """The counter deltas of ``add_day_sums`` results: per scope and period."""
+    per_day: dict[tuple[str, str, int], int] = {}  # per scope and UTC day
+    for (project_id, user_id, key_hash, day), cost in sums.items():
+        if project_id is not None:
+            k = ("project", project_id, day)
             per_day[k] = per_day.get(k, 0) + cost
-        if row.user_id is not None:
-            k = ("user", row.user_id, day)
+        if user_id is not None:
+            k = ("user", user_id, day)
             per_day[k] = per_day.get(k, 0) + cost
-        if row.key_hash is not None:
-            k = ("key", row.key_hash, day)
+        if key_hash is not None:
+            k = ("key", key_hash, day)
             per_day[k] = per_day.get(k, 0) + cost
     deltas: dict[CounterKey, int] = {}
     for (kind, scope_id, day), cost in per_day.items():
@@ -822,19 +835,31 @@ def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     return deltas
 
 
+def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
+    """What priced rows add to the counters: per scope (project, user, key) and period."""
+    sums: DaySums = {}
+    add_day_sums(rows, sums)
+    return deltas_of_day_sums(sums)
+
+
 def normalize_usage(rows: Sequence[UsageRow]) -> list[UsageRow]:
     """Validate rows for writing and drop repeated request ids within the batch (first wins)."""
     seen: set[str] = set()
+    remember = seen.add
     out: list[UsageRow] = []
+    keep = out.append
     for row in rows:
-        if row.request_id in seen:
+        request_id = row.request_id
+        if request_id in seen:
             continue
-        seen.add(row.request_id)
+        remember(request_id)
         if row.priced:
-            if row.cost_nano_usd is None:
-                raise InvalidValue(f"usage row {row.request_id!r} is priced but has no cost")
-            _check_money(row.cost_nano_usd, "cost_nano_usd")
-        out.append(row)
+            cost = row.cost_nano_usd
+            if type(cost) is not int or cost < 0:  # the common case checked cheaply first
+                if cost is None:
+                    raise InvalidValue(f"usage row {request_id!r} is priced but has no cost")
+                _check_money(cost, "cost_nano_usd")
+        keep(row)
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -216,17 +217,37 @@ def _translate(exc: Exception) -> Exception:
     return exc
 
 
+_REQUEST_ID = operator.attrgetter("request_id")
+
+
 def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
-            r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
-            r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, bool(r.priced),
-            r.cost_nano_usd if r.priced else None, r.duration_us,
-            "priced" if r.priced else "pending",
-        )  # fmt: skip
-        for r in rows
-    ]
+    """The rows as ``_USAGE_COLUMNS`` tuples (cost only if priced, status from priced)."""
+    out: list[tuple[Any, ...]] = []
+    add = out.append
+    for r in rows:
+        priced = r.priced
+        if priced is True:  # the common shapes first: no per-row conversions
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
+                r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
+                r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, True,
+                r.cost_nano_usd, r.duration_us, "priced",
+            ))  # fmt: skip
+        elif priced is False:
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
+                r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
+                r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, False,
+                None, r.duration_us, "pending",
+            ))  # fmt: skip
+        else:
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
+                r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
+                r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, bool(priced),
+                r.cost_nano_usd if priced else None, r.duration_us, "priced" if priced else "pending",
+            ))  # fmt: skip
+    return out
 
 
 def _usage_arrays(rows: Sequence[UsageRow]) -> list[list[Any]]:
@@ -368,7 +389,7 @@ class PostgresStore(SqlStore):
             return 0
         # Insert in one global order, so concurrent batches that overlap (replays) wait on
         # each other instead of deadlocking on the request_id index.
-        batch.sort(key=lambda r: r.request_id)
+        batch.sort(key=_REQUEST_ID)
         now = time.time_ns()
 
         async def body(conn: Any) -> int:

@@ -9,6 +9,7 @@ processes sharing the file), so a read-then-write inside one never races another
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from plano_fast.store import (
     AlreadyExists,
     BudgetTarget,
     CounterKey,
+    DaySums,
     InvalidValue,
     MissingReference,
     Reservation,
@@ -30,8 +32,10 @@ from plano_fast.store import (
     Stmt,
     StoreError,
     UsageRow,
+    add_day_sums,
     check_targets,
     counter_deltas,
+    deltas_of_day_sums,
     new_id,
     normalize_usage,
 )
@@ -48,16 +52,35 @@ _INSERT_USAGE = (
 # Rows per multi-row INSERT (20 columns each, under SQLite's 32,766 variables).  One
 # statement means one sqlite3_step, so the writer thread releases and re-takes the GIL once
 # per chunk instead of once per row: with the event loop busy in the other thread, the
-# per-row hand-offs cost more CPU than the inserts themselves (measured with py-spy).
-_INSERT_CHUNK = 500
+# per-row hand-offs cost more CPU than the inserts themselves (measured with py-spy).  But
+# the writer holds the GIL while it builds and binds a chunk's parameters, and the event
+# loop waits that long: 128 rows (params ~0.03 ms; 500 rows with the old per-row tuples
+# took ~0.3 ms) at no measurable cost in throughput (benchmarks/bench_store.py).  A batch is split into full
+# chunks and then power-of-two pieces, so only 8 statement shapes exist (each prepared once,
+# then cached by sqlite3).
+_INSERT_CHUNK = 128
 _INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition(
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _ROW_MARKS = "(" + ",".join("?" * 20) + ")"
 
 
+@functools.cache
 def _multi_insert(n: int) -> str:
     return _INSERT_HEAD + "VALUES " + ",".join([_ROW_MARKS] * n) + _INSERT_TAIL
+
+
+def _chunk_sizes(n: int) -> list[int]:
+    """``n`` rows as full chunks then decreasing powers of two (8 statement shapes at most)."""
+    full, rest = divmod(n, _INSERT_CHUNK)
+    sizes = [_INSERT_CHUNK] * full
+    bit = 1 << max(0, rest.bit_length() - 1)
+    while rest:
+        if rest & bit:
+            sizes.append(bit)
+            rest ^= bit
+        bit >>= 1
+    return sizes
 
 
 _BUMP_SPENT = (
@@ -93,14 +116,41 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
 
 
 def _usage_params(row: UsageRow) -> tuple[object, ...]:
-    priced = bool(row.priced)
+    # Booleans are bound as the ints SQLite stores anyway: sqlite3 binds only exact int,
+    # float, str and None-free types directly and sends the rest through its adapter
+    # lookup, which formats and discards an AttributeError per value (~2,000 instructions).
+    priced = 1 if row.priced else 0
     return (
         row.request_id, row.time_ns, row.project_id, row.user_id, row.key_hash, row.token_id,
         row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
-        row.cache_write_tokens, row.reasoning_tokens, bool(row.streaming), row.status,
+        row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
         row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
         PRICE_STATUS_PRICED if priced else PRICE_STATUS_PENDING,
     )  # fmt: skip
+
+
+def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
+    """The parameters of ``_multi_insert(len(rows))``: ``_usage_params`` of each row, flat."""
+    params: list[object] = []
+    add = params.extend
+    for r in rows:
+        if r.priced is True:  # the common shapes, without the per-row tuple and calls
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
+                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
+                r.http_status, 1, r.cost_nano_usd, r.duration_us, PRICE_STATUS_PRICED,
+            ))  # fmt: skip
+        elif r.priced is False:
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
+                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
+                r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
+            ))  # fmt: skip
+        else:
+            add(_usage_params(r))
+    return params
 
 
 class _Refused(Exception):
@@ -255,33 +305,43 @@ class SqliteStore(SqlStore):
         # can write while we hold the lock): that tells which rows the insert skipped.
         before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM usage_log").fetchone()[0]
         inserted = 0
-        for i in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[i : i + _INSERT_CHUNK]
-            params = [value for r in chunk for value in _usage_params(r)]
-            inserted += conn.execute(_multi_insert(len(chunk)), params).rowcount
+        sums: DaySums = {}  # what the chunks cost, summed while each one is fully inserted
+        start = 0
+        for size in _chunk_sizes(len(rows)):
+            chunk = rows[start : start + size]
+            start += size
+            n = conn.execute(_multi_insert(size), _chunk_params(chunk)).rowcount
+            inserted += n
+            if inserted == start:  # nothing skipped so far (the common case)
+                add_day_sums(chunk, sums)
         if inserted == len(rows):
-            new = rows
+            deltas = deltas_of_day_sums(sums)
+            written = inserted
         else:
             fresh = {r[0] for r in conn.execute("SELECT request_id FROM usage_log WHERE id > ?", (before,))}
             new = [r for r in rows if r.request_id in fresh]
             if len(new) != inserted:  # cannot happen under the lock; never count blindly
                 raise StoreError(f"usage insert wrote {inserted} rows but {len(new)} are new")
-        if not new:
-            return 0
-        deltas = counter_deltas(new)
+            deltas = counter_deltas(new)
+            written = len(new)
         if deltas:
             conn.executemany(
                 _BUMP_SPENT,
                 [(k.scope_kind, k.scope_id, k.period, k.period_start, v, now) for k, v in sorted(deltas.items())],
             )
-        return len(new)
+        return written
 
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
-        batch = normalize_usage(rows)
-        if not batch:
+        if not rows:
             return 0
+        given = list(rows)
         now = time.time_ns()
-        return await self._tx(lambda conn: self._write_usage_sync(conn, batch, now))
+
+        def body(conn: sqlite3.Connection) -> int:
+            # Validated on the writer thread: the event loop has enough work of its own.
+            return self._write_usage_sync(conn, normalize_usage(given), now)
+
+        return await self._tx(body)
 
     async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
         latest: dict[int, tuple[int | None, str]] = {}
