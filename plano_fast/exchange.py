@@ -430,30 +430,24 @@ class Exchange:
         self.ctx.usage_sink(self.make_event(outcome, http_status))
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
-        event = UsageEvent(
-            request_id=self.request_id,
-            time_ns=self.started_ns,
-            provider=self.provider_id,
-            model=self.model,
-            streaming=self.streaming,
-            status=outcome,
-            http_status=http_status,
-            duration_ms=(time.time_ns() - self.started_ns) / 1e6,
-            wire_format=self.wire_format,
-            key_hash=self.key_hash,
-            project_id=self.project_id,
-        )
+        started_ns = self.started_ns
+        duration_ms = (time.time_ns() - started_ns) / 1e6
         scanner = self.scanner
-        if scanner is not None:
-            usage = scanner.result()
-            event.model = usage.model or self.model
-            event.input_tokens = usage.input_tokens
-            event.output_tokens = usage.output_tokens
-            event.cache_read_tokens = usage.cache_read_tokens
-            event.cache_write_tokens = usage.cache_write_tokens
-            event.reasoning_tokens = usage.reasoning_tokens
-            event.has_usage = usage.has_usage
-        return event
+        if scanner is None:
+            return UsageEvent(
+                self.request_id, started_ns, self.provider_id, self.model, self.streaming,
+                outcome, http_status, project_id=self.project_id, key_hash=self.key_hash,
+                duration_ms=duration_ms, wire_format=self.wire_format,
+            )  # fmt: skip
+        usage = scanner.result()
+        # Positional in UsageEvent's field order (one call, no per-field assignments).
+        return UsageEvent(
+            self.request_id, started_ns, self.provider_id, usage.model or self.model,
+            self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
+            usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
+            usage.has_usage, self.project_id, self.key_hash, None, None, duration_ms,
+            self.wire_format,
+        )  # fmt: skip
 
 
 class ConfigExchange(Exchange):
@@ -619,8 +613,11 @@ class ConfigExchange(Exchange):
         self.responder.end()
 
 
-def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials: bool) -> bool:
-    """Append the client's headers that may go upstream; True if anthropic-version was one.
+def forwardable_headers(
+    request: Request, out: list[bytes], *, drop_credentials: bool
+) -> tuple[bool, bool]:
+    """Append the client's headers that may go upstream; says whether anthropic-version
+    and x-request-id were among them.
 
     Dropped: hop-by-hop headers and those named in Connection, framing and host (redone
     for the upstream hop), accept-encoding (usage must be readable), every x-xproxy-*
@@ -628,7 +625,8 @@ def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials:
     client's credentials when the gateway authenticates itself.
     """
     connection_tokens = _connection_tokens(request.headers)
-    seen_version = False
+    seen_version = seen_request_id = False
+    add = out.extend  # flat pieces, joined once by finish_head
     for name, value in request.headers:
         if name in DROPPED_REQUEST_HEADERS or name.startswith(b"x-xproxy-"):
             continue
@@ -638,8 +636,10 @@ def forwardable_headers(request: Request, out: list[bytes], *, drop_credentials:
             continue
         if name == b"anthropic-version":
             seen_version = True
-        out.append(name + b": " + value + b"\r\n")
-    return seen_version
+        elif name == b"x-request-id":
+            seen_request_id = True
+        add((name, b": ", value, b"\r\n"))
+    return seen_version, seen_request_id
 
 
 def upstream_request(
@@ -655,7 +655,9 @@ def upstream_request(
     gateway's credentials (``auth``; None = pass the client's through), the provider's
     configured headers, host and length.  A client's own anthropic-version wins."""
     head = [request_line + b" HTTP/1.1\r\n"]
-    seen_version = forwardable_headers(exchange.request, head, drop_credentials=auth is not None)
+    seen_version, has_request_id = forwardable_headers(
+        exchange.request, head, drop_credentials=auth is not None
+    )
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -666,11 +668,14 @@ def upstream_request(
         head.append(b"anthropic-version: 2023-06-01\r\n")
     for name, value in provider.extra_headers:
         head.append(name + b": " + value + b"\r\n")
-    return finish_head(exchange, head, provider.host_header, body)
+    return finish_head(exchange, head, provider.host_header, body, has_request_id)
 
 
-def finish_head(exchange: Exchange, head: list[bytes], host: str, body: bytes) -> list[bytes]:
-    if exchange.request.header(b"x-request-id") is None:
+def finish_head(
+    exchange: Exchange, head: list[bytes], host: str, body: bytes, has_request_id: bool
+) -> list[bytes]:
+    """Close the upstream head: our request id unless the client sent one, host, length."""
+    if not has_request_id:
         head.append(b"x-request-id: " + exchange.request_id.encode() + b"\r\n")
     head.append(b"host: " + host.encode() + b"\r\n")
     head.append(b"content-length: %d\r\n\r\n" % len(body))

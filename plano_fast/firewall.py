@@ -173,7 +173,7 @@ class FirewallExchange(Exchange):
             path = base + path
         target = path + b"?" + request.query if request.query else path
         head = [request.method + b" " + target + b" HTTP/1.1\r\n"]
-        forwardable_headers(request, head, drop_credentials=False)
-        self.upstream_data = finish_head(self, head, route.host_header, body)
+        _, has_request_id = forwardable_headers(request, head, drop_credentials=False)
+        self.upstream_data = finish_head(self, head, route.host_header, body, has_request_id)
         self.origin = route.origin
         return self.forward_now()

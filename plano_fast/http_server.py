@@ -232,8 +232,9 @@ class Responder:
         self, status: int, headers: list[Header] | tuple[Header, ...], content_length: int | None
     ) -> None:
         parts = [status_line(status)]
+        add = parts.extend  # flat pieces, one join: no intermediate bytes per header
         for name, value in headers:
-            parts.append(name + b": " + value + b"\r\n")
+            add((name, b": ", value, b"\r\n"))
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
         elif self._proto.http11:
@@ -503,7 +504,13 @@ class ServerProtocol(asyncio.Protocol):
                 f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
             )
         name = name.lower()
-        if name == b"transfer-encoding":
+        if name == b"content-length":
+            # llhttp has checked the digits; refuse an announced oversize body at once.
+            if int(value) > self._limits.max_body_bytes:
+                raise BodyTooLarge(
+                    f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"
+                )
+        elif name == b"transfer-encoding":
             if self._te_seen or value.strip().lower() != b"chunked":
                 raise MalformedRequest(
                     "unsupported Transfer-Encoding: only a single 'chunked' is accepted"
@@ -526,11 +533,6 @@ class ServerProtocol(asyncio.Protocol):
         # The head arrived in time; the body now gets the listener's request timeout.
         if self._active is None:
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
-        for name, value in self._headers:
-            if name == b"content-length" and int(value) > self._limits.max_body_bytes:
-                raise BodyTooLarge(
-                    f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"
-                )
         if self._expect_continue and self._active is None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect_continue = False
