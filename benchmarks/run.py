@@ -132,6 +132,22 @@ def cpu_s(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def wait_quiet(pids: list[int], *, window_s: float = 0.25, max_cpu_frac: float = 0.05,
+               max_wait_s: float = 15.0) -> float:
+    """Wait until ``pids`` together use under ``max_cpu_frac`` of a core over a window.
+
+    Targets share the machine: a target still working off a backlog after its own
+    measurement (LiteLLM at a rate it cannot keep up with, a gateway flushing usage)
+    would steal CPU from the next one.  Returns the seconds waited (reported in raw/).
+    """
+    start = time.monotonic()
+    while True:
+        c0 = cpu_s(pids)
+        time.sleep(window_s)
+        if (cpu_s(pids) - c0) / window_s < max_cpu_frac or time.monotonic() - start > max_wait_s:
+            return time.monotonic() - start
+
+
 def rss_kib(pids: list[int]) -> dict[str, float]:
     """Sum and max over processes of VmRSS and VmHWM, in MiB."""
     rss: list[int] = []
@@ -162,6 +178,40 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- machine
+
+
+_NOISE_PROBE = """
+import asyncio, time, uvloop
+async def main():
+    loop = asyncio.get_running_loop()
+    lags = []
+    due = [time.perf_counter() + 0.001]
+    def tick():
+        now = time.perf_counter()
+        lags.append(now - due[0])
+        due[0] = now + 0.001
+        loop.call_later(0.001, tick)
+    loop.call_later(0.001, tick)
+    await asyncio.sleep(%(seconds)s)
+    over = [x for x in lags if x > 0.002]  # libuv timers have 1 ms granularity
+    print(len(over), max(lags) * 1e3)
+uvloop.run(main())
+"""
+
+
+def scheduler_noise(seconds: float = 3.0) -> str:
+    """How often this machine stalls a process that does nothing but keep a 1 ms timer.
+
+    On a shared VM the hypervisor deschedules vCPUs now and then; a stall of a few ms
+    lands in every target's tail latency alike and bounds what a p99 can show here.
+    """
+    try:
+        r = subprocess.run([PY, "-c", _NOISE_PROBE % {"seconds": seconds}], capture_output=True,
+                           text=True, timeout=seconds + 30)
+        count, worst = r.stdout.split()
+        return f"{count} stalls > 2 ms in {seconds:g} s of an idle 1 ms timer, longest {float(worst):.1f} ms"
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        return f"not measured ({exc})"
 
 
 def machine_info() -> dict[str, Any]:
@@ -219,6 +269,7 @@ def machine_info() -> dict[str, Any]:
         "wrk": wrk_v or "not installed",
         "wrk2": "installed" if shutil.which("wrk2") else "not installed",
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "scheduler_noise": scheduler_noise(),
     }
 
 
@@ -847,7 +898,7 @@ def render_md(report: dict[str, Any]) -> str:
     out.append(f"Command: `{report['command']}`\n")
     out.append("| machine | |\n|---|---|")
     for k in ("cpu", "cores", "memory", "kernel", "python", "gateway_commit", "scanner", "nginx", "wrk",
-              "wrk2", "loadavg_at_start"):
+              "wrk2", "loadavg_at_start", "scheduler_noise"):
         v = m.get(k)
         out.append(f"| {k} | {' '.join(v) if isinstance(v, list) else v} |")
     for n, info in report["targets"].items():
@@ -1155,7 +1206,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                     rounds = sc.rounds_plano if t.kind == "plano_fast" else 1
                     for rnd in range(rounds):
                         tag = f"r{rep + 1}" + (f"_round{rnd + 1}" if rounds > 1 else "")
+                        everyone = [p for other in targets for p in other.pids()] + fake_pids
+                        quiet_wait_s = wait_quiet(everyone)
                         r = measure(t, fake_pids, sc, raw_dir, tag, wrk, wrk2)
+                        r["quiet_wait_s"] = quiet_wait_s
                         runs[sc.name].setdefault(t.name, []).append(r)
                         desc = (f"{r.get('rps', 0):.0f} req/s p50 {r.get('latency_ms', {}).get('p50', float('nan')):.3f} ms"
                                 f" p99 {r.get('latency_ms', {}).get('p99', float('nan')):.3f} ms")

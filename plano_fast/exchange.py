@@ -384,11 +384,12 @@ class Exchange:
             done.set_result(False)
 
     def _finish(self, outcome: str, tail: bytes) -> None:
-        """The upstream response is complete: send what is left, settle, end."""
+        """The upstream response is complete: send what is left and end, then settle
+        (the client's last bytes leave before the bookkeeping, not after it)."""
         if tail:
             self.responder.send_body(tail)
-        self._settle(outcome, self.status)
         self.responder.end()
+        self._settle(outcome, self.status)
 
     def _has_fallback(self) -> bool:
         """Whether another upstream may still serve this request (managed failover)."""
@@ -609,8 +610,8 @@ class ConfigExchange(Exchange):
             super()._finish(outcome, tail)
             return
         conversion.finish(self.responder, tail)
-        self._settle(outcome, self.status)
         self.responder.end()
+        self._settle(outcome, self.status)
 
 
 def forwardable_headers(
