@@ -1018,7 +1018,9 @@ def render_md(report: dict[str, Any]) -> str:
             for ln in g.get("first_errors", [])[:5]:
                 out.append(f"  * `{ln[:300]}`")
         out.append("")
-    out.append("Raw outputs: `raw/`; all numbers: `results.json`; plot: `latency.png`.\n")
+    plotted = not any(s.get("target") == "plot" for s in report["skipped"])
+    out.append("Raw outputs: `raw/`; all numbers: `results.json`"
+               + ("; plot: `latency.png`.\n" if plotted else ".\n"))
     return "\n".join(out)
 
 
