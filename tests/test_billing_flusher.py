@@ -20,7 +20,7 @@ from plano_fast.billing.flusher import DRAIN_SLICE, UsageFlusher, price_event, p
 from plano_fast.billing.journal import Journal
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts
-from plano_fast.store import UsageRow, normalize_usage, usage_row_from_event
+from plano_fast.store import Store, UsageRow, normalize_usage, usage_row_from_event
 from plano_fast.usage import (
     STATUS_CLIENT_GONE,
     STATUS_NOT_BILLABLE,
@@ -167,6 +167,9 @@ class RecordingStore:
         self.batches: list[int] = []
         self.failing = False
         self.delay_s = 0.0
+
+    def rejects_data(self, exc: BaseException) -> bool:
+        return Store.rejects_data(self, exc)  # type: ignore[arg-type]
 
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         batch = normalize_usage(rows)
@@ -332,8 +335,9 @@ def test_overflow_and_shutdown_spill_to_the_journal(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_an_invalid_event_fails_like_a_queue_get(tmp_path: Path) -> None:
-    """Pricing an impossible event raises (as before); only that event is consumed."""
+def test_an_invalid_event_is_set_aside_and_the_rest_are_written(tmp_path: Path) -> None:
+    """An event that cannot be priced (a negative count) is kept in the journal's rejected
+    file and counted; the events around it are written, and the flusher goes on."""
 
     async def main() -> None:
         store = RecordingStore()
@@ -344,10 +348,11 @@ def test_an_invalid_event_fails_like_a_queue_get(tmp_path: Path) -> None:
         evs[4].output_tokens = -1
         for e in evs:
             flusher.submit(e)
-        with pytest.raises(ValueError, match="must be >= 0"):
-            await flusher.flush_now()
-        assert flusher.backlog == 9
         await flusher.flush_now()
+        assert flusher.backlog == 0
         assert sorted(store.rows) == sorted(e.request_id for i, e in enumerate(evs) if i != 4)
+        assert flusher.metrics.rows_rejected == 1
+        kept = flusher.journal.rejected_path.read_text().splitlines()
+        assert len(kept) == 1 and evs[4].request_id in kept[0] and "must be >= 0" in kept[0]
 
     asyncio.run(main())

@@ -978,3 +978,62 @@ def test_expired_reservations_are_released(backend: Backend) -> None:
         assert c is not None and c.reserved_nano_usd == 0
 
     backend.run(body)
+
+
+# -- rows the store refuses: set aside, never holding back the rest --------------------
+
+
+def test_flusher_sets_aside_what_the_store_refuses_and_writes_the_rest(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Token counts the scanner accepts (up to 18 digits) can price above 64 bits, and a
+    negative count cannot be priced at all.  Such rows once failed their whole batch on
+    every retry, holding back all billing behind them; now the store's refusal
+    (SQLite's OverflowError, asyncpg's DataError) is isolated to those rows, which are
+    kept in the rejected file, and every other row is written and counted."""
+    import json
+
+    from plano_fast.billing.flusher import UsageFlusher
+    from plano_fast.billing.journal import Journal
+    from plano_fast.billing.metrics import BillingMetrics
+    from plano_fast.pricing import PricingRegistry
+    from plano_fast.usage import STATUS_OK, UsageEvent
+
+    now = ns(2026, 12, 3, 12)
+
+    def event(i: int, input_tokens: int = 100, output_tokens: int = 20) -> UsageEvent:
+        return UsageEvent(
+            f"req-poison-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
+            input_tokens, output_tokens, has_usage=True, project_id="p1", key_hash=sha("k"),
+        )  # fmt: skip
+
+    huge = 10**18 - 1  # fits a 64-bit column; its price does not
+    good = [event(i) for i in range(40)]
+    overflowing = [event(100, input_tokens=huge), event(101, output_tokens=huge)]
+    impossible = event(102, output_tokens=-1)
+    submitted = good[:13] + overflowing[:1] + good[13:30] + [impossible] + good[30:] + overflowing[1:]
+
+    async def body(store: Store) -> None:
+        journal = Journal(tmp_path / "usage.journal")
+        metrics = BillingMetrics()
+        flusher = UsageFlusher(store, PricingRegistry(), journal, metrics, interval_s=3600.0)
+        for e in submitted:
+            flusher.submit(e)
+        await flusher.flush_now()
+        assert flusher.backlog == 0
+        stored = {r.request_id: r for r in await all_usage(store)}
+        assert sorted(stored) == sorted(e.request_id for e in good)
+        assert all(r.priced and r.cost_nano_usd for r in stored.values())
+        assert metrics.rows_rejected == 3
+        assert metrics.rows_written == 40 and metrics.rows_duplicate == 0
+        kept = [json.loads(line) for line in journal.rejected_path.read_text().splitlines()]
+        assert sorted(k["record"]["request_id"] for k in kept) == ["req-poison-100", "req-poison-101", "req-poison-102"]
+        assert all(k["reason"] for k in kept)
+        assert not list(tmp_path.glob("usage.journal.*"))  # nothing for a replay to trip on
+        await assert_counters_match_log(store)
+        # Billing goes on.
+        flusher.submit(event(200))
+        await flusher.flush_now()
+        assert "req-poison-200" in {r.request_id for r in await all_usage(store)}
+
+    backend.run(body)

@@ -20,12 +20,19 @@ into small statements, see ``plano_fast.store.sqlite``).
 Overflow policy (explicit and counted): while the store is failing, rows stay in memory
 up to ``max_pending_rows``; past that the oldest are appended to the spill journal, and
 replayed from it on the next start.  Nothing is dropped.
+
+Poison policy: a row the store refuses for what it holds (``Store.rejects_data``: a count
+or cost over 64 bits, a broken constraint) must not hold back the rows behind it, which
+retrying the batch forever would.  The batch is split in halves until the refused rows
+are alone; the rest are written, and each refused row (or an event that cannot even be
+priced) is set aside in the journal's rejected file, counted and logged, for an operator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
 import time
@@ -294,15 +301,23 @@ class UsageFlusher:
         before = len(pending)
         try:
             unpriced = rows_of_events(self.pricing, events[:end], pending)
-        except BaseException:
-            # As a queue get would have it: the failing event is consumed, the rest stay.
+        except Exception as exc:  # noqa: BLE001 - one impossible event must not stop billing
+            # Rows before the failing event are in; it is set aside; the rest wait for the
+            # next slice.
             end = len(pending) - before + 1
-            raise
+            self._set_aside(dataclasses.asdict(events[end - 1]), "event", exc)
+            unpriced = sum(1 for row in itertools.islice(pending, before, None) if not row.priced)
         finally:
             # Dropped slice by slice, so their deallocation is spread out too.
             del events[:end]
         self.metrics.rows_unpriced_at_flush += unpriced
         return end
+
+    def _set_aside(self, record: dict[str, object], kind: str, exc: BaseException) -> None:
+        self.journal.set_aside(record, f"{type(exc).__name__}: {exc}")
+        self.metrics.rows_rejected += 1
+        log.error("usage %s %s refused (%s: %s); kept in %s", kind, record.get("request_id"),
+                  type(exc).__name__, exc, self.journal.rejected_path)
 
     def _spill_overflow(self) -> None:
         pending = self._pending
@@ -325,8 +340,9 @@ class UsageFlusher:
         if not batch:
             return True
         started = time.perf_counter()
+        rejected_before = self.metrics.rows_rejected
         try:
-            inserted = await self.store.write_usage(batch)
+            inserted = await self._write_isolating(batch)
         except Exception as exc:  # noqa: BLE001 - any store failure: keep the rows, retry later
             self.metrics.flush_failures += 1
             self._retry_delay_s = min(MAX_RETRY_DELAY_S, max(0.5, self._retry_delay_s * 2))
@@ -337,7 +353,22 @@ class UsageFlusher:
             pending.popleft()
         self._retry_delay_s = 0.0
         self.metrics.rows_written += inserted
-        self.metrics.rows_duplicate += len(batch) - inserted
+        self.metrics.rows_duplicate += len(batch) - inserted - (self.metrics.rows_rejected - rejected_before)
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
         return True
+
+    async def _write_isolating(self, rows: list[UsageRow]) -> int:
+        """``write_usage``, splitting the batch around rows the store refuses (see the
+        poison policy above); any other failure is raised with nothing set aside, and the
+        halves already written are idempotent when the batch is retried."""
+        try:
+            return await self.store.write_usage(rows)
+        except Exception as exc:
+            if not self.store.rejects_data(exc):
+                raise
+            if len(rows) == 1:
+                self._set_aside(Journal.record_of(rows[0]), "row", exc)
+                return 0
+        mid = len(rows) // 2
+        return await self._write_isolating(rows[:mid]) + await self._write_isolating(rows[mid:])

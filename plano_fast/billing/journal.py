@@ -27,12 +27,16 @@ class Journal:
         self.base = Path(base_path)
         self.path = self.base.with_name(f"{self.base.name}.{os.getpid()}")
         self.rows_spilled = 0
+        #: rows (and events) the store refused for their values: kept for an operator, not
+        #: replayed (a replay would be refused again); the name is outside ``claim``'s glob
+        self.rejected_path = self.base.with_name(f"{self.base.name}-rejected.{os.getpid()}")
+
+    @staticmethod
+    def record_of(row: UsageRow) -> dict[str, object]:
+        return {name: getattr(row, name) for name in _FIELDS}
 
     def spill(self, rows: Iterable[UsageRow]) -> int:
-        lines = [
-            json.dumps({name: getattr(row, name) for name in _FIELDS}, separators=(",", ":"))
-            for row in rows
-        ]
+        lines = [json.dumps(self.record_of(row), separators=(",", ":")) for row in rows]
         if not lines:
             return 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +46,15 @@ class Journal:
             os.fsync(fh.fileno())
         self.rows_spilled += len(lines)
         return len(lines)
+
+    def set_aside(self, record: dict[str, object], reason: str) -> None:
+        """Append one refused row or event, with why, to ``rejected_path`` (fsynced)."""
+        line = json.dumps({"reason": reason, "record": record}, separators=(",", ":"), default=str)
+        self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.rejected_path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def claim(self) -> list[Path]:
         """Take ownership of every journal file not being written by a live process."""

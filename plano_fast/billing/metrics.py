@@ -15,6 +15,7 @@ class BillingMetrics:
     rows_unpriced_unknown: int = 0  # no price known even after a retry
     rows_spilled: int = 0
     rows_replayed: int = 0
+    rows_rejected: int = 0  # refused by the store for their values; set aside (journal)
     flushes: int = 0
     flush_failures: int = 0
     price_failures: int = 0

@@ -437,6 +437,12 @@ class Store(abc.ABC):
         the spending counters of their project, user and key, for the periods 'total',
         'monthly' and 'daily' of the row's time.  Returns how many rows were inserted."""
 
+    def rejects_data(self, exc: BaseException) -> bool:
+        """Whether ``write_usage`` failed because of what the rows hold (a value out of
+        range, a broken constraint) rather than because the store is unreachable: the
+        flusher then sets the offending rows aside instead of retrying them forever."""
+        return isinstance(exc, (ValueError, TypeError, OverflowError))
+
     @abc.abstractmethod
     async def fetch_unpriced(self, limit: int) -> list[UsageRow]:
         """Oldest rows not priced and not yet attempted (``row_id`` set)."""

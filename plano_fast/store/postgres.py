@@ -383,6 +383,13 @@ class PostgresStore(SqlStore):
         await conn.copy_records_to_table(_STAGING, records=_usage_records(rows), columns=_USAGE_COLUMNS)
         return int(await conn.fetchval(_WRITE_STAGED, now))
 
+    def rejects_data(self, exc: BaseException) -> bool:
+        # Out-of-range numbers (DataError: the server's, or asyncpg's own when it encodes
+        # an int over 64 bits) and broken constraints; not connection or server trouble.
+        return isinstance(
+            exc, (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
+        ) or super().rejects_data(exc)
+
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         batch = normalize_usage(rows)
         if not batch:

@@ -340,6 +340,10 @@ class SqliteStore(SqlStore):
             )
         return written
 
+    def rejects_data(self, exc: BaseException) -> bool:
+        # A CHECK constraint, or an integer over 64 bits (OverflowError while binding).
+        return isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError)) or super().rejects_data(exc)
+
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
