@@ -176,7 +176,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--version", default=LITELLM_VERSION)
     args = ap.parse_args(argv)
     try:
-        exe = ensure_litellm(args.version, log=Path("litellm-install.log").resolve())
+        exe = ensure_litellm(args.version)  # its log: the temporary directory
     except LiteLLMUnavailable as exc:
         print(f"LiteLLM: not available ({exc})", file=sys.stderr)
         return 1

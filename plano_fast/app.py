@@ -99,6 +99,7 @@ class Gateway:
                 self.store,
                 self.billing.pricing,
                 max_output_tokens=settings.managed_max_output_tokens,
+                usage_sink=self.billing.submit,
             )
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None

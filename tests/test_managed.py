@@ -125,6 +125,8 @@ def test_sdks_reach_the_provider_with_the_server_side_key(
     assert reply.choices[0].message.content and chunks
     seen = [r for r in fake.requests if r.path == "/v1/chat/completions"]
     assert {r.header("authorization") for r in seen} == {f"Bearer {OPENAI_SERVER_KEY}"}
+    # No bound in the request: the configured ceiling (4096) is the one sent upstream.
+    assert [r.json()["max_completion_tokens"] for r in seen] == [4096, 4096]
     assert tenant.token not in json.dumps([r.headers for r in seen])
 
     with anthropic.Anthropic(base_url=gateway.url, api_key=tenant.token, max_retries=0) as ac:
@@ -299,3 +301,40 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
     assert len(recorded) == served
     assert spent <= limit
     assert limit - spent < cost  # within one request's cost of the limit
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # Inserted as bytes, the rest of the body untouched (no re-encoding).
+        (b'{"model":"m","messages":[{"role":"user","content":"h\xc3\xa9 \\"max\\""}]}',
+         b'{"max_completion_tokens":4096,"model":"m","messages":[{"role":"user","content":"h\xc3\xa9 \\"max\\""}]}'),
+        (b'  { "model": "m" }', b'  {"max_completion_tokens":4096, "model": "m" }'),
+        (b"{ }", b'{"max_completion_tokens":4096 }'),
+    ],
+)
+def test_output_ceiling_is_inserted_without_re_encoding(body: bytes, expected: bytes) -> None:
+    from plano_fast.exchange import CHAT_COMPLETIONS
+    from plano_fast.managed.exchange import _with_max_tokens
+
+    out = _with_max_tokens(body, CHAT_COMPLETIONS, 4096, "openai")
+    assert out == expected
+    assert json.loads(out)["max_completion_tokens"] == 4096
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"m","max_completion_tokens":null}',  # present but null: overridden
+        b'{"model":"m","max_completion\\u005ftokens":null}',  # an escaped spelling of the key
+    ],
+)
+def test_output_ceiling_overrides_a_null_or_escaped_bound(body: bytes) -> None:
+    """Where a byte insert could leave two members of the same name (which one a provider
+    reads is its choice), the body is parsed and the one member set."""
+    from plano_fast.exchange import CHAT_COMPLETIONS
+    from plano_fast.managed.exchange import _with_max_tokens
+
+    out = _with_max_tokens(body, CHAT_COMPLETIONS, 4096, "openai")
+    pairs = json.loads(out, object_pairs_hook=lambda kv: kv)
+    assert [v for k, v in pairs if k == "max_completion_tokens"] == [4096]

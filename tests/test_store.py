@@ -1037,3 +1037,39 @@ def test_flusher_sets_aside_what_the_store_refuses_and_writes_the_rest(
         assert "req-poison-200" in {r.request_id for r in await all_usage(store)}
 
     backend.run(body)
+
+
+def test_group_writer_owns_its_rows(backend: Backend) -> None:
+    """Managed mode's synchronous writer: a waiter cancelled mid-write (its client left)
+    does not take its row with it; a row the store refuses is handed to the asynchronous
+    pipeline alone, while the rows of the same batch are still written synchronously."""
+    from plano_fast.billing.flusher import price_event
+    from plano_fast.managed.exchange import GroupWriter
+    from plano_fast.pricing import PricingRegistry
+    from plano_fast.store import usage_row_from_event
+    from plano_fast.usage import STATUS_OK, UsageEvent
+
+    now = ns(2026, 12, 3, 12)
+    pricing = PricingRegistry()
+
+    def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
+        event = UsageEvent(
+            f"req-group-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
+            input_tokens, 20, has_usage=True, project_id="p1", key_hash=sha("k"),
+        )  # fmt: skip
+        return usage_row_from_event(event, cost_nano_usd=price_event(pricing, event)), event
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        waiters = [writer.write(*item(i)) for i in range(6)]
+        waiters.append(writer.write(*item(6, input_tokens=10**18 - 1)))  # cost over 64 bits
+        waiters[2].cancel()  # its client left: only the wait ends
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(w.done() for w in waiters)
+        written = {r.request_id for r in await all_usage(store)}
+        assert written == {f"req-group-{i}" for i in range(6)}
+        assert [e.request_id for e in handed_over] == ["req-group-6"]
+        await assert_counters_match_log(store)
+
+    backend.run(body)

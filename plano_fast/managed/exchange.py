@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plano_fast import scan
@@ -70,37 +70,55 @@ class GroupWriter:
     """Group commit for synchronous billing: each request still waits until its own row is
     written, but rows of requests finishing together share one transaction.  While one
     batch is being written the next gathers, so the commit cost is paid once per batch,
-    not once per request (measured: ~730 CPU µs per managed request before, on SQLite)."""
+    not once per request (measured: ~730 CPU µs per managed request before, on SQLite).
 
-    def __init__(self, store: Store) -> None:
+    The writer owns a row from ``write`` on: a waiter that is cancelled (its client left)
+    stops waiting, but the row is written all the same; and when a batch cannot be
+    written, its events go to the asynchronous pipeline (``fallback``: journaled,
+    retried, a refused row set aside there), so no waiter has to be alive to save them.
+    """
+
+    def __init__(self, store: Store, fallback: Callable[[UsageEvent], None]) -> None:
         self.store = store
-        self._pending: list[tuple[UsageRow, asyncio.Future[None]]] = []
+        self.fallback = fallback
+        self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def write(self, row: UsageRow) -> None:
+    def write(self, row: UsageRow, event: UsageEvent) -> asyncio.Future[None]:
+        """Queue ``row``; the future resolves once it is written or handed to the fallback."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((row, future))
+        self._pending.append((row, event, future))
         if self._task is None:
             self._task = loop.create_task(self._drain())
-        await future
+        return future
 
     async def _drain(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                try:
-                    await self.store.write_usage([row for row, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - every waiter learns it failed
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                await self._write(batch)
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
         finally:
             self._task = None
+
+    async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
+        try:
+            await self.store.write_usage([row for row, _, _ in batch])
+            return
+        except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
+            if len(batch) > 1 and self.store.rejects_data(exc):
+                # One row the store refuses must not push the others off the synchronous
+                # path: each is tried alone (rare; the flusher isolates the refused one).
+                for item in batch:
+                    await self._write([item])
+                return
+            log.error("synchronous billing failed (%s); %d usage rows queued",
+                      type(exc).__name__, len(batch))
+        for _, event, _ in batch:
+            self.fallback(event)
 
 
 class ManagedContext:
@@ -116,6 +134,7 @@ class ManagedContext:
         pricing: PricingRegistry,
         *,
         max_output_tokens: int,
+        usage_sink: Callable[[UsageEvent], None],
         reservation_ttl_s: float = 600.0,
     ) -> None:
         self.state = state
@@ -125,7 +144,7 @@ class ManagedContext:
         self.reservation_ttl_s = reservation_ttl_s
         #: background releases, shielded from the cancellation of a client's task
         self.tasks: set[asyncio.Task[object]] = set()
-        self.writer = GroupWriter(store)
+        self.writer = GroupWriter(store, usage_sink)
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -320,6 +339,13 @@ class ManagedExchange(Exchange):
             return
         super().on_upstream_complete()
 
+    def on_upstream_read_done(self) -> None:
+        # A JSON answer's first piece is held until billing is done: the head alone would
+        # cost a send() of its own, so it waits to leave with the body (later pieces of
+        # a large body still flush as they come: memory stays bounded).
+        if self.streaming or self.responder.bytes_sent:
+            self.responder.flush()
+
     def _relay(self, data: bytes) -> None:
         """Send as it comes, but hold back the terminal event until billing is done."""
         if not data:
@@ -373,39 +399,46 @@ class ManagedExchange(Exchange):
         event = self.final_event
         assert event is not None
         reservation, self.reservation = self.reservation, None
-        billing = self.mctx.spawn(self._bill(event, reservation))
-        # Shielded: a client leaving now must not cancel the write of its usage.
-        await asyncio.shield(billing)
+        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        if reservation is None:
+            # The writer owns the row now: a client leaving cancels only this wait.
+            await self.mctx.writer.write(row, event)
+        else:
+            # Shielded: a client leaving now must not cancel the settlement.
+            await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
         if self.held:
             self.responder.send_body(self.held)
             self.held = b""
         self.responder.end()
 
-
-    async def _bill(self, event: UsageEvent, reservation: Reservation | None) -> None:
-        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+    async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
         try:
-            if reservation is not None:
-                await store.settle(reservation, row)
-            else:
-                await self.mctx.writer.write(row)
+            await store.settle(reservation, row)
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
-            if reservation is not None:
-                self.mctx.spawn(store.release(reservation))
+            self.mctx.spawn(store.release(reservation))
 
 
 def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:
     """Insert the output ceiling so the reserved bound is one the provider enforces.
 
-    Managed mode only, and only when the client set no bound: a parse and re-encode is
-    acceptable here (the pass-through paths never do this).
+    Managed mode only, and only when the client set no bound.  When the field's name is
+    nowhere in the body and no key can be spelled with a ``\\u`` escape, the member is
+    inserted as bytes after the opening brace (no duplicate key can result); otherwise
+    (a ``null`` bound, an escaped key) the body is parsed and re-encoded, so the value
+    the provider reads is certainly this one.
     """
     name = "max_output_tokens" if endpoint.name == "responses" else "max_tokens"
     if endpoint is CHAT_COMPLETIONS and provider == "openai":
         name = "max_completion_tokens"  # OpenAI's reasoning models refuse max_tokens
+    quoted = b'"%s"' % name.encode()
+    start = len(body) - len(body.lstrip())
+    if quoted not in body and b"\\u" not in body and body[start : start + 1] == b"{":
+        rest = body[start + 1 :]
+        sep = b"" if rest.lstrip().startswith(b"}") else b","
+        return body[: start + 1] + b"%s:%d%s" % (quoted, max_tokens, sep) + rest
     doc = json.loads(body)
     doc[name] = max_tokens
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
