@@ -83,10 +83,14 @@ class GroupWriter:
         self.fallback = fallback
         self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, row: UsageRow, event: UsageEvent) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once it is written or handed to the fallback."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Once: asyncio.get_running_loop() costs a getpid() system call per call.
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending.append((row, event, future))
         if self._task is None:
