@@ -25,7 +25,7 @@ import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
 from benchmarks.loadgen import LoadSpec, run_load, summarize
-from benchmarks.run import parse_wrk
+from benchmarks.run import parse_wrk, ratio_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -49,6 +49,18 @@ def _ordered(lat: dict[str, float]) -> bool:
     keys = ["p0", "p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99_9", "p99_99", "p100"]
     values = [lat[k] for k in keys]
     return all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_throughput_ratio_is_noisy_when_medians_and_pairs_disagree() -> None:
+    """The saturation repeats of run 20261203-171754 (req/s): firewall w1 against nginx.
+    The medians say 78%, but two of the three repeats had the gateway under half of
+    nginx: neither PASS nor FAIL is what that run showed."""
+    ratio, paired, verdict = ratio_verdict([7365, 15150, 12987], [16616, 11453, 27619], 0.5)
+    assert round(ratio, 2) == 0.78 and [round(x, 2) for x in paired] == [0.44, 1.32, 0.47]
+    assert verdict == "NOISY"
+    assert ratio_verdict([9000, 9500, 9100], [16000, 17000, 16500], 0.5)[2] == "PASS"
+    assert ratio_verdict([7000, 7500, 7100], [16000, 17000, 16500], 0.5)[2] == "FAIL"
+    assert ratio_verdict([9000], [16000], 0.5)[2] == "PASS"  # one repeat: the two agree
 
 
 def test_percentiles_of_known_data() -> None:
