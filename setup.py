@@ -1,4 +1,4 @@
-"""Build script for the optional Cython scanner.
+"""Build script for the optional Cython helpers (the byte scanner, the response-head filter).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.scan`` falls back to the pure-Python
@@ -47,7 +47,10 @@ def _extensions() -> list[Extension]:
         return []
     annotate = os.environ.get("PLANO_FAST_CYTHON_ANNOTATE") == "1"
     return cythonize(
-        [Extension("plano_fast._scan", ["plano_fast/_scan.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension("plano_fast._scan", ["plano_fast/_scan.pyx"], extra_compile_args=["-O3"]),
+            Extension("plano_fast._head", ["plano_fast/_head.pyx"], extra_compile_args=["-O3"]),
+        ],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

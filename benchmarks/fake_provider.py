@@ -69,6 +69,9 @@ reasoning default to 0; ``O`` (output total, reasoning-inclusive) =
   cumulative candidatesTokenCount ``(O-R)*(k+1)//n`` (the last event is final).
 
 Every response carries ``x-fake-peer: ip:port`` and ``x-fake-request-id: N``.
+With ``provider_headers=True`` (``--provider-headers``) successful answers also carry the
+~20 headers the real provider sends (rate limits, organisation, Cloudflare's cookies and
+ray id, HSTS, ...), so a proxy in front pays what it would pay in production.
 
 Python API
 ----------
@@ -658,6 +661,84 @@ _GEM_ERR: dict[int, str] = {
 }
 
 
+# Response headers a real provider sends besides the framing ones (``provider_headers=True``,
+# CLI ``--provider-headers``).  A proxy pays per header it parses, filters and re-emits, so a
+# benchmark against a provider that sends four headers flatters it.  Sets assembled from
+# recorded responses in ../shared/data/fixtures (pydantic-ai cassettes: openai-version,
+# openai-processing-ms, access-control-expose-headers, alt-svc, strict-transport-security,
+# server-timing, vary) and the providers' documented rate-limit headers (OpenAI
+# ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``); Cloudflare's edge adds cf-ray,
+# cf-cache-status and the __cf_bm/_cfuvid cookies in front of OpenAI and Anthropic.
+# Values are fixed, shaped and sized like real ones; identifiers are fake.
+_CF_COOKIES = (
+    b"set-cookie: __cf_bm=" + b"x" * 120 + b"-1764800000-1.0.1.1-" + b"y" * 40
+    + b"; path=/; expires=Thu, 03-Dec-26 23:30:00 GMT; domain=.api.example.com; HttpOnly; Secure; "
+    b"SameSite=None\r\n"
+    b"set-cookie: _cfuvid=" + b"z" * 43 + b"-1764800000000-0.0.1.1-604800000; path=/; "
+    b"domain=.api.example.com; HttpOnly; Secure; SameSite=None\r\n"
+)
+_PROVIDER_HEADERS: dict[str, bytes] = {
+    "openai": (
+        b"date: Thu, 03 Dec 2026 23:00:00 GMT\r\n"
+        b"access-control-expose-headers: X-Request-ID\r\n"
+        b"openai-organization: org-fakefakefakefakefakefake\r\n"
+        b"openai-processing-ms: 412\r\n"
+        b"openai-project: proj_fakefakefakefakefakefake\r\n"
+        b"openai-version: 2020-10-01\r\n"
+        b"x-envoy-upstream-service-time: 415\r\n"
+        b"x-ratelimit-limit-requests: 10000\r\n"
+        b"x-ratelimit-limit-tokens: 30000000\r\n"
+        b"x-ratelimit-remaining-requests: 9999\r\n"
+        b"x-ratelimit-remaining-tokens: 29999975\r\n"
+        b"x-ratelimit-reset-requests: 6ms\r\n"
+        b"x-ratelimit-reset-tokens: 0s\r\n"
+        b"x-request-id: req_0123456789abcdef0123456789abcdef\r\n"
+        b"strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n"
+        b"cf-cache-status: DYNAMIC\r\n"
+        + _CF_COOKIES +
+        b"x-content-type-options: nosniff\r\n"
+        b"server: cloudflare\r\n"
+        b"cf-ray: 8f1c2d3e4f5a6b7c-IAD\r\n"
+        b"alt-svc: h3=\":443\"; ma=86400\r\n"
+    ),
+    "anthropic": (
+        b"date: Thu, 03 Dec 2026 23:00:00 GMT\r\n"
+        b"anthropic-organization-id: 00000000-0000-4000-8000-000000000000\r\n"
+        b"anthropic-ratelimit-requests-limit: 4000\r\n"
+        b"anthropic-ratelimit-requests-remaining: 3999\r\n"
+        b"anthropic-ratelimit-requests-reset: 2026-12-03T23:00:01Z\r\n"
+        b"anthropic-ratelimit-input-tokens-limit: 2000000\r\n"
+        b"anthropic-ratelimit-input-tokens-remaining: 1999000\r\n"
+        b"anthropic-ratelimit-input-tokens-reset: 2026-12-03T23:00:01Z\r\n"
+        b"anthropic-ratelimit-output-tokens-limit: 400000\r\n"
+        b"anthropic-ratelimit-output-tokens-remaining: 399000\r\n"
+        b"anthropic-ratelimit-output-tokens-reset: 2026-12-03T23:00:01Z\r\n"
+        b"anthropic-ratelimit-tokens-limit: 2400000\r\n"
+        b"anthropic-ratelimit-tokens-remaining: 2398000\r\n"
+        b"anthropic-ratelimit-tokens-reset: 2026-12-03T23:00:01Z\r\n"
+        b"strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n"
+        b"via: 1.1 google\r\n"
+        b"cf-cache-status: DYNAMIC\r\n"
+        b"x-robots-tag: none\r\n"
+        + _CF_COOKIES +
+        b"server: cloudflare\r\n"
+        b"cf-ray: 8f1c2d3e4f5a6b7c-SJC\r\n"
+    ),
+    "gemini": (
+        b"date: Thu, 03 Dec 2026 23:00:00 GMT\r\n"
+        b"vary: Origin\r\n"
+        b"vary: X-Origin\r\n"
+        b"vary: Referer\r\n"
+        b"server: scaffolding on HTTPServer2\r\n"
+        b"x-xss-protection: 0\r\n"
+        b"x-frame-options: SAMEORIGIN\r\n"
+        b"x-content-type-options: nosniff\r\n"
+        b"server-timing: gfet4t7; dur=512\r\n"
+        b"alt-svc: h3=\":443\"; ma=2592000,h3-29=\":443\"; ma=2592000\r\n"
+    ),
+}
+
+
 def _error_body(family: str, status: int, message: str, rid: int, unknown_url: bool = False) -> bytes:
     if family == "anthropic":
         etype = _ANT_ERR.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
@@ -963,8 +1044,11 @@ class FakeProvider:
         record: bool = True,
         reuse_port: bool = False,
         backlog: int = 4096,
+        provider_headers: bool = False,
     ) -> None:
         self.host = host
+        #: send each provider's usual response headers (see _PROVIDER_HEADERS)
+        self.provider_headers = provider_headers
         self.port = port
         self._defaults = _Ctl(
             latency=latency_ms / 1000.0,
@@ -1161,6 +1245,8 @@ class FakeProvider:
         ctx = _Ctx(rid, "%s%012x" % (self._nonce, rid), model, self._model_bytes(model), n, big,
                    self._usage(ctl, body, n), ctl.omit_usage)
         extra = b"request-id: req_fake%08d\r\n" % rid if family == "anthropic" else b""
+        if self.provider_headers:
+            extra += _PROVIDER_HEADERS[family]
 
         if stream:
             events: Iterator[object]
@@ -1401,6 +1487,7 @@ def _provider_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "stream_event_bytes": args.stream_event_bytes,
         "max_recorded": args.max_recorded,
         "record": not args.no_record,
+        "provider_headers": args.provider_headers,
     }
 
 
@@ -1438,6 +1525,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-recorded", type=int, default=10000)
     ap.add_argument("--no-record", action="store_true", help="do not record requests (benchmarks)")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT")
+    ap.add_argument("--provider-headers", action="store_true",
+                    help="send each provider's usual ~20 response headers (rate limits, Cloudflare, ...)")
     args = ap.parse_args(argv)
     kwargs = _provider_kwargs(args)
 

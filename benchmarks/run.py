@@ -493,10 +493,12 @@ MODES: dict[str, Callable[[Path, int, int, list[str]], ModeSetup]] = {
 }
 
 
-def start_fake(workers: int, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_fake(workers: int, log_path: Path, provider_headers: bool = True) -> tuple[subprocess.Popen[bytes], int]:
     args = [PY, "-m", "benchmarks.fake_provider", "--port", "0", "--no-record",
             "--events", str(STREAM_EVENTS), "--interval-ms", str(STREAM_INTERVAL_MS),
             "--workers", str(workers)]
+    if provider_headers:
+        args.append("--provider-headers")
     logf = open(log_path, "ab")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf)
     assert proc.stdout is not None
@@ -945,8 +947,10 @@ def render_md(report: dict[str, Any]) -> str:
     for n, info in report["targets"].items():
         if info.get("kind") == "litellm":
             out.append(f"| litellm | {info.get('version')} (own venv, no database: no usage rows) |")
+    headers = "4 response headers" if report["args"].get("minimal_provider_headers") else \
+        "a real provider's ~20 response headers"
     out.append(f"| fake provider | {report['fake_workers']} process(es), {STREAM_EVENTS} events x "
-               f"{STREAM_INTERVAL_MS:g} ms per stream |")
+               f"{STREAM_INTERVAL_MS:g} ms per stream, {headers} |")
     out.append(f"| durations | {report['args']['duration_s']:g} s per measurement, medians of "
                f"{report['args']['repeats']} repeat(s) for the non-streaming scenarios, targets interleaved |")
     out.append("")
@@ -1151,6 +1155,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator for saturation too")
     ap.add_argument("--rate", type=float, default=500.0, help="fixed rate of the concurrency-1 scenario")
     ap.add_argument("--fake-workers", type=int, default=1, help="fake provider processes")
+    ap.add_argument("--minimal-provider-headers", action="store_true",
+                    help="the fake provider sends 4 response headers instead of a real provider's ~20")
     ap.add_argument("--scenarios", default=None, help="comma list to run a subset (default: all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work dir (configs, dbs)")
@@ -1192,7 +1198,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     usage: dict[str, Any] = {}
     gateway_logs: dict[str, Any] = {}
     try:
-        fake_proc, fake_port = start_fake(args.fake_workers, work / "fake_provider.log")
+        fake_proc, fake_port = start_fake(args.fake_workers, work / "fake_provider.log",
+                                          not args.minimal_provider_headers)
         fake_pids = proc_tree(fake_proc.pid)
         log(f"fake provider on :{fake_port} (pids {fake_pids})")
         targets.append(Target("direct", "direct", f"http://127.0.0.1:{fake_port}", None,

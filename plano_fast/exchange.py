@@ -38,7 +38,7 @@ from plano_fast.errors import (
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.routing import UnknownModel
-from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamPool
+from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_GONE,
     STATUS_NOT_BILLABLE,
@@ -69,7 +69,6 @@ DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
     b"expect",
     b"accept-encoding",
 }
-DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 
 _REQUEST_PREFIX = os.urandom(4).hex()
 _request_counter = itertools.count(1)
@@ -324,29 +323,25 @@ class Exchange:
                 return
 
     # -- ResponseSink -----------------------------------------------------------------
-    def client_headers(self, headers: list[Header], chunked: bool) -> tuple[list[Header], int | None]:
-        """The upstream response's headers fit for the client, and its Content-Length."""
-        content_length: int | None = None
-        out: list[Header] = []
-        for name, value in headers:
-            if name in DROPPED_RESPONSE_HEADERS:
-                if name == b"content-length" and not chunked:
-                    content_length = int(value)
-                continue
-            out.append((name, value))
+    def client_headers(self, head: UpstreamHead) -> list[Header]:
+        """The upstream response's headers fit for the client, as pairs (for the paths that
+        rebuild an answer; the relay sends ``head.block`` as it is)."""
+        out = head.headers()
         out.append((b"x-plano-request-id", self.request_id.encode()))
-        return out, content_length
+        return out
 
-    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
-        self.status = status
-        out, content_length = self.client_headers(headers, chunked)
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        self.status = status = head.status
+        content_length = head.content_length
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
-        self.responder.send_head(status, out, content_length)
+        self.responder.send_head_block(
+            status, head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n", content_length
+        )
 
     def _may_rewrite_body(self) -> bool:
         return self.streaming and self.status < 400
@@ -586,16 +581,15 @@ class ConfigExchange(Exchange):
         return self.forward_now()
 
     # -- response side of a converted exchange --------------------------------------
-    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None:
+    def on_upstream_head(self, head: UpstreamHead) -> None:
         conversion = self.conversion
         if conversion is None:
-            super().on_upstream_head(status, headers, chunked)
+            super().on_upstream_head(head)
             return
-        self.status = status
+        self.status = status = head.status
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)
-        out, _ = self.client_headers(headers, chunked)
-        conversion.head(self.responder, status, out)
+        conversion.head(self.responder, status, self.client_headers(head))
 
     def _relay(self, data: bytes) -> None:
         conversion = self.conversion

@@ -231,10 +231,16 @@ class Responder:
     def send_head(
         self, status: int, headers: list[Header] | tuple[Header, ...], content_length: int | None
     ) -> None:
-        parts = [status_line(status)]
+        parts: list[bytes] = []
         add = parts.extend  # flat pieces, one join: no intermediate bytes per header
         for name, value in headers:
             add((name, b": ", value, b"\r\n"))
+        self.send_head_block(status, b"".join(parts), content_length)
+
+    def send_head_block(self, status: int, block: bytes, content_length: int | None) -> None:
+        """Send a head whose header lines (CRLF-ended) are ready in ``block``; framing,
+        connection, date and server are added here."""
+        parts = [status_line(status), block]
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
         elif self._proto.http11:

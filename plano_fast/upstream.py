@@ -26,6 +26,7 @@ import httptools
 
 from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from plano_fast.head import response_head
 
 Header = tuple[bytes, bytes]
 
@@ -45,15 +46,47 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# A response head larger than this is refused (502): httptools itself sets no bound, and a
+# provider's head is ~2 KiB.  nginx's default proxy_buffer_size is 4-8 KiB.
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
 # Upstream write-buffer marks: past the high mark the client stops being read.
 UPSTREAM_WRITE_HIGH_WATER = 256 * 1024
 UPSTREAM_WRITE_LOW_WATER = 64 * 1024
 
 
+class UpstreamHead:
+    """An upstream response's head as the client will get it.
+
+    ``block`` is the upstream's header lines minus the status line, hop-by-hop and framing
+    headers, date and server (``plano_fast._head_py`` has the rules), byte for byte and
+    CRLF-ended, ready to follow the gateway's own status line; ``content_length`` is set
+    for a Content-Length-framed body; ``headers()`` parses the block for the few paths that
+    rewrite an answer.
+    """
+
+    __slots__ = ("status", "block", "content_length", "chunked")
+
+    def __init__(self, status: int, block: bytes, content_length: int | None, chunked: bool) -> None:
+        self.status = status
+        self.block = block
+        self.content_length = content_length
+        self.chunked = chunked
+
+    def headers(self) -> list[Header]:
+        """The kept headers as (lowercased name, value) pairs."""
+        out: list[Header] = []
+        for line in self.block.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), value.strip(b" \t")))
+        return out
+
+
 class ResponseSink(Protocol):
     """Receives one upstream response as it is parsed (implemented by the exchange)."""
 
-    def on_upstream_head(self, status: int, headers: list[Header], chunked: bool) -> None: ...
+    def on_upstream_head(self, head: UpstreamHead) -> None: ...
 
     def on_upstream_body(self, data: bytes) -> None: ...
 
@@ -112,7 +145,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
-        self._headers: list[Header] = []
+        #: the response's bytes until its head is complete (then relayed as a block)
+        self._head_buf = b""
         self._chunked = False
         self._has_length = False
         self._head_seen = False
@@ -142,7 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None and self._sink is None
         self._sink = sink
         self._received_any = False
-        self._headers = []
+        self._head_buf = b""
         self._chunked = False
         self._has_length = False
         self._head_seen = False
@@ -184,6 +218,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._received_any = True
         self._last_rx = self._pool.loop.time()
         sink = self._sink
+        if not self._head_seen:
+            buf = self._head_buf
+            self._head_buf = buf + data if buf else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -192,6 +229,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamError(f"error relaying upstream response: {cause!r}"), False)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"invalid response from upstream: {exc}"), False)
+        else:
+            if not self._head_seen and len(self._head_buf) > MAX_RESPONSE_HEAD_BYTES:
+                self._fail(UpstreamError(
+                    f"upstream response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"), False)
         sink.on_upstream_read_done()
 
     def eof_received(self) -> bool | None:
@@ -226,25 +267,25 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.on_upstream_resume_writing()
 
     # -- httptools callbacks ----------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name == b"transfer-encoding":
-            self._chunked = True
-        elif name == b"content-length":
-            self._has_length = True
-        self._headers.append((name, value))
-
+    # No on_header: llhttp checks the head, and the head is relayed from the bytes it
+    # arrived as (plano_fast.head), not rebuilt header by header in Python.
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        block, length, chunked, end = response_head(self._head_buf)
+        if end < 0:
+            raise UpstreamError("upstream response head could not be delimited")
         if status < 200:
             # 1xx interim responses (100 Continue, 103 Early Hints) are not relayed.
-            self._headers = []
-            self._chunked = False
-            self._has_length = False
+            self._head_buf = self._head_buf[end:]
             return
         assert self._sink is not None
+        self._head_buf = b""
         self._head_seen = True
-        self._sink.on_upstream_head(status, self._headers, self._chunked)
+        self._chunked = chunked
+        self._has_length = length >= 0
+        self._sink.on_upstream_head(
+            UpstreamHead(status, block, None if chunked or length < 0 else length, chunked)
+        )
 
     def on_body(self, body: bytes) -> None:
         if self._sink is not None:

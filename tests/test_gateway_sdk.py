@@ -130,6 +130,38 @@ def test_anthropic_messages_swaps_key(gateway: GatewayProcess, fake: FakeProvide
     assert CLIENT_KEY not in json.dumps(seen.headers)
 
 
+def test_provider_response_headers_reach_the_client(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """A real provider's ~20 headers (rate limits, two cookies, ids) are relayed as sent;
+    only the hop-by-hop ones and date/server are the gateway's own."""
+    fake.provider.provider_headers = True
+    try:
+        with _openai(gateway) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+        with _anthropic(gateway) as aclient:
+            araw = aclient.messages.with_raw_response.create(
+                model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        fake.provider.provider_headers = False
+    assert raw.parse().choices[0].message.content
+    h = raw.headers
+    assert h["x-ratelimit-remaining-requests"] == "9999"
+    assert h["openai-processing-ms"] == "412"
+    assert h["cf-ray"] == "8f1c2d3e4f5a6b7c-IAD"
+    assert [c.split("=", 1)[0] for c in h.get_list("set-cookie")] == ["__cf_bm", "_cfuvid"]
+    assert h.get_list("server") == ["plano_fast"]
+    assert len(h.get_list("date")) == 1 and h["date"] != "Thu, 03 Dec 2026 23:00:00 GMT"
+    assert araw.parse().usage.input_tokens > 0
+    ah = araw.headers
+    assert ah["anthropic-ratelimit-tokens-remaining"] == "2398000"
+    assert ah["request-id"].startswith("req_fake")
+    assert ah.get_list("server") == ["plano_fast"]
+
+
 def test_anthropic_stream_helper(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
     with _anthropic(gateway) as client:
         with client.messages.stream(

@@ -52,6 +52,7 @@ from plano_fast.store import (
     period_start,
     usage_row_from_event,
 )
+from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -323,12 +324,13 @@ class ManagedExchange(Exchange):
         return self.target_index + 1 < len(self.targets)
 
     # -- sink overrides ---------------------------------------------------------------
-    def on_upstream_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool) -> None:
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        status = head.status
         if (status == 429 or status >= 500) and self._has_fallback():
             self.status = status
             self.swallow = True  # nothing reaches the client; the next target serves
             return
-        super().on_upstream_head(status, headers, chunked)
+        super().on_upstream_head(head)
 
     def on_upstream_body(self, data: bytes) -> None:
         if not self.swallow:

@@ -1,0 +1,3 @@
+"""Type stub for the compiled head filter (plano_fast/_head.pyx); see plano_fast._head_py."""
+
+def response_head(buf: bytes) -> tuple[bytes, int, bool, int]: ...

@@ -1,0 +1,165 @@
+# cython: language_level=3
+"""Upstream response head → the header lines the client gets, in one pass over the bytes.
+
+Compiled twin of ``plano_fast/_head_py.py``: the rules, and why this exists, are in its
+docstring; the two are checked against each other in tests/test_response_head.py.
+"""
+
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
+
+cdef enum:
+    KEEP = 0
+    DROP = 1
+    CONTENT_LENGTH = 2
+    TRANSFER_ENCODING = 3
+
+
+cdef inline unsigned char lower(unsigned char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline bint name_is(const unsigned char *p, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(n):
+        if lower(p[i]) != <unsigned char>name[i]:
+            return False
+    return True
+
+
+cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """What happens to a header called p[:n] (any case)."""
+    if n == 2:
+        return DROP if name_is(p, n, b"te", 2) else KEEP
+    if n == 4:
+        return DROP if name_is(p, n, b"date", 4) else KEEP
+    if n == 6:
+        return DROP if name_is(p, n, b"server", 6) else KEEP
+    if n == 7:
+        return DROP if name_is(p, n, b"trailer", 7) or name_is(p, n, b"upgrade", 7) else KEEP
+    if n == 10:
+        return DROP if name_is(p, n, b"connection", 10) or name_is(p, n, b"keep-alive", 10) else KEEP
+    if n == 14:
+        return CONTENT_LENGTH if name_is(p, n, b"content-length", 14) else KEEP
+    if n == 16:
+        return DROP if name_is(p, n, b"proxy-connection", 16) else KEEP
+    if n == 17:
+        return TRANSFER_ENCODING if name_is(p, n, b"transfer-encoding", 17) else KEEP
+    if n == 18:
+        return DROP if name_is(p, n, b"proxy-authenticate", 18) else KEEP
+    if n == 19:
+        return DROP if name_is(p, n, b"proxy-authorization", 19) else KEEP
+    return KEEP
+
+
+cdef Py_ssize_t head_end(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    """Length of the head including its blank line, or -1."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] != 10:
+            continue
+        if i + 1 < n and s[i + 1] == 10:
+            return i + 2
+        if i + 2 < n and s[i + 1] == 13 and s[i + 2] == 10:
+            return i + 3
+    return -1
+
+
+cdef inline bint is_ows(unsigned char c) noexcept nogil:
+    return c == 32 or c == 9
+
+
+cdef int64_t parse_length(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """A Content-Length value (OWS around digits); -1 when it is not one."""
+    cdef Py_ssize_t a = 0, b = n, i
+    cdef int64_t v = 0, d
+    while a < b and is_ows(p[a]):
+        a += 1
+    while b > a and is_ows(p[b - 1]):
+        b -= 1
+    if a == b or b - a > 19:
+        return -1
+    for i in range(a, b):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        d = p[i] - 48
+        if v > (MAX_CONTENT_LENGTH - d) // 10:
+            return -1
+        v = v * 10 + d
+    return v
+
+
+def response_head(bytes buf not None):
+    """``(block, content_length, chunked, head_len)``; see ``plano_fast._head_py``."""
+    cdef const unsigned char *s = buf
+    cdef Py_ssize_t n = len(buf)
+    cdef Py_ssize_t end = head_end(s, n)
+    if end < 0:
+        return b"", -1, False, -1
+    # A kept line grows by one byte when it ended in a bare LF: 2x bounds it.
+    cdef unsigned char *out = <unsigned char *>malloc(2 * end + 2)
+    if out == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t w = 0, i = 0, line, stop, colon, a
+    cdef int kind
+    cdef bint keep_prev = False, chunked = False, bad_length = False
+    cdef int64_t content_length = -1
+    try:
+        # skip the status line
+        while i < end and s[i] != 10:
+            i += 1
+        i += 1
+        while i < end:
+            line = i
+            while i < end and s[i] != 10:
+                i += 1
+            stop = i  # the LF (or end)
+            i += 1
+            if stop > line and s[stop - 1] == 13:
+                stop -= 1
+            if stop == line:
+                break  # the blank line
+            if is_ows(s[line]):  # obs-fold: joined to the kept header with one space
+                if keep_prev:
+                    a = line
+                    while a < stop and is_ows(s[a]):
+                        a += 1
+                    while stop > a and is_ows(s[stop - 1]):
+                        stop -= 1
+                    w -= 2  # back over the previous line's CRLF
+                    out[w] = 32
+                    w += 1
+                    memcpy(out + w, s + a, stop - a)
+                    w += stop - a
+                    out[w] = 13
+                    out[w + 1] = 10
+                    w += 2
+                continue
+            colon = line
+            while colon < stop and s[colon] != 58:
+                colon += 1
+            kind = classify(s + line, colon - line)
+            if kind == CONTENT_LENGTH:
+                content_length = parse_length(s + colon + 1, stop - colon - 1) if colon < stop else -1
+                if content_length < 0:
+                    bad_length = True
+            elif kind == TRANSFER_ENCODING:
+                chunked = True
+            keep_prev = kind == KEEP
+            if keep_prev:
+                memcpy(out + w, s + line, stop - line)
+                w += stop - line
+                out[w] = 13
+                out[w + 1] = 10
+                w += 2
+        if bad_length:
+            raise ValueError("invalid Content-Length")
+        return PyBytes_FromStringAndSize(<char *>out, w), content_length, chunked, end
+    finally:
+        free(out)

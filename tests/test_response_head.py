@@ -1,0 +1,134 @@
+"""The response-head filter (plano_fast._head / _head_py): what the client gets of an
+upstream head, in both implementations, and the two agree on generated heads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from plano_fast import _head_py
+
+try:
+    from plano_fast import _head as _compiled_head
+except ImportError:  # the extension is not built: only the twin is tested
+    _compiled_head = None  # type: ignore[assignment]
+
+if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+    assert _compiled_head is not None, "the compiled head filter was not built"
+
+HeadFn = Callable[[bytes], tuple[bytes, int, bool, int]]
+IMPLS: list[HeadFn] = [_head_py.response_head] + (
+    [_compiled_head.response_head] if _compiled_head is not None else []
+)
+IDS = ["python", "cython"][: len(IMPLS)]
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+def test_status_hop_by_hop_date_and_server_are_cut_the_rest_kept_byte_for_byte(
+    response_head: HeadFn,
+) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Connection: keep-alive\r\n"
+        b"Date: Thu, 03 Dec 2026 23:00:00 GMT\r\n"
+        b"x-ratelimit-remaining-requests: 9999\r\n"
+        b"SERVER: cloudflare\r\n"
+        b"Content-Length: 915\r\n"
+        b"Keep-Alive: timeout=5\r\n"
+        b"set-cookie: a=1; Path=/\r\n"
+        b"set-cookie: b=2\r\n"
+        b"Proxy-Authenticate: Basic\r\n"
+        b"TE: trailers\r\nTrailer: x\r\nUpgrade: h2c\r\nProxy-Connection: x\r\n"
+        b"Proxy-Authorization: x\r\n"
+        b"\r\n"
+    )
+    body = b'{"id":"x"}'
+    block, length, chunked, end = response_head(head + body)
+    assert block == (
+        b"Content-Type: application/json\r\n"
+        b"x-ratelimit-remaining-requests: 9999\r\n"
+        b"set-cookie: a=1; Path=/\r\n"
+        b"set-cookie: b=2\r\n"
+    )
+    assert (length, chunked, end) == (915, False, len(head))
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+def test_chunked_no_headers_bare_lf_and_incomplete_heads(response_head: HeadFn) -> None:
+    assert response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello") == (
+        b"", -1, True, 47
+    )
+    assert response_head(b"HTTP/1.1 204 No Content\r\n\r\n") == (b"", -1, False, 27)
+    # bare LF line ends are accepted and the kept lines leave with CRLF
+    assert response_head(b"HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 0\n\n") == (b"x-a: 1\r\n", 0, False, 42)
+    assert response_head(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n")[3] == -1
+    assert response_head(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r")[3] == -1
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+def test_obs_fold_is_joined_with_one_space_or_dropped_with_its_header(response_head: HeadFn) -> None:
+    head = b"HTTP/1.1 200 OK\r\nx-long: one\r\n \t two \r\nserver: s\r\n\tfolded\r\nx-b: 2\r\n\r\n"
+    assert response_head(head)[0] == b"x-long: one two\r\nx-b: 2\r\n"
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+@pytest.mark.parametrize("value", [b"", b"abc", b"1 2", b"-1", b"99999999999999999999", b"4611686018427387904"])
+def test_an_impossible_content_length_is_refused(response_head: HeadFn, value: bytes) -> None:
+    with pytest.raises(ValueError, match="Content-Length"):
+        response_head(b"HTTP/1.1 200 OK\r\ncontent-length: " + value + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+def test_largest_content_length_and_surrounding_whitespace(response_head: HeadFn) -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: \t4611686018427387903 \r\n\r\n"
+    assert response_head(head)[1] == (1 << 62) - 1
+
+
+_NAME = st.sampled_from(
+    sorted(_head_py.DROPPED) + [b"Content-Length", b"DATE", b"x-request-id", b"set-cookie", b"cf-ray", b"te2", b"x"]
+)
+_VALUE = st.binary(max_size=30).map(lambda v: v.replace(b"\n", b"").replace(b"\r", b""))
+_LINE = st.one_of(
+    st.tuples(_NAME, _VALUE).map(lambda nv: nv[0] + b": " + nv[1]),
+    _VALUE.map(lambda v: b" " + v),  # obs-fold
+    st.just(b"content-length: 12"),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_LINE, max_size=12), eol=st.sampled_from([b"\r\n", b"\n"]), tail=st.binary(max_size=20))
+def test_both_implementations_agree(lines: list[bytes], eol: bytes, tail: bytes) -> None:
+    buf = b"HTTP/1.1 200 OK" + eol + b"".join(line + eol for line in lines) + eol + tail
+    results = []
+    for impl in IMPLS:
+        try:
+            results.append(impl(buf))
+        except ValueError:
+            results.append(("ValueError",))  # type: ignore[arg-type]
+    assert all(r == results[0] for r in results)
+
+
+def test_the_filter_keeps_what_httptools_parses_minus_the_dropped_names() -> None:
+    """The kept block, parsed back, is the upstream's headers without the dropped ones."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+        b"x-request-id: req_1\r\nopenai-processing-ms: 412\r\ndate: x\r\nserver: y\r\n\r\n"
+    )
+    parsed: list[tuple[bytes, bytes]] = []
+
+    class Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            parsed.append((name.lower(), value))
+
+    httptools.HttpResponseParser(Sink()).feed_data(head)
+    for impl in IMPLS:
+        block, _, chunked, _ = impl(head)
+        kept = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]
+        assert kept == [(n, v) for n, v in parsed if n not in _head_py.DROPPED]
+        assert chunked
