@@ -599,6 +599,27 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
 # --------------------------------------------------------------------------- load tools
 
 
+# What the openai Python SDK (3.60) sends besides host, content-length, content-type and
+# authorization, recorded against the fake provider.  A benchmark client that sends only
+# those four flatters a proxy, which pays per request header.  --minimal-headers drops them.
+SDK_HEADERS: list[tuple[str, str]] = [
+    ("accept-encoding", "gzip, deflate"),
+    ("connection", "keep-alive"),
+    ("accept", "application/json"),
+    ("user-agent", "OpenAI/Python 3.60.0"),
+    ("x-stainless-lang", "python"),
+    ("x-stainless-package-version", "3.60.0"),
+    ("x-stainless-os", "Linux"),
+    ("x-stainless-arch", "x64"),
+    ("x-stainless-runtime", "CPython"),
+    ("x-stainless-runtime-version", "3.11.7"),
+    ("x-stainless-async", "false"),
+    ("x-stainless-retry-count", "0"),
+    ("x-stainless-read-timeout", "600"),
+]
+CLIENT_HEADERS: list[tuple[str, str]] = list(SDK_HEADERS)
+
+
 def _wrk_script(path: Path, body: str, headers: list[tuple[str, str]]) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}",
              'wrk.headers["Content-Type"] = "application/json"']
@@ -643,7 +664,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
 def run_tool(target: Target, sc: Scenario, raw_dir: Path, tag: str, wrk: Optional[str],
              wrk2: Optional[str]) -> dict[str, Any]:
     """Run one measurement; returns the parsed result (+ 'tool', 'raw', 'completed_total')."""
-    headers = target.headers_for(sc.name)
+    headers = CLIENT_HEADERS + target.headers_for(sc.name)
     url = target.url + PATH
     body = BODY_STREAM if sc.stream else BODY_JSON
     raw = raw_dir / f"{sc.name}__{target.name.replace(' ', '_')}__{tag}.txt"
@@ -947,10 +968,12 @@ def render_md(report: dict[str, Any]) -> str:
     for n, info in report["targets"].items():
         if info.get("kind") == "litellm":
             out.append(f"| litellm | {info.get('version')} (own venv, no database: no usage rows) |")
-    headers = "4 response headers" if report["args"].get("minimal_provider_headers") else \
+    headers = "4 response headers" if report["args"].get("minimal_headers") else \
         "a real provider's ~20 response headers"
     out.append(f"| fake provider | {report['fake_workers']} process(es), {STREAM_EVENTS} events x "
                f"{STREAM_INTERVAL_MS:g} ms per stream, {headers} |")
+    out.append("| client headers | " + ("host, content-length, content-type, authorization" if report["args"].get(
+        "minimal_headers") else "the openai Python SDK's 17 (x-stainless-*, user-agent, accept...)") + " |")
     out.append(f"| durations | {report['args']['duration_s']:g} s per measurement, medians of "
                f"{report['args']['repeats']} repeat(s) for the non-streaming scenarios, targets interleaved |")
     out.append("")
@@ -1155,8 +1178,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator for saturation too")
     ap.add_argument("--rate", type=float, default=500.0, help="fixed rate of the concurrency-1 scenario")
     ap.add_argument("--fake-workers", type=int, default=1, help="fake provider processes")
-    ap.add_argument("--minimal-provider-headers", action="store_true",
-                    help="the fake provider sends 4 response headers instead of a real provider's ~20")
+    ap.add_argument("--minimal-headers", action="store_true",
+                    help="clients send 4 request headers instead of the openai SDK's 17, and the fake "
+                         "provider 4 response headers instead of a real provider's ~20")
     ap.add_argument("--scenarios", default=None, help="comma list to run a subset (default: all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work dir (configs, dbs)")
@@ -1198,8 +1222,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     usage: dict[str, Any] = {}
     gateway_logs: dict[str, Any] = {}
     try:
-        fake_proc, fake_port = start_fake(args.fake_workers, work / "fake_provider.log",
-                                          not args.minimal_provider_headers)
+        if args.minimal_headers:
+            CLIENT_HEADERS.clear()
+        fake_proc, fake_port = start_fake(args.fake_workers, work / "fake_provider.log", not args.minimal_headers)
         fake_pids = proc_tree(fake_proc.pid)
         log(f"fake provider on :{fake_port} (pids {fake_pids})")
         targets.append(Target("direct", "direct", f"http://127.0.0.1:{fake_port}", None,

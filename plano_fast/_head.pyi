@@ -1,3 +1,6 @@
 """Type stub for the compiled head filter (plano_fast/_head.pyx); see plano_fast._head_py."""
 
 def response_head(buf: bytes) -> tuple[bytes, int, bool, int]: ...
+def forward_request_headers(
+    headers: list[tuple[bytes, bytes]], drop_credentials: bool
+) -> tuple[bytes, bool, bool]: ...

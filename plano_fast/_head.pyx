@@ -1,14 +1,17 @@
 # cython: language_level=3
-"""Upstream response head → the header lines the client gets, in one pass over the bytes.
+"""Header relay in both directions, one pass each: the client's headers that go upstream,
+and the upstream head's lines that go to the client.
 
 Compiled twin of ``plano_fast/_head_py.py``: the rules, and why this exists, are in its
-docstring; the two are checked against each other in tests/test_response_head.py.
+docstrings; the two are checked against each other in tests/test_response_head.py.
 """
 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from plano_fast._head_py import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
 
@@ -161,5 +164,105 @@ def response_head(bytes buf not None):
         if bad_length:
             raise ValueError("invalid Content-Length")
         return PyBytes_FromStringAndSize(<char *>out, w), content_length, chunked, end
+    finally:
+        free(out)
+
+
+cdef enum:
+    R_KEEP = 0
+    R_DROP = 1
+    R_CREDENTIAL = 2
+    R_VERSION = 3
+    R_REQUEST_ID = 4
+
+
+cdef inline bint same(const unsigned char *p, const char *name, Py_ssize_t n) noexcept nogil:
+    return memcmp(p, name, n) == 0
+
+
+cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """What happens to a request header called p[:n] (lowercase, as parsed)."""
+    if n >= 9 and same(p, b"x-xproxy-", 9):
+        return R_DROP
+    if n == 2:
+        return R_DROP if same(p, b"te", 2) else R_KEEP
+    if n == 4:
+        return R_DROP if same(p, b"host", 4) else R_KEEP
+    if n == 6:
+        return R_DROP if same(p, b"expect", 6) else R_KEEP
+    if n == 7:
+        if same(p, b"trailer", 7) or same(p, b"upgrade", 7):
+            return R_DROP
+        return R_CREDENTIAL if same(p, b"api-key", 7) else R_KEEP
+    if n == 9:
+        return R_CREDENTIAL if same(p, b"x-api-key", 9) else R_KEEP
+    if n == 10:
+        return R_DROP if same(p, b"connection", 10) or same(p, b"keep-alive", 10) else R_KEEP
+    if n == 12:
+        return R_REQUEST_ID if same(p, b"x-request-id", 12) else R_KEEP
+    if n == 13:
+        return R_CREDENTIAL if same(p, b"authorization", 13) else R_KEEP
+    if n == 14:
+        if same(p, b"content-length", 14):
+            return R_DROP
+        return R_CREDENTIAL if same(p, b"x-goog-api-key", 14) else R_KEEP
+    if n == 15:
+        return R_DROP if same(p, b"accept-encoding", 15) else R_KEEP
+    if n == 16:
+        return R_DROP if same(p, b"proxy-connection", 16) else R_KEEP
+    if n == 17:
+        if same(p, b"transfer-encoding", 17):
+            return R_DROP
+        return R_VERSION if same(p, b"anthropic-version", 17) else R_KEEP
+    if n == 18:
+        return R_DROP if same(p, b"proxy-authenticate", 18) else R_KEEP
+    if n == 19:
+        return R_DROP if same(p, b"proxy-authorization", 19) else R_KEEP
+    return R_KEEP
+
+
+def forward_request_headers(list headers not None, bint drop_credentials):
+    """``(block, seen_anthropic_version, seen_x_request_id)``; see ``plano_fast._head_py``."""
+    cdef tuple pair
+    cdef bytes name, value
+    cdef Py_ssize_t total = 0, w = 0, nn, nv
+    cdef int kind
+    cdef bint seen_version = False, seen_request_id = False
+    tokens = None
+    for pair in headers:
+        name = <bytes?>pair[0]
+        value = <bytes?>pair[1]
+        total += len(name) + len(value) + 4
+        if len(name) == 10 and name == b"connection":
+            tokens = connection_tokens(value, tokens)
+    cdef unsigned char *out = <unsigned char *>malloc(total + 1)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        for pair in headers:
+            name = <bytes>pair[0]
+            value = <bytes>pair[1]
+            nn = len(name)
+            kind = request_kind(name, nn)
+            if kind == R_DROP or (kind == R_CREDENTIAL and drop_credentials):
+                continue
+            if tokens and name in tokens:
+                continue
+            if kind == R_VERSION:
+                seen_version = True
+            elif kind == R_REQUEST_ID:
+                seen_request_id = True
+            nv = len(value)
+            memcpy(out + w, <const char *>name, nn)
+            w += nn
+            out[w] = 58
+            out[w + 1] = 32
+            w += 2
+            memcpy(out + w, <const char *>value, nv)
+            w += nv
+            out[w] = 13
+            out[w + 1] = 10
+            w += 2
+        return PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id
     finally:
         free(out)

@@ -1,5 +1,8 @@
-"""Upstream response head → the header lines the client gets (pure-Python twin of
-``plano_fast/_head.pyx``; same results, checked against each other in the tests).
+"""Header relay in both directions (pure-Python twin of ``plano_fast/_head.pyx``; same
+results, checked against each other in the tests).
+
+``forward_request_headers`` picks the client's headers that may go upstream, and
+``response_head`` the upstream's header lines the client gets.
 
 A proxy pays per response header it relays.  A real provider answer carries ~20 of them
 (rate limits, organisation, Cloudflare cookies and ids), and handling each one in Python
@@ -42,6 +45,30 @@ DROPPED = frozenset(
         b"server",
     }
 )
+
+#: Recomputed or meaningless for the upstream hop.  accept-encoding is dropped so the
+#: provider answers in identity encoding: usage cannot be read from a gzip stream.
+DROPPED_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"accept-encoding",
+    }
+)
+#: Where an SDK puts its key; dropped when the gateway authenticates itself.
+CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+#: Only the gateway may set these (a client must not forge identity upstream).
+GATEWAY_PREFIX = b"x-xproxy-"
 
 #: A Content-Length beyond this is refused (no LLM answer is 2**62 bytes).
 MAX_CONTENT_LENGTH = (1 << 62) - 1
@@ -97,3 +124,44 @@ def _content_length(value: bytes) -> int:
     if n > MAX_CONTENT_LENGTH:
         raise ValueError("invalid Content-Length")
     return n
+
+
+def forward_request_headers(
+    headers: list[tuple[bytes, bytes]], drop_credentials: bool
+) -> tuple[bytes, bool, bool]:
+    """The client's headers (names lowercased, as parsed) that may go upstream, as CRLF-ended
+    lines, and whether anthropic-version and x-request-id were among them.
+
+    Dropped: hop-by-hop headers and those named in Connection (RFC 9110 §7.6.1), framing and
+    host (redone for the upstream hop), accept-encoding, every x-xproxy-* header, and the
+    client's credentials when ``drop_credentials``.
+    """
+    tokens: set[bytes] | None = None
+    for name, value in headers:
+        if name == b"connection":
+            tokens = connection_tokens(value, tokens)
+    out: list[bytes] = []
+    seen_version = seen_request_id = False
+    for name, value in headers:
+        if name in DROPPED_REQUEST or name.startswith(GATEWAY_PREFIX):
+            continue
+        if drop_credentials and name in CREDENTIALS:
+            continue
+        if tokens and name in tokens:
+            continue
+        if name == b"anthropic-version":
+            seen_version = True
+        elif name == b"x-request-id":
+            seen_request_id = True
+        out.append(name + b": " + value + b"\r\n")
+    return b"".join(out), seen_version, seen_request_id
+
+
+def connection_tokens(value: bytes, tokens: set[bytes] | None) -> set[bytes] | None:
+    """Add the header names a Connection value lists (keep-alive and close are options)."""
+    for token in value.split(b","):
+        token = token.strip(b" \t").lower()
+        if token and token not in (b"keep-alive", b"close"):
+            tokens = tokens if tokens is not None else set()
+            tokens.add(token)
+    return tokens

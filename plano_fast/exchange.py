@@ -37,8 +37,9 @@ from plano_fast.errors import (
 )
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
+from plano_fast.head import forward_request_headers
 from plano_fast.routing import UnknownModel
-from plano_fast.upstream import HOP_BY_HOP, Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
+from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_GONE,
     STATUS_NOT_BILLABLE,
@@ -58,17 +59,6 @@ if TYPE_CHECKING:
     from plano_fast.firewall import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
     from plano_fast.routing import Router
-
-# Client credentials that must never reach a provider the gateway authenticates itself.
-CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
-# Recomputed or meaningless for the upstream hop.  accept-encoding is dropped so the
-# provider answers in identity encoding: usage cannot be read from a gzip stream.
-DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"expect",
-    b"accept-encoding",
-}
 
 _REQUEST_PREFIX = os.urandom(4).hex()
 _request_counter = itertools.count(1)
@@ -611,29 +601,11 @@ class ConfigExchange(Exchange):
 def forwardable_headers(
     request: Request, out: list[bytes], *, drop_credentials: bool
 ) -> tuple[bool, bool]:
-    """Append the client's headers that may go upstream; says whether anthropic-version
-    and x-request-id were among them.
-
-    Dropped: hop-by-hop headers and those named in Connection, framing and host (redone
-    for the upstream hop), accept-encoding (usage must be readable), every x-xproxy-*
-    header (only the gateway may set them: a client must not forge identity), and the
-    client's credentials when the gateway authenticates itself.
-    """
-    connection_tokens = _connection_tokens(request.headers)
-    seen_version = seen_request_id = False
-    add = out.extend  # flat pieces, joined once by finish_head
-    for name, value in request.headers:
-        if name in DROPPED_REQUEST_HEADERS or name.startswith(b"x-xproxy-"):
-            continue
-        if connection_tokens and name in connection_tokens:
-            continue
-        if drop_credentials and name in CREDENTIAL_HEADERS:
-            continue
-        if name == b"anthropic-version":
-            seen_version = True
-        elif name == b"x-request-id":
-            seen_request_id = True
-        add((name, b": ", value, b"\r\n"))
+    """Append the client's headers that may go upstream (one block; the rules are in
+    plano_fast._head_py.forward_request_headers); says whether anthropic-version and
+    x-request-id were among them."""
+    block, seen_version, seen_request_id = forward_request_headers(request.headers, drop_credentials)
+    out.append(block)
     return seen_version, seen_request_id
 
 
@@ -675,19 +647,6 @@ def finish_head(
     head.append(b"host: " + host.encode() + b"\r\n")
     head.append(b"content-length: %d\r\n\r\n" % len(body))
     return [b"".join(head), body]
-
-
-def _connection_tokens(headers: list[Header]) -> frozenset[bytes] | None:
-    """Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1)."""
-    tokens: set[bytes] | None = None
-    for name, value in headers:
-        if name == b"connection":
-            for token in value.split(b","):
-                token = token.strip().lower()
-                if token and token not in (b"keep-alive", b"close"):
-                    tokens = tokens or set()
-                    tokens.add(token)
-    return frozenset(tokens) if tokens else None
 
 
 def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:

@@ -1,4 +1,4 @@
-"""Response-head filter front door: the compiled :mod:`plano_fast._head` when it is built,
+"""Header relay front door: the compiled :mod:`plano_fast._head` when it is built,
 else the pure-Python twin :mod:`plano_fast._head_py` (same results).  ``PLANO_FAST_PURE_SCANNER=1``
 forces the twin here too, so one switch selects the pure-Python build of every helper.
 """
@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import os
 
+from plano_fast._head_py import CREDENTIALS as CREDENTIALS
 from plano_fast._head_py import DROPPED as DROPPED
+from plano_fast._head_py import DROPPED_REQUEST as DROPPED_REQUEST
 
 if os.environ.get("PLANO_FAST_PURE_SCANNER") == "1":
-    from plano_fast._head_py import response_head
+    from plano_fast._head_py import forward_request_headers, response_head
 else:
     try:
-        from plano_fast._head import response_head
+        from plano_fast._head import forward_request_headers, response_head
     except ImportError:
-        from plano_fast._head_py import response_head
+        from plano_fast._head_py import forward_request_headers, response_head
 
-__all__ = ["DROPPED", "response_head"]
+__all__ = ["CREDENTIALS", "DROPPED", "DROPPED_REQUEST", "forward_request_headers", "response_head"]

@@ -1,5 +1,6 @@
-"""The response-head filter (plano_fast._head / _head_py): what the client gets of an
-upstream head, in both implementations, and the two agree on generated heads."""
+"""Header relay (plano_fast._head / _head_py), in both implementations: what the client
+gets of an upstream head, what the provider gets of a client's headers, and the two
+implementations agree on generated input."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
     assert _compiled_head is not None, "the compiled head filter was not built"
 
 HeadFn = Callable[[bytes], tuple[bytes, int, bool, int]]
+ForwardFn = Callable[[list[tuple[bytes, bytes]], bool], tuple[bytes, bool, bool]]
+FORWARD: list[ForwardFn] = [_head_py.forward_request_headers] + (
+    [_compiled_head.forward_request_headers] if _compiled_head is not None else []
+)
 IMPLS: list[HeadFn] = [_head_py.response_head] + (
     [_compiled_head.response_head] if _compiled_head is not None else []
 )
@@ -132,3 +137,63 @@ def test_the_filter_keeps_what_httptools_parses_minus_the_dropped_names() -> Non
         kept = [tuple(line.split(b": ", 1)) for line in block.split(b"\r\n") if line]
         assert kept == [(n, v) for n, v in parsed if n not in _head_py.DROPPED]
         assert chunked
+
+
+SDK_REQUEST = [
+    (b"host", b"127.0.0.1:12000"),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"connection", b"keep-alive, x-hop"),
+    (b"authorization", b"Bearer sk-client"),
+    (b"accept", b"application/json"),
+    (b"content-type", b"application/json"),
+    (b"user-agent", b"OpenAI/Python 3.60.0"),
+    (b"x-stainless-retry-count", b"0"),
+    (b"x-hop", b"only for the next hop"),
+    (b"x-xproxy-project", b"forged"),
+    (b"x-xproxy-", b"forged too"),
+    (b"anthropic-version", b"2023-06-01"),
+    (b"x-api-key", b"sk-ant"),
+    (b"x-goog-api-key", b"AIza"),
+    (b"api-key", b"azure"),
+    (b"te", b"trailers"),
+    (b"expect", b"100-continue"),
+    (b"content-length", b"67"),
+    (b"transfer-encoding", b"chunked"),
+    (b"keep-alive", b"timeout=5"),
+    (b"proxy-authorization", b"Basic x"),
+    (b"x-request-id", b"client-chosen"),
+]
+
+
+@pytest.mark.parametrize("forward", FORWARD, ids=IDS)
+def test_request_headers_forwarded_with_or_without_the_clients_credentials(forward: ForwardFn) -> None:
+    kept = (
+        b"accept: application/json\r\ncontent-type: application/json\r\nuser-agent: OpenAI/Python 3.60.0\r\n"
+        b"x-stainless-retry-count: 0\r\n"
+    )
+    credentials = b"x-api-key: sk-ant\r\nx-goog-api-key: AIza\r\napi-key: azure\r\n"
+    assert forward(SDK_REQUEST, True) == (
+        kept + b"anthropic-version: 2023-06-01\r\nx-request-id: client-chosen\r\n", True, True
+    )
+    assert forward(SDK_REQUEST, False) == (
+        b"authorization: Bearer sk-client\r\n" + kept + b"anthropic-version: 2023-06-01\r\n"
+        + credentials + b"x-request-id: client-chosen\r\n",
+        True,
+        True,
+    )
+    assert forward([], False) == (b"", False, False)
+    assert forward([(b"x-a", b"")], True) == (b"x-a: \r\n", False, False)
+
+
+_REQ_NAME = st.sampled_from(
+    sorted(_head_py.DROPPED_REQUEST | _head_py.CREDENTIALS)
+    + [b"anthropic-version", b"x-request-id", b"x-xproxy-a", b"x-hop", b"x-stainless-os", b"accept", b"x"]
+)
+_REQ_VALUE = st.one_of(st.binary(max_size=20), st.sampled_from([b"x-hop", b"close, X-Hop", b"keep-alive"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers=st.lists(st.tuples(_REQ_NAME, _REQ_VALUE), max_size=14), drop=st.booleans())
+def test_request_implementations_agree(headers: list[tuple[bytes, bytes]], drop: bool) -> None:
+    results = [impl(headers, drop) for impl in FORWARD]
+    assert all(r == results[0] for r in results)
