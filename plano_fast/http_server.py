@@ -108,6 +108,8 @@ class _DateHeader:
 
 DATE_HEADER = _DateHeader()
 SERVER_HEADER = b"server: plano_fast\r\n"
+#: request headers that decide framing and get checked as they arrive
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
 
 
 class Request:
@@ -504,12 +506,16 @@ class ServerProtocol(asyncio.Protocol):
             raise HeadersTooLarge("request line and headers exceed the size limit")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Called once per header, so it does the least it can: the size limit is checked
+        # when the head ends (a single read bounds what piles up before that) and only
+        # the three framing headers go through the checks.
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self._limits.max_header_bytes:
-            raise HeadersTooLarge(
-                f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
-            )
         name = name.lower()
+        if name in _FRAMING_HEADERS:
+            self._framing_header(name, value)
+        self._headers.append((name, value))
+
+    def _framing_header(self, name: bytes, value: bytes) -> None:
         if name == b"content-length":
             # llhttp has checked the digits; refuse an announced oversize body at once.
             if int(value) > self._limits.max_body_bytes:
@@ -522,13 +528,16 @@ class ServerProtocol(asyncio.Protocol):
                     "unsupported Transfer-Encoding: only a single 'chunked' is accepted"
                 )
             self._te_seen = True
-        elif name == b"expect":
+        else:  # expect
             if value.strip().lower() != b"100-continue":
                 raise MalformedRequest("unsupported Expect header")
             self._expect_continue = True
-        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise HeadersTooLarge(
+                f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
+            )
         parser = self._parser
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:

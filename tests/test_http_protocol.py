@@ -156,6 +156,22 @@ def test_oversized_headers_431(gateway: GatewayProcess) -> None:
     still_serving(gateway)
 
 
+def test_many_small_headers_in_one_read_431(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    # The limit is on the head as a whole, counted even when it all arrives in one read.
+    fake.clear()
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 20) for i in range(2000))
+    with connect(gateway.port) as sock:
+        sock.sendall(request(extra=many))
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 431
+    assert "headers exceed" in error_of(body)
+    assert closed
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    still_serving(gateway)
+
+
 def test_endless_header_is_stopped_at_the_limit(gateway: GatewayProcess) -> None:
     # A header that never ends must not make the gateway buffer it forever.
     with connect(gateway.port) as sock:
