@@ -437,6 +437,10 @@ class ServerProtocol(asyncio.Protocol):
                     raise HeadersTooLarge(
                         f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
                     )
+            else:
+                # Chunked trailers arrive through on_header after the head: bounded here
+                # per read and when the message ends (on_message_complete).
+                self._check_head_bytes()
         except HeadersTooLarge as exc:
             self._refuse(exc)
         except httptools.HttpParserCallbackError as exc:
@@ -507,8 +511,8 @@ class ServerProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called once per header, so it does the least it can: the size limit is checked
-        # when the head ends (a single read bounds what piles up before that) and only
-        # the three framing headers go through the checks.
+        # when the head (or the trailers) ends and after each read, since one read bounds
+        # what piles up in between; only the three framing headers go through checks.
         self._head_bytes += len(name) + len(value) + 4
         name = name.lower()
         if name in _FRAMING_HEADERS:
@@ -533,11 +537,14 @@ class ServerProtocol(asyncio.Protocol):
                 raise MalformedRequest("unsupported Expect header")
             self._expect_continue = True
 
-    def on_headers_complete(self) -> None:
+    def _check_head_bytes(self) -> None:
         if self._head_bytes > self._limits.max_header_bytes:
             raise HeadersTooLarge(
                 f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
             )
+
+    def on_headers_complete(self) -> None:
+        self._check_head_bytes()
         parser = self._parser
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:
@@ -564,6 +571,7 @@ class ServerProtocol(asyncio.Protocol):
         self._msg_started = False
         if self._broken:
             return  # an earlier request in this read closed the connection
+        self._check_head_bytes()  # trailers count toward the head
         parts = self._body_parts
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body_parts = []

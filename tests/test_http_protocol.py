@@ -172,6 +172,38 @@ def test_many_small_headers_in_one_read_431(
     still_serving(gateway)
 
 
+@pytest.mark.parametrize("reads", [1, 40])
+def test_chunked_trailers_count_toward_the_header_limit(
+    gateway: GatewayProcess, fake: FakeProviderThread, reads: int
+) -> None:
+    # Trailers come after the body, past the end-of-head check: in one read or many they
+    # must still be bounded by the header limit, not pile up in memory.
+    fake.clear()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    trailers = [b"X-T%d: %s\r\n" % (i, b"v" * 20) for i in range(2000)]
+    step = len(trailers) // reads
+    with connect(gateway.port) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT))
+        for i in range(0, len(trailers), step):
+            try:
+                sock.sendall(b"".join(trailers[i : i + step]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if reads > 1:
+                time.sleep(0.005)  # separate reads on the gateway's side
+        else:
+            sock.sendall(b"\r\n")
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 431
+    assert "headers exceed" in error_of(body)
+    assert closed
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    still_serving(gateway)
+
+
 def test_endless_header_is_stopped_at_the_limit(gateway: GatewayProcess) -> None:
     # A header that never ends must not make the gateway buffer it forever.
     with connect(gateway.port) as sock:
