@@ -3,7 +3,7 @@
 and the upstream head's lines that go to the client.
 
 Compiled twin of ``plano_fast/_head_py.py``: the rules, and why this exists, are in its
-docstrings; the two are checked against each other in tests/test_response_head.py.
+docstrings; the two are checked against each other in tests/test_header_relay.py.
 """
 
 from libc.stdint cimport int64_t

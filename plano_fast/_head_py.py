@@ -29,7 +29,9 @@ complete head).  ``buf`` may continue past the head (body bytes from the same re
 
 from __future__ import annotations
 
-DROPPED = frozenset(
+#: Headers that describe one hop, not the message (RFC 9110 §7.6.1): never relayed in
+#: either direction; framing is redone for each side.
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -40,31 +42,14 @@ DROPPED = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
-        b"content-length",
-        b"date",
-        b"server",
     }
 )
-
-#: Recomputed or meaningless for the upstream hop.  accept-encoding is dropped so the
-#: provider answers in identity encoding: usage cannot be read from a gzip stream.
-DROPPED_REQUEST = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"expect",
-        b"accept-encoding",
-    }
-)
+#: Response headers the client does not get: hop-by-hop, framing, and date/server (the
+#: gateway's own are sent).
+DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+#: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
+#: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
+DROPPED_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"accept-encoding"}
 #: Where an SDK puts its key; dropped when the gateway authenticates itself.
 CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
 #: Only the gateway may set these (a client must not forge identity upstream).

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import os
 
-from plano_fast._head_py import CREDENTIALS as CREDENTIALS
-from plano_fast._head_py import DROPPED as DROPPED
-from plano_fast._head_py import DROPPED_REQUEST as DROPPED_REQUEST
-
 if os.environ.get("PLANO_FAST_PURE_SCANNER") == "1":
     from plano_fast._head_py import forward_request_headers, response_head
 else:
@@ -19,4 +15,4 @@ else:
     except ImportError:
         from plano_fast._head_py import forward_request_headers, response_head
 
-__all__ = ["CREDENTIALS", "DROPPED", "DROPPED_REQUEST", "forward_request_headers", "response_head"]
+__all__ = ["forward_request_headers", "response_head"]

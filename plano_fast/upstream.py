@@ -30,22 +30,6 @@ from plano_fast.head import response_head
 
 Header = tuple[bytes, bytes]
 
-# Headers that describe one hop, not the message (RFC 9110 §7.6.1).  Never relayed in
-# either direction; framing is redone for each side.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
 # A response head larger than this is refused (502): httptools itself sets no bound, and a
 # provider's head is ~2 KiB.  nginx's default proxy_buffer_size is 4-8 KiB.
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
