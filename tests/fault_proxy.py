@@ -66,6 +66,9 @@ class FaultProxy:
         except OSError:
             writer.transport.abort()
             return
+        except BaseException:  # stop() cancelled us mid-connect: close what was accepted
+            writer.transport.abort()
+            raise
         self.connections_made += 1
         self._writers.update((writer, up_writer))
 
@@ -113,6 +116,8 @@ class FaultProxy:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        # Aborted transports close in callbacks that may be queued behind the stop.
+        self._loop.run_until_complete(asyncio.sleep(0.01))
         self._loop.close()
 
     def __enter__(self) -> FaultProxy:

@@ -1,0 +1,179 @@
+"""The SQLite store's hot connection: usage batches and reservations written on the event
+loop (see plano_fast.store.sqlite).  What must hold: another process's write lock is waited
+for without blocking the loop, and given up after ``busy_timeout_ms``; a cancelled write
+rolls back and releases the lock; the WAL is checkpointed (by the thread) so it does not
+grow with every batch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from plano_fast.store import UsageRow, open_store
+from plano_fast.store import sqlite as sqlite_store
+from plano_fast.store.migrate import migrate
+
+T0_NS = 1_717_200_000 * 1_000_000_000
+
+
+def rows(n: int, tag: str) -> list[UsageRow]:
+    return [
+        UsageRow(
+            request_id=f"{tag}-{i:06d}", time_ns=T0_NS + i, project_id="p1", user_id=None,
+            key_hash="k" * 64, token_id=None, provider="openai", model="gpt-4o-mini",
+            input_tokens=100, output_tokens=20, cache_read_tokens=0, cache_write_tokens=0,
+            reasoning_tokens=0, streaming=False, status="ok", http_status=200, priced=True,
+            cost_nano_usd=1_000 + i, duration_us=900,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def count_rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        n: int = conn.execute("SELECT count(*) FROM usage_log").fetchone()[0]
+    conn.close()
+    return n
+
+
+def other_process_lock(path: Path) -> sqlite3.Connection:
+    """A connection holding the database's write lock, as another worker's would."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def write_lock_is_free(path: Path) -> bool:
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return False
+    finally:
+        conn.close()
+
+
+def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            blocker = other_process_lock(path)
+            write = asyncio.ensure_future(store.write_usage(rows(300, "a")))
+            ticks = 0
+            for _ in range(20):  # 200 ms of the loop running while the write waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert ticks == 20 and not write.done()
+            blocker.execute("COMMIT")
+            blocker.close()
+            assert await asyncio.wait_for(write, 5) == 300
+        assert count_rows(path) == 300
+
+    asyncio.run(main())
+
+
+def test_a_lock_held_past_busy_timeout_fails_the_write_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path), busy_timeout_ms=200) as store:
+            await migrate(store)
+            blocker = other_process_lock(path)
+            started = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await store.write_usage(rows(10, "b"))
+            waited_s = time.monotonic() - started
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            # The back-off stops at the deadline, not one attempt in: at least most of
+            # the 200 ms, and not unboundedly longer.
+            assert 0.15 <= waited_s < 2.0
+            assert count_rows(path) == 0
+            assert await store.write_usage(rows(10, "b")) == 10  # the store still works
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_batch_write_rolls_back_and_releases_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            batch = rows(1_000, "c")  # several 128-row chunks, the loop runs between them
+            write = asyncio.ensure_future(store.write_usage(batch))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not write.done()
+            assert not write_lock_is_free(path)  # mid-transaction: the lock is held
+            write.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            assert write_lock_is_free(path)
+            assert count_rows(path) == 0
+            assert await store.write_usage(batch) == 1_000
+            assert count_rows(path) == 1_000
+
+    asyncio.run(main())
+
+
+def test_reservations_wait_for_a_locked_database(tmp_path: Path) -> None:
+    from plano_fast.store import BudgetTarget
+
+    path = tmp_path / "plano.db"
+    target = BudgetTarget("project", "p1", "total", 0, 1_000)
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            blocker = other_process_lock(path)
+            reserve = asyncio.ensure_future(store.reserve([target], 400))
+            await asyncio.sleep(0.1)
+            assert not reserve.done()
+            blocker.execute("COMMIT")
+            blocker.close()
+            reservation = await asyncio.wait_for(reserve, 5)
+            assert reservation is not None
+            assert await store.reserve([target], 700) is None  # 400 + 700 > 1,000
+            assert await store.release(reservation)
+            assert await store.reserve([target], 700) is not None
+
+    asyncio.run(main())
+
+
+def test_the_wal_is_checkpointed_so_it_does_not_grow_with_every_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A checkpoint after every hot commit (the default allows one a second) makes the
+    # effect visible in a short test.
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    path = tmp_path / "plano.db"
+    wal = Path(f"{path}-wal")
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            sizes = []
+            for i in range(10):
+                assert await store.write_usage(rows(1_000, f"w{i}")) == 1_000
+                for _ in range(100):  # let the thread's checkpoint finish
+                    await asyncio.sleep(0.01)
+                    if store._checkpoint_task is None:  # type: ignore[attr-defined]
+                        break
+                sizes.append(os.path.getsize(wal))
+            # Without checkpoints the WAL holds all ten batches (it only grows); with
+            # them it is rewound and reused, so it stays near the size of one batch.
+            assert sizes[-1] < 3 * sizes[0], sizes
+        assert count_rows(path) == 10_000
+
+    asyncio.run(main())
