@@ -355,6 +355,7 @@ class ServerProtocol(asyncio.Protocol):
         "_on_close",
         "_parser",
         "_headers",
+        "_request_headers",
         "_url",
         "_head_bytes",
         "_body_parts",
@@ -392,6 +393,8 @@ class ServerProtocol(asyncio.Protocol):
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
         self._headers: list[Header] = []
+        #: the head's headers, set aside when the head ends (trailers go to _headers)
+        self._request_headers: list[Header] = []
         self._url = b""
         self._head_bytes = 0
         self._body_parts: list[bytes] = []
@@ -552,6 +555,11 @@ class ServerProtocol(asyncio.Protocol):
         self._headers_done = True
         self._in_head = False
         self._head_raw = 0
+        # Chunked trailers, if any, arrive through on_header after this: they go to a
+        # list that is dropped (RFC 9110 §6.5.1 lets a recipient discard them), so they
+        # are never forwarded as if they were headers; their size still counts.
+        self._request_headers = self._headers
+        self._headers = []
         # The head arrived in time; the body now gets the listener's request timeout.
         if self._active is None:
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
@@ -578,7 +586,7 @@ class ServerProtocol(asyncio.Protocol):
         request = Request(
             self._parser.get_method(),
             self._url,
-            self._headers,
+            self._request_headers,
             body,
             self._parser.should_keep_alive(),
         )

@@ -204,6 +204,28 @@ def test_chunked_trailers_count_toward_the_header_limit(
     still_serving(gateway)
 
 
+def test_chunked_request_trailers_are_discarded_not_forwarded(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    # A trailer is not a header: forwarding it as one would let a client add headers
+    # after every check on the head ran (RFC 9110 6.5.1 allows discarding them).
+    fake.clear()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    trailers = b"X-Late-Trailer: 1\r\nX-Title: from-the-trailer\r\n\r\n"
+    with connect(gateway.port) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailers)
+        [(response, body)], _ = read_responses(sock)
+    assert response.status_code == 200, body
+    [forwarded] = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert forwarded.json() == json.loads(CHAT)
+    assert forwarded.header("x-late-trailer") is None
+    assert forwarded.header("x-title") is None
+    still_serving(gateway)
+
+
 def test_endless_header_is_stopped_at_the_limit(gateway: GatewayProcess) -> None:
     # A header that never ends must not make the gateway buffer it forever.
     with connect(gateway.port) as sock:
