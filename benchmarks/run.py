@@ -90,7 +90,12 @@ T_RPS_RATIO = 0.5
 T_ADDED_P50_MS = 0.2
 T_ADDED_P99_MS = 1.0
 T_RSS_MB = 200.0
-T_RSS_FLAT = 0.10  # RSS after the 2nd round of 1,000 streams <= 110% of after the 1st
+# RSS after the last round of 1,000 streams <= 110% of after the round before it.  Three
+# rounds, because the first one sets a high-water mark that the second can still raise a
+# little (allocator arenas, SQLite caches: measured 82 -> 90 -> 90 -> 90 -> 91 MiB over
+# five rounds); a leak grows round after round, which the last two rounds show.
+T_RSS_FLAT = 0.10
+RSS_FLAT_CHECK = "RSS flat after load (last round vs the one before)"
 
 
 def log(msg: str) -> None:
@@ -574,7 +579,7 @@ class Scenario:
 
 def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
     """The scenario list.  Full run: ``--duration-s`` (5 s) per measurement, non-streaming
-    scenarios ``--repeats`` (3) times, streaming ones once (two rounds of 1,000 streams
+    scenarios ``--repeats`` (3) times, streaming ones once (three rounds of 1,000 streams
     for the gateway, to see whether RSS is flat after load).  ``--quick``: ~1 s each."""
     d = args.duration_s
     q = args.quick
@@ -591,7 +596,7 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
         Scenario("st_c64", f"streaming {STREAM_EVENTS} x {STREAM_INTERVAL_MS:g} ms, concurrency 64", True, 64,
                  duration_s=ds, warmup_s=0.0, repeats=1),
         Scenario("st_c1000", f"streaming {STREAM_EVENTS} x {STREAM_INTERVAL_MS:g} ms, concurrency 1,000",
-                 True, 1000, duration_s=ds, warmup_s=0.0, repeats=1, rounds_plano=2, timeout_s=120,
+                 True, 1000, duration_s=ds, warmup_s=0.0, repeats=1, rounds_plano=3, timeout_s=120,
                  settle_s=1.0 if q else 3.0),
     ]
 
@@ -931,11 +936,11 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
                 hwm is not None and hwm < T_RSS_MB)
             after = big.get("rss_after_mb", [])
             if big.get("dead"):
-                add(pf, "RSS flat after load (round 2 vs round 1)", "gateway not running", f"<= +{T_RSS_FLAT:.0%}",
+                add(pf, RSS_FLAT_CHECK, "gateway not running", f"<= +{T_RSS_FLAT:.0%}",
                     False)
             elif len(after) >= 2:
-                growth = after[-1] / after[0] - 1 if after[0] else 0
-                add(pf, "RSS flat after load (round 2 vs round 1)",
+                growth = after[-1] / after[-2] - 1 if after[-2] else 0
+                add(pf, RSS_FLAT_CHECK,
                     " -> ".join(f"{a:.1f}" for a in after) + f" MiB ({growth:+.1%}); before load "
                     f"{_f(big.get('rss_before_mb'), '{:.1f}')} MiB", f"<= +{T_RSS_FLAT:.0%}", growth <= T_RSS_FLAT)
         usage = report["usage"].get(pf)
