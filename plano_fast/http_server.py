@@ -373,6 +373,8 @@ class ServerProtocol(asyncio.Protocol):
         "_in_head",
         "_msg_started",
         "_head_raw",
+        "_quiet_raw",
+        "_body_progress",
         "_broken",
         "http11",
         "draining",
@@ -413,6 +415,9 @@ class ServerProtocol(asyncio.Protocol):
         self._in_head = True
         self._msg_started = False
         self._head_raw = 0
+        #: body phase: bytes read since the parser last reported progress (body, chunk)
+        self._quiet_raw = 0
+        self._body_progress = False
         self._broken = False
         self.http11 = True
         self.draining = False
@@ -444,6 +449,18 @@ class ServerProtocol(asyncio.Protocol):
                 # Chunked trailers arrive through on_header after the head: bounded here
                 # per read and when the message ends (on_message_complete).
                 self._check_head_bytes()
+                # A trailer (or chunk extension) that never ends makes no callback at all
+                # while httptools buffers it: reads that brought no body and no chunk
+                # are bounded like a head (the limit plus one read).
+                if self._body_progress:
+                    self._body_progress = False
+                    self._quiet_raw = 0
+                else:
+                    self._quiet_raw += len(data)
+                    if self._quiet_raw > self._limits.max_header_bytes:
+                        raise HeadersTooLarge(
+                            f"request trailers exceed the limit of {self._limits.max_header_bytes} bytes"
+                        )
         except HeadersTooLarge as exc:
             self._refuse(exc)
         except httptools.HttpParserCallbackError as exc:
@@ -505,6 +522,7 @@ class ServerProtocol(asyncio.Protocol):
         self._te_seen = False
         self._in_head = True
         self._msg_started = True
+        self._quiet_raw = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -567,7 +585,11 @@ class ServerProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect_continue = False
 
+    def on_chunk_header(self) -> None:
+        self._body_progress = True
+
     def on_body(self, body: bytes) -> None:
+        self._body_progress = True
         self._body_bytes += len(body)
         if self._body_bytes > self._limits.max_body_bytes:
             raise BodyTooLarge(

@@ -241,6 +241,30 @@ def test_endless_header_is_stopped_at_the_limit(gateway: GatewayProcess) -> None
     still_serving(gateway)
 
 
+def test_endless_trailer_is_stopped_at_the_limit(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    # After the last chunk, a trailer value that never ends makes no parser callback;
+    # it must be bounded like a header, not buffered until memory runs out.
+    fake.clear()
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with connect(gateway.port) as sock:
+        sock.sendall(head + b"%x\r\n%s\r\n0\r\nX-Endless: " % (len(CHAT), CHAT))
+        try:
+            for _ in range(64):
+                sock.sendall(b"b" * 16384)
+                time.sleep(0.001)  # separate reads on the gateway's side
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        [(response, body)], closed = read_responses(sock)
+    assert response.status_code == 431
+    assert "trailers exceed" in error_of(body)
+    assert closed
+    assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    still_serving(gateway)
+
+
 def test_body_over_limit_413(make_gateway: Callable[..., GatewayProcess]) -> None:
     gateway = make_gateway({"max_body_bytes": 1024})
     with connect(gateway.port) as sock:
