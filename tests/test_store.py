@@ -1039,6 +1039,29 @@ def test_flusher_sets_aside_what_the_store_refuses_and_writes_the_rest(
     backend.run(body)
 
 
+def test_a_counter_sum_past_64_bits_is_refused_not_rounded(backend: Backend) -> None:
+    """Each row's cost fits 64 bits, their sum does not: SQLite would silently make the
+    counter a REAL (inexact forever after), PostgreSQL says bigint out of range.  Both
+    refuse the write as data (so the flusher sets the row aside) and keep the counters
+    equal to the log."""
+    t = ns(2026, 12, 4, 9)
+    first = usage(t=t, cost=2**63 - 10, key=sha("k"))
+    second = usage(t=t + 1, cost=100, key=sha("k"))
+
+    async def body(store: Store) -> None:
+        assert await store.write_usage([first]) == 1
+        with pytest.raises(Exception) as refused:
+            await store.write_usage([second])
+        assert store.rejects_data(refused.value)
+        assert [r.request_id for r in await all_usage(store)] == [first.request_id]
+        counter = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert counter is not None and counter.spent_nano_usd == 2**63 - 10
+        assert type(counter.spent_nano_usd) is int
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
 def test_group_writer_owns_its_rows(backend: Backend) -> None:
     """Managed mode's synchronous writer: a waiter cancelled mid-write (its client left)
     does not take its row with it; a row the store refuses is handed to the asynchronous

@@ -117,12 +117,25 @@ def _chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
+# SQLite turns an integer sum past 64 bits into a REAL without a word, which would leave an
+# inexact counter; the WHERE skips such an update instead, and _bump_spent turns the skip
+# into the error PostgreSQL raises for the same sum (bigint out of range).
 _BUMP_SPENT = (
     "INSERT INTO spending_counters (scope_kind, scope_id, period, period_start, "
     "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES (?, ?, ?, ?, ?, 0, ?) "
     "ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE SET "
-    "spent_nano_usd = spent_nano_usd + excluded.spent_nano_usd, updated_at_ns = excluded.updated_at_ns"
+    "spent_nano_usd = spent_nano_usd + excluded.spent_nano_usd, updated_at_ns = excluded.updated_at_ns "
+    "WHERE spent_nano_usd <= 9223372036854775807 - excluded.spent_nano_usd"
 )
+
+
+def _bump_spent(conn: sqlite3.Connection, deltas: dict[CounterKey, int], now: int) -> None:
+    """Add ``deltas`` to the spending counters (inside the caller's transaction)."""
+    params = [(k.scope_kind, k.scope_id, k.period, k.period_start, v, now) for k, v in sorted(deltas.items())]
+    if conn.executemany(_BUMP_SPENT, params).rowcount != len(params):
+        raise sqlite3.DataError("a spending counter would exceed 64 bits (nano-USD)")
+
+
 # One atomic statement per counter: create it holding the reservation if it is new and the
 # amount fits, otherwise add to reserved only if spent + reserved + amount <= limit.
 _RESERVE = (
@@ -492,10 +505,7 @@ class SqliteStore(SqlStore):
             deltas = counter_deltas(new)
             written = len(new)
         if deltas:
-            conn.executemany(
-                _BUMP_SPENT,
-                [(k.scope_kind, k.scope_id, k.period, k.period_start, v, now) for k, v in sorted(deltas.items())],
-            )
+            _bump_spent(conn, deltas, now)
         return written
 
     def rejects_data(self, exc: BaseException) -> bool:
@@ -550,10 +560,7 @@ class SqliteStore(SqlStore):
             )
             deltas = counter_deltas(pending)
             if deltas:
-                conn.executemany(
-                    _BUMP_SPENT,
-                    [(k.scope_kind, k.scope_id, k.period, k.period_start, v, now) for k, v in sorted(deltas.items())],
-                )
+                _bump_spent(conn, deltas, now)
             return sum(1 for row in pending if row.priced)
 
         return await self._tx(body)
