@@ -8,7 +8,7 @@ CONFIG ?= examples/plano_config.yaml
 
 .PHONY: run test env bench bench-quick bench-smoke clean
 
-$(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx
+$(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx plano_fast/_request.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -40,4 +40,4 @@ bench-micro: env
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info plano_fast/_scan.c plano_fast/_head.c plano_fast/*.so
+	rm -rf $(VENV) build *.egg-info plano_fast/_scan.c plano_fast/_head.c plano_fast/_request.c plano_fast/*.so

@@ -1,4 +1,5 @@
-"""Build script for the optional Cython helpers (the byte scanner, the response-head filter).
+"""Build script for the optional Cython helpers (the byte scanner, the header relay, the
+request fast path).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.scan`` falls back to the pure-Python
@@ -50,6 +51,7 @@ def _extensions() -> list[Extension]:
         [
             Extension("plano_fast._scan", ["plano_fast/_scan.pyx"], extra_compile_args=["-O3"]),
             Extension("plano_fast._head", ["plano_fast/_head.pyx"], extra_compile_args=["-O3"]),
+            Extension("plano_fast._request", ["plano_fast/_request.pyx"], extra_compile_args=["-O3"]),
         ],
         compiler_directives={
             "language_level": "3",

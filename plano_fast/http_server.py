@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -61,6 +62,15 @@ from plano_fast.errors import (
     RequestHeadTimeout,
     api_format_for_path,
 )
+
+_parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None] | None
+if os.environ.get("PLANO_FAST_PURE_SCANNER") == "1":
+    _parse_request = None
+else:
+    try:  # the compiled fast path for plain requests; httptools parses everything else
+        from plano_fast._request import parse_request as _parse_request
+    except ImportError:
+        _parse_request = None
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -435,6 +445,14 @@ class ServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return  # after a framing error nothing more is read
+        if _parse_request is not None and not self._msg_started:
+            # httptools is between messages, so whole plain requests at the front of
+            # this read can bypass it; it parses whatever the fast path leaves.
+            taken = self._take_plain_requests(data)
+            if taken == len(data) or self._broken:
+                return
+            if taken:
+                data = data[taken:]
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -473,6 +491,29 @@ class ServerProtocol(asyncio.Protocol):
             self._refuse(MalformedRequest("protocol upgrade is not supported"))
         except httptools.HttpParserError as exc:
             self._refuse(MalformedRequest(f"malformed request: {_parser_reason(exc)}"))
+
+    def _take_plain_requests(self, data: bytes) -> int:
+        """Dispatch the complete requests at the front of ``data`` that the compiled fast
+        path accepts (plano_fast/_request.pyx: a strict subset of what httptools accepts,
+        parsed to the same fields); returns how many bytes they took."""
+        parse = _parse_request
+        assert parse is not None
+        limits = self._limits
+        taken = 0
+        while True:
+            parsed = parse(data, taken, limits.max_header_bytes, limits.max_body_bytes)
+            if parsed is None:
+                return taken
+            method, target, headers, body, keep_alive, taken = parsed
+            self._url = target
+            self.http11 = True
+            if not keep_alive:
+                # Connection: close -- the client sends nothing after this request
+                # (RFC 9112 9.6), so nothing after it is read.
+                self._broken = True
+            self._dispatch(Request(method, target, headers, body, keep_alive))
+            if self._broken or taken == len(data):
+                return taken
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to what it already sent.
@@ -613,6 +654,9 @@ class ServerProtocol(asyncio.Protocol):
             self._parser.should_keep_alive(),
         )
         self._headers_done = False
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
         if self._active is None:
             self._start(request)
         else:

@@ -352,6 +352,38 @@ def test_keepalive_and_pipelining_answer_in_order(
     assert [r.json()["messages"][0]["content"] for r in forwarded] == [str(i) for i in range(5)]
 
 
+def test_fast_path_and_httptools_take_turns_in_order(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    # Plain requests take the compiled fast path, the rest go to httptools; a connection
+    # switches between them mid-read and across reads without losing or reordering any.
+    fake.clear()
+    body = [b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"%d"}]}' % i for i in range(5)]
+    chunked = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer sk-x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(body[1]), body[1])
+    )
+    split = request(body=body[3])
+    with connect(gateway.port) as sock:
+        sock.sendall(request(body=body[0]) + chunked + request(body=body[2]) + split[:40])
+        time.sleep(0.05)
+        sock.sendall(split[40:] + request(body=body[4]))
+        responses, closed = read_responses(sock, count=5)
+    assert [r.status_code for r, _ in responses] == [200] * 5
+    assert not closed
+    forwarded = [r for r in fake.requests if r.path == "/v1/chat/completions"]
+    assert [r.json()["messages"][0]["content"] for r in forwarded] == [str(i) for i in range(5)]
+
+
+def test_nothing_after_connection_close_is_read(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    fake.clear()
+    with connect(gateway.port) as sock:
+        sock.sendall(request(extra=b"Connection: close\r\n") + request())
+        responses, closed = read_responses(sock, count=2)
+    assert [r.status_code for r, _ in responses] == [200]
+    assert closed
+    assert len([r for r in fake.requests if r.path == "/v1/chat/completions"]) == 1
+
+
 def test_chunked_request_body_and_expect_continue(
     gateway: GatewayProcess, fake: FakeProviderThread
 ) -> None:

@@ -1,0 +1,5 @@
+"""Type stub for the compiled request fast path (plano_fast/_request.pyx)."""
+
+def parse_request(
+    buf: bytes, start: int, max_head_bytes: int, max_body_bytes: int
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None: ...

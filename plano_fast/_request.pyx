@@ -1,0 +1,201 @@
+# cython: language_level=3
+"""The request fast path: one pass over a complete, plain HTTP/1.1 request in a read.
+
+httptools calls back into Python once per header (17 for the openai SDK: ~4 µs of a
+~55 µs request), so the common request -- HTTP/1.1, a Content-Length body that arrived
+whole -- is parsed here instead, in one pass that builds the same ``Request`` fields.
+
+It is a strict subset, never a second opinion: it accepts only requests whose framing
+cannot be read two ways, and returns None for anything else, which httptools then parses
+(and accepts or refuses) exactly as before.  Declined: another method or HTTP version,
+a target or header byte outside the plain RFC 9110/9112 grammar, bare LF, obs-fold,
+whitespace before a colon or after a value, empty values, Transfer-Encoding, Expect,
+Upgrade, a second Content-Length, a Connection other than ``keep-alive`` / ``close``, a
+head over the size limit, a body over its limit or not complete in the buffer.
+tests/test_request_fast_path.py checks the subset against httptools, byte for byte.
+"""
+
+from libc.stdint cimport int64_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+
+cdef int64_t MAX_DIGITS = 18
+
+# Character classes (RFC 9110 5.6.2 tchar; RFC 3986 for the target, without '#' and '%'
+# decoding concerns: '%' is allowed as is).
+cdef unsigned char TCHAR[256]
+cdef unsigned char TARGET[256]
+cdef unsigned char VALUE[256]
+
+
+cdef void _init_tables():
+    cdef int c
+    for c in range(256):
+        TCHAR[c] = 0
+        TARGET[c] = 0
+        VALUE[c] = 0
+    for c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        TCHAR[c] = 1
+    for c in b"-._~:/?[]@!$&'()*+,;=%0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        TARGET[c] = 1
+    for c in range(32, 127):
+        VALUE[c] = 1
+    for c in range(128, 256):
+        VALUE[c] = 1
+    VALUE[9] = 1
+
+
+_init_tables()
+
+_GET = b"GET"
+_POST = b"POST"
+_PUT = b"PUT"
+_PATCH = b"PATCH"
+_DELETE = b"DELETE"
+_OPTIONS = b"OPTIONS"
+_HEAD = b"HEAD"
+
+
+cdef inline bint starts(const unsigned char *p, Py_ssize_t n, const char *word, Py_ssize_t m) noexcept:
+    cdef Py_ssize_t i
+    if n < m:
+        return False
+    for i in range(m):
+        if p[i] != <unsigned char>word[i]:
+            return False
+    return True
+
+
+cdef inline unsigned char lower(unsigned char c) noexcept:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline bint name_is(const unsigned char *p, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept:
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(n):
+        if lower(p[i]) != <unsigned char>name[i]:
+            return False
+    return True
+
+
+def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
+    """The request at ``buf[start:]`` as ``(method, target, headers, body, keep_alive,
+    end)``, headers as ``[(lowercased name, value)]``, ``end`` the offset after it; or
+    None when it is not a complete request this fast path accepts."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = len(buf)
+    cdef Py_ssize_t limit = n if n - start <= max_head_bytes else start + max_head_bytes
+    cdef Py_ssize_t i = start, a, b, colon, name_len
+    cdef int64_t content_length = -1, v
+    cdef bint keep_alive = True, seen_connection = False
+    cdef unsigned char c
+    cdef bytes name
+    cdef unsigned char *w
+    cdef const unsigned char *p
+    cdef Py_ssize_t k, rest
+
+    # request line: METHOD SP target SP HTTP/1.1 CRLF
+    p = s + i
+    rest = n - i
+    if starts(p, rest, b"POST ", 5):
+        method = _POST
+        i += 5
+    elif starts(p, rest, b"GET ", 4):
+        method = _GET
+        i += 4
+    elif starts(p, rest, b"PUT ", 4):
+        method = _PUT
+        i += 4
+    elif starts(p, rest, b"PATCH ", 6):
+        method = _PATCH
+        i += 6
+    elif starts(p, rest, b"DELETE ", 7):
+        method = _DELETE
+        i += 7
+    elif starts(p, rest, b"OPTIONS ", 8):
+        method = _OPTIONS
+        i += 8
+    elif starts(p, rest, b"HEAD ", 5):
+        method = _HEAD
+        i += 5
+    else:
+        return None
+    a = i
+    if i >= limit or s[i] != 47:
+        return None  # origin-form only ("/..."); absolute and asterisk forms go to httptools
+    while i < limit and TARGET[s[i]]:
+        i += 1
+    if i == a or i >= limit or s[i] != 32:
+        return None
+    target = PyBytes_FromStringAndSize(<const char *>s + a, i - a)
+    i += 1
+    if not starts(s + i, limit - i, b"HTTP/1.1\r\n", 10):
+        return None
+    i += 10
+
+    headers = []
+    while True:
+        if i + 1 >= limit:
+            return None  # incomplete, or longer than the head limit
+        if s[i] == 13:
+            if s[i + 1] != 10:
+                return None
+            i += 2
+            break
+        # field-name ":"
+        a = i
+        while i < limit and TCHAR[s[i]]:
+            i += 1
+        if i == a or i >= limit or s[i] != 58:
+            return None
+        colon = i
+        i += 1
+        while i < limit and (s[i] == 32 or s[i] == 9):
+            i += 1
+        b = i
+        while i < limit and VALUE[s[i]]:
+            i += 1
+        if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
+            return None
+        if i == b or s[i - 1] == 32 or s[i - 1] == 9:
+            return None  # an empty value, or trailing whitespace: httptools decides
+        name_len = colon - a
+        name = PyBytes_FromStringAndSize(NULL, name_len)
+        w = <unsigned char *>PyBytes_AS_STRING(name)
+        for k in range(name_len):
+            w[k] = lower(s[a + k])
+        # framing and connection headers
+        if name_len == 14 and name_is(w, name_len, b"content-length", 14):
+            if content_length >= 0 or i - b > MAX_DIGITS:
+                return None
+            v = 0
+            for k in range(b, i):
+                c = s[k]
+                if c < 48 or c > 57:
+                    return None
+                v = v * 10 + (c - 48)
+            content_length = v
+        elif name_len == 10 and name_is(w, name_len, b"connection", 10):
+            if seen_connection:
+                return None
+            seen_connection = True
+            if name_is(s + b, i - b, b"close", 5):
+                keep_alive = False
+            elif not name_is(s + b, i - b, b"keep-alive", 10):
+                return None
+        elif (
+            (name_len == 17 and name_is(w, name_len, b"transfer-encoding", 17))
+            or (name_len == 6 and name_is(w, name_len, b"expect", 6))
+            or (name_len == 7 and name_is(w, name_len, b"upgrade", 7))
+        ):
+            return None
+        headers.append((name, PyBytes_FromStringAndSize(<const char *>s + b, i - b)))
+        i += 2
+
+    if content_length < 0:
+        content_length = 0
+    if content_length > max_body_bytes or n - i < content_length:
+        return None
+    body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
+    return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length

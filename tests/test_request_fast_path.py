@@ -1,0 +1,247 @@
+"""The request fast path (plano_fast/_request.pyx) against httptools, which stays the
+authority: whatever the fast path accepts, httptools must parse to the same method,
+target, headers, body and keep-alive, ending at the same byte; what it declines goes to
+httptools unchanged, so declining is always safe (and checked to happen for the framing
+cases that matter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httptools
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+_request = pytest.importorskip("plano_fast._request", reason="the Cython extension is not built")
+parse_request = _request.parse_request
+
+MAX_HEAD = 32 * 1024
+MAX_BODY = 1024 * 1024
+
+SDK_REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:12000\r\nAccept-Encoding: gzip, deflate\r\n"
+    b"Connection: keep-alive\r\nAccept: application/json\r\nContent-Type: application/json\r\n"
+    b"User-Agent: OpenAI/Python 3.60.0\r\nX-Stainless-Lang: python\r\nX-Stainless-Package-Version: 3.60.0\r\n"
+    b"X-Stainless-OS: Linux\r\nX-Stainless-Arch: x64\r\nX-Stainless-Runtime: CPython\r\n"
+    b"X-Stainless-Runtime-Version: 3.11.7\r\nAuthorization: Bearer sk-test\r\nX-Stainless-Async: false\r\n"
+    b"x-stainless-retry-count: 0\r\nx-stainless-read-timeout: 600\r\nContent-Length: 67\r\n\r\n"
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+)
+
+
+@dataclass
+class Message:
+    method: bytes = b""
+    target: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+class Recorder:
+    """httptools' view of a byte string: its messages, and how many were begun."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.messages: list[Message] = []
+        self.begun = 0
+        self._cur = Message()
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+        self._cur = Message()
+
+    def on_url(self, url: bytes) -> None:
+        self._cur.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._cur.headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._cur.body += body
+
+    def on_message_complete(self) -> None:
+        self._cur.method = self.parser.get_method()
+        self._cur.keep_alive = self.parser.should_keep_alive()
+        self.messages.append(self._cur)
+
+
+def check_against_httptools(data: bytes, start: int = 0) -> bool:
+    """Assert the fast path's answer for ``data[start:]`` is httptools'; True if it accepted."""
+    parsed = parse_request(data, start, MAX_HEAD, MAX_BODY)
+    if parsed is None:
+        return False
+    method, target, headers, body, keep_alive, end = parsed
+    assert start < end <= len(data)
+    rec = Recorder()
+    rec.parser.feed_data(data[start:end])  # raises if httptools refuses what we accepted
+    # Exactly one message, complete exactly at ``end``, nothing of a next one begun.
+    assert rec.begun == 1 and len(rec.messages) == 1
+    want = rec.messages[0]
+    assert (method, target, headers, body, keep_alive) == (
+        want.method, want.target, want.headers, want.body, want.keep_alive,
+    )  # fmt: skip
+    assert len(head_of(data[start:end])) + len(body) == end - start
+    return True
+
+
+def head_of(message: bytes) -> bytes:
+    return message[: message.index(b"\r\n\r\n") + 4]
+
+
+def test_the_sdk_request_takes_the_fast_path() -> None:
+    assert check_against_httptools(SDK_REQUEST)
+    method, target, headers, body, keep_alive, end = parse_request(SDK_REQUEST, 0, MAX_HEAD, MAX_BODY)
+    assert (method, target, keep_alive, end) == (b"POST", b"/v1/chat/completions", True, len(SDK_REQUEST))
+    assert (b"authorization", b"Bearer sk-test") in headers and len(headers) == 17
+    assert body.startswith(b'{"model"')
+
+
+def test_pipelined_requests_are_taken_one_at_a_time() -> None:
+    get = b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n"
+    data = SDK_REQUEST + get + SDK_REQUEST[:100]
+    first = parse_request(data, 0, MAX_HEAD, MAX_BODY)
+    assert first is not None and first[5] == len(SDK_REQUEST)
+    second = parse_request(data, first[5], MAX_HEAD, MAX_BODY)
+    assert second is not None and second[:4] == (b"GET", b"/v1/models", [(b"host", b"a")], b"")
+    assert check_against_httptools(data, first[5])
+    assert parse_request(data, second[5], MAX_HEAD, MAX_BODY) is None  # incomplete
+
+
+def test_connection_close_is_not_keep_alive() -> None:
+    data = b"POST /x HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+    assert check_against_httptools(data)
+    assert parse_request(data, 0, MAX_HEAD, MAX_BODY)[4] is False
+
+
+DECLINED = {
+    "transfer-encoding": b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "content-length and transfer-encoding": b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate content-length": b"POST /x HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    "content-length with a sign": b"POST /x HTTP/1.1\r\nContent-Length: +2\r\n\r\nhi",
+    "content-length with a space inside": b"POST /x HTTP/1.1\r\nContent-Length: 1 2\r\n\r\nhi",
+    "content-length of 19 digits": b"POST /x HTTP/1.1\r\nContent-Length: 0000000000000000002\r\n\r\nhi",
+    "expect": b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    "upgrade": b"GET /x HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+    "upgrade alone": b"GET /x HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+    "connection naming a header": b"GET /x HTTP/1.1\r\nConnection: x-foo\r\n\r\n",
+    "two connection headers": b"GET /x HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+    "HTTP/1.0": b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi",
+    "bare LF": b"POST /x HTTP/1.1\nContent-Length: 2\n\nhi",
+    "bare LF in a header": b"POST /x HTTP/1.1\r\nA: b\nContent-Length: 2\r\n\r\nhi",
+    "bare CR in a value": b"POST /x HTTP/1.1\r\nA: b\rc\r\nContent-Length: 2\r\n\r\nhi",
+    "obs-fold": b"POST /x HTTP/1.1\r\nA: b\r\n c\r\nContent-Length: 2\r\n\r\nhi",
+    "space before colon": b"POST /x HTTP/1.1\r\nContent-Length : 2\r\n\r\nhi",
+    "empty value": b"GET /x HTTP/1.1\r\nX-Empty:\r\n\r\n",
+    "trailing whitespace": b"GET /x HTTP/1.1\r\nX-A: b \r\n\r\n",
+    "NUL in a value": b"GET /x HTTP/1.1\r\nX-A: b\x00c\r\n\r\n",
+    "lowercase method": b"post /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    "unknown method": b"BREW /x HTTP/1.1\r\n\r\n",
+    "fragment in the target": b"GET /x#y HTTP/1.1\r\n\r\n",
+    "quote in the target": b'GET /x"y HTTP/1.1\r\n\r\n',
+    "two spaces": b"GET  /x HTTP/1.1\r\n\r\n",
+    "incomplete head": b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n",
+    "incomplete body": b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nhi",
+}
+
+
+@pytest.mark.parametrize("data", DECLINED.values(), ids=DECLINED.keys())
+def test_declined_cases_are_left_to_httptools(data: bytes) -> None:
+    assert parse_request(data, 0, MAX_HEAD, MAX_BODY) is None
+
+
+def test_limits_are_left_to_httptools() -> None:
+    # Over a limit the fast path declines; the server's httptools path answers 431/413.
+    assert parse_request(SDK_REQUEST, 0, len(head_of(SDK_REQUEST)) - 1, MAX_BODY) is None
+    assert parse_request(SDK_REQUEST, 0, len(head_of(SDK_REQUEST)), MAX_BODY) is not None
+    assert parse_request(SDK_REQUEST, 0, MAX_HEAD, 66) is None
+    assert parse_request(SDK_REQUEST, 0, MAX_HEAD, 67) is not None
+
+
+# -- generated requests, then mutated: the fast path never disagrees with httptools ---
+METHODS = [b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"HEAD", b"post", b"BREW", b"CONNECT"]
+NAMES = [b"Host", b"Content-Length", b"content-length", b"Connection", b"Transfer-Encoding", b"Expect",
+         b"Upgrade", b"Authorization", b"X-Api-Key", b"Content-Type", b"X-A", b"X A", b"X\x00A", b"\xffX",
+         b"Te", b"Trailer", b"Keep-Alive", b""]  # fmt: skip
+VALUE_BYTES = st.binary(min_size=0, max_size=12) | st.sampled_from(
+    [b"chunked", b"close", b"keep-alive", b"Keep-Alive", b"upgrade", b"0", b"2", b"5", b" 2 ", b"-1", b"100-continue",
+     b"gzip, chunked", b"\t2", b"2\t", b"caf\xc3\xa9", b"a\r\nB: c"]
+)  # fmt: skip
+
+
+CLEAN_NAMES = [b"Host", b"Authorization", b"X-Api-Key", b"Content-Type", b"x-stainless-os", b"Accept", b"X_Odd!#$%&'*+.^`|~"]
+CLEAN_VALUES = st.binary(min_size=1, max_size=12).map(
+    lambda v: bytes(c if 33 <= c < 127 or c >= 128 else 97 for c in v)  # no CTL, no edge space
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    """Half well-formed (what the fast path is for), half anything; then maybe mutated."""
+    good = draw(st.booleans())
+    method = draw(st.sampled_from(METHODS[:7] if good else METHODS))
+    target = draw(
+        st.sampled_from([b"/v1/chat/completions", b"/", b"/a?b=c&d=%20", b"/v1/models?x=[1]"])
+        if good
+        else st.sampled_from([b"/x", b"*", b""]) | st.binary(max_size=8).map(lambda t: b"/" + t) | st.binary(max_size=8)
+    )
+    version = b"HTTP/1.1" if good else draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 "]))
+    eol = b"\r\n" if good else draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r"]))
+    lines = [method + b" " + target + b" " + version]
+    body = draw(st.binary(max_size=16))
+    for _ in range(draw(st.integers(0, 6))):
+        clean = good or draw(st.booleans())
+        name = draw(st.sampled_from(CLEAN_NAMES if clean else NAMES))
+        sep = draw(st.sampled_from([b": ", b":", b":\t"] if clean else [b": ", b":", b":\t", b" : ", b":  "]))
+        value = draw(CLEAN_VALUES if clean else VALUE_BYTES)
+        if name.lower() == b"content-length" and draw(st.booleans()):
+            value = b"%d" % draw(st.sampled_from([len(body), len(body) + 1, max(0, len(body) - 1)]))
+        lines.append(name + sep + value)
+    if good and draw(st.booleans()):
+        lines.append(draw(st.sampled_from([b"Connection: keep-alive", b"Connection: close", b"connection: Close"])))
+    if draw(st.booleans()):
+        lines.append(b"Content-Length: %d" % len(body))
+    head = eol.join(lines) + eol + (eol if good else draw(st.sampled_from([eol, b"\r\n", b"\n"])))
+    data = head + body + draw(st.sampled_from([b"", b"GET / HTTP/1.1\r\n\r\n", b"POST"]))
+    # mutations: flip, insert or delete a few bytes anywhere
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
+        if not data:
+            break
+        pos = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "insert", "delete"]))
+        byte = bytes([draw(st.sampled_from([0, 9, 10, 13, 32, 58, 127, 255]) | st.integers(0, 255))])
+        if kind == "flip":
+            data = data[:pos] + byte + data[pos + 1 :]
+        elif kind == "insert":
+            data = data[:pos] + byte + data[pos:]
+        else:
+            data = data[:pos] + data[pos + 1 :]
+    return data
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.booleans())
+@example(SDK_REQUEST, False)
+@example(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", False)
+def test_generated_requests_agree_with_httptools(data: bytes, after_another: bool) -> None:
+    if after_another:
+        prefix = b"GET /warm-up HTTP/1.1\r\nHost: a\r\n\r\n"
+        check_against_httptools(prefix + data, len(prefix))
+    else:
+        check_against_httptools(data)
+
+
+def test_generated_requests_are_often_accepted() -> None:
+    """The property above means something only if the fast path accepts a fair share."""
+    accepted = 0
+
+    @settings(max_examples=500, deadline=None, database=None, derandomize=True)
+    @given(requests())
+    def count(data: bytes) -> None:
+        nonlocal accepted
+        accepted += check_against_httptools(data)
+
+    count()
+    assert accepted >= 80
