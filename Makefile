@@ -8,7 +8,7 @@ CONFIG ?= examples/plano_config.yaml
 
 .PHONY: run test env bench bench-quick bench-smoke clean
 
-$(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx plano_fast/_request.pyx
+$(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx plano_fast/_request.pyx plano_fast/_bytes.pxd
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -11,6 +11,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
+from plano_fast._bytes cimport lower, name_is
 from plano_fast._head_py import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
@@ -20,20 +21,6 @@ cdef enum:
     DROP = 1
     CONTENT_LENGTH = 2
     TRANSFER_ENCODING = 3
-
-
-cdef inline unsigned char lower(unsigned char c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
-
-
-cdef inline bint name_is(const unsigned char *p, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept nogil:
-    cdef Py_ssize_t i
-    if n != m:
-        return False
-    for i in range(n):
-        if lower(p[i]) != <unsigned char>name[i]:
-            return False
-    return True
 
 
 cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:

@@ -18,10 +18,12 @@ tests/test_request_fast_path.py checks the subset against httptools, byte for by
 from libc.stdint cimport int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
+from plano_fast._bytes cimport lower, name_is, starts
+
 cdef int64_t MAX_DIGITS = 18
 
-# Character classes (RFC 9110 5.6.2 tchar; RFC 3986 for the target, without '#' and '%'
-# decoding concerns: '%' is allowed as is).
+# Character classes: RFC 9110 5.6.2 tchar for names; RFC 3986 for the target, without '#'
+# (a fragment is never sent); field-value bytes (visible, SP, HTAB, obs-text).
 cdef unsigned char TCHAR[256]
 cdef unsigned char TARGET[256]
 cdef unsigned char VALUE[256]
@@ -46,37 +48,12 @@ cdef void _init_tables():
 
 _init_tables()
 
-_GET = b"GET"
-_POST = b"POST"
-_PUT = b"PUT"
-_PATCH = b"PATCH"
-_DELETE = b"DELETE"
-_OPTIONS = b"OPTIONS"
-_HEAD = b"HEAD"
-
-
-cdef inline bint starts(const unsigned char *p, Py_ssize_t n, const char *word, Py_ssize_t m) noexcept:
-    cdef Py_ssize_t i
-    if n < m:
-        return False
-    for i in range(m):
-        if p[i] != <unsigned char>word[i]:
-            return False
-    return True
-
-
-cdef inline unsigned char lower(unsigned char c) noexcept:
-    return c + 32 if 65 <= c <= 90 else c
-
-
-cdef inline bint name_is(const unsigned char *p, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept:
-    cdef Py_ssize_t i
-    if n != m:
-        return False
-    for i in range(n):
-        if lower(p[i]) != <unsigned char>name[i]:
-            return False
-    return True
+# The methods taken here (others go to httptools), with the space after each.
+cdef const char *METHOD_WORDS[7]
+cdef Py_ssize_t METHOD_LENS[7]
+METHOD_WORDS[:] = [b"POST ", b"GET ", b"PUT ", b"PATCH ", b"DELETE ", b"OPTIONS ", b"HEAD "]
+METHOD_LENS[:] = [5, 4, 4, 6, 7, 8, 5]
+_METHODS = (b"POST", b"GET", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"HEAD")
 
 
 def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
@@ -92,34 +69,17 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
     cdef unsigned char c
     cdef bytes name
     cdef unsigned char *w
-    cdef const unsigned char *p
-    cdef Py_ssize_t k, rest
+    cdef Py_ssize_t k, m
 
     # request line: METHOD SP target SP HTTP/1.1 CRLF
-    p = s + i
-    rest = n - i
-    if starts(p, rest, b"POST ", 5):
-        method = _POST
-        i += 5
-    elif starts(p, rest, b"GET ", 4):
-        method = _GET
-        i += 4
-    elif starts(p, rest, b"PUT ", 4):
-        method = _PUT
-        i += 4
-    elif starts(p, rest, b"PATCH ", 6):
-        method = _PATCH
-        i += 6
-    elif starts(p, rest, b"DELETE ", 7):
-        method = _DELETE
-        i += 7
-    elif starts(p, rest, b"OPTIONS ", 8):
-        method = _OPTIONS
-        i += 8
-    elif starts(p, rest, b"HEAD ", 5):
-        method = _HEAD
-        i += 5
-    else:
+    method = None
+    for k in range(7):
+        m = METHOD_LENS[k]
+        if starts(s + i, n - i, METHOD_WORDS[k], m):
+            method = _METHODS[k]
+            i += m
+            break
+    if method is None:
         return None
     a = i
     if i >= limit or s[i] != 47:

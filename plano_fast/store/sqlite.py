@@ -244,6 +244,21 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     return result
 
 
+def _connect(path: str, busy_timeout_ms: int, *pragmas: str, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with ``pragmas`` run."""
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=check_same_thread
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        for pragma in pragmas:
+            conn.execute(pragma).fetchall()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class _Refused(Exception):
     pass
 
@@ -280,22 +295,15 @@ class SqliteStore(SqlStore):
             if self.path != ":memory:":
                 parent = os.path.dirname(os.path.abspath(self.path))
                 os.makedirs(parent, exist_ok=True)
-            conn = sqlite3.connect(
+            return _connect(
                 self.path,
-                timeout=self.busy_timeout_ms / 1000,
-                isolation_level=None,  # autocommit; transactions are explicit
+                self.busy_timeout_ms,
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA foreign_keys = ON",
+                "PRAGMA temp_store = MEMORY",
                 check_same_thread=False,  # only ever used on the executor's one thread
             )
-            try:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode = WAL").fetchall()
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA temp_store = MEMORY")
-            except BaseException:
-                conn.close()
-                raise
-            return conn
 
         loop = asyncio.get_running_loop()
         try:
@@ -304,7 +312,12 @@ class SqliteStore(SqlStore):
                 self._executor, lambda: conn.execute("PRAGMA journal_mode").fetchone()[0]
             )
             if self.path != ":memory:" and str(mode).lower() == "wal":
-                self._hot = self._connect_hot()
+                # On the loop: a lock held by another process is waited for by _hot_run
+                # (never inside SQLite); checkpoints are left to the thread (module doc).
+                self._hot = _connect(
+                    self.path, 0, "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON",
+                    "PRAGMA wal_autocheckpoint = 0",
+                )  # fmt: skip
         except BaseException:
             if self._conn is not None:
                 await loop.run_in_executor(self._executor, self._conn.close)
@@ -312,20 +325,6 @@ class SqliteStore(SqlStore):
             self._executor.shutdown(wait=True)
             self._executor = None
             raise
-
-    def _connect_hot(self) -> sqlite3.Connection:
-        # On the loop: a lock held by another process is waited for by _hot_run (never
-        # inside SQLite), and checkpoints are left to the thread (see the module doc).
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     async def close(self) -> None:
         executor, conn = self._executor, self._conn
