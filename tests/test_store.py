@@ -1039,6 +1039,20 @@ def test_flusher_sets_aside_what_the_store_refuses_and_writes_the_rest(
     backend.run(body)
 
 
+def test_one_batch_touching_hundreds_of_counters(backend: Backend) -> None:
+    """200 days of one project's and user's rows in one batch: ~420 counters (daily,
+    monthly, total per scope), more than one multi-row upsert statement holds."""
+    rows = [usage(t=ns(2025, 1, 1) + d * 86_400_000_000_000, cost=1_000 + d, user="u1") for d in range(200)]
+
+    async def body(store: Store) -> None:
+        assert await store.write_usage(rows) == 200
+        counters = [c for c in await store.load_counters() if c.spent_nano_usd]
+        assert len(counters) > 400
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
 def test_a_counter_sum_past_64_bits_is_refused_not_rounded(backend: Backend) -> None:
     """Each row's cost fits 64 bits, their sum does not: SQLite would silently make the
     counter a REAL (inexact forever after), PostgreSQL says bigint out of range.  Both

@@ -105,7 +105,8 @@ def _multi_insert(n: int) -> str:
 
 
 def _chunk_sizes(n: int) -> list[int]:
-    """``n`` rows as full chunks then decreasing powers of two (8 statement shapes at most)."""
+    """``n`` rows as full chunks then decreasing powers of two (8 statement shapes at most;
+    128 rows of 20 or 6 parameters stay under SQLite's 32,766 variables)."""
     full, rest = divmod(n, _INSERT_CHUNK)
     sizes = [_INSERT_CHUNK] * full
     bit = 1 << max(0, rest.bit_length() - 1)
@@ -117,23 +118,40 @@ def _chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
-# SQLite turns an integer sum past 64 bits into a REAL without a word, which would leave an
-# inexact counter; the WHERE skips such an update instead, and _bump_spent turns the skip
-# into the error PostgreSQL raises for the same sum (bigint out of range).
-_BUMP_SPENT = (
+# Counter upserts, many rows per statement (one sqlite3_step, not one per counter: a
+# managed request alone bumps up to nine).  SQLite turns an integer sum past 64 bits into
+# a REAL without a word, which would leave an inexact counter; the WHERE skips such an
+# update instead, and _bump_spent turns the skip into the error PostgreSQL raises for the
+# same sum (bigint out of range).
+_BUMP_HEAD = (
     "INSERT INTO spending_counters (scope_kind, scope_id, period, period_start, "
-    "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES (?, ?, ?, ?, ?, 0, ?) "
-    "ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE SET "
+    "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES "
+)
+_BUMP_TAIL = (
+    " ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE SET "
     "spent_nano_usd = spent_nano_usd + excluded.spent_nano_usd, updated_at_ns = excluded.updated_at_ns "
     "WHERE spent_nano_usd <= 9223372036854775807 - excluded.spent_nano_usd"
 )
 
 
+@functools.cache
+def _multi_bump(n: int) -> str:
+    return _BUMP_HEAD + ",".join(["(?, ?, ?, ?, ?, 0, ?)"] * n) + _BUMP_TAIL
+
+
 def _bump_spent(conn: sqlite3.Connection, deltas: dict[CounterKey, int], now: int) -> None:
-    """Add ``deltas`` to the spending counters (inside the caller's transaction)."""
-    params = [(k.scope_kind, k.scope_id, k.period, k.period_start, v, now) for k, v in sorted(deltas.items())]
-    if conn.executemany(_BUMP_SPENT, params).rowcount != len(params):
-        raise sqlite3.DataError("a spending counter would exceed 64 bits (nano-USD)")
+    """Add ``deltas`` to the spending counters (inside the caller's transaction).  In no
+    particular order: the database-wide write lock is already held, so unlike PostgreSQL's
+    row locks there is no lock order to keep."""
+    items = list(deltas.items())
+    start = 0
+    for size in _chunk_sizes(len(items)):
+        params: list[object] = []
+        for k, v in items[start : start + size]:
+            params.extend((k.scope_kind, k.scope_id, k.period, k.period_start, v, now))
+        start += size
+        if conn.execute(_multi_bump(size), params).rowcount != size:
+            raise sqlite3.DataError("a spending counter would exceed 64 bits (nano-USD)")
 
 
 # One atomic statement per counter: create it holding the reservation if it is new and the
