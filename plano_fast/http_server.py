@@ -11,6 +11,13 @@ Transfer-Encoding on an HTTP/1.0 request are refused.  Every framing error is an
 400 and the connection is closed, because after a framing error the next byte's meaning is
 unknowable.
 
+Plain requests skip httptools: while it is between messages, whole requests at the front
+of a read that plano_fast/_request.pyx accepts (a strict subset of what llhttp accepts --
+Content-Length bodies only, no Transfer-Encoding, Expect or Upgrade, the plain header
+grammar -- parsed to the same fields, which tests/test_request_fast_path.py checks against
+httptools) are dispatched from one Cython pass instead of a Python callback per header;
+everything else, from the first declined byte on, goes to httptools as before.
+
 A request is handed to the ``handler`` (the exchange) only once its body is complete: LLM
 requests must be routed on the ``model`` inside the body, so the body is needed before the
 first upstream byte can be sent.  The body is bounded by ``max_body_bytes`` (413).
