@@ -510,7 +510,9 @@ class SqliteStore(SqlStore):
             inserted += n
             if inserted == start:  # nothing skipped so far (the common case)
                 add_day_sums(chunk, sums)
-            yield
+            if start < len(rows):
+                yield  # between chunks only: a one-chunk batch (one request's row) needs
+                # no extra turn of the loop before its commit
         if inserted == len(rows):
             deltas = deltas_of_day_sums(sums)
             written = inserted
