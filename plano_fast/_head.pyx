@@ -8,10 +8,10 @@ docstrings; the two are checked against each other in tests/test_header_relay.py
 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from plano_fast._bytes cimport lower, name_is
+from plano_fast._bytes cimport lower, name_is, starts
 from plano_fast._head_py import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
@@ -163,48 +163,44 @@ cdef enum:
     R_REQUEST_ID = 4
 
 
-cdef inline bint same(const unsigned char *p, const char *name, Py_ssize_t n) noexcept nogil:
-    return memcmp(p, name, n) == 0
-
-
 cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """What happens to a request header called p[:n] (lowercase, as parsed)."""
-    if n >= 9 and same(p, b"x-xproxy-", 9):
+    if n >= 9 and starts(p, n, b"x-xproxy-", 9):
         return R_DROP
     if n == 2:
-        return R_DROP if same(p, b"te", 2) else R_KEEP
+        return R_DROP if starts(p, n, b"te", 2) else R_KEEP
     if n == 4:
-        return R_DROP if same(p, b"host", 4) else R_KEEP
+        return R_DROP if starts(p, n, b"host", 4) else R_KEEP
     if n == 6:
-        return R_DROP if same(p, b"expect", 6) else R_KEEP
+        return R_DROP if starts(p, n, b"expect", 6) else R_KEEP
     if n == 7:
-        if same(p, b"trailer", 7) or same(p, b"upgrade", 7):
+        if starts(p, n, b"trailer", 7) or starts(p, n, b"upgrade", 7):
             return R_DROP
-        return R_CREDENTIAL if same(p, b"api-key", 7) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"api-key", 7) else R_KEEP
     if n == 9:
-        return R_CREDENTIAL if same(p, b"x-api-key", 9) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"x-api-key", 9) else R_KEEP
     if n == 10:
-        return R_DROP if same(p, b"connection", 10) or same(p, b"keep-alive", 10) else R_KEEP
+        return R_DROP if starts(p, n, b"connection", 10) or starts(p, n, b"keep-alive", 10) else R_KEEP
     if n == 12:
-        return R_REQUEST_ID if same(p, b"x-request-id", 12) else R_KEEP
+        return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) else R_KEEP
     if n == 13:
-        return R_CREDENTIAL if same(p, b"authorization", 13) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
     if n == 14:
-        if same(p, b"content-length", 14):
+        if starts(p, n, b"content-length", 14):
             return R_DROP
-        return R_CREDENTIAL if same(p, b"x-goog-api-key", 14) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"x-goog-api-key", 14) else R_KEEP
     if n == 15:
-        return R_DROP if same(p, b"accept-encoding", 15) else R_KEEP
+        return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
     if n == 16:
-        return R_DROP if same(p, b"proxy-connection", 16) else R_KEEP
+        return R_DROP if starts(p, n, b"proxy-connection", 16) else R_KEEP
     if n == 17:
-        if same(p, b"transfer-encoding", 17):
+        if starts(p, n, b"transfer-encoding", 17):
             return R_DROP
-        return R_VERSION if same(p, b"anthropic-version", 17) else R_KEEP
+        return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
     if n == 18:
-        return R_DROP if same(p, b"proxy-authenticate", 18) else R_KEEP
+        return R_DROP if starts(p, n, b"proxy-authenticate", 18) else R_KEEP
     if n == 19:
-        return R_DROP if same(p, b"proxy-authorization", 19) else R_KEEP
+        return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
     return R_KEEP
 
 

@@ -467,25 +467,18 @@ class ServerProtocol(asyncio.Protocol):
                 # one must be stopped here: the bound is the limit plus one socket read.
                 self._head_raw += len(data)
                 if self._head_raw > self._limits.max_header_bytes:
-                    raise HeadersTooLarge(
-                        f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
-                    )
+                    raise self._headers_too_large()
+            elif self._body_progress:
+                self._body_progress = False
+                self._quiet_raw = 0
             else:
-                # Chunked trailers arrive through on_header after the head: bounded here
-                # per read and when the message ends (on_message_complete).
-                self._check_head_bytes()
-                # A trailer (or chunk extension) that never ends makes no callback at all
-                # while httptools buffers it: reads that brought no body and no chunk
-                # are bounded like a head (the limit plus one read).
-                if self._body_progress:
-                    self._body_progress = False
-                    self._quiet_raw = 0
-                else:
-                    self._quiet_raw += len(data)
-                    if self._quiet_raw > self._limits.max_header_bytes:
-                        raise HeadersTooLarge(
-                            f"request trailers exceed the limit of {self._limits.max_header_bytes} bytes"
-                        )
+                # Chunked trailers (or a chunk extension) come after the last chunk, and
+                # httptools buffers them with no callback until each one ends: reads
+                # that brought no body and no chunk are bounded like a head (the limit
+                # plus one read); on_message_complete then counts the trailers exactly.
+                self._quiet_raw += len(data)
+                if self._quiet_raw > self._limits.max_header_bytes:
+                    raise self._headers_too_large()
         except HeadersTooLarge as exc:
             self._refuse(exc)
         except httptools.HttpParserCallbackError as exc:
@@ -580,8 +573,9 @@ class ServerProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Called once per header, so it does the least it can: the size limit is checked
-        # when the head (or the trailers) ends and after each read, since one read bounds
-        # what piles up in between; only the three framing headers go through checks.
+        # when the head (or the trailers) ends and after each read (the raw-byte bounds in
+        # data_received), since one read bounds what piles up in between; only the three
+        # framing headers go through checks.
         self._head_bytes += len(name) + len(value) + 4
         name = name.lower()
         if name in _FRAMING_HEADERS:
@@ -608,9 +602,10 @@ class ServerProtocol(asyncio.Protocol):
 
     def _check_head_bytes(self) -> None:
         if self._head_bytes > self._limits.max_header_bytes:
-            raise HeadersTooLarge(
-                f"request headers exceed the limit of {self._limits.max_header_bytes} bytes"
-            )
+            raise self._headers_too_large()
+
+    def _headers_too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"request headers exceed the limit of {self._limits.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         self._check_head_bytes()

@@ -259,7 +259,7 @@ def test_endless_trailer_is_stopped_at_the_limit(gateway: GatewayProcess, fake: 
             pass
         [(response, body)], closed = read_responses(sock)
     assert response.status_code == 431
-    assert "trailers exceed" in error_of(body)
+    assert "headers exceed" in error_of(body)
     assert closed
     assert not [r for r in fake.requests if r.path == "/v1/chat/completions"]
     still_serving(gateway)

@@ -229,7 +229,7 @@ def _single_step(body: Callable[[sqlite3.Connection], T], conn: sqlite3.Connecti
 
 
 def _finish(steps: Generator[None, None, T]) -> T:
-    """Run a transaction body's steps to the end without yielding (on the thread)."""
+    """Run a transaction body's steps to the end, with no turn of the loop in between."""
     while True:
         try:
             next(steps)
@@ -362,17 +362,17 @@ class SqliteStore(SqlStore):
         executor.shutdown(wait=True)
 
     async def _hot_tx(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """``body`` in one write transaction: on the loop when the hot connection is open,
-        otherwise on the thread."""
-        if self._hot is None:
-            return await self._tx(body)
+        """``body`` in one write transaction, as ``_hot_run`` runs one."""
         return await self._hot_run(lambda conn: _single_step(body, conn))
 
     async def _hot_run(self, attempt: Callable[[sqlite3.Connection], Generator[None, None, T]]) -> T:
         """Run ``attempt`` in one write transaction on the hot connection.  The generator
         it returns yields where the loop may run other work; the lock keeps other hot
         writes out meanwhile.  ``SQLITE_BUSY`` (another process writing) rolls back and
-        retries the whole attempt after a back-off, for ``busy_timeout_ms`` at most."""
+        retries the whole attempt after a back-off, for ``busy_timeout_ms`` at most.
+        Without a hot connection (``:memory:``) it runs on the thread, straight through."""
+        if self._hot is None:
+            return await self._tx(lambda conn: _finish(attempt(conn)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.busy_timeout_ms / 1000
         delay_s = BUSY_FIRST_DELAY_S
@@ -487,14 +487,9 @@ class SqliteStore(SqlStore):
     # -- usage and billing --------------------------------------------------------------------
 
     @staticmethod
-    def _write_usage_sync(conn: sqlite3.Connection, rows: list[UsageRow], now: int) -> int:
-        """Insert + count; the caller holds the write lock (BEGIN IMMEDIATE)."""
-        return _finish(SqliteStore._write_usage_steps(conn, rows, now))
-
-    @staticmethod
     def _write_usage_steps(conn: sqlite3.Connection, rows: list[UsageRow], now: int) -> Generator[None, None, int]:
-        """``_write_usage_sync`` yielding after each chunk (the hot connection lets the
-        loop run there)."""
+        """Insert + count, yielding between chunks (where ``_hot_run`` lets the loop run);
+        the caller holds the write lock (BEGIN IMMEDIATE)."""
         if not rows:
             return 0
         # New rows get ids above the current maximum (INTEGER PRIMARY KEY, and nobody else
@@ -536,8 +531,6 @@ class SqliteStore(SqlStore):
             return 0
         batch = normalize_usage(rows)
         now = time.time_ns()
-        if self._hot is None:
-            return await self._tx(lambda conn: self._write_usage_sync(conn, batch, now))
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
     async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
@@ -636,7 +629,7 @@ class SqliteStore(SqlStore):
         now = time.time_ns()
 
         def body(conn: sqlite3.Connection) -> bool:
-            self._write_usage_sync(conn, batch, now)
+            _finish(self._write_usage_steps(conn, batch, now))
             return self._release_sync(conn, reservation.id, now)
 
         return await self._hot_tx(body)
