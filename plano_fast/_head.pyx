@@ -204,13 +204,17 @@ cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     return R_KEEP
 
 
-def forward_request_headers(list headers not None, bint drop_credentials):
-    """``(block, seen_anthropic_version, seen_x_request_id)``; see ``plano_fast._head_py``."""
+def forward_request_headers(list headers not None):
+    """``(block, seen_anthropic_version, seen_x_request_id, credential_count,
+    credential_name, credential_value)``; see ``plano_fast._head_py``."""
     cdef tuple pair
     cdef bytes name, value
     cdef Py_ssize_t total = 0, w = 0, nn, nv
     cdef int kind
+    cdef int credentials = 0
     cdef bint seen_version = False, seen_request_id = False
+    credential_name = None
+    credential_value = None
     tokens = None
     for pair in headers:
         name = <bytes?>pair[0]
@@ -227,7 +231,14 @@ def forward_request_headers(list headers not None, bint drop_credentials):
             value = <bytes>pair[1]
             nn = len(name)
             kind = request_kind(name, nn)
-            if kind == R_DROP or (kind == R_CREDENTIAL and drop_credentials):
+            if kind == R_CREDENTIAL:
+                # counted whatever Connection says; the verified one is written back
+                if credentials == 0:
+                    credential_name = name
+                    credential_value = value
+                credentials += 1
+                continue
+            if kind == R_DROP:
                 continue
             if tokens and name in tokens:
                 continue
@@ -246,6 +257,7 @@ def forward_request_headers(list headers not None, bint drop_credentials):
             out[w] = 13
             out[w + 1] = 10
             w += 2
-        return PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id
+        return (PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id,
+                credentials, credential_name, credential_value)
     finally:
         free(out)

@@ -18,8 +18,8 @@ from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.exchange import (
     ConfigExchange,
     Endpoint,
-    client_key,
-    key_hash,
+    caller_key_hash,
+    client_headers,
     origin_of,
     upstream_request,
 )
@@ -65,15 +65,13 @@ class GeminiExchange(ConfigExchange):
         self.provider = provider
         self.provider_id = provider.provider
         self.model = upstream_model
-        key = client_key(request)
-        self.key_hash = key_hash(key) if key else None
+        self.key_hash = caller_key_hash(self)
         self.streaming = fields.stream
         self.scanner = scan.UsageScanner(scan.API_GEMINI, fields.stream, False)
         passthrough = provider.passthrough_auth
-        # Keep the client's query (alt=sse) but never its ?key= unless passing through.
-        query = b"&".join(
-            p for p in request.query.split(b"&") if p and (passthrough or not p.startswith(b"key="))
-        )
+        # The client's query (alt=sse) without its ?key= (a passed-through key goes in
+        # x-goog-api-key; see plano_fast.credentials).
+        query = client_headers(self).query
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
             self,

@@ -36,7 +36,7 @@ from plano_fast.exchange import (
     Endpoint,
     Exchange,
     ExchangeContext,
-    client_key,
+    client_headers,
     origin_of,
     upstream_path,
     upstream_request,
@@ -202,7 +202,8 @@ class ManagedExchange(Exchange):
         if not state.ready:
             raise ServiceUnavailable("the gateway has not loaded its tokens yet")
         request = self.request
-        key = client_key(request)
+        credential = client_headers(self).credential
+        key = credential.secret if credential is not None else None
         if key is None or not key.startswith(TOKEN_PREFIX.encode()):
             raise Unauthorized("an xproxy_ token is required")
         token = state.lookup(token_hash(key), time.time_ns())
