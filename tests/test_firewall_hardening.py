@@ -21,6 +21,7 @@ from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_billing_e2e import read_rows
 from tests.test_firewall import ANT_KEY, OTHER_KEY, USER_KEY, setup_keys, sha
+from tests.test_managed import managed  # noqa: F401 - fixture
 
 ADMIN_KEY = "admin-key-for-hardening-tests-0123456789"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
@@ -406,3 +407,43 @@ def test_operator_listed_paths_pass_unbilled_and_are_counted(
         gateway.admin_port, b"GET /metrics HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer " + ADMIN_KEY.encode()
     )[2]
     assert b"plano_fast_requests_unbilled 1" in metrics
+
+
+# -- the same rule in managed and config mode ----------------------------------------------
+
+
+def test_managed_token_is_one_credential_on_managed_endpoints_only(
+    managed: Any, fake: FakeProviderThread
+) -> None:
+    gateway, _, tenant = managed
+    token = tenant.token.encode()
+    fake.clear()
+    # a token plus another credential: refused (was: the token authenticated, the rest dropped)
+    assert post_chat(gateway, [b"authorization: Bearer " + token, b"x-api-key: sk-provider-own"])[0] == 401
+    # a token off the managed endpoints: 404, never routed on (a passthrough provider saw it)
+    head = (b"POST /v1beta/models/gpt-4o-mini:generateContent HTTP/1.1\r\nhost: gw\r\n"
+            b"x-goog-api-key: " + token)  # fmt: skip
+    assert raw_request(gateway.port, head, b'{"contents":[]}')[0] == 404
+    assert provider_calls(fake) == []
+    status, _, body = post_chat(gateway, [b"authorization: Bearer " + token])
+    assert status == 200, body
+    (seen,) = provider_calls(fake)
+    assert tenant.token not in json.dumps(seen.headers)
+
+
+def test_config_passthrough_forwards_the_one_credential(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    body = b'{"model":"vllm/llama-passthrough","messages":[{"role":"user","content":"x"}]}'
+    fake.clear()
+    two = [b"authorization: Bearer sk-client-a", b"api-key: sk-client-b"]
+    assert post_chat(gateway, two, body=body)[0] == 401
+    assert provider_calls(fake) == []
+    # Connection cannot strip the credential the provider is meant to get, nor keep another
+    status, _, out = post_chat(gateway, [b"authorization: Bearer sk-client-a", b"connection: authorization"], body=body)
+    assert status == 200, out
+    (seen,) = provider_calls(fake)
+    assert credentials_seen(seen) == [("authorization", "Bearer sk-client-a")]
+    # a gateway-authenticated provider gets the gateway's key only
+    fake.clear()
+    assert post_chat(gateway, [b"x-goog-api-key: sk-client-a"])[0] == 200
+    (seen,) = provider_calls(fake)
+    assert credentials_seen(seen) == [("authorization", "Bearer sk-server-openai-key")]
