@@ -49,9 +49,30 @@ HOP_BY_HOP = frozenset(
 DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 #: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
-DROPPED_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"accept-encoding"}
-#: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).
-CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+#: Method-override headers are dropped because some frameworks (Google's front ends among
+#: them) honour them: the provider could act on another method than the one metered.
+DROPPED_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"accept-encoding",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+}
+#: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
+#: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.
+CREDENTIALS = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"x-goog-api-key",
+        b"api-key",
+        b"x_api_key",
+        b"x_goog_api_key",
+        b"api_key",
+    }
+)
 #: Only the gateway may set these (a client must not forge identity upstream).
 GATEWAY_PREFIX = b"x-xproxy-"
 

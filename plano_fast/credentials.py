@@ -5,7 +5,7 @@ A request may name its caller in five places -- ``Authorization: Bearer``, ``x-a
 gateway verified one of them and forwarded the others, a client could authenticate with a
 registered key and have the provider serve (and the project pay for) another one.  So:
 
-* every credential header is counted in the one pass that copies the forwardable headers
+* every credential header (underscore spellings included) is counted in the one pass that copies the forwardable headers
   (``plano_fast.head.forward_request_headers``), whatever ``Connection`` lists, and never
   forwarded as sent;
 * zero credentials -> None (the caller decides whether that is allowed); more than one --
@@ -17,9 +17,9 @@ registered key and have the provider serve (and the project pay for) another one
   (a ``key=`` parameter becomes ``x-goog-api-key``, which Gemini documents as equivalent),
   and every ``key`` parameter is removed from the forwarded query.
 
-Query parameter names are compared after percent-decoding and case-folding, and split on
-``;`` as well as ``&``: stricter than any provider parses them, so no spelling of ``key``
-can slip past.
+Query parameter names (``key``, and Google's OAuth ``access_token``) are compared after
+percent-decoding and case-folding, and split on ``;`` as well as ``&``: stricter than any
+provider parses them, so no spelling of them can slip past.
 """
 
 from __future__ import annotations
@@ -93,8 +93,15 @@ def read_client_headers(headers: list[tuple[bytes, bytes]], query: bytes) -> Cli
     return ClientHeaders(block, seen_version, seen_request_id, credential, query)
 
 
+#: Query parameters that carry a credential: Gemini's ``key`` and Google's OAuth
+#: ``access_token`` (a system parameter of every Google API).
+QUERY_CREDENTIALS: Final = frozenset({b"key", b"access_token"})
+
+
 def split_query_key(query: bytes) -> tuple[int, bytes, bytes]:
-    """``(how many key parameters, the first one's raw value, the query without them)``."""
+    """``(how many credential parameters, the first one's raw value, the query without
+    them)``; the value is b"" when the first one is not ``key`` (an OAuth token in a query
+    is counted, never taken as an API key)."""
     count = 0
     first = b""
     kept: list[bytes] = []
@@ -102,9 +109,10 @@ def split_query_key(query: bytes) -> tuple[int, bytes, bytes]:
         found = False
         for piece in _QUERY_SPLIT.split(part):
             name, _, value = piece.partition(b"=")
-            if unquote_to_bytes(name.replace(b"+", b" ")).strip().lower() == b"key":
+            decoded = unquote_to_bytes(name.replace(b"+", b" ")).strip().lower()
+            if decoded in QUERY_CREDENTIALS:
                 if not count:
-                    first = value
+                    first = value if decoded == b"key" else b""
                 count += 1
                 found = True
         if not found and part:
@@ -131,13 +139,14 @@ def _header_credential(name: bytes, value: bytes) -> Credential:
     if not token:
         raise Unauthorized(f"the {name.decode()} header is empty")
     _check_token(token)
+    name = name.replace(b"_", b"-")  # x_api_key is written back as the header it stands for
     return Credential(token, name + b": " + token + b"\r\n", name)
 
 
 def _query_credential(raw: bytes) -> Credential:
     token = unquote_to_bytes(raw.replace(b"+", b" ")).strip(b" \t")
     if not token:
-        raise Unauthorized("the key query parameter is empty")
+        raise Unauthorized("the key query parameter is empty (or is not an API key)")
     _check_token(token)
     return Credential(token, QUERY_KEY_HEADER + b": " + token + b"\r\n", b"?key")
 

@@ -109,6 +109,11 @@ UNREGISTERED = OTHER_KEY.encode()
         ([b"x-goog-api-key: " + REGISTERED], b"ke%79=" + UNREGISTERED),
         ([], b"key=" + REGISTERED + b"&KEY=" + UNREGISTERED),
         ([b"api-key: " + REGISTERED, b"X-Api-Key: " + UNREGISTERED], b""),
+        # underscore spellings (CGI/WSGI servers read x_api_key as x-api-key)
+        ([b"Authorization: Bearer " + REGISTERED, b"x_api_key: " + UNREGISTERED], b""),
+        ([b"x-goog-api-key: " + REGISTERED, b"X_GOOG_API_KEY: " + UNREGISTERED], b""),
+        # Google's OAuth access_token query parameter
+        ([b"x-goog-api-key: " + REGISTERED], b"alt=sse&access_token=ya29.attacker"),
     ],
 )
 def test_more_than_one_credential_is_refused_and_never_forwarded(
@@ -135,7 +140,7 @@ def test_more_than_one_credential_is_refused_and_never_forwarded(
         b"x-api-key: sk-\xff\xfe-not-utf8",  # was: /auth/check 500, data plane 401
         b"Authorization: Bearer sk-a b",
     ],
-)
+)  # (a lone ?access_token= is refused too: see test_query_key_moves_to_the_gemini_header)
 def test_malformed_credential_is_401_on_both_paths(hardened: Any, fake: FakeProviderThread, line: bytes) -> None:
     gateway, _, _ = hardened
     fake.clear()
@@ -173,6 +178,18 @@ def test_query_key_moves_to_the_gemini_header(hardened: Any, fake: FakeProviderT
     (seen,) = provider_calls(fake)
     assert seen.path.endswith(":streamGenerateContent?alt=sse")
     assert credentials_seen(seen) == [("x-goog-api-key", USER_KEY)]
+    # an OAuth token in the query is never taken as the key
+    fake.clear()
+    head = (b"POST /v1beta/models/gemini-2.5-flash:generateContent?access_token=" + REGISTERED
+            + b" HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json")  # fmt: skip
+    assert raw_request(gateway.port, head, b'{"contents":[]}')[0] == 401
+    # an underscore spelling alone is the credential, written back as the header it means
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            b"x_api_key: " + REGISTERED + b"\r\nX-HTTP-Method-Override: GET")  # fmt: skip
+    assert raw_request(gateway.port, head, CHAT_BODY)[0] == 200
+    (seen,) = provider_calls(fake)
+    assert credentials_seen(seen) == [("x-api-key", USER_KEY)]
+    assert seen.header("x-http-method-override") is None
 
 
 # The property: any mix of credential headers (repeated, mixed case, listed in Connection),
