@@ -90,6 +90,26 @@ def caller_key_hash(exchange: Exchange) -> str | None:
     return key_hash(credential.secret) if credential is not None else None
 
 
+def refuse_background(body: bytes) -> None:
+    """A Responses request with ``background`` set runs on after its HTTP answer, and its
+    usage is only readable later from an endpoint that is not metered: such a request
+    could never be billed, so it is refused (400).  The member is looked for in every
+    spelling a JSON parser accepts (escapes, duplicates)."""
+    if body.find(b"ackground") < 0 and body.find(b"\\u") < 0:
+        return  # neither the name nor an escape that could spell it
+    try:
+        members = json.loads(body, object_pairs_hook=lambda pairs: pairs)
+    except ValueError:
+        return  # the scanner refuses it with a precise message
+    if isinstance(members, list) and any(
+        name == "background" and value not in (False, None) for name, value in members
+    ):
+        raise ClientError(
+            "background responses are not supported through this gateway: their usage "
+            "cannot be metered; send the request without 'background'"
+        )
+
+
 def new_request_id() -> str:
     """Unique per process and across workers; cheaper than uuid4 on the hot path."""
     return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"

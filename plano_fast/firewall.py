@@ -33,7 +33,7 @@ from plano_fast.errors import (
     SpendingLimitExceeded,
     Unauthorized,
 )
-from plano_fast.exchange import Exchange, client_headers, finish_head, key_hash
+from plano_fast.exchange import Exchange, client_headers, finish_head, key_hash, refuse_background
 from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
@@ -162,8 +162,10 @@ _EXACT[b"GET", b"/v1beta/models"] = _MODELS
 # A model or deployment name: one path segment of unreserved characters that starts with a
 # letter or digit (so never "." or "..").
 _NAME = rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_GEMINI_COUNT = MeteredEndpoint("gemini_count_tokens", None, "gemini")
 _PATTERNS: tuple[tuple[bytes, re.Pattern[bytes], MeteredEndpoint], ...] = (
     (b"POST", re.compile(rb"/v1(?:beta)?/models/" + _NAME + rb":(?:generateContent|streamGenerateContent)"), _GEMINI),
+    (b"POST", re.compile(rb"/v1(?:beta)?/models/" + _NAME + rb":countTokens"), _GEMINI_COUNT),
     (b"GET", re.compile(rb"/v1(?:beta)?/models/" + _NAME), _MODELS),
     (b"POST", re.compile(rb"/openai/deployments/" + _NAME + rb"/chat/completions"), _CHAT),
     (b"POST", re.compile(rb"/openai/deployments/" + _NAME + rb"/completions"), _COMPLETIONS),
@@ -236,6 +238,8 @@ class FirewallExchange(Exchange):
                 self.model = path.rsplit(b"/", 1)[-1].split(b":", 1)[0].decode("ascii")
                 self.streaming = path.endswith(b":streamGenerateContent")
             else:
+                if endpoint is _RESPONSES:
+                    refuse_background(body)
                 try:
                     fields = scan.scan_request(body)
                 except scan.ScanError as exc:

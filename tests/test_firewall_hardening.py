@@ -464,3 +464,27 @@ def test_config_passthrough_forwards_the_one_credential(gateway: GatewayProcess,
     assert post_chat(gateway, [b"x-goog-api-key: sk-client-a"])[0] == 200
     (seen,) = provider_calls(fake)
     assert credentials_seen(seen) == [("authorization", "Bearer sk-server-openai-key")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"gpt-4o-mini","input":"hi","background":true}',
+        b'{"model":"gpt-4o-mini","input":"hi","b\\u0061ckground":true}',
+        b'{"model":"gpt-4o-mini","input":"hi","background":true,"background":false}',
+    ],
+)
+def test_background_responses_cannot_be_metered_and_are_refused(
+    hardened: Any, fake: FakeProviderThread, body: bytes
+) -> None:
+    gateway, _, _ = hardened
+    fake.clear()
+    status, _, out = post_chat(gateway, [b"authorization: Bearer " + REGISTERED], b"/v1/responses", body)
+    assert status == 400 and "background" in json.loads(out)["error"]["message"]
+    assert provider_calls(fake) == []
+    # the word in a message is no reason to refuse
+    status, _, out = post_chat(
+        gateway, [b"authorization: Bearer " + REGISTERED], b"/v1/responses",
+        b'{"model":"gpt-4o-mini","input":"\\"background\\": true","background":false}',
+    )  # fmt: skip
+    assert status == 200, out

@@ -33,11 +33,13 @@ from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, U
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     MESSAGES,
+    RESPONSES,
     Endpoint,
     Exchange,
     ExchangeContext,
     client_headers,
     origin_of,
+    refuse_background,
     upstream_path,
     upstream_request,
 )
@@ -212,6 +214,8 @@ class ManagedExchange(Exchange):
         pipe = state.pipe_for(token)
         if pipe is None:
             raise ClientError("this token's project has no pipe to route it")
+        if self.endpoint is RESPONSES:
+            refuse_background(request.body)  # its cost could not be settled
         try:
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
