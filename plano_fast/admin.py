@@ -81,7 +81,7 @@ from plano_fast import admin_models as m
 from plano_fast.admin_managed import ManagedAdmin, add_managed_routes
 from plano_fast.admin_models import RequestError, hash_api_key, parse_body, parse_json_body
 from plano_fast.credentials import Credential, read_client_headers
-from plano_fast.errors import Unauthorized
+from plano_fast.errors import GatewayError, Unauthorized
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.store import (
     AlreadyExists,
@@ -150,6 +150,10 @@ class AdminContext(Protocol):
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         """The in-memory registry entry; None when unknown or inactive."""
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        """Raise a GatewayError (404/405/400) when the data plane would refuse to forward
+        ``method target`` (the original request Envoy appends to ``/auth/check``)."""
 
 
 # --------------------------------------------------------------------------- responses
@@ -584,6 +588,13 @@ class _Admin:
                 503,
                 {"retry-after": "1"},
             )
+        tail = request.raw_path.partition("?")[0][len("/auth/check"):]
+        if tail and tail != "/":
+            # Envoy appends the original path: refuse what the data plane would not forward.
+            try:
+                self.ctx.admit_path(request.method.encode(), tail.encode("latin-1", "replace"))
+            except GatewayError as exc:
+                return _error(exc.status, exc.code or "not_found", exc.message)
         try:
             credential = _client_credential(request)
         except Unauthorized as exc:

@@ -360,3 +360,10 @@ class _GatewayAdmin:
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        if target.find(b"#") >= 0:
+            raise ClientError("the request target must not contain '#'")
+        gw = self._gw
+        if gw.firewall:
+            metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)

@@ -80,8 +80,9 @@ def post_chat(gateway: GatewayProcess, headers: list[bytes], path: bytes = b"/v1
     return raw_request(gateway.port, head, body)
 
 
-def auth_check(gateway: GatewayProcess, headers: list[bytes], query: bytes = b"") -> int:
-    head = b"GET /auth/check" + (b"?" + query if query else b"") + b" HTTP/1.1\r\nhost: gw"
+def auth_check(gateway: GatewayProcess, headers: list[bytes], query: bytes = b"", path: bytes = b"") -> int:
+    method = b"POST" if path else b"GET"
+    head = method + b" /auth/check" + path + (b"?" + query if query else b"") + b" HTTP/1.1\r\nhost: gw"
     for line in headers:
         head += b"\r\n" + line
     return raw_request(gateway.admin_port, head)[0]
@@ -218,6 +219,7 @@ def test_credential_combinations(
     fake.clear()
     status, _, body = post_chat(gateway, headers)
     forwarded = provider_calls(fake)
+    assert auth_check(gateway, headers, path=b"/v1/chat/completions") == status
     expect_ok = len(creds) == 1 and creds[0][1]
     assert (status == 200) == expect_ok, (status, body)
     assert len(forwarded) == (1 if expect_ok else 0)
@@ -260,6 +262,9 @@ def test_only_metered_endpoints_are_forwarded(
     got, _, body = raw_request(gateway.port, head, CHAT_BODY)
     assert got == status, body
     assert provider_calls(fake) == []
+    if target.startswith(b"/"):  # Envoy's ext_authz appends the original path: same verdict
+        head = method + b" /auth/check" + target + b" HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer " + REGISTERED
+        assert raw_request(gateway.admin_port, head)[0] == status
 
 
 def test_embeddings_are_billed_from_their_usage(hardened: Any, fake: FakeProviderThread) -> None:
