@@ -493,3 +493,17 @@ def test_background_responses_cannot_be_metered_and_are_refused(
         b'{"model":"gpt-4o-mini","input":"\\"background\\": true","background":false}',
     )  # fmt: skip
     assert status == 200, out
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [(b"..%2F..%2Fadmin", 400), (b"gpt-4o-mini%2F..", 400), (b"%2E%2E", 400), (b"openai%2Fgpt-4o-mini", 200)],
+)
+def test_config_mode_gemini_path_models_are_plain(
+    gateway: GatewayProcess, fake: FakeProviderThread, model: bytes, status: int
+) -> None:
+    fake.clear()
+    head = b"POST /v1beta/models/" + model + b":generateContent HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json"
+    got, _, body = raw_request(gateway.port, head, b'{"contents":[{"parts":[{"text":"hi"}]}]}')
+    assert got == status, body
+    assert len(provider_calls(fake)) == (1 if status == 200 else 0)
