@@ -46,6 +46,8 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   ``x-fake-reasoning-tokens`` ``x-fake-cache-write-tokens``  usage overrides
 * ``x-fake-omit-usage: 1``        never send usage
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
+* ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
+  ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
 
 Usage numbers (canonical record, rendered per provider)
 -------------------------------------------------------
@@ -257,6 +259,8 @@ class _Ctl:
     cache_write: int = 0
     omit_usage: bool = False
     retry_after: str = "1"
+    fail_first: int = 0
+    fail_key: str = ""
 
 
 _INT_CTL = {
@@ -270,6 +274,7 @@ _INT_CTL = {
     "x-fake-cached-tokens": "cached",
     "x-fake-reasoning-tokens": "reasoning",
     "x-fake-cache-write-tokens": "cache_write",
+    "x-fake-fail-first": "fail_first",
 }
 _MS_CTL = {"x-fake-latency-ms": "latency", "x-fake-interval-ms": "interval"}
 
@@ -1084,6 +1089,7 @@ class FakeProvider:
         self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._lock = threading.Lock()
         self._counter = 0
+        self._fail_seen: dict[str, int] = {}  # x-fake-fail-key -> requests seen
         self._nonce = os.urandom(6).hex()
         self._reuse_port = reuse_port
         self._backlog = backlog
@@ -1172,6 +1178,8 @@ class FakeProvider:
                     ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
                 elif name == "x-fake-retry-after":
                     ctl.retry_after = v
+                elif name == "x-fake-fail-key":
+                    ctl.fail_key = v
             except ValueError:
                 raise _BadRequest("invalid value for %s: %r" % (name, value)) from None
         return ctl if ctl is not None else self._defaults
@@ -1202,6 +1210,13 @@ class FakeProvider:
         except _BadRequest as exc:
             p.send(400, _CT_JSON, _error_body(family, 400, str(exc), rid), rid, b"", keep_alive)
             return None
+        if ctl.fail_first > 0:
+            # The first N requests carrying this fail key get x-fake-status (default 503);
+            # later ones are answered normally.
+            with self._lock:
+                seen = self._fail_seen.get(ctl.fail_key, 0)
+                self._fail_seen[ctl.fail_key] = seen + 1
+            ctl = dataclasses.replace(ctl, status=(ctl.status or 503) if seen < ctl.fail_first else 0)
         if kind is None:
             return self._respond(p, ctl, rid, 404, _CT_JSON, _error_body(
                 family, 404, "Invalid URL (%s %s)" % (method, path), rid, True), keep_alive)

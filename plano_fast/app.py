@@ -20,6 +20,7 @@ from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.credentials import read_client_headers
+from plano_fast.failover import RetryPolicy
 from plano_fast.errors import ClientError, MethodNotAllowed, NotFound, ServiceUnavailable
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -170,6 +171,7 @@ class Gateway:
             registry=self.registry,
             budget=self.billing.budget,
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
+            default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
         loop = asyncio.get_running_loop()
         if self._sock is not None:
@@ -299,6 +301,14 @@ class Gateway:
             identify(self.registry, self.billing.budget, client)
 
 
+def listener_retry_policy(max_retries: int | None) -> RetryPolicy | None:
+    """``listeners[].max_retries``: retries of the same target for providers without a
+    retry_policy of their own (None or 0: none beyond a dead pooled connection's)."""
+    if not max_retries:
+        return None
+    return RetryPolicy(default_strategy="same_model", default_max_attempts=max_retries + 1)
+
+
 #: An admin API reachable from other hosts is only as strong as its key: 32 characters of
 #: token_urlsafe are 192 bits, beyond online guessing.
 MIN_EXPOSED_ADMIN_KEY_CHARS = 32
@@ -355,6 +365,12 @@ class _GatewayAdmin:
         values["upstream_connections_opened"] = gw.pool.connections_opened
         values["key_registry_size"] = len(gw.registry)
         values["requests_unbilled"] = gw.ctx.unbilled_requests
+        values["upstream_retries"] = gw.ctx.retries_total
+        values["upstream_failovers"] = gw.ctx.failovers_total
+        now = gw.pool.loop.time()
+        circuits = gw.ctx.circuits.values()
+        values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
+        values["circuit_opens"] = sum(c.opens for c in circuits)
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
         return values
 

@@ -39,7 +39,8 @@ from plano_fast.errors import (
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.routing import UnknownModel
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
+from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_GONE,
@@ -167,6 +168,10 @@ class RequestFieldsLike(Protocol):
     def include_usage(self) -> bool | None: ...
 
 
+#: circuit breakers kept per process (oldest forgotten first)
+MAX_CIRCUITS = 4096
+
+
 class ExchangeContext:
     """Shared, long-lived state every exchange needs (owned by the Gateway)."""
 
@@ -180,6 +185,10 @@ class ExchangeContext:
         "budget",
         "unbilled_paths",
         "unbilled_requests",
+        "default_retry_policy",
+        "circuits",
+        "retries_total",
+        "failovers_total",
     )
 
     def __init__(
@@ -192,6 +201,7 @@ class ExchangeContext:
         registry: ApiKeyRegistry | None = None,
         budget: BudgetChecker | None = None,
         unbilled_paths: frozenset[bytes] = frozenset(),
+        default_retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.router = router
         self.pool = pool
@@ -203,6 +213,22 @@ class ExchangeContext:
         #: firewall mode: exact paths forwarded unmetered (firewall_unbilled_paths)
         self.unbilled_paths = unbilled_paths
         self.unbilled_requests = 0
+        #: listeners[].max_retries for providers without a retry_policy
+        self.default_retry_policy = default_retry_policy
+        #: health memory per (provider name, model) of providers with retries
+        self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
+        self.retries_total = 0
+        self.failovers_total = 0
+
+    def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
+        key = (provider_name, model)
+        circuits = self.circuits
+        circuit = circuits.get(key)
+        if circuit is None:
+            if len(circuits) >= MAX_CIRCUITS:
+                del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
+            circuit = circuits[key] = CircuitBreaker()
+        return circuit
 
 
 class Exchange:
@@ -314,6 +340,9 @@ class Exchange:
                 except UpstreamError as exc:
                     if exc.retryable and self.attempts == 1:
                         continue
+                    if self._retry_after_connect_error():
+                        await self._advance()
+                        continue
                     if self._has_fallback():
                         self.failover_error = exc
                         return
@@ -331,7 +360,9 @@ class Exchange:
                 self._settle(STATUS_CLIENT_GONE, self.status)
                 raise
             if not retry:
-                return
+                if not self._retry_pending():
+                    return
+                await self._advance()
 
     # -- ResponseSink -----------------------------------------------------------------
     def client_headers(self, head: UpstreamHead) -> list[Header]:
@@ -401,6 +432,17 @@ class Exchange:
         """Whether another upstream may still serve this request (managed failover)."""
         return False
 
+    def _retry_pending(self) -> bool:
+        """Whether another attempt follows a failed one (config-mode retries)."""
+        return False
+
+    def _retry_after_connect_error(self) -> bool:
+        """A connection could not be opened: whether another attempt follows."""
+        return False
+
+    async def _advance(self) -> None:
+        raise NotImplementedError
+
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         self.conn = None
         done = self.done
@@ -460,7 +502,7 @@ class Exchange:
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider", "conversion")
+    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -470,6 +512,12 @@ class ConfigExchange(Exchange):
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.conversion: Conversion | None = None
+        #: retries and fallbacks (plano_fast.failover); None when the provider has none
+        self.plan: RetryPlan[Route] | None = None
+        #: the current attempt failed and its response is dropped (another one follows)
+        self.swallow = False
+        #: (target index, seconds to wait) of the attempt that follows a swallowed one
+        self.next_attempt: tuple[int, float] | None = None
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
@@ -485,20 +533,53 @@ class ConfigExchange(Exchange):
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
             self._count_tokens_locally()
             return None
+        self.fields = fields
+        # Config mode identifies callers by their key's hash (per-key usage and limits).
+        self.key_hash = caller_key_hash(self)
+        policy = provider.retry_policy or self.ctx.default_retry_policy
+        if policy is not None and self.endpoint is not COUNT_TOKENS:
+            self.plan = plan = self._plan(route, policy)
+            route = plan.targets[plan.index]
+        self._prepare(route)
+        return self.forward_now()
+
+    def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
+        """The request's targets: its route, then the policy's fallbacks.  The first one
+        tried is the first whose circuit is not open (the route itself when all are)."""
+        router = self.ctx.router
+        targets = [route] + [router.resolve(m) for m in policy.fallback_models]
+        now = self.ctx.pool.loop.time()
+        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now)
+        circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
+        first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
+        if first:
+            plan.index = first
+            self.ctx.failovers_total += 1
+        circuits[first].allow(now)
+        return plan
+
+    def _prepare(self, route: Route) -> None:
+        """Build the upstream request for ``route`` (the first target or a fallback)."""
+        fields = self.fields
+        provider = route.provider
+        model = route.upstream_model or fields.model
         if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
-            return self._start_converted(fields, route.upstream_model or fields.model, provider)
+            self._prepare_converted(fields, model, provider)
+            return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
                 f"model '{fields.model}' is served by provider '{provider.name}', which does "
                 f"not support the {self.endpoint.name} API"
             )
+        request = self.request
         self.provider = provider
         self.provider_id = provider.provider
-        self.model = route.upstream_model or fields.model
-        # Config mode identifies callers by their key's hash (per-key usage and limits).
-        self.key_hash = caller_key_hash(self)
+        self.model = model
         self.streaming = fields.stream
+        self.wire_format = self.endpoint.wire_api
+        self.scan_api = self.endpoint.scan_api
+        self.conversion = None
         # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
         # client that did not ask for it, so every stream can be billed.
         inject = (
@@ -506,7 +587,7 @@ class ConfigExchange(Exchange):
         )
         body = scan.rewrite_request(
             request.body,
-            model=route.upstream_model if route.rewrite else None,
+            model=route.upstream_model if route.rewrite or model != fields.model else None,
             inject_include_usage=inject,
         )
         if self.endpoint is not COUNT_TOKENS:
@@ -520,7 +601,89 @@ class ConfigExchange(Exchange):
             body,
         )
         self.origin = origin_of(provider)
-        return self.forward_now()
+
+    # -- retries and fallbacks (plano_fast.failover) ----------------------------------
+    def _circuit(self, index: int) -> CircuitBreaker:
+        assert self.plan is not None
+        route = self.plan.targets[index]
+        return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
+
+    def _failed(self, status: int | None, retry_after: float | None) -> bool:
+        """The current attempt failed before the client saw anything: note it, and decide
+        whether another attempt follows (then True, with ``next_attempt`` set)."""
+        plan = self.plan
+        if plan is None or self.responder.head_sent or self.outcome:
+            return False
+        now = self.ctx.pool.loop.time()
+        self._circuit(plan.index).record_failure(now)
+        healthy = frozenset(
+            i for i in range(len(plan.targets)) if self._circuit(i).available(now)
+        )
+        nxt = plan.next_attempt(status, now, retry_after, healthy)
+        self.next_attempt = nxt
+        return nxt is not None
+
+    def _succeeded(self) -> None:
+        if self.plan is not None:
+            self._circuit(self.plan.index).record_success()
+
+    async def _advance(self) -> None:
+        """Wait as the plan says, then aim this exchange at the next target."""
+        nxt, self.next_attempt = self.next_attempt, None
+        assert nxt is not None and self.plan is not None
+        index, wait_s = nxt
+        if wait_s > 0:
+            try:
+                await asyncio.sleep(wait_s)
+            except asyncio.CancelledError:
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+        target = self.plan.targets[index]
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if target.provider is not self.provider or (target.upstream_model or self.fields.model) != self.model:
+            ctx.failovers_total += 1
+        self._circuit(index).allow(ctx.pool.loop.time())
+        self.status = 0
+        self.scanner = None
+        self.attempts = 0
+        self._prepare(target)
+
+    def _retry_pending(self) -> bool:
+        return self.next_attempt is not None
+
+    def _retry_after_connect_error(self) -> bool:
+        return self._failed(None, None)
+
+    async def _retry(self) -> None:
+        await self._advance()
+        await self._forward()
+
+    def _schedule_retry(self) -> None:
+        done = self.done
+        if done is None:
+            self.responder.continue_in_task(self._retry(), self.request)
+        elif not done.done():
+            done.set_result(False)  # _forward sees the pending retry and carries on
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_error(error, retry_safe)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if not self.swallow:
+            super().on_upstream_body(data)
+
+    def on_upstream_complete(self) -> None:
+        if self.swallow:
+            self.swallow = False
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_complete()
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
@@ -538,6 +701,13 @@ class ConfigExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> Coroutine[Any, Any, None] | None:
         """The client's format differs from the provider's: convert both ways."""
+        self.key_hash = caller_key_hash(self)
+        self._prepare_converted(fields, model, provider)
+        return self.forward_now()
+
+    def _prepare_converted(
+        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
+    ) -> None:
         request = self.request
         source, target = self.endpoint.wire_api, provider.wire_api
         if target not in SCAN_API_FOR_WIRE:
@@ -570,7 +740,6 @@ class ConfigExchange(Exchange):
         self.provider = provider
         self.provider_id = provider.provider
         self.model = model
-        self.key_hash = caller_key_hash(self)
         self.streaming = fields.stream
         self.wire_format = target
         self.scan_api = SCAN_API_FOR_WIRE[target]
@@ -588,10 +757,18 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
-        return self.forward_now()
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:
+        if self.plan is not None:
+            status = head.status
+            if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
+                if self._failed(status, retry_after_s(head.headers())):
+                    self.status = status
+                    self.swallow = True  # nothing reaches the client; the next attempt serves
+                    return
+            else:
+                self._succeeded()
         conversion = self.conversion
         if conversion is None:
             super().on_upstream_head(head)
