@@ -93,8 +93,6 @@ from plano_fast.store import (
     day_start,
 )
 
-# Metric names ending so are gauges (current values); the rest are counters.
-_GAUGE_SUFFIXES = ("_s", "_current", "_size", "_backlog", "_connections", "_ready", "_idle")
 
 log = logging.getLogger("plano_fast.admin")
 
@@ -146,7 +144,10 @@ class AdminContext(Protocol):
         """(scope_kind, scope_id) pairs currently over a limit."""
 
     def metrics(self) -> Mapping[str, float]:
-        """This process's counters and gauges (names without prefix), for ``/metrics``."""
+        """This process's counters and gauges (names without prefix)."""
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` body: the whole instance (every worker), Prometheus text."""
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         """The in-memory registry entry; None when unknown or inactive."""
@@ -562,12 +563,9 @@ class _Admin:
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format: billing counters (rows written, unpriced-unknown,
         spilled, flush failures, ...) and gauges (connections, backlog, registry size)."""
-        lines = []
-        for name, value in sorted(self.ctx.metrics().items()):
-            metric = "plano_fast_" + name
-            lines.append(f"# TYPE {metric} {'gauge' if name.endswith(_GAUGE_SUFFIXES) else 'counter'}")
-            lines.append(f"{metric} {value:g}" if isinstance(value, float) else f"{metric} {value}")
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        return web.Response(
+            body=self.ctx.exposition(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     async def budget_blocked(self, request: web.Request) -> web.Response:
         scopes = sorted(self.ctx.blocked())

@@ -12,16 +12,19 @@ import json
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from plano_fast.access_log import AccessLog
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.credentials import read_client_headers
 from plano_fast.failover import RetryPolicy
-from plano_fast.errors import ClientError, MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.errors import ClientError, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -104,6 +107,9 @@ class Gateway:
                 usage_sink=self.billing.submit,
             )
         self.connections: set[ServerProtocol] = set()
+        #: shared by the workers of one instance (set by the parent of --workers N)
+        metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        self.metrics_dir = Path(metrics_dir) if metrics_dir else None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._models_body = json.dumps(
@@ -173,6 +179,9 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
+        if settings.access_log is not None:
+            self.ctx.access_log = AccessLog(settings.access_log)
+            self.ctx.access_log.start()
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             self._server = await loop.create_server(self._protocol_factory, sock=self._sock)
@@ -225,12 +234,49 @@ class Gateway:
             await asyncio.gather(*self.managed.tasks, return_exceptions=True)
             await self.managed.state.stop()
         await self.billing.stop()
+        if hasattr(self, "ctx"):  # started
+            self._publish_metrics()
+            if self.ctx.access_log is not None:
+                await self.ctx.access_log.stop()
         await self.store.close()
+
+    def process_metrics(self) -> dict[str, float]:
+        """This process's counters and gauges (names without the plano_fast_ prefix)."""
+        gw = self
+        values: dict[str, float] = dict(gw.billing.metrics.as_dict())
+        values["last_flush_s"] = gw.billing.metrics.last_flush_s
+        values["usage_backlog"] = gw.billing.flusher.backlog
+        values["client_connections"] = len(gw.connections)
+        values["upstream_pool_idle"] = gw.pool.idle_count
+        values["upstream_connections_opened"] = gw.pool.connections_opened
+        values["key_registry_size"] = len(gw.registry)
+        values["requests_unbilled"] = gw.ctx.unbilled_requests
+        values["upstream_retries"] = gw.ctx.retries_total
+        values["upstream_failovers"] = gw.ctx.failovers_total
+        now = gw.pool.loop.time()
+        circuits = gw.ctx.circuits.values()
+        values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
+        values["circuit_opens"] = sum(c.opens for c in circuits)
+        values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
+        return values
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self.pool.sweep()
+            self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        """With --workers N: this worker's numbers, for the others' scrapes (see
+        plano_fast.metrics; at most this 1 s loop's period stale)."""
+        if self.metrics_dir is None:
+            return
+        try:
+            write_snapshot(
+                self.metrics_dir, {**self.ctx.metrics.snapshot(), "process": self.process_metrics()}
+            )
+        except OSError as exc:
+            log.warning("metrics snapshot not written: %s", exc)
 
     # -- connections ------------------------------------------------------------------
     def _protocol_factory(self) -> ServerProtocol:
@@ -241,7 +287,16 @@ class Gateway:
         return proto
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
-        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start)."""
+        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start).
+        A refusal (GatewayError) is counted by type in the metrics and answered by the
+        server in the client's format."""
+        try:
+            return self._dispatch(request, responder)
+        except GatewayError as exc:
+            self.ctx.metrics.error(error_type(exc.status, exc.code))
+            raise
+
+    def _dispatch(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         if request.target.find(b"#") >= 0:
             # A fragment is never part of a request-target (RFC 9112 §3.2).
             raise ClientError("the request target must not contain '#'")
@@ -301,6 +356,22 @@ class Gateway:
             identify(self.registry, self.billing.budget, client)
 
 
+METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
+
+
+def error_type(status: int, code: str | None = None) -> str:
+    """The ``type`` label of errors_total for a refusal the gateway answered itself."""
+    if status in (401, 403):
+        return "auth"
+    if status == 402 or code == "spending_limit_exceeded":
+        return "budget"
+    if status == 429:
+        return "rate_limit"
+    if status < 500:
+        return "client"
+    return "unavailable" if status == 503 else "gateway"
+
+
 def listener_retry_policy(max_retries: int | None) -> RetryPolicy | None:
     """``listeners[].max_retries``: retries of the same target for providers without a
     retry_policy of their own (None or 0: none beyond a dead pooled connection's)."""
@@ -356,23 +427,16 @@ class _GatewayAdmin:
         return self._gw.billing.budget.blocked
 
     def metrics(self) -> dict[str, float]:
+        return self._gw.process_metrics()
+
+    def exposition(self) -> bytes:
         gw = self._gw
-        values: dict[str, float] = dict(gw.billing.metrics.as_dict())
-        values["last_flush_s"] = gw.billing.metrics.last_flush_s
-        values["usage_backlog"] = gw.billing.flusher.backlog
-        values["client_connections"] = len(gw.connections)
-        values["upstream_pool_idle"] = gw.pool.idle_count
-        values["upstream_connections_opened"] = gw.pool.connections_opened
-        values["key_registry_size"] = len(gw.registry)
-        values["requests_unbilled"] = gw.ctx.unbilled_requests
-        values["upstream_retries"] = gw.ctx.retries_total
-        values["upstream_failovers"] = gw.ctx.failovers_total
-        now = gw.pool.loop.time()
-        circuits = gw.ctx.circuits.values()
-        values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
-        values["circuit_opens"] = sum(c.opens for c in circuits)
-        values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
-        return values
+        merged = Merged()
+        merged.add(gw.ctx.metrics.snapshot(), gw.process_metrics())
+        if gw.metrics_dir is not None:
+            for snapshot in read_snapshots(gw.metrics_dir, os.getpid()):
+                merged.add(snapshot)
+        return render(merged)
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)

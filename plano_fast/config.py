@@ -251,6 +251,9 @@ class GatewaySettings(BaseModel):
     # "config": route by model (Plano); "firewall": clients use their own registered keys.
     mode: Literal["config", "firewall"] = "config"
     key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
+    # Data-plane access log: one JSON line per request ("stdout" or a file path; off by
+    # default).  Never a credential or a body.
+    access_log: NonEmptyStr | None = None
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []

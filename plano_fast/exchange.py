@@ -39,6 +39,8 @@ from plano_fast.errors import (
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
+from plano_fast.access_log import AccessLog
+from plano_fast.metrics import RequestMetrics
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -189,6 +191,8 @@ class ExchangeContext:
         "circuits",
         "retries_total",
         "failovers_total",
+        "metrics",
+        "access_log",
     )
 
     def __init__(
@@ -219,6 +223,9 @@ class ExchangeContext:
         self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
         self.retries_total = 0
         self.failovers_total = 0
+        self.metrics = RequestMetrics()
+        #: one JSON line per request when plano_fast.access_log is set
+        self.access_log: AccessLog | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -261,7 +268,13 @@ class Exchange:
         "scan_api",
         "failover_error",
         "client",
+        "sent_ns",
+        "head_ns",
+        "endpoint_name",
     )
+
+    #: the ``mode`` label of this exchange's metrics
+    MODE = "config"
 
     def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
         self.ctx = ctx
@@ -288,6 +301,11 @@ class Exchange:
         self.failover_error: UpstreamError | None = None
         #: the request's headers as read once (credential included); see client_headers()
         self.client: ClientHeaders | None = None
+        #: wall-clock ns: the upstream request sent (last attempt), its response head
+        self.sent_ns = 0
+        self.head_ns = 0
+        #: the ``endpoint`` label of this exchange's metrics
+        self.endpoint_name = ""
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -315,6 +333,7 @@ class Exchange:
         await self._forward()
 
     def _send(self, conn: UpstreamConnection) -> None:
+        self.sent_ns = time.time_ns()
         self.conn = conn
         self.responder.upstream = conn
         conn.send_request(
@@ -373,6 +392,7 @@ class Exchange:
         return out
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
+        self.head_ns = time.time_ns()
         self.status = status = head.status
         content_length = head.content_length
         scanner = self.scanner
@@ -476,7 +496,45 @@ class Exchange:
         if self.outcome:
             return
         self.outcome = outcome
-        self.ctx.usage_sink(self.make_event(outcome, http_status))
+        event = self.make_event(outcome, http_status)
+        self.ctx.usage_sink(event)
+        self.observe(event)
+
+    def observe(self, event: UsageEvent) -> None:
+        """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        metrics = self.ctx.metrics
+        now_ns = time.time_ns()
+        started_ns = self.started_ns
+        sent_ns = self.sent_ns
+        head_ns = self.head_ns
+        metrics.observe(
+            (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
+            event.http_status,
+            (now_ns - started_ns) / 1e9,
+            (now_ns - sent_ns) / 1e9 if sent_ns else None,
+            (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+            (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+             event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
+        )  # fmt: skip
+        if event.status == STATUS_UPSTREAM_FAILED:
+            metrics.error("timeout" if event.http_status == 504 else "upstream")
+        elif event.status == STATUS_CLIENT_GONE:
+            metrics.error("client_gone")
+        access_log = self.ctx.access_log
+        if access_log is not None:
+            duration_ns = now_ns - started_ns
+            upstream_ns = now_ns - sent_ns if sent_ns else 0
+            access_log.record((
+                started_ns, self.request_id, self.MODE, self.project_id,
+                self.key_hash[:12] if self.key_hash else None, event.provider, event.model,
+                self.endpoint_name, event.http_status, event.status, self.streaming,
+                event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                event.reasoning_tokens, round(duration_ns / 1e6, 3),
+                round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
+                round(upstream_ns / 1e6, 3) if sent_ns else None,
+                (duration_ns - upstream_ns) // 1000 if sent_ns else None,
+                self.attempts, self.responder.peer(),
+            ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
         started_ns = self.started_ns
@@ -509,6 +567,7 @@ class ConfigExchange(Exchange):
     ) -> None:
         super().__init__(ctx, request, responder)
         self.endpoint = endpoint
+        self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.conversion: Conversion | None = None
@@ -773,6 +832,7 @@ class ConfigExchange(Exchange):
         if conversion is None:
             super().on_upstream_head(head)
             return
+        self.head_ns = time.time_ns()
         self.status = status = head.status
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)

@@ -205,6 +205,8 @@ def metered_endpoint(
 class FirewallExchange(Exchange):
     __slots__ = ("unbilled",)
 
+    MODE = "firewall"
+
     def _settle(self, outcome: str, http_status: int) -> None:
         if self.unbilled and not self.outcome:
             self.ctx.unbilled_requests += 1
@@ -221,6 +223,7 @@ class FirewallExchange(Exchange):
         request = self.request
         endpoint = metered_endpoint(request.method, request.path, ctx.unbilled_paths)
         self.unbilled = endpoint is UNBILLED
+        self.endpoint_name = endpoint.name
         client = client_headers(self)
         route, digest = identify(registry, budget, client)
         self.key_hash = digest

@@ -360,6 +360,16 @@ class Responder:
     def client_connected(self) -> bool:
         return not self._proto.lost
 
+    def peer(self) -> str:
+        """The client's address as "host:port" ("" when unknown): for the access log."""
+        try:
+            address = self._proto.transport.get_extra_info("peername")
+        except AttributeError:
+            return ""
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+        return ""
+
 
 class ServerProtocol(asyncio.Protocol):
     """One client connection: parse, enforce limits, run exchanges in order."""

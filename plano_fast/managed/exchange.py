@@ -161,6 +161,7 @@ class ManagedContext:
 
 
 class ManagedExchange(Exchange):
+    MODE = "managed"
     __slots__ = (
         "mctx",
         "endpoint",
@@ -186,6 +187,7 @@ class ManagedExchange(Exchange):
         super().__init__(ctx, request, responder)
         self.mctx = mctx
         self.endpoint = endpoint
+        self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.targets: list[Target] = []
@@ -391,14 +393,17 @@ class ManagedExchange(Exchange):
     def _finish(self, outcome: str, tail: bytes) -> None:
         self.held += tail
         self.outcome = outcome
-        self.final_event = self._event(outcome, self.status)
+        self.final_event = event = self._event(outcome, self.status)
+        self.observe(event)
 
     def _settle(self, outcome: str, http_status: int) -> None:
         # Failures (no response, client gone): asynchronous billing, reservation released.
         if self.outcome:
             return
         self.outcome = outcome
-        self.ctx.usage_sink(self._event(outcome, http_status))
+        event = self._event(outcome, http_status)
+        self.ctx.usage_sink(event)
+        self.observe(event)
 
     def _event(self, outcome: str, http_status: int) -> UsageEvent:
         event = self.make_event(outcome, http_status)
