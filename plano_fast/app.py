@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
+from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
@@ -182,6 +183,9 @@ class Gateway:
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
+        tracing = self.config.raw.get("tracing")
+        if isinstance(tracing, dict):
+            self.ctx.tracing = Tracing(tracing)
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             self._server = await loop.create_server(self._protocol_factory, sock=self._sock)
@@ -238,6 +242,8 @@ class Gateway:
             self._publish_metrics()
             if self.ctx.access_log is not None:
                 await self.ctx.access_log.stop()
+            if self.ctx.tracing is not None:
+                self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
         await self.store.close()
 
     def process_metrics(self) -> dict[str, float]:
@@ -314,6 +320,8 @@ class Gateway:
                     raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
                 exchange = ManagedExchange(self.ctx, self.managed, request, responder, endpoint)
                 exchange.client = client
+                if self.ctx.tracing is not None:
+                    self._trace(exchange)
                 return exchange.run()
         forwarded: Exchange | None = None
         if self.firewall and request.path not in (b"/healthz", b"/health"):
@@ -328,6 +336,8 @@ class Gateway:
                 forwarded = ConfigExchange(self.ctx, request, responder, endpoint)
         if forwarded is not None:
             forwarded.client = client  # read above in managed mode, else on first use
+            if self.ctx.tracing is not None:
+                self._trace(forwarded)
             return forwarded.start()
         path = request.path
         if path in (b"/healthz", b"/health"):
@@ -340,6 +350,15 @@ class Gateway:
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
+
+    def _trace(self, exchange: Exchange) -> None:
+        """Sampled (the client's traceparent, else random_sampling): a server span."""
+        tracing = self.ctx.tracing
+        assert tracing is not None
+        request = exchange.request
+        decision = tracing.sample(request.headers)
+        if decision is not False:
+            exchange.span = tracing.start_server(decision, request.headers, request.path)
 
     def precheck(self, request: Request) -> None:
         """A head that expects 100-continue: refuse (GatewayError) what identification

@@ -24,6 +24,7 @@ import itertools
 import json
 from urllib.parse import quote
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +41,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
+from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
@@ -57,6 +59,8 @@ from plano_fast.usage import (
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+
+    from opentelemetry.trace import Span
 
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.config import ModelProvider
@@ -170,6 +174,8 @@ class RequestFieldsLike(Protocol):
     def include_usage(self) -> bool | None: ...
 
 
+_TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
+
 #: circuit breakers kept per process (oldest forgotten first)
 MAX_CIRCUITS = 4096
 
@@ -193,6 +199,7 @@ class ExchangeContext:
         "failovers_total",
         "metrics",
         "access_log",
+        "tracing",
     )
 
     def __init__(
@@ -226,6 +233,8 @@ class ExchangeContext:
         self.metrics = RequestMetrics()
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
+        #: plano_fast.tracing when the config has a tracing section
+        self.tracing: Tracing | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -271,6 +280,8 @@ class Exchange:
         "sent_ns",
         "head_ns",
         "endpoint_name",
+        "span",
+        "attempt_span",
     )
 
     #: the ``mode`` label of this exchange's metrics
@@ -306,6 +317,9 @@ class Exchange:
         self.head_ns = 0
         #: the ``endpoint`` label of this exchange's metrics
         self.endpoint_name = ""
+        #: trace spans of a sampled request (plano_fast.tracing): server, current attempt
+        self.span: Span | None = None
+        self.attempt_span: Span | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -334,11 +348,24 @@ class Exchange:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.sent_ns = time.time_ns()
+        if self.span is not None:
+            self._trace_attempt()
         self.conn = conn
         self.responder.upstream = conn
         conn.send_request(
             self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
         )
+
+    def _trace_attempt(self) -> None:
+        """A sampled request's next upstream attempt: its span, and its traceparent sent
+        upstream in place of the client's."""
+        tracing = self.ctx.tracing
+        assert tracing is not None and self.span is not None
+        if self.attempt_span is not None:  # the previous attempt failed
+            end_attempt(self.attempt_span, self.status, "retried")
+        span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
+        head = _TRACEPARENT_LINE.sub(b"", self.upstream_data[0])
+        self.upstream_data[0] = head[:-2] + b"traceparent: " + traceparent(span) + b"\r\n\r\n"
 
     def _client_gone(self) -> None:
         """The client disconnected mid-exchange: drop the upstream response, bill what was seen."""
@@ -520,6 +547,18 @@ class Exchange:
             metrics.error("timeout" if event.http_status == 504 else "upstream")
         elif event.status == STATUS_CLIENT_GONE:
             metrics.error("client_gone")
+        span = self.span
+        if span is not None:
+            if self.attempt_span is not None:
+                end_attempt(self.attempt_span, event.http_status)
+                self.attempt_span = None
+            end_server(
+                span, mode=self.MODE, endpoint=self.endpoint_name, request_id=self.request_id,
+                provider=event.provider, request_model=self.model, response_model=event.model,
+                outcome=event.status, status=event.http_status,
+                tokens=(event.input_tokens, event.output_tokens) if event.has_usage else None,
+            )  # fmt: skip
+            self.span = None
         access_log = self.ctx.access_log
         if access_log is not None:
             duration_ns = now_ns - started_ns
