@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.metrics import LATENCY_BUCKETS_S, MAX_MODELS, Merged, RequestMetrics, render
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import ROOT, GatewayProcess
 
 ADMIN_KEY = "admin-key-for-metrics-tests-0123456789"
 
@@ -58,12 +59,16 @@ def test_model_label_is_bounded() -> None:
     assert m.model_label("one-more") == "other" and m.model_label("m0") == "m0"
 
 
-def scrape(gateway: GatewayProcess) -> dict[str, Any]:
+def scrape_text(gateway: GatewayProcess) -> str:
     req = urllib.request.Request(
         f"http://127.0.0.1:{gateway.admin_port}/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
-        return families(resp.read().decode())
+        return str(resp.read().decode())
+
+
+def scrape(gateway: GatewayProcess) -> dict[str, Any]:
+    return families(scrape_text(gateway))
 
 
 def test_two_workers_one_scrape_gives_the_whole_instance(
@@ -101,6 +106,18 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
         assert errors.get("client") == 1
         ttft = [s for s in fams["plano_fast_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
         assert sum(s.value for s in ttft) >= 1
+    # every series the Grafana dashboard queries is in a real scrape
+    # (names as written in the exposition, which is what Prometheus stores; the client
+    # parser renames counters to *_total)
+    exposed = set(re.findall(r"(?m)^(plano_fast_[a-z_]+)", scrape_text(gateway)))
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "plano_fast.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"plano_fast_[a-z_]+", target["expr"])
+    }
+    assert len(queried) >= 12 and queried - exposed == set()
     gateway.stop()
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert len(lines) == 30
