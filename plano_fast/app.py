@@ -183,6 +183,7 @@ class Gateway:
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
+        self.ctx.server_timing = settings.server_timing
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
             self.ctx.tracing = Tracing(tracing)

@@ -254,6 +254,9 @@ class GatewaySettings(BaseModel):
     # Data-plane access log: one JSON line per request ("stdout" or a file path; off by
     # default).  Never a credential or a body.
     access_log: NonEmptyStr | None = None
+    # A Server-Timing response header with the gateway's and the upstream's share (off:
+    # it tells clients how the gateway is deployed).
+    server_timing: bool = False
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []

@@ -200,6 +200,7 @@ class ExchangeContext:
         "metrics",
         "access_log",
         "tracing",
+        "server_timing",
     )
 
     def __init__(
@@ -235,6 +236,8 @@ class ExchangeContext:
         self.access_log: AccessLog | None = None
         #: plano_fast.tracing when the config has a tracing section
         self.tracing: Tracing | None = None
+        #: add a Server-Timing header to relayed answers (plano_fast.server_timing)
+        self.server_timing = False
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -428,9 +431,17 @@ class Exchange:
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
-        self.responder.send_head_block(
-            status, head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n", content_length
-        )
+        block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        if self.ctx.server_timing:
+            block += self._server_timing()
+        self.responder.send_head_block(status, block, content_length)
+
+    def _server_timing(self) -> bytes:
+        """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
+        request went upstream, and the upstream's time to its response head, in ms."""
+        gateway_ms = (self.sent_ns - self.started_ns) / 1e6 if self.sent_ns else 0.0
+        upstream_ms = (self.head_ns - self.sent_ns) / 1e6 if self.sent_ns else 0.0
+        return b"server-timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n" % (gateway_ms, upstream_ms)
 
     def _may_rewrite_body(self) -> bool:
         return self.streaming and self.status < 400

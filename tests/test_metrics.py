@@ -126,3 +126,20 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
     assert first["mode"] == "config" and first["status"] == 200 and first["endpoint"] == "chat_completions"
     assert first["duration_ms"] > 0 and first["overhead_us"] is not None and first["client"].startswith("127.0.0.1:")
     assert "SECRET" not in log_path.read_text()
+
+
+def test_server_timing_header_on_request(make_gateway: Callable[..., GatewayProcess]) -> None:
+    gateway = make_gateway({"server_timing": "true"})
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    timing = raw.headers["server-timing"]
+    match = re.fullmatch(r"gateway;dur=([0-9.]+), upstream;dur=([0-9.]+)", timing)
+    assert match is not None and float(match.group(1)) < 1000
+    off = make_gateway()
+    with openai.OpenAI(base_url=off.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "server-timing" not in raw.headers
