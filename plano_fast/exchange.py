@@ -494,6 +494,10 @@ class Exchange:
         """Whether another attempt follows a failed one (config-mode retries)."""
         return False
 
+    def total_attempts(self) -> int:
+        """Upstream attempts made for this request (the access log's ``attempts``)."""
+        return self.attempts
+
     def _retry_after_connect_error(self) -> bool:
         """A connection could not be opened: whether another attempt follows."""
         return False
@@ -583,7 +587,7 @@ class Exchange:
                 round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.attempts, self.responder.peer(),
+                self.total_attempts(), self.responder.peer(),
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
@@ -760,6 +764,9 @@ class ConfigExchange(Exchange):
 
     def _retry_pending(self) -> bool:
         return self.next_attempt is not None
+
+    def total_attempts(self) -> int:
+        return self.plan.attempts if self.plan is not None else self.attempts
 
     def _retry_after_connect_error(self) -> bool:
         return self._failed(None, None)
