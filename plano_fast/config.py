@@ -257,6 +257,10 @@ class GatewaySettings(BaseModel):
     # A Server-Timing response header with the gateway's and the upstream's share (off:
     # it tells clients how the gateway is deployed).
     server_timing: bool = False
+    # Redis for Plano's ratelimits shared by every worker and instance (redis://host:port/db)
+    redis_url: str | None = Field(default=None, repr=False)
+    # Rate-limit backend unreachable: refuse (503) or admit unlimited.
+    ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []

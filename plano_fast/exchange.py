@@ -41,6 +41,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
+from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
@@ -201,6 +202,7 @@ class ExchangeContext:
         "access_log",
         "tracing",
         "server_timing",
+        "ratelimits",
     )
 
     def __init__(
@@ -238,6 +240,8 @@ class ExchangeContext:
         self.tracing: Tracing | None = None
         #: add a Server-Timing header to relayed answers (plano_fast.server_timing)
         self.server_timing = False
+        #: Plano's ratelimits (plano_fast.ratelimit), None when the config has none
+        self.ratelimits: RateLimits | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -285,6 +289,7 @@ class Exchange:
         "endpoint_name",
         "span",
         "attempt_span",
+        "rl_buckets",
     )
 
     #: the ``mode`` label of this exchange's metrics
@@ -323,6 +328,8 @@ class Exchange:
         #: trace spans of a sampled request (plano_fast.tracing): server, current attempt
         self.span: Span | None = None
         self.attempt_span: Span | None = None
+        #: the rate-limit buckets this request counts against (debited at settle)
+        self.rl_buckets: list[Bucket] | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -542,8 +549,36 @@ class Exchange:
         self.ctx.usage_sink(event)
         self.observe(event)
 
+    def rate_limit(self, models: tuple[str | None, ...]) -> bool:
+        """Admission against plano_fast.ratelimit: raises RateLimited when a bucket is
+        full (in-process limits); True when the check must be awaited (Redis) -- the
+        caller then forwards through ``admitted_forward``."""
+        limits = self.ctx.ratelimits
+        if limits is None:
+            return False
+        buckets = limits.buckets(models, self.request.headers)
+        if not buckets:
+            return False
+        self.rl_buckets = buckets
+        if limits.asynchronous:
+            return True
+        limits.admit_now(buckets)
+        return False
+
+    async def admitted_forward(self) -> None:
+        limits = self.ctx.ratelimits
+        assert limits is not None and self.rl_buckets is not None
+        await limits.admit(self.rl_buckets)
+        pending = self.forward_now()
+        if pending is not None:
+            await pending
+
     def observe(self, event: UsageEvent) -> None:
         """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        if self.rl_buckets is not None and event.has_usage:
+            limits = self.ctx.ratelimits
+            assert limits is not None
+            limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
         metrics = self.ctx.metrics
         now_ns = time.time_ns()
         started_ns = self.started_ns
@@ -649,11 +684,16 @@ class ConfigExchange(Exchange):
         self.fields = fields
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
+        shared_check = self.rate_limit(
+            (fields.model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+        )
         policy = provider.retry_policy or self.ctx.default_retry_policy
         if policy is not None and self.endpoint is not COUNT_TOKENS:
             self.plan = plan = self._plan(route, policy)
             route = plan.targets[plan.index]
         self._prepare(route)
+        if shared_check:
+            return self.admitted_forward()
         return self.forward_now()
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:

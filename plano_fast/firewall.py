@@ -264,6 +264,8 @@ class FirewallExchange(Exchange):
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
         self.upstream_data = finish_head(self, head, route.host_header, body, client.seen_request_id)
         self.origin = route.origin
+        if self.rate_limit((self.model,)):
+            return self.admitted_forward()
         return self.forward_now()
 
 
