@@ -504,7 +504,10 @@ def test_multiple_model_listeners_serve_the_first() -> None:
     )
     cfg = parse_config(text, env={})
     assert cfg.listener.name == "a"
-    assert any("serves only the first" in w for w in cfg.warnings)
+    assert cfg.unimplemented == (
+        "<string>: listeners[1]: not implemented by plano_fast: a second model listener; "
+        "not served (plano_fast serves listeners[0] 'a' on 0.0.0.0:1000)",
+    )
 
 
 def test_duplicate_bare_model_id_warns() -> None:
