@@ -11,8 +11,8 @@ own tests take over): nothing else keeps the list.
 Three tables:
 
 * ``FIELDS``: field paths, matched against the config as written.  ``[]`` is "every item
-  of a list", ``*`` "every key of a mapping"; a row matches a field that is present and
-  not null.  ``IMPLEMENTED`` names the paths a ``*`` row must skip.
+  of a list", ``*`` "every key of a mapping", a last part ``key=value`` only that value;
+  a row matches a field that is present and not null.  ``IMPLEMENTED`` names the paths a ``*`` row must skip.
 * ``LISTENER_TYPES``: listener types that are not served (the gateway serves the first
   ``type: model`` listener); fields under a reported listener are not reported again.
 * ``WIRE_APIS``: provider wire formats that are accepted in the config but not spoken.
@@ -49,6 +49,7 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("routing", "router-model selection, session pinning and routing budgets"),
     ("model_metrics_sources", "cost and latency metrics for selection policies"),
     ("prompt_caching", "prompt-cache markers and session affinity"),
+    ("mode=prompt", "the prompt gateway mode (mode: llm is what plano_fast does)"),
     ("overrides.*", "this override"),
     ("listeners[].max_retries", "retries of failed upstream requests"),
     ("listeners[].router", "the agent orchestrator"),
@@ -87,6 +88,11 @@ def _matches(node: Any, segments: list[str], loc: tuple[str | int, ...]) -> Iter
             yield loc
         return
     head, rest = segments[0], segments[1:]
+    if not rest and "=" in head:
+        key, _, wanted = head.partition("=")
+        if isinstance(node, dict) and node.get(key) == wanted:
+            yield loc + (key,)
+        return
     if head == "[]":
         if isinstance(node, list):
             for i, item in enumerate(node):
