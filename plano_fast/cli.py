@@ -31,14 +31,19 @@ from plano_fast.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("plano_fast")
 
+CONFIG_ENV = "PLANO_FAST_CONFIG"  # the config file when --config is not given (the image sets it)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plano-fast", description="A fast LLM API gateway.")
     parser.add_argument("--version", action="version", version=f"plano-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    config_env = os.environ.get(CONFIG_ENV) or None
+    config_help = f"plano_config.yaml (default: ${CONFIG_ENV})"
+
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", "-c", required=True, help="plano_config.yaml")
+    serve.add_argument("--config", "-c", required=config_env is None, default=config_env, help=config_help)
     serve.add_argument("--host", help="listen address (default: the listener's address)")
     serve.add_argument("--port", type=int, help="listen port (default: the listener's port)")
     serve.add_argument(
@@ -55,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     validate = sub.add_parser("validate", help="check a config file without starting")
-    validate.add_argument("config")
+    validate.add_argument("config", nargs="?" if config_env else None, default=config_env, help=config_help)
     validate.add_argument(
         "--strict", action="store_true", help="fields not implemented here are errors"
     )
@@ -66,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
-    migrate.add_argument("--config", "-c", required=True, help="plano_config.yaml")
+    migrate.add_argument(
+        "--config", "-c", required=config_env is None, default=config_env, help=config_help
+    )
 
     add_admin_commands(sub)
     return parser
@@ -137,8 +144,9 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(p.name for p in config.providers)
     served = config.listener
+    providers = f"{len(config.providers)} provider{'s' if len(config.providers) != 1 else ''}"
     print(
-        f"{path}: ok ({len(config.providers)} providers: {names}; serves {served.type} "
+        f"{path}: ok ({providers}{': ' + names if names else ''}; serves {served.type} "
         f"listener '{served.name}' on {served.address}:{served.port}"
         + (f"; {len(config.unimplemented)} not implemented" if config.unimplemented else "")
         + ")"

@@ -559,7 +559,11 @@ class _Builder:
 
         listeners = self.build_listeners(data)
         settings = self.build_settings(data.get("plano_fast"), data.get("overrides"))
-        provs = self.build_providers(data)
+        # Firewall mode forwards each registered key to its registered upstream and routes
+        # nothing by model, so (without managed mode, whose pipes name providers) it needs
+        # no model_providers.
+        firewall_only = settings is not None and settings.mode == "firewall" and not settings.managed
+        provs = self.build_providers(data, required=not firewall_only)
         aliases = self.build_aliases(data.get("model_aliases"), provs)
 
         if (
@@ -736,7 +740,7 @@ class _Builder:
 
     # -- providers
 
-    def build_providers(self, data: dict[str, Any]) -> list[ModelProvider] | None:
+    def build_providers(self, data: dict[str, Any], required: bool = True) -> list[ModelProvider] | None:
         section = "model_providers"
         raw = data.get("model_providers")
         if data.get("llm_providers") is not None:
@@ -747,8 +751,14 @@ class _Builder:
                 )
                 return None
             section, raw = "llm_providers", data["llm_providers"]
+        if raw is None and not required:
+            return []
         if raw is None:
-            self.err(("model_providers",), "at least one model provider is required")
+            self.err(
+                ("model_providers",),
+                "at least one model provider is required (only plano_fast.mode: firewall "
+                "without managed mode routes nothing by model)",
+            )
             return None
         if not isinstance(raw, list):
             self.err((section,), f"expected a list, got {type(raw).__name__}")
