@@ -15,8 +15,10 @@ Routes (JSON in and out; all take the admin key, see ``plano_fast.admin``)::
     GET    /tokens?project_id=&user_id=                                       -> {"tokens": [...]}
     POST   /tokens/{id}/revoke                                                -> 200 token
 
-When managed mode is off (``AdminContext.cipher is None``) every one of them answers
-409 ``managed_mode_disabled``.
+``project_id``, in a body or a query, is a project's id or its name (404 when it names
+none, 409 when several projects share the name); answers carry the id.  When managed mode
+is off (``AdminContext.cipher is None``) every one of them answers 409
+``managed_mode_disabled``.
 
 Secrets
 -------

@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from plano_fast import __version__
 from plano_fast import scan
@@ -34,8 +35,15 @@ log = logging.getLogger("plano_fast")
 CONFIG_ENV = "PLANO_FAST_CONFIG"  # the config file when --config is not given (the image sets it)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plano-fast", description="A fast LLM API gateway.")
+    parser = _Parser(prog="plano-fast", description="A fast LLM API gateway.")
     parser.add_argument("--version", action="version", version=f"plano-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

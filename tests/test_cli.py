@@ -190,6 +190,16 @@ def test_errors_are_one_line_never_a_traceback(fake: FakeProviderThread, tmp_pat
     )
 
 
+def test_usage_errors_are_one_line_too() -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PLANO_FAST_CONFIG"}
+    for args, prog in ((("serve",), "plano-fast serve"), (("limits", "set", "--scope-id", "x"), "plano-fast limits set"),
+                       (("bogus",), "plano-fast")):  # fmt: skip
+        result = run_cli(*args, env=env)
+        assert result.returncode == 2 and result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"{prog}: error: ") and line.endswith(f"(see {prog} --help)"), line
+
+
 def test_the_package_entry_point_prints_one_line_for_an_unexpected_error(tmp_path: Path) -> None:
     # Anything not foreseen still ends as one line (PLANO_FAST_DEBUG=1 for the traceback).
     code = (
