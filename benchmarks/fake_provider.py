@@ -148,6 +148,7 @@ _DEFAULT_MODELS = {
     "chat": "gpt-4o-mini",
     "responses": "gpt-4o-mini",
     "messages": "claude-sonnet-4-6",
+    "embeddings": "text-embedding-3-small",
 }
 _LIST_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-5", "claude-sonnet-4-6", "claude-haiku-4-5", "gemini-2.5-flash")
 _OPENAI_MODELS_BODY = _dumps(
@@ -365,6 +366,16 @@ def _chat_json(ctx: _Ctx) -> bytes:
         b'"annotations":[]},"logprobs":null,"finish_reason":"stop"}],%s'
         b'"service_tier":"default","system_fingerprint":"fp_fakeprov"}'
     ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.text_json(), usage)
+
+
+def _embeddings_json(ctx: _Ctx) -> bytes:
+    """OpenAI's /v1/embeddings answer: usage has prompt and total tokens only."""
+    i = ctx.usage.i
+    usage = b"" if ctx.omit_usage else b',"usage":{"prompt_tokens":%d,"total_tokens":%d}' % (i, i)
+    return (
+        b'{"object":"list","data":[{"object":"embedding","index":0,'
+        b'"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":%s%s}'
+    ) % (ctx.model_json, usage)
 
 
 def _chat_events(ctx: _Ctx, include_usage: bool) -> Iterator[object]:
@@ -787,6 +798,8 @@ def _route(method: str, path: str) -> tuple[Optional[str], str]:
         return "messages", "anthropic"
     if path.endswith("/responses"):
         return "responses", "openai"
+    if path.endswith("/embeddings"):
+        return "embeddings", "openai"
     colon = path.rfind(":")
     if colon > path.rfind("/") > 0:  # Gemini-style ".../models/{model}:{verb}" (also tunedModels, Vertex)
         verb = path[colon + 1:]
@@ -804,7 +817,7 @@ def _route(method: str, path: str) -> tuple[Optional[str], str]:
     return None, "openai"
 
 
-_POST_KINDS = frozenset(("chat", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
+_POST_KINDS = frozenset(("chat", "embeddings", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
 
 
 def _gemini_model(path: str) -> str:
@@ -1268,6 +1281,8 @@ class FakeProvider:
 
         if kind == "chat":
             out = _chat_json(ctx)
+        elif kind == "embeddings":
+            out = _embeddings_json(ctx)
         elif kind == "responses":
             out = _responses_json(ctx, req)
         elif kind == "messages":

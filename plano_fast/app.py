@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from plano_fast.admin import create_admin_app, start_admin_server
+from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
-from plano_fast.errors import MethodNotAllowed, NotFound
+from plano_fast.credentials import read_client_headers
+from plano_fast.errors import ClientError, MethodNotAllowed, NotFound, ServiceUnavailable
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -27,10 +28,10 @@ from plano_fast.exchange import (
     RESPONSES,
     ConfigExchange,
     Endpoint,
+    Exchange,
     ExchangeContext,
-    client_key,
 )
-from plano_fast.firewall import ApiKeyRegistry, FirewallExchange
+from plano_fast.firewall import ApiKeyRegistry, FirewallExchange, identify, metered_endpoint
 from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.exchange import ManagedContext, ManagedExchange
@@ -120,6 +121,12 @@ class Gateway:
                     "plano_fast.admin_port is set but no admin key: set plano_fast.admin_key "
                     "(e.g. $PLANO_FAST_ADMIN_KEY) — the admin API never runs unauthenticated"
                 )
+            if not is_loopback(settings.admin_address) and len(self._admin_key) < MIN_EXPOSED_ADMIN_KEY_CHARS:
+                raise AdminKeyMissing(
+                    f"plano_fast.admin_address {settings.admin_address} is not loopback: the admin "
+                    f"key must be at least {MIN_EXPOSED_ADMIN_KEY_CHARS} characters (e.g. "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,6 +169,7 @@ class Gateway:
             timeout_s,
             registry=self.registry,
             budget=self.billing.budget,
+            unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
         )
         loop = asyncio.get_running_loop()
         if self._sock is not None:
@@ -224,29 +232,46 @@ class Gateway:
 
     # -- connections ------------------------------------------------------------------
     def _protocol_factory(self) -> ServerProtocol:
-        proto = ServerProtocol(self.handle, self.limits, self.clock, self.connections.discard)
+        proto = ServerProtocol(
+            self.handle, self.limits, self.clock, self.connections.discard, self.precheck
+        )
         self.connections.add(proto)
         return proto
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start)."""
+        if request.target.find(b"#") >= 0:
+            # A fragment is never part of a request-target (RFC 9112 §3.2).
+            raise ClientError("the request target must not contain '#'")
+        client = None
         if self.managed is not None:
-            endpoint = _ENDPOINTS.get(request.path)
-            key = client_key(request) if endpoint is not None else None
-            if key is not None and key.startswith(b"xproxy_"):
+            client = read_client_headers(request.headers, request.query)
+            credential = client.credential
+            if credential is not None and credential.secret.startswith(b"xproxy_"):
+                # Managed mode forwards its exact endpoints only; a token never goes on to
+                # config-mode routing (where a passthrough provider would see it).
+                endpoint = _ENDPOINTS.get(request.path)
+                if endpoint is None:
+                    raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-                assert endpoint is not None
-                return ManagedExchange(self.ctx, self.managed, request, responder, endpoint).run()
+                exchange = ManagedExchange(self.ctx, self.managed, request, responder, endpoint)
+                exchange.client = client
+                return exchange.run()
+        forwarded: Exchange | None = None
         if self.firewall and request.path not in (b"/healthz", b"/health"):
-            return FirewallExchange(self.ctx, request, responder).start()
-        if is_gemini_path(request.path) and request.method == b"POST":
-            return GeminiExchange(self.ctx, request, responder, GEMINI).start()
-        endpoint = _ENDPOINTS.get(request.path)
-        if endpoint is not None:
-            if request.method != b"POST":
-                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            return ConfigExchange(self.ctx, request, responder, endpoint).start()
+            forwarded = FirewallExchange(self.ctx, request, responder)
+        elif is_gemini_path(request.path) and request.method == b"POST":
+            forwarded = GeminiExchange(self.ctx, request, responder, GEMINI)
+        else:
+            endpoint = _ENDPOINTS.get(request.path)
+            if endpoint is not None:
+                if request.method != b"POST":
+                    raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+                forwarded = ConfigExchange(self.ctx, request, responder, endpoint)
+        if forwarded is not None:
+            forwarded.client = client  # read above in managed mode, else on first use
+            return forwarded.start()
         path = request.path
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
@@ -257,6 +282,26 @@ class Gateway:
             responder.send_simple(200, self._models_body)
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
+
+
+    def precheck(self, request: Request) -> None:
+        """A head that expects 100-continue: refuse (GatewayError) what identification
+        alone refuses -- a fragment, an ambiguous or malformed credential, and in firewall
+        mode an endpoint it does not meter or a key it does not know -- before the body is
+        invited.  ``request`` has no body; the full checks run again when it is complete."""
+        if request.target.find(b"#") >= 0:
+            raise ClientError("the request target must not contain '#'")
+        client = read_client_headers(request.headers, request.query)
+        if self.firewall and request.path not in (b"/healthz", b"/health"):
+            if not self.registry.ready or not self.billing.budget.ready:
+                raise ServiceUnavailable("the gateway has not loaded its key registry and budgets yet")
+            metered_endpoint(request.method, request.path, self.ctx.unbilled_paths)
+            identify(self.registry, self.billing.budget, client)
+
+
+#: An admin API reachable from other hosts is only as strong as its key: 32 characters of
+#: token_urlsafe are 192 bits, beyond online guessing.
+MIN_EXPOSED_ADMIN_KEY_CHARS = 32
 
 
 class AdminKeyMissing(ValueError):
@@ -275,7 +320,7 @@ class _GatewayAdmin:
 
     @property
     def registry_ready(self) -> bool:
-        return self._gw.registry.ready
+        return self._gw.registry.ready and self._gw.billing.budget.ready
 
     async def on_keys_changed(self) -> None:
         await self._gw.registry.reload()
@@ -309,8 +354,16 @@ class _GatewayAdmin:
         values["upstream_pool_idle"] = gw.pool.idle_count
         values["upstream_connections_opened"] = gw.pool.connections_opened
         values["key_registry_size"] = len(gw.registry)
+        values["requests_unbilled"] = gw.ctx.unbilled_requests
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
         return values
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        if target.find(b"#") >= 0:
+            raise ClientError("the request target must not contain '#'")
+        gw = self._gw
+        if gw.firewall:
+            metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)

@@ -59,7 +59,7 @@ from typing import Annotated, Any, Literal, Mapping, TypeVar
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from plano_fast import providers as P
 from plano_fast import unimplemented as UNIMPLEMENTED
@@ -196,6 +196,26 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _plain_path(value: str) -> str:
+    segments = value.split("/")
+    if (
+        len(value) > 1024
+        or segments[0] != ""
+        or len(segments) < 2
+        or any(s in (".", "..") or not _PLAIN_SEGMENT.fullmatch(s) for s in segments[1:])
+    ):
+        raise ValueError(
+            "must be an exact path: '/'-separated segments of letters, digits and '._~-', "
+            "none of them '.' or '..' (no percent-encoding, query or trailing slash)"
+        )
+    return value
+
+
+#: An exact origin-form path (firewall_unbilled_paths).
+PlainPath = Annotated[str, AfterValidator(_plain_path)]
 
 
 class GatewaySettings(BaseModel):
@@ -231,6 +251,9 @@ class GatewaySettings(BaseModel):
     # "config": route by model (Plano); "firewall": clients use their own registered keys.
     mode: Literal["config", "firewall"] = "config"
     key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
+    # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
+    # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
+    firewall_unbilled_paths: list[PlainPath] = []
     # Managed mode: xproxy_ tokens with server-side provider keys (needs
     # PLANO_FAST_MASTER_KEY in the environment).  Works beside config or firewall mode.
     managed: bool = False

@@ -33,11 +33,13 @@ from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, U
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     MESSAGES,
+    RESPONSES,
     Endpoint,
     Exchange,
     ExchangeContext,
-    client_key,
+    client_headers,
     origin_of,
+    refuse_background,
     upstream_path,
     upstream_request,
 )
@@ -202,7 +204,8 @@ class ManagedExchange(Exchange):
         if not state.ready:
             raise ServiceUnavailable("the gateway has not loaded its tokens yet")
         request = self.request
-        key = client_key(request)
+        credential = client_headers(self).credential
+        key = credential.secret if credential is not None else None
         if key is None or not key.startswith(TOKEN_PREFIX.encode()):
             raise Unauthorized("an xproxy_ token is required")
         token = state.lookup(token_hash(key), time.time_ns())
@@ -211,6 +214,8 @@ class ManagedExchange(Exchange):
         pipe = state.pipe_for(token)
         if pipe is None:
             raise ClientError("this token's project has no pipe to route it")
+        if self.endpoint is RESPONSES:
+            refuse_background(request.body)  # its cost could not be settled
         try:
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
