@@ -136,6 +136,11 @@ def _load(path: str, *, allow_missing_env: bool = False) -> GatewayConfig | None
         return None
 
 
+def _refused(unimplemented_line: str) -> str:
+    """An unimplemented-field line as a --strict error (nothing is "ignored" there)."""
+    return unimplemented_line.removesuffix(" (ignored)")
+
+
 def _validate(args: argparse.Namespace) -> int:
     path = args.config
     config = _load(path, allow_missing_env=args.allow_missing_env)
@@ -143,9 +148,8 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    kind = "error" if args.strict else "warning"
     for line in config.unimplemented:
-        print(f"{kind}: {line}", file=sys.stderr)
+        print(f"error: {_refused(line)}" if args.strict else f"warning: {line}", file=sys.stderr)
     if args.strict and config.unimplemented:
         n = len(config.unimplemented)
         _error(f"{path}: {n} field{'s' if n != 1 else ''} not implemented (--strict)")
@@ -227,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     for line in config.unimplemented:
         if args.strict:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {_refused(line)}", file=sys.stderr)
         else:
             log.warning("%s", line)
     if args.strict and config.unimplemented:

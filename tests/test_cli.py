@@ -346,6 +346,7 @@ def test_strict_makes_unimplemented_fields_errors(fake: FakeProviderThread, tmp_
     strict = run_cli("validate", "--strict", str(config))
     assert_one_line_error(strict, "1 field not implemented (--strict)")
     assert f"error: {config}: tracing: not implemented by plano_fast" in strict.stderr
+    assert "(ignored)" in lax.stderr and "(ignored)" not in strict.stderr
     served = run_cli("serve", "--strict", "-c", str(config), "--port", "0")
     assert_one_line_error(served, "1 field not implemented (--strict)")
     assert "listening on" not in served.stdout
