@@ -176,6 +176,10 @@ def test_errors_are_one_line_never_a_traceback(fake: FakeProviderThread, tmp_pat
     assert_one_line_error(run_cli("migrate", "-c", str(bad_store)), "migration failed")
     assert_one_line_error(run_cli("serve", "-c", str(bad_store), "--port", "0"), "cannot open the database")
 
+    # PostgreSQL is not there (serve's answer to that belongs to the gateway's start).
+    away = write_config(tmp_path / "away.yaml", fake.port, {"database_url": '"postgresql://u:p@127.0.0.1:9/db"'})
+    assert_one_line_error(run_cli("migrate", "-c", str(away)), "PostgreSQL: migration failed", "ConnectionRefused")
+
     # The port is taken.
     ok = write_config(tmp_path / "ok.yaml", fake.port)
     with _busy_port() as busy:
