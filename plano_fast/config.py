@@ -13,28 +13,34 @@ Accepted shapes
   timeout, ...}]``), the legacy object form (``{egress_traffic: {...}, ingress_traffic:
   {...}}``) or the 0.1.0 singular ``listener:`` (that one configured the *prompt* listener;
   the LLM egress listener was implicit, 0.0.0.0:12000).  The gateway serves the first
-  ``type: model`` listener (``egress_traffic``); with none, the default 0.0.0.0:12000.
+  ``type: model`` listener (``egress_traffic``); the legacy forms without one get the
+  implicit 0.0.0.0:12000, but a list of listeners without one is an error (Plano would
+  serve no model listener there).  Listeners that are not served are reported in
+  ``GatewayConfig.unimplemented``.
   Lenient extras: a list item without ``type`` is inferred from its name (``ingress*`` ->
   prompt, else model) and may carry the legacy ``message_format``; a missing ``listeners``
   means the default model listener.  ``timeout``: "30s", "500ms", "1m", "1h" or a number of
   seconds; default 300 s.
 * ``model_providers`` or the deprecated ``llm_providers`` (same items).  Both present is
-  an error, as in Plano.  Items: ``model`` (required, ``provider/model`` or
+  an error, as in Plano.  Required, except in firewall mode without managed mode (it
+  routes nothing by model).  Items: ``model`` (required, ``provider/model`` or
   ``provider/*``), ``name``, ``access_key``, ``base_url``, ``provider_interface``,
   ``passthrough_auth``, ``default``, ``http_host``, ``headers``, ``routing_preferences``;
   the older ``provider``, ``endpoint``, ``protocol``, ``usage`` and ``stream`` are
   accepted with a deprecation warning.
 * ``model_aliases: {alias: {target: model}}`` (a bare string target is also accepted).
   The target must resolve to a configured model (exact, bare or via a wildcard).
-* Plano's other top-level keys are kept in ``raw`` (type-checked only); any other key is an
-  error.  ``state_storage_v1_responses`` (an older name of ``state_storage``) is accepted.
+* Plano's other top-level keys are kept in ``raw`` (type-checked only) and reported in
+  ``GatewayConfig.unimplemented`` (the list: :mod:`plano_fast.unimplemented`); any other
+  key is an error.  ``state_storage_v1_responses`` (an older name of ``state_storage``) is accepted.
 * ``plano_fast:`` -- this gateway's own settings (:class:`GatewaySettings`).  Plano itself
   would reject this key; keep it out of configs that must also run on Plano.
 
 Environment: ``$VAR`` / ``${VAR}`` are expanded in ``access_key``, ``base_url``,
-``http_host``, ``headers`` values and ``plano_fast.database_url`` / ``sqlite_path``.  A
-referenced variable that is unset (or empty) is an error naming the field and variable --
-only a warning for the ``access_key`` of a ``passthrough_auth`` provider, which is unused.
+``http_host``, ``headers`` values and ``plano_fast.database_url`` / ``sqlite_path`` /
+``admin_key``.  A referenced variable that is unset (or empty) is an error naming the
+field and variable -- only a warning for the ``access_key`` of a ``passthrough_auth``
+provider, which is unused, and, with ``allow_missing_env``, a warning and a placeholder.
 
 Checks taken from Plano: at most one ``default: true``; a wildcard cannot be the default
 or carry routing_preferences; duplicate names, duplicate ``provider/model`` entries and
