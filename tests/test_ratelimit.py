@@ -5,7 +5,10 @@ workers, and Redis unreachable (fail_closed / fail_open)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +127,41 @@ def test_in_process_limits_refuse_with_the_sdks_headers(fake: FakeProviderThread
         gateway.stop()
 
 
-def test_redis_buckets_hold_across_two_workers(fake: FakeProviderThread, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's Redis (127.0.0.1:6379) when it answers, else a private redis-server."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(16).startswith(b"+PONG"):
+                yield "redis://127.0.0.1:6379/0"
+                return
+    except OSError:
+        pass
+    port = _closed_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_redis_buckets_hold_across_two_workers(fake: FakeProviderThread, tmp_path: Path, redis_url: str) -> None:
     user = uuid.uuid4().hex  # a fresh bucket in the shared Redis
-    gateway = start(fake, tmp_path, limits_text(user, 5), {"redis_url": "redis://127.0.0.1:6379/0"}, workers=2)
+    gateway = start(fake, tmp_path, limits_text(user, 5), {"redis_url": redis_url}, workers=2)
     try:
         statuses = []
         for _ in range(9):
