@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
-from plano_fast import ratelimit
+from plano_fast import guardrails, ratelimit
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
@@ -185,6 +185,7 @@ class Gateway:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
         self.ctx.server_timing = settings.server_timing
+        self.ctx.guardrails = guardrails.parse_policy(settings.guardrails)
         self.ctx.ratelimits = ratelimit.build(
             self.config.raw.get("ratelimits"), settings.redis_url,
             settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,

@@ -70,6 +70,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from plano_fast import providers as P
 from plano_fast import unimplemented as UNIMPLEMENTED
 from plano_fast.failover import Backoff, RetryPolicy, StatusRule
+from plano_fast.guardrails import GuardrailConfigError, parse_policy
 from plano_fast.ratelimit import RateLimitConfigError, parse_limits
 
 __all__ = [
@@ -272,6 +273,8 @@ class GatewaySettings(BaseModel):
     redis_url: str | None = Field(default=None, repr=False)
     # Rate-limit backend unreachable: refuse (503) or admit unlimited.
     ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # The DLP floor: PII/secret detectors and their actions (plano_fast.guardrails).
+    guardrails: dict[str, Any] | None = None
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []
@@ -657,6 +660,11 @@ class _Builder:
             parse_limits(data.get("ratelimits"))
         except RateLimitConfigError as exc:
             self.errors.append(f"{self.source}: {exc}")
+        if settings is not None:
+            try:
+                parse_policy(settings.guardrails)
+            except GuardrailConfigError as exc:
+                self.errors.append(f"{self.source}: {exc}")
 
         if (
             data.get("routing_preferences") is not None
