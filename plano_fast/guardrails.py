@@ -233,6 +233,7 @@ def scan_text(text: str, enabled: Mapping[str, str], custom: Mapping[str, re.Pat
     found: list[Finding] = []
     size = len(text)
     digit_windows: list[tuple[int, int]] | None = None
+    valid: Callable[[str], bool]
     for name in enabled:
         entry = DETECTORS.get(name)
         if entry is None:
