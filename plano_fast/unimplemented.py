@@ -37,14 +37,11 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("prompt_guards", "prompt guards (jailbreak guardrail)"),
     ("state_storage", "Responses-API conversation state storage"),
     ("state_storage_v1_responses", "Responses-API conversation state storage"),
-    ("routing_preferences", "preference routing (a router model picks among models)"),
-    ("model_providers[].routing_preferences", "preference routing (a router model picks the provider)"),
-    ("llm_providers[].routing_preferences", "preference routing (a router model picks the provider)"),
-    ("model_providers[].usage", "preference routing from a usage description"),
-    ("llm_providers[].usage", "preference routing from a usage description"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
-    ("routing", "router-model selection, session pinning and routing budgets"),
+    ("routing.session_cache.type=redis", "a Redis session cache (sessions are pinned in memory, per process)"),
+    ("routing.session_cache.url", "a Redis session cache (sessions are pinned in memory, per process)"),
+    ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
     ("model_metrics_sources", "cost and latency metrics for selection policies"),
     ("prompt_caching", "prompt-cache markers and session affinity"),
     ("mode=prompt", "the prompt gateway mode (mode: llm is what plano_fast does)"),
@@ -56,7 +53,11 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 # Paths a ``*`` row above must not report (implemented, or handled elsewhere).
-IMPLEMENTED: Final = frozenset({"overrides.upstream_connect_timeout"})
+IMPLEMENTED: Final = frozenset({
+    "overrides.upstream_connect_timeout",
+    "overrides.llm_routing_model",
+    "overrides.orchestrator_model_context_length",
+})
 
 LISTENER_TYPES: Final[dict[str, str]] = {
     "prompt": "prompt listeners (prompt targets, guards, function calling)",
