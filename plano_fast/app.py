@@ -18,14 +18,23 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
-from plano_fast import guardrails, ratelimit
+from plano_fast import guardrails, ratelimit, scan
+from plano_fast.preference_routing import Decision, PreferenceRouter, decision_body
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.credentials import read_client_headers
 from plano_fast.failover import RetryPolicy
-from plano_fast.errors import ClientError, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.errors import (
+    BadRequestBody,
+    ClientError,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    UnknownModelError,
+)
 from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -43,7 +52,7 @@ from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
-from plano_fast.routing import Router
+from plano_fast.routing import Router, UnknownModel
 from plano_fast.store import Store, open_store
 from plano_fast.upstream import UpstreamPool
 
@@ -62,6 +71,24 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/messages/count_tokens": COUNT_TOKENS,
     b"/v1/responses": RESPONSES,
 }
+
+
+#: the routing decision API (Plano's /routing/v1): path -> the client API it reads
+_DECISION_APIS: dict[bytes, str] = {
+    b"/routing/v1/chat/completions": "chat_completions",
+    b"/routing/v1/messages": "messages",
+    b"/routing/v1/responses": "responses",
+}
+
+
+def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The trace id of the client's W3C traceparent, else a new one."""
+    for name, value in headers:
+        if name == b"traceparent":
+            parts = value.decode("latin-1").strip().split("-")
+            if len(parts) == 4 and len(parts[1]) == 32:
+                return parts[1]
+    return os.urandom(16).hex()
 
 
 class Gateway:
@@ -190,6 +217,11 @@ class Gateway:
             self.config.raw.get("ratelimits"), settings.redis_url,
             settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,
         )  # fmt: skip
+        if self.config.preference_routing is not None:
+            self.ctx.preference = PreferenceRouter(
+                self.config.preference_routing, self.router, self.pool,
+                self.billing.pricing, self.ctx.metrics,
+            )  # fmt: skip
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
             self.ctx.tracing = Tracing(tracing)
@@ -342,6 +374,10 @@ class Gateway:
             forwarded = FirewallExchange(self.ctx, request, responder)
         elif is_gemini_path(request.path) and request.method == b"POST":
             forwarded = GeminiExchange(self.ctx, request, responder, GEMINI)
+        elif request.path in _DECISION_APIS:
+            if request.method != b"POST":
+                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+            return self._routing_decision(request, responder, _DECISION_APIS[request.path])
         else:
             endpoint = _ENDPOINTS.get(request.path)
             if endpoint is not None:
@@ -364,6 +400,24 @@ class Gateway:
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
+
+    async def _routing_decision(self, request: Request, responder: Responder, api: str) -> None:
+        """``POST /routing/v1/{chat/completions,messages,responses}``: the ranked models
+        for the request, without calling them (Plano's docs/routing-api.md)."""
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            self.router.resolve(fields.model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        preference = self.ctx.preference
+        if preference is None:
+            decision = Decision((fields.model,) if fields.model else (), None)
+        else:
+            decision = await preference.decide_request(request, api, fields.model)
+        responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
 
     def _trace(self, exchange: Exchange) -> None:
         """Sampled (the client's traceparent, else random_sampling): a server span."""

@@ -19,6 +19,7 @@ coroutine, which the server runs as a task.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
     from plano_fast.firewall import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
+    from plano_fast.preference_routing import PreferenceRouter
     from plano_fast.routing import Router
 
 _REQUEST_PREFIX = os.urandom(4).hex()
@@ -215,6 +217,7 @@ class ExchangeContext:
         "server_timing",
         "ratelimits",
         "guardrails",
+        "preference",
     )
 
     def __init__(
@@ -256,6 +259,8 @@ class ExchangeContext:
         self.ratelimits: RateLimits | None = None
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
+        #: preference routing (plano_fast.preference_routing), None when not configured
+        self.preference: PreferenceRouter | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -306,6 +311,7 @@ class Exchange:
         "rl_buckets",
         "guard_warning",
         "guard_names",
+        "route_header",
     )
 
     #: the ``mode`` label of this exchange's metrics
@@ -349,6 +355,8 @@ class Exchange:
         #: guardrails: detectors whose action is warn (a response header), all that matched
         self.guard_warning = b""
         self.guard_names: list[str] | None = None
+        #: preference routing: the x-model-router-selected-route line of the response head
+        self.route_header = b""
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -462,6 +470,8 @@ class Exchange:
             block += self._server_timing()
         if self.guard_warning:
             block += self.guard_warning
+        if self.route_header:
+            block += self.route_header
         self.responder.send_head_block(status, block, content_length)
 
     def _server_timing(self) -> bytes:
@@ -728,21 +738,52 @@ class ConfigExchange(Exchange):
             self._count_tokens_locally()
             return None
         self.fields = fields
+        if self.ctx.preference is not None and self.endpoint is not COUNT_TOKENS:
+            return self._route_by_preference(self.ctx.preference)
+        return self._admit_and_forward(route, fields.model, ())
+
+    def _admit_and_forward(
+        self, route: Route, model: str | None, fallbacks: tuple[str, ...]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
+        chosen by; ``fallbacks``: preference routing's other ranked models)."""
+        provider = route.provider
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
         if self.ctx.guardrails is not None:
             self.guard(_GUARD_FORMATS[self.endpoint.name], provider.provider)
         shared_check = self.rate_limit(
-            (fields.model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+            (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         policy = provider.retry_policy or self.ctx.default_retry_policy
         if policy is not None and self.endpoint is not COUNT_TOKENS:
+            if fallbacks:
+                policy = dataclasses.replace(
+                    policy, fallback_models=fallbacks + policy.fallback_models
+                )
             self.plan = plan = self._plan(route, policy)
             route = plan.targets[plan.index]
         self._prepare(route)
         if shared_check:
             return self.admitted_forward()
         return self.forward_now()
+
+    async def _route_by_preference(self, preference: PreferenceRouter) -> None:
+        """Preference routing (plano_fast.preference_routing): ask the router model (or
+        the session's pin) once, before the retry plan, then go on as any request."""
+        decision = await preference.decide_request(self.request, self.endpoint.name, self.fields.model)
+        chosen = decision.models[0] if decision.models else self.fields.model
+        try:
+            route = self.ctx.router.resolve(chosen)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        pending = self._admit_and_forward(route, chosen, decision.models[1:])
+        if decision.route is not None:
+            # Plano records the route as a response header; route names are config text.
+            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
+            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+        if pending is not None:
+            await pending
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one

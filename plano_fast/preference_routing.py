@@ -41,6 +41,7 @@ from plano_fast.errors import UpstreamError
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
+    from plano_fast.http_server import Request
     from plano_fast.metrics import RequestMetrics
     from plano_fast.pricing import PricingRegistry
     from plano_fast.routing import Router
@@ -281,7 +282,7 @@ def estimate_tokens(body_len: int, body: dict[str, Any]) -> tuple[int, int]:
     out = 0
     for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         v = body.get(key)
-        if _is_int(v) and v > 0:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
             out = v
             break
     return inp, out or inp
@@ -474,6 +475,16 @@ class PreferenceRouter:
         self.calls = 0
         self.failures = 0
         self.pinned_hits = 0
+
+    async def decide_request(self, request: Request, api: str, model: str | None) -> Decision:
+        """:meth:`decide` for a request whose body the scanner has already accepted."""
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return Decision((model,) if model else (), None)
+        return await self.decide(body, len(request.body), api, model, self.session_key(request.headers))
 
     def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
