@@ -1,0 +1,460 @@
+"""Preference routing (issue 23): config, selection and sessions (pure), then over real
+sockets with a fake router model (a tiny Arch-Router stand-in that checks the prompt it
+receives against Plano's template and answers by keyword) and the official SDKs."""
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from plano_fast import preference_routing as PR
+from plano_fast.config import ConfigError, parse_config
+from plano_fast.pricing import PricingRegistry
+from plano_fast.routing import Router
+from tests.gateway_proc import GatewayProcess
+from tests.test_router_prompt import PLANO_TEMPLATE
+
+ROUTES = [
+    ("code generation", "generating new code snippets, functions, or boilerplate"),
+    ("general questions", "casual conversation and simple queries"),
+]
+
+
+def expected_prompt(messages: list[dict[str, str]]) -> str:
+    """Plano's prompt for short conversations, built from its template (not from the
+    implementation): routes as spaced JSON lines, messages as json.dumps(indent=4)."""
+    routes = "\n".join(
+        json.dumps({"name": n, "description": d,
+                    "parameters": {"type": "object", "properties": {}, "required": []}})
+        for n, d in ROUTES
+    )  # fmt: skip
+    conv = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages
+                       if m["role"] not in ("system", "developer", "tool")], indent=4)  # fmt: skip
+    return PLANO_TEMPLATE.replace("{routes}", routes).replace("{conversation}", conv)
+
+
+# -- the fake router model ------------------------------------------------------------
+
+
+class FakeRouter:
+    """Answers ``{"route": [...]}`` by keyword in the last user line of the prompt:
+    "code" -> code generation, "slow" -> after 1 s, "garbage" -> not JSON,
+    "legacy" -> the single-route form, else an empty list.  Records every prompt."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.delay_s = 0.0
+        router = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                router.bodies.append(body)
+                prompt = body["messages"][0]["content"]
+                router.prompts.append(prompt)
+                conv = prompt.split("<conversation>\n", 1)[1].split("\n</conversation>", 1)[0]
+                last = json.loads(conv)[-1]["content"]
+                if router.delay_s:
+                    time.sleep(router.delay_s)
+                if "slow" in last:
+                    time.sleep(1.0)
+                if "garbage" in last:
+                    content = "I think you want code"
+                elif "legacy" in last:
+                    content = "{'route': 'code generation'}"
+                elif "code" in last:
+                    content = '{"route": ["code generation"]}'
+                else:
+                    content = '{"route": []}'
+                out = json.dumps({
+                    "id": "r", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }).encode()  # fmt: skip
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def routing_config(path: Path, fake_port: int, router_port: int, *, extra: str = "") -> Path:
+    base = f"http://127.0.0.1:{fake_port}"
+    path.write_text(f"""\
+version: v0.4.0
+listeners:
+  - {{type: model, name: m, address: 127.0.0.1, port: 12000, timeout: 5s}}
+model_providers:
+  - {{model: openai/gpt-4o-mini, base_url: {base}, access_key: sk-o, default: true}}
+  - {{model: openai/gpt-4o, base_url: {base}, access_key: sk-o}}
+  - {{model: openai/gpt-4.1, base_url: {base}, access_key: sk-o}}
+  - name: arch-router
+    model: arch/Arch-Router
+    base_url: http://127.0.0.1:{router_port}
+    provider_interface: openai
+    access_key: sk-router
+routing_preferences:
+  - name: code generation
+    description: generating new code snippets, functions, or boilerplate
+    models: [openai/gpt-4o, openai/gpt-4.1]
+    selection_policy: {{prefer: cheapest}}
+  - name: general questions
+    description: casual conversation and simple queries
+    models: [openai/gpt-4o-mini]
+overrides: {{llm_routing_model: Arch-Router}}
+routing: {{timeout_ms: 300, session_ttl_seconds: 1}}
+{extra}plano_fast:
+  sqlite_path: {path.with_suffix('.db')}
+  usage_journal_path: {path.with_suffix('.journal')}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_router() -> Iterator[FakeRouter]:
+    router = FakeRouter()
+    yield router
+    router.stop()
+
+
+@pytest.fixture(scope="module")
+def routed(fake: FakeProviderThread, fake_router: FakeRouter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    cfg = routing_config(tmp_path_factory.mktemp("pr") / "plano_config.yaml", fake.port, fake_router.port)
+    with GatewayProcess(cfg) as proc:
+        yield proc
+
+
+def last_model(fake: FakeProviderThread) -> str:
+    return str(fake.requests[-1].json()["model"])
+
+
+# -- config ----------------------------------------------------------------------------
+
+
+def parse(text: str) -> Any:
+    return parse_config(text, source="c.yaml", env={})
+
+
+BASE = """\
+model_providers:
+  - {model: openai/gpt-4o-mini, access_key: k, default: true}
+  - {model: openai/gpt-4o, access_key: k}
+  - {name: router, model: arch/Arch-Router, base_url: "http://127.0.0.1:1", provider_interface: openai}
+"""
+
+
+def test_v04_top_level_preferences_load() -> None:
+    cfg = parse("version: v0.4.0\n" + BASE + """\
+routing_preferences:
+  - {name: code, description: writes code, models: [openai/gpt-4o, gpt-4o-mini], selection_policy: {prefer: cheapest}}
+  - {name: chat, description: small talk, models: [openai/gpt-4o-mini]}
+overrides: {llm_routing_model: arch/Arch-Router, orchestrator_model_context_length: 4096}
+routing: {session_ttl_seconds: 60, session_max_entries: 50, route_on_user_only: true,
+          session_cache: {type: memory, tenant_header: X-Tenant}}
+""")
+    pr = cfg.preference_routing
+    assert pr is not None
+    assert [(p.name, p.models, p.prefer) for p in pr.preferences] == [
+        ("code", ("openai/gpt-4o", "gpt-4o-mini"), "cheapest"), ("chat", ("openai/gpt-4o-mini",), "none"),
+    ]
+    assert pr.router_provider.name == "router" and pr.router_model == "Arch-Router"
+    assert (pr.session_ttl_s, pr.session_max_entries, pr.route_on_user_only, pr.tenant_header,
+            pr.max_token_length) == (60, 50, True, b"x-tenant", 4096)  # fmt: skip
+    assert not any("routing" in line for line in cfg.unimplemented)
+
+
+def test_v03_inline_preferences_are_lifted_and_legacy_routing_model() -> None:
+    cfg = parse("""\
+version: v0.3.0
+model_providers:
+  - {model: openai/gpt-4o-mini, access_key: k, default: true}
+  - model: openai/gpt-4o
+    access_key: k
+    routing_preferences: [{name: code understanding, description: explain code}]
+  - model: anthropic/claude-sonnet-4-6
+    access_key: k
+    routing_preferences: [{name: code generation, description: write code}]
+  - {name: arch-router, model: arch/Arch-Router, base_url: "http://127.0.0.1:1", provider_interface: openai}
+routing: {model: Arch-Router}
+""")
+    pr = cfg.preference_routing
+    assert pr is not None and pr.router_provider.name == "arch-router"
+    assert [(p.name, p.models) for p in pr.preferences] == [
+        ("code understanding", ("openai/gpt-4o",)), ("code generation", ("anthropic/claude-sonnet-4-6",)),
+    ]
+
+
+def test_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse("version: v0.4.0\n" + BASE + """\
+routing_preferences:
+  - {name: code, description: d, models: [openai/gpt-5-nope], selection_policy: {prefer: cheap}}
+  - {name: code, description: d, models: []}
+  - {name: x, description: d, models: [openai/gpt-4o], extra: 1}
+routing: {session_max_entries: 20000, session_ttl_seconds: -1, route_on_user_only: "yes"}
+""")
+    text = str(e.value)
+    for needle in (
+        "routing_preferences[0].models[0]: 'openai/gpt-5-nope' is not a configured model",
+        "routing_preferences[0].selection_policy.prefer: expected one of cheapest, fastest, none",
+        "routing_preferences[1].models: required",
+        "routing_preferences[2].extra: unknown field",
+        "routing.session_max_entries:",
+        "routing.session_ttl_seconds:",
+        "routing.route_on_user_only:",
+    ):
+        assert needle in text, (needle, text)
+    with pytest.raises(ConfigError, match="routing_preferences: top-level routing_preferences needs version v0.4.0"):
+        parse("version: v0.3.0\n" + BASE + "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o]}]\n")
+    with pytest.raises(ConfigError, match="routing.llm_provider: no model provider is named 'nope'"):
+        parse("version: v0.4.0\n" + BASE + "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o]}]\n"
+              "routing: {llm_provider: nope}\n")
+
+
+def test_no_router_provider_is_a_warning_and_routing_off() -> None:
+    cfg = parse("version: v0.4.0\nmodel_providers:\n  - {model: openai/gpt-4o, access_key: k, default: true}\n"
+                "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o]}]\n")
+    assert cfg.preference_routing is None
+    assert any("preference routing is off: no model provider serves the router model 'Plano-Orchestrator'" in w
+               for w in cfg.warnings)
+
+
+# -- selection and sessions -----------------------------------------------------------
+
+
+def test_cheapest_uses_the_price_table_unknown_last() -> None:
+    cfg = parse("version: v0.4.0\n" + BASE.replace("default: true}", "default: true}\n  - {model: openai/gpt-4.1, access_key: k}\n  - {model: custom/mystery, base_url: 'http://127.0.0.1:1', provider_interface: openai}"))
+    router = Router(cfg)
+    pricing = PricingRegistry()
+    models = ("custom/mystery", "openai/gpt-4o", "openai/gpt-4.1", "openai/gpt-4o-mini")
+    assert PR.rank(models, "cheapest", router, pricing, None, (1000, 1000)) == [
+        "openai/gpt-4o-mini", "openai/gpt-4.1", "openai/gpt-4o", "custom/mystery",
+    ]
+    assert PR.rank(models, "none", router, pricing, None, (1000, 1000)) == list(models)
+    # fastest: the gateway's own measurements; unmeasured models last, in order
+    from plano_fast.metrics import RequestMetrics
+
+    m = RequestMetrics()
+    m.observe(("config", "openai", "gpt-4o", "chat_completions"), 200, 0.5, 0.4, None, None)
+    m.observe(("config", "openai", "gpt-4.1", "chat_completions"), 200, 0.9, 0.8, None, None)
+    assert PR.rank(models, "fastest", router, pricing, m, (1, 1)) == [
+        "openai/gpt-4o", "openai/gpt-4.1", "custom/mystery", "openai/gpt-4o-mini",
+    ]
+    assert PR.estimate_tokens(400, {"max_tokens": 7}) == (100, 7)
+    assert PR.estimate_tokens(400, {}) == (100, 100)
+
+
+def test_session_cache_expires_and_is_bounded() -> None:
+    c = PR.SessionCache(ttl_s=10, max_entries=2)
+    c.put("a", ("m1",), "r", now=0)
+    c.put("b", ("m2",), None, now=0)
+    assert c.get("a", now=5) == (("m1",), "r")  # a is now most recent
+    c.put("c", ("m3",), None, now=5)  # evicts b, the least recently used
+    assert c.get("b", now=5) is None and len(c) == 2
+    assert c.get("a", now=10.5) is None  # expired
+
+
+# -- over sockets ---------------------------------------------------------------------
+
+
+class Http:
+    """A keep-alive HTTP/1.1 client (http.client) for the raw endpoints."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def __enter__(self) -> Http:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        hdrs = {"content-type": "application/json", **(headers or {})}
+        self.conn.request(method, path, body=data, headers=hdrs)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, raw
+
+
+def client(gw: GatewayProcess, **headers: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-client", default_headers=headers, max_retries=0)
+
+
+def test_code_goes_to_the_routes_cheapest_model_with_plano_s_prompt(
+    routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter
+) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": "you are helpful"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "write code: a quicksort in Python"},
+    ]
+    raw = client(routed).chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=messages)
+    assert raw.headers["x-model-router-selected-route"] == "code generation"
+    assert raw.parse().choices[0].message.content
+    assert last_model(fake) == "gpt-4.1"  # cheaper than gpt-4o by the price table
+    assert fake_router.prompts[-1] == expected_prompt(messages)
+    assert fake_router.bodies[-1]["model"] == "Arch-Router" and fake_router.bodies[-1]["temperature"] == 0.01
+    # no match: the request's own model, no route header
+    raw = client(routed).chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "how are you today?"}])
+    assert "x-model-router-selected-route" not in raw.headers
+    assert last_model(fake) == "gpt-4o-mini"
+    # the older single-route answer form
+    client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "legacy please"}])
+    assert last_model(fake) == "gpt-4.1"
+
+
+def test_anthropic_and_responses_clients_are_routed(routed: GatewayProcess, fake: FakeProviderThread) -> None:
+    ac = anthropic.Anthropic(base_url=routed.url, api_key="sk-client", max_retries=0)
+    ac.messages.create(model="openai/gpt-4o-mini", max_tokens=16, system="sys",
+                       messages=[{"role": "user", "content": "some code please"}])  # fmt: skip
+    assert last_model(fake) == "gpt-4.1"
+    client(routed).responses.create(model="openai/gpt-4o-mini", input="write code for me")
+    assert last_model(fake) == "gpt-4.1"
+
+
+def test_router_timeout_and_garbage_fall_back_within_the_bound(
+    routed: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    started = time.monotonic()
+    client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "slow code"}])
+    elapsed = time.monotonic() - started
+    assert last_model(fake) == "gpt-4o-mini"
+    assert 0.3 <= elapsed < 0.9, elapsed  # routing.timeout_ms: 300, the router takes 1 s
+    client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "garbage code"}])
+    assert last_model(fake) == "gpt-4o-mini"
+
+
+def test_sessions_stay_pinned_and_expire(routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter) -> None:
+    c = client(routed, **{"x-model-affinity": f"s-{time.time_ns()}"})
+    c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "write code"}])
+    assert last_model(fake) == "gpt-4.1"
+    calls = len(fake_router.prompts)
+    raw = c.chat.completions.with_raw_response.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "thanks, and the weather?"}])
+    assert last_model(fake) == "gpt-4.1"  # pinned: no router call
+    assert len(fake_router.prompts) == calls
+    assert raw.headers["x-model-router-selected-route"] == "code generation"
+    time.sleep(1.1)  # session_ttl_seconds: 1
+    c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "thanks, and the weather?"}])
+    assert last_model(fake) == "gpt-4o-mini" and len(fake_router.prompts) == calls + 1
+
+
+def test_decision_api(routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter) -> None:
+    before = len(fake.requests)
+    with Http(routed.port) as h:
+        decision_api(h, routed, fake, before)
+
+
+def decision_api(h: Http, routed: GatewayProcess, fake: FakeProviderThread, before: int) -> None:
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "write code"}]}
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    status, got = h.request("POST", "/routing/v1/chat/completions", body, {"traceparent": tp})
+    assert status == 200
+    assert got == {"models": ["openai/gpt-4.1", "openai/gpt-4o"], "route": "code generation",
+                   "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}  # fmt: skip
+    status, got = h.request("POST", "/routing/v1/messages", {"model": "openai/gpt-4o-mini", "max_tokens": 5,
+                            "messages": [{"role": "user", "content": "hello"}]})  # fmt: skip
+    assert got["models"] == ["openai/gpt-4o-mini"] and got["route"] is None and len(got["trace_id"]) == 32
+    session = {"x-model-affinity": f"d-{time.time_ns()}"}
+    _, r1 = h.request("POST", "/routing/v1/responses", {"model": "openai/gpt-4o-mini", "input": "code!"}, session)
+    _, r2 = h.request("POST", "/routing/v1/responses", {"model": "openai/gpt-4o-mini", "input": "hi"}, session)
+    assert r1["pinned"] is False and r2["pinned"] is True
+    assert r2["models"] == ["openai/gpt-4.1", "openai/gpt-4o"] and r2["session_id"] == session["x-model-affinity"]
+    assert len(fake.requests) == before  # no model was called
+    assert h.request("GET", "/routing/v1/chat/completions")[0] == 405
+    assert h.request("POST", "/routing/v1/chat/completions", {"model": "nope/x", "messages": []})[0] == 400
+
+
+def test_routed_requests_fail_over_to_the_next_ranked_model(
+    fake: FakeProviderThread, fake_router: FakeRouter, tmp_path: Path
+) -> None:
+    """With a retry policy, the ranked models after the first are its fallbacks."""
+    cfg = routing_config(tmp_path / "c.yaml", fake.port, fake_router.port)
+    text = cfg.read_text().replace(
+        "  - {model: openai/gpt-4.1, base_url: ",
+        "  - {retry_policy: {default_strategy: different_provider, default_max_attempts: 2, backoff: {base_ms: 0, max_ms: 0}},\n"
+        "     model: openai/gpt-4.1, base_url: ",
+    ).replace("different_provider", "same_provider")
+    cfg.write_text(text)
+    with GatewayProcess(cfg) as gw:
+        key = f"fo-{time.time_ns()}"
+        c = client(gw, **{"x-fake-fail-first": "1", "x-fake-fail-key": key, "x-fake-status": "503"})
+        c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "code it"}])
+        models = [r.json()["model"] for r in fake.requests if r.header("x-fake-fail-key") == key]
+        assert models == ["gpt-4.1", "gpt-4o"]
+
+
+def test_measure_added_latency(fake: FakeProviderThread, fake_router: FakeRouter, tmp_path: Path) -> None:
+    """Prints the added latency of a routed request (router call included) and of a
+    pinned one against an unrouted one; asserts only loose bounds (shared machine)."""
+    cfg = routing_config(tmp_path / "m.yaml", fake.port, fake_router.port)
+    with GatewayProcess(cfg) as gw:
+        def p50(port: int, content: str, n: int = 200, **headers: str) -> float:
+            body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+            times = []
+            with Http(port) as http:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    assert http.request("POST", "/v1/chat/completions", body, headers)[0] == 200
+                    times.append(time.perf_counter() - t)
+            return statistics.median(times) * 1000
+
+        rbody = {"model": "Arch-Router", "messages": [{"role": "user", "content": "<conversation>\n[{\"role\": \"user\", \"content\": \"code\"}]\n</conversation>"}]}
+        times = []
+        with Http(fake_router.port) as direct:
+            for _ in range(200):
+                t = time.perf_counter()
+                direct.request("POST", "/v1/chat/completions", rbody)
+                times.append(time.perf_counter() - t)
+        router_direct = statistics.median(times) * 1000
+        p50(gw.port, "warm", 20)
+        plain = p50(gw.port, "hello there")  # routed, no match: the router call is the cost
+        routed_ms = p50(gw.port, "write code")
+        pinned = p50(gw.port, "write code", **{"x-model-affinity": "bench"})
+        # an unrouted request: the same gateway without routing preferences
+        unrouted_cfg = tmp_path / "u.yaml"
+        text = cfg.read_text()
+        unrouted_cfg.write_text(text.split("routing_preferences:")[0] + "plano_fast:" + text.split("plano_fast:")[1])
+    with GatewayProcess(unrouted_cfg) as gw2:
+        p50(gw2.port, "warm", 20)
+        unrouted = p50(gw2.port, "write code")
+    print(f"\np50 ms: unrouted {unrouted:.3f}, routed {routed_ms:.3f} (no match {plain:.3f}), pinned {pinned:.3f}, "
+          f"router direct {router_direct:.3f}; added by routing {routed_ms - unrouted:.3f}, "
+          f"excluding the router's own round trip {routed_ms - unrouted - router_direct:.3f}; "
+          f"pinned vs unrouted {pinned - unrouted:.3f}")  # fmt: skip
+    assert routed_ms > unrouted  # the router call is paid
+    assert pinned < routed_ms
