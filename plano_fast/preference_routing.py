@@ -477,14 +477,28 @@ class PreferenceRouter:
         self.pinned_hits = 0
 
     async def decide_request(self, request: Request, api: str, model: str | None) -> Decision:
-        """:meth:`decide` for a request whose body the scanner has already accepted."""
+        """:meth:`decide` for a request whose body the scanner has already accepted.
+        A pinned session costs a header scan and a dict lookup: the body is parsed only
+        when the router is asked."""
+        session = self.session_key(request.headers)
+        if session is not None:
+            pinned = self._pinned(session)
+            if pinned is not None:
+                return pinned
         try:
             body = json.loads(request.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
-            return Decision((model,) if model else (), None)
-        return await self.decide(body, len(request.body), api, model, self.session_key(request.headers))
+            return Decision((model,) if model else (), None, False, session)
+        return await self._ask(body, len(request.body), api, model, session)
+
+    def _pinned(self, session: str) -> Decision | None:
+        hit = self.sessions.get(session, time.monotonic())
+        if hit is None:
+            return None
+        self.pinned_hits += 1
+        return Decision(hit[0], hit[1], True, session)
 
     def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
@@ -506,13 +520,16 @@ class PreferenceRouter:
     ) -> Decision:
         """The ranked models for a parsed request body (``api``: chat_completions,
         messages or responses); never raises: failures fall back to ``model``."""
-        fallback = (model,) if model else ()
-        now = time.monotonic()
         if session is not None:
-            hit = self.sessions.get(session, now)
-            if hit is not None:
-                self.pinned_hits += 1
-                return Decision(hit[0], hit[1], True, session)
+            pinned = self._pinned(session)
+            if pinned is not None:
+                return pinned
+        return await self._ask(body, body_len, api, model, session)
+
+    async def _ask(
+        self, body: dict[str, Any], body_len: int, api: str, model: str | None, session: str | None
+    ) -> Decision:
+        fallback = (model,) if model else ()
         messages = RP.conversation_of(body, api)
         if not messages:
             return Decision(fallback, None, False, session)

@@ -89,11 +89,9 @@ class FakeRouter:
                                  "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }).encode()  # fmt: skip
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                # One write: a head and a body in two segments meet Nagle + delayed ACK (40 ms).
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\n\r\n%s" % (len(out), out))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -434,6 +432,7 @@ def test_measure_added_latency(fake: FakeProviderThread, fake_router: FakeRouter
             return statistics.median(times) * 1000
 
         rbody = {"model": "Arch-Router", "messages": [{"role": "user", "content": "<conversation>\n[{\"role\": \"user\", \"content\": \"code\"}]\n</conversation>"}]}
+        fake_router.delay_s = 0.001  # the 1 ms router service time
         times = []
         with Http(fake_router.port) as direct:
             for _ in range(200):
@@ -449,6 +448,7 @@ def test_measure_added_latency(fake: FakeProviderThread, fake_router: FakeRouter
         unrouted_cfg = tmp_path / "u.yaml"
         text = cfg.read_text()
         unrouted_cfg.write_text(text.split("routing_preferences:")[0] + "plano_fast:" + text.split("plano_fast:")[1])
+        fake_router.delay_s = 0.0
     with GatewayProcess(unrouted_cfg) as gw2:
         p50(gw2.port, "warm", 20)
         unrouted = p50(gw2.port, "write code")
