@@ -458,3 +458,66 @@ def test_measure_added_latency(fake: FakeProviderThread, fake_router: FakeRouter
           f"pinned vs unrouted {pinned - unrouted:.3f}")  # fmt: skip
     assert routed_ms > unrouted  # the router call is paid
     assert pinned < routed_ms
+
+
+# katanemo/plano demos/llm_routing/preference_based_routing/plano_config_local.yaml (0.4.36),
+# verbatim but for the provider base URLs (the fakes) and the plano_fast section.
+DEMO_LOCAL = """\
+version: v0.3.0
+
+overrides:
+  llm_routing_model: plano/hf.co/katanemo/Arch-Router-1.5B.gguf:Q4_K_M
+
+listeners:
+  - type: model
+    name: model_listener
+    port: 12000
+
+model_providers:
+
+  - model: plano/hf.co/katanemo/Arch-Router-1.5B.gguf:Q4_K_M
+    base_url: http://localhost:11434
+
+  - model: openai/gpt-4o-mini
+    access_key: $OPENAI_API_KEY
+    default: true
+
+  - model: openai/gpt-4o
+    access_key: $OPENAI_API_KEY
+    routing_preferences:
+      - name: code understanding
+        description: understand and explain existing code snippets, functions, or libraries
+
+  - model: openai/gpt-4.1
+    access_key: $OPENAI_API_KEY
+    routing_preferences:
+      - name: code generation
+        description: generating new code snippets, functions, or boilerplate based on user prompts or requirements
+
+tracing:
+  random_sampling: 100
+"""
+
+
+def test_plano_demo_local_router_config_loads_and_routes(
+    fake: FakeProviderThread, fake_router: FakeRouter, tmp_path: Path
+) -> None:
+    cfg = parse_config(DEMO_LOCAL, env={"OPENAI_API_KEY": "sk-o"})
+    pr = cfg.preference_routing
+    assert pr is not None and pr.router_model == "hf.co/katanemo/Arch-Router-1.5B.gguf:Q4_K_M"
+    assert [(p.name, p.models) for p in pr.preferences] == [
+        ("code understanding", ("openai/gpt-4o",)), ("code generation", ("openai/gpt-4.1",)),
+    ]
+    text = DEMO_LOCAL.replace("http://localhost:11434", f"http://127.0.0.1:{fake_router.port}").replace(
+        "    access_key: $OPENAI_API_KEY\n", f"    access_key: $OPENAI_API_KEY\n    base_url: http://127.0.0.1:{fake.port}\n"
+    ).replace("tracing:\n  random_sampling: 100\n", "")
+    path = tmp_path / "demo.yaml"
+    path.write_text(text + f"plano_fast:\n  sqlite_path: {tmp_path / 'd.db'}\n  usage_journal_path: {tmp_path / 'd.journal'}\n")
+    calls = len(fake_router.bodies)
+    with GatewayProcess(path, env={"OPENAI_API_KEY": "sk-o"}) as gw:
+        # The demo README: code generation requests go to gpt-4.1, the rest to the default.
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "write code for fizzbuzz"}])
+        assert last_model(fake) == "gpt-4.1"
+        client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "what is the capital of France?"}])
+        assert last_model(fake) == "gpt-4o-mini"
+    assert fake_router.bodies[calls]["model"] == "hf.co/katanemo/Arch-Router-1.5B.gguf:Q4_K_M"
