@@ -42,6 +42,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
+from plano_fast.preference_routing import OVERRIDE_MEMBER, strip_member
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
@@ -771,7 +772,11 @@ class ConfigExchange(Exchange):
     async def _route_by_preference(self, preference: PreferenceRouter) -> None:
         """Preference routing (plano_fast.preference_routing): ask the router model (or
         the session's pin) once, before the retry plan, then go on as any request."""
-        decision = await preference.decide_request(self.request, self.endpoint.name, self.fields.model)
+        request = self.request
+        decision = await preference.decide_request(request, self.endpoint.name, self.fields.model)
+        if request.body.find(b'"routing_preferences"') >= 0:
+            # The request's own routes are for the gateway: they never reach the provider.
+            request.body = strip_member(request.body, OVERRIDE_MEMBER)
         chosen = decision.models[0] if decision.models else self.fields.model
         try:
             route = self.ctx.router.resolve(chosen)

@@ -22,6 +22,11 @@ Plano's headline feature (katanemo/plano ``router/orchestrator.rs``,
   metrics, since process start, not a moving window); models without a price or a
   measurement go last, in config order; ``none`` keeps config order.
 
+A request body's own top-level ``routing_preferences`` (same item shape) replaces the
+config's routes for that request and is cut out of the body before it is forwarded
+(:func:`strip_member`: the other members' bytes are kept, not re-encoded); such a request
+is neither answered from nor stored in its session.
+
 Sessions (``x-model-affinity``, or ``routing.session_cache.tenant_header`` + it) keep their
 decision for ``session_ttl_seconds`` in a bounded in-memory LRU: the router is asked once
 per session, and never once per retry (the exchange decides before its retry plan).
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast import router_prompt as RP
-from plano_fast.errors import UpstreamError
+from plano_fast.errors import ClientError, UpstreamError
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -273,6 +278,90 @@ def _router_provider(providers: tuple[ModelProvider, ...], model: str) -> ModelP
     return None
 
 
+# --------------------------------------------------------------------------- per request
+
+OVERRIDE_MEMBER: Final = "routing_preferences"
+
+
+def request_preferences(value: Any, router: Router) -> tuple[Preference, ...]:
+    """A request body's ``routing_preferences`` (Plano's docs/routing-api.md: it overrides
+    the config's routes for that request); raises :class:`ClientError` naming the field."""
+    if not isinstance(value, list) or not value:
+        raise ClientError("routing_preferences: expected a non-empty list of {name, description, models}")
+    out: list[Preference] = []
+    for i, item in enumerate(value):
+        where = f"routing_preferences[{i}]"
+        if not isinstance(item, dict):
+            raise ClientError(f"{where}: expected an object {{name, description, models}}")
+        name, desc, models = item.get("name"), item.get("description"), item.get("models")
+        if not isinstance(name, str) or not name or not isinstance(desc, str):
+            raise ClientError(f"{where}: name and description are required strings")
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+            raise ClientError(f"{where}.models: expected a non-empty list of model names")
+        for j, m in enumerate(models):
+            if not _resolves(router, m):
+                raise ClientError(f"{where}.models[{j}]: '{m}' is not a configured model")
+        prefer = "none"
+        policy = item.get("selection_policy")
+        if isinstance(policy, dict) and policy.get("prefer") in PREFERS:
+            prefer = policy["prefer"]
+        out.append(Preference(name, desc, tuple(models), prefer))
+    return tuple(out)
+
+
+def strip_member(body: bytes, name: str) -> bytes:
+    """``body`` (a JSON object) without its top-level member ``name``: the other members'
+    bytes are kept as they are, not re-encoded.  Unchanged when the member is absent."""
+    text = body.decode()
+    decoder = json.JSONDecoder()
+    ws = " \t\r\n"
+    i = len(text) - len(text.lstrip(ws))
+    if text[i : i + 1] != "{":
+        return body
+    i += 1
+    spans: list[tuple[int, int, bool]] = []  # [start, end) of each member, dropped
+    while True:
+        while text[i] in ws:
+            i += 1
+        if text[i] == "}":
+            break
+        start = i
+        key, i = decoder.raw_decode(text, i)
+        while text[i] in ws:
+            i += 1
+        i += 1  # the colon
+        while text[i] in ws:
+            i += 1
+        _, i = decoder.raw_decode(text, i)
+        spans.append((start, i, key == name))
+        while text[i] in ws:
+            i += 1
+        if text[i] == ",":
+            i += 1
+    if not any(dropped for _, _, dropped in spans):
+        return body
+    # Cut ranges: a dropped member up to the next member's start (its comma goes with it);
+    # a dropped last member from the end of the last kept one (the comma before it).
+    cuts: list[tuple[int, int]] = []
+    for k, (a, b, dropped) in enumerate(spans):
+        if not dropped:
+            continue
+        if k + 1 < len(spans):
+            cuts.append((a, spans[k + 1][0]))
+        else:
+            kept = [m for m in spans[:k] if not m[2]]
+            cuts.append((kept[-1][1] if kept else a, b))
+    cuts.sort()
+    out: list[str] = []
+    pos = 0
+    for a, b in cuts:
+        if a > pos:
+            out.append(text[pos:a])
+        pos = max(pos, b)
+    out.append(text[pos:])
+    return "".join(out).encode()
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -480,8 +569,9 @@ class PreferenceRouter:
         """:meth:`decide` for a request whose body the scanner has already accepted.
         A pinned session costs a header scan and a dict lookup: the body is parsed only
         when the router is asked."""
+        override = request.body.find(b'"routing_preferences"') >= 0
         session = self.session_key(request.headers)
-        if session is not None:
+        if session is not None and not override:
             pinned = self._pinned(session)
             if pinned is not None:
                 return pinned
@@ -491,7 +581,10 @@ class PreferenceRouter:
             body = None
         if not isinstance(body, dict):
             return Decision((model,) if model else (), None, False, session)
-        return await self._ask(body, len(request.body), api, model, session)
+        prefs = None
+        if OVERRIDE_MEMBER in body:
+            prefs = request_preferences(body[OVERRIDE_MEMBER], self.router)
+        return await self._ask(body, len(request.body), api, model, session, prefs)
 
     def _pinned(self, session: str) -> Decision | None:
         hit = self.sessions.get(session, time.monotonic())
@@ -527,16 +620,28 @@ class PreferenceRouter:
         return await self._ask(body, body_len, api, model, session)
 
     async def _ask(
-        self, body: dict[str, Any], body_len: int, api: str, model: str | None, session: str | None
+        self,
+        body: dict[str, Any],
+        body_len: int,
+        api: str,
+        model: str | None,
+        session: str | None,
+        prefs: tuple[Preference, ...] | None = None,
     ) -> Decision:
+        """Ask the router (``prefs``: the request's own routes, else the config's)."""
         fallback = (model,) if model else ()
+        if prefs is None:
+            routes_text, by_name = self.routes_text, self.by_name
+        else:
+            routes_text = RP.render_routes((p.name, p.description) for p in prefs)
+            by_name = {p.name: p for p in prefs}
         messages = RP.conversation_of(body, api)
         if not messages:
             return Decision(fallback, None, False, session)
         if self.config.route_on_user_only and messages[-1][0] != "user":
             # A continuation (tool results, assistant steps): no new user intent to classify.
             return Decision(fallback, None, False, session)
-        prompt = RP.render_prompt(self.routes_text, messages, self.config.max_token_length)
+        prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
         request = RP.router_request(self.config.router_model, prompt)
         self.calls += 1
         started = time.perf_counter()
@@ -549,7 +654,7 @@ class PreferenceRouter:
             )
             if status != 200:
                 raise RP.RouterAnswerError(f"router answered HTTP {status}")
-            names = RP.parse_answer(RP.answer_content(answer), self.by_name)
+            names = RP.parse_answer(RP.answer_content(answer), by_name)
         except TimeoutError:
             error = f"router timed out after {self.config.timeout_s * 1000:.0f} ms"
         except (UpstreamError, RP.RouterAnswerError, OSError) as exc:
@@ -559,13 +664,13 @@ class PreferenceRouter:
             self.failures += 1
         decision: Decision
         if names:
-            pref = self.by_name[names[0]]
+            pref = by_name[names[0]]
             tokens = estimate_tokens(body_len, body)
             ranked = rank(pref.models, pref.prefer, self.router, self.pricing, self.metrics, tokens)
             decision = Decision(tuple(ranked), pref.name, False, session, router_ms)
         else:
             decision = Decision(fallback, None, False, session, router_ms, error)
-        if session is not None and not error:
+        if session is not None and not error and prefs is None:
             self.sessions.put(session, decision.models, decision.route, time.monotonic())
         return decision
 

@@ -521,3 +521,43 @@ def test_plano_demo_local_router_config_loads_and_routes(
         client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "what is the capital of France?"}])
         assert last_model(fake) == "gpt-4o-mini"
     assert fake_router.bodies[calls]["model"] == "hf.co/katanemo/Arch-Router-1.5B.gguf:Q4_K_M"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","routing_preferences":[{"a":1}],"messages":[]}',
+    b'{"routing_preferences":[],"model":"m"}',
+    b'{"model":"m", "routing_preferences" : {"x":"}"} }',
+    b'{ "routing_preferences":1 }',
+    b'{"a":1,"routing_preferences":2,"routing_preferences":3}',
+    '{"a":"é \\u00e9","routing_preferences":[1,2],\n "b": [1, 2]}'.encode(),
+    b'{"a":1}',
+])  # fmt: skip
+def test_strip_member_keeps_the_other_bytes(body: bytes) -> None:
+    out = PR.strip_member(body, "routing_preferences")
+    pairs = json.loads(out, object_pairs_hook=lambda p: p)
+    want = json.loads(body, object_pairs_hook=lambda p: [x for x in p if x[0] != "routing_preferences"])
+    assert pairs == want
+    if b"routing_preferences" not in body:
+        assert out is body
+    # every byte left is a byte of the original, in order (nothing re-encoded)
+    it = iter(body)
+    assert all(any(c == o for o in it) for c in out)
+
+
+def test_a_body_override_wins_and_never_reaches_the_provider(
+    routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter
+) -> None:
+    override = [{"name": "code generation", "description": "any code at all", "models": ["openai/gpt-4o"]}]
+    client(routed).chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "code please"}],
+        extra_body={"routing_preferences": override},
+    )  # fmt: skip
+    sent = fake.requests[-1].json()
+    assert sent["model"] == "gpt-4o" and "routing_preferences" not in sent  # not gpt-4.1: the override won
+    assert '"description": "any code at all"' in fake_router.prompts[-1]
+    assert "general questions" not in fake_router.prompts[-1]
+    with pytest.raises(openai.BadRequestError, match=r"routing_preferences\[0\].models\[0\]: 'nope/x' is not a configured model"):
+        client(routed).chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "code"}],
+            extra_body={"routing_preferences": [{"name": "a", "description": "b", "models": ["nope/x"]}]},
+        )  # fmt: skip
