@@ -43,6 +43,8 @@ from plano_fast.exchange import (
     RESPONSES,
     ConfigExchange,
     Endpoint,
+    key_hash,
+    new_request_id,
     Exchange,
     ExchangeContext,
 )
@@ -220,7 +222,7 @@ class Gateway:
         if self.config.preference_routing is not None:
             self.ctx.preference = PreferenceRouter(
                 self.config.preference_routing, self.router, self.pool,
-                self.billing.pricing, self.ctx.metrics,
+                self.billing.pricing, self.ctx.metrics, self.billing.submit,
             )  # fmt: skip
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
@@ -416,7 +418,9 @@ class Gateway:
         if preference is None:
             decision = Decision((fields.model,) if fields.model else (), None)
         else:
-            decision = await preference.decide_request(request, api, fields.model)
+            credential = read_client_headers(request.headers, request.query).credential
+            caller = key_hash(credential.secret) if credential is not None else None
+            decision = await preference.decide_request(request, api, fields.model, (new_request_id(), caller))
         responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
 
     def _trace(self, exchange: Exchange) -> None:

@@ -773,7 +773,9 @@ class ConfigExchange(Exchange):
         """Preference routing (plano_fast.preference_routing): ask the router model (or
         the session's pin) once, before the retry plan, then go on as any request."""
         request = self.request
-        decision = await preference.decide_request(request, self.endpoint.name, self.fields.model)
+        decision = await preference.decide_request(
+            request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
+        )
         if request.body.find(b'"routing_preferences"') >= 0:
             # The request's own routes are for the gateway: they never reach the provider.
             request.body = strip_member(request.body, OVERRIDE_MEMBER)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast import router_prompt as RP
 from plano_fast.errors import ClientError, UpstreamError
+from plano_fast.usage import STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, UsageEvent, UsageSink
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -67,6 +68,8 @@ DEFAULT_SESSION_TTL_S: Final = 600
 MAX_SESSION_ENTRIES: Final = 10_000
 DEFAULT_ROUTER_TIMEOUT_MS: Final = 3000
 AFFINITY_HEADER: Final = b"x-model-affinity"
+#: the router call's usage row: the routed request's id + this
+ROUTER_ROW_SUFFIX: Final = "-router"
 PREFERS: Final = ("cheapest", "fastest", "none")
 
 Loc = tuple[str | int, ...]
@@ -542,7 +545,7 @@ class PreferenceRouter:
 
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
-        "by_name", "calls", "failures", "pinned_hits",
+        "by_name", "calls", "failures", "pinned_hits", "usage_sink",
     )
 
     def __init__(
@@ -552,8 +555,11 @@ class PreferenceRouter:
         pool: UpstreamPool,
         pricing: PricingRegistry | None = None,
         metrics: RequestMetrics | None = None,
+        usage_sink: UsageSink | None = None,
     ) -> None:
         self.config = config
+        #: where the router call's own usage rows go (the billing pipeline)
+        self.usage_sink = usage_sink
         self.router = router
         self.pool = pool
         self.pricing = pricing
@@ -565,7 +571,36 @@ class PreferenceRouter:
         self.failures = 0
         self.pinned_hits = 0
 
-    async def decide_request(self, request: Request, api: str, model: str | None) -> Decision:
+    def _bill(self, billing: tuple[str, str | None], status: int, tokens: tuple[int, int] | None, ms: float) -> None:
+        """The router call's own usage row: the request's id + ``-router`` (the tag that
+        marks routing overhead), billed to the same caller."""
+        sink = self.usage_sink
+        if sink is None:
+            return
+        provider = self.config.router_provider
+        sink(UsageEvent(
+            request_id=billing[0] + ROUTER_ROW_SUFFIX,
+            time_ns=time.time_ns(),
+            provider=provider.provider,
+            model=self.config.router_model,
+            streaming=False,
+            status=STATUS_OK if tokens is not None and status < 400 else (
+                STATUS_UPSTREAM_ERROR if status >= 400 else STATUS_USAGE_MISSING),
+            http_status=status,
+            input_tokens=tokens[0] if tokens else 0,
+            output_tokens=tokens[1] if tokens else 0,
+            has_usage=tokens is not None,
+            key_hash=billing[1],
+            duration_ms=ms,
+        ))  # fmt: skip
+
+    async def decide_request(
+        self,
+        request: Request,
+        api: str,
+        model: str | None,
+        billing: tuple[str, str | None] | None = None,
+    ) -> Decision:
         """:meth:`decide` for a request whose body the scanner has already accepted.
         A pinned session costs a header scan and a dict lookup: the body is parsed only
         when the router is asked."""
@@ -584,7 +619,7 @@ class PreferenceRouter:
         prefs = None
         if OVERRIDE_MEMBER in body:
             prefs = request_preferences(body[OVERRIDE_MEMBER], self.router)
-        return await self._ask(body, len(request.body), api, model, session, prefs)
+        return await self._ask(body, len(request.body), api, model, session, prefs, billing)
 
     def _pinned(self, session: str) -> Decision | None:
         hit = self.sessions.get(session, time.monotonic())
@@ -627,8 +662,10 @@ class PreferenceRouter:
         model: str | None,
         session: str | None,
         prefs: tuple[Preference, ...] | None = None,
+        billing: tuple[str, str | None] | None = None,
     ) -> Decision:
-        """Ask the router (``prefs``: the request's own routes, else the config's)."""
+        """Ask the router (``prefs``: the request's own routes, else the config's;
+        ``billing``: the request's id and caller key hash, for the router's usage row)."""
         fallback = (model,) if model else ()
         if prefs is None:
             routes_text, by_name = self.routes_text, self.by_name
@@ -647,6 +684,8 @@ class PreferenceRouter:
         started = time.perf_counter()
         error = ""
         names: list[str] = []
+        tokens: tuple[int, int] | None = None
+        status = 0
         try:
             status, answer = await post_json(
                 self.pool, self.config.router_provider, self.config.router_model, request,
@@ -654,12 +693,15 @@ class PreferenceRouter:
             )
             if status != 200:
                 raise RP.RouterAnswerError(f"router answered HTTP {status}")
-            names = RP.parse_answer(RP.answer_content(answer), by_name)
+            content, tokens = RP.read_answer(answer)
+            names = RP.parse_answer(content, by_name)
         except TimeoutError:
             error = f"router timed out after {self.config.timeout_s * 1000:.0f} ms"
         except (UpstreamError, RP.RouterAnswerError, OSError) as exc:
             error = str(exc) or type(exc).__name__
         router_ms = (time.perf_counter() - started) * 1000
+        if billing is not None and status:
+            self._bill(billing, status, tokens, router_ms)
         if error:
             self.failures += 1
         decision: Decision

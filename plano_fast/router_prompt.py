@@ -209,16 +209,27 @@ def router_request(model: str, prompt: str) -> bytes:
 
 def answer_content(body: bytes) -> str:
     """The text of a chat-completions answer (``choices[0].message.content``)."""
+    return read_answer(body)[0]
+
+
+def read_answer(body: bytes) -> tuple[str, tuple[int, int] | None]:
+    """(text, (prompt tokens, completion tokens) or None) of a chat-completions answer."""
     try:
         doc = json.loads(body)
         content = doc["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise RouterAnswerError(f"not a chat completion: {exc}") from None
     if content is None:
-        return ""
+        content = ""
     if not isinstance(content, str):
         raise RouterAnswerError("the answer's content is not a string")
-    return content
+    usage = doc.get("usage")
+    tokens = None
+    if isinstance(usage, dict):
+        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(pt, int) and isinstance(ct, int) and pt >= 0 and ct >= 0:
+            tokens = (pt, ct)
+    return content, tokens
 
 
 def parse_answer(content: str, known: Iterable[str]) -> list[str]:

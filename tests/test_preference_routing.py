@@ -23,6 +23,7 @@ from plano_fast.config import ConfigError, parse_config
 from plano_fast.pricing import PricingRegistry
 from plano_fast.routing import Router
 from tests.gateway_proc import GatewayProcess
+from tests.test_billing_e2e import read_rows
 from tests.test_router_prompt import PLANO_TEMPLATE
 
 ROUTES = [
@@ -132,6 +133,8 @@ routing: {{timeout_ms: 300, session_ttl_seconds: 1}}
 {extra}plano_fast:
   sqlite_path: {path.with_suffix('.db')}
   usage_journal_path: {path.with_suffix('.journal')}
+  usage_flush_interval_s: 1
+  price_interval_s: 1
 """)
     return path
 
@@ -561,3 +564,28 @@ def test_a_body_override_wins_and_never_reaches_the_provider(
             model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "code"}],
             extra_body={"routing_preferences": [{"name": "a", "description": "b", "models": ["nope/x"]}]},
         )  # fmt: skip
+
+
+def test_the_router_call_is_billed_to_the_caller_as_its_own_row(
+    routed: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    import hashlib
+
+    c = openai.OpenAI(base_url=routed.url + "/v1", api_key="sk-billed-caller", max_retries=0)
+    r = c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "write code"}])
+    assert r.model
+    caller = hashlib.sha256(b"sk-billed-caller").hexdigest()
+    db = str(routed.config_path.with_suffix(".db"))
+    deadline = time.monotonic() + 15
+    rows: list[Any] = []
+    while time.monotonic() < deadline:
+        rows = [row for row in read_rows(None, db) if row.key_hash == caller]
+        if len(rows) == 2:
+            break
+        time.sleep(0.2)
+    by_kind = {row.request_id.endswith(PR.ROUTER_ROW_SUFFIX): row for row in rows}
+    assert set(by_kind) == {True, False}, rows
+    router_row, llm_row = by_kind[True], by_kind[False]
+    assert router_row.request_id == llm_row.request_id + "-router"
+    assert (router_row.model, router_row.input_tokens, router_row.output_tokens) == ("Arch-Router", 1, 1)
+    assert llm_row.model == "gpt-4.1"
