@@ -312,6 +312,11 @@ class Gateway:
             backend = limits.backend
             values["ratelimit_backend_errors"] = backend.errors if isinstance(backend, ratelimit.RedisBackend) else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
+        preference = gw.ctx.preference
+        if preference is not None:
+            values["router_calls"] = preference.calls
+            values["router_failures"] = preference.failures
+            values["router_session_pins"] = preference.pinned_hits
         return values
 
     async def _housekeeping(self) -> None:

@@ -24,6 +24,7 @@ from plano_fast.pricing import PricingRegistry
 from plano_fast.routing import Router
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_e2e import read_rows
+from tests.test_metrics import ADMIN_KEY, scrape_text
 from tests.test_router_prompt import PLANO_TEMPLATE
 
 ROUTES = [
@@ -135,6 +136,8 @@ routing: {{timeout_ms: 300, session_ttl_seconds: 1}}
   usage_journal_path: {path.with_suffix('.journal')}
   usage_flush_interval_s: 1
   price_interval_s: 1
+  admin_port: 0
+  admin_key: {ADMIN_KEY}
 """)
     return path
 
@@ -372,6 +375,10 @@ def test_sessions_stay_pinned_and_expire(routed: GatewayProcess, fake: FakeProvi
     time.sleep(1.1)  # session_ttl_seconds: 1
     c.chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "thanks, and the weather?"}])
     assert last_model(fake) == "gpt-4o-mini" and len(fake_router.prompts) == calls + 1
+    text = scrape_text(routed)
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("plano_fast_router_")}  # fmt: skip
+    assert values["plano_fast_router_calls"] >= 2 and values["plano_fast_router_session_pins"] >= 1, values
 
 
 def test_decision_api(routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter) -> None:
