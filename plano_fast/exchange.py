@@ -313,6 +313,7 @@ class Exchange:
         "guard_warning",
         "guard_names",
         "route_header",
+        "route_name",
     )
 
     #: the ``mode`` label of this exchange's metrics
@@ -358,6 +359,7 @@ class Exchange:
         self.guard_names: list[str] | None = None
         #: preference routing: the x-model-router-selected-route line of the response head
         self.route_header = b""
+        self.route_name: str | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -679,7 +681,7 @@ class Exchange:
                 round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.total_attempts(), self.responder.peer(), self.guard_names,
+                self.total_attempts(), self.responder.peer(), self.guard_names, self.route_name,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
@@ -786,6 +788,7 @@ class ConfigExchange(Exchange):
             raise UnknownModelError(str(exc)) from None
         pending = self._admit_and_forward(route, chosen, decision.models[1:])
         if decision.route is not None:
+            self.route_name = decision.route
             # Plano records the route as a response header; route names are config text.
             name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
             self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"

@@ -138,6 +138,7 @@ routing: {{timeout_ms: 300, session_ttl_seconds: 1}}
   price_interval_s: 1
   admin_port: 0
   admin_key: {ADMIN_KEY}
+  access_log: {path.with_suffix('.access.log')}
 """)
     return path
 
@@ -337,6 +338,14 @@ def test_code_goes_to_the_routes_cheapest_model_with_plano_s_prompt(
         model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "how are you today?"}])
     assert "x-model-router-selected-route" not in raw.headers
     assert last_model(fake) == "gpt-4o-mini"
+    # the access log names the route of routed requests
+    log = routed.config_path.with_suffix(".access.log")
+    deadline = time.monotonic() + 5
+    lines: list[Any] = []
+    while time.monotonic() < deadline and len(lines) < 2:
+        time.sleep(0.2)
+        lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    assert [(x["model"], x["route"]) for x in lines[-2:]] == [("gpt-4.1", "code generation"), ("gpt-4o-mini", None)]
     # the older single-route answer form
     client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "legacy please"}])
     assert last_model(fake) == "gpt-4.1"
@@ -596,3 +605,20 @@ def test_the_router_call_is_billed_to_the_caller_as_its_own_row(
     assert router_row.request_id == llm_row.request_id + "-router"
     assert (router_row.model, router_row.input_tokens, router_row.output_tokens) == ("Arch-Router", 1, 1)
     assert llm_row.model == "gpt-4.1"
+
+
+def test_route_on_user_only_skips_the_router_for_continuations() -> None:
+    import asyncio
+
+    cfg = parse("version: v0.4.0\n" + BASE + """\
+routing_preferences: [{name: code, description: writes code, models: [openai/gpt-4o]}]
+overrides: {llm_routing_model: arch/Arch-Router}
+routing: {route_on_user_only: true}
+""")
+    assert cfg.preference_routing is not None
+    router = PR.PreferenceRouter(cfg.preference_routing, Router(cfg), pool=None)  # type: ignore[arg-type]
+    body = {"messages": [{"role": "user", "content": "write code"},
+                         {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                         {"role": "tool", "tool_call_id": "1", "content": "done"}]}  # fmt: skip
+    decision = asyncio.run(router.decide(body, 100, "chat_completions", "openai/gpt-4o-mini", None))
+    assert decision == PR.Decision(("openai/gpt-4o-mini",), None) and router.calls == 0
