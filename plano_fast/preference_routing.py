@@ -478,12 +478,13 @@ class Decision:
 class _Collect:
     """ResponseSink that gathers one small response."""
 
-    __slots__ = ("future", "status", "parts")
+    __slots__ = ("future", "status", "parts", "retry_safe")
 
     def __init__(self, future: asyncio.Future[tuple[int, bytes]]) -> None:
         self.future = future
         self.status = 0
         self.parts: list[bytes] = []
+        self.retry_safe = False
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
         self.status = head.status
@@ -496,6 +497,7 @@ class _Collect:
             self.future.set_result((self.status, b"".join(self.parts)))
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        self.retry_safe = retry_safe
         if not self.future.done():
             self.future.set_exception(error)
 
@@ -524,17 +526,27 @@ async def post_json(
     head.append(b"content-length: %d\r\n\r\n" % len(body))
     origin = ("https" if provider.tls else "http", provider.host, provider.port, None)
     loop = pool.loop
+    data = [b"".join(head), body]
     conn = None
     try:
         async with asyncio.timeout(timeout_s):
             conn = pool.take_idle(origin)
-            if conn is None:
-                conn = await pool.connect(origin)
-            future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
-            conn.send_request([b"".join(head), body], _Collect(future), timeout_s, timeout_s)
-            result = await future
-            conn = None  # released to the pool (or closed) by the connection itself
-            return result
+            while True:
+                fresh = conn is None
+                if conn is None:
+                    conn = await pool.connect(origin)
+                future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+                sink = _Collect(future)
+                conn.send_request(data, sink, timeout_s, timeout_s)
+                try:
+                    result = await future
+                except UpstreamError:
+                    if fresh or not sink.retry_safe:
+                        raise
+                    conn = None  # a kept-alive connection the router had closed: once more
+                    continue
+                conn = None  # released to the pool (or closed) by the connection itself
+                return result
     finally:
         if conn is not None and not conn.closed:
             conn.detach()

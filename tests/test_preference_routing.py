@@ -622,3 +622,50 @@ routing: {route_on_user_only: true}
                          {"role": "tool", "tool_call_id": "1", "content": "done"}]}  # fmt: skip
     decision = asyncio.run(router.decide(body, 100, "chat_completions", "openai/gpt-4o-mini", None))
     assert decision == PR.Decision(("openai/gpt-4o-mini",), None) and router.calls == 0
+
+
+def test_post_json_retries_once_on_a_kept_alive_connection_the_router_closed() -> None:
+    """A router that closes idle keep-alive connections (without saying so) must not make
+    the next routed request fall back: the call goes again on a fresh connection."""
+    import asyncio
+
+    from plano_fast.deadlines import DeadlineClock
+    from plano_fast.upstream import UpstreamPool
+
+    answer = b'{"choices":[{"message":{"content":"{\\"route\\": [\\"code\\"]}"}}]}'
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def main() -> list[tuple[int, bytes]]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            for n in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if n == 1:
+                    break  # the second request on a connection: closed unanswered (idle reaped)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = parse(f"version: v0.4.0\nmodel_providers:\n  - {{model: arch/Arch-Router, base_url: 'http://127.0.0.1:{port}', provider_interface: openai, default: true}}\n")
+        clock = DeadlineClock(0.05)
+        clock.start()
+        pool = UpstreamPool(connect_timeout_s=1, idle_timeout_s=30, max_idle_per_origin=4, dns_ttl_s=60, clock=clock)
+        try:
+            out = [await PR.post_json(pool, cfg.providers[0], "Arch-Router", b"{}", 2.0)]
+            out.append(await PR.post_json(pool, cfg.providers[0], "Arch-Router", b"{}", 2.0))
+            return out
+        finally:
+            pool.close()
+            clock.stop()
+            server.close()
+            for w in accepted:
+                w.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)
+
+    assert asyncio.run(main()) == [(200, answer), (200, answer)]
+    assert len(accepted) == 2
