@@ -787,6 +787,12 @@ class ConfigExchange(Exchange):
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         pending = self._admit_and_forward(route, chosen, decision.models[1:])
+        span = self.span
+        if span is not None and preference.calls_or_pins(decision):
+            # Plano's span attributes (brightstaff tracing/constants.rs)
+            span.set_attribute("routing.determination_ms", round(decision.router_ms, 3))
+            if decision.route is not None:
+                span.set_attribute("plano.route.name", decision.route)
         if decision.route is not None:
             self.route_name = decision.route
             # Plano records the route as a response header; route names are config text.

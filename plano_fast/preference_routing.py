@@ -640,6 +640,12 @@ class PreferenceRouter:
         self.pinned_hits += 1
         return Decision(hit[0], hit[1], True, session)
 
+    @staticmethod
+    def calls_or_pins(decision: Decision) -> bool:
+        """Whether a decision came from the router or a session (not a plain fallback
+        without a call, e.g. a request without messages)."""
+        return decision.pinned or decision.router_ms > 0 or decision.route is not None
+
     def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
         header when configured), or None."""

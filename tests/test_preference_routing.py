@@ -669,3 +669,23 @@ def test_post_json_retries_once_on_a_kept_alive_connection_the_router_closed() -
 
     assert asyncio.run(main()) == [(200, answer), (200, answer)]
     assert len(accepted) == 2
+
+
+def test_the_route_is_a_span_attribute(fake: FakeProviderThread, fake_router: FakeRouter, tmp_path: Path) -> None:
+    from tests.test_tracing import PARENT, Receiver, attrs
+
+    receiver = Receiver()
+    cfg = routing_config(tmp_path / "t.yaml", fake.port, fake_router.port, extra="tracing: {random_sampling: 0}\n")
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/traces", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with GatewayProcess(cfg, env=env) as gw:
+            client(gw, traceparent=PARENT).chat.completions.create(
+                model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "write code"}])
+            deadline = time.monotonic() + 10
+            while not any(s.kind == 2 for s in receiver.spans) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        (server,) = [s for s in receiver.spans if s.kind == 2]
+        a = attrs(server)
+        assert a["plano.route.name"] == "code generation" and "routing.determination_ms" in a
+    finally:
+        receiver.close()
