@@ -42,7 +42,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
-from plano_fast.preference_routing import OVERRIDE_MEMBER, strip_member
+from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
@@ -741,8 +741,12 @@ class ConfigExchange(Exchange):
             self._count_tokens_locally()
             return None
         self.fields = fields
-        if self.ctx.preference is not None and self.endpoint is not COUNT_TOKENS:
-            return self._route_by_preference(self.ctx.preference)
+        preference = self.ctx.preference
+        if preference is not None and self.endpoint is not COUNT_TOKENS:
+            pinned = preference.pinned_decision(request)
+            if pinned is not None:
+                return self._routed(pinned)  # no router call: no task either
+            return self._route_by_preference(preference)
         return self._admit_and_forward(route, fields.model, ())
 
     def _admit_and_forward(
@@ -772,12 +776,18 @@ class ConfigExchange(Exchange):
         return self.forward_now()
 
     async def _route_by_preference(self, preference: PreferenceRouter) -> None:
-        """Preference routing (plano_fast.preference_routing): ask the router model (or
-        the session's pin) once, before the retry plan, then go on as any request."""
-        request = self.request
+        """Preference routing (plano_fast.preference_routing): ask the router model once,
+        before the retry plan, then go on as any request."""
         decision = await preference.decide_request(
-            request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
+            self.request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
         )
+        pending = self._routed(decision)
+        if pending is not None:
+            await pending
+
+    def _routed(self, decision: Decision) -> Coroutine[Any, Any, None] | None:
+        """Forward as ``decision`` says: its first model, the rest as fallbacks."""
+        request = self.request
         if request.body.find(b'"routing_preferences"') >= 0:
             # The request's own routes are for the gateway: they never reach the provider.
             request.body = strip_member(request.body, OVERRIDE_MEMBER)
@@ -788,7 +798,7 @@ class ConfigExchange(Exchange):
             raise UnknownModelError(str(exc)) from None
         pending = self._admit_and_forward(route, chosen, decision.models[1:])
         span = self.span
-        if span is not None and preference.calls_or_pins(decision):
+        if span is not None and (decision.pinned or decision.router_ms > 0 or decision.route):
             # Plano's span attributes (brightstaff tracing/constants.rs)
             span.set_attribute("routing.determination_ms", round(decision.router_ms, 3))
             if decision.route is not None:
@@ -798,8 +808,7 @@ class ConfigExchange(Exchange):
             # Plano records the route as a response header; route names are config text.
             name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
             self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
-        if pending is not None:
-            await pending
+        return pending
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one

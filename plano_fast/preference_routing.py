@@ -640,11 +640,13 @@ class PreferenceRouter:
         self.pinned_hits += 1
         return Decision(hit[0], hit[1], True, session)
 
-    @staticmethod
-    def calls_or_pins(decision: Decision) -> bool:
-        """Whether a decision came from the router or a session (not a plain fallback
-        without a call, e.g. a request without messages)."""
-        return decision.pinned or decision.router_ms > 0 or decision.route is not None
+    def pinned_decision(self, request: Request) -> Decision | None:
+        """The session's decision when the request belongs to a live one (and carries no
+        routes of its own), else None: synchronous, so a pinned request needs no task."""
+        if request.body.find(b'"routing_preferences"') >= 0:
+            return None
+        session = self.session_key(request.headers)
+        return None if session is None else self._pinned(session)
 
     def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant

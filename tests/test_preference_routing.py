@@ -440,7 +440,7 @@ def test_measure_added_latency(fake: FakeProviderThread, fake_router: FakeRouter
     pinned one against an unrouted one; asserts only loose bounds (shared machine)."""
     cfg = routing_config(tmp_path / "m.yaml", fake.port, fake_router.port)
     with GatewayProcess(cfg) as gw:
-        def p50(port: int, content: str, n: int = 200, **headers: str) -> float:
+        def p50(port: int, content: str, n: int = 400, **headers: str) -> float:
             body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
             times = []
             with Http(port) as http:
