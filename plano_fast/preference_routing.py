@@ -746,5 +746,8 @@ def decision_body(decision: Decision, trace_id: str) -> bytes:
     }
     if decision.session_id is not None:
         out["session_id"] = decision.session_id
-        out["pinned"] = decision.pinned
+    # Plano's RoutingDecisionResponse: always both; ``switched`` is its routing budget's
+    # verdict, and without routing budgets a pinned session never switches.
+    out["pinned"] = decision.pinned
+    out["switched"] = False
     return json.dumps(out, separators=(",", ":")).encode()

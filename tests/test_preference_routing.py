@@ -402,7 +402,7 @@ def decision_api(h: Http, routed: GatewayProcess, fake: FakeProviderThread, befo
     status, got = h.request("POST", "/routing/v1/chat/completions", body, {"traceparent": tp})
     assert status == 200
     assert got == {"models": ["openai/gpt-4.1", "openai/gpt-4o"], "route": "code generation",
-                   "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}  # fmt: skip
+                   "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "pinned": False, "switched": False}  # fmt: skip
     status, got = h.request("POST", "/routing/v1/messages", {"model": "openai/gpt-4o-mini", "max_tokens": 5,
                             "messages": [{"role": "user", "content": "hello"}]})  # fmt: skip
     assert got["models"] == ["openai/gpt-4o-mini"] and got["route"] is None and len(got["trace_id"]) == 32
