@@ -180,3 +180,35 @@ def test_conversation_of_other_apis() -> None:
     responses = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "q"}]},
                            {"type": "function_call_output", "call_id": "1", "output": "o"}]}
     assert RP.conversation_of(responses, "responses") == [("user", "q")]
+
+
+IMAGE_ROUTE = RP.render_routes([("Image generation", "generating image")])
+LONG = ("given the image In style of Andy Warhol, portrait of Bart and Lisa Simpson and this is a very long "
+        "message that exceeds the max token length of the routing model, so it should be truncated and only "
+        "the last user message should be included in the conversation for routing.")  # fmt: skip
+
+
+def plano_expected(conversation_block: str) -> str:
+    """PLANO_EXPECTED with another <conversation> block (the rest of Plano's expected
+    prompts is the same text)."""
+    head, rest = PLANO_EXPECTED.split("<conversation>\n", 1)
+    return head + "<conversation>\n" + conversation_block + "\n</conversation>" + rest.split("\n</conversation>", 1)[1]
+
+
+# Plano's test_conversation_exceed_token_count (235), ..._large_single_message (200) and
+# test_conversation_trim_upto_user_message (230): budget, conversation, the expected block.
+@pytest.mark.parametrize(("budget", "conversation", "block"), [
+    (235, [("user", "hi"), ("assistant", "Hello! How can I assist you today?"),
+           ("user", "given the image In style of Andy Warhol, portrait of Bart and Lisa Simpson")],
+     '[\n    {\n        "role": "user",\n        "content": "given the image In style of Andy Warhol, portrait of Bart and Lisa Simpson"\n    }\n]'),
+    (200, [("user", "hi"), ("assistant", "Hello! How can I assist you today?"), ("user", LONG)],
+     '[\n    {\n        "role": "user",\n        "content": "' + LONG + '"\n    }\n]'),
+    (230, [("user", "hi"), ("assistant", "Hello! How can I assist you today?"),
+           ("user", "given the image In style of Andy Warhol"), ("assistant", "ok here is the image"),
+           ("user", "pls give me another image about Bart and Lisa")],
+     '[\n    {\n        "role": "user",\n        "content": "given…rhol"\n    },\n    {\n        "role": "assistant",\n'
+     '        "content": "ok here is the image"\n    },\n    {\n        "role": "user",\n'
+     '        "content": "pls give me another image about Bart and Lisa"\n    }\n]'),
+])  # fmt: skip
+def test_token_budget_matches_plano_s_expected_prompts(budget: int, conversation: list[tuple[str, str]], block: str) -> None:
+    assert RP.render_prompt(IMAGE_ROUTE, conversation, budget) == plano_expected(block)
