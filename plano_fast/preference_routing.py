@@ -18,9 +18,10 @@ Plano's headline feature (katanemo/plano ``router/orchestrator.rs``,
   timeout, error or no match the request's own ``model`` is used.
 * **selection** (:func:`rank`): ``cheapest`` by the price table (input + output price for
   the request's estimated size: body bytes / 4 in, ``max_tokens`` or as many out);
-  ``fastest`` by the gateway's own mean time to first byte per model (its request
-  metrics, since process start, not a moving window); models without a price or a
-  measurement go last, in config order; ``none`` keeps config order.
+  ``fastest`` by this process's own mean upstream time per model (request sent to last
+  byte) over about the last 5 minutes (:class:`LatencyWindow`, read off its request
+  metrics); models without a price or a measurement go last, in config order; ``none``
+  keeps config order.
 
 A request body's own top-level ``routing_preferences`` (same item shape) replaces the
 config's routes for that request and is cut out of the body before it is forwarded
@@ -37,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -385,14 +387,15 @@ def rank(
     prefer: str,
     router: Router,
     pricing: PricingRegistry | None,
-    metrics: RequestMetrics | None,
+    latency: Mapping[LatencyKey, float] | None,
     tokens: tuple[int, int],
 ) -> list[str]:
-    """``models`` ordered by the selection policy (stable; unknowns last, in order)."""
+    """``models`` ordered by the selection policy (stable; unknowns last, in order):
+    ``latency`` is seconds per (provider, model) for ``fastest``."""
     if prefer == "none" or len(models) < 2:
         return list(models)
     scores: list[tuple[int, float, int, str]] = []
-    latency = _mean_latency(metrics) if prefer == "fastest" else {}
+    latency = latency or {}
     for i, m in enumerate(models):
         route = router.resolve(m)
         provider, upstream = route.provider.provider, route.upstream_model or m
@@ -408,21 +411,50 @@ def rank(
     return [s[3] for s in scores]
 
 
-def _mean_latency(metrics: RequestMetrics | None) -> dict[tuple[str, str], float]:
-    """Mean seconds to the response head per (provider, model), from the gateway's own
-    request metrics (time to first token where streamed, else upstream time)."""
-    if metrics is None:
-        return {}
-    sums: dict[tuple[str, str], list[float]] = {}
-    for hist in (metrics.histograms[2], metrics.histograms[1]):
-        for labels, row in hist.items():
-            key = (labels[1], labels[2])
-            if key in sums and hist is metrics.histograms[1]:
-                continue
-            acc = sums.setdefault(key, [0.0, 0.0])
-            acc[0] += row[-1]
-            acc[1] += sum(row[:-1])
-    return {k: s / n for k, (s, n) in sums.items() if n}
+LatencyKey = tuple[str, str]  # (provider, upstream model)
+
+
+def latency_totals(metrics: RequestMetrics) -> dict[LatencyKey, tuple[float, float]]:
+    """(seconds, requests) per (provider, model) of upstream time (request sent to last
+    byte), summed since the process started, from the gateway's own request metrics."""
+    out: dict[LatencyKey, tuple[float, float]] = {}
+    for labels, row in metrics.histograms[1].items():
+        key = (labels[1], labels[2])
+        s, n = out.get(key, (0.0, 0.0))
+        out[key] = (s + row[-1], n + sum(row[:-1]))
+    return out
+
+
+class LatencyWindow:
+    """Mean upstream time per model over about the last ``window_s``: snapshots of the
+    cumulative metrics every ``step_s``, the mean being the difference between now and the
+    oldest snapshot still in the window (the mean since start for a model without traffic
+    in it).  Read only when a ``fastest`` route is ranked: nothing on the hot path."""
+
+    __slots__ = ("metrics", "window_s", "step_s", "_snaps")
+
+    def __init__(self, metrics: RequestMetrics, window_s: float = 300.0, step_s: float = 10.0) -> None:
+        self.metrics = metrics
+        self.window_s = window_s
+        self.step_s = step_s
+        self._snaps: deque[tuple[float, dict[LatencyKey, tuple[float, float]]]] = deque()
+
+    def means(self, now: float) -> dict[LatencyKey, float]:
+        totals = latency_totals(self.metrics)
+        snaps = self._snaps
+        if not snaps or now - snaps[-1][0] >= self.step_s:
+            snaps.append((now, totals))
+        while len(snaps) > 1 and now - snaps[1][0] >= self.window_s:
+            snaps.popleft()
+        base = snaps[0][1]
+        out: dict[LatencyKey, float] = {}
+        for key, (total_s, n) in totals.items():
+            base_s, base_n = base.get(key, (0.0, 0.0))
+            if n > base_n:
+                out[key] = (total_s - base_s) / (n - base_n)
+            elif n:
+                out[key] = total_s / n
+        return out
 
 
 # --------------------------------------------------------------------------- sessions
@@ -557,7 +589,7 @@ class PreferenceRouter:
 
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
-        "by_name", "calls", "failures", "pinned_hits", "usage_sink",
+        "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency",
     )
 
     def __init__(
@@ -576,6 +608,7 @@ class PreferenceRouter:
         self.pool = pool
         self.pricing = pricing
         self.metrics = metrics
+        self.latency = LatencyWindow(metrics) if metrics is not None else None
         self.sessions = SessionCache(config.session_ttl_s, config.session_max_entries)
         self.routes_text = RP.render_routes((p.name, p.description) for p in config.preferences)
         self.by_name = {p.name: p for p in config.preferences}
@@ -728,7 +761,10 @@ class PreferenceRouter:
         if names:
             pref = by_name[names[0]]
             tokens = estimate_tokens(body_len, body)
-            ranked = rank(pref.models, pref.prefer, self.router, self.pricing, self.metrics, tokens)
+            latency = None
+            if pref.prefer == "fastest" and self.latency is not None:
+                latency = self.latency.means(time.monotonic())
+            ranked = rank(pref.models, pref.prefer, self.router, self.pricing, latency, tokens)
             decision = Decision(tuple(ranked), pref.name, False, session, router_ms)
         else:
             decision = Decision(fallback, None, False, session, router_ms, error)

@@ -270,9 +270,17 @@ def test_cheapest_uses_the_price_table_unknown_last() -> None:
     m = RequestMetrics()
     m.observe(("config", "openai", "gpt-4o", "chat_completions"), 200, 0.5, 0.4, None, None)
     m.observe(("config", "openai", "gpt-4.1", "chat_completions"), 200, 0.9, 0.8, None, None)
-    assert PR.rank(models, "fastest", router, pricing, m, (1, 1)) == [
+    window = PR.LatencyWindow(m, window_s=300, step_s=10)
+    assert PR.rank(models, "fastest", router, pricing, window.means(0.0), (1, 1)) == [
         "openai/gpt-4o", "openai/gpt-4.1", "custom/mystery", "openai/gpt-4o-mini",
     ]
+    # gpt-4o slows down: the window follows recent traffic, not the mean since start
+    for t in range(1, 40):
+        m.observe(("config", "openai", "gpt-4o", "chat_completions"), 200, 2.1, 2.0, None, None)
+        window.means(t * 10.0)
+    means = window.means(400.0)
+    assert means[("openai", "gpt-4o")] == pytest.approx(2.0) and means[("openai", "gpt-4.1")] == pytest.approx(0.8)
+    assert PR.rank(models, "fastest", router, pricing, means, (1, 1))[:2] == ["openai/gpt-4.1", "openai/gpt-4o"]
     assert PR.estimate_tokens(400, {"max_tokens": 7}) == (100, 7)
     assert PR.estimate_tokens(400, {}) == (100, 100)
 
