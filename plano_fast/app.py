@@ -285,6 +285,8 @@ class Gateway:
                 await self.ctx.access_log.stop()
             if self.ctx.ratelimits is not None:
                 await self.ctx.ratelimits.backend.close()
+            if self.ctx.preference is not None:
+                await self.ctx.preference.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
         await self.store.close()
@@ -317,6 +319,8 @@ class Gateway:
             values["router_calls"] = preference.calls
             values["router_failures"] = preference.failures
             values["router_session_pins"] = preference.pinned_hits
+            if preference.redis is not None:
+                values["router_session_cache_errors"] = preference.redis.errors
         return values
 
     async def _housekeeping(self) -> None:

@@ -29,8 +29,10 @@ config's routes for that request and is cut out of the body before it is forward
 is neither answered from nor stored in its session.
 
 Sessions (``x-model-affinity``, or ``routing.session_cache.tenant_header`` + it) keep their
-decision for ``session_ttl_seconds`` in a bounded in-memory LRU: the router is asked once
-per session, and never once per retry (the exchange decides before its retry plan).
+decision for ``session_ttl_seconds`` in a bounded in-memory LRU, and in Redis with
+``session_cache.type: redis`` (then the LRU caches Redis: a decision read from it lives
+locally for up to one more TTL): the router is asked once per session, and never once per
+retry (the exchange decides before its retry plan).
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class PreferenceConfig:
     session_ttl_s: float = DEFAULT_SESSION_TTL_S
     session_max_entries: int = MAX_SESSION_ENTRIES
     tenant_header: bytes | None = None
+    #: routing.session_cache type redis: sessions shared by every worker and instance
+    session_redis_url: str | None = None
     route_on_user_only: bool = False
     max_token_length: int = RP.MAX_TOKEN_LEN
     timeout_s: float = DEFAULT_ROUTER_TIMEOUT_MS / 1000
@@ -199,11 +203,18 @@ def parse(
         errors.append((("routing", "timeout_ms"), "expected milliseconds from 1 to 600000"))
         timeout_ms = DEFAULT_ROUTER_TIMEOUT_MS
     tenant: bytes | None = None
+    redis_url: str | None = None
     cache = routing.get("session_cache")
     if isinstance(cache, dict):
         kind = cache.get("type", "memory")
         if kind not in ("memory", "redis"):
             errors.append((("routing", "session_cache", "type"), "expected memory or redis"))
+        url = cache.get("url")
+        if kind == "redis":
+            if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+                errors.append((("routing", "session_cache", "url"), "type redis needs a redis:// URL"))
+            else:
+                redis_url = url
         th = cache.get("tenant_header")
         if isinstance(th, str) and th.strip():
             tenant = th.strip().lower().encode()
@@ -252,6 +263,7 @@ def parse(
             session_ttl_s=float(ttl),
             session_max_entries=entries,
             tenant_header=tenant,
+            session_redis_url=redis_url,
             route_on_user_only=on_user,
             max_token_length=ctx_len,
             timeout_s=timeout_ms / 1000,
@@ -491,6 +503,46 @@ class SessionCache:
             entries.popitem(last=False)
 
 
+class RedisSessions:
+    """Sessions in Redis (``routing.session_cache.type: redis``): one JSON value per
+    session under ``plano_fast:session:<key>`` with the session TTL.  Fails open, as
+    Plano's does: a Redis error is a miss (counted), never a refused request."""
+
+    PREFIX: Final = "plano_fast:session:"
+
+    def __init__(self, url: str, ttl_s: float) -> None:
+        import redis.asyncio as aioredis
+
+        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.ttl_s = ttl_s
+        self.errors = 0
+
+    async def get(self, key: str) -> tuple[tuple[str, ...], str | None] | None:
+        try:
+            raw = await self.client.get(self.PREFIX + key)
+        except Exception:  # noqa: BLE001 - fail open
+            self.errors += 1
+            return None
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+            models, route = tuple(str(m) for m in doc["models"]), doc.get("route")
+        except (ValueError, KeyError, TypeError):
+            return None
+        return models, route if isinstance(route, str) else None
+
+    async def put(self, key: str, models: tuple[str, ...], route: str | None) -> None:
+        value = json.dumps({"models": list(models), "route": route})
+        try:
+            await self.client.set(self.PREFIX + key, value, px=max(1, int(self.ttl_s * 1000)))
+        except Exception:  # noqa: BLE001 - fail open
+            self.errors += 1
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
 # --------------------------------------------------------------------------- runtime
 
 
@@ -589,7 +641,7 @@ class PreferenceRouter:
 
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
-        "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency",
+        "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency", "redis",
     )
 
     def __init__(
@@ -610,6 +662,9 @@ class PreferenceRouter:
         self.metrics = metrics
         self.latency = LatencyWindow(metrics) if metrics is not None else None
         self.sessions = SessionCache(config.session_ttl_s, config.session_max_entries)
+        self.redis: RedisSessions | None = None
+        if config.session_redis_url is not None:
+            self.redis = RedisSessions(config.session_redis_url, config.session_ttl_s)
         self.routes_text = RP.render_routes((p.name, p.description) for p in config.preferences)
         self.by_name = {p.name: p for p in config.preferences}
         self.calls = 0
@@ -653,6 +708,12 @@ class PreferenceRouter:
         session = self.session_key(request.headers)
         if session is not None and not override:
             pinned = self._pinned(session)
+            if pinned is None and self.redis is not None:
+                hit = await self.redis.get(session)
+                if hit is not None:
+                    self.sessions.put(session, hit[0], hit[1], time.monotonic())
+                    self.pinned_hits += 1
+                    pinned = Decision(hit[0], hit[1], True, session)
             if pinned is not None:
                 return pinned
         try:
@@ -679,6 +740,8 @@ class PreferenceRouter:
         if request.body.find(b'"routing_preferences"') >= 0:
             return None
         session = self.session_key(request.headers)
+        # With Redis, the local copy is a cache of the shared one: a miss here is looked
+        # up there (asynchronously) by decide_request.
         return None if session is None else self._pinned(session)
 
     def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -770,7 +833,13 @@ class PreferenceRouter:
             decision = Decision(fallback, None, False, session, router_ms, error)
         if session is not None and not error and prefs is None:
             self.sessions.put(session, decision.models, decision.route, time.monotonic())
+            if self.redis is not None:
+                await self.redis.put(session, decision.models, decision.route)
         return decision
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
 
 
 def decision_body(decision: Decision, trace_id: str) -> bytes:

@@ -39,8 +39,6 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("state_storage_v1_responses", "Responses-API conversation state storage"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
-    ("routing.session_cache.type=redis", "a Redis session cache (sessions are pinned in memory, per process)"),
-    ("routing.session_cache.url", "a Redis session cache (sessions are pinned in memory, per process)"),
     ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
     ("model_metrics_sources", "cost and latency metrics for selection policies"),
     ("prompt_caching", "prompt-cache markers and session affinity"),

@@ -25,6 +25,7 @@ from plano_fast.routing import Router
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_e2e import read_rows
 from tests.test_metrics import ADMIN_KEY, scrape_text
+from tests.test_ratelimit import redis_url  # noqa: F401 - the fixture
 from tests.test_router_prompt import PLANO_TEMPLATE
 
 ROUTES = [
@@ -697,3 +698,32 @@ def test_the_route_is_a_span_attribute(fake: FakeProviderThread, fake_router: Fa
         assert a["plano.route.name"] == "code generation" and "routing.determination_ms" in a
     finally:
         receiver.close()
+
+
+def test_redis_sessions_are_shared_between_instances(
+    fake: FakeProviderThread, fake_router: FakeRouter, tmp_path: Path, redis_url: str
+) -> None:
+    """Two gateways sharing routing.session_cache type redis: a session pinned by one is
+    pinned in the other without a router call."""
+    extra = f"routing: {{timeout_ms: 300, session_ttl_seconds: 60, session_cache: {{type: redis, url: '{redis_url}'}}}}\n"
+    configs = []
+    for name in ("a", "b"):
+        cfg = routing_config(tmp_path / f"{name}.yaml", fake.port, fake_router.port)
+        cfg.write_text(cfg.read_text().replace("routing: {timeout_ms: 300, session_ttl_seconds: 1}\n", extra))
+        configs.append(cfg)
+    assert not parse_config(configs[0].read_text(), env={}).unimplemented
+    session = {"x-model-affinity": f"shared-{time.time_ns()}"}
+    with GatewayProcess(configs[0]) as a, GatewayProcess(configs[1]) as b:
+        client(a, **session).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "write code"}])
+        assert last_model(fake) == "gpt-4.1"
+        calls = len(fake_router.prompts)
+        raw = client(b, **session).chat.completions.with_raw_response.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "and the weather?"}])
+        assert last_model(fake) == "gpt-4.1" and len(fake_router.prompts) == calls
+        assert raw.headers["x-model-router-selected-route"] == "code generation"
+
+
+def test_redis_session_url_is_required() -> None:
+    with pytest.raises(ConfigError, match=r"routing.session_cache.url: type redis needs a redis:// URL"):
+        parse("version: v0.4.0\n" + BASE + "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o]}]\n"
+              "overrides: {llm_routing_model: arch/Arch-Router}\nrouting: {session_cache: {type: redis}}\n")
