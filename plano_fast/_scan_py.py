@@ -36,27 +36,45 @@ Request side (:func:`scan_request`, :func:`rewrite_request`)
 
 Response side (:class:`UsageScanner`)
 -------------------------------------
-Mapping into :class:`Usage` (numbers are exactly what the provider reported; nothing is
-derived or subtracted):
+Normalized usage: :class:`Usage` follows one row convention whatever the provider (issue 18),
+derived from the provider's documented fields:
 
-=================  =====================  ======================  ===========================  ================================  ========================
-API                input_tokens           output_tokens           cache_read_tokens            cache_write_tokens                reasoning_tokens
-=================  =====================  ======================  ===========================  ================================  ========================
-OpenAI chat        usage.prompt_tokens    usage.completion_tokens prompt_tokens_details        prompt_tokens_details             completion_tokens_details
-                                                                  .cached_tokens (else         .cache_write_tokens               .reasoning_tokens
-                                                                  DeepSeek's usage
-                                                                  .prompt_cache_hit_tokens)
-OpenAI Responses   usage.input_tokens     usage.output_tokens     input_tokens_details         input_tokens_details              output_tokens_details
-                                                                  .cached_tokens               .cache_write_tokens               .reasoning_tokens
-Anthropic          usage.input_tokens     usage.output_tokens     cache_read_input_tokens      cache_creation_input_tokens       (0)
-Gemini             usageMetadata          usageMetadata           usageMetadata                (0)                               usageMetadata
-                   .promptTokenCount      .candidatesTokenCount   .cachedContentTokenCount                                       .thoughtsTokenCount
-=================  =====================  ======================  ===========================  ================================  ========================
+* ``input_tokens``: every prompt token the request consumed (uncached + cache read + cache
+  write + tool-use prompt);
+* ``cache_read_tokens``, ``cache_write_tokens`` (of which ``cache_write_1h_tokens``),
+  ``tool_use_prompt_tokens``, ``audio_input_tokens``: subsets of ``input_tokens``;
+* ``output_tokens``: every billed output token (visible + reasoning/thinking);
+* ``reasoning_tokens``, ``audio_output_tokens``: subsets of ``output_tokens``.
 
-Semantics therefore differ per provider and are left to the caller: OpenAI/Gemini input
-*includes* cached tokens, Anthropic ``input_tokens`` excludes cache reads and writes; OpenAI
-output includes reasoning, Gemini ``candidatesTokenCount`` excludes thoughts, xAI reports
-reasoning outside ``completion_tokens``.
+=================  ==========================================  ================================================
+API                input side                                  output side
+=================  ==========================================  ================================================
+OpenAI chat        ``prompt_tokens`` (cached ⊂);               ``completion_tokens`` (reasoning ⊂);
+                   cache read ``prompt_tokens_details          reasoning ``completion_tokens_details
+                   .cached_tokens`` (else DeepSeek's           .reasoning_tokens``; audio ``.audio_tokens``.
+                   ``prompt_cache_hit_tokens``); cache write   When ``total_tokens == prompt + completion +
+                   ``.cache_write_tokens``; audio              reasoning`` with reasoning > 0 (xAI reports
+                   ``.audio_tokens``                           reasoning outside completion) output =
+                                                               completion + reasoning
+OpenAI Responses   ``input_tokens``; ``input_tokens_details    ``output_tokens``; ``output_tokens_details
+                   .cached_tokens`` / ``.cache_write_tokens``  .reasoning_tokens``
+Anthropic          ``input_tokens + cache_read_input_tokens    ``output_tokens``; reasoning
+                   + cache_creation_input_tokens``; cache      ``output_tokens_details.thinking_tokens``
+                   write = ``cache_creation_input_tokens``
+                   (at least ``cache_creation
+                   .ephemeral_5m_input_tokens +
+                   ephemeral_1h_input_tokens``), 1h part
+                   ``ephemeral_1h_input_tokens``
+Gemini             ``promptTokenCount +                        ``candidatesTokenCount + thoughtsTokenCount``;
+                   toolUsePromptTokenCount``; cache read       reasoning ``thoughtsTokenCount``
+                   ``cachedContentTokenCount``; tool-use
+                   ``toolUsePromptTokenCount``
+=================  ==========================================  ================================================
+
+A subset larger than its total (a malformed or inconsistent object, e.g. an OpenRouter
+recording with ``reasoning_tokens`` 11 > ``completion_tokens`` 10) is capped at what is left
+of the total, in the order cache read, cache write, 1h write / tool-use / audio: a row never
+holds a negative uncached or visible count.  Totals are never raised to fit a subset.
 
 Where the usage object is looked for, per JSON document (a non-streamed body, or the ``data``
 of one SSE event; a top-level array is treated as a sequence of documents, which covers
@@ -68,8 +86,9 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
   any event (in practice ``response.completed`` / ``response.incomplete`` /
   ``response.failed``; the earlier events carry ``null``, which is ignored).
 * Anthropic: top-level ``usage`` (non-streamed body, ``message_delta``) and ``message.usage``
-  (``message_start``).  Anthropic fields are merged one by one, later values win, so
-  ``message_delta`` counts override ``message_start`` ones when present.  Only a top-level
+  (``message_start``).  Anthropic fields (including the ones inside ``cache_creation`` and
+  ``output_tokens_details``) are merged one by one, later values win, so ``message_delta``
+  counts override ``message_start`` ones when present.  Only a top-level
   ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
   in the fields but reports ``has_usage=False`` (its output count is a placeholder).
 * Gemini: ``usageMetadata`` (cumulative: the last one wins).
@@ -77,7 +96,8 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
 
 A usage object counts only when it is an object, at least one of its input/output counts is
 present, every count that is present (and not ``null``) is an integer
-``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` member is an object or ``null``;
+``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` / ``cache_creation`` member that is read
+is an object or ``null``;
 otherwise it is ignored (``has_usage`` stays as it was: never a made-up number).  Absent
 counts read as 0.  ``model`` is the top-level ``model`` string (Gemini ``modelVersion``;
 Responses ``response.model`` and Anthropic ``message.model`` when the top-level one is
@@ -452,7 +472,10 @@ class Usage:
     """Token usage read from a response body or stream."""
 
     __slots__ = (
+        "audio_input_tokens",
+        "audio_output_tokens",
         "cache_read_tokens",
+        "cache_write_1h_tokens",
         "cache_write_tokens",
         "has_usage",
         "input_tokens",
@@ -460,6 +483,7 @@ class Usage:
         "model",
         "output_tokens",
         "reasoning_tokens",
+        "tool_use_prompt_tokens",
     )
 
     def __init__(
@@ -472,6 +496,10 @@ class Usage:
         has_usage: bool = False,
         model: str | None = None,
         is_error: bool = False,
+        tool_use_prompt_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        audio_input_tokens: int = 0,
+        audio_output_tokens: int = 0,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -481,8 +509,12 @@ class Usage:
         self.has_usage = has_usage
         self.model = model
         self.is_error = is_error
+        self.tool_use_prompt_tokens = tool_use_prompt_tokens
+        self.cache_write_1h_tokens = cache_write_1h_tokens
+        self.audio_input_tokens = audio_input_tokens
+        self.audio_output_tokens = audio_output_tokens
 
-    def _key(self) -> tuple[int, int, int, int, int, bool, str | None, bool]:
+    def _key(self) -> tuple[object, ...]:
         return (
             self.input_tokens,
             self.output_tokens,
@@ -492,6 +524,10 @@ class Usage:
             self.has_usage,
             self.model,
             self.is_error,
+            self.tool_use_prompt_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+            self.audio_output_tokens,
         )
 
     def __repr__(self) -> str:
@@ -500,7 +536,11 @@ class Usage:
             f"cache_read_tokens={self.cache_read_tokens}, "
             f"cache_write_tokens={self.cache_write_tokens}, "
             f"reasoning_tokens={self.reasoning_tokens}, has_usage={self.has_usage}, "
-            f"model={self.model!r}, is_error={self.is_error})"
+            f"model={self.model!r}, is_error={self.is_error}, "
+            f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
+            f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
+            f"audio_input_tokens={self.audio_input_tokens}, "
+            f"audio_output_tokens={self.audio_output_tokens})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -531,49 +571,102 @@ def _details(value: Any) -> dict[str, Any]:
     return value
 
 
-_Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+# Raw fields, in this order (absent: None): the provider's own counts, nothing derived.
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT = range(11)
+_NRAW: Final = 11
+_Counts = tuple[int | None, ...]
 
 
 def _usage_counts(api: int, usage: Any) -> _Counts | None:
-    """(input, output, cache_read, cache_write, reasoning) with None for absent, or None when
-    the usage object does not count."""
+    """The raw fields (see ``_IN``...) with None for absent, or None when the usage object
+    does not count."""
     if type(usage) is not dict:
         return None
+    raw: list[int | None] = [None] * _NRAW
     try:
         if api == API_OPENAI_CHAT or api == API_OPENAI_RESPONSES:
             chat = api == API_OPENAI_CHAT
-            inp = _count(usage.get("prompt_tokens" if chat else "input_tokens"))
-            out = _count(usage.get("completion_tokens" if chat else "output_tokens"))
+            raw[_IN] = _count(usage.get("prompt_tokens" if chat else "input_tokens"))
+            raw[_OUT] = _count(usage.get("completion_tokens" if chat else "output_tokens"))
             in_details = _details(
                 usage.get("prompt_tokens_details" if chat else "input_tokens_details")
             )
             out_details = _details(
                 usage.get("completion_tokens_details" if chat else "output_tokens_details")
             )
-            cache_read = _count(in_details.get("cached_tokens"))
-            cache_write = _count(in_details.get("cache_write_tokens"))
-            reasoning = _count(out_details.get("reasoning_tokens"))
+            raw[_CR] = _count(in_details.get("cached_tokens"))
+            raw[_CW] = _count(in_details.get("cache_write_tokens"))
+            raw[_RS] = _count(out_details.get("reasoning_tokens"))
             if chat:
                 hit = _count(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
-                if cache_read is None:
-                    cache_read = hit
+                if raw[_CR] is None:
+                    raw[_CR] = hit
+                raw[_AIN] = _count(in_details.get("audio_tokens"))
+                raw[_AOUT] = _count(out_details.get("audio_tokens"))
+                raw[_TOT] = _count(usage.get("total_tokens"))
         elif api == API_ANTHROPIC:
-            inp = _count(usage.get("input_tokens"))
-            out = _count(usage.get("output_tokens"))
-            cache_read = _count(usage.get("cache_read_input_tokens"))
-            cache_write = _count(usage.get("cache_creation_input_tokens"))
-            reasoning = None
+            raw[_IN] = _count(usage.get("input_tokens"))
+            raw[_OUT] = _count(usage.get("output_tokens"))
+            raw[_CR] = _count(usage.get("cache_read_input_tokens"))
+            raw[_CW] = _count(usage.get("cache_creation_input_tokens"))
+            creation = _details(usage.get("cache_creation"))
+            raw[_CW5] = _count(creation.get("ephemeral_5m_input_tokens"))
+            raw[_CW1H] = _count(creation.get("ephemeral_1h_input_tokens"))
+            raw[_RS] = _count(_details(usage.get("output_tokens_details")).get("thinking_tokens"))
         else:
-            inp = _count(usage.get("promptTokenCount"))
-            out = _count(usage.get("candidatesTokenCount"))
-            cache_read = _count(usage.get("cachedContentTokenCount"))
-            cache_write = None
-            reasoning = _count(usage.get("thoughtsTokenCount"))
+            raw[_IN] = _count(usage.get("promptTokenCount"))
+            raw[_OUT] = _count(usage.get("candidatesTokenCount"))
+            raw[_CR] = _count(usage.get("cachedContentTokenCount"))
+            raw[_RS] = _count(usage.get("thoughtsTokenCount"))
+            raw[_TOOL] = _count(usage.get("toolUsePromptTokenCount"))
     except _Bad:
         return None
-    if inp is None and out is None:
+    if raw[_IN] is None and raw[_OUT] is None:
         return None
-    return (inp, out, cache_read, cache_write, reasoning)
+    return tuple(raw)
+
+
+def _normalize(api: int, v: list[int]) -> Usage:
+    """The row convention (module docstring, "Normalized usage") from raw fields."""
+    cw1h = tool = ain = aout = 0
+    if api == API_ANTHROPIC:
+        cr = v[_CR]
+        cw = max(v[_CW], v[_CW5] + v[_CW1H])
+        cw1h = v[_CW1H]
+        inp = v[_IN] + cr + cw
+        out = v[_OUT]
+        rs = v[_RS]
+    elif api == API_GEMINI:
+        tool = v[_TOOL]
+        inp = v[_IN] + tool
+        cr = v[_CR]
+        cw = 0
+        rs = v[_RS]
+        out = v[_OUT] + rs
+    else:
+        inp = v[_IN]
+        cr = v[_CR]
+        cw = v[_CW]
+        rs = v[_RS]
+        out = v[_OUT]
+        if api == API_OPENAI_CHAT:
+            ain = v[_AIN]
+            aout = v[_AOUT]
+            if rs > 0 and v[_TOT] == inp + out + rs:
+                out += rs  # reasoning reported outside completion_tokens (xAI)
+    cr = min(cr, inp)
+    cw = min(cw, inp - cr)
+    return Usage(
+        inp,
+        out,
+        cr,
+        cw,
+        min(rs, out),
+        tool_use_prompt_tokens=min(tool, inp),
+        cache_write_1h_tokens=min(cw1h, cw),
+        audio_input_tokens=min(ain, inp - cr - cw),
+        audio_output_tokens=min(aout, out),
+    )
 
 
 def _good_model(value: Any) -> str | None:
@@ -597,7 +690,7 @@ class _Acc:
     __slots__ = ("counts", "has_usage", "is_error", "model")
 
     def __init__(self) -> None:
-        self.counts = [0, 0, 0, 0, 0]
+        self.counts = [0] * _NRAW
         self.has_usage = False
         self.is_error = False
         self.model: str | None = None
@@ -804,8 +897,11 @@ class UsageScanner:
 
     def result(self) -> Usage:
         acc = self._acc
-        c = acc.counts
-        return Usage(c[0], c[1], c[2], c[3], c[4], acc.has_usage, acc.model, acc.is_error)
+        usage = _normalize(self._api, acc.counts)
+        usage.has_usage = acc.has_usage
+        usage.model = acc.model
+        usage.is_error = acc.is_error
+        return usage
 
     # -- non-streamed JSON --------------------------------------------------------------------
 
