@@ -22,7 +22,7 @@ more are scanned with the GIL released.
 cimport cython
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport int64_t
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from plano_fast._scan_py import (
@@ -202,6 +202,7 @@ cdef enum:
     C_TYPE_CAP = 32
     C_MAX_DIGITS = 18
     C_SPANS = 8
+    C_RAW_CAP = 2048          # bytes of one provider usage object kept for the row
     NOGIL_MIN = 1048576        # release the GIL only for inputs of 1 MiB or more
 
 MAX_DEPTH = C_MAX_DEPTH
@@ -210,6 +211,7 @@ MAX_EVENT_BYTES = C_MAX_EVENT
 MAX_HOLD_BYTES = C_MAX_HOLD
 MAX_MODEL_BYTES = C_MODEL_CAP
 MAX_TOKEN_COUNT = 999_999_999_999_999_999  # 10**C_MAX_DIGITS - 1
+MAX_RAW_USAGE_BYTES = C_RAW_CAP
 
 cdef enum:
     # APIs
@@ -363,6 +365,11 @@ ERR_TEXT[10] = b"unexpected end of input"
 
 cdef struct Acc:
     int64_t v[NF]    # raw provider fields (F_*), merged; normalized by UsageScanner.result
+    # the provider's usage objects as received: [0] Anthropic message_start, [1] the final
+    # one; length -1 = larger than C_RAW_CAP (not kept).  raw_set: written by this document
+    bint raw_set[2]
+    Py_ssize_t raw_len[2]
+    unsigned char raw[2][C_RAW_CAP]
     bint has_usage
     bint is_error
     bint model_set
@@ -388,6 +395,9 @@ cdef struct DocRec:
     bint typ
     unsigned char type_buf[C_TYPE_CAP]
     URec u[2]
+    # the bytes of u[i]'s object (-1: over C_RAW_CAP)
+    Py_ssize_t raw_len[2]
+    unsigned char raw[2][C_RAW_CAP]
     int choices
     # strip_usage_chunk: the single top-level "usage":null member
     int usage_members
@@ -478,6 +488,11 @@ cdef struct Walker:
     DocRec *doc
     ReqRec *req
     Acc *pend
+    # usage object capture (responses): the buffer being walked, the open usage record
+    const unsigned char *cur_buf
+    int64_t cur_base
+    int rec             # 0: none, else 1 + the record (u[rec - 1]) being captured
+    Py_ssize_t rec_from # where the capture resumes in cur_buf
 
 
 # ------------------------------------------------------------------------------------------
@@ -551,6 +566,7 @@ cdef inline void w_reset(Walker *w) noexcept nogil:
     w.vslot[0] = SL_NONE
     w.vslot[1] = SL_NONE
     w.vslot[2] = SL_NONE
+    w.rec = 0
     if w.req != NULL:
         req_reset(w.req)
     # the document record is reset when a document object opens (open_obj)
@@ -894,14 +910,18 @@ cdef void doc_eval(Walker *w) noexcept nogil:
             for i in range(NF):
                 if d.u[1].fst[i] == ST_OK:
                     a.v[i] = d.u[1].fv[i]
+            raw_take(a, 0, d, 1)
         if urec_eval(&d.u[0]):
             for i in range(NF):
                 if d.u[0].fst[i] == ST_OK:
                     a.v[i] = d.u[0].fv[i]
             a.has_usage = 1
+            raw_take(a, 1, d, 0)
         return
-    r = &d.u[0] if d.u[0].status != ST_ABSENT else &d.u[1]
+    i = 0 if d.u[0].status != ST_ABSENT else 1
+    r = &d.u[i]
     if urec_eval(r):
+        raw_take(a, 1, d, i)
         for i in range(NF):
             a.v[i] = r.fv[i] if r.fst[i] == ST_OK else 0
         if r.fst[F_CR] != ST_OK and r.fst[F_HIT] == ST_OK:
@@ -986,6 +1006,10 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
             w.vkind[depth] = K_OBJ if c == b'{' else K_ARR
         if c == b'{':
             node = open_obj(w, slot)
+            if node == ND_USAGE1 or node == ND_USAGE2:
+                w.rec = 1 + node - ND_USAGE1
+                w.rec_from = off - w.cur_base
+                w.doc.raw_len[node - ND_USAGE1] = 0
             w.kind[depth] = K_OBJ
             w.state = W_KEY_OR_CLOSE
             if depth == 1:
@@ -1080,12 +1104,48 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
     return 0
 
 
+cdef void raw_copy(Walker *w, Py_ssize_t upto) noexcept nogil:
+    """Append cur_buf[rec_from:upto] to the captured usage object."""
+    cdef int i = w.rec - 1
+    cdef Py_ssize_t n = upto - w.rec_from
+    cdef Py_ssize_t have = w.doc.raw_len[i]
+    if n > 0 and have >= 0:
+        if have + n > C_RAW_CAP:
+            w.doc.raw_len[i] = -1
+        else:
+            memcpy(w.doc.raw[i] + have, w.cur_buf + w.rec_from, n)
+            w.doc.raw_len[i] = have + n
+    w.rec_from = upto
+
+
+cdef int w_feed_cap(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base) noexcept nogil:
+    """``w_feed`` for responses: also captures the bytes of the usage objects."""
+    cdef int rc
+    w.cur_buf = buf
+    w.cur_base = base
+    w.rec_from = 0
+    rc = w_feed(w, buf, n, base)
+    if rc == 0 and w.rec:
+        raw_copy(w, n)
+    return rc
+
+
+cdef inline void raw_take(Acc *a, int to, DocRec *d, int frm) noexcept nogil:
+    a.raw_set[to] = 1
+    a.raw_len[to] = d.raw_len[frm]
+    if d.raw_len[frm] > 0:
+        memcpy(a.raw[to], d.raw[frm], d.raw_len[frm])
+
+
 cdef inline void container_done(Walker *w, int64_t off) noexcept nogil:
     """The container at the top of the stack closed (``off`` = after the bracket)."""
     cdef int depth = w.depth - 1
     w.depth = depth
     if w.node[depth] == ND_DOC:
         doc_eval(w)
+    elif w.rec and (w.node[depth] == ND_USAGE1 or w.node[depth] == ND_USAGE2):
+        raw_copy(w, off - w.cur_base)
+        w.rec = 0
     if depth <= 2:
         value_end(w, off)
     w.state = W_DONE if depth == 0 else W_AFTER
@@ -2244,9 +2304,18 @@ cdef class UsageScanner:
         self.pend.has_usage = self.acc.has_usage
         self.pend.is_error = self.acc.is_error
         self.pend.model_set = 0
+        self.pend.raw_set[0] = 0
+        self.pend.raw_set[1] = 0
 
     cdef inline void commit(self) noexcept:
+        cdef int i
         memcpy(self.acc.v, self.pend.v, sizeof(self.acc.v))
+        for i in range(2):
+            if self.pend.raw_set[i]:
+                self.acc.raw_set[i] = 1
+                self.acc.raw_len[i] = self.pend.raw_len[i]
+                if self.pend.raw_len[i] > 0:
+                    memcpy(self.acc.raw[i], self.pend.raw[i], self.pend.raw_len[i])
         self.acc.has_usage = self.pend.has_usage
         self.acc.is_error = self.acc.is_error or self.pend.is_error
         if self.pend.model_set:
@@ -2324,6 +2393,23 @@ cdef class UsageScanner:
             return bytes(out)
         return b""
 
+    def raw_usage(self):
+        """The provider's usage object(s) as received, wrapped in a document that scans
+        (with this API, not streaming) to the same counts; ``None`` when no usage was read
+        or an object was larger than 2 KiB (see plano_fast._scan_py)."""
+        cdef Acc *a = &self.acc
+        if not a.raw_set[1] or a.raw_len[1] <= 0 or (a.raw_set[0] and a.raw_len[0] <= 0):
+            return None
+        last = PyBytes_FromStringAndSize(<const char *>a.raw[1], a.raw_len[1])
+        if self.api == A_ANTH:
+            if a.raw_set[0]:
+                return (b'[{"message":{"usage":' + PyBytes_FromStringAndSize(<const char *>a.raw[0], a.raw_len[0])
+                        + b'}},{"usage":' + last + b'}]')
+            return b'{"usage":' + last + b'}'
+        if self.api == A_GEM:
+            return b'{"usageMetadata":' + last + b'}'
+        return b'{"usage":' + last + b'}'
+
     def result(self):
         """The usage read so far (final after finish())."""
         cdef Usage u = Usage.__new__(Usage)
@@ -2347,9 +2433,9 @@ cdef class UsageScanner:
             return
         if n >= NOGIL_MIN:
             with nogil:
-                w_feed(&self.w, buf, n, self.gpos)
+                w_feed_cap(&self.w, buf, n, self.gpos)
         else:
-            w_feed(&self.w, buf, n, self.gpos)
+            w_feed_cap(&self.w, buf, n, self.gpos)
 
     # -- SSE ------------------------------------------------------------------------------------
 
@@ -2367,7 +2453,7 @@ cdef class UsageScanner:
         if self.data_len > C_MAX_EVENT:
             self.data_over = 1
             return
-        w_feed(&self.w, p, n, off)
+        w_feed_cap(&self.w, p, n, off)
 
     cdef void field_line_end(self) noexcept:
         """A line without ':' ended: the whole line is the field name, value empty."""

@@ -158,6 +158,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_HOLD_BYTES",
     "MAX_MODEL_BYTES",
+    "MAX_RAW_USAGE_BYTES",
     "MAX_TOKEN_COUNT",
     "RequestFields",
     "ScanError",
@@ -184,6 +185,7 @@ MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
 MAX_HOLD_BYTES: Final = 64 * 1024
 MAX_MODEL_BYTES: Final = 256
 MAX_TOKEN_COUNT: Final = 10**18 - 1
+MAX_RAW_USAGE_BYTES: Final = 2048
 
 # Error messages shared with the compiled module (type errors; syntax messages differ).
 MSG_NOT_OBJECT: Final = "request body must be a JSON object"
@@ -687,16 +689,58 @@ _NESTED: Final = {
 
 
 class _Acc:
-    __slots__ = ("counts", "has_usage", "is_error", "model")
+    __slots__ = ("counts", "has_usage", "is_error", "model", "raw", "raw_set")
 
     def __init__(self) -> None:
         self.counts = [0] * _NRAW
         self.has_usage = False
         self.is_error = False
         self.model: str | None = None
+        # the provider's usage objects as received: [0] Anthropic message_start, [1] the
+        # final one (None: larger than MAX_RAW_USAGE_BYTES)
+        self.raw_set = [False, False]
+        self.raw: list[bytes | None] = [None, None]
 
 
-def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
+def _elements(text: str, pos: int) -> list[int]:
+    """Start offsets of the elements of the (valid) JSON array at ``text[pos] == '['``."""
+    starts: list[int] = []
+    raw_decode = _DECODER.raw_decode
+    i = _skip_ws(text, pos + 1)
+    if text[i] == "]":
+        return starts
+    while True:
+        starts.append(i)
+        _, i = raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i] == "]":
+            return starts
+        i = _skip_ws(text, i + 1)
+
+
+def _raw_member(payload: bytes, text: str, pos: int, path: tuple[str, ...]) -> bytes | None:
+    """The bytes of the value at ``path`` (last duplicate wins at each level) in the object
+    at ``pos``; None when larger than MAX_RAW_USAGE_BYTES."""
+    for key in path:
+        hits = [m for m in _members(text, pos) if m[0] == key]
+        start, end = hits[-1][2], hits[-1][3]
+        pos = start
+    raw = payload[start:end]
+    return raw if len(raw) <= MAX_RAW_USAGE_BYTES else None
+
+
+class _Doc:
+    """Where a parsed document sits in its payload (to copy usage objects as received)."""
+
+    __slots__ = ("payload", "pos", "text")
+
+    def __init__(self, payload: bytes, text: str, pos: int) -> None:
+        self.payload = payload
+        self.text = text
+        self.pos = pos
+
+
+def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
     if doc.get("error") is not None or doc.get("type") in ("error", "response.failed"):
         acc.is_error = True
     nested_name = _NESTED.get(api)
@@ -708,10 +752,13 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
         model = _good_model(nested.get("model"))
     if model is not None:
         acc.model = model
-    top = doc.get("usageMetadata" if api == API_GEMINI else "usage")
+    top_name = "usageMetadata" if api == API_GEMINI else "usage"
+    top = doc.get(top_name)
     inner = nested.get("usage") if nested is not None else None
+    top_path = (top_name,)
+    inner_path = (nested_name or "", "usage")
     if api == API_ANTHROPIC:
-        for usage, final in ((inner, False), (top, True)):
+        for usage, final, path in ((inner, False, inner_path), (top, True, top_path)):
             if usage is None:
                 continue
             counts = _usage_counts(api, usage)
@@ -720,25 +767,49 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
             for i, value in enumerate(counts):
                 if value is not None:
                     acc.counts[i] = value
+            slot = 1 if final else 0
+            acc.raw_set[slot] = True
+            acc.raw[slot] = _raw_member(where.payload, where.text, where.pos, path)
             if final:
                 acc.has_usage = True
         return
-    usage = top if top is not None else inner
+    usage, path = (top, top_path) if top is not None else (inner, inner_path)
     if usage is None:
         return
     counts = _usage_counts(api, usage)
     if counts is not None:
         acc.counts = [0 if value is None else value for value in counts]
         acc.has_usage = True
+        acc.raw_set[1] = True
+        acc.raw[1] = _raw_member(where.payload, where.text, where.pos, path)
 
 
-def _apply_value(acc: _Acc, api: int, value: Any) -> None:
+def _apply_value(acc: _Acc, api: int, value: Any, payload: bytes) -> None:
+    text = payload.decode("latin-1")
+    root = _skip_ws(text, 0)
     if type(value) is dict:
-        _apply_doc(acc, api, value)
+        _apply_doc(acc, api, value, _Doc(payload, text, root))
     elif type(value) is list:
-        for item in value:
+        starts: list[int] | None = None
+        for i, item in enumerate(value):
             if type(item) is dict:
-                _apply_doc(acc, api, item)
+                if starts is None:
+                    starts = _elements(text, root)
+                _apply_doc(acc, api, item, _Doc(payload, text, starts[i]))
+
+
+def _raw_document(api: int, acc: _Acc) -> bytes | None:
+    """``UsageScanner.raw_usage``: the usage objects wrapped in a re-scannable document."""
+    if not acc.raw_set[1] or acc.raw[1] is None or (acc.raw_set[0] and acc.raw[0] is None):
+        return None
+    last = acc.raw[1]
+    if api == API_ANTHROPIC and acc.raw_set[0]:
+        first = acc.raw[0]
+        assert first is not None
+        return b'[{"message":{"usage":' + first + b'}},{"usage":' + last + b"}]"
+    if api == API_GEMINI:
+        return b'{"usageMetadata":' + last + b"}"
+    return b'{"usage":' + last + b"}"
 
 
 def _usage_only(value: Any) -> bool:
@@ -895,6 +966,14 @@ class UsageScanner:
             return b"".join(out)
         return b""
 
+    def raw_usage(self) -> bytes | None:
+        """The provider's usage object(s) exactly as received, wrapped in a document that
+        scans (``UsageScanner(api, streaming=False)``) to the same counts: ``{"usage":U}``
+        (Gemini ``{"usageMetadata":U}``), for an Anthropic stream
+        ``[{"message":{"usage":START}},{"usage":FINAL}]``.  ``None`` when no usage counted
+        or an object is larger than :data:`MAX_RAW_USAGE_BYTES`."""
+        return _raw_document(self._api, self._acc)
+
     def result(self) -> Usage:
         acc = self._acc
         usage = _normalize(self._api, acc.counts)
@@ -920,7 +999,7 @@ class UsageScanner:
             value = _loads(payload, lenient=True)
         except ScanError:
             return _INVALID
-        _apply_value(self._acc, self._api, value)
+        _apply_value(self._acc, self._api, value, payload)
         return value
 
     # -- SSE ------------------------------------------------------------------------------------

@@ -74,11 +74,23 @@ def request_tuple(r: Any) -> tuple[Any, ...]:
 
 def run_chunks(
     scan: ModuleType, api: int, streaming: bool, chunks: list[bytes], strip: bool = False
-) -> tuple[tuple[Any, ...], bytes]:
+) -> tuple[tuple[Any, ...], bytes, bytes | None]:
+    """(usage, forwarded bytes, raw usage document); the raw document, scanned again as a
+    plain JSON body, gives the very same counts (what ``plano-fast usage reprice`` relies on)."""
     scanner = scan.UsageScanner(api, streaming, strip)
     out = [scanner.feed(chunk) for chunk in chunks]
     out.append(scanner.finish())
-    return usage_tuple(scanner.result()), b"".join(out)
+    usage = usage_tuple(scanner.result())
+    raw = scanner.raw_usage()
+    if raw is not None:
+        assert usage[5], "raw usage without usage"
+        assert len(raw) <= 2 * scan.MAX_RAW_USAGE_BYTES + 40
+        again = scan.UsageScanner(api, False)
+        again.feed(raw)
+        again.finish()
+        redone = usage_tuple(again.result())
+        assert redone[:5] + redone[8:] == usage[:5] + usage[8:] and redone[5], (raw, redone, usage)
+    return usage, b"".join(out), raw
 
 
 def split_offsets(n: int, limit: int = 4000, tail: int = 1500) -> list[int]:
@@ -173,6 +185,7 @@ PUBLIC = [
     "MAX_EVENT_BYTES",
     "MAX_HOLD_BYTES",
     "MAX_MODEL_BYTES",
+    "MAX_RAW_USAGE_BYTES",
     "MAX_TOKEN_COUNT",
     "RequestFields",
     "ScanError",
@@ -1039,12 +1052,12 @@ def test_strip_hold_cap(scan: ModuleType) -> None:
     small = '{"choices":[],"usage":{"prompt_tokens":1},"p":"' + pad + '"}'
     body = sse(small)
     assert len(body) <= cap
-    assert run_chunks(scan, CHAT, True, [body[:5000], body[5000:]], True) == (U(1), b"")
+    assert run_chunks(scan, CHAT, True, [body[:5000], body[5000:]], True)[:2] == (U(1), b"")
     big = '{"choices":[],"usage":{"prompt_tokens":1},"p":"' + pad + "y" * 200 + '"}'
     body = sse(big)
     assert len(body) > cap
     got = run_chunks(scan, CHAT, True, [body[:5000], body[5000:50000], body[50000:]], True)
-    assert got == (U(1), body)
+    assert got[:2] == (U(1), body)
     # bytes are released as they arrive once the cap is passed: memory stays bounded
     scanner = scan.UsageScanner(CHAT, True, True)
     line = b"data: " + b"[" + b"1," * 200_000

@@ -203,3 +203,51 @@ def test_anthropic_stream_cut_before_final_delta(scan: ModuleType) -> None:
         scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM[:cut],
         U(6156, 350, 4096, 2048, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
     )  # fmt: skip
+
+
+def _raw(scan: ModuleType, api: int, streaming: bool, body: bytes) -> bytes | None:
+    scanner = scan.UsageScanner(api, streaming)
+    for i in range(0, len(body), 7):
+        scanner.feed(body[i : i + 7])
+    scanner.finish()
+    raw: bytes | None = scanner.raw_usage()
+    return raw
+
+
+def test_raw_usage_is_the_providers_objects(scan: ModuleType) -> None:
+    """The provider's own usage objects, byte for byte, in a document that re-scans to the
+    same row (run_chunks checks the re-scan on every scanner test)."""
+    start = ANTHROPIC_THINKING_STREAM.index(b'{"input_tokens":12')
+    end = ANTHROPIC_THINKING_STREAM.index(b"}}}\n\n", start) + 1
+    final = b'{"output_tokens":700,"output_tokens_details":{"thinking_tokens":640}}'
+    assert _raw(scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM) == (
+        b'[{"message":{"usage":' + ANTHROPIC_THINKING_STREAM[start:end] + b'}},{"usage":' + final + b"}]"
+    )
+    usage = GEMINI_TOOL_USE[GEMINI_TOOL_USE.index(b'{"promptTokenCount"') : -len(b',"modelVersion":"gemini-2.5-pro"}')]
+    assert _raw(scan, GEMINI, False, GEMINI_TOOL_USE) == b'{"usageMetadata":' + usage + b"}"
+    # Groq's x_groq.usage and the Responses' response.usage are kept as they came
+    assert _raw(scan, CHAT, False, b'{"x_groq":{"usage":{"prompt_tokens":5 ,"q":[1]}},"usage":null}') == (
+        b'{"usage":{"prompt_tokens":5 ,"q":[1]}}'
+    )
+    # a multi-line SSE data field: the joining newline is part of the object
+    assert _raw(scan, CHAT, True, b'data: {"usage":{"prompt_tokens":5,\ndata: "completion_tokens":1}}\n\n') == (
+        b'{"usage":{"prompt_tokens":5,\n"completion_tokens":1}}'
+    )
+    # nothing counted: nothing kept
+    assert _raw(scan, CHAT, False, b'{"usage":{"prompt_tokens":"5"}}') is None
+    assert _raw(scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM[: ANTHROPIC_THINKING_STREAM.index(b"event: message_delta")]) is None
+
+
+def test_raw_usage_bound(scan: ModuleType) -> None:
+    cap = scan.MAX_RAW_USAGE_BYTES
+    for size, kept in ((cap, True), (cap + 1, False)):
+        pad = b" " * (size - len(b'{"prompt_tokens":1}'))
+        obj = b'{"prompt_tokens":1' + pad + b"}"
+        assert len(obj) == size
+        body = b'{"usage":' + obj + b"}"
+        assert _raw(scan, CHAT, False, body) == (body if kept else None)
+        # the counts never depend on the bound
+        scanner = scan.UsageScanner(CHAT, False)
+        scanner.feed(body)
+        scanner.finish()
+        assert scanner.result().input_tokens == 1
