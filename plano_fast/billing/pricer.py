@@ -14,9 +14,14 @@ import asyncio
 import logging
 
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts
-from plano_fast.billing.flusher import pricing_family
-from plano_fast.store import PRICE_STATUS_PRICED, PRICE_STATUS_UNKNOWN, CustomPrice, Store
+from plano_fast.pricing import ModelPrice, PricingRegistry
+from plano_fast.store import (
+    PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PRICED,
+    PRICE_STATUS_UNKNOWN,
+    CustomPrice,
+    Store,
+)
 
 log = logging.getLogger("plano_fast.billing")
 
@@ -105,23 +110,22 @@ class PriceCalculator:
             results: list[tuple[int, int | None, str]] = []
             for row in rows:
                 assert row.row_id is not None
-                cost: int | None = None
+                quote = None
                 if row.model is not None and row.status != "usage_missing":
-                    tokens = TokenCounts(row.input_tokens, row.output_tokens, row.cache_read_tokens,
-                                         row.cache_write_tokens, row.reasoning_tokens)
-                    cost = self.pricing.cost_nano_usd(
-                        row.provider, row.model, row.project_id, tokens,
-                        # rows do not keep the response shape; the gateway reads
-                        # Anthropic natively and everything else OpenAI-shaped
-                        family=pricing_family(
-                            row.provider, "anthropic" if row.provider == "anthropic" else "openai"
-                        ),
-                    )
-                if cost is None:
+                    # rows are in the row convention: one formula for every provider
+                    quote = self.pricing.quote_counts(
+                        row.provider, row.model, row.project_id, row.input_tokens,
+                        row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
+                        row.cache_write_1h_tokens, row.audio_input_tokens, row.audio_output_tokens,
+                    )  # fmt: skip
+                if quote is None:
                     self.metrics.rows_unpriced_unknown += 1
                     results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))
+                elif quote.partial:
+                    self.metrics.rows_priced_partial += 1
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL))
                 else:
-                    results.append((row.row_id, cost, PRICE_STATUS_PRICED))
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED))
             priced = await self.store.set_prices(results)
             self.metrics.rows_priced_late += priced
             priced_total += priced

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 if TYPE_CHECKING:
     from plano_fast.usage import UsageEvent
 
-REQUIRED_SCHEMA_VERSION: Final = 1
+REQUIRED_SCHEMA_VERSION: Final = 2
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 SCOPE_KINDS: Final = ("project", "user", "key")
@@ -51,6 +51,9 @@ ENFORCEMENTS: Final = ("soft", "hard")
 PRICE_STATUS_PENDING: Final = "pending"
 PRICE_STATUS_PRICED: Final = "priced"
 PRICE_STATUS_UNKNOWN: Final = "unpriced_unknown"
+PRICE_STATUS_PARTIAL: Final = "priced_partial"
+"""Priced (and counted), but a dimension of the usage had no price of its own in the entry
+used and was charged at its fallback (see plano_fast.pricing): visible, re-priceable."""
 
 NS_PER_S: Final = 1_000_000_000
 _NS_PER_DAY: Final = 86_400 * NS_PER_S
@@ -155,10 +158,13 @@ def _check_money(value: int, what: str) -> None:
 
 @dataclass(slots=True)
 class UsageRow:
-    """One ``usage_log`` row.
+    """One ``usage_log`` row, in the row convention (README "Usage rows").
 
-    ``duration_us`` is optional.  ``price_status`` and ``row_id`` are filled in on reads
-    and ignored on writes (a written row is ``priced`` or ``pending``).
+    ``duration_us`` is optional.  ``row_id`` is filled in on reads.  On writes a priced row
+    keeps ``price_status`` ``priced_partial``, any other priced row is ``priced`` and an
+    unpriced one ``pending``.  ``usage_raw``: the provider's usage object(s) as received
+    (``UsageScanner.raw_usage``), ``usage_api`` the scan API that read them (what
+    ``plano-fast usage reprice`` re-derives the row from); ``price_entry`` the price used.
     """
 
     request_id: str
@@ -182,6 +188,13 @@ class UsageRow:
     duration_us: int = 0
     price_status: str = PRICE_STATUS_PENDING
     row_id: int | None = None
+    tool_use_prompt_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    usage_api: str | None = None
+    usage_raw: str | None = None
+    price_entry: str | None = None
 
 
 def usage_row_from_event(
@@ -190,6 +203,8 @@ def usage_row_from_event(
     user_id: str | None = None,
     token_id: str | None = None,
     cost_nano_usd: int | None = None,
+    price_status: str = PRICE_STATUS_PENDING,
+    price_entry: str | None = None,
 ) -> UsageRow:
     """The row for a request-path ``UsageEvent``; priced iff ``cost_nano_usd`` is given."""
     d = event.duration_ms * 1000
@@ -214,6 +229,15 @@ def usage_row_from_event(
         cost_nano_usd,
         # max(0, round(d)): round() is 0 up to 0.5 (half to even), and so is max() below 0.
         round(d) if d > 0.5 else 0,
+        price_status,
+        None,
+        event.tool_use_prompt_tokens,
+        event.cache_write_1h_tokens,
+        event.audio_input_tokens,
+        event.audio_output_tokens,
+        event.usage_api,
+        event.usage_raw,
+        price_entry,
     )
 
 
@@ -703,7 +727,9 @@ class Store(abc.ABC):
 _USAGE_COLS = (
     "request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model, "
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
-    "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id"
+    "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id, "
+    "tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, "
+    "usage_api, usage_raw, price_entry"
 )
 _PROJECT_COLS = "id, name, created_at_ns"
 _USER_COLS = "id, name, email, created_at_ns"
@@ -744,6 +770,7 @@ def usage_from_row(r: Row) -> UsageRow:
         int(r[8]), int(r[9]), int(r[10]), int(r[11]), int(r[12]),
         bool(r[13]), str(r[14]), int(r[15]), bool(r[16]), _opt_int(r[17]),
         int(r[18]), str(r[19]), int(r[20]),
+        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27],
     )  # fmt: skip
 
 
@@ -846,6 +873,14 @@ def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     sums: DaySums = {}
     add_day_sums(rows, sums)
     return deltas_of_day_sums(sums)
+
+
+def written_price_status(row: UsageRow) -> str:
+    """``price_status`` as a row is written: ``pending`` unless priced, then ``priced`` or
+    ``priced_partial``."""
+    if not row.priced:
+        return PRICE_STATUS_PENDING
+    return PRICE_STATUS_PARTIAL if row.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED
 
 
 def normalize_usage(rows: Sequence[UsageRow]) -> list[UsageRow]:
@@ -1441,6 +1476,8 @@ __all__ = [
     "ENFORCEMENTS",
     "PERIODS",
     "PRICE_STATUS_PENDING",
+    "PRICE_STATUS_PARTIAL",
+    "written_price_status",
     "PRICE_STATUS_PRICED",
     "PRICE_STATUS_UNKNOWN",
     "REQUIRED_SCHEMA_VERSION",

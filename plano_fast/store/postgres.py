@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store import (
+    PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PENDING,
+    PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
     InvalidValue,
@@ -38,6 +41,7 @@ from plano_fast.store import (
     check_targets,
     new_id,
     normalize_usage,
+    written_price_status,
 )
 
 T = TypeVar("T")
@@ -92,6 +96,8 @@ _USAGE_COLUMNS = (
     "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
+    "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+    "usage_api", "usage_raw", "price_entry",
 )  # fmt: skip
 _USAGE_COLUMN_LIST = ", ".join(_USAGE_COLUMNS)
 
@@ -117,12 +123,15 @@ WITH input AS (
         $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
         $14::boolean[], $15::text[], $16::integer[], $17::boolean[], $18::bigint[],
-        $19::bigint[], $20::text[]
+        $19::bigint[], $20::text[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[],
+        $25::text[], $26::text[], $27::text[]
     ) AS r(request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status)
+           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status,
+           tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+           usage_api, usage_raw, price_entry)
 ),"""
-    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$21"))
+    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$28"))
 )
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
@@ -134,7 +143,9 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
     provider text, model text, input_tokens bigint, output_tokens bigint,
     cache_read_tokens bigint, cache_write_tokens bigint, reasoning_tokens bigint,
     streaming boolean, status text, http_status integer, priced boolean, cost_nano_usd bigint,
-    duration_us bigint, price_status text
+    duration_us bigint, price_status text, tool_use_prompt_tokens bigint,
+    cache_write_1h_tokens bigint, audio_input_tokens bigint, audio_output_tokens bigint,
+    usage_api text, usage_raw text, price_entry text
 ) ON COMMIT DELETE ROWS
 """
 _WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
@@ -231,21 +242,28 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, True,
-                r.cost_nano_usd, r.duration_us, "priced",
+                r.cost_nano_usd, r.duration_us,
+                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         elif priced is False:
             add((
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, False,
-                None, r.duration_us, "pending",
+                None, r.duration_us, PRICE_STATUS_PENDING,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         else:
             add((
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, bool(priced),
-                r.cost_nano_usd if priced else None, r.duration_us, "priced" if priced else "pending",
+                r.cost_nano_usd if priced else None, r.duration_us, written_price_status(r),
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
     return out
 

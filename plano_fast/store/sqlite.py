@@ -40,6 +40,7 @@ from typing import TypeVar
 
 from plano_fast.store import (
     PRICE_STATUS_PENDING,
+    PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
@@ -59,6 +60,7 @@ from plano_fast.store import (
     deltas_of_day_sums,
     new_id,
     normalize_usage,
+    written_price_status,
 )
 
 T = TypeVar("T")
@@ -80,23 +82,24 @@ CHECKPOINT_INTERVAL_S = 1.0
 _NONE_TO_NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NULL.get)
 
+_USAGE_WIDTH = 27
 _INSERT_USAGE = (
     "INSERT INTO usage_log (request_id, time_ns, project_id, user_id, key_hash, token_id, "
     "provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     "reasoning_tokens, streaming, status, http_status, priced, cost_nano_usd, duration_us, "
-    "price_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (request_id) DO NOTHING"
+    "price_status, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, "
+    "audio_output_tokens, usage_api, usage_raw, price_entry) VALUES ("
+    + ", ".join("?" * _USAGE_WIDTH)
+    + ") ON CONFLICT (request_id) DO NOTHING"
 )
-# Rows per multi-row INSERT (20 columns each, under SQLite's 32,766 variables).  One
+# Rows per multi-row INSERT (27 columns each, under SQLite's 32,766 variables).  One
 # statement is one sqlite3_step instead of one per row; 128 rows keep each synchronous
 # stretch on the event loop around half a millisecond (the hot connection yields between
 # chunks).  A batch is split into full chunks and then power-of-two pieces, so only 8
 # statement shapes exist (each prepared once, then cached by sqlite3).
 _INSERT_CHUNK = 128
-_INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition(
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_ROW_MARKS = "(" + ",".join("?" * 20) + ")"
+_INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("?" * _USAGE_WIDTH) + ")")
+_ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
 
 
 @functools.cache
@@ -190,7 +193,9 @@ def _usage_params(row: UsageRow) -> tuple[object, ...]:
         row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
         row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
         row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
-        PRICE_STATUS_PRICED if priced else PRICE_STATUS_PENDING,
+        written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
+        row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
+        row.price_entry,
     )  # fmt: skip
 
 
@@ -204,7 +209,10 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
                 r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
                 r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 1, r.cost_nano_usd, r.duration_us, PRICE_STATUS_PRICED,
+                r.http_status, 1, r.cost_nano_usd, r.duration_us,
+                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         elif r.priced is False:
             add((
@@ -212,6 +220,8 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
                 r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
                 r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         else:
             add(_usage_params(r))
