@@ -1,4 +1,5 @@
-"""Command line: ``plano-fast serve | validate``."""
+"""Command line: ``plano-fast serve | validate | migrate | usage reprice`` and the admin
+API commands."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "usage_command", None) == "reprice":
+        return _reprice(args)
     if getattr(args, "admin_action", None):
         return run_admin_command(args)
     if args.command == "validate":
@@ -86,6 +89,40 @@ def _migrate(path: str) -> int:
         print(f"{where}: applied migrations {', '.join(map(str, applied))}")
     else:
         print(f"{where}: schema up to date")
+    return 0
+
+
+def _reprice(args: argparse.Namespace) -> int:
+    from plano_fast.billing.reprice import run_reprice
+    from plano_fast.store import SchemaTooOld
+
+    if not args.config:
+        print("usage reprice needs --config (the database to work on)", file=sys.stderr)
+        return 2
+    if args.page_rows < 1:
+        print("--page-rows must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"invalid config:\n{exc}", file=sys.stderr)
+        return 1
+    settings = config.settings
+    try:
+        report = asyncio.run(run_reprice(
+            settings.database_url, settings.sqlite_path, settings.price_as,
+            page_rows=args.page_rows, dry_run=args.dry_run,
+        ))  # fmt: skip
+    except SchemaTooOld as exc:
+        print(f"cannot reprice: {exc}", file=sys.stderr)
+        return 1
+    verb = "would change" if args.dry_run else "changed"
+    delta = report.cost_after_nano_usd - report.cost_before_nano_usd
+    print(
+        f"{report.rows_seen} rows read ({report.rows_rederived} re-derived from their provider "
+        f"usage), {report.rows_changed} {verb}; counted cost {delta:+d} nano-USD "
+        f"({report.elapsed_s:.2f} s)"
+    )
     return 0
 
 

@@ -27,7 +27,8 @@ log = logging.getLogger("plano_fast.billing")
 
 
 
-def _model_price(price: CustomPrice) -> ModelPrice:
+def model_price_of(price: CustomPrice) -> ModelPrice:
+    """The registry price of a store-defined custom price."""
     return ModelPrice(
         input_per_mtok=price.input_per_mtok_nano_usd,
         output_per_mtok=price.output_per_mtok_nano_usd,
@@ -87,9 +88,9 @@ class PriceCalculator:
         )
         if signature == self._custom_signature:
             return False
-        global_prices = {p.model: _model_price(p) for p in prices if p.project_id is None}
+        global_prices = {p.model: model_price_of(p) for p in prices if p.project_id is None}
         project_prices = {
-            (p.project_id, p.model): _model_price(p) for p in prices if p.project_id is not None
+            (p.project_id, p.model): model_price_of(p) for p in prices if p.project_id is not None
         }
         self.pricing.set_overrides(global_prices, project_prices)
         changed = self._custom_signature is not None

@@ -34,7 +34,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -504,6 +504,18 @@ class Store(abc.ABC):
         """Sum of priced costs in ``usage_log`` for a scope, ``start_ns <= time < end_ns``."""
 
     @abc.abstractmethod
+    async def usage_after(self, after_row_id: int, limit: int) -> list[UsageRow]:
+        """Rows with ``row_id > after_row_id``, in id order (a full scan in pages)."""
+
+    @abc.abstractmethod
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        """Rewrite rows by ``row_id`` (token columns, priced, cost, price_status, price_entry)
+        in ONE transaction, and move the spending counters by each row's change of counted
+        cost (the cost of a priced row, else 0), read inside the transaction: counters stay
+        equal to the log whatever else priced the rows meanwhile.  Returns the rows updated.
+        """
+
+    @abc.abstractmethod
     async def recent_usage(self, project_id: str | None, limit: int = 100) -> list[UsageRow]:
         """Newest first; ``project_id=None`` means every project."""
 
@@ -875,6 +887,37 @@ def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     return deltas_of_day_sums(sums)
 
 
+REPRICE_COLUMNS: Final = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+    "priced", "cost_nano_usd", "price_status", "price_entry",
+)  # fmt: skip
+"""What ``apply_reprice`` rewrites, in this order (``reprice_values``)."""
+
+
+def reprice_values(row: UsageRow) -> tuple[object, ...]:
+    """``REPRICE_COLUMNS`` of a row to rewrite (cost only when priced)."""
+    priced = bool(row.priced)
+    return (
+        row.input_tokens, row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
+        row.reasoning_tokens, row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
+        row.audio_input_tokens, row.audio_output_tokens, priced,
+        row.cost_nano_usd if priced else None, written_price_status(row), row.price_entry,
+    )  # fmt: skip
+
+
+def reprice_deltas(rows: Sequence[UsageRow], counted_before: dict[int, int]) -> dict[CounterKey, int]:
+    """Counter deltas of rewriting ``rows``: new counted cost minus ``counted_before[row_id]``."""
+    moved: list[UsageRow] = []
+    for row in rows:
+        assert row.row_id is not None
+        after = row.cost_nano_usd if row.priced and row.cost_nano_usd else 0
+        delta = after - counted_before.get(row.row_id, 0)
+        if delta:
+            moved.append(replace(row, priced=True, cost_nano_usd=delta))
+    return counter_deltas(moved)
+
+
 def written_price_status(row: UsageRow) -> str:
     """``price_status`` as a row is written: ``pending`` unless priced, then ``priced`` or
     ``priced_partial``."""
@@ -946,6 +989,13 @@ class SqlStore(Store):
             f"SELECT {_USAGE_COLS} FROM usage_log "
             "WHERE NOT priced AND price_attempted_at_ns IS NULL ORDER BY id LIMIT ?",
             (int(limit),),
+        )
+        return [usage_from_row(r) for r in rows]
+
+    async def usage_after(self, after_row_id: int, limit: int) -> list[UsageRow]:
+        rows = await self._fetch(
+            f"SELECT {_USAGE_COLS} FROM usage_log WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_row_id), int(limit)),
         )
         return [usage_from_row(r) for r in rows]
 
@@ -1478,6 +1528,9 @@ __all__ = [
     "PRICE_STATUS_PENDING",
     "PRICE_STATUS_PARTIAL",
     "written_price_status",
+    "REPRICE_COLUMNS",
+    "reprice_deltas",
+    "reprice_values",
     "PRICE_STATUS_PRICED",
     "PRICE_STATUS_UNKNOWN",
     "REQUIRED_SCHEMA_VERSION",

@@ -40,6 +40,8 @@ from plano_fast.store import (
     UsageRow,
     check_targets,
     new_id,
+    reprice_deltas,
+    reprice_values,
     normalize_usage,
     written_price_status,
 )
@@ -150,6 +152,43 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
 """
 _WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
 _COPY_THRESHOLD = 100  # rows; below this the one-statement array path is quicker
+
+# usage reprice: lock the rows (id order) and read what they count now, rewrite them, then
+# move the counters by the differences (arrays sorted in the counters' lock order).
+_REPRICE_LOCK = "SELECT id, priced, cost_nano_usd FROM usage_log WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+_REPRICE_UPDATE = """
+WITH v AS (
+    SELECT * FROM unnest(
+        $1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], $12::bigint[],
+        $13::text[], $14::text[]
+    ) AS v(id, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+           reasoning_tokens, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens,
+           audio_output_tokens, priced, cost_nano_usd, price_status, price_entry)
+),
+upd AS (
+    UPDATE usage_log u
+       SET input_tokens = v.input_tokens, output_tokens = v.output_tokens,
+           cache_read_tokens = v.cache_read_tokens, cache_write_tokens = v.cache_write_tokens,
+           reasoning_tokens = v.reasoning_tokens, tool_use_prompt_tokens = v.tool_use_prompt_tokens,
+           cache_write_1h_tokens = v.cache_write_1h_tokens, audio_input_tokens = v.audio_input_tokens,
+           audio_output_tokens = v.audio_output_tokens, priced = v.priced,
+           cost_nano_usd = v.cost_nano_usd, price_status = v.price_status, price_entry = v.price_entry
+      FROM v
+     WHERE u.id = v.id
+    RETURNING 1
+)
+SELECT count(*) FROM upd
+"""
+_BUMP_DELTAS = """
+INSERT INTO spending_counters AS sc
+    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT k, i, p, s, d, 0, $6
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, d)
+ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+   SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
+       updated_at_ns = EXCLUDED.updated_at_ns
+"""
 
 _SET_PRICES = f"""
 WITH v AS (
@@ -446,6 +485,36 @@ class PostgresStore(SqlStore):
             return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now))
 
         return await self._retrying(attempt)
+
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        todo = sorted((r for r in rows if r.row_id is not None), key=lambda r: r.row_id or 0)
+        if not todo:
+            return 0
+        for r in todo:
+            if r.priced and (type(r.cost_nano_usd) is not int or r.cost_nano_usd < 0):
+                raise InvalidValue("cost_nano_usd must be a non-negative integer when priced")
+        now = time.time_ns()
+        ids = [r.row_id for r in todo]
+        columns = [list(c) for c in zip(*(reprice_values(r) for r in todo), strict=True)]
+
+        async def body(conn: Any) -> int:
+            before = {
+                int(r[0]): int(r[2]) if r[1] and r[2] else 0
+                for r in await conn.fetch(_REPRICE_LOCK, ids)
+            }
+            n = int(await conn.fetchval(_REPRICE_UPDATE, ids, *columns))
+            deltas = reprice_deltas([r for r in todo if r.row_id in before], before)
+            if deltas:
+                keys = sorted(deltas)  # the counters' lock order
+                await conn.execute(
+                    _BUMP_DELTAS,
+                    [k.scope_kind for k in keys], [k.scope_id for k in keys],
+                    [k.period for k in keys], [k.period_start for k in keys],
+                    [deltas[k] for k in keys], now,
+                )  # fmt: skip
+            return n
+
+        return await self._in_tx(body)
 
     # -- hard budgets -------------------------------------------------------------------------
 

@@ -56,8 +56,11 @@ from plano_fast.store import (
     UsageRow,
     add_day_sums,
     check_targets,
+    REPRICE_COLUMNS,
     counter_deltas,
     deltas_of_day_sums,
+    reprice_deltas,
+    reprice_values,
     new_id,
     normalize_usage,
     written_price_status,
@@ -584,6 +587,38 @@ class SqliteStore(SqlStore):
             if deltas:
                 _bump_spent(conn, deltas, now)
             return sum(1 for row in pending if row.priced)
+
+        return await self._tx(body)
+
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        todo = [r for r in rows if r.row_id is not None]
+        if not todo:
+            return 0
+        for r in todo:
+            if r.priced and (type(r.cost_nano_usd) is not int or r.cost_nano_usd < 0):
+                raise InvalidValue("cost_nano_usd must be a non-negative integer when priced")
+        now = time.time_ns()
+        sets = ", ".join(f"{c} = ?" for c in REPRICE_COLUMNS)
+
+        def body(conn: sqlite3.Connection) -> int:
+            before: dict[int, int] = {}
+            ids = [r.row_id for r in todo]
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                for r in conn.execute(
+                    f"SELECT id, priced, cost_nano_usd FROM usage_log WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    before[int(r[0])] = int(r[2]) if r[1] and r[2] else 0
+            present = [r for r in todo if r.row_id in before]
+            conn.executemany(
+                f"UPDATE usage_log SET {sets} WHERE id = ?",
+                [(*reprice_values(r), r.row_id) for r in present],
+            )
+            deltas = reprice_deltas(present, before)
+            if deltas:
+                _bump_spent(conn, deltas, now)
+            return len(present)
 
         return await self._tx(body)
 
