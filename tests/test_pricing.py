@@ -469,3 +469,21 @@ def test_pinned_provider() -> None:
     assert PricingRegistry().quote("my-proxy", "gpt-4o", None, tok(i=1)) is not None
     reg.set_pins({})
     assert reg.quote("my-proxy", "gpt-4o", None, tok(i=1)) is not None
+
+
+def test_bundled_1h_writes_and_audio_are_priced_exactly(reg: PricingRegistry) -> None:
+    # claude-sonnet-4-5: $3 in / $15 out / $0.30 read / $3.75 5-minute write / $6 1-hour write
+    # (Anthropic prompt caching docs; Portkey additional_units.cache_write_1h = 0.0006 cents).
+    # Row: input 6156 = 12 uncached + 4096 read + 2048 written (1024 of them for 1h); output 700.
+    t = TokenCounts(6156, 700, 4096, 2048, 640, cache_write_1h_tokens=1024)
+    q = reg.quote("anthropic", SONNET_45_DATED, None, t)
+    expected = 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000  # nano-USD
+    assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
+    # gpt-4o-audio-preview (Portkey: audio $100 in / $200 out per 1M; text $2.50 / $10)
+    t = TokenCounts(150, 90, 0, 0, 0, audio_input_tokens=100, audio_output_tokens=80)
+    q = reg.quote("openai", "gpt-4o-audio-preview", None, t)
+    expected = 50 * 2_500 + 100 * 100_000 + 10 * 10_000 + 80 * 200_000
+    assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
+    # a model without an audio price: charged as text, marked partial
+    q = reg.quote("openai", "gpt-4o-mini", None, t)
+    assert q is not None and q.partial and q.cost_nano_usd == 150 * 150 + 90 * 600
