@@ -202,7 +202,7 @@ cdef enum:
     C_TYPE_CAP = 32
     C_MAX_DIGITS = 18
     C_SPANS = 8
-    C_RAW_CAP = 2048          # bytes of one provider usage object kept for the row
+    C_RAW_CAP = 4096          # bytes of the provider usage document kept for the row
     NOGIL_MIN = 1048576        # release the GIL only for inputs of 1 MiB or more
 
 MAX_DEPTH = C_MAX_DEPTH
@@ -365,11 +365,11 @@ ERR_TEXT[10] = b"unexpected end of input"
 
 cdef struct Acc:
     int64_t v[NF]    # raw provider fields (F_*), merged; normalized by UsageScanner.result
-    # the provider's usage objects as received: [0] Anthropic message_start, [1] the final
-    # one; length -1 = larger than C_RAW_CAP (not kept).  raw_set: written by this document
-    bint raw_set[2]
-    Py_ssize_t raw_len[2]
-    unsigned char raw[2][C_RAW_CAP]
+    # the provider's usage object(s) as received, wrapped (see raw_piece); raw_len -1: over
+    # C_RAW_CAP (not kept).  raw_set: pend -- this document has some; acc -- some seen
+    bint raw_set
+    Py_ssize_t raw_len
+    unsigned char raw[C_RAW_CAP]
     bint has_usage
     bint is_error
     bint model_set
@@ -910,18 +910,18 @@ cdef void doc_eval(Walker *w) noexcept nogil:
             for i in range(NF):
                 if d.u[1].fst[i] == ST_OK:
                     a.v[i] = d.u[1].fv[i]
-            raw_take(a, 0, d, 1)
+            raw_piece(a, d, 1, api)
         if urec_eval(&d.u[0]):
             for i in range(NF):
                 if d.u[0].fst[i] == ST_OK:
                     a.v[i] = d.u[0].fv[i]
             a.has_usage = 1
-            raw_take(a, 1, d, 0)
+            raw_piece(a, d, 0, api)
         return
     i = 0 if d.u[0].status != ST_ABSENT else 1
     r = &d.u[i]
     if urec_eval(r):
-        raw_take(a, 1, d, i)
+        raw_piece(a, d, i, api)
         for i in range(NF):
             a.v[i] = r.fv[i] if r.fst[i] == ST_OK else 0
         if r.fst[F_CR] != ST_OK and r.fst[F_HIT] == ST_OK:
@@ -1130,11 +1130,39 @@ cdef int w_feed_cap(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t b
     return rc
 
 
-cdef inline void raw_take(Acc *a, int to, DocRec *d, int frm) noexcept nogil:
-    a.raw_set[to] = 1
-    a.raw_len[to] = d.raw_len[frm]
-    if d.raw_len[frm] > 0:
-        memcpy(a.raw[to], d.raw[frm], d.raw_len[frm])
+cdef inline void raw_put(Acc *a, const void *s, Py_ssize_t n) noexcept nogil:
+    if a.raw_len < 0:
+        return
+    if a.raw_len + n > C_RAW_CAP - 2:  # room for the "[" "]" around Anthropic's pieces
+        a.raw_len = -1
+        return
+    memcpy(a.raw + a.raw_len, s, n)
+    a.raw_len += n
+
+
+cdef void raw_piece(Acc *a, DocRec *d, int rec, int api) noexcept nogil:
+    """The document piece of a usage object that counted: it replaces the previous one
+    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``), or for Anthropic, whose objects merge
+    field by field, is appended after a comma (``{"message":{"usage":U}}`` for
+    message_start's)."""
+    a.raw_set = 1
+    if api != A_ANTH:
+        a.raw_len = 0
+    elif a.raw_len > 0:
+        raw_put(a, b",", 1)
+    if d.raw_len[rec] < 0:
+        a.raw_len = -1
+    elif api == A_GEM:
+        raw_put(a, b'{"usageMetadata":', 17)
+    elif api == A_ANTH and rec == 1:
+        raw_put(a, b'{"message":{"usage":', 20)
+    else:
+        raw_put(a, b'{"usage":', 9)
+    raw_put(a, d.raw[rec], d.raw_len[rec])
+    if api == A_ANTH and rec == 1:
+        raw_put(a, b"}}", 2)
+    else:
+        raw_put(a, b"}", 1)
 
 
 cdef inline void container_done(Walker *w, int64_t off) noexcept nogil:
@@ -2304,18 +2332,23 @@ cdef class UsageScanner:
         self.pend.has_usage = self.acc.has_usage
         self.pend.is_error = self.acc.is_error
         self.pend.model_set = 0
-        self.pend.raw_set[0] = 0
-        self.pend.raw_set[1] = 0
+        self.pend.raw_set = 0
+        self.pend.raw_len = 0
 
     cdef inline void commit(self) noexcept:
-        cdef int i
         memcpy(self.acc.v, self.pend.v, sizeof(self.acc.v))
-        for i in range(2):
-            if self.pend.raw_set[i]:
-                self.acc.raw_set[i] = 1
-                self.acc.raw_len[i] = self.pend.raw_len[i]
-                if self.pend.raw_len[i] > 0:
-                    memcpy(self.acc.raw[i], self.pend.raw[i], self.pend.raw_len[i])
+        if self.pend.raw_set:
+            self.acc.raw_set = 1
+            if self.api != A_ANTH:
+                self.acc.raw_len = self.pend.raw_len
+                if self.pend.raw_len > 0:
+                    memcpy(self.acc.raw, self.pend.raw, self.pend.raw_len)
+            elif self.pend.raw_len < 0:
+                self.acc.raw_len = -1
+            else:
+                if self.acc.raw_len > 0:
+                    raw_put(&self.acc, b",", 1)
+                raw_put(&self.acc, self.pend.raw, self.pend.raw_len)
         self.acc.has_usage = self.pend.has_usage
         self.acc.is_error = self.acc.is_error or self.pend.is_error
         if self.pend.model_set:
@@ -2394,21 +2427,16 @@ cdef class UsageScanner:
         return b""
 
     def raw_usage(self):
-        """The provider's usage object(s) as received, wrapped in a document that scans
-        (with this API, not streaming) to the same counts; ``None`` when no usage was read
-        or an object was larger than 2 KiB (see plano_fast._scan_py)."""
+        """The provider's usage object(s) as received, in a document that scans (with this
+        API, not streaming) to the same counts; ``None`` when no usage was read or the
+        document would exceed MAX_RAW_USAGE_BYTES (see plano_fast._scan_py)."""
         cdef Acc *a = &self.acc
-        if not a.raw_set[1] or a.raw_len[1] <= 0 or (a.raw_set[0] and a.raw_len[0] <= 0):
+        if not a.has_usage or not a.raw_set or a.raw_len <= 0:
             return None
-        last = PyBytes_FromStringAndSize(<const char *>a.raw[1], a.raw_len[1])
+        doc = PyBytes_FromStringAndSize(<const char *>a.raw, a.raw_len)
         if self.api == A_ANTH:
-            if a.raw_set[0]:
-                return (b'[{"message":{"usage":' + PyBytes_FromStringAndSize(<const char *>a.raw[0], a.raw_len[0])
-                        + b'}},{"usage":' + last + b'}]')
-            return b'{"usage":' + last + b'}'
-        if self.api == A_GEM:
-            return b'{"usageMetadata":' + last + b'}'
-        return b'{"usage":' + last + b'}'
+            return b"[" + doc + b"]"
+        return doc
 
     def result(self):
         """The usage read so far (final after finish())."""

@@ -185,7 +185,7 @@ MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
 MAX_HOLD_BYTES: Final = 64 * 1024
 MAX_MODEL_BYTES: Final = 256
 MAX_TOKEN_COUNT: Final = 10**18 - 1
-MAX_RAW_USAGE_BYTES: Final = 2048
+MAX_RAW_USAGE_BYTES: Final = 4096
 
 # Error messages shared with the compiled module (type errors; syntax messages differ).
 MSG_NOT_OBJECT: Final = "request body must be a JSON object"
@@ -696,10 +696,10 @@ class _Acc:
         self.has_usage = False
         self.is_error = False
         self.model: str | None = None
-        # the provider's usage objects as received: [0] Anthropic message_start, [1] the
-        # final one (None: larger than MAX_RAW_USAGE_BYTES)
-        self.raw_set = [False, False]
-        self.raw: list[bytes | None] = [None, None]
+        # the provider's usage object(s) as received, wrapped (see _raw_piece); None: the
+        # document would be larger than MAX_RAW_USAGE_BYTES
+        self.raw_set = False
+        self.raw: bytes | None = b""
 
 
 def _elements(text: str, pos: int) -> list[int]:
@@ -718,15 +718,34 @@ def _elements(text: str, pos: int) -> list[int]:
         i = _skip_ws(text, i + 1)
 
 
-def _raw_member(payload: bytes, text: str, pos: int, path: tuple[str, ...]) -> bytes | None:
+def _raw_member(payload: bytes, text: str, pos: int, path: tuple[str, ...]) -> bytes:
     """The bytes of the value at ``path`` (last duplicate wins at each level) in the object
-    at ``pos``; None when larger than MAX_RAW_USAGE_BYTES."""
+    at ``pos``."""
     for key in path:
         hits = [m for m in _members(text, pos) if m[0] == key]
         start, end = hits[-1][2], hits[-1][3]
         pos = start
-    raw = payload[start:end]
-    return raw if len(raw) <= MAX_RAW_USAGE_BYTES else None
+    return payload[start:end]
+
+
+def _raw_piece(acc: _Acc, api: int, usage: bytes, nested: bool) -> None:
+    """Record a usage object that counted: its document piece replaces the previous one
+    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``), or for Anthropic, whose objects merge
+    field by field, is appended after a comma (``{"message":{"usage":U}}`` for
+    message_start's).  The whole, with Anthropic's ``[`` ``]``, stays within
+    MAX_RAW_USAGE_BYTES, else it is dropped (None)."""
+    acc.raw_set = True
+    if api == API_GEMINI:
+        piece = b'{"usageMetadata":' + usage + b"}"
+    elif api == API_ANTHROPIC and nested:
+        piece = b'{"message":{"usage":' + usage + b"}}"
+    else:
+        piece = b'{"usage":' + usage + b"}"
+    if api == API_ANTHROPIC:
+        if acc.raw is None:
+            return
+        piece = acc.raw + b"," + piece if acc.raw else piece
+    acc.raw = piece if len(piece) <= MAX_RAW_USAGE_BYTES - 2 else None
 
 
 class _Doc:
@@ -767,9 +786,7 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
             for i, value in enumerate(counts):
                 if value is not None:
                     acc.counts[i] = value
-            slot = 1 if final else 0
-            acc.raw_set[slot] = True
-            acc.raw[slot] = _raw_member(where.payload, where.text, where.pos, path)
+            _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), not final)
             if final:
                 acc.has_usage = True
         return
@@ -780,8 +797,7 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
     if counts is not None:
         acc.counts = [0 if value is None else value for value in counts]
         acc.has_usage = True
-        acc.raw_set[1] = True
-        acc.raw[1] = _raw_member(where.payload, where.text, where.pos, path)
+        _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), False)
 
 
 def _apply_value(acc: _Acc, api: int, value: Any, payload: bytes) -> None:
@@ -799,17 +815,10 @@ def _apply_value(acc: _Acc, api: int, value: Any, payload: bytes) -> None:
 
 
 def _raw_document(api: int, acc: _Acc) -> bytes | None:
-    """``UsageScanner.raw_usage``: the usage objects wrapped in a re-scannable document."""
-    if not acc.raw_set[1] or acc.raw[1] is None or (acc.raw_set[0] and acc.raw[0] is None):
+    """``UsageScanner.raw_usage``: the usage object(s) in a re-scannable document."""
+    if not acc.has_usage or not acc.raw_set or not acc.raw:
         return None
-    last = acc.raw[1]
-    if api == API_ANTHROPIC and acc.raw_set[0]:
-        first = acc.raw[0]
-        assert first is not None
-        return b'[{"message":{"usage":' + first + b'}},{"usage":' + last + b"}]"
-    if api == API_GEMINI:
-        return b'{"usageMetadata":' + last + b"}"
-    return b'{"usage":' + last + b"}"
+    return b"[" + acc.raw + b"]" if api == API_ANTHROPIC else acc.raw
 
 
 def _usage_only(value: Any) -> bool:
@@ -968,10 +977,11 @@ class UsageScanner:
 
     def raw_usage(self) -> bytes | None:
         """The provider's usage object(s) exactly as received, wrapped in a document that
-        scans (``UsageScanner(api, streaming=False)``) to the same counts: ``{"usage":U}``
-        (Gemini ``{"usageMetadata":U}``), for an Anthropic stream
-        ``[{"message":{"usage":START}},{"usage":FINAL}]``.  ``None`` when no usage counted
-        or an object is larger than :data:`MAX_RAW_USAGE_BYTES`."""
+        scans (``UsageScanner(api, streaming=False)``) to the same counts: the last usage
+        object that counted as ``{"usage":U}`` (Gemini ``{"usageMetadata":U}``); for
+        Anthropic, whose objects merge field by field, every one that counted, in order:
+        ``[{"message":{"usage":START}},{"usage":DELTA},...]``.  ``None`` when no usage
+        counted or the document would be longer than :data:`MAX_RAW_USAGE_BYTES`."""
         return _raw_document(self._api, self._acc)
 
     def result(self) -> Usage:

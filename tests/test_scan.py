@@ -84,7 +84,7 @@ def run_chunks(
     raw = scanner.raw_usage()
     if raw is not None:
         assert usage[5], "raw usage without usage"
-        assert len(raw) <= 2 * scan.MAX_RAW_USAGE_BYTES + 40
+        assert len(raw) <= scan.MAX_RAW_USAGE_BYTES
         again = scan.UsageScanner(api, False)
         again.feed(raw)
         again.finish()

@@ -219,9 +219,11 @@ def test_raw_usage_is_the_providers_objects(scan: ModuleType) -> None:
     same row (run_chunks checks the re-scan on every scanner test)."""
     start = ANTHROPIC_THINKING_STREAM.index(b'{"input_tokens":12')
     end = ANTHROPIC_THINKING_STREAM.index(b"}}}\n\n", start) + 1
+    first = b'{"output_tokens":350,"output_tokens_details":{"thinking_tokens":300}}'
     final = b'{"output_tokens":700,"output_tokens_details":{"thinking_tokens":640}}'
     assert _raw(scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM) == (
-        b'[{"message":{"usage":' + ANTHROPIC_THINKING_STREAM[start:end] + b'}},{"usage":' + final + b"}]"
+        b'[{"message":{"usage":' + ANTHROPIC_THINKING_STREAM[start:end] + b'}},{"usage":' + first
+        + b'},{"usage":' + final + b"}]"
     )
     usage = GEMINI_TOOL_USE[GEMINI_TOOL_USE.index(b'{"promptTokenCount"') : -len(b',"modelVersion":"gemini-2.5-pro"}')]
     assert _raw(scan, GEMINI, False, GEMINI_TOOL_USE) == b'{"usageMetadata":' + usage + b"}"
@@ -240,14 +242,36 @@ def test_raw_usage_is_the_providers_objects(scan: ModuleType) -> None:
 
 def test_raw_usage_bound(scan: ModuleType) -> None:
     cap = scan.MAX_RAW_USAGE_BYTES
-    for size, kept in ((cap, True), (cap + 1, False)):
-        pad = b" " * (size - len(b'{"prompt_tokens":1}'))
-        obj = b'{"prompt_tokens":1' + pad + b"}"
-        assert len(obj) == size
-        body = b'{"usage":' + obj + b"}"
+    assert cap == 4096
+    for size, kept in ((cap - 2, True), (cap - 1, False), (cap + 1, False), (3 * cap, False)):
+        pad = b" " * (size - len(b'{"usage":{"prompt_tokens":1}}'))
+        body = b'{"usage":{"prompt_tokens":1' + pad + b"}}"
+        assert len(body) == size
         assert _raw(scan, CHAT, False, body) == (body if kept else None)
         # the counts never depend on the bound
         scanner = scan.UsageScanner(CHAT, False)
         scanner.feed(body)
         scanner.finish()
         assert scanner.result().input_tokens == 1
+
+
+def test_raw_usage_anthropic_keeps_every_object_that_counted(scan: ModuleType) -> None:
+    """Anthropic objects merge field by field, so each one that counted is kept, in order:
+    re-scanning gives the merge (a later delta lacking a field keeps the earlier value)."""
+    body = (
+        b'data: {"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+        b'data: {"type":"message_delta","usage":{"input_tokens":6,"cache_read_input_tokens":7}}\n\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":9}}\n\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":"x"}}\n\n'
+    )
+    assert _raw(scan, ANTHROPIC, True, body) == (
+        b'[{"message":{"usage":{"input_tokens":5,"output_tokens":1}}},'
+        b'{"usage":{"input_tokens":6,"cache_read_input_tokens":7}},{"usage":{"output_tokens":9}}]'
+    )
+    # too many objects for the bound: none kept (never a partial record)
+    delta = b'data: {"type":"message_delta","usage":{"output_tokens":9' + b" " * 500 + b"}}\n\n"
+    six = _raw(scan, ANTHROPIC, True, body + delta * 6)
+    seven = _raw(scan, ANTHROPIC, True, body + delta * 7)
+    assert six is not None and seven == six[:-1] + b',{"usage":{"output_tokens":9' + b" " * 500 + b"}}]"
+    assert len(seven) + 530 > scan.MAX_RAW_USAGE_BYTES
+    assert _raw(scan, ANTHROPIC, True, body + delta * 8) is None

@@ -6,7 +6,7 @@
 --                   tool_use_prompt_tokens, audio_input_tokens are parts of it;
 --   output_tokens = every billed output token (visible + reasoning); reasoning_tokens and
 --                   audio_output_tokens are parts of it.
---   usage_raw     = the provider's usage object(s) as received (<= 2 KiB each), in a document
+--   usage_raw     = the provider's usage object(s) as received, in a document (<= 4 KiB)
 --                   that re-scans with the scan API named by usage_api to the same row;
 --   price_entry   = the price used ('provider/model' of the bundled table, or 'custom');
 --   price_status  gains 'priced_partial' (priced and counted, but a dimension had no price
