@@ -16,6 +16,9 @@ STATUS_UPSTREAM_ERROR = "upstream_error"  # provider answered >= 400
 STATUS_UPSTREAM_FAILED = "upstream_failed"  # connection failed / reset / timed out
 STATUS_CLIENT_GONE = "client_disconnected"  # the client left before the response ended
 STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
+# forwarded on an operator's explicit list (firewall_unbilled_paths): not metered, so left
+# unpriced (visible), never priced at zero
+STATUS_UNBILLED = "unbilled"
 
 
 #: usage_log.usage_api: which scan API read (and can re-derive) the row, by scan API number
