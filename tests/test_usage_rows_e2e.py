@@ -181,8 +181,13 @@ plano_fast:
 def _post(url: str, path: str, body: dict[str, Any]) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    headers = {"content-type": "application/json", "authorization": "Bearer client", "x-api-key": "client",
-               "anthropic-version": "2023-06-01"}  # fmt: skip
+    headers = {"content-type": "application/json"}
+    if path.startswith("/v1/messages"):
+        headers.update({"x-api-key": "client", "anthropic-version": "2023-06-01"})
+    elif path.startswith("/v1beta"):
+        headers["x-goog-api-key"] = "client"
+    else:
+        headers["authorization"] = "Bearer client"
     conn.request("POST", path, json.dumps(body).encode(), headers)
     response = conn.getresponse()
     data = response.read()
