@@ -78,6 +78,15 @@ recording with ``reasoning_tokens`` 11 > ``completion_tokens`` 10) is capped at 
 of the total, in the order cache read, cache write, 1h write / tool-use / audio: a row never
 holds a negative uncached or visible count.  Totals are never raised to fit a subset.
 
+The provider's own usage objects are kept too (:meth:`UsageScanner.raw_usage`), byte for byte
+as received, in a document that scans (same API, not streaming) to the same row: the last
+usage object that counted as ``{"usage":U}`` (Gemini ``{"usageMetadata":U}``, wherever it was
+found: top level, ``x_groq``, ``response``); for Anthropic, whose objects merge field by
+field, every one that counted, in order, ``[{"message":{"usage":START}},{"usage":DELTA},...]``.
+``None`` when no usage counted or the document would exceed :data:`MAX_RAW_USAGE_BYTES`
+(4 KiB).  The compiled scanner copies the bytes while it walks them.  OpenAI
+``/v1/embeddings`` usage (``prompt_tokens``, ``total_tokens``) reads with the chat API.
+
 Where the usage object is looked for, per JSON document (a non-streamed body, or the ``data``
 of one SSE event; a top-level array is treated as a sequence of documents, which covers
 Gemini's ``streamGenerateContent`` without ``alt=sse``):
