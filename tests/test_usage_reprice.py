@@ -268,3 +268,26 @@ def test_reprice_pages_in_transactions(backend: Backend, page_rows: int) -> None
         assert await store.apply_reprice([replace(rows[0], row_id=10**9)]) == 0
 
     backend.run(body)
+
+
+def test_late_pricing_records_the_price_entry(backend: Backend) -> None:
+    """Rows priced by the PriceCalculator (after a custom price appears) name their entry."""
+    from plano_fast.billing.metrics import BillingMetrics
+    from plano_fast.billing.pricer import PriceCalculator
+
+    async def body(store: Store) -> None:
+        event = _event(*RAW_CASES[2][:2], RAW_CASES[2][2], "xai", "grok-nobody-priced", 0)
+        await store.write_usage([usage_row_from_event(event)])  # unknown model: unpriced
+        pricer = PriceCalculator(store, PricingRegistry(), BillingMetrics(), interval_s=60)
+        assert await pricer.run_once() == 0
+        await store.set_custom_price("grok-nobody-priced", input_per_mtok_nano_usd=10**9,
+                                     output_per_mtok_nano_usd=10**9)  # fmt: skip
+        assert await pricer.run_once() == 1
+        [row] = await all_usage(store)
+        assert (row.priced, row.price_entry, row.price_status) == (True, "custom", "priced")
+        assert row.cost_nano_usd == (291 - 244 + 215) * 1_000  # the custom cache-read price is 0
+        await assert_counters_match_log(store)
+        # the 3-tuple form still works (no entry)
+        assert await store.set_prices([(row.row_id or 0, 5, "priced")]) == 0  # already priced
+
+    backend.run(body)

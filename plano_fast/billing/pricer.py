@@ -20,6 +20,7 @@ from plano_fast.store import (
     PRICE_STATUS_PRICED,
     PRICE_STATUS_UNKNOWN,
     CustomPrice,
+    PriceResult,
     Store,
 )
 
@@ -108,7 +109,7 @@ class PriceCalculator:
             rows = await self.store.fetch_unpriced(self.batch_size)
             if not rows:
                 return priced_total
-            results: list[tuple[int, int | None, str]] = []
+            results: list[PriceResult] = []
             for row in rows:
                 assert row.row_id is not None
                 quote = None
@@ -124,9 +125,9 @@ class PriceCalculator:
                     results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))
                 elif quote.partial:
                     self.metrics.rows_priced_partial += 1
-                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL))
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL, quote.entry or None))
                 else:
-                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED))
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED, quote.entry or None))
             priced = await self.store.set_prices(results)
             self.metrics.rows_priced_late += priced
             priced_total += priced

@@ -472,8 +472,9 @@ class Store(abc.ABC):
         """Oldest rows not priced and not yet attempted (``row_id`` set)."""
 
     @abc.abstractmethod
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        """``(row_id, cost_nano_usd or None, price_status)`` per row, in ONE transaction.
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        """``(row_id, cost_nano_usd or None, price_status[, price_entry])`` per row, in ONE
+        transaction (``price_entry``: the price used, see ``UsageRow``).
 
         A cost marks the row priced and adds it to the counters; ``None`` leaves it
         unpriced with the given status (e.g. ``'unpriced_unknown'``) and stamps
@@ -885,6 +886,14 @@ def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     sums: DaySums = {}
     add_day_sums(rows, sums)
     return deltas_of_day_sums(sums)
+
+
+PriceResult = tuple[int, int | None, str] | tuple[int, int | None, str, str | None]
+"""What ``Store.set_prices`` takes per row: id, cost or None, status, optionally the entry."""
+
+
+def price_result_entry(result: PriceResult) -> str | None:
+    return result[3] if len(result) > 3 else None
 
 
 REPRICE_COLUMNS: Final = (
@@ -1529,6 +1538,8 @@ __all__ = [
     "PRICE_STATUS_PARTIAL",
     "written_price_status",
     "REPRICE_COLUMNS",
+    "PriceResult",
+    "price_result_entry",
     "reprice_deltas",
     "reprice_values",
     "PRICE_STATUS_PRICED",

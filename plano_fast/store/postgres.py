@@ -40,6 +40,8 @@ from plano_fast.store import (
     UsageRow,
     check_targets,
     new_id,
+    PriceResult,
+    price_result_entry,
     reprice_deltas,
     reprice_values,
     normalize_usage,
@@ -192,12 +194,12 @@ ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
 
 _SET_PRICES = f"""
 WITH v AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, cost, status)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $5::text[]) AS v(id, cost, status, entry)
 ),
 upd AS (
     UPDATE usage_log u
        SET priced = (v.cost IS NOT NULL), cost_nano_usd = v.cost, price_status = v.status,
-           price_attempted_at_ns = $4
+           price_entry = v.entry, price_attempted_at_ns = $4
       FROM v
      WHERE u.id = v.id AND NOT u.priced
     RETURNING u.time_ns, u.project_id, u.user_id, u.key_hash, u.priced, u.cost_nano_usd
@@ -468,21 +470,23 @@ class PostgresStore(SqlStore):
             return await self._retrying(attempt)
         return await self._in_tx(body)
 
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        latest: dict[int, tuple[int | None, str]] = {}
-        for row_id, cost, status in results:
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        latest: dict[int, tuple[int | None, str, str | None]] = {}
+        for result in results:
+            row_id, cost, status = result[0], result[1], result[2]
             if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 0):
                 raise InvalidValue("cost_nano_usd must be a non-negative integer or None")
-            latest[int(row_id)] = (cost, status)
+            latest[int(row_id)] = (cost, status, price_result_entry(result))
         if not latest:
             return 0
         ids = sorted(latest)
         costs = [latest[i][0] for i in ids]
         statuses = [latest[i][1] for i in ids]
+        entries = [latest[i][2] for i in ids]
         now = time.time_ns()
 
         async def attempt() -> int:
-            return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now))
+            return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now, entries))
 
         return await self._retrying(attempt)
 

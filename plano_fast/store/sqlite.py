@@ -64,6 +64,8 @@ from plano_fast.store import (
     new_id,
     normalize_usage,
     written_price_status,
+    PriceResult,
+    price_result_entry,
 )
 
 T = TypeVar("T")
@@ -546,12 +548,13 @@ class SqliteStore(SqlStore):
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        latest: dict[int, tuple[int | None, str]] = {}
-        for row_id, cost, status in results:
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        latest: dict[int, tuple[int | None, str, str | None]] = {}
+        for result in results:
+            row_id, cost, status = result[0], result[1], result[2]
             if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 0):
                 raise InvalidValue("cost_nano_usd must be a non-negative integer or None")
-            latest[int(row_id)] = (cost, status)
+            latest[int(row_id)] = (cost, status, price_result_entry(result))
         if not latest:
             return 0
         now = time.time_ns()
@@ -567,7 +570,7 @@ class SqliteStore(SqlStore):
                     f"WHERE id IN ({marks}) AND NOT priced",
                     chunk,
                 ):
-                    cost, _ = latest[int(r[0])]
+                    cost = latest[int(r[0])][0]
                     pending.append(
                         UsageRow(
                             "", int(r[1]), r[2], r[3], r[4], None, "", None, 0, 0, 0, 0, 0, False, "", 0,
@@ -576,9 +579,10 @@ class SqliteStore(SqlStore):
                     )  # fmt: skip
             conn.executemany(
                 "UPDATE usage_log SET priced = ?, cost_nano_usd = ?, price_status = ?, "
-                "price_attempted_at_ns = ? WHERE id = ? AND NOT priced",
+                "price_entry = ?, price_attempted_at_ns = ? WHERE id = ? AND NOT priced",
                 [
-                    (row.priced, row.cost_nano_usd, latest[row.row_id][1], now, row.row_id)
+                    (row.priced, row.cost_nano_usd, latest[row.row_id][1], latest[row.row_id][2], now,
+                     row.row_id)  # fmt: skip
                     for row in pending
                     if row.row_id is not None
                 ],
