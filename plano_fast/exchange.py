@@ -54,6 +54,7 @@ from plano_fast.usage import (
     STATUS_UPSTREAM_ERROR,
     STATUS_UPSTREAM_FAILED,
     STATUS_USAGE_MISSING,
+    USAGE_API_NAMES,
     UsageEvent,
     UsageSink,
 )
@@ -682,13 +683,17 @@ class Exchange:
                 duration_ms=duration_ms, wire_format=self.wire_format,
             )  # fmt: skip
         usage = scanner.result()
+        raw = scanner.raw_usage()
         # Positional in UsageEvent's field order (one call, no per-field assignments).
         return UsageEvent(
             self.request_id, started_ns, self.provider_id, usage.model or self.model,
             self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
             usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
             usage.has_usage, self.project_id, self.key_hash, None, None, duration_ms,
-            self.wire_format,
+            self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
+            usage.audio_input_tokens, usage.audio_output_tokens,
+            None if raw is None else raw.decode("utf-8", "replace"),
+            USAGE_API_NAMES.get(self.scan_api),
         )  # fmt: skip
 
 
