@@ -59,7 +59,12 @@ from plano_fast.convert._request_parse import (
 )
 from plano_fast.convert.errors import ConversionError
 
-__all__ = ["parse_responses"]
+__all__ = ["JSON_TOOL", "json_tool_for", "parse_responses", "structured_output_as_tool"]
+
+#: The tool a structured-output request becomes in front of Anthropic (which has no
+#: response_format): the schema is its input schema and the call is forced; the answer's
+#: call to it comes back as the output text (``json_tool_for``).
+JSON_TOOL = "plano_json_output"
 
 #: request members that need server-side state or features no converted provider has
 _REFUSED_MEMBERS = {
@@ -312,3 +317,40 @@ def parse_responses(body: JSONDict, target: str) -> Request:
             req.user = user
             break
     return req
+
+
+def structured_output_as_tool(req: Request) -> None:
+    """``text.format`` json_schema / json_object for a target without a response format
+    (Anthropic): a tool whose input schema is the schema, with the call forced when the
+    client has no tools of its own (``any`` when it has: a function call or the JSON
+    answer; ``auto`` with thinking, which Anthropic allows with no forced choice)."""
+    rf = req.response_format
+    if rf is None:
+        return
+    req.response_format = None
+    js = as_dict(rf.get("json_schema"))
+    schema = as_dict(js.get("schema")) or {"type": "object"}
+    if any(tool.name == JSON_TOOL for tool in req.tools):
+        raise _bad("tools", f"the tool name {JSON_TOOL!r} is reserved for structured output")
+    description = "Give the final answer by calling this tool with the answer as its input."
+    if isinstance(js.get("description"), str):
+        description += " " + js["description"]
+    had_tools = bool(req.tools)
+    req.tools.append(ToolDef(JSON_TOOL, description, schema))
+    if req.thinking is not None or req.tool_choice in ("none", "tool"):
+        if req.tool_choice == "none":
+            req.tool_choice = "auto"
+        return
+    if had_tools:
+        req.tool_choice = "any"
+    else:
+        req.tool_choice, req.tool_name = "tool", JSON_TOOL
+
+
+def json_tool_for(request: JSONDict | None, source: str) -> str | None:
+    """The structured-output tool name whose calls are the answer's text, when the
+    client's Responses ``request`` went to an Anthropic ``source`` with a JSON format."""
+    if source != "anthropic" or request is None:
+        return None
+    fmt = as_dict(as_dict(request.get("text")).get("format"))
+    return JSON_TOOL if fmt.get("type") in ("json_schema", "json_object") else None

@@ -147,9 +147,10 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
 
 def emit_responses(
     parts: list[Text | Thinking | ToolUse], stop: str, usage: Usage | None, upstream_id: object, client_model: str,
-    created: int, echo: JSONDict,
+    created: int, echo: JSONDict, json_tool: str | None = None,
 ) -> JSONDict:
-    """A non-streamed neutral answer (``responses.Response`` fields) as a response object."""
+    """A non-streamed neutral answer (``responses.Response`` fields) as a response object.
+    A call to ``json_tool`` (structured output through a forced tool) is the output text."""
     core = _id_core(upstream_id)
     output: list[JSONDict] = []
     texts: list[str] = []
@@ -159,16 +160,22 @@ def emit_responses(
             output.append(message_item(f"msg_{core}_{len(output)}", "".join(texts)))
             texts.clear()
 
+    calls = 0
     for p in parts:
-        if isinstance(p, Text):
+        if isinstance(p, ToolUse) and p.name == json_tool:
+            texts.append(dumps_str(p.input))
+        elif isinstance(p, Text):
             texts.append(p.text)
         elif isinstance(p, Thinking):
             flush()
             output.append(reasoning_item(f"rs_{core}_{len(output)}", p.text))
         elif isinstance(p, ToolUse):
             flush()
+            calls += 1
             output.append(call_item(f"fc_{core}_{len(output)}", p.id, p.name, dumps_str(p.input)))
     flush()
+    if json_tool is not None and stop == "tool_use" and not calls:
+        stop = "end_turn"
     status, incomplete = status_for(stop)
     return response_object(
         "resp_" + core, client_model, created, echo,

@@ -12,7 +12,8 @@ and the usage.  Inside the items:
   ``reasoning_summary_text.done``, ``reasoning_summary_part.done``;
 * function call: ``function_call_arguments.delta``*, ``function_call_arguments.done``.
 
-Every event has ``sequence_number`` 0, 1, 2 ...  A text or reasoning item closes when
+Every event has ``sequence_number`` 0, 1, 2 ...  With ``json_tool`` set (structured output
+through a forced tool, Anthropic), that tool's argument fragments are the output text.  A text or reasoning item closes when
 another item starts; a function call closes at its source's end of block (Anthropic,
 Gemini) or at the finish (OpenAI chat does not mark it), so interleaved argument
 fragments of parallel calls still land in their own item.  The final event is held after
@@ -52,12 +53,15 @@ class _Call:
 
 
 class ResponsesEmitter(Emitter):
-    __slots__ = ("echo", "_seq", "_core", "_rid", "_items", "_kind", "_open_id", "_acc", "_calls")
+    __slots__ = ("echo", "json_tool", "_json_keys", "_seq", "_core", "_rid", "_items", "_kind", "_open_id", "_acc", "_calls")
 
     def __init__(self, client_model: str, include_usage: bool, created: int) -> None:
         super().__init__(client_model, include_usage, created)
         #: request members echoed in every response object (set by the caller)
         self.echo: JSONDict = echo_fields({})
+        #: calls to this tool are the answer's text (structured output via a forced tool)
+        self.json_tool: str | None = None
+        self._json_keys: set[object] = set()
         self._seq = 0
         self._core = ""
         self._rid = ""
@@ -162,6 +166,9 @@ class ResponsesEmitter(Emitter):
     def tool_start(self, key: object, call_id: str, name: str) -> None:
         if self.closed or key in self._calls:
             return
+        if name == self.json_tool and self.json_tool is not None:
+            self._json_keys.add(key)
+            return
         index = self._begin("function_call")
         call = self._calls[key] = _Call(index, f"fc_{self._core}_{index}", call_id, name)
         self._ev("response.output_item.added", {
@@ -170,6 +177,9 @@ class ResponsesEmitter(Emitter):
         })
 
     def tool_args(self, key: object, fragment: str) -> None:
+        if key in self._json_keys:
+            self.text(fragment)
+            return
         call = self._calls.get(key)
         if self.closed or not fragment or call is None or not call.open:
             return
@@ -209,7 +219,7 @@ class ResponsesEmitter(Emitter):
         if not self.started:
             self.start(None, None)
         self.finished = True
-        self.stop = stop
+        self.stop = "end_turn" if stop == "tool_use" and self._json_keys and not self._calls else stop
         self._close_all()
         if usage_final:
             self._release()

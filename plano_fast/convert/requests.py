@@ -26,7 +26,7 @@ from plano_fast.convert._ir import Request, Text, Thinking, ToolResult, ToolUse
 from plano_fast.convert._request_emit import emit_request
 from plano_fast.convert._request_gemini import parse_gemini
 from plano_fast.convert._request_parse import parse_anthropic, parse_openai
-from plano_fast.convert._request_responses import parse_responses
+from plano_fast.convert._request_responses import parse_responses, structured_output_as_tool
 from plano_fast.convert.errors import ConversionError
 
 __all__ = ["convert_request", "count_tokens_estimate", "parse_request"]
@@ -88,6 +88,8 @@ def convert_request(
     req = _PARSERS[source](body, target)
     if stream is not None:
         req.stream = stream
+    if source == "responses" and target == "anthropic":
+        structured_output_as_tool(req)
     return emit_request(
         req,
         target,

@@ -43,6 +43,7 @@ from plano_fast.convert._common import (
     usage_to_openai,
 )
 from plano_fast.convert._ir import Text, Thinking, ToolUse
+from plano_fast.convert._request_responses import json_tool_for
 from plano_fast.convert._responses_out import echo_fields, emit_responses
 from plano_fast.convert.errors import ConversionError
 
@@ -289,6 +290,7 @@ def convert_response(
         return emit_responses(
             resp.parts, resp.stop, resp.usage, resp.id, client_model,
             int(time.time()) if created is None else created, echo_fields(request or {}),
+            json_tool_for(request, source),
         )
     if target == "openai":
         return _emit_openai(resp, client_model, int(time.time()) if created is None else created)

@@ -51,6 +51,7 @@ from plano_fast.convert._common import (
     usage_from_openai,
 )
 from plano_fast.convert._sse import MAX_EVENT_BYTES, JSONArrayParser, SSEParser
+from plano_fast.convert._request_responses import json_tool_for
 from plano_fast.convert._responses_out import echo_fields
 from plano_fast.convert._stream_emit import EMITTERS, Emitter, render_stream_error
 from plano_fast.convert._stream_responses import ResponsesEmitter
@@ -434,6 +435,7 @@ class StreamConverter:
         self._em = emitter_cls(client_model, include_usage, int(time.time()) if created is None else created)
         if isinstance(self._em, ResponsesEmitter):
             self._em.echo = echo_fields(request or {})
+            self._em.json_tool = json_tool_for(request, source)
         self._src = _SOURCES[source](self._em, self.usage)
         self._sse = SSEParser(max_event_bytes)
         self._array: JSONArrayParser | None = None
