@@ -2,7 +2,9 @@
 
 Used by config mode when the client's endpoint and the provider's wire API differ:
 ``/v1/messages`` (Claude Code and the anthropic SDK) in front of OpenAI-compatible
-providers, and ``/v1/chat/completions`` in front of Anthropic's native Messages API.
+providers, ``/v1/chat/completions`` in front of Anthropic's native Messages API, and
+``/v1/responses`` (Codex CLI, the Agents SDK) in front of any provider without a native
+Responses endpoint (chat completions, Messages or Gemini upstream).
 Only this path parses and re-encodes JSON; same-format traffic never comes here.
 
 Usage is read by the scanner from the *upstream* bytes, before conversion, so billing
@@ -12,6 +14,7 @@ sees the provider's own counts with the provider's semantics.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from plano_fast import scan
 from plano_fast.convert import ConversionError, StreamConverter, convert_error, convert_response
@@ -42,17 +45,21 @@ class Conversion:
     """Per-exchange conversion state: the response side of one cross-format exchange."""
 
     __slots__ = ("source", "target", "client_model", "streaming", "stream", "buffer", "size",
-                 "status", "headers")
+                 "status", "headers", "request")
 
     def __init__(
-        self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool
+        self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool,
+        request: dict[str, Any] | None = None,
     ) -> None:
         self.source = source  # the upstream's format
         self.target = target  # the client's format
         self.client_model = client_model
         self.streaming = streaming
+        #: the client's request when its answer echoes it (Responses API clients)
+        self.request = request
         self.stream = (
-            StreamConverter(source, target, client_model=client_model, include_usage=include_usage)
+            StreamConverter(source, target, client_model=client_model, include_usage=include_usage,
+                            request=request)
             if streaming else None
         )
         self.buffer: list[bytes] = []
@@ -102,7 +109,7 @@ class Conversion:
             try:
                 converted = json.dumps(
                     convert_response(json.loads(body), self.source, self.target,
-                                     client_model=self.client_model),
+                                     client_model=self.client_model, request=self.request),
                     separators=(",", ":"), ensure_ascii=False,
                 ).encode()
             except (ConversionError, ValueError) as exc:
@@ -113,4 +120,9 @@ class Conversion:
         responder.send_body(converted)
 
 
-_FORMATS = {"openai": ApiFormat.OPENAI, "anthropic": ApiFormat.ANTHROPIC, "gemini": ApiFormat.GEMINI}
+_FORMATS = {
+    "openai": ApiFormat.OPENAI,
+    "anthropic": ApiFormat.ANTHROPIC,
+    "gemini": ApiFormat.GEMINI,
+    "responses": ApiFormat.OPENAI,
+}

@@ -154,6 +154,15 @@ def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None
     return path.encode() if path else None
 
 
+def converts(endpoint: Endpoint, provider: ModelProvider) -> bool:
+    """Whether ``endpoint`` reaches ``provider`` through format conversion.  A Responses
+    request passes through to an OpenAI-family provider with a responses path, and is
+    converted (to chat completions, Messages or Gemini) for every other provider."""
+    if endpoint is RESPONSES:
+        return provider.wire_api != "openai" or provider.responses_path is None
+    return provider.wire_api != endpoint.wire_api
+
+
 def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Header, ...]:
     # Anthropic's OpenAI-compatible chat endpoint takes a bearer token, its Messages API
     # an x-api-key; the config precomputes both.
@@ -764,7 +773,7 @@ class ConfigExchange(Exchange):
         fields = self.fields
         provider = route.provider
         model = route.upstream_model or fields.model
-        if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
+        if converts(self.endpoint, provider):
             self._prepare_converted(fields, model, provider)
             return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
@@ -913,7 +922,8 @@ class ConfigExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> None:
         request = self.request
-        source, target = self.endpoint.wire_api, provider.wire_api
+        target = provider.wire_api
+        source = "responses" if self.endpoint is RESPONSES else self.endpoint.wire_api
         if target not in SCAN_API_FOR_WIRE:
             raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
         try:
@@ -951,6 +961,7 @@ class ConfigExchange(Exchange):
         self.conversion = Conversion(
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
+            request=doc if source == "responses" else None,
         )
         auth = None
         if not provider.passthrough_auth:
