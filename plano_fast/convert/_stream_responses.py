@@ -40,6 +40,15 @@ from plano_fast.convert.errors import ErrorInfo, render_error
 __all__ = ["ResponsesEmitter"]
 
 
+_TEXT_DELTA = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
+)
+_SUMMARY_DELTA = (
+    b"event: response.reasoning_summary_text.delta\n"
+    b'data: {"type":"response.reasoning_summary_text.delta","sequence_number":'
+)
+
+
 class _Call:
     __slots__ = ("index", "item_id", "call_id", "name", "args", "open")
 
@@ -53,7 +62,8 @@ class _Call:
 
 
 class ResponsesEmitter(Emitter):
-    __slots__ = ("echo", "json_tool", "_json_keys", "_seq", "_core", "_rid", "_items", "_kind", "_open_id", "_acc", "_calls")
+    __slots__ = ("echo", "json_tool", "_json_keys", "_seq", "_core", "_rid", "_items", "_kind", "_open_id",
+                 "_acc", "_calls", "_delta_head")
 
     def __init__(self, client_model: str, include_usage: bool, created: int) -> None:
         super().__init__(client_model, include_usage, created)
@@ -71,6 +81,8 @@ class ResponsesEmitter(Emitter):
         self._open_id = ""
         self._acc: list[str] = []
         self._calls: dict[object, _Call] = {}
+        #: the bytes after ``sequence_number`` up to the delta of the open item's deltas
+        self._delta_head = b""
 
     def _ev(self, etype: str, body: JSONDict) -> None:
         doc: JSONDict = {"type": etype, "sequence_number": self._seq}
@@ -84,6 +96,13 @@ class ResponsesEmitter(Emitter):
             self._rid, self.model, self.created, self.echo, status=status, output=output,
             usage=usage, **extra,
         )
+
+    def _delta(self, head: bytes, text: str, tail: bytes) -> None:
+        """A text delta of the open item, rendered without a dict: the most frequent event
+        (same bytes as ``_ev`` would give; saves about a third of a converted stream's time)."""
+        seq = self._seq
+        self._seq = seq + 1
+        self.out.append(head + str(seq).encode() + self._delta_head + dumps(text) + tail)
 
     def start(self, upstream_id: object, usage: Usage | None) -> None:
         if self.started or self.closed:
@@ -108,6 +127,10 @@ class ResponsesEmitter(Emitter):
         self._kind = kind
         self._open_id = item_id
         ids: JSONDict = {"item_id": item_id, "output_index": index}
+        self._delta_head = (
+            b',"item_id":' + dumps(item_id) + b',"output_index":' + str(index).encode()
+            + (b',"content_index":0,"delta":' if kind == "message" else b',"summary_index":0,"delta":')
+        )
         if kind == "message":
             self._ev("response.output_item.added",
                      {"output_index": index, "item": message_item(item_id, "", "in_progress")})
@@ -147,10 +170,7 @@ class ResponsesEmitter(Emitter):
         if self._kind != "message":
             self._begin("message")
         self._acc.append(text)
-        self._ev("response.output_text.delta", {
-            "item_id": self._open_id, "output_index": len(self._items) - 1, "content_index": 0,
-            "delta": text, "logprobs": [],
-        })
+        self._delta(_TEXT_DELTA, text, b',"logprobs":[]}\n\n')
 
     def thinking(self, text: str) -> None:
         if self.closed or not text:
@@ -158,10 +178,7 @@ class ResponsesEmitter(Emitter):
         if self._kind != "reasoning":
             self._begin("reasoning")
         self._acc.append(text)
-        self._ev("response.reasoning_summary_text.delta", {
-            "item_id": self._open_id, "output_index": len(self._items) - 1, "summary_index": 0,
-            "delta": text,
-        })
+        self._delta(_SUMMARY_DELTA, text, b"}\n\n")
 
     def tool_start(self, key: object, call_id: str, name: str) -> None:
         if self.closed or key in self._calls:
