@@ -44,6 +44,7 @@ from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
+from plano_fast.responses_state import store_from_config
 from plano_fast.store import Store, open_store
 from plano_fast.upstream import UpstreamPool
 
@@ -181,6 +182,7 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
+        self.ctx.responses_state = store_from_config(self.config.raw)
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()

@@ -14,6 +14,7 @@ sees the provider's own counts with the provider's semantics.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from plano_fast import scan
@@ -45,11 +46,12 @@ class Conversion:
     """Per-exchange conversion state: the response side of one cross-format exchange."""
 
     __slots__ = ("source", "target", "client_model", "streaming", "stream", "buffer", "size",
-                 "status", "headers", "request")
+                 "status", "headers", "request", "on_response")
 
     def __init__(
         self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool,
         request: dict[str, Any] | None = None,
+        on_response: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.source = source  # the upstream's format
         self.target = target  # the client's format
@@ -57,6 +59,8 @@ class Conversion:
         self.streaming = streaming
         #: the client's request when its answer echoes it (Responses API clients)
         self.request = request
+        #: called with the client's answer object once complete (Responses conversation state)
+        self.on_response = on_response
         self.stream = (
             StreamConverter(source, target, client_model=client_model, include_usage=include_usage,
                             request=request)
@@ -97,6 +101,9 @@ class Conversion:
         if self.stream is not None and self.status < 400:
             out = self.stream.feed(tail) + self.stream.finish() if tail else self.stream.finish()
             responder.send_body(out)
+            final = self.stream.final_response
+            if final is not None and self.on_response is not None:
+                self.on_response(final)
             return
         if tail:
             self.buffer.append(tail)
@@ -107,11 +114,11 @@ class Conversion:
         else:
             status = self.status
             try:
-                converted = json.dumps(
-                    convert_response(json.loads(body), self.source, self.target,
-                                     client_model=self.client_model, request=self.request),
-                    separators=(",", ":"), ensure_ascii=False,
-                ).encode()
+                answer = convert_response(json.loads(body), self.source, self.target,
+                                          client_model=self.client_model, request=self.request)
+                converted = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+                if self.on_response is not None:
+                    self.on_response(answer)
             except (ConversionError, ValueError) as exc:
                 error = ConversionFailed(f"upstream answer could not be converted: {exc}")
                 status, converted = error.status, error.body(_FORMATS[self.target])

@@ -33,6 +33,7 @@ from plano_fast.errors import (
     BadRequestBody,
     ClientError,
     GatewayError,
+    NotFound,
     Unauthorized,
     UnknownModelError,
     UpstreamError,
@@ -44,6 +45,7 @@ from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
+from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -224,6 +226,7 @@ class ExchangeContext:
         "server_timing",
         "ratelimits",
         "guardrails",
+        "responses_state",
     )
 
     def __init__(
@@ -265,6 +268,8 @@ class ExchangeContext:
         self.ratelimits: RateLimits | None = None
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
+        #: Plano's state_storage: conversations of converted Responses requests
+        self.responses_state: MemoryResponseStore | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -930,6 +935,9 @@ class ConfigExchange(Exchange):
             doc = json.loads(request.body)
         except ValueError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        turn = None
+        if source == "responses" and type(doc) is dict:
+            doc, turn = self._responses_turn(doc)
         try:
             upstream_doc = convert_request(
                 doc, source, target, target_model=model or "", stream=fields.stream,
@@ -962,7 +970,10 @@ class ConfigExchange(Exchange):
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
             request=doc if source == "responses" else None,
+            on_response=turn.record if turn is not None else None,
         )
+        if turn is not None:
+            turn.model, turn.provider = model or "", provider.name
         auth = None
         if not provider.passthrough_auth:
             auth = provider.auth_headers if target == "gemini" else auth_headers_for(
@@ -972,6 +983,19 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
+
+    def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
+        """With state_storage: ``previous_response_id`` expanded (404 when this caller has
+        no such conversation) and the answer to be stored; without: nothing is stored."""
+        state = self.ctx.responses_state
+        if state is None:
+            return {**doc, "store": False}, None
+        try:
+            return begin_turn(doc, state, self.key_hash or "")
+        except ConversationNotFound:
+            raise NotFound(
+                f"previous_response_id '{doc.get('previous_response_id')}' not found"
+            ) from None
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:

@@ -252,9 +252,10 @@ def test_sdk_parses_converted_answers(source: str) -> None:
     assert (resp.usage.input_tokens, resp.usage.output_tokens, resp.usage.total_tokens) == (100, 20, 120)
     assert resp.usage.input_tokens_details.cached_tokens == 40
     assert resp.usage.output_tokens_details.reasoning_tokens == (0 if source == "anthropic" else 5)
-    # the request's settings are echoed, store reported false (nothing is stored)
+    # the request's settings are echoed; store as the caller says (the gateway sets it)
     assert resp.metadata == {"ticket": "42"} and resp.instructions == "Be brief."
-    assert resp.max_output_tokens == 300 and resp.parallel_tool_calls is False and resp.store is False
+    assert resp.max_output_tokens == 300 and resp.parallel_tool_calls is False and resp.store is True
+    assert sdk_create(convert_response(ANSWERS[source], source, "responses", client_model="m")).store is False
     assert [t.name for t in resp.tools] == ["get_weather"]  # type: ignore[union-attr]
 
 

@@ -55,13 +55,14 @@ _DEFAULTS: Final[JSONDict] = {
 
 def echo_fields(request: JSONDict) -> JSONDict:
     """The members of the client's Responses request that the answer echoes, with the
-    API's defaults for absent ones (``store`` is reported false: nothing is stored)."""
+    API's defaults for absent ones.  ``store`` is true only when the caller says so
+    (``request["store"] is True``: the gateway stored the answer)."""
     out = dict(_DEFAULTS)
     for key in _ECHOED:
         value = request.get(key)
         if value is not None:
             out[key] = value
-    out["store"] = False
+    out["store"] = request.get("store") is True
     return out
 
 

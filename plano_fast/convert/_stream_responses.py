@@ -63,7 +63,7 @@ class _Call:
 
 class ResponsesEmitter(Emitter):
     __slots__ = ("echo", "json_tool", "_json_keys", "_seq", "_core", "_rid", "_items", "_kind", "_open_id",
-                 "_acc", "_calls", "_delta_head")
+                 "_acc", "_calls", "_delta_head", "final")
 
     def __init__(self, client_model: str, include_usage: bool, created: int) -> None:
         super().__init__(client_model, include_usage, created)
@@ -83,6 +83,8 @@ class ResponsesEmitter(Emitter):
         self._calls: dict[object, _Call] = {}
         #: the bytes after ``sequence_number`` up to the delta of the open item's deltas
         self._delta_head = b""
+        #: the last response object sent (completed, incomplete or failed)
+        self.final: JSONDict | None = None
 
     def _ev(self, etype: str, body: JSONDict) -> None:
         doc: JSONDict = {"type": etype, "sequence_number": self._seq}
@@ -245,6 +247,7 @@ class ResponsesEmitter(Emitter):
         status, incomplete = status_for(self.stop)
         etype = "response.completed" if status == "completed" else "response.incomplete"
         response = self._response(status, self.usage or Usage(), incomplete=incomplete)
+        self.final = response
         self._ev(etype, {"response": response})
         self.closed = True
 
@@ -264,5 +267,6 @@ class ResponsesEmitter(Emitter):
         err = render_error("openai", info)["error"]
         self._ev("error", {"error": err})
         failure = {"code": err.get("code") or err.get("type") or "server_error", "message": info.message}
-        self._ev("response.failed", {"response": self._response("failed", self.usage, error=failure)})
+        self.final = self._response("failed", self.usage, error=failure)
+        self._ev("response.failed", {"response": self.final})
         self.closed = True

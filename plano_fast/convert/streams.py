@@ -445,6 +445,12 @@ class StreamConverter:
         self._limit = max_event_bytes
 
     @property
+    def final_response(self) -> JSONDict | None:
+        """Responses targets: the last response object sent (None before the end)."""
+        em = self._em
+        return em.final if isinstance(em, ResponsesEmitter) else None
+
+    @property
     def errored(self) -> bool:
         """The upstream sent a mid-stream error (forwarded as the client's error event)."""
         return self._src.errored
