@@ -13,14 +13,21 @@ sees the provider's own counts with the provider's semantics.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from plano_fast import scan
 from plano_fast.convert import ConversionError, StreamConverter, convert_error, convert_response
+from plano_fast.convert._common import dumps as json_dumps
+from plano_fast.convert._common import loads as json_loads
 from plano_fast.errors import ApiFormat, ClientError, GatewayError
 from plano_fast.http_server import Responder
+
+__all__ = ["SCAN_API_FOR_WIRE", "Conversion", "ConversionFailed", "json_dumps", "json_loads", "request_error"]
+
+# JSON through orjson (stdlib fallback for what orjson refuses: lone surrogates, NaN, big
+# ints): parsing and re-encoding a converted request and its answer took ~35 us with the
+# stdlib json module and ~5 us with orjson (a chat answer of 8 words + a Responses request).
 
 # A converted non-streamed answer is buffered whole; bigger answers are refused (502).
 MAX_BUFFERED_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -114,9 +121,9 @@ class Conversion:
         else:
             status = self.status
             try:
-                answer = convert_response(json.loads(body), self.source, self.target,
+                answer = convert_response(json_loads(body), self.source, self.target,
                                           client_model=self.client_model, request=self.request)
-                converted = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+                converted = json_dumps(answer)
                 if self.on_response is not None:
                     self.on_response(answer)
             except (ConversionError, ValueError) as exc:

@@ -38,7 +38,7 @@ from plano_fast.errors import (
     UnknownModelError,
     UpstreamError,
 )
-from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
+from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
@@ -932,7 +932,7 @@ class ConfigExchange(Exchange):
         if target not in SCAN_API_FOR_WIRE:
             raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
         try:
-            doc = json.loads(request.body)
+            doc = json_loads(request.body)
         except ValueError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         turn = None
@@ -947,7 +947,7 @@ class ConfigExchange(Exchange):
             )
         except ConversionError as exc:
             raise request_error(exc) from None
-        body = json.dumps(upstream_doc, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json_dumps(upstream_doc)
         upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
         if target == "gemini":
             # The model is in the path; streaming is a method (SSE asked for explicitly).
