@@ -414,3 +414,58 @@ def test_truncated_upstream_gets_a_gateway_failure() -> None:
     out += conv.error_event("upstream connection lost")
     assert event_types(out)[-2:] == ["error", "response.failed"]
     assert conv.error_event("again") == b""
+
+
+# ---- properties ---------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.test_convert_roundtrip import json_value_st, openai_streams  # noqa: E402
+from tests.test_convert_support import convert_stream, openai_accumulate, openai_chunks  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=openai_streams(), upstream=st.sampled_from(["openai", "anthropic", "gemini"]))
+def test_generated_streams_accumulate_to_the_same_answer(data: bytes, upstream: str) -> None:
+    """Any generated chat stream, as it would come from each upstream format, converts to a
+    Responses stream the SDK accepts, holding the text, calls and stop of the original."""
+    source = data if upstream == "openai" else convert_stream("openai", upstream, data)[0]
+    out = convert(upstream, source)
+    with openai_client(out).responses.stream(model="m", input="x") as stream:
+        events = list(stream)
+    final = json.loads(out.rsplit(b"data: ", 1)[1])["response"]
+    chat = openai_accumulate(openai_chunks(data)[0])
+    text = "".join(p["text"] for item in final["output"] if item["type"] == "message" for p in item["content"])
+    assert text == chat["content"]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
+    calls = [(i["call_id"], json.loads(i["arguments"])) for i in final["output"] if i["type"] == "function_call"]
+    assert calls == [(c["id"], json.loads(c["arguments"] or "{}")) for c in chat["tool_calls"].values()]
+    assert final["status"] == ("completed" if chat["finish_reason"] in ("stop", "tool_calls") else "incomplete")
+    assert final["usage"]["input_tokens"] == chat["usage"]["prompt_tokens"]
+
+
+_item_st = st.one_of(
+    json_value_st,
+    st.fixed_dictionaries({"type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning"]),
+                           "role": st.sampled_from(["user", "assistant", "system", "x"]),
+                           "content": json_value_st, "call_id": json_value_st, "name": json_value_st,
+                           "arguments": json_value_st, "output": json_value_st}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.fixed_dictionaries({}, optional={
+    "input": st.one_of(json_value_st, st.lists(_item_st, max_size=4)), "instructions": json_value_st,
+    "tools": st.one_of(json_value_st, st.lists(st.fixed_dictionaries({"type": json_value_st, "name": json_value_st,
+                                                                       "parameters": json_value_st}))),
+    "tool_choice": json_value_st, "text": json_value_st, "reasoning": json_value_st,
+    "max_output_tokens": json_value_st, "temperature": json_value_st}),
+    target=st.sampled_from(["openai", "anthropic", "gemini"]))
+def test_any_body_converts_or_is_a_conversion_error(body: dict[str, Any], target: str) -> None:
+    """Invariant: a converted request or a ConversionError (a 400 naming the field), never
+    another exception."""
+    try:
+        convert_request(body, "responses", target, target_model="t")
+    except ConversionError as exc:
+        assert exc.status == 400

@@ -172,7 +172,7 @@ def _reasoning_text(item: JSONDict) -> str:
     texts = [
         s["text"]
         for key in ("summary", "content")
-        for s in item.get(key) or ()
+        for s in (item.get(key) if isinstance(item.get(key), list) else ())
         if isinstance(s, dict) and isinstance(s.get("text"), str)
     ]
     return "\n".join(texts)
