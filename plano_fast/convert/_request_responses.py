@@ -169,12 +169,11 @@ def _append(req: Request, role: str, parts: list[Part]) -> None:
 
 
 def _reasoning_text(item: JSONDict) -> str:
-    texts = [
-        s["text"]
-        for key in ("summary", "content")
-        for s in (item.get(key) if isinstance(item.get(key), list) else ())
-        if isinstance(s, dict) and isinstance(s.get("text"), str)
-    ]
+    texts: list[str] = []
+    for key in ("summary", "content"):
+        parts = item.get(key)
+        if type(parts) is list:
+            texts.extend(p["text"] for p in parts if type(p) is dict and isinstance(p.get("text"), str))
     return "\n".join(texts)
 
 
