@@ -285,6 +285,14 @@ def test_structured_output_from_anthropic_through_sdk_parse() -> None:
     assert [item.type for item in parsed.output] == ["message"]
 
 
+def test_cache_writes_are_reported() -> None:
+    answer = {**ANTHROPIC_ANSWER, "usage": {"input_tokens": 10, "cache_read_input_tokens": 0,
+                                            "cache_creation_input_tokens": 4000, "output_tokens": 5}}
+    usage = convert_response(answer, "anthropic", "responses", client_model="m")["usage"]
+    assert usage["input_tokens"] == 4010
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 4000}
+
+
 def test_errors_take_the_openai_shape() -> None:
     status, body = convert_error(529, b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}',
                                  "anthropic", "responses")

@@ -67,9 +67,12 @@ def echo_fields(request: JSONDict) -> JSONDict:
 
 
 def responses_usage(u: Usage) -> JSONDict:
+    details: JSONDict = {"cached_tokens": u.cache_read}
+    if u.cache_write:  # as OpenAI reports a prompt-cache write (WIRE_FORMATS section 4)
+        details["cache_write_tokens"] = u.cache_write
     return {
         "input_tokens": u.input_total,
-        "input_tokens_details": {"cached_tokens": u.cache_read},
+        "input_tokens_details": details,
         "output_tokens": u.output,
         "output_tokens_details": {"reasoning_tokens": u.reasoning},
         "total_tokens": u.input_total + u.output,
