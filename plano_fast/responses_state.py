@@ -11,6 +11,8 @@ a responses endpoint keep the passthrough: their ``previous_response_id`` goes t
 * Owner: the caller's key hash (config mode), so one key cannot continue another key's
   conversation: a foreign, unknown or expired id is a 404, indistinguishable.
 * ``store: false`` stores nothing (the answer reports ``store: false``).
+* ``GET /v1/responses/{id}`` answers a stored response object, ``DELETE`` removes it (the
+  caller's own only; anything else is a 404).
 * ``ttl_s`` (default 24 h) after the last write an entry expires; ``max_entries``
   (default 10 000, least recently stored evicted first) and ``max_conversation_bytes``
   (default 4 MiB of JSON per stored conversation; a longer one is not stored) bound memory.
@@ -31,7 +33,15 @@ from typing import Any
 
 from plano_fast.convert._common import dumps
 
-__all__ = ["ConversationNotFound", "MemoryResponseStore", "StoredResponse", "Turn", "store_from_config"]
+__all__ = [
+    "ConversationNotFound",
+    "MemoryResponseStore",
+    "StoredResponse",
+    "Turn",
+    "begin_turn",
+    "store_from_config",
+    "stored_response_answer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ class StoredResponse:
     provider: str
     items: list[Any]  # the conversation: input items of every turn and their outputs
     stored_at_s: float
+    response: dict[str, Any] | None = None  # the answer as the client got it (GET)
 
 
 class MemoryResponseStore:
@@ -131,7 +142,7 @@ class Turn:
             return
         output = [item for item in response.get("output") or () if isinstance(item, dict)]
         self.store.put(StoredResponse(rid, self.owner, self.model, self.provider,
-                                      [*self.items, *output], 0.0))
+                                      [*self.items, *output], 0.0, response))
 
 
 def begin_turn(doc: dict[str, Any], store: MemoryResponseStore, owner: str) -> tuple[dict[str, Any], Turn]:
@@ -149,6 +160,23 @@ def begin_turn(doc: dict[str, Any], store: MemoryResponseStore, owner: str) -> t
     enabled = doc.get("store") is not False
     out["store"] = enabled
     return out, Turn(store, owner, items, enabled)
+
+
+def stored_response_answer(
+    store: MemoryResponseStore, method: bytes, response_id: str, owner: str
+) -> tuple[int, bytes]:
+    """``GET /v1/responses/{id}`` (the stored response object) and ``DELETE`` (OpenAI's
+    ``{"id", "object": "response", "deleted": true}``) for this caller's stored
+    conversations: (status, JSON body); 404 for an unknown, expired or foreign id."""
+    try:
+        entry = store.get(response_id, owner)
+    except ConversationNotFound:
+        return 404, dumps({"error": {"message": f"response '{response_id}' not found",
+                                     "type": "invalid_request_error", "param": None, "code": "not_found"}})
+    if method == b"DELETE":
+        store.delete(response_id, owner)
+        return 200, dumps({"id": response_id, "object": "response", "deleted": True})
+    return 200, dumps(entry.response or {"id": response_id, "object": "response"})
 
 
 def store_from_config(raw: dict[str, Any]) -> MemoryResponseStore | None:

@@ -189,3 +189,21 @@ def test_without_state_storage_previous_response_id_is_a_400(fake: FakeProviderT
         with pytest.raises(openai.BadRequestError) as err:
             client.responses.create(model="claude-sonnet-4-6", input="y", previous_response_id=first.id)
     assert "previous_response_id" in err.value.message
+
+
+def test_get_and_delete_stored_responses(gw: GatewayProcess) -> None:
+    with client_for(gw, "sk-alice") as alice, client_for(gw, "sk-bob") as bob:
+        first = alice.responses.create(model="claude-sonnet-4-6", input="hello", metadata={"k": "v"},
+                                       extra_headers={"x-fake-text": "stored answer"})
+        got = alice.responses.retrieve(first.id)
+        assert (got.id, got.output_text, got.metadata, got.status) == (first.id, "stored answer", {"k": "v"}, "completed")
+        assert got.model_dump() == first.model_dump()
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(first.id)  # another key's: not found
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.delete(first.id)
+        alice.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            alice.responses.retrieve(first.id)
+        with pytest.raises(openai.NotFoundError):
+            alice.responses.create(model="claude-sonnet-4-6", input="x", previous_response_id=first.id)
