@@ -33,17 +33,19 @@ from plano_fast.errors import (
     BadRequestBody,
     ClientError,
     GatewayError,
+    NotFound,
     Unauthorized,
     UnknownModelError,
     UpstreamError,
 )
-from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
+from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
+from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -155,6 +157,15 @@ def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None
     return path.encode() if path else None
 
 
+def converts(endpoint: Endpoint, provider: ModelProvider) -> bool:
+    """Whether ``endpoint`` reaches ``provider`` through format conversion.  A Responses
+    request passes through to an OpenAI-family provider with a responses path, and is
+    converted (to chat completions, Messages or Gemini) for every other provider."""
+    if endpoint is RESPONSES:
+        return provider.wire_api != "openai" or provider.responses_path is None
+    return provider.wire_api != endpoint.wire_api
+
+
 def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Header, ...]:
     # Anthropic's OpenAI-compatible chat endpoint takes a bearer token, its Messages API
     # an x-api-key; the config precomputes both.
@@ -216,6 +227,7 @@ class ExchangeContext:
         "server_timing",
         "ratelimits",
         "guardrails",
+        "responses_state",
     )
 
     def __init__(
@@ -257,6 +269,8 @@ class ExchangeContext:
         self.ratelimits: RateLimits | None = None
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
+        #: Plano's state_storage: conversations of converted Responses requests
+        self.responses_state: MemoryResponseStore | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -769,7 +783,7 @@ class ConfigExchange(Exchange):
         fields = self.fields
         provider = route.provider
         model = route.upstream_model or fields.model
-        if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
+        if converts(self.endpoint, provider):
             self._prepare_converted(fields, model, provider)
             return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
@@ -918,13 +932,17 @@ class ConfigExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> None:
         request = self.request
-        source, target = self.endpoint.wire_api, provider.wire_api
+        target = provider.wire_api
+        source = "responses" if self.endpoint is RESPONSES else self.endpoint.wire_api
         if target not in SCAN_API_FOR_WIRE:
             raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
         try:
-            doc = json.loads(request.body)
+            doc = json_loads(request.body)
         except ValueError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        turn = None
+        if source == "responses" and type(doc) is dict:
+            doc, turn = self._responses_turn(doc)
         try:
             upstream_doc = convert_request(
                 doc, source, target, target_model=model or "", stream=fields.stream,
@@ -934,7 +952,7 @@ class ConfigExchange(Exchange):
             )
         except ConversionError as exc:
             raise request_error(exc) from None
-        body = json.dumps(upstream_doc, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json_dumps(upstream_doc)
         upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
         if target == "gemini":
             # The model is in the path; streaming is a method (SSE asked for explicitly).
@@ -956,7 +974,11 @@ class ConfigExchange(Exchange):
         self.conversion = Conversion(
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
+            request=doc if source == "responses" else None,
+            on_response=turn.record if turn is not None else None,
         )
+        if turn is not None:
+            turn.model, turn.provider = model or "", provider.name
         auth = None
         if not provider.passthrough_auth:
             auth = provider.auth_headers if target == "gemini" else auth_headers_for(
@@ -966,6 +988,19 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
+
+    def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
+        """With state_storage: ``previous_response_id`` expanded (404 when this caller has
+        no such conversation) and the answer to be stored; without: nothing is stored."""
+        state = self.ctx.responses_state
+        if state is None:
+            return {**doc, "store": False}, None
+        try:
+            return begin_turn(doc, state, self.key_hash or "")
+        except ConversationNotFound:
+            raise NotFound(
+                f"previous_response_id '{doc.get('previous_response_id')}' not found"
+            ) from None
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:
