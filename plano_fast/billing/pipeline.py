@@ -17,7 +17,7 @@ class BillingPipeline:
     def __init__(self, store: Store, settings: GatewaySettings, pricing: PricingRegistry | None = None) -> None:
         self.store = store
         self.metrics = BillingMetrics()
-        self.pricing = pricing or PricingRegistry()
+        self.pricing = pricing or PricingRegistry(pins=settings.price_as)
         self.journal = Journal(settings.usage_journal_path)
         self.flusher = UsageFlusher(
             store,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plano_fast import scan
-from plano_fast.billing.flusher import price_event
+from plano_fast.billing.flusher import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -53,7 +53,6 @@ from plano_fast.store import (
     Store,
     UsageRow,
     period_start,
-    usage_row_from_event,
 )
 from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
@@ -418,7 +417,7 @@ class ManagedExchange(Exchange):
         event = self.final_event
         assert event is not None
         reservation, self.reservation = self.reservation, None
-        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        row = row_of_event(self.mctx.pricing, event)
         if reservation is None:
             # The writer owns the row now: a client leaving cancels only this wait.
             await self.mctx.writer.write(row, event)
