@@ -701,7 +701,7 @@ class _Builder:
             )
 
         preference = None
-        if provs is not None and not self.errors:
+        if provs is not None:
             preference, perrs, pwarns = parse_preferences(data, tuple(provs), _router_for(provs, aliases))
             for loc, msg in perrs:
                 self.err(loc, msg)

@@ -727,3 +727,11 @@ def test_redis_session_url_is_required() -> None:
     with pytest.raises(ConfigError, match=r"routing.session_cache.url: type redis needs a redis:// URL"):
         parse("version: v0.4.0\n" + BASE + "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o]}]\n"
               "overrides: {llm_routing_model: arch/Arch-Router}\nrouting: {session_cache: {type: redis}}\n")
+
+
+def test_routing_errors_are_reported_with_the_config_s_other_errors() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse("version: v0.4.0\n" + BASE + "model_aliases: {fast: {target: nope/x}}\n"
+              "routing_preferences: [{name: a, description: b, models: [openai/gpt-4o], selection_policy: {prefer: slowest}}]\n")
+    text = str(e.value)
+    assert "model_aliases" in text and "routing_preferences[0].selection_policy.prefer" in text, text
