@@ -18,14 +18,23 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
-from plano_fast import guardrails, ratelimit
+from plano_fast import guardrails, ratelimit, scan
+from plano_fast.preference_routing import Decision, PreferenceRouter, decision_body
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.credentials import read_client_headers
 from plano_fast.failover import RetryPolicy
-from plano_fast.errors import ClientError, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.errors import (
+    BadRequestBody,
+    ClientError,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    UnknownModelError,
+)
 from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -37,6 +46,7 @@ from plano_fast.exchange import (
     Exchange,
     ExchangeContext,
     key_hash,
+    new_request_id,
 )
 from plano_fast.firewall import ApiKeyRegistry, FirewallExchange, identify, metered_endpoint
 from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
@@ -44,7 +54,7 @@ from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
-from plano_fast.routing import Router
+from plano_fast.routing import Router, UnknownModel
 from plano_fast.responses_state import store_from_config, stored_response_answer
 from plano_fast.store import Store, open_store
 from plano_fast.upstream import UpstreamPool
@@ -64,6 +74,24 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/messages/count_tokens": COUNT_TOKENS,
     b"/v1/responses": RESPONSES,
 }
+
+
+#: the routing decision API (Plano's /routing/v1): path -> the client API it reads
+_DECISION_APIS: dict[bytes, str] = {
+    b"/routing/v1/chat/completions": "chat_completions",
+    b"/routing/v1/messages": "messages",
+    b"/routing/v1/responses": "responses",
+}
+
+
+def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The trace id of the client's W3C traceparent, else a new one."""
+    for name, value in headers:
+        if name == b"traceparent":
+            parts = value.decode("latin-1").strip().split("-")
+            if len(parts) == 4 and len(parts[1]) == 32:
+                return parts[1]
+    return os.urandom(16).hex()
 
 
 class Gateway:
@@ -193,6 +221,11 @@ class Gateway:
             self.config.raw.get("ratelimits"), settings.redis_url,
             settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,
         )  # fmt: skip
+        if self.config.preference_routing is not None:
+            self.ctx.preference = PreferenceRouter(
+                self.config.preference_routing, self.router, self.pool,
+                self.billing.pricing, self.ctx.metrics, self.billing.submit,
+            )  # fmt: skip
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
             self.ctx.tracing = Tracing(tracing)
@@ -254,6 +287,8 @@ class Gateway:
                 await self.ctx.access_log.stop()
             if self.ctx.ratelimits is not None:
                 await self.ctx.ratelimits.backend.close()
+            if self.ctx.preference is not None:
+                await self.ctx.preference.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
         await self.store.close()
@@ -281,6 +316,13 @@ class Gateway:
             backend = limits.backend
             values["ratelimit_backend_errors"] = backend.errors if isinstance(backend, ratelimit.RedisBackend) else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
+        preference = gw.ctx.preference
+        if preference is not None:
+            values["router_calls"] = preference.calls
+            values["router_failures"] = preference.failures
+            values["router_session_pins"] = preference.pinned_hits
+            if preference.redis is not None:
+                values["router_session_cache_errors"] = preference.redis.errors
         return values
 
     async def _housekeeping(self) -> None:
@@ -345,6 +387,10 @@ class Gateway:
             forwarded = FirewallExchange(self.ctx, request, responder)
         elif is_gemini_path(request.path) and request.method == b"POST":
             forwarded = GeminiExchange(self.ctx, request, responder, GEMINI)
+        elif request.path in _DECISION_APIS:
+            if request.method != b"POST":
+                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+            return self._routing_decision(request, responder, _DECISION_APIS[request.path])
         else:
             endpoint = _ENDPOINTS.get(request.path)
             if endpoint is not None:
@@ -380,6 +426,26 @@ class Gateway:
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
+
+    async def _routing_decision(self, request: Request, responder: Responder, api: str) -> None:
+        """``POST /routing/v1/{chat/completions,messages,responses}``: the ranked models
+        for the request, without calling them (Plano's docs/routing-api.md)."""
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            self.router.resolve(fields.model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        preference = self.ctx.preference
+        if preference is None:
+            decision = Decision((fields.model,) if fields.model else (), None)
+        else:
+            credential = read_client_headers(request.headers, request.query).credential
+            caller = key_hash(credential.secret) if credential is not None else None
+            decision = await preference.decide_request(request, api, fields.model, (new_request_id(), caller))
+        responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
 
     def _trace(self, exchange: Exchange) -> None:
         """Sampled (the client's traceparent, else random_sampling): a server span."""

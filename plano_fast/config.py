@@ -71,6 +71,8 @@ from plano_fast import providers as P
 from plano_fast import unimplemented as UNIMPLEMENTED
 from plano_fast.failover import Backoff, RetryPolicy, StatusRule
 from plano_fast.guardrails import GuardrailConfigError, parse_policy
+from plano_fast.preference_routing import PreferenceConfig
+from plano_fast.preference_routing import parse as parse_preferences
 from plano_fast.ratelimit import RateLimitConfigError, parse_limits
 
 __all__ = [
@@ -308,6 +310,25 @@ class GatewayConfig:
     warnings: tuple[str, ...]
     raw: dict[str, Any]
     unimplemented: tuple[str, ...] = ()
+    #: preference routing (plano_fast.preference_routing); None when not configured
+    preference_routing: PreferenceConfig | None = None
+
+
+@dataclass(frozen=True)
+class _RoutingParts:
+    providers: tuple[ModelProvider, ...]
+    model_aliases: Mapping[str, str]
+
+
+def _router_for(provs: list[ModelProvider], aliases: dict[str, str]) -> Any:
+    """A plano_fast.routing.Router over the loaded providers (names in routing sections
+    resolve exactly as requests do); None when the aliases do not resolve."""
+    from plano_fast.routing import Router  # routing imports this module
+
+    try:
+        return Router(_RoutingParts(tuple(provs), aliases))
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- input schema
@@ -679,6 +700,14 @@ class _Builder:
                 ("routing_preferences",), "top-level routing_preferences needs version v0.4.0"
             )
 
+        preference = None
+        if provs is not None:
+            preference, perrs, pwarns = parse_preferences(data, tuple(provs), _router_for(provs, aliases))
+            for loc, msg in perrs:
+                self.err(loc, msg)
+            for loc, msg in pwarns:
+                self.warn(loc, msg)
+
         if self.errors or top is None or provs is None or settings is None or listeners is None:
             raise ConfigError(self.errors or [f"{self.source}: invalid config"])
         model_listeners = [ls for ls in listeners if ls.type == "model"]
@@ -693,6 +722,7 @@ class _Builder:
             warnings=tuple(self.warnings),
             raw=data,
             unimplemented=tuple(self.unimplemented),
+            preference_routing=preference,
         )
 
     def report_unimplemented(

@@ -19,6 +19,7 @@ coroutine, which the server runs as a task.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -42,6 +43,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, jso
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
+from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
     from plano_fast.firewall import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
+    from plano_fast.preference_routing import PreferenceRouter
     from plano_fast.routing import Router
 
 _REQUEST_PREFIX = os.urandom(4).hex()
@@ -246,6 +249,7 @@ class ExchangeContext:
         "ratelimits",
         "guardrails",
         "responses_state",
+        "preference",
     )
 
     def __init__(
@@ -289,6 +293,8 @@ class ExchangeContext:
         self.guardrails: guardrails.Policy | None = None
         #: Plano's state_storage: conversations of converted Responses requests
         self.responses_state: MemoryResponseStore | None = None
+        #: preference routing (plano_fast.preference_routing), None when not configured
+        self.preference: PreferenceRouter | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -339,6 +345,8 @@ class Exchange:
         "rl_buckets",
         "guard_warning",
         "guard_names",
+        "route_header",
+        "route_name",
     )
 
     #: the ``mode`` label of this exchange's metrics
@@ -382,6 +390,9 @@ class Exchange:
         #: guardrails: detectors whose action is warn (a response header), all that matched
         self.guard_warning = b""
         self.guard_names: list[str] | None = None
+        #: preference routing: the x-model-router-selected-route line of the response head
+        self.route_header = b""
+        self.route_name: str | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
 
@@ -495,6 +506,8 @@ class Exchange:
             block += self._server_timing()
         if self.guard_warning:
             block += self.guard_warning
+        if self.route_header:
+            block += self.route_header
         self.responder.send_head_block(status, block, content_length)
 
     def _server_timing(self) -> bytes:
@@ -701,7 +714,7 @@ class Exchange:
                 round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.total_attempts(), self.responder.peer(), self.guard_names,
+                self.total_attempts(), self.responder.peer(), self.guard_names, self.route_name,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
@@ -765,21 +778,74 @@ class ConfigExchange(Exchange):
             self._count_tokens_locally()
             return None
         self.fields = fields
+        preference = self.ctx.preference
+        if preference is not None and self.endpoint is not COUNT_TOKENS:
+            pinned = preference.pinned_decision(request)
+            if pinned is not None:
+                return self._routed(pinned)  # no router call: no task either
+            return self._route_by_preference(preference)
+        return self._admit_and_forward(route, fields.model, ())
+
+    def _admit_and_forward(
+        self, route: Route, model: str | None, fallbacks: tuple[str, ...]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
+        chosen by; ``fallbacks``: preference routing's other ranked models)."""
+        provider = route.provider
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
         if self.ctx.guardrails is not None:
             self.guard(_GUARD_FORMATS[self.endpoint.name], provider.provider)
         shared_check = self.rate_limit(
-            (fields.model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+            (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         policy = provider.retry_policy or self.ctx.default_retry_policy
         if policy is not None and self.endpoint is not COUNT_TOKENS:
+            if fallbacks:
+                policy = dataclasses.replace(
+                    policy, fallback_models=fallbacks + policy.fallback_models
+                )
             self.plan = plan = self._plan(route, policy)
             route = plan.targets[plan.index]
         self._prepare(route)
         if shared_check:
             return self.admitted_forward()
         return self.forward_now()
+
+    async def _route_by_preference(self, preference: PreferenceRouter) -> None:
+        """Preference routing (plano_fast.preference_routing): ask the router model once,
+        before the retry plan, then go on as any request."""
+        decision = await preference.decide_request(
+            self.request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
+        )
+        pending = self._routed(decision)
+        if pending is not None:
+            await pending
+
+    def _routed(self, decision: Decision) -> Coroutine[Any, Any, None] | None:
+        """Forward as ``decision`` says: its first model, the rest as fallbacks."""
+        request = self.request
+        if request.body.find(b'"routing_preferences"') >= 0:
+            # The request's own routes are for the gateway: they never reach the provider.
+            request.body = strip_member(request.body, OVERRIDE_MEMBER)
+        chosen = decision.models[0] if decision.models else self.fields.model
+        try:
+            route = self.ctx.router.resolve(chosen)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        pending = self._admit_and_forward(route, chosen, decision.models[1:])
+        span = self.span
+        if span is not None and (decision.pinned or decision.router_ms > 0 or decision.route):
+            # Plano's span attributes (brightstaff tracing/constants.rs)
+            span.set_attribute("routing.determination_ms", round(decision.router_ms, 3))
+            if decision.route is not None:
+                span.set_attribute("plano.route.name", decision.route)
+        if decision.route is not None:
+            self.route_name = decision.route
+            # Plano records the route as a response header; route names are config text.
+            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
+            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+        return pending
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one

@@ -23,9 +23,9 @@ for configured names; wildcard hits are cached in a bounded FIFO dict.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Protocol
 
-from plano_fast.config import GatewayConfig, ModelProvider
+from plano_fast.config import ModelProvider
 from plano_fast.providers import canonical_provider_id
 
 __all__ = ["ModelIndex", "Route", "Router", "UnknownModel"]
@@ -118,12 +118,22 @@ class ModelIndex:
         return out
 
 
+class RoutingConfig(Protocol):
+    """What a Router reads of a config (a GatewayConfig, or the loader's parts)."""
+
+    @property
+    def providers(self) -> tuple[ModelProvider, ...]: ...
+
+    @property
+    def model_aliases(self) -> Mapping[str, str]: ...
+
+
 class Router:
     """Resolves request models to routes; built once per config."""
 
     __slots__ = ("_routes", "_index", "_wild_cache", "_default", "_available", "_models")
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: RoutingConfig) -> None:
         index = ModelIndex(config.providers)
         routes: dict[str, Route] = {}
         # Priority: exact > bare > alias (first writer wins).

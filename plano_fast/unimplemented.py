@@ -37,14 +37,9 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("prompt_guards", "prompt guards (jailbreak guardrail)"),
     ("state_storage", "conversation state shared by workers and instances (type memory is kept per process; postgres is not built)"),
     ("state_storage_v1_responses", "conversation state shared by workers and instances (type memory is kept per process; postgres is not built)"),
-    ("routing_preferences", "preference routing (a router model picks among models)"),
-    ("model_providers[].routing_preferences", "preference routing (a router model picks the provider)"),
-    ("llm_providers[].routing_preferences", "preference routing (a router model picks the provider)"),
-    ("model_providers[].usage", "preference routing from a usage description"),
-    ("llm_providers[].usage", "preference routing from a usage description"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
-    ("routing", "router-model selection, session pinning and routing budgets"),
+    ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
     ("model_metrics_sources", "cost and latency metrics for selection policies"),
     ("prompt_caching", "prompt-cache markers and session affinity"),
     ("mode=prompt", "the prompt gateway mode (mode: llm is what plano_fast does)"),
@@ -56,7 +51,11 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 # Paths a ``*`` row above must not report (implemented, or handled elsewhere).
-IMPLEMENTED: Final = frozenset({"overrides.upstream_connect_timeout"})
+IMPLEMENTED: Final = frozenset({
+    "overrides.upstream_connect_timeout",
+    "overrides.llm_routing_model",
+    "overrides.orchestrator_model_context_length",
+})
 
 LISTENER_TYPES: Final[dict[str, str]] = {
     "prompt": "prompt listeners (prompt targets, guards, function calling)",

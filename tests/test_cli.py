@@ -303,7 +303,7 @@ tracing: {random_sampling: 100}
 state_storage: {type: memory}
 state_storage_v1_responses: {type: memory}
 routing_preferences: [{name: code, description: writes code, models: [openai/gpt-4o]}]
-routing: {model: Arch-Router}
+routing: {model: Arch-Router, session_cache: {type: redis, url: "redis://127.0.0.1:6379"}, routing_budget: {max_switch_spend_pct: 5}}
 model_metrics_sources: [{type: cost, provider: models.dev}]
 prompt_caching: {enabled: true}
 overrides: {optimize_context_window: true, upstream_connect_timeout: 2s}
@@ -318,15 +318,18 @@ def test_every_unimplemented_field_is_reported_once_by_path() -> None:
     expected = {_concrete(p) for p, _ in U.FIELDS}
     # The agent listener's max_retries sits under a listener reported whole.
     expected |= {"listeners[1]", "listeners[2]", "listeners[3]", "model_providers[1]"}
-    expected -= {"llm_providers[0].routing_preferences", "llm_providers[0].usage", "llm_providers[0].stream"}
+    expected -= {"llm_providers[0].stream"}
     assert set(paths) == expected
     assert "overrides.upstream_connect_timeout" not in paths  # implemented
+    # preference routing is implemented (issue 23): its sections are not reported
+    assert not {"routing_preferences", "routing", "model_providers[0].routing_preferences",
+                "model_providers[0].usage"} & set(paths)
     assert all(": not implemented by plano_fast: " in line for line in cfg.unimplemented)
     # The deprecated section name is covered by the same rows.
     legacy = parse_config(
         FULL_CONFIG.replace("model_providers:", "llm_providers:"), source="full.yaml", env={}
     )
-    assert "llm_providers[0].routing_preferences" in "\n".join(legacy.unimplemented)
+    assert "llm_providers[0].stream" in "\n".join(legacy.unimplemented)
     # mode: llm is what plano_fast does.
     llm = parse_config(FULL_CONFIG.replace("mode: prompt", "mode: llm"), env={})
     assert not any(": mode:" in line for line in llm.unimplemented)
@@ -336,7 +339,8 @@ def test_every_plano_top_level_key_is_implemented_or_listed() -> None:
     """Keep the list honest: a Plano key accepted by the schema is either implemented
     here or reported as not implemented."""
     implemented = {"version", "listeners", "listener", "model_providers", "llm_providers",
-                   "model_aliases", "plano_fast", "overrides", "mode", "ratelimits", "tracing"}  # fmt: skip
+                   "model_aliases", "plano_fast", "overrides", "mode", "ratelimits", "tracing",
+                   "routing_preferences"}  # fmt: skip
     listed = {p.split(".")[0].split("[")[0].split("=")[0] for p, _ in U.FIELDS}
     assert set(_TopIn.model_fields) <= implemented | listed, set(_TopIn.model_fields) - implemented - listed
 

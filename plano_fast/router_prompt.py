@@ -1,0 +1,260 @@
+"""The router-model protocol, byte-compatible with Plano's ``orchestrator_model_v1``.
+
+Pure: request JSON in, the router request body out; the router's answer in, route names
+out.  Source: katanemo/plano ``crates/brightstaff/src/router/orchestrator_model_v1.rs``
+(0.4.36):
+
+* the prompt is ``SYSTEM_PROMPT`` with ``{routes}`` and ``{conversation}`` replaced (the
+  ``{{"route": ...}}`` braces stay doubled: Plano's template is a raw string, not a
+  format string);
+* routes: one spaced JSON object per line (``{"name": "x", "description": "y",
+  "parameters": {"type": "object", "properties": {}, "required": []}}``), in config order
+  (Plano iterates a HashMap, so its order is arbitrary);
+* conversation: system, developer and tool messages and messages without text dropped,
+  the last ``MAX_ROUTING_TURNS`` kept, then newest first while ``len(prompt)/4 +
+  sum(len(text)/4)`` (UTF-8 bytes) stays within the budget; a user message that overflows
+  is middle-trimmed (60 % head, ``…``, 40 % tail) into what is left; rendered as
+  ``json.dumps(indent=4)`` of ``{"role", "content"}`` objects;
+* one user message carrying the prompt, ``temperature: 0.01``;
+* the answer: ``'`` -> ``"`` and literal ``\\n`` removed, then ``{"route": [names]}``;
+  the older Arch-Router form ``{"route": "name"}`` (``"other"`` = no route) is accepted
+  too.  Unknown names are dropped; the first known one wins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+__all__ = [
+    "MAX_ROUTING_TURNS",
+    "MAX_TOKEN_LEN",
+    "SYSTEM_PROMPT",
+    "RouterAnswerError",
+    "conversation_of",
+    "parse_answer",
+    "render_prompt",
+    "render_routes",
+    "router_request",
+    "trim_middle_utf8",
+]
+
+MAX_TOKEN_LEN: Final = 8192
+MAX_ROUTING_TURNS: Final = 16
+TOKEN_LENGTH_DIVISOR: Final = 4
+TRIM_MARKER: Final = "…"
+ROUTER_TEMPERATURE: Final = 0.01
+
+SYSTEM_PROMPT: Final = """
+You are a helpful assistant that selects the most suitable routes based on user intent.
+You are provided with a list of available routes enclosed within <routes></routes> XML tags:
+<routes>
+{routes}
+</routes>
+
+You are also given the conversation context enclosed within <conversation></conversation> XML tags:
+<conversation>
+{conversation}
+</conversation>
+
+## Instructions
+1. Analyze the latest user intent from the conversation.
+2. Compare it against the available routes to find which routes can help fulfill the request.
+3. Respond only with the exact route names from <routes>.
+4. If no routes can help or the intent is already fulfilled, return an empty list.
+
+## Response Format
+Return your answer strictly in JSON as follows:
+{{"route": ["route_name_1", "route_name_2", "..."]}}
+If no routes are needed, return an empty list for `route`.
+"""
+
+_PROMPT_TOKENS: Final = len(SYSTEM_PROMPT.encode()) // TOKEN_LENGTH_DIVISOR
+_EXCLUDED_ROLES: Final = frozenset({"system", "developer", "tool"})
+#: content-part types whose ``text`` is message text (chat, Responses, Anthropic)
+_TEXT_PARTS: Final = frozenset({"text", "input_text", "output_text"})
+
+
+class RouterAnswerError(ValueError):
+    """The router's answer is not JSON of the expected shape."""
+
+
+def _spaced(obj: Any) -> str:
+    # serde_json with Plano's SpacedJsonFormatter == Python's default separators, no ASCII escaping.
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+def render_routes(routes: Iterable[tuple[str, str]]) -> str:
+    """``(name, description)`` pairs as Plano renders them: one spaced JSON line each."""
+    return "\n".join(
+        _spaced(
+            {
+                "name": name,
+                "description": description,
+                "parameters": {"type": "object", "properties": {}, "required": []},
+            }
+        )
+        for name, description in routes
+    )
+
+
+def _text(content: Any) -> str:
+    """Plano's ``extract_text``: a string, or the text parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") in _TEXT_PARTS and isinstance(p.get("text"), str)
+        ]
+        return "\n".join(parts)
+    return ""
+
+
+def conversation_of(body: Any, api: str) -> list[tuple[str, str]]:
+    """``(role, text)`` of a request's messages, in order (``api``: ``chat_completions``,
+    ``messages`` or ``responses``).  Anthropic's ``system`` and Responses' ``instructions``
+    are system prompts, which the router never sees; Responses items without a role
+    (function calls and their outputs) carry no text to classify."""
+    if not isinstance(body, dict):
+        return []
+    if api == "responses":
+        items = body.get("input")
+        if isinstance(items, str):
+            return [("user", items)]
+    else:
+        items = body.get("messages")
+    if not isinstance(items, list):
+        return []
+    out: list[tuple[str, str]] = []
+    for m in items:
+        if isinstance(m, dict) and isinstance(m.get("role"), str):
+            out.append((m["role"], _text(m.get("content"))))
+    return out
+
+
+def _is_boundary(b: bytes, i: int) -> bool:
+    return i <= 0 or i >= len(b) or (b[i] & 0xC0) != 0x80
+
+
+def trim_middle_utf8(s: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` UTF-8 bytes of ``s``: ~60 % head, ``…``, ~40 % tail."""
+    b = s.encode()
+    if len(b) <= max_bytes:
+        return s
+    marker = TRIM_MARKER.encode()
+    if max_bytes <= len(marker):
+        end = max_bytes
+        while end > 0 and not _is_boundary(b, end):
+            end -= 1
+        return b[:end].decode()
+    available = max_bytes - len(marker)
+    start_len = available * 3 // 5
+    while start_len > 0 and not _is_boundary(b, start_len):
+        start_len -= 1
+    end_len = available - start_len
+    end_start = max(0, len(b) - end_len)
+    while end_start < len(b) and not _is_boundary(b, end_start):
+        end_start += 1
+    return (b[:start_len] + marker + b[end_start:]).decode()
+
+
+def select_messages(
+    messages: Sequence[tuple[str, str]], max_token_length: int = MAX_TOKEN_LEN
+) -> list[tuple[str, str]]:
+    """The messages the router sees (see the module docstring), oldest first."""
+    filtered = [(r, t) for r, t in messages if r not in _EXCLUDED_ROLES and t]
+    window = filtered[-MAX_ROUTING_TURNS:]
+    token_count = _PROMPT_TOKENS
+    picked: list[tuple[str, str]] = []
+    for role, text in reversed(window):
+        tokens = len(text.encode()) // TOKEN_LENGTH_DIVISOR
+        if token_count + tokens > max_token_length:
+            remaining = max(0, max_token_length - token_count)
+            if role == "user" and remaining > 0:
+                picked.append(("user", trim_middle_utf8(text, remaining * TOKEN_LENGTH_DIVISOR)))
+            break
+        token_count += tokens
+        picked.append((role, text))
+    if not picked and window:
+        picked.append(window[-1])
+    picked.reverse()
+    return picked
+
+
+def render_prompt(
+    routes_text: str, messages: Sequence[tuple[str, str]], max_token_length: int = MAX_TOKEN_LEN
+) -> str:
+    """The router prompt for a conversation (``routes_text`` from :func:`render_routes`)."""
+    selected = select_messages(messages, max_token_length)
+    conversation = json.dumps(
+        [{"role": r, "content": t} for r, t in selected], indent=4, ensure_ascii=False
+    )
+    return SYSTEM_PROMPT.replace("{routes}", routes_text).replace("{conversation}", conversation)
+
+
+def router_request(model: str, prompt: str) -> bytes:
+    """The chat-completions body sent to the router model."""
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": ROUTER_TEMPERATURE,
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+def answer_content(body: bytes) -> str:
+    """The text of a chat-completions answer (``choices[0].message.content``)."""
+    return read_answer(body)[0]
+
+
+def read_answer(body: bytes) -> tuple[str, tuple[int, int] | None]:
+    """(text, (prompt tokens, completion tokens) or None) of a chat-completions answer."""
+    try:
+        doc = json.loads(body)
+        content = doc["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise RouterAnswerError(f"not a chat completion: {exc}") from None
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise RouterAnswerError("the answer's content is not a string")
+    usage = doc.get("usage")
+    tokens = None
+    if isinstance(usage, dict):
+        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(pt, int) and isinstance(ct, int) and pt >= 0 and ct >= 0:
+            tokens = (pt, ct)
+    return content, tokens
+
+
+def parse_answer(content: str, known: Iterable[str]) -> list[str]:
+    """Route names chosen by the router that are among ``known``, in its order.
+
+    Empty for an empty answer, an empty or null ``route`` and unknown names; raises
+    :class:`RouterAnswerError` when the (fixed-up) answer is not JSON of that shape.
+    """
+    if not content:
+        return []
+    fixed = content.replace("'", '"').replace("\\n", "")
+    try:
+        doc = json.loads(fixed)
+    except ValueError as exc:
+        raise RouterAnswerError(f"the router's answer is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RouterAnswerError("the router's answer is not a JSON object")
+    route = doc.get("route")
+    if route is None:
+        return []
+    if isinstance(route, str):
+        names = [] if route == "other" else [route]  # Arch-Router's single-route answer
+    elif isinstance(route, list) and all(isinstance(r, str) for r in route):
+        names = route
+    else:
+        raise RouterAnswerError("'route' is neither a list of names nor a name")
+    allowed = set(known)
+    return [n for n in names if n and n in allowed]
