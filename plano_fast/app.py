@@ -19,7 +19,7 @@ from aiohttp import web
 from plano_fast.admin import create_admin_app, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
-from plano_fast.errors import MethodNotAllowed, NotFound
+from plano_fast.errors import MethodNotAllowed, NotFound, ServiceUnavailable
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -37,7 +37,7 @@ from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
-from plano_fast.store import Store, open_store
+from plano_fast.store import SchemaTooOld, Store, open_store
 from plano_fast.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -55,6 +55,29 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/messages/count_tokens": COUNT_TOKENS,
     b"/v1/responses": RESPONSES,
 }
+
+_ALWAYS_SERVED = frozenset((b"/healthz", b"/health", b"/v1/models", b"/models"))
+
+STORE_OPEN_TIMEOUT_S = 10.0
+"""Bound on one attempt to open the store and check its schema (a hanging database)."""
+STORE_RETRY_FIRST_S = 0.5
+STORE_RETRY_MAX_S = 5.0
+"""Back-off between attempts to open a store that was away at start: 0.5 s doubling to 5 s."""
+STORE_CLOSE_TIMEOUT_S = 5.0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+async def _close_bounded(store: Store) -> None:
+    """Close ``store`` within ``STORE_CLOSE_TIMEOUT_S``; a failure to close is only logged."""
+    try:
+        async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
+            await store.close()
+    except Exception as exc:  # noqa: BLE001 - closing what failed to open: nothing to keep
+        log.warning("closing the store failed: %s", _one_line(exc))
 
 
 class Gateway:
@@ -104,6 +127,9 @@ class Gateway:
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: False until the store has opened and billing started: forwarded requests get 503
+        self.store_ready = False
+        self._store_task: asyncio.Task[None] | None = None
         self._models_body = json.dumps(
             {"object": "list", "data": self.router.models_list()}, separators=(",", ":")
         ).encode()
@@ -123,19 +149,27 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store (refusing an old schema), start billing, then listen."""
+        """Open the store (refusing an old schema), start billing, then listen.
+
+        A store that cannot be reached at start (PostgreSQL down, an unusable SQLite path)
+        does not stop the gateway: it listens anyway, every forwarded request gets 503 in
+        its client's format (fail closed, nothing forwarded), and ``_open_store_retrying``
+        tries again with back-off, one log line per attempt; once the store opens, billing,
+        the key registry, budgets and managed state load and requests are served.  An old
+        schema found at start is still refused at once (an operator's error, not a fault).
+        """
         settings = self.config.settings
-        await self.store.open()
         try:
-            await self.store.check_schema()
-        except BaseException:
-            await self.store.close()
+            await self._open_store()
+            opened = True
+        except SchemaTooOld:
             raise
-        await self.billing.start()
-        if self.firewall:
-            await self.registry.start()
-        if self.managed is not None:
-            await self.managed.state.start()
+        except Exception as exc:  # noqa: BLE001 - any reason the store is away: retry it
+            opened = False
+            log.warning("store unavailable at start (%s); serving 503 until it opens, retrying in %.1fs",
+                        _one_line(exc), STORE_RETRY_FIRST_S)
+        if opened:
+            await self._start_billing()
         timeout_s = self.config.listener.timeout_s
         limits = self.limits
         self.clock = DeadlineClock(
@@ -181,7 +215,50 @@ class Gateway:
                 app, settings.admin_address, settings.admin_port, reuse_port=self.reuse_port
             )
         self._tasks.append(loop.create_task(self._housekeeping()))
+        if not opened:
+            self._store_task = loop.create_task(self._open_store_retrying(), name="store-open")
         log.info("listening on %s:%d", self.host, self.port)
+
+    async def _open_store(self) -> None:
+        """One bounded attempt to open the store and check its schema; closed on failure."""
+        try:
+            async with asyncio.timeout(STORE_OPEN_TIMEOUT_S):
+                await self.store.open()
+                await self.store.check_schema()
+        except BaseException:
+            await _close_bounded(self.store)
+            raise
+
+    async def _start_billing(self) -> None:
+        """Billing, key registry, budgets and managed state, once the store is open.
+
+        Each of them tolerates a store that fails again right away (not ready: 503, their
+        own loops retry), so this never raises for a store fault.
+        """
+        await self.billing.start()
+        if self.firewall:
+            await self.registry.start()
+        if self.managed is not None:
+            await self.managed.state.start()
+        self.store_ready = True
+
+    async def _open_store_retrying(self) -> None:
+        delay_s = STORE_RETRY_FIRST_S
+        attempt = 1
+        while True:
+            await asyncio.sleep(delay_s)
+            attempt += 1
+            try:
+                await self._open_store()
+            except Exception as exc:  # noqa: BLE001 - one line per attempt, no traceback
+                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+                hint = " (run `plano-fast migrate`)" if isinstance(exc, SchemaTooOld) else ""
+                log.warning("store still unavailable (attempt %d: %s)%s; retrying in %.1fs",
+                            attempt, _one_line(exc), hint, delay_s)
+                continue
+            await self._start_billing()
+            log.info("store opened after %d attempts: serving", attempt)
+            return
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Graceful stop: refuse new connections, let in-flight exchanges finish."""
@@ -209,6 +286,10 @@ class Gateway:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self._store_task is not None:
+            self._store_task.cancel()
+            await asyncio.gather(self._store_task, return_exceptions=True)
+            self._store_task = None
         # Every exchange has settled: drain the usage queue, then close the store.
         await self.registry.stop()
         if self.managed is not None:
@@ -230,6 +311,8 @@ class Gateway:
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start)."""
+        if not self.store_ready and request.path not in _ALWAYS_SERVED:
+            raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
         if self.managed is not None:
             endpoint = _ENDPOINTS.get(request.path)
             key = client_key(request) if endpoint is not None else None

@@ -268,8 +268,10 @@ class PostgresStore(SqlStore):
         min_size: int = 1,
         max_size: int = 10,
         command_timeout: float | None = 60.0,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self.dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
         self.min_size = min_size
         self.max_size = max_size
         self.command_timeout = command_timeout
@@ -280,12 +282,20 @@ class PostgresStore(SqlStore):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        self._pool = await asyncpg.create_pool(
+        pool = asyncpg.create_pool(
             self.dsn,
             min_size=self.min_size,
             max_size=self.max_size,
             command_timeout=self.command_timeout,
+            timeout=self.connect_timeout_s,
         )
+        try:
+            await pool
+        except BaseException:
+            # Refused, timed out or cancelled half-way: drop whatever connected, no waiting.
+            pool.terminate()
+            raise
+        self._pool = pool
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -1,0 +1,136 @@
+"""Billing under faults (issue 26), through the real gateway over real sockets.
+
+The store unreachable at start (an unusable SQLite path; PostgreSQL refusing behind the
+fault proxy): the gateway listens, answers 503 in each client's format without forwarding
+anything, retries the store with one log line per attempt, and serves as soon as the store
+opens — no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
+from tests.gateway_proc import ROOT, GatewayProcess
+from tests.test_billing_e2e import USAGE_HEADERS, read_rows, wait_rows
+
+
+def post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def chat(url: str, marker: str) -> tuple[int, dict[str, Any]]:
+    return post(url + "/v1/chat/completions",
+                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": marker}]},
+                {"authorization": "Bearer sk-client", **USAGE_HEADERS})
+
+
+def messages(url: str, marker: str) -> tuple[int, dict[str, Any]]:
+    return post(url + "/v1/messages",
+                {"model": "claude-sonnet-4-6", "max_tokens": 5,
+                 "messages": [{"role": "user", "content": marker}]},
+                {"x-api-key": "sk-client", "anthropic-version": "2023-06-01"})
+
+
+def forwarded(fake: FakeProviderThread, marker: str) -> int:
+    return sum(1 for r in fake.requests if marker.encode() in r.body)
+
+
+def wait_serving(url: str, marker: str, timeout_s: float = 20.0) -> int:
+    """Poll until a request is answered 200; returns how many 503s came before."""
+    deadline = time.monotonic() + timeout_s
+    refused = 0
+    while time.monotonic() < deadline:
+        status, _ = chat(url, marker)
+        if status == 200:
+            return refused
+        assert status == 503
+        refused += 1
+        time.sleep(0.2)
+    raise AssertionError(f"not serving after {timeout_s}s ({refused} x 503)")
+
+
+def assert_fails_closed(gateway: GatewayProcess, fake: FakeProviderThread, marker: str) -> None:
+    status, body = chat(gateway.url, marker)
+    assert status == 503
+    assert body["error"]["code"] == "unavailable" and "store" in body["error"]["message"]
+    status, body = messages(gateway.url, marker)
+    assert status == 503
+    assert body["type"] == "error" and body["error"]["type"]
+    assert forwarded(fake, marker) == 0
+    # Liveness is still answered.
+    with urllib.request.urlopen(gateway.url + "/healthz", timeout=5) as resp:
+        assert resp.status == 200
+
+
+def assert_retried_without_traceback(gateway: GatewayProcess) -> None:
+    log = gateway.log_text()
+    assert "store unavailable at start" in log
+    assert "Traceback" not in log
+    assert "store opened after" in log
+
+
+def test_sqlite_path_unusable_at_start_then_usable(
+    fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    from tests.gateway_proc import write_config
+
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the database directory should be")
+    db_path = blocker / "gw.db"
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, {"sqlite_path": db_path})
+    marker = f"sqlite-start-{uuid.uuid4().hex}"
+    with GatewayProcess(config, migrate=False) as gateway:
+        assert_fails_closed(gateway, fake, marker)
+        deadline = time.monotonic() + 10
+        while "store still unavailable (attempt 2" not in gateway.log_text():
+            assert time.monotonic() < deadline, "no retry logged"
+            time.sleep(0.1)
+        assert_fails_closed(gateway, fake, marker)  # still closed after a failed retry
+        # The operator fixes the path and creates the schema; no restart.
+        blocker.unlink()
+        blocker.mkdir()
+        subprocess.run([sys.executable, "-m", "plano_fast", "migrate", "--config", str(config)],
+                       check=True, cwd=ROOT, capture_output=True, env=dict(os.environ))
+        wait_serving(gateway.url, marker)
+        assert forwarded(fake, marker) == 1
+        rows = wait_rows(None, str(db_path), 1)
+        assert len(rows) == 1 and rows[0].status == "ok" and rows[0].priced
+        assert_retried_without_traceback(gateway)
+
+
+def test_postgres_down_at_start_then_up(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, pg_dsn: str
+) -> None:
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        marker = f"pg-start-{uuid.uuid4().hex}"
+        # Migrated through the proxy, then the database goes away before the gateway starts.
+        gateway = make_gateway({"database_url": f'"{database_url}"'}, before_start=proxy.cut)
+        assert_fails_closed(gateway, fake, marker)
+        assert read_rows(pg_dsn, "") == []
+        proxy.restore()
+        wait_serving(gateway.url, marker)
+        assert forwarded(fake, marker) == 1
+        rows = wait_rows(pg_dsn, "", 1)
+        assert len(rows) == 1 and rows[0].status == "ok" and rows[0].priced
+        assert_retried_without_traceback(gateway)
