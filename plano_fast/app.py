@@ -123,6 +123,7 @@ class Gateway:
                 self.billing.pricing,
                 max_output_tokens=settings.managed_max_output_tokens,
                 usage_sink=self.billing.submit,
+                metrics=self.billing.metrics,
             )
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None

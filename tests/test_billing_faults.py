@@ -134,3 +134,65 @@ def test_postgres_down_at_start_then_up(
         rows = wait_rows(pg_dsn, "", 1)
         assert len(rows) == 1 and rows[0].status == "ok" and rows[0].priced
         assert_retried_without_traceback(gateway)
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+def test_request_ids_are_128_bit_and_fresh_per_process() -> None:
+    from plano_fast.exchange import new_request_id
+
+    code = "from plano_fast.exchange import new_request_id as n; print(n(), n())"
+    out = [subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True,
+                          text=True).stdout.split() for _ in range(2)]
+    ids = [new_request_id(), new_request_id()] + out[0] + out[1]
+    assert len(set(ids)) == 6
+    prefixes = {i.rsplit("-", 1)[0] for i in ids}
+    assert len(prefixes) == 3 and all(len(p) == 32 for p in prefixes)  # 128 bits, hex
+    # A fork draws a new prefix (the child must not repeat the parent's ids).
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    os.close(write)
+    assert child.rsplit("-", 1)[0] not in prefixes
+
+
+def test_a_duplicate_request_id_is_counted_and_logged(tmp_path: Path, caplog: Any) -> None:
+    import asyncio
+    import logging
+
+    from plano_fast.billing.flusher import UsageFlusher
+    from plano_fast.billing.journal import Journal
+    from plano_fast.billing.metrics import BillingMetrics
+    from plano_fast.pricing import PricingRegistry
+    from plano_fast.store import open_store, usage_row_from_event
+    from plano_fast.store.migrate import migrate
+    from plano_fast.usage import STATUS_OK, UsageEvent
+
+    def event(request_id: str) -> UsageEvent:
+        return UsageEvent(request_id, time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200,
+                          100, 10, has_usage=True, project_id="p")
+
+    async def main() -> BillingMetrics:
+        async with open_store(None, str(tmp_path / "d.db")) as store:
+            await migrate(store)
+            await store.write_usage([usage_row_from_event(event("same"), cost_nano_usd=1)])
+            flusher = UsageFlusher(store, PricingRegistry(), Journal(tmp_path / "j"), BillingMetrics(),
+                                   interval_s=3600)
+            for rid in ("same", "other"):
+                flusher.submit(event(rid))
+            await flusher.flush_now()
+            rows = await store.recent_usage(None)
+            assert sorted(r.request_id for r in rows) == ["other", "same"]
+            return flusher.metrics
+
+    with caplog.at_level(logging.WARNING, logger="plano_fast.billing"):
+        metrics = asyncio.run(main())
+    assert (metrics.rows_written, metrics.rows_duplicate, metrics.rows_duplicate_id) == (1, 1, 1)
+    assert "1 of 2 rows had a request id already stored" in caplog.text
+    assert "duplicate request ids" in caplog.text

@@ -197,6 +197,7 @@ class UsageFlusher:
         while self._replayed:
             path = self._replayed[0]
             written = 0
+            duplicates_before = self.metrics.rows_duplicate
             try:
                 for batch in Journal.read_batches(path, self.batch_size):
                     self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
@@ -205,7 +206,8 @@ class UsageFlusher:
                 self.metrics.flush_failures += 1
                 log.warning("journal replay of %s paused (%s)", path, type(exc).__name__)
                 return
-            log.info("replayed %d usage rows from %s", written, path)
+            log.info("replayed %d usage rows from %s (%d already stored)", written, path,
+                     self.metrics.rows_duplicate - duplicates_before)
             self.metrics.rows_replayed += written
             path.unlink(missing_ok=True)
             self._replayed.pop(0)
@@ -351,9 +353,20 @@ class UsageFlusher:
             return False
         for _ in batch:
             pending.popleft()
+        retried = self._retry_delay_s > 0
         self._retry_delay_s = 0.0
         self.metrics.rows_written += inserted
-        self.metrics.rows_duplicate += len(batch) - inserted - (self.metrics.rows_rejected - rejected_before)
+        duplicates = len(batch) - inserted - (self.metrics.rows_rejected - rejected_before)
+        if duplicates:
+            # Never silent: a batch retried after a failure whose commit may have happened
+            # explains some; anything else is two requests with one id.
+            self.metrics.rows_duplicate += duplicates
+            if not retried:
+                self.metrics.rows_duplicate_id += duplicates
+            log.log(logging.WARNING if retried else logging.ERROR,
+                    "usage flush: %d of %d rows had a request id already stored, skipped (%s)",
+                    duplicates, len(batch),
+                    "a retried batch" if retried else "duplicate request ids")
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
         return True

@@ -29,6 +29,7 @@ from typing import Any
 
 from plano_fast import scan
 from plano_fast.billing.flusher import price_event
+from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -79,9 +80,12 @@ class GroupWriter:
     retried, a refused row set aside there), so no waiter has to be alive to save them.
     """
 
-    def __init__(self, store: Store, fallback: Callable[[UsageEvent], None]) -> None:
+    def __init__(
+        self, store: Store, fallback: Callable[[UsageEvent], None], metrics: BillingMetrics | None = None
+    ) -> None:
         self.store = store
         self.fallback = fallback
+        self.metrics = metrics or BillingMetrics()
         self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,8 +115,7 @@ class GroupWriter:
 
     async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
         try:
-            await self.store.write_usage([row for row, _, _ in batch])
-            return
+            inserted = await self.store.write_usage([row for row, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
             if len(batch) > 1 and self.store.rejects_data(exc):
                 # One row the store refuses must not push the others off the synchronous
@@ -122,8 +125,16 @@ class GroupWriter:
                 return
             log.error("synchronous billing failed (%s); %d usage rows queued",
                       type(exc).__name__, len(batch))
-        for _, event, _ in batch:
-            self.fallback(event)
+            for _, event, _ in batch:
+                self.fallback(event)
+            return
+        metrics = self.metrics
+        metrics.rows_written += inserted
+        if inserted < len(batch):  # never silent: two requests with one id
+            metrics.rows_duplicate += len(batch) - inserted
+            metrics.rows_duplicate_id += len(batch) - inserted
+            log.error("synchronous billing: %d of %d rows had a request id already stored, skipped",
+                      len(batch) - inserted, len(batch))
 
 
 class ManagedContext:
@@ -141,6 +152,7 @@ class ManagedContext:
         max_output_tokens: int,
         usage_sink: Callable[[UsageEvent], None],
         reservation_ttl_s: float = 600.0,
+        metrics: BillingMetrics | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -149,7 +161,7 @@ class ManagedContext:
         self.reservation_ttl_s = reservation_ttl_s
         #: background releases, shielded from the cancellation of a client's task
         self.tasks: set[asyncio.Task[object]] = set()
-        self.writer = GroupWriter(store, usage_sink)
+        self.writer = GroupWriter(store, usage_sink, metrics)
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)
