@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import socket
+import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -95,6 +97,9 @@ class Gateway:
     ) -> None:
         self.config = config
         settings = config.settings
+        #: this process in the shared store: owner of its reservations, heartbeat key
+        self.instance_id = uuid.uuid4().hex
+        self._started_ns = time.time_ns()
         self.host = host if host is not None else config.listener.address
         self.port = port if port is not None else config.listener.port
         self.reuse_port = reuse_port
@@ -124,7 +129,9 @@ class Gateway:
                 max_output_tokens=settings.managed_max_output_tokens,
                 usage_sink=self.billing.submit,
                 metrics=self.billing.metrics,
+                reservation_ttl_s=settings.managed_reservation_ttl_s,
             )
+            self.managed.owner = self.instance_id
         self.connections: set[ServerProtocol] = set()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -240,8 +247,41 @@ class Gateway:
         if self.firewall:
             await self.registry.start()
         if self.managed is not None:
+            try:
+                await self._heartbeat()
+            except Exception as exc:  # noqa: BLE001 - the sweeper retries it
+                log.warning("instance heartbeat failed: %s", _one_line(exc))
             await self.managed.state.start()
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self._sweep_reservations(), name="reservation-sweeper"))
         self.store_ready = True
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(self.instance_id, socket.gethostname(), os.getpid(), self._started_ns)
+
+    async def _sweep_reservations(self) -> None:
+        """Managed mode, on every instance: heartbeat, then release reservations past their
+        expiry and those of instances whose heartbeat is ``3 * interval`` old (killed).
+
+        Bound: a reservation left by a killed instance is released within about
+        4 sweep intervals (3 to go stale + 1 until the next sweep), one left by any other
+        failure within its expiry + 1 interval.
+        """
+        interval_s = self.config.settings.reservation_sweep_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                async with asyncio.timeout(max(interval_s, STORE_CLOSE_TIMEOUT_S)):
+                    await self._heartbeat()
+                    now = time.time_ns()
+                    expired = await self.store.release_expired(now)
+                    orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+            except Exception as exc:  # noqa: BLE001 - one line, next interval retries
+                log.warning("reservation sweep failed: %s", _one_line(exc))
+                continue
+            if expired or orphaned:
+                log.warning("reservation sweep released %d expired and %d orphaned reservations",
+                            expired, orphaned)
 
     async def _open_store_retrying(self) -> None:
         delay_s = STORE_RETRY_FIRST_S
@@ -294,10 +334,28 @@ class Gateway:
         # Every exchange has settled: drain the usage queue, then close the store.
         await self.registry.stop()
         if self.managed is not None:
-            await asyncio.gather(*self.managed.tasks, return_exceptions=True)
-            await self.managed.state.stop()
+            await self._stop_managed()
         await self.billing.stop()
         await self.store.close()
+
+    async def _stop_managed(self) -> None:
+        """Background settles and releases get a bounded time; what they leave open is
+        released by another instance's sweeper once this instance is forgotten (or its
+        heartbeat goes stale when the store cannot even be told)."""
+        assert self.managed is not None
+        tasks = list(self.managed.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STORE_CLOSE_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.managed.state.stop()
+        if self.store_ready:
+            try:
+                async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
+                    await self.store.forget_instance(self.instance_id)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
+                log.warning("could not deregister this instance: %s", _one_line(exc))
 
     async def _housekeeping(self) -> None:
         while True:

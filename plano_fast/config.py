@@ -232,6 +232,10 @@ class GatewaySettings(BaseModel):
     managed: bool = False
     managed_reload_s: PosFloat = 5.0  # token/pipe/limit cache refresh (revocation bound)
     managed_max_output_tokens: PosInt = 4096  # output ceiling when a request sets none
+    managed_reservation_ttl_s: PosFloat = 600.0  # a hard-budget reservation's expiry
+    # Heartbeat + release of expired reservations and of those of instances whose heartbeat
+    # is 3 intervals old (killed); instances sharing a database should use the same value.
+    reservation_sweep_interval_s: PosFloat = 10.0
 
 
 @dataclass(frozen=True)

@@ -196,3 +196,145 @@ def test_a_duplicate_request_id_is_counted_and_logged(tmp_path: Path, caplog: An
     assert (metrics.rows_written, metrics.rows_duplicate, metrics.rows_duplicate_id) == (1, 1, 1)
     assert "1 of 2 rows had a request id already stored" in caplog.text
     assert "duplicate request ids" in caplog.text
+
+
+# --------------------------------------------------------------------------- reservations
+
+
+def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
+    """The spending counters checked against the log and the open reservations:
+    for every counter, reserved == the open reservations on it; for every 'total' counter,
+    spent == the priced costs of its scope's rows."""
+    from plano_fast.store import SqlStore
+    from tests.test_managed import store_call
+
+    async def go(store: Any) -> dict[str, Any]:
+        assert isinstance(store, SqlStore)
+        counters = await store.load_counters()
+        rows = await store.recent_usage(None, limit=100_000)
+        held = await store._fetch(
+            "SELECT scope_kind, scope_id, period, period_start, amount_nano_usd, owner "
+            "FROM spending_reservations")
+        by_counter: dict[tuple[Any, ...], int] = {}
+        for r in held:
+            key = (r[0], r[1], r[2], int(r[3]))
+            by_counter[key] = by_counter.get(key, 0) + int(r[4])
+        spent_log: dict[tuple[str, str], int] = {}
+        for row in rows:
+            for kind, sid in (("project", row.project_id), ("user", row.user_id), ("key", row.key_hash)):
+                if sid is not None and row.priced:
+                    spent_log[(kind, sid)] = spent_log.get((kind, sid), 0) + (row.cost_nano_usd or 0)
+        for c in counters:
+            key = (c.scope_kind, c.scope_id, c.period, c.period_start)
+            assert c.reserved_nano_usd == by_counter.get(key, 0), (c, by_counter)
+            if c.period == "total":
+                assert c.spent_nano_usd == spent_log.get((c.scope_kind, c.scope_id), 0), c
+        return {"reserved": sum(c.reserved_nano_usd for c in counters if c.period == "total"
+                                and c.scope_kind == "project"),
+                "open": len({r[5] for r in held}), "rows": rows, "owners": {r[5] for r in held}}
+
+    result: dict[str, Any] = store_call(database_url, sqlite_path, go)
+    return result
+
+
+def start_slow_stream(url: str, token: str, events: int = 60, interval_ms: int = 100) -> Any:
+    """A managed stream that takes events * interval_ms, read on a thread."""
+    import threading
+
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+                       "messages": [{"role": "user", "content": "slow"}]}).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={
+        "authorization": f"Bearer {token}", "content-type": "application/json",
+        "x-fake-events": str(events), "x-fake-interval-ms": str(interval_ms),
+        "x-fake-input-tokens": "100", "x-fake-output-tokens": "50"})
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                outcome["status"] = resp.status
+                outcome["body"] = resp.read()
+        except Exception as exc:  # noqa: BLE001 - the gateway may be killed under it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_reservation_of_a_killed_instance_is_released_by_the_sweeper(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    tenants: list[Tenant] = []
+    settings = {"managed": "true", "managed_reload_s": 1, "reservation_sweep_interval_s": 0.3}
+    gateway = make_gateway(settings, env=ENV, before_start=lambda: tenants.append(
+        provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=10**9)))
+    token = tenants[0].token
+    thread, _ = start_slow_stream(gateway.url, token)
+    held = wait_until(lambda: ledger(None, sqlite_path)["open"] == 1 and ledger(None, sqlite_path),
+                      10, "a reservation")
+    assert held["reserved"] > 0
+    gateway.proc.kill()  # SIGKILL: the reservation stays behind, owned by a dead instance
+    gateway.wait(5)
+    thread.join(10)
+    after_kill = ledger(None, sqlite_path)
+    assert after_kill["open"] == 1 and after_kill["reserved"] == held["reserved"]
+    # Another instance on the same database: its sweeper releases it within about
+    # 4 sweep intervals (the dead owner's heartbeat goes stale after 3).
+    other = GatewayProcess(gateway.config_path, env=ENV)
+    try:
+        started = time.monotonic()
+        healed = wait_until(lambda: (lambda s: s if s["open"] == 0 else None)(ledger(None, sqlite_path)),
+                            10, "the sweeper")
+        took_s = time.monotonic() - started
+        assert healed["reserved"] == 0
+        assert took_s < 4 * 0.3 + 3, took_s
+        assert "orphaned reservations" in other.log_text()
+    finally:
+        other.stop()
+    assert "Task exception was never retrieved" not in other.log_text()
+
+
+def test_reservation_survives_a_database_reset_between_reserve_and_settle(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str
+) -> None:
+    """PostgreSQL goes away while a stream is in flight: settling fails, the row takes the
+    asynchronous (journaled) path and the release is retried until the database is back —
+    the reservation is not held forever and counters equal the log."""
+    from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
+
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        tenants: list[Tenant] = []
+        gateway = make_gateway(
+            {"managed": "true", "managed_reload_s": 1, "database_url": f'"{database_url}"',
+             "reservation_sweep_interval_s": 60},
+            env=ENV, before_start=lambda: tenants.append(
+                provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=10**9)))
+        thread, outcome = start_slow_stream(gateway.url, tenants[0].token, events=20, interval_ms=100)
+        wait_until(lambda: ledger(pg_dsn, "")["open"] == 1, 10, "a reservation")
+        proxy.cut()
+        thread.join(20)
+        assert outcome.get("status") == 200, outcome
+        assert ledger(pg_dsn, "")["open"] == 1  # still held: nothing reached the database
+        proxy.restore()
+        healed = wait_until(
+            lambda: (lambda s: s if s["open"] == 0 and len(s["rows"]) == 1 else None)(ledger(pg_dsn, "")),
+            20, "the release and the row")
+        assert healed["reserved"] == 0 and healed["rows"][0].priced
+        log = gateway.log_text()
+        assert "retrying until done" in log and "released after" in log
+        assert "Task exception was never retrieved" not in log

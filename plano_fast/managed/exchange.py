@@ -58,6 +58,10 @@ from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
 
+RELEASE_RETRY_FIRST_S = 0.1
+RELEASE_RETRY_MAX_S = 5.0
+"""Back-off between attempts to release a reservation while the store fails."""
+
 # Lines that start the last event of a stream, per format: held until billing is done.
 TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
@@ -141,7 +145,7 @@ class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
     __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer")
+                 "writer", "owner")
 
     def __init__(
         self,
@@ -162,12 +166,41 @@ class ManagedContext:
         #: background releases, shielded from the cancellation of a client's task
         self.tasks: set[asyncio.Task[object]] = set()
         self.writer = GroupWriter(store, usage_sink, metrics)
+        #: this gateway instance's id, recorded on each reservation (see the sweeper)
+        self.owner: str | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def release_soon(self, reservation: Reservation) -> None:
+        """Give ``reservation`` back in the background, retried until done (never a lost
+        task: every failure is caught and logged)."""
+        self.spawn(self._release_until_done(reservation))
+
+    async def _release_until_done(self, reservation: Reservation) -> None:
+        delay_s = RELEASE_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                await self.store.release(reservation)
+            except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
+                failures += 1
+                if time.time_ns() + delay_s * 1e9 >= reservation.expires_at_ns:
+                    log.warning("reservation %s still held after %d attempts (%s); left to the "
+                                "sweeper at its expiry", reservation.id, failures, type(exc).__name__)
+                    return
+                if failures == 1:
+                    log.warning("releasing reservation %s failed (%s); retrying until done",
+                                reservation.id, type(exc).__name__)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RELEASE_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("reservation %s released after %d failed attempts", reservation.id, failures)
+            return
 
 
 class ManagedExchange(Exchange):
@@ -253,7 +286,7 @@ class ManagedExchange(Exchange):
         finally:
             if self.reservation is not None:
                 # Errors, failover exhaustion, client gone: give the reservation back.
-                self.mctx.spawn(self.mctx.store.release(self.reservation))
+                self.mctx.release_soon(self.reservation)
                 self.reservation = None
 
     async def _reserve(
@@ -287,7 +320,7 @@ class ManagedExchange(Exchange):
             worst = max(worst, cost)
         try:
             reservation = await self.mctx.store.reserve(
-                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s
+                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s, owner=self.mctx.owner
             )
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.warning("budget reservation failed: %s", type(exc).__name__)
@@ -436,7 +469,7 @@ class ManagedExchange(Exchange):
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
-            self.mctx.spawn(store.release(reservation))
+            self.mctx.release_soon(reservation)
 
 
 def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:
