@@ -66,6 +66,10 @@ STORE_RETRY_FIRST_S = 0.5
 STORE_RETRY_MAX_S = 5.0
 """Back-off between attempts to open a store that was away at start: 0.5 s doubling to 5 s."""
 STORE_CLOSE_TIMEOUT_S = 5.0
+USAGE_DRAIN_BOUND_S = 10.0
+"""Bound on everything a stop asks of the store after the drain (usage flush, settles,
+releases, close): SIGTERM -> exit within ``drain_timeout_s`` + this + ~2 s of task
+cancellation, whatever the database does; rows it did not take are journaled."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -318,24 +322,51 @@ class Gateway:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        background = list(self._tasks)
+        if self._store_task is not None:
+            background.append(self._store_task)
+            self._store_task = None
         self._tasks.clear()
+        for task in background:
+            task.cancel()
+        # A task cancelled inside a store call that hangs is not waited for: the store
+        # phase below is bounded and ends by dropping the connections.
+        if background:
+            await asyncio.wait(background, timeout=1.0)
         self.pool.close()
         self.clock.stop()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        if self._store_task is not None:
-            self._store_task.cancel()
-            await asyncio.gather(self._store_task, return_exceptions=True)
-            self._store_task = None
-        # Every exchange has settled: drain the usage queue, then close the store.
+        # Every exchange has settled: drain the usage queue, then close the store, within
+        # USAGE_DRAIN_BOUND_S whatever the database does (refuses, hangs, half-answers).
+        phase = loop.create_task(self._stop_store_phase(), name="stop-store")
+        done, _ = await asyncio.wait({phase}, timeout=USAGE_DRAIN_BOUND_S)
+        if done:
+            phase.result()
+            return
+        log.error("the store did not finish within %.0fs of the drain: connections dropped",
+                  USAGE_DRAIN_BOUND_S)
+        self.store.terminate()
+        leftovers: list[asyncio.Task[Any]] = [phase, *background]
+        if self.managed is not None:
+            leftovers += self.managed.tasks
+        for task in leftovers:
+            task.cancel()
+        # One turn for their handlers (a cancelled settle queues its row), then journal.
+        await asyncio.wait(leftovers, timeout=1.0)
+        if self.managed is not None:
+            for event in self.managed.writer.abandon():
+                self.billing.submit(event)
+        spilled = self.billing.flusher.spill_all()
+        log.error("%d unwritten usage rows kept in %s (replayed at the next start)",
+                  spilled, self.billing.journal.path)
+
+    async def _stop_store_phase(self) -> None:
         await self.registry.stop()
         if self.managed is not None:
             await self._stop_managed()
-        await self.billing.stop()
+        await self.billing.stop(drain_deadline_s=USAGE_DRAIN_BOUND_S / 2)
         await self.store.close()
 
     async def _stop_managed(self) -> None:
@@ -345,7 +376,7 @@ class Gateway:
         assert self.managed is not None
         tasks = list(self.managed.tasks)
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=STORE_CLOSE_TIMEOUT_S)
+            _, pending = await asyncio.wait(tasks, timeout=USAGE_DRAIN_BOUND_S / 4)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -338,3 +338,48 @@ def test_reservation_survives_a_database_reset_between_reserve_and_settle(
         log = gateway.log_text()
         assert "retrying until done" in log and "released after" in log
         assert "Task exception was never retrieved" not in log
+
+
+# --------------------------------------------------------------------------- stop deadline
+
+
+def test_sigterm_while_the_database_hangs_keeps_its_deadline(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str
+) -> None:
+    """PostgreSQL accepts and never answers: SIGTERM -> exit within drain_timeout_s +
+    USAGE_DRAIN_BOUND_S (+ task cancellation), the rows it could not write journaled,
+    then replayed by the next start; counters equal the log."""
+    import signal
+
+    from plano_fast.app import USAGE_DRAIN_BOUND_S
+    from tests.test_billing_e2e import counters_match_log
+
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        gateway = make_gateway({"database_url": f'"{database_url}"', "drain_timeout_s": 1})
+        for i in range(3):
+            assert chat(gateway.url, f"before-{i}")[0] == 200
+        assert len(wait_rows(pg_dsn, "", 3)) == 3
+        proxy.hang()
+        for i in range(7):
+            assert chat(gateway.url, f"during-{i}")[0] == 200  # no database on this path
+        time.sleep(1.5)  # a flush is now hanging on the database
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait(60) == 0
+        took_s = time.monotonic() - started
+        print(f"SIGTERM -> exit in {took_s:.1f}s with the database hanging")
+        assert took_s < 1 + USAGE_DRAIN_BOUND_S + 4, took_s
+        journals = list(gateway.config_path.parent.glob("*.journal.*"))
+        assert journals, "the unwritten rows must be journaled"
+        assert len(read_rows(pg_dsn, "")) == 3
+        assert "Traceback" not in gateway.log_text()
+        proxy.restore()
+        again = GatewayProcess(gateway.config_path)
+        try:
+            rows = wait_rows(pg_dsn, "", 10, timeout_s=30)
+        finally:
+            again.stop()
+    assert len(rows) == 10 and len({r.request_id for r in rows}) == 10
+    total_counters, total_log = counters_match_log(pg_dsn, "")
+    assert total_counters == total_log > 0

@@ -230,6 +230,16 @@ class UsageFlusher:
             log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
             self._pending.clear()
 
+    def spill_all(self) -> int:
+        """Journal every event and row not yet written, synchronously (no store call): for
+        a stop whose bound ran out while the store hangs.  Returns how many rows."""
+        while self._queued:
+            self._convert_slice(DRAIN_SLICE)
+        spilled = self.journal.spill(self._pending) if self._pending else 0
+        self._pending.clear()
+        self.metrics.rows_spilled += spilled
+        return spilled
+
     @property
     def _queued(self) -> int:
         """Events submitted and not yet converted to rows."""

@@ -91,6 +91,7 @@ class GroupWriter:
         self.fallback = fallback
         self.metrics = metrics or BillingMetrics()
         self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
+        self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -110,12 +111,20 @@ class GroupWriter:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                self._inflight = batch
                 await self._write(batch)
+                self._inflight = []
                 for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
         finally:
             self._task = None
+
+    def abandon(self) -> list[UsageEvent]:
+        """The events of rows not known to be written (a stop whose bound ran out while
+        the store hangs): the caller journals them; a replay skips any that did commit."""
+        items, self._inflight, self._pending = self._inflight + self._pending, [], []
+        return [event for _, event, _ in items]
 
     async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
         try:
@@ -466,6 +475,11 @@ class ManagedExchange(Exchange):
         store = self.mctx.store
         try:
             await store.settle(reservation, row)
+        except asyncio.CancelledError:
+            # Stopped past its bound while the store hangs: the row is queued (journaled at
+            # stop); the reservation is left to the sweepers (this instance is going away).
+            self.ctx.usage_sink(event)
+            raise
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)

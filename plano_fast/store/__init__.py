@@ -400,6 +400,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def terminate(self) -> None:
+        """Drop every connection at once, waiting for nothing: for a stop whose bound ran
+        out while the database hangs.  The store is closed afterwards."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self

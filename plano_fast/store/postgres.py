@@ -302,6 +302,11 @@ class PostgresStore(SqlStore):
         if pool is not None:
             await pool.close()
 
+    def terminate(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
     @property
     def pool(self) -> Any:
         if self._pool is None:
