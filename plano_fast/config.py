@@ -218,6 +218,10 @@ class GatewaySettings(BaseModel):
     usage_batch_size: PosInt = 1000  # rows per bulk write
     usage_max_pending_events: PosInt = 100_000  # in memory while the store is down; then journal
     usage_journal_path: NonEmptyStr = "plano_fast_usage.journal"  # spill file (one per process)
+    # Write-ahead log of usage events (<usage_journal_path>.<pid>.<n>.wal): a SIGKILL loses
+    # at most the events of the last sync window.
+    usage_wal: bool = True
+    usage_wal_sync_interval_s: PosFloat = 0.1
     price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
     budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)
     admin_port: Port | None = None  # admin API port; None disables the admin API

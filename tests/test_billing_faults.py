@@ -383,3 +383,53 @@ def test_sigterm_while_the_database_hangs_keeps_its_deadline(
     assert len(rows) == 10 and len({r.request_id for r in rows}) == 10
     total_counters, total_log = counters_match_log(pg_dsn, "")
     assert total_counters == total_log > 0
+
+
+# --------------------------------------------------------------------------- write-ahead log
+
+
+def test_sigkill_loses_no_synced_usage(make_gateway: Callable[..., GatewayProcess]) -> None:
+    """Usage not yet flushed (a 60 s flush interval) survives a SIGKILL: every event is in
+    the write-ahead log within its sync interval, and the next start replays it."""
+    gateway = make_gateway({"usage_flush_interval_s": 60, "usage_wal_sync_interval_s": 0.05})
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    for i in range(40):
+        assert chat(gateway.url, f"wal-{i}")[0] == 200
+    wal_dir = gateway.config_path.parent
+    wait_until(lambda: list(wal_dir.glob("*.journal.*.wal")), 5, "a synced segment")
+    time.sleep(0.2)  # > the sync interval: the last requests are synced too
+    assert read_rows(None, sqlite_path) == []  # nothing flushed: only the WAL has them
+    gateway.proc.kill()
+    gateway.wait(5)
+    again = GatewayProcess(gateway.config_path, migrate=False)
+    try:
+        rows = wait_rows(None, sqlite_path, 40)
+        assert len(rows) == 40 and len({r.request_id for r in rows}) == 40
+        assert all(r.priced and r.status == "ok" for r in rows)
+        assert "replayed 40 usage rows" in again.log_text()
+        # Replayed, so deleted; a graceful stop deletes the new instance's segments too.
+        for i in range(5):
+            assert chat(again.url, f"wal-after-{i}")[0] == 200
+        wait_until(lambda: list(wal_dir.glob("*.journal.*.wal")), 5, "a synced segment")
+    finally:
+        again.stop()
+    assert not list(wal_dir.glob("*.journal.*"))
+    assert len(read_rows(None, sqlite_path)) == 45
+
+
+def test_sigkill_without_the_wal_loses_the_unflushed_rows(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The comparison: the same SIGKILL with the write-ahead log off loses them all."""
+    gateway = make_gateway({"usage_flush_interval_s": 60, "usage_wal": "false"})
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    for i in range(10):
+        assert chat(gateway.url, f"nowal-{i}")[0] == 200
+    gateway.proc.kill()
+    gateway.wait(5)
+    again = GatewayProcess(gateway.config_path, migrate=False)
+    try:
+        time.sleep(0.5)
+        assert read_rows(None, sqlite_path) == []
+    finally:
+        again.stop()

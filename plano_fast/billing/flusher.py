@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from plano_fast.billing.journal import Journal
+from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, usage_family
 from plano_fast.store import Store, UsageRow
@@ -152,8 +152,14 @@ class UsageFlusher:
         interval_s: float,
         batch_size: int = 1000,
         max_pending_rows: int = 100_000,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.store = store
+        self.wal = wal
+        self._wal_append = wal.append if wal is not None else None
+        #: how many of the oldest submitted events are durable elsewhere (written, spilled,
+        #: set aside): everything flows first in, first out, so a count is enough
+        self._resolved = 0
         self.pricing = pricing
         self.journal = journal
         self.metrics = metrics
@@ -177,6 +183,9 @@ class UsageFlusher:
         """The UsageSink: called on the request path; never blocks."""
         queue = self._queue
         queue.append(event)
+        wal_append = self._wal_append
+        if wal_append is not None:
+            wal_append(event)
         self.metrics.events_submitted += 1
         if len(queue) >= self.batch_size:
             self._batch_ready.set()
@@ -185,6 +194,8 @@ class UsageFlusher:
     async def start(self) -> None:
         self._replayed = self.journal.claim()
         await self._replay_journals()
+        if self.wal is not None:
+            self.wal.start()  # after the claim: our own segments are never claimed
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def _replay_journals(self) -> None:
@@ -199,9 +210,16 @@ class UsageFlusher:
             written = 0
             duplicates_before = self.metrics.rows_duplicate
             try:
-                for batch in Journal.read_batches(path, self.batch_size):
-                    self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
-                    written += len(batch)
+                if path.name.endswith(WAL_SUFFIX):
+                    for events in Journal.read_events(path, self.batch_size):
+                        rows: collections.deque[UsageRow] = collections.deque()
+                        rows_of_events(self.pricing, events, rows)
+                        self.metrics.rows_duplicate += len(rows) - await self.store.write_usage(list(rows))
+                        written += len(rows)
+                else:
+                    for batch in Journal.read_batches(path, self.batch_size):
+                        self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
+                        written += len(batch)
             except Exception as exc:  # noqa: BLE001 - retried on a later cycle
                 self.metrics.flush_failures += 1
                 log.warning("journal replay of %s paused (%s)", path, type(exc).__name__)
@@ -227,8 +245,13 @@ class UsageFlusher:
         if self._pending:
             spilled = self.journal.spill(self._pending)
             self.metrics.rows_spilled += spilled
+            self._resolved += spilled
             log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
             self._pending.clear()
+        if self.wal is not None:
+            await self.wal.stop()
+            if not self._queued:
+                await self.wal.resolved(self._resolved)  # everything: the segments go
 
     def spill_all(self) -> int:
         """Journal every event and row not yet written, synchronously (no store call): for
@@ -238,6 +261,9 @@ class UsageFlusher:
         spilled = self.journal.spill(self._pending) if self._pending else 0
         self._pending.clear()
         self.metrics.rows_spilled += spilled
+        self._resolved += spilled
+        # The write-ahead log's segments stay: replaying them next time only finds rows
+        # already stored or spilled (idempotent), and no store call can be made here.
         return spilled
 
     @property
@@ -318,6 +344,7 @@ class UsageFlusher:
             # next slice.
             end = len(pending) - before + 1
             self._set_aside(dataclasses.asdict(events[end - 1]), "event", exc)
+            self._resolved += 1
             unpriced = sum(1 for row in itertools.islice(pending, before, None) if not row.priced)
         finally:
             # Dropped slice by slice, so their deallocation is spread out too.
@@ -337,6 +364,7 @@ class UsageFlusher:
         if overflow > 0:
             spill = [pending.popleft() for _ in range(overflow)]
             self.metrics.rows_spilled += self.journal.spill(spill)
+            self._resolved += overflow
             log.warning("usage backlog over %d rows: %d spilled to %s",
                         self.max_pending_rows, overflow, self.journal.path)
 
@@ -363,6 +391,9 @@ class UsageFlusher:
             return False
         for _ in batch:
             pending.popleft()
+        self._resolved += len(batch)
+        if self.wal is not None:
+            await self.wal.resolved(self._resolved)
         retried = self._retry_delay_s > 0
         self._retry_delay_s = 0.0
         self.metrics.rows_written += inserted
