@@ -208,6 +208,8 @@ class Gateway:
             timeout_s,
             registry=self.registry,
             budget=self.billing.budget,
+            gone_drain_s=settings.client_gone_drain_s,
+            gone_drain_bytes=settings.client_gone_drain_bytes,
         )
         loop = asyncio.get_running_loop()
         if self._sock is not None:
@@ -318,10 +320,12 @@ class Gateway:
             conn.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout_s
-        while self.connections and loop.time() < deadline:
+        # Responses still read for clients that left (their usage) drain too.
+        while (self.connections or self.ctx.draining) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()
+        self.ctx.give_up_drains()
         background = list(self._tasks)
         if self._store_task is not None:
             background.append(self._store_task)

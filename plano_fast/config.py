@@ -221,6 +221,10 @@ class GatewaySettings(BaseModel):
     # Write-ahead log of usage events (<usage_journal_path>.<pid>.<n>.wal): a SIGKILL loses
     # at most the events of the last sync window.
     usage_wal: bool = True
+    # A client that hangs up mid-response: the provider's answer is still read (not
+    # relayed) for up to this long / this many bytes, so its own usage is billed.
+    client_gone_drain_s: PosFloat = 60.0
+    client_gone_drain_bytes: PosInt = 16 * 1024 * 1024
     usage_wal_sync_interval_s: PosFloat = 0.1
     price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
     budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)

@@ -433,3 +433,107 @@ def test_sigkill_without_the_wal_loses_the_unflushed_rows(
         assert read_rows(None, sqlite_path) == []
     finally:
         again.stop()
+
+
+# --------------------------------------------------------------------------- client hang-ups
+
+
+def hang_up(url: str, body: bytes, headers: dict[str, str], *, wait_first_byte: bool) -> bytes:
+    """Send a request and reset the connection: right after sending, or after the first
+    bytes of the answer arrived.  Returns what was received."""
+    import socket
+    import struct
+
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     + head.encode() + b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        got = b""
+        if wait_first_byte:
+            got = sock.recv(65536)
+        else:
+            time.sleep(0.2)  # forwarded, no answer yet (the provider waits latency-ms)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        return got
+    finally:
+        sock.close()
+
+
+STREAM = (b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"cut"}]}')
+JSON = (b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"cut"}]}')
+FAKE_USAGE = {"x-fake-input-tokens": "1000", "x-fake-cached-tokens": "200", "x-fake-output-tokens": "100"}
+
+
+def test_client_hang_ups_are_billed_with_the_providers_usage(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """Before the first byte (JSON and stream) and mid-stream: the provider's own usage."""
+    from tests.test_billing_e2e import GPT_4O_MINI_COST
+
+    gateway = make_gateway()
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    auth = {"authorization": "Bearer sk-hangup", **FAKE_USAGE}
+    hang_up(gateway.url, JSON, {**auth, "x-fake-latency-ms": "600"}, wait_first_byte=False)
+    hang_up(gateway.url, STREAM, {**auth, "x-fake-latency-ms": "600"}, wait_first_byte=False)
+    got = hang_up(gateway.url, STREAM, {**auth, "x-fake-events": "30", "x-fake-interval-ms": "20"},
+                  wait_first_byte=True)
+    assert got.startswith(b"HTTP/1.1 200")
+    rows = wait_rows(None, sqlite_path, 3)
+    assert len(rows) == 3, rows
+    for row in rows:
+        assert row.status == "client_disconnected" and row.http_status == 200, row
+        assert (row.input_tokens, row.cache_read_tokens, row.output_tokens) == (1000, 200, 100)
+        assert row.priced and row.cost_nano_usd == GPT_4O_MINI_COST
+    assert sorted(r.streaming for r in rows) == [False, True, True]
+
+
+def test_a_cut_stream_the_provider_cannot_finish_is_estimated_never_zero(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The client leaves, then the provider resets before its usage: an estimate, flagged;
+    and a response longer than the drain bound: the same, once the bound is reached."""
+    gateway = make_gateway({"client_gone_drain_s": 0.5})
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    auth = {"authorization": "Bearer sk-hangup", **FAKE_USAGE}
+    hang_up(gateway.url, STREAM, {**auth, "x-fake-events": "40", "x-fake-interval-ms": "10",
+                                  "x-fake-reset-after-events": "20"}, wait_first_byte=True)
+    started = time.monotonic()
+    hang_up(gateway.url, STREAM, {**auth, "x-fake-events": "400", "x-fake-interval-ms": "20"},
+            wait_first_byte=True)
+    rows = wait_rows(None, sqlite_path, 2)
+    assert time.monotonic() - started < 5  # the 8 s stream was given up after 0.5 s
+    assert len(rows) == 2
+    for row in rows:
+        assert row.status == "client_disconnected_estimated", row
+        assert row.input_tokens == (len(STREAM) + 3) // 4 and row.output_tokens > 0
+        assert row.priced and (row.cost_nano_usd or 0) > 0
+
+
+def test_managed_hang_ups_settle_the_reservation_against_the_providers_usage(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    tenants: list[Tenant] = []
+    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV,
+                           before_start=lambda: tenants.append(
+                               provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=10**9)))
+    stream = (b'{"model":"gpt-4o-mini","stream":true,"max_tokens":100,'
+              b'"messages":[{"role":"user","content":"cut"}]}')
+    auth = {"authorization": f"Bearer {tenants[0].token}", "x-fake-input-tokens": "1000",
+            "x-fake-output-tokens": "100"}
+    hang_up(gateway.url, stream, {**auth, "x-fake-latency-ms": "600"}, wait_first_byte=False)
+    got = hang_up(gateway.url, stream, {**auth, "x-fake-events": "30", "x-fake-interval-ms": "20"},
+                  wait_first_byte=True)
+    assert got.startswith(b"HTTP/1.1 200")
+    state = wait_until(
+        lambda: (lambda s: s if len(s["rows"]) == 2 and s["open"] == 0 else None)(ledger(None, sqlite_path)),
+        10, "both rows settled")
+    for row in state["rows"]:
+        assert row.status == "client_disconnected" and row.streaming, row
+        assert (row.input_tokens, row.output_tokens) == (1000, 100) and row.priced
+        assert row.token_id == tenants[0].token_id
+    assert state["reserved"] == 0  # and ledger() checked spent == the log

@@ -43,7 +43,10 @@ from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, usage_family
 from plano_fast.store import Store, UsageRow
-from plano_fast.usage import STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+
+_FREE = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
 log = logging.getLogger("plano_fast.billing")
 
@@ -74,7 +77,7 @@ def pricing_family(provider: str, wire_format: str) -> str:
 
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
     """Cost of one event in nano-USD, or None when it cannot be priced."""
-    if event.status == STATUS_NOT_BILLABLE:
+    if event.status in _FREE:
         return 0
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
@@ -113,7 +116,7 @@ def rows_of_events(
     for e in events:
         status = e.status
         cost: int | None
-        if status == STATUS_NOT_BILLABLE:
+        if status in _FREE:
             cost = 0
         elif not e.has_usage:
             cost = 0 if e.http_status >= 400 else None

@@ -293,8 +293,9 @@ class ManagedExchange(Exchange):
             if self.final_event is not None:
                 await self._bill_and_finish()
         finally:
-            if self.reservation is not None:
-                # Errors, failover exhaustion, client gone: give the reservation back.
+            if self.reservation is not None and not self.client_left:
+                # Errors, failover exhaustion: give the reservation back.  A client gone
+                # mid-response keeps it until its response is read (``_sink_left``).
                 self.mctx.release_soon(self.reservation)
                 self.reservation = None
 
@@ -448,6 +449,21 @@ class ManagedExchange(Exchange):
             return
         self.outcome = outcome
         self.ctx.usage_sink(self._event(outcome, http_status))
+        if self.client_left and self.reservation is not None:
+            self.mctx.release_soon(self.reservation)
+            self.reservation = None
+
+    def _sink_left(self, event: UsageEvent) -> None:
+        """A departed client's response was read (or given up on): its usage, or the
+        estimate, settles the reservation like a completed request's."""
+        event.user_id = self.user_id
+        event.token_id = self.token_id
+        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        reservation, self.reservation = self.reservation, None
+        if reservation is None:
+            self.mctx.writer.write(row, event)  # the writer owns the row from here
+        else:
+            self.mctx.spawn(self._settle_reservation(row, event, reservation))
 
     def _event(self, outcome: str, http_status: int) -> UsageEvent:
         event = self.make_event(outcome, http_status)
