@@ -202,36 +202,38 @@ def test_a_duplicate_request_id_is_counted_and_logged(tmp_path: Path, caplog: An
 
 
 def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
-    """The spending counters checked against the log and the open reservations:
-    for every counter, reserved == the open reservations on it; for every 'total' counter,
-    spent == the priced costs of its scope's rows."""
+    """The spending counters checked against the log and the open reservations, each
+    check one statement (one snapshot, while requests run): for every counter, reserved ==
+    the open reservations on it; for every 'total' counter, spent == the priced costs of
+    its scope's rows."""
     from plano_fast.store import SqlStore
     from tests.test_managed import store_call
 
     async def go(store: Any) -> dict[str, Any]:
         assert isinstance(store, SqlStore)
+        for r in await store._fetch(
+            "SELECT c.scope_kind, c.scope_id, c.period, c.reserved_nano_usd, "
+            "COALESCE((SELECT SUM(r.amount_nano_usd) FROM spending_reservations r "
+            "WHERE r.scope_kind = c.scope_kind AND r.scope_id = c.scope_id "
+            "AND r.period = c.period AND r.period_start = c.period_start), 0) "
+            "FROM spending_counters c"
+        ):
+            assert int(r[3]) == int(r[4]), f"reserved != open reservations: {tuple(r)}"
+        for r in await store._fetch(
+            "SELECT c.scope_kind, c.scope_id, c.spent_nano_usd, "
+            "COALESCE((SELECT SUM(u.cost_nano_usd) FROM usage_log u WHERE u.priced AND "
+            "((c.scope_kind = 'project' AND u.project_id = c.scope_id) OR "
+            "(c.scope_kind = 'user' AND u.user_id = c.scope_id) OR "
+            "(c.scope_kind = 'key' AND u.key_hash = c.scope_id))), 0) "
+            "FROM spending_counters c WHERE c.period = 'total'"
+        ):
+            assert int(r[2]) == int(r[3]), f"spent != the log: {tuple(r)}"
         counters = await store.load_counters()
+        held = await store._fetch("SELECT DISTINCT id, owner FROM spending_reservations")
         rows = await store.recent_usage(None, limit=100_000)
-        held = await store._fetch(
-            "SELECT scope_kind, scope_id, period, period_start, amount_nano_usd, owner "
-            "FROM spending_reservations")
-        by_counter: dict[tuple[Any, ...], int] = {}
-        for r in held:
-            key = (r[0], r[1], r[2], int(r[3]))
-            by_counter[key] = by_counter.get(key, 0) + int(r[4])
-        spent_log: dict[tuple[str, str], int] = {}
-        for row in rows:
-            for kind, sid in (("project", row.project_id), ("user", row.user_id), ("key", row.key_hash)):
-                if sid is not None and row.priced:
-                    spent_log[(kind, sid)] = spent_log.get((kind, sid), 0) + (row.cost_nano_usd or 0)
-        for c in counters:
-            key = (c.scope_kind, c.scope_id, c.period, c.period_start)
-            assert c.reserved_nano_usd == by_counter.get(key, 0), (c, by_counter)
-            if c.period == "total":
-                assert c.spent_nano_usd == spent_log.get((c.scope_kind, c.scope_id), 0), c
         return {"reserved": sum(c.reserved_nano_usd for c in counters if c.period == "total"
                                 and c.scope_kind == "project"),
-                "open": len({r[5] for r in held}), "rows": rows, "owners": {r[5] for r in held}}
+                "open": len(held), "rows": rows, "owners": {r[1] for r in held}}
 
     result: dict[str, Any] = store_call(database_url, sqlite_path, go)
     return result

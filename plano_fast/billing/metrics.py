@@ -16,6 +16,7 @@ class BillingMetrics:
     rows_unpriced_unknown: int = 0  # no price known even after a retry
     rows_spilled: int = 0
     rows_replayed: int = 0
+    reservation_overruns: int = 0  # managed: a provider billed more than was reserved
     rows_rejected: int = 0  # refused by the store for their values; set aside (journal)
     flushes: int = 0
     flush_failures: int = 0

@@ -43,6 +43,7 @@ from plano_fast.exchange import (
     upstream_request,
 )
 from plano_fast.http_server import Request, Responder
+from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
 from plano_fast.pricing import PricingRegistry, TokenCounts
 from plano_fast.store import (
@@ -70,6 +71,14 @@ class BudgetExceeded(ClientError):
     status = 402
     code = "budget_exceeded"
     openai_type = "insufficient_quota"
+
+
+class BudgetHeld(BudgetExceeded):
+    """The limit is not reached, but what is left is held by requests in flight: their
+    reservations are settled within moments, so a retry shortly may fit (Retry-After)."""
+
+    code = "budget_held_by_in_flight"
+    retry_after_s = 1
 
 
 class GroupWriter:
@@ -287,7 +296,17 @@ class ManagedExchange(Exchange):
         if max_out is None:
             max_out = self.mctx.max_output_tokens
             body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
-        self.reservation = await self._reserve(len(body), max_out, fields.model)
+        try:
+            self.reservation = await self._reserve(body, max_out, fields.model)
+        except BudgetHeld as exc:
+            payload = exc.body(request.api_format)
+            self.responder.send_head(exc.status, (
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(exc.retry_after_s).encode()),
+            ), len(payload))
+            self.responder.send_body(payload)
+            self.responder.end()
+            return
         try:
             await self._forward_targets(body, fields)
             if self.final_event is not None:
@@ -300,7 +319,7 @@ class ManagedExchange(Exchange):
                 self.reservation = None
 
     async def _reserve(
-        self, input_bound: int, output_bound: int, client_model: str | None
+        self, body: bytes, max_out: int, client_model: str | None
     ) -> Reservation | None:
         state = self.mctx.state
         now = time.time_ns()
@@ -315,6 +334,13 @@ class ManagedExchange(Exchange):
                 ))
         if not budget_targets:
             return None
+        try:
+            input_bound, output_bound = token_bound(body, max_out)
+        except UnboundedContent as exc:
+            raise ClientError(
+                f"this request's cost cannot be bounded, so its hard budget cannot be enforced: "
+                f"{exc}; send it without that, or use a key without a hard limit"
+            ) from None
         worst = 0
         tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
         for target in self.targets:
@@ -336,11 +362,30 @@ class ManagedExchange(Exchange):
             log.warning("budget reservation failed: %s", type(exc).__name__)
             raise ServiceUnavailable("budget state is unavailable; try again") from None
         if reservation is None:
+            if await self._held_by_in_flight(budget_targets, worst):
+                raise BudgetHeld(
+                    f"spending limit held by requests in flight: this request may cost up to "
+                    f"${worst / 1e9:.6f}, which fits the limit but not what in-flight requests "
+                    "have reserved; retry shortly"
+                )
             raise BudgetExceeded(
                 f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}, "
                 "more than the remaining budget"
             )
         return reservation
+
+    async def _held_by_in_flight(self, targets: list[BudgetTarget], amount: int) -> bool:
+        """Whether the refusal is only the in-flight reservations' doing: every limit
+        would fit ``amount`` on its spend alone (one read per limit, on refusals only)."""
+        try:
+            for t in targets:
+                counter = await self.mctx.store.get_counter(t.key)
+                spent = counter.spent_nano_usd if counter is not None else 0
+                if spent + amount > t.limit_nano_usd:
+                    return False
+        except Exception:  # noqa: BLE001 - cannot tell: the plain refusal
+            return False
+        return True
 
     async def _forward_targets(self, body: bytes, fields: scan.RequestFields) -> None:
         request = self.request
@@ -489,6 +534,13 @@ class ManagedExchange(Exchange):
 
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
+        cost = row.cost_nano_usd or 0
+        if cost > reservation.amount_nano_usd:
+            # The bound did not hold (a provider billed what the request could not show):
+            # counted and logged, so an operator sees the hole.
+            self.mctx.writer.metrics.reservation_overruns += 1
+            log.warning("request %s cost %d nano-USD, more than the %d reserved (%s %s)",
+                        row.request_id, cost, reservation.amount_nano_usd, row.provider, row.model)
         try:
             await store.settle(reservation, row)
         except asyncio.CancelledError:
