@@ -342,12 +342,18 @@ class ManagedExchange(Exchange):
                 f"{exc}; send it without that, or use a key without a hard limit"
             ) from None
         worst = 0
+        # The input priced as plain input and, where the provider bills prompt-cache
+        # writes above it (Anthropic: 1.25x), as cache writes: the dearer of the two.
         tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
+        as_cache_write = TokenCounts(0, output_bound, 0, input_bound, 0)
+        pricing = self.mctx.pricing
         for target in self.targets:
             model = target.model or client_model
-            cost = self.mctx.pricing.cost_nano_usd(
-                target.provider.provider, model or "", self.project_id, tokens
-            )
+            provider = target.provider.provider
+            cost = pricing.cost_nano_usd(provider, model or "", self.project_id, tokens)
+            if cost is not None:
+                cost = max(cost, pricing.cost_nano_usd(provider, model or "", self.project_id,
+                                                       as_cache_write) or 0)
             if cost is None:
                 raise BudgetExceeded(
                     f"no price is known for model '{model}', so its hard budget cannot be "
