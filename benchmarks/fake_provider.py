@@ -46,6 +46,8 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   ``x-fake-reasoning-tokens`` ``x-fake-cache-write-tokens``  usage overrides
 * ``x-fake-omit-usage: 1``        never send usage
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
+* ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
+  ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
 
 Usage numbers (canonical record, rendered per provider)
 -------------------------------------------------------
@@ -148,6 +150,7 @@ _DEFAULT_MODELS = {
     "chat": "gpt-4o-mini",
     "responses": "gpt-4o-mini",
     "messages": "claude-sonnet-4-6",
+    "embeddings": "text-embedding-3-small",
 }
 _LIST_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-5", "claude-sonnet-4-6", "claude-haiku-4-5", "gemini-2.5-flash")
 _OPENAI_MODELS_BODY = _dumps(
@@ -256,6 +259,8 @@ class _Ctl:
     cache_write: int = 0
     omit_usage: bool = False
     retry_after: str = "1"
+    fail_first: int = 0
+    fail_key: str = ""
 
 
 _INT_CTL = {
@@ -269,6 +274,7 @@ _INT_CTL = {
     "x-fake-cached-tokens": "cached",
     "x-fake-reasoning-tokens": "reasoning",
     "x-fake-cache-write-tokens": "cache_write",
+    "x-fake-fail-first": "fail_first",
 }
 _MS_CTL = {"x-fake-latency-ms": "latency", "x-fake-interval-ms": "interval"}
 
@@ -365,6 +371,16 @@ def _chat_json(ctx: _Ctx) -> bytes:
         b'"annotations":[]},"logprobs":null,"finish_reason":"stop"}],%s'
         b'"service_tier":"default","system_fingerprint":"fp_fakeprov"}'
     ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.text_json(), usage)
+
+
+def _embeddings_json(ctx: _Ctx) -> bytes:
+    """OpenAI's /v1/embeddings answer: usage has prompt and total tokens only."""
+    i = ctx.usage.i
+    usage = b"" if ctx.omit_usage else b',"usage":{"prompt_tokens":%d,"total_tokens":%d}' % (i, i)
+    return (
+        b'{"object":"list","data":[{"object":"embedding","index":0,'
+        b'"embedding":[0.0023064255,-0.009327292,0.015797347]}],"model":%s%s}'
+    ) % (ctx.model_json, usage)
 
 
 def _chat_events(ctx: _Ctx, include_usage: bool) -> Iterator[object]:
@@ -787,6 +803,8 @@ def _route(method: str, path: str) -> tuple[Optional[str], str]:
         return "messages", "anthropic"
     if path.endswith("/responses"):
         return "responses", "openai"
+    if path.endswith("/embeddings"):
+        return "embeddings", "openai"
     colon = path.rfind(":")
     if colon > path.rfind("/") > 0:  # Gemini-style ".../models/{model}:{verb}" (also tunedModels, Vertex)
         verb = path[colon + 1:]
@@ -804,7 +822,7 @@ def _route(method: str, path: str) -> tuple[Optional[str], str]:
     return None, "openai"
 
 
-_POST_KINDS = frozenset(("chat", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
+_POST_KINDS = frozenset(("chat", "embeddings", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
 
 
 def _gemini_model(path: str) -> str:
@@ -1071,6 +1089,7 @@ class FakeProvider:
         self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._lock = threading.Lock()
         self._counter = 0
+        self._fail_seen: dict[str, int] = {}  # x-fake-fail-key -> requests seen
         self._nonce = os.urandom(6).hex()
         self._reuse_port = reuse_port
         self._backlog = backlog
@@ -1159,6 +1178,8 @@ class FakeProvider:
                     ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
                 elif name == "x-fake-retry-after":
                     ctl.retry_after = v
+                elif name == "x-fake-fail-key":
+                    ctl.fail_key = v
             except ValueError:
                 raise _BadRequest("invalid value for %s: %r" % (name, value)) from None
         return ctl if ctl is not None else self._defaults
@@ -1189,6 +1210,13 @@ class FakeProvider:
         except _BadRequest as exc:
             p.send(400, _CT_JSON, _error_body(family, 400, str(exc), rid), rid, b"", keep_alive)
             return None
+        if ctl.fail_first > 0:
+            # The first N requests carrying this fail key get x-fake-status (default 503);
+            # later ones are answered normally.
+            with self._lock:
+                seen = self._fail_seen.get(ctl.fail_key, 0)
+                self._fail_seen[ctl.fail_key] = seen + 1
+            ctl = dataclasses.replace(ctl, status=(ctl.status or 503) if seen < ctl.fail_first else 0)
         if kind is None:
             return self._respond(p, ctl, rid, 404, _CT_JSON, _error_body(
                 family, 404, "Invalid URL (%s %s)" % (method, path), rid, True), keep_alive)
@@ -1268,6 +1296,8 @@ class FakeProvider:
 
         if kind == "chat":
             out = _chat_json(ctx)
+        elif kind == "embeddings":
+            out = _embeddings_json(ctx)
         elif kind == "responses":
             out = _responses_json(ctx, req)
         elif kind == "messages":

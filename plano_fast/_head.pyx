@@ -176,41 +176,51 @@ cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     if n == 7:
         if starts(p, n, b"trailer", 7) or starts(p, n, b"upgrade", 7):
             return R_DROP
-        return R_CREDENTIAL if starts(p, n, b"api-key", 7) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"api-key", 7) or starts(p, n, b"api_key", 7) else R_KEEP
     if n == 9:
-        return R_CREDENTIAL if starts(p, n, b"x-api-key", 9) else R_KEEP
+        return R_CREDENTIAL if starts(p, n, b"x-api-key", 9) or starts(p, n, b"x_api_key", 9) else R_KEEP
     if n == 10:
         return R_DROP if starts(p, n, b"connection", 10) or starts(p, n, b"keep-alive", 10) else R_KEEP
     if n == 12:
         return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) else R_KEEP
     if n == 13:
+        if starts(p, n, b"x-http-method", 13):
+            return R_DROP
         return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
     if n == 14:
         if starts(p, n, b"content-length", 14):
             return R_DROP
-        return R_CREDENTIAL if starts(p, n, b"x-goog-api-key", 14) else R_KEEP
+        if starts(p, n, b"x-goog-api-key", 14) or starts(p, n, b"x_goog_api_key", 14):
+            return R_CREDENTIAL
+        return R_KEEP
     if n == 15:
         return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
     if n == 16:
         return R_DROP if starts(p, n, b"proxy-connection", 16) else R_KEEP
     if n == 17:
-        if starts(p, n, b"transfer-encoding", 17):
+        if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
             return R_DROP
         return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
     if n == 18:
         return R_DROP if starts(p, n, b"proxy-authenticate", 18) else R_KEEP
     if n == 19:
         return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
+    if n == 22:
+        return R_DROP if starts(p, n, b"x-http-method-override", 22) else R_KEEP
     return R_KEEP
 
 
-def forward_request_headers(list headers not None, bint drop_credentials):
-    """``(block, seen_anthropic_version, seen_x_request_id)``; see ``plano_fast._head_py``."""
+def forward_request_headers(list headers not None):
+    """``(block, seen_anthropic_version, seen_x_request_id, credential_count,
+    credential_name, credential_value)``; see ``plano_fast._head_py``."""
     cdef tuple pair
     cdef bytes name, value
     cdef Py_ssize_t total = 0, w = 0, nn, nv
     cdef int kind
+    cdef int credentials = 0
     cdef bint seen_version = False, seen_request_id = False
+    credential_name = None
+    credential_value = None
     tokens = None
     for pair in headers:
         name = <bytes?>pair[0]
@@ -227,7 +237,14 @@ def forward_request_headers(list headers not None, bint drop_credentials):
             value = <bytes>pair[1]
             nn = len(name)
             kind = request_kind(name, nn)
-            if kind == R_DROP or (kind == R_CREDENTIAL and drop_credentials):
+            if kind == R_CREDENTIAL:
+                # counted whatever Connection says; the verified one is written back
+                if credentials == 0:
+                    credential_name = name
+                    credential_value = value
+                credentials += 1
+                continue
+            if kind == R_DROP:
                 continue
             if tokens and name in tokens:
                 continue
@@ -246,6 +263,7 @@ def forward_request_headers(list headers not None, bint drop_credentials):
             out[w] = 13
             out[w + 1] = 10
             w += 2
-        return PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id
+        return (PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id,
+                credentials, credential_name, credential_value)
     finally:
         free(out)

@@ -49,9 +49,30 @@ HOP_BY_HOP = frozenset(
 DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
 #: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
-DROPPED_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"accept-encoding"}
-#: Where an SDK puts its key; dropped when the gateway authenticates itself.
-CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key"})
+#: Method-override headers are dropped because some frameworks (Google's front ends among
+#: them) honour them: the provider could act on another method than the one metered.
+DROPPED_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"accept-encoding",
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+}
+#: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
+#: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.
+CREDENTIALS = frozenset(
+    {
+        b"authorization",
+        b"x-api-key",
+        b"x-goog-api-key",
+        b"api-key",
+        b"x_api_key",
+        b"x_goog_api_key",
+        b"api_key",
+    }
+)
 #: Only the gateway may set these (a client must not forge identity upstream).
 GATEWAY_PREFIX = b"x-xproxy-"
 
@@ -112,14 +133,17 @@ def _content_length(value: bytes) -> int:
 
 
 def forward_request_headers(
-    headers: list[tuple[bytes, bytes]], drop_credentials: bool
-) -> tuple[bytes, bool, bool]:
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[bytes, bool, bool, int, bytes | None, bytes | None]:
     """The client's headers (names lowercased, as parsed) that may go upstream, as CRLF-ended
-    lines, and whether anthropic-version and x-request-id were among them.
+    lines; whether anthropic-version and x-request-id were among them; and the credential
+    headers: how many there were, and the first one's name and value (None when none).
 
     Dropped: hop-by-hop headers and those named in Connection (RFC 9110 §7.6.1), framing and
-    host (redone for the upstream hop), accept-encoding, every x-xproxy-* header, and the
-    client's credentials when ``drop_credentials``.
+    host (redone for the upstream hop), accept-encoding, every x-xproxy-* header, and every
+    credential header (:data:`CREDENTIALS`) -- the gateway writes back the one credential it
+    verified (plano_fast.credentials), so Connection can neither remove nor keep one.
+    Credentials are counted whatever Connection says.
     """
     tokens: set[bytes] | None = None
     for name, value in headers:
@@ -127,10 +151,16 @@ def forward_request_headers(
             tokens = connection_tokens(value, tokens)
     out: list[bytes] = []
     seen_version = seen_request_id = False
+    credentials = 0
+    credential_name: bytes | None = None
+    credential_value: bytes | None = None
     for name, value in headers:
-        if name in DROPPED_REQUEST or name.startswith(GATEWAY_PREFIX):
+        if name in CREDENTIALS:
+            if not credentials:
+                credential_name, credential_value = name, value
+            credentials += 1
             continue
-        if drop_credentials and name in CREDENTIALS:
+        if name in DROPPED_REQUEST or name.startswith(GATEWAY_PREFIX):
             continue
         if tokens and name in tokens:
             continue
@@ -139,7 +169,7 @@ def forward_request_headers(
         elif name == b"x-request-id":
             seen_request_id = True
         out.append(name + b": " + value + b"\r\n")
-    return b"".join(out), seen_version, seen_request_id
+    return b"".join(out), seen_version, seen_request_id, credentials, credential_name, credential_value
 
 
 def connection_tokens(value: bytes, tokens: set[bytes] | None) -> set[bytes] | None:

@@ -35,6 +35,8 @@ from plano_fast._scan_py import (
     MSG_INCLUDE_USAGE_TYPE,
     MSG_GENERATION_CONFIG_TYPE,
     msg_max_type,
+    msg_duplicate,
+    DUPLICATE_NAMES,
     _decode_json_string,
     _encode_json_string,
     _has_lone_surrogate,
@@ -396,6 +398,9 @@ cdef struct ReqRec:
     int maxst[4]
     int64_t maxv[4]
     int gen
+    # top-level members seen (bit = slot - SL_RMODEL) and the first repeated one (0: none)
+    int seen
+    int dup
     # spans for rewrite_request
     bint overflow
     int64_t root_start
@@ -516,6 +521,8 @@ cdef inline void req_reset(ReqRec *r) noexcept nogil:
         r.maxst[i] = ST_ABSENT
         r.maxv[i] = 0
     r.gen = ST_ABSENT
+    r.seen = 0
+    r.dup = 0
     r.overflow = 0
     r.root_start = 0
     r.n_model = 0
@@ -788,6 +795,12 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
         if key_is(k, n, "reasoning_tokens", 16):
             return SL_F + rec * 6 + F_RS
         return SL_NONE
+    if node == ND_REQ or node == ND_SOPT or node == ND_GEN:
+        return req_seen(w.req, req_key_slot(node, k, n))
+    return SL_NONE
+
+
+cdef inline int req_key_slot(int node, const unsigned char *k, Py_ssize_t n) noexcept nogil:
     if node == ND_REQ:
         if key_is(k, n, "model", 5):
             return SL_RMODEL
@@ -808,10 +821,23 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
         if key_is(k, n, "include_usage", 13):
             return SL_RINCL
         return SL_NONE
-    if node == ND_GEN:
-        if key_is(k, n, "maxOutputTokens", 15):
-            return SL_RMAX + 3
+    if key_is(k, n, "maxOutputTokens", 15):
+        return SL_RMAX + 3
     return SL_NONE
+
+
+cdef inline int req_seen(ReqRec *r, int slot) noexcept nogil:
+    """Note a request member; the first one named twice is kept in ``r.dup``.  A nested
+    member's parent is itself unique (or already the duplicate), so one mask serves."""
+    cdef int bit
+    if slot != SL_NONE:
+        bit = 1 << (slot - SL_RMODEL)
+        if r.seen & bit:
+            if r.dup == 0:
+                r.dup = slot
+        else:
+            r.seen |= bit
+    return slot
 
 
 cdef inline bint urec_eval(URec *r) noexcept nogil:
@@ -1892,6 +1918,8 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
     cdef const char *buf
     if r.root_not_obj:
         raise ScanError(MSG_NOT_OBJECT)
+    if r.dup:
+        raise ScanError(msg_duplicate(DUPLICATE_NAMES[r.dup - SL_RMODEL]))
     if r.model == ST_BAD:
         raise ScanError(MSG_MODEL_TYPE)
     if r.model == ST_OK:

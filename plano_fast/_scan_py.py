@@ -11,8 +11,10 @@ Request side (:func:`scan_request`, :func:`rewrite_request`)
   object; otherwise :class:`ScanError`.  ``NaN``/``Infinity`` are rejected (``json.loads``
   would accept them), as is nesting deeper than :data:`MAX_DEPTH`.
 * Only *top-level* keys are read (keys are compared after decoding escapes, so
-  ``"mod\\u0065l"`` is ``model``).  Duplicate keys: **the last one wins**, exactly like
-  ``json.loads``; a later duplicate replaces the whole earlier value.
+  ``"mod\\u0065l"`` is ``model``).  A member the gateway reads (:data:`DUPLICATE_NAMES`)
+  that appears twice is a :class:`ScanError` naming it: parsers disagree on which duplicate
+  wins, so the gateway and the provider could read different values.  Other duplicate keys:
+  the last one wins, exactly like ``json.loads``.
 * ``model``: a string (``None`` when absent or ``null``).  A model whose escapes decode to a
   lone UTF-16 surrogate is rejected (it could not be logged or forwarded as UTF-8).
 * ``stream``: a boolean; absent or ``null`` -> ``False`` (the OpenAI API documents
@@ -178,6 +180,31 @@ MAX_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 def msg_max_type(key: str) -> str:
     return f'request "{key}" must be an integer between 0 and {MAX_TOKEN_COUNT}'
+
+
+#: Request members that must appear at most once (by the compiled scanner's slot order:
+#: model, stream, stream_options, stream_options.include_usage, max_tokens,
+#: max_completion_tokens, max_output_tokens, generationConfig.maxOutputTokens,
+#: generationConfig).  Parsers disagree on duplicates (json.loads keeps the last, others
+#: the first), so a repeated one could route or meter one value while the provider acts on
+#: another: refused instead.
+DUPLICATE_NAMES: Final = (
+    "model",
+    "stream",
+    "stream_options",
+    "stream_options.include_usage",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "generationConfig.maxOutputTokens",
+    "generationConfig",
+)
+_UNIQUE_TOP: Final = frozenset(n for n in DUPLICATE_NAMES if "." not in n)
+_UNIQUE_NESTED: Final = {"stream_options": "include_usage", "generationConfig": "maxOutputTokens"}
+
+
+def msg_duplicate(name: str) -> str:
+    return f'request member "{name}" appears more than once; send it once'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +389,28 @@ def _check_body(body: object) -> bytes:
 
 def scan_request(body: bytes) -> RequestFields:
     """Read model / stream / stream_options.include_usage / max tokens from a request body."""
-    return _request_fields(_loads(_check_body(body)))
+    obj = _loads(_check_body(body))
+    if type(obj) is dict:
+        _refuse_duplicates(body)
+    return _request_fields(obj)
+
+
+def _refuse_duplicates(body: bytes) -> None:
+    """ScanError naming the first member of DUPLICATE_NAMES that is repeated (document
+    order, nested ones included); ``body`` is a valid JSON object."""
+    text = body.decode("latin-1")
+    seen: set[str] = set()
+    for key, _, value_start, _ in _members(text, _skip_ws(text, 0)):
+        if key not in _UNIQUE_TOP:
+            continue
+        if key in seen:
+            raise ScanError(msg_duplicate(key))
+        seen.add(key)
+        inner = _UNIQUE_NESTED.get(key)
+        if inner is not None and text[value_start] == "{":
+            count = sum(1 for m in _members(text, value_start) if m[0] == inner)
+            if count > 1:
+                raise ScanError(msg_duplicate(f"{key}.{inner}"))
 
 
 def _members(text: str, pos: int) -> list[tuple[str, int, int, int]]:
@@ -398,7 +446,7 @@ def rewrite_request(
     """Return ``body`` with the model replaced/inserted and/or include_usage forced on.
 
     Returns the same object when nothing had to change."""
-    _request_fields(_loads(_check_body(body)))  # validate first
+    scan_request(body)  # validate first
     encoded = None if model is None else _encode_json_string(model)
     if encoded is None and not inject_include_usage:
         return body

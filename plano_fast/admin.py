@@ -62,6 +62,7 @@ periodic reload picks it up.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -79,6 +80,8 @@ from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 from plano_fast import admin_models as m
 from plano_fast.admin_managed import ManagedAdmin, add_managed_routes
 from plano_fast.admin_models import RequestError, hash_api_key, parse_body, parse_json_body
+from plano_fast.credentials import Credential, read_client_headers
+from plano_fast.errors import GatewayError, Unauthorized
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.store import (
     AlreadyExists,
@@ -90,8 +93,6 @@ from plano_fast.store import (
     day_start,
 )
 
-# Metric names ending so are gauges (current values); the rest are counters.
-_GAUGE_SUFFIXES = ("_s", "_current", "_size", "_backlog", "_connections", "_ready", "_idle")
 
 log = logging.getLogger("plano_fast.admin")
 
@@ -117,7 +118,8 @@ class AdminContext(Protocol):
 
     @property
     def registry_ready(self) -> bool:
-        """False until the key registry has loaded once (``/auth/check`` then fails closed: 503)."""
+        """False until the key registry and the budget state have both loaded once
+        (``/auth/check`` then fails closed: 503, as the data plane does)."""
 
     @property
     def cipher(self) -> KeyCipher | None:
@@ -142,10 +144,17 @@ class AdminContext(Protocol):
         """(scope_kind, scope_id) pairs currently over a limit."""
 
     def metrics(self) -> Mapping[str, float]:
-        """This process's counters and gauges (names without prefix), for ``/metrics``."""
+        """This process's counters and gauges (names without prefix)."""
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` body: the whole instance (every worker), Prometheus text."""
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         """The in-memory registry entry; None when unknown or inactive."""
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        """Raise a GatewayError (404/405/400) when the data plane would refuse to forward
+        ``method target`` (the original request Envoy appends to ``/auth/check``)."""
 
 
 # --------------------------------------------------------------------------- responses
@@ -226,6 +235,25 @@ def _make_auth_middleware(admin_key: str, public: set[AbstractResource]) -> Midd
     return middleware
 
 
+class _NoRequestBytes(logging.Filter):
+    """aiohttp's protocol logs a malformed request with its exception, whose message quotes
+    the offending bytes (``LineTooLong: Got more than 8190 bytes when reading: b'sk-...'``:
+    a client key).  Each such record keeps its level and loses its arguments and traceback:
+    one line naming the exception type only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "admin API: %s on a request (its bytes are not logged)"
+        record.args = (type(exc).__name__ if exc is not None else "protocol error",)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_PROTOCOL_LOG: Final = logging.getLogger("plano_fast.admin.protocol")
+_PROTOCOL_LOG.addFilter(_NoRequestBytes())
+
+
 class _AccessLogger(AbstractAccessLogger):
     """Method, path (no query string: ``?key=`` can hold a client key), status, time."""
 
@@ -263,18 +291,12 @@ def _looks_like_uuid(value: str) -> bool:
     return True
 
 
-def _client_key(request: web.Request) -> str | None:
-    """The client's provider key: Authorization: Bearer, x-api-key, x-goog-api-key, ?key=."""
-    for value in request.headers.getall("authorization", []):
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    for header in ("x-api-key", "x-goog-api-key"):
-        value = request.headers.get(header, "").strip()
-        if value:
-            return value
-    value = request.query.get("key", "").strip()
-    return value or None
+def _client_credential(request: web.Request) -> Credential | None:
+    """The request's one credential, decided exactly as the data plane decides it
+    (plano_fast.credentials; ``Unauthorized`` when there are several or it is malformed)."""
+    headers = [(name.lower(), value) for name, value in request.raw_headers]
+    query = request.rel_url.raw_query_string.encode("latin-1", "replace")
+    return read_client_headers(headers, query).credential
 
 
 class _Admin:
@@ -541,12 +563,9 @@ class _Admin:
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format: billing counters (rows written, unpriced-unknown,
         spilled, flush failures, ...) and gauges (connections, backlog, registry size)."""
-        lines = []
-        for name, value in sorted(self.ctx.metrics().items()):
-            metric = "plano_fast_" + name
-            lines.append(f"# TYPE {metric} {'gauge' if name.endswith(_GAUGE_SUFFIXES) else 'counter'}")
-            lines.append(f"{metric} {value:g}" if isinstance(value, float) else f"{metric} {value}")
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        return web.Response(
+            body=self.ctx.exposition(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     async def budget_blocked(self, request: web.Request) -> web.Response:
         scopes = sorted(self.ctx.blocked())
@@ -558,23 +577,35 @@ class _Admin:
     async def auth_check(self, request: web.Request) -> web.Response:
         """Firewall-mode identity: the client's key -> routing headers, or a refusal."""
         if not self.ctx.registry_ready:
+            # Registry and budgets: /auth/check admits exactly when the data plane would.
             return _json(
                 {
                     "error": "registry_unavailable",
-                    "message": "the API key registry is not loaded yet; retry shortly",
+                    "message": "the API key registry and budgets are not loaded yet; retry shortly",
                 },
                 503,
                 {"retry-after": "1"},
             )
-        raw = _client_key(request)
-        if raw is None:
+        tail = request.raw_path.partition("?")[0][len("/auth/check"):]
+        if tail and tail != "/":
+            # Envoy appends the original path: refuse what the data plane would not forward.
+            try:
+                self.ctx.admit_path(request.method.encode(), tail.encode("latin-1", "replace"))
+            except GatewayError as exc:
+                return _error(exc.status, exc.code or "not_found", exc.message)
+        try:
+            credential = _client_credential(request)
+        except Unauthorized as exc:
+            return _error(401, "invalid_api_key", exc.message)
+        if credential is None:
             return _error(
                 401,
                 "missing_api_key",
-                "no API key in the request (Authorization: Bearer, x-api-key, x-goog-api-key or ?key=)",
+                "no API key in the request (Authorization: Bearer, x-api-key, x-goog-api-key, "
+                "api-key or ?key=)",
             )
-        key_hash = hash_api_key(raw)
-        del raw
+        key_hash = hashlib.sha256(credential.secret).hexdigest()
+        del credential
         info = self.ctx.lookup_key(key_hash)
         if info is None or not info.is_active:
             return _error(401, "invalid_api_key", "the API key is not registered or is inactive")
@@ -650,7 +681,7 @@ def create_admin_app(ctx: AdminContext, *, admin_key: str) -> web.Application:
     return app
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -669,9 +700,11 @@ async def start_admin_server(
     state of the worker that made it at once, the others within their reload interval).
     Returns ``(runner, bound_port)``; the caller stops it with ``await runner.cleanup()``.
     """
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning("admin API bound to %s, not loopback: make sure only operators can reach it", host)
-    runner = web.AppRunner(app, access_log_class=_AccessLogger, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log_class=_AccessLogger, handle_signals=False, logger=_PROTOCOL_LOG
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)

@@ -14,14 +14,20 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from plano_fast.admin import create_admin_app, start_admin_server
+from plano_fast.access_log import AccessLog
+from plano_fast.tracing import Tracing
+from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
-from plano_fast.errors import MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.credentials import read_client_headers
+from plano_fast.failover import RetryPolicy
+from plano_fast.errors import ClientError, GatewayError, MethodNotAllowed, NotFound, ServiceUnavailable
+from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -29,10 +35,10 @@ from plano_fast.exchange import (
     RESPONSES,
     ConfigExchange,
     Endpoint,
+    Exchange,
     ExchangeContext,
-    client_key,
 )
-from plano_fast.firewall import ApiKeyRegistry, FirewallExchange
+from plano_fast.firewall import ApiKeyRegistry, FirewallExchange, identify, metered_endpoint
 from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.exchange import ManagedContext, ManagedExchange
@@ -137,6 +143,9 @@ class Gateway:
             )
             self.managed.owner = self.instance_id
         self.connections: set[ServerProtocol] = set()
+        #: shared by the workers of one instance (set by the parent of --workers N)
+        metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        self.metrics_dir = Path(metrics_dir) if metrics_dir else None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: False until the store has opened and billing started: forwarded requests get 503
@@ -157,6 +166,12 @@ class Gateway:
                 raise AdminKeyMissing(
                     "plano_fast.admin_port is set but no admin key: set plano_fast.admin_key "
                     "(e.g. $PLANO_FAST_ADMIN_KEY) — the admin API never runs unauthenticated"
+                )
+            if not is_loopback(settings.admin_address) and len(self._admin_key) < MIN_EXPOSED_ADMIN_KEY_CHARS:
+                raise AdminKeyMissing(
+                    f"plano_fast.admin_address {settings.admin_address} is not loopback: the admin "
+                    f"key must be at least {MIN_EXPOSED_ADMIN_KEY_CHARS} characters (e.g. "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
                 )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -210,7 +225,16 @@ class Gateway:
             budget=self.billing.budget,
             gone_drain_s=settings.client_gone_drain_s,
             gone_drain_bytes=settings.client_gone_drain_bytes,
+            unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
+            default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
+        if settings.access_log is not None:
+            self.ctx.access_log = AccessLog(settings.access_log)
+            self.ctx.access_log.start()
+        self.ctx.server_timing = settings.server_timing
+        tracing = self.config.raw.get("tracing")
+        if isinstance(tracing, dict):
+            self.ctx.tracing = Tracing(tracing)
         loop = asyncio.get_running_loop()
         if self._sock is not None:
             self._server = await loop.create_server(self._protocol_factory, sock=self._sock)
@@ -347,6 +371,7 @@ class Gateway:
         phase = loop.create_task(self._stop_store_phase(), name="stop-store")
         done, _ = await asyncio.wait({phase}, timeout=USAGE_DRAIN_BOUND_S)
         if done:
+            await self._stop_observability()
             phase.result()
             return
         log.error("the store did not finish within %.0fs of the drain: connections dropped",
@@ -365,6 +390,7 @@ class Gateway:
         spilled = self.billing.flusher.spill_all()
         log.error("%d unwritten usage rows kept in %s (replayed at the next start)",
                   spilled, self.billing.journal.path)
+        await self._stop_observability()
 
     async def _stop_store_phase(self) -> None:
         await self.registry.stop()
@@ -372,6 +398,15 @@ class Gateway:
             await self._stop_managed()
         await self.billing.stop(drain_deadline_s=USAGE_DRAIN_BOUND_S / 2)
         await self.store.close()
+
+    async def _stop_observability(self) -> None:
+        """After the store phase, whatever its outcome (local work, not the database's)."""
+        if hasattr(self, "ctx"):  # started
+            self._publish_metrics()
+            if self.ctx.access_log is not None:
+                await self.ctx.access_log.stop()
+            if self.ctx.tracing is not None:
+                self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
     async def _stop_managed(self) -> None:
         """Background settles and releases get a bounded time; what they leave open is
@@ -392,38 +427,101 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
                 log.warning("could not deregister this instance: %s", _one_line(exc))
 
+    def process_metrics(self) -> dict[str, float]:
+        """This process's counters and gauges (names without the plano_fast_ prefix)."""
+        gw = self
+        values: dict[str, float] = dict(gw.billing.metrics.as_dict())
+        values["last_flush_s"] = gw.billing.metrics.last_flush_s
+        values["usage_backlog"] = gw.billing.flusher.backlog
+        values["client_connections"] = len(gw.connections)
+        values["upstream_pool_idle"] = gw.pool.idle_count
+        values["upstream_connections_opened"] = gw.pool.connections_opened
+        values["key_registry_size"] = len(gw.registry)
+        values["requests_unbilled"] = gw.ctx.unbilled_requests
+        values["upstream_retries"] = gw.ctx.retries_total
+        values["upstream_failovers"] = gw.ctx.failovers_total
+        now = gw.pool.loop.time()
+        circuits = gw.ctx.circuits.values()
+        values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
+        values["circuit_opens"] = sum(c.opens for c in circuits)
+        values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
+        return values
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self.pool.sweep()
+            self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        """With --workers N: this worker's numbers, for the others' scrapes (see
+        plano_fast.metrics; at most this 1 s loop's period stale)."""
+        if self.metrics_dir is None:
+            return
+        try:
+            write_snapshot(
+                self.metrics_dir, {**self.ctx.metrics.snapshot(), "process": self.process_metrics()}
+            )
+        except OSError as exc:
+            log.warning("metrics snapshot not written: %s", exc)
 
     # -- connections ------------------------------------------------------------------
     def _protocol_factory(self) -> ServerProtocol:
-        proto = ServerProtocol(self.handle, self.limits, self.clock, self.connections.discard)
+        proto = ServerProtocol(
+            self.handle, self.limits, self.clock, self.connections.discard, self.precheck
+        )
         self.connections.add(proto)
         return proto
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
-        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start)."""
+        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start).
+        A refusal (GatewayError) is counted by type in the metrics and answered by the
+        server in the client's format."""
+        try:
+            return self._dispatch(request, responder)
+        except GatewayError as exc:
+            self.ctx.metrics.error(error_type(exc.status, exc.code))
+            raise
+
+    def _dispatch(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         if not self.store_ready and request.path not in _ALWAYS_SERVED:
             raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
+        if request.target.find(b"#") >= 0:
+            # A fragment is never part of a request-target (RFC 9112 §3.2).
+            raise ClientError("the request target must not contain '#'")
+        client = None
         if self.managed is not None:
-            endpoint = _ENDPOINTS.get(request.path)
-            key = client_key(request) if endpoint is not None else None
-            if key is not None and key.startswith(b"xproxy_"):
+            client = read_client_headers(request.headers, request.query)
+            credential = client.credential
+            if credential is not None and credential.secret.startswith(b"xproxy_"):
+                # Managed mode forwards its exact endpoints only; a token never goes on to
+                # config-mode routing (where a passthrough provider would see it).
+                endpoint = _ENDPOINTS.get(request.path)
+                if endpoint is None:
+                    raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-                assert endpoint is not None
-                return ManagedExchange(self.ctx, self.managed, request, responder, endpoint).run()
+                exchange = ManagedExchange(self.ctx, self.managed, request, responder, endpoint)
+                exchange.client = client
+                if self.ctx.tracing is not None:
+                    self._trace(exchange)
+                return exchange.run()
+        forwarded: Exchange | None = None
         if self.firewall and request.path not in (b"/healthz", b"/health"):
-            return FirewallExchange(self.ctx, request, responder).start()
-        if is_gemini_path(request.path) and request.method == b"POST":
-            return GeminiExchange(self.ctx, request, responder, GEMINI).start()
-        endpoint = _ENDPOINTS.get(request.path)
-        if endpoint is not None:
-            if request.method != b"POST":
-                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            return ConfigExchange(self.ctx, request, responder, endpoint).start()
+            forwarded = FirewallExchange(self.ctx, request, responder)
+        elif is_gemini_path(request.path) and request.method == b"POST":
+            forwarded = GeminiExchange(self.ctx, request, responder, GEMINI)
+        else:
+            endpoint = _ENDPOINTS.get(request.path)
+            if endpoint is not None:
+                if request.method != b"POST":
+                    raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
+                forwarded = ConfigExchange(self.ctx, request, responder, endpoint)
+        if forwarded is not None:
+            forwarded.client = client  # read above in managed mode, else on first use
+            if self.ctx.tracing is not None:
+                self._trace(forwarded)
+            return forwarded.start()
         path = request.path
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
@@ -434,6 +532,59 @@ class Gateway:
             responder.send_simple(200, self._models_body)
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
+
+
+    def _trace(self, exchange: Exchange) -> None:
+        """Sampled (the client's traceparent, else random_sampling): a server span."""
+        tracing = self.ctx.tracing
+        assert tracing is not None
+        request = exchange.request
+        decision = tracing.sample(request.headers)
+        if decision is not False:
+            exchange.span = tracing.start_server(decision, request.headers, request.path)
+
+    def precheck(self, request: Request) -> None:
+        """A head that expects 100-continue: refuse (GatewayError) what identification
+        alone refuses -- a fragment, an ambiguous or malformed credential, and in firewall
+        mode an endpoint it does not meter or a key it does not know -- before the body is
+        invited.  ``request`` has no body; the full checks run again when it is complete."""
+        if request.target.find(b"#") >= 0:
+            raise ClientError("the request target must not contain '#'")
+        client = read_client_headers(request.headers, request.query)
+        if self.firewall and request.path not in (b"/healthz", b"/health"):
+            if not self.registry.ready or not self.billing.budget.ready:
+                raise ServiceUnavailable("the gateway has not loaded its key registry and budgets yet")
+            metered_endpoint(request.method, request.path, self.ctx.unbilled_paths)
+            identify(self.registry, self.billing.budget, client)
+
+
+METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
+
+
+def error_type(status: int, code: str | None = None) -> str:
+    """The ``type`` label of errors_total for a refusal the gateway answered itself."""
+    if status in (401, 403):
+        return "auth"
+    if status == 402 or code == "spending_limit_exceeded":
+        return "budget"
+    if status == 429:
+        return "rate_limit"
+    if status < 500:
+        return "client"
+    return "unavailable" if status == 503 else "gateway"
+
+
+def listener_retry_policy(max_retries: int | None) -> RetryPolicy | None:
+    """``listeners[].max_retries``: retries of the same target for providers without a
+    retry_policy of their own (None or 0: none beyond a dead pooled connection's)."""
+    if not max_retries:
+        return None
+    return RetryPolicy(default_strategy="same_model", default_max_attempts=max_retries + 1)
+
+
+#: An admin API reachable from other hosts is only as strong as its key: 32 characters of
+#: token_urlsafe are 192 bits, beyond online guessing.
+MIN_EXPOSED_ADMIN_KEY_CHARS = 32
 
 
 class AdminKeyMissing(ValueError):
@@ -452,7 +603,7 @@ class _GatewayAdmin:
 
     @property
     def registry_ready(self) -> bool:
-        return self._gw.registry.ready
+        return self._gw.registry.ready and self._gw.billing.budget.ready
 
     async def on_keys_changed(self) -> None:
         await self._gw.registry.reload()
@@ -478,16 +629,23 @@ class _GatewayAdmin:
         return self._gw.billing.budget.blocked
 
     def metrics(self) -> dict[str, float]:
+        return self._gw.process_metrics()
+
+    def exposition(self) -> bytes:
         gw = self._gw
-        values: dict[str, float] = dict(gw.billing.metrics.as_dict())
-        values["last_flush_s"] = gw.billing.metrics.last_flush_s
-        values["usage_backlog"] = gw.billing.flusher.backlog
-        values["client_connections"] = len(gw.connections)
-        values["upstream_pool_idle"] = gw.pool.idle_count
-        values["upstream_connections_opened"] = gw.pool.connections_opened
-        values["key_registry_size"] = len(gw.registry)
-        values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
-        return values
+        merged = Merged()
+        merged.add(gw.ctx.metrics.snapshot(), gw.process_metrics())
+        if gw.metrics_dir is not None:
+            for snapshot in read_snapshots(gw.metrics_dir, os.getpid()):
+                merged.add(snapshot)
+        return render(merged)
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        if target.find(b"#") >= 0:
+            raise ClientError("the request target must not contain '#'")
+        gw = self._gw
+        if gw.firewall:
+            metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)

@@ -9,8 +9,10 @@ import logging
 import multiprocessing
 import os
 import signal
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from plano_fast import __version__
@@ -169,6 +171,9 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, por
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     probe.bind((host, port))
     port = probe.getsockname()[1]
+    # The workers publish their metrics here; a scrape of any one of them adds them up.
+    metrics_dir = tempfile.mkdtemp(prefix="plano_fast_metrics_")
+    os.environ["PLANO_FAST_METRICS_DIR"] = metrics_dir  # plano_fast.app.METRICS_DIR_ENV
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker_entry, args=(args.config, host, port), daemon=False)
@@ -189,4 +194,5 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, por
         proc.join()
         code = code or (proc.exitcode or 0)
     probe.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return code

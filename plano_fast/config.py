@@ -59,9 +59,10 @@ from typing import Annotated, Any, Literal, Mapping, TypeVar
 from urllib.parse import quote
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from plano_fast import providers as P
+from plano_fast.failover import Backoff, RetryPolicy, StatusRule
 
 __all__ = [
     "ConfigError",
@@ -157,6 +158,9 @@ class ModelProvider:
     # Gemini's native generateContent API (wire_api "gemini"): the path prefix the
     # "/models/{model}:generateContent" paths hang off, e.g. "/v1beta".
     gemini_base_path: str | None = None
+    # Retries and fallbacks (plano_fast.failover); None: only a dead pooled connection is
+    # retried, once (or listeners[].max_retries applies).
+    retry_policy: RetryPolicy | None = None
 
     def chat_path_for(self, upstream_model: str) -> str | None:
         """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
@@ -192,6 +196,26 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _plain_path(value: str) -> str:
+    segments = value.split("/")
+    if (
+        len(value) > 1024
+        or segments[0] != ""
+        or len(segments) < 2
+        or any(s in (".", "..") or not _PLAIN_SEGMENT.fullmatch(s) for s in segments[1:])
+    ):
+        raise ValueError(
+            "must be an exact path: '/'-separated segments of letters, digits and '._~-', "
+            "none of them '.' or '..' (no percent-encoding, query or trailing slash)"
+        )
+    return value
+
+
+#: An exact origin-form path (firewall_unbilled_paths).
+PlainPath = Annotated[str, AfterValidator(_plain_path)]
 
 
 class GatewaySettings(BaseModel):
@@ -235,6 +259,15 @@ class GatewaySettings(BaseModel):
     # "config": route by model (Plano); "firewall": clients use their own registered keys.
     mode: Literal["config", "firewall"] = "config"
     key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
+    # Data-plane access log: one JSON line per request ("stdout" or a file path; off by
+    # default).  Never a credential or a body.
+    access_log: NonEmptyStr | None = None
+    # A Server-Timing response header with the gateway's and the upstream's share (off:
+    # it tells clients how the gateway is deployed).
+    server_timing: bool = False
+    # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
+    # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
+    firewall_unbilled_paths: list[PlainPath] = []
     # Managed mode: xproxy_ tokens with server-side provider keys (needs
     # PLANO_FAST_MASTER_KEY in the environment).  Works beside config or firewall mode.
     managed: bool = False
@@ -272,6 +305,48 @@ class _RoutingPreferenceIn(_In):
     description: str
 
 
+class _BackoffIn(_In):
+    apply_to: Literal["all_retries", "same_model"] = "all_retries"
+    base_ms: Annotated[int, Field(ge=0, le=600_000)] = 100
+    max_ms: Annotated[int, Field(ge=0, le=600_000)] = 5000
+    jitter: bool = True
+
+
+class _StatusRuleIn(_In):
+    codes: Annotated[list[Annotated[int, Field(ge=400, le=599)]], Field(min_length=1)]
+    strategy: Literal["same_model", "same_provider", "different_provider"] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=20)] | None = None
+
+
+class _RetryPolicyIn(_In):
+    """Plano's proposed per-provider retry_policy (katanemo/plano PR #926)."""
+
+    fallback_models: list[str] = []
+    default_strategy: Literal["same_model", "same_provider", "different_provider"] = "different_provider"
+    default_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    max_retry_duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 30_000
+    on_status_codes: list[_StatusRuleIn] = []
+    backoff: _BackoffIn = _BackoffIn()
+
+
+def _retry_policy(pin: _RetryPolicyIn) -> RetryPolicy:
+    return RetryPolicy(
+        fallback_models=tuple(m.strip() for m in pin.fallback_models),
+        default_strategy=pin.default_strategy,
+        default_max_attempts=pin.default_max_attempts,
+        max_retry_duration_ms=pin.max_retry_duration_ms,
+        on_status_codes=tuple(
+            StatusRule(
+                frozenset(r.codes),
+                r.strategy or pin.default_strategy,
+                r.max_attempts or pin.default_max_attempts,
+            )
+            for r in pin.on_status_codes
+        ),
+        backoff=Backoff(pin.backoff.base_ms, pin.backoff.max_ms, pin.backoff.jitter, pin.backoff.apply_to),
+    )
+
+
 class _ProviderIn(_In):
     model: str
     name: str | None = None
@@ -283,6 +358,7 @@ class _ProviderIn(_In):
     provider_interface: Literal[P.PROVIDER_INTERFACES] | None = None  # type: ignore[valid-type]
     headers: dict[str, str] | None = None
     routing_preferences: list[_RoutingPreferenceIn] | None = None
+    retry_policy: _RetryPolicyIn | None = None
     # Older releases (0.1.0 - 0.3.0); accepted with a deprecation warning.
     provider: str | None = None
     endpoint: str | None = None
@@ -539,6 +615,7 @@ class _Builder:
         settings = self.build_settings(data.get("plano_fast"), data.get("overrides"))
         provs = self.build_providers(data)
         aliases = self.build_aliases(data.get("model_aliases"), provs)
+        self.check_fallbacks(provs)
 
         if (
             data.get("routing_preferences") is not None
@@ -878,6 +955,7 @@ class _Builder:
             chat_auth_headers=chat_auth,
             model_in_path=paths.model_in_path,
             gemini_base_path=gemini_base,
+            retry_policy=_retry_policy(pin.retry_policy) if pin.retry_policy is not None else None,
         )
 
     def build_headers(
@@ -946,6 +1024,23 @@ class _Builder:
                     default_at = i
 
     # -- aliases
+
+    def check_fallbacks(self, provs: list[ModelProvider] | None) -> None:
+        """A retry_policy's fallback_models must be configured models: failover never
+        reaches a model the operator did not list."""
+        if provs is None:
+            return
+        from plano_fast.routing import ModelIndex  # routing imports this module
+
+        index = ModelIndex(provs)
+        for i, p in enumerate(provs):
+            for j, fallback in enumerate(p.retry_policy.fallback_models if p.retry_policy else ()):
+                if index.lookup(fallback) is None:
+                    self.err(
+                        ("model_providers", i, "retry_policy", "fallback_models", j),
+                        f"'{fallback}' is not a configured model (a fallback must be one of "
+                        f"the configured models: {', '.join(index.names())})",
+                    )
 
     def build_aliases(self, raw: Any, provs: list[ModelProvider] | None) -> dict[str, str]:
         out: dict[str, str] = {}

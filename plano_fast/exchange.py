@@ -24,6 +24,7 @@ import itertools
 import json
 from urllib.parse import quote
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,13 +33,18 @@ from plano_fast.errors import (
     BadRequestBody,
     ClientError,
     GatewayError,
+    Unauthorized,
     UnknownModelError,
     UpstreamError,
 )
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
-from plano_fast.head import forward_request_headers
-from plano_fast.routing import UnknownModel
+from plano_fast.credentials import ClientHeaders, read_client_headers
+from plano_fast.access_log import AccessLog
+from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.metrics import RequestMetrics
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
+from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -55,6 +61,8 @@ from plano_fast.usage import (
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
+
+    from opentelemetry.trace import Span
 
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.config import ModelProvider
@@ -76,38 +84,49 @@ def _new_request_prefix() -> None:
 os.register_at_fork(after_in_child=_new_request_prefix)
 
 
-def client_key(request: Request) -> bytes | None:
-    """The credential the client's SDK sent, wherever that SDK puts it."""
-    for name, value in request.headers:
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-        elif name in (b"x-api-key", b"x-goog-api-key", b"api-key") and value.strip():
-            return value.strip()
-    if request.query:
-        for pair in request.query.split(b"&"):
-            if pair.startswith(b"key="):
-                return pair[4:] or None
-    return None
-
-
-_KEY_HASHES: dict[bytes, str] = {}
-_KEY_HASHES_MAX = 4096
-
-
 def key_hash(key: bytes) -> str:
     """SHA-256 hex of a client key: how keys are identified and stored, never in clear.
 
-    Clients send the same few keys over and over; a bounded memo turns the hash into a
-    dict lookup (the raw key is already in this process's memory for the request).
+    Not memoised: a memo keyed by the raw key kept up to 4,096 keys of any size in memory,
+    unregistered ones included; the hash itself costs ~0.35 µs (timeit, 48-byte key).
     """
-    digest = _KEY_HASHES.get(key)
-    if digest is None:
-        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
-            _KEY_HASHES.clear()
-        digest = _KEY_HASHES[key] = hashlib.sha256(key).hexdigest()
-    return digest
+    return hashlib.sha256(key).hexdigest()
+
+
+def client_headers(exchange: Exchange) -> ClientHeaders:
+    """The request's forwardable headers and its one credential, read once per exchange
+    (``Unauthorized`` when it carries more than one; see plano_fast.credentials)."""
+    client = exchange.client
+    if client is None:
+        request = exchange.request
+        client = exchange.client = read_client_headers(request.headers, request.query)
+    return client
+
+
+def caller_key_hash(exchange: Exchange) -> str | None:
+    """Config mode identifies callers by their credential's hash (per-key usage)."""
+    credential = client_headers(exchange).credential
+    return key_hash(credential.secret) if credential is not None else None
+
+
+def refuse_background(body: bytes) -> None:
+    """A Responses request with ``background`` set runs on after its HTTP answer, and its
+    usage is only readable later from an endpoint that is not metered: such a request
+    could never be billed, so it is refused (400).  The member is looked for in every
+    spelling a JSON parser accepts (escapes, duplicates)."""
+    if body.find(b"ackground") < 0 and body.find(b"\\u") < 0:
+        return  # neither the name nor an escape that could spell it
+    try:
+        members = json.loads(body, object_pairs_hook=lambda pairs: pairs)
+    except ValueError:
+        return  # the scanner refuses it with a precise message
+    if isinstance(members, list) and any(
+        name == "background" and value not in (False, None) for name, value in members
+    ):
+        raise ClientError(
+            "background responses are not supported through this gateway: their usage "
+            "cannot be metered; send the request without 'background'"
+        )
 
 
 def new_request_id() -> str:
@@ -172,6 +191,12 @@ class RequestFieldsLike(Protocol):
     def include_usage(self) -> bool | None: ...
 
 
+_TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
+
+#: circuit breakers kept per process (oldest forgotten first)
+MAX_CIRCUITS = 4096
+
+
 class ExchangeContext:
     """Shared, long-lived state every exchange needs (owned by the Gateway)."""
 
@@ -186,6 +211,16 @@ class ExchangeContext:
         "gone_drain_s",
         "gone_drain_bytes",
         "draining",
+        "unbilled_paths",
+        "unbilled_requests",
+        "default_retry_policy",
+        "circuits",
+        "retries_total",
+        "failovers_total",
+        "metrics",
+        "access_log",
+        "tracing",
+        "server_timing",
     )
 
     def __init__(
@@ -199,6 +234,8 @@ class ExchangeContext:
         budget: BudgetChecker | None = None,
         gone_drain_s: float = 60.0,
         gone_drain_bytes: int = 16 * 1024 * 1024,
+        unbilled_paths: frozenset[bytes] = frozenset(),
+        default_retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.router = router
         self.pool = pool
@@ -213,6 +250,32 @@ class ExchangeContext:
         self.gone_drain_bytes = gone_drain_bytes
         #: exchanges reading a response whose client left (ended at stop: ``give_up_drains``)
         self.draining: set[Exchange] = set()
+        #: firewall mode: exact paths forwarded unmetered (firewall_unbilled_paths)
+        self.unbilled_paths = unbilled_paths
+        self.unbilled_requests = 0
+        #: listeners[].max_retries for providers without a retry_policy
+        self.default_retry_policy = default_retry_policy
+        #: health memory per (provider name, model) of providers with retries
+        self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
+        self.retries_total = 0
+        self.failovers_total = 0
+        self.metrics = RequestMetrics()
+        #: one JSON line per request when plano_fast.access_log is set
+        self.access_log: AccessLog | None = None
+        #: plano_fast.tracing when the config has a tracing section
+        self.tracing: Tracing | None = None
+        #: add a Server-Timing header to relayed answers (plano_fast.server_timing)
+        self.server_timing = False
+
+    def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
+        key = (provider_name, model)
+        circuits = self.circuits
+        circuit = circuits.get(key)
+        if circuit is None:
+            if len(circuits) >= MAX_CIRCUITS:
+                del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
+            circuit = circuits[key] = CircuitBreaker()
+        return circuit
 
     def give_up_drains(self) -> None:
         """At stop: every response still read for a departed client settles now."""
@@ -252,9 +315,18 @@ class Exchange:
         "client_left",
         "drain_left",
         "drain_timer",
+        "client",
+        "sent_ns",
+        "head_ns",
+        "endpoint_name",
+        "span",
+        "attempt_span",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
+
+    #: the ``mode`` label of this exchange's metrics
+    MODE = "config"
 
     def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
         self.ctx = ctx
@@ -279,6 +351,16 @@ class Exchange:
         self.origin: Origin = ("http", "", 0, None)
         self.scan_api = scan.API_OPENAI_CHAT
         self.failover_error: UpstreamError | None = None
+        #: the request's headers as read once (credential included); see client_headers()
+        self.client: ClientHeaders | None = None
+        #: wall-clock ns: the upstream request sent (last attempt), its response head
+        self.sent_ns = 0
+        self.head_ns = 0
+        #: the ``endpoint`` label of this exchange's metrics
+        self.endpoint_name = ""
+        #: trace spans of a sampled request (plano_fast.tracing): server, current attempt
+        self.span: Span | None = None
+        self.attempt_span: Span | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
         #: the client hung up and the response is read on for its usage (``_client_gone``)
@@ -308,11 +390,25 @@ class Exchange:
         await self._forward()
 
     def _send(self, conn: UpstreamConnection) -> None:
+        self.sent_ns = time.time_ns()
+        if self.span is not None:
+            self._trace_attempt()
         self.conn = conn
         self.responder.upstream = conn
         conn.send_request(
             self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
         )
+
+    def _trace_attempt(self) -> None:
+        """A sampled request's next upstream attempt: its span, and its traceparent sent
+        upstream in place of the client's."""
+        tracing = self.ctx.tracing
+        assert tracing is not None and self.span is not None
+        if self.attempt_span is not None:  # the previous attempt failed
+            end_attempt(self.attempt_span, self.status, "retried")
+        span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
+        head = _TRACEPARENT_LINE.sub(b"", self.upstream_data[0])
+        self.upstream_data[0] = head[:-2] + b"traceparent: " + traceparent(span) + b"\r\n\r\n"
 
     def _client_gone(self) -> None:
         """The client disconnected mid-exchange.
@@ -377,6 +473,7 @@ class Exchange:
             event.has_usage = True
         self.outcome = event.status
         self._sink_left(event)
+        self.observe(event)
 
     def _sink_left(self, event: UsageEvent) -> None:
         self.ctx.usage_sink(event)
@@ -399,6 +496,9 @@ class Exchange:
                 except UpstreamError as exc:
                     if exc.retryable and self.attempts == 1:
                         continue
+                    if self._retry_after_connect_error():
+                        await self._advance()
+                        continue
                     if self._has_fallback():
                         self.failover_error = exc
                         return
@@ -413,7 +513,9 @@ class Exchange:
                 self._client_gone()
                 raise
             if not retry:
-                return
+                if not self._retry_pending():
+                    return
+                await self._advance()
 
     # -- ResponseSink -----------------------------------------------------------------
     def client_headers(self, head: UpstreamHead) -> list[Header]:
@@ -427,6 +529,7 @@ class Exchange:
         if self.client_left:
             self._head_after_left(head)
             return
+        self.head_ns = time.time_ns()
         self.status = status = head.status
         content_length = head.content_length
         scanner = self.scanner
@@ -435,9 +538,17 @@ class Exchange:
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
-        self.responder.send_head_block(
-            status, head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n", content_length
-        )
+        block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        if self.ctx.server_timing:
+            block += self._server_timing()
+        self.responder.send_head_block(status, block, content_length)
+
+    def _server_timing(self) -> bytes:
+        """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
+        request went upstream, and the upstream's time to its response head, in ms."""
+        gateway_ms = (self.sent_ns - self.started_ns) / 1e6 if self.sent_ns else 0.0
+        upstream_ms = (self.head_ns - self.sent_ns) / 1e6 if self.sent_ns else 0.0
+        return b"server-timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n" % (gateway_ms, upstream_ms)
 
     def _may_rewrite_body(self) -> bool:
         return self.streaming and self.status < 400
@@ -502,6 +613,21 @@ class Exchange:
         """Whether another upstream may still serve this request (managed failover)."""
         return False
 
+    def _retry_pending(self) -> bool:
+        """Whether another attempt follows a failed one (config-mode retries)."""
+        return False
+
+    def total_attempts(self) -> int:
+        """Upstream attempts made for this request (the access log's ``attempts``)."""
+        return self.attempts
+
+    def _retry_after_connect_error(self) -> bool:
+        """A connection could not be opened: whether another attempt follows."""
+        return False
+
+    async def _advance(self) -> None:
+        raise NotImplementedError
+
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         self.conn = None
         if self.client_left:
@@ -539,7 +665,57 @@ class Exchange:
         if self.outcome:
             return
         self.outcome = outcome
-        self.ctx.usage_sink(self.make_event(outcome, http_status))
+        event = self.make_event(outcome, http_status)
+        self.ctx.usage_sink(event)
+        self.observe(event)
+
+    def observe(self, event: UsageEvent) -> None:
+        """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        metrics = self.ctx.metrics
+        now_ns = time.time_ns()
+        started_ns = self.started_ns
+        sent_ns = self.sent_ns
+        head_ns = self.head_ns
+        metrics.observe(
+            (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
+            event.http_status,
+            (now_ns - started_ns) / 1e9,
+            (now_ns - sent_ns) / 1e9 if sent_ns else None,
+            (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+            (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+             event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
+        )  # fmt: skip
+        if event.status == STATUS_UPSTREAM_FAILED:
+            metrics.error("timeout" if event.http_status == 504 else "upstream")
+        elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+            metrics.error("client_gone")
+        span = self.span
+        if span is not None:
+            if self.attempt_span is not None:
+                end_attempt(self.attempt_span, event.http_status)
+                self.attempt_span = None
+            end_server(
+                span, mode=self.MODE, endpoint=self.endpoint_name, request_id=self.request_id,
+                provider=event.provider, request_model=self.model, response_model=event.model,
+                outcome=event.status, status=event.http_status,
+                tokens=(event.input_tokens, event.output_tokens) if event.has_usage else None,
+            )  # fmt: skip
+            self.span = None
+        access_log = self.ctx.access_log
+        if access_log is not None:
+            duration_ns = now_ns - started_ns
+            upstream_ns = now_ns - sent_ns if sent_ns else 0
+            access_log.record((
+                started_ns, self.request_id, self.MODE, self.project_id,
+                self.key_hash[:12] if self.key_hash else None, event.provider, event.model,
+                self.endpoint_name, event.http_status, event.status, self.streaming,
+                event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                event.reasoning_tokens, round(duration_ns / 1e6, 3),
+                round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
+                round(upstream_ns / 1e6, 3) if sent_ns else None,
+                (duration_ns - upstream_ns) // 1000 if sent_ns else None,
+                self.total_attempts(), self.responder.peer(),
+            ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
         started_ns = self.started_ns
@@ -565,16 +741,23 @@ class Exchange:
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider", "conversion")
+    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
     ) -> None:
         super().__init__(ctx, request, responder)
         self.endpoint = endpoint
+        self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.conversion: Conversion | None = None
+        #: retries and fallbacks (plano_fast.failover); None when the provider has none
+        self.plan: RetryPlan[Route] | None = None
+        #: the current attempt failed and its response is dropped (another one follows)
+        self.swallow = False
+        #: (target index, seconds to wait) of the attempt that follows a swallowed one
+        self.next_attempt: tuple[int, float] | None = None
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
@@ -590,21 +773,53 @@ class ConfigExchange(Exchange):
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
             self._count_tokens_locally()
             return None
+        self.fields = fields
+        # Config mode identifies callers by their key's hash (per-key usage and limits).
+        self.key_hash = caller_key_hash(self)
+        policy = provider.retry_policy or self.ctx.default_retry_policy
+        if policy is not None and self.endpoint is not COUNT_TOKENS:
+            self.plan = plan = self._plan(route, policy)
+            route = plan.targets[plan.index]
+        self._prepare(route)
+        return self.forward_now()
+
+    def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
+        """The request's targets: its route, then the policy's fallbacks.  The first one
+        tried is the first whose circuit is not open (the route itself when all are)."""
+        router = self.ctx.router
+        targets = [route] + [router.resolve(m) for m in policy.fallback_models]
+        now = self.ctx.pool.loop.time()
+        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now)
+        circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
+        first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
+        if first:
+            plan.index = first
+            self.ctx.failovers_total += 1
+        circuits[first].allow(now)
+        return plan
+
+    def _prepare(self, route: Route) -> None:
+        """Build the upstream request for ``route`` (the first target or a fallback)."""
+        fields = self.fields
+        provider = route.provider
+        model = route.upstream_model or fields.model
         if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
-            return self._start_converted(fields, route.upstream_model or fields.model, provider)
+            self._prepare_converted(fields, model, provider)
+            return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
                 f"model '{fields.model}' is served by provider '{provider.name}', which does "
                 f"not support the {self.endpoint.name} API"
             )
+        request = self.request
         self.provider = provider
         self.provider_id = provider.provider
-        self.model = route.upstream_model or fields.model
-        # Config mode identifies callers by their key's hash (per-key usage and limits).
-        key = client_key(request)
-        self.key_hash = key_hash(key) if key else None
+        self.model = model
         self.streaming = fields.stream
+        self.wire_format = self.endpoint.wire_api
+        self.scan_api = self.endpoint.scan_api
+        self.conversion = None
         # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
         # client that did not ask for it, so every stream can be billed.
         inject = (
@@ -612,20 +827,106 @@ class ConfigExchange(Exchange):
         )
         body = scan.rewrite_request(
             request.body,
-            model=route.upstream_model if route.rewrite else None,
+            model=route.upstream_model if route.rewrite or model != fields.model else None,
             inject_include_usage=inject,
         )
         if self.endpoint is not COUNT_TOKENS:
             self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+        query = client_headers(self).query
         self.upstream_data = upstream_request(
             self,
-            request.method + b" " + path + (b"?" + request.query if request.query else b""),
+            request.method + b" " + path + (b"?" + query if query else b""),
             provider,
             None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
             body,
         )
         self.origin = origin_of(provider)
-        return self.forward_now()
+
+    # -- retries and fallbacks (plano_fast.failover) ----------------------------------
+    def _circuit(self, index: int) -> CircuitBreaker:
+        assert self.plan is not None
+        route = self.plan.targets[index]
+        return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
+
+    def _failed(self, status: int | None, retry_after: float | None) -> bool:
+        """The current attempt failed before the client saw anything: note it, and decide
+        whether another attempt follows (then True, with ``next_attempt`` set)."""
+        plan = self.plan
+        if plan is None or self.responder.head_sent or self.outcome or self.client_left:
+            return False
+        now = self.ctx.pool.loop.time()
+        self._circuit(plan.index).record_failure(now)
+        healthy = frozenset(
+            i for i in range(len(plan.targets)) if self._circuit(i).available(now)
+        )
+        nxt = plan.next_attempt(status, now, retry_after, healthy)
+        self.next_attempt = nxt
+        return nxt is not None
+
+    def _succeeded(self) -> None:
+        if self.plan is not None:
+            self._circuit(self.plan.index).record_success()
+
+    async def _advance(self) -> None:
+        """Wait as the plan says, then aim this exchange at the next target."""
+        nxt, self.next_attempt = self.next_attempt, None
+        assert nxt is not None and self.plan is not None
+        index, wait_s = nxt
+        if wait_s > 0:
+            try:
+                await asyncio.sleep(wait_s)
+            except asyncio.CancelledError:
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+        target = self.plan.targets[index]
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if target.provider is not self.provider or (target.upstream_model or self.fields.model) != self.model:
+            ctx.failovers_total += 1
+        self._circuit(index).allow(ctx.pool.loop.time())
+        self.status = 0
+        self.scanner = None
+        self.attempts = 0
+        self._prepare(target)
+
+    def _retry_pending(self) -> bool:
+        return self.next_attempt is not None
+
+    def total_attempts(self) -> int:
+        return self.plan.attempts if self.plan is not None else self.attempts
+
+    def _retry_after_connect_error(self) -> bool:
+        return self._failed(None, None)
+
+    async def _retry(self) -> None:
+        await self._advance()
+        await self._forward()
+
+    def _schedule_retry(self) -> None:
+        done = self.done
+        if done is None:
+            self.responder.continue_in_task(self._retry(), self.request)
+        elif not done.done():
+            done.set_result(False)  # _forward sees the pending retry and carries on
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_error(error, retry_safe)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if not self.swallow:
+            super().on_upstream_body(data)
+
+    def on_upstream_complete(self) -> None:
+        if self.swallow:
+            self.swallow = False
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_complete()
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
@@ -643,6 +944,13 @@ class ConfigExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> Coroutine[Any, Any, None] | None:
         """The client's format differs from the provider's: convert both ways."""
+        self.key_hash = caller_key_hash(self)
+        self._prepare_converted(fields, model, provider)
+        return self.forward_now()
+
+    def _prepare_converted(
+        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
+    ) -> None:
         request = self.request
         source, target = self.endpoint.wire_api, provider.wire_api
         if target not in SCAN_API_FOR_WIRE:
@@ -675,8 +983,6 @@ class ConfigExchange(Exchange):
         self.provider = provider
         self.provider_id = provider.provider
         self.model = model
-        key = client_key(request)
-        self.key_hash = key_hash(key) if key else None
         self.streaming = fields.stream
         self.wire_format = target
         self.scan_api = SCAN_API_FOR_WIRE[target]
@@ -694,14 +1000,26 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
-        return self.forward_now()
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:
+        if self.client_left:  # read on for the usage (Exchange._client_gone): no retry
+            super().on_upstream_head(head)
+            return
+        if self.plan is not None:
+            status = head.status
+            if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
+                if self._failed(status, retry_after_s(head.headers())):
+                    self.status = status
+                    self.swallow = True  # nothing reaches the client; the next attempt serves
+                    return
+            else:
+                self._succeeded()
         conversion = self.conversion
         if conversion is None or self.client_left:
             super().on_upstream_head(head)
             return
+        self.head_ns = time.time_ns()
         self.status = status = head.status
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)
@@ -724,17 +1042,6 @@ class ConfigExchange(Exchange):
         self._settle(outcome, self.status)
 
 
-def forwardable_headers(
-    request: Request, out: list[bytes], *, drop_credentials: bool
-) -> tuple[bool, bool]:
-    """Append the client's headers that may go upstream (one block; the rules are in
-    plano_fast._head_py.forward_request_headers); says whether anthropic-version and
-    x-request-id were among them."""
-    block, seen_version, seen_request_id = forward_request_headers(request.headers, drop_credentials)
-    out.append(block)
-    return seen_version, seen_request_id
-
-
 def upstream_request(
     exchange: Exchange,
     request_line: bytes,
@@ -745,12 +1052,19 @@ def upstream_request(
     anthropic_version: bool = False,
 ) -> list[bytes]:
     """The bytes to send upstream: request line, the client's forwardable headers, the
-    gateway's credentials (``auth``; None = pass the client's through), the provider's
-    configured headers, host and length.  A client's own anthropic-version wins."""
-    head = [request_line + b" HTTP/1.1\r\n"]
-    seen_version, has_request_id = forwardable_headers(
-        exchange.request, head, drop_credentials=auth is not None
-    )
+    credentials (``auth``: the gateway's own; None = the client's one verified credential,
+    passed through), the provider's configured headers, host and length.  A client's own
+    anthropic-version wins."""
+    client = client_headers(exchange)
+    head = [request_line + b" HTTP/1.1\r\n", client.block]
+    seen_version = client.seen_version
+    if auth is None:
+        credential = client.credential
+        if credential is not None:
+            if credential.secret.startswith(b"xproxy_"):
+                # A gateway token is never a provider's key: it must not leave the gateway.
+                raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
+            head.append(credential.line)
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -761,7 +1075,7 @@ def upstream_request(
         head.append(b"anthropic-version: 2023-06-01\r\n")
     for name, value in provider.extra_headers:
         head.append(name + b": " + value + b"\r\n")
-    return finish_head(exchange, head, provider.host_header, body, has_request_id)
+    return finish_head(exchange, head, provider.host_header, body, client.seen_request_id)
 
 
 def finish_head(

@@ -9,23 +9,27 @@ path; any other provider is reached through conversion.  Streams are answered as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote, unquote
 
 from plano_fast import scan
-from plano_fast.errors import BadRequestBody, UnknownModelError
+from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.exchange import (
     ConfigExchange,
     Endpoint,
-    client_key,
-    key_hash,
+    caller_key_hash,
+    client_headers,
     origin_of,
     upstream_request,
 )
 from plano_fast.routing import UnknownModel
 
 GEMINI = Endpoint("gemini", scan.API_GEMINI, "gemini")
+# A model id, optionally provider-qualified ("openai/gpt-4o-mini", sent as openai%2F...):
+# segments that start with a letter or digit, so never "." or "..".
+_MODEL_NAME = re.compile(r"(?=.{1,256}$)[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 METHODS = (b"generateContent", b"streamGenerateContent")
 
 
@@ -53,6 +57,13 @@ class GeminiExchange(ConfigExchange):
         model = unquote(name.decode("latin-1"))
         if not model:
             raise BadRequestBody("the request path names no model")
+        if _MODEL_NAME.fullmatch(model) is None:
+            # A path segment that decodes to "/", ".." or other oddities would be sent on
+            # (percent-encoded) to a wildcard provider: refused instead.
+            raise ClientError(
+                "the model in the request path must be letters, digits and '._-' (segments "
+                "separated by an encoded '/')"
+            )
         fields = PathFields(model, method == b"streamGenerateContent")
         try:
             route = self.ctx.router.resolve(model)
@@ -65,15 +76,13 @@ class GeminiExchange(ConfigExchange):
         self.provider = provider
         self.provider_id = provider.provider
         self.model = upstream_model
-        key = client_key(request)
-        self.key_hash = key_hash(key) if key else None
+        self.key_hash = caller_key_hash(self)
         self.streaming = fields.stream
         self.scanner = scan.UsageScanner(scan.API_GEMINI, fields.stream, False)
         passthrough = provider.passthrough_auth
-        # Keep the client's query (alt=sse) but never its ?key= unless passing through.
-        query = b"&".join(
-            p for p in request.query.split(b"&") if p and (passthrough or not p.startswith(b"key="))
-        )
+        # The client's query (alt=sse) without its ?key= (a passed-through key goes in
+        # x-goog-api-key; see plano_fast.credentials).
+        query = client_headers(self).query
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
             self,

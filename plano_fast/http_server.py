@@ -360,6 +360,16 @@ class Responder:
     def client_connected(self) -> bool:
         return not self._proto.lost
 
+    def peer(self) -> str:
+        """The client's address as "host:port" ("" when unknown): for the access log."""
+        try:
+            address = self._proto.transport.get_extra_info("peername")
+        except AttributeError:
+            return ""
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+        return ""
+
 
 class ServerProtocol(asyncio.Protocol):
     """One client connection: parse, enforce limits, run exchanges in order."""
@@ -368,6 +378,7 @@ class ServerProtocol(asyncio.Protocol):
         "transport",
         "loop",
         "_handler",
+        "_precheck",
         "_limits",
         "_on_close",
         "_parser",
@@ -405,9 +416,13 @@ class ServerProtocol(asyncio.Protocol):
         limits: ServerLimits,
         clock: DeadlineClock,
         on_close: Callable[[ServerProtocol], None] | None = None,
+        precheck: Callable[[Request], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handler = handler
+        #: run on a head that asks for 100-continue, before the body is invited: raises a
+        #: GatewayError to refuse (the body is then never read; the connection closes)
+        self._precheck = precheck
         self._limits = limits
         self._on_close = on_close
         self._parser = httptools.HttpRequestParser(self)
@@ -625,6 +640,12 @@ class ServerProtocol(asyncio.Protocol):
         if self._active is None:
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
         if self._expect_continue and self._active is None:
+            if self._precheck is not None:
+                # Identify before inviting the body: a client with a bad key does not get
+                # to upload it (a GatewayError here is answered by data_received, closing).
+                self._precheck(
+                    Request(parser.get_method(), self._url, self._request_headers, b"", False)
+                )
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect_continue = False
 

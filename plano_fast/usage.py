@@ -20,6 +20,9 @@ STATUS_CLIENT_GONE = "client_disconnected"  # the client left; the provider's us
 STATUS_CLIENT_GONE_ESTIMATED = "client_disconnected_estimated"
 STATUS_CLIENT_ABANDONED = "client_abandoned"  # the client left before anything was forwarded
 STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
+# forwarded on an operator's explicit list (firewall_unbilled_paths): not metered, so left
+# unpriced (visible), never priced at zero
+STATUS_UNBILLED = "unbilled"
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from plano_fast.admin import create_admin_app, start_admin_server
 from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.admin_models import nano_to_usd, usd_to_nano
 from plano_fast.managed.crypto import KeyCipher
+from plano_fast.metrics import Merged, render
 from plano_fast.managed.state import ManagedState
 from plano_fast.store import RegisteredApiKey, Store, UsageRow, open_store
 from plano_fast.store.migrate import migrate
@@ -99,8 +100,16 @@ class FakeContext:
     def metrics(self) -> dict[str, float]:
         return {"rows_written": 3, "usage_backlog": 1}
 
+    def exposition(self) -> bytes:
+        merged = Merged()
+        merged.add({}, self.metrics())
+        return render(merged)
+
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self.registry.get(key_hash)
+
+    def admit_path(self, method: bytes, target: bytes) -> None:
+        return None  # every path: the gateway's own rule is tested in test_firewall_hardening
 
 
 @dataclass

@@ -199,12 +199,32 @@ def _count(value: Any) -> bool:
     return value is None or (type(value) is int and 0 <= value <= _scan_py.MAX_TOKEN_COUNT)
 
 
+class _Pairs(list):  # type: ignore[type-arg]
+    """An object as its member list (duplicates kept)."""
+
+
+def _repeats_read_member(body: bytes) -> bool:
+    """Whether a member the scanner reads appears twice (top level, or include_usage /
+    maxOutputTokens inside stream_options / generationConfig): refused by rule."""
+    pairs = json.loads(body.decode("utf-8"), object_pairs_hook=_Pairs)
+    names = [name for name, _ in pairs]
+    top = ("model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+           "max_output_tokens", "generationConfig")  # fmt: skip
+    if any(names.count(name) > 1 for name in top):
+        return True
+    for parent, child in (("stream_options", "include_usage"), ("generationConfig", "maxOutputTokens")):
+        for name, value in pairs:
+            if name == parent and isinstance(value, _Pairs) and [n for n, _ in value].count(child) > 1:
+                return True
+    return False
+
+
 def reference(body: bytes) -> tuple[Any, ...]:
     try:
         obj = json.loads(body.decode("utf-8"), parse_constant=_reject)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return ERROR
-    if type(obj) is not dict:
+    if type(obj) is not dict or _repeats_read_member(body):
         return ERROR
     model = obj.get("model")
     if model is not None:

@@ -34,11 +34,13 @@ from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, U
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
     MESSAGES,
+    RESPONSES,
     Endpoint,
     Exchange,
     ExchangeContext,
-    client_key,
+    client_headers,
     origin_of,
+    refuse_background,
     upstream_path,
     upstream_request,
 )
@@ -222,6 +224,7 @@ class ManagedContext:
 
 
 class ManagedExchange(Exchange):
+    MODE = "managed"
     __slots__ = (
         "mctx",
         "endpoint",
@@ -247,6 +250,7 @@ class ManagedExchange(Exchange):
         super().__init__(ctx, request, responder)
         self.mctx = mctx
         self.endpoint = endpoint
+        self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.targets: list[Target] = []
@@ -265,7 +269,8 @@ class ManagedExchange(Exchange):
         if not state.ready:
             raise ServiceUnavailable("the gateway has not loaded its tokens yet")
         request = self.request
-        key = client_key(request)
+        credential = client_headers(self).credential
+        key = credential.secret if credential is not None else None
         if key is None or not key.startswith(TOKEN_PREFIX.encode()):
             raise Unauthorized("an xproxy_ token is required")
         token = state.lookup(token_hash(key), time.time_ns())
@@ -274,6 +279,8 @@ class ManagedExchange(Exchange):
         pipe = state.pipe_for(token)
         if pipe is None:
             raise ClientError("this token's project has no pipe to route it")
+        if self.endpoint is RESPONSES:
+            refuse_background(request.body)  # its cost could not be settled
         try:
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
@@ -492,14 +499,17 @@ class ManagedExchange(Exchange):
     def _finish(self, outcome: str, tail: bytes) -> None:
         self.held += tail
         self.outcome = outcome
-        self.final_event = self._event(outcome, self.status)
+        self.final_event = event = self._event(outcome, self.status)
+        self.observe(event)
 
     def _settle(self, outcome: str, http_status: int) -> None:
         # Failures (no response, client gone): asynchronous billing, reservation released.
         if self.outcome:
             return
         self.outcome = outcome
-        self.ctx.usage_sink(self._event(outcome, http_status))
+        event = self._event(outcome, http_status)
+        self.ctx.usage_sink(event)
+        self.observe(event)
         if self.client_left and self.reservation is not None:
             self.mctx.release_soon(self.reservation)
             self.reservation = None

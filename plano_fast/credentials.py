@@ -1,0 +1,156 @@
+"""One credential per request: the single decision the data plane and ``/auth/check`` share.
+
+A request may name its caller in five places -- ``Authorization: Bearer``, ``x-api-key``,
+``x-goog-api-key``, ``api-key`` (Azure) and Gemini's ``?key=`` query parameter.  If the
+gateway verified one of them and forwarded the others, a client could authenticate with a
+registered key and have the provider serve (and the project pay for) another one.  So:
+
+* every credential header (underscore spellings included) is counted in the one pass that copies the forwardable headers
+  (``plano_fast.head.forward_request_headers``), whatever ``Connection`` lists, and never
+  forwarded as sent;
+* zero credentials -> None (the caller decides whether that is allowed); more than one --
+  two headers, a header twice, a header plus ``key=`` -- is a 401, never forwarded;
+* the one credential must be well formed: ``Authorization`` only as ``Bearer <token>``; a
+  token is visible ASCII (so a key that is not valid UTF-8 is a 401 everywhere, never a
+  500);
+* the verified credential is written back, exactly once, in the header the client used
+  (a ``key=`` parameter becomes ``x-goog-api-key``, which Gemini documents as equivalent),
+  and every ``key`` parameter is removed from the forwarded query.
+
+Query parameter names (``key``, and Google's OAuth ``access_token``) are compared after
+percent-decoding and case-folding, and split on ``;`` as well as ``&``: stricter than any
+provider parses them, so no spelling of them can slip past.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from plano_fast.errors import Unauthorized
+from plano_fast.head import forward_request_headers
+
+_TOKEN: Final = re.compile(rb"[\x21-\x7e]+")
+_QUERY_SPLIT: Final = re.compile(rb"[&;]")
+#: Where the gateway writes a ``key=`` credential back (Gemini's documented header).
+QUERY_KEY_HEADER: Final = b"x-goog-api-key"
+
+
+class Credential:
+    """The request's one credential: ``secret`` is what is hashed and looked up, ``line``
+    the header line that carries it upstream (CRLF-ended)."""
+
+    __slots__ = ("secret", "line", "source")
+
+    def __init__(self, secret: bytes, line: bytes, source: bytes) -> None:
+        self.secret = secret
+        self.line = line
+        #: the header name it came in, or b"?key" for the query parameter
+        self.source = source
+
+
+class ClientHeaders:
+    """What one pass over the request's headers found (see ``read_client_headers``)."""
+
+    __slots__ = ("block", "seen_version", "seen_request_id", "credential", "query")
+
+    def __init__(
+        self,
+        block: bytes,
+        seen_version: bool,
+        seen_request_id: bool,
+        credential: Credential | None,
+        query: bytes,
+    ) -> None:
+        #: the forwardable headers, CRLF-ended lines, no credential among them
+        self.block = block
+        self.seen_version = seen_version
+        self.seen_request_id = seen_request_id
+        self.credential = credential
+        #: the query without any ``key`` parameter (b"" when none is left)
+        self.query = query
+
+
+def read_client_headers(headers: list[tuple[bytes, bytes]], query: bytes) -> ClientHeaders:
+    """Forwardable headers and the request's one credential; raises ``Unauthorized`` when
+    there is more than one or it is malformed.  ``headers``: names lowercased."""
+    block, seen_version, seen_request_id, count, name, value = forward_request_headers(headers)
+    if query:
+        query_count, query_value, query = split_query_key(query)
+        if query_count:
+            if count or query_count > 1:
+                raise _ambiguous(count + query_count)
+            return ClientHeaders(
+                block, seen_version, seen_request_id, _query_credential(query_value), query
+            )
+    credential = None
+    if count:
+        if count > 1:
+            raise _ambiguous(count)
+        assert name is not None and value is not None
+        credential = _header_credential(name, value)
+    return ClientHeaders(block, seen_version, seen_request_id, credential, query)
+
+
+#: Query parameters that carry a credential: Gemini's ``key`` and Google's OAuth
+#: ``access_token`` (a system parameter of every Google API).
+QUERY_CREDENTIALS: Final = frozenset({b"key", b"access_token"})
+
+
+def split_query_key(query: bytes) -> tuple[int, bytes, bytes]:
+    """``(how many credential parameters, the first one's raw value, the query without
+    them)``; the value is b"" when the first one is not ``key`` (an OAuth token in a query
+    is counted, never taken as an API key)."""
+    count = 0
+    first = b""
+    kept: list[bytes] = []
+    for part in query.split(b"&"):
+        found = False
+        for piece in _QUERY_SPLIT.split(part):
+            name, _, value = piece.partition(b"=")
+            decoded = unquote_to_bytes(name.replace(b"+", b" ")).strip().lower()
+            if decoded in QUERY_CREDENTIALS:
+                if not count:
+                    first = value if decoded == b"key" else b""
+                count += 1
+                found = True
+        if not found and part:
+            kept.append(part)
+    return count, first, b"&".join(kept) if count else query
+
+
+def _ambiguous(count: int) -> Unauthorized:
+    return Unauthorized(
+        f"the request carries {count} credentials (Authorization, x-api-key, x-goog-api-key, "
+        "api-key or ?key=); send exactly one"
+    )
+
+
+def _header_credential(name: bytes, value: bytes) -> Credential:
+    if name == b"authorization":
+        scheme, _, rest = value.strip(b" \t").partition(b" ")
+        token = rest.strip(b" \t")
+        if scheme.lower() != b"bearer" or not token:
+            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
+        _check_token(token)
+        return Credential(token, b"authorization: Bearer " + token + b"\r\n", name)
+    token = value.strip(b" \t")
+    if not token:
+        raise Unauthorized(f"the {name.decode()} header is empty")
+    _check_token(token)
+    name = name.replace(b"_", b"-")  # x_api_key is written back as the header it stands for
+    return Credential(token, name + b": " + token + b"\r\n", name)
+
+
+def _query_credential(raw: bytes) -> Credential:
+    token = unquote_to_bytes(raw.replace(b"+", b" ")).strip(b" \t")
+    if not token:
+        raise Unauthorized("the key query parameter is empty (or is not an API key)")
+    _check_token(token)
+    return Credential(token, QUERY_KEY_HEADER + b": " + token + b"\r\n", b"?key")
+
+
+def _check_token(token: bytes) -> None:
+    if _TOKEN.fullmatch(token) is None:
+        raise Unauthorized("the API key is malformed: it must be printable ASCII without spaces")

@@ -1,0 +1,231 @@
+"""Retries, failover and circuit breaking: the pure decisions (no I/O, no clock of its own).
+
+The exchange asks two questions, each answered here from plain values:
+
+* after an attempt failed before anything reached the client -- a connection error, a
+  timeout before the first byte, or a retryable status -- *what next?*
+  (:meth:`RetryPlan.next_attempt`: the target to try and how long to wait first, or None);
+* before trying a target, *is it healthy?* (:class:`CircuitBreaker`).
+
+Configuration follows Plano's proposed ``retry_policy`` (katanemo/plano PR #926) per model
+provider::
+
+    retry_policy:
+      fallback_models: [anthropic/claude-sonnet-4-5, openai/gpt-4o-mini]
+      default_strategy: different_provider   # same_model | same_provider | different_provider
+      default_max_attempts: 3                # attempts in all, the first one included
+      max_retry_duration_ms: 30000           # no attempt starts later than this after the first
+      on_status_codes:
+        - {codes: [429, 503], strategy: different_provider, max_attempts: 3}
+      backoff: {apply_to: all_retries, base_ms: 100, max_ms: 5000, jitter: true}
+
+Semantics, where the proposal leaves room:
+
+* The targets are the request's own route followed by ``fallback_models`` in order (each
+  resolved through the config when it is loaded: a fallback is never a model the operator
+  did not list).  ``same_model`` retries the target that failed; ``same_provider`` moves
+  to the next target of the same provider (``openai``, ``anthropic``, ...);
+  ``different_provider`` to the next target of another provider; when no target fits, the
+  request stops there.  A strategy's ``max_attempts`` bounds the attempts of the whole
+  request while that strategy applies.
+* Retried: connection failures, timeouts before the first byte, 429, 500, 502, 503, 504
+  and 529 (Anthropic's "overloaded"), plus any status named in ``on_status_codes``.  Never
+  after the response head was sent to the client, never for other statuses.
+* Waits: exponential backoff with full jitter (``uniform(0, min(max_ms, base_ms * 2^n))``,
+  n = retries so far; without jitter the cap itself), applied to every retry
+  (``apply_to: all_retries``) or only to retries of the same target (``same_model``).  A
+  ``Retry-After`` / ``retry-after-ms`` answer makes a retry of the *same* target wait at
+  least that long; no wait may end past the retry deadline (``max_retry_duration_ms``):
+  a longer one ends the retries there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Final, Generic, Literal, TypeVar
+
+Strategy = Literal["same_model", "same_provider", "different_provider"]
+STRATEGIES: Final = ("same_model", "same_provider", "different_provider")
+
+#: Statuses a fresh attempt may fix: rate limited, server errors, Anthropic's overloaded.
+RETRYABLE_STATUSES: Final = frozenset({429, 500, 502, 503, 504, 529})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRule:
+    codes: frozenset[int]
+    strategy: Strategy
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base_ms: int = 100
+    max_ms: int = 5000
+    jitter: bool = True
+    apply_to: Literal["all_retries", "same_model"] = "all_retries"
+
+    def delay_s(self, retries_so_far: int, same_target: bool, rng: random.Random) -> float:
+        if self.apply_to == "same_model" and not same_target:
+            return 0.0
+        cap_ms = min(self.max_ms, self.base_ms * (1 << min(retries_so_far, 30)))
+        return (rng.uniform(0, cap_ms) if self.jitter else cap_ms) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A provider's ``retry_policy`` (or the listener's ``max_retries`` on its own)."""
+
+    fallback_models: tuple[str, ...] = ()
+    default_strategy: Strategy = "same_model"
+    default_max_attempts: int = 1
+    max_retry_duration_ms: int = 30_000
+    on_status_codes: tuple[StatusRule, ...] = ()
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def rule_for(self, status: int | None) -> tuple[Strategy, int] | None:
+        """(strategy, max attempts) for a failure, None when it is not retried.
+        ``status`` None: a connection failure or a timeout before the first byte."""
+        if status is not None:
+            for rule in self.on_status_codes:
+                if status in rule.codes:
+                    return rule.strategy, rule.max_attempts
+            if status not in RETRYABLE_STATUSES:
+                return None
+        return self.default_strategy, self.default_max_attempts
+
+
+def retry_after_s(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
+    """Seconds a ``retry-after-ms`` or ``retry-after`` (seconds or HTTP-date) header asks
+    for; None when absent or unreadable."""
+    for name, value in headers:
+        lname = name.lower()
+        try:
+            if lname == b"retry-after-ms":
+                ms = float(value.strip())
+                return ms / 1000.0 if ms >= 0 else None
+            if lname == b"retry-after":
+                text = value.strip().decode("ascii")
+                if text.replace(".", "", 1).isdigit():
+                    return float(text)
+                when = parsedate_to_datetime(text)
+                return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        except (ValueError, UnicodeDecodeError, TypeError, OverflowError):
+            return None
+    return None
+
+
+@dataclass(slots=True)
+class RetryPlan(Generic[T]):
+    """One request's walk over its targets (``targets[0]`` is the request's own route).
+
+    ``provider_of`` gives each target's provider id (for the strategies); ``started_s`` is
+    the loop time of the first attempt.
+    """
+
+    targets: Sequence[T]
+    provider_of: Sequence[str]
+    policy: RetryPolicy
+    started_s: float
+    rng: random.Random = field(default_factory=random.Random)
+    index: int = 0
+    attempts: int = 1
+    retries: int = 0
+
+    def next_attempt(
+        self,
+        status: int | None,
+        now_s: float,
+        retry_after: float | None = None,
+        healthy: frozenset[int] | None = None,
+    ) -> tuple[int, float] | None:
+        """After the current attempt failed (``status`` None: no response), the index of
+        the target to try next and the seconds to wait first; None to stop.  ``healthy``:
+        the indexes whose circuits allow an attempt (None: all).  Advances the plan."""
+        rule = self.policy.rule_for(status)
+        if rule is None:
+            return None
+        strategy, max_attempts = rule
+        if self.attempts >= max_attempts:
+            return None
+        nxt = self._pick(strategy, healthy)
+        if nxt is None:
+            return None
+        same = nxt == self.index
+        wait = self.policy.backoff.delay_s(self.retries, same, self.rng)
+        if same and retry_after is not None:
+            wait = max(wait, retry_after)  # bounded by the retry deadline below
+        deadline = self.started_s + self.policy.max_retry_duration_ms / 1000.0
+        if now_s + wait > deadline:
+            return None
+        self.index = nxt
+        self.attempts += 1
+        self.retries += 1
+        return nxt, wait
+
+    def _pick(self, strategy: Strategy, healthy: frozenset[int] | None) -> int | None:
+        current = self.index
+        if strategy == "same_model":
+            return current if healthy is None or current in healthy else None
+        provider = self.provider_of[current]
+        for i in range(current + 1, len(self.targets)):
+            if healthy is not None and i not in healthy:
+                continue
+            if (self.provider_of[i] == provider) == (strategy == "same_provider"):
+                return i
+        return None
+
+
+class CircuitBreaker:
+    """Health memory of one target: ``failure_threshold`` consecutive failures open it for
+    ``cooldown_s``; then one probe is let through (half-open): its success closes the
+    circuit, its failure opens it again.  Times are loop seconds given by the caller."""
+
+    __slots__ = ("failure_threshold", "cooldown_s", "failures", "opened_at", "probing", "opens")
+
+    def __init__(self, failure_threshold: int = 5, cooldown_s: float = 30.0) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown_s = cooldown_s
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+        #: how many times it opened (for /metrics)
+        self.opens = 0
+
+    def state(self, now_s: float) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if now_s - self.opened_at >= self.cooldown_s else "open"
+
+    def available(self, now_s: float) -> bool:
+        """Whether an attempt could go to this target now (nothing taken)."""
+        if self.opened_at is None:
+            return True
+        return now_s - self.opened_at >= self.cooldown_s and not self.probing
+
+    def allow(self, now_s: float) -> bool:
+        """Whether an attempt may go to this target now (taking the half-open probe)."""
+        if self.opened_at is None:
+            return True
+        if now_s - self.opened_at < self.cooldown_s or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def record_success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def record_failure(self, now_s: float) -> None:
+        self.failures += 1
+        if self.probing or (self.opened_at is None and self.failures >= self.failure_threshold):
+            self.opened_at = now_s
+            self.opens += 1
+        self.probing = False

@@ -1,0 +1,272 @@
+"""Request metrics that add up across workers: per-model counters and latency histograms.
+
+The hot path only adds numbers to dicts of this process (:meth:`RequestMetrics.observe`,
+one call per finished request: a few dict lookups and four bucket searches).  Everything
+else happens off it:
+
+* every ``publish_interval_s`` each worker of a ``--workers N`` instance writes a snapshot
+  of its numbers to ``<metrics_dir>/<pid>.json`` (write to a temporary name, then rename:
+  a reader never sees half a file);
+* a scrape of the admin port, which lands on any one worker, adds that worker's live
+  numbers to the other workers' last snapshots: one scrape gives the whole instance, at
+  most one publish interval stale.  Snapshots of workers that died stay (their counters
+  must not go backwards); the parent empties the directory when the instance starts.
+
+Why not prometheus_client's multiprocess mode: it writes an mmap'd value under a lock for
+every increment -- about ten per request here -- where a dict increment costs ~40 ns.
+
+Series (prefix ``plano_fast_``; labels ``mode``, ``provider``, ``model`` (as routed),
+``endpoint``, ``status`` (HTTP status class) where they apply):
+
+* ``requests_total``
+* ``request_duration_seconds``, ``upstream_duration_seconds`` (request sent to last byte),
+  ``time_to_first_token_seconds`` (request received to the response head, streams only),
+  ``gateway_overhead_seconds`` (duration minus upstream time): histograms with buckets
+  from 50 µs, fit for a gateway whose own cost is well under a millisecond
+* ``tokens_total{kind=input|output|cache_read|cache_write|reasoning}``
+* ``errors_total{type=client|auth|budget|upstream|timeout|gateway}``
+
+Cardinality: ``model`` takes at most :data:`MAX_MODELS` distinct values per process (a
+wildcard provider forwards client-chosen names); later ones are counted as ``other``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+MAX_MODELS: Final = 200
+#: seconds; fine below a millisecond (gateway overhead), coarse up to minutes (streams)
+LATENCY_BUCKETS_S: Final = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+HISTOGRAMS: Final = (
+    ("request_duration_seconds", "Time from the request's arrival to its last byte sent"),
+    ("upstream_duration_seconds", "Time from the upstream request sent to its last byte"),
+    ("time_to_first_token_seconds", "Time from the request's arrival to the upstream response head (streams)"),
+    ("gateway_overhead_seconds", "Request duration minus upstream time: the gateway's own share"),
+)  # fmt: skip
+TOKEN_KINDS: Final = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+Labels = tuple[str, str, str, str]  # mode, provider, model, endpoint
+
+
+class RequestMetrics:
+    """This process's request numbers (see the module docstring)."""
+
+    __slots__ = ("requests", "histograms", "tokens", "errors", "_models")
+
+    def __init__(self) -> None:
+        #: (mode, provider, model, endpoint, status class) -> count
+        self.requests: dict[tuple[str, str, str, str, str], int] = {}
+        #: histogram index -> labels -> [bucket counts..., +Inf count, sum]
+        self.histograms: tuple[dict[Labels, list[float]], ...] = tuple({} for _ in HISTOGRAMS)
+        #: labels -> counts in TOKEN_KINDS order
+        self.tokens: dict[Labels, list[int]] = {}
+        #: error type -> count
+        self.errors: dict[str, int] = {}
+        self._models: set[str] = set()
+
+    def model_label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        models = self._models
+        if model in models:
+            return model
+        if len(models) >= MAX_MODELS:
+            return "other"
+        models.add(model)
+        return model
+
+    def observe(
+        self,
+        labels: Labels,
+        status: int,
+        duration_s: float,
+        upstream_s: float | None,
+        ttft_s: float | None,
+        tokens: tuple[int, int, int, int, int] | None,
+    ) -> None:
+        """One finished request (``labels`` with the model already bounded).  Written
+        flat (no helper calls): it runs once per request."""
+        key = (*labels, _STATUS_CLASS[status // 100] if 0 < status < 600 else "none")
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        hists = self.histograms
+        row = hists[0].get(labels) or _new_row(hists[0], labels)
+        row[bisect_left(LATENCY_BUCKETS_S, duration_s)] += 1
+        row[-1] += duration_s
+        if upstream_s is not None:
+            row = hists[1].get(labels) or _new_row(hists[1], labels)
+            row[bisect_left(LATENCY_BUCKETS_S, upstream_s)] += 1
+            row[-1] += upstream_s
+            overhead_s = duration_s - upstream_s if duration_s > upstream_s else 0.0
+            row = hists[3].get(labels) or _new_row(hists[3], labels)
+            row[bisect_left(LATENCY_BUCKETS_S, overhead_s)] += 1
+            row[-1] += overhead_s
+        if ttft_s is not None:
+            row = hists[2].get(labels) or _new_row(hists[2], labels)
+            row[bisect_left(LATENCY_BUCKETS_S, ttft_s)] += 1
+            row[-1] += ttft_s
+        if tokens is not None:
+            counts = self.tokens.get(labels)
+            if counts is None:
+                counts = self.tokens[labels] = [0, 0, 0, 0, 0]
+            counts[0] += tokens[0]
+            counts[1] += tokens[1]
+            counts[2] += tokens[2]
+            counts[3] += tokens[3]
+            counts[4] += tokens[4]
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    # -- snapshots ----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able: what another worker needs to add these numbers to its own."""
+        return {
+            "requests": [[list(k), v] for k, v in self.requests.items()],
+            "histograms": [[[list(k), v] for k, v in h.items()] for h in self.histograms],
+            "tokens": [[list(k), v] for k, v in self.tokens.items()],
+            "errors": self.errors,
+        }
+
+
+_STATUS_CLASS: Final = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _new_row(hist: dict[Labels, list[float]], labels: Labels) -> list[float]:
+    row = hist[labels] = [0.0] * (len(LATENCY_BUCKETS_S) + 2)
+    return row
+
+
+#: process values that are not amounts: the instance's value is the largest worker's
+_MAX_OVER_WORKERS: Final = frozenset({"last_flush_s"})
+
+
+class Merged:
+    """Numbers of several processes added up (this one's live, the others' snapshots)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, ...], float] = {}
+        self.histograms: list[dict[tuple[str, ...], list[float]]] = [{} for _ in HISTOGRAMS]
+        self.tokens: dict[tuple[str, ...], list[float]] = {}
+        self.errors: dict[str, float] = {}
+        self.process: dict[str, float] = {}
+
+    def add(self, snap: Mapping[str, Any], process: Mapping[str, float] | None = None) -> None:
+        for key, value in snap.get("requests", ()):
+            k = tuple(key)
+            self.requests[k] = self.requests.get(k, 0) + value
+        for i, hist in enumerate(snap.get("histograms", ())[: len(HISTOGRAMS)]):
+            for key, row in hist:
+                _add_row(self.histograms[i], tuple(key), row)
+        for key, row in snap.get("tokens", ()):
+            _add_row(self.tokens, tuple(key), row)
+        for kind, value in snap.get("errors", {}).items():
+            self.errors[kind] = self.errors.get(kind, 0) + value
+        for name, value in (process or snap.get("process", {})).items():
+            have = self.process.get(name)
+            if have is None:
+                self.process[name] = value
+            elif name in _MAX_OVER_WORKERS:
+                self.process[name] = max(have, value)
+            else:
+                self.process[name] = have + value
+
+
+def _add_row(table: dict[tuple[str, ...], list[float]], key: tuple[str, ...], row: Iterable[float]) -> None:
+    values = list(row)
+    have = table.get(key)
+    if have is None:
+        table[key] = values
+    else:
+        for i, v in enumerate(values):
+            have[i] += v
+
+
+# -- cross-worker snapshots ---------------------------------------------------------------
+
+
+def write_snapshot(directory: Path, snapshot: Mapping[str, Any]) -> None:
+    """Atomically replace this process's snapshot file."""
+    final = directory / f"{os.getpid()}.json"
+    temp = directory / f".{os.getpid()}.json.tmp"
+    temp.write_text(json.dumps(snapshot, separators=(",", ":")))
+    os.replace(temp, final)
+
+
+def read_snapshots(directory: Path, skip_pid: int) -> Iterator[dict[str, Any]]:
+    """Every other process's last snapshot (unreadable ones are skipped: a worker may be
+    replacing its file)."""
+    for path in directory.glob("*.json"):
+        if path.stem == str(skip_pid):
+            continue
+        try:
+            yield json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+
+
+# -- exposition ---------------------------------------------------------------------------
+
+_GAUGE_SUFFIXES: Final = ("_s", "_current", "_size", "_backlog", "_connections", "_ready", "_idle")
+_LABELS: Final = ("mode", "provider", "model", "endpoint")
+
+
+class _MergedCollector(Collector):
+    def __init__(self, merged: Merged) -> None:
+        self.merged = merged
+
+    def collect(self) -> Iterator[Any]:
+        m = self.merged
+        requests = CounterMetricFamily(
+            "plano_fast_requests", "Requests answered, by route and status class", labels=_LABELS + ("status",)
+        )
+        for key, value in sorted(m.requests.items()):
+            requests.add_metric(list(key), value)
+        yield requests
+        for (name, doc), table in zip(HISTOGRAMS, m.histograms):
+            family = HistogramMetricFamily("plano_fast_" + name, doc, labels=_LABELS)
+            for key, row in sorted(table.items()):
+                cumulative, buckets = 0.0, []
+                for bound, count in zip(LATENCY_BUCKETS_S, row):
+                    cumulative += count
+                    buckets.append((repr(bound), cumulative))
+                buckets.append(("+Inf", cumulative + row[len(LATENCY_BUCKETS_S)]))
+                family.add_metric(list(key), buckets, row[-1])
+            yield family
+        tokens = CounterMetricFamily(
+            "plano_fast_tokens", "Tokens read off provider responses", labels=_LABELS + ("kind",)
+        )
+        for key, row in sorted(m.tokens.items()):
+            for kind, value in zip(TOKEN_KINDS, row):
+                tokens.add_metric(list(key) + [kind], value)
+        yield tokens
+        errors = CounterMetricFamily("plano_fast_errors", "Requests that failed, by type", labels=("type",))
+        for kind, value in sorted(m.errors.items()):
+            errors.add_metric([kind], value)
+        yield errors
+
+
+def render(merged: Merged) -> bytes:
+    """Prometheus text exposition of the merged numbers: the process counters and gauges
+    under their long-standing names (``plano_fast_<name>``, summed over the workers), then
+    the request families."""
+    lines = []
+    for name, value in sorted(merged.process.items()):
+        metric = "plano_fast_" + name
+        kind = "gauge" if name.endswith(_GAUGE_SUFFIXES) else "counter"
+        lines.append(f"# TYPE {metric} {kind}\n{metric} {value:g}\n")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_MergedCollector(merged))
+    return "".join(lines).encode() + generate_latest(registry)
