@@ -327,7 +327,12 @@ class Gateway:
                 log.warning("store still unavailable (attempt %d: %s)%s; retrying in %.1fs",
                             attempt, _one_line(exc), hint, delay_s)
                 continue
-            await self._start_billing()
+            try:
+                await self._start_billing()
+            except Exception as exc:  # noqa: BLE001 - never a lost task: logged, retried
+                log.error("starting billing failed (%s); retrying", _one_line(exc))
+                await _close_bounded(self.store)
+                continue
             log.info("store opened after %d attempts: serving", attempt)
             return
 

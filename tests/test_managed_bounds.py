@@ -158,3 +158,50 @@ def test_a_limit_held_by_in_flight_requests_says_retry(
     status, body, headers = call(gateway.url, tenant.token, BODY)
     assert status == 402 and body["error"]["code"] == "budget_exceeded"
     assert "retry-after" not in headers
+
+
+N3_STREAM = b({"model": "gpt-4o-mini", "max_tokens": 50, "n": 3, "stream": True, "messages": TEXT})
+TOOLS = b({"model": "gpt-4o-mini", "max_tokens": 50, "messages": TEXT, "tools": [
+    {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]})
+
+
+@pytest.mark.parametrize(("body", "input_tokens", "output_tokens"), [
+    (N3_STREAM, len(N3_STREAM), 150),  # the provider bills all three choices
+    (TOOLS, len(TOOLS) + TOOL_OVERHEAD_TOKENS, 50),  # and its tool preamble
+], ids=["n3-stream", "tools"])
+def test_no_overshoot_with_n_and_tools_over_4_processes(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str, body: bytes, input_tokens: int,
+    output_tokens: int,
+) -> None:
+    """400 concurrent requests over 4 processes, each billed at its worst case by the
+    provider: spend never passes the limit (before the bound counted n and tools, n=3
+    spent ~3x the limit)."""
+    import aiohttp
+
+    one = input_tokens * 150 + output_tokens * 600
+    limit = 20 * one
+    tenants: list[Tenant] = []
+    gateway = make_gateway(
+        {"managed": "true", "database_url": f'"{pg_dsn}"', "managed_reload_s": 1},
+        env=ENV, workers=4,
+        before_start=lambda: tenants.append(provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=limit)),
+    )
+    headers = {"authorization": f"Bearer {tenants[0].token}", "content-type": "application/json",
+               "x-fake-input-tokens": str(input_tokens), "x-fake-output-tokens": str(output_tokens)}
+
+    async def fire() -> list[int]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=400)) as session:
+            async def post() -> int:
+                async with session.post(gateway.url + "/v1/chat/completions", data=body,
+                                        headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+            return list(await asyncio.gather(*(post() for _ in range(400))))
+
+    statuses = asyncio.run(fire())
+    assert set(statuses) <= {200, 402}, sorted(set(statuses))
+    recorded = [r for r in rows("", pg_dsn) if r.project_id == tenants[0].project_id]
+    spent = sum(r.cost_nano_usd or 0 for r in recorded)
+    print(f"served {statuses.count(200)} of 400, spent {spent} of limit {limit} (one = {one})")
+    assert len(recorded) == statuses.count(200) > 0
+    assert spent <= limit
