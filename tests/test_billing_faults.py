@@ -539,3 +539,57 @@ def test_managed_hang_ups_settle_the_reservation_against_the_providers_usage(
         assert (row.input_tokens, row.output_tokens) == (1000, 100) and row.priced
         assert row.token_id == tenants[0].token_id
     assert state["reserved"] == 0  # and ledger() checked spent == the log
+
+
+def test_managed_sigterm_while_the_database_hangs_journals_the_synchronous_rows(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str
+) -> None:
+    """Managed requests waiting on their synchronous billing when the database hangs: the
+    stop keeps its bound, and their rows (held by the group writer) are journaled and
+    replayed by the next start."""
+    import signal
+    import threading
+
+    from plano_fast.app import USAGE_DRAIN_BOUND_S
+    from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
+
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        tenants: list[Tenant] = []
+        gateway = make_gateway(
+            {"managed": "true", "managed_reload_s": 60, "database_url": f'"{database_url}"',
+             "drain_timeout_s": 1},
+            env=ENV, before_start=lambda: tenants.append(provision(pg_dsn, "", DEFAULT_PIPE)))
+        token = tenants[0].token
+        body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+        headers = {"authorization": f"Bearer {token}", **USAGE_HEADERS}
+        for _ in range(2):
+            assert post(gateway.url + "/v1/chat/completions", body, headers)[0] == 200
+        assert len(read_rows(pg_dsn, "")) == 2  # synchronous: written before the answer
+        proxy.hang()
+        waiting = [threading.Thread(target=lambda: _ignore(post, gateway.url + "/v1/chat/completions",
+                                                           body, headers), daemon=True)
+                   for _ in range(3)]
+        for t in waiting:
+            t.start()
+        time.sleep(1.0)  # their rows are waiting on the hung database
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait(60) == 0
+        took_s = time.monotonic() - started
+        assert took_s < 1 + USAGE_DRAIN_BOUND_S + 4, took_s
+        assert "3 unwritten usage rows kept" in gateway.log_text()
+        proxy.restore()
+        again = GatewayProcess(gateway.config_path, env=ENV)
+        try:
+            rows = wait_rows(pg_dsn, "", 5, timeout_s=30)
+        finally:
+            again.stop()
+    assert len(rows) == 5 and len({r.request_id for r in rows}) == 5
+
+
+def _ignore(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - the gateway stops under these requests
+        pass
