@@ -11,6 +11,8 @@ CONFIG ?= examples/plano_config.yaml
 $(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx plano_fast/_request.pyx plano_fast/_bytes.pxd
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# the build requirements (pinned in pyproject.toml) for the in-place build below
+	$(PY) -c "import subprocess, sys, tomllib; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', *tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']])"
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) setup.py -q build_ext --inplace
 	touch $@

@@ -9,7 +9,7 @@ Fields: ``time`` (RFC 3339, UTC, ms), ``request_id``, ``mode``, ``project``, ``k
 (hash prefix), ``provider``, ``model``, ``endpoint``, ``status`` (HTTP), ``outcome``,
 ``stream``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
 ``reasoning_tokens``, ``duration_ms``, ``ttft_ms``, ``upstream_ms``, ``overhead_us``,
-``attempts``, ``client``.
+``attempts``, ``client``, ``guardrails`` (the detectors that matched, never the text).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ log = logging.getLogger("plano_fast.access_log")
 FIELDS: Final = (
     "time_ns", "request_id", "mode", "project", "key", "provider", "model", "endpoint", "status",
     "outcome", "stream", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens",
-    "duration_ms", "ttft_ms", "upstream_ms", "overhead_us", "attempts", "client",
+    "duration_ms", "ttft_ms", "upstream_ms", "overhead_us", "attempts", "client", "guardrails",
 )  # fmt: skip
 
 

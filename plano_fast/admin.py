@@ -7,7 +7,7 @@ Routes (JSON in and out; money as integer nano-USD plus an exact decimal USD str
     POST   /api-keys/deactivate  {api_key | key_hash}                        -> 200
     POST   /api-keys/activate    {api_key | key_hash}                        -> 200
     GET    /api-keys?project_id=                                             -> {"api_keys": [...]}
-    POST   /projects {name, id?}   GET /projects   GET|DELETE /projects/{id}
+    POST   /projects {name, id?}   GET /projects   GET|DELETE /projects/{id or name}
     POST   /users {name, email?, id?}   GET /users   GET|DELETE /users/{id}
     PUT    /limits  {scope_kind, scope_id, period, limit_usd | limit_nano_usd,
                      enforcement?, active?}                                  -> 200 limit
@@ -41,6 +41,12 @@ Security model
 * Client keys are hashed (SHA-256 hex of the UTF-8 key) as soon as the body is validated;
   the raw key is never stored, logged or returned.  Error bodies never echo submitted
   values, and the access log omits query strings (``?key=`` may hold a client key).
+
+Projects by id or name: wherever a route takes a project (``project_id`` in a body or a
+query, a limit's ``scope_id`` with ``scope_kind: project``, ``/projects/{id}``) it takes its
+id or its name; a name shared by several projects is a 409 (pass the id), a project that
+does not exist a 404 -- also for a list filter, which never answers an empty list for a
+project that is not there.
 
 Registering a key (``POST /api-keys/register``): ``project`` is optional.
 
@@ -79,7 +85,13 @@ from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 
 from plano_fast import admin_models as m
 from plano_fast.admin_managed import ManagedAdmin, add_managed_routes
-from plano_fast.admin_models import RequestError, hash_api_key, parse_body, parse_json_body
+from plano_fast.admin_models import (
+    RequestError,
+    hash_api_key,
+    parse_body,
+    parse_json_body,
+    resolve_project,
+)
 from plano_fast.credentials import Credential, read_client_headers
 from plano_fast.errors import GatewayError, Unauthorized
 from plano_fast.managed.crypto import KeyCipher
@@ -392,8 +404,15 @@ class _Admin:
     async def activate_key(self, request: web.Request) -> web.Response:
         return await self._set_active(request, True)
 
+    async def _project_query(self, request: web.Request) -> str | None:
+        """``?project_id=`` (an id or a name) as a project id; 404 when it names none."""
+        ref = _query_str(request, "project_id")
+        if ref is None:
+            return None
+        return (await resolve_project(self.store, ref, "project_id")).id
+
     async def list_keys(self, request: web.Request) -> web.Response:
-        keys = await self.store.list_api_keys(_query_str(request, "project_id"))
+        keys = await self.store.list_api_keys(await self._project_query(request))
         return _json({"api_keys": [m.key_view(k) for k in keys]})
 
     # -- projects / users -----------------------------------------------------------------
@@ -410,15 +429,11 @@ class _Admin:
         return _json({"projects": [m.project_view(p) for p in await self.store.list_projects()]})
 
     async def get_project(self, request: web.Request) -> web.Response:
-        project = await self.store.get_project(request.match_info["id"])
-        if project is None:
-            raise RequestError(404, "not_found", "no project has this id")
+        project = await resolve_project(self.store, request.match_info["id"], "")
         return _json(m.project_view(project))
 
     async def delete_project(self, request: web.Request) -> web.Response:
-        project_id = request.match_info["id"]
-        if await self.store.get_project(project_id) is None:
-            raise RequestError(404, "not_found", "no project has this id")
+        project_id = (await resolve_project(self.store, request.match_info["id"], "")).id
         # Pipes first: their targets reference the project's provider keys with ON DELETE
         # RESTRICT, which PostgreSQL checks before the cascade reaches the targets.
         for pipe in await self.store.list_pipes(project_id):
@@ -462,8 +477,10 @@ class _Admin:
     async def put_limit(self, request: web.Request) -> web.Response:
         body = parse_body(m.LimitBody, await self._body(request))
         exists: object
+        scope_id = body.scope_id
         if body.scope_kind == "project":
-            exists = await self.store.get_project(body.scope_id)
+            scope_id = (await resolve_project(self.store, body.scope_id, "scope_id")).id
+            exists = True
         elif body.scope_kind == "user":
             exists = await self.store.get_user(body.scope_id)
         else:
@@ -472,7 +489,7 @@ class _Admin:
             raise RequestError(404, "not_found", f"field 'scope_id': no {body.scope_kind} has this id")
         try:
             limit = await self.store.set_spending_limit(
-                body.scope_kind, body.scope_id, body.period, body.amount_nano_usd, body.enforcement,
+                body.scope_kind, scope_id, body.period, body.amount_nano_usd, body.enforcement,
                 active=body.active,
             )  # fmt: skip
         except InvalidValue as exc:
@@ -481,9 +498,10 @@ class _Admin:
         return _json({**m.limit_view(limit), **extra})
 
     async def list_limits(self, request: web.Request) -> web.Response:
-        limits = await self.store.list_spending_limits(
-            _query_str(request, "scope_kind"), _query_str(request, "scope_id")
-        )
+        scope_kind, scope_id = _query_str(request, "scope_kind"), _query_str(request, "scope_id")
+        if scope_kind == "project" and scope_id is not None:
+            scope_id = (await resolve_project(self.store, scope_id, "scope_id")).id
+        limits = await self.store.list_spending_limits(scope_kind, scope_id)
         return _json({"limits": [m.limit_view(limit) for limit in limits]})
 
     async def delete_limit(self, request: web.Request) -> web.Response:
@@ -496,14 +514,15 @@ class _Admin:
 
     async def put_price(self, request: web.Request) -> web.Response:
         body = parse_body(m.PriceBody, await self._body(request))
-        if body.project_id is not None and await self.store.get_project(body.project_id) is None:
-            raise RequestError(404, "not_found", "field 'project_id': no project has this id")
+        project_id = None
+        if body.project_id is not None:
+            project_id = (await resolve_project(self.store, body.project_id, "project_id")).id
         typed = body.model.strip()
         model = typed.lower()  # the pricing registry matches model ids case-insensitively
         try:
             price = await self.store.set_custom_price(
                 model,
-                project_id=body.project_id,
+                project_id=project_id,
                 input_per_mtok_nano_usd=body.input_per_mtok_usd,
                 output_per_mtok_nano_usd=body.output_per_mtok_usd,
                 cache_read_per_mtok_nano_usd=body.cache_read_per_mtok_usd,
@@ -515,7 +534,7 @@ class _Admin:
         # Rows that found no price for this model may price now.
         requeued = 0
         for name in dict.fromkeys((typed, model)):
-            requeued += await self.store.requeue_unpriced(model=name, project_id=body.project_id)
+            requeued += await self.store.requeue_unpriced(model=name, project_id=project_id)
         return _json({**m.price_view(price), "requeued_unpriced_rows": requeued, **extra})
 
     async def list_prices(self, request: web.Request) -> web.Response:
@@ -530,13 +549,13 @@ class _Admin:
     # -- usage / budget -------------------------------------------------------------------
 
     async def usage_recent(self, request: web.Request) -> web.Response:
-        project_id = _query_str(request, "project_id")
+        project_id = await self._project_query(request)
         limit = _query_int(request, "limit", 100, 1, MAX_RECENT_LIMIT)
         rows = await self.store.recent_usage(project_id, limit)
         return _json({"project_id": project_id, "usage": [m.usage_view(r) for r in rows]})
 
     async def usage_totals(self, request: web.Request) -> web.Response:
-        project_id = _query_str(request, "project_id")
+        project_id = await self._project_query(request)
         days = _query_int(request, "days", 30, 1, MAX_TOTALS_DAYS)
         start_s = day_start(time.time_ns()) - (days - 1) * 86_400
         start_ns = start_s * 1_000_000_000

@@ -67,6 +67,7 @@ ACTIONS: Final = (
     "managed.new-master-key",
 )
 LOCAL_ACTIONS: Final = frozenset({"managed.new-master-key"})  # answered without the API
+PROJECT_HELP: Final = "a project's id or name"
 TARGET_FIELDS: Final = {
     "provider": "provider",
     "model": "model",
@@ -173,7 +174,7 @@ def add_admin_commands(subparsers: Any) -> None:
     reg.add_argument("--egress-ip", help="source IP for this key's upstream connections")
     reg.set_defaults(admin_action="keys.register")
     lst = keys_sub.add_parser("list", parents=[common], help="list registered keys (hashes only)")
-    lst.add_argument("--project-id")
+    lst.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     lst.set_defaults(admin_action="keys.list")
     for name, action in (("deactivate", "keys.deactivate"), ("activate", "keys.activate")):
         p = keys_sub.add_parser(name, parents=[common], help=f"{name} a registered key")
@@ -184,7 +185,7 @@ def add_admin_commands(subparsers: Any) -> None:
     limits_sub = limits.add_subparsers(dest="limits_command", required=True)
     lset = limits_sub.add_parser("set", parents=[common], help="create or replace a spending limit")
     lset.add_argument("--scope-kind", choices=("project", "user", "key"), default="project")
-    lset.add_argument("--scope-id", required=True, help="project id, user id or key hash")
+    lset.add_argument("--scope-id", required=True, help="project id or name, user id, or key hash")
     lset.add_argument("--period", choices=("total", "monthly", "daily"), default="monthly")
     amount = lset.add_mutually_exclusive_group(required=True)
     amount.add_argument("--limit-usd", help="exact decimal USD, e.g. 12.34")
@@ -194,14 +195,14 @@ def add_admin_commands(subparsers: Any) -> None:
     lset.set_defaults(admin_action="limits.set")
     llist = limits_sub.add_parser("list", parents=[common], help="list spending limits")
     llist.add_argument("--scope-kind", choices=("project", "user", "key"))
-    llist.add_argument("--scope-id")
+    llist.add_argument("--scope-id", help="project id or name, user id, or key hash")
     llist.set_defaults(admin_action="limits.list")
     ldel = limits_sub.add_parser("delete", parents=[common], help="delete a spending limit")
     ldel.add_argument("limit_id")
     ldel.set_defaults(admin_action="limits.delete")
 
     usage = subparsers.add_parser("usage", parents=[common], help="recent usage or daily totals (admin API)")
-    usage.add_argument("--project-id")
+    usage.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     usage.add_argument("--limit", type=int, default=20, help="rows of recent usage (default 20)")
     usage.add_argument("--totals", action="store_true", help="per project, model and UTC day instead")
     usage.add_argument("--days", type=int, default=30, help="days of totals (default 30)")
@@ -237,7 +238,7 @@ def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     pipes = subparsers.add_parser("pipes", help="managed-mode pipes (admin API)")
     pipes_sub = pipes.add_subparsers(dest="pipes_command", required=True)
     pcreate = pipes_sub.add_parser("create", parents=[common], help="create a pipe")
-    pcreate.add_argument("--project-id", required=True)
+    pcreate.add_argument("--project-id", "--project", dest="project_id", required=True, help=PROJECT_HELP)
     pcreate.add_argument("--name", default="default", help="pipe name (default: default)")
     pcreate.add_argument(
         "--target",
@@ -249,7 +250,7 @@ def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     pcreate.set_defaults(admin_action="pipes.create")
     plist = pipes_sub.add_parser("list", parents=[common], help="list pipes")
-    plist.add_argument("--project-id")
+    plist.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     plist.set_defaults(admin_action="pipes.list")
     pdel = pipes_sub.add_parser("delete", parents=[common], help="delete a pipe")
     pdel.add_argument("pipe_id")
@@ -265,11 +266,14 @@ def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     _key_source(kadd, allow_hash=False, what="provider API key")
     kadd.add_argument("--provider", required=True, help="provider id, e.g. openai, anthropic, gemini")
-    kadd.add_argument("--project-id", help="the project that may use it (default: shared by all)")
+    kadd.add_argument(
+        "--project-id", "--project", dest="project_id",
+        help="the project (id or name) that may use it (default: shared by all)",
+    )  # fmt: skip
     kadd.add_argument("--display-name")
     kadd.set_defaults(admin_action="provider-keys.add")
     klist = pkeys_sub.add_parser("list", parents=[common], help="list provider keys (no secrets)")
-    klist.add_argument("--project-id")
+    klist.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     klist.set_defaults(admin_action="provider-keys.list")
     krevoke = pkeys_sub.add_parser("revoke", parents=[common], help="revoke a provider key")
     krevoke.add_argument("provider_key_id")
@@ -278,7 +282,7 @@ def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     tokens = subparsers.add_parser("tokens", help="managed-mode xproxy_ tokens (admin API)")
     tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     tcreate = tokens_sub.add_parser("create", parents=[common], help="create a token (shown once)")
-    tcreate.add_argument("--project-id", required=True)
+    tcreate.add_argument("--project-id", "--project", dest="project_id", required=True, help=PROJECT_HELP)
     tcreate.add_argument("--user-id")
     tcreate.add_argument("--pipe-id", help="default: the project's 'default' pipe (or its only one)")
     tcreate.add_argument("--name")
@@ -290,7 +294,7 @@ def _add_managed_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     tcreate.set_defaults(admin_action="tokens.create")
     tlist = tokens_sub.add_parser("list", parents=[common], help="list tokens (never the tokens)")
-    tlist.add_argument("--project-id")
+    tlist.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     tlist.add_argument("--user-id")
     tlist.set_defaults(admin_action="tokens.list")
     trevoke = tokens_sub.add_parser("revoke", parents=[common], help="revoke a token")
@@ -469,12 +473,57 @@ def _run_local(args: argparse.Namespace) -> int:
         print(generate_master_key())
         print(f"(set it as ${MASTER_KEY_ENV} on every gateway instance; keep it secret)", file=sys.stderr)
         return 0
-    print(f"error: unknown local command {args.admin_action!r}", file=sys.stderr)
+    print(f"plano-fast: error: unknown local command {args.admin_action!r}", file=sys.stderr)
     return 2
 
 
+def _error_line(status: int, answer: Any) -> str:
+    """An API error answer as one line: status, code, message (and field details)."""
+    if not isinstance(answer, dict):
+        return f"admin API answered {status}"
+    code = answer.get("error") or ""
+    message = " ".join(str(answer.get("message") or "").split())
+    line = f"admin API answered {status} {code}".rstrip() + (f": {message}" if message else "")
+    if isinstance(answer.get("token_ids"), list):  # pipes delete: the tokens in the way
+        line += f" (token_ids: {', '.join(map(str, answer['token_ids']))})"
+    return line
+
+
+# The list answers, by the key that holds the list: what "nothing matched" means there.
+_LISTS: Final = {
+    "api_keys": "no API keys",
+    "limits": "no spending limits",
+    "usage": "no usage rows",
+    "totals": "no usage in that period",
+    "users": "no users",
+    "projects": "no projects",
+    "pipes": "no pipes",
+    "provider_keys": "no provider keys",
+    "tokens": "no tokens",
+}
+
+
+def _nothing_matched(args: argparse.Namespace, answer: Any) -> str | None:
+    """A note for a list answer with no items (printed to stderr; stdout stays JSON)."""
+    if not isinstance(answer, dict):
+        return None
+    for key, what in _LISTS.items():
+        items = answer.get(key)
+        if isinstance(items, list) and not items and not answer.get("all_projects"):
+            filters = [
+                f"{name.replace('_', ' ')} {getattr(args, name)}"
+                for name in ("project_id", "user_id", "scope_kind", "scope_id")
+                if getattr(args, name, None)
+            ]
+            return f"{what}" + (f" for {', '.join(filters)}" if filters else "") + " (nothing matched)"
+    return None
+
+
 def run_admin_command(args: argparse.Namespace) -> int:
-    """Run a parsed admin subcommand: print the JSON answer; 0 ok, 1 API error, 2 no call."""
+    """Run a parsed admin subcommand: print the JSON answer; 0 ok, 1 API error, 2 no call.
+
+    Errors are one line on stderr; a list with nothing in it is also said on stderr.
+    """
     if args.admin_action in LOCAL_ACTIONS:
         return _run_local(args)
     admin_key = args.admin_key or os.environ.get(ADMIN_KEY_ENV, "")
@@ -484,14 +533,16 @@ def run_admin_command(args: argparse.Namespace) -> int:
         method, path, body = build_request(args)
         status, answer = request_json(method, args.admin_url.rstrip("/") + path, admin_key, body)
     except AdminClientError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"plano-fast: error: {exc}", file=sys.stderr)
         return 2
-    text = json.dumps(answer, indent=2, sort_keys=True)
     if status >= 400:
-        print(f"admin API answered {status}:\n{text}", file=sys.stderr)
+        print(f"plano-fast: error: {_error_line(status, answer)}", file=sys.stderr)
         return 1
     if args.admin_action == "tokens.create" and getattr(args, "token_only", False) and isinstance(answer, dict):
         print(answer["token"])
         return 0
-    print(text)
+    print(json.dumps(answer, indent=2, sort_keys=True))
+    note = _nothing_matched(args, answer)
+    if note is not None:
+        print(f"plano-fast: {note}", file=sys.stderr)
     return 0

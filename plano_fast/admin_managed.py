@@ -15,8 +15,10 @@ Routes (JSON in and out; all take the admin key, see ``plano_fast.admin``)::
     GET    /tokens?project_id=&user_id=                                       -> {"tokens": [...]}
     POST   /tokens/{id}/revoke                                                -> 200 token
 
-When managed mode is off (``AdminContext.cipher is None``) every one of them answers
-409 ``managed_mode_disabled``.
+``project_id``, in a body or a query, is a project's id or its name (404 when it names
+none, 409 when several projects share the name); answers carry the id.  When managed mode
+is off (``AdminContext.cipher is None``) every one of them answers 409
+``managed_mode_disabled``.
 
 Secrets
 -------
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from plano_fast.admin_models import RequestError, parse_body, parse_json_body
+from plano_fast.admin_models import RequestError, parse_body, parse_json_body, resolve_project
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.state import new_token, token_hash
 from plano_fast.providers import canonical_provider_id
@@ -348,9 +350,13 @@ class ManagedAdmin:
     async def _changed(self) -> dict[str, str]:
         return await self._notify(self.ctx.on_managed_changed)
 
-    async def _require_project(self, project_id: str) -> None:
-        if await self.store.get_project(project_id) is None:
-            raise RequestError(404, "not_found", "field 'project_id': no project has this id")
+    async def _require_project(self, ref: str) -> str:
+        """The id of the project ``ref`` names (its id or name); 404 / 409 otherwise."""
+        return (await resolve_project(self.store, ref, "project_id")).id
+
+    async def _project_query(self, request: web.Request) -> str | None:
+        ref = _query_str(request, "project_id")
+        return None if ref is None else await self._require_project(ref)
 
     # -- provider keys --------------------------------------------------------------------
 
@@ -358,7 +364,7 @@ class ManagedAdmin:
         cipher = self._cipher()
         body = parse_body(ProviderKeyBody, await self._body(request))
         if body.project_id is not None:
-            await self._require_project(body.project_id)
+            body = body.model_copy(update={"project_id": await self._require_project(body.project_id)})
         ciphertext, nonce, key_id = cipher.encrypt(body.api_key, body.provider)
         hint = provider_key_hint(body.api_key)
         try:
@@ -376,7 +382,7 @@ class ManagedAdmin:
 
     async def list_provider_keys(self, request: web.Request) -> web.Response:
         self._cipher()
-        keys = await self.store.list_provider_keys(_query_str(request, "project_id"))
+        keys = await self.store.list_provider_keys(await self._project_query(request))
         return _json({"provider_keys": [provider_key_view(k) for k in keys]})
 
     async def revoke_provider_key(self, request: web.Request) -> web.Response:
@@ -429,7 +435,7 @@ class ManagedAdmin:
     async def create_pipe(self, request: web.Request) -> web.Response:
         self._cipher()
         body = parse_body(PipeBody, await self._body(request))
-        await self._require_project(body.project_id)
+        body = body.model_copy(update={"project_id": await self._require_project(body.project_id)})
         warnings = await self._check_targets(body)
         targets = [
             PipeTarget(t.provider, t.model, t.model_filter, t.provider_key_id, t.weight) for t in body.targets
@@ -452,7 +458,7 @@ class ManagedAdmin:
 
     async def list_pipes(self, request: web.Request) -> web.Response:
         self._cipher()
-        pipes = await self.store.list_pipes(_query_str(request, "project_id"))
+        pipes = await self.store.list_pipes(await self._project_query(request))
         active = await self._active_keys()
         return _json({"pipes": [pipe_view(p, active) for p in pipes]})
 
@@ -495,7 +501,7 @@ class ManagedAdmin:
     async def create_token(self, request: web.Request) -> web.Response:
         self._cipher()
         body = parse_body(TokenBody, await self._body(request))
-        await self._require_project(body.project_id)
+        body = body.model_copy(update={"project_id": await self._require_project(body.project_id)})
         if body.user_id is not None and await self.store.get_user(body.user_id) is None:
             raise RequestError(404, "not_found", "field 'user_id': no user has this id")
         if body.pipe_id is not None:
@@ -525,7 +531,7 @@ class ManagedAdmin:
     async def list_tokens(self, request: web.Request) -> web.Response:
         self._cipher()
         tokens = await self.store.list_proxy_tokens(
-            _query_str(request, "project_id"), _query_str(request, "user_id")
+            await self._project_query(request), _query_str(request, "user_id")
         )
         now = time.time_ns()
         return _json({"tokens": [token_view(t, now) for t in tokens]})

@@ -36,6 +36,7 @@ from plano_fast.store import (
     Project,
     RegisteredApiKey,
     SpendingLimit,
+    Store,
     UsageRow,
     UsageTotal,
     User,
@@ -66,6 +67,26 @@ class RequestError(Exception):
         self.message = message
         self.details = details
         self.extra = extra  # more fields for the error body (never secrets)
+
+
+async def resolve_project(store: Store, ref: str, field: str) -> Project:
+    """The project ``ref`` names: its id, else the one project with that name.
+
+    404 when nothing matches, 409 when several projects share the name (pass the id).
+    The admin API and the CLI accept a project's id or name wherever they take one.
+    """
+    project = await store.get_project(ref)
+    if project is not None:
+        return project
+    named = [p for p in await store.list_projects() if p.name == ref]
+    if len(named) == 1:
+        return named[0]
+    where = f"field '{field}': " if field else ""
+    if named:
+        raise RequestError(
+            409, "ambiguous_project", f"{where}several projects have this name; pass the id"
+        )
+    raise RequestError(404, "not_found", f"{where}no project has this id or name")
 
 
 def hash_api_key(api_key: str) -> str:

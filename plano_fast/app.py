@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
+from plano_fast import guardrails, ratelimit
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
@@ -232,6 +233,11 @@ class Gateway:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
         self.ctx.server_timing = settings.server_timing
+        self.ctx.guardrails = guardrails.parse_policy(settings.guardrails)
+        self.ctx.ratelimits = ratelimit.build(
+            self.config.raw.get("ratelimits"), settings.redis_url,
+            settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,
+        )  # fmt: skip
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
             self.ctx.tracing = Tracing(tracing)
@@ -410,6 +416,8 @@ class Gateway:
             self._publish_metrics()
             if self.ctx.access_log is not None:
                 await self.ctx.access_log.stop()
+            if self.ctx.ratelimits is not None:
+                await self.ctx.ratelimits.backend.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
@@ -449,6 +457,11 @@ class Gateway:
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
         values["circuit_opens"] = sum(c.opens for c in circuits)
+        limits = gw.ctx.ratelimits
+        if limits is not None:
+            values["ratelimit_refused"] = limits.refused
+            backend = limits.backend
+            values["ratelimit_backend_errors"] = backend.errors if isinstance(backend, ratelimit.RedisBackend) else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
         return values
 

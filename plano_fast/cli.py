@@ -1,4 +1,14 @@
-"""Command line: ``plano-fast serve | validate``."""
+"""Command line: ``plano-fast serve | validate | migrate`` and the admin API mirror.
+
+Errors are one line on stderr (``plano-fast: error: ...``) and a non-zero exit, never a
+traceback (``PLANO_FAST_DEBUG=1`` adds the traceback of an unexpected error).
+
+``serve`` readies the store before it listens (``plano_fast.store.migrate.prepare_schema``):
+a new or empty embedded SQLite database gets the schema; an older schema, or an empty
+PostgreSQL database, is migrated with ``--migrate`` and refused (one line naming the
+command to run) without it.  ``validate`` and ``serve`` print one line per config field
+this version does not implement; ``--strict`` makes them errors.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +21,11 @@ import os
 import signal
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import NoReturn
 
 from plano_fast import __version__
 from plano_fast import scan
@@ -22,68 +34,156 @@ from plano_fast.config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("plano_fast")
 
+CONFIG_ENV = "PLANO_FAST_CONFIG"  # the config file when --config is not given (the image sets it)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plano-fast", description="A fast LLM API gateway.")
+    parser = _Parser(prog="plano-fast", description="A fast LLM API gateway.")
     parser.add_argument("--version", action="version", version=f"plano-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    config_env = os.environ.get(CONFIG_ENV) or None
+    config_help = f"plano_config.yaml (default: ${CONFIG_ENV})"
+
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", "-c", required=True, help="plano_config.yaml")
+    serve.add_argument("--config", "-c", required=config_env is None, default=config_env, help=config_help)
     serve.add_argument("--host", help="listen address (default: the listener's address)")
     serve.add_argument("--port", type=int, help="listen port (default: the listener's port)")
     serve.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
     )
     serve.add_argument("--log-level", default=os.environ.get("PLANO_FAST_LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--migrate",
+        action="store_true",
+        help="bring an older (or empty PostgreSQL) schema up to date before serving",
+    )
+    serve.add_argument(
+        "--strict", action="store_true", help="refuse a config using fields not implemented here"
+    )
 
     validate = sub.add_parser("validate", help="check a config file without starting")
-    validate.add_argument("config")
+    validate.add_argument("config", nargs="?" if config_env else None, default=config_env, help=config_help)
+    validate.add_argument(
+        "--strict", action="store_true", help="fields not implemented here are errors"
+    )
+    validate.add_argument(
+        "--allow-missing-env",
+        action="store_true",
+        help="check with placeholders for unset $VARs (a config away from its secrets)",
+    )
 
     migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
-    migrate.add_argument("--config", "-c", required=True, help="plano_config.yaml")
+    migrate.add_argument(
+        "--config", "-c", required=config_env is None, default=config_env, help=config_help
+    )
 
     add_admin_commands(sub)
     return parser
 
 
+class CliError(Exception):
+    """A problem to report as one ``plano-fast: error: ...`` line and exit code 1."""
+
+
+def _error(message: str) -> None:
+    print(f"plano-fast: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "admin_action", None):
-        return run_admin_command(args)
-    if args.command == "validate":
-        return _validate(args.config)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "migrate":
-        return _migrate(args.config)
-    return 2  # pragma: no cover - argparse enforces the choices
-
-
-def _validate(path: str) -> int:
     try:
-        config = load_config(path)
+        if getattr(args, "admin_action", None):
+            return run_admin_command(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            return _migrate(args.config)
+        return 2  # pragma: no cover - argparse enforces the choices
+    except CliError as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the promise: one line, never a traceback
+        if os.environ.get("PLANO_FAST_DEBUG") == "1":
+            raise
+        _error(f"{_one_line(exc)} (PLANO_FAST_DEBUG=1 shows the traceback)")
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _load(path: str, *, allow_missing_env: bool = False) -> GatewayConfig | None:
+    """The config, or None after printing its errors (one line each: file, field, reason)."""
+    try:
+        return load_config(path, allow_missing_env=allow_missing_env)
     except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        n = len(exc.errors)
+        _error(f"{path}: invalid config ({n} error{'s' if n != 1 else ''})")
+        return None
+
+
+def _refused(unimplemented_line: str) -> str:
+    """An unimplemented-field line as a --strict error (nothing is "ignored" there)."""
+    return unimplemented_line.removesuffix(" (ignored)")
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path = args.config
+    config = _load(path, allow_missing_env=args.allow_missing_env)
+    if config is None:
         return 1
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for line in config.unimplemented:
+        print(f"error: {_refused(line)}" if args.strict else f"warning: {line}", file=sys.stderr)
+    if args.strict and config.unimplemented:
+        n = len(config.unimplemented)
+        _error(f"{path}: {n} field{'s' if n != 1 else ''} not implemented (--strict)")
+        return 1
     names = ", ".join(p.name for p in config.providers)
-    print(f"{path}: ok ({len(config.providers)} providers: {names})")
+    served = config.listener
+    providers = f"{len(config.providers)} provider{'s' if len(config.providers) != 1 else ''}"
+    print(
+        f"{path}: ok ({providers}{': ' + names if names else ''}; serves {served.type} "
+        f"listener '{served.name}' on {served.address}:{served.port}"
+        + (f"; {len(config.unimplemented)} not implemented" if config.unimplemented else "")
+        + ")"
+    )
     return 0
+
+
+def _store_name(config: GatewayConfig) -> str:
+    return "PostgreSQL" if config.settings.database_url else f"SQLite {config.settings.sqlite_path}"
 
 
 def _migrate(path: str) -> int:
     from plano_fast.store.migrate import run_migrate
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     settings = config.settings
-    applied = asyncio.run(run_migrate(settings.database_url, settings.sqlite_path))
-    where = "PostgreSQL" if settings.database_url else settings.sqlite_path
+    where = _store_name(config)
+    try:
+        applied = asyncio.run(run_migrate(settings.database_url, settings.sqlite_path))
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        raise CliError(f"{where}: migration failed: {_one_line(exc)}") from None
     if applied:
         print(f"{where}: applied migrations {', '.join(map(str, applied))}")
     else:
@@ -91,22 +191,57 @@ def _migrate(path: str) -> int:
     return 0
 
 
+def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool) -> None:
+    """Create or check the schema before listening; CliError when it cannot be served."""
+    from plano_fast.store import SchemaTooOld
+    from plano_fast.store.migrate import prepare_schema
+
+    settings = config.settings
+    where = _store_name(config)
+    try:
+        applied = asyncio.run(
+            prepare_schema(settings.database_url, settings.sqlite_path, allow_migrate=allow_migrate)
+        )
+    except SchemaTooOld as exc:
+        state = "has no plano_fast schema" if exc.current == 0 else f"is at schema version {exc.current}"
+        raise CliError(
+            f"{where} {state}, this plano-fast needs version {exc.required}: run "
+            f"`plano-fast migrate --config {config_path}` (or serve with --migrate)"
+        ) from None
+    except sqlite3.Error as exc:
+        raise CliError(f"{where}: cannot open the database: {_one_line(exc)}") from None
+    except OSError as exc:
+        if settings.database_url is None:
+            raise CliError(f"{where}: cannot open the database: {_one_line(exc)}") from None
+        # PostgreSQL unreachable: the gateway's own start decides (and reports) what to do.
+        log.warning("%s: cannot check the schema now (%s)", where, _one_line(exc))
+        return
+    if applied:
+        log.info("%s: applied migrations %s", where, ", ".join(map(str, applied)))
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"invalid config:\n{exc}", file=sys.stderr)
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    config = _load(args.config)
+    if config is None:
         return 1
     for warning in config.warnings:
         log.warning("%s", warning)
+    for line in config.unimplemented:
+        if args.strict:
+            print(f"error: {_refused(line)}", file=sys.stderr)
+        else:
+            log.warning("%s", line)
+    if args.strict and config.unimplemented:
+        n = len(config.unimplemented)
+        raise CliError(f"{args.config}: {n} field{'s' if n != 1 else ''} not implemented (--strict)")
     host = args.host or config.listener.address
     port = args.port if args.port is not None else config.listener.port
-    if args.workers < 1:
-        print("--workers must be at least 1", file=sys.stderr)
-        return 2
+    _prepare_store(config, args.config, args.migrate)
     if args.workers == 1:
         return _run_worker(config, host, port, reuse_port=False)
     return _run_workers(args, config, host, port)
@@ -128,13 +263,13 @@ async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse
     try:
         gateway = Gateway(config, host=host, port=port, reuse_port=reuse_port)
     except (MasterKeyError, AdminKeyMissing) as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(f"cannot start: {exc}") from None
     try:
         await gateway.start()
     except SchemaTooOld as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 1
+        raise CliError(f"cannot start: {exc}") from None
+    except OSError as exc:  # the port is taken, the address is not ours...
+        raise CliError(f"cannot start: {_one_line(exc)}") from None
     # Everything loaded so far (modules, config, price tables: ~60k objects) lives as long
     # as the process.  Frozen, the collector's full passes skip it: unfrozen, one full pass
     # measured 15-30 ms, all of it a stall for every request in flight.
@@ -160,8 +295,19 @@ async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse
 
 def _worker_entry(config_path: str, host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = load_config(config_path)
-    raise SystemExit(_run_worker(config, host, port, reuse_port=True))
+    try:
+        code = _run_worker(load_config(config_path), host, port, reuse_port=True)
+    except CliError as exc:
+        _error(str(exc))
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - one line, as in main()
+        if os.environ.get("PLANO_FAST_DEBUG") == "1":
+            raise
+        _error(_one_line(exc))
+        code = 1
+    raise SystemExit(code)
 
 
 def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, port: int) -> int:

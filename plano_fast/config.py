@@ -13,28 +13,34 @@ Accepted shapes
   timeout, ...}]``), the legacy object form (``{egress_traffic: {...}, ingress_traffic:
   {...}}``) or the 0.1.0 singular ``listener:`` (that one configured the *prompt* listener;
   the LLM egress listener was implicit, 0.0.0.0:12000).  The gateway serves the first
-  ``type: model`` listener (``egress_traffic``); with none, the default 0.0.0.0:12000.
+  ``type: model`` listener (``egress_traffic``); the legacy forms without one get the
+  implicit 0.0.0.0:12000, but a list of listeners without one is an error (Plano would
+  serve no model listener there).  Listeners that are not served are reported in
+  ``GatewayConfig.unimplemented``.
   Lenient extras: a list item without ``type`` is inferred from its name (``ingress*`` ->
   prompt, else model) and may carry the legacy ``message_format``; a missing ``listeners``
   means the default model listener.  ``timeout``: "30s", "500ms", "1m", "1h" or a number of
   seconds; default 300 s.
 * ``model_providers`` or the deprecated ``llm_providers`` (same items).  Both present is
-  an error, as in Plano.  Items: ``model`` (required, ``provider/model`` or
+  an error, as in Plano.  Required, except in firewall mode without managed mode (it
+  routes nothing by model).  Items: ``model`` (required, ``provider/model`` or
   ``provider/*``), ``name``, ``access_key``, ``base_url``, ``provider_interface``,
   ``passthrough_auth``, ``default``, ``http_host``, ``headers``, ``routing_preferences``;
   the older ``provider``, ``endpoint``, ``protocol``, ``usage`` and ``stream`` are
   accepted with a deprecation warning.
 * ``model_aliases: {alias: {target: model}}`` (a bare string target is also accepted).
   The target must resolve to a configured model (exact, bare or via a wildcard).
-* Plano's other top-level keys are kept in ``raw`` (type-checked only); any other key is an
-  error.  ``state_storage_v1_responses`` (an older name of ``state_storage``) is accepted.
+* Plano's other top-level keys are kept in ``raw`` (type-checked only) and reported in
+  ``GatewayConfig.unimplemented`` (the list: :mod:`plano_fast.unimplemented`); any other
+  key is an error.  ``state_storage_v1_responses`` (an older name of ``state_storage``) is accepted.
 * ``plano_fast:`` -- this gateway's own settings (:class:`GatewaySettings`).  Plano itself
   would reject this key; keep it out of configs that must also run on Plano.
 
 Environment: ``$VAR`` / ``${VAR}`` are expanded in ``access_key``, ``base_url``,
-``http_host``, ``headers`` values and ``plano_fast.database_url`` / ``sqlite_path``.  A
-referenced variable that is unset (or empty) is an error naming the field and variable --
-only a warning for the ``access_key`` of a ``passthrough_auth`` provider, which is unused.
+``http_host``, ``headers`` values and ``plano_fast.database_url`` / ``sqlite_path`` /
+``admin_key``.  A referenced variable that is unset (or empty) is an error naming the
+field and variable -- only a warning for the ``access_key`` of a ``passthrough_auth``
+provider, which is unused, and, with ``allow_missing_env``, a warning and a placeholder.
 
 Checks taken from Plano: at most one ``default: true``; a wildcard cannot be the default
 or carry routing_preferences; duplicate names, duplicate ``provider/model`` entries and
@@ -62,7 +68,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from plano_fast import providers as P
+from plano_fast import unimplemented as UNIMPLEMENTED
 from plano_fast.failover import Backoff, RetryPolicy, StatusRule
+from plano_fast.guardrails import GuardrailConfigError, parse_policy
+from plano_fast.ratelimit import RateLimitConfigError, parse_limits
 
 __all__ = [
     "ConfigError",
@@ -113,6 +122,9 @@ class ListenerConfig:
     type: str
     max_retries: int | None = None
     router: str | None = None
+    #: where it is written ("listeners[1]", "listeners.ingress_traffic", "listener");
+    #: "" for the implicit default model listener
+    loc: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +277,12 @@ class GatewaySettings(BaseModel):
     # A Server-Timing response header with the gateway's and the upstream's share (off:
     # it tells clients how the gateway is deployed).
     server_timing: bool = False
+    # Redis for Plano's ratelimits shared by every worker and instance (redis://host:port/db)
+    redis_url: str | None = Field(default=None, repr=False)
+    # Rate-limit backend unreachable: refuse (503) or admit unlimited.
+    ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # The DLP floor: PII/secret detectors and their actions (plano_fast.guardrails).
+    guardrails: dict[str, Any] | None = None
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []
@@ -281,7 +299,13 @@ class GatewaySettings(BaseModel):
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """A loaded, validated config."""
+    """A loaded, validated config.
+
+    ``unimplemented`` has one ``file: field path: not implemented ...`` line per section,
+    field or listener the config uses that this version does not implement (the list is
+    :mod:`plano_fast.unimplemented`); ``plano-fast validate|serve --strict`` refuses a
+    config with any.
+    """
 
     version: str
     listener: ListenerConfig
@@ -291,6 +315,7 @@ class GatewayConfig:
     settings: GatewaySettings
     warnings: tuple[str, ...]
     raw: dict[str, Any]
+    unimplemented: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- input schema
@@ -443,23 +468,35 @@ class _TopIn(_In):
 
 
 def load_config(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    allow_missing_env: bool = False,
 ) -> GatewayConfig:
-    """Read and validate a config file; ``env`` (default ``os.environ``) expands ``$VAR``."""
+    """Read and validate a config file; ``env`` (default ``os.environ``) expands ``$VAR``.
+
+    ``allow_missing_env``: an unset variable is replaced by a placeholder and reported as a
+    warning instead of an error, so a config can be checked away from its secrets (never
+    for serving: the placeholders would be sent).
+    """
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}: cannot read config: {exc}"]) from None
-    return parse_config(text, source=source, env=env)
+    return parse_config(text, source=source, env=env, allow_missing_env=allow_missing_env)
 
 
 def parse_config(
-    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+    text: str,
+    source: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    *,
+    allow_missing_env: bool = False,
 ) -> GatewayConfig:
     """Validate config text; raises :class:`ConfigError` listing every problem found."""
-    b = _Builder(source, os.environ if env is None else env)
+    b = _Builder(source, os.environ if env is None else env, allow_missing_env)
     return b.build(text)
 
 
@@ -510,11 +547,13 @@ _DupKeyLoader.add_constructor(
 
 
 class _Builder:
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, env: Mapping[str, str], allow_missing_env: bool = False) -> None:
         self.source = source
         self.env = env
+        self.allow_missing_env = allow_missing_env
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        self.unimplemented: list[str] = []
 
     # -- reporting
 
@@ -527,6 +566,10 @@ class _Builder:
 
     def warn(self, loc: Loc, msg: str) -> None:
         self.warnings.append(self.line(loc, msg))
+
+    def not_implemented(self, loc: Loc | str, msg: str) -> None:
+        where = loc if isinstance(loc, str) else _fmt_loc(loc)
+        self.unimplemented.append(f"{self.source}: {where}: not implemented by plano_fast: {msg}")
 
     def validate(self, cls: type[_M], data: Any, loc: Loc) -> _M | None:
         try:
@@ -578,10 +621,15 @@ class _Builder:
         for var in bad:
             state = "is empty" if var in self.env else "is not set"
             msg = f"references environment variable ${var}, which {state}"
-            if required:
-                self.err(loc, msg)
-            else:
+            if not required:
                 self.warn(loc, msg + " (unused: passthrough_auth is true)")
+            elif self.allow_missing_env:
+                self.warn(loc, msg + " (checked with a placeholder)")
+            else:
+                self.err(loc, msg)
+        if bad and required and self.allow_missing_env:
+            return _ENV_RE.sub(lambda m: self.env.get(m.group(1) or m.group(2)) or
+                               _placeholder(value, loc), value)
         return None if bad else out
 
     # -- the whole file
@@ -613,9 +661,22 @@ class _Builder:
 
         listeners = self.build_listeners(data)
         settings = self.build_settings(data.get("plano_fast"), data.get("overrides"))
-        provs = self.build_providers(data)
+        # Firewall mode forwards each registered key to its registered upstream and routes
+        # nothing by model, so (without managed mode, whose pipes name providers) it needs
+        # no model_providers.
+        firewall_only = settings is not None and settings.mode == "firewall" and not settings.managed
+        provs = self.build_providers(data, required=not firewall_only)
         aliases = self.build_aliases(data.get("model_aliases"), provs)
         self.check_fallbacks(provs)
+        try:
+            parse_limits(data.get("ratelimits"))
+        except RateLimitConfigError as exc:
+            self.errors.append(f"{self.source}: {exc}")
+        if settings is not None:
+            try:
+                parse_policy(settings.guardrails)
+            except GuardrailConfigError as exc:
+                self.errors.append(f"{self.source}: {exc}")
 
         if (
             data.get("routing_preferences") is not None
@@ -629,12 +690,7 @@ class _Builder:
         if self.errors or top is None or provs is None or settings is None or listeners is None:
             raise ConfigError(self.errors or [f"{self.source}: invalid config"])
         model_listeners = [ls for ls in listeners if ls.type == "model"]
-        if len(model_listeners) > 1:
-            self.warn(
-                ("listeners",),
-                f"{len(model_listeners)} model listeners; plano_fast serves only the first "
-                f"({model_listeners[0].name})",
-            )
+        self.report_unimplemented(data, listeners, model_listeners[0])
         return GatewayConfig(
             version=version,
             listener=model_listeners[0],
@@ -644,7 +700,29 @@ class _Builder:
             settings=settings,
             warnings=tuple(self.warnings),
             raw=data,
+            unimplemented=tuple(self.unimplemented),
         )
+
+    def report_unimplemented(
+        self, data: dict[str, Any], listeners: list[ListenerConfig], served: ListenerConfig
+    ) -> None:
+        """One line per listener and field of :mod:`plano_fast.unimplemented` in use."""
+        where = f"{served.loc or 'the default listener'} '{served.name}' on {served.address}:{served.port}"
+        skipped: list[str] = []  # listeners reported whole: their fields are not repeated
+        for ls in listeners:
+            if ls.type in UNIMPLEMENTED.LISTENER_TYPES:
+                reason = UNIMPLEMENTED.LISTENER_TYPES[ls.type]
+            elif ls is not served:
+                reason = "a second model listener"
+            else:
+                continue
+            skipped.append(ls.loc)
+            self.not_implemented(ls.loc, f"{reason}; not served (plano_fast serves {where})")
+        for loc, reason in UNIMPLEMENTED.unimplemented_fields(data):
+            path = _fmt_loc(loc)
+            if any(path.startswith(s + ".") or path.startswith(s + "[") for s in skipped):
+                continue
+            self.not_implemented(path, reason + " (ignored)")
 
     # -- listeners
 
@@ -665,6 +743,7 @@ class _Builder:
                         DEFAULT_PORTS["prompt"] if s.port is None else s.port,
                         s.timeout or DEFAULT_TIMEOUT_S,
                         "prompt",
+                        loc="listener",
                     )
                 )
         elif isinstance(raw, list):
@@ -691,6 +770,7 @@ class _Builder:
                         kind,
                         li.max_retries,
                         li.router,
+                        loc=_fmt_loc(("listeners", i)),
                     )
                 )
         elif isinstance(raw, dict):
@@ -710,6 +790,7 @@ class _Builder:
                             port,
                             part.timeout or DEFAULT_TIMEOUT_S,
                             kind,
+                            loc=_fmt_loc(("listeners", name)),
                         )
                     )
         elif raw is not None:
@@ -719,6 +800,17 @@ class _Builder:
                 f"mapping, got {type(raw).__name__}",
             )
         if len(self.errors) != n_err:
+            return None
+        if isinstance(raw, list) and out and not any(ls.type == "model" for ls in out):
+            # Plano serves no model listener here; starting the implicit 0.0.0.0:12000 one
+            # would expose the providers' keys on a port the config never asked for.
+            found = "; ".join(f"{ls.loc} '{ls.name}' ({ls.type}, port {ls.port})" for ls in out)
+            self.err(
+                ("listeners",),
+                f"no type: model listener, the only kind plano_fast serves ({found} "
+                "not implemented); add one, e.g. {type: model, name: model_listener, "
+                "address: 127.0.0.1, port: 12000}",
+            )
             return None
         if not any(ls.type == "model" for ls in out):
             out.insert(
@@ -760,7 +852,7 @@ class _Builder:
 
     # -- providers
 
-    def build_providers(self, data: dict[str, Any]) -> list[ModelProvider] | None:
+    def build_providers(self, data: dict[str, Any], required: bool = True) -> list[ModelProvider] | None:
         section = "model_providers"
         raw = data.get("model_providers")
         if data.get("llm_providers") is not None:
@@ -771,8 +863,14 @@ class _Builder:
                 )
                 return None
             section, raw = "llm_providers", data["llm_providers"]
+        if raw is None and not required:
+            return []
         if raw is None:
-            self.err(("model_providers",), "at least one model provider is required")
+            self.err(
+                ("model_providers",),
+                "at least one model provider is required (only plano_fast.mode: firewall "
+                "without managed mode routes nothing by model)",
+            )
             return None
         if not isinstance(raw, list):
             self.err((section,), f"expected a list, got {type(raw).__name__}")
@@ -879,8 +977,8 @@ class _Builder:
             wire_api, auth_style = "gemini", P.AUTH_GOOG
             gemini_base = origin.path.rstrip("/")
             paths = P.Paths(None, None, None, False)
-        if spec.wire_api == P.WIRE_BEDROCK:
-            self.warn(loc, "amazon_bedrock (Converse API) is not supported by plano_fast yet")
+        if spec.wire_api in UNIMPLEMENTED.WIRE_APIS:
+            self.not_implemented(loc, UNIMPLEMENTED.WIRE_APIS[spec.wire_api])
 
         # Credentials.
         # With passthrough_auth the key is never sent, so an unset $VAR only warns.
@@ -1101,6 +1199,15 @@ _RESERVED_HEADERS = frozenset(
         "trailer",
     }
 )
+
+
+def _placeholder(value: str, loc: Loc) -> str:
+    """What an unset ``$VAR`` stands for under ``allow_missing_env``: a value every check
+    of that field accepts (a URL where the variable is the whole ``base_url``)."""
+    if loc and loc[-1] == "base_url" and _ENV_RE.fullmatch(value.strip()):
+        return "http://env-placeholder.invalid"
+    # Long enough for any length rule on a secret (an admin key, say).
+    return "env-placeholder-" + "0" * 32
 
 
 def _suggest(word: str, options: list[str]) -> str:

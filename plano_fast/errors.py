@@ -144,6 +144,10 @@ class GatewayError(Exception):
     def body(self, fmt: ApiFormat) -> bytes:
         return error_body(fmt, self.status, self.message, self.code, self.openai_type)
 
+    def headers(self, fmt: ApiFormat) -> tuple[tuple[bytes, bytes], ...]:
+        """Extra response headers (Retry-After, rate-limit headers) in the client's format."""
+        return ()
+
 
 class ClientError(GatewayError):
     status = 400

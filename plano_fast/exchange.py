@@ -26,9 +26,9 @@ from urllib.parse import quote
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from plano_fast import scan
+from plano_fast import guardrails, scan
 from plano_fast.errors import (
     BadRequestBody,
     ClientError,
@@ -41,6 +41,7 @@ from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
+from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
@@ -191,6 +192,17 @@ class RequestFieldsLike(Protocol):
     def include_usage(self) -> bool | None: ...
 
 
+#: client endpoint -> the request shape guardrails read message text from
+_GUARD_FORMATS: Final = {
+    "chat_completions": "openai",
+    "completions": "openai",
+    "messages": "anthropic",
+    "count_tokens": "anthropic",
+    "responses": "responses",
+    "gemini": "gemini",
+    "embeddings": "embeddings",
+}
+
 _TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
 
 #: circuit breakers kept per process (oldest forgotten first)
@@ -221,6 +233,8 @@ class ExchangeContext:
         "access_log",
         "tracing",
         "server_timing",
+        "ratelimits",
+        "guardrails",
     )
 
     def __init__(
@@ -266,6 +280,10 @@ class ExchangeContext:
         self.tracing: Tracing | None = None
         #: add a Server-Timing header to relayed answers (plano_fast.server_timing)
         self.server_timing = False
+        #: Plano's ratelimits (plano_fast.ratelimit), None when the config has none
+        self.ratelimits: RateLimits | None = None
+        #: the DLP floor (plano_fast.guardrails), None when not configured
+        self.guardrails: guardrails.Policy | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -321,6 +339,9 @@ class Exchange:
         "endpoint_name",
         "span",
         "attempt_span",
+        "rl_buckets",
+        "guard_warning",
+        "guard_names",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -361,6 +382,11 @@ class Exchange:
         #: trace spans of a sampled request (plano_fast.tracing): server, current attempt
         self.span: Span | None = None
         self.attempt_span: Span | None = None
+        #: the rate-limit buckets this request counts against (debited at settle)
+        self.rl_buckets: list[Bucket] | None = None
+        #: guardrails: detectors whose action is warn (a response header), all that matched
+        self.guard_warning = b""
+        self.guard_names: list[str] | None = None
         #: resolved when the upstream response ends, on the awaiting path only
         self.done: asyncio.Future[bool] | None = None
         #: the client hung up and the response is read on for its usage (``_client_gone``)
@@ -541,6 +567,8 @@ class Exchange:
         block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
         if self.ctx.server_timing:
             block += self._server_timing()
+        if self.guard_warning:
+            block += self.guard_warning
         self.responder.send_head_block(status, block, content_length)
 
     def _server_timing(self) -> bytes:
@@ -669,8 +697,61 @@ class Exchange:
         self.ctx.usage_sink(event)
         self.observe(event)
 
+    def guard(self, fmt: str, provider: str | None) -> None:
+        """The DLP floor (plano_fast.guardrails) over the request's message text: raises
+        GuardrailBlocked (403); redaction replaces ``request.body``.  Call it after the
+        body passed the scanner (valid JSON) and before the upstream request is built."""
+        policy = self.ctx.guardrails
+        if policy is None:
+            return
+        try:
+            doc = json.loads(self.request.body)
+        except ValueError:
+            return  # refused by the scanner with a precise message
+        metrics = self.ctx.metrics
+        try:
+            outcome = guardrails.apply(policy, doc, fmt, provider)
+        except guardrails.GuardrailBlocked as exc:
+            metrics.detected(exc.detections)
+            raise
+        if outcome.detections:
+            metrics.detected(outcome.detections)
+            self.guard_names = sorted({d for d, _ in outcome.detections})
+        if outcome.body is not None:
+            self.request.body = outcome.body
+        if outcome.warn:
+            self.guard_warning = b"x-plano-guardrail-warning: " + ",".join(outcome.warn).encode() + b"\r\n"
+
+    def rate_limit(self, models: tuple[str | None, ...]) -> bool:
+        """Admission against plano_fast.ratelimit: raises RateLimited when a bucket is
+        full (in-process limits); True when the check must be awaited (Redis) -- the
+        caller then forwards through ``admitted_forward``."""
+        limits = self.ctx.ratelimits
+        if limits is None:
+            return False
+        buckets = limits.buckets(models, self.request.headers)
+        if not buckets:
+            return False
+        self.rl_buckets = buckets
+        if limits.asynchronous:
+            return True
+        limits.admit_now(buckets)
+        return False
+
+    async def admitted_forward(self) -> None:
+        limits = self.ctx.ratelimits
+        assert limits is not None and self.rl_buckets is not None
+        await limits.admit(self.rl_buckets)
+        pending = self.forward_now()
+        if pending is not None:
+            await pending
+
     def observe(self, event: UsageEvent) -> None:
         """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        if self.rl_buckets is not None and event.has_usage:
+            limits = self.ctx.ratelimits
+            assert limits is not None
+            limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
         metrics = self.ctx.metrics
         now_ns = time.time_ns()
         started_ns = self.started_ns
@@ -714,7 +795,7 @@ class Exchange:
                 round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.total_attempts(), self.responder.peer(),
+                self.total_attempts(), self.responder.peer(), self.guard_names,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
@@ -776,11 +857,18 @@ class ConfigExchange(Exchange):
         self.fields = fields
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
+        if self.ctx.guardrails is not None:
+            self.guard(_GUARD_FORMATS[self.endpoint.name], provider.provider)
+        shared_check = self.rate_limit(
+            (fields.model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+        )
         policy = provider.retry_policy or self.ctx.default_retry_policy
         if policy is not None and self.endpoint is not COUNT_TOKENS:
             self.plan = plan = self._plan(route, policy)
             route = plan.targets[plan.index]
         self._prepare(route)
+        if shared_check:
+            return self.admitted_forward()
         return self.forward_now()
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
@@ -1023,7 +1111,10 @@ class ConfigExchange(Exchange):
         self.status = status = head.status
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)
-        conversion.head(self.responder, status, self.client_headers(head))
+        headers = self.client_headers(head)
+        if self.guard_warning:
+            headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
+        conversion.head(self.responder, status, headers)
 
     def _relay(self, data: bytes) -> None:
         conversion = self.conversion

@@ -71,6 +71,8 @@ class GeminiExchange(ConfigExchange):
             raise UnknownModelError(str(exc)) from None
         provider = route.provider
         upstream_model = route.upstream_model or model
+        if self.ctx.guardrails is not None:
+            self.guard("gemini", provider.provider)
         if provider.wire_api != "gemini":
             return self._start_converted(fields, upstream_model, provider)
         self.provider = provider

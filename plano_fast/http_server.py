@@ -334,7 +334,9 @@ class Responder:
         if error.close_connection:
             self._close_after = True
         body = error.body(fmt)
-        self.send_head(error.status, ((b"content-type", b"application/json"),), len(body))
+        self.send_head(
+            error.status, ((b"content-type", b"application/json"),) + error.headers(fmt), len(body)
+        )
         self.send_body(body)
         self.end()
 

@@ -63,7 +63,7 @@ Labels = tuple[str, str, str, str]  # mode, provider, model, endpoint
 class RequestMetrics:
     """This process's request numbers (see the module docstring)."""
 
-    __slots__ = ("requests", "histograms", "tokens", "errors", "_models")
+    __slots__ = ("requests", "histograms", "tokens", "errors", "detections", "_models")
 
     def __init__(self) -> None:
         #: (mode, provider, model, endpoint, status class) -> count
@@ -74,6 +74,8 @@ class RequestMetrics:
         self.tokens: dict[Labels, list[int]] = {}
         #: error type -> count
         self.errors: dict[str, int] = {}
+        #: (guardrail detector, action) -> count
+        self.detections: dict[tuple[str, str], int] = {}
         self._models: set[str] = set()
 
     def model_label(self, model: str | None) -> str:
@@ -130,6 +132,10 @@ class RequestMetrics:
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
+    def detected(self, detections: Iterable[tuple[str, str]]) -> None:
+        for key in detections:
+            self.detections[key] = self.detections.get(key, 0) + 1
+
     # -- snapshots ----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """JSON-able: what another worker needs to add these numbers to its own."""
@@ -138,6 +144,7 @@ class RequestMetrics:
             "histograms": [[[list(k), v] for k, v in h.items()] for h in self.histograms],
             "tokens": [[list(k), v] for k, v in self.tokens.items()],
             "errors": self.errors,
+            "detections": [[list(k), v] for k, v in self.detections.items()],
         }
 
 
@@ -161,6 +168,7 @@ class Merged:
         self.histograms: list[dict[tuple[str, ...], list[float]]] = [{} for _ in HISTOGRAMS]
         self.tokens: dict[tuple[str, ...], list[float]] = {}
         self.errors: dict[str, float] = {}
+        self.detections: dict[tuple[str, ...], float] = {}
         self.process: dict[str, float] = {}
 
     def add(self, snap: Mapping[str, Any], process: Mapping[str, float] | None = None) -> None:
@@ -174,6 +182,9 @@ class Merged:
             _add_row(self.tokens, tuple(key), row)
         for kind, value in snap.get("errors", {}).items():
             self.errors[kind] = self.errors.get(kind, 0) + value
+        for key, value in snap.get("detections", ()):
+            k = tuple(key)
+            self.detections[k] = self.detections.get(k, 0) + value
         for name, value in (process or snap.get("process", {})).items():
             have = self.process.get(name)
             if have is None:
@@ -256,6 +267,12 @@ class _MergedCollector(Collector):
         for kind, value in sorted(m.errors.items()):
             errors.add_metric([kind], value)
         yield errors
+        detections = CounterMetricFamily(
+            "plano_fast_guardrail_detections", "Guardrail detections in request text", labels=("detector", "action")
+        )
+        for key, value in sorted(m.detections.items()):
+            detections.add_metric(list(key), value)
+        yield detections
 
 
 def render(merged: Merged) -> bytes:

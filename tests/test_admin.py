@@ -294,7 +294,8 @@ def test_register_keeps_only_the_hash(backend: Backend, caplog: pytest.LogCaptur
         assert status == 200 and [k["key_hash"] for k in listed["api_keys"]] == [RAW_HASH]
         status, listed, _ = await h.call("GET", f"/api-keys?project_id={key['project_id']}")
         assert [k["key_hash"] for k in listed["api_keys"]] == [RAW_HASH]
-        assert (await h.call("GET", "/api-keys?project_id=other"))[1] == {"api_keys": []}
+        status, answer, _ = await h.call("GET", "/api-keys?project_id=other")
+        assert (status, answer["error"]) == (404, "not_found")
 
         # registering it again (by key or by hash) is a conflict
         status, answer, _ = await h.call("POST", "/api-keys/register", register_body())
@@ -725,6 +726,100 @@ def test_cli_mirror(backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: p
         rc, err = await cli("keys", "list")
         assert rc == 2 and "PLANO_FAST_ADMIN_KEY" in err
         assert RAW_KEY not in "\n".join(h.bodies)
+
+    run(backend, body)
+
+
+def test_projects_by_name_or_id_everywhere(backend: Backend) -> None:
+    """Every route that takes a project takes its id or its name; an unknown one is a
+    404 (never an empty list), a name shared by two projects a 409."""
+
+    async def body(h: Harness) -> None:
+        status, team, _ = await h.call("POST", "/projects", {"name": "my-team"})
+        assert status == 201
+        pid = team["id"]
+        await h.store.write_usage([usage_row("r-1", pid, cost=5, t=time.time_ns())])
+        for ref in (pid, "my-team"):
+            assert (await h.call("GET", f"/projects/{ref}"))[1]["id"] == pid
+            status, limit, _ = await h.call("PUT", "/limits", {
+                "scope_kind": "project", "scope_id": ref, "period": "monthly", "limit_usd": "5"})  # fmt: skip
+            assert status == 200 and limit["scope_id"] == pid, limit
+            status, limits, _ = await h.call("GET", f"/limits?scope_kind=project&scope_id={ref}")
+            assert status == 200 and [x["scope_id"] for x in limits["limits"]] == [pid]
+            status, usage, _ = await h.call("GET", f"/usage/recent?project_id={ref}")
+            assert status == 200 and [r["request_id"] for r in usage["usage"]] == ["r-1"]
+            assert usage["project_id"] == pid
+            status, totals, _ = await h.call("GET", f"/usage/totals?project_id={ref}")
+            assert status == 200 and totals["totals"][0]["requests"] == 1
+            status, price, _ = await h.call("PUT", "/pricing", {
+                "model": "m", "project_id": ref, "input_per_mtok_usd": "1", "output_per_mtok_usd": "2"})  # fmt: skip
+            assert status == 200 and price["project_id"] == pid, price
+            status, keys, _ = await h.call("GET", f"/api-keys?project_id={ref}")
+            assert status == 200 and keys == {"api_keys": []}
+
+        for method, path, payload in (
+            ("GET", "/projects/no-such-project", None),
+            ("DELETE", "/projects/no-such-project", None),
+            ("PUT", "/limits", {"scope_kind": "project", "scope_id": "no-such-project",
+                                "period": "monthly", "limit_usd": "1"}),
+            ("GET", "/limits?scope_kind=project&scope_id=no-such-project", None),
+            ("GET", "/usage/recent?project_id=no-such-project", None),
+            ("GET", "/usage/totals?project_id=no-such-project", None),
+            ("GET", "/api-keys?project_id=no-such-project", None),
+            ("PUT", "/pricing", {"model": "m", "project_id": "no-such-project",
+                                 "input_per_mtok_usd": "1", "output_per_mtok_usd": "2"}),
+        ):  # fmt: skip
+            status, answer, _ = await h.call(method, path, payload)
+            assert (status, answer["error"]) == (404, "not_found"), (method, path, answer)
+            assert "no-such-project" not in answer["message"]  # error bodies never echo input
+
+        assert (await h.call("POST", "/projects", {"name": "my-team"}))[0] == 201
+        status, answer, _ = await h.call("GET", "/usage/recent?project_id=my-team")
+        assert (status, answer["error"]) == (409, "ambiguous_project")
+        assert (await h.call("GET", f"/usage/recent?project_id={pid}"))[0] == 200  # the id still works
+        assert (await h.call("DELETE", f"/projects/{pid}"))[0] == 200
+        assert (await h.call("GET", "/projects/my-team"))[0] == 200  # one left with that name
+
+    run(backend, body)
+
+
+def test_cli_takes_project_names_and_says_when_nothing_matched(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PLANO_FAST_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("CLIENT_KEY", RAW_KEY)
+
+    async def body(h: Harness) -> None:
+        async def cli(*argv: str) -> tuple[int, str, str]:
+            args = _cli_parser().parse_args([*argv, "--admin-url", h.base])
+            capsys.readouterr()
+            rc = await asyncio.to_thread(run_admin_command, args)
+            out = capsys.readouterr()
+            return rc, out.out, out.err
+
+        rc, out, _ = await cli("keys", "register", "--api-key-env", "CLIENT_KEY", "--provider", "openai",
+                               "--upstream-url", "https://api.openai.com", "--project", "my-team")  # fmt: skip
+        assert rc == 0
+        pid = json.loads(out)["project_id"]
+        rc, out, err = await cli("limits", "set", "--scope-kind", "project", "--scope-id", "my-team",
+                                 "--limit-usd", "50")  # fmt: skip
+        assert rc == 0 and json.loads(out)["scope_id"] == pid, err
+        rc, out, err = await cli("usage", "--project-id", "my-team")
+        assert rc == 0 and json.loads(out)["usage"] == []
+        assert err == "plano-fast: no usage rows for project id my-team (nothing matched)\n"
+        rc, out, err = await cli("keys", "list", "--project", "my-team")
+        assert rc == 0 and len(json.loads(out)["api_keys"]) == 1 and err == ""
+
+        rc, out, err = await cli("usage", "--project-id", "no-such-project")
+        assert (rc, out) == (1, "")
+        assert err == (
+            "plano-fast: error: admin API answered 404 not_found: "
+            "field 'project_id': no project has this id or name\n"
+        )
+        rc, out, err = await cli("limits", "set", "--scope-id", "no-such-project", "--limit-usd", "1")
+        assert rc == 1 and err.count("\n") == 1 and "404 not_found" in err
+        rc, out, err = await cli("limits", "list", "--scope-kind", "user")
+        assert rc == 0 and err == "plano-fast: no spending limits for scope kind user (nothing matched)\n"
 
     run(backend, body)
 

@@ -557,3 +557,30 @@ def test_cli_mirror(backend: Backend, monkeypatch: pytest.MonkeyPatch, capsys: p
         assert sum(tok["token"] in p for p in printed) == 1 and sum(bare in p for p in printed) == 1
 
     run(backend, body, cipher=CIPHER)
+
+
+def test_managed_routes_take_a_project_name(backend: Backend) -> None:
+    async def body(h: Harness) -> None:
+        pid = await project(h, "named-team")
+        key = await provider_key(h, "named-team")
+        assert (await h.call("GET", "/provider-keys?project_id=named-team"))[1]["provider_keys"][0]["project_id"] == pid
+        status, pipe, _ = await h.call(
+            "POST", "/pipes", {"project_id": "named-team", "name": "default", "targets": [target(key)]}
+        )
+        assert status == 201 and pipe["project_id"] == pid, pipe
+        assert [p["id"] for p in (await h.call("GET", "/pipes?project_id=named-team"))[1]["pipes"]] == [pipe["id"]]
+        status, tok, _ = await h.call("POST", "/tokens", {"project_id": "named-team"})
+        assert status == 201 and tok["project_id"] == pid, tok
+        assert len((await h.call("GET", "/tokens?project_id=named-team"))[1]["tokens"]) == 1
+        for method, path, payload in (
+            ("POST", "/provider-keys", {"provider": "openai", "api_key": OPENAI_SECRET, "project_id": "nope"}),
+            ("GET", "/provider-keys?project_id=nope", None),
+            ("POST", "/pipes", {"project_id": "nope", "name": "x", "targets": [target(key)]}),
+            ("GET", "/pipes?project_id=nope", None),
+            ("POST", "/tokens", {"project_id": "nope"}),
+            ("GET", "/tokens?project_id=nope", None),
+        ):
+            status, answer, _ = await h.call(method, path, payload)
+            assert (status, answer["error"]) == (404, "not_found"), (method, path, answer)
+
+    run(backend, body, cipher=CIPHER)

@@ -504,7 +504,10 @@ def test_multiple_model_listeners_serve_the_first() -> None:
     )
     cfg = parse_config(text, env={})
     assert cfg.listener.name == "a"
-    assert any("serves only the first" in w for w in cfg.warnings)
+    assert cfg.unimplemented == (
+        "<string>: listeners[1]: not implemented by plano_fast: a second model listener; "
+        "not served (plano_fast serves listeners[0] 'a' on 0.0.0.0:1000)",
+    )
 
 
 def test_duplicate_bare_model_id_warns() -> None:
@@ -578,3 +581,37 @@ def test_builtin_provider_endpoints(model: str, host: str, path: str) -> None:
         host,
     )
     assert p.chat_completions_path == path
+
+
+def test_firewall_mode_needs_no_model_providers() -> None:
+    # What the README's firewall block shows: valid on its own.
+    cfg = parse_config(
+        "version: v0.4.0\nplano_fast:\n  mode: firewall\n  admin_port: 12002\n  admin_key: $K\n",
+        env={"K": "k" * 32},
+    )
+    assert cfg.providers == () and cfg.settings.mode == "firewall"
+    # Managed mode's pipes name providers: there they stay required.
+    with pytest.raises(ConfigError) as ei:
+        parse_config("version: v0.4.0\nplano_fast:\n  mode: firewall\n  managed: true\n", env={})
+    assert "model_providers: at least one model provider is required" in str(ei.value)
+
+
+def test_allow_missing_env_checks_with_placeholders() -> None:
+    text = (
+        "version: v0.4.0\nmodel_providers:\n"
+        "  - {model: vllm/x, base_url: $URL, provider_interface: openai, access_key: $KEY}\n"
+        "  - {model: openai/y, headers: {X-Team: $TEAM}, access_key: sk-set}\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        parse_config(text, source="t.yaml", env={})
+    assert len(ei.value.errors) == 2  # base_url first: that provider stops there
+    cfg = parse_config(text, source="t.yaml", env={}, allow_missing_env=True)
+    assert [w.split(": ")[1] for w in cfg.warnings] == [
+        "model_providers[0].base_url", "model_providers[0].access_key", "model_providers[1].headers.X-Team"
+    ]
+    assert all(w.endswith("(checked with a placeholder)") for w in cfg.warnings)
+    # A set variable is still used; a bad value is still an error.
+    assert cfg.providers[1].access_key == "sk-set"
+    with pytest.raises(ConfigError):
+        parse_config(text.replace("provider_interface: openai", "provider_interface: x"), env={},
+                     allow_missing_env=True)

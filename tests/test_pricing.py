@@ -19,9 +19,10 @@ from plano_fast.pricing import (
     load_default_prices,
     usage_family,
 )
+from tests.shared_data import PRICING
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "pricing"
+DATA = PRICING  # tests/data/pricing: the datasets the table is built from, vendored
 TABLE = ROOT / "plano_fast" / "data" / "prices.json"
 
 USD = 1_000_000_000  # nano-USD per USD
@@ -332,7 +333,6 @@ def test_resolution_cache_is_bounded() -> None:
 # ------------------------------------------------------------------- table and typing
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared pricing data not present")
 def test_table_is_reproducible(tmp_path: Path) -> None:
     out = tmp_path / "prices.json"
     result = subprocess.run(

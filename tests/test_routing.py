@@ -305,7 +305,7 @@ def test_azure_deployment_in_path_and_wildcard_template() -> None:
     )
 
 
-def test_bedrock_loads_with_a_warning_and_no_paths() -> None:
+def test_bedrock_loads_reported_unimplemented_and_no_paths() -> None:
     cfg = parse_config(
         HEAD + "model_providers:\n  - model: amazon_bedrock/us.amazon.nova-pro-v1:0\n"
         "    base_url: https://bedrock-runtime.us-west-2.amazonaws.com\n",
@@ -313,7 +313,9 @@ def test_bedrock_loads_with_a_warning_and_no_paths() -> None:
     )
     (p,) = cfg.providers
     assert (p.wire_api, p.chat_completions_path, p.messages_path) == ("bedrock", None, None)
-    assert any("not supported" in w for w in cfg.warnings)
+    assert cfg.unimplemented == (
+        "<string>: model_providers[0]: not implemented by plano_fast: the amazon_bedrock Converse API",
+    )
 
 
 def test_host_header_sni_and_http_host() -> None:

@@ -1,26 +1,31 @@
-"""Forward-only schema migrations: ``migrations/<backend>/NNNN_name.sql``.
+"""Forward-only schema migrations: ``plano_fast/migrations/<backend>/NNNN_name.sql``.
 
 Each missing migration runs in its own transaction together with the row that records it in
 ``schema_migrations``; a failed one leaves the database as it was.  Versions are numbered
 1, 2, 3... with no gaps, per backend, and both backends always have the same versions.
 
-Where the files come from: in a source checkout, the repository's ``migrations/``
-directory (the canonical copy); in an installed package, the copy shipped as package data
-under ``plano_fast/migrations/`` (a symlink to ``migrations/`` in the repository, so
-there is one copy; setuptools follows it when it builds a wheel).
+Where the files come from: package data, ``plano_fast/migrations/`` (real files, read with
+``importlib.resources``), so a source checkout, an installed wheel and the Docker image
+read the same copy the same way.  The repository's top-level ``migrations`` (the path the
+design card names, and the one to hand to ``psql -f``) is a symlink to it.
+
+``prepare_schema`` is what ``plano-fast serve`` does before it listens: nothing when the
+schema is current; create it on a new or empty embedded SQLite database; otherwise (an
+older schema, or an empty PostgreSQL database) migrate only when asked (``--migrate``) and
+refuse with :class:`SchemaTooOld` when not.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import os
 import re
+import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
-from plano_fast.store import REQUIRED_SCHEMA_VERSION, Store, StoreError, open_store
+from plano_fast.store import REQUIRED_SCHEMA_VERSION, SchemaTooOld, Store, StoreError, open_store
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +36,12 @@ class Migration:
 
 
 def _source_files(kind: str) -> dict[str, str]:
-    checkout = _REPO_ROOT / "migrations" / kind
-    if (_REPO_ROOT / "pyproject.toml").is_file() and checkout.is_dir():
-        return {p.name: p.read_text(encoding="utf-8") for p in checkout.iterdir() if p.is_file()}
     packaged = importlib.resources.files("plano_fast").joinpath("migrations", kind)
     if not packaged.is_dir():
-        raise StoreError(f"no migrations found for {kind!r} (looked in {checkout} and the package)")
+        raise StoreError(
+            f"no migrations found for {kind!r}: plano_fast/migrations/{kind}/ is missing from "
+            "this installation (a wheel built without its package data?)"
+        )
     return {p.name: p.read_text(encoding="utf-8") for p in packaged.iterdir() if p.is_file()}
 
 
@@ -84,5 +89,46 @@ async def run_migrate(database_url: str | None, sqlite_path: str) -> list[int]:
     await store.open()
     try:
         return await migrate(store)
+    finally:
+        await store.close()
+
+
+def sqlite_is_empty(path: str) -> bool:
+    """True for a SQLite database that does not exist yet or holds no table at all (what
+    a first start, or an earlier refused start, leaves behind): safe to create the schema
+    in.  A file with any table in it, ours or not, is not empty."""
+    if path == ":memory:" or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return True
+    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        row = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) == 0
+
+
+async def prepare_schema(
+    database_url: str | None, sqlite_path: str, *, allow_migrate: bool = False
+) -> list[int]:
+    """Bring the configured store to a schema this code can serve, or refuse.
+
+    * current (or newer) schema: nothing to do;
+    * embedded SQLite that is new or empty (``sqlite_is_empty``): the schema is created;
+    * otherwise, an older or absent schema is migrated only with ``allow_migrate``
+      (``serve --migrate``) and refused with ``SchemaTooOld`` without it.
+
+    Returns the versions applied.
+    """
+    fresh = database_url is None and sqlite_is_empty(sqlite_path)
+    store = open_store(database_url, sqlite_path)
+    await store.open()
+    try:
+        current = await store.schema_version()
+        if current >= REQUIRED_SCHEMA_VERSION:
+            return []
+        if allow_migrate or (fresh and current == 0):
+            return await migrate(store)
+        raise SchemaTooOld(current, REQUIRED_SCHEMA_VERSION, store.kind)
     finally:
         await store.close()

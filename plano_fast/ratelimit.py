@@ -1,0 +1,433 @@
+"""Plano's ``ratelimits``: token and request budgets per model x request-header value.
+
+Config (Plano's shape, plus request limits)::
+
+    ratelimits:
+      - model: gpt-4o-mini                  # the model a request names (or routes to)
+        selector: {key: x-user-id, value: "*"}   # "*": one bucket per distinct value
+        limit: {tokens: 100000, unit: minute}    # or {requests: 60, unit: minute}; unit minute|hour|day
+
+Algorithm: a **sliding-window counter** per bucket -- the current fixed window's count plus
+the previous window's count weighted by how much of it still overlaps the sliding window.
+Chosen over GCRA because token limits can only be debited after the response (the usage is
+read off it), and a window counter takes any late ``INCRBY``; it costs two integers per
+bucket and one round trip.  Its error against an exact sliding log is bounded by the
+previous window's uniformity assumption.
+
+Admission: a request is refused (429) when a bucket it falls in is already at or over its
+limit; a request limit is counted at admission (check and increment in one step); a token
+limit is debited with the input + output tokens the response reported, after it.  Bound on
+overshoot for token limits: at most the tokens of the requests admitted while the bucket
+was still under its limit and not yet settled (the requests in flight when it emptied).
+
+Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script per check,
+debits pipelined), shared by every worker and instance; without it, in this process --
+so a config with ratelimits and ``--workers`` > 1 needs ``redis_url`` (refused at start
+otherwise, never per-worker silently).  Redis unreachable: ``ratelimit_on_backend_error``
+``fail_closed`` (default: 503) or ``fail_open`` (admit), logged once per outage and
+counted in ``/metrics`` (``ratelimit_backend_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
+
+log = logging.getLogger("plano_fast.ratelimit")
+
+UNITS_S: Final = {"minute": 60, "hour": 3600, "day": 86_400}
+
+
+class RateLimitConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    index: int
+    model: str
+    header: bytes  # lowercased
+    value: str  # "*" = one bucket per value
+    amount: int
+    kind: Literal["tokens", "requests"]
+    window_s: int
+
+    def describe(self) -> str:
+        who = f"each distinct {self.header.decode()}" if self.value == "*" else f"{self.header.decode()}: {self.value}"
+        unit = {60: "minute", 3600: "hour", 86_400: "day"}[self.window_s]
+        return f"model {self.model}, {who}: at most {self.amount} {self.kind} per {unit}"
+
+
+def parse_limits(raw: object) -> tuple[Limit, ...]:
+    """Plano's ``ratelimits`` list -> limits; ``RateLimitConfigError`` naming the field."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise RateLimitConfigError("ratelimits: expected a list")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"ratelimits[{i}]"
+        if not isinstance(item, dict):
+            raise RateLimitConfigError(f"{where}: expected a mapping")
+        model = item.get("model")
+        selector = item.get("selector")
+        limit = item.get("limit")
+        if not isinstance(model, str) or not model:
+            raise RateLimitConfigError(f"{where}.model: a model name is required")
+        if not isinstance(selector, dict) or not isinstance(selector.get("key"), str) or not selector["key"]:
+            raise RateLimitConfigError(f"{where}.selector.key: a request header name is required")
+        value = selector.get("value", "*")
+        if not isinstance(value, str) or not value:
+            raise RateLimitConfigError(f"{where}.selector.value: a string (\"*\" for each value)")
+        if not isinstance(limit, dict):
+            raise RateLimitConfigError(f"{where}.limit: expected {{tokens|requests: N, unit: minute|hour|day}}")
+        kinds = [k for k in ("tokens", "requests") if k in limit]
+        if len(kinds) != 1:
+            raise RateLimitConfigError(f"{where}.limit: give exactly one of tokens or requests")
+        amount = limit[kinds[0]]
+        if type(amount) is not int or amount <= 0:
+            raise RateLimitConfigError(f"{where}.limit.{kinds[0]}: a positive integer")
+        unit = limit.get("unit")
+        if unit not in UNITS_S:
+            raise RateLimitConfigError(f"{where}.limit.unit: one of minute, hour, day (got {unit!r})")
+        out.append(Limit(i, model, selector["key"].strip().lower().encode(), value, amount,
+                         kinds[0], UNITS_S[unit]))  # type: ignore[arg-type]  # fmt: skip
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    limit: Limit
+    key: str  # the bucket's name (limit index and selector value)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A refusal: which limit, what is left, when it resets (seconds)."""
+
+    limit: Limit
+    remaining: int
+    retry_after_s: float
+
+
+class Backend(Protocol):
+    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None: ...
+
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None: ...
+
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def estimate(prev: int, cur: int, window_s: int, now_s: float) -> float:
+    """The sliding window's count: the current window's plus the overlapping share of the
+    previous one's."""
+    elapsed = (now_s % window_s) / window_s
+    return prev * (1.0 - elapsed) + cur
+
+
+def retry_after(prev: int, cur: int, amount: int, window_s: int, now_s: float) -> float:
+    """Seconds until the estimate falls below ``amount`` (the current window's own count
+    only leaves at the window's end)."""
+    into = now_s % window_s
+    to_end = window_s - into
+    if cur >= amount or prev <= 0:
+        return to_end
+    # prev * (1 - (into + t) / W) + cur < amount  =>  t > W * (1 - (amount - cur) / prev) - into
+    t = window_s * (1.0 - (amount - cur) / prev) - into
+    return max(0.001, min(to_end, t))
+
+
+class MemoryBackend:
+    """Buckets in this process (one worker)."""
+
+    def __init__(self) -> None:
+        #: (bucket key, window length s, window number) -> count
+        self.counts: dict[tuple[str, int, int], int] = {}
+
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        counts = self.counts
+        for b in buckets:
+            w = b.limit.window_s
+            n = int(now_s // w)
+            prev = counts.get((b.key, w, n - 1), 0)
+            cur = counts.get((b.key, w, n), 0)
+            if estimate(prev, cur, w, now_s) >= b.limit.amount:
+                return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
+        for b in buckets:
+            if b.limit.kind == "requests":
+                key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
+                counts[key] = counts.get(key, 0) + 1
+        if len(counts) > 100_000:
+            self._sweep(now_s)
+        return None
+
+    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        return self.check_now(buckets, now_s)
+
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+        for b in buckets:
+            if b.limit.kind == "tokens" and tokens:
+                key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
+                self.counts[key] = self.counts.get(key, 0) + tokens
+
+    def _sweep(self, now_s: float) -> None:
+        """Forget windows older than the previous one (a selector "*" makes many buckets)."""
+        self.counts = {k: v for k, v in self.counts.items() if k[2] >= int(now_s // k[1]) - 1}
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: per bucket, the current and previous window keys; ARGV: [now_s, then per bucket:
+# amount, window_s, is_requests].  Returns {-1} when admitted (request buckets incremented),
+# else {index, prev, cur} of the first bucket at or over its limit.
+_CHECK_LUA: Final = """
+local now = tonumber(ARGV[1])
+local n = #KEYS / 2
+for i = 1, n do
+  local amount = tonumber(ARGV[1 + (i - 1) * 3 + 1])
+  local window = tonumber(ARGV[1 + (i - 1) * 3 + 2])
+  local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local elapsed = (now % window) / window
+  if prev * (1 - elapsed) + cur >= amount then
+    return {i, prev, cur}
+  end
+end
+for i = 1, n do
+  if ARGV[1 + (i - 1) * 3 + 3] == '1' then
+    redis.call('INCR', KEYS[2 * i - 1])
+    redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[1 + (i - 1) * 3 + 2]) * 2 + 1)
+  end
+end
+return {-1}
+"""
+
+
+class RedisBackend:
+    """Buckets in Redis: shared by every worker and instance."""
+
+    def __init__(self, url: str, fail_open: bool, prefix: str = "plano_fast:rl:") -> None:
+        import redis.asyncio as aioredis
+
+        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.script: Any = self.client.register_script(_CHECK_LUA)
+        self.fail_open = fail_open
+        self.prefix = prefix
+        self.errors = 0
+        self._down = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _keys(self, b: Bucket, now_s: float) -> tuple[str, str]:
+        n = int(now_s // b.limit.window_s)
+        base = f"{self.prefix}{b.key}:"
+        return base + str(n), base + str(n - 1)
+
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        raise RuntimeError("the Redis backend is asynchronous")
+
+    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        keys: list[str] = []
+        args: list[Any] = [repr(now_s)]
+        for b in buckets:
+            keys.extend(self._keys(b, now_s))
+            args += [b.limit.amount, b.limit.window_s, "1" if b.limit.kind == "requests" else "0"]
+        try:
+            result = await self.script(keys=keys, args=args)
+        except Exception as exc:  # noqa: BLE001 - fail as configured, logged once per outage
+            return self._failed(exc)
+        self._recovered()
+        if int(result[0]) < 0:
+            return None
+        b = buckets[int(result[0]) - 1]
+        prev, cur = int(result[1]), int(result[2])
+        return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
+
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+        targets = [b for b in buckets if b.limit.kind == "tokens"]
+        if not targets or not tokens:
+            return
+        task = asyncio.get_running_loop().create_task(self._debit(targets, tokens, now_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for b in buckets:
+                key = self._keys(b, now_s)[0]
+                pipe.incrby(key, tokens)
+                pipe.expire(key, b.limit.window_s * 2 + 1)
+            await pipe.execute()
+            self._recovered()
+        except Exception as exc:  # noqa: BLE001 - a lost debit undercounts; logged, counted
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> Verdict | None:
+        self.errors += 1
+        if not self._down:
+            self._down = True
+            log.warning("rate-limit backend unreachable (%s): %s", type(exc).__name__,
+                        "admitting (fail_open)" if self.fail_open else "refusing (fail_closed)")  # fmt: skip
+        if self.fail_open:
+            return None
+        raise BackendUnavailable()
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            log.warning("rate-limit backend reachable again")
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+
+class BackendUnavailable(ServiceUnavailable):
+    """Redis unreachable with fail_closed: 503, never forwarded unmetered."""
+
+    def __init__(self) -> None:
+        super().__init__("rate-limit state is unavailable; retry shortly")
+
+    def headers(self, fmt: ApiFormat) -> tuple[tuple[bytes, bytes], ...]:
+        return ((b"retry-after", b"1"),)
+
+
+class RateLimited(ClientError):
+    """429 in the client's format, with Retry-After and the rate-limit headers its SDK
+    reads (the openai and anthropic SDKs retry after the advertised delay)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    openai_type = "requests"
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        self.openai_type = verdict.limit.kind
+        super().__init__(
+            f"rate limit reached ({verdict.limit.describe()}); retry in "
+            f"{max(1, math.ceil(verdict.retry_after_s))} s"
+        )
+
+    def headers(self, fmt: ApiFormat) -> tuple[tuple[bytes, bytes], ...]:
+        return refusal_headers(self.verdict, fmt is ApiFormat.ANTHROPIC)
+
+
+class RateLimits:
+    """The configured limits and their backend."""
+
+    def __init__(self, limits: Sequence[Limit], backend: MemoryBackend | RedisBackend) -> None:
+        self.limits = tuple(limits)
+        self.backend = backend
+        self.by_model: dict[str, tuple[Limit, ...]] = {}
+        for limit in self.limits:
+            self.by_model[limit.model] = self.by_model.get(limit.model, ()) + (limit,)
+        self.refused = 0
+
+    @property
+    def asynchronous(self) -> bool:
+        return isinstance(self.backend, RedisBackend)
+
+    def buckets(self, models: Sequence[str | None], headers: Sequence[tuple[bytes, bytes]]) -> list[Bucket]:
+        """The buckets a request falls in (its model by any of the names given)."""
+        found: list[Bucket] = []
+        seen: set[int] = set()
+        for model in models:
+            for limit in self.by_model.get(model or "", ()):
+                if limit.index in seen:
+                    continue
+                value = _header(headers, limit.header)
+                if value is None or (limit.value != "*" and value != limit.value):
+                    continue
+                seen.add(limit.index)
+                found.append(Bucket(limit, f"{limit.index}:{value}"))
+        return found
+
+    def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
+        self.backend.debit(buckets, tokens, time.time())
+
+    def admit_now(self, buckets: Sequence[Bucket]) -> None:
+        """The in-process check (raises RateLimited)."""
+        verdict = self.backend.check_now(buckets, time.time())
+        if verdict is not None:
+            self.refused += 1
+            raise RateLimited(verdict)
+
+    async def admit(self, buckets: Sequence[Bucket]) -> None:
+        """The shared check (raises RateLimited, or BackendUnavailable when fail_closed)."""
+        verdict = await self.backend.check(buckets, time.time())
+        if verdict is not None:
+            self.refused += 1
+            raise RateLimited(verdict)
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for n, v in headers:
+        if n == name:
+            return v.decode("latin-1").strip()
+    return None
+
+
+def reset_text(seconds: float) -> str:
+    """OpenAI's x-ratelimit-reset-* format: "1s", "6m0s", "1h2m3s", "250ms"."""
+    if seconds < 1:
+        return f"{max(1, math.ceil(seconds * 1000))}ms"
+    total = math.ceil(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+
+
+def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = None) -> tuple[tuple[bytes, bytes], ...]:
+    """Retry-After and the rate-limit headers the client's SDK knows."""
+    limit = verdict.limit
+    retry = max(1, math.ceil(verdict.retry_after_s))
+    headers = [(b"retry-after", str(retry).encode())]
+    if anthropic:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_s or time.time()) + verdict.retry_after_s))
+        kind = b"tokens" if limit.kind == "tokens" else b"requests"
+        headers += [
+            (b"anthropic-ratelimit-" + kind + b"-limit", str(limit.amount).encode()),
+            (b"anthropic-ratelimit-" + kind + b"-remaining", str(verdict.remaining).encode()),
+            (b"anthropic-ratelimit-" + kind + b"-reset", stamp.encode()),
+        ]
+    else:
+        kind = b"tokens" if limit.kind == "tokens" else b"requests"
+        headers += [
+            (b"x-ratelimit-limit-" + kind, str(limit.amount).encode()),
+            (b"x-ratelimit-remaining-" + kind, str(verdict.remaining).encode()),
+            (b"x-ratelimit-reset-" + kind, reset_text(verdict.retry_after_s).encode()),
+        ]
+    return tuple(headers)
+
+
+def build(raw: object, redis_url: str | None, fail_open: bool, workers: int) -> RateLimits | None:
+    limits = parse_limits(raw)
+    if not limits:
+        return None
+    if redis_url:
+        return RateLimits(limits, RedisBackend(redis_url, fail_open))
+    if workers > 1:
+        raise RateLimitConfigError(
+            "ratelimits with --workers > 1 need plano_fast.redis_url: per-worker buckets would "
+            "multiply every limit by the number of workers"
+        )
+    return RateLimits(limits, MemoryBackend())
+
+
+def describe(raw: object) -> list[str]:
+    """One line per limit (``plano-fast validate``)."""
+    return [limit.describe() for limit in parse_limits(raw)]
+
+
+__all__ = ["BackendUnavailable", "Limit", "RateLimits", "Verdict", "build", "describe"]
