@@ -47,6 +47,7 @@ from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
 from plano_fast.store import SchemaTooOld, Store, open_store
+from plano_fast.store.migrate import prepare_schema
 from plano_fast.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -326,6 +327,10 @@ class Gateway:
             await asyncio.sleep(delay_s)
             attempt += 1
             try:
+                # As `serve` does before it listens: a new embedded SQLite database gets
+                # the schema; an older one is refused (SchemaTooOld, logged with the hint).
+                async with asyncio.timeout(STORE_OPEN_TIMEOUT_S):
+                    await prepare_schema(self.config.settings.database_url, self.config.settings.sqlite_path)
                 await self._open_store()
             except Exception as exc:  # noqa: BLE001 - one line per attempt, no traceback
                 delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)

@@ -69,7 +69,7 @@ def wait_serving(url: str, marker: str, timeout_s: float = 20.0) -> int:
     raise AssertionError(f"not serving after {timeout_s}s ({refused} x 503)")
 
 
-def assert_fails_closed(gateway: GatewayProcess, fake: FakeProviderThread, marker: str) -> None:
+def assert_fails_closed(gateway: Any, fake: FakeProviderThread, marker: str) -> None:
     status, body = chat(gateway.url, marker)
     assert status == 503
     assert body["error"]["code"] == "unavailable" and "store" in body["error"]["message"]
@@ -89,9 +89,44 @@ def assert_retried_without_traceback(gateway: GatewayProcess) -> None:
     assert "store opened after" in log
 
 
+class InProcessGateway:
+    """The Gateway object itself on its own uvloop thread, listening on a real socket
+    (``serve`` refuses an unusable SQLite path before it builds a Gateway: see below)."""
+
+    def __init__(self, config_path: Path) -> None:
+        import asyncio
+        import threading
+
+        import uvloop
+
+        from plano_fast.app import Gateway
+        from plano_fast.config import load_config
+
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = Gateway(load_config(str(config_path)), host="127.0.0.1", port=0)
+        asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop).result(30)
+        self.url = f"http://127.0.0.1:{self.gateway.port}"
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(1.0), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 def test_sqlite_path_unusable_at_start_then_usable(
-    fake: FakeProviderThread, tmp_path: Path
+    fake: FakeProviderThread, tmp_path: Path, caplog: Any
 ) -> None:
+    """The Gateway with an SQLite path it cannot open (its directory is a file) listens,
+    answers 503 without forwarding, retries, and once the path is usable creates the
+    schema of the new database (as ``serve`` does) and serves.  (``plano-fast serve``
+    itself refuses such a path with one line before starting, tests/test_cli.py.)"""
+    import logging
+
     from tests.gateway_proc import write_config
 
     blocker = tmp_path / "state"
@@ -99,23 +134,22 @@ def test_sqlite_path_unusable_at_start_then_usable(
     db_path = blocker / "gw.db"
     config = write_config(tmp_path / "plano_config.yaml", fake.port, {"sqlite_path": db_path})
     marker = f"sqlite-start-{uuid.uuid4().hex}"
-    with GatewayProcess(config, migrate=False) as gateway:
+    caplog.set_level(logging.INFO, logger="plano_fast")
+    gateway = InProcessGateway(config)
+    try:
         assert_fails_closed(gateway, fake, marker)
-        deadline = time.monotonic() + 10
-        while "store still unavailable (attempt 2" not in gateway.log_text():
-            assert time.monotonic() < deadline, "no retry logged"
-            time.sleep(0.1)
-        assert_fails_closed(gateway, fake, marker)  # still closed after a failed retry
-        # The operator fixes the path and creates the schema; no restart.
-        blocker.unlink()
+        wait_until(lambda: "store still unavailable (attempt 2" in caplog.text, 10, "a retry")
+        assert_fails_closed(gateway, fake, marker)  # still closed
+        blocker.unlink()  # the operator fixes the path; no restart
         blocker.mkdir()
-        subprocess.run([sys.executable, "-m", "plano_fast", "migrate", "--config", str(config)],
-                       check=True, cwd=ROOT, capture_output=True, env=dict(os.environ))
         wait_serving(gateway.url, marker)
         assert forwarded(fake, marker) == 1
-        rows = wait_rows(None, str(db_path), 1)
-        assert len(rows) == 1 and rows[0].status == "ok" and rows[0].priced
-        assert_retried_without_traceback(gateway)
+    finally:
+        gateway.stop()
+    rows = read_rows(None, str(db_path))
+    assert len(rows) == 1 and rows[0].status == "ok" and rows[0].priced
+    assert "store unavailable at start" in caplog.text and "store opened after" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("plano_fast") and r.exc_info]
 
 
 def test_postgres_down_at_start_then_up(
