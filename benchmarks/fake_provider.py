@@ -45,6 +45,11 @@ Control headers (per request; constructor args / CLI flags give the defaults)
 * ``x-fake-input-tokens`` ``x-fake-output-tokens`` ``x-fake-cached-tokens``
   ``x-fake-reasoning-tokens`` ``x-fake-cache-write-tokens``  usage overrides
 * ``x-fake-omit-usage: 1``        never send usage
+* ``x-fake-text``                 the answer's text instead of the canned words, sent as
+  ``x-fake-events`` roughly equal content events (chat, messages, Gemini, Responses)
+* ``x-fake-tool-call: NAME``      chat, messages and Gemini answer with one call of tool NAME
+  (no text) and the provider's tool stop reason; arguments ``x-fake-tool-args`` (a JSON
+  object, default ``{}``), streamed in two fragments where the format fragments them
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
 * ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
   ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
@@ -261,6 +266,9 @@ class _Ctl:
     retry_after: str = "1"
     fail_first: int = 0
     fail_key: str = ""
+    text: Optional[str] = None
+    tool_call: Optional[str] = None
+    tool_args: str = "{}"
 
 
 _INT_CTL = {
@@ -297,7 +305,8 @@ class _BadRequest(Exception):
 
 
 class _Ctx:
-    __slots__ = ("rid", "uid", "model", "model_json", "created", "n", "big", "usage", "omit_usage")
+    __slots__ = ("rid", "uid", "model", "model_json", "created", "n", "big", "usage", "omit_usage",
+                 "pieces")
 
     def __init__(
         self, rid: int, uid: str, model: str, model_json: bytes, n: int, big: Optional[bytes],
@@ -312,19 +321,32 @@ class _Ctx:
         self.big = big  # JSON string literal of one big text chunk (stream-bytes mode) or None
         self.usage = usage
         self.omit_usage = omit_usage
+        self.pieces: Optional[list[str]] = None  # x-fake-text, split into n events
+
+    def set_text(self, text: str) -> None:
+        n = max(1, min(self.n, len(text)))
+        step = -(-len(text) // n) or 1
+        self.pieces = [text[k:k + step] for k in range(0, len(text), step)] or [""]
+        self.n = len(self.pieces)
 
     def content(self, i: int) -> bytes:
         """JSON string literal of the text of content event ``i``."""
+        if self.pieces is not None:
+            return _dumps(self.pieces[i])
         big = self.big
         return big if big is not None else _WORDS_JSON[i % _NW]
 
     def text(self) -> str:
         """Full aggregated text (placeholder marker in stream-bytes mode)."""
+        if self.pieces is not None:
+            return "".join(self.pieces)
         if self.big is not None:
             return _MARK
         return _full_text(self.n)
 
     def text_json(self) -> bytes:
+        if self.pieces is not None:
+            return _dumps(self.text())
         if self.big is not None:
             return b'"' + _MARK_B + b'"'
         return _full_text_json(self.n)
@@ -635,6 +657,88 @@ def _gemini_events(ctx: _Ctx, sse: bool) -> Iterator[object]:
             yield (b"[" if i == 0 else b"\r\n,") + obj
     if not sse:
         yield b"\r\n]"
+
+
+# ------------------------------------------------------------------------ tool-call answers
+
+
+def _tool_json(kind: str, ctx: _Ctx, name: str, args: str) -> bytes:
+    """A whole answer that is one call of tool ``name`` (x-fake-tool-call)."""
+    u = ctx.usage
+    if kind == "chat":
+        doc: dict[str, Any] = {
+            "id": "chatcmpl-" + ctx.uid, "object": "chat.completion", "created": ctx.created,
+            "model": ctx.model, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                    {"id": "call_" + ctx.uid, "type": "function", "function": {"name": name, "arguments": args}}]}}],
+        }
+        if not ctx.omit_usage:
+            doc["usage"] = _loads(_oai_usage(u))
+    elif kind == "messages":
+        doc = {"id": "msg_" + ctx.uid, "type": "message", "role": "assistant", "model": ctx.model,
+               "content": [{"type": "tool_use", "id": "toolu_" + ctx.uid, "name": name, "input": _loads(args)}],
+               "stop_reason": "tool_use", "stop_sequence": None}
+        if not ctx.omit_usage:
+            doc["usage"] = _loads(_ant_usage(u, u.o))
+    else:
+        doc = _gem_tool_doc(ctx, name, args)
+    return _dumps(doc)
+
+
+def _gem_tool_doc(ctx: _Ctx, name: str, args: str) -> dict[str, Any]:
+    u = ctx.usage
+    doc: dict[str, Any] = {
+        "candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": name, "args": _loads(args)}}]},
+                        "finishReason": "STOP", "index": 0}],
+        "modelVersion": ctx.model, "responseId": ctx.uid,
+    }
+    if not ctx.omit_usage:
+        doc["usageMetadata"] = _loads(_gem_usage(u, max(0, u.o - u.r)))
+    return doc
+
+
+def _tool_events(kind: str, ctx: _Ctx, name: str, args: str, include_usage: bool, sse: bool) -> Iterator[object]:
+    """A streamed answer that is one call of tool ``name``; arguments in two fragments."""
+    half = len(args) // 2
+    fragments = (args[:half], args[half:])
+    u = ctx.usage
+    if kind == "chat":
+        base = {"id": "chatcmpl-" + ctx.uid, "object": "chat.completion.chunk", "created": ctx.created,
+                "model": ctx.model}
+
+        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> bytes:
+            doc = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return b"data: " + _dumps(doc) + b"\n\n"
+
+        yield chunk({"role": "assistant", "content": None})
+        yield chunk({"tool_calls": [{"index": 0, "id": "call_" + ctx.uid, "type": "function",
+                                     "function": {"name": name, "arguments": ""}}]})
+        for fragment in fragments:
+            yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+        yield chunk({}, "tool_calls")
+        if include_usage and not ctx.omit_usage:
+            yield b"data: " + _dumps({**base, "choices": [], "usage": _loads(_oai_usage(u))}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    elif kind == "messages":
+        start: dict[str, Any] = {"id": "msg_" + ctx.uid, "type": "message", "role": "assistant", "model": ctx.model,
+                                 "content": [], "stop_reason": None, "stop_sequence": None}
+        if not ctx.omit_usage:
+            start["usage"] = _loads(_ant_usage(u, 1))
+        yield _sse("message_start", {"type": "message_start", "message": start})
+        yield _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": "toolu_" + ctx.uid, "name": name, "input": {}}})
+        for fragment in fragments:
+            yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "input_json_delta", "partial_json": fragment}})
+        yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None}}
+        if not ctx.omit_usage:
+            delta["usage"] = {"output_tokens": u.o}
+        yield _sse("message_delta", delta)
+        yield _sse("message_stop", {"type": "message_stop"})
+    else:
+        doc = _dumps(_gem_tool_doc(ctx, name, args))
+        yield b"data: " + doc + b"\r\n\r\n" if sse else b"[" + doc + b"]"
 
 
 # --------------------------------------------------------------------------------- errors
@@ -1180,6 +1284,14 @@ class FakeProvider:
                     ctl.retry_after = v
                 elif name == "x-fake-fail-key":
                     ctl.fail_key = v
+                elif name == "x-fake-text":
+                    ctl.text = value
+                elif name == "x-fake-tool-call":
+                    ctl.tool_call = v
+                elif name == "x-fake-tool-args":
+                    if not isinstance(_loads(v), dict):
+                        raise ValueError(v)
+                    ctl.tool_args = v
             except ValueError:
                 raise _BadRequest("invalid value for %s: %r" % (name, value)) from None
         return ctl if ctl is not None else self._defaults
@@ -1272,9 +1384,21 @@ class FakeProvider:
         n = max(0, n)
         ctx = _Ctx(rid, "%s%012x" % (self._nonce, rid), model, self._model_bytes(model), n, big,
                    self._usage(ctl, body, n), ctl.omit_usage)
+        if ctl.text is not None:
+            ctx.set_text(ctl.text)
         extra = b"request-id: req_fake%08d\r\n" % rid if family == "anthropic" else b""
         if self.provider_headers:
             extra += _PROVIDER_HEADERS[family]
+        if ctl.tool_call is not None and kind in ("chat", "messages", "gemini", "gemini_stream"):
+            so = req.get("stream_options")
+            include_usage = isinstance(so, dict) and so.get("include_usage") is True
+            if stream:
+                sse = family != "gemini" or "alt=sse" in query
+                events = _tool_events(kind, ctx, ctl.tool_call, ctl.tool_args, include_usage, sse)
+                ctype = _CT_SSE if sse else _CT_JSON
+                return self._stream(p, ctl, rid, ctype, events, keep_alive, extra, kind, sse)
+            out = _tool_json(kind, ctx, ctl.tool_call, ctl.tool_args)
+            return self._respond(p, ctl, rid, 200, _CT_JSON, out, keep_alive, extra)
 
         if stream:
             events: Iterator[object]

@@ -22,7 +22,7 @@ more are scanned with the GIL released.
 cimport cython
 from libc.string cimport memcmp, memcpy
 from libc.stdint cimport int64_t
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from plano_fast._scan_py import (
@@ -204,6 +204,7 @@ cdef enum:
     C_TYPE_CAP = 32
     C_MAX_DIGITS = 18
     C_SPANS = 8
+    C_RAW_CAP = 4096          # bytes of the provider usage document kept for the row
     NOGIL_MIN = 1048576        # release the GIL only for inputs of 1 MiB or more
 
 MAX_DEPTH = C_MAX_DEPTH
@@ -212,6 +213,7 @@ MAX_EVENT_BYTES = C_MAX_EVENT
 MAX_HOLD_BYTES = C_MAX_HOLD
 MAX_MODEL_BYTES = C_MODEL_CAP
 MAX_TOKEN_COUNT = 999_999_999_999_999_999  # 10**C_MAX_DIGITS - 1
+MAX_RAW_USAGE_BYTES = C_RAW_CAP
 
 cdef enum:
     # APIs
@@ -279,13 +281,15 @@ cdef enum:
     SL_DETOUT1
     SL_DETIN2
     SL_DETOUT2
-    SL_F = 20        # 20..25 record 0, 26..31 record 1
-    SL_RMODEL = 40
+    SL_CC1           # Anthropic usage.cache_creation
+    SL_CC2
+    SL_F = 20        # 20..31 record 0, 32..43 record 1 (NF fields each)
+    SL_RMODEL = 50
     SL_RSTREAM
     SL_RSOPT
     SL_RINCL
-    SL_RMAX = 44     # 44..47
-    SL_RGEN = 48
+    SL_RMAX = 54     # 54..57
+    SL_RGEN = 58
 
 cdef enum:
     # container nodes
@@ -303,6 +307,8 @@ cdef enum:
     ND_REQ
     ND_SOPT
     ND_GEN
+    ND_CC1
+    ND_CC2
 
 cdef enum:
     F_IN = 0
@@ -311,6 +317,13 @@ cdef enum:
     F_CW
     F_RS
     F_HIT            # DeepSeek prompt_cache_hit_tokens: cache_read when cached_tokens is absent
+    F_TOOL           # Gemini toolUsePromptTokenCount
+    F_CW5            # Anthropic cache_creation.ephemeral_5m_input_tokens
+    F_CW1H           # Anthropic cache_creation.ephemeral_1h_input_tokens
+    F_AIN            # OpenAI chat prompt_tokens_details.audio_tokens
+    F_AOUT           # OpenAI chat completion_tokens_details.audio_tokens
+    F_TOT            # OpenAI chat total_tokens (tells xAI's reasoning-outside-completion)
+    NF               # fields per usage record
 
 cdef enum:
     # record states
@@ -353,7 +366,12 @@ ERR_TEXT[10] = b"unexpected end of input"
 
 
 cdef struct Acc:
-    int64_t v[5]
+    int64_t v[NF]    # raw provider fields (F_*), merged; normalized by UsageScanner.result
+    # the provider's usage object(s) as received, wrapped (see raw_piece); raw_len -1: over
+    # C_RAW_CAP (not kept).  raw_set: pend -- this document has some; acc -- some seen
+    bint raw_set
+    Py_ssize_t raw_len
+    unsigned char raw[C_RAW_CAP]
     bint has_usage
     bint is_error
     bint model_set
@@ -362,10 +380,11 @@ cdef struct Acc:
 
 cdef struct URec:
     int status
-    int fst[6]
-    int64_t fv[6]
+    int fst[NF]
+    int64_t fv[NF]
     int det_in
     int det_out
+    int cc
 
 cdef struct DocRec:
     int model_st0
@@ -378,6 +397,9 @@ cdef struct DocRec:
     bint typ
     unsigned char type_buf[C_TYPE_CAP]
     URec u[2]
+    # the bytes of u[i]'s object (-1: over C_RAW_CAP)
+    Py_ssize_t raw_len[2]
+    unsigned char raw[2][C_RAW_CAP]
     int choices
     # strip_usage_chunk: the single top-level "usage":null member
     int usage_members
@@ -471,6 +493,11 @@ cdef struct Walker:
     DocRec *doc
     ReqRec *req
     Acc *pend
+    # usage object capture (responses): the buffer being walked, the open usage record
+    const unsigned char *cur_buf
+    int64_t cur_base
+    int rec             # 0: none, else 1 + the record (u[rec - 1]) being captured
+    Py_ssize_t rec_from # where the capture resumes in cur_buf
 
 
 # ------------------------------------------------------------------------------------------
@@ -478,14 +505,12 @@ cdef struct Walker:
 
 cdef inline void urec_clear(URec *r) noexcept nogil:
     # values (fv) are only read when their state is ST_OK: no need to clear them
-    r.fst[0] = ST_ABSENT
-    r.fst[1] = ST_ABSENT
-    r.fst[2] = ST_ABSENT
-    r.fst[3] = ST_ABSENT
-    r.fst[4] = ST_ABSENT
-    r.fst[5] = ST_ABSENT
+    cdef int i
+    for i in range(NF):
+        r.fst[i] = ST_ABSENT
     r.det_in = ST_ABSENT
     r.det_out = ST_ABSENT
+    r.cc = ST_ABSENT
 
 
 cdef inline void doc_reset(DocRec *d) noexcept nogil:
@@ -548,6 +573,7 @@ cdef inline void w_reset(Walker *w) noexcept nogil:
     w.vslot[0] = SL_NONE
     w.vslot[1] = SL_NONE
     w.vslot[2] = SL_NONE
+    w.rec = 0
     if w.req != NULL:
         req_reset(w.req)
     # the document record is reset when a document object opens (open_obj)
@@ -561,7 +587,7 @@ cdef inline int w_fail(Walker *w, int code, int64_t pos) noexcept nogil:
 
 
 cdef inline bint is_int_slot(int slot) noexcept nogil:
-    return (SL_F <= slot < SL_F + 12) or (SL_RMAX <= slot < SL_RMAX + 4)
+    return (SL_F <= slot < SL_F + 2 * NF) or (SL_RMAX <= slot < SL_RMAX + 4)
 
 
 cdef inline int bool_state(int kind) noexcept nogil:
@@ -607,7 +633,7 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         return
     if slot >= SL_F:
         i = slot - SL_F
-        d.u[i // 6].fst[i % 6] = null_or_bad(kind)
+        d.u[i // NF].fst[i % NF] = null_or_bad(kind)
     elif slot == SL_MODEL1:
         d.model_st0 = ST_ABSENT
     elif slot == SL_MODEL2:
@@ -630,11 +656,18 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         i = 0 if slot == SL_DETIN1 else 1
         d.u[i].fst[F_CR] = ST_ABSENT
         d.u[i].fst[F_CW] = ST_ABSENT
+        d.u[i].fst[F_AIN] = ST_ABSENT
         d.u[i].det_in = null_or_bad(kind)
     elif slot == SL_DETOUT1 or slot == SL_DETOUT2:
         i = 0 if slot == SL_DETOUT1 else 1
         d.u[i].fst[F_RS] = ST_ABSENT
+        d.u[i].fst[F_AOUT] = ST_ABSENT
         d.u[i].det_out = null_or_bad(kind)
+    elif slot == SL_CC1 or slot == SL_CC2:
+        i = slot - SL_CC1
+        d.u[i].fst[F_CW5] = ST_ABSENT
+        d.u[i].fst[F_CW1H] = ST_ABSENT
+        d.u[i].cc = null_or_bad(kind)
 
 
 cdef int open_obj(Walker *w, int slot) noexcept nogil:
@@ -663,13 +696,21 @@ cdef int open_obj(Walker *w, int slot) noexcept nogil:
         i = 0 if slot == SL_DETIN1 else 1
         d.u[i].fst[F_CR] = ST_ABSENT
         d.u[i].fst[F_CW] = ST_ABSENT
+        d.u[i].fst[F_AIN] = ST_ABSENT
         d.u[i].det_in = ST_OK
         return ND_DETIN1 if i == 0 else ND_DETIN2
     if slot == SL_DETOUT1 or slot == SL_DETOUT2:
         i = 0 if slot == SL_DETOUT1 else 1
         d.u[i].fst[F_RS] = ST_ABSENT
+        d.u[i].fst[F_AOUT] = ST_ABSENT
         d.u[i].det_out = ST_OK
         return ND_DETOUT1 if i == 0 else ND_DETOUT2
+    if slot == SL_CC1 or slot == SL_CC2:
+        i = slot - SL_CC1
+        d.u[i].fst[F_CW5] = ST_ABSENT
+        d.u[i].fst[F_CW1H] = ST_ABSENT
+        d.u[i].cc = ST_OK
+        return ND_CC1 + i
     if slot == SL_RSOPT:
         w.req.sopt = ST_OK
         w.req.incl = ST_ABSENT
@@ -746,54 +787,77 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
         rec = node - ND_USAGE1
         if api == A_CHAT:
             if key_is(k, n, "prompt_tokens", 13):
-                return SL_F + rec * 6 + F_IN
+                return SL_F + rec * NF + F_IN
             if key_is(k, n, "completion_tokens", 17):
-                return SL_F + rec * 6 + F_OUT
+                return SL_F + rec * NF + F_OUT
             if key_is(k, n, "prompt_tokens_details", 21):
                 return SL_DETIN1 if rec == 0 else SL_DETIN2
             if key_is(k, n, "completion_tokens_details", 25):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
             if key_is(k, n, "prompt_cache_hit_tokens", 23):
-                return SL_F + rec * 6 + F_HIT
+                return SL_F + rec * NF + F_HIT
+            if key_is(k, n, "total_tokens", 12):
+                return SL_F + rec * NF + F_TOT
         elif api == A_RESP:
             if key_is(k, n, "input_tokens", 12):
-                return SL_F + rec * 6 + F_IN
+                return SL_F + rec * NF + F_IN
             if key_is(k, n, "output_tokens", 13):
-                return SL_F + rec * 6 + F_OUT
+                return SL_F + rec * NF + F_OUT
             if key_is(k, n, "input_tokens_details", 20):
                 return SL_DETIN1 if rec == 0 else SL_DETIN2
             if key_is(k, n, "output_tokens_details", 21):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
         elif api == A_ANTH:
             if key_is(k, n, "input_tokens", 12):
-                return SL_F + rec * 6 + F_IN
+                return SL_F + rec * NF + F_IN
             if key_is(k, n, "output_tokens", 13):
-                return SL_F + rec * 6 + F_OUT
+                return SL_F + rec * NF + F_OUT
             if key_is(k, n, "cache_read_input_tokens", 23):
-                return SL_F + rec * 6 + F_CR
+                return SL_F + rec * NF + F_CR
             if key_is(k, n, "cache_creation_input_tokens", 27):
-                return SL_F + rec * 6 + F_CW
+                return SL_F + rec * NF + F_CW
+            if key_is(k, n, "cache_creation", 14):
+                return SL_CC1 + rec
+            if key_is(k, n, "output_tokens_details", 21):
+                return SL_DETOUT1 if rec == 0 else SL_DETOUT2
         else:
             if key_is(k, n, "promptTokenCount", 16):
-                return SL_F + rec * 6 + F_IN
+                return SL_F + rec * NF + F_IN
             if key_is(k, n, "candidatesTokenCount", 20):
-                return SL_F + rec * 6 + F_OUT
+                return SL_F + rec * NF + F_OUT
             if key_is(k, n, "cachedContentTokenCount", 23):
-                return SL_F + rec * 6 + F_CR
+                return SL_F + rec * NF + F_CR
             if key_is(k, n, "thoughtsTokenCount", 18):
-                return SL_F + rec * 6 + F_RS
+                return SL_F + rec * NF + F_RS
+            if key_is(k, n, "toolUsePromptTokenCount", 23):
+                return SL_F + rec * NF + F_TOOL
         return SL_NONE
     if node == ND_DETIN1 or node == ND_DETIN2:
         rec = 0 if node == ND_DETIN1 else 1
         if key_is(k, n, "cached_tokens", 13):
-            return SL_F + rec * 6 + F_CR
+            return SL_F + rec * NF + F_CR
         if key_is(k, n, "cache_write_tokens", 18):
-            return SL_F + rec * 6 + F_CW
+            return SL_F + rec * NF + F_CW
+        if api == A_CHAT and key_is(k, n, "audio_tokens", 12):
+            return SL_F + rec * NF + F_AIN
         return SL_NONE
     if node == ND_DETOUT1 or node == ND_DETOUT2:
         rec = 0 if node == ND_DETOUT1 else 1
+        if api == A_ANTH:
+            if key_is(k, n, "thinking_tokens", 15):
+                return SL_F + rec * NF + F_RS
+            return SL_NONE
         if key_is(k, n, "reasoning_tokens", 16):
-            return SL_F + rec * 6 + F_RS
+            return SL_F + rec * NF + F_RS
+        if api == A_CHAT and key_is(k, n, "audio_tokens", 12):
+            return SL_F + rec * NF + F_AOUT
+        return SL_NONE
+    if node == ND_CC1 or node == ND_CC2:
+        rec = node - ND_CC1
+        if key_is(k, n, "ephemeral_5m_input_tokens", 25):
+            return SL_F + rec * NF + F_CW5
+        if key_is(k, n, "ephemeral_1h_input_tokens", 25):
+            return SL_F + rec * NF + F_CW1H
         return SL_NONE
     if node == ND_REQ or node == ND_SOPT or node == ND_GEN:
         return req_seen(w.req, req_key_slot(node, k, n))
@@ -842,9 +906,9 @@ cdef inline int req_seen(ReqRec *r, int slot) noexcept nogil:
 
 cdef inline bint urec_eval(URec *r) noexcept nogil:
     cdef int i
-    if r.status != ST_OK or r.det_in == ST_BAD or r.det_out == ST_BAD:
+    if r.status != ST_OK or r.det_in == ST_BAD or r.det_out == ST_BAD or r.cc == ST_BAD:
         return 0
-    for i in range(6):
+    for i in range(NF):
         if r.fst[i] == ST_BAD:
             return 0
     return r.fst[F_IN] == ST_OK or r.fst[F_OUT] == ST_OK
@@ -869,18 +933,22 @@ cdef void doc_eval(Walker *w) noexcept nogil:
         memcpy(a.model, d.model_buf1, d.model_len1)
     if api == A_ANTH:
         if urec_eval(&d.u[1]):
-            for i in range(5):
+            for i in range(NF):
                 if d.u[1].fst[i] == ST_OK:
                     a.v[i] = d.u[1].fv[i]
+            raw_piece(a, d, 1, api)
         if urec_eval(&d.u[0]):
-            for i in range(5):
+            for i in range(NF):
                 if d.u[0].fst[i] == ST_OK:
                     a.v[i] = d.u[0].fv[i]
             a.has_usage = 1
+            raw_piece(a, d, 0, api)
         return
-    r = &d.u[0] if d.u[0].status != ST_ABSENT else &d.u[1]
+    i = 0 if d.u[0].status != ST_ABSENT else 1
+    r = &d.u[i]
     if urec_eval(r):
-        for i in range(5):
+        raw_piece(a, d, i, api)
+        for i in range(NF):
             a.v[i] = r.fv[i] if r.fst[i] == ST_OK else 0
         if r.fst[F_CR] != ST_OK and r.fst[F_HIT] == ST_OK:
             a.v[F_CR] = r.fv[F_HIT]
@@ -964,6 +1032,10 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
             w.vkind[depth] = K_OBJ if c == b'{' else K_ARR
         if c == b'{':
             node = open_obj(w, slot)
+            if node == ND_USAGE1 or node == ND_USAGE2:
+                w.rec = 1 + node - ND_USAGE1
+                w.rec_from = off - w.cur_base
+                w.doc.raw_len[node - ND_USAGE1] = 0
             w.kind[depth] = K_OBJ
             w.state = W_KEY_OR_CLOSE
             if depth == 1:
@@ -1058,12 +1130,76 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
     return 0
 
 
+cdef void raw_copy(Walker *w, Py_ssize_t upto) noexcept nogil:
+    """Append cur_buf[rec_from:upto] to the captured usage object."""
+    cdef int i = w.rec - 1
+    cdef Py_ssize_t n = upto - w.rec_from
+    cdef Py_ssize_t have = w.doc.raw_len[i]
+    if n > 0 and have >= 0:
+        if have + n > C_RAW_CAP:
+            w.doc.raw_len[i] = -1
+        else:
+            memcpy(w.doc.raw[i] + have, w.cur_buf + w.rec_from, n)
+            w.doc.raw_len[i] = have + n
+    w.rec_from = upto
+
+
+cdef int w_feed_cap(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base) noexcept nogil:
+    """``w_feed`` for responses: also captures the bytes of the usage objects."""
+    cdef int rc
+    w.cur_buf = buf
+    w.cur_base = base
+    w.rec_from = 0
+    rc = w_feed(w, buf, n, base)
+    if rc == 0 and w.rec:
+        raw_copy(w, n)
+    return rc
+
+
+cdef inline void raw_put(Acc *a, const void *s, Py_ssize_t n) noexcept nogil:
+    if a.raw_len < 0:
+        return
+    if a.raw_len + n > C_RAW_CAP - 2:  # room for the "[" "]" around Anthropic's pieces
+        a.raw_len = -1
+        return
+    memcpy(a.raw + a.raw_len, s, n)
+    a.raw_len += n
+
+
+cdef void raw_piece(Acc *a, DocRec *d, int rec, int api) noexcept nogil:
+    """The document piece of a usage object that counted: it replaces the previous one
+    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``), or for Anthropic, whose objects merge
+    field by field, is appended after a comma (``{"message":{"usage":U}}`` for
+    message_start's)."""
+    a.raw_set = 1
+    if api != A_ANTH:
+        a.raw_len = 0
+    elif a.raw_len > 0:
+        raw_put(a, b",", 1)
+    if d.raw_len[rec] < 0:
+        a.raw_len = -1
+    elif api == A_GEM:
+        raw_put(a, b'{"usageMetadata":', 17)
+    elif api == A_ANTH and rec == 1:
+        raw_put(a, b'{"message":{"usage":', 20)
+    else:
+        raw_put(a, b'{"usage":', 9)
+    raw_put(a, d.raw[rec], d.raw_len[rec])
+    if api == A_ANTH and rec == 1:
+        raw_put(a, b"}}", 2)
+    else:
+        raw_put(a, b"}", 1)
+
+
 cdef inline void container_done(Walker *w, int64_t off) noexcept nogil:
     """The container at the top of the stack closed (``off`` = after the bracket)."""
     cdef int depth = w.depth - 1
     w.depth = depth
     if w.node[depth] == ND_DOC:
         doc_eval(w)
+    elif w.rec and (w.node[depth] == ND_USAGE1 or w.node[depth] == ND_USAGE2):
+        raw_copy(w, off - w.cur_base)
+        w.rec = 0
     if depth <= 2:
         value_end(w, off)
     w.state = W_DONE if depth == 0 else W_AFTER
@@ -1379,8 +1515,8 @@ cdef void num_done(Walker *w, int64_t off) noexcept nogil:
             w.req.maxv[i] = w.num_val
         else:
             i = slot - SL_F
-            w.doc.u[i // 6].fst[i % 6] = st
-            w.doc.u[i // 6].fv[i % 6] = w.num_val
+            w.doc.u[i // NF].fst[i % NF] = st
+            w.doc.u[i // NF].fv[i % NF] = w.num_val
     scalar_done(w, off)
 
 
@@ -1673,8 +1809,8 @@ cdef inline const unsigned char *int_fast(Walker *w, const unsigned char *p, con
         w.req.maxv[i] = v
     else:
         i = slot - SL_F
-        w.doc.u[i // 6].fst[i % 6] = st
-        w.doc.u[i // 6].fv[i % 6] = v
+        w.doc.u[i // NF].fst[i % NF] = st
+        w.doc.u[i // NF].fv[i % NF] = v
     scalar_done(w, off + (q - p))
     return q
 
@@ -2032,10 +2168,16 @@ cdef class Usage:
     cdef readonly bint has_usage
     cdef readonly object model
     cdef readonly bint is_error
+    cdef readonly int64_t tool_use_prompt_tokens
+    cdef readonly int64_t cache_write_1h_tokens
+    cdef readonly int64_t audio_input_tokens
+    cdef readonly int64_t audio_output_tokens
 
     def __init__(self, int64_t input_tokens=0, int64_t output_tokens=0, int64_t cache_read_tokens=0,
                  int64_t cache_write_tokens=0, int64_t reasoning_tokens=0, bint has_usage=False,
-                 model=None, bint is_error=False):
+                 model=None, bint is_error=False, int64_t tool_use_prompt_tokens=0,
+                 int64_t cache_write_1h_tokens=0, int64_t audio_input_tokens=0,
+                 int64_t audio_output_tokens=0):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cache_read_tokens = cache_read_tokens
@@ -2044,11 +2186,16 @@ cdef class Usage:
         self.has_usage = has_usage
         self.model = model
         self.is_error = is_error
+        self.tool_use_prompt_tokens = tool_use_prompt_tokens
+        self.cache_write_1h_tokens = cache_write_1h_tokens
+        self.audio_input_tokens = audio_input_tokens
+        self.audio_output_tokens = audio_output_tokens
 
     def _key(self):
         return (self.input_tokens, self.output_tokens, self.cache_read_tokens,
                 self.cache_write_tokens, self.reasoning_tokens, self.has_usage, self.model,
-                self.is_error)
+                self.is_error, self.tool_use_prompt_tokens, self.cache_write_1h_tokens,
+                self.audio_input_tokens, self.audio_output_tokens)
 
     def __repr__(self):
         return (
@@ -2056,7 +2203,11 @@ cdef class Usage:
             f"cache_read_tokens={self.cache_read_tokens}, "
             f"cache_write_tokens={self.cache_write_tokens}, "
             f"reasoning_tokens={self.reasoning_tokens}, has_usage={self.has_usage}, "
-            f"model={self.model!r}, is_error={self.is_error})"
+            f"model={self.model!r}, is_error={self.is_error}, "
+            f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
+            f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
+            f"audio_input_tokens={self.audio_input_tokens}, "
+            f"audio_output_tokens={self.audio_output_tokens})"
         )
 
     def __eq__(self, other):
@@ -2087,6 +2238,54 @@ cdef enum:
     DEC_CUT
 
 cdef const unsigned char *NEWLINE = b"\n"
+
+
+cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
+    """The row convention (see plano_fast._scan_py, "Normalized usage") from raw fields."""
+    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0
+    if api == A_ANTH:
+        cr = v[F_CR]
+        cw = v[F_CW]
+        if v[F_CW5] + v[F_CW1H] > cw:
+            cw = v[F_CW5] + v[F_CW1H]
+        cw1h = v[F_CW1H]
+        inp = v[F_IN] + cr + cw
+        out = v[F_OUT]
+        rs = v[F_RS]
+    elif api == A_GEM:
+        tool = v[F_TOOL]
+        inp = v[F_IN] + tool
+        cr = v[F_CR]
+        cw = 0
+        rs = v[F_RS]
+        out = v[F_OUT] + rs
+    else:
+        inp = v[F_IN]
+        cr = v[F_CR]
+        cw = v[F_CW]
+        rs = v[F_RS]
+        out = v[F_OUT]
+        if api == A_CHAT:
+            ain = v[F_AIN]
+            aout = v[F_AOUT]
+            if rs > 0 and v[F_TOT] == inp + out + rs:
+                out += rs  # reasoning reported outside completion_tokens (xAI)
+    # subsets never exceed their totals (a malformed object must not bill negative tokens)
+    cr = min64(cr, inp)
+    cw = min64(cw, inp - cr)
+    u.input_tokens = inp
+    u.cache_read_tokens = cr
+    u.cache_write_tokens = cw
+    u.cache_write_1h_tokens = min64(cw1h, cw)
+    u.tool_use_prompt_tokens = min64(tool, inp)
+    u.audio_input_tokens = min64(ain, inp - cr - cw)
+    u.output_tokens = out
+    u.reasoning_tokens = min64(rs, out)
+    u.audio_output_tokens = min64(aout, out)
 
 
 @cython.freelist(8)
@@ -2161,9 +2360,23 @@ cdef class UsageScanner:
         self.pend.has_usage = self.acc.has_usage
         self.pend.is_error = self.acc.is_error
         self.pend.model_set = 0
+        self.pend.raw_set = 0
+        self.pend.raw_len = 0
 
     cdef inline void commit(self) noexcept:
         memcpy(self.acc.v, self.pend.v, sizeof(self.acc.v))
+        if self.pend.raw_set:
+            self.acc.raw_set = 1
+            if self.api != A_ANTH:
+                self.acc.raw_len = self.pend.raw_len
+                if self.pend.raw_len > 0:
+                    memcpy(self.acc.raw, self.pend.raw, self.pend.raw_len)
+            elif self.pend.raw_len < 0:
+                self.acc.raw_len = -1
+            else:
+                if self.acc.raw_len > 0:
+                    raw_put(&self.acc, b",", 1)
+                raw_put(&self.acc, self.pend.raw, self.pend.raw_len)
         self.acc.has_usage = self.pend.has_usage
         self.acc.is_error = self.acc.is_error or self.pend.is_error
         if self.pend.model_set:
@@ -2241,14 +2454,22 @@ cdef class UsageScanner:
             return bytes(out)
         return b""
 
+    def raw_usage(self):
+        """The provider's usage object(s) as received, in a document that scans (with this
+        API, not streaming) to the same counts; ``None`` when no usage was read or the
+        document would exceed MAX_RAW_USAGE_BYTES (see plano_fast._scan_py)."""
+        cdef Acc *a = &self.acc
+        if not a.has_usage or not a.raw_set or a.raw_len <= 0:
+            return None
+        doc = PyBytes_FromStringAndSize(<const char *>a.raw, a.raw_len)
+        if self.api == A_ANTH:
+            return b"[" + doc + b"]"
+        return doc
+
     def result(self):
         """The usage read so far (final after finish())."""
         cdef Usage u = Usage.__new__(Usage)
-        u.input_tokens = self.acc.v[0]
-        u.output_tokens = self.acc.v[1]
-        u.cache_read_tokens = self.acc.v[2]
-        u.cache_write_tokens = self.acc.v[3]
-        u.reasoning_tokens = self.acc.v[4]
+        normalize(self.api, self.acc.v, u)
         u.has_usage = self.acc.has_usage
         u.is_error = self.acc.is_error
         if not self.model_valid:
@@ -2268,9 +2489,9 @@ cdef class UsageScanner:
             return
         if n >= NOGIL_MIN:
             with nogil:
-                w_feed(&self.w, buf, n, self.gpos)
+                w_feed_cap(&self.w, buf, n, self.gpos)
         else:
-            w_feed(&self.w, buf, n, self.gpos)
+            w_feed_cap(&self.w, buf, n, self.gpos)
 
     # -- SSE ------------------------------------------------------------------------------------
 
@@ -2288,7 +2509,7 @@ cdef class UsageScanner:
         if self.data_len > C_MAX_EVENT:
             self.data_over = 1
             return
-        w_feed(&self.w, p, n, off)
+        w_feed_cap(&self.w, p, n, off)
 
     cdef void field_line_end(self) noexcept:
         """A line without ':' ended: the whole line is the field name, value empty."""

@@ -38,27 +38,54 @@ Request side (:func:`scan_request`, :func:`rewrite_request`)
 
 Response side (:class:`UsageScanner`)
 -------------------------------------
-Mapping into :class:`Usage` (numbers are exactly what the provider reported; nothing is
-derived or subtracted):
+Normalized usage: :class:`Usage` follows one row convention whatever the provider (issue 18),
+derived from the provider's documented fields:
 
-=================  =====================  ======================  ===========================  ================================  ========================
-API                input_tokens           output_tokens           cache_read_tokens            cache_write_tokens                reasoning_tokens
-=================  =====================  ======================  ===========================  ================================  ========================
-OpenAI chat        usage.prompt_tokens    usage.completion_tokens prompt_tokens_details        prompt_tokens_details             completion_tokens_details
-                                                                  .cached_tokens (else         .cache_write_tokens               .reasoning_tokens
-                                                                  DeepSeek's usage
-                                                                  .prompt_cache_hit_tokens)
-OpenAI Responses   usage.input_tokens     usage.output_tokens     input_tokens_details         input_tokens_details              output_tokens_details
-                                                                  .cached_tokens               .cache_write_tokens               .reasoning_tokens
-Anthropic          usage.input_tokens     usage.output_tokens     cache_read_input_tokens      cache_creation_input_tokens       (0)
-Gemini             usageMetadata          usageMetadata           usageMetadata                (0)                               usageMetadata
-                   .promptTokenCount      .candidatesTokenCount   .cachedContentTokenCount                                       .thoughtsTokenCount
-=================  =====================  ======================  ===========================  ================================  ========================
+* ``input_tokens``: every prompt token the request consumed (uncached + cache read + cache
+  write + tool-use prompt);
+* ``cache_read_tokens``, ``cache_write_tokens`` (of which ``cache_write_1h_tokens``),
+  ``tool_use_prompt_tokens``, ``audio_input_tokens``: subsets of ``input_tokens``;
+* ``output_tokens``: every billed output token (visible + reasoning/thinking);
+* ``reasoning_tokens``, ``audio_output_tokens``: subsets of ``output_tokens``.
 
-Semantics therefore differ per provider and are left to the caller: OpenAI/Gemini input
-*includes* cached tokens, Anthropic ``input_tokens`` excludes cache reads and writes; OpenAI
-output includes reasoning, Gemini ``candidatesTokenCount`` excludes thoughts, xAI reports
-reasoning outside ``completion_tokens``.
+=================  ==========================================  ================================================
+API                input side                                  output side
+=================  ==========================================  ================================================
+OpenAI chat        ``prompt_tokens`` (cached ⊂);               ``completion_tokens`` (reasoning ⊂);
+                   cache read ``prompt_tokens_details          reasoning ``completion_tokens_details
+                   .cached_tokens`` (else DeepSeek's           .reasoning_tokens``; audio ``.audio_tokens``.
+                   ``prompt_cache_hit_tokens``); cache write   When ``total_tokens == prompt + completion +
+                   ``.cache_write_tokens``; audio              reasoning`` with reasoning > 0 (xAI reports
+                   ``.audio_tokens``                           reasoning outside completion) output =
+                                                               completion + reasoning
+OpenAI Responses   ``input_tokens``; ``input_tokens_details    ``output_tokens``; ``output_tokens_details
+                   .cached_tokens`` / ``.cache_write_tokens``  .reasoning_tokens``
+Anthropic          ``input_tokens + cache_read_input_tokens    ``output_tokens``; reasoning
+                   + cache_creation_input_tokens``; cache      ``output_tokens_details.thinking_tokens``
+                   write = ``cache_creation_input_tokens``
+                   (at least ``cache_creation
+                   .ephemeral_5m_input_tokens +
+                   ephemeral_1h_input_tokens``), 1h part
+                   ``ephemeral_1h_input_tokens``
+Gemini             ``promptTokenCount +                        ``candidatesTokenCount + thoughtsTokenCount``;
+                   toolUsePromptTokenCount``; cache read       reasoning ``thoughtsTokenCount``
+                   ``cachedContentTokenCount``; tool-use
+                   ``toolUsePromptTokenCount``
+=================  ==========================================  ================================================
+
+A subset larger than its total (a malformed or inconsistent object, e.g. an OpenRouter
+recording with ``reasoning_tokens`` 11 > ``completion_tokens`` 10) is capped at what is left
+of the total, in the order cache read, cache write, 1h write / tool-use / audio: a row never
+holds a negative uncached or visible count.  Totals are never raised to fit a subset.
+
+The provider's own usage objects are kept too (:meth:`UsageScanner.raw_usage`), byte for byte
+as received, in a document that scans (same API, not streaming) to the same row: the last
+usage object that counted as ``{"usage":U}`` (Gemini ``{"usageMetadata":U}``, wherever it was
+found: top level, ``x_groq``, ``response``); for Anthropic, whose objects merge field by
+field, every one that counted, in order, ``[{"message":{"usage":START}},{"usage":DELTA},...]``.
+``None`` when no usage counted or the document would exceed :data:`MAX_RAW_USAGE_BYTES`
+(4 KiB).  The compiled scanner copies the bytes while it walks them.  OpenAI
+``/v1/embeddings`` usage (``prompt_tokens``, ``total_tokens``) reads with the chat API.
 
 Where the usage object is looked for, per JSON document (a non-streamed body, or the ``data``
 of one SSE event; a top-level array is treated as a sequence of documents, which covers
@@ -70,8 +97,9 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
   any event (in practice ``response.completed`` / ``response.incomplete`` /
   ``response.failed``; the earlier events carry ``null``, which is ignored).
 * Anthropic: top-level ``usage`` (non-streamed body, ``message_delta``) and ``message.usage``
-  (``message_start``).  Anthropic fields are merged one by one, later values win, so
-  ``message_delta`` counts override ``message_start`` ones when present.  Only a top-level
+  (``message_start``).  Anthropic fields (including the ones inside ``cache_creation`` and
+  ``output_tokens_details``) are merged one by one, later values win, so ``message_delta``
+  counts override ``message_start`` ones when present.  Only a top-level
   ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
   in the fields but reports ``has_usage=False`` (its output count is a placeholder).
 * Gemini: ``usageMetadata`` (cumulative: the last one wins).
@@ -79,7 +107,8 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
 
 A usage object counts only when it is an object, at least one of its input/output counts is
 present, every count that is present (and not ``null``) is an integer
-``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` member is an object or ``null``;
+``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` / ``cache_creation`` member that is read
+is an object or ``null``;
 otherwise it is ignored (``has_usage`` stays as it was: never a made-up number).  Absent
 counts read as 0.  ``model`` is the top-level ``model`` string (Gemini ``modelVersion``;
 Responses ``response.model`` and Anthropic ``message.model`` when the top-level one is
@@ -140,6 +169,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_HOLD_BYTES",
     "MAX_MODEL_BYTES",
+    "MAX_RAW_USAGE_BYTES",
     "MAX_TOKEN_COUNT",
     "RequestFields",
     "ScanError",
@@ -166,6 +196,7 @@ MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
 MAX_HOLD_BYTES: Final = 64 * 1024
 MAX_MODEL_BYTES: Final = 256
 MAX_TOKEN_COUNT: Final = 10**18 - 1
+MAX_RAW_USAGE_BYTES: Final = 4096
 
 # Error messages shared with the compiled module (type errors; syntax messages differ).
 MSG_NOT_OBJECT: Final = "request body must be a JSON object"
@@ -500,7 +531,10 @@ class Usage:
     """Token usage read from a response body or stream."""
 
     __slots__ = (
+        "audio_input_tokens",
+        "audio_output_tokens",
         "cache_read_tokens",
+        "cache_write_1h_tokens",
         "cache_write_tokens",
         "has_usage",
         "input_tokens",
@@ -508,6 +542,7 @@ class Usage:
         "model",
         "output_tokens",
         "reasoning_tokens",
+        "tool_use_prompt_tokens",
     )
 
     def __init__(
@@ -520,6 +555,10 @@ class Usage:
         has_usage: bool = False,
         model: str | None = None,
         is_error: bool = False,
+        tool_use_prompt_tokens: int = 0,
+        cache_write_1h_tokens: int = 0,
+        audio_input_tokens: int = 0,
+        audio_output_tokens: int = 0,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -529,8 +568,12 @@ class Usage:
         self.has_usage = has_usage
         self.model = model
         self.is_error = is_error
+        self.tool_use_prompt_tokens = tool_use_prompt_tokens
+        self.cache_write_1h_tokens = cache_write_1h_tokens
+        self.audio_input_tokens = audio_input_tokens
+        self.audio_output_tokens = audio_output_tokens
 
-    def _key(self) -> tuple[int, int, int, int, int, bool, str | None, bool]:
+    def _key(self) -> tuple[object, ...]:
         return (
             self.input_tokens,
             self.output_tokens,
@@ -540,6 +583,10 @@ class Usage:
             self.has_usage,
             self.model,
             self.is_error,
+            self.tool_use_prompt_tokens,
+            self.cache_write_1h_tokens,
+            self.audio_input_tokens,
+            self.audio_output_tokens,
         )
 
     def __repr__(self) -> str:
@@ -548,7 +595,11 @@ class Usage:
             f"cache_read_tokens={self.cache_read_tokens}, "
             f"cache_write_tokens={self.cache_write_tokens}, "
             f"reasoning_tokens={self.reasoning_tokens}, has_usage={self.has_usage}, "
-            f"model={self.model!r}, is_error={self.is_error})"
+            f"model={self.model!r}, is_error={self.is_error}, "
+            f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
+            f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
+            f"audio_input_tokens={self.audio_input_tokens}, "
+            f"audio_output_tokens={self.audio_output_tokens})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -579,49 +630,102 @@ def _details(value: Any) -> dict[str, Any]:
     return value
 
 
-_Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+# Raw fields, in this order (absent: None): the provider's own counts, nothing derived.
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT = range(11)
+_NRAW: Final = 11
+_Counts = tuple[int | None, ...]
 
 
 def _usage_counts(api: int, usage: Any) -> _Counts | None:
-    """(input, output, cache_read, cache_write, reasoning) with None for absent, or None when
-    the usage object does not count."""
+    """The raw fields (see ``_IN``...) with None for absent, or None when the usage object
+    does not count."""
     if type(usage) is not dict:
         return None
+    raw: list[int | None] = [None] * _NRAW
     try:
         if api == API_OPENAI_CHAT or api == API_OPENAI_RESPONSES:
             chat = api == API_OPENAI_CHAT
-            inp = _count(usage.get("prompt_tokens" if chat else "input_tokens"))
-            out = _count(usage.get("completion_tokens" if chat else "output_tokens"))
+            raw[_IN] = _count(usage.get("prompt_tokens" if chat else "input_tokens"))
+            raw[_OUT] = _count(usage.get("completion_tokens" if chat else "output_tokens"))
             in_details = _details(
                 usage.get("prompt_tokens_details" if chat else "input_tokens_details")
             )
             out_details = _details(
                 usage.get("completion_tokens_details" if chat else "output_tokens_details")
             )
-            cache_read = _count(in_details.get("cached_tokens"))
-            cache_write = _count(in_details.get("cache_write_tokens"))
-            reasoning = _count(out_details.get("reasoning_tokens"))
+            raw[_CR] = _count(in_details.get("cached_tokens"))
+            raw[_CW] = _count(in_details.get("cache_write_tokens"))
+            raw[_RS] = _count(out_details.get("reasoning_tokens"))
             if chat:
                 hit = _count(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
-                if cache_read is None:
-                    cache_read = hit
+                if raw[_CR] is None:
+                    raw[_CR] = hit
+                raw[_AIN] = _count(in_details.get("audio_tokens"))
+                raw[_AOUT] = _count(out_details.get("audio_tokens"))
+                raw[_TOT] = _count(usage.get("total_tokens"))
         elif api == API_ANTHROPIC:
-            inp = _count(usage.get("input_tokens"))
-            out = _count(usage.get("output_tokens"))
-            cache_read = _count(usage.get("cache_read_input_tokens"))
-            cache_write = _count(usage.get("cache_creation_input_tokens"))
-            reasoning = None
+            raw[_IN] = _count(usage.get("input_tokens"))
+            raw[_OUT] = _count(usage.get("output_tokens"))
+            raw[_CR] = _count(usage.get("cache_read_input_tokens"))
+            raw[_CW] = _count(usage.get("cache_creation_input_tokens"))
+            creation = _details(usage.get("cache_creation"))
+            raw[_CW5] = _count(creation.get("ephemeral_5m_input_tokens"))
+            raw[_CW1H] = _count(creation.get("ephemeral_1h_input_tokens"))
+            raw[_RS] = _count(_details(usage.get("output_tokens_details")).get("thinking_tokens"))
         else:
-            inp = _count(usage.get("promptTokenCount"))
-            out = _count(usage.get("candidatesTokenCount"))
-            cache_read = _count(usage.get("cachedContentTokenCount"))
-            cache_write = None
-            reasoning = _count(usage.get("thoughtsTokenCount"))
+            raw[_IN] = _count(usage.get("promptTokenCount"))
+            raw[_OUT] = _count(usage.get("candidatesTokenCount"))
+            raw[_CR] = _count(usage.get("cachedContentTokenCount"))
+            raw[_RS] = _count(usage.get("thoughtsTokenCount"))
+            raw[_TOOL] = _count(usage.get("toolUsePromptTokenCount"))
     except _Bad:
         return None
-    if inp is None and out is None:
+    if raw[_IN] is None and raw[_OUT] is None:
         return None
-    return (inp, out, cache_read, cache_write, reasoning)
+    return tuple(raw)
+
+
+def _normalize(api: int, v: list[int]) -> Usage:
+    """The row convention (module docstring, "Normalized usage") from raw fields."""
+    cw1h = tool = ain = aout = 0
+    if api == API_ANTHROPIC:
+        cr = v[_CR]
+        cw = max(v[_CW], v[_CW5] + v[_CW1H])
+        cw1h = v[_CW1H]
+        inp = v[_IN] + cr + cw
+        out = v[_OUT]
+        rs = v[_RS]
+    elif api == API_GEMINI:
+        tool = v[_TOOL]
+        inp = v[_IN] + tool
+        cr = v[_CR]
+        cw = 0
+        rs = v[_RS]
+        out = v[_OUT] + rs
+    else:
+        inp = v[_IN]
+        cr = v[_CR]
+        cw = v[_CW]
+        rs = v[_RS]
+        out = v[_OUT]
+        if api == API_OPENAI_CHAT:
+            ain = v[_AIN]
+            aout = v[_AOUT]
+            if rs > 0 and v[_TOT] == inp + out + rs:
+                out += rs  # reasoning reported outside completion_tokens (xAI)
+    cr = min(cr, inp)
+    cw = min(cw, inp - cr)
+    return Usage(
+        inp,
+        out,
+        cr,
+        cw,
+        min(rs, out),
+        tool_use_prompt_tokens=min(tool, inp),
+        cache_write_1h_tokens=min(cw1h, cw),
+        audio_input_tokens=min(ain, inp - cr - cw),
+        audio_output_tokens=min(aout, out),
+    )
 
 
 def _good_model(value: Any) -> str | None:
@@ -642,16 +746,77 @@ _NESTED: Final = {
 
 
 class _Acc:
-    __slots__ = ("counts", "has_usage", "is_error", "model")
+    __slots__ = ("counts", "has_usage", "is_error", "model", "raw", "raw_set")
 
     def __init__(self) -> None:
-        self.counts = [0, 0, 0, 0, 0]
+        self.counts = [0] * _NRAW
         self.has_usage = False
         self.is_error = False
         self.model: str | None = None
+        # the provider's usage object(s) as received, wrapped (see _raw_piece); None: the
+        # document would be larger than MAX_RAW_USAGE_BYTES
+        self.raw_set = False
+        self.raw: bytes | None = b""
 
 
-def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
+def _elements(text: str, pos: int) -> list[int]:
+    """Start offsets of the elements of the (valid) JSON array at ``text[pos] == '['``."""
+    starts: list[int] = []
+    raw_decode = _DECODER.raw_decode
+    i = _skip_ws(text, pos + 1)
+    if text[i] == "]":
+        return starts
+    while True:
+        starts.append(i)
+        _, i = raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text[i] == "]":
+            return starts
+        i = _skip_ws(text, i + 1)
+
+
+def _raw_member(payload: bytes, text: str, pos: int, path: tuple[str, ...]) -> bytes:
+    """The bytes of the value at ``path`` (last duplicate wins at each level) in the object
+    at ``pos``."""
+    for key in path:
+        hits = [m for m in _members(text, pos) if m[0] == key]
+        start, end = hits[-1][2], hits[-1][3]
+        pos = start
+    return payload[start:end]
+
+
+def _raw_piece(acc: _Acc, api: int, usage: bytes, nested: bool) -> None:
+    """Record a usage object that counted: its document piece replaces the previous one
+    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``), or for Anthropic, whose objects merge
+    field by field, is appended after a comma (``{"message":{"usage":U}}`` for
+    message_start's).  The whole, with Anthropic's ``[`` ``]``, stays within
+    MAX_RAW_USAGE_BYTES, else it is dropped (None)."""
+    acc.raw_set = True
+    if api == API_GEMINI:
+        piece = b'{"usageMetadata":' + usage + b"}"
+    elif api == API_ANTHROPIC and nested:
+        piece = b'{"message":{"usage":' + usage + b"}}"
+    else:
+        piece = b'{"usage":' + usage + b"}"
+    if api == API_ANTHROPIC:
+        if acc.raw is None:
+            return
+        piece = acc.raw + b"," + piece if acc.raw else piece
+    acc.raw = piece if len(piece) <= MAX_RAW_USAGE_BYTES - 2 else None
+
+
+class _Doc:
+    """Where a parsed document sits in its payload (to copy usage objects as received)."""
+
+    __slots__ = ("payload", "pos", "text")
+
+    def __init__(self, payload: bytes, text: str, pos: int) -> None:
+        self.payload = payload
+        self.text = text
+        self.pos = pos
+
+
+def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
     if doc.get("error") is not None or doc.get("type") in ("error", "response.failed"):
         acc.is_error = True
     nested_name = _NESTED.get(api)
@@ -663,10 +828,13 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
         model = _good_model(nested.get("model"))
     if model is not None:
         acc.model = model
-    top = doc.get("usageMetadata" if api == API_GEMINI else "usage")
+    top_name = "usageMetadata" if api == API_GEMINI else "usage"
+    top = doc.get(top_name)
     inner = nested.get("usage") if nested is not None else None
+    top_path = (top_name,)
+    inner_path = (nested_name or "", "usage")
     if api == API_ANTHROPIC:
-        for usage, final in ((inner, False), (top, True)):
+        for usage, final, path in ((inner, False, inner_path), (top, True, top_path)):
             if usage is None:
                 continue
             counts = _usage_counts(api, usage)
@@ -675,25 +843,39 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any]) -> None:
             for i, value in enumerate(counts):
                 if value is not None:
                     acc.counts[i] = value
+            _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), not final)
             if final:
                 acc.has_usage = True
         return
-    usage = top if top is not None else inner
+    usage, path = (top, top_path) if top is not None else (inner, inner_path)
     if usage is None:
         return
     counts = _usage_counts(api, usage)
     if counts is not None:
         acc.counts = [0 if value is None else value for value in counts]
         acc.has_usage = True
+        _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), False)
 
 
-def _apply_value(acc: _Acc, api: int, value: Any) -> None:
+def _apply_value(acc: _Acc, api: int, value: Any, payload: bytes) -> None:
+    text = payload.decode("latin-1")
+    root = _skip_ws(text, 0)
     if type(value) is dict:
-        _apply_doc(acc, api, value)
+        _apply_doc(acc, api, value, _Doc(payload, text, root))
     elif type(value) is list:
-        for item in value:
+        starts: list[int] | None = None
+        for i, item in enumerate(value):
             if type(item) is dict:
-                _apply_doc(acc, api, item)
+                if starts is None:
+                    starts = _elements(text, root)
+                _apply_doc(acc, api, item, _Doc(payload, text, starts[i]))
+
+
+def _raw_document(api: int, acc: _Acc) -> bytes | None:
+    """``UsageScanner.raw_usage``: the usage object(s) in a re-scannable document."""
+    if not acc.has_usage or not acc.raw_set or not acc.raw:
+        return None
+    return b"[" + acc.raw + b"]" if api == API_ANTHROPIC else acc.raw
 
 
 def _usage_only(value: Any) -> bool:
@@ -850,10 +1032,22 @@ class UsageScanner:
             return b"".join(out)
         return b""
 
+    def raw_usage(self) -> bytes | None:
+        """The provider's usage object(s) exactly as received, wrapped in a document that
+        scans (``UsageScanner(api, streaming=False)``) to the same counts: the last usage
+        object that counted as ``{"usage":U}`` (Gemini ``{"usageMetadata":U}``); for
+        Anthropic, whose objects merge field by field, every one that counted, in order:
+        ``[{"message":{"usage":START}},{"usage":DELTA},...]``.  ``None`` when no usage
+        counted or the document would be longer than :data:`MAX_RAW_USAGE_BYTES`."""
+        return _raw_document(self._api, self._acc)
+
     def result(self) -> Usage:
         acc = self._acc
-        c = acc.counts
-        return Usage(c[0], c[1], c[2], c[3], c[4], acc.has_usage, acc.model, acc.is_error)
+        usage = _normalize(self._api, acc.counts)
+        usage.has_usage = acc.has_usage
+        usage.model = acc.model
+        usage.is_error = acc.is_error
+        return usage
 
     # -- non-streamed JSON --------------------------------------------------------------------
 
@@ -872,7 +1066,7 @@ class UsageScanner:
             value = _loads(payload, lenient=True)
         except ScanError:
             return _INVALID
-        _apply_value(self._acc, self._api, value)
+        _apply_value(self._acc, self._api, value, payload)
         return value
 
     # -- SSE ------------------------------------------------------------------------------------

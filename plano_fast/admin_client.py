@@ -201,7 +201,18 @@ def add_admin_commands(subparsers: Any) -> None:
     ldel.add_argument("limit_id")
     ldel.set_defaults(admin_action="limits.delete")
 
-    usage = subparsers.add_parser("usage", parents=[common], help="recent usage or daily totals (admin API)")
+    usage = subparsers.add_parser(
+        "usage", parents=[common],
+        help="recent usage or daily totals (admin API); 'usage reprice': re-derive rows and costs",
+    )  # fmt: skip
+    usage.add_argument(
+        "usage_command", nargs="?", choices=["reprice"],
+        help="reprice: re-derive every row's columns and cost from its stored provider usage "
+        "and the current prices, directly in the configured database (needs --config)",
+    )  # fmt: skip
+    usage.add_argument("--config", "-c", help="plano_config.yaml (for reprice)")
+    usage.add_argument("--page-rows", type=int, default=2_000, help="rows per transaction (reprice)")
+    usage.add_argument("--dry-run", action="store_true", help="count what reprice would change")
     usage.add_argument("--project-id", "--project", dest="project_id", help=PROJECT_HELP)
     usage.add_argument("--limit", type=int, default=20, help="rows of recent usage (default 20)")
     usage.add_argument("--totals", action="store_true", help="per project, model and UTC day instead")

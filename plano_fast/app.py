@@ -38,6 +38,7 @@ from plano_fast.exchange import (
     Endpoint,
     Exchange,
     ExchangeContext,
+    key_hash,
 )
 from plano_fast.firewall import ApiKeyRegistry, FirewallExchange, identify, metered_endpoint
 from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
@@ -46,6 +47,7 @@ from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
+from plano_fast.responses_state import store_from_config, stored_response_answer
 from plano_fast.store import SchemaTooOld, Store, open_store
 from plano_fast.store.migrate import prepare_schema
 from plano_fast.upstream import UpstreamPool
@@ -230,6 +232,7 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
+        self.ctx.responses_state = store_from_config(self.config.raw)
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
@@ -546,6 +549,19 @@ class Gateway:
                 self._trace(forwarded)
             return forwarded.start()
         path = request.path
+        state = self.ctx.responses_state
+        if (
+            state is not None
+            and path.startswith(b"/v1/responses/")
+            and request.method in (b"GET", b"DELETE")
+        ):  # a stored conversation's answer (state_storage): read or delete it
+            owner = read_client_headers(request.headers, request.query).credential
+            status, body = stored_response_answer(
+                state, request.method, path[14:].decode("latin-1"),
+                key_hash(owner.secret) if owner is not None else "",
+            )
+            responder.send_simple(status, body)
+            return None
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
             return None

@@ -1,4 +1,5 @@
-"""Command line: ``plano-fast serve | validate | migrate`` and the admin API mirror.
+"""Command line: ``plano-fast serve | validate | migrate | usage reprice`` and the admin API
+mirror.
 
 Errors are one line on stderr (``plano-fast: error: ...``) and a non-zero exit, never a
 traceback (``PLANO_FAST_DEBUG=1`` adds the traceback of an unexpected error).
@@ -100,6 +101,8 @@ def _error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "usage_command", None) == "reprice":
+            return _reprice(args)
         if getattr(args, "admin_action", None):
             return run_admin_command(args)
         if args.command == "validate":
@@ -218,6 +221,35 @@ def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool)
         return
     if applied:
         log.info("%s: applied migrations %s", where, ", ".join(map(str, applied)))
+
+
+def _reprice(args: argparse.Namespace) -> int:
+    from plano_fast.billing.reprice import run_reprice
+    from plano_fast.store import SchemaTooOld
+
+    if not args.config:
+        raise CliError("usage reprice needs --config (the database to work on)")
+    if args.page_rows < 1:
+        raise CliError("--page-rows must be at least 1")
+    config = _load(args.config)
+    if config is None:
+        return 1
+    settings = config.settings
+    try:
+        report = asyncio.run(run_reprice(
+            settings.database_url, settings.sqlite_path, settings.price_as,
+            page_rows=args.page_rows, dry_run=args.dry_run,
+        ))  # fmt: skip
+    except SchemaTooOld as exc:
+        raise CliError(f"cannot reprice: {_one_line(exc)}") from None
+    verb = "would change" if args.dry_run else "changed"
+    delta = report.cost_after_nano_usd - report.cost_before_nano_usd
+    print(
+        f"{report.rows_seen} rows read ({report.rows_rederived} re-derived from their provider "
+        f"usage), {report.rows_changed} {verb}; counted cost {delta:+d} nano-USD "
+        f"({report.elapsed_s:.2f} s)"
+    )
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

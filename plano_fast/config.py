@@ -263,6 +263,10 @@ class GatewaySettings(BaseModel):
     client_gone_drain_bytes: PosInt = 16 * 1024 * 1024
     usage_wal_sync_interval_s: PosFloat = 0.1
     price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
+    # Resold models: provider id (as in usage rows: "together", "groq", "custom" for a
+    # custom base_url...) -> the bundled table's provider whose prices its models take when
+    # its own table has no entry for them (see plano_fast.pricing, matching step 5).
+    price_as: dict[NonEmptyStr, NonEmptyStr] = Field(default_factory=dict)
     budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)
     admin_port: Port | None = None  # admin API port; None disables the admin API
     admin_address: NonEmptyStr = "127.0.0.1"  # admin API bind address

@@ -33,17 +33,19 @@ from plano_fast.errors import (
     BadRequestBody,
     ClientError,
     GatewayError,
+    NotFound,
     Unauthorized,
     UnknownModelError,
     UpstreamError,
 )
-from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, request_error
+from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
+from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -56,6 +58,7 @@ from plano_fast.usage import (
     STATUS_UPSTREAM_ERROR,
     STATUS_UPSTREAM_FAILED,
     STATUS_USAGE_MISSING,
+    USAGE_API_NAMES,
     UsageEvent,
     UsageSink,
 )
@@ -85,13 +88,31 @@ def _new_request_prefix() -> None:
 os.register_at_fork(after_in_child=_new_request_prefix)
 
 
+_KEY_HASHES: dict[int, tuple[int, str]] = {}
+_KEY_HASHES_MAX = 4096
+_KEY_SALT = os.urandom(16)
+
+
 def key_hash(key: bytes) -> str:
     """SHA-256 hex of a client key: how keys are identified and stored, never in clear.
 
-    Not memoised: a memo keyed by the raw key kept up to 4,096 keys of any size in memory,
-    unregistered ones included; the hash itself costs ~0.35 µs (timeit, 48-byte key).
+    Clients send the same few keys over and over, and SHA-256 was 2% of a firewall
+    request's instructions (callgrind: +5.1k of 232k).  The memo holds no key: an entry is
+    found by the key's SipHash (Python's ``hash``, keyed by a per-process secret) and
+    confirmed by a second SipHash of the key with a per-process salt, so a different key
+    is taken for a cached one only if both 64-bit keyed hashes collide (~2^-128); entries
+    are a fixed size (two ints and a 64-character digest) and at most 4,096.
     """
-    return hashlib.sha256(key).hexdigest()
+    h = hash(key)
+    entry = _KEY_HASHES.get(h)
+    check = hash(key + _KEY_SALT)
+    if entry is not None and entry[0] == check:
+        return entry[1]
+    digest = hashlib.sha256(key).hexdigest()
+    if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+        _KEY_HASHES.clear()
+    _KEY_HASHES[h] = (check, digest)
+    return digest
 
 
 def client_headers(exchange: Exchange) -> ClientHeaders:
@@ -171,6 +192,15 @@ def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None
     return path.encode() if path else None
 
 
+def converts(endpoint: Endpoint, provider: ModelProvider) -> bool:
+    """Whether ``endpoint`` reaches ``provider`` through format conversion.  A Responses
+    request passes through to an OpenAI-family provider with a responses path, and is
+    converted (to chat completions, Messages or Gemini) for every other provider."""
+    if endpoint is RESPONSES:
+        return provider.wire_api != "openai" or provider.responses_path is None
+    return provider.wire_api != endpoint.wire_api
+
+
 def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Header, ...]:
     # Anthropic's OpenAI-compatible chat endpoint takes a bearer token, its Messages API
     # an x-api-key; the config precomputes both.
@@ -235,6 +265,7 @@ class ExchangeContext:
         "server_timing",
         "ratelimits",
         "guardrails",
+        "responses_state",
     )
 
     def __init__(
@@ -284,6 +315,8 @@ class ExchangeContext:
         self.ratelimits: RateLimits | None = None
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
+        #: Plano's state_storage: conversations of converted Responses requests
+        self.responses_state: MemoryResponseStore | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)
@@ -809,13 +842,17 @@ class Exchange:
                 duration_ms=duration_ms, wire_format=self.wire_format,
             )  # fmt: skip
         usage = scanner.result()
+        raw = scanner.raw_usage()
         # Positional in UsageEvent's field order (one call, no per-field assignments).
         return UsageEvent(
             self.request_id, started_ns, self.provider_id, usage.model or self.model,
             self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
             usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
             usage.has_usage, self.project_id, self.key_hash, None, None, duration_ms,
-            self.wire_format,
+            self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
+            usage.audio_input_tokens, usage.audio_output_tokens,
+            None if raw is None else raw.decode("utf-8", "replace"),
+            USAGE_API_NAMES.get(self.scan_api),
         )  # fmt: skip
 
 
@@ -891,7 +928,7 @@ class ConfigExchange(Exchange):
         fields = self.fields
         provider = route.provider
         model = route.upstream_model or fields.model
-        if provider.wire_api != self.endpoint.wire_api and self.endpoint is not RESPONSES:
+        if converts(self.endpoint, provider):
             self._prepare_converted(fields, model, provider)
             return
         path = upstream_path(provider, self.endpoint, route.upstream_model)
@@ -1040,13 +1077,17 @@ class ConfigExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> None:
         request = self.request
-        source, target = self.endpoint.wire_api, provider.wire_api
+        target = provider.wire_api
+        source = "responses" if self.endpoint is RESPONSES else self.endpoint.wire_api
         if target not in SCAN_API_FOR_WIRE:
             raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
         try:
-            doc = json.loads(request.body)
+            doc = json_loads(request.body)
         except ValueError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        turn = None
+        if source == "responses" and type(doc) is dict:
+            doc, turn = self._responses_turn(doc)
         try:
             upstream_doc = convert_request(
                 doc, source, target, target_model=model or "", stream=fields.stream,
@@ -1056,7 +1097,7 @@ class ConfigExchange(Exchange):
             )
         except ConversionError as exc:
             raise request_error(exc) from None
-        body = json.dumps(upstream_doc, separators=(",", ":"), ensure_ascii=False).encode()
+        body = json_dumps(upstream_doc)
         upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
         if target == "gemini":
             # The model is in the path; streaming is a method (SSE asked for explicitly).
@@ -1078,7 +1119,11 @@ class ConfigExchange(Exchange):
         self.conversion = Conversion(
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
+            request=doc if source == "responses" else None,
+            on_response=turn.record if turn is not None else None,
         )
+        if turn is not None:
+            turn.model, turn.provider = model or "", provider.name
         auth = None
         if not provider.passthrough_auth:
             auth = provider.auth_headers if target == "gemini" else auth_headers_for(
@@ -1088,6 +1133,19 @@ class ConfigExchange(Exchange):
             self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
         )
         self.origin = origin_of(provider)
+
+    def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
+        """With state_storage: ``previous_response_id`` expanded (404 when this caller has
+        no such conversation) and the answer to be stored; without: nothing is stored."""
+        state = self.ctx.responses_state
+        if state is None:
+            return {**doc, "store": False}, None
+        try:
+            return begin_turn(doc, state, self.key_hash or "")
+        except ConversationNotFound:
+            raise NotFound(
+                f"previous_response_id '{doc.get('previous_response_id')}' not found"
+            ) from None
 
     # -- response side of a converted exchange --------------------------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:

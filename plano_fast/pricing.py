@@ -5,58 +5,31 @@ floats anywhere on the cost path.  Money is an ``int`` of **nano-USD** (1 nano-U
 prices are ``int`` nano-USD **per 1,000,000 tokens**, so every published price down to
 $0.000001 per 1M tokens is exact.
 
-Cost semantics (per usage family)
----------------------------------
-The scanner (``_scan_py``) reports the counts exactly as the provider reported them, and
-providers disagree on what a count includes (WIRE_FORMATS.md sections 3.3, 5, 6.2, 7, 8).  With
-``in``/``out``/``cr``/``cw`` the model's input / output / cache-read / cache-write prices:
+Cost semantics (one row convention)
+-----------------------------------
+Counts follow the row convention the scanner reports for every provider (plano_fast._scan_py,
+"Normalized usage"; README "Usage rows"): ``input`` is every prompt token, of which
+``cache_read``, ``cache_write`` (of which ``cache_write_1h``), ``audio_input`` and
+``tool_use_prompt`` are parts; ``output`` is every billed output token (reasoning included), of
+which ``audio_output`` is a part.  With ``in``/``out``/``cr``/``cw``/``cw1h``/``ain``/``aout``
+the model's prices::
 
-``openai`` family -- openai, deepseek, groq, mistral, together, fireworks, perplexity,
-cerebras, qwen, openrouter, moonshotai, zhipu and any provider not listed below:
-    ``prompt_tokens`` *includes* cached tokens (``prompt_tokens_details.cached_tokens``) and the
-    2026 ``cache_write_tokens``; ``completion_tokens`` *includes* reasoning tokens.  So::
+    cost = (input - cache_read - cache_write - audio_input) * in      # tool-use prompt too
+           + cache_read * cr + (cache_write - cache_write_1h) * cw + cache_write_1h * cw1h
+           + audio_input * ain + (output - audio_output) * out + audio_output * aout
 
-        cost = (input - cache_read - cache_write) * in + cache_read * cr
-               + cache_write * cw + output * out            # reasoning NOT added again
-
-    (With no cache-write price -- the usual case -- this is exactly
-    ``(input - cache_read) * in + cache_read * cr + output * out``.)  DeepSeek's
-    ``prompt_cache_hit_tokens`` is the scanner's cache_read.
-``anthropic`` family -- anthropic:
-    ``input_tokens`` *excludes* cache reads and writes, which are reported separately
-    (``cache_read_input_tokens``, ``cache_creation_input_tokens``); thinking is inside
-    ``output_tokens``::
-
-        cost = input * in + cache_write * cw + cache_read * cr + output * out
-``separate_reasoning`` family -- gemini, xai:
-    input includes cached tokens (Gemini ``promptTokenCount`` includes
-    ``cachedContentTokenCount``; xAI ``prompt_tokens`` includes ``cached_tokens``) but the
-    output count does **not** include reasoning: Gemini ``candidatesTokenCount`` excludes
-    ``thoughtsTokenCount`` (billed as output), and xAI reports ``reasoning_tokens`` outside
-    ``completion_tokens`` (recorded: 291 prompt + 26 completion + 189 reasoning = 506 total;
-    the genai-prices x-ai extractor adds them too)::
-
-        cost = (input - cache_read - cache_write) * in + cache_read * cr
-               + cache_write * cw + (output + reasoning) * out
-
-    The brief puts xAI in the OpenAI family; the recorded traffic says otherwise, so xAI is
-    here.  Caveat: plano_fast reaches Gemini through its OpenAI-compatible endpoint, whose
-    usage is OpenAI-shaped; if that endpoint already folds thoughts into
-    ``completion_tokens`` *and* reports ``reasoning_tokens``, the caller must pass
-    ``family="openai"`` for those records (the ``family`` argument overrides the provider
-    default).
-
-``input - cache_read - cache_write`` is clamped at 0 (a malformed usage block never makes a
-negative charge).  A ``None`` cache price means the table lists none for that model: those
-tokens are charged at the **input** price (never undercharged as free).  A cache-write price
-is the 5-minute one (Anthropic's 1-hour writes are not distinguished in the counts).
+Each uncached / visible part is clamped at 0 (a malformed row never makes a negative charge).
+A dimension the row has (non-zero) but the price entry does not list is charged at its
+fallback -- cache read/write and audio input at ``in``, 1h cache writes at ``cw`` (else
+``in``), audio output at ``out`` -- never as free, and the result is marked **partial**
+(``price_status = 'priced_partial'``: counted, visible, re-priceable).
 
 Context tiers: when a model has tiers (e.g. gemini-2.5-pro above 200k prompt tokens, Claude
 Sonnet 4/4.5 above 200k, gpt-5.4 above 272k), the tier applies to the **whole request** when
-the prompt size is **greater than** its ``above_input_tokens`` threshold.  Prompt size =
-``input_tokens`` (openai / separate_reasoning families: already includes cached tokens) or
-``input + cache_read + cache_write`` (anthropic).  Absent tier cache prices fall back to the
-tier's input price, like the base ones.
+the prompt size (``input_tokens``, every prompt token) is **greater than** its
+``above_input_tokens`` threshold.  Absent tier cache prices fall back to the tier's input
+price, like the base ones; the 1h-write and audio prices have no tier variants in the table,
+so a tiered request with such tokens charges them at the tier's fallback and is partial.
 
 Rounding: the exact sum ``tokens x nano-USD-per-1M`` is computed in integers and divided by
 1,000,000 **once, at the end, rounding half up** (so a request is never more than 0.5
@@ -65,7 +38,8 @@ overcharge systematically by up to 1 nano-USD each).
 
 Prices: project override -> global override -> bundled default (``data/prices.json``,
 built by ``scripts/build_pricing_table.py``).  An unknown model is ``None`` -- never zero: the
-caller records ``unpriced_unknown``.
+caller records ``unpriced_unknown``.  :meth:`PricingRegistry.quote` also names the price entry
+used (``"anthropic/claude-sonnet-4-5"``, ``"custom"``), which the usage row records.
 
 Model-name matching (first hit wins; the resolution is cached per (provider, model))
 ------------------------------------------------------------------------------------
@@ -84,6 +58,12 @@ model id is tried, case-insensitively, as:
 4. aggregators (``openrouter``, ``vercel``): when ``vendor/model`` is not in the
    aggregator's own table, ``model`` is looked up (steps 1-3) in the vendor's table
    (``anthropic/claude-sonnet-4-5`` -> anthropic ``claude-sonnet-4-5``).
+5. resold models, on any provider whose own table does not list the model (Together, Groq,
+   a custom ``base_url``...): the provider's pinned vendor (``PricingRegistry(pins=...)``,
+   from the config's ``price_as``) when there is one, else the vendor the name's prefix names
+   (``mistralai/``, ``anthropic/``, ``google/``, ``deepseek-ai/``, ``qwen/`` ...), else, for
+   a bare name, the first-party tables in :data:`FIRST_PARTY` order.  The model is looked up
+   there by steps 1-3 (``mistralai/Mistral-Small-24B`` -> mistral ``mistral-small-24b``).
 
 Exact ids always win, so a dated id the table lists with its own price (e.g.
 ``gpt-3.5-turbo-1106``, ``gemini-2.5-flash-preview-05-20``) keeps that price.  Overrides are
@@ -103,34 +83,22 @@ from types import MappingProxyType
 from typing import Any, Final
 
 __all__ = [
-    "FAMILY_ANTHROPIC",
-    "FAMILY_OPENAI",
-    "FAMILY_SEPARATE_REASONING",
+    "FIRST_PARTY",
     "ModelPrice",
     "PriceTier",
     "PricingRegistry",
     "PROVIDER_ALIASES",
+    "Quote",
     "TokenCounts",
     "canonical_provider",
     "cost_nano_usd",
     "load_default_prices",
-    "usage_family",
+    "price_tokens",
 ]
 
 TOKENS_PER_PRICE_UNIT: Final = 1_000_000  # prices are per 1M tokens
 _HALF_UNIT: Final = TOKENS_PER_PRICE_UNIT // 2
 
-FAMILY_OPENAI: Final = "openai"
-FAMILY_ANTHROPIC: Final = "anthropic"
-FAMILY_SEPARATE_REASONING: Final = "separate_reasoning"
-
-_PROVIDER_FAMILY: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        "anthropic": FAMILY_ANTHROPIC,
-        "gemini": FAMILY_SEPARATE_REASONING,
-        "xai": FAMILY_SEPARATE_REASONING,
-    }
-)
 
 # Other spellings of the table's provider ids (gateway ids, dataset ids, vendor prefixes).
 PROVIDER_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
@@ -153,8 +121,14 @@ PROVIDER_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
         "fireworks_ai": "fireworks",
         "fireworks-ai": "fireworks",
         "perplexity-ai": "perplexity",
+        "deepseek-ai": "deepseek",
+        "qwenlm": "qwen",
+        "moonshotai": "moonshotai",
     }
 )
+
+# Step 5: where a bare resold model name is looked for, in this order.
+FIRST_PARTY: Final = ("openai", "anthropic", "gemini", "mistral", "deepseek", "xai", "qwen", "moonshotai", "zhipu")
 
 # Providers whose model ids are "vendor/model" and that charge the vendor's list price
 # when they have no own entry.
@@ -209,12 +183,18 @@ class ModelPrice:
     cache_write_per_mtok: int | None
     tiers: tuple[PriceTier, ...] = ()
     source: str = ""
+    cache_write_1h_per_mtok: int | None = None
+    audio_input_per_mtok: int | None = None
+    audio_output_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("input_per_mtok", self.input_per_mtok, False)
         _check_price("output_per_mtok", self.output_per_mtok, False)
         _check_price("cache_read_per_mtok", self.cache_read_per_mtok, True)
         _check_price("cache_write_per_mtok", self.cache_write_per_mtok, True)
+        _check_price("cache_write_1h_per_mtok", self.cache_write_1h_per_mtok, True)
+        _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
+        _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
         if type(self.tiers) is not tuple:
             raise TypeError("tiers must be a tuple of PriceTier")
         last = -1
@@ -228,26 +208,36 @@ class ModelPrice:
 
 @dataclass(frozen=True, slots=True)
 class TokenCounts:
-    """Token counts exactly as the provider reported them (see the module docstring)."""
+    """Token counts in the row convention (see the module docstring)."""
 
     input_tokens: int
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
     reasoning_tokens: int
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
-        i = self.input_tokens
-        o = self.output_tokens
-        cr = self.cache_read_tokens
-        cw = self.cache_write_tokens
-        r = self.reasoning_tokens
-        if not (
-            type(i) is int and type(o) is int and type(cr) is int and type(cw) is int and type(r) is int
-        ):
-            raise TypeError(f"token counts must be ints, got {self!r}")
-        if i < 0 or o < 0 or cr < 0 or cw < 0 or r < 0:
-            raise ValueError(f"token counts must be >= 0, got {self!r}")
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise TypeError(f"token counts must be ints, got {self!r}")
+            if value < 0:
+                raise ValueError(f"token counts must be >= 0, got {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What one exchange costs: exact nano-USD, whether a dimension had no price of its own
+    (``partial``), and the price entry used (``"provider/model"`` of the bundled table, or
+    ``"custom"`` for an admin-set price)."""
+
+    cost_nano_usd: int
+    partial: bool
+    entry: str
 
 
 def canonical_provider(provider: str) -> str:
@@ -256,64 +246,67 @@ def canonical_provider(provider: str) -> str:
     return PROVIDER_ALIASES.get(key, key)
 
 
-def usage_family(provider: str) -> str:
-    """The usage family (``FAMILY_*``) of a provider's reported token counts."""
-    return _PROVIDER_FAMILY.get(canonical_provider(provider), FAMILY_OPENAI)
+def cost_nano_usd(price: ModelPrice, tokens: TokenCounts) -> int:
+    """Cost in integer nano-USD; pure, integer arithmetic, rounded half up once at the end."""
+    return price_tokens(
+        price, tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens,
+        tokens.cache_write_tokens, tokens.cache_write_1h_tokens, tokens.audio_input_tokens,
+        tokens.audio_output_tokens,
+    )[0]  # fmt: skip
 
 
-def cost_nano_usd(
-    price: ModelPrice, provider: str, tokens: TokenCounts, *, family: str | None = None
-) -> int:
-    """Cost in integer nano-USD; pure, integer arithmetic, rounded half up once at the end.
-
-    ``family`` overrides the usage family derived from ``provider`` (see module docstring).
-    """
-    fam = usage_family(provider) if family is None else family
-    return _cost(
-        price,
-        fam,
-        tokens.input_tokens,
-        tokens.output_tokens,
-        tokens.cache_read_tokens,
-        tokens.cache_write_tokens,
-        tokens.reasoning_tokens,
-    )
-
-
-def _cost(price: ModelPrice, fam: str, inp: int, output: int, cr: int, cw: int, reasoning: int) -> int:
-    """``cost_nano_usd`` on validated counts (the one implementation of the formula)."""
-    if fam == FAMILY_ANTHROPIC:
-        uncached = inp
-        prompt = inp + cr + cw
-        out = output
-    elif fam == FAMILY_OPENAI or fam == FAMILY_SEPARATE_REASONING:
-        uncached = inp - cr - cw
-        if uncached < 0:
-            uncached = 0
-        prompt = inp
-        out = output
-        if fam == FAMILY_SEPARATE_REASONING:
-            out += reasoning
-    else:
-        raise ValueError(f"unknown usage family {fam!r}")
-
+def price_tokens(
+    price: ModelPrice, inp: int, out: int, cr: int, cw: int, cw1h: int = 0, ain: int = 0, aout: int = 0
+) -> tuple[int, bool]:
+    """``(cost in nano-USD, partial)`` of validated counts: the one implementation of the
+    formula in the module docstring."""
     in_p = price.input_per_mtok
     out_p = price.output_per_mtok
     cr_p = price.cache_read_per_mtok
     cw_p = price.cache_write_per_mtok
+    cw1h_p = price.cache_write_1h_per_mtok
+    ain_p = price.audio_input_per_mtok
+    aout_p = price.audio_output_per_mtok
     for tier in price.tiers:  # ascending: the last one passed applies
-        if prompt <= tier.above_input_tokens:
+        if inp <= tier.above_input_tokens:
             break
         in_p = tier.input_per_mtok
         out_p = tier.output_per_mtok
         cr_p = tier.cache_read_per_mtok
         cw_p = tier.cache_write_per_mtok
+        cw1h_p = ain_p = aout_p = None  # no tier variants in the table
+    # parts, each within what is left of its total
+    if cr > inp:
+        cr = inp
+    if cw > inp - cr:
+        cw = inp - cr
+    if cw1h > cw:
+        cw1h = cw
+    if ain > inp - cr - cw:
+        ain = inp - cr - cw
+    if aout > out:
+        aout = out
+    partial = False
     if cr_p is None:
         cr_p = in_p
+        partial = cr > 0
     if cw_p is None:
         cw_p = in_p
-    total = uncached * in_p + cr * cr_p + cw * cw_p + out * out_p
-    return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT
+        partial = partial or cw > cw1h
+    if cw1h_p is None:
+        cw1h_p = cw_p
+        partial = partial or cw1h > 0
+    if ain_p is None:
+        ain_p = in_p
+        partial = partial or ain > 0
+    if aout_p is None:
+        aout_p = out_p
+        partial = partial or aout > 0
+    total = (
+        (inp - cr - cw - ain) * in_p + cr * cr_p + (cw - cw1h) * cw_p + cw1h * cw1h_p
+        + ain * ain_p + (out - aout) * out_p + aout * aout_p
+    )  # fmt: skip
+    return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT, partial
 
 
 # ----------------------------------------------------------------------------- table
@@ -362,6 +355,9 @@ def _parse_table(doc: Any) -> dict[tuple[str, str], ModelPrice]:
                 _opt_int(entry, "cw"),
                 tiers,
                 str(entry.get("src", "")),
+                _opt_int(entry, "cw1h"),
+                _opt_int(entry, "ain"),
+                _opt_int(entry, "aout"),
             )
     return table
 
@@ -421,17 +417,25 @@ class _Resolution:
     names: tuple[str, ...]  # override lookup keys
     default: ModelPrice | None
     table_key: tuple[str, str] | None
-    family: str
+    entry: str  # "provider/model" of table_key, "" when none
+
+
+_CUSTOM: Final = "custom"
 
 
 class PricingRegistry:
-    """Prices per (provider, model), with admin overrides; all lookups O(1) after the first."""
+    """Prices per (provider, model), with admin overrides; all lookups O(1) after the first.
+
+    ``pins``: gateway provider id -> the table provider its resold models are priced from
+    (step 5 of the matching rules), e.g. ``{"my-vllm": "openai"}``.
+    """
 
     def __init__(
         self,
         defaults: Mapping[tuple[str, str], ModelPrice] | None = None,
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        pins: Mapping[str, str] | None = None,
     ) -> None:
         if defaults is None:
             defaults = _bundled()
@@ -442,8 +446,10 @@ class PricingRegistry:
             per_provider = index.setdefault(canonical_provider(provider), {})
             per_provider.setdefault(model.strip().lower(), (model, price))
         self._index = index
+        self._pins: dict[str, str] = {}
         self._cache: dict[tuple[str, str], _Resolution] = {}
         self._cache_size = max(1, cache_size)
+        self.set_pins(pins or {})
         empty_g: dict[str, ModelPrice] = {}
         empty_p: dict[tuple[str, str], ModelPrice] = {}
         # (global, project) swapped as one tuple, so a reader never sees a half-updated pair.
@@ -454,6 +460,11 @@ class PricingRegistry:
 
     def __len__(self) -> int:
         return sum(len(models) for models in self._index.values())
+
+    def set_pins(self, pins: Mapping[str, str]) -> None:
+        """Replace the per-provider vendor pins (resolutions are recomputed)."""
+        self._pins = {canonical_provider(k): canonical_provider(v) for k, v in pins.items()}
+        self._cache = {}
 
     def set_overrides(
         self,
@@ -482,6 +493,37 @@ class PricingRegistry:
                     return hit
         return None
 
+    def _find(self, canon: str, model: str, names: tuple[str, ...]) -> tuple[str, str, ModelPrice] | None:
+        """Steps 1-5 of the matching rules: ``(table provider, table model, price)``."""
+        found = self._lookup(canon, names)
+        if found is not None:
+            return (canon, found[0], found[1])
+        vendor, sep, rest = model.strip().lower().lstrip("~").partition("/")
+        vcanon = canonical_provider(vendor) if sep and rest else ""
+        if canon in _AGGREGATORS:
+            if vcanon and vcanon != canon:
+                found = self._lookup(vcanon, _name_variants(vcanon, rest))
+                if found is not None:
+                    return (vcanon, found[0], found[1])
+            return None
+        pinned = self._pins.get(canon)
+        if pinned is not None:
+            tables: tuple[str, ...] = (pinned,)
+        elif vcanon:
+            tables = (vcanon,) if vcanon in self._index else ()
+        else:
+            tables = FIRST_PARTY
+        bare = rest if vcanon else model
+        for table in tables:
+            if table == canon:
+                continue
+            found = self._lookup(table, _name_variants(table, bare))
+            if found is None and bare is not model:
+                found = self._lookup(table, _name_variants(table, model))
+            if found is not None:
+                return (table, found[0], found[1])
+        return None
+
     def _resolve(self, provider: str, model: str) -> _Resolution:
         key = (provider, model)
         cached = self._cache.get(key)
@@ -489,19 +531,12 @@ class PricingRegistry:
             return cached
         canon = canonical_provider(provider)
         names = _name_variants(canon, model)
-        found = self._lookup(canon, names)
-        table_key = None if found is None else (canon, found[0])
-        if found is None and canon in _AGGREGATORS:
-            vendor, sep, rest = model.strip().lower().lstrip("~").partition("/")
-            vcanon = canonical_provider(vendor)
-            if sep and rest and vcanon != canon:
-                found = self._lookup(vcanon, _name_variants(vcanon, rest))
-                table_key = None if found is None else (vcanon, found[0])
+        found = self._find(canon, model, names)
         resolution = _Resolution(
             names,
-            None if found is None else found[1],
-            table_key,
-            _PROVIDER_FAMILY.get(canon, FAMILY_OPENAI),
+            None if found is None else found[2],
+            None if found is None else (found[0], found[1]),
+            "" if found is None else f"{found[0]}/{found[1]}",
         )
         cache = self._cache
         if len(cache) >= self._cache_size:
@@ -516,7 +551,7 @@ class PricingRegistry:
         """The bundled-table entry ``(provider, model)`` that ``model`` maps to, if any."""
         return self._resolve(provider, model).table_key
 
-    def _price(self, resolution: _Resolution, project_id: str | None) -> ModelPrice | None:
+    def _custom(self, resolution: _Resolution, project_id: str | None) -> ModelPrice | None:
         global_prices, project_prices = self._overrides
         if project_prices and project_id is not None:
             for name in resolution.names:
@@ -528,67 +563,74 @@ class PricingRegistry:
                 hit = global_prices.get(name)
                 if hit is not None:
                     return hit
-        return resolution.default
+        return None
 
     def price_for(self, provider: str, model: str, project_id: str | None) -> ModelPrice | None:
         """Project override -> global override -> bundled default; ``None`` when unknown."""
-        return self._price(self._resolve(provider, model), project_id)
+        resolution = self._resolve(provider, model)
+        custom = self._custom(resolution, project_id)
+        return resolution.default if custom is None else custom
 
     def cost_nano_usd(
-        self,
-        provider: str,
-        model: str,
-        project_id: str | None,
-        tokens: TokenCounts,
-        *,
-        family: str | None = None,
+        self, provider: str, model: str, project_id: str | None, tokens: TokenCounts
     ) -> int | None:
         """Cost in integer nano-USD, or ``None`` when the model has no price (never 0)."""
-        resolution = self._resolve(provider, model)
-        price = self._price(resolution, project_id)
-        if price is None:
-            return None
-        return cost_nano_usd(
-            price, provider, tokens, family=resolution.family if family is None else family
-        )
+        quote = self.quote(provider, model, project_id, tokens)
+        return None if quote is None else quote.cost_nano_usd
 
-    def cost_of_counts(
+    def quote(
+        self, provider: str, model: str, project_id: str | None, tokens: TokenCounts
+    ) -> Quote | None:
+        """The cost, partial flag and price entry; ``None`` when the model has no price."""
+        return self.quote_counts(
+            provider, model, project_id, tokens.input_tokens, tokens.output_tokens,
+            tokens.cache_read_tokens, tokens.cache_write_tokens, tokens.cache_write_1h_tokens,
+            tokens.audio_input_tokens, tokens.audio_output_tokens,
+        )  # fmt: skip
+
+    def quote_counts(
         self,
         provider: str,
         model: str,
         project_id: str | None,
-        family: str,
         input_tokens: int,
         output_tokens: int,
         cache_read_tokens: int,
         cache_write_tokens: int,
-        reasoning_tokens: int,
-    ) -> int | None:
-        """``cost_nano_usd(provider, model, project_id, TokenCounts(...), family=family)``.
-
-        The same result and the same errors, for the billing hot path: the counts are
-        passed as they are (no ``TokenCounts`` is built unless they are invalid, to raise
-        its error) and the family is required.
-        """
+        cache_write_1h_tokens: int = 0,
+        audio_input_tokens: int = 0,
+        audio_output_tokens: int = 0,
+    ) -> Quote | None:
+        """``quote(provider, model, project_id, TokenCounts(...))`` for the billing hot path:
+        the same result and the same errors, without building a ``TokenCounts`` unless the
+        counts are invalid (to raise its error)."""
         if not (
             type(input_tokens) is int
             and type(output_tokens) is int
             and type(cache_read_tokens) is int
             and type(cache_write_tokens) is int
-            and type(reasoning_tokens) is int
-            and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | reasoning_tokens) >= 0
+            and type(cache_write_1h_tokens) is int
+            and type(audio_input_tokens) is int
+            and type(audio_output_tokens) is int
+            and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens
+                 | cache_write_1h_tokens | audio_input_tokens | audio_output_tokens) >= 0
         ):  # raises TokenCounts' own TypeError / ValueError
-            TokenCounts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens)
+            TokenCounts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, 0,
+                        cache_write_1h_tokens, audio_input_tokens, audio_output_tokens)  # fmt: skip
         resolution = self._cache.get((provider, model))
         if resolution is None:
             resolution = self._resolve(provider, model)
         global_prices, project_prices = self._overrides
-        if global_prices or project_prices:
-            price = self._price(resolution, project_id)
+        price = self._custom(resolution, project_id) if global_prices or project_prices else None
+        if price is not None:
+            entry = _CUSTOM
         else:
             price = resolution.default
-        if price is None:
-            return None
-        return _cost(
-            price, family, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens
-        )
+            if price is None:
+                return None
+            entry = resolution.entry
+        cost, partial = price_tokens(
+            price, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+            cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+        )  # fmt: skip
+        return Quote(cost, partial, entry)

@@ -25,9 +25,18 @@ STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET
 STATUS_UNBILLED = "unbilled"
 
 
+#: usage_log.usage_api: which scan API read (and can re-derive) the row, by scan API number
+USAGE_API_NAMES: dict[int, str] = {1: "openai_chat", 2: "openai_responses", 3: "anthropic", 4: "gemini"}
+USAGE_API_NUMBERS: dict[str, int] = {name: number for number, name in USAGE_API_NAMES.items()}
+
+
 @dataclass(slots=True)
 class UsageEvent:
-    """One exchange's usage, as read off the wire.  Tokens are provider-reported counts."""
+    """One exchange's usage, as read off the wire, in the row convention (README "Usage rows";
+    plano_fast._scan_py "Normalized usage"): ``input_tokens`` is every prompt token (cache
+    reads and writes, tool-use prompt included), ``output_tokens`` every billed output token
+    (reasoning included); the other counts are parts of those two.
+    """
 
     request_id: str
     time_ns: int
@@ -49,6 +58,14 @@ class UsageEvent:
     duration_ms: float = 0.0
     #: the response shape usage was read from: "openai", "anthropic" or "gemini"
     wire_format: str = "openai"
+    tool_use_prompt_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    #: the provider's usage object(s) as received (``UsageScanner.raw_usage``), UTF-8 text
+    usage_raw: str | None = None
+    #: the scan API that read it (a ``USAGE_API_NAMES`` value)
+    usage_api: str | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -156,6 +156,14 @@ _GENAI_FIELDS = {
     "cache_write_mtok": "cw",
 }
 PRICE_FIELDS = ("in", "out", "cr", "cw")
+# Priced dimensions without context tiers: 1h cache writes (Anthropic), audio in / out.
+EXTRA_FIELDS = ("cw1h", "ain", "aout")
+_LITELLM_EXTRA = {
+    "cache_creation_input_token_cost_above_1hr": "cw1h",
+    "input_cost_per_audio_token": "ain",
+    "output_cost_per_audio_token": "aout",
+}
+_GENAI_EXTRA = {"cache_write_1h_mtok": "cw1h", "input_audio_mtok": "ain", "output_audio_mtok": "aout"}
 
 
 class Stats:
@@ -200,13 +208,15 @@ class Tier:
 class Entry:
     model: str
     src: str
-    prices: dict[str, int | None]  # in, out, cr, cw
+    prices: dict[str, int | None]  # in, out, cr, cw, cw1h, ain, aout
     tiers: list[Tier] = field(default_factory=list)
     fill: dict[str, str] = field(default_factory=dict)
 
     def clean(self) -> None:
         inp = self.prices["in"] or 0
-        for key in ("cr", "cw"):
+        for key in EXTRA_FIELDS:
+            self.prices.setdefault(key, None)
+        for key in ("cr", "cw", *EXTRA_FIELDS):
             if self.prices[key] == 0 and inp > 0:
                 self.prices[key] = None
         cr = self.prices["cr"]
@@ -311,6 +321,11 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
                     "out": outp,
                     "cr": to_nano(_pk_price(pay, "cache_read_input_token"), CENTS_PER_TOKEN),
                     "cw": to_nano(_pk_price(pay, "cache_write_input_token"), CENTS_PER_TOKEN),
+                    "cw1h": to_nano(
+                        _pk_price(pay.get("additional_units") or {}, "cache_write_1h"), CENTS_PER_TOKEN
+                    ),
+                    "ain": to_nano(_pk_price(pay, "request_audio_token"), CENTS_PER_TOKEN),
+                    "aout": to_nano(_pk_price(pay, "response_audio_token"), CENTS_PER_TOKEN),
                 },
             )
             entry.clean()
@@ -359,6 +374,7 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
                 "out": outp,
                 "cr": to_nano(value.get("cache_read_input_token_cost"), USD_PER_TOKEN),
                 "cw": to_nano(value.get("cache_creation_input_token_cost"), USD_PER_TOKEN),
+                **{k: to_nano(value.get(f), USD_PER_TOKEN) for f, k in _LITELLM_EXTRA.items()},
             },
         )
         entry.clean()
@@ -436,6 +452,9 @@ def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[En
                 continue
             base["in"] = base["in"] or 0
             base["out"] = base["out"] or 0
+            for src_key, key in _GENAI_EXTRA.items():
+                value = prices.get(src_key)
+                base[key] = to_nano(value["base"] if isinstance(value, dict) else value, USD_PER_MTOK)
             model_id = str(model["id"])
             if model_id.lower() in seen:
                 STATS.skip("duplicate within source")
@@ -483,8 +502,8 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
             merged[key] = entry
         agreeing = [o for o in others if _in_out(o) == _in_out(entry)]
         STATS.disagreements += len(others) - len(agreeing)
-        for field_name in ("cr", "cw"):
-            if entry.prices[field_name] is None:
+        for field_name in ("cr", "cw", *EXTRA_FIELDS):
+            if entry.prices.get(field_name) is None:
                 for other in agreeing:
                     if other.prices[field_name] is not None:
                         entry.prices[field_name] = other.prices[field_name]
@@ -507,8 +526,8 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
 
 def entry_json(entry: Entry) -> str:
     obj: dict[str, Any] = {"in": entry.prices["in"], "out": entry.prices["out"]}
-    for key in ("cr", "cw"):
-        if entry.prices[key] is not None:
+    for key in ("cr", "cw", *EXTRA_FIELDS):
+        if entry.prices.get(key) is not None:
             obj[key] = entry.prices[key]
     if entry.tiers:
         tiers = []
@@ -574,6 +593,9 @@ def build(data: Path) -> str:
             "out": "output tokens (reasoning included)",
             "cr": "cache-read input tokens (absent: not listed, priced as input)",
             "cw": "cache-write input tokens (absent: not listed, priced as input)",
+            "cw1h": "cache writes with a 1-hour lifetime (absent: not listed, priced as cw, the row is priced_partial)",
+            "ain": "audio input tokens (absent: not listed, priced as input, the row is priced_partial)",
+            "aout": "audio output tokens (absent: not listed, priced as output, the row is priced_partial)",
             "tiers": "context tiers: all prices switch when prompt tokens > above",
             "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
             "fill": "fields taken from another source listing the same model at the same in/out prices",

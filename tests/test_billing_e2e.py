@@ -123,8 +123,12 @@ def test_every_request_becomes_a_priced_row(make_gateway: Callable[..., GatewayP
     }
     assert sorted(r.streaming for r in openai_rows) == [False, True, True]
     claude = [r for r in rows if r.provider == "anthropic"]
+    # the row convention: Anthropic's input_tokens (700) plus its cache reads and writes
     assert {(r.input_tokens, r.cache_read_tokens, r.cache_write_tokens, r.output_tokens)
-            for r in claude} == {(700, 200, 100, 50)}
+            for r in claude} == {(700 + 200 + 100, 200, 100, 50)}
+    # every billed row keeps the provider's usage object and the price entry it was priced by
+    assert all(r.usage_raw and r.usage_api and r.price_entry for r in rows if r.status == "ok")
+    assert {r.usage_api for r in claude} == {"anthropic"}
     missing = [r for r in rows if r.status == "usage_missing"]
     assert len(missing) == 1 and not missing[0].priced and missing[0].cost_nano_usd is None
     assert len({r.request_id for r in rows}) == 6

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from plano_fast.billing.flusher import DRAIN_SLICE, UsageFlusher, price_event, pricing_family, rows_of_events
+from plano_fast.billing.flusher import DRAIN_SLICE, UsageFlusher, price_event, quote_event, row_of_event, rows_of_events
 from plano_fast.billing.journal import Journal
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts
@@ -78,6 +78,12 @@ def random_event(rng: random.Random, i: int) -> UsageEvent:
         token_id=rng.choice([None, "t1"]),
         duration_ms=rng.choice([0.0, -1.0, 0.0004, 0.0005, 0.0015, 0.0025, rng.random() * 5_000]),
         wire_format=wire,
+        cache_write_1h_tokens=rng.choice([0, 0, rng.randrange(500)]),
+        audio_input_tokens=rng.choice([0, 0, 0, rng.randrange(200)]),
+        audio_output_tokens=rng.choice([0, 0, 0, rng.randrange(200)]),
+        tool_use_prompt_tokens=rng.choice([0, 0, rng.randrange(100)]),
+        usage_raw=rng.choice([None, '{"usage":{"prompt_tokens":1}}']),
+        usage_api=rng.choice([None, "openai_chat"]),
     )
 
 
@@ -97,10 +103,12 @@ def test_inlined_rows_equal_the_public_helpers(overrides: bool) -> None:
     events = [random_event(rng, i) for i in range(3_000)]
     out: collections.deque[UsageRow] = collections.deque()
     unpriced = rows_of_events(reg, events, out)
-    expected = [usage_row_from_event(e, cost_nano_usd=price_event(reg, e)) for e in events]
+    expected = [row_of_event(reg, e) for e in events]
     assert list(out) == expected
     assert unpriced == sum(1 for r in expected if not r.priced)
     assert 0 < unpriced < len(events) // 2
+    assert 0 < sum(1 for r in expected if r.price_status == "priced_partial") < len(events) // 2
+    assert all(r.price_entry for r in expected if r.priced and r.cost_nano_usd)
 
 
 def test_price_event_equals_the_registry_with_token_counts() -> None:
@@ -113,32 +121,25 @@ def test_price_event_equals_the_registry_with_token_counts() -> None:
         if e.status == STATUS_NOT_BILLABLE or not e.has_usage or e.model is None:
             continue
         tokens = TokenCounts(e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
-                             e.reasoning_tokens)  # fmt: skip
-        family = pricing_family(e.provider, e.wire_format)
-        assert price_event(reg, e) == reg.cost_nano_usd(e.provider, e.model, e.project_id, tokens, family=family)
+                             e.reasoning_tokens, e.cache_write_1h_tokens, e.audio_input_tokens,
+                             e.audio_output_tokens, e.tool_use_prompt_tokens)  # fmt: skip
+        assert price_event(reg, e) == reg.cost_nano_usd(e.provider, e.model, e.project_id, tokens)
+        assert quote_event(reg, e) == reg.quote(e.provider, e.model, e.project_id, tokens)
         seen += 1
     assert seen > 1_000
 
 
-def test_cost_of_counts_rejects_what_token_counts_rejects() -> None:
+def test_quote_counts_rejects_what_token_counts_rejects() -> None:
     reg = PricingRegistry()
     with pytest.raises(ValueError, match="must be >= 0"):
-        reg.cost_of_counts("openai", "gpt-4o-mini", None, "openai", 10, -1, 0, 0, 0)
+        reg.quote_counts("openai", "gpt-4o-mini", None, 10, -1, 0, 0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        reg.quote_counts("openai", "gpt-4o-mini", None, 10, 1, 0, 0, 0, -1)
     with pytest.raises(TypeError, match="must be ints"):
-        reg.cost_of_counts("openai", "gpt-4o-mini", None, "openai", 10, 1.0, 0, 0, 0)  # type: ignore[arg-type]
+        reg.quote_counts("openai", "gpt-4o-mini", None, 10, 1.0, 0, 0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be ints"):
-        reg.cost_of_counts("openai", "gpt-4o-mini", None, "openai", True, 1, 0, 0, 0)
-    with pytest.raises(ValueError, match="unknown usage family"):
-        reg.cost_of_counts("openai", "gpt-4o-mini", None, "weird", 10, 1, 0, 0, 0)
-    assert reg.cost_of_counts("openai", "no-such-model", None, "openai", 10, 1, 0, 0, 0) is None
-
-
-def test_pricing_family() -> None:
-    assert pricing_family("gemini", "openai") == "openai"
-    assert pricing_family("gemini", "gemini") == "separate_reasoning"
-    assert pricing_family("google", "gemini") == "separate_reasoning"
-    assert pricing_family("anthropic", "anthropic") == "anthropic"
-    assert pricing_family("openai", "openai") == "openai"
+        reg.quote_counts("openai", "gpt-4o-mini", None, True, 1, 0, 0)
+    assert reg.quote_counts("openai", "no-such-model", None, 10, 1, 0, 0) is None
 
 
 @pytest.mark.parametrize(
@@ -212,12 +213,13 @@ def test_flush_now_writes_everything_with_exact_metrics(tmp_path: Path) -> None:
         assert flusher.backlog == 2_345
         await flusher.flush_now()
         assert flusher.backlog == 0
-        expected = [usage_row_from_event(e, cost_nano_usd=price_event(flusher.pricing, e)) for e in evs]
+        expected = [row_of_event(flusher.pricing, e) for e in evs]
         assert [store.rows[e.request_id] for e in evs] == expected
         assert store.batches == [400] * 5 + [345]
         m = flusher.metrics
         assert (m.events_submitted, m.rows_written, m.rows_duplicate, m.flushes) == (2_345, 2_345, 0, 6)
         assert m.rows_unpriced_at_flush == sum(1 for r in expected if not r.priced)
+        assert m.rows_priced_partial == sum(1 for r in expected if r.price_status == "priced_partial")
 
     asyncio.run(main())
 
@@ -329,7 +331,7 @@ def test_overflow_and_shutdown_spill_to_the_journal(tmp_path: Path) -> None:
         assert flusher.metrics.rows_spilled == 500 and flusher.backlog == 0
         spilled = [r for batch in Journal.read_batches(flusher.journal.path, 1_000) for r in batch]
         assert [r.request_id for r in spilled] == [e.request_id for e in evs]  # oldest first
-        expected = [usage_row_from_event(e, cost_nano_usd=price_event(flusher.pricing, e)) for e in evs]
+        expected = [row_of_event(flusher.pricing, e) for e in evs]
         assert spilled == expected
 
     asyncio.run(main())

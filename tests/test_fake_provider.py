@@ -667,3 +667,46 @@ def test_cli(workers: str) -> None:
             proc.communicate()
             raise
     assert proc.returncode == 0, err
+
+
+TOOL_HEADERS = {"x-fake-tool-call": "get_weather", "x-fake-tool-args": '{"city":"Paris"}'}
+
+
+def test_tool_call_answers(fake: FakeProviderThread, oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    msgs: Any = [{"role": "user", "content": "x"}]
+    reply = oai.chat.completions.create(model="m", messages=msgs, extra_headers=TOOL_HEADERS)
+    [call] = reply.choices[0].message.tool_calls or []
+    assert reply.choices[0].finish_reason == "tool_calls" and reply.choices[0].message.content is None
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})  # type: ignore[union-attr]
+    with oai.chat.completions.stream(model="m", messages=msgs, extra_headers=TOOL_HEADERS,
+                                     stream_options={"include_usage": True}) as stream:
+        final = stream.get_final_completion()
+    assert json.loads(final.choices[0].message.tool_calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[index]
+    assert final.usage is not None and final.usage.completion_tokens > 0
+    message = ant.messages.create(model="c", max_tokens=9, messages=msgs, extra_headers=TOOL_HEADERS)
+    assert message.stop_reason == "tool_use" and message.content[0].input == {"city": "Paris"}  # type: ignore[union-attr]
+    with ant.messages.stream(model="c", max_tokens=9, messages=msgs, extra_headers=TOOL_HEADERS) as astream:
+        streamed = astream.get_final_message()
+    assert streamed.stop_reason == "tool_use" and streamed.content[0].input == {"city": "Paris"}  # type: ignore[union-attr]
+    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}]}
+    for verb in (":generateContent", ":streamGenerateContent?alt=sse"):
+        status, _, raw = _http(fake.url + "/v1beta/models/gemini-2.5-flash" + verb, body, TOOL_HEADERS)
+        doc = json.loads(raw[6:] if raw.startswith(b"data: ") else raw)
+        assert status == 200
+        assert doc["candidates"][0]["content"]["parts"] == [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]
+        assert doc["candidates"][0]["finishReason"] == "STOP" and doc["usageMetadata"]["promptTokenCount"] > 0
+    status, _, _ = _http(fake.url + "/v1/chat/completions", {"messages": msgs},
+                         {**TOOL_HEADERS, "x-fake-tool-args": "[1]"})
+    assert status == 400
+
+
+def test_fixed_text(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    msgs: Any = [{"role": "user", "content": "x"}]
+    headers = {"x-fake-text": '{"city": "Paris"}', "x-fake-events": "4"}
+    reply = oai.chat.completions.create(model="m", messages=msgs, extra_headers=headers)
+    assert reply.choices[0].message.content == '{"city": "Paris"}'
+    chunks = list(oai.chat.completions.create(model="m", messages=msgs, stream=True, extra_headers=headers))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 4 and "".join(pieces) == '{"city": "Paris"}'
+    with ant.messages.stream(model="c", max_tokens=9, messages=msgs, extra_headers=headers) as stream:
+        assert "".join(stream.text_stream) == '{"city": "Paris"}'

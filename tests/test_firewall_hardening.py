@@ -507,3 +507,16 @@ def test_config_mode_gemini_path_models_are_plain(
     got, _, body = raw_request(gateway.port, head, b'{"contents":[{"parts":[{"text":"hi"}]}]}')
     assert got == status, body
     assert len(provider_calls(fake)) == (1 if status == 200 else 0)
+
+
+def test_key_hash_memo_holds_no_key_and_is_bounded() -> None:
+    import hashlib
+
+    from plano_fast import exchange
+
+    keys = [b"sk-memo-%d-" % i + b"x" * 30_000 for i in range(5000)]
+    for key in keys + keys[:10]:
+        assert exchange.key_hash(key) == hashlib.sha256(key).hexdigest()
+    assert len(exchange._KEY_HASHES) <= exchange._KEY_HASHES_MAX
+    for check, digest in exchange._KEY_HASHES.values():
+        assert isinstance(check, int) and len(digest) == 64  # fixed size: no key inside

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from plano_fast.pricing import (
-    FAMILY_OPENAI,
     ModelPrice,
     PriceTier,
     PricingRegistry,
     TokenCounts,
-    cost_nano_usd,
+    cost_nano_usd as _cost_nano_usd,
     load_default_prices,
-    usage_family,
+    price_tokens,
 )
 from tests.shared_data import PRICING
 
@@ -28,6 +28,12 @@ TABLE = ROOT / "plano_fast" / "data" / "prices.json"
 USD = 1_000_000_000  # nano-USD per USD
 LLAMA_TOGETHER = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 SONNET_45_DATED = "claude-sonnet-4-5-20250929"
+
+
+def cost_nano_usd(price: ModelPrice, provider: str, tokens: TokenCounts) -> int:
+    """The price of row-convention counts (one formula whatever the provider)."""
+    del provider
+    return _cost_nano_usd(price, tokens)
 
 
 def tok(i: int = 0, o: int = 0, cr: int = 0, cw: int = 0, r: int = 0) -> TokenCounts:
@@ -86,28 +92,29 @@ def test_openai_reasoning_models_do_not_add_reasoning_twice(reg: PricingRegistry
 
 def test_anthropic_sonnet_45_cache_reads_and_writes(reg: PricingRegistry) -> None:
     # claude-sonnet-4-5: $3 in / $15 out / $0.30 cache read / $3.75 cache write (5 min) per 1M.
-    # Anthropic input_tokens EXCLUDES cache reads and writes.
-    #   input        100 *  3_000_000_000 =    300_000_000_000
+    # Anthropic input_tokens 100 excludes cache reads and writes; the row's input is all
+    # of them: 100 + 5000 + 2000 = 7100.
+    #   uncached     100 *  3_000_000_000 =    300_000_000_000
     #   cache write 2000 *  3_750_000_000 =  7_500_000_000_000
     #   cache read  5000 *    300_000_000 =  1_500_000_000_000
     #   output       700 * 15_000_000_000 = 10_500_000_000_000
     #   sum = 19_800_000_000_000 / 1e6 = 19_800_000 nano-USD ($0.0198)
-    t = tok(i=100, o=700, cr=5000, cw=2000)
+    t = tok(i=7100, o=700, cr=5000, cw=2000)
     for model in ("claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
         assert reg.cost_nano_usd("anthropic", model, None, t) == 19_800_000
 
 
 def test_anthropic_long_context_tier(reg: PricingRegistry) -> None:
-    # Prompt = input + cache_read + cache_write. > 200_000 -> $6 / $22.5 / $0.60 / $7.50.
+    # Prompt = input (all prompt tokens). > 200_000 -> $6 / $22.5 / $0.60 / $7.50.
     #   150_000 * 6_000_000_000  = 900_000_000_000_000
     #    60_000 *   600_000_000  =  36_000_000_000_000
     #     1_000 * 22_500_000_000 =  22_500_000_000_000
     #   sum = 958_500_000_000_000 / 1e6 = 958_500_000 nano-USD
-    cost = reg.cost_nano_usd("anthropic", "claude-sonnet-4-5", None, tok(150_000, 1000, 60_000))
+    cost = reg.cost_nano_usd("anthropic", "claude-sonnet-4-5", None, tok(210_000, 1000, 60_000))
     assert cost == 958_500_000
     # Exactly 200_000 is not above the threshold: base prices.
     #   140_000 * 3e9 + 60_000 * 3e8 + 1000 * 15e9 = 453_000_000_000_000 / 1e6 = 453_000_000
-    cost = reg.cost_nano_usd("anthropic", "claude-sonnet-4-5", None, tok(140_000, 1000, 60_000))
+    cost = reg.cost_nano_usd("anthropic", "claude-sonnet-4-5", None, tok(200_000, 1000, 60_000))
     assert cost == 453_000_000
 
 
@@ -119,7 +126,7 @@ def test_gemini_25_flash_cached_and_thoughts(reg: PricingRegistry) -> None:
     #   cached 17379                   *    30_000_000 =   521_370_000_000
     #   output (68 + 821) = 889        * 2_500_000_000 = 2_222_500_000_000
     #   sum = 2_844_070_000_000 / 1e6 = 2_844_070 nano-USD
-    t = tok(i=17713, o=68, cr=17379, r=821)
+    t = tok(i=17713, o=68 + 821, cr=17379, r=821)  # the row: output includes thoughts
     assert reg.cost_nano_usd("gemini", "models/gemini-2.5-flash", None, t) == 2_844_070
     assert reg.cost_nano_usd("google", "gemini-2.5-flash", None, t) == 2_844_070
 
@@ -132,25 +139,19 @@ def test_gemini_25_pro_context_tier(reg: PricingRegistry) -> None:
     assert reg.cost_nano_usd("gemini", "gemini-2.5-pro", None, tok(100_000, 1000)) == 135_000_000
 
 
-def test_usage_families() -> None:
-    assert usage_family("openai") == FAMILY_OPENAI
-    assert usage_family("deepseek") == FAMILY_OPENAI
-    assert usage_family("anthropic") == "anthropic"
-    assert usage_family("google") == "separate_reasoning"
-    assert usage_family("x-ai") == "separate_reasoning"
+def test_one_formula_for_every_provider() -> None:
     p = ModelPrice(1_000_000, 2_000_000, None, None)  # 1 / 2 nano-USD per token
     t = tok(i=10, o=5, r=3)
-    assert cost_nano_usd(p, "openai", t) == 10 + 10  # reasoning inside output
-    assert cost_nano_usd(p, "xai", t) == 10 + 16  # xAI reports reasoning outside completion
-    assert cost_nano_usd(p, "gemini", t, family=FAMILY_OPENAI) == 20  # explicit override
+    for provider in ("openai", "xai", "gemini", "anthropic", "deepseek"):
+        assert cost_nano_usd(p, provider, t) == 10 + 10  # reasoning is inside output
 
 
 def test_missing_cache_prices_fall_back_to_input_price() -> None:
     p = ModelPrice(1_000_000, 2_000_000, None, None)
-    # OpenAI family: cached 4 of 10 still at the input price: 10 * 1 + 1 * 2 = 12
+    # cached 4 of 10 still at the input price: 10 * 1 + 1 * 2 = 12
     assert cost_nano_usd(p, "openai", tok(i=10, o=1, cr=4)) == 12
-    # Anthropic family: 3 + 4 + 5 input-priced tokens: 12 * 1 = 12
-    assert cost_nano_usd(p, "anthropic", tok(i=3, cr=4, cw=5)) == 12
+    # 3 uncached + 4 read + 5 written, all input-priced: 12 * 1 = 12
+    assert cost_nano_usd(p, "anthropic", tok(i=12, cr=4, cw=5)) == 12
     # OpenAI cache writes (subset of prompt) with a listed write price:
     q = ModelPrice(1_000_000, 0, 100_000_000, 1_250_000)
     # uncached (100 - 20 - 40) = 40 * 1 + 20 * 100 + 40 * 1.25 = 40 + 2000 + 50 = 2090
@@ -159,8 +160,11 @@ def test_missing_cache_prices_fall_back_to_input_price() -> None:
 
 def test_malformed_counts_never_go_negative() -> None:
     p = ModelPrice(1_000_000, 1_000_000, 500_000, None)
-    # cache_read > input: uncached clamps to 0; 20 * 0.5 = 10
-    assert cost_nano_usd(p, "openai", tok(i=10, cr=20)) == 10
+    # cache_read > input: a part never exceeds its total: 10 read * 0.5 = 5, uncached 0
+    assert cost_nano_usd(p, "openai", tok(i=10, cr=20)) == 5
+    # output < audio output: the same
+    q = ModelPrice(0, 1_000_000, None, None, audio_output_per_mtok=3_000_000)
+    assert _cost_nano_usd(q, TokenCounts(0, 2, 0, 0, 0, audio_output_tokens=5)) == 6
 
 
 # ------------------------------------------------------------------------ integer only
@@ -275,7 +279,8 @@ def test_project_override_beats_global_on_a_less_specific_name() -> None:
 def test_unknown_model_is_none_never_zero(reg: PricingRegistry) -> None:
     assert reg.price_for("openai", "gpt-does-not-exist", None) is None
     assert reg.cost_nano_usd("openai", "gpt-does-not-exist", None, tok(i=1000, o=1000)) is None
-    assert reg.cost_nano_usd("no-such-provider", "gpt-4o", None, tok(i=1)) is None
+    assert reg.cost_nano_usd("no-such-provider", "gpt-does-not-exist", None, tok(i=1)) is None
+    assert reg.cost_nano_usd("no-such-provider", "nobody/gpt-4o", None, tok(i=1)) is None
     assert reg.cost_nano_usd("openai", "", None, tok(i=1)) is None
 
 
@@ -373,3 +378,112 @@ def test_tier_validation() -> None:
     assert cost_nano_usd(p, "openai", tok(i=50)) == 50  # not above 50
     assert cost_nano_usd(p, "openai", tok(i=51)) == 153  # 51 * 3
     assert cost_nano_usd(p, "openai", tok(i=101)) == 202  # 101 * 2
+
+
+# ------------------------------------------------------------- dimensions and partial prices
+
+
+def test_every_priced_dimension_applies() -> None:
+    p = ModelPrice(
+        1_000_000, 10_000_000, 100_000, 1_250_000, cache_write_1h_per_mtok=2_000_000,
+        audio_input_per_mtok=40_000_000, audio_output_per_mtok=80_000_000,
+    )  # fmt: skip
+    # input 1000 = 600 uncached (incl. 50 tool-use prompt) + 200 read + 100 written (30 of
+    # them 1h) + 100 audio; output 50 = 40 visible/reasoning + 10 audio
+    t = TokenCounts(1000, 50, 200, 100, 20, cache_write_1h_tokens=30, audio_input_tokens=100,
+                    audio_output_tokens=10, tool_use_prompt_tokens=50)  # fmt: skip
+    cost, partial = price_tokens(p, 1000, 50, 200, 100, 30, 100, 10)
+    expected = 600 * 1 + 200 * 0.1 + 70 * 1.25 + 30 * 2 + 100 * 40 + 40 * 10 + 10 * 80
+    assert cost == _cost_nano_usd(p, t) == round(expected) and not partial
+
+
+@pytest.mark.parametrize(
+    ("counts", "partial"),
+    [
+        ((100, 10, 0, 0, 0, 0, 0), False),
+        ((100, 10, 5, 0, 0, 0, 0), True),  # cache read, no read price: at the input price
+        ((100, 10, 0, 5, 0, 0, 0), True),  # cache write, no write price
+        ((100, 10, 0, 5, 5, 0, 0), True),  # 1h write, no 1h price
+        ((100, 10, 0, 0, 0, 5, 0), True),  # audio in
+        ((100, 10, 0, 0, 0, 0, 5), True),  # audio out
+    ],
+)
+def test_a_dimension_without_its_price_is_partial_never_free(counts: tuple[int, ...], partial: bool) -> None:
+    p = ModelPrice(1_000_000, 2_000_000, None, None)
+    cost, got = price_tokens(p, *counts)
+    assert got is partial
+    # never free: charged at the fallback (input / output price), like plain tokens
+    assert cost == price_tokens(p, counts[0], counts[1], 0, 0)[0] == 100 + 20
+
+
+def test_1h_write_without_its_price_falls_back_to_the_write_price() -> None:
+    p = ModelPrice(1_000_000, 0, None, 2_000_000)
+    assert price_tokens(p, 10, 0, 0, 10, 4) == (6 * 2 + 4 * 2, True)
+    assert price_tokens(replace(p, cache_write_1h_per_mtok=5_000_000), 10, 0, 0, 10, 4) == (6 * 2 + 4 * 5, False)
+
+
+def test_quote_names_the_entry(reg: PricingRegistry) -> None:
+    q = reg.quote("anthropic", SONNET_45_DATED, None, tok(i=10, o=1))
+    assert q is not None and q.entry == "anthropic/claude-sonnet-4-5-20250929" and not q.partial
+    custom = PricingRegistry()
+    custom.set_overrides({"gpt-4o": ModelPrice(1_000_000, 1_000_000, None, None)}, {})
+    q = custom.quote("openai", "gpt-4o-2024-08-06", None, tok(i=10, o=1))
+    assert q is not None and (q.cost_nano_usd, q.entry) == (11, "custom")
+
+
+# ---------------------------------------------------------------------------- resold models
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "entry"),
+    [
+        # a vendor prefix names the vendor's table
+        ("together", "mistralai/Mistral-Large-2411", "mistral/mistral-large-2411"),
+        ("groq", "anthropic/claude-sonnet-4-5", "anthropic/claude-sonnet-4-5"),
+        ("my-vllm", "google/gemini-2.5-flash", "gemini/gemini-2.5-flash"),
+        # a bare name: the first-party tables
+        ("my-vllm", "gpt-4o-mini-2024-07-18", "openai/gpt-4o-mini-2024-07-18"),
+        ("groq", "claude-3-5-haiku-latest", "anthropic/claude-3-5-haiku-latest"),
+        # the provider's own entry always wins
+        ("together", LLAMA_TOGETHER, "together/" + LLAMA_TOGETHER),
+        ("openrouter", "anthropic/claude-sonnet-4.5", None),
+    ],
+)
+def test_resold_models_priced_from_the_vendor_table(reg: PricingRegistry, provider: str, model: str, entry: str | None) -> None:
+    q = reg.quote(provider, model, None, tok(i=1000, o=100))
+    if entry is None:
+        assert q is not None and q.entry.startswith("openrouter/")
+        return
+    assert q is not None and q.entry == entry
+    vendor, _, name = entry.partition("/")
+    price = reg.price_for(vendor, name, None)
+    assert price is not None and q.cost_nano_usd == _cost_nano_usd(price, tok(i=1000, o=100))
+
+
+def test_pinned_provider() -> None:
+    reg = PricingRegistry(pins={"my-proxy": "anthropic"})
+    q = reg.quote("my-proxy", "claude-sonnet-4-5", None, tok(i=1000, o=100))
+    assert q is not None and q.entry == "anthropic/claude-sonnet-4-5"
+    # pinned: only that table (gpt-4o is not an Anthropic model)
+    assert reg.quote("my-proxy", "gpt-4o", None, tok(i=1)) is None
+    assert PricingRegistry().quote("my-proxy", "gpt-4o", None, tok(i=1)) is not None
+    reg.set_pins({})
+    assert reg.quote("my-proxy", "gpt-4o", None, tok(i=1)) is not None
+
+
+def test_bundled_1h_writes_and_audio_are_priced_exactly(reg: PricingRegistry) -> None:
+    # claude-sonnet-4-5: $3 in / $15 out / $0.30 read / $3.75 5-minute write / $6 1-hour write
+    # (Anthropic prompt caching docs; Portkey additional_units.cache_write_1h = 0.0006 cents).
+    # Row: input 6156 = 12 uncached + 4096 read + 2048 written (1024 of them for 1h); output 700.
+    t = TokenCounts(6156, 700, 4096, 2048, 640, cache_write_1h_tokens=1024)
+    q = reg.quote("anthropic", SONNET_45_DATED, None, t)
+    expected = 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000  # nano-USD
+    assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
+    # gpt-4o-audio-preview (Portkey: audio $100 in / $200 out per 1M; text $2.50 / $10)
+    t = TokenCounts(150, 90, 0, 0, 0, audio_input_tokens=100, audio_output_tokens=80)
+    q = reg.quote("openai", "gpt-4o-audio-preview", None, t)
+    expected = 50 * 2_500 + 100 * 100_000 + 10 * 10_000 + 80 * 200_000
+    assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
+    # a model without an audio price: charged as text, marked partial
+    q = reg.quote("openai", "gpt-4o-mini", None, t)
+    assert q is not None and q.partial and q.cost_nano_usd == 150 * 150 + 90 * 600

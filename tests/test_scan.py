@@ -61,6 +61,10 @@ def usage_tuple(u: Any) -> tuple[Any, ...]:
         u.has_usage,
         u.model,
         u.is_error,
+        u.tool_use_prompt_tokens,
+        u.cache_write_1h_tokens,
+        u.audio_input_tokens,
+        u.audio_output_tokens,
     )
 
 
@@ -70,11 +74,23 @@ def request_tuple(r: Any) -> tuple[Any, ...]:
 
 def run_chunks(
     scan: ModuleType, api: int, streaming: bool, chunks: list[bytes], strip: bool = False
-) -> tuple[tuple[Any, ...], bytes]:
+) -> tuple[tuple[Any, ...], bytes, bytes | None]:
+    """(usage, forwarded bytes, raw usage document); the raw document, scanned again as a
+    plain JSON body, gives the very same counts (what ``plano-fast usage reprice`` relies on)."""
     scanner = scan.UsageScanner(api, streaming, strip)
     out = [scanner.feed(chunk) for chunk in chunks]
     out.append(scanner.finish())
-    return usage_tuple(scanner.result()), b"".join(out)
+    usage = usage_tuple(scanner.result())
+    raw = scanner.raw_usage()
+    if raw is not None:
+        assert usage[5], "raw usage without usage"
+        assert len(raw) <= scan.MAX_RAW_USAGE_BYTES
+        again = scan.UsageScanner(api, False)
+        again.feed(raw)
+        again.finish()
+        redone = usage_tuple(again.result())
+        assert redone[:5] + redone[8:] == usage[:5] + usage[8:] and redone[5], (raw, redone, usage)
+    return usage, b"".join(out), raw
 
 
 def split_offsets(n: int, limit: int = 4000, tail: int = 1500) -> list[int]:
@@ -139,8 +155,17 @@ def U(
     has_usage: bool = True,
     model: str | None = None,
     is_error: bool = False,
+    tool_use: int = 0,
+    cache_write_1h: int = 0,
+    audio_in: int = 0,
+    audio_out: int = 0,
 ) -> tuple[Any, ...]:
-    return (inp, out, cache_read, cache_write, reasoning, has_usage, model, is_error)
+    """An expected :class:`Usage` in the row convention (input includes every prompt token,
+    output every billed output token; see plano_fast._scan_py "Normalized usage")."""
+    return (
+        inp, out, cache_read, cache_write, reasoning, has_usage, model, is_error,
+        tool_use, cache_write_1h, audio_in, audio_out,
+    )  # fmt: skip
 
 
 NO_USAGE = U(has_usage=False)
@@ -160,6 +185,7 @@ PUBLIC = [
     "MAX_EVENT_BYTES",
     "MAX_HOLD_BYTES",
     "MAX_MODEL_BYTES",
+    "MAX_RAW_USAGE_BYTES",
     "MAX_TOKEN_COUNT",
     "RequestFields",
     "ScanError",
@@ -650,14 +676,14 @@ OPENAI_BODY = json.dumps(
             b'{"type":"message","model":"claude","usage":{"input_tokens":3,'
             b'"cache_creation_input_tokens":418,"cache_read_input_tokens":1111,'
             b'"cache_creation":{"ephemeral_5m_input_tokens":418},"output_tokens":33}}',
-            U(3, 33, 1111, 418, 0, model="claude"),
+            U(3 + 1111 + 418, 33, 1111, 418, 0, model="claude"),
         ),
         (
             GEMINI,
             b'{"candidates":[],"modelVersion":"gemini-2.5-flash","usageMetadata":{'
             b'"promptTokenCount":17713,"cachedContentTokenCount":17379,'
             b'"candidatesTokenCount":68,"thoughtsTokenCount":821,"totalTokenCount":18602}}',
-            U(17713, 68, 17379, 0, 821, model="gemini-2.5-flash"),
+            U(17713, 68 + 821, 17379, 0, 821, model="gemini-2.5-flash"),
         ),
         # Gemini JSON-array stream (streamGenerateContent without alt=sse), last one wins
         (
@@ -888,7 +914,7 @@ def test_stream_without_final_blank_line(scan: ModuleType) -> None:
             b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
             b'"usage":{"input_tokens":61,"output_tokens":2}       }\n\n'
             b'event: message_stop\ndata: {"type":"message_stop"               }\n\n',
-            U(61, 2, 7, 0, 0, model="claude-x"),
+            U(61 + 7, 2, 7, 0, 0, model="claude-x"),
         ),
         # Anthropic stream cut before message_delta: counts kept, but has_usage is False
         (
@@ -904,7 +930,7 @@ def test_stream_without_final_blank_line(scan: ModuleType) -> None:
             b'"thoughtsTokenCount":35},"modelVersion":"gemini-2.5-flash"}\r\n\r\n'
             b'data: {"usageMetadata":{"promptTokenCount":18,"candidatesTokenCount":80,'
             b'"thoughtsTokenCount":35},"modelVersion":"gemini-2.5-flash"}\r\n\r\n',
-            U(18, 80, 0, 0, 35, model="gemini-2.5-flash"),
+            U(18, 80 + 35, 0, 0, 35, model="gemini-2.5-flash"),
         ),
         # a JSON (not SSE) body on a streaming request: error before the stream started
         (
@@ -1045,12 +1071,12 @@ def test_strip_hold_cap(scan: ModuleType) -> None:
     small = '{"choices":[],"usage":{"prompt_tokens":1},"p":"' + pad + '"}'
     body = sse(small)
     assert len(body) <= cap
-    assert run_chunks(scan, CHAT, True, [body[:5000], body[5000:]], True) == (U(1), b"")
+    assert run_chunks(scan, CHAT, True, [body[:5000], body[5000:]], True)[:2] == (U(1), b"")
     big = '{"choices":[],"usage":{"prompt_tokens":1},"p":"' + pad + "y" * 200 + '"}'
     body = sse(big)
     assert len(body) > cap
     got = run_chunks(scan, CHAT, True, [body[:5000], body[5000:50000], body[50000:]], True)
-    assert got == (U(1), body)
+    assert got[:2] == (U(1), body)
     # bytes are released as they arrive once the cap is passed: memory stays bounded
     scanner = scan.UsageScanner(CHAT, True, True)
     line = b"data: " + b"[" + b"1," * 200_000

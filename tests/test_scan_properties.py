@@ -357,11 +357,13 @@ TOKEN_KEYS = st.sampled_from(
     ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "cache_read_input_tokens",
      "cache_creation_input_tokens", "promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount",
      "thoughtsTokenCount", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-     "prompt_cache_hit_tokens"]
+     "prompt_cache_hit_tokens", "toolUsePromptTokenCount", "thinking_tokens", "audio_tokens",
+     "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]
 )  # fmt: skip
 DETAIL_KEYS = st.sampled_from(
-    ["prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details"]
-)
+    ["prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details",
+     "cache_creation"]
+)  # fmt: skip
 TOKEN_VALUES = st.one_of(
     st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**6), SCALARS
 )
@@ -442,6 +444,15 @@ def check_scanners(api: int, streaming: bool, body: bytes, chunks: list[bytes]) 
                 assert whole[1] == body
             results.append(whole)
         assert all(r == results[0] for r in results), results
+        check_convention(results[0][0])
+
+
+def check_convention(u: tuple[Any, ...]) -> None:
+    """The row convention holds for any input: subsets never exceed their totals."""
+    inp, out, cr, cw, rs = u[:5]
+    tool, cw1h, ain, aout = u[8:12]
+    assert inp >= cr + cw + ain and inp >= tool and cw >= cw1h, u
+    assert out >= rs and out >= aout, u
 
 
 @SETTINGS

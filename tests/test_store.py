@@ -571,11 +571,16 @@ def test_postgres_usage_records() -> None:
     rows = [usage(t=1, cost=c) for c in (None, 0, 5)]
     rows.append(replace(rows[0], priced=1, cost_nano_usd=7))  # type: ignore[arg-type]
     rows.append(replace(rows[0], priced=0, cost_nano_usd=7, streaming=2))  # type: ignore[arg-type]
+    rows.append(replace(rows[2], price_status="priced_partial", cache_write_1h_tokens=1, usage_api="anthropic",
+                        usage_raw='{"usage":{}}', price_entry="anthropic/claude-x"))  # fmt: skip
+    rows.append(replace(rows[0], price_status="priced_partial"))  # unpriced: pending whatever it says
     expected = [
         tuple(bool(getattr(r, c)) if c in ("streaming", "priced") else getattr(r, c) for c in _USAGE_COLUMNS[:17])
-        + (r.cost_nano_usd if r.priced else None, r.duration_us, "priced" if r.priced else "pending")
+        + (r.cost_nano_usd if r.priced else None, r.duration_us,
+           ("priced_partial" if r.price_status == "priced_partial" else "priced") if r.priced else "pending")
+        + tuple(getattr(r, c) for c in _USAGE_COLUMNS[20:])
         for r in rows
-    ]
+    ]  # fmt: skip
     assert _usage_records(rows) == expected
     assert [type(v) for v in _usage_records(rows)[3]] == [type(v) for v in expected[3]]
 

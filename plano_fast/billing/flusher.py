@@ -7,8 +7,9 @@ spending counters (the store does both in one transaction, deriving the counter 
 from exactly the rows it inserted — so counters and log cannot disagree, and a replayed
 batch cannot count twice).
 
-Events are priced here, in memory, before they are written: the pricing registry needs no
-I/O, and a row priced at flush time reaches the spending counters one pricing cycle
+Events are priced here, in memory, before they are written (the row records the price
+entry used, and ``priced_partial`` when a dimension had no price of its own): the pricing
+registry needs no I/O, and a row priced at flush time reaches the spending counters one pricing cycle
 sooner, which shortens the soft-limit delay.  Rows whose model has no price are written
 unpriced; the PriceCalculator retries them when custom prices change.
 
@@ -38,14 +39,22 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.pricing import FAMILY_OPENAI, PricingRegistry, usage_family
-from plano_fast.store import Store, UsageRow
+from plano_fast.pricing import PricingRegistry, Quote
+from plano_fast.store import (
+    PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PENDING,
+    PRICE_STATUS_PRICED,
+    Store,
+    UsageRow,
+    usage_row_from_event,
+)
 from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
 
-_FREE = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+_FREE_STATUSES = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
 """Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
 log = logging.getLogger("plano_fast.billing")
@@ -55,92 +64,107 @@ MAX_RETRY_DELAY_S = 30.0
 DRAIN_SLICE = 128
 """Events priced and converted per synchronous stretch of the event loop (about 0.3 ms)."""
 
-_FAMILIES: dict[tuple[str, str], str] = {}
-_FAMILIES_MAX = 1024
-
-
-def pricing_family(provider: str, wire_format: str) -> str:
-    """How to read the token counts: by provider, corrected for the response shape.
-
-    Gemini's OpenAI-compatible endpoint reports usage the OpenAI way (reasoning inside
-    completion_tokens), unlike its native API.
-    """
-    key = (provider, wire_format)
-    family = _FAMILIES.get(key)
-    if family is None:
-        family = FAMILY_OPENAI if wire_format == "openai" and provider == "gemini" else usage_family(provider)
-        if len(_FAMILIES) >= _FAMILIES_MAX:
-            _FAMILIES.clear()
-        _FAMILIES[key] = family
-    return family
-
-
-def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
-    """Cost of one event in nano-USD, or None when it cannot be priced."""
-    if event.status in _FREE:
-        return 0
+def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
+    """What one event costs (nano-USD, partial flag, price entry), or None when it cannot
+    be priced."""
+    if event.status in _FREE_STATUSES:
+        return _FREE
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
         # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
         # it stays unpriced and visible, never silently zero.
-        return 0 if event.http_status >= 400 else None
+        return _FREE if event.http_status >= 400 else None
     model = event.model
     if model is None:
         return None
-    return pricing.cost_of_counts(
+    return pricing.quote_counts(
         event.provider,
         model,
         event.project_id,
-        pricing_family(event.provider, event.wire_format),
         event.input_tokens,
         event.output_tokens,
         event.cache_read_tokens,
         event.cache_write_tokens,
-        event.reasoning_tokens,
+        event.cache_write_1h_tokens,
+        event.audio_input_tokens,
+        event.audio_output_tokens,
+    )
+
+
+_FREE: Final = Quote(0, False, "")
+
+
+def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
+    """Cost of one event in nano-USD, or None when it cannot be priced."""
+    quote = quote_event(pricing, event)
+    return None if quote is None else quote.cost_nano_usd
+
+
+def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
+    """The usage row of one event, priced when it can be (status and price entry set)."""
+    quote = quote_event(pricing, event)
+    if quote is None:
+        return usage_row_from_event(event)
+    return usage_row_from_event(
+        event,
+        cost_nano_usd=quote.cost_nano_usd,
+        price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
+        price_entry=quote.entry or None,
     )
 
 
 def rows_of_events(
     pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
 ) -> int:
-    """Append ``usage_row_from_event(e, cost_nano_usd=price_event(pricing, e))`` to ``out``
-    for each event, in one pass; returns how many rows are unpriced.
+    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
+    how many rows are unpriced.
 
-    The flusher's hot loop, with both helpers inlined (their equivalence is tested).
+    The flusher's hot loop, with the helpers inlined (their equivalence is tested).
     """
     unpriced = 0
     append = out.append
-    cost_of_counts = pricing.cost_of_counts
-    families = _FAMILIES
+    quote_counts = pricing.quote_counts
     row = UsageRow
     for e in events:
         status = e.status
-        cost: int | None
-        if status in _FREE:
-            cost = 0
+        quote: Quote | None
+        if status in _FREE_STATUSES:
+            quote = _FREE
         elif not e.has_usage:
-            cost = 0 if e.http_status >= 400 else None
+            quote = _FREE if e.http_status >= 400 else None
         elif e.model is None:
-            cost = None
+            quote = None
         else:
-            family = families.get((e.provider, e.wire_format))
-            if family is None:
-                family = pricing_family(e.provider, e.wire_format)
-            cost = cost_of_counts(
-                e.provider, e.model, e.project_id, family, e.input_tokens, e.output_tokens,
-                e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens,
+            quote = quote_counts(
+                e.provider, e.model, e.project_id, e.input_tokens, e.output_tokens,
+                e.cache_read_tokens, e.cache_write_tokens, e.cache_write_1h_tokens,
+                e.audio_input_tokens, e.audio_output_tokens,
             )  # fmt: skip
-        if cost is None:
-            unpriced += 1
         d = e.duration_ms * 1000
-        append(
-            row(
-                e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
-                e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
-                e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
-                cost is not None, cost, round(d) if d > 0.5 else 0,
-            )  # fmt: skip
-        )
+        if quote is None:
+            unpriced += 1
+            append(
+                row(
+                    e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
+                    e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                    e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
+                    False, None, round(d) if d > 0.5 else 0, PRICE_STATUS_PENDING, None,
+                    e.tool_use_prompt_tokens, e.cache_write_1h_tokens, e.audio_input_tokens,
+                    e.audio_output_tokens, e.usage_api, e.usage_raw, None,
+                )  # fmt: skip
+            )
+        else:
+            append(
+                row(
+                    e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
+                    e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                    e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
+                    True, quote.cost_nano_usd, round(d) if d > 0.5 else 0,
+                    PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED, None,
+                    e.tool_use_prompt_tokens, e.cache_write_1h_tokens, e.audio_input_tokens,
+                    e.audio_output_tokens, e.usage_api, e.usage_raw, quote.entry or None,
+                )  # fmt: skip
+            )
     return unpriced
 
 
@@ -353,6 +377,9 @@ class UsageFlusher:
             # Dropped slice by slice, so their deallocation is spread out too.
             del events[:end]
         self.metrics.rows_unpriced_at_flush += unpriced
+        self.metrics.rows_priced_partial += sum(
+            1 for row in itertools.islice(pending, before, None) if row.price_status == PRICE_STATUS_PARTIAL
+        )
         return end
 
     def _set_aside(self, record: dict[str, object], kind: str, exc: BaseException) -> None:

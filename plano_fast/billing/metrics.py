@@ -14,6 +14,7 @@ class BillingMetrics:
     rows_unpriced_at_flush: int = 0
     rows_priced_late: int = 0  # priced by the PriceCalculator
     rows_unpriced_unknown: int = 0  # no price known even after a retry
+    rows_priced_partial: int = 0  # priced, but a dimension had no price of its own (fallback)
     rows_spilled: int = 0
     rows_replayed: int = 0
     reservation_overruns: int = 0  # managed: a provider billed more than was reserved

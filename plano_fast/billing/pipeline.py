@@ -17,7 +17,7 @@ class BillingPipeline:
     def __init__(self, store: Store, settings: GatewaySettings, pricing: PricingRegistry | None = None) -> None:
         self.store = store
         self.metrics = BillingMetrics()
-        self.pricing = pricing or PricingRegistry()
+        self.pricing = pricing or PricingRegistry(pins=settings.price_as)
         self.journal = Journal(settings.usage_journal_path)
         self.wal = WriteAheadLog(self.journal, settings.usage_wal_sync_interval_s) if settings.usage_wal else None
         self.flusher = UsageFlusher(

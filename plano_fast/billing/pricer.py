@@ -14,15 +14,22 @@ import asyncio
 import logging
 
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts
-from plano_fast.billing.flusher import pricing_family
-from plano_fast.store import PRICE_STATUS_PRICED, PRICE_STATUS_UNKNOWN, CustomPrice, Store
+from plano_fast.pricing import ModelPrice, PricingRegistry
+from plano_fast.store import (
+    PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PRICED,
+    PRICE_STATUS_UNKNOWN,
+    CustomPrice,
+    PriceResult,
+    Store,
+)
 
 log = logging.getLogger("plano_fast.billing")
 
 
 
-def _model_price(price: CustomPrice) -> ModelPrice:
+def model_price_of(price: CustomPrice) -> ModelPrice:
+    """The registry price of a store-defined custom price."""
     return ModelPrice(
         input_per_mtok=price.input_per_mtok_nano_usd,
         output_per_mtok=price.output_per_mtok_nano_usd,
@@ -82,9 +89,9 @@ class PriceCalculator:
         )
         if signature == self._custom_signature:
             return False
-        global_prices = {p.model: _model_price(p) for p in prices if p.project_id is None}
+        global_prices = {p.model: model_price_of(p) for p in prices if p.project_id is None}
         project_prices = {
-            (p.project_id, p.model): _model_price(p) for p in prices if p.project_id is not None
+            (p.project_id, p.model): model_price_of(p) for p in prices if p.project_id is not None
         }
         self.pricing.set_overrides(global_prices, project_prices)
         changed = self._custom_signature is not None
@@ -102,26 +109,25 @@ class PriceCalculator:
             rows = await self.store.fetch_unpriced(self.batch_size)
             if not rows:
                 return priced_total
-            results: list[tuple[int, int | None, str]] = []
+            results: list[PriceResult] = []
             for row in rows:
                 assert row.row_id is not None
-                cost: int | None = None
+                quote = None
                 if row.model is not None and row.status != "usage_missing":
-                    tokens = TokenCounts(row.input_tokens, row.output_tokens, row.cache_read_tokens,
-                                         row.cache_write_tokens, row.reasoning_tokens)
-                    cost = self.pricing.cost_nano_usd(
-                        row.provider, row.model, row.project_id, tokens,
-                        # rows do not keep the response shape; the gateway reads
-                        # Anthropic natively and everything else OpenAI-shaped
-                        family=pricing_family(
-                            row.provider, "anthropic" if row.provider == "anthropic" else "openai"
-                        ),
-                    )
-                if cost is None:
+                    # rows are in the row convention: one formula for every provider
+                    quote = self.pricing.quote_counts(
+                        row.provider, row.model, row.project_id, row.input_tokens,
+                        row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
+                        row.cache_write_1h_tokens, row.audio_input_tokens, row.audio_output_tokens,
+                    )  # fmt: skip
+                if quote is None:
                     self.metrics.rows_unpriced_unknown += 1
                     results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))
+                elif quote.partial:
+                    self.metrics.rows_priced_partial += 1
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL, quote.entry or None))
                 else:
-                    results.append((row.row_id, cost, PRICE_STATUS_PRICED))
+                    results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED, quote.entry or None))
             priced = await self.store.set_prices(results)
             self.metrics.rows_priced_late += priced
             priced_total += priced

@@ -1,16 +1,25 @@
 """Format conversion between OpenAI Chat Completions, Anthropic Messages and Gemini
-generateContent (pure functions: no I/O, no asyncio).
+generateContent, and the OpenAI Responses API in front of each of them (pure functions: no
+I/O, no asyncio).
+
+``"responses"`` is a client format only: a source for ``convert_request`` and
+``count_tokens_estimate``, a target for ``convert_response``, ``StreamConverter`` and
+``convert_error`` (OpenAI's error shape).  Its mapping is in ``_request_responses.py``
+(requests), ``_responses_out.py`` (answers) and ``_stream_responses.py`` (the event
+stream); ``request=`` gives the answer converters the client's request, whose settings a
+Responses answer echoes.  Structured output (``text.format`` json_schema/json_object) goes
+to Anthropic as a forced tool (``plano_json_output``) whose call comes back as the text.
 
 API
 ---
 ``convert_request(body, source, target, *, target_model, stream=None, ...) -> dict``
     A client request in ``source`` format as an upstream request in ``target`` format.
-``convert_response(body, source, target, *, client_model, created=None) -> dict``
+``convert_response(body, source, target, *, client_model, created=None, request=None) -> dict``
     A non-streamed upstream answer as the client's answer.
 ``convert_error(status, body, source, target) -> (status, bytes)``
     An upstream error response in the client's error shape (status kept; 529 -> 503 for
     non-Anthropic clients).
-``StreamConverter(source, target, *, client_model, include_usage=True)``
+``StreamConverter(source, target, *, client_model, include_usage=True, request=None)``
     ``feed(bytes) -> bytes``, ``finish() -> bytes``, ``.usage``, ``.truncated``,
     ``.errored``, ``error_event(message)``.
 ``count_tokens_estimate(body, source) -> int``

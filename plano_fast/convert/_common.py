@@ -19,13 +19,16 @@ except ImportError:  # pragma: no cover - orjson is installed in the project ven
     _orjson = None  # type: ignore[assignment]
 
 FORMATS: Final = ("openai", "anthropic", "gemini")
+#: formats a client may speak: the three upstream formats and the OpenAI Responses API
+#: (a client format only: requests are converted from it, answers into it)
+CLIENT_FORMATS: Final = (*FORMATS, "responses")
 
 JSONDict = dict[str, Any]
 
 
-def check_format(name: str, value: str) -> None:
-    if value not in FORMATS:
-        raise ValueError(f"{name} must be one of {FORMATS}, got {value!r}")
+def check_format(name: str, value: str, formats: tuple[str, ...] = FORMATS) -> None:
+    if value not in formats:
+        raise ValueError(f"{name} must be one of {formats}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------

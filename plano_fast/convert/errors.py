@@ -288,6 +288,8 @@ def convert_error(status: int, body: bytes, source: str, target: str) -> tuple[i
     """A provider error response (``status``, raw ``body`` in ``source`` format) as the
     (status, body) a ``target``-format client expects.  Non-JSON bodies keep their text
     (first 2000 characters) as the message."""
+    if target == "responses":
+        target = "openai"  # the Responses API answers errors in the OpenAI shape
     for name, value in (("source", source), ("target", target)):
         if value not in _FORMATS:
             raise ValueError(f"{name} must be one of {_FORMATS}, got {value!r}")

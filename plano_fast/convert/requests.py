@@ -15,11 +15,18 @@ model.  For a Gemini *target* the returned body has no ``model``: the caller put
 
 from __future__ import annotations
 
-from plano_fast.convert._common import DEFAULT_ANTHROPIC_MAX_TOKENS, JSONDict, check_format, dumps
+from plano_fast.convert._common import (
+    CLIENT_FORMATS,
+    DEFAULT_ANTHROPIC_MAX_TOKENS,
+    JSONDict,
+    check_format,
+    dumps,
+)
 from plano_fast.convert._ir import Request, Text, Thinking, ToolResult, ToolUse
 from plano_fast.convert._request_emit import emit_request
 from plano_fast.convert._request_gemini import parse_gemini
 from plano_fast.convert._request_parse import parse_anthropic, parse_openai
+from plano_fast.convert._request_responses import parse_responses, structured_output_as_tool
 from plano_fast.convert.errors import ConversionError
 
 __all__ = ["convert_request", "count_tokens_estimate", "parse_request"]
@@ -28,13 +35,18 @@ __all__ = ["convert_request", "count_tokens_estimate", "parse_request"]
 # public API
 # ======================================================================================
 
-_PARSERS = {"anthropic": parse_anthropic, "openai": parse_openai, "gemini": parse_gemini}
+_PARSERS = {
+    "anthropic": parse_anthropic,
+    "openai": parse_openai,
+    "gemini": parse_gemini,
+    "responses": parse_responses,
+}
 
 
 def parse_request(body: JSONDict, source: str, target: str) -> Request:
     """The neutral model of a ``source``-format request (``target`` names the format in
     error messages)."""
-    check_format("source", source)
+    check_format("source", source, CLIENT_FORMATS)
     if type(body) is not dict:
         raise ConversionError("request body must be a JSON object")
     return _PARSERS[source](body, target)
@@ -60,7 +72,7 @@ def convert_request(
     (Anthropic requires one).  Raises :class:`ConversionError` for what the target cannot
     express.  The same format on both sides returns a copy with ``model`` replaced.
     """
-    check_format("source", source)
+    check_format("source", source, CLIENT_FORMATS)
     check_format("target", target)
     if openai_max_tokens_field not in ("max_completion_tokens", "max_tokens"):
         raise ValueError("openai_max_tokens_field must be max_completion_tokens or max_tokens")
@@ -76,6 +88,8 @@ def convert_request(
     req = _PARSERS[source](body, target)
     if stream is not None:
         req.stream = stream
+    if source == "responses" and target == "anthropic":
+        structured_output_as_tool(req)
     return emit_request(
         req,
         target,
@@ -114,7 +128,7 @@ def count_tokens_estimate(body: JSONDict, source: str) -> int:
     counts 1600; each message adds 4.  Requests that cannot be parsed are estimated from
     their whole JSON size the same way.
     """
-    check_format("source", source)
+    check_format("source", source, CLIENT_FORMATS)
     try:
         req = _PARSERS[source](body, "neutral")
     except (ConversionError, AttributeError, TypeError):

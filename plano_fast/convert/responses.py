@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plano_fast.convert._common import (
+    CLIENT_FORMATS,
     STOP_TO_GEMINI,
     STOP_TO_OPENAI,
     JSONDict,
@@ -42,6 +43,8 @@ from plano_fast.convert._common import (
     usage_to_openai,
 )
 from plano_fast.convert._ir import Text, Thinking, ToolUse
+from plano_fast.convert._request_responses import json_tool_for
+from plano_fast.convert._responses_out import echo_fields, emit_responses
 from plano_fast.convert.errors import ConversionError
 
 __all__ = ["convert_response", "parse_response", "Response"]
@@ -268,12 +271,14 @@ def convert_response(
     *,
     client_model: str,
     created: int | None = None,
+    request: JSONDict | None = None,
 ) -> JSONDict:
     """A provider's non-streamed 2xx answer (``source`` format) as the ``target``-format
-    answer.  ``created`` (OpenAI targets) defaults to now.  Raises
+    answer.  ``created`` (OpenAI and Responses targets) defaults to now.  ``request``
+    (Responses targets): the client's request, whose settings the answer echoes.  Raises
     :class:`ConversionError` with status 502 when the upstream body is unusable."""
     check_format("source", source)
-    check_format("target", target)
+    check_format("target", target, CLIENT_FORMATS)
     if type(body) is not dict:
         raise _upstream_unusable(source, "is not a JSON object")
     if source == target:
@@ -281,6 +286,12 @@ def convert_response(
         out["modelVersion" if target == "gemini" else "model"] = client_model
         return out
     resp = _PARSERS[source](body)
+    if target == "responses":
+        return emit_responses(
+            resp.parts, resp.stop, resp.usage, resp.id, client_model,
+            int(time.time()) if created is None else created, echo_fields(request or {}),
+            json_tool_for(request, source),
+        )
     if target == "openai":
         return _emit_openai(resp, client_model, int(time.time()) if created is None else created)
     if target == "anthropic":

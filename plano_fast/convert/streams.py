@@ -36,6 +36,8 @@ import time
 from typing import Any
 
 from plano_fast.convert._common import (
+    CLIENT_FORMATS,
+    JSONDict,
     Usage,
     as_dict,
     check_format,
@@ -49,7 +51,10 @@ from plano_fast.convert._common import (
     usage_from_openai,
 )
 from plano_fast.convert._sse import MAX_EVENT_BYTES, JSONArrayParser, SSEParser
+from plano_fast.convert._request_responses import json_tool_for
+from plano_fast.convert._responses_out import echo_fields
 from plano_fast.convert._stream_emit import EMITTERS, Emitter, render_stream_error
+from plano_fast.convert._stream_responses import ResponsesEmitter
 from plano_fast.convert.errors import ConversionError, ErrorInfo, error_info_from
 
 __all__ = ["StreamConverter", "MAX_EVENT_BYTES"]
@@ -365,6 +370,8 @@ class _GeminiSource(_Source):
                 em.done()
 
 
+_EMITTERS: dict[str, type[Emitter]] = {**EMITTERS, "responses": ResponsesEmitter}
+
 _SOURCES: dict[str, type[_Source]] = {
     "openai": _OpenAISource,
     "anthropic": _AnthropicSource,
@@ -376,7 +383,9 @@ class StreamConverter:
     """Stateful converter of one upstream stream (see the module docstring).
 
     ``include_usage``: OpenAI targets end with a usage chunk (the client asked for
-    ``stream_options.include_usage``).  ``created``: the OpenAI ``created`` timestamp
+    ``stream_options.include_usage``).  Target ``"responses"``: the Responses API event
+    stream (``_stream_responses.py``); ``request`` is the client's request, whose settings
+    every response object echoes.  ``created``: the OpenAI ``created`` timestamp
     (default: now).  ``max_event_bytes``: bound on one incomplete upstream event.
     Same ``source`` and ``target``: bytes pass through unchanged, usage is still read.
     """
@@ -405,9 +414,10 @@ class StreamConverter:
         include_usage: bool = True,
         created: int | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        request: JSONDict | None = None,
     ) -> None:
         check_format("source", source)
-        check_format("target", target)
+        check_format("target", target, CLIENT_FORMATS)
         self.source = source
         self.target = target
         self.truncated = False
@@ -421,8 +431,11 @@ class StreamConverter:
             "wire_format": source,
         }
         self._passthrough = source == target
-        emitter_cls = Emitter if self._passthrough else EMITTERS[target]
+        emitter_cls = Emitter if self._passthrough else _EMITTERS[target]
         self._em = emitter_cls(client_model, include_usage, int(time.time()) if created is None else created)
+        if isinstance(self._em, ResponsesEmitter):
+            self._em.echo = echo_fields(request or {})
+            self._em.json_tool = json_tool_for(request, source)
         self._src = _SOURCES[source](self._em, self.usage)
         self._sse = SSEParser(max_event_bytes)
         self._array: JSONArrayParser | None = None
@@ -430,6 +443,12 @@ class StreamConverter:
         self._mode = "undecided" if source == "gemini" else "sse"
         self._ended = False
         self._limit = max_event_bytes
+
+    @property
+    def final_response(self) -> JSONDict | None:
+        """Responses targets: the last response object sent (None before the end)."""
+        em = self._em
+        return em.final if isinstance(em, ResponsesEmitter) else None
 
     @property
     def errored(self) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plano_fast import scan
-from plano_fast.billing.flusher import price_event
+from plano_fast.billing.flusher import row_of_event
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.exchange import (
@@ -55,7 +55,6 @@ from plano_fast.store import (
     Store,
     UsageRow,
     period_start,
-    usage_row_from_event,
 )
 from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
@@ -353,17 +352,20 @@ class ManagedExchange(Exchange):
             ) from None
         worst = 0
         # The input priced as plain input and, where the provider bills prompt-cache
-        # writes above it (Anthropic: 1.25x), as cache writes: the dearer of the two.
-        tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
-        as_cache_write = TokenCounts(0, output_bound, 0, input_bound, 0)
+        # writes above it (Anthropic: 1.25x for 5 minutes, 2x for 1 hour), as all cache
+        # writes of either kind: the dearest of the three (row convention: writes are a
+        # part of the input).
+        variants = (
+            TokenCounts(input_bound, output_bound, 0, 0, 0),
+            TokenCounts(input_bound, output_bound, 0, input_bound, 0),
+            TokenCounts(input_bound, output_bound, 0, input_bound, 0, cache_write_1h_tokens=input_bound),
+        )
         pricing = self.mctx.pricing
         for target in self.targets:
             model = target.model or client_model
             provider = target.provider.provider
-            cost = pricing.cost_nano_usd(provider, model or "", self.project_id, tokens)
-            if cost is not None:
-                cost = max(cost, pricing.cost_nano_usd(provider, model or "", self.project_id,
-                                                       as_cache_write) or 0)
+            costs = [pricing.cost_nano_usd(provider, model or "", self.project_id, t) for t in variants]
+            cost = None if costs[0] is None else max(c or 0 for c in costs)
             if cost is None:
                 raise BudgetExceeded(
                     f"no price is known for model '{model}', so its hard budget cannot be "
@@ -522,7 +524,7 @@ class ManagedExchange(Exchange):
         estimate, settles the reservation like a completed request's."""
         event.user_id = self.user_id
         event.token_id = self.token_id
-        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        row = row_of_event(self.mctx.pricing, event)
         reservation, self.reservation = self.reservation, None
         if reservation is None:
             self.mctx.writer.write(row, event)  # the writer owns the row from here
@@ -539,7 +541,7 @@ class ManagedExchange(Exchange):
         event = self.final_event
         assert event is not None
         reservation, self.reservation = self.reservation, None
-        row = usage_row_from_event(event, cost_nano_usd=price_event(self.mctx.pricing, event))
+        row = row_of_event(self.mctx.pricing, event)
         if reservation is None:
             # The writer owns the row now: a client leaving cancels only this wait.
             await self.mctx.writer.write(row, event)

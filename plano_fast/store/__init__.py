@@ -34,14 +34,14 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 if TYPE_CHECKING:
     from plano_fast.usage import UsageEvent
 
-REQUIRED_SCHEMA_VERSION: Final = 2
+REQUIRED_SCHEMA_VERSION: Final = 3
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 SCOPE_KINDS: Final = ("project", "user", "key")
@@ -51,6 +51,9 @@ ENFORCEMENTS: Final = ("soft", "hard")
 PRICE_STATUS_PENDING: Final = "pending"
 PRICE_STATUS_PRICED: Final = "priced"
 PRICE_STATUS_UNKNOWN: Final = "unpriced_unknown"
+PRICE_STATUS_PARTIAL: Final = "priced_partial"
+"""Priced (and counted), but a dimension of the usage had no price of its own in the entry
+used and was charged at its fallback (see plano_fast.pricing): visible, re-priceable."""
 
 NS_PER_S: Final = 1_000_000_000
 _NS_PER_DAY: Final = 86_400 * NS_PER_S
@@ -155,10 +158,13 @@ def _check_money(value: int, what: str) -> None:
 
 @dataclass(slots=True)
 class UsageRow:
-    """One ``usage_log`` row.
+    """One ``usage_log`` row, in the row convention (README "Usage rows").
 
-    ``duration_us`` is optional.  ``price_status`` and ``row_id`` are filled in on reads
-    and ignored on writes (a written row is ``priced`` or ``pending``).
+    ``duration_us`` is optional.  ``row_id`` is filled in on reads.  On writes a priced row
+    keeps ``price_status`` ``priced_partial``, any other priced row is ``priced`` and an
+    unpriced one ``pending``.  ``usage_raw``: the provider's usage object(s) as received
+    (``UsageScanner.raw_usage``), ``usage_api`` the scan API that read them (what
+    ``plano-fast usage reprice`` re-derives the row from); ``price_entry`` the price used.
     """
 
     request_id: str
@@ -182,6 +188,13 @@ class UsageRow:
     duration_us: int = 0
     price_status: str = PRICE_STATUS_PENDING
     row_id: int | None = None
+    tool_use_prompt_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    usage_api: str | None = None
+    usage_raw: str | None = None
+    price_entry: str | None = None
 
 
 def usage_row_from_event(
@@ -190,6 +203,8 @@ def usage_row_from_event(
     user_id: str | None = None,
     token_id: str | None = None,
     cost_nano_usd: int | None = None,
+    price_status: str = PRICE_STATUS_PENDING,
+    price_entry: str | None = None,
 ) -> UsageRow:
     """The row for a request-path ``UsageEvent``; priced iff ``cost_nano_usd`` is given."""
     d = event.duration_ms * 1000
@@ -214,6 +229,15 @@ def usage_row_from_event(
         cost_nano_usd,
         # max(0, round(d)): round() is 0 up to 0.5 (half to even), and so is max() below 0.
         round(d) if d > 0.5 else 0,
+        price_status,
+        None,
+        event.tool_use_prompt_tokens,
+        event.cache_write_1h_tokens,
+        event.audio_input_tokens,
+        event.audio_output_tokens,
+        event.usage_api,
+        event.usage_raw,
+        price_entry,
     )
 
 
@@ -454,8 +478,9 @@ class Store(abc.ABC):
         """Oldest rows not priced and not yet attempted (``row_id`` set)."""
 
     @abc.abstractmethod
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        """``(row_id, cost_nano_usd or None, price_status)`` per row, in ONE transaction.
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        """``(row_id, cost_nano_usd or None, price_status[, price_entry])`` per row, in ONE
+        transaction (``price_entry``: the price used, see ``UsageRow``).
 
         A cost marks the row priced and adds it to the counters; ``None`` leaves it
         unpriced with the given status (e.g. ``'unpriced_unknown'``) and stamps
@@ -484,6 +509,18 @@ class Store(abc.ABC):
         end_ns: int | None = None,
     ) -> int:
         """Sum of priced costs in ``usage_log`` for a scope, ``start_ns <= time < end_ns``."""
+
+    @abc.abstractmethod
+    async def usage_after(self, after_row_id: int, limit: int) -> list[UsageRow]:
+        """Rows with ``row_id > after_row_id``, in id order (a full scan in pages)."""
+
+    @abc.abstractmethod
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        """Rewrite rows by ``row_id`` (token columns, priced, cost, price_status, price_entry)
+        in ONE transaction, and move the spending counters by each row's change of counted
+        cost (the cost of a priced row, else 0), read inside the transaction: counters stay
+        equal to the log whatever else priced the rows meanwhile.  Returns the rows updated.
+        """
 
     @abc.abstractmethod
     async def recent_usage(self, project_id: str | None, limit: int = 100) -> list[UsageRow]:
@@ -729,7 +766,9 @@ class Store(abc.ABC):
 _USAGE_COLS = (
     "request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model, "
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
-    "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id"
+    "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id, "
+    "tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, "
+    "usage_api, usage_raw, price_entry"
 )
 _PROJECT_COLS = "id, name, created_at_ns"
 _USER_COLS = "id, name, email, created_at_ns"
@@ -770,6 +809,7 @@ def usage_from_row(r: Row) -> UsageRow:
         int(r[8]), int(r[9]), int(r[10]), int(r[11]), int(r[12]),
         bool(r[13]), str(r[14]), int(r[15]), bool(r[16]), _opt_int(r[17]),
         int(r[18]), str(r[19]), int(r[20]),
+        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27],
     )  # fmt: skip
 
 
@@ -874,6 +914,53 @@ def counter_deltas(rows: Sequence[UsageRow]) -> dict[CounterKey, int]:
     return deltas_of_day_sums(sums)
 
 
+PriceResult = tuple[int, int | None, str] | tuple[int, int | None, str, str | None]
+"""What ``Store.set_prices`` takes per row: id, cost or None, status, optionally the entry."""
+
+
+def price_result_entry(result: PriceResult) -> str | None:
+    return result[3] if len(result) > 3 else None
+
+
+REPRICE_COLUMNS: Final = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+    "priced", "cost_nano_usd", "price_status", "price_entry",
+)  # fmt: skip
+"""What ``apply_reprice`` rewrites, in this order (``reprice_values``)."""
+
+
+def reprice_values(row: UsageRow) -> tuple[object, ...]:
+    """``REPRICE_COLUMNS`` of a row to rewrite (cost only when priced)."""
+    priced = bool(row.priced)
+    return (
+        row.input_tokens, row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
+        row.reasoning_tokens, row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
+        row.audio_input_tokens, row.audio_output_tokens, priced,
+        row.cost_nano_usd if priced else None, written_price_status(row), row.price_entry,
+    )  # fmt: skip
+
+
+def reprice_deltas(rows: Sequence[UsageRow], counted_before: dict[int, int]) -> dict[CounterKey, int]:
+    """Counter deltas of rewriting ``rows``: new counted cost minus ``counted_before[row_id]``."""
+    moved: list[UsageRow] = []
+    for row in rows:
+        assert row.row_id is not None
+        after = row.cost_nano_usd if row.priced and row.cost_nano_usd else 0
+        delta = after - counted_before.get(row.row_id, 0)
+        if delta:
+            moved.append(replace(row, priced=True, cost_nano_usd=delta))
+    return counter_deltas(moved)
+
+
+def written_price_status(row: UsageRow) -> str:
+    """``price_status`` as a row is written: ``pending`` unless priced, then ``priced`` or
+    ``priced_partial``."""
+    if not row.priced:
+        return PRICE_STATUS_PENDING
+    return PRICE_STATUS_PARTIAL if row.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED
+
+
 def normalize_usage(rows: Sequence[UsageRow]) -> list[UsageRow]:
     """Validate rows for writing and drop repeated request ids within the batch (first wins)."""
     seen: set[str] = set()
@@ -958,6 +1045,13 @@ class SqlStore(Store):
             f"SELECT {_USAGE_COLS} FROM usage_log "
             "WHERE NOT priced AND price_attempted_at_ns IS NULL ORDER BY id LIMIT ?",
             (int(limit),),
+        )
+        return [usage_from_row(r) for r in rows]
+
+    async def usage_after(self, after_row_id: int, limit: int) -> list[UsageRow]:
+        rows = await self._fetch(
+            f"SELECT {_USAGE_COLS} FROM usage_log WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_row_id), int(limit)),
         )
         return [usage_from_row(r) for r in rows]
 
@@ -1488,6 +1582,13 @@ __all__ = [
     "ENFORCEMENTS",
     "PERIODS",
     "PRICE_STATUS_PENDING",
+    "PRICE_STATUS_PARTIAL",
+    "written_price_status",
+    "REPRICE_COLUMNS",
+    "PriceResult",
+    "price_result_entry",
+    "reprice_deltas",
+    "reprice_values",
     "PRICE_STATUS_PRICED",
     "PRICE_STATUS_UNKNOWN",
     "REQUIRED_SCHEMA_VERSION",

@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store import (
+    PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PENDING,
+    PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
     InvalidValue,
@@ -37,7 +40,12 @@ from plano_fast.store import (
     UsageRow,
     check_targets,
     new_id,
+    PriceResult,
+    price_result_entry,
+    reprice_deltas,
+    reprice_values,
     normalize_usage,
+    written_price_status,
 )
 
 T = TypeVar("T")
@@ -92,6 +100,8 @@ _USAGE_COLUMNS = (
     "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
+    "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
+    "usage_api", "usage_raw", "price_entry",
 )  # fmt: skip
 _USAGE_COLUMN_LIST = ", ".join(_USAGE_COLUMNS)
 
@@ -117,12 +127,15 @@ WITH input AS (
         $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
         $14::boolean[], $15::text[], $16::integer[], $17::boolean[], $18::bigint[],
-        $19::bigint[], $20::text[]
+        $19::bigint[], $20::text[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[],
+        $25::text[], $26::text[], $27::text[]
     ) AS r(request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status)
+           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status,
+           tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+           usage_api, usage_raw, price_entry)
 ),"""
-    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$21"))
+    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$28"))
 )
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
@@ -134,20 +147,59 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
     provider text, model text, input_tokens bigint, output_tokens bigint,
     cache_read_tokens bigint, cache_write_tokens bigint, reasoning_tokens bigint,
     streaming boolean, status text, http_status integer, priced boolean, cost_nano_usd bigint,
-    duration_us bigint, price_status text
+    duration_us bigint, price_status text, tool_use_prompt_tokens bigint,
+    cache_write_1h_tokens bigint, audio_input_tokens bigint, audio_output_tokens bigint,
+    usage_api text, usage_raw text, price_entry text
 ) ON COMMIT DELETE ROWS
 """
 _WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
 _COPY_THRESHOLD = 100  # rows; below this the one-statement array path is quicker
 
+# usage reprice: lock the rows (id order) and read what they count now, rewrite them, then
+# move the counters by the differences (arrays sorted in the counters' lock order).
+_REPRICE_LOCK = "SELECT id, priced, cost_nano_usd FROM usage_log WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+_REPRICE_UPDATE = """
+WITH v AS (
+    SELECT * FROM unnest(
+        $1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], $12::bigint[],
+        $13::text[], $14::text[]
+    ) AS v(id, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
+           reasoning_tokens, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens,
+           audio_output_tokens, priced, cost_nano_usd, price_status, price_entry)
+),
+upd AS (
+    UPDATE usage_log u
+       SET input_tokens = v.input_tokens, output_tokens = v.output_tokens,
+           cache_read_tokens = v.cache_read_tokens, cache_write_tokens = v.cache_write_tokens,
+           reasoning_tokens = v.reasoning_tokens, tool_use_prompt_tokens = v.tool_use_prompt_tokens,
+           cache_write_1h_tokens = v.cache_write_1h_tokens, audio_input_tokens = v.audio_input_tokens,
+           audio_output_tokens = v.audio_output_tokens, priced = v.priced,
+           cost_nano_usd = v.cost_nano_usd, price_status = v.price_status, price_entry = v.price_entry
+      FROM v
+     WHERE u.id = v.id
+    RETURNING 1
+)
+SELECT count(*) FROM upd
+"""
+_BUMP_DELTAS = """
+INSERT INTO spending_counters AS sc
+    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT k, i, p, s, d, 0, $6
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, d)
+ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+   SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
+       updated_at_ns = EXCLUDED.updated_at_ns
+"""
+
 _SET_PRICES = f"""
 WITH v AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS v(id, cost, status)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $5::text[]) AS v(id, cost, status, entry)
 ),
 upd AS (
     UPDATE usage_log u
        SET priced = (v.cost IS NOT NULL), cost_nano_usd = v.cost, price_status = v.status,
-           price_attempted_at_ns = $4
+           price_entry = v.entry, price_attempted_at_ns = $4
       FROM v
      WHERE u.id = v.id AND NOT u.priced
     RETURNING u.time_ns, u.project_id, u.user_id, u.key_hash, u.priced, u.cost_nano_usd
@@ -231,21 +283,28 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, True,
-                r.cost_nano_usd, r.duration_us, "priced",
+                r.cost_nano_usd, r.duration_us,
+                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         elif priced is False:
             add((
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, False,
-                None, r.duration_us, "pending",
+                None, r.duration_us, PRICE_STATUS_PENDING,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         else:
             add((
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id, r.provider,
                 r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens,
                 r.reasoning_tokens, bool(r.streaming), r.status, r.http_status, bool(priced),
-                r.cost_nano_usd if priced else None, r.duration_us, "priced" if priced else "pending",
+                r.cost_nano_usd if priced else None, r.duration_us, written_price_status(r),
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
     return out
 
@@ -426,23 +485,55 @@ class PostgresStore(SqlStore):
             return await self._retrying(attempt)
         return await self._in_tx(body)
 
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        latest: dict[int, tuple[int | None, str]] = {}
-        for row_id, cost, status in results:
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        latest: dict[int, tuple[int | None, str, str | None]] = {}
+        for result in results:
+            row_id, cost, status = result[0], result[1], result[2]
             if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 0):
                 raise InvalidValue("cost_nano_usd must be a non-negative integer or None")
-            latest[int(row_id)] = (cost, status)
+            latest[int(row_id)] = (cost, status, price_result_entry(result))
         if not latest:
             return 0
         ids = sorted(latest)
         costs = [latest[i][0] for i in ids]
         statuses = [latest[i][1] for i in ids]
+        entries = [latest[i][2] for i in ids]
         now = time.time_ns()
 
         async def attempt() -> int:
-            return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now))
+            return int(await self.pool.fetchval(_SET_PRICES, ids, costs, statuses, now, entries))
 
         return await self._retrying(attempt)
+
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        todo = sorted((r for r in rows if r.row_id is not None), key=lambda r: r.row_id or 0)
+        if not todo:
+            return 0
+        for r in todo:
+            if r.priced and (type(r.cost_nano_usd) is not int or r.cost_nano_usd < 0):
+                raise InvalidValue("cost_nano_usd must be a non-negative integer when priced")
+        now = time.time_ns()
+        ids = [r.row_id for r in todo]
+        columns = [list(c) for c in zip(*(reprice_values(r) for r in todo), strict=True)]
+
+        async def body(conn: Any) -> int:
+            before = {
+                int(r[0]): int(r[2]) if r[1] and r[2] else 0
+                for r in await conn.fetch(_REPRICE_LOCK, ids)
+            }
+            n = int(await conn.fetchval(_REPRICE_UPDATE, ids, *columns))
+            deltas = reprice_deltas([r for r in todo if r.row_id in before], before)
+            if deltas:
+                keys = sorted(deltas)  # the counters' lock order
+                await conn.execute(
+                    _BUMP_DELTAS,
+                    [k.scope_kind for k in keys], [k.scope_id for k in keys],
+                    [k.period for k in keys], [k.period_start for k in keys],
+                    [deltas[k] for k in keys], now,
+                )  # fmt: skip
+            return n
+
+        return await self._in_tx(body)
 
     # -- hard budgets -------------------------------------------------------------------------
 

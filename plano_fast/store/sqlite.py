@@ -40,6 +40,7 @@ from typing import TypeVar
 
 from plano_fast.store import (
     PRICE_STATUS_PENDING,
+    PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
@@ -55,10 +56,16 @@ from plano_fast.store import (
     UsageRow,
     add_day_sums,
     check_targets,
+    REPRICE_COLUMNS,
     counter_deltas,
     deltas_of_day_sums,
+    reprice_deltas,
+    reprice_values,
     new_id,
     normalize_usage,
+    written_price_status,
+    PriceResult,
+    price_result_entry,
 )
 
 T = TypeVar("T")
@@ -80,23 +87,24 @@ CHECKPOINT_INTERVAL_S = 1.0
 _NONE_TO_NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NULL.get)
 
+_USAGE_WIDTH = 27
 _INSERT_USAGE = (
     "INSERT INTO usage_log (request_id, time_ns, project_id, user_id, key_hash, token_id, "
     "provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     "reasoning_tokens, streaming, status, http_status, priced, cost_nano_usd, duration_us, "
-    "price_status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (request_id) DO NOTHING"
+    "price_status, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, "
+    "audio_output_tokens, usage_api, usage_raw, price_entry) VALUES ("
+    + ", ".join("?" * _USAGE_WIDTH)
+    + ") ON CONFLICT (request_id) DO NOTHING"
 )
-# Rows per multi-row INSERT (20 columns each, under SQLite's 32,766 variables).  One
+# Rows per multi-row INSERT (27 columns each, under SQLite's 32,766 variables).  One
 # statement is one sqlite3_step instead of one per row; 128 rows keep each synchronous
 # stretch on the event loop around half a millisecond (the hot connection yields between
 # chunks).  A batch is split into full chunks and then power-of-two pieces, so only 8
 # statement shapes exist (each prepared once, then cached by sqlite3).
 _INSERT_CHUNK = 128
-_INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition(
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_ROW_MARKS = "(" + ",".join("?" * 20) + ")"
+_INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("?" * _USAGE_WIDTH) + ")")
+_ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
 
 
 @functools.cache
@@ -190,7 +198,9 @@ def _usage_params(row: UsageRow) -> tuple[object, ...]:
         row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
         row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
         row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
-        PRICE_STATUS_PRICED if priced else PRICE_STATUS_PENDING,
+        written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
+        row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
+        row.price_entry,
     )  # fmt: skip
 
 
@@ -204,7 +214,10 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
                 r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
                 r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 1, r.cost_nano_usd, r.duration_us, PRICE_STATUS_PRICED,
+                r.http_status, 1, r.cost_nano_usd, r.duration_us,
+                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         elif r.priced is False:
             add((
@@ -212,6 +225,8 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
                 r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
                 r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
             ))  # fmt: skip
         else:
             add(_usage_params(r))
@@ -533,12 +548,13 @@ class SqliteStore(SqlStore):
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
-    async def set_prices(self, results: Sequence[tuple[int, int | None, str]]) -> int:
-        latest: dict[int, tuple[int | None, str]] = {}
-        for row_id, cost, status in results:
+    async def set_prices(self, results: Sequence[PriceResult]) -> int:
+        latest: dict[int, tuple[int | None, str, str | None]] = {}
+        for result in results:
+            row_id, cost, status = result[0], result[1], result[2]
             if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 0):
                 raise InvalidValue("cost_nano_usd must be a non-negative integer or None")
-            latest[int(row_id)] = (cost, status)
+            latest[int(row_id)] = (cost, status, price_result_entry(result))
         if not latest:
             return 0
         now = time.time_ns()
@@ -554,7 +570,7 @@ class SqliteStore(SqlStore):
                     f"WHERE id IN ({marks}) AND NOT priced",
                     chunk,
                 ):
-                    cost, _ = latest[int(r[0])]
+                    cost = latest[int(r[0])][0]
                     pending.append(
                         UsageRow(
                             "", int(r[1]), r[2], r[3], r[4], None, "", None, 0, 0, 0, 0, 0, False, "", 0,
@@ -563,9 +579,10 @@ class SqliteStore(SqlStore):
                     )  # fmt: skip
             conn.executemany(
                 "UPDATE usage_log SET priced = ?, cost_nano_usd = ?, price_status = ?, "
-                "price_attempted_at_ns = ? WHERE id = ? AND NOT priced",
+                "price_entry = ?, price_attempted_at_ns = ? WHERE id = ? AND NOT priced",
                 [
-                    (row.priced, row.cost_nano_usd, latest[row.row_id][1], now, row.row_id)
+                    (row.priced, row.cost_nano_usd, latest[row.row_id][1], latest[row.row_id][2], now,
+                     row.row_id)  # fmt: skip
                     for row in pending
                     if row.row_id is not None
                 ],
@@ -574,6 +591,38 @@ class SqliteStore(SqlStore):
             if deltas:
                 _bump_spent(conn, deltas, now)
             return sum(1 for row in pending if row.priced)
+
+        return await self._tx(body)
+
+    async def apply_reprice(self, rows: Sequence[UsageRow]) -> int:
+        todo = [r for r in rows if r.row_id is not None]
+        if not todo:
+            return 0
+        for r in todo:
+            if r.priced and (type(r.cost_nano_usd) is not int or r.cost_nano_usd < 0):
+                raise InvalidValue("cost_nano_usd must be a non-negative integer when priced")
+        now = time.time_ns()
+        sets = ", ".join(f"{c} = ?" for c in REPRICE_COLUMNS)
+
+        def body(conn: sqlite3.Connection) -> int:
+            before: dict[int, int] = {}
+            ids = [r.row_id for r in todo]
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                for r in conn.execute(
+                    f"SELECT id, priced, cost_nano_usd FROM usage_log WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    before[int(r[0])] = int(r[2]) if r[1] and r[2] else 0
+            present = [r for r in todo if r.row_id in before]
+            conn.executemany(
+                f"UPDATE usage_log SET {sets} WHERE id = ?",
+                [(*reprice_values(r), r.row_id) for r in present],
+            )
+            deltas = reprice_deltas(present, before)
+            if deltas:
+                _bump_spent(conn, deltas, now)
+            return len(present)
 
         return await self._tx(body)
 

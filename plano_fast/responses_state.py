@@ -1,0 +1,198 @@
+"""Conversation state for Responses API requests served through conversion
+(``previous_response_id`` in front of providers that keep no state themselves).
+
+Plano's ``state_storage: {type: memory}`` (or its older name ``state_storage_v1_responses``):
+a converted Responses answer is stored under its ``resp_…`` id with the conversation so far
+(every input item of the turn, history included, then the turn's output items), its
+model, provider and owner; a later request naming it in ``previous_response_id`` gets that
+history put in front of its own ``input`` before conversion.  OpenAI-family providers with
+a responses endpoint keep the passthrough: their ``previous_response_id`` goes to them.
+
+* Owner: the caller's key hash (config mode), so one key cannot continue another key's
+  conversation: a foreign, unknown or expired id is a 404, indistinguishable.
+* ``store: false`` stores nothing (the answer reports ``store: false``).
+* ``GET /v1/responses/{id}`` answers a stored response object, ``DELETE`` removes it (the
+  caller's own only; anything else is a 404).
+* ``ttl_s`` (default 24 h) after the last write an entry expires; ``max_entries``
+  (default 10 000, least recently stored evicted first) and ``max_conversation_bytes``
+  (default 4 MiB of JSON per stored conversation; a longer one is not stored) bound memory.
+* The memory store is per process: with several workers, a follow-up may reach a worker
+  that never saw the first turn (404).  A shared (SQLite/PostgreSQL) store is not built yet:
+  ``type: postgres`` logs a warning and leaves state off (``previous_response_id`` stays a
+  400 for converted providers) rather than pretending with a per-process memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from plano_fast.convert._common import dumps
+
+__all__ = [
+    "ConversationNotFound",
+    "MemoryResponseStore",
+    "StoredResponse",
+    "Turn",
+    "begin_turn",
+    "store_from_config",
+    "stored_response_answer",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MAX_CONVERSATION_BYTES = 4 * 1024 * 1024
+
+
+class ConversationNotFound(LookupError):
+    """``previous_response_id`` names no conversation this caller may continue."""
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    id: str
+    owner: str
+    model: str
+    provider: str
+    items: list[Any]  # the conversation: input items of every turn and their outputs
+    stored_at_s: float
+    response: dict[str, Any] | None = None  # the answer as the client got it (GET)
+
+
+class MemoryResponseStore:
+    """An in-process store with expiry and an entry cap (insertion order = eviction order)."""
+
+    __slots__ = ("ttl_s", "max_entries", "max_conversation_bytes", "_entries", "_clock")
+
+    def __init__(
+        self,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_conversation_bytes: int = DEFAULT_MAX_CONVERSATION_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.max_conversation_bytes = max_conversation_bytes
+        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, response_id: str, owner: str) -> StoredResponse:
+        entry = self._entries.get(response_id)
+        if entry is None or entry.owner != owner:
+            raise ConversationNotFound(response_id)
+        if self._clock() - entry.stored_at_s > self.ttl_s:
+            del self._entries[response_id]
+            raise ConversationNotFound(response_id)
+        return entry
+
+    def put(self, entry: StoredResponse) -> bool:
+        """Store ``entry``; False (nothing stored) when its conversation is over the cap."""
+        if len(dumps(entry.items)) > self.max_conversation_bytes:
+            return False
+        entry.stored_at_s = self._clock()
+        self._entries[entry.id] = entry
+        self._entries.move_to_end(entry.id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return True
+
+    def delete(self, response_id: str, owner: str) -> bool:
+        entry = self._entries.get(response_id)
+        if entry is None or entry.owner != owner:
+            return False
+        del self._entries[response_id]
+        return True
+
+
+def _as_items(value: object) -> list[Any]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return list(value) if isinstance(value, list) else []
+
+
+class Turn:
+    """One Responses request's part in a conversation: its full input (history first) and,
+    once answered, what is stored under the answer's id."""
+
+    __slots__ = ("store", "owner", "items", "model", "provider", "enabled")
+
+    def __init__(self, store: MemoryResponseStore, owner: str, items: list[Any], enabled: bool) -> None:
+        self.store = store
+        self.owner = owner
+        self.items = items
+        self.model = ""
+        self.provider = ""
+        self.enabled = enabled
+
+    def record(self, response: dict[str, Any]) -> None:
+        """The answer (a Responses object, JSON or the stream's final one) is complete."""
+        rid = response.get("id")
+        if not self.enabled or not isinstance(rid, str) or response.get("status") == "failed":
+            return
+        output = [item for item in response.get("output") or () if isinstance(item, dict)]
+        self.store.put(StoredResponse(rid, self.owner, self.model, self.provider,
+                                      [*self.items, *output], 0.0, response))
+
+
+def begin_turn(doc: dict[str, Any], store: MemoryResponseStore, owner: str) -> tuple[dict[str, Any], Turn]:
+    """The request with its ``previous_response_id`` expanded into ``input`` (raises
+    :class:`ConversationNotFound`), and its :class:`Turn`."""
+    items = _as_items(doc.get("input"))
+    previous = doc.get("previous_response_id")
+    out = dict(doc)
+    if previous is not None:
+        if not isinstance(previous, str):
+            raise ConversationNotFound(str(previous))
+        items = [*store.get(previous, owner).items, *items]
+        del out["previous_response_id"]
+        out["input"] = items
+    enabled = doc.get("store") is not False
+    out["store"] = enabled
+    return out, Turn(store, owner, items, enabled)
+
+
+def stored_response_answer(
+    store: MemoryResponseStore, method: bytes, response_id: str, owner: str
+) -> tuple[int, bytes]:
+    """``GET /v1/responses/{id}`` (the stored response object) and ``DELETE`` (OpenAI's
+    ``{"id", "object": "response", "deleted": true}``) for this caller's stored
+    conversations: (status, JSON body); 404 for an unknown, expired or foreign id."""
+    try:
+        entry = store.get(response_id, owner)
+    except ConversationNotFound:
+        return 404, dumps({"error": {"message": f"response '{response_id}' not found",
+                                     "type": "invalid_request_error", "param": None, "code": "not_found"}})
+    if method == b"DELETE":
+        store.delete(response_id, owner)
+        return 200, dumps({"id": response_id, "object": "response", "deleted": True})
+    return 200, dumps(entry.response or {"id": response_id, "object": "response"})
+
+
+def store_from_config(raw: dict[str, Any]) -> MemoryResponseStore | None:
+    """The store configured by Plano's ``state_storage`` (or ``state_storage_v1_responses``);
+    None without one, or with a type other than ``memory`` (warned)."""
+    spec = raw.get("state_storage") or raw.get("state_storage_v1_responses")
+    if not spec:
+        return None
+    kind = spec.get("type", "memory") if isinstance(spec, dict) else None
+    if kind != "memory":
+        log.warning("state_storage type %r is not supported yet (only 'memory'): conversation "
+                    "state is off", kind)
+        return None
+    assert isinstance(spec, dict)
+    return MemoryResponseStore(
+        ttl_s=float(spec.get("ttl_s", DEFAULT_TTL_S)),
+        max_entries=int(spec.get("max_entries", DEFAULT_MAX_ENTRIES)),
+        max_conversation_bytes=int(spec.get("max_conversation_bytes", DEFAULT_MAX_CONVERSATION_BYTES)),
+    )

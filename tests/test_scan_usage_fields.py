@@ -1,0 +1,277 @@
+"""Every billed usage field, read by both scanners into the row convention (issue 18).
+
+Cases are written from each provider's documentation (cited per case) and run on both
+implementations, whole / split at every byte offset / one byte at a time
+(``check_all_splits``).  The convention (plano_fast._scan_py, "Normalized usage"):
+input = every prompt token (uncached + cache read + cache write + tool-use prompt), output =
+every billed output token (visible + reasoning), the other counts subsets of those.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.test_scan import ANTHROPIC, CHAT, GEMINI, IMPLEMENTATIONS, NO_USAGE, RESPONSES, U, check_all_splits
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def scan(request: pytest.FixtureRequest) -> ModuleType:
+    module: ModuleType = request.param
+    return module
+
+
+# Gemini UsageMetadata (https://ai.google.dev/api/generate-content#UsageMetadata and the
+# GenAI SDK's UsageMetadata type docs): promptTokenCount includes cachedContentTokenCount;
+# toolUsePromptTokenCount = "number of tokens present in tool-use prompt(s)", billed as
+# input; candidatesTokenCount excludes thoughtsTokenCount, billed as output;
+# totalTokenCount = prompt + candidates + toolUsePrompt + thoughts.
+GEMINI_TOOL_USE = (
+    b'{"candidates":[{"content":{"parts":[{"text":"ok"}],"role":"model"},"finishReason":"STOP"}],'
+    b'"usageMetadata":{"promptTokenCount":1200,"cachedContentTokenCount":1000,'
+    b'"candidatesTokenCount":50,"toolUsePromptTokenCount":420,"thoughtsTokenCount":300,'
+    b'"totalTokenCount":1970,"toolUsePromptTokensDetails":[{"modality":"TEXT","tokenCount":420}]},'
+    b'"modelVersion":"gemini-2.5-pro"}'
+)
+
+# Anthropic Messages usage (https://docs.anthropic.com/en/api/messages, "usage"; prompt caching
+# https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching "Tracking cache
+# performance": input_tokens counts only the tokens after the last cache breakpoint;
+# cache_creation.ephemeral_5m_input_tokens / ephemeral_1h_input_tokens split the writes by
+# TTL) and output_tokens_details.thinking_tokens (the thinking part of output_tokens).
+ANTHROPIC_THINKING = (
+    b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",'
+    b'"content":[{"type":"thinking","thinking":"...","signature":"x"},{"type":"text","text":"hi"}],'
+    b'"stop_reason":"end_turn","usage":{"input_tokens":12,"cache_creation_input_tokens":2048,'
+    b'"cache_read_input_tokens":4096,"cache_creation":{"ephemeral_5m_input_tokens":1024,'
+    b'"ephemeral_1h_input_tokens":1024},"output_tokens":700,'
+    b'"output_tokens_details":{"thinking_tokens":640},"server_tool_use":{"web_search_requests":1},'
+    b'"service_tier":"standard"}}'
+)
+
+# The same on a stream (https://docs.anthropic.com/en/docs/build-with-claude/streaming):
+# message_start carries the initial usage, the final message_delta the cumulative one;
+# final values win field by field, fields only message_start had are kept.
+ANTHROPIC_THINKING_STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant",'
+    b'"model":"claude-sonnet-4-5-20250929","content":[],"usage":{"input_tokens":12,'
+    b'"cache_creation_input_tokens":2048,"cache_read_input_tokens":4096,"cache_creation":'
+    b'{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":1024},"output_tokens":1}}}\n\n'
+    b"event: content_block_start\n"
+    b'data: {"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}\n\n'
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"output_tokens":350,"output_tokens_details":{"thinking_tokens":300}}}\n\n'
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"output_tokens":700,"output_tokens_details":{"thinking_tokens":640}}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+# OpenAI CompletionUsage (openai-python src/openai/types/completion_usage.py):
+# prompt_tokens_details.audio_tokens / completion_tokens_details.audio_tokens are subsets of
+# prompt_tokens / completion_tokens (gpt-4o-audio-preview).
+OPENAI_AUDIO = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-audio-preview-2024-12-17",'
+    b'"choices":[],"usage":{"prompt_tokens":150,"completion_tokens":90,"total_tokens":240,'
+    b'"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":100},'
+    b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":80}}}'
+)
+
+CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
+    (
+        "gemini-json-tool-use",
+        GEMINI, False, GEMINI_TOOL_USE,
+        U(1200 + 420, 50 + 300, 1000, 0, 300, model="gemini-2.5-pro", tool_use=420),
+    ),
+    (
+        # streamGenerateContent?alt=sse: cumulative usageMetadata, the last one wins
+        "gemini-sse-tool-use",
+        GEMINI, True,
+        b"data: " + GEMINI_TOOL_USE.replace(b'"candidatesTokenCount":50', b'"candidatesTokenCount":5')
+        + b"\r\n\r\ndata: " + GEMINI_TOOL_USE + b"\r\n\r\n",
+        U(1620, 350, 1000, 0, 300, model="gemini-2.5-pro", tool_use=420),
+    ),
+    (
+        "anthropic-json-thinking-cache-ttl",
+        ANTHROPIC, False, ANTHROPIC_THINKING,
+        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
+    ),
+    (
+        "anthropic-sse-thinking-final-delta-wins",
+        ANTHROPIC, True, ANTHROPIC_THINKING_STREAM,
+        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
+    ),
+    (
+        # only the TTL split reported: the writes are their sum
+        "anthropic-json-ttl-only",
+        ANTHROPIC, False,
+        b'{"usage":{"input_tokens":5,"cache_creation":{"ephemeral_1h_input_tokens":30,'
+        b'"ephemeral_5m_input_tokens":10},"output_tokens":1}}',
+        U(45, 1, 0, 40, 0, cache_write_1h=30),
+    ),
+    (
+        "openai-json-audio",
+        CHAT, False, OPENAI_AUDIO,
+        U(150, 90, 0, 0, 0, model="gpt-4o-audio-preview-2024-12-17", audio_in=100, audio_out=80),
+    ),
+    (
+        "openai-sse-audio",
+        CHAT, True,
+        b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n'
+        b"data: " + OPENAI_AUDIO + b"\n\ndata: [DONE]\n\n",
+        U(150, 90, 0, 0, 0, model="gpt-4o-audio-preview-2024-12-17", audio_in=100, audio_out=80),
+    ),
+    (
+        # Responses usage (openai-python types/responses/response_usage.py): cached and
+        # cache-write tokens inside input_tokens, reasoning inside output_tokens
+        "responses-sse-completed",
+        RESPONSES, True,
+        b'event: response.created\ndata: {"type":"response.created","response":{"model":"gpt-5","usage":null}}\n\n'
+        b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"gpt-5",'
+        b'"usage":{"input_tokens":5000,"input_tokens_details":{"cached_tokens":4000,"cache_write_tokens":600},'
+        b'"output_tokens":900,"output_tokens_details":{"reasoning_tokens":850},"total_tokens":5900}}}\n\n',
+        U(5000, 900, 4000, 600, 850, model="gpt-5"),
+    ),
+    (
+        # xAI (recorded in vercel-ai xai-tool-call.json): reasoning_tokens outside
+        # completion_tokens, told by total_tokens = prompt + completion + reasoning
+        "xai-sse-reasoning-outside-completion",
+        CHAT, True,
+        b'data: {"model":"grok-3-mini","choices":[],"usage":{"prompt_tokens":291,"completion_tokens":26,'
+        b'"total_tokens":506,"prompt_tokens_details":{"cached_tokens":244},'
+        b'"completion_tokens_details":{"reasoning_tokens":189}}}\n\n',
+        U(291, 215, 244, 0, 189, model="grok-3-mini"),
+    ),
+    (
+        # OpenAI proper: reasoning inside completion_tokens (total = prompt + completion)
+        "openai-reasoning-inside-completion",
+        CHAT, False,
+        b'{"usage":{"prompt_tokens":10,"completion_tokens":500,"total_tokens":510,'
+        b'"completion_tokens_details":{"reasoning_tokens":448}}}',
+        U(10, 500, 0, 0, 448),
+    ),
+    (
+        # OpenAI /v1/embeddings (https://platform.openai.com/docs/api-reference/embeddings/object):
+        # usage is {prompt_tokens, total_tokens}; read by the chat scan API
+        "openai-embeddings",
+        CHAT, False,
+        b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093]}],'
+        b'"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}',
+        U(8, 0, model="text-embedding-3-small"),
+    ),
+    # malformed new fields: the whole usage object is ignored, never a made-up number
+    ("gemini-bad-tool-use", GEMINI, False, b'{"usageMetadata":{"promptTokenCount":1,"toolUsePromptTokenCount":-1}}', NO_USAGE),
+    ("anthropic-bad-thinking", ANTHROPIC, False, b'{"usage":{"input_tokens":1,"output_tokens_details":{"thinking_tokens":"9"}}}', NO_USAGE),
+    ("anthropic-bad-cache-creation", ANTHROPIC, False, b'{"usage":{"input_tokens":1,"cache_creation":[1]}}', NO_USAGE),
+    ("anthropic-null-cache-creation", ANTHROPIC, False, b'{"usage":{"input_tokens":1,"cache_creation":null}}', U(1)),
+    ("chat-bad-audio", CHAT, False, b'{"usage":{"prompt_tokens":1,"prompt_tokens_details":{"audio_tokens":1.5}}}', NO_USAGE),
+    # the same key at another API or another level is not read
+    ("responses-no-audio", RESPONSES, False, b'{"usage":{"input_tokens":5,"input_tokens_details":{"audio_tokens":3}}}', U(5)),
+    ("chat-thinking-not-read", CHAT, False, b'{"usage":{"completion_tokens":5,"completion_tokens_details":{"thinking_tokens":3}}}', U(0, 5)),
+    ("anthropic-reasoning-key-not-read", ANTHROPIC, False, b'{"usage":{"output_tokens":5,"output_tokens_details":{"reasoning_tokens":3}}}', U(0, 5)),
+    # a later duplicate of a details object replaces the earlier one entirely
+    (
+        "anthropic-duplicate-details",
+        ANTHROPIC, False,
+        b'{"usage":{"output_tokens":9,"output_tokens_details":{"thinking_tokens":3},"output_tokens_details":{}}}',
+        U(0, 9),
+    ),
+    # subsets larger than their totals are capped (input >= cache_read + cache_write, output >= reasoning)
+    (
+        "chat-subsets-capped",
+        CHAT, False,
+        b'{"usage":{"prompt_tokens":10,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":8,'
+        b'"cache_write_tokens":7},"completion_tokens_details":{"reasoning_tokens":4}}}',
+        U(10, 3, 8, 2, 3),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "api", "streaming", "body", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_usage_fields(scan: ModuleType, name: str, api: int, streaming: bool, body: bytes, expected: tuple[Any, ...]) -> None:
+    check_all_splits(scan, api, streaming, body, expected)
+
+
+def test_anthropic_stream_cut_before_final_delta(scan: ModuleType) -> None:
+    """A stream cut after the first message_delta keeps its (then final) values."""
+    cut = ANTHROPIC_THINKING_STREAM.index(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":700")
+    check_all_splits(
+        scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM[:cut],
+        U(6156, 350, 4096, 2048, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
+    )  # fmt: skip
+
+
+def _raw(scan: ModuleType, api: int, streaming: bool, body: bytes) -> bytes | None:
+    scanner = scan.UsageScanner(api, streaming)
+    for i in range(0, len(body), 7):
+        scanner.feed(body[i : i + 7])
+    scanner.finish()
+    raw: bytes | None = scanner.raw_usage()
+    return raw
+
+
+def test_raw_usage_is_the_providers_objects(scan: ModuleType) -> None:
+    """The provider's own usage objects, byte for byte, in a document that re-scans to the
+    same row (run_chunks checks the re-scan on every scanner test)."""
+    start = ANTHROPIC_THINKING_STREAM.index(b'{"input_tokens":12')
+    end = ANTHROPIC_THINKING_STREAM.index(b"}}}\n\n", start) + 1
+    first = b'{"output_tokens":350,"output_tokens_details":{"thinking_tokens":300}}'
+    final = b'{"output_tokens":700,"output_tokens_details":{"thinking_tokens":640}}'
+    assert _raw(scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM) == (
+        b'[{"message":{"usage":' + ANTHROPIC_THINKING_STREAM[start:end] + b'}},{"usage":' + first
+        + b'},{"usage":' + final + b"}]"
+    )
+    usage = GEMINI_TOOL_USE[GEMINI_TOOL_USE.index(b'{"promptTokenCount"') : -len(b',"modelVersion":"gemini-2.5-pro"}')]
+    assert _raw(scan, GEMINI, False, GEMINI_TOOL_USE) == b'{"usageMetadata":' + usage + b"}"
+    # Groq's x_groq.usage and the Responses' response.usage are kept as they came
+    assert _raw(scan, CHAT, False, b'{"x_groq":{"usage":{"prompt_tokens":5 ,"q":[1]}},"usage":null}') == (
+        b'{"usage":{"prompt_tokens":5 ,"q":[1]}}'
+    )
+    # a multi-line SSE data field: the joining newline is part of the object
+    assert _raw(scan, CHAT, True, b'data: {"usage":{"prompt_tokens":5,\ndata: "completion_tokens":1}}\n\n') == (
+        b'{"usage":{"prompt_tokens":5,\n"completion_tokens":1}}'
+    )
+    # nothing counted: nothing kept
+    assert _raw(scan, CHAT, False, b'{"usage":{"prompt_tokens":"5"}}') is None
+    assert _raw(scan, ANTHROPIC, True, ANTHROPIC_THINKING_STREAM[: ANTHROPIC_THINKING_STREAM.index(b"event: message_delta")]) is None
+
+
+def test_raw_usage_bound(scan: ModuleType) -> None:
+    cap = scan.MAX_RAW_USAGE_BYTES
+    assert cap == 4096
+    for size, kept in ((cap - 2, True), (cap - 1, False), (cap + 1, False), (3 * cap, False)):
+        pad = b" " * (size - len(b'{"usage":{"prompt_tokens":1}}'))
+        body = b'{"usage":{"prompt_tokens":1' + pad + b"}}"
+        assert len(body) == size
+        assert _raw(scan, CHAT, False, body) == (body if kept else None)
+        # the counts never depend on the bound
+        scanner = scan.UsageScanner(CHAT, False)
+        scanner.feed(body)
+        scanner.finish()
+        assert scanner.result().input_tokens == 1
+
+
+def test_raw_usage_anthropic_keeps_every_object_that_counted(scan: ModuleType) -> None:
+    """Anthropic objects merge field by field, so each one that counted is kept, in order:
+    re-scanning gives the merge (a later delta lacking a field keeps the earlier value)."""
+    body = (
+        b'data: {"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":1}}}\n\n'
+        b'data: {"type":"message_delta","usage":{"input_tokens":6,"cache_read_input_tokens":7}}\n\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":9}}\n\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":"x"}}\n\n'
+    )
+    assert _raw(scan, ANTHROPIC, True, body) == (
+        b'[{"message":{"usage":{"input_tokens":5,"output_tokens":1}}},'
+        b'{"usage":{"input_tokens":6,"cache_read_input_tokens":7}},{"usage":{"output_tokens":9}}]'
+    )
+    # too many objects for the bound: none kept (never a partial record)
+    delta = b'data: {"type":"message_delta","usage":{"output_tokens":9' + b" " * 500 + b"}}\n\n"
+    six = _raw(scan, ANTHROPIC, True, body + delta * 6)
+    seven = _raw(scan, ANTHROPIC, True, body + delta * 7)
+    assert six is not None and seven == six[:-1] + b',{"usage":{"output_tokens":9' + b" " * 500 + b"}}]"
+    assert len(seven) + 530 > scan.MAX_RAW_USAGE_BYTES
+    assert _raw(scan, ANTHROPIC, True, body + delta * 8) is None

@@ -1,0 +1,240 @@
+"""Usage rows over real sockets, per provider family (issue 18).
+
+A real gateway process (config mode, SQLite) in front of a replay upstream that sends
+recorded provider bodies (``../shared/data/fixtures``, via tests/shared_data.py) and
+documentation-derived ones (tests/test_scan_usage_fields.py, each citing its doc) in
+awkward pieces: 1 to 5 bytes per TCP write, so every usage object, SSE line and CRLF arrives
+split.  Each request must end as a row in the convention (input = every prompt token, output
+= every billed output token), keeping the provider's usage object, priced exactly from the
+bundled table, with the price entry recorded.  (Every split offset is covered at the scanner
+level by tests/test_scan_usage_fields.py and tests/test_scan_fixtures.py on both scanners.)
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.store import UsageRow
+from tests.gateway_proc import GatewayProcess
+from tests.test_billing_e2e import read_rows
+from tests.test_scan_fixtures import _cassette, _response
+from tests.test_scan_usage_fields import ANTHROPIC_THINKING, ANTHROPIC_THINKING_STREAM, GEMINI_TOOL_USE, OPENAI_AUDIO
+from tests.shared_data import FIXTURES
+
+
+def _fixture(name: str, index: int) -> bytes:
+    return _response(_cassette(name)[index])[1]
+
+
+# case -> (client path, request body, streaming, upstream body, content type, expected row)
+# expected: (input, output, cache_read, cache_write, reasoning, tool_use, cache_write_1h,
+#            audio_in, audio_out, model, usage_api)
+CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
+    # OpenAI chat, recorded (pydantic-ai): stream with include_usage
+    "chat-sse": (
+        "/v1/chat/completions", {"model": "openai/gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}},
+        _fixture("test_run_stream_sync_streams_real_model.yaml", 0), "text/event-stream",
+        (53, 15, 0, 0, 0, 0, 0, 0, 0, "gpt-4o-mini-2024-07-18", "openai_chat"),
+    ),
+    # OpenAI chat, recorded: the 2026 cache_write_tokens (first call of the cache e2e)
+    "chat-json-cache-write": (
+        "/v1/chat/completions", {"model": "openai/gpt-4o-mini"},
+        _fixture("test_openai_chat_prompt_cache_e2e.yaml", 0), "application/json",
+        (4020, 4, 0, 4012, 0, 0, 0, 0, 0, "gpt-5.6-sol", "openai_chat"),
+    ),
+    # OpenAI chat, doc-derived (openai-python completion_usage.py): audio parts
+    "chat-json-audio": (
+        "/v1/chat/completions", {"model": "openai/gpt-4o-audio-preview"}, OPENAI_AUDIO, "application/json",
+        (150, 90, 0, 0, 0, 0, 0, 100, 80, "gpt-4o-audio-preview-2024-12-17", "openai_chat"),
+    ),
+    # Responses, recorded (pydantic-ai): response.completed carries the usage
+    "responses-sse": (
+        "/v1/responses", {"model": "openai/gpt-5", "stream": True},
+        _fixture("test_openai_responses_streaming_usage.yaml", 0), "text/event-stream",
+        (53, 469, 0, 0, 448, 0, 0, 0, 0, "gpt-5-2025-08-07", "openai_responses"),
+    ),
+    # Anthropic, recorded (pydantic-ai): cache reads and writes outside input_tokens
+    "anthropic-json-cache": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50},
+        _fixture("test_anthropic_cache_real_api.yaml", 1), "application/json",
+        (3 + 1111 + 418, 33, 1111, 418, 0, 0, 0, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    # Anthropic, recorded (anthropic-sdk-python): a stream
+    "anthropic-sse-recorded": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50, "stream": True},
+        (FIXTURES / "anthropic-sdk-python" / "tool_use_response.txt").read_bytes(), "text/event-stream",
+        (377, 65, 0, 0, 0, 0, 0, 0, 0, "claude-sonnet-4-20250514", "anthropic"),
+    ),
+    # Anthropic, doc-derived: thinking tokens and 1h cache writes, JSON and stream
+    "anthropic-json-thinking": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50}, ANTHROPIC_THINKING, "application/json",
+        (6156, 700, 4096, 2048, 640, 0, 1024, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "anthropic-sse-thinking": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50, "stream": True},
+        ANTHROPIC_THINKING_STREAM, "text/event-stream",
+        (6156, 700, 4096, 2048, 640, 0, 1024, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    # Gemini native, doc-derived: toolUsePromptTokenCount and thoughts
+    "gemini-json-tool-use": (
+        "/v1beta/models/gemini-2.5-pro:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
+        GEMINI_TOOL_USE, "application/json",
+        (1620, 350, 1000, 0, 300, 420, 0, 0, 0, "gemini-2.5-pro", "gemini"),
+    ),
+    # Gemini native, recorded (pydantic-ai): alt=sse with CRLF framing, cumulative usage
+    "gemini-sse": (
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "x"}]}]},
+        _fixture("test_google_stream_usage_is_live_mid_stream.yaml", 0), "text/event-stream",
+        (18, 80 + 35, 0, 0, 35, 0, 0, 0, 0, "gemini-2.5-flash", "gemini"),
+    ),
+}  # fmt: skip
+
+
+class _Replay(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        length = int(self.headers.get("content-length") or 0)
+        request = json.loads(self.rfile.read(length) or b"{}")
+        case = CASES[request["metadata"]["case"] if "metadata" in request else request["contents"][0]["parts"][0]["case"]]
+        body, ctype = case[2], case[3]
+        self.send_response(200)
+        self.send_header("content-type", ctype)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rng = random.Random(len(body))
+        pos = 0
+        while pos < len(body):
+            n = rng.randint(1, 5)
+            piece = body[pos : pos + n]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            pos += n
+            if rng.random() < 0.05:
+                time.sleep(0.001)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture(scope="module")
+def replay() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def gateway(replay: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    path = tmp_path_factory.mktemp("rows") / "plano_config.yaml"
+    base = f"http://127.0.0.1:{replay}"
+    path.write_text(
+        f"""\
+version: v0.4.0
+listeners:
+  - type: model
+    name: rows
+    address: 127.0.0.1
+    port: 12000
+    timeout: 10s
+model_providers:
+  - model: openai/*
+    base_url: {base}
+    access_key: sk-openai
+  - model: anthropic/*
+    base_url: {base}
+    access_key: sk-ant
+  - model: gemini/gemini-2.5-pro
+    base_url: {base}/v1beta
+    access_key: gm-key
+  - model: gemini/gemini-2.5-flash
+    base_url: {base}/v1beta
+    access_key: gm-key
+plano_fast:
+  sqlite_path: {path.with_suffix(".db")}
+  usage_journal_path: {path.with_suffix(".journal")}
+  usage_flush_interval_s: 1
+  price_interval_s: 1
+"""
+    )
+    with GatewayProcess(path) as proc:
+        yield proc
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"content-type": "application/json"}
+    if path.startswith("/v1/messages"):
+        headers.update({"x-api-key": "client", "anthropic-version": "2023-06-01"})
+    elif path.startswith("/v1beta"):
+        headers["x-goog-api-key"] = "client"
+    else:
+        headers["authorization"] = "Bearer client"
+    conn.request("POST", path, json.dumps(body).encode(), headers)
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    assert response.status == 200, data
+    return data
+
+
+def _row_tuple(r: UsageRow) -> tuple[Any, ...]:
+    return (
+        r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
+        r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens,
+        r.model, r.usage_api,
+    )  # fmt: skip
+
+
+def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -> None:
+    for name, (path, request, body, _, _) in CASES.items():
+        request = dict(request)
+        if path.startswith("/v1beta"):
+            request["contents"] = [{"parts": [{"text": "x", "case": name}]}]
+        else:
+            request.setdefault("messages", [{"role": "user", "content": "x"}])
+            request["metadata"] = {"case": name}
+        relayed = _post(gateway.url, path, request)
+        if "include_usage" in json.dumps(request) or not request.get("stream"):
+            assert relayed == body  # relayed untouched
+    sqlite = str(gateway.config_path.with_suffix(".db"))
+    deadline = time.monotonic() + 20
+    rows: list[UsageRow] = []
+    while time.monotonic() < deadline:
+        rows = read_rows(None, sqlite)
+        if len(rows) >= len(CASES) and all(r.priced for r in rows):
+            break
+        time.sleep(0.2)
+    assert len(rows) == len(CASES)
+    got = sorted(_row_tuple(r) for r in rows)
+    want = sorted(case[4] for case in CASES.values())
+    assert got == want
+    registry = PricingRegistry()
+    for r in rows:
+        assert r.status == "ok" and r.priced and r.usage_raw, r
+        quote = registry.quote(r.provider, r.model or "", r.project_id, TokenCounts(
+            r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
+            r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens))  # fmt: skip
+        assert quote is not None
+        assert (r.cost_nano_usd, r.price_entry) == (quote.cost_nano_usd, quote.entry), r
+        assert r.price_status == ("priced_partial" if quote.partial else "priced")
+    # every dimension of these rows (1h writes, audio, cache writes) has its own price
+    assert [r.model for r in rows if r.price_status == "priced_partial"] == []
