@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import socket
+import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +58,8 @@ from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router, UnknownModel
 from plano_fast.responses_state import store_from_config, stored_response_answer
-from plano_fast.store import Store, open_store
+from plano_fast.store import SchemaTooOld, Store, open_store
+from plano_fast.store.migrate import prepare_schema
 from plano_fast.upstream import UpstreamPool
 
 if TYPE_CHECKING:
@@ -74,6 +77,33 @@ _ENDPOINTS: dict[bytes, Endpoint] = {
     b"/v1/messages/count_tokens": COUNT_TOKENS,
     b"/v1/responses": RESPONSES,
 }
+
+_ALWAYS_SERVED = frozenset((b"/healthz", b"/health", b"/v1/models", b"/models"))
+
+STORE_OPEN_TIMEOUT_S = 10.0
+"""Bound on one attempt to open the store and check its schema (a hanging database)."""
+STORE_RETRY_FIRST_S = 0.5
+STORE_RETRY_MAX_S = 5.0
+"""Back-off between attempts to open a store that was away at start: 0.5 s doubling to 5 s."""
+STORE_CLOSE_TIMEOUT_S = 5.0
+USAGE_DRAIN_BOUND_S = 10.0
+"""Bound on everything a stop asks of the store after the drain (usage flush, settles,
+releases, close): SIGTERM -> exit within ``drain_timeout_s`` + this + ~2 s of task
+cancellation, whatever the database does; rows it did not take are journaled."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+async def _close_bounded(store: Store) -> None:
+    """Close ``store`` within ``STORE_CLOSE_TIMEOUT_S``; a failure to close is only logged."""
+    try:
+        async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
+            await store.close()
+    except Exception as exc:  # noqa: BLE001 - closing what failed to open: nothing to keep
+        log.warning("closing the store failed: %s", _one_line(exc))
 
 
 #: the routing decision API (Plano's /routing/v1): path -> the client API it reads
@@ -109,6 +139,9 @@ class Gateway:
     ) -> None:
         self.config = config
         settings = config.settings
+        #: this process in the shared store: owner of its reservations, heartbeat key
+        self.instance_id = uuid.uuid4().hex
+        self._started_ns = time.time_ns()
         self.host = host if host is not None else config.listener.address
         self.port = port if port is not None else config.listener.port
         self.reuse_port = reuse_port
@@ -137,13 +170,19 @@ class Gateway:
                 self.billing.pricing,
                 max_output_tokens=settings.managed_max_output_tokens,
                 usage_sink=self.billing.submit,
+                metrics=self.billing.metrics,
+                reservation_ttl_s=settings.managed_reservation_ttl_s,
             )
+            self.managed.owner = self.instance_id
         self.connections: set[ServerProtocol] = set()
         #: shared by the workers of one instance (set by the parent of --workers N)
         metrics_dir = os.environ.get(METRICS_DIR_ENV)
         self.metrics_dir = Path(metrics_dir) if metrics_dir else None
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: False until the store has opened and billing started: forwarded requests get 503
+        self.store_ready = False
+        self._store_task: asyncio.Task[None] | None = None
         self._models_body = json.dumps(
             {"object": "list", "data": self.router.models_list()}, separators=(",", ":")
         ).encode()
@@ -169,19 +208,27 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store (refusing an old schema), start billing, then listen."""
+        """Open the store (refusing an old schema), start billing, then listen.
+
+        A store that cannot be reached at start (PostgreSQL down, an unusable SQLite path)
+        does not stop the gateway: it listens anyway, every forwarded request gets 503 in
+        its client's format (fail closed, nothing forwarded), and ``_open_store_retrying``
+        tries again with back-off, one log line per attempt; once the store opens, billing,
+        the key registry, budgets and managed state load and requests are served.  An old
+        schema found at start is still refused at once (an operator's error, not a fault).
+        """
         settings = self.config.settings
-        await self.store.open()
         try:
-            await self.store.check_schema()
-        except BaseException:
-            await self.store.close()
+            await self._open_store()
+            opened = True
+        except SchemaTooOld:
             raise
-        await self.billing.start()
-        if self.firewall:
-            await self.registry.start()
-        if self.managed is not None:
-            await self.managed.state.start()
+        except Exception as exc:  # noqa: BLE001 - any reason the store is away: retry it
+            opened = False
+            log.warning("store unavailable at start (%s); serving 503 until it opens, retrying in %.1fs",
+                        _one_line(exc), STORE_RETRY_FIRST_S)
+        if opened:
+            await self._start_billing()
         timeout_s = self.config.listener.timeout_s
         limits = self.limits
         self.clock = DeadlineClock(
@@ -208,6 +255,8 @@ class Gateway:
             timeout_s,
             registry=self.registry,
             budget=self.billing.budget,
+            gone_drain_s=settings.client_gone_drain_s,
+            gone_drain_bytes=settings.client_gone_drain_bytes,
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
@@ -247,7 +296,92 @@ class Gateway:
                 app, settings.admin_address, settings.admin_port, reuse_port=self.reuse_port
             )
         self._tasks.append(loop.create_task(self._housekeeping()))
+        if not opened:
+            self._store_task = loop.create_task(self._open_store_retrying(), name="store-open")
         log.info("listening on %s:%d", self.host, self.port)
+
+    async def _open_store(self) -> None:
+        """One bounded attempt to open the store and check its schema; closed on failure."""
+        try:
+            async with asyncio.timeout(STORE_OPEN_TIMEOUT_S):
+                await self.store.open()
+                await self.store.check_schema()
+        except BaseException:
+            await _close_bounded(self.store)
+            raise
+
+    async def _start_billing(self) -> None:
+        """Billing, key registry, budgets and managed state, once the store is open.
+
+        Each of them tolerates a store that fails again right away (not ready: 503, their
+        own loops retry), so this never raises for a store fault.
+        """
+        await self.billing.start()
+        if self.firewall:
+            await self.registry.start()
+        if self.managed is not None:
+            try:
+                await self._heartbeat()
+            except Exception as exc:  # noqa: BLE001 - the sweeper retries it
+                log.warning("instance heartbeat failed: %s", _one_line(exc))
+            await self.managed.state.start()
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self._sweep_reservations(), name="reservation-sweeper"))
+        self.store_ready = True
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(self.instance_id, socket.gethostname(), os.getpid(), self._started_ns)
+
+    async def _sweep_reservations(self) -> None:
+        """Managed mode, on every instance: heartbeat, then release reservations past their
+        expiry and those of instances whose heartbeat is ``3 * interval`` old (killed).
+
+        Bound: a reservation left by a killed instance is released within about
+        4 sweep intervals (3 to go stale + 1 until the next sweep), one left by any other
+        failure within its expiry + 1 interval.
+        """
+        interval_s = self.config.settings.reservation_sweep_interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                async with asyncio.timeout(max(interval_s, STORE_CLOSE_TIMEOUT_S)):
+                    await self._heartbeat()
+                    now = time.time_ns()
+                    expired = await self.store.release_expired(now)
+                    orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+            except Exception as exc:  # noqa: BLE001 - one line, next interval retries
+                log.warning("reservation sweep failed: %s", _one_line(exc))
+                continue
+            if expired or orphaned:
+                log.warning("reservation sweep released %d expired and %d orphaned reservations",
+                            expired, orphaned)
+
+    async def _open_store_retrying(self) -> None:
+        delay_s = STORE_RETRY_FIRST_S
+        attempt = 1
+        while True:
+            await asyncio.sleep(delay_s)
+            attempt += 1
+            try:
+                # As `serve` does before it listens: a new embedded SQLite database gets
+                # the schema; an older one is refused (SchemaTooOld, logged with the hint).
+                async with asyncio.timeout(STORE_OPEN_TIMEOUT_S):
+                    await prepare_schema(self.config.settings.database_url, self.config.settings.sqlite_path)
+                await self._open_store()
+            except Exception as exc:  # noqa: BLE001 - one line per attempt, no traceback
+                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+                hint = " (run `plano-fast migrate`)" if isinstance(exc, SchemaTooOld) else ""
+                log.warning("store still unavailable (attempt %d: %s)%s; retrying in %.1fs",
+                            attempt, _one_line(exc), hint, delay_s)
+                continue
+            try:
+                await self._start_billing()
+            except Exception as exc:  # noqa: BLE001 - never a lost task: logged, retried
+                log.error("starting billing failed (%s); retrying", _one_line(exc))
+                await _close_bounded(self.store)
+                continue
+            log.info("store opened after %d attempts: serving", attempt)
+            return
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Graceful stop: refuse new connections, let in-flight exchanges finish."""
@@ -262,25 +396,63 @@ class Gateway:
             conn.shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout_s
-        while self.connections and loop.time() < deadline:
+        # Responses still read for clients that left (their usage) drain too.
+        while (self.connections or self.ctx.draining) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.ctx.give_up_drains()
+        background = list(self._tasks)
+        if self._store_task is not None:
+            background.append(self._store_task)
+            self._store_task = None
         self._tasks.clear()
+        for task in background:
+            task.cancel()
+        # A task cancelled inside a store call that hangs is not waited for: the store
+        # phase below is bounded and ends by dropping the connections.
+        if background:
+            await asyncio.wait(background, timeout=1.0)
         self.pool.close()
         self.clock.stop()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
-        # Every exchange has settled: drain the usage queue, then close the store.
+        # Every exchange has settled: drain the usage queue, then close the store, within
+        # USAGE_DRAIN_BOUND_S whatever the database does (refuses, hangs, half-answers).
+        phase = loop.create_task(self._stop_store_phase(), name="stop-store")
+        done, _ = await asyncio.wait({phase}, timeout=USAGE_DRAIN_BOUND_S)
+        if done:
+            await self._stop_observability()
+            phase.result()
+            return
+        log.error("the store did not finish within %.0fs of the drain: connections dropped",
+                  USAGE_DRAIN_BOUND_S)
+        self.store.terminate()
+        leftovers: list[asyncio.Task[Any]] = [phase, *background]
+        if self.managed is not None:
+            leftovers += self.managed.tasks
+        for task in leftovers:
+            task.cancel()
+        # One turn for their handlers (a cancelled settle queues its row), then journal.
+        await asyncio.wait(leftovers, timeout=1.0)
+        if self.managed is not None:
+            for event in self.managed.writer.abandon():
+                self.billing.submit(event)
+        spilled = self.billing.flusher.spill_all()
+        log.error("%d unwritten usage rows kept in %s (replayed at the next start)",
+                  spilled, self.billing.journal.path)
+        await self._stop_observability()
+
+    async def _stop_store_phase(self) -> None:
         await self.registry.stop()
         if self.managed is not None:
-            await asyncio.gather(*self.managed.tasks, return_exceptions=True)
-            await self.managed.state.stop()
-        await self.billing.stop()
+            await self._stop_managed()
+        await self.billing.stop(drain_deadline_s=USAGE_DRAIN_BOUND_S / 2)
+        await self.store.close()
+
+    async def _stop_observability(self) -> None:
+        """After the store phase, whatever its outcome (local work, not the database's)."""
         if hasattr(self, "ctx"):  # started
             self._publish_metrics()
             if self.ctx.access_log is not None:
@@ -291,7 +463,25 @@ class Gateway:
                 await self.ctx.preference.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
-        await self.store.close()
+
+    async def _stop_managed(self) -> None:
+        """Background settles and releases get a bounded time; what they leave open is
+        released by another instance's sweeper once this instance is forgotten (or its
+        heartbeat goes stale when the store cannot even be told)."""
+        assert self.managed is not None
+        tasks = list(self.managed.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=USAGE_DRAIN_BOUND_S / 4)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.managed.state.stop()
+        if self.store_ready:
+            try:
+                async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
+                    await self.store.forget_instance(self.instance_id)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
+                log.warning("could not deregister this instance: %s", _one_line(exc))
 
     def process_metrics(self) -> dict[str, float]:
         """This process's counters and gauges (names without the plano_fast_ prefix)."""
@@ -362,6 +552,8 @@ class Gateway:
             raise
 
     def _dispatch(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+        if not self.store_ready and request.path not in _ALWAYS_SERVED:
+            raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
         if request.target.find(b"#") >= 0:
             # A fragment is never part of a request-target (RFC 9112 §3.2).
             raise ClientError("the request target must not contain '#'")

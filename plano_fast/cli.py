@@ -211,13 +211,11 @@ def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool)
             f"{where} {state}, this plano-fast needs version {exc.required}: run "
             f"`plano-fast migrate --config {config_path}` (or serve with --migrate)"
         ) from None
-    except sqlite3.Error as exc:
-        raise CliError(f"{where}: cannot open the database: {_one_line(exc)}") from None
-    except OSError as exc:
-        if settings.database_url is None:
-            raise CliError(f"{where}: cannot open the database: {_one_line(exc)}") from None
-        # PostgreSQL unreachable: the gateway's own start decides (and reports) what to do.
-        log.warning("%s: cannot check the schema now (%s)", where, _one_line(exc))
+    except (sqlite3.Error, OSError) as exc:
+        # The store cannot be opened now (PostgreSQL down, an unusable SQLite path): the
+        # gateway starts anyway, answers 503 (fail closed) and retries until it opens,
+        # readying the schema then as here.
+        log.warning("%s: cannot open the database now (%s); serving 503 until it opens", where, _one_line(exc))
         return
     if applied:
         log.info("%s: applied migrations %s", where, ", ".join(map(str, applied)))
@@ -227,10 +225,12 @@ def _reprice(args: argparse.Namespace) -> int:
     from plano_fast.billing.reprice import run_reprice
     from plano_fast.store import SchemaTooOld
 
-    if not args.config:
-        raise CliError("usage reprice needs --config (the database to work on)")
+    if not args.config:  # usage errors exit 2, as argparse's do
+        _error("usage reprice needs --config (the database to work on)")
+        return 2
     if args.page_rows < 1:
-        raise CliError("--page-rows must be at least 1")
+        _error("--page-rows must be at least 1")
+        return 2
     config = _load(args.config)
     if config is None:
         return 1

@@ -256,6 +256,14 @@ class GatewaySettings(BaseModel):
     usage_batch_size: PosInt = 1000  # rows per bulk write
     usage_max_pending_events: PosInt = 100_000  # in memory while the store is down; then journal
     usage_journal_path: NonEmptyStr = "plano_fast_usage.journal"  # spill file (one per process)
+    # Write-ahead log of usage events (<usage_journal_path>.<pid>.<n>.wal): a SIGKILL loses
+    # at most the events of the last sync window.
+    usage_wal: bool = True
+    # A client that hangs up mid-response: the provider's answer is still read (not
+    # relayed) for up to this long / this many bytes, so its own usage is billed.
+    client_gone_drain_s: PosFloat = 60.0
+    client_gone_drain_bytes: PosInt = 16 * 1024 * 1024
+    usage_wal_sync_interval_s: PosFloat = 0.1
     price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
     # Resold models: provider id (as in usage rows: "together", "groq", "custom" for a
     # custom base_url...) -> the bundled table's provider whose prices its models take when
@@ -289,6 +297,10 @@ class GatewaySettings(BaseModel):
     managed: bool = False
     managed_reload_s: PosFloat = 5.0  # token/pipe/limit cache refresh (revocation bound)
     managed_max_output_tokens: PosInt = 4096  # output ceiling when a request sets none
+    managed_reservation_ttl_s: PosFloat = 600.0  # a hard-budget reservation's expiry
+    # Heartbeat + release of expired reservations and of those of instances whose heartbeat
+    # is 3 intervals old (killed); instances sharing a database should use the same value.
+    reservation_sweep_interval_s: PosFloat = 10.0
 
 
 @dataclass(frozen=True)

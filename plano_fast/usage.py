@@ -14,7 +14,11 @@ STATUS_OK = "ok"  # provider answered 2xx and usage was read
 STATUS_USAGE_MISSING = "usage_missing"  # 2xx but the response carried no usage block
 STATUS_UPSTREAM_ERROR = "upstream_error"  # provider answered >= 400
 STATUS_UPSTREAM_FAILED = "upstream_failed"  # connection failed / reset / timed out
-STATUS_CLIENT_GONE = "client_disconnected"  # the client left before the response ended
+STATUS_CLIENT_GONE = "client_disconnected"  # the client left; the provider's usage was read
+#: the client left and the provider's usage could not be read: an estimate (request body
+#: bytes / 4 in, response bytes seen / 4 out), never zero
+STATUS_CLIENT_GONE_ESTIMATED = "client_disconnected_estimated"
+STATUS_CLIENT_ABANDONED = "client_abandoned"  # the client left before anything was forwarded
 STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
 # forwarded on an operator's explicit list (firewall_unbilled_paths): not metered, so left
 # unpriced (visible), never priced at zero

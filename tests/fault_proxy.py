@@ -1,8 +1,10 @@
-"""A TCP proxy that can cut every connection on demand (after asyncpg's test fuzzer).
+"""A TCP proxy that can cut or hang every connection on demand (after asyncpg's test fuzzer).
 
 Put it between the gateway and PostgreSQL to make "the database went away" happen
 without touching the shared server: ``cut()`` resets every open connection and refuses
-new ones until ``restore()``.
+new ones until ``restore()``; ``hang()`` makes the database a black hole — connections
+are accepted, open ones stay open, and nothing is ever answered (bytes in both directions
+are swallowed) until ``restore()``, which resets the hung connections.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self._hang = False
         self.connections_made = 0
+        self.connections_hung = 0
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -57,6 +61,19 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             writer.transport.abort()
+            return
+        if self._hang:
+            # Accept and never answer: read and drop whatever the client sends.
+            self.connections_hung += 1
+            self._writers.add(writer)
+            try:
+                while await reader.read(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                writer.transport.abort()
+                self._writers.discard(writer)
             return
         try:
             if isinstance(self.target, str):
@@ -75,6 +92,8 @@ class FaultProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if self._hang:
+                        continue  # swallowed: neither side hears from the other
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -94,9 +113,21 @@ class FaultProxy:
 
         self._loop.call_soon_threadsafe(do)
 
+    def hang(self) -> None:
+        def do() -> None:
+            self._hang = True
+
+        self._loop.call_soon_threadsafe(do)
+
     def restore(self) -> None:
         def do() -> None:
+            if self._hang:
+                # A hung connection has lost bytes: it can only be reset.
+                for w in list(self._writers):
+                    w.transport.abort()
+                self._writers.clear()
             self._cut = False
+            self._hang = False
 
         self._loop.call_soon_threadsafe(do)
 

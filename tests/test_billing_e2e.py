@@ -226,8 +226,9 @@ def test_client_leaving_mid_stream_is_billed_as_disconnected(
     make_gateway: Callable[..., GatewayProcess],
 ) -> None:
     """A client that hangs up mid-stream (the exchange runs in upstream callbacks, with
-    no task to cancel): the upstream response is dropped, the row says
-    client_disconnected, and the gateway goes on serving."""
+    no task to cancel): the relay stops, the provider's response is read on to its end,
+    the row says client_disconnected with the provider's own usage, and the gateway goes
+    on serving."""
     import socket
 
     gateway = make_gateway()
@@ -241,17 +242,21 @@ def test_client_leaving_mid_stream_is_billed_as_disconnected(
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(
                 b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-gone\r\n"
-                b"content-type: application/json\r\nx-fake-events: 200\r\nx-fake-interval-ms: 20\r\n"
+                b"content-type: application/json\r\nx-fake-events: 100\r\nx-fake-interval-ms: 20\r\n"
+                b"x-fake-input-tokens: 1000\r\nx-fake-cached-tokens: 200\r\nx-fake-output-tokens: 100\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(body), body)
             )
             first = sock.recv(65536)
             assert first.startswith(b"HTTP/1.1 200"), first[:100]
         # ... and the gateway still serves.
         oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "b"}])
+    rows = wait_rows(None, _sqlite(gateway), 3)
     gateway.stop()
-    rows = read_rows(None, _sqlite(gateway))
     assert sorted(r.status for r in rows) == ["client_disconnected", "ok", "ok"]
     gone = next(r for r in rows if r.status == "client_disconnected")
     assert gone.streaming and gone.http_status == 200
-    # 200 events at 20 ms take 4 s; the row was settled when the client left, not then.
-    assert gone.duration_us < 3_000_000
+    # 100 events at 20 ms take 2 s: the row was settled when the provider finished, with
+    # the provider's usage (include_usage was injected), not zero.
+    assert gone.duration_us > 1_500_000
+    assert (gone.input_tokens, gone.cache_read_tokens, gone.output_tokens) == (1000, 200, 100)
+    assert gone.priced and gone.cost_nano_usd == GPT_4O_MINI_COST

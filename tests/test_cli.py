@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -174,7 +175,31 @@ def test_errors_are_one_line_never_a_traceback(fake: FakeProviderThread, tmp_pat
     blocker.write_text("x")
     bad_store = write_config(tmp_path / "bad_store.yaml", fake.port, {"sqlite_path": blocker / "gw.db"})
     assert_one_line_error(run_cli("migrate", "-c", str(bad_store)), "migration failed")
-    assert_one_line_error(run_cli("serve", "-c", str(bad_store), "--port", "0"), "cannot open the database")
+    # serve does not exit on it: it answers 503 until the store opens (issues 17 and 26)
+    with GatewayProcess(bad_store, migrate=False) as gw:
+        req = urllib.request.Request(gw.url + "/v1/chat/completions", data=b'{"model":"gpt-4o-mini"}',
+                                     headers={"content-type": "application/json"})  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        refused.value.close()
+        assert refused.value.code == 503
+        assert healthz(gw.port) == 200
+        blocker.unlink()
+        blocker.mkdir()  # the path becomes usable: the retry loop opens it and serves
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(urllib.request.Request(
+                    gw.url + "/v1/chat/completions",
+                    data=b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}',
+                    headers={"content-type": "application/json"}), timeout=10) as served:  # fmt: skip
+                    assert served.status == 200
+                break
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                assert exc.code == 503 and time.monotonic() < deadline
+                time.sleep(0.3)
+        assert "Traceback" not in gw.log_text()
 
     # PostgreSQL is not there (serve's answer to that belongs to the gateway's start).
     away = write_config(tmp_path / "away.yaml", fake.port, {"database_url": '"postgresql://u:p@127.0.0.1:9/db"'})

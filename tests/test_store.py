@@ -987,6 +987,42 @@ def test_expired_reservations_are_released(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_reservations_of_gone_instances_are_released(backend: Backend) -> None:
+    """Owner + heartbeat: a live owner's reservations stay; a stale or forgotten owner's
+    are released (only those made before the staleness bound); unowned ones wait for expiry."""
+
+    async def body(store: Store) -> None:
+        import time
+
+        await store.heartbeat("alive", "h", 1, 0)
+        await store.heartbeat("dead", "h", 2, 0)
+        mine = await store.reserve(_targets(1000), 10, owner="alive")
+        theirs = await store.reserve(_targets(1000), 20, owner="dead")
+        unowned = await store.reserve(_targets(1000), 40)
+        assert mine is not None and theirs is not None and unowned is not None
+        assert (mine.owner, unowned.owner) == ("alive", None)
+        t0 = time.time_ns()
+        # Everyone's heartbeat is recent: nothing is an orphan.
+        assert await store.release_orphaned(t0 - 60 * 10**9) == 0
+        await store.heartbeat("alive", "h", 1, 0)  # "dead" beats no more
+        assert await store.release_orphaned(t0) == 1  # dead's heartbeat is older than t0
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.reserved_nano_usd == 50
+        assert not await store.release(theirs)
+        # A reservation newer than the bound is left alone even if its owner is unknown
+        # (an instance that has not beaten yet).
+        fresh = await store.reserve(_targets(1000), 80, owner="not-yet")
+        assert fresh is not None
+        assert await store.release_orphaned(t0) == 0
+        await store.forget_instance("alive")
+        assert await store.release_orphaned(time.time_ns()) == 2  # alive's, not-yet's
+        c = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert c is not None and c.reserved_nano_usd == 40  # the unowned one: expiry only
+        assert await store.release_expired(now_ns=unowned.expires_at_ns) == 1
+
+    backend.run(body)
+
+
 # -- rows the store refuses: set aside, never holding back the rest --------------------
 
 

@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from plano_fast.billing.journal import Journal
+from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
 from plano_fast.store import (
@@ -52,7 +52,10 @@ from plano_fast.store import (
     UsageRow,
     usage_row_from_event,
 )
-from plano_fast.usage import STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+
+_FREE_STATUSES = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
 log = logging.getLogger("plano_fast.billing")
 
@@ -64,7 +67,7 @@ DRAIN_SLICE = 128
 def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     """What one event costs (nano-USD, partial flag, price entry), or None when it cannot
     be priced."""
-    if event.status == STATUS_NOT_BILLABLE:
+    if event.status in _FREE_STATUSES:
         return _FREE
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
@@ -125,7 +128,7 @@ def rows_of_events(
     for e in events:
         status = e.status
         quote: Quote | None
-        if status == STATUS_NOT_BILLABLE:
+        if status in _FREE_STATUSES:
             quote = _FREE
         elif not e.has_usage:
             quote = _FREE if e.http_status >= 400 else None
@@ -176,8 +179,14 @@ class UsageFlusher:
         interval_s: float,
         batch_size: int = 1000,
         max_pending_rows: int = 100_000,
+        wal: WriteAheadLog | None = None,
     ) -> None:
         self.store = store
+        self.wal = wal
+        self._wal_append = wal.append if wal is not None else None
+        #: how many of the oldest submitted events are durable elsewhere (written, spilled,
+        #: set aside): everything flows first in, first out, so a count is enough
+        self._resolved = 0
         self.pricing = pricing
         self.journal = journal
         self.metrics = metrics
@@ -201,6 +210,9 @@ class UsageFlusher:
         """The UsageSink: called on the request path; never blocks."""
         queue = self._queue
         queue.append(event)
+        wal_append = self._wal_append
+        if wal_append is not None:
+            wal_append(event)
         self.metrics.events_submitted += 1
         if len(queue) >= self.batch_size:
             self._batch_ready.set()
@@ -209,6 +221,8 @@ class UsageFlusher:
     async def start(self) -> None:
         self._replayed = self.journal.claim()
         await self._replay_journals()
+        if self.wal is not None:
+            self.wal.start()  # after the claim: our own segments are never claimed
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-flusher")
 
     async def _replay_journals(self) -> None:
@@ -221,15 +235,24 @@ class UsageFlusher:
         while self._replayed:
             path = self._replayed[0]
             written = 0
+            duplicates_before = self.metrics.rows_duplicate
             try:
-                for batch in Journal.read_batches(path, self.batch_size):
-                    self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
-                    written += len(batch)
+                if path.name.endswith(WAL_SUFFIX):
+                    for events in Journal.read_events(path, self.batch_size):
+                        rows: collections.deque[UsageRow] = collections.deque()
+                        rows_of_events(self.pricing, events, rows)
+                        self.metrics.rows_duplicate += len(rows) - await self.store.write_usage(list(rows))
+                        written += len(rows)
+                else:
+                    for batch in Journal.read_batches(path, self.batch_size):
+                        self.metrics.rows_duplicate += len(batch) - await self.store.write_usage(batch)
+                        written += len(batch)
             except Exception as exc:  # noqa: BLE001 - retried on a later cycle
                 self.metrics.flush_failures += 1
                 log.warning("journal replay of %s paused (%s)", path, type(exc).__name__)
                 return
-            log.info("replayed %d usage rows from %s", written, path)
+            log.info("replayed %d usage rows from %s (%d already stored)", written, path,
+                     self.metrics.rows_duplicate - duplicates_before)
             self.metrics.rows_replayed += written
             path.unlink(missing_ok=True)
             self._replayed.pop(0)
@@ -249,8 +272,26 @@ class UsageFlusher:
         if self._pending:
             spilled = self.journal.spill(self._pending)
             self.metrics.rows_spilled += spilled
+            self._resolved += spilled
             log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
             self._pending.clear()
+        if self.wal is not None:
+            await self.wal.stop()
+            if not self._queued:
+                await self.wal.resolved(self._resolved)  # everything: the segments go
+
+    def spill_all(self) -> int:
+        """Journal every event and row not yet written, synchronously (no store call): for
+        a stop whose bound ran out while the store hangs.  Returns how many rows."""
+        while self._queued:
+            self._convert_slice(DRAIN_SLICE)
+        spilled = self.journal.spill(self._pending) if self._pending else 0
+        self._pending.clear()
+        self.metrics.rows_spilled += spilled
+        self._resolved += spilled
+        # The write-ahead log's segments stay: replaying them next time only finds rows
+        # already stored or spilled (idempotent), and no store call can be made here.
+        return spilled
 
     @property
     def _queued(self) -> int:
@@ -330,6 +371,7 @@ class UsageFlusher:
             # next slice.
             end = len(pending) - before + 1
             self._set_aside(dataclasses.asdict(events[end - 1]), "event", exc)
+            self._resolved += 1
             unpriced = sum(1 for row in itertools.islice(pending, before, None) if not row.priced)
         finally:
             # Dropped slice by slice, so their deallocation is spread out too.
@@ -352,6 +394,7 @@ class UsageFlusher:
         if overflow > 0:
             spill = [pending.popleft() for _ in range(overflow)]
             self.metrics.rows_spilled += self.journal.spill(spill)
+            self._resolved += overflow
             log.warning("usage backlog over %d rows: %d spilled to %s",
                         self.max_pending_rows, overflow, self.journal.path)
 
@@ -378,9 +421,23 @@ class UsageFlusher:
             return False
         for _ in batch:
             pending.popleft()
+        self._resolved += len(batch)
+        if self.wal is not None:
+            await self.wal.resolved(self._resolved)
+        retried = self._retry_delay_s > 0
         self._retry_delay_s = 0.0
         self.metrics.rows_written += inserted
-        self.metrics.rows_duplicate += len(batch) - inserted - (self.metrics.rows_rejected - rejected_before)
+        duplicates = len(batch) - inserted - (self.metrics.rows_rejected - rejected_before)
+        if duplicates:
+            # Never silent: a batch retried after a failure whose commit may have happened
+            # explains some; anything else is two requests with one id.
+            self.metrics.rows_duplicate += duplicates
+            if not retried:
+                self.metrics.rows_duplicate_id += duplicates
+            log.log(logging.WARNING if retried else logging.ERROR,
+                    "usage flush: %d of %d rows had a request id already stored, skipped (%s)",
+                    duplicates, len(batch),
+                    "a retried batch" if retried else "duplicate request ids")
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
         return True

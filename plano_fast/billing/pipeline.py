@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from plano_fast.billing.budget import BudgetChecker
 from plano_fast.billing.flusher import UsageFlusher
-from plano_fast.billing.journal import Journal
+from plano_fast.billing.journal import Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.pricer import PriceCalculator
 from plano_fast.config import GatewaySettings
@@ -19,6 +19,7 @@ class BillingPipeline:
         self.metrics = BillingMetrics()
         self.pricing = pricing or PricingRegistry(pins=settings.price_as)
         self.journal = Journal(settings.usage_journal_path)
+        self.wal = WriteAheadLog(self.journal, settings.usage_wal_sync_interval_s) if settings.usage_wal else None
         self.flusher = UsageFlusher(
             store,
             self.pricing,
@@ -27,6 +28,7 @@ class BillingPipeline:
             interval_s=settings.usage_flush_interval_s,
             batch_size=settings.usage_batch_size,
             max_pending_rows=settings.usage_max_pending_events,
+            wal=self.wal,
         )
         self.pricer = PriceCalculator(
             store, self.pricing, self.metrics,

@@ -29,6 +29,7 @@ from typing import Any
 
 from plano_fast import scan
 from plano_fast.billing.flusher import row_of_event
+from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.exchange import (
     CHAT_COMPLETIONS,
@@ -45,6 +46,7 @@ from plano_fast.exchange import (
     upstream_request,
 )
 from plano_fast.http_server import Request, Responder
+from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
 from plano_fast.pricing import PricingRegistry, TokenCounts
 from plano_fast.store import (
@@ -59,6 +61,10 @@ from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
 
+RELEASE_RETRY_FIRST_S = 0.1
+RELEASE_RETRY_MAX_S = 5.0
+"""Back-off between attempts to release a reservation while the store fails."""
+
 # Lines that start the last event of a stream, per format: held until billing is done.
 TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 
@@ -67,6 +73,14 @@ class BudgetExceeded(ClientError):
     status = 402
     code = "budget_exceeded"
     openai_type = "insufficient_quota"
+
+
+class BudgetHeld(BudgetExceeded):
+    """The limit is not reached, but what is left is held by requests in flight: their
+    reservations are settled within moments, so a retry shortly may fit (Retry-After)."""
+
+    code = "budget_held_by_in_flight"
+    retry_after_s = 1
 
 
 class GroupWriter:
@@ -81,10 +95,14 @@ class GroupWriter:
     retried, a refused row set aside there), so no waiter has to be alive to save them.
     """
 
-    def __init__(self, store: Store, fallback: Callable[[UsageEvent], None]) -> None:
+    def __init__(
+        self, store: Store, fallback: Callable[[UsageEvent], None], metrics: BillingMetrics | None = None
+    ) -> None:
         self.store = store
         self.fallback = fallback
+        self.metrics = metrics or BillingMetrics()
         self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
+        self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,17 +122,24 @@ class GroupWriter:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                self._inflight = batch
                 await self._write(batch)
+                self._inflight = []
                 for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
         finally:
             self._task = None
 
+    def abandon(self) -> list[UsageEvent]:
+        """The events of rows not known to be written (a stop whose bound ran out while
+        the store hangs): the caller journals them; a replay skips any that did commit."""
+        items, self._inflight, self._pending = self._inflight + self._pending, [], []
+        return [event for _, event, _ in items]
+
     async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
         try:
-            await self.store.write_usage([row for row, _, _ in batch])
-            return
+            inserted = await self.store.write_usage([row for row, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
             if len(batch) > 1 and self.store.rejects_data(exc):
                 # One row the store refuses must not push the others off the synchronous
@@ -124,15 +149,23 @@ class GroupWriter:
                 return
             log.error("synchronous billing failed (%s); %d usage rows queued",
                       type(exc).__name__, len(batch))
-        for _, event, _ in batch:
-            self.fallback(event)
+            for _, event, _ in batch:
+                self.fallback(event)
+            return
+        metrics = self.metrics
+        metrics.rows_written += inserted
+        if inserted < len(batch):  # never silent: two requests with one id
+            metrics.rows_duplicate += len(batch) - inserted
+            metrics.rows_duplicate_id += len(batch) - inserted
+            log.error("synchronous billing: %d of %d rows had a request id already stored, skipped",
+                      len(batch) - inserted, len(batch))
 
 
 class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
     __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer")
+                 "writer", "owner")
 
     def __init__(
         self,
@@ -143,6 +176,7 @@ class ManagedContext:
         max_output_tokens: int,
         usage_sink: Callable[[UsageEvent], None],
         reservation_ttl_s: float = 600.0,
+        metrics: BillingMetrics | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -151,13 +185,42 @@ class ManagedContext:
         self.reservation_ttl_s = reservation_ttl_s
         #: background releases, shielded from the cancellation of a client's task
         self.tasks: set[asyncio.Task[object]] = set()
-        self.writer = GroupWriter(store, usage_sink)
+        self.writer = GroupWriter(store, usage_sink, metrics)
+        #: this gateway instance's id, recorded on each reservation (see the sweeper)
+        self.owner: str | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def release_soon(self, reservation: Reservation) -> None:
+        """Give ``reservation`` back in the background, retried until done (never a lost
+        task: every failure is caught and logged)."""
+        self.spawn(self._release_until_done(reservation))
+
+    async def _release_until_done(self, reservation: Reservation) -> None:
+        delay_s = RELEASE_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                await self.store.release(reservation)
+            except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
+                failures += 1
+                if time.time_ns() + delay_s * 1e9 >= reservation.expires_at_ns:
+                    log.warning("reservation %s still held after %d attempts (%s); left to the "
+                                "sweeper at its expiry", reservation.id, failures, type(exc).__name__)
+                    return
+                if failures == 1:
+                    log.warning("releasing reservation %s failed (%s); retrying until done",
+                                reservation.id, type(exc).__name__)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RELEASE_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("reservation %s released after %d failed attempts", reservation.id, failures)
+            return
 
 
 class ManagedExchange(Exchange):
@@ -242,19 +305,30 @@ class ManagedExchange(Exchange):
         if max_out is None:
             max_out = self.mctx.max_output_tokens
             body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
-        self.reservation = await self._reserve(len(body), max_out, fields.model)
+        try:
+            self.reservation = await self._reserve(body, max_out, fields.model)
+        except BudgetHeld as exc:
+            payload = exc.body(request.api_format)
+            self.responder.send_head(exc.status, (
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(exc.retry_after_s).encode()),
+            ), len(payload))
+            self.responder.send_body(payload)
+            self.responder.end()
+            return
         try:
             await self._forward_targets(body, fields)
             if self.final_event is not None:
                 await self._bill_and_finish()
         finally:
-            if self.reservation is not None:
-                # Errors, failover exhaustion, client gone: give the reservation back.
-                self.mctx.spawn(self.mctx.store.release(self.reservation))
+            if self.reservation is not None and not self.client_left:
+                # Errors, failover exhaustion: give the reservation back.  A client gone
+                # mid-response keeps it until its response is read (``_sink_left``).
+                self.mctx.release_soon(self.reservation)
                 self.reservation = None
 
     async def _reserve(
-        self, input_bound: int, output_bound: int, client_model: str | None
+        self, body: bytes, max_out: int, client_model: str | None
     ) -> Reservation | None:
         state = self.mctx.state
         now = time.time_ns()
@@ -269,13 +343,29 @@ class ManagedExchange(Exchange):
                 ))
         if not budget_targets:
             return None
+        try:
+            input_bound, output_bound = token_bound(body, max_out)
+        except UnboundedContent as exc:
+            raise ClientError(
+                f"this request's cost cannot be bounded, so its hard budget cannot be enforced: "
+                f"{exc}; send it without that, or use a key without a hard limit"
+            ) from None
         worst = 0
-        tokens = TokenCounts(input_bound, output_bound, 0, 0, 0)
+        # The input priced as plain input and, where the provider bills prompt-cache
+        # writes above it (Anthropic: 1.25x for 5 minutes, 2x for 1 hour), as all cache
+        # writes of either kind: the dearest of the three (row convention: writes are a
+        # part of the input).
+        variants = (
+            TokenCounts(input_bound, output_bound, 0, 0, 0),
+            TokenCounts(input_bound, output_bound, 0, input_bound, 0),
+            TokenCounts(input_bound, output_bound, 0, input_bound, 0, cache_write_1h_tokens=input_bound),
+        )
+        pricing = self.mctx.pricing
         for target in self.targets:
             model = target.model or client_model
-            cost = self.mctx.pricing.cost_nano_usd(
-                target.provider.provider, model or "", self.project_id, tokens
-            )
+            provider = target.provider.provider
+            costs = [pricing.cost_nano_usd(provider, model or "", self.project_id, t) for t in variants]
+            cost = None if costs[0] is None else max(c or 0 for c in costs)
             if cost is None:
                 raise BudgetExceeded(
                     f"no price is known for model '{model}', so its hard budget cannot be "
@@ -284,17 +374,36 @@ class ManagedExchange(Exchange):
             worst = max(worst, cost)
         try:
             reservation = await self.mctx.store.reserve(
-                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s
+                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s, owner=self.mctx.owner
             )
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.warning("budget reservation failed: %s", type(exc).__name__)
             raise ServiceUnavailable("budget state is unavailable; try again") from None
         if reservation is None:
+            if await self._held_by_in_flight(budget_targets, worst):
+                raise BudgetHeld(
+                    f"spending limit held by requests in flight: this request may cost up to "
+                    f"${worst / 1e9:.6f}, which fits the limit but not what in-flight requests "
+                    "have reserved; retry shortly"
+                )
             raise BudgetExceeded(
                 f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}, "
                 "more than the remaining budget"
             )
         return reservation
+
+    async def _held_by_in_flight(self, targets: list[BudgetTarget], amount: int) -> bool:
+        """Whether the refusal is only the in-flight reservations' doing: every limit
+        would fit ``amount`` on its spend alone (one read per limit, on refusals only)."""
+        try:
+            for t in targets:
+                counter = await self.mctx.store.get_counter(t.key)
+                spent = counter.spent_nano_usd if counter is not None else 0
+                if spent + amount > t.limit_nano_usd:
+                    return False
+        except Exception:  # noqa: BLE001 - cannot tell: the plain refusal
+            return False
+        return True
 
     async def _forward_targets(self, body: bytes, fields: scan.RequestFields) -> None:
         request = self.request
@@ -406,6 +515,21 @@ class ManagedExchange(Exchange):
         event = self._event(outcome, http_status)
         self.ctx.usage_sink(event)
         self.observe(event)
+        if self.client_left and self.reservation is not None:
+            self.mctx.release_soon(self.reservation)
+            self.reservation = None
+
+    def _sink_left(self, event: UsageEvent) -> None:
+        """A departed client's response was read (or given up on): its usage, or the
+        estimate, settles the reservation like a completed request's."""
+        event.user_id = self.user_id
+        event.token_id = self.token_id
+        row = row_of_event(self.mctx.pricing, event)
+        reservation, self.reservation = self.reservation, None
+        if reservation is None:
+            self.mctx.writer.write(row, event)  # the writer owns the row from here
+        else:
+            self.mctx.spawn(self._settle_reservation(row, event, reservation))
 
     def _event(self, outcome: str, http_status: int) -> UsageEvent:
         event = self.make_event(outcome, http_status)
@@ -431,12 +555,24 @@ class ManagedExchange(Exchange):
 
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
+        cost = row.cost_nano_usd or 0
+        if cost > reservation.amount_nano_usd:
+            # The bound did not hold (a provider billed what the request could not show):
+            # counted and logged, so an operator sees the hole.
+            self.mctx.writer.metrics.reservation_overruns += 1
+            log.warning("request %s cost %d nano-USD, more than the %d reserved (%s %s)",
+                        row.request_id, cost, reservation.amount_nano_usd, row.provider, row.model)
         try:
             await store.settle(reservation, row)
+        except asyncio.CancelledError:
+            # Stopped past its bound while the store hangs: the row is queued (journaled at
+            # stop); the reservation is left to the sweepers (this instance is going away).
+            self.ctx.usage_sink(event)
+            raise
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
-            self.mctx.spawn(store.release(reservation))
+            self.mctx.release_soon(reservation)
 
 
 def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 if TYPE_CHECKING:
     from plano_fast.usage import UsageEvent
 
-REQUIRED_SCHEMA_VERSION: Final = 2
+REQUIRED_SCHEMA_VERSION: Final = 3
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 SCOPE_KINDS: Final = ("project", "user", "key")
@@ -284,6 +284,8 @@ class Reservation:
     amount_nano_usd: int
     counters: tuple[CounterKey, ...]
     expires_at_ns: int
+    #: the gateway instance holding it (``Store.heartbeat``); None: released on expiry only
+    owner: str | None = None
 
 
 @dataclass(slots=True)
@@ -422,6 +424,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def terminate(self) -> None:
+        """Drop every connection at once, waiting for nothing: for a stop whose bound ran
+        out while the database hangs.  The store is closed afterwards."""
+
     async def __aenter__(self) -> Self:
         await self.open()
         return self
@@ -534,11 +540,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def reserve(
-        self, targets: Sequence[BudgetTarget], amount_nano_usd: int, *, ttl_s: float = 600.0
+        self,
+        targets: Sequence[BudgetTarget],
+        amount_nano_usd: int,
+        *,
+        ttl_s: float = 600.0,
+        owner: str | None = None,
     ) -> Reservation | None:
         """Atomically add ``amount`` to ``reserved`` of every target counter if, for each,
         ``spent + reserved + amount <= limit``; otherwise change nothing and return None.
-        Safe under any concurrency, across processes and hosts."""
+        Safe under any concurrency, across processes and hosts.  ``owner`` is the holding
+        gateway instance's id (see ``heartbeat`` and ``release_orphaned``)."""
 
     @abc.abstractmethod
     async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
@@ -554,6 +566,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_expired(self, now_ns: int | None = None) -> int:
         """Release reservations past their expiry (a crashed process's); returns how many."""
+
+    @abc.abstractmethod
+    async def release_orphaned(self, stale_before_ns: int, now_ns: int | None = None) -> int:
+        """Release reservations made before ``stale_before_ns`` whose owner has no
+        heartbeat since then (a killed or stopped instance); forget such instances.
+        Returns how many reservations were released."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, instance_id: str, host: str, pid: int, started_at_ns: int) -> None:
+        """Record that gateway instance ``instance_id`` is alive now."""
+
+    @abc.abstractmethod
+    async def forget_instance(self, instance_id: str) -> None:
+        """A gateway instance stopped: its reservations left open become orphans at once."""
 
     # -- projects / users ----------------------------------------------------------------
 
@@ -992,6 +1018,27 @@ class SqlStore(Store):
         return rows[0] if rows else None
 
     # -- usage reads ------------------------------------------------------------------------
+
+    async def heartbeat(self, instance_id: str, host: str, pid: int, started_at_ns: int) -> None:
+        await self._execute(
+            "INSERT INTO gateway_instances (id, host, pid, started_at_ns, heartbeat_at_ns) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at_ns = excluded.heartbeat_at_ns",
+            (instance_id, host, pid, started_at_ns, now_ns()),
+        )
+
+    async def forget_instance(self, instance_id: str) -> None:
+        await self._execute("DELETE FROM gateway_instances WHERE id = ?", (instance_id,))
+
+    _ORPHANED = (
+        "SELECT DISTINCT r.id FROM spending_reservations r "
+        "LEFT JOIN gateway_instances g ON g.id = r.owner "
+        "WHERE r.owner IS NOT NULL AND r.created_at_ns < ? "
+        "AND (g.id IS NULL OR g.heartbeat_at_ns < ?)"
+    )
+    _FORGET_STALE = (
+        "DELETE FROM gateway_instances WHERE heartbeat_at_ns < ? AND id NOT IN "
+        "(SELECT owner FROM spending_reservations WHERE owner IS NOT NULL)"
+    )
 
     async def fetch_unpriced(self, limit: int) -> list[UsageRow]:
         rows = await self._fetch(

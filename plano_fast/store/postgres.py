@@ -227,8 +227,8 @@ RETURNING 1
 
 _INSERT_RESERVATIONS = """
 INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
-                                   amount_nano_usd, created_at_ns, expires_at_ns)
-SELECT $1::text, k, i, p, s, $6::bigint, $7::bigint, $8::bigint
+                                   amount_nano_usd, created_at_ns, expires_at_ns, owner)
+SELECT $1::text, k, i, p, s, $6::bigint, $7::bigint, $8::bigint, $9::text
   FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS t(k, i, p, s)
 """
 
@@ -327,8 +327,10 @@ class PostgresStore(SqlStore):
         min_size: int = 1,
         max_size: int = 10,
         command_timeout: float | None = 60.0,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self.dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
         self.min_size = min_size
         self.max_size = max_size
         self.command_timeout = command_timeout
@@ -339,17 +341,30 @@ class PostgresStore(SqlStore):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        self._pool = await asyncpg.create_pool(
+        pool = asyncpg.create_pool(
             self.dsn,
             min_size=self.min_size,
             max_size=self.max_size,
             command_timeout=self.command_timeout,
+            timeout=self.connect_timeout_s,
         )
+        try:
+            await pool
+        except BaseException:
+            # Refused, timed out or cancelled half-way: drop whatever connected, no waiting.
+            pool.terminate()
+            raise
+        self._pool = pool
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    def terminate(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
 
     @property
     def pool(self) -> Any:
@@ -523,11 +538,16 @@ class PostgresStore(SqlStore):
     # -- hard budgets -------------------------------------------------------------------------
 
     async def reserve(
-        self, targets: Sequence[BudgetTarget], amount_nano_usd: int, *, ttl_s: float = 600.0
+        self,
+        targets: Sequence[BudgetTarget],
+        amount_nano_usd: int,
+        *,
+        ttl_s: float = 600.0,
+        owner: str | None = None,
     ) -> Reservation | None:
         todo = check_targets(targets, amount_nano_usd)
         now = time.time_ns()
-        res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9))
+        res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
 
         async def body(conn: Any) -> None:
             # The reservation rows first: they conflict with nobody, and the counter row
@@ -542,6 +562,7 @@ class PostgresStore(SqlStore):
                 amount_nano_usd,
                 now,
                 res.expires_at_ns,
+                owner,
             )
             for t in todo:  # sorted: the global lock order
                 ok = await conn.fetchval(
@@ -588,9 +609,20 @@ class PostgresStore(SqlStore):
         rows = await self.pool.fetch(
             "SELECT DISTINCT id FROM spending_reservations WHERE expires_at_ns <= $1", now
         )
+        return await self._release_ids([r[0] for r in rows], now)
+
+    async def release_orphaned(self, stale_before_ns: int, now_ns: int | None = None) -> int:
+        now = time.time_ns() if now_ns is None else now_ns
+        rows = await self._fetch(self._ORPHANED, (stale_before_ns, stale_before_ns))
+        released = await self._release_ids([r[0] for r in rows], now)
+        await self._execute(self._FORGET_STALE, (stale_before_ns,))
+        return released
+
+    async def _release_ids(self, ids: list[str], now: int) -> int:
+        """Each reservation in its own short transaction (counter locks held briefly)."""
         released = 0
-        for r in rows:
-            rid: str = r[0]
+        for r in ids:
+            rid: str = r
 
             async def body(conn: Any, rid: str = rid) -> bool:
                 return await self._release_on(conn, rid, now)

@@ -629,11 +629,16 @@ class SqliteStore(SqlStore):
     # -- hard budgets -------------------------------------------------------------------------
 
     async def reserve(
-        self, targets: Sequence[BudgetTarget], amount_nano_usd: int, *, ttl_s: float = 600.0
+        self,
+        targets: Sequence[BudgetTarget],
+        amount_nano_usd: int,
+        *,
+        ttl_s: float = 600.0,
+        owner: str | None = None,
     ) -> Reservation | None:
         todo = check_targets(targets, amount_nano_usd)
         now = time.time_ns()
-        res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9))
+        res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
 
         def body(conn: sqlite3.Connection) -> None:
             for t in todo:
@@ -644,9 +649,10 @@ class SqliteStore(SqlStore):
                     raise _Refused
             conn.executemany(
                 "INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start, "
-                "amount_nano_usd, created_at_ns, expires_at_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "amount_nano_usd, created_at_ns, expires_at_ns, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (res.id, k.scope_kind, k.scope_id, k.period, k.period_start, amount_nano_usd, now, res.expires_at_ns)
+                    (res.id, k.scope_kind, k.scope_id, k.period, k.period_start, amount_nano_usd, now,
+                     res.expires_at_ns, owner)
                     for k in res.counters
                 ],
             )
@@ -698,6 +704,17 @@ class SqliteStore(SqlStore):
                 )
             ]
             return sum(1 for rid in ids if self._release_sync(conn, rid, now))
+
+        return await self._tx(body)
+
+    async def release_orphaned(self, stale_before_ns: int, now_ns: int | None = None) -> int:
+        now = time.time_ns() if now_ns is None else now_ns
+
+        def body(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(self._ORPHANED, (stale_before_ns, stale_before_ns))]
+            released = sum(1 for rid in ids if self._release_sync(conn, rid, now))
+            conn.execute(self._FORGET_STALE, (stale_before_ns,))
+            return released
 
         return await self._tx(body)
 

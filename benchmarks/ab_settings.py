@@ -1,0 +1,102 @@
+"""A/B of one gateway setting: two gateways side by side, load runs alternated, medians.
+
+    python -m benchmarks.ab_settings --mode firewall --a usage_wal=false --b usage_wal=true
+    python -m benchmarks.ab_settings --rounds 8 --duration-s 3 --concurrency 32 ...
+
+Both gateways run the same mode with one worker against one fake provider, each with its
+own SQLite database; only the settings given differ.  Each round runs the load against A
+then B (B then A on odd rounds, so drift hits both), with wrk when installed or
+``benchmarks.loadgen`` otherwise, and reads each gateway's CPU time from /proc.  Prints
+the per-round CPU µs per request and requests per second, and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import run as bench
+from tests.gateway_proc import GatewayProcess
+
+
+def _value(text: str) -> str:
+    return text if text in ("true", "false") or text.replace(".", "", 1).isdigit() else json.dumps(text)
+
+
+def start(mode: str, workdir: Path, fake_port: int, settings: list[str]) -> tuple[GatewayProcess, Any]:
+    setup = bench.MODES[mode](workdir, fake_port, 1, ["ab"])
+    with open(setup.config_path, "a") as fh:  # the plano_fast: block is the file's last
+        for item in settings:
+            key, _, value = item.partition("=")
+            fh.write(f"  {key}: {_value(value)}\n")
+    gw = GatewayProcess(setup.config_path, log_path=workdir / "gateway.log", env=setup.env)
+    return gw, setup
+
+
+def load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s: float) -> int:
+    """Run the load once; returns the requests completed."""
+    wrk = shutil.which("wrk")
+    if wrk:
+        script = bench._wrk_script(Path(tempfile.mkdtemp()) / "ab.lua", bench.BODY_JSON, headers)
+        out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "-s",
+                              str(script), url], capture_output=True, text=True, check=True).stdout
+        return int(bench.parse_wrk(out).get("completed", 0))
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body", bench.BODY_JSON,
+           "-c", str(concurrency), "-d", str(duration_s), "--json"]
+    for k, v in headers:
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=bench.ROOT, check=True).stdout
+    return int(json.loads(out)["completed"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", default="firewall")
+    ap.add_argument("--a", nargs="*", default=[], help="settings of A, key=value")
+    ap.add_argument("--b", nargs="*", default=[], help="settings of B, key=value")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--duration-s", type=float, default=3.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ab-"))
+    fake, fake_port = bench.start_fake(1, work / "fake.log")
+    gateways: dict[str, tuple[GatewayProcess, Any]] = {}
+    try:
+        for name, settings in (("A", args.a), ("B", args.b)):
+            (work / name).mkdir()
+            gateways[name] = start(args.mode, work / name, fake_port, settings)
+        results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+        for rnd in range(args.rounds):
+            order = ("A", "B") if rnd % 2 == 0 else ("B", "A")
+            for name in order:
+                gw, setup = gateways[name]
+                headers = bench.CLIENT_HEADERS + setup.headers_for("ab")
+                pids = bench.proc_tree(gw.proc.pid)
+                bench.wait_quiet(pids)
+                cpu0 = bench.cpu_s(pids)
+                n = load(gw.url + bench.PATH, headers, args.concurrency, args.duration_s)
+                cpu1 = bench.cpu_s(pids)
+                results[name].append(((cpu1 - cpu0) / max(1, n) * 1e6, n / args.duration_s))
+            print(f"round {rnd + 1}: " + "  ".join(
+                f"{k} {v[-1][0]:.1f} µs/req {v[-1][1]:.0f} req/s" for k, v in results.items()), flush=True)
+        med = {k: (statistics.median(c for c, _ in v), statistics.median(r for _, r in v))
+               for k, v in results.items()}
+        print(f"A {args.a}: median {med['A'][0]:.1f} CPU µs/req, {med['A'][1]:.0f} req/s")
+        print(f"B {args.b}: median {med['B'][0]:.1f} CPU µs/req, {med['B'][1]:.0f} req/s")
+        print(f"B - A: {med['B'][0] - med['A'][0]:+.1f} CPU µs/req")
+    finally:
+        for gw, _ in gateways.values():
+            gw.stop()
+        bench.stop_proc(fake)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The most a managed request can cost, in tokens, before it is forwarded (pure: bytes in).
+
+A hard budget reserves this bound, so it must really be an upper bound of what the
+provider will bill.  The argument, per part of the bill:
+
+* Text input: a token is never shorter than one byte of UTF-8, so the body's byte length
+  bounds the tokens of every text it carries, and also the per-message framing the
+  providers add (a message costs at least ``{"role":"user","content":""}``, 29 bytes, for
+  the 3-4 tokens of framing).
+* Tool definitions are text in the body; a provider's own tool-use instructions are not:
+  ``TOOL_OVERHEAD_TOKENS`` is added when a request declares tools (Anthropic documents
+  313-346 tokens for its tool-use system prompt; OpenAI's function preamble is smaller).
+* Output: ``max_tokens`` (or the configured ceiling, which the gateway then sends, so the
+  provider enforces it) bounds each choice; ``n`` (OpenAI) and ``candidateCount`` (Gemini)
+  multiply it.  Reasoning / thinking tokens count within that ceiling at every provider.
+* What bytes cannot bound is refused when a hard limit applies (400 naming the field):
+  images, audio, video, files and documents (an image URL of 200 bytes was billed 2,843
+  input tokens; a PDF's pages are unbounded), server-side state (``previous_response_id``,
+  ``conversation``: the stored history is billed as input), audio output, and
+  provider-run tools whose results are added to the input (web search, file search,
+  code execution, URL context, MCP).  A request without a hard limit is not inspected.
+
+When a provider nevertheless bills more than was reserved, the settle path counts it
+(``BillingMetrics.reservation_overruns``) and logs it, so an operator sees the hole.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TOOL_OVERHEAD_TOKENS = 1000
+
+# A body containing none of these (and no \u escape, which could spell any key) holds
+# nothing but text and a plain output ceiling: its bound is bytes and max_tokens, no parse.
+_MARKERS = (
+    b'"n"', b'"candidateCount"', b'"candidate_count"', b'"tools"', b'"functions"',
+    b'"image', b'"input_image"', b'"inline_data"', b'"inlineData"', b'"file', b'"input_file"',
+    b'"input_audio"', b'"audio"', b'"video', b'"document"', b'"previous_response_id"',
+    b'"conversation"', b'"modalities"', b'"googleSearch"', b'"google_search', b'"codeExecution"',
+    b'"code_execution"', b'"urlContext"', b'"url_context"', b"\\u",
+)  # fmt: skip
+
+# Where message content lives, per API (chat / messages / responses / gemini).
+_CONTENT_KEYS = ("messages", "input", "system", "contents", "systemInstruction", "system_instruction",
+                 "instructions")
+# Keys that carry non-text input inside message content.
+_MEDIA_KEYS = frozenset((
+    "image_url", "input_image", "image", "inline_data", "inlineData", "file_data", "fileData",
+    "file_id", "file_url", "input_audio", "audio", "video_url", "input_file", "file",
+))  # fmt: skip
+# Content part types that are not text.
+_MEDIA_TYPES = frozenset((
+    "image", "image_url", "input_image", "input_audio", "audio", "input_file", "file",
+    "document", "video", "video_url", "container_upload",
+))  # fmt: skip
+_STATE_KEYS = ("previous_response_id", "conversation", "audio")
+# Tool entries that are plain function declarations (everything else runs at the provider).
+_FUNCTION_TOOL_TYPES = frozenset(("function", "custom"))
+_GEMINI_TOOL_KEYS = frozenset(("functionDeclarations", "function_declarations"))
+
+
+class UnboundedContent(ValueError):
+    """The request carries something whose cost the body's bytes cannot bound."""
+
+
+def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
+    """(input tokens, output tokens) that the provider cannot exceed for ``body``.
+
+    Raises ``UnboundedContent`` naming the field when no such bound exists.
+    """
+    if not any(body.find(m) >= 0 for m in _MARKERS):
+        return len(body), max_output_tokens
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise UnboundedContent(f"the body is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        return len(body), max_output_tokens
+    for key in _STATE_KEYS:
+        if doc.get(key) is not None:
+            raise UnboundedContent(f"'{key}' (its cost is not in the request)")
+    modalities = doc.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        raise UnboundedContent("'modalities' with audio output")
+    for key in _CONTENT_KEYS:
+        where = _media_in(doc.get(key))
+        if where is not None:
+            raise UnboundedContent(f"{where} in '{key}'")
+    input_bound = len(body)
+    tools = [t for key in ("tools", "functions") if isinstance(doc.get(key), list) for t in doc[key]]
+    if tools:
+        for tool in tools:
+            _check_tool(tool)
+        input_bound += TOOL_OVERHEAD_TOKENS
+    return input_bound, max_output_tokens * _choices(doc)
+
+
+def _choices(doc: dict[str, Any]) -> int:
+    n = doc.get("n")
+    config = doc.get("generationConfig") or doc.get("generation_config")
+    if isinstance(config, dict):
+        n = config.get("candidateCount", config.get("candidate_count", n))
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UnboundedContent(f"'n' / 'candidateCount' must be a positive integer, not {n!r}")
+    return n
+
+
+def _media_in(node: Any) -> str | None:
+    """The first non-text input found in message content, described; None if all text."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = item.get("type")
+            if isinstance(kind, str) and kind in _MEDIA_TYPES:
+                return f"a '{kind}' part"
+            for key, value in item.items():
+                if key in _MEDIA_KEYS and value is not None:
+                    return f"'{key}'"
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _check_tool(tool: Any) -> None:
+    if not isinstance(tool, dict):
+        return
+    kind = tool.get("type")
+    if kind is None:
+        # Anthropic custom tools (name + input_schema), OpenAI legacy functions, Gemini.
+        other = [k for k in tool if k not in _GEMINI_TOOL_KEYS] if "name" not in tool else []
+        if other and not {"name", "parameters"} & set(tool):
+            raise UnboundedContent(f"provider-run tool '{other[0]}' (its results are billed as input)")
+        return
+    if kind not in _FUNCTION_TOOL_TYPES:
+        raise UnboundedContent(f"provider-run tool '{kind}' (its results are billed as input)")
