@@ -430,7 +430,10 @@ def latency_totals(metrics: RequestMetrics) -> dict[LatencyKey, tuple[float, flo
     """(seconds, requests) per (provider, model) of upstream time (request sent to last
     byte), summed since the process started, from the gateway's own request metrics."""
     out: dict[LatencyKey, tuple[float, float]] = {}
-    for labels, row in metrics.histograms[1].items():
+    for labels, stats in metrics.routes.items():
+        row = stats.hists[1]  # upstream_duration_seconds
+        if row is None:
+            continue
         key = (labels[1], labels[2])
         s, n = out.get(key, (0.0, 0.0))
         out[key] = (s + row[-1], n + sum(row[:-1]))
