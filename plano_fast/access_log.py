@@ -26,7 +26,7 @@ import orjson
 log = logging.getLogger("plano_fast.access_log")
 
 FIELDS: Final = (
-    "time_ns", "request_id", "mode", "project", "key", "provider", "model", "endpoint", "status",
+    "time", "request_id", "mode", "project", "key", "provider", "model", "endpoint", "status",
     "outcome", "stream", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens",
     "duration_ms", "ttft_ms", "upstream_ms", "overhead_us", "attempts", "client", "guardrails",
     "route",
@@ -85,10 +85,10 @@ _stamp_text = ""
 def line(values: tuple[Any, ...]) -> str:
     """One JSON line (orjson: ~10x the stdlib's speed for a dict of this size)."""
     global _stamp_second, _stamp_text
-    seconds, ns = divmod(values[0], 1_000_000_000)
+    seconds, ns = divmod(values[0], 1_000_000_000)  # values[0]: the request's start, ns
     if seconds != _stamp_second:  # strftime once a second, not once a line
         _stamp_second = seconds
         _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     doc = dict(zip(FIELDS, values))
-    doc["time_ns"] = f"{_stamp_text}.{ns // 1_000_000:03d}Z"
-    return orjson.dumps(doc).decode().replace('"time_ns"', '"time"', 1) + "\n"
+    doc["time"] = f"{_stamp_text}.{ns // 1_000_000:03d}Z"
+    return orjson.dumps(doc).decode() + "\n"

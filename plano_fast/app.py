@@ -554,9 +554,7 @@ class Gateway:
     def _dispatch(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         if not self.store_ready and request.path not in _ALWAYS_SERVED:
             raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
-        if request.target.find(b"#") >= 0:
-            # A fragment is never part of a request-target (RFC 9112 §3.2).
-            raise ClientError("the request target must not contain '#'")
+        refuse_fragment(request.target)
         client = None
         if self.managed is not None:
             client = read_client_headers(request.headers, request.query)
@@ -653,8 +651,7 @@ class Gateway:
         alone refuses -- a fragment, an ambiguous or malformed credential, and in firewall
         mode an endpoint it does not meter or a key it does not know -- before the body is
         invited.  ``request`` has no body; the full checks run again when it is complete."""
-        if request.target.find(b"#") >= 0:
-            raise ClientError("the request target must not contain '#'")
+        refuse_fragment(request.target)
         client = read_client_headers(request.headers, request.query)
         if self.firewall and request.path not in (b"/healthz", b"/health"):
             if not self.registry.ready or not self.billing.budget.ready:
@@ -664,6 +661,12 @@ class Gateway:
 
 
 METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
+
+
+def refuse_fragment(target: bytes) -> None:
+    """A fragment is never part of a request-target (RFC 9112 §3.2): 400, not forwarded."""
+    if target.find(b"#") >= 0:
+        raise ClientError("the request target must not contain '#'")
 
 
 def error_type(status: int, code: str | None = None) -> str:
@@ -749,8 +752,7 @@ class _GatewayAdmin:
         return self._gw.registry.lookup_key(key_hash)
 
     def admit_path(self, method: bytes, target: bytes) -> None:
-        if target.find(b"#") >= 0:
-            raise ClientError("the request target must not contain '#'")
+        refuse_fragment(target)
         gw = self._gw
         if gw.firewall:
             metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)

@@ -32,6 +32,7 @@ from plano_fast import __version__
 from plano_fast import scan
 from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.config import ConfigError, GatewayConfig, load_config
+from plano_fast.ratelimit import describe as describe_limits
 
 log = logging.getLogger("plano_fast")
 
@@ -159,6 +160,8 @@ def _validate(args: argparse.Namespace) -> int:
         n = len(config.unimplemented)
         _error(f"{path}: {n} field{'s' if n != 1 else ''} not implemented (--strict)")
         return 1
+    for limit in describe_limits(config.raw.get("ratelimits")):
+        print(f"rate limit: {limit}")
     names = ", ".join(p.name for p in config.providers)
     served = config.listener
     providers = f"{len(config.providers)} provider{'s' if len(config.providers) != 1 else ''}"

@@ -41,13 +41,11 @@ class Credential:
     """The request's one credential: ``secret`` is what is hashed and looked up, ``line``
     the header line that carries it upstream (CRLF-ended)."""
 
-    __slots__ = ("secret", "line", "source")
+    __slots__ = ("secret", "line")
 
-    def __init__(self, secret: bytes, line: bytes, source: bytes) -> None:
+    def __init__(self, secret: bytes, line: bytes) -> None:
         self.secret = secret
         self.line = line
-        #: the header name it came in, or b"?key" for the query parameter
-        self.source = source
 
 
 class ClientHeaders:
@@ -134,13 +132,13 @@ def _header_credential(name: bytes, value: bytes) -> Credential:
         if scheme.lower() != b"bearer" or not token:
             raise Unauthorized("the Authorization header must be 'Bearer <key>'")
         _check_token(token)
-        return Credential(token, b"authorization: Bearer " + token + b"\r\n", name)
+        return Credential(token, b"authorization: Bearer " + token + b"\r\n")
     token = value.strip(b" \t")
     if not token:
         raise Unauthorized(f"the {name.decode()} header is empty")
     _check_token(token)
     name = name.replace(b"_", b"-")  # x_api_key is written back as the header it stands for
-    return Credential(token, name + b": " + token + b"\r\n", name)
+    return Credential(token, name + b": " + token + b"\r\n")
 
 
 def _query_credential(raw: bytes) -> Credential:
@@ -148,7 +146,7 @@ def _query_credential(raw: bytes) -> Credential:
     if not token:
         raise Unauthorized("the key query parameter is empty (or is not an API key)")
     _check_token(token)
-    return Credential(token, QUERY_KEY_HEADER + b": " + token + b"\r\n", b"?key")
+    return Credential(token, QUERY_KEY_HEADER + b": " + token + b"\r\n")
 
 
 def _check_token(token: bytes) -> None:

@@ -226,7 +226,7 @@ class RequestFieldsLike(Protocol):
 
 
 #: client endpoint -> the request shape guardrails read message text from
-_GUARD_FORMATS: Final = {
+GUARD_FORMATS: Final = {
     "chat_completions": "openai",
     "completions": "openai",
     "messages": "anthropic",
@@ -922,8 +922,9 @@ class ConfigExchange(Exchange):
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
         if self.ctx.guardrails is not None:
-            self.guard(_GUARD_FORMATS[self.endpoint.name], provider.provider)
-        shared_check = self.rate_limit(
+            self.guard(GUARD_FORMATS[self.endpoint.name], provider.provider)
+        # (the names a limit may use, built only when limits are configured)
+        shared_check = self.ctx.ratelimits is not None and self.rate_limit(
             (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         policy = provider.retry_policy or self.ctx.default_retry_policy

@@ -33,7 +33,14 @@ from plano_fast.errors import (
     SpendingLimitExceeded,
     Unauthorized,
 )
-from plano_fast.exchange import Exchange, client_headers, finish_head, key_hash, refuse_background
+from plano_fast.exchange import (
+    GUARD_FORMATS,
+    Exchange,
+    client_headers,
+    finish_head,
+    key_hash,
+    refuse_background,
+)
 from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
@@ -127,32 +134,23 @@ class MeteredEndpoint:
     ``scan_api`` None: free (model listings, token counting), recorded as not billable.
     """
 
-    __slots__ = ("name", "scan_api", "wire_format", "include_usage", "guard_format")
+    __slots__ = ("name", "scan_api", "wire_format", "include_usage")
 
-    def __init__(
-        self,
-        name: str,
-        scan_api: int | None,
-        wire_format: str,
-        include_usage: bool = False,
-        guard_format: str = "",
-    ) -> None:
+    def __init__(self, name: str, scan_api: int | None, wire_format: str, include_usage: bool = False) -> None:
         self.name = name
         self.scan_api = scan_api
         self.wire_format = wire_format
         #: an OpenAI-style stream the gateway asks for its usage chunk (stream_options)
         self.include_usage = include_usage
-        #: the request shape the DLP floor reads message text from ("": none)
-        self.guard_format = guard_format
 
 
-_CHAT = MeteredEndpoint("chat_completions", scan.API_OPENAI_CHAT, "openai", True, "openai")
-_COMPLETIONS = MeteredEndpoint("completions", scan.API_OPENAI_CHAT, "openai", True, "openai")
-_EMBEDDINGS = MeteredEndpoint("embeddings", scan.API_OPENAI_CHAT, "openai", guard_format="embeddings")
-_RESPONSES = MeteredEndpoint("responses", scan.API_OPENAI_RESPONSES, "openai", guard_format="responses")
-_MESSAGES = MeteredEndpoint("messages", scan.API_ANTHROPIC, "anthropic", guard_format="anthropic")
+_CHAT = MeteredEndpoint("chat_completions", scan.API_OPENAI_CHAT, "openai", include_usage=True)
+_COMPLETIONS = MeteredEndpoint("completions", scan.API_OPENAI_CHAT, "openai", include_usage=True)
+_EMBEDDINGS = MeteredEndpoint("embeddings", scan.API_OPENAI_CHAT, "openai")
+_RESPONSES = MeteredEndpoint("responses", scan.API_OPENAI_RESPONSES, "openai")
+_MESSAGES = MeteredEndpoint("messages", scan.API_ANTHROPIC, "anthropic")
 _COUNT_TOKENS = MeteredEndpoint("count_tokens", None, "anthropic")
-_GEMINI = MeteredEndpoint("gemini", scan.API_GEMINI, "gemini", guard_format="gemini")
+_GEMINI = MeteredEndpoint("gemini", scan.API_GEMINI, "gemini")
 _MODELS = MeteredEndpoint("models", None, "openai")
 
 #: (method, exact path) -> endpoint.  Paths are compared byte for byte: no normalisation
@@ -239,13 +237,16 @@ class FirewallExchange(Exchange):
         self.project_id = route.key.project_id
         self.provider_id = route.key.provider
         self.wire_format = endpoint.wire_format
-        if ctx.guardrails is not None and endpoint.guard_format:
+        guard_format = GUARD_FORMATS.get(endpoint.name) if ctx.guardrails is not None else None
+        if guard_format is not None:
             if endpoint.scan_api is not None and endpoint.scan_api != scan.API_GEMINI:
+                # First the scanner's verdict (valid JSON, no repeated member): a redaction
+                # re-encodes the body, which would drop a duplicate the provider might read.
                 try:
-                    scan.scan_request(request.body)  # valid JSON, no repeated members, first
+                    scan.scan_request(request.body)
                 except scan.ScanError as exc:
                     raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            self.guard(endpoint.guard_format, route.key.provider)
+            self.guard(guard_format, route.key.provider)
         body = request.body
         path = request.path
         scan_api = endpoint.scan_api
@@ -280,7 +281,7 @@ class FirewallExchange(Exchange):
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
         self.upstream_data = finish_head(self, head, route.host_header, body, client.seen_request_id)
         self.origin = route.origin
-        if self.rate_limit((self.model,)):
+        if ctx.ratelimits is not None and self.rate_limit((self.model,)):
             return self.admitted_forward()
         return self.forward_now()
 

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
 
@@ -115,16 +115,6 @@ class Verdict:
     limit: Limit
     remaining: int
     retry_after_s: float
-
-
-class Backend(Protocol):
-    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None: ...
-
-    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None: ...
-
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 def estimate(prev: int, cur: int, window_s: int, now_s: float) -> float:
@@ -231,9 +221,6 @@ class RedisBackend:
         n = int(now_s // b.limit.window_s)
         base = f"{self.prefix}{b.key}:"
         return base + str(n), base + str(n - 1)
-
-    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
-        raise RuntimeError("the Redis backend is asynchronous")
 
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
         keys: list[str] = []
@@ -357,8 +344,10 @@ class RateLimits:
         self.backend.debit(buckets, tokens, time.time())
 
     def admit_now(self, buckets: Sequence[Bucket]) -> None:
-        """The in-process check (raises RateLimited)."""
-        verdict = self.backend.check_now(buckets, time.time())
+        """The in-process check (raises RateLimited); only when not ``asynchronous``."""
+        backend = self.backend
+        assert isinstance(backend, MemoryBackend)
+        verdict = backend.check_now(buckets, time.time())
         if verdict is not None:
             self.refused += 1
             raise RateLimited(verdict)

@@ -198,3 +198,16 @@ def test_redis_unreachable_follows_the_configured_mode(
     finally:
         gateway.stop()
     assert "rate-limit backend unreachable" in gateway.log_path.read_text()
+
+
+def test_validate_explains_each_limit(fake: FakeProviderThread, tmp_path: Path) -> None:
+    import sys
+
+    config = write_config(tmp_path / "plano_config.yaml", fake.port)
+    with open(config, "a") as f:
+        f.write("ratelimits:\n" + limits_text("*", 3))
+    out = subprocess.run([sys.executable, "-m", "plano_fast", "validate", str(config)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "rate limit: model gpt-4o-mini, each distinct x-user-id: at most 3 requests per minute" in out.stdout
+    assert "rate limit: model claude-sonnet-4-6, each distinct x-user-id: at most 30 tokens per hour" in out.stdout

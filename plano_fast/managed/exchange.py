@@ -36,7 +36,7 @@ from plano_fast.exchange import (
     MESSAGES,
     RESPONSES,
     Endpoint,
-    _GUARD_FORMATS,
+    GUARD_FORMATS,
     Exchange,
     ExchangeContext,
     client_headers,
@@ -286,7 +286,7 @@ class ManagedExchange(Exchange):
         except scan.ScanError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         if self.ctx.guardrails is not None:
-            self.guard(_GUARD_FORMATS[self.endpoint.name], None)
+            self.guard(GUARD_FORMATS[self.endpoint.name], None)
         targets = [t for t in pipe.candidates(fields.model)
                    if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
         if not targets:
