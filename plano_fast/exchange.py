@@ -35,7 +35,6 @@ from plano_fast.errors import (
     ClientError,
     GatewayError,
     NotFound,
-    Unauthorized,
     UnknownModelError,
     UpstreamError,
 )
@@ -50,6 +49,7 @@ from plano_fast.metrics import RequestMetrics
 from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -1024,9 +1024,11 @@ class ConfigExchange(Exchange):
         )
         if self.endpoint is not COUNT_TOKENS:
             self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
-        query = client_headers(self).query
+        client = client_headers(self)
+        query = client.query
         self.upstream_data = upstream_request(
-            self,
+            client,
+            self.request_id,
             request.method + b" " + path + (b"?" + query if query else b""),
             provider,
             None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
@@ -1197,7 +1199,8 @@ class ConfigExchange(Exchange):
                 provider, upstream_endpoint
             )
         self.upstream_data = upstream_request(
-            self, b"POST " + path, provider, auth, body, anthropic_version=target == "anthropic"
+            client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
+            anthropic_version=target == "anthropic",
         )
         self.origin = origin_of(provider)
 
@@ -1257,53 +1260,3 @@ class ConfigExchange(Exchange):
         self.responder.end()
         self._settle(outcome, self.status)
 
-
-def upstream_request(
-    exchange: Exchange,
-    request_line: bytes,
-    provider: ModelProvider,
-    auth: tuple[Header, ...] | None,
-    body: bytes,
-    *,
-    anthropic_version: bool = False,
-) -> list[bytes]:
-    """The bytes to send upstream: request line, the client's forwardable headers, the
-    credentials (``auth``: the gateway's own; None = the client's one verified credential,
-    passed through), the provider's configured headers, host and length.  A client's own
-    anthropic-version wins."""
-    client = client_headers(exchange)
-    head = [request_line + b" HTTP/1.1\r\n", client.block]
-    seen_version = client.seen_version
-    if auth is None:
-        credential = client.credential
-        if credential is not None:
-            if credential.secret.startswith(b"xproxy_"):
-                # A gateway token is never a provider's key: it must not leave the gateway.
-                raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
-            head.append(credential.line)
-    for name, value in auth or ():
-        if name == b"anthropic-version":
-            if seen_version:
-                continue
-            seen_version = True
-        head.append(name + b": " + value + b"\r\n")
-    if anthropic_version and not seen_version:
-        head.append(b"anthropic-version: 2023-06-01\r\n")
-    for name, value in provider.extra_headers:
-        head.append(name + b": " + value + b"\r\n")
-    return finish_head(exchange, head, provider.host_header, body, client.seen_request_id)
-
-
-def finish_head(
-    exchange: Exchange, head: list[bytes], host: str, body: bytes, has_request_id: bool
-) -> list[bytes]:
-    """Close the upstream head: our request id unless the client sent one, host, length."""
-    if not has_request_id:
-        head.append(b"x-request-id: " + exchange.request_id.encode() + b"\r\n")
-    head.append(b"host: " + host.encode() + b"\r\n")
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
-    return [b"".join(head), body]
-
-
-def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:
-    return ("https" if provider.tls else "http", provider.host, provider.port, egress)

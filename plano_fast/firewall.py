@@ -37,10 +37,10 @@ from plano_fast.exchange import (
     GUARD_FORMATS,
     Exchange,
     client_headers,
-    finish_head,
     key_hash,
     refuse_background,
 )
+from plano_fast.gateway.upstream_request import finish_head
 from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
@@ -279,7 +279,7 @@ class FirewallExchange(Exchange):
         credential = client.credential
         assert credential is not None
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
-        self.upstream_data = finish_head(self, head, route.host_header, body, client.seen_request_id)
+        self.upstream_data = finish_head(head, route.host_header, body, client.seen_request_id, self.request_id)
         self.origin = route.origin
         if ctx.ratelimits is not None and self.rate_limit((self.model,)):
             return self.admitted_forward()

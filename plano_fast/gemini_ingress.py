@@ -21,9 +21,8 @@ from plano_fast.exchange import (
     Endpoint,
     caller_key_hash,
     client_headers,
-    origin_of,
-    upstream_request,
 )
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
 
 GEMINI = Endpoint("gemini", scan.API_GEMINI, "gemini")
@@ -84,10 +83,12 @@ class GeminiExchange(ConfigExchange):
         passthrough = provider.passthrough_auth
         # The client's query (alt=sse) without its ?key= (a passed-through key goes in
         # x-goog-api-key; see plano_fast.credentials).
-        query = client_headers(self).query
+        client = client_headers(self)
+        query = client.query
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
-            self,
+            client,
+            self.request_id,
             b"POST " + path + method + (b"?" + query if query else b""),
             provider,
             None if passthrough else provider.auth_headers,

@@ -40,11 +40,10 @@ from plano_fast.exchange import (
     Exchange,
     ExchangeContext,
     client_headers,
-    origin_of,
     refuse_background,
     upstream_path,
-    upstream_request,
 )
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
@@ -425,7 +424,7 @@ class ManagedExchange(Exchange):
             self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
             auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
             self.upstream_data = upstream_request(
-                self, request.method + b" " + path, provider, auth, rewritten
+                client_headers(self), self.request_id, request.method + b" " + path, provider, auth, rewritten
             )
             self.origin = origin_of(provider)
             self.failover_error = None
