@@ -225,6 +225,25 @@ class RequestFieldsLike(Protocol):
     def include_usage(self) -> bool | None: ...
 
 
+class BodyFilter(Protocol):
+    """What stands between the upstream's body and the client's (None: pass-through).
+
+    ``Conversion`` (cross-format: rebuilds the head, converts the body) and managed
+    mode's ``HoldTerminal`` (relays, but holds the terminal event until billing is done).
+    """
+
+    #: the filter answers the head itself from the upstream's status and headers
+    rebuilds_head: bool
+
+    def head(self, responder: Responder, status: int, headers: list[Header]) -> None: ...
+
+    def relay(self, data: bytes, responder: Responder) -> None: ...
+
+    def read_done(self, responder: Responder) -> None: ...
+
+    def finish(self, responder: Responder, tail: bytes) -> None: ...
+
+
 #: client endpoint -> the request shape guardrails read message text from
 GUARD_FORMATS: Final = {
     "chat_completions": "openai",
@@ -383,6 +402,8 @@ class Exchange:
         "guard_names",
         "route_header",
         "route_name",
+        "body_filter",
+        "swallow",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -435,6 +456,10 @@ class Exchange:
         self.done: asyncio.Future[bool] | None = None
         #: the client hung up and the response is read on for its usage (``_client_gone``)
         self.client_left = False
+        #: between the upstream's body and the client's; None: relayed as it comes
+        self.body_filter: BodyFilter | None = None
+        #: the current attempt failed and its response is dropped (another one follows)
+        self.swallow = False
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Handle the request; a coroutine when it must wait (see the module docstring).
@@ -601,11 +626,18 @@ class Exchange:
             return
         self.head_ns = time.time_ns()
         self.status = status = head.status
-        content_length = head.content_length
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
+        body_filter = self.body_filter
+        if body_filter is not None and body_filter.rebuilds_head:
+            headers = self.client_headers(head)
+            if self.guard_warning:
+                headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
+            body_filter.head(self.responder, status, headers)
+            return
+        content_length = head.content_length
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
         block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
@@ -628,6 +660,8 @@ class Exchange:
         return self.streaming and self.status < 400
 
     def on_upstream_body(self, data: bytes) -> None:
+        if self.swallow:
+            return  # a failed attempt's answer: the next attempt serves the client
         if self.client_left:
             self._drain_body(data)
             return
@@ -637,7 +671,11 @@ class Exchange:
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)
-        self._relay(data)
+        body_filter = self.body_filter
+        if body_filter is None:
+            responder.send_body(data)
+        else:
+            body_filter.relay(data, responder)
 
     def _drain_body(self, data: bytes) -> None:
         """A departed client's response: scanned for usage, relayed to nobody."""
@@ -648,13 +686,17 @@ class Exchange:
         if self.drain_left < 0:
             self.give_up_drain()
 
-    def _relay(self, data: bytes) -> None:
-        self.responder.send_body(data)
-
     def on_upstream_read_done(self) -> None:
-        self.responder.flush()
+        body_filter = self.body_filter
+        if body_filter is None:
+            self.responder.flush()
+        else:
+            body_filter.read_done(self.responder)
 
     def on_upstream_complete(self) -> None:
+        if self.swallow:
+            self._swallowed()
+            return
         self.conn = None
         scanner = self.scanner
         tail = scanner.finish() if scanner is not None else b""
@@ -676,12 +718,26 @@ class Exchange:
             done.set_result(False)
 
     def _finish(self, outcome: str, tail: bytes) -> None:
-        """The upstream response is complete: send what is left and end, then settle
-        (the client's last bytes leave before the bookkeeping, not after it)."""
-        if tail:
-            self.responder.send_body(tail)
+        """The upstream response is complete: send what is left, then the settle step."""
+        body_filter = self.body_filter
+        if body_filter is None:
+            if tail:
+                self.responder.send_body(tail)
+        else:
+            body_filter.finish(self.responder, tail)
+        self._complete(outcome)
+
+    def _complete(self, outcome: str) -> None:
+        """The settle step of a complete response, queued: end the response, then settle
+        (the client's last bytes leave before the bookkeeping, not after it).  Managed
+        mode settles synchronously instead (its ``_complete``)."""
         self.responder.end()
         self._settle(outcome, self.status)
+
+    def _swallowed(self) -> None:
+        """A failed attempt's answer was read to its end (``swallow``): the failover
+        engine goes on to the next attempt."""
+        raise NotImplementedError
 
     def _has_fallback(self) -> bool:
         """Whether another upstream may still serve this request (managed failover)."""
@@ -872,7 +928,7 @@ class Exchange:
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt")
+    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -882,11 +938,8 @@ class ConfigExchange(Exchange):
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
-        self.conversion: Conversion | None = None
         #: retries and fallbacks (plano_fast.failover); None when the provider has none
         self.plan: RetryPlan[Route] | None = None
-        #: the current attempt failed and its response is dropped (another one follows)
-        self.swallow = False
         #: (target index, seconds to wait) of the attempt that follows a swallowed one
         self.next_attempt: tuple[int, float] | None = None
 
@@ -1011,7 +1064,7 @@ class ConfigExchange(Exchange):
         self.streaming = fields.stream
         self.wire_format = self.endpoint.wire_api
         self.scan_api = self.endpoint.scan_api
-        self.conversion = None
+        self.body_filter = None
         # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
         # client that did not ask for it, so every stream can be billed.
         inject = (
@@ -1110,17 +1163,10 @@ class ConfigExchange(Exchange):
             return
         super().on_upstream_error(error, retry_safe)
 
-    def on_upstream_body(self, data: bytes) -> None:
-        if not self.swallow:
-            super().on_upstream_body(data)
-
-    def on_upstream_complete(self) -> None:
-        if self.swallow:
-            self.swallow = False
-            self.conn = None
-            self._schedule_retry()
-            return
-        super().on_upstream_complete()
+    def _swallowed(self) -> None:
+        self.swallow = False
+        self.conn = None
+        self._schedule_retry()
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
@@ -1185,7 +1231,7 @@ class ConfigExchange(Exchange):
         self.wire_format = target
         self.scan_api = SCAN_API_FOR_WIRE[target]
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
-        self.conversion = Conversion(
+        self.body_filter = Conversion(
             target, source, fields.model or model or "", fields.stream,
             include_usage=fields.include_usage is True,
             request=doc if source == "responses" else None,
@@ -1217,7 +1263,7 @@ class ConfigExchange(Exchange):
                 f"previous_response_id '{doc.get('previous_response_id')}' not found"
             ) from None
 
-    # -- response side of a converted exchange --------------------------------------
+    # -- response side: retries and fallbacks before the first byte -------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:
         if self.client_left:  # read on for the usage (Exchange._client_gone): no retry
             super().on_upstream_head(head)
@@ -1231,32 +1277,6 @@ class ConfigExchange(Exchange):
                     return
             else:
                 self._succeeded()
-        conversion = self.conversion
-        if conversion is None or self.client_left:
-            super().on_upstream_head(head)
-            return
-        self.head_ns = time.time_ns()
-        self.status = status = head.status
-        if status >= 400 and self.scanner is not None:
-            self.scanner = scan.UsageScanner(self.scan_api, False, False)
-        headers = self.client_headers(head)
-        if self.guard_warning:
-            headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
-        conversion.head(self.responder, status, headers)
+        super().on_upstream_head(head)
 
-    def _relay(self, data: bytes) -> None:
-        conversion = self.conversion
-        if conversion is None:
-            self.responder.send_body(data)
-        else:
-            conversion.relay(data, self.responder)
-
-    def _finish(self, outcome: str, tail: bytes) -> None:
-        conversion = self.conversion
-        if conversion is None:
-            super()._finish(outcome, tail)
-            return
-        conversion.finish(self.responder, tail)
-        self.responder.end()
-        self._settle(outcome, self.status)
 

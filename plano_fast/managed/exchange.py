@@ -230,9 +230,6 @@ class ManagedExchange(Exchange):
         "targets",
         "target_index",
         "reservation",
-        "held",
-        "terminal",
-        "swallow",
         "final_event",
         "user_id",
         "token_id",
@@ -255,9 +252,6 @@ class ManagedExchange(Exchange):
         self.targets: list[Target] = []
         self.target_index = 0
         self.reservation: Reservation | None = None
-        self.held = b""
-        self.terminal = False
-        self.swallow = False
         self.final_event: UsageEvent | None = None
         self.user_id: str | None = None
         self.token_id: str | None = None
@@ -299,6 +293,7 @@ class ManagedExchange(Exchange):
         self.user_id = token.user_id
         self.token_id = token.id
         self.streaming = fields.stream
+        self.body_filter = HoldTerminal(fields.stream)
         body = request.body
         max_out = fields.max_output_tokens
         if max_out is None:
@@ -449,59 +444,15 @@ class ManagedExchange(Exchange):
             return
         super().on_upstream_head(head)
 
-    def on_upstream_body(self, data: bytes) -> None:
-        if not self.swallow:
-            super().on_upstream_body(data)
+    def _swallowed(self) -> None:
+        self.conn = None
+        done = self.done  # managed exchanges always await (failover needs it)
+        if done is not None and not done.done():
+            done.set_result(False)
 
-    def on_upstream_complete(self) -> None:
-        if self.swallow:
-            self.conn = None
-            done = self.done  # managed exchanges always await (failover needs it)
-            if done is not None and not done.done():
-                done.set_result(False)
-            return
-        super().on_upstream_complete()
-
-    def on_upstream_read_done(self) -> None:
-        # A JSON answer's first piece is held until billing is done: the head alone would
-        # cost a send() of its own, so it waits to leave with the body (later pieces of
-        # a large body still flush as they come: memory stays bounded).
-        if self.streaming or self.responder.bytes_sent:
-            self.responder.flush()
-
-    def _relay(self, data: bytes) -> None:
-        """Send as it comes, but hold back the terminal event until billing is done."""
-        if not data:
-            return
-        if self.terminal:
-            self.held += data
-            return
-        if not self.streaming:
-            # A JSON body: hold the latest piece (the client needs the whole body anyway).
-            if self.held:
-                self.responder.send_body(self.held)
-            self.held = data
-            return
-        data = self.held + data if self.held else data
-        self.held = b""
-        for marker in TERMINAL_MARKERS:
-            at = data.find(marker)
-            if at >= 0:
-                self.responder.send_body(data[:at])
-                self.held = data[at:]
-                self.terminal = True
-                return
-        # A marker split across reads: keep a trailing partial line that could start one.
-        cut = data.rfind(b"\n") + 1
-        partial = data[cut:]
-        if partial and any(m.startswith(partial) for m in TERMINAL_MARKERS):
-            self.responder.send_body(data[:cut])
-            self.held = partial
-        else:
-            self.responder.send_body(data)
-
-    def _finish(self, outcome: str, tail: bytes) -> None:
-        self.held += tail
+    def _complete(self, outcome: str) -> None:
+        """The synchronous settle step: the event is billed by ``_bill_and_finish`` before
+        the held-back end of the response is sent."""
         self.outcome = outcome
         self.final_event = event = self._event(outcome, self.status)
         self.observe(event)
@@ -547,9 +498,9 @@ class ManagedExchange(Exchange):
         else:
             # Shielded: a client leaving now must not cancel the settlement.
             await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
-        if self.held:
-            self.responder.send_body(self.held)
-            self.held = b""
+        body_filter = self.body_filter
+        assert isinstance(body_filter, HoldTerminal)
+        body_filter.release(self.responder)
         self.responder.end()
 
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
@@ -572,6 +523,70 @@ class ManagedExchange(Exchange):
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
             self.mctx.release_soon(reservation)
+
+
+class HoldTerminal:
+    """Managed mode's body filter: relays as it comes, but holds back the terminal event
+    of a stream (the last piece of a JSON body) until billing is done (``release``)."""
+
+    __slots__ = ("streaming", "held", "terminal")
+
+    rebuilds_head = False
+
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.held = b""
+        self.terminal = False
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        raise AssertionError("HoldTerminal relays the upstream's head as it is")
+
+    def read_done(self, responder: Responder) -> None:
+        # A JSON answer's first piece is held until billing is done: the head alone would
+        # cost a send() of its own, so it waits to leave with the body (later pieces of
+        # a large body still flush as they come: memory stays bounded).
+        if self.streaming or responder.bytes_sent:
+            responder.flush()
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        """Send as it comes, but hold back the terminal event until billing is done."""
+        if not data:
+            return
+        if self.terminal:
+            self.held += data
+            return
+        if not self.streaming:
+            # A JSON body: hold the latest piece (the client needs the whole body anyway).
+            if self.held:
+                responder.send_body(self.held)
+            self.held = data
+            return
+        data = self.held + data if self.held else data
+        self.held = b""
+        for marker in TERMINAL_MARKERS:
+            at = data.find(marker)
+            if at >= 0:
+                responder.send_body(data[:at])
+                self.held = data[at:]
+                self.terminal = True
+                return
+        # A marker split across reads: keep a trailing partial line that could start one.
+        cut = data.rfind(b"\n") + 1
+        partial = data[cut:]
+        if partial and any(m.startswith(partial) for m in TERMINAL_MARKERS):
+            responder.send_body(data[:cut])
+            self.held = partial
+        else:
+            responder.send_body(data)
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        self.held += tail
+
+    def release(self, responder: Responder) -> None:
+        """Billing is done: what was held goes to the client (the caller ends)."""
+        if self.held:
+            responder.send_body(self.held)
+            self.held = b""
 
 
 def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:
