@@ -30,10 +30,10 @@ from plano_fast.failover import RetryPolicy
 from plano_fast.errors import GatewayError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
-from plano_fast.exchange import ExchangeContext
-from plano_fast.firewall import ApiKeyRegistry
+from plano_fast.gateway.relay import ExchangeContext
+from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.managed.crypto import KeyCipher
-from plano_fast.managed.exchange import ManagedContext
+from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router

@@ -55,7 +55,7 @@ class Conversion:
     __slots__ = ("source", "target", "client_model", "streaming", "stream", "buffer", "size",
                  "status", "headers", "request", "on_response")
 
-    #: a body filter of the exchange (plano_fast.exchange.BodyFilter) that answers the head
+    #: a body filter of the exchange (plano_fast.gateway.relay.BodyFilter) that answers the head
     rebuilds_head = True
 
     def __init__(

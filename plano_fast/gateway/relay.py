@@ -1,13 +1,15 @@
-"""The exchange: the one place that holds policy for a forwarded request.
+"""The relay: one forwarded request from the upstream pool to the client and its settle.
 
-Phases (Pingora's habit): identify the body's model -> route -> rewrite headers and body ->
-forward through the pool -> relay and observe the response -> settle a usage event.  The
-protocol below it owns bytes; the pool owns connections; this module decides.
+A mode module (plano_fast.gateway.modes) identifies, admits, routes and rewrites a request
+into the exchange's upstream request (``origin``, ``upstream_data``, scanner, body filter);
+this module executes it: forward through the pool -> relay and observe the response ->
+settle a usage event.  The protocol below it owns bytes; the pool owns connections.
 
 Relaying happens in callbacks (``on_upstream_*``) invoked from the upstream connection's
 ``data_received``: a response chunk goes from one socket to the other in the same loop
 iteration, passing through the usage scanner, which only looks unless it has to strip the
-usage-only chunk the gateway itself asked for.
+usage-only chunk the gateway itself asked for, and the body filter, when there is one
+(format conversion; managed mode's held-back terminal event).
 
 ``start`` runs synchronously from the server's parser callback.  When the pool has an idle
 connection (the steady state) the request is written at once and the exchange lives on in
@@ -19,37 +21,23 @@ coroutine, which the server runs as a task.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import itertools
 import json
-from urllib.parse import quote
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from plano_fast import guardrails, scan
-from plano_fast.errors import (
-    BadRequestBody,
-    ClientError,
-    GatewayError,
-    NotFound,
-    UnknownModelError,
-    UpstreamError,
-)
-from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
-from plano_fast.convert import ConversionError, convert_request, count_tokens_estimate
+from plano_fast.errors import ClientError, UpstreamError
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.access_log import AccessLog
-from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
-from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
-from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
-from plano_fast.routing import Route, UnknownModel
-from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.responses_state import MemoryResponseStore
+from plano_fast.failover import CircuitBreaker, RetryPolicy
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -71,8 +59,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from plano_fast.billing.budget import BudgetChecker
-    from plano_fast.config import ModelProvider
-    from plano_fast.firewall import ApiKeyRegistry
+    from plano_fast.key_registry import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
     from plano_fast.preference_routing import PreferenceRouter
     from plano_fast.routing import Router
@@ -164,67 +151,6 @@ def new_request_id() -> str:
     return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
 
 
-class Endpoint:
-    """What a client endpoint means for routing and scanning."""
-
-    __slots__ = ("name", "scan_api", "wire_api")
-
-    def __init__(self, name: str, scan_api: int, wire_api: str) -> None:
-        self.name = name
-        self.scan_api = scan_api
-        self.wire_api = wire_api
-
-
-CHAT_COMPLETIONS = Endpoint("chat_completions", scan.API_OPENAI_CHAT, "openai")
-RESPONSES = Endpoint("responses", scan.API_OPENAI_RESPONSES, "openai")
-MESSAGES = Endpoint("messages", scan.API_ANTHROPIC, "anthropic")
-# Claude Code calls it before requests; counted, not billed.
-COUNT_TOKENS = Endpoint("count_tokens", scan.API_ANTHROPIC, "anthropic")
-
-
-def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None) -> bytes | None:
-    """The provider path serving ``endpoint``, or None when it cannot be served."""
-    if endpoint is MESSAGES:
-        path = provider.messages_path
-    elif endpoint is COUNT_TOKENS:
-        path = provider.messages_path + "/count_tokens" if provider.messages_path else None
-    elif endpoint is CHAT_COMPLETIONS:
-        path = provider.chat_path_for(model) if model else provider.chat_completions_path
-    else:
-        path = provider.responses_path
-    return path.encode() if path else None
-
-
-def converts(endpoint: Endpoint, provider: ModelProvider) -> bool:
-    """Whether ``endpoint`` reaches ``provider`` through format conversion.  A Responses
-    request passes through to an OpenAI-family provider with a responses path, and is
-    converted (to chat completions, Messages or Gemini) for every other provider."""
-    if endpoint is RESPONSES:
-        return provider.wire_api != "openai" or provider.responses_path is None
-    return provider.wire_api != endpoint.wire_api
-
-
-def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Header, ...]:
-    # Anthropic's OpenAI-compatible chat endpoint takes a bearer token, its Messages API
-    # an x-api-key; the config precomputes both.
-    if endpoint is CHAT_COMPLETIONS and provider.chat_auth_headers:
-        return provider.chat_auth_headers
-    return provider.auth_headers
-
-
-class RequestFieldsLike(Protocol):
-    """What the exchange reads of a request (scan.RequestFields, or a Gemini path's)."""
-
-    @property
-    def model(self) -> str | None: ...
-
-    @property
-    def stream(self) -> bool: ...
-
-    @property
-    def include_usage(self) -> bool | None: ...
-
-
 class BodyFilter(Protocol):
     """What stands between the upstream's body and the client's (None: pass-through).
 
@@ -243,17 +169,6 @@ class BodyFilter(Protocol):
 
     def finish(self, responder: Responder, tail: bytes) -> None: ...
 
-
-#: client endpoint -> the request shape guardrails read message text from
-GUARD_FORMATS: Final = {
-    "chat_completions": "openai",
-    "completions": "openai",
-    "messages": "anthropic",
-    "count_tokens": "anthropic",
-    "responses": "responses",
-    "gemini": "gemini",
-    "embeddings": "embeddings",
-}
 
 _TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
 
@@ -923,360 +838,3 @@ class Exchange:
             None if raw is None else raw.decode("utf-8", "replace"),
             USAGE_API_NAMES.get(self.scan_api),
         )  # fmt: skip
-
-
-class ConfigExchange(Exchange):
-    """Config mode: the body's model picks a configured provider (Plano semantics)."""
-
-    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt")
-
-    def __init__(
-        self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
-    ) -> None:
-        super().__init__(ctx, request, responder)
-        self.endpoint = endpoint
-        self.endpoint_name = endpoint.name
-        self.wire_format = endpoint.wire_api
-        self.scan_api = endpoint.scan_api
-        #: retries and fallbacks (plano_fast.failover); None when the provider has none
-        self.plan: RetryPlan[Route] | None = None
-        #: (target index, seconds to wait) of the attempt that follows a swallowed one
-        self.next_attempt: tuple[int, float] | None = None
-
-    def start(self) -> Coroutine[Any, Any, None] | None:
-        request = self.request
-        try:
-            fields = scan.scan_request(request.body)
-        except scan.ScanError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        try:
-            route = self.ctx.router.resolve(fields.model)
-        except UnknownModel as exc:
-            raise UnknownModelError(str(exc)) from None
-        provider = route.provider
-        if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
-            self._count_tokens_locally()
-            return None
-        self.fields = fields
-        preference = self.ctx.preference
-        if preference is not None and self.endpoint is not COUNT_TOKENS:
-            pinned = preference.pinned_decision(request)
-            if pinned is not None:
-                return self._routed(pinned)  # no router call: no task either
-            return self._route_by_preference(preference)
-        return self._admit_and_forward(route, fields.model, ())
-
-    def _admit_and_forward(
-        self, route: Route, model: str | None, fallbacks: tuple[str, ...]
-    ) -> Coroutine[Any, Any, None] | None:
-        """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
-        chosen by; ``fallbacks``: preference routing's other ranked models)."""
-        provider = route.provider
-        # Config mode identifies callers by their key's hash (per-key usage and limits).
-        self.key_hash = caller_key_hash(self)
-        if self.ctx.guardrails is not None:
-            self.guard(GUARD_FORMATS[self.endpoint.name], provider.provider)
-        # (the names a limit may use, built only when limits are configured)
-        shared_check = self.ctx.ratelimits is not None and self.rate_limit(
-            (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
-        )
-        policy = provider.retry_policy or self.ctx.default_retry_policy
-        if policy is not None and self.endpoint is not COUNT_TOKENS:
-            if fallbacks:
-                policy = dataclasses.replace(
-                    policy, fallback_models=fallbacks + policy.fallback_models
-                )
-            self.plan = plan = self._plan(route, policy)
-            route = plan.targets[plan.index]
-        self._prepare(route)
-        if shared_check:
-            return self.admitted_forward()
-        return self.forward_now()
-
-    async def _route_by_preference(self, preference: PreferenceRouter) -> None:
-        """Preference routing (plano_fast.preference_routing): ask the router model once,
-        before the retry plan, then go on as any request."""
-        decision = await preference.decide_request(
-            self.request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
-        )
-        pending = self._routed(decision)
-        if pending is not None:
-            await pending
-
-    def _routed(self, decision: Decision) -> Coroutine[Any, Any, None] | None:
-        """Forward as ``decision`` says: its first model, the rest as fallbacks."""
-        request = self.request
-        if request.body.find(b'"routing_preferences"') >= 0:
-            # The request's own routes are for the gateway: they never reach the provider.
-            request.body = strip_member(request.body, OVERRIDE_MEMBER)
-        chosen = decision.models[0] if decision.models else self.fields.model
-        try:
-            route = self.ctx.router.resolve(chosen)
-        except UnknownModel as exc:
-            raise UnknownModelError(str(exc)) from None
-        pending = self._admit_and_forward(route, chosen, decision.models[1:])
-        span = self.span
-        if span is not None and (decision.pinned or decision.router_ms > 0 or decision.route):
-            # Plano's span attributes (brightstaff tracing/constants.rs)
-            span.set_attribute("routing.determination_ms", round(decision.router_ms, 3))
-            if decision.route is not None:
-                span.set_attribute("plano.route.name", decision.route)
-        if decision.route is not None:
-            self.route_name = decision.route
-            # Plano records the route as a response header; route names are config text.
-            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
-            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
-        return pending
-
-    def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
-        """The request's targets: its route, then the policy's fallbacks.  The first one
-        tried is the first whose circuit is not open (the route itself when all are)."""
-        router = self.ctx.router
-        targets = [route] + [router.resolve(m) for m in policy.fallback_models]
-        now = self.ctx.pool.loop.time()
-        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now)
-        circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
-        first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
-        if first:
-            plan.index = first
-            self.ctx.failovers_total += 1
-        circuits[first].allow(now)
-        return plan
-
-    def _prepare(self, route: Route) -> None:
-        """Build the upstream request for ``route`` (the first target or a fallback)."""
-        fields = self.fields
-        provider = route.provider
-        model = route.upstream_model or fields.model
-        if converts(self.endpoint, provider):
-            self._prepare_converted(fields, model, provider)
-            return
-        path = upstream_path(provider, self.endpoint, route.upstream_model)
-        if path is None:
-            raise ClientError(
-                f"model '{fields.model}' is served by provider '{provider.name}', which does "
-                f"not support the {self.endpoint.name} API"
-            )
-        request = self.request
-        self.provider = provider
-        self.provider_id = provider.provider
-        self.model = model
-        self.streaming = fields.stream
-        self.wire_format = self.endpoint.wire_api
-        self.scan_api = self.endpoint.scan_api
-        self.body_filter = None
-        # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
-        # client that did not ask for it, so every stream can be billed.
-        inject = (
-            fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
-        )
-        body = scan.rewrite_request(
-            request.body,
-            model=route.upstream_model if route.rewrite or model != fields.model else None,
-            inject_include_usage=inject,
-        )
-        if self.endpoint is not COUNT_TOKENS:
-            self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
-        client = client_headers(self)
-        query = client.query
-        self.upstream_data = upstream_request(
-            client,
-            self.request_id,
-            request.method + b" " + path + (b"?" + query if query else b""),
-            provider,
-            None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
-            body,
-        )
-        self.origin = origin_of(provider)
-
-    # -- retries and fallbacks (plano_fast.failover) ----------------------------------
-    def _circuit(self, index: int) -> CircuitBreaker:
-        assert self.plan is not None
-        route = self.plan.targets[index]
-        return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
-
-    def _failed(self, status: int | None, retry_after: float | None) -> bool:
-        """The current attempt failed before the client saw anything: note it, and decide
-        whether another attempt follows (then True, with ``next_attempt`` set)."""
-        plan = self.plan
-        if plan is None or self.responder.head_sent or self.outcome or self.client_left:
-            return False
-        now = self.ctx.pool.loop.time()
-        self._circuit(plan.index).record_failure(now)
-        healthy = frozenset(
-            i for i in range(len(plan.targets)) if self._circuit(i).available(now)
-        )
-        nxt = plan.next_attempt(status, now, retry_after, healthy)
-        self.next_attempt = nxt
-        return nxt is not None
-
-    def _succeeded(self) -> None:
-        if self.plan is not None:
-            self._circuit(self.plan.index).record_success()
-
-    async def _advance(self) -> None:
-        """Wait as the plan says, then aim this exchange at the next target."""
-        nxt, self.next_attempt = self.next_attempt, None
-        assert nxt is not None and self.plan is not None
-        index, wait_s = nxt
-        if wait_s > 0:
-            try:
-                await asyncio.sleep(wait_s)
-            except asyncio.CancelledError:
-                self._settle(STATUS_CLIENT_GONE, self.status)
-                raise
-        target = self.plan.targets[index]
-        ctx = self.ctx
-        ctx.retries_total += 1
-        if target.provider is not self.provider or (target.upstream_model or self.fields.model) != self.model:
-            ctx.failovers_total += 1
-        self._circuit(index).allow(ctx.pool.loop.time())
-        self.status = 0
-        self.scanner = None
-        self.attempts = 0
-        self._prepare(target)
-
-    def _retry_pending(self) -> bool:
-        return self.next_attempt is not None
-
-    def total_attempts(self) -> int:
-        return self.plan.attempts if self.plan is not None else self.attempts
-
-    def _retry_after_connect_error(self) -> bool:
-        return self._failed(None, None)
-
-    async def _retry(self) -> None:
-        await self._advance()
-        await self._forward()
-
-    def _schedule_retry(self) -> None:
-        done = self.done
-        if done is None:
-            self.responder.continue_in_task(self._retry(), self.request)
-        elif not done.done():
-            done.set_result(False)  # _forward sees the pending retry and carries on
-
-    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
-            self.conn = None
-            self._schedule_retry()
-            return
-        super().on_upstream_error(error, retry_safe)
-
-    def _swallowed(self) -> None:
-        self.swallow = False
-        self.conn = None
-        self._schedule_retry()
-
-    def _count_tokens_locally(self) -> None:
-        """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
-        try:
-            doc = json.loads(self.request.body)
-        except ValueError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        try:
-            count = count_tokens_estimate(doc, "anthropic")
-        except ConversionError as exc:
-            raise request_error(exc) from None
-        self.responder.send_simple(200, b'{"input_tokens":%d}' % count)
-
-    def _start_converted(
-        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
-    ) -> Coroutine[Any, Any, None] | None:
-        """The client's format differs from the provider's: convert both ways."""
-        self.key_hash = caller_key_hash(self)
-        self._prepare_converted(fields, model, provider)
-        return self.forward_now()
-
-    def _prepare_converted(
-        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
-    ) -> None:
-        request = self.request
-        target = provider.wire_api
-        source = "responses" if self.endpoint is RESPONSES else self.endpoint.wire_api
-        if target not in SCAN_API_FOR_WIRE:
-            raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
-        try:
-            doc = json_loads(request.body)
-        except ValueError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        turn = None
-        if source == "responses" and type(doc) is dict:
-            doc, turn = self._responses_turn(doc)
-        try:
-            upstream_doc = convert_request(
-                doc, source, target, target_model=model or "", stream=fields.stream,
-                openai_max_tokens_field=(
-                    "max_completion_tokens" if provider.provider == "openai" else "max_tokens"
-                ),
-            )
-        except ConversionError as exc:
-            raise request_error(exc) from None
-        body = json_dumps(upstream_doc)
-        upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
-        if target == "gemini":
-            # The model is in the path; streaming is a method (SSE asked for explicitly).
-            method = ":streamGenerateContent?alt=sse" if fields.stream else ":generateContent"
-            path: bytes | None = (
-                f"{provider.gemini_base_path}/models/{quote(model or '', safe='')}{method}".encode()
-            )
-        else:
-            path = upstream_path(provider, upstream_endpoint, model)
-        if path is None:
-            raise ClientError(f"provider '{provider.name}' has no {upstream_endpoint.name} endpoint")
-        self.provider = provider
-        self.provider_id = provider.provider
-        self.model = model
-        self.streaming = fields.stream
-        self.wire_format = target
-        self.scan_api = SCAN_API_FOR_WIRE[target]
-        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
-        self.body_filter = Conversion(
-            target, source, fields.model or model or "", fields.stream,
-            include_usage=fields.include_usage is True,
-            request=doc if source == "responses" else None,
-            on_response=turn.record if turn is not None else None,
-        )
-        if turn is not None:
-            turn.model, turn.provider = model or "", provider.name
-        auth = None
-        if not provider.passthrough_auth:
-            auth = provider.auth_headers if target == "gemini" else auth_headers_for(
-                provider, upstream_endpoint
-            )
-        self.upstream_data = upstream_request(
-            client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
-            anthropic_version=target == "anthropic",
-        )
-        self.origin = origin_of(provider)
-
-    def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
-        """With state_storage: ``previous_response_id`` expanded (404 when this caller has
-        no such conversation) and the answer to be stored; without: nothing is stored."""
-        state = self.ctx.responses_state
-        if state is None:
-            return {**doc, "store": False}, None
-        try:
-            return begin_turn(doc, state, self.key_hash or "")
-        except ConversationNotFound:
-            raise NotFound(
-                f"previous_response_id '{doc.get('previous_response_id')}' not found"
-            ) from None
-
-    # -- response side: retries and fallbacks before the first byte -------------------
-    def on_upstream_head(self, head: UpstreamHead) -> None:
-        if self.client_left:  # read on for the usage (Exchange._client_gone): no retry
-            super().on_upstream_head(head)
-            return
-        if self.plan is not None:
-            status = head.status
-            if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
-                if self._failed(status, retry_after_s(head.headers())):
-                    self.status = status
-                    self.swallow = True  # nothing reaches the client; the next attempt serves
-                    return
-            else:
-                self._succeeded()
-        super().on_upstream_head(head)
-
-

@@ -16,12 +16,9 @@ from urllib.parse import quote, unquote
 
 from plano_fast import scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
-from plano_fast.exchange import (
-    ConfigExchange,
-    Endpoint,
-    caller_key_hash,
-    client_headers,
-)
+from plano_fast.gateway.endpoints import Endpoint
+from plano_fast.gateway.relay import caller_key_hash, client_headers
+from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
 
@@ -47,7 +44,7 @@ class PathFields:
         self.include_usage: bool | None = True
 
 
-class GeminiExchange(ConfigExchange):
+class GeminiExchange(RoutedExchange):
     __slots__ = ()
 
     def start(self) -> Coroutine[Any, Any, None] | None:
