@@ -52,7 +52,7 @@ def test_mode_modules_never_import_each_other() -> None:
 
 
 def test_shared_pipeline_modules_never_import_a_mode() -> None:
-    for name in ("relay.py", "routed.py", "endpoints.py", "upstream_request.py"):
+    for name in ("relay.py", "phases.py", "routed.py", "endpoints.py", "upstream_request.py"):
         bad = {m for m in imported(PKG / "gateway" / name) if m.startswith("plano_fast.gateway.modes")}
         assert not bad, f"gateway/{name} imports a mode: {sorted(bad)}"
 

@@ -27,7 +27,8 @@ from plano_fast.gateway.modes.config import ConfigExchange
 from plano_fast.gateway.modes.firewall import FirewallExchange, identify, metered_endpoint
 from plano_fast.gateway.modes.gemini import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.gateway.modes.managed import ManagedExchange
-from plano_fast.gateway.relay import Exchange, key_hash, new_request_id
+from plano_fast.gateway.phases import key_hash
+from plano_fast.gateway.relay import Exchange, new_request_id
 from plano_fast.preference_routing import Decision, decision_body
 from plano_fast.responses_state import stored_response_answer
 from plano_fast.routing import UnknownModel

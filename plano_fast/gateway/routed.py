@@ -28,7 +28,8 @@ from plano_fast.gateway.endpoints import (
     converts,
     upstream_path,
 )
-from plano_fast.gateway.relay import Exchange, ExchangeContext, caller_key_hash, client_headers
+from plano_fast.gateway.phases import caller_key_hash, client_headers
+from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.responses_state import ConversationNotFound, Turn, begin_turn
 from plano_fast.routing import Route

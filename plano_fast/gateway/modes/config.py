@@ -18,7 +18,7 @@ from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS
-from plano_fast.gateway.relay import caller_key_hash
+from plano_fast.gateway.phases import admitted_forward, caller_key_hash, guard, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.routing import Route, UnknownModel
@@ -66,9 +66,9 @@ class ConfigExchange(RoutedExchange):
         # Config mode identifies callers by their key's hash (per-key usage and limits).
         self.key_hash = caller_key_hash(self)
         if self.ctx.guardrails is not None:
-            self.guard(GUARD_FORMATS[self.endpoint.name], provider.provider)
+            guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider)
         # (the names a limit may use, built only when limits are configured)
-        shared_check = self.ctx.ratelimits is not None and self.rate_limit(
+        shared_check = self.ctx.ratelimits is not None and rate_limit(self, 
             (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         policy = provider.retry_policy or self.ctx.default_retry_policy
@@ -81,7 +81,7 @@ class ConfigExchange(RoutedExchange):
             route = plan.targets[plan.index]
         self._prepare(route)
         if shared_check:
-            return self.admitted_forward()
+            return admitted_forward(self)
         return self.forward_now()
 
     async def _route_by_preference(self, preference: PreferenceRouter) -> None:

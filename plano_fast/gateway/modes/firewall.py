@@ -30,7 +30,8 @@ from plano_fast.errors import (
     Unauthorized,
 )
 from plano_fast.gateway.endpoints import GUARD_FORMATS
-from plano_fast.gateway.relay import Exchange, client_headers, key_hash, refuse_background
+from plano_fast.gateway.phases import admitted_forward, client_headers, guard, key_hash, rate_limit, refuse_background
+from plano_fast.gateway.relay import Exchange
 from plano_fast.gateway.upstream_request import finish_head
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
 
@@ -157,7 +158,7 @@ class FirewallExchange(Exchange):
                     scan.scan_request(request.body)
                 except scan.ScanError as exc:
                     raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            self.guard(guard_format, route.key.provider)
+            guard(self, guard_format, route.key.provider)
         body = request.body
         path = request.path
         scan_api = endpoint.scan_api
@@ -192,8 +193,8 @@ class FirewallExchange(Exchange):
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
         self.upstream_data = finish_head(head, route.host_header, body, client.seen_request_id, self.request_id)
         self.origin = route.origin
-        if ctx.ratelimits is not None and self.rate_limit((self.model,)):
-            return self.admitted_forward()
+        if ctx.ratelimits is not None and rate_limit(self, (self.model,)):
+            return admitted_forward(self)
         return self.forward_now()
 
 

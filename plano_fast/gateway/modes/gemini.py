@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from plano_fast import scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
-from plano_fast.gateway.relay import caller_key_hash, client_headers
+from plano_fast.gateway.phases import caller_key_hash, client_headers, guard
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
@@ -68,7 +68,7 @@ class GeminiExchange(RoutedExchange):
         provider = route.provider
         upstream_model = route.upstream_model or model
         if self.ctx.guardrails is not None:
-            self.guard("gemini", provider.provider)
+            guard(self, "gemini", provider.provider)
         if provider.wire_api != "gemini":
             return self._start_converted(fields, upstream_model, provider)
         self.provider = provider

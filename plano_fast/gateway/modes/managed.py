@@ -29,7 +29,8 @@ from plano_fast import scan
 from plano_fast.billing.flusher import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
-from plano_fast.gateway.relay import Exchange, ExchangeContext, client_headers, refuse_background
+from plano_fast.gateway.phases import client_headers, guard, refuse_background
+from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
@@ -117,7 +118,7 @@ class ManagedExchange(Exchange):
         except scan.ScanError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         if self.ctx.guardrails is not None:
-            self.guard(GUARD_FORMATS[self.endpoint.name], None)
+            guard(self, GUARD_FORMATS[self.endpoint.name], None)
         targets = [t for t in pipe.candidates(fields.model)
                    if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
         if not targets:
