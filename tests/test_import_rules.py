@@ -263,10 +263,11 @@ def test_rule_holds(graph: ImportGraph, rule: str) -> None:
 def test_every_rule_covers_the_modules_it_names(graph: ImportGraph) -> None:
     """The patterns still match the files (a rename must not empty a rule silently)."""
     names = {r.name: set(r.subjects(graph)) for r in RULES.values()}
-    assert {"plano_fast.http_server", "plano_fast._head", "plano_fast._request"} <= names["protocol"]
-    assert {"plano_fast.scan", "plano_fast._scan_py", "plano_fast._scan"} <= names["scanner"] or (
-        (ROOT / PACKAGE / "wire").is_dir()
-    )
+    # Layout-tolerant where the wire work moves the compiled modules into plano_fast/wire/.
+    protocol = names["protocol"]
+    assert "plano_fast.http_server" in protocol
+    assert any("head" in m for m in protocol) and any("request" in m for m in protocol), protocol
+    assert len([m for m in names["scanner"] if "scan" in m]) >= 3, names["scanner"]  # shim, twin, .pyx
     assert "plano_fast.billing.flusher" in names["billing"]
     assert "plano_fast.convert.errors" in names["converters"]
     assert "plano_fast.config.loader" in names["config"]
