@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from http import HTTPStatus
+from types import MappingProxyType
+from typing import Final
 
 
 class ApiFormat(enum.IntEnum):
@@ -34,54 +37,67 @@ def api_format_for_path(path: bytes) -> ApiFormat:
     return ApiFormat.OPENAI
 
 
-# OpenAI's error "type" strings by status, as its API sends them.
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "invalid_request_error",
-    429: "rate_limit_exceeded",
-    431: "invalid_request_error",
-    502: "api_error",
-    503: "service_unavailable",
-    504: "timeout_error",
-}
-# Anthropic's documented error types (docs.anthropic.com/en/api/errors).
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    431: "request_too_large",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-# Google's canonical status names (ai.google.dev/gemini-api/docs/troubleshooting).
-_GEMINI_STATUS = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    402: "RESOURCE_EXHAUSTED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    413: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    431: "INVALID_ARGUMENT",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
+# --------------------------------------------------------------------------- the error table
+
+#: The one status -> error-kind table, a column per client format: (OpenAI ``error.type``,
+#: Anthropic ``error.type``, Gemini ``error.status``).  The gateway's own errors
+#: (:func:`error_body`) and provider errors converted for another format's client
+#: (:mod:`plano_fast.convert.errors`) both read it.  The official SDKs pick their exception
+#: class by HTTP status alone (openai/anthropic ``_make_status_error``) and keep the body's
+#: ``type``/``code`` as attributes, so the strings matter to code that inspects them:
+#:
+#: * OpenAI: the types in OpenAI's error-codes guide (as tabulated in Microsoft's
+#:   learn.microsoft.com dev-proxy "openai-rate-limit-reached" page): 429 ``slow_down`` has
+#:   type ``rate_limit_error`` (``rate_limit_exceeded`` is the ``error.code`` of a
+#:   per-minute limit, whose type is ``requests``/``tokens``: :mod:`plano_fast.ratelimit`
+#:   sends those), 503 ``server_is_overloaded`` has type ``service_unavailable_error``;
+#:   ``server_error`` for 500, ``insufficient_quota`` for quota.
+#: * Anthropic: docs.anthropic.com/en/api/errors (529 and 503 are ``overloaded_error``).
+#: * Gemini: Google's canonical codes (ai.google.dev/gemini-api/docs/troubleshooting).
+#:
+#: A status not listed falls back by class: 4xx is the client's
+#: (``invalid_request_error`` / ``INVALID_ARGUMENT``), 5xx the server's
+#: (``server_error`` / ``api_error`` / ``INTERNAL``).
+ERROR_KINDS: Final[Mapping[int, tuple[str, str, str]]] = MappingProxyType({
+    400: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    401: ("authentication_error", "authentication_error", "UNAUTHENTICATED"),
+    402: ("insufficient_quota", "billing_error", "RESOURCE_EXHAUSTED"),
+    403: ("permission_error", "permission_error", "PERMISSION_DENIED"),
+    404: ("not_found_error", "not_found_error", "NOT_FOUND"),
+    408: ("timeout_error", "timeout_error", "DEADLINE_EXCEEDED"),
+    409: ("invalid_request_error", "invalid_request_error", "ABORTED"),
+    413: ("invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
+    422: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
+    429: ("rate_limit_error", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+    431: ("invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
+    500: ("server_error", "api_error", "INTERNAL"),
+    502: ("server_error", "api_error", "UNAVAILABLE"),
+    503: ("service_unavailable_error", "overloaded_error", "UNAVAILABLE"),
+    504: ("timeout_error", "timeout_error", "DEADLINE_EXCEEDED"),
+    529: ("service_unavailable_error", "overloaded_error", "UNAVAILABLE"),
+})
+_CLIENT_KINDS: Final = ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT")
+_SERVER_KINDS: Final = ("server_error", "api_error", "INTERNAL")
+
+
+def error_kinds(status: int) -> tuple[str, str, str]:
+    """(OpenAI type, Anthropic type, Gemini status) for an HTTP ``status``."""
+    found = ERROR_KINDS.get(status)
+    if found is not None:
+        return found
+    return _CLIENT_KINDS if status < 500 else _SERVER_KINDS
+
+
+def openai_error_type(status: int) -> str:
+    return error_kinds(status)[0]
+
+
+def anthropic_error_type(status: int) -> str:
+    return error_kinds(status)[1]
+
+
+def gemini_error_status(status: int) -> str:
+    return error_kinds(status)[2]
 
 
 def error_body(
@@ -100,21 +116,21 @@ def error_body(
     if fmt is ApiFormat.ANTHROPIC:
         doc: dict[str, object] = {
             "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+            "error": {"type": anthropic_error_type(status), "message": message},
         }
     elif fmt is ApiFormat.GEMINI:
         doc = {
             "error": {
                 "code": status,
                 "message": message,
-                "status": _GEMINI_STATUS.get(status, "INTERNAL"),
+                "status": gemini_error_status(status),
             }
         }
     else:
         doc = {
             "error": {
                 "message": message,
-                "type": openai_type or _OPENAI_TYPES.get(status, "api_error"),
+                "type": openai_type or openai_error_type(status),
                 "param": None,
                 "code": code,
             }

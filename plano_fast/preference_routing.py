@@ -41,7 +41,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -113,10 +113,14 @@ def _is_int(v: Any) -> bool:
 
 
 def parse(
-    data: dict[str, Any], providers: tuple[ModelProvider, ...], router: Router | None
+    data: dict[str, Any],
+    providers: tuple[ModelProvider, ...],
+    resolves: Callable[[str], bool] | None,
 ) -> tuple[PreferenceConfig | None, list[tuple[Loc, str]], list[tuple[Loc, str]]]:
     """``(config or None, errors, warnings)`` for the raw config ``data``; each problem
-    is ``(field path, message)``.  ``router`` resolves model names (None: unchecked)."""
+    is ``(field path, message)``.  ``resolves`` tells whether a model name resolves as a
+    request's would (the loader's :func:`plano_fast.config.names.name_checker`; None:
+    unchecked)."""
     errors: list[tuple[Loc, str]] = []
     warnings: list[tuple[Loc, str]] = []
     prefs: list[Preference] = []
@@ -146,7 +150,7 @@ def parse(
                 if not isinstance(m, str) or not m.strip():
                     errors.append((loc + ("models", j), "expected a model name"))
                     continue
-                if router is not None and not _resolves(router, m):
+                if resolves is not None and not resolves(m.strip()):
                     errors.append((loc + ("models", j), f"'{m}' is not a configured model"))
                     continue
                 good.append(m.strip())

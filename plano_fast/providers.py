@@ -1,6 +1,6 @@
 """The built-in provider table: where each LLM provider lives and how it wants to be called.
 
-One :class:`ProviderSpec` per provider id.  The config loader (``config.py``) combines a
+One :class:`ProviderSpec` per provider id.  The config loader (``config/``) combines a
 spec with a ``model_providers`` entry into a :class:`~plano_fast.config.ModelProvider` whose
 paths and auth headers are precomputed; nothing here is consulted on the hot path.
 

@@ -23,10 +23,10 @@ for configured names; wildcard hits are cached in a bounded FIFO dict.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 from plano_fast.config import ModelProvider
-from plano_fast.providers import canonical_provider_id
+from plano_fast.config.names import ModelIndex
 
 __all__ = ["ModelIndex", "Route", "Router", "UnknownModel"]
 
@@ -64,62 +64,8 @@ class Route:
     rewrite: bool
 
 
-def _owner(p: ModelProvider) -> str:
-    """The key a provider's wildcard is indexed under: canonical id, or custom prefix."""
-    return p.prefix.lower() if p.provider == "custom" else p.provider
-
-
-class ModelIndex:
-    """Lookup tables over a provider list (rules 1, 2 and 4).  Used by the loader too."""
-
-    __slots__ = ("exact", "bare", "wildcards", "_providers")
-
-    def __init__(self, providers: Iterable[ModelProvider]) -> None:
-        self._providers = tuple(providers)
-        self.exact: dict[str, ModelProvider] = {}
-        self.bare: dict[str, ModelProvider] = {}
-        self.wildcards: dict[str, ModelProvider] = {}
-        for p in self._providers:
-            if p.is_wildcard:
-                self.wildcards.setdefault(_owner(p), p)
-                continue
-            for key in (p.name, f"{p.prefix}/{p.model}", f"{_owner(p)}/{p.model}"):
-                self.exact.setdefault(key, p)
-        for p in self._providers:
-            if not p.is_wildcard:
-                self.bare.setdefault(p.model, p)
-
-    def lookup(self, model: str) -> tuple[ModelProvider, str] | None:
-        """(provider, upstream model id) for ``model`` by rules 1, 2 and 4, or None."""
-        p = self.exact.get(model) or self.bare.get(model)
-        if p is not None:
-            return p, p.model
-        return self.lookup_wildcard(model)
-
-    def lookup_wildcard(self, model: str) -> tuple[ModelProvider, str] | None:
-        prefix, sep, rest = model.partition("/")
-        if not sep or not rest or rest == "*" or not self.wildcards:
-            return None
-        key = prefix.strip().lower()
-        p = self.wildcards.get(key)
-        if p is None:
-            canonical = canonical_provider_id(key)
-            if canonical is not None:
-                p = self.wildcards.get(canonical)
-        return None if p is None else (p, rest)
-
-    def names(self) -> list[str]:
-        """Configured model names (wildcards as ``prefix/*``), in config order."""
-        out: list[str] = []
-        for p in self._providers:
-            n = f"{p.prefix}/*" if p.is_wildcard else p.name
-            if n not in out:
-                out.append(n)
-        return out
-
-
 class RoutingConfig(Protocol):
-    """What a Router reads of a config (a GatewayConfig, or the loader's parts)."""
+    """What a Router reads of a config (a GatewayConfig)."""
 
     @property
     def providers(self) -> tuple[ModelProvider, ...]: ...

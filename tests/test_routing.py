@@ -375,3 +375,36 @@ def test_extra_headers_are_lowercased_bytes() -> None:
     assert p.extra_headers == ((b"chatgpt-account-id", b"acc-1"), (b"originator", b"cx"))
     assert p.chat_completions_path is None
     assert p.responses_path == "/backend-api/codex/responses"
+
+
+@pytest.mark.parametrize("aliases", [
+    {},
+    {"fast": "gpt-4o-mini", "smart": "claude", "gem": "google/gemini-2.0-flash"},
+    {"gpt-4o": "no-such-model", "fast": "openai/gpt-x"},  # shadowed alias: target unused
+    {"broken": "no-such-model"},  # a Router cannot be built: names are not checked
+])
+def test_loader_name_checker_agrees_with_the_router(aliases: dict[str, str]) -> None:
+    """The loader checks preference-routing names without importing routing
+    (config.names.name_checker); a name it accepts is one a request resolves."""
+    from types import SimpleNamespace
+
+    from plano_fast.config.names import name_checker
+
+    providers = parse_config(CONFIG).providers
+    resolves = name_checker(providers, aliases)
+    try:
+        router = Router(SimpleNamespace(providers=providers, model_aliases=aliases))
+    except ValueError:
+        assert resolves is None
+        return
+    assert resolves is not None
+    names = [*aliases, "gpt-4o", "claude", "openai/gpt-4o", "gemini/gemini-2.0-flash", "google/gemini-2.0-flash",
+             "gpt-4o-mini", "groq/gpt-4o-mini", "openai/anything", "vllm/llama", "VLLM/llama", "anthropic/x",
+             "meta-llama/Llama-3-70b", "together/meta-llama/Llama-3-70b", "nope", "openai/*", "x/y"]
+    for name in names:
+        try:
+            router.resolve(name)
+            expected = True
+        except UnknownModel:
+            expected = False
+        assert resolves(name) is expected, name

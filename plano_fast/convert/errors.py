@@ -6,25 +6,9 @@ unusable (status 502).
 
 ``convert_error`` turns a provider's error response into the error shape the client's SDK
 understands, keeping the HTTP status (except Anthropic's 529, which becomes 503 for
-OpenAI/Gemini clients) and mapping the error type:
-
-================  =====================  ======================  ====================
-status            OpenAI ``error.type``  Anthropic ``error.type`` Gemini ``error.status``
-================  =====================  ======================  ====================
-400               invalid_request_error  invalid_request_error   INVALID_ARGUMENT
-401               authentication_error   authentication_error    UNAUTHENTICATED
-402               insufficient_quota     billing_error           RESOURCE_EXHAUSTED
-403               permission_error       permission_error        PERMISSION_DENIED
-404               not_found_error        not_found_error         NOT_FOUND
-408               timeout_error          timeout_error           DEADLINE_EXCEEDED
-413               invalid_request_error  request_too_large       INVALID_ARGUMENT
-429               rate_limit_error       rate_limit_error        RESOURCE_EXHAUSTED
-500               server_error           api_error               INTERNAL
-503 / 529         server_error           overloaded_error        UNAVAILABLE
-504               timeout_error          timeout_error           DEADLINE_EXCEEDED
-other 4xx / 5xx   invalid_request_error  invalid_request_error   INVALID_ARGUMENT /
-                  / server_error         / api_error             INTERNAL
-================  =====================  ======================  ====================
+OpenAI/Gemini clients) and mapping the error type by status with the gateway's one table,
+:data:`plano_fast.errors.ERROR_KINDS` (OpenAI ``error.type``, Anthropic ``error.type``,
+Gemini ``error.status``; an unlisted 4xx is the client's, an unlisted 5xx the server's).
 
 Type hints from the source win over the status table where they are more precise: an
 OpenAI ``insufficient_quota`` becomes Anthropic ``billing_error``; an Anthropic type is kept
@@ -38,6 +22,8 @@ import json
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
+
+from plano_fast.errors import anthropic_error_type, gemini_error_status, openai_error_type
 
 
 class ConversionError(ValueError):
@@ -57,57 +43,6 @@ class ConversionError(ValueError):
 
 _FORMATS: Final = ("openai", "anthropic", "gemini")
 
-_OPENAI_TYPE_BY_STATUS: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "insufficient_quota",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    502: "server_error",
-    503: "server_error",
-    504: "timeout_error",
-    529: "server_error",
-}
-_ANTHROPIC_TYPE_BY_STATUS: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "invalid_request_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-_GEMINI_STATUS_BY_STATUS: Final[dict[int, str]] = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    402: "RESOURCE_EXHAUSTED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    409: "ABORTED",
-    413: "INVALID_ARGUMENT",
-    422: "INVALID_ARGUMENT",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    502: "UNAVAILABLE",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-    529: "UNAVAILABLE",
-}
 # Source type/status strings -> an HTTP status (used for mid-stream errors, which carry none).
 _STATUS_BY_ANTHROPIC_TYPE: Final[dict[str, int]] = {
     "invalid_request_error": 400,
@@ -157,20 +92,6 @@ _STATUS_BY_GEMINI_STATUS: Final[dict[str, int]] = {
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
 }
-_OPENAI_TYPE_BY_GEMINI_STATUS: Final[dict[str, str]] = {
-    "INVALID_ARGUMENT": "invalid_request_error",
-    "FAILED_PRECONDITION": "invalid_request_error",
-    "OUT_OF_RANGE": "invalid_request_error",
-    "UNAUTHENTICATED": "authentication_error",
-    "PERMISSION_DENIED": "permission_error",
-    "NOT_FOUND": "not_found_error",
-    "RESOURCE_EXHAUSTED": "rate_limit_error",
-    "INTERNAL": "server_error",
-    "UNAVAILABLE": "server_error",
-    "DEADLINE_EXCEEDED": "timeout_error",
-}
-
-
 @dataclass(slots=True)
 class ErrorInfo:
     """A provider error, format-neutral."""
@@ -237,13 +158,6 @@ def _status_phrase(status: int) -> str:
         return "Upstream error"
 
 
-def _by_status(table: dict[int, str], status: int, client: str, server: str) -> str:
-    found = table.get(status)
-    if found is not None:
-        return found
-    return client if status < 500 else server
-
-
 def render_error(target: str, info: ErrorInfo) -> dict[str, Any]:
     """The error document a ``target``-format client expects."""
     status = info.status
@@ -253,9 +167,7 @@ def render_error(target: str, info: ErrorInfo) -> dict[str, Any]:
         elif info.source == "openai" and "insufficient_quota" in (info.type, info.code):
             etype = "billing_error"
         else:
-            etype = _by_status(
-                _ANTHROPIC_TYPE_BY_STATUS, status, "invalid_request_error", "api_error"
-            )
+            etype = anthropic_error_type(status)
         return {"type": "error", "error": {"type": etype, "message": info.message}}
     if status == 529:
         status = 503
@@ -263,7 +175,7 @@ def render_error(target: str, info: ErrorInfo) -> dict[str, Any]:
         if info.source == "gemini" and info.type:
             gstatus = info.type
         else:
-            gstatus = _by_status(_GEMINI_STATUS_BY_STATUS, status, "INVALID_ARGUMENT", "INTERNAL")
+            gstatus = gemini_error_status(status)
         return {"error": {"code": status, "message": info.message, "status": gstatus}}
     # openai
     code: Any = None
@@ -273,12 +185,11 @@ def render_error(target: str, info: ErrorInfo) -> dict[str, Any]:
     elif info.source == "anthropic" and info.type:
         otype = info.type
     elif info.source == "gemini" and info.type:
-        otype = _OPENAI_TYPE_BY_GEMINI_STATUS.get(info.type) or _by_status(
-            _OPENAI_TYPE_BY_STATUS, status, "invalid_request_error", "server_error"
-        )
+        # The Gemini status names its HTTP status; the table gives that status's type.
+        otype = openai_error_type(_STATUS_BY_GEMINI_STATUS.get(info.type, status))
         code = info.type
     else:
-        otype = _by_status(_OPENAI_TYPE_BY_STATUS, status, "invalid_request_error", "server_error")
+        otype = openai_error_type(status)
         if info.source == "openai":
             code = info.code
     return {"error": {"message": info.message, "type": otype, "param": None, "code": code}}

@@ -1,0 +1,251 @@
+"""The loaded config's types: frozen, pure data (the loader builds them, the gateway reads them)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from plano_fast.failover import RetryPolicy
+
+if TYPE_CHECKING:  # the runtime module (asyncio, per-request state) is not the model's concern
+    from plano_fast.preference_routing import PreferenceConfig
+
+SUPPORTED_VERSIONS = ("v0.1", "v0.1.0", "0.1-beta", "0.2.0", "v0.3.0", "v0.4.0")
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_ADDRESS = "0.0.0.0"
+DEFAULT_PORTS = {"model": 12000, "prompt": 10000}
+
+
+class ConfigError(Exception):
+    """The config cannot be used.  ``errors`` holds one ``file: path: reason`` line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPreference:
+    """A ``routing_preferences`` item (kept for preference routing; not used yet)."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """A listener; ``type`` is "model", "prompt" or "agent"."""
+
+    name: str
+    address: str
+    port: int
+    timeout_s: float
+    type: str
+    max_retries: int | None = None
+    router: str | None = None
+    #: where it is written ("listeners[1]", "listeners.ingress_traffic", "listener");
+    #: "" for the implicit default model listener
+    loc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProvider:
+    """One configured model provider, with everything the hot path needs precomputed.
+
+    ``provider`` is the table id ("openai", "anthropic", "gemini", ... or "custom" for a
+    prefix that is not built in); ``prefix`` is the prefix as written in the config
+    ("google", "vllm", ...); ``interface`` the table entry whose paths and auth style are
+    used (the ``provider_interface`` if given, else ``provider``).  ``model`` is the id
+    sent upstream ("*" for a wildcard).  Secrets are kept out of ``repr``.
+    """
+
+    name: str
+    provider: str
+    model: str
+    wire_api: str
+    scheme: str
+    host: str
+    port: int
+    tls: bool
+    sni: str
+    host_header: str
+    chat_completions_path: str | None
+    messages_path: str | None
+    access_key: str | None = field(repr=False)
+    passthrough_auth: bool
+    auth_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
+    extra_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
+    default: bool
+    is_wildcard: bool
+    routing_preferences: tuple[RoutingPreference, ...] = ()
+    prefix: str = ""
+    interface: str = ""
+    base_url: str = ""
+    http_host: str | None = None
+    responses_path: str | None = None
+    # Headers for requests sent to chat_completions_path.  Equal to auth_headers except for
+    # an Anthropic-wire provider, whose OpenAI-compatible endpoint takes a bearer token.
+    chat_auth_headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
+    # True when chat_completions_path still contains "{model}" (azure_openai/* wildcard).
+    model_in_path: bool = False
+    # Gemini's native generateContent API (wire_api "gemini"): the path prefix the
+    # "/models/{model}:generateContent" paths hang off, e.g. "/v1beta".
+    gemini_base_path: str | None = None
+    # Retries and fallbacks (plano_fast.failover); None: only a dead pooled connection is
+    # retried, once (or listeners[].max_retries applies).
+    retry_policy: RetryPolicy | None = None
+
+    def chat_path_for(self, upstream_model: str) -> str | None:
+        """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
+        path = self.chat_completions_path
+        if path is None or not self.model_in_path:
+            return path
+        return path.replace("{model}", quote(upstream_model, safe=""))
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from "30s", "500ms", "1m", "1h", "2.5s", a bare number string or a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration such as 30s, 500ms or 1m, got {value!r}")
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m is None:
+            raise ValueError(
+                f"invalid duration {value!r} (expected e.g. 30s, 500ms, 1m or a number of seconds)"
+            )
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"duration must be greater than 0, got {value!r}")
+    return seconds
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def _plain_path(value: str) -> str:
+    segments = value.split("/")
+    if (
+        len(value) > 1024
+        or segments[0] != ""
+        or len(segments) < 2
+        or any(s in (".", "..") or not _PLAIN_SEGMENT.fullmatch(s) for s in segments[1:])
+    ):
+        raise ValueError(
+            "must be an exact path: '/'-separated segments of letters, digits and '._~-', "
+            "none of them '.' or '..' (no percent-encoding, query or trailing slash)"
+        )
+    return value
+
+
+#: An exact origin-form path (firewall_unbilled_paths).
+PlainPath = Annotated[str, AfterValidator(_plain_path)]
+
+
+class GatewaySettings(BaseModel):
+    """The ``plano_fast:`` section: this gateway's own knobs (not part of Plano's schema).
+
+    Every field is optional; numbers must be positive.  ``upstream_connect_timeout_s``
+    falls back to Plano's ``overrides.upstream_connect_timeout`` when not set here.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_body_bytes: PosInt = 32 * 1024 * 1024  # largest request body accepted
+    max_header_bytes: PosInt = 32 * 1024  # largest request head (request line + headers)
+    request_head_timeout_s: PosFloat = 10.0  # time allowed to receive a request head
+    keepalive_timeout_s: PosFloat = 60.0  # idle client connection lifetime
+    drain_timeout_s: PosFloat = 30.0  # grace period for in-flight requests at shutdown
+    upstream_connect_timeout_s: PosFloat = 5.0  # TCP + TLS connect to a provider
+    upstream_idle_timeout_s: PosFloat = 60.0  # how long an idle pooled connection is kept
+    upstream_pool_max_idle_per_origin: PosInt = 64  # idle connections kept per origin
+    dns_ttl_s: PosFloat = 60.0  # how long a resolved address is reused
+    sqlite_path: NonEmptyStr = "plano_fast.db"  # usage store when database_url is unset
+    database_url: str | None = Field(default=None, repr=False)  # PostgreSQL usage store
+    usage_flush_interval_s: PosFloat = 10.0  # usage batch flush period
+    usage_batch_size: PosInt = 1000  # rows per bulk write
+    usage_max_pending_events: PosInt = 100_000  # in memory while the store is down; then journal
+    usage_journal_path: NonEmptyStr = "plano_fast_usage.journal"  # spill file (one per process)
+    # Write-ahead log of usage events (<usage_journal_path>.<pid>.<n>.wal): a SIGKILL loses
+    # at most the events of the last sync window.
+    usage_wal: bool = True
+    # A client that hangs up mid-response: the provider's answer is still read (not
+    # relayed) for up to this long / this many bytes, so its own usage is billed.
+    client_gone_drain_s: PosFloat = 60.0
+    client_gone_drain_bytes: PosInt = 16 * 1024 * 1024
+    usage_wal_sync_interval_s: PosFloat = 0.1
+    price_interval_s: PosFloat = 10.0  # PriceCalculator period (rows priced late)
+    # Resold models: provider id (as in usage rows: "together", "groq", "custom" for a
+    # custom base_url...) -> the bundled table's provider whose prices its models take when
+    # its own table has no entry for them (see plano_fast.pricing, matching step 5).
+    price_as: dict[NonEmptyStr, NonEmptyStr] = Field(default_factory=dict)
+    budget_check_interval_s: PosFloat = 10.0  # BudgetChecker period (soft-limit delay)
+    admin_port: Port | None = None  # admin API port; None disables the admin API
+    admin_address: NonEmptyStr = "127.0.0.1"  # admin API bind address
+    # Admin API key ($ENV expanded); PLANO_FAST_ADMIN_KEY in the environment also works.
+    admin_key: str | None = Field(default=None, repr=False)
+    # "config": route by model (Plano); "firewall": clients use their own registered keys.
+    mode: Literal["config", "firewall"] = "config"
+    key_registry_reload_s: PosFloat = 60.0  # firewall key registry refresh from the store
+    # Data-plane access log: one JSON line per request ("stdout" or a file path; off by
+    # default).  Never a credential or a body.
+    access_log: NonEmptyStr | None = None
+    # A Server-Timing response header with the gateway's and the upstream's share (off:
+    # it tells clients how the gateway is deployed).
+    server_timing: bool = False
+    # Redis for Plano's ratelimits shared by every worker and instance (redis://host:port/db)
+    redis_url: str | None = Field(default=None, repr=False)
+    # Rate-limit backend unreachable: refuse (503) or admit unlimited.
+    ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # The DLP floor: PII/secret detectors and their actions (plano_fast.guardrails).
+    guardrails: dict[str, Any] | None = None
+    # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
+    # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
+    firewall_unbilled_paths: list[PlainPath] = []
+    # Managed mode: xproxy_ tokens with server-side provider keys (needs
+    # PLANO_FAST_MASTER_KEY in the environment).  Works beside config or firewall mode.
+    managed: bool = False
+    managed_reload_s: PosFloat = 5.0  # token/pipe/limit cache refresh (revocation bound)
+    managed_max_output_tokens: PosInt = 4096  # output ceiling when a request sets none
+    managed_reservation_ttl_s: PosFloat = 600.0  # a hard-budget reservation's expiry
+    # Heartbeat + release of expired reservations and of those of instances whose heartbeat
+    # is 3 intervals old (killed); instances sharing a database should use the same value.
+    reservation_sweep_interval_s: PosFloat = 10.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """A loaded, validated config.
+
+    ``unimplemented`` has one ``file: field path: not implemented ...`` line per section,
+    field or listener the config uses that this version does not implement (the list is
+    :mod:`plano_fast.unimplemented`); ``plano-fast validate|serve --strict`` refuses a
+    config with any.
+    """
+
+    version: str
+    listener: ListenerConfig
+    listeners: tuple[ListenerConfig, ...]
+    providers: tuple[ModelProvider, ...]
+    model_aliases: dict[str, str]
+    settings: GatewaySettings
+    warnings: tuple[str, ...]
+    raw: dict[str, Any]
+    unimplemented: tuple[str, ...] = ()
+    #: preference routing (plano_fast.preference_routing); None when not configured
+    preference_routing: PreferenceConfig | None = None
+
