@@ -11,7 +11,7 @@ One request, config mode, warm pool::
     gateway/relay.py      forward through the pool (upstream.py), relay the response
                           through the scanner and the body filter, settle the usage event
 
-Import rules (tests/test_gateway_layout.py): mode modules never import each other; the
+Import rules (tests/test_import_rules.py, tests/test_gateway_layout.py): mode modules never import each other; the
 shared modules (relay, phases, routed, endpoints, upstream_request) never import a mode;
-the protocol (http_server.py) never imports this package, the stores or billing.
+the protocol (http_server.py) never imports stores or billing (tests/test_import_rules.py).
 """
