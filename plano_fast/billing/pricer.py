@@ -14,6 +14,7 @@ import asyncio
 import logging
 
 from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import ModelPrice, PricingRegistry
 from plano_fast.store import (
     PRICE_STATUS_PARTIAL,
@@ -115,11 +116,7 @@ class PriceCalculator:
                 quote = None
                 if row.model is not None and row.status != "usage_missing":
                     # rows are in the row convention: one formula for every provider
-                    quote = self.pricing.quote_counts(
-                        row.provider, row.model, row.project_id, row.input_tokens,
-                        row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
-                        row.cache_write_1h_tokens, row.audio_input_tokens, row.audio_output_tokens,
-                    )  # fmt: skip
+                    quote = quote_usage(self.pricing, row, row.model)
                 if quote is None:
                     self.metrics.rows_unpriced_unknown += 1
                     results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 from plano_fast import scan
 from plano_fast.billing.pricer import model_price_of
+from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import (
     PRICE_STATUS_PARTIAL,
@@ -89,11 +90,7 @@ def reprice_row(pricing: PricingRegistry, row: UsageRow) -> tuple[UsageRow, bool
     new = row if derived is None else derived
     if derived is None and not _carries_usage(row):
         return row, False
-    quote = pricing.quote_counts(
-        new.provider, new.model or "", new.project_id, new.input_tokens, new.output_tokens,
-        new.cache_read_tokens, new.cache_write_tokens, new.cache_write_1h_tokens,
-        new.audio_input_tokens, new.audio_output_tokens,
-    )  # fmt: skip
+    quote = quote_usage(pricing, new, new.model or "")
     if quote is not None:
         new = replace(
             new,
