@@ -17,13 +17,15 @@ import logging
 import time
 
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.store import CounterKey, Store, period_start
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import CounterKey
+from plano_fast.store.times import period_start
 
 log = logging.getLogger("plano_fast.billing")
 
 
 class BudgetChecker:
-    def __init__(self, store: Store, metrics: BillingMetrics, *, interval_s: float) -> None:
+    def __init__(self, store: BillingStore, metrics: BillingMetrics, *, interval_s: float) -> None:
         self.store = store
         self.metrics = metrics
         self.interval_s = interval_s

@@ -43,7 +43,8 @@ from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.rows import rows_of_events
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import PRICE_STATUS_PARTIAL, Store, UsageRow
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, UsageRow
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.billing")
@@ -57,7 +58,7 @@ DRAIN_SLICE = 128
 class UsageFlusher:
     def __init__(
         self,
-        store: Store,
+        store: BillingStore,
         pricing: PricingRegistry,
         journal: Journal,
         metrics: BillingMetrics,

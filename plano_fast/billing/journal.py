@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from plano_fast.store import UsageRow
+from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(UsageRow))

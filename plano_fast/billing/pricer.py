@@ -16,13 +16,13 @@ import logging
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import ModelPrice, PricingRegistry
-from plano_fast.store import (
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PRICED,
     PRICE_STATUS_UNKNOWN,
     CustomPrice,
     PriceResult,
-    Store,
 )
 
 log = logging.getLogger("plano_fast.billing")
@@ -43,7 +43,7 @@ def model_price_of(price: CustomPrice) -> ModelPrice:
 class PriceCalculator:
     def __init__(
         self,
-        store: Store,
+        store: BillingStore,
         pricing: PricingRegistry,
         metrics: BillingMetrics,
         *,

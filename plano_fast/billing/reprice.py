@@ -28,13 +28,9 @@ from plano_fast import scan
 from plano_fast.billing.pricer import model_price_of
 from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import (
-    PRICE_STATUS_PARTIAL,
-    PRICE_STATUS_PRICED,
-    Store,
-    UsageRow,
-    open_store,
-)
+from plano_fast.store import open_store
+from plano_fast.store.base import BillingStore, UsageStore
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.usage import STATUS_NOT_BILLABLE, USAGE_API_NUMBERS
 
 DEFAULT_PAGE_ROWS = 2_000
@@ -116,7 +112,7 @@ def _same(a: UsageRow, b: UsageRow) -> bool:
     )  # fmt: skip
 
 
-async def load_pricing(store: Store, pins: Mapping[str, str] | None = None) -> PricingRegistry:
+async def load_pricing(store: BillingStore, pins: Mapping[str, str] | None = None) -> PricingRegistry:
     """The bundled table, the config's pins and the store's custom prices."""
     pricing = PricingRegistry(pins=pins)
     prices = await store.list_custom_prices()
@@ -128,7 +124,7 @@ async def load_pricing(store: Store, pins: Mapping[str, str] | None = None) -> P
 
 
 async def reprice(
-    store: Store,
+    store: UsageStore,
     pricing: PricingRegistry,
     *,
     page_rows: int = DEFAULT_PAGE_ROWS,

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Final, Protocol
 
 from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
 
 _FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from plano_fast.store import (
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
     PRICE_STATUS_PRICED,
@@ -32,21 +32,23 @@ from plano_fast.store import (
     BudgetTarget,
     InvalidValue,
     MissingReference,
+    PriceResult,
     Reservation,
+    StoreError,
+    UsageRow,
+)
+from plano_fast.store.sql import (
     Row,
     SqlStore,
     Stmt,
-    StoreError,
-    UsageRow,
     check_targets,
-    new_id,
-    PriceResult,
+    normalize_usage,
     price_result_entry,
     reprice_deltas,
     reprice_values,
-    normalize_usage,
     written_price_status,
 )
+from plano_fast.store.times import new_id
 
 T = TypeVar("T")
 

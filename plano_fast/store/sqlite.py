@@ -38,35 +38,37 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from plano_fast.store import (
-    PRICE_STATUS_PENDING,
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PENDING,
     PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
     CounterKey,
-    DaySums,
     InvalidValue,
     MissingReference,
+    PriceResult,
     Reservation,
+    StoreError,
+    UsageRow,
+)
+from plano_fast.store.sql import (
+    REPRICE_COLUMNS,
+    DaySums,
     Row,
     SqlStore,
     Stmt,
-    StoreError,
-    UsageRow,
     add_day_sums,
     check_targets,
-    REPRICE_COLUMNS,
     counter_deltas,
     deltas_of_day_sums,
+    normalize_usage,
+    price_result_entry,
     reprice_deltas,
     reprice_values,
-    new_id,
-    normalize_usage,
     written_price_status,
-    PriceResult,
-    price_result_entry,
 )
+from plano_fast.store.times import new_id
 
 T = TypeVar("T")
 
