@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Final
 
 from plano_fast.store.base import Store
@@ -44,14 +44,26 @@ from plano_fast.store.records import (
 )
 from plano_fast.store.times import _NS_PER_DAY, _month_start_of_day, day_start, month_start, new_id, now_ns
 
+USAGE_COLUMN_TYPES: Final[dict[str, str]] = {
+    "request_id": "text", "time_ns": "bigint", "project_id": "text", "user_id": "text",
+    "key_hash": "text", "token_id": "text", "provider": "text", "model": "text",
+    "input_tokens": "bigint", "output_tokens": "bigint", "cache_read_tokens": "bigint",
+    "cache_write_tokens": "bigint", "reasoning_tokens": "bigint", "streaming": "boolean",
+    "status": "text", "http_status": "integer", "priced": "boolean", "cost_nano_usd": "bigint",
+    "duration_us": "bigint", "price_status": "text", "tool_use_prompt_tokens": "bigint",
+    "cache_write_1h_tokens": "bigint", "audio_input_tokens": "bigint",
+    "audio_output_tokens": "bigint", "usage_api": "text", "usage_raw": "text",
+    "price_entry": "text",
+}  # fmt: skip
+"""``usage_log``'s written columns with their PostgreSQL types, in ``UsageRow`` field order
+(``row_id``, the table's ``id``, is read, never written): both backends' INSERT column
+lists and PostgreSQL's array and staging-table types are built from it."""
+USAGE_WRITE_COLUMNS: Final = tuple(USAGE_COLUMN_TYPES)
+if [f.name for f in fields(UsageRow) if f.name != "row_id"] != list(USAGE_WRITE_COLUMNS):
+    raise AssertionError("USAGE_COLUMN_TYPES must list UsageRow's fields (but row_id), in order")
+
 # Column lists, in dataclass field order.
-_USAGE_COLS = (
-    "request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model, "
-    "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
-    "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id, "
-    "tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, "
-    "usage_api, usage_raw, price_entry"
-)
+_USAGE_COLS = ", ".join("id" if f.name == "row_id" else f.name for f in fields(UsageRow))
 _PROJECT_COLS = "id, name, created_at_ns"
 _USER_COLS = "id, name, email, created_at_ns"
 _KEY_COLS = (

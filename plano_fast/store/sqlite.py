@@ -54,6 +54,7 @@ from plano_fast.store.records import (
 )
 from plano_fast.store.sql import (
     REPRICE_COLUMNS,
+    USAGE_WRITE_COLUMNS,
     DaySums,
     Row,
     SqlStore,
@@ -89,13 +90,9 @@ CHECKPOINT_INTERVAL_S = 1.0
 _NONE_TO_NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NULL.get)
 
-_USAGE_WIDTH = 27
+_USAGE_WIDTH = len(USAGE_WRITE_COLUMNS)
 _INSERT_USAGE = (
-    "INSERT INTO usage_log (request_id, time_ns, project_id, user_id, key_hash, token_id, "
-    "provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    "reasoning_tokens, streaming, status, http_status, priced, cost_nano_usd, duration_us, "
-    "price_status, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, "
-    "audio_output_tokens, usage_api, usage_raw, price_entry) VALUES ("
+    f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS)}) VALUES ("
     + ", ".join("?" * _USAGE_WIDTH)
     + ") ON CONFLICT (request_id) DO NOTHING"
 )
