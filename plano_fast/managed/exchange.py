@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plano_fast import scan
-from plano_fast.billing.flusher import row_of_event
+from plano_fast.billing.rows import row_of_event
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.exchange import (
