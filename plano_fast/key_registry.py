@@ -7,11 +7,11 @@ False and firewall requests get 503 (fail closed).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from plano_fast.periodic import Periodic
 from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
 
@@ -51,7 +51,11 @@ class ApiKeyRegistry:
         self.reload_interval_s = reload_interval_s
         self._routes: dict[str, KeyRoute] = {}
         self.ready = False
-        self._task: asyncio.Task[None] | None = None
+        # until the first load succeeds, retried every second
+        self._loop = Periodic(
+            "key-registry", self.reload, lambda: self.reload_interval_s if self.ready else 1.0,
+            on_error=self._reload_failed,
+        )
 
     def lookup(self, key_sha256: str) -> KeyRoute | None:
         return self._routes.get(key_sha256)
@@ -78,18 +82,12 @@ class ApiKeyRegistry:
             await self.reload()
         except Exception as exc:  # noqa: BLE001 - stays not-ready (503) until a reload works
             log.warning("key registry not loaded yet: %s", type(exc).__name__)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="key-registry")
+        self._loop.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval_s if self.ready else 1.0)
-            try:
-                await self.reload()
-            except Exception as exc:  # noqa: BLE001 - keep serving the last good map
-                log.warning("key registry reload failed: %s", type(exc).__name__)
+    @staticmethod
+    def _reload_failed(exc: Exception) -> None:
+        # keep serving the last good map
+        log.warning("key registry reload failed: %s", type(exc).__name__)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from plano_fast.billing.flusher import DRAIN_SLICE, UsageFlusher, price_event, quote_event, row_of_event, rows_of_events
+from plano_fast.billing.flusher import DRAIN_SLICE, UsageFlusher
+from plano_fast.billing.rows import price_event, quote_event, row_of_event, rows_of_events
 from plano_fast.billing.journal import Journal
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import ModelPrice, PricingRegistry, TokenCounts

@@ -12,18 +12,20 @@ after the request that crossed the limit ended.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.store import CounterKey, Store, period_start
+from plano_fast.periodic import Periodic
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import CounterKey
+from plano_fast.store.times import period_start
 
 log = logging.getLogger("plano_fast.billing")
 
 
 class BudgetChecker:
-    def __init__(self, store: Store, metrics: BillingMetrics, *, interval_s: float) -> None:
+    def __init__(self, store: BillingStore, metrics: BillingMetrics, *, interval_s: float) -> None:
         self.store = store
         self.metrics = metrics
         self.interval_s = interval_s
@@ -33,7 +35,9 @@ class BudgetChecker:
         #: False until the first successful check: callers that must fail closed look here
         self.ready = False
         self.last_check_ns = 0
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "budget-checker", self.check_once, lambda: self.interval_s, on_error=self._check_failed
+        )
 
     async def start(self) -> None:
         try:
@@ -41,22 +45,15 @@ class BudgetChecker:
         except Exception as exc:  # noqa: BLE001 - the loop retries; callers see ready=False
             self.metrics.budget_check_failures += 1
             log.warning("budget state not loaded yet: %s", type(exc).__name__)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="budget-checker")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.check_once()
-            except Exception as exc:  # noqa: BLE001 - keep the last known set, retry
-                self.metrics.budget_check_failures += 1
-                log.warning("budget check failed: %s", type(exc).__name__)
+    def _check_failed(self, exc: Exception) -> None:
+        # keep the last known set, retry next cycle
+        self.metrics.budget_check_failures += 1
+        log.warning("budget check failed: %s", type(exc).__name__)
 
     async def check_once(self) -> frozenset[tuple[str, str]]:
         now_ns = time.time_ns()

@@ -7,7 +7,7 @@ spending counters (the store does both in one transaction, deriving the counter 
 from exactly the rows it inserted — so counters and log cannot disagree, and a replayed
 batch cannot count twice).
 
-Events are priced here, in memory, before they are written (the row records the price
+Events are priced in memory (``plano_fast.billing.rows``) before they are written (the row records the price
 entry used, and ``priced_partial`` when a dimension had no price of its own): the pricing
 registry needs no I/O, and a row priced at flush time reaches the spending counters one pricing cycle
 sooner, which shortens the soft-limit delay.  Rows whose model has no price are written
@@ -37,25 +37,15 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
 
 from plano_fast.billing.journal import WAL_SUFFIX, Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store import (
-    PRICE_STATUS_PARTIAL,
-    PRICE_STATUS_PENDING,
-    PRICE_STATUS_PRICED,
-    Store,
-    UsageRow,
-    usage_row_from_event,
-)
-from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
-
-_FREE_STATUSES = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
-"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
+from plano_fast.billing.rows import rows_of_events
+from plano_fast.pricing import PricingRegistry
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, UsageRow
+from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.billing")
 
@@ -64,114 +54,11 @@ MAX_RETRY_DELAY_S = 30.0
 DRAIN_SLICE = 128
 """Events priced and converted per synchronous stretch of the event loop (about 0.3 ms)."""
 
-def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
-    """What one event costs (nano-USD, partial flag, price entry), or None when it cannot
-    be priced."""
-    if event.status in _FREE_STATUSES:
-        return _FREE
-    if not event.has_usage:
-        # A provider error or a failed connection bills nothing; a successful response
-        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
-        # it stays unpriced and visible, never silently zero.
-        return _FREE if event.http_status >= 400 else None
-    model = event.model
-    if model is None:
-        return None
-    return pricing.quote_counts(
-        event.provider,
-        model,
-        event.project_id,
-        event.input_tokens,
-        event.output_tokens,
-        event.cache_read_tokens,
-        event.cache_write_tokens,
-        event.cache_write_1h_tokens,
-        event.audio_input_tokens,
-        event.audio_output_tokens,
-    )
-
-
-_FREE: Final = Quote(0, False, "")
-
-
-def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
-    """Cost of one event in nano-USD, or None when it cannot be priced."""
-    quote = quote_event(pricing, event)
-    return None if quote is None else quote.cost_nano_usd
-
-
-def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
-    """The usage row of one event, priced when it can be (status and price entry set)."""
-    quote = quote_event(pricing, event)
-    if quote is None:
-        return usage_row_from_event(event)
-    return usage_row_from_event(
-        event,
-        cost_nano_usd=quote.cost_nano_usd,
-        price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
-        price_entry=quote.entry or None,
-    )
-
-
-def rows_of_events(
-    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
-) -> int:
-    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
-    how many rows are unpriced.
-
-    The flusher's hot loop, with the helpers inlined (their equivalence is tested).
-    """
-    unpriced = 0
-    append = out.append
-    quote_counts = pricing.quote_counts
-    row = UsageRow
-    for e in events:
-        status = e.status
-        quote: Quote | None
-        if status in _FREE_STATUSES:
-            quote = _FREE
-        elif not e.has_usage:
-            quote = _FREE if e.http_status >= 400 else None
-        elif e.model is None:
-            quote = None
-        else:
-            quote = quote_counts(
-                e.provider, e.model, e.project_id, e.input_tokens, e.output_tokens,
-                e.cache_read_tokens, e.cache_write_tokens, e.cache_write_1h_tokens,
-                e.audio_input_tokens, e.audio_output_tokens,
-            )  # fmt: skip
-        d = e.duration_ms * 1000
-        if quote is None:
-            unpriced += 1
-            append(
-                row(
-                    e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
-                    e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
-                    e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
-                    False, None, round(d) if d > 0.5 else 0, PRICE_STATUS_PENDING, None,
-                    e.tool_use_prompt_tokens, e.cache_write_1h_tokens, e.audio_input_tokens,
-                    e.audio_output_tokens, e.usage_api, e.usage_raw, None,
-                )  # fmt: skip
-            )
-        else:
-            append(
-                row(
-                    e.request_id, e.time_ns, e.project_id, e.user_id, e.key_hash, e.token_id,
-                    e.provider, e.model, e.input_tokens, e.output_tokens, e.cache_read_tokens,
-                    e.cache_write_tokens, e.reasoning_tokens, e.streaming, status, e.http_status,
-                    True, quote.cost_nano_usd, round(d) if d > 0.5 else 0,
-                    PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED, None,
-                    e.tool_use_prompt_tokens, e.cache_write_1h_tokens, e.audio_input_tokens,
-                    e.audio_output_tokens, e.usage_api, e.usage_raw, quote.entry or None,
-                )  # fmt: skip
-            )
-    return unpriced
-
 
 class UsageFlusher:
     def __init__(
         self,
-        store: Store,
+        store: BillingStore,
         pricing: PricingRegistry,
         journal: Journal,
         metrics: BillingMetrics,

@@ -20,13 +20,15 @@ import asyncio
 import collections
 import dataclasses
 import json
+import logging
 import operator
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from plano_fast.store import UsageRow
+from plano_fast.periodic import Periodic
+from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(UsageRow))
@@ -182,7 +184,7 @@ class WriteAheadLog:
         self._segments = 0
         self._lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("usage-wal", self.sync, lambda: self.sync_interval_s, on_error=self._sync_failed)
         self.syncs = 0
         self.sync_failures = 0
 
@@ -191,14 +193,11 @@ class WriteAheadLog:
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plano-wal")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-wal")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop syncing (the flusher has drained: everything is resolved or spilled)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -207,19 +206,13 @@ class WriteAheadLog:
     def files(self) -> list[Path]:
         return [p for p, _ in self._closed] + ([self._current] if self._current else [])
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_interval_s)
-            try:
-                await self.sync()
-            except Exception as exc:  # noqa: BLE001 - the events stay queued for the store
-                self.sync_failures += 1
-                if self.sync_failures == 1 or self.sync_failures % 100 == 0:
-                    import logging
-
-                    logging.getLogger("plano_fast.billing").error(
-                        "usage write-ahead log sync failed (%s: %s); %d failures",
-                        type(exc).__name__, exc, self.sync_failures)
+    def _sync_failed(self, exc: Exception) -> None:
+        # the events stay queued for the store
+        self.sync_failures += 1
+        if self.sync_failures == 1 or self.sync_failures % 100 == 0:
+            logging.getLogger("plano_fast.billing").error(
+                "usage write-ahead log sync failed (%s: %s); %d failures",
+                type(exc).__name__, exc, self.sync_failures)
 
     async def sync(self) -> None:
         """Write and fsync the events appended since the last sync."""

@@ -9,12 +9,12 @@ from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.pricer import PriceCalculator
 from plano_fast.config import GatewaySettings
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import Store
+from plano_fast.store.base import BillingStore
 from plano_fast.usage import UsageEvent
 
 
 class BillingPipeline:
-    def __init__(self, store: Store, settings: GatewaySettings, pricing: PricingRegistry | None = None) -> None:
+    def __init__(self, store: BillingStore, settings: GatewaySettings, pricing: PricingRegistry | None = None) -> None:
         self.store = store
         self.metrics = BillingMetrics()
         self.pricing = pricing or PricingRegistry(pins=settings.price_as)

@@ -10,18 +10,19 @@ changes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.billing.rows import quote_usage
+from plano_fast.periodic import Periodic
 from plano_fast.pricing import ModelPrice, PricingRegistry
-from plano_fast.store import (
+from plano_fast.store.base import BillingStore
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PRICED,
     PRICE_STATUS_UNKNOWN,
     CustomPrice,
     PriceResult,
-    Store,
 )
 
 log = logging.getLogger("plano_fast.billing")
@@ -42,7 +43,7 @@ def model_price_of(price: CustomPrice) -> ModelPrice:
 class PriceCalculator:
     def __init__(
         self,
-        store: Store,
+        store: BillingStore,
         pricing: PricingRegistry,
         metrics: BillingMetrics,
         *,
@@ -55,29 +56,24 @@ class PriceCalculator:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self._custom_signature: tuple[tuple[object, ...], ...] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "price-calculator", self.run_once, lambda: self.interval_s, on_error=self._cycle_failed
+        )
 
     async def start(self) -> None:
         try:
             await self.reload_custom_prices()
         except Exception as exc:  # noqa: BLE001 - the loop retries
             log.warning("custom prices not loaded yet: %s", type(exc).__name__)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="price-calculator")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - logged, counted, retried next cycle
-                self.metrics.price_failures += 1
-                log.warning("pricing cycle failed: %s", type(exc).__name__)
+    def _cycle_failed(self, exc: Exception) -> None:
+        # logged, counted, retried next cycle
+        self.metrics.price_failures += 1
+        log.warning("pricing cycle failed: %s", type(exc).__name__)
 
     async def reload_custom_prices(self) -> bool:
         """Swap store-defined prices into the registry; True when they changed."""
@@ -115,11 +111,7 @@ class PriceCalculator:
                 quote = None
                 if row.model is not None and row.status != "usage_missing":
                     # rows are in the row convention: one formula for every provider
-                    quote = self.pricing.quote_counts(
-                        row.provider, row.model, row.project_id, row.input_tokens,
-                        row.output_tokens, row.cache_read_tokens, row.cache_write_tokens,
-                        row.cache_write_1h_tokens, row.audio_input_tokens, row.audio_output_tokens,
-                    )  # fmt: skip
+                    quote = quote_usage(self.pricing, row, row.model)
                 if quote is None:
                     self.metrics.rows_unpriced_unknown += 1
                     results.append((row.row_id, None, PRICE_STATUS_UNKNOWN))

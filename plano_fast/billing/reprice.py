@@ -26,14 +26,11 @@ from dataclasses import dataclass, replace
 
 from plano_fast import scan
 from plano_fast.billing.pricer import model_price_of
+from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import (
-    PRICE_STATUS_PARTIAL,
-    PRICE_STATUS_PRICED,
-    Store,
-    UsageRow,
-    open_store,
-)
+from plano_fast.store import open_store
+from plano_fast.store.base import BillingStore, UsageStore
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.usage import STATUS_NOT_BILLABLE, USAGE_API_NUMBERS
 
 DEFAULT_PAGE_ROWS = 2_000
@@ -89,11 +86,7 @@ def reprice_row(pricing: PricingRegistry, row: UsageRow) -> tuple[UsageRow, bool
     new = row if derived is None else derived
     if derived is None and not _carries_usage(row):
         return row, False
-    quote = pricing.quote_counts(
-        new.provider, new.model or "", new.project_id, new.input_tokens, new.output_tokens,
-        new.cache_read_tokens, new.cache_write_tokens, new.cache_write_1h_tokens,
-        new.audio_input_tokens, new.audio_output_tokens,
-    )  # fmt: skip
+    quote = quote_usage(pricing, new, new.model or "")
     if quote is not None:
         new = replace(
             new,
@@ -119,7 +112,7 @@ def _same(a: UsageRow, b: UsageRow) -> bool:
     )  # fmt: skip
 
 
-async def load_pricing(store: Store, pins: Mapping[str, str] | None = None) -> PricingRegistry:
+async def load_pricing(store: BillingStore, pins: Mapping[str, str] | None = None) -> PricingRegistry:
     """The bundled table, the config's pins and the store's custom prices."""
     pricing = PricingRegistry(pins=pins)
     prices = await store.list_custom_prices()
@@ -131,7 +124,7 @@ async def load_pricing(store: Store, pins: Mapping[str, str] | None = None) -> P
 
 
 async def reprice(
-    store: Store,
+    store: UsageStore,
     pricing: PricingRegistry,
     *,
     page_rows: int = DEFAULT_PAGE_ROWS,

@@ -15,7 +15,6 @@ says which server-side key to use.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import logging
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 from plano_fast.config import GatewayConfig, ModelProvider
 from plano_fast.managed.crypto import KeyCipher
+from plano_fast.periodic import Periodic
 from plano_fast.providers import AUTH_BEARER, PROVIDERS, WIRE_ANTHROPIC, auth_headers_for
 from plano_fast.store import Pipe, ProviderKey, ProxyToken, SpendingLimit, Store
 
@@ -97,7 +97,9 @@ class ManagedState:
         #: (scope_kind, scope_id) -> that scope's active hard limits
         self.hard_limits: dict[tuple[str, str], list[SpendingLimit]] = {}
         self._last_used: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "managed-state", self.reload, lambda: self.reload_interval_s, on_error=self._reload_failed
+        )
 
     # -- hot path ---------------------------------------------------------------------
     def lookup(self, token_sha256: str, now_ns: int) -> ProxyToken | None:
@@ -180,21 +182,15 @@ class ManagedState:
             await self.reload()
         except Exception as exc:  # noqa: BLE001 - not ready: requests get 503
             log.warning("managed state not loaded yet: %s", type(exc).__name__)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="managed-state")
+        self._loop.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval_s)
-            try:
-                await self.reload()
-            except Exception as exc:  # noqa: BLE001 - keep the last good state
-                log.warning("managed state reload failed: %s", type(exc).__name__)
+    @staticmethod
+    def _reload_failed(exc: Exception) -> None:
+        # keep the last good state
+        log.warning("managed state reload failed: %s", type(exc).__name__)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         if self._last_used:
             try:
                 await self.store.touch_proxy_tokens(self._last_used)

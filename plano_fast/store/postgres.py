@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from plano_fast.store import (
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
     PRICE_STATUS_PRICED,
@@ -32,21 +32,25 @@ from plano_fast.store import (
     BudgetTarget,
     InvalidValue,
     MissingReference,
+    PriceResult,
     Reservation,
+    StoreError,
+    UsageRow,
+)
+from plano_fast.store.sql import (
+    USAGE_COLUMN_TYPES,
+    USAGE_WRITE_COLUMNS,
     Row,
     SqlStore,
     Stmt,
-    StoreError,
-    UsageRow,
     check_targets,
-    new_id,
-    PriceResult,
+    normalize_usage,
     price_result_entry,
     reprice_deltas,
     reprice_values,
-    normalize_usage,
     written_price_status,
 )
+from plano_fast.store.times import new_id
 
 T = TypeVar("T")
 
@@ -96,14 +100,9 @@ bump AS (
 )"""
 
 
-_USAGE_COLUMNS = (
-    "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-    "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
-    "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
-    "usage_api", "usage_raw", "price_entry",
-)  # fmt: skip
+_USAGE_COLUMNS = USAGE_WRITE_COLUMNS
 _USAGE_COLUMN_LIST = ", ".join(_USAGE_COLUMNS)
+_USAGE_WIDTH = len(_USAGE_COLUMNS)
 
 _INSERT_AND_COUNT = f"""
 ins AS (
@@ -124,18 +123,12 @@ _WRITE_USAGE = (
     """
 WITH input AS (
     SELECT * FROM unnest(
-        $1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
-        $14::boolean[], $15::text[], $16::integer[], $17::boolean[], $18::bigint[],
-        $19::bigint[], $20::text[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[],
-        $25::text[], $26::text[], $27::text[]
-    ) AS r(request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model,
-           input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
-           streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status,
-           tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
-           usage_api, usage_raw, price_entry)
+        """
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))
+    + f"""
+    ) AS r({_USAGE_COLUMN_LIST})
 ),"""
-    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$28"))
+    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}"))
 )
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
@@ -143,13 +136,7 @@ WITH input AS (
 _STAGING = "plano_usage_staging"
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
-    request_id text, time_ns bigint, project_id text, user_id text, key_hash text, token_id text,
-    provider text, model text, input_tokens bigint, output_tokens bigint,
-    cache_read_tokens bigint, cache_write_tokens bigint, reasoning_tokens bigint,
-    streaming boolean, status text, http_status integer, priced boolean, cost_nano_usd bigint,
-    duration_us bigint, price_status text, tool_use_prompt_tokens bigint,
-    cache_write_1h_tokens bigint, audio_input_tokens bigint, audio_output_tokens bigint,
-    usage_api text, usage_raw text, price_entry text
+    {", ".join(f"{column} {type_}" for column, type_ in USAGE_COLUMN_TYPES.items())}
 ) ON COMMIT DELETE ROWS
 """
 _WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))

@@ -38,35 +38,38 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from plano_fast.store import (
-    PRICE_STATUS_PENDING,
+from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
+    PRICE_STATUS_PENDING,
     PRICE_STATUS_PRICED,
     AlreadyExists,
     BudgetTarget,
     CounterKey,
-    DaySums,
     InvalidValue,
     MissingReference,
+    PriceResult,
     Reservation,
+    StoreError,
+    UsageRow,
+)
+from plano_fast.store.sql import (
+    REPRICE_COLUMNS,
+    USAGE_WRITE_COLUMNS,
+    DaySums,
     Row,
     SqlStore,
     Stmt,
-    StoreError,
-    UsageRow,
     add_day_sums,
     check_targets,
-    REPRICE_COLUMNS,
     counter_deltas,
     deltas_of_day_sums,
+    normalize_usage,
+    price_result_entry,
     reprice_deltas,
     reprice_values,
-    new_id,
-    normalize_usage,
     written_price_status,
-    PriceResult,
-    price_result_entry,
 )
+from plano_fast.store.times import new_id
 
 T = TypeVar("T")
 
@@ -87,13 +90,9 @@ CHECKPOINT_INTERVAL_S = 1.0
 _NONE_TO_NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NULL.get)
 
-_USAGE_WIDTH = 27
+_USAGE_WIDTH = len(USAGE_WRITE_COLUMNS)
 _INSERT_USAGE = (
-    "INSERT INTO usage_log (request_id, time_ns, project_id, user_id, key_hash, token_id, "
-    "provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-    "reasoning_tokens, streaming, status, http_status, priced, cost_nano_usd, duration_us, "
-    "price_status, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, "
-    "audio_output_tokens, usage_api, usage_raw, price_entry) VALUES ("
+    f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS)}) VALUES ("
     + ", ".join("?" * _USAGE_WIDTH)
     + ") ON CONFLICT (request_id) DO NOTHING"
 )

@@ -26,7 +26,7 @@ import logging
 import time
 
 from plano_fast import scan
-from plano_fast.billing.flusher import row_of_event
+from plano_fast.billing.rows import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
 from plano_fast.gateway.phases import client_headers, guard, refuse_background

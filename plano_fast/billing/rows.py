@@ -1,0 +1,131 @@
+"""Usage event -> usage row, and what a usage costs: the one home of both.
+
+The request path hands the billing pipeline ``UsageEvent``s (``plano_fast.usage``); the
+store takes ``UsageRow``s.  Between the two, an event is priced here (``quote_event``:
+free statuses, missing usage, then the pricing registry) and becomes a row through the
+one constructor, ``UsageRow.from_event``.  The flusher (``rows_of_events``, a slice of
+events per call), managed mode's synchronous settlement (``row_of_event``) and the late
+pricers (``quote_usage`` on stored rows: ``PriceCalculator``, ``usage reprice``) all go
+through these functions, so a new usage column is priced and carried in one place.
+
+Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
+per managed request; neither builds a dict or an intermediate object beyond the ``Quote``.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from typing import Final, Protocol
+
+from plano_fast.pricing import PricingRegistry, Quote
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+
+_FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
+
+_FREE: Final = Quote(0, False, "")
+
+
+class Counted(Protocol):
+    """What pricing reads of a usage: a ``UsageEvent`` and a ``UsageRow`` both are one."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def project_id(self) -> str | None: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+    @property
+    def cache_write_1h_tokens(self) -> int: ...
+    @property
+    def audio_input_tokens(self) -> int: ...
+    @property
+    def audio_output_tokens(self) -> int: ...
+
+
+def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote | None:
+    """The registry's quote for ``usage``'s token counts as ``model`` (None: no price).
+    The one place the priced count columns are listed."""
+    return pricing.quote_counts(
+        usage.provider, model, usage.project_id, usage.input_tokens, usage.output_tokens,
+        usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens,
+        usage.audio_input_tokens, usage.audio_output_tokens,
+    )  # fmt: skip
+
+
+def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
+    """What one event costs (nano-USD, partial flag, price entry), or None when it cannot
+    be priced."""
+    if event.status in _FREE_STATUSES:
+        return _FREE
+    if not event.has_usage:
+        # A provider error or a failed connection bills nothing; a successful response
+        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
+        # it stays unpriced and visible, never silently zero.
+        return _FREE if event.http_status >= 400 else None
+    model = event.model
+    if model is None:
+        return None
+    # quote_usage's call, inlined (one frame less per event on the drain)
+    return pricing.quote_counts(
+        event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
+        event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
+        event.audio_input_tokens, event.audio_output_tokens,
+    )  # fmt: skip
+
+
+def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
+    """Cost of one event in nano-USD, or None when it cannot be priced."""
+    quote = quote_event(pricing, event)
+    return None if quote is None else quote.cost_nano_usd
+
+
+def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
+    """The usage row of one event, priced when it can be (status and price entry set)."""
+    quote = quote_event(pricing, event)
+    if quote is None:
+        return _from_event(event)
+    return _from_event(
+        event,
+        cost_nano_usd=quote.cost_nano_usd,
+        price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
+        price_entry=quote.entry or None,
+    )
+
+
+_from_event: Final = UsageRow.from_event  # bound once (a lookup and a method object less per call)
+
+
+def rows_of_events(
+    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
+) -> int:
+    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
+    how many rows are unpriced.  The flusher's loop: the same two calls per event as
+    ``row_of_event``, with the lookups hoisted."""
+    unpriced = 0
+    append = out.append
+    from_event = _from_event
+    quote_of = quote_event
+    for e in events:
+        quote = quote_of(pricing, e)
+        if quote is None:
+            unpriced += 1
+            append(from_event(e))
+        else:
+            append(
+                from_event(
+                    e,
+                    cost_nano_usd=quote.cost_nano_usd,
+                    price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
+                    price_entry=quote.entry or None,
+                )
+            )
+    return unpriced
