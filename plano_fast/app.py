@@ -260,7 +260,9 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
-        self.ctx.responses_state = store_from_config(self.config.raw)
+        self.ctx.responses_state = store_from_config(
+            self.config.raw, sqlite_path=settings.sqlite_path, database_url=settings.database_url
+        )
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
@@ -461,6 +463,8 @@ class Gateway:
                 await self.ctx.ratelimits.backend.close()
             if self.ctx.preference is not None:
                 await self.ctx.preference.close()
+            if self.ctx.responses_state is not None:
+                await self.ctx.responses_state.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
@@ -600,12 +604,10 @@ class Gateway:
             and request.method in (b"GET", b"DELETE")
         ):  # a stored conversation's answer (state_storage): read or delete it
             owner = read_client_headers(request.headers, request.query).credential
-            status, body = stored_response_answer(
+            return stored_response_answer(
                 state, request.method, path[14:].decode("latin-1"),
-                key_hash(owner.secret) if owner is not None else "",
+                key_hash(owner.secret) if owner is not None else "", responder,
             )
-            responder.send_simple(status, body)
-            return None
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
             return None
