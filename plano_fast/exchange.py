@@ -877,10 +877,15 @@ class Exchange:
         )  # fmt: skip
 
 
+#: characters of a model name sent as they are in x-plano-requested-model (others %-escaped)
+_MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
+
+
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt", "prior")
+    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt", "prior",
+                 "requested_model")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -899,6 +904,8 @@ class ConfigExchange(Exchange):
         self.next_attempt: tuple[int, float] | None = None
         #: the conversation previous_response_id names, read from a shared state store
         self.prior: StoredResponse | None = None
+        #: converted exchanges: the model name the client asked for (x-plano-requested-model)
+        self.requested_model = ""
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
@@ -1209,11 +1216,12 @@ class ConfigExchange(Exchange):
         self.scan_api = SCAN_API_FOR_WIRE[target]
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
         self.conversion = Conversion(
-            target, source, fields.model or model or "", fields.stream,
+            target, source, model or fields.model or "", fields.stream,
             include_usage=fields.include_usage is True,
             request=doc if source == "responses" else None,
             on_response=turn.record if turn is not None else None,
         )
+        self.requested_model = fields.model or ""
         if turn is not None:
             turn.model, turn.provider = model or "", provider.name
         auth = None
@@ -1262,6 +1270,8 @@ class ConfigExchange(Exchange):
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)
         headers = self.client_headers(head)
+        # The answer names the model the provider served; the name asked for stays here.
+        headers.append((b"x-plano-requested-model", quote(self.requested_model, safe=_MODEL_SAFE).encode()))
         if self.guard_warning:
             headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
         conversion.head(self.responder, status, headers)

@@ -131,6 +131,7 @@ def test_five_turns_alternating_processes(pair: Pair, fake: FakeProviderThread, 
             history = upstream_history(fake, model)
             assert history == expected_history(model, history[0][0], k)
             previous = resp.id
+    assert previous is not None
     row = pair.row(previous)
     assert row is not None
     assert row["owner"] == key_hash(b"sk-alice") and row["provider"]
