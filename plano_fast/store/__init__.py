@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 if TYPE_CHECKING:
     from plano_fast.usage import UsageEvent
 
-REQUIRED_SCHEMA_VERSION: Final = 3
+REQUIRED_SCHEMA_VERSION: Final = 5
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 SCOPE_KINDS: Final = ("project", "user", "key")
