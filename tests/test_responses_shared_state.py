@@ -242,6 +242,15 @@ def test_sqlite_store_owner_ttl_cap(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_sqlite_store_big_rows_on_its_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import plano_fast.responses_store as rs
+
+    monkeypatch.setattr(rs, "LOOP_ROW_BYTES", 10)  # every row goes to the thread
+    store = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=0.3, max_conversation_bytes=500,
+                                miss_grace_s=0.0)
+    asyncio.run(_exercise(store))
+
+
 def test_postgres_store_owner_ttl_cap(pg_dsn: str) -> None:
     store = PostgresResponseStore(pg_dsn, ttl_s=0.3, max_conversation_bytes=500, miss_grace_s=0.0)
     asyncio.run(_exercise(store))
