@@ -19,14 +19,17 @@ server-side key for every project it would not know whose conversation an id is.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from plano_fast.convert._common import dumps, loads
-from plano_fast.errors import NotFound, ServiceUnavailable
+from plano_fast.errors import NotFound, ServiceUnavailable, Unauthorized
+from plano_fast.exchange import key_hash
+from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, token_hash
 from plano_fast.responses_state import ResponseStore, Turn, begin_turn
 from plano_fast.responses_store import StateUnavailable
 
-__all__ = ["ManagedTurn", "expand_managed", "managed_owner"]
+__all__ = ["ManagedTurn", "expand_managed", "managed_owner", "owner_of"]
 
 #: answers bigger than this are not kept for the state (the relay is unaffected)
 MAX_RECORDED_BYTES = 16 * 1024 * 1024
@@ -34,6 +37,18 @@ MAX_RECORDED_BYTES = 16 * 1024 * 1024
 
 def managed_owner(project_id: str | None, user_id: str | None) -> str:
     return f"managed:{project_id or ''}:{user_id or ''}"
+
+
+def owner_of(managed: ManagedState | None, secret: bytes) -> str:
+    """The owner of the conversations a credential reaches (GET / DELETE
+    ``/v1/responses/{id}``): an ``xproxy_`` token's project and user in managed mode (a
+    revoked, expired or unknown token is a 401), else the key's hash (config mode)."""
+    if managed is None or not secret.startswith(TOKEN_PREFIX.encode()):
+        return key_hash(secret)
+    token = managed.lookup(token_hash(secret), time.time_ns()) if managed.ready else None
+    if token is None:
+        raise Unauthorized("this token is invalid, revoked or expired")
+    return managed_owner(token.project_id, token.user_id)
 
 
 class ManagedTurn:

@@ -133,3 +133,24 @@ def test_history_is_expanded_stored_and_owned(gateway: Callable[..., Any], fake:
     conn.close()
     assert previous in ids and off["id"] not in ids
     assert owners == {f"managed:{alice.project_id}:{alice.user_id}"}
+    # GET / DELETE /v1/responses/{id}: the owner's only
+    assert call(gw, bob.token, "GET", previous)[0] == 404
+    assert call(gw, bob.token, "DELETE", previous)[0] == 404
+    status, got = call(gw, alice.token, "GET", previous)
+    assert status == 200 and got["id"] == previous and got["status"] == "completed"
+    assert call(gw, "xproxy_not_a_token", "GET", previous)[0] == 401
+    status, gone = call(gw, alice.token, "DELETE", previous)
+    assert status == 200 and gone == {"id": previous, "object": "response", "deleted": True}
+    assert call(gw, alice.token, "GET", previous)[0] == 404
+    status, _ = post(gw, alice.token, {"model": "gpt-4o-mini", "input": "x", "previous_response_id": previous})
+    assert status == 404
+
+
+def call(gw: GatewayProcess, token: str, method: str, rid: str) -> tuple[int, Any]:
+    req = urllib.request.Request(f"{gw.url}/v1/responses/{rid}", method=method,
+                                 headers={"authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
