@@ -57,6 +57,7 @@ from plano_fast.managed.exchange import ManagedContext, ManagedExchange
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router, UnknownModel
+from plano_fast.responses_managed import owner_of
 from plano_fast.responses_state import store_from_config, stored_response_answer
 from plano_fast.store import SchemaTooOld, Store, open_store
 from plano_fast.store.migrate import prepare_schema
@@ -260,7 +261,9 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
-        self.ctx.responses_state = store_from_config(self.config.raw)
+        self.ctx.responses_state = store_from_config(
+            self.config.raw, sqlite_path=settings.sqlite_path, database_url=settings.database_url
+        )
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
@@ -461,6 +464,8 @@ class Gateway:
                 await self.ctx.ratelimits.backend.close()
             if self.ctx.preference is not None:
                 await self.ctx.preference.close()
+            if self.ctx.responses_state is not None:
+                await self.ctx.responses_state.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
@@ -563,6 +568,8 @@ class Gateway:
                 # Managed mode forwards its exact endpoints only; a token never goes on to
                 # config-mode routing (where a passthrough provider would see it).
                 endpoint = _ENDPOINTS.get(request.path)
+                if endpoint is None and self._stored_response_path(request):
+                    return self._stored_response(request, responder)
                 if endpoint is None:
                     raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
                 if request.method != b"POST":
@@ -593,19 +600,8 @@ class Gateway:
                 self._trace(forwarded)
             return forwarded.start()
         path = request.path
-        state = self.ctx.responses_state
-        if (
-            state is not None
-            and path.startswith(b"/v1/responses/")
-            and request.method in (b"GET", b"DELETE")
-        ):  # a stored conversation's answer (state_storage): read or delete it
-            owner = read_client_headers(request.headers, request.query).credential
-            status, body = stored_response_answer(
-                state, request.method, path[14:].decode("latin-1"),
-                key_hash(owner.secret) if owner is not None else "",
-            )
-            responder.send_simple(status, body)
-            return None
+        if self._stored_response_path(request):
+            return self._stored_response(request, responder)
         if path in (b"/healthz", b"/health"):
             responder.send_simple(200, b'{"status":"ok"}')
             return None
@@ -616,6 +612,22 @@ class Gateway:
             return None
         raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
+
+    def _stored_response_path(self, request: Request) -> bool:
+        return (self.ctx.responses_state is not None and request.path.startswith(b"/v1/responses/")
+                and request.method in (b"GET", b"DELETE"))
+
+    def _stored_response(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
+        """A stored conversation's answer (state_storage): read or delete it."""
+        state = self.ctx.responses_state
+        assert state is not None
+        owner = read_client_headers(request.headers, request.query).credential
+        return stored_response_answer(
+            state, request.method, request.path[14:].decode("latin-1"),
+            "" if owner is None else owner_of(
+                self.managed.state if self.managed is not None else None, owner.secret
+            ), responder,
+        )
 
     async def _routing_decision(self, request: Request, responder: Responder, api: str) -> None:
         """``POST /routing/v1/{chat/completions,messages,responses}``: the ranked models

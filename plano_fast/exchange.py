@@ -47,7 +47,15 @@ from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_membe
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
-from plano_fast.responses_state import ConversationNotFound, MemoryResponseStore, Turn, begin_turn
+from plano_fast.responses_state import (
+    ConversationNotFound,
+    ResponseStore,
+    StoredResponse,
+    Turn,
+    begin_turn,
+    needs_prefetch,
+    prefetch,
+)
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.routing import Route, UnknownModel
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -320,7 +328,7 @@ class ExchangeContext:
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
         #: Plano's state_storage: conversations of converted Responses requests
-        self.responses_state: MemoryResponseStore | None = None
+        self.responses_state: ResponseStore | None = None
         #: preference routing (plano_fast.preference_routing), None when not configured
         self.preference: PreferenceRouter | None = None
 
@@ -869,10 +877,15 @@ class Exchange:
         )  # fmt: skip
 
 
+#: characters of a model name sent as they are in x-plano-requested-model (others %-escaped)
+_MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
+
+
 class ConfigExchange(Exchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
 
-    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt")
+    __slots__ = ("endpoint", "provider", "conversion", "fields", "plan", "swallow", "next_attempt", "prior",
+                 "requested_model")
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -889,6 +902,10 @@ class ConfigExchange(Exchange):
         self.swallow = False
         #: (target index, seconds to wait) of the attempt that follows a swallowed one
         self.next_attempt: tuple[int, float] | None = None
+        #: the conversation previous_response_id names, read from a shared state store
+        self.prior: StoredResponse | None = None
+        #: converted exchanges: the model name the client asked for (x-plano-requested-model)
+        self.requested_model = ""
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
@@ -905,6 +922,21 @@ class ConfigExchange(Exchange):
             self._count_tokens_locally()
             return None
         self.fields = fields
+        state = self.ctx.responses_state
+        if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
+                and (self.ctx.preference is not None or converts(RESPONSES, provider))):
+            return self._with_history(state, route)
+        return self._route(route)
+
+    async def _with_history(self, state: ResponseStore, route: Route) -> None:
+        """Read the conversation ``previous_response_id`` names (shared state store) first."""
+        self.prior = await prefetch(state, self.request.body, caller_key_hash(self) or "")
+        pending = self._route(route)
+        if pending is not None:
+            await pending
+
+    def _route(self, route: Route) -> Coroutine[Any, Any, None] | None:
+        request, fields = self.request, self.fields
         preference = self.ctx.preference
         if preference is not None and self.endpoint is not COUNT_TOKENS:
             pinned = preference.pinned_decision(request)
@@ -1184,11 +1216,12 @@ class ConfigExchange(Exchange):
         self.scan_api = SCAN_API_FOR_WIRE[target]
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
         self.conversion = Conversion(
-            target, source, fields.model or model or "", fields.stream,
+            target, source, model or fields.model or "", fields.stream,
             include_usage=fields.include_usage is True,
             request=doc if source == "responses" else None,
             on_response=turn.record if turn is not None else None,
         )
+        self.requested_model = fields.model or ""
         if turn is not None:
             turn.model, turn.provider = model or "", provider.name
         auth = None
@@ -1208,7 +1241,7 @@ class ConfigExchange(Exchange):
         if state is None:
             return {**doc, "store": False}, None
         try:
-            return begin_turn(doc, state, self.key_hash or "")
+            return begin_turn(doc, state, self.key_hash or "", self.prior)
         except ConversationNotFound:
             raise NotFound(
                 f"previous_response_id '{doc.get('previous_response_id')}' not found"
@@ -1237,6 +1270,8 @@ class ConfigExchange(Exchange):
         if status >= 400 and self.scanner is not None:
             self.scanner = scan.UsageScanner(self.scan_api, False, False)
         headers = self.client_headers(head)
+        # The answer names the model the provider served; the name asked for stays here.
+        headers.append((b"x-plano-requested-model", quote(self.requested_model, safe=_MODEL_SAFE).encode()))
         if self.guard_warning:
             headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
         conversion.head(self.responder, status, headers)

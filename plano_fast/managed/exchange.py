@@ -49,6 +49,7 @@ from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
 from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import (
     BudgetTarget,
     Reservation,
@@ -237,6 +238,7 @@ class ManagedExchange(Exchange):
         "final_event",
         "user_id",
         "token_id",
+        "state_turn",
     )
 
     def __init__(
@@ -262,6 +264,8 @@ class ManagedExchange(Exchange):
         self.final_event: UsageEvent | None = None
         self.user_id: str | None = None
         self.token_id: str | None = None
+        #: state_storage: records the Responses answer (plano_fast.responses_managed)
+        self.state_turn: ManagedTurn | None = None
 
     # -- phases -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -301,6 +305,11 @@ class ManagedExchange(Exchange):
         self.token_id = token.id
         self.streaming = fields.stream
         body = request.body
+        if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
+            # previous_response_id expanded before the reservation: it counts the history
+            body, self.state_turn = await expand_managed(
+                self.ctx.responses_state, body, managed_owner(token.project_id, token.user_id), fields.stream
+            )
         max_out = fields.max_output_tokens
         if max_out is None:
             max_out = self.mctx.max_output_tokens
@@ -452,6 +461,8 @@ class ManagedExchange(Exchange):
 
     def on_upstream_body(self, data: bytes) -> None:
         if not self.swallow:
+            if self.state_turn is not None:
+                self.state_turn.feed(data)
             super().on_upstream_body(data)
 
     def on_upstream_complete(self) -> None:
@@ -548,6 +559,8 @@ class ManagedExchange(Exchange):
         else:
             # Shielded: a client leaving now must not cancel the settlement.
             await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
+        if self.state_turn is not None:
+            self.state_turn.complete(self.status, self.model, self.provider_id)
         if self.held:
             self.responder.send_body(self.held)
             self.held = b""
