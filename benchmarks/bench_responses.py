@@ -13,9 +13,13 @@ and the median reported.  The kinds:
 * ``chat->messages``:   /v1/chat/completions -> Anthropic (the existing conversion)
 * ``responses->messages``: /v1/responses -> Anthropic
 
-each JSON and streamed (8 content events, the fake provider's default).
+each JSON and streamed (8 content events, the fake provider's default).  With ``--state
+TYPE`` (``memory``, ``sqlite``; Plano's ``state_storage``) every Responses answer is stored,
+and one more kind continues a stored one-turn conversation:
 
-    .venv/bin/python -m benchmarks.bench_responses [--requests 2000] [--rounds 3]
+* ``responses->chat turn 2``: ``previous_response_id`` read, expanded, converted, stored
+
+    .venv/bin/python -m benchmarks.bench_responses [--requests 2000] [--rounds 3] [--state sqlite]
 """
 
 from __future__ import annotations
@@ -67,19 +71,36 @@ def run(conn: http.client.HTTPConnection, path: str, body: bytes, n: int) -> Non
             raise RuntimeError(f"{path}: {resp.status} {data[:300]!r}")
 
 
+def _first_id(conn: http.client.HTTPConnection) -> str:
+    body = json.dumps({"model": "deepseek-chat", "input": PROMPT, "max_output_tokens": 200}).encode()
+    conn.request("POST", "/v1/responses", body, {"content-type": "application/json", "authorization": "Bearer sk-c"})
+    resp = conn.getresponse()
+    rid: str = json.loads(resp.read())["id"]
+    return rid
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--state", choices=("memory", "sqlite"), default=None,
+                    help="state_storage type (default: none)")
     args = ap.parse_args()
     with FakeProviderThread(record=False) as fake, tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp) / "plano_config.yaml", fake.port, extra_providers=EXTRA.format(port=fake.port))
+        if args.state:
+            config.write_text(config.read_text() + f"state_storage:\n  type: {args.state}\n")
         with GatewayProcess(config) as gw:
             pids = proc_tree(gw.proc.pid)
             conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
             results: dict[str, float] = {}
             for stream in (False, True):
-                for name, (path, doc) in kinds(stream).items():
+                todo = kinds(stream)
+                if args.state:
+                    first = _first_id(conn)
+                    path, doc = todo["responses->chat"]
+                    todo["responses->chat turn 2"] = (path, {**doc, "previous_response_id": first})
+                for name, (path, doc) in todo.items():
                     body = json.dumps(doc).encode()
                     run(conn, path, body, 200)  # warm up
                     samples = []

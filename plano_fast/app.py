@@ -212,7 +212,9 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
-        self.ctx.responses_state = store_from_config(self.config.raw)
+        self.ctx.responses_state = store_from_config(
+            self.config.raw, sqlite_path=settings.sqlite_path, database_url=settings.database_url
+        )
         if settings.access_log is not None:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
@@ -413,6 +415,8 @@ class Gateway:
                 await self.ctx.ratelimits.backend.close()
             if self.ctx.preference is not None:
                 await self.ctx.preference.close()
+            if self.ctx.responses_state is not None:
+                await self.ctx.responses_state.close()
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 

@@ -17,9 +17,12 @@ a responses endpoint keep the passthrough: their ``previous_response_id`` goes t
   (default 10 000, least recently stored evicted first) and ``max_conversation_bytes``
   (default 4 MiB of JSON per stored conversation; a longer one is not stored) bound memory.
 * The memory store is per process: with several workers, a follow-up may reach a worker
-  that never saw the first turn (404).  A shared (SQLite/PostgreSQL) store is not built yet:
-  ``type: postgres`` logs a warning and leaves state off (``previous_response_id`` stays a
-  400 for converted providers) rather than pretending with a per-process memory.
+  that never saw the first turn (404).  ``type: sqlite``, ``postgres`` (Plano's, with its
+  ``connection_string``) and ``store`` (the gateway's own database) share the state across
+  workers and gateway processes: ``plano_fast.responses_store``.
+* Every store answers ``fetch`` (async; the history is read before the request is
+  converted, ``ConfigExchange.start``), ``put`` (the write starts at once and never blocks
+  the event loop), ``remove`` and ``close``.
 """
 
 from __future__ import annotations
@@ -29,12 +32,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
-from plano_fast.convert._common import dumps
+from plano_fast.convert._common import dumps, loads
+
+if TYPE_CHECKING:
+    from plano_fast.http_server import Responder
+    from plano_fast.responses_store import SharedResponseStore
 
 __all__ = [
     "ConversationNotFound",
+    "ResponseStore",
+    "needs_prefetch",
+    "prefetch",
     "MemoryResponseStore",
     "StoredResponse",
     "Turn",
@@ -114,6 +124,22 @@ class MemoryResponseStore:
         del self._entries[response_id]
         return True
 
+    # the interface every store answers (the shared ones in plano_fast.responses_store)
+    async def fetch(self, response_id: str, owner: str) -> StoredResponse | None:
+        try:
+            return self.get(response_id, owner)
+        except ConversationNotFound:
+            return None
+
+    async def remove(self, response_id: str, owner: str) -> bool:
+        return self.delete(response_id, owner)
+
+    async def close(self) -> None:
+        return None
+
+
+ResponseStore = Union[MemoryResponseStore, "SharedResponseStore"]
+
 
 def _as_items(value: object) -> list[Any]:
     if isinstance(value, str):
@@ -127,7 +153,7 @@ class Turn:
 
     __slots__ = ("store", "owner", "items", "model", "provider", "enabled")
 
-    def __init__(self, store: MemoryResponseStore, owner: str, items: list[Any], enabled: bool) -> None:
+    def __init__(self, store: ResponseStore, owner: str, items: list[Any], enabled: bool) -> None:
         self.store = store
         self.owner = owner
         self.items = items
@@ -141,20 +167,58 @@ class Turn:
         if not self.enabled or not isinstance(rid, str) or response.get("status") == "failed":
             return
         output = [item for item in response.get("output") or () if isinstance(item, dict)]
-        self.store.put(StoredResponse(rid, self.owner, self.model, self.provider,
-                                      [*self.items, *output], 0.0, response))
+        entry = StoredResponse(rid, self.owner, self.model, self.provider, [*self.items, *output], 0.0, response)
+        if isinstance(self.store, MemoryResponseStore):
+            self.store.put(entry)
+        else:
+            self.store.put(entry, len(output))
 
 
-def begin_turn(doc: dict[str, Any], store: MemoryResponseStore, owner: str) -> tuple[dict[str, Any], Turn]:
+def needs_prefetch(store: ResponseStore, body: bytes) -> bool:
+    """Whether a converted Responses request must read its history before conversion: a
+    shared store and a body that may name ``previous_response_id`` (or escapes a key)."""
+    return not isinstance(store, MemoryResponseStore) and (
+        body.find(b"previous_response_id") >= 0 or body.find(b"\\u") >= 0
+    )
+
+
+async def prefetch(store: ResponseStore, body: bytes, owner: str) -> StoredResponse | None:
+    """The stored conversation a Responses request body names in ``previous_response_id``
+    (None when it names none, or one this caller has not got: :func:`begin_turn` decides).
+    The state database being away is a 503 (``ServiceUnavailable``)."""
+    from plano_fast.errors import ServiceUnavailable
+    from plano_fast.responses_store import StateUnavailable
+
+    try:
+        doc = loads(body)
+    except ValueError:
+        return None
+    previous = doc.get("previous_response_id") if type(doc) is dict else None
+    if not isinstance(previous, str):
+        return None
+    try:
+        return await store.fetch(previous, owner)
+    except StateUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from None
+
+
+def begin_turn(
+    doc: dict[str, Any], store: ResponseStore, owner: str, prior: StoredResponse | None = None
+) -> tuple[dict[str, Any], Turn]:
     """The request with its ``previous_response_id`` expanded into ``input`` (raises
-    :class:`ConversationNotFound`), and its :class:`Turn`."""
+    :class:`ConversationNotFound`), and its :class:`Turn`.  ``prior``: the conversation
+    :func:`prefetch` read (shared stores); the memory store is read here."""
     items = _as_items(doc.get("input"))
     previous = doc.get("previous_response_id")
     out = dict(doc)
     if previous is not None:
         if not isinstance(previous, str):
             raise ConversationNotFound(str(previous))
-        items = [*store.get(previous, owner).items, *items]
+        if prior is None or prior.id != previous or prior.owner != owner:
+            if not isinstance(store, MemoryResponseStore):
+                raise ConversationNotFound(previous)
+            prior = store.get(previous, owner)
+        items = [*prior.items, *items]
         del out["previous_response_id"]
         out["input"] = items
     enabled = doc.get("store") is not False
@@ -162,37 +226,69 @@ def begin_turn(doc: dict[str, Any], store: MemoryResponseStore, owner: str) -> t
     return out, Turn(store, owner, items, enabled)
 
 
-def stored_response_answer(
-    store: MemoryResponseStore, method: bytes, response_id: str, owner: str
-) -> tuple[int, bytes]:
+async def stored_response_answer(
+    store: ResponseStore, method: bytes, response_id: str, owner: str, responder: Responder
+) -> None:
     """``GET /v1/responses/{id}`` (the stored response object) and ``DELETE`` (OpenAI's
     ``{"id", "object": "response", "deleted": true}``) for this caller's stored
-    conversations: (status, JSON body); 404 for an unknown, expired or foreign id."""
+    conversations, answered on ``responder``; 404 for an unknown, expired or foreign id,
+    503 when the state database is away."""
+    from plano_fast.errors import ServiceUnavailable
+    from plano_fast.responses_store import StateUnavailable
+
     try:
-        entry = store.get(response_id, owner)
-    except ConversationNotFound:
+        status, body = await _stored_answer(store, method, response_id, owner)
+    except StateUnavailable as exc:
+        raise ServiceUnavailable(str(exc)) from None
+    responder.send_simple(status, body)
+
+
+async def _stored_answer(store: ResponseStore, method: bytes, response_id: str, owner: str) -> tuple[int, bytes]:
+    entry = await store.fetch(response_id, owner)
+    if entry is None:
         return 404, dumps({"error": {"message": f"response '{response_id}' not found",
                                      "type": "invalid_request_error", "param": None, "code": "not_found"}})
     if method == b"DELETE":
-        store.delete(response_id, owner)
+        await store.remove(response_id, owner)
         return 200, dumps({"id": response_id, "object": "response", "deleted": True})
     return 200, dumps(entry.response or {"id": response_id, "object": "response"})
 
 
-def store_from_config(raw: dict[str, Any]) -> MemoryResponseStore | None:
+def store_from_config(
+    raw: dict[str, Any], *, sqlite_path: str = "plano_fast.db", database_url: str | None = None
+) -> ResponseStore | None:
     """The store configured by Plano's ``state_storage`` (or ``state_storage_v1_responses``);
-    None without one, or with a type other than ``memory`` (warned)."""
+    None without one, or with an unknown type (warned).  ``sqlite_path`` / ``database_url``:
+    the gateway's own store (types ``sqlite`` and ``store``; ``postgres`` without a
+    ``connection_string``)."""
     spec = raw.get("state_storage") or raw.get("state_storage_v1_responses")
     if not spec:
         return None
     kind = spec.get("type", "memory") if isinstance(spec, dict) else None
-    if kind != "memory":
-        log.warning("state_storage type %r is not supported yet (only 'memory'): conversation "
-                    "state is off", kind)
+    if kind not in ("memory", "sqlite", "postgres", "store"):
+        log.warning("state_storage type %r is not supported (memory, sqlite, postgres, store): "
+                    "conversation state is off", kind)
         return None
     assert isinstance(spec, dict)
-    return MemoryResponseStore(
-        ttl_s=float(spec.get("ttl_s", DEFAULT_TTL_S)),
-        max_entries=int(spec.get("max_entries", DEFAULT_MAX_ENTRIES)),
-        max_conversation_bytes=int(spec.get("max_conversation_bytes", DEFAULT_MAX_CONVERSATION_BYTES)),
-    )
+    ttl_s = float(spec.get("ttl_s", DEFAULT_TTL_S))
+    max_bytes = int(spec.get("max_conversation_bytes", DEFAULT_MAX_CONVERSATION_BYTES))
+    if kind == "memory":
+        return MemoryResponseStore(
+            ttl_s=ttl_s, max_entries=int(spec.get("max_entries", DEFAULT_MAX_ENTRIES)),
+            max_conversation_bytes=max_bytes,
+        )
+    from plano_fast.responses_store import PostgresResponseStore, SqliteResponseStore
+
+    common: dict[str, Any] = {"ttl_s": ttl_s, "max_conversation_bytes": max_bytes,
+                              "sweep_interval_s": float(spec.get("sweep_interval_s", 300.0))}
+    if kind == "store":
+        kind = "postgres" if database_url else "sqlite"
+    if kind == "postgres":
+        dsn = spec.get("connection_string") or database_url
+        if not isinstance(dsn, str) or not dsn:
+            log.warning("state_storage type postgres needs a connection_string (or the gateway's "
+                        "database_url): conversation state is off")
+            return None
+        return PostgresResponseStore(dsn, **common)
+    path = spec.get("path") or sqlite_path
+    return SqliteResponseStore(str(path), **common)

@@ -35,8 +35,6 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("agents", "agent orchestration"),
     ("filters", "input/output filter chains (guardrails as MCP/HTTP services)"),
     ("prompt_guards", "prompt guards (jailbreak guardrail)"),
-    ("state_storage", "conversation state shared by workers and instances (type memory is kept per process; postgres is not built)"),
-    ("state_storage_v1_responses", "conversation state shared by workers and instances (type memory is kept per process; postgres is not built)"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
     ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),

@@ -349,6 +349,8 @@ def test_every_unimplemented_field_is_reported_once_by_path() -> None:
     # preference routing is implemented (issue 23): its sections are not reported
     assert not {"routing_preferences", "routing", "model_providers[0].routing_preferences",
                 "model_providers[0].usage"} & set(paths)
+    # conversation state is implemented (issue 28: memory, sqlite, postgres, store)
+    assert not {"state_storage", "state_storage_v1_responses"} & set(paths)
     assert all(": not implemented by plano_fast: " in line for line in cfg.unimplemented)
     # The deprecated section name is covered by the same rows.
     legacy = parse_config(
@@ -365,20 +367,20 @@ def test_every_plano_top_level_key_is_implemented_or_listed() -> None:
     here or reported as not implemented."""
     implemented = {"version", "listeners", "listener", "model_providers", "llm_providers",
                    "model_aliases", "plano_fast", "overrides", "mode", "ratelimits", "tracing",
-                   "routing_preferences"}  # fmt: skip
+                   "routing_preferences", "state_storage", "state_storage_v1_responses"}  # fmt: skip
     listed = {p.split(".")[0].split("[")[0].split("=")[0] for p, _ in U.FIELDS}
     assert set(_TopIn.model_fields) <= implemented | listed, set(_TopIn.model_fields) - implemented - listed
 
 
 def test_strict_makes_unimplemented_fields_errors(fake: FakeProviderThread, tmp_path: Path) -> None:
     config = write_config(tmp_path / "plano_config.yaml", fake.port)
-    config.write_text(config.read_text() + "state_storage: {type: memory}\n")
+    config.write_text(config.read_text() + "system_prompt: be brief\n")
     lax = run_cli("validate", str(config))
     assert lax.returncode == 0
-    assert f"warning: {config}: state_storage: not implemented by plano_fast" in lax.stderr
+    assert f"warning: {config}: system_prompt: not implemented by plano_fast" in lax.stderr
     strict = run_cli("validate", "--strict", str(config))
     assert_one_line_error(strict, "1 field not implemented (--strict)")
-    assert f"error: {config}: state_storage: not implemented by plano_fast" in strict.stderr
+    assert f"error: {config}: system_prompt: not implemented by plano_fast" in strict.stderr
     assert "(ignored)" in lax.stderr and "(ignored)" not in strict.stderr
     served = run_cli("serve", "--strict", "-c", str(config), "--port", "0")
     assert_one_line_error(served, "1 field not implemented (--strict)")
@@ -386,7 +388,7 @@ def test_strict_makes_unimplemented_fields_errors(fake: FakeProviderThread, tmp_
     # Without --strict the gateway starts and logs the line.
     with GatewayProcess(config) as gw:
         assert healthz(gw.port) == 200
-        assert "state_storage: not implemented by plano_fast" in gw.log_text()
+        assert "system_prompt: not implemented by plano_fast" in gw.log_text()
 
 
 # --------------------------------------------------------------------------- --allow-missing-env

@@ -156,7 +156,7 @@ def test_openai_tool_stream_to_anthropic() -> None:
     msg = check_stream("anthropic", out)
     assert msg["blocks"] == [{"type": "tool_use", "id": "call_ZR5UUuTt3pf61kjwAJIYdVMj", "name": "get_capital",
                               "input": {"country": "UK"}}]
-    assert msg["stop_reason"] == "tool_use" and msg["model"] == "claude-3-5-haiku"
+    assert msg["stop_reason"] == "tool_use" and msg["model"] == "gpt-4o-mini-2024-07-18"  # served
     assert msg["id"] == "msg_Dx0XpqH8w09uBXwq1zFGYdETjtnEl"
     assert msg["usage"]["input_tokens"] == 53 and msg["usage"]["output_tokens"] == 15
     final = sdk_anthropic_stream(out)

@@ -51,8 +51,8 @@ def test_openai_to_anthropic_tools_usage_ids() -> None:
         {"id": "call_2", "type": "function", "function": {"name": "time", "arguments": ""}},
     ]}, "tool_calls")
     out = convert_response(body, "openai", "anthropic", client_model="claude-alias")
-    assert out == {
-        "id": "msg_XYZ", "type": "message", "role": "assistant", "model": "claude-alias",
+    assert out == {  # the model the provider served, not the alias (as Plano reports it)
+        "id": "msg_XYZ", "type": "message", "role": "assistant", "model": "gpt-4o-2024",
         "content": [
             {"type": "thinking", "thinking": "hmm", "signature": ""},
             {"type": "text", "text": "Let me look."},
@@ -83,7 +83,7 @@ def test_openai_to_gemini() -> None:
                                     "role": "model"}, "finishReason": "STOP", "index": 0}],
         "usageMetadata": {"promptTokenCount": 4020, "candidatesTokenCount": 20, "totalTokenCount": 4050,
                           "cachedContentTokenCount": 4000, "thoughtsTokenCount": 10},
-        "modelVersion": "gemini-alias", "responseId": "XYZ",
+        "modelVersion": "gpt-4o-2024", "responseId": "XYZ",
     }
 
 
@@ -112,7 +112,7 @@ def test_anthropic_to_openai() -> None:
     ], "tool_use")
     out = convert_response(body, "anthropic", "openai", client_model="gpt-alias", created=123)
     assert out == {
-        "id": "chatcmpl-01ABC", "object": "chat.completion", "created": 123, "model": "gpt-alias",
+        "id": "chatcmpl-01ABC", "object": "chat.completion", "created": 123, "model": "claude-sonnet-4-5-20250929",
         "choices": [{"index": 0, "message": {
             "role": "assistant", "content": "Checking both.", "refusal": None,
             "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Paris"}'}}],
@@ -206,10 +206,19 @@ def test_gemini_finish_reason_table(reason: str, finish: str) -> None:
     assert out["choices"][0]["finish_reason"] == finish
 
 
-def test_same_format_sets_client_model() -> None:
+def test_the_served_model_is_reported_the_alias_only_without_one() -> None:
     body = anthropic_body([{"type": "text", "text": "x"}])
+    assert convert_response(body, "anthropic", "anthropic", client_model="alias")["model"] == "claude-sonnet-4-5-20250929"
+    assert convert_response(gemini_body([]), "gemini", "gemini", client_model="alias")["modelVersion"] == "gemini-2.5-flash"
+    assert convert_response(body, "anthropic", "responses", client_model="alias")["model"] == "claude-sonnet-4-5-20250929"
+    assert convert_response(gemini_body([]), "gemini", "anthropic", client_model="alias")["model"] == "gemini-2.5-flash"
+    # a provider that names no model: the name the gateway asked it for
+    del body["model"]
     assert convert_response(body, "anthropic", "anthropic", client_model="alias")["model"] == "alias"
-    assert convert_response(gemini_body([]), "gemini", "gemini", client_model="alias")["modelVersion"] == "alias"
+    assert convert_response(body, "anthropic", "openai", client_model="alias")["model"] == "alias"
+    nameless = gemini_body([{"text": "x"}])
+    del nameless["modelVersion"]
+    assert convert_response(nameless, "gemini", "responses", client_model="alias")["model"] == "alias"
 
 
 def test_missing_usage_and_ids() -> None:

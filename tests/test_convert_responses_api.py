@@ -242,7 +242,8 @@ def test_sdk_parses_converted_answers(source: str) -> None:
                            request=ROUND_TRIP)
     resp = sdk_create(out)
     assert (resp.id, resp.object, resp.model, resp.status, resp.created_at) == (
-        "resp_abc", "response", "client-model", "completed", 7)
+        "resp_abc", "response", {"openai": "gpt-x", "anthropic": "claude-x", "gemini": "gemini-x"}[source],
+        "completed", 7)  # the model the provider served
     assert [item.type for item in resp.output] == ["reasoning", "message", "function_call"]
     assert resp.output[0].summary[0].text == "plan"
     assert resp.output_text == "Checking."

@@ -142,7 +142,7 @@ def test_openai_to_anthropic_text_then_parallel_tools() -> None:
     assert msg["blocks"][1] | {} == {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Paris"}}
     assert msg["blocks"][2]["id"] == "call_b" and msg["blocks"][2]["input"] == {"tz": "CET"}
     assert msg["stop_reason"] == "tool_use"
-    assert msg["id"] == "msg_abc123" and msg["model"] == "client-model"
+    assert msg["id"] == "msg_abc123" and msg["model"] == "gpt-4o"  # served, not the client's name
     assert msg["usage"] == {"input_tokens": 60, "cache_creation_input_tokens": 0,
                             "cache_read_input_tokens": 40, "output_tokens": 20}
     assert conv.usage == {"input_tokens": 100, "output_tokens": 20, "cache_read_tokens": 40,
@@ -431,7 +431,7 @@ def test_openai_to_gemini() -> None:
     assert acc["finish"] == "STOP"
     assert acc["usage"] == {"promptTokenCount": 100, "candidatesTokenCount": 15, "totalTokenCount": 120,
                             "cachedContentTokenCount": 40, "thoughtsTokenCount": 5}
-    assert {e["modelVersion"] for e in events} == {"client-model"}
+    assert {e["modelVersion"] for e in events} == {"gpt-4o"}
 
 
 def test_anthropic_to_gemini() -> None:

@@ -20,6 +20,7 @@ from plano_fast.responses_state import (
     begin_turn,
     store_from_config,
 )
+from plano_fast.responses_store import PostgresResponseStore, SqliteResponseStore
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_responses_e2e import EXTRA_PROVIDERS, TOOL_CALL, TOOLS, last
 
@@ -85,7 +86,24 @@ def test_config() -> None:
     assert store_from_config({}) is None
     assert isinstance(store_from_config({"state_storage": {"type": "memory"}}), MemoryResponseStore)
     assert isinstance(store_from_config({"state_storage_v1_responses": {"type": "memory"}}), MemoryResponseStore)
-    assert store_from_config({"state_storage": {"type": "postgres", "connection_string": "x"}}) is None
+    pg = store_from_config({"state_storage": {"type": "postgres", "connection_string": "postgresql://h/d",
+                                              "ttl_s": 60, "max_conversation_bytes": 100}})
+    assert isinstance(pg, PostgresResponseStore) and (pg.dsn, pg.ttl_s, pg.max_conversation_bytes) == (
+        "postgresql://h/d", 60.0, 100)
+    # postgres without a connection string: the gateway's own database, else off
+    assert isinstance(store_from_config({"state_storage": {"type": "postgres"}}, database_url="postgresql://g/d"),
+                      PostgresResponseStore)
+    assert store_from_config({"state_storage": {"type": "postgres"}}) is None
+    # sqlite: its path, else the gateway's sqlite_path; store: the gateway's own database
+    lite = store_from_config({"state_storage": {"type": "sqlite"}}, sqlite_path="/tmp/g.db")
+    assert isinstance(lite, SqliteResponseStore) and lite.path == "/tmp/g.db"
+    lite = store_from_config({"state_storage": {"type": "sqlite", "path": "/tmp/s.db"}}, sqlite_path="/tmp/g.db")
+    assert isinstance(lite, SqliteResponseStore) and lite.path == "/tmp/s.db"
+    assert isinstance(store_from_config({"state_storage": {"type": "store"}}, sqlite_path="/tmp/g.db"),
+                      SqliteResponseStore)
+    own = store_from_config({"state_storage": {"type": "store"}}, database_url="postgresql://g/d")
+    assert isinstance(own, PostgresResponseStore) and own.dsn == "postgresql://g/d"
+    assert store_from_config({"state_storage": {"type": "redis"}}) is None
 
 
 # ---- over sockets ------------------------------------------------------------------------

@@ -75,6 +75,12 @@ class Emitter:
         out.clear()
         return data
 
+    def served(self, model: object) -> None:
+        """The model the provider says it served (its first event): reported from then
+        on instead of the name the client asked for, as Plano does."""
+        if type(model) is str and model:
+            self.model = model
+
     def start(self, upstream_id: object, usage: Usage | None) -> None:
         self.started = True
 

@@ -2,7 +2,8 @@
 
 ``convert_response(body, source, target, client_model=...)``: ``body`` is the provider's
 2xx JSON answer in ``source`` format; the result is what a ``target``-format client
-expects.  The reported model is always ``client_model`` (the name the client asked for);
+expects.  The reported model is the one the provider says it served (its ``model`` /
+``modelVersion``), as Plano reports it; ``client_model`` only when the provider names none;
 ids are derived from the upstream id (``chatcmpl-<core>`` / ``msg_<core>`` where ``<core>``
 is the upstream id without its ``chatcmpl-``/``msg_`` prefix).
 
@@ -283,9 +284,14 @@ def convert_response(
         raise _upstream_unusable(source, "is not a JSON object")
     if source == target:
         out = dict(body)
-        out["modelVersion" if target == "gemini" else "model"] = client_model
+        key = "modelVersion" if target == "gemini" else "model"
+        served = out.get(key)
+        if type(served) is not str or not served:
+            out[key] = client_model
         return out
     resp = _PARSERS[source](body)
+    if type(resp.model) is str and resp.model:
+        client_model = resp.model  # the model the provider served
     if target == "responses":
         return emit_responses(
             resp.parts, resp.stop, resp.usage, resp.id, client_model,

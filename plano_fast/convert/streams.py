@@ -119,6 +119,7 @@ class _OpenAISource(_Source):
         if not self.started:
             self.started = True
             self.upstream_id = obj.get("id")
+            em.served(obj.get("model"))
             em.start(self.upstream_id, None)
         usage = obj.get("usage")
         if type(usage) is not dict:
@@ -273,6 +274,7 @@ class _AnthropicSource(_Source):
             usage = self._merge(message.get("usage"), False)
             if not self.started:
                 self.started = True
+                em.served(message.get("model"))
                 em.start(message.get("id"), usage)
         elif etype == "message_delta":
             usage_obj = obj.get("usage")
@@ -330,6 +332,7 @@ class _GeminiSource(_Source):
         if not self.started:
             self.started = True
             self.response_id = obj.get("responseId")
+            em.served(obj.get("modelVersion"))
             em.start(self.response_id, usage)
         if usage is not None:
             em.set_usage(usage)

@@ -30,6 +30,7 @@ from plano_fast.gateway.modes.managed import ManagedExchange
 from plano_fast.gateway.phases import key_hash
 from plano_fast.gateway.relay import Exchange, new_request_id
 from plano_fast.preference_routing import Decision, decision_body
+from plano_fast.responses_managed import owner_of
 from plano_fast.responses_state import stored_response_answer
 from plano_fast.routing import UnknownModel
 
@@ -91,6 +92,8 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             # Managed mode forwards its exact endpoints only; a token never goes on to
             # config-mode routing (where a passthrough provider would see it).
             endpoint = ENDPOINTS.get(request.path)
+            if endpoint is None and stored_response_path(gw, request):
+                return stored_response(gw, request, responder)
             if endpoint is None:
                 raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
             if request.method != b"POST":
@@ -121,19 +124,8 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             trace(gw, forwarded)
         return forwarded.start()
     path = request.path
-    state = ctx.responses_state
-    if (
-        state is not None
-        and path.startswith(b"/v1/responses/")
-        and request.method in (b"GET", b"DELETE")
-    ):  # a stored conversation's answer (state_storage): read or delete it
-        owner = read_client_headers(request.headers, request.query).credential
-        status, body = stored_response_answer(
-            state, request.method, path[14:].decode("latin-1"),
-            key_hash(owner.secret) if owner is not None else "",
-        )
-        responder.send_simple(status, body)
-        return None
+    if stored_response_path(gw, request):
+        return stored_response(gw, request, responder)
     if path in _HEALTH:
         responder.send_simple(200, b'{"status":"ok"}')
         return None
@@ -143,6 +135,24 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         responder.send_simple(200, gw.models_body)
         return None
     raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
+
+
+def stored_response_path(gw: Gateway, request: Request) -> bool:
+    return (gw.ctx.responses_state is not None and request.path.startswith(b"/v1/responses/")
+            and request.method in (b"GET", b"DELETE"))
+
+
+def stored_response(gw: Gateway, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
+    """A stored conversation's answer (state_storage): read or delete it."""
+    state = gw.ctx.responses_state
+    assert state is not None
+    owner = read_client_headers(request.headers, request.query).credential
+    return stored_response_answer(
+        state, request.method, request.path[14:].decode("latin-1"),
+        "" if owner is None else owner_of(
+            gw.managed.state if gw.managed is not None else None, owner.secret
+        ), responder,
+    )
 
 
 async def routing_decision(gw: Gateway, request: Request, responder: Responder, api: str) -> None:

@@ -34,7 +34,7 @@ from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
-from plano_fast.responses_state import MemoryResponseStore
+from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPolicy
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
@@ -189,7 +189,7 @@ class ExchangeContext:
         #: the DLP floor (plano_fast.guardrails), None when not configured
         self.guardrails: guardrails.Policy | None = None
         #: Plano's state_storage: conversations of converted Responses requests
-        self.responses_state: MemoryResponseStore | None = None
+        self.responses_state: ResponseStore | None = None
         #: preference routing (plano_fast.preference_routing), None when not configured
         self.preference: PreferenceRouter | None = None
 

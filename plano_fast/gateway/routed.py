@@ -31,7 +31,7 @@ from plano_fast.gateway.endpoints import (
 from plano_fast.gateway.phases import caller_key_hash, client_headers
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
-from plano_fast.responses_state import ConversationNotFound, Turn, begin_turn
+from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
 from plano_fast.routing import Route
 from plano_fast.usage import STATUS_CLIENT_GONE
 
@@ -40,7 +40,11 @@ if TYPE_CHECKING:
 
     from plano_fast.config import ModelProvider
     from plano_fast.http_server import Request, Responder
-    from plano_fast.upstream import UpstreamHead
+    from plano_fast.upstream import Header, UpstreamHead
+
+
+#: characters of a model name sent as they are in x-plano-requested-model (others %-escaped)
+_MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
 
 
 class RoutedExchange(Exchange):
@@ -49,7 +53,7 @@ class RoutedExchange(Exchange):
     not the provider's), and the failover engine over the route and its retry policy's
     fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
 
-    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt")
+    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior", "requested_model")
     #: the request's scanned fields (config mode sets them in ``start``)
     fields: scan.RequestFields
 
@@ -65,6 +69,10 @@ class RoutedExchange(Exchange):
         self.plan: RetryPlan[Route] | None = None
         #: (target index, seconds to wait) of the attempt that follows a swallowed one
         self.next_attempt: tuple[int, float] | None = None
+        #: the conversation previous_response_id names, read from a shared state store
+        self.prior: StoredResponse | None = None
+        #: converted exchanges: the model name the client asked for (x-plano-requested-model)
+        self.requested_model = ""
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one
@@ -258,11 +266,12 @@ class RoutedExchange(Exchange):
         self.scan_api = SCAN_API_FOR_WIRE[target]
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
         self.body_filter = Conversion(
-            target, source, fields.model or model or "", fields.stream,
+            target, source, model or fields.model or "", fields.stream,
             include_usage=fields.include_usage is True,
             request=doc if source == "responses" else None,
             on_response=turn.record if turn is not None else None,
         )
+        self.requested_model = fields.model or ""
         if turn is not None:
             turn.model, turn.provider = model or "", provider.name
         auth = None
@@ -283,11 +292,18 @@ class RoutedExchange(Exchange):
         if state is None:
             return {**doc, "store": False}, None
         try:
-            return begin_turn(doc, state, self.key_hash or "")
+            return begin_turn(doc, state, self.key_hash or "", self.prior)
         except ConversationNotFound:
             raise NotFound(
                 f"previous_response_id '{doc.get('previous_response_id')}' not found"
             ) from None
+
+    def client_headers(self, head: UpstreamHead) -> list[Header]:
+        out = super().client_headers(head)
+        # Converted answers (the only ones built from pairs): the answer names the model the
+        # provider served; the name asked for stays here.
+        out.append((b"x-plano-requested-model", quote(self.requested_model, safe=_MODEL_SAFE).encode()))
+        return out
 
     # -- response side: retries and fallbacks before the first byte -------------------
     def on_upstream_head(self, head: UpstreamHead) -> None:

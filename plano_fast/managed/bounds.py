@@ -16,7 +16,9 @@ provider will bill.  The argument, per part of the bill:
 * What bytes cannot bound is refused when a hard limit applies (400 naming the field):
   images, audio, video, files and documents (an image URL of 200 bytes was billed 2,843
   input tokens; a PDF's pages are unbounded), server-side state (``previous_response_id``,
-  ``conversation``: the stored history is billed as input), audio output, and
+  ``conversation``: the stored history is billed as input; with ``state_storage`` the
+  gateway expands ``previous_response_id`` into the body before this bound is taken,
+  plano_fast.responses_managed, so the history is counted), audio output, and
   provider-run tools whose results are added to the input (web search, file search,
   code execution, URL context, MCP).  A request without a hard limit is not inspected.
 

@@ -17,10 +17,11 @@ from plano_fast import scan
 from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
-from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS
+from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, caller_key_hash, guard, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
+from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
 from plano_fast.routing import Route, UnknownModel
 
 if TYPE_CHECKING:
@@ -49,6 +50,21 @@ class ConfigExchange(RoutedExchange):
             self._count_tokens_locally()
             return None
         self.fields = fields
+        state = self.ctx.responses_state
+        if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
+                and (self.ctx.preference is not None or converts(RESPONSES, provider))):
+            return self._with_history(state, route)
+        return self._route(route)
+
+    async def _with_history(self, state: ResponseStore, route: Route) -> None:
+        """Read the conversation ``previous_response_id`` names (shared state store) first."""
+        self.prior = await prefetch(state, self.request.body, caller_key_hash(self) or "")
+        pending = self._route(route)
+        if pending is not None:
+            await pending
+
+    def _route(self, route: Route) -> Coroutine[Any, Any, None] | None:
+        request, fields = self.request, self.fields
         preference = self.ctx.preference
         if preference is not None and self.endpoint is not COUNT_TOKENS:
             pinned = preference.pinned_decision(request)

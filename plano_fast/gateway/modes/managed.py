@@ -37,6 +37,7 @@ from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, Target, token_hash
 from plano_fast.pricing import TokenCounts
+from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
@@ -72,6 +73,7 @@ class ManagedExchange(Exchange):
         "final_event",
         "user_id",
         "token_id",
+        "state_turn",
     )
 
     def __init__(
@@ -94,6 +96,8 @@ class ManagedExchange(Exchange):
         self.final_event: UsageEvent | None = None
         self.user_id: str | None = None
         self.token_id: str | None = None
+        #: state_storage: records the Responses answer (plano_fast.responses_managed)
+        self.state_turn: ManagedTurn | None = None
 
     # -- phases -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -134,6 +138,11 @@ class ManagedExchange(Exchange):
         self.streaming = fields.stream
         self.body_filter = HoldTerminal(fields.stream)
         body = request.body
+        if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
+            # previous_response_id expanded before the reservation: it counts the history
+            body, self.state_turn = await expand_managed(
+                self.ctx.responses_state, body, managed_owner(token.project_id, token.user_id), fields.stream
+            )
         max_out = fields.max_output_tokens
         if max_out is None:
             max_out = self.mctx.max_output_tokens
@@ -283,6 +292,11 @@ class ManagedExchange(Exchange):
             return
         super().on_upstream_head(head)
 
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.state_turn is not None and not self.swallow:
+            self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
+        super().on_upstream_body(data)
+
     def _swallowed(self) -> None:
         self.conn = None
         done = self.done  # managed exchanges always await (failover needs it)
@@ -337,6 +351,8 @@ class ManagedExchange(Exchange):
         else:
             # Shielded: a client leaving now must not cancel the settlement.
             await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
+        if self.state_turn is not None:
+            self.state_turn.complete(self.status, self.model, self.provider_id)
         body_filter = self.body_filter
         assert isinstance(body_filter, HoldTerminal)
         body_filter.release(self.responder)
