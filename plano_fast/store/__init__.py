@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 if TYPE_CHECKING:
     from plano_fast.usage import UsageEvent
 
-REQUIRED_SCHEMA_VERSION: Final = 3
+REQUIRED_SCHEMA_VERSION: Final = 4
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 SCOPE_KINDS: Final = ("project", "user", "key")
@@ -165,6 +165,8 @@ class UsageRow:
     unpriced one ``pending``.  ``usage_raw``: the provider's usage object(s) as received
     (``UsageScanner.raw_usage``), ``usage_api`` the scan API that read them (what
     ``plano-fast usage reprice`` re-derives the row from); ``price_entry`` the price used.
+    ``reservation_overrun_nano_usd``: managed mode, how much the cost exceeded the
+    reservation held for the request (None: within it, or no reservation).
     """
 
     request_id: str
@@ -195,6 +197,7 @@ class UsageRow:
     usage_api: str | None = None
     usage_raw: str | None = None
     price_entry: str | None = None
+    reservation_overrun_nano_usd: int | None = None
 
 
 def usage_row_from_event(
@@ -238,6 +241,7 @@ def usage_row_from_event(
         event.usage_api,
         event.usage_raw,
         price_entry,
+        event.reservation_overrun_nano_usd or None,
     )
 
 
@@ -768,7 +772,7 @@ _USAGE_COLS = (
     "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
     "streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status, id, "
     "tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, "
-    "usage_api, usage_raw, price_entry"
+    "usage_api, usage_raw, price_entry, reservation_overrun_nano_usd"
 )
 _PROJECT_COLS = "id, name, created_at_ns"
 _USER_COLS = "id, name, email, created_at_ns"
@@ -809,7 +813,7 @@ def usage_from_row(r: Row) -> UsageRow:
         int(r[8]), int(r[9]), int(r[10]), int(r[11]), int(r[12]),
         bool(r[13]), str(r[14]), int(r[15]), bool(r[16]), _opt_int(r[17]),
         int(r[18]), str(r[19]), int(r[20]),
-        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27],
+        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27], _opt_int(r[28]),
     )  # fmt: skip
 
 

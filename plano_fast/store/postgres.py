@@ -101,7 +101,7 @@ _USAGE_COLUMNS = (
     "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
     "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
     "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens",
-    "usage_api", "usage_raw", "price_entry",
+    "usage_api", "usage_raw", "price_entry", "reservation_overrun_nano_usd",
 )  # fmt: skip
 _USAGE_COLUMN_LIST = ", ".join(_USAGE_COLUMNS)
 
@@ -128,14 +128,14 @@ WITH input AS (
         $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
         $14::boolean[], $15::text[], $16::integer[], $17::boolean[], $18::bigint[],
         $19::bigint[], $20::text[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[],
-        $25::text[], $26::text[], $27::text[]
+        $25::text[], $26::text[], $27::text[], $28::bigint[]
     ) AS r(request_id, time_ns, project_id, user_id, key_hash, token_id, provider, model,
            input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens,
            streaming, status, http_status, priced, cost_nano_usd, duration_us, price_status,
            tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
-           usage_api, usage_raw, price_entry)
+           usage_api, usage_raw, price_entry, reservation_overrun_nano_usd)
 ),"""
-    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$28"))
+    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$29"))
 )
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
@@ -149,7 +149,7 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
     streaming boolean, status text, http_status integer, priced boolean, cost_nano_usd bigint,
     duration_us bigint, price_status text, tool_use_prompt_tokens bigint,
     cache_write_1h_tokens bigint, audio_input_tokens bigint, audio_output_tokens bigint,
-    usage_api text, usage_raw text, price_entry text
+    usage_api text, usage_raw text, price_entry text, reservation_overrun_nano_usd bigint
 ) ON COMMIT DELETE ROWS
 """
 _WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
@@ -287,6 +287,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd,
             ))  # fmt: skip
         elif priced is False:
             add((
@@ -296,6 +297,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 None, r.duration_us, PRICE_STATUS_PENDING,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd,
             ))  # fmt: skip
         else:
             add((
@@ -305,6 +307,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 r.cost_nano_usd if priced else None, r.duration_us, written_price_status(r),
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd,
             ))  # fmt: skip
     return out
 

@@ -87,17 +87,17 @@ CHECKPOINT_INTERVAL_S = 1.0
 _NONE_TO_NULL: dict[None, None] = {}
 sqlite3.register_adapter(type(None), _NONE_TO_NULL.get)
 
-_USAGE_WIDTH = 27
+_USAGE_WIDTH = 28
 _INSERT_USAGE = (
     "INSERT INTO usage_log (request_id, time_ns, project_id, user_id, key_hash, token_id, "
     "provider, model, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
     "reasoning_tokens, streaming, status, http_status, priced, cost_nano_usd, duration_us, "
     "price_status, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, "
-    "audio_output_tokens, usage_api, usage_raw, price_entry) VALUES ("
+    "audio_output_tokens, usage_api, usage_raw, price_entry, reservation_overrun_nano_usd) VALUES ("
     + ", ".join("?" * _USAGE_WIDTH)
     + ") ON CONFLICT (request_id) DO NOTHING"
 )
-# Rows per multi-row INSERT (27 columns each, under SQLite's 32,766 variables).  One
+# Rows per multi-row INSERT (28 columns each, under SQLite's 32,766 variables).  One
 # statement is one sqlite3_step instead of one per row; 128 rows keep each synchronous
 # stretch on the event loop around half a millisecond (the hot connection yields between
 # chunks).  A batch is split into full chunks and then power-of-two pieces, so only 8
@@ -200,7 +200,7 @@ def _usage_params(row: UsageRow) -> tuple[object, ...]:
         row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
         written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
         row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
-        row.price_entry,
+        row.price_entry, row.reservation_overrun_nano_usd,
     )  # fmt: skip
 
 
@@ -218,6 +218,7 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd,
             ))  # fmt: skip
         elif r.priced is False:
             add((
@@ -227,6 +228,7 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd,
             ))  # fmt: skip
         else:
             add(_usage_params(r))
