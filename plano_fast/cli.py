@@ -447,6 +447,8 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, por
         slot.proc, slot.ready, slot.was_ready = proc, reader, False
         slot.started_at = time.monotonic()
         slot.restart_at = None
+        if stopping and proc.pid is not None:
+            os.kill(proc.pid, stopping[0])  # the stop arrived while it was being started
         if slot.generation:
             log.warning("worker %d restarted (pid %d)", slot.index, proc.pid)
 

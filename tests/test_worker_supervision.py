@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from plano_fast.metrics import Merged, read_snapshots, retire_snapshot
 from tests.gateway_proc import GatewayProcess
 from tests.test_http_protocol import connect, read_responses, request
@@ -128,3 +130,14 @@ def test_a_dead_workers_snapshot_keeps_its_counters_and_loses_its_gauges(tmp_pat
         merged.add(other)
     assert merged.requests == {("firewall", "openai", "m", "chat_completions", "2xx"): 7}
     assert merged.process == {"rows_written": 6, "client_connections": 1}
+
+
+def test_a_worker_failing_at_the_first_start_stops_the_instance(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """No restart loop for a configuration that cannot serve: the instance exits, as one
+    worker would (here managed mode without its master key)."""
+    with pytest.raises(RuntimeError, match="PLANO_FAST_MASTER_KEY") as info:
+        make_gateway({"managed": "true"}, env={"PLANO_FAST_MASTER_KEY": ""}, workers=2)
+    assert "failed to start (exit code 1); stopping" in str(info.value)
+    assert "restarting in" not in str(info.value)
