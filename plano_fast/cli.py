@@ -411,8 +411,8 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, por
     crash loops; a worker that fails before it was ever ready in the first start (a bad
     master key, the port taken) stops the instance, as a single worker would.  The dead
     worker's metrics snapshot keeps its counters (they must not go backwards) and loses its
-    gauges; its journal is replayed and its reservations released by the workers left
-    (``Journal.claim``, the reservation sweeper).  SIGTERM/SIGINT are forwarded to every
+    gauges; its journal is replayed by its replacement as it starts (``Journal.claim``) and
+    its reservations released by the reservation sweepers (a stale heartbeat).  SIGTERM/SIGINT are forwarded to every
     worker: the parent exits once all have stopped, within the workers' own bound.
     """
     # Bind once here to resolve port 0 and to fail fast when the port is taken; the
