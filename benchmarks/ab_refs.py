@@ -234,6 +234,7 @@ def _setup_child(mode: str, workdir: str, fake_port: str) -> int:
         raise SystemExit(f"plano_fast imported from {plano_fast.__file__}, not the ref's run directory")
     bench.ROOT = Path.cwd()  # benchmarks.run migrates with ``cwd=ROOT``: the ref's code
     setup = bench.MODES[mode](Path(workdir), int(fake_port), 1, ["ab"])
+    bench._migrate(setup.config_path, setup.env)  # as GatewayProcess does (config mode needs it)
     print(json.dumps({"config": str(setup.config_path), "env": setup.env,
                       "headers": setup.headers_for("ab"), "plano_fast": plano_fast.__file__}))
     return 0
