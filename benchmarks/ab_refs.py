@@ -76,7 +76,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted per concurrency")
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
     ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
-    ap.add_argument("--idle-s", type=float, default=2.0, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--idle-s", type=float, default=10.0, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--settle-s", type=float, default=21.0,
+                    help="callgrind: wait for deferred work (usage flush and pricing run every 10 s)")
     ap.add_argument("--repo", type=Path, default=ROOT, help="the git repository the refs are in")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                     help="worktrees, one per commit, reused by later runs")
@@ -364,30 +366,45 @@ def _dump(pid: int, out_dir: Path) -> int:
 
 def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace
                    ) -> dict[str, Any]:
-    """Instructions per request of one ref's gateway at each concurrency."""
+    """Instructions per request of one ref's gateway at each concurrency.
+
+    Per concurrency: a few requests to translate the instrumented code, ``--settle-s`` for
+    the deferred work they caused (usage flush, pricing: 10 s cycles by default), an idle
+    baseline over ``--idle-s``; then the counted requests (dumped: ``inline``) and
+    ``--settle-s`` more (dumped: ``deferred``, their rows written and priced).  Each dump
+    minus the idle rate times its wall time, per request."""
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
                f"--callgrind-out-file={workdir}/callgrind.out.%p"]
     gw = RefGateway(prepared, Path(setup["config"]), setup["env"], workdir / "gateway_callgrind.log",
                     wrapper=wrapper, ready_timeout_s=600)
     headers = bench.CLIENT_HEADERS + [tuple(h) for h in setup["headers"]]
     out: dict[str, Any] = {"loaded": loaded_from(gw.proc.pid, prepared.worktree)}
+    pid = gw.proc.pid
     try:
         send(gw.url, headers, args.warmup, max(args.cg_conc))
-        _control(gw.proc.pid, "--instr=on")
+        _control(pid, "--instr=on")
         for conc in args.cg_conc:
             send(gw.url, headers, max(20, args.requests // 10), conc)  # translate the instrumented code
-            _control(gw.proc.pid, "--zero")
-            wall = send(gw.url, headers, args.requests, conc)
-            total = _dump(gw.proc.pid, workdir)
-            _control(gw.proc.pid, "--zero")
+            time.sleep(args.settle_s)
+            _control(pid, "--zero")
+            t0 = time.monotonic()
             time.sleep(args.idle_s)
-            idle = _dump(gw.proc.pid, workdir)
-            idle_rate = idle / args.idle_s
-            out[str(conc)] = {"requests": args.requests, "wall_s": wall, "total": total, "idle_per_s": idle_rate,
-                              "raw_per_request": total / args.requests,
-                              "per_request": (total - idle_rate * wall) / args.requests}
-            print(f"  {prepared.ref} c={conc}: {out[str(conc)]['per_request']:,.0f} instructions/request "
-                  f"(raw {total / args.requests:,.0f}, idle {idle_rate:,.0f}/s, {wall:.1f} s)", flush=True)
+            idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
+            _control(pid, "--zero")
+            wall = send(gw.url, headers, args.requests, conc)
+            inline = _dump(pid, workdir)
+            t1 = time.monotonic()
+            time.sleep(args.settle_s)
+            deferred = _dump(pid, workdir)
+            settle = time.monotonic() - t1
+            n = args.requests
+            r = {"requests": n, "wall_s": wall, "idle_per_s": idle_rate, "inline_raw": inline / n,
+                 "inline": (inline - idle_rate * wall) / n, "deferred": (deferred - idle_rate * settle) / n}
+            r["per_request"] = r["inline"] + r["deferred"]
+            out[str(conc)] = r
+            print(f"  {prepared.ref} c={conc}: {r['per_request']:,.0f} instructions/request = inline "
+                  f"{r['inline']:,.0f} (raw {r['inline_raw']:,.0f}) + deferred {r['deferred']:,.0f}; "
+                  f"idle {idle_rate:,.0f}/s; {n} requests in {wall:.1f} s", flush=True)
     finally:
         gw.stop()
     return out
@@ -453,11 +470,16 @@ def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any]
                          f"{c['spread']:.3f} | {p['median_a']:.0f} | {p['median_b']:.0f} | {p['ratio']:.3f} | "
                          f"{r['verdict']} |")
     if cg:
-        lines += ["", "| mode | concurrency | A instructions/req | B instructions/req | B/A |", "|---|---|---|---|---|"]
+        lines += ["", "instructions per request under callgrind (inline: while answering; deferred: usage "
+                  "flush and pricing afterwards; both minus the idle rate)",
+                  "| mode | concurrency | A inline | B inline | B/A | A inline+deferred | B inline+deferred | B/A |",
+                  "|---|---|---|---|---|---|---|---|"]
         for mode, sides in cg.items():
             for conc in args.cg_conc:
-                a, b = sides["A"][str(conc)]["per_request"], sides["B"][str(conc)]["per_request"]
-                lines.append(f"| {mode} | {conc} | {a:,.0f} | {b:,.0f} | {b / a:.3f} |")
+                a, b = sides["A"][str(conc)], sides["B"][str(conc)]
+                lines.append(f"| {mode} | {conc} | {a['inline']:,.0f} | {b['inline']:,.0f} | "
+                             f"{b['inline'] / a['inline']:.3f} | {a['per_request']:,.0f} | {b['per_request']:,.0f} | "
+                             f"{b['per_request'] / a['per_request']:.3f} |")
     return "\n".join(lines)
 
 
