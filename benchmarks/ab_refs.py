@@ -462,12 +462,12 @@ def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any]
              f"{args.duration_s:g} s x {args.rounds} rounds alternated; load average "
              f"{os.getloadavg()[0]:.1f} at the end"]
     if wrk:
-        lines += ["", "| mode | A CPU µs/req | B CPU µs/req | B/A | round B/A IQR | A req/s | B req/s | B/A | |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| mode | A CPU µs/req | B CPU µs/req | B/A | rounds' B/A (min-max, IQR) | A req/s | B req/s | "
+                  "B/A | |", "|---|---|---|---|---|---|---|---|---|"]
         for mode, r in wrk.items():
             c, p = r["cpu"], r["rps"]
             lines.append(f"| {mode} | {c['median_a']:.1f} | {c['median_b']:.1f} | {c['ratio']:.3f} | "
-                         f"{c['spread']:.3f} | {p['median_a']:.0f} | {p['median_b']:.0f} | {p['ratio']:.3f} | "
+                         f"{min(c['paired']):.3f}-{max(c['paired']):.3f}, {c['spread']:.3f} | {p['median_a']:.0f} | {p['median_b']:.0f} | {p['ratio']:.3f} | "
                          f"{r['verdict']} |")
     if cg:
         lines += ["", "instructions per request under callgrind (inline: while answering; deferred: usage "
