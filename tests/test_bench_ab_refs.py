@@ -171,3 +171,31 @@ def test_runs_as_module_help() -> None:
     out = subprocess.run([sys.executable, "-m", "benchmarks.ab_refs", "--help"], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ}, check=True).stdout
     assert "--callgrind" in out and "--a" in out
+
+
+def test_alternation_order_and_per_round_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ab_settings.alternate`` (shared by both A/B tools) runs A,B then B,A, and turns the
+    CPU seconds of each run and the requests it completed into µs/request and req/s."""
+    import benchmarks.ab_settings as ab
+
+    calls: list[str] = []
+    cpu = {"A": 0.0, "B": 0.0}
+    per_request = {"A": 50e-6, "B": 60e-6}  # CPU seconds each side spends per request
+    url_side = {"http://a": "A", "http://b": "B"}
+
+    def fake_load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s: float) -> int:
+        side = url_side[url.removesuffix(ab.bench.PATH)]
+        calls.append(side)
+        n = 1000 * len(calls)  # a different count each run
+        cpu[side] += n * per_request[side]
+        return n
+
+    monkeypatch.setattr(ab, "load", fake_load)
+    monkeypatch.setattr(ab.bench, "proc_tree", lambda pid: [pid])
+    monkeypatch.setattr(ab.bench, "wait_quiet", lambda pids: 0.0)
+    monkeypatch.setattr(ab.bench, "cpu_s", lambda pids: cpu["A" if pids == [1] else "B"])
+    sides = {"A": ab.Side("http://a", 1, []), "B": ab.Side("http://b", 2, [])}
+    out = ab.alternate(sides, 3, 32, 2.0)
+    assert calls == ["A", "B", "B", "A", "A", "B"]
+    assert [round(c, 6) for c, _ in out["A"]] == [50.0] * 3 and [round(c, 6) for c, _ in out["B"]] == [60.0] * 3
+    assert [r for _, r in out["A"]] == [500.0, 2000.0, 2500.0] and [r for _, r in out["B"]] == [1000.0, 1500.0, 3000.0]
