@@ -457,12 +457,11 @@ def run_callgrind(refs: dict[str, PreparedRef], args: argparse.Namespace, work: 
 
 
 def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any], args: argparse.Namespace) -> str:
-    lines = [f"A = {refs['A'].ref} ({refs['A'].sha[:12]})   B = {refs['B'].ref} ({refs['B'].sha[:12]})",
-             f"load: {'wrk' if shutil.which('wrk') else 'benchmarks.loadgen'} -c{args.concurrency} "
-             f"{args.duration_s:g} s x {args.rounds} rounds alternated; load average "
-             f"{os.getloadavg()[0]:.1f} at the end"]
+    lines = [f"A = {refs['A'].ref} ({refs['A'].sha[:12]})   B = {refs['B'].ref} ({refs['B'].sha[:12]})"]
     if wrk:
-        lines += ["", "| mode | A CPU µs/req | B CPU µs/req | B/A | rounds' B/A (min-max, IQR) | A req/s | B req/s | "
+        lines += [f"load: {'wrk' if shutil.which('wrk') else 'benchmarks.loadgen'} -c{args.concurrency} "
+                  f"{args.duration_s:g} s x {args.rounds} rounds alternated; load average "
+                  f"{os.getloadavg()[0]:.1f} at the end", "", "| mode | A CPU µs/req | B CPU µs/req | B/A | rounds' B/A (min-max, IQR) | A req/s | B req/s | "
                   "B/A | |", "|---|---|---|---|---|---|---|---|---|"]
         for mode, r in wrk.items():
             c, p = r["cpu"], r["rps"]
@@ -470,8 +469,9 @@ def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any]
                          f"{min(c['paired']):.3f}-{max(c['paired']):.3f}, {c['spread']:.3f} | {p['median_a']:.0f} | {p['median_b']:.0f} | {p['ratio']:.3f} | "
                          f"{r['verdict']} |")
     if cg:
-        lines += ["", "instructions per request under callgrind (inline: while answering; deferred: usage "
-                  "flush and pricing afterwards; both minus the idle rate)",
+        lines += ["", f"instructions per request under callgrind, {args.requests} requests per concurrency after "
+                  f"{args.warmup} (inline: while answering; deferred: the {args.settle_s:g} s after, usage flush and "
+                  "pricing; both minus the idle rate)",
                   "| mode | concurrency | A inline | B inline | B/A | A inline+deferred | B inline+deferred | B/A |",
                   "|---|---|---|---|---|---|---|---|"]
         for mode, sides in cg.items():
