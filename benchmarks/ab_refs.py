@@ -456,12 +456,13 @@ def run_callgrind(refs: dict[str, PreparedRef], args: argparse.Namespace, work: 
     return results
 
 
-def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any], args: argparse.Namespace) -> str:
+def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any], args: argparse.Namespace,
+           loadavg: float) -> str:
     lines = [f"A = {refs['A'].ref} ({refs['A'].sha[:12]})   B = {refs['B'].ref} ({refs['B'].sha[:12]})"]
     if wrk:
         lines += [f"load: {'wrk' if shutil.which('wrk') else 'benchmarks.loadgen'} -c{args.concurrency} "
                   f"{args.duration_s:g} s x {args.rounds} rounds alternated; load average "
-                  f"{os.getloadavg()[0]:.1f} at the end", "", "| mode | A CPU µs/req | B CPU µs/req | B/A | rounds' B/A (min-max, IQR) | A req/s | B req/s | "
+                  f"{loadavg:.1f} at the end", "", "| mode | A CPU µs/req | B CPU µs/req | B/A | rounds' B/A (min-max, IQR) | A req/s | B req/s | "
                   "B/A | |", "|---|---|---|---|---|---|---|---|---|"]
         for mode, r in wrk.items():
             c, p = r["cpu"], r["rps"]
@@ -505,12 +506,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.clean:
             for p in refs.values():
                 remove_ref(args.repo, p)
+    loadavg = os.getloadavg()[0]
     print()
-    print(render(refs, wrk, cg, args))
+    print(render(refs, wrk, cg, args, loadavg))
     print(f"\nlogs: {work}")
     if args.json_out:
         args.json_out.write_text(json.dumps({"refs": {k: dataclasses.asdict(v) for k, v in refs.items()},
-                                             "wrk": wrk, "callgrind": cg}, indent=2, default=str))
+                                             "wrk": wrk, "callgrind": cg, "loadavg": loadavg, "argv": argv},
+                                            indent=2, default=str))
     return 0
 
 
