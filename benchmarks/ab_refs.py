@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -76,7 +77,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted per concurrency")
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
     ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
-    ap.add_argument("--idle-s", type=float, default=10.0, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--period-s", type=float, default=10.0,
+                    help="callgrind: windows last whole multiples of this (the gateway's periodic tasks)")
     ap.add_argument("--settle-s", type=float, default=21.0,
                     help="callgrind: wait for deferred work (usage flush and pricing run every 10 s)")
     ap.add_argument("--repo", type=Path, default=ROOT, help="the git repository the refs are in")
@@ -364,15 +367,23 @@ def _dump(pid: int, out_dir: Path) -> int:
     raise RuntimeError(f"callgrind wrote no dump for pid {pid}")
 
 
+def whole_periods(seconds: float, period_s: float) -> float:
+    """``seconds`` rounded up to a whole number of periods (at least one)."""
+    return max(1, math.ceil(seconds / period_s - 1e-9)) * period_s
+
+
 def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace
                    ) -> dict[str, Any]:
     """Instructions per request of one ref's gateway at each concurrency.
 
     Per concurrency: a few requests to translate the instrumented code, ``--settle-s`` for
     the deferred work they caused (usage flush, pricing: 10 s cycles by default), an idle
-    baseline over ``--idle-s``; then the counted requests (dumped: ``inline``) and
-    ``--settle-s`` more (dumped: ``deferred``, their rows written and priced).  Each dump
-    minus the idle rate times its wall time, per request."""
+    baseline over ``--idle-s``; then the counted requests (dumped: ``inline``) and at
+    least ``--settle-s`` more (dumped: ``deferred``, their rows written and priced).  The
+    idle rate times the window is subtracted.  Both windows last whole multiples of
+    ``--period-s`` (the gateway's periodic tasks: 10 s), so each holds as many firings of
+    a periodic task as its length says, whatever their phase (otherwise one firing more
+    or less in a window moves the result by thousands of instructions per request)."""
     wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
                f"--callgrind-out-file={workdir}/callgrind.out.%p"]
     gw = RefGateway(prepared, Path(setup["config"]), setup["env"], workdir / "gateway_callgrind.log",
@@ -388,19 +399,20 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
             time.sleep(args.settle_s)
             _control(pid, "--zero")
             t0 = time.monotonic()
-            time.sleep(args.idle_s)
+            time.sleep(whole_periods(args.idle_s, args.period_s))
             idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
             _control(pid, "--zero")
+            t0 = time.monotonic()
             wall = send(gw.url, headers, args.requests, conc)
             inline = _dump(pid, workdir)
-            t1 = time.monotonic()
-            time.sleep(args.settle_s)
+            time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
             deferred = _dump(pid, workdir)
-            settle = time.monotonic() - t1
+            window = time.monotonic() - t0
             n = args.requests
-            r = {"requests": n, "wall_s": wall, "idle_per_s": idle_rate, "inline_raw": inline / n,
-                 "inline": (inline - idle_rate * wall) / n, "deferred": (deferred - idle_rate * settle) / n}
-            r["per_request"] = r["inline"] + r["deferred"]
+            total = (inline + deferred - idle_rate * window) / n
+            r = {"requests": n, "wall_s": wall, "window_s": window, "idle_per_s": idle_rate,
+                 "inline_raw": inline / n, "inline": (inline - idle_rate * wall) / n, "per_request": total}
+            r["deferred"] = total - r["inline"]
             out[str(conc)] = r
             print(f"  {prepared.ref} c={conc}: {r['per_request']:,.0f} instructions/request = inline "
                   f"{r['inline']:,.0f} (raw {r['inline_raw']:,.0f}) + deferred {r['deferred']:,.0f}; "

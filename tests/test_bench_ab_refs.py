@@ -199,3 +199,10 @@ def test_alternation_order_and_per_round_numbers(monkeypatch: pytest.MonkeyPatch
     assert calls == ["A", "B", "B", "A", "A", "B"]
     assert [round(c, 6) for c, _ in out["A"]] == [50.0] * 3 and [round(c, 6) for c, _ in out["B"]] == [60.0] * 3
     assert [r for _, r in out["A"]] == [500.0, 2000.0, 2500.0] and [r for _, r in out["B"]] == [1000.0, 1500.0, 3000.0]
+
+
+def test_callgrind_windows_are_whole_periods() -> None:
+    from benchmarks.ab_refs import whole_periods
+
+    assert whole_periods(21.0, 10.0) == 30.0 and whole_periods(20.0, 10.0) == 20.0
+    assert whole_periods(0.5, 10.0) == 10.0 and whole_periods(4.2 + 21.0, 10.0) == 30.0
