@@ -77,6 +77,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted per concurrency")
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
     ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
+    ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1,
+                    help="callgrind: measurements per concurrency (the median is reported)")
     ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline per measurement")
     ap.add_argument("--period-s", type=float, default=10.0,
                     help="callgrind: windows last whole multiples of this (the gateway's periodic tasks)")
@@ -93,8 +95,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if unknown or not args.mode_list:
         ap.error(f"unknown mode(s) {unknown}; choose from {sorted(bench.MODES)}")
     args.cg_conc = [int(c) for c in args.callgrind_concurrency.split(",") if c.strip()]
-    if args.rounds < 1 or args.requests < 1 or not args.cg_conc or min(args.cg_conc) < 1:
-        ap.error("--rounds, --requests and --callgrind-concurrency must be positive")
+    if args.rounds < 1 or args.requests < 1 or args.cg_repeats < 1 or not args.cg_conc or min(args.cg_conc) < 1:
+        ap.error("--rounds, --requests, --callgrind-repeats and --callgrind-concurrency must be positive")
     return args
 
 
@@ -372,6 +374,30 @@ def whole_periods(seconds: float, period_s: float) -> float:
     return max(1, math.ceil(seconds / period_s - 1e-9)) * period_s
 
 
+def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int, workdir: Path,
+                      args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement: settle, idle baseline, the counted requests and what they leave."""
+    pid = gw.proc.pid
+    time.sleep(args.settle_s)
+    _control(pid, "--zero")
+    t0 = time.monotonic()
+    time.sleep(whole_periods(args.idle_s, args.period_s))
+    idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
+    _control(pid, "--zero")
+    t0 = time.monotonic()
+    wall = send(gw.url, headers, args.requests, conc)
+    inline = _dump(pid, workdir)
+    time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
+    deferred = _dump(pid, workdir)
+    window = time.monotonic() - t0
+    n = args.requests
+    total = (inline + deferred - idle_rate * window) / n
+    r: dict[str, Any] = {"requests": n, "wall_s": wall, "window_s": window, "idle_per_s": idle_rate,
+                         "inline_raw": inline / n, "inline": (inline - idle_rate * wall) / n, "per_request": total}
+    r["deferred"] = total - r["inline"]
+    return r
+
+
 def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace
                    ) -> dict[str, Any]:
     """Instructions per request of one ref's gateway at each concurrency.
@@ -396,27 +422,16 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
         _control(pid, "--instr=on")
         for conc in args.cg_conc:
             send(gw.url, headers, max(20, args.requests // 10), conc)  # translate the instrumented code
-            time.sleep(args.settle_s)
-            _control(pid, "--zero")
-            t0 = time.monotonic()
-            time.sleep(whole_periods(args.idle_s, args.period_s))
-            idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
-            _control(pid, "--zero")
-            t0 = time.monotonic()
-            wall = send(gw.url, headers, args.requests, conc)
-            inline = _dump(pid, workdir)
-            time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
-            deferred = _dump(pid, workdir)
-            window = time.monotonic() - t0
-            n = args.requests
-            total = (inline + deferred - idle_rate * window) / n
-            r = {"requests": n, "wall_s": wall, "window_s": window, "idle_per_s": idle_rate,
-                 "inline_raw": inline / n, "inline": (inline - idle_rate * wall) / n, "per_request": total}
-            r["deferred"] = total - r["inline"]
+            runs = [_callgrind_window(gw, headers, conc, workdir, args) for _ in range(args.cg_repeats)]
+            runs.sort(key=lambda r: float(r["per_request"]))
+            r = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
+            r["repeats"] = [x["per_request"] for x in runs]
             out[str(conc)] = r
             print(f"  {prepared.ref} c={conc}: {r['per_request']:,.0f} instructions/request = inline "
                   f"{r['inline']:,.0f} (raw {r['inline_raw']:,.0f}) + deferred {r['deferred']:,.0f}; "
-                  f"idle {idle_rate:,.0f}/s; {n} requests in {wall:.1f} s", flush=True)
+                  f"idle {r['idle_per_s']:,.0f}/s; {r['requests']} requests in {r['wall_s']:.1f} s"
+                  + (f"; repeats {', '.join(f'{x:,.0f}' for x in r['repeats'])}" if len(runs) > 1 else ""),
+                  flush=True)
     finally:
         gw.stop()
     return out
