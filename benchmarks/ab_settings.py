@@ -13,6 +13,7 @@ the per-round CPU µs per request and requests per second, and the medians.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -56,6 +57,37 @@ def load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s:
     return int(json.loads(out)["completed"])
 
 
+@dataclasses.dataclass
+class Side:
+    """One gateway of an A/B: its URL, its process and the headers a client sends."""
+
+    url: str
+    root_pid: int
+    headers: list[tuple[str, str]]
+
+
+def alternate(sides: dict[str, Side], rounds: int, concurrency: int, duration_s: float,
+              *, label: str = "") -> dict[str, list[tuple[float, float]]]:
+    """Run the load against each side in turn, ``rounds`` times, A,B then B,A (so drift hits
+    both); returns per side the (CPU µs per request, req/s) of each round, read from /proc
+    over the gateway's process tree.  Prints each round as it ends."""
+    names = list(sides)
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    for rnd in range(rounds):
+        order = names if rnd % 2 == 0 else names[::-1]
+        for name in order:
+            side = sides[name]
+            pids = bench.proc_tree(side.root_pid)
+            bench.wait_quiet(pids)
+            cpu0 = bench.cpu_s(pids)
+            n = load(side.url + bench.PATH, side.headers, concurrency, duration_s)
+            cpu1 = bench.cpu_s(pids)
+            results[name].append(((cpu1 - cpu0) / max(1, n) * 1e6, n / duration_s))
+        print(f"{label}round {rnd + 1}: " + "  ".join(
+            f"{k} {v[-1][0]:.1f} µs/req {v[-1][1]:.0f} req/s" for k, v in results.items()), flush=True)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", default="firewall")
@@ -72,20 +104,9 @@ def main() -> int:
         for name, settings in (("A", args.a), ("B", args.b)):
             (work / name).mkdir()
             gateways[name] = start(args.mode, work / name, fake_port, settings)
-        results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
-        for rnd in range(args.rounds):
-            order = ("A", "B") if rnd % 2 == 0 else ("B", "A")
-            for name in order:
-                gw, setup = gateways[name]
-                headers = bench.CLIENT_HEADERS + setup.headers_for("ab")
-                pids = bench.proc_tree(gw.proc.pid)
-                bench.wait_quiet(pids)
-                cpu0 = bench.cpu_s(pids)
-                n = load(gw.url + bench.PATH, headers, args.concurrency, args.duration_s)
-                cpu1 = bench.cpu_s(pids)
-                results[name].append(((cpu1 - cpu0) / max(1, n) * 1e6, n / args.duration_s))
-            print(f"round {rnd + 1}: " + "  ".join(
-                f"{k} {v[-1][0]:.1f} µs/req {v[-1][1]:.0f} req/s" for k, v in results.items()), flush=True)
+        sides = {name: Side(gw.url, gw.proc.pid, bench.CLIENT_HEADERS + setup.headers_for("ab"))
+                 for name, (gw, setup) in gateways.items()}
+        results = alternate(sides, args.rounds, args.concurrency, args.duration_s)
         med = {k: (statistics.median(c for c, _ in v), statistics.median(r for _, r in v))
                for k, v in results.items()}
         print(f"A {args.a}: median {med['A'][0]:.1f} CPU µs/req, {med['A'][1]:.0f} req/s")

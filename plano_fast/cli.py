@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -25,8 +26,13 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import NoReturn
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final, NoReturn
 
 from plano_fast import __version__
 from plano_fast import scan
@@ -282,13 +288,17 @@ def _serve(args: argparse.Namespace) -> int:
     return _run_workers(args, config, host, port)
 
 
-def _run_worker(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
+def _run_worker(
+    config: GatewayConfig, host: str, port: int, reuse_port: bool, on_ready: Callable[[], None] | None = None
+) -> int:
     import uvloop
 
-    return int(uvloop.run(_serve_until_signal(config, host, port, reuse_port)))
+    return int(uvloop.run(_serve_until_signal(config, host, port, reuse_port, on_ready)))
 
 
-async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse_port: bool) -> int:
+async def _serve_until_signal(
+    config: GatewayConfig, host: str, port: int, reuse_port: bool, on_ready: Callable[[], None] | None = None
+) -> int:
     from plano_fast.app import Gateway
 
     from plano_fast.app import AdminKeyMissing
@@ -322,16 +332,32 @@ async def _serve_until_signal(config: GatewayConfig, host: str, port: int, reuse
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready()
     await stop.wait()
     log.info("shutting down: draining in-flight requests")
     await gateway.stop()
     return 0
 
 
-def _worker_entry(config_path: str, host: str, port: int) -> None:
+def _worker_entry(config_path: str, host: str, port: int, admin_port: int | None, ready: Connection) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def on_ready() -> None:
+        try:
+            ready.send_bytes(b"1")
+            ready.close()
+        except OSError:
+            pass  # the parent is gone; nothing to tell
+
     try:
-        code = _run_worker(load_config(config_path), host, port, reuse_port=True)
+        config = load_config(config_path)
+        if admin_port is not None and admin_port != config.settings.admin_port:
+            # admin_port 0: resolved once by the parent, so every worker (a restarted one
+            # too) serves the admin API on the same port
+            settings = config.settings.model_copy(update={"admin_port": admin_port})
+            config = dataclasses.replace(config, settings=settings)
+        code = _run_worker(config, host, port, reuse_port=True, on_ready=on_ready)
     except CliError as exc:
         _error(str(exc))
         code = 1
@@ -345,35 +371,195 @@ def _worker_entry(config_path: str, host: str, port: int) -> None:
     raise SystemExit(code)
 
 
+#: Worker supervision (``serve --workers N``): a worker that dies after it was ready is
+#: restarted after ``RESTART_MIN_S``; one that dies again within ``STABLE_UPTIME_S`` of its
+#: start (a crash loop) waits twice as long as the last time, up to ``RESTART_MAX_S``.
+RESTART_MIN_S: Final = 0.5
+RESTART_MAX_S: Final = 30.0
+STABLE_UPTIME_S: Final = 30.0
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Slot:
+    """One worker place of ``--workers N``: its current process and its restart state."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: BaseProcess | None = None
+        self.ready: Connection | None = None  # read end; closed once the worker said ready
+        self.was_ready = False
+        self.started_at = 0.0
+        self.generation = 0
+        self.delay_s = 0.0  # the last restart delay (crash-loop back-off)
+        self.restart_at: float | None = None
+
+
 def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, port: int) -> int:
+    """Run ``args.workers`` worker processes and keep that many running until SIGTERM/SIGINT.
+
+    The parent binds the listening port (and the admin port) once, so port 0 resolves to one
+    port every worker shares with ``SO_REUSEPORT`` and a restarted worker binds it again.
+    A worker that dies (SIGKILL, a crash) is logged and replaced, with a back-off against
+    crash loops; a worker that fails before it was ever ready in the first start (a bad
+    master key, the port taken) stops the instance, as a single worker would.  The dead
+    worker's metrics snapshot keeps its counters (they must not go backwards) and loses its
+    gauges; its journal is replayed by its replacement as it starts (``Journal.claim``) and
+    its reservations released by the reservation sweepers (a stale heartbeat).  SIGTERM/SIGINT are forwarded to every
+    worker: the parent exits once all have stopped, within the workers' own bound.
+    """
     # Bind once here to resolve port 0 and to fail fast when the port is taken; the
     # workers bind the same port with SO_REUSEPORT and the kernel balances between them.
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     probe.bind((host, port))
     port = probe.getsockname()[1]
+    probes = [probe]
+    admin_port = config.settings.admin_port
+    if admin_port == 0 and config.settings.admin_key:
+        admin_host = config.settings.admin_address
+        admin_probe = socket.socket(socket.AF_INET6 if ":" in admin_host else socket.AF_INET)
+        admin_probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        admin_probe.bind((admin_host, 0))
+        admin_port = admin_probe.getsockname()[1]
+        probes.append(admin_probe)
     # The workers publish their metrics here; a scrape of any one of them adds them up.
     metrics_dir = tempfile.mkdtemp(prefix="plano_fast_metrics_")
     os.environ["PLANO_FAST_METRICS_DIR"] = metrics_dir  # plano_fast.app.METRICS_DIR_ENV
     ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_entry, args=(args.config, host, port), daemon=False)
-        for _ in range(args.workers)
-    ]
-    for proc in procs:
+    slots = [_Slot(i) for i in range(args.workers)]
+    stopping: list[int] = []  # the signal that stops the instance, once received
+
+    def start(slot: _Slot) -> None:
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_worker_entry, args=(args.config, host, port, admin_port, writer), daemon=False
+        )
         proc.start()
+        writer.close()
+        slot.proc, slot.ready, slot.was_ready = proc, reader, False
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        if stopping and proc.pid is not None:
+            os.kill(proc.pid, stopping[0])  # the stop arrived while it was being started
+        if slot.generation:
+            log.warning("worker %d restarted (pid %d)", slot.index, proc.pid)
 
     def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
+        if not stopping:
+            stopping.append(signum)
+        for slot in slots:
+            proc = slot.proc
+            if proc is not None and proc.pid is not None and proc.exitcode is None:
+                try:
+                    os.kill(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for slot in slots:
+        start(slot)
     code = 0
-    for proc in procs:
-        proc.join()
-        code = code or (proc.exitcode or 0)
-    probe.close()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    try:
+        code = _supervise(slots, start, stopping, Path(metrics_dir))
+    finally:
+        for p in probes:
+            p.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
+
+
+def _supervise(
+    slots: list[_Slot], start: Callable[[_Slot], None], stopping: list[int], metrics_dir: Path
+) -> int:
+    """The parent's loop: note ready workers, replace dead ones, return once all stopped."""
+    from plano_fast.metrics import retire_snapshot
+
+    while True:
+        waits: list[Any] = []
+        for slot in slots:
+            if slot.proc is not None:
+                waits.append(slot.proc.sentinel)
+            if slot.ready is not None:
+                waits.append(slot.ready)
+        now = time.monotonic()
+        pending = [s.restart_at for s in slots if s.restart_at is not None]
+        timeout = 0.5 if not pending else max(0.0, min(min(pending) - now, 0.5))
+        if waits:
+            mp_wait(waits, timeout)  # a signal handler runs meanwhile (PEP 475 retries)
+        elif not pending:
+            break
+        else:
+            time.sleep(timeout)
+        for slot in slots:
+            if slot.ready is not None and slot.ready.poll():
+                try:
+                    slot.was_ready = slot.ready.recv_bytes() == b"1" or slot.was_ready
+                except (EOFError, OSError):
+                    pass
+                slot.ready.close()
+                slot.ready = None
+            proc = slot.proc
+            if proc is None or proc.exitcode is None:
+                continue
+            proc.join()
+            slot.proc = None
+            if slot.ready is not None:
+                slot.ready.close()
+                slot.ready = None
+            if proc.pid is not None:
+                retire_snapshot(metrics_dir, proc.pid)
+            if stopping:
+                continue
+            if slot.generation == 0 and not slot.was_ready:
+                # Failed at the first start (its one-line error is on stderr): the instance
+                # cannot serve as configured, so it stops rather than retry forever.
+                log.error("worker %d failed to start (%s); stopping", slot.index, _exit_text(proc.exitcode))
+                stopping.append(signal.SIGTERM)
+                for other in slots:
+                    if other.proc is not None and other.proc.pid is not None and other.proc.exitcode is None:
+                        os.kill(other.proc.pid, signal.SIGTERM)
+                return_code = proc.exitcode or 1
+                _wait_all(slots, metrics_dir)
+                return return_code
+            uptime = time.monotonic() - slot.started_at
+            if uptime < STABLE_UPTIME_S or not slot.was_ready:
+                slot.delay_s = min(RESTART_MAX_S, max(RESTART_MIN_S, slot.delay_s * 2))
+            else:
+                slot.delay_s = RESTART_MIN_S
+            slot.restart_at = time.monotonic() + slot.delay_s
+            log.warning(
+                "worker %d (pid %d) died (%s) after %.1f s; restarting in %.1f s",
+                slot.index, proc.pid, _exit_text(proc.exitcode), uptime, slot.delay_s,
+            )  # fmt: skip
+        if stopping:
+            for slot in slots:
+                slot.restart_at = None
+            if all(slot.proc is None for slot in slots):
+                return 0
+            continue
+        now = time.monotonic()
+        for slot in slots:
+            if slot.restart_at is not None and slot.restart_at <= now:
+                slot.generation += 1
+                start(slot)
+    return 0
+
+
+def _wait_all(slots: list[_Slot], metrics_dir: Path) -> None:
+    from plano_fast.metrics import retire_snapshot
+
+    for slot in slots:
+        if slot.proc is not None:
+            slot.proc.join()
+            if slot.proc.pid is not None:
+                retire_snapshot(metrics_dir, slot.proc.pid)
+            slot.proc = None

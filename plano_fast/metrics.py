@@ -10,7 +10,8 @@ else happens off it:
 * a scrape of the admin port, which lands on any one worker, adds that worker's live
   numbers to the other workers' last snapshots: one scrape gives the whole instance, at
   most one publish interval stale.  Snapshots of workers that died stay (their counters
-  must not go backwards); the parent empties the directory when the instance starts.
+  must not go backwards; the parent keeps their counters and drops their gauges, see
+  :func:`retire_snapshot`); the parent empties the directory when the instance starts.
 
 Why not prometheus_client's multiprocess mode: it writes an mmap'd value under a lock for
 every increment -- about ten per request here -- where a dict increment costs ~40 ns.
@@ -235,6 +236,24 @@ def write_snapshot(directory: Path, snapshot: Mapping[str, Any]) -> None:
     temp = directory / f".{os.getpid()}.json.tmp"
     temp.write_text(json.dumps(snapshot, separators=(",", ":")))
     os.replace(temp, final)
+
+
+def retire_snapshot(directory: Path, pid: int) -> None:
+    """Keep a dead worker's counters and drop its gauges (its connections, its backlog are
+    gone with it): ``<pid>.json`` becomes ``retired-<pid>.json``, which every worker still
+    adds up.  Called by the parent of ``--workers N`` when a worker exits."""
+    path = directory / f"{pid}.json"
+    try:
+        snap = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # never published (or a torn file: the worker was replacing it)
+    process = snap.get("process")
+    if isinstance(process, dict):
+        snap["process"] = {k: v for k, v in process.items() if not k.endswith(_GAUGE_SUFFIXES)}
+    temp = directory / f".retired-{pid}.json.tmp"
+    temp.write_text(json.dumps(snap, separators=(",", ":")))
+    os.replace(temp, directory / f"retired-{pid}.json")
+    path.unlink(missing_ok=True)
 
 
 def read_snapshots(directory: Path, skip_pid: int) -> Iterator[dict[str, Any]]:

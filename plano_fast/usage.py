@@ -66,6 +66,8 @@ class UsageEvent:
     usage_raw: str | None = None
     #: the scan API that read it (a ``USAGE_API_NAMES`` value)
     usage_api: str | None = None
+    #: managed mode: how much the cost exceeded the reservation held for it (0: within it)
+    reservation_overrun_nano_usd: int = 0
 
 
 UsageSink = Callable[[UsageEvent], None]

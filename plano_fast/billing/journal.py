@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import orjson
+
 from plano_fast.periodic import Periodic
 from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
@@ -100,11 +102,11 @@ class Journal:
         """A write-ahead log's events, ``batch_size`` at a time (a torn last group, from a
         crash mid-write, is skipped: those events were never synced)."""
         batch: list[UsageEvent] = []
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
                 try:
                     group = json.loads(line)
-                except json.JSONDecodeError:
+                except ValueError:  # JSONDecodeError, or a UTF-8 sequence torn mid-write
                     continue
                 for fields in group:
                     batch.append(UsageEvent(*fields))
@@ -156,7 +158,18 @@ def _alive(pid: int) -> bool:
 
 # One C call per event (measured: 17% less than building the tuple in Python).
 _event_fields = operator.attrgetter(*_EVENT_FIELDS)
-_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_ENCODE_STD = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def _encode_line(fields: list[tuple[object, ...]]) -> bytes:
+    """One journal line.  orjson is ~10x cheaper than the stdlib encoder here (callgrind:
+    the stdlib encoder was ~23k instructions per event, the largest single cost the journal
+    added); the stdlib encoder takes what orjson refuses (a lone surrogate in a string, an
+    integer past 64 bits), so no event is ever unencodable.  Both write the same JSON."""
+    try:
+        return orjson.dumps(fields) + b"\n"
+    except TypeError:
+        return (_ENCODE_STD(fields) + "\n").encode("utf-8", "surrogatepass")
 
 
 class WriteAheadLog:
@@ -221,7 +234,7 @@ class WriteAheadLog:
             if not events or self._executor is None:
                 return
             self._buffer = []
-            line = _ENCODE(list(map(_event_fields, events))) + "\n"
+            line = _encode_line(list(map(_event_fields, events)))
             if self._current is None:
                 self._segments += 1
                 self._current = self._base.with_name(
@@ -250,9 +263,9 @@ class WriteAheadLog:
                 path.unlink(missing_ok=True)
 
 
-def _append_synced(path: Path, data: str) -> None:
+def _append_synced(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
+    with open(path, "ab") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

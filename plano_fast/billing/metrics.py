@@ -18,6 +18,7 @@ class BillingMetrics:
     rows_spilled: int = 0
     rows_replayed: int = 0
     reservation_overruns: int = 0  # managed: a provider billed more than was reserved
+    reservation_overrun_nano_usd: int = 0  # managed: by how much, in all (the rows' flags)
     rows_rejected: int = 0  # refused by the store for their values; set aside (journal)
     flushes: int = 0
     flush_failures: int = 0

@@ -22,8 +22,10 @@ provider will bill.  The argument, per part of the bill:
   provider-run tools whose results are added to the input (web search, file search,
   code execution, URL context, MCP).  A request without a hard limit is not inspected.
 
-When a provider nevertheless bills more than was reserved, the settle path counts it
-(``BillingMetrics.reservation_overruns``) and logs it, so an operator sees the hole.
+When a provider nevertheless bills more than was reserved, the settle path records the
+difference on the usage row (``reservation_overrun_nano_usd``, migration 0004), counts it
+(``BillingMetrics.reservation_overruns`` and ``reservation_overrun_nano_usd``) and logs it,
+so an operator sees the hole.
 """
 
 from __future__ import annotations

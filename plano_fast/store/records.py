@@ -98,6 +98,8 @@ class UsageRow:
     unpriced one ``pending``.  ``usage_raw``: the provider's usage object(s) as received
     (``UsageScanner.raw_usage``), ``usage_api`` the scan API that read them (what
     ``plano-fast usage reprice`` re-derives the row from); ``price_entry`` the price used.
+    ``reservation_overrun_nano_usd``: managed mode, how much the cost exceeded the
+    reservation held for the request (None: within it, or no reservation).
     """
 
     request_id: str
@@ -128,6 +130,7 @@ class UsageRow:
     usage_api: str | None = None
     usage_raw: str | None = None
     price_entry: str | None = None
+    reservation_overrun_nano_usd: int | None = None
 
     @classmethod
     def from_event(
@@ -180,6 +183,7 @@ class UsageRow:
         row.usage_api = event.usage_api
         row.usage_raw = event.usage_raw
         row.price_entry = price_entry
+        row.reservation_overrun_nano_usd = event.reservation_overrun_nano_usd or None
         return row
 
 

@@ -360,13 +360,15 @@ class ManagedExchange(Exchange):
 
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
-        cost = row.cost_nano_usd or 0
-        if cost > reservation.amount_nano_usd:
+        overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
+        if overrun > 0:
             # The bound did not hold (a provider billed what the request could not show):
-            # counted and logged, so an operator sees the hole.
+            # on the row, counted and logged, so an operator sees the hole.
+            row.reservation_overrun_nano_usd = event.reservation_overrun_nano_usd = overrun
             self.mctx.writer.metrics.reservation_overruns += 1
+            self.mctx.writer.metrics.reservation_overrun_nano_usd += overrun
             log.warning("request %s cost %d nano-USD, more than the %d reserved (%s %s)",
-                        row.request_id, cost, reservation.amount_nano_usd, row.provider, row.model)
+                        row.request_id, row.cost_nano_usd, reservation.amount_nano_usd, row.provider, row.model)
         try:
             await store.settle(reservation, row)
         except asyncio.CancelledError:
