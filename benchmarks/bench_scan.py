@@ -35,10 +35,10 @@ from typing import Any
 
 import pytest
 
-from plano_fast import _scan_py
+from plano_fast.wire import _scan_py
 
 try:
-    from plano_fast import _scan as _compiled
+    from plano_fast.wire import _scan as _compiled
 except ImportError:
     _compiled = None
 

@@ -4,7 +4,7 @@
 response bytes, without building JSON objects.
 
 The specification (mapping, caps, duplicate-key rule, SSE rules) lives in the docstring of
-:mod:`plano_fast._scan_py`, the pure-Python twin; both give identical results.
+:mod:`plano_fast.wire._scan_py`, the pure-Python twin; both give identical results.
 
 How it works: one resumable, validating JSON state machine (``Walker``) reads every byte
 once, keeping only a 512-entry container stack and a few small fixed buffers.  String contents
@@ -25,7 +25,18 @@ from libc.stdint cimport int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-from plano_fast._scan_py import (
+from plano_fast.wire._shared import (
+    API_ANTHROPIC,
+    API_GEMINI,
+    API_OPENAI_CHAT,
+    API_OPENAI_RESPONSES,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_EVENT_BYTES,
+    MAX_HOLD_BYTES,
+    MAX_MODEL_BYTES,
+    MAX_RAW_USAGE_BYTES,
+    MAX_TOKEN_COUNT,
     ScanError,
     MSG_NOT_OBJECT,
     MSG_MODEL_TYPE,
@@ -37,11 +48,13 @@ from plano_fast._scan_py import (
     msg_max_type,
     msg_duplicate,
     DUPLICATE_NAMES,
-    _decode_json_string,
-    _encode_json_string,
-    _has_lone_surrogate,
-    rewrite_request as _py_rewrite_request,
+    decode_json_string,
+    encode_json_string,
+    has_lone_surrogate,
 )
+# more spans than C_SPANS to edit (a body repeating "model" or "stream_options" over and
+# over): the twin rewrites those few bodies
+from plano_fast.wire._scan_py import rewrite_request as _py_rewrite_request
 
 __all__ = [
     "API_ANTHROPIC",
@@ -62,137 +75,14 @@ __all__ = [
     "scan_request",
 ]
 
-cdef extern from *:
-    """
-    #include <string.h>
-    #include <stdint.h>
-    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
-    #include <emmintrin.h>
-    #define PF_SSE2 1
-    #endif
-    #if defined(_MSC_VER)
-    #include <intrin.h>
-    static __inline int pf_ctz(unsigned int x) { unsigned long i; _BitScanForward(&i, x); return (int)i; }
-    #else
-    #define pf_ctz(x) __builtin_ctz(x)
-    #endif
-
-    /* First byte in [p, end) that is '"', '\\\\', < 0x20 or >= 0x80 (or end). */
-    static inline const unsigned char *pf_scan_plain(const unsigned char *p, const unsigned char *end) {
-    #ifdef PF_SSE2
-        const __m128i q = _mm_set1_epi8('"');
-        const __m128i b = _mm_set1_epi8('\\\\');
-        const __m128i s = _mm_set1_epi8(0x20);
-        while (end - p >= 32) {
-            __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i y = _mm_loadu_si128((const __m128i *)(p + 16));
-            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(x, s));
-            __m128i my = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(y, q), _mm_cmpeq_epi8(y, b)), _mm_cmplt_epi8(y, s));
-            unsigned int m = (unsigned int)_mm_movemask_epi8(mx) | ((unsigned int)_mm_movemask_epi8(my) << 16);
-            if (m) return p + pf_ctz(m);
-            p += 32;
-        }
-        if (end - p >= 16) {
-            __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(x, s));
-            unsigned int m = (unsigned int)_mm_movemask_epi8(mx);
-            if (m) return p + pf_ctz(m);
-            p += 16;
-        }
-    #else
-        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-        while (end - p >= 8) {
-            uint64_t w, hq, hb, lt;
-            memcpy(&w, p, 8);
-            hq = w ^ (ones * 0x22); hq = (hq - ones) & ~hq;
-            hb = w ^ (ones * 0x5C); hb = (hb - ones) & ~hb;
-            lt = (w - ones * 0x20) & ~w;
-            if ((hq | hb | lt | w) & highs) break;
-            p += 8;
-        }
-    #endif
-        while (p < end) {
-            unsigned char c = *p;
-            if (c == '"' || c == '\\\\' || c < 0x20 || c >= 0x80) return p;
-            ++p;
-        }
-        return p;
-    }
-
-    /* First byte in [p, end) that is '"', '\\\\' or < 0x20 (or end): bytes >= 0x80 pass. */
-    static inline const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) {
-    #ifdef PF_SSE2
-        const __m128i q = _mm_set1_epi8('"');
-        const __m128i b = _mm_set1_epi8('\\\\');
-        const __m128i f = _mm_set1_epi8((char)0x80);
-        const __m128i s = _mm_set1_epi8((char)0xA0);  /* (x ^ 0x80) < 0xA0 signed <=> x < 0x20 */
-        while (end - p >= 32) {
-            __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i y = _mm_loadu_si128((const __m128i *)(p + 16));
-            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(_mm_xor_si128(x, f), s));
-            __m128i my = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(y, q), _mm_cmpeq_epi8(y, b)), _mm_cmplt_epi8(_mm_xor_si128(y, f), s));
-            unsigned int m = (unsigned int)_mm_movemask_epi8(mx) | ((unsigned int)_mm_movemask_epi8(my) << 16);
-            if (m) return p + pf_ctz(m);
-            p += 32;
-        }
-        if (end - p >= 16) {
-            __m128i x = _mm_loadu_si128((const __m128i *)p);
-            __m128i mx = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)), _mm_cmplt_epi8(_mm_xor_si128(x, f), s));
-            unsigned int m = (unsigned int)_mm_movemask_epi8(mx);
-            if (m) return p + pf_ctz(m);
-            p += 16;
-        }
-    #else
-        const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-        while (end - p >= 8) {
-            uint64_t w, hq, hb, lt;
-            memcpy(&w, p, 8);
-            hq = w ^ (ones * 0x22); hq = (hq - ones) & ~hq;
-            hb = w ^ (ones * 0x5C); hb = (hb - ones) & ~hb;
-            lt = (w - ones * 0x20) & ~w;
-            if ((hq | hb | lt) & highs) break;
-            p += 8;
-        }
-    #endif
-        while (p < end) {
-            unsigned char c = *p;
-            if (c == '"' || c == '\\\\' || c < 0x20) return p;
-            ++p;
-        }
-        return p;
-    }
-
-    /* First '\\n' or '\\r' in [p, end) (or end). */
-    static inline const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) {
-    #ifdef PF_SSE2
-        const __m128i n = _mm_set1_epi8('\\n');
-        const __m128i r = _mm_set1_epi8('\\r');
-        while (end - p >= 16) {
-            __m128i x = _mm_loadu_si128((const __m128i *)p);
-            unsigned int m = (unsigned int)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(x, n), _mm_cmpeq_epi8(x, r)));
-            if (m) return p + pf_ctz(m);
-            p += 16;
-        }
-    #endif
-        while (p < end) {
-            if (*p == '\\n' || *p == '\\r') return p;
-            ++p;
-        }
-        return p;
-    }
-    """
+cdef extern from "_simd.h":
     const unsigned char *pf_scan_plain(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
 
 
 # ------------------------------------------------------------------------------------------
-# public constants (must equal the twin's; tests check it)
-
-API_OPENAI_CHAT = 1
-API_OPENAI_RESPONSES = 2
-API_ANTHROPIC = 3
-API_GEMINI = 4
+# limits (the Python names come from plano_fast.wire._shared, checked against these below)
 
 cdef enum:
     C_MAX_DEPTH = 512
@@ -207,20 +97,18 @@ cdef enum:
     C_RAW_CAP = 4096          # bytes of the provider usage document kept for the row
     NOGIL_MIN = 1048576        # release the GIL only for inputs of 1 MiB or more
 
-MAX_DEPTH = C_MAX_DEPTH
-MAX_BODY_BYTES = C_MAX_BODY
-MAX_EVENT_BYTES = C_MAX_EVENT
-MAX_HOLD_BYTES = C_MAX_HOLD
-MAX_MODEL_BYTES = C_MODEL_CAP
-MAX_TOKEN_COUNT = 999_999_999_999_999_999  # 10**C_MAX_DIGITS - 1
-MAX_RAW_USAGE_BYTES = C_RAW_CAP
-
 cdef enum:
     # APIs
     A_CHAT = 1
     A_RESP = 2
     A_ANTH = 3
     A_GEM = 4
+
+if ((A_CHAT, A_RESP, A_ANTH, A_GEM, C_MAX_DEPTH, C_MAX_BODY, C_MAX_EVENT, C_MAX_HOLD, C_MODEL_CAP,
+     10 ** int(C_MAX_DIGITS) - 1, C_RAW_CAP)
+        != (API_OPENAI_CHAT, API_OPENAI_RESPONSES, API_ANTHROPIC, API_GEMINI, MAX_DEPTH, MAX_BODY_BYTES,
+            MAX_EVENT_BYTES, MAX_HOLD_BYTES, MAX_MODEL_BYTES, MAX_TOKEN_COUNT, MAX_RAW_USAGE_BYTES)):
+    raise ImportError("plano_fast.wire._scan: its C constants differ from plano_fast.wire._shared")
 
 cdef enum:
     # walker states
@@ -2060,8 +1948,8 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
         raise ScanError(MSG_MODEL_TYPE)
     if r.model == ST_OK:
         if r.model_esc:
-            model = _decode_json_string(body[r.model_start:r.model_end])
-            if _has_lone_surrogate(model):
+            model = decode_json_string(body[r.model_start:r.model_end])
+            if has_lone_surrogate(model):
                 raise ScanError(MSG_MODEL_SURROGATE)
         else:
             buf = PyBytes_AS_STRING(body)
@@ -2107,7 +1995,7 @@ def rewrite_request(bytes body not None, model=None, bint inject_include_usage=F
     cdef bint found
     req_walk(&s, body)
     req_fields(r, body)
-    encoded = None if model is None else _encode_json_string(model)
+    encoded = None if model is None else encode_json_string(model)
     if encoded is None and not inject_include_usage:
         return body
     if r.overflow:
@@ -2245,7 +2133,7 @@ cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
 
 
 cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
-    """The row convention (see plano_fast._scan_py, "Normalized usage") from raw fields."""
+    """The row convention (see plano_fast.wire._scan_py, "Normalized usage") from raw fields."""
     cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0
     if api == A_ANTH:
         cr = v[F_CR]
@@ -2291,7 +2179,7 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
 @cython.freelist(8)
 @cython.final
 cdef class UsageScanner:
-    """Incremental usage reader for one response body (see plano_fast._scan_py)."""
+    """Incremental usage reader for one response body (see plano_fast.wire._scan_py)."""
 
     cdef Walker w
     cdef DocRec doc
@@ -2457,7 +2345,7 @@ cdef class UsageScanner:
     def raw_usage(self):
         """The provider's usage object(s) as received, in a document that scans (with this
         API, not streaming) to the same counts; ``None`` when no usage was read or the
-        document would exceed MAX_RAW_USAGE_BYTES (see plano_fast._scan_py)."""
+        document would exceed MAX_RAW_USAGE_BYTES (see plano_fast.wire._scan_py)."""
         cdef Acc *a = &self.acc
         if not a.has_usage or not a.raw_set or a.raw_len <= 0:
             return None
