@@ -8,6 +8,7 @@ twins (``plano_fast/wire/_scan_py.py``, ``_head_py.py``), reporting which implem
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -40,8 +41,9 @@ class OptionalBuildExt(build_ext):
         )
 
 
-#: What the compiled modules read besides their own .pyx: a change to any of these rebuilds.
-WIRE_DEPENDS = ("plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h")
+#: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
+#: shared byte helpers, the SIMD header): a change to any of these rebuilds.
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h"]
 
 
 def _extensions() -> list[Extension]:
@@ -54,7 +56,7 @@ def _extensions() -> list[Extension]:
     return cythonize(
         [
             Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
-                      depends=list(WIRE_DEPENDS))
+                      depends=WIRE_DEPENDS)
             for name in ("_scan", "_head", "_request")
         ],
         compiler_directives={
