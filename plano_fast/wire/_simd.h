@@ -69,7 +69,8 @@ PF_ALWAYS_INLINE const unsigned char *pf_scan_string(const unsigned char *p, con
 #endif
     while (p < end) {
         unsigned char c = *p;
-        if (c == '"' || c == '\\' || c < 0x20 || (stop_high && c >= 0x80)) return p;
+        if (stop_high ? (c == '"' || c == '\\' || c < 0x20 || c >= 0x80) : (c == '"' || c == '\\' || c < 0x20))
+            return p;
         ++p;
     }
     return p;
