@@ -77,3 +77,22 @@ def test_the_gateway_takes_its_implementations_from_the_selector() -> None:
     assert http_server._parse_request is wire.parse_request
     assert upstream.response_head is wire.response_head
     assert credentials.forward_request_headers is wire.forward_request_headers
+
+
+def test_the_wire_package_imports_only_the_standard_library_and_itself() -> None:
+    """A pure core: no asyncio, no I/O module, nothing else of the gateway (read from the
+    sources, compiled ones included, so it holds for every implementation)."""
+    import re
+
+    allowed = {"__future__", "collections", "json", "os", "re", "typing", "cython", "libc", "cpython"}
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "plano_fast" / "wire").iterdir()):
+        if path.suffix not in (".py", ".pyx", ".pxi", ".pxd", ".pyi"):
+            continue
+        text = path.read_text()
+        names = re.findall(r"^\s*(?:from\s+(\S+)\s+c?import|c?import\s+(\S+))", text, re.MULTILINE)
+        found[path.name] = {(a or b).rstrip(",") for a, b in names}
+    assert "_scan.pyx" in found and "_scan_py.py" in found and "__init__.py" in found
+    for name, modules in found.items():
+        bad = {m for m in modules if m.split(".")[0] not in allowed and not m.startswith("plano_fast.wire")}
+        assert not bad, (name, bad)
