@@ -28,7 +28,8 @@ if ((A_CHAT, A_RESP, A_ANTH, A_GEM, C_MAX_DEPTH, C_MAX_BODY, C_MAX_EVENT, C_MAX_
      10 ** int(C_MAX_DIGITS) - 1, C_RAW_CAP)
         != (API_OPENAI_CHAT, API_OPENAI_RESPONSES, API_ANTHROPIC, API_GEMINI, MAX_DEPTH, MAX_BODY_BYTES,
             MAX_EVENT_BYTES, MAX_HOLD_BYTES, MAX_MODEL_BYTES, MAX_TOKEN_COUNT, MAX_RAW_USAGE_BYTES)):
-    raise ImportError("plano_fast.wire._scan: its C constants differ from plano_fast.wire._shared")
+    # a source mistake, not a missing build: fail loudly rather than fall back to the twin
+    raise RuntimeError("plano_fast.wire._scan: its C constants differ from plano_fast.wire._shared")
 
 cdef enum:
     # walker states
