@@ -26,17 +26,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from plano_fast.wire._shared import (
-    API_ANTHROPIC,
-    API_GEMINI,
-    API_OPENAI_CHAT,
-    API_OPENAI_RESPONSES,
-    MAX_BODY_BYTES,
-    MAX_DEPTH,
-    MAX_EVENT_BYTES,
-    MAX_HOLD_BYTES,
-    MAX_MODEL_BYTES,
-    MAX_RAW_USAGE_BYTES,
-    MAX_TOKEN_COUNT,
     ScanError,
     MSG_NOT_OBJECT,
     MSG_MODEL_TYPE,
