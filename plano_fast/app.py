@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from plano_fast.access_log import AccessLog
-from plano_fast import guardrails, ratelimit, scan
+from plano_fast import guardrails, ratelimit
+from plano_fast import wire as scan
 from plano_fast.preference_routing import Decision, PreferenceRouter, decision_body
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server

@@ -29,7 +29,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from plano_fast import guardrails, scan
+from plano_fast import guardrails
+from plano_fast import wire as scan
 from plano_fast.errors import (
     BadRequestBody,
     ClientError,

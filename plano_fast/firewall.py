@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.credentials import ClientHeaders
 from plano_fast.errors import (
     BadRequestBody,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
