@@ -21,6 +21,7 @@ more are scanned with the GIL released.
 
 cimport cython
 from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport malloc, free
 from libc.stdint cimport int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8

@@ -200,6 +200,13 @@ cdef class UsageScanner:
             self.mode = MODE_JSON
             self.doc_start()
 
+    def __dealloc__(self):
+        # the raw-usage buffers (raw_buf); free(NULL) is a no-op
+        free(self.acc.raw)
+        free(self.pend.raw)
+        free(self.doc.raw[0])
+        free(self.doc.raw[1])
+
     # -- accumulator --------------------------------------------------------------------------
 
     cdef inline void doc_start(self) noexcept:
@@ -218,14 +225,15 @@ cdef class UsageScanner:
             self.acc.raw_set = 1
             if self.api != A_ANTH:
                 self.acc.raw_len = self.pend.raw_len
-                if self.pend.raw_len > 0:
-                    memcpy(self.acc.raw, self.pend.raw, self.pend.raw_len)
+                if self.pend.raw_len > 0:  # swap the buffers: pend's is scratch from here on
+                    self.acc.raw, self.pend.raw = self.pend.raw, self.acc.raw
             elif self.pend.raw_len < 0:
                 self.acc.raw_len = -1
             else:
                 if self.acc.raw_len > 0:
                     raw_put(&self.acc, b",", 1)
-                raw_put(&self.acc, self.pend.raw, self.pend.raw_len)
+                if self.pend.raw_len > 0:
+                    raw_put(&self.acc, self.pend.raw, self.pend.raw_len)
         self.acc.has_usage = self.pend.has_usage
         self.acc.is_error = self.acc.is_error or self.pend.is_error
         if self.pend.model_set:

@@ -631,13 +631,21 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
     return 0
 
 
+cdef inline bint raw_buf(unsigned char **p) noexcept nogil:
+    """The raw-usage buffer at ``*p``, allocated (not zeroed) on first use; False when
+    malloc fails (the caller then marks the object not kept, as when it is too long)."""
+    if p[0] == NULL:
+        p[0] = <unsigned char *>malloc(C_RAW_CAP)
+    return p[0] != NULL
+
+
 cdef void raw_copy(Walker *w, Py_ssize_t upto) noexcept nogil:
     """Append cur_buf[rec_from:upto] to the captured usage object."""
     cdef int i = w.rec - 1
     cdef Py_ssize_t n = upto - w.rec_from
     cdef Py_ssize_t have = w.doc.raw_len[i]
     if n > 0 and have >= 0:
-        if have + n > C_RAW_CAP:
+        if have + n > C_RAW_CAP or not raw_buf(&w.doc.raw[i]):
             w.doc.raw_len[i] = -1
         else:
             memcpy(w.doc.raw[i] + have, w.cur_buf + w.rec_from, n)
@@ -660,7 +668,7 @@ cdef int w_feed_cap(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t b
 cdef inline void raw_put(Acc *a, const void *s, Py_ssize_t n) noexcept nogil:
     if a.raw_len < 0:
         return
-    if a.raw_len + n > C_RAW_CAP - 2:  # room for the "[" "]" around Anthropic's pieces
+    if a.raw_len + n > C_RAW_CAP - 2 or not raw_buf(&a.raw):  # room for "[" "]" (Anthropic)
         a.raw_len = -1
         return
     memcpy(a.raw + a.raw_len, s, n)
@@ -685,7 +693,8 @@ cdef void raw_piece(Acc *a, DocRec *d, int rec, int api) noexcept nogil:
         raw_put(a, b'{"message":{"usage":', 20)
     else:
         raw_put(a, b'{"usage":', 9)
-    raw_put(a, d.raw[rec], d.raw_len[rec])
+    if d.raw_len[rec] > 0:  # d.raw[rec] is NULL until a byte was kept
+        raw_put(a, d.raw[rec], d.raw_len[rec])
     if api == A_ANTH and rec == 1:
         raw_put(a, b"}}", 2)
     else:
