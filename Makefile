@@ -8,7 +8,7 @@ CONFIG ?= examples/plano_config.yaml
 
 .PHONY: run test env bench bench-quick bench-smoke clean
 
-$(VENV)/.installed: pyproject.toml setup.py plano_fast/_scan.pyx plano_fast/_head.pyx plano_fast/_request.pyx plano_fast/_bytes.pxd
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/wire/*.pyx plano_fast/wire/*.pxi plano_fast/wire/*.pxd plano_fast/wire/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the build requirements (pinned in pyproject.toml) for the in-place build below
@@ -42,4 +42,4 @@ bench-micro: env
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info plano_fast/_scan.c plano_fast/_head.c plano_fast/_request.c plano_fast/*.so
+	rm -rf $(VENV) build *.egg-info plano_fast/wire/*.c plano_fast/wire/*.so plano_fast/wire/*.html

@@ -2,12 +2,13 @@
 request fast path).
 
 The extension is built when Cython and a C compiler are available. When either is
-missing the install still succeeds and ``plano_fast.scan`` falls back to the pure-Python
-twin (``plano_fast._scan_py``), reporting which implementation is active.
+missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
+twins (``plano_fast/wire/_scan_py.py``, ``_head_py.py``), reporting which implementation is active.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 
@@ -40,6 +41,11 @@ class OptionalBuildExt(build_ext):
         )
 
 
+#: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
+#: shared byte helpers, the SIMD header): a change to any of these rebuilds.
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h"]
+
+
 def _extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
@@ -49,9 +55,9 @@ def _extensions() -> list[Extension]:
     annotate = os.environ.get("PLANO_FAST_CYTHON_ANNOTATE") == "1"
     return cythonize(
         [
-            Extension("plano_fast._scan", ["plano_fast/_scan.pyx"], extra_compile_args=["-O3"]),
-            Extension("plano_fast._head", ["plano_fast/_head.pyx"], extra_compile_args=["-O3"]),
-            Extension("plano_fast._request", ["plano_fast/_request.pyx"], extra_compile_args=["-O3"]),
+            Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
+                      depends=WIRE_DEPENDS)
+            for name in ("_scan", "_head", "_request")
         ],
         compiler_directives={
             "language_level": "3",

@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import replace
 
 from benchmarks.bench_store import postgres_url
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
 from plano_fast.billing.reprice import load_pricing, reprice
 from plano_fast.pricing import PricingRegistry

@@ -268,9 +268,9 @@ def machine_info() -> dict[str, Any]:
         wrk_v = (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else "wrk"
         wrk_v = wrk_v.split(" Copyright")[0]
     try:
-        from plano_fast import scan
+        from plano_fast import wire
 
-        scanner = scan.IMPLEMENTATION
+        scanner = wire.IMPLEMENTATION
     except Exception as exc:  # pragma: no cover
         scanner = f"? ({exc})"
     return {

@@ -134,6 +134,12 @@ class AdminContext(Protocol):
         (``/auth/check`` then fails closed: 503, as the data plane does)."""
 
     @property
+    def keys_registered(self) -> bool:
+        """True when callers' keys are registered (firewall and managed mode): a key-scope
+        limit must then name a registered key.  False in config mode, where a caller is any
+        key, known only by its SHA-256 (README "The three modes")."""
+
+    @property
     def cipher(self) -> KeyCipher | None:
         """Managed mode's provider-key cipher; None when managed mode is off (the managed
         routes then answer 409 ``managed_mode_disabled``)."""
@@ -485,6 +491,8 @@ class _Admin:
             exists = await self.store.get_user(body.scope_id)
         else:
             exists = await self.store.get_api_key(body.scope_id)
+            if exists is None and not self.ctx.keys_registered:
+                exists = True  # config mode: any key's hash names a caller
         if exists is None:
             raise RequestError(404, "not_found", f"field 'scope_id': no {body.scope_kind} has this id")
         try:

@@ -559,6 +559,10 @@ class _GatewayAdmin:
     def registry_ready(self) -> bool:
         return self._gw.registry.ready and self._gw.billing.budget.ready
 
+    @property
+    def keys_registered(self) -> bool:
+        return self._gw.firewall or self._gw.managed is not None
+
     async def on_keys_changed(self) -> None:
         await self._gw.registry.reload()
 

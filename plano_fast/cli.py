@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 from plano_fast import __version__
-from plano_fast import scan
+from plano_fast import wire
 from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.config import ConfigError, GatewayConfig, load_config
 from plano_fast.ratelimit import describe as describe_limits
@@ -323,7 +323,7 @@ async def _serve_until_signal(
     # One line a supervisor or test can wait for.
     print(
         f"plano_fast listening on {gateway.host}:{gateway.port} "
-        f"(pid {os.getpid()}, scanner: {scan.IMPLEMENTATION})"
+        f"(pid {os.getpid()}, scanner: {wire.IMPLEMENTATION})"
         + (f"; admin API on {config.settings.admin_address}:{gateway.admin_port}"
            if gateway.admin_port else ""),
         flush=True,

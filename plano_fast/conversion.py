@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.convert import ConversionError, StreamConverter, convert_error, convert_response
 from plano_fast.convert._common import dumps as json_dumps
 from plano_fast.convert._common import loads as json_loads

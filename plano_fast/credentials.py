@@ -6,7 +6,7 @@ gateway verified one of them and forwarded the others, a client could authentica
 registered key and have the provider serve (and the project pay for) another one.  So:
 
 * every credential header (underscore spellings included) is counted in the one pass that copies the forwardable headers
-  (``plano_fast.head.forward_request_headers``), whatever ``Connection`` lists, and never
+  (``plano_fast.wire.forward_request_headers``), whatever ``Connection`` lists, and never
   forwarded as sent;
 * zero credentials -> None (the caller decides whether that is allowed); more than one --
   two headers, a header twice, a header plus ``key=`` -- is a 401, never forwarded;
@@ -29,7 +29,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from plano_fast.errors import Unauthorized
-from plano_fast.head import forward_request_headers
+from plano_fast.wire import forward_request_headers
 
 _PRINTABLE: Final = bytes(range(0x21, 0x7F))
 _QUERY_SPLIT: Final = re.compile(rb"[&;]")

@@ -12,7 +12,7 @@ Transfer-Encoding on an HTTP/1.0 request are refused.  Every framing error is an
 unknowable.
 
 Plain requests skip httptools: while it is between messages, whole requests at the front
-of a read that plano_fast/_request.pyx accepts (a strict subset of what llhttp accepts --
+of a read that plano_fast/wire/_request.pyx accepts (a strict subset of what llhttp accepts --
 Content-Length bodies only, no Transfer-Encoding, Expect or Upgrade, the plain header
 grammar -- parsed to the same fields, which tests/test_request_fast_path.py checks against
 httptools) are dispatched from one Cython pass instead of a Python callback per header;
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import time
 from email.utils import formatdate
 from http import HTTPStatus
@@ -70,14 +69,8 @@ from plano_fast.errors import (
     api_format_for_path,
 )
 
-_parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None] | None
-if os.environ.get("PLANO_FAST_PURE_SCANNER") == "1":
-    _parse_request = None
-else:
-    try:  # the compiled fast path for plain requests; httptools parses everything else
-        from plano_fast._request import parse_request as _parse_request
-    except ImportError:
-        _parse_request = None
+# the compiled fast path for plain requests (None when not in use); httptools parses the rest
+from plano_fast.wire import parse_request as _parse_request
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -511,7 +504,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _take_plain_requests(self, data: bytes) -> int:
         """Dispatch the complete requests at the front of ``data`` that the compiled fast
-        path accepts (plano_fast/_request.pyx: a strict subset of what httptools accepts,
+        path accepts (plano_fast/wire/_request.pyx: a strict subset of what httptools accepts,
         parsed to the same fields); returns how many bytes they took."""
         parse = _parse_request
         assert parse is not None

@@ -7,7 +7,7 @@ $0.000001 per 1M tokens is exact.
 
 Cost semantics (one row convention)
 -----------------------------------
-Counts follow the row convention the scanner reports for every provider (plano_fast._scan_py,
+Counts follow the row convention the scanner reports for every provider (plano_fast.wire._scan_py,
 "Normalized usage"; README "Usage rows"): ``input`` is every prompt token, of which
 ``cache_read``, ``cache_write`` (of which ``cache_write_1h``), ``audio_input`` and
 ``tool_use_prompt`` are parts; ``output`` is every billed output token (reasoning included), of

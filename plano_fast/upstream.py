@@ -26,7 +26,7 @@ import httptools
 
 from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from plano_fast.head import response_head
+from plano_fast.wire import response_head
 
 Header = tuple[bytes, bytes]
 
@@ -43,7 +43,7 @@ class UpstreamHead:
     """An upstream response's head as the client will get it.
 
     ``block`` is the upstream's header lines minus the status line, hop-by-hop and framing
-    headers, date and server (``plano_fast._head_py`` has the rules), byte for byte and
+    headers, date and server (``plano_fast.wire._head_py`` has the rules), byte for byte and
     CRLF-ended, ready to follow the gateway's own status line; ``content_length`` is set
     for a Content-Length-framed body; ``headers()`` parses the block for the few paths that
     rewrite an answer.
@@ -252,7 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------
     # No on_header: llhttp checks the head, and the head is relayed from the bytes it
-    # arrived as (plano_fast.head), not rebuilt header by header in Python.
+    # arrived as (plano_fast.wire), not rebuilt header by header in Python.
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         block, length, chunked, end = response_head(self._head_buf)

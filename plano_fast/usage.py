@@ -33,7 +33,7 @@ USAGE_API_NUMBERS: dict[str, int] = {name: number for number, name in USAGE_API_
 @dataclass(slots=True)
 class UsageEvent:
     """One exchange's usage, as read off the wire, in the row convention (README "Usage rows";
-    plano_fast._scan_py "Normalized usage"): ``input_tokens`` is every prompt token (cache
+    plano_fast.wire._scan_py "Normalized usage"): ``input_tokens`` is every prompt token (cache
     reads and writes, tool-use prompt included), ``output_tokens`` every billed output token
     (reasoning included); the other counts are parts of those two.
     """

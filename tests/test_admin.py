@@ -65,6 +65,7 @@ class FakeContext:
         self.cipher = cipher
         self.registry: dict[str, RegisteredApiKey] = {}
         self.registry_ready = False
+        self.keys_registered = True  # firewall mode's rule: a key limit names a registered key
         self.calls: Counter[str] = Counter()
         self.blocked_set: set[tuple[str, str]] = set()
         self.fail_keys_changed = False

@@ -168,7 +168,7 @@ def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_p
                    "plano_fast/data/prices.json", "licenses/LICENSE", "plano_fast/py.typed"):  # fmt: skip
         assert needed in listing, needed
     for module in ("_scan", "_head", "_request"):
-        assert re.search(rf"plano_fast/{module}\.cpython-\S+\.so", listing), module
+        assert re.search(rf"plano_fast/wire/{module}\.cpython-\S+\.so", listing), module
     assert not re.search(r"\.c\s*$", listing, re.MULTILINE), "generated C is for the sdist, not wheels"
 
     # 3. a fresh venv with only the wheel installed
@@ -250,7 +250,7 @@ def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_p
             assert resp.status == 200
             assert json.loads(resp.read())["object"] == "chat.completion"
         where = subprocess.run(
-            [str(py), "-c", "import plano_fast, plano_fast.scan as s; print(plano_fast.__file__, s.IMPLEMENTATION)"],
+            [str(py), "-c", "import plano_fast, plano_fast.wire as s; print(plano_fast.__file__, s.IMPLEMENTATION)"],
             capture_output=True, text=True, check=True, cwd=volume,
         ).stdout  # fmt: skip
         assert where.startswith(str(venv)) and where.split()[-1] == "cython", where

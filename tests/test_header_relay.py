@@ -1,4 +1,4 @@
-"""Header relay (plano_fast._head / _head_py), in both implementations: what the client
+"""Header relay (plano_fast.wire._head / _head_py), in both implementations: what the client
 gets of an upstream head, what the provider gets of a client's headers, and the two
 implementations agree on generated input."""
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plano_fast import _head_py
+from plano_fast.wire import _head_py
 
 try:
-    from plano_fast import _head as _compiled_head
+    from plano_fast.wire import _head as _compiled_head
 except ImportError:  # the extension is not built: only the twin is tested
     _compiled_head = None  # type: ignore[assignment]
 

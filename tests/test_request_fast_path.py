@@ -1,4 +1,4 @@
-"""The request fast path (plano_fast/_request.pyx) against httptools, which stays the
+"""The request fast path (plano_fast/wire/_request.pyx) against httptools, which stays the
 authority: whatever the fast path accepts, httptools must parse to the same method,
 target, headers, body and keep-alive, ending at the same byte; what it declines goes to
 httptools unchanged, so declining is always safe (and checked to happen for the framing
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-_request = pytest.importorskip("plano_fast._request", reason="the Cython extension is not built")
+_request = pytest.importorskip("plano_fast.wire._request", reason="the Cython extension is not built")
 parse_request = _request.parse_request
 
 MAX_HEAD = 32 * 1024

@@ -1,4 +1,4 @@
-"""Tests for the byte scanner (plano_fast._scan / plano_fast._scan_py / plano_fast.scan).
+"""Tests for the byte scanner (plano_fast.wire: _scan / _scan_py / the selector).
 
 Every behavioural test runs against both implementations (the ``scan`` fixture), and stream
 inputs are fed whole, split in two at every byte offset and one byte at a time.
@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from plano_fast import _scan_py
+from plano_fast.wire import _scan_py
 
 try:
-    from plano_fast import _scan as _compiled
+    from plano_fast.wire import _scan as _compiled
 except ImportError:  # extension not built
     _compiled = None
 
@@ -161,7 +161,7 @@ def U(
     audio_out: int = 0,
 ) -> tuple[Any, ...]:
     """An expected :class:`Usage` in the row convention (input includes every prompt token,
-    output every billed output token; see plano_fast._scan_py "Normalized usage")."""
+    output every billed output token; see plano_fast.wire._scan_py "Normalized usage")."""
     return (
         inp, out, cache_read, cache_write, reasoning, has_usage, model, is_error,
         tool_use, cache_write_1h, audio_in, audio_out,
@@ -213,7 +213,7 @@ def test_public_api_and_constants(scan: ModuleType) -> None:
 
 
 def test_shim_reports_implementation() -> None:
-    from plano_fast import scan as shim
+    from plano_fast import wire as shim
 
     assert shim.IMPLEMENTATION in ("cython", "python")
     assert shim.ScanError is _scan_py.ScanError
@@ -225,7 +225,7 @@ def test_shim_reports_implementation() -> None:
 
 @pytest.mark.skipif(_compiled is None, reason="extension not built")
 def test_shim_uses_compiled_module_when_built() -> None:
-    from plano_fast import scan as shim
+    from plano_fast import wire as shim
 
     if os.environ.get("PLANO_FAST_PURE_SCANNER") == "1":
         pytest.skip("pure scanner forced by the environment")
@@ -238,7 +238,7 @@ def test_shim_uses_compiled_module_when_built() -> None:
 
 def test_shim_env_var_forces_twin() -> None:
     code = (
-        "import plano_fast.scan as s, plano_fast._scan_py as p;"
+        "import plano_fast.wire as s, plano_fast.wire._scan_py as p;"
         "assert s.UsageScanner is p.UsageScanner;"
         "print(s.IMPLEMENTATION)"
     )

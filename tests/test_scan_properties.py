@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plano_fast import _scan_py
+from plano_fast.wire import _scan_py
 from tests.test_scan import _compiled, request_tuple, run_chunks
 
 IMPLS: list[ModuleType] = [_scan_py] + ([_compiled] if _compiled is not None else [])

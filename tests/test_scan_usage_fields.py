@@ -2,7 +2,7 @@
 
 Cases are written from each provider's documentation (cited per case) and run on both
 implementations, whole / split at every byte offset / one byte at a time
-(``check_all_splits``).  The convention (plano_fast._scan_py, "Normalized usage"):
+(``check_all_splits``).  The convention (plano_fast.wire._scan_py, "Normalized usage"):
 input = every prompt token (uncached + cache read + cache write + tool-use prompt), output =
 every billed output token (visible + reasoning), the other counts subsets of those.
 """

@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plano_fast import _scan_py
+from plano_fast.wire import _scan_py
 from plano_fast.pricing import ModelPrice, PriceTier, TokenCounts, cost_nano_usd, price_tokens
 from tests.test_scan import usage_tuple
 from tests.test_scan_properties import IMPLS, SETTINGS

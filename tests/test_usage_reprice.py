@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.billing.reprice import load_pricing, reprice
 from plano_fast.pricing import PricingRegistry, TokenCounts
 from plano_fast.store import SqlStore, Store, UsageRow, counter_deltas, usage_row_from_event

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.billing.pricer import model_price_of
 from plano_fast.billing.rows import quote_usage
 from plano_fast.pricing import PricingRegistry

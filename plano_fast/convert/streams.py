@@ -24,7 +24,7 @@ pretend completion and sets ``truncated = True`` (the caller may then send
 ``error_event(...)``).  A mid-stream upstream error becomes the client format's error
 event and sets ``errored``; it is not ``truncated``.
 
-``usage`` holds the upstream's own counts, exactly as ``plano_fast._scan_py.UsageScanner``
+``usage`` holds the upstream's own counts, exactly as ``plano_fast.wire._scan_py.UsageScanner``
 reads them from the upstream bytes (``wire_format`` = the source format), so converted
 traffic is billed with the upstream provider's usage semantics.  Mid-stream JSON that
 does not parse, or one event over ``max_event_bytes``, raises :class:`ConversionError` (502).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.credentials import read_client_headers
 from plano_fast.errors import (
     BadRequestBody,

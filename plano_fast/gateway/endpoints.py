@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol
 
-from plano_fast import scan
+from plano_fast import wire as scan
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider

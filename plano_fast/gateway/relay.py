@@ -27,7 +27,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from plano_fast import guardrails, scan
+from plano_fast import guardrails
+from plano_fast import wire as scan
 from plano_fast.errors import UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog

@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request
 from plano_fast.errors import BadRequestBody, ClientError, NotFound, UpstreamError

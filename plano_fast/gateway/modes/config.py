@@ -13,7 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError

@@ -19,7 +19,7 @@ import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.credentials import ClientHeaders
 from plano_fast.errors import (
     BadRequestBody,

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote, unquote
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.gateway.phases import caller_key_hash, client_headers, guard

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 
-from plano_fast import scan
+from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path

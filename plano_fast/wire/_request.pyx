@@ -18,7 +18,7 @@ tests/test_request_fast_path.py checks the subset against httptools, byte for by
 from libc.stdint cimport int64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-from plano_fast._bytes cimport lower, name_is, starts
+from plano_fast.wire._bytes cimport lower, name_is, starts
 
 cdef int64_t MAX_DIGITS = 18
 

@@ -1,4 +1,4 @@
-"""Type stub for the compiled request fast path (plano_fast/_request.pyx)."""
+"""Type stub for the compiled request fast path (plano_fast/wire/_request.pyx)."""
 
 def parse_request(
     buf: bytes, start: int, max_head_bytes: int, max_body_bytes: int

@@ -2,7 +2,7 @@
 """Header relay in both directions, one pass each: the client's headers that go upstream,
 and the upstream head's lines that go to the client.
 
-Compiled twin of ``plano_fast/_head_py.py``: the rules, and why this exists, are in its
+Compiled twin of ``plano_fast/wire/_head_py.py``: the rules, and why this exists, are in its
 docstrings; the two are checked against each other in tests/test_header_relay.py.
 """
 
@@ -11,8 +11,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from plano_fast._bytes cimport lower, name_is, starts
-from plano_fast._head_py import connection_tokens
+from plano_fast.wire._bytes cimport lower, name_is, starts
+from plano_fast.wire._shared import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
 
@@ -86,7 +86,7 @@ cdef int64_t parse_length(const unsigned char *p, Py_ssize_t n) noexcept nogil:
 
 
 def response_head(bytes buf not None):
-    """``(block, content_length, chunked, head_len)``; see ``plano_fast._head_py``."""
+    """``(block, content_length, chunked, head_len)``; see ``plano_fast.wire._head_py``."""
     cdef const unsigned char *s = buf
     cdef Py_ssize_t n = len(buf)
     cdef Py_ssize_t end = head_end(s, n)
@@ -212,7 +212,7 @@ cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
 
 def forward_request_headers(list headers not None):
     """``(block, seen_anthropic_version, seen_x_request_id, credential_count,
-    credential_name, credential_value)``; see ``plano_fast._head_py``."""
+    credential_name, credential_value)``; see ``plano_fast.wire._head_py``."""
     cdef tuple pair
     cdef bytes name, value
     cdef Py_ssize_t total = 0, w = 0, nn, nv

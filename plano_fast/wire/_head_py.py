@@ -1,4 +1,4 @@
-"""Header relay in both directions (pure-Python twin of ``plano_fast/_head.pyx``; same
+"""Header relay in both directions (pure-Python twin of ``plano_fast/wire/_head.pyx``; same
 results, checked against each other in the tests).
 
 ``forward_request_headers`` picks the client's headers that may go upstream, and
@@ -28,6 +28,8 @@ complete head).  ``buf`` may continue past the head (body bytes from the same re
 """
 
 from __future__ import annotations
+
+from plano_fast.wire._shared import connection_tokens
 
 #: Headers that describe one hop, not the message (RFC 9110 §7.6.1): never relayed in
 #: either direction; framing is redone for each side.
@@ -171,12 +173,3 @@ def forward_request_headers(
         out.append(name + b": " + value + b"\r\n")
     return b"".join(out), seen_version, seen_request_id, credentials, credential_name, credential_value
 
-
-def connection_tokens(value: bytes, tokens: set[bytes] | None) -> set[bytes] | None:
-    """Add the header names a Connection value lists (keep-alive and close are options)."""
-    for token in value.split(b","):
-        token = token.strip(b" \t").lower()
-        if token and token not in (b"keep-alive", b"close"):
-            tokens = tokens if tokens is not None else set()
-            tokens.add(token)
-    return tokens

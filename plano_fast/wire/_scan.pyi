@@ -1,8 +1,8 @@
-"""Type stub for the compiled scanner (plano_fast/_scan.pyx); see plano_fast._scan_py."""
+"""Type stub for the compiled scanner (plano_fast/wire/_scan.pyx); see plano_fast.wire._scan_py."""
 
 from typing import Final
 
-from plano_fast._scan_py import ScanError as ScanError
+from plano_fast.wire._shared import ScanError as ScanError
 
 API_OPENAI_CHAT: Final = 1
 API_OPENAI_RESPONSES: Final = 2
@@ -15,7 +15,7 @@ MAX_EVENT_BYTES: Final = 8388608
 MAX_HOLD_BYTES: Final = 65536
 MAX_MODEL_BYTES: Final = 256
 MAX_TOKEN_COUNT: Final = 999999999999999999
-MAX_RAW_USAGE_BYTES: Final = 2048
+MAX_RAW_USAGE_BYTES: Final = 4096
 
 class RequestFields:
     @property

@@ -1,8 +1,8 @@
-"""Pure-Python twin of :mod:`plano_fast._scan` (the compiled byte scanner).
+"""Pure-Python twin of :mod:`plano_fast.wire._scan` (the compiled byte scanner).
 
 Both modules expose the same API and give the same results; the compiled one walks the raw
 bytes once (no JSON objects are built), this one leans on :mod:`json` and small slices.
-:mod:`plano_fast.scan` picks whichever is available.  Everything below is the specification
+:mod:`plano_fast.wire` picks whichever is available.  Everything below is the specification
 both implementations follow.
 
 Request side (:func:`scan_request`, :func:`rewrite_request`)
@@ -155,9 +155,38 @@ with its separating comma, so the client receives the bytes OpenAI would have se
 from __future__ import annotations
 
 import json
-import json.encoder
 import re
 from typing import Any, Final
+
+from plano_fast.wire._shared import (
+    API_ANTHROPIC,
+    API_GEMINI,
+    API_OPENAI_CHAT,
+    API_OPENAI_RESPONSES,
+    DECODER,
+    DUPLICATE_NAMES,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_EVENT_BYTES,
+    MAX_HOLD_BYTES,
+    MAX_KEYS,
+    MAX_MODEL_BYTES,
+    MAX_RAW_USAGE_BYTES,
+    MAX_TOKEN_COUNT,
+    MSG_GENERATION_CONFIG_TYPE,
+    MSG_INCLUDE_USAGE_TYPE,
+    MSG_MODEL_SURROGATE,
+    MSG_MODEL_TYPE,
+    MSG_NOT_OBJECT,
+    MSG_STREAM_OPTIONS_TYPE,
+    MSG_STREAM_TYPE,
+    ConstantError,
+    ScanError,
+    encode_json_string,
+    has_lone_surrogate,
+    msg_duplicate,
+    msg_max_type,
+)
 
 __all__ = [
     "API_ANTHROPIC",
@@ -179,78 +208,15 @@ __all__ = [
     "scan_request",
 ]
 
-
-class ScanError(ValueError):
-    """Malformed input for the byte scanner (shared by both implementations)."""
-
-
-API_OPENAI_CHAT: Final = 1
-API_OPENAI_RESPONSES: Final = 2
-API_ANTHROPIC: Final = 3
-API_GEMINI: Final = 4
 _APIS: Final = (API_OPENAI_CHAT, API_OPENAI_RESPONSES, API_ANTHROPIC, API_GEMINI)
-
-MAX_DEPTH: Final = 512
-MAX_BODY_BYTES: Final = 32 * 1024 * 1024
-MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
-MAX_HOLD_BYTES: Final = 64 * 1024
-MAX_MODEL_BYTES: Final = 256
-MAX_TOKEN_COUNT: Final = 10**18 - 1
-MAX_RAW_USAGE_BYTES: Final = 4096
-
-# Error messages shared with the compiled module (type errors; syntax messages differ).
-MSG_NOT_OBJECT: Final = "request body must be a JSON object"
-MSG_MODEL_TYPE: Final = 'request "model" must be a string'
-MSG_MODEL_SURROGATE: Final = 'request "model" contains a lone surrogate escape'
-MSG_STREAM_TYPE: Final = 'request "stream" must be a boolean'
-MSG_STREAM_OPTIONS_TYPE: Final = 'request "stream_options" must be an object'
-MSG_INCLUDE_USAGE_TYPE: Final = 'request "stream_options.include_usage" must be a boolean'
-MSG_GENERATION_CONFIG_TYPE: Final = 'request "generationConfig" must be an object'
-MAX_KEYS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-
-
-def msg_max_type(key: str) -> str:
-    return f'request "{key}" must be an integer between 0 and {MAX_TOKEN_COUNT}'
-
-
-#: Request members that must appear at most once (by the compiled scanner's slot order:
-#: model, stream, stream_options, stream_options.include_usage, max_tokens,
-#: max_completion_tokens, max_output_tokens, generationConfig.maxOutputTokens,
-#: generationConfig).  Parsers disagree on duplicates (json.loads keeps the last, others
-#: the first), so a repeated one could route or meter one value while the provider acts on
-#: another: refused instead.
-DUPLICATE_NAMES: Final = (
-    "model",
-    "stream",
-    "stream_options",
-    "stream_options.include_usage",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "generationConfig.maxOutputTokens",
-    "generationConfig",
-)
 _UNIQUE_TOP: Final = frozenset(n for n in DUPLICATE_NAMES if "." not in n)
 _UNIQUE_NESTED: Final = {"stream_options": "include_usage", "generationConfig": "maxOutputTokens"}
-
-
-def msg_duplicate(name: str) -> str:
-    return f'request member "{name}" appears more than once; send it once'
 
 
 # ---------------------------------------------------------------------------------------------
 # strict JSON parsing
 
 
-class _ConstantError(Exception):
-    pass
-
-
-def _reject_constant(name: str) -> Any:
-    raise _ConstantError(name)
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 _STRING_RE: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NON_BRACKET_RE: Final = re.compile(r"[^\[\]{}]+")
 _PAIR_RE: Final = re.compile(r"\[\]|\{\}")
@@ -288,41 +254,16 @@ def _loads(data: bytes, lenient: bool = False) -> Any:
     except UnicodeDecodeError as exc:
         raise ScanError(f"malformed JSON: invalid UTF-8 at byte {exc.start}") from None
     try:
-        obj = _DECODER.decode(text)
+        obj = DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ScanError(f"malformed JSON: {exc.msg} (character {exc.pos})") from None
-    except _ConstantError as exc:
+    except ConstantError as exc:
         raise ScanError(f"malformed JSON: {exc.args[0]} is not allowed") from None
     except RecursionError:
         raise ScanError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels") from None
     if text.count("{") + text.count("[") > MAX_DEPTH and _too_deep(text):
         raise ScanError(f"malformed JSON: nested deeper than {MAX_DEPTH} levels")
     return obj
-
-
-def _decode_json_string(raw: bytes) -> str:
-    """Decode one JSON string token (with its quotes) that is already known to be valid."""
-    value = _DECODER.decode(raw.decode("utf-8"))
-    assert isinstance(value, str)
-    return value
-
-
-def _encode_json_string(value: str) -> bytes:
-    """JSON-encode ``value`` like ``json.dumps(value, ensure_ascii=False)``."""
-    if type(value) is not str:
-        raise TypeError(f"model must be a str, not {type(value).__name__}")
-    try:
-        return json.encoder.encode_basestring(value).encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: fall back to \\u escapes
-        return json.encoder.encode_basestring_ascii(value).encode("ascii")
-
-
-def _has_lone_surrogate(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +321,7 @@ def _request_fields(obj: Any) -> RequestFields:
     if model is not None:
         if type(model) is not str:
             raise ScanError(MSG_MODEL_TYPE)
-        if _has_lone_surrogate(model):
+        if has_lone_surrogate(model):
             raise ScanError(MSG_MODEL_SURROGATE)
     stream = obj.get("stream")
     if stream is None:
@@ -451,7 +392,7 @@ def _members(text: str, pos: int) -> list[tuple[str, int, int, int]]:
     ``(key, key_start, value_start, value_end)`` tuples; the key is only meaningful for ASCII
     names (all the names looked up are ASCII)."""
     members: list[tuple[str, int, int, int]] = []
-    raw_decode = _DECODER.raw_decode
+    raw_decode = DECODER.raw_decode
     i = _skip_ws(text, pos + 1)
     if text[i] == "}":
         return members
@@ -478,7 +419,7 @@ def rewrite_request(
 
     Returns the same object when nothing had to change."""
     scan_request(body)  # validate first
-    encoded = None if model is None else _encode_json_string(model)
+    encoded = None if model is None else encode_json_string(model)
     if encoded is None and not inject_include_usage:
         return body
     text = body.decode("latin-1")
@@ -762,7 +703,7 @@ class _Acc:
 def _elements(text: str, pos: int) -> list[int]:
     """Start offsets of the elements of the (valid) JSON array at ``text[pos] == '['``."""
     starts: list[int] = []
-    raw_decode = _DECODER.raw_decode
+    raw_decode = DECODER.raw_decode
     i = _skip_ws(text, pos + 1)
     if text[i] == "]":
         return starts

@@ -1,4 +1,4 @@
-"""Type stub for the compiled head filter (plano_fast/_head.pyx); see plano_fast._head_py."""
+"""Type stub for the compiled head filter (plano_fast/wire/_head.pyx); see plano_fast.wire._head_py."""
 
 def response_head(buf: bytes) -> tuple[bytes, int, bool, int]: ...
 def forward_request_headers(

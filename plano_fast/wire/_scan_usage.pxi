@@ -1,0 +1,551 @@
+# _scan_usage.pxi: the response side: Usage, the row convention (normalize), UsageScanner and its SSE layer
+# Included by _scan.pyx (one C module: inlining across pieces is unchanged).
+
+# ------------------------------------------------------------------------------------------
+# response side
+
+@cython.freelist(8)
+@cython.final
+cdef class Usage:
+    """Token usage read from a response body or stream."""
+
+    cdef readonly int64_t input_tokens
+    cdef readonly int64_t output_tokens
+    cdef readonly int64_t cache_read_tokens
+    cdef readonly int64_t cache_write_tokens
+    cdef readonly int64_t reasoning_tokens
+    cdef readonly bint has_usage
+    cdef readonly object model
+    cdef readonly bint is_error
+    cdef readonly int64_t tool_use_prompt_tokens
+    cdef readonly int64_t cache_write_1h_tokens
+    cdef readonly int64_t audio_input_tokens
+    cdef readonly int64_t audio_output_tokens
+
+    def __init__(self, int64_t input_tokens=0, int64_t output_tokens=0, int64_t cache_read_tokens=0,
+                 int64_t cache_write_tokens=0, int64_t reasoning_tokens=0, bint has_usage=False,
+                 model=None, bint is_error=False, int64_t tool_use_prompt_tokens=0,
+                 int64_t cache_write_1h_tokens=0, int64_t audio_input_tokens=0,
+                 int64_t audio_output_tokens=0):
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.has_usage = has_usage
+        self.model = model
+        self.is_error = is_error
+        self.tool_use_prompt_tokens = tool_use_prompt_tokens
+        self.cache_write_1h_tokens = cache_write_1h_tokens
+        self.audio_input_tokens = audio_input_tokens
+        self.audio_output_tokens = audio_output_tokens
+
+    def _key(self):
+        return (self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                self.cache_write_tokens, self.reasoning_tokens, self.has_usage, self.model,
+                self.is_error, self.tool_use_prompt_tokens, self.cache_write_1h_tokens,
+                self.audio_input_tokens, self.audio_output_tokens)
+
+    def __repr__(self):
+        return (
+            f"Usage(input_tokens={self.input_tokens}, output_tokens={self.output_tokens}, "
+            f"cache_read_tokens={self.cache_read_tokens}, "
+            f"cache_write_tokens={self.cache_write_tokens}, "
+            f"reasoning_tokens={self.reasoning_tokens}, has_usage={self.has_usage}, "
+            f"model={self.model!r}, is_error={self.is_error}, "
+            f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
+            f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
+            f"audio_input_tokens={self.audio_input_tokens}, "
+            f"audio_output_tokens={self.audio_output_tokens})"
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None
+
+
+cdef enum:
+    MODE_UNDECIDED = 0
+    MODE_SSE
+    MODE_JSON
+
+cdef enum:
+    L_START = 0
+    L_FIELD
+    L_DATA_SP
+    L_DATA
+    L_EVENT_SP
+    L_EVENT
+    L_SKIP
+
+cdef enum:
+    DEC_KEEP = 0
+    DEC_DROP
+    DEC_CUT
+
+cdef const unsigned char *NEWLINE = b"\n"
+
+
+cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
+    """The row convention (see plano_fast.wire._scan_py, "Normalized usage") from raw fields."""
+    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0
+    if api == A_ANTH:
+        cr = v[F_CR]
+        cw = v[F_CW]
+        if v[F_CW5] + v[F_CW1H] > cw:
+            cw = v[F_CW5] + v[F_CW1H]
+        cw1h = v[F_CW1H]
+        inp = v[F_IN] + cr + cw
+        out = v[F_OUT]
+        rs = v[F_RS]
+    elif api == A_GEM:
+        tool = v[F_TOOL]
+        inp = v[F_IN] + tool
+        cr = v[F_CR]
+        cw = 0
+        rs = v[F_RS]
+        out = v[F_OUT] + rs
+    else:
+        inp = v[F_IN]
+        cr = v[F_CR]
+        cw = v[F_CW]
+        rs = v[F_RS]
+        out = v[F_OUT]
+        if api == A_CHAT:
+            ain = v[F_AIN]
+            aout = v[F_AOUT]
+            if rs > 0 and v[F_TOT] == inp + out + rs:
+                out += rs  # reasoning reported outside completion_tokens (xAI)
+    # subsets never exceed their totals (a malformed object must not bill negative tokens)
+    cr = min64(cr, inp)
+    cw = min64(cw, inp - cr)
+    u.input_tokens = inp
+    u.cache_read_tokens = cr
+    u.cache_write_tokens = cw
+    u.cache_write_1h_tokens = min64(cw1h, cw)
+    u.tool_use_prompt_tokens = min64(tool, inp)
+    u.audio_input_tokens = min64(ain, inp - cr - cw)
+    u.output_tokens = out
+    u.reasoning_tokens = min64(rs, out)
+    u.audio_output_tokens = min64(aout, out)
+
+
+@cython.freelist(8)
+@cython.final
+cdef class UsageScanner:
+    """Incremental usage reader for one response body (see plano_fast.wire._scan_py)."""
+
+    cdef Walker w
+    cdef DocRec doc
+    cdef Acc acc
+    cdef Acc pend
+    cdef int api
+    cdef int mode
+    cdef bint strip
+    cdef bint finished
+    cdef int64_t gpos
+    cdef int64_t json_len
+    cdef bint json_over
+    # SSE
+    cdef int lstate
+    cdef bint pending_cr
+    cdef unsigned char fbuf[8]
+    cdef int flen
+    cdef unsigned char ebuf[8]
+    cdef int elen
+    cdef int data_lines
+    cdef int64_t data_len
+    cdef bint data_over
+    # strip_usage_chunk
+    cdef bytearray held
+    cdef int64_t region_len
+    cdef int64_t region_start
+    cdef bint flushed
+    cdef bint decision_pending
+    cdef int decision
+    cdef int64_t cut_s
+    cdef int64_t cut_e
+    # result cache
+    cdef object model_obj
+    cdef bint model_valid
+
+    def __cinit__(self, int api, bint streaming, bint strip_usage_chunk=False):
+        if api < A_CHAT or api > A_GEM:
+            raise ValueError(f"unknown api {api!r}")
+        if strip_usage_chunk and (api != A_CHAT or not streaming):
+            raise ValueError(
+                "strip_usage_chunk is only supported for streamed OpenAI chat completions")
+        # the object memory is zeroed by tp_alloc: only non-zero fields are set here
+        self.w.doc = &self.doc
+        self.w.req = NULL
+        self.w.pend = &self.pend
+        self.w.lenient = 1
+        self.api = api
+        self.w.api = api
+        self.strip = strip_usage_chunk
+        self.w.track = strip_usage_chunk
+        self.model_valid = 1
+        if strip_usage_chunk:
+            self.held = bytearray()
+        if streaming:
+            self.mode = MODE_UNDECIDED
+        else:
+            self.mode = MODE_JSON
+            self.doc_start()
+
+    def __dealloc__(self):
+        # the raw-usage buffers (raw_buf); free(NULL) is a no-op
+        free(self.acc.raw)
+        free(self.pend.raw)
+        free(self.doc.raw[0])
+        free(self.doc.raw[1])
+
+    # -- accumulator --------------------------------------------------------------------------
+
+    cdef inline void doc_start(self) noexcept:
+        """A new JSON document (body or event) begins: reset the walker, copy acc to pend."""
+        w_reset(&self.w)
+        memcpy(self.pend.v, self.acc.v, sizeof(self.acc.v))
+        self.pend.has_usage = self.acc.has_usage
+        self.pend.is_error = self.acc.is_error
+        self.pend.model_set = 0
+        self.pend.raw_set = 0
+        self.pend.raw_len = 0
+
+    cdef inline void commit(self) noexcept:
+        memcpy(self.acc.v, self.pend.v, sizeof(self.acc.v))
+        if self.pend.raw_set:
+            self.acc.raw_set = 1
+            if self.api != A_ANTH:
+                self.acc.raw_len = self.pend.raw_len
+                if self.pend.raw_len > 0:  # swap the buffers: pend's is scratch from here on
+                    self.acc.raw, self.pend.raw = self.pend.raw, self.acc.raw
+            elif self.pend.raw_len < 0:
+                self.acc.raw_len = -1
+            else:
+                if self.acc.raw_len > 0:
+                    raw_put(&self.acc, b",", 1)
+                if self.pend.raw_len > 0:
+                    raw_put(&self.acc, self.pend.raw, self.pend.raw_len)
+        self.acc.has_usage = self.pend.has_usage
+        self.acc.is_error = self.acc.is_error or self.pend.is_error
+        if self.pend.model_set:
+            if (not self.acc.model_set or self.acc.model_len != self.pend.model_len
+                    or memcmp(self.acc.model, self.pend.model, self.pend.model_len) != 0):
+                self.acc.model_set = 1
+                self.acc.model_len = self.pend.model_len
+                memcpy(self.acc.model, self.pend.model, self.pend.model_len)
+                self.model_valid = 0
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def feed(self, bytes data not None):
+        """Scan the next piece of the body; returns the bytes to forward now."""
+        cdef const unsigned char *buf = <const unsigned char *>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t k
+        cdef object out
+        if self.finished:
+            raise ValueError("feed() called after finish()")
+        if n == 0:
+            return data
+        if self.mode == MODE_JSON:
+            self.json_feed(buf, n)
+            self.gpos += n
+            return data
+        if self.mode == MODE_UNDECIDED:
+            k = 0
+            while k < n and (buf[k] == b' ' or buf[k] == b'\t' or buf[k] == b'\r' or buf[k] == b'\n'):
+                k += 1
+            if k < n:
+                if buf[k] == b'{' or buf[k] == b'[':
+                    self.mode = MODE_JSON
+                    self.doc_start()
+                    self.json_feed(buf + k, n - k)
+                    self.gpos += n
+                    if self.strip and len(self.held):
+                        out = bytes(self.held) + data
+                        self.held.clear()
+                        return out
+                    return data
+                self.mode = MODE_SSE
+        out = self.sse(buf, n, data)
+        self.gpos += n
+        if not self.strip:
+            return data
+        if out is None:
+            return b""
+        if len(out) == n and out == data:
+            return data
+        return bytes(out)
+
+    def finish(self):
+        """End of body: returns any held-back bytes to forward (usually b"")."""
+        cdef object out = None
+        if self.finished:
+            return b""
+        self.finished = 1
+        if self.mode == MODE_JSON:
+            if not self.json_over and self.json_len and w_end(&self.w, self.gpos):
+                self.commit()
+            return b""
+        self.pending_cr = 0
+        if self.strip and self.decision_pending:
+            out = self.apply_decision(out, None, 0, 0)
+        if self.lstate == L_FIELD:
+            self.field_line_end()
+        elif self.lstate == L_EVENT or self.lstate == L_EVENT_SP:
+            self.event_line_end()
+        self.lstate = L_START
+        if self.data_lines:
+            self.dispatch()
+        if self.strip:
+            out = self.apply_decision(out, None, 0, 0)
+            return bytes(out)
+        return b""
+
+    def raw_usage(self):
+        """The provider's usage object(s) as received, in a document that scans (with this
+        API, not streaming) to the same counts; ``None`` when no usage was read or the
+        document would exceed MAX_RAW_USAGE_BYTES (see plano_fast.wire._scan_py)."""
+        cdef Acc *a = &self.acc
+        if not a.has_usage or not a.raw_set or a.raw_len <= 0:
+            return None
+        doc = PyBytes_FromStringAndSize(<const char *>a.raw, a.raw_len)
+        if self.api == A_ANTH:
+            return b"[" + doc + b"]"
+        return doc
+
+    def result(self):
+        """The usage read so far (final after finish())."""
+        cdef Usage u = Usage.__new__(Usage)
+        normalize(self.api, self.acc.v, u)
+        u.has_usage = self.acc.has_usage
+        u.is_error = self.acc.is_error
+        if not self.model_valid:
+            self.model_obj = PyUnicode_DecodeUTF8(<const char *>self.acc.model, self.acc.model_len, NULL)
+            self.model_valid = 1
+        u.model = self.model_obj
+        return u
+
+    # -- non-streamed JSON --------------------------------------------------------------------
+
+    cdef inline void json_feed(self, const unsigned char *buf, Py_ssize_t n) noexcept:
+        if self.json_over:
+            return
+        self.json_len += n
+        if self.json_len > C_MAX_BODY:
+            self.json_over = 1
+            return
+        if n >= NOGIL_MIN:
+            with nogil:
+                w_feed_cap(&self.w, buf, n, self.gpos)
+        else:
+            w_feed_cap(&self.w, buf, n, self.gpos)
+
+    # -- SSE ------------------------------------------------------------------------------------
+
+    cdef inline void data_line_start(self) noexcept:
+        if self.data_lines == 0:
+            self.doc_start()
+        else:
+            self.data_bytes(NEWLINE, 1, -1)
+        self.data_lines += 1
+
+    cdef inline void data_bytes(self, const unsigned char *p, Py_ssize_t n, int64_t off) noexcept:
+        if self.data_over:
+            return
+        self.data_len += n
+        if self.data_len > C_MAX_EVENT:
+            self.data_over = 1
+            return
+        w_feed_cap(&self.w, p, n, off)
+
+    cdef void field_line_end(self) noexcept:
+        """A line without ':' ended: the whole line is the field name, value empty."""
+        if self.flen == 4 and memcmp(self.fbuf, b"data", 4) == 0:
+            self.data_line_start()
+
+    cdef void event_line_end(self) noexcept:
+        if self.elen == 5 and memcmp(self.ebuf, b"error", 5) == 0:
+            self.acc.is_error = 1
+
+    cdef void dispatch(self) noexcept:
+        """Blank line: the pending event (if any) is complete."""
+        cdef DocRec *d = &self.doc
+        self.decision = DEC_KEEP
+        if self.data_lines == 0:
+            return
+        if not self.data_over and w_end(&self.w, 0):
+            self.commit()
+            if self.strip and self.w.root_kind == K_OBJ:
+                if d.choices == CH_EMPTY and d.u[0].status == ST_OK and not d.err:
+                    self.decision = DEC_DROP
+                elif self.data_lines == 1 and d.usage_members == 1 and d.usage_null:
+                    self.decision = DEC_CUT
+                    self.cut_s = d.cut_start - self.region_start
+                    self.cut_e = d.cut_end - self.region_start
+        self.data_lines = 0
+        self.data_len = 0
+        self.data_over = 0
+
+    cdef object apply_decision(self, object out, object data, Py_ssize_t a, Py_ssize_t b):
+        """The current region (held + data[a:b]) is complete: forward, drop or cut it."""
+        cdef int64_t rlen = self.region_len + (b - a)
+        cdef bytes region
+        if out is None:
+            out = bytearray()
+        if self.flushed or rlen > C_MAX_HOLD or self.decision == DEC_KEEP:
+            if len(self.held):
+                out += self.held
+            if b > a:
+                out += memoryview(data)[a:b]
+        elif self.decision == DEC_CUT:
+            region = bytes(self.held)
+            if b > a:
+                region += data[a:b]
+            out += memoryview(region)[:self.cut_s]
+            out += memoryview(region)[self.cut_e:]
+        self.held.clear()
+        self.region_len = 0
+        self.flushed = 0
+        self.decision = DEC_KEEP
+        self.decision_pending = 0
+        self.region_start = self.gpos + b
+        return out
+
+    cdef object region_tail(self, object out, object data, Py_ssize_t a, Py_ssize_t n):
+        """Chunk ended inside a region: hold data[a:n] (or forward it past the cap)."""
+        if a >= n:
+            return out
+        self.region_len += n - a
+        if out is None:
+            out = bytearray()
+        if self.flushed:
+            out += memoryview(data)[a:n]
+            return out
+        self.held += memoryview(data)[a:n]
+        if self.region_len > C_MAX_HOLD:
+            out += self.held
+            self.held.clear()
+            self.flushed = 1
+        return out
+
+    cdef object sse(self, const unsigned char *buf, Py_ssize_t n, object data):
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t j
+        cdef Py_ssize_t emit_from = 0
+        cdef unsigned char c
+        cdef int ls
+        cdef object out = None
+        cdef bint strip = self.strip
+        cdef bint blank
+        if self.pending_cr:
+            self.pending_cr = 0
+            if buf[0] == b'\n':
+                i = 1
+        if strip and self.decision_pending:
+            out = self.apply_decision(out, data, 0, i)
+            emit_from = i
+        while i < n:
+            ls = self.lstate
+            if ls == L_START:
+                c = buf[i]
+                if c == b'\n' or c == b'\r':
+                    blank = 1
+                elif c == b':':
+                    self.lstate = L_SKIP
+                    i += 1
+                    continue
+                elif c == b'd' and n - i >= 5 and memcmp(buf + i, b"data:", 5) == 0:
+                    i += 5
+                    self.data_line_start()
+                    self.lstate = L_DATA_SP
+                    continue
+                else:
+                    self.lstate = L_FIELD
+                    self.flen = 0
+                    continue
+            elif ls == L_DATA:
+                j = pf_find_eol(buf + i, buf + n) - buf
+                if j > i:
+                    self.data_bytes(buf + i, j - i, self.gpos + i)
+                i = j
+                if i == n:
+                    break
+                blank = 0
+            elif ls == L_SKIP:
+                i = pf_find_eol(buf + i, buf + n) - buf
+                if i == n:
+                    break
+                blank = 0
+            elif ls == L_FIELD:
+                while i < n:
+                    c = buf[i]
+                    if c == b':' or c == b'\n' or c == b'\r':
+                        break
+                    if self.flen < 8:
+                        self.fbuf[self.flen] = c
+                    self.flen += 1
+                    i += 1
+                if i == n:
+                    break
+                if buf[i] == b':':
+                    i += 1
+                    if self.flen == 4 and memcmp(self.fbuf, b"data", 4) == 0:
+                        self.data_line_start()
+                        self.lstate = L_DATA_SP
+                    elif self.flen == 5 and memcmp(self.fbuf, b"event", 5) == 0:
+                        self.elen = 0
+                        self.lstate = L_EVENT_SP
+                    else:
+                        self.lstate = L_SKIP
+                    continue
+                self.field_line_end()
+                blank = 0
+            elif ls == L_DATA_SP or ls == L_EVENT_SP:
+                if buf[i] == b' ':
+                    i += 1
+                self.lstate = L_DATA if ls == L_DATA_SP else L_EVENT
+                continue
+            else:  # L_EVENT
+                while i < n:
+                    c = buf[i]
+                    if c == b'\n' or c == b'\r':
+                        break
+                    if self.elen < 8:
+                        self.ebuf[self.elen] = c
+                    self.elen += 1
+                    i += 1
+                if i == n:
+                    break
+                self.event_line_end()
+                blank = 0
+            # buf[i] is a line terminator
+            c = buf[i]
+            i += 1
+            if c == b'\r':
+                if i < n:
+                    if buf[i] == b'\n':
+                        i += 1
+                else:
+                    self.pending_cr = 1
+            self.lstate = L_START
+            if blank:
+                self.dispatch()
+                if strip:
+                    if self.pending_cr:
+                        self.decision_pending = 1
+                    else:
+                        out = self.apply_decision(out, data, emit_from, i)
+                        emit_from = i
+        if strip:
+            out = self.region_tail(out, data, emit_from, n)
+        return out
