@@ -21,45 +21,23 @@ from aiohttp import web
 
 from plano_fast.access_log import AccessLog
 from plano_fast import guardrails, ratelimit
-from plano_fast import wire as scan
-from plano_fast.preference_routing import Decision, PreferenceRouter, decision_body
+from plano_fast.preference_routing import PreferenceRouter
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.deadlines import DeadlineClock, tick_for
-from plano_fast.credentials import read_client_headers
 from plano_fast.failover import RetryPolicy
-from plano_fast.errors import (
-    BadRequestBody,
-    ClientError,
-    GatewayError,
-    MethodNotAllowed,
-    NotFound,
-    ServiceUnavailable,
-    UnknownModelError,
-)
+from plano_fast.errors import GatewayError
+from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
-from plano_fast.exchange import (
-    CHAT_COMPLETIONS,
-    COUNT_TOKENS,
-    MESSAGES,
-    RESPONSES,
-    ConfigExchange,
-    Endpoint,
-    Exchange,
-    ExchangeContext,
-    key_hash,
-    new_request_id,
-)
-from plano_fast.firewall import ApiKeyRegistry, FirewallExchange, identify, metered_endpoint
-from plano_fast.gemini_ingress import GEMINI, GeminiExchange, is_gemini_path
+from plano_fast.gateway.relay import ExchangeContext
+from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.managed.crypto import KeyCipher
-from plano_fast.managed.exchange import ManagedContext, ManagedExchange
+from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import ManagedState
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
-from plano_fast.routing import Router, UnknownModel
-from plano_fast.responses_managed import owner_of
-from plano_fast.responses_state import store_from_config, stored_response_answer
+from plano_fast.routing import Router
+from plano_fast.responses_state import store_from_config
 from plano_fast.store import SchemaTooOld, Store, open_store
 from plano_fast.store.migrate import prepare_schema
 from plano_fast.upstream import UpstreamPool
@@ -71,16 +49,6 @@ if TYPE_CHECKING:
     from plano_fast.store import RegisteredApiKey
 
 log = logging.getLogger("plano_fast")
-
-_ENDPOINTS: dict[bytes, Endpoint] = {
-    b"/v1/chat/completions": CHAT_COMPLETIONS,
-    b"/chat/completions": CHAT_COMPLETIONS,
-    b"/v1/messages": MESSAGES,
-    b"/v1/messages/count_tokens": COUNT_TOKENS,
-    b"/v1/responses": RESPONSES,
-}
-
-_ALWAYS_SERVED = frozenset((b"/healthz", b"/health", b"/v1/models", b"/models"))
 
 STORE_OPEN_TIMEOUT_S = 10.0
 """Bound on one attempt to open the store and check its schema (a hanging database)."""
@@ -106,24 +74,6 @@ async def _close_bounded(store: Store) -> None:
             await store.close()
     except Exception as exc:  # noqa: BLE001 - closing what failed to open: nothing to keep
         log.warning("closing the store failed: %s", _one_line(exc))
-
-
-#: the routing decision API (Plano's /routing/v1): path -> the client API it reads
-_DECISION_APIS: dict[bytes, str] = {
-    b"/routing/v1/chat/completions": "chat_completions",
-    b"/routing/v1/messages": "messages",
-    b"/routing/v1/responses": "responses",
-}
-
-
-def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str:
-    """The trace id of the client's W3C traceparent, else a new one."""
-    for name, value in headers:
-        if name == b"traceparent":
-            parts = value.decode("latin-1").strip().split("-")
-            if len(parts) == 4 and len(parts[1]) == 32:
-                return parts[1]
-    return os.urandom(16).hex()
 
 
 class Gateway:
@@ -185,7 +135,7 @@ class Gateway:
         #: False until the store has opened and billing started: forwarded requests get 503
         self.store_ready = False
         self._store_task: asyncio.Task[None] | None = None
-        self._models_body = json.dumps(
+        self.models_body = json.dumps(
             {"object": "list", "data": self.router.models_list()}, separators=(",", ":")
         ).encode()
         self.pool: UpstreamPool
@@ -548,138 +498,21 @@ class Gateway:
         return proto
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
-        """Dispatch by path; forwarded endpoints become an Exchange (see Exchange.start).
-        A refusal (GatewayError) is counted by type in the metrics and answered by the
-        server in the client's format."""
+        """Dispatch by path (plano_fast.gateway.dispatch); forwarded endpoints become an
+        Exchange (see Exchange.start).  A refusal (GatewayError) is counted by type in the
+        metrics and answered by the server in the client's format."""
         try:
-            return self._dispatch(request, responder)
+            return dispatch(self, request, responder)
         except GatewayError as exc:
             self.ctx.metrics.error(error_type(exc.status, exc.code))
             raise
 
-    def _dispatch(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
-        if not self.store_ready and request.path not in _ALWAYS_SERVED:
-            raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
-        refuse_fragment(request.target)
-        client = None
-        if self.managed is not None:
-            client = read_client_headers(request.headers, request.query)
-            credential = client.credential
-            if credential is not None and credential.secret.startswith(b"xproxy_"):
-                # Managed mode forwards its exact endpoints only; a token never goes on to
-                # config-mode routing (where a passthrough provider would see it).
-                endpoint = _ENDPOINTS.get(request.path)
-                if endpoint is None and self._stored_response_path(request):
-                    return self._stored_response(request, responder)
-                if endpoint is None:
-                    raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
-                if request.method != b"POST":
-                    raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-                exchange = ManagedExchange(self.ctx, self.managed, request, responder, endpoint)
-                exchange.client = client
-                if self.ctx.tracing is not None:
-                    self._trace(exchange)
-                return exchange.run()
-        forwarded: Exchange | None = None
-        if self.firewall and request.path not in (b"/healthz", b"/health"):
-            forwarded = FirewallExchange(self.ctx, request, responder)
-        elif is_gemini_path(request.path) and request.method == b"POST":
-            forwarded = GeminiExchange(self.ctx, request, responder, GEMINI)
-        elif request.path in _DECISION_APIS:
-            if request.method != b"POST":
-                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            return self._routing_decision(request, responder, _DECISION_APIS[request.path])
-        else:
-            endpoint = _ENDPOINTS.get(request.path)
-            if endpoint is not None:
-                if request.method != b"POST":
-                    raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-                forwarded = ConfigExchange(self.ctx, request, responder, endpoint)
-        if forwarded is not None:
-            forwarded.client = client  # read above in managed mode, else on first use
-            if self.ctx.tracing is not None:
-                self._trace(forwarded)
-            return forwarded.start()
-        path = request.path
-        if self._stored_response_path(request):
-            return self._stored_response(request, responder)
-        if path in (b"/healthz", b"/health"):
-            responder.send_simple(200, b'{"status":"ok"}')
-            return None
-        if path in (b"/v1/models", b"/models"):
-            if request.method != b"GET":
-                raise MethodNotAllowed("/v1/models accepts GET only")
-            responder.send_simple(200, self._models_body)
-            return None
-        raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
-
-
-    def _stored_response_path(self, request: Request) -> bool:
-        return (self.ctx.responses_state is not None and request.path.startswith(b"/v1/responses/")
-                and request.method in (b"GET", b"DELETE"))
-
-    def _stored_response(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None]:
-        """A stored conversation's answer (state_storage): read or delete it."""
-        state = self.ctx.responses_state
-        assert state is not None
-        owner = read_client_headers(request.headers, request.query).credential
-        return stored_response_answer(
-            state, request.method, request.path[14:].decode("latin-1"),
-            "" if owner is None else owner_of(
-                self.managed.state if self.managed is not None else None, owner.secret
-            ), responder,
-        )
-
-    async def _routing_decision(self, request: Request, responder: Responder, api: str) -> None:
-        """``POST /routing/v1/{chat/completions,messages,responses}``: the ranked models
-        for the request, without calling them (Plano's docs/routing-api.md)."""
-        try:
-            fields = scan.scan_request(request.body)
-        except scan.ScanError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        try:
-            self.router.resolve(fields.model)
-        except UnknownModel as exc:
-            raise UnknownModelError(str(exc)) from None
-        preference = self.ctx.preference
-        if preference is None:
-            decision = Decision((fields.model,) if fields.model else (), None)
-        else:
-            credential = read_client_headers(request.headers, request.query).credential
-            caller = key_hash(credential.secret) if credential is not None else None
-            decision = await preference.decide_request(request, api, fields.model, (new_request_id(), caller))
-        responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
-
-    def _trace(self, exchange: Exchange) -> None:
-        """Sampled (the client's traceparent, else random_sampling): a server span."""
-        tracing = self.ctx.tracing
-        assert tracing is not None
-        request = exchange.request
-        decision = tracing.sample(request.headers)
-        if decision is not False:
-            exchange.span = tracing.start_server(decision, request.headers, request.path)
-
     def precheck(self, request: Request) -> None:
-        """A head that expects 100-continue: refuse (GatewayError) what identification
-        alone refuses -- a fragment, an ambiguous or malformed credential, and in firewall
-        mode an endpoint it does not meter or a key it does not know -- before the body is
-        invited.  ``request`` has no body; the full checks run again when it is complete."""
-        refuse_fragment(request.target)
-        client = read_client_headers(request.headers, request.query)
-        if self.firewall and request.path not in (b"/healthz", b"/health"):
-            if not self.registry.ready or not self.billing.budget.ready:
-                raise ServiceUnavailable("the gateway has not loaded its key registry and budgets yet")
-            metered_endpoint(request.method, request.path, self.ctx.unbilled_paths)
-            identify(self.registry, self.billing.budget, client)
+        """A head that expects 100-continue (see plano_fast.gateway.dispatch.precheck)."""
+        precheck(self, request)
 
 
 METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
-
-
-def refuse_fragment(target: bytes) -> None:
-    """A fragment is never part of a request-target (RFC 9112 §3.2): 400, not forwarded."""
-    if target.find(b"#") >= 0:
-        raise ClientError("the request target must not contain '#'")
 
 
 def error_type(status: int, code: str | None = None) -> str:
@@ -769,7 +602,4 @@ class _GatewayAdmin:
         return self._gw.registry.lookup_key(key_hash)
 
     def admit_path(self, method: bytes, target: bytes) -> None:
-        refuse_fragment(target)
-        gw = self._gw
-        if gw.firewall:
-            metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)
+        admit_path(self._gw, method, target)

@@ -55,6 +55,9 @@ class Conversion:
     __slots__ = ("source", "target", "client_model", "streaming", "stream", "buffer", "size",
                  "status", "headers", "request", "on_response")
 
+    #: a body filter of the exchange (plano_fast.gateway.relay.BodyFilter) that answers the head
+    rebuilds_head = True
+
     def __init__(
         self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool,
         request: dict[str, Any] | None = None,
@@ -102,6 +105,9 @@ class Conversion:
         if self.size > MAX_BUFFERED_RESPONSE_BYTES:
             raise ConversionFailed("upstream answer too large to convert")
         self.buffer.append(data)
+
+    def read_done(self, responder: Responder) -> None:
+        responder.flush()
 
     def finish(self, responder: Responder, tail: bytes) -> None:
         """Send the rest, converted; the caller ends the response."""

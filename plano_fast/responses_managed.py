@@ -24,7 +24,7 @@ from typing import Any
 
 from plano_fast.convert._common import dumps, loads
 from plano_fast.errors import NotFound, ServiceUnavailable, Unauthorized
-from plano_fast.exchange import key_hash
+from plano_fast.gateway.phases import key_hash
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, token_hash
 from plano_fast.responses_state import ResponseStore, Turn, begin_turn
 from plano_fast.responses_store import StateUnavailable

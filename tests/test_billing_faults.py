@@ -174,9 +174,9 @@ def test_postgres_down_at_start_then_up(
 
 
 def test_request_ids_are_128_bit_and_fresh_per_process() -> None:
-    from plano_fast.exchange import new_request_id
+    from plano_fast.gateway.relay import new_request_id
 
-    code = "from plano_fast.exchange import new_request_id as n; print(n(), n())"
+    code = "from plano_fast.gateway.relay import new_request_id as n; print(n(), n())"
     out = [subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True,
                           text=True).stdout.split() for _ in range(2)]
     ids = [new_request_id(), new_request_id()] + out[0] + out[1]

@@ -512,7 +512,7 @@ def test_config_mode_gemini_path_models_are_plain(
 def test_key_hash_memo_holds_no_key_and_is_bounded() -> None:
     import hashlib
 
-    from plano_fast import exchange
+    from plano_fast.gateway import phases as exchange
 
     keys = [b"sk-memo-%d-" % i + b"x" * 30_000 for i in range(5000)]
     for key in keys + keys[:10]:

@@ -314,8 +314,8 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
     ],
 )
 def test_output_ceiling_is_inserted_without_re_encoding(body: bytes, expected: bytes) -> None:
-    from plano_fast.exchange import CHAT_COMPLETIONS
-    from plano_fast.managed.exchange import _with_max_tokens
+    from plano_fast.gateway.endpoints import CHAT_COMPLETIONS
+    from plano_fast.gateway.modes.managed import _with_max_tokens
 
     out = _with_max_tokens(body, CHAT_COMPLETIONS, 4096, "openai")
     assert out == expected
@@ -332,8 +332,8 @@ def test_output_ceiling_is_inserted_without_re_encoding(body: bytes, expected: b
 def test_output_ceiling_overrides_a_null_or_escaped_bound(body: bytes) -> None:
     """Where a byte insert could leave two members of the same name (which one a provider
     reads is its choice), the body is parsed and the one member set."""
-    from plano_fast.exchange import CHAT_COMPLETIONS
-    from plano_fast.managed.exchange import _with_max_tokens
+    from plano_fast.gateway.endpoints import CHAT_COMPLETIONS
+    from plano_fast.gateway.modes.managed import _with_max_tokens
 
     out = _with_max_tokens(body, CHAT_COMPLETIONS, 4096, "openai")
     pairs = json.loads(out, object_pairs_hook=lambda kv: kv)

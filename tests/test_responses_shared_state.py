@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from plano_fast.exchange import key_hash
+from plano_fast.gateway.phases import key_hash
 from plano_fast.responses_state import StoredResponse
 from plano_fast.responses_store import PostgresResponseStore, SharedResponseStore, SqliteResponseStore
 from tests import pg

@@ -1124,7 +1124,7 @@ def test_group_writer_owns_its_rows(backend: Backend) -> None:
     does not take its row with it; a row the store refuses is handed to the asynchronous
     pipeline alone, while the rows of the same batch are still written synchronously."""
     from plano_fast.billing.rows import price_event
-    from plano_fast.managed.exchange import GroupWriter
+    from plano_fast.managed.context import GroupWriter
     from plano_fast.pricing import PricingRegistry
     from plano_fast.store import usage_row_from_event
     from plano_fast.usage import STATUS_OK, UsageEvent

@@ -24,47 +24,25 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
-from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
-from plano_fast.exchange import (
-    CHAT_COMPLETIONS,
-    MESSAGES,
-    RESPONSES,
-    Endpoint,
-    GUARD_FORMATS,
-    Exchange,
-    ExchangeContext,
-    client_headers,
-    origin_of,
-    refuse_background,
-    upstream_path,
-    upstream_request,
-)
+from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
+from plano_fast.gateway.phases import client_headers, guard, refuse_background
+from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
-from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, Target, token_hash
-from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.managed.context import ManagedContext
+from plano_fast.managed.state import TOKEN_PREFIX, Target, token_hash
+from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
-from plano_fast.store import (
-    BudgetTarget,
-    Reservation,
-    Store,
-    UsageRow,
-    period_start,
-)
+from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
-
-RELEASE_RETRY_FIRST_S = 0.1
-RELEASE_RETRY_MAX_S = 5.0
-"""Back-off between attempts to release a reservation while the store fails."""
 
 # Lines that start the last event of a stream, per format: held until billing is done.
 TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
@@ -84,146 +62,6 @@ class BudgetHeld(BudgetExceeded):
     retry_after_s = 1
 
 
-class GroupWriter:
-    """Group commit for synchronous billing: each request still waits until its own row is
-    written, but rows of requests finishing together share one transaction.  While one
-    batch is being written the next gathers, so the commit cost is paid once per batch,
-    not once per request (measured: ~730 CPU µs per managed request before, on SQLite).
-
-    The writer owns a row from ``write`` on: a waiter that is cancelled (its client left)
-    stops waiting, but the row is written all the same; and when a batch cannot be
-    written, its events go to the asynchronous pipeline (``fallback``: journaled,
-    retried, a refused row set aside there), so no waiter has to be alive to save them.
-    """
-
-    def __init__(
-        self, store: Store, fallback: Callable[[UsageEvent], None], metrics: BillingMetrics | None = None
-    ) -> None:
-        self.store = store
-        self.fallback = fallback
-        self.metrics = metrics or BillingMetrics()
-        self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
-        self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def write(self, row: UsageRow, event: UsageEvent) -> asyncio.Future[None]:
-        """Queue ``row``; the future resolves once it is written or handed to the fallback."""
-        loop = self._loop
-        if loop is None:
-            # Once: asyncio.get_running_loop() costs a getpid() system call per call.
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((row, event, future))
-        if self._task is None:
-            self._task = loop.create_task(self._drain())
-        return future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self._inflight = batch
-                await self._write(batch)
-                self._inflight = []
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        finally:
-            self._task = None
-
-    def abandon(self) -> list[UsageEvent]:
-        """The events of rows not known to be written (a stop whose bound ran out while
-        the store hangs): the caller journals them; a replay skips any that did commit."""
-        items, self._inflight, self._pending = self._inflight + self._pending, [], []
-        return [event for _, event, _ in items]
-
-    async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
-        try:
-            inserted = await self.store.write_usage([row for row, _, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
-            if len(batch) > 1 and self.store.rejects_data(exc):
-                # One row the store refuses must not push the others off the synchronous
-                # path: each is tried alone (rare; the flusher isolates the refused one).
-                for item in batch:
-                    await self._write([item])
-                return
-            log.error("synchronous billing failed (%s); %d usage rows queued",
-                      type(exc).__name__, len(batch))
-            for _, event, _ in batch:
-                self.fallback(event)
-            return
-        metrics = self.metrics
-        metrics.rows_written += inserted
-        if inserted < len(batch):  # never silent: two requests with one id
-            metrics.rows_duplicate += len(batch) - inserted
-            metrics.rows_duplicate_id += len(batch) - inserted
-            log.error("synchronous billing: %d of %d rows had a request id already stored, skipped",
-                      len(batch) - inserted, len(batch))
-
-
-class ManagedContext:
-    """What managed exchanges share (owned by the Gateway)."""
-
-    __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer", "owner")
-
-    def __init__(
-        self,
-        state: ManagedState,
-        store: Store,
-        pricing: PricingRegistry,
-        *,
-        max_output_tokens: int,
-        usage_sink: Callable[[UsageEvent], None],
-        reservation_ttl_s: float = 600.0,
-        metrics: BillingMetrics | None = None,
-    ) -> None:
-        self.state = state
-        self.store = store
-        self.pricing = pricing
-        self.max_output_tokens = max_output_tokens
-        self.reservation_ttl_s = reservation_ttl_s
-        #: background releases, shielded from the cancellation of a client's task
-        self.tasks: set[asyncio.Task[object]] = set()
-        self.writer = GroupWriter(store, usage_sink, metrics)
-        #: this gateway instance's id, recorded on each reservation (see the sweeper)
-        self.owner: str | None = None
-
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
-
-    def release_soon(self, reservation: Reservation) -> None:
-        """Give ``reservation`` back in the background, retried until done (never a lost
-        task: every failure is caught and logged)."""
-        self.spawn(self._release_until_done(reservation))
-
-    async def _release_until_done(self, reservation: Reservation) -> None:
-        delay_s = RELEASE_RETRY_FIRST_S
-        failures = 0
-        while True:
-            try:
-                await self.store.release(reservation)
-            except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
-                failures += 1
-                if time.time_ns() + delay_s * 1e9 >= reservation.expires_at_ns:
-                    log.warning("reservation %s still held after %d attempts (%s); left to the "
-                                "sweeper at its expiry", reservation.id, failures, type(exc).__name__)
-                    return
-                if failures == 1:
-                    log.warning("releasing reservation %s failed (%s); retrying until done",
-                                reservation.id, type(exc).__name__)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, RELEASE_RETRY_MAX_S)
-                continue
-            if failures:
-                log.info("reservation %s released after %d failed attempts", reservation.id, failures)
-            return
-
-
 class ManagedExchange(Exchange):
     MODE = "managed"
     __slots__ = (
@@ -232,9 +70,6 @@ class ManagedExchange(Exchange):
         "targets",
         "target_index",
         "reservation",
-        "held",
-        "terminal",
-        "swallow",
         "final_event",
         "user_id",
         "token_id",
@@ -258,9 +93,6 @@ class ManagedExchange(Exchange):
         self.targets: list[Target] = []
         self.target_index = 0
         self.reservation: Reservation | None = None
-        self.held = b""
-        self.terminal = False
-        self.swallow = False
         self.final_event: UsageEvent | None = None
         self.user_id: str | None = None
         self.token_id: str | None = None
@@ -290,7 +122,7 @@ class ManagedExchange(Exchange):
         except scan.ScanError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         if self.ctx.guardrails is not None:
-            self.guard(GUARD_FORMATS[self.endpoint.name], None)
+            guard(self, GUARD_FORMATS[self.endpoint.name], None)
         targets = [t for t in pipe.candidates(fields.model)
                    if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
         if not targets:
@@ -304,6 +136,7 @@ class ManagedExchange(Exchange):
         self.user_id = token.user_id
         self.token_id = token.id
         self.streaming = fields.stream
+        self.body_filter = HoldTerminal(fields.stream)
         body = request.body
         if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
             # previous_response_id expanded before the reservation: it counts the history
@@ -434,7 +267,7 @@ class ManagedExchange(Exchange):
             self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
             auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
             self.upstream_data = upstream_request(
-                self, request.method + b" " + path, provider, auth, rewritten
+                client_headers(self), self.request_id, request.method + b" " + path, provider, auth, rewritten
             )
             self.origin = origin_of(provider)
             self.failover_error = None
@@ -460,60 +293,19 @@ class ManagedExchange(Exchange):
         super().on_upstream_head(head)
 
     def on_upstream_body(self, data: bytes) -> None:
-        if not self.swallow:
-            if self.state_turn is not None:
-                self.state_turn.feed(data)
-            super().on_upstream_body(data)
+        if self.state_turn is not None and not self.swallow:
+            self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
+        super().on_upstream_body(data)
 
-    def on_upstream_complete(self) -> None:
-        if self.swallow:
-            self.conn = None
-            done = self.done  # managed exchanges always await (failover needs it)
-            if done is not None and not done.done():
-                done.set_result(False)
-            return
-        super().on_upstream_complete()
+    def _swallowed(self) -> None:
+        self.conn = None
+        done = self.done  # managed exchanges always await (failover needs it)
+        if done is not None and not done.done():
+            done.set_result(False)
 
-    def on_upstream_read_done(self) -> None:
-        # A JSON answer's first piece is held until billing is done: the head alone would
-        # cost a send() of its own, so it waits to leave with the body (later pieces of
-        # a large body still flush as they come: memory stays bounded).
-        if self.streaming or self.responder.bytes_sent:
-            self.responder.flush()
-
-    def _relay(self, data: bytes) -> None:
-        """Send as it comes, but hold back the terminal event until billing is done."""
-        if not data:
-            return
-        if self.terminal:
-            self.held += data
-            return
-        if not self.streaming:
-            # A JSON body: hold the latest piece (the client needs the whole body anyway).
-            if self.held:
-                self.responder.send_body(self.held)
-            self.held = data
-            return
-        data = self.held + data if self.held else data
-        self.held = b""
-        for marker in TERMINAL_MARKERS:
-            at = data.find(marker)
-            if at >= 0:
-                self.responder.send_body(data[:at])
-                self.held = data[at:]
-                self.terminal = True
-                return
-        # A marker split across reads: keep a trailing partial line that could start one.
-        cut = data.rfind(b"\n") + 1
-        partial = data[cut:]
-        if partial and any(m.startswith(partial) for m in TERMINAL_MARKERS):
-            self.responder.send_body(data[:cut])
-            self.held = partial
-        else:
-            self.responder.send_body(data)
-
-    def _finish(self, outcome: str, tail: bytes) -> None:
-        self.held += tail
+    def _complete(self, outcome: str) -> None:
+        """The synchronous settle step: the event is billed by ``_bill_and_finish`` before
+        the held-back end of the response is sent."""
         self.outcome = outcome
         self.final_event = event = self._event(outcome, self.status)
         self.observe(event)
@@ -561,9 +353,9 @@ class ManagedExchange(Exchange):
             await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
         if self.state_turn is not None:
             self.state_turn.complete(self.status, self.model, self.provider_id)
-        if self.held:
-            self.responder.send_body(self.held)
-            self.held = b""
+        body_filter = self.body_filter
+        assert isinstance(body_filter, HoldTerminal)
+        body_filter.release(self.responder)
         self.responder.end()
 
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
@@ -588,6 +380,70 @@ class ManagedExchange(Exchange):
             log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
             self.ctx.usage_sink(event)
             self.mctx.release_soon(reservation)
+
+
+class HoldTerminal:
+    """Managed mode's body filter: relays as it comes, but holds back the terminal event
+    of a stream (the last piece of a JSON body) until billing is done (``release``)."""
+
+    __slots__ = ("streaming", "held", "terminal")
+
+    rebuilds_head = False
+
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.held = b""
+        self.terminal = False
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        raise AssertionError("HoldTerminal relays the upstream's head as it is")
+
+    def read_done(self, responder: Responder) -> None:
+        # A JSON answer's first piece is held until billing is done: the head alone would
+        # cost a send() of its own, so it waits to leave with the body (later pieces of
+        # a large body still flush as they come: memory stays bounded).
+        if self.streaming or responder.bytes_sent:
+            responder.flush()
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        """Send as it comes, but hold back the terminal event until billing is done."""
+        if not data:
+            return
+        if self.terminal:
+            self.held += data
+            return
+        if not self.streaming:
+            # A JSON body: hold the latest piece (the client needs the whole body anyway).
+            if self.held:
+                responder.send_body(self.held)
+            self.held = data
+            return
+        data = self.held + data if self.held else data
+        self.held = b""
+        for marker in TERMINAL_MARKERS:
+            at = data.find(marker)
+            if at >= 0:
+                responder.send_body(data[:at])
+                self.held = data[at:]
+                self.terminal = True
+                return
+        # A marker split across reads: keep a trailing partial line that could start one.
+        cut = data.rfind(b"\n") + 1
+        partial = data[cut:]
+        if partial and any(m.startswith(partial) for m in TERMINAL_MARKERS):
+            responder.send_body(data[:cut])
+            self.held = partial
+        else:
+            responder.send_body(data)
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        self.held += tail
+
+    def release(self, responder: Responder) -> None:
+        """Billing is done: what was held goes to the client (the caller ends)."""
+        if self.held:
+            responder.send_body(self.held)
+            self.held = b""
 
 
 def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider: str) -> bytes:

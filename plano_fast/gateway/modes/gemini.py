@@ -16,14 +16,10 @@ from urllib.parse import quote, unquote
 
 from plano_fast import wire as scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
-from plano_fast.exchange import (
-    ConfigExchange,
-    Endpoint,
-    caller_key_hash,
-    client_headers,
-    origin_of,
-    upstream_request,
-)
+from plano_fast.gateway.endpoints import Endpoint
+from plano_fast.gateway.phases import caller_key_hash, client_headers, guard
+from plano_fast.gateway.routed import RoutedExchange
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
 
 GEMINI = Endpoint("gemini", scan.API_GEMINI, "gemini")
@@ -48,7 +44,7 @@ class PathFields:
         self.include_usage: bool | None = True
 
 
-class GeminiExchange(ConfigExchange):
+class GeminiExchange(RoutedExchange):
     __slots__ = ()
 
     def start(self) -> Coroutine[Any, Any, None] | None:
@@ -72,7 +68,7 @@ class GeminiExchange(ConfigExchange):
         provider = route.provider
         upstream_model = route.upstream_model or model
         if self.ctx.guardrails is not None:
-            self.guard("gemini", provider.provider)
+            guard(self, "gemini", provider.provider)
         if provider.wire_api != "gemini":
             return self._start_converted(fields, upstream_model, provider)
         self.provider = provider
@@ -84,10 +80,12 @@ class GeminiExchange(ConfigExchange):
         passthrough = provider.passthrough_auth
         # The client's query (alt=sse) without its ?key= (a passed-through key goes in
         # x-goog-api-key; see plano_fast.credentials).
-        query = client_headers(self).query
+        client = client_headers(self)
+        query = client.query
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
-            self,
+            client,
+            self.request_id,
             b"POST " + path + method + (b"?" + query if query else b""),
             provider,
             None if passthrough else provider.auth_headers,

@@ -15,12 +15,9 @@ client did not ask for it).  Observe and settle as in every exchange.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from plano_fast import wire as scan
 from plano_fast.credentials import ClientHeaders
@@ -32,98 +29,15 @@ from plano_fast.errors import (
     SpendingLimitExceeded,
     Unauthorized,
 )
-from plano_fast.exchange import (
-    GUARD_FORMATS,
-    Exchange,
-    client_headers,
-    finish_head,
-    key_hash,
-    refuse_background,
-)
-from plano_fast.periodic import Periodic
-from plano_fast.store import RegisteredApiKey, Store
-from plano_fast.upstream import Origin
+from plano_fast.gateway.endpoints import GUARD_FORMATS
+from plano_fast.gateway.phases import admitted_forward, client_headers, guard, key_hash, rate_limit, refuse_background
+from plano_fast.gateway.relay import Exchange
+from plano_fast.gateway.upstream_request import finish_head
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
 
 if TYPE_CHECKING:
     from plano_fast.billing.budget import BudgetChecker
-
-log = logging.getLogger("plano_fast.firewall")
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRoute:
-    """A registered key, with its upstream parsed once at load time."""
-
-    key: RegisteredApiKey
-    origin: Origin
-    base_path: bytes
-    host_header: str
-
-
-def parse_upstream(key: RegisteredApiKey) -> KeyRoute:
-    parts = urlsplit(key.upstream_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid upstream_url for key {key.key_hash[:12]}…")
-    default_port = 443 if parts.scheme == "https" else 80
-    port = parts.port or default_port
-    host_header = parts.hostname if port == default_port else f"{parts.hostname}:{port}"
-    return KeyRoute(
-        key=key,
-        origin=(parts.scheme, parts.hostname, port, key.egress_ip or None),
-        base_path=parts.path.rstrip("/").encode(),
-        host_header=host_header,
-    )
-
-
-class ApiKeyRegistry:
-    """key SHA-256 -> route; reloaded every ``reload_interval_s`` and after admin changes."""
-
-    def __init__(self, store: Store, reload_interval_s: float = 60.0) -> None:
-        self.store = store
-        self.reload_interval_s = reload_interval_s
-        self._routes: dict[str, KeyRoute] = {}
-        self.ready = False
-        # until the first load succeeds, retried every second
-        self._loop = Periodic(
-            "key-registry", self.reload, lambda: self.reload_interval_s if self.ready else 1.0,
-            on_error=self._reload_failed,
-        )
-
-    def lookup(self, key_sha256: str) -> KeyRoute | None:
-        return self._routes.get(key_sha256)
-
-    def lookup_key(self, key_sha256: str) -> RegisteredApiKey | None:
-        route = self._routes.get(key_sha256)
-        return route.key if route is not None else None
-
-    def __len__(self) -> int:
-        return len(self._routes)
-
-    async def reload(self) -> None:
-        routes: dict[str, KeyRoute] = {}
-        for key in await self.store.list_active_api_keys():
-            try:
-                routes[key.key_hash] = parse_upstream(key)
-            except ValueError as exc:
-                log.error("%s", exc)
-        self._routes = routes  # one assignment: readers see the old or the new map
-        self.ready = True
-
-    async def start(self) -> None:
-        try:
-            await self.reload()
-        except Exception as exc:  # noqa: BLE001 - stays not-ready (503) until a reload works
-            log.warning("key registry not loaded yet: %s", type(exc).__name__)
-        self._loop.start()
-
-    @staticmethod
-    def _reload_failed(exc: Exception) -> None:
-        # keep serving the last good map
-        log.warning("key registry reload failed: %s", type(exc).__name__)
-
-    async def stop(self) -> None:
-        await self._loop.stop()
+    from plano_fast.key_registry import ApiKeyRegistry, KeyRoute
 
 
 class MeteredEndpoint:
@@ -244,7 +158,7 @@ class FirewallExchange(Exchange):
                     scan.scan_request(request.body)
                 except scan.ScanError as exc:
                     raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            self.guard(guard_format, route.key.provider)
+            guard(self, guard_format, route.key.provider)
         body = request.body
         path = request.path
         scan_api = endpoint.scan_api
@@ -277,10 +191,10 @@ class FirewallExchange(Exchange):
         credential = client.credential
         assert credential is not None
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
-        self.upstream_data = finish_head(self, head, route.host_header, body, client.seen_request_id)
+        self.upstream_data = finish_head(head, route.host_header, body, client.seen_request_id, self.request_id)
         self.origin = route.origin
-        if ctx.ratelimits is not None and self.rate_limit((self.model,)):
-            return self.admitted_forward()
+        if ctx.ratelimits is not None and rate_limit(self, (self.model,)):
+            return admitted_forward(self)
         return self.forward_now()
 
 

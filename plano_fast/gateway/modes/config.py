@@ -1,0 +1,148 @@
+"""Config mode (Plano semantics): the body's model picks a configured provider.
+
+identify (the body's model; the caller's key hash for per-key usage) -> route (the model
+table, or preference routing's ranked models) -> admit (guardrails, rate limits) ->
+the retry plan -> ``_prepare`` the first target -> the relay.  ``count_tokens`` for a
+provider that cannot count is answered here (an estimate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from plano_fast import wire as scan
+from plano_fast.conversion import request_error
+from plano_fast.convert import ConversionError, count_tokens_estimate
+from plano_fast.errors import BadRequestBody, UnknownModelError
+from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
+from plano_fast.gateway.phases import admitted_forward, caller_key_hash, guard, rate_limit
+from plano_fast.gateway.routed import RoutedExchange
+from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
+from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
+from plano_fast.routing import Route, UnknownModel
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from plano_fast.preference_routing import PreferenceRouter
+
+
+class ConfigExchange(RoutedExchange):
+    """Config mode: the body's model picks a configured provider (Plano semantics)."""
+
+    __slots__ = ()
+
+    def start(self) -> Coroutine[Any, Any, None] | None:
+        request = self.request
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            route = self.ctx.router.resolve(fields.model)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        provider = route.provider
+        if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
+            self._count_tokens_locally()
+            return None
+        self.fields = fields
+        state = self.ctx.responses_state
+        if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
+                and (self.ctx.preference is not None or converts(RESPONSES, provider))):
+            return self._with_history(state, route)
+        return self._route(route)
+
+    async def _with_history(self, state: ResponseStore, route: Route) -> None:
+        """Read the conversation ``previous_response_id`` names (shared state store) first."""
+        self.prior = await prefetch(state, self.request.body, caller_key_hash(self) or "")
+        pending = self._route(route)
+        if pending is not None:
+            await pending
+
+    def _route(self, route: Route) -> Coroutine[Any, Any, None] | None:
+        request, fields = self.request, self.fields
+        preference = self.ctx.preference
+        if preference is not None and self.endpoint is not COUNT_TOKENS:
+            pinned = preference.pinned_decision(request)
+            if pinned is not None:
+                return self._routed(pinned)  # no router call: no task either
+            return self._route_by_preference(preference)
+        return self._admit_and_forward(route, fields.model, ())
+
+    def _admit_and_forward(
+        self, route: Route, model: str | None, fallbacks: tuple[str, ...]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
+        chosen by; ``fallbacks``: preference routing's other ranked models)."""
+        provider = route.provider
+        # Config mode identifies callers by their key's hash (per-key usage and limits).
+        self.key_hash = caller_key_hash(self)
+        if self.ctx.guardrails is not None:
+            guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider)
+        # (the names a limit may use, built only when limits are configured)
+        shared_check = self.ctx.ratelimits is not None and rate_limit(self, 
+            (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+        )
+        policy = provider.retry_policy or self.ctx.default_retry_policy
+        if policy is not None and self.endpoint is not COUNT_TOKENS:
+            if fallbacks:
+                policy = dataclasses.replace(
+                    policy, fallback_models=fallbacks + policy.fallback_models
+                )
+            self.plan = plan = self._plan(route, policy)
+            route = plan.targets[plan.index]
+        self._prepare(route)
+        if shared_check:
+            return admitted_forward(self)
+        return self.forward_now()
+
+    async def _route_by_preference(self, preference: PreferenceRouter) -> None:
+        """Preference routing (plano_fast.preference_routing): ask the router model once,
+        before the retry plan, then go on as any request."""
+        decision = await preference.decide_request(
+            self.request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
+        )
+        pending = self._routed(decision)
+        if pending is not None:
+            await pending
+
+    def _routed(self, decision: Decision) -> Coroutine[Any, Any, None] | None:
+        """Forward as ``decision`` says: its first model, the rest as fallbacks."""
+        request = self.request
+        if request.body.find(b'"routing_preferences"') >= 0:
+            # The request's own routes are for the gateway: they never reach the provider.
+            request.body = strip_member(request.body, OVERRIDE_MEMBER)
+        chosen = decision.models[0] if decision.models else self.fields.model
+        try:
+            route = self.ctx.router.resolve(chosen)
+        except UnknownModel as exc:
+            raise UnknownModelError(str(exc)) from None
+        pending = self._admit_and_forward(route, chosen, decision.models[1:])
+        span = self.span
+        if span is not None and (decision.pinned or decision.router_ms > 0 or decision.route):
+            # Plano's span attributes (brightstaff tracing/constants.rs)
+            span.set_attribute("routing.determination_ms", round(decision.router_ms, 3))
+            if decision.route is not None:
+                span.set_attribute("plano.route.name", decision.route)
+        if decision.route is not None:
+            self.route_name = decision.route
+            # Plano records the route as a response header; route names are config text.
+            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
+            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+        return pending
+
+    def _count_tokens_locally(self) -> None:
+        """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
+        try:
+            doc = json.loads(self.request.body)
+        except ValueError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        try:
+            count = count_tokens_estimate(doc, "anthropic")
+        except ConversionError as exc:
+            raise request_error(exc) from None
+        self.responder.send_simple(200, b'{"input_tokens":%d}' % count)

@@ -1,0 +1,727 @@
+"""The relay: one forwarded request from the upstream pool to the client and its settle.
+
+A mode module (plano_fast.gateway.modes) identifies, admits, routes and rewrites a request
+into the exchange's upstream request (``origin``, ``upstream_data``, scanner, body filter);
+this module executes it: forward through the pool -> relay and observe the response ->
+settle a usage event.  The protocol below it owns bytes; the pool owns connections.
+
+Relaying happens in callbacks (``on_upstream_*``) invoked from the upstream connection's
+``data_received``: a response chunk goes from one socket to the other in the same loop
+iteration, passing through the usage scanner, which only looks unless it has to strip the
+usage-only chunk the gateway itself asked for, and the body filter, when there is one
+(format conversion; managed mode's held-back terminal event).
+
+``start`` runs synchronously from the server's parser callback.  When the pool has an idle
+connection (the steady state) the request is written at once and the exchange lives on in
+those callbacks: no task, no coroutine, no future.  Only when it must wait -- open a
+connection, retry on a fresh one, reserve budget (managed mode) -- does it return a
+coroutine, which the server runs as a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from plano_fast import guardrails
+from plano_fast import wire as scan
+from plano_fast.errors import UpstreamError
+from plano_fast.credentials import ClientHeaders
+from plano_fast.access_log import AccessLog
+from plano_fast.ratelimit import Bucket, RateLimits
+from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.metrics import RequestMetrics
+from plano_fast.responses_state import ResponseStore
+from plano_fast.failover import CircuitBreaker, RetryPolicy
+from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
+from plano_fast.usage import (
+    STATUS_CLIENT_ABANDONED,
+    STATUS_CLIENT_GONE,
+    STATUS_CLIENT_GONE_ESTIMATED,
+    STATUS_NOT_BILLABLE,
+    STATUS_OK,
+    STATUS_UPSTREAM_ERROR,
+    STATUS_UPSTREAM_FAILED,
+    STATUS_USAGE_MISSING,
+    USAGE_API_NAMES,
+    UsageEvent,
+    UsageSink,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from opentelemetry.trace import Span
+
+    from plano_fast.billing.budget import BudgetChecker
+    from plano_fast.key_registry import ApiKeyRegistry
+    from plano_fast.http_server import Request, Responder
+    from plano_fast.preference_routing import PreferenceRouter
+    from plano_fast.routing import Router
+
+_REQUEST_PREFIX = os.urandom(16).hex()
+_request_counter = itertools.count(1)
+
+
+def _new_request_prefix() -> None:
+    """A forked child must not reuse its parent's prefix with a copy of its counter."""
+    global _REQUEST_PREFIX, _request_counter
+    _REQUEST_PREFIX = os.urandom(16).hex()
+    _request_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_prefix)
+
+
+def new_request_id() -> str:
+    """A request id that cannot collide: 128 random bits drawn once per process (and per
+    fork), then a counter.  Two ids can only meet if two process starts draw the same 128
+    bits (probability about N^2 / 2^129 over N starts: 10^-31 for a million), as strong as
+    128 random bits per request, without a getrandom() call per request (measured 0.24 µs
+    per id, against 0.68 µs for ``os.urandom(16).hex()`` and 4.5 µs for ``uuid4``).
+    """
+    return f"{_REQUEST_PREFIX}-{next(_request_counter):x}"
+
+
+class BodyFilter(Protocol):
+    """What stands between the upstream's body and the client's (None: pass-through).
+
+    ``Conversion`` (cross-format: rebuilds the head, converts the body) and managed
+    mode's ``HoldTerminal`` (relays, but holds the terminal event until billing is done).
+    """
+
+    #: the filter answers the head itself from the upstream's status and headers
+    rebuilds_head: bool
+
+    def head(self, responder: Responder, status: int, headers: list[Header]) -> None: ...
+
+    def relay(self, data: bytes, responder: Responder) -> None: ...
+
+    def read_done(self, responder: Responder) -> None: ...
+
+    def finish(self, responder: Responder, tail: bytes) -> None: ...
+
+
+_TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
+
+#: circuit breakers kept per process (oldest forgotten first)
+MAX_CIRCUITS = 4096
+
+
+class ExchangeContext:
+    """Shared, long-lived state every exchange needs (owned by the Gateway)."""
+
+    __slots__ = (
+        "router",
+        "pool",
+        "usage_sink",
+        "first_byte_timeout_s",
+        "idle_timeout_s",
+        "registry",
+        "budget",
+        "gone_drain_s",
+        "gone_drain_bytes",
+        "draining",
+        "unbilled_paths",
+        "unbilled_requests",
+        "default_retry_policy",
+        "circuits",
+        "retries_total",
+        "failovers_total",
+        "metrics",
+        "access_log",
+        "tracing",
+        "server_timing",
+        "ratelimits",
+        "guardrails",
+        "responses_state",
+        "preference",
+    )
+
+    def __init__(
+        self,
+        router: Router,
+        pool: UpstreamPool,
+        usage_sink: UsageSink,
+        first_byte_timeout_s: float,
+        idle_timeout_s: float,
+        registry: ApiKeyRegistry | None = None,
+        budget: BudgetChecker | None = None,
+        gone_drain_s: float = 60.0,
+        gone_drain_bytes: int = 16 * 1024 * 1024,
+        unbilled_paths: frozenset[bytes] = frozenset(),
+        default_retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.router = router
+        self.pool = pool
+        self.usage_sink = usage_sink
+        self.first_byte_timeout_s = first_byte_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.registry = registry
+        self.budget = budget
+        #: after a client hangs up, its provider response is still read to the end (for the
+        #: provider's own usage) for at most this long and this many bytes
+        self.gone_drain_s = gone_drain_s
+        self.gone_drain_bytes = gone_drain_bytes
+        #: exchanges reading a response whose client left (ended at stop: ``give_up_drains``)
+        self.draining: set[Exchange] = set()
+        #: firewall mode: exact paths forwarded unmetered (firewall_unbilled_paths)
+        self.unbilled_paths = unbilled_paths
+        self.unbilled_requests = 0
+        #: listeners[].max_retries for providers without a retry_policy
+        self.default_retry_policy = default_retry_policy
+        #: health memory per (provider name, model) of providers with retries
+        self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
+        self.retries_total = 0
+        self.failovers_total = 0
+        self.metrics = RequestMetrics()
+        #: one JSON line per request when plano_fast.access_log is set
+        self.access_log: AccessLog | None = None
+        #: plano_fast.tracing when the config has a tracing section
+        self.tracing: Tracing | None = None
+        #: add a Server-Timing header to relayed answers (plano_fast.server_timing)
+        self.server_timing = False
+        #: Plano's ratelimits (plano_fast.ratelimit), None when the config has none
+        self.ratelimits: RateLimits | None = None
+        #: the DLP floor (plano_fast.guardrails), None when not configured
+        self.guardrails: guardrails.Policy | None = None
+        #: Plano's state_storage: conversations of converted Responses requests
+        self.responses_state: ResponseStore | None = None
+        #: preference routing (plano_fast.preference_routing), None when not configured
+        self.preference: PreferenceRouter | None = None
+
+    def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
+        key = (provider_name, model)
+        circuits = self.circuits
+        circuit = circuits.get(key)
+        if circuit is None:
+            if len(circuits) >= MAX_CIRCUITS:
+                del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
+            circuit = circuits[key] = CircuitBreaker()
+        return circuit
+
+    def give_up_drains(self) -> None:
+        """At stop: every response still read for a departed client settles now."""
+        for exchange in list(self.draining):
+            exchange.give_up_drain()
+
+
+class Exchange:
+    """One forwarded request: the ResponseSink of its upstream connection.
+
+    Subclasses implement ``run`` (identify, admit, route, rewrite) and then call
+    ``forward``; relaying, retry and settling the usage event are shared.
+    """
+
+    __slots__ = (
+        "ctx",
+        "request",
+        "responder",
+        "origin",
+        "provider_id",
+        "wire_format",
+        "model",
+        "streaming",
+        "scanner",
+        "conn",
+        "done",
+        "status",
+        "started_ns",
+        "request_id",
+        "attempts",
+        "outcome",
+        "upstream_data",
+        "key_hash",
+        "project_id",
+        "scan_api",
+        "failover_error",
+        "client_left",
+        "drain_left",
+        "drain_timer",
+        "client",
+        "sent_ns",
+        "head_ns",
+        "endpoint_name",
+        "span",
+        "attempt_span",
+        "rl_buckets",
+        "guard_warning",
+        "guard_names",
+        "route_header",
+        "route_name",
+        "body_filter",
+        "swallow",
+    )
+    drain_left: int
+    drain_timer: asyncio.TimerHandle
+
+    #: the ``mode`` label of this exchange's metrics
+    MODE = "config"
+
+    def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
+        self.ctx = ctx
+        self.request = request
+        self.responder = responder
+        self.started_ns = time.time_ns()
+        # Always our own id: usage_log is unique on it, so a client-chosen id could make
+        # two requests collapse into one billed row.
+        self.request_id = new_request_id()
+        self.status = 0
+        self.attempts = 0
+        self.outcome = ""
+        self.conn: UpstreamConnection | None = None
+        self.scanner: scan.UsageScanner | None = None
+        self.model: str | None = None
+        self.streaming = False
+        self.key_hash: str | None = None
+        self.project_id: str | None = None
+        self.provider_id = ""
+        self.wire_format = "openai"
+        self.upstream_data: list[bytes] = []
+        self.origin: Origin = ("http", "", 0, None)
+        self.scan_api = scan.API_OPENAI_CHAT
+        self.failover_error: UpstreamError | None = None
+        #: the request's headers as read once (credential included); see phases.client_headers
+        self.client: ClientHeaders | None = None
+        #: wall-clock ns: the upstream request sent (last attempt), its response head
+        self.sent_ns = 0
+        self.head_ns = 0
+        #: the ``endpoint`` label of this exchange's metrics
+        self.endpoint_name = ""
+        #: trace spans of a sampled request (plano_fast.tracing): server, current attempt
+        self.span: Span | None = None
+        self.attempt_span: Span | None = None
+        #: the rate-limit buckets this request counts against (debited at settle)
+        self.rl_buckets: list[Bucket] | None = None
+        #: guardrails: detectors whose action is warn (a response header), all that matched
+        self.guard_warning = b""
+        self.guard_names: list[str] | None = None
+        #: preference routing: the x-model-router-selected-route line of the response head
+        self.route_header = b""
+        self.route_name: str | None = None
+        #: resolved when the upstream response ends, on the awaiting path only
+        self.done: asyncio.Future[bool] | None = None
+        #: the client hung up and the response is read on for its usage (``_client_gone``)
+        self.client_left = False
+        #: between the upstream's body and the client's; None: relayed as it comes
+        self.body_filter: BodyFilter | None = None
+        #: the current attempt failed and its response is dropped (another one follows)
+        self.swallow = False
+
+    def start(self) -> Coroutine[Any, Any, None] | None:
+        """Handle the request; a coroutine when it must wait (see the module docstring).
+
+        Errors raised here (GatewayError) are answered by the server in the client's format.
+        """
+        return self.run()
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def forward_now(self) -> Coroutine[Any, Any, None] | None:
+        """Send on an idle pooled connection now; a coroutine when one must be opened."""
+        conn = self.ctx.pool.take_idle(self.origin)
+        if conn is None:
+            return self._forward()
+        self.attempts = 1
+        self.responder.on_client_gone = self._client_gone
+        self._send(conn)
+        return None
+
+    async def forward(self) -> None:
+        await self._forward()
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.sent_ns = time.time_ns()
+        if self.span is not None:
+            self._trace_attempt()
+        self.conn = conn
+        self.responder.upstream = conn
+        conn.send_request(
+            self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
+        )
+
+    def _trace_attempt(self) -> None:
+        """A sampled request's next upstream attempt: its span, and its traceparent sent
+        upstream in place of the client's."""
+        tracing = self.ctx.tracing
+        assert tracing is not None and self.span is not None
+        if self.attempt_span is not None:  # the previous attempt failed
+            end_attempt(self.attempt_span, self.status, "retried")
+        span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
+        head = _TRACEPARENT_LINE.sub(b"", self.upstream_data[0])
+        self.upstream_data[0] = head[:-2] + b"traceparent: " + traceparent(span) + b"\r\n\r\n"
+
+    def _client_gone(self) -> None:
+        """The client disconnected mid-exchange.
+
+        Nothing forwarded yet: recorded as abandoned (not billed).  A billable response
+        under way (2xx, an LLM endpoint): the relay stops but the response is read on to
+        its end, bounded by ``gone_drain_s`` and ``gone_drain_bytes``, so the provider's
+        own usage is recorded (``client_disconnected``); when it cannot be read to the end,
+        an estimate is recorded instead, never zero (``_settle_left``).  Anything else (an
+        error answer, a non-LLM path): dropped, as the provider bills nothing for it.
+        """
+        conn = self.conn
+        if conn is None:
+            self._settle(STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE, self.status)
+            return
+        if self.scanner is None or self.status >= 400 or self.outcome:
+            conn.detach()
+            self.conn = None
+            self._settle(STATUS_CLIENT_GONE, self.status)
+            return
+        self.client_left = True
+        self.drain_left = self.ctx.gone_drain_bytes
+        self.drain_timer = self.ctx.pool.loop.call_later(self.ctx.gone_drain_s, self.give_up_drain)
+        self.ctx.draining.add(self)
+        conn.resume_reading()  # it may have been paused for the slow client
+
+    def _head_after_left(self, head: UpstreamHead) -> None:
+        """The answer's head came after the client left: an error bills nothing (dropped);
+        a success is read on for its usage."""
+        self.status = head.status
+        if head.status >= 400:
+            self._end_drain()
+            if self.conn is not None:
+                self.conn.detach()
+                self.conn = None
+            self._settle(STATUS_CLIENT_GONE, head.status)
+
+    def _end_drain(self) -> None:
+        self.ctx.draining.discard(self)
+        self.drain_timer.cancel()
+
+    def give_up_drain(self) -> None:
+        """The drain ran out of time or bytes (or the gateway stops): settle an estimate."""
+        if not self.client_left or self.outcome:
+            return
+        if self.conn is not None:
+            self.conn.detach()
+            self.conn = None
+        self._settle_left()
+
+    def _settle_left(self) -> None:
+        """Settle a departed client's exchange: the provider's usage when it was read,
+        otherwise an estimate (input from the request body, output from the response
+        bytes seen, both at 4 bytes a token), flagged by its status."""
+        self._end_drain()
+        event = self.make_event(STATUS_CLIENT_GONE, self.status)
+        if not event.has_usage:
+            event.status = STATUS_CLIENT_GONE_ESTIMATED
+            event.input_tokens = max(1, (len(self.request.body) + 3) // 4)
+            seen = self.responder.bytes_sent + self.ctx.gone_drain_bytes - self.drain_left
+            event.output_tokens = max(1, (seen + 3) // 4)
+            event.has_usage = True
+        self.outcome = event.status
+        self._sink_left(event)
+        self.observe(event)
+
+    def _sink_left(self, event: UsageEvent) -> None:
+        self.ctx.usage_sink(event)
+
+    async def _forward(self) -> None:
+        pool = self.ctx.pool
+        loop = pool.loop
+        while True:
+            self.attempts += 1
+            conn = pool.take_idle(self.origin) if self.attempts == 1 else None
+            if conn is None:
+                try:
+                    conn = await pool.connect(self.origin)
+                except asyncio.CancelledError:
+                    if self.attempts == 1:  # never forwarded: recorded as abandoned
+                        self._settle(STATUS_CLIENT_ABANDONED, 0)
+                    else:
+                        self._client_gone()
+                    raise
+                except UpstreamError as exc:
+                    if exc.retryable and self.attempts == 1:
+                        continue
+                    if self._retry_after_connect_error():
+                        await self._advance()
+                        continue
+                    if self._has_fallback():
+                        self.failover_error = exc
+                        return
+                    self._settle(STATUS_UPSTREAM_FAILED, exc.status)
+                    raise
+            done = self.done = loop.create_future()
+            self._send(conn)
+            try:
+                retry = await done
+            except asyncio.CancelledError:
+                # The client went away: read on for the usage, or settle (see _client_gone).
+                self._client_gone()
+                raise
+            if not retry:
+                if not self._retry_pending():
+                    return
+                await self._advance()
+
+    # -- ResponseSink -----------------------------------------------------------------
+    def client_headers(self, head: UpstreamHead) -> list[Header]:
+        """The upstream response's headers fit for the client, as pairs (for the paths that
+        rebuild an answer; the relay sends ``head.block`` as it is)."""
+        out = head.headers()
+        out.append((b"x-plano-request-id", self.request_id.encode()))
+        return out
+
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        if self.client_left:
+            self._head_after_left(head)
+            return
+        self.head_ns = time.time_ns()
+        self.status = status = head.status
+        scanner = self.scanner
+        if scanner is not None and status >= 400:
+            # Errors are relayed as they are; the scanner still notes the error body.
+            scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
+        body_filter = self.body_filter
+        if body_filter is not None and body_filter.rebuilds_head:
+            headers = self.client_headers(head)
+            if self.guard_warning:
+                headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
+            body_filter.head(self.responder, status, headers)
+            return
+        content_length = head.content_length
+        if content_length is not None and scanner is not None and self._may_rewrite_body():
+            content_length = None  # the stripped body is shorter: send it chunked
+        block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        if self.ctx.server_timing:
+            block += self._server_timing()
+        if self.guard_warning:
+            block += self.guard_warning
+        if self.route_header:
+            block += self.route_header
+        self.responder.send_head_block(status, block, content_length)
+
+    def _server_timing(self) -> bytes:
+        """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
+        request went upstream, and the upstream's time to its response head, in ms."""
+        gateway_ms = (self.sent_ns - self.started_ns) / 1e6 if self.sent_ns else 0.0
+        upstream_ms = (self.head_ns - self.sent_ns) / 1e6 if self.sent_ns else 0.0
+        return b"server-timing: gateway;dur=%.3f, upstream;dur=%.3f\r\n" % (gateway_ms, upstream_ms)
+
+    def _may_rewrite_body(self) -> bool:
+        return self.streaming and self.status < 400
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.swallow:
+            return  # a failed attempt's answer: the next attempt serves the client
+        if self.client_left:
+            self._drain_body(data)
+            return
+        responder = self.responder
+        if not responder.client_connected:
+            return
+        scanner = self.scanner
+        if scanner is not None:
+            data = scanner.feed(data)
+        body_filter = self.body_filter
+        if body_filter is None:
+            responder.send_body(data)
+        else:
+            body_filter.relay(data, responder)
+
+    def _drain_body(self, data: bytes) -> None:
+        """A departed client's response: scanned for usage, relayed to nobody."""
+        scanner = self.scanner
+        if scanner is not None:
+            scanner.feed(data)
+        self.drain_left -= len(data)
+        if self.drain_left < 0:
+            self.give_up_drain()
+
+    def on_upstream_read_done(self) -> None:
+        body_filter = self.body_filter
+        if body_filter is None:
+            self.responder.flush()
+        else:
+            body_filter.read_done(self.responder)
+
+    def on_upstream_complete(self) -> None:
+        if self.swallow:
+            self._swallowed()
+            return
+        self.conn = None
+        scanner = self.scanner
+        tail = scanner.finish() if scanner is not None else b""
+        if self.client_left:
+            if not self.outcome:
+                self._settle_left()
+            return
+        if self.status >= 400:
+            outcome = STATUS_UPSTREAM_ERROR
+        elif scanner is None:
+            outcome = STATUS_NOT_BILLABLE
+        elif scanner.result().has_usage:
+            outcome = STATUS_OK
+        else:
+            outcome = STATUS_USAGE_MISSING
+        self._finish(outcome, tail)
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(False)
+
+    def _finish(self, outcome: str, tail: bytes) -> None:
+        """The upstream response is complete: send what is left, then the settle step."""
+        body_filter = self.body_filter
+        if body_filter is None:
+            if tail:
+                self.responder.send_body(tail)
+        else:
+            body_filter.finish(self.responder, tail)
+        self._complete(outcome)
+
+    def _complete(self, outcome: str) -> None:
+        """The settle step of a complete response, queued: end the response, then settle
+        (the client's last bytes leave before the bookkeeping, not after it).  Managed
+        mode settles synchronously instead (its ``_complete``)."""
+        self.responder.end()
+        self._settle(outcome, self.status)
+
+    def _swallowed(self) -> None:
+        """A failed attempt's answer was read to its end (``swallow``): the failover
+        engine goes on to the next attempt."""
+        raise NotImplementedError
+
+    def _has_fallback(self) -> bool:
+        """Whether another upstream may still serve this request (managed failover)."""
+        return False
+
+    def _retry_pending(self) -> bool:
+        """Whether another attempt follows a failed one (config-mode retries)."""
+        return False
+
+    def total_attempts(self) -> int:
+        """Upstream attempts made for this request (the access log's ``attempts``)."""
+        return self.attempts
+
+    def _retry_after_connect_error(self) -> bool:
+        """A connection could not be opened: whether another attempt follows."""
+        return False
+
+    async def _advance(self) -> None:
+        raise NotImplementedError
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        self.conn = None
+        if self.client_left:
+            if not self.outcome:
+                self._settle_left()  # cut before its end: an estimate
+            return
+        done = self.done
+        if done is None:
+            if retry_safe and self.attempts == 1 and not self.responder.head_sent:
+                # A reused connection died before answering: once more on a fresh one.
+                self.responder.continue_in_task(self._forward(), self.request)
+                return
+        elif done.done():
+            return
+        elif retry_safe and self.attempts == 1 and not self.responder.head_sent:
+            done.set_result(True)  # once more, on a fresh connection
+            return
+        elif not self.responder.head_sent and self._has_fallback():
+            self.failover_error = error
+            done.set_result(False)
+            return
+        self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
+        self.responder.send_error(error, self.request.api_format)
+        if done is not None:
+            done.set_result(False)
+
+    def on_upstream_pause_writing(self) -> None:
+        self.responder.pause_client_reading()
+
+    def on_upstream_resume_writing(self) -> None:
+        self.responder.resume_client_reading()
+
+    # -- settle -----------------------------------------------------------------------
+    def _settle(self, outcome: str, http_status: int) -> None:
+        if self.outcome:
+            return
+        self.outcome = outcome
+        event = self.make_event(outcome, http_status)
+        self.ctx.usage_sink(event)
+        self.observe(event)
+
+    def observe(self, event: UsageEvent) -> None:
+        """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        if self.rl_buckets is not None and event.has_usage:
+            limits = self.ctx.ratelimits
+            assert limits is not None
+            limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
+        metrics = self.ctx.metrics
+        now_ns = time.time_ns()
+        started_ns = self.started_ns
+        sent_ns = self.sent_ns
+        head_ns = self.head_ns
+        metrics.observe(
+            (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
+            event.http_status,
+            (now_ns - started_ns) / 1e9,
+            (now_ns - sent_ns) / 1e9 if sent_ns else None,
+            (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+            (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+             event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
+        )  # fmt: skip
+        if event.status == STATUS_UPSTREAM_FAILED:
+            metrics.error("timeout" if event.http_status == 504 else "upstream")
+        elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+            metrics.error("client_gone")
+        span = self.span
+        if span is not None:
+            if self.attempt_span is not None:
+                end_attempt(self.attempt_span, event.http_status)
+                self.attempt_span = None
+            end_server(
+                span, mode=self.MODE, endpoint=self.endpoint_name, request_id=self.request_id,
+                provider=event.provider, request_model=self.model, response_model=event.model,
+                outcome=event.status, status=event.http_status,
+                tokens=(event.input_tokens, event.output_tokens) if event.has_usage else None,
+            )  # fmt: skip
+            self.span = None
+        access_log = self.ctx.access_log
+        if access_log is not None:
+            duration_ns = now_ns - started_ns
+            upstream_ns = now_ns - sent_ns if sent_ns else 0
+            access_log.record((
+                started_ns, self.request_id, self.MODE, self.project_id,
+                self.key_hash[:12] if self.key_hash else None, event.provider, event.model,
+                self.endpoint_name, event.http_status, event.status, self.streaming,
+                event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                event.reasoning_tokens, round(duration_ns / 1e6, 3),
+                round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
+                round(upstream_ns / 1e6, 3) if sent_ns else None,
+                (duration_ns - upstream_ns) // 1000 if sent_ns else None,
+                self.total_attempts(), self.responder.peer(), self.guard_names, self.route_name,
+            ))  # fmt: skip
+
+    def make_event(self, outcome: str, http_status: int) -> UsageEvent:
+        started_ns = self.started_ns
+        duration_ms = (time.time_ns() - started_ns) / 1e6
+        scanner = self.scanner
+        if scanner is None:
+            return UsageEvent(
+                self.request_id, started_ns, self.provider_id, self.model, self.streaming,
+                outcome, http_status, project_id=self.project_id, key_hash=self.key_hash,
+                duration_ms=duration_ms, wire_format=self.wire_format,
+            )  # fmt: skip
+        usage = scanner.result()
+        raw = scanner.raw_usage()
+        # Positional in UsageEvent's field order (one call, no per-field assignments).
+        return UsageEvent(
+            self.request_id, started_ns, self.provider_id, usage.model or self.model,
+            self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
+            usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
+            usage.has_usage, self.project_id, self.key_hash, None, None, duration_ms,
+            self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
+            usage.audio_input_tokens, usage.audio_output_tokens,
+            None if raw is None else raw.decode("utf-8", "replace"),
+            USAGE_API_NAMES.get(self.scan_api),
+        )  # fmt: skip

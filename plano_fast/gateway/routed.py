@@ -1,0 +1,324 @@
+"""Requests routed by the config's model table: targets, conversion, retries and fallbacks.
+
+Shared by the config-mode modules (``modes/config.py``: the body names the model;
+``modes/gemini.py``: the path does).  ``_prepare(route)`` turns one target into the
+upstream request (path, credentials, body rewrite or conversion, scanner); the failover
+engine walks the retry plan's targets before the first byte reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from plano_fast import wire as scan
+from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
+from plano_fast.convert import ConversionError, convert_request
+from plano_fast.errors import BadRequestBody, ClientError, NotFound, UpstreamError
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
+from plano_fast.gateway.endpoints import (
+    CHAT_COMPLETIONS,
+    COUNT_TOKENS,
+    MESSAGES,
+    RESPONSES,
+    Endpoint,
+    RequestFieldsLike,
+    auth_headers_for,
+    converts,
+    upstream_path,
+)
+from plano_fast.gateway.phases import caller_key_hash, client_headers
+from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
+from plano_fast.routing import Route
+from plano_fast.usage import STATUS_CLIENT_GONE
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from plano_fast.config import ModelProvider
+    from plano_fast.http_server import Request, Responder
+    from plano_fast.upstream import Header, UpstreamHead
+
+
+#: characters of a model name sent as they are in x-plano-requested-model (others %-escaped)
+_MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
+
+
+class RoutedExchange(Exchange):
+    """A request routed by the config's model table (config mode, Gemini-format clients):
+    the upstream request for a route (``_prepare``; converted when the client's format is
+    not the provider's), and the failover engine over the route and its retry policy's
+    fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
+
+    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior", "requested_model")
+    #: the request's scanned fields (config mode sets them in ``start``)
+    fields: scan.RequestFields
+
+    def __init__(
+        self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
+    ) -> None:
+        super().__init__(ctx, request, responder)
+        self.endpoint = endpoint
+        self.endpoint_name = endpoint.name
+        self.wire_format = endpoint.wire_api
+        self.scan_api = endpoint.scan_api
+        #: retries and fallbacks (plano_fast.failover); None when the provider has none
+        self.plan: RetryPlan[Route] | None = None
+        #: (target index, seconds to wait) of the attempt that follows a swallowed one
+        self.next_attempt: tuple[int, float] | None = None
+        #: the conversation previous_response_id names, read from a shared state store
+        self.prior: StoredResponse | None = None
+        #: converted exchanges: the model name the client asked for (x-plano-requested-model)
+        self.requested_model = ""
+
+    def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
+        """The request's targets: its route, then the policy's fallbacks.  The first one
+        tried is the first whose circuit is not open (the route itself when all are)."""
+        router = self.ctx.router
+        targets = [route] + [router.resolve(m) for m in policy.fallback_models]
+        now = self.ctx.pool.loop.time()
+        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now)
+        circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
+        first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
+        if first:
+            plan.index = first
+            self.ctx.failovers_total += 1
+        circuits[first].allow(now)
+        return plan
+
+    def _prepare(self, route: Route) -> None:
+        """Build the upstream request for ``route`` (the first target or a fallback)."""
+        fields = self.fields
+        provider = route.provider
+        model = route.upstream_model or fields.model
+        if converts(self.endpoint, provider):
+            self._prepare_converted(fields, model, provider)
+            return
+        path = upstream_path(provider, self.endpoint, route.upstream_model)
+        if path is None:
+            raise ClientError(
+                f"model '{fields.model}' is served by provider '{provider.name}', which does "
+                f"not support the {self.endpoint.name} API"
+            )
+        request = self.request
+        self.provider = provider
+        self.provider_id = provider.provider
+        self.model = model
+        self.streaming = fields.stream
+        self.wire_format = self.endpoint.wire_api
+        self.scan_api = self.endpoint.scan_api
+        self.body_filter = None
+        # Ask OpenAI-compatible providers for the usage chunk, and hide it again from a
+        # client that did not ask for it, so every stream can be billed.
+        inject = (
+            fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
+        )
+        body = scan.rewrite_request(
+            request.body,
+            model=route.upstream_model if route.rewrite or model != fields.model else None,
+            inject_include_usage=inject,
+        )
+        if self.endpoint is not COUNT_TOKENS:
+            self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+        client = client_headers(self)
+        query = client.query
+        self.upstream_data = upstream_request(
+            client,
+            self.request_id,
+            request.method + b" " + path + (b"?" + query if query else b""),
+            provider,
+            None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
+            body,
+        )
+        self.origin = origin_of(provider)
+
+    # -- retries and fallbacks (plano_fast.failover) ----------------------------------
+    def _circuit(self, index: int) -> CircuitBreaker:
+        assert self.plan is not None
+        route = self.plan.targets[index]
+        return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
+
+    def _failed(self, status: int | None, retry_after: float | None) -> bool:
+        """The current attempt failed before the client saw anything: note it, and decide
+        whether another attempt follows (then True, with ``next_attempt`` set)."""
+        plan = self.plan
+        if plan is None or self.responder.head_sent or self.outcome or self.client_left:
+            return False
+        now = self.ctx.pool.loop.time()
+        self._circuit(plan.index).record_failure(now)
+        healthy = frozenset(
+            i for i in range(len(plan.targets)) if self._circuit(i).available(now)
+        )
+        nxt = plan.next_attempt(status, now, retry_after, healthy)
+        self.next_attempt = nxt
+        return nxt is not None
+
+    def _succeeded(self) -> None:
+        if self.plan is not None:
+            self._circuit(self.plan.index).record_success()
+
+    async def _advance(self) -> None:
+        """Wait as the plan says, then aim this exchange at the next target."""
+        nxt, self.next_attempt = self.next_attempt, None
+        assert nxt is not None and self.plan is not None
+        index, wait_s = nxt
+        if wait_s > 0:
+            try:
+                await asyncio.sleep(wait_s)
+            except asyncio.CancelledError:
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+        target = self.plan.targets[index]
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if target.provider is not self.provider or (target.upstream_model or self.fields.model) != self.model:
+            ctx.failovers_total += 1
+        self._circuit(index).allow(ctx.pool.loop.time())
+        self.status = 0
+        self.scanner = None
+        self.attempts = 0
+        self._prepare(target)
+
+    def _retry_pending(self) -> bool:
+        return self.next_attempt is not None
+
+    def total_attempts(self) -> int:
+        return self.plan.attempts if self.plan is not None else self.attempts
+
+    def _retry_after_connect_error(self) -> bool:
+        return self._failed(None, None)
+
+    async def _retry(self) -> None:
+        await self._advance()
+        await self._forward()
+
+    def _schedule_retry(self) -> None:
+        done = self.done
+        if done is None:
+            self.responder.continue_in_task(self._retry(), self.request)
+        elif not done.done():
+            done.set_result(False)  # _forward sees the pending retry and carries on
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_error(error, retry_safe)
+
+    def _swallowed(self) -> None:
+        self.swallow = False
+        self.conn = None
+        self._schedule_retry()
+
+    def _start_converted(
+        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
+    ) -> Coroutine[Any, Any, None] | None:
+        """The client's format differs from the provider's: convert both ways."""
+        self.key_hash = caller_key_hash(self)
+        self._prepare_converted(fields, model, provider)
+        return self.forward_now()
+
+    def _prepare_converted(
+        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
+    ) -> None:
+        request = self.request
+        target = provider.wire_api
+        source = "responses" if self.endpoint is RESPONSES else self.endpoint.wire_api
+        if target not in SCAN_API_FOR_WIRE:
+            raise ClientError(f"provider '{provider.name}' speaks {target}, which cannot be converted to")
+        try:
+            doc = json_loads(request.body)
+        except ValueError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        turn = None
+        if source == "responses" and type(doc) is dict:
+            doc, turn = self._responses_turn(doc)
+        try:
+            upstream_doc = convert_request(
+                doc, source, target, target_model=model or "", stream=fields.stream,
+                openai_max_tokens_field=(
+                    "max_completion_tokens" if provider.provider == "openai" else "max_tokens"
+                ),
+            )
+        except ConversionError as exc:
+            raise request_error(exc) from None
+        body = json_dumps(upstream_doc)
+        upstream_endpoint = MESSAGES if target == "anthropic" else CHAT_COMPLETIONS
+        if target == "gemini":
+            # The model is in the path; streaming is a method (SSE asked for explicitly).
+            method = ":streamGenerateContent?alt=sse" if fields.stream else ":generateContent"
+            path: bytes | None = (
+                f"{provider.gemini_base_path}/models/{quote(model or '', safe='')}{method}".encode()
+            )
+        else:
+            path = upstream_path(provider, upstream_endpoint, model)
+        if path is None:
+            raise ClientError(f"provider '{provider.name}' has no {upstream_endpoint.name} endpoint")
+        self.provider = provider
+        self.provider_id = provider.provider
+        self.model = model
+        self.streaming = fields.stream
+        self.wire_format = target
+        self.scan_api = SCAN_API_FOR_WIRE[target]
+        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, False)
+        self.body_filter = Conversion(
+            target, source, model or fields.model or "", fields.stream,
+            include_usage=fields.include_usage is True,
+            request=doc if source == "responses" else None,
+            on_response=turn.record if turn is not None else None,
+        )
+        self.requested_model = fields.model or ""
+        if turn is not None:
+            turn.model, turn.provider = model or "", provider.name
+        auth = None
+        if not provider.passthrough_auth:
+            auth = provider.auth_headers if target == "gemini" else auth_headers_for(
+                provider, upstream_endpoint
+            )
+        self.upstream_data = upstream_request(
+            client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
+            anthropic_version=target == "anthropic",
+        )
+        self.origin = origin_of(provider)
+
+    def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
+        """With state_storage: ``previous_response_id`` expanded (404 when this caller has
+        no such conversation) and the answer to be stored; without: nothing is stored."""
+        state = self.ctx.responses_state
+        if state is None:
+            return {**doc, "store": False}, None
+        try:
+            return begin_turn(doc, state, self.key_hash or "", self.prior)
+        except ConversationNotFound:
+            raise NotFound(
+                f"previous_response_id '{doc.get('previous_response_id')}' not found"
+            ) from None
+
+    def client_headers(self, head: UpstreamHead) -> list[Header]:
+        out = super().client_headers(head)
+        # Converted answers (the only ones built from pairs): the answer names the model the
+        # provider served; the name asked for stays here.
+        out.append((b"x-plano-requested-model", quote(self.requested_model, safe=_MODEL_SAFE).encode()))
+        return out
+
+    # -- response side: retries and fallbacks before the first byte -------------------
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        if self.client_left:  # read on for the usage (Exchange._client_gone): no retry
+            super().on_upstream_head(head)
+            return
+        if self.plan is not None:
+            status = head.status
+            if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
+                if self._failed(status, retry_after_s(head.headers())):
+                    self.status = status
+                    self.swallow = True  # nothing reaches the client; the next attempt serves
+                    return
+            else:
+                self._succeeded()
+        super().on_upstream_head(head)
+
+

@@ -1,0 +1,70 @@
+"""The bytes of one upstream HTTP/1.1 request: wire level, no policy.
+
+A mode decides *what* goes upstream (path, credentials, body); this module writes it: the
+request line, the client's forwardable headers as read once (plano_fast.credentials), the
+credentials, the provider's configured headers, our request id, host and length.  The
+result is the ``[head, body]`` pair the upstream connection writes with one ``writelines``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from plano_fast.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from plano_fast.config import ModelProvider
+    from plano_fast.credentials import ClientHeaders
+    from plano_fast.upstream import Header, Origin
+
+
+def upstream_request(
+    client: ClientHeaders,
+    request_id: str,
+    request_line: bytes,
+    provider: ModelProvider,
+    auth: tuple[Header, ...] | None,
+    body: bytes,
+    *,
+    anthropic_version: bool = False,
+) -> list[bytes]:
+    """The bytes to send upstream: request line, the client's forwardable headers, the
+    credentials (``auth``: the gateway's own; None = the client's one verified credential,
+    passed through), the provider's configured headers, host and length.  A client's own
+    anthropic-version wins."""
+    head = [request_line + b" HTTP/1.1\r\n", client.block]
+    seen_version = client.seen_version
+    if auth is None:
+        credential = client.credential
+        if credential is not None:
+            if credential.secret.startswith(b"xproxy_"):
+                # A gateway token is never a provider's key: it must not leave the gateway.
+                raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
+            head.append(credential.line)
+    for name, value in auth or ():
+        if name == b"anthropic-version":
+            if seen_version:
+                continue
+            seen_version = True
+        head.append(name + b": " + value + b"\r\n")
+    if anthropic_version and not seen_version:
+        head.append(b"anthropic-version: 2023-06-01\r\n")
+    for name, value in provider.extra_headers:
+        head.append(name + b": " + value + b"\r\n")
+    return finish_head(head, provider.host_header, body, client.seen_request_id, request_id)
+
+
+def finish_head(
+    head: list[bytes], host: str, body: bytes, has_request_id: bool, request_id: str
+) -> list[bytes]:
+    """Close the upstream head: our request id unless the client sent one, host, length."""
+    if not has_request_id:
+        head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
+    head.append(b"host: " + host.encode() + b"\r\n")
+    head.append(b"content-length: %d\r\n\r\n" % len(body))
+    return [b"".join(head), body]
+
+
+def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:
+    """The pool's key for ``provider``: scheme, host, port, egress address."""
+    return ("https" if provider.tls else "http", provider.host, provider.port, egress)

@@ -1,0 +1,163 @@
+"""What managed exchanges share: the token and pipe state, the store, prices, the group
+writer of synchronous billing and the background releases of reservations (owned by the
+Gateway; the per-request policy is plano_fast.gateway.modes.managed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.managed.state import ManagedState
+from plano_fast.pricing import PricingRegistry
+from plano_fast.store import Reservation, Store, UsageRow
+from plano_fast.usage import UsageEvent
+
+log = logging.getLogger("plano_fast.managed")
+
+RELEASE_RETRY_FIRST_S = 0.1
+RELEASE_RETRY_MAX_S = 5.0
+"""Back-off between attempts to release a reservation while the store fails."""
+
+
+class GroupWriter:
+    """Group commit for synchronous billing: each request still waits until its own row is
+    written, but rows of requests finishing together share one transaction.  While one
+    batch is being written the next gathers, so the commit cost is paid once per batch,
+    not once per request (measured: ~730 CPU µs per managed request before, on SQLite).
+
+    The writer owns a row from ``write`` on: a waiter that is cancelled (its client left)
+    stops waiting, but the row is written all the same; and when a batch cannot be
+    written, its events go to the asynchronous pipeline (``fallback``: journaled,
+    retried, a refused row set aside there), so no waiter has to be alive to save them.
+    """
+
+    def __init__(
+        self, store: Store, fallback: Callable[[UsageEvent], None], metrics: BillingMetrics | None = None
+    ) -> None:
+        self.store = store
+        self.fallback = fallback
+        self.metrics = metrics or BillingMetrics()
+        self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
+        self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def write(self, row: UsageRow, event: UsageEvent) -> asyncio.Future[None]:
+        """Queue ``row``; the future resolves once it is written or handed to the fallback."""
+        loop = self._loop
+        if loop is None:
+            # Once: asyncio.get_running_loop() costs a getpid() system call per call.
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append((row, event, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self._inflight = batch
+                await self._write(batch)
+                self._inflight = []
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._task = None
+
+    def abandon(self) -> list[UsageEvent]:
+        """The events of rows not known to be written (a stop whose bound ran out while
+        the store hangs): the caller journals them; a replay skips any that did commit."""
+        items, self._inflight, self._pending = self._inflight + self._pending, [], []
+        return [event for _, event, _ in items]
+
+    async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
+        try:
+            inserted = await self.store.write_usage([row for row, _, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
+            if len(batch) > 1 and self.store.rejects_data(exc):
+                # One row the store refuses must not push the others off the synchronous
+                # path: each is tried alone (rare; the flusher isolates the refused one).
+                for item in batch:
+                    await self._write([item])
+                return
+            log.error("synchronous billing failed (%s); %d usage rows queued",
+                      type(exc).__name__, len(batch))
+            for _, event, _ in batch:
+                self.fallback(event)
+            return
+        metrics = self.metrics
+        metrics.rows_written += inserted
+        if inserted < len(batch):  # never silent: two requests with one id
+            metrics.rows_duplicate += len(batch) - inserted
+            metrics.rows_duplicate_id += len(batch) - inserted
+            log.error("synchronous billing: %d of %d rows had a request id already stored, skipped",
+                      len(batch) - inserted, len(batch))
+
+
+class ManagedContext:
+    """What managed exchanges share (owned by the Gateway)."""
+
+    __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
+                 "writer", "owner")
+
+    def __init__(
+        self,
+        state: ManagedState,
+        store: Store,
+        pricing: PricingRegistry,
+        *,
+        max_output_tokens: int,
+        usage_sink: Callable[[UsageEvent], None],
+        reservation_ttl_s: float = 600.0,
+        metrics: BillingMetrics | None = None,
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.pricing = pricing
+        self.max_output_tokens = max_output_tokens
+        self.reservation_ttl_s = reservation_ttl_s
+        #: background releases, shielded from the cancellation of a client's task
+        self.tasks: set[asyncio.Task[object]] = set()
+        self.writer = GroupWriter(store, usage_sink, metrics)
+        #: this gateway instance's id, recorded on each reservation (see the sweeper)
+        self.owner: str | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def release_soon(self, reservation: Reservation) -> None:
+        """Give ``reservation`` back in the background, retried until done (never a lost
+        task: every failure is caught and logged)."""
+        self.spawn(self._release_until_done(reservation))
+
+    async def _release_until_done(self, reservation: Reservation) -> None:
+        delay_s = RELEASE_RETRY_FIRST_S
+        failures = 0
+        while True:
+            try:
+                await self.store.release(reservation)
+            except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
+                failures += 1
+                if time.time_ns() + delay_s * 1e9 >= reservation.expires_at_ns:
+                    log.warning("reservation %s still held after %d attempts (%s); left to the "
+                                "sweeper at its expiry", reservation.id, failures, type(exc).__name__)
+                    return
+                if failures == 1:
+                    log.warning("releasing reservation %s failed (%s); retrying until done",
+                                reservation.id, type(exc).__name__)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RELEASE_RETRY_MAX_S)
+                continue
+            if failures:
+                log.info("reservation %s released after %d failed attempts", reservation.id, failures)
+            return
