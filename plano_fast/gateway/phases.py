@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from plano_fast import guardrails
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.errors import ClientError
+from plano_fast.errors import ClientError, SpendingLimitExceeded
 
 if TYPE_CHECKING:
     from plano_fast.gateway.relay import Exchange
@@ -63,6 +63,20 @@ def caller_key_hash(exchange: Exchange) -> str | None:
     """Config mode identifies callers by their credential's hash (per-key usage)."""
     credential = client_headers(exchange).credential
     return key_hash(credential.secret) if credential is not None else None
+
+
+def identify_caller(exchange: Exchange) -> str | None:
+    """Config mode's identify phase: the caller's key hash (per-key usage), refused with
+    429 ``spending_limit_exceeded`` when a soft limit on that key is reached (the budget
+    checker's blocked set: README "The three modes").  A caller without a key has no
+    per-key limit.  One set test when some scope is blocked, nothing otherwise."""
+    digest = caller_key_hash(exchange)
+    budget = exchange.ctx.budget
+    if digest is not None and budget is not None:
+        blocked = budget.blocked
+        if blocked and ("key", digest) in blocked:
+            raise SpendingLimitExceeded("this API key has exceeded its spending limit")
+    return digest
 
 
 def refuse_background(body: bytes) -> None:

@@ -28,7 +28,7 @@ from plano_fast.gateway.endpoints import (
     converts,
     upstream_path,
 )
-from plano_fast.gateway.phases import caller_key_hash, client_headers
+from plano_fast.gateway.phases import client_headers, identify_caller
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
@@ -218,7 +218,7 @@ class RoutedExchange(Exchange):
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
     ) -> Coroutine[Any, Any, None] | None:
         """The client's format differs from the provider's: convert both ways."""
-        self.key_hash = caller_key_hash(self)
+        self.key_hash = identify_caller(self)
         self._prepare_converted(fields, model, provider)
         return self.forward_now()
 

@@ -1,6 +1,7 @@
 """Config mode (Plano semantics): the body's model picks a configured provider.
 
-identify (the body's model; the caller's key hash for per-key usage) -> route (the model
+identify (the body's model; the caller's key hash for per-key usage, refused when its
+soft spending limit is reached) -> route (the model
 table, or preference routing's ranked models) -> admit (guardrails, rate limits) ->
 the retry plan -> ``_prepare`` the first target -> the relay.  ``count_tokens`` for a
 provider that cannot count is answered here (an estimate).
@@ -18,7 +19,7 @@ from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
-from plano_fast.gateway.phases import admitted_forward, caller_key_hash, guard, rate_limit
+from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
@@ -49,6 +50,9 @@ class ConfigExchange(RoutedExchange):
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
             self._count_tokens_locally()
             return None
+        # Config mode identifies callers by their key's hash (per-key usage and limits),
+        # before anything that costs: the state read, the router call.
+        self.key_hash = identify_caller(self)
         self.fields = fields
         state = self.ctx.responses_state
         if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
@@ -58,7 +62,7 @@ class ConfigExchange(RoutedExchange):
 
     async def _with_history(self, state: ResponseStore, route: Route) -> None:
         """Read the conversation ``previous_response_id`` names (shared state store) first."""
-        self.prior = await prefetch(state, self.request.body, caller_key_hash(self) or "")
+        self.prior = await prefetch(state, self.request.body, self.key_hash or "")
         pending = self._route(route)
         if pending is not None:
             await pending
@@ -79,8 +83,6 @@ class ConfigExchange(RoutedExchange):
         """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
         chosen by; ``fallbacks``: preference routing's other ranked models)."""
         provider = route.provider
-        # Config mode identifies callers by their key's hash (per-key usage and limits).
-        self.key_hash = caller_key_hash(self)
         if self.ctx.guardrails is not None:
             guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider)
         # (the names a limit may use, built only when limits are configured)
@@ -104,7 +106,7 @@ class ConfigExchange(RoutedExchange):
         """Preference routing (plano_fast.preference_routing): ask the router model once,
         before the retry plan, then go on as any request."""
         decision = await preference.decide_request(
-            self.request, self.endpoint.name, self.fields.model, (self.request_id, caller_key_hash(self))
+            self.request, self.endpoint.name, self.fields.model, (self.request_id, self.key_hash)
         )
         pending = self._routed(decision)
         if pending is not None:

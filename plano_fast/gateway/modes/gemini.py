@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from plano_fast import wire as scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
-from plano_fast.gateway.phases import caller_key_hash, client_headers, guard
+from plano_fast.gateway.phases import client_headers, guard, identify_caller
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
@@ -74,7 +74,7 @@ class GeminiExchange(RoutedExchange):
         self.provider = provider
         self.provider_id = provider.provider
         self.model = upstream_model
-        self.key_hash = caller_key_hash(self)
+        self.key_hash = identify_caller(self)
         self.streaming = fields.stream
         self.scanner = scan.UsageScanner(scan.API_GEMINI, fields.stream, False)
         passthrough = provider.passthrough_auth
