@@ -18,7 +18,7 @@ The rules (ARCHITECTURE.md / STYLE.md habits 2 and 3):
 * converters (``convert/``) do no I/O: no asyncio, socket, aiohttp, asyncpg or sqlite3;
 * config never imports routing (routing imports config);
 * mode modules never import each other (direct imports): every module under
-  ``gateway/modes/`` once that directory exists, today's mode modules until then.
+  ``gateway/modes/``.
 
 Each rule is also fed a synthetic violating module, so a rule that cannot fail fails here.
 """
@@ -211,14 +211,11 @@ WIRE = ("wire/*",)
 def _outside_wire(graph: ImportGraph, subject: str) -> list[str]:
     return [m for m in graph.modules("*") if m != "plano_fast" and not m.startswith("plano_fast.wire")]
 SCANNER = ("scan.py", "_scan_py.py", "_scan.pyx", "_scan*.pxi", "wire/*scan*")
-#: Today's mode modules; the pipeline moves them to gateway/modes/.
-MODE_MODULES = ("exchange.py", "firewall.py", "gemini_ingress.py", "managed/exchange.py")
 MODES_DIR = "gateway/modes"
 
 
 def mode_modules(graph: ImportGraph) -> list[str]:
-    under = [m for m in graph.modules(MODES_DIR + "/*") if not graph.sources[m].is_package]
-    return under if under else graph.modules(*MODE_MODULES)
+    return [m for m in graph.modules(MODES_DIR + "/*") if not graph.sources[m].is_package]
 
 
 def _other_modes(graph: ImportGraph, subject: str) -> list[str]:
@@ -243,28 +240,12 @@ RULES = {
         "modes", mode_modules, _other_modes, transitive=False),
 }
 
-# The one rule that does not hold today: config mode's ConfigExchange shares exchange.py
-# with the Exchange base class and the helpers every mode uses, so the other three modes
-# import exchange.py.  The pipeline work (issue 19, branch issue-19-pipeline) splits that
-# module into the shared relay and gateway/modes/; then the rule applies to that directory
-# and this mark no longer does.
-_MODES_XFAIL = pytest.mark.xfail(
-    not (ROOT / PACKAGE / MODES_DIR).is_dir(),
-    reason="firewall.py, gemini_ingress.py and managed/exchange.py import exchange.py, "
-    "which is both config mode and the shared Exchange base (split by the pipeline work)",
-    strict=True,
-)
-
-
 @pytest.fixture(scope="module")
 def graph() -> ImportGraph:
     return ImportGraph.of_package()
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [pytest.param(name, marks=_MODES_XFAIL) if RULES[name].name == "modes" else name for name in RULES],
-)
+@pytest.mark.parametrize("rule", list(RULES))
 def test_rule_holds(graph: ImportGraph, rule: str) -> None:
     assert RULES[rule].subjects(graph), f"{rule}: no module matches (renamed?)"
     assert RULES[rule].violations(graph) == []
@@ -305,9 +286,13 @@ BASE = {
     "plano_fast/config/__init__.py": "from plano_fast.config.loader import load_config\n",
     "plano_fast/config/loader.py": "import yaml\n",
     "plano_fast/routing.py": "from plano_fast.config import ModelProvider\n",
-    "plano_fast/exchange.py": "from plano_fast import errors\n",
-    "plano_fast/firewall.py": "from plano_fast import errors\n",
-    "plano_fast/gemini_ingress.py": "import json\n",
+    "plano_fast/gateway/__init__.py": "",
+    "plano_fast/gateway/relay.py": "from plano_fast import errors\n",
+    "plano_fast/gateway/modes/__init__.py": "",
+    "plano_fast/gateway/modes/config.py": "from plano_fast.gateway.relay import Exchange\n",
+    "plano_fast/gateway/modes/firewall.py": "from plano_fast import errors\n",
+    "plano_fast/gateway/modes/gemini.py": "import json\n",
+    "plano_fast/gateway/modes/managed.py": "import asyncio\n",
     "plano_fast/managed/__init__.py": "",
     "plano_fast/managed/exchange.py": "import asyncio\n",
 }
@@ -320,7 +305,7 @@ VIOLATIONS = {
     "billing never imports the protocol": ("plano_fast/billing/flusher.py", "from plano_fast.http_server import Request\n"),
     "converters do no I/O": ("plano_fast/convert/errors.py", "import sqlite3\n"),
     "config never imports routing": ("plano_fast/config/loader.py", "def f():\n    from plano_fast.routing import Router\n"),
-    "mode modules never import each other": ("plano_fast/firewall.py", "from plano_fast.exchange import Exchange\n"),
+    "mode modules never import each other": ("plano_fast/gateway/modes/firewall.py", "from plano_fast.gateway.modes.config import ConfigExchange\n"),
 }
 
 
@@ -380,7 +365,7 @@ def test_relative_imports_and_parent_packages() -> None:
         "plano_fast/billing/flusher.py": "from plano_fast.wire.head import parse\n",
         "plano_fast/wire/__init__.py": "from plano_fast.http_server import Request\n",
         "plano_fast/wire/head.py": "",
-    }))  # wire/head is protocol itself, and its package runs http_server
+    }))  # loading wire/head runs its package, which imports http_server
 
 
 def test_modes_rule_follows_the_gateway_modes_directory() -> None:
@@ -391,7 +376,7 @@ def test_modes_rule_follows_the_gateway_modes_directory() -> None:
         "plano_fast/gateway/modes/firewall.py": "from plano_fast.gateway.modes.config import rewrite\n",
         "plano_fast/gateway/plan.py": "",
     })
-    assert mode_modules(g) == ["plano_fast.gateway.modes.config", "plano_fast.gateway.modes.firewall"]
+    assert mode_modules(g) == [f"plano_fast.gateway.modes.{m}" for m in ("config", "firewall", "gemini", "managed")]
     assert RULES["mode modules never import each other"].violations(g) == [
         "plano_fast.gateway.modes.firewall -> plano_fast.gateway.modes.config"
     ]
