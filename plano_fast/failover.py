@@ -41,6 +41,7 @@ Semantics, where the proposal leaves room:
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Final, Generic, Literal, TypeVar
 
-Strategy = Literal["same_model", "same_provider", "different_provider"]
+Strategy = Literal["same_model", "same_provider", "different_provider", "next_target"]
+#: the strategies a config may name (Plano PR #926); ``next_target`` (the next healthy
+#: target, whatever its provider) is how an alias's target list is walked (alias_policy)
 STRATEGIES: Final = ("same_model", "same_provider", "different_provider")
 
 #: Statuses a fresh attempt may fix: rate limited, server errors, Anthropic's overloaded.
@@ -173,6 +176,9 @@ class RetryPlan(Generic[T]):
         current = self.index
         if strategy == "same_model":
             return current if healthy is None or current in healthy else None
+        if strategy == "next_target":
+            return next((i for i in range(current + 1, len(self.targets))
+                         if healthy is None or i in healthy), None)
         provider = self.provider_of[current]
         for i in range(current + 1, len(self.targets)):
             if healthy is not None and i not in healthy:
@@ -180,6 +186,15 @@ class RetryPlan(Generic[T]):
             if (self.provider_of[i] == provider) == (strategy == "same_provider"):
                 return i
         return None
+
+
+@functools.cache
+def alias_policy(fallbacks: int) -> RetryPolicy:
+    """How an alias's target list (``model_aliases.<alias>.target: [a, b, c]``) is walked
+    when its first model's provider has no ``retry_policy``: each listed model once, in
+    order, skipping open circuits, with no wait between them (another model is not the
+    one that just failed).  ``fallbacks``: how many follow the first."""
+    return RetryPolicy((), "next_target", fallbacks + 1, backoff=Backoff(0, 0, False))
 
 
 class CircuitBreaker:

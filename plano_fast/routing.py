@@ -62,6 +62,8 @@ class Route:
     provider: ModelProvider
     upstream_model: str | None
     rewrite: bool
+    #: an alias with a target list: the other listed models, in order (its failover plan)
+    fallbacks: tuple[str, ...] = ()
 
 
 class RoutingConfig(Protocol):
@@ -88,13 +90,19 @@ class Router:
         for key, p in index.bare.items():
             routes.setdefault(key, Route(p, p.model, key != p.model))
         aliases: list[str] = []
+        # (a RoutingConfig without target lists need not have the attribute)
+        alias_fallbacks: Mapping[str, tuple[str, ...]] = getattr(config, "alias_fallbacks", {})
         for alias, target in config.model_aliases.items():
             if alias in routes:
                 continue  # shadowed by a configured model (the loader warned)
             hit = index.lookup(target)
             if hit is None:
                 raise ValueError(f"model alias '{alias}' targets unknown model '{target}'")
-            routes[alias] = Route(hit[0], hit[1], alias != hit[1])
+            fallbacks = alias_fallbacks.get(alias, ())
+            for name in fallbacks:
+                if index.lookup(name) is None:
+                    raise ValueError(f"model alias '{alias}' falls back to unknown model '{name}'")
+            routes[alias] = Route(hit[0], hit[1], alias != hit[1], fallbacks)
             aliases.append(alias)
         self._routes = routes
         self._index = index

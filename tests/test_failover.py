@@ -267,3 +267,78 @@ def test_circuit_opens_after_consecutive_failures_and_is_skipped(
         metrics = resp.read().decode()
     assert "plano_fast_circuits_open_current 1" in metrics
     assert "plano_fast_upstream_failovers " in metrics
+
+
+# -- model_aliases with a target list: ordered fallbacks ----------------------------------
+
+
+def test_next_target_walks_the_list_in_order_whatever_the_provider() -> None:
+    from plano_fast.failover import alias_policy
+
+    policy = alias_policy(3)
+    assert policy.default_strategy == "next_target" and policy.default_max_attempts == 4
+    assert alias_policy(3) is policy  # one per length, not one per request
+    p = plan(["openai", "openai", "anthropic", "openai"], policy)
+    assert [p.next_attempt(503, 0.0), p.next_attempt(None, 0.0), p.next_attempt(429, 0.0)] == [
+        (1, 0.0), (2, 0.0), (3, 0.0),  # same provider or not, in the listed order, no wait
+    ]
+    assert p.next_attempt(503, 0.0) is None  # each listed model once
+    p = plan(["openai", "openai", "anthropic"], alias_policy(2))
+    assert p.next_attempt(503, 0.0, healthy=frozenset({0, 2})) == (2, 0.0)  # open circuit skipped
+    assert plan(["a", "b"], alias_policy(1)).next_attempt(400, 0.0) is None  # 4xx: not retried
+
+
+ALIAS_LIST = """
+version: v0.4.0
+model_providers:
+  - model: openai/gpt-4o
+    access_key: k
+    default: true
+  - model: anthropic/claude-sonnet-4-5
+    access_key: k
+model_aliases:
+  smart:
+    target: [openai/gpt-4o, anthropic/claude-sonnet-4-5]
+  plain:
+    target: openai/gpt-4o
+"""
+
+
+def test_alias_target_lists_validate_every_model() -> None:
+    from plano_fast.routing import Router
+
+    config = parse_config(ALIAS_LIST, env={})
+    assert config.model_aliases == {"smart": "openai/gpt-4o", "plain": "openai/gpt-4o"}
+    assert config.alias_fallbacks == {"smart": ("anthropic/claude-sonnet-4-5",)}
+    router = Router(config)
+    assert router.resolve("smart").fallbacks == ("anthropic/claude-sonnet-4-5",)
+    assert router.resolve("plain").fallbacks == () and router.resolve("gpt-4o").fallbacks == ()
+    with pytest.raises(ConfigError, match=r"model_aliases\.smart\.target: 'openai/gpt-5' is not a configured model"):
+        parse_config(ALIAS_LIST.replace("anthropic/claude-sonnet-4-5]", "openai/gpt-5]"), env={})
+    with pytest.raises(ConfigError, match=r"model_aliases\.smart\.target: a model is listed twice"):
+        parse_config(ALIAS_LIST.replace("anthropic/claude-sonnet-4-5]", "openai/gpt-4o]"), env={})
+    with pytest.raises(ConfigError, match=r"model_aliases\.smart\.target: a target list needs"):
+        parse_config(ALIAS_LIST.replace("[openai/gpt-4o, anthropic/claude-sonnet-4-5]", "[]"), env={})
+
+
+def test_an_alias_list_fails_over_in_order_and_bills_the_model_that_served(
+    fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """``resilient``'s first model is unreachable (connection refused); the next listed
+    model serves, through the SDK, and the row names it."""
+    from tests.gateway_proc import write_config
+
+    path = write_config(tmp_path / "aliases.yaml", fake.port)
+    one = "model_aliases:\n  fast:\n    target: openai/gpt-4o-mini\n"
+    path.write_text(path.read_text().replace(one, one + (
+        "  resilient:\n    target: [down/unreachable-model, openai/gpt-4o-mini]\n")))
+    with GatewayProcess(path) as gateway:
+        fake.clear()
+        reply = ask(gateway, "resilient")
+        assert reply.choices[0].message.content
+        assert [r.path for r in calls(fake)] == ["/v1/chat/completions"]
+        (row,) = rows_for(str(path.with_suffix(".db")), 1)
+        assert row.model == "gpt-4o-mini" and row.status == "ok"
+        with pytest.raises(openai.InternalServerError) as err:  # a one-model name: no fallback
+            ask(gateway, "down/unreachable-model")
+        assert err.value.status_code == 502 and "cannot connect to upstream" in str(err.value)

@@ -166,6 +166,7 @@ class _Builder(_ProviderBuilder):
             listeners=tuple(listeners),
             providers=tuple(provs),
             model_aliases=aliases,
+            alias_fallbacks=self.alias_fallbacks,
             settings=settings,
             warnings=tuple(self.warnings),
             raw=data,

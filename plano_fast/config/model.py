@@ -248,4 +248,7 @@ class GatewayConfig:
     unimplemented: tuple[str, ...] = ()
     #: preference routing (plano_fast.preference_routing); None when not configured
     preference_routing: PreferenceConfig | None = None
+    #: alias -> ordered fallback models (``model_aliases.<alias>.target`` as a list: the
+    #: first model serves, these follow it in a retry plan)
+    alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 

@@ -17,6 +17,8 @@ from plano_fast.config.schema import _AliasIn, _ProviderIn, _retry_policy
 
 
 class _ProviderBuilder(_Reporter):
+    #: alias -> the models after its first target (``target: [a, b, c]``), set by build_aliases
+    alias_fallbacks: dict[str, tuple[str, ...]]
 
     def build_providers(self, data: dict[str, Any], required: bool = True) -> list[ModelProvider] | None:
         section = "model_providers"
@@ -305,7 +307,9 @@ class _ProviderBuilder(_Reporter):
                     )
 
     def build_aliases(self, raw: Any, provs: list[ModelProvider] | None) -> dict[str, str]:
+        """alias -> its (first) target; a target list's other models go to ``alias_fallbacks``."""
         out: dict[str, str] = {}
+        self.alias_fallbacks = {}
         if raw is None:
             return out
         if not isinstance(raw, dict):
@@ -325,19 +329,32 @@ class _ProviderBuilder(_Reporter):
                 a = self.validate(_AliasIn, spec, loc)
                 if a is None:
                     continue
-                target = a.target
+                if isinstance(a.target, list):
+                    names = [t.strip() for t in a.target]
+                    if not names or not all(names):
+                        self.err((*loc, "target"), "a target list needs at least one model name, none empty")
+                        continue
+                    if len(set(names)) != len(names):
+                        self.err((*loc, "target"), "a model is listed twice")
+                        continue
+                    target, rest = names[0], tuple(names[1:])
+                    if rest:
+                        self.alias_fallbacks[alias] = rest
+                else:
+                    target = a.target
             out[alias] = target.strip()
         if provs is None:
             return out  # provider errors already reported; targets cannot be checked
         index = ModelIndex(provs)
         for alias, target in out.items():
-            if index.lookup(target) is None:
-                self.err(
-                    ("model_aliases", alias, "target"),
-                    f"'{target}' is not a configured model "
-                    f"(configured: {', '.join(index.names())})",
-                )
-            elif index.lookup(alias) is not None:
+            for name in (target, *self.alias_fallbacks.get(alias, ())):
+                if index.lookup(name) is None:
+                    self.err(
+                        ("model_aliases", alias, "target"),
+                        f"'{name}' is not a configured model "
+                        f"(configured: {', '.join(index.names())})",
+                    )
+            if index.lookup(alias) is not None:
                 self.warn(
                     ("model_aliases", alias), "shadowed by a configured model of the same name"
                 )

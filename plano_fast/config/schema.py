@@ -124,7 +124,8 @@ class _SingularListenerIn(_In):  # 0.1.0 `listener:` (the prompt/ingress listene
 
 
 class _AliasIn(_In):
-    target: str
+    #: one model, or an ordered list: the first serves, the rest are its fallbacks
+    target: str | list[str]
 
 
 class _TopIn(_In):

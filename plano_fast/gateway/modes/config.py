@@ -18,6 +18,7 @@ from plano_fast import wire as scan
 from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
+from plano_fast.failover import alias_policy
 from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
@@ -90,6 +91,10 @@ class ConfigExchange(RoutedExchange):
             (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         policy = provider.retry_policy or self.ctx.default_retry_policy
+        if route.fallbacks:  # an alias with a target list: its models, in order, first
+            fallbacks = route.fallbacks + fallbacks
+            if provider.retry_policy is None:
+                policy = alias_policy(len(fallbacks))
         if policy is not None and self.endpoint is not COUNT_TOKENS:
             if fallbacks:
                 policy = dataclasses.replace(
