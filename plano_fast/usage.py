@@ -68,6 +68,9 @@ class UsageEvent:
     usage_api: str | None = None
     #: managed mode: how much the cost exceeded the reservation held for it (0: within it)
     reservation_overrun_nano_usd: int = 0
+    #: the model name the client asked for (an alias, say; ``model`` is the one served);
+    #: None where the gateway does not route by model (firewall mode)
+    requested_model: str | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -102,3 +102,33 @@ def test_usage_rows_name_the_served_model(gw: GatewayProcess, oai: openai.OpenAI
     assert rid not in before
     rows = [r for r in wait_rows(None, db, len(before) + 1) if r.request_id == rid]
     assert [(r.model, r.provider) for r in rows] == [("claude-sonnet-4-6", "anthropic")]
+    # ... and the name the client asked for beside it (issue 28: "the alias stays visible in
+    # a response header and the usage row")
+    assert [r.requested_model for r in rows] == ["sonnet"]
+
+
+def test_usage_rows_keep_the_requested_name_in_every_client_format(gw: GatewayProcess, oai: openai.OpenAI) -> None:
+    """Chat (native and converted), Messages and Gemini clients: the row's requested_model is
+    the name in the request (alias or model), its model the one served."""
+    db = str(gw.config_path.with_suffix(".db"))
+    before = len(read_rows(None, db))
+    ids = {
+        oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).headers["x-plano-request-id"]: (
+            "gpt-4o-mini", "gpt-4o-mini"),
+        oai.chat.completions.with_raw_response.create(
+            model="flash", messages=[{"role": "user", "content": "hi"}]).headers["x-plano-request-id"]: (
+            "flash", "gemini-2.5-flash"),
+    }
+    with anthropic.Anthropic(base_url=gw.url, api_key="sk-c", max_retries=0) as ac:
+        raw = ac.messages.with_raw_response.create(model="ds", max_tokens=16,
+                                                   messages=[{"role": "user", "content": "hi"}])
+        ids[raw.headers["x-plano-request-id"]] = ("ds", "deepseek-chat")
+    status, _ = _gemini_post(gw.url + "/v1beta/models/sonnet:generateContent",
+                             {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    assert status == 200
+    rows = {r.request_id: r for r in wait_rows(None, db, before + 4)}
+    assert {rid: (rows[rid].requested_model, rows[rid].model) for rid in ids} == ids
+    gemini = [r for r in rows.values() if r.request_id not in ids and r.model == "claude-sonnet-4-6"
+              and r.requested_model == "sonnet" and r.provider == "anthropic"]
+    assert gemini, "the Gemini-format request's row does not name the alias it asked for"

@@ -255,6 +255,7 @@ class Exchange:
         "route_name",
         "body_filter",
         "swallow",
+        "requested_model",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -276,6 +277,9 @@ class Exchange:
         self.conn: UpstreamConnection | None = None
         self.scanner: scan.UsageScanner | None = None
         self.model: str | None = None
+        #: the model name the client asked for (an alias, say), where the gateway routes by
+        #: it: on the usage row beside the model served (None: firewall mode routes nothing)
+        self.requested_model: str | None = None
         self.streaming = False
         self.key_hash: str | None = None
         self.project_id: str | None = None
@@ -711,6 +715,7 @@ class Exchange:
                 self.request_id, started_ns, self.provider_id, self.model, self.streaming,
                 outcome, http_status, project_id=self.project_id, key_hash=self.key_hash,
                 duration_ms=duration_ms, wire_format=self.wire_format,
+                requested_model=self.requested_model,
             )  # fmt: skip
         usage = scanner.result()
         raw = scanner.raw_usage()
@@ -723,5 +728,5 @@ class Exchange:
             self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
             usage.audio_input_tokens, usage.audio_output_tokens,
             None if raw is None else raw.decode("utf-8", "replace"),
-            USAGE_API_NAMES.get(self.scan_api),
+            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model,
         )  # fmt: skip

@@ -53,7 +53,7 @@ class RoutedExchange(Exchange):
     not the provider's), and the failover engine over the route and its retry policy's
     fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
 
-    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior", "requested_model")
+    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior")
     #: the request's scanned fields (config mode sets them in ``start``)
     fields: scan.RequestFields
 
@@ -71,8 +71,6 @@ class RoutedExchange(Exchange):
         self.next_attempt: tuple[int, float] | None = None
         #: the conversation previous_response_id names, read from a shared state store
         self.prior: StoredResponse | None = None
-        #: converted exchanges: the model name the client asked for (x-plano-requested-model)
-        self.requested_model = ""
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one
@@ -271,7 +269,7 @@ class RoutedExchange(Exchange):
             request=doc if source == "responses" else None,
             on_response=turn.record if turn is not None else None,
         )
-        self.requested_model = fields.model or ""
+        self.requested_model = fields.model
         if turn is not None:
             turn.model, turn.provider = model or "", provider.name
         auth = None
@@ -302,7 +300,7 @@ class RoutedExchange(Exchange):
         out = super().client_headers(head)
         # Converted answers (the only ones built from pairs): the answer names the model the
         # provider served; the name asked for stays here.
-        out.append((b"x-plano-requested-model", quote(self.requested_model, safe=_MODEL_SAFE).encode()))
+        out.append((b"x-plano-requested-model", quote(self.requested_model or "", safe=_MODEL_SAFE).encode()))
         return out
 
     # -- response side: retries and fallbacks before the first byte -------------------

@@ -100,6 +100,8 @@ class UsageRow:
     ``plano-fast usage reprice`` re-derives the row from); ``price_entry`` the price used.
     ``reservation_overrun_nano_usd``: managed mode, how much the cost exceeded the
     reservation held for the request (None: within it, or no reservation).
+    ``requested_model``: the model name the client asked for (an alias, say) where the
+    gateway routes by it; ``model`` is the one the provider served.
     """
 
     request_id: str
@@ -131,6 +133,7 @@ class UsageRow:
     usage_raw: str | None = None
     price_entry: str | None = None
     reservation_overrun_nano_usd: int | None = None
+    requested_model: str | None = None
 
     @classmethod
     def from_event(
@@ -184,6 +187,7 @@ class UsageRow:
         row.usage_raw = event.usage_raw
         row.price_entry = price_entry
         row.reservation_overrun_nano_usd = event.reservation_overrun_nano_usd or None
+        row.requested_model = event.requested_model
         return row
 
 

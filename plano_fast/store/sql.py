@@ -53,7 +53,7 @@ USAGE_COLUMN_TYPES: Final[dict[str, str]] = {
     "duration_us": "bigint", "price_status": "text", "tool_use_prompt_tokens": "bigint",
     "cache_write_1h_tokens": "bigint", "audio_input_tokens": "bigint",
     "audio_output_tokens": "bigint", "usage_api": "text", "usage_raw": "text",
-    "price_entry": "text", "reservation_overrun_nano_usd": "bigint",
+    "price_entry": "text", "reservation_overrun_nano_usd": "bigint", "requested_model": "text",
 }  # fmt: skip
 """``usage_log``'s written columns with their PostgreSQL types, in ``UsageRow`` field order
 (``row_id``, the table's ``id``, is read, never written): both backends' INSERT column
@@ -103,7 +103,7 @@ def usage_from_row(r: Row) -> UsageRow:
         int(r[8]), int(r[9]), int(r[10]), int(r[11]), int(r[12]),
         bool(r[13]), str(r[14]), int(r[15]), bool(r[16]), _opt_int(r[17]),
         int(r[18]), str(r[19]), int(r[20]),
-        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27], _opt_int(r[28]),
+        int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27], _opt_int(r[28]), r[29],
     )  # fmt: skip
 
 

@@ -55,6 +55,7 @@ class ConfigExchange(RoutedExchange):
         # before anything that costs: the state read, the router call.
         self.key_hash = identify_caller(self)
         self.fields = fields
+        self.requested_model = fields.model
         state = self.ctx.responses_state
         if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
                 and (self.ctx.preference is not None or converts(RESPONSES, provider))):

@@ -61,6 +61,7 @@ class GeminiExchange(RoutedExchange):
                 "separated by an encoded '/')"
             )
         fields = PathFields(model, method == b"streamGenerateContent")
+        self.requested_model = model
         try:
             route = self.ctx.router.resolve(model)
         except UnknownModel as exc:

@@ -121,6 +121,7 @@ class ManagedExchange(Exchange):
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        self.requested_model = fields.model
         if self.ctx.guardrails is not None:
             guard(self, GUARD_FORMATS[self.endpoint.name], None)
         targets = [t for t in pipe.candidates(fields.model)
