@@ -197,12 +197,35 @@ class WriteAheadLog:
         self._segments = 0
         self._lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self._loop = Periodic("usage-wal", self.sync, lambda: self.sync_interval_s, on_error=self._sync_failed)
+        #: set while the sync task waits for an event (an idle gateway: no wake-ups)
+        self._parked: asyncio.Future[None] | None = None
+        self._loop = Periodic("usage-wal", self._tick, lambda: self.sync_interval_s, on_error=self._sync_failed)
         self.syncs = 0
         self.sync_failures = 0
 
     def append(self, event: UsageEvent) -> None:
         self._buffer.append(event)
+        if self._parked is not None:  # the first event after an idle stretch
+            self._wake()
+
+    def _wake(self) -> None:
+        parked, self._parked = self._parked, None
+        if parked is not None and not parked.done():
+            parked.set_result(None)
+
+    async def _tick(self) -> None:
+        """One cycle of the sync task: sync what was appended; with nothing appended, wait
+        for the next append instead of waking every ``sync_interval_s`` to find nothing
+        (an idle gateway then costs nothing here).  The cycle after the wake-up comes one
+        interval later, so an event is still on disk within ``sync_interval_s``."""
+        if self._buffer:
+            await self.sync()
+            return
+        parked = self._parked = asyncio.get_running_loop().create_future()
+        try:
+            await parked
+        finally:
+            self._parked = None
 
     def start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plano-wal")
