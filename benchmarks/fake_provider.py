@@ -51,6 +51,7 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   (no text) and the provider's tool stop reason; arguments ``x-fake-tool-args`` (a JSON
   object, default ``{}``), streamed in two fragments where the format fragments them
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
+* ``x-fake-response-header: N: V`` a successful answer also carries the header ``N: V``
 * ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
   ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
 
@@ -269,6 +270,7 @@ class _Ctl:
     text: Optional[str] = None
     tool_call: Optional[str] = None
     tool_args: str = "{}"
+    response_header: str = ""  # "name: value", sent as a response header (success answers)
 
 
 _INT_CTL = {
@@ -1288,6 +1290,10 @@ class FakeProvider:
                     ctl.text = value
                 elif name == "x-fake-tool-call":
                     ctl.tool_call = v
+                elif name == "x-fake-response-header":
+                    if ":" not in v or "\r" in v or "\n" in v:
+                        raise ValueError(v)
+                    ctl.response_header = v
                 elif name == "x-fake-tool-args":
                     if not isinstance(_loads(v), dict):
                         raise ValueError(v)
@@ -1389,6 +1395,8 @@ class FakeProvider:
         extra = b"request-id: req_fake%08d\r\n" % rid if family == "anthropic" else b""
         if self.provider_headers:
             extra += _PROVIDER_HEADERS[family]
+        if ctl.response_header:
+            extra += ctl.response_header.encode("latin-1") + b"\r\n"
         if ctl.tool_call is not None and kind in ("chat", "messages", "gemini", "gemini_stream"):
             so = req.get("stream_options")
             include_usage = isinstance(so, dict) and so.get("include_usage") is True

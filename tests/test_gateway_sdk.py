@@ -313,3 +313,24 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
         server.close()
     # Each request after the first hit a stale connection and was retried on a new one.
     assert served == [1, 2, 3]
+
+
+def test_an_upstream_cannot_forge_the_gateways_own_response_headers(gateway: GatewayProcess) -> None:
+    """Over a socket: the provider's x-plano-request-id and x-model-router-selected-route
+    are cut; the client sees exactly one request id, the gateway's (JSON and stream)."""
+    import http.client
+
+    for stream in (False, True):
+        for forged in ("x-plano-request-id: forged-by-upstream", "x-model-router-selected-route: forged"):
+            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={
+                "content-type": "application/json", "authorization": "Bearer sk-c",
+                "x-fake-response-header": forged})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+            ids = resp.msg.get_all("x-plano-request-id") or []
+            assert len(ids) == 1 and ids[0] != "forged-by-upstream" and len(ids[0]) >= 32, ids
+            assert resp.getheader("x-model-router-selected-route") is None
+            conn.close()

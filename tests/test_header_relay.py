@@ -90,6 +90,20 @@ def test_an_impossible_content_length_is_refused(response_head: HeadFn, value: b
 
 
 @pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+def test_the_headers_the_gateway_sets_are_never_taken_from_upstream(response_head: HeadFn) -> None:
+    """An upstream's x-plano-request-id, x-plano-requested-model, x-plano-guardrail-warning
+    or x-model-router-selected-route (another gateway's, or a forged one) would reach the
+    client beside the gateway's own, or pass for it: cut, in any case."""
+    head = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"X-Plano-Request-Id: upstream\r\nx-plano-requested-model: m\r\n"
+        b"x-plano-guardrail-warning: none\r\nX-Model-Router-Selected-Route: forged\r\n"
+        b"x-plano-other: kept\r\nx-model-router-selected-routes: kept\r\n\r\n"
+    )
+    assert response_head(head)[0] == b"x-plano-other: kept\r\nx-model-router-selected-routes: kept\r\n"
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
 def test_largest_content_length_and_surrounding_whitespace(response_head: HeadFn) -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-length: \t4611686018427387903 \r\n\r\n"
     assert response_head(head)[1] == (1 << 62) - 1

@@ -342,6 +342,14 @@ def test_code_goes_to_the_routes_cheapest_model_with_plano_s_prompt(
     assert last_model(fake) == "gpt-4.1"  # cheaper than gpt-4o by the price table
     assert fake_router.prompts[-1] == expected_prompt(messages)
     assert fake_router.bodies[-1]["model"] == "Arch-Router" and fake_router.bodies[-1]["temperature"] == 0.01
+    # a converted answer (an Anthropic-format client served by the OpenAI route) names the
+    # route too: its head is rebuilt, not relayed
+    with anthropic.Anthropic(base_url=routed.url, api_key="sk-client", max_retries=0) as ac:
+        araw = ac.messages.with_raw_response.create(
+            model="openai/gpt-4o-mini", max_tokens=32,
+            messages=[{"role": "user", "content": "write code: a quicksort in Python"}])
+    assert araw.headers["x-model-router-selected-route"] == "code generation"
+    assert araw.parse().content and last_model(fake) == "gpt-4.1"
     # no match: the request's own model, no route header
     raw = client(routed).chat.completions.with_raw_response.create(
         model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "how are you today?"}])

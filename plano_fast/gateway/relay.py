@@ -473,6 +473,9 @@ class Exchange:
         rebuild an answer; the relay sends ``head.block`` as it is)."""
         out = head.headers()
         out.append((b"x-plano-request-id", self.request_id.encode()))
+        if self.route_header:  # "name: value\r\n", as the relayed head carries it
+            name, _, value = self.route_header[:-2].partition(b": ")
+            out.append((name, value))
         return out
 
     def on_upstream_head(self, head: UpstreamHead) -> None:

@@ -42,7 +42,14 @@ cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     if n == 17:
         return TRANSFER_ENCODING if name_is(p, n, b"transfer-encoding", 17) else KEEP
     if n == 18:
-        return DROP if name_is(p, n, b"proxy-authenticate", 18) else KEEP
+        return DROP if name_is(p, n, b"proxy-authenticate", 18) or name_is(p, n, b"x-plano-request-id", 18) else KEEP
+    # the headers the gateway sets on an answer (_head_py.GATEWAY_RESPONSE_HEADERS)
+    if n == 23:
+        return DROP if name_is(p, n, b"x-plano-requested-model", 23) else KEEP
+    if n == 25:
+        return DROP if name_is(p, n, b"x-plano-guardrail-warning", 25) else KEEP
+    if n == 29:
+        return DROP if name_is(p, n, b"x-model-router-selected-route", 29) else KEEP
     if n == 19:
         return DROP if name_is(p, n, b"proxy-authorization", 19) else KEEP
     return KEEP

@@ -46,9 +46,14 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-#: Response headers the client does not get: hop-by-hop, framing, and date/server (the
-#: gateway's own are sent).
-DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"}
+#: Response headers the client does not get: hop-by-hop, framing, date/server (the
+#: gateway's own are sent), and the headers the gateway itself sets on an answer (an
+#: upstream's copy -- another gateway's, say -- would reach the client twice, or pass for ours).
+GATEWAY_RESPONSE_HEADERS = frozenset({
+    b"x-plano-request-id", b"x-plano-requested-model", b"x-plano-guardrail-warning",
+    b"x-model-router-selected-route",
+})
+DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"} | GATEWAY_RESPONSE_HEADERS
 #: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
 #: Method-override headers are dropped because some frameworks (Google's front ends among
