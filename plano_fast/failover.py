@@ -189,12 +189,13 @@ class RetryPlan(Generic[T]):
 
 
 @functools.cache
-def alias_policy(fallbacks: int) -> RetryPolicy:
+def alias_policy(fallbacks: tuple[str, ...]) -> RetryPolicy:
     """How an alias's target list (``model_aliases.<alias>.target: [a, b, c]``) is walked
     when its first model's provider has no ``retry_policy``: each listed model once, in
     order, skipping open circuits, with no wait between them (another model is not the
-    one that just failed).  ``fallbacks``: how many follow the first."""
-    return RetryPolicy((), "next_target", fallbacks + 1, backoff=Backoff(0, 0, False))
+    one that just failed).  ``fallbacks``: the models after the first.  Cached: one policy
+    per list the config (and preference routing's rankings) can make, not one per request."""
+    return RetryPolicy(fallbacks, "next_target", len(fallbacks) + 1, backoff=Backoff(0, 0, False))
 
 
 class CircuitBreaker:

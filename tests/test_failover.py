@@ -275,17 +275,18 @@ def test_circuit_opens_after_consecutive_failures_and_is_skipped(
 def test_next_target_walks_the_list_in_order_whatever_the_provider() -> None:
     from plano_fast.failover import alias_policy
 
-    policy = alias_policy(3)
+    policy = alias_policy(("b", "c", "d"))
     assert policy.default_strategy == "next_target" and policy.default_max_attempts == 4
-    assert alias_policy(3) is policy  # one per length, not one per request
+    assert policy.fallback_models == ("b", "c", "d")
+    assert alias_policy(("b", "c", "d")) is policy  # one per list, not one per request
     p = plan(["openai", "openai", "anthropic", "openai"], policy)
     assert [p.next_attempt(503, 0.0), p.next_attempt(None, 0.0), p.next_attempt(429, 0.0)] == [
         (1, 0.0), (2, 0.0), (3, 0.0),  # same provider or not, in the listed order, no wait
     ]
     assert p.next_attempt(503, 0.0) is None  # each listed model once
-    p = plan(["openai", "openai", "anthropic"], alias_policy(2))
+    p = plan(["openai", "openai", "anthropic"], alias_policy(("b", "c")))
     assert p.next_attempt(503, 0.0, healthy=frozenset({0, 2})) == (2, 0.0)  # open circuit skipped
-    assert plan(["a", "b"], alias_policy(1)).next_attempt(400, 0.0) is None  # 4xx: not retried
+    assert plan(["a", "b"], alias_policy(("b",))).next_attempt(400, 0.0) is None  # 4xx: not retried
 
 
 ALIAS_LIST = """

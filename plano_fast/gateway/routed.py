@@ -269,7 +269,6 @@ class RoutedExchange(Exchange):
             request=doc if source == "responses" else None,
             on_response=turn.record if turn is not None else None,
         )
-        self.requested_model = fields.model
         if turn is not None:
             turn.model, turn.provider = model or "", provider.name
         auth = None

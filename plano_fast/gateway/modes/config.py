@@ -95,7 +95,7 @@ class ConfigExchange(RoutedExchange):
         if route.fallbacks:  # an alias with a target list: its models, in order, first
             fallbacks = route.fallbacks + fallbacks
             if provider.retry_policy is None:
-                policy = alias_policy(len(fallbacks))
+                policy, fallbacks = alias_policy(fallbacks), ()
         if policy is not None and self.endpoint is not COUNT_TOKENS:
             if fallbacks:
                 policy = dataclasses.replace(
