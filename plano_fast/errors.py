@@ -51,7 +51,10 @@ def api_format_for_path(path: bytes) -> ApiFormat:
 #:   type ``rate_limit_error`` (``rate_limit_exceeded`` is the ``error.code`` of a
 #:   per-minute limit, whose type is ``requests``/``tokens``: :mod:`plano_fast.ratelimit`
 #:   sends those), 503 ``server_is_overloaded`` has type ``service_unavailable_error``;
-#:   ``server_error`` for 500, ``insufficient_quota`` for quota.
+#:   ``server_error`` for 500, ``insufficient_quota`` for quota.  401 and 404 are
+#:   ``invalid_request_error`` with the reason in ``code`` (``invalid_api_key``,
+#:   ``model_not_found``), as OpenAI answers them (help.openai.com 6891839; the recorded
+#:   404 in tests/data/fixtures/pydantic-ai/test_tool_regular_error.yaml).
 #: * Anthropic: docs.anthropic.com/en/api/errors (529 and 503 are ``overloaded_error``).
 #: * Gemini: Google's canonical codes (ai.google.dev/gemini-api/docs/troubleshooting).
 #:
@@ -60,10 +63,10 @@ def api_format_for_path(path: bytes) -> ApiFormat:
 #: (``server_error`` / ``api_error`` / ``INTERNAL``).
 ERROR_KINDS: Final[Mapping[int, tuple[str, str, str]]] = MappingProxyType({
     400: ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT"),
-    401: ("authentication_error", "authentication_error", "UNAUTHENTICATED"),
+    401: ("invalid_request_error", "authentication_error", "UNAUTHENTICATED"),
     402: ("insufficient_quota", "billing_error", "RESOURCE_EXHAUSTED"),
     403: ("permission_error", "permission_error", "PERMISSION_DENIED"),
-    404: ("not_found_error", "not_found_error", "NOT_FOUND"),
+    404: ("invalid_request_error", "not_found_error", "NOT_FOUND"),
     408: ("timeout_error", "timeout_error", "DEADLINE_EXCEEDED"),
     409: ("invalid_request_error", "invalid_request_error", "ABORTED"),
     413: ("invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),

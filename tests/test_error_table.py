@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from plano_fast.convert import convert_error
-from plano_fast.errors import ApiFormat, GatewayError, ServiceUnavailable, error_body, error_kinds
+from plano_fast.errors import ApiFormat, GatewayError, ServiceUnavailable, Unauthorized, error_body, error_kinds
 from tests.test_convert_support import anthropic_client, openai_client
 
 STATUSES = [*range(400, 432), *range(500, 512), 529, 599]
@@ -52,6 +52,10 @@ def test_gateway_and_converted_errors_agree(status: int) -> None:
     (529, ("service_unavailable_error", "overloaded_error", "UNAVAILABLE")),
     (500, ("server_error", "api_error", "INTERNAL")),
     (402, ("insufficient_quota", "billing_error", "RESOURCE_EXHAUSTED")),
+    # OpenAI answers a bad key and an unknown model or path with invalid_request_error and
+    # the reason in ``code`` (WIRE_FORMATS.md, the recorded 404 model_not_found).
+    (401, ("invalid_request_error", "authentication_error", "UNAUTHENTICATED")),
+    (404, ("invalid_request_error", "not_found_error", "NOT_FOUND")),
     (418, ("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT")),
     (599, ("server_error", "api_error", "INTERNAL")),
 ])
@@ -64,6 +68,13 @@ def test_gemini_status_to_openai_type_follows_the_table() -> None:
     _, out = convert_error(503, body, "gemini", "openai")
     assert json.loads(out)["error"] == {"message": "busy", "type": "service_unavailable_error",
                                         "param": None, "code": "UNAVAILABLE"}
+
+
+def test_bad_key_body_is_openais() -> None:
+    """The shape OpenAI documents for 401 (help.openai.com 6891839)."""
+    doc = json.loads(Unauthorized("the API key is not registered").body(ApiFormat.OPENAI))
+    assert doc == {"error": {"message": "the API key is not registered", "type": "invalid_request_error",
+                             "param": None, "code": "invalid_api_key"}}
 
 
 class _Limited(GatewayError):
