@@ -203,6 +203,19 @@ def _migrate(path: str) -> int:
     return 0
 
 
+def _store_unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a store that is away *for now* raises on open: refused or reset connections
+    (OSError), an unusable SQLite path, and PostgreSQL's own "not now" answers -- a
+    server starting up or shutting down (57P03, 57P01/57P02: OperatorInterventionError),
+    out of connection slots (53300), or a connection lost during its startup (class 08).
+    Anything else (a bad password, a missing database) is the operator's to fix: one line
+    and exit."""
+    import asyncpg
+
+    return (sqlite3.Error, OSError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.PostgresConnectionError)
+
+
 def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool) -> None:
     """Create or check the schema before listening; CliError when it cannot be served."""
     from plano_fast.store import SchemaTooOld
@@ -220,10 +233,10 @@ def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool)
             f"{where} {state}, this plano-fast needs version {exc.required}: run "
             f"`plano-fast migrate --config {config_path}` (or serve with --migrate)"
         ) from None
-    except (sqlite3.Error, OSError) as exc:
-        # The store cannot be opened now (PostgreSQL down, an unusable SQLite path): the
-        # gateway starts anyway, answers 503 (fail closed) and retries until it opens,
-        # readying the schema then as here.
+    except _store_unavailable_errors() as exc:
+        # The store cannot be opened now (PostgreSQL down, starting up or out of
+        # connections, an unusable SQLite path): the gateway starts anyway, answers 503
+        # (fail closed) and retries until it opens, readying the schema then as here.
         log.warning("%s: cannot open the database now (%s); serving 503 until it opens", where, _one_line(exc))
         return
     if applied:

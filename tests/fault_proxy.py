@@ -4,7 +4,10 @@ Put it between the gateway and PostgreSQL to make "the database went away" happe
 without touching the shared server: ``cut()`` resets every open connection and refuses
 new ones until ``restore()``; ``hang()`` makes the database a black hole — connections
 are accepted, open ones stay open, and nothing is ever answered (bytes in both directions
-are swallowed) until ``restore()``, which resets the hung connections.
+are swallowed) until ``restore()``, which resets the hung connections;
+``starting_up()`` answers every new connection's startup as a PostgreSQL server in crash
+recovery does (FATAL 57P03 "the database system is starting up", asyncpg's
+CannotConnectNowError) until ``restore()``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,32 @@ def proxied_dsn(dsn: str, proxy_port: int) -> str:
     )
 
 
+#: the SSLRequest code (PostgreSQL protocol, "Message Formats")
+_SSL_REQUEST = 80877103
+_STARTING_UP = b"".join((
+    b"SFATAL\0", b"VFATAL\0", b"C57P03\0", b"Mthe database system is starting up\0", b"\0",
+))
+
+
+async def _refuse_starting_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the client's startup (after an optional SSLRequest, declined) and answer the
+    ErrorResponse a server in recovery sends, then close."""
+    try:
+        while True:
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            payload = await reader.readexactly(length - 4)
+            if length == 8 and int.from_bytes(payload, "big") == _SSL_REQUEST:
+                writer.write(b"N")  # no TLS here: the client goes on in the clear
+                continue
+            break
+        writer.write(b"E" + (len(_STARTING_UP) + 4).to_bytes(4, "big") + _STARTING_UP)
+        await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
 class FaultProxy:
     def __init__(self, target: str | tuple[str, int]) -> None:
         self.target = target
@@ -46,6 +75,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
         self._hang = False
+        self._starting_up = False
         self.connections_made = 0
         self.connections_hung = 0
 
@@ -61,6 +91,9 @@ class FaultProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             writer.transport.abort()
+            return
+        if self._starting_up:
+            await _refuse_starting_up(reader, writer)
             return
         if self._hang:
             # Accept and never answer: read and drop whatever the client sends.
@@ -119,8 +152,15 @@ class FaultProxy:
 
         self._loop.call_soon_threadsafe(do)
 
+    def starting_up(self) -> None:
+        def do() -> None:
+            self._starting_up = True
+
+        self._loop.call_soon_threadsafe(do)
+
     def restore(self) -> None:
         def do() -> None:
+            self._starting_up = False
             if self._hang:
                 # A hung connection has lost bytes: it can only be reset.
                 for w in list(self._writers):

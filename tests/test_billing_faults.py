@@ -170,6 +170,26 @@ def test_postgres_down_at_start_then_up(
         assert_retried_without_traceback(gateway)
 
 
+def test_postgres_starting_up_at_start_then_up(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, pg_dsn: str
+) -> None:
+    """A server in crash recovery refuses connections with 57P03 (asyncpg's
+    CannotConnectNowError, not an OSError): ``serve`` starts anyway, answers 503 without
+    forwarding, and serves once the server is up -- it used to exit with a traceback."""
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        marker = f"pg-recovery-{uuid.uuid4().hex}"
+        gateway = make_gateway({"database_url": f'"{database_url}"'}, before_start=proxy.starting_up)
+        assert_fails_closed(gateway, fake, marker)
+        assert "starting up" in gateway.log_text()
+        proxy.restore()
+        wait_serving(gateway.url, marker)
+        assert forwarded(fake, marker) == 1
+        rows = wait_rows(pg_dsn, "", 1)
+        assert len(rows) == 1 and rows[0].status == "ok"
+        assert_retried_without_traceback(gateway)
+
+
 # --------------------------------------------------------------------------- request ids
 
 
