@@ -210,7 +210,7 @@ def _store_unavailable_errors() -> tuple[type[BaseException], ...]:
     out of connection slots (53300), or a connection lost during its startup (class 08).
     Anything else (a bad password, a missing database) is the operator's to fix: one line
     and exit."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     return (sqlite3.Error, OSError, asyncpg.exceptions.OperatorInterventionError,
             asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.PostgresConnectionError)
