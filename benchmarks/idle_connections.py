@@ -67,44 +67,37 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
+async def _exchange(port: int, req: bytes) -> tuple[asyncio.StreamWriter | None, bool]:
+    """One request on a new connection: (the open connection, answered 200)."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(req)
+        return writer, await _read_response(reader) == 200
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        return None, False
+
+
 async def _open_idle(port: int, n: int, headers: list[tuple[str, str]], batch: int = 500) -> tuple[list[Any], int]:
+    """``n`` connections that each served one request and stay open (keep-alive)."""
     conns: list[Any] = []
     bad = 0
     req = _request(BODY, headers)
-
-    async def one() -> None:
-        nonlocal bad
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(req)
-            if await _read_response(reader) != 200:
-                bad += 1
-            conns.append(writer)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            bad += 1
-
     for start in range(0, n, batch):
-        await asyncio.gather(*(one() for _ in range(min(batch, n - start))))
+        for writer, ok in await asyncio.gather(*(_exchange(port, req) for _ in range(min(batch, n - start)))):
+            bad += not ok
+            if writer is not None:
+                conns.append(writer)
     return conns, bad
 
 
 async def _streams(port: int, n: int, headers: list[tuple[str, str]]) -> int:
+    """``n`` concurrent streamed requests, each on its own connection; how many failed."""
     req = _request(STREAM_BODY, headers)
-    bad = 0
-
-    async def one() -> None:
-        nonlocal bad
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(req)
-            if await _read_response(reader) != 200:
-                bad += 1
+    done = await asyncio.gather(*(_exchange(port, req) for _ in range(n)))
+    for writer, _ in done:
+        if writer is not None:
             writer.close()
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            bad += 1
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    return bad
+    return sum(not ok for _, ok in done)
 
 
 def _rss_mb(pids: list[int]) -> float:

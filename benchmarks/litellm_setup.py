@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
+
+from benchmarks._server_proc import ServerProcess
 
 __all__ = ["LITELLM_VERSION", "LiteLLMProxy", "LiteLLMUnavailable", "ensure_litellm", "VENV"]
 
@@ -106,7 +107,7 @@ litellm_settings:
     return path
 
 
-class LiteLLMProxy:
+class LiteLLMProxy(ServerProcess):
     """The LiteLLM proxy server on ``port``, pointed at the fake provider."""
 
     master_key = MASTER_KEY
@@ -148,27 +149,6 @@ class LiteLLMProxy:
             time.sleep(0.5)
         self.stop()
         raise LiteLLMUnavailable(f"litellm did not become ready in {timeout_s:.0f} s: {self._tail()}")
-
-    def _tail(self) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(lines[-3:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: uvicorn + workers
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        self._log.close()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

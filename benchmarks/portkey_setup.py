@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
+
+from benchmarks._server_proc import ServerProcess
 
 __all__ = ["PORTKEY_VERSION", "PortkeyGateway", "PortkeyUnavailable", "ensure_portkey", "portkey_headers"]
 
@@ -83,7 +84,7 @@ def portkey_headers(fake_port: int) -> list[tuple[str, str]]:
     ]
 
 
-class PortkeyGateway:
+class PortkeyGateway(ServerProcess):
     """Portkey's Node server on ``port``."""
 
     def __init__(self, port: int, workdir: Path, *, version: str = PORTKEY_VERSION,
@@ -118,24 +119,6 @@ class PortkeyGateway:
             time.sleep(0.3)
         self.stop()
         raise PortkeyUnavailable(f"portkey did not become ready in {timeout_s:.0f} s: {self._tail()}")
-
-    def _tail(self) -> str:
-        self._log.flush()
-        lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        return " | ".join(lines[-3:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
