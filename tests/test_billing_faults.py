@@ -647,3 +647,34 @@ def _ignore(fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
     except Exception:  # noqa: BLE001 - the gateway stops under these requests
         pass
+
+
+def test_pool_floor_warnings_are_one_line_during_a_cut(pg_dsn: str, caplog: Any) -> None:
+    """While the database is away asyncpg's pool keeps trying to restore its connection
+    floor and logged a traceback each time (84 in the 30-minute soak): now one line
+    naming the error."""
+    import asyncio
+    import logging
+
+    from plano_fast.store.postgres import PostgresStore
+
+    caplog.set_level(logging.WARNING, logger="asyncpg")
+
+    async def cut_under_the_pool(proxy: FaultProxy) -> None:
+        store = PostgresStore(proxied_dsn(pg_dsn, proxy.port), min_size=1, max_size=2, connect_timeout_s=2)
+        await store.open()
+        try:
+            await store.pool.fetchval("SELECT 1")
+            proxy.cut()
+            deadline = time.monotonic() + 10
+            while not [r for r in caplog.records if "connection floor" in r.getMessage()]:
+                assert time.monotonic() < deadline, "asyncpg never tried to restore its floor"
+                await asyncio.sleep(0.1)
+        finally:
+            store.terminate()
+
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        asyncio.run(cut_under_the_pool(proxy))
+    floor = [r for r in caplog.records if "connection floor" in r.getMessage()]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in floor)
+    assert "Error" in floor[0].getMessage() or "refused" in floor[0].getMessage().lower()
