@@ -8,7 +8,7 @@ docstrings; the two are checked against each other in tests/test_header_relay.py
 
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from plano_fast.wire._bytes cimport lower, name_is, starts
@@ -55,16 +55,26 @@ cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     return KEEP
 
 
+cdef inline Py_ssize_t find_lf(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index of the first LF in s[i:n], or n.  memchr, not a byte loop: glibc's is
+    vectorised, and a provider's head is 1-2 KB (a byte loop cost ~20k instructions per
+    response, 7% of a firewall request under callgrind)."""
+    cdef const unsigned char *p
+    if i >= n:
+        return n
+    p = <const unsigned char *>memchr(s + i, 10, n - i)
+    return n if p == NULL else p - s
+
+
 cdef Py_ssize_t head_end(const unsigned char *s, Py_ssize_t n) noexcept nogil:
     """Length of the head including its blank line, or -1."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        if s[i] != 10:
-            continue
+    cdef Py_ssize_t i = find_lf(s, 0, n)
+    while i < n:
         if i + 1 < n and s[i + 1] == 10:
             return i + 2
         if i + 2 < n and s[i + 1] == 13 and s[i + 2] == 10:
             return i + 3
+        i = find_lf(s, i + 1, n)
     return -1
 
 
@@ -104,18 +114,16 @@ def response_head(bytes buf not None):
     if out == NULL:
         raise MemoryError()
     cdef Py_ssize_t w = 0, i = 0, line, stop, colon, a
+    cdef const unsigned char *p
     cdef int kind
     cdef bint keep_prev = False, chunked = False, bad_length = False
     cdef int64_t content_length = -1
     try:
         # skip the status line
-        while i < end and s[i] != 10:
-            i += 1
-        i += 1
+        i = find_lf(s, 0, end) + 1
         while i < end:
             line = i
-            while i < end and s[i] != 10:
-                i += 1
+            i = find_lf(s, i, end)
             stop = i  # the LF (or end)
             i += 1
             if stop > line and s[stop - 1] == 13:
@@ -138,9 +146,8 @@ def response_head(bytes buf not None):
                     out[w + 1] = 10
                     w += 2
                 continue
-            colon = line
-            while colon < stop and s[colon] != 58:
-                colon += 1
+            p = <const unsigned char *>memchr(s + line, 58, stop - line)
+            colon = stop if p == NULL else p - s
             kind = classify(s + line, colon - line)
             if kind == CONTENT_LENGTH:
                 content_length = parse_length(s + colon + 1, stop - colon - 1) if colon < stop else -1
