@@ -177,6 +177,9 @@ class RoutedExchange(Exchange):
             hold.send(self.responder, body, [])
             self._complete(outcome)
         elif checks.chains is not None and checks.chains.output:
+            # The exchange still owns the answer while the filters run (a task awaiting
+            # the relay must not take the response for abandoned when the relay returns).
+            self.responder.on_client_gone = self._client_gone
             self.responder.continue_in_task(self._filter_held(hold, body, outcome, checks), self.request)
         else:
             self._send_checked(hold, body, outcome, checks)
