@@ -156,8 +156,9 @@ def parse_guards(prompt_guards: object, guard_models: object) -> tuple[GuardMode
         )
     if "moderation" in models:
         raw = models["moderation"]
-        message = raw.get("message") if isinstance(raw, dict) else None
-        out.append(_guard("moderation", raw, f"{where}.moderation", str(message or DEFAULT_MODERATION_MESSAGE)))
+        said = raw.get("message") if isinstance(raw, dict) else None
+        text = str(said) if said else DEFAULT_MODERATION_MESSAGE
+        out.append(_guard("moderation", raw, f"{where}.moderation", text))
     return tuple(out)
 
 
