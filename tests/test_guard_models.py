@@ -378,3 +378,35 @@ def test_response_texts_cover_each_format_and_skip_ids() -> None:
     ]
     for doc in answers:
         assert scan_texts(policy, response_texts(doc)) == ["email"], doc
+
+
+class _Sink:
+    """What a StreamScan relays to (the bytes, in order)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_body(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_stream_scan_sees_matches_split_across_events_and_scans_once() -> None:
+    from plano_fast.metrics import RequestMetrics
+    from plano_fast.response_guard import STREAM_SCAN_CHARS, StreamScan
+
+    policy = ResponsePolicy({"email": "warn", "secrets": "log"}, {}, True)
+    filler = "lorem ipsum " * (STREAM_SCAN_CHARS // 12)  # forces a scan mid-stream
+    text = filler[:-7] + "mail bob.smith@example.org and sk-proj-" + "Ab3" * 10 + " done"
+    pieces = [text[i : i + 5] for i in range(0, len(text), 5)]  # every match split across events
+    events = b"".join(
+        b"data: " + json.dumps({"choices": [{"delta": {"content": p}}]}).encode() + b"\n\n" for p in pieces
+    ) + b"data: [DONE]\n\n"
+    sink, scan = _Sink(), StreamScan(policy, RequestMetrics())
+    for i in range(0, len(events), 333):  # network chunks cut lines anywhere
+        scan.relay(events[i : i + 333], sink)  # type: ignore[arg-type]
+    scan.finish(sink, b"")  # type: ignore[arg-type]
+    assert b"".join(sink.sent) == events  # relayed unchanged
+    assert sorted(scan.found) == ["email", "secrets"]
