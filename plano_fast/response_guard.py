@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,11 +47,21 @@ STREAM_SCAN_CHARS: Final = 4096
 STREAM_OVERLAP_CHARS: Final = 256
 
 
+#: what a built-in detector's match must contain (None: digits, which every answer has)
+_ANCHORS: Final[dict[str, tuple[bytes, ...] | None]] = {
+    "email": (b"@",),
+    "secrets": (b"sk-", b"AIza", b"AKIA", b"ASIA", b"ghp_", b"gho_", b"ghu_", b"ghs_", b"ghr_",
+                b"xox", b"-----BEGIN", b"eyJ"),  # (plano_fast.guardrails' key prefixes)
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ResponsePolicy:
     actions: Mapping[str, str]  # detector -> log | warn
     custom: Mapping[str, re.Pattern[str]]
     streams: bool
+    #: bytes one of which an answer must contain for any detector to match (None: scan all)
+    anchors: tuple[bytes, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,26 +107,55 @@ def parse_response_policy(raw: object, request_policy: guardrails.Policy | None)
         raise GuardConfigError(f"{where}.streams: true or false")
     if not actions:
         raise GuardConfigError(f"{where}.detectors: name at least one detector")
-    return ResponsePolicy(actions, {k: v for k, v in custom.items() if k in actions}, streams)
+    anchors: list[bytes] | None = []
+    for name in actions:
+        found = _ANCHORS.get(name)
+        if found is None or anchors is None:
+            anchors = None
+        else:
+            anchors += found
+    return ResponsePolicy(
+        actions, {k: v for k, v in custom.items() if k in actions}, streams,
+        tuple(anchors) if anchors is not None else None,
+    )  # fmt: skip
 
 
-def response_texts(doc: Any) -> Iterator[str]:
+def response_texts(doc: Any) -> list[str]:
     """The text values of an answer document (any client format), in document order."""
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in reversed(list(node.items())):
-                if isinstance(value, str):
-                    if key in TEXT_KEYS:
-                        yield value
-                elif isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(reversed(node))
+    out: list[str] = []
+    _walk(doc, out)
+    return out
 
 
-def scan_texts(policy: ResponsePolicy, texts: Iterator[str] | list[str]) -> list[str]:
+def _walk(node: Any, out: list[str]) -> None:
+    # (recursion: the document was parsed by json.loads, whose own depth bound holds here)
+    kind = type(node)
+    if kind is dict:
+        for key, value in node.items():
+            vkind = type(value)
+            if vkind is str:
+                if key in TEXT_KEYS:
+                    out.append(value)
+            elif vkind is dict or vkind is list:
+                _walk(value, out)
+    elif kind is list:
+        for item in node:
+            ikind = type(item)
+            if ikind is dict or ikind is list:
+                _walk(item, out)
+
+
+def may_match(policy: ResponsePolicy, body: bytes) -> bool:
+    """False when no enabled detector can match anywhere in ``body`` (raw JSON): none has
+    its anchor in it ("@" for e-mail, a key prefix for secrets) and no escape could spell
+    one.  Digit detectors and custom patterns always need the scan (every answer carries
+    digits)."""
+    if policy.anchors is None or body.find(b"\\u") >= 0:
+        return True
+    return any(body.find(anchor) >= 0 for anchor in policy.anchors)
+
+
+def scan_texts(policy: ResponsePolicy, texts: Iterable[str]) -> list[str]:
     """Detector names found in ``texts`` (one per finding)."""
     found: list[str] = []
     for text in texts:

@@ -34,7 +34,8 @@ LEAK = "leak.person@example.com"
 
 class FakeServices:
     """/guard (jailbreak: "ignore previous instructions" -> verdict true, "slowguard" ->
-    after 1 s; reports usage), /v1/moderations ("kill" -> violence, "slowmod" -> after 1 s),
+    after 4 s, passed; reports usage), /v1/moderations ("kill" -> violence, "slowmod" ->
+    violence after 4 s),
     filters /f1 and /f2 (append " [f1]" / " [f2]" to the last user message; "forbidden" ->
     f1 refuses with 400), /out (output filter: SECRET_TOKEN -> [REDACTED]).  Records
     (path, body) of every call."""
@@ -61,15 +62,15 @@ class FakeServices:
                 if path == "/guard":
                     text = body["input"]
                     if "slowguard" in text:
-                        time.sleep(1.0)
+                        time.sleep(4.0)
                     bad = "ignore previous instructions" in text
                     self.answer(200, {"jailbreak_prob": 0.97 if bad else 0.01, "jailbreak_verdict": bad,
                                       "usage": {"prompt_tokens": 11, "completion_tokens": 1}})  # fmt: skip
                 elif path == "/v1/moderations":
                     text = " ".join(body["input"])
                     if "slowmod" in text:
-                        time.sleep(1.0)
-                    flagged = "kill" in text
+                        time.sleep(4.0)
+                    flagged = "kill" in text or "slowmod" in text  # a late answer would block
                     self.answer(200, {"id": "m", "model": body.get("model"), "results": [{
                         "flagged": flagged, "categories": {"violence": flagged, "hate": False},
                         "category_scores": {"violence": 0.9 if flagged else 0.0, "hate": 0.0}}]})  # fmt: skip
@@ -133,10 +134,10 @@ plano_fast:
   admin_key: {ADMIN_KEY}
   access_log: {path.with_suffix('.access.log')}
   guard_models:
-    jailbreak: {{url: "{svc}/guard", timeout_ms: 300, on_error: fail_closed}}
+    jailbreak: {{url: "{svc}/guard", timeout_ms: 1500, on_error: fail_closed}}
     moderation: {{url: "{svc}/v1/moderations", model: omni-moderation-latest, api_key: sk-mod,
-                  message: "{MODERATION_MESSAGE}", timeout_ms: 300, on_error: fail_open, provider: openai}}
-  filter_chain: {{timeout_ms: 2000}}
+                  message: "{MODERATION_MESSAGE}", timeout_ms: 1500, on_error: fail_open, provider: openai}}
+  filter_chain: {{timeout_ms: 5000}}
   response_guardrails:
     detectors: {{email: warn, secrets: log}}
     streams: true
@@ -223,10 +224,9 @@ def test_guard_timeouts_follow_each_guards_policy(
     assert err.value.status_code == 503
     assert err.value.response.headers["x-plano-guardrail"] == "jailbreak:unavailable"
     assert provider_calls(fake) == []
-    # moderation: fail_open -> forwarded after its 300 ms deadline, not after the guard's 1 s
-    started = time.monotonic()
+    # moderation: fail_open -> forwarded at its 1.5 s deadline (its answer, 4 s late,
+    # would have blocked: a 200 shows the gateway did not wait for it)
     r = chat(guarded, "slowmod hello")
-    assert time.monotonic() - started < 0.95
     assert r.choices[0].message.content
     assert len(provider_calls(fake)) == 1
 

@@ -32,7 +32,14 @@ from plano_fast.gateway.endpoints import (
 from plano_fast.gateway.phases import client_headers, identify_caller
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
-from plano_fast.response_guard import ResponseHold, StreamScan, count, response_texts, scan_texts
+from plano_fast.response_guard import (
+    ResponseHold,
+    StreamScan,
+    count,
+    may_match,
+    response_texts,
+    scan_texts,
+)
 from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
 from plano_fast.routing import Route
 from plano_fast.usage import STATUS_CLIENT_GONE
@@ -201,7 +208,7 @@ class RoutedExchange(Exchange):
     def _send_checked(self, hold: ResponseHold, body: bytes, outcome: str, checks: ResponseChecks) -> None:
         policy = checks.policy
         warn: list[str] = []
-        if policy is not None:
+        if policy is not None and may_match(policy, body):
             try:
                 doc = json_loads(body)
             except ValueError:
