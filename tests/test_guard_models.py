@@ -410,3 +410,10 @@ def test_stream_scan_sees_matches_split_across_events_and_scans_once() -> None:
     scan.finish(sink, b"")  # type: ignore[arg-type]
     assert b"".join(sink.sent) == events  # relayed unchanged
     assert sorted(scan.found) == ["email", "secrets"]
+
+
+def test_firewall_mode_is_warned_that_these_checks_do_not_apply_to_it() -> None:
+    text = BASE + "plano_fast: {mode: firewall, response_guardrails: {detectors: {email: log}}}\n"
+    cfg = parse_config(text, source="c.yaml", env={})
+    assert any("apply to config-mode requests only" in w for w in cfg.warnings), cfg.warnings
+    assert not any("config-mode" in w for w in parse_config(BASE, source="c.yaml", env={}).warnings)

@@ -144,9 +144,14 @@ class _Builder(_ProviderBuilder):
         if settings is not None and listeners is not None:
             served = next((ls for ls in listeners if ls.type == "model"), None)
             try:
-                parse_checks(data, settings, served.loc if served is not None else "")
+                checks = parse_checks(data, settings, served.loc if served is not None else "")
             except GuardConfigError as exc:
                 self.errors.append(f"{self.source}: {exc}")
+            else:
+                if settings.mode == "firewall" and (checks.prechecks or checks.response_checks()):
+                    self.warn(("plano_fast", "mode"), "guard models, filter chains and response "
+                              "guardrails apply to config-mode requests only, not to firewall-mode "
+                              "ones (docs/guardrails.md)")  # fmt: skip
 
         if (
             data.get("routing_preferences") is not None
