@@ -28,7 +28,10 @@ from tests.gateway_proc import GatewayProcess
 
 
 def _value(text: str) -> str:
-    return text if text in ("true", "false") or text.replace(".", "", 1).isdigit() else json.dumps(text)
+    """A setting's YAML: booleans, numbers and flow mappings (``{detectors: {email: log}}``)
+    as written, anything else as a quoted string."""
+    plain = text in ("true", "false") or text.replace(".", "", 1).isdigit() or text.startswith("{")
+    return text if plain else json.dumps(text)
 
 
 def start(mode: str, workdir: Path, fake_port: int, settings: list[str]) -> tuple[GatewayProcess, Any]:

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from plano_fast.access_log import AccessLog
 from plano_fast import guardrails, ratelimit
+from plano_fast.guard_checks import parse_checks
+from plano_fast.guard_models import Guards
 from plano_fast.preference_routing import PreferenceRouter
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
@@ -220,6 +222,12 @@ class Gateway:
             self.ctx.access_log.start()
         self.ctx.server_timing = settings.server_timing
         self.ctx.guardrails = guardrails.parse_policy(settings.guardrails)
+        checks = parse_checks(self.config.raw, settings, self.config.listener.loc)
+        if checks.guards:
+            self.ctx.guards = Guards(checks.guards, self.pool, self.billing.submit, self.ctx.metrics)
+        self.ctx.filter_chains = checks.chains
+        self.ctx.prechecks = checks.prechecks
+        self.ctx.response_checks = checks.response_checks()
         self.ctx.ratelimits = ratelimit.build(
             self.config.raw.get("ratelimits"), settings.redis_url,
             settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,

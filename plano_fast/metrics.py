@@ -308,7 +308,9 @@ class _MergedCollector(Collector):
             errors.add_metric([kind], value)
         yield errors
         detections = CounterMetricFamily(
-            "plano_fast_guardrail_detections", "Guardrail detections in request text", labels=("detector", "action")
+            "plano_fast_guardrail_detections",
+            "Guardrail detections (request and response text; guard models, filters: docs/guardrails.md)",
+            labels=("detector", "action"),
         )
         for key, value in sorted(m.detections.items()):
             detections.add_metric(list(key), value)

@@ -33,8 +33,6 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("endpoints", "endpoints of prompt targets"),
     ("system_prompt", "a system prompt added to requests"),
     ("agents", "agent orchestration"),
-    ("filters", "input/output filter chains (guardrails as MCP/HTTP services)"),
-    ("prompt_guards", "prompt guards (jailbreak guardrail)"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
     ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
@@ -44,8 +42,6 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("overrides.*", "this override"),
     ("listeners[].router", "the agent orchestrator"),
     ("listeners[].agents", "agent orchestration"),
-    ("listeners[].input_filters", "input filter chains"),
-    ("listeners[].output_filters", "output filter chains"),
 )
 
 # Paths a ``*`` row above must not report (implemented, or handled elsewhere).

@@ -321,8 +321,9 @@ prompt_targets: [{name: weather}]
 endpoints: {api: {endpoint: "127.0.0.1:80"}}
 system_prompt: be brief
 agents: [{id: a, url: "http://127.0.0.1:1"}]
-filters: [{id: f, url: "http://127.0.0.1:2"}]
+filters: [{id: f, url: "http://127.0.0.1:2", type: http}]
 prompt_guards: {input_guards: {jailbreak: {on_exception: {message: no}}}}
+plano_fast: {guard_models: {jailbreak: {url: "http://127.0.0.1:3/guard"}}}
 ratelimits: [{model: openai/gpt-4o, selector: {key: x, value: "*"}, limit: {tokens: 1, unit: minute}}]
 tracing: {random_sampling: 100}
 state_storage: {type: memory}
@@ -349,6 +350,9 @@ def test_every_unimplemented_field_is_reported_once_by_path() -> None:
     # preference routing is implemented (issue 23): its sections are not reported
     assert not {"routing_preferences", "routing", "model_providers[0].routing_preferences",
                 "model_providers[0].usage"} & set(paths)
+    # guard models and filter chains are implemented (issue 24)
+    assert not {"filters", "prompt_guards", "listeners[0].input_filters",
+                "listeners[0].output_filters"} & set(paths)
     # conversation state is implemented (issue 28: memory, sqlite, postgres, store)
     assert not {"state_storage", "state_storage_v1_responses"} & set(paths)
     assert all(": not implemented by plano_fast: " in line for line in cfg.unimplemented)
@@ -367,7 +371,8 @@ def test_every_plano_top_level_key_is_implemented_or_listed() -> None:
     here or reported as not implemented."""
     implemented = {"version", "listeners", "listener", "model_providers", "llm_providers",
                    "model_aliases", "plano_fast", "overrides", "mode", "ratelimits", "tracing",
-                   "routing_preferences", "state_storage", "state_storage_v1_responses"}  # fmt: skip
+                   "routing_preferences", "state_storage", "state_storage_v1_responses",
+                   "filters", "prompt_guards"}  # fmt: skip
     listed = {p.split(".")[0].split("[")[0].split("=")[0] for p, _ in U.FIELDS}
     assert set(_TopIn.model_fields) <= implemented | listed, set(_TopIn.model_fields) - implemented - listed
 

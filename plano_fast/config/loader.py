@@ -24,6 +24,8 @@ from plano_fast.config.model_providers import _ProviderBuilder
 from plano_fast.config.names import name_checker
 from plano_fast.config.report import _fmt_loc
 from plano_fast.config.schema import _LegacyListenersIn, _ListenerItemIn, _SingularListenerIn, _TopIn
+from plano_fast.guard_checks import parse_checks
+from plano_fast.guard_models import GuardConfigError
 from plano_fast.guardrails import GuardrailConfigError, parse_policy
 from plano_fast.preference_routing import parse as parse_preferences
 from plano_fast.ratelimit import RateLimitConfigError, parse_limits
@@ -138,6 +140,18 @@ class _Builder(_ProviderBuilder):
                 parse_policy(settings.guardrails)
             except GuardrailConfigError as exc:
                 self.errors.append(f"{self.source}: {exc}")
+
+        if settings is not None and listeners is not None:
+            served = next((ls for ls in listeners if ls.type == "model"), None)
+            try:
+                checks = parse_checks(data, settings, served.loc if served is not None else "")
+            except GuardConfigError as exc:
+                self.errors.append(f"{self.source}: {exc}")
+            else:
+                if settings.mode == "firewall" and (checks.prechecks or checks.response_checks()):
+                    self.warn(("plano_fast", "mode"), "guard models, filter chains and response "
+                              "guardrails apply to config-mode requests only, not to firewall-mode "
+                              "ones (docs/guardrails.md)")  # fmt: skip
 
         if (
             data.get("routing_preferences") is not None
@@ -305,6 +319,13 @@ class _Builder(_ProviderBuilder):
             for key in ("database_url", "sqlite_path", "admin_key"):
                 if isinstance(data.get(key), str):
                     data[key] = self.expand(data[key], ("plano_fast", key))
+            models = data.get("guard_models")
+            if isinstance(models, dict):  # api keys of guard models: $VAR expanded
+                data["guard_models"] = models = dict(models)
+                for kind, guard in models.items():
+                    if isinstance(guard, dict) and isinstance(guard.get("api_key"), str):
+                        loc = ("plano_fast", "guard_models", kind, "api_key")
+                        models[kind] = {**guard, "api_key": self.expand(guard["api_key"], loc)}
             if "sqlite_path" in data and data["sqlite_path"] is None:
                 del data["sqlite_path"]  # unset env var: already reported
         s = self.validate(GatewaySettings, data, ("plano_fast",))

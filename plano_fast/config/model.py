@@ -213,6 +213,12 @@ class GatewaySettings(BaseModel):
     ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
     # The DLP floor: PII/secret detectors and their actions (plano_fast.guardrails).
     guardrails: dict[str, Any] | None = None
+    # Guard models behind prompt_guards (jailbreak) and content moderation
+    # (plano_fast.guard_models); the filter chains' deadline and error policy
+    # (plano_fast.filter_chain); DLP log/warn on answers (plano_fast.response_guard).
+    guard_models: dict[str, Any] | None = Field(default=None, repr=False)
+    filter_chain: dict[str, Any] | None = None
+    response_guardrails: dict[str, Any] | None = None
     # Firewall mode forwards only the endpoints it meters; paths listed here (exact, any
     # method) are forwarded too and recorded with status "unbilled" (never priced at 0).
     firewall_unbilled_paths: list[PlainPath] = []

@@ -22,13 +22,21 @@ from plano_fast.errors import (
     ServiceUnavailable,
     UnknownModelError,
 )
-from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES, Endpoint
+from plano_fast.gateway.endpoints import (
+    CHAT_COMPLETIONS,
+    COUNT_TOKENS,
+    GUARD_FORMATS,
+    MESSAGES,
+    RESPONSES,
+    Endpoint,
+)
 from plano_fast.gateway.modes.config import ConfigExchange
 from plano_fast.gateway.modes.firewall import FirewallExchange, identify, metered_endpoint
 from plano_fast.gateway.modes.gemini import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.gateway.modes.managed import ManagedExchange
-from plano_fast.gateway.phases import key_hash
+from plano_fast.gateway.phases import checked_start, key_hash
 from plano_fast.gateway.relay import Exchange, new_request_id
+from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import Decision, decision_body
 from plano_fast.responses_managed import owner_of
 from plano_fast.responses_state import stored_response_answer
@@ -122,6 +130,9 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         forwarded.client = client  # read above in managed mode, else on first use
         if ctx.tracing is not None:
             trace(gw, forwarded)
+        if ctx.prechecks and isinstance(forwarded, RoutedExchange) and forwarded.endpoint is not COUNT_TOKENS:
+            # guard models / input filters (config mode: Plano's listener semantics)
+            return checked_start(forwarded, GUARD_FORMATS[forwarded.endpoint.name])
         return forwarded.start()
     path = request.path
     if stored_response_path(gw, request):

@@ -15,6 +15,8 @@ import os
 from typing import TYPE_CHECKING
 
 from plano_fast import guardrails
+from plano_fast.filter_chain import run_chain
+from plano_fast.guard_models import latest_user_text
 from plano_fast.credentials import ClientHeaders, read_client_headers
 from plano_fast.errors import ClientError, SpendingLimitExceeded
 
@@ -123,6 +125,31 @@ def guard(exchange: Exchange, fmt: str, provider: str | None) -> None:
         exchange.request.body = outcome.body
     if outcome.warn:
         exchange.guard_warning = b"x-plano-guardrail-warning: " + ",".join(outcome.warn).encode() + b"\r\n"
+
+
+async def checked_start(exchange: Exchange, fmt: str) -> None:
+    """Config mode with guard models or input filters (``ctx.prechecks``): before the
+    request is routed, its caller is identified (a caller over its spending limit costs no
+    guard call), Plano's input filters run in order (each may rewrite or refuse the body),
+    then the guard models are asked, concurrently, about the latest user turn; then the
+    exchange starts as any other (the DLP floor, routing, rate limits)."""
+    ctx = exchange.ctx
+    request = exchange.request
+    key = identify_caller(exchange)
+    chains = ctx.filter_chains
+    if chains is not None and chains.input:
+        request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
+    guards = ctx.guards
+    if guards is not None:
+        try:
+            doc = json.loads(request.body)
+        except ValueError:
+            doc = None  # refused by the scanner with a precise message
+        if doc is not None:
+            await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
+    pending = exchange.start()
+    if pending is not None:
+        await pending
 
 
 def rate_limit(exchange: Exchange, models: tuple[str | None, ...]) -> bool:

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from plano_fast.billing.budget import BudgetChecker
+    from plano_fast.filter_chain import FilterChains
+    from plano_fast.guard_models import Guards
+    from plano_fast.response_guard import ResponseChecks
     from plano_fast.key_registry import ApiKeyRegistry
     from plano_fast.http_server import Request, Responder
     from plano_fast.preference_routing import PreferenceRouter
@@ -140,6 +143,10 @@ class ExchangeContext:
         "guardrails",
         "responses_state",
         "preference",
+        "guards",
+        "filter_chains",
+        "prechecks",
+        "response_checks",
     )
 
     def __init__(
@@ -193,6 +200,14 @@ class ExchangeContext:
         self.responses_state: ResponseStore | None = None
         #: preference routing (plano_fast.preference_routing), None when not configured
         self.preference: PreferenceRouter | None = None
+        #: guard models (plano_fast.guard_models), None when not configured
+        self.guards: Guards | None = None
+        #: Plano's input/output filters of the served listener (plano_fast.filter_chain)
+        self.filter_chains: FilterChains | None = None
+        #: guards or input filters: config-mode requests start with phases.checked_start
+        self.prechecks = False
+        #: response DLP and output filters (plano_fast.response_guard), None: nothing held
+        self.response_checks: ResponseChecks | None = None
 
     def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
         key = (provider_name, model)

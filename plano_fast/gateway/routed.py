@@ -15,7 +15,8 @@ from urllib.parse import quote
 from plano_fast import wire as scan
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request
-from plano_fast.errors import BadRequestBody, ClientError, NotFound, UpstreamError
+from plano_fast.errors import BadRequestBody, ClientError, GatewayError, NotFound, UpstreamError
+from plano_fast.filter_chain import run_chain
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.gateway.endpoints import (
     CHAT_COMPLETIONS,
@@ -31,6 +32,14 @@ from plano_fast.gateway.endpoints import (
 from plano_fast.gateway.phases import client_headers, identify_caller
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.response_guard import (
+    ResponseHold,
+    StreamScan,
+    count,
+    may_match,
+    response_texts,
+    scan_texts,
+)
 from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
 from plano_fast.routing import Route
 from plano_fast.usage import STATUS_CLIENT_GONE
@@ -39,6 +48,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
     from plano_fast.config import ModelProvider
+    from plano_fast.response_guard import ResponseChecks
     from plano_fast.http_server import Request, Responder
     from plano_fast.upstream import Header, UpstreamHead
 
@@ -121,6 +131,9 @@ class RoutedExchange(Exchange):
         )
         if self.endpoint is not COUNT_TOKENS:
             self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
+            checks = self.ctx.response_checks
+            if checks is not None:
+                self._check_response(checks, fields.stream)
         client = client_headers(self)
         query = client.query
         self.upstream_data = upstream_request(
@@ -132,6 +145,81 @@ class RoutedExchange(Exchange):
             body,
         )
         self.origin = origin_of(provider)
+
+    # -- the response side of the guardrails (plano_fast.response_guard) ------------
+    def _check_response(self, checks: ResponseChecks, stream: bool) -> None:
+        """Hold a non-streamed answer for the output filters and detectors; scan a
+        streamed one as it passes (when configured)."""
+        if not stream:
+            self.body_filter = ResponseHold()
+        elif checks.policy is not None and checks.policy.streams:
+            self.body_filter = StreamScan(checks.policy, self.ctx.metrics)
+
+    def _finish(self, outcome: str, tail: bytes) -> None:
+        body_filter = self.body_filter
+        kind = type(body_filter)
+        if kind is ResponseHold:
+            assert isinstance(body_filter, ResponseHold)
+            body_filter.finish(self.responder, tail)
+            self._finish_held(body_filter, outcome)
+            return
+        if kind is StreamScan:
+            assert isinstance(body_filter, StreamScan)
+            body_filter.finish(self.responder, tail)
+            self._name_detections(body_filter.found)
+            self._complete(outcome)
+            return
+        super()._finish(outcome, tail)
+
+    def _name_detections(self, names: list[str]) -> None:
+        """Response detections, beside the request's, in the access log's list."""
+        if names:
+            self.guard_names = sorted(set(self.guard_names or ()) | {f"response:{n}" for n in names})
+
+    def _finish_held(self, hold: ResponseHold, outcome: str) -> None:
+        checks = self.ctx.response_checks
+        assert checks is not None
+        body = b"".join(hold.parts)
+        if not hold.checkable():
+            hold.send(self.responder, body, [])
+            self._complete(outcome)
+        elif checks.chains is not None and checks.chains.output:
+            # The exchange still owns the answer while the filters run (a task awaiting
+            # the relay must not take the response for abandoned when the relay returns).
+            self.responder.on_client_gone = self._client_gone
+            self.responder.continue_in_task(self._filter_held(hold, body, outcome, checks), self.request)
+        else:
+            self._send_checked(hold, body, outcome, checks)
+
+    async def _filter_held(self, hold: ResponseHold, body: bytes, outcome: str, checks: ResponseChecks) -> None:
+        """The output filters, then the detectors; a refusal or a failed filter answers an
+        error in the client's format (the provider's usage is recorded all the same)."""
+        chains = checks.chains
+        assert chains is not None
+        ctx = self.ctx
+        try:
+            body = await run_chain(chains.output, chains, ctx.pool, body, self.request.path, ctx.metrics)
+        except GatewayError as exc:
+            self.responder.send_error(exc, self.request.api_format)
+            self._settle(outcome, self.status)
+            return
+        self._send_checked(hold, body, outcome, checks)
+
+    def _send_checked(self, hold: ResponseHold, body: bytes, outcome: str, checks: ResponseChecks) -> None:
+        policy = checks.policy
+        warn: list[str] = []
+        if policy is not None and may_match(policy, body):
+            try:
+                doc = json_loads(body)
+            except ValueError:
+                doc = None
+            names = scan_texts(policy, response_texts(doc)) if doc is not None else []
+            if names:
+                count(self.ctx.metrics, policy, names, streamed=False)
+                self._name_detections(names)
+                warn = [f"response:{n}" for n in names if policy.actions[n] == "warn"]
+        hold.send(self.responder, body, warn)
+        self._complete(outcome)
 
     # -- retries and fallbacks (plano_fast.failover) ----------------------------------
     def _circuit(self, index: int) -> CircuitBreaker:
