@@ -45,8 +45,6 @@ def test_parse_names_the_field() -> None:
     for raw, message in bad:
         with pytest.raises(RateLimitConfigError, match=message):
             parse_limits(raw)
-    with pytest.raises(RateLimitConfigError, match="redis_url"):
-        build(ok and [{"model": "m", "selector": {"key": "k"}, "limit": {"requests": 1, "unit": "day"}}], None, False, 2)
 
 
 def test_sliding_window_arithmetic() -> None:
