@@ -48,6 +48,7 @@ counted in ``/metrics`` (``ratelimit_backend_errors``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -57,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
+from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
 
 log = logging.getLogger("plano_fast.ratelimit")
 
@@ -334,34 +336,47 @@ return {-1}
 """
 
 
+_CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA.encode()).hexdigest().encode()
+
+
 class RedisBackend:
-    """Buckets in Redis: shared by every worker and instance."""
+    """Buckets in Redis: shared by every worker and instance.
+
+    One round trip on the request path: the check script (EVALSHA; EVAL once after a
+    Redis restart answers NOSCRIPT).  Token debits go after the response, INCRBY and
+    EXPIRE per bucket in one write, nobody waiting on them but the error count."""
 
     def __init__(self, url: str, fail_open: bool, prefix: str = "plano_fast:rl:") -> None:
-        import redis.asyncio as aioredis
-
-        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.script: Any = self.client.register_script(_CHECK_LUA)
+        self.client = RespClient(url)
         self.fail_open = fail_open
-        self.prefix = prefix
+        self.prefix = prefix.encode()
         self.errors = 0
+        #: True from the first failure until the next success (logged once per outage)
         self.down = False
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def _keys(self, b: Bucket, now_s: float) -> tuple[str, str]:
+    def _keys(self, b: Bucket, now_s: float) -> tuple[bytes, bytes]:
         n = int(now_s // b.limit.window_s)
-        base = f"{self.prefix}{b.key}:"
-        return base + str(n), base + str(n - 1)
+        base = self.prefix + b.key.encode() + b":"
+        return base + str(n).encode(), base + str(n - 1).encode()
 
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
-        keys: list[str] = []
-        args: list[Any] = [repr(now_s)]
+        keys: list[bytes] = []
+        args: list[bytes] = [repr(now_s).encode()]
         for b in buckets:
             keys.extend(self._keys(b, now_s))
-            args += [b.limit.amount, b.limit.window_s, "1" if b.limit.kind == "requests" else "0"]
+            limit = b.limit
+            args += [str(limit.amount).encode(), str(limit.window_s).encode(),
+                     b"1" if limit.kind == "requests" else b"0"]  # fmt: skip
+        numkeys = str(len(keys)).encode()
         try:
-            result = await self.script(keys=keys, args=args)
-        except Exception as exc:  # noqa: BLE001 - fail as configured, logged once per outage
+            try:
+                result = await self.client.call(command(b"EVALSHA", _CHECK_SHA, numkeys, *keys, *args))
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # a restarted (empty) Redis: send the script itself; EVAL caches it
+                result = await self.client.call(command(b"EVAL", _CHECK_LUA.encode(), numkeys, *keys, *args))
+        except RedisUnavailable as exc:  # fail as configured, logged once per outage
             return self._failed(exc)
         self._recovered()
         if int(result[0]) < 0:
@@ -371,31 +386,33 @@ class RedisBackend:
         return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        targets = [b for b in buckets if b.limit.kind == "tokens"]
-        if not targets or not tokens:
-            return
-        task = asyncio.get_running_loop().create_task(self._debit(targets, tokens, now_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for b in buckets:
+        parts = []
+        amount = str(tokens).encode()
+        for b in buckets:
+            if b.limit.kind == "tokens":
                 key = self._keys(b, now_s)[0]
-                pipe.incrby(key, tokens)
-                pipe.expire(key, b.limit.window_s * 2 + 1)
-            await pipe.execute()
-            self._recovered()
-        except Exception as exc:  # noqa: BLE001 - a lost debit undercounts; logged, counted
-            self._failed(exc)
+                parts.append(command(b"INCRBY", key, amount))
+                parts.append(command(b"EXPIRE", key, str(b.limit.window_s * 2 + 1).encode()))
+        if not parts or not tokens:
+            return
+        self.client.call(b"".join(parts), len(parts)).add_done_callback(self._debited)
 
-    def _failed(self, exc: BaseException) -> Verdict | None:
+    def _debited(self, future: asyncio.Future[Any]) -> None:
+        exc = future.exception()
+        if exc is None:
+            self._recovered()
+        else:  # a lost debit undercounts: logged (once per outage) and counted
+            self._note_failure(exc)
+
+    def _note_failure(self, exc: BaseException) -> None:
         self.errors += 1
         if not self.down:
             self.down = True
             log.warning("rate-limit backend unreachable (%s): %s", type(exc).__name__,
                         "admitting (fail_open)" if self.fail_open else "refusing (fail_closed)")  # fmt: skip
+
+    def _failed(self, exc: BaseException) -> Verdict | None:
+        self._note_failure(exc)
         if self.fail_open:
             return None
         raise BackendUnavailable()
@@ -406,8 +423,6 @@ class RedisBackend:
             log.warning("rate-limit backend reachable again")
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
 
