@@ -4,6 +4,7 @@ never reached, so every request is checked before forwarding and debited after).
 
     python -m benchmarks.ratelimit_ab                       # 6 rounds of 3 s, concurrency 1
     python -m benchmarks.ratelimit_ab --rounds 8 --duration-s 4 --kind requests
+    python -m benchmarks.ratelimit_ab --callgrind --requests 1000   # instructions per request
 
 Both gateways: firewall mode, one worker, the same fake provider and the same private
 ``redis-server`` (``redis_url`` set on both; A has no ``ratelimits``).  Each round runs
@@ -13,14 +14,21 @@ CPU µs per request, Redis CPU µs per request, p50 and p99 latency, and B - A. 
 trips on B's hot path: one EVALSHA per request (the token debit is a pipelined
 INCRBY+EXPIRE after the response, off the hot path) -- counted from Redis's own
 ``INFO commandstats`` over the run, not assumed.
+
+``--callgrind``: instead of wrk, each gateway in turn runs under valgrind's callgrind and
+the instructions per request at concurrency 1 are counted as ``benchmarks.ab_refs
+--callgrind`` does (its measurement window, idle baseline and deferred work included):
+stable on a loaded machine, where wall-clock and CPU time are not.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,7 @@ from typing import Any
 from benchmarks import run as bench
 from benchmarks.ab_settings import start
 from benchmarks.private_redis import PrivateRedis
+from tests.gateway_proc import GatewayProcess
 
 
 def redis_calls(port: int) -> dict[str, int]:
@@ -52,11 +61,60 @@ def latency_run(url: str, headers: list[tuple[str, str]], duration_s: float, wor
     return bench.parse_wrk(out)
 
 
+class WrappedGateway(GatewayProcess):
+    """``plano_fast serve`` (1 worker) under a wrapper (valgrind)."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], log_path: Path, wrapper: list[str]) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        args = [*wrapper, sys.executable, "-m", "plano_fast", "serve", "--config", str(config_path),
+                "--port", "0", "--workers", "1"]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log, cwd=bench.ROOT,
+                                     env={**os.environ, **env})  # fmt: skip
+        self.port = 0
+        self.admin_port = 0
+        self.pids = []
+        self._wait_ready(1, 600)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def callgrind(configs: dict[str, tuple[Path, Any]], work: Path, args: argparse.Namespace) -> None:
+    from benchmarks import ab_refs
+
+    per_request: dict[str, float] = {}
+    for name, (config_path, setup) in configs.items():
+        out = work / f"cg-{name}"
+        out.mkdir()
+        wrapper = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=no",
+                   f"--callgrind-out-file={out}/callgrind.out.%p"]  # fmt: skip
+        gw = WrappedGateway(config_path, setup.env, out / "gateway.log", wrapper)
+        headers = bench.CLIENT_HEADERS + setup.headers_for("ab")
+        try:
+            ab_refs.send(gw.url, headers, args.warmup, 1)
+            ab_refs._control(gw.proc.pid, "--instr=on")
+            ab_refs.send(gw.url, headers, max(20, args.requests // 10), 1)  # translate the instrumented code
+            r = ab_refs._callgrind_window(gw, headers, 1, out, args)
+        finally:
+            gw.stop()
+        per_request[name] = float(r["per_request"])
+        print(f"{name}: {r['per_request']:,.0f} instructions/request at c=1 (inline {r['inline']:,.0f} + "
+              f"deferred {r['deferred']:,.0f}); {r['requests']} requests in {r['wall_s']:.1f} s", flush=True)
+    print(f"B - A ({args.kind} limit in Redis): {per_request['B'] - per_request['A']:+,.0f} instructions/request "
+          f"({(per_request['B'] / per_request['A'] - 1) * 100:+.1f}%)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration-s", type=float, default=3.0)
     ap.add_argument("--kind", choices=("tokens", "requests"), default="tokens")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per request under callgrind")
+    ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted")
+    ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
+    ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline")
+    ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows last whole multiples")
+    ap.add_argument("--settle-s", type=float, default=21.0, help="callgrind: wait for deferred work")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rl-ab-"))
     fake, fake_port = bench.start_fake(1, work / "fake.log")
@@ -73,8 +131,10 @@ def main() -> int:
         with open(setup_b.config_path, "a") as fh:
             fh.write(f"ratelimits:\n  - model: \"*\"\n    selector: {{project: \"*\"}}\n"
                      f"    limit: {{{args.kind}: 1000000000, unit: minute}}\n")  # fmt: skip
-        from tests.gateway_proc import GatewayProcess
-
+        if args.callgrind:
+            gateways["A"][0].stop()
+            callgrind({k: (setup.config_path, setup) for k, (_, setup) in gateways.items()}, work, args)
+            return 0
         gateways["B"] = (GatewayProcess(setup_b.config_path, log_path=work / "B" / "gateway2.log",
                                         env=setup_b.env), setup_b)  # fmt: skip
         assert redis.proc is not None

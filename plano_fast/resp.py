@@ -8,7 +8,8 @@ writes a command straight to one connection and waits on a future that the reply
 by ``hiredis`` (the C parser redis-py itself uses when installed), resolves: ~18 µs.
 
 Scope: the commands the rate limiter sends (EVALSHA/EVAL, INCRBY, EXPIRE), AUTH and
-SELECT from the URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS).
+SELECT from the URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS,
+``unix:///path/redis.sock?db=N``).
 Every caller's commands go down one TCP connection in order, and Redis answers in order,
 so concurrent requests pipeline without a pool.  A reply not received within
 ``timeout_s`` closes the connection (every waiter fails); a failed connect is not retried
@@ -22,7 +23,7 @@ import asyncio
 import ssl
 from collections import deque
 from typing import Any, Final, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -83,8 +84,9 @@ class RespClient:
 
     def __init__(self, url: str, timeout_s: float = 1.0, retry_s: float = 0.5) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"redis_url: expected redis:// or rediss://, got {parts.scheme}://")
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url: expected redis://, rediss:// or unix://, got {parts.scheme}://")
+        self.unix_path = unquote(parts.path) if parts.scheme == "unix" else None
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.tls = parts.scheme == "rediss"
@@ -92,7 +94,7 @@ class RespClient:
         if parts.password is not None:
             user = [unquote(parts.username).encode()] if parts.username else []
             self.prelude += command(b"AUTH", *user, unquote(parts.password).encode())
-        db = parts.path.strip("/")
+        db = parse_qs(parts.query).get("db", ["0"])[0] if self.unix_path else parts.path.strip("/")
         if db and db != "0":
             self.prelude += command(b"SELECT", db.encode())
         self.timeout_s = timeout_s
@@ -153,11 +155,16 @@ class RespClient:
 
     async def _open(self, done: asyncio.Future[_Protocol]) -> None:
         loop = asyncio.get_running_loop()
+        proto: _Protocol | None = None
         try:
-            _, proto = await asyncio.wait_for(loop.create_connection(
-                lambda: _Protocol(self), self.host, self.port,
-                ssl=ssl.create_default_context() if self.tls else None,
-            ), self.timeout_s)  # fmt: skip
+            if self.unix_path is not None:
+                opening = loop.create_unix_connection(lambda: _Protocol(self), self.unix_path)
+            else:
+                opening = loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port,
+                    ssl=ssl.create_default_context() if self.tls else None,
+                )
+            _, proto = await asyncio.wait_for(opening, self.timeout_s)
             if self.prelude:
                 ready: asyncio.Future[Any] = loop.create_future()
                 count = self.prelude.count(b"\r\n*") + 1
@@ -166,6 +173,8 @@ class RespClient:
             self._proto = proto
             done.set_result(proto)
         except (OSError, asyncio.TimeoutError, RedisUnavailable) as exc:
+            if proto is not None and proto.transport is not None:
+                proto.transport.close()  # e.g. AUTH refused: not kept half set up
             self._retry_at = loop.time() + self.retry_s
             done.set_exception(RedisUnavailable(f"cannot connect: {type(exc).__name__}: {exc}"))
             done.exception()  # retrieved: no "never retrieved" warning when nobody waits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 import urllib.request
 import uuid
@@ -141,3 +142,40 @@ def test_two_workers_without_redis_share_the_instance_limit(fake: FakeProviderTh
         assert metric(gateway, "ratelimit_refused") == 5
     finally:
         gateway.stop()
+
+
+def test_resp_client_auth_db_and_a_stalled_redis(tmp_path: Path) -> None:
+    """plano_fast.resp against a real redis-server with a password: AUTH and SELECT from
+    the URL; a Redis that stops answering (SIGSTOP) fails the waiting call within the
+    timeout instead of hanging the request; it answers again without a new client."""
+    if not available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
+
+    with PrivateRedis(tmp_path, extra_args=("--requirepass", "s3cret")) as server:
+        async def scenario() -> None:
+            key = f"pf-test:{uuid.uuid4().hex}".encode()
+            client = RespClient(f"redis://:s3cret@127.0.0.1:{server.port}/3", timeout_s=0.5, retry_s=0.2)
+            assert await client.call(command(b"INCRBY", key, b"7")) == 7
+            other = RespClient(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+            assert await other.call(command(b"GET", key)) is None  # db 3, not db 0
+            with pytest.raises(ReplyError, match="WRONGTYPE|ERR"):
+                await client.call(command(b"HGET", key, b"field"))
+            wrong = RespClient(f"redis://:nope@127.0.0.1:{server.port}/0")
+            with pytest.raises(RedisUnavailable):
+                await wrong.call(command(b"GET", key))
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(RedisUnavailable):
+                    await client.call(command(b"GET", key))
+                assert time.monotonic() - started < 2.0  # the 0.5 s timeout, checked every 0.25 s
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.3)  # past retry_s: the next call reconnects
+            assert await client.call(command(b"GET", key)) == b"7"
+            for c in (client, other, wrong):
+                await c.aclose()
+
+        asyncio.run(scenario())
