@@ -461,10 +461,10 @@ class Gateway:
         if limits is not None:
             values["ratelimit_refused"] = limits.refused
             backend = limits.backend
-            redis = isinstance(backend, ratelimit.RedisBackend)
-            values["ratelimit_backend_errors"] = backend.errors if redis else 0
+            redis = backend if isinstance(backend, ratelimit.RedisBackend) else None
+            values["ratelimit_backend_errors"] = redis.errors if redis is not None else 0
             # 1 while this process finds the shared rate-limit state unreachable
-            values["ratelimit_backend_down"] = 1 if redis and backend.down else 0
+            values["ratelimit_backend_down"] = 1 if redis is not None and redis.down else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
         preference = gw.ctx.preference
         if preference is not None:

@@ -91,12 +91,15 @@ class RespClient:
         self.port = parts.port or 6379
         self.tls = parts.scheme == "rediss"
         self.prelude = b""
+        self.prelude_count = 0
         if parts.password is not None:
             user = [unquote(parts.username).encode()] if parts.username else []
             self.prelude += command(b"AUTH", *user, unquote(parts.password).encode())
+            self.prelude_count += 1
         db = parse_qs(parts.query).get("db", ["0"])[0] if self.unix_path else parts.path.strip("/")
         if db and db != "0":
             self.prelude += command(b"SELECT", db.encode())
+            self.prelude_count += 1
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         #: (future or None for a reply nobody reads, loop time sent), in send order
@@ -164,11 +167,11 @@ class RespClient:
                     lambda: _Protocol(self), self.host, self.port,
                     ssl=ssl.create_default_context() if self.tls else None,
                 )
-            _, proto = await asyncio.wait_for(opening, self.timeout_s)
+            _, opened = await asyncio.wait_for(opening, self.timeout_s)
+            proto = opened
             if self.prelude:
                 ready: asyncio.Future[Any] = loop.create_future()
-                count = self.prelude.count(b"\r\n*") + 1
-                self._send(proto, self.prelude, count, ready, loop.time())
+                self._send(proto, self.prelude, self.prelude_count, ready, loop.time())
                 await asyncio.wait_for(ready, self.timeout_s)
             self._proto = proto
             done.set_result(proto)

@@ -353,3 +353,32 @@ def test_the_openai_sdk_retries_after_the_advertised_delay(fake: FakeProviderThr
         assert len([r for r in fake.requests if not r.path.startswith("/_fake")]) == 1  # refusal never forwarded
     finally:
         gateway.stop()
+
+
+def test_gemini_format_clients_are_limited_too(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Config mode's Gemini-format endpoint (native and converted) counts against the same
+    limits: it was a way around them.  Refused: 429 RESOURCE_EXHAUSTED, Gemini's shape."""
+    import json
+
+    from tests.test_conversion_e2e import GEMINI_NATIVE, _gemini_post
+
+    config = write_config(tmp_path / "plano_gemini.yaml", fake.port,
+                          extra_providers=GEMINI_NATIVE.format(port=fake.port))  # fmt: skip
+    with open(config, "a") as f:
+        f.write("ratelimits:\n"
+                "  - model: \"*\"\n    selector: {api_key: \"*\"}\n    limit: {requests: 2, unit: minute}\n")  # fmt: skip
+    gateway = GatewayProcess(config)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+    try:
+        key = f"goog-{uuid.uuid4().hex}"
+        native = gateway.url + "/v1beta/models/gemini-2.5-flash:generateContent"
+        converted = gateway.url + "/v1beta/models/gpt-4o-mini:generateContent"  # an OpenAI provider
+        assert _gemini_post(native, body, key)[0] == 200
+        assert _gemini_post(converted, body, key)[0] == 200
+        for url in (native, converted):
+            status, raw = _gemini_post(url, body, key)
+            assert status == 429, raw
+            assert json.loads(raw)["error"]["status"] == "RESOURCE_EXHAUSTED"
+        assert _gemini_post(native, body, f"goog-{uuid.uuid4().hex}")[0] == 200  # another key
+    finally:
+        gateway.stop()
