@@ -382,3 +382,41 @@ def test_gemini_format_clients_are_limited_too(fake: FakeProviderThread, tmp_pat
         assert _gemini_post(native, body, f"goog-{uuid.uuid4().hex}")[0] == 200  # another key
     finally:
         gateway.stop()
+
+
+def test_managed_limits_per_project_and_per_token(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Managed mode: two requests per project per minute (another project has its own
+    bucket) and a token limit on one token's hash, before any budget reservation."""
+    from plano_fast.managed.state import token_hash
+    from tests.test_managed import DEFAULT_PIPE, ENV, provision
+
+    sqlite_path = str(tmp_path / "plano_managed.db")
+    tenants: list[Any] = []
+    config = write_config(tmp_path / "plano_managed.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+
+    def setup() -> None:
+        tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))
+        tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))
+        with open(config, "a") as f:
+            f.write("ratelimits:\n"
+                    "  - model: \"*\"\n    selector: {project: \"*\"}\n    limit: {requests: 2, unit: minute}\n"
+                    f"  - model: gpt-4o-mini\n    selector: {{api_key: \"{token_hash(tenants[1].token)}\"}}\n"
+                    "    limit: {tokens: 1, unit: hour}\n")  # fmt: skip
+
+    gateway = GatewayProcess(config, env=ENV, before_start=setup)
+    try:
+        def ask(token: str) -> int:
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0) as client:
+                try:
+                    return client.chat.completions.with_raw_response.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).status_code
+                except openai.RateLimitError as exc:
+                    assert exc.response.headers["retry-after"]
+                    return 429
+
+        first, second = tenants
+        assert [ask(first.token) for _ in range(3)] == [200, 200, 429]  # the project's requests
+        assert [ask(second.token) for _ in range(2)] == [200, 429]  # its token's tokens (1/hour)
+        assert second.token not in gateway.log_text()
+    finally:
+        gateway.stop()
