@@ -2,7 +2,7 @@
 many concurrent clients on one selector value with a token limit per minute.
 
     python -m benchmarks.ratelimit_multi                     # 200 clients, the must-show
-    python -m benchmarks.ratelimit_multi --clients 200 --limit-tokens 3000 --requests-per-client 5
+    python -m benchmarks.ratelimit_multi --clients 200 --limit-tokens 3000 --requests-per-client 5  # one wave over
 
 Every client sends its requests one after another (alternating the two instances by
 client), each answered by the fake provider with ``--input-tokens`` + ``--output-tokens``
@@ -153,7 +153,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--requests-per-client", type=int, default=5)
-    ap.add_argument("--limit-tokens", type=int, default=3000)
+    ap.add_argument("--limit-tokens", type=int, default=15000)
     ap.add_argument("--input-tokens", type=int, default=10)
     ap.add_argument("--output-tokens", type=int, default=20)
     ap.add_argument("--latency-ms", type=int, default=50)
