@@ -462,7 +462,8 @@ class Gateway:
             values["ratelimit_refused"] = limits.refused
             backend = limits.backend
             redis = backend if isinstance(backend, ratelimit.RedisBackend) else None
-            values["ratelimit_backend_errors"] = redis.errors if redis is not None else 0
+            shared = None if isinstance(backend, ratelimit.MemoryBackend) else backend
+            values["ratelimit_backend_errors"] = shared.errors if shared is not None else 0
             # 1 while this process finds the shared rate-limit state unreachable
             values["ratelimit_backend_down"] = 1 if redis is not None and redis.down else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)

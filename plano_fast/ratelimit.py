@@ -52,6 +52,7 @@ import hashlib
 import logging
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -244,8 +245,8 @@ class SqliteBackend:
     _SWEEP_EVERY: Final = 4096
 
     def __init__(self, path: str) -> None:
-        import sqlite3
-
+        self.path = path
+        self.errors = 0
         self.db = sqlite3.connect(path, isolation_level=None, timeout=1.0, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=OFF")
@@ -267,6 +268,14 @@ class SqliteBackend:
         )
 
     def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        try:
+            return self._check(buckets, now_s)
+        except sqlite3.Error as exc:  # locked past the busy timeout, disk full: 503, never unmetered
+            self.errors += 1
+            log.warning("rate-limit store %s: %s", self.path, exc)
+            raise BackendUnavailable() from None
+
+    def _check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -292,12 +301,16 @@ class SqliteBackend:
         if not targets or not tokens:
             return
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for b in targets:
-                self._add(b.key, int(now_s // b.limit.window_s), tokens, b.limit.window_s)
-        finally:
-            db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for b in targets:
+                    self._add(b.key, int(now_s // b.limit.window_s), tokens, b.limit.window_s)
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:  # a lost debit undercounts: logged, counted
+            self.errors += 1
+            log.warning("rate-limit store %s: debit lost: %s", self.path, exc)
 
     def _maybe_sweep(self, now_s: float) -> None:
         """Forget windows that no longer count (a selector "*" makes many buckets)."""
