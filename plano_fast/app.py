@@ -230,7 +230,8 @@ class Gateway:
         self.ctx.response_checks = checks.response_checks()
         self.ctx.ratelimits = ratelimit.build(
             self.config.raw.get("ratelimits"), settings.redis_url,
-            settings.ratelimit_on_backend_error == "fail_open", 2 if self.metrics_dir else 1,
+            settings.ratelimit_on_backend_error == "fail_open",
+            str(self.metrics_dir) if self.metrics_dir else None,  # the workers' shared directory
         )  # fmt: skip
         if self.config.preference_routing is not None:
             self.ctx.preference = PreferenceRouter(
@@ -468,7 +469,11 @@ class Gateway:
         if limits is not None:
             values["ratelimit_refused"] = limits.refused
             backend = limits.backend
-            values["ratelimit_backend_errors"] = backend.errors if isinstance(backend, ratelimit.RedisBackend) else 0
+            redis = backend if isinstance(backend, ratelimit.RedisBackend) else None
+            shared = None if isinstance(backend, ratelimit.MemoryBackend) else backend
+            values["ratelimit_backend_errors"] = shared.errors if shared is not None else 0
+            # 1 while this process finds the shared rate-limit state unreachable
+            values["ratelimit_backend_down"] = 1 if redis is not None and redis.down else 0
         values["blocked_scopes_current"] = len(gw.billing.budget.blocked)
         preference = gw.ctx.preference
         if preference is not None:

@@ -7,6 +7,21 @@ Config (Plano's shape, plus request limits)::
         selector: {key: x-user-id, value: "*"}   # "*": one bucket per distinct value
         limit: {tokens: 100000, unit: minute}    # or {requests: 60, unit: minute}; unit minute|hour|day
 
+plano_fast extensions (the same list, so one place holds every limit and ``plano-fast
+validate`` explains them all)::
+
+      - model: "*"                          # any model
+        selector: {project: "*"}            # one bucket per firewall / managed project
+        limit: {requests: 600, unit: minute}
+      - model: gpt-4o-mini
+        selector: {api_key: "*"}            # one bucket per client key (its SHA-256; or
+        limit: {tokens: 50000, unit: hour}  #   the 64-hex SHA-256 of one key)
+      - ... limit: {requests: 5, unit: second}   # unit second: short bursts (and tests)
+
+A project selector matches firewall projects and managed projects (config mode has none);
+an api_key selector matches the key hash firewall and config mode identify callers by, and
+a managed token's hash.
+
 Algorithm: a **sliding-window counter** per bucket -- the current fixed window's count plus
 the previous window's count weighted by how much of it still overlaps the sliding window.
 Chosen over GCRA because token limits can only be debited after the response (the usage is
@@ -21,9 +36,11 @@ overshoot for token limits: at most the tokens of the requests admitted while th
 was still under its limit and not yet settled (the requests in flight when it emptied).
 
 Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script per check,
-debits pipelined), shared by every worker and instance; without it, in this process --
-so a config with ratelimits and ``--workers`` > 1 needs ``redis_url`` (refused at start
-otherwise, never per-worker silently).  Redis unreachable: ``ratelimit_on_backend_error``
+debits pipelined), shared by every worker and instance; without it, with one worker, in
+this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
+run directory (the one the workers' metrics snapshots use): every worker of the instance
+checks and debits the same counters in one ``BEGIN IMMEDIATE`` transaction, so the limit
+holds for the instance, never per worker.  Redis unreachable: ``ratelimit_on_backend_error``
 ``fail_closed`` (default: 503) or ``fail_open`` (admit), logged once per outage and
 counted in ``/metrics`` (``ratelimit_backend_errors``).
 """
@@ -31,18 +48,28 @@ counted in ``/metrics`` (``ratelimit_backend_errors``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
+from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
 
 log = logging.getLogger("plano_fast.ratelimit")
 
-UNITS_S: Final = {"minute": 60, "hour": 3600, "day": 86_400}
+UNITS_S: Final = {"second": 1, "minute": 60, "hour": 3600, "day": 86_400}
+_UNIT_NAMES: Final = {v: k for k, v in UNITS_S.items()}
+_SHA256_HEX: Final = frozenset("0123456789abcdef")
+
+#: what a limit's selector matches: a request header (Plano), the firewall / managed
+#: project, the client key's hash (plano_fast extensions)
+Scope = Literal["header", "project", "api_key"]
 
 
 class RateLimitConfigError(ValueError):
@@ -52,17 +79,25 @@ class RateLimitConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Limit:
     index: int
-    model: str
-    header: bytes  # lowercased
+    model: str  # "*" = any model
+    header: bytes  # lowercased; b"" unless scope == "header"
     value: str  # "*" = one bucket per value
     amount: int
     kind: Literal["tokens", "requests"]
     window_s: int
+    scope: Scope = "header"
 
     def describe(self) -> str:
-        who = f"each distinct {self.header.decode()}" if self.value == "*" else f"{self.header.decode()}: {self.value}"
-        unit = {60: "minute", 3600: "hour", 86_400: "day"}[self.window_s]
-        return f"model {self.model}, {who}: at most {self.amount} {self.kind} per {unit}"
+        if self.scope == "project":
+            who = "each project" if self.value == "*" else f"project {self.value}"
+        elif self.scope == "api_key":
+            who = "each API key" if self.value == "*" else f"API key {self.value[:12]}..."
+        elif self.value == "*":
+            who = f"each distinct {self.header.decode()}"
+        else:
+            who = f"{self.header.decode()}: {self.value}"
+        model = "any model" if self.model == "*" else f"model {self.model}"
+        return f"{model}, {who}: at most {self.amount} {self.kind} per {_UNIT_NAMES[self.window_s]}"
 
 
 def parse_limits(raw: object) -> tuple[Limit, ...]:
@@ -81,11 +116,30 @@ def parse_limits(raw: object) -> tuple[Limit, ...]:
         limit = item.get("limit")
         if not isinstance(model, str) or not model:
             raise RateLimitConfigError(f"{where}.model: a model name is required")
-        if not isinstance(selector, dict) or not isinstance(selector.get("key"), str) or not selector["key"]:
-            raise RateLimitConfigError(f"{where}.selector.key: a request header name is required")
-        value = selector.get("value", "*")
-        if not isinstance(value, str) or not value:
-            raise RateLimitConfigError(f"{where}.selector.value: a string (\"*\" for each value)")
+        if not isinstance(selector, dict):
+            raise RateLimitConfigError(f"{where}.selector: expected {{key: HEADER, value: V}}, {{project: V}} or {{api_key: V}}")
+        scopes = [k for k in ("key", "project", "api_key") if k in selector]
+        if not scopes:
+            raise RateLimitConfigError(f"{where}.selector.key: a request header name is required (or project / api_key)")
+        if len(scopes) > 1:
+            raise RateLimitConfigError(f"{where}.selector: give one of key (a request header), project or api_key")
+        scope: Scope
+        if scopes[0] == "key":
+            scope, header = "header", selector["key"]
+            if not isinstance(header, str) or not header.strip():
+                raise RateLimitConfigError(f"{where}.selector.key: a request header name is required")
+            value = selector.get("value", "*")
+            if not isinstance(value, str) or not value:
+                raise RateLimitConfigError(f"{where}.selector.value: a string (\"*\" for each value)")
+        else:
+            scope, header = scopes[0], ""  # type: ignore[assignment]
+            value = selector[scopes[0]]
+            if not isinstance(value, str) or not value:
+                raise RateLimitConfigError(f"{where}.selector.{scope}: a string (\"*\" for each {scope})")
+            if scope == "api_key" and value != "*" and (len(value) != 64 or not set(value) <= _SHA256_HEX):
+                raise RateLimitConfigError(
+                    f"{where}.selector.api_key: \"*\" or the key's SHA-256 (64 lowercase hex digits), never the key"
+                )
         if not isinstance(limit, dict):
             raise RateLimitConfigError(f"{where}.limit: expected {{tokens|requests: N, unit: minute|hour|day}}")
         kinds = [k for k in ("tokens", "requests") if k in limit]
@@ -96,9 +150,9 @@ def parse_limits(raw: object) -> tuple[Limit, ...]:
             raise RateLimitConfigError(f"{where}.limit.{kinds[0]}: a positive integer")
         unit = limit.get("unit")
         if unit not in UNITS_S:
-            raise RateLimitConfigError(f"{where}.limit.unit: one of minute, hour, day (got {unit!r})")
-        out.append(Limit(i, model, selector["key"].strip().lower().encode(), value, amount,
-                         kinds[0], UNITS_S[unit]))  # type: ignore[arg-type]  # fmt: skip
+            raise RateLimitConfigError(f"{where}.limit.unit: one of second, minute, hour, day (got {unit!r})")
+        out.append(Limit(i, model, header.strip().lower().encode(), value, amount,
+                         kinds[0], UNITS_S[unit], scope))  # type: ignore[arg-type]  # fmt: skip
     return tuple(out)
 
 
@@ -177,6 +231,98 @@ class MemoryBackend:
         return None
 
 
+class SqliteBackend:
+    """Buckets in a SQLite file shared by the workers of one instance (no Redis).
+
+    Each check is one ``BEGIN IMMEDIATE`` transaction (read both windows of every bucket,
+    increment the request buckets when admitted), so two workers never both take the
+    last unit; a debit is one more.  The file lives in the instance's run directory (a
+    temporary directory the supervisor removes), written with ``synchronous=OFF``: the
+    counters are worth nothing after the instance stops.  A locked file waits (busy
+    timeout 1 s) on the event loop: the transactions are microseconds long.
+    """
+
+    _SWEEP_EVERY: Final = 4096
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.errors = 0
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=1.0, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS rl_counts (bucket TEXT NOT NULL, window INTEGER NOT NULL,"
+            " n INTEGER NOT NULL, expires_s INTEGER NOT NULL, PRIMARY KEY (bucket, window)) WITHOUT ROWID"
+        )
+        self._ops = 0
+
+    def _count(self, key: str, window: int) -> int:
+        row = self.db.execute("SELECT n FROM rl_counts WHERE bucket = ? AND window = ?", (key, window)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _add(self, key: str, window: int, amount: int, window_s: int) -> None:
+        self.db.execute(
+            "INSERT INTO rl_counts (bucket, window, n, expires_s) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (bucket, window) DO UPDATE SET n = n + excluded.n",
+            (key, window, amount, (window + 2) * window_s),
+        )
+
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        try:
+            return self._check(buckets, now_s)
+        except sqlite3.Error as exc:  # locked past the busy timeout, disk full: 503, never unmetered
+            self.errors += 1
+            log.warning("rate-limit store %s: %s", self.path, exc)
+            raise BackendUnavailable() from None
+
+    def _check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for b in buckets:
+                w = b.limit.window_s
+                n = int(now_s // w)
+                prev, cur = self._count(b.key, n - 1), self._count(b.key, n)
+                if estimate(prev, cur, w, now_s) >= b.limit.amount:
+                    return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
+            for b in buckets:
+                if b.limit.kind == "requests":
+                    self._add(b.key, int(now_s // b.limit.window_s), 1, b.limit.window_s)
+            self._maybe_sweep(now_s)
+            return None
+        finally:
+            db.execute("COMMIT")
+
+    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+        return self.check_now(buckets, now_s)
+
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+        targets = [b for b in buckets if b.limit.kind == "tokens"]
+        if not targets or not tokens:
+            return
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for b in targets:
+                    self._add(b.key, int(now_s // b.limit.window_s), tokens, b.limit.window_s)
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:  # a lost debit undercounts: logged, counted
+            self.errors += 1
+            log.warning("rate-limit store %s: debit lost: %s", self.path, exc)
+
+    def _maybe_sweep(self, now_s: float) -> None:
+        """Forget windows that no longer count (a selector "*" makes many buckets)."""
+        self._ops += 1
+        if self._ops >= self._SWEEP_EVERY:
+            self._ops = 0
+            self.db.execute("DELETE FROM rl_counts WHERE expires_s < ?", (int(now_s),))
+
+    async def close(self) -> None:
+        self.db.close()
+
+
 # KEYS: per bucket, the current and previous window keys; ARGV: [now_s, then per bucket:
 # amount, window_s, is_requests].  Returns {-1} when admitted (request buckets incremented),
 # else {index, prev, cur} of the first bucket at or over its limit.
@@ -203,34 +349,47 @@ return {-1}
 """
 
 
+_CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA.encode()).hexdigest().encode()
+
+
 class RedisBackend:
-    """Buckets in Redis: shared by every worker and instance."""
+    """Buckets in Redis: shared by every worker and instance.
+
+    One round trip on the request path: the check script (EVALSHA; EVAL once after a
+    Redis restart answers NOSCRIPT).  Token debits go after the response, INCRBY and
+    EXPIRE per bucket in one write, nobody waiting on them but the error count."""
 
     def __init__(self, url: str, fail_open: bool, prefix: str = "plano_fast:rl:") -> None:
-        import redis.asyncio as aioredis
-
-        self.client: Any = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self.script: Any = self.client.register_script(_CHECK_LUA)
+        self.client = RespClient(url)
         self.fail_open = fail_open
-        self.prefix = prefix
+        self.prefix = prefix.encode()
         self.errors = 0
-        self._down = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: True from the first failure until the next success (logged once per outage)
+        self.down = False
 
-    def _keys(self, b: Bucket, now_s: float) -> tuple[str, str]:
+    def _keys(self, b: Bucket, now_s: float) -> tuple[bytes, bytes]:
         n = int(now_s // b.limit.window_s)
-        base = f"{self.prefix}{b.key}:"
-        return base + str(n), base + str(n - 1)
+        base = self.prefix + b.key.encode() + b":"
+        return base + str(n).encode(), base + str(n - 1).encode()
 
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
-        keys: list[str] = []
-        args: list[Any] = [repr(now_s)]
+        keys: list[bytes] = []
+        args: list[bytes] = [repr(now_s).encode()]
         for b in buckets:
             keys.extend(self._keys(b, now_s))
-            args += [b.limit.amount, b.limit.window_s, "1" if b.limit.kind == "requests" else "0"]
+            limit = b.limit
+            args += [str(limit.amount).encode(), str(limit.window_s).encode(),
+                     b"1" if limit.kind == "requests" else b"0"]  # fmt: skip
+        numkeys = str(len(keys)).encode()
         try:
-            result = await self.script(keys=keys, args=args)
-        except Exception as exc:  # noqa: BLE001 - fail as configured, logged once per outage
+            try:
+                result = await self.client.call(command(b"EVALSHA", _CHECK_SHA, numkeys, *keys, *args))
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # a restarted (empty) Redis: send the script itself; EVAL caches it
+                result = await self.client.call(command(b"EVAL", _CHECK_LUA.encode(), numkeys, *keys, *args))
+        except RedisUnavailable as exc:  # fail as configured, logged once per outage
             return self._failed(exc)
         self._recovered()
         if int(result[0]) < 0:
@@ -240,43 +399,43 @@ class RedisBackend:
         return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        targets = [b for b in buckets if b.limit.kind == "tokens"]
-        if not targets or not tokens:
-            return
-        task = asyncio.get_running_loop().create_task(self._debit(targets, tokens, now_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for b in buckets:
+        parts = []
+        amount = str(tokens).encode()
+        for b in buckets:
+            if b.limit.kind == "tokens":
                 key = self._keys(b, now_s)[0]
-                pipe.incrby(key, tokens)
-                pipe.expire(key, b.limit.window_s * 2 + 1)
-            await pipe.execute()
-            self._recovered()
-        except Exception as exc:  # noqa: BLE001 - a lost debit undercounts; logged, counted
-            self._failed(exc)
+                parts.append(command(b"INCRBY", key, amount))
+                parts.append(command(b"EXPIRE", key, str(b.limit.window_s * 2 + 1).encode()))
+        if not parts or not tokens:
+            return
+        self.client.call(b"".join(parts), len(parts)).add_done_callback(self._debited)
 
-    def _failed(self, exc: BaseException) -> Verdict | None:
+    def _debited(self, future: asyncio.Future[Any]) -> None:
+        exc = future.exception()
+        if exc is None:
+            self._recovered()
+        else:  # a lost debit undercounts: logged (once per outage) and counted
+            self._note_failure(exc)
+
+    def _note_failure(self, exc: BaseException) -> None:
         self.errors += 1
-        if not self._down:
-            self._down = True
+        if not self.down:
+            self.down = True
             log.warning("rate-limit backend unreachable (%s): %s", type(exc).__name__,
                         "admitting (fail_open)" if self.fail_open else "refusing (fail_closed)")  # fmt: skip
+
+    def _failed(self, exc: BaseException) -> Verdict | None:
+        self._note_failure(exc)
         if self.fail_open:
             return None
         raise BackendUnavailable()
 
     def _recovered(self) -> None:
-        if self._down:
-            self._down = False
+        if self.down:
+            self.down = False
             log.warning("rate-limit backend reachable again")
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
 
 
@@ -313,40 +472,65 @@ class RateLimited(ClientError):
 class RateLimits:
     """The configured limits and their backend."""
 
-    def __init__(self, limits: Sequence[Limit], backend: MemoryBackend | RedisBackend) -> None:
+    def __init__(self, limits: Sequence[Limit], backend: MemoryBackend | SqliteBackend | RedisBackend) -> None:
         self.limits = tuple(limits)
         self.backend = backend
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
-            self.by_model[limit.model] = self.by_model.get(limit.model, ()) + (limit,)
+            if limit.model != "*":
+                self.by_model[limit.model] = self.by_model.get(limit.model, ()) + (limit,)
+        #: the limits on every model (``model: "*"``), matched once per request
+        self.any_model = tuple(limit for limit in self.limits if limit.model == "*")
         self.refused = 0
 
     @property
     def asynchronous(self) -> bool:
         return isinstance(self.backend, RedisBackend)
 
-    def buckets(self, models: Sequence[str | None], headers: Sequence[tuple[bytes, bytes]]) -> list[Bucket]:
-        """The buckets a request falls in (its model by any of the names given)."""
+    def buckets(
+        self,
+        models: Sequence[str | None],
+        headers: Sequence[tuple[bytes, bytes]],
+        project: str | None = None,
+        key_hash: str | None = None,
+    ) -> list[Bucket]:
+        """The buckets a request falls in (its model by any of the names given; its
+        project and client key hash when the mode knows them)."""
         found: list[Bucket] = []
         seen: set[int] = set()
         for model in models:
-            for limit in self.by_model.get(model or "", ()):
-                if limit.index in seen:
-                    continue
-                value = _header(headers, limit.header)
-                if value is None or (limit.value != "*" and value != limit.value):
-                    continue
-                seen.add(limit.index)
-                found.append(Bucket(limit, f"{limit.index}:{value}"))
+            self._match(self.by_model.get(model or "", ()), headers, project, key_hash, found, seen)
+        if self.any_model:
+            self._match(self.any_model, headers, project, key_hash, found, seen)
         return found
+
+    @staticmethod
+    def _match(
+        limits: Sequence[Limit], headers: Sequence[tuple[bytes, bytes]], project: str | None,
+        key_hash: str | None, found: list[Bucket], seen: set[int],
+    ) -> None:  # fmt: skip
+        for limit in limits:
+            if limit.index in seen:
+                continue
+            scope = limit.scope
+            if scope == "header":
+                value = _header(headers, limit.header)
+            elif scope == "project":
+                value = project
+            else:
+                value = key_hash
+            if value is None or (limit.value != "*" and value != limit.value):
+                continue
+            seen.add(limit.index)
+            found.append(Bucket(limit, f"{limit.index}:{value}"))
 
     def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
         self.backend.debit(buckets, tokens, time.time())
 
     def admit_now(self, buckets: Sequence[Bucket]) -> None:
-        """The in-process check (raises RateLimited); only when not ``asynchronous``."""
+        """The synchronous check (raises RateLimited); only when not ``asynchronous``."""
         backend = self.backend
-        assert isinstance(backend, MemoryBackend)
+        assert not isinstance(backend, RedisBackend)
         verdict = backend.check_now(buckets, time.time())
         if verdict is not None:
             self.refused += 1
@@ -381,7 +565,10 @@ def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = Non
     """Retry-After and the rate-limit headers the client's SDK knows."""
     limit = verdict.limit
     retry = max(1, math.ceil(verdict.retry_after_s))
-    headers = [(b"retry-after", str(retry).encode())]
+    # retry-after-ms: the openai and anthropic SDKs read it first, so a sub-second wait
+    # (unit: second) is not rounded up to a whole second
+    retry_ms = max(1, math.ceil(verdict.retry_after_s * 1000))
+    headers = [(b"retry-after", str(retry).encode()), (b"retry-after-ms", str(retry_ms).encode())]
     if anthropic:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_s or time.time()) + verdict.retry_after_s))
         kind = b"tokens" if limit.kind == "tokens" else b"requests"
@@ -400,17 +587,17 @@ def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = Non
     return tuple(headers)
 
 
-def build(raw: object, redis_url: str | None, fail_open: bool, workers: int) -> RateLimits | None:
+def build(raw: object, redis_url: str | None, fail_open: bool, shared_dir: str | None) -> RateLimits | None:
+    """The limits and their backend: Redis with ``redis_url``; else, when the instance
+    runs several workers (``shared_dir``: their common run directory), a SQLite file
+    there; else this process's memory."""
     limits = parse_limits(raw)
     if not limits:
         return None
     if redis_url:
         return RateLimits(limits, RedisBackend(redis_url, fail_open))
-    if workers > 1:
-        raise RateLimitConfigError(
-            "ratelimits with --workers > 1 need plano_fast.redis_url: per-worker buckets would "
-            "multiply every limit by the number of workers"
-        )
+    if shared_dir is not None:
+        return RateLimits(limits, SqliteBackend(os.path.join(shared_dir, "ratelimits.sqlite3")))
     return RateLimits(limits, MemoryBackend())
 
 

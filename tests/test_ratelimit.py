@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -21,6 +22,7 @@ from plano_fast.ratelimit import (
     Bucket,
     MemoryBackend,
     RateLimitConfigError,
+    SqliteBackend,
     build,
     estimate,
     parse_limits,
@@ -45,8 +47,6 @@ def test_parse_names_the_field() -> None:
     for raw, message in bad:
         with pytest.raises(RateLimitConfigError, match=message):
             parse_limits(raw)
-    with pytest.raises(RateLimitConfigError, match="redis_url"):
-        build(ok and [{"model": "m", "selector": {"key": "k"}, "limit": {"requests": 1, "unit": "day"}}], None, False, 2)
 
 
 def test_sliding_window_arithmetic() -> None:
@@ -211,3 +211,212 @@ def test_validate_explains_each_limit(fake: FakeProviderThread, tmp_path: Path) 
     assert out.returncode == 0, out.stderr
     assert "rate limit: model gpt-4o-mini, each distinct x-user-id: at most 3 requests per minute" in out.stdout
     assert "rate limit: model claude-sonnet-4-6, each distinct x-user-id: at most 30 tokens per hour" in out.stdout
+
+
+def test_project_and_api_key_selectors_parse_and_match() -> None:
+    digest = "ab" * 32
+    project, key, anymodel = parse_limits([
+        {"model": "*", "selector": {"project": "*"}, "limit": {"requests": 3, "unit": "minute"}},
+        {"model": "gpt-4o", "selector": {"api_key": digest}, "limit": {"tokens": 10, "unit": "second"}},
+        {"model": "*", "selector": {"key": "x-team", "value": "red"}, "limit": {"tokens": 5, "unit": "day"}},
+    ])  # fmt: skip
+    assert project.describe() == "any model, each project: at most 3 requests per minute"
+    assert key.describe() == "model gpt-4o, API key abababababab...: at most 10 tokens per second"
+    assert key.window_s == 1 and key.scope == "api_key" and anymodel.scope == "header"
+    with pytest.raises(RateLimitConfigError, match=r"api_key: .*never the key"):
+        parse_limits([{"model": "m", "selector": {"api_key": "sk-live-secret"}, "limit": {"requests": 1, "unit": "day"}}])
+    with pytest.raises(RateLimitConfigError, match="give one of"):
+        parse_limits([{"model": "m", "selector": {"key": "k", "project": "*"}, "limit": {"requests": 1, "unit": "day"}}])
+    limits = build([
+        {"model": "*", "selector": {"project": "*"}, "limit": {"requests": 3, "unit": "minute"}},
+        {"model": "gpt-4o", "selector": {"api_key": digest}, "limit": {"tokens": 10, "unit": "second"}},
+    ], None, False, None)  # fmt: skip
+    assert limits is not None and isinstance(limits.backend, MemoryBackend)
+    keys = [b.key for b in limits.buckets(("gpt-4o",), [], "p1", digest)]
+    assert keys == [f"1:{digest}", "0:p1"]
+    assert [b.key for b in limits.buckets(("gpt-4o",), [], None, "cd" * 32)] == []  # no project, other key
+    assert [b.key for b in limits.buckets(("other",), [], "p2", digest)] == ["0:p2"]  # "*" = any model
+
+
+def test_sqlite_backend_is_one_store_for_every_worker(tmp_path: Path) -> None:
+    """Two connections to the instance's file stand for two workers: one count."""
+    (req, tok) = parse_limits([
+        {"model": "m", "selector": {"key": "k"}, "limit": {"requests": 3, "unit": "minute"}},
+        {"model": "m", "selector": {"key": "k"}, "limit": {"tokens": 50, "unit": "minute"}},
+    ])  # fmt: skip
+    assert build([], None, False, str(tmp_path)) is None  # no limits: nothing built
+    a = SqliteBackend(str(tmp_path / "rl.sqlite3"))
+    b = SqliteBackend(str(tmp_path / "rl.sqlite3"))
+    buckets = [Bucket(req, "0:x")]
+    assert a.check_now(buckets, 60.0) is None and b.check_now(buckets, 60.5) is None
+    assert a.check_now(buckets, 61.0) is None
+    verdict = b.check_now(buckets, 62.0)
+    assert verdict is not None and verdict.limit is req and verdict.retry_after_s == 58.0
+    a.debit([Bucket(tok, "1:x")], 60, 62.0)
+    assert b.check_now([Bucket(tok, "1:x")], 63.0) is not None  # the other worker's debit counts
+    assert b.check_now([Bucket(tok, "1:y")], 63.0) is None
+
+
+def _fw_limits(other_key_hash: str) -> str:
+    return (
+        "  - model: \"*\"\n    selector: {project: \"*\"}\n    limit: {requests: 3, unit: minute}\n"
+        f"  - model: \"*\"\n    selector: {{api_key: \"{other_key_hash}\"}}\n    limit: {{tokens: 1, unit: hour}}\n"
+    )
+
+
+def test_firewall_limits_per_project_and_per_key(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Firewall mode: three requests per project per minute (two keys of one project share
+    it, another project has its own), and one key of the other project has a token limit."""
+    from tests.test_firewall import ANT_KEY, USER_KEY, sha, setup_keys, with_store
+
+    other_key = "sk-fw-other-project-key-000000000"
+    sqlite_path = tmp_path / "plano_fw.db"
+    config = write_config(tmp_path / "plano_fw.yaml", fake.port, {"mode": "firewall"})
+    with open(config, "a") as f:
+        f.write("ratelimits:\n" + _fw_limits(sha(other_key)))
+
+    def register() -> None:
+        setup_keys(str(sqlite_path), fake.url)
+
+        async def other(store: Any) -> None:
+            project = await store.create_project("fw-other")
+            await store.register_api_key(sha(other_key), project.id, "openai", fake.url, "other", None)
+
+        with_store(str(sqlite_path), other)
+
+    gateway = GatewayProcess(config, before_start=register)
+    try:
+        def ask(key: str) -> Any:
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as client:
+                return client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+        assert ask(USER_KEY).status_code == 200 and ask(USER_KEY).status_code == 200
+        with anthropic.Anthropic(base_url=gateway.url, api_key=ANT_KEY, max_retries=0) as ant:
+            def ant_ask() -> Any:
+                return ant.messages.create(model="claude-sonnet-4-6", max_tokens=5,
+                                           messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+
+            ant_ask()  # the project's third request, through its other key
+            with pytest.raises(anthropic.RateLimitError) as ant_err:
+                ant_ask()
+        h = ant_err.value.response.headers
+        assert h["anthropic-ratelimit-requests-limit"] == "3" and h["anthropic-ratelimit-requests-remaining"] == "0"
+        assert ant_err.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        with pytest.raises(openai.RateLimitError) as err:
+            ask(USER_KEY)
+        assert err.value.response.headers["x-ratelimit-limit-requests"] == "3"
+        # the other project: its own request bucket; its key's token limit (1/hour) is
+        # crossed by the first answer, so the second request is refused on tokens
+        assert ask(other_key).status_code == 200
+        with pytest.raises(openai.RateLimitError) as err:
+            ask(other_key)
+        headers = err.value.response.headers
+        assert headers["x-ratelimit-limit-tokens"] == "1" and err.value.body["type"] == "tokens"  # type: ignore[index]
+        assert 1 <= int(headers["retry-after"]) <= 3600 and int(headers["retry-after-ms"]) > 0
+        assert other_key not in gateway.log_text() and sha(other_key) not in err.value.response.text
+    finally:
+        gateway.stop()
+
+
+def test_the_openai_sdk_retries_after_the_advertised_delay(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Config mode, one request per second per client key (``unit: second``, a plano_fast
+    extension): a call made in the same second as the one before gets 429 with
+    ``retry-after-ms``; the SDK (max_retries=2) waits that long and its retry is served."""
+    config = write_config(tmp_path / "plano_retry.yaml", fake.port)
+    with open(config, "a") as f:
+        f.write("ratelimits:\n  - model: gpt-4o-mini\n    selector: {api_key: \"*\"}\n"
+                "    limit: {requests: 1, unit: second}\n")  # fmt: skip
+    seen: list[tuple[float, int, str | None]] = []
+
+    def record(response: httpx.Response) -> None:
+        seen.append((time.monotonic(), response.status_code, response.headers.get("retry-after-ms")))
+
+    gateway = GatewayProcess(config)
+    try:
+        http = httpx.Client(event_hooks={"response": [record]})
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key=f"sk-{uuid.uuid4().hex}",
+                           max_retries=2, http_client=http) as client:  # fmt: skip
+            retried = None
+            for _ in range(6):
+                del seen[:]
+                fake.clear()
+                reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                assert reply.choices[0].message.content  # every call ends served
+                if [s for _, s, _ in seen] == [429, 200]:
+                    retried = list(seen)
+                    break
+        assert retried is not None, "no call was refused and retried"
+        (refused_at, _, wait_ms), (served_at, _, _) = retried
+        assert wait_ms is not None and 0 < int(wait_ms) <= 1000
+        assert served_at - refused_at >= int(wait_ms) / 1000 * 0.9  # waited as advertised
+        assert len([r for r in fake.requests if not r.path.startswith("/_fake")]) == 1  # refusal never forwarded
+    finally:
+        gateway.stop()
+
+
+def test_gemini_format_clients_are_limited_too(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Config mode's Gemini-format endpoint (native and converted) counts against the same
+    limits: it was a way around them.  Refused: 429 RESOURCE_EXHAUSTED, Gemini's shape."""
+    import json
+
+    from tests.test_conversion_e2e import GEMINI_NATIVE, _gemini_post
+
+    config = write_config(tmp_path / "plano_gemini.yaml", fake.port,
+                          extra_providers=GEMINI_NATIVE.format(port=fake.port))  # fmt: skip
+    with open(config, "a") as f:
+        f.write("ratelimits:\n"
+                "  - model: \"*\"\n    selector: {api_key: \"*\"}\n    limit: {requests: 2, unit: minute}\n")  # fmt: skip
+    gateway = GatewayProcess(config)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+    try:
+        key = f"goog-{uuid.uuid4().hex}"
+        native = gateway.url + "/v1beta/models/gemini-2.5-flash:generateContent"
+        converted = gateway.url + "/v1beta/models/gpt-4o-mini:generateContent"  # an OpenAI provider
+        assert _gemini_post(native, body, key)[0] == 200
+        assert _gemini_post(converted, body, key)[0] == 200
+        for url in (native, converted):
+            status, raw = _gemini_post(url, body, key)
+            assert status == 429, raw
+            assert json.loads(raw)["error"]["status"] == "RESOURCE_EXHAUSTED"
+        assert _gemini_post(native, body, f"goog-{uuid.uuid4().hex}")[0] == 200  # another key
+    finally:
+        gateway.stop()
+
+
+def test_managed_limits_per_project_and_per_token(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """Managed mode: two requests per project per minute (another project has its own
+    bucket) and a token limit on one token's hash, before any budget reservation."""
+    from plano_fast.managed.state import token_hash
+    from tests.test_managed import DEFAULT_PIPE, ENV, provision
+
+    sqlite_path = str(tmp_path / "plano_managed.db")
+    tenants: list[Any] = []
+    config = write_config(tmp_path / "plano_managed.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+
+    def setup() -> None:
+        tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))
+        tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))
+        with open(config, "a") as f:
+            f.write("ratelimits:\n"
+                    "  - model: \"*\"\n    selector: {project: \"*\"}\n    limit: {requests: 2, unit: minute}\n"
+                    f"  - model: gpt-4o-mini\n    selector: {{api_key: \"{token_hash(tenants[1].token)}\"}}\n"
+                    "    limit: {tokens: 1, unit: hour}\n")  # fmt: skip
+
+    gateway = GatewayProcess(config, env=ENV, before_start=setup)
+    try:
+        def ask(token: str) -> int:
+            with openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0) as client:
+                try:
+                    return client.chat.completions.with_raw_response.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).status_code
+                except openai.RateLimitError as exc:
+                    assert exc.response.headers["retry-after"]
+                    return 429
+
+        first, second = tenants
+        assert [ask(first.token) for _ in range(3)] == [200, 200, 429]  # the project's requests
+        assert [ask(second.token) for _ in range(2)] == [200, 429]  # its token's tokens (1/hour)
+        assert second.token not in gateway.log_text()
+    finally:
+        gateway.stop()

@@ -207,7 +207,8 @@ class GatewaySettings(BaseModel):
     # A Server-Timing response header with the gateway's and the upstream's share (off:
     # it tells clients how the gateway is deployed).
     server_timing: bool = False
-    # Redis for Plano's ratelimits shared by every worker and instance (redis://host:port/db)
+    # Redis for Plano's ratelimits shared by every worker and instance
+    # (redis://[user:password@]host:port/db, rediss:// for TLS, unix:///path?db=N)
     redis_url: str | None = Field(default=None, repr=False)
     # Rate-limit backend unreachable: refuse (503) or admit unlimited.
     ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"

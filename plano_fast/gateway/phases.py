@@ -152,14 +152,17 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
         await pending
 
 
-def rate_limit(exchange: Exchange, models: tuple[str | None, ...]) -> bool:
+def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None = None) -> bool:
     """Admission against plano_fast.ratelimit: raises RateLimited when a bucket is
-    full (in-process limits); True when the check must be awaited (Redis) -- the
-    caller then forwards through ``admitted_forward``."""
+    full (in-process or instance-shared limits); True when the check must be awaited
+    (Redis) -- the caller then forwards through ``admitted_forward``.  ``key_hash``:
+    the client key's hash when it is not ``exchange.key_hash`` (managed tokens)."""
     limits = exchange.ctx.ratelimits
     if limits is None:
         return False
-    buckets = limits.buckets(models, exchange.request.headers)
+    buckets = limits.buckets(
+        models, exchange.request.headers, exchange.project_id, key_hash or exchange.key_hash
+    )
     if not buckets:
         return False
     exchange.rl_buckets = buckets
@@ -167,6 +170,14 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...]) -> bool:
         return True
     limits.admit_now(buckets)
     return False
+
+
+async def admit_awaited(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None) -> None:
+    """``rate_limit`` for a mode that awaits anyway (managed): check, in either backend."""
+    if rate_limit(exchange, models, key_hash):
+        limits = exchange.ctx.ratelimits
+        assert limits is not None and exchange.rl_buckets is not None
+        await limits.admit(exchange.rl_buckets)
 
 
 async def admitted_forward(exchange: Exchange) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from plano_fast import wire as scan
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
-from plano_fast.gateway.phases import client_headers, guard, identify_caller
+from plano_fast.gateway.phases import admitted_forward, client_headers, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.routing import UnknownModel
@@ -70,7 +70,14 @@ class GeminiExchange(RoutedExchange):
         upstream_model = route.upstream_model or model
         if self.ctx.guardrails is not None:
             guard(self, "gemini", provider.provider)
+        shared_check = False
+        if self.ctx.ratelimits is not None:  # (the names a limit may use, as config mode)
+            self.key_hash = identify_caller(self)
+            shared_check = rate_limit(self, (model, upstream_model, f"{provider.prefix}/{upstream_model}"))
         if provider.wire_api != "gemini":
+            if shared_check:
+                self._prepare_converted(fields, upstream_model, provider)
+                return admitted_forward(self)
             return self._start_converted(fields, upstream_model, provider)
         self.provider = provider
         self.provider_id = provider.provider
@@ -93,4 +100,6 @@ class GeminiExchange(RoutedExchange):
             request.body,
         )
         self.origin = origin_of(provider)
+        if shared_check:
+            return admitted_forward(self)
         return self.forward_now()

@@ -29,7 +29,7 @@ from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
-from plano_fast.gateway.phases import client_headers, guard, refuse_background
+from plano_fast.gateway.phases import admit_awaited, client_headers, guard, refuse_background
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
@@ -109,7 +109,8 @@ class ManagedExchange(Exchange):
         key = credential.secret if credential is not None else None
         if key is None or not key.startswith(TOKEN_PREFIX.encode()):
             raise Unauthorized("an xproxy_ token is required")
-        token = state.lookup(token_hash(key), time.time_ns())
+        digest = token_hash(key)
+        token = state.lookup(digest, time.time_ns())
         if token is None:
             raise Unauthorized("this token is invalid, revoked or expired")
         pipe = state.pipe_for(token)
@@ -136,6 +137,8 @@ class ManagedExchange(Exchange):
         self.project_id = token.project_id
         self.user_id = token.user_id
         self.token_id = token.id
+        if self.ctx.ratelimits is not None:  # plano_fast's per-project / per-token limits
+            await admit_awaited(self, (fields.model,), digest)
         self.streaming = fields.stream
         self.body_filter = HoldTerminal(fields.stream)
         body = request.body

@@ -1,0 +1,184 @@
+"""Rate-limit state shared between processes (issue 22 must-shows, over real sockets):
+4 gateway processes (2 instances x 2 workers) on one Redis; Redis killed mid-run and
+brought back (fail_closed / fail_open, logged once per outage, /metrics, recovery without a
+restart); two workers without Redis sharing the instance's SQLite bucket file.  The
+200-client version of the first is ``python -m benchmarks.ratelimit_multi``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from benchmarks.private_redis import PrivateRedis, available
+from benchmarks.ratelimit_multi import burst, limits_yaml, wait_for_window
+from tests.gateway_proc import GatewayProcess, write_config
+
+ADMIN_KEY = "admin-key-for-ratelimit-shared-0123456"
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if not available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with PrivateRedis(tmp_path) as server:
+        yield server
+
+
+def start(fake: FakeProviderThread, path: Path, limits: str, settings: dict[str, object],
+          workers: int = 1) -> GatewayProcess:  # fmt: skip
+    config = write_config(path, fake.port, {"admin_port": 0, "admin_key": "$PF_RL_ADMIN", **settings})
+    with open(config, "a") as f:
+        f.write(limits)
+    return GatewayProcess(config, workers=workers, env={"PF_RL_ADMIN": ADMIN_KEY})
+
+
+def metric(gateway: GatewayProcess, name: str) -> float:
+    req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/metrics",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^plano_fast_{name} (\S+)$", text, re.M)
+    assert found is not None, f"plano_fast_{name} not in /metrics"
+    return float(found.group(1))
+
+
+def status_of(gateway: GatewayProcess, user: str) -> int:
+    # a new client (so a new connection: any worker may take it)
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        try:
+            return client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-user-id": user}).status_code  # fmt: skip
+        except openai.APIStatusError as exc:
+            return exc.status_code
+
+
+def test_four_processes_share_one_redis_bucket(fake: FakeProviderThread, tmp_path: Path,
+                                               redis: PrivateRedis) -> None:  # fmt: skip
+    """2 instances x 2 workers, 40 concurrent clients on one x-user-id value with 1,500
+    tokens per hour (30 tokens an answer, so the bucket empties during the second wave):
+    at least the limit and at most the documented bound served, every other request 429
+    with the OpenAI headers, a second value served throughout."""
+    clients, per_client, limit, tokens = 40, 4, 1500, 30
+    with ThreadPoolExecutor(2) as pool:  # the two instances start side by side
+        gateways = list(pool.map(lambda n: start(
+            fake, tmp_path / f"instance{n}.yaml", limits_yaml("x-user-id", limit, "hour"),
+            {"redis_url": redis.url}, workers=2), range(2)))  # fmt: skip
+    try:
+        assert len({pid for g in gateways for pid in g.pids}) == 4
+        wait_for_window(3600, 30)
+        r = asyncio.run(burst([g.url for g in gateways], "x-user-id", uuid.uuid4().hex, uuid.uuid4().hex,
+                              clients=clients, requests_per_client=per_client, input_tokens=10,
+                              output_tokens=20, latency_ms=30, limit_tokens=limit, window_s=3600))  # fmt: skip
+        assert not r.other and r.served + r.refused == clients * per_client
+        assert limit <= r.served_tokens <= r.bound(limit, clients, tokens), r
+        assert r.refused >= clients * per_client - r.bound(limit, clients, tokens) // tokens
+        assert not r.bad_refusals, r.bad_refusals[:3]
+        assert r.control_served == r.control_total > 0  # another value: its own bucket
+        time.sleep(1.5)  # the other worker's /metrics snapshot is at most 1 s old
+        assert sum(metric(g, "ratelimit_refused") for g in gateways) == r.refused
+    finally:
+        for g in gateways:
+            g.stop()
+
+
+REQUESTS_3 = "ratelimits:\n  - model: gpt-4o-mini\n    selector: {key: x-user-id, value: \"*\"}\n" \
+             "    limit: {requests: 3, unit: hour}\n"  # fmt: skip
+
+
+def test_redis_killed_mid_run_and_back(fake: FakeProviderThread, tmp_path: Path, redis: PrivateRedis) -> None:
+    closed = start(fake, tmp_path / "closed.yaml", REQUESTS_3, {"redis_url": redis.url})
+    opened = start(fake, tmp_path / "open.yaml", REQUESTS_3,
+                   {"redis_url": redis.url, "ratelimit_on_backend_error": "fail_open"})  # fmt: skip
+    try:
+        for g in (closed, opened):
+            user = uuid.uuid4().hex
+            assert [status_of(g, user) for _ in range(4)] == [200, 200, 200, 429]
+        redis.kill()
+        user = uuid.uuid4().hex
+        fake.clear()
+        assert [status_of(closed, user) for _ in range(5)] == [503] * 5  # never forwarded unmetered
+        assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
+        assert [status_of(opened, user) for _ in range(5)] == [200] * 5  # admitted, over its limit too
+        for g in (closed, opened):
+            assert metric(g, "ratelimit_backend_down") == 1
+            assert metric(g, "ratelimit_backend_errors") >= 5
+            assert g.log_text().count("rate-limit backend unreachable") == 1  # once per outage
+        redis.start()  # the same port, empty
+        # A failed connect is not retried for 0.5 s (plano_fast.resp): the back-up Redis
+        # serves checks from then on, without a restart.
+        time.sleep(0.6)
+        for g in (closed, opened):
+            user = uuid.uuid4().hex
+            assert [status_of(g, user) for _ in range(4)] == [200, 200, 200, 429]  # limited again
+            assert metric(g, "ratelimit_backend_down") == 0
+            assert g.log_text().count("rate-limit backend reachable again") == 1
+    finally:
+        closed.stop()
+        opened.stop()
+    assert "fail_closed" in closed.log_text() and "fail_open" in opened.log_text()
+
+
+def test_two_workers_without_redis_share_the_instance_limit(fake: FakeProviderThread, tmp_path: Path) -> None:
+    """No redis_url, --workers 2: the limit holds for the instance (one SQLite bucket file
+    in the instance's run directory), not per worker -- each new client connection may
+    land on either worker, and per-worker buckets would serve up to 6 of these 8."""
+    gateway = start(fake, tmp_path / "workers.yaml", REQUESTS_3, {}, workers=2)
+    try:
+        assert len(gateway.pids) == 2
+        user = uuid.uuid4().hex
+        statuses = [status_of(gateway, user) for _ in range(8)]
+        assert statuses == [200, 200, 200] + [429] * 5
+        assert status_of(gateway, uuid.uuid4().hex) == 200
+        time.sleep(1.5)  # the other worker's /metrics snapshot is at most 1 s old
+        assert metric(gateway, "ratelimit_refused") == 5
+    finally:
+        gateway.stop()
+
+
+def test_resp_client_auth_db_and_a_stalled_redis(tmp_path: Path) -> None:
+    """plano_fast.resp against a real redis-server with a password: AUTH and SELECT from
+    the URL; a Redis that stops answering (SIGSTOP) fails the waiting call within the
+    timeout instead of hanging the request; it answers again without a new client."""
+    if not available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
+
+    with PrivateRedis(tmp_path, extra_args=("--requirepass", "s3cret")) as server:
+        async def scenario() -> None:
+            key = f"pf-test:{uuid.uuid4().hex}".encode()
+            client = RespClient(f"redis://:s3cret@127.0.0.1:{server.port}/3", timeout_s=0.5, retry_s=0.2)
+            assert await client.call(command(b"INCRBY", key, b"7")) == 7
+            other = RespClient(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+            assert await other.call(command(b"GET", key)) is None  # db 3, not db 0
+            with pytest.raises(ReplyError, match="WRONGTYPE|ERR"):
+                await client.call(command(b"HGET", key, b"field"))
+            wrong = RespClient(f"redis://:nope@127.0.0.1:{server.port}/0")
+            with pytest.raises(RedisUnavailable):
+                await wrong.call(command(b"GET", key))
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(RedisUnavailable):
+                    await client.call(command(b"GET", key))
+                assert time.monotonic() - started < 2.0  # the 0.5 s timeout, checked every 0.25 s
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.3)  # past retry_s: the next call reconnects
+            assert await client.call(command(b"GET", key)) == b"7"
+            for c in (client, other, wrong):
+                await c.aclose()
+
+        asyncio.run(scenario())
