@@ -73,7 +73,8 @@ class Faults:
         self.random_fault: Optional[Fault] = None
         self.random_models: Optional[frozenset[str]] = None
         self._rng = random.Random(0)
-        #: injected faults by label ("status_503", "reset", ...), and "passed" (no fault)
+        #: injected faults by label ("status_503", "reset", ...), and "passed": the requests
+        #: served normally while some fault was configured (none counts nothing)
         self.counts: Counter[str] = Counter()
         #: whether any rule filters by model (then the request's model is read first)
         self.by_model = False
