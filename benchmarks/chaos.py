@@ -11,9 +11,13 @@ between retries of the same model, so a failover does not wait).  One gateway (c
 mode, one worker, SQLite store, access log on) in front; ``--concurrency`` (24) closed-loop
 keep-alive clients send ``--requests`` (10,000) OpenAI chat completions each run.
 
-Each repeat runs twice on fresh processes, in alternating order: **baseline** (no
+Each repeat starts two such stacks side by side on fresh processes: **baseline** (no
 failures) and **chaos** (the primary fails ``--fail-rate`` = 20 % of its requests at random
-with a 503, seeded per repeat).  Reported per run: the success rate the clients saw, how many answers needed a
+with a 503, seeded per repeat), and loads them in turns of ``--chunk`` (500) requests, the
+order flipping every turn, until each has had ``--requests``: on a machine whose load
+drifts (other work), both runs see the same drift -- an A/B by alternation, as
+``benchmarks/ab_refs.py`` does.  (Only one stack is loaded at a time; the idle one costs
+nothing.)  Reported per run: the success rate the clients saw, how many answers needed a
 retry (the access log's ``attempts`` > 1, joined by ``x-plano-request-id``), the circuit
 skips (one attempt, served by the secondary), and the p50/p99 latency of the requests that
 needed **no** retry, against the baseline's p50/p99 (the issue's target: within 10 %), and
@@ -105,45 +109,56 @@ class _Conn(loadgen._Conn):
             self.request_id = value
 
 
-async def drive(url: str, total: int, concurrency: int, timeout_s: float) -> list[tuple[str, int, float]]:
-    """``total`` requests from ``concurrency`` closed-loop connections: (request id, status
-    (0: transport error), seconds) per request."""
+async def drive(url: str, total: int, concurrency: int, timeout_s: float,
+                rate: Optional[float] = None) -> list[tuple[str, int, float]]:
+    """``total`` requests over ``concurrency`` keep-alive connections: (request id, status
+    (0: transport error), seconds) per request.  Closed loop without ``rate``; with it, open
+    loop (wrk2 style): connection ``i`` sends its k-th request at ``start + (i + k*C) / rate``
+    and a late send is timed from when it was due (no coordinated omission), so both runs
+    of a comparison get the same arrival rate whatever their retries cost."""
     spec = loadgen.LoadSpec(url=url, body=BODY, headers=[("authorization", "Bearer sk-chaos-client")])
     req = spec.request_bytes()
     host, port = spec.host_port()
     loop = asyncio.get_running_loop()
     out: list[tuple[str, int, float]] = []
-    left = total
+    per_conn = [total // concurrency + (1 if i < total % concurrency else 0) for i in range(concurrency)]
+    start = loadgen.now() + 0.05
 
-    async def worker() -> None:
-        nonlocal left
+    async def worker(i: int) -> None:
         conn: Optional[_Conn] = None
-        while left > 0:
-            left -= 1
+        for k in range(per_conn[i]):
+            due = None
+            if rate is not None:
+                due = start + (i + k * concurrency) / rate
+                delay = due - loadgen.now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             if conn is None or conn.closed:
                 _, conn = await loop.create_connection(lambda: _Conn(False), host, port)
             conn.reset()
             fut: asyncio.Future[float] = loop.create_future()
             conn.waiter = fut
             t0 = loadgen.now()
-            assert conn.transport is not None
-            conn.transport.write(req)
+            if due is not None and due < t0:
+                t0 = due
+            transport = conn.transport
+            assert transport is not None
+            transport.write(req)
             try:
                 t1 = await asyncio.wait_for(fut, timeout_s)
             except (ConnectionError, asyncio.TimeoutError):
                 out.append(("", 0, loadgen.now() - t0))
-                if conn.transport is not None:
-                    conn.transport.abort()
+                transport.abort()
                 conn = None
                 continue
             out.append((conn.request_id.decode(), conn.status, t1 - t0))
             if not conn.keep_alive:
-                conn.transport.close()
+                transport.close()
                 conn = None
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return out
 
 
@@ -155,50 +170,100 @@ def read_access_log(path: Path) -> dict[str, dict[str, Any]]:
     return lines
 
 
-def one_run(label: str, args: argparse.Namespace, fail_rate: float, seed: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"chaos-{label}-"))
-    primary, primary_port = start_fake(work / "primary.log", args.latency_ms, fail_rate, seed)
-    secondary, secondary_port = start_fake(work / "secondary.log", args.latency_ms)
-    try:
-        config = write_config(work, primary_port, secondary_port)
-        with GatewayProcess(config, log_path=work / "gateway.log") as gw:
-            url = gw.url + "/v1/chat/completions"
-            asyncio.run(drive(url, args.warmup, args.concurrency, args.timeout_s))  # warm-up, not counted
-            started = time.monotonic()
-            results = asyncio.run(drive(url, args.requests, args.concurrency, args.timeout_s))
-            wall_s = time.monotonic() - started
-        # stopped: the access log and the usage rows are flushed
-        log = read_access_log(work / "access.log")
-        with sqlite3.connect(work / "usage.db") as db:
+class Stack:
+    """Two fake providers (the primary failing ``fail_rate`` at random) and a gateway."""
+
+    def __init__(self, label: str, args: argparse.Namespace, fail_rate: float, seed: int) -> None:
+        self.label, self.fail_rate, self.seed = label, fail_rate, seed
+        self.work = Path(tempfile.mkdtemp(prefix=f"chaos-{label}-"))
+        self.fakes: list[subprocess.Popen[bytes]] = []
+        self.gateway: Optional[GatewayProcess] = None
+        primary, primary_port = start_fake(self.work / "primary.log", args.latency_ms, fail_rate, seed)
+        self.fakes.append(primary)
+        secondary, secondary_port = start_fake(self.work / "secondary.log", args.latency_ms)
+        self.fakes.append(secondary)
+        config = write_config(self.work, primary_port, secondary_port)
+        self.gateway = GatewayProcess(config, log_path=self.work / "gateway.log")
+        self.url = self.gateway.url + "/v1/chat/completions"
+        self.results: list[tuple[str, int, float]] = []
+        self.busy_s = 0.0
+
+    def drive(self, n: int, args: argparse.Namespace, keep: bool = True) -> None:
+        started = time.monotonic()
+        out = asyncio.run(drive(self.url, n, args.concurrency, args.timeout_s, args.rate or None))
+        if keep:
+            self.results += out
+            self.busy_s += time.monotonic() - started
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()  # the access log and the usage rows are flushed
+            self.gateway = None
+        for proc in self.fakes:
+            bench.stop_proc(proc)
+        self.fakes = []
+
+    def report(self, args: argparse.Namespace) -> dict[str, Any]:
+        log = read_access_log(self.work / "access.log")
+        with sqlite3.connect(self.work / "usage.db") as db:
             rows = db.execute("SELECT COUNT(*) FROM usage_log").fetchone()[0]
+        results = self.results
+        ok = [r for r in results if 200 <= r[1] < 300]
+        first_try: list[float] = []
+        first_try_gw: list[float] = []  # the gateway's own duration_ms (no client-side delays)
+        retried: list[float] = []
+        skipped = 0
+        for rid, _, seconds in ok:
+            entry = log.get(rid)
+            if entry is None:
+                continue
+            if entry["attempts"] > 1:
+                retried.append(seconds)
+            else:
+                first_try.append(seconds)
+                first_try_gw.append(entry["duration_ms"] / 1000.0)
+                skipped += entry["model"] != PRIMARY_MODEL  # circuit open: the primary was skipped
+        q_first = loadgen.summarize(first_try, (50.0, 99.0)) if first_try else {}
+        q_gw = loadgen.summarize(first_try_gw, (50.0, 99.0)) if first_try_gw else {}
+        q_all = loadgen.summarize([r[2] for r in ok], (50.0, 99.0)) if ok else {}
+        return {
+            "label": self.label, "seed": self.seed, "fail_rate": self.fail_rate, "requests": len(results),
+            "ok": len(ok), "success": len(ok) / max(1, len(results)),
+            "statuses": {str(s): sum(1 for r in results if r[1] == s) for s in sorted({r[1] for r in results})},
+            "retried": len(retried), "circuit_skips": skipped,
+            "unmatched": len(ok) - len(first_try) - len(retried),
+            "first_try_p50_ms": q_first.get("p50", 0.0), "first_try_p99_ms": q_first.get("p99", 0.0),
+            "gw_p50_ms": q_gw.get("p50", 0.0), "gw_p99_ms": q_gw.get("p99", 0.0),
+            "all_p50_ms": q_all.get("p50", 0.0), "all_p99_ms": q_all.get("p99", 0.0),
+            "retried_p50_ms": (statistics.median(retried) * 1000) if retried else None,
+            "rows": rows, "expected_rows": len(results) + args.warmup,
+            "rps": len(results) / self.busy_s if self.busy_s else 0.0, "work": str(self.work),
+        }
+
+
+def one_repeat(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """Both stacks up at once; their load alternates in chunks of ``--chunk`` requests
+    (the order flipping every chunk), so the machine's load drift falls on both alike."""
+    stacks: list[Stack] = []
+    try:
+        stacks.append(Stack("baseline", args, 0.0, seed))
+        stacks.append(Stack("chaos", args, args.fail_rate, seed))
+        for stack in stacks:
+            stack.drive(args.warmup, args, keep=False)
+        left = args.requests
+        turn = 0
+        while left > 0:
+            n = min(args.chunk, left)
+            for stack in stacks if turn % 2 == 0 else stacks[::-1]:
+                stack.drive(n, args)
+            left -= n
+            turn += 1
+        for stack in stacks:
+            stack.stop()
+        return [stack.report(args) for stack in stacks]
     finally:
-        bench.stop_proc(primary)
-        bench.stop_proc(secondary)
-    ok = [r for r in results if 200 <= r[1] < 300]
-    first_try: list[float] = []
-    retried: list[float] = []
-    skipped = 0
-    for rid, _, seconds in ok:
-        entry = log.get(rid)
-        if entry is None:
-            continue
-        if entry["attempts"] > 1:
-            retried.append(seconds)
-        else:
-            first_try.append(seconds)
-            skipped += entry["model"] != PRIMARY_MODEL  # circuit open: the primary was skipped
-    q_first = loadgen.summarize(first_try, (50.0, 99.0)) if first_try else {}
-    q_all = loadgen.summarize([r[2] for r in ok], (50.0, 99.0)) if ok else {}
-    return {
-        "label": label, "seed": seed, "fail_rate": fail_rate, "requests": len(results),
-        "ok": len(ok), "success": len(ok) / max(1, len(results)),
-        "statuses": {str(s): sum(1 for r in results if r[1] == s) for s in sorted({r[1] for r in results})},
-        "retried": len(retried), "circuit_skips": skipped, "unmatched": len(ok) - len(first_try) - len(retried),
-        "first_try_p50_ms": q_first.get("p50", 0.0), "first_try_p99_ms": q_first.get("p99", 0.0),
-        "all_p50_ms": q_all.get("p50", 0.0), "all_p99_ms": q_all.get("p99", 0.0),
-        "retried_p50_ms": (statistics.median(retried) * 1000) if retried else None,
-        "rows": rows, "expected_rows": len(results) + args.warmup, "rps": len(results) / wall_s, "work": str(work),
-    }
+        for stack in stacks:
+            stack.stop()
 
 
 def render(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -206,25 +271,30 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"# Chaos run ({_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC)",
         "",
         f"`python -m benchmarks.chaos --requests {args.requests} --concurrency {args.concurrency} "
-        f"--repeats {args.repeats} --fail-rate {args.fail_rate} --latency-ms {args.latency_ms}`",
+        f"--repeats {args.repeats} --chunk {args.chunk} --rate {args.rate:g} --fail-rate {args.fail_rate} --latency-ms {args.latency_ms}`",
         "",
         "Two fake providers (primary openai/gpt-4o-mini, secondary anthropic/claude-sonnet-4-6), "
         f"{args.latency_ms:g} ms before every answer; the primary's retry_policy falls over to the "
-        "secondary (different_provider, 2 attempts). One gateway worker, SQLite store, access log on. "
+        "secondary (different_provider, 2 attempts). One gateway worker, SQLite store, access log on; the "
+        f"baseline and chaos stacks are loaded in alternating turns of {args.chunk} requests. "
         f"chaos: the primary answers 503 to {args.fail_rate:.0%} of its requests at random (seeded). "
-        "First-try: the answers that needed one upstream attempt (access log `attempts` = 1).",
+        "First-try: the answers that needed one upstream attempt (access log `attempts` = 1); "
+        "client-observed latency, and the gateway-side `duration_ms` of the access log (request "
+        "head to last byte inside the gateway: no client-side scheduling delay).",
         "",
         "| repeat | run | requests | success | retried | circuit skips | first-try p50 ms | first-try p99 ms "
-        "| all p50 ms | all p99 ms | usage rows / requests incl. warm-up | req/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gateway-side first-try p50 / p99 ms | all p50 ms | all p99 ms | usage rows / requests incl. warm-up | req/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         out.append(
             f"| {r['seed']} | {r['label']} | {r['requests']} | {r['success']:.4%} | {r['retried']} "
             f"| {r['circuit_skips']} | {r['first_try_p50_ms']:.2f} | {r['first_try_p99_ms']:.2f} "
+            f"| {r['gw_p50_ms']:.2f} / {r['gw_p99_ms']:.2f} "
             f"| {r['all_p50_ms']:.2f} | {r['all_p99_ms']:.2f} | {r['rows']} / {r['expected_rows']} | {r['rps']:.0f} |"
         )
-    out += ["", "| repeat | first-try p50 chaos / baseline | first-try p99 chaos / baseline |", "|---|---|---|"]
+    out += ["", "| repeat | first-try p50 chaos / baseline | first-try p99 chaos / baseline "
+            "| gateway-side p50 / p99 chaos / baseline |", "|---|---|---|---|"]
     ratios50, ratios99 = [], []
     for seed in sorted({r["seed"] for r in runs}):
         base = next(r for r in runs if r["seed"] == seed and r["label"] == "baseline")
@@ -233,7 +303,9 @@ def render(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
         r99 = chaos["first_try_p99_ms"] / base["first_try_p99_ms"]
         ratios50.append(r50)
         ratios99.append(r99)
-        out.append(f"| {seed} | {r50:.3f} | {r99:.3f} |")
+        g50 = chaos["gw_p50_ms"] / base["gw_p50_ms"]
+        g99 = chaos["gw_p99_ms"] / base["gw_p99_ms"]
+        out.append(f"| {seed} | {r50:.3f} | {r99:.3f} | {g50:.3f} / {g99:.3f} |")
     chaos_runs = [r for r in runs if r["label"] == "chaos"]
     out += [
         "",
@@ -254,7 +326,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--warmup", type=int, default=500, help="requests sent first, not counted")
     ap.add_argument("--concurrency", type=int, default=24)
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="requests/s per stack, open loop (0: closed loop, as fast as the gateway answers)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--chunk", type=int, default=500, help="requests per turn; the two stacks alternate turns")
     ap.add_argument("--fail-rate", type=float, default=0.2)
     ap.add_argument("--latency-ms", type=float, default=20.0, help="each fake provider's delay before answering")
     ap.add_argument("--timeout-s", type=float, default=30.0)
@@ -263,10 +338,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     runs = []
     for seed in range(1, args.repeats + 1):
-        pair = [("baseline", 0.0), ("chaos", args.fail_rate)]
-        for label, rate in pair if seed % 2 else pair[::-1]:  # alternate the order: drift cancels
-            r = one_run(label, args, rate, seed)
-            print(f"repeat {seed} {label:8}: success {r['success']:.4%}  retried {r['retried']}  "
+        for r in one_repeat(args, seed):
+            print(f"repeat {seed} {r['label']:8}: success {r['success']:.4%}  retried {r['retried']}  "
                   f"first-try p50 {r['first_try_p50_ms']:.2f} ms p99 {r['first_try_p99_ms']:.2f} ms  "
                   f"rows {r['rows']}  {r['rps']:.0f} req/s", flush=True)
             runs.append(r)
