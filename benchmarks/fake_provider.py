@@ -22,6 +22,10 @@ Routes (method, path; the query string is ignored for routing)
   request carries ``anthropic-version``)
 * ``GET /_fake/requests`` (recorded requests as JSON), ``DELETE /_fake/requests``
   (clear), ``GET /_fake/health``
+* ``POST /_fake/faults`` / ``GET /_fake/faults`` / ``DELETE /_fake/faults``: server-side
+  fault injection (``benchmarks/fake_faults.py``): fail the next N requests (optionally of
+  one model) with a status (429 with ``retry-after`` / ``retry-after-ms``), reset before the
+  head, stall the head, stream K events then reset; and a seeded random failure rate.
 * anything else: 404 with an OpenAI-shaped error body.
 
 Control headers (per request; constructor args / CLI flags give the defaults)
@@ -51,6 +55,7 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   (no text) and the provider's tool stop reason; arguments ``x-fake-tool-args`` (a JSON
   object, default ``{}``), streamed in two fragments where the format fragments them
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
+* ``x-fake-retry-after-ms``       error statuses also send ``retry-after-ms`` with this value
 * ``x-fake-response-header: N: V`` a successful answer also carries the header ``N: V``
 * ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
   ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
@@ -93,8 +98,9 @@ daemon thread (context manager; ``.port``, ``.url``, ``.requests`` snapshot, ``.
 CLI
 ---
 ``python -m benchmarks.fake_provider --host 127.0.0.1 --port 9000 [--latency-ms X]
-[--events N] [--interval-ms X] [--stream-event-bytes N] [--no-record] [--workers N]``
-prints ``listening on host:port`` once ready; SIGTERM/SIGINT stop it.  ``--workers N``
+[--events N] [--interval-ms X] [--stream-event-bytes N] [--no-record] [--workers N]
+[--fail-rate F --fail-seed S --fail-status 503 --fail-action status|reset|stall|stream_reset
+--fail-model M]`` prints ``listening on host:port`` once ready; SIGTERM/SIGINT stop it.  ``--workers N``
 forks N processes sharing the port with SO_REUSEPORT (``--port 0`` picks one port for all).
 """
 
@@ -118,6 +124,8 @@ import time
 from typing import Any, Callable, Coroutine, Iterator, Optional, Union, cast
 
 import httptools
+
+from benchmarks.fake_faults import Fault, Faults
 
 try:  # orjson is optional; json is the fallback
     import orjson
@@ -265,6 +273,8 @@ class _Ctl:
     cache_write: int = 0
     omit_usage: bool = False
     retry_after: str = "1"
+    retry_after_ms: str = ""  # "" = no retry-after-ms header
+    fault_retry_after: bool = False  # a fault rule decides the retry-after headers
     fail_first: int = 0
     fail_key: str = ""
     text: Optional[str] = None
@@ -931,6 +941,17 @@ def _route(method: str, path: str) -> tuple[Optional[str], str]:
 _POST_KINDS = frozenset(("chat", "embeddings", "messages", "responses", "gemini", "gemini_stream", "gemini_count", "count_tokens"))
 
 
+def _wants_stream(family: str, path: str, body: bytes) -> bool:
+    """Whether a request asks for a stream (only read when a stream_reset fault fires)."""
+    if family == "gemini":
+        return ":streamGenerateContent" in path
+    try:
+        obj = _loads(body) if body else None
+    except _JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("stream") is True
+
+
 def _gemini_model(path: str) -> str:
     return path[path.rfind("/") + 1:path.rfind(":")] or "gemini-2.5-flash"
 
@@ -1169,6 +1190,11 @@ class FakeProvider:
         reuse_port: bool = False,
         backlog: int = 4096,
         provider_headers: bool = False,
+        fail_rate: float = 0.0,
+        fail_seed: int = 0,
+        fail_status: int = 503,
+        fail_action: str = "status",
+        fail_models: Optional[list[str]] = None,
     ) -> None:
         self.host = host
         #: send each provider's usual response headers (see _PROVIDER_HEADERS)
@@ -1203,6 +1229,11 @@ class FakeProvider:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._conns: set[_HttpProtocol] = set()
         self._model_json: dict[str, bytes] = {}
+        #: server-side fault injection (fake_faults.py); ``faults.on`` is the one branch
+        #: the request path pays when no fault is configured
+        self.faults = Faults()
+        if fail_rate > 0:
+            self.faults.set_random(fail_rate, Fault(fail_action, fail_status), fail_seed, fail_models)
 
     # -- lifecycle
     def _loop_ref(self) -> asyncio.AbstractEventLoop:
@@ -1284,6 +1315,9 @@ class FakeProvider:
                     ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
                 elif name == "x-fake-retry-after":
                     ctl.retry_after = v
+                elif name == "x-fake-retry-after-ms":
+                    float(v)
+                    ctl.retry_after_ms = v
                 elif name == "x-fake-fail-key":
                     ctl.fail_key = v
                 elif name == "x-fake-text":
@@ -1313,7 +1347,7 @@ class FakeProvider:
     ) -> Optional[Coroutine[Any, Any, None]]:
         path, _, query = url.partition("?")
         if path.startswith("/_fake/"):
-            self._admin(p, method, path, keep_alive)
+            self._admin(p, method, path, keep_alive, body)
             return None
         self._counter += 1
         rid = self._counter
@@ -1335,6 +1369,18 @@ class FakeProvider:
                 seen = self._fail_seen.get(ctl.fail_key, 0)
                 self._fail_seen[ctl.fail_key] = seen + 1
             ctl = dataclasses.replace(ctl, status=(ctl.status or 503) if seen < ctl.fail_first else 0)
+        if self.faults.on:
+            fault = self.faults.take(self._fault_model(self.faults.by_model, family, path, body))
+            if fault is not None:
+                if fault.action == "reset" or (fault.action == "stream_reset" and not _wants_stream(family, path, body)):
+                    return self._reset_later(p, ctl.latency)
+                if fault.action == "status":
+                    ctl = dataclasses.replace(ctl, status=fault.status, retry_after=fault.retry_after,
+                                              retry_after_ms=fault.retry_after_ms, fault_retry_after=True)
+                elif fault.action == "stall":
+                    ctl = dataclasses.replace(ctl, latency=ctl.latency + fault.stall_ms / 1000.0)
+                else:  # stream_reset
+                    ctl = dataclasses.replace(ctl, reset_after=max(0, fault.after_events))
         if kind is None:
             return self._respond(p, ctl, rid, 404, _CT_JSON, _error_body(
                 family, 404, "Invalid URL (%s %s)" % (method, path), rid, True), keep_alive)
@@ -1346,8 +1392,13 @@ class FakeProvider:
             family = "anthropic"
         if ctl.status and ctl.status != 200:
             extra = b""
-            if ctl.status == 429 or any(n == b"x-fake-retry-after" for n, _ in special):
+            if ctl.fault_retry_after:
+                if ctl.retry_after:
+                    extra = b"retry-after: " + ctl.retry_after.encode("latin-1") + b"\r\n"
+            elif ctl.status == 429 or any(n == b"x-fake-retry-after" for n, _ in special):
                 extra = b"retry-after: " + ctl.retry_after.encode("latin-1") + b"\r\n"
+            if ctl.retry_after_ms:
+                extra += b"retry-after-ms: " + ctl.retry_after_ms.encode("latin-1") + b"\r\n"
             if family == "anthropic":
                 extra += b"request-id: req_fake%08d\r\n" % rid
             return self._respond(p, ctl, rid, ctl.status, _CT_JSON, _error_body(
@@ -1537,7 +1588,43 @@ class FakeProvider:
         if not keep_alive:
             p.close()
 
-    def _admin(self, p: _HttpProtocol, method: str, path: str, keep_alive: bool) -> None:
+    @staticmethod
+    def _fault_model(needed: bool, family: str, path: str, body: bytes) -> Optional[str]:
+        """The request's model, read only when a fault filters by model."""
+        if not needed:
+            return None
+        if family == "gemini":
+            return _gemini_model(path)
+        try:
+            obj = _loads(body) if body else None
+        except _JSONDecodeError:
+            return None
+        m = obj.get("model") if isinstance(obj, dict) else None
+        return m if isinstance(m, str) else None
+
+    async def _reset_later(self, p: _HttpProtocol, latency_s: float) -> None:
+        if latency_s > 0:
+            await asyncio.sleep(latency_s)
+        await p.reset()
+
+    def _admin(self, p: _HttpProtocol, method: str, path: str, keep_alive: bool, body: bytes = b"") -> None:
+        if path == "/_fake/faults":
+            if method == "GET":
+                p.send(200, _CT_JSON, _dumps(self.faults.snapshot()), 0, b"", keep_alive)
+                return
+            if method == "DELETE":
+                self.faults.clear()
+                p.send(200, _CT_JSON, _dumps(self.faults.snapshot()), 0, b"", keep_alive)
+                return
+            if method == "POST":
+                try:
+                    self.faults.configure(_loads(body or b"{}"))
+                except (ValueError, TypeError, KeyError) as exc:  # (JSON decode errors are ValueErrors)
+                    p.send(400, _CT_JSON, _dumps({"error": {"message": "bad fault document: %s" % exc}}),
+                           0, b"", keep_alive)
+                    return
+                p.send(200, _CT_JSON, _dumps(self.faults.snapshot()), 0, b"", keep_alive)
+                return
         if path == "/_fake/health" and method == "GET":
             p.send(200, _CT_JSON, b'{"status":"ok"}', 0, b"", keep_alive)
         elif path == "/_fake/requests" and method == "GET":
@@ -1637,6 +1724,11 @@ class FakeProviderThread:
     def clear(self) -> None:
         self.provider.clear()
 
+    @property
+    def faults(self) -> Faults:
+        """The server-side fault state (thread-safe: add rules from the test's thread)."""
+        return self.provider.faults
+
 
 # ------------------------------------------------------------------------------------ CLI
 
@@ -1650,6 +1742,11 @@ def _provider_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_recorded": args.max_recorded,
         "record": not args.no_record,
         "provider_headers": args.provider_headers,
+        "fail_rate": args.fail_rate,
+        "fail_seed": args.fail_seed,
+        "fail_status": args.fail_status,
+        "fail_action": args.fail_action,
+        "fail_models": args.fail_model or None,
     }
 
 
@@ -1689,6 +1786,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the port via SO_REUSEPORT")
     ap.add_argument("--provider-headers", action="store_true",
                     help="send each provider's usual ~20 response headers (rate limits, Cloudflare, ...)")
+    ap.add_argument("--fail-rate", type=float, default=0.0,
+                    help="fail this fraction of the requests at random (chaos runs)")
+    ap.add_argument("--fail-seed", type=int, default=0, help="seed of --fail-rate's choices (per worker)")
+    ap.add_argument("--fail-status", type=int, default=503, help="status of --fail-rate's failures")
+    ap.add_argument("--fail-action", default="status", choices=("status", "reset", "stall", "stream_reset"),
+                    help="what a --fail-rate failure does")
+    ap.add_argument("--fail-model", action="append", default=[],
+                    help="--fail-rate applies only to this model (repeatable)")
     args = ap.parse_args(argv)
     kwargs = _provider_kwargs(args)
 
