@@ -38,7 +38,6 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
     ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
-    ("model_metrics_sources", "cost and latency metrics for selection policies"),
     ("prompt_caching", "prompt-cache markers and session affinity"),
     ("mode=prompt", "the prompt gateway mode (mode: llm is what plano_fast does)"),
     ("overrides.*", "this override"),
