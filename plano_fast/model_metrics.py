@@ -30,6 +30,7 @@ lookup per candidate model.  Where plano_fast differs, on purpose:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -320,7 +321,7 @@ class ModelMetrics:
         for feed in self.feeds:
             interval = feed.source.refresh_interval_s
             if interval is not None:
-                p = Periodic(f"model-metrics {feed.what}", lambda feed=feed: self.fetch(feed), float(interval))
+                p = Periodic(f"model-metrics {feed.what}", functools.partial(self.fetch, feed), float(interval))
                 p.start()
                 self._tasks.append(p)
 
