@@ -653,7 +653,7 @@ class PreferenceRouter:
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
         "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency", "redis",
-        "model_metrics",
+        "model_metrics", "turns", "replays",
     )
 
     def __init__(
@@ -674,6 +674,9 @@ class PreferenceRouter:
         self.metrics = metrics
         self.latency = LatencyWindow(metrics) if metrics is not None else None
         self.sessions = SessionCache(config.session_ttl_s, config.session_max_entries)
+        #: route_on_user_only: the decision of each conversation's last user turn
+        self.turns = SessionCache(config.session_ttl_s, config.session_max_entries)
+        self.replays = 0
         self.redis: RedisSessions | None = None
         if config.session_redis_url is not None:
             self.redis = RedisSessions(config.session_redis_url, config.session_ttl_s)
@@ -804,9 +807,19 @@ class PreferenceRouter:
         messages = RP.conversation_of(body, api)
         if not messages:
             return Decision(fallback, None, False, session)
-        if self.config.route_on_user_only and messages[-1][0] != "user":
-            # A continuation (tool results, assistant steps): no new user intent to classify.
-            return Decision(fallback, None, False, session)
+        turn: str | None = None
+        user_turn = True
+        if self.config.route_on_user_only and prefs is None:
+            # Plano's route_on_user_only: a continuation (tool results, assistant steps)
+            # replays the decision of the user turn that started it, found by the
+            # conversation's identity; without one it is routed as any request.
+            turn = RP.turn_key(body, api, model, session)
+            user_turn = RP.is_user_turn(body, api)
+            if not user_turn:
+                hit = self.turns.get(turn, time.monotonic())
+                if hit is not None:
+                    self.replays += 1
+                    return Decision(hit[0], hit[1], False, session)
         prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
         request = RP.router_request(self.config.router_model, prompt)
         self.calls += 1
@@ -839,6 +852,8 @@ class PreferenceRouter:
             decision = Decision(tuple(self._rank(pref, body_len, body)), pref.name, False, session, router_ms)
         else:
             decision = Decision(fallback, None, False, session, router_ms, error)
+        if turn is not None and user_turn and not error:
+            self.turns.put(turn, decision.models, decision.route, time.monotonic())
         if session is not None and not error and prefs is None:
             self.sessions.put(session, decision.models, decision.route, time.monotonic())
             if self.redis is not None:

@@ -23,6 +23,7 @@ out.  Source: katanemo/plano ``crates/brightstaff/src/router/orchestrator_model_
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -33,6 +34,8 @@ __all__ = [
     "SYSTEM_PROMPT",
     "RouterAnswerError",
     "conversation_of",
+    "is_user_turn",
+    "turn_key",
     "parse_answer",
     "render_prompt",
     "render_routes",
@@ -133,6 +136,92 @@ def conversation_of(body: Any, api: str) -> list[tuple[str, str]]:
         if isinstance(m, dict) and isinstance(m.get("role"), str):
             out.append((m["role"], _text(m.get("content"))))
     return out
+
+
+#: text a harness (Claude Code) injects into user messages next to tool results: not the
+#: user speaking (Plano's ``session_router::INJECTED_USER_ENVELOPES``)
+_ENVELOPES: Final = (("<system-reminder>", "</system-reminder>"),
+                     ("<user-prompt-submit-hook>", "</user-prompt-submit-hook>"))  # fmt: skip
+#: content parts that are neither text nor a tool result: an image, a document, audio
+_NOT_SPOKEN: Final = frozenset({"tool_result", "tool_use", "thinking", "redacted_thinking"})
+
+
+def _strip_envelopes(text: str) -> str:
+    for open_tag, close_tag in _ENVELOPES:
+        while (start := text.find(open_tag)) >= 0:
+            end = text.find(close_tag, start + len(open_tag))
+            text = text[:start] + ("" if end < 0 else text[end + len(close_tag):])
+    return text
+
+
+def is_user_turn(body: Any, api: str) -> bool:
+    """Plano's ``session_router::is_user_turn``: the last message is the user's and says
+    something -- an attachment, or text left after the harness envelopes are cut.  Tool
+    results (an OpenAI ``tool`` message, Anthropic ``tool_result`` blocks, a Responses
+    ``function_call_output``), assistant steps and an empty or reminder-only user tail
+    are not."""
+    if not isinstance(body, dict):
+        return False
+    items = body.get("input") if api == "responses" else body.get("messages")
+    if isinstance(items, str):
+        return bool(_strip_envelopes(items).strip())
+    if not isinstance(items, list) or not items:
+        return False
+    last = items[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return False
+    content = last.get("content")
+    if isinstance(content, str):
+        return bool(_strip_envelopes(content).strip())
+    if not isinstance(content, list):
+        return False
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        elif kind not in _NOT_SPOKEN:
+            return True  # an image or a document: the user speaking without words
+    return bool(_strip_envelopes("\n".join(texts)).strip())
+
+
+def _tool_names(tools: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(tools, list):
+        for t in tools:
+            if isinstance(t, dict):
+                fn = t.get("function")
+                name = fn.get("name") if isinstance(fn, dict) else t.get("name")
+                if isinstance(name, str):
+                    out.append(name)
+    return sorted(out)
+
+
+def turn_key(body: Any, api: str, model: str | None, tenant: str | None) -> str:
+    """A conversation's identity without a session header, as Plano derives its implicit
+    affinity key: the system prompt, the tool names and the first user message, plus the
+    requested model (Plano's binding lane: a harness's small-model calls do not replay
+    the main model's decision) and the tenant."""
+    system: list[str] = []
+    first_user = ""
+    if isinstance(body, dict):
+        if api == "messages":
+            system.append(_text(body.get("system")))
+        elif api == "responses":
+            system.append(_text(body.get("instructions")))
+        for role, text in conversation_of(body, api):
+            if role in ("system", "developer"):
+                system.append(text)
+            elif role == "user" and not first_user:
+                first_user = text
+        tools = _tool_names(body.get("tools"))
+    else:
+        tools = []
+    doc = json.dumps([model, tenant, system, tools, first_user], ensure_ascii=False)
+    return "turn:" + hashlib.blake2b(doc.encode(), digest_size=16).hexdigest()
 
 
 def _is_boundary(b: bytes, i: int) -> bool:
