@@ -37,7 +37,7 @@ FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("prompt_guards", "prompt guards (jailbreak guardrail)"),
     ("model_providers[].stream", "a per-provider streaming switch"),
     ("llm_providers[].stream", "a per-provider streaming switch"),
-    ("routing.routing_budget", "routing budgets (a spend cap on model switches within a session)"),
+    ("routing.routing_budget", "routing budgets (Plano's per-session cost gate on model switches; a session with x-model-affinity keeps its first decision for session_ttl_seconds instead)"),
     ("prompt_caching", "prompt-cache markers and session affinity"),
     ("mode=prompt", "the prompt gateway mode (mode: llm is what plano_fast does)"),
     ("overrides.*", "this override"),
