@@ -653,7 +653,7 @@ class PreferenceRouter:
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
         "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency", "redis",
-        "model_metrics", "turns", "replays",
+        "model_metrics", "turns", "replays", "builder",
     )
 
     def __init__(
@@ -681,6 +681,12 @@ class PreferenceRouter:
         if config.session_redis_url is not None:
             self.redis = RedisSessions(config.session_redis_url, config.session_ttl_s)
         self.routes_text = RP.render_routes((p.name, p.description) for p in config.preferences)
+        #: the router call's body less the conversation, built once for the config's routes
+        self.builder: RP.RequestBuilder | None = None
+        try:
+            self.builder = RP.RequestBuilder(config.router_model, self.routes_text)
+        except ValueError:
+            pass  # a route description naming {conversation}: the prompt is rendered whole
         self.by_name = {p.name: p for p in config.preferences}
         self.model_metrics = ModelMetrics(config.metrics_sources) if config.metrics_sources else None
         self.calls = 0
@@ -820,8 +826,12 @@ class PreferenceRouter:
                 if hit is not None:
                     self.replays += 1
                     return Decision(hit[0], hit[1], False, session)
-        prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
-        request = RP.router_request(self.config.router_model, prompt)
+        builder = self.builder if prefs is None else None
+        if builder is not None:
+            request = builder.build(messages, self.config.max_token_length)
+        else:
+            prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
+            request = RP.router_request(self.config.router_model, prompt)
         self.calls += 1
         started = time.perf_counter()
         error = ""

@@ -26,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Final
 
 __all__ = [
     "MAX_ROUTING_TURNS",
     "MAX_TOKEN_LEN",
     "SYSTEM_PROMPT",
+    "RequestBuilder",
     "RouterAnswerError",
     "conversation_of",
     "is_user_turn",
@@ -278,10 +280,45 @@ def render_prompt(
 ) -> str:
     """The router prompt for a conversation (``routes_text`` from :func:`render_routes`)."""
     selected = select_messages(messages, max_token_length)
-    conversation = json.dumps(
-        [{"role": r, "content": t} for r, t in selected], indent=4, ensure_ascii=False
-    )
+    conversation = conversation_json(selected)
     return SYSTEM_PROMPT.replace("{routes}", routes_text).replace("{conversation}", conversation)
+
+
+def conversation_json(selected: Sequence[tuple[str, str]]) -> str:
+    """``json.dumps([{"role", "content"}...], indent=4, ensure_ascii=False)`` written out:
+    the standard library's indented encoder is pure Python (~10x slower); the strings go
+    through the same C escaper it uses, so the text is the same byte for byte."""
+    if not selected:
+        return "[]"
+    esc = encode_basestring
+    return "[\n" + ",\n".join(
+        '    {\n        "role": ' + esc(r) + ',\n        "content": ' + esc(t) + "\n    }"
+        for r, t in selected
+    ) + "\n]"
+
+
+class RequestBuilder:
+    """The router call's body for one model and one set of routes, without rendering the
+    prompt and re-encoding it whole: the JSON of everything but the conversation (the
+    template with the routes in it, escaped as a JSON string) is built once; a request
+    escapes only its conversation.  JSON string escaping is per character, so the bytes
+    are :func:`router_request` (:func:`render_prompt`)'s."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, model: str, routes_text: str) -> None:
+        if "{conversation}" in routes_text:
+            # render_prompt would fill that one too: not a prefix/suffix split; use it
+            raise ValueError("routes mention the {conversation} placeholder")
+        head, _, tail = SYSTEM_PROMPT.replace("{routes}", routes_text).partition("{conversation}")
+        esc = encode_basestring
+        self.prefix = ('{"model": ' + esc(model) + ', "messages": [{"role": "user", "content": '
+                       + esc(head)[:-1]).encode()  # fmt: skip
+        self.suffix = (esc(tail)[1:] + '}], "temperature": ' + json.dumps(ROUTER_TEMPERATURE) + "}").encode()
+
+    def build(self, messages: Sequence[tuple[str, str]], max_token_length: int = MAX_TOKEN_LEN) -> bytes:
+        conversation = conversation_json(select_messages(messages, max_token_length))
+        return self.prefix + encode_basestring(conversation)[1:-1].encode() + self.suffix
 
 
 def router_request(model: str, prompt: str) -> bytes:
