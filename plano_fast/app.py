@@ -238,6 +238,7 @@ class Gateway:
                 self.config.preference_routing, self.router, self.pool,
                 self.billing.pricing, self.ctx.metrics, self.billing.submit,
             )  # fmt: skip
+            self.ctx.preference.start()
         tracing = self.config.raw.get("tracing")
         if isinstance(tracing, dict):
             self.ctx.tracing = Tracing(tracing)
@@ -482,6 +483,8 @@ class Gateway:
             values["router_session_pins"] = preference.pinned_hits
             if preference.redis is not None:
                 values["router_session_cache_errors"] = preference.redis.errors
+            if preference.model_metrics is not None:
+                values["model_metrics_fetch_failures"] = sum(f.failures for f in preference.model_metrics.feeds)
         return values
 
     async def _housekeeping(self) -> None:

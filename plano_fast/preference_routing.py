@@ -46,11 +46,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast import router_prompt as RP
+from plano_fast.model_metrics import ModelMetrics, rank_by
 from plano_fast.errors import ClientError, UpstreamError
 from plano_fast.usage import STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, UsageEvent, UsageSink
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
+    from plano_fast.model_metrics import Source
     from plano_fast.http_server import Request
     from plano_fast.metrics import RequestMetrics
     from plano_fast.pricing import PricingRegistry
@@ -103,6 +105,8 @@ class PreferenceConfig:
     route_on_user_only: bool = False
     max_token_length: int = RP.MAX_TOKEN_LEN
     timeout_s: float = DEFAULT_ROUTER_TIMEOUT_MS / 1000
+    #: model_metrics_sources (plano_fast.model_metrics): figures for cheapest / fastest
+    metrics_sources: tuple[Source, ...] = ()
 
 
 # --------------------------------------------------------------------------- config
@@ -649,6 +653,7 @@ class PreferenceRouter:
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
         "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency", "redis",
+        "model_metrics", "turns", "replays", "builder",
     )
 
     def __init__(
@@ -669,11 +674,21 @@ class PreferenceRouter:
         self.metrics = metrics
         self.latency = LatencyWindow(metrics) if metrics is not None else None
         self.sessions = SessionCache(config.session_ttl_s, config.session_max_entries)
+        #: route_on_user_only: the decision of each conversation's last user turn
+        self.turns = SessionCache(config.session_ttl_s, config.session_max_entries)
+        self.replays = 0
         self.redis: RedisSessions | None = None
         if config.session_redis_url is not None:
             self.redis = RedisSessions(config.session_redis_url, config.session_ttl_s)
         self.routes_text = RP.render_routes((p.name, p.description) for p in config.preferences)
+        #: the router call's body less the conversation, built once for the config's routes
+        self.builder: RP.RequestBuilder | None = None
+        try:
+            self.builder = RP.RequestBuilder(config.router_model, self.routes_text)
+        except ValueError:
+            pass  # a route description naming {conversation}: the prompt is rendered whole
         self.by_name = {p.name: p for p in config.preferences}
+        self.model_metrics = ModelMetrics(config.metrics_sources) if config.metrics_sources else None
         self.calls = 0
         self.failures = 0
         self.pinned_hits = 0
@@ -798,11 +813,25 @@ class PreferenceRouter:
         messages = RP.conversation_of(body, api)
         if not messages:
             return Decision(fallback, None, False, session)
-        if self.config.route_on_user_only and messages[-1][0] != "user":
-            # A continuation (tool results, assistant steps): no new user intent to classify.
-            return Decision(fallback, None, False, session)
-        prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
-        request = RP.router_request(self.config.router_model, prompt)
+        turn: str | None = None
+        user_turn = True
+        if self.config.route_on_user_only and prefs is None:
+            # Plano's route_on_user_only: a continuation (tool results, assistant steps)
+            # replays the decision of the user turn that started it, found by the
+            # conversation's identity; without one it is routed as any request.
+            turn = RP.turn_key(body, api, model, session)
+            user_turn = RP.is_user_turn(body, api)
+            if not user_turn:
+                hit = self.turns.get(turn, time.monotonic())
+                if hit is not None:
+                    self.replays += 1
+                    return Decision(hit[0], hit[1], False, session)
+        builder = self.builder if prefs is None else None
+        if builder is not None:
+            request = builder.build(messages, self.config.max_token_length)
+        else:
+            prompt = RP.render_prompt(routes_text, messages, self.config.max_token_length)
+            request = RP.router_request(self.config.router_model, prompt)
         self.calls += 1
         started = time.perf_counter()
         error = ""
@@ -830,21 +859,42 @@ class PreferenceRouter:
         decision: Decision
         if names:
             pref = by_name[names[0]]
-            tokens = estimate_tokens(body_len, body)
-            latency = None
-            if pref.prefer == "fastest" and self.latency is not None:
-                latency = self.latency.means(time.monotonic())
-            ranked = rank(pref.models, pref.prefer, self.router, self.pricing, latency, tokens)
-            decision = Decision(tuple(ranked), pref.name, False, session, router_ms)
+            decision = Decision(tuple(self._rank(pref, body_len, body)), pref.name, False, session, router_ms)
         else:
             decision = Decision(fallback, None, False, session, router_ms, error)
+        if turn is not None and user_turn and not error:
+            self.turns.put(turn, decision.models, decision.route, time.monotonic())
         if session is not None and not error and prefs is None:
             self.sessions.put(session, decision.models, decision.route, time.monotonic())
             if self.redis is not None:
                 await self.redis.put(session, decision.models, decision.route)
         return decision
 
+    def _rank(self, pref: Preference, body_len: int, body: dict[str, Any]) -> list[str]:
+        """The route's models in ``selection_policy`` order: by the metrics source's
+        figures when it has one for any of them (Plano's ranking), else by the price table
+        (cheapest) or this process's measured latency (fastest)."""
+        prefer = pref.prefer
+        if prefer == "none" or len(pref.models) < 2:
+            return list(pref.models)
+        mm = self.model_metrics
+        if mm is not None:
+            figures = mm.cost if prefer == "cheapest" else mm.latency
+            if figures and any(m in figures for m in pref.models):
+                return rank_by(pref.models, figures)
+        latency = None
+        if prefer == "fastest" and self.latency is not None:
+            latency = self.latency.means(time.monotonic())
+        return rank(pref.models, prefer, self.router, self.pricing, latency, estimate_tokens(body_len, body))
+
+    def start(self) -> None:
+        """Background work (the metrics sources' fetches); on the running loop."""
+        if self.model_metrics is not None:
+            self.model_metrics.start()
+
     async def close(self) -> None:
+        if self.model_metrics is not None:
+            await self.model_metrics.stop()
         if self.redis is not None:
             await self.redis.close()
 

@@ -23,16 +23,21 @@ out.  Source: katanemo/plano ``crates/brightstaff/src/router/orchestrator_model_
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 __all__ = [
     "MAX_ROUTING_TURNS",
     "MAX_TOKEN_LEN",
     "SYSTEM_PROMPT",
+    "RequestBuilder",
     "RouterAnswerError",
     "conversation_of",
+    "is_user_turn",
+    "turn_key",
     "parse_answer",
     "render_prompt",
     "render_routes",
@@ -135,6 +140,92 @@ def conversation_of(body: Any, api: str) -> list[tuple[str, str]]:
     return out
 
 
+#: text a harness (Claude Code) injects into user messages next to tool results: not the
+#: user speaking (Plano's ``session_router::INJECTED_USER_ENVELOPES``)
+_ENVELOPES: Final = (("<system-reminder>", "</system-reminder>"),
+                     ("<user-prompt-submit-hook>", "</user-prompt-submit-hook>"))  # fmt: skip
+#: content parts that are neither text nor a tool result: an image, a document, audio
+_NOT_SPOKEN: Final = frozenset({"tool_result", "tool_use", "thinking", "redacted_thinking"})
+
+
+def _strip_envelopes(text: str) -> str:
+    for open_tag, close_tag in _ENVELOPES:
+        while (start := text.find(open_tag)) >= 0:
+            end = text.find(close_tag, start + len(open_tag))
+            text = text[:start] + ("" if end < 0 else text[end + len(close_tag):])
+    return text
+
+
+def is_user_turn(body: Any, api: str) -> bool:
+    """Plano's ``session_router::is_user_turn``: the last message is the user's and says
+    something -- an attachment, or text left after the harness envelopes are cut.  Tool
+    results (an OpenAI ``tool`` message, Anthropic ``tool_result`` blocks, a Responses
+    ``function_call_output``), assistant steps and an empty or reminder-only user tail
+    are not."""
+    if not isinstance(body, dict):
+        return False
+    items = body.get("input") if api == "responses" else body.get("messages")
+    if isinstance(items, str):
+        return bool(_strip_envelopes(items).strip())
+    if not isinstance(items, list) or not items:
+        return False
+    last = items[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return False
+    content = last.get("content")
+    if isinstance(content, str):
+        return bool(_strip_envelopes(content).strip())
+    if not isinstance(content, list):
+        return False
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        elif kind not in _NOT_SPOKEN:
+            return True  # an image or a document: the user speaking without words
+    return bool(_strip_envelopes("\n".join(texts)).strip())
+
+
+def _tool_names(tools: Any) -> list[str]:
+    out: list[str] = []
+    if isinstance(tools, list):
+        for t in tools:
+            if isinstance(t, dict):
+                fn = t.get("function")
+                name = fn.get("name") if isinstance(fn, dict) else t.get("name")
+                if isinstance(name, str):
+                    out.append(name)
+    return sorted(out)
+
+
+def turn_key(body: Any, api: str, model: str | None, tenant: str | None) -> str:
+    """A conversation's identity without a session header, as Plano derives its implicit
+    affinity key: the system prompt, the tool names and the first user message, plus the
+    requested model (Plano's binding lane: a harness's small-model calls do not replay
+    the main model's decision) and the tenant."""
+    system: list[str] = []
+    first_user = ""
+    if isinstance(body, dict):
+        if api == "messages":
+            system.append(_text(body.get("system")))
+        elif api == "responses":
+            system.append(_text(body.get("instructions")))
+        for role, text in conversation_of(body, api):
+            if role in ("system", "developer"):
+                system.append(text)
+            elif role == "user" and not first_user:
+                first_user = text
+        tools = _tool_names(body.get("tools"))
+    else:
+        tools = []
+    doc = json.dumps([model, tenant, system, tools, first_user], ensure_ascii=False)
+    return "turn:" + hashlib.blake2b(doc.encode(), digest_size=16).hexdigest()
+
+
 def _is_boundary(b: bytes, i: int) -> bool:
     return i <= 0 or i >= len(b) or (b[i] & 0xC0) != 0x80
 
@@ -189,10 +280,45 @@ def render_prompt(
 ) -> str:
     """The router prompt for a conversation (``routes_text`` from :func:`render_routes`)."""
     selected = select_messages(messages, max_token_length)
-    conversation = json.dumps(
-        [{"role": r, "content": t} for r, t in selected], indent=4, ensure_ascii=False
-    )
+    conversation = conversation_json(selected)
     return SYSTEM_PROMPT.replace("{routes}", routes_text).replace("{conversation}", conversation)
+
+
+def conversation_json(selected: Sequence[tuple[str, str]]) -> str:
+    """``json.dumps([{"role", "content"}...], indent=4, ensure_ascii=False)`` written out:
+    the standard library's indented encoder is pure Python (~10x slower); the strings go
+    through the same C escaper it uses, so the text is the same byte for byte."""
+    if not selected:
+        return "[]"
+    esc = encode_basestring
+    return "[\n" + ",\n".join(
+        '    {\n        "role": ' + esc(r) + ',\n        "content": ' + esc(t) + "\n    }"
+        for r, t in selected
+    ) + "\n]"
+
+
+class RequestBuilder:
+    """The router call's body for one model and one set of routes, without rendering the
+    prompt and re-encoding it whole: the JSON of everything but the conversation (the
+    template with the routes in it, escaped as a JSON string) is built once; a request
+    escapes only its conversation.  JSON string escaping is per character, so the bytes
+    are :func:`router_request` (:func:`render_prompt`)'s."""
+
+    __slots__ = ("prefix", "suffix")
+
+    def __init__(self, model: str, routes_text: str) -> None:
+        if "{conversation}" in routes_text:
+            # render_prompt would fill that one too: not a prefix/suffix split; use it
+            raise ValueError("routes mention the {conversation} placeholder")
+        head, _, tail = SYSTEM_PROMPT.replace("{routes}", routes_text).partition("{conversation}")
+        esc = encode_basestring
+        self.prefix = ('{"model": ' + esc(model) + ', "messages": [{"role": "user", "content": '
+                       + esc(head)[:-1]).encode()  # fmt: skip
+        self.suffix = (esc(tail)[1:] + '}], "temperature": ' + json.dumps(ROUTER_TEMPERATURE) + "}").encode()
+
+    def build(self, messages: Sequence[tuple[str, str]], max_token_length: int = MAX_TOKEN_LEN) -> bytes:
+        conversation = conversation_json(select_messages(messages, max_token_length))
+        return self.prefix + encode_basestring(conversation)[1:-1].encode() + self.suffix
 
 
 def router_request(model: str, prompt: str) -> bytes:

@@ -624,21 +624,34 @@ def test_the_router_call_is_billed_to_the_caller_as_its_own_row(
     assert llm_row.model == "gpt-4.1"
 
 
-def test_route_on_user_only_skips_the_router_for_continuations() -> None:
-    import asyncio
+def test_route_on_user_only_tells_user_turns_from_continuations() -> None:
+    """Plano's session_router::is_user_turn cases; the turn key is the conversation's
+    identity (system, tools, first user message, requested model), not its tail."""
+    from plano_fast import router_prompt as RP
 
-    cfg = parse("version: v0.4.0\n" + BASE + """\
-routing_preferences: [{name: code, description: writes code, models: [openai/gpt-4o]}]
-overrides: {llm_routing_model: arch/Arch-Router}
-routing: {route_on_user_only: true}
-""")
-    assert cfg.preference_routing is not None
-    router = PR.PreferenceRouter(cfg.preference_routing, Router(cfg), pool=None)  # type: ignore[arg-type]
-    body = {"messages": [{"role": "user", "content": "write code"},
-                         {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
-                         {"role": "tool", "tool_call_id": "1", "content": "done"}]}  # fmt: skip
-    decision = asyncio.run(router.decide(body, 100, "chat_completions", "openai/gpt-4o-mini", None))
-    assert decision == PR.Decision(("openai/gpt-4o-mini",), None) and router.calls == 0
+    user = {"role": "user", "content": "write code"}
+    tool_tail = {"messages": [user, {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                              {"role": "tool", "tool_call_id": "1", "content": "done"}]}  # fmt: skip
+    assert RP.is_user_turn({"messages": [user]}, "chat_completions")
+    assert not RP.is_user_turn(tool_tail, "chat_completions")
+    assert not RP.is_user_turn({"messages": [user, {"role": "assistant", "content": "ok"}]}, "chat_completions")
+    # Anthropic: tool results in a user message are not the user speaking; text beside them is
+    result = {"type": "tool_result", "tool_use_id": "t1", "content": "42"}
+    assert not RP.is_user_turn({"messages": [{"role": "user", "content": [result]}]}, "messages")
+    assert RP.is_user_turn({"messages": [{"role": "user", "content": [result, {"type": "text", "text": "now fix it"}]}]}, "messages")
+    reminder = {"type": "text", "text": "<system-reminder>todo list changed</system-reminder>\n "}
+    assert not RP.is_user_turn({"messages": [{"role": "user", "content": [result, reminder]}]}, "messages")
+    assert not RP.is_user_turn({"messages": [{"role": "user", "content": "<system-reminder>cut off"}]}, "messages")
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
+    assert RP.is_user_turn({"messages": [{"role": "user", "content": [image]}]}, "messages")
+    assert RP.is_user_turn({"input": "hi"}, "responses")
+    assert not RP.is_user_turn({"input": [{"role": "user", "content": "hi"},
+                                          {"type": "function_call_output", "call_id": "c", "output": "x"}]}, "responses")  # fmt: skip
+    assert not RP.is_user_turn({"messages": []}, "chat_completions")
+    key = RP.turn_key({"messages": [user]}, "chat_completions", "m", None)
+    assert RP.turn_key(tool_tail, "chat_completions", "m", None) == key
+    assert RP.turn_key(tool_tail, "chat_completions", "small-model", None) != key
+    assert RP.turn_key({"messages": [{"role": "system", "content": "s"}, user]}, "chat_completions", "m", None) != key
 
 
 def test_post_json_retries_once_on_a_kept_alive_connection_the_router_closed() -> None:

@@ -212,3 +212,49 @@ def plano_expected(conversation_block: str) -> str:
 ])  # fmt: skip
 def test_token_budget_matches_plano_s_expected_prompts(budget: int, conversation: list[tuple[str, str]], block: str) -> None:
     assert RP.render_prompt(IMAGE_ROUTE, conversation, budget) == plano_expected(block)
+
+
+# -- the router call's body, built without rendering and re-encoding the prompt ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def reference_request(model: str, routes_text: str, messages: list[tuple[str, str]], max_len: int) -> bytes:
+    """The body as first written: the whole prompt rendered with the standard library's
+    indented encoder, then encoded as the request's one message."""
+    selected = RP.select_messages(messages, max_len)
+    conversation = json.dumps([{"role": r, "content": t} for r, t in selected], indent=4, ensure_ascii=False)
+    prompt = PLANO_TEMPLATE.replace("{routes}", routes_text).replace("{conversation}", conversation)
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0.01},
+                      ensure_ascii=False).encode()  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.text(max_size=20),
+    routes=st.lists(st.tuples(st.text(max_size=30), st.text(max_size=60)), min_size=1, max_size=4),
+    messages=st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "tool"]), st.text(max_size=200)), max_size=20),
+    max_len=st.sampled_from([50, 200, 8192]),
+)
+def test_request_builder_is_byte_identical_to_rendering_the_prompt(
+    model: str, routes: list[tuple[str, str]], messages: list[tuple[str, str]], max_len: int
+) -> None:
+    routes_text = RP.render_routes(routes)
+    want = reference_request(model, routes_text, messages, max_len)
+    if "{conversation}" in routes_text:
+        with pytest.raises(ValueError):
+            RP.RequestBuilder(model, routes_text)
+        return
+    assert RP.RequestBuilder(model, routes_text).build(messages, max_len) == want
+    assert RP.router_request(model, RP.render_prompt(routes_text, messages, max_len)) == want
+
+
+def test_request_builder_on_plano_s_golden_conversation() -> None:
+    routes = RP.render_routes([("Image generation", "generating image")])
+    messages = RP.conversation_of(CONVERSATION, "chat_completions")
+    body = json.loads(RP.RequestBuilder("Arch-Router", routes).build(messages, 2**62))
+    assert body == {"model": "Arch-Router", "messages": [{"role": "user", "content": PLANO_EXPECTED}], "temperature": 0.01}
+    # a description naming the placeholder: render_prompt fills it too, so no builder
+    with pytest.raises(ValueError):
+        RP.RequestBuilder("m", RP.render_routes([("r", "see {conversation}")]))

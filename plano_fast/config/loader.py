@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Mapping
 
@@ -27,6 +28,7 @@ from plano_fast.config.schema import _LegacyListenersIn, _ListenerItemIn, _Singu
 from plano_fast.guard_checks import parse_checks
 from plano_fast.guard_models import GuardConfigError
 from plano_fast.guardrails import GuardrailConfigError, parse_policy
+from plano_fast.model_metrics import parse_sources as parse_metrics_sources
 from plano_fast.preference_routing import parse as parse_preferences
 from plano_fast.ratelimit import RateLimitConfigError, parse_limits
 
@@ -169,6 +171,14 @@ class _Builder(_ProviderBuilder):
                 self.err(loc, msg)
             for loc, msg in pwarns:
                 self.warn(loc, msg)
+        metrics_sources, merrs = parse_metrics_sources(data.get("model_metrics_sources"))
+        for loc, msg in merrs:
+            self.err(loc, msg)
+        if preference is not None and metrics_sources:
+            preference = dataclasses.replace(preference, metrics_sources=metrics_sources)
+        elif metrics_sources and not merrs:
+            self.warn(("model_metrics_sources",), "not fetched: they rank routing_preferences models "
+                      "(selection_policy cheapest / fastest) and no preference routing is configured")
 
         if self.errors or top is None or provs is None or settings is None or listeners is None:
             raise ConfigError(self.errors or [f"{self.source}: invalid config"])
