@@ -182,6 +182,8 @@ class Gateway:
         if opened:
             await self._start_billing()
         timeout_s = self.config.listener.timeout_s
+        first_byte_s = settings.upstream_first_byte_timeout_s or timeout_s
+        body_idle_s = settings.upstream_body_idle_timeout_s or timeout_s
         limits = self.limits
         self.clock = DeadlineClock(
             tick_for(
@@ -189,6 +191,10 @@ class Gateway:
                 limits.request_body_timeout_s,
                 limits.keepalive_timeout_s,
                 timeout_s,
+                first_byte_s,
+                body_idle_s,
+                # a provider's own first-byte / body-idle timeouts fire within a tick too
+                *(t for p in self.config.providers for t in p.timeouts[1:]),
             )
         )
         self.clock.start()
@@ -203,8 +209,8 @@ class Gateway:
             self.router,
             self.pool,
             self.billing.submit,
-            timeout_s,
-            timeout_s,
+            first_byte_s,
+            body_idle_s,
             registry=self.registry,
             budget=self.billing.budget,
             gone_drain_s=settings.client_gone_drain_s,
