@@ -199,8 +199,13 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the server is confused; never reuse it.
             self._close()
             return
-        self._received_any = True
-        self._last_rx = self._pool.loop.time()
+        self._last_rx = now = self._pool.loop.time()
+        if not self._received_any:
+            # From the first byte on, the idle timeout applies (checked lazily: on_deadline
+            # re-arms from the last byte); without this a first-byte timeout longer than
+            # the idle one would delay the first idle check until it expired.
+            self._received_any = True
+            self.deadline = now + self._idle_timeout_s
         sink = self._sink
         if not self._head_seen:
             buf = self._head_buf

@@ -748,6 +748,7 @@ class Exchange:
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
                 event.attempts, self.responder.peer(), self.guard_names, self.route_name,
+                event.attempt_trail,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
