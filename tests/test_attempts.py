@@ -184,11 +184,23 @@ PROVIDERS = """\
 """
 
 
+ADMIN_KEY = "admin-key-for-attempt-tests-0000000"
+
+
+def metrics(gateway: GatewayProcess) -> dict[str, float]:
+    req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/metrics",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    return {k: float(v) for k, _, v in (line.partition(" ") for line in lines if line.startswith("plano_fast_"))
+            if "{" not in k}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def gw(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
     path = tmp_path_factory.mktemp("attempts") / "plano_config.yaml"
     access_log = path.with_suffix(".access.log")
-    write_config(path, fake.port, {"access_log": str(access_log)},
+    write_config(path, fake.port, {"access_log": str(access_log), "admin_port": 0, "admin_key": ADMIN_KEY},
                  PROVIDERS.format(base=f"http://127.0.0.1:{fake.port}"))  # fmt: skip
     path.write_text(path.read_text().replace("model_aliases:\n", (
         "model_aliases:\n  gem-list:\n    target: [openai/gpt-flaky, gemini/gemini-2.5-flash]\n")))
@@ -256,6 +268,7 @@ def test_a_503_then_the_fallback_is_one_row_with_both_attempts(
     gw: tuple[GatewayProcess, Path], fake: FakeProviderThread
 ) -> None:
     gateway, path = gw
+    before = metrics(gateway)
     fake.clear()
     raw = chat(gateway, "gpt-4.1")
     assert raw.parse().choices[0].message.content
@@ -266,6 +279,9 @@ def test_a_503_then_the_fallback_is_one_row_with_both_attempts(
     assert row.priced and row.input_tokens > 0  # the serving attempt's usage; the 503 cost nothing
     entry = access_line(path, row.request_id)
     assert (entry["attempts"], entry["attempt_trail"]) == (2, "503,200")
+    after = metrics(gateway)
+    assert after["plano_fast_requests_retried"] - before["plano_fast_requests_retried"] == 1
+    assert after["plano_fast_upstream_attempts_failed"] - before["plano_fast_upstream_attempts_failed"] == 1
 
 
 def test_a_first_byte_timeout_is_retried_on_the_next_target(

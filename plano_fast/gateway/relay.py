@@ -133,6 +133,8 @@ class ExchangeContext:
         "circuits",
         "retries_total",
         "failovers_total",
+        "requests_retried",
+        "attempts_failed",
         "metrics",
         "access_log",
         "tracing",
@@ -184,6 +186,10 @@ class ExchangeContext:
         self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
         self.retries_total = 0
         self.failovers_total = 0
+        #: client requests that needed more than one upstream attempt (every mode), and
+        #: the attempts of theirs that failed and were followed by another
+        self.requests_retried = 0
+        self.attempts_failed = 0
         self.metrics = RequestMetrics()
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
@@ -718,6 +724,11 @@ class Exchange:
             (event.input_tokens, event.output_tokens, event.cache_read_tokens,
              event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
         )  # fmt: skip
+        failed = self.failed_attempts
+        if failed is not None:
+            ctx = self.ctx
+            ctx.requests_retried += 1
+            ctx.attempts_failed += len(failed)
         if event.status == STATUS_UPSTREAM_FAILED:
             metrics.error("timeout" if event.http_status == 504 else "upstream")
         elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
