@@ -15,6 +15,8 @@ both stores on top.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -181,7 +183,60 @@ PROVIDERS = """\
   - model: gemini/gemini-2.5-flash
     base_url: {base}/v1beta
     access_key: gemini-server-key
+  - model: openai/gpt-closer
+    base_url: http://127.0.0.1:{closer_port}
+    access_key: sk-server-openai-key
 """
+
+_ANSWER = (b'{"id":"c","object":"chat.completion","created":1,"model":"gpt-closer","choices":[{"index":0,'
+           b'"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],'
+           b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')  # fmt: skip
+
+
+class CloseSecondServer:
+    """An upstream that answers the first request of each connection (kept alive) and
+    closes the connection, without a byte, when a second one arrives on it: what a
+    provider's idle-connection reaper does to a pooled connection at the wrong moment."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf, answered = b"", False
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+                if len(rest) < length:
+                    continue
+                buf = rest[length:]
+                if answered:
+                    return  # the second request on this connection: closed unanswered
+                answered = True
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(_ANSWER), _ANSWER))  # fmt: skip
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 ADMIN_KEY = "admin-key-for-attempt-tests-0000000"
@@ -197,11 +252,20 @@ def metrics(gateway: GatewayProcess) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def gw(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
+def closer() -> Iterator[CloseSecondServer]:
+    server = CloseSecondServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    fake: FakeProviderThread, closer: CloseSecondServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, Path]]:
     path = tmp_path_factory.mktemp("attempts") / "plano_config.yaml"
     access_log = path.with_suffix(".access.log")
     write_config(path, fake.port, {"access_log": str(access_log), "admin_port": 0, "admin_key": ADMIN_KEY},
-                 PROVIDERS.format(base=f"http://127.0.0.1:{fake.port}"))  # fmt: skip
+                 PROVIDERS.format(base=f"http://127.0.0.1:{fake.port}", closer_port=closer.port))  # fmt: skip
     path.write_text(path.read_text().replace("model_aliases:\n", (
         "model_aliases:\n  gem-list:\n    target: [openai/gpt-flaky, gemini/gemini-2.5-flash]\n")))
     with GatewayProcess(path) as proc:
@@ -262,6 +326,22 @@ def test_one_attempt_is_recorded_as_one(gw: tuple[GatewayProcess, Path]) -> None
     row = row_of(path, raw.headers["x-plano-request-id"])
     assert (row.attempts, row.attempt_trail, row.status) == (1, None, "ok")
     assert access_line(path, row.request_id)["attempts"] == 1
+
+
+def test_a_pooled_connection_found_dead_is_replaced_and_counted(
+    gw: tuple[GatewayProcess, Path], closer: CloseSecondServer
+) -> None:
+    """No retry policy: the one retry every mode makes (a reused connection that closed
+    before answering, tried again on a fresh one) is an attempt on the row too."""
+    gateway, path = gw
+    first = chat(gateway, "gpt-closer")
+    second = chat(gateway, "gpt-closer")  # on the pooled connection, which the server closes
+    assert second.parse().choices[0].message.content == "ok"
+    assert closer.connections == 2
+    row = row_of(path, first.headers["x-plano-request-id"])
+    assert (row.attempts, row.attempt_trail) == (1, None)
+    row = row_of(path, second.headers["x-plano-request-id"])
+    assert (row.attempts, row.attempt_trail, row.status, row.input_tokens) == (2, "connect_error,200", "ok", 3)
 
 
 def test_a_503_then_the_fallback_is_one_row_with_both_attempts(
