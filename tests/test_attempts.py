@@ -364,6 +364,22 @@ def test_a_503_then_the_fallback_is_one_row_with_both_attempts(
     assert after["plano_fast_upstream_attempts_failed"] - before["plano_fast_upstream_attempts_failed"] == 1
 
 
+def test_when_every_attempt_fails_the_last_error_is_relayed_and_all_are_on_the_row(
+    gw: tuple[GatewayProcess, Path], fake: FakeProviderThread
+) -> None:
+    gateway, path = gw
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError) as err:  # the fallback answers 503 too
+            client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}],
+                                           extra_headers={"x-fake-status": "503"})  # fmt: skip
+    assert err.value.status_code == 503
+    assert fake_calls(fake) == ["/v1/chat/completions", "/v1/messages"]
+    row = row_of(path, err.value.response.headers["x-plano-request-id"])
+    assert (row.provider, row.status, row.http_status) == ("anthropic", "upstream_error", 503)
+    assert (row.attempts, row.attempt_trail, row.cost_nano_usd or 0) == (2, "503,503", 0)
+
+
 def test_a_first_byte_timeout_is_retried_on_the_next_target(
     gw: tuple[GatewayProcess, Path], fake: FakeProviderThread
 ) -> None:
