@@ -36,7 +36,7 @@ from plano_fast.gateway.endpoints import (
     converts,
     upstream_path,
 )
-from plano_fast.gateway.phases import client_headers, identify_caller
+from plano_fast.gateway.phases import client_headers
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
@@ -44,8 +44,6 @@ from plano_fast.routing import Route
 from plano_fast.usage import STATUS_CLIENT_GONE
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from plano_fast.config import ModelProvider
     from plano_fast.http_server import Request, Responder
     from plano_fast.upstream import Header, UpstreamHead
