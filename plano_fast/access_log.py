@@ -9,7 +9,8 @@ Fields: ``time`` (RFC 3339, UTC, ms), ``request_id``, ``mode``, ``project``, ``k
 (hash prefix), ``provider``, ``model``, ``endpoint``, ``status`` (HTTP), ``outcome``,
 ``stream``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
 ``reasoning_tokens``, ``duration_ms``, ``ttft_ms``, ``upstream_ms``, ``overhead_us``,
-``attempts``, ``client``, ``guardrails`` (the detectors that matched, never the text),
+``attempts``, ``attempt_trail`` (with more than one attempt, each one's status or error
+kind: the usage row's), ``client``, ``guardrails`` (the detectors that matched, never the text),
 ``route`` (the preference route that chose the model, or null).
 """
 
@@ -29,7 +30,7 @@ FIELDS: Final = (
     "time", "request_id", "mode", "project", "key", "provider", "model", "endpoint", "status",
     "outcome", "stream", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens",
     "duration_ms", "ttft_ms", "upstream_ms", "overhead_us", "attempts", "client", "guardrails",
-    "route",
+    "route", "attempt_trail",
 )  # fmt: skip
 
 

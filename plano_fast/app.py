@@ -184,6 +184,8 @@ class Gateway:
         if opened:
             await self._start_billing()
         timeout_s = self.config.listener.timeout_s
+        first_byte_s = settings.upstream_first_byte_timeout_s or timeout_s
+        body_idle_s = settings.upstream_body_idle_timeout_s or timeout_s
         limits = self.limits
         self.clock = DeadlineClock(
             tick_for(
@@ -191,6 +193,10 @@ class Gateway:
                 limits.request_body_timeout_s,
                 limits.keepalive_timeout_s,
                 timeout_s,
+                first_byte_s,
+                body_idle_s,
+                # a provider's own first-byte / body-idle timeouts fire within a tick too
+                *(t for p in self.config.providers for t in p.timeouts[1:]),
             )
         )
         self.clock.start()
@@ -205,8 +211,8 @@ class Gateway:
             self.router,
             self.pool,
             self.billing.submit,
-            timeout_s,
-            timeout_s,
+            first_byte_s,
+            body_idle_s,
             registry=self.registry,
             budget=self.billing.budget,
             gone_drain_s=settings.client_gone_drain_s,
@@ -462,6 +468,8 @@ class Gateway:
         values["requests_unbilled"] = gw.ctx.unbilled_requests
         values["upstream_retries"] = gw.ctx.retries_total
         values["upstream_failovers"] = gw.ctx.failovers_total
+        values["requests_retried"] = gw.ctx.requests_retried
+        values["upstream_attempts_failed"] = gw.ctx.attempts_failed
         now = gw.pool.loop.time()
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")

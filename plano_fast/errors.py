@@ -239,17 +239,30 @@ class UpstreamError(GatewayError):
     status = 502
     source = "upstream"
     code = "upstream_error"
+    #: the attempt's outcome on the usage row's attempt trail (plano_fast.failover)
+    kind = "upstream_error"
 
 
 class UpstreamConnectError(UpstreamError):
     # Nothing reached the provider, so trying another connection is safe.
     retryable = True
     code = "upstream_connect_error"
+    kind = "connect_error"
 
 
 class UpstreamTimeout(UpstreamError):
+    """No response byte within the first-byte timeout (retryable before the head)."""
+
     status = 504
     code = "upstream_timeout"
+    kind = "timeout"
+
+
+class UpstreamStalled(UpstreamTimeout):
+    """The response started, then no byte came for the idle timeout: the client sees the
+    cut (its head was sent), billed for what the provider reported."""
+
+    kind = "idle_timeout"
 
 
 class ServiceUnavailable(GatewayError):

@@ -245,3 +245,18 @@ class CircuitBreaker:
             self.opened_at = now_s
             self.opens += 1
         self.probing = False
+
+
+#: longest attempt trail kept on a usage row (``usage_log.attempt_trail``)
+MAX_TRAIL_CHARS: Final = 200
+
+
+def attempt_trail(entries: Sequence[str]) -> str:
+    """The usage row's ``attempt_trail``: each attempt's outcome (an HTTP status or an
+    error kind) in order, comma-separated; past ``MAX_TRAIL_CHARS`` the first entries that
+    fit are kept and ``,...`` ends it (``attempts`` keeps the exact count)."""
+    text = ",".join(entries)
+    if len(text) <= MAX_TRAIL_CHARS:
+        return text
+    cut = text.rfind(",", 0, MAX_TRAIL_CHARS - 3)
+    return text[:cut] + ",..."

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import httptools
 
 from plano_fast.deadlines import DeadlineClock
-from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamStalled, UpstreamTimeout
 from plano_fast.wire import response_head
 
 Header = tuple[bytes, bytes]
@@ -199,8 +199,13 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the server is confused; never reuse it.
             self._close()
             return
-        self._received_any = True
-        self._last_rx = self._pool.loop.time()
+        self._last_rx = now = self._pool.loop.time()
+        if not self._received_any:
+            # From the first byte on, the idle timeout applies (checked lazily: on_deadline
+            # re-arms from the last byte); without this a first-byte timeout longer than
+            # the idle one would delay the first idle check until it expired.
+            self._received_any = True
+            self.deadline = now + self._idle_timeout_s
         sink = self._sink
         if not self._head_seen:
             buf = self._head_buf
@@ -298,7 +303,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         loop = self._pool.loop
         if not self._received_any:
-            self._fail(UpstreamTimeout("upstream did not respond within the timeout"), False)
+            self._fail(UpstreamTimeout(
+                f"upstream sent no response within {self._first_byte_timeout_s:g}s "
+                "(first-byte timeout)"), False)
             return
         if self._reading_paused:
             # The client is slow, not the provider: keep waiting.
@@ -308,7 +315,8 @@ class UpstreamConnection(asyncio.Protocol):
         if remaining > 0:
             self.deadline = loop.time() + remaining
             return
-        self._fail(UpstreamTimeout("upstream stalled mid-response"), False)
+        self._fail(UpstreamStalled(
+            f"upstream stalled mid-response: nothing for {self._idle_timeout_s:g}s (idle timeout)"), False)
 
     def _fail(self, error: UpstreamError, retry_safe: bool) -> None:
         sink = self._sink
@@ -384,10 +392,12 @@ class UpstreamPool:
             return conn
         return None
 
-    async def connect(self, origin: Origin) -> UpstreamConnection:
+    async def connect(self, origin: Origin, timeout_s: float | None = None) -> UpstreamConnection:
+        """A new connection to ``origin`` within ``timeout_s`` (the pool's own by default;
+        a model provider may set its own ``connect_timeout``)."""
         scheme, host, port, local_addr = origin
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
+            async with asyncio.timeout(self.connect_timeout_s if timeout_s is None else timeout_s):
                 addresses = await self.dns.resolve(host, port)
                 last_exc: BaseException | None = None
                 for family, address in addresses:

@@ -71,6 +71,11 @@ class UsageEvent:
     #: the model name the client asked for (an alias, say; ``model`` is the one served);
     #: None where the gateway does not route by model (firewall mode)
     requested_model: str | None = None
+    #: upstream attempts made for the client request (1: nothing retried; 0: never sent)
+    attempts: int = 1
+    #: with more than one attempt, each one's HTTP status or error kind, in order
+    #: ("503,connect_error,200"); None for one attempt (plano_fast.failover.attempt_trail)
+    attempt_trail: str | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

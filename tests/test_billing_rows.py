@@ -47,7 +47,8 @@ def expected_row(
         tool_use_prompt_tokens=e.tool_use_prompt_tokens,
         cache_write_1h_tokens=e.cache_write_1h_tokens, audio_input_tokens=e.audio_input_tokens,
         audio_output_tokens=e.audio_output_tokens, usage_api=e.usage_api, usage_raw=e.usage_raw,
-        price_entry=price_entry,
+        price_entry=price_entry, requested_model=e.requested_model, attempts=e.attempts,
+        attempt_trail=e.attempt_trail,
     )  # fmt: skip
 
 
@@ -63,6 +64,9 @@ def test_from_event_equals_the_keyword_constructor() -> None:
     rng = random.Random(11)
     for i in range(2_000):
         e = random_event(rng, i)
+        if i % 3 == 0:  # some requested by an alias, some retried (schema 6 and 7 columns)
+            e = dataclasses.replace(e, requested_model=f"alias-{i}", attempts=1 + i % 4,
+                                    attempt_trail=None if i % 4 == 0 else "503," * (i % 4) + "200")
         assert UsageRow.from_event(e) == expected_row(e)
         kw = dict(
             cost_nano_usd=rng.randrange(10**9), price_status=rng.choice(["priced", "priced_partial"]),

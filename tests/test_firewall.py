@@ -114,6 +114,7 @@ def test_key_passes_through_untouched_and_usage_is_billed_to_its_project(
     assert row.key_hash == sha(USER_KEY)
     assert (row.input_tokens, row.cache_read_tokens, row.output_tokens) == (1000, 200, 100)
     assert row.cost_nano_usd == GPT_4O_MINI_COST
+    assert (row.attempts, row.attempt_trail) == (1, None)  # one upstream attempt (schema 7)
 
 
 @pytest.mark.parametrize("client_asks_usage", [False, True])

@@ -196,6 +196,9 @@ def test_failover_to_the_second_target_bills_the_one_that_served(
     assert reply.model == "gpt-4o-mini"
     [row] = rows(sqlite_path)
     assert row.model is not None and row.model.startswith("gpt-4o-mini") and row.status == "ok"
+    # one row, every attempt on it: the 503, the refused connection (tried twice: a
+    # connect failure is retried once on the same origin), the answer
+    assert (row.attempts, row.attempt_trail) == (4, "503,connect_error,connect_error,200")
 
 
 def test_provider_keys_are_encrypted_at_rest(managed: tuple[GatewayProcess, str, Tenant]) -> None:

@@ -130,6 +130,13 @@ class _Builder(_ProviderBuilder):
         # nothing by model, so (without managed mode, whose pipes name providers) it needs
         # no model_providers.
         firewall_only = settings is not None and settings.mode == "firewall" and not settings.managed
+        if settings is not None:
+            listener_s = next((ls.timeout_s for ls in listeners or () if ls.type == "model"), DEFAULT_TIMEOUT_S)
+            self.default_timeouts = (
+                settings.upstream_connect_timeout_s,
+                settings.upstream_first_byte_timeout_s or listener_s,
+                settings.upstream_body_idle_timeout_s or listener_s,
+            )
         provs = self.build_providers(data, required=not firewall_only)
         aliases = self.build_aliases(data.get("model_aliases"), provs)
         self.check_fallbacks(provs)

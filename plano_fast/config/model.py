@@ -99,6 +99,12 @@ class ModelProvider:
     # Retries and fallbacks (plano_fast.failover); None: only a dead pooled connection is
     # retried, once (or listeners[].max_retries applies).
     retry_policy: RetryPolicy | None = None
+    # (connect, first byte, idle between body bytes) timeouts in seconds: the provider's
+    # connect_timeout / first_byte_timeout / body_idle_timeout, else the plano_fast:
+    # defaults (upstream_connect_timeout_s, upstream_first_byte_timeout_s,
+    # upstream_body_idle_timeout_s, the last two defaulting to the listener's timeout),
+    # resolved when the config loads.
+    timeouts: tuple[float, float, float] = (5.0, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 
     def chat_path_for(self, upstream_model: str) -> str | None:
         """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
@@ -171,6 +177,12 @@ class GatewaySettings(BaseModel):
     keepalive_timeout_s: PosFloat = 60.0  # idle client connection lifetime
     drain_timeout_s: PosFloat = 30.0  # grace period for in-flight requests at shutdown
     upstream_connect_timeout_s: PosFloat = 5.0  # TCP + TLS connect to a provider
+    # No response byte this long after the request was sent: the attempt fails (retried
+    # when the provider's retry policy allows); None: the model listener's timeout.
+    upstream_first_byte_timeout_s: PosFloat | None = None
+    # No body byte this long once a response started: the response is cut (the client
+    # sees the cut); None: the model listener's timeout.  A provider may set its own.
+    upstream_body_idle_timeout_s: PosFloat | None = None
     upstream_idle_timeout_s: PosFloat = 60.0  # how long an idle pooled connection is kept
     upstream_pool_max_idle_per_origin: PosInt = 64  # idle connections kept per origin
     dns_ttl_s: PosFloat = 60.0  # how long a resolved address is reused

@@ -10,7 +10,7 @@ from typing import Any
 
 from plano_fast import providers as P
 from plano_fast import unimplemented as UNIMPLEMENTED
-from plano_fast.config.model import ModelProvider, RoutingPreference
+from plano_fast.config.model import DEFAULT_TIMEOUT_S, ModelProvider, RoutingPreference
 from plano_fast.config.names import ModelIndex
 from plano_fast.config.report import Loc, _Reporter
 from plano_fast.config.schema import _AliasIn, _ProviderIn, _retry_policy
@@ -19,6 +19,9 @@ from plano_fast.config.schema import _AliasIn, _ProviderIn, _retry_policy
 class _ProviderBuilder(_Reporter):
     #: alias -> the models after its first target (``target: [a, b, c]``), set by build_aliases
     alias_fallbacks: dict[str, tuple[str, ...]]
+    #: (connect, first byte, body idle) seconds for providers that set none of their own
+    #: (the plano_fast: defaults; set before build_providers)
+    default_timeouts: tuple[float, float, float] = (5.0, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 
     def build_providers(self, data: dict[str, Any], required: bool = True) -> list[ModelProvider] | None:
         section = "model_providers"
@@ -222,6 +225,11 @@ class _ProviderBuilder(_Reporter):
             model_in_path=paths.model_in_path,
             gemini_base_path=gemini_base,
             retry_policy=_retry_policy(pin.retry_policy) if pin.retry_policy is not None else None,
+            timeouts=(
+                pin.connect_timeout or self.default_timeouts[0],
+                pin.first_byte_timeout or self.default_timeouts[1],
+                pin.body_idle_timeout or self.default_timeouts[2],
+            ),
         )
 
     def build_headers(

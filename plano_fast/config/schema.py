@@ -106,6 +106,11 @@ class _ProviderIn(_In):
     headers: dict[str, str] | None = None
     routing_preferences: list[_RoutingPreferenceIn] | None = None
     retry_policy: _RetryPolicyIn | None = None
+    # Per-provider timeouts ("5s", "500ms" or seconds), else the plano_fast: defaults.
+    # connect_timeout is Plano's name (its endpoints take one); the other two are ours.
+    connect_timeout: Duration | None = None
+    first_byte_timeout: Duration | None = None
+    body_idle_timeout: Duration | None = None
     # Older releases (0.1.0 - 0.3.0); accepted with a deprecation warning.
     provider: str | None = None
     endpoint: str | None = None

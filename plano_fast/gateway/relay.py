@@ -36,7 +36,7 @@ from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
 from plano_fast.responses_state import ResponseStore
-from plano_fast.failover import CircuitBreaker, RetryPolicy
+from plano_fast.failover import CircuitBreaker, RetryPolicy, attempt_trail
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -124,6 +124,7 @@ class ExchangeContext:
         "usage_sink",
         "first_byte_timeout_s",
         "idle_timeout_s",
+        "timeouts",
         "registry",
         "budget",
         "gone_drain_s",
@@ -135,6 +136,8 @@ class ExchangeContext:
         "circuits",
         "retries_total",
         "failovers_total",
+        "requests_retried",
+        "attempts_failed",
         "metrics",
         "access_log",
         "tracing",
@@ -168,6 +171,11 @@ class ExchangeContext:
         self.usage_sink = usage_sink
         self.first_byte_timeout_s = first_byte_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        #: (connect, first byte, idle between body chunks) in seconds, for exchanges whose
+        #: target sets none of its own (a model provider's ``timeouts``)
+        self.timeouts: tuple[float, float, float] = (
+            pool.connect_timeout_s, first_byte_timeout_s, idle_timeout_s
+        )
         self.registry = registry
         self.budget = budget
         #: after a client hangs up, its provider response is still read to the end (for the
@@ -185,6 +193,10 @@ class ExchangeContext:
         self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
         self.retries_total = 0
         self.failovers_total = 0
+        #: client requests that needed more than one upstream attempt (every mode), and
+        #: the attempts of theirs that failed and were followed by another
+        self.requests_retried = 0
+        self.attempts_failed = 0
         self.metrics = RequestMetrics()
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
@@ -271,6 +283,9 @@ class Exchange:
         "body_filter",
         "swallow",
         "requested_model",
+        "timeouts",
+        "failed_attempts",
+        "error_kind",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -330,6 +345,13 @@ class Exchange:
         self.body_filter: BodyFilter | None = None
         #: the current attempt failed and its response is dropped (another one follows)
         self.swallow = False
+        #: (connect, first byte, idle) timeouts of the current target, in seconds
+        self.timeouts = ctx.timeouts
+        #: outcomes of the attempts that failed and were followed by another (None: no
+        #: retry; the usage row's attempts and attempt_trail), and the error kind that
+        #: ended the last one ("" when it got an answer)
+        self.failed_attempts: list[str] | None = None
+        self.error_kind = ""
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Handle the request; a coroutine when it must wait (see the module docstring).
@@ -360,9 +382,8 @@ class Exchange:
             self._trace_attempt()
         self.conn = conn
         self.responder.upstream = conn
-        conn.send_request(
-            self.upstream_data, self, self.ctx.first_byte_timeout_s, self.ctx.idle_timeout_s
-        )
+        timeouts = self.timeouts
+        conn.send_request(self.upstream_data, self, timeouts[1], timeouts[2])
 
     def _trace_attempt(self) -> None:
         """A sampled request's next upstream attempt: its span, and its traceparent sent
@@ -451,7 +472,7 @@ class Exchange:
             conn = pool.take_idle(self.origin) if self.attempts == 1 else None
             if conn is None:
                 try:
-                    conn = await pool.connect(self.origin)
+                    conn = await pool.connect(self.origin, self.timeouts[0])
                 except asyncio.CancelledError:
                     if self.attempts == 1:  # never forwarded: recorded as abandoned
                         self._settle(STATUS_CLIENT_ABANDONED, 0)
@@ -460,13 +481,15 @@ class Exchange:
                     raise
                 except UpstreamError as exc:
                     if exc.retryable and self.attempts == 1:
+                        self.note_failed(exc.kind)  # once more on the same origin
                         continue
-                    if self._retry_after_connect_error():
+                    if self._retry_after_connect_error(exc):
                         await self._advance()
                         continue
                     if self._has_fallback():
                         self.failover_error = exc
                         return
+                    self.error_kind = exc.kind
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
             done = self.done = loop.create_future()
@@ -620,11 +643,32 @@ class Exchange:
         """Whether another attempt follows a failed one (config-mode retries)."""
         return False
 
-    def total_attempts(self) -> int:
-        """Upstream attempts made for this request (the access log's ``attempts``)."""
-        return self.attempts
+    def note_failed(self, kind: str) -> None:
+        """An attempt failed and another one follows: its outcome (an HTTP status or an
+        error kind) goes on the usage row's attempt trail."""
+        failed = self.failed_attempts
+        if failed is None:
+            self.failed_attempts = [kind]
+        else:
+            failed.append(kind)
 
-    def _retry_after_connect_error(self) -> bool:
+    def total_attempts(self) -> int:
+        """Upstream attempts made for this request: the failed ones followed by another,
+        and the last one if it started (``attempts`` is reset before a retry's wait)."""
+        failed = self.failed_attempts
+        last = 1 if self.attempts else 0
+        return last if failed is None else len(failed) + last
+
+    def _attempt_trail(self, outcome: str) -> str | None:
+        failed = self.failed_attempts
+        if failed is None:
+            return None
+        if not self.attempts:  # the retry never started (the client left during its wait)
+            return attempt_trail(failed)
+        last = self.error_kind or (str(self.status) if self.status else outcome)
+        return attempt_trail([*failed, last])
+
+    def _retry_after_connect_error(self, error: UpstreamError) -> bool:
         """A connection could not be opened: whether another attempt follows."""
         return False
 
@@ -641,17 +685,20 @@ class Exchange:
         if done is None:
             if retry_safe and self.attempts == 1 and not self.responder.head_sent:
                 # A reused connection died before answering: once more on a fresh one.
+                self.note_failed(error.kind)
                 self.responder.continue_in_task(self._forward(), self.request)
                 return
         elif done.done():
             return
         elif retry_safe and self.attempts == 1 and not self.responder.head_sent:
+            self.note_failed(error.kind)
             done.set_result(True)  # once more, on a fresh connection
             return
         elif not self.responder.head_sent and self._has_fallback():
             self.failover_error = error
             done.set_result(False)
             return
+        self.error_kind = error.kind
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
         self.responder.send_error(error, self.request.api_format)
         if done is not None:
@@ -692,6 +739,11 @@ class Exchange:
             (event.input_tokens, event.output_tokens, event.cache_read_tokens,
              event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
         )  # fmt: skip
+        failed = self.failed_attempts
+        if failed is not None:
+            ctx = self.ctx
+            ctx.requests_retried += 1
+            ctx.attempts_failed += len(failed)
         if event.status == STATUS_UPSTREAM_FAILED:
             metrics.error("timeout" if event.http_status == 504 else "upstream")
         elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
@@ -721,19 +773,26 @@ class Exchange:
                 round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
                 round(upstream_ns / 1e6, 3) if sent_ns else None,
                 (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.total_attempts(), self.responder.peer(), self.guard_names, self.route_name,
+                event.attempts, self.responder.peer(), self.guard_names, self.route_name,
+                event.attempt_trail,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
         started_ns = self.started_ns
         duration_ms = (time.time_ns() - started_ns) / 1e6
         scanner = self.scanner
+        if self.failed_attempts is None:  # nothing retried (the usual case): no list, no text
+            attempts = 1 if self.attempts else 0
+            trail = None
+        else:
+            attempts = self.total_attempts()
+            trail = self._attempt_trail(outcome)
         if scanner is None:
             return UsageEvent(
                 self.request_id, started_ns, self.provider_id, self.model, self.streaming,
                 outcome, http_status, project_id=self.project_id, key_hash=self.key_hash,
                 duration_ms=duration_ms, wire_format=self.wire_format,
-                requested_model=self.requested_model,
+                requested_model=self.requested_model, attempts=attempts, attempt_trail=trail,
             )  # fmt: skip
         usage = scanner.result()
         raw = scanner.raw_usage()
@@ -746,5 +805,5 @@ class Exchange:
             self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
             usage.audio_input_tokens, usage.audio_output_tokens,
             None if raw is None else raw.decode("utf-8", "replace"),
-            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model,
+            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail,
         )  # fmt: skip

@@ -9,6 +9,7 @@ engine walks the retry plan's targets before the first byte reaches the client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -16,8 +17,15 @@ from plano_fast import wire as scan
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request
 from plano_fast.errors import BadRequestBody, ClientError, GatewayError, NotFound, UpstreamError
+from plano_fast.failover import (
+    RETRYABLE_STATUSES,
+    CircuitBreaker,
+    RetryPlan,
+    RetryPolicy,
+    alias_policy,
+    retry_after_s,
+)
 from plano_fast.filter_chain import run_chain
-from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.gateway.endpoints import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -29,7 +37,7 @@ from plano_fast.gateway.endpoints import (
     converts,
     upstream_path,
 )
-from plano_fast.gateway.phases import client_headers, identify_caller
+from plano_fast.gateway.phases import client_headers
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.response_guard import (
@@ -45,8 +53,6 @@ from plano_fast.routing import Route
 from plano_fast.usage import STATUS_CLIENT_GONE
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
-
     from plano_fast.config import ModelProvider
     from plano_fast.response_guard import ResponseChecks
     from plano_fast.http_server import Request, Responder
@@ -64,8 +70,8 @@ class RoutedExchange(Exchange):
     fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
 
     __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior")
-    #: the request's scanned fields (config mode sets them in ``start``)
-    fields: scan.RequestFields
+    #: the request's scanned fields (set in ``start``: the body's, or a Gemini path's)
+    fields: RequestFieldsLike
 
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
@@ -81,6 +87,24 @@ class RoutedExchange(Exchange):
         self.next_attempt: tuple[int, float] | None = None
         #: the conversation previous_response_id names, read from a shared state store
         self.prior: StoredResponse | None = None
+
+    def _first_target(self, route: Route, fallbacks: tuple[str, ...] = ()) -> Route:
+        """The retry plan of a request routed to ``route`` (``fallbacks``: preference
+        routing's other ranked models), when its provider has a retry policy, the
+        listener a ``max_retries`` or the route an alias's target list; the target to
+        try first (``route`` itself unless its circuit is open)."""
+        provider = route.provider
+        policy = provider.retry_policy or self.ctx.default_retry_policy
+        if route.fallbacks:  # an alias with a target list: its models, in order, first
+            fallbacks = route.fallbacks + fallbacks
+            if provider.retry_policy is None:
+                policy, fallbacks = alias_policy(fallbacks), ()
+        if policy is None or self.endpoint is COUNT_TOKENS:
+            return route
+        if fallbacks:
+            policy = dataclasses.replace(policy, fallback_models=fallbacks + policy.fallback_models)
+        self.plan = plan = self._plan(route, policy)
+        return plan.targets[plan.index]
 
     def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
         """The request's targets: its route, then the policy's fallbacks.  The first one
@@ -114,6 +138,7 @@ class RoutedExchange(Exchange):
         request = self.request
         self.provider = provider
         self.provider_id = provider.provider
+        self.timeouts = provider.timeouts
         self.model = model
         self.streaming = fields.stream
         self.wire_format = self.endpoint.wire_api
@@ -227,9 +252,10 @@ class RoutedExchange(Exchange):
         route = self.plan.targets[index]
         return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
 
-    def _failed(self, status: int | None, retry_after: float | None) -> bool:
+    def _failed(self, status: int | None, retry_after: float | None, kind: str) -> bool:
         """The current attempt failed before the client saw anything: note it, and decide
-        whether another attempt follows (then True, with ``next_attempt`` set)."""
+        whether another attempt follows (then True, with ``next_attempt`` set, and ``kind``
+        -- its status or error kind -- on the attempt trail)."""
         plan = self.plan
         if plan is None or self.responder.head_sent or self.outcome or self.client_left:
             return False
@@ -240,7 +266,10 @@ class RoutedExchange(Exchange):
         )
         nxt = plan.next_attempt(status, now, retry_after, healthy)
         self.next_attempt = nxt
-        return nxt is not None
+        if nxt is None:
+            return False
+        self.note_failed(kind)
+        return True
 
     def _succeeded(self) -> None:
         if self.plan is not None:
@@ -251,6 +280,7 @@ class RoutedExchange(Exchange):
         nxt, self.next_attempt = self.next_attempt, None
         assert nxt is not None and self.plan is not None
         index, wait_s = nxt
+        self.attempts = 0  # (before the wait: a client gone during it ends no attempt)
         if wait_s > 0:
             try:
                 await asyncio.sleep(wait_s)
@@ -265,17 +295,13 @@ class RoutedExchange(Exchange):
         self._circuit(index).allow(ctx.pool.loop.time())
         self.status = 0
         self.scanner = None
-        self.attempts = 0
         self._prepare(target)
 
     def _retry_pending(self) -> bool:
         return self.next_attempt is not None
 
-    def total_attempts(self) -> int:
-        return self.plan.attempts if self.plan is not None else self.attempts
-
-    def _retry_after_connect_error(self) -> bool:
-        return self._failed(None, None)
+    def _retry_after_connect_error(self, error: UpstreamError) -> bool:
+        return self._failed(None, None, error.kind)
 
     async def _retry(self) -> None:
         await self._advance()
@@ -289,7 +315,7 @@ class RoutedExchange(Exchange):
             done.set_result(False)  # _forward sees the pending retry and carries on
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
             self.conn = None
             self._schedule_retry()
             return
@@ -299,14 +325,6 @@ class RoutedExchange(Exchange):
         self.swallow = False
         self.conn = None
         self._schedule_retry()
-
-    def _start_converted(
-        self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
-    ) -> Coroutine[Any, Any, None] | None:
-        """The client's format differs from the provider's: convert both ways."""
-        self.key_hash = identify_caller(self)
-        self._prepare_converted(fields, model, provider)
-        return self.forward_now()
 
     def _prepare_converted(
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
@@ -346,6 +364,7 @@ class RoutedExchange(Exchange):
             raise ClientError(f"provider '{provider.name}' has no {upstream_endpoint.name} endpoint")
         self.provider = provider
         self.provider_id = provider.provider
+        self.timeouts = provider.timeouts
         self.model = model
         self.streaming = fields.stream
         self.wire_format = target
@@ -398,7 +417,7 @@ class RoutedExchange(Exchange):
         if self.plan is not None:
             status = head.status
             if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
-                if self._failed(status, retry_after_s(head.headers())):
+                if self._failed(status, retry_after_s(head.headers()), str(status)):
                     self.status = status
                     self.swallow = True  # nothing reaches the client; the next attempt serves
                     return

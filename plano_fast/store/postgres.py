@@ -275,7 +275,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
             ))  # fmt: skip
         elif priced is False:
             add((
@@ -285,7 +285,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 None, r.duration_us, PRICE_STATUS_PENDING,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
             ))  # fmt: skip
         else:
             add((
@@ -295,7 +295,7 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
                 r.cost_nano_usd if priced else None, r.duration_us, written_price_status(r),
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
             ))  # fmt: skip
     return out
 

@@ -102,6 +102,9 @@ class UsageRow:
     reservation held for the request (None: within it, or no reservation).
     ``requested_model``: the model name the client asked for (an alias, say) where the
     gateway routes by it; ``model`` is the one the provider served.
+    ``attempts``: upstream attempts made for the client request (1: none retried; None on
+    rows written before schema 7); ``attempt_trail``: with more than one, each attempt's
+    HTTP status or error kind in order ("503,connect_error,200"), bounded (``failover``).
     """
 
     request_id: str
@@ -134,6 +137,8 @@ class UsageRow:
     price_entry: str | None = None
     reservation_overrun_nano_usd: int | None = None
     requested_model: str | None = None
+    attempts: int | None = None
+    attempt_trail: str | None = None
 
     @classmethod
     def from_event(
@@ -188,6 +193,8 @@ class UsageRow:
         row.price_entry = price_entry
         row.reservation_overrun_nano_usd = event.reservation_overrun_nano_usd or None
         row.requested_model = event.requested_model
+        row.attempts = event.attempts
+        row.attempt_trail = event.attempt_trail
         return row
 
 

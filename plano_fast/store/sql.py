@@ -54,6 +54,7 @@ USAGE_COLUMN_TYPES: Final[dict[str, str]] = {
     "cache_write_1h_tokens": "bigint", "audio_input_tokens": "bigint",
     "audio_output_tokens": "bigint", "usage_api": "text", "usage_raw": "text",
     "price_entry": "text", "reservation_overrun_nano_usd": "bigint", "requested_model": "text",
+    "attempts": "integer", "attempt_trail": "text",
 }  # fmt: skip
 """``usage_log``'s written columns with their PostgreSQL types, in ``UsageRow`` field order
 (``row_id``, the table's ``id``, is read, never written): both backends' INSERT column
@@ -104,6 +105,7 @@ def usage_from_row(r: Row) -> UsageRow:
         bool(r[13]), str(r[14]), int(r[15]), bool(r[16]), _opt_int(r[17]),
         int(r[18]), str(r[19]), int(r[20]),
         int(r[21]), int(r[22]), int(r[23]), int(r[24]), r[25], r[26], r[27], _opt_int(r[28]), r[29],
+        _opt_int(r[30]), r[31],
     )  # fmt: skip
 
 

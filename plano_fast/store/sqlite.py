@@ -96,7 +96,7 @@ _INSERT_USAGE = (
     + ", ".join("?" * _USAGE_WIDTH)
     + ") ON CONFLICT (request_id) DO NOTHING"
 )
-# Rows per multi-row INSERT (29 columns each, under SQLite's 32,766 variables).  One
+# Rows per multi-row INSERT (31 columns each, under SQLite's 32,766 variables).  One
 # statement is one sqlite3_step instead of one per row; 128 rows keep each synchronous
 # stretch on the event loop around half a millisecond (the hot connection yields between
 # chunks).  A batch is split into full chunks and then power-of-two pieces, so only 8
@@ -199,7 +199,8 @@ def _usage_params(row: UsageRow) -> tuple[object, ...]:
         row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
         written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
         row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
-        row.price_entry, row.reservation_overrun_nano_usd, row.requested_model,
+        row.price_entry, row.reservation_overrun_nano_usd, row.requested_model, row.attempts,
+        row.attempt_trail,
     )  # fmt: skip
 
 
@@ -217,7 +218,7 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
             ))  # fmt: skip
         elif r.priced is False:
             add((
@@ -227,7 +228,7 @@ def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
                 r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
                 r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
                 r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
             ))  # fmt: skip
         else:
             add(_usage_params(r))

@@ -9,7 +9,6 @@ provider that cannot count is answered here (an estimate).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -18,7 +17,6 @@ from plano_fast import wire as scan
 from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
-from plano_fast.failover import alias_policy
 from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
@@ -91,18 +89,7 @@ class ConfigExchange(RoutedExchange):
         shared_check = self.ctx.ratelimits is not None and rate_limit(self, 
             (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
-        policy = provider.retry_policy or self.ctx.default_retry_policy
-        if route.fallbacks:  # an alias with a target list: its models, in order, first
-            fallbacks = route.fallbacks + fallbacks
-            if provider.retry_policy is None:
-                policy, fallbacks = alias_policy(fallbacks), ()
-        if policy is not None and self.endpoint is not COUNT_TOKENS:
-            if fallbacks:
-                policy = dataclasses.replace(
-                    policy, fallback_models=fallbacks + policy.fallback_models
-                )
-            self.plan = plan = self._plan(route, policy)
-            route = plan.targets[plan.index]
+        route = self._first_target(route, fallbacks)
         self._prepare(route)
         if shared_check:
             return admitted_forward(self)

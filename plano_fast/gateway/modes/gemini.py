@@ -20,7 +20,7 @@ from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.gateway.phases import admitted_forward, client_headers, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
-from plano_fast.routing import UnknownModel
+from plano_fast.routing import Route, UnknownModel
 
 GEMINI = Endpoint("gemini", scan.API_GEMINI, "gemini")
 # A model id, optionally provider-qualified ("openai/gpt-4o-mini", sent as openai%2F...):
@@ -45,7 +45,12 @@ class PathFields:
 
 
 class GeminiExchange(RoutedExchange):
-    __slots__ = ()
+    """A Gemini-format client in config mode: the route and its retry plan as in config
+    mode (retries, fallbacks, circuit breakers); each target is reached natively when it
+    speaks Gemini's API and through conversion otherwise, so a fallback of another format
+    is converted for on its own attempt."""
+
+    __slots__ = ("method",)
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         request = self.request
@@ -60,32 +65,45 @@ class GeminiExchange(RoutedExchange):
                 "the model in the request path must be letters, digits and '._-' (segments "
                 "separated by an encoded '/')"
             )
-        fields = PathFields(model, method == b"streamGenerateContent")
+        self.fields = PathFields(model, method == b"streamGenerateContent")
+        self.method = method
         self.requested_model = model
         try:
             route = self.ctx.router.resolve(model)
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
+        if self.ctx.guardrails is not None:
+            guard(self, "gemini", route.provider.provider)
+        self.key_hash = identify_caller(self)
         provider = route.provider
         upstream_model = route.upstream_model or model
-        if self.ctx.guardrails is not None:
-            guard(self, "gemini", provider.provider)
-        shared_check = False
-        if self.ctx.ratelimits is not None:  # (the names a limit may use, as config mode)
-            self.key_hash = identify_caller(self)
-            shared_check = rate_limit(self, (model, upstream_model, f"{provider.prefix}/{upstream_model}"))
+        # (the names a limit may use, as config mode; built only when limits are configured)
+        shared_check = self.ctx.ratelimits is not None and rate_limit(
+            self, (model, upstream_model, f"{provider.prefix}/{upstream_model}")
+        )
+        self._prepare(self._first_target(route))
+        if shared_check:
+            return admitted_forward(self)
+        return self.forward_now()
+
+    def _prepare(self, route: Route) -> None:
+        """The upstream request for ``route``: as it is to a Gemini-native provider (the
+        model rewritten in the path), converted for any other."""
+        provider = route.provider
+        fields = self.fields
+        upstream_model = route.upstream_model or fields.model or ""
         if provider.wire_api != "gemini":
-            if shared_check:
-                self._prepare_converted(fields, upstream_model, provider)
-                return admitted_forward(self)
-            return self._start_converted(fields, upstream_model, provider)
+            self._prepare_converted(fields, upstream_model, provider)
+            return
         self.provider = provider
         self.provider_id = provider.provider
+        self.timeouts = provider.timeouts
         self.model = upstream_model
-        self.key_hash = identify_caller(self)
         self.streaming = fields.stream
+        self.wire_format = "gemini"
+        self.scan_api = scan.API_GEMINI
+        self.body_filter = None
         self.scanner = scan.UsageScanner(scan.API_GEMINI, fields.stream, False)
-        passthrough = provider.passthrough_auth
         # The client's query (alt=sse) without its ?key= (a passed-through key goes in
         # x-goog-api-key; see plano_fast.credentials).
         client = client_headers(self)
@@ -94,12 +112,9 @@ class GeminiExchange(RoutedExchange):
         self.upstream_data = upstream_request(
             client,
             self.request_id,
-            b"POST " + path + method + (b"?" + query if query else b""),
+            b"POST " + path + self.method + (b"?" + query if query else b""),
             provider,
-            None if passthrough else provider.auth_headers,
-            request.body,
+            None if provider.passthrough_auth else provider.auth_headers,
+            self.request.body,
         )
         self.origin = origin_of(provider)
-        if shared_check:
-            return admitted_forward(self)
-        return self.forward_now()

@@ -280,6 +280,8 @@ class ManagedExchange(Exchange):
             await self.forward()
             if self.failover_error is None and not self.swallow:
                 return
+            # the usage row's attempts and attempt trail (one row for the whole request)
+            self.note_failed(self.failover_error.kind if self.failover_error else str(self.status))
             log.info("pipe target %d (%s) failed (%s); trying the next",
                      index, provider.name, self.failover_error or f"HTTP {self.status}")
         raise AssertionError("unreachable: the last target never fails over")
