@@ -17,14 +17,12 @@ gateway decodes the body and scans each text string with ``scan_text``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Final
 
-from plano_fast.wire._dlp_shared import CARD, EMAIL, IBAN, IP, NAMES, SECRETS, TEXT_PATTERNS, card_ok, iban_ok, ip_ok
+from plano_fast.wire._dlp_shared import EMAIL, IP, NAMES, SECRETS, TEXT_PATTERNS, VALIDATORS
 
 _DIGIT: Final = re.compile(r"[0-9]")
 _SECRET_PREFIXES: Final = ("sk-", "AIza", "AKIA", "ASIA", "gh", "xox", "-----BEGIN", "eyJ")
-_VALIDATORS: Final[dict[int, Callable[[str], bool]]] = {CARD: card_ok, IBAN: iban_ok, IP: ip_ok}
 
 
 def _may_match(detector: int, text: str, has_digit: bool) -> bool:
@@ -43,7 +41,7 @@ def scan_text(text: str, mask: int) -> list[tuple[int, int, int]]:
     for detector in range(len(NAMES)):
         if not mask >> detector & 1 or not _may_match(detector, text, has_digit):
             continue
-        valid = _VALIDATORS.get(detector)
+        valid = VALIDATORS.get(detector)
         for m in TEXT_PATTERNS[detector].finditer(text):
             if valid is None or valid(m.group()):
                 found.append((detector, m.start(), m.end()))

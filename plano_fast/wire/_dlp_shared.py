@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Final
 
 #: built-in detector names, in id order (bit ``1 << id`` of a detector mask)
@@ -76,3 +77,7 @@ def ip_ok(match: str) -> bool:
     except ValueError:
         return False
     return not (address.version == 6 and "::" not in match and match.count(":") < 7)
+
+
+#: detector id -> what a match must also pass
+VALIDATORS: Final[dict[int, Callable[[str], bool]]] = {CARD: card_ok, IBAN: iban_ok, IP: ip_ok}
