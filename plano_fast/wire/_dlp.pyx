@@ -274,11 +274,12 @@ cdef inline bint lit(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, const c
 
 cdef int secret_starts(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, unsigned char ch, Cands *c) except -1:
     if ch == 45:  # '-'
+        # (each independently: "xoxa-----BEGIN ..." may start two matches)
         if lit(b, n, i - 2, b"sk", 2) and prev_free(b, i - 2):
             add(c, D_SECRETS, i - 2)
-        elif i >= 4 and lit(b, n, i - 4, b"xox", 3) and b[i - 1] in b"abposr" and prev_free(b, i - 4):
+        if i >= 4 and lit(b, n, i - 4, b"xox", 3) and b[i - 1] in b"abposr" and prev_free(b, i - 4):
             add(c, D_SECRETS, i - 4)
-        elif lit(b, n, i, b"-----BEGIN ", 11):
+        if lit(b, n, i, b"-----BEGIN ", 11):
             add(c, D_SECRETS, i)
     elif ch == 122:  # 'z' of AIza
         if lit(b, n, i - 2, b"AIza", 4) and prev_free(b, i - 2):
@@ -710,6 +711,9 @@ cdef int value(Walk *w, object body, list out, int role, int depth) except -2:
             return text_string(w, body, out)
         return skip_string(w)
     if c == 123:
+        if not (role == R_ROOT or role == R_MESSAGE or role == R_ITEM or role == R_PART or role == R_TEXTOBJ
+                or role == R_GCONTENT):
+            role = R_SKIP  # an object where the format expects text or a list: no slot in it
         return obj(w, body, out, role, depth + 1)
     if c == 91:
         if depth + 1 > MAX_DEPTH:
