@@ -43,7 +43,8 @@ class OptionalBuildExt(build_ext):
 
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
-WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h"]
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h",
+                                                                "plano_fast/wire/_dlp_simd.h"]
 
 
 def _extensions() -> list[Extension]:

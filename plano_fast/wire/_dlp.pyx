@@ -27,10 +27,13 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_4BYTE_KIND, PyUnicode_DATA, PyUnicode_GET_LENGTH, PyUnicode_KIND, PyUnicode_READ
 from libc.stdlib cimport free, realloc
-from libc.string cimport memchr
 
 cdef extern from "_simd.h":
     const unsigned char *pf_scan_string(const unsigned char *p, const unsigned char *end, int stop_high) nogil
+
+cdef extern from "_dlp_simd.h":
+    const unsigned char *pf_dlp_next(const unsigned char *p, const unsigned char *end) nogil
+    bint pf_any_high(const unsigned char *p, const unsigned char *end) nogil
 
 from plano_fast.wire._dlp_shared import BYTE_PATTERNS, NAMES, ip_ok
 
@@ -202,13 +205,21 @@ cdef inline bint is_upper_alnum(unsigned char c) noexcept nogil:
 cdef int find_starts(const unsigned char *b, Py_ssize_t n, int mask, Cands *c) except -1:
     cdef Py_ssize_t i, r, j, k
     cdef unsigned char ch, p
-    for i in range(n):
-        ch = b[i]
+    cdef const unsigned char *at = b
+    cdef const unsigned char *end = b + n
+    while True:
+        at = pf_dlp_next(at, end)  # (SIMD: prose is skimmed 16 bytes a step)
+        if at >= end:
+            break
+        i = at - b
+        ch = at[0]
+        at += 1
         if not (TRIG[ch] & mask):
             continue
         if is_digit(ch):
-            if i and is_digit(b[i - 1]):
-                continue  # only where a digit run starts
+            # a digit run's first digit (the only one a match can start at): the rest skipped
+            while at < end and is_digit(at[0]):
+                at += 1
             p = b[i - 1] if i else 32
             if mask & (1 << D_SSN) and not is_word(p) and i + 11 <= n and digits_at(b, n, i, 3) \
                     and b[i + 3] == 45 and digits_at(b, n, i + 4, 2) and b[i + 6] == 45 and digits_at(b, n, i + 7, 4):
@@ -486,14 +497,14 @@ cdef int u4(const unsigned char *b, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
 
 cdef Py_ssize_t string_end(Walk *w, bint *plain) noexcept nogil:
     """w.i is at an opening quote: the index of the closing one (strict JSON: escapes valid,
-    no control byte), or -1; ``plain``: no escape, no byte >= 0x80."""
+    no control byte), or -1; ``plain``: no escape."""
     cdef const unsigned char *b = w.b
     cdef const unsigned char *p
     cdef Py_ssize_t i = w.i + 1
     cdef unsigned char c
     plain[0] = True
     while True:
-        p = pf_scan_string(b + i, b + w.n, 1)
+        p = pf_scan_string(b + i, b + w.n, 0)
         i = p - b
         if i >= w.n:
             return -1
@@ -513,11 +524,8 @@ cdef Py_ssize_t string_end(Walk *w, bint *plain) noexcept nogil:
                 i += 2
             else:
                 return -1
-        elif c < 32:
+        else:  # a control byte
             return -1
-        else:
-            plain[0] = False
-            i += 1
 
 
 cdef inline unsigned char unescape(unsigned char c) noexcept nogil:
@@ -579,10 +587,14 @@ cdef int text_string(Walk *w, object body, list out) except -2:
         return LEAVE
     w.i = e + 1
     if plain:
-        found = match_all(body, s, e - s, w.mask) if w.mask else []
+        plain = not pf_any_high(w.b + s, w.b + e)
+    if not w.mask:
+        found = []
+    elif plain:
+        found = match_all(body, s, e - s, w.mask)
     else:
         view = decoded_view(w.b, s, e)
-        found = match_all(view, 0, PyBytes_GET_SIZE(view), w.mask) if w.mask else []
+        found = match_all(view, 0, PyBytes_GET_SIZE(view), w.mask)
     if found or w.every:
         out.append((s, e, plain, found))
     return 0
@@ -764,11 +776,9 @@ cdef int obj(Walk *w, object body, list out, int role, int depth) except -2:
         w.i = ke + 1
         kr = R_SKIP
         if role != R_SKIP:
-            if plain:
-                kr = key_role(w, role, ks, ke)
-            elif memchr(w.b + ks, 92, ke - ks) != NULL:
+            if not plain:
                 return LEAVE  # an escaped key could spell a slot's name
-            # (a key with non-ASCII characters is none of the slots' names)
+            kr = key_role(w, role, ks, ke)
             if kr != R_SKIP:
                 if seen & (1u << (kr if kr < 256 else 31)):
                     return LEAVE  # a repeated member: json.loads keeps the last, leave it to json
