@@ -6,11 +6,13 @@ by detector id, each group in text order -- exactly what ``pattern.finditer(text
 the whole string, the validators applied.  Overlaps between detectors are the caller's
 (``plano_fast.guardrails``).
 
-The speed here is the prefilter: a detector's pattern runs only when the text holds what its
-every match must contain (a digit, or a ':' for an IPv6 address; '@'; a key prefix), so prose
-costs a few ``str.find``-speed probes per detector.  The compiled twin goes further (one byte
-pass, the patterns tried only where a match can start) and also reads a request body without
-decoding it (``scan_body``); this module has no ``scan_body``: without the compiled scanner the
+As in the compiled twin, a pattern is not run over the text: it is tried (``match``) only at
+the positions where one of its matches can start, found with ``str.find`` and small regular
+expressions -- a digit run's start (and the '+' or '(' before it, the two letters of an IBAN's
+country), up to 4 characters before a ':' (IPv6), the start of an e-mail's local part before
+an '@', a key prefix.  Every possible start is tried, in order, skipping those inside the
+previous match, so the result is finditer's.  The compiled twin also reads a request body
+without decoding it (``scan_body``); this module has none: without the compiled scanner the
 gateway decodes the body and scans each text string with ``scan_text``.
 """
 
@@ -19,30 +21,59 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from plano_fast.wire._dlp_shared import EMAIL, IP, NAMES, SECRETS, TEXT_PATTERNS, VALIDATORS
+from plano_fast.wire._dlp_shared import EMAIL, IBAN, IP, NAMES, PHONE, SECRETS, TEXT_PATTERNS, VALIDATORS
 
-_DIGIT: Final = re.compile(r"[0-9]")
-_SECRET_PREFIXES: Final = ("sk-", "AIza", "AKIA", "ASIA", "gh", "xox", "-----BEGIN", "eyJ")
+_DIGIT_RUN: Final = re.compile(r"[0-9]+")
+_LOCAL_TAIL: Final = re.compile(r"[A-Za-z0-9._%+-]{1,64}\Z")
+_SECRET_PREFIXES: Final = ("sk-", "AIza", "AKIA", "ASIA", "gh", "xox", "-----BEGIN ", "eyJ")
+_DIGIT_DETECTORS: Final = (1 << PHONE) | (1 << 2) | (1 << 3) | (1 << IBAN) | (1 << IP)
 
 
-def _may_match(detector: int, text: str, has_digit: bool) -> bool:
-    if detector == EMAIL:
-        return "@" in text
-    if detector == SECRETS:
-        return any(prefix in text for prefix in _SECRET_PREFIXES)
-    if detector == IP:
-        return has_digit or ":" in text
-    return has_digit
+def _all(text: str, needle: str) -> list[int]:
+    found = []
+    i = text.find(needle)
+    while i >= 0:
+        found.append(i)
+        i = text.find(needle, i + 1)
+    return found
+
+
+def _starts(text: str, mask: int) -> dict[int, set[int]]:
+    """detector -> the positions its matches can start at (a superset)."""
+    starts: dict[int, set[int]] = {d: set() for d in range(len(NAMES)) if mask >> d & 1}
+    if mask & _DIGIT_DETECTORS:
+        runs = [m.start() for m in _DIGIT_RUN.finditer(text)]
+        for d in starts:
+            if d == PHONE:
+                starts[d].update(p for r in runs for p in (r - 1, r) if p >= 0)
+            elif d == IBAN:
+                starts[d].update(r - 2 for r in runs if r >= 2)
+            elif d not in (EMAIL, SECRETS):
+                starts[d].update(runs)
+    if IP in starts:
+        starts[IP].update(p for c in _all(text, ":") for p in range(max(0, c - 4), c + 1))
+    if EMAIL in starts:
+        for at in _all(text, "@"):
+            m = _LOCAL_TAIL.search(text, max(0, at - 64), at)
+            if m is not None:
+                starts[EMAIL].add(m.start())
+    if SECRETS in starts:
+        starts[SECRETS].update(p for prefix in _SECRET_PREFIXES for p in _all(text, prefix))
+    return starts
 
 
 def scan_text(text: str, mask: int) -> list[tuple[int, int, int]]:
     found: list[tuple[int, int, int]] = []
-    has_digit = _DIGIT.search(text) is not None
-    for detector in range(len(NAMES)):
-        if not mask >> detector & 1 or not _may_match(detector, text, has_digit):
-            continue
-        valid = VALIDATORS.get(detector)
-        for m in TEXT_PATTERNS[detector].finditer(text):
+    for detector, positions in sorted(_starts(text, mask).items()):
+        pattern, valid = TEXT_PATTERNS[detector], VALIDATORS.get(detector)
+        after = 0
+        for start in sorted(positions):
+            if start < after:
+                continue
+            m = pattern.match(text, start)
+            if m is None:
+                continue
+            after = m.end()
             if valid is None or valid(m.group()):
-                found.append((detector, m.start(), m.end()))
+                found.append((detector, start, after))
     return found
