@@ -44,7 +44,7 @@ one).
 Speed: the built-in detectors run in the wire scanner (``plano_fast/wire/_dlp.pyx``, pure twin
 ``_dlp_py.py``), which reads the request body without decoding it, finds where a match can
 start in one byte pass (a digit run, '@', ':', a key prefix) and tries the patterns only
-there; prose is skimmed at hundreds of MB/s (docs/guardrails.md has the measured figures).
+there (``python -m benchmarks.bench_dlp``; figures in benchmarks/results/dlp-20261205.md).
 Operator patterns (``custom``) run in Python ``re`` over every text string, decoded: their
 cost is the pattern's, commonly 10-100 MB/s.
 """
