@@ -4,6 +4,7 @@ request with the floor on (every detector ``log``) and off.
     python -m benchmarks.bench_dlp                       # micro: µs and MB/s per case
     python -m benchmarks.bench_dlp --baseline-ref main   # ... and the guardrails.py of a ref
     python -m benchmarks.bench_dlp --gateway --requests 400   # + the gateway A/B under callgrind
+    python -m benchmarks.bench_dlp --wallclock --rounds 6     # + the gateway A/B, CPU time from /proc
 
 Micro (timeit, best of 5, in this process): ``guardrails.apply_body`` with every built-in
 detector at ``log`` over an OpenAI chat request whose message text is ~2 KB or ~100 KB of:
@@ -244,10 +245,49 @@ def gateway(requests: int, sizes: list[int]) -> dict[str, Any]:
     return results
 
 
+def wallclock(rounds: int, duration_s: float, sizes: list[int]) -> dict[str, Any]:
+    """Both gateways side by side, the load alternated (``ab_settings.alternate``): CPU µs per
+    request from /proc (wall-clock: noisy on a shared machine; callgrind is the stable figure)."""
+    import statistics
+
+    from benchmarks import ab_settings
+    from benchmarks import run as bench
+
+    work = Path(tempfile.mkdtemp(prefix="bench-dlp-wall-"))
+    fake, fake_port = bench.start_fake(1, work / "fake.log")
+    results: dict[str, Any] = {}
+    gateways: dict[str, Any] = {}
+    try:
+        for side, extra in (("A", ""), ("B", "  guardrails: " + json.dumps(ALL_LOG) + "\n")):
+            (work / side).mkdir()
+            setup = bench.MODES["config"](work / side, fake_port, 1, ["ab"])
+            with open(setup.config_path, "a") as fh:
+                fh.write(extra)
+            from tests.gateway_proc import GatewayProcess
+
+            gateways[side] = (GatewayProcess(setup.config_path, log_path=work / side / "gw.log", env=setup.env), setup)
+        sides = {k: ab_settings.Side(gw.url, gw.proc.pid, bench.CLIENT_HEADERS + setup.headers_for("ab"))
+                 for k, (gw, setup) in gateways.items()}  # fmt: skip
+        for size in sizes:
+            body = chat_body(cases(size)["prose"]).decode()
+            runs = ab_settings.alternate(sides, rounds, 8, duration_s, label=f"{size // 1000} KB ", body=body)
+            med = {k: statistics.median(c for c, _ in v) for k, v in runs.items()}
+            results[str(size)] = {"runs": runs, "median_cpu_us": med}
+            print(f"{size // 1000} KB prose request: off {med['A']:.1f}, on {med['B']:.1f} CPU µs/request "
+                  f"({(med['B'] / med['A'] - 1) * 100:+.1f}%)", flush=True)
+    finally:
+        for gw, _ in gateways.values():
+            gw.stop()
+        bench.stop_proc(fake)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline-ref", help="also time this git ref's plano_fast/guardrails.py")
     ap.add_argument("--gateway", action="store_true", help="the gateway A/B under callgrind")
+    ap.add_argument("--wallclock", action="store_true", help="the gateway A/B, CPU µs/request from /proc")
+    ap.add_argument("--rounds", type=int, default=6, help="--wallclock: alternated rounds per body")
     ap.add_argument("--no-micro", action="store_true")
     ap.add_argument("--requests", type=int, default=400, help="--gateway: requests counted per body")
     ap.add_argument("--json-out", type=Path)
@@ -257,6 +297,8 @@ def main() -> int:
         out["micro"] = micro(args.baseline_ref)
     if args.gateway:
         out["gateway"] = gateway(args.requests, [2_000, 100_000])
+    if args.wallclock:
+        out["wallclock"] = wallclock(args.rounds, 2.0, [2_000, 100_000])
     if args.json_out:
         args.json_out.write_text(json.dumps(out, indent=1))
     return 0

@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from plano_fast import wire
@@ -93,10 +93,19 @@ class Policy:
     actions: Mapping[str, str]
     custom: Mapping[str, re.Pattern[str]]
     providers: Mapping[str, Mapping[str, str]]
+    #: provider -> (its actions, the wire scanner's mask of them), filled on first use
+    _resolved: dict[str | None, tuple[Mapping[str, str], int]] = field(default_factory=dict, compare=False, repr=False)
 
     def actions_for(self, provider: str | None) -> Mapping[str, str]:
-        override = self.providers.get(provider or "")
-        return {**self.actions, **override} if override else self.actions
+        return self.resolved(provider)[0]
+
+    def resolved(self, provider: str | None) -> tuple[Mapping[str, str], int]:
+        found = self._resolved.get(provider)
+        if found is None:
+            override = self.providers.get(provider or "")
+            actions = {**self.actions, **override} if override else self.actions
+            found = self._resolved[provider] = (actions, _mask(actions))
+        return found
 
 
 def parse_policy(raw: object) -> Policy | None:
@@ -341,10 +350,12 @@ def apply_body(policy: Policy, body: bytes, fmt: str, provider: str | None) -> O
     text string, when operator patterns are configured) is decoded; a redaction replaces
     that string's JSON literal and nothing else in the body.  Without it (or for a body it
     leaves to ``json.loads``) the body is decoded and ``apply`` runs."""
-    enabled = policy.actions_for(provider)
+    enabled, mask = policy.resolved(provider)
     slots = None
     if wire.dlp_scan_body is not None and (body.isascii() or _utf8(body)):
-        slots = wire.dlp_scan_body(body, fmt, _mask(enabled), bool(policy.custom))
+        slots = wire.dlp_scan_body(body, fmt, mask, bool(policy.custom))
+        if not slots and slots is not None:
+            return Outcome([], None, [])  # the common case: nothing found
     if slots is None:
         try:
             doc = json.loads(body)

@@ -57,8 +57,11 @@ DEF K_UPPER = 8
 DEF K_LOCAL = 16   # an e-mail local part: [A-Za-z0-9._%+-]
 DEF K_PHONE = 32   # what a phone number is made of: [0-9()+ .-]
 DEF K_WS = 64
+DEF K_KEY = 128    # what keys are made of: [A-Za-z0-9_-]
+DEF K_DOMAIN = 256 # a domain label: [A-Za-z0-9-]
+DEF K_ALNUM = 512  # [A-Za-z0-9]
 
-cdef unsigned char KIND[256]
+cdef unsigned short KIND[256]
 cdef unsigned char TRIG[256]   # byte -> mask of the detectors it may start (or anchor) a match of
 
 cdef _init_tables():
@@ -81,6 +84,10 @@ cdef _init_tables():
         KIND[c] |= K_PHONE
     for c in b" \t\n\r":
         KIND[c] |= K_WS
+    for c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789":
+        KIND[c] |= K_KEY | K_DOMAIN | K_ALNUM
+    KIND[95] |= K_KEY  # _
+    KIND[45] |= K_KEY | K_DOMAIN  # -
     TRIG[64] |= 1 << D_EMAIL  # @
     TRIG[58] |= 1 << D_IP  # :
     TRIG[43] |= 1 << D_PHONE  # +
@@ -89,6 +96,16 @@ cdef _init_tables():
         TRIG[c] |= 1 << D_SECRETS
 
 _init_tables()
+
+
+cdef inline Py_ssize_t run_of(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, unsigned short kind,
+                              Py_ssize_t limit) noexcept nogil:
+    """How many bytes of ``kind`` from i on (at most ``limit``)."""
+    cdef Py_ssize_t j = i
+    cdef Py_ssize_t end = i + limit if i + limit < n else n
+    while j < end and KIND[b[j]] & kind:
+        j += 1
+    return j - i
 
 
 cdef inline bint is_digit(unsigned char c) noexcept nogil:
@@ -170,7 +187,7 @@ cdef bint ipv4_shape(const unsigned char *b, Py_ssize_t n, Py_ssize_t i) noexcep
     return i < n and is_digit(b[i])
 
 
-cdef int count_run(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t limit, unsigned char kind,
+cdef int count_run(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, Py_ssize_t limit, unsigned short kind,
                    const char *seps) noexcept nogil:
     """Characters of ``kind`` from i, one separator from ``seps`` allowed between two of them,
     within ``limit`` bytes: how many."""
@@ -246,7 +263,10 @@ cdef int find_starts(const unsigned char *b, Py_ssize_t n, int mask, Cands *c) e
                 if j >= 11:
                     add(c, D_IBAN, i - 2)
         elif ch == 64:  # '@': the local part's run starts the match
-            if mask & (1 << D_EMAIL) and i + 1 < n and (is_word(b[i + 1]) or b[i + 1] == 45) and b[i + 1] != 95:
+            # the domain's first label (1-63 of [A-Za-z0-9-]) then '.' and another label or the TLD
+            k = run_of(b, n, i + 1, K_DOMAIN, 64)
+            if mask & (1 << D_EMAIL) and 1 <= k <= 63 and i + k + 2 < n and b[i + 1 + k] == 46 \
+                    and KIND[b[i + 2 + k]] & K_DOMAIN:
                 r = i
                 while r > 0 and KIND[b[r - 1]] & K_LOCAL and i - r <= 64:
                     r -= 1
@@ -284,26 +304,34 @@ cdef inline bint lit(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, const c
 
 
 cdef int secret_starts(const unsigned char *b, Py_ssize_t n, Py_ssize_t i, unsigned char ch, Cands *c) except -1:
+    # A prefix, then the least run of key characters each alternative needs (everything after
+    # "sk-", "ant-api03-" included, is [A-Za-z0-9_-]: 20 of them).
+    cdef Py_ssize_t k
     if ch == 45:  # '-'
         # (each independently: "xoxa-----BEGIN ..." may start two matches)
-        if lit(b, n, i - 2, b"sk", 2) and prev_free(b, i - 2):
+        if lit(b, n, i - 2, b"sk", 2) and prev_free(b, i - 2) and run_of(b, n, i + 1, K_KEY, 20) == 20:
             add(c, D_SECRETS, i - 2)
-        if i >= 4 and lit(b, n, i - 4, b"xox", 3) and b[i - 1] in b"abposr" and prev_free(b, i - 4):
+        if i >= 4 and lit(b, n, i - 4, b"xox", 3) and b[i - 1] in b"abposr" and prev_free(b, i - 4) \
+                and run_of(b, n, i + 1, K_DOMAIN, 10) == 10:
             add(c, D_SECRETS, i - 4)
         if lit(b, n, i, b"-----BEGIN ", 11):
             add(c, D_SECRETS, i)
     elif ch == 122:  # 'z' of AIza
-        if lit(b, n, i - 2, b"AIza", 4) and prev_free(b, i - 2):
+        if lit(b, n, i - 2, b"AIza", 4) and prev_free(b, i - 2) and run_of(b, n, i + 2, K_KEY, 35) == 35:
             add(c, D_SECRETS, i - 2)
     elif ch == 75 or ch == 83:  # 'K' of AKIA, 'S' of ASIA
-        if i >= 1 and b[i - 1] == 65 and lit(b, n, i + 1, b"IA", 2) and prev_free(b, i - 1):
+        if i >= 1 and b[i - 1] == 65 and lit(b, n, i + 1, b"IA", 2) and prev_free(b, i - 1) \
+                and run_of(b, n, i + 3, K_UPPER | K_DIGIT, 16) == 16:
             add(c, D_SECRETS, i - 1)
     elif ch == 95:  # '_' of gh?_
-        if i >= 3 and lit(b, n, i - 3, b"gh", 2) and b[i - 1] in b"pousr" and prev_free(b, i - 3):
+        if i >= 3 and lit(b, n, i - 3, b"gh", 2) and b[i - 1] in b"pousr" and prev_free(b, i - 3) \
+                and run_of(b, n, i + 1, K_ALNUM, 36) == 36:
             add(c, D_SECRETS, i - 3)
-    elif ch == 74:  # 'J' of eyJ
+    elif ch == 74:  # 'J' of eyJ: eyJ + 8 key characters + '.eyJ'
         if lit(b, n, i - 2, b"ey", 2) and prev_free(b, i - 2):
-            add(c, D_SECRETS, i - 2)
+            k = run_of(b, n, i + 1, K_KEY, n)
+            if k >= 8 and lit(b, n, i + 1 + k, b".eyJ", 4):
+                add(c, D_SECRETS, i - 2)
     return 0
 
 
