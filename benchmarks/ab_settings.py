@@ -68,7 +68,7 @@ class Side:
 
 
 def alternate(sides: dict[str, Side], rounds: int, concurrency: int, duration_s: float,
-              *, label: str = "", body: str = bench.BODY_JSON) -> dict[str, list[tuple[float, float]]]:
+              *, label: str = "", body: str | None = None) -> dict[str, list[tuple[float, float]]]:
     """Run the load against each side in turn, ``rounds`` times, A,B then B,A (so drift hits
     both); returns per side the (CPU µs per request, req/s) of each round, read from /proc
     over the gateway's process tree.  Prints each round as it ends."""
@@ -81,7 +81,8 @@ def alternate(sides: dict[str, Side], rounds: int, concurrency: int, duration_s:
             pids = bench.proc_tree(side.root_pid)
             bench.wait_quiet(pids)
             cpu0 = bench.cpu_s(pids)
-            n = load(side.url + bench.PATH, side.headers, concurrency, duration_s, body)
+            extra = {} if body is None else {"body": body}  # (None: load's own default body)
+            n = load(side.url + bench.PATH, side.headers, concurrency, duration_s, **extra)
             cpu1 = bench.cpu_s(pids)
             results[name].append(((cpu1 - cpu0) / max(1, n) * 1e6, n / duration_s))
         print(f"{label}round {rnd + 1}: " + "  ".join(
