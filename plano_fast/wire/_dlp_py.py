@@ -9,8 +9,8 @@ the whole string, the validators applied.  Overlaps between detectors are the ca
 As in the compiled twin, a pattern is not run over the text: it is tried (``match``) only at
 the positions where one of its matches can start, found with ``str.find`` and small regular
 expressions -- a digit run's start (and the '+' or '(' before it, the two letters of an IBAN's
-country), up to 4 characters before a ':' (IPv6), the start of an e-mail's local part before
-an '@', a key prefix.  Every possible start is tried, in order, skipping those inside the
+country), the hex group before a ':' followed by another group and ':' (IPv6), the start of an
+e-mail's local part before an '@' followed by a domain label and '.', a key prefix.  Every possible start is tried, in order, skipping those inside the
 previous match, so the result is finditer's.  The compiled twin also reads a request body
 without decoding it (``scan_body``); this module has none: without the compiled scanner the
 gateway decodes the body and scans each text string with ``scan_text``.
@@ -25,6 +25,9 @@ from plano_fast.wire._dlp_shared import EMAIL, IBAN, IP, NAMES, PHONE, SECRETS, 
 
 _DIGIT_RUN: Final = re.compile(r"[0-9]+")
 _LOCAL_TAIL: Final = re.compile(r"[A-Za-z0-9._%+-]{1,64}\Z")
+_DOMAIN_HEAD: Final = re.compile(r"[A-Za-z0-9-]{1,63}\.[A-Za-z0-9-]")  # what follows an e-mail's '@'
+_HEX_TAIL: Final = re.compile(r"[0-9A-Fa-f]{0,4}\Z")  # an IPv6 address's first group, before its ':'
+_V6_NEXT: Final = re.compile(r"[0-9A-Fa-f]{0,4}:")  # ... and its second
 _SECRET_PREFIXES: Final = ("sk-", "AIza", "AKIA", "ASIA", "gh", "xox", "-----BEGIN ", "eyJ")
 _DIGIT_DETECTORS: Final = (1 << PHONE) | (1 << 2) | (1 << 3) | (1 << IBAN) | (1 << IP)
 
@@ -51,12 +54,16 @@ def _starts(text: str, mask: int) -> dict[int, set[int]]:
             elif d not in (EMAIL, SECRETS):
                 starts[d].update(runs)
     if IP in starts:
-        starts[IP].update(p for c in _all(text, ":") for p in range(max(0, c - 4), c + 1))
+        for c in _all(text, ":"):
+            if _V6_NEXT.match(text, c + 1):
+                m = _HEX_TAIL.search(text, max(0, c - 4), c)
+                starts[IP].add(c if m is None else m.start())
     if EMAIL in starts:
         for at in _all(text, "@"):
-            m = _LOCAL_TAIL.search(text, max(0, at - 64), at)
-            if m is not None:
-                starts[EMAIL].add(m.start())
+            if _DOMAIN_HEAD.match(text, at + 1):
+                m = _LOCAL_TAIL.search(text, max(0, at - 64), at)
+                if m is not None:
+                    starts[EMAIL].add(m.start())
     if SECRETS in starts:
         starts[SECRETS].update(p for prefix in _SECRET_PREFIXES for p in _all(text, prefix))
     return starts
