@@ -1,5 +1,5 @@
 """Build script for the optional Cython helpers (the byte scanner, the header relay, the
-request fast path).
+request fast path, the DLP detectors).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
@@ -43,7 +43,8 @@ class OptionalBuildExt(build_ext):
 
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
-WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h"]
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_simd.h",
+                                                                "plano_fast/wire/_dlp_simd.h"]
 
 
 def _extensions() -> list[Extension]:
@@ -57,7 +58,7 @@ def _extensions() -> list[Extension]:
         [
             Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
                       depends=WIRE_DEPENDS)
-            for name in ("_scan", "_head", "_request")
+            for name in ("_scan", "_head", "_request", "_dlp")
         ],
         compiler_directives={
             "language_level": "3",

@@ -375,8 +375,8 @@ def whole_periods(seconds: float, period_s: float) -> float:
 
 
 def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int, workdir: Path,
-                      args: argparse.Namespace) -> dict[str, Any]:
-    """One measurement: settle, idle baseline, the counted requests and what they leave."""
+                      args: argparse.Namespace, body: str = bench.BODY_JSON) -> dict[str, Any]:
+    """One measurement: settle, idle baseline, the counted requests (``body``) and what they leave."""
     pid = gw.proc.pid
     time.sleep(args.settle_s)
     _control(pid, "--zero")
@@ -385,7 +385,7 @@ def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int,
     idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
     _control(pid, "--zero")
     t0 = time.monotonic()
-    wall = send(gw.url, headers, args.requests, conc)
+    wall = send(gw.url, headers, args.requests, conc, body)
     inline = _dump(pid, workdir)
     time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
     deferred = _dump(pid, workdir)

@@ -44,15 +44,16 @@ def start(mode: str, workdir: Path, fake_port: int, settings: list[str]) -> tupl
     return gw, setup
 
 
-def load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s: float) -> int:
-    """Run the load once; returns the requests completed."""
+def load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s: float,
+         body: str = bench.BODY_JSON) -> int:
+    """Run the load once (each request sends ``body``); returns the requests completed."""
     wrk = shutil.which("wrk")
     if wrk:
-        script = bench._wrk_script(Path(tempfile.mkdtemp()) / "ab.lua", bench.BODY_JSON, headers)
+        script = bench._wrk_script(Path(tempfile.mkdtemp()) / "ab.lua", body, headers)
         out = subprocess.run([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "-s",
                               str(script), url], capture_output=True, text=True, check=True).stdout
         return int(bench.parse_wrk(out).get("completed", 0))
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body", bench.BODY_JSON,
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", "--url", url, "--body", body,
            "-c", str(concurrency), "-d", str(duration_s), "--json"]
     for k, v in headers:
         cmd += ["-H", f"{k}: {v}"]
@@ -70,7 +71,7 @@ class Side:
 
 
 def alternate(sides: dict[str, Side], rounds: int, concurrency: int, duration_s: float,
-              *, label: str = "") -> dict[str, list[tuple[float, float]]]:
+              *, label: str = "", body: str | None = None) -> dict[str, list[tuple[float, float]]]:
     """Run the load against each side in turn, ``rounds`` times, A,B then B,A (so drift hits
     both); returns per side the (CPU µs per request, req/s) of each round, read from /proc
     over the gateway's process tree.  Prints each round as it ends."""
@@ -83,7 +84,8 @@ def alternate(sides: dict[str, Side], rounds: int, concurrency: int, duration_s:
             pids = bench.proc_tree(side.root_pid)
             bench.wait_quiet(pids)
             cpu0 = bench.cpu_s(pids)
-            n = load(side.url + bench.PATH, side.headers, concurrency, duration_s)
+            extra = {} if body is None else {"body": body}  # (None: load's own default body)
+            n = load(side.url + bench.PATH, side.headers, concurrency, duration_s, **extra)
             cpu1 = bench.cpu_s(pids)
             results[name].append(((cpu1 - cpu0) / max(1, n) * 1e6, n / duration_s))
         print(f"{label}round {rnd + 1}: " + "  ".join(

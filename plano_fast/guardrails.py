@@ -24,9 +24,10 @@ and ``systemInstruction``), after JSON decoding (so escapes cannot hide a match)
 model names, tool schemas or image/audio data.
 
 Actions, strongest first: ``block`` -- 403 in the client's format, the detector names in
-``x-plano-guardrail``, nothing forwarded; ``redact`` -- each match replaced by
-``[REDACTED:<detector>]`` in the string that held it and the body re-encoded (the only case
-where the gateway re-encodes a body: compact JSON, the same values otherwise); ``warn`` --
+``x-plano-guardrail`` (alphabetical), nothing forwarded; ``redact`` -- each match replaced by
+``[REDACTED:<detector>]`` in the string that held it, and only that string's JSON literal
+rewritten in the body (the only case where the gateway changes a body; without the compiled
+scanner the whole body is re-encoded as compact JSON, the same values otherwise); ``warn`` --
 forwarded, the detector names in the ``x-plano-guardrail-warning`` response header;
 ``log`` -- forwarded, counted.  Every detection is counted in ``/metrics``
 (``guardrail_detections_total{detector,action}``) and named in the access log; the matched
@@ -36,17 +37,27 @@ Detectors validate what their pattern finds: card numbers by Luhn (13-19 digits)
 their ISO 7064 mod-97 checksum, SSNs by the SSA's never-issued ranges, IP addresses by
 parsing them; secrets are provider keys by their documented prefixes (``sk-``, ``sk-ant-``,
 ``sk-proj-``, ``AIza``, ``AKIA``/``ASIA``, ``ghp_``/``gho_``/``ghs_``/``ghu_``/``ghr_``,
-``xox?-``), PEM private-key headers and JWTs.
+``xox?-``), PEM private-key headers and JWTs.  The built-in patterns are ASCII-only: a digit
+is 0-9 and a non-ASCII character separates words (a card number in Arabic-Indic digits is not
+one).
+
+Speed: the built-in detectors run in the wire scanner (``plano_fast/wire/_dlp.pyx``, pure twin
+``_dlp_py.py``), which reads the request body without decoding it, finds where a match can
+start in one byte pass (a digit run, '@', ':', a key prefix) and tries the patterns only
+there (``python -m benchmarks.bench_dlp``; figures in benchmarks/results/dlp-20261205.md).
+Operator patterns (``custom``) run in Python ``re`` over every text string, decoded: their
+cost is the pattern's, commonly 10-100 MB/s.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from plano_fast import wire
 from plano_fast.errors import ApiFormat, ClientError
 
 ACTIONS: Final = ("log", "warn", "redact", "block")  # weakest to strongest
@@ -57,72 +68,15 @@ class GuardrailConfigError(ValueError):
     pass
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def _card(match: str) -> bool:
-    digits = re.sub(r"[ -]", "", match)
-    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn(digits)
-
-
-def _iban(match: str) -> bool:
-    text = match.replace(" ", "").upper()
-    if not 15 <= len(text) <= 34:
-        return False
-    moved = text[4:] + text[:4]
-    number = "".join(str(int(c, 36)) for c in moved)
-    return int(number) % 97 == 1
-
-
-def _ip(match: str) -> bool:
-    try:
-        address = ipaddress.ip_address(match)
-    except ValueError:
-        return False
-    return not (address.version == 6 and "::" not in match and match.count(":") < 7)
-
-
 def _always(_: str) -> bool:
     return True
 
 
-#: name -> (pattern, validator)
+#: name -> (pattern, validator); the patterns are ASCII-only (plano_fast/wire/_dlp_shared.py)
 DETECTORS: Final[dict[str, tuple[re.Pattern[str], Callable[[str], bool]]]] = {
-    "email": (re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,24}\b"), _always),
-    "phone": (
-        re.compile(r"(?<![\w+])(?:\+[1-9]\d{0,2}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]\d{3,4}\b"
-                   r"|(?<![\w+])\+[1-9]\d{7,14}\b"),
-        _always,
-    ),
-    "ssn": (re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), _always),
-    "credit_card": (re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card),
-    "iban": (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), _iban),
-    "ip_address": (
-        re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}(?![\w:])"),
-        _ip,
-    ),
-    "secrets": (
-        re.compile(
-            r"\bsk-(?:ant-(?:api\d\d-)?|proj-)?[A-Za-z0-9_-]{20,}"
-            r"|\bAIza[0-9A-Za-z_-]{35}"
-            r"|\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"
-            r"|\bgh[pousr]_[A-Za-z0-9]{36,}"
-            r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
-            r"|-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----"
-            r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
-        ),
-        _always,
-    ),
+    name: (wire.DLP_PATTERNS[i], wire.DLP_VALIDATORS.get(i, _always)) for i, name in enumerate(wire.DLP_DETECTORS)
 }
+_IDS: Final = {name: i for i, name in enumerate(wire.DLP_DETECTORS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +93,19 @@ class Policy:
     actions: Mapping[str, str]
     custom: Mapping[str, re.Pattern[str]]
     providers: Mapping[str, Mapping[str, str]]
+    #: provider -> (its actions, the wire scanner's mask of them), filled on first use
+    _resolved: dict[str | None, tuple[Mapping[str, str], int]] = field(default_factory=dict, compare=False, repr=False)
 
     def actions_for(self, provider: str | None) -> Mapping[str, str]:
-        override = self.providers.get(provider or "")
-        return {**self.actions, **override} if override else self.actions
+        return self.resolved(provider)[0]
+
+    def resolved(self, provider: str | None) -> tuple[Mapping[str, str], int]:
+        found = self._resolved.get(provider)
+        if found is None:
+            override = self.providers.get(provider or "")
+            actions = {**self.actions, **override} if override else self.actions
+            found = self._resolved[provider] = (actions, _mask(actions))
+        return found
 
 
 def parse_policy(raw: object) -> Policy | None:
@@ -192,72 +155,28 @@ def _action(value: object, loc: str) -> str:
     return str(value)
 
 
-#: what a detector's match must contain: scanning happens only in windows around these
-#: (str.find runs at GB/s; Python's re engine at 5-40 MB/s when it must try every position)
-_DIGIT_DETECTORS: Final = frozenset({"phone", "ssn", "credit_card", "iban", "ip_address"})
-_SECRET_PREFIXES: Final = ("sk-", "AIza", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
-                           "xox", "-----BEGIN", "eyJ")  # fmt: skip
-_DIGITS_TO_ZERO: Final = str.maketrans("123456789", "000000000")
-#: characters around an anchor a match may span (a 34-character IBAN, a 19-digit card
-#: with separators, a phone number in parentheses; a key after its prefix)
-_DIGIT_MARGIN: Final = 48
-_MAIL_MARGIN: Final = 320
-_SECRET_SPAN: Final = 4096
-
-
-def _windows(positions: list[int], before: int, after: int, size: int) -> list[tuple[int, int]]:
-    """Merged [start, end) windows around anchor positions (sorted)."""
-    out: list[tuple[int, int]] = []
-    for p in positions:
-        start, end = max(0, p - before), min(size, p + after)
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
-
-
-def _all(text: str, needle: str) -> list[int]:
-    found = []
-    i = text.find(needle)
-    while i >= 0:
-        found.append(i)
-        i = text.find(needle, i + 1)
-    return found
-
-
-def scan_text(text: str, enabled: Mapping[str, str], custom: Mapping[str, re.Pattern[str]]) -> list[Finding]:
-    """Validated matches of the enabled detectors in ``text``, in order, non-overlapping
-    (the longest wins an overlap).  Each built-in detector runs only in windows around
-    the characters its matches must contain (digits, "@", a key prefix)."""
-    found: list[Finding] = []
-    size = len(text)
-    digit_windows: list[tuple[int, int]] | None = None
-    valid: Callable[[str], bool]
+def _mask(enabled: Mapping[str, str]) -> int:
+    """The built-in detectors of ``enabled`` as the wire scanner's bit mask."""
+    mask = 0
     for name in enabled:
-        entry = DETECTORS.get(name)
-        if entry is None:
-            windows = [(0, size)]
-            pattern, valid = custom[name], _always
+        i = _IDS.get(name)
+        if i is not None:
+            mask |= 1 << i
+    return mask
+
+
+def _resolve(
+    raw: list[tuple[int, int, int]], text: str, enabled: Mapping[str, str], custom: Mapping[str, re.Pattern[str]]
+) -> list[Finding]:
+    """The wire scanner's findings plus the operator patterns', in order, non-overlapping
+    (the longest wins an overlap; on a tie, the detector named first in ``enabled``)."""
+    found: list[Finding] = []
+    for name in enabled:
+        i = _IDS.get(name)
+        if i is None:
+            found += [Finding(name, m.start(), m.end()) for m in custom[name].finditer(text)]
         else:
-            pattern, valid = entry
-            if name in _DIGIT_DETECTORS:
-                if digit_windows is None:
-                    zeros = text.translate(_DIGITS_TO_ZERO)
-                    digit_windows = _windows(_all(zeros, "0"), _DIGIT_MARGIN, _DIGIT_MARGIN, size)
-                windows = digit_windows
-            elif name == "email":
-                windows = _windows(_all(text, "@"), _MAIL_MARGIN, _MAIL_MARGIN, size)
-            else:  # secrets
-                starts = sorted(i for prefix in _SECRET_PREFIXES for i in _all(text, prefix))
-                windows = _windows(starts, 1, _SECRET_SPAN, size)
-        seen: set[tuple[int, int]] = set()
-        for start, end in windows:
-            for m in pattern.finditer(text, start, end):
-                span = m.span()
-                if span not in seen and valid(m.group()):
-                    seen.add(span)
-                    found.append(Finding(name, span[0], span[1]))
+            found += [Finding(name, s, e) for d, s, e in raw if d == i]
     if len(found) < 2:
         return found
     found.sort(key=lambda f: (f.start, -f.end))
@@ -266,6 +185,15 @@ def scan_text(text: str, enabled: Mapping[str, str], custom: Mapping[str, re.Pat
         if f.start >= kept[-1].end:
             kept.append(f)
     return kept
+
+
+def scan_text(text: str, enabled: Mapping[str, str], custom: Mapping[str, re.Pattern[str]]) -> list[Finding]:
+    """Validated matches of the enabled detectors in ``text``, in order, non-overlapping
+    (the longest wins an overlap).  The built-in detectors run in the wire scanner
+    (``wire.dlp_scan_text``: compiled, or its pure twin); operator patterns here, over the
+    whole text (Python ``re``: their cost is the operator's)."""
+    mask = _mask(enabled)
+    return _resolve(wire.dlp_scan_text(text, mask) if mask else [], text, enabled, custom)
 
 
 # -- message text of each client format -----------------------------------------------------
@@ -353,42 +281,110 @@ class GuardrailBlocked(ClientError):
 class Outcome:
     """What the guardrails did to one request."""
 
-    detections: list[tuple[str, str]]  # (detector, action)
+    detections: list[tuple[str, str]]  # (detector, action), sorted
     body: bytes | None  # the redacted body, when one was rewritten
-    warn: list[str]
+    warn: list[str]  # sorted
+
+
+class _Verdict:
+    """The findings of one request, gathered string by string."""
+
+    __slots__ = ("enabled", "detections", "block", "warn")
+
+    def __init__(self, enabled: Mapping[str, str]) -> None:
+        self.enabled = enabled
+        self.detections: list[tuple[str, str]] = []
+        self.block: set[str] = set()
+        self.warn: set[str] = set()
+
+    def redacted(self, text: str, findings: list[Finding]) -> str | None:
+        """Count ``findings`` (of ``text``); the text with the redacted spans replaced, or
+        None when nothing in it is to be redacted."""
+        pieces: list[str] = []
+        pos = 0
+        for f in findings:
+            action = self.enabled[f.detector]
+            self.detections.append((f.detector, action))
+            if action == "block":
+                self.block.add(f.detector)
+            elif action == "warn":
+                self.warn.add(f.detector)
+            elif action == "redact":
+                pieces += [text[pos : f.start], f"[REDACTED:{f.detector}]"]
+                pos = f.end
+        return "".join(pieces) + text[pos:] if pieces else None
+
+    def outcome(self, body: bytes | None) -> Outcome:
+        detections = sorted(self.detections)
+        if self.block:
+            raise GuardrailBlocked(sorted(self.block), detections)
+        return Outcome(detections, body, sorted(self.warn))
 
 
 def apply(policy: Policy, doc: Any, fmt: str, provider: str | None) -> Outcome:
-    """Scan ``doc``'s message text; raises GuardrailBlocked, or returns what was found and
-    the redacted document's bytes when something was redacted (``doc`` is changed)."""
-    import json
-
+    """Scan the decoded request ``doc``'s message text; raises GuardrailBlocked, or returns
+    what was found and the redacted document's bytes (compact JSON) when something was
+    redacted (``doc`` is changed)."""
     enabled = policy.actions_for(provider)
-    detections: list[tuple[str, str]] = []
-    block: list[str] = []
-    warn: list[str] = []
+    verdict = _Verdict(enabled)
     redacted = False
     for container, key in list(text_slots(doc, fmt)):
         text = container[key]
         findings = scan_text(text, enabled, policy.custom)
-        if not findings:
-            continue
-        pieces: list[str] = []
-        pos = 0
-        for f in findings:
-            action = enabled[f.detector]
-            detections.append((f.detector, action))
-            if action == "block" and f.detector not in block:
-                block.append(f.detector)
-            elif action == "warn" and f.detector not in warn:
-                warn.append(f.detector)
-            elif action == "redact":
-                pieces += [text[pos : f.start], f"[REDACTED:{f.detector}]"]
-                pos = f.end
-        if pieces:
-            container[key] = "".join(pieces) + text[pos:]
-            redacted = True
-    if block:
-        raise GuardrailBlocked(block, detections)
-    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode() if redacted else None
-    return Outcome(detections, body, warn)
+        if findings:
+            new = verdict.redacted(text, findings)
+            if new is not None:
+                container[key] = new
+                redacted = True
+    if not redacted or verdict.block:
+        return verdict.outcome(None)
+    return verdict.outcome(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def apply_body(policy: Policy, body: bytes, fmt: str, provider: str | None) -> Outcome:
+    """The guardrails over a request body as received: the same verdict as
+    ``apply(policy, json.loads(body), ...)`` (a body that is not JSON: nothing found).
+
+    With the compiled scanner the body is not decoded: ``wire.dlp_scan_body`` reads the
+    message-text strings in place, and only a string with a finding to redact (or every
+    text string, when operator patterns are configured) is decoded; a redaction replaces
+    that string's JSON literal and nothing else in the body.  Without it (or for a body it
+    leaves to ``json.loads``) the body is decoded and ``apply`` runs."""
+    enabled, mask = policy.resolved(provider)
+    slots = None
+    if wire.dlp_scan_body is not None and (body.isascii() or _utf8(body)):
+        slots = wire.dlp_scan_body(body, fmt, mask, bool(policy.custom))
+        if not slots and slots is not None:
+            return Outcome([], None, [])  # the common case: nothing found
+    if slots is None:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return Outcome([], None, [])  # refused by the scanner with a precise message
+        return apply(policy, doc, fmt, provider)
+    verdict = _Verdict(enabled)
+    edits: list[tuple[int, int, bytes]] = []
+    for start, end, plain, raw in slots:
+        text = body[start:end].decode("ascii") if plain else json.loads(body[start - 1 : end + 1])
+        findings = _resolve(raw, text, enabled, policy.custom)
+        if findings:
+            new = verdict.redacted(text, findings)
+            if new is not None:
+                edits.append((start - 1, end + 1, json.dumps(new, ensure_ascii=False).encode()))
+    if not edits or verdict.block:
+        return verdict.outcome(None)
+    pieces: list[bytes] = []
+    pos = 0
+    for start, end, literal in edits:
+        pieces += [body[pos:start], literal]
+        pos = end
+    pieces.append(body[pos:])
+    return verdict.outcome(b"".join(pieces))
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

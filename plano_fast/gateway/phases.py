@@ -108,13 +108,10 @@ def guard(exchange: Exchange, fmt: str, provider: str | None) -> None:
     policy = exchange.ctx.guardrails
     if policy is None:
         return
-    try:
-        doc = json.loads(exchange.request.body)
-    except ValueError:
-        return  # refused by the scanner with a precise message
     metrics = exchange.ctx.metrics
     try:
-        outcome = guardrails.apply(policy, doc, fmt, provider)
+        # (a body that is not JSON: nothing found; the scanner refuses it with a precise message)
+        outcome = guardrails.apply_body(policy, exchange.request.body, fmt, provider)
     except guardrails.GuardrailBlocked as exc:
         metrics.detected(exc.detections)
         raise

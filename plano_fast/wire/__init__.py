@@ -6,13 +6,16 @@
 * the header relay -- the client's headers that go upstream, the upstream head's lines
   that go to the client (``_head.pyx``, twin ``_head_py.py``);
 * the request fast path -- a whole plain HTTP/1.1 request parsed in one pass
-  (``_request.pyx``; its "twin" is httptools, which parses every request it declines).
+  (``_request.pyx``; its "twin" is httptools, which parses every request it declines);
+* the DLP detectors -- PII and secrets in message text for plano_fast.guardrails
+  (``_dlp.pyx``, twin ``_dlp_py.py``, shared patterns and validators ``_dlp_shared.py``);
+  not counted in ``IMPLEMENTATIONS`` (``DLP_IMPLEMENTATION`` says which runs).
 
 ``_shared.py`` holds what both twins need (constants, the error type and messages);
 ``_bytes.pxd`` the byte helpers the compiled modules share, ``_simd.h`` the SIMD C.
 
 This module is the one place that chooses: the compiled module where it is built, else its
-twin.  ``PLANO_FAST_PURE_SCANNER=1`` forces the pure build of all three.  Import the API
+twin.  ``PLANO_FAST_PURE_SCANNER=1`` forces the pure build of all of them.  Import the API
 from here (``from plano_fast import wire``), never from the underscored modules (tests and
 benchmarks do, to run every implementation).
 
@@ -110,6 +113,25 @@ else:
     parse_request = None
     _REQUEST = "python"
 
+#: The DLP floor's detectors (plano_fast.guardrails): ``dlp_scan_text(text, mask)`` in both
+#: builds; ``dlp_scan_body(body, fmt, mask, every)`` (message text read from the raw body) only
+#: in the compiled one -- None otherwise, and the caller decodes the body (json.loads).
+from plano_fast.wire._dlp_shared import NAMES as DLP_DETECTORS  # noqa: E402 - grouped with its switch
+from plano_fast.wire._dlp_shared import TEXT_PATTERNS as DLP_PATTERNS  # noqa: E402
+from plano_fast.wire._dlp_shared import VALIDATORS as DLP_VALIDATORS  # noqa: E402
+
+dlp_scan_body: Callable[[bytes, str, int, bool], list[tuple[int, int, bool, list[tuple[int, int, int]]]] | None] | None
+if _built("_dlp"):
+    from plano_fast.wire._dlp import scan_body as dlp_scan_body
+    from plano_fast.wire._dlp import scan_text as dlp_scan_text
+
+    DLP_IMPLEMENTATION: Final = "cython"
+else:
+    from plano_fast.wire._dlp_py import scan_text as dlp_scan_text
+
+    dlp_scan_body = None
+    DLP_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
+
 IMPLEMENTATIONS: Final = {"scan": _SCAN, "head": _HEAD, "request": _REQUEST}
 IMPLEMENTATION: Final = (
     _SCAN
@@ -118,6 +140,10 @@ IMPLEMENTATION: Final = (
 )
 
 __all__ = [
+    "DLP_DETECTORS",
+    "DLP_IMPLEMENTATION",
+    "DLP_PATTERNS",
+    "DLP_VALIDATORS",
     "API_ANTHROPIC",
     "API_GEMINI",
     "API_OPENAI_CHAT",
@@ -136,6 +162,8 @@ __all__ = [
     "ScanError",
     "Usage",
     "UsageScanner",
+    "dlp_scan_body",
+    "dlp_scan_text",
     "forward_request_headers",
     "parse_request",
     "response_head",
