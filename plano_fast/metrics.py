@@ -44,6 +44,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from plano_fast.billing.metrics import FLUSH_BUCKETS_S
+
 MAX_MODELS: Final = 200
 #: seconds; fine below a millisecond (gateway overhead), coarse up to minutes (streams)
 LATENCY_BUCKETS_S: Final = (
@@ -192,6 +194,8 @@ class Merged:
         self.errors: dict[str, float] = {}
         self.detections: dict[tuple[str, ...], float] = {}
         self.process: dict[str, float] = {}
+        self.cost: dict[tuple[str, ...], float] = {}
+        self.flush: dict[tuple[str, ...], list[float]] = {}
 
     def add(self, snap: Mapping[str, Any], process: Mapping[str, float] | None = None) -> None:
         for key, value in snap.get("requests", ()):
@@ -207,6 +211,11 @@ class Merged:
         for key, value in snap.get("detections", ()):
             k = tuple(key)
             self.detections[k] = self.detections.get(k, 0) + value
+        for key, value in snap.get("cost", ()):
+            k = tuple(key)
+            self.cost[k] = self.cost.get(k, 0) + value
+        if snap.get("flush"):
+            _add_row(self.flush, (), snap["flush"])
         for name, value in (process or snap.get("process", {})).items():
             have = self.process.get(name)
             if have is None:
@@ -215,6 +224,23 @@ class Merged:
                 self.process[name] = max(have, value)
             else:
                 self.process[name] = have + value
+
+
+def provider_error_type(status: int) -> str:
+    """The ``type`` label of errors_total for an error answer relayed from the provider
+    (the gateway's own refusals: ``plano_fast.app.error_type``)."""
+    if status == 429:
+        return "provider_rate_limit"
+    if status == 401 or status == 403:
+        return "provider_auth"
+    if status == 402:
+        return "provider_budget"
+    return "provider_client" if status < 500 else "provider_server"
+
+
+def billing_snapshot(costs: Mapping[tuple[str, str], int], flush_row: list[float]) -> dict[str, Any]:
+    """The billing pipeline's tables (BillingMetrics) in snapshot form."""
+    return {"cost": [[list(k), v] for k, v in costs.items()], "flush": flush_row}
 
 
 def _add_row(table: dict[tuple[str, ...], list[float]], key: tuple[str, ...], row: Iterable[float]) -> None:
@@ -289,12 +315,7 @@ class _MergedCollector(Collector):
         for (name, doc), table in zip(HISTOGRAMS, m.histograms):
             family = HistogramMetricFamily("plano_fast_" + name, doc, labels=_LABELS)
             for key, row in sorted(table.items()):
-                cumulative, buckets = 0.0, []
-                for bound, count in zip(LATENCY_BUCKETS_S, row):
-                    cumulative += count
-                    buckets.append((repr(bound), cumulative))
-                buckets.append(("+Inf", cumulative + row[len(LATENCY_BUCKETS_S)]))
-                family.add_metric(list(key), buckets, row[-1])
+                family.add_metric(list(key), _cumulative(LATENCY_BUCKETS_S, row), row[-1])
             yield family
         tokens = CounterMetricFamily(
             "plano_fast_tokens", "Tokens read off provider responses", labels=_LABELS + ("kind",)
@@ -313,6 +334,26 @@ class _MergedCollector(Collector):
         for key, value in sorted(m.detections.items()):
             detections.add_metric(list(key), value)
         yield detections
+        cost = CounterMetricFamily(
+            "plano_fast_cost_nano_usd", "Cost of the usage rows priced, in nano-USD", labels=("provider", "model")
+        )
+        for key, value in sorted(m.cost.items()):
+            cost.add_metric(list(key), value)
+        yield cost
+        flush = HistogramMetricFamily("plano_fast_usage_flush_duration_seconds", "Usage batch writes to the store")
+        for row in m.flush.values():
+            flush.add_metric([], _cumulative(FLUSH_BUCKETS_S, row), row[-1])
+        yield flush
+
+
+def _cumulative(bounds: tuple[float, ...], row: list[float]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, +Inf last) of a row of per-bucket counts."""
+    cumulative, buckets = 0.0, []
+    for bound, count in zip(bounds, row):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", cumulative + row[len(bounds)]))
+    return buckets
 
 
 def render(merged: Merged) -> bytes:

@@ -120,6 +120,8 @@ class PriceCalculator:
                     results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL, quote.entry or None))
                 else:
                     results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED, quote.entry or None))
+                if quote is not None and quote.cost_nano_usd:
+                    self.metrics.add_cost(row.provider, row.model, quote.cost_nano_usd)
             priced = await self.store.set_prices(results)
             self.metrics.rows_priced_late += priced
             priced_total += priced

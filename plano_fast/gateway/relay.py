@@ -34,7 +34,7 @@ from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
-from plano_fast.metrics import RequestMetrics
+from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPolicy
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -133,6 +133,7 @@ class ExchangeContext:
         "retries_total",
         "failovers_total",
         "metrics",
+        "request_metrics",
         "access_log",
         "tracing",
         "server_timing",
@@ -179,6 +180,8 @@ class ExchangeContext:
         self.retries_total = 0
         self.failovers_total = 0
         self.metrics = RequestMetrics()
+        #: count each finished request in ``metrics`` (plano_fast.request_metrics)
+        self.request_metrics = True
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
         #: plano_fast.tracing when the config has a tracing section
@@ -663,24 +666,28 @@ class Exchange:
             limits = self.ctx.ratelimits
             assert limits is not None
             limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
-        metrics = self.ctx.metrics
+        ctx = self.ctx
         now_ns = time.time_ns()
         started_ns = self.started_ns
         sent_ns = self.sent_ns
         head_ns = self.head_ns
-        metrics.observe(
-            (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
-            event.http_status,
-            (now_ns - started_ns) / 1e9,
-            (now_ns - sent_ns) / 1e9 if sent_ns else None,
-            (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
-            (event.input_tokens, event.output_tokens, event.cache_read_tokens,
-             event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
-        )  # fmt: skip
-        if event.status == STATUS_UPSTREAM_FAILED:
-            metrics.error("timeout" if event.http_status == 504 else "upstream")
-        elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
-            metrics.error("client_gone")
+        if ctx.request_metrics:
+            metrics = ctx.metrics
+            metrics.observe(
+                (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
+                event.http_status,
+                (now_ns - started_ns) / 1e9,
+                (now_ns - sent_ns) / 1e9 if sent_ns else None,
+                (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+                (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                 event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
+            )  # fmt: skip
+            if event.status == STATUS_UPSTREAM_FAILED:
+                metrics.error("timeout" if event.http_status == 504 else "upstream")
+            elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+                metrics.error("client_gone")
+            elif event.status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
+                metrics.error(provider_error_type(event.http_status))
         span = self.span
         if span is not None:
             if self.attempt_span is not None:
@@ -693,7 +700,7 @@ class Exchange:
                 tokens=(event.input_tokens, event.output_tokens) if event.has_usage else None,
             )  # fmt: skip
             self.span = None
-        access_log = self.ctx.access_log
+        access_log = ctx.access_log
         if access_log is not None:
             duration_ns = now_ns - started_ns
             upstream_ns = now_ns - sent_ns if sent_ns else 0
