@@ -625,9 +625,14 @@ class _GatewayAdmin:
     def exposition(self) -> bytes:
         gw = self._gw
         merged = Merged()
-        merged.add(gw.metrics_snapshot())
-        if gw.metrics_dir is not None:
-            for snapshot in read_snapshots(gw.metrics_dir, os.getpid()):
+        if gw.metrics_dir is None:
+            merged.add(gw.metrics_snapshot())
+        else:
+            # Every worker's last published snapshot, this one's too (not its live
+            # numbers): a file only ever moves forward, so two scrapes landing on two
+            # workers never see a counter go down (Prometheus would take that for a reset
+            # and count the whole value again in rate()/increase()).
+            for snapshot in read_snapshots(gw.metrics_dir, None):
                 merged.add(snapshot)
         return render(merged)
 

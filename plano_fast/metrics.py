@@ -7,9 +7,11 @@ else happens off it:
 * every ``publish_interval_s`` each worker of a ``--workers N`` instance writes a snapshot
   of its numbers to ``<metrics_dir>/<pid>.json`` (write to a temporary name, then rename:
   a reader never sees half a file);
-* a scrape of the admin port, which lands on any one worker, adds that worker's live
-  numbers to the other workers' last snapshots: one scrape gives the whole instance, at
-  most one publish interval stale.  Snapshots of workers that died stay (their counters
+* a scrape of the admin port, which lands on any one worker, adds up every worker's
+  last snapshot, its own included: one scrape gives the whole instance, at most one
+  publish interval stale.  Not the answering worker's live numbers: with those, a scrape
+  answered by worker A (A live + B's snapshot) then one answered by B (B live + A's
+  older snapshot) could see a counter go down, which Prometheus takes for a reset.  Snapshots of workers that died stay (their counters
   must not go backwards; the parent keeps their counters and drops their gauges, see
   :func:`retire_snapshot`); the parent empties the directory when the instance starts.
 
@@ -282,14 +284,27 @@ def retire_snapshot(directory: Path, pid: int) -> None:
     path.unlink(missing_ok=True)
 
 
-def read_snapshots(directory: Path, skip_pid: int) -> Iterator[dict[str, Any]]:
-    """Every other process's last snapshot (unreadable ones are skipped: a worker may be
-    replacing its file)."""
-    for path in directory.glob("*.json"):
-        if path.stem == str(skip_pid):
+def read_snapshots(directory: Path, skip_pid: int | None) -> Iterator[dict[str, Any]]:
+    """Every process's last snapshot but ``skip_pid``'s (unreadable ones are skipped: a
+    worker may be replacing its file).  A worker being retired (:func:`retire_snapshot`)
+    is read once: from ``retired-<pid>.json`` when both files are there, and from it when
+    ``<pid>.json`` went between the listing and the read (counted twice or not at all,
+    the instance's counters would jump)."""
+    names = {path.name for path in directory.glob("*.json")}
+    for name in sorted(names):
+        if skip_pid is not None and name == f"{skip_pid}.json":
+            continue
+        retired = "retired-" + name
+        if retired in names:
             continue
         try:
-            yield json.loads(path.read_text())
+            try:
+                text = (directory / name).read_text()
+            except FileNotFoundError:
+                if name.startswith("retired-"):
+                    continue
+                text = (directory / retired).read_text()
+            yield json.loads(text)
         except (OSError, ValueError):
             continue
 
