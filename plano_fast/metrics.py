@@ -82,7 +82,7 @@ class RouteStats:
 class RequestMetrics:
     """This process's request numbers (see the module docstring)."""
 
-    __slots__ = ("routes", "errors", "detections", "_models")
+    __slots__ = ("routes", "errors", "detections", "known_models")
 
     def __init__(self) -> None:
         #: labels -> that route's numbers
@@ -91,12 +91,14 @@ class RequestMetrics:
         self.errors: dict[str, int] = {}
         #: (guardrail detector, action) -> count
         self.detections: dict[tuple[str, str], int] = {}
-        self._models: set[str] = set()
+        #: the model label values given so far (``model in known_models``: the label is the
+        #: model itself, no call needed)
+        self.known_models: set[str] = set()
 
     def model_label(self, model: str | None) -> str:
         if not model:
             return ""
-        models = self._models
+        models = self.known_models
         if model in models:
             return model
         if len(models) >= MAX_MODELS:

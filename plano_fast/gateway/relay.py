@@ -673,8 +673,11 @@ class Exchange:
         head_ns = self.head_ns
         if ctx.request_metrics:
             metrics = ctx.metrics
+            model = event.model
+            if model not in metrics.known_models:  # a set lookup, not a call, once it is known
+                model = metrics.model_label(model)
             metrics.observe(
-                (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
+                (self.MODE, event.provider, model, self.endpoint_name),
                 event.http_status,
                 (now_ns - started_ns) / 1e9,
                 (now_ns - sent_ns) / 1e9 if sent_ns else None,
@@ -702,18 +705,13 @@ class Exchange:
             self.span = None
         access_log = ctx.access_log
         if access_log is not None:
-            duration_ns = now_ns - started_ns
-            upstream_ns = now_ns - sent_ns if sent_ns else 0
+            # Raw values only: the writer derives the fields (plano_fast.access_log.RECORD).
             access_log.record((
-                started_ns, self.request_id, self.MODE, self.project_id,
-                self.key_hash[:12] if self.key_hash else None, event.provider, event.model,
-                self.endpoint_name, event.http_status, event.status, self.streaming,
-                event.input_tokens, event.output_tokens, event.cache_read_tokens,
-                event.reasoning_tokens, round(duration_ns / 1e6, 3),
-                round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
-                round(upstream_ns / 1e6, 3) if sent_ns else None,
-                (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                self.total_attempts(), self.responder.peer(), self.guard_names, self.route_name,
+                started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
+                event.provider, event.model, self.endpoint_name, event.http_status, event.status,
+                self.streaming, event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                event.reasoning_tokens, now_ns, head_ns, sent_ns, self.total_attempts(),
+                self.responder.peer(), self.guard_names, self.route_name,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
