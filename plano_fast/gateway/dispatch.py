@@ -187,8 +187,8 @@ def trace(gw: Gateway, exchange: Exchange) -> None:
     request = exchange.request
     if not tracing.rate and b"traceparent" not in map(_header_name, request.headers):
         # random_sampling 0: only a client's traceparent can sample, and it is looked for
-        # in C (map + in), not by sample()'s Python loop (measured: 5.1k -> see
-        # benchmarks/bench_observability.py, instructions per request)
+        # in C (map + in), not by sample()'s Python loop (benchmarks/bench_observability.py:
+        # a configured tracing section cost 5.1k instructions per request, this 4.6k)
         return
     decision = tracing.sample(request.headers)
     if decision is not False:
