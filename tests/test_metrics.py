@@ -115,6 +115,12 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
         assert errors.get("client") == 1
         ttft = [s for s in fams["plano_fast_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
         assert sum(s.value for s in ttft) >= 1
+    # the rows were flushed and priced: their cost, by provider and model (both models have
+    # a bundled price), and the flush's duration
+    cost = {s.labels["model"]: s.value for s in fams["plano_fast_cost_nano_usd"].samples if s.name.endswith("_total")}
+    assert {m for m, n in sent.items() if n} <= {m for m, v in cost.items() if v > 0}
+    flushes = [s for s in fams["plano_fast_usage_flush_duration_seconds"].samples if s.name.endswith("_count")]
+    assert flushes and flushes[0].value >= 1
     # every series the Grafana dashboard queries is in a real scrape
     # (names as written in the exposition, which is what Prometheus stores; the client
     # parser renames counters to *_total)
