@@ -2,26 +2,38 @@
 
     python -m benchmarks.ab_settings --mode firewall --a usage_wal=false --b usage_wal=true
     python -m benchmarks.ab_settings --rounds 8 --duration-s 3 --concurrency 32 ...
+    python -m benchmarks.ab_settings --callgrind --a request_metrics=false \
+        --b access_log=/tmp/access.jsonl --b-section 'tracing: {random_sampling: 0}' --otlp-sink
 
 Both gateways run the same mode with one worker against one fake provider, each with its
-own SQLite database; only the settings given differ.  Each round runs the load against A
-then B (B then A on odd rounds, so drift hits both), with wrk when installed or
-``benchmarks.loadgen`` otherwise, and reads each gateway's CPU time from /proc.  Prints
-the per-round CPU µs per request and requests per second, and the medians.
+own SQLite database; only the settings given differ (``--a``/``--b``: ``plano_fast:``
+keys; ``--a-section``/``--b-section``: top-level YAML, e.g. Plano's ``tracing:``).  Each
+round runs the load against A then B (B then A on odd rounds, so drift hits both), with
+wrk when installed or ``benchmarks.loadgen`` otherwise, and reads each gateway's CPU time
+from /proc.  Prints the per-round CPU µs per request and requests per second, and the
+medians.
+
+``--callgrind``: instead, each gateway in turn runs under callgrind and the instructions
+per request are counted (``benchmarks.ab_refs``'s measurement, this checkout on both
+sides): stable whatever else loads the machine.  ``--otlp-sink`` starts an HTTP server
+that accepts OTLP/HTTP posts and points both gateways' trace exporter at it (a traced
+side then exports for real instead of retrying against nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.server
 import json
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from benchmarks import run as bench
 from tests.gateway_proc import GatewayProcess
@@ -34,14 +46,57 @@ def _value(text: str) -> str:
     return text if plain else json.dumps(text)
 
 
-def start(mode: str, workdir: Path, fake_port: int, settings: list[str]) -> tuple[GatewayProcess, Any]:
+def configure(mode: str, workdir: Path, fake_port: int, settings: list[str], sections: list[str],
+              env: dict[str, str]) -> Any:
+    """``benchmarks.run``'s setup of ``mode`` with ``settings`` added to its ``plano_fast:``
+    block and ``sections`` (YAML) at the top level."""
     setup = bench.MODES[mode](workdir, fake_port, 1, ["ab"])
     with open(setup.config_path, "a") as fh:  # the plano_fast: block is the file's last
         for item in settings:
             key, _, value = item.partition("=")
             fh.write(f"  {key}: {_value(value)}\n")
+        for section in sections:
+            fh.write(section.rstrip() + "\n")
+    setup.env.update(env)
+    return setup
+
+
+def start(mode: str, workdir: Path, fake_port: int, settings: list[str], sections: Sequence[str] = (),
+          env: dict[str, str] | None = None) -> tuple[GatewayProcess, Any]:
+    setup = configure(mode, workdir, fake_port, settings, list(sections), env or {})
     gw = GatewayProcess(setup.config_path, log_path=workdir / "gateway.log", env=setup.env)
     return gw, setup
+
+
+class OtlpSink:
+    """Accepts OTLP/HTTP posts (200, empty body) and counts them: a trace exporter's peer."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.posts = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                sink.posts += 1
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{self.port}/v1/traces"}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def load(url: str, headers: list[tuple[str, str]], concurrency: int, duration_s: float,
@@ -101,14 +156,37 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--duration-s", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--a-section", action="append", default=[], help="top-level YAML added to A's config")
+    ap.add_argument("--b-section", action="append", default=[], help="top-level YAML added to B's config")
+    ap.add_argument("--otlp-sink", action="store_true", help="an OTLP/HTTP receiver for both sides' traces")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per request under callgrind")
+    ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted per concurrency")
+    ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
+    ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
+    ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
+    ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
+    ap.add_argument("--settle-s", type=float, default=21.0, help="callgrind: wait for deferred work")
+    ap.add_argument("--json-out", type=Path, help="callgrind: also write the results as JSON")
     args = ap.parse_args()
+    args.cg_conc = [int(c) for c in args.callgrind_concurrency.split(",") if c.strip()]
     work = Path(tempfile.mkdtemp(prefix="ab-"))
     fake, fake_port = bench.start_fake(1, work / "fake.log")
+    sink = OtlpSink() if args.otlp_sink else None
+    env = sink.env if sink is not None else {}
+    if args.callgrind:
+        try:
+            return callgrind(args, work, fake_port, env)
+        finally:
+            bench.stop_proc(fake)
+            if sink is not None:
+                print(f"OTLP posts received: {sink.posts}")
+                sink.close()
     gateways: dict[str, tuple[GatewayProcess, Any]] = {}
     try:
-        for name, settings in (("A", args.a), ("B", args.b)):
+        for name, settings, sections in (("A", args.a, args.a_section), ("B", args.b, args.b_section)):
             (work / name).mkdir()
-            gateways[name] = start(args.mode, work / name, fake_port, settings)
+            gateways[name] = start(args.mode, work / name, fake_port, settings, sections, env)
         sides = {name: Side(gw.url, gw.proc.pid, bench.CLIENT_HEADERS + setup.headers_for("ab"))
                  for name, (gw, setup) in gateways.items()}
         results = alternate(sides, args.rounds, args.concurrency, args.duration_s)
@@ -121,6 +199,40 @@ def main() -> int:
         for gw, _ in gateways.values():
             gw.stop()
         bench.stop_proc(fake)
+        if sink is not None:
+            print(f"OTLP posts received: {sink.posts}")
+            sink.close()
+    return 0
+
+
+def callgrind(args: argparse.Namespace, work: Path, fake_port: int, env: dict[str, str]) -> int:
+    """Each side in turn under callgrind (this checkout): instructions per request."""
+    from benchmarks import ab_refs
+
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        raise SystemExit("--callgrind needs valgrind and callgrind_control")
+    here = ab_refs.PreparedRef("checkout", ab_refs.resolve(bench.ROOT, "HEAD"), bench.ROOT, bench.ROOT,
+                               ab_refs.built_extensions(bench.ROOT))
+    results: dict[str, Any] = {}
+    for name, settings, sections in (("A", args.a, args.a_section), ("B", args.b, args.b_section)):
+        workdir = work / name
+        workdir.mkdir()
+        setup = configure(args.mode, workdir, fake_port, settings, sections, env)
+        bench._migrate(setup.config_path, setup.env)
+        print(f"{name} {settings} {sections}: under callgrind", flush=True)
+        results[name] = ab_refs.callgrind_side(
+            here, {"config": str(setup.config_path), "env": setup.env, "headers": setup.headers_for("ab")},
+            workdir, args)
+    print(f"A = {args.a} {args.a_section}\nB = {args.b} {args.b_section}")
+    print("| concurrency | A inline | B inline | B/A | A inline+deferred | B inline+deferred | B/A |")
+    print("|---|---|---|---|---|---|---|")
+    for conc in args.cg_conc:
+        a, b = results["A"][str(conc)], results["B"][str(conc)]
+        print(f"| {conc} | {a['inline']:,.0f} | {b['inline']:,.0f} | {b['inline'] / a['inline']:.4f} | "
+              f"{a['per_request']:,.0f} | {b['per_request']:,.0f} | {b['per_request'] / a['per_request']:.4f} |")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"argv": sys.argv[1:], "callgrind": results}, indent=2, default=str))
+    print(f"logs: {work}")
     return 0
 
 

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.failover import RetryPolicy
 from plano_fast.errors import GatewayError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
-from plano_fast.metrics import Merged, read_snapshots, render, write_snapshot
+from plano_fast.metrics import Merged, billing_snapshot, read_snapshots, render, write_snapshot
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.managed.crypto import KeyCipher
@@ -227,6 +228,7 @@ class Gateway:
             self.ctx.access_log = AccessLog(settings.access_log)
             self.ctx.access_log.start()
         self.ctx.server_timing = settings.server_timing
+        self.ctx.request_metrics = settings.request_metrics or self.config.preference_routing is not None
         self.ctx.guardrails = guardrails.parse_policy(settings.guardrails)
         checks = parse_checks(self.config.raw, settings, self.config.listener.loc)
         if checks.guards:
@@ -455,6 +457,15 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
                 log.warning("could not deregister this instance: %s", _one_line(exc))
 
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This process's numbers, as plano_fast.metrics adds them up."""
+        billing = self.billing.metrics
+        return {
+            **self.ctx.metrics.snapshot(),
+            **billing_snapshot(billing.cost_nano_usd, billing.flush_row),
+            "process": self.process_metrics(),
+        }
+
     def process_metrics(self) -> dict[str, float]:
         """This process's counters and gauges (names without the plano_fast_ prefix)."""
         gw = self
@@ -462,8 +473,13 @@ class Gateway:
         values["last_flush_s"] = gw.billing.metrics.last_flush_s
         values["usage_backlog"] = gw.billing.flusher.backlog
         values["client_connections"] = len(gw.connections)
-        values["upstream_pool_idle"] = gw.pool.idle_count
-        values["upstream_connections_opened"] = gw.pool.connections_opened
+        pool = gw.pool
+        idle = pool.idle_count
+        values["upstream_pool_idle"] = idle
+        values["upstream_connections_opened"] = pool.connections_opened
+        values["upstream_open_connections"] = pool.connections_opened - pool.connections_closed
+        values["upstream_busy_connections"] = pool.connections_opened - pool.connections_closed - idle
+        values["requests_in_flight_current"], values["streams_in_flight_current"] = in_flight(gw.connections)
         values["key_registry_size"] = len(gw.registry)
         values["requests_unbilled"] = gw.ctx.unbilled_requests
         values["upstream_retries"] = gw.ctx.retries_total
@@ -507,29 +523,30 @@ class Gateway:
         if self.metrics_dir is None:
             return
         try:
-            write_snapshot(
-                self.metrics_dir, {**self.ctx.metrics.snapshot(), "process": self.process_metrics()}
-            )
+            write_snapshot(self.metrics_dir, self.metrics_snapshot())
         except OSError as exc:
             log.warning("metrics snapshot not written: %s", exc)
 
     # -- connections ------------------------------------------------------------------
     def _protocol_factory(self) -> ServerProtocol:
         proto = ServerProtocol(
-            self.handle, self.limits, self.clock, self.connections.discard, self.precheck
+            self.handle, self.limits, self.clock, self.connections.discard, self.precheck,
+            self._count_refusal,
         )
         self.connections.add(proto)
         return proto
 
     def handle(self, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
         """Dispatch by path (plano_fast.gateway.dispatch); forwarded endpoints become an
-        Exchange (see Exchange.start).  A refusal (GatewayError) is counted by type in the
-        metrics and answered by the server in the client's format."""
-        try:
-            return dispatch(self, request, responder)
-        except GatewayError as exc:
-            self.ctx.metrics.error(error_type(exc.status, exc.code))
-            raise
+        Exchange (see Exchange.start).  A refusal (GatewayError, raised here or later by
+        the exchange's task) is answered by the server in the client's format and counted
+        by :meth:`_count_refusal`."""
+        return dispatch(self, request, responder)
+
+    def _count_refusal(self, exc: GatewayError) -> None:
+        """errors_total by type, for every refusal the server answers (parse errors,
+        auth, budgets, rate limits, ...)."""
+        self.ctx.metrics.error(error_type(exc.status, exc.code))
 
     def precheck(self, request: Request) -> None:
         """A head that expects 100-continue (see plano_fast.gateway.dispatch.precheck)."""
@@ -537,6 +554,22 @@ class Gateway:
 
 
 METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
+
+
+def in_flight(connections: Iterable[ServerProtocol]) -> tuple[int, int]:
+    """Requests being answered and, of those, streams, counted at scrape time over the
+    client connections (nothing on the request path): a connection's active responder is
+    a request in flight; its exchange (the owner of ``on_client_gone``) says whether it
+    streams."""
+    requests = streams = 0
+    for proto in connections:
+        responder = proto.active
+        if responder is None:
+            continue
+        requests += 1
+        if getattr(getattr(responder.on_client_gone, "__self__", None), "streaming", False):
+            streams += 1
+    return requests, streams
 
 
 def error_type(status: int, code: str | None = None) -> str:
@@ -616,9 +649,14 @@ class _GatewayAdmin:
     def exposition(self) -> bytes:
         gw = self._gw
         merged = Merged()
-        merged.add(gw.ctx.metrics.snapshot(), gw.process_metrics())
-        if gw.metrics_dir is not None:
-            for snapshot in read_snapshots(gw.metrics_dir, os.getpid()):
+        if gw.metrics_dir is None:
+            merged.add(gw.metrics_snapshot())
+        else:
+            # Every worker's last published snapshot, this one's too (not its live
+            # numbers): a file only ever moves forward, so two scrapes landing on two
+            # workers never see a counter go down (Prometheus would take that for a reset
+            # and count the whole value again in rate()/increase()).
+            for snapshot in read_snapshots(gw.metrics_dir, None):
                 merged.add(snapshot)
         return render(merged)
 

@@ -403,6 +403,7 @@ class ServerProtocol(asyncio.Protocol):
         "draining",
         "lost",
         "tasks",
+        "_on_error",
     )
 
     def __init__(
@@ -412,9 +413,13 @@ class ServerProtocol(asyncio.Protocol):
         clock: DeadlineClock,
         on_close: Callable[[ServerProtocol], None] | None = None,
         precheck: Callable[[Request], None] | None = None,
+        on_error: Callable[[GatewayError], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handler = handler
+        #: told of every refusal answered here (the gateway counts them by type in /metrics);
+        #: runs on errors only
+        self._on_error = on_error
         #: run on a head that asks for 100-continue, before the body is invited: raises a
         #: GatewayError to refuse (the body is then never read; the connection closes)
         self._precheck = precheck
@@ -690,6 +695,8 @@ class ServerProtocol(asyncio.Protocol):
         try:
             pending = self._handler(request, responder)
         except GatewayError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
             responder.send_error(exc, request.api_format)
             return
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
@@ -723,6 +730,8 @@ class ServerProtocol(asyncio.Protocol):
                 responder.abort()
             raise
         except GatewayError as exc:
+            if self._on_error is not None:
+                self._on_error(exc)
             responder.send_error(exc, request.api_format)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
             self._handler_bug(exc, request, responder)
@@ -760,6 +769,8 @@ class ServerProtocol(asyncio.Protocol):
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
+        if self._on_error is not None:
+            self._on_error(error)
         self._broken = True
         self._cancel_timer()
         self._pause_reading()
@@ -787,6 +798,11 @@ class ServerProtocol(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return self._active is None
+
+    @property
+    def active(self) -> Responder | None:
+        """The responder of the request being answered (None between requests)."""
+        return self._active
 
     # -- timers and reading -----------------------------------------------------------
     def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:

@@ -7,9 +7,11 @@ else happens off it:
 * every ``publish_interval_s`` each worker of a ``--workers N`` instance writes a snapshot
   of its numbers to ``<metrics_dir>/<pid>.json`` (write to a temporary name, then rename:
   a reader never sees half a file);
-* a scrape of the admin port, which lands on any one worker, adds that worker's live
-  numbers to the other workers' last snapshots: one scrape gives the whole instance, at
-  most one publish interval stale.  Snapshots of workers that died stay (their counters
+* a scrape of the admin port, which lands on any one worker, adds up every worker's
+  last snapshot, its own included: one scrape gives the whole instance, at most one
+  publish interval stale.  Not the answering worker's live numbers: with those, a scrape
+  answered by worker A (A live + B's snapshot) then one answered by B (B live + A's
+  older snapshot) could see a counter go down, which Prometheus takes for a reset.  Snapshots of workers that died stay (their counters
   must not go backwards; the parent keeps their counters and drops their gauges, see
   :func:`retire_snapshot`); the parent empties the directory when the instance starts.
 
@@ -43,6 +45,8 @@ from typing import Any, Final
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from plano_fast.billing.metrics import FLUSH_BUCKETS_S
 
 MAX_MODELS: Final = 200
 #: seconds; fine below a millisecond (gateway overhead), coarse up to minutes (streams)
@@ -78,7 +82,7 @@ class RouteStats:
 class RequestMetrics:
     """This process's request numbers (see the module docstring)."""
 
-    __slots__ = ("routes", "errors", "detections", "_models")
+    __slots__ = ("routes", "errors", "detections", "known_models")
 
     def __init__(self) -> None:
         #: labels -> that route's numbers
@@ -87,12 +91,14 @@ class RequestMetrics:
         self.errors: dict[str, int] = {}
         #: (guardrail detector, action) -> count
         self.detections: dict[tuple[str, str], int] = {}
-        self._models: set[str] = set()
+        #: the model label values given so far (``model in known_models``: the label is the
+        #: model itself, no call needed)
+        self.known_models: set[str] = set()
 
     def model_label(self, model: str | None) -> str:
         if not model:
             return ""
-        models = self._models
+        models = self.known_models
         if model in models:
             return model
         if len(models) >= MAX_MODELS:
@@ -192,6 +198,8 @@ class Merged:
         self.errors: dict[str, float] = {}
         self.detections: dict[tuple[str, ...], float] = {}
         self.process: dict[str, float] = {}
+        self.cost: dict[tuple[str, ...], float] = {}
+        self.flush: dict[tuple[str, ...], list[float]] = {}
 
     def add(self, snap: Mapping[str, Any], process: Mapping[str, float] | None = None) -> None:
         for key, value in snap.get("requests", ()):
@@ -207,6 +215,11 @@ class Merged:
         for key, value in snap.get("detections", ()):
             k = tuple(key)
             self.detections[k] = self.detections.get(k, 0) + value
+        for key, value in snap.get("cost", ()):
+            k = tuple(key)
+            self.cost[k] = self.cost.get(k, 0) + value
+        if snap.get("flush"):
+            _add_row(self.flush, (), snap["flush"])
         for name, value in (process or snap.get("process", {})).items():
             have = self.process.get(name)
             if have is None:
@@ -215,6 +228,23 @@ class Merged:
                 self.process[name] = max(have, value)
             else:
                 self.process[name] = have + value
+
+
+def provider_error_type(status: int) -> str:
+    """The ``type`` label of errors_total for an error answer relayed from the provider
+    (the gateway's own refusals: ``plano_fast.app.error_type``)."""
+    if status == 429:
+        return "provider_rate_limit"
+    if status == 401 or status == 403:
+        return "provider_auth"
+    if status == 402:
+        return "provider_budget"
+    return "provider_client" if status < 500 else "provider_server"
+
+
+def billing_snapshot(costs: Mapping[tuple[str, str], int], flush_row: list[float]) -> dict[str, Any]:
+    """The billing pipeline's tables (BillingMetrics) in snapshot form."""
+    return {"cost": [[list(k), v] for k, v in costs.items()], "flush": flush_row}
 
 
 def _add_row(table: dict[tuple[str, ...], list[float]], key: tuple[str, ...], row: Iterable[float]) -> None:
@@ -256,14 +286,27 @@ def retire_snapshot(directory: Path, pid: int) -> None:
     path.unlink(missing_ok=True)
 
 
-def read_snapshots(directory: Path, skip_pid: int) -> Iterator[dict[str, Any]]:
-    """Every other process's last snapshot (unreadable ones are skipped: a worker may be
-    replacing its file)."""
-    for path in directory.glob("*.json"):
-        if path.stem == str(skip_pid):
+def read_snapshots(directory: Path, skip_pid: int | None) -> Iterator[dict[str, Any]]:
+    """Every process's last snapshot but ``skip_pid``'s (unreadable ones are skipped: a
+    worker may be replacing its file).  A worker being retired (:func:`retire_snapshot`)
+    is read once: from ``retired-<pid>.json`` when both files are there, and from it when
+    ``<pid>.json`` went between the listing and the read (counted twice or not at all,
+    the instance's counters would jump)."""
+    names = {path.name for path in directory.glob("*.json")}
+    for name in sorted(names):
+        if skip_pid is not None and name == f"{skip_pid}.json":
+            continue
+        retired = "retired-" + name
+        if retired in names:
             continue
         try:
-            yield json.loads(path.read_text())
+            try:
+                text = (directory / name).read_text()
+            except FileNotFoundError:
+                if name.startswith("retired-"):
+                    continue
+                text = (directory / retired).read_text()
+            yield json.loads(text)
         except (OSError, ValueError):
             continue
 
@@ -289,12 +332,7 @@ class _MergedCollector(Collector):
         for (name, doc), table in zip(HISTOGRAMS, m.histograms):
             family = HistogramMetricFamily("plano_fast_" + name, doc, labels=_LABELS)
             for key, row in sorted(table.items()):
-                cumulative, buckets = 0.0, []
-                for bound, count in zip(LATENCY_BUCKETS_S, row):
-                    cumulative += count
-                    buckets.append((repr(bound), cumulative))
-                buckets.append(("+Inf", cumulative + row[len(LATENCY_BUCKETS_S)]))
-                family.add_metric(list(key), buckets, row[-1])
+                family.add_metric(list(key), _cumulative(LATENCY_BUCKETS_S, row), row[-1])
             yield family
         tokens = CounterMetricFamily(
             "plano_fast_tokens", "Tokens read off provider responses", labels=_LABELS + ("kind",)
@@ -315,6 +353,26 @@ class _MergedCollector(Collector):
         for key, value in sorted(m.detections.items()):
             detections.add_metric(list(key), value)
         yield detections
+        cost = CounterMetricFamily(
+            "plano_fast_cost_nano_usd", "Cost of the usage rows priced, in nano-USD", labels=("provider", "model")
+        )
+        for key, value in sorted(m.cost.items()):
+            cost.add_metric(list(key), value)
+        yield cost
+        flush = HistogramMetricFamily("plano_fast_usage_flush_duration_seconds", "Usage batch writes to the store")
+        for row in m.flush.values():
+            flush.add_metric([], _cumulative(FLUSH_BUCKETS_S, row), row[-1])
+        yield flush
+
+
+def _cumulative(bounds: tuple[float, ...], row: list[float]) -> list[tuple[str, float]]:
+    """Prometheus buckets (cumulative, +Inf last) of a row of per-bucket counts."""
+    cumulative, buckets = 0.0, []
+    for bound, count in zip(bounds, row):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", cumulative + row[len(bounds)]))
+    return buckets
 
 
 def render(merged: Merged) -> bytes:

@@ -231,6 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         self._pool.forget(self)
+        self._pool.connections_closed += 1  # once per connection made (asyncio's contract)
         sink = self._sink
         if sink is None:
             return
@@ -360,6 +361,8 @@ class UpstreamPool:
         self._ssl = ssl_context
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self.connections_opened = 0
+        #: opened - closed: the connections open now (idle or carrying a request)
+        self.connections_closed = 0
         self.closed = False
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -16,7 +17,15 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.fake_provider import FakeProviderThread
-from plano_fast.metrics import LATENCY_BUCKETS_S, MAX_MODELS, Merged, RequestMetrics, render
+from plano_fast.metrics import (
+    LATENCY_BUCKETS_S,
+    MAX_MODELS,
+    Merged,
+    RequestMetrics,
+    read_snapshots,
+    render,
+    retire_snapshot,
+)
 from tests.gateway_proc import ROOT, GatewayProcess
 
 ADMIN_KEY = "admin-key-for-metrics-tests-0123456789"
@@ -106,6 +115,12 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
         assert errors.get("client") == 1
         ttft = [s for s in fams["plano_fast_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
         assert sum(s.value for s in ttft) >= 1
+    # the rows were flushed and priced: their cost, by provider and model (both models have
+    # a bundled price), and the flush's duration
+    cost = {s.labels["model"]: s.value for s in fams["plano_fast_cost_nano_usd"].samples if s.name.endswith("_total")}
+    assert {m for m, n in sent.items() if n} <= {m for m, v in cost.items() if v > 0}
+    flushes = [s for s in fams["plano_fast_usage_flush_duration_seconds"].samples if s.name.endswith("_count")]
+    assert flushes and flushes[0].value >= 1
     # every series the Grafana dashboard queries is in a real scrape
     # (names as written in the exposition, which is what Prometheus stores; the client
     # parser renames counters to *_total)
@@ -143,3 +158,59 @@ def test_server_timing_header_on_request(make_gateway: Callable[..., GatewayProc
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
     assert "server-timing" not in raw.headers
+
+
+def test_counters_never_go_down_between_scrapes_of_two_workers(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """Scrapes faster than the workers publish, while requests flow: each lands on
+    either worker, and the instance's request count never goes down from one to the next
+    (Prometheus would take that for a counter reset and count everything again)."""
+    gateway = make_gateway({"admin_port": 0, "admin_key": ADMIN_KEY}, workers=2)
+    done = threading.Event()
+    sent = 0
+
+    def load() -> None:
+        nonlocal sent
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+            while not done.is_set():
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                sent += 1
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    totals = []
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            fams = scrape(gateway)
+            totals.append(sum(s.value for s in fams["plano_fast_requests"].samples if s.name.endswith("_total")))
+            time.sleep(0.03)
+    finally:
+        done.set()
+        thread.join()
+    assert sent > 20 and totals[-1] > 0
+    assert all(b >= a for a, b in zip(totals, totals[1:])), totals
+
+
+def test_a_retiring_worker_is_read_once(tmp_path: Path) -> None:
+    """retire_snapshot writes retired-<pid>.json before removing <pid>.json: a scrape in
+    between reads the worker once, not twice (its counters would jump, then fall back)."""
+    m = RequestMetrics()
+    m.observe(("config", "openai", "gpt-4o-mini", "chat_completions"), 200, 0.01, 0.009, None, None)
+    snap = {**m.snapshot(), "process": {"rows_written": 1, "client_connections": 3}}
+    (tmp_path / "101.json").write_text(json.dumps(snap))
+    (tmp_path / "202.json").write_text(json.dumps(snap))
+    retired = {**snap, "process": {"rows_written": 1}}  # as retire_snapshot writes it
+    (tmp_path / "retired-101.json").write_text(json.dumps(retired))  # both there: mid-retire
+    merged = Merged()
+    for s in read_snapshots(tmp_path, None):
+        merged.add(s)
+    assert sum(merged.requests.values()) == 2
+    retire_snapshot(tmp_path, 202)
+    assert not (tmp_path / "202.json").exists()
+    merged = Merged()
+    for s in read_snapshots(tmp_path, None):
+        merged.add(s)
+    assert sum(merged.requests.values()) == 2 and merged.process["rows_written"] == 2
+    assert "client_connections" not in merged.process  # gauges of dead workers are dropped

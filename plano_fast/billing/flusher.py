@@ -263,10 +263,15 @@ class UsageFlusher:
         finally:
             # Dropped slice by slice, so their deallocation is spread out too.
             del events[:end]
-        self.metrics.rows_unpriced_at_flush += unpriced
-        self.metrics.rows_priced_partial += sum(
-            1 for row in itertools.islice(pending, before, None) if row.price_status == PRICE_STATUS_PARTIAL
-        )
+        metrics = self.metrics
+        metrics.rows_unpriced_at_flush += unpriced
+        partial = 0
+        for row in itertools.islice(pending, before, None):
+            if row.price_status == PRICE_STATUS_PARTIAL:
+                partial += 1
+            if row.cost_nano_usd:
+                metrics.add_cost(row.provider, row.model, row.cost_nano_usd)
+        metrics.rows_priced_partial += partial
         return end
 
     def _set_aside(self, record: dict[str, object], kind: str, exc: BaseException) -> None:
@@ -327,6 +332,7 @@ class UsageFlusher:
                     "a retried batch" if retried else "duplicate request ids")
         self.metrics.flushes += 1
         self.metrics.last_flush_s = time.perf_counter() - started
+        self.metrics.observe_flush(self.metrics.last_flush_s)
         return True
 
     async def _write_isolating(self, rows: list[UsageRow]) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from bisect import bisect_left
+from dataclasses import dataclass, field, fields
+
+#: distinct (provider, model) pairs of ``cost_nano_usd`` per process; later ones: model "other"
+MAX_COST_MODELS = 400
 
 
 @dataclass(slots=True)
@@ -25,6 +29,31 @@ class BillingMetrics:
     price_failures: int = 0
     budget_check_failures: int = 0
     last_flush_s: float = 0.0
+    #: (provider, model) -> nano-USD of the rows priced (at flush, or late by the
+    #: PriceCalculator): ``plano_fast_cost_nano_usd_total``
+    cost_nano_usd: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: usage flush durations: bucket counts (``plano_fast.metrics.FLUSH_BUCKETS_S``), +Inf, sum
+    flush_row: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The plain counters and gauges (not the tables)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TABLES}
+
+    def add_cost(self, provider: str, model: str | None, nano_usd: int) -> None:
+        costs = self.cost_nano_usd
+        key = (provider, model or "")
+        if key not in costs and len(costs) >= MAX_COST_MODELS:
+            key = (provider, "other")
+        costs[key] = costs.get(key, 0) + nano_usd
+
+    def observe_flush(self, seconds: float) -> None:
+        row = self.flush_row
+        if not row:
+            row.extend([0.0] * (len(FLUSH_BUCKETS_S) + 2))
+        row[bisect_left(FLUSH_BUCKETS_S, seconds)] += 1
+        row[-1] += seconds
+
+
+_TABLES = frozenset({"cost_nano_usd", "flush_row"})
+#: seconds: a batch write to SQLite takes milliseconds, to a remote PostgreSQL more
+FLUSH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -106,6 +106,7 @@ class PriceCalculator:
             if not rows:
                 return priced_total
             results: list[PriceResult] = []
+            costs: list[tuple[str, str | None, int]] = []
             for row in rows:
                 assert row.row_id is not None
                 quote = None
@@ -120,7 +121,15 @@ class PriceCalculator:
                     results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PARTIAL, quote.entry or None))
                 else:
                     results.append((row.row_id, quote.cost_nano_usd, PRICE_STATUS_PRICED, quote.entry or None))
+                if quote is not None and quote.cost_nano_usd:
+                    costs.append((row.provider, row.model, quote.cost_nano_usd))
             priced = await self.store.set_prices(results)
+            if priced == sum(1 for result in results if result[1] is not None):
+                # Every worker runs a PriceCalculator; a row another one priced first is
+                # not priced here (set_prices skips priced rows).  Only a batch that was
+                # all ours is counted, so a cost is never counted twice.
+                for provider, model, cost in costs:
+                    self.metrics.add_cost(provider, model, cost)
             self.metrics.rows_priced_late += priced
             priced_total += priced
             if len(rows) < self.batch_size:

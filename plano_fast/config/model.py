@@ -216,6 +216,10 @@ class GatewaySettings(BaseModel):
     # Data-plane access log: one JSON line per request ("stdout" or a file path; off by
     # default).  Never a credential or a body.
     access_log: NonEmptyStr | None = None
+    # The per-route request series of /metrics (requests, latency histograms, tokens,
+    # errors of relayed answers); off: only the process counters and refusals are
+    # counted.  Preference routing's latency policy reads them: kept on when it is set.
+    request_metrics: bool = True
     # A Server-Timing response header with the gateway's and the upstream's share (off:
     # it tells clients how the gateway is deployed).
     server_timing: bool = False

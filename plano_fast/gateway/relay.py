@@ -34,7 +34,7 @@ from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
-from plano_fast.metrics import RequestMetrics
+from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPolicy, attempt_trail
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
@@ -139,6 +139,7 @@ class ExchangeContext:
         "requests_retried",
         "attempts_failed",
         "metrics",
+        "request_metrics",
         "access_log",
         "tracing",
         "server_timing",
@@ -198,6 +199,8 @@ class ExchangeContext:
         self.requests_retried = 0
         self.attempts_failed = 0
         self.metrics = RequestMetrics()
+        #: count each finished request in ``metrics`` (plano_fast.request_metrics)
+        self.request_metrics = True
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
         #: plano_fast.tracing when the config has a tracing section
@@ -725,29 +728,35 @@ class Exchange:
             limits = self.ctx.ratelimits
             assert limits is not None
             limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
-        metrics = self.ctx.metrics
+        ctx = self.ctx
         now_ns = time.time_ns()
         started_ns = self.started_ns
         sent_ns = self.sent_ns
         head_ns = self.head_ns
-        metrics.observe(
-            (self.MODE, event.provider, metrics.model_label(event.model), self.endpoint_name),
-            event.http_status,
-            (now_ns - started_ns) / 1e9,
-            (now_ns - sent_ns) / 1e9 if sent_ns else None,
-            (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
-            (event.input_tokens, event.output_tokens, event.cache_read_tokens,
-             event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
-        )  # fmt: skip
+        if ctx.request_metrics:
+            metrics = ctx.metrics
+            model = event.model
+            if model not in metrics.known_models:  # a set lookup, not a call, once it is known
+                model = metrics.model_label(model)
+            metrics.observe(
+                (self.MODE, event.provider, model, self.endpoint_name),
+                event.http_status,
+                (now_ns - started_ns) / 1e9,
+                (now_ns - sent_ns) / 1e9 if sent_ns else None,
+                (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+                (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                 event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
+            )  # fmt: skip
+            if event.status == STATUS_UPSTREAM_FAILED:
+                metrics.error("timeout" if event.http_status == 504 else "upstream")
+            elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+                metrics.error("client_gone")
+            elif event.status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
+                metrics.error(provider_error_type(event.http_status))
         failed = self.failed_attempts
         if failed is not None:
-            ctx = self.ctx
             ctx.requests_retried += 1
             ctx.attempts_failed += len(failed)
-        if event.status == STATUS_UPSTREAM_FAILED:
-            metrics.error("timeout" if event.http_status == 504 else "upstream")
-        elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
-            metrics.error("client_gone")
         span = self.span
         if span is not None:
             if self.attempt_span is not None:
@@ -760,21 +769,15 @@ class Exchange:
                 tokens=(event.input_tokens, event.output_tokens) if event.has_usage else None,
             )  # fmt: skip
             self.span = None
-        access_log = self.ctx.access_log
+        access_log = ctx.access_log
         if access_log is not None:
-            duration_ns = now_ns - started_ns
-            upstream_ns = now_ns - sent_ns if sent_ns else 0
+            # Raw values only: the writer derives the fields (plano_fast.access_log.RECORD).
             access_log.record((
-                started_ns, self.request_id, self.MODE, self.project_id,
-                self.key_hash[:12] if self.key_hash else None, event.provider, event.model,
-                self.endpoint_name, event.http_status, event.status, self.streaming,
-                event.input_tokens, event.output_tokens, event.cache_read_tokens,
-                event.reasoning_tokens, round(duration_ns / 1e6, 3),
-                round((head_ns - started_ns) / 1e6, 3) if head_ns else None,
-                round(upstream_ns / 1e6, 3) if sent_ns else None,
-                (duration_ns - upstream_ns) // 1000 if sent_ns else None,
-                event.attempts, self.responder.peer(), self.guard_names, self.route_name,
-                event.attempt_trail,
+                started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
+                event.provider, event.model, self.endpoint_name, event.http_status, event.status,
+                self.streaming, event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                event.reasoning_tokens, now_ns, head_ns, sent_ns, event.attempts,
+                self.responder.peer(), self.guard_names, self.route_name, event.attempt_trail,
             ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:

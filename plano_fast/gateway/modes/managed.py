@@ -154,6 +154,7 @@ class ManagedExchange(Exchange):
         try:
             self.reservation = await self._reserve(body, max_out, fields.model)
         except BudgetHeld as exc:
+            self.ctx.metrics.error("budget")  # answered here, not by the server: count it too
             payload = exc.body(request.api_format)
             self.responder.send_head(exc.status, (
                 (b"content-type", b"application/json"),
