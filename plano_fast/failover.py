@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 Strategy = Literal["same_model", "same_provider", "different_provider", "next_target"]
 #: the strategies a config may name (Plano PR #926); ``next_target`` (the next healthy
@@ -198,6 +198,14 @@ def alias_policy(fallbacks: tuple[str, ...]) -> RetryPolicy:
     return RetryPolicy(fallbacks, "next_target", len(fallbacks) + 1, backoff=Backoff(0, 0, False))
 
 
+@functools.cache
+def pipe_policy(targets: int) -> RetryPolicy:
+    """How a managed pipe's targets are walked when ``plano_fast.managed_retry_policy`` is
+    not set (the behaviour pipes always had): each target once, in order, skipping open
+    circuits, with no wait.  Cached per target count."""
+    return RetryPolicy((), "next_target", targets, backoff=Backoff(0, 0, False))
+
+
 class CircuitBreaker:
     """Health memory of one target: ``failure_threshold`` consecutive failures open it for
     ``cooldown_s``; then one probe is let through (half-open): its success closes the
@@ -245,3 +253,30 @@ class CircuitBreaker:
             self.opened_at = now_s
             self.opens += 1
         self.probing = False
+
+
+def circuit_views(
+    circuits: Iterable[tuple[tuple[str, str, str], CircuitBreaker]], loop_now_s: float, wall_now_s: float
+) -> list[dict[str, Any]]:
+    """The admin API's ``GET /circuits`` entries: one per target this process has a circuit
+    for, named by provider name, model and provider key id (managed pipes; null for the
+    config's own key) -- never a key.  ``opened_at`` is wall-clock (Unix seconds)."""
+    out = []
+    for (provider, model, key_id), c in circuits:
+        opened = c.opened_at
+        out.append({
+            "provider": provider,
+            "model": model or None,
+            "key_id": key_id or None,
+            "state": c.state(loop_now_s),
+            "consecutive_failures": c.failures,
+            "failure_threshold": c.failure_threshold,
+            "opens": c.opens,
+            "opened_at": None if opened is None else round(wall_now_s - (loop_now_s - opened), 3),
+            "cooldown_s": c.cooldown_s,
+            "cooldown_left_s": (
+                None if opened is None else round(max(0.0, opened + c.cooldown_s - loop_now_s), 3)
+            ),
+            "probing": c.probing,
+        })
+    return out

@@ -130,6 +130,8 @@ class ExchangeContext:
         "unbilled_requests",
         "default_retry_policy",
         "circuits",
+        "circuit_failure_threshold",
+        "circuit_cooldown_s",
         "retries_total",
         "failovers_total",
         "metrics",
@@ -174,8 +176,12 @@ class ExchangeContext:
         self.unbilled_requests = 0
         #: listeners[].max_retries for providers without a retry_policy
         self.default_retry_policy = default_retry_policy
-        #: health memory per (provider name, model) of providers with retries
-        self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
+        #: health memory per target: (provider name, model, provider key id) -- the key id
+        #: of a managed pipe's target, "" for the config's own keys (one per provider name)
+        self.circuits: dict[tuple[str, str, str], CircuitBreaker] = {}
+        #: plano_fast.circuit_failure_threshold / circuit_cooldown_s
+        self.circuit_failure_threshold = 5
+        self.circuit_cooldown_s = 30.0
         self.retries_total = 0
         self.failovers_total = 0
         self.metrics = RequestMetrics()
@@ -194,14 +200,14 @@ class ExchangeContext:
         #: preference routing (plano_fast.preference_routing), None when not configured
         self.preference: PreferenceRouter | None = None
 
-    def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
-        key = (provider_name, model)
+    def circuit_for(self, provider_name: str, model: str, key_id: str = "") -> CircuitBreaker:
+        key = (provider_name, model, key_id)
         circuits = self.circuits
         circuit = circuits.get(key)
         if circuit is None:
             if len(circuits) >= MAX_CIRCUITS:
                 del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
-            circuit = circuits[key] = CircuitBreaker()
+            circuit = circuits[key] = CircuitBreaker(self.circuit_failure_threshold, self.circuit_cooldown_s)
         return circuit
 
     def give_up_drains(self) -> None:
@@ -238,7 +244,6 @@ class Exchange:
         "key_hash",
         "project_id",
         "scan_api",
-        "failover_error",
         "client_left",
         "drain_left",
         "drain_timer",
@@ -288,7 +293,6 @@ class Exchange:
         self.upstream_data: list[bytes] = []
         self.origin: Origin = ("http", "", 0, None)
         self.scan_api = scan.API_OPENAI_CHAT
-        self.failover_error: UpstreamError | None = None
         #: the request's headers as read once (credential included); see phases.client_headers
         self.client: ClientHeaders | None = None
         #: wall-clock ns: the upstream request sent (last attempt), its response head
@@ -449,9 +453,6 @@ class Exchange:
                     if self._retry_after_connect_error():
                         await self._advance()
                         continue
-                    if self._has_fallback():
-                        self.failover_error = exc
-                        return
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
             done = self.done = loop.create_future()
@@ -597,12 +598,8 @@ class Exchange:
         engine goes on to the next attempt."""
         raise NotImplementedError
 
-    def _has_fallback(self) -> bool:
-        """Whether another upstream may still serve this request (managed failover)."""
-        return False
-
     def _retry_pending(self) -> bool:
-        """Whether another attempt follows a failed one (config-mode retries)."""
+        """Whether another attempt follows a failed one (plano_fast.gateway.retrying)."""
         return False
 
     def total_attempts(self) -> int:
@@ -632,10 +629,6 @@ class Exchange:
             return
         elif retry_safe and self.attempts == 1 and not self.responder.head_sent:
             done.set_result(True)  # once more, on a fresh connection
-            return
-        elif not self.responder.head_sent and self._has_fallback():
-            self.failover_error = error
-            done.set_result(False)
             return
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
         self.responder.send_error(error, self.request.api_format)

@@ -1,0 +1,158 @@
+"""The failover engine shared by every mode that has targets to walk (config mode's routes
+and their fallbacks, managed pipes' targets): one request, one :class:`RetryPlan`, one
+circuit breaker per target; attempts before the first byte reached the client only.
+
+A subclass says what a target is (``_target_circuit``: its health memory;
+``_prepare_target``: the upstream request for it) and, when it builds its plan only on the
+first failure (managed pipes: nothing on the path of a request that succeeds),
+``_late_plan``.  The decisions are plano_fast.failover's; this class wires them to the
+exchange's callbacks (connect error, response head, upstream error, swallowed answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, retry_after_s
+from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.usage import STATUS_CLIENT_GONE
+
+if TYPE_CHECKING:
+    from plano_fast.errors import UpstreamError
+    from plano_fast.http_server import Request, Responder
+    from plano_fast.upstream import UpstreamHead
+
+#: the backoff's jitter: one generator per process (a ``random.Random()`` per request would
+#: read os.urandom each time; the draws need no independence between requests)
+JITTER_RNG = random.Random()
+
+
+class RetryingExchange(Exchange):
+    """An exchange whose failed attempts (before the first byte reached the client) may be
+    followed by others, as its :class:`RetryPlan` says."""
+
+    __slots__ = ("plan", "next_attempt")
+
+    def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
+        super().__init__(ctx, request, responder)
+        #: retries and fallbacks (plano_fast.failover); None: none, or not built yet
+        self.plan: RetryPlan[Any] | None = None
+        #: (target index, seconds to wait, another target?) of the attempt that follows a
+        #: failed one
+        self.next_attempt: tuple[int, float, bool] | None = None
+
+    # -- what a target is (the subclass's) --------------------------------------------
+    def _target_circuit(self, index: int) -> CircuitBreaker:
+        raise NotImplementedError
+
+    def _prepare_target(self, index: int) -> None:
+        """Aim this exchange at the plan's target ``index`` (its upstream request)."""
+        raise NotImplementedError
+
+    def _late_plan(self) -> RetryPlan[Any] | None:
+        """The plan, built at the first failure by exchanges that do not build it up front;
+        None: no retries."""
+        return None
+
+    # -- the engine -------------------------------------------------------------------
+    def _failed(self, status: int | None, retry_after: float | None) -> bool:
+        """The current attempt failed before the client saw anything (``status`` None: no
+        response): note it, and decide whether another attempt follows (then True, with
+        ``next_attempt`` set)."""
+        if self.responder.head_sent or self.outcome or self.client_left:
+            return False
+        plan = self.plan
+        if plan is None:
+            plan = self.plan = self._late_plan()
+            if plan is None:
+                return False
+        now = self.ctx.pool.loop.time()
+        circuit = self._target_circuit
+        circuit(plan.index).record_failure(now)
+        healthy = frozenset(i for i in range(len(plan.targets)) if circuit(i).available(now))
+        before = plan.index
+        nxt = plan.next_attempt(status, now, retry_after, healthy)
+        if nxt is None:
+            return False
+        self.next_attempt = (nxt[0], nxt[1], nxt[0] != before)
+        return True
+
+    def _retry_head(self, head: UpstreamHead) -> bool:
+        """Whether this response head is a failure another attempt follows (then it is
+        swallowed: nothing reaches the client).  Otherwise the target's circuit notes a
+        success, unless the status is one it cannot judge the target by."""
+        status = head.status
+        plan = self.plan
+        if status in RETRYABLE_STATUSES or (
+            status >= 400 and plan is not None and plan.policy.rule_for(status) is not None
+        ):
+            if self._failed(status, retry_after_s(head.headers())):
+                self.status = status
+                self.swallow = True  # the next attempt serves the client
+                return True
+            return False
+        if plan is not None:
+            self._target_circuit(plan.index).record_success()
+        return False
+
+    async def _advance(self) -> None:
+        """Wait as the plan says, then aim this exchange at the next target."""
+        nxt, self.next_attempt = self.next_attempt, None
+        assert nxt is not None and self.plan is not None
+        index, wait_s, moved = nxt
+        if wait_s > 0:
+            try:
+                await asyncio.sleep(wait_s)
+            except asyncio.CancelledError:
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if moved:
+            ctx.failovers_total += 1
+        self._target_circuit(index).allow(ctx.pool.loop.time())
+        self.status = 0
+        self.scanner = None
+        self.attempts = 0
+        self.swallow = False
+        self._prepare_target(index)
+
+    def _retry_pending(self) -> bool:
+        return self.next_attempt is not None
+
+    def total_attempts(self) -> int:
+        return self.plan.attempts if self.plan is not None else self.attempts
+
+    def _retry_after_connect_error(self) -> bool:
+        return self._failed(None, None)
+
+    async def _retry(self) -> None:
+        await self._advance()
+        await self._forward()
+
+    def _schedule_retry(self) -> None:
+        done = self.done
+        if done is None:
+            self.responder.continue_in_task(self._retry(), self.request)
+        elif not done.done():
+            done.set_result(False)  # _forward sees the pending retry and carries on
+
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        # A client gone: read on for the usage (Exchange._client_gone), never retried.
+        if not self.client_left and self._retry_head(head):
+            return
+        super().on_upstream_head(head)
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None):
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_error(error, retry_safe)
+
+    def _swallowed(self) -> None:
+        self.swallow = False
+        self.conn = None
+        self._schedule_retry()
