@@ -33,7 +33,7 @@ class RetryingExchange(Exchange):
     """An exchange whose failed attempts (before the first byte reached the client) may be
     followed by others, as its :class:`RetryPlan` says."""
 
-    __slots__ = ("plan", "next_attempt")
+    __slots__ = ("plan", "next_attempt", "circuit")
 
     def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
         super().__init__(ctx, request, responder)
@@ -42,6 +42,9 @@ class RetryingExchange(Exchange):
         #: (target index, seconds to wait, another target?) of the attempt that follows a
         #: failed one
         self.next_attempt: tuple[int, float, bool] | None = None
+        #: the circuit breaker of the current attempt's target (None: no circuit, config
+        #: mode without a retry policy)
+        self.circuit: CircuitBreaker | None = None
 
     # -- what a target is (the subclass's) --------------------------------------------
     def _target_circuit(self, index: int) -> CircuitBreaker:
@@ -82,7 +85,7 @@ class RetryingExchange(Exchange):
     def _retry_head(self, head: UpstreamHead) -> bool:
         """Whether this response head is a failure another attempt follows (then it is
         swallowed: nothing reaches the client).  Otherwise the target's circuit notes a
-        success, unless the status is one it cannot judge the target by."""
+        success (a closed circuit with no failures has nothing to forget: no call)."""
         status = head.status
         plan = self.plan
         if status in RETRYABLE_STATUSES or (
@@ -93,8 +96,9 @@ class RetryingExchange(Exchange):
                 self.swallow = True  # the next attempt serves the client
                 return True
             return False
-        if plan is not None:
-            self._target_circuit(plan.index).record_success()
+        circuit = self.circuit
+        if circuit is not None and circuit.failures:
+            circuit.record_success()
         return False
 
     async def _advance(self) -> None:
@@ -112,7 +116,8 @@ class RetryingExchange(Exchange):
         ctx.retries_total += 1
         if moved:
             ctx.failovers_total += 1
-        self._target_circuit(index).allow(ctx.pool.loop.time())
+        circuit = self.circuit = self._target_circuit(index)
+        circuit.allow(ctx.pool.loop.time())
         self.status = 0
         self.scanner = None
         self.attempts = 0

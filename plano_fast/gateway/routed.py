@@ -79,7 +79,8 @@ class RoutedExchange(RetryingExchange):
         if first:
             plan.index = first
             self.ctx.failovers_total += 1
-        circuits[first].allow(now)
+        circuit = self.circuit = circuits[first]
+        circuit.allow(now)
         return plan
 
     def _prepare(self, route: Route) -> None:

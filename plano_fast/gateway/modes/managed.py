@@ -265,14 +265,16 @@ class ManagedExchange(RetryingExchange):
         the plan is built now and its first available target goes first; the first one
         when all are open)."""
         now = self.ctx.pool.loop.time()
-        if self._target_circuit(0).allow(now):
+        circuit = self.circuit = self._target_circuit(0)
+        if circuit.allow(now):
             return 0  # (the path of every request while the first target is healthy)
         plan = self.plan = self._late_plan()
         circuits = [self._target_circuit(i) for i in range(len(self.targets))]
         first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
         if first:
             plan.index = first
-            circuits[first].allow(now)
+            circuit = self.circuit = circuits[first]
+            circuit.allow(now)
             self.ctx.failovers_total += 1
         return first
 
