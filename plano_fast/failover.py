@@ -209,9 +209,11 @@ def pipe_policy(targets: int) -> RetryPolicy:
 class CircuitBreaker:
     """Health memory of one target: ``failure_threshold`` consecutive failures open it for
     ``cooldown_s``; then one probe is let through (half-open): its success closes the
-    circuit, its failure opens it again.  Times are loop seconds given by the caller."""
+    circuit, its failure opens it again.  A probe that never reports (its client left
+    before the answer) is given up after another cooldown, so the circuit cannot stay
+    half-open for good.  Times are loop seconds given by the caller."""
 
-    __slots__ = ("failure_threshold", "cooldown_s", "failures", "opened_at", "probing", "opens")
+    __slots__ = ("failure_threshold", "cooldown_s", "failures", "opened_at", "probing", "probe_at", "opens")
 
     def __init__(self, failure_threshold: int = 5, cooldown_s: float = 30.0) -> None:
         self.failure_threshold = failure_threshold
@@ -219,6 +221,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.probe_at = 0.0
         #: how many times it opened (for /metrics)
         self.opens = 0
 
@@ -231,15 +234,19 @@ class CircuitBreaker:
         """Whether an attempt could go to this target now (nothing taken)."""
         if self.opened_at is None:
             return True
-        return now_s - self.opened_at >= self.cooldown_s and not self.probing
+        return now_s - self.opened_at >= self.cooldown_s and not self._probe_pending(now_s)
+
+    def _probe_pending(self, now_s: float) -> bool:
+        return self.probing and now_s - self.probe_at < self.cooldown_s
 
     def allow(self, now_s: float) -> bool:
         """Whether an attempt may go to this target now (taking the half-open probe)."""
         if self.opened_at is None:
             return True
-        if now_s - self.opened_at < self.cooldown_s or self.probing:
+        if now_s - self.opened_at < self.cooldown_s or self._probe_pending(now_s):
             return False
         self.probing = True
+        self.probe_at = now_s
         return True
 
     def record_success(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.config import ConfigError, parse_config
+from plano_fast.failover import CircuitBreaker, circuit_views
 from tests.gateway_proc import GatewayProcess
 from tests.test_managed import (
     ENV,
@@ -205,6 +206,20 @@ def test_admin_circuits_requires_the_admin_key(pipes: Any) -> None:
     gateway = pipes[0]
     assert admin_get(gateway, "/circuits", key=None)[0] == 401
     assert admin_get(gateway, "/circuits", key="wrong-key")[0] == 401
+
+
+def test_a_probe_that_never_reports_is_given_up_after_a_cooldown() -> None:
+    """A half-open circuit's probe whose client left (no success, no failure recorded)
+    must not keep the target out for good."""
+    c = CircuitBreaker(failure_threshold=1, cooldown_s=10)
+    c.record_failure(0)
+    assert c.allow(10)  # the probe
+    assert not c.available(15) and not c.allow(15)  # one probe at a time
+    assert c.available(20) and c.allow(20)  # the first never reported: another probe
+    c.record_success()
+    assert c.state(21) == "closed"
+    (view,) = circuit_views([(("p", "m", ""), c)], 21.0, 1000.0)
+    assert view["state"] == "closed" and view["key_id"] is None and view["opened_at"] is None
 
 
 def test_managed_retry_policy_is_validated_with_field_paths(tmp_path: Path) -> None:
