@@ -36,7 +36,7 @@ from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics
 from plano_fast.responses_state import ResponseStore
-from plano_fast.failover import CircuitBreaker, RetryPolicy
+from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -261,6 +261,9 @@ class Exchange:
         "body_filter",
         "swallow",
         "requested_model",
+        "plan",
+        "next_attempt",
+        "circuit",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -319,6 +322,15 @@ class Exchange:
         self.body_filter: BodyFilter | None = None
         #: the current attempt failed and its response is dropped (another one follows)
         self.swallow = False
+        # The failover engine's (plano_fast.gateway.retrying; set here, not in a
+        # constructor of its own, to spare every request a frame):
+        #: retries and fallbacks (plano_fast.failover); None: none, or not built yet
+        self.plan: RetryPlan[Any] | None = None
+        #: (target index, seconds to wait, another target?) of the attempt that follows a
+        #: failed one
+        self.next_attempt: tuple[int, float, bool] | None = None
+        #: the circuit breaker of the current attempt's target (None: none)
+        self.circuit: CircuitBreaker | None = None
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Handle the request; a coroutine when it must wait (see the module docstring).

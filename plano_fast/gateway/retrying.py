@@ -16,12 +16,11 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, retry_after_s
-from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.gateway.relay import Exchange
 from plano_fast.usage import STATUS_CLIENT_GONE
 
 if TYPE_CHECKING:
     from plano_fast.errors import UpstreamError
-    from plano_fast.http_server import Request, Responder
     from plano_fast.upstream import UpstreamHead
 
 #: the backoff's jitter: one generator per process (a ``random.Random()`` per request would
@@ -33,18 +32,9 @@ class RetryingExchange(Exchange):
     """An exchange whose failed attempts (before the first byte reached the client) may be
     followed by others, as its :class:`RetryPlan` says."""
 
-    __slots__ = ("plan", "next_attempt", "circuit")
-
-    def __init__(self, ctx: ExchangeContext, request: Request, responder: Responder) -> None:
-        super().__init__(ctx, request, responder)
-        #: retries and fallbacks (plano_fast.failover); None: none, or not built yet
-        self.plan: RetryPlan[Any] | None = None
-        #: (target index, seconds to wait, another target?) of the attempt that follows a
-        #: failed one
-        self.next_attempt: tuple[int, float, bool] | None = None
-        #: the circuit breaker of the current attempt's target (None: no circuit, config
-        #: mode without a retry policy)
-        self.circuit: CircuitBreaker | None = None
+    # Its state (``plan``, ``next_attempt``, ``circuit``) is in Exchange's slots, set by
+    # Exchange.__init__: one constructor frame less on every request.
+    __slots__ = ()
 
     # -- what a target is (the subclass's) --------------------------------------------
     def _target_circuit(self, index: int) -> CircuitBreaker:
@@ -145,8 +135,12 @@ class RetryingExchange(Exchange):
             done.set_result(False)  # _forward sees the pending retry and carries on
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
-        # A client gone: read on for the usage (Exchange._client_gone), never retried.
-        if not self.client_left and self._retry_head(head):
+        if head.status < 400:  # (inline: the path of every answer)
+            circuit = self.circuit
+            if circuit is not None and circuit.failures:
+                circuit.record_success()
+        elif not self.client_left and self._retry_head(head):
+            # (a client gone: read on for the usage, Exchange._client_gone, never retried)
             return
         super().on_upstream_head(head)
 

@@ -169,7 +169,8 @@ class ManagedExchange(RetryingExchange):
             return
         self.fields = fields
         self.base_body = body
-        self._prepare_target(self._first_target())
+        circuit = self.circuit = self._target_circuit(0)
+        self._prepare_target(0 if circuit.opened_at is None else self._first_target())
         try:
             await self.forward()  # retries and failover within (plano_fast.gateway.retrying)
             if self.final_event is not None:
@@ -261,13 +262,12 @@ class ManagedExchange(RetryingExchange):
 
     # -- the pipe's targets on the failover engine (plano_fast.gateway.retrying) ---------
     def _first_target(self) -> int:
-        """The target of the first attempt: the first one, unless its circuit is open (then
-        the plan is built now and its first available target goes first; the first one
-        when all are open)."""
+        """The first target's circuit has opened: the target of the first attempt is the
+        first one if it may be probed, else the plan is built now and its first available
+        target goes first (the first one when all are open)."""
         now = self.ctx.pool.loop.time()
-        circuit = self.circuit = self._target_circuit(0)
-        if circuit.allow(now):
-            return 0  # (the path of every request while the first target is healthy)
+        if self._target_circuit(0).allow(now):
+            return 0
         plan = self.plan = self._late_plan()
         circuits = [self._target_circuit(i) for i in range(len(self.targets))]
         first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
@@ -289,9 +289,9 @@ class ManagedExchange(RetryingExchange):
 
     def _target_circuit(self, index: int) -> CircuitBreaker:
         target = self.targets[index]
-        return self.ctx.circuit_for(
-            target.provider.name, target.model or self.requested_model or "", target.key_id
-        )
+        key = (target.provider.name, target.model or self.requested_model or "", target.key_id)
+        circuit = self.ctx.circuits.get(key)  # (inline: once per request)
+        return circuit if circuit is not None else self.ctx.circuit_for(*key)
 
     def _prepare_target(self, index: int) -> None:
         target = self.targets[index]
