@@ -54,6 +54,11 @@ def extra_providers(base: str) -> str:
     base_url: {base}
     access_key: sk-unused
     headers: {{x-fake-fail-first: "2", x-fake-fail-key: "{FLAKY_KEY}"}}
+  - name: stalled
+    model: openai/stalled-model
+    base_url: {base}
+    access_key: sk-unused
+    headers: {{x-fake-latency-ms: "3000"}}
 """
 
 
@@ -72,6 +77,9 @@ def pipes(tmp_path_factory: pytest.TempPathFactory) -> Any:
             "managed_retry_policy": POLICY,
             "circuit_failure_threshold": 2, "circuit_cooldown_s": 1,
         }, extra_providers(fake.url))  # fmt: skip
+        # A first-byte timeout of 1 s (the listener's timeout) for the stalled target.
+        config.write_text(config.read_text().replace("    timeout: 5s\n", "    timeout: 1s\n"))
+        assert "timeout: 1s" in config.read_text()
         tenants: dict[str, Tenant] = {}
 
         def before_start() -> None:
@@ -79,6 +87,7 @@ def pipes(tmp_path_factory: pytest.TempPathFactory) -> Any:
             tenants["budget"] = provision(None, sqlite_path, [("always-503", "gpt-4o-mini", "gpt-4o-mini"), MINI],
                                           limit_nano_usd=3 * cost)  # fmt: skip
             tenants["one"] = provision(None, sqlite_path, [MINI])
+            tenants["stalled"] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI])
             tenants["flaky"] = provision(None, sqlite_path, [("flaky", "gpt-4o-mini", "gpt-4o-mini"), MINI])
 
         with GatewayProcess(config, env=ENV, before_start=before_start) as gateway:
@@ -181,6 +190,25 @@ def test_circuit_opens_is_skipped_then_recovers_and_shows_in_the_admin_api(pipes
     assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 0 and circuit["opens"] == 1
     billed = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
     assert len(billed) == 4 and {r.status for r in billed} == {"ok"}
+
+
+def test_a_first_byte_timeout_fails_over(pipes: Any) -> None:
+    """The first target sends nothing within the first-byte timeout (1 s here): the
+    second serves; one row, for the second target."""
+    gateway, fake, sqlite_path, tenants = pipes
+    tenant = tenants["stalled"]
+    fake.clear()
+    started = time.monotonic()
+    raw = chat(gateway, tenant.token)
+    elapsed = time.monotonic() - started
+    assert raw.parse().choices[0].message.content
+    assert 0.95 <= elapsed < 2.5, elapsed  # the timeout, then the second target at once
+    assert [r.header("x-fake-latency-ms") for r in calls(fake)] == ["3000", None]
+    billed = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
+    assert len(billed) == 1 and billed[0].status == "ok"
+    circuit = next(c for c in json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
+                   if c["provider"] == "stalled")  # fmt: skip
+    assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 1
 
 
 def test_streams_fail_over_too(pipes: Any) -> None:
