@@ -459,6 +459,8 @@ class Gateway:
         values["requests_unbilled"] = gw.ctx.unbilled_requests
         values["upstream_retries"] = gw.ctx.retries_total
         values["upstream_failovers"] = gw.ctx.failovers_total
+        values["upstream_hedges"] = gw.ctx.hedges_total
+        values["upstream_hedges_won"] = gw.ctx.hedges_won
         now = gw.pool.loop.time()
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")

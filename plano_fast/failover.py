@@ -91,6 +91,9 @@ class RetryPolicy:
     max_retry_duration_ms: int = 30_000
     on_status_codes: tuple[StatusRule, ...] = ()
     backoff: Backoff = field(default_factory=Backoff)
+    #: hedging (plano_fast.gateway.hedge): a second attempt after this long without a
+    #: response head; None: off
+    hedge_after_ms: int | None = None
 
     def rule_for(self, status: int | None) -> tuple[Strategy, int] | None:
         """(strategy, max attempts) for a failure, None when it is not retried.
@@ -171,6 +174,14 @@ class RetryPlan(Generic[T]):
         self.attempts += 1
         self.retries += 1
         return nxt, wait
+
+    def hedge_target(self, healthy: frozenset[int] | None = None) -> int | None:
+        """The target a hedge of the current attempt goes to (the default strategy's next
+        target; the same one for ``same_model``), None when no attempt is left or no
+        target fits.  Does not advance the plan (the caller counts the attempt)."""
+        if self.attempts >= self.policy.default_max_attempts:
+            return None
+        return self._pick(self.policy.default_strategy, healthy)
 
     def _pick(self, strategy: Strategy, healthy: frozenset[int] | None) -> int | None:
         current = self.index

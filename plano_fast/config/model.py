@@ -159,6 +159,8 @@ def _no_pipe_fallbacks(value: RetryPolicyIn) -> RetryPolicyIn:
             "fallback_models cannot be set for managed pipes: a pipe's own targets, in order, "
             "are its fallbacks"
         )
+    if value.hedge_after_ms is not None:
+        raise ValueError("hedge_after_ms is not supported for managed pipes (config mode only)")
     return value
 
 

@@ -37,6 +37,9 @@ class RetryPolicyIn(_In):
     max_retry_duration_ms: Annotated[int, Field(ge=1, le=3_600_000)] = 30_000
     on_status_codes: list[_StatusRuleIn] = []
     backoff: _BackoffIn = _BackoffIn()
+    # plano_fast's extension (not in PR #926): hedge non-streaming requests after this long
+    # without a response head (config mode; docs/resilience.md)
+    hedge_after_ms: Annotated[int, Field(ge=1, le=600_000)] | None = None
 
 
 def retry_policy_of(pin: RetryPolicyIn) -> RetryPolicy:
@@ -54,4 +57,5 @@ def retry_policy_of(pin: RetryPolicyIn) -> RetryPolicy:
             for r in pin.on_status_codes
         ),
         backoff=Backoff(pin.backoff.base_ms, pin.backoff.max_ms, pin.backoff.jitter, pin.backoff.apply_to),
+        hedge_after_ms=pin.hedge_after_ms,
     )

@@ -53,6 +53,7 @@ from plano_fast.usage import (
 )
 
 if TYPE_CHECKING:
+    from plano_fast.gateway.hedge import Hedge
     from collections.abc import Coroutine
 
     from opentelemetry.trace import Span
@@ -134,6 +135,8 @@ class ExchangeContext:
         "circuit_cooldown_s",
         "retries_total",
         "failovers_total",
+        "hedges_total",
+        "hedges_won",
         "metrics",
         "access_log",
         "tracing",
@@ -184,6 +187,9 @@ class ExchangeContext:
         self.circuit_cooldown_s = 30.0
         self.retries_total = 0
         self.failovers_total = 0
+        #: hedged attempts started (plano_fast.gateway.hedge) and those that won
+        self.hedges_total = 0
+        self.hedges_won = 0
         self.metrics = RequestMetrics()
         #: one JSON line per request when plano_fast.access_log is set
         self.access_log: AccessLog | None = None
@@ -264,6 +270,7 @@ class Exchange:
         "plan",
         "next_attempt",
         "circuit",
+        "hedge",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -331,6 +338,8 @@ class Exchange:
         self.next_attempt: tuple[int, float, bool] | None = None
         #: the circuit breaker of the current attempt's target (None: none)
         self.circuit: CircuitBreaker | None = None
+        #: a hedged request's second attempt (plano_fast.gateway.hedge)
+        self.hedge: Hedge | None = None
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Handle the request; a coroutine when it must wait (see the module docstring).

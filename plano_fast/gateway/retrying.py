@@ -15,13 +15,18 @@ import asyncio
 import random
 from typing import TYPE_CHECKING, Any
 
+from plano_fast.errors import GatewayError
 from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, retry_after_s
+from plano_fast.gateway.hedge import Hedge, set_target_state, target_state
 from plano_fast.gateway.relay import Exchange
 from plano_fast.usage import STATUS_CLIENT_GONE
 
 if TYPE_CHECKING:
     from plano_fast.errors import UpstreamError
     from plano_fast.upstream import UpstreamHead
+
+#: how often a due hedge looks again whether the attempt it hedges has been sent
+HEDGE_POLL_S = 0.01
 
 #: the backoff's jitter: one generator per process (a ``random.Random()`` per request would
 #: read os.urandom each time; the draws need no independence between requests)
@@ -135,6 +140,9 @@ class RetryingExchange(Exchange):
             done.set_result(False)  # _forward sees the pending retry and carries on
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()  # this attempt answered first (a hedge that won is not cancelled)
         if head.status < 400:  # (inline: the path of every answer)
             circuit = self.circuit
             if circuit is not None and circuit.failures:
@@ -145,11 +153,73 @@ class RetryingExchange(Exchange):
         super().on_upstream_head(head)
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()
         if not (retry_safe and self.attempts == 1) and self._failed(None, None):
             self.conn = None
             self._schedule_retry()
             return
         super().on_upstream_error(error, retry_safe)
+
+    def _client_gone(self) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()
+        super()._client_gone()
+
+    # -- hedging (plano_fast.gateway.hedge) ---------------------------------------------
+    def arm_hedge(self, delay_s: float) -> None:
+        """A hedge is due after ``delay_s`` unless this attempt has answered by then."""
+        self.ctx.pool.loop.call_later(delay_s, self._start_hedge)
+
+    def _start_hedge(self) -> None:
+        plan = self.plan
+        if (plan is None or self.hedge is not None or self.status or self.outcome
+                or self.client_left or self.responder.head_sent):
+            return  # answered, failed or ended: no hedge
+        if self.conn is None:  # still connecting (or between attempts): once it is sent
+            self.ctx.pool.loop.call_later(HEDGE_POLL_S, self._start_hedge)
+            return
+        now = self.ctx.pool.loop.time()
+        circuit_of = self._target_circuit
+        index = plan.hedge_target(frozenset(i for i in range(len(plan.targets)) if circuit_of(i).available(now)))
+        if index is None:
+            return
+        own = target_state(self)
+        try:
+            self._prepare_target(index)
+        except GatewayError:
+            set_target_state(self, own)
+            return
+        state = target_state(self)
+        set_target_state(self, own)
+        circuit = circuit_of(index)
+        circuit.allow(now)
+        plan.attempts += 1
+        self.ctx.hedges_total += 1
+        hedge = self.hedge = Hedge(self, index, state, circuit)
+        hedge.task = self.ctx.pool.loop.create_task(hedge.run())
+
+    def take_hedge(self, hedge: Hedge) -> bool:
+        """The hedge's head came first and is an answer: relay from its connection (the
+        own attempt is cancelled).  False when this exchange has moved on."""
+        if self.status or self.outcome or self.client_left or self.responder.head_sent or self.swallow:
+            return False
+        conn = self.conn
+        if conn is not None:
+            conn.detach()  # the slower attempt: closed, never billed (no usage came)
+        set_target_state(self, hedge.state)
+        self.conn = hedge.conn
+        self.responder.upstream = hedge.conn
+        self.circuit = hedge.circuit
+        plan = self.plan
+        assert plan is not None
+        if plan.index != hedge.index:
+            self.ctx.failovers_total += 1
+        plan.index = hedge.index
+        self.ctx.hedges_won += 1
+        return True
 
     def _swallowed(self) -> None:
         self.swallow = False

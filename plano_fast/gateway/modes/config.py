@@ -19,7 +19,7 @@ from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.failover import alias_policy
-from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
+from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, GUARD_FORMATS, MESSAGES, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
     from plano_fast.preference_routing import PreferenceRouter
 
+
+#: the endpoints a hedge may double (retry_policy.hedge_after_ms): their answers' usage
+#: comes after the head, and preparing a second target has no side effect (a Responses
+#: request may record a conversation turn)
+HEDGED = (CHAT_COMPLETIONS, MESSAGES)
 
 class ConfigExchange(RoutedExchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
@@ -103,6 +108,8 @@ class ConfigExchange(RoutedExchange):
                 )
             self.plan = plan = self._plan(route, policy)
             route = plan.targets[plan.index]
+            if policy.hedge_after_ms is not None and not self.fields.stream and self.endpoint in HEDGED:
+                self.arm_hedge(policy.hedge_after_ms / 1000.0)  # (plano_fast.gateway.hedge)
         self._prepare(route)
         if shared_check:
             return admitted_forward(self)
