@@ -18,6 +18,9 @@ Routes (JSON in and out; money as integer nano-USD plus an exact decimal USD str
     GET    /usage/recent?project_id=&limit=  (limit 1..1000, default 100)
     GET    /usage/totals?project_id=&days=   (days 1..3660, default 30; per project/model/UTC day)
     GET    /budget/blocked                   -> {"blocked": [project ids], "scopes": [[kind, id]]}
+    GET    /circuits                         -> {"pid", "open", "circuits": [{provider, model, key_id,
+                                              state, consecutive_failures, opened_at, cooldown_left_s, ...}]}
+                                             (this process's circuit breakers; docs/resilience.md)
     /provider-keys, /pipes, /tokens          managed mode: see ``plano_fast.admin_managed``
     *      /auth/check[/<path>]              Envoy ext_authz (client key, not the admin key)
     GET    /healthz                          {"status": "ok"} (no key)
@@ -72,6 +75,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import time
 import traceback
 import uuid
@@ -166,6 +170,9 @@ class AdminContext(Protocol):
 
     def exposition(self) -> bytes:
         """The ``/metrics`` body: the whole instance (every worker), Prometheus text."""
+
+    def circuits(self) -> list[dict[str, Any]]:
+        """This process's circuit breakers, one entry per target (plano_fast.failover.circuit_views)."""
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         """The in-memory registry entry; None when unknown or inactive."""
@@ -594,6 +601,17 @@ class _Admin:
             body=self.ctx.exposition(), headers={"content-type": "text/plain; version=0.0.4; charset=utf-8"}
         )
 
+    async def circuits(self, request: web.Request) -> web.Response:
+        """Per-target health memory of the process serving this request: circuit state
+        (closed / open / half_open), consecutive failures, when it opened and the cooldown
+        left.  Targets are named by provider, model and provider key id, never a key."""
+        circuits = self.ctx.circuits()
+        return _json({
+            "pid": os.getpid(),
+            "circuits": circuits,
+            "open": sum(1 for c in circuits if c["state"] == "open"),
+        })
+
     async def budget_blocked(self, request: web.Request) -> web.Response:
         scopes = sorted(self.ctx.blocked())
         projects = [scope_id for kind, scope_id in scopes if kind == "project"]
@@ -700,6 +718,7 @@ def create_admin_app(ctx: AdminContext, *, admin_key: str) -> web.Application:
     r.add_get("/usage/totals", handlers.usage_totals)
     r.add_get("/budget/blocked", handlers.budget_blocked)
     r.add_get("/metrics", handlers.metrics)
+    r.add_get("/circuits", handlers.circuits)
     add_managed_routes(r, ManagedAdmin(ctx, handlers._notify))
     # Envoy's ext_authz HTTP service appends the original path to its path_prefix and
     # keeps the original method, so accept any method on /auth/check and below it.

@@ -28,8 +28,9 @@ from plano_fast.preference_routing import PreferenceRouter
 from plano_fast.tracing import Tracing
 from plano_fast.admin import create_admin_app, is_loopback, start_admin_server
 from plano_fast.billing.pipeline import BillingPipeline
+from plano_fast.config.retry_schema import retry_policy_of
 from plano_fast.deadlines import DeadlineClock, tick_for
-from plano_fast.failover import RetryPolicy
+from plano_fast.failover import RetryPolicy, circuit_views
 from plano_fast.errors import GatewayError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, billing_snapshot, read_snapshots, render, write_snapshot
@@ -127,6 +128,10 @@ class Gateway:
                 usage_sink=self.billing.submit,
                 metrics=self.billing.metrics,
                 reservation_ttl_s=settings.managed_reservation_ttl_s,
+                retry_policy=(
+                    retry_policy_of(settings.managed_retry_policy)
+                    if settings.managed_retry_policy is not None else None
+                ),
             )
             self.managed.owner = self.instance_id
         self.connections: set[ServerProtocol] = set()
@@ -221,6 +226,8 @@ class Gateway:
             unbilled_paths=frozenset(p.encode() for p in settings.firewall_unbilled_paths),
             default_retry_policy=listener_retry_policy(self.config.listener.max_retries),
         )
+        self.ctx.circuit_failure_threshold = settings.circuit_failure_threshold
+        self.ctx.circuit_cooldown_s = settings.circuit_cooldown_s
         self.ctx.responses_state = store_from_config(
             self.config.raw, sqlite_path=settings.sqlite_path, database_url=settings.database_url
         )
@@ -486,6 +493,8 @@ class Gateway:
         values["upstream_failovers"] = gw.ctx.failovers_total
         values["requests_retried"] = gw.ctx.requests_retried
         values["upstream_attempts_failed"] = gw.ctx.attempts_failed
+        values["upstream_hedges"] = gw.ctx.hedges_total
+        values["upstream_hedges_won"] = gw.ctx.hedges_won
         now = gw.pool.loop.time()
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
@@ -659,6 +668,10 @@ class _GatewayAdmin:
             for snapshot in read_snapshots(gw.metrics_dir, None):
                 merged.add(snapshot)
         return render(merged)
+
+    def circuits(self) -> list[dict[str, Any]]:
+        ctx = self._gw.ctx
+        return circuit_views(list(ctx.circuits.items()), ctx.pool.loop.time(), time.time())
 
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self._gw.registry.lookup_key(key_hash)

@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 Strategy = Literal["same_model", "same_provider", "different_provider", "next_target"]
 #: the strategies a config may name (Plano PR #926); ``next_target`` (the next healthy
@@ -91,6 +91,9 @@ class RetryPolicy:
     max_retry_duration_ms: int = 30_000
     on_status_codes: tuple[StatusRule, ...] = ()
     backoff: Backoff = field(default_factory=Backoff)
+    #: hedging (plano_fast.gateway.hedge): a second attempt after this long without a
+    #: response head; None: off
+    hedge_after_ms: int | None = None
 
     def rule_for(self, status: int | None) -> tuple[Strategy, int] | None:
         """(strategy, max attempts) for a failure, None when it is not retried.
@@ -172,6 +175,14 @@ class RetryPlan(Generic[T]):
         self.retries += 1
         return nxt, wait
 
+    def hedge_target(self, healthy: frozenset[int] | None = None) -> int | None:
+        """The target a hedge of the current attempt goes to (the default strategy's next
+        target; the same one for ``same_model``), None when no attempt is left or no
+        target fits.  Does not advance the plan (the caller counts the attempt)."""
+        if self.attempts >= self.policy.default_max_attempts:
+            return None
+        return self._pick(self.policy.default_strategy, healthy)
+
     def _pick(self, strategy: Strategy, healthy: frozenset[int] | None) -> int | None:
         current = self.index
         if strategy == "same_model":
@@ -198,12 +209,22 @@ def alias_policy(fallbacks: tuple[str, ...]) -> RetryPolicy:
     return RetryPolicy(fallbacks, "next_target", len(fallbacks) + 1, backoff=Backoff(0, 0, False))
 
 
+@functools.cache
+def pipe_policy(targets: int) -> RetryPolicy:
+    """How a managed pipe's targets are walked when ``plano_fast.managed_retry_policy`` is
+    not set (the behaviour pipes always had): each target once, in order, skipping open
+    circuits, with no wait.  Cached per target count."""
+    return RetryPolicy((), "next_target", targets, backoff=Backoff(0, 0, False))
+
+
 class CircuitBreaker:
     """Health memory of one target: ``failure_threshold`` consecutive failures open it for
     ``cooldown_s``; then one probe is let through (half-open): its success closes the
-    circuit, its failure opens it again.  Times are loop seconds given by the caller."""
+    circuit, its failure opens it again.  A probe that never reports (its client left
+    before the answer) is given up after another cooldown, so the circuit cannot stay
+    half-open for good.  Times are loop seconds given by the caller."""
 
-    __slots__ = ("failure_threshold", "cooldown_s", "failures", "opened_at", "probing", "opens")
+    __slots__ = ("failure_threshold", "cooldown_s", "failures", "opened_at", "probing", "probe_at", "opens")
 
     def __init__(self, failure_threshold: int = 5, cooldown_s: float = 30.0) -> None:
         self.failure_threshold = failure_threshold
@@ -211,6 +232,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.probe_at = 0.0
         #: how many times it opened (for /metrics)
         self.opens = 0
 
@@ -223,15 +245,19 @@ class CircuitBreaker:
         """Whether an attempt could go to this target now (nothing taken)."""
         if self.opened_at is None:
             return True
-        return now_s - self.opened_at >= self.cooldown_s and not self.probing
+        return now_s - self.opened_at >= self.cooldown_s and not self._probe_pending(now_s)
+
+    def _probe_pending(self, now_s: float) -> bool:
+        return self.probing and now_s - self.probe_at < self.cooldown_s
 
     def allow(self, now_s: float) -> bool:
         """Whether an attempt may go to this target now (taking the half-open probe)."""
         if self.opened_at is None:
             return True
-        if now_s - self.opened_at < self.cooldown_s or self.probing:
+        if now_s - self.opened_at < self.cooldown_s or self._probe_pending(now_s):
             return False
         self.probing = True
+        self.probe_at = now_s
         return True
 
     def record_success(self) -> None:
@@ -260,3 +286,28 @@ def attempt_trail(entries: Sequence[str]) -> str:
         return text
     cut = text.rfind(",", 0, MAX_TRAIL_CHARS - 3)
     return text[:cut] + ",..."
+def circuit_views(
+    circuits: Iterable[tuple[tuple[str, str, str], CircuitBreaker]], loop_now_s: float, wall_now_s: float
+) -> list[dict[str, Any]]:
+    """The admin API's ``GET /circuits`` entries: one per target this process has a circuit
+    for, named by provider name, model and provider key id (managed pipes; null for the
+    config's own key) -- never a key.  ``opened_at`` is wall-clock (Unix seconds)."""
+    out = []
+    for (provider, model, key_id), c in circuits:
+        opened = c.opened_at
+        out.append({
+            "provider": provider,
+            "model": model or None,
+            "key_id": key_id or None,
+            "state": c.state(loop_now_s),
+            "consecutive_failures": c.failures,
+            "failure_threshold": c.failure_threshold,
+            "opens": c.opens,
+            "opened_at": None if opened is None else round(wall_now_s - (loop_now_s - opened), 3),
+            "cooldown_s": c.cooldown_s,
+            "cooldown_left_s": (
+                None if opened is None else round(max(0.0, opened + c.cooldown_s - loop_now_s), 3)
+            ),
+            "probing": c.probing,
+        })
+    return out

@@ -106,6 +106,9 @@ class FakeContext:
         merged.add({}, self.metrics())
         return render(merged)
 
+    def circuits(self) -> list[dict[str, Any]]:
+        return []  # the real view is tested over a gateway (tests/test_managed_failover.py)
+
     def lookup_key(self, key_hash: str) -> RegisteredApiKey | None:
         return self.registry.get(key_hash)
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from plano_fast.config.retry_schema import RetryPolicyIn
 from plano_fast.failover import RetryPolicy
 
 if TYPE_CHECKING:  # the runtime module (asyncio, per-request state) is not the model's concern
@@ -158,6 +159,17 @@ def _plain_path(value: str) -> str:
     return value
 
 
+def _no_pipe_fallbacks(value: RetryPolicyIn) -> RetryPolicyIn:
+    if value.fallback_models:
+        raise ValueError(
+            "fallback_models cannot be set for managed pipes: a pipe's own targets, in order, "
+            "are its fallbacks"
+        )
+    if value.hedge_after_ms is not None:
+        raise ValueError("hedge_after_ms is not supported for managed pipes (config mode only)")
+    return value
+
+
 #: An exact origin-form path (firewall_unbilled_paths).
 PlainPath = Annotated[str, AfterValidator(_plain_path)]
 
@@ -248,6 +260,14 @@ class GatewaySettings(BaseModel):
     # Heartbeat + release of expired reservations and of those of instances whose heartbeat
     # is 3 intervals old (killed); instances sharing a database should use the same value.
     reservation_sweep_interval_s: PosFloat = 10.0
+    # How a managed pipe's targets are walked on failures: a retry_policy (Plano's shape)
+    # without fallback_models (the pipe's targets are the fallbacks).  Unset: each target
+    # once, in order, no wait (docs/resilience.md).
+    managed_retry_policy: Annotated[RetryPolicyIn, AfterValidator(_no_pipe_fallbacks)] | None = None
+    # Circuit breakers (per target, per process): consecutive failures that open one, and
+    # how long it stays open before one probe is let through.
+    circuit_failure_threshold: PosInt = 5
+    circuit_cooldown_s: PosFloat = 30.0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from plano_fast import unimplemented as UNIMPLEMENTED
 from plano_fast.config.model import DEFAULT_TIMEOUT_S, ModelProvider, RoutingPreference
 from plano_fast.config.names import ModelIndex
 from plano_fast.config.report import Loc, _Reporter
-from plano_fast.config.schema import _AliasIn, _ProviderIn, _retry_policy
+from plano_fast.config.retry_schema import retry_policy_of
+from plano_fast.config.schema import _AliasIn, _ProviderIn
 
 
 class _ProviderBuilder(_Reporter):
@@ -224,7 +225,7 @@ class _ProviderBuilder(_Reporter):
             chat_auth_headers=chat_auth,
             model_in_path=paths.model_in_path,
             gemini_base_path=gemini_base,
-            retry_policy=_retry_policy(pin.retry_policy) if pin.retry_policy is not None else None,
+            retry_policy=retry_policy_of(pin.retry_policy) if pin.retry_policy is not None else None,
             timeouts=(
                 pin.connect_timeout or self.default_timeouts[0],
                 pin.first_byte_timeout or self.default_timeouts[1],

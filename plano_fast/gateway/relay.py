@@ -36,7 +36,7 @@ from plano_fast.ratelimit import Bucket, RateLimits
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
-from plano_fast.failover import CircuitBreaker, RetryPolicy, attempt_trail
+from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
@@ -53,6 +53,7 @@ from plano_fast.usage import (
 )
 
 if TYPE_CHECKING:
+    from plano_fast.gateway.hedge import Hedge
     from collections.abc import Coroutine
 
     from opentelemetry.trace import Span
@@ -134,10 +135,14 @@ class ExchangeContext:
         "unbilled_requests",
         "default_retry_policy",
         "circuits",
+        "circuit_failure_threshold",
+        "circuit_cooldown_s",
         "retries_total",
         "failovers_total",
         "requests_retried",
         "attempts_failed",
+        "hedges_total",
+        "hedges_won",
         "metrics",
         "request_metrics",
         "access_log",
@@ -190,14 +195,21 @@ class ExchangeContext:
         self.unbilled_requests = 0
         #: listeners[].max_retries for providers without a retry_policy
         self.default_retry_policy = default_retry_policy
-        #: health memory per (provider name, model) of providers with retries
-        self.circuits: dict[tuple[str, str], CircuitBreaker] = {}
+        #: health memory per target: (provider name, model, provider key id) -- the key id
+        #: of a managed pipe's target, "" for the config's own keys (one per provider name)
+        self.circuits: dict[tuple[str, str, str], CircuitBreaker] = {}
+        #: plano_fast.circuit_failure_threshold / circuit_cooldown_s
+        self.circuit_failure_threshold = 5
+        self.circuit_cooldown_s = 30.0
         self.retries_total = 0
         self.failovers_total = 0
         #: client requests that needed more than one upstream attempt (every mode), and
         #: the attempts of theirs that failed and were followed by another
         self.requests_retried = 0
         self.attempts_failed = 0
+        #: hedged attempts started (plano_fast.gateway.hedge) and those that won
+        self.hedges_total = 0
+        self.hedges_won = 0
         self.metrics = RequestMetrics()
         #: count each finished request in ``metrics`` (plano_fast.request_metrics)
         self.request_metrics = True
@@ -224,14 +236,14 @@ class ExchangeContext:
         #: response DLP and output filters (plano_fast.response_guard), None: nothing held
         self.response_checks: ResponseChecks | None = None
 
-    def circuit_for(self, provider_name: str, model: str) -> CircuitBreaker:
-        key = (provider_name, model)
+    def circuit_for(self, provider_name: str, model: str, key_id: str = "") -> CircuitBreaker:
+        key = (provider_name, model, key_id)
         circuits = self.circuits
         circuit = circuits.get(key)
         if circuit is None:
             if len(circuits) >= MAX_CIRCUITS:
                 del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
-            circuit = circuits[key] = CircuitBreaker()
+            circuit = circuits[key] = CircuitBreaker(self.circuit_failure_threshold, self.circuit_cooldown_s)
         return circuit
 
     def give_up_drains(self) -> None:
@@ -268,7 +280,6 @@ class Exchange:
         "key_hash",
         "project_id",
         "scan_api",
-        "failover_error",
         "client_left",
         "drain_left",
         "drain_timer",
@@ -289,6 +300,10 @@ class Exchange:
         "timeouts",
         "failed_attempts",
         "error_kind",
+        "plan",
+        "next_attempt",
+        "circuit",
+        "hedge",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -321,7 +336,6 @@ class Exchange:
         self.upstream_data: list[bytes] = []
         self.origin: Origin = ("http", "", 0, None)
         self.scan_api = scan.API_OPENAI_CHAT
-        self.failover_error: UpstreamError | None = None
         #: the request's headers as read once (credential included); see phases.client_headers
         self.client: ClientHeaders | None = None
         #: wall-clock ns: the upstream request sent (last attempt), its response head
@@ -355,6 +369,17 @@ class Exchange:
         #: ended the last one ("" when it got an answer)
         self.failed_attempts: list[str] | None = None
         self.error_kind = ""
+        # The failover engine's (plano_fast.gateway.retrying; set here, not in a
+        # constructor of its own, to spare every request a frame):
+        #: retries and fallbacks (plano_fast.failover); None: none, or not built yet
+        self.plan: RetryPlan[Any] | None = None
+        #: (target index, seconds to wait, another target?) of the attempt that follows a
+        #: failed one
+        self.next_attempt: tuple[int, float, bool] | None = None
+        #: the circuit breaker of the current attempt's target (None: none)
+        self.circuit: CircuitBreaker | None = None
+        #: a hedged request's second attempt (plano_fast.gateway.hedge)
+        self.hedge: Hedge | None = None
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Handle the request; a coroutine when it must wait (see the module docstring).
@@ -489,9 +514,6 @@ class Exchange:
                     if self._retry_after_connect_error(exc):
                         await self._advance()
                         continue
-                    if self._has_fallback():
-                        self.failover_error = exc
-                        return
                     self.error_kind = exc.kind
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
                     raise
@@ -638,12 +660,8 @@ class Exchange:
         engine goes on to the next attempt."""
         raise NotImplementedError
 
-    def _has_fallback(self) -> bool:
-        """Whether another upstream may still serve this request (managed failover)."""
-        return False
-
     def _retry_pending(self) -> bool:
-        """Whether another attempt follows a failed one (config-mode retries)."""
+        """Whether another attempt follows a failed one (plano_fast.gateway.retrying)."""
         return False
 
     def note_failed(self, kind: str) -> None:
@@ -696,10 +714,6 @@ class Exchange:
         elif retry_safe and self.attempts == 1 and not self.responder.head_sent:
             self.note_failed(error.kind)
             done.set_result(True)  # once more, on a fresh connection
-            return
-        elif not self.responder.head_sent and self._has_fallback():
-            self.failover_error = error
-            done.set_result(False)
             return
         self.error_kind = error.kind
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)

@@ -8,7 +8,6 @@ engine walks the retry plan's targets before the first byte reaches the client.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -16,15 +15,8 @@ from urllib.parse import quote
 from plano_fast import wire as scan
 from plano_fast.conversion import SCAN_API_FOR_WIRE, Conversion, json_dumps, json_loads, request_error
 from plano_fast.convert import ConversionError, convert_request
-from plano_fast.errors import BadRequestBody, ClientError, GatewayError, NotFound, UpstreamError
-from plano_fast.failover import (
-    RETRYABLE_STATUSES,
-    CircuitBreaker,
-    RetryPlan,
-    RetryPolicy,
-    alias_policy,
-    retry_after_s,
-)
+from plano_fast.errors import BadRequestBody, ClientError, GatewayError, NotFound
+from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, alias_policy
 from plano_fast.filter_chain import run_chain
 from plano_fast.gateway.endpoints import (
     CHAT_COMPLETIONS,
@@ -38,7 +30,8 @@ from plano_fast.gateway.endpoints import (
     upstream_path,
 )
 from plano_fast.gateway.phases import client_headers
-from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.gateway.relay import ExchangeContext
+from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.response_guard import (
     ResponseHold,
@@ -50,7 +43,6 @@ from plano_fast.response_guard import (
 )
 from plano_fast.responses_state import ConversationNotFound, StoredResponse, Turn, begin_turn
 from plano_fast.routing import Route
-from plano_fast.usage import STATUS_CLIENT_GONE
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -63,13 +55,13 @@ if TYPE_CHECKING:
 _MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
 
 
-class RoutedExchange(Exchange):
+class RoutedExchange(RetryingExchange):
     """A request routed by the config's model table (config mode, Gemini-format clients):
     the upstream request for a route (``_prepare``; converted when the client's format is
     not the provider's), and the failover engine over the route and its retry policy's
     fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
 
-    __slots__ = ("endpoint", "provider", "fields", "plan", "next_attempt", "prior")
+    __slots__ = ("endpoint", "provider", "fields", "prior")
     #: the request's scanned fields (set in ``start``: the body's, or a Gemini path's)
     fields: RequestFieldsLike
 
@@ -81,10 +73,6 @@ class RoutedExchange(Exchange):
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
-        #: retries and fallbacks (plano_fast.failover); None when the provider has none
-        self.plan: RetryPlan[Route] | None = None
-        #: (target index, seconds to wait) of the attempt that follows a swallowed one
-        self.next_attempt: tuple[int, float] | None = None
         #: the conversation previous_response_id names, read from a shared state store
         self.prior: StoredResponse | None = None
 
@@ -112,13 +100,14 @@ class RoutedExchange(Exchange):
         router = self.ctx.router
         targets = [route] + [router.resolve(m) for m in policy.fallback_models]
         now = self.ctx.pool.loop.time()
-        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now)
+        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now, JITTER_RNG)
         circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
         first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
         if first:
             plan.index = first
             self.ctx.failovers_total += 1
-        circuits[first].allow(now)
+        circuit = self.circuit = circuits[first]
+        circuit.allow(now)
         return plan
 
     def _prepare(self, route: Route) -> None:
@@ -246,85 +235,15 @@ class RoutedExchange(Exchange):
         hold.send(self.responder, body, warn)
         self._complete(outcome)
 
-    # -- retries and fallbacks (plano_fast.failover) ----------------------------------
-    def _circuit(self, index: int) -> CircuitBreaker:
+    # -- retries and fallbacks (plano_fast.failover, plano_fast.gateway.retrying) -------
+    def _target_circuit(self, index: int) -> CircuitBreaker:
         assert self.plan is not None
         route = self.plan.targets[index]
         return self.ctx.circuit_for(route.provider.name, route.upstream_model or "")
 
-    def _failed(self, status: int | None, retry_after: float | None, kind: str) -> bool:
-        """The current attempt failed before the client saw anything: note it, and decide
-        whether another attempt follows (then True, with ``next_attempt`` set, and ``kind``
-        -- its status or error kind -- on the attempt trail)."""
-        plan = self.plan
-        if plan is None or self.responder.head_sent or self.outcome or self.client_left:
-            return False
-        now = self.ctx.pool.loop.time()
-        self._circuit(plan.index).record_failure(now)
-        healthy = frozenset(
-            i for i in range(len(plan.targets)) if self._circuit(i).available(now)
-        )
-        nxt = plan.next_attempt(status, now, retry_after, healthy)
-        self.next_attempt = nxt
-        if nxt is None:
-            return False
-        self.note_failed(kind)
-        return True
-
-    def _succeeded(self) -> None:
-        if self.plan is not None:
-            self._circuit(self.plan.index).record_success()
-
-    async def _advance(self) -> None:
-        """Wait as the plan says, then aim this exchange at the next target."""
-        nxt, self.next_attempt = self.next_attempt, None
-        assert nxt is not None and self.plan is not None
-        index, wait_s = nxt
-        self.attempts = 0  # (before the wait: a client gone during it ends no attempt)
-        if wait_s > 0:
-            try:
-                await asyncio.sleep(wait_s)
-            except asyncio.CancelledError:
-                self._settle(STATUS_CLIENT_GONE, self.status)
-                raise
-        target = self.plan.targets[index]
-        ctx = self.ctx
-        ctx.retries_total += 1
-        if target.provider is not self.provider or (target.upstream_model or self.fields.model) != self.model:
-            ctx.failovers_total += 1
-        self._circuit(index).allow(ctx.pool.loop.time())
-        self.status = 0
-        self.scanner = None
-        self._prepare(target)
-
-    def _retry_pending(self) -> bool:
-        return self.next_attempt is not None
-
-    def _retry_after_connect_error(self, error: UpstreamError) -> bool:
-        return self._failed(None, None, error.kind)
-
-    async def _retry(self) -> None:
-        await self._advance()
-        await self._forward()
-
-    def _schedule_retry(self) -> None:
-        done = self.done
-        if done is None:
-            self.responder.continue_in_task(self._retry(), self.request)
-        elif not done.done():
-            done.set_result(False)  # _forward sees the pending retry and carries on
-
-    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
-            self.conn = None
-            self._schedule_retry()
-            return
-        super().on_upstream_error(error, retry_safe)
-
-    def _swallowed(self) -> None:
-        self.swallow = False
-        self.conn = None
-        self._schedule_retry()
+    def _prepare_target(self, index: int) -> None:
+        assert self.plan is not None
+        self._prepare(self.plan.targets[index])
 
     def _prepare_converted(
         self, fields: RequestFieldsLike, model: str | None, provider: ModelProvider
@@ -408,21 +327,3 @@ class RoutedExchange(Exchange):
         # provider served; the name asked for stays here.
         out.append((b"x-plano-requested-model", quote(self.requested_model or "", safe=_MODEL_SAFE).encode()))
         return out
-
-    # -- response side: retries and fallbacks before the first byte -------------------
-    def on_upstream_head(self, head: UpstreamHead) -> None:
-        if self.client_left:  # read on for the usage (Exchange._client_gone): no retry
-            super().on_upstream_head(head)
-            return
-        if self.plan is not None:
-            status = head.status
-            if status in RETRYABLE_STATUSES or (status >= 400 and self.plan.policy.rule_for(status)):
-                if self._failed(status, retry_after_s(head.headers()), str(status)):
-                    self.status = status
-                    self.swallow = True  # nothing reaches the client; the next attempt serves
-                    return
-            else:
-                self._succeeded()
-        super().on_upstream_head(head)
-
-

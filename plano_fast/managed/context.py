@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.failover import RetryPolicy
 from plano_fast.managed.state import ManagedState
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import Reservation, Store, UsageRow
@@ -105,7 +106,7 @@ class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
     __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer", "owner")
+                 "writer", "owner", "retry_policy")
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class ManagedContext:
         usage_sink: Callable[[UsageEvent], None],
         reservation_ttl_s: float = 600.0,
         metrics: BillingMetrics | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.state = state
         self.store = store
@@ -128,6 +130,9 @@ class ManagedContext:
         self.writer = GroupWriter(store, usage_sink, metrics)
         #: this gateway instance's id, recorded on each reservation (see the sweeper)
         self.owner: str | None = None
+        #: plano_fast.managed_retry_policy: how pipes' targets are walked on failures (None:
+        #: each target once, in order -- plano_fast.failover.pipe_policy)
+        self.retry_policy = retry_policy
 
     def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(coro)

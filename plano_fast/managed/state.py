@@ -53,6 +53,9 @@ class Target:
     model_filter: str | None  # fnmatch pattern of client models this target serves
     chat_auth: tuple[Header, ...]
     messages_auth: tuple[Header, ...]
+    #: the provider key's id (never the key): with provider and model, names the target's
+    #: circuit breaker
+    key_id: str = ""
 
     def serves(self, model: str | None) -> bool:
         if self.model_filter is not None:
@@ -164,7 +167,9 @@ class ManagedState:
                 auth_headers_for(AUTH_BEARER, secret)
                 if provider.wire_api == WIRE_ANTHROPIC else messages_auth
             )
-            targets.append(Target(provider, spec.model, spec.model_filter, chat_auth, messages_auth))
+            targets.append(Target(
+                provider, spec.model, spec.model_filter, chat_auth, messages_auth, key.id
+            ))
         return targets
 
     def _configured_provider(self, name: str) -> ModelProvider | None:

@@ -17,7 +17,7 @@ from plano_fast import wire as scan
 from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
-from plano_fast.gateway.endpoints import COUNT_TOKENS, GUARD_FORMATS, RESPONSES, converts
+from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, GUARD_FORMATS, MESSAGES, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
     from plano_fast.preference_routing import PreferenceRouter
 
+
+#: the endpoints a hedge may double (retry_policy.hedge_after_ms): their answers' usage
+#: comes after the head, and preparing a second target has no side effect (a Responses
+#: request may record a conversation turn)
+HEDGED = (CHAT_COMPLETIONS, MESSAGES)
 
 class ConfigExchange(RoutedExchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
@@ -90,6 +95,10 @@ class ConfigExchange(RoutedExchange):
             (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         route = self._first_target(route, fallbacks)
+        plan = self.plan
+        if (plan is not None and plan.policy.hedge_after_ms is not None and not self.fields.stream
+                and self.endpoint in HEDGED):
+            self.arm_hedge(plan.policy.hedge_after_ms / 1000.0)  # (plano_fast.gateway.hedge)
         self._prepare(route)
         if shared_check:
             return admitted_forward(self)

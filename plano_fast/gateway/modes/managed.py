@@ -6,8 +6,11 @@ Phases:
   admit     reserve the request's maximum possible cost in the shared store, for every
             hard limit of its project and user (one atomic conditional UPDATE on
             PostgreSQL), or 402; the database being away means 503, never an unbilled pass
-  forward   the first target; on a connect error, timeout, 429 or 5xx before any byte
-            went to the client, the next one
+  forward   the first target whose circuit is not open; on a connect error, a timeout
+            before the first byte, 429 or 5xx (529) before any byte went to the client,
+            another attempt as the retry plan says (plano_fast.gateway.retrying: the
+            engine config mode uses; plano_fast.managed_retry_policy, by default each
+            target once, in order); the one reservation covers every attempt
   settle    synchronous: the usage row is written and the reservation settled to the
             actual cost BEFORE the final bytes are relayed — for streams the terminal
             event ([DONE], message_stop, response.completed) is held back until then.
@@ -30,7 +33,9 @@ from plano_fast.billing.rows import row_of_event
 from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, refuse_background
-from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
+from plano_fast.gateway.relay import ExchangeContext
+from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
@@ -39,7 +44,6 @@ from plano_fast.managed.state import TOKEN_PREFIX, Target, token_hash
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
-from plano_fast.upstream import UpstreamHead
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -62,13 +66,14 @@ class BudgetHeld(BudgetExceeded):
     retry_after_s = 1
 
 
-class ManagedExchange(Exchange):
+class ManagedExchange(RetryingExchange):
     MODE = "managed"
     __slots__ = (
         "mctx",
         "endpoint",
         "targets",
-        "target_index",
+        "fields",
+        "base_body",
         "reservation",
         "final_event",
         "user_id",
@@ -91,7 +96,10 @@ class ManagedExchange(Exchange):
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
         self.targets: list[Target] = []
-        self.target_index = 0
+        #: the request's scanned fields and its body as every target gets it (before the
+        #: model rewrite): set once the request is admitted
+        self.fields: scan.RequestFields | None = None
+        self.base_body = b""
         self.reservation: Reservation | None = None
         self.final_event: UsageEvent | None = None
         self.user_id: str | None = None
@@ -163,8 +171,12 @@ class ManagedExchange(Exchange):
             self.responder.send_body(payload)
             self.responder.end()
             return
+        self.fields = fields
+        self.base_body = body
+        circuit = self.circuit = self._target_circuit(0)
+        self._prepare_target(0 if circuit.opened_at is None else self._first_target())
         try:
-            await self._forward_targets(body, fields)
+            await self.forward()  # retries and failover within (plano_fast.gateway.retrying)
             if self.final_event is not None:
                 await self._bill_and_finish()
         finally:
@@ -252,63 +264,69 @@ class ManagedExchange(Exchange):
             return False
         return True
 
-    async def _forward_targets(self, body: bytes, fields: scan.RequestFields) -> None:
-        request = self.request
-        for index, target in enumerate(self.targets):
-            self.target_index = index
-            provider = target.provider
-            upstream_model = target.model or fields.model
-            self.model = upstream_model
-            self.provider_id = provider.provider
-            path = upstream_path(provider, self.endpoint, upstream_model)
-            assert path is not None
-            inject = (fields.stream and self.endpoint is CHAT_COMPLETIONS
-                      and fields.include_usage is not True)
-            rewritten = scan.rewrite_request(
-                body,
-                model=upstream_model if upstream_model != fields.model else None,
-                inject_include_usage=inject,
-            )
-            self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
-            auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
-            self.upstream_data = upstream_request(
-                client_headers(self), self.request_id, request.method + b" " + path, provider, auth, rewritten
-            )
-            self.origin = origin_of(provider)
-            self.failover_error = None
-            self.swallow = False
-            self.attempts = 0
-            await self.forward()
-            if self.failover_error is None and not self.swallow:
-                return
-            # the usage row's attempts and attempt trail (one row for the whole request)
-            self.note_failed(self.failover_error.kind if self.failover_error else str(self.status))
-            log.info("pipe target %d (%s) failed (%s); trying the next",
-                     index, provider.name, self.failover_error or f"HTTP {self.status}")
-        raise AssertionError("unreachable: the last target never fails over")
+    # -- the pipe's targets on the failover engine (plano_fast.gateway.retrying) ---------
+    def _first_target(self) -> int:
+        """The first target's circuit has opened: the target of the first attempt is the
+        first one if it may be probed, else the plan is built now and its first available
+        target goes first (the first one when all are open)."""
+        now = self.ctx.pool.loop.time()
+        if self._target_circuit(0).allow(now):
+            return 0
+        plan = self.plan = self._late_plan()
+        circuits = [self._target_circuit(i) for i in range(len(self.targets))]
+        first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
+        if first:
+            plan.index = first
+            circuit = self.circuit = circuits[first]
+            circuit.allow(now)
+            self.ctx.failovers_total += 1
+        return first
 
-    def _has_fallback(self) -> bool:
-        return self.target_index + 1 < len(self.targets)
+    def _late_plan(self) -> RetryPlan[Target]:
+        """Built at the first failure (or an open first circuit), never on a request the
+        first target serves.  Its clock starts when the request arrived."""
+        targets = self.targets
+        loop_now = self.ctx.pool.loop.time()
+        started_s = loop_now - (time.time_ns() - self.started_ns) / 1e9
+        policy = self.mctx.retry_policy or pipe_policy(len(targets))
+        return RetryPlan(targets, [t.provider.provider for t in targets], policy, started_s, JITTER_RNG)
+
+    def _target_circuit(self, index: int) -> CircuitBreaker:
+        target = self.targets[index]
+        key = (target.provider.name, target.model or self.requested_model or "", target.key_id)
+        circuit = self.ctx.circuits.get(key)  # (inline: once per request)
+        return circuit if circuit is not None else self.ctx.circuit_for(*key)
+
+    def _prepare_target(self, index: int) -> None:
+        target = self.targets[index]
+        fields = self.fields
+        assert fields is not None
+        provider = target.provider
+        upstream_model = target.model or fields.model
+        self.model = upstream_model
+        self.provider_id = provider.provider
+        path = upstream_path(provider, self.endpoint, upstream_model)
+        assert path is not None
+        inject = (fields.stream and self.endpoint is CHAT_COMPLETIONS
+                  and fields.include_usage is not True)
+        rewritten = scan.rewrite_request(
+            self.base_body,
+            model=upstream_model if upstream_model != fields.model else None,
+            inject_include_usage=inject,
+        )
+        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
+        auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
+        self.upstream_data = upstream_request(
+            client_headers(self), self.request_id, self.request.method + b" " + path, provider, auth,
+            rewritten,
+        )
+        self.origin = origin_of(provider)
 
     # -- sink overrides ---------------------------------------------------------------
-    def on_upstream_head(self, head: UpstreamHead) -> None:
-        status = head.status
-        if (status == 429 or status >= 500) and self._has_fallback():
-            self.status = status
-            self.swallow = True  # nothing reaches the client; the next target serves
-            return
-        super().on_upstream_head(head)
-
     def on_upstream_body(self, data: bytes) -> None:
         if self.state_turn is not None and not self.swallow:
             self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
         super().on_upstream_body(data)
-
-    def _swallowed(self) -> None:
-        self.conn = None
-        done = self.done  # managed exchanges always await (failover needs it)
-        if done is not None and not done.done():
-            done.set_result(False)
 
     def _complete(self, outcome: str) -> None:
         """The synchronous settle step: the event is billed by ``_bill_and_finish`` before

@@ -1,0 +1,154 @@
+"""Hedged requests (config mode, non-streaming chat completions and messages; off unless a
+provider's ``retry_policy`` sets ``hedge_after_ms``).
+
+When the request's attempt has been sent and no response head came within
+``hedge_after_ms``, a second attempt goes to the retry plan's next target (its strategy,
+healthy circuits, attempts left).  The first response head that is an answer wins:
+
+* the hedge's: the exchange's own attempt is cancelled (its connection closed) and the
+  exchange relays from the hedge's connection with the hedge's target state (provider,
+  model, usage scanner, conversion), as if it had sent it;
+* the exchange's own (or any failure of it: the retry plan then goes on as without
+  hedging): the hedge is cancelled.
+
+A hedge whose attempt fails (a retryable status, no connection, a timeout) is dropped and
+noted on its target's circuit; the exchange's own attempt goes on.
+
+Billing: one row, the winner's.  The loser never reported usage -- an LLM answer's usage
+is in its body, after its head, and the loser is cancelled when the winner's head
+arrives, before its own -- so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from plano_fast.errors import UpstreamError
+from plano_fast.failover import RETRYABLE_STATUSES
+
+if TYPE_CHECKING:
+    from plano_fast.failover import CircuitBreaker
+    from plano_fast.gateway.retrying import RetryingExchange
+    from plano_fast.upstream import UpstreamConnection, UpstreamHead
+
+#: the exchange's per-target state (what preparing a target sets): swapped in when a hedge wins
+TARGET_STATE = (
+    "provider", "provider_id", "model", "streaming", "wire_format", "scan_api", "scanner",
+    "body_filter", "upstream_data", "origin",
+)  # fmt: skip
+
+
+def target_state(exchange: Any) -> tuple[Any, ...]:
+    return tuple(getattr(exchange, name) for name in TARGET_STATE)
+
+
+def set_target_state(exchange: Any, state: tuple[Any, ...]) -> None:
+    for name, value in zip(TARGET_STATE, state):
+        setattr(exchange, name, value)
+
+
+class Hedge:
+    """The second attempt of a hedged request: a ResponseSink that, once its head has won,
+    hands everything to the exchange."""
+
+    __slots__ = ("exchange", "index", "state", "circuit", "conn", "task", "won", "over")
+
+    def __init__(
+        self, exchange: RetryingExchange, index: int, state: tuple[Any, ...], circuit: CircuitBreaker
+    ) -> None:
+        self.exchange = exchange
+        self.index = index
+        self.state = state
+        self.circuit = circuit
+        self.conn: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        #: this attempt's head won: the exchange relays from its connection
+        self.won = False
+        #: lost, failed or cancelled
+        self.over = False
+
+    async def run(self) -> None:
+        ex = self.exchange
+        origin = self.state[TARGET_STATE.index("origin")]
+        pool = ex.ctx.pool
+        try:
+            conn = pool.take_idle(origin) or await pool.connect(origin)
+        except UpstreamError:
+            self._failed()
+            return
+        if self.over:  # cancelled while it connected
+            conn.detach()
+            return
+        self.conn = conn
+        ctx = ex.ctx
+        conn.send_request(
+            self.state[TARGET_STATE.index("upstream_data")], self, ctx.first_byte_timeout_s, ctx.idle_timeout_s
+        )
+
+    def cancel(self) -> None:
+        """The exchange's own attempt answered or failed, or the request ended."""
+        if self.won or self.over:
+            return
+        self.over = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.detach()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _failed(self) -> None:
+        if self.over:
+            return
+        self.over = True
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.detach()
+        self.circuit.record_failure(self.exchange.ctx.pool.loop.time())
+
+    # -- ResponseSink -----------------------------------------------------------------
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        ex = self.exchange
+        if self.won:
+            ex.on_upstream_head(head)
+            return
+        status = head.status
+        plan = ex.plan
+        if status in RETRYABLE_STATUSES or (
+            status >= 400 and plan is not None and plan.policy.rule_for(status) is not None
+        ):
+            self._failed()
+            return
+        if not ex.take_hedge(self):  # the exchange has moved on: this one is dropped
+            self.cancel()
+            return
+        self.won = True
+        ex.on_upstream_head(head)
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.won:
+            self.exchange.on_upstream_body(data)
+
+    def on_upstream_read_done(self) -> None:
+        if self.won:
+            self.exchange.on_upstream_read_done()
+
+    def on_upstream_complete(self) -> None:
+        if self.won:
+            self.exchange.on_upstream_complete()
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if self.won:
+            self.exchange.on_upstream_error(error, False)
+        else:
+            self.conn = None
+            self._failed()
+
+    def on_upstream_pause_writing(self) -> None:
+        if self.won:
+            self.exchange.on_upstream_pause_writing()
+
+    def on_upstream_resume_writing(self) -> None:
+        if self.won:
+            self.exchange.on_upstream_resume_writing()

@@ -1,0 +1,227 @@
+"""The failover engine shared by every mode that has targets to walk (config mode's routes
+and their fallbacks, managed pipes' targets): one request, one :class:`RetryPlan`, one
+circuit breaker per target; attempts before the first byte reached the client only.
+
+A subclass says what a target is (``_target_circuit``: its health memory;
+``_prepare_target``: the upstream request for it) and, when it builds its plan only on the
+first failure (managed pipes: nothing on the path of a request that succeeds),
+``_late_plan``.  The decisions are plano_fast.failover's; this class wires them to the
+exchange's callbacks (connect error, response head, upstream error, swallowed answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+from plano_fast.errors import GatewayError
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, retry_after_s
+from plano_fast.gateway.hedge import Hedge, set_target_state, target_state
+from plano_fast.gateway.relay import Exchange
+from plano_fast.usage import STATUS_CLIENT_GONE
+
+if TYPE_CHECKING:
+    from plano_fast.errors import UpstreamError
+    from plano_fast.upstream import UpstreamHead
+
+#: how often a due hedge looks again whether the attempt it hedges has been sent
+HEDGE_POLL_S = 0.01
+
+#: the backoff's jitter: one generator per process (a ``random.Random()`` per request would
+#: read os.urandom each time; the draws need no independence between requests)
+JITTER_RNG = random.Random()
+
+
+class RetryingExchange(Exchange):
+    """An exchange whose failed attempts (before the first byte reached the client) may be
+    followed by others, as its :class:`RetryPlan` says."""
+
+    # Its state (``plan``, ``next_attempt``, ``circuit``) is in Exchange's slots, set by
+    # Exchange.__init__: one constructor frame less on every request.
+    __slots__ = ()
+
+    # -- what a target is (the subclass's) --------------------------------------------
+    def _target_circuit(self, index: int) -> CircuitBreaker:
+        raise NotImplementedError
+
+    def _prepare_target(self, index: int) -> None:
+        """Aim this exchange at the plan's target ``index`` (its upstream request)."""
+        raise NotImplementedError
+
+    def _late_plan(self) -> RetryPlan[Any] | None:
+        """The plan, built at the first failure by exchanges that do not build it up front;
+        None: no retries."""
+        return None
+
+    # -- the engine -------------------------------------------------------------------
+    def _failed(self, status: int | None, retry_after: float | None, kind: str) -> bool:
+        """The current attempt failed before the client saw anything (``status`` None: no
+        response): note it, and decide whether another attempt follows (then True, with
+        ``next_attempt`` set, and ``kind`` -- its status or error kind -- on the usage
+        row's attempt trail)."""
+        if self.responder.head_sent or self.outcome or self.client_left:
+            return False
+        plan = self.plan
+        if plan is None:
+            plan = self.plan = self._late_plan()
+            if plan is None:
+                return False
+        now = self.ctx.pool.loop.time()
+        circuit = self._target_circuit
+        circuit(plan.index).record_failure(now)
+        healthy = frozenset(i for i in range(len(plan.targets)) if circuit(i).available(now))
+        before = plan.index
+        nxt = plan.next_attempt(status, now, retry_after, healthy)
+        if nxt is None:
+            return False
+        self.next_attempt = (nxt[0], nxt[1], nxt[0] != before)
+        self.note_failed(kind)
+        return True
+
+    def _retry_head(self, head: UpstreamHead) -> bool:
+        """Whether this response head is a failure another attempt follows (then it is
+        swallowed: nothing reaches the client).  Otherwise the target's circuit notes a
+        success (a closed circuit with no failures has nothing to forget: no call)."""
+        status = head.status
+        plan = self.plan
+        if status in RETRYABLE_STATUSES or (
+            status >= 400 and plan is not None and plan.policy.rule_for(status) is not None
+        ):
+            if self._failed(status, retry_after_s(head.headers()), str(status)):
+                self.status = status
+                self.swallow = True  # the next attempt serves the client
+                return True
+            return False
+        circuit = self.circuit
+        if circuit is not None and circuit.failures:
+            circuit.record_success()
+        return False
+
+    async def _advance(self) -> None:
+        """Wait as the plan says, then aim this exchange at the next target."""
+        nxt, self.next_attempt = self.next_attempt, None
+        assert nxt is not None and self.plan is not None
+        index, wait_s, moved = nxt
+        self.attempts = 0  # (before the wait: a client gone during it ends no attempt)
+        if wait_s > 0:
+            try:
+                await asyncio.sleep(wait_s)
+            except asyncio.CancelledError:
+                self._settle(STATUS_CLIENT_GONE, self.status)
+                raise
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if moved:
+            ctx.failovers_total += 1
+        circuit = self.circuit = self._target_circuit(index)
+        circuit.allow(ctx.pool.loop.time())
+        self.status = 0
+        self.scanner = None
+        self.swallow = False
+        self._prepare_target(index)
+
+    def _retry_pending(self) -> bool:
+        return self.next_attempt is not None
+
+    def _retry_after_connect_error(self, error: UpstreamError) -> bool:
+        return self._failed(None, None, error.kind)
+
+    async def _retry(self) -> None:
+        await self._advance()
+        await self._forward()
+
+    def _schedule_retry(self) -> None:
+        done = self.done
+        if done is None:
+            self.responder.continue_in_task(self._retry(), self.request)
+        elif not done.done():
+            done.set_result(False)  # _forward sees the pending retry and carries on
+
+    def on_upstream_head(self, head: UpstreamHead) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()  # this attempt answered first (a hedge that won is not cancelled)
+        if head.status < 400:  # (inline: the path of every answer)
+            circuit = self.circuit
+            if circuit is not None and circuit.failures:
+                circuit.record_success()
+        elif not self.client_left and self._retry_head(head):
+            # (a client gone: read on for the usage, Exchange._client_gone, never retried)
+            return
+        super().on_upstream_head(head)
+
+    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
+            self.conn = None
+            self._schedule_retry()
+            return
+        super().on_upstream_error(error, retry_safe)
+
+    def _client_gone(self) -> None:
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()
+        super()._client_gone()
+
+    # -- hedging (plano_fast.gateway.hedge) ---------------------------------------------
+    def arm_hedge(self, delay_s: float) -> None:
+        """A hedge is due after ``delay_s`` unless this attempt has answered by then."""
+        self.ctx.pool.loop.call_later(delay_s, self._start_hedge)
+
+    def _start_hedge(self) -> None:
+        plan = self.plan
+        if (plan is None or self.hedge is not None or self.status or self.outcome
+                or self.client_left or self.responder.head_sent):
+            return  # answered, failed or ended: no hedge
+        if self.conn is None:  # still connecting (or between attempts): once it is sent
+            self.ctx.pool.loop.call_later(HEDGE_POLL_S, self._start_hedge)
+            return
+        now = self.ctx.pool.loop.time()
+        circuit_of = self._target_circuit
+        index = plan.hedge_target(frozenset(i for i in range(len(plan.targets)) if circuit_of(i).available(now)))
+        if index is None:
+            return
+        own = target_state(self)
+        try:
+            self._prepare_target(index)
+        except GatewayError:
+            set_target_state(self, own)
+            return
+        state = target_state(self)
+        set_target_state(self, own)
+        circuit = circuit_of(index)
+        circuit.allow(now)
+        plan.attempts += 1
+        self.ctx.hedges_total += 1
+        hedge = self.hedge = Hedge(self, index, state, circuit)
+        hedge.task = self.ctx.pool.loop.create_task(hedge.run())
+
+    def take_hedge(self, hedge: Hedge) -> bool:
+        """The hedge's head came first and is an answer: relay from its connection (the
+        own attempt is cancelled).  False when this exchange has moved on."""
+        if self.status or self.outcome or self.client_left or self.responder.head_sent or self.swallow:
+            return False
+        conn = self.conn
+        if conn is not None:
+            conn.detach()  # the slower attempt: closed, never billed (no usage came)
+        self.note_failed("hedged")  # the usage row's trail: the slower attempt, then the hedge
+        set_target_state(self, hedge.state)
+        self.conn = hedge.conn
+        self.responder.upstream = hedge.conn
+        self.circuit = hedge.circuit
+        plan = self.plan
+        assert plan is not None
+        if plan.index != hedge.index:
+            self.ctx.failovers_total += 1
+        plan.index = hedge.index
+        self.ctx.hedges_won += 1
+        return True
+
+    def _swallowed(self) -> None:
+        self.swallow = False
+        self.conn = None
+        self._schedule_retry()

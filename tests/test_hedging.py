@@ -1,0 +1,116 @@
+"""Hedged requests (issue 20, optional): ``retry_policy.hedge_after_ms`` in config mode,
+over real sockets with the OpenAI SDK against the fake provider."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.config import ConfigError, parse_config
+from tests.gateway_proc import GatewayProcess
+from tests.test_failover import rows_for
+
+ADMIN_KEY = "admin-key-for-hedging-tests-0000000000"
+
+
+def providers(base: str) -> str:
+    return f"""\
+  - name: slow
+    model: openai/gpt-4.1
+    base_url: {base}
+    access_key: sk-server-openai-key
+    headers: {{x-fake-latency-ms: "1500"}}
+    retry_policy:
+      fallback_models: [openai/gpt-4o-mini]
+      default_strategy: same_provider
+      hedge_after_ms: 100
+  - name: quick
+    model: openai/gpt-4.1-mini
+    base_url: {base}
+    access_key: sk-server-openai-key
+    retry_policy:
+      fallback_models: [openai/gpt-4o-mini]
+      default_strategy: same_provider
+      hedge_after_ms: 500
+"""
+
+
+@pytest.fixture
+def hedged(make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path) -> Any:
+    gateway = make_gateway({"admin_port": 0, "admin_key": ADMIN_KEY}, extra_providers=providers(fake.url))
+    return gateway, str(tmp_path / "plano_config_0.db")
+
+
+def calls(fake: FakeProviderThread) -> list[Any]:
+    return [r for r in fake.requests if not r.path.startswith("/_fake")]
+
+
+def metric(gateway: GatewayProcess, name: str) -> float:
+    req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/metrics",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(f"plano_fast_{name} "):
+                return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_a_slow_first_attempt_is_hedged_and_the_first_answer_wins(
+    hedged: Any, fake: FakeProviderThread
+) -> None:
+    """The first target answers after 1.5 s; after 100 ms a hedge goes to the fallback,
+    which answers at once: the client has the fallback's answer well before 1.5 s, the
+    slow attempt is cancelled, and the one row is the fallback's."""
+    gateway, sqlite_path = hedged
+    fake.clear()
+    started = time.monotonic()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        reply = client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
+    elapsed = time.monotonic() - started
+    assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
+    assert elapsed < 1.2, elapsed
+    seen = calls(fake)
+    assert [r.json()["model"] for r in seen] == ["gpt-4.1", "gpt-4o-mini"]
+    (row,) = rows_for(sqlite_path, 1)
+    assert row.model == "gpt-4o-mini" and row.status == "ok"
+    time.sleep(1.6)  # past the slow answer: still one row (the loser was never billed)
+    assert len(rows_for(sqlite_path, 1)) == 1
+    assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 1
+
+
+def test_no_hedge_when_the_first_attempt_answers_in_time_or_streams(
+    hedged: Any, fake: FakeProviderThread
+) -> None:
+    gateway, sqlite_path = hedged
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        reply = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+        assert reply.model == "gpt-4.1-mini"
+        # streams are never hedged: the slow target's stream is the one relayed
+        chunks = list(client.chat.completions.create(
+            model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], stream=True,
+            extra_headers={"x-fake-latency-ms": "300"},
+        ))  # fmt: skip
+    assert chunks
+    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-mini", "gpt-4.1"]
+    time.sleep(0.6)  # past the quick target's hedge delay: nothing more was sent
+    assert len(calls(fake)) == 2
+    assert len(rows_for(sqlite_path, 2)) == 2
+    assert metric(gateway, "upstream_hedges") == 0
+
+
+def test_hedge_after_ms_validates() -> None:
+    base = "version: v0.4.0\nmodel_providers:\n  - model: openai/gpt-4o\n    access_key: k\n"
+    ok = base + "    retry_policy: {hedge_after_ms: 250}\n"
+    assert parse_config(ok, env={}).providers[0].retry_policy.hedge_after_ms == 250  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match=r"retry_policy\.hedge_after_ms"):
+        parse_config(base + "    retry_policy: {hedge_after_ms: 0}\n", env={})
+    with pytest.raises(ConfigError, match=r"managed_retry_policy: .*config mode only"):
+        parse_config(base + "plano_fast:\n  managed_retry_policy: {hedge_after_ms: 100}\n", env={})
