@@ -96,16 +96,21 @@ async def post(
     for name, value in headers:
         head.append(name + b": " + value + b"\r\n")
     head.append(b"content-length: %d\r\n\r\n" % len(body))
-    data = [b"".join(head), body]
+    return await exchange(pool, target.origin, [b"".join(head), body], timeout_s)
+
+
+async def exchange(pool: UpstreamPool, origin: Origin, data: list[bytes], timeout_s: float) -> tuple[int, bytes]:
+    """Send one request (``data``: its head and body) to ``origin`` and collect the answer;
+    (status, body).  Shared with the router-model call (plano_fast.preference_routing)."""
     loop = pool.loop
     conn = None
     async with asyncio.timeout(timeout_s):
         try:
-            conn = pool.take_idle(target.origin)
+            conn = pool.take_idle(origin)
             while True:
                 fresh = conn is None
                 if conn is None:
-                    conn = await pool.connect(target.origin)
+                    conn = await pool.connect(origin)
                 future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
                 sink = _Collect(future)
                 conn.send_request(data, sink, timeout_s, timeout_s)

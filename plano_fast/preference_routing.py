@@ -37,7 +37,6 @@ retry (the exchange decides before its retry plan).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict, deque
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 from plano_fast import router_prompt as RP
 from plano_fast.model_metrics import ModelMetrics, rank_by
 from plano_fast.errors import ClientError, UpstreamError
+from plano_fast.http_post import exchange
 from plano_fast.usage import STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, UsageEvent, UsageSink
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from plano_fast.metrics import RequestMetrics
     from plano_fast.pricing import PricingRegistry
     from plano_fast.routing import Router
-    from plano_fast.upstream import UpstreamHead, UpstreamPool
+    from plano_fast.upstream import UpstreamPool
 
 __all__ = [
     "Decision",
@@ -570,42 +570,6 @@ class Decision:
     error: str = ""
 
 
-class _Collect:
-    """ResponseSink that gathers one small response."""
-
-    __slots__ = ("future", "status", "parts", "retry_safe")
-
-    def __init__(self, future: asyncio.Future[tuple[int, bytes]]) -> None:
-        self.future = future
-        self.status = 0
-        self.parts: list[bytes] = []
-        self.retry_safe = False
-
-    def on_upstream_head(self, head: UpstreamHead) -> None:
-        self.status = head.status
-
-    def on_upstream_body(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def on_upstream_complete(self) -> None:
-        if not self.future.done():
-            self.future.set_result((self.status, b"".join(self.parts)))
-
-    def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        self.retry_safe = retry_safe
-        if not self.future.done():
-            self.future.set_exception(error)
-
-    def on_upstream_read_done(self) -> None:
-        pass
-
-    def on_upstream_pause_writing(self) -> None:
-        pass
-
-    def on_upstream_resume_writing(self) -> None:
-        pass
-
-
 async def post_json(
     pool: UpstreamPool, provider: ModelProvider, model: str, body: bytes, timeout_s: float
 ) -> tuple[int, bytes]:
@@ -620,31 +584,7 @@ async def post_json(
     head.append(b"host: " + provider.host_header.encode() + b"\r\n")
     head.append(b"content-length: %d\r\n\r\n" % len(body))
     origin = ("https" if provider.tls else "http", provider.host, provider.port, None)
-    loop = pool.loop
-    data = [b"".join(head), body]
-    conn = None
-    try:
-        async with asyncio.timeout(timeout_s):
-            conn = pool.take_idle(origin)
-            while True:
-                fresh = conn is None
-                if conn is None:
-                    conn = await pool.connect(origin)
-                future: asyncio.Future[tuple[int, bytes]] = loop.create_future()
-                sink = _Collect(future)
-                conn.send_request(data, sink, timeout_s, timeout_s)
-                try:
-                    result = await future
-                except UpstreamError:
-                    if fresh or not sink.retry_safe:
-                        raise
-                    conn = None  # a kept-alive connection the router had closed: once more
-                    continue
-                conn = None  # released to the pool (or closed) by the connection itself
-                return result
-    finally:
-        if conn is not None and not conn.closed:
-            conn.detach()
+    return await exchange(pool, origin, [b"".join(head), body], timeout_s)
 
 
 class PreferenceRouter:
