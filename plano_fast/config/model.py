@@ -32,7 +32,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RoutingPreference:
-    """A ``routing_preferences`` item (kept for preference routing; not used yet)."""
+    """A ``routing_preferences`` item: a route preference routing may choose."""
 
     name: str
     description: str
