@@ -16,6 +16,8 @@ Config (``plano_fast.guardrails``)::
           - {name: codename, pattern: 'Project\\s+Falcon', action: redact}
         providers:                 # per-provider overrides of the actions
           openai: {email: redact}
+        projects:                  # per firewall/managed project (its id), over the above
+          3f2b9c04-...: {email: block}
 
 What is scanned: only message *text* -- the string values a model reads (OpenAI chat
 ``messages[].content`` and its text parts, Responses ``instructions`` and ``input``, Anthropic
@@ -88,23 +90,29 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Detector -> action, with per-provider overrides."""
+    """Detector -> action, with per-provider and per-project overrides (a project's, the
+    most specific, win over its provider's, which win over the global actions)."""
 
     actions: Mapping[str, str]
     custom: Mapping[str, re.Pattern[str]]
     providers: Mapping[str, Mapping[str, str]]
-    #: provider -> (its actions, the wire scanner's mask of them), filled on first use
-    _resolved: dict[str | None, tuple[Mapping[str, str], int]] = field(default_factory=dict, compare=False, repr=False)
+    #: firewall / managed project id -> its overrides
+    projects: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: (provider, project) -> (its actions, the wire scanner's mask of them), filled on first use
+    _resolved: dict[tuple[str | None, str | None], tuple[Mapping[str, str], int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def actions_for(self, provider: str | None) -> Mapping[str, str]:
-        return self.resolved(provider)[0]
+    def actions_for(self, provider: str | None, project: str | None = None) -> Mapping[str, str]:
+        return self.resolved(provider, project)[0]
 
-    def resolved(self, provider: str | None) -> tuple[Mapping[str, str], int]:
-        found = self._resolved.get(provider)
+    def resolved(self, provider: str | None, project: str | None = None) -> tuple[Mapping[str, str], int]:
+        key = (provider, project if project in self.projects else None)
+        found = self._resolved.get(key)
         if found is None:
-            override = self.providers.get(provider or "")
-            actions = {**self.actions, **override} if override else self.actions
-            found = self._resolved[provider] = (actions, _mask(actions))
+            actions = {**self.actions, **self.providers.get(provider or "", {}),
+                       **self.projects.get(project or "", {})}
+            found = self._resolved[key] = (actions, _mask(actions))
         return found
 
 
@@ -115,9 +123,11 @@ def parse_policy(raw: object) -> Policy | None:
     where = "plano_fast.guardrails"
     if not isinstance(raw, dict):
         raise GuardrailConfigError(f"{where}: expected a mapping")
-    unknown = set(raw) - {"detectors", "custom", "providers"}
+    unknown = set(raw) - {"detectors", "custom", "providers", "projects"}
     if unknown:
-        raise GuardrailConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (detectors, custom, providers)")
+        raise GuardrailConfigError(
+            f"{where}.{sorted(unknown)[0]}: unknown field (detectors, custom, providers, projects)"
+        )
     custom: dict[str, re.Pattern[str]] = {}
     actions: dict[str, str] = {}
     for i, item in enumerate(raw.get("custom") or []):
@@ -138,15 +148,16 @@ def parse_policy(raw: object) -> Policy | None:
         if name not in known:
             raise GuardrailConfigError(f"{where}.detectors.{name}: unknown detector (one of {', '.join(sorted(known))})")
         actions[name] = _action(action, f"{where}.detectors.{name}")
-    providers: dict[str, dict[str, str]] = {}
-    for provider, overrides in (raw.get("providers") or {}).items():
-        if not isinstance(overrides, dict):
-            raise GuardrailConfigError(f"{where}.providers.{provider}: expected detector: action")
-        for name, action in overrides.items():
-            if name not in known:
-                raise GuardrailConfigError(f"{where}.providers.{provider}.{name}: unknown detector")
-            providers.setdefault(str(provider), {})[name] = _action(action, f"{where}.providers.{provider}.{name}")
-    return Policy(actions, custom, providers)
+    scoped: dict[str, dict[str, dict[str, str]]] = {"providers": {}, "projects": {}}
+    for scope, found in scoped.items():
+        for owner, overrides in (raw.get(scope) or {}).items():
+            if not isinstance(overrides, dict):
+                raise GuardrailConfigError(f"{where}.{scope}.{owner}: expected detector: action")
+            for name, action in overrides.items():
+                if name not in known:
+                    raise GuardrailConfigError(f"{where}.{scope}.{owner}.{name}: unknown detector")
+                found.setdefault(str(owner), {})[name] = _action(action, f"{where}.{scope}.{owner}.{name}")
+    return Policy(actions, custom, scoped["providers"], scoped["projects"])
 
 
 def _action(value: object, loc: str) -> str:
@@ -321,11 +332,11 @@ class _Verdict:
         return Outcome(detections, body, sorted(self.warn))
 
 
-def apply(policy: Policy, doc: Any, fmt: str, provider: str | None) -> Outcome:
+def apply(policy: Policy, doc: Any, fmt: str, provider: str | None, project: str | None = None) -> Outcome:
     """Scan the decoded request ``doc``'s message text; raises GuardrailBlocked, or returns
     what was found and the redacted document's bytes (compact JSON) when something was
     redacted (``doc`` is changed)."""
-    enabled = policy.actions_for(provider)
+    enabled = policy.actions_for(provider, project)
     verdict = _Verdict(enabled)
     redacted = False
     for container, key in list(text_slots(doc, fmt)):
@@ -341,7 +352,9 @@ def apply(policy: Policy, doc: Any, fmt: str, provider: str | None) -> Outcome:
     return verdict.outcome(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
 
 
-def apply_body(policy: Policy, body: bytes, fmt: str, provider: str | None) -> Outcome:
+def apply_body(
+    policy: Policy, body: bytes, fmt: str, provider: str | None, project: str | None = None
+) -> Outcome:
     """The guardrails over a request body as received: the same verdict as
     ``apply(policy, json.loads(body), ...)`` (a body that is not JSON: nothing found).
 
@@ -350,7 +363,7 @@ def apply_body(policy: Policy, body: bytes, fmt: str, provider: str | None) -> O
     text string, when operator patterns are configured) is decoded; a redaction replaces
     that string's JSON literal and nothing else in the body.  Without it (or for a body it
     leaves to ``json.loads``) the body is decoded and ``apply`` runs."""
-    enabled, mask = policy.resolved(provider)
+    enabled, mask = policy.resolved(provider, project)
     slots = None
     if wire.dlp_scan_body is not None and (body.isascii() or _utf8(body)):
         slots = wire.dlp_scan_body(body, fmt, mask, bool(policy.custom))
@@ -361,7 +374,7 @@ def apply_body(policy: Policy, body: bytes, fmt: str, provider: str | None) -> O
             doc = json.loads(body)
         except ValueError:
             return Outcome([], None, [])  # refused by the scanner with a precise message
-        return apply(policy, doc, fmt, provider)
+        return apply(policy, doc, fmt, provider, project)
     verdict = _Verdict(enabled)
     edits: list[tuple[int, int, bytes]] = []
     for start, end, plain, raw in slots:

@@ -225,3 +225,55 @@ def test_actions_over_sockets(guarded: GatewayProcess, fake: FakeProviderThread,
 def test_all_detectors_are_covered_by_the_corpus() -> None:
     assert set(corpus()) == set(DETECTORS)
     assert GuardrailBlocked(["ssn"]).status == 403
+
+
+def test_project_overrides_in_firewall_mode(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """``projects:`` overrides win for their project only: project A blocks e-mail
+    addresses, project B (global action: log) forwards them; both over real sockets."""
+    import asyncio
+    import hashlib
+
+    from plano_fast.store import open_store
+    from plano_fast.store.migrate import run_migrate
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    keys = {"a": "sk-guard-project-a-0123456789", "b": "sk-guard-project-b-0123456789"}
+
+    async def provision() -> dict[str, str]:
+        await run_migrate(None, sqlite_path)
+        ids = {}
+        async with open_store(None, sqlite_path) as store:
+            for name, key in keys.items():
+                project = await store.create_project(f"guard-{name}")
+                await store.register_api_key(hashlib.sha256(key.encode()).hexdigest(), project.id, "openai",
+                                             fake.url, name)  # fmt: skip
+                ids[name] = project.id
+        return ids
+
+    ids = asyncio.run(provision())
+    policy = {"detectors": {"email": "log"}, "projects": {ids["a"]: {"email": "block"}}}
+    gateway = make_gateway({"mode": "firewall", "guardrails": json.dumps(policy)})
+    text = [{"role": "user", "content": "write to ops@example.com"}]
+    fake.clear()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=keys["a"], max_retries=0) as client:
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            client.chat.completions.create(model="gpt-4o-mini", messages=text)  # type: ignore[arg-type]
+        assert err.value.response.headers["x-plano-guardrail"] == "email"
+    assert calls(fake) == []
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=keys["b"], max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=text)  # type: ignore[arg-type]
+    (seen,) = calls(fake)
+    assert "ops@example.com" in seen.json()["messages"][0]["content"]
+
+
+def test_project_overrides_are_validated() -> None:
+    with pytest.raises(GuardrailConfigError, match=r"guardrails\.projects\.p1\.dna: unknown detector"):
+        parse_policy({"projects": {"p1": {"dna": "log"}}})
+    policy = parse_policy({"detectors": {"email": "log"}, "providers": {"openai": {"email": "warn"}},
+                           "projects": {"p1": {"email": "block"}}})  # fmt: skip
+    assert policy is not None
+    assert policy.actions_for("openai", "p1")["email"] == "block"  # the project is the most specific
+    assert policy.actions_for("openai", "p2")["email"] == "warn"
+    assert policy.actions_for(None, None)["email"] == "log"

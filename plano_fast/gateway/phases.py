@@ -111,7 +111,7 @@ def guard(exchange: Exchange, fmt: str, provider: str | None) -> None:
     metrics = exchange.ctx.metrics
     try:
         # (a body that is not JSON: nothing found; the scanner refuses it with a precise message)
-        outcome = guardrails.apply_body(policy, exchange.request.body, fmt, provider)
+        outcome = guardrails.apply_body(policy, exchange.request.body, fmt, provider, exchange.project_id)
     except guardrails.GuardrailBlocked as exc:
         metrics.detected(exc.detections)
         raise

@@ -132,6 +132,7 @@ class ManagedExchange(RetryingExchange):
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         self.requested_model = fields.model
         if self.ctx.guardrails is not None:
+            self.project_id = token.project_id  # (its project's guardrail overrides apply)
             guard(self, GUARD_FORMATS[self.endpoint.name], None)
         targets = [t for t in pipe.candidates(fields.model)
                    if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
