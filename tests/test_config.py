@@ -615,3 +615,20 @@ def test_allow_missing_env_checks_with_placeholders() -> None:
     with pytest.raises(ConfigError):
         parse_config(text.replace("provider_interface: openai", "provider_interface: x"), env={},
                      allow_missing_env=True)
+
+
+def test_project_scopes_in_config_mode_are_warned_never_silent() -> None:
+    """Config mode has no projects: a project rate-limit selector or guardrail override
+    could never match, so validation says so (firewall mode takes them without a word)."""
+    extra = """\
+ratelimits:
+  - {model: "*", selector: {project: "*"}, limit: {tokens: 100, unit: minute}}
+plano_fast:
+  guardrails: {detectors: {email: log}, projects: {p1: {email: block}}}
+"""
+    text = MINIMAL + "  - model: openai/gpt-4o\n    access_key: sk-x\n" + extra
+    warnings = parse_config(text, source="c.yaml", env={}).warnings
+    assert any("ratelimits[0].selector.project: never matches" in w for w in warnings)
+    assert any("plano_fast.guardrails.projects: never applies" in w for w in warnings)
+    firewall = text.replace("plano_fast:\n", "plano_fast:\n  mode: firewall\n")
+    assert not [w for w in parse_config(firewall, env={}).warnings if "never" in w]

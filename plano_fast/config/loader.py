@@ -140,15 +140,26 @@ class _Builder(_ProviderBuilder):
         provs = self.build_providers(data, required=not firewall_only)
         aliases = self.build_aliases(data.get("model_aliases"), provs)
         self.check_fallbacks(provs)
+        # Config mode has no projects: a project selector or override would never match.
+        projectless = settings is not None and settings.mode != "firewall" and not settings.managed
         try:
-            parse_limits(data.get("ratelimits"))
+            limits = parse_limits(data.get("ratelimits"))
         except RateLimitConfigError as exc:
             self.errors.append(f"{self.source}: {exc}")
+        else:
+            for limit in limits:
+                if projectless and limit.scope == "project":
+                    self.warn(("ratelimits", limit.index, "selector", "project"), "never matches: "
+                              "config mode has no projects (firewall and managed mode have)")
         if settings is not None:
             try:
-                parse_policy(settings.guardrails)
+                policy = parse_policy(settings.guardrails)
             except GuardrailConfigError as exc:
                 self.errors.append(f"{self.source}: {exc}")
+            else:
+                if projectless and policy is not None and policy.projects:
+                    self.warn(("plano_fast", "guardrails", "projects"), "never applies: config mode "
+                              "has no projects (firewall and managed mode have)")
 
         if settings is not None and listeners is not None:
             served = next((ls for ls in listeners if ls.type == "model"), None)
