@@ -446,6 +446,9 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig, host: str, por
     # The workers publish their metrics here; a scrape of any one of them adds them up.
     metrics_dir = tempfile.mkdtemp(prefix="plano_fast_metrics_")
     os.environ["PLANO_FAST_METRICS_DIR"] = metrics_dir  # plano_fast.app.METRICS_DIR_ENV
+    from plano_fast.ratelimit import prepare_shared
+
+    prepare_shared(config.raw.get("ratelimits"), config.settings.redis_url, metrics_dir)
     ctx = multiprocessing.get_context("spawn")
     slots = [_Slot(i) for i in range(args.workers)]
     stopping: list[int] = []  # the signal that stops the instance, once received

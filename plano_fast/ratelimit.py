@@ -587,6 +587,18 @@ def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = Non
     return tuple(headers)
 
 
+SHARED_FILE: Final = "ratelimits.sqlite3"
+
+
+def prepare_shared(raw: object, redis_url: str | None, shared_dir: str) -> None:
+    """Create the workers' shared SQLite file (WAL mode, its table) once, in the parent,
+    before the workers start: switching a file to WAL takes an exclusive lock that the busy
+    timeout does not wait for, so workers racing to set it up failed ("database is
+    locked") and exited.  On a prepared file each worker's setup only reads."""
+    if raw and not redis_url and parse_limits(raw):
+        SqliteBackend(os.path.join(shared_dir, SHARED_FILE)).db.close()
+
+
 def build(raw: object, redis_url: str | None, fail_open: bool, shared_dir: str | None) -> RateLimits | None:
     """The limits and their backend: Redis with ``redis_url``; else, when the instance
     runs several workers (``shared_dir``: their common run directory), a SQLite file
@@ -597,7 +609,7 @@ def build(raw: object, redis_url: str | None, fail_open: bool, shared_dir: str |
     if redis_url:
         return RateLimits(limits, RedisBackend(redis_url, fail_open))
     if shared_dir is not None:
-        return RateLimits(limits, SqliteBackend(os.path.join(shared_dir, "ratelimits.sqlite3")))
+        return RateLimits(limits, SqliteBackend(os.path.join(shared_dir, SHARED_FILE)))
     return RateLimits(limits, MemoryBackend())
 
 

@@ -182,3 +182,34 @@ def test_resp_client_auth_db_and_a_stalled_redis(tmp_path: Path) -> None:
                 await c.aclose()
 
         asyncio.run(scenario())
+
+
+def test_the_parent_prepares_the_shared_file_so_workers_only_read(tmp_path: Path) -> None:
+    """Workers set up the shared SQLite file as they start; on a fresh file that setup
+    writes (WAL mode, the table) and a worker racing another one failed with "database is
+    locked" and exited (seen once in a full run).  The parent prepares the file first: a
+    worker's setup then only reads, even while another connection holds a transaction."""
+    import sqlite3
+
+    from plano_fast.ratelimit import SHARED_FILE, SqliteBackend, prepare_shared
+
+    limits = [{"model": "*", "selector": {"key": "x-user", "value": "*"}, "limit": {"requests": 5, "unit": "minute"}}]
+    fresh = tmp_path / "fresh.sqlite3"
+    holder = sqlite3.connect(fresh, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN")
+    holder.execute("SELECT * FROM other").fetchall()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        SqliteBackend(str(fresh))  # the hazard: setting up a fresh file needs the write lock
+    holder.execute("COMMIT")
+
+    prepare_shared(limits, None, str(tmp_path))
+    shared = tmp_path / SHARED_FILE
+    reader = sqlite3.connect(shared, isolation_level=None)
+    assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM rl_counts").fetchall()
+    SqliteBackend(str(shared)).db.close()  # opens at once beside the open transaction
+    reader.execute("COMMIT")
+    prepare_shared(limits, "redis://127.0.0.1:1/0", str(tmp_path / "none"))  # Redis: no file made
+    assert not (tmp_path / "none" / SHARED_FILE).exists()
