@@ -4,6 +4,9 @@ everything, write the report.
     .venv/bin/python benchmarks/run.py                       # full run (~6-7 min)
     .venv/bin/python benchmarks/run.py --quick --modes config --workers 1    # CI smoke (<60 s)
     .venv/bin/python benchmarks/run.py --with-litellm --duration-s 8 --repeats 3
+    # issue 27's table, everything on (what `make bench` runs; ~20 min on 2 cores):
+    .venv/bin/python benchmarks/run.py --modes config:1+2,firewall:1+2,managed:1,managed-pg:1 \
+        --with-portkey --with-features --c1-runs 3
 
 Targets, all measured in the same run and interleaved (repeat r of a scenario runs every
 target before repeat r+1 starts), against one fake provider process
@@ -20,15 +23,33 @@ target before repeat r+1 starts), against one fake provider process
 * ``portkey``  -- only with ``--with-portkey``: the Portkey AI gateway's pinned npm package
   on the machine's Node (``benchmarks/portkey_setup.py``).
 
+Every gateway runs with the per-route request metrics on and the JSON access log to a file
+of its work dir (``observability_settings``; ``--no-access-log`` turns the log off); the
+log's lines are counted against the requests served, like the usage rows.
+
 Scenarios (``SCENARIOS``): non-streaming small body at saturation (64 connections: wrk
 when installed, else ``benchmarks/loadgen.py``) and at concurrency 1 at a fixed rate
 (open loop; wrk2 when installed, else loadgen); streaming (64 events x 20 ms) at
 concurrency 1, 64 and 1,000 (loadgen).
 
+``--c1-runs N``: the concurrency-1 scenario runs N times in a row per target (instead of
+its interleaved repeats), and each run gets its own verdict against issue 27's added-latency
+targets (p50 <= 0.15 ms and p99 <= 1 ms in config and firewall mode, managed p50 <= 0.35
+ms), the floor being direct's median over its own runs.
+
+``--features LIST`` / ``--with-features``: feature-cost A/B rows (``benchmarks/features.py``:
+rate limit in Redis, the DLP floor, tracing at 0% and 100%, preference routing with a
+pinned session, retries configured but not triggered), each a one-worker gateway with the
+feature against the same without it, interleaved, after the main scenarios: req/s ratio,
+CPU µs per request, added p50/p99 at concurrency 1, and a check that the feature was on.
+
 Measured: requests/s; latency percentiles; added latency (target minus direct, same
 scenario, medians over repeats); CPU microseconds per request of the proxy's processes
 (/proc/<pid>/stat utime+stime over the run, all processes of the tree, divided by the
-requests the load tool completed) and of the fake provider; RSS (VmRSS, VmHWM); non-2xx
+requests the load tool completed) and of the fake provider; the CPU the load tool
+(wrk/loadgen, via RUSAGE_CHILDREN) and the fake provider used over the same measurement,
+so the ``--workers 2`` check can say what ceiling the machine's cores put on the run; RSS
+(VmRSS, VmHWM); non-2xx
 and errors; stalled streams; usage rows recorded by the gateway per scenario (one API key
 per scenario, rows grouped by key hash after a graceful stop) against requests sent.
 
