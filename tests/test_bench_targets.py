@@ -101,10 +101,15 @@ def test_two_workers_verdict_says_when_the_machine_is_the_limit() -> None:
     measured, result = scaling_verdict(19000.0, 16000.0, sat, 2)
     assert result == "n/a"
     assert measured.startswith("1.19x (19000 vs 16000 req/s)")
-    assert "ceiling on 2 cores 20000 req/s = 1.25x one worker" in measured
+    assert "other processes 0.00 of 2) -> ceiling on 2.00 free cores 20000 req/s = 1.25x one worker" in measured
     # on 8 cores the ceiling is 80,000 req/s (5x): 1.19x is the gateway's own failure
     assert scaling_verdict(19000.0, 16000.0, sat, 8)[1] == "FAIL"
     assert scaling_verdict(28000.0, 16000.0, sat, 8)[1] == "PASS"
+    # ... unless other processes kept 6.1 of the 8 cores busy (machine 8.0 - ours 1.9):
+    # 1.9 free cores / 100 µs = 19,000 req/s = 1.19x
+    busy = {**sat, "machine_busy_cores": 8.0}
+    measured, result = scaling_verdict(19000.0, 16000.0, busy, 8)
+    assert result == "n/a" and "other processes 6.10 of 8) -> ceiling on 1.90 free cores 19000 req/s" in measured
     # CPU not measured: no FAIL claimed
     assert scaling_verdict(19000.0, 16000.0, {}, 8)[1] == "n/a"
 
