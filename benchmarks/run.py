@@ -1242,7 +1242,8 @@ def render_md(report: dict[str, Any]) -> str:
                "processes' utime+stime over the measurement (warm-up included) divided by the requests "
                "completed; '—' where the run used under 10 clock ticks of CPU (too coarse to divide). Fake and load "
                "tool CPU % are the fake provider's and the load tool's (wrk or loadgen) CPU time over the "
-               "measurement's wall time, in cores x 100: with the proxy's, what the machine's cores were spent on. "
+               "measurement's wall time, in cores x 100: with the proxy's, what the machine's cores were spent on; "
+               "machine CPU % is every process's (ours and anyone else's on the machine, /proc/stat). "
                "'Added' = target minus direct, medians over the repeats. CPU steal % is the share of "
                "the machine's CPU time the host gave to other guests during the measurement. The throughput "
                "check compares the medians and also each repeat's pair; NOISY means the two disagree about the "
@@ -1272,8 +1273,8 @@ def render_md(report: dict[str, Any]) -> str:
         if not sc["stream"]:
             out.append("| target | tool | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | added p50 ms "
                        "| added p99 ms | proxy CPU µs/req | proxy CPU % | fake CPU µs/req | fake CPU % | load tool CPU % "
-                       "| CPU steal % | non-2xx | errors |")
-            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                       "| machine CPU % | CPU steal % | non-2xx | errors |")
+            out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for n in names:
                 r = s.get(n)
                 if not r:
@@ -1291,6 +1292,7 @@ def render_md(report: dict[str, Any]) -> str:
                     f"{_f(r['fake_cpu_us_per_req'], '{:.0f}')} | "
                     f"{_f(None if r.get('fake_cpu_frac') is None else r['fake_cpu_frac'] * 100, '{:.0f}')} | "
                     f"{_f(None if r.get('load_cpu_frac') is None else r['load_cpu_frac'] * 100, '{:.0f}')} | "
+                    f"{_f(None if r.get('machine_busy_cores') is None else r['machine_busy_cores'] * 100, '{:.0f}')} | "
                     f"{_f(None if r.get('steal_frac') is None else r['steal_frac'] * 100, '{:.1f}')} | "
                     f"{r['non2xx']} | {r['errors']} |"
                 )
