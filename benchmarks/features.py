@@ -40,6 +40,7 @@ import dataclasses
 import http.client
 import json
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -244,7 +245,7 @@ class FeaturePairs:
             mode = FEATURES[name][0]
             try:
                 self.b[name] = self._start_b(name, mode)
-            except (RuntimeError, OSError) as exc:
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
                 self.skipped.append({"target": f"feature {name}", "reason": f"not measured: {exc}"})
                 self.log(f"feature {name}: not measured: {exc}")
 

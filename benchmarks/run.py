@@ -4,7 +4,7 @@ everything, write the report.
     .venv/bin/python benchmarks/run.py                       # full run (~6-7 min)
     .venv/bin/python benchmarks/run.py --quick --modes config --workers 1    # CI smoke (<60 s)
     .venv/bin/python benchmarks/run.py --with-litellm --duration-s 8 --repeats 3
-    # issue 27's table, everything on (what `make bench` runs; ~20 min on 2 cores):
+    # issue 27's table, everything on (what `make bench` runs; ~25 min on 2 cores):
     .venv/bin/python benchmarks/run.py --modes config:1+2,firewall:1+2,managed:1,managed-pg:1 \
         --with-portkey --with-features --c1-runs 3
 
@@ -1234,8 +1234,12 @@ def render_md(report: dict[str, Any]) -> str:
     out.append("| gateway observability | request metrics on" + (
         "; JSON access log to a file (its lines counted against requests served)"
         if not report["args"].get("no_access_log") else "; access log off (--no-access-log)") + " |")
+    c1_runs = report["args"].get("c1_runs", 1)
     out.append(f"| durations | {report['args']['duration_s']:g} s per measurement, medians of "
-               f"{report['args']['repeats']} repeat(s) for the non-streaming scenarios, targets interleaved |")
+               f"{report['args']['repeats']} repeat(s) for the non-streaming scenarios, targets interleaved"
+               + (f"; concurrency 1: {c1_runs} consecutive runs per target" if c1_runs > 1 else "")
+               + (f"; feature A/B: {report['args'].get('feature_repeats')} interleaved repeat(s) per feature"
+                  if report["args"].get("features") else "") + " |")
     out.append("")
     out.append("All processes (load tool, proxy, fake provider) share this machine's cores, so absolute "
                "numbers are bounded by it; compare the rows of one table (same run). CPU µs/req is the proxy "
