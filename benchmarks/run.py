@@ -1323,6 +1323,8 @@ def render_md(report: dict[str, Any]) -> str:
                     f"{r['max_gap_ms']:.0f} | {_f(r['proxy_cpu_us_per_req'], '{:.0f}')} | {mem} | "
                     f"{_f(r.get('hwm_mb'), '{:.1f}')} | {r['non2xx']} | {r['errors']} |"
                 )
+        if sc.get("consecutive", 1) > 1:
+            out += consecutive_runs_md(report["runs"].get(sc["name"], {}), s.get("direct", {}), names)
         if sc.get("rate"):
             late = [f"{n}: {s[n]['late_frac']:.1%}" for n in names if s.get(n, {}).get("late_frac") is not None]
             if late:
@@ -1370,6 +1372,27 @@ def render_md(report: dict[str, Any]) -> str:
     out.append("Raw outputs: `raw/`; all numbers: `results.json`"
                + ("; plot: `latency.png`.\n" if plotted else ".\n"))
     return "\n".join(out)
+
+
+def consecutive_runs_md(runs: dict[str, list[dict[str, Any]]], direct: dict[str, Any], names: list[str]) -> list[str]:
+    """The consecutive runs of a scenario (``--c1-runs``), one column per run: each run's
+    added p50 / p99 over direct's medians."""
+    width = max((len(runs.get(n, [])) for n in names), default=0)
+    if not width or direct.get("lat_p50") is None or direct.get("lat_p99") is None:
+        return []
+    out = ["", "Consecutive runs (added p50 / p99 ms over direct's medians, in the order they ran):", "",
+           "| target | " + " | ".join(f"run {i}" for i in range(1, width + 1)) + " |",
+           "|---" * (width + 1) + "|"]
+    for n in names:
+        if n == "direct" or not runs.get(n):
+            continue
+        cells = []
+        for r in runs[n]:
+            lat = r.get("latency_ms", {})
+            cells.append("—" if lat.get("p50") is None or lat.get("p99") is None else
+                         f"{lat['p50'] - direct['lat_p50']:+.3f} / {lat['p99'] - direct['lat_p99']:+.3f}")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out
 
 
 def plot(report: dict[str, Any], path: Path) -> Optional[str]:

@@ -199,3 +199,20 @@ def test_feature_configs_are_valid_and_carry_the_feature(tmp_path: Path) -> None
     [first, second] = cfg.providers
     assert first.retry_policy is not None and first.retry_policy.fallback_models == (fallback,)
     assert first.retry_policy.default_max_attempts == 2 and second.retry_policy is None
+
+
+def test_markdown_of_consecutive_runs_and_feature_rows() -> None:
+    from benchmarks.features import feature_row, render_rows
+    from benchmarks.run import consecutive_runs_md
+
+    md = consecutive_runs_md({"direct": [_c1_run(0.2, 0.4)] * 2, "plano_fast config w1": [_c1_run(0.3, 0.9),
+                                                                                        _c1_run(0.25, 1.6)]},
+                             {"lat_p50": 0.2, "lat_p99": 0.4}, ["direct", "plano_fast config w1"])
+    assert md[-3:] == ["| target | run 1 | run 2 |", "|---|---|---|",
+                       "| plano_fast config w1 | +0.100 / +0.500 | +0.050 / +1.200 |"]
+    runs = {"ns_sat": {"A": [_side_run(10000, 60)], "B": [_side_run(8000, 70, service_cpu_us_per_req=20)]},
+            "ns_c1": {"A": [_side_run(500, 0, 0.30, 0.9)], "B": [_side_run(500, 0, 0.35, 1.0)]}}
+    rows = render_rows({"rate_limit": {"title": "rate limit", "mode": "firewall", "row": feature_row(runs),
+                                       "probe": {"measured": "101 Redis script calls", "ok": True, "threshold": ""}}})
+    assert rows[-2] == ("| rate_limit: rate limit | firewall | 10000 → 8000 | 80% (80%) | 60 → 70 | +10.0 (+ Redis 20) "
+                        "| 0.300 → 0.350 | +0.050 | +0.100 | 0 | 101 Redis script calls |")
