@@ -88,6 +88,12 @@ def _lat(run: dict[str, Any], key: str) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def _straddles(values: list[float], pivot: float) -> bool:
+    """Repeats on both sides of ``pivot`` (B faster in one, slower in another): the
+    machine's noise is larger than the feature's cost, and the row says NOISY."""
+    return len(values) > 1 and min(values) < pivot < max(values)
+
+
 def feature_row(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """One feature's row from its runs: ``runs[scenario]["A"|"B"]`` (repeat r at index r;
     ``ns_sat`` and ``ns_c1``).  Ratios and differences are of medians and of each
@@ -112,12 +118,18 @@ def feature_row(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, A
                  if _lat(a, key) is not None and _lat(b, key) is not None]
         row[f"added_{key}_runs"] = diffs
         row[f"added_{key}"] = statistics.median(diffs) if diffs else None
+        row[f"added_{key}_noisy"] = _straddles(diffs, 0.0)
+    row["rps_ratio_noisy"] = _straddles(row["rps_ratio_runs"], 1.0)
     row["non2xx_errors"] = sum(r.get("non2xx", 0) + r.get("error_count", 0)
                                for sc in (sat, c1) for side in ("A", "B") for r in sc[side])
     row["failed"] = [r["failed"] for sc in (sat, c1) for side in ("A", "B") for r in sc[side] if r.get("failed")]
     row["completed_b"] = sum(r.get("completed_total", 0) for sc in (sat, c1) for r in sc["B"])
     row["sent_max_b"] = sum(r.get("sent_total_max", 0) for sc in (sat, c1) for r in sc["B"])
     return row
+
+
+def _noisy(row: dict[str, Any], key: str) -> str:
+    return " NOISY" if row.get(f"{key}_noisy") else ""
 
 
 def render_rows(features: dict[str, Any]) -> list[str]:
@@ -129,7 +141,7 @@ def render_rows(features: dict[str, Any]) -> list[str]:
            "A: the base mode as the rest of this table runs it; B: the same plus the feature. Req/s at "
            "saturation (64 connections) and proxy CPU µs/request there, medians over the repeats (B/A per "
            "repeat in brackets); added latency at concurrency 1 = B - A, the median of the repeats' "
-           "differences.\n",
+           "differences; NOISY where the repeats disagree about the sign (B faster in one, slower in another).\n",
            "| feature (B) | base mode | req/s A → B | B/A (per repeat) | proxy CPU µs/req A → B | added CPU µs/req | "
            "p50 ms at c=1 A → B | added p50 ms | added p99 ms | non-2xx + errors | feature on |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -138,11 +150,13 @@ def render_rows(features: dict[str, Any]) -> list[str]:
         ratio_runs = " / ".join(f"{x:.0%}" for x in r["rps_ratio_runs"])
         out.append(
             f"| {name}: {feat['title']} | {feat['mode']} | {f(r['rps_a'], '{:.0f}')} → {f(r['rps_b'], '{:.0f}')} | "
-            f"{f(r['rps_ratio'], '{:.0%}')} ({ratio_runs or '—'}) | {f(r['cpu_us_a'], '{:.0f}')} → "
+            f"{f(r['rps_ratio'], '{:.0%}')} ({ratio_runs or '—'}){_noisy(r, 'rps_ratio')} | "
+            f"{f(r['cpu_us_a'], '{:.0f}')} → "
             f"{f(r['cpu_us_b'], '{:.0f}')} | {f(r['cpu_us_added'], '{:+.1f}')}"
             + (f" (+ Redis {r['service_cpu_us_b']:.0f})" if r.get("service_cpu_us_b") is not None else "")
             + f" | {f(r['p50_a'], '{:.3f}')} → "
-            f"{f(r['p50_b'], '{:.3f}')} | {f(r['added_p50'], '{:+.3f}')} | {f(r['added_p99'], '{:+.3f}')} | "
+            f"{f(r['p50_b'], '{:.3f}')} | {f(r['added_p50'], '{:+.3f}')}{_noisy(r, 'added_p50')} | "
+            f"{f(r['added_p99'], '{:+.3f}')}{_noisy(r, 'added_p99')} | "
             f"{r['non2xx_errors']} | {feat.get('probe', {}).get('measured', '—')} |")
     out.append("")
     return out

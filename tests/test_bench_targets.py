@@ -145,6 +145,10 @@ def test_feature_row_pairs_the_repeats() -> None:
     # B - A per repeat: p50 +0.05, +0.02, +0.09 -> median +0.05 (not B's median - A's: 0.40 - 0.31)
     assert round(row["added_p50"], 3) == 0.05 and round(row["added_p99"], 3) == 0.1
     assert row["non2xx_errors"] == 0 and row["completed_b"] == 600
+    # B was slower in every repeat: not noisy; B/A per repeat 0.9, 1.0, 0.8 never above 1
+    assert not row["added_p50_noisy"] and not row["rps_ratio_noisy"]
+    runs["ns_c1"]["B"][0]["latency_ms"]["p50"] = 0.25  # repeat 1: B 0.05 ms faster than A
+    assert feature_row(runs)["added_p50_noisy"]
 
 
 def test_feature_checks_fail_on_errors_and_on_a_feature_that_is_off() -> None:
