@@ -275,15 +275,32 @@ class WriteAheadLog:
 
     async def resolved(self, count: int) -> None:
         """The oldest ``count`` events submitted are durable elsewhere: delete the segments
-        holding only those, and start a new segment."""
+        holding only those, and start a new segment.
+
+        The unlinks run on the log's thread: on the loop one measured 1-8 ms under disk
+        load, a stall for every request in flight (issue 27)."""
         async with self._lock:
             if self._current is not None:
                 self._closed.append((self._current, self._current_last))
                 self._current = None
             closed = self._closed
+            done: list[Path] = []
             while closed and closed[0][1] <= count:
-                path, _ = closed.popleft()
-                path.unlink(missing_ok=True)
+                done.append(closed.popleft()[0])
+            if not done:
+                return
+            if self._executor is None:  # stopped: nothing else is waiting on the loop
+                _unlink_all(done)
+            else:
+                # Shielded: a cancelled flusher must not leave a resolved segment behind
+                # (a queued job whose future is cancelled would never run).
+                await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(self._executor, _unlink_all, done))
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _append_synced(path: Path, data: bytes) -> None:
