@@ -281,12 +281,19 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     failure (cancellation included) rolls back before it propagates."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        stepped = False
         while True:
             try:
                 next(steps)
             except StopIteration as done:
                 result: T = done.value
                 break
+            stepped = True
+            await asyncio.sleep(0)
+        if stepped:
+            # A many-step body's COMMIT gets a stretch of its own, not one after the last
+            # step's work: it writes every dirty page to the WAL (~0.5-0.9 ms for 1,000
+            # usage rows, issue 27).  A one-step body (one request's row) commits at once.
             await asyncio.sleep(0)
         conn.execute("COMMIT")
     except BaseException:
