@@ -217,7 +217,13 @@ def _attribute(reqs: list[tuple[int, int, float]], hooks: dict[str, Any], slow_n
     by_gen: dict[str, list[int]] = {}
     for _, _, c, g, _ in gcs:
         by_gen.setdefault(f"gen{g}", []).append(c)
+    # The loop's own stalls: task stretches (every background job of the gateway is a
+    # task; the request path is not) of >= 0.5 ms of the loop thread's CPU.
+    tasks = [c for _, _, c, n in events if n.startswith("task ")]
     return {
+        "loop_stalls_per_10k": round(sum(1 for c in tasks if c >= 500_000) * per10k, 2),
+        "loop_stalls_over_1ms_per_10k": round(sum(1 for c in tasks if c >= 1_000_000) * per10k, 2),
+        "loop_stall_cpu_ms_per_10k": round(sum(c for c in tasks if c >= 500_000) / 1e6 * per10k, 2),
         "slow_requests": len(slow),
         "slow_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])),
         "stalls_in_window": dict(sorted(stalls.items(), key=lambda kv: -kv[1]["cpu_over_0.5ms_per_10k"])),
@@ -327,10 +333,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
     keys = ("p50_ms", "p99_ms", "p999_ms", "slow_per_10k", "over_2ms_per_10k", "gateway_p99_ms",
             "gateway_p999_ms", "gateway_cpu_us_per_req")
+    hook_keys = ("loop_stalls_per_10k", "loop_stalls_over_1ms_per_10k", "loop_stall_cpu_ms_per_10k")
     for mode in args.mode.split(","):
         for k, root in enumerate(roots):
             rows = [x for x in results if x["mode"] == mode and x["root"] == str(root)]
             med = {key: round(statistics.median(x[key] for x in rows), 3) for key in keys}
+            if all("attribution" in x for x in rows):
+                med |= {key: statistics.median(x["attribution"][key] for x in rows) for key in hook_keys}
+                med["noop_ticks_over_1.5ms_per_10k"] = statistics.median(
+                    x["noop_late_ticks"]["over_1.5ms_per_10k"] for x in rows if "noop_late_ticks" in x)
+                med["gw_ticks_over_1.5ms_per_10k"] = statistics.median(
+                    x["attribution"]["late_ticks"]["over_1.5ms_per_10k"] for x in rows)
             print(f"median of {len(rows)} | {mode} | {root} | {json.dumps(med)}")
     print(f"work dir: {work}; load now: {os.getloadavg()}")
     return 0

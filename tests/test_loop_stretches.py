@@ -165,3 +165,54 @@ def test_a_batch_validated_in_slices_still_drops_a_repeated_id_across_slices(tmp
         assert conn.execute("SELECT input_tokens FROM usage_log WHERE request_id = 'q3'").fetchone()[0] == 5
     finally:
         conn.close()
+
+
+def test_the_key_registry_parses_a_slice_of_keys_per_stretch(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from plano_fast import key_registry
+    from plano_fast.key_registry import RELOAD_SLICE, ApiKeyRegistry
+
+    n = 3 * RELOAD_SLICE + 7
+    per_stretch: list[int] = []
+    real_parse = key_registry.parse_upstream
+
+    def counting_parse(key: object) -> object:
+        per_stretch[-1] += 1
+        return real_parse(key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(key_registry, "parse_upstream", counting_parse)
+
+    async def main() -> None:
+        async with open_store(None, str(tmp_path / "plano.db")) as store:
+            await migrate(store)
+            project = await store.create_project("p")
+            hashes = [f"{i:064x}" for i in range(n)]
+            for h in hashes:
+                await store.register_api_key(h, project.id, "openai", "http://127.0.0.1:9", "k")
+            registry = ApiKeyRegistry(store, reload_interval_s=3600)
+            per_stretch.append(0)
+            reload = asyncio.get_running_loop().create_task(registry.reload())
+            while not reload.done():
+                await asyncio.sleep(0)
+                per_stretch.append(0)
+            await reload
+            assert registry.ready and len(registry) == n
+            assert all(registry.lookup(h) is not None for h in hashes)
+            assert max(per_stretch) <= RELOAD_SLICE and sum(per_stretch) == n
+
+            # A reload started during another (an admin change) waits for it, then reads
+            # the store: keys revoked in between are gone once both are done, although the
+            # later reload alone (few keys left: one stretch) would finish first.
+            monkeypatch.setattr(key_registry, "RELOAD_SLICE", 1)  # the first: n stretches
+            first = asyncio.get_running_loop().create_task(registry.reload())
+            while sum(per_stretch) == n:  # until the first is parsing
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert not first.done()
+            with sqlite3.connect(tmp_path / "plano.db") as admin:
+                admin.execute("UPDATE registered_api_keys SET is_active = 0 WHERE key_hash <> ?", (hashes[0],))
+            admin.close()
+            await asyncio.gather(first, registry.reload())
+            assert registry.lookup(hashes[0]) is not None and len(registry) == 1
+
+    asyncio.run(main())
