@@ -261,6 +261,9 @@ def _install_gateway_hooks() -> None:
     original_start = app.Gateway.start
 
     async def start(self: Any) -> None:
+        threshold = os.environ.get("TAIL_HOOKS_GC_THRESHOLD")  # an experiment: "700,10,10"
+        if threshold:
+            gc.set_threshold(*map(int, threshold.split(",")))
         loop = asyncio.get_running_loop()
         loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
         await original_start(self)
