@@ -216,3 +216,49 @@ def test_the_key_registry_parses_a_slice_of_keys_per_stretch(tmp_path: Path,
             assert registry.lookup(hashes[0]) is not None and len(registry) == 1
 
     asyncio.run(main())
+
+
+def test_a_wal_sync_encodes_a_slice_per_stretch_and_loses_nothing_when_cancelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from plano_fast.billing import journal
+    from plano_fast.billing.journal import SYNC_SLICE
+
+    per_stretch: list[int] = []
+    real_encode = journal._encode_line
+
+    def counting_encode(fields: list[tuple[object, ...]]) -> bytes:
+        per_stretch[-1] += len(fields)
+        return real_encode(fields)
+
+    monkeypatch.setattr(journal, "_encode_line", counting_encode)
+    n = 3 * SYNC_SLICE + 5
+
+    async def main() -> None:
+        wal = WriteAheadLog(Journal(tmp_path / "usage.journal"), sync_interval_s=3600)
+        wal.start()
+        try:
+            for i in range(n):
+                wal.append(_event(f"e{i}"))
+            per_stretch.append(0)
+            sync = asyncio.get_running_loop().create_task(wal.sync())
+            await asyncio.sleep(0)  # the first slice is encoded
+            per_stretch.append(0)
+            sync.cancel()  # mid-encoding: the events go back to the buffer, in order
+            with pytest.raises(asyncio.CancelledError):
+                await sync
+            assert wal.syncs == 0 and len(wal._buffer) == n
+            wal.append(_event(f"e{n}"))
+            sync = asyncio.get_running_loop().create_task(wal.sync())
+            while not sync.done():
+                per_stretch.append(0)
+                await asyncio.sleep(0)
+            await sync
+            assert wal.syncs == 1
+            assert max(per_stretch) <= SYNC_SLICE
+            [segment] = wal.files
+            read = [e.request_id for batch in Journal.read_events(segment, 1000) for e in batch]
+            assert read == [f"e{i}" for i in range(n + 1)]
+        finally:
+            await wal.stop()
+
+    asyncio.run(main())
