@@ -8,6 +8,11 @@ smaller ones (and ``settle``'s single row) travel as one array per column.  ``se
 is built the same way around ``UPDATE ... WHERE NOT priced``.  So spend always equals the
 sum of the log, whatever is replayed or retried.
 
+Managed mode's hard budgets are on the request path, so each of their writes is one
+statement run on its own (its own transaction, one round trip): ``reserve`` (every limit or
+none) and ``settle`` (the row, its cost and the reservation's release in one counter
+upsert).  The pool sends no reset query at release (``_keep_session``).
+
 Counter rows are always locked in one global order (``COLLATE "C"`` in SQL, code-point order
 in Python) to keep concurrent writers and reservers from deadlocking; a deadlock or
 serialization failure that happens anyway is retried.
