@@ -535,9 +535,6 @@ class SqliteStore(SqlStore):
             if freed:
                 _bump_spent(conn, {}, now, freed)
             return 0
-        # New rows get ids above the current maximum (INTEGER PRIMARY KEY, and nobody else
-        # can write while we hold the lock): that tells which rows the insert skipped.
-        before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM usage_log").fetchone()[0]
         inserted = 0
         sums: DaySums = {}  # what the chunks cost, summed while each one is fully inserted
         start = 0
@@ -555,7 +552,17 @@ class SqliteStore(SqlStore):
             deltas = deltas_of_day_sums(sums)
             written = inserted
         else:
-            fresh = {r[0] for r in conn.execute("SELECT request_id FROM usage_log WHERE id > ?", (before,))}
+            # Some rows were skipped (their request id is stored already): the new ones are
+            # the last ``inserted`` ids.  Each new row gets the current maximum id + 1
+            # (INTEGER PRIMARY KEY) and nobody else can write while we hold the lock, so
+            # the ids this transaction inserted are consecutive and end at last_insert_rowid
+            # (found only on this rare path: no MAX(id) read before every insert).
+            fresh: set[str] = set()
+            if inserted:
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                fresh = {r[0] for r in conn.execute(
+                    "SELECT request_id FROM usage_log WHERE id > ? AND id <= ?", (last - inserted, last)
+                )}  # fmt: skip
             new = [r for r in rows if r.request_id in fresh]
             if len(new) != inserted:  # cannot happen under the lock; never count blindly
                 raise StoreError(f"usage insert wrote {inserted} rows but {len(new)} are new")
