@@ -113,7 +113,7 @@ def _multi_insert(n: int) -> str:
 
 def _chunk_sizes(n: int) -> list[int]:
     """``n`` rows as full chunks then decreasing powers of two (8 statement shapes at most;
-    128 rows of 20 or 6 parameters stay under SQLite's 32,766 variables)."""
+    128 rows of 31 parameters stay under SQLite's 32,766 variables)."""
     full, rest = divmod(n, _INSERT_CHUNK)
     sizes = [_INSERT_CHUNK] * full
     bit = 1 << max(0, rest.bit_length() - 1)
