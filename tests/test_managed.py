@@ -19,7 +19,7 @@ import pytest
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.managed.crypto import KeyCipher, generate_master_key, parse_master_key
 from plano_fast.managed.state import new_token, token_hash
-from plano_fast.store import PipeTarget, Store, open_store
+from plano_fast.store import CounterKey, PipeTarget, Store, open_store
 from tests.gateway_proc import GatewayProcess
 
 MASTER_KEY = generate_master_key()
@@ -304,6 +304,10 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
     assert len(recorded) == served
     assert spent <= limit
     assert limit - spent < cost  # within one request's cost of the limit
+    # Every answer was settled before it ended: nothing is still held, and the counter
+    # (which the reservations were checked against) holds exactly the rows' cost.
+    counter = store_call(pg_dsn, "", lambda s: s.get_counter(CounterKey("project", tenant.project_id, "total", 0)))
+    assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (spent, 0)
 
 
 @pytest.mark.parametrize(

@@ -932,6 +932,67 @@ def test_reservations_across_two_store_instances(backend: Backend) -> None:
     asyncio.run(main())
 
 
+def test_two_limit_reservations_on_fresh_counters_race_without_partial_holds(backend: Backend) -> None:
+    """Many two-counter reservations at once, from two store instances, on counters that do
+    not exist yet (the first requests of a new day): PostgreSQL's one-statement reserve
+    then sees counters created by a concurrent reservation between its check and its
+    upsert, the case it rolls back and runs again.  Exactly what fits the tighter (user)
+    limit is granted, both counters hold exactly the granted amounts, and every granted
+    reservation has one row per counter (nothing held that no reservation names)."""
+
+    async def main() -> None:
+        t = ns(2024, 6, 1, 0, 0, 1)
+        day, month = period_start("daily", t), period_start("monthly", t)
+        amount = 7
+        for round_ in range(3):  # fresh counters each round: a new user and project
+            targets = [
+                BudgetTarget("project", f"race-p{round_}", "monthly", month, 10_000),
+                BudgetTarget("user", f"race-u{round_}", "daily", day, 10 * amount),
+            ]
+            a, b = backend.store(), backend.store()
+            async with a, b:
+                if round_ == 0:
+                    await migrate(a)
+                results = await asyncio.gather(*(s.reserve(targets, amount) for _ in range(20) for s in (a, b)))
+                granted = [r for r in results if r is not None]
+                assert len(granted) == 10
+                for key in (targets[0].key, targets[1].key):
+                    c = await a.get_counter(key)
+                    assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (0, 10 * amount)
+                assert all(await asyncio.gather(*(a.release(r) for r in granted)))
+                for key in (targets[0].key, targets[1].key):
+                    c = await a.get_counter(key)
+                    assert c is not None and c.reserved_nano_usd == 0
+
+    asyncio.run(main())
+
+
+def test_settle_frees_counters_the_row_does_not_count_in(backend: Backend) -> None:
+    """The settle takes the reservation off the counters it was made on, whatever the row
+    adds: an unpriced row adds nothing; a row dated the next day (a request that ran over
+    midnight) adds to the next day's counter while the reservation leaves the first day's."""
+
+    async def body(store: Store) -> None:
+        t = ns(2024, 7, 31, 23, 59, 59)
+        day = period_start("daily", t)
+        next_t = ns(2024, 8, 1, 0, 0, 2)
+        targets = [BudgetTarget("user", "u1", "daily", day, 1_000), BudgetTarget("project", "p1", "total", 0, 1_000)]
+        unpriced = await store.reserve(targets, 300)
+        late = await store.reserve(targets, 200)
+        assert unpriced is not None and late is not None
+        assert await store.settle(unpriced, usage(t=t, cost=None, user="u1"))
+        assert await store.settle(late, usage(t=next_t, cost=150, user="u1"))
+        first_day = await store.get_counter(CounterKey("user", "u1", "daily", day))
+        second_day = await store.get_counter(CounterKey("user", "u1", "daily", period_start("daily", next_t)))
+        total = await store.get_counter(CounterKey("project", "p1", "total", 0))
+        assert first_day is not None and (first_day.spent_nano_usd, first_day.reserved_nano_usd) == (0, 0)
+        assert second_day is not None and (second_day.spent_nano_usd, second_day.reserved_nano_usd) == (150, 0)
+        assert total is not None and (total.spent_nano_usd, total.reserved_nano_usd) == (150, 0)
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
 def test_reservation_is_all_or_nothing(backend: Backend) -> None:
     async def body(store: Store) -> None:
         t = ns(2024, 4, 10, 12)

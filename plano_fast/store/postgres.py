@@ -8,6 +8,11 @@ smaller ones (and ``settle``'s single row) travel as one array per column.  ``se
 is built the same way around ``UPDATE ... WHERE NOT priced``.  So spend always equals the
 sum of the log, whatever is replayed or retried.
 
+Managed mode's hard budgets are on the request path, so each of their writes is one
+statement run on its own (its own transaction, one round trip): ``reserve`` (every limit or
+none) and ``settle`` (the row, its cost and the reservation's release in one counter
+upsert).  The pool sends no reset query at release (``_keep_session``).
+
 Counter rows are always locked in one global order (``COLLATE "C"`` in SQL, code-point order
 in Python) to keep concurrent writers and reservers from deadlocking; a deadlock or
 serialization failure that happens anyway is retried.
@@ -59,10 +64,28 @@ _MIGRATION_LOCK = 0x706C616E6F5F6D  # pg_advisory_xact_lock key for migrations (
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
-def _counters_cte(source: str, now_param: str) -> str:
+def _counters_cte(source: str, now_param: str, freed: str | None = None) -> str:
     """CTEs adding ``source``'s (time_ns, project_id, user_id, key_hash, cost_nano_usd)
     to spending_counters for each scope present and each period.  Costs are first summed
-    per scope and UTC day, so the month arithmetic runs per day, not per row."""
+    per scope and UTC day, so the month arithmetic runs per day, not per row.
+
+    ``freed`` names a CTE of (k, i, p, s, a) -- a settled reservation's rows: ``a`` comes
+    off ``reserved`` of those counters in the same upsert (one statement may modify a row
+    only once, and one ordered upsert keeps the global lock order)."""
+    freed_keys = (
+        f'\n    UNION ALL\n    SELECT k COLLATE "default", i COLLATE "default", p COLLATE "default", s, 0::bigint'
+        f"\n      FROM {freed}"
+        if freed
+        else ""
+    )
+    freed_set = (
+        f""",
+           reserved_nano_usd = sc.reserved_nano_usd - COALESCE((
+               SELECT SUM(f.a) FROM {freed} f WHERE f.k = sc.scope_kind AND f.i = sc.scope_id
+                  AND f.p = sc.period AND f.s = sc.period_start), 0)"""
+        if freed
+        else ""
+    )
     return f"""
 scoped AS (
     SELECT k, i, d, SUM(c) AS c FROM (
@@ -85,7 +108,7 @@ periods AS (
            c
       FROM scoped
     UNION ALL
-    SELECT k, i, 'daily', d * 86400, c FROM scoped
+    SELECT k, i, 'daily', d * 86400, c FROM scoped{freed_keys}
 ),
 bump AS (
     INSERT INTO spending_counters AS sc
@@ -96,7 +119,7 @@ bump AS (
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
     ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
        SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
-           updated_at_ns = EXCLUDED.updated_at_ns
+           updated_at_ns = EXCLUDED.updated_at_ns{freed_set}
     RETURNING 1
 )"""
 
@@ -130,6 +153,27 @@ WITH input AS (
     ) AS r({_USAGE_COLUMN_LIST})
 ),"""
     + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}"))
+)
+
+# ``settle``: the usage row written, its cost counted and its reservation taken back, in
+# ONE statement (one round trip, its own transaction): the reservation's rows are deleted
+# and their amounts come off ``reserved`` in the same ordered upsert that adds the cost.
+_SETTLE = (
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        """
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))
+    + f"""
+    ) AS r({_USAGE_COLUMN_LIST})
+),
+taken AS (
+    DELETE FROM spending_reservations WHERE id = ${_USAGE_WIDTH + 2}::text
+    RETURNING scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
+),"""
+    + _INSERT_AND_COUNT.format(
+        source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}", freed="taken")
+    ).replace("SELECT count(*) FROM ins", "SELECT (SELECT count(*) FROM taken)")
 )
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
@@ -199,26 +243,55 @@ src AS (
 SELECT count(*) FILTER (WHERE priced) FROM upd
 """
 
-# One atomic statement per counter: create it holding the reservation if it is new and the
-# amount fits, otherwise add to ``reserved`` only if spent + reserved + amount <= limit
-# (evaluated on the locked, latest row version).
-_RESERVE = """
-INSERT INTO spending_counters AS sc
-    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-SELECT $1::text, $2::text, $3::text, $4::bigint, 0, $5::bigint, $6::bigint WHERE $5::bigint <= $7::bigint
-ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
-   SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
-       updated_at_ns = EXCLUDED.updated_at_ns
- WHERE sc.spent_nano_usd + sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd <= $7::bigint
-RETURNING 1
+# ``reserve`` in ONE statement (one round trip, its own transaction), all or nothing:
+# ``chk`` locks the target counters that exist, in the global lock order, and reads their
+# latest versions (READ COMMITTED re-reads a row once its lock is granted); only when
+# every one fits ``spent + reserved + amount <= limit`` (and the amount fits the limit of
+# every counter still to be created) does ``held`` add the amount to all of them, creating
+# the missing ones, and the reservation's rows are written from what ``held`` returns.
+# ``held`` checks each limit again on the row it updates, so one that a concurrent
+# reservation created between ``chk`` and ``held`` is never overfilled; then ``held``
+# covers only part of the targets, and the statement fails on purpose (the cast of
+# ``_PARTIAL``), which rolls all of it back: ``reserve`` runs it again (it then sees that
+# row in ``chk``).  The result: the number of counters reserved, len(targets) or 0.
+_PARTIAL = "plano_reservation_partial"
+_RESERVE = f"""
+WITH t AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, lim)
+),
+chk AS (
+    SELECT sc.spent_nano_usd + sc.reserved_nano_usd + $6::bigint <= t.lim AS fits
+      FROM t JOIN spending_counters sc
+        ON sc.scope_kind = t.k AND sc.scope_id = t.i AND sc.period = t.p AND sc.period_start = t.s
+     ORDER BY sc.scope_kind, sc.scope_id, sc.period, sc.period_start
+       FOR UPDATE OF sc
+),
+held AS (
+    INSERT INTO spending_counters AS sc
+        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, 0, $6::bigint, $7::bigint FROM t
+     WHERE (SELECT bool_and(fits) IS NOT FALSE FROM chk) AND (SELECT bool_and($6::bigint <= lim) FROM t)
+     ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+       SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
+           updated_at_ns = EXCLUDED.updated_at_ns
+     WHERE sc.spent_nano_usd + sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd
+           <= (SELECT t.lim FROM t WHERE t.k = sc.scope_kind AND t.i = sc.scope_id
+                                    AND t.p = sc.period AND t.s = sc.period_start)
+    RETURNING scope_kind, scope_id, period, period_start
+),
+rows AS (
+    INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
+                                       amount_nano_usd, created_at_ns, expires_at_ns, owner)
+    SELECT $8::text, scope_kind, scope_id, period, period_start, $6::bigint, $7::bigint, $9::bigint, $10::text
+      FROM held
+)
+SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
+  FROM (SELECT count(*) AS n FROM held) AS h
 """
-
-_INSERT_RESERVATIONS = """
-INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
-                                   amount_nano_usd, created_at_ns, expires_at_ns, owner)
-SELECT $1::text, k, i, p, s, $6::bigint, $7::bigint, $8::bigint, $9::text
-  FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS t(k, i, p, s)
-"""
+_RESERVE_ATTEMPTS = 5
+"""A partial ``held`` needs a counter created by a concurrent reservation in the same
+instant; each retry sees it, so a second attempt is all it takes in practice."""
 
 _TAKE_RESERVATION = """
 DELETE FROM spending_reservations WHERE id = $1
@@ -304,10 +377,6 @@ def _usage_arrays(rows: Sequence[UsageRow]) -> list[list[Any]]:
     return [list(column) for column in zip(*_usage_records(rows), strict=True)]
 
 
-class _Refused(Exception):
-    pass
-
-
 class _OneLinePoolWarnings(logging.Filter):
     """asyncpg's pool logs every failed attempt to restore its connection floor with a
     full traceback (asyncpg/pool.py ``_maintain_min_size``: 1, 2, 4 ... 60 s apart while
@@ -326,6 +395,16 @@ class _OneLinePoolWarnings(logging.Filter):
 
 
 _POOL_FILTER: Final = _OneLinePoolWarnings()
+
+
+async def _keep_session(conn: Any) -> None:
+    """The pool's reset at each release, in place of asyncpg's default: that one sends
+    ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` -- a round trip
+    per release, so one more per store call (a managed request's reserve and settle are
+    one statement each).  This store leaves no session state to reset: no ``SET`` (only
+    transaction-scoped settings and ``pg_advisory_xact_lock``), no ``LISTEN``, no cursors
+    held past a transaction, and its temp table empties at each commit.  asyncpg still
+    rolls back a transaction left open before this is called."""
 
 
 class PostgresStore(SqlStore):
@@ -359,6 +438,7 @@ class PostgresStore(SqlStore):
             max_size=self.max_size,
             command_timeout=self.command_timeout,
             timeout=self.connect_timeout_s,
+            reset=_keep_session,
         )
         try:
             await pool
@@ -560,35 +640,26 @@ class PostgresStore(SqlStore):
         todo = check_targets(targets, amount_nano_usd)
         now = time.time_ns()
         res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
+        if not todo:
+            return res
+        args = (
+            [t.scope_kind for t in todo], [t.scope_id for t in todo], [t.period for t in todo],
+            [t.period_start for t in todo], [t.limit_nano_usd for t in todo],
+            amount_nano_usd, now, res.id, res.expires_at_ns, owner,
+        )  # fmt: skip
 
-        async def body(conn: Any) -> None:
-            # The reservation rows first: they conflict with nobody, and the counter row
-            # locks taken below are then held only until COMMIT.
-            await conn.execute(
-                _INSERT_RESERVATIONS,
-                res.id,
-                [k.scope_kind for k in res.counters],
-                [k.scope_id for k in res.counters],
-                [k.period for k in res.counters],
-                [k.period_start for k in res.counters],
-                amount_nano_usd,
-                now,
-                res.expires_at_ns,
-                owner,
-            )
-            for t in todo:  # sorted: the global lock order
-                ok = await conn.fetchval(
-                    _RESERVE, t.scope_kind, t.scope_id, t.period, t.period_start,
-                    amount_nano_usd, now, t.limit_nano_usd,
-                )  # fmt: skip
-                if ok is None:
-                    raise _Refused
+        async def attempt() -> int:
+            for tries_left in range(_RESERVE_ATTEMPTS - 1, -1, -1):
+                try:
+                    return int(await self.pool.fetchval(_RESERVE, *args))
+                except asyncpg.exceptions.InvalidTextRepresentationError as exc:
+                    if _PARTIAL not in str(exc):
+                        raise
+                    if not tries_left:  # refused rather than a reservation half made
+                        return 0
+            raise AssertionError("unreachable")  # pragma: no cover
 
-        try:
-            await self._in_tx(body)
-        except _Refused:
-            return None
-        return res
+        return res if await self._retrying(attempt) else None
 
     @staticmethod
     async def _release_on(conn: Any, reservation_id: str, now: int) -> bool:
@@ -600,14 +671,13 @@ class PostgresStore(SqlStore):
         return True
 
     async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
-        batch = normalize_usage([usage])
+        arrays = _usage_arrays(normalize_usage([usage]))
         now = time.time_ns()
 
-        async def body(conn: Any) -> bool:
-            await self._write_usage_on(conn, batch, now)
-            return await self._release_on(conn, reservation.id, now)
+        async def attempt() -> bool:
+            return bool(await self.pool.fetchval(_SETTLE, *arrays, now, reservation.id))
 
-        return await self._in_tx(body)
+        return await self._retrying(attempt)
 
     async def release(self, reservation: Reservation) -> bool:
         now = time.time_ns()

@@ -134,7 +134,7 @@ def _multi_insert(n: int) -> str:
 
 def _chunk_sizes(n: int) -> list[int]:
     """``n`` rows as full chunks then decreasing powers of two (6 statement shapes at most;
-    32 rows of 20 or 6 parameters stay far under SQLite's 32,766 variables)."""
+    32 rows of 31 parameters stay far under SQLite's 32,766 variables)."""
     full, rest = divmod(n, _INSERT_CHUNK)
     sizes = [_INSERT_CHUNK] * full
     bit = 1 << max(0, rest.bit_length() - 1)
@@ -146,55 +146,76 @@ def _chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
-# Counter upserts, many rows per statement (one sqlite3_step, not one per counter: a
-# managed request alone bumps up to nine).  SQLite turns an integer sum past 64 bits into
-# a REAL without a word, which would leave an inexact counter; the WHERE skips such an
-# update instead, and _bump_spent turns the skip into the error PostgreSQL raises for the
-# same sum (bigint out of range).
-_BUMP_HEAD = (
+# Counter writes.  An existing counter (nearly always: a scope's counters are created by
+# its first request of a period) is changed with a plain UPDATE by primary key, one
+# executemany for all of them.  Not an upsert: an INSERT evaluates every CHECK of
+# spending_counters, and each ``IN ('project', 'user', 'key')`` / ``IN ('total', ...)``
+# list of three or more values is compiled to an ephemeral table built at every
+# execution (SQLite codes IN as comparisons only for lists of two values or fewer):
+# ~50k instructions per statement, more than the rest of the statement, under callgrind.
+# An UPDATE checks only the constraints of the columns it sets.  Counters the UPDATE did
+# not find are then created by an INSERT ... ON CONFLICT DO NOTHING (the write lock is
+# held, so nothing can create them in between).
+#
+# SQLite turns an integer sum past 64 bits into a REAL without a word, which would leave
+# an inexact counter; the WHERE skips such an update instead (the counter then is neither
+# updated nor inserted, which _bump_spent turns into the error PostgreSQL raises for the
+# same sum: bigint out of range).
+_ADD_SPENT = (
+    "UPDATE spending_counters SET spent_nano_usd = spent_nano_usd + ?, "
+    "reserved_nano_usd = reserved_nano_usd - ?, updated_at_ns = ? "
+    "WHERE scope_kind = ? AND scope_id = ? AND period = ? AND period_start = ? "
+    "AND spent_nano_usd <= 9223372036854775807 - ?"
+)
+_NEW_COUNTER = (
     "INSERT INTO spending_counters (scope_kind, scope_id, period, period_start, "
-    "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES "
-)
-_BUMP_TAIL = (
-    " ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE SET "
-    "spent_nano_usd = spent_nano_usd + excluded.spent_nano_usd, updated_at_ns = excluded.updated_at_ns "
-    "WHERE spent_nano_usd <= 9223372036854775807 - excluded.spent_nano_usd"
+    "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES (?, ?, ?, ?, ?, 0, ?) "
+    "ON CONFLICT (scope_kind, scope_id, period, period_start) DO NOTHING"
 )
 
 
-@functools.cache
-def _multi_bump(n: int) -> str:
-    return _BUMP_HEAD + ",".join(["(?, ?, ?, ?, ?, 0, ?)"] * n) + _BUMP_TAIL
+def _bump_spent(
+    conn: sqlite3.Connection, deltas: dict[CounterKey, int], now: int, freed: dict[CounterKey, int] | None = None
+) -> None:
+    """Add ``deltas`` to ``spent`` of the spending counters and take ``freed`` (a settled
+    reservation's amounts) off their ``reserved`` (inside the caller's transaction).  In
+    no particular order: the database-wide write lock is already held, so unlike
+    PostgreSQL's row locks there is no lock order to keep."""
+    keys = list(deltas) if not freed else list(dict.fromkeys([*deltas, *freed]))
+    if not keys:
+        return
+    free = freed or {}
+    changed = conn.executemany(
+        _ADD_SPENT,
+        [
+            (deltas.get(k, 0), free.get(k, 0), now, k.scope_kind, k.scope_id, k.period, k.period_start,
+             deltas.get(k, 0))
+            for k in keys
+        ],
+    ).rowcount  # fmt: skip
+    if changed == len(keys):
+        return
+    # Some counters are new (a reservation's counter always exists: reserve made it).
+    created = conn.executemany(
+        _NEW_COUNTER,
+        [(k.scope_kind, k.scope_id, k.period, k.period_start, deltas.get(k, 0), now) for k in keys],
+    ).rowcount
+    if changed + created != len(keys):
+        raise sqlite3.DataError("a spending counter would exceed 64 bits (nano-USD)")
 
 
-def _bump_spent(conn: sqlite3.Connection, deltas: dict[CounterKey, int], now: int) -> None:
-    """Add ``deltas`` to the spending counters (inside the caller's transaction).  In no
-    particular order: the database-wide write lock is already held, so unlike PostgreSQL's
-    row locks there is no lock order to keep."""
-    items = list(deltas.items())
-    start = 0
-    for size in _chunk_sizes(len(items)):
-        params: list[object] = []
-        for k, v in items[start : start + size]:
-            params.extend((k.scope_kind, k.scope_id, k.period, k.period_start, v, now))
-        start += size
-        if conn.execute(_multi_bump(size), params).rowcount != size:
-            raise sqlite3.DataError("a spending counter would exceed 64 bits (nano-USD)")
-
-
-# One atomic statement per counter: create it holding the reservation if it is new and the
-# amount fits, otherwise add to reserved only if spent + reserved + amount <= limit.
+# A reservation, per counter: add the amount to ``reserved`` if spent + reserved + amount
+# <= limit (an UPDATE: see above); when that changes nothing, either the counter is new
+# (then it is created holding the amount, if the amount fits the limit) or it is refused.
 _RESERVE = (
+    "UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd + ?, updated_at_ns = ? "
+    "WHERE scope_kind = ? AND scope_id = ? AND period = ? AND period_start = ? "
+    "AND spent_nano_usd + reserved_nano_usd + ? <= ?"
+)
+_RESERVE_NEW = (
     "INSERT INTO spending_counters (scope_kind, scope_id, period, period_start, "
     "spent_nano_usd, reserved_nano_usd, updated_at_ns) SELECT ?, ?, ?, ?, 0, ?, ? WHERE ? <= ? "
-    "ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE SET "
-    "reserved_nano_usd = reserved_nano_usd + excluded.reserved_nano_usd, "
-    "updated_at_ns = excluded.updated_at_ns "
-    "WHERE spent_nano_usd + reserved_nano_usd + excluded.reserved_nano_usd <= ?"
-)
-_UNRESERVE = (
-    "UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd - ?, updated_at_ns = ? "
-    "WHERE scope_kind = ? AND scope_id = ? AND period = ? AND period_start = ?"
+    "ON CONFLICT (scope_kind, scope_id, period, period_start) DO NOTHING"
 )
 _CHUNK = 500  # bound parameters per IN (...) list; old SQLite builds allow only 999
 
@@ -532,14 +553,16 @@ class SqliteStore(SqlStore):
     # -- usage and billing --------------------------------------------------------------------
 
     @staticmethod
-    def _write_usage_steps(conn: sqlite3.Connection, rows: list[UsageRow], now: int) -> Generator[None, None, int]:
+    def _write_usage_steps(
+        conn: sqlite3.Connection, rows: list[UsageRow], now: int, freed: dict[CounterKey, int] | None = None
+    ) -> Generator[None, None, int]:
         """Insert + count, yielding between chunks (where ``_hot_run`` lets the loop run);
-        the caller holds the write lock (BEGIN IMMEDIATE)."""
+        the caller holds the write lock (BEGIN IMMEDIATE).  ``freed``: a settled
+        reservation's amounts, taken off ``reserved`` by the same counter updates."""
         if not rows:
+            if freed:
+                _bump_spent(conn, {}, now, freed)
             return 0
-        # New rows get ids above the current maximum (INTEGER PRIMARY KEY, and nobody else
-        # can write while we hold the lock): that tells which rows the insert skipped.
-        before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM usage_log").fetchone()[0]
         inserted = 0
         sums: DaySums = {}  # what the chunks cost, summed while each one is fully inserted
         start = 0
@@ -557,14 +580,24 @@ class SqliteStore(SqlStore):
             deltas = deltas_of_day_sums(sums)
             written = inserted
         else:
-            fresh = {r[0] for r in conn.execute("SELECT request_id FROM usage_log WHERE id > ?", (before,))}
+            # Some rows were skipped (their request id is stored already): the new ones are
+            # the last ``inserted`` ids.  Each new row gets the current maximum id + 1
+            # (INTEGER PRIMARY KEY) and nobody else can write while we hold the lock, so
+            # the ids this transaction inserted are consecutive and end at last_insert_rowid
+            # (found only on this rare path: no MAX(id) read before every insert).
+            fresh: set[str] = set()
+            if inserted:
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                fresh = {r[0] for r in conn.execute(
+                    "SELECT request_id FROM usage_log WHERE id > ? AND id <= ?", (last - inserted, last)
+                )}  # fmt: skip
             new = [r for r in rows if r.request_id in fresh]
             if len(new) != inserted:  # cannot happen under the lock; never count blindly
                 raise StoreError(f"usage insert wrote {inserted} rows but {len(new)} are new")
             deltas = counter_deltas(new)
             written = len(new)
-        if deltas:
-            _bump_spent(conn, deltas, now)
+        if deltas or freed:
+            _bump_spent(conn, deltas, now, freed)
         return written
 
     def rejects_data(self, exc: BaseException) -> bool:
@@ -674,9 +707,10 @@ class SqliteStore(SqlStore):
             for t in todo:
                 key = (t.scope_kind, t.scope_id, t.period, t.period_start)
                 limit = t.limit_nano_usd
-                cur = conn.execute(_RESERVE, (*key, amount_nano_usd, now, amount_nano_usd, limit, limit))
-                if cur.rowcount != 1:
-                    raise _Refused
+                if conn.execute(_RESERVE, (amount_nano_usd, now, *key, amount_nano_usd, limit)).rowcount == 1:
+                    continue
+                if conn.execute(_RESERVE_NEW, (*key, amount_nano_usd, now, amount_nano_usd, limit)).rowcount != 1:
+                    raise _Refused  # it exists and the amount does not fit, or it exceeds the limit
             conn.executemany(
                 "INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start, "
                 "amount_nano_usd, created_at_ns, expires_at_ns, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -694,19 +728,29 @@ class SqliteStore(SqlStore):
         return res
 
     @staticmethod
-    def _release_sync(conn: sqlite3.Connection, reservation_id: str, now: int) -> bool:
+    def _take_sync(conn: sqlite3.Connection, reservation_id: str) -> dict[CounterKey, int] | None:
+        """Delete a reservation's rows: what each of its counters holds for it, or None
+        if it is gone already (settled, released or expired)."""
         rows = conn.execute(
             "SELECT scope_kind, scope_id, period, period_start, amount_nano_usd "
             "FROM spending_reservations WHERE id = ?",
             (reservation_id,),
         ).fetchall()
         if not rows:
-            return False
+            return None
         conn.execute("DELETE FROM spending_reservations WHERE id = ?", (reservation_id,))
-        held = sorted((CounterKey(r[0], r[1], r[2], int(r[3])), int(r[4])) for r in rows)
-        conn.executemany(
-            _UNRESERVE, [(amount, now, k.scope_kind, k.scope_id, k.period, k.period_start) for k, amount in held]
-        )
+        freed: dict[CounterKey, int] = {}
+        for r in rows:
+            key = CounterKey(r[0], r[1], r[2], int(r[3]))
+            freed[key] = freed.get(key, 0) + int(r[4])
+        return freed
+
+    @classmethod
+    def _release_sync(cls, conn: sqlite3.Connection, reservation_id: str, now: int) -> bool:
+        freed = cls._take_sync(conn, reservation_id)
+        if freed is None:
+            return False
+        _bump_spent(conn, {}, now, freed)
         return True
 
     async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
@@ -714,8 +758,10 @@ class SqliteStore(SqlStore):
         now = time.time_ns()
 
         def body(conn: sqlite3.Connection) -> bool:
-            _finish(self._write_usage_steps(conn, batch, now))
-            return self._release_sync(conn, reservation.id, now)
+            # The row's cost and the reservation's release in the same counter updates.
+            freed = self._take_sync(conn, reservation.id)
+            _finish(self._write_usage_steps(conn, batch, now, freed))
+            return freed is not None
 
         return await self._hot_tx(body)
 
