@@ -109,9 +109,10 @@ else:
     _HEAD = "python"
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
-#: headers, body, keep_alive, end)`` for a plain request complete in ``buf``, else None;
+#: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
 #: None itself when the fast path is not in use (httptools parses every request).
-parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None] | None
+#: ``forward`` is what ``forward_request_headers(headers)`` returns, built in the same pass.
+parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bool, int, bytes | None, bytes | None]] | None] | None
 if _built("_request"):
     from plano_fast.wire._request import parse_request
 
