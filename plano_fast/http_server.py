@@ -16,7 +16,10 @@ of a read that plano_fast/wire/_request.pyx accepts (a strict subset of what llh
 Content-Length bodies only, no Transfer-Encoding, Expect or Upgrade, the plain header
 grammar -- parsed to the same fields, which tests/test_request_fast_path.py checks against
 httptools) are dispatched from one Cython pass instead of a Python callback per header;
-everything else, from the first declined byte on, goes to httptools as before.
+everything else, from the first declined byte on, goes to httptools as before.  The same
+pass builds the upstream header block and finds the credential (``Request.forward``: what
+``wire.forward_request_headers`` would compute from the headers), so the exchange does
+not walk the header list a second time.
 
 A request is handed to the ``handler`` (the exchange) only once its body is complete: LLM
 requests must be routed on the ``model`` inside the body, so the body is needed before the
