@@ -131,6 +131,8 @@ DECLINED = {
     "content-length with a sign": b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
     "content-length with a space inside": b"HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\nhi",
     "upgrade": b"HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi",
+    "proxy-connection (llhttp reads it as connection)": b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\n"
+    b"Content-Length: 2\r\n\r\nhi",
     "connection naming a header": b"HTTP/1.1 200 OK\r\nConnection: x-foo\r\nContent-Length: 2\r\n\r\nhi",
     "two connection headers": b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n"
     b"Content-Length: 2\r\n\r\nhi",
@@ -157,7 +159,8 @@ def test_the_head_limit_is_left_to_httptools() -> None:
 
 
 # -- generated answers, then mutated: the fast path never disagrees with httptools ----
-NAMES = [b"Content-Length", b"content-length", b"Connection", b"Transfer-Encoding", b"Upgrade", b"Content-Type",
+NAMES = [b"Content-Length", b"content-length", b"Connection", b"Proxy-Connection", b"Transfer-Encoding", b"Upgrade",
+         b"Content-Type",
          b"X-A", b"X A", b"X\x00A", b"\xffX", b"Te", b"Trailer", b"Keep-Alive", b"Date", b"Server", b""]  # fmt: skip
 VALUE_BYTES = st.binary(min_size=0, max_size=12) | st.sampled_from(
     [b"chunked", b"close", b"keep-alive", b"Keep-Alive", b"upgrade", b"0", b"2", b" 2 ", b"-1", b"gzip, chunked",

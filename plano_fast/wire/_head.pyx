@@ -283,8 +283,8 @@ def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
     ``block`` is what ``response_head`` keeps of the head.  Taken: ``HTTP/1.1 NNN reason``
     with a status from 200 to 599 other than 204 and 304, CRLF line ends, header names of
     tchar, values of visible bytes, SP, HTAB or obs-text, exactly one Content-Length
-    (digits), no Transfer-Encoding or Upgrade, a Connection of only ``keep-alive`` or
-    ``close``, a head within ``max_head_bytes``, and the body complete with nothing after
+    (digits), no Transfer-Encoding, Upgrade or Proxy-Connection, a Connection of only
+    ``keep-alive`` or ``close``, a head within ``max_head_bytes``, and the body complete with nothing after
     it.  Everything else -- an interim 1xx, a chunked or close-delimited body, obs-fold, a
     body split over reads -- goes to httptools as before."""
     cdef const unsigned char *s = buf
@@ -344,6 +344,8 @@ def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
             elif kind == DROP:
                 if colon - a == 7 and name_is(s + a, 7, b"upgrade", 7):
                     return None
+                if colon - a == 16 and name_is(s + a, 16, b"proxy-connection", 16):
+                    return None  # llhttp reads it as Connection: left to it
                 if colon - a == 10 and name_is(s + a, 10, b"connection", 10):
                     if seen_connection:
                         return None
