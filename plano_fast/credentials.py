@@ -70,10 +70,18 @@ class ClientHeaders:
         self.query = query
 
 
-def read_client_headers(headers: list[tuple[bytes, bytes]], query: bytes) -> ClientHeaders:
+def read_client_headers(
+    headers: list[tuple[bytes, bytes]],
+    query: bytes,
+    forward: tuple[bytes, bool, bool, int, bytes | None, bytes | None] | None = None,
+) -> ClientHeaders:
     """Forwardable headers and the request's one credential; raises ``Unauthorized`` when
-    there is more than one or it is malformed.  ``headers``: names lowercased."""
-    block, seen_version, seen_request_id, count, name, value = forward_request_headers(headers)
+    there is more than one or it is malformed.  ``headers``: names lowercased; ``forward``:
+    ``forward_request_headers(headers)`` when already known (the request fast path builds
+    it in the pass that parsed the request: ``Request.forward``)."""
+    block, seen_version, seen_request_id, count, name, value = (
+        forward if forward is not None else forward_request_headers(headers)
+    )
     if query:
         query_count, query_value, query = split_query_key(query)
         if query_count:

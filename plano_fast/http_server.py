@@ -16,7 +16,10 @@ of a read that plano_fast/wire/_request.pyx accepts (a strict subset of what llh
 Content-Length bodies only, no Transfer-Encoding, Expect or Upgrade, the plain header
 grammar -- parsed to the same fields, which tests/test_request_fast_path.py checks against
 httptools) are dispatched from one Cython pass instead of a Python callback per header;
-everything else, from the first declined byte on, goes to httptools as before.
+everything else, from the first declined byte on, goes to httptools as before.  The same
+pass builds the upstream header block and finds the credential (``Request.forward``: what
+``wire.forward_request_headers`` would compute from the headers), so the exchange does
+not walk the header list a second time.
 
 A request is handed to the ``handler`` (the exchange) only once its body is complete: LLM
 requests must be routed on the ``model`` inside the body, so the body is needed before the
@@ -80,6 +83,9 @@ if TYPE_CHECKING:
     Pending = Coroutine[Any, Any, None] | None
 
 Header = tuple[bytes, bytes]
+#: what ``wire.forward_request_headers`` returns: (block, seen anthropic-version, seen
+#: x-request-id, credential count, first credential's name, its value)
+ForwardHeaders = tuple[bytes, bool, bool, int, bytes | None, bytes | None]
 
 # Write-buffer water marks for client transports.  64 KiB keeps a few SSE events in
 # flight without letting a slow reader grow memory; measured in the 1 GiB slow-reader test.
@@ -125,7 +131,7 @@ _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"
 class Request:
     """One parsed request, complete with its body.  Header names are lowercased."""
 
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "keep_alive")
+    __slots__ = ("method", "target", "path", "query", "headers", "body", "keep_alive", "forward")
 
     def __init__(
         self,
@@ -134,6 +140,7 @@ class Request:
         headers: list[Header],
         body: bytes,
         keep_alive: bool,
+        forward: ForwardHeaders | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -143,6 +150,9 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        #: ``wire.forward_request_headers(headers)``, when the fast path built it in the
+        #: pass that parsed the request (None: computed from ``headers`` on first use)
+        self.forward = forward
 
     @property
     def api_format(self) -> ApiFormat:
@@ -519,14 +529,14 @@ class ServerProtocol(asyncio.Protocol):
             parsed = parse(data, taken, limits.max_header_bytes, limits.max_body_bytes)
             if parsed is None:
                 return taken
-            method, target, headers, body, keep_alive, taken = parsed
+            method, target, headers, body, keep_alive, taken, forward = parsed
             self._url = target
             self.http11 = True
             if not keep_alive:
                 # Connection: close -- the client sends nothing after this request
                 # (RFC 9112 9.6), so nothing after it is read.
                 self._broken = True
-            self._dispatch(Request(method, target, headers, body, keep_alive))
+            self._dispatch(Request(method, target, headers, body, keep_alive, forward))
             if self._broken or taken == len(data):
                 return taken
 

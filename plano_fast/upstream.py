@@ -3,7 +3,10 @@
 One ``UpstreamConnection`` (an asyncio.Protocol) carries one request at a time.  Its
 response is parsed by httptools and each parsed piece is handed to the ``ResponseSink``
 (the exchange) straight from ``data_received`` — no task, no queue, no await per chunk —
-so an SSE event reaches the client in the same loop iteration it arrived in.
+so an SSE event reaches the client in the same loop iteration it arrived in.  A plain
+answer that arrives whole in one read (the common non-streaming case) skips httptools:
+``wire.parse_response`` (compiled; a strict subset of what llhttp accepts, checked against
+it in tests/test_response_fast_path.py) reads it in one pass and the same sink calls follow.
 
 Pool rules (after httpcore): all pool state changes in one synchronous step; idle
 connections are kept LIFO (the most recently used is the most likely to still be open); a
@@ -26,6 +29,7 @@ import httptools
 
 from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamStalled, UpstreamTimeout
+from plano_fast.wire import parse_response as _parse_response
 from plano_fast.wire import response_head
 
 Header = tuple[bytes, bytes]
@@ -209,6 +213,14 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         if not self._head_seen:
             buf = self._head_buf
+            if not buf and _parse_response is not None:
+                # At a message boundary: a whole plain answer in this read (the common
+                # case) is taken in one compiled pass instead of llhttp and three callbacks.
+                parsed = _parse_response(data, MAX_RESPONSE_HEAD_BYTES)
+                if parsed is not None:
+                    self._take_whole_response(sink, data, parsed)
+                    sink.on_upstream_read_done()
+                    return
             self._head_buf = buf + data if buf else data
         try:
             self._parser.feed_data(data)
@@ -223,6 +235,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamError(
                     f"upstream response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"), False)
         sink.on_upstream_read_done()
+
+    def _take_whole_response(
+        self, sink: ResponseSink, data: bytes, parsed: tuple[int, bytes, int, bool, int]
+    ) -> None:
+        """What the httptools callbacks do for a response ``parse_response`` accepted (the
+        parser is left at the message boundary, where it already was)."""
+        status, block, length, keep_alive, head_len = parsed
+        self._head_seen = True
+        self._has_length = True
+        try:
+            sink.on_upstream_head(UpstreamHead(status, block, length, False))
+            if length and self._sink is not None:
+                sink.on_upstream_body(data[head_len:])
+            self._message_complete(keep_alive)
+        except Exception as exc:  # noqa: BLE001 - as a callback's error under httptools
+            self._fail(UpstreamError(f"error relaying upstream response: {exc!r}"), False)
 
     def eof_received(self) -> bool | None:
         return False
@@ -282,13 +310,15 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if status < 200:
+        if self._parser.get_status_code() < 200:
             return
+        self._message_complete(self._parser.should_keep_alive())
+
+    def _message_complete(self, keep_alive: bool) -> None:
         sink = self._sink
         self._sink = None
         self._cancel_timer()
-        keep = self._parser.should_keep_alive() and not self.closed
+        keep = keep_alive and not self.closed
         if keep:
             # llhttp starts the next message on the same parser (a new one per response
             # cost ~3k instructions: httptools looks up every callback at construction).

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 _request = pytest.importorskip("plano_fast.wire._request", reason="the Cython extension is not built")
 parse_request = _request.parse_request
+from plano_fast.wire import _head_py  # noqa: E402 - after the skip
+
+_head = pytest.importorskip("plano_fast.wire._head", reason="the Cython extension is not built")
 
 MAX_HEAD = 32 * 1024
 MAX_BODY = 1024 * 1024
@@ -72,8 +75,10 @@ def check_against_httptools(data: bytes, start: int = 0) -> bool:
     parsed = parse_request(data, start, MAX_HEAD, MAX_BODY)
     if parsed is None:
         return False
-    method, target, headers, body, keep_alive, end = parsed
+    method, target, headers, body, keep_alive, end, forward = parsed
     assert start < end <= len(data)
+    # the upstream block built in the same pass is what both relay twins build from headers
+    assert forward == _head.forward_request_headers(headers) == _head_py.forward_request_headers(headers)
     rec = Recorder()
     rec.parser.feed_data(data[start:end])  # raises if httptools refuses what we accepted
     # Exactly one message, complete exactly at ``end``, nothing of a next one begun.
@@ -92,10 +97,26 @@ def head_of(message: bytes) -> bytes:
 
 def test_the_sdk_request_takes_the_fast_path() -> None:
     assert check_against_httptools(SDK_REQUEST)
-    method, target, headers, body, keep_alive, end = parse_request(SDK_REQUEST, 0, MAX_HEAD, MAX_BODY)
+    method, target, headers, body, keep_alive, end, forward = parse_request(SDK_REQUEST, 0, MAX_HEAD, MAX_BODY)
     assert (method, target, keep_alive, end) == (b"POST", b"/v1/chat/completions", True, len(SDK_REQUEST))
     assert (b"authorization", b"Bearer sk-test") in headers and len(headers) == 17
+    block, seen_version, seen_request_id, count, name, value = forward
+    assert (seen_version, seen_request_id, count, name, value) == (False, False, 1, b"authorization", b"Bearer sk-test")
+    # host, accept-encoding, connection, content-length and the credential stay behind
+    assert block.startswith(b"accept: application/json\r\ncontent-type: application/json\r\n")
+    for gone in (b"host", b"accept-encoding", b"connection", b"content-length", b"authorization"):
+        assert gone + b":" not in block
     assert body.startswith(b'{"model"')
+
+
+def test_the_forward_block_of_credentials_versions_and_dropped_headers() -> None:
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nX-Api-Key: k1\r\nAPI_KEY: k2\r\n"
+            b"Anthropic-Version: 2023-06-01\r\nX-Request-Id: r1\r\nX-Xproxy-Project: p\r\nTE: trailers\r\n"
+            b"X-HTTP-Method-Override: GET\r\nX-Keep: yes\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+    assert check_against_httptools(data)
+    block, seen_version, seen_request_id, count, name, value = parse_request(data, 0, MAX_HEAD, MAX_BODY)[6]
+    assert (seen_version, seen_request_id, count, name, value) == (True, True, 2, b"x-api-key", b"k1")
+    assert block == b"anthropic-version: 2023-06-01\r\nx-request-id: r1\r\nx-keep: yes\r\n"
 
 
 def test_pipelined_requests_are_taken_one_at_a_time() -> None:

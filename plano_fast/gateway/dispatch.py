@@ -95,7 +95,7 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
     ctx = gw.ctx
     client = None
     if gw.managed is not None:
-        client = read_client_headers(request.headers, request.query)
+        client = read_client_headers(request.headers, request.query, request.forward)
         credential = client.credential
         if credential is not None and credential.secret.startswith(b"xproxy_"):
             # Managed mode forwards its exact endpoints only; a token never goes on to

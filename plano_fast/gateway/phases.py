@@ -57,7 +57,7 @@ def client_headers(exchange: Exchange) -> ClientHeaders:
     client = exchange.client
     if client is None:
         request = exchange.request
-        client = exchange.client = read_client_headers(request.headers, request.query)
+        client = exchange.client = read_client_headers(request.headers, request.query, request.forward)
     return client
 
 

@@ -138,11 +138,12 @@ class RoutedExchange(RetryingExchange):
         inject = (
             fields.stream and self.endpoint is CHAT_COMPLETIONS and fields.include_usage is not True
         )
-        body = scan.rewrite_request(
-            request.body,
-            model=route.upstream_model if route.rewrite or model != fields.model else None,
-            inject_include_usage=inject,
-        )
+        new_model = route.upstream_model if route.rewrite or model != fields.model else None
+        body = request.body
+        if new_model is not None or inject:
+            # (with nothing to change, rewrite_request would walk the body -- ~3.3k
+            # instructions, scan_request has already checked it -- to return it as is)
+            body = scan.rewrite_request(body, model=new_model, inject_include_usage=inject)
         if self.endpoint is not COUNT_TOKENS:
             self.scanner = scan.UsageScanner(self.endpoint.scan_api, fields.stream, inject)
             checks = self.ctx.response_checks

@@ -7,6 +7,8 @@
   that go to the client (``_head.pyx``, twin ``_head_py.py``);
 * the request fast path -- a whole plain HTTP/1.1 request parsed in one pass
   (``_request.pyx``; its "twin" is httptools, which parses every request it declines);
+  and its mirror for answers, ``parse_response`` (``_head.pyx``: a whole plain upstream
+  response in one read; httptools parses every response it declines);
 * the DLP detectors -- PII and secrets in message text for plano_fast.guardrails
   (``_dlp.pyx``, twin ``_dlp_py.py``, shared patterns and validators ``_dlp_shared.py``);
   not counted in ``IMPLEMENTATIONS`` (``DLP_IMPLEMENTATION`` says which runs).
@@ -92,19 +94,25 @@ else:
 
     _SCAN = "python"
 
+#: ``parse_response(buf, max_head_bytes)``: ``(status, block, content_length, keep_alive,
+#: head_len)`` for a plain upstream response complete in ``buf`` (Content-Length framed),
+#: else None; None itself in the pure build (httptools parses every response).
+parse_response: Callable[[bytes, int], tuple[int, bytes, int, bool, int] | None] | None
 if _built("_head"):
-    from plano_fast.wire._head import forward_request_headers, response_head
+    from plano_fast.wire._head import forward_request_headers, parse_response, response_head
 
     _HEAD = "cython"
 else:
     from plano_fast.wire._head_py import forward_request_headers, response_head
 
+    parse_response = None
     _HEAD = "python"
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
-#: headers, body, keep_alive, end)`` for a plain request complete in ``buf``, else None;
+#: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
 #: None itself when the fast path is not in use (httptools parses every request).
-parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None] | None
+#: ``forward`` is what ``forward_request_headers(headers)`` returns, built in the same pass.
+parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bool, int, bytes | None, bytes | None]] | None] | None
 if _built("_request"):
     from plano_fast.wire._request import parse_request
 
@@ -166,6 +174,7 @@ __all__ = [
     "dlp_scan_text",
     "forward_request_headers",
     "parse_request",
+    "parse_response",
     "response_head",
     "rewrite_request",
     "scan_request",

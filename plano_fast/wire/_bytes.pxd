@@ -1,5 +1,6 @@
 # Byte helpers the compiled modules share (_head.pyx, _request.pyx); inline, so sharing
-# them costs no call.
+# them costs no call.  ``request_kind`` is the request-header relay rule both apply
+# (forward_request_headers in _head.pyx; parse_request in _request.pyx, in the same pass).
 
 cdef inline unsigned char lower(unsigned char c) noexcept nogil:
     return c + 32 if 65 <= c <= 90 else c
@@ -25,3 +26,58 @@ cdef inline bint starts(const unsigned char *p, Py_ssize_t n, const char *word, 
         if p[i] != <unsigned char>word[i]:
             return False
     return True
+
+
+cdef enum:
+    R_KEEP = 0
+    R_DROP = 1
+    R_CREDENTIAL = 2
+    R_VERSION = 3
+    R_REQUEST_ID = 4
+
+
+cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """What happens to a request header called p[:n] (lowercase, as parsed)."""
+    if n >= 9 and starts(p, n, b"x-xproxy-", 9):
+        return R_DROP
+    if n == 2:
+        return R_DROP if starts(p, n, b"te", 2) else R_KEEP
+    if n == 4:
+        return R_DROP if starts(p, n, b"host", 4) else R_KEEP
+    if n == 6:
+        return R_DROP if starts(p, n, b"expect", 6) else R_KEEP
+    if n == 7:
+        if starts(p, n, b"trailer", 7) or starts(p, n, b"upgrade", 7):
+            return R_DROP
+        return R_CREDENTIAL if starts(p, n, b"api-key", 7) or starts(p, n, b"api_key", 7) else R_KEEP
+    if n == 9:
+        return R_CREDENTIAL if starts(p, n, b"x-api-key", 9) or starts(p, n, b"x_api_key", 9) else R_KEEP
+    if n == 10:
+        return R_DROP if starts(p, n, b"connection", 10) or starts(p, n, b"keep-alive", 10) else R_KEEP
+    if n == 12:
+        return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) else R_KEEP
+    if n == 13:
+        if starts(p, n, b"x-http-method", 13):
+            return R_DROP
+        return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
+    if n == 14:
+        if starts(p, n, b"content-length", 14):
+            return R_DROP
+        if starts(p, n, b"x-goog-api-key", 14) or starts(p, n, b"x_goog_api_key", 14):
+            return R_CREDENTIAL
+        return R_KEEP
+    if n == 15:
+        return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
+    if n == 16:
+        return R_DROP if starts(p, n, b"proxy-connection", 16) else R_KEEP
+    if n == 17:
+        if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
+            return R_DROP
+        return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
+    if n == 18:
+        return R_DROP if starts(p, n, b"proxy-authenticate", 18) else R_KEEP
+    if n == 19:
+        return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
+    if n == 22:
+        return R_DROP if starts(p, n, b"x-http-method-override", 22) else R_KEEP
+    return R_KEEP

@@ -6,12 +6,12 @@ Compiled twin of ``plano_fast/wire/_head_py.py``: the rules, and why this exists
 docstrings; the two are checked against each other in tests/test_header_relay.py.
 """
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from plano_fast.wire._bytes cimport lower, name_is, starts
+from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
 from plano_fast.wire._shared import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
@@ -169,61 +169,6 @@ def response_head(bytes buf not None):
         free(out)
 
 
-cdef enum:
-    R_KEEP = 0
-    R_DROP = 1
-    R_CREDENTIAL = 2
-    R_VERSION = 3
-    R_REQUEST_ID = 4
-
-
-cdef int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """What happens to a request header called p[:n] (lowercase, as parsed)."""
-    if n >= 9 and starts(p, n, b"x-xproxy-", 9):
-        return R_DROP
-    if n == 2:
-        return R_DROP if starts(p, n, b"te", 2) else R_KEEP
-    if n == 4:
-        return R_DROP if starts(p, n, b"host", 4) else R_KEEP
-    if n == 6:
-        return R_DROP if starts(p, n, b"expect", 6) else R_KEEP
-    if n == 7:
-        if starts(p, n, b"trailer", 7) or starts(p, n, b"upgrade", 7):
-            return R_DROP
-        return R_CREDENTIAL if starts(p, n, b"api-key", 7) or starts(p, n, b"api_key", 7) else R_KEEP
-    if n == 9:
-        return R_CREDENTIAL if starts(p, n, b"x-api-key", 9) or starts(p, n, b"x_api_key", 9) else R_KEEP
-    if n == 10:
-        return R_DROP if starts(p, n, b"connection", 10) or starts(p, n, b"keep-alive", 10) else R_KEEP
-    if n == 12:
-        return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) else R_KEEP
-    if n == 13:
-        if starts(p, n, b"x-http-method", 13):
-            return R_DROP
-        return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
-    if n == 14:
-        if starts(p, n, b"content-length", 14):
-            return R_DROP
-        if starts(p, n, b"x-goog-api-key", 14) or starts(p, n, b"x_goog_api_key", 14):
-            return R_CREDENTIAL
-        return R_KEEP
-    if n == 15:
-        return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
-    if n == 16:
-        return R_DROP if starts(p, n, b"proxy-connection", 16) else R_KEEP
-    if n == 17:
-        if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
-            return R_DROP
-        return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
-    if n == 18:
-        return R_DROP if starts(p, n, b"proxy-authenticate", 18) else R_KEEP
-    if n == 19:
-        return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
-    if n == 22:
-        return R_DROP if starts(p, n, b"x-http-method-override", 22) else R_KEEP
-    return R_KEEP
-
-
 def forward_request_headers(list headers not None):
     """``(block, seen_anthropic_version, seen_x_request_id, credential_count,
     credential_name, credential_value)``; see ``plano_fast.wire._head_py``."""
@@ -281,3 +226,148 @@ def forward_request_headers(list headers not None):
                 credentials, credential_name, credential_value)
     finally:
         free(out)
+
+
+# --------------------------------------------------------------------------- the response fast path
+
+# RFC 9110 5.6.2 tchar (header names); field-value bytes (visible, SP, HTAB, obs-text).
+cdef unsigned char R_TCHAR[256]
+cdef unsigned char R_VALUE[256]
+
+
+cdef void _init_response_tables():
+    cdef int c
+    for c in range(256):
+        R_TCHAR[c] = 0
+        R_VALUE[c] = 1 if c >= 32 and c != 127 else 0
+    for c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        R_TCHAR[c] = 1
+    R_VALUE[9] = 1
+
+
+_init_response_tables()
+
+
+cdef uint64_t ONES_01 = 0x0101010101010101ULL
+cdef uint64_t ONES_20 = 0x2020202020202020ULL
+cdef uint64_t ONES_7F = 0x7F7F7F7F7F7F7F7FULL
+cdef uint64_t ONES_80 = 0x8080808080808080ULL
+
+
+cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index of the first byte in s[i:n] that cannot be in a field value (or n).  Eight
+    bytes at a time while none is a control byte (< 0x20, or DEL): the per-byte table
+    loop cost ~5 instructions a byte, and a provider's head is mostly values."""
+    cdef uint64_t x, y
+    cdef Py_ssize_t e
+    while True:
+        while i + 8 <= n:
+            memcpy(&x, s + i, 8)
+            y = x ^ ONES_7F
+            # some byte < 0x20, or some byte == 0x7F (bytes >= 0x80 never set the flag)
+            if (((x - ONES_20) & ~x) | ((y - ONES_01) & ~y)) & ONES_80:
+                break
+            i += 8
+        e = i + 8 if i + 8 < n else n
+        while i < e and R_VALUE[s[i]]:
+            i += 1
+        if i < e or i >= n:
+            return i
+
+
+def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
+    """A whole plain upstream response in ``buf`` as ``(status, block, content_length,
+    keep_alive, head_len)`` (the body is ``buf[head_len:]``), or None when it is not one
+    this fast path takes: httptools then parses it, as it parses every other response.
+
+    ``block`` is what ``response_head`` keeps of the head.  Taken: ``HTTP/1.1 NNN reason``
+    with a status from 200 to 599 other than 204 and 304, CRLF line ends, header names of
+    tchar, values of visible bytes, SP, HTAB or obs-text, exactly one Content-Length
+    (digits), no Transfer-Encoding, Upgrade or Proxy-Connection, a Connection of only
+    ``keep-alive`` or ``close``, a head within ``max_head_bytes``, and the body complete with nothing after
+    it.  Everything else -- an interim 1xx, a chunked or close-delimited body, obs-fold, a
+    body split over reads -- goes to httptools as before."""
+    cdef const unsigned char *s = buf
+    cdef Py_ssize_t n = len(buf)
+    cdef Py_ssize_t limit = n if n <= max_head_bytes else max_head_bytes
+    cdef Py_ssize_t i, a, colon, stop, w = 0
+    cdef int status, kind
+    cdef int64_t content_length = -1
+    cdef bint keep_alive = True, seen_connection = False
+    cdef unsigned char *out
+    cdef object result = None
+    # status line: HTTP/1.1 SP 3DIGIT SP reason CRLF
+    if limit < 17 or not starts(s, limit, b"HTTP/1.1 ", 9):
+        return None
+    for i in range(9, 12):
+        if s[i] < 48 or s[i] > 57:
+            return None
+    status = (s[9] - 48) * 100 + (s[10] - 48) * 10 + (s[11] - 48)
+    if status < 200 or status > 599 or status == 204 or status == 304 or s[12] != 32:
+        return None
+    i = skip_value(s, 13, limit)
+    if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
+        return None
+    i += 2
+    out = <unsigned char *>malloc(limit + 1)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        while True:
+            if i + 1 >= limit:
+                return None  # no complete head within the limit
+            if s[i] == 13:
+                if s[i + 1] != 10:
+                    return None
+                i += 2
+                break
+            a = i
+            while i < limit and R_TCHAR[s[i]]:
+                i += 1
+            if i == a or i >= limit or s[i] != 58:
+                return None  # obs-fold, whitespace before the colon, a bad name byte
+            colon = i
+            i = skip_value(s, i + 1, limit)
+            if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
+                return None
+            stop = i
+            i += 2
+            kind = classify(s + a, colon - a)
+            if kind == CONTENT_LENGTH:
+                if content_length >= 0:
+                    return None
+                content_length = parse_length(s + colon + 1, stop - colon - 1)
+                if content_length < 0:
+                    return None
+            elif kind == TRANSFER_ENCODING:
+                return None
+            elif kind == DROP:
+                if colon - a == 7 and name_is(s + a, 7, b"upgrade", 7):
+                    return None
+                if colon - a == 16 and name_is(s + a, 16, b"proxy-connection", 16):
+                    return None  # llhttp reads it as Connection: left to it
+                if colon - a == 10 and name_is(s + a, 10, b"connection", 10):
+                    if seen_connection:
+                        return None
+                    seen_connection = True
+                    a = colon + 1
+                    while a < stop and is_ows(s[a]):
+                        a += 1
+                    while stop > a and is_ows(s[stop - 1]):
+                        stop -= 1
+                    if name_is(s + a, stop - a, b"close", 5):
+                        keep_alive = False
+                    elif not name_is(s + a, stop - a, b"keep-alive", 10):
+                        return None
+            else:  # KEEP: the line as it arrived
+                memcpy(out + w, s + a, stop - a)
+                w += stop - a
+                out[w] = 13
+                out[w + 1] = 10
+                w += 2
+        if content_length < 0 or n - i != content_length:
+            return None  # no length, or the body is not exactly the rest of the read
+        result = (status, PyBytes_FromStringAndSize(<char *>out, w), content_length, keep_alive, i)
+    finally:
+        free(out)
+    return result

@@ -2,4 +2,6 @@
 
 def parse_request(
     buf: bytes, start: int, max_head_bytes: int, max_body_bytes: int
-) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int] | None: ...
+) -> tuple[
+    bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bool, int, bytes | None, bytes | None]
+] | None: ...

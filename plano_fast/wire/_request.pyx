@@ -16,9 +16,11 @@ tests/test_request_fast_path.py checks the subset against httptools, byte for by
 """
 
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-from plano_fast.wire._bytes cimport lower, name_is, starts
+from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
 
 cdef int64_t MAX_DIGITS = 18
 
@@ -58,8 +60,29 @@ _METHODS = (b"POST", b"GET", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"HEAD")
 
 def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
     """The request at ``buf[start:]`` as ``(method, target, headers, body, keep_alive,
-    end)``, headers as ``[(lowercased name, value)]``, ``end`` the offset after it; or
-    None when it is not a complete request this fast path accepts."""
+    end, forward)``, headers as ``[(lowercased name, value)]``, ``end`` the offset after
+    it, ``forward`` what ``forward_request_headers(headers)`` returns (the upstream header
+    block and the credential), built in the same pass; or None when it is not a complete
+    request this fast path accepts.
+
+    A Connection header here is only ``keep-alive`` or ``close``, which name no header to
+    drop, so the block follows from each header's own name (``request_kind``)."""
+    cdef Py_ssize_t head = len(buf) - start
+    if head > max_head_bytes:
+        head = max_head_bytes
+    # the block holds head bytes only, and a forwarded line is at most one byte longer than
+    # the line it came from (": " after the colon)
+    cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16 if head > 0 else 16)
+    if out == NULL:
+        raise MemoryError()
+    try:
+        return _parse(buf, start, max_head_bytes, max_body_bytes, out)
+    finally:
+        free(out)
+
+
+cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes,
+                   unsigned char *out):
     cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = len(buf)
     cdef Py_ssize_t limit = n if n - start <= max_head_bytes else start + max_head_bytes
@@ -69,7 +92,12 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
     cdef unsigned char c
     cdef bytes name
     cdef unsigned char *w
-    cdef Py_ssize_t k, m
+    cdef Py_ssize_t k, m, o = 0
+    cdef int kind, credentials = 0
+    cdef bint seen_version = False, seen_request_id = False
+    cdef bytes value
+    credential_name = None
+    credential_value = None
 
     # request line: METHOD SP target SP HTTP/1.1 CRLF
     method = None
@@ -150,7 +178,30 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
             or (name_len == 7 and name_is(w, name_len, b"upgrade", 7))
         ):
             return None
-        headers.append((name, PyBytes_FromStringAndSize(<const char *>s + b, i - b)))
+        value = PyBytes_FromStringAndSize(<const char *>s + b, i - b)
+        headers.append((name, value))
+        # the upstream block, as forward_request_headers builds it from ``headers``
+        kind = request_kind(w, name_len)
+        if kind == R_CREDENTIAL:
+            if credentials == 0:
+                credential_name = name
+                credential_value = value
+            credentials += 1
+        elif kind != R_DROP:
+            if kind == R_VERSION:
+                seen_version = True
+            elif kind == R_REQUEST_ID:
+                seen_request_id = True
+            memcpy(out + o, w, name_len)
+            o += name_len
+            out[o] = 58
+            out[o + 1] = 32
+            o += 2
+            memcpy(out + o, s + b, i - b)
+            o += i - b
+            out[o] = 13
+            out[o + 1] = 10
+            o += 2
         i += 2
 
     if content_length < 0:
@@ -158,4 +209,6 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
     if content_length > max_body_bytes or n - i < content_length:
         return None
     body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
-    return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length
+    forward = (PyBytes_FromStringAndSize(<const char *>out, o), seen_version, seen_request_id,
+               credentials, credential_name, credential_value)
+    return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length, forward
