@@ -54,13 +54,13 @@ import math
 import os
 import sqlite3
 import time
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, Literal, TypeAlias
 
 from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
-from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
+from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, pack_command
 
 log = logging.getLogger("plano_fast.ratelimit")
 
@@ -423,7 +423,7 @@ class RedisBackend:
             static = self._static[limit.index] = (b"%d" % limit.amount, ttl)
         return static
 
-    def _script_call(self, buckets: Sequence[Bucket], now_s: float) -> list[bytes]:
+    def _script_call(self, buckets: Sequence[Bucket], now_s: float) -> tuple[bytes, ...]:
         """The EVALSHA command's parts: the check of ``buckets`` and the pending debits."""
         keys: list[bytes] = []
         args: list[bytes] = [b"%d" % len(buckets)]
@@ -442,23 +442,24 @@ class RedisBackend:
             for key, (tokens, ttl_s) in debits.items():
                 keys.append(key)
                 args += (b"%d" % tokens, b"%d" % ttl_s)
-        return [b"EVALSHA", _CHECK_SHA, b"%d" % len(keys), *keys, *args]
+        return (b"EVALSHA", _CHECK_SHA, b"%d" % len(keys), *keys, *args)
 
     def start_check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
         """Send the check; ``done(outcome)`` runs when Redis answered (or failed)."""
         parts = self._script_call(buckets, now_s)
-        self.client.call(command(*parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
+        # (hiredis's C packer: a third of plano_fast.resp.command's cost for these ~10 parts)
+        self.client.call(pack_command(parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
 
     def _replied(
-        self, parts: list[bytes], buckets: Sequence[Bucket], now_s: float,
+        self, parts: tuple[bytes, ...], buckets: Sequence[Bucket], now_s: float,
         done: Callable[[Outcome], None], future: asyncio.Future[Any],
     ) -> None:  # fmt: skip
         exc = future.exception()
         if exc is not None:
             if isinstance(exc, ReplyError) and parts[0] == b"EVALSHA" and str(exc).startswith("NOSCRIPT"):
                 # a restarted (empty) Redis: send the script itself; EVAL caches it
-                parts[0], parts[1] = b"EVAL", _CHECK_LUA_BYTES
-                self.client.call(command(*parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
+                parts = (b"EVAL", _CHECK_LUA_BYTES, *parts[2:])
+                self.client.call(pack_command(parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
                 return
             done(self._failed(exc))
             return
