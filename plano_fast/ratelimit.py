@@ -35,14 +35,19 @@ limit is debited with the input + output tokens the response reported, after it.
 overshoot for token limits: at most the tokens of the requests admitted while the bucket
 was still under its limit and not yet settled (the requests in flight when it emptied).
 
-Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script per check,
-debits pipelined), shared by every worker and instance; without it, with one worker, in
+Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script call per
+check, which also carries this process's pending token debits), shared by every worker
+and instance; without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
 run directory (the one the workers' metrics snapshots use): every worker of the instance
 checks and debits the same counters in one ``BEGIN IMMEDIATE`` transaction, so the limit
 holds for the instance, never per worker.  Redis unreachable: ``ratelimit_on_backend_error``
 ``fail_closed`` (default: 503) or ``fail_open`` (admit), logged once per outage and
 counted in ``/metrics`` (``ratelimit_backend_errors``).
+
+Headers: 429s carry Retry-After and the x-ratelimit-* (anthropic-ratelimit-* for
+Anthropic clients) headers; with ``plano_fast.ratelimit_headers: always`` every admitted
+response of a limited request does too, computed from the counts the check answers.
 """
 
 from __future__ import annotations
