@@ -343,18 +343,17 @@ class SqliteBackend:
 
 # The check, with this process's pending token debits, in one script call.
 # KEYS: per checked bucket its current and previous window keys, then the debited keys.
-# ARGV[1]: the number n of checked buckets; per bucket i: ARGV[3i-1] its amount, ARGV[3i]
-# the previous window's weight (the share of it the sliding window still covers, 0..1,
-# computed by the caller: no TIME, no string work here), ARGV[3i+1] the key's TTL for a
-# request bucket, '0' for a token bucket (not incremented at admission); then per debited
-# key its tokens and TTL.  The debits go first (they are older than this check).  A key's
+# ARGV[1]: the number n of checked buckets; ARGV[2]: the gateway's clock in ms (no TIME: the
+# window numbers in the keys are the gateway's too); per bucket i: ARGV[3i] its amount,
+# ARGV[3i+1] its window in ms, ARGV[3i+2] the key's TTL for a request bucket, '0' for a
+# token bucket (not incremented at admission); then per debited key its tokens and TTL.  The debits go first (they are older than this check).  A key's
 # TTL is set only when the INCR/INCRBY created it: one EXPIRE per key and window, not per
 # call.  Returns {i, prev, cur} for the first bucket at or over its limit, else
 # {-1, prev_1, cur_1, ...}: every bucket's counts after this request was counted, which
 # the rate-limit headers of an admitted response are computed from.
 _CHECK_LUA: Final = """
 local n = tonumber(ARGV[1])
-local a = 2 + 3 * n
+local a = 3 + 3 * n
 for j = 2 * n + 1, #KEYS do
   local by = tonumber(ARGV[a])
   if redis.call('INCRBY', KEYS[j], by) == by then
@@ -366,18 +365,20 @@ if n == 0 then
   return {-1}
 end
 local counts = redis.call('MGET', unpack(KEYS, 1, 2 * n))
+local now = tonumber(ARGV[2])
 local out = {-1}
 for i = 1, n do
   local cur = tonumber(counts[2 * i - 1]) or 0
   local prev = tonumber(counts[2 * i]) or 0
-  if prev * tonumber(ARGV[3 * i]) + cur >= tonumber(ARGV[3 * i - 1]) then
+  local window = tonumber(ARGV[3 * i + 1])
+  if prev * (1 - (now % window) / window) + cur >= tonumber(ARGV[3 * i]) then
     return {i, prev, cur}
   end
   out[2 * i] = prev
   out[2 * i + 1] = cur
 end
 for i = 1, n do
-  local ttl = ARGV[3 * i + 1]
+  local ttl = ARGV[3 * i + 2]
   if ttl ~= '0' then
     local cur = redis.call('INCR', KEYS[2 * i - 1])
     if cur == 1 then
@@ -390,6 +391,8 @@ return out
 """
 
 _CHECK_LUA_BYTES: Final = _CHECK_LUA.encode()
+#: b"0" .. b"15", the usual key and bucket counts, formatted once
+_SMALL: Final = tuple(b"%d" % i for i in range(16))
 _CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA_BYTES).hexdigest().encode()
 
 
@@ -418,36 +421,48 @@ class RedisBackend:
         #: debits not sent yet: Redis key -> [tokens, TTL s]
         self._debits: dict[bytes, list[int]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-        #: per limit index: (amount, TTL of a request bucket's key or b"0") as sent
-        self._static: dict[int, tuple[bytes, bytes]] = {}
+        #: per limit index: (amount, window in ms, TTL of a request bucket's key or b"0")
+        #: as sent, formatted once
+        self._static: dict[int, tuple[bytes, bytes, bytes]] = {}
+        #: per bucket (its Redis key base): (window number, current key, previous key),
+        #: built once per window instead of per request
+        self._window_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
 
-    def _limit_args(self, limit: Limit) -> tuple[bytes, bytes]:
+    def _limit_args(self, limit: Limit) -> tuple[bytes, bytes, bytes]:
         static = self._static.get(limit.index)
         if static is None:
             ttl = b"%d" % (limit.window_s * 2 + 1) if limit.kind == "requests" else b"0"
-            static = self._static[limit.index] = (b"%d" % limit.amount, ttl)
+            static = self._static[limit.index] = (b"%d" % limit.amount, b"%d" % (limit.window_s * 1000), ttl)
         return static
+
+    def _keys(self, b: Bucket, now_s: float) -> tuple[int, bytes, bytes]:
+        """The bucket's current and previous window keys."""
+        base = b.redis_base or self.prefix + b.key.encode() + b":"
+        n = int(now_s // b.limit.window_s)
+        known = self._window_keys.get(base)
+        if known is None or known[0] != n:
+            if len(self._window_keys) >= 4096:  # (a selector "*" makes many buckets)
+                self._window_keys.clear()
+            known = self._window_keys[base] = (n, base + b"%d" % n, base + b"%d" % (n - 1))
+        return known
 
     def _script_call(self, buckets: Sequence[Bucket], now_s: float) -> tuple[bytes, ...]:
         """The EVALSHA command's parts: the check of ``buckets`` and the pending debits."""
         keys: list[bytes] = []
-        args: list[bytes] = [b"%d" % len(buckets)]
+        args: list[bytes] = [_SMALL[len(buckets)] if len(buckets) < 16 else b"%d" % len(buckets),
+                             b"%d" % int(now_s * 1000)]  # fmt: skip
         for b in buckets:
-            limit = b.limit
-            w = limit.window_s
-            into = now_s % w
-            n = int(now_s // w)
-            base = b.redis_base or self.prefix + b.key.encode() + b":"
-            keys += (base + b"%d" % n, base + b"%d" % (n - 1))
-            amount, ttl = self._limit_args(limit)
-            args += (amount, b"%.6f" % (1.0 - into / w), ttl)
+            _, cur, prev = self._keys(b, now_s)
+            keys += (cur, prev)
+            args += self._limit_args(b.limit)
         debits = self._debits
         if debits:
             self._debits = {}
             for key, (tokens, ttl_s) in debits.items():
                 keys.append(key)
                 args += (b"%d" % tokens, b"%d" % ttl_s)
-        return (b"EVALSHA", _CHECK_SHA, b"%d" % len(keys), *keys, *args)
+        numkeys = len(keys)
+        return (b"EVALSHA", _CHECK_SHA, _SMALL[numkeys] if numkeys < 16 else b"%d" % numkeys, *keys, *args)
 
     def start_check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
         """Send the check; ``done(outcome)`` runs when Redis answered (or failed)."""
@@ -491,8 +506,7 @@ class RedisBackend:
         for b in buckets:
             limit = b.limit
             if limit.kind == "tokens":
-                base = b.redis_base or self.prefix + b.key.encode() + b":"
-                key = base + b"%d" % int(now_s // limit.window_s)
+                key = self._keys(b, now_s)[1]
                 entry = debits.get(key)
                 if entry is None:
                     debits[key] = [tokens, limit.window_s * 2 + 1]
