@@ -785,6 +785,13 @@ def with_headers(block: bytes, lines: bytes) -> bytes:
     return block + lines
 
 
+def with_header_pairs(headers: list[tuple[bytes, bytes]], lines: bytes) -> list[tuple[bytes, bytes]]:
+    """``with_headers`` for a head rebuilt from (name, value) pairs (a converted answer)."""
+    ours = [(name, value) for name, _, value in (line.partition(b": ") for line in lines.split(b"\r\n") if line)]
+    names = {name for name, _ in ours}
+    return [h for h in headers if h[0].lower() not in names] + ours
+
+
 def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = None) -> tuple[tuple[bytes, bytes], ...]:
     """Retry-After and the rate-limit headers the client's SDK knows."""
     limit = verdict.limit

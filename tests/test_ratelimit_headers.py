@@ -125,6 +125,24 @@ def test_anthropic_clients_get_anthropic_headers_with_rfc3339_resets(gateway: Ga
             assert raw.parse().content[0].text  # type: ignore[union-attr]
 
 
+def test_a_converted_answer_gets_the_client_formats_headers(gateway: GatewayProcess) -> None:
+    """An Anthropic-format client on an OpenAI provider (the answer's head is rebuilt by
+    the converter): anthropic-ratelimit-* headers, not the OpenAI-style ones."""
+    user = uuid.uuid4().hex
+    with anthropic.Anthropic(base_url=gateway.url, api_key="sk-client", max_retries=0) as client:
+        for k in (1, 2):
+            raw = client.messages.with_raw_response.create(
+                model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-user-id": user},
+            )
+            h = raw.headers
+            assert h.get_list("anthropic-ratelimit-requests-limit") == ["5"]
+            assert h["anthropic-ratelimit-requests-remaining"] == str(5 - k)
+            assert h["anthropic-ratelimit-tokens-remaining"] == str(1000 - TOKENS * (k - 1))
+            assert h.get_list("x-ratelimit-limit-requests") in ([], ["10000"])  # never ours
+            assert raw.parse().content[0].text  # type: ignore[union-attr]
+
+
 def test_default_is_refusals_only(provider: FakeProviderThread, tmp_path: Path) -> None:
     """Without ratelimit_headers an admitted response carries only what the provider sent;
     `plano-fast validate` says which policy is in force; a wrong value is refused."""

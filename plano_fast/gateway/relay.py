@@ -32,7 +32,7 @@ from plano_fast import wire as scan
 from plano_fast.errors import UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
-from plano_fast.ratelimit import Bucket, RateLimits, with_headers
+from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
@@ -560,9 +560,7 @@ class Exchange:
             if self.guard_warning:
                 headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
             if self.rl_head:
-                names = {line.partition(b": ")[0] for line in self.rl_head.split(b"\r\n") if line}
-                headers = [h for h in headers if h[0].lower() not in names]
-                headers += [tuple(line.split(b": ", 1)) for line in self.rl_head.split(b"\r\n") if line]  # type: ignore[misc]
+                headers = with_header_pairs(headers, self.rl_head)
             body_filter.head(self.responder, status, headers)
             return
         content_length = head.content_length
