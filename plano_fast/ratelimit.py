@@ -468,23 +468,21 @@ class RedisBackend:
         """Send the check; ``done(outcome)`` runs when Redis answered (or failed)."""
         parts = self._script_call(buckets, now_s)
         # (hiredis's C packer: a third of plano_fast.resp.command's cost for these ~10 parts)
-        self.client.call(pack_command(parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
+        self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
 
     def _replied(
         self, parts: tuple[bytes, ...], buckets: Sequence[Bucket], now_s: float,
-        done: Callable[[Outcome], None], future: asyncio.Future[Any],
+        done: Callable[[Outcome], None], result: Any, exc: BaseException | None,
     ) -> None:  # fmt: skip
-        exc = future.exception()
         if exc is not None:
             if isinstance(exc, ReplyError) and parts[0] == b"EVALSHA" and str(exc).startswith("NOSCRIPT"):
                 # a restarted (empty) Redis: send the script itself; EVAL caches it
                 parts = (b"EVAL", _CHECK_LUA_BYTES, *parts[2:])
-                self.client.call(pack_command(parts)).add_done_callback(partial(self._replied, parts, buckets, now_s, done))
+                self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
                 return
             done(self._failed(exc))
             return
         self._recovered()
-        result = future.result()
         first = result[0]
         if first < 0:
             done(result)
