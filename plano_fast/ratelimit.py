@@ -400,7 +400,8 @@ class RedisBackend:
     """Buckets in Redis: shared by every worker and instance.
 
     One round trip on the request path: the check script (EVALSHA; EVAL once after a
-    Redis restart answers NOSCRIPT), answered through a future callback (no task).  Token
+    Redis restart answers NOSCRIPT), answered by a callback run from the reply's read (no
+    task, no future).  Token
     debits after the response are not sent on their own: they wait, merged per key, for
     this process's next check, which carries them in the same script call (applied before
     its own reads), or at most ``DEBIT_DELAY_S`` when no check comes -- so Redis wakes up
@@ -494,7 +495,7 @@ class RedisBackend:
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Outcome:
         """``start_check`` for a caller that awaits anyway (managed mode)."""
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.start_check(buckets, now_s, waiter.set_result)
+        self.start_check(buckets, now_s, partial(_resolve, waiter))
         return await waiter
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
@@ -542,7 +543,20 @@ class RedisBackend:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
+        if self._debits:  # the last responses' tokens: sent before the connection closes
+            flushed: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self.start_check((), time.time(), partial(_resolve, flushed))
+            try:
+                await asyncio.wait_for(flushed, self.client.timeout_s)
+            except asyncio.TimeoutError:
+                pass  # counted as lost by the client's timeout
         await self.client.aclose()
+
+
+def _resolve(waiter: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    """A check's outcome for an awaiting caller (gone if it was cancelled meanwhile)."""
+    if not waiter.done():
+        waiter.set_result(outcome)
 
 
 class BackendUnavailable(ServiceUnavailable):

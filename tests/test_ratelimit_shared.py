@@ -219,7 +219,8 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
     """The Redis backend's debits: held (merged per key) until this process's next check,
     which applies them before it reads -- so its own checks always see them -- or sent
     alone after ``DEBIT_DELAY_S`` when no check comes; a key's TTL is set when created; a
-    restarted (empty) Redis answers NOSCRIPT and the pending debits go with the EVAL."""
+    restarted (empty) Redis answers NOSCRIPT and the pending debits go with the EVAL; the
+    last ones are sent when the backend closes (shutdown)."""
     from plano_fast.ratelimit import BackendUnavailable, RedisBackend, Verdict, build
     from plano_fast.resp import RespClient, command
 
@@ -262,7 +263,11 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
         # NOSCRIPT, then EVAL with the same arguments: the debit goes with it
         assert await backend.check(buckets, time.time()) in ([-1, 0, 1, 0, 5], [-1, 0, 1, 5, 0])
         assert not backend.down
+        settled_at = time.time()
+        limits.settle(buckets, 9)
+        await backend.close()  # the pending debit is sent before the connection closes
+        key_now = f"plano_fast:rl:1:{user}:{int(settled_at // 60)}".encode()
+        assert await raw.call(command(b"GET", key_now)) in (b"14", b"9")  # (b"9": a new window began)
         await raw.aclose()
-        await backend.close()
 
     asyncio.run(scenario())
