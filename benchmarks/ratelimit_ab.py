@@ -5,6 +5,7 @@ never reached, so every request is checked before forwarding and debited after).
     python -m benchmarks.ratelimit_ab                       # 6 rounds of 3 s, concurrency 1
     python -m benchmarks.ratelimit_ab --rounds 8 --duration-s 4 --kind requests
     python -m benchmarks.ratelimit_ab --callgrind --requests 1000   # instructions per request
+    python -m benchmarks.ratelimit_ab --unix-socket        # Redis over a unix socket, not TCP
 
 Both gateways: firewall mode, one worker, the same fake provider and the same private
 ``redis-server`` (``redis_url`` set on both; A has no ``ratelimits``).  Each round runs
@@ -110,6 +111,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration-s", type=float, default=3.0)
     ap.add_argument("--kind", choices=("tokens", "requests"), default="tokens")
+    ap.add_argument("--unix-socket", action="store_true",
+                    help="the gateways reach Redis over a unix socket (redis_url unix://...) instead of TCP")  # fmt: skip
     ap.add_argument("--callgrind", action="store_true", help="instructions per request under callgrind")
     ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted")
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
@@ -119,12 +122,15 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rl-ab-"))
     fake, fake_port = bench.start_fake(1, work / "fake.log")
-    redis = PrivateRedis(work)
+    sock_path = work / "redis.sock"
+    redis = PrivateRedis(work, extra_args=("--unixsocket", str(sock_path), "--unixsocketperm", "700")
+                         if args.unix_socket else ())  # fmt: skip
+    redis_url = f"unix://{sock_path}?db=0" if args.unix_socket else redis.url
     gateways: dict[str, Any] = {}
     try:
         for name in ("A", "B"):
             (work / name).mkdir()
-            gw, setup = start("firewall", work / name, fake_port, [f"redis_url={redis.url}"])
+            gw, setup = start("firewall", work / name, fake_port, [f"redis_url={redis_url}"])
             gateways[name] = (gw, setup)
         # B: the same config plus one limit every request falls in; restarted to read it
         gw_b, setup_b = gateways["B"]
