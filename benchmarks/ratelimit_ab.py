@@ -5,15 +5,17 @@ never reached, so every request is checked before forwarding and debited after).
     python -m benchmarks.ratelimit_ab                       # 6 rounds of 3 s, concurrency 1
     python -m benchmarks.ratelimit_ab --rounds 8 --duration-s 4 --kind requests
     python -m benchmarks.ratelimit_ab --callgrind --requests 1000   # instructions per request
+    python -m benchmarks.ratelimit_ab --unix-socket        # Redis over a unix socket, not TCP
 
 Both gateways: firewall mode, one worker, the same fake provider and the same private
 ``redis-server`` (``redis_url`` set on both; A has no ``ratelimits``).  Each round runs
 wrk (``-c1 --latency``) against A then B (B then A on odd rounds) and reads the CPU time
 of each gateway and of redis-server from /proc.  Prints per round and the medians: gateway
 CPU µs per request, Redis CPU µs per request, p50 and p99 latency, and B - A.  Redis round
-trips on B's hot path: one EVALSHA per request (the token debit is a pipelined
-INCRBY+EXPIRE after the response, off the hot path) -- counted from Redis's own
-``INFO commandstats`` over the run, not assumed.
+trips on B's hot path: one EVALSHA per request, which also carries the token debits of
+earlier responses (one more script call only when no check comes within 5 ms) --
+counted from Redis's own ``INFO commandstats`` over the run, not assumed: script calls
+(EVALSHA + EVAL) and checks (the script's MGET, one per check) per request.
 
 ``--callgrind``: instead of wrk, each gateway in turn runs under valgrind's callgrind and
 the instructions per request at concurrency 1 are counted as ``benchmarks.ab_refs
@@ -116,6 +118,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--duration-s", type=float, default=3.0)
     ap.add_argument("--kind", choices=("tokens", "requests"), default="tokens")
+    ap.add_argument("--unix-socket", action="store_true",
+                    help="the gateways reach Redis over a unix socket (redis_url unix://...) instead of TCP")  # fmt: skip
     ap.add_argument("--callgrind", action="store_true", help="instructions per request under callgrind")
     ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted")
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
@@ -125,12 +129,15 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rl-ab-"))
     fake, fake_port = bench.start_fake(1, work / "fake.log")
-    redis = PrivateRedis(work)
+    sock_path = work / "redis.sock"
+    redis = PrivateRedis(work, extra_args=("--unixsocket", str(sock_path), "--unixsocketperm", "700")
+                         if args.unix_socket else ())  # fmt: skip
+    redis_url = f"unix://{sock_path}?db=0" if args.unix_socket else redis.url
     gateways: dict[str, Any] = {}
     try:
         for name in ("A", "B"):
             (work / name).mkdir()
-            gw, setup = start("firewall", work / name, fake_port, [f"redis_url={redis.url}"])
+            gw, setup = start("firewall", work / name, fake_port, [f"redis_url={redis_url}"])
             gateways[name] = (gw, setup)
         # B: the same config plus one limit every request falls in; restarted to read it
         gw_b, setup_b = gateways["B"]
@@ -156,23 +163,25 @@ def main() -> int:
                 cpu1, rcpu1, calls1 = bench.cpu_s(pids), bench.cpu_s([redis.proc.pid]), redis_calls(redis.port)
                 n = max(1, int(r.get("completed", 0)))
                 evals = (calls1.get("evalsha", 0) + calls1.get("eval", 0)) - (calls0.get("evalsha", 0) + calls0.get("eval", 0))
+                checks = calls1.get("mget", 0) - calls0.get("mget", 0)
                 rows[name].append({
                     "cpu_us": (cpu1 - cpu0) / n * 1e6, "redis_cpu_us": (rcpu1 - rcpu0) / n * 1e6,
                     "p50_us": r["latency_ms"].get("p50", 0.0) * 1000, "p99_us": r["latency_ms"].get("p99", 0.0) * 1000,
-                    "rps": r.get("rps", 0.0), "checks_per_req": evals / n,
+                    "rps": r.get("rps", 0.0), "calls_per_req": evals / n, "checks_per_req": checks / n,
                     "incrby_per_req": (calls1.get("incrby", 0) - calls0.get("incrby", 0)) / n,
                     "non2xx": r.get("non2xx", 0),
                 })  # fmt: skip
             print(f"round {rnd + 1}: " + "  ".join(
                 f"{k} {v[-1]['cpu_us']:.1f} CPU µs/req p50 {v[-1]['p50_us']:.0f} µs p99 {v[-1]['p99_us']:.0f} µs "
-                f"({v[-1]['checks_per_req']:.2f} checks/req, {v[-1]['non2xx']:.0f} non-2xx)"
+                f"({v[-1]['calls_per_req']:.2f} script calls/req, {v[-1]['non2xx']:.0f} non-2xx)"
                 for k, v in rows.items()), flush=True)  # fmt: skip
         med = {k: {f: statistics.median(row[f] for row in v) for f in v[0]} for k, v in rows.items()}
         for k in ("A", "B"):
             m = med[k]
             print(f"{k}: median {m['cpu_us']:.1f} gateway CPU µs/req, {m['redis_cpu_us']:.1f} Redis CPU µs/req, "
                   f"p50 {m['p50_us']:.0f} µs, p99 {m['p99_us']:.0f} µs, {m['rps']:.0f} req/s, "
-                  f"{m['checks_per_req']:.2f} Redis checks/req, {m['incrby_per_req']:.2f} debits/req")
+                  f"{m['calls_per_req']:.2f} Redis script calls/req (round trips), {m['checks_per_req']:.2f} checks/req, "
+                  f"{m['incrby_per_req']:.2f} INCRBY debits/req")
         print(f"B - A ({args.kind} limit in Redis): {med['B']['cpu_us'] - med['A']['cpu_us']:+.1f} gateway CPU µs/req, "
               f"{med['B']['p50_us'] - med['A']['p50_us']:+.0f} µs p50, {med['B']['p99_us'] - med['A']['p99_us']:+.0f} µs p99")
     finally:

@@ -247,6 +247,7 @@ class Gateway:
             self.config.raw.get("ratelimits"), settings.redis_url,
             settings.ratelimit_on_backend_error == "fail_open",
             str(self.metrics_dir) if self.metrics_dir else None,  # the workers' shared directory
+            settings.ratelimit_headers,
         )  # fmt: skip
         if self.config.preference_routing is not None:
             self.ctx.preference = PreferenceRouter(

@@ -39,6 +39,7 @@ from plano_fast import wire
 from plano_fast.admin_client import add_admin_commands, run_admin_command
 from plano_fast.config import ConfigError, GatewayConfig, load_config
 from plano_fast.ratelimit import describe as describe_limits
+from plano_fast.ratelimit import headers_policy
 
 log = logging.getLogger("plano_fast")
 
@@ -166,8 +167,11 @@ def _validate(args: argparse.Namespace) -> int:
         n = len(config.unimplemented)
         _error(f"{path}: {n} field{'s' if n != 1 else ''} not implemented (--strict)")
         return 1
-    for limit in describe_limits(config.raw.get("ratelimits")):
+    limit_lines = describe_limits(config.raw.get("ratelimits"))
+    for limit in limit_lines:
         print(f"rate limit: {limit}")
+    if limit_lines:
+        print(f"rate-limit headers: {headers_policy(config.settings.ratelimit_headers)}")
     names = ", ".join(p.name for p in config.providers)
     served = config.listener
     providers = f"{len(config.providers)} provider{'s' if len(config.providers) != 1 else ''}"

@@ -35,14 +35,19 @@ limit is debited with the input + output tokens the response reported, after it.
 overshoot for token limits: at most the tokens of the requests admitted while the bucket
 was still under its limit and not yet settled (the requests in flight when it emptied).
 
-Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script per check,
-debits pipelined), shared by every worker and instance; without it, with one worker, in
+Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script call per
+check, which also carries this process's pending token debits), shared by every worker
+and instance; without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
 run directory (the one the workers' metrics snapshots use): every worker of the instance
 checks and debits the same counters in one ``BEGIN IMMEDIATE`` transaction, so the limit
 holds for the instance, never per worker.  Redis unreachable: ``ratelimit_on_backend_error``
 ``fail_closed`` (default: 503) or ``fail_open`` (admit), logged once per outage and
 counted in ``/metrics`` (``ratelimit_backend_errors``).
+
+Headers: 429s carry Retry-After and the x-ratelimit-* (anthropic-ratelimit-* for
+Anthropic clients) headers; with ``plano_fast.ratelimit_headers: always`` every admitted
+response of a limited request does too, computed from the counts the check answers.
 """
 
 from __future__ import annotations
@@ -54,12 +59,13 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from functools import partial
+from typing import Any, Final, Literal, TypeAlias
 
 from plano_fast.errors import ApiFormat, ClientError, ServiceUnavailable
-from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, command
+from plano_fast.resp import RedisUnavailable, ReplyError, RespClient, pack_command
 
 log = logging.getLogger("plano_fast.ratelimit")
 
@@ -156,10 +162,16 @@ def parse_limits(raw: object) -> tuple[Limit, ...]:
     return tuple(out)
 
 
+#: the Redis keys' prefix: ``plano_fast:rl:<limit index>:<selector value>:<window number>``
+REDIS_PREFIX: Final = b"plano_fast:rl:"
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     limit: Limit
     key: str  # the bucket's name (limit index and selector value)
+    #: its Redis keys without the window number (built once per bucket, not per request)
+    redis_base: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +181,13 @@ class Verdict:
     limit: Limit
     remaining: int
     retry_after_s: float
+
+
+#: An admission's state, as the Redis script answers it: ``[-1, prev_1, cur_1, prev_2,
+#: cur_2, ...]``, the previous and current window counts of each bucket (in the order
+#: given) after this request was counted -- what the rate-limit headers of an admitted
+#: response are computed from, with no second round trip.
+Counts = list[int]
 
 
 def estimate(prev: int, cur: int, window_s: int, now_s: float) -> float:
@@ -197,8 +216,9 @@ class MemoryBackend:
         #: (bucket key, window length s, window number) -> count
         self.counts: dict[tuple[str, int, int], int] = {}
 
-    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | Counts:
         counts = self.counts
+        state = [-1]
         for b in buckets:
             w = b.limit.window_s
             n = int(now_s // w)
@@ -206,16 +226,14 @@ class MemoryBackend:
             cur = counts.get((b.key, w, n), 0)
             if estimate(prev, cur, w, now_s) >= b.limit.amount:
                 return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
-        for b in buckets:
+            state += (prev, cur)
+        for i, b in enumerate(buckets):
             if b.limit.kind == "requests":
                 key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
-                counts[key] = counts.get(key, 0) + 1
+                counts[key] = state[2 * i + 2] = counts.get(key, 0) + 1
         if len(counts) > 100_000:
             self._sweep(now_s)
-        return None
-
-    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
-        return self.check_now(buckets, now_s)
+        return state
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
         for b in buckets:
@@ -267,7 +285,7 @@ class SqliteBackend:
             (key, window, amount, (window + 2) * window_s),
         )
 
-    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+    def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | Counts:
         try:
             return self._check(buckets, now_s)
         except sqlite3.Error as exc:  # locked past the busy timeout, disk full: 503, never unmetered
@@ -275,26 +293,26 @@ class SqliteBackend:
             log.warning("rate-limit store %s: %s", self.path, exc)
             raise BackendUnavailable() from None
 
-    def _check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+    def _check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | Counts:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            state = [-1]
             for b in buckets:
                 w = b.limit.window_s
                 n = int(now_s // w)
                 prev, cur = self._count(b.key, n - 1), self._count(b.key, n)
                 if estimate(prev, cur, w, now_s) >= b.limit.amount:
                     return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
-            for b in buckets:
+                state += (prev, cur)
+            for i, b in enumerate(buckets):
                 if b.limit.kind == "requests":
                     self._add(b.key, int(now_s // b.limit.window_s), 1, b.limit.window_s)
+                    state[2 * i + 2] += 1
             self._maybe_sweep(now_s)
-            return None
+            return state
         finally:
             db.execute("COMMIT")
-
-    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
-        return self.check_now(buckets, now_s)
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
         targets = [b for b in buckets if b.limit.kind == "tokens"]
@@ -323,99 +341,187 @@ class SqliteBackend:
         self.db.close()
 
 
-# KEYS: per bucket, the current and previous window keys; ARGV: [now_s, then per bucket:
-# amount, window_s, is_requests].  Returns {-1} when admitted (request buckets incremented),
-# else {index, prev, cur} of the first bucket at or over its limit.
+# The check, with this process's pending token debits, in one script call.
+# KEYS: per checked bucket its current and previous window keys, then the debited keys.
+# ARGV[1]: the number n of checked buckets; ARGV[2]: the gateway's clock in ms (no TIME: the
+# window numbers in the keys are the gateway's too); per bucket i: ARGV[3i] its amount,
+# ARGV[3i+1] its window in ms, ARGV[3i+2] the key's TTL for a request bucket, '0' for a
+# token bucket (not incremented at admission); then per debited key its tokens and TTL.  The debits go first (they are older than this check).  A key's
+# TTL is set only when the INCR/INCRBY created it: one EXPIRE per key and window, not per
+# call.  Returns {i, prev, cur} for the first bucket at or over its limit, else
+# {-1, prev_1, cur_1, ...}: every bucket's counts after this request was counted, which
+# the rate-limit headers of an admitted response are computed from.
 _CHECK_LUA: Final = """
-local now = tonumber(ARGV[1])
-local n = #KEYS / 2
+local n = tonumber(ARGV[1])
+local a = 3 + 3 * n
+for j = 2 * n + 1, #KEYS do
+  local by = tonumber(ARGV[a])
+  if redis.call('INCRBY', KEYS[j], by) == by then
+    redis.call('EXPIRE', KEYS[j], ARGV[a + 1])
+  end
+  a = a + 2
+end
+if n == 0 then
+  return {-1}
+end
+local counts = redis.call('MGET', unpack(KEYS, 1, 2 * n))
+local now = tonumber(ARGV[2])
+local out = {-1}
 for i = 1, n do
-  local amount = tonumber(ARGV[1 + (i - 1) * 3 + 1])
-  local window = tonumber(ARGV[1 + (i - 1) * 3 + 2])
-  local cur = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local prev = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local elapsed = (now % window) / window
-  if prev * (1 - elapsed) + cur >= amount then
+  local cur = tonumber(counts[2 * i - 1]) or 0
+  local prev = tonumber(counts[2 * i]) or 0
+  local window = tonumber(ARGV[3 * i + 1])
+  if prev * (1 - (now % window) / window) + cur >= tonumber(ARGV[3 * i]) then
     return {i, prev, cur}
   end
+  out[2 * i] = prev
+  out[2 * i + 1] = cur
 end
 for i = 1, n do
-  if ARGV[1 + (i - 1) * 3 + 3] == '1' then
-    redis.call('INCR', KEYS[2 * i - 1])
-    redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[1 + (i - 1) * 3 + 2]) * 2 + 1)
+  local ttl = ARGV[3 * i + 2]
+  if ttl ~= '0' then
+    local cur = redis.call('INCR', KEYS[2 * i - 1])
+    if cur == 1 then
+      redis.call('EXPIRE', KEYS[2 * i - 1], ttl)
+    end
+    out[2 * i + 1] = cur
   end
 end
-return {-1}
+return out
 """
 
-
-_CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA.encode()).hexdigest().encode()
+_CHECK_LUA_BYTES: Final = _CHECK_LUA.encode()
+#: b"0" .. b"15", the usual key and bucket counts, formatted once
+_SMALL: Final = tuple(b"%d" % i for i in range(16))
+_CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA_BYTES).hexdigest().encode()
 
 
 class RedisBackend:
     """Buckets in Redis: shared by every worker and instance.
 
     One round trip on the request path: the check script (EVALSHA; EVAL once after a
-    Redis restart answers NOSCRIPT).  Token debits go after the response, INCRBY and
-    EXPIRE per bucket in one write, nobody waiting on them but the error count."""
+    Redis restart answers NOSCRIPT), answered by a callback run from the reply's read (no
+    task, no future).  Token
+    debits after the response are not sent on their own: they wait, merged per key, for
+    this process's next check, which carries them in the same script call (applied before
+    its own reads), or at most ``DEBIT_DELAY_S`` when no check comes -- so Redis wakes up
+    once per request, not twice (its per-wake-up cost is most of its CPU per request:
+    ``benchmarks/ratelimit_redis.py``).  The price: another process's check may not see a
+    debit for up to ``DEBIT_DELAY_S``, which adds the tokens of the requests that finished
+    in that time to the overshoot bound (docs/ratelimits.md)."""
 
-    def __init__(self, url: str, fail_open: bool, prefix: str = "plano_fast:rl:") -> None:
+    DEBIT_DELAY_S: Final = 0.005
+
+    def __init__(self, url: str, fail_open: bool, prefix: bytes = REDIS_PREFIX) -> None:
         self.client = RespClient(url)
         self.fail_open = fail_open
-        self.prefix = prefix.encode()
+        self.prefix = prefix
         self.errors = 0
         #: True from the first failure until the next success (logged once per outage)
         self.down = False
+        #: debits not sent yet: Redis key -> [tokens, TTL s]
+        self._debits: dict[bytes, list[int]] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        #: per limit index: (amount, window in ms, TTL of a request bucket's key or b"0")
+        #: as sent, formatted once
+        self._static: dict[int, tuple[bytes, bytes, bytes]] = {}
+        #: per bucket (its Redis key base): (window number, current key, previous key),
+        #: built once per window instead of per request
+        self._window_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
 
-    def _keys(self, b: Bucket, now_s: float) -> tuple[bytes, bytes]:
+    def _limit_args(self, limit: Limit) -> tuple[bytes, bytes, bytes]:
+        static = self._static.get(limit.index)
+        if static is None:
+            ttl = b"%d" % (limit.window_s * 2 + 1) if limit.kind == "requests" else b"0"
+            static = self._static[limit.index] = (b"%d" % limit.amount, b"%d" % (limit.window_s * 1000), ttl)
+        return static
+
+    def _keys(self, b: Bucket, now_s: float) -> tuple[int, bytes, bytes]:
+        """The bucket's current and previous window keys."""
+        base = b.redis_base or self.prefix + b.key.encode() + b":"
         n = int(now_s // b.limit.window_s)
-        base = self.prefix + b.key.encode() + b":"
-        return base + str(n).encode(), base + str(n - 1).encode()
+        known = self._window_keys.get(base)
+        if known is None or known[0] != n:
+            if len(self._window_keys) >= 4096:  # (a selector "*" makes many buckets)
+                self._window_keys.clear()
+            known = self._window_keys[base] = (n, base + b"%d" % n, base + b"%d" % (n - 1))
+        return known
 
-    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | None:
+    def _script_call(self, buckets: Sequence[Bucket], now_s: float) -> tuple[bytes, ...]:
+        """The EVALSHA command's parts: the check of ``buckets`` and the pending debits."""
         keys: list[bytes] = []
-        args: list[bytes] = [repr(now_s).encode()]
+        args: list[bytes] = [_SMALL[len(buckets)] if len(buckets) < 16 else b"%d" % len(buckets),
+                             b"%d" % int(now_s * 1000)]  # fmt: skip
         for b in buckets:
-            keys.extend(self._keys(b, now_s))
-            limit = b.limit
-            args += [str(limit.amount).encode(), str(limit.window_s).encode(),
-                     b"1" if limit.kind == "requests" else b"0"]  # fmt: skip
-        numkeys = str(len(keys)).encode()
-        try:
-            try:
-                result = await self.client.call(command(b"EVALSHA", _CHECK_SHA, numkeys, *keys, *args))
-            except ReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
+            _, cur, prev = self._keys(b, now_s)
+            keys += (cur, prev)
+            args += self._limit_args(b.limit)
+        debits = self._debits
+        if debits:
+            self._debits = {}
+            for key, (tokens, ttl_s) in debits.items():
+                keys.append(key)
+                args += (b"%d" % tokens, b"%d" % ttl_s)
+        numkeys = len(keys)
+        return (b"EVALSHA", _CHECK_SHA, _SMALL[numkeys] if numkeys < 16 else b"%d" % numkeys, *keys, *args)
+
+    def start_check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
+        """Send the check; ``done(outcome)`` runs when Redis answered (or failed)."""
+        parts = self._script_call(buckets, now_s)
+        # (hiredis's C packer: a third of plano_fast.resp.command's cost for these ~10 parts)
+        self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
+
+    def _replied(
+        self, parts: tuple[bytes, ...], buckets: Sequence[Bucket], now_s: float,
+        done: Callable[[Outcome], None], result: Any, exc: BaseException | None,
+    ) -> None:  # fmt: skip
+        if exc is not None:
+            if isinstance(exc, ReplyError) and parts[0] == b"EVALSHA" and str(exc).startswith("NOSCRIPT"):
                 # a restarted (empty) Redis: send the script itself; EVAL caches it
-                result = await self.client.call(command(b"EVAL", _CHECK_LUA.encode(), numkeys, *keys, *args))
-        except RedisUnavailable as exc:  # fail as configured, logged once per outage
-            return self._failed(exc)
+                parts = (b"EVAL", _CHECK_LUA_BYTES, *parts[2:])
+                self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
+                return
+            done(self._failed(exc))
+            return
         self._recovered()
-        if int(result[0]) < 0:
-            return None
-        b = buckets[int(result[0]) - 1]
-        prev, cur = int(result[1]), int(result[2])
-        return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
+        first = result[0]
+        if first < 0:
+            done(result)
+            return
+        b = buckets[first - 1]
+        prev, cur = result[1], result[2]
+        done(Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s)))
+
+    async def check(self, buckets: Sequence[Bucket], now_s: float) -> Outcome:
+        """``start_check`` for a caller that awaits anyway (managed mode)."""
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.start_check(buckets, now_s, partial(_resolve, waiter))
+        return await waiter
 
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        parts = []
-        amount = str(tokens).encode()
-        for b in buckets:
-            if b.limit.kind == "tokens":
-                key = self._keys(b, now_s)[0]
-                parts.append(command(b"INCRBY", key, amount))
-                parts.append(command(b"EXPIRE", key, str(b.limit.window_s * 2 + 1).encode()))
-        if not parts or not tokens:
+        if not tokens:
             return
-        self.client.call(b"".join(parts), len(parts)).add_done_callback(self._debited)
+        debits = self._debits
+        for b in buckets:
+            limit = b.limit
+            if limit.kind == "tokens":
+                key = self._keys(b, now_s)[1]
+                entry = debits.get(key)
+                if entry is None:
+                    debits[key] = [tokens, limit.window_s * 2 + 1]
+                else:
+                    entry[0] += tokens
+        if debits and self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(self.DEBIT_DELAY_S, self._flush)
 
-    def _debited(self, future: asyncio.Future[Any]) -> None:
-        exc = future.exception()
-        if exc is None:
-            self._recovered()
-        else:  # a lost debit undercounts: logged (once per outage) and counted
-            self._note_failure(exc)
+    def _flush(self) -> None:
+        """The debits no check carried within ``DEBIT_DELAY_S``: sent on their own."""
+        self._flush_timer = None
+        if self._debits:
+            self.start_check((), time.time(), self._debited)
+
+    def _debited(self, outcome: Outcome) -> None:
+        return None  # a failure was counted and logged by _failed; the debits are lost
 
     def _note_failure(self, exc: BaseException) -> None:
         self.errors += 1
@@ -424,11 +530,9 @@ class RedisBackend:
             log.warning("rate-limit backend unreachable (%s): %s", type(exc).__name__,
                         "admitting (fail_open)" if self.fail_open else "refusing (fail_closed)")  # fmt: skip
 
-    def _failed(self, exc: BaseException) -> Verdict | None:
+    def _failed(self, exc: BaseException) -> BackendUnavailable | None:
         self._note_failure(exc)
-        if self.fail_open:
-            return None
-        raise BackendUnavailable()
+        return None if self.fail_open else BackendUnavailable()
 
     def _recovered(self) -> None:
         if self.down:
@@ -436,7 +540,23 @@ class RedisBackend:
             log.warning("rate-limit backend reachable again")
 
     async def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._debits:  # the last responses' tokens: sent before the connection closes
+            flushed: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            self.start_check((), time.time(), partial(_resolve, flushed))
+            try:
+                await asyncio.wait_for(flushed, self.client.timeout_s)
+            except asyncio.TimeoutError:
+                pass  # counted as lost by the client's timeout
         await self.client.aclose()
+
+
+def _resolve(waiter: asyncio.Future[Outcome], outcome: Outcome) -> None:
+    """A check's outcome for an awaiting caller (gone if it was cancelled meanwhile)."""
+    if not waiter.done():
+        waiter.set_result(outcome)
 
 
 class BackendUnavailable(ServiceUnavailable):
@@ -469,12 +589,30 @@ class RateLimited(ClientError):
         return refusal_headers(self.verdict, fmt is ApiFormat.ANTHROPIC)
 
 
+#: A check's outcome: refused (Verdict), admitted (Counts; None: admitted with no state,
+#: as fail_open does), or the backend's error when fail_closed (BackendUnavailable).
+Outcome: TypeAlias = "Verdict | Counts | BackendUnavailable | None"
+
+#: ``plano_fast.ratelimit_headers``: the x-ratelimit-* / anthropic-ratelimit-* headers on
+#: refusals only (429), or also on every admitted response of a request that falls in a
+#: bucket (computed from the state the check returns: no second round trip)
+HeadersMode = Literal["refused", "always"]
+
+
 class RateLimits:
     """The configured limits and their backend."""
 
-    def __init__(self, limits: Sequence[Limit], backend: MemoryBackend | SqliteBackend | RedisBackend) -> None:
+    #: buckets kept for reuse (a selector "*" makes one per distinct value): beyond this
+    #: many the memo starts over
+    _BUCKETS_MAX: Final = 4096
+
+    def __init__(
+        self, limits: Sequence[Limit], backend: MemoryBackend | SqliteBackend | RedisBackend,
+        headers: HeadersMode = "refused",
+    ) -> None:  # fmt: skip
         self.limits = tuple(limits)
         self.backend = backend
+        self.headers_always = headers == "always"
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
             if limit.model != "*":
@@ -482,6 +620,8 @@ class RateLimits:
         #: the limits on every model (``model: "*"``), matched once per request
         self.any_model = tuple(limit for limit in self.limits if limit.model == "*")
         self.refused = 0
+        #: (limit index, selector value) -> its Bucket, built once (key strings, Redis keys)
+        self._buckets: dict[tuple[int, str], Bucket] = {}
 
     @property
     def asynchronous(self) -> bool:
@@ -504,9 +644,8 @@ class RateLimits:
             self._match(self.any_model, headers, project, key_hash, found, seen)
         return found
 
-    @staticmethod
     def _match(
-        limits: Sequence[Limit], headers: Sequence[tuple[bytes, bytes]], project: str | None,
+        self, limits: Sequence[Limit], headers: Sequence[tuple[bytes, bytes]], project: str | None,
         key_hash: str | None, found: list[Bucket], seen: set[int],
     ) -> None:  # fmt: skip
         for limit in limits:
@@ -522,26 +661,62 @@ class RateLimits:
             if value is None or (limit.value != "*" and value != limit.value):
                 continue
             seen.add(limit.index)
-            found.append(Bucket(limit, f"{limit.index}:{value}"))
+            bucket = self._buckets.get((limit.index, value))
+            if bucket is None:
+                if len(self._buckets) >= self._BUCKETS_MAX:
+                    self._buckets.clear()
+                key = f"{limit.index}:{value}"
+                bucket = self._buckets[(limit.index, value)] = Bucket(limit, key, REDIS_PREFIX + key.encode() + b":")
+            found.append(bucket)
 
     def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
         self.backend.debit(buckets, tokens, time.time())
 
-    def admit_now(self, buckets: Sequence[Bucket]) -> None:
-        """The synchronous check (raises RateLimited); only when not ``asynchronous``."""
+    def decide(self, buckets: Sequence[Bucket], outcome: Outcome, now_s: float, anthropic: bool) -> bytes:
+        """A check's outcome -> the header lines for the admitted response (b"" unless
+        ``ratelimit_headers: always``); raises RateLimited or BackendUnavailable."""
+        if outcome is None:
+            return b""  # fail_open while the backend is down: no state to report
+        if isinstance(outcome, Verdict):
+            self.refused += 1
+            raise RateLimited(outcome)
+        if isinstance(outcome, BackendUnavailable):
+            raise outcome
+        if not self.headers_always:
+            return b""
+        return admitted_headers(buckets, outcome, now_s, anthropic)
+
+    def admit_now(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes:
+        """The synchronous check (raises RateLimited); only when not ``asynchronous``.
+        Returns the admitted response's header lines (see ``decide``)."""
         backend = self.backend
         assert not isinstance(backend, RedisBackend)
-        verdict = backend.check_now(buckets, time.time())
-        if verdict is not None:
-            self.refused += 1
-            raise RateLimited(verdict)
+        now_s = time.time()
+        return self.decide(buckets, backend.check_now(buckets, now_s), now_s, anthropic)
 
-    async def admit(self, buckets: Sequence[Bucket]) -> None:
-        """The shared check (raises RateLimited, or BackendUnavailable when fail_closed)."""
-        verdict = await self.backend.check(buckets, time.time())
-        if verdict is not None:
-            self.refused += 1
-            raise RateLimited(verdict)
+    def check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
+        """The shared check without a task: ``done(outcome)`` runs when it is known (at
+        once for the in-process and SQLite backends); pass the outcome to ``decide``."""
+        backend = self.backend
+        if isinstance(backend, RedisBackend):
+            backend.start_check(buckets, now_s, done)
+        else:
+            try:
+                outcome: Outcome = backend.check_now(buckets, now_s)
+            except BackendUnavailable as exc:
+                outcome = exc
+            done(outcome)
+
+    async def admit(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes:
+        """The shared check, awaited (raises RateLimited, or BackendUnavailable when
+        fail_closed); returns the admitted response's header lines (see ``decide``)."""
+        backend = self.backend
+        now_s = time.time()
+        if isinstance(backend, RedisBackend):
+            outcome = await backend.check(buckets, now_s)
+        else:
+            outcome = backend.check_now(buckets, now_s)
+        return self.decide(buckets, outcome, now_s, anthropic)
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -553,12 +728,80 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 def reset_text(seconds: float) -> str:
     """OpenAI's x-ratelimit-reset-* format: "1s", "6m0s", "1h2m3s", "250ms"."""
+    if seconds <= 0:
+        return "0s"
     if seconds < 1:
         return f"{max(1, math.ceil(seconds * 1000))}ms"
     total = math.ceil(seconds)
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
     return (f"{h}h" if h else "") + (f"{m}m" if h or m else "") + f"{s}s"
+
+
+def rfc3339(epoch_s: float) -> str:
+    """Anthropic's anthropic-ratelimit-*-reset format (RFC 3339, UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+def full_reset_s(prev: int, cur: int, window_s: int, now_s: float) -> float:
+    """Seconds until a bucket is back to its full amount: this window's count leaves the
+    sliding window at the end of the next window, the previous one's at this one's end."""
+    to_end = window_s - now_s % window_s
+    if cur > 0:
+        return to_end + window_s
+    return to_end if prev > 0 else 0.0
+
+
+def _header_lines(kind: bytes, limit: int, remaining: int, reset_s: float, anthropic: bool, now_s: float) -> bytes:
+    if anthropic:
+        return b"anthropic-ratelimit-%s-limit: %d\r\nanthropic-ratelimit-%s-remaining: %d\r\n" \
+               b"anthropic-ratelimit-%s-reset: %s\r\n" % (
+                   kind, limit, kind, remaining, kind, rfc3339(now_s + reset_s).encode())  # fmt: skip
+    return b"x-ratelimit-limit-%s: %d\r\nx-ratelimit-remaining-%s: %d\r\nx-ratelimit-reset-%s: %s\r\n" % (
+        kind, limit, kind, remaining, kind, reset_text(reset_s).encode())  # fmt: skip
+
+
+def admitted_headers(buckets: Sequence[Bucket], counts: Counts, now_s: float, anthropic: bool) -> bytes:
+    """The rate-limit header lines of an admitted response: per kind (requests, tokens)
+    the bucket with the least left.  Remaining: the limit minus the sliding window's
+    count, this request included for a request limit; for a token limit before this
+    request's own tokens (debited after the response).  Reset: when the bucket is full
+    again (OpenAI's "1m30s" format; Anthropic's RFC 3339 time)."""
+    best: dict[str, tuple[int, Bucket, int, int]] = {}
+    for i, b in enumerate(buckets):
+        prev, cur = counts[2 * i + 1], counts[2 * i + 2]
+        limit = b.limit
+        left = max(0, math.floor(limit.amount - estimate(prev, cur, limit.window_s, now_s)))
+        known = best.get(limit.kind)
+        if known is None or left < known[0]:
+            best[limit.kind] = (left, b, prev, cur)
+    out = b""
+    for kind in ("requests", "tokens"):
+        chosen = best.get(kind)
+        if chosen is not None:
+            left, b, prev, cur = chosen
+            reset_s = full_reset_s(prev, cur, b.limit.window_s, now_s)
+            out += _header_lines(kind.encode(), b.limit.amount, left, reset_s, anthropic, now_s)
+    return out
+
+
+def with_headers(block: bytes, lines: bytes) -> bytes:
+    """An upstream head's header ``block`` plus the gateway's rate-limit header ``lines``;
+    the provider's own headers of the same names (OpenAI and Anthropic send theirs: the
+    limits of the gateway's upstream key) are dropped, so the client sees one value."""
+    if b"ratelimit-" in block.lower():
+        names = {line.partition(b":")[0] for line in lines.split(b"\r\n") if line}
+        block = b"".join(
+            line + b"\r\n" for line in block.split(b"\r\n") if line and line.partition(b":")[0].lower() not in names
+        )
+    return block + lines
+
+
+def with_header_pairs(headers: list[tuple[bytes, bytes]], lines: bytes) -> list[tuple[bytes, bytes]]:
+    """``with_headers`` for a head rebuilt from (name, value) pairs (a converted answer)."""
+    ours = [(name, value) for name, _, value in (line.partition(b": ") for line in lines.split(b"\r\n") if line)]
+    names = {name for name, _ in ours}
+    return [h for h in headers if h[0].lower() not in names] + ours
 
 
 def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = None) -> tuple[tuple[bytes, bytes], ...]:
@@ -570,7 +813,7 @@ def refusal_headers(verdict: Verdict, anthropic: bool, now_s: float | None = Non
     retry_ms = max(1, math.ceil(verdict.retry_after_s * 1000))
     headers = [(b"retry-after", str(retry).encode()), (b"retry-after-ms", str(retry_ms).encode())]
     if anthropic:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now_s or time.time()) + verdict.retry_after_s))
+        stamp = rfc3339((now_s or time.time()) + verdict.retry_after_s)
         kind = b"tokens" if limit.kind == "tokens" else b"requests"
         headers += [
             (b"anthropic-ratelimit-" + kind + b"-limit", str(limit.amount).encode()),
@@ -599,7 +842,9 @@ def prepare_shared(raw: object, redis_url: str | None, shared_dir: str) -> None:
         SqliteBackend(os.path.join(shared_dir, SHARED_FILE)).db.close()
 
 
-def build(raw: object, redis_url: str | None, fail_open: bool, shared_dir: str | None) -> RateLimits | None:
+def build(
+    raw: object, redis_url: str | None, fail_open: bool, shared_dir: str | None, headers: HeadersMode = "refused"
+) -> RateLimits | None:
     """The limits and their backend: Redis with ``redis_url``; else, when the instance
     runs several workers (``shared_dir``: their common run directory), a SQLite file
     there; else this process's memory."""
@@ -607,10 +852,19 @@ def build(raw: object, redis_url: str | None, fail_open: bool, shared_dir: str |
     if not limits:
         return None
     if redis_url:
-        return RateLimits(limits, RedisBackend(redis_url, fail_open))
+        return RateLimits(limits, RedisBackend(redis_url, fail_open), headers)
     if shared_dir is not None:
-        return RateLimits(limits, SqliteBackend(os.path.join(shared_dir, SHARED_FILE)))
-    return RateLimits(limits, MemoryBackend())
+        return RateLimits(limits, SqliteBackend(os.path.join(shared_dir, SHARED_FILE)), headers)
+    return RateLimits(limits, MemoryBackend(), headers)
+
+
+def headers_policy(mode: HeadersMode) -> str:
+    """``plano_fast.ratelimit_headers`` in one line (``plano-fast validate``)."""
+    if mode == "always":
+        return ("always: x-ratelimit-* (anthropic-ratelimit-* for Anthropic clients) on every response "
+                "of a limited request, the provider's own of the same names replaced; Retry-After on 429")  # fmt: skip
+    return ("refused: x-ratelimit-* (anthropic-ratelimit-* for Anthropic clients) and Retry-After on 429 "
+            "refusals only (ratelimit_headers: always adds them to admitted responses)")  # fmt: skip
 
 
 def describe(raw: object) -> list[str]:

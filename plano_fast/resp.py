@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -36,14 +37,15 @@ class ReplyError(RedisUnavailable):
     """Redis answered with an error (``NOSCRIPT``, ``WRONGTYPE``, ``OOM`` ...)."""
 
 
+def pack_command(parts: tuple[bytes, ...]) -> bytes:
+    """One RESP command (an array of bulk strings), packed by hiredis in C: ~1.9 µs for
+    the rate limiter's ~12 parts where joining them in Python took ~5."""
+    return cast(bytes, hiredis.pack_command(parts))  # type: ignore[arg-type]  # (its stub types a 1-tuple)
+
+
 def command(*parts: bytes) -> bytes:
-    """One RESP command (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        out.append(b"$%d\r\n" % len(p))
-        out.append(p)
-        out.append(b"\r\n")
-    return b"".join(out)
+    """One RESP command from its parts."""
+    return pack_command(parts)
 
 
 class _Protocol(asyncio.Protocol):
@@ -66,15 +68,33 @@ class _Protocol(asyncio.Protocol):
                 return
             if not waiting:
                 return  # a reply nobody waits for: a protocol error; the next loss resets
-            future, _sent = waiting.popleft()
-            if future is not None and not future.done():
-                if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(ReplyError(str(reply)))
-                else:
-                    future.set_result(reply)
+            target, _sent = waiting.popleft()
+            if target is None:
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                _deliver(target, None, ReplyError(str(reply)))
+            else:
+                _deliver(target, reply, None)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.owner._lost(self, exc)
+
+
+#: Who gets a reply (``waiting``): a future, or a callback ``(reply, error)`` run as soon
+#: as the reply is parsed (no future, no extra loop turn: the rate limiter's check
+#: forwards the request from it).
+def _deliver(target: Any, reply: Any, error: BaseException | None) -> None:
+    if isinstance(target, asyncio.Future):
+        if not target.done():
+            if error is not None:
+                target.set_exception(error)
+            else:
+                target.set_result(reply)
+        return
+    try:
+        target(reply, error)
+    except Exception as exc:  # noqa: BLE001 - a caller's bug must not stop the replies after it
+        asyncio.get_running_loop().call_exception_handler({"message": "error in a Redis reply callback", "exception": exc})
 
 
 class RespClient:
@@ -102,8 +122,8 @@ class RespClient:
             self.prelude_count += 1
         self.timeout_s = timeout_s
         self.retry_s = retry_s
-        #: (future or None for a reply nobody reads, loop time sent), in send order
-        self.waiting: deque[tuple[asyncio.Future[Any] | None, float]] = deque()
+        #: (future, callback or None for a reply nobody reads, loop time sent), in send order
+        self.waiting: deque[tuple[Any, float]] = deque()
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._retry_at = 0.0
@@ -122,7 +142,18 @@ class RespClient:
             loop.create_task(self._connect_and_send(data, replies, future))
         return future
 
-    def _send(self, proto: _Protocol, data: bytes, replies: int, future: asyncio.Future[Any], now: float) -> None:
+    def call_back(self, data: bytes, callback: Callable[[Any, BaseException | None], None]) -> None:
+        """Send ``data`` (one command); ``callback(reply, None)`` or ``callback(None,
+        RedisUnavailable)`` runs from the reply's read, without a future."""
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            self._send(proto, data, 1, callback, asyncio.get_running_loop().time())
+        else:
+            self.call(data).add_done_callback(
+                lambda f: callback(None, f.exception()) if f.exception() is not None else callback(f.result(), None)
+            )
+
+    def _send(self, proto: _Protocol, data: bytes, replies: int, future: Any, now: float) -> None:
         waiting = self.waiting
         for _ in range(replies - 1):
             waiting.append((None, now))
@@ -202,9 +233,9 @@ class RespClient:
             self._proto = None
         waiting, self.waiting = self.waiting, deque()
         error = RedisUnavailable(f"connection lost: {exc}" if exc else "connection closed")
-        for future, _ in waiting:
-            if future is not None and not future.done():
-                future.set_exception(error)
+        for target, _ in waiting:
+            if target is not None:
+                _deliver(target, None, error)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -113,3 +113,54 @@ def test_a_config_mode_key_limit_blocks_that_key_only_and_raising_it_unblocks(
         except openai.RateLimitError:
             assert time.monotonic() < deadline, "raising the limit did not unblock"
             time.sleep(0.1)
+
+
+def test_the_readmes_cli_command_sets_a_config_mode_key_limit(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """README "The three modes": ``plano-fast limits set --scope-kind key --scope-id <the
+    key's SHA-256> --period monthly --limit-usd ...`` against a config-mode gateway; the
+    key is blocked once its usage crosses it, ``limits list`` shows it, ``limits delete``
+    lifts it."""
+    import os
+    import subprocess
+    import sys
+
+    gateway = make_gateway({"admin_port": 0, "admin_key": "$PLANO_FAST_TEST_ADMIN"},
+                           env={"PLANO_FAST_TEST_ADMIN": ADMIN_KEY})  # fmt: skip
+    key = "sk-config-client-cli-0003"
+    env = {**os.environ, "PLANO_FAST_ADMIN_URL": f"http://127.0.0.1:{gateway.admin_port}",
+           "PLANO_FAST_ADMIN_KEY": ADMIN_KEY}  # fmt: skip
+
+    def cli(*args: str) -> Any:
+        out = subprocess.run([sys.executable, "-m", "plano_fast", *args], capture_output=True, text=True,
+                             env=env, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    usd = f"{3 * GPT_4O_MINI_COST / 1e9:.9f}"  # three requests' cost
+    made = cli("limits", "set", "--scope-kind", "key", "--scope-id", _sha(key), "--period", "monthly", "--limit-usd", usd)
+    assert made["scope_kind"] == "key" and made["limit_nano_usd"] == 3 * GPT_4O_MINI_COST
+    listed = cli("limits", "list", "--scope-kind", "key", "--scope-id", _sha(key))
+    assert [limit["id"] for limit in listed["limits"]] == [made["id"]]
+    for _ in range(3):
+        _chat(key, gateway)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _chat(key, gateway)
+        except openai.RateLimitError as exc:
+            assert exc.body["code"] == "spending_limit_exceeded"  # type: ignore[index]
+            break
+        assert time.monotonic() < deadline, "the key over its CLI-set limit was never blocked"
+        time.sleep(0.05)
+    _chat(OTHER, gateway)  # another key: served
+    cli("limits", "delete", made["id"])
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _chat(key, gateway)
+            break
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, "deleting the limit did not unblock"
+            time.sleep(0.1)

@@ -23,6 +23,7 @@ from plano_fast.ratelimit import (
     MemoryBackend,
     RateLimitConfigError,
     SqliteBackend,
+    Verdict,
     build,
     estimate,
     parse_limits,
@@ -65,12 +66,16 @@ def test_memory_backend_requests_then_tokens() -> None:
     ])  # fmt: skip
     backend = MemoryBackend()
     buckets = [Bucket(req, "0:a"), Bucket(tok, "1:a")]
-    assert backend.check_now(buckets, 60.0) is None and backend.check_now(buckets, 61.0) is None
+    # admitted: every bucket's (previous, current) window counts, this request counted
+    assert backend.check_now(buckets, 60.0) == [-1, 0, 1, 0, 0]
+    assert backend.check_now(buckets, 61.0) == [-1, 0, 2, 0, 0]
     verdict = backend.check_now(buckets, 62.0)
-    assert verdict is not None and verdict.limit is req and verdict.retry_after_s == 58.0
+    assert isinstance(verdict, Verdict) and verdict.limit is req and verdict.retry_after_s == 58.0
     backend.debit([Bucket(tok, "1:b")], 60, 62.0)
-    assert backend.check_now([Bucket(tok, "1:b")], 63.0) is not None  # tokens over their limit
-    assert backend.check_now([Bucket(tok, "1:c")], 63.0) is None  # another value: its own bucket
+    assert isinstance(backend.check_now([Bucket(tok, "1:b")], 63.0), Verdict)  # tokens over their limit
+    assert backend.check_now([Bucket(tok, "1:c")], 63.0) == [-1, 0, 0]  # another value: its own bucket
+    # the next window: the previous one counts by its overlap (60 x 10/60 = 10 < 50)
+    assert backend.check_now([Bucket(tok, "1:b")], 170.0) == [-1, 60, 0]
 
 
 def start(fake: FakeProviderThread, tmp_path: Path, limits: str, settings: dict[str, object] | None = None,
@@ -248,13 +253,13 @@ def test_sqlite_backend_is_one_store_for_every_worker(tmp_path: Path) -> None:
     a = SqliteBackend(str(tmp_path / "rl.sqlite3"))
     b = SqliteBackend(str(tmp_path / "rl.sqlite3"))
     buckets = [Bucket(req, "0:x")]
-    assert a.check_now(buckets, 60.0) is None and b.check_now(buckets, 60.5) is None
-    assert a.check_now(buckets, 61.0) is None
+    assert a.check_now(buckets, 60.0) == [-1, 0, 1] and b.check_now(buckets, 60.5) == [-1, 0, 2]
+    assert a.check_now(buckets, 61.0) == [-1, 0, 3]
     verdict = b.check_now(buckets, 62.0)
-    assert verdict is not None and verdict.limit is req and verdict.retry_after_s == 58.0
+    assert isinstance(verdict, Verdict) and verdict.limit is req and verdict.retry_after_s == 58.0
     a.debit([Bucket(tok, "1:x")], 60, 62.0)
-    assert b.check_now([Bucket(tok, "1:x")], 63.0) is not None  # the other worker's debit counts
-    assert b.check_now([Bucket(tok, "1:y")], 63.0) is None
+    assert isinstance(b.check_now([Bucket(tok, "1:x")], 63.0), Verdict)  # the other worker's debit counts
+    assert b.check_now([Bucket(tok, "1:y")], 63.0) == [-1, 0, 0]
 
 
 def _fw_limits(other_key_hash: str) -> str:

@@ -213,3 +213,61 @@ def test_the_parent_prepares_the_shared_file_so_workers_only_read(tmp_path: Path
     reader.execute("COMMIT")
     prepare_shared(limits, "redis://127.0.0.1:1/0", str(tmp_path / "none"))  # Redis: no file made
     assert not (tmp_path / "none" / SHARED_FILE).exists()
+
+
+def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedis) -> None:
+    """The Redis backend's debits: held (merged per key) until this process's next check,
+    which applies them before it reads -- so its own checks always see them -- or sent
+    alone after ``DEBIT_DELAY_S`` when no check comes; a key's TTL is set when created; a
+    restarted (empty) Redis answers NOSCRIPT and the pending debits go with the EVAL; the
+    last ones are sent when the backend closes (shutdown)."""
+    from plano_fast.ratelimit import BackendUnavailable, RedisBackend, Verdict, build
+    from plano_fast.resp import RespClient, command
+
+    async def scenario() -> None:
+        user = uuid.uuid4().hex
+        limits = build([
+            {"model": "m", "selector": {"key": "x-user"}, "limit": {"requests": 10, "unit": "minute"}},
+            {"model": "m", "selector": {"key": "x-user"}, "limit": {"tokens": 100, "unit": "minute"}},
+        ], redis.url, False, None)  # fmt: skip
+        assert limits is not None and isinstance(limits.backend, RedisBackend)
+        backend = limits.backend
+        buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
+        raw = RespClient(redis.url)
+        now = time.time()
+        if now % 60 > 55:  # keep the test inside one window
+            await asyncio.sleep(61 - now % 60)
+            now = time.time()
+        token_key = f"plano_fast:rl:1:{user}:{int(now // 60)}".encode()
+        assert await backend.check(buckets, now) == [-1, 0, 1, 0, 0]
+        limits.settle(buckets, 30)
+        limits.settle(buckets, 12)  # merged with the first: one INCRBY of 42
+        assert await raw.call(command(b"GET", token_key)) is None  # held, not sent
+        assert await backend.check(buckets, time.time()) == [-1, 0, 2, 0, 42]  # carried and seen
+        ttl = await raw.call(command(b"TTL", token_key))
+        assert 60 < ttl <= 121  # two windows and a second, set by the INCRBY that created it
+        limits.settle(buckets, 40)
+        await asyncio.sleep(backend.DEBIT_DELAY_S + 0.1)  # no check came: sent alone
+        assert await raw.call(command(b"GET", token_key)) == b"82"
+        limits.settle(buckets, 30)  # 112 once applied, by this very check: refused on tokens
+        verdict = await backend.check(buckets, time.time())
+        assert isinstance(verdict, Verdict) and verdict.limit.kind == "tokens"
+        assert await raw.call(command(b"GET", token_key)) == b"112"
+        limits.settle(buckets, 7)
+        redis.stop()
+        redis.start()  # empty, and the old connection is gone
+        outcome = await backend.check(buckets, time.time())  # fail_closed; the pending 7 lost, counted
+        assert isinstance(outcome, BackendUnavailable) and backend.errors == 1 and backend.down
+        await asyncio.sleep(0.6)  # past the client's reconnect delay
+        limits.settle(buckets, 5)
+        # NOSCRIPT, then EVAL with the same arguments: the debit goes with it
+        assert await backend.check(buckets, time.time()) in ([-1, 0, 1, 0, 5], [-1, 0, 1, 5, 0])
+        assert not backend.down
+        settled_at = time.time()
+        limits.settle(buckets, 9)
+        await backend.close()  # the pending debit is sent before the connection closes
+        key_now = f"plano_fast:rl:1:{user}:{int(settled_at // 60)}".encode()
+        assert await raw.call(command(b"GET", key_now)) in (b"14", b"9")  # (b"9": a new window began)
+        await raw.aclose()
+
+    asyncio.run(scenario())

@@ -240,6 +240,10 @@ class GatewaySettings(BaseModel):
     redis_url: str | None = Field(default=None, repr=False)
     # Rate-limit backend unreachable: refuse (503) or admit unlimited.
     ratelimit_on_backend_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    # The x-ratelimit-* (OpenAI) / anthropic-ratelimit-* headers of ratelimits: on 429
+    # refusals only, or also on every admitted response of a request that falls in a
+    # bucket (from the check's own answer: no extra Redis round trip).
+    ratelimit_headers: Literal["refused", "always"] = "refused"
     # The DLP floor: PII/secret detectors and their actions (plano_fast.guardrails).
     guardrails: dict[str, Any] | None = None
     # Guard models behind prompt_guards (jailbreak) and content moderation

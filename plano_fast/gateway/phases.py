@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from plano_fast import guardrails
 from plano_fast.filter_chain import run_chain
 from plano_fast.guard_models import latest_user_text
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.errors import ClientError, SpendingLimitExceeded
+from plano_fast.errors import ApiFormat, ClientError, SpendingLimitExceeded
+from plano_fast.ratelimit import Outcome
 
 if TYPE_CHECKING:
     from plano_fast.gateway.relay import Exchange
@@ -151,9 +154,9 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
 
 def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None = None) -> bool:
     """Admission against plano_fast.ratelimit: raises RateLimited when a bucket is
-    full (in-process or instance-shared limits); True when the check must be awaited
-    (Redis) -- the caller then forwards through ``admitted_forward``.  ``key_hash``:
-    the client key's hash when it is not ``exchange.key_hash`` (managed tokens)."""
+    full (in-process or instance-shared limits); True when the check must wait for Redis
+    -- the caller then forwards through ``admitted_forward``.  ``key_hash``: the client
+    key's hash when it is not ``exchange.key_hash`` (managed tokens)."""
     limits = exchange.ctx.ratelimits
     if limits is None:
         return False
@@ -165,7 +168,7 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str
     exchange.rl_buckets = buckets
     if limits.asynchronous:
         return True
-    limits.admit_now(buckets)
+    exchange.rl_head = limits.admit_now(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
     return False
 
 
@@ -174,14 +177,41 @@ async def admit_awaited(exchange: Exchange, models: tuple[str | None, ...], key_
     if rate_limit(exchange, models, key_hash):
         limits = exchange.ctx.ratelimits
         assert limits is not None and exchange.rl_buckets is not None
-        await limits.admit(exchange.rl_buckets)
+        exchange.rl_head = await limits.admit(exchange.rl_buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
 
 
-async def admitted_forward(exchange: Exchange) -> None:
-    """Forward once the awaited rate-limit check (``rate_limit`` returned True) admits."""
+def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+    """Forward once the Redis check (``rate_limit`` returned True) admits; returns None
+    (the modes return it as their pending work: there is none left for a task).
+
+    No task: the check's reply runs a callback that forwards (or answers the refusal);
+    a task per limited request cost ~10 µs and a loop turn.  Meanwhile the exchange is
+    handed to the server as waiting on upstream callbacks (``on_client_gone`` set): a
+    client that leaves is recorded as abandoned, and the reply then forwards nothing."""
     limits = exchange.ctx.ratelimits
-    assert limits is not None and exchange.rl_buckets is not None
-    await limits.admit(exchange.rl_buckets)
-    pending = exchange.forward_now()
-    if pending is not None:
-        await pending
+    buckets = exchange.rl_buckets
+    assert limits is not None and buckets is not None
+    responder = exchange.responder
+    responder.on_client_gone = exchange._client_gone
+    now_s = time.time()
+
+    def checked(outcome: Outcome) -> None:
+        if exchange.outcome or not responder.client_connected:
+            return  # the client left while the check was out (settled as abandoned)
+        try:
+            exchange.rl_head = limits.decide(buckets, outcome, now_s, exchange.request.api_format is ApiFormat.ANTHROPIC)
+            pending = exchange.forward_now()
+        except Exception as exc:  # noqa: BLE001 - answered by the server, as a raising handler's
+            responder.continue_in_task(_raise(exc), exchange.request)
+            return
+        if pending is not None:
+            responder.continue_in_task(pending, exchange.request)
+
+    limits.check(buckets, now_s, checked)
+    return None
+
+
+async def _raise(exc: BaseException) -> None:
+    """A refusal (or a bug) found in a callback, answered in the client's format by the
+    server's task runner (the error counters and the access log see it as any other)."""
+    raise exc

@@ -32,7 +32,7 @@ from plano_fast import wire as scan
 from plano_fast.errors import UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
-from plano_fast.ratelimit import Bucket, RateLimits
+from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
 from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
@@ -290,6 +290,7 @@ class Exchange:
         "span",
         "attempt_span",
         "rl_buckets",
+        "rl_head",
         "guard_warning",
         "guard_names",
         "route_header",
@@ -348,6 +349,8 @@ class Exchange:
         self.attempt_span: Span | None = None
         #: the rate-limit buckets this request counts against (debited at settle)
         self.rl_buckets: list[Bucket] | None = None
+        #: the rate-limit header lines of an admitted response (``ratelimit_headers: always``)
+        self.rl_head = b""
         #: guardrails: detectors whose action is warn (a response header), all that matched
         self.guard_warning = b""
         self.guard_names: list[str] | None = None
@@ -556,12 +559,15 @@ class Exchange:
             headers = self.client_headers(head)
             if self.guard_warning:
                 headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
+            if self.rl_head:
+                headers = with_header_pairs(headers, self.rl_head)
             body_filter.head(self.responder, status, headers)
             return
         content_length = head.content_length
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
-        block = head.block + b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        block = head.block if not self.rl_head else with_headers(head.block, self.rl_head)
+        block += b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
         if self.ctx.server_timing:
             block += self._server_timing()
         if self.guard_warning:
