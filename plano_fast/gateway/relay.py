@@ -752,12 +752,10 @@ class Exchange:
             model = event.model
             if model not in metrics.known_models:  # a set lookup, not a call, once it is known
                 model = metrics.model_label(model)
-            metrics.observe(
-                (self.MODE, event.provider, model, self.endpoint_name),
-                event.http_status,
-                (now_ns - started_ns) / 1e9,
-                (now_ns - sent_ns) / 1e9 if sent_ns else None,
-                (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+            # Clock readings as they are (ints): the accumulator derives the durations.
+            metrics.observe_ns(
+                (self.MODE, event.provider, model, self.endpoint_name), event.http_status,
+                started_ns, now_ns, sent_ns, head_ns if self.streaming else 0,
                 (event.input_tokens, event.output_tokens, event.cache_read_tokens,
                  event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
             )  # fmt: skip
