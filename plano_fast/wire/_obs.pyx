@@ -444,7 +444,7 @@ cdef int put_line(Buf *b, tuple values) except -1:
         put(b, b',"overhead_us":', 15)
         put_int(b, duration_us - upstream_us)
     else:
-        put(b, b',"upstream_ms":null,"overhead_us":null', 37)
+        put(b, b',"upstream_ms":null,"overhead_us":null', 38)
     put(b, b',"attempts":', 12)
     put_value(b, <object>PyTuple_GET_ITEM(values, 18))
     put(b, b',"client":', 10)
