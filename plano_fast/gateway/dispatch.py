@@ -17,6 +17,7 @@ from plano_fast.credentials import read_client_headers
 from plano_fast.errors import (
     BadRequestBody,
     ClientError,
+    GatewayError,
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
@@ -138,7 +139,11 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         if ctx.prechecks and isinstance(forwarded, RoutedExchange) and forwarded.endpoint is not COUNT_TOKENS:
             # guard models / input filters (config mode: Plano's listener semantics)
             return checked_start(forwarded, GUARD_FORMATS[forwarded.endpoint.name])
-        return forwarded.start()
+        try:
+            return forwarded.start()
+        except GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
+            forwarded.refused(exc)
+            raise
     path = request.path
     if stored_response_path(gw, request):
         return stored_response(gw, request, responder)

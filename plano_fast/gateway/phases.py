@@ -18,7 +18,7 @@ from plano_fast import guardrails
 from plano_fast.filter_chain import run_chain
 from plano_fast.guard_models import latest_user_text
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.errors import ClientError, SpendingLimitExceeded
+from plano_fast.errors import ClientError, GatewayError, SpendingLimitExceeded
 
 if TYPE_CHECKING:
     from plano_fast.gateway.relay import Exchange
@@ -132,21 +132,25 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
     exchange starts as any other (the DLP floor, routing, rate limits)."""
     ctx = exchange.ctx
     request = exchange.request
-    key = identify_caller(exchange)
-    chains = ctx.filter_chains
-    if chains is not None and chains.input:
-        request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
-    guards = ctx.guards
-    if guards is not None:
-        try:
-            doc = json.loads(request.body)
-        except ValueError:
-            doc = None  # refused by the scanner with a precise message
-        if doc is not None:
-            await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
-    pending = exchange.start()
-    if pending is not None:
-        await pending
+    try:
+        key = identify_caller(exchange)
+        chains = ctx.filter_chains
+        if chains is not None and chains.input:
+            request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
+        guards = ctx.guards
+        if guards is not None:
+            try:
+                doc = json.loads(request.body)
+            except ValueError:
+                doc = None  # refused by the scanner with a precise message
+            if doc is not None:
+                await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
+        pending = exchange.start()
+        if pending is not None:
+            await pending
+    except GatewayError as exc:  # a filter, a guard model, auth, ...: its access-log line
+        exchange.refused(exc)
+        raise
 
 
 def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None = None) -> bool:
@@ -181,7 +185,11 @@ async def admitted_forward(exchange: Exchange) -> None:
     """Forward once the awaited rate-limit check (``rate_limit`` returned True) admits."""
     limits = exchange.ctx.ratelimits
     assert limits is not None and exchange.rl_buckets is not None
-    await limits.admit(exchange.rl_buckets)
+    try:
+        await limits.admit(exchange.rl_buckets)
+    except GatewayError as exc:  # over a limit: the refusal's access-log line
+        exchange.refused(exc)
+        raise
     pending = exchange.forward_now()
     if pending is not None:
         await pending

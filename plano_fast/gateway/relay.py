@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from plano_fast import guardrails
 from plano_fast import wire as scan
-from plano_fast.errors import UpstreamError
+from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits
@@ -791,6 +791,26 @@ class Exchange:
                 event.reasoning_tokens, now_ns, head_ns, sent_ns, event.attempts,
                 self.responder.peer(), self.guard_names, self.route_name, event.attempt_trail,
             ))  # fmt: skip
+
+    def refused(self, error: GatewayError) -> None:
+        """The gateway refused this request itself (a guardrail, a guard model, an input
+        filter, a rate limit, ...; the server answers it and counts it in errors_total):
+        its access-log line -- outcome ``refused``, the error's code and the guardrail or
+        filter named by its ``x-plano-guardrail`` header in ``attempt_trail`` and
+        ``guardrails``.  Nothing when the request was already settled (its line written)."""
+        access_log = self.ctx.access_log
+        if access_log is None or self.outcome:
+            return
+        names = self.guard_names
+        for name, value in error.headers(self.request.api_format):
+            if name == b"x-plano-guardrail":
+                names = sorted(set(names or ()) | set(value.decode("latin-1").split(",")))
+        access_log.record((
+            self.started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
+            self.provider_id or None, self.model or self.requested_model, self.endpoint_name, error.status, "refused",
+            self.streaming, None, None, None, None, time.time_ns(), 0, 0, self.attempts,
+            self.responder.peer(), names, self.route_name, error.code,
+        ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
         started_ns = self.started_ns
