@@ -81,6 +81,12 @@ def _new_request_prefix() -> None:
 os.register_at_fork(after_in_child=_new_request_prefix)
 
 
+#: outcomes counted in errors_total (plano_fast.metrics; Exchange.observe)
+_FAILED_OUTCOMES = frozenset(
+    (STATUS_UPSTREAM_FAILED, STATUS_UPSTREAM_ERROR, STATUS_CLIENT_GONE, STATUS_CLIENT_GONE_ESTIMATED)
+)
+
+
 def new_request_id() -> str:
     """A request id that cannot collide: 128 random bits drawn once per process (and per
     fork), then a counter.  Two ids can only meet if two process starts draw the same 128
@@ -759,12 +765,14 @@ class Exchange:
                 (event.input_tokens, event.output_tokens, event.cache_read_tokens,
                  event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
             )  # fmt: skip
-            if event.status == STATUS_UPSTREAM_FAILED:
-                metrics.error("timeout" if event.http_status == 504 else "upstream")
-            elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
-                metrics.error("client_gone")
-            elif event.status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
-                metrics.error(provider_error_type(event.http_status))
+            status = event.status
+            if status in _FAILED_OUTCOMES:  # one set lookup for an answered request
+                if status == STATUS_UPSTREAM_FAILED:
+                    metrics.error("timeout" if event.http_status == 504 else "upstream")
+                elif status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
+                    metrics.error(provider_error_type(event.http_status))
+                else:
+                    metrics.error("client_gone")
         failed = self.failed_attempts
         if failed is not None:
             ctx.requests_retried += 1

@@ -223,6 +223,11 @@ cdef int put_str(Buf *b, str text, Py_ssize_t limit) except -1:
     out += 1
     if kind == 1:
         latin = <const unsigned char *>data
+        if plain_ascii(latin, n):  # the usual text: copied as it is
+            memcpy(out, latin, n)
+            out[n] = b'"'
+            b.n = out + n + 1 - b.p
+            return 0
         for i in range(n):
             c = latin[i]
             if 0x20 <= c < 0x80 and c != 0x22 and c != 0x5c:
@@ -242,6 +247,18 @@ cdef int put_str(Buf *b, str text, Py_ssize_t limit) except -1:
     out += 1
     b.n = out - b.p
     return 0
+
+
+cdef inline bint plain_ascii(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """No byte of p[:n] needs an escape or UTF-8 encoding (a loop without an early exit:
+    the compiler vectorizes it)."""
+    cdef Py_ssize_t i
+    cdef unsigned char bad = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = p[i]
+        bad |= (c < 0x20) | (c == 0x22) | (c == 0x5c) | (c >= 0x80)
+    return bad == 0
 
 
 cdef inline char *put_char(char *out, uint32_t c) noexcept nogil:
