@@ -27,6 +27,8 @@ test: env
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Side-by-side: direct, nginx (when installed), plano_fast modes; results in benchmarks/results/
+# The default is issue 27's table with everything on (README "Performance"); BENCH_ARGS=... for another.
+BENCH_ARGS ?= --modes config:1+2,firewall:1+2,managed:1,managed-pg:1 --with-portkey --with-features --c1-runs 3
 bench: env
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

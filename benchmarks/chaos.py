@@ -69,6 +69,16 @@ def start_fake(log_path: Path, latency_ms: float, fail_rate: float = 0.0,
     return proc, int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
 
 
+def retry_policy_yaml(fallback_model: str, indent: str = "    ") -> str:
+    """A provider entry's ``retry_policy`` (its lines, ``indent``-ed, newline-terminated):
+    different_provider to ``fallback_model``, 2 attempts.  Also ``benchmarks/run.py
+    --features retries``' B side, where the provider never fails (configured, not triggered)."""
+    lines = ["retry_policy:", f"  fallback_models: [{fallback_model}]", "  default_strategy: different_provider",
+             "  default_max_attempts: 2", "  max_retry_duration_ms: 10000",
+             "  backoff: {apply_to: same_model, base_ms: 50, max_ms: 1000, jitter: true}"]  # fmt: skip
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
 def write_config(work: Path, primary_port: int, secondary_port: int) -> Path:
     path = work / "chaos.yaml"
     path.write_text(f"""\
@@ -80,13 +90,7 @@ model_providers:
     base_url: http://127.0.0.1:{primary_port}
     access_key: sk-chaos-primary
     default: true
-    retry_policy:
-      fallback_models: [anthropic/{FALLBACK_MODEL}]
-      default_strategy: different_provider
-      default_max_attempts: 2
-      max_retry_duration_ms: 10000
-      backoff: {{apply_to: same_model, base_ms: 50, max_ms: 1000, jitter: true}}
-  - model: anthropic/{FALLBACK_MODEL}
+{retry_policy_yaml(f"anthropic/{FALLBACK_MODEL}")}  - model: anthropic/{FALLBACK_MODEL}
     base_url: http://127.0.0.1:{secondary_port}
     access_key: sk-ant-chaos-secondary
 plano_fast:

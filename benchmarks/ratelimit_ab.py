@@ -39,6 +39,13 @@ from benchmarks.private_redis import PrivateRedis
 from tests.gateway_proc import GatewayProcess
 
 
+def ratelimit_section(kind: str = "tokens") -> str:
+    """Top-level ``ratelimits:`` YAML with one limit every firewall request falls in and
+    never reaches (also ``benchmarks/run.py --features rate_limit``'s B side)."""
+    return (f"ratelimits:\n  - model: \"*\"\n    selector: {{project: \"*\"}}\n"
+            f"    limit: {{{kind}: 1000000000, unit: minute}}\n")  # fmt: skip
+
+
 def redis_calls(port: int) -> dict[str, int]:
     """Calls per command since start (INFO commandstats), over a raw socket."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -129,8 +136,7 @@ def main() -> int:
         gw_b, setup_b = gateways["B"]
         gw_b.stop()
         with open(setup_b.config_path, "a") as fh:
-            fh.write(f"ratelimits:\n  - model: \"*\"\n    selector: {{project: \"*\"}}\n"
-                     f"    limit: {{{args.kind}: 1000000000, unit: minute}}\n")  # fmt: skip
+            fh.write(ratelimit_section(args.kind))
         if args.callgrind:
             gateways["A"][0].stop()
             callgrind({k: (setup.config_path, setup) for k, (_, setup) in gateways.items()}, work, args)

@@ -7,6 +7,7 @@ False and firewall requests get 503 (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,6 +17,11 @@ from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
 
 log = logging.getLogger("plano_fast.firewall")
+
+#: Keys parsed per stretch of the event loop on a reload (``parse_upstream`` is a few µs a
+#: key: 20,000 keys parsed in one go would hold every request in flight ~100 ms, once a
+#: reload interval; issue 27).
+RELOAD_SLICE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class ApiKeyRegistry:
         self.store = store
         self.reload_interval_s = reload_interval_s
         self._routes: dict[str, KeyRoute] = {}
+        self._reload_lock = asyncio.Lock()
         self.ready = False
         # until the first load succeeds, retried every second
         self._loop = Periodic(
@@ -68,14 +75,20 @@ class ApiKeyRegistry:
         return len(self._routes)
 
     async def reload(self) -> None:
-        routes: dict[str, KeyRoute] = {}
-        for key in await self.store.list_active_api_keys():
-            try:
-                routes[key.key_hash] = parse_upstream(key)
-            except ValueError as exc:
-                log.error("%s", exc)
-        self._routes = routes  # one assignment: readers see the old or the new map
-        self.ready = True
+        # One reload at a time: the map is built over several turns of the loop, and a
+        # reload after an admin change must not be overwritten by an older one finishing
+        # after it (the one that started later reads the store later, and assigns last).
+        async with self._reload_lock:
+            routes: dict[str, KeyRoute] = {}
+            for i, key in enumerate(await self.store.list_active_api_keys()):
+                if i and i % RELOAD_SLICE == 0:
+                    await asyncio.sleep(0)
+                try:
+                    routes[key.key_hash] = parse_upstream(key)
+                except ValueError as exc:
+                    log.error("%s", exc)
+            self._routes = routes  # one assignment: readers see the old or the new map
+            self.ready = True
 
     async def start(self) -> None:
         try:

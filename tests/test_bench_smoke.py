@@ -157,4 +157,7 @@ def test_run_quick_writes_a_report(tmp_path: Path) -> None:
     assert report["checks"] and {c["result"] for c in report["checks"]} <= {"PASS", "FAIL", "n/a"}
     usage = report["usage"]["plano_fast config w1"]
     assert all(u["ok"] for u in usage["scenarios"].values()), usage
+    # metrics and the access log are on: one access-log line per request served
+    [access] = [c for c in report["checks"] if c["check"].startswith("access-log lines")]
+    assert access["result"] == "PASS", access
     assert list((runs[0] / "raw").glob("*.txt"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from benchmarks.portkey_setup import portkey_headers
 from benchmarks.run import evaluate, parse_args
@@ -44,3 +47,176 @@ def test_two_workers_are_compared_with_one() -> None:
 def test_portkey_is_an_opt_in_baseline() -> None:
     assert parse_args(["--with-portkey"]).with_portkey and not parse_args([]).with_portkey
     assert ("x-portkey-custom-host", "http://127.0.0.1:9/v1") in portkey_headers(9)
+
+
+# --------------------------------------------------------------------------- issue 27's harness additions
+
+
+def _c1_run(p50: float, p99: float) -> dict[str, Any]:
+    return {"latency_ms": {"p50": p50, "p99": p99}}
+
+
+def test_consecutive_c1_runs_get_a_verdict_each() -> None:
+    from benchmarks.run import consecutive_c1_verdict
+
+    direct = {"lat_p50": 0.20, "lat_p99": 0.40}
+    # run 2's p99 is 1.2 ms over direct's: that run, and so the check, fails
+    runs = [_c1_run(0.30, 0.90), _c1_run(0.34, 1.60), _c1_run(0.29, 1.10)]
+    measured, ok = consecutive_c1_verdict(runs, direct, 0.15, 1.0)
+    assert not ok
+    assert measured == ("added p50 / p99: run 1: +0.100 / +0.500 ms PASS; run 2: +0.140 / +1.200 ms FAIL; "
+                        "run 3: +0.090 / +0.700 ms PASS")
+    # managed has a p50 target only: the same runs pass on p50 <= 0.35 ms
+    assert consecutive_c1_verdict(runs, direct, 0.35, None)[1]
+    # a run without latencies (the tool failed) is not a pass
+    assert not consecutive_c1_verdict([_c1_run(0.3, 0.9), {"latency_ms": {}}], direct, 0.15, 1.0)[1]
+
+
+def test_evaluate_reports_the_consecutive_c1_runs_per_mode() -> None:
+    report = _report({"direct": 2000.0, "plano_fast firewall w1": 900.0, "plano_fast managed w1": 700.0},
+                     {"direct": 0.20, "plano_fast firewall w1": 0.30, "plano_fast managed w1": 0.50})
+    report["scenarios"] = [{"name": "ns_c1", "consecutive": 3}]
+    report["runs"] = {"ns_c1": {"plano_fast firewall w1": [_c1_run(0.30, 0.9)] * 3,
+                                "plano_fast managed w1": [_c1_run(0.50, 2.5), _c1_run(0.58, 2.5),
+                                                          _c1_run(0.52, 2.5)]}}
+    checks = evaluate(report)
+    fw = _check(checks, "plano_fast firewall w1", "added latency, concurrency 1, each of 3")
+    assert fw["result"] == "PASS" and fw["threshold"] == "p50 <= 0.15 ms, p99 <= 1.0 ms in every run"
+    managed = _check(checks, "plano_fast managed w1", "added latency, concurrency 1, each of 3")
+    # managed: p50 only (0.35 ms; its p99, 1.8 ms over direct, has no target); run 2 is 0.38 ms over direct
+    assert managed["result"] == "FAIL" and "run 2: +0.380 / +1.800 ms FAIL" in managed["measured"]
+    assert managed["threshold"] == "p50 <= 0.35 ms in every run"
+    # without --c1-runs there is no such row
+    report["scenarios"] = [{"name": "ns_c1", "consecutive": 1}]
+    assert not [c for c in evaluate(report) if "consecutive" in c["check"]]
+
+
+def test_two_workers_verdict_says_when_the_machine_is_the_limit() -> None:
+    from benchmarks.run import scaling_verdict
+
+    # 2 cores; per request the gateway takes 50 µs, wrk 15 µs, the fake provider 35 µs:
+    # 2e6 / 100 = 20,000 req/s whatever the workers = 1.25x a 16,000 req/s worker
+    sat = {"proxy_cpu_us_per_req": 50.0, "load_cpu_us_per_req": 15.0, "fake_cpu_us_per_req": 35.0,
+           "proxy_cpu_frac": 0.9, "load_cpu_frac": 0.3, "fake_cpu_frac": 0.7}
+    measured, result = scaling_verdict(19000.0, 16000.0, sat, 2)
+    assert result == "n/a"
+    assert measured.startswith("1.19x (19000 vs 16000 req/s)")
+    assert "other processes 0.00 of 2) -> ceiling on 2.00 free cores 20000 req/s = 1.25x one worker" in measured
+    # on 8 cores the ceiling is 80,000 req/s (5x): 1.19x is the gateway's own failure
+    assert scaling_verdict(19000.0, 16000.0, sat, 8)[1] == "FAIL"
+    assert scaling_verdict(28000.0, 16000.0, sat, 8)[1] == "PASS"
+    # ... unless other processes kept 6.1 of the 8 cores busy (machine 8.0 - ours 1.9):
+    # 1.9 free cores / 100 µs = 19,000 req/s = 1.19x
+    busy = {**sat, "machine_busy_cores": 8.0}
+    measured, result = scaling_verdict(19000.0, 16000.0, busy, 8)
+    assert result == "n/a" and "other processes 6.10 of 8) -> ceiling on 1.90 free cores 19000 req/s" in measured
+    # CPU not measured: no FAIL claimed
+    assert scaling_verdict(19000.0, 16000.0, {}, 8)[1] == "n/a"
+
+
+def test_access_log_lines_are_checked_against_requests_served() -> None:
+    report = _report({"plano_fast config w1": 800.0}, {})
+    report["access_logs"] = {"plano_fast config w1": {"lines": 990, "completed": 1000, "sent_max": 1064}}
+    assert _check(evaluate(report), "plano_fast config w1", "access-log lines")["result"] == "FAIL"
+    report["access_logs"]["plano_fast config w1"]["lines"] = 1030  # wrk's in-flight requests at its end
+    row = _check(evaluate(report), "plano_fast config w1", "access-log lines")
+    assert row["result"] == "PASS" and row["measured"] == "1030 lines / 1000 served (up to 1064 sent)"
+
+
+def _side_run(rps: float, cpu: float, p50: float = 1.0, p99: float = 2.0, **kw: Any) -> dict[str, Any]:
+    return {"rps": rps, "proxy_cpu_us_per_req": cpu, "latency_ms": {"p50": p50, "p99": p99},
+            "completed_total": 100, "sent_total_max": 101, **kw}
+
+
+def test_feature_row_pairs_the_repeats() -> None:
+    from benchmarks.features import feature_row
+
+    runs = {
+        "ns_sat": {"A": [_side_run(10000, 60), _side_run(8000, 62), _side_run(9000, 61)],
+                   "B": [_side_run(9000, 66), _side_run(8000, 70), _side_run(7200, 67, service_cpu_us_per_req=20)]},
+        "ns_c1": {"A": [_side_run(500, 0, 0.30, 0.9), _side_run(500, 0, 0.50, 1.0), _side_run(500, 0, 0.31, 0.8)],
+                  "B": [_side_run(500, 0, 0.35, 1.0), _side_run(500, 0, 0.52, 1.4), _side_run(500, 0, 0.40, 0.9)]},
+    }
+    row = feature_row(runs)
+    assert row["rps_a"] == 9000 and row["rps_b"] == 8000 and round(row["rps_ratio"], 3) == 0.889
+    assert [round(x, 2) for x in row["rps_ratio_runs"]] == [0.9, 1.0, 0.8]
+    assert (row["cpu_us_a"], row["cpu_us_b"], row["cpu_us_added"]) == (61, 67, 6)
+    assert row["service_cpu_us_b"] == 20
+    # B - A per repeat: p50 +0.05, +0.02, +0.09 -> median +0.05 (not B's median - A's: 0.40 - 0.31)
+    assert round(row["added_p50"], 3) == 0.05 and round(row["added_p99"], 3) == 0.1
+    assert row["non2xx_errors"] == 0 and row["completed_b"] == 600
+    # B was slower in every repeat: not noisy; B/A per repeat 0.9, 1.0, 0.8 never above 1
+    assert not row["added_p50_noisy"] and not row["rps_ratio_noisy"]
+    runs["ns_c1"]["B"][0]["latency_ms"]["p50"] = 0.25  # repeat 1: B 0.05 ms faster than A
+    assert feature_row(runs)["added_p50_noisy"]
+
+
+def test_feature_checks_fail_on_errors_and_on_a_feature_that_is_off() -> None:
+    from benchmarks.features import checks, feature_row
+
+    runs = {"ns_sat": {"A": [_side_run(1000, 60)], "B": [_side_run(1000, 60, non2xx=3)]},
+            "ns_c1": {"A": [_side_run(500, 0)], "B": [_side_run(500, 0)]}}
+    feats = {"dlp": {"title": "t", "mode": "config", "row": feature_row(runs),
+                     "probe": {"measured": "probe ... no match", "threshold": "email", "ok": False}}}
+    rows = {c["check"]: c["result"] for c in checks(feats)}
+    assert rows == {"non-2xx + errors (A and B)": "FAIL", "B has the feature on": "FAIL"}
+
+
+def test_feature_flags() -> None:
+    from benchmarks.features import FEATURES
+    from benchmarks.run import build_scenarios
+
+    assert parse_args(["--with-features"]).features == ",".join(FEATURES)
+    assert parse_args(["--features", "retries,dlp"]).features == "dlp,retries"
+    assert parse_args([]).features == ""
+    with pytest.raises(SystemExit):
+        parse_args(["--features", "dlp,teleport"])
+    args = parse_args(["--c1-runs", "3", "--repeats", "3"])
+    [c1] = [s for s in build_scenarios(args) if s.name == "ns_c1"]
+    assert (c1.consecutive, c1.repeats) == (3, 1)
+    [sat] = [s for s in build_scenarios(args) if s.name == "ns_sat"]
+    assert (sat.consecutive, sat.repeats) == (1, 3)
+
+
+def test_feature_configs_are_valid_and_carry_the_feature(tmp_path: Path) -> None:
+    """The B sides' config edits on the harness's own config: they load, with metrics and
+    the access log on, and the feature where it belongs."""
+    from benchmarks.chaos import FALLBACK_MODEL, retry_policy_yaml
+    from benchmarks.features import _add_retry_policy, _replace_providers
+    from benchmarks.run import _base_settings, append_settings, observability_settings, write_gateway_config
+    from plano_fast.config import load_config
+    from tests.test_preference_routing import routing_yaml
+
+    routed = write_gateway_config(tmp_path / "routed.yaml", 9, _base_settings(tmp_path))
+    append_settings(routed, observability_settings(tmp_path))
+    _replace_providers(routed, routing_yaml(9, 10, session_ttl_s=3600))
+    cfg = load_config(routed)
+    assert cfg.preference_routing is not None
+    assert cfg.settings.access_log == str(tmp_path / "access.jsonl") and cfg.settings.request_metrics
+    assert [p.model for p in cfg.providers] == ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "Arch-Router"]
+
+    retried = write_gateway_config(tmp_path / "retried.yaml", 9, _base_settings(tmp_path))
+    fallback = f"anthropic/{FALLBACK_MODEL}"
+    _add_retry_policy(retried, retry_policy_yaml(fallback),
+                      f"  - model: {fallback}\n    base_url: http://127.0.0.1:9\n    access_key: sk-ant-x\n")
+    cfg = load_config(retried)
+    [first, second] = cfg.providers
+    assert first.retry_policy is not None and first.retry_policy.fallback_models == (fallback,)
+    assert first.retry_policy.default_max_attempts == 2 and second.retry_policy is None
+
+
+def test_markdown_of_consecutive_runs_and_feature_rows() -> None:
+    from benchmarks.features import feature_row, render_rows
+    from benchmarks.run import consecutive_runs_md
+
+    md = consecutive_runs_md({"direct": [_c1_run(0.2, 0.4)] * 2, "plano_fast config w1": [_c1_run(0.3, 0.9),
+                                                                                        _c1_run(0.25, 1.6)]},
+                             {"lat_p50": 0.2, "lat_p99": 0.4}, ["direct", "plano_fast config w1"])
+    assert md[-3:] == ["| target | run 1 | run 2 |", "|---|---|---|",
+                       "| plano_fast config w1 | +0.100 / +0.500 | +0.050 / +1.200 |"]
+    runs = {"ns_sat": {"A": [_side_run(10000, 60)], "B": [_side_run(8000, 70, service_cpu_us_per_req=20)]},
+            "ns_c1": {"A": [_side_run(500, 0, 0.30, 0.9)], "B": [_side_run(500, 0, 0.35, 1.0)]}}
+    rows = render_rows({"rate_limit": {"title": "rate limit", "mode": "firewall", "row": feature_row(runs),
+                                       "probe": {"measured": "101 Redis script calls", "ok": True, "threshold": ""}}})
+    assert rows[-2] == ("| rate_limit: rate limit | firewall | 10000 → 8000 | 80% (80%) | 60 → 70 | +10.0 (+ Redis 20) "
+                        "| 0.300 → 0.350 | +0.050 | +0.100 | 0 | 101 Redis script calls |")

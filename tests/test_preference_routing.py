@@ -107,12 +107,12 @@ class FakeRouter:
         self.server.server_close()
 
 
-def routing_config(path: Path, fake_port: int, router_port: int, *, extra: str = "") -> Path:
+def routing_yaml(fake_port: int, router_port: int, session_ttl_s: int = 1) -> str:
+    """``model_providers`` (three models on the fake provider, the router model on
+    ``router_port``), ``routing_preferences``, ``overrides`` and ``routing``: the top-level
+    YAML of a preference-routed config (also ``benchmarks/run.py --features routing``)."""
     base = f"http://127.0.0.1:{fake_port}"
-    path.write_text(f"""\
-version: v0.4.0
-listeners:
-  - {{type: model, name: m, address: 127.0.0.1, port: 12000, timeout: 5s}}
+    return f"""\
 model_providers:
   - {{model: openai/gpt-4o-mini, base_url: {base}, access_key: sk-o, default: true}}
   - {{model: openai/gpt-4o, base_url: {base}, access_key: sk-o}}
@@ -131,8 +131,16 @@ routing_preferences:
     description: casual conversation and simple queries
     models: [openai/gpt-4o-mini]
 overrides: {{llm_routing_model: Arch-Router}}
-routing: {{timeout_ms: 300, session_ttl_seconds: 1}}
-{extra}plano_fast:
+routing: {{timeout_ms: 300, session_ttl_seconds: {session_ttl_s}}}
+"""
+
+
+def routing_config(path: Path, fake_port: int, router_port: int, *, extra: str = "") -> Path:
+    path.write_text(f"""\
+version: v0.4.0
+listeners:
+  - {{type: model, name: m, address: 127.0.0.1, port: 12000, timeout: 5s}}
+{routing_yaml(fake_port, router_port)}{extra}plano_fast:
   sqlite_path: {path.with_suffix('.db')}
   usage_journal_path: {path.with_suffix('.journal')}
   usage_flush_interval_s: 1

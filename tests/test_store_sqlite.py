@@ -110,10 +110,13 @@ def test_a_cancelled_batch_write_rolls_back_and_releases_the_lock(tmp_path: Path
     async def main() -> None:
         async with open_store(None, str(path)) as store:
             await migrate(store)
-            batch = rows(1_000, "c")  # several 128-row chunks, the loop runs between them
+            batch = rows(1_000, "c")  # validated in slices, then inserted in 32-row chunks:
+            # the loop runs between them
             write = asyncio.ensure_future(store.write_usage(batch))
-            for _ in range(3):
+            for _ in range(8):  # past the validation slices, into the transaction
                 await asyncio.sleep(0)
+                if not write_lock_is_free(path):
+                    break
             assert not write.done()
             assert not write_lock_is_free(path)  # mid-transaction: the lock is held
             write.cancel()

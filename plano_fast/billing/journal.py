@@ -156,6 +156,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Events encoded per stretch of the event loop by a sync (~1 µs an event): at saturation
+#: (15,000 req/s) one 0.1 s sync would otherwise encode 1,500 in one ~2 ms stretch (issue 27).
+SYNC_SLICE = 128
+
 # One C call per event (measured: 17% less than building the tuple in Python).
 _event_fields = operator.attrgetter(*_EVENT_FIELDS)
 _ENCODE_STD = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -257,7 +261,18 @@ class WriteAheadLog:
             if not events or self._executor is None:
                 return
             self._buffer = []
-            line = _encode_line(list(map(_event_fields, events)))
+            try:
+                # A line per SYNC_SLICE events, the loop running in between (the reader
+                # takes any number of lines; a torn last one is skipped).
+                lines = []
+                for start in range(0, len(events), SYNC_SLICE):
+                    if start:
+                        await asyncio.sleep(0)
+                    lines.append(_encode_line(list(map(_event_fields, events[start : start + SYNC_SLICE]))))
+            except BaseException:
+                self._buffer[:0] = events  # kept for the next sync
+                raise
+            line = b"".join(lines)
             if self._current is None:
                 self._segments += 1
                 self._current = self._base.with_name(
@@ -275,15 +290,32 @@ class WriteAheadLog:
 
     async def resolved(self, count: int) -> None:
         """The oldest ``count`` events submitted are durable elsewhere: delete the segments
-        holding only those, and start a new segment."""
+        holding only those, and start a new segment.
+
+        The unlinks run on the log's thread: on the loop one measured 1-8 ms under disk
+        load, a stall for every request in flight (issue 27)."""
         async with self._lock:
             if self._current is not None:
                 self._closed.append((self._current, self._current_last))
                 self._current = None
             closed = self._closed
+            done: list[Path] = []
             while closed and closed[0][1] <= count:
-                path, _ = closed.popleft()
-                path.unlink(missing_ok=True)
+                done.append(closed.popleft()[0])
+            if not done:
+                return
+            if self._executor is None:  # stopped: nothing else is waiting on the loop
+                _unlink_all(done)
+            else:
+                # Shielded: a cancelled flusher must not leave a resolved segment behind
+                # (a queued job whose future is cancelled would never run).
+                await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(self._executor, _unlink_all, done))
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _append_synced(path: Path, data: bytes) -> None:

@@ -253,9 +253,13 @@ def written_price_status(row: UsageRow) -> str:
     return PRICE_STATUS_PARTIAL if row.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED
 
 
-def normalize_usage(rows: Sequence[UsageRow]) -> list[UsageRow]:
-    """Validate rows for writing and drop repeated request ids within the batch (first wins)."""
-    seen: set[str] = set()
+def normalize_usage(rows: Sequence[UsageRow], seen: set[str] | None = None) -> list[UsageRow]:
+    """Validate rows for writing and drop repeated request ids within the batch (first wins).
+
+    ``seen``: the request ids of the batch's earlier slices (updated), for a batch
+    normalized a slice at a time."""
+    if seen is None:
+        seen = set()
     remember = seen.add
     out: list[UsageRow] = []
     keep = out.append

@@ -97,13 +97,34 @@ _INSERT_USAGE = (
     + ") ON CONFLICT (request_id) DO NOTHING"
 )
 # Rows per multi-row INSERT (31 columns each, under SQLite's 32,766 variables).  One
-# statement is one sqlite3_step instead of one per row; 128 rows keep each synchronous
-# stretch on the event loop around half a millisecond (the hot connection yields between
-# chunks).  A batch is split into full chunks and then power-of-two pieces, so only 8
-# statement shapes exist (each prepared once, then cached by sqlite3).
-_INSERT_CHUNK = 128
+# statement is one sqlite3_step instead of one per row; 32 rows keep each synchronous
+# stretch on the event loop around 0.15 ms (the hot connection yields between chunks):
+# 128 measured ~0.5 ms each, eight of them a second at 1,000 req/s, a p99 cost at
+# concurrency 1 (issue 27, benchmarks/tail_probe.py).  A batch is split into full chunks
+# and then power-of-two pieces, so only 6 statement shapes exist (each prepared once,
+# then cached by sqlite3).
+_INSERT_CHUNK = 32
 _INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("?" * _USAGE_WIDTH) + ")")
 _ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
+
+
+#: Rows validated per synchronous stretch of the loop before a usage write: a flush of
+#: 1,000 rows validated at once was ~0.25 ms of one stretch, with the transaction's first
+#: INSERT after it (benchmarks/tail_probe.py --hooks, issue 27).
+_NORMALIZE_SLICE = 256
+
+
+async def _normalize_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
+    """``normalize_usage`` a slice at a time, the loop running in between."""
+    if len(rows) <= _NORMALIZE_SLICE:
+        return normalize_usage(rows)
+    seen: set[str] = set()
+    out: list[UsageRow] = []
+    for start in range(0, len(rows), _NORMALIZE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        out += normalize_usage(rows[start : start + _NORMALIZE_SLICE], seen)
+    return out
 
 
 @functools.cache
@@ -112,8 +133,8 @@ def _multi_insert(n: int) -> str:
 
 
 def _chunk_sizes(n: int) -> list[int]:
-    """``n`` rows as full chunks then decreasing powers of two (8 statement shapes at most;
-    128 rows of 20 or 6 parameters stay under SQLite's 32,766 variables)."""
+    """``n`` rows as full chunks then decreasing powers of two (6 statement shapes at most;
+    32 rows of 20 or 6 parameters stay far under SQLite's 32,766 variables)."""
     full, rest = divmod(n, _INSERT_CHUNK)
     sizes = [_INSERT_CHUNK] * full
     bit = 1 << max(0, rest.bit_length() - 1)
@@ -260,12 +281,19 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     failure (cancellation included) rolls back before it propagates."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        stepped = False
         while True:
             try:
                 next(steps)
             except StopIteration as done:
                 result: T = done.value
                 break
+            stepped = True
+            await asyncio.sleep(0)
+        if stepped:
+            # A many-step body's COMMIT gets a stretch of its own, not one after the last
+            # step's work: it writes every dirty page to the WAL (~0.5-0.9 ms for 1,000
+            # usage rows, issue 27).  A one-step body (one request's row) commits at once.
             await asyncio.sleep(0)
         conn.execute("COMMIT")
     except BaseException:
@@ -546,7 +574,7 @@ class SqliteStore(SqlStore):
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        batch = normalize_usage(rows)
+        batch = await _normalize_sliced(rows)
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
