@@ -394,6 +394,7 @@ cdef int put_line(Buf *b, tuple values) except -1:
     cdef time_t when
     cdef tm parts
     cdef char frac[8]
+    cdef int ms
     if PyTuple_GET_SIZE(values) != N_RECORD:
         raise ValueError(f"access log: a record has {N_RECORD} values, not {PyTuple_GET_SIZE(values)}")
     started_ns = <object>PyTuple_GET_ITEM(values, 0)
@@ -410,7 +411,13 @@ cdef int put_line(Buf *b, tuple values) except -1:
         _stamp_second = seconds
     put(b, b'{"time":"', 9)
     puts(b, _stamp_text)
-    snprintf(frac, 8, b".%03dZ\"", <int>((started_ns - seconds * 1000000000) // 1000000))
+    ms = <int>((started_ns - seconds * 1000000000) // 1000000)  # 0..999
+    frac[0] = b'.'
+    frac[1] = <char>(48 + ms // 100)
+    frac[2] = <char>(48 + (ms // 10) % 10)
+    frac[3] = <char>(48 + ms % 10)
+    frac[4] = b'Z'
+    frac[5] = b'"'
     put(b, frac, 6)
     put(b, b',"request_id":', 14)
     put_value(b, <object>PyTuple_GET_ITEM(values, 1))
