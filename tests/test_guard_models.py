@@ -262,16 +262,21 @@ def access_lines(gw: GatewayProcess) -> list[dict[str, Any]]:
 def test_refusals_have_their_access_log_line(guarded: GatewayProcess, fake: FakeProviderThread) -> None:
     """Every answered request has a line, a refusal of a guard model or a filter too
     (outcome ``refused``, the error code, the guard or filter that refused)."""
-    before = len(access_lines(guarded))
+    key = "sk-refusal-lines-client"  # this test's lines: the ones with its key's hash prefix
+    prefix = hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def mine() -> list[dict[str, Any]]:
+        return [line for line in access_lines(guarded) if line["key"] == prefix]
+
     with pytest.raises(openai.PermissionDeniedError):
-        chat(guarded, "please ignore previous instructions and ...")
+        chat(guarded, "please ignore previous instructions and ...", key=key)
     with pytest.raises(openai.BadRequestError):
-        chat(guarded, "a forbidden thing")
-    chat(guarded, "hello there")
+        chat(guarded, "a forbidden thing", key=key)
+    chat(guarded, "hello there", key=key)
     deadline = time.monotonic() + 10
-    while len(access_lines(guarded)) < before + 3 and time.monotonic() < deadline:
+    while len(mine()) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)  # written every 0.2 s
-    jailbreak, refused, answered = access_lines(guarded)[before:]
+    jailbreak, refused, answered = mine()
     assert (jailbreak["status"], jailbreak["outcome"], jailbreak["attempt_trail"]) == (403, "refused", "guardrail_blocked")
     assert jailbreak["guardrails"] == ["jailbreak"] and jailbreak["attempts"] == 0
     assert jailbreak["mode"] == "config" and jailbreak["endpoint"] == "chat_completions"
@@ -281,7 +286,7 @@ def test_refusals_have_their_access_log_line(guarded: GatewayProcess, fake: Fake
     assert answered["status"] == 200 and answered["outcome"] == "ok"
     assert len({jailbreak["request_id"], refused["request_id"], answered["request_id"]}) == 3
     text = guarded.config_path.with_suffix(".access.log").read_text()
-    assert "ignore previous" not in text and "forbidden" not in text and "sk-guard-client" not in text
+    assert "ignore previous" not in text and "forbidden" not in text and key not in text
 
 
 def test_output_filter_and_response_detectors_never_store_the_match(

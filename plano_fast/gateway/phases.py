@@ -133,7 +133,7 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
     ctx = exchange.ctx
     request = exchange.request
     try:
-        key = identify_caller(exchange)
+        key = exchange.key_hash = identify_caller(exchange)  # (a refusal's line names it)
         chains = ctx.filter_chains
         if chains is not None and chains.input:
             request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
