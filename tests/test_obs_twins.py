@@ -239,6 +239,13 @@ def test_the_twins_count_the_same(readings: list[Any]) -> None:
 
 
 @pytest.mark.parametrize("mod", MODULES, ids=IDS)
+def test_lines_of_any_iterable(mod: Any) -> None:
+    records = [record(request_id=f"r{i}") for i in range(3)]
+    assert mod.lines(iter(records)) == mod.lines(records) == mod.lines(tuple(records))
+    assert mod.lines([]) == b""
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=IDS)
 def test_has_header(mod: Any) -> None:
     headers = [(b"host", b"x"), (b"traceparent", b"00-..."), (b"content-length", b"2")]
     assert mod.has_header(headers, b"traceparent")

@@ -489,7 +489,10 @@ def lines(records):
     b.n = 0
     b.cap = 0
     try:
-        reserve(&b, 640 * len(records))
+        if type(records) is list or type(records) is tuple:
+            reserve(&b, 640 * len(records))  # ~500 bytes a line: one allocation, usually
+        else:
+            records = list(records)
         for values in records:
             put_line(&b, tuple(values) if type(values) is not tuple else <tuple>values)
         return PyBytes_FromStringAndSize(b.p, b.n)
@@ -503,7 +506,7 @@ def has_header(list headers, bytes name):
     cdef const char *want = PyBytes_AS_STRING(name)
     cdef object key
     for i in range(PyList_GET_SIZE(headers)):
-        key = (<tuple><object>PyList_GET_ITEM(headers, i))[0]
+        key = (<tuple?><object>PyList_GET_ITEM(headers, i))[0]  # (name, value) pairs
         if type(key) is bytes:
             if PyBytes_GET_SIZE(key) == n and memcmp(PyBytes_AS_STRING(key), want, n) == 0:
                 return True
