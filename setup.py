@@ -1,5 +1,5 @@
 """Build script for the optional Cython helpers (the byte scanner, the header relay, the
-request fast path, the DLP detectors).
+request fast path, the DLP detectors, the metrics accumulator and access-log writer).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
@@ -58,7 +58,7 @@ def _extensions() -> list[Extension]:
         [
             Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
                       depends=WIRE_DEPENDS)
-            for name in ("_scan", "_head", "_request", "_dlp")
+            for name in ("_scan", "_head", "_request", "_dlp", "_obs")
         ],
         compiler_directives={
             "language_level": "3",

@@ -19,35 +19,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
-from typing import IO, Any, Final
+from collections.abc import Callable
+from typing import IO, Any
 
-import orjson
+from plano_fast.wire import ACCESS_LOG_FIELDS, ACCESS_LOG_RECORD, access_log_lines
 
 log = logging.getLogger("plano_fast.access_log")
 
-FIELDS: Final = (
-    "time", "request_id", "mode", "project", "key", "provider", "model", "endpoint", "status",
-    "outcome", "stream", "input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens",
-    "duration_ms", "ttft_ms", "upstream_ms", "overhead_us", "attempts", "client", "guardrails",
-    "route", "attempt_trail",
-)  # fmt: skip
-
+#: the line's fields, in order
+FIELDS = ACCESS_LOG_FIELDS
 #: What the request path hands over (:meth:`AccessLog.record`): values it holds, raw --
 #: clock readings in ns, the whole key hash -- so that every derived field (durations,
-#: rounding, the time stamp, the hash prefix) is computed by the writer, off the request.
-#: Measured (benchmarks/bench_observability.py, callgrind): the record with ``round()``
-#: and a ``dict(zip(FIELDS, ...))`` line cost ~44k instructions per request, this ~34k,
-#: nearly all of it in the writer (the dict and orjson), off the request.
-RECORD: Final = (
-    "started_ns", "request_id", "mode", "project", "key_hash", "provider", "model", "endpoint",
-    "status", "outcome", "stream", "input_tokens", "output_tokens", "cache_read_tokens",
-    "reasoning_tokens", "ended_ns", "head_ns", "sent_ns", "attempts", "client", "guardrails",
-    "route", "attempt_trail",
-)  # fmt: skip
+#: the time stamp, the hash prefix) is computed by the writer, off the request.  The
+#: writer (plano_fast/wire/_obs.pyx, twin _obs_py.py) writes the JSON bytes itself, in
+#: one buffer per flush: measured (benchmarks/bench_observability.py, callgrind) ~27k
+#: instructions per line with a dict and orjson, ~2k this way.
+RECORD = ACCESS_LOG_RECORD
 
 
-#: Lines formatted and written per synchronous stretch of the loop (~3 µs a line).  One
+#: Lines formatted and written per synchronous stretch of the loop (~3 µs a line with the
+#: dict + orjson writer this was measured with; the compiled writer takes ~7k instructions
+#: a line, about a quarter of that).  One
 #: flush of everything at 1,000 req/s (200 lines every 0.2 s) measured 0.6-1 ms of the
 #: loop's CPU each time: a stall five times a second, a p99 cost at concurrency 1
 #: (issue 27, benchmarks/tail_probe.py --hooks --access-log).
@@ -61,15 +53,14 @@ class AccessLog:
         self.target = target
         self.flush_interval_s = flush_interval_s
         self._pending: list[tuple[Any, ...]] = []
+        #: One request's values, in RECORD order: the hot path's call, the pending list's
+        #: own append (a C call, no Python frame); flush empties that same list.
+        self.record: Callable[[tuple[Any, ...]], None] = self._pending.append
         self._out: IO[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, values: tuple[Any, ...]) -> None:
-        """One request's values, in RECORD order (the hot path: an append)."""
-        self._pending.append(values)
-
     def open(self) -> None:
-        """The output, binary (orjson writes bytes): stdout's buffer or the file, appended."""
+        """The output, binary (the writer makes UTF-8 bytes): stdout's buffer or the file, appended."""
         self._out = sys.stdout.buffer if self.target == "stdout" else open(self.target, "ab")  # noqa: SIM115
 
     def start(self) -> None:
@@ -98,10 +89,12 @@ class AccessLog:
         self._write(len(self._pending), flush=True)
 
     def _write(self, n: int, flush: bool) -> None:
-        """Format and write the oldest ``n`` pending records."""
+        """Format and write the oldest ``n`` pending records (taken out of the very list
+        ``record`` appends to)."""
         pending = self._pending
         if n >= len(pending):
-            batch, self._pending = pending, []
+            batch = pending.copy()
+            pending.clear()
         else:
             batch = pending[:n]
             del pending[:n]
@@ -109,7 +102,14 @@ class AccessLog:
         if not batch or out is None:
             return
         try:
-            out.write(b"".join([line(values) for values in batch]))
+            data = access_log_lines(batch)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A record the writer cannot write (a bug, not a client's doing: every text
+            # is escaped): the others are written, the task goes on.
+            log.warning("access log: a record not written: %s", exc)
+            data = b"".join([_line_or_empty(values) for values in batch])
+        try:
+            out.write(data)
             if flush:
                 out.flush()
         except OSError as exc:
@@ -126,49 +126,13 @@ class AccessLog:
         self._out = None
 
 
-_stamp_second = -1
-_stamp_text = ""
-
-
 def line(values: tuple[Any, ...]) -> bytes:
-    """One JSON line of a RECORD tuple (orjson: ~10x the stdlib's speed; a dict display,
-    not ``dict(zip(...))``; durations to the µs from integer ns, no ``round()``)."""
-    global _stamp_second, _stamp_text
-    (started_ns, request_id, mode, project, key_hash, provider, model, endpoint, status, outcome,
-     stream, input_tokens, output_tokens, cache_read_tokens, reasoning_tokens, ended_ns, head_ns,
-     sent_ns, attempts, client, guardrails, route, attempt_trail) = values  # fmt: skip
-    seconds, ns = divmod(started_ns, 1_000_000_000)
-    if seconds != _stamp_second:  # strftime once a second, not once a line
-        _stamp_second = seconds
-        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    duration_us = (ended_ns - started_ns) // 1000
-    upstream_us = (ended_ns - sent_ns) // 1000 if sent_ns else None
-    return orjson.dumps(
-        {
-            "time": f"{_stamp_text}.{ns // 1_000_000:03d}Z",
-            "request_id": request_id,
-            "mode": mode,
-            "project": project,
-            "key": key_hash[:12] if key_hash else None,
-            "provider": provider,
-            "model": model,
-            "endpoint": endpoint,
-            "status": status,
-            "outcome": outcome,
-            "stream": stream,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cache_read_tokens": cache_read_tokens,
-            "reasoning_tokens": reasoning_tokens,
-            "duration_ms": duration_us / 1000,
-            "ttft_ms": (head_ns - started_ns) // 1000 / 1000 if head_ns else None,
-            "upstream_ms": upstream_us / 1000 if upstream_us is not None else None,
-            "overhead_us": duration_us - upstream_us if upstream_us is not None else None,
-            "attempts": attempts,
-            "client": client,
-            "guardrails": guardrails,
-            "route": route,
-            "attempt_trail": attempt_trail,
-        },
-        option=orjson.OPT_APPEND_NEWLINE,
-    )
+    """One JSON line of a RECORD tuple (plano_fast.wire's writer; tests and tools)."""
+    return access_log_lines((values,))
+
+
+def _line_or_empty(values: tuple[Any, ...]) -> bytes:
+    try:
+        return access_log_lines((values,))
+    except (TypeError, ValueError, OverflowError):
+        return b""

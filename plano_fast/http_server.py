@@ -366,14 +366,27 @@ class Responder:
         return not self._proto.lost
 
     def peer(self) -> str:
-        """The client's address as "host:port" ("" when unknown): for the access log."""
+        """The client's address as "host:port" ("" when unknown): for the access log.
+        Once per connection (uvloop's get_extra_info("peername") and the formatting cost
+        ~5.6k instructions, ~2% of a firewall request, on every request otherwise)."""
+        proto = self._proto
         try:
-            address = self._proto.transport.get_extra_info("peername")
+            text = proto.peer_text
+        except AttributeError:  # a stand-in protocol (tests, benchmarks)
+            text = ""
+        if text:
+            return text
+        try:
+            address = proto.transport.get_extra_info("peername")
         except AttributeError:
             return ""
         if isinstance(address, tuple) and len(address) >= 2:
-            return f"{address[0]}:{address[1]}"
-        return ""
+            text = f"{address[0]}:{address[1]}"
+            try:
+                proto.peer_text = text
+            except AttributeError:  # a stand-in protocol (tests, benchmarks)
+                pass
+        return text
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -414,6 +427,7 @@ class ServerProtocol(asyncio.Protocol):
         "lost",
         "tasks",
         "_on_error",
+        "peer_text",
     )
 
     def __init__(
@@ -465,6 +479,8 @@ class ServerProtocol(asyncio.Protocol):
         self.draining = False
         self.lost = False
         self.tasks: set[asyncio.Task[None]] = set()
+        #: the client's "host:port", formatted on first use (Responder.peer)
+        self.peer_text = ""
 
     # -- asyncio callbacks ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -167,7 +167,7 @@ def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_p
     for needed in ("plano_fast/migrations/sqlite/0001_initial.sql", "plano_fast/migrations/postgres/0001_initial.sql",
                    "plano_fast/data/prices.json", "licenses/LICENSE", "plano_fast/py.typed"):  # fmt: skip
         assert needed in listing, needed
-    for module in ("_scan", "_head", "_request"):
+    for module in ("_scan", "_head", "_request", "_obs"):
         assert re.search(rf"plano_fast/wire/{module}\.cpython-\S+\.so", listing), module
     assert not re.search(r"\.c\s*$", listing, re.MULTILINE), "generated C is for the sdist, not wheels"
 

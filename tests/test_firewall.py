@@ -62,7 +62,7 @@ def firewall(
     projects: list[str] = []
     # Registered after migrate and before the gateway starts: its registry loads them.
     gateway = make_gateway(
-        {"mode": "firewall", "key_registry_reload_s": 1},
+        {"mode": "firewall", "key_registry_reload_s": 1, "access_log": str(tmp_path / "access.jsonl")},
         before_start=lambda: projects.append(setup_keys(sqlite_path, fake.url)),
     )
     return gateway, sqlite_path, projects[0]
@@ -170,6 +170,17 @@ def test_unregistered_key_never_reaches_the_provider(
             pytest.raises(anthropic.AuthenticationError):
         ac.messages.create(model="claude-sonnet-4-6", max_tokens=5,
                            messages=[{"role": "user", "content": "x"}])
+    # each refusal has its access-log line (written every 0.2 s), without the key
+    log_path = gateway.config_path.parent / "access.jsonl"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        not log_path.exists() or len(log_path.read_text().splitlines()) < 3
+    ):
+        time.sleep(0.1)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [(x["status"], x["outcome"], x["mode"], x["key"]) for x in lines] == [(401, "refused", "firewall", None)] * 3
+    assert [x["endpoint"] for x in lines] == ["chat_completions", "chat_completions", "messages"]
+    assert OTHER_KEY not in log_path.read_text() and OTHER_KEY[-12:] not in log_path.read_text()
 
 
 def test_soft_limit_blocks_within_the_bound_and_raising_it_unblocks(

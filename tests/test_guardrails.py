@@ -218,8 +218,13 @@ def test_actions_over_sockets(guarded: GatewayProcess, fake: FakeProviderThread,
     logged = guarded.log_path.read_text() + (tmp_path / "access.jsonl").read_text()
     for secret in ("123-45-6789", "1111 1111", "a@example.com", "10.1.2.3", "Zz09"):
         assert secret not in logged
+    # one line per answered request, the refusals included (in order: ssn blocked, the
+    # redacted request answered, secrets blocked)
     lines = [json.loads(line) for line in (tmp_path / "access.jsonl").read_text().splitlines()]
-    assert lines[0]["guardrails"] == ["credit_card", "email", "ip_address"]
+    assert [(line["status"], line["outcome"]) for line in lines] == [(403, "refused"), (200, "ok"), (403, "refused")]
+    assert lines[0]["guardrails"] == ["ssn"] and lines[0]["attempt_trail"] == "guardrail_blocked"
+    assert lines[1]["guardrails"] == ["credit_card", "email", "ip_address"]
+    assert lines[2]["guardrails"] == ["secrets"] and lines[2]["endpoint"] == "messages"
 
 
 def test_all_detectors_are_covered_by_the_corpus() -> None:

@@ -40,13 +40,13 @@ def test_the_access_log_writes_a_slice_per_stretch_in_order(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "access.log"
     per_stretch: list[int] = []
-    real_line = access_log.line
+    real_lines = access_log.access_log_lines
 
-    def counting_line(values: tuple[object, ...]) -> bytes:
-        per_stretch[-1] += 1
-        return real_line(values)
+    def counting_lines(records: list[tuple[object, ...]]) -> bytes:
+        per_stretch[-1] += len(records)
+        return real_lines(records)
 
-    monkeypatch.setattr(access_log, "line", counting_line)
+    monkeypatch.setattr(access_log, "access_log_lines", counting_lines)
 
     async def main() -> None:
         log = AccessLog(str(path), flush_interval_s=3600)

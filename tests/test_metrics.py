@@ -135,7 +135,10 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
     assert len(queried) >= 12 and queried - exposed == set()
     gateway.stop()
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
-    assert len(lines) == 30
+    assert len(lines) == 31  # the refused request (unknown model) has its line too
+    refused = [line for line in lines if line["outcome"] == "refused"]
+    assert [(r["status"], r["model"], r["attempt_trail"]) for r in refused] == [(400, "no-such-model", "model_not_found")]
+    lines = [line for line in lines if line["outcome"] != "refused"]
     assert {line["model"] for line in lines} <= {"gpt-4o-mini", "claude-sonnet-4-6"}
     first = lines[0]
     assert first["mode"] == "config" and first["status"] == 200 and first["endpoint"] == "chat_completions"

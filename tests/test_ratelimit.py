@@ -4,6 +4,7 @@ workers, and Redis unreachable (fail_closed / fail_open)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -103,7 +104,8 @@ def chat(gateway: GatewayProcess, user: str, model: str = "gpt-4o-mini") -> Any:
 
 
 def test_in_process_limits_refuse_with_the_sdks_headers(fake: FakeProviderThread, tmp_path: Path) -> None:
-    gateway = start(fake, tmp_path, limits_text("*", 3))
+    log_path = tmp_path / "access.jsonl"
+    gateway = start(fake, tmp_path, limits_text("*", 3), {"access_log": str(log_path)})
     try:
         for _ in range(3):
             assert chat(gateway, "alice").status_code == 200
@@ -128,6 +130,14 @@ def test_in_process_limits_refuse_with_the_sdks_headers(fake: FakeProviderThread
             assert refused is not None
             h = refused.response.headers
             assert h["anthropic-ratelimit-tokens-limit"] == "30" and "retry-after" in h
+        gateway.stop()  # writes what is pending
+        # every answer has its access-log line, the two 429s too
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+        refusals = [(x["status"], x["outcome"], x["attempt_trail"], x["endpoint"]) for x in lines if x["status"] == 429]
+        assert refusals == [(429, "refused", "rate_limit_exceeded", "chat_completions"),
+                            (429, "refused", "rate_limit_exceeded", "messages")]  # fmt: skip
+        assert all(x["status"] == 200 and x["outcome"] == "ok" for x in lines if x["status"] != 429)
+        assert len(lines) == 5 + sum(1 for x in lines if x["endpoint"] == "messages")
     finally:
         gateway.stop()
 

@@ -86,8 +86,11 @@ def test_the_wire_package_imports_only_the_standard_library_and_itself() -> None
     sources, compiled ones included, so it holds for every implementation)."""
     import re
 
-    # (ipaddress: a pure parser, the DLP scanner's IP-address validator)
-    allowed = {"__future__", "collections", "json", "os", "re", "typing", "cython", "libc", "cpython", "ipaddress"}
+    # (ipaddress: a pure parser, the DLP scanner's IP-address validator; bisect and time:
+    # the observability twin's bucket search and time stamps -- gmtime/strftime of a given
+    # reading, no clock read)
+    allowed = {"__future__", "collections", "json", "os", "re", "typing", "cython", "libc", "cpython", "ipaddress",
+               "bisect", "time"}
     found: dict[str, set[str]] = {}
     for path in sorted((ROOT / "plano_fast" / "wire").iterdir()):
         if path.suffix not in (".py", ".pyx", ".pxi", ".pxd", ".pyi"):

@@ -9,7 +9,6 @@ they read; this module owns the order of the questions.
 
 from __future__ import annotations
 
-import operator
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from plano_fast.credentials import read_client_headers
 from plano_fast.errors import (
     BadRequestBody,
     ClientError,
+    GatewayError,
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
@@ -109,7 +109,8 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
                 raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
             exchange = ManagedExchange(ctx, gw.managed, request, responder, endpoint)
             exchange.client = client
-            if ctx.tracing is not None:
+            tracing = ctx.tracing
+            if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
                 trace(gw, exchange)
             return exchange.run()
     forwarded: Exchange | None = None
@@ -129,12 +130,20 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             forwarded = ConfigExchange(ctx, request, responder, endpoint)
     if forwarded is not None:
         forwarded.client = client  # read above in managed mode, else on first use
-        if ctx.tracing is not None:
+        tracing = ctx.tracing
+        if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
+            # Only a random draw (rate > 0) or a client's traceparent can sample: without
+            # either, nothing more is done (at random_sampling 0, one C scan of the header
+            # names; benchmarks/results/observability-cost-20261205.md)
             trace(gw, forwarded)
         if ctx.prechecks and isinstance(forwarded, RoutedExchange) and forwarded.endpoint is not COUNT_TOKENS:
             # guard models / input filters (config mode: Plano's listener semantics)
             return checked_start(forwarded, GUARD_FORMATS[forwarded.endpoint.name])
-        return forwarded.start()
+        try:
+            return forwarded.start()
+        except GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
+            forwarded.refused(exc)
+            raise
     path = request.path
     if stored_response_path(gw, request):
         return stored_response(gw, request, responder)
@@ -188,19 +197,12 @@ async def routing_decision(gw: Gateway, request: Request, responder: Responder, 
     responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
 
 
-_header_name = operator.itemgetter(0)
-
-
 def trace(gw: Gateway, exchange: Exchange) -> None:
-    """Sampled (the client's traceparent, else random_sampling): a server span."""
+    """Sampled (the client's traceparent, else random_sampling): a server span.  Called
+    only when sampling is possible: ``tracing.rate`` or a ``traceparent`` header."""
     tracing = gw.ctx.tracing
     assert tracing is not None
     request = exchange.request
-    if not tracing.rate and b"traceparent" not in map(_header_name, request.headers):
-        # random_sampling 0: only a client's traceparent can sample, and it is looked for
-        # in C (map + in), not by sample()'s Python loop (benchmarks/bench_observability.py:
-        # a configured tracing section cost 5.1k instructions per request, this 4.6k)
-        return
     decision = tracing.sample(request.headers)
     if decision is not False:
         exchange.span = tracing.start_server(decision, request.headers, request.path)

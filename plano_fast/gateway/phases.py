@@ -20,7 +20,7 @@ from plano_fast import guardrails
 from plano_fast.filter_chain import run_chain
 from plano_fast.guard_models import latest_user_text
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.errors import ApiFormat, ClientError, SpendingLimitExceeded
+from plano_fast.errors import ApiFormat, ClientError, GatewayError, SpendingLimitExceeded
 from plano_fast.ratelimit import Outcome
 
 if TYPE_CHECKING:
@@ -135,21 +135,25 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
     exchange starts as any other (the DLP floor, routing, rate limits)."""
     ctx = exchange.ctx
     request = exchange.request
-    key = identify_caller(exchange)
-    chains = ctx.filter_chains
-    if chains is not None and chains.input:
-        request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
-    guards = ctx.guards
-    if guards is not None:
-        try:
-            doc = json.loads(request.body)
-        except ValueError:
-            doc = None  # refused by the scanner with a precise message
-        if doc is not None:
-            await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
-    pending = exchange.start()
-    if pending is not None:
-        await pending
+    try:
+        key = exchange.key_hash = identify_caller(exchange)  # (a refusal's line names it)
+        chains = ctx.filter_chains
+        if chains is not None and chains.input:
+            request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
+        guards = ctx.guards
+        if guards is not None:
+            try:
+                doc = json.loads(request.body)
+            except ValueError:
+                doc = None  # refused by the scanner with a precise message
+            if doc is not None:
+                await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
+        pending = exchange.start()
+        if pending is not None:
+            await pending
+    except GatewayError as exc:  # a filter, a guard model, auth, ...: its access-log line
+        exchange.refused(exc)
+        raise
 
 
 def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None = None) -> bool:
@@ -202,6 +206,8 @@ def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:
             exchange.rl_head = limits.decide(buckets, outcome, now_s, exchange.request.api_format is ApiFormat.ANTHROPIC)
             pending = exchange.forward_now()
         except Exception as exc:  # noqa: BLE001 - answered by the server, as a raising handler's
+            if isinstance(exc, GatewayError):
+                exchange.refused(exc)  # over a limit: the refusal's access-log line
             responder.continue_in_task(_raise(exc), exchange.request)
             return
         if pending is not None:

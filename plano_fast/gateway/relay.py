@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from plano_fast import guardrails
 from plano_fast import wire as scan
-from plano_fast.errors import UpstreamError
+from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -79,6 +79,12 @@ def _new_request_prefix() -> None:
 
 
 os.register_at_fork(after_in_child=_new_request_prefix)
+
+
+#: outcomes counted in errors_total (plano_fast.metrics; Exchange.observe)
+_FAILED_OUTCOMES = frozenset(
+    (STATUS_UPSTREAM_FAILED, STATUS_UPSTREAM_ERROR, STATUS_CLIENT_GONE, STATUS_CLIENT_GONE_ESTIMATED)
+)
 
 
 def new_request_id() -> str:
@@ -758,21 +764,21 @@ class Exchange:
             model = event.model
             if model not in metrics.known_models:  # a set lookup, not a call, once it is known
                 model = metrics.model_label(model)
-            metrics.observe(
-                (self.MODE, event.provider, model, self.endpoint_name),
-                event.http_status,
-                (now_ns - started_ns) / 1e9,
-                (now_ns - sent_ns) / 1e9 if sent_ns else None,
-                (head_ns - started_ns) / 1e9 if head_ns and self.streaming else None,
+            # Clock readings as they are (ints): the accumulator derives the durations.
+            metrics.observe_ns(
+                (self.MODE, event.provider, model, self.endpoint_name), event.http_status,
+                started_ns, now_ns, sent_ns, head_ns if self.streaming else 0,
                 (event.input_tokens, event.output_tokens, event.cache_read_tokens,
                  event.cache_write_tokens, event.reasoning_tokens) if event.has_usage else None,
             )  # fmt: skip
-            if event.status == STATUS_UPSTREAM_FAILED:
-                metrics.error("timeout" if event.http_status == 504 else "upstream")
-            elif event.status == STATUS_CLIENT_GONE or event.status == STATUS_CLIENT_GONE_ESTIMATED:
-                metrics.error("client_gone")
-            elif event.status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
-                metrics.error(provider_error_type(event.http_status))
+            status = event.status
+            if status in _FAILED_OUTCOMES:  # one set lookup for an answered request
+                if status == STATUS_UPSTREAM_FAILED:
+                    metrics.error("timeout" if event.http_status == 504 else "upstream")
+                elif status == STATUS_UPSTREAM_ERROR:  # the provider's own error answer
+                    metrics.error(provider_error_type(event.http_status))
+                else:
+                    metrics.error("client_gone")
         failed = self.failed_attempts
         if failed is not None:
             ctx.requests_retried += 1
@@ -799,6 +805,26 @@ class Exchange:
                 event.reasoning_tokens, now_ns, head_ns, sent_ns, event.attempts,
                 self.responder.peer(), self.guard_names, self.route_name, event.attempt_trail,
             ))  # fmt: skip
+
+    def refused(self, error: GatewayError) -> None:
+        """The gateway refused this request itself (a guardrail, a guard model, an input
+        filter, a rate limit, ...; the server answers it and counts it in errors_total):
+        its access-log line -- outcome ``refused``, the error's code and the guardrail or
+        filter named by its ``x-plano-guardrail`` header in ``attempt_trail`` and
+        ``guardrails``.  Nothing when the request was already settled (its line written)."""
+        access_log = self.ctx.access_log
+        if access_log is None or self.outcome:
+            return
+        names = self.guard_names
+        for name, value in error.headers(self.request.api_format):
+            if name == b"x-plano-guardrail":
+                names = sorted(set(names or ()) | set(value.decode("latin-1").split(",")))
+        access_log.record((
+            self.started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
+            self.provider_id or None, self.model or self.requested_model, self.endpoint_name, error.status, "refused",
+            self.streaming, None, None, None, None, time.time_ns(), 0, 0, self.attempts,
+            self.responder.peer(), names, self.route_name, error.code,
+        ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
         started_ns = self.started_ns

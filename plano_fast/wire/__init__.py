@@ -11,7 +11,11 @@
   response in one read; httptools parses every response it declines);
 * the DLP detectors -- PII and secrets in message text for plano_fast.guardrails
   (``_dlp.pyx``, twin ``_dlp_py.py``, shared patterns and validators ``_dlp_shared.py``);
-  not counted in ``IMPLEMENTATIONS`` (``DLP_IMPLEMENTATION`` says which runs).
+  not counted in ``IMPLEMENTATIONS`` (``DLP_IMPLEMENTATION`` says which runs);
+* the observability numbers -- the request metrics' per-route accumulator, the access log's
+  JSON lines, the header lookup of tracing's sampling decision (``_obs.pyx``, twin
+  ``_obs_py.py``, shared constants ``_obs_shared.py``); not counted in ``IMPLEMENTATIONS``
+  either (``OBS_IMPLEMENTATION``).
 
 ``_shared.py`` holds what both twins need (constants, the error type and messages);
 ``_bytes.pxd`` the byte helpers the compiled modules share, ``_simd.h`` the SIMD C.
@@ -140,6 +144,23 @@ else:
     dlp_scan_body = None
     DLP_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
 
+#: The request metrics' accumulator (plano_fast.metrics.RequestMetrics' base), the access
+#: log's line writer (``access_log_lines(records) -> bytes``) and ``has_header(headers, name)``.
+from plano_fast.wire._obs_shared import FIELDS as ACCESS_LOG_FIELDS  # noqa: E402 - grouped with its switch
+from plano_fast.wire._obs_shared import LATENCY_BUCKETS_S  # noqa: E402
+from plano_fast.wire._obs_shared import RECORD as ACCESS_LOG_RECORD  # noqa: E402
+
+if _built("_obs"):
+    from plano_fast.wire._obs import RouteStats, RouteTable, has_header
+    from plano_fast.wire._obs import lines as access_log_lines
+
+    OBS_IMPLEMENTATION: Final = "cython"
+else:
+    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header  # type: ignore[assignment]
+    from plano_fast.wire._obs_py import lines as access_log_lines
+
+    OBS_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
+
 IMPLEMENTATIONS: Final = {"scan": _SCAN, "head": _HEAD, "request": _REQUEST}
 IMPLEMENTATION: Final = (
     _SCAN
@@ -148,6 +169,8 @@ IMPLEMENTATION: Final = (
 )
 
 __all__ = [
+    "ACCESS_LOG_FIELDS",
+    "ACCESS_LOG_RECORD",
     "DLP_DETECTORS",
     "DLP_IMPLEMENTATION",
     "DLP_PATTERNS",
@@ -158,6 +181,7 @@ __all__ = [
     "API_OPENAI_RESPONSES",
     "IMPLEMENTATION",
     "IMPLEMENTATIONS",
+    "LATENCY_BUCKETS_S",
     "MAX_BODY_BYTES",
     "MAX_DEPTH",
     "MAX_EVENT_BYTES",
@@ -165,14 +189,19 @@ __all__ = [
     "MAX_MODEL_BYTES",
     "MAX_RAW_USAGE_BYTES",
     "MAX_TOKEN_COUNT",
+    "OBS_IMPLEMENTATION",
     "PURE_ENV",
     "RequestFields",
+    "RouteStats",
+    "RouteTable",
     "ScanError",
     "Usage",
     "UsageScanner",
+    "access_log_lines",
     "dlp_scan_body",
     "dlp_scan_text",
     "forward_request_headers",
+    "has_header",
     "parse_request",
     "parse_response",
     "response_head",

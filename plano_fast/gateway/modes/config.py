@@ -49,6 +49,7 @@ class ConfigExchange(RoutedExchange):
         try:
             route = self.ctx.router.resolve(fields.model)
         except UnknownModel as exc:
+            self.requested_model = fields.model  # for the refusal's access-log line
             raise UnknownModelError(str(exc)) from None
         provider = route.provider
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
