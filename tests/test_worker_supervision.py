@@ -20,7 +20,7 @@ import pytest
 
 from plano_fast.metrics import Merged, read_snapshots, retire_snapshot
 from tests.gateway_proc import GatewayProcess
-from tests.test_http_protocol import connect, read_responses, request
+from tests.test_http_protocol import connect, read_response, request
 from tests.test_metrics import ADMIN_KEY, scrape
 
 
@@ -47,7 +47,7 @@ def answered(port: int) -> int:
     """One request on a new connection (closed by the server after the answer): its status."""
     with connect(port) as sock:
         sock.sendall(request(extra=b"Connection: close\r\n"))
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
         return int(response.status_code)
 
 
