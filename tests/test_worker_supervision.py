@@ -56,6 +56,14 @@ def requests_total(gateway: GatewayProcess) -> float:
     return sum(s.value for s in fams["plano_fast_requests"].samples if s.name == "plano_fast_requests_total")
 
 
+def metrics_dir(pid: int) -> str:
+    """Where the instance's workers publish their snapshots (the parent's temp dir, passed
+    in the environment)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [entry] = [e for e in environ if e.startswith(b"PLANO_FAST_METRICS_DIR=")]
+    return entry.split(b"=", 1)[1].decode()
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -74,8 +82,8 @@ def test_a_killed_worker_is_replaced_and_the_instance_keeps_serving(
     for _ in range(10):
         assert answered(gateway.port) == 200
         served += 1
-    time.sleep(2.5)  # both workers publish their snapshot (once a second)
-    assert requests_total(gateway) == served
+    # Both workers publish their snapshot once a second: exact within 2.5 s.
+    wait_for(lambda: requests_total(gateway) == served, 2.5, f"a scrape counting the {served} requests")
 
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -94,13 +102,16 @@ def test_a_killed_worker_is_replaced_and_the_instance_keeps_serving(
     assert re.search(rf"worker \d restarted \(pid {replacement}\)", log)
     # Until the replacement is ready, the kernel sends every connection to the survivor; then
     # both share the port again: keep asking until the replacement has answered some.
-    time.sleep(3)  # the replacement starts (imports, store) and publishes a first snapshot
+    # The replacement starts (imports, store) and publishes a first snapshot.
+    snapshot = Path(metrics_dir(replacement)) / f"{replacement}.json"
+    wait_for(snapshot.exists, 10, "the replacement's first snapshot")
     for _ in range(40):
         assert answered(gateway.port) == 200
         served += 1
-    time.sleep(2.5)
-    for _ in range(4):  # a scrape lands on either worker: the dead one's counts are kept
-        assert requests_total(gateway) == served
+    # A scrape lands on either worker: the dead one's counts are kept.  Within 2.5 s (both
+    # publish once a second) four scrapes in a row count every request.
+    wait_for(lambda: all(requests_total(gateway) == served for _ in range(4)), 2.5,
+             f"four scrapes counting the {served} requests")
 
     # Killed again within the stable uptime: a crash loop, the wait doubles.
     os.kill(replacement, signal.SIGKILL)
