@@ -34,7 +34,11 @@ class GatewayProcess:
         self.config_path = config_path
         self.log_path = log_path or config_path.with_suffix(".log")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        if migrate:
+        # ``serve --migrate`` applies the same migrations before it listens, saving a Python
+        # start (~0.4 s a gateway); a separate ``migrate`` runs only when ``before_start``
+        # needs the schema before the gateway starts.
+        migrate_in_serve = migrate and before_start is None
+        if migrate and not migrate_in_serve:
             subprocess.run(
                 [sys.executable, "-m", "plano_fast", "migrate", "--config", str(config_path)],
                 check=True, cwd=ROOT, capture_output=True, env={**os.environ, **(env or {})},
@@ -42,7 +46,8 @@ class GatewayProcess:
         if before_start is not None:
             before_start()  # e.g. provision tenants, so the gateway loads them at start
         args = [sys.executable, "-m", "plano_fast", "serve", "--config", str(config_path)]
-        args += ["--port", str(port), "--workers", str(workers)] + (extra_args or [])
+        args += ["--port", str(port), "--workers", str(workers)] + (["--migrate"] if migrate_in_serve else [])
+        args += extra_args or []
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.gateway_proc import ROOT, GatewayProcess
-from tests.test_http_protocol import connect, read_responses, request
+from tests.test_http_protocol import connect, read_response, request
 
 STREAM_BODY = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"x"}]}'
 GIB = 1024**3
@@ -27,7 +27,7 @@ def test_one_gib_stream_to_a_slow_reader_keeps_memory_bounded(
     gateway = make_gateway()
     with connect(gateway.port) as sock:  # warm up: imports, pools, first allocations
         sock.sendall(request())
-        read_responses(sock)
+        read_response(sock)
     baseline_kib, _ = gateway.rss_kib()
     peak_kib = baseline_kib
     received = 0
@@ -113,7 +113,7 @@ def test_workers_share_the_port(make_gateway: Callable[..., GatewayProcess]) -> 
     for _ in range(20):
         with connect(gateway.port) as sock:
             sock.sendall(request())
-            [(response, _)], _ = read_responses(sock)
+            response, _ = read_response(sock)
             assert response.status_code == 200
     gateway.signal(signal.SIGTERM)
     assert gateway.wait(15) == 0

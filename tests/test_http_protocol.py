@@ -24,10 +24,28 @@ def connect(port: int) -> socket.socket:
     return sock
 
 
+def read_response(sock: socket.socket, timeout_s: float = 10.0) -> tuple[h11.Response, bytes]:
+    """Read one response, not asking whether the server closes afterwards: proving a
+    connection stays open takes ``server_closed``'s 2 s wait, which ``read_responses``
+    pays when the server keeps it open; use that one where a test asserts on it."""
+    [(response, body)], _ = _read(sock, 1, timeout_s)
+    return response, body
+
+
 def read_responses(
     sock: socket.socket, count: int = 1, timeout_s: float = 10.0
 ) -> tuple[list[tuple[h11.Response, bytes]], bool]:
     """Read ``count`` responses; returns them and whether the server closed afterwards."""
+    results, closed = _read(sock, count, timeout_s)
+    if not closed:
+        closed = server_closed(sock)
+    return results, closed
+
+
+def _read(
+    sock: socket.socket, count: int, timeout_s: float
+) -> tuple[list[tuple[h11.Response, bytes]], bool]:
+    """``count`` responses, and whether the server closed while they were read."""
     conn = h11.Connection(h11.CLIENT)
     # h11 needs to have "sent" a request per response it parses.
     results: list[tuple[h11.Response, bytes]] = []
@@ -65,8 +83,6 @@ def read_responses(
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
             break
         conn.start_next_cycle()
-    if not closed:
-        closed = server_closed(sock)
     return results, closed
 
 
@@ -90,7 +106,7 @@ def request(body: bytes = CHAT, path: bytes = b"/v1/chat/completions", extra: by
 def still_serving(gateway: GatewayProcess) -> None:
     with connect(gateway.port) as sock:
         sock.sendall(request())
-        [(response, body)], _ = read_responses(sock)
+        response, body = read_response(sock)
     assert response.status_code == 200, body
     assert json.loads(body)["object"] == "chat.completion"
 
@@ -217,7 +233,7 @@ def test_chunked_request_trailers_are_discarded_not_forwarded(
     trailers = b"X-Late-Trailer: 1\r\nX-Title: from-the-trailer\r\n\r\n"
     with connect(gateway.port) as sock:
         sock.sendall(head + b"%x\r\n%s\r\n0\r\n" % (len(CHAT), CHAT) + trailers)
-        [(response, body)], _ = read_responses(sock)
+        response, body = read_response(sock)
     assert response.status_code == 200, body
     [forwarded] = [r for r in fake.requests if r.path == "/v1/chat/completions"]
     assert forwarded.json() == json.loads(CHAT)
@@ -302,7 +318,7 @@ def test_idle_keepalive_connection_is_closed(make_gateway: Callable[..., Gateway
     gateway = make_gateway({"keepalive_timeout_s": 0.5})
     with connect(gateway.port) as sock:
         sock.sendall(request())
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
         assert response.status_code == 200
         assert server_closed(sock, wait_s=3.0)
 
@@ -318,7 +334,7 @@ def test_broken_json_is_400_and_connection_stays_usable(
         assert "not valid JSON" in error_of(body)
         assert not closed  # the framing was fine: keep-alive continues
         sock.sendall(request())
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
         assert response.status_code == 200
     assert len([r for r in fake.requests if r.path == "/v1/chat/completions"]) == 1
 
@@ -326,11 +342,11 @@ def test_broken_json_is_400_and_connection_stays_usable(
 def test_unknown_path_404_and_wrong_method_405(gateway: GatewayProcess) -> None:
     with connect(gateway.port) as sock:
         sock.sendall(request(path=b"/v2/nothing"))
-        [(response, body)], _ = read_responses(sock)
+        response, body = read_response(sock)
         assert response.status_code == 404
         assert "/v2/nothing" in error_of(body)
         sock.sendall(b"GET /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n")
-        [(response, body)], _ = read_responses(sock)
+        response, body = read_response(sock)
         assert response.status_code == 405
 
 
@@ -401,7 +417,7 @@ def test_chunked_request_body_and_expect_continue(
         for piece in (CHAT[:half], CHAT[half:]):
             sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
         sock.sendall(b"0\r\n\r\n")
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
     assert response.status_code == 200
     seen = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1]
     assert seen.body == CHAT  # de-chunked, forwarded with a Content-Length
@@ -420,7 +436,7 @@ def test_hop_by_hop_headers_are_not_forwarded(gateway: GatewayProcess, fake: Fak
                 b"Accept-Encoding: gzip\r\nX-Xproxy-Project-Id: forged\r\nX-Kept: yes\r\n"
             )
         )
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
     assert response.status_code == 200
     seen = [r for r in fake.requests if r.path == "/v1/chat/completions"][-1]
     names = {name for name, _ in seen.headers}
@@ -438,5 +454,5 @@ def test_upstream_reset_mid_stream_is_an_incomplete_response(gateway: GatewayPro
         body = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"x"}]}'
         sock.sendall(request(body=body, extra=b"x-fake-events: 10\r\nx-fake-reset-after-events: 3\r\n"))
         with pytest.raises(AssertionError, match="closed before a complete response"):
-            read_responses(sock)
+            read_response(sock)
     still_serving(gateway)

@@ -20,7 +20,7 @@ import pytest
 
 from plano_fast.metrics import Merged, read_snapshots, retire_snapshot
 from tests.gateway_proc import GatewayProcess
-from tests.test_http_protocol import connect, read_responses, request
+from tests.test_http_protocol import connect, read_response, request
 from tests.test_metrics import ADMIN_KEY, scrape
 
 
@@ -47,13 +47,21 @@ def answered(port: int) -> int:
     """One request on a new connection (closed by the server after the answer): its status."""
     with connect(port) as sock:
         sock.sendall(request(extra=b"Connection: close\r\n"))
-        [(response, _)], _ = read_responses(sock)
+        response, _ = read_response(sock)
         return int(response.status_code)
 
 
 def requests_total(gateway: GatewayProcess) -> float:
     fams = scrape(gateway)
     return sum(s.value for s in fams["plano_fast_requests"].samples if s.name == "plano_fast_requests_total")
+
+
+def metrics_dir(pid: int) -> str:
+    """Where the instance's workers publish their snapshots (the parent's temp dir, passed
+    in the environment)."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    [entry] = [e for e in environ if e.startswith(b"PLANO_FAST_METRICS_DIR=")]
+    return entry.split(b"=", 1)[1].decode()
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -74,7 +82,9 @@ def test_a_killed_worker_is_replaced_and_the_instance_keeps_serving(
     for _ in range(10):
         assert answered(gateway.port) == 200
         served += 1
-    time.sleep(2.5)  # both workers publish their snapshot (once a second)
+    # Both workers publish their snapshot (once a second): a fixed wait, not a poll, since
+    # the victim's last snapshot must hold all its requests before it is killed.
+    time.sleep(2.5)
     assert requests_total(gateway) == served
 
     victim = min(workers)
@@ -94,13 +104,16 @@ def test_a_killed_worker_is_replaced_and_the_instance_keeps_serving(
     assert re.search(rf"worker \d restarted \(pid {replacement}\)", log)
     # Until the replacement is ready, the kernel sends every connection to the survivor; then
     # both share the port again: keep asking until the replacement has answered some.
-    time.sleep(3)  # the replacement starts (imports, store) and publishes a first snapshot
+    # The replacement starts (imports, store) and publishes a first snapshot.
+    snapshot = Path(metrics_dir(replacement)) / f"{replacement}.json"
+    wait_for(snapshot.exists, 10, "the replacement's first snapshot")
     for _ in range(40):
         assert answered(gateway.port) == 200
         served += 1
-    time.sleep(2.5)
-    for _ in range(4):  # a scrape lands on either worker: the dead one's counts are kept
-        assert requests_total(gateway) == served
+    # A scrape lands on either worker: the dead one's counts are kept.  Within 2.5 s (both
+    # publish once a second) four scrapes in a row count every request.
+    wait_for(lambda: all(requests_total(gateway) == served for _ in range(4)), 2.5,
+             f"four scrapes counting the {served} requests")
 
     # Killed again within the stable uptime: a crash loop, the wait doubles.
     os.kill(replacement, signal.SIGKILL)
