@@ -224,10 +224,11 @@ def test_hard_budget_refuses_with_402_when_the_reservation_does_not_fit(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     sqlite_path = str(tmp_path / "plano_config_0.db")
+    log_path = tmp_path / "access.jsonl"
     body = REQUEST_BODY
     tenants: list[Tenant] = []
     gateway = make_gateway(
-        {"managed": "true", "managed_reload_s": 1}, env=ENV,
+        {"managed": "true", "managed_reload_s": 1, "access_log": str(log_path)}, env=ENV,
         before_start=lambda: tenants.append(
             provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=3 * request_cost(body))
         ),
@@ -237,6 +238,25 @@ def test_hard_budget_refuses_with_402_when_the_reservation_does_not_fit(
     assert statuses == [200, 200, 200, 402, 402, 402]
     spent = sum(r.cost_nano_usd or 0 for r in rows(sqlite_path))
     assert spent == 3 * request_cost(body)
+    # Every answer has its access-log line, the gateway's own refusals included (a 402
+    # held budget, an unknown token's 401, a model the pipe does not serve: 400), and
+    # no line holds a token.
+    unknown = "xproxy_" + "B" * 43
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=unknown, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "x"}])
+    gateway.stop()  # the writer's last lines are flushed at stop
+    text = log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [(line["status"], line["outcome"] == "refused") for line in lines] == [
+        (200, False), (200, False), (200, False), (402, True), (402, True), (402, True),
+        (401, True), (400, True),
+    ]
+    assert lines[3]["project"] == tenant.project_id and lines[7]["model"] == "gpt-5"
+    assert tenant.token not in text and unknown not in text
 
 
 # -- the overshoot test ----------------------------------------------------------------

@@ -30,7 +30,7 @@ import time
 
 from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
-from plano_fast.errors import BadRequestBody, ClientError, ServiceUnavailable, Unauthorized
+from plano_fast.errors import BadRequestBody, ClientError, GatewayError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, refuse_background
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
@@ -109,69 +109,74 @@ class ManagedExchange(RetryingExchange):
 
     # -- phases -----------------------------------------------------------------------
     async def run(self) -> None:
-        state = self.mctx.state
-        if not state.ready:
-            raise ServiceUnavailable("the gateway has not loaded its tokens yet")
-        request = self.request
-        credential = client_headers(self).credential
-        key = credential.secret if credential is not None else None
-        if key is None or not key.startswith(TOKEN_PREFIX.encode()):
-            raise Unauthorized("an xproxy_ token is required")
-        digest = token_hash(key)
-        token = state.lookup(digest, time.time_ns())
-        if token is None:
-            raise Unauthorized("this token is invalid, revoked or expired")
-        pipe = state.pipe_for(token)
-        if pipe is None:
-            raise ClientError("this token's project has no pipe to route it")
-        if self.endpoint is RESPONSES:
-            refuse_background(request.body)  # its cost could not be settled
         try:
-            fields = scan.scan_request(request.body)
-        except scan.ScanError as exc:
-            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-        self.requested_model = fields.model
-        if self.ctx.guardrails is not None:
-            self.project_id = token.project_id  # (its project's guardrail overrides apply)
-            guard(self, GUARD_FORMATS[self.endpoint.name], None)
-        targets = [t for t in pipe.candidates(fields.model)
-                   if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
-        if not targets:
-            allowed = ", ".join(pipe.allowed_models()) or "none"
-            raise ClientError(
-                f"model '{fields.model}' is not served by pipe '{pipe.pipe.name}'; "
-                f"allowed models: {allowed}"
-            )
-        self.targets = targets
-        self.project_id = token.project_id
-        self.user_id = token.user_id
-        self.token_id = token.id
-        if self.ctx.ratelimits is not None:  # plano_fast's per-project / per-token limits
-            await admit_awaited(self, (fields.model,), digest)
-        self.streaming = fields.stream
-        self.body_filter = HoldTerminal(fields.stream)
-        body = request.body
-        if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
-            # previous_response_id expanded before the reservation: it counts the history
-            body, self.state_turn = await expand_managed(
-                self.ctx.responses_state, body, managed_owner(token.project_id, token.user_id), fields.stream
-            )
-        max_out = fields.max_output_tokens
-        if max_out is None:
-            max_out = self.mctx.max_output_tokens
-            body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
-        try:
-            self.reservation = await self._reserve(body, max_out, fields.model)
-        except BudgetHeld as exc:
-            self.ctx.metrics.error("budget")  # answered here, not by the server: count it too
-            payload = exc.body(request.api_format)
-            self.responder.send_head(exc.status, (
-                (b"content-type", b"application/json"),
-                (b"retry-after", str(exc.retry_after_s).encode()),
-            ), len(payload))
-            self.responder.send_body(payload)
-            self.responder.end()
-            return
+            state = self.mctx.state
+            if not state.ready:
+                raise ServiceUnavailable("the gateway has not loaded its tokens yet")
+            request = self.request
+            credential = client_headers(self).credential
+            key = credential.secret if credential is not None else None
+            if key is None or not key.startswith(TOKEN_PREFIX.encode()):
+                raise Unauthorized("an xproxy_ token is required")
+            digest = token_hash(key)
+            token = state.lookup(digest, time.time_ns())
+            if token is None:
+                raise Unauthorized("this token is invalid, revoked or expired")
+            pipe = state.pipe_for(token)
+            if pipe is None:
+                raise ClientError("this token's project has no pipe to route it")
+            if self.endpoint is RESPONSES:
+                refuse_background(request.body)  # its cost could not be settled
+            try:
+                fields = scan.scan_request(request.body)
+            except scan.ScanError as exc:
+                raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+            self.requested_model = fields.model
+            if self.ctx.guardrails is not None:
+                self.project_id = token.project_id  # (its project's guardrail overrides apply)
+                guard(self, GUARD_FORMATS[self.endpoint.name], None)
+            targets = [t for t in pipe.candidates(fields.model)
+                       if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
+            if not targets:
+                allowed = ", ".join(pipe.allowed_models()) or "none"
+                raise ClientError(
+                    f"model '{fields.model}' is not served by pipe '{pipe.pipe.name}'; "
+                    f"allowed models: {allowed}"
+                )
+            self.targets = targets
+            self.project_id = token.project_id
+            self.user_id = token.user_id
+            self.token_id = token.id
+            if self.ctx.ratelimits is not None:  # plano_fast's per-project / per-token limits
+                await admit_awaited(self, (fields.model,), digest)
+            self.streaming = fields.stream
+            self.body_filter = HoldTerminal(fields.stream)
+            body = request.body
+            if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
+                # previous_response_id expanded before the reservation: it counts the history
+                body, self.state_turn = await expand_managed(
+                    self.ctx.responses_state, body, managed_owner(token.project_id, token.user_id), fields.stream
+                )
+            max_out = fields.max_output_tokens
+            if max_out is None:
+                max_out = self.mctx.max_output_tokens
+                body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
+            try:
+                self.reservation = await self._reserve(body, max_out, fields.model)
+            except BudgetHeld as exc:
+                self.ctx.metrics.error("budget")  # answered here, not by the server: count it too
+                self.refused(exc)
+                payload = exc.body(request.api_format)
+                self.responder.send_head(exc.status, (
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", str(exc.retry_after_s).encode()),
+                ), len(payload))
+                self.responder.send_body(payload)
+                self.responder.end()
+                return
+        except GatewayError as exc:  # a refusal of this request: its access-log line
+            self.refused(exc)
+            raise
         self.fields = fields
         self.base_body = body
         circuit = self.circuit = self._target_circuit(0)
