@@ -154,6 +154,23 @@ def test_migrate_from_empty_then_nothing(backend: Backend) -> None:
     backend.run(body, migrated=False)
 
 
+def test_migration_8_drops_only_the_unread_indexes(backend: Backend) -> None:
+    """Schema 8 drops usage_log_price_status (no query reads it) and spending_reservations'
+    expiry and owner indexes (the sweeps scan the small table of in-flight reservations);
+    the indexes the usage queries use stay."""
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        if store.kind == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN (?, ?)"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN (?, ?)"
+        names = {r[0] for r in await store._fetch(sql, ("usage_log", "spending_reservations"))}
+        assert not names & {"usage_log_price_status", "spending_reservations_expiry", "spending_reservations_owner"}
+        assert {"usage_log_project_time", "usage_log_user_time", "usage_log_unpriced"} <= names
+
+    backend.run(body)
+
+
 def test_schema_older_than_required_is_refused(backend: Backend) -> None:
     async def body(store: Store) -> None:
         assert isinstance(store, SqlStore)
