@@ -45,7 +45,7 @@ def _stage(stage: str, n: int, batch: int) -> None:
     from plano_fast.billing.metrics import BillingMetrics
     from plano_fast.billing.rows import rows_of_events
     from plano_fast.pricing import PricingRegistry
-    from plano_fast.store import UsageRow, normalize_usage, open_store
+    from plano_fast.store import Store, UsageRow, normalize_usage, open_store
     from plano_fast.store import sqlite as sqlite_store
     from plano_fast.store.migrate import migrate
 
@@ -53,7 +53,7 @@ def _stage(stage: str, n: int, batch: int) -> None:
     pricing = PricingRegistry()
     tmp = tempfile.mkdtemp(prefix="billing-stages-")
 
-    async def setup_store():  # type: ignore[no-untyped-def]
+    async def setup_store() -> Store:
         store = open_store(None, os.path.join(tmp, "usage.db"))
         await store.open()
         await migrate(store)
@@ -122,7 +122,10 @@ def _instructions(stage: str, n: int, batch: int) -> int:
         sys.executable, "-m", "benchmarks.bench_billing_stages", "--run", stage,
         "--events", str(n), "--batch", str(batch),
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # one hash seed for every run: set and dict layouts (and so a few hundred
+    # instructions an event) otherwise differ from run to run
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
     if found is None:
         raise RuntimeError(done.stderr[-2000:])

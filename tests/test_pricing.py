@@ -513,6 +513,6 @@ def test_price_counts_is_quote_counts_as_a_tuple() -> None:
     assert seen_priced == 15
     for bad in ((-1, 0, 0, 0), (1.5, 0, 0, 0), (True, 0, 0, 0)):
         with pytest.raises((TypeError, ValueError)) as expected:
-            reg.quote_counts("openai", "gpt-4o-mini", None, *bad)  # type: ignore[arg-type]
+            reg.quote_counts("openai", "gpt-4o-mini", None, *bad)
         with pytest.raises(expected.type):
-            reg.price_counts("openai", "gpt-4o-mini", None, *bad)  # type: ignore[arg-type]
+            reg.price_counts("openai", "gpt-4o-mini", None, *bad)
