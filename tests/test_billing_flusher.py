@@ -221,8 +221,45 @@ def test_flush_now_writes_everything_with_exact_metrics(tmp_path: Path) -> None:
         assert (m.events_submitted, m.rows_written, m.rows_duplicate, m.flushes) == (2_345, 2_345, 0, 6)
         assert m.rows_unpriced_at_flush == sum(1 for r in expected if not r.priced)
         assert m.rows_priced_partial == sum(1 for r in expected if r.price_status == "priced_partial")
+        cost_per_model: dict[tuple[str, str], int] = {}
+        for r in expected:
+            if r.cost_nano_usd:
+                key = (r.provider, r.model or "")
+                cost_per_model[key] = cost_per_model.get(key, 0) + r.cost_nano_usd
+        assert len(cost_per_model) >= 5 and m.cost_nano_usd == cost_per_model
 
     asyncio.run(main())
+
+
+def test_cost_metric_keeps_its_bound_on_models(tmp_path: Path) -> None:
+    """Once MAX_COST_MODELS (provider, model) pairs are kept, new ones add to (provider,
+    "other"), and the pairs kept are the first seen, in submission order."""
+    from dataclasses import replace
+
+    from plano_fast.billing import metrics as metrics_mod
+
+    async def main() -> None:
+        store = RecordingStore()
+        flusher = make_flusher(tmp_path, store)
+        flusher.pricing.set_overrides({f"m{i}": ModelPrice(1_000_000, 0, None, None) for i in range(8)}, {})
+        base = UsageEvent("r", 1, "openai", "m0", False, STATUS_OK, 200, input_tokens=1000, has_usage=True)
+        evs = [replace(base, request_id=f"r{i}", model=f"m{i % 8}", input_tokens=1000 * (1 + i % 8))
+               for i in range(64)]  # fmt: skip
+        for e in evs:
+            flusher.submit(e)
+        await flusher.flush_now()
+        # 1,000 tokens at 1,000,000 nano-USD a million = 1,000 nano-USD; eight events a
+        # model; m0..m5 kept (six pairs), m6 and m7 counted as "other"
+        per = {f"m{k}": 8 * 1_000 * (1 + k) for k in range(8)}
+        kept = {("openai", f"m{k}"): per[f"m{k}"] for k in range(6)}
+        assert flusher.metrics.cost_nano_usd == {**kept, ("openai", "other"): per["m6"] + per["m7"]}
+
+    bound = metrics_mod.MAX_COST_MODELS
+    metrics_mod.MAX_COST_MODELS = 6  # six pairs, then "other"
+    try:
+        asyncio.run(main())
+    finally:
+        metrics_mod.MAX_COST_MODELS = bound
 
 
 def test_drain_yields_to_the_loop_between_slices(tmp_path: Path) -> None:

@@ -487,3 +487,32 @@ def test_bundled_1h_writes_and_audio_are_priced_exactly(reg: PricingRegistry) ->
     # a model without an audio price: charged as text, marked partial
     q = reg.quote("openai", "gpt-4o-mini", None, t)
     assert q is not None and q.partial and q.cost_nano_usd == 150 * 150 + 90 * 600
+
+
+def test_price_counts_is_quote_counts_as_a_tuple() -> None:
+    """The drain's tuple form gives the quote's fields exactly, for bundled, tiered, custom
+    and unknown models, and raises the same errors for invalid counts."""
+    reg = PricingRegistry()
+    reg.set_overrides({"my-model": ModelPrice(7, 9, None, 3, source="custom")},
+                      {("p1", "gpt-4o-mini"): ModelPrice(1, 2, 1, None, source="custom")})
+    cases = [
+        ("openai", "gpt-4o-mini", None), ("openai", "gpt-4o-mini", "p1"), ("anthropic", "claude-sonnet-4-5", None),
+        ("gemini", "gemini-2.5-pro", None), ("openai", "my-model", "p2"), ("openai", "no-such-model", None),
+    ]  # fmt: skip
+    counts = [(0, 0, 0, 0, 0, 0, 0), (1200, 300, 64, 0, 0, 0, 0), (300_000, 10, 1000, 500, 100, 50, 5)]
+    seen_priced = 0
+    for provider, model, project in cases:
+        for c in counts:
+            quote = reg.quote_counts(provider, model, project, *c)
+            priced = reg.price_counts(provider, model, project, *c)
+            if quote is None:
+                assert priced is None
+            else:
+                seen_priced += 1
+                assert priced == (quote.cost_nano_usd, quote.partial, quote.entry)
+    assert seen_priced == 15
+    for bad in ((-1, 0, 0, 0), (1.5, 0, 0, 0), (True, 0, 0, 0)):
+        with pytest.raises((TypeError, ValueError)) as expected:
+            reg.quote_counts("openai", "gpt-4o-mini", None, *bad)
+        with pytest.raises(expected.type):
+            reg.price_counts("openai", "gpt-4o-mini", None, *bad)

@@ -154,6 +154,23 @@ def test_migrate_from_empty_then_nothing(backend: Backend) -> None:
     backend.run(body, migrated=False)
 
 
+def test_migration_8_drops_only_the_unread_indexes(backend: Backend) -> None:
+    """Schema 8 drops usage_log_price_status (no query reads it) and spending_reservations'
+    expiry and owner indexes (the sweeps scan the small table of in-flight reservations);
+    the indexes the usage queries use stay."""
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        if store.kind == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN (?, ?)"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN (?, ?)"
+        names = {r[0] for r in await store._fetch(sql, ("usage_log", "spending_reservations"))}
+        assert not names & {"usage_log_price_status", "spending_reservations_expiry", "spending_reservations_owner"}
+        assert {"usage_log_project_time", "usage_log_user_time", "usage_log_unpriced"} <= names
+
+    backend.run(body)
+
+
 def test_schema_older_than_required_is_refused(backend: Backend) -> None:
     async def body(store: Store) -> None:
         assert isinstance(store, SqlStore)
@@ -563,6 +580,52 @@ def test_sqlite_insert_statement_shapes() -> None:
     rows.append(replace(rows[0], priced=0, cost_nano_usd=7))  # type: ignore[arg-type]
     rows.append(replace(rows[0], priced=False, cost_nano_usd=7, streaming=2))  # type: ignore[arg-type]
     assert _chunk_params(rows) == [v for r in rows for v in _usage_params(r)]
+
+
+def test_sqlite_insert_leaves_out_only_all_null_columns() -> None:
+    """A chunk's INSERT drops exactly the optional columns None in every row, and binds
+    the rest of the flat parameters in order."""
+    from plano_fast.store.sql import USAGE_WRITE_COLUMNS
+    from plano_fast.store.sqlite import _OMITTABLE, _USAGE_WIDTH, _chunk_params, _insert_of, _multi_insert
+
+    rows = [usage(t=1, cost=c, user=u, model=m) for c, u, m in ((None, None, "m"), (5, None, None), (0, "u1", None))]
+    params = _chunk_params(rows)
+    sql, bound = _insert_of(len(rows), params)
+    columns = sql[sql.index("(") + 1 : sql.index(")")].split(", ")
+    all_null = [c for i, c in enumerate(USAGE_WRITE_COLUMNS)
+                if all(params[r * _USAGE_WIDTH + i] is None for r in range(len(rows)))]  # fmt: skip
+    assert "token_id" in all_null and "user_id" not in all_null and "model" not in all_null
+    assert columns == [c for i, c in enumerate(USAGE_WRITE_COLUMNS) if not (i in _OMITTABLE and c in all_null)]
+    kept = [USAGE_WRITE_COLUMNS.index(c) for c in columns]
+    assert list(bound) == [params[r * _USAGE_WIDTH + i] for r in range(len(rows)) for i in kept]
+    assert sql.count("?") == len(bound)
+    # every optional column set somewhere: the full statement, unchanged parameters
+    full = replace(rows[0], user_id="u", token_id="t", key_hash=sha("k"), project_id="p", usage_api="openai_chat",
+                   usage_raw="{}", price_entry="e", reservation_overrun_nano_usd=1, requested_model="r",
+                   attempts=1, attempt_trail="200", cost_nano_usd=3, priced=True)  # fmt: skip
+    params = _chunk_params([full])
+    assert _insert_of(1, params) == (_multi_insert(1), params)
+
+
+def test_sqlite_sparse_inserts_store_what_full_ones_do(tmp_path: Path) -> None:
+    """Rows written through the column-dropping INSERTs read back exactly as the rows given:
+    every None as NULL, every value in its column, whatever mix of Nones each chunk has."""
+    base = [usage(t=10**18 + i, cost=(None if i % 3 else i), user=(f"u{i}" if i % 5 == 0 else None),
+                  key=(sha(f"k{i}") if i % 7 == 0 else None), model=(None if i % 11 == 0 else "gpt-4o-mini"))
+            for i in range(75)]  # fmt: skip
+    rows = [replace(r, attempts=None if i % 2 else 2, attempt_trail="503,200" if i % 13 == 0 else None,
+                    requested_model="alias" if i == 40 else None, usage_raw='{"u":1}' if i < 32 else None)
+            for i, r in enumerate(base)]  # fmt: skip
+
+    async def body(store: Store) -> None:
+        assert await store.write_usage(rows) == len(rows)
+        stored = {r.request_id: r for r in await all_usage(store)}
+        for r in rows:
+            got = stored[r.request_id]
+            assert replace(got, row_id=None, price_status=r.price_status) == r
+        await assert_counters_match_log(store)
+
+    Backend("sqlite", None, str(tmp_path / "sparse.db")).run(body)
 
 
 def test_postgres_usage_records() -> None:

@@ -269,11 +269,19 @@ class UsageFlusher:
         metrics = self.metrics
         metrics.rows_unpriced_at_flush += unpriced
         partial = 0
+        # Costs summed per (provider, model) here, then one ``add_cost`` per pair: a method
+        # call per row was ~0.3 µs of the drain.  Pairs are added in order of first
+        # appearance, so the metric's bound on distinct models picks the same ones.
+        costs: dict[tuple[str, str | None], int] = {}
         for row in itertools.islice(pending, before, None):
             if row.price_status == PRICE_STATUS_PARTIAL:
                 partial += 1
-            if row.cost_nano_usd:
-                metrics.add_cost(row.provider, row.model, row.cost_nano_usd)
+            cost = row.cost_nano_usd
+            if cost:
+                key = (row.provider, row.model)
+                costs[key] = costs.get(key, 0) + cost
+        for (provider, model), cost in costs.items():
+            metrics.add_cost(provider, model, cost)
         metrics.rows_priced_partial += partial
         return end
 

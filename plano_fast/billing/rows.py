@@ -25,7 +25,7 @@ from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, Usage
 _FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
 """Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
-_FREE: Final = Quote(0, False, "")
+_FREE: Final = (0, False, "")
 
 
 class Counted(Protocol):
@@ -64,6 +64,13 @@ def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote |
 def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     """What one event costs (nano-USD, partial flag, price entry), or None when it cannot
     be priced."""
+    priced = _price_of_event(pricing, event)
+    return None if priced is None else Quote(*priced)
+
+
+def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
+    """``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
+    built: the drain's form, see ``PricingRegistry.price_counts``)."""
     if event.status in _FREE_STATUSES:
         return _FREE
     if not event.has_usage:
@@ -75,7 +82,7 @@ def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     if model is None:
         return None
     # quote_usage's call, inlined (one frame less per event on the drain)
-    return pricing.quote_counts(
+    return pricing.price_counts(
         event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
         event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
         event.audio_input_tokens, event.audio_output_tokens,
@@ -113,19 +120,20 @@ def rows_of_events(
     unpriced = 0
     append = out.append
     from_event = _from_event
-    quote_of = quote_event
+    price_of = _price_of_event
     for e in events:
-        quote = quote_of(pricing, e)
-        if quote is None:
+        priced = price_of(pricing, e)
+        if priced is None:
             unpriced += 1
             append(from_event(e))
         else:
+            cost, partial, entry = priced
             append(
                 from_event(
                     e,
-                    cost_nano_usd=quote.cost_nano_usd,
-                    price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
-                    price_entry=quote.entry or None,
+                    cost_nano_usd=cost,
+                    price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
+                    price_entry=entry or None,
                 )
             )
     return unpriced

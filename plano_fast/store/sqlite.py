@@ -31,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
@@ -130,6 +131,48 @@ async def _normalize_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
 @functools.cache
 def _multi_insert(n: int) -> str:
     return _INSERT_HEAD + "VALUES " + ",".join([_ROW_MARKS] * n) + _INSERT_TAIL
+
+
+# A bound None is not one of the types sqlite3 binds directly: each goes through the
+# adapter lookup (a key tuple built, a dict hit, the adapter called), ~800 instructions, and
+# most usage rows carry seven or more (user_id, token_id, requested_model, attempt_trail,
+# reservation_overrun_nano_usd ... outside managed and routed set-ups): ~8k instructions of
+# the ~63k a row cost to write, under callgrind (benchmarks/bench_billing_stages.py).  A
+# column that is None in every row of a chunk is therefore left out of that chunk's INSERT:
+# the nullable columns have no DEFAULT, so the row stores exactly the NULL it would have
+# been bound, and every CHECK sees the same value.  The statement shape is then keyed by
+# (rows, left-out columns): a deployment fills the same columns on nearly every row, so a
+# handful of shapes exist, each prepared once and kept by sqlite3's statement cache.
+_OMITTABLE: Final = tuple(
+    i for i, name in enumerate(USAGE_WRITE_COLUMNS)
+    if name in ("project_id", "user_id", "key_hash", "token_id", "model", "cost_nano_usd", "usage_api",
+                "usage_raw", "price_entry", "reservation_overrun_nano_usd", "requested_model",
+                "attempts", "attempt_trail")
+)  # fmt: skip
+_OMIT_SHAPES = 64  # (rows, left-out columns) shapes kept; sqlite3 caches 128 statements
+
+
+@functools.lru_cache(maxsize=_OMIT_SHAPES)
+def _sparse_insert(n: int, omitted: tuple[int, ...]) -> tuple[str, Callable[[list[object]], tuple[object, ...]]]:
+    """The INSERT of ``n`` rows without the ``omitted`` columns, and the getter that takes
+    its parameters out of ``_chunk_params``' flat list (one C call for the chunk)."""
+    kept = [i for i in range(_USAGE_WIDTH) if i not in omitted]
+    marks = "(" + ",".join("?" * len(kept)) + ")"
+    sql = (
+        f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS[i] for i in kept)}) VALUES "
+        + ",".join([marks] * n) + _INSERT_TAIL
+    )  # fmt: skip
+    return sql, operator.itemgetter(*[r * _USAGE_WIDTH + i for r in range(n) for i in kept])
+
+
+def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
+    """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
+    ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``)."""
+    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n)
+    if not omitted:
+        return _multi_insert(n), params
+    sql, take = _sparse_insert(n, omitted)
+    return sql, take(params)
 
 
 def _chunk_sizes(n: int) -> list[int]:
@@ -569,7 +612,7 @@ class SqliteStore(SqlStore):
         for size in _chunk_sizes(len(rows)):
             chunk = rows[start : start + size]
             start += size
-            n = conn.execute(_multi_insert(size), _chunk_params(chunk)).rowcount
+            n = conn.execute(*_insert_of(size, _chunk_params(chunk))).rowcount
             inserted += n
             if inserted == start:  # nothing skipped so far (the common case)
                 add_day_sums(chunk, sums)
