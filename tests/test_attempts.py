@@ -33,6 +33,7 @@ from plano_fast.billing.journal import Journal, _encode_line, _event_fields
 from plano_fast.config import ConfigError, parse_config
 from plano_fast.failover import MAX_TRAIL_CHARS, attempt_trail
 from plano_fast.store import Store, UsageRow
+from plano_fast.store.base import REQUIRED_SCHEMA_VERSION
 from plano_fast.store.migrate import load_migrations, migrate
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess, write_config
@@ -117,7 +118,7 @@ def test_migration_7_on_a_version_6_database(backend: Backend) -> None:  # noqa:
              old.cache_write_tokens, old.reasoning_tokens, old.streaming, old.status,
              old.http_status, old.priced, old.cost_nano_usd, old.duration_us, "priced", "alias"),
         )  # fmt: skip
-        assert await migrate(store) == [7]
+        assert await migrate(store) == list(range(7, REQUIRED_SCHEMA_VERSION + 1))  # 7 and every later one
         new = usage(t=2_000, cost=7, request_id="v7-row")
         new.attempts, new.attempt_trail = 3, "503,connect_error,200"
         plain = usage(t=3_000, cost=7, request_id="v7-one")
