@@ -61,12 +61,7 @@ def start_fake(log_path: Path, latency_ms: float, fail_rate: float = 0.0,
         args += ["--fail-rate", str(fail_rate), "--fail-seed", str(seed), "--fail-status", "503"]
     logf = open(log_path, "ab")  # noqa: SIM115 - the child holds it
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"fake provider did not start: {log_path.read_text(errors='replace')[-2000:]}")
-    return proc, int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+    return proc, bench.listening_port(proc, 20, log_path, "fake provider")
 
 
 def retry_policy_yaml(fallback_model: str, indent: str = "    ") -> str:

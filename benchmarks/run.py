@@ -634,17 +634,22 @@ def start_fake(workers: int, log_path: Path, provider_headers: bool = True) -> t
         args.append("--provider-headers")
     logf = open(log_path, "ab")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=logf)
+    return proc, listening_port(proc, 20, log_path, "fake provider")
+
+
+def listening_port(proc: subprocess.Popen[bytes], timeout_s: float, log_path: Path, what: str) -> int:
+    """The port of a started process's ``listening on host:port`` line (the fake provider's
+    and the gateway's); kills it and raises with its log's tail when it never comes."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline().decode()
         if "listening on" in line:
-            port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
-            return proc, port
+            return int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise RuntimeError(f"fake provider did not start: {log_path.read_text(errors='replace')[-2000:]}")
+    raise RuntimeError(f"{what} did not start: {log_path.read_text(errors='replace')[-2000:]}")
 
 
 def stop_proc(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:

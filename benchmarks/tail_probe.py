@@ -139,17 +139,7 @@ def _start_gateway(root: Path, cfg: Path, env_extra: dict[str, str], hooks_out: 
     else:
         args = [bench.PY, "-m", "plano_fast", "serve", "--config", str(cfg)]
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"))
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        if "listening on" in line:
-            port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
-            return proc, port
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"gateway did not start: {log.read_text(errors='replace')[-2000:]}")
+    return proc, bench.listening_port(proc, 60, log, "gateway")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
