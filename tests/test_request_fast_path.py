@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.byte_mutations import mutated
+
 _request = pytest.importorskip("plano_fast.wire._request", reason="the Cython extension is not built")
 parse_request = _request.parse_request
 from plano_fast.wire import _head_py  # noqa: E402 - after the skip
@@ -226,20 +228,7 @@ def requests(draw: st.DrawFn) -> bytes:
         lines.append(b"Content-Length: %d" % len(body))
     head = eol.join(lines) + eol + (eol if good else draw(st.sampled_from([eol, b"\r\n", b"\n"])))
     data = head + body + draw(st.sampled_from([b"", b"GET / HTTP/1.1\r\n\r\n", b"POST"]))
-    # mutations: flip, insert or delete a few bytes anywhere
-    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
-        if not data:
-            break
-        pos = draw(st.integers(0, len(data) - 1))
-        kind = draw(st.sampled_from(["flip", "insert", "delete"]))
-        byte = bytes([draw(st.sampled_from([0, 9, 10, 13, 32, 58, 127, 255]) | st.integers(0, 255))])
-        if kind == "flip":
-            data = data[:pos] + byte + data[pos + 1 :]
-        elif kind == "insert":
-            data = data[:pos] + byte + data[pos:]
-        else:
-            data = data[:pos] + data[pos + 1 :]
-    return data
+    return mutated(draw, data)  # flip, insert or delete a few bytes anywhere
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
