@@ -588,26 +588,11 @@ class PricingRegistry:
             tokens.audio_input_tokens, tokens.audio_output_tokens,
         )  # fmt: skip
 
-    def quote_counts(
-        self,
-        provider: str,
-        model: str,
-        project_id: str | None,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read_tokens: int,
-        cache_write_tokens: int,
-        cache_write_1h_tokens: int = 0,
-        audio_input_tokens: int = 0,
-        audio_output_tokens: int = 0,
-    ) -> Quote | None:
+    def quote_counts(self, provider: str, model: str, project_id: str | None, *counts: int) -> Quote | None:
         """``quote(provider, model, project_id, TokenCounts(...))`` for the billing hot path:
         the same result and the same errors, without building a ``TokenCounts`` unless the
-        counts are invalid (to raise its error)."""
-        priced = self.price_counts(
-            provider, model, project_id, input_tokens, output_tokens, cache_read_tokens,
-            cache_write_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
-        )  # fmt: skip
+        counts are invalid (to raise its error).  ``counts``: as ``price_counts`` takes them."""
+        priced = self.price_counts(provider, model, project_id, *counts)
         return None if priced is None else Quote(*priced)
 
     def price_counts(
