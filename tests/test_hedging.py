@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from benchmarks.fake_faults import Fault
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.config import ConfigError, parse_config
 from tests.gateway_proc import GatewayProcess
@@ -39,6 +40,16 @@ def providers(base: str) -> str:
       fallback_models: [openai/gpt-4o-mini]
       default_strategy: same_provider
       hedge_after_ms: 500
+  - name: flaky
+    model: openai/gpt-4.1-nano
+    base_url: {base}
+    access_key: sk-server-openai-key
+    headers: {{x-fake-latency-ms: "300"}}
+    retry_policy:
+      fallback_models: [openai/gpt-4o-mini]
+      default_strategy: same_provider
+      default_max_attempts: 2
+      hedge_after_ms: 100
 """
 
 
@@ -104,6 +115,32 @@ def test_no_hedge_when_the_first_attempt_answers_in_time_or_streams(
     assert len(calls(fake)) == 2
     assert len(rows_for(sqlite_path, 2)) == 2
     assert metric(gateway, "upstream_hedges") == 0
+
+
+def test_a_first_attempt_failing_while_its_hedge_is_in_flight_is_retried_as_without_hedging(
+    hedged: Any, fake: FakeProviderThread
+) -> None:
+    """2 attempts in all, a hedge after 100 ms: the first attempt answers 503 after 300 ms
+    while the hedge to the fallback is stalled.  The hedge is cancelled and its attempt
+    given back to the plan, so the 503 is retried on the fallback (as it would be without
+    hedging) and the client gets its answer -- not the 503, which it got when the
+    cancelled hedge had used up the last attempt."""
+    gateway, sqlite_path = hedged
+    fake.clear()
+    fake.faults.add(Fault("status", 503), 1, model="gpt-4.1-nano")
+    fake.faults.add(Fault("stall", stall_ms=1500), 1, model="gpt-4o-mini")
+    try:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="gpt-4.1-nano", messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        fake.faults.clear()
+    assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
+    # the first attempt, the hedge (stalled, cancelled), the retry
+    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-nano", "gpt-4o-mini", "gpt-4o-mini"]
+    (row,) = rows_for(sqlite_path, 1)
+    assert row.model == "gpt-4o-mini" and row.status == "ok" and row.attempts == 2
 
 
 def test_hedge_after_ms_validates() -> None:

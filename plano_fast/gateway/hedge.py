@@ -22,7 +22,7 @@ arrives, before its own -- so it costs nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast.errors import UpstreamError
 from plano_fast.failover import RETRYABLE_STATUSES
@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 #: the exchange's per-target state (what preparing a target sets): swapped in when a hedge wins
 TARGET_STATE = (
     "provider", "provider_id", "model", "streaming", "wire_format", "scan_api", "scanner",
-    "body_filter", "upstream_data", "origin",
+    "body_filter", "upstream_data", "origin", "timeouts",
 )  # fmt: skip
+_ORIGIN: Final = TARGET_STATE.index("origin")
+_UPSTREAM_DATA: Final = TARGET_STATE.index("upstream_data")
+_TIMEOUTS: Final = TARGET_STATE.index("timeouts")
 
 
 def target_state(exchange: Any) -> tuple[Any, ...]:
@@ -52,7 +55,7 @@ class Hedge:
     """The second attempt of a hedged request: a ResponseSink that, once its head has won,
     hands everything to the exchange."""
 
-    __slots__ = ("exchange", "index", "state", "circuit", "conn", "task", "won", "over")
+    __slots__ = ("exchange", "index", "state", "circuit", "conn", "task", "won", "over", "pooled")
 
     def __init__(
         self, exchange: RetryingExchange, index: int, state: tuple[Any, ...], circuit: CircuitBreaker
@@ -67,24 +70,32 @@ class Hedge:
         self.won = False
         #: lost, failed or cancelled
         self.over = False
+        #: the connection came from the idle pool (one the server may have closed meanwhile:
+        #: its failure is retried once on a new connection, as Exchange._forward does)
+        self.pooled = False
 
-    async def run(self) -> None:
-        ex = self.exchange
-        origin = self.state[TARGET_STATE.index("origin")]
-        pool = ex.ctx.pool
-        try:
-            conn = pool.take_idle(origin) or await pool.connect(origin)
-        except UpstreamError:
-            self._failed()
-            return
+    async def run(self, reuse: bool = True) -> None:
+        """Connect and send with the hedge target's own timeouts (its provider's)."""
+        state = self.state
+        origin, timeouts = state[_ORIGIN], state[_TIMEOUTS]
+        pool = self.exchange.ctx.pool
+        conn = pool.take_idle(origin) if reuse else None
+        self.pooled = conn is not None
+        if conn is None:
+            try:
+                conn = await pool.connect(origin, timeouts[0])
+            except UpstreamError:
+                self._failed()
+                return
         if self.over:  # cancelled while it connected
             conn.detach()
             return
         self.conn = conn
-        ctx = ex.ctx
-        conn.send_request(
-            self.state[TARGET_STATE.index("upstream_data")], self, ctx.first_byte_timeout_s, ctx.idle_timeout_s
-        )
+        conn.send_request(state[_UPSTREAM_DATA], self, timeouts[1], timeouts[2])
+
+    def live(self) -> bool:
+        """Sent or being sent, and neither answered nor over."""
+        return not (self.won or self.over)
 
     def cancel(self) -> None:
         """The exchange's own attempt answered or failed, or the request ended."""
@@ -141,9 +152,13 @@ class Hedge:
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         if self.won:
             self.exchange.on_upstream_error(error, False)
-        else:
-            self.conn = None
-            self._failed()
+            return
+        self.conn = None
+        if retry_safe and self.pooled and not self.over:
+            # a pooled connection the server had closed: not the target's failure
+            self.task = self.exchange.ctx.pool.loop.create_task(self.run(reuse=False))
+            return
+        self._failed()
 
     def on_upstream_pause_writing(self) -> None:
         if self.won:

@@ -140,8 +140,8 @@ class RetryingExchange(Exchange):
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
         hedge = self.hedge
-        if hedge is not None:
-            hedge.cancel()  # this attempt answered first (a hedge that won is not cancelled)
+        if hedge is not None:  # this attempt answered first (a hedge that won is not cancelled)
+            self._drop_hedge(hedge)
         if head.status < 400:  # (inline: the path of every answer)
             circuit = self.circuit
             if circuit is not None and circuit.failures:
@@ -154,7 +154,7 @@ class RetryingExchange(Exchange):
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         hedge = self.hedge
         if hedge is not None:
-            hedge.cancel()
+            self._drop_hedge(hedge)
         if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
             self.conn = None
             self._schedule_retry()
@@ -168,6 +168,15 @@ class RetryingExchange(Exchange):
         super()._client_gone()
 
     # -- hedging (plano_fast.gateway.hedge) ---------------------------------------------
+    def _drop_hedge(self, hedge: Hedge) -> None:
+        """This attempt answered or failed first: cancel a hedge still in flight and give
+        its attempt back to the plan, so that a failure here is retried as without hedging
+        (a hedge that won is not cancelled)."""
+        plan = self.plan
+        if hedge.live() and plan is not None:
+            plan.attempts -= 1
+        hedge.cancel()
+
     def arm_hedge(self, delay_s: float) -> None:
         """A hedge is due after ``delay_s`` unless this attempt has answered by then."""
         self.ctx.pool.loop.call_later(delay_s, self._start_hedge)
@@ -177,7 +186,9 @@ class RetryingExchange(Exchange):
         if (plan is None or self.hedge is not None or self.status or self.outcome
                 or self.client_left or self.responder.head_sent):
             return  # answered, failed or ended: no hedge
-        if self.conn is None:  # still connecting (or between attempts): once it is sent
+        if self.next_attempt is not None:
+            return  # this attempt failed and the plan waits for the next: no hedge of a wait
+        if self.conn is None:  # still connecting: once it is sent
             self.ctx.pool.loop.call_later(HEDGE_POLL_S, self._start_hedge)
             return
         now = self.ctx.pool.loop.time()
