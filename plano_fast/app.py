@@ -31,7 +31,7 @@ from plano_fast.billing.pipeline import BillingPipeline
 from plano_fast.config.retry_schema import retry_policy_of
 from plano_fast.deadlines import DeadlineClock, tick_for
 from plano_fast.failover import RetryPolicy, circuit_views
-from plano_fast.errors import GatewayError
+from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, billing_snapshot, read_snapshots, render, write_snapshot
 from plano_fast.gateway.relay import ExchangeContext
@@ -555,7 +555,11 @@ class Gateway:
 
     def _count_refusal(self, exc: GatewayError) -> None:
         """errors_total by type, for every refusal the server answers (parse errors,
-        auth, budgets, rate limits, ...)."""
+        auth, budgets, rate limits, ...).  Not an UpstreamError: the exchange that raises
+        one (a provider it could not reach) has settled itself, and its settle counted it
+        (``upstream`` or ``timeout``, Exchange.observe) -- once."""
+        if isinstance(exc, UpstreamError):
+            return
         self.ctx.metrics.error(error_type(exc.status, exc.code))
 
     def precheck(self, request: Request) -> None:

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import threading
+import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.fake_provider import FakeProviderThread
@@ -217,3 +219,26 @@ def test_a_retiring_worker_is_read_once(tmp_path: Path) -> None:
         merged.add(s)
     assert sum(merged.requests.values()) == 2 and merged.process["rows_written"] == 2
     assert "client_connections" not in merged.process  # gauges of dead workers are dropped
+
+
+def test_a_provider_that_cannot_be_reached_is_one_upstream_error(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """A connect failure is settled by its exchange (errors_total{type="upstream"}) and then
+    answered by the server as a 502: counted once, not once more as a gateway refusal."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    gateway = make_gateway({"admin_port": 0, "admin_key": ADMIN_KEY}, extra_providers=f"""\
+  - name: down
+    model: openai/gpt-4.1-nano
+    base_url: http://127.0.0.1:{closed_port}
+    access_key: sk-server-openai-key
+""")
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 502
+    time.sleep(1.5)  # published once a second
+    errors = {s.labels["type"]: s.value for s in scrape(gateway)["plano_fast_errors"].samples}
+    assert errors == {"upstream": 1}
