@@ -33,13 +33,13 @@ FIELDS = ACCESS_LOG_FIELDS
 #: the time stamp, the hash prefix) is computed by the writer, off the request.  The
 #: writer (plano_fast/wire/_obs.pyx, twin _obs_py.py) writes the JSON bytes itself, in
 #: one buffer per flush: measured (benchmarks/bench_observability.py, callgrind) ~27k
-#: instructions per line with a dict and orjson, ~2k this way.
+#: instructions per line with a dict and orjson, ~5k this way.
 RECORD = ACCESS_LOG_RECORD
 
 
 #: Lines formatted and written per synchronous stretch of the loop (~3 µs a line with the
-#: dict + orjson writer this was measured with; the compiled writer takes ~7k instructions
-#: a line, about a quarter of that).  One
+#: dict + orjson writer this was measured with; the compiled writer takes ~5k instructions
+#: a line, about a fifth of that).  One
 #: flush of everything at 1,000 req/s (200 lines every 0.2 s) measured 0.6-1 ms of the
 #: loop's CPU each time: a stall five times a second, a p99 cost at concurrency 1
 #: (issue 27, benchmarks/tail_probe.py --hooks --access-log).
@@ -124,11 +124,6 @@ class AccessLog:
         if self._out is not None and self._out is not sys.stdout.buffer:
             self._out.close()
         self._out = None
-
-
-def line(values: tuple[Any, ...]) -> bytes:
-    """One JSON line of a RECORD tuple (plano_fast.wire's writer; tests and tools)."""
-    return access_log_lines((values,))
 
 
 def _line_or_empty(values: tuple[Any, ...]) -> bytes:
