@@ -263,7 +263,7 @@ chk AS (
     SELECT sc.spent_nano_usd + sc.reserved_nano_usd + $6::bigint <= t.lim AS fits
       FROM t JOIN spending_counters sc
         ON sc.scope_kind = t.k AND sc.scope_id = t.i AND sc.period = t.p AND sc.period_start = t.s
-     ORDER BY sc.scope_kind, sc.scope_id, sc.period, sc.period_start
+     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start
        FOR UPDATE OF sc
 ),
 held AS (
