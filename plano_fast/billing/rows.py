@@ -91,20 +91,22 @@ def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, b
 
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
     """Cost of one event in nano-USD, or None when it cannot be priced."""
-    quote = quote_event(pricing, event)
-    return None if quote is None else quote.cost_nano_usd
+    priced = _price_of_event(pricing, event)
+    return None if priced is None else priced[0]
 
 
 def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
-    """The usage row of one event, priced when it can be (status and price entry set)."""
-    quote = quote_event(pricing, event)
-    if quote is None:
+    """The usage row of one event, priced when it can be (status and price entry set).
+    Managed mode's synchronous settle calls it once per request: no ``Quote`` built."""
+    priced = _price_of_event(pricing, event)
+    if priced is None:
         return _from_event(event)
+    cost, partial, entry = priced
     return _from_event(
         event,
-        cost_nano_usd=quote.cost_nano_usd,
-        price_status=PRICE_STATUS_PARTIAL if quote.partial else PRICE_STATUS_PRICED,
-        price_entry=quote.entry or None,
+        cost_nano_usd=cost,
+        price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
+        price_entry=entry or None,
     )
 
 
