@@ -695,27 +695,21 @@ class RateLimits:
         return self.decide(buckets, backend.check_now(buckets, now_s), now_s, anthropic)
 
     def check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
-        """The shared check without a task: ``done(outcome)`` runs when it is known (at
-        once for the in-process and SQLite backends); pass the outcome to ``decide``."""
+        """The Redis check without a task (only when ``asynchronous``: the in-process and
+        SQLite backends answer at once, ``admit_now``): ``done(outcome)`` runs from the
+        read that parsed the reply; pass the outcome to ``decide``."""
         backend = self.backend
-        if isinstance(backend, RedisBackend):
-            backend.start_check(buckets, now_s, done)
-        else:
-            try:
-                outcome: Outcome = backend.check_now(buckets, now_s)
-            except BackendUnavailable as exc:
-                outcome = exc
-            done(outcome)
+        assert isinstance(backend, RedisBackend)
+        backend.start_check(buckets, now_s, done)
 
     async def admit(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes:
-        """The shared check, awaited (raises RateLimited, or BackendUnavailable when
-        fail_closed); returns the admitted response's header lines (see ``decide``)."""
+        """The Redis check, awaited (only when ``asynchronous``; raises RateLimited, or
+        BackendUnavailable when fail_closed); returns the admitted response's header lines
+        (see ``decide``)."""
         backend = self.backend
+        assert isinstance(backend, RedisBackend)
         now_s = time.time()
-        if isinstance(backend, RedisBackend):
-            outcome = await backend.check(buckets, now_s)
-        else:
-            outcome = backend.check_now(buckets, now_s)
+        outcome = await backend.check(buckets, now_s)
         return self.decide(buckets, outcome, now_s, anthropic)
 
 
