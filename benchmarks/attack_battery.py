@@ -687,6 +687,59 @@ def truncated_json(s: Stack) -> Result:
                   f"{ans.status} complete={parse_first(ans.raw)[3]} {_row_text(row)}")
 
 
+SCRIPTED_CHAT = b'{"model":"scripted/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+OK_CHAT = json.dumps({"id": "chatcmpl-ok", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+
+
+def _scripted_pair(s: Stack, first: bytes, first_close: bool = False) -> tuple[Answer, Answer]:
+    """Two requests from two clients in turn through the scripted provider: ``first``
+    answers the first; the second gets a plain answer (same script name is replaced)."""
+    s.scripted.add("pair1", first, close=first_close)
+    s.scripted.add("pair2", json_answer(OK_CHAT), close=False)
+    a1 = exchange(s.gateway.port, _req(s, SCRIPTED_CHAT, b"x-script: pair1\r\n"))
+    time.sleep(0.2)
+    a2 = exchange(s.gateway.port, _req(s, SCRIPTED_CHAT, b"x-script: pair2\r\n"))
+    return a1, a2
+
+
+@case("upstream", "bytes after a provider's answer never become another client's answer", modes=("config",))
+def upstream_extra_bytes_desync(s: Stack) -> Result:
+    smuggled = json_answer({"smuggled": True, "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    a1, a2 = _scripted_pair(s, json_answer(OK_CHAT) + smuggled)
+    ok = a1.status == 200 and a2.status == 200 and b"smuggled" not in a2.body
+    return Result(ok, f"first={a1.status} second={a2.status} {a2.body[:50]!r}")
+
+
+@case("upstream", "CL+TE from the provider: 502, connection not reused", modes=("config",))
+def upstream_cl_te(s: Stack) -> Result:
+    bad = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n"
+           b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % len(OK_CHAT) + OK_CHAT + b"\r\n0\r\n\r\n")
+    a1, a2 = _scripted_pair(s, bad)
+    return Result(a1.status == 502 and a2.status == 200 and b"fine" in a2.body, f"first={a1.status} second={a2.status}")
+
+
+@case("upstream", "1xx (103 Early Hints) skipped; the final answer relayed", modes=("config",))
+def upstream_early_hints(s: Stack) -> Result:
+    a1, a2 = _scripted_pair(s, b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + json_answer(OK_CHAT))
+    return Result(a1.status == 200 and b"fine" in a1.body and a2.status == 200,
+                  f"first={a1.status} {a1.body[:30]!r} second={a2.status}")
+
+
+@case("upstream", "close-delimited HTTP/1.0 answer relayed whole and billed", modes=("config",))
+def upstream_http10_close(s: Stack) -> Result:
+    ans, row = _scripted(s, "h10", b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + OK_CHAT, SCRIPTED_CHAT)
+    ok = ans.status == 200 and b"fine" in ans.body and row is not None and row["input_tokens"] == 3
+    return Result(ok, f"{ans.status} {_row_text(row)}")
+
+
+@case("upstream", "endless provider header: 502, bounded", modes=("config",))
+def upstream_endless_header(s: Stack) -> Result:
+    a1, a2 = _scripted_pair(s, b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 300_000, first_close=True)
+    return Result(a1.status in (502,) and a2.status == 200, f"first={a1.status} second={a2.status}")
+
+
 # provider faults (fake provider) ----------------------------------------------------------------
 @case("faults", "cut mid-stream; one row with the usage seen")
 def reset_mid_stream(s: Stack) -> Result:

@@ -4,15 +4,20 @@ the usage rows."""
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
 
 from benchmarks.attack_battery import exchange, post
 from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+from tests.test_firewall import OTHER_KEY, USER_KEY, firewall  # noqa: F401 - fixture
 from tests.test_managed import managed, rows  # noqa: F401 - fixture
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 MESSAGES = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 
 
@@ -50,3 +55,65 @@ def test_managed_mode_refuses_requests_without_a_token(
     assert served.status == 200, served.raw[:300]
     billed = rows(sqlite_path)
     assert [r.token_id for r in billed] == [tenant.token_id]
+
+
+# -- Expect: 100-continue on a pipelined request -----------------------------------------------
+
+
+def _pipelined_expect(port: int, first_auth: bytes, second_auth: bytes) -> tuple[socket.socket, bytes]:
+    """A slow stream, and behind it (same write) the head of a request that waits for
+    100-continue before sending its body; returns the socket and what arrived in 4 s."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    first = post(b"/v1/chat/completions", STREAM_CHAT, first_auth, b"x-fake-events: 4\r\nx-fake-interval-ms: 100\r\n")
+    second = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + second_auth
+              + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(CHAT))
+    sock.sendall(first + second)
+    data = b""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return sock, data
+
+
+def test_pipelined_expect_continue_is_invited_when_its_turn_comes(gateway: GatewayProcess) -> None:
+    """Was: a head asking for 100-continue that arrived while an earlier request was being
+    answered never got its 100 (the check ran only when the head ended on an idle
+    connection): a client waiting for it waited out the body timeout (408)."""
+    sock, data = _pipelined_expect(gateway.port, b"", b"")
+    with sock:
+        first_end = data.find(b"0\r\n\r\n")
+        assert first_end > 0, data[-300:]
+        assert data[first_end + 5:].startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), data[first_end:]
+        sock.sendall(CHAT)
+        sock.settimeout(10)
+        rest = b""
+        while b"chat.completion" not in rest:
+            chunk = sock.recv(65536)
+            assert chunk, rest
+            rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
+
+
+def test_pipelined_expect_continue_identifies_before_the_body(
+    firewall: Any, fake: FakeProviderThread  # noqa: F811
+) -> None:
+    """The same pipelined head with an unregistered key gets its 401 instead of the 100 (the
+    body is never invited) and the connection closes; only the first request was forwarded."""
+    gateway, _, _ = firewall
+    fake.clear()
+    sock, data = _pipelined_expect(gateway.port, b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n",
+                                   b"Authorization: Bearer " + OTHER_KEY.encode() + b"\r\n")
+    with sock:
+        first_end = data.find(b"0\r\n\r\n")
+        assert first_end > 0, data[-300:]
+        after = data[first_end + 5:]
+        assert after.startswith(b"HTTP/1.1 401 "), after[:200]
+        assert b"100 Continue" not in data and b"connection: close" in after
+    assert len(provider_calls(fake)) == 1
