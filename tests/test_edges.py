@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from benchmarks.attack_battery import exchange, post
 from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess
 from tests.test_firewall import OTHER_KEY, USER_KEY, firewall  # noqa: F401 - fixture
-from tests.test_managed import managed, rows  # noqa: F401 - fixture
+from plano_fast.managed.bounds import UnboundedContent, token_bound
+from tests.test_managed import Tenant, managed, rows  # noqa: F401 - fixture
+from tests.test_managed_bounds import call, limited  # noqa: F401 - fixture
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
@@ -117,3 +120,38 @@ def test_pipelined_expect_continue_identifies_before_the_body(
         assert after.startswith(b"HTTP/1.1 401 "), after[:200]
         assert b"100 Continue" not in data and b"connection: close" in after
     assert len(provider_calls(fake)) == 1
+
+
+# -- managed hard limits: a member read two ways has no bound -----------------------------------
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (b'{"model":"gpt-4o-mini","max_tokens":50,"n":8,"n":1,"messages":[{"role":"user","content":"hi"}]}', "'n'"),
+    # an image in the first of two "messages": json.loads saw only the second
+    (b'{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":[{"type":"image_url",'
+     b'"image_url":{"url":"https://example.com/cat.png"}}]}],"n":1,"messages":[{"role":"user","content":"hi"}]}',
+     "'messages'"),
+])
+def test_duplicate_members_under_a_hard_limit_are_refused(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811
+    fake: FakeProviderThread, body: bytes, named: str,
+) -> None:
+    """Was: the reservation read the body with json.loads (the last duplicate wins), so
+    ``"n":8,"n":1`` reserved one choice and went to a provider that may honour the first
+    (eight: the hard limit overshot), and an image in a first ``messages`` was never seen.
+    Now a 400 naming the member; nothing forwarded, nothing billed."""
+    gateway, tenant, sqlite_path = limited(10 ** 12)
+    fake.clear()
+    status, doc, _ = call(gateway.url, tenant.token, body)
+    assert status == 400 and named in doc["error"]["message"], doc
+    assert provider_calls(fake) == [] and rows(sqlite_path) == []
+
+
+@pytest.mark.parametrize("doc", [
+    '{"contents":[],"generationConfig":{"candidateCount":1},"generation_config":{"candidateCount":8}}',
+    '{"contents":[],"generationConfig":{"candidateCount":1,"candidate_count":8}}',
+    '{"model":"m","tools":[{"type":"function","function":{"name":"a","name":"b"}}],"messages":[]}',
+])
+def test_a_member_in_two_spellings_or_twice_has_no_bound(doc: str) -> None:
+    with pytest.raises(UnboundedContent, match="more than once|both"):
+        token_bound(doc.encode(), 100)
