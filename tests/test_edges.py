@@ -155,3 +155,19 @@ def test_duplicate_members_under_a_hard_limit_are_refused(
 def test_a_member_in_two_spellings_or_twice_has_no_bound(doc: str) -> None:
     with pytest.raises(UnboundedContent, match="more than once|both"):
         token_bound(doc.encode(), 100)
+
+
+def test_the_largest_output_cap_is_reserved(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]], fake: FakeProviderThread,  # noqa: F811
+) -> None:
+    """Was: the first of max_tokens / max_completion_tokens was reserved, while vLLM honours
+    max_completion_tokens first: ``"max_tokens":10,"max_completion_tokens":5000`` reserved 10
+    output tokens for an answer of up to 5000.  The limit here fits 100 output tokens."""
+    body = b'{"model":"gpt-4o-mini","max_tokens":10,"max_completion_tokens":5000,"messages":[{"role":"user","content":"hi"}]}'
+    gateway, tenant, sqlite_path = limited(len(body) * 150 + 100 * 600)  # gpt-4o-mini: 150 / 600 nano-USD
+    fake.clear()
+    status, doc, _ = call(gateway.url, tenant.token, body)
+    assert status == 402 and doc["error"]["code"] == "budget_exceeded", doc
+    assert provider_calls(fake) == []
+    fits = body.replace(b"5000", b"100")
+    assert call(gateway.url, tenant.token, fits)[0] == 200
