@@ -273,6 +273,10 @@ class Responder:
         if self.closing:
             self._close_after = True
             parts.append(b"connection: close\r\n")
+        elif not self._proto.http11:
+            # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
+            # 9.3): without it the client takes the connection as closing while we keep it.
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(DATE_HEADER.get())
         parts.append(SERVER_HEADER)
         parts.append(b"\r\n")

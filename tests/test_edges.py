@@ -171,3 +171,25 @@ def test_the_largest_output_cap_is_reserved(
     assert provider_calls(fake) == []
     fits = body.replace(b"5000", b"100")
     assert call(gateway.url, tenant.token, fits)[0] == 200
+
+
+# -- HTTP/1.0 keep-alive -------------------------------------------------------------------------
+
+
+def test_http10_keep_alive_is_announced(gateway: GatewayProcess) -> None:
+    """Was: an HTTP/1.0 client asking for keep-alive got no ``connection: keep-alive`` back
+    while the gateway kept the connection open, so the client took it as closing (RFC 9112
+    9.3) -- one that reads to the end of the connection waited out the idle timeout."""
+    one = post(b"/v1/chat/completions", CHAT, b"", b"Connection: keep-alive\r\n", version=b"HTTP/1.0")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        for _ in range(2):  # the same connection serves a second request
+            sock.sendall(one)
+            data = b""
+            while b"chat.completion" not in data or not data.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            head = data.partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 200") and b"\r\nconnection: keep-alive\r\n" in head, head
+    plain = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", version=b"HTTP/1.0"))
+    assert plain.status == 200 and plain.header(b"connection") == b"close" and plain.closed
