@@ -193,3 +193,25 @@ def test_http10_keep_alive_is_announced(gateway: GatewayProcess) -> None:
             assert head.startswith(b"http/1.1 200") and b"\r\nconnection: keep-alive\r\n" in head, head
     plain = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", version=b"HTTP/1.0"))
     assert plain.status == 200 and plain.header(b"connection") == b"close" and plain.closed
+
+
+# -- a wildcard model that is a dot segment ------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [b"azure_openai/..", b"azure_openai/.", b"gemini/.."])
+def test_dot_segment_models_match_no_wildcard(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, model: bytes
+) -> None:
+    """Was: ``azure_openai/..`` matched ``azure_openai/*`` and went upstream as
+    ``/openai/deployments/../chat/completions`` -- ``/openai/chat/completions`` once
+    normalised, another endpoint than the one metered, with the gateway's key."""
+    gateway = make_gateway(extra_providers=(
+        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
+        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    fake.clear()
+    body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b""))
+    assert answer.status == 400 and "not found" in answer.error_json()["error"]["message"], answer.body
+    assert provider_calls(fake) == []
+    plain = body.replace(model, model.split(b"/")[0] + b"/my-deployment")
+    assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
