@@ -4,9 +4,11 @@ the usage rows."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +217,24 @@ def test_dot_segment_models_match_no_wildcard(
     assert provider_calls(fake) == []
     plain = body.replace(model, model.split(b"/")[0] + b"/my-deployment")
     assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
+
+
+# -- the access log: one line per answer for every reader ---------------------------------------
+
+
+def test_a_model_name_cannot_forge_an_access_log_line(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Was: NEL, LS and PS in a client's model name were written raw; ``str.splitlines()``
+    (benchmarks/chaos.py, features.py) ends a line there, so the rest of the name read as a
+    record of its own: a forged one."""
+    log_path = tmp_path / "access.jsonl"
+    gateway = make_gateway({"access_log": str(log_path)})
+    forged = '{"request_id":"forged","status":200,"outcome":"ok"}'
+    for brk in ("\x85", "\u2028", "\u2029"):
+        body = json.dumps({"model": "x" + brk + forged, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        assert exchange(gateway.port, post(b"/v1/chat/completions", body, b"")).status == 400
+    gateway.stop()  # the writer's last lines are flushed at stop
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["status"] == 400 for line in lines), lines
+    assert all(json.loads(line)["model"].endswith(forged) for line in lines)
