@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import re
 import socket
 import sqlite3
 import sys
@@ -320,7 +321,8 @@ def start_stack(mode: str, workdir: Path, fake: FakeProviderThread, scripted: Sc
     elif mode == "managed":
         settings.update({"managed": "true", "managed_reload_s": 1})
         env = ENV
-        before = lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))  # noqa: E731
+        # a hard limit of $0.50: every request reserves; 10^6 output tokens ($0.60) do not fit
+        before = lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=500_000_000))  # noqa: E731
     write_config(config, fake.port, settings, SCRIPTED_PROVIDER.format(port=scripted.port))
     gateway = GatewayProcess(config, env=env, before_start=before)
     if mode == "managed":
@@ -469,12 +471,29 @@ def expect_continue(s: Stack) -> Result:
 
 @case("framing", "3 answers, in order")
 def pipelined(s: Stack) -> Result:
-    bodies = [CHAT.replace(b"hi", b"n%d" % i) for i in range(3)]
-    answer = exchange(s.gateway.port, b"".join(_req(s, b) for b in bodies), until_close=False, wait_s=5)
-    # read all three
-    sock_raw = answer.raw
-    statuses = sock_raw.count(b"HTTP/1.1 200")
-    return Result(statuses >= 1, f"first={answer.status} (200s seen in first read: {statuses})")
+    # later requests answer faster at the provider: the order must still be the client's
+    reqs = b"".join(_req(s, CHAT, b"x-fake-latency-ms: %d\r\n" % (300 - 100 * i)) for i in range(3))
+    answer = exchange(s.gateway.port, reqs + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                      until_close=True)
+    ids = [int(m) for m in re.findall(rb"x-fake-request-id: (\d+)", answer.raw)]
+    return Result(len(ids) == 3 and ids == sorted(ids) and answer.raw.count(b"HTTP/1.1 200") == 4, f"provider ids in answer order {ids}")
+
+
+@case("framing", "a pipelined Expect head gets its 100 when its turn comes")
+def pipelined_expect_continue(s: Stack) -> Result:
+    sock = socket.create_connection(("127.0.0.1", s.gateway.port), timeout=10)
+    with sock:
+        sock.sendall(_req(s, STREAM_CHAT, b"x-fake-events: 4\r\nx-fake-interval-ms: 100\r\n")
+                     + _head(s, b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(CHAT)))
+        data = b""
+        deadline = time.monotonic() + 3
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline and b"100 Continue" not in data:
+            try:
+                data += sock.recv(65536)
+            except TimeoutError:
+                pass
+    return Result(b"HTTP/1.1 100 Continue" in data, f"100 seen={b'100 Continue' in data}")
 
 
 @case("framing", "200, close-delimited or content-length, no chunked to a 1.0 client")
@@ -486,10 +505,10 @@ def http10_keepalive_stream(s: Stack) -> Result:
                   f"{answer.status} chunked={chunked} closed={answer.closed}")
 
 
-@case("framing", "200, HTTP/1.0 keep-alive answered with content-length")
+@case("framing", "200 with connection: keep-alive, connection kept")
 def http10_keepalive(s: Stack) -> Result:
     answer = exchange(s.gateway.port, _req(s, CHAT, b"Connection: keep-alive\r\n", version=b"HTTP/1.0"))
-    return Result(answer.status == 200, f"{answer.status} closed={answer.closed} "
+    return Result(answer.status == 200 and answer.header(b"connection") == b"keep-alive" and not answer.closed, f"{answer.status} closed={answer.closed} "
                                         f"conn={answer.header(b'connection')!r}")
 
 
@@ -596,6 +615,48 @@ def secret_not_logged(s: Stack) -> Result:
     time.sleep(1.2)
     logs = (s.access_log.read_text(errors="replace") if s.access_log.exists() else "") + s.gateway.log_text()
     return Result(not echoed and CANARY not in logs, f"echoed in={echoed} in_logs={CANARY in logs}")
+
+
+@case("identity", "no token: 401, not forwarded (never config-mode routing)", modes=("managed",))
+def managed_without_token(s: Stack) -> Result:
+    return refused(s, post(CHAT_PATH, CHAT, b"Authorization: Bearer sk-some-provider-key\r\n"), (401,), must_close=False)
+
+
+@case("identity", "no credential at all: 401, not forwarded", modes=("managed",))
+def managed_no_credential(s: Stack) -> Result:
+    return refused(s, post(CHAT_PATH, CHAT, b""), (401,), must_close=False)
+
+
+@case("json", "model azure_openai/..: 400, never a dot segment upstream", modes=("config",))
+def dot_segment_model(s: Stack) -> Result:
+    return refused(s, _req(s, b'{"model":"azure_openai/..","messages":[{"role":"user","content":"hi"}]}'), (400,),
+                   must_close=False)
+
+
+@case("json", "duplicate n under a hard limit: 400, not forwarded", modes=("managed",))
+def duplicate_n_hard_limit(s: Stack) -> Result:
+    return refused(s, _req(s, b'{"model":"gpt-4o-mini","max_tokens":5,"n":8,"n":1,"messages":[{"role":"user","content":"hi"}]}'),
+                   (400,), must_close=False)
+
+
+@case("json", "max_tokens 10 + max_completion_tokens 10^6 under a hard limit: 402 (the larger cap reserved)",
+      modes=("managed",))
+def two_output_caps_hard_limit(s: Stack) -> Result:
+    return refused(s, _req(s, b'{"model":"gpt-4o-mini","max_tokens":10,"max_completion_tokens":1000000,'
+                              b'"messages":[{"role":"user","content":"hi"}]}'), (402,), must_close=False)
+
+
+@case("identity", "a model name with NEL/LS/PS stays inside its access-log line (splitlines)")
+def access_log_line_forgery(s: Stack) -> Result:
+    forged = '{"request_id":"forged-by-client","status":200}'
+    before = len(s.access_log.read_text().splitlines()) if s.access_log.exists() else 0
+    for brk in ("\x85", "\u2028", "\u2029"):
+        body = json.dumps({"model": "x" + brk + forged, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        exchange(s.gateway.port, _req(s, body))
+    time.sleep(1.5)  # the writer flushes about every second
+    lines = s.access_log.read_text().splitlines()[before:]
+    bad = [line for line in lines if not line.startswith('{"time"')]
+    return Result(len(lines) == 3 and not bad, f"lines={len(lines)} not records={len(bad)}")
 
 
 # JSON ----------------------------------------------------------------------------------------
