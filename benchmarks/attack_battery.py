@@ -801,6 +801,25 @@ def upstream_endless_header(s: Stack) -> Result:
     return Result(a1.status in (502,) and a2.status == 200, f"first={a1.status} second={a2.status}")
 
 
+@case("upstream", "two different Content-Lengths from the provider: 502, connection not reused", modes=("config",))
+def upstream_two_content_lengths(s: Stack) -> Result:
+    bad = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\ncontent-length: 5\r\n\r\n"
+           % len(OK_CHAT) + OK_CHAT)
+    a1, a2 = _scripted_pair(s, bad)
+    return Result(a1.status == 502 and a2.status == 200, f"first={a1.status} second={a2.status}")
+
+
+@case("upstream", "a bad chunk mid-answer: the client's answer is cut, one row", modes=("config",))
+def upstream_bad_chunk(s: Stack) -> Result:
+    half = OK_CHAT[:40]
+    bad = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+           + b"%x\r\n" % len(half) + half + b"\r\nzz\r\n")
+    ans, row = _scripted(s, "badchunk", bad, SCRIPTED_CHAT)
+    complete = parse_first(ans.raw)[3]
+    return Result(not (ans.status == 200 and complete) and row is not None,
+                  f"{ans.status} complete={complete} {_row_text(row)}")
+
+
 # provider faults (fake provider) ----------------------------------------------------------------
 @case("faults", "cut mid-stream; one row with the usage seen")
 def reset_mid_stream(s: Stack) -> Result:
