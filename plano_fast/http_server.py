@@ -273,6 +273,10 @@ class Responder:
         if self.closing:
             self._close_after = True
             parts.append(b"connection: close\r\n")
+        elif not self._proto.http11:
+            # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
+            # 9.3): without it the client takes the connection as closing while we keep it.
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(DATE_HEADER.get())
         parts.append(SERVER_HEADER)
         parts.append(b"\r\n")
@@ -666,14 +670,21 @@ class ServerProtocol(asyncio.Protocol):
         if self._active is None:
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
         if self._expect_continue and self._active is None:
-            if self._precheck is not None:
-                # Identify before inviting the body: a client with a bad key does not get
-                # to upload it (a GatewayError here is answered by data_received, closing).
-                self._precheck(
-                    Request(parser.get_method(), self._url, self._request_headers, b"", False)
-                )
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._expect_continue = False
+            # (a GatewayError here is answered by data_received, closing)
+            self._invite_body()
+
+    def _invite_body(self) -> None:
+        """Answer the head's ``Expect: 100-continue``: when the head ends with no exchange
+        running, else when the running one ends (a pipelined head waits its turn; without
+        this its client, waiting for the 100, would wait out the body timeout)."""
+        self._expect_continue = False
+        if self._precheck is not None:
+            # Identify before inviting the body: a client with a bad key does not get
+            # to upload it.
+            self._precheck(
+                Request(self._parser.get_method(), self._url, self._request_headers, b"", False)
+            )
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_chunk_header(self) -> None:
         self._body_progress = True
@@ -787,6 +798,12 @@ class ServerProtocol(asyncio.Protocol):
         self._resume_reading()
         if self._headers_done:
             # The next request's head is in; its body is still arriving.
+            if self._expect_continue:
+                try:
+                    self._invite_body()
+                except GatewayError as exc:
+                    self._refuse(exc)
+                    return
             self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
         elif self._msg_started:
             self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)

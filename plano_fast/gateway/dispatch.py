@@ -97,9 +97,12 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
     if gw.managed is not None:
         client = read_client_headers(request.headers, request.query, request.forward)
         credential = client.credential
-        if credential is not None and credential.secret.startswith(b"xproxy_"):
+        if (credential is not None and credential.secret.startswith(b"xproxy_")) or request.path not in ALWAYS_SERVED:
             # Managed mode forwards its exact endpoints only; a token never goes on to
-            # config-mode routing (where a passthrough provider would see it).
+            # config-mode routing (where a passthrough provider would see it), and neither
+            # does a request without one: config-mode routing would serve it with the
+            # config's own keys, outside every token and hard budget (fail closed: the
+            # managed exchange answers it 401, with its access-log line).
             endpoint = ENDPOINTS.get(request.path)
             if endpoint is None and stored_response_path(gw, request):
                 return stored_response(gw, request, responder)
