@@ -609,6 +609,8 @@ class RedisBackend:
             if lease.cur_key == keys[i]:
                 lease.left += grant
                 lease.prev, lease.cur = prev, cur
+                if lease.left > 0 and self._idle_timer is None:  # (returned if not used)
+                    self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
             if counts is not None:
                 counts += (prev, cur - max(0, lease.left) if lease.cur_key == keys[i] else cur)
 

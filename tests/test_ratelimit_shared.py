@@ -220,7 +220,9 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
     which applies them before it reads -- so its own checks always see them -- or sent
     alone after ``DEBIT_DELAY_S`` when no check comes; a key's TTL is set when created; a
     restarted (empty) Redis answers NOSCRIPT and the pending debits go with the EVAL; the
-    last ones are sent when the backend closes (shutdown)."""
+    last ones are sent when the backend closes (shutdown).  Limits below LEASE_FRACTION
+    units: every grant is one unit (counted at once), so a request limit is the per-request
+    check and a token limit's lease is the first token of the next response."""
     from plano_fast.ratelimit import BackendUnavailable, RedisBackend, Verdict, build
     from plano_fast.resp import RespClient, command
 
@@ -228,8 +230,8 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
         user = uuid.uuid4().hex
         limits = build([
             {"model": "m", "selector": {"key": "x-user"}, "limit": {"requests": 10, "unit": "minute"}},
-            {"model": "m", "selector": {"key": "x-user"}, "limit": {"tokens": 100, "unit": "minute"}},
-        ], redis.url, False, None)  # fmt: skip
+            {"model": "m", "selector": {"key": "x-user"}, "limit": {"tokens": 31, "unit": "minute"}},
+        ], redis.url, False, None, "always")  # fmt: skip
         assert limits is not None and isinstance(limits.backend, RedisBackend)
         backend = limits.backend
         buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
@@ -239,20 +241,24 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
             await asyncio.sleep(61 - now % 60)
             now = time.time()
         token_key = f"plano_fast:rl:1:{user}:{int(now // 60)}".encode()
+        request_key = f"plano_fast:rl:0:{user}:{int(now // 60)}".encode()
         assert await backend.check(buckets, now) == [-1, 0, 1, 0, 0]
-        limits.settle(buckets, 30)
-        limits.settle(buckets, 12)  # merged with the first: one INCRBY of 42
-        assert await raw.call(command(b"GET", token_key)) is None  # held, not sent
-        assert await backend.check(buckets, time.time()) == [-1, 0, 2, 0, 42]  # carried and seen
+        assert await raw.call(command(b"GET", token_key)) == b"1"  # a one-token lease, counted
+        limits.settle(buckets, 3)  # 1 from the lease
+        limits.settle(buckets, 2)  # merged with the first: one INCRBY of 4
+        assert await raw.call(command(b"GET", token_key)) == b"1"  # held, not sent
+        assert await backend.check(buckets, time.time()) == [-1, 0, 2, 0, 5]  # carried and seen
         ttl = await raw.call(command(b"TTL", token_key))
         assert 60 < ttl <= 121  # two windows and a second, set by the INCRBY that created it
-        limits.settle(buckets, 40)
+        assert await raw.call(command(b"GET", token_key)) == b"6"  # 5 used + the next lease of 1
+        limits.settle(buckets, 4)
         await asyncio.sleep(backend.DEBIT_DELAY_S + 0.1)  # no check came: sent alone
-        assert await raw.call(command(b"GET", token_key)) == b"82"
-        limits.settle(buckets, 30)  # 112 once applied, by this very check: refused on tokens
+        assert await raw.call(command(b"GET", token_key)) == b"9"
+        limits.settle(buckets, 30)  # 39 once applied, by this very check: refused on tokens
         verdict = await backend.check(buckets, time.time())
         assert isinstance(verdict, Verdict) and verdict.limit.kind == "tokens"
-        assert await raw.call(command(b"GET", token_key)) == b"112"
+        assert await raw.call(command(b"GET", token_key)) == b"39"
+        assert await raw.call(command(b"GET", request_key)) == b"2"  # refused: nothing granted
         limits.settle(buckets, 7)
         redis.stop()
         redis.start()  # empty, and the old connection is gone
@@ -264,7 +270,7 @@ def test_debits_ride_on_the_next_check_or_go_alone_after_5_ms(redis: PrivateRedi
         assert await backend.check(buckets, time.time()) in ([-1, 0, 1, 0, 5], [-1, 0, 1, 5, 0])
         assert not backend.down
         settled_at = time.time()
-        limits.settle(buckets, 9)
+        limits.settle(buckets, 9)  # 1 from the lease, 8 pending
         await backend.close()  # the pending debit is sent before the connection closes
         key_now = f"plano_fast:rl:1:{user}:{int(settled_at // 60)}".encode()
         assert await raw.call(command(b"GET", key_now)) in (b"14", b"9")  # (b"9": a new window began)
