@@ -35,9 +35,19 @@ limit is debited with the input + output tokens the response reported, after it.
 overshoot for token limits: at most the tokens of the requests admitted while the bucket
 was still under its limit and not yet settled (the requests in flight when it emptied).
 
-Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script call per
-check, which also carries this process's pending token debits), shared by every worker
-and instance; without it, with one worker, in
+Where the buckets live: with ``plano_fast.redis_url``, in Redis, shared by every worker
+and instance, each process admitting on a **lease** (a share of the bucket the check script
+granted it and counted at once) with no round trip while the lease lasts; one Lua script
+call grants, checks and carries this process's pending token debits (``RedisBackend``).
+Bounds with leases: a lease is counted in Redis before it is used, so leases add no
+overshoot (a request limit is never exceeded; a token limit by at most the bound above plus
+the tokens debited in the 5 ms before another process saw them, as without leases).
+Under-admission: at most the unused leases outstanding -- per process and bucket at most
+``max(1, amount // 32)`` units, returned within 100 ms of the process's last use (dropped,
+still counted, at a window change); a limit under 32 units is never leased ahead (every
+grant is the one unit its request takes: the per-request check).  Redis unreachable: a
+lease still held keeps admitting in fail_open and fail_closed alike (granted and counted
+before the outage); then the configured mode.  Without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
 run directory (the one the workers' metrics snapshots use): every worker of the instance
 checks and debits the same counters in one ``BEGIN IMMEDIATE`` transaction, so the limit

@@ -68,7 +68,8 @@ def test_four_processes_share_one_redis_bucket(fake: FakeProviderThread, tmp_pat
                                                redis: PrivateRedis) -> None:  # fmt: skip
     """2 instances x 2 workers, 40 concurrent clients on one x-user-id value with 1,500
     tokens per hour (30 tokens an answer, so the bucket empties during the second wave):
-    at least the limit and at most the documented bound served, every other request 429
+    at least the limit less the unused leases (the documented under-admission bound) and at
+    most the documented overshoot bound served, every other request 429
     with the OpenAI headers, a second value served throughout."""
     clients, per_client, limit, tokens = 40, 4, 1500, 30
     with ThreadPoolExecutor(2) as pool:  # the two instances start side by side
@@ -82,7 +83,7 @@ def test_four_processes_share_one_redis_bucket(fake: FakeProviderThread, tmp_pat
                               clients=clients, requests_per_client=per_client, input_tokens=10,
                               output_tokens=20, latency_ms=30, limit_tokens=limit, window_s=3600))  # fmt: skip
         assert not r.other and r.served + r.refused == clients * per_client
-        assert limit <= r.served_tokens <= r.bound(limit, clients, tokens), r
+        assert r.floor(limit, 4) <= r.served_tokens <= r.bound(limit, clients, tokens), r
         assert r.refused >= clients * per_client - r.bound(limit, clients, tokens) // tokens
         assert not r.bad_refusals, r.bad_refusals[:3]
         assert r.control_served == r.control_total > 0  # another value: its own bucket
