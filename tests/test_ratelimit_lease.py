@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,19 +17,11 @@ import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from benchmarks.private_redis import PrivateRedis, available
+from benchmarks.private_redis import PrivateRedis
 from benchmarks.ratelimit_multi import wait_for_window
 from plano_fast.ratelimit import ADMITTED, MemoryBackend, RateLimits, RedisBackend, build, parse_limits
 from plano_fast.resp import RespClient, command
 from tests.gateway_proc import GatewayProcess, write_config
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with PrivateRedis(tmp_path) as server:
-        yield server
 
 
 def _limits(redis: PrivateRedis, amount: int, unit: str = "hour") -> RateLimits:
@@ -141,12 +132,13 @@ def test_the_backends_prefix_is_used_and_counts_are_built_only_for_headers(redis
         await raw.aclose()
 
     asyncio.run(scenario())
+    in_process = MemoryBackend()
     memory = RateLimits(parse_limits([{"model": "m", "selector": {"key": "x"}, "limit": {"requests": 9, "unit": "hour"}}]),
-                        MemoryBackend())  # fmt: skip
+                        in_process)  # fmt: skip
     buckets = memory.buckets(("m",), [(b"x", b"v")])
-    assert memory.backend.check_now(buckets, 10.0) is ADMITTED
-    memory.backend.want_counts = True
-    assert memory.backend.check_now(buckets, 10.0) == [-1, 0, 2]
+    assert in_process.check_now(buckets, 10.0) is ADMITTED
+    in_process.want_counts = True
+    assert in_process.check_now(buckets, 10.0) == [-1, 0, 2]
 
 
 # -- over real sockets ------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,14 +24,6 @@ from benchmarks.ratelimit_multi import burst, limits_yaml, wait_for_window
 from tests.gateway_proc import GatewayProcess, write_config
 
 ADMIN_KEY = "admin-key-for-ratelimit-shared-0123456"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not available():
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with PrivateRedis(tmp_path) as server:
-        yield server
 
 
 def start(fake: FakeProviderThread, path: Path, limits: str, settings: dict[str, object],
