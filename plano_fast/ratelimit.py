@@ -435,7 +435,7 @@ class Lease:
     (already counted in Redis) and not yet used here."""
 
     __slots__ = ("limit", "base", "ends_s", "cur_key", "prev_key", "left", "cap", "size",
-                 "used", "since_s", "last_use_s", "prev", "cur", "fetching")  # fmt: skip
+                 "used", "since_s", "last_use_s", "prev", "cur", "asked")  # fmt: skip
 
     def __init__(self, limit: Limit, base: bytes, cap: int) -> None:
         self.limit = limit
@@ -449,7 +449,10 @@ class Lease:
         self.since_s = 0.0
         self.last_use_s = 0.0
         self.prev = self.cur = 0  # the bucket's counts as Redis last answered (grants included)
-        self.fetching = False  # a script call for this bucket is out
+        #: units asked in script calls not answered yet: with ``left``, never above ``cap``
+        #: (concurrent requests that find no lease each ask only what is missing, at least
+        #: their own unit), so the lease held stays within the under-admission bound
+        self.asked = 0
 
     def roll(self, now_s: float) -> None:
         """Into the window of ``now_s``: the lease left is dropped (it counted in the old
@@ -530,7 +533,7 @@ class RedisBackend:
         #: per bucket key: this process's lease (and the bucket's Redis keys for its window)
         self._leases: dict[str, Lease] = {}
         #: leases whose next grant is to be fetched (one script call, after this loop turn)
-        self._to_fetch: list[Lease] = []
+        self._to_fetch: list[tuple[Lease, int]] = []
 
     # -- leases ---------------------------------------------------------------------------
     def lease(self, b: Bucket, now_s: float) -> Lease:
@@ -560,8 +563,8 @@ class RedisBackend:
                 lease.left -= 1
                 lease.used += 1
             lease.last_use_s = now_s
-            if lease.left * 2 <= lease.size and lease.size > 1 and not lease.fetching:
-                self._want_fetch(lease)
+            if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                self._want_fetch(lease, now_s)
         if self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
         return True
@@ -578,7 +581,7 @@ class RedisBackend:
 
     def _size(self, lease: Lease, now_s: float) -> int:
         """The next grant: this process's rate since the last one over LEASE_HORIZON_S,
-        within [1, cap - held]."""
+        at least 1 and at most the cap less what is held and asked (may be <= 0: none)."""
         if lease.cap <= 1:
             return 1
         elapsed_s = now_s - lease.since_s
@@ -586,33 +589,38 @@ class RedisBackend:
         lease.used = 0
         lease.since_s = now_s
         size = lease.size = max(1, min(lease.cap, math.ceil(rate * self.LEASE_HORIZON_S)))
-        return min(size, lease.cap - lease.left)
+        return min(size, lease.cap - lease.left - lease.asked)
 
-    def _want_fetch(self, lease: Lease) -> None:
-        lease.fetching = True
+    def _want_fetch(self, lease: Lease, now_s: float) -> None:
+        want = self._size(lease, now_s)
+        if want <= 0:
+            return
+        lease.asked += want
         if not self._to_fetch:
             asyncio.get_running_loop().call_soon(self._fetch)
-        self._to_fetch.append(lease)
+        self._to_fetch.append((lease, -want))
 
     def _fetch(self) -> None:
         """The next grants of the leases running low, in one script call (with the pending
         debits); never refused: the process still holds some of each."""
-        leases, self._to_fetch = self._to_fetch, []
+        queued, self._to_fetch = self._to_fetch, []
         now_s = time.time()
         items = []
-        for lease in leases:
-            if now_s >= lease.ends_s:
-                lease.roll(now_s)
-            items.append((lease, -max(0, self._size(lease, now_s))))
-        self._send(items, now_s, partial(self._granted, items, [lease.cur_key for lease in leases], None))
+        for lease, want in queued:
+            if now_s >= lease.ends_s:  # a new window since: its next request asks
+                lease.asked -= -want
+            else:
+                items.append((lease, want))
+        if items:
+            self._send(items, now_s, partial(self._granted, items, [lease.cur_key for lease, _ in items], None))
 
     def _granted(self, items: Sequence[tuple[Lease, int]], keys: list[bytes], counts: Counts | None,
                  result: Any) -> None:  # fmt: skip
         """A script call's grants into the leases (a grant for a window that has ended
         since is dropped: it counted there); ``counts`` (when a list) gets every bucket's
         counts for the headers.  A request's own unit was taken before (``start_check``)."""
-        for i, (lease, _) in enumerate(items):
-            lease.fetching = False
+        for i, (lease, want) in enumerate(items):
+            lease.asked -= abs(want)
             if not isinstance(result, list) or result[0] > 0:
                 continue
             grant, prev, cur = result[3 * i + 1], result[3 * i + 2], result[3 * i + 3]
@@ -635,7 +643,7 @@ class RedisBackend:
                 continue
             if now_s >= lease.ends_s:
                 lease.roll(now_s)  # counted in the old window: dropped
-            elif now_s - lease.last_use_s >= self.LEASE_IDLE_S and not lease.fetching:
+            elif now_s - lease.last_use_s >= self.LEASE_IDLE_S and not lease.asked:
                 self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
                 lease.cur -= lease.left
                 lease.left = 0
@@ -698,15 +706,13 @@ class RedisBackend:
         for b in buckets:
             lease = self.lease(b, now_s)
             size = self._size(lease, now_s)
-            if lease.left > 0:
-                items.append((lease, -size if size > 0 else 0))
-            else:
-                items.append((lease, max(1, size)))
+            want = (-size if size > 0 else 0) if lease.left > 0 else max(1, size)
+            items.append((lease, want))
+            lease.asked += abs(want)
             if b.limit.kind == "requests":
                 lease.left -= 1
                 lease.used += 1
                 taken.append(lease)
-            lease.fetching = True
             lease.last_use_s = now_s
         keys = [lease.cur_key for lease, _ in items]
         self._send(items, now_s, partial(self._checked, buckets, items, keys, taken, now_s, done))
@@ -716,8 +722,8 @@ class RedisBackend:
         now_s: float, done: Callable[[Outcome], None], result: Any,
     ) -> None:  # fmt: skip
         if not isinstance(result, list) or result[0] > 0:  # failed or refused: nothing granted
-            for lease, _ in items:
-                lease.fetching = False
+            for lease, want in items:
+                lease.asked -= abs(want)
             for lease in taken:
                 if lease.cur_key in keys:
                     lease.left += 1
@@ -753,8 +759,8 @@ class RedisBackend:
                     taken = min(lease.left, tokens)
                     lease.left -= taken
                     rest -= taken
-                    if lease.left * 2 <= lease.size and lease.size > 1 and not lease.fetching:
-                        self._want_fetch(lease)
+                    if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                        self._want_fetch(lease, now_s)
                 if rest:
                     self._add_debit(lease.cur_key, rest, b.limit.window_s)
 

@@ -57,13 +57,38 @@ def test_grants_prefetch_and_idle_return(redis: PrivateRedis) -> None:
         for used in range(3, 7):  # local: no script call; the headers count each request
             head = limits.admit_leased(buckets)
             assert head is not None and b"x-ratelimit-remaining-requests: %d\r\n" % (320 - used) in head
-        assert lease.left == 5 and lease.fetching  # half of the last grant: the next is asked
+        assert lease.left == 5 and lease.asked > 0  # half of the last grant: the next is asked
         await asyncio.sleep(0.02)  # (the fetch goes after this loop turn)
-        assert not lease.fetching and lease.left > 5
+        assert lease.asked == 0 and lease.left > 5
         assert int(await raw.call(command(b"GET", key))) == 6 + lease.left  # used + held
         assert (await raw.call(command(b"INFO", b"commandstats"))).count(b"evalsha") == calls
         await asyncio.sleep(backend.LEASE_IDLE_S * 3)  # idle: the lease goes back
         assert lease.left == 0 and await raw.call(command(b"GET", key)) == b"6"
+        await backend.close()
+        await raw.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_requests_without_a_lease_ask_only_what_is_missing(redis: PrivateRedis) -> None:
+    """20 requests that find no lease, their checks all out at once: each asks at most the
+    cap less what is held and already asked (at least its own unit), so the lease held
+    once they are answered stays within the cap (the under-admission bound), not 20 caps."""
+
+    async def scenario() -> None:
+        limits = _limits(redis, 3200)  # cap 100
+        backend = limits.backend
+        assert isinstance(backend, RedisBackend)
+        user = uuid.uuid4().hex
+        buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
+        t0 = time.time()
+        await backend.check(buckets, t0)  # (a grant of 1, used)
+        outcomes = await asyncio.gather(*(backend.check(buckets, t0 + 0.0001 * (i + 1)) for i in range(20)))
+        assert all(isinstance(o, list) for o in outcomes)
+        lease = backend.lease(buckets[0], t0)
+        raw = RespClient(redis.url)
+        count = int(await raw.call(command(b"GET", f"plano_fast:rl:0:{user}:{int(t0 // 3600)}".encode())))
+        assert count == 21 + lease.left and 0 < lease.left <= lease.cap == 100 and lease.asked == 0
         await backend.close()
         await raw.aclose()
 
