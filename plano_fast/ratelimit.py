@@ -541,13 +541,25 @@ class RedisBackend:
         lease = self._leases.get(b.key)
         if lease is None:
             if len(self._leases) >= self._LEASES_MAX:
-                self._leases.clear()  # (their lease is left to expire with its window)
+                self._evict(now_s)
             lease = self._leases[b.key] = Lease(
                 b.limit, self.prefix + b.key.encode() + b":", max(1, b.limit.amount // self.LEASE_FRACTION))
             lease.since_s = now_s
         if now_s >= lease.ends_s:
             lease.roll(now_s)
         return lease
+
+    def _evict(self, now_s: float) -> None:
+        """The lease map starts over (a selector "*" makes many buckets): the lease held
+        goes back first, as when idle; a lease with a grant still out is kept (its grant
+        must land where it can be used or returned)."""
+        kept = {}
+        for key, lease in self._leases.items():
+            if lease.asked:
+                kept[key] = lease
+            elif lease.left > 0 and now_s < lease.ends_s:
+                self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
+        self._leases = kept
 
     def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
         """Admit on the leases held, with no round trip: True when every bucket has lease

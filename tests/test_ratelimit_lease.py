@@ -95,6 +95,34 @@ def test_concurrent_requests_without_a_lease_ask_only_what_is_missing(redis: Pri
     asyncio.run(scenario())
 
 
+def test_a_lease_map_that_starts_over_returns_the_leases_first(redis: PrivateRedis,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Beyond _LEASES_MAX buckets (a selector "*") the lease map starts over; the leases it
+    held go back to Redis first, so they are not lost to the window (under-admission)."""
+    monkeypatch.setattr(RedisBackend, "_LEASES_MAX", 2)
+
+    async def scenario() -> None:
+        limits = _limits(redis, 3200)
+        backend = limits.backend
+        assert isinstance(backend, RedisBackend)
+        t0 = time.time()
+        raw = RespClient(redis.url)
+        users = [uuid.uuid4().hex for _ in range(3)]
+        for user in users[:2]:
+            buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
+            await backend.check(buckets, t0)
+            await backend.check(buckets, t0 + 0.0001)  # a lease of 100, 99 left
+            assert backend.lease(buckets[0], t0).left == 99
+        await backend.check(limits.buckets(("m",), [(b"x-user", users[2].encode())]), t0)  # the map starts over
+        await backend.check(limits.buckets(("m",), [(b"x-user", users[2].encode())]), t0)  # (carries the returns)
+        for user in users[:2]:
+            assert await raw.call(command(b"GET", f"plano_fast:rl:0:{user}:{int(t0 // 3600)}".encode())) == b"2"
+        await backend.close()
+        await raw.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_small_limits_never_lease_and_a_new_window_drops_the_lease(redis: PrivateRedis) -> None:
     """Below LEASE_FRACTION units every grant is 1, taken by the request that asked it: the
     per-request check, Redis's count = the requests admitted, the 6th of 5 refused.  A
