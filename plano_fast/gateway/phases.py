@@ -170,8 +170,12 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str
     if not buckets:
         return False
     exchange.rl_buckets = buckets
-    if limits.asynchronous:
-        return True
+    if limits.asynchronous:  # Redis: admitted on this process's leases, or wait for the script
+        head = limits.admit_leased(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
+        if head is None:
+            return True
+        exchange.rl_head = head
+        return False
     exchange.rl_head = limits.admit_now(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
     return False
 
