@@ -10,20 +10,52 @@ through these functions, so a new usage column is priced and carried in one plac
 
 Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
 per managed request; neither builds a dict or an intermediate object beyond the ``Quote``.
+
+Managed hard limits (``row_within_reservation``): a 2xx answer whose usage was never read
+(a provider omitting ``usage``, an OpenAI-compatible server ignoring
+``stream_options.include_usage``) or that was cut short (a stream reset or timed out after
+its 2xx head) cannot be priced from its usage, yet the provider may have billed up to the
+request's maximum cost -- which is what the reservation holds (plano_fast.managed.bounds).
+Such a row is charged ``max(the seen usage priced, the reservation)``: never less than the
+usage seen prices at (a cut Anthropic or Gemini stream has shown its input tokens, and some
+output, but not the output generated after the cut, which only ``max_tokens`` bounds), and
+never more than the reservation unless the seen usage alone exceeds it (an overrun, flagged
+as any other).  The row keeps its status (``usage_missing``, ``upstream_failed``), is
+priced with ``price_entry`` ``RESERVATION_PRICE_ENTRY`` (which ``usage reprice`` leaves
+alone), and the event carries the amount (``UsageEvent.reserved_nano_usd``) so the journaled
+path prices it the same.  Without a reservation such a row stays unpriced, as before.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterable
 from typing import Final, Protocol
 
+from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.usage import (
+    STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, STATUS_UPSTREAM_FAILED, STATUS_USAGE_MISSING, UsageEvent,
+)  # fmt: skip
+
+log = logging.getLogger("plano_fast.billing")
 
 _FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
 """Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
+
+_INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED))
+"""Statuses of an answer whose usage may be missing or short of what the provider bills:
+with a 2xx status and a reservation, charged up to it (``_charge_of_incomplete``)."""
+
+_SPECIAL_STATUSES: Final = _FREE_STATUSES | _INCOMPLETE_STATUSES
+"""One set lookup per event decides whether either rule above may apply."""
+
+RESERVATION_PRICE_ENTRY: Final = "reservation"
+"""``price_entry`` of a row charged at its hard limit's reservation (usage missing or cut
+short): the cost is the reservation (or the seen usage's price, if higher), not a price
+table entry's."""
 
 _FREE: Final = (0, False, "")
 
@@ -71,8 +103,12 @@ def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
 def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
     """``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
     built: the drain's form, see ``PricingRegistry.price_counts``)."""
-    if event.status in _FREE_STATUSES:
-        return _FREE
+    status = event.status
+    if status in _SPECIAL_STATUSES:
+        if status in _FREE_STATUSES:
+            return _FREE
+        if event.reserved_nano_usd and 200 <= event.http_status < 300:
+            return _charge_of_incomplete(pricing, event)
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
         # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
@@ -87,6 +123,51 @@ def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, b
         event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
         event.audio_input_tokens, event.audio_output_tokens,
     )  # fmt: skip
+
+
+def _charge_of_incomplete(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str]:
+    """A 2xx answer under a reservation whose usage is missing or cut short: the
+    reservation, or the seen usage priced when that is more (module docstring)."""
+    seen = 0
+    # (not gated on has_usage: a stream cut after Anthropic's message_start has its input
+    # counts on the event without a complete usage)
+    if event.model is not None:
+        priced = pricing.price_counts(
+            event.provider, event.model, event.project_id, event.input_tokens, event.output_tokens,
+            event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
+            event.audio_input_tokens, event.audio_output_tokens,
+        )  # fmt: skip
+        if priced is not None:
+            seen = priced[0]
+    return max(seen, event.reserved_nano_usd), False, RESERVATION_PRICE_ENTRY
+
+
+def incomplete_answer(status: str, http_status: int) -> bool:
+    """Whether an exchange's outcome is a 2xx answer whose usage is missing or cut short
+    (what a reservation settles in full, ``row_within_reservation``)."""
+    return status in _INCOMPLETE_STATUSES and 200 <= http_status < 300
+
+
+def row_within_reservation(
+    pricing: PricingRegistry, row: UsageRow, event: UsageEvent, reserved_nano_usd: int, metrics: BillingMetrics
+) -> UsageRow:
+    """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
+    (``row_of_event(pricing, event)``) itself, or for a 2xx answer whose usage is missing
+    or cut short, the row charged up to the reservation -- counted in ``metrics`` and
+    logged (request id, model, amount: no secrets), so an operator sees every one."""
+    if not incomplete_answer(event.status, event.http_status):
+        return row  # (the usual case: one set lookup)
+    event.reserved_nano_usd = reserved_nano_usd
+    charged = row_of_event(pricing, event)
+    metrics.reservations_charged_in_full += 1
+    metrics.reservations_charged_in_full_nano_usd += charged.cost_nano_usd or 0
+    log.warning(
+        "request %s: a %d answer with %s usage (%s); charged %d nano-USD, its reservation's "
+        "maximum (%s %s)", event.request_id, event.http_status,
+        "partial" if event.input_tokens or event.output_tokens else "no", event.status, charged.cost_nano_usd,
+        event.provider, event.model,
+    )  # fmt: skip
+    return charged
 
 
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
