@@ -10,6 +10,7 @@ plano_fast.billing.rows.row_within_reservation.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import sqlite3
 from collections.abc import Callable
@@ -19,6 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from plano_fast.billing.journal import Journal, WriteAheadLog
+from plano_fast.billing.metrics import BillingMetrics
+from plano_fast.billing.reprice import reprice_row
+from plano_fast.billing.rows import row_of_event, row_within_reservation, rows_of_events
+from plano_fast.pricing import PricingRegistry
+from plano_fast.store import UsageRow
+from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess
 from tests.test_managed import DEFAULT_PIPE, ENV, REQUEST_BODY, STREAM_BODY, Tenant, provision, request_cost, rows
 from tests.test_metrics import ADMIN_KEY
@@ -139,3 +147,59 @@ def test_without_a_hard_limit_an_answer_without_usage_stays_unpriced(
     (row,) = settled_rows(sqlite_path, 1)
     assert (row.status, row.priced, row.cost_nano_usd, row.price_entry) == ("usage_missing", False, None, None)
     assert metric(gateway, "plano_fast_reservations_charged_in_full") == 0
+
+
+# -- the policy in pure code (plano_fast.billing.rows) --------------------------------------
+def _event(status: str, http_status: int, reserved: int, **counts: int) -> UsageEvent:
+    return UsageEvent("req-1", 1, "openai", "gpt-4o-mini", True, status, http_status, project_id="p",
+                      reserved_nano_usd=reserved, has_usage=status == "ok", **counts)
+
+
+@pytest.mark.parametrize(("status", "http_status", "counts", "cost", "entry"), [
+    ("usage_missing", 200, {}, 90_000, "reservation"),  # no usage: the reservation
+    ("upstream_failed", 200, {"input_tokens": 100}, 90_000, "reservation"),  # cut, seen 15,000
+    ("upstream_failed", 200, {"input_tokens": 1_000}, 150_000, "reservation"),  # seen above it
+    ("upstream_failed", 502, {}, 0, None),  # no answer: a provider bills nothing
+    ("upstream_error", 429, {}, 0, None),
+    ("ok", 200, {"input_tokens": 100, "output_tokens": 10}, 21_000, "openai/gpt-4o-mini"),  # usage read
+])  # fmt: skip
+def test_the_charge_of_an_event_under_a_reservation(
+    status: str, http_status: int, counts: dict[str, int], cost: int, entry: str | None
+) -> None:
+    row = row_of_event(PricingRegistry(), _event(status, http_status, 90_000, **counts))
+    assert (row.cost_nano_usd, row.price_entry) == (cost, entry)
+
+
+def test_without_a_reservation_nothing_changes() -> None:
+    pricing = PricingRegistry()
+    row = row_of_event(pricing, _event("usage_missing", 200, 0))
+    assert (row.priced, row.cost_nano_usd) == (False, None)
+    plain = row_of_event(pricing, _event("usage_missing", 200, 0))
+    metrics = BillingMetrics()
+    assert row_within_reservation(pricing, plain, _event("ok", 200, 0, input_tokens=5), 90_000, metrics) is plain
+    assert metrics.reservations_charged_in_full == 0
+
+
+def test_reprice_leaves_a_row_charged_at_its_reservation() -> None:
+    pricing = PricingRegistry()
+    row = row_of_event(pricing, _event("upstream_failed", 200, 90_000, input_tokens=100))
+    assert reprice_row(pricing, row) == (row, False)  # not re-priced down to its 100 tokens
+
+
+def test_the_charge_survives_the_journal(tmp_path: Path) -> None:
+    """A settle that fails hands the event to the journaled path: the amount reserved goes
+    with it, so the flusher's row is charged the same."""
+    journal = Journal(tmp_path / "usage.journal")
+
+    async def go() -> None:
+        wal = WriteAheadLog(journal, 0.01)
+        wal.start()
+        wal.append(_event("usage_missing", 200, 90_000))
+        await wal.sync()
+        await wal.stop()
+
+    asyncio.run(go())
+    replayed = [e for f in sorted(tmp_path.glob("usage.journal.*")) for b in Journal.read_events(f, 10) for e in b]
+    out: collections.deque[UsageRow] = collections.deque()
+    assert rows_of_events(PricingRegistry(), replayed, out) == 0
+    assert [(r.cost_nano_usd, r.price_entry) for r in out] == [(90_000, "reservation")]
