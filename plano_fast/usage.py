@@ -76,10 +76,10 @@ class UsageEvent:
     #: with more than one attempt, each one's HTTP status or error kind, in order
     #: ("503,connect_error,200"); None for one attempt (plano_fast.failover.attempt_trail)
     attempt_trail: str | None = None
-    #: managed mode, a hard limit's reservation settled by this event (0: none): a 2xx
-    #: answer whose usage is missing or was cut short is charged up to it
-    #: (plano_fast.billing.rows.charge_of_incomplete), also when the event is journaled
-    reserved_nano_usd: int = 0
+    #: managed mode: what a 2xx answer whose usage is missing or was cut short is charged
+    #: under a hard limit, a bound of its bill (plano_fast.billing.rows.charge_of_incomplete;
+    #: 0: not such an answer): its row's cost, also when the event is journaled
+    bound_charge_nano_usd: int = 0
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -99,12 +99,12 @@ def test_an_answer_without_usage_is_charged_its_reservation_and_the_limit_holds(
     assert asyncio.run(send(gateway.url, tenant.token, body, omit)) == 402
     billed = settled_rows(sqlite_path, 2)
     assert [(r.status, r.priced, r.cost_nano_usd, r.price_entry) for r in billed] == [
-        ("usage_missing", True, reservation, "reservation")] * 2
+        ("usage_missing", True, reservation, "hard_limit_bound")] * 2
     assert all(r.reservation_overrun_nano_usd is None for r in billed)
-    assert metric(gateway, "plano_fast_reservations_charged_in_full") == 2
-    assert metric(gateway, "plano_fast_reservations_charged_in_full_nano_usd") == 2 * reservation
-    assert f"request {billed[0].request_id}: a 200 answer with no usage (usage_missing); charged {reservation}" \
-        in gateway.log_text()
+    assert metric(gateway, "plano_fast_rows_charged_at_bound") == 2
+    assert metric(gateway, "plano_fast_rows_charged_at_bound_nano_usd") == 2 * reservation
+    assert (f"request {billed[0].request_id}: a 200 answer with no usage (usage_missing); charged {reservation} "
+            f"nano-USD, the bound of its {reservation} nano-USD reservation") in gateway.log_text()
     assert tenant.token not in gateway.log_text()
 
 
@@ -116,26 +116,29 @@ def test_a_stream_cut_after_its_head_is_charged_its_reservation(
     asyncio.run(send(gateway.url, tenant.token, STREAM_BODY, {"x-fake-reset-after-events": "3"}))
     (row,) = settled_rows(sqlite_path, 1)
     assert (row.status, row.http_status, row.cost_nano_usd, row.price_entry) == (
-        "upstream_failed", 200, reservation, "reservation")
+        "upstream_failed", 200, reservation, "hard_limit_bound")
     assert spent(sqlite_path, tenant.project_id) == reservation
-    assert metric(gateway, "plano_fast_reservations_charged_in_full") == 1
+    assert metric(gateway, "plano_fast_rows_charged_at_bound") == 1
 
 
-@pytest.mark.parametrize(("input_tokens", "overrun"), [(40, False), (10_000, True)], ids=["below", "above"])
-def test_a_cut_stream_with_partial_usage_is_charged_the_larger_of_it_and_the_reservation(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, input_tokens: int, overrun: bool
+@pytest.mark.parametrize(("input_tokens", "charge"), [
+    (40, 40 * 3_000 + 50 * 15_000),  # the seen input with max_tokens of output
+    (400, SONNET_RESERVATION),  # that would be more than the reservation: capped
+    (10_000, 10_000 * 3_000 + 1 * 15_000),  # the seen usage alone is more: never less than it
+], ids=["seen-input-and-max-output", "capped-at-reservation", "seen-above-reservation"])  # fmt: skip
+def test_a_cut_stream_with_partial_usage_is_charged_at_its_bound(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, input_tokens: int, charge: int
 ) -> None:
-    """An Anthropic stream cut after message_start: its input tokens were seen, the output
-    generated after the cut was not (only max_tokens bounds it).  Charged the reservation,
-    unless the seen usage alone prices above it (then that, flagged as an overrun)."""
+    """An Anthropic stream cut after message_start: its input tokens (final in that event)
+    were seen, the output generated after the cut was not (only max_tokens bounds it)."""
     gateway, sqlite_path, tenant = start(make_gateway, tmp_path, limit_nano_usd=10**12)
     extra = {"x-fake-reset-after-events": "2", "x-fake-input-tokens": str(input_tokens)}
     asyncio.run(send(gateway.url, tenant.token, MESSAGES_STREAM_BODY, extra, "/v1/messages"))
     (row,) = settled_rows(sqlite_path, 1)
     assert (row.status, row.input_tokens) == ("upstream_failed", input_tokens)
-    seen_nano_usd = input_tokens * 3_000 + row.output_tokens * 15_000
-    assert row.cost_nano_usd == max(seen_nano_usd, SONNET_RESERVATION)
-    assert (row.reservation_overrun_nano_usd is not None) is overrun
+    assert row.output_tokens == 1  # (message_start's)
+    assert (row.cost_nano_usd, row.price_entry) == (charge, "hard_limit_bound")
+    assert (row.reservation_overrun_nano_usd is not None) is (charge > SONNET_RESERVATION)
     assert spent(sqlite_path, tenant.project_id) == row.cost_nano_usd
 
 
@@ -146,60 +149,70 @@ def test_without_a_hard_limit_an_answer_without_usage_stays_unpriced(
     assert asyncio.run(send(gateway.url, tenant.token, REQUEST_BODY, {"x-fake-omit-usage": "1"})) == 200
     (row,) = settled_rows(sqlite_path, 1)
     assert (row.status, row.priced, row.cost_nano_usd, row.price_entry) == ("usage_missing", False, None, None)
-    assert metric(gateway, "plano_fast_reservations_charged_in_full") == 0
+    assert metric(gateway, "plano_fast_rows_charged_at_bound") == 0
 
 
 # -- the policy in pure code (plano_fast.billing.rows) --------------------------------------
-def _event(status: str, http_status: int, reserved: int, **counts: int) -> UsageEvent:
+# gpt-4o-mini: 150 nano-USD per input token, 600 per output token; a reservation of 90,000
+def _event(status: str, http_status: int, **counts: int) -> UsageEvent:
     return UsageEvent("req-1", 1, "openai", "gpt-4o-mini", True, status, http_status, project_id="p",
-                      reserved_nano_usd=reserved, has_usage=status == "ok", **counts)
+                      has_usage=status == "ok", **counts)
 
 
-@pytest.mark.parametrize(("status", "http_status", "counts", "cost", "entry"), [
-    ("usage_missing", 200, {}, 90_000, "reservation"),  # no usage: the reservation
-    ("upstream_failed", 200, {"input_tokens": 100}, 90_000, "reservation"),  # cut, seen 15,000
-    ("upstream_failed", 200, {"input_tokens": 1_000}, 150_000, "reservation"),  # seen above it
-    ("upstream_failed", 502, {}, 0, None),  # no answer: a provider bills nothing
-    ("upstream_error", 429, {}, 0, None),
-    ("ok", 200, {"input_tokens": 100, "output_tokens": 10}, 21_000, "openai/gpt-4o-mini"),  # usage read
+@pytest.mark.parametrize(("status", "http_status", "counts", "output_bound", "cost", "entry"), [
+    ("usage_missing", 200, {}, 50, 90_000, "hard_limit_bound"),  # nothing seen: the reservation
+    ("upstream_failed", 200, {}, 50, 90_000, "hard_limit_bound"),  # cut before any usage
+    # the input seen (100: 15,000) with the output bound (50: 30,000), below the reservation
+    ("upstream_failed", 200, {"input_tokens": 100, "output_tokens": 3}, 50, 45_000, "hard_limit_bound"),
+    # ... above it (200 output: 120,000): capped at the reservation
+    ("upstream_failed", 200, {"input_tokens": 100}, 200, 90_000, "hard_limit_bound"),
+    # the seen usage alone above the reservation (1,000 input: 150,000): never less than it
+    ("upstream_failed", 200, {"input_tokens": 1_000}, 50, 150_000, "hard_limit_bound"),
+    ("upstream_failed", 502, {}, 50, 0, None),  # no answer: a provider bills nothing
+    ("upstream_error", 429, {}, 50, 0, None),
+    ("ok", 200, {"input_tokens": 100, "output_tokens": 10}, 50, 21_000, "openai/gpt-4o-mini"),  # usage read
 ])  # fmt: skip
-def test_the_charge_of_an_event_under_a_reservation(
-    status: str, http_status: int, counts: dict[str, int], cost: int, entry: str | None
+def test_the_charge_of_an_answer_under_a_reservation(
+    status: str, http_status: int, counts: dict[str, int], output_bound: int, cost: int, entry: str | None
 ) -> None:
-    row = row_of_event(PricingRegistry(), _event(status, http_status, 90_000, **counts))
+    pricing = PricingRegistry()
+    event = _event(status, http_status, **counts)
+    metrics = BillingMetrics()
+    row = row_within_reservation(pricing, row_of_event(pricing, event), event, 90_000, lambda: output_bound, metrics)
     assert (row.cost_nano_usd, row.price_entry) == (cost, entry)
+    assert metrics.rows_charged_at_bound == (entry == "hard_limit_bound")
 
 
 def test_without_a_reservation_nothing_changes() -> None:
-    pricing = PricingRegistry()
-    row = row_of_event(pricing, _event("usage_missing", 200, 0))
-    assert (row.priced, row.cost_nano_usd) == (False, None)
-    plain = row_of_event(pricing, _event("usage_missing", 200, 0))
-    metrics = BillingMetrics()
-    assert row_within_reservation(pricing, plain, _event("ok", 200, 0, input_tokens=5), 90_000, metrics) is plain
-    assert metrics.reservations_charged_in_full == 0
+    row = row_of_event(PricingRegistry(), _event("usage_missing", 200))
+    assert (row.priced, row.cost_nano_usd, row.price_entry) == (False, None, None)
 
 
-def test_reprice_leaves_a_row_charged_at_its_reservation() -> None:
+def test_reprice_leaves_a_row_charged_at_its_bound() -> None:
     pricing = PricingRegistry()
-    row = row_of_event(pricing, _event("upstream_failed", 200, 90_000, input_tokens=100))
+    event = _event("upstream_failed", 200, input_tokens=100)
+    row = row_within_reservation(pricing, row_of_event(pricing, event), event, 90_000, lambda: 50, BillingMetrics())
+    assert row.cost_nano_usd == 45_000
     assert reprice_row(pricing, row) == (row, False)  # not re-priced down to its 100 tokens
 
 
 def test_the_charge_survives_the_journal(tmp_path: Path) -> None:
-    """A settle that fails hands the event to the journaled path: the amount reserved goes
-    with it, so the flusher's row is charged the same."""
+    """A settle that fails hands the event to the journaled path: the charge goes with it,
+    so the flusher's row is charged the same."""
+    pricing = PricingRegistry()
+    event = _event("usage_missing", 200)
+    row_within_reservation(pricing, row_of_event(pricing, event), event, 90_000, lambda: 50, BillingMetrics())
     journal = Journal(tmp_path / "usage.journal")
 
     async def go() -> None:
         wal = WriteAheadLog(journal, 0.01)
         wal.start()
-        wal.append(_event("usage_missing", 200, 90_000))
+        wal.append(event)
         await wal.sync()
         await wal.stop()
 
     asyncio.run(go())
     replayed = [e for f in sorted(tmp_path.glob("usage.journal.*")) for b in Journal.read_events(f, 10) for e in b]
     out: collections.deque[UsageRow] = collections.deque()
-    assert rows_of_events(PricingRegistry(), replayed, out) == 0
-    assert [(r.cost_nano_usd, r.price_entry) for r in out] == [(90_000, "reservation")]
+    assert rows_of_events(pricing, replayed, out) == 0
+    assert [(r.cost_nano_usd, r.price_entry) for r in out] == [(90_000, "hard_limit_bound")]

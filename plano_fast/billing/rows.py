@@ -15,22 +15,29 @@ Managed hard limits (``row_within_reservation``): a 2xx answer whose usage was n
 (a provider omitting ``usage``, an OpenAI-compatible server ignoring
 ``stream_options.include_usage``) or that was cut short (a stream reset or timed out after
 its 2xx head) cannot be priced from its usage, yet the provider may have billed up to the
-request's maximum cost -- which is what the reservation holds (plano_fast.managed.bounds).
-Such a row is charged ``max(the seen usage priced, the reservation)``: never less than the
-usage seen prices at (a cut Anthropic or Gemini stream has shown its input tokens, and some
-output, but not the output generated after the cut, which only ``max_tokens`` bounds), and
-never more than the reservation unless the seen usage alone exceeds it (an overrun, flagged
-as any other).  The row keeps its status (``usage_missing``, ``upstream_failed``), is
-priced with ``price_entry`` ``RESERVATION_PRICE_ENTRY`` (which ``usage reprice`` leaves
-alone), and the event carries the amount (``UsageEvent.reserved_nano_usd``) so the journaled
-path prices it the same.  Without a reservation such a row stays unpriced, as before.
+request's maximum cost, which the reservation holds (plano_fast.managed.bounds).  Such a
+row is charged at a bound of that bill (``charge_of_incomplete``):
+
+* nothing seen (no usage, an OpenAI stream cut before its usage chunk): the reservation;
+* the input seen (a stream cut after Anthropic's ``message_start`` or a Gemini chunk's
+  ``usageMetadata``: those input counts are the final ones, cache reads and writes
+  included), the output not (generated after the cut; only ``max_tokens`` bounds it): the
+  seen input with the reservation's output bound, priced at the model that served, capped
+  at the reservation (it is tighter: the reservation bounds the input by the body's bytes
+  and prices it as the dearest cache write of the dearest target);
+* never less than the seen usage priced (above the reservation: an overrun, flagged).
+
+The row keeps its status (``usage_missing``, ``upstream_failed``) and is priced with
+``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone); the event
+carries the charge (``UsageEvent.bound_charge_nano_usd``), so the journaled path prices it
+the same.  Without a reservation such a row stays unpriced (visible, never zero), as before.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 from plano_fast.billing.metrics import BillingMetrics
@@ -47,15 +54,14 @@ _FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED)
 
 _INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED))
 """Statuses of an answer whose usage may be missing or short of what the provider bills:
-with a 2xx status and a reservation, charged up to it (``_charge_of_incomplete``)."""
+with a 2xx status and a reservation, charged at a bound (``charge_of_incomplete``)."""
 
 _SPECIAL_STATUSES: Final = _FREE_STATUSES | _INCOMPLETE_STATUSES
 """One set lookup per event decides whether either rule above may apply."""
 
-RESERVATION_PRICE_ENTRY: Final = "reservation"
-"""``price_entry`` of a row charged at its hard limit's reservation (usage missing or cut
-short): the cost is the reservation (or the seen usage's price, if higher), not a price
-table entry's."""
+BOUND_PRICE_ENTRY: Final = "hard_limit_bound"
+"""``price_entry`` of a row charged at its hard limit's bound (usage missing or cut short):
+its cost is ``charge_of_incomplete``'s, not a price table entry's quote of its usage."""
 
 _FREE: Final = (0, False, "")
 
@@ -107,8 +113,9 @@ def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, b
     if status in _SPECIAL_STATUSES:
         if status in _FREE_STATUSES:
             return _FREE
-        if event.reserved_nano_usd and 200 <= event.http_status < 300:
-            return _charge_of_incomplete(pricing, event)
+        charge = event.bound_charge_nano_usd
+        if charge and 200 <= event.http_status < 300:
+            return charge, False, BOUND_PRICE_ENTRY
     if not event.has_usage:
         # A provider error or a failed connection bills nothing; a successful response
         # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
@@ -125,21 +132,29 @@ def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, b
     )  # fmt: skip
 
 
-def _charge_of_incomplete(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str]:
-    """A 2xx answer under a reservation whose usage is missing or cut short: the
-    reservation, or the seen usage priced when that is more (module docstring)."""
-    seen = 0
+def charge_of_incomplete(
+    pricing: PricingRegistry, event: UsageEvent, reserved_nano_usd: int, output_bound_tokens: int
+) -> int:
+    """What a 2xx answer whose usage is missing or cut short is charged under a reservation
+    of ``reserved_nano_usd`` that counted ``output_bound_tokens`` of output (module
+    docstring): the reservation, or the seen input with that output bound when the input
+    was seen, and never less than the seen usage priced."""
+    model = event.model
+    if model is None:
+        return reserved_nano_usd
     # (not gated on has_usage: a stream cut after Anthropic's message_start has its input
     # counts on the event without a complete usage)
-    if event.model is not None:
-        priced = pricing.price_counts(
-            event.provider, event.model, event.project_id, event.input_tokens, event.output_tokens,
-            event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
-            event.audio_input_tokens, event.audio_output_tokens,
-        )  # fmt: skip
-        if priced is not None:
-            seen = priced[0]
-    return max(seen, event.reserved_nano_usd), False, RESERVATION_PRICE_ENTRY
+    counts = (event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
+              event.audio_input_tokens, event.audio_output_tokens)  # fmt: skip
+    seen = pricing.price_counts(event.provider, model, event.project_id, event.input_tokens, event.output_tokens, *counts)
+    seen_nano_usd = 0 if seen is None else seen[0]
+    bound = reserved_nano_usd
+    if event.input_tokens and output_bound_tokens:
+        output = max(event.output_tokens, output_bound_tokens)
+        tight = pricing.price_counts(event.provider, model, event.project_id, event.input_tokens, output, *counts)
+        if tight is not None:
+            bound = min(tight[0], reserved_nano_usd)
+    return max(seen_nano_usd, bound)
 
 
 def incomplete_answer(status: str, http_status: int) -> bool:
@@ -149,23 +164,30 @@ def incomplete_answer(status: str, http_status: int) -> bool:
 
 
 def row_within_reservation(
-    pricing: PricingRegistry, row: UsageRow, event: UsageEvent, reserved_nano_usd: int, metrics: BillingMetrics
+    pricing: PricingRegistry,
+    row: UsageRow,
+    event: UsageEvent,
+    reserved_nano_usd: int,
+    output_bound: Callable[[], int],
+    metrics: BillingMetrics,
 ) -> UsageRow:
     """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
     (``row_of_event(pricing, event)``) itself, or for a 2xx answer whose usage is missing
-    or cut short, the row charged up to the reservation -- counted in ``metrics`` and
-    logged (request id, model, amount: no secrets), so an operator sees every one."""
+    or cut short, the row charged at the bound (``charge_of_incomplete``; ``output_bound``
+    gives the output tokens the reservation counted, asked only then) -- counted in
+    ``metrics`` and logged (request id, model, amounts: no secrets), so an operator sees
+    every one."""
     if not incomplete_answer(event.status, event.http_status):
         return row  # (the usual case: one set lookup)
-    event.reserved_nano_usd = reserved_nano_usd
+    charge = event.bound_charge_nano_usd = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
     charged = row_of_event(pricing, event)
-    metrics.reservations_charged_in_full += 1
-    metrics.reservations_charged_in_full_nano_usd += charged.cost_nano_usd or 0
+    metrics.rows_charged_at_bound += 1
+    metrics.rows_charged_at_bound_nano_usd += charge
     log.warning(
-        "request %s: a %d answer with %s usage (%s); charged %d nano-USD, its reservation's "
-        "maximum (%s %s)", event.request_id, event.http_status,
-        "partial" if event.input_tokens or event.output_tokens else "no", event.status, charged.cost_nano_usd,
-        event.provider, event.model,
+        "request %s: a %d answer with %s usage (%s); charged %d nano-USD, the bound of its "
+        "%d nano-USD reservation (%s %s)", event.request_id, event.http_status,
+        "partial" if event.input_tokens or event.output_tokens else "no", event.status, charge,
+        reserved_nano_usd, event.provider, event.model,
     )  # fmt: skip
     return charged
 

@@ -395,9 +395,19 @@ class ManagedExchange(RetryingExchange):
         body_filter.release(self.responder)
         self.responder.end()
 
+    def _output_bound(self) -> int:
+        """The output tokens the reservation counted (re-derived from the forwarded body:
+        asked only to bound an answer whose usage was missing or cut short)."""
+        fields = self.fields
+        if fields is None:
+            return 0
+        max_out = fields.max_output_tokens
+        return token_bound(self.base_body, self.mctx.max_output_tokens if max_out is None else max_out)[1]
+
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
-        row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd, self.mctx.writer.metrics)
+        row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd,
+                                     self._output_bound, self.mctx.writer.metrics)
         overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
         if overrun > 0:
             # The bound did not hold (a provider billed what the request could not show):
