@@ -63,11 +63,13 @@ def spent(sqlite_path: str, project_id: str) -> int:
     return int(row[0]) if row else 0
 
 
-def start(make_gateway: Callable[..., GatewayProcess], tmp_path: Path, limit_nano_usd: int | None) -> tuple[GatewayProcess, str, Tenant]:
+def start(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, limit_nano_usd: int | None, **settings: object
+) -> tuple[GatewayProcess, str, Tenant]:
     sqlite_path = str(tmp_path / "plano_config_0.db")
     tenants: list[Tenant] = []
     gateway = make_gateway(
-        {"managed": "true", "managed_reload_s": 1, "admin_port": 0, "admin_key": ADMIN_KEY}, env=ENV,
+        {"managed": "true", "managed_reload_s": 1, "admin_port": 0, "admin_key": ADMIN_KEY, **settings}, env=ENV,
         before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=limit_nano_usd)),
     )
     return gateway, sqlite_path, tenants[0]
@@ -145,11 +147,18 @@ def test_a_cut_stream_with_partial_usage_is_charged_at_its_bound(
 def test_without_a_hard_limit_an_answer_without_usage_stays_unpriced(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
-    gateway, sqlite_path, tenant = start(make_gateway, tmp_path, limit_nano_usd=None)
+    gateway, sqlite_path, tenant = start(make_gateway, tmp_path, limit_nano_usd=None, price_interval_s=0.2)
     assert asyncio.run(send(gateway.url, tenant.token, REQUEST_BODY, {"x-fake-omit-usage": "1"})) == 200
     (row,) = settled_rows(sqlite_path, 1)
     assert (row.status, row.priced, row.cost_nano_usd, row.price_entry) == ("usage_missing", False, None, None)
     assert metric(gateway, "plano_fast_rows_charged_at_bound") == 0
+    # Visible: the late pricer finds no price for it and counts it (never priced at zero).
+    for _ in range(100):
+        if metric(gateway, "plano_fast_rows_unpriced_unknown") >= 1:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert metric(gateway, "plano_fast_rows_unpriced_unknown") == 1
+    assert [(r.priced, r.price_status) for r in rows(sqlite_path)] == [(False, "unpriced_unknown")]
 
 
 # -- the policy in pure code (plano_fast.billing.rows) --------------------------------------
