@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,12 @@ from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.reprice import reprice_row
 from plano_fast.billing.rows import row_of_event, row_within_reservation, rows_of_events
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import UsageRow
+from plano_fast.store import CounterKey, UsageRow
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess
-from tests.test_managed import DEFAULT_PIPE, ENV, REQUEST_BODY, STREAM_BODY, Tenant, provision, request_cost, rows
+from tests.test_managed import (
+    DEFAULT_PIPE, ENV, REQUEST_BODY, STREAM_BODY, Tenant, provision, request_cost, rows, store_call,
+)  # fmt: skip
 from tests.test_metrics import ADMIN_KEY
 from tests.test_reservation_overrun import metric
 
@@ -54,52 +55,56 @@ async def send(url: str, token: str, body: bytes, extra: dict[str, str], path: s
             return resp.status
 
 
-def spent(sqlite_path: str, project_id: str) -> int:
-    with sqlite3.connect(sqlite_path) as db:
-        row = db.execute(
-            "SELECT spent_nano_usd FROM spending_counters WHERE scope_kind='project' AND scope_id=? "
-            "AND period='total'", (project_id,),
-        ).fetchone()
-    return int(row[0]) if row else 0
+def spent(sqlite_path: str, project_id: str, database_url: str | None = None) -> int:
+    """The project's total spend counter, as the reservations are checked against it."""
+    key = CounterKey("project", project_id, "total", 0)
+    counter = store_call(database_url, sqlite_path, lambda s: s.get_counter(key))
+    return 0 if counter is None else int(counter.spent_nano_usd)
 
 
 def start(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, limit_nano_usd: int | None, **settings: object
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, limit_nano_usd: int | None,
+    database_url: str | None = None, **settings: object,
 ) -> tuple[GatewayProcess, str, Tenant]:
     sqlite_path = str(tmp_path / "plano_config_0.db")
+    if database_url:
+        settings["database_url"] = f'"{database_url}"'
     tenants: list[Tenant] = []
     gateway = make_gateway(
         {"managed": "true", "managed_reload_s": 1, "admin_port": 0, "admin_key": ADMIN_KEY, **settings}, env=ENV,
-        before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=limit_nano_usd)),
+        before_start=lambda: tenants.append(
+            provision(database_url, sqlite_path, DEFAULT_PIPE, limit_nano_usd=limit_nano_usd)),
     )
     return gateway, sqlite_path, tenants[0]
 
 
-def settled_rows(sqlite_path: str, count: int) -> list[Any]:
+def settled_rows(sqlite_path: str, count: int, database_url: str | None = None) -> list[Any]:
     """The usage rows, once ``count`` are written (a cut stream's settle runs in the
     background: the client has its error first)."""
     for _ in range(100):
-        found = rows(sqlite_path)
+        found = rows(sqlite_path, database_url)
         if len(found) >= count:
             return sorted(found, key=lambda r: r.time_ns)
         asyncio.run(asyncio.sleep(0.05))
-    raise AssertionError(f"{count} usage rows expected, {len(rows(sqlite_path))} written")
+    raise AssertionError(f"{count} usage rows expected, {len(rows(sqlite_path, database_url))} written")
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 @pytest.mark.parametrize("body", [REQUEST_BODY, STREAM_BODY], ids=["json", "stream"])
 def test_an_answer_without_usage_is_charged_its_reservation_and_the_limit_holds(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, body: bytes
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, request: Any, body: bytes, store: str
 ) -> None:
+    database_url = request.getfixturevalue("pg_dsn") if store == "postgres" else None
     reservation = request_cost(body)  # input bound = the body's bytes, output = max_tokens
-    gateway, sqlite_path, tenant = start(make_gateway, tmp_path, limit_nano_usd=2 * reservation + reservation // 2)
+    gateway, sqlite_path, tenant = start(make_gateway, tmp_path, 2 * reservation + reservation // 2, database_url)
     omit = {"x-fake-omit-usage": "1"}
     assert asyncio.run(send(gateway.url, tenant.token, body, omit)) == 200
-    assert spent(sqlite_path, tenant.project_id) == reservation
+    assert spent(sqlite_path, tenant.project_id, database_url) == reservation
     assert asyncio.run(send(gateway.url, tenant.token, body, omit)) == 200
-    assert spent(sqlite_path, tenant.project_id) == 2 * reservation
+    assert spent(sqlite_path, tenant.project_id, database_url) == 2 * reservation
     # Half a reservation left: the third is refused, as it would be after two priced answers.
     assert asyncio.run(send(gateway.url, tenant.token, body, omit)) == 402
-    billed = settled_rows(sqlite_path, 2)
+    billed = settled_rows(sqlite_path, 2, database_url)
     assert [(r.status, r.priced, r.cost_nano_usd, r.price_entry) for r in billed] == [
         ("usage_missing", True, reservation, "hard_limit_bound")] * 2
     assert all(r.reservation_overrun_nano_usd is None for r in billed)
@@ -163,7 +168,7 @@ def test_without_a_hard_limit_an_answer_without_usage_stays_unpriced(
 
 # -- the policy in pure code (plano_fast.billing.rows) --------------------------------------
 # gpt-4o-mini: 150 nano-USD per input token, 600 per output token; a reservation of 90,000
-def _event(status: str, http_status: int, **counts: int) -> UsageEvent:
+def _event(status: str, http_status: int, **counts: Any) -> UsageEvent:
     return UsageEvent("req-1", 1, "openai", "gpt-4o-mini", True, status, http_status, project_id="p",
                       has_usage=status == "ok", **counts)
 
