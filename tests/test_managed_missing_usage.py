@@ -27,6 +27,7 @@ from plano_fast.pricing import PricingRegistry
 from plano_fast.store import CounterKey, UsageRow
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess
+from tests.test_billing_faults import hang_up
 from tests.test_managed import (
     DEFAULT_PIPE, ENV, REQUEST_BODY, STREAM_BODY, Tenant, provision, request_cost, rows, store_call,
 )  # fmt: skip
@@ -182,6 +183,9 @@ def _event(status: str, http_status: int, **counts: Any) -> UsageEvent:
     ("upstream_failed", 200, {"input_tokens": 100}, 200, 90_000, "hard_limit_bound"),
     # the seen usage alone above the reservation (1,000 input: 150,000): never less than it
     ("upstream_failed", 200, {"input_tokens": 1_000}, 50, 150_000, "hard_limit_bound"),
+    # the client left, its answer unread: an estimate (here above the reservation) is no bound
+    ("client_disconnected_estimated", 200, {"input_tokens": 30, "output_tokens": 900}, 50, 90_000,
+     "hard_limit_bound"),
     ("upstream_failed", 502, {}, 50, 0, None),  # no answer: a provider bills nothing
     ("upstream_error", 429, {}, 50, 0, None),
     ("ok", 200, {"input_tokens": 100, "output_tokens": 10}, 50, 21_000, "openai/gpt-4o-mini"),  # usage read
@@ -230,3 +234,22 @@ def test_the_charge_survives_the_journal(tmp_path: Path) -> None:
     out: collections.deque[UsageRow] = collections.deque()
     assert rows_of_events(pricing, replayed, out) == 0
     assert [(r.cost_nano_usd, r.price_entry) for r in out] == [(90_000, "hard_limit_bound")]
+
+
+def test_a_client_gone_whose_answer_cannot_be_read_is_charged_its_reservation(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """The client leaves mid-stream, then the provider resets before its usage: the
+    gateway's estimate (bytes / 4) bounds nothing, so under a hard limit the reservation is
+    charged (without one: the estimate, tests/test_billing_faults.py)."""
+    reservation = request_cost(STREAM_BODY)
+    gateway, sqlite_path, tenant = start(make_gateway, tmp_path, limit_nano_usd=10 * reservation)
+    got = hang_up(gateway.url, STREAM_BODY, {
+        "authorization": f"Bearer {tenant.token}", "x-fake-events": "40", "x-fake-interval-ms": "10",
+        "x-fake-reset-after-events": "20"}, wait_first_byte=True)  # fmt: skip
+    assert got.startswith(b"HTTP/1.1 200")
+    (row,) = settled_rows(sqlite_path, 1)
+    assert (row.status, row.cost_nano_usd, row.price_entry) == (
+        "client_disconnected_estimated", reservation, "hard_limit_bound")
+    assert row.input_tokens == (len(STREAM_BODY) + 3) // 4  # the estimate stays on the row
+    assert spent(sqlite_path, tenant.project_id) == reservation

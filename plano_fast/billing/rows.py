@@ -18,7 +18,11 @@ its 2xx head) cannot be priced from its usage, yet the provider may have billed 
 request's maximum cost, which the reservation holds (plano_fast.managed.bounds).  Such a
 row is charged at a bound of that bill (``charge_of_incomplete``):
 
-* nothing seen (no usage, an OpenAI stream cut before its usage chunk): the reservation;
+* nothing seen (no usage, an OpenAI stream cut before its usage chunk), or only the
+  gateway's estimate (``client_disconnected_estimated``: the client left and the answer
+  could not be read to its usage): the reservation.  Bytes / 4 is no bound either way: a
+  token can be one byte, and an SSE stream's framing counts as output (a 50-token answer
+  was estimated at ~850), which used to be recorded as a reservation overrun;
 * the input seen (a stream cut after Anthropic's ``message_start`` or a Gemini chunk's
   ``usageMetadata``: those input counts are the final ones, cache reads and writes
   included), the output not (generated after the cut; only ``max_tokens`` bounds it): the
@@ -27,7 +31,8 @@ row is charged at a bound of that bill (``charge_of_incomplete``):
   and prices it as the dearest cache write of the dearest target);
 * never less than the seen usage priced (above the reservation: an overrun, flagged).
 
-The row keeps its status (``usage_missing``, ``upstream_failed``) and is priced with
+The row keeps its status (``usage_missing``, ``upstream_failed``,
+``client_disconnected_estimated``) and is priced with
 ``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone); the event
 carries the charge (``UsageEvent.bound_charge_nano_usd``), so the journaled path prices it
 the same.  Without a reservation such a row stays unpriced (visible, never zero), as before.
@@ -44,7 +49,8 @@ from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.usage import (
-    STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, STATUS_UPSTREAM_FAILED, STATUS_USAGE_MISSING, UsageEvent,
+    STATUS_CLIENT_ABANDONED, STATUS_CLIENT_GONE_ESTIMATED, STATUS_NOT_BILLABLE, STATUS_UPSTREAM_FAILED,
+    STATUS_USAGE_MISSING, UsageEvent,
 )  # fmt: skip
 
 log = logging.getLogger("plano_fast.billing")
@@ -52,7 +58,7 @@ log = logging.getLogger("plano_fast.billing")
 _FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
 """Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
-_INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED))
+_INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED, STATUS_CLIENT_GONE_ESTIMATED))
 """Statuses of an answer whose usage may be missing or short of what the provider bills:
 with a 2xx status and a reservation, charged at a bound (``charge_of_incomplete``)."""
 
@@ -140,18 +146,22 @@ def charge_of_incomplete(
     docstring): the reservation, or the seen input with that output bound when the input
     was seen, and never less than the seen usage priced."""
     model = event.model
-    if model is None:
+    if model is None or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+        # (an estimate is no usage seen: bytes / 4 of an SSE stream's framing can price far
+        # above what max_tokens allows, or below the input billed -- the reservation is
+        # the bound of this answer either way)
         return reserved_nano_usd
     # (not gated on has_usage: a stream cut after Anthropic's message_start has its input
     # counts on the event without a complete usage)
     counts = (event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
               event.audio_input_tokens, event.audio_output_tokens)  # fmt: skip
-    seen = pricing.price_counts(event.provider, model, event.project_id, event.input_tokens, event.output_tokens, *counts)
+    provider, project_id, input_tokens = event.provider, event.project_id, event.input_tokens
+    seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts)
     seen_nano_usd = 0 if seen is None else seen[0]
     bound = reserved_nano_usd
     if event.input_tokens and output_bound_tokens:
         output = max(event.output_tokens, output_bound_tokens)
-        tight = pricing.price_counts(event.provider, model, event.project_id, event.input_tokens, output, *counts)
+        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts)
         if tight is not None:
             bound = min(tight[0], reserved_nano_usd)
     return max(seen_nano_usd, bound)
