@@ -19,9 +19,10 @@ forward, relay, settle: the usage event handed to billing, metrics, the access-l
 record); the billing pipeline's tasks (flush, pricing) and the access log's writer do not
 run inside the loop.
 
-Under ``valgrind --tool=callgrind`` at two loop lengths N1 and N2, (total(N2) -
-total(N1)) / (N2 - N1) is one request's instructions, start-up cancelled out: stable to a
-few instructions whatever the machine's load.  ``--profile`` instead runs the loop under
+Under ``valgrind --tool=callgrind --instr-atstart=no``, the child switches the
+instrumentation on (``callgrind_control -i on``) right before its loop of N requests:
+total / N is one request's instructions, start-up and warm-up not counted, stable
+whatever the machine's load.  ``--profile`` instead runs the loop under
 cProfile and prints the functions by own time (cProfile's overhead inflates calls, so read
 it for where, callgrind for how much).  ``--root DIR`` measures another checkout's
 ``plano_fast`` (A/B of two trees with the same harness).
@@ -167,6 +168,9 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     if profile is not None:
         profiler = cProfile.Profile()
         profiler.enable()
+    if os.environ.get("BENCH_RP_CALLGRIND"):
+        # counted from here on (the child runs under --instr-atstart=no)
+        subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True, capture_output=True)
     for _ in range(n):
         one()
     if profile is not None:
@@ -191,9 +195,11 @@ def _child_cmd(root: Path, prepared: Path, n: int, profile: str = "") -> list[st
 
 
 def callgrind_total(root: Path, prepared: Path, n: int, out: Path) -> int:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    """Instructions of ``n`` requests: the child switches callgrind's instrumentation on
+    right before its loop (start-up, imports and warm-up are not counted)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RP_CALLGRIND": "1"}
     env.pop("PYTHONPATH", None)
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
                     *_child_cmd(root, prepared, n)], cwd=root, env=env, check=True,
                    capture_output=True)  # fmt: skip
     match = re.search(r"^(?:totals|summary):\s+(\d+)", out.read_text(), re.M)
@@ -206,8 +212,7 @@ def main() -> int:
     ap.add_argument("--modes", default="firewall,config")
     ap.add_argument("--root", type=Path, action="append",
                     help="checkout(s) whose plano_fast is measured (default: this one); twice for A/B")
-    ap.add_argument("--n1", type=int, default=1000)
-    ap.add_argument("--n2", type=int, default=6000)
+    ap.add_argument("--n", type=int, default=3000, help="requests counted (callgrind) or profiled")
     ap.add_argument("--access-log", action="store_true", help="the JSON access log on (records only)")
     ap.add_argument("--profile", action="store_true", help="cProfile of the loop instead of callgrind")
     ap.add_argument("--top", type=int, default=45)
@@ -233,20 +238,18 @@ def main() -> int:
                 prepared.write_text(prep.stdout.strip().splitlines()[-1])
                 if args.profile:
                     stats_path = mdir / "profile.out"
-                    subprocess.run(_child_cmd(root, prepared, args.n2, str(stats_path)), cwd=root, check=True)
-                    print(f"== {mode} {root}: cProfile of {args.n2} requests (per request: calls, tottime µs)")
+                    subprocess.run(_child_cmd(root, prepared, args.n, str(stats_path)), cwd=root, check=True)
+                    print(f"== {mode} {root}: cProfile of {args.n} requests (per request: calls, tottime µs)")
                     stats = pstats.Stats(str(stats_path))
                     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
                     total = sum(v[2] for _, v in rows)
-                    print(f"   total own time {total / args.n2 * 1e6:.2f} µs per request")
+                    print(f"   total own time {total / args.n * 1e6:.2f} µs per request")
                     for (file, line, fn), (cc, nc, tt, ct, _) in rows[: args.top]:
                         where = f"{Path(file).name}:{line}" if line else file
-                        print(f"   {nc / args.n2:6.2f} {tt / args.n2 * 1e6:7.2f} {ct / args.n2 * 1e6:7.2f}  {fn}  {where}")
+                        print(f"   {nc / args.n:6.2f} {tt / args.n * 1e6:7.2f} {ct / args.n * 1e6:7.2f}  {fn}  {where}")
                     continue
                 t0 = time.monotonic()
-                low = callgrind_total(root, prepared, args.n1, mdir / "cg.low")
-                high = callgrind_total(root, prepared, args.n2, mdir / "cg.high")
-                per = (high - low) / (args.n2 - args.n1)
+                per = callgrind_total(root, prepared, args.n, mdir / "callgrind.out") / args.n
                 print(f"{mode} {'access-log ' if args.access_log else ''}{root}: {per:,.0f} instructions "
                       f"per request ({time.monotonic() - t0:.0f} s)", flush=True)
     finally:
