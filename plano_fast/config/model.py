@@ -298,4 +298,8 @@ class GatewayConfig:
     #: alias -> ordered fallback models (``model_aliases.<alias>.target`` as a list: the
     #: first model serves, these follow it in a retry plan)
     alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: (connect, first byte, idle between body bytes) upstream timeouts in seconds for a
+    #: target that sets none of its own: plano_fast's upstream_*_timeout_s, the last two
+    #: defaulting to the served listener's timeout (resolved once, by the loader)
+    upstream_timeouts: tuple[float, float, float] = (5.0, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 

@@ -110,7 +110,7 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             exchange = ManagedExchange(ctx, gw.managed, request, responder, endpoint)
             exchange.client = client
             tracing = ctx.tracing
-            if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
+            if tracing is not None and tracing.may_sample(request.headers):
                 trace(gw, exchange)
             return exchange.run()
     forwarded: Exchange | None = None
@@ -131,10 +131,7 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
     if forwarded is not None:
         forwarded.client = client  # read above in managed mode, else on first use
         tracing = ctx.tracing
-        if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
-            # Only a random draw (rate > 0) or a client's traceparent can sample: without
-            # either, nothing more is done (at random_sampling 0, one C scan of the header
-            # names; benchmarks/results/observability-cost-20261205.md)
+        if tracing is not None and tracing.may_sample(request.headers):
             trace(gw, forwarded)
         if ctx.prechecks and isinstance(forwarded, RoutedExchange) and forwarded.endpoint is not COUNT_TOKENS:
             # guard models / input filters (config mode: Plano's listener semantics)
@@ -199,7 +196,7 @@ async def routing_decision(gw: Gateway, request: Request, responder: Responder, 
 
 def trace(gw: Gateway, exchange: Exchange) -> None:
     """Sampled (the client's traceparent, else random_sampling): a server span.  Called
-    only when sampling is possible: ``tracing.rate`` or a ``traceparent`` header."""
+    only when sampling is possible (``Tracing.may_sample``)."""
     tracing = gw.ctx.tracing
     assert tracing is not None
     request = exchange.request

@@ -129,8 +129,6 @@ class ExchangeContext:
         "router",
         "pool",
         "usage_sink",
-        "first_byte_timeout_s",
-        "idle_timeout_s",
         "timeouts",
         "registry",
         "budget",
@@ -169,8 +167,7 @@ class ExchangeContext:
         router: Router,
         pool: UpstreamPool,
         usage_sink: UsageSink,
-        first_byte_timeout_s: float,
-        idle_timeout_s: float,
+        timeouts: tuple[float, float, float],
         registry: ApiKeyRegistry | None = None,
         budget: BudgetChecker | None = None,
         gone_drain_s: float = 60.0,
@@ -181,13 +178,10 @@ class ExchangeContext:
         self.router = router
         self.pool = pool
         self.usage_sink = usage_sink
-        self.first_byte_timeout_s = first_byte_timeout_s
-        self.idle_timeout_s = idle_timeout_s
         #: (connect, first byte, idle between body chunks) in seconds, for exchanges whose
-        #: target sets none of its own (a model provider's ``timeouts``)
-        self.timeouts: tuple[float, float, float] = (
-            pool.connect_timeout_s, first_byte_timeout_s, idle_timeout_s
-        )
+        #: target sets none of its own (a model provider's ``timeouts``): the config's
+        #: ``upstream_timeouts``
+        self.timeouts = timeouts
         self.registry = registry
         self.budget = budget
         #: after a client hangs up, its provider response is still read to the end (for the
