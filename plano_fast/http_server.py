@@ -259,10 +259,15 @@ class Responder:
             add((name, b": ", value, b"\r\n"))
         self.send_head_block(status, b"".join(parts), content_length)
 
-    def send_head_block(self, status: int, block: bytes, content_length: int | None) -> None:
-        """Send a head whose header lines (CRLF-ended) are ready in ``block``; framing,
-        connection, date and server are added here."""
-        parts = [status_line(status), block]
+    def send_head_block(
+        self, status: int, block: bytes, content_length: int | None, extra: bytes = b""
+    ) -> None:
+        """Send a head whose header lines (CRLF-ended) are ready in ``block``, then those of
+        ``extra`` (the gateway's own lines after a relayed block: joined here once, rather
+        than the ~1.3 KB block copied by a concatenation per line); framing, connection,
+        date and server are added here."""
+        line = _STATUS_LINES.get(status)
+        parts = [line if line is not None else status_line(status), block, extra]
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
         elif self._proto.http11:
@@ -270,7 +275,7 @@ class Responder:
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
             self._close_after = True
-        if self.closing:
+        if self._close_after or self._proto.draining:  # (self.closing, without its call)
             self._close_after = True
             parts.append(b"connection: close\r\n")
         parts.append(DATE_HEADER.get())

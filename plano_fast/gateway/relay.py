@@ -567,14 +567,14 @@ class Exchange:
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
         block = head.block if not self.rl_head else with_headers(head.block, self.rl_head)
-        block += b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        extra = b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
         if self.ctx.server_timing:
-            block += self._server_timing()
+            extra += self._server_timing()
         if self.guard_warning:
-            block += self.guard_warning
+            extra += self.guard_warning
         if self.route_header:
-            block += self.route_header
-        self.responder.send_head_block(status, block, content_length)
+            extra += self.route_header
+        self.responder.send_head_block(status, block, content_length, extra)
 
     def _server_timing(self) -> bytes:
         """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
