@@ -114,20 +114,19 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
                 trace(gw, exchange)
             return exchange.run()
     forwarded: Exchange | None = None
-    if gw.firewall and request.path not in _HEALTH:
+    path = request.path
+    if gw.firewall and path not in _HEALTH:
         forwarded = FirewallExchange(ctx, request, responder)
-    elif is_gemini_path(request.path) and request.method == b"POST":
-        forwarded = GeminiExchange(ctx, request, responder, GEMINI)
-    elif request.path in DECISION_APIS:
+    elif (endpoint := ENDPOINTS.get(path)) is not None:  # (config mode's usual request first)
         if request.method != b"POST":
-            raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-        return routing_decision(gw, request, responder, DECISION_APIS[request.path])
-    else:
-        endpoint = ENDPOINTS.get(request.path)
-        if endpoint is not None:
-            if request.method != b"POST":
-                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            forwarded = ConfigExchange(ctx, request, responder, endpoint)
+            raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+        forwarded = ConfigExchange(ctx, request, responder, endpoint)
+    elif is_gemini_path(path) and request.method == b"POST":
+        forwarded = GeminiExchange(ctx, request, responder, GEMINI)
+    elif path in DECISION_APIS:
+        if request.method != b"POST":
+            raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+        return routing_decision(gw, request, responder, DECISION_APIS[path])
     if forwarded is not None:
         forwarded.client = client  # read above in managed mode, else on first use
         tracing = ctx.tracing
@@ -141,7 +140,6 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         except GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
             forwarded.refused(exc)
             raise
-    path = request.path
     if stored_response_path(gw, request):
         return stored_response(gw, request, responder)
     if path in _HEALTH:

@@ -32,7 +32,7 @@ from plano_fast.gateway.endpoints import (
 from plano_fast.gateway.phases import client_headers
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
-from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.gateway.upstream_request import upstream_request
 from plano_fast.response_guard import (
     ResponseHold,
     StreamScan,
@@ -159,7 +159,7 @@ class RoutedExchange(RetryingExchange):
             None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
             body,
         )
-        self.origin = origin_of(provider)
+        self.origin = provider.origin
 
     # -- the response side of the guardrails (plano_fast.response_guard) ------------
     def _check_response(self, checks: ResponseChecks, stream: bool) -> None:
@@ -307,7 +307,7 @@ class RoutedExchange(RetryingExchange):
             client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
             anthropic_version=target == "anthropic",
         )
-        self.origin = origin_of(provider)
+        self.origin = provider.origin
 
     def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
         """With state_storage: ``previous_response_id`` expanded (404 when this caller has

@@ -67,4 +67,6 @@ def finish_head(
 
 def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:
     """The pool's key for ``provider``: scheme, host, port, egress address."""
+    if egress is None:
+        return provider.origin  # (built once per provider)
     return ("https" if provider.tls else "http", provider.host, provider.port, egress)
