@@ -135,6 +135,12 @@ def _ambiguous(count: int) -> Unauthorized:
 
 def _header_credential(name: bytes, value: bytes) -> Credential:
     if name == b"authorization":
+        if value[:7] == b"Bearer ":
+            token = value[7:]
+            if token and not token.translate(None, _PRINTABLE):
+                # The usual "Bearer <token>": what the rules below make of it, in two C calls
+                # instead of eight (a firewall request's credential, every request).
+                return Credential(token, b"authorization: " + value + b"\r\n")
         scheme, _, rest = value.strip(b" \t").partition(b" ")
         token = rest.strip(b" \t")
         if scheme.lower() != b"bearer" or not token:
