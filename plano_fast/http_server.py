@@ -468,7 +468,9 @@ class ServerProtocol(asyncio.Protocol):
         #: the next timeout (loop time; 0 = none), checked by the shared DeadlineClock
         self.deadline = 0.0
         self._clock = clock
-        self._on_timeout: Callable[[], None] = self._on_head_timeout
+        #: what ``on_deadline`` calls, an unbound method of this class (a bound one would
+        #: be a new object at every arming, i.e. on every request)
+        self._on_timeout: Callable[[ServerProtocol], None] = ServerProtocol._on_head_timeout
         self._reading_paused = False
         self._writing_paused = False
         self._expect_continue = False
@@ -493,7 +495,7 @@ class ServerProtocol(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(CLIENT_WRITE_HIGH_WATER, CLIENT_WRITE_LOW_WATER)
         self._clock.add(self)
-        self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
+        self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -557,7 +559,11 @@ class ServerProtocol(asyncio.Protocol):
                 # Connection: close -- the client sends nothing after this request
                 # (RFC 9112 9.6), so nothing after it is read.
                 self._broken = True
-            self._dispatch(Request(method, target, headers, body, keep_alive, forward))
+            request = Request(method, target, headers, body, keep_alive, forward)
+            if self._active is None:  # (_dispatch, inline: every plain request comes here)
+                self._start(request)
+            else:
+                self._dispatch(request)
             if self._broken or taken == len(data):
                 return taken
 
@@ -669,7 +675,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers = []
         # The head arrived in time; the body now gets the listener's request timeout.
         if self._active is None:
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         if self._expect_continue and self._active is None:
             if self._precheck is not None:
                 # Identify before inviting the body: a client with a bad key does not get
@@ -720,7 +726,7 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer, inline)
         responder = Responder(self, request.keep_alive and not self.draining)
         self._active = responder
         try:
@@ -789,14 +795,16 @@ class ServerProtocol(asyncio.Protocol):
             if not self._pending:
                 self._resume_reading()
             return
-        self._resume_reading()
+        if self._reading_paused:
+            self._resume_reading()
         if self._headers_done:
             # The next request's head is in; its body is still arriving.
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         elif self._msg_started:
-            self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
-        else:
-            self._arm(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+            self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
+        else:  # the usual keep-alive wait (``_arm``, inline: after every answer)
+            self.deadline = self.loop.time() + self._limits.keepalive_timeout_s
+            self._on_timeout = ServerProtocol._on_idle_timeout
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
@@ -836,7 +844,7 @@ class ServerProtocol(asyncio.Protocol):
         return self._active
 
     # -- timers and reading -----------------------------------------------------------
-    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _arm(self, delay_s: float, callback: Callable[[ServerProtocol], None]) -> None:
         self.deadline = self.loop.time() + delay_s
         self._on_timeout = callback
 
@@ -844,7 +852,7 @@ class ServerProtocol(asyncio.Protocol):
         self.deadline = 0.0
 
     def on_deadline(self) -> None:
-        self._on_timeout()
+        self._on_timeout(self)
 
     def _on_head_timeout(self) -> None:
         if self._active is None and not self.lost:

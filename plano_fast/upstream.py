@@ -317,7 +317,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _message_complete(self, keep_alive: bool) -> None:
         sink = self._sink
         self._sink = None
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer, inline)
         keep = keep_alive and not self.closed
         if keep:
             # llhttp starts the next message on the same parser (a new one per response
