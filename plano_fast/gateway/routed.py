@@ -68,7 +68,8 @@ class RoutedExchange(RetryingExchange):
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
     ) -> None:
-        super().__init__(ctx, request, responder)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        RetryingExchange.__init__(self, ctx, request, responder)
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
@@ -184,7 +185,7 @@ class RoutedExchange(RetryingExchange):
             self._name_detections(body_filter.found)
             self._complete(outcome)
             return
-        super()._finish(outcome, tail)
+        RetryingExchange._finish(self, outcome, tail)
 
     def _name_detections(self, names: list[str]) -> None:
         """Response detections, beside the request's, in the access log's list."""

@@ -131,7 +131,8 @@ class FirewallExchange(Exchange):
             self.ctx.unbilled_requests += 1
             if outcome == STATUS_NOT_BILLABLE:
                 outcome = STATUS_UNBILLED
-        super()._settle(outcome, http_status)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        Exchange._settle(self, outcome, http_status)
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         ctx = self.ctx
