@@ -150,7 +150,9 @@ class RoutedExchange(RetryingExchange):
             checks = self.ctx.response_checks
             if checks is not None:
                 self._check_response(checks, fields.stream)
-        client = client_headers(self)
+        client = self.client  # (read once already by identify_caller, in config mode)
+        if client is None:
+            client = client_headers(self)
         query = client.query
         self.upstream_data = upstream_request(
             client,
