@@ -1,22 +1,13 @@
 """The one-credential rules (plano_fast.credentials) on their own: the usual
-``Authorization: Bearer <token>`` short cut gives what the general rules give."""
+``Authorization: Bearer <token>`` short cut gives what the general rules
+(``_bearer_credential``) give."""
 
 from __future__ import annotations
 
 import pytest
 
-from plano_fast.credentials import Credential, _check_token, _header_credential
+from plano_fast.credentials import Credential, _bearer_credential, _header_credential
 from plano_fast.errors import Unauthorized
-
-
-def _general(value: bytes) -> Credential:
-    """The general rules for an Authorization value (the short cut's reference)."""
-    scheme, _, rest = value.strip(b" \t").partition(b" ")
-    token = rest.strip(b" \t")
-    if scheme.lower() != b"bearer" or not token:
-        raise Unauthorized("the Authorization header must be 'Bearer <key>'")
-    _check_token(token)
-    return Credential(token, b"authorization: Bearer " + token + b"\r\n")
 
 
 VALUES = [
@@ -29,7 +20,7 @@ VALUES = [
 @pytest.mark.parametrize("value", VALUES)
 def test_authorization_short_cut_agrees_with_the_general_rules(value: bytes) -> None:
     try:
-        expected: Credential | str = _general(value)
+        expected: Credential | str = _bearer_credential(value)
     except Unauthorized as exc:
         expected = str(exc)
     try:
