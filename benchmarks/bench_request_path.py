@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -134,6 +135,8 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     os.environ.update(prepared["env"])
     gw = Gateway(load_config(prepared["config"]), port=0)
     await gw.start()
+    gc.collect()  # as `plano_fast serve` does after start-up (plano_fast/cli.py)
+    gc.freeze()
     for _ in range(500):  # the registry and budgets load in tasks
         if gw.store_ready and (not gw.firewall or (gw.registry.ready and gw.billing.budget.ready)):
             break
@@ -165,6 +168,7 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     for _ in range(200):
         one()
     assert proto.idle and not proto.lost, "the warm-up requests were not answered"
+    gc.collect()  # every run's window starts from the same collector state
     if profile is not None:
         profiler = cProfile.Profile()
         profiler.enable()
