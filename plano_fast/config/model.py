@@ -113,9 +113,12 @@ class ModelProvider:
     #: -> the provider path serving it as bytes, None where it has none (the chat path as
     #: written when ``model_in_path``: gateway.endpoints.upstream_path fills the model in)
     upstream_paths: dict[str, bytes | None] = field(init=False, repr=False, compare=False)
+    #: ``host: <host_header>\r\n``, the upstream head's Host line
+    host_line: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", ("https" if self.tls else "http", self.host, self.port, None))
+        object.__setattr__(self, "host_line", b"host: " + self.host_header.encode() + b"\r\n")
         messages = self.messages_path
         paths = {
             "chat_completions": self.chat_completions_path,
