@@ -1,5 +1,6 @@
 """Build script for the optional Cython helpers (the byte scanner, the header relay, the
-request fast path, the DLP detectors, the metrics accumulator and access-log writer).
+request fast path, the DLP detectors, the metrics accumulator and access-log writer, the
+usage pricer).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
@@ -59,7 +60,9 @@ def _extensions() -> list[Extension]:
             Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
                       depends=WIRE_DEPENDS)
             for name in ("_scan", "_head", "_request", "_dlp", "_obs")
-        ],
+        ]
+        # the usage pricer (twin plano_fast/billing/_price_py.py)
+        + [Extension("plano_fast.billing._price", ["plano_fast/billing/_price.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -15,17 +15,29 @@ per managed request; neither builds a dict or an intermediate object beyond the 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
+from plano_fast.billing import _price_py
 from plano_fast.pricing import PricingRegistry, Quote
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.usage import UsageEvent
+from plano_fast.wire import PURE_ENV
 
-_FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
-"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
+_price_of_event: Callable[[PricingRegistry, UsageEvent], tuple[int, bool, str] | None]
+"""``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
+built): the compiled pricer (``plano_fast/billing/_price.pyx``, ~1/5 of the twin's
+instructions an event) where it is built and wanted, else its twin ``_price_py``."""
+try:
+    if os.environ.get(PURE_ENV) == "1":
+        raise ImportError(PURE_ENV)
+    from plano_fast.billing._price import price_of_event as _price_of_event
 
-_FREE: Final = (0, False, "")
+    PRICE_IMPLEMENTATION: Final = "cython"
+except ImportError:
+    _price_of_event = _price_py.price_of_event
+    PRICE_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
 
 
 class Counted(Protocol):
@@ -66,27 +78,6 @@ def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     be priced."""
     priced = _price_of_event(pricing, event)
     return None if priced is None else Quote(*priced)
-
-
-def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
-    """``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
-    built: the drain's form, see ``PricingRegistry.price_counts``)."""
-    if event.status in _FREE_STATUSES:
-        return _FREE
-    if not event.has_usage:
-        # A provider error or a failed connection bills nothing; a successful response
-        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
-        # it stays unpriced and visible, never silently zero.
-        return _FREE if event.http_status >= 400 else None
-    model = event.model
-    if model is None:
-        return None
-    # quote_usage's call, inlined (one frame less per event on the drain)
-    return pricing.price_counts(
-        event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
-        event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
-        event.audio_input_tokens, event.audio_output_tokens,
-    )  # fmt: skip
 
 
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
