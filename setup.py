@@ -61,8 +61,8 @@ def _extensions() -> list[Extension]:
                       depends=WIRE_DEPENDS)
             for name in ("_scan", "_head", "_request", "_dlp", "_obs")
         ]
-        # the usage pricer (twin plano_fast/billing/_price_py.py)
-        + [Extension("plano_fast.billing._price", ["plano_fast/billing/_price.pyx"], extra_compile_args=["-O3"])],
+        # the flusher's per-event work: pricing, rows, journal fields (twin plano_fast/billing/_drain_py.py)
+        + [Extension("plano_fast.billing._drain", ["plano_fast/billing/_drain.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -9,35 +9,22 @@ pricers (``quote_usage`` on stored rows: ``PriceCalculator``, ``usage reprice``)
 through these functions, so a new usage column is priced and carried in one place.
 
 Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
-per managed request; neither builds a dict or an intermediate object beyond the ``Quote``.
+per managed request: both are ``plano_fast.billing.drain``'s (compiled where built), and
+build no dict or intermediate object beyond the price tuple.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import Protocol
 
-from plano_fast.billing import _price_py
+from plano_fast.billing.drain import price_of_event as _price_of_event
+from plano_fast.billing.drain import rows_of_events
 from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
-from plano_fast.wire import PURE_ENV
 
-_price_of_event: Callable[[PricingRegistry, UsageEvent], tuple[int, bool, str] | None]
-"""``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
-built): the compiled pricer (``plano_fast/billing/_price.pyx``, ~1/5 of the twin's
-instructions an event) where it is built and wanted, else its twin ``_price_py``."""
-try:
-    if os.environ.get(PURE_ENV) == "1":
-        raise ImportError(PURE_ENV)
-    from plano_fast.billing._price import price_of_event as _price_of_event
-
-    PRICE_IMPLEMENTATION: Final = "cython"
-except ImportError:
-    _price_of_event = _price_py.price_of_event
-    PRICE_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
+__all__ = ["Counted", "price_event", "quote_event", "quote_usage", "row_of_event", "rows_of_events"]
 
 
 class Counted(Protocol):
@@ -88,45 +75,8 @@ def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
 
 def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
     """The usage row of one event, priced when it can be (status and price entry set).
-    Managed mode's synchronous settle calls it once per request: no ``Quote`` built."""
-    priced = _price_of_event(pricing, event)
-    if priced is None:
-        return _from_event(event)
-    cost, partial, entry = priced
-    return _from_event(
-        event,
-        cost_nano_usd=cost,
-        price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-        price_entry=entry or None,
-    )
-
-
-_from_event: Final = UsageRow.from_event  # bound once (a lookup and a method object less per call)
-
-
-def rows_of_events(
-    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
-) -> int:
-    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
-    how many rows are unpriced.  The flusher's loop: the same two calls per event as
-    ``row_of_event``, with the lookups hoisted."""
-    unpriced = 0
-    append = out.append
-    from_event = _from_event
-    price_of = _price_of_event
-    for e in events:
-        priced = price_of(pricing, e)
-        if priced is None:
-            unpriced += 1
-            append(from_event(e))
-        else:
-            cost, partial, entry = priced
-            append(
-                from_event(
-                    e,
-                    cost_nano_usd=cost,
-                    price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-                    price_entry=entry or None,
-                )
-            )
-    return unpriced
+    Managed mode's synchronous settle calls it once per request: the flusher's own
+    ``rows_of_events`` on one event (one path from event to row)."""
+    out: collections.deque[UsageRow] = collections.deque()
+    rows_of_events(pricing, (event,), out)
+    return out[0]

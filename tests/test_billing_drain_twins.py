@@ -1,13 +1,21 @@
-"""The usage pricer's twins (plano_fast.billing._price, compiled, and _price_py, pure)
-against each other and against the registry's own ``quote`` (the pricer before either:
+"""The drain's twins (plano_fast.billing._drain, compiled, and _drain_py, pure).
+
+Pricing: against each other and against the registry's own ``quote`` (the pricer before either:
 ``TokenCounts`` in, ``Quote`` out): every entry of the vendored price table (tiers, cache
 reads and writes, 1h writes, audio), the usage counts read from recorded provider traffic,
 custom prices, and generated counts and prices up to and past the compiled path's limits
 (2**62 per factor, a cost past 2**63), where it hands the event to the twin.  Equal
-results, or the same exception type."""
+results, or the same exception type.
+
+Rows and journal fields: the rows ``rows_of_events`` builds (every slot, the types too) and
+the tuple ``event_fields`` reads, on generated events, equal between the twins and to
+``UsageRow.from_event`` / ``dataclasses.astuple``; an event with an unset slot or of
+another class gets the twin's behaviour (its AttributeError, or ``getattr``)."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
 from types import ModuleType
 from typing import Any
@@ -16,8 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plano_fast.billing import _price_py, rows
+from plano_fast.billing import _drain_py, drain
 from plano_fast.pricing import ModelPrice, PriceTier, PricingRegistry, TokenCounts, load_default_prices
+from plano_fast.store.records import UsageRow
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
     STATUS_NOT_BILLABLE,
@@ -28,15 +37,15 @@ from plano_fast.usage import (
 )
 
 try:
-    from plano_fast.billing import _price as _compiled_price
+    from plano_fast.billing import _drain as _compiled_drain
 except ImportError:  # the extension is not built: only the twin is tested
-    _compiled_price = None  # type: ignore[assignment]
+    _compiled_drain = None  # type: ignore[assignment]
 
 if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
-    assert _compiled_price is not None, "the compiled pricer was not built"
-    assert rows.PRICE_IMPLEMENTATION == "cython"
+    assert _compiled_drain is not None, "the compiled drain was not built"
+    assert drain.DRAIN_IMPLEMENTATION == "cython"
 
-MODULES: list[ModuleType] = [_price_py] + ([_compiled_price] if _compiled_price is not None else [])
+MODULES: list[ModuleType] = [_drain_py] + ([_compiled_drain] if _compiled_drain is not None else [])
 IDS = ["python", "cython"][: len(MODULES)]
 TABLE = load_default_prices()
 COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -188,3 +197,116 @@ def test_generated_counts_and_prices_agree(
         assert result == _reference(pricing, event)
     else:
         assert result in (TypeError, ValueError)
+
+
+# ------------------------------------------------------------------------- rows and fields
+
+TEXT = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["ok", "lone \udc80", "日本語"]))
+DURATION = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=False), st.floats(0, 10**7),
+    st.sampled_from([0.0, 0.0005, 0.0015, 0.0025, 2.5e-4, 1e15, 9.3e15, -1.0]), st.integers(-5, 10**6),
+)  # fmt: skip
+SMALL = st.one_of(st.integers(0, 3), st.integers(0, 10**6))
+EVENTS = st.builds(
+    UsageEvent,
+    request_id=st.text(min_size=1, max_size=8), time_ns=st.integers(0, 2**63 - 1),
+    provider=st.sampled_from(["openai", "anthropic", "gemini", "gen"]),
+    model=st.one_of(st.none(), st.sampled_from(["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "m"])),
+    streaming=st.booleans(),
+    status=st.sampled_from([STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, STATUS_NOT_BILLABLE]),
+    http_status=st.sampled_from([200, 400, 500]), input_tokens=SMALL, output_tokens=SMALL,
+    cache_read_tokens=SMALL, cache_write_tokens=SMALL, reasoning_tokens=SMALL, has_usage=st.booleans(),
+    project_id=TEXT, key_hash=TEXT, user_id=TEXT, token_id=TEXT, duration_ms=DURATION,
+    wire_format=st.sampled_from(["openai", "anthropic"]), tool_use_prompt_tokens=SMALL,
+    cache_write_1h_tokens=SMALL, audio_input_tokens=SMALL, audio_output_tokens=SMALL, usage_raw=TEXT,
+    usage_api=TEXT, reservation_overrun_nano_usd=st.one_of(st.just(0), SMALL, st.none()),
+    requested_model=TEXT, attempts=st.integers(0, 3), attempt_trail=TEXT,
+)  # fmt: skip
+
+
+def _slots(row: UsageRow) -> list[tuple[Any, type]]:
+    return [(getattr(row, f.name), type(getattr(row, f.name))) for f in dataclasses.fields(UsageRow)]
+
+
+def _rows(module: ModuleType, pricing: PricingRegistry, events: list[UsageEvent]) -> Any:
+    out: collections.deque[UsageRow] = collections.deque()
+    try:
+        unpriced = module.rows_of_events(pricing, events, out)
+    except Exception as exc:  # noqa: BLE001 - the type is the result compared
+        return type(exc), [_slots(r) for r in out]
+    return unpriced, [_slots(r) for r in out]
+
+
+def _reference_rows(pricing: PricingRegistry, events: list[UsageEvent]) -> list[list[tuple[Any, type]]]:
+    """``UsageRow.from_event`` of each event, priced by the registry's quote."""
+    out = []
+    for e in events:
+        priced = None
+        if e.status in _drain_py.FREE_STATUSES or (not e.has_usage and e.http_status >= 400):
+            priced = (0, False, "")
+        elif e.has_usage and e.model is not None:
+            priced = _reference(pricing, e)
+        if priced is None:
+            row = UsageRow.from_event(e)
+        else:
+            row = UsageRow.from_event(e, cost_nano_usd=priced[0], price_status="priced_partial" if priced[1] else "priced",
+                                      price_entry=priced[2] or None)  # fmt: skip
+        out.append(_slots(row))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(EVENTS, max_size=6))
+def test_generated_events_make_the_same_rows_and_journal_fields(events: list[UsageEvent]) -> None:
+    pricing = PricingRegistry({**TABLE, ("gen", "m"): ModelPrice(3_000_000_000, 9, None, 7)})
+    results = [_rows(module, pricing, events) for module in MODULES]
+    assert all(r == results[0] for r in results), results
+    unpriced, made = results[0]
+    if unpriced in (OverflowError, ValueError):  # round() of a huge duration: the twin's error
+        return
+    assert made == _reference_rows(pricing, events)
+    assert unpriced == sum(1 for r in made if r[16][0] is False)  # the ``priced`` slot
+    for e in events:
+        fields = [module.event_fields(e) for module in MODULES]
+        assert all(f == dataclasses.astuple(e) for f in fields)
+        assert all(type(f) is tuple for f in fields)
+
+
+def test_durations_round_as_the_twin_does() -> None:
+    """round(ms * 1000) half to even, 0 up to 0.5 and for NaN; an infinite one raises."""
+    pricing = PricingRegistry()
+    for ms in (0.0, 0.0005, 0.0015, 0.0025, 0.00051, 1.0000005, 123.456, 9.2e15, 1e16, float("nan"), 3, 10**20):
+        event = _event("openai", "gpt-4o")
+        event.duration_ms = ms
+        made = [_rows(module, pricing, [event]) for module in MODULES]
+        assert all(m == made[0] for m in made), (ms, made)
+        assert made[0][1][0][18] == _slots(UsageRow.from_event(event))[18]
+    event = _event("openai", "gpt-4o")
+    event.duration_ms = float("inf")
+    assert all(_rows(module, pricing, [event])[0] is OverflowError for module in MODULES)
+
+
+class _OtherEvent:
+    """Not a UsageEvent: the compiled drain must read it through getattr."""
+
+    def __init__(self, event: UsageEvent) -> None:
+        for f in dataclasses.fields(UsageEvent):
+            setattr(self, f.name, getattr(event, f.name))
+
+
+def test_an_unset_slot_or_another_class_takes_the_twins_path() -> None:
+    pricing = PricingRegistry()
+    base = _event("openai", "gpt-4o-mini", (1000, 10, 0, 0, 0, 0, 0))
+    other: Any = _OtherEvent(base)
+    made = [_rows(module, pricing, [other]) for module in MODULES]
+    assert all(m == made[0] for m in made) and made[0][0] == 0
+    assert made[0][1] == _rows(_drain_py, pricing, [base])[1]
+    assert all(module.event_fields(other) == dataclasses.astuple(base) for module in MODULES)
+    unset = _event("openai", "gpt-4o-mini")
+    del unset.attempt_trail
+    assert all(_rows(module, pricing, [unset])[0] is AttributeError for module in MODULES)
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.event_fields(unset)
+    del unset.input_tokens
+    assert all(_outcome(module, pricing, unset) is AttributeError for module in MODULES)
