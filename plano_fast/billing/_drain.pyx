@@ -17,27 +17,24 @@ Two things make it cheap here:
   Anything else -- a count of another type, negative or past 2**62, a (provider, model) not
   resolved yet, a price past 2**62, a cost past 2**63 -- goes to the twin, which gives the
   result (or raises the error) itself.
-* The slots read and written in place.  ``UsageEvent`` and ``UsageRow`` are dataclasses with
-  ``__slots__``: each field is an object pointer at a fixed offset of the instance, which
-  its member descriptor names (``PyMemberDef.offset``, type ``T_OBJECT_EX``).  The offsets
-  are read from the descriptors at import (an import error, and so the twin, if either
-  class stops being one), and for an instance of exactly that class a field is read and
-  written where it is, as the descriptor's own ``__get__`` / ``__set__`` do
-  (``PyMember_GetOne`` / ``PyMember_SetOne``), without the attribute lookup around it
-  (~140 instructions a field).  An unset slot, or another class, takes ``getattr`` /
-  ``UsageRow.from_event``.
+* The slots read and written in place (``plano_fast/_slots.pxd``): ``UsageEvent`` and
+  ``UsageRow`` are dataclasses with ``__slots__``; their offsets are read at import (an
+  import error, and so the twin, if either class stops being one), and for an instance of
+  exactly that class a field is read or written where it is (~140 instructions a field
+  less).  An unset slot, or another class, takes ``getattr`` / ``UsageRow.from_event``.
 
 The two can only differ by a bug in the C below, which the twin tests look for
 (tests/test_billing_drain_twins.py).
 """
 
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
 from libc.math cimport nearbyint
 
-import types
+from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
 from plano_fast.billing._drain_py import EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
@@ -51,16 +48,6 @@ cdef extern from *:
     typedef __int128 pf_i128;
     """
     ctypedef long long pf_i128  # declared narrower for Cython; C sees __int128
-
-cdef extern from "structmember.h":
-    ctypedef struct PyMemberDef:
-        int type
-        Py_ssize_t offset
-    int T_OBJECT_EX
-
-cdef extern from "descrobject.h":
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef *d_member
 
 cdef long long _LIMIT = 1LL << 62
 cdef long long _MTOK = 1000000
@@ -80,17 +67,6 @@ cdef object _new_object = object.__new__
 
 
 # -------------------------------------------------------------------------------- slots
-
-cdef Py_ssize_t _offset(object cls, str name) except -1:
-    """The offset of ``cls``' slot ``name`` (ImportError: not a plain object slot)."""
-    descr = cls.__dict__.get(name)
-    if type(descr) is not types.MemberDescriptorType:
-        raise ImportError(f"{cls.__name__}.{name} is not a slot: the twin is used")
-    cdef PyMemberDef *member = (<PyMemberDescrObject*><PyObject*>descr).d_member
-    if member.type != T_OBJECT_EX:
-        raise ImportError(f"{cls.__name__}.{name} is not an object slot: the twin is used")
-    return member.offset
-
 
 ROW_FIELDS = (
     "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
@@ -141,28 +117,24 @@ if len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail" or E
 cdef Py_ssize_t EV[N_EVENT]
 cdef Py_ssize_t RW[N_ROW]
 for _i in range(N_EVENT):
-    EV[_i] = _offset(UsageEvent, EVENT_FIELDS[_i])
+    EV[_i] = slot_offset(UsageEvent, EVENT_FIELDS[_i])
 for _i in range(N_ROW):
-    RW[_i] = _offset(UsageRow, ROW_FIELDS[_i])
+    RW[_i] = slot_offset(UsageRow, ROW_FIELDS[_i])
 
 
 cdef inline object _ev(object event, int i):
     """Field ``i`` of an event: read in place for a ``UsageEvent``, else ``getattr``."""
     cdef PyObject *value
     if type(event) is _Event:
-        value = (<PyObject**>((<char*><PyObject*>event) + EV[i]))[0]
+        value = get_slot(event, EV[i])
         if value is not NULL:
             return <object>value
     return getattr(event, EVENT_FIELDS[i])  # another class, or an unset slot (its error)
 
 
 cdef inline void _put(object row, int i, object value):
-    """Set slot ``i`` of a ``UsageRow`` (as ``PyMember_SetOne`` does for T_OBJECT_EX)."""
-    cdef PyObject **slot = <PyObject**>((<char*><PyObject*>row) + RW[i])
-    cdef PyObject *old = slot[0]
-    Py_INCREF(value)
-    slot[0] = <PyObject*>value
-    Py_XDECREF(old)
+    """Set slot ``i`` of a ``UsageRow``."""
+    put_slot(row, RW[i], value)
 
 
 def event_fields(event):
@@ -171,13 +143,15 @@ def event_fields(event):
     cdef int i
     if type(event) is not _Event:
         return _event_fields_twin(event)
-    out = [None] * N_EVENT
     for i in range(N_EVENT):
-        value = (<PyObject**>((<char*><PyObject*>event) + EV[i]))[0]
-        if value is NULL:
+        if get_slot(event, EV[i]) is NULL:
             return _event_fields_twin(event)  # an unset slot: its AttributeError
-        out[i] = <object>value
-    return tuple(out)
+    out = PyTuple_New(N_EVENT)
+    for i in range(N_EVENT):
+        value = get_slot(event, EV[i])
+        Py_INCREF(<object>value)  # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(out, i, <object>value)
+    return out
 
 
 # -------------------------------------------------------------------------------- pricing
@@ -342,7 +316,7 @@ cdef object _row(object event, object cost, object status, object entry):
         return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
     cdef int i
     for i in range(N_EVENT):
-        if (<PyObject**>((<char*><PyObject*>event) + EV[i]))[0] is NULL:
+        if get_slot(event, EV[i]) is NULL:
             # an unset slot: the twin raises its AttributeError
             return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
     row = _new_object(_Row)

@@ -70,7 +70,9 @@ from plano_fast.store.sql import (
     reprice_values,
     written_price_status,
 )
+from plano_fast.store import _params_py
 from plano_fast.store.times import new_id
+from plano_fast.wire import PURE_ENV
 
 T = TypeVar("T")
 
@@ -272,52 +274,18 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
     return InvalidValue(msg)
 
 
-def _usage_params(row: UsageRow) -> tuple[object, ...]:
-    # Booleans are bound as the ints SQLite stores anyway: sqlite3 binds only exact int,
-    # float, str and None-free types directly and sends the rest through its adapter
-    # lookup, which formats and discards an AttributeError per value (~2,000 instructions).
-    priced = 1 if row.priced else 0
-    return (
-        row.request_id, row.time_ns, row.project_id, row.user_id, row.key_hash, row.token_id,
-        row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
-        row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
-        row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
-        written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
-        row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
-        row.price_entry, row.reservation_overrun_nano_usd, row.requested_model, row.attempts,
-        row.attempt_trail,
-    )  # fmt: skip
-
-
-def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
-    """The parameters of ``_multi_insert(len(rows))``: ``_usage_params`` of each row, flat."""
-    params: list[object] = []
-    add = params.extend
-    for r in rows:
-        if r.priced is True:  # the common shapes, without the per-row tuple and calls
-            add((
-                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
-                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 1, r.cost_nano_usd, r.duration_us,
-                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
-                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
-                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
-            ))  # fmt: skip
-        elif r.priced is False:
-            add((
-                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
-                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
-                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
-                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
-            ))  # fmt: skip
-        else:
-            add(_usage_params(r))
-    return params
+# The parameters of a chunk of rows: ``chunk_params`` of plano_fast/store/_params.pyx (the
+# rows' slots read in place, ~1/5 of the twin's instructions a row) where it is built, else
+# its twin's (plano_fast/store/_params_py.py, the specification).
+_chunk_params: Callable[[Sequence[UsageRow]], list[object]]
+if os.environ.get(PURE_ENV) == "1":
+    _chunk_params = _params_py.chunk_params
+else:
+    try:
+        from plano_fast.store._params import chunk_params as _chunk_params
+    except ImportError:
+        _chunk_params = _params_py.chunk_params
+_usage_params = _params_py.usage_params
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
