@@ -66,6 +66,9 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd"])]
         # the SQLite writer's parameters of a chunk of usage rows (twin plano_fast/store/_params_py.py)
         + [Extension("plano_fast.store._params", ["plano_fast/store/_params.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])]
+        # the request path's UsageEvent constructor (twin: the dataclass itself)
+        + [Extension("plano_fast._usage_event", ["plano_fast/_usage_event.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])],
         compiler_directives={
             "language_level": "3",
