@@ -171,20 +171,11 @@ cdef inline int _count(object value, long long *out):
 
 cdef inline int _rate(object value, long long *out, bint *absent):
     """1: None (``absent``) or an int in [0, 2**62] (``out``); 0: anything else."""
-    cdef int overflow = 0
-    cdef long long v
-    if value is None:
-        absent[0] = True
+    absent[0] = value is None
+    if absent[0]:
         out[0] = 0
         return 1
-    absent[0] = False
-    if type(value) is not int:
-        return 0
-    v = PyLong_AsLongLongAndOverflow(value, &overflow)
-    if overflow or v < 0 or v > _LIMIT:
-        return 0
-    out[0] = v
-    return 1
+    return _count(value, out)
 
 
 cdef int _price(object price, long long inp, long long out, long long cr, long long cw,
