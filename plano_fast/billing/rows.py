@@ -9,23 +9,22 @@ pricers (``quote_usage`` on stored rows: ``PriceCalculator``, ``usage reprice``)
 through these functions, so a new usage column is priced and carried in one place.
 
 Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
-per managed request; neither builds a dict or an intermediate object beyond the ``Quote``.
+per managed request: both are ``plano_fast.billing.drain``'s (compiled where built), and
+build no dict or intermediate object beyond the price tuple.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
-from typing import Final, Protocol
+from typing import Protocol
 
+from plano_fast.billing.drain import price_of_event as _price_of_event
+from plano_fast.billing.drain import rows_of_events
 from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.store.records import UsageRow
+from plano_fast.usage import UsageEvent
 
-_FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
-"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
-
-_FREE: Final = (0, False, "")
+__all__ = ["Counted", "price_event", "quote_event", "quote_usage", "row_of_event", "rows_of_events"]
 
 
 class Counted(Protocol):
@@ -68,27 +67,6 @@ def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     return None if priced is None else Quote(*priced)
 
 
-def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
-    """``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
-    built: the drain's form, see ``PricingRegistry.price_counts``)."""
-    if event.status in _FREE_STATUSES:
-        return _FREE
-    if not event.has_usage:
-        # A provider error or a failed connection bills nothing; a successful response
-        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
-        # it stays unpriced and visible, never silently zero.
-        return _FREE if event.http_status >= 400 else None
-    model = event.model
-    if model is None:
-        return None
-    # quote_usage's call, inlined (one frame less per event on the drain)
-    return pricing.price_counts(
-        event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
-        event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
-        event.audio_input_tokens, event.audio_output_tokens,
-    )  # fmt: skip
-
-
 def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
     """Cost of one event in nano-USD, or None when it cannot be priced."""
     priced = _price_of_event(pricing, event)
@@ -97,45 +75,8 @@ def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
 
 def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
     """The usage row of one event, priced when it can be (status and price entry set).
-    Managed mode's synchronous settle calls it once per request: no ``Quote`` built."""
-    priced = _price_of_event(pricing, event)
-    if priced is None:
-        return _from_event(event)
-    cost, partial, entry = priced
-    return _from_event(
-        event,
-        cost_nano_usd=cost,
-        price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-        price_entry=entry or None,
-    )
-
-
-_from_event: Final = UsageRow.from_event  # bound once (a lookup and a method object less per call)
-
-
-def rows_of_events(
-    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
-) -> int:
-    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
-    how many rows are unpriced.  The flusher's loop: the same two calls per event as
-    ``row_of_event``, with the lookups hoisted."""
-    unpriced = 0
-    append = out.append
-    from_event = _from_event
-    price_of = _price_of_event
-    for e in events:
-        priced = price_of(pricing, e)
-        if priced is None:
-            unpriced += 1
-            append(from_event(e))
-        else:
-            cost, partial, entry = priced
-            append(
-                from_event(
-                    e,
-                    cost_nano_usd=cost,
-                    price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-                    price_entry=entry or None,
-                )
-            )
-    return unpriced
+    Managed mode's synchronous settle calls it once per request: the flusher's own
+    ``rows_of_events`` on one event (one path from event to row)."""
+    out: collections.deque[UsageRow] = collections.deque()
+    rows_of_events(pricing, (event,), out)
+    return out[0]

@@ -50,6 +50,7 @@ from plano_fast.usage import (
     USAGE_API_NAMES,
     UsageEvent,
     UsageSink,
+    new_usage_event,
 )
 
 if TYPE_CHECKING:
@@ -839,8 +840,9 @@ class Exchange:
             )  # fmt: skip
         usage = scanner.result()
         raw = scanner.raw_usage()
-        # Positional in UsageEvent's field order (one call, no per-field assignments).
-        return UsageEvent(
+        # Every field, positional in UsageEvent's field order: the compiled constructor
+        # (plano_fast.usage.new_usage_event, ~1k instructions against ~5.6k).
+        return new_usage_event(
             self.request_id, started_ns, self.provider_id, usage.model or self.model,
             self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
             usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,
