@@ -51,6 +51,7 @@ from plano_fast.store.sql import (
     Stmt,
     check_targets,
     normalize_usage,
+    normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
     reprice_values,
@@ -557,7 +558,7 @@ class PostgresStore(SqlStore):
         ) or super().rejects_data(exc)
 
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
-        batch = normalize_usage(rows)
+        batch = await normalize_usage_sliced(rows)
         if not batch:
             return 0
         # Insert in one global order, so concurrent batches that overlap (replays) wait on
