@@ -676,7 +676,7 @@ class _GatewayAdmin:
             # numbers): a file only ever moves forward, so two scrapes landing on two
             # workers never see a counter go down (Prometheus would take that for a reset
             # and count the whole value again in rate()/increase()).
-            for snapshot in read_snapshots(gw.metrics_dir, None):
+            for snapshot in read_snapshots(gw.metrics_dir):
                 merged.add(snapshot)
         return render(merged)
 
