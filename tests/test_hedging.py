@@ -155,24 +155,29 @@ def test_a_first_attempt_failing_while_its_hedge_is_in_flight_adopts_the_hedge(
     assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 0
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 def test_a_first_attempt_timing_out_while_its_hedge_is_in_flight_adopts_the_hedge(
-    hedged: Any, fake: FakeProviderThread
+    hedged: Any, fake: FakeProviderThread, pooled: bool
 ) -> None:
     """The same when the first attempt fails with no response at all (its first-byte
     timeout of 300 ms fires while the hedge, sent at 100 ms, is still waiting for its
-    answer): one request per target, the hedge's answer relayed."""
+    answer): one request per target, the hedge's answer relayed.  ``pooled``: a request
+    before leaves an idle connection, so the first attempt is sent at once (the exchange
+    lives in callbacks, no task) rather than from a task that opens a connection."""
     gateway, sqlite_path = hedged
-    fake.clear()
-    fake.faults.add(Fault("stall", stall_ms=3000), 1, model="o3-mini")
-    fake.faults.add(Fault("stall", stall_ms=700), 1, model="gpt-4o-mini")
-    try:
-        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        if pooled:
+            client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+        fake.clear()
+        fake.faults.add(Fault("stall", stall_ms=3000), 1, model="o3-mini")
+        fake.faults.add(Fault("stall", stall_ms=700), 1, model="gpt-4o-mini")
+        try:
             reply = client.chat.completions.create(model="o3-mini", messages=[{"role": "user", "content": "hi"}])
-    finally:
-        fake.faults.clear()
+        finally:
+            fake.faults.clear()
     assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
     assert [r.json()["model"] for r in calls(fake)] == ["o3-mini", "gpt-4o-mini"]
-    (row,) = rows_for(sqlite_path, 1)
+    (row,) = [r for r in rows_for(sqlite_path, 1 + pooled) if r.model != "gpt-4.1-mini"]
     assert row.model == "gpt-4o-mini" and row.status == "ok"
     assert (row.attempts, row.attempt_trail) == (2, "timeout,200")
 
