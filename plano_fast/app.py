@@ -550,7 +550,7 @@ class Gateway:
         """Dispatch by path (plano_fast.gateway.dispatch); forwarded endpoints become an
         Exchange (see Exchange.start).  A refusal (GatewayError, raised here or later by
         the exchange's task) is answered by the server in the client's format and counted
-        by :meth:`_count_refusal`."""
+        by :meth:`_refusal` (errors_total, and its access-log line)."""
         return dispatch(self, request, responder)
 
     def _refusal(self, exc: GatewayError, path: bytes | None, responder: Responder | None) -> None:
