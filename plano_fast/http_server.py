@@ -81,6 +81,10 @@ if TYPE_CHECKING:
     #: What a handler returns: None when it answered, or handed the exchange to callbacks,
     #: synchronously; a coroutine to run as a task when it has to wait for something.
     Pending = Coroutine[Any, Any, None] | None
+    #: Told of a refusal the server answers: the error, the request's path without its
+    #: query (None when the request line was not read), the responder answering it (None
+    #: when the refusal gets no answer: bytes after a request still being answered).
+    OnRefusal = Callable[[GatewayError, bytes | None, "Responder | None"], None]
 
 Header = tuple[bytes, bytes]
 #: what ``wire.forward_request_headers`` returns: (block, seen anthropic-version, seen
@@ -229,7 +233,10 @@ class Responder:
         "bytes_sent",
         "_out",
         "on_client_gone",
+        "logged",
     )
+    #: (a slot set only by ``peer``: unset means False, read with getattr; no store per request)
+    logged: bool
 
     def __init__(self, proto: ServerProtocol, keep_alive: bool) -> None:
         self._out: list[bytes | memoryview] = []
@@ -375,9 +382,12 @@ class Responder:
         return not self._proto.lost
 
     def peer(self) -> str:
-        """The client's address as "host:port" ("" when unknown): for the access log.
+        """The client's address as "host:port" ("" when unknown): for this request's
+        access-log line, which taking it notes (``logged``: a refusal answered later gets
+        no second line, see ``ServerProtocol``'s ``on_refusal``).
         Once per connection (uvloop's get_extra_info("peername") and the formatting cost
         ~5.6k instructions, ~2% of a firewall request, on every request otherwise)."""
+        self.logged = True
         proto = self._proto
         try:
             text = proto.peer_text
@@ -435,7 +445,7 @@ class ServerProtocol(asyncio.Protocol):
         "draining",
         "lost",
         "tasks",
-        "_on_error",
+        "_on_refusal",
         "peer_text",
     )
 
@@ -446,13 +456,13 @@ class ServerProtocol(asyncio.Protocol):
         clock: DeadlineClock,
         on_close: Callable[[ServerProtocol], None] | None = None,
         precheck: Callable[[Request], None] | None = None,
-        on_error: Callable[[GatewayError], None] | None = None,
+        on_refusal: OnRefusal | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handler = handler
-        #: told of every refusal answered here (the gateway counts them by type in /metrics);
-        #: runs on errors only
-        self._on_error = on_error
+        #: told of every refusal answered here (the gateway counts them by type in /metrics
+        #: and gives each answer without an access-log line its line); runs on errors only
+        self._on_refusal = on_refusal
         #: run on a head that asks for 100-continue, before the body is invited: raises a
         #: GatewayError to refuse (the body is then never read; the connection closes)
         self._precheck = precheck
@@ -743,8 +753,8 @@ class ServerProtocol(asyncio.Protocol):
         try:
             pending = self._handler(request, responder)
         except GatewayError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
+            if self._on_refusal is not None:
+                self._on_refusal(exc, request.path, responder)
             responder.send_error(exc, request.api_format)
             return
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
@@ -766,7 +776,10 @@ class ServerProtocol(asyncio.Protocol):
         self.loop.call_exception_handler(
             {"message": "unhandled error in request handler", "exception": exc}
         )
-        responder.send_error(GatewayError("internal gateway error"), request.api_format)
+        error = GatewayError("internal gateway error")
+        if self._on_refusal is not None:
+            self._on_refusal(error, request.path, responder)
+        responder.send_error(error, request.api_format)
 
     async def _run(
         self, pending: Coroutine[Any, Any, None], request: Request, responder: Responder
@@ -778,8 +791,8 @@ class ServerProtocol(asyncio.Protocol):
                 responder.abort()
             raise
         except GatewayError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
+            if self._on_refusal is not None:
+                self._on_refusal(exc, request.path, responder)
             responder.send_error(exc, request.api_format)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
             self._handler_bug(exc, request, responder)
@@ -825,20 +838,23 @@ class ServerProtocol(asyncio.Protocol):
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
-        if self._on_error is not None:
-            self._on_error(error)
         self._broken = True
         self._cancel_timer()
         self._pause_reading()
-        fmt = api_format_for_path(self._url.partition(b"?")[0]) if self._url else ApiFormat.OPENAI
+        path = self._url.partition(b"?")[0] if self._url else None
+        on_refusal = self._on_refusal
         if self._active is not None:
             # An exchange is still answering an earlier request; the client's later bytes
             # are garbage, so finish that answer and close.
+            if on_refusal is not None:
+                on_refusal(error, path, None)
             self._active._close_after = True
             return
         responder = Responder(self, keep_alive=False)
         self._active = responder
-        responder.send_error(error, fmt)
+        if on_refusal is not None:
+            on_refusal(error, path, responder)
+        responder.send_error(error, api_format_for_path(path) if path else ApiFormat.OPENAI)
 
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:

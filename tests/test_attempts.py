@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ from plano_fast.store.base import REQUIRED_SCHEMA_VERSION
 from plano_fast.store.migrate import load_migrations, migrate
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess, write_config
+from tests.raw_upstream import RawUpstream
 from tests.test_billing_e2e import read_rows
 from tests.test_store import Backend, all_usage, backend, usage  # noqa: F401
 
@@ -198,50 +198,17 @@ _ANSWER = (b'{"id":"c","object":"chat.completion","created":1,"model":"gpt-close
            b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')  # fmt: skip
 
 
-class CloseSecondServer:
+class CloseSecondServer(RawUpstream):
     """An upstream that answers the first request of each connection (kept alive) and
     closes the connection, without a byte, when a second one arrives on it: what a
     provider's idle-connection reaper does to a pooled connection at the wrong moment."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf, answered = b"", False
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-                head, sep, rest = buf.partition(b"\r\n\r\n")
-                if not sep:
-                    continue
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
-                if len(rest) < length:
-                    continue
-                buf = rest[length:]
-                if answered:
-                    return  # the second request on this connection: closed unanswered
-                answered = True
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                             % (len(_ANSWER), _ANSWER))  # fmt: skip
-
-    def close(self) -> None:
-        self.sock.close()
+    def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
+        if on_connection:
+            return False  # the second request on this connection: closed unanswered
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(_ANSWER), _ANSWER))  # fmt: skip
+        return True
 
 
 ADMIN_KEY = "admin-key-for-attempt-tests-0000000"

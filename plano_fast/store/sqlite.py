@@ -65,6 +65,7 @@ from plano_fast.store.sql import (
     counter_deltas,
     deltas_of_day_sums,
     normalize_usage,
+    normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
     reprice_values,
@@ -109,25 +110,6 @@ _INSERT_USAGE = (
 _INSERT_CHUNK = 32
 _INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("?" * _USAGE_WIDTH) + ")")
 _ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
-
-
-#: Rows validated per synchronous stretch of the loop before a usage write: a flush of
-#: 1,000 rows validated at once was ~0.25 ms of one stretch, with the transaction's first
-#: INSERT after it (benchmarks/tail_probe.py --hooks, issue 27).
-_NORMALIZE_SLICE = 256
-
-
-async def _normalize_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
-    """``normalize_usage`` a slice at a time, the loop running in between."""
-    if len(rows) <= _NORMALIZE_SLICE:
-        return normalize_usage(rows)
-    seen: set[str] = set()
-    out: list[UsageRow] = []
-    for start in range(0, len(rows), _NORMALIZE_SLICE):
-        if start:
-            await asyncio.sleep(0)
-        out += normalize_usage(rows[start : start + _NORMALIZE_SLICE], seen)
-    return out
 
 
 @functools.cache
@@ -633,7 +615,7 @@ class SqliteStore(SqlStore):
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        batch = await _normalize_sliced(rows)
+        batch = await normalize_usage_sliced(rows)
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 

@@ -260,22 +260,8 @@ def forward_request_headers(list headers not None):
 
 # --------------------------------------------------------------------------- the response fast path
 
-# RFC 9110 5.6.2 tchar (header names); field-value bytes (visible, SP, HTAB, obs-text).
-cdef unsigned char R_TCHAR[256]
-cdef unsigned char R_VALUE[256]
-
-
-cdef void _init_response_tables():
-    cdef int c
-    for c in range(256):
-        R_TCHAR[c] = 0
-        R_VALUE[c] = 1 if c >= 32 and c != 127 else 0
-    for c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
-        R_TCHAR[c] = 1
-    R_VALUE[9] = 1
-
-
-_init_response_tables()
+# TCHAR (header names) and VALUE (field-value bytes), shared with _request.pyx
+include "_header_chars.pxi"
 
 
 cdef uint64_t ONES_01 = 0x0101010101010101ULL
@@ -299,7 +285,7 @@ cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize
                 break
             i += 8
         e = i + 8 if i + 8 < n else n
-        while i < e and R_VALUE[s[i]]:
+        while i < e and VALUE[s[i]]:
             i += 1
         if i < e or i >= n:
             return i
@@ -352,7 +338,7 @@ def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
                 i += 2
                 break
             a = i
-            while i < limit and R_TCHAR[s[i]]:
+            while i < limit and TCHAR[s[i]]:
                 i += 1
             if i == a or i >= limit or s[i] != 58:
                 return None  # obs-fold, whitespace before the colon, a bad name byte
