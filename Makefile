@@ -8,7 +8,7 @@ CONFIG ?= examples/plano_config.yaml
 
 .PHONY: run test env bench bench-quick bench-smoke clean
 
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/wire/*.pyx plano_fast/wire/*.pxi plano_fast/wire/*.pxd plano_fast/wire/*.h)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/*.pyx plano_fast/*.pxd plano_fast/*/*.pyx plano_fast/*/*.pxi plano_fast/*/*.pxd plano_fast/wire/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the build requirements (pinned in pyproject.toml) for the in-place build below

@@ -1,5 +1,6 @@
 """Build script for the optional Cython helpers (the byte scanner, the header relay, the
-request fast path, the DLP detectors, the metrics accumulator and access-log writer).
+request fast path, the DLP detectors, the metrics accumulator and access-log writer, the
+usage drain -- pricing, rows, journal fields -- and the SQLite writer's row parameters).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
@@ -59,7 +60,16 @@ def _extensions() -> list[Extension]:
             Extension(f"plano_fast.wire.{name}", [f"plano_fast/wire/{name}.pyx"], extra_compile_args=["-O3"],
                       depends=WIRE_DEPENDS)
             for name in ("_scan", "_head", "_request", "_dlp", "_obs")
-        ],
+        ]
+        # the flusher's per-event work: pricing, rows, journal fields (twin plano_fast/billing/_drain_py.py)
+        + [Extension("plano_fast.billing._drain", ["plano_fast/billing/_drain.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])]
+        # the SQLite writer's parameters of a chunk of usage rows (twin plano_fast/store/_params_py.py)
+        + [Extension("plano_fast.store._params", ["plano_fast/store/_params.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])]
+        # the request path's UsageEvent constructor (twin: the dataclass itself)
+        + [Extension("plano_fast._usage_event", ["plano_fast/_usage_event.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

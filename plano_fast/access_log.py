@@ -12,6 +12,12 @@ Fields: ``time`` (RFC 3339, UTC, ms), ``request_id``, ``mode``, ``project``, ``k
 ``attempts``, ``attempt_trail`` (with more than one attempt, each one's status or error
 kind: the usage row's), ``client``, ``guardrails`` (the detectors that matched, never the text),
 ``route`` (the preference route that chose the model, or null).
+
+An answer the server gives before any mode handles the request -- an unparseable or
+oversized request, 404, 405, the store not open yet, a handler bug -- has its line too
+(:func:`refusal_record`): ``outcome`` ``refused``, ``mode`` null, ``endpoint`` the path
+(never its query string, where Gemini clients put their key), ``attempt_trail`` the error
+code, no key, no body.
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from plano_fast.wire import ACCESS_LOG_FIELDS, ACCESS_LOG_RECORD, access_log_lines
+
+if TYPE_CHECKING:
+    from plano_fast.errors import GatewayError
 
 log = logging.getLogger("plano_fast.access_log")
 
@@ -44,6 +54,24 @@ RECORD = ACCESS_LOG_RECORD
 #: loop's CPU each time: a stall five times a second, a p99 cost at concurrency 1
 #: (issue 27, benchmarks/tail_probe.py --hooks --access-log).
 LINES_PER_SLICE = 32
+
+
+#: a refused request's path, as its line's ``endpoint``, is cut to this many characters
+MAX_REFUSED_PATH_CHARS = 200
+
+
+def refusal_record(
+    error: GatewayError, path: bytes | None, request_id: str, client: str
+) -> tuple[Any, ...]:
+    """The RECORD of a refusal no mode's exchange logged (see the module docstring): only
+    what the server knows without identifying anyone -- the path without its query, the
+    status and code, the client's address."""
+    now_ns = time.time_ns()
+    endpoint = None if path is None else path[:MAX_REFUSED_PATH_CHARS].decode("latin-1")
+    return (
+        now_ns, request_id, None, None, None, None, None, endpoint, error.status, "refused",
+        False, None, None, None, None, now_ns, 0, 0, 0, client, None, None, error.code,
+    )  # fmt: skip
 
 
 class AccessLog:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from plano_fast.access_log import AccessLog
+from plano_fast.access_log import AccessLog, refusal_record
 from plano_fast import guardrails, ratelimit
 from plano_fast.guard_checks import parse_checks
 from plano_fast.guard_models import Guards
@@ -34,7 +34,7 @@ from plano_fast.failover import RetryPolicy, circuit_views
 from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, billing_snapshot, read_snapshots, render, write_snapshot
-from plano_fast.gateway.relay import ExchangeContext
+from plano_fast.gateway.relay import ExchangeContext, new_request_id
 from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.managed.context import ManagedContext
@@ -190,8 +190,7 @@ class Gateway:
         if opened:
             await self._start_billing()
         timeout_s = self.config.listener.timeout_s
-        first_byte_s = settings.upstream_first_byte_timeout_s or timeout_s
-        body_idle_s = settings.upstream_body_idle_timeout_s or timeout_s
+        timeouts = self.config.upstream_timeouts  # (connect, first byte, body idle)
         limits = self.limits
         self.clock = DeadlineClock(
             tick_for(
@@ -199,8 +198,7 @@ class Gateway:
                 limits.request_body_timeout_s,
                 limits.keepalive_timeout_s,
                 timeout_s,
-                first_byte_s,
-                body_idle_s,
+                *timeouts[1:],
                 # a provider's own first-byte / body-idle timeouts fire within a tick too
                 *(t for p in self.config.providers for t in p.timeouts[1:]),
             )
@@ -217,8 +215,7 @@ class Gateway:
             self.router,
             self.pool,
             self.billing.submit,
-            first_byte_s,
-            body_idle_s,
+            timeouts,
             registry=self.registry,
             budget=self.billing.budget,
             gone_drain_s=settings.client_gone_drain_s,
@@ -541,7 +538,7 @@ class Gateway:
     def _protocol_factory(self) -> ServerProtocol:
         proto = ServerProtocol(
             self.handle, self.limits, self.clock, self.connections.discard, self.precheck,
-            self._count_refusal,
+            self._refusal,
         )
         self.connections.add(proto)
         return proto
@@ -550,17 +547,23 @@ class Gateway:
         """Dispatch by path (plano_fast.gateway.dispatch); forwarded endpoints become an
         Exchange (see Exchange.start).  A refusal (GatewayError, raised here or later by
         the exchange's task) is answered by the server in the client's format and counted
-        by :meth:`_count_refusal`."""
+        by :meth:`_refusal` (errors_total, and its access-log line)."""
         return dispatch(self, request, responder)
 
-    def _count_refusal(self, exc: GatewayError) -> None:
-        """errors_total by type, for every refusal the server answers (parse errors,
-        auth, budgets, rate limits, ...).  Not an UpstreamError: the exchange that raises
-        one (a provider it could not reach) has settled itself, and its settle counted it
-        (``upstream`` or ``timeout``, Exchange.observe) -- once."""
-        if isinstance(exc, UpstreamError):
-            return
-        self.ctx.metrics.error(error_type(exc.status, exc.code))
+    def _refusal(self, exc: GatewayError, path: bytes | None, responder: Responder | None) -> None:
+        """Every refusal the server answers (parse errors, 404/405, auth, budgets, rate
+        limits, ...; the path of errors only): errors_total by type, and the answer's
+        access-log line unless it has one.  An exchange that refused or settled wrote its
+        own (with its mode, key hash and model; taking the client's address for it marked
+        the responder ``logged``); what no exchange logged -- a refusal before a mode
+        handles the request -- gets plano_fast.access_log.refusal_record.  Not counted: an
+        UpstreamError, whose exchange (a provider it could not reach) has settled itself,
+        and its settle counted it (``upstream`` or ``timeout``, Exchange.observe) -- once."""
+        if not isinstance(exc, UpstreamError):
+            self.ctx.metrics.error(error_type(exc.status, exc.code))
+        access_log = self.ctx.access_log
+        if access_log is not None and responder is not None and not getattr(responder, "logged", False):
+            access_log.record(refusal_record(exc, path, new_request_id(), responder.peer()))
 
     def precheck(self, request: Request) -> None:
         """A head that expects 100-continue (see plano_fast.gateway.dispatch.precheck)."""
@@ -670,7 +673,7 @@ class _GatewayAdmin:
             # numbers): a file only ever moves forward, so two scrapes landing on two
             # workers never see a counter go down (Prometheus would take that for a reset
             # and count the whole value again in rate()/increase()).
-            for snapshot in read_snapshots(gw.metrics_dir, None):
+            for snapshot in read_snapshots(gw.metrics_dir):
                 merged.add(snapshot)
         return render(merged)
 

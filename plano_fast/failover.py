@@ -183,6 +183,23 @@ class RetryPlan(Generic[T]):
             return None
         return self._pick(self.policy.default_strategy, healthy)
 
+    def adopt(self, index: int, status: int | None, healthy: frozenset[int] | None = None) -> bool:
+        """The current attempt failed (``status`` None: no response) while a hedge to
+        ``index`` is in flight (already counted in ``attempts``): whether the attempt that
+        follows would go to that target -- then the plan moves there, the hedge becoming
+        the current attempt (no wait: it was sent already; no second request to the
+        target, which would bill both).  False: the plan goes on as without hedging (the
+        caller gives the hedge's attempt back first)."""
+        rule = self.policy.rule_for(status)
+        if rule is None:
+            return False
+        strategy, max_attempts = rule
+        if self.attempts - 1 >= max_attempts or self._pick(strategy, healthy) != index:
+            return False
+        self.index = index
+        self.retries += 1
+        return True
+
     def _pick(self, strategy: Strategy, healthy: frozenset[int] | None) -> int | None:
         current = self.index
         if strategy == "same_model":

@@ -81,6 +81,10 @@ if TYPE_CHECKING:
     #: What a handler returns: None when it answered, or handed the exchange to callbacks,
     #: synchronously; a coroutine to run as a task when it has to wait for something.
     Pending = Coroutine[Any, Any, None] | None
+    #: Told of a refusal the server answers: the error, the request's path without its
+    #: query (None when the request line was not read), the responder answering it (None
+    #: when the refusal gets no answer: bytes after a request still being answered).
+    OnRefusal = Callable[[GatewayError, bytes | None, "Responder | None"], None]
 
 Header = tuple[bytes, bytes]
 #: what ``wire.forward_request_headers`` returns: (block, seen anthropic-version, seen
@@ -229,7 +233,10 @@ class Responder:
         "bytes_sent",
         "_out",
         "on_client_gone",
+        "logged",
     )
+    #: (a slot set only by ``peer``: unset means False, read with getattr; no store per request)
+    logged: bool
 
     def __init__(self, proto: ServerProtocol, keep_alive: bool) -> None:
         self._out: list[bytes | memoryview] = []
@@ -259,10 +266,15 @@ class Responder:
             add((name, b": ", value, b"\r\n"))
         self.send_head_block(status, b"".join(parts), content_length)
 
-    def send_head_block(self, status: int, block: bytes, content_length: int | None) -> None:
-        """Send a head whose header lines (CRLF-ended) are ready in ``block``; framing,
-        connection, date and server are added here."""
-        parts = [status_line(status), block]
+    def send_head_block(
+        self, status: int, block: bytes, content_length: int | None, extra: bytes = b""
+    ) -> None:
+        """Send a head whose header lines (CRLF-ended) are ready in ``block``, then those of
+        ``extra`` (the gateway's own lines after a relayed block: joined here once, rather
+        than the ~1.3 KB block copied by a concatenation per line); framing, connection,
+        date and server are added here."""
+        line = _STATUS_LINES.get(status)
+        parts = [line if line is not None else status_line(status), block, extra]
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
         elif self._proto.http11:
@@ -270,7 +282,7 @@ class Responder:
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
             self._close_after = True
-        if self.closing:
+        if self._close_after or self._proto.draining:  # (self.closing, without its call)
             self._close_after = True
             parts.append(b"connection: close\r\n")
         elif not self._proto.http11:
@@ -370,9 +382,12 @@ class Responder:
         return not self._proto.lost
 
     def peer(self) -> str:
-        """The client's address as "host:port" ("" when unknown): for the access log.
+        """The client's address as "host:port" ("" when unknown): for this request's
+        access-log line, which taking it notes (``logged``: a refusal answered later gets
+        no second line, see ``ServerProtocol``'s ``on_refusal``).
         Once per connection (uvloop's get_extra_info("peername") and the formatting cost
         ~5.6k instructions, ~2% of a firewall request, on every request otherwise)."""
+        self.logged = True
         proto = self._proto
         try:
             text = proto.peer_text
@@ -430,7 +445,7 @@ class ServerProtocol(asyncio.Protocol):
         "draining",
         "lost",
         "tasks",
-        "_on_error",
+        "_on_refusal",
         "peer_text",
     )
 
@@ -441,13 +456,13 @@ class ServerProtocol(asyncio.Protocol):
         clock: DeadlineClock,
         on_close: Callable[[ServerProtocol], None] | None = None,
         precheck: Callable[[Request], None] | None = None,
-        on_error: Callable[[GatewayError], None] | None = None,
+        on_refusal: OnRefusal | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._handler = handler
-        #: told of every refusal answered here (the gateway counts them by type in /metrics);
-        #: runs on errors only
-        self._on_error = on_error
+        #: told of every refusal answered here (the gateway counts them by type in /metrics
+        #: and gives each answer without an access-log line its line); runs on errors only
+        self._on_refusal = on_refusal
         #: run on a head that asks for 100-continue, before the body is invited: raises a
         #: GatewayError to refuse (the body is then never read; the connection closes)
         self._precheck = precheck
@@ -467,7 +482,9 @@ class ServerProtocol(asyncio.Protocol):
         #: the next timeout (loop time; 0 = none), checked by the shared DeadlineClock
         self.deadline = 0.0
         self._clock = clock
-        self._on_timeout: Callable[[], None] = self._on_head_timeout
+        #: what ``on_deadline`` calls, an unbound method of this class (a bound one would
+        #: be a new object at every arming, i.e. on every request)
+        self._on_timeout: Callable[[ServerProtocol], None] = ServerProtocol._on_head_timeout
         self._reading_paused = False
         self._writing_paused = False
         self._expect_continue = False
@@ -492,7 +509,7 @@ class ServerProtocol(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(CLIENT_WRITE_HIGH_WATER, CLIENT_WRITE_LOW_WATER)
         self._clock.add(self)
-        self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
+        self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -556,7 +573,11 @@ class ServerProtocol(asyncio.Protocol):
                 # Connection: close -- the client sends nothing after this request
                 # (RFC 9112 9.6), so nothing after it is read.
                 self._broken = True
-            self._dispatch(Request(method, target, headers, body, keep_alive, forward))
+            request = Request(method, target, headers, body, keep_alive, forward)
+            if self._active is None:  # (_dispatch, inline: every plain request comes here)
+                self._start(request)
+            else:
+                self._dispatch(request)
             if self._broken or taken == len(data):
                 return taken
 
@@ -668,7 +689,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers = []
         # The head arrived in time; the body now gets the listener's request timeout.
         if self._active is None:
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         if self._expect_continue and self._active is None:
             # (a GatewayError here is answered by data_received, closing)
             self._invite_body()
@@ -726,14 +747,14 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer, inline)
         responder = Responder(self, request.keep_alive and not self.draining)
         self._active = responder
         try:
             pending = self._handler(request, responder)
         except GatewayError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
+            if self._on_refusal is not None:
+                self._on_refusal(exc, request.path, responder)
             responder.send_error(exc, request.api_format)
             return
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
@@ -755,7 +776,10 @@ class ServerProtocol(asyncio.Protocol):
         self.loop.call_exception_handler(
             {"message": "unhandled error in request handler", "exception": exc}
         )
-        responder.send_error(GatewayError("internal gateway error"), request.api_format)
+        error = GatewayError("internal gateway error")
+        if self._on_refusal is not None:
+            self._on_refusal(error, request.path, responder)
+        responder.send_error(error, request.api_format)
 
     async def _run(
         self, pending: Coroutine[Any, Any, None], request: Request, responder: Responder
@@ -767,8 +791,8 @@ class ServerProtocol(asyncio.Protocol):
                 responder.abort()
             raise
         except GatewayError as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
+            if self._on_refusal is not None:
+                self._on_refusal(exc, request.path, responder)
             responder.send_error(exc, request.api_format)
         except Exception as exc:  # noqa: BLE001 - a handler bug must not leave the client hanging
             self._handler_bug(exc, request, responder)
@@ -795,7 +819,8 @@ class ServerProtocol(asyncio.Protocol):
             if not self._pending:
                 self._resume_reading()
             return
-        self._resume_reading()
+        if self._reading_paused:
+            self._resume_reading()
         if self._headers_done:
             # The next request's head is in; its body is still arriving.
             if self._expect_continue:
@@ -804,28 +829,32 @@ class ServerProtocol(asyncio.Protocol):
                 except GatewayError as exc:
                     self._refuse(exc)
                     return
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         elif self._msg_started:
-            self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
-        else:
-            self._arm(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+            self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
+        else:  # the usual keep-alive wait (``_arm``, inline: after every answer)
+            self.deadline = self.loop.time() + self._limits.keepalive_timeout_s
+            self._on_timeout = ServerProtocol._on_idle_timeout
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
-        if self._on_error is not None:
-            self._on_error(error)
         self._broken = True
         self._cancel_timer()
         self._pause_reading()
-        fmt = api_format_for_path(self._url.partition(b"?")[0]) if self._url else ApiFormat.OPENAI
+        path = self._url.partition(b"?")[0] if self._url else None
+        on_refusal = self._on_refusal
         if self._active is not None:
             # An exchange is still answering an earlier request; the client's later bytes
             # are garbage, so finish that answer and close.
+            if on_refusal is not None:
+                on_refusal(error, path, None)
             self._active._close_after = True
             return
         responder = Responder(self, keep_alive=False)
         self._active = responder
-        responder.send_error(error, fmt)
+        if on_refusal is not None:
+            on_refusal(error, path, responder)
+        responder.send_error(error, api_format_for_path(path) if path else ApiFormat.OPENAI)
 
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -848,7 +877,7 @@ class ServerProtocol(asyncio.Protocol):
         return self._active
 
     # -- timers and reading -----------------------------------------------------------
-    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _arm(self, delay_s: float, callback: Callable[[ServerProtocol], None]) -> None:
         self.deadline = self.loop.time() + delay_s
         self._on_timeout = callback
 
@@ -856,7 +885,7 @@ class ServerProtocol(asyncio.Protocol):
         self.deadline = 0.0
 
     def on_deadline(self) -> None:
-        self._on_timeout()
+        self._on_timeout(self)
 
     def _on_head_timeout(self) -> None:
         if self._active is None and not self.lost:

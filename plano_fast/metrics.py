@@ -244,16 +244,15 @@ def retire_snapshot(directory: Path, pid: int) -> None:
     path.unlink(missing_ok=True)
 
 
-def read_snapshots(directory: Path, skip_pid: int | None) -> Iterator[dict[str, Any]]:
-    """Every process's last snapshot but ``skip_pid``'s (unreadable ones are skipped: a
-    worker may be replacing its file).  A worker being retired (:func:`retire_snapshot`)
-    is read once: from ``retired-<pid>.json`` when both files are there, and from it when
+def read_snapshots(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every process's last snapshot, the reader's own included (its published one, not
+    its live numbers: see the module docstring), unreadable ones skipped (a worker may be
+    replacing its file).  A worker being retired (:func:`retire_snapshot`) is read once:
+    from ``retired-<pid>.json`` when both files are there, and from it when
     ``<pid>.json`` went between the listing and the read (counted twice or not at all,
     the instance's counters would jump)."""
     names = {path.name for path in directory.glob("*.json")}
     for name in sorted(names):
-        if skip_pid is not None and name == f"{skip_pid}.json":
-            continue
         retired = "retired-" + name
         if retired in names:
             continue

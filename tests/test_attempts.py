@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +36,7 @@ from plano_fast.store.base import REQUIRED_SCHEMA_VERSION
 from plano_fast.store.migrate import load_migrations, migrate
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess, write_config
+from tests.raw_upstream import RawUpstream
 from tests.test_billing_e2e import read_rows
 from tests.test_store import Backend, all_usage, backend, usage  # noqa: F401
 
@@ -87,10 +87,14 @@ def test_per_provider_timeouts_and_their_defaults() -> None:
     own, default = config.providers
     assert own.timeouts == (2.0, 1.5, 7.0)
     assert default.timeouts == (5.0, 40.0, 40.0)  # connect default; the listener's timeout
+    # the same defaults, resolved once, are what the gateway gives a target without its own
+    # (a firewall key's upstream: ExchangeContext.timeouts)
+    assert config.upstream_timeouts == (5.0, 40.0, 40.0)
     config = parse_config(TIMEOUTS.replace("{SETTINGS}", (
         "{upstream_connect_timeout_s: 3, upstream_first_byte_timeout_s: 20, "
         "upstream_body_idle_timeout_s: 30}")), env={})  # fmt: skip
     assert config.providers[1].timeouts == (3.0, 20.0, 30.0)
+    assert config.upstream_timeouts == (3.0, 20.0, 30.0)
     assert config.providers[0].timeouts == (2.0, 1.5, 7.0)
     with pytest.raises(ConfigError, match=r"model_providers\[0\]\.first_byte_timeout"):
         parse_config(TIMEOUTS.replace("first_byte_timeout: 1500ms", "first_byte_timeout: soon")
@@ -194,50 +198,17 @@ _ANSWER = (b'{"id":"c","object":"chat.completion","created":1,"model":"gpt-close
            b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')  # fmt: skip
 
 
-class CloseSecondServer:
+class CloseSecondServer(RawUpstream):
     """An upstream that answers the first request of each connection (kept alive) and
     closes the connection, without a byte, when a second one arrives on it: what a
     provider's idle-connection reaper does to a pooled connection at the wrong moment."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf, answered = b"", False
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-                head, sep, rest = buf.partition(b"\r\n\r\n")
-                if not sep:
-                    continue
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
-                if len(rest) < length:
-                    continue
-                buf = rest[length:]
-                if answered:
-                    return  # the second request on this connection: closed unanswered
-                answered = True
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                             % (len(_ANSWER), _ANSWER))  # fmt: skip
-
-    def close(self) -> None:
-        self.sock.close()
+    def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
+        if on_connection:
+            return False  # the second request on this connection: closed unanswered
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(_ANSWER), _ANSWER))  # fmt: skip
+        return True
 
 
 ADMIN_KEY = "admin-key-for-attempt-tests-0000000"

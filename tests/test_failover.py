@@ -45,6 +45,29 @@ def test_strategies_walk_the_targets_in_order() -> None:
     ]
 
 
+def test_a_hedge_in_flight_is_adopted_only_where_the_plan_goes_next() -> None:
+    """RetryPlan.adopt: the hedge (counted in ``attempts``) becomes the next attempt when
+    the failure is retried and the plan's pick is the hedge's target; otherwise nothing
+    moves (the caller cancels the hedge and asks next_attempt)."""
+    providers = ["openai", "openai", "anthropic"]
+    p = plan(providers, RetryPolicy(("a", "b"), "same_provider", 3, backoff=NO_WAIT))
+    p.attempts += 1  # the hedge to target 1
+    assert p.adopt(1, 503) and (p.index, p.attempts, p.retries) == (1, 2, 1)
+    p = plan(providers, RetryPolicy(("a", "b"), "same_provider", 3, backoff=NO_WAIT))
+    p.attempts += 1
+    assert not p.adopt(1, 400)  # not retried: the client gets the 400
+    assert not p.adopt(2, 503)  # the plan goes to target 1, not the hedge's
+    assert not p.adopt(1, 503, healthy=frozenset({0}))  # target 1 unhealthy: plan goes elsewhere
+    assert (p.index, p.attempts, p.retries) == (0, 2, 0)
+    rule = StatusRule(frozenset({429}), "same_model", 3)
+    p = plan(providers, RetryPolicy(("a", "b"), "same_provider", 3, on_status_codes=(rule,), backoff=NO_WAIT))
+    p.attempts += 1
+    assert not p.adopt(1, 429)  # a 429's rule retries the same target
+    p = plan(providers, RetryPolicy(("a", "b"), "same_provider", 1, backoff=NO_WAIT))
+    p.attempts += 1
+    assert not p.adopt(1, 503)  # one attempt allowed without the hedge: none follows
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
 def test_client_errors_are_not_retried_unless_configured(status: int) -> None:
     assert plan(["a", "b"], RetryPolicy(("x",), "different_provider", 3)).next_attempt(status, 0.0) is None

@@ -50,6 +50,16 @@ def providers(base: str) -> str:
       default_strategy: same_provider
       default_max_attempts: 2
       hedge_after_ms: 100
+  - name: stuck
+    model: openai/o3-mini
+    base_url: {base}
+    access_key: sk-server-openai-key
+    first_byte_timeout: 300ms
+    retry_policy:
+      fallback_models: [openai/gpt-4o-mini]
+      default_strategy: same_provider
+      default_max_attempts: 2
+      hedge_after_ms: 100
 """
 
 
@@ -117,18 +127,18 @@ def test_no_hedge_when_the_first_attempt_answers_in_time_or_streams(
     assert metric(gateway, "upstream_hedges") == 0
 
 
-def test_a_first_attempt_failing_while_its_hedge_is_in_flight_is_retried_as_without_hedging(
+def test_a_first_attempt_failing_while_its_hedge_is_in_flight_adopts_the_hedge(
     hedged: Any, fake: FakeProviderThread
 ) -> None:
     """2 attempts in all, a hedge after 100 ms: the first attempt answers 503 after 300 ms
-    while the hedge to the fallback is stalled.  The hedge is cancelled and its attempt
-    given back to the plan, so the 503 is retried on the fallback (as it would be without
-    hedging) and the client gets its answer -- not the 503, which it got when the
-    cancelled hedge had used up the last attempt."""
+    while the hedge to the fallback is stalled.  The plan's next attempt is the fallback,
+    where the hedge already is: the hedge becomes the request's attempt (its answer, once
+    the stall ends, is the client's) -- no second request to the fallback, which the
+    provider would bill as well.  (Before: the hedge was cancelled and a new request sent.)"""
     gateway, sqlite_path = hedged
     fake.clear()
     fake.faults.add(Fault("status", 503), 1, model="gpt-4.1-nano")
-    fake.faults.add(Fault("stall", stall_ms=1500), 1, model="gpt-4o-mini")
+    fake.faults.add(Fault("stall", stall_ms=700), 1, model="gpt-4o-mini")
     try:
         with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
             reply = client.chat.completions.create(
@@ -137,10 +147,39 @@ def test_a_first_attempt_failing_while_its_hedge_is_in_flight_is_retried_as_with
     finally:
         fake.faults.clear()
     assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
-    # the first attempt, the hedge (stalled, cancelled), the retry
-    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-nano", "gpt-4o-mini", "gpt-4o-mini"]
+    # exactly one request per target: the first attempt, the hedge (adopted)
+    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-nano", "gpt-4o-mini"]
     (row,) = rows_for(sqlite_path, 1)
-    assert row.model == "gpt-4o-mini" and row.status == "ok" and row.attempts == 2
+    assert row.model == "gpt-4o-mini" and row.status == "ok"
+    assert (row.attempts, row.attempt_trail) == (2, "503,200")
+    assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 0
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_a_first_attempt_timing_out_while_its_hedge_is_in_flight_adopts_the_hedge(
+    hedged: Any, fake: FakeProviderThread, pooled: bool
+) -> None:
+    """The same when the first attempt fails with no response at all (its first-byte
+    timeout of 300 ms fires while the hedge, sent at 100 ms, is still waiting for its
+    answer): one request per target, the hedge's answer relayed.  ``pooled``: a request
+    before leaves an idle connection, so the first attempt is sent at once (the exchange
+    lives in callbacks, no task) rather than from a task that opens a connection."""
+    gateway, sqlite_path = hedged
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        if pooled:
+            client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+        fake.clear()
+        fake.faults.add(Fault("stall", stall_ms=3000), 1, model="o3-mini")
+        fake.faults.add(Fault("stall", stall_ms=700), 1, model="gpt-4o-mini")
+        try:
+            reply = client.chat.completions.create(model="o3-mini", messages=[{"role": "user", "content": "hi"}])
+        finally:
+            fake.faults.clear()
+    assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
+    assert [r.json()["model"] for r in calls(fake)] == ["o3-mini", "gpt-4o-mini"]
+    (row,) = [r for r in rows_for(sqlite_path, 1 + pooled) if r.model != "gpt-4.1-mini"]
+    assert row.model == "gpt-4o-mini" and row.status == "ok"
+    assert (row.attempts, row.attempt_trail) == (2, "timeout,200")
 
 
 def test_hedge_after_ms_validates() -> None:

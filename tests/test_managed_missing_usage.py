@@ -10,7 +10,6 @@ plano_fast.billing.rows.row_within_reservation.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from plano_fast.billing.journal import Journal, WriteAheadLog
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.billing.reprice import reprice_row
-from plano_fast.billing.rows import row_of_event, row_within_reservation, rows_of_events
+from plano_fast.billing.rows import row_of_event, row_within_reservation
 from plano_fast.pricing import PricingRegistry
-from plano_fast.store import CounterKey, UsageRow
+from plano_fast.store import CounterKey
 from plano_fast.usage import UsageEvent
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import hang_up
@@ -212,28 +210,6 @@ def test_reprice_leaves_a_row_charged_at_its_bound() -> None:
     row = row_within_reservation(pricing, row_of_event(pricing, event), event, 90_000, lambda: 50, BillingMetrics())
     assert row.cost_nano_usd == 45_000
     assert reprice_row(pricing, row) == (row, False)  # not re-priced down to its 100 tokens
-
-
-def test_the_charge_survives_the_journal(tmp_path: Path) -> None:
-    """A settle that fails hands the event to the journaled path: the charge goes with it,
-    so the flusher's row is charged the same."""
-    pricing = PricingRegistry()
-    event = _event("usage_missing", 200)
-    row_within_reservation(pricing, row_of_event(pricing, event), event, 90_000, lambda: 50, BillingMetrics())
-    journal = Journal(tmp_path / "usage.journal")
-
-    async def go() -> None:
-        wal = WriteAheadLog(journal, 0.01)
-        wal.start()
-        wal.append(event)
-        await wal.sync()
-        await wal.stop()
-
-    asyncio.run(go())
-    replayed = [e for f in sorted(tmp_path.glob("usage.journal.*")) for b in Journal.read_events(f, 10) for e in b]
-    out: collections.deque[UsageRow] = collections.deque()
-    assert rows_of_events(pricing, replayed, out) == 0
-    assert [(r.cost_nano_usd, r.price_entry) for r in out] == [(90_000, "hard_limit_bound")]
 
 
 def test_a_client_gone_whose_answer_cannot_be_read_is_charged_its_reservation(

@@ -209,13 +209,13 @@ def test_a_retiring_worker_is_read_once(tmp_path: Path) -> None:
     retired = {**snap, "process": {"rows_written": 1}}  # as retire_snapshot writes it
     (tmp_path / "retired-101.json").write_text(json.dumps(retired))  # both there: mid-retire
     merged = Merged()
-    for s in read_snapshots(tmp_path, None):
+    for s in read_snapshots(tmp_path):
         merged.add(s)
     assert sum(merged.requests.values()) == 2
     retire_snapshot(tmp_path, 202)
     assert not (tmp_path / "202.json").exists()
     merged = Merged()
-    for s in read_snapshots(tmp_path, None):
+    for s in read_snapshots(tmp_path):
         merged.add(s)
     assert sum(merged.requests.values()) == 2 and merged.process["rows_written"] == 2
     assert "client_connections" not in merged.process  # gauges of dead workers are dropped

@@ -582,39 +582,63 @@ def test_sqlite_insert_statement_shapes() -> None:
     assert _chunk_params(rows) == [v for r in rows for v in _usage_params(r)]
 
 
-def test_sqlite_insert_leaves_out_only_all_null_columns() -> None:
-    """A chunk's INSERT drops exactly the optional columns None in every row, and binds
-    the rest of the flat parameters in order."""
+def test_sqlite_insert_leaves_out_only_all_null_columns_and_all_zero_parts() -> None:
+    """A chunk's INSERT drops exactly the optional columns None in every row and the usage
+    parts (NOT NULL DEFAULT 0) 0 in every row, and binds the rest of the flat parameters in
+    order."""
     from plano_fast.store.sql import USAGE_WRITE_COLUMNS
-    from plano_fast.store.sqlite import _OMITTABLE, _USAGE_WIDTH, _chunk_params, _insert_of, _multi_insert
+    from plano_fast.store.sqlite import (
+        _OMITTABLE,
+        _OMITTABLE_ZERO,
+        _USAGE_WIDTH,
+        _chunk_params,
+        _insert_of,
+        _multi_insert,
+    )
 
     rows = [usage(t=1, cost=c, user=u, model=m) for c, u, m in ((None, None, "m"), (5, None, None), (0, "u1", None))]
+    rows[1].audio_input_tokens = 3  # a part set in one row only: kept
     params = _chunk_params(rows)
     sql, bound = _insert_of(len(rows), params)
     columns = sql[sql.index("(") + 1 : sql.index(")")].split(", ")
     all_null = [c for i, c in enumerate(USAGE_WRITE_COLUMNS)
                 if all(params[r * _USAGE_WIDTH + i] is None for r in range(len(rows)))]  # fmt: skip
+    all_zero = [c for i, c in enumerate(USAGE_WRITE_COLUMNS)
+                if all(params[r * _USAGE_WIDTH + i] == 0 for r in range(len(rows)))]  # fmt: skip
     assert "token_id" in all_null and "user_id" not in all_null and "model" not in all_null
-    assert columns == [c for i, c in enumerate(USAGE_WRITE_COLUMNS) if not (i in _OMITTABLE and c in all_null)]
+    assert "audio_output_tokens" in all_zero and "audio_input_tokens" not in all_zero
+    assert "cache_read_tokens" not in all_zero  # usage() sets 5
+    left_out = {c for i, c in enumerate(USAGE_WRITE_COLUMNS)
+                if (i in _OMITTABLE and c in all_null) or (i in _OMITTABLE_ZERO and c in all_zero)}  # fmt: skip
+    assert {"token_id", "audio_output_tokens", "tool_use_prompt_tokens"} <= left_out
+    assert "http_status" not in left_out and "duration_us" not in left_out  # never left out
+    assert columns == [c for c in USAGE_WRITE_COLUMNS if c not in left_out]
     kept = [USAGE_WRITE_COLUMNS.index(c) for c in columns]
     assert list(bound) == [params[r * _USAGE_WIDTH + i] for r in range(len(rows)) for i in kept]
     assert sql.count("?") == len(bound)
     # every optional column set somewhere: the full statement, unchanged parameters
     full = replace(rows[0], user_id="u", token_id="t", key_hash=sha("k"), project_id="p", usage_api="openai_chat",
                    usage_raw="{}", price_entry="e", reservation_overrun_nano_usd=1, requested_model="r",
-                   attempts=1, attempt_trail="200", cost_nano_usd=3, priced=True)  # fmt: skip
+                   attempts=1, attempt_trail="200", cost_nano_usd=3, priced=True, cache_read_tokens=1,
+                   cache_write_tokens=1, reasoning_tokens=1, tool_use_prompt_tokens=1, cache_write_1h_tokens=1,
+                   audio_input_tokens=1, audio_output_tokens=1)  # fmt: skip
     params = _chunk_params([full])
     assert _insert_of(1, params) == (_multi_insert(1), params)
 
 
 def test_sqlite_sparse_inserts_store_what_full_ones_do(tmp_path: Path) -> None:
     """Rows written through the column-dropping INSERTs read back exactly as the rows given:
-    every None as NULL, every value in its column, whatever mix of Nones each chunk has."""
+    every None as NULL, every 0 part as 0, every value in its column, whatever mix of
+    Nones and zeros each chunk has."""
     base = [usage(t=10**18 + i, cost=(None if i % 3 else i), user=(f"u{i}" if i % 5 == 0 else None),
                   key=(sha(f"k{i}") if i % 7 == 0 else None), model=(None if i % 11 == 0 else "gpt-4o-mini"))
             for i in range(75)]  # fmt: skip
     rows = [replace(r, attempts=None if i % 2 else 2, attempt_trail="503,200" if i % 13 == 0 else None,
-                    requested_model="alias" if i == 40 else None, usage_raw='{"u":1}' if i < 32 else None)
+                    requested_model="alias" if i == 40 else None, usage_raw='{"u":1}' if i < 32 else None,
+                    # usage parts 0 in whole chunks, in some rows of a chunk, or never
+                    cache_read_tokens=0 if i < 32 else i % 3, cache_write_tokens=0 if i >= 40 else 1,
+                    reasoning_tokens=i if i % 4 == 0 else 0, tool_use_prompt_tokens=0,
+                    cache_write_1h_tokens=1 if i == 70 else 0, audio_input_tokens=0, audio_output_tokens=7)
             for i, r in enumerate(base)]  # fmt: skip
 
     async def body(store: Store) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 from tests.gateway_proc import GatewayProcess, write_config
+from tests.raw_upstream import RawUpstream
 
 _USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
@@ -55,53 +55,18 @@ def _stream_answer(n: int) -> bytes:
     return b"".join(out)
 
 
-class RawProvider:
+class RawProvider(RawUpstream):
     """Keep-alive HTTP/1.1 server answering stream/JSON by the request's ``stream`` flag."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.requests = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buf) < length:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                body, buf = buf[:length], buf[length:]
-                self.requests += 1
-                stream = json.loads(body).get("stream") is True
-                conn.sendall(_stream_answer(self.requests) if stream else _json_answer(self.requests))
-
-    def close(self) -> None:
-        self.sock.close()
+    def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
+        self.requests += 1
+        stream = json.loads(body).get("stream") is True
+        conn.sendall(_stream_answer(self.requests) if stream else _json_answer(self.requests))
+        return True
 
 
 @pytest.fixture

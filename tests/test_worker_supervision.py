@@ -139,7 +139,7 @@ def test_a_dead_workers_snapshot_keeps_its_counters_and_loses_its_gauges(tmp_pat
     retire_snapshot(tmp_path, 999)  # never published: nothing to do
     assert sorted(p.name for p in tmp_path.iterdir()) == ["4343.json", "retired-4242.json"]
     merged = Merged()
-    for other in read_snapshots(tmp_path, skip_pid=1):
+    for other in read_snapshots(tmp_path):
         merged.add(other)
     assert merged.requests == {("firewall", "openai", "m", "chat_completions", "2xx"): 7}
     assert merged.process == {"rows_written": 6, "client_connections": 1}

@@ -9,7 +9,8 @@ pricers (``quote_usage`` on stored rows: ``PriceCalculator``, ``usage reprice``)
 through these functions, so a new usage column is priced and carried in one place.
 
 Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
-per managed request; neither builds a dict or an intermediate object beyond the ``Quote``.
+per managed request: both are ``plano_fast.billing.drain``'s (compiled where built), and
+build no dict or intermediate object beyond the price tuple.
 
 Managed hard limits (``row_within_reservation``): a 2xx answer whose usage was never read
 (a provider omitting ``usage``, an OpenAI-compatible server ignoring
@@ -32,44 +33,42 @@ row is charged at a bound of that bill (``charge_of_incomplete``):
 * never less than the seen usage priced (above the reservation: an overrun, flagged).
 
 The row keeps its status (``usage_missing``, ``upstream_failed``,
-``client_disconnected_estimated``) and is priced with
-``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone); the event
-carries the charge (``UsageEvent.bound_charge_nano_usd``), so the journaled path prices it
-the same.  Without a reservation such a row stays unpriced (visible, never zero), as before.
+``client_disconnected_estimated``) and its token columns, and is priced with
+``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone).  The rule is
+applied to the row of the synchronous settle, not in the drain (``price_of_event`` is
+unchanged: no per-event cost, no field on ``UsageEvent``), so an event that falls back to
+the journaled path (the settle's store write failed) is written unpriced, as before.
+Without a reservation such a row stays unpriced (visible, never zero), as before.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, Protocol
 
+from plano_fast.billing.drain import price_of_event as _price_of_event
+from plano_fast.billing.drain import rows_of_events
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import (
-    STATUS_CLIENT_ABANDONED, STATUS_CLIENT_GONE_ESTIMATED, STATUS_NOT_BILLABLE, STATUS_UPSTREAM_FAILED,
-    STATUS_USAGE_MISSING, UsageEvent,
-)  # fmt: skip
+from plano_fast.store.records import PRICE_STATUS_PRICED, UsageRow
+from plano_fast.usage import STATUS_CLIENT_GONE_ESTIMATED, STATUS_UPSTREAM_FAILED, STATUS_USAGE_MISSING, UsageEvent
+
+__all__ = [
+    "BOUND_PRICE_ENTRY", "Counted", "charge_of_incomplete", "incomplete_answer", "price_event", "quote_event",
+    "quote_usage", "row_of_event", "row_within_reservation", "rows_of_events",
+]  # fmt: skip
 
 log = logging.getLogger("plano_fast.billing")
-
-_FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
-"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
 _INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED, STATUS_CLIENT_GONE_ESTIMATED))
 """Statuses of an answer whose usage may be missing or short of what the provider bills:
 with a 2xx status and a reservation, charged at a bound (``charge_of_incomplete``)."""
 
-_SPECIAL_STATUSES: Final = _FREE_STATUSES | _INCOMPLETE_STATUSES
-"""One set lookup per event decides whether either rule above may apply."""
-
 BOUND_PRICE_ENTRY: Final = "hard_limit_bound"
 """``price_entry`` of a row charged at its hard limit's bound (usage missing or cut short):
 its cost is ``charge_of_incomplete``'s, not a price table entry's quote of its usage."""
-
-_FREE: Final = (0, False, "")
 
 
 class Counted(Protocol):
@@ -112,30 +111,19 @@ def quote_event(pricing: PricingRegistry, event: UsageEvent) -> Quote | None:
     return None if priced is None else Quote(*priced)
 
 
-def _price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
-    """``quote_event`` as a plain ``(cost_nano_usd, partial, entry)`` tuple (no ``Quote``
-    built: the drain's form, see ``PricingRegistry.price_counts``)."""
-    status = event.status
-    if status in _SPECIAL_STATUSES:
-        if status in _FREE_STATUSES:
-            return _FREE
-        charge = event.bound_charge_nano_usd
-        if charge and 200 <= event.http_status < 300:
-            return charge, False, BOUND_PRICE_ENTRY
-    if not event.has_usage:
-        # A provider error or a failed connection bills nothing; a successful response
-        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
-        # it stays unpriced and visible, never silently zero.
-        return _FREE if event.http_status >= 400 else None
-    model = event.model
-    if model is None:
-        return None
-    # quote_usage's call, inlined (one frame less per event on the drain)
-    return pricing.price_counts(
-        event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
-        event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
-        event.audio_input_tokens, event.audio_output_tokens,
-    )  # fmt: skip
+def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
+    """Cost of one event in nano-USD, or None when it cannot be priced."""
+    priced = _price_of_event(pricing, event)
+    return None if priced is None else priced[0]
+
+
+def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
+    """The usage row of one event, priced when it can be (status and price entry set).
+    Managed mode's synchronous settle calls it once per request: the flusher's own
+    ``rows_of_events`` on one event (one path from event to row)."""
+    out: collections.deque[UsageRow] = collections.deque()
+    rows_of_events(pricing, (event,), out)
+    return out[0]
 
 
 def charge_of_incomplete(
@@ -159,7 +147,7 @@ def charge_of_incomplete(
     seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts)
     seen_nano_usd = 0 if seen is None else seen[0]
     bound = reserved_nano_usd
-    if event.input_tokens and output_bound_tokens:
+    if input_tokens and output_bound_tokens:
         output = max(event.output_tokens, output_bound_tokens)
         tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts)
         if tight is not None:
@@ -169,7 +157,7 @@ def charge_of_incomplete(
 
 def incomplete_answer(status: str, http_status: int) -> bool:
     """Whether an exchange's outcome is a 2xx answer whose usage is missing or cut short
-    (what a reservation settles in full, ``row_within_reservation``)."""
+    (what a reservation settles at a bound, ``row_within_reservation``)."""
     return status in _INCOMPLETE_STATUSES and 200 <= http_status < 300
 
 
@@ -182,15 +170,17 @@ def row_within_reservation(
     metrics: BillingMetrics,
 ) -> UsageRow:
     """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
-    (``row_of_event(pricing, event)``) itself, or for a 2xx answer whose usage is missing
-    or cut short, the row charged at the bound (``charge_of_incomplete``; ``output_bound``
-    gives the output tokens the reservation counted, asked only then) -- counted in
-    ``metrics`` and logged (request id, model, amounts: no secrets), so an operator sees
-    every one."""
+    (``row_of_event(pricing, event)``) as it is, or for a 2xx answer whose usage is missing
+    or cut short, charged at the bound (``charge_of_incomplete``; ``output_bound`` gives
+    the output tokens the reservation counted, asked only then) -- counted in ``metrics``
+    and logged (request id, model, amounts: no secrets), so an operator sees every one."""
     if not incomplete_answer(event.status, event.http_status):
         return row  # (the usual case: one set lookup)
-    charge = event.bound_charge_nano_usd = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
-    charged = row_of_event(pricing, event)
+    charge = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
+    row.priced = True
+    row.cost_nano_usd = charge
+    row.price_status = PRICE_STATUS_PRICED
+    row.price_entry = BOUND_PRICE_ENTRY
     metrics.rows_charged_at_bound += 1
     metrics.rows_charged_at_bound_nano_usd += charge
     log.warning(
@@ -199,56 +189,4 @@ def row_within_reservation(
         "partial" if event.input_tokens or event.output_tokens else "no", event.status, charge,
         reserved_nano_usd, event.provider, event.model,
     )  # fmt: skip
-    return charged
-
-
-def price_event(pricing: PricingRegistry, event: UsageEvent) -> int | None:
-    """Cost of one event in nano-USD, or None when it cannot be priced."""
-    priced = _price_of_event(pricing, event)
-    return None if priced is None else priced[0]
-
-
-def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
-    """The usage row of one event, priced when it can be (status and price entry set).
-    Managed mode's synchronous settle calls it once per request: no ``Quote`` built."""
-    priced = _price_of_event(pricing, event)
-    if priced is None:
-        return _from_event(event)
-    cost, partial, entry = priced
-    return _from_event(
-        event,
-        cost_nano_usd=cost,
-        price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-        price_entry=entry or None,
-    )
-
-
-_from_event: Final = UsageRow.from_event  # bound once (a lookup and a method object less per call)
-
-
-def rows_of_events(
-    pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]
-) -> int:
-    """Append ``row_of_event(pricing, e)`` to ``out`` for each event, in one pass; returns
-    how many rows are unpriced.  The flusher's loop: the same two calls per event as
-    ``row_of_event``, with the lookups hoisted."""
-    unpriced = 0
-    append = out.append
-    from_event = _from_event
-    price_of = _price_of_event
-    for e in events:
-        priced = price_of(pricing, e)
-        if priced is None:
-            unpriced += 1
-            append(from_event(e))
-        else:
-            cost, partial, entry = priced
-            append(
-                from_event(
-                    e,
-                    cost_nano_usd=cost,
-                    price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
-                    price_entry=entry or None,
-                )
-            )
-    return unpriced
+    return row

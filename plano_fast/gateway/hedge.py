@@ -8,8 +8,12 @@ healthy circuits, attempts left).  The first response head that is an answer win
 * the hedge's: the exchange's own attempt is cancelled (its connection closed) and the
   exchange relays from the hedge's connection with the hedge's target state (provider,
   model, usage scanner, conversion), as if it had sent it;
-* the exchange's own (or any failure of it: the retry plan then goes on as without
-  hedging): the hedge is cancelled.
+* the exchange's own: the hedge is cancelled;
+* a failure of the exchange's own attempt: when the retry plan's next attempt would go to
+  the hedge's target, the hedge is *adopted* -- it becomes the exchange's current attempt
+  (relayed from like a winner; its own failure retried as the plan says) -- rather than
+  cancelled for a second request to the same target, which the provider would bill too;
+  otherwise the hedge is cancelled and the plan goes on as without hedging.
 
 A hedge whose attempt fails (a retryable status, no connection, a timeout) is dropped and
 noted on its target's circuit; the exchange's own attempt goes on.
@@ -66,7 +70,8 @@ class Hedge:
         self.circuit = circuit
         self.conn: UpstreamConnection | None = None
         self.task: asyncio.Task[None] | None = None
-        #: this attempt's head won: the exchange relays from its connection
+        #: this attempt's head won, or the exchange adopted it (``adopt``): the exchange
+        #: relays from its connection, and everything this sink receives goes to it
         self.won = False
         #: lost, failed or cancelled
         self.over = False
@@ -84,22 +89,42 @@ class Hedge:
         if conn is None:
             try:
                 conn = await pool.connect(origin, timeouts[0])
-            except UpstreamError:
+            except UpstreamError as exc:
+                if self.won and not self.over:  # adopted: the exchange's attempt failed
+                    self.over = True
+                    self.exchange.on_upstream_error(exc, False)
+                    return
                 self._failed()
                 return
         if self.over:  # cancelled while it connected
             conn.detach()
             return
         self.conn = conn
+        if self.won:  # adopted while it connected: the exchange's connection now
+            ex = self.exchange
+            ex.conn = ex.responder.upstream = conn
         conn.send_request(state[_UPSTREAM_DATA], self, timeouts[1], timeouts[2])
 
     def live(self) -> bool:
         """Sent or being sent, and neither answered nor over."""
         return not (self.won or self.over)
 
+    def adopt(self) -> None:
+        """The exchange's own attempt failed and this one is its attempt now (see
+        ``RetryingExchange._adopt_hedge``): its head, body and failure go to the exchange."""
+        self.won = True
+
     def cancel(self) -> None:
-        """The exchange's own attempt answered or failed, or the request ended."""
-        if self.won or self.over:
+        """The exchange's own attempt answered or failed, or the request ended.  A hedge
+        that won or was adopted is the exchange's attempt (its connection the exchange's
+        to close), except one still connecting: that is given up here."""
+        if self.over:
+            return
+        if self.won:
+            task = self.task
+            if self.conn is None and task is not None and not task.done():
+                self.over = True
+                task.cancel()
             return
         self.over = True
         conn, self.conn = self.conn, None
@@ -150,13 +175,16 @@ class Hedge:
             self.exchange.on_upstream_complete()
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        if self.won:
-            self.exchange.on_upstream_error(error, False)
-            return
         self.conn = None
         if retry_safe and self.pooled and not self.over:
-            # a pooled connection the server had closed: not the target's failure
+            # a pooled connection the server had closed before answering (so no head has
+            # won): not the target's failure; once more on a new one
+            if self.won:  # adopted: the exchange waits for the new connection
+                self.exchange.conn = None
             self.task = self.exchange.ctx.pool.loop.create_task(self.run(reuse=False))
+            return
+        if self.won:
+            self.exchange.on_upstream_error(error, False)
             return
         self._failed()
 

@@ -64,18 +64,16 @@ def client_headers(exchange: Exchange) -> ClientHeaders:
     return client
 
 
-def caller_key_hash(exchange: Exchange) -> str | None:
-    """Config mode identifies callers by their credential's hash (per-key usage)."""
-    credential = client_headers(exchange).credential
-    return key_hash(credential.secret) if credential is not None else None
-
-
 def identify_caller(exchange: Exchange) -> str | None:
     """Config mode's identify phase: the caller's key hash (per-key usage), refused with
     429 ``spending_limit_exceeded`` when a soft limit on that key is reached (the budget
     checker's blocked set: README "The three modes").  A caller without a key has no
     per-key limit.  One set test when some scope is blocked, nothing otherwise."""
-    digest = caller_key_hash(exchange)
+    client = exchange.client
+    if client is None:  # (client_headers, inline: once per config-mode request)
+        client = client_headers(exchange)
+    credential = client.credential
+    digest = key_hash(credential.secret) if credential is not None else None
     budget = exchange.ctx.budget
     if digest is not None and budget is not None:
         blocked = budget.blocked

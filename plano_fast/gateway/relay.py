@@ -50,6 +50,7 @@ from plano_fast.usage import (
     USAGE_API_NAMES,
     UsageEvent,
     UsageSink,
+    new_usage_event,
 )
 
 if TYPE_CHECKING:
@@ -129,8 +130,6 @@ class ExchangeContext:
         "router",
         "pool",
         "usage_sink",
-        "first_byte_timeout_s",
-        "idle_timeout_s",
         "timeouts",
         "registry",
         "budget",
@@ -169,8 +168,7 @@ class ExchangeContext:
         router: Router,
         pool: UpstreamPool,
         usage_sink: UsageSink,
-        first_byte_timeout_s: float,
-        idle_timeout_s: float,
+        timeouts: tuple[float, float, float],
         registry: ApiKeyRegistry | None = None,
         budget: BudgetChecker | None = None,
         gone_drain_s: float = 60.0,
@@ -181,13 +179,10 @@ class ExchangeContext:
         self.router = router
         self.pool = pool
         self.usage_sink = usage_sink
-        self.first_byte_timeout_s = first_byte_timeout_s
-        self.idle_timeout_s = idle_timeout_s
         #: (connect, first byte, idle between body chunks) in seconds, for exchanges whose
-        #: target sets none of its own (a model provider's ``timeouts``)
-        self.timeouts: tuple[float, float, float] = (
-            pool.connect_timeout_s, first_byte_timeout_s, idle_timeout_s
-        )
+        #: target sets none of its own (a model provider's ``timeouts``): the config's
+        #: ``upstream_timeouts``
+        self.timeouts = timeouts
         self.registry = registry
         self.budget = budget
         #: after a client hangs up, its provider response is still read to the end (for the
@@ -573,14 +568,14 @@ class Exchange:
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
         block = head.block if not self.rl_head else with_headers(head.block, self.rl_head)
-        block += b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        extra = b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
         if self.ctx.server_timing:
-            block += self._server_timing()
+            extra += self._server_timing()
         if self.guard_warning:
-            block += self.guard_warning
+            extra += self.guard_warning
         if self.route_header:
-            block += self.route_header
-        self.responder.send_head_block(status, block, content_length)
+            extra += self.route_header
+        self.responder.send_head_block(status, block, content_length, extra)
 
     def _server_timing(self) -> bytes:
         """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
@@ -845,8 +840,9 @@ class Exchange:
             )  # fmt: skip
         usage = scanner.result()
         raw = scanner.raw_usage()
-        # Positional in UsageEvent's field order (one call, no per-field assignments).
-        return UsageEvent(
+        # Every field, positional in UsageEvent's field order: the compiled constructor
+        # (plano_fast.usage.new_usage_event, ~1k instructions against ~5.6k).
+        return new_usage_event(
             self.request_id, started_ns, self.provider_id, usage.model or self.model,
             self.streaming, outcome, http_status, usage.input_tokens, usage.output_tokens,
             usage.cache_read_tokens, usage.cache_write_tokens, usage.reasoning_tokens,

@@ -57,9 +57,10 @@ class RetryingExchange(Exchange):
     # -- the engine -------------------------------------------------------------------
     def _failed(self, status: int | None, retry_after: float | None, kind: str) -> bool:
         """The current attempt failed before the client saw anything (``status`` None: no
-        response): note it, and decide whether another attempt follows (then True, with
-        ``next_attempt`` set, and ``kind`` -- its status or error kind -- on the usage
-        row's attempt trail)."""
+        response): note it, and decide whether another attempt follows (then True, and
+        ``kind`` -- its status or error kind -- on the usage row's attempt trail): either
+        ``next_attempt`` is set, or (``next_attempt`` None) a hedge in flight to the target
+        the plan goes to next became the current attempt (``_adopt_hedge``)."""
         if self.responder.head_sent or self.outcome or self.client_left:
             return False
         plan = self.plan
@@ -72,6 +73,14 @@ class RetryingExchange(Exchange):
         circuit(plan.index).record_failure(now)
         healthy = frozenset(i for i in range(len(plan.targets)) if circuit(i).available(now))
         before = plan.index
+        hedge = self.hedge
+        if hedge is not None and hedge.live():
+            # (its circuit may be the half-open probe this hedge took: not "available")
+            if plan.adopt(hedge.index, status, healthy | {hedge.index}):
+                self.note_failed(kind)
+                self._adopt_hedge(hedge, before)
+                return True
+            self._drop_hedge(hedge)
         nxt = plan.next_attempt(status, now, retry_after, healthy)
         if nxt is None:
             return False
@@ -89,8 +98,9 @@ class RetryingExchange(Exchange):
             status >= 400 and plan is not None and plan.policy.rule_for(status) is not None
         ):
             if self._failed(status, retry_after_s(head.headers()), str(status)):
-                self.status = status
-                self.swallow = True  # the next attempt serves the client
+                if self.next_attempt is not None:
+                    self.status = status
+                    self.swallow = True  # the next attempt serves the client
                 return True
             return False
         circuit = self.circuit
@@ -139,26 +149,33 @@ class RetryingExchange(Exchange):
             done.set_result(False)  # _forward sees the pending retry and carries on
 
     def on_upstream_head(self, head: UpstreamHead) -> None:
-        hedge = self.hedge
-        if hedge is not None:  # this attempt answered first (a hedge that won is not cancelled)
-            self._drop_hedge(hedge)
         if head.status < 400:  # (inline: the path of every answer)
+            hedge = self.hedge
+            if hedge is not None:  # this attempt answered first (a hedge that won is not cancelled)
+                self._drop_hedge(hedge)
             circuit = self.circuit
             if circuit is not None and circuit.failures:
                 circuit.record_success()
         elif not self.client_left and self._retry_head(head):
-            # (a client gone: read on for the usage, Exchange._client_gone, never retried)
+            # (a client gone: read on for the usage, Exchange._client_gone, never retried;
+            # a hedge in flight was adopted or dropped by _failed)
             return
-        super().on_upstream_head(head)
+        else:
+            hedge = self.hedge
+            if hedge is not None:  # an error answer the client gets: the hedge is not needed
+                self._drop_hedge(hedge)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        Exchange.on_upstream_head(self, head)
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
+        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
+            if self.next_attempt is not None:  # (None: a hedge in flight is the attempt now)
+                self.conn = None
+                self._schedule_retry()
+            return
         hedge = self.hedge
         if hedge is not None:
             self._drop_hedge(hedge)
-        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
-            self.conn = None
-            self._schedule_retry()
-            return
         super().on_upstream_error(error, retry_safe)
 
     def _client_gone(self) -> None:
@@ -176,6 +193,26 @@ class RetryingExchange(Exchange):
         if hedge.live() and plan is not None:
             plan.attempts -= 1
         hedge.cancel()
+
+    def _adopt_hedge(self, hedge: Hedge, failed_index: int) -> None:
+        """This attempt failed and the plan's next attempt is the hedge's target: the hedge
+        in flight becomes the current attempt (the exchange relays from it, and its own
+        failure is retried as the plan says), instead of being cancelled for a second
+        request to the same target -- which the provider would bill twice."""
+        old = self.conn
+        if old is not None:
+            old.detach()  # the failed attempt's answer is not read on (never relayed)
+        set_target_state(self, hedge.state)
+        # None while it still connects: Hedge.run hands it over
+        self.conn = self.responder.upstream = hedge.conn
+        self.circuit = hedge.circuit
+        self.status = 0
+        self.swallow = False
+        ctx = self.ctx
+        ctx.retries_total += 1
+        if hedge.index != failed_index:
+            ctx.failovers_total += 1
+        hedge.adopt()
 
     def arm_hedge(self, delay_s: float) -> None:
         """A hedge is due after ``delay_s`` unless this attempt has answered by then."""

@@ -51,6 +51,7 @@ from plano_fast.store.sql import (
     Stmt,
     check_targets,
     normalize_usage,
+    normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
     reprice_values,
@@ -142,8 +143,9 @@ src AS (
 SELECT count(*) FROM ins
 """
 
-# Small batches (and ``settle``): one statement, one array per column.
-_WRITE_USAGE = (
+# Small batches (and ``settle``): one statement, one array per column ($1 .. $width), read
+# as the rows of ``input``.
+_INPUT_CTE = (
     """
 WITH input AS (
     SELECT * FROM unnest(
@@ -152,21 +154,17 @@ WITH input AS (
     + f"""
     ) AS r({_USAGE_COLUMN_LIST})
 ),"""
-    + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}"))
+)
+_WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
+    source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}")
 )
 
 # ``settle``: the usage row written, its cost counted and its reservation taken back, in
 # ONE statement (one round trip, its own transaction): the reservation's rows are deleted
 # and their amounts come off ``reserved`` in the same ordered upsert that adds the cost.
 _SETTLE = (
-    """
-WITH input AS (
-    SELECT * FROM unnest(
-        """
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))
+    _INPUT_CTE
     + f"""
-    ) AS r({_USAGE_COLUMN_LIST})
-),
 taken AS (
     DELETE FROM spending_reservations WHERE id = ${_USAGE_WIDTH + 2}::text
     RETURNING scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
@@ -557,7 +555,7 @@ class PostgresStore(SqlStore):
         ) or super().rejects_data(exc)
 
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
-        batch = normalize_usage(rows)
+        batch = await normalize_usage_sliced(rows)
         if not batch:
             return 0
         # Insert in one global order, so concurrent batches that overlap (replays) wait on

@@ -65,12 +65,15 @@ from plano_fast.store.sql import (
     counter_deltas,
     deltas_of_day_sums,
     normalize_usage,
+    normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
     reprice_values,
     written_price_status,
 )
+from plano_fast.store import _params_py
 from plano_fast.store.times import new_id
+from plano_fast.wire import PURE_ENV
 
 T = TypeVar("T")
 
@@ -109,25 +112,6 @@ _INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("
 _ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
 
 
-#: Rows validated per synchronous stretch of the loop before a usage write: a flush of
-#: 1,000 rows validated at once was ~0.25 ms of one stretch, with the transaction's first
-#: INSERT after it (benchmarks/tail_probe.py --hooks, issue 27).
-_NORMALIZE_SLICE = 256
-
-
-async def _normalize_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
-    """``normalize_usage`` a slice at a time, the loop running in between."""
-    if len(rows) <= _NORMALIZE_SLICE:
-        return normalize_usage(rows)
-    seen: set[str] = set()
-    out: list[UsageRow] = []
-    for start in range(0, len(rows), _NORMALIZE_SLICE):
-        if start:
-            await asyncio.sleep(0)
-        out += normalize_usage(rows[start : start + _NORMALIZE_SLICE], seen)
-    return out
-
-
 @functools.cache
 def _multi_insert(n: int) -> str:
     return _INSERT_HEAD + "VALUES " + ",".join([_ROW_MARKS] * n) + _INSERT_TAIL
@@ -149,6 +133,18 @@ _OMITTABLE: Final = tuple(
                 "usage_raw", "price_entry", "reservation_overrun_nano_usd", "requested_model",
                 "attempts", "attempt_trail")
 )  # fmt: skip
+# The same for the usage parts that are 0 on most rows (cache writes, tool-use prompt, 1h
+# cache writes, audio; reasoning and cache reads on many): these columns are NOT NULL
+# DEFAULT 0 INTEGER, so a column that is 0 in every row of a chunk is left out too and
+# stores exactly the 0 it would have been bound (a value == 0 of another numeric type
+# would be stored as INTEGER 0 by the column's affinity as well), under the same CHECKs.
+# Each value left out saves its binding and copy, ~300 instructions (issue 27,
+# benchmarks/results/billing2-20261205.md).
+_OMITTABLE_ZERO: Final = tuple(
+    i for i, name in enumerate(USAGE_WRITE_COLUMNS)
+    if name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "tool_use_prompt_tokens",
+                "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens")
+)  # fmt: skip
 _OMIT_SHAPES = 64  # (rows, left-out columns) shapes kept; sqlite3 caches 128 statements
 
 
@@ -167,8 +163,11 @@ def _sparse_insert(n: int, omitted: tuple[int, ...]) -> tuple[str, Callable[[lis
 
 def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
-    ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``)."""
-    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n)
+    ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and the
+    parts 0 in all of them (``_OMITTABLE_ZERO``)."""
+    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n) + tuple(
+        i for i in _OMITTABLE_ZERO if params[i :: _USAGE_WIDTH].count(0) == n
+    )
     if not omitted:
         return _multi_insert(n), params
     sql, take = _sparse_insert(n, omitted)
@@ -272,52 +271,18 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
     return InvalidValue(msg)
 
 
-def _usage_params(row: UsageRow) -> tuple[object, ...]:
-    # Booleans are bound as the ints SQLite stores anyway: sqlite3 binds only exact int,
-    # float, str and None-free types directly and sends the rest through its adapter
-    # lookup, which formats and discards an AttributeError per value (~2,000 instructions).
-    priced = 1 if row.priced else 0
-    return (
-        row.request_id, row.time_ns, row.project_id, row.user_id, row.key_hash, row.token_id,
-        row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
-        row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
-        row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
-        written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
-        row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
-        row.price_entry, row.reservation_overrun_nano_usd, row.requested_model, row.attempts,
-        row.attempt_trail,
-    )  # fmt: skip
-
-
-def _chunk_params(rows: Sequence[UsageRow]) -> list[object]:
-    """The parameters of ``_multi_insert(len(rows))``: ``_usage_params`` of each row, flat."""
-    params: list[object] = []
-    add = params.extend
-    for r in rows:
-        if r.priced is True:  # the common shapes, without the per-row tuple and calls
-            add((
-                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
-                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 1, r.cost_nano_usd, r.duration_us,
-                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
-                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
-                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
-            ))  # fmt: skip
-        elif r.priced is False:
-            add((
-                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
-                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
-                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
-                r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
-                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
-                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
-                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
-            ))  # fmt: skip
-        else:
-            add(_usage_params(r))
-    return params
+# The parameters of a chunk of rows: ``chunk_params`` of plano_fast/store/_params.pyx (the
+# rows' slots read in place, ~1/5 of the twin's instructions a row) where it is built, else
+# its twin's (plano_fast/store/_params_py.py, the specification).
+_chunk_params: Callable[[Sequence[UsageRow]], list[object]]
+if os.environ.get(PURE_ENV) == "1":
+    _chunk_params = _params_py.chunk_params
+else:
+    try:
+        from plano_fast.store._params import chunk_params as _chunk_params
+    except ImportError:
+        _chunk_params = _params_py.chunk_params
+_usage_params = _params_py.usage_params
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -650,7 +615,7 @@ class SqliteStore(SqlStore):
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        batch = await _normalize_sliced(rows)
+        batch = await normalize_usage_sliced(rows)
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 

@@ -24,31 +24,22 @@ from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSIO
 
 cdef int64_t MAX_DIGITS = 18
 
-# Character classes: RFC 9110 5.6.2 tchar for names; RFC 3986 for the target, without '#'
-# (a fragment is never sent); field-value bytes (visible, SP, HTAB, obs-text).
-cdef unsigned char TCHAR[256]
+# Character classes: TCHAR (header names) and VALUE (field-value bytes), shared with
+# _head.pyx; RFC 3986 for the target, without '#' (a fragment is never sent).
+include "_header_chars.pxi"
+
 cdef unsigned char TARGET[256]
-cdef unsigned char VALUE[256]
 
 
-cdef void _init_tables():
+cdef void _init_target_chars():
     cdef int c
     for c in range(256):
-        TCHAR[c] = 0
         TARGET[c] = 0
-        VALUE[c] = 0
-    for c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
-        TCHAR[c] = 1
     for c in b"-._~:/?[]@!$&'()*+,;=%0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
         TARGET[c] = 1
-    for c in range(32, 127):
-        VALUE[c] = 1
-    for c in range(128, 256):
-        VALUE[c] = 1
-    VALUE[9] = 1
 
 
-_init_tables()
+_init_target_chars()
 
 # The methods taken here (others go to httptools), with the space after each.
 cdef const char *METHOD_WORDS[7]

@@ -349,7 +349,7 @@ class ManagedExchange(RetryingExchange):
         event = self._event(outcome, http_status)
         reservation = self.reservation
         if reservation is not None and incomplete_answer(outcome, http_status):
-            # A 2xx answer cut short: settled at the reservation (row_within_reservation).
+            # A 2xx answer cut short: settled at its bound (row_within_reservation).
             self.reservation = None
             self.mctx.spawn(self._settle_reservation(row_of_event(self.mctx.pricing, event), event, reservation))
         else:

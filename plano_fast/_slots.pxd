@@ -1,0 +1,51 @@
+# cython: language_level=3
+"""Reading and writing a ``__slots__`` dataclass's fields in place, for the compiled modules
+that handle usage records per event (``billing/_drain.pyx``, ``store/_params.pyx``).
+
+Each slot of a class with ``__slots__`` is an object pointer at a fixed offset of the
+instance, which its member descriptor names (``PyMemberDef.offset``, type ``T_OBJECT_EX``).
+``slot_offset`` reads it from the descriptor (ImportError, so the caller's module is not
+used and its pure twin is, when the field is not such a slot); ``get_slot`` / ``put_slot``
+then do what the descriptor's ``__get__`` / ``__set__`` do (``PyMember_GetOne`` /
+``PyMember_SetOne``) without the attribute lookup around them (~140 instructions a field).
+Only for an instance of exactly that class (the caller checks ``type(obj) is cls``): a
+subclass could lay its slots out differently.  ``get_slot`` is NULL for an unset slot (the
+caller takes ``getattr``, which raises its AttributeError).
+"""
+
+from cpython.object cimport Py_TYPE, PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+cdef extern from "structmember.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    int T_OBJECT_EX
+
+cdef extern from "descrobject.h":
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+    PyTypeObject PyMemberDescr_Type  # types.MemberDescriptorType
+
+
+cdef inline Py_ssize_t slot_offset(object cls, str name) except -1:
+    """The offset of ``cls``' object slot ``name`` (ImportError: not one)."""
+    descr = cls.__dict__.get(name)
+    if Py_TYPE(descr) is not &PyMemberDescr_Type:
+        raise ImportError(f"{cls.__name__}.{name} is not a slot: the pure twin is used")
+    cdef PyMemberDef *member = (<PyMemberDescrObject*><PyObject*>descr).d_member
+    if member.type != T_OBJECT_EX:
+        raise ImportError(f"{cls.__name__}.{name} is not an object slot: the pure twin is used")
+    return member.offset
+
+
+cdef inline PyObject *get_slot(object obj, Py_ssize_t offset):
+    return (<PyObject**>((<char*><PyObject*>obj) + offset))[0]
+
+
+cdef inline void put_slot(object obj, Py_ssize_t offset, object value):
+    cdef PyObject **slot = <PyObject**>((<char*><PyObject*>obj) + offset)
+    cdef PyObject *old = slot[0]
+    Py_INCREF(value)
+    slot[0] = <PyObject*>value
+    Py_XDECREF(old)

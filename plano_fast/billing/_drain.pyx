@@ -1,0 +1,362 @@
+# cython: language_level=3
+"""The flusher's per-event work, compiled: the twin of ``plano_fast.billing._drain_py``
+(whose docstring is the specification), chosen by ``plano_fast.billing.rows`` and
+``plano_fast.billing.journal``.
+
+Why (callgrind, issue 27): on the drain an event cost ~24k instructions: ~14k pricing it
+(the call chain, seven ``type()`` checks, arithmetic on prices of two 30-bit digits, a
+PyLong allocated per operation) and ~7.5k building its ``UsageRow`` (32 attribute stores,
+28 loads); the write-ahead log then read its 29 fields again (~6.7k, ``attrgetter``).
+
+Two things make it cheap here:
+
+* The arithmetic in C.  The common event -- seven exact ``int`` counts in [0, 2**62], a
+  resolution already cached, prices in [0, 2**62] -- is priced with a signed 128-bit
+  integer: each of the seven terms of the formula is below 2**124, their sum below
+  2**127, so the sum is exact, then divided once and rounded half up as the twin does.
+  Anything else -- a count of another type, negative or past 2**62, a (provider, model) not
+  resolved yet, a price past 2**62, a cost past 2**63 -- goes to the twin, which gives the
+  result (or raises the error) itself.
+* The slots read and written in place (``plano_fast/_slots.pxd``): ``UsageEvent`` and
+  ``UsageRow`` are dataclasses with ``__slots__``; their offsets are read at import (an
+  import error, and so the twin, if either class stops being one), and for an instance of
+  exactly that class a field is read or written where it is (~140 instructions a field
+  less).  An unset slot, or another class, takes ``getattr`` / ``UsageRow.from_event``.
+
+The two can only differ by a bug in the C below, which the twin tests look for
+(tests/test_billing_drain_twins.py).
+"""
+
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libc.math cimport nearbyint
+
+from plano_fast._slots cimport get_slot, put_slot, slot_offset
+
+from plano_fast.billing._drain_py import EVENT_FIELDS, FREE, FREE_STATUSES
+from plano_fast.billing._drain_py import event_fields as _event_fields_twin
+from plano_fast.billing._drain_py import price_of_event as _price_twin
+from plano_fast.pricing import _CUSTOM
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.usage import UsageEvent
+
+cdef extern from *:
+    """
+    typedef __int128 pf_i128;
+    """
+    ctypedef long long pf_i128  # declared narrower for Cython; C sees __int128
+
+cdef long long _LIMIT = 1LL << 62
+cdef long long _MTOK = 1000000
+cdef long long _HALF = 500000
+cdef long long _INT64_MAX = 9223372036854775807LL
+
+cdef object _free = FREE
+cdef object _free_statuses = FREE_STATUSES
+cdef object _custom_entry = _CUSTOM
+cdef object _partial = PRICE_STATUS_PARTIAL
+cdef object _priced = PRICE_STATUS_PRICED
+cdef object _pending = PRICE_STATUS_PENDING
+cdef object _Event = UsageEvent
+cdef object _Row = UsageRow
+cdef object _from_event = UsageRow.from_event
+cdef object _new_object = object.__new__
+
+
+# -------------------------------------------------------------------------------- slots
+
+ROW_FIELDS = (
+    "request_id", "time_ns", "project_id", "user_id", "key_hash", "token_id", "provider", "model",
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+    "streaming", "status", "http_status", "priced", "cost_nano_usd", "duration_us", "price_status",
+    "row_id", "tool_use_prompt_tokens", "cache_write_1h_tokens", "audio_input_tokens",
+    "audio_output_tokens", "usage_api", "usage_raw", "price_entry", "reservation_overrun_nano_usd",
+    "requested_model", "attempts", "attempt_trail",
+)
+if ROW_FIELDS != tuple(f for f in UsageRow.__dataclass_fields__):
+    raise ImportError("UsageRow's fields changed: _drain.pyx must be updated (the twin is used)")
+
+# UsageEvent's fields, by index in EVENT_FIELDS
+DEF N_EVENT = 29
+DEF E_REQUEST_ID = 0
+DEF E_TIME_NS = 1
+DEF E_PROVIDER = 2
+DEF E_MODEL = 3
+DEF E_STREAMING = 4
+DEF E_STATUS = 5
+DEF E_HTTP_STATUS = 6
+DEF E_INPUT = 7
+DEF E_OUTPUT = 8
+DEF E_CACHE_READ = 9
+DEF E_CACHE_WRITE = 10
+DEF E_REASONING = 11
+DEF E_HAS_USAGE = 12
+DEF E_PROJECT_ID = 13
+DEF E_KEY_HASH = 14
+DEF E_USER_ID = 15
+DEF E_TOKEN_ID = 16
+DEF E_DURATION_MS = 17
+DEF E_TOOL_USE = 19
+DEF E_CACHE_WRITE_1H = 20
+DEF E_AUDIO_IN = 21
+DEF E_AUDIO_OUT = 22
+DEF E_USAGE_RAW = 23
+DEF E_USAGE_API = 24
+DEF E_OVERRUN = 25
+DEF E_REQUESTED_MODEL = 26
+DEF E_ATTEMPTS = 27
+DEF E_TRAIL = 28
+DEF N_ROW = 32
+
+if len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail" or EVENT_FIELDS[E_INPUT] != "input_tokens":
+    raise ImportError("UsageEvent's fields changed: _drain.pyx must be updated (the twin is used)")
+
+cdef Py_ssize_t EV[N_EVENT]
+cdef Py_ssize_t RW[N_ROW]
+for _i in range(N_EVENT):
+    EV[_i] = slot_offset(UsageEvent, EVENT_FIELDS[_i])
+for _i in range(N_ROW):
+    RW[_i] = slot_offset(UsageRow, ROW_FIELDS[_i])
+
+
+cdef inline object _ev(object event, int i):
+    """Field ``i`` of an event: read in place for a ``UsageEvent``, else ``getattr``."""
+    cdef PyObject *value
+    if type(event) is _Event:
+        value = get_slot(event, EV[i])
+        if value is not NULL:
+            return <object>value
+    return getattr(event, EVENT_FIELDS[i])  # another class, or an unset slot (its error)
+
+
+cdef inline void _put(object row, int i, object value):
+    """Set slot ``i`` of a ``UsageRow``."""
+    put_slot(row, RW[i], value)
+
+
+def event_fields(event):
+    """The event's fields as a tuple, in ``UsageEvent`` field order."""
+    cdef PyObject *value
+    cdef int i
+    if type(event) is not _Event:
+        return _event_fields_twin(event)
+    for i in range(N_EVENT):
+        if get_slot(event, EV[i]) is NULL:
+            return _event_fields_twin(event)  # an unset slot: its AttributeError
+    out = PyTuple_New(N_EVENT)
+    for i in range(N_EVENT):
+        value = get_slot(event, EV[i])
+        Py_INCREF(<object>value)  # PyTuple_SET_ITEM steals a reference
+        PyTuple_SET_ITEM(out, i, <object>value)
+    return out
+
+
+# -------------------------------------------------------------------------------- pricing
+
+cdef inline int _count(object value, long long *out):
+    """1: an exact int in [0, 2**62] (stored in ``out``); 0: anything else."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(value) is not int:
+        return 0
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or v < 0 or v > _LIMIT:
+        return 0
+    out[0] = v
+    return 1
+
+
+cdef inline int _rate(object value, long long *out, bint *absent):
+    """1: None (``absent``) or an int in [0, 2**62] (``out``); 0: anything else."""
+    absent[0] = value is None
+    if absent[0]:
+        out[0] = 0
+        return 1
+    return _count(value, out)
+
+
+cdef int _price(object price, long long inp, long long out, long long cr, long long cw,
+                long long cw1h, long long ain, long long aout, long long *cost_out, bint *partial_out) except -1:
+    """``pricing.price_tokens``: 1 with ``(cost, partial)`` stored; 0 when the twin must do it."""
+    cdef object in_o = price.input_per_mtok
+    cdef object out_o = price.output_per_mtok
+    cdef object cr_o = price.cache_read_per_mtok
+    cdef object cw_o = price.cache_write_per_mtok
+    cdef object cw1h_o = price.cache_write_1h_per_mtok
+    cdef object ain_o = price.audio_input_per_mtok
+    cdef object aout_o = price.audio_output_per_mtok
+    cdef object tiers = price.tiers
+    if tiers:
+        for tier in tiers:  # ascending: the last one passed applies
+            if inp <= tier.above_input_tokens:
+                break
+            in_o = tier.input_per_mtok
+            out_o = tier.output_per_mtok
+            cr_o = tier.cache_read_per_mtok
+            cw_o = tier.cache_write_per_mtok
+            cw1h_o = ain_o = aout_o = None  # no tier variants in the table
+    cdef long long in_p = 0, out_p = 0, cr_p = 0, cw_p = 0, cw1h_p = 0, ain_p = 0, aout_p = 0
+    cdef bint no_in, no_out, no_cr, no_cw, no_cw1h, no_ain, no_aout
+    if not (_rate(in_o, &in_p, &no_in) and _rate(out_o, &out_p, &no_out)
+            and _rate(cr_o, &cr_p, &no_cr) and _rate(cw_o, &cw_p, &no_cw)
+            and _rate(cw1h_o, &cw1h_p, &no_cw1h) and _rate(ain_o, &ain_p, &no_ain)
+            and _rate(aout_o, &aout_p, &no_aout)) or no_in or no_out:
+        return 0
+    # parts, each within what is left of its total
+    if cr > inp:
+        cr = inp
+    if cw > inp - cr:
+        cw = inp - cr
+    if cw1h > cw:
+        cw1h = cw
+    if ain > inp - cr - cw:
+        ain = inp - cr - cw
+    if aout > out:
+        aout = out
+    cdef bint partial = False
+    if no_cr:
+        cr_p = in_p
+        partial = cr > 0
+    if no_cw:
+        cw_p = in_p
+        partial = partial or cw > cw1h
+    if no_cw1h:
+        cw1h_p = cw_p
+        partial = partial or cw1h > 0
+    if no_ain:
+        ain_p = in_p
+        partial = partial or ain > 0
+    if no_aout:
+        aout_p = out_p
+        partial = partial or aout > 0
+    # every factor is in [0, 2**62]: each product is below 2**124, the sum below 2**127
+    cdef pf_i128 total = (
+        <pf_i128>(inp - cr - cw - ain) * in_p + <pf_i128>cr * cr_p + <pf_i128>(cw - cw1h) * cw_p
+        + <pf_i128>cw1h * cw1h_p + <pf_i128>ain * ain_p + <pf_i128>(out - aout) * out_p
+        + <pf_i128>aout * aout_p
+    )
+    cdef pf_i128 cost = (total + _HALF) // _MTOK
+    if cost > _INT64_MAX:
+        return 0
+    cost_out[0] = <long long>cost
+    partial_out[0] = partial
+    return 1
+
+
+cdef object _price_event(object pricing, object event):
+    if _ev(event, E_STATUS) in _free_statuses:
+        return _free
+    if not _ev(event, E_HAS_USAGE):
+        return _free if _ev(event, E_HTTP_STATUS) >= 400 else None
+    model = _ev(event, E_MODEL)
+    if model is None:
+        return None
+    cdef long long inp = 0, out = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0
+    if not (_count(_ev(event, E_INPUT), &inp) and _count(_ev(event, E_OUTPUT), &out)
+            and _count(_ev(event, E_CACHE_READ), &cr) and _count(_ev(event, E_CACHE_WRITE), &cw)
+            and _count(_ev(event, E_CACHE_WRITE_1H), &cw1h) and _count(_ev(event, E_AUDIO_IN), &ain)
+            and _count(_ev(event, E_AUDIO_OUT), &aout)):
+        return _price_twin(pricing, event)  # it raises TokenCounts' error for a bad count
+    resolution = pricing._cache.get((_ev(event, E_PROVIDER), model))
+    if resolution is None:
+        return _price_twin(pricing, event)  # resolved (and cached) there
+    global_prices, project_prices = pricing._overrides
+    price = pricing._custom(resolution, _ev(event, E_PROJECT_ID)) if global_prices or project_prices else None
+    if price is not None:
+        entry = _custom_entry
+    else:
+        price = resolution.default
+        if price is None:
+            return None
+        entry = resolution.entry
+    cdef long long cost = 0
+    cdef bint partial = False
+    if not _price(price, inp, out, cr, cw, cw1h, ain, aout, &cost, &partial):
+        return _price_twin(pricing, event)
+    return (cost, partial, entry)
+
+
+def price_of_event(pricing, event):
+    """``(cost_nano_usd, partial, entry)`` of one event, or None when it cannot be priced."""
+    return _price_event(pricing, event)
+
+
+# -------------------------------------------------------------------------------- rows
+
+cdef object _duration_us(object duration_ms):
+    """``UsageRow.from_event``'s ``duration_us``: ``round(ms * 1000)``, 0 up to 0.5."""
+    cdef double d
+    if type(duration_ms) is float:
+        d = PyFloat_AS_DOUBLE(duration_ms) * 1000.0
+        if not d > 0.5:  # NaN too, as the twin's ``d > 0.5``
+            return 0
+        if d < 9.0e18:
+            # nearbyint rounds half to even in the default rounding mode, as round() does
+            return <long long>nearbyint(d)
+    d_obj = duration_ms * 1000
+    return round(d_obj) if d_obj > 0.5 else 0
+
+
+cdef object _row(object event, object cost, object status, object entry):
+    """``UsageRow.from_event(event, cost_nano_usd=cost, price_status=status,
+    price_entry=entry)``, its slots written in place."""
+    if type(event) is not _Event:
+        return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
+    cdef int i
+    for i in range(N_EVENT):
+        if get_slot(event, EV[i]) is NULL:
+            # an unset slot: the twin raises its AttributeError
+            return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
+    row = _new_object(_Row)
+    _put(row, 0, _ev(event, E_REQUEST_ID))
+    _put(row, 1, _ev(event, E_TIME_NS))
+    _put(row, 2, _ev(event, E_PROJECT_ID))
+    _put(row, 3, _ev(event, E_USER_ID))
+    _put(row, 4, _ev(event, E_KEY_HASH))
+    _put(row, 5, _ev(event, E_TOKEN_ID))
+    _put(row, 6, _ev(event, E_PROVIDER))
+    _put(row, 7, _ev(event, E_MODEL))
+    _put(row, 8, _ev(event, E_INPUT))
+    _put(row, 9, _ev(event, E_OUTPUT))
+    _put(row, 10, _ev(event, E_CACHE_READ))
+    _put(row, 11, _ev(event, E_CACHE_WRITE))
+    _put(row, 12, _ev(event, E_REASONING))
+    _put(row, 13, _ev(event, E_STREAMING))
+    _put(row, 14, _ev(event, E_STATUS))
+    _put(row, 15, _ev(event, E_HTTP_STATUS))
+    _put(row, 16, cost is not None)
+    _put(row, 17, cost)
+    _put(row, 18, _duration_us(_ev(event, E_DURATION_MS)))
+    _put(row, 19, status)
+    _put(row, 20, None)
+    _put(row, 21, _ev(event, E_TOOL_USE))
+    _put(row, 22, _ev(event, E_CACHE_WRITE_1H))
+    _put(row, 23, _ev(event, E_AUDIO_IN))
+    _put(row, 24, _ev(event, E_AUDIO_OUT))
+    _put(row, 25, _ev(event, E_USAGE_API))
+    _put(row, 26, _ev(event, E_USAGE_RAW))
+    _put(row, 27, entry)
+    _put(row, 28, _ev(event, E_OVERRUN) or None)
+    _put(row, 29, _ev(event, E_REQUESTED_MODEL))
+    _put(row, 30, _ev(event, E_ATTEMPTS))
+    _put(row, 31, _ev(event, E_TRAIL))
+    return row
+
+
+def rows_of_events(pricing, events, out):
+    """Append each event's priced row to ``out``, in one pass; returns how many rows are
+    unpriced."""
+    cdef Py_ssize_t unpriced = 0
+    append = out.append
+    for event in events:
+        priced = _price_event(pricing, event)
+        if priced is None:
+            unpriced += 1
+            append(_row(event, None, _pending, None))
+        else:
+            cost, partial, entry = priced
+            append(_row(event, cost, _partial if partial else _priced, entry or None))
+    return unpriced

@@ -1,0 +1,86 @@
+"""The flusher's per-event work in plain Python: the specification of the compiled
+``plano_fast.billing._drain`` (its twin), and the path it hands every unusual event to.
+
+* ``price_of_event(pricing, event)``: ``(cost_nano_usd, partial, entry)``, or None when the
+  event cannot be priced: free statuses cost nothing, an event without usage costs nothing
+  when the provider refused it (HTTP >= 400) and is unpriced otherwise, an event without a
+  model is unpriced, anything else is ``PricingRegistry.price_counts`` of its counts (which
+  raises ``TokenCounts``' TypeError / ValueError for counts that are not non-negative ints).
+* ``rows_of_events(pricing, events, out)``: each event priced and turned into its
+  ``UsageRow`` (``UsageRow.from_event``), appended to ``out``; returns how many are unpriced.
+* ``event_fields(event)``: the event's fields as a tuple, in ``UsageEvent`` field order
+  (what the write-ahead log writes and ``UsageEvent(*fields)`` reads back).
+
+Choose between the twins through ``plano_fast.billing.rows`` / ``journal``, never here.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import operator
+from collections.abc import Iterable
+from typing import Final
+
+from plano_fast.pricing import PricingRegistry
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+
+FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+"""Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
+
+FREE: Final = (0, False, "")
+
+EVENT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(UsageEvent))
+
+event_fields: Final = operator.attrgetter(*EVENT_FIELDS)
+"""One C call per event (measured: 17% less than building the tuple in Python)."""
+
+
+def price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
+    """``(cost_nano_usd, partial, entry)`` of one event, or None when it cannot be priced
+    (no ``Quote`` built: the drain's form, see ``PricingRegistry.price_counts``)."""
+    if event.status in FREE_STATUSES:
+        return FREE
+    if not event.has_usage:
+        # A provider error or a failed connection bills nothing; a successful response
+        # whose usage was never seen (stream cut, provider omitted it) cannot be priced:
+        # it stays unpriced and visible, never silently zero.
+        return FREE if event.http_status >= 400 else None
+    model = event.model
+    if model is None:
+        return None
+    # rows.quote_usage's call, inlined (one frame less per event on the drain)
+    return pricing.price_counts(
+        event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
+        event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
+        event.audio_input_tokens, event.audio_output_tokens,
+    )  # fmt: skip
+
+
+_from_event: Final = UsageRow.from_event  # bound once (a lookup and a method object less per call)
+
+
+def rows_of_events(pricing: PricingRegistry, events: Iterable[UsageEvent], out: collections.deque[UsageRow]) -> int:
+    """Append each event's priced row to ``out``, in one pass; returns how many rows are
+    unpriced."""
+    unpriced = 0
+    append = out.append
+    from_event = _from_event
+    price_of = price_of_event
+    for e in events:
+        priced = price_of(pricing, e)
+        if priced is None:
+            unpriced += 1
+            append(from_event(e))
+        else:
+            cost, partial, entry = priced
+            append(
+                from_event(
+                    e,
+                    cost_nano_usd=cost,
+                    price_status=PRICE_STATUS_PARTIAL if partial else PRICE_STATUS_PRICED,
+                    price_entry=entry or None,
+                )
+            )
+    return unpriced

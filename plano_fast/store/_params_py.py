@@ -1,0 +1,63 @@
+"""The SQLite writer's parameters of a chunk of usage rows, in plain Python: the
+specification of the compiled ``plano_fast.store._params`` (its twin).  Chosen in
+``plano_fast.store.sqlite`` (``_chunk_params``), never imported from here elsewhere
+(tests and benchmarks do, to run both).
+
+``chunk_params(rows)``: ``usage_params`` of each row, flat: the parameters of
+``_multi_insert(len(rows))``, in ``USAGE_WRITE_COLUMNS`` order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.store.sql import written_price_status
+
+
+def usage_params(row: UsageRow) -> tuple[object, ...]:
+    # Booleans are bound as the ints SQLite stores anyway: sqlite3 binds only exact int,
+    # float, str and None-free types directly and sends the rest through its adapter
+    # lookup, which formats and discards an AttributeError per value (~2,000 instructions).
+    priced = 1 if row.priced else 0
+    return (
+        row.request_id, row.time_ns, row.project_id, row.user_id, row.key_hash, row.token_id,
+        row.provider, row.model, row.input_tokens, row.output_tokens, row.cache_read_tokens,
+        row.cache_write_tokens, row.reasoning_tokens, 1 if row.streaming else 0, row.status,
+        row.http_status, priced, row.cost_nano_usd if priced else None, row.duration_us,
+        written_price_status(row), row.tool_use_prompt_tokens, row.cache_write_1h_tokens,
+        row.audio_input_tokens, row.audio_output_tokens, row.usage_api, row.usage_raw,
+        row.price_entry, row.reservation_overrun_nano_usd, row.requested_model, row.attempts,
+        row.attempt_trail,
+    )  # fmt: skip
+
+
+def chunk_params(rows: Sequence[UsageRow]) -> list[object]:
+    """The parameters of ``_multi_insert(len(rows))``: ``usage_params`` of each row, flat."""
+    params: list[object] = []
+    add = params.extend
+    for r in rows:
+        if r.priced is True:  # the common shapes, without the per-row tuple and calls
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
+                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
+                r.http_status, 1, r.cost_nano_usd, r.duration_us,
+                PRICE_STATUS_PARTIAL if r.price_status == PRICE_STATUS_PARTIAL else PRICE_STATUS_PRICED,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
+            ))  # fmt: skip
+        elif r.priced is False:
+            add((
+                r.request_id, r.time_ns, r.project_id, r.user_id, r.key_hash, r.token_id,
+                r.provider, r.model, r.input_tokens, r.output_tokens, r.cache_read_tokens,
+                r.cache_write_tokens, r.reasoning_tokens, 1 if r.streaming else 0, r.status,
+                r.http_status, 0, None, r.duration_us, PRICE_STATUS_PENDING,
+                r.tool_use_prompt_tokens, r.cache_write_1h_tokens, r.audio_input_tokens,
+                r.audio_output_tokens, r.usage_api, r.usage_raw, r.price_entry,
+                r.reservation_overrun_nano_usd, r.requested_model, r.attempts, r.attempt_trail,
+            ))  # fmt: skip
+        else:
+            add(usage_params(r))
+    return params

@@ -1,0 +1,312 @@
+"""The drain's twins (plano_fast.billing._drain, compiled, and _drain_py, pure).
+
+Pricing: against each other and against the registry's own ``quote`` (the pricer before either:
+``TokenCounts`` in, ``Quote`` out): every entry of the vendored price table (tiers, cache
+reads and writes, 1h writes, audio), the usage counts read from recorded provider traffic,
+custom prices, and generated counts and prices up to and past the compiled path's limits
+(2**62 per factor, a cost past 2**63), where it hands the event to the twin.  Equal
+results, or the same exception type.
+
+Rows and journal fields: the rows ``rows_of_events`` builds (every slot, the types too) and
+the tuple ``event_fields`` reads, on generated events, equal between the twins and to
+``UsageRow.from_event`` / ``dataclasses.astuple``; an event with an unset slot or of
+another class gets the twin's behaviour (its AttributeError, or ``getattr``)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from plano_fast.billing import _drain_py, drain
+from plano_fast.pricing import ModelPrice, PriceTier, PricingRegistry, TokenCounts, load_default_prices
+from plano_fast.store.records import UsageRow
+from plano_fast.usage import (
+    STATUS_CLIENT_ABANDONED,
+    STATUS_NOT_BILLABLE,
+    STATUS_OK,
+    STATUS_UPSTREAM_ERROR,
+    STATUS_USAGE_MISSING,
+    UsageEvent,
+)
+
+try:
+    from plano_fast.billing import _drain as _compiled_drain
+except ImportError:  # the extension is not built: only the twin is tested
+    _compiled_drain = None  # type: ignore[assignment]
+
+if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+    assert _compiled_drain is not None, "the compiled drain was not built"
+    assert drain.DRAIN_IMPLEMENTATION == "cython"
+
+MODULES: list[ModuleType] = [_drain_py] + ([_compiled_drain] if _compiled_drain is not None else [])
+IDS = ["python", "cython"][: len(MODULES)]
+TABLE = load_default_prices()
+COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens")  # fmt: skip
+
+
+def _event(provider: str, model: str | None, counts: tuple[Any, ...] = (1200, 300, 0, 0, 0, 0, 0), *,
+           status: str = STATUS_OK, http_status: int = 200, has_usage: bool = True,
+           project_id: str | None = "p1") -> UsageEvent:  # fmt: skip
+    event = UsageEvent("r", 1, provider, model, False, status, http_status, has_usage=has_usage,
+                       project_id=project_id)  # fmt: skip
+    for name, value in zip(COUNT_FIELDS, counts):
+        setattr(event, name, value)
+    return event
+
+
+def _reference(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
+    """What the registry's ``quote`` (TokenCounts in) says the event costs."""
+    inp, out, cr, cw, cw1h, ain, aout = (getattr(event, name) for name in COUNT_FIELDS)
+    assert event.model is not None
+    quote = pricing.quote(event.provider, event.model, event.project_id,
+                          TokenCounts(inp, out, cr, cw, 0, cw1h, ain, aout))  # fmt: skip
+    return None if quote is None else (quote.cost_nano_usd, quote.partial, quote.entry)
+
+
+def _outcome(module: ModuleType, pricing: PricingRegistry, event: UsageEvent) -> Any:
+    try:
+        return module.price_of_event(pricing, event)
+    except Exception as exc:  # noqa: BLE001 - the type is the result compared
+        return type(exc)
+
+
+def _agree(pricing: PricingRegistry, event: UsageEvent) -> Any:
+    outcomes = [_outcome(module, pricing, event) for module in MODULES]
+    assert all(o == outcomes[0] for o in outcomes), (event, outcomes)
+    result = outcomes[0]
+    if type(result) is tuple:  # the exact type too: a cost is an int, partial a bool
+        assert [type(v) for v in result] == [int, bool, str], result
+    return result
+
+
+COUNT_MIXES = [
+    (1200, 300, 0, 0, 0, 0, 0),
+    (250_000, 4_000, 64_000, 10_000, 2_000, 0, 0),  # past every tier threshold, cache writes
+    (300_000, 900, 0, 0, 0, 5_000, 700),  # audio in and out
+    (5, 0, 9, 7, 9, 3, 1),  # parts larger than their totals (clamped)
+    (1_000, 10, 1, 1, 1, 1, 1),  # one token of each part: partial wherever a price is absent
+    (1_000, 10, 0, 0, 0, 1, 0),  # ... one part at a time
+    (1_000, 10, 0, 1, 1, 0, 0),
+    (1_000, 10, 0, 1, 0, 0, 0),
+    (1_000, 10, 1, 0, 0, 0, 0),
+    (1_000, 10, 0, 0, 0, 0, 1),
+    (999_999, 1, 0, 0, 0, 0, 0),  # half-way costs: rounding
+    (0, 0, 0, 0, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("counts", COUNT_MIXES, ids=str)
+def test_every_vendored_price_agrees_with_the_registry_quote(counts: tuple[int, ...]) -> None:
+    pricing = PricingRegistry()
+    tiered = 0
+    for provider, model in TABLE:
+        event = _event(provider, model, counts)
+        for _ in range(2):  # the first call resolves (and caches), the second hits the cache
+            assert _agree(pricing, event) == _reference(pricing, event), (provider, model)
+        tiered += bool(TABLE[provider, model].tiers)
+    assert tiered > 0 and len(TABLE) > 500  # the table has what the cases are for
+
+
+def test_recorded_provider_usage_prices_alike() -> None:
+    """The usage read from recorded traffic (tests/test_scan_fixtures.py's expectations),
+    priced as its own model on every provider of the table that lists it."""
+    cassettes = pytest.importorskip("tests.test_scan_fixtures").CASSETTES
+    pricing = PricingRegistry()
+    priced = 0
+    for usage in cassettes.values():
+        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout = usage
+        if not has_usage:
+            continue
+        for provider in ("openai", "anthropic", "gemini", "mistral", "deepseek", "groq", "openrouter"):
+            event = _event(provider, model, (inp, out, cr, cw, cw1h, ain, aout))
+            expected = _reference(pricing, event)
+            assert _agree(pricing, event) == expected
+            priced += expected is not None
+    assert priced > 10
+
+
+def test_statuses_missing_usage_and_no_model() -> None:
+    pricing = PricingRegistry()
+    cases = [
+        (_event("openai", "gpt-4o", status=STATUS_NOT_BILLABLE), (0, False, "")),
+        (_event("openai", "gpt-4o", status=STATUS_CLIENT_ABANDONED, has_usage=False), (0, False, "")),
+        (_event("openai", "gpt-4o", status=STATUS_UPSTREAM_ERROR, http_status=500, has_usage=False), (0, False, "")),
+        (_event("openai", "gpt-4o", status=STATUS_USAGE_MISSING, has_usage=False), None),
+        (_event("openai", None), None),
+        (_event("openai", "no-such-model-anywhere"), None),
+    ]  # fmt: skip
+    for event, expected in cases:
+        assert _agree(pricing, event) == expected
+
+
+def test_custom_prices_project_then_global() -> None:
+    pricing = PricingRegistry()
+    pricing.set_overrides(
+        {"gpt-4o": ModelPrice(1_000_000, 2_000_000, None, None, source="custom")},
+        {("p1", "gpt-4o"): ModelPrice(3_000_000_000, 9_000_000_000, 1, None, source="custom")},
+    )
+    counts = (10_000, 2_000, 4_000, 500, 0, 0, 0)
+    project = _agree(pricing, _event("openai", "gpt-4o", counts))
+    other = _agree(pricing, _event("openai", "gpt-4o", counts, project_id="p2"))
+    # (10,000 - 4,000 read - 500 written) x 3e9 + 4,000 x 1 + 500 written at the input price
+    # (none of its own: partial) + 2,000 x 9e9, per 1M tokens, rounded half up
+    assert project == (36_000_000, True, "custom")
+    # every prompt token at 1e6 (no cache prices: partial), 2,000 output at 2e6
+    assert other == (14_000, True, "custom")
+    assert pricing.quote("openai", "gpt-4o", "p1", TokenCounts(10_000, 2_000, 4_000, 500, 0)) is not None
+
+
+INT64 = 2**63
+BIG = st.sampled_from([2**62 - 1, 2**62, 2**62 + 1, INT64 - 1, INT64, 2**64, 10**30])
+COUNT = st.one_of(st.integers(0, 3), st.integers(0, 2_000_000), st.integers(0, 2**40), BIG, st.integers(-5, -1),
+                  st.sampled_from([True, 1.0, None, "7"]))  # fmt: skip
+RATE = st.one_of(st.integers(0, 10**12), BIG)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    counts=st.tuples(*[COUNT] * 7),
+    rates=st.tuples(RATE, RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE,
+                    st.none() | RATE),  # fmt: skip
+    tier=st.none() | st.tuples(st.integers(0, 400_000), RATE, RATE, st.none() | RATE, st.none() | RATE),
+    custom=st.booleans(),
+)
+def test_generated_counts_and_prices_agree(
+    counts: tuple[Any, ...], rates: tuple[Any, ...], tier: tuple[Any, ...] | None, custom: bool
+) -> None:
+    in_p, out_p, cr_p, cw_p, cw1h_p, ain_p, aout_p = rates
+    tiers = () if tier is None else (PriceTier(*tier),)
+    price = ModelPrice(in_p, out_p, cr_p, cw_p, tiers, "gen", cw1h_p, ain_p, aout_p)
+    if custom:
+        pricing = PricingRegistry({})
+        pricing.set_overrides({"m": price}, {})
+    else:
+        pricing = PricingRegistry({("gen", "m"): price})
+    event = _event("gen", "m", counts)
+    result = _agree(pricing, event)  # resolves
+    assert _agree(pricing, event) == result  # cached
+    if all(type(c) is int and c >= 0 for c in counts):
+        assert result == _reference(pricing, event)
+    else:
+        assert result in (TypeError, ValueError)
+
+
+# ------------------------------------------------------------------------- rows and fields
+
+TEXT = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["ok", "lone \udc80", "日本語"]))
+DURATION = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=False), st.floats(0, 10**7),
+    st.sampled_from([0.0, 0.0005, 0.0015, 0.0025, 2.5e-4, 1e15, 9.3e15, -1.0]), st.integers(-5, 10**6),
+)  # fmt: skip
+SMALL = st.one_of(st.integers(0, 3), st.integers(0, 10**6))
+EVENTS = st.builds(
+    UsageEvent,
+    request_id=st.text(min_size=1, max_size=8), time_ns=st.integers(0, 2**63 - 1),
+    provider=st.sampled_from(["openai", "anthropic", "gemini", "gen"]),
+    model=st.one_of(st.none(), st.sampled_from(["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "m"])),
+    streaming=st.booleans(),
+    status=st.sampled_from([STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, STATUS_NOT_BILLABLE]),
+    http_status=st.sampled_from([200, 400, 500]), input_tokens=SMALL, output_tokens=SMALL,
+    cache_read_tokens=SMALL, cache_write_tokens=SMALL, reasoning_tokens=SMALL, has_usage=st.booleans(),
+    project_id=TEXT, key_hash=TEXT, user_id=TEXT, token_id=TEXT, duration_ms=DURATION,
+    wire_format=st.sampled_from(["openai", "anthropic"]), tool_use_prompt_tokens=SMALL,
+    cache_write_1h_tokens=SMALL, audio_input_tokens=SMALL, audio_output_tokens=SMALL, usage_raw=TEXT,
+    usage_api=TEXT, reservation_overrun_nano_usd=st.one_of(st.just(0), SMALL, st.none()),
+    requested_model=TEXT, attempts=st.integers(0, 3), attempt_trail=TEXT,
+)  # fmt: skip
+
+
+def _slots(row: UsageRow) -> list[tuple[Any, type]]:
+    return [(getattr(row, f.name), type(getattr(row, f.name))) for f in dataclasses.fields(UsageRow)]
+
+
+def _rows(module: ModuleType, pricing: PricingRegistry, events: list[UsageEvent]) -> Any:
+    out: collections.deque[UsageRow] = collections.deque()
+    try:
+        unpriced = module.rows_of_events(pricing, events, out)
+    except Exception as exc:  # noqa: BLE001 - the type is the result compared
+        return type(exc), [_slots(r) for r in out]
+    return unpriced, [_slots(r) for r in out]
+
+
+def _reference_rows(pricing: PricingRegistry, events: list[UsageEvent]) -> list[list[tuple[Any, type]]]:
+    """``UsageRow.from_event`` of each event, priced by the registry's quote."""
+    out = []
+    for e in events:
+        priced = None
+        if e.status in _drain_py.FREE_STATUSES or (not e.has_usage and e.http_status >= 400):
+            priced = (0, False, "")
+        elif e.has_usage and e.model is not None:
+            priced = _reference(pricing, e)
+        if priced is None:
+            row = UsageRow.from_event(e)
+        else:
+            row = UsageRow.from_event(e, cost_nano_usd=priced[0], price_status="priced_partial" if priced[1] else "priced",
+                                      price_entry=priced[2] or None)  # fmt: skip
+        out.append(_slots(row))
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(EVENTS, max_size=6))
+def test_generated_events_make_the_same_rows_and_journal_fields(events: list[UsageEvent]) -> None:
+    pricing = PricingRegistry({**TABLE, ("gen", "m"): ModelPrice(3_000_000_000, 9, None, 7)})
+    results = [_rows(module, pricing, events) for module in MODULES]
+    assert all(r == results[0] for r in results), results
+    unpriced, made = results[0]
+    if unpriced in (OverflowError, ValueError):  # round() of a huge duration: the twin's error
+        return
+    assert made == _reference_rows(pricing, events)
+    assert unpriced == sum(1 for r in made if r[16][0] is False)  # the ``priced`` slot
+    for e in events:
+        fields = [module.event_fields(e) for module in MODULES]
+        assert all(f == dataclasses.astuple(e) for f in fields)
+        assert all(type(f) is tuple for f in fields)
+
+
+def test_durations_round_as_the_twin_does() -> None:
+    """round(ms * 1000) half to even, 0 up to 0.5 and for NaN; an infinite one raises."""
+    pricing = PricingRegistry()
+    for ms in (0.0, 0.0005, 0.0015, 0.0025, 0.00051, 1.0000005, 123.456, 9.2e15, 1e16, float("nan"), 3, 10**20):
+        event = _event("openai", "gpt-4o")
+        event.duration_ms = ms
+        made = [_rows(module, pricing, [event]) for module in MODULES]
+        assert all(m == made[0] for m in made), (ms, made)
+        assert made[0][1][0][18] == _slots(UsageRow.from_event(event))[18]
+    event = _event("openai", "gpt-4o")
+    event.duration_ms = float("inf")
+    assert all(_rows(module, pricing, [event])[0] is OverflowError for module in MODULES)
+
+
+class _OtherEvent:
+    """Not a UsageEvent: the compiled drain must read it through getattr."""
+
+    def __init__(self, event: UsageEvent) -> None:
+        for f in dataclasses.fields(UsageEvent):
+            setattr(self, f.name, getattr(event, f.name))
+
+
+def test_an_unset_slot_or_another_class_takes_the_twins_path() -> None:
+    pricing = PricingRegistry()
+    base = _event("openai", "gpt-4o-mini", (1000, 10, 0, 0, 0, 0, 0))
+    other: Any = _OtherEvent(base)
+    made = [_rows(module, pricing, [other]) for module in MODULES]
+    assert all(m == made[0] for m in made) and made[0][0] == 0
+    assert made[0][1] == _rows(_drain_py, pricing, [base])[1]
+    assert all(module.event_fields(other) == dataclasses.astuple(base) for module in MODULES)
+    unset = _event("openai", "gpt-4o-mini")
+    del unset.attempt_trail
+    assert all(_rows(module, pricing, [unset])[0] is AttributeError for module in MODULES)
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.event_fields(unset)
+    del unset.input_tokens
+    assert all(_outcome(module, pricing, unset) is AttributeError for module in MODULES)
