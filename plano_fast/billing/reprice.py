@@ -13,9 +13,10 @@ After a change of the row convention or of prices, each row is rebuilt from what
 Rows are left as they are when they carry no usage (errors, cut streams, not billable), have
 no model, were charged at a hard limit's bound (``price_entry`` ``hard_limit_bound``: their
 usage was missing or cut short, plano_fast.billing.rows), or when no price is known any
-more (a price that disappeared never unprices a row).  Each page of rows is rewritten in one transaction that moves the spending counters by
-every row's change of counted cost, read inside that transaction, so counters stay equal to
-the log throughout, concurrent gateways included.  Running it twice changes nothing the
+more (a price that disappeared never unprices a row).  Each page of rows is rewritten in
+one transaction that moves the spending counters by every row's change of counted cost,
+read inside that transaction, so counters stay equal to the log throughout, concurrent
+gateways included.  Running it twice changes nothing the
 second time (only rows whose values differ are written).
 """
 
