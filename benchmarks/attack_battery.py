@@ -858,11 +858,11 @@ def gemini_reset_mid_stream(s: Stack) -> Result:
     return Result(ok, f"{answer.status} complete={complete} rows={len(new)} {_row_text(new[0]) if new else ''}")
 
 
-@case("usage", "OPEN: a 2xx answer without usage under a hard limit is charged (not 0)", modes=("managed",))
+@case("usage", "a 2xx answer without usage under a hard limit is charged (not 0)", modes=("managed",))
 def managed_usage_missing(s: Stack) -> Result:
-    """A provider that sends no usage (an OpenAI-compatible server ignoring include_usage)
-    leaves the answer unpriced and the hard limit's spend unchanged: found, not fixed here
-    (gateway/modes/managed.py settles; another helper's module)."""
+    """A provider that sends no usage (an OpenAI-compatible server ignoring include_usage):
+    charged its reservation (plano_fast.billing.rows.row_within_reservation), so the hard
+    limit's spend grows; it used to stay unchanged (found by this battery, 2026-12-05)."""
     def spent() -> int:
         with sqlite3.connect(s.sqlite_path) as db:
             return sum(r[0] for r in db.execute("select spent_nano_usd from spending_counters where scope_kind='project'"))

@@ -23,6 +23,11 @@ class BillingMetrics:
     rows_replayed: int = 0
     reservation_overruns: int = 0  # managed: a provider billed more than was reserved
     reservation_overrun_nano_usd: int = 0  # managed: by how much, in all (the rows' flags)
+    #: managed: 2xx answers under a hard limit whose usage was missing or cut short, charged
+    #: at the bound of their reservation (plano_fast.billing.rows.row_within_reservation),
+    #: and the sum charged
+    rows_charged_at_bound: int = 0
+    rows_charged_at_bound_nano_usd: int = 0
     rows_rejected: int = 0  # refused by the store for their values; set aside (journal)
     flushes: int = 0
     flush_failures: int = 0

@@ -11,10 +11,12 @@ After a change of the row convention or of prices, each row is rebuilt from what
   prices from the store over the bundled table, the config's ``price_as`` pins).
 
 Rows are left as they are when they carry no usage (errors, cut streams, not billable), have
-no model, or when no price is known any more (a price that disappeared never unprices a
-row).  Each page of rows is rewritten in one transaction that moves the spending counters by
-every row's change of counted cost, read inside that transaction, so counters stay equal to
-the log throughout, concurrent gateways included.  Running it twice changes nothing the
+no model, were charged at a hard limit's bound (``price_entry`` ``hard_limit_bound``: their
+usage was missing or cut short, plano_fast.billing.rows), or when no price is known any
+more (a price that disappeared never unprices a row).  Each page of rows is rewritten in
+one transaction that moves the spending counters by every row's change of counted cost,
+read inside that transaction, so counters stay equal to the log throughout, concurrent
+gateways included.  Running it twice changes nothing the
 second time (only rows whose values differ are written).
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from plano_fast import wire as scan
 from plano_fast.billing.pricer import model_price_of
-from plano_fast.billing.rows import quote_usage
+from plano_fast.billing.rows import BOUND_PRICE_ENTRY, quote_usage
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import open_store
 from plano_fast.store.base import BillingStore, UsageStore
@@ -80,7 +82,8 @@ def _carries_usage(row: UsageRow) -> bool:
 
 def reprice_row(pricing: PricingRegistry, row: UsageRow) -> tuple[UsageRow, bool]:
     """The row as it should be now, and whether its columns were rebuilt from usage_raw."""
-    if row.status == STATUS_NOT_BILLABLE or row.model is None:
+    if row.status == STATUS_NOT_BILLABLE or row.model is None or row.price_entry == BOUND_PRICE_ENTRY:
+        # (a row charged at its hard limit's bound: its usage does not price it)
         return row, False
     derived = rederive_counts(row)
     new = row if derived is None else derived

@@ -11,20 +11,64 @@ through these functions, so a new usage column is priced and carried in one plac
 Hot path: ``rows_of_events`` runs per event on the flusher's drain and ``row_of_event``
 per managed request: both are ``plano_fast.billing.drain``'s (compiled where built), and
 build no dict or intermediate object beyond the price tuple.
+
+Managed hard limits (``row_within_reservation``): a 2xx answer whose usage was never read
+(a provider omitting ``usage``, an OpenAI-compatible server ignoring
+``stream_options.include_usage``) or that was cut short (a stream reset or timed out after
+its 2xx head) cannot be priced from its usage, yet the provider may have billed up to the
+request's maximum cost, which the reservation holds (plano_fast.managed.bounds).  Such a
+row is charged at a bound of that bill (``charge_of_incomplete``):
+
+* nothing seen (no usage, an OpenAI stream cut before its usage chunk), or only the
+  gateway's estimate (``client_disconnected_estimated``: the client left and the answer
+  could not be read to its usage): the reservation.  Bytes / 4 is no bound either way: a
+  token can be one byte, and an SSE stream's framing counts as output (a 50-token answer
+  was estimated at ~850), which used to be recorded as a reservation overrun;
+* the input seen (a stream cut after Anthropic's ``message_start`` or a Gemini chunk's
+  ``usageMetadata``: those input counts are the final ones, cache reads and writes
+  included), the output not (generated after the cut; only ``max_tokens`` bounds it): the
+  seen input with the reservation's output bound, priced at the model that served, capped
+  at the reservation (it is tighter: the reservation bounds the input by the body's bytes
+  and prices it as the dearest cache write of the dearest target);
+* never less than the seen usage priced (above the reservation: an overrun, flagged).
+
+The row keeps its status (``usage_missing``, ``upstream_failed``,
+``client_disconnected_estimated``) and its token columns, and is priced with
+``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone).  The rule is
+applied to the row of the synchronous settle, not in the drain (``price_of_event`` is
+unchanged: no per-event cost, no field on ``UsageEvent``), so an event that falls back to
+the journaled path (the settle's store write failed) is written unpriced, as before.
+Without a reservation such a row stays unpriced (visible, never zero), as before.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Protocol
+import logging
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from plano_fast.billing.drain import price_of_event as _price_of_event
 from plano_fast.billing.drain import rows_of_events
+from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
-from plano_fast.store.records import UsageRow
-from plano_fast.usage import UsageEvent
+from plano_fast.store.records import PRICE_STATUS_PRICED, UsageRow
+from plano_fast.usage import STATUS_CLIENT_GONE_ESTIMATED, STATUS_UPSTREAM_FAILED, STATUS_USAGE_MISSING, UsageEvent
 
-__all__ = ["Counted", "price_event", "quote_event", "quote_usage", "row_of_event", "rows_of_events"]
+__all__ = [
+    "BOUND_PRICE_ENTRY", "Counted", "charge_of_incomplete", "incomplete_answer", "price_event", "quote_event",
+    "quote_usage", "row_of_event", "row_within_reservation", "rows_of_events",
+]  # fmt: skip
+
+log = logging.getLogger("plano_fast.billing")
+
+_INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_FAILED, STATUS_CLIENT_GONE_ESTIMATED))
+"""Statuses of an answer whose usage may be missing or short of what the provider bills:
+with a 2xx status and a reservation, charged at a bound (``charge_of_incomplete``)."""
+
+BOUND_PRICE_ENTRY: Final = "hard_limit_bound"
+"""``price_entry`` of a row charged at its hard limit's bound (usage missing or cut short):
+its cost is ``charge_of_incomplete``'s, not a price table entry's quote of its usage."""
 
 
 class Counted(Protocol):
@@ -80,3 +124,69 @@ def row_of_event(pricing: PricingRegistry, event: UsageEvent) -> UsageRow:
     out: collections.deque[UsageRow] = collections.deque()
     rows_of_events(pricing, (event,), out)
     return out[0]
+
+
+def charge_of_incomplete(
+    pricing: PricingRegistry, event: UsageEvent, reserved_nano_usd: int, output_bound_tokens: int
+) -> int:
+    """What a 2xx answer whose usage is missing or cut short is charged under a reservation
+    of ``reserved_nano_usd`` that counted ``output_bound_tokens`` of output (module
+    docstring): the reservation, or the seen input with that output bound when the input
+    was seen, and never less than the seen usage priced."""
+    model = event.model
+    if model is None or event.status == STATUS_CLIENT_GONE_ESTIMATED:
+        # (an estimate is no usage seen: bytes / 4 of an SSE stream's framing can price far
+        # above what max_tokens allows, or below the input billed -- the reservation is
+        # the bound of this answer either way)
+        return reserved_nano_usd
+    # (not gated on has_usage: a stream cut after Anthropic's message_start has its input
+    # counts on the event without a complete usage)
+    counts = (event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
+              event.audio_input_tokens, event.audio_output_tokens)  # fmt: skip
+    provider, project_id, input_tokens = event.provider, event.project_id, event.input_tokens
+    seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts)
+    seen_nano_usd = 0 if seen is None else seen[0]
+    bound = reserved_nano_usd
+    if input_tokens and output_bound_tokens:
+        output = max(event.output_tokens, output_bound_tokens)
+        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts)
+        if tight is not None:
+            bound = min(tight[0], reserved_nano_usd)
+    return max(seen_nano_usd, bound)
+
+
+def incomplete_answer(status: str, http_status: int) -> bool:
+    """Whether an exchange's outcome is a 2xx answer whose usage is missing or cut short
+    (what a reservation settles at a bound, ``row_within_reservation``)."""
+    return status in _INCOMPLETE_STATUSES and 200 <= http_status < 300
+
+
+def row_within_reservation(
+    pricing: PricingRegistry,
+    row: UsageRow,
+    event: UsageEvent,
+    reserved_nano_usd: int,
+    output_bound: Callable[[], int],
+    metrics: BillingMetrics,
+) -> UsageRow:
+    """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
+    (``row_of_event(pricing, event)``) as it is, or for a 2xx answer whose usage is missing
+    or cut short, charged at the bound (``charge_of_incomplete``; ``output_bound`` gives
+    the output tokens the reservation counted, asked only then) -- counted in ``metrics``
+    and logged (request id, model, amounts: no secrets), so an operator sees every one."""
+    if event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300:
+        return row  # the usual case (incomplete_answer inlined: one call less per request)
+    charge = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
+    row.priced = True
+    row.cost_nano_usd = charge
+    row.price_status = PRICE_STATUS_PRICED
+    row.price_entry = BOUND_PRICE_ENTRY
+    metrics.rows_charged_at_bound += 1
+    metrics.rows_charged_at_bound_nano_usd += charge
+    log.warning(
+        "request %s: a %d answer with %s usage (%s); charged %d nano-USD, the bound of its "
+        "%d nano-USD reservation (%s %s)", event.request_id, event.http_status,
+        "partial" if event.input_tokens or event.output_tokens else "no", event.status, charge,
+        reserved_nano_usd, event.provider, event.model,
+    )  # fmt: skip
+    return row

@@ -29,7 +29,7 @@ import logging
 import time
 
 from plano_fast import wire as scan
-from plano_fast.billing.rows import row_of_event
+from plano_fast.billing.rows import incomplete_answer, row_of_event, row_within_reservation
 from plano_fast.errors import BadRequestBody, ClientError, GatewayError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, refuse_background
@@ -347,7 +347,13 @@ class ManagedExchange(RetryingExchange):
             return
         self.outcome = outcome
         event = self._event(outcome, http_status)
-        self.ctx.usage_sink(event)
+        reservation = self.reservation
+        if reservation is not None and incomplete_answer(outcome, http_status):
+            # A 2xx answer cut short: settled at its bound (row_within_reservation).
+            self.reservation = None
+            self.mctx.spawn(self._settle_reservation(row_of_event(self.mctx.pricing, event), event, reservation))
+        else:
+            self.ctx.usage_sink(event)
         self.observe(event)
         if self.client_left and self.reservation is not None:
             self.mctx.release_soon(self.reservation)
@@ -389,8 +395,19 @@ class ManagedExchange(RetryingExchange):
         body_filter.release(self.responder)
         self.responder.end()
 
+    def _output_bound(self) -> int:
+        """The output tokens the reservation counted (re-derived from the forwarded body:
+        asked only to bound an answer whose usage was missing or cut short)."""
+        fields = self.fields
+        if fields is None:
+            return 0
+        max_out = fields.max_output_tokens
+        return token_bound(self.base_body, self.mctx.max_output_tokens if max_out is None else max_out)[1]
+
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         store = self.mctx.store
+        row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd,
+                                     self._output_bound, self.mctx.writer.metrics)
         overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
         if overrun > 0:
             # The bound did not hold (a provider billed what the request could not show):
