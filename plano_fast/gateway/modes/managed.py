@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 from plano_fast import wire as scan
 from plano_fast.billing.rows import row_of_event
@@ -75,7 +76,7 @@ class ManagedExchange(RetryingExchange):
         "fields",
         "base_body",
         "reservation",
-        "final_event",
+        "billing",
         "user_id",
         "token_id",
         "state_turn",
@@ -101,7 +102,9 @@ class ManagedExchange(RetryingExchange):
         self.fields: scan.RequestFields | None = None
         self.base_body = b""
         self.reservation: Reservation | None = None
-        self.final_event: UsageEvent | None = None
+        #: the synchronous settle of the complete response, under way from its completion
+        #: (``_complete``) on: awaited before the held-back end is sent
+        self.billing: asyncio.Future[Any] | None = None
         self.user_id: str | None = None
         self.token_id: str | None = None
         #: state_storage: records the Responses answer (plano_fast.responses_managed)
@@ -183,7 +186,7 @@ class ManagedExchange(RetryingExchange):
         self._prepare_target(0 if circuit.opened_at is None else self._first_target())
         try:
             await self.forward()  # retries and failover within (plano_fast.gateway.retrying)
-            if self.final_event is not None:
+            if self.billing is not None:
                 await self._bill_and_finish()
         finally:
             if self.reservation is not None and not self.client_left:
@@ -335,11 +338,27 @@ class ManagedExchange(RetryingExchange):
         super().on_upstream_body(data)
 
     def _complete(self, outcome: str) -> None:
-        """The synchronous settle step: the event is billed by ``_bill_and_finish`` before
-        the held-back end of the response is sent."""
+        """The synchronous settle step: the row goes to the store as soon as the upstream
+        response is complete, from the upstream connection's callback; the held-back end
+        of the response is sent by ``_bill_and_finish`` once it is written.
+
+        Started here rather than when the exchange's task resumes: the write of a lone
+        request (SQLite) then runs in the loop turn that wakes the task, which finds it
+        done instead of waiting a turn for the writer and another for its answer (issue
+        27, concurrency 1); and from this point the row no longer depends on the task
+        being resumed (a cancellation landing between the completion and the task's
+        next step cannot drop it)."""
         self.outcome = outcome
-        self.final_event = event = self._event(outcome, self.status)
+        event = self._event(outcome, self.status)
         self.observe(event)
+        reservation, self.reservation = self.reservation, None
+        row = row_of_event(self.mctx.pricing, event)
+        if reservation is None:
+            # The writer owns the row now: a client leaving cancels only the wait.
+            self.billing = self.mctx.writer.write(row, event)
+        else:
+            # A task of the context's: a client leaving must not cancel the settlement.
+            self.billing = self.mctx.spawn(self._settle_reservation(row, event, reservation))
 
     def _settle(self, outcome: str, http_status: int) -> None:
         # Failures (no response, client gone): asynchronous billing, reservation released.
@@ -372,16 +391,12 @@ class ManagedExchange(RetryingExchange):
         return event
 
     async def _bill_and_finish(self) -> None:
-        event = self.final_event
-        assert event is not None
-        reservation, self.reservation = self.reservation, None
-        row = row_of_event(self.mctx.pricing, event)
-        if reservation is None:
-            # The writer owns the row now: a client leaving cancels only this wait.
-            await self.mctx.writer.write(row, event)
+        billing = self.billing
+        assert billing is not None
+        if isinstance(billing, asyncio.Task):
+            await asyncio.shield(billing)  # cancelling the wait must not cancel the settle
         else:
-            # Shielded: a client leaving now must not cancel the settlement.
-            await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
+            await billing
         if self.state_turn is not None:
             self.state_turn.complete(self.status, self.model, self.provider_id)
         body_filter = self.body_filter
