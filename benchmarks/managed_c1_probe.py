@@ -36,8 +36,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 now_ns = time.monotonic_ns
 PHASES = ("sent", "exchange", "identified", "preparing", "sending", "forwarded", "answered", "complete",
           "submitted", "store_start", "committed", "woken", "ending", "ended", "received")
@@ -175,7 +173,8 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--gateway":
-        return _gateway(argv[1:])
+        return _gateway(argv[1:])  # the gateway of the tree on PYTHONPATH (--root)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", default="managed", help="comma list: managed, firewall, config")
     ap.add_argument("--rate", type=float, default=500.0)

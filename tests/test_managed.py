@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +142,51 @@ def test_sdks_reach_the_provider_with_the_server_side_key(
     ant = [r for r in fake.requests if r.path == "/v1/messages"][-1]
     assert ant.header("x-api-key") == ANTHROPIC_SERVER_KEY
     assert ant.header("authorization") is None
+
+
+def test_a_client_gone_as_the_response_completes_still_leaves_its_row(
+    managed: tuple[GatewayProcess, str, Tenant], fake: FakeProviderThread
+) -> None:
+    """The provider's last bytes and the client's goodbye reach the gateway in one turn of
+    its loop (the gateway is stopped while both arrive): the response is complete, so its
+    row is written although the exchange's task is cancelled by the departure (the settle
+    starts from the upstream's callback, and the task's wait for it is what is cancelled).
+    A regression test of that hand-off: it passes before it too (uvloop reports the reset
+    a turn later, when the task already waits on the writer)."""
+    gateway, sqlite_path, tenant = managed
+    fake.clear()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + tenant.token.encode() + b"\r\nx-fake-latency-ms: 300\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    client = socket.create_connection(("127.0.0.1", gateway.port))
+    stopped = False
+    try:
+        client.sendall(request)
+        deadline = time.monotonic() + 5
+        while not [r for r in fake.requests if r.path == "/v1/chat/completions"]:
+            assert time.monotonic() < deadline, "the request never reached the provider"
+            time.sleep(0.005)
+        os.kill(gateway.pids[0], signal.SIGSTOP)  # the provider answers into a stopped gateway
+        stopped = True
+        time.sleep(0.6)  # the answer (300 ms later) is in the gateway's socket buffer
+        # ... and then the client's reset (a FIN alone is a half-close: still answered)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.05)
+    finally:
+        if stopped:
+            os.kill(gateway.pids[0], signal.SIGCONT)
+        client.close()
+    deadline = time.monotonic() + 5
+    billed = rows(sqlite_path)
+    while not billed and time.monotonic() < deadline:
+        time.sleep(0.05)
+        billed = rows(sqlite_path)
+    assert len(billed) == 1, gateway.log_text()[-2000:]
+    assert billed[0].token_id == tenant.token_id and billed[0].priced and billed[0].cost_nano_usd
 
 
 def test_revoked_expired_and_wrong_model(

@@ -345,9 +345,8 @@ class ManagedExchange(RetryingExchange):
         Started here rather than when the exchange's task resumes: the write of a lone
         request (SQLite) then runs in the loop turn that wakes the task, which finds it
         done instead of waiting a turn for the writer and another for its answer (issue
-        27, concurrency 1); and from this point the row no longer depends on the task
-        being resumed (a cancellation landing between the completion and the task's
-        next step cannot drop it)."""
+        27, concurrency 1).  The row is the writer's (or the settle task's) from here,
+        as it was from ``_bill_and_finish`` on: a client leaving cancels only the wait."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
