@@ -112,7 +112,7 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             tracing = ctx.tracing
             if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
                 trace(gw, exchange)
-            return exchange.run()
+            return exchange.start()
     forwarded: Exchange | None = None
     if gw.firewall and request.path not in _HEALTH:
         forwarded = FirewallExchange(ctx, request, responder)
