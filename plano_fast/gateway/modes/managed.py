@@ -393,13 +393,15 @@ class ManagedExchange(RetryingExchange):
     def _complete(self, outcome: str) -> None:
         """The synchronous settle step: the row goes to the store as soon as the upstream
         response is complete, from the upstream connection's callback; the held-back end
-        of the response is sent by ``_bill_and_finish`` once it is written.
+        of the response is sent once it is written: by ``_billed`` (the write's done
+        callback) when no task carries the request, else by the task's
+        ``_bill_and_finish``.
 
-        Started here rather than when the exchange's task resumes: the write of a lone
-        request (SQLite) then runs in the loop turn that wakes the task, which finds it
-        done instead of waiting a turn for the writer and another for its answer (issue
-        27, concurrency 1).  The row is the writer's (or the settle task's) from here,
-        as it was from ``_bill_and_finish`` on: a client leaving cancels only the wait."""
+        Started here rather than when a task resumes: the write of a lone request
+        (SQLite) then runs in the loop turn that wakes the task, which finds it done
+        instead of waiting a turn for the writer and another for its answer (issue 27,
+        concurrency 1); and the task-free path has no task to start it.  The row is the
+        writer's (or the settle task's) from here: a client leaving cancels only a wait."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
