@@ -53,8 +53,7 @@ def build(variant: str, workdir: Path) -> tuple[Any, Any, Any]:
     from plano_fast.tracing import Tracing
     from plano_fast.usage import STATUS_OK, UsageEvent
 
-    pool = types.SimpleNamespace(connect_timeout_s=10.0)  # what the context reads of a pool
-    ctx = ExchangeContext(None, pool, lambda event: None, 60.0, 60.0)  # type: ignore[arg-type]
+    ctx = ExchangeContext(None, None, lambda event: None, (10.0, 60.0, 60.0))  # type: ignore[arg-type]
     ctx.request_metrics = variant != "base"
     if variant == "metrics+access_log":
         ctx.access_log = AccessLog(str(workdir / "access.jsonl"))
@@ -78,7 +77,6 @@ def build(variant: str, workdir: Path) -> tuple[Any, Any, Any]:
 
 def loop(variant: str, n: int) -> None:
     """``n`` requests' worth of the observability code (the child under callgrind)."""
-    from plano_fast import wire
     from plano_fast.gateway.dispatch import trace
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-obs-"))
@@ -89,7 +87,7 @@ def loop(variant: str, n: int) -> None:
     for i in range(n):
         tracing = ctx.tracing
         # dispatch's check, as written there, then its decision
-        if tracing is not None and (tracing.rate or wire.has_header(headers, b"traceparent")):
+        if tracing is not None and tracing.may_sample(headers):
             trace(gw, exchange)
         exchange.observe(event)
         if access_log is not None and i % 100 == 99:

@@ -88,7 +88,7 @@ class WrappedGateway(GatewayProcess):
         self.url = f"http://127.0.0.1:{self.port}"
 
 
-def callgrind(configs: dict[str, tuple[Path, Any]], work: Path, args: argparse.Namespace) -> None:
+def callgrind(configs: dict[str, tuple[Path, Any]], work: Path, args: argparse.Namespace, redis_port: int) -> None:
     from benchmarks import ab_refs
 
     per_request: dict[str, float] = {}
@@ -103,12 +103,19 @@ def callgrind(configs: dict[str, tuple[Path, Any]], work: Path, args: argparse.N
             ab_refs.send(gw.url, headers, args.warmup, 1)
             ab_refs._control(gw.proc.pid, "--instr=on")
             ab_refs.send(gw.url, headers, max(20, args.requests // 10), 1)  # translate the instrumented code
+            calls0 = redis_calls(redis_port)
             r = ab_refs._callgrind_window(gw, headers, 1, out, args)
+            calls1 = redis_calls(redis_port)
         finally:
             gw.stop()
         per_request[name] = float(r["per_request"])
+        # (the script calls in the measured window: under valgrind a request takes
+        # milliseconds, so the process's rate, and the leases sized by it, are ~50x smaller
+        # than at full speed: more script calls per request than under wrk)
+        evals = sum(calls1.get(c, 0) - calls0.get(c, 0) for c in ("evalsha", "eval"))
         print(f"{name}: {r['per_request']:,.0f} instructions/request at c=1 (inline {r['inline']:,.0f} + "
-              f"deferred {r['deferred']:,.0f}); {r['requests']} requests in {r['wall_s']:.1f} s", flush=True)
+              f"deferred {r['deferred']:,.0f}); {r['requests']} requests in {r['wall_s']:.1f} s; "
+              f"{evals / max(1, int(r['requests'])):.3f} Redis script calls/request", flush=True)
     print(f"B - A ({args.kind} limit in Redis): {per_request['B'] - per_request['A']:+,.0f} instructions/request "
           f"({(per_request['B'] / per_request['A'] - 1) * 100:+.1f}%)")
 
@@ -146,7 +153,7 @@ def main() -> int:
             fh.write(ratelimit_section(args.kind))
         if args.callgrind:
             gateways["A"][0].stop()
-            callgrind({k: (setup.config_path, setup) for k, (_, setup) in gateways.items()}, work, args)
+            callgrind({k: (setup.config_path, setup) for k, (_, setup) in gateways.items()}, work, args, redis.port)
             return 0
         gateways["B"] = (GatewayProcess(setup_b.config_path, log_path=work / "B" / "gateway2.log",
                                         env=setup_b.env), setup_b)  # fmt: skip

@@ -10,7 +10,9 @@ command: EVALSHA's figure includes the script's own redis.call()s) and redis-ser
 time (utime + stime from /proc, which also holds the event-loop and socket work of each
 read: a write Redis has to wake up for costs more than the command), plus the round trips
 (writes to Redis) per request.  Unlike wall-clock timings these hardly depend on the
-machine's load.
+machine's load.  With leases (``RedisBackend``) most requests are admitted on the
+process's lease and make no call at all: the figures are then the lease grants, returns and
+debits beyond the lease spread over the requests.
 """
 
 from __future__ import annotations

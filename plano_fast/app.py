@@ -190,8 +190,7 @@ class Gateway:
         if opened:
             await self._start_billing()
         timeout_s = self.config.listener.timeout_s
-        first_byte_s = settings.upstream_first_byte_timeout_s or timeout_s
-        body_idle_s = settings.upstream_body_idle_timeout_s or timeout_s
+        timeouts = self.config.upstream_timeouts  # (connect, first byte, body idle)
         limits = self.limits
         self.clock = DeadlineClock(
             tick_for(
@@ -199,8 +198,7 @@ class Gateway:
                 limits.request_body_timeout_s,
                 limits.keepalive_timeout_s,
                 timeout_s,
-                first_byte_s,
-                body_idle_s,
+                *timeouts[1:],
                 # a provider's own first-byte / body-idle timeouts fire within a tick too
                 *(t for p in self.config.providers for t in p.timeouts[1:]),
             )
@@ -217,8 +215,7 @@ class Gateway:
             self.router,
             self.pool,
             self.billing.submit,
-            first_byte_s,
-            body_idle_s,
+            timeouts,
             registry=self.registry,
             budget=self.billing.budget,
             gone_drain_s=settings.client_gone_drain_s,

@@ -259,10 +259,15 @@ class Responder:
             add((name, b": ", value, b"\r\n"))
         self.send_head_block(status, b"".join(parts), content_length)
 
-    def send_head_block(self, status: int, block: bytes, content_length: int | None) -> None:
-        """Send a head whose header lines (CRLF-ended) are ready in ``block``; framing,
-        connection, date and server are added here."""
-        parts = [status_line(status), block]
+    def send_head_block(
+        self, status: int, block: bytes, content_length: int | None, extra: bytes = b""
+    ) -> None:
+        """Send a head whose header lines (CRLF-ended) are ready in ``block``, then those of
+        ``extra`` (the gateway's own lines after a relayed block: joined here once, rather
+        than the ~1.3 KB block copied by a concatenation per line); framing, connection,
+        date and server are added here."""
+        line = _STATUS_LINES.get(status)
+        parts = [line if line is not None else status_line(status), block, extra]
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
         elif self._proto.http11:
@@ -270,9 +275,13 @@ class Responder:
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
             self._close_after = True
-        if self.closing:
+        if self._close_after or self._proto.draining:  # (self.closing, without its call)
             self._close_after = True
             parts.append(b"connection: close\r\n")
+        elif not self._proto.http11:
+            # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
+            # 9.3): without it the client takes the connection as closing while we keep it.
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(DATE_HEADER.get())
         parts.append(SERVER_HEADER)
         parts.append(b"\r\n")
@@ -463,7 +472,9 @@ class ServerProtocol(asyncio.Protocol):
         #: the next timeout (loop time; 0 = none), checked by the shared DeadlineClock
         self.deadline = 0.0
         self._clock = clock
-        self._on_timeout: Callable[[], None] = self._on_head_timeout
+        #: what ``on_deadline`` calls, an unbound method of this class (a bound one would
+        #: be a new object at every arming, i.e. on every request)
+        self._on_timeout: Callable[[ServerProtocol], None] = ServerProtocol._on_head_timeout
         self._reading_paused = False
         self._writing_paused = False
         self._expect_continue = False
@@ -488,7 +499,7 @@ class ServerProtocol(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(CLIENT_WRITE_HIGH_WATER, CLIENT_WRITE_LOW_WATER)
         self._clock.add(self)
-        self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
+        self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -552,7 +563,11 @@ class ServerProtocol(asyncio.Protocol):
                 # Connection: close -- the client sends nothing after this request
                 # (RFC 9112 9.6), so nothing after it is read.
                 self._broken = True
-            self._dispatch(Request(method, target, headers, body, keep_alive, forward))
+            request = Request(method, target, headers, body, keep_alive, forward)
+            if self._active is None:  # (_dispatch, inline: every plain request comes here)
+                self._start(request)
+            else:
+                self._dispatch(request)
             if self._broken or taken == len(data):
                 return taken
 
@@ -664,16 +679,23 @@ class ServerProtocol(asyncio.Protocol):
         self._headers = []
         # The head arrived in time; the body now gets the listener's request timeout.
         if self._active is None:
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         if self._expect_continue and self._active is None:
-            if self._precheck is not None:
-                # Identify before inviting the body: a client with a bad key does not get
-                # to upload it (a GatewayError here is answered by data_received, closing).
-                self._precheck(
-                    Request(parser.get_method(), self._url, self._request_headers, b"", False)
-                )
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._expect_continue = False
+            # (a GatewayError here is answered by data_received, closing)
+            self._invite_body()
+
+    def _invite_body(self) -> None:
+        """Answer the head's ``Expect: 100-continue``: when the head ends with no exchange
+        running, else when the running one ends (a pipelined head waits its turn; without
+        this its client, waiting for the 100, would wait out the body timeout)."""
+        self._expect_continue = False
+        if self._precheck is not None:
+            # Identify before inviting the body: a client with a bad key does not get
+            # to upload it.
+            self._precheck(
+                Request(self._parser.get_method(), self._url, self._request_headers, b"", False)
+            )
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_chunk_header(self) -> None:
         self._body_progress = True
@@ -715,7 +737,7 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer, inline)
         responder = Responder(self, request.keep_alive and not self.draining)
         self._active = responder
         try:
@@ -784,14 +806,22 @@ class ServerProtocol(asyncio.Protocol):
             if not self._pending:
                 self._resume_reading()
             return
-        self._resume_reading()
+        if self._reading_paused:
+            self._resume_reading()
         if self._headers_done:
             # The next request's head is in; its body is still arriving.
-            self._arm(self._limits.request_body_timeout_s, self._on_head_timeout)
+            if self._expect_continue:
+                try:
+                    self._invite_body()
+                except GatewayError as exc:
+                    self._refuse(exc)
+                    return
+            self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
         elif self._msg_started:
-            self._arm(self._limits.request_head_timeout_s, self._on_head_timeout)
-        else:
-            self._arm(self._limits.keepalive_timeout_s, self._on_idle_timeout)
+            self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
+        else:  # the usual keep-alive wait (``_arm``, inline: after every answer)
+            self.deadline = self.loop.time() + self._limits.keepalive_timeout_s
+            self._on_timeout = ServerProtocol._on_idle_timeout
 
     def _refuse(self, error: GatewayError) -> None:
         """Answer a request that cannot be parsed or accepted, then close."""
@@ -831,7 +861,7 @@ class ServerProtocol(asyncio.Protocol):
         return self._active
 
     # -- timers and reading -----------------------------------------------------------
-    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+    def _arm(self, delay_s: float, callback: Callable[[ServerProtocol], None]) -> None:
         self.deadline = self.loop.time() + delay_s
         self._on_timeout = callback
 
@@ -839,7 +869,7 @@ class ServerProtocol(asyncio.Protocol):
         self.deadline = 0.0
 
     def on_deadline(self) -> None:
-        self._on_timeout()
+        self._on_timeout(self)
 
     def _on_head_timeout(self) -> None:
         if self._active is None and not self.lost:

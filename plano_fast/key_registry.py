@@ -32,6 +32,8 @@ class KeyRoute:
     origin: Origin
     base_path: bytes
     host_header: str
+    #: ``host: <host_header>\r\n``, the upstream head's Host line (built here, not per request)
+    host_line: bytes
 
 
 def parse_upstream(key: RegisteredApiKey) -> KeyRoute:
@@ -46,6 +48,7 @@ def parse_upstream(key: RegisteredApiKey) -> KeyRoute:
         origin=(parts.scheme, parts.hostname, port, key.egress_ip or None),
         base_path=parts.path.rstrip("/").encode(),
         host_header=host_header,
+        host_line=b"host: " + host_header.encode() + b"\r\n",
     )
 
 

@@ -35,9 +35,19 @@ limit is debited with the input + output tokens the response reported, after it.
 overshoot for token limits: at most the tokens of the requests admitted while the bucket
 was still under its limit and not yet settled (the requests in flight when it emptied).
 
-Where the buckets live: with ``plano_fast.redis_url``, in Redis (one Lua script call per
-check, which also carries this process's pending token debits), shared by every worker
-and instance; without it, with one worker, in
+Where the buckets live: with ``plano_fast.redis_url``, in Redis, shared by every worker
+and instance, each process admitting on a **lease** (a share of the bucket the check script
+granted it and counted at once) with no round trip while the lease lasts; one Lua script
+call grants, checks and carries this process's pending token debits (``RedisBackend``).
+Bounds with leases: a lease is counted in Redis before it is used, so leases add no
+overshoot (a request limit is never exceeded; a token limit by at most the bound above plus
+the tokens debited in the 5 ms before another process saw them, as without leases).
+Under-admission: at most the unused leases outstanding -- per process and bucket at most
+``max(1, amount // 32)`` units, returned within 100 ms of the process's last use (dropped,
+still counted, at a window change); a limit under 32 units is never leased ahead (every
+grant is the one unit its request takes: the per-request check).  Redis unreachable: a
+lease still held keeps admitting in fail_open and fail_closed alike (granted and counted
+before the outage); then the configured mode.  Without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
 run directory (the one the workers' metrics snapshots use): every worker of the instance
 checks and debits the same counters in one ``BEGIN IMMEDIATE`` transaction, so the limit
@@ -170,8 +180,6 @@ REDIS_PREFIX: Final = b"plano_fast:rl:"
 class Bucket:
     limit: Limit
     key: str  # the bucket's name (limit index and selector value)
-    #: its Redis keys without the window number (built once per bucket, not per request)
-    redis_base: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +196,9 @@ class Verdict:
 #: given) after this request was counted -- what the rate-limit headers of an admitted
 #: response are computed from, with no second round trip.
 Counts = list[int]
+
+#: an admission's Counts when no header is built from them (``ratelimit_headers: refused``)
+ADMITTED: Final[Counts] = [-1]
 
 
 def estimate(prev: int, cur: int, window_s: int, now_s: float) -> float:
@@ -215,10 +226,13 @@ class MemoryBackend:
     def __init__(self) -> None:
         #: (bucket key, window length s, window number) -> count
         self.counts: dict[tuple[str, int, int], int] = {}
+        #: build the Counts of an admission (``ratelimit_headers: always``; RateLimits sets it)
+        self.want_counts = True
 
     def check_now(self, buckets: Sequence[Bucket], now_s: float) -> Verdict | Counts:
         counts = self.counts
-        state = [-1]
+        want = self.want_counts
+        state = [-1] if want else ADMITTED
         for b in buckets:
             w = b.limit.window_s
             n = int(now_s // w)
@@ -226,11 +240,14 @@ class MemoryBackend:
             cur = counts.get((b.key, w, n), 0)
             if estimate(prev, cur, w, now_s) >= b.limit.amount:
                 return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
-            state += (prev, cur)
+            if want:
+                state += (prev, cur)
         for i, b in enumerate(buckets):
             if b.limit.kind == "requests":
                 key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
-                counts[key] = state[2 * i + 2] = counts.get(key, 0) + 1
+                counts[key] = added = counts.get(key, 0) + 1
+                if want:
+                    state[2 * i + 2] = added
         if len(counts) > 100_000:
             self._sweep(now_s)
         return state
@@ -273,6 +290,8 @@ class SqliteBackend:
             " n INTEGER NOT NULL, expires_s INTEGER NOT NULL, PRIMARY KEY (bucket, window)) WITHOUT ROWID"
         )
         self._ops = 0
+        #: build the Counts of an admission (``ratelimit_headers: always``; RateLimits sets it)
+        self.want_counts = True
 
     def _count(self, key: str, window: int) -> int:
         row = self.db.execute("SELECT n FROM rl_counts WHERE bucket = ? AND window = ?", (key, window)).fetchone()
@@ -297,18 +316,21 @@ class SqliteBackend:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            state = [-1]
+            want = self.want_counts
+            state = [-1] if want else ADMITTED
             for b in buckets:
                 w = b.limit.window_s
                 n = int(now_s // w)
                 prev, cur = self._count(b.key, n - 1), self._count(b.key, n)
                 if estimate(prev, cur, w, now_s) >= b.limit.amount:
                     return Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, w, now_s))
-                state += (prev, cur)
+                if want:
+                    state += (prev, cur)
             for i, b in enumerate(buckets):
                 if b.limit.kind == "requests":
                     self._add(b.key, int(now_s // b.limit.window_s), 1, b.limit.window_s)
-                    state[2 * i + 2] += 1
+                    if want:
+                        state[2 * i + 2] += 1
             self._maybe_sweep(now_s)
             return state
         finally:
@@ -341,16 +363,19 @@ class SqliteBackend:
         self.db.close()
 
 
-# The check, with this process's pending token debits, in one script call.
-# KEYS: per checked bucket its current and previous window keys, then the debited keys.
-# ARGV[1]: the number n of checked buckets; ARGV[2]: the gateway's clock in ms (no TIME: the
-# window numbers in the keys are the gateway's too); per bucket i: ARGV[3i] its amount,
-# ARGV[3i+1] its window in ms, ARGV[3i+2] the key's TTL for a request bucket, '0' for a
-# token bucket (not incremented at admission); then per debited key its tokens and TTL.  The debits go first (they are older than this check).  A key's
-# TTL is set only when the INCR/INCRBY created it: one EXPIRE per key and window, not per
-# call.  Returns {i, prev, cur} for the first bucket at or over its limit, else
-# {-1, prev_1, cur_1, ...}: every bucket's counts after this request was counted, which
-# the rate-limit headers of an admitted response are computed from.
+# The check with lease grants and this process's pending token debits, in one script call.
+# KEYS: per bucket its current and previous window keys, then the debited keys.  ARGV[1]:
+# the number n of buckets; ARGV[2]: the gateway's clock in ms (no TIME: the window numbers
+# in the keys are the gateway's too); per bucket i: ARGV[3i] its amount, ARGV[3i+1] its
+# window in ms, ARGV[3i+2] the lease wanted: S > 0 "this request needs a unit of this
+# bucket: refuse when it is empty, else grant min(S, what is left), at least 1"; -S "the
+# process still holds lease for this request: grant up to S of what is left, never
+# refuse"; 0 "held, nothing more wanted"; then per debited key its tokens (negative: an
+# unused lease returned) and TTL.  The debits go first (they are older than this check).
+# A grant is counted at once (INCRBY of the current window: consumption).  A key's TTL is
+# set only by the write that created it: one EXPIRE per key and window, not per call.
+# Returns {i, prev, cur} for the first bucket that refuses (nothing granted), else
+# {-1, grant_1, prev_1, cur_1, ...}: every bucket's grant and counts after it.
 _CHECK_LUA: Final = """
 local n = tonumber(ARGV[1])
 local a = 3 + 3 * n
@@ -371,20 +396,29 @@ for i = 1, n do
   local cur = tonumber(counts[2 * i - 1]) or 0
   local prev = tonumber(counts[2 * i]) or 0
   local window = tonumber(ARGV[3 * i + 1])
-  if prev * (1 - (now % window) / window) + cur >= tonumber(ARGV[3 * i]) then
-    return {i, prev, cur}
+  local want = tonumber(ARGV[3 * i + 2])
+  local room = math.ceil(tonumber(ARGV[3 * i]) - (prev * (1 - (now % window) / window) + cur))
+  local grant = 0
+  if want > 0 then
+    if room <= 0 then
+      return {i, prev, cur}
+    end
+    grant = math.min(want, room)
+  elseif want < 0 and room > 0 then
+    grant = math.min(-want, room)
   end
-  out[2 * i] = prev
-  out[2 * i + 1] = cur
+  out[3 * i - 1] = grant
+  out[3 * i] = prev
+  out[3 * i + 1] = cur
 end
 for i = 1, n do
-  local ttl = ARGV[3 * i + 2]
-  if ttl ~= '0' then
-    local cur = redis.call('INCR', KEYS[2 * i - 1])
-    if cur == 1 then
-      redis.call('EXPIRE', KEYS[2 * i - 1], ttl)
+  local grant = out[3 * i - 1]
+  if grant > 0 then
+    local cur = redis.call('INCRBY', KEYS[2 * i - 1], grant)
+    if cur == grant then
+      redis.call('EXPIRE', KEYS[2 * i - 1], 2 * tonumber(ARGV[3 * i + 1]) / 1000 + 1)
     end
-    out[2 * i + 1] = cur
+    out[3 * i + 1] = cur
   end
 end
 return out
@@ -396,101 +430,324 @@ _SMALL: Final = tuple(b"%d" % i for i in range(16))
 _CHECK_SHA: Final = hashlib.sha1(_CHECK_LUA_BYTES).hexdigest().encode()
 
 
-class RedisBackend:
-    """Buckets in Redis: shared by every worker and instance.
+class Lease:
+    """This process's share of one Redis bucket in one window: units granted by the script
+    (already counted in Redis) and not yet used here."""
 
-    One round trip on the request path: the check script (EVALSHA; EVAL once after a
-    Redis restart answers NOSCRIPT), answered by a callback run from the reply's read (no
-    task, no future).  Token
-    debits after the response are not sent on their own: they wait, merged per key, for
-    this process's next check, which carries them in the same script call (applied before
-    its own reads), or at most ``DEBIT_DELAY_S`` when no check comes -- so Redis wakes up
-    once per request, not twice (its per-wake-up cost is most of its CPU per request:
-    ``benchmarks/ratelimit_redis.py``).  The price: another process's check may not see a
-    debit for up to ``DEBIT_DELAY_S``, which adds the tokens of the requests that finished
-    in that time to the overshoot bound (docs/ratelimits.md)."""
+    __slots__ = ("limit", "base", "ends_s", "cur_key", "prev_key", "left", "cap", "size",
+                 "used", "since_s", "last_use_s", "prev", "cur", "asked")  # fmt: skip
+
+    def __init__(self, limit: Limit, base: bytes, cap: int) -> None:
+        self.limit = limit
+        self.base = base  # the Redis keys without the window number
+        self.ends_s = 0.0  # end of the window the keys and ``left`` belong to
+        self.cur_key = self.prev_key = b""
+        self.left = 0  # units held (requests, or tokens), already counted in Redis
+        self.cap = cap  # the most held at once: max(1, amount // LEASE_FRACTION)
+        self.size = 1  # the last grant asked for
+        self.used = 0  # units used since ``since_s`` (the rate a lease is sized by)
+        self.since_s = 0.0
+        self.last_use_s = 0.0
+        self.prev = self.cur = 0  # the bucket's counts as Redis last answered (grants included)
+        #: units asked in script calls not answered yet: with ``left``, never above ``cap``
+        #: (concurrent requests that find no lease each ask only what is missing, at least
+        #: their own unit), so the lease held stays within the under-admission bound
+        self.asked = 0
+
+    def roll(self, now_s: float) -> None:
+        """Into the window of ``now_s``: the lease left is dropped (it counted in the old
+        window, whose count carries into the sliding estimate as consumption)."""
+        w = self.limit.window_s
+        n = int(now_s // w)
+        self.ends_s = (n + 1) * w
+        self.cur_key = self.base + b"%d" % n
+        self.prev_key = self.base + b"%d" % (n - 1)
+        self.left = 0
+        self.prev = self.cur = 0
+
+
+class RedisBackend:
+    """Buckets in Redis, shared by every worker and instance, with per-process leases.
+
+    **Leases.**  The check script grants this process a share of each bucket (up to
+    ``cap = max(1, amount // LEASE_FRACTION)`` units), counted in Redis at once as
+    consumption; while the process holds lease for every bucket of a request it admits it
+    locally, with no round trip (a request takes one unit of a request bucket; a token
+    bucket admits while its lease is above zero, and the response's tokens are taken from
+    the lease, the rest debited in Redis as below).  When a lease falls to half the last
+    grant, the next one is fetched off the request path (``call_soon``, after the request
+    was forwarded), so a steady stream never waits; a request waits on Redis only when
+    the process holds none (first use, a new window, a nearly empty bucket).  A grant's
+    size follows this process's rate: ``min(cap, rate x LEASE_HORIZON_S)``, at least 1 --
+    the first use of a bucket asks 1, and a limit below ``LEASE_FRACTION`` units always
+    asks 1: a lease of one unit, taken by the request that asked it, is exactly the
+    per-request check.  Unused lease goes back (a negative debit) once the process has not
+    used the bucket for ``LEASE_IDLE_S``; at a window change it is dropped (it counted in
+    the old window).
+
+    Bounds (docs/ratelimits.md).  Overshoot: grants are counted before they are used, so
+    leases add none -- a request limit never exceeds its amount; a token limit exceeds it
+    by at most the tokens of the requests in flight when it emptied plus those debited in
+    the ``DEBIT_DELAY_S`` before another process saw them, as without leases.
+    Under-admission: at most the unused leases outstanding, ``cap`` per process and
+    bucket, returned within ``LEASE_IDLE_S`` of the process's last use (or left to expire
+    with the window's count when the window changes).
+
+    **Round trips.**  The check script (EVALSHA; EVAL once after a Redis restart answers
+    NOSCRIPT) is answered by a callback run from the reply's read (no task, no future).
+    Token debits beyond the lease are not sent on their own: they wait, merged per key,
+    for this process's next script call (a check or a lease fetch), applied before its own
+    reads, or at most ``DEBIT_DELAY_S`` when none comes.
+
+    **Redis unreachable.**  A lease still held (this window, not yet used up) keeps
+    admitting in both ``fail_open`` and ``fail_closed``: it was granted, and counted,
+    before the outage.  Once it is used up, a request that needs Redis follows the
+    configured mode; a failed fetch or debit is counted and logged like a failed check.
+    """
 
     DEBIT_DELAY_S: Final = 0.005
+    #: a process holds at most this share of a bucket (1/32: four processes hold <= 12.5%)
+    LEASE_FRACTION: Final = 32
+    #: a grant covers about this long of the process's observed rate
+    LEASE_HORIZON_S: Final = 0.05
+    #: unused lease is returned after this long without use of its bucket
+    LEASE_IDLE_S: Final = 0.1
+    #: leases kept (a selector "*" makes many buckets); beyond, the map starts over
+    _LEASES_MAX: Final = 4096
 
     def __init__(self, url: str, fail_open: bool, prefix: bytes = REDIS_PREFIX) -> None:
         self.client = RespClient(url)
         self.fail_open = fail_open
         self.prefix = prefix
         self.errors = 0
+        #: build the Counts of an admission (``ratelimit_headers: always``; RateLimits sets it)
+        self.want_counts = True
         #: True from the first failure until the next success (logged once per outage)
         self.down = False
         #: debits not sent yet: Redis key -> [tokens, TTL s]
         self._debits: dict[bytes, list[int]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
-        #: per limit index: (amount, window in ms, TTL of a request bucket's key or b"0")
-        #: as sent, formatted once
-        self._static: dict[int, tuple[bytes, bytes, bytes]] = {}
-        #: per bucket (its Redis key base): (window number, current key, previous key),
-        #: built once per window instead of per request
-        self._window_keys: dict[bytes, tuple[int, bytes, bytes]] = {}
+        self._idle_timer: asyncio.TimerHandle | None = None
+        #: per limit index: (amount, window in ms) as sent, formatted once
+        self._static: dict[int, tuple[bytes, bytes]] = {}
+        #: per bucket key: this process's lease (and the bucket's Redis keys for its window)
+        self._leases: dict[str, Lease] = {}
+        #: leases whose next grant is to be fetched (one script call, after this loop turn)
+        self._to_fetch: list[tuple[Lease, int]] = []
 
-    def _limit_args(self, limit: Limit) -> tuple[bytes, bytes, bytes]:
-        static = self._static.get(limit.index)
-        if static is None:
-            ttl = b"%d" % (limit.window_s * 2 + 1) if limit.kind == "requests" else b"0"
-            static = self._static[limit.index] = (b"%d" % limit.amount, b"%d" % (limit.window_s * 1000), ttl)
-        return static
+    # -- leases ---------------------------------------------------------------------------
+    def lease(self, b: Bucket, now_s: float) -> Lease:
+        """The bucket's lease, rolled into the window of ``now_s``."""
+        lease = self._leases.get(b.key)
+        if lease is None:
+            if len(self._leases) >= self._LEASES_MAX:
+                self._evict(now_s)
+            lease = self._leases[b.key] = Lease(
+                b.limit, self.prefix + b.key.encode() + b":", max(1, b.limit.amount // self.LEASE_FRACTION))
+            lease.since_s = now_s
+        if now_s >= lease.ends_s:
+            lease.roll(now_s)
+        return lease
 
-    def _keys(self, b: Bucket, now_s: float) -> tuple[int, bytes, bytes]:
-        """The bucket's current and previous window keys."""
-        base = b.redis_base or self.prefix + b.key.encode() + b":"
-        n = int(now_s // b.limit.window_s)
-        known = self._window_keys.get(base)
-        if known is None or known[0] != n:
-            if len(self._window_keys) >= 4096:  # (a selector "*" makes many buckets)
-                self._window_keys.clear()
-            known = self._window_keys[base] = (n, base + b"%d" % n, base + b"%d" % (n - 1))
-        return known
+    def _evict(self, now_s: float) -> None:
+        """The lease map starts over (a selector "*" makes many buckets): the lease held
+        goes back first, as when idle; a lease with a grant still out is kept (its grant
+        must land where it can be used or returned)."""
+        kept = {}
+        for key, lease in self._leases.items():
+            if lease.asked:
+                kept[key] = lease
+            elif lease.left > 0 and now_s < lease.ends_s:
+                self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
+        self._leases = kept
 
-    def _script_call(self, buckets: Sequence[Bucket], now_s: float) -> tuple[bytes, ...]:
-        """The EVALSHA command's parts: the check of ``buckets`` and the pending debits."""
-        keys: list[bytes] = []
-        args: list[bytes] = [_SMALL[len(buckets)] if len(buckets) < 16 else b"%d" % len(buckets),
-                             b"%d" % int(now_s * 1000)]  # fmt: skip
+    def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
+        """Admit on the leases held, with no round trip: True when every bucket has lease
+        left in this window (its units taken), False when the request must wait on Redis."""
+        leases = self._leases
         for b in buckets:
-            _, cur, prev = self._keys(b, now_s)
-            keys += (cur, prev)
-            args += self._limit_args(b.limit)
+            lease = leases.get(b.key)
+            if lease is None or lease.left <= 0 or now_s >= lease.ends_s:
+                return False
+        for b in buckets:
+            lease = leases[b.key]
+            if b.limit.kind == "requests":
+                lease.left -= 1
+                lease.used += 1
+            lease.last_use_s = now_s
+            if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                self._want_fetch(lease, now_s)
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+        return True
+
+    def local_counts(self, buckets: Sequence[Bucket]) -> Counts:
+        """An admission's Counts from the leases: Redis's last answer minus the lease not
+        used yet (what the headers' ``remaining`` is computed from)."""
+        out = [-1]
+        leases = self._leases
+        for b in buckets:
+            lease = leases[b.key]
+            out += (lease.prev, lease.cur - lease.left)
+        return out
+
+    def _size(self, lease: Lease, now_s: float) -> int:
+        """The next grant: this process's rate since the last one over LEASE_HORIZON_S,
+        at least 1 and at most the cap less what is held and asked (may be <= 0: none)."""
+        if lease.cap <= 1:
+            return 1
+        elapsed_s = now_s - lease.since_s
+        rate = lease.used / elapsed_s if elapsed_s > 0 else 0.0
+        lease.used = 0
+        lease.since_s = now_s
+        size = lease.size = max(1, min(lease.cap, math.ceil(rate * self.LEASE_HORIZON_S)))
+        return min(size, lease.cap - lease.left - lease.asked)
+
+    def _want_fetch(self, lease: Lease, now_s: float) -> None:
+        want = self._size(lease, now_s)
+        if want <= 0:
+            return
+        lease.asked += want
+        if not self._to_fetch:
+            asyncio.get_running_loop().call_soon(self._fetch)
+        self._to_fetch.append((lease, -want))
+
+    def _fetch(self) -> None:
+        """The next grants of the leases running low, in one script call (with the pending
+        debits); never refused: the process still holds some of each."""
+        queued, self._to_fetch = self._to_fetch, []
+        now_s = time.time()
+        items = []
+        for lease, want in queued:
+            if now_s >= lease.ends_s:  # a new window since: its next request asks
+                lease.asked -= -want
+            else:
+                items.append((lease, want))
+        if items:
+            self._send(items, now_s, partial(self._granted, items, [lease.cur_key for lease, _ in items], None))
+
+    def _granted(self, items: Sequence[tuple[Lease, int]], keys: list[bytes], counts: Counts | None,
+                 result: Any) -> None:  # fmt: skip
+        """A script call's grants into the leases (a grant for a window that has ended
+        since is dropped: it counted there); ``counts`` (when a list) gets every bucket's
+        counts for the headers.  A request's own unit was taken before (``start_check``)."""
+        for i, (lease, want) in enumerate(items):
+            lease.asked -= abs(want)
+            if not isinstance(result, list) or result[0] > 0:
+                continue
+            grant, prev, cur = result[3 * i + 1], result[3 * i + 2], result[3 * i + 3]
+            if lease.cur_key == keys[i]:
+                lease.left += grant
+                lease.prev, lease.cur = prev, cur
+                if lease.left > 0 and self._idle_timer is None:  # (returned if not used)
+                    self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+            if counts is not None:
+                counts += (prev, cur - max(0, lease.left) if lease.cur_key == keys[i] else cur)
+
+    def _return_idle(self) -> None:
+        """Unused lease of buckets not used for LEASE_IDLE_S goes back (a negative debit on
+        its window's key); the timer runs while some lease is held."""
+        self._idle_timer = None
+        now_s = time.time()
+        held = False
+        for lease in self._leases.values():
+            if lease.left <= 0:
+                continue
+            if now_s >= lease.ends_s:
+                lease.roll(now_s)  # counted in the old window: dropped
+            elif now_s - lease.last_use_s >= self.LEASE_IDLE_S and not lease.asked:
+                self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
+                lease.cur -= lease.left
+                lease.left = 0
+            else:
+                held = True
+        if held:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+
+    # -- the script call ------------------------------------------------------------------
+    def _send(self, items: Sequence[tuple[Lease, int]], now_s: float, done: Callable[[Any], None]) -> None:
+        """One script call: grants for ``items`` ((lease, wanted: see _CHECK_LUA)) and the
+        pending debits; ``done`` gets the reply (a list) or a BackendUnavailable / None."""
+        keys: list[bytes] = []
+        args: list[bytes] = [_SMALL[len(items)] if len(items) < 16 else b"%d" % len(items),
+                             b"%d" % int(now_s * 1000)]  # fmt: skip
+        for lease, want in items:
+            keys += (lease.cur_key, lease.prev_key)
+            args += (*self._limit_args(lease.limit), _SMALL[want] if 0 <= want < 16 else b"%d" % want)
         debits = self._debits
         if debits:
             self._debits = {}
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
             for key, (tokens, ttl_s) in debits.items():
                 keys.append(key)
                 args += (b"%d" % tokens, b"%d" % ttl_s)
         numkeys = len(keys)
-        return (b"EVALSHA", _CHECK_SHA, _SMALL[numkeys] if numkeys < 16 else b"%d" % numkeys, *keys, *args)
-
-    def start_check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
-        """Send the check; ``done(outcome)`` runs when Redis answered (or failed)."""
-        parts = self._script_call(buckets, now_s)
+        parts = (b"EVALSHA", _CHECK_SHA, _SMALL[numkeys] if numkeys < 16 else b"%d" % numkeys, *keys, *args)
         # (hiredis's C packer: a third of plano_fast.resp.command's cost for these ~10 parts)
-        self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
+        self.client.call_back(pack_command(parts), partial(self._replied, parts, done))
 
-    def _replied(
-        self, parts: tuple[bytes, ...], buckets: Sequence[Bucket], now_s: float,
-        done: Callable[[Outcome], None], result: Any, exc: BaseException | None,
-    ) -> None:  # fmt: skip
+    def _limit_args(self, limit: Limit) -> tuple[bytes, bytes]:
+        static = self._static.get(limit.index)
+        if static is None:
+            static = self._static[limit.index] = (b"%d" % limit.amount, b"%d" % (limit.window_s * 1000))
+        return static
+
+    def _replied(self, parts: tuple[bytes, ...], done: Callable[[Any], None], result: Any,
+                 exc: BaseException | None) -> None:  # fmt: skip
         if exc is not None:
             if isinstance(exc, ReplyError) and parts[0] == b"EVALSHA" and str(exc).startswith("NOSCRIPT"):
                 # a restarted (empty) Redis: send the script itself; EVAL caches it
                 parts = (b"EVAL", _CHECK_LUA_BYTES, *parts[2:])
-                self.client.call_back(pack_command(parts), partial(self._replied, parts, buckets, now_s, done))
+                self.client.call_back(pack_command(parts), partial(self._replied, parts, done))
                 return
             done(self._failed(exc))
             return
         self._recovered()
-        first = result[0]
-        if first < 0:
+        done(result)
+
+    # -- a request that waits on Redis ----------------------------------------------------
+    def start_check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
+        """Send the check (grants for every bucket of the request); ``done(outcome)`` runs
+        when Redis answered (or failed).  A request bucket's unit for this request is
+        taken at once: from the lease still held, or (want > 0) from the grant, which the
+        script makes at least 1 or refuses."""
+        items = []
+        taken = []  # request buckets whose unit this request took (back if not admitted)
+        for b in buckets:
+            lease = self.lease(b, now_s)
+            size = self._size(lease, now_s)
+            want = (-size if size > 0 else 0) if lease.left > 0 else max(1, size)
+            items.append((lease, want))
+            lease.asked += abs(want)
+            if b.limit.kind == "requests":
+                lease.left -= 1
+                lease.used += 1
+                taken.append(lease)
+            lease.last_use_s = now_s
+        keys = [lease.cur_key for lease, _ in items]
+        self._send(items, now_s, partial(self._checked, buckets, items, keys, taken, now_s, done))
+
+    def _checked(
+        self, buckets: Sequence[Bucket], items: Sequence[tuple[Lease, int]], keys: list[bytes], taken: list[Lease],
+        now_s: float, done: Callable[[Outcome], None], result: Any,
+    ) -> None:  # fmt: skip
+        if not isinstance(result, list) or result[0] > 0:  # failed or refused: nothing granted
+            for lease, want in items:
+                lease.asked -= abs(want)
+            for lease in taken:
+                if lease.cur_key in keys:
+                    lease.left += 1
+            if isinstance(result, list):
+                b = buckets[result[0] - 1]
+                prev, cur = result[1], result[2]
+                result = Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
             done(result)
             return
-        b = buckets[first - 1]
-        prev, cur = result[1], result[2]
-        done(Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s)))
+        counts = [-1] if self.want_counts else None
+        self._granted(items, keys, counts, result)
+        done(counts if counts is not None else ADMITTED)
 
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Outcome:
         """``start_check`` for a caller that awaits anyway (managed mode)."""
@@ -498,27 +755,41 @@ class RedisBackend:
         self.start_check(buckets, now_s, partial(_resolve, waiter))
         return await waiter
 
+    # -- debits -----------------------------------------------------------------------------
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+        """A response's tokens: taken from the bucket's lease, the rest debited in Redis
+        with the next script call (or after DEBIT_DELAY_S)."""
         if not tokens:
             return
-        debits = self._debits
         for b in buckets:
-            limit = b.limit
-            if limit.kind == "tokens":
-                key = self._keys(b, now_s)[1]
-                entry = debits.get(key)
-                if entry is None:
-                    debits[key] = [tokens, limit.window_s * 2 + 1]
-                else:
-                    entry[0] += tokens
-        if debits and self._flush_timer is None:
+            if b.limit.kind == "tokens":
+                lease = self.lease(b, now_s)
+                lease.used += tokens
+                lease.last_use_s = now_s
+                rest = tokens
+                if lease.left > 0:
+                    taken = min(lease.left, tokens)
+                    lease.left -= taken
+                    rest -= taken
+                    if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                        self._want_fetch(lease, now_s)
+                if rest:
+                    self._add_debit(lease.cur_key, rest, b.limit.window_s)
+
+    def _add_debit(self, key: bytes, tokens: int, window_s: int) -> None:
+        entry = self._debits.get(key)
+        if entry is None:
+            self._debits[key] = [tokens, window_s * 2 + 1]
+        else:
+            entry[0] += tokens
+        if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(self.DEBIT_DELAY_S, self._flush)
 
     def _flush(self) -> None:
-        """The debits no check carried within ``DEBIT_DELAY_S``: sent on their own."""
+        """The debits no script call carried within ``DEBIT_DELAY_S``: sent on their own."""
         self._flush_timer = None
         if self._debits:
-            self.start_check((), time.time(), self._debited)
+            self._send((), time.time(), self._debited)
 
     def _debited(self, outcome: Outcome) -> None:
         return None  # a failure was counted and logged by _failed; the debits are lost
@@ -540,12 +811,23 @@ class RedisBackend:
             log.warning("rate-limit backend reachable again")
 
     async def close(self) -> None:
+        """Shutdown: the leases held go back and the pending debits are sent before the
+        connection closes."""
+        for timer in (self._flush_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._flush_timer = self._idle_timer = None
+        now_s = time.time()
+        for lease in self._leases.values():
+            if lease.left > 0 and now_s < lease.ends_s:
+                self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
+                lease.left = 0
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if self._debits:  # the last responses' tokens: sent before the connection closes
+        if self._debits:
             flushed: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            self.start_check((), time.time(), partial(_resolve, flushed))
+            self._send((), now_s, partial(_resolve, flushed))
             try:
                 await asyncio.wait_for(flushed, self.client.timeout_s)
             except asyncio.TimeoutError:
@@ -613,6 +895,7 @@ class RateLimits:
         self.limits = tuple(limits)
         self.backend = backend
         self.headers_always = headers == "always"
+        backend.want_counts = self.headers_always  # (Counts are only ever made into headers)
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
             if limit.model != "*":
@@ -666,7 +949,7 @@ class RateLimits:
                 if len(self._buckets) >= self._BUCKETS_MAX:
                     self._buckets.clear()
                 key = f"{limit.index}:{value}"
-                bucket = self._buckets[(limit.index, value)] = Bucket(limit, key, REDIS_PREFIX + key.encode() + b":")
+                bucket = self._buckets[(limit.index, value)] = Bucket(limit, key)
             found.append(bucket)
 
     def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
@@ -694,6 +977,19 @@ class RateLimits:
         now_s = time.time()
         return self.decide(buckets, backend.check_now(buckets, now_s), now_s, anthropic)
 
+    def admit_leased(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes | None:
+        """Admission on this process's Redis leases, with no round trip (only when
+        ``asynchronous``): the admitted response's header lines (see ``decide``), or None
+        when the request must wait on Redis (``check`` / ``admit``)."""
+        backend = self.backend
+        assert isinstance(backend, RedisBackend)
+        now_s = time.time()
+        if not backend.admit_local(buckets, now_s):
+            return None
+        if not self.headers_always:
+            return b""
+        return admitted_headers(buckets, backend.local_counts(buckets), now_s, anthropic)
+
     def check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
         """The Redis check without a task (only when ``asynchronous``: the in-process and
         SQLite backends answer at once, ``admit_now``): ``done(outcome)`` runs from the
@@ -706,6 +1002,9 @@ class RateLimits:
         """The Redis check, awaited (only when ``asynchronous``; raises RateLimited, or
         BackendUnavailable when fail_closed); returns the admitted response's header lines
         (see ``decide``)."""
+        head = self.admit_leased(buckets, anthropic)
+        if head is not None:
+            return head
         backend = self.backend
         assert isinstance(backend, RedisBackend)
         now_s = time.time()

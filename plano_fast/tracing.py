@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import trace
+
+from plano_fast.wire import has_header
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -76,6 +78,13 @@ class Tracing:
         self.provider = provider
         self.tracer = provider.get_tracer("plano_fast")
         self._random = random.random
+
+    def may_sample(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Whether ``sample`` could say yes: only a random draw (``random_sampling`` above
+        0) or a client's ``traceparent`` can sample.  Without either nothing more is done:
+        at ``random_sampling: 0`` one C scan of the header names
+        (benchmarks/results/observability-cost-20261205.md)."""
+        return self.rate > 0 or has_header(headers, b"traceparent")
 
     def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> SpanContext | bool:
         """False: not sampled; True: sampled, no parent; a SpanContext: sampled under the

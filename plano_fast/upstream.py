@@ -29,8 +29,8 @@ import httptools
 
 from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamStalled, UpstreamTimeout
+from plano_fast.wire import ResponseHead, response_head
 from plano_fast.wire import parse_response as _parse_response
-from plano_fast.wire import response_head
 
 Header = tuple[bytes, bytes]
 
@@ -43,32 +43,12 @@ UPSTREAM_WRITE_HIGH_WATER = 256 * 1024
 UPSTREAM_WRITE_LOW_WATER = 64 * 1024
 
 
-class UpstreamHead:
-    """An upstream response's head as the client will get it.
-
-    ``block`` is the upstream's header lines minus the status line, hop-by-hop and framing
-    headers, date and server (``plano_fast.wire._head_py`` has the rules), byte for byte and
-    CRLF-ended, ready to follow the gateway's own status line; ``content_length`` is set
-    for a Content-Length-framed body; ``headers()`` parses the block for the few paths that
-    rewrite an answer.
-    """
-
-    __slots__ = ("status", "block", "content_length", "chunked")
-
-    def __init__(self, status: int, block: bytes, content_length: int | None, chunked: bool) -> None:
-        self.status = status
-        self.block = block
-        self.content_length = content_length
-        self.chunked = chunked
-
-    def headers(self) -> list[Header]:
-        """The kept headers as (lowercased name, value) pairs."""
-        out: list[Header] = []
-        for line in self.block.split(b"\r\n"):
-            if line:
-                name, _, value = line.partition(b":")
-                out.append((name.lower(), value.strip(b" \t")))
-        return out
+#: An upstream response's head as the client will get it: ``status``, ``block`` (the kept
+#: header lines, CRLF-ended, ready to follow the gateway's own status line: the rules are
+#: plano_fast.wire._head_py's), ``content_length`` (None unless Content-Length framed),
+#: ``chunked``, and ``headers()`` (the block parsed, for the few paths that rewrite an
+#: answer).  Compiled (plano_fast/wire/_head.pyx): one is built per upstream answer.
+UpstreamHead = ResponseHead
 
 
 class ResponseSink(Protocol):
@@ -317,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _message_complete(self, keep_alive: bool) -> None:
         sink = self._sink
         self._sink = None
-        self._cancel_timer()
+        self.deadline = 0.0  # (_cancel_timer, inline)
         keep = keep_alive and not self.closed
         if keep:
             # llhttp starts the next message on the same parser (a new one per response

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
+from benchmarks.private_redis import PrivateRedis, available
 from tests import pg
 from tests.gateway_proc import GatewayProcess, write_config
 
@@ -102,3 +103,12 @@ def make_gateway(
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server for one test (its own port and directory)."""
+    if not available():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with PrivateRedis(tmp_path) as server:
+        yield server

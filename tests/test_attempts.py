@@ -87,10 +87,14 @@ def test_per_provider_timeouts_and_their_defaults() -> None:
     own, default = config.providers
     assert own.timeouts == (2.0, 1.5, 7.0)
     assert default.timeouts == (5.0, 40.0, 40.0)  # connect default; the listener's timeout
+    # the same defaults, resolved once, are what the gateway gives a target without its own
+    # (a firewall key's upstream: ExchangeContext.timeouts)
+    assert config.upstream_timeouts == (5.0, 40.0, 40.0)
     config = parse_config(TIMEOUTS.replace("{SETTINGS}", (
         "{upstream_connect_timeout_s: 3, upstream_first_byte_timeout_s: 20, "
         "upstream_body_idle_timeout_s: 30}")), env={})  # fmt: skip
     assert config.providers[1].timeouts == (3.0, 20.0, 30.0)
+    assert config.upstream_timeouts == (3.0, 20.0, 30.0)
     assert config.providers[0].timeouts == (2.0, 1.5, 7.0)
     with pytest.raises(ConfigError, match=r"model_providers\[0\]\.first_byte_timeout"):
         parse_config(TIMEOUTS.replace("first_byte_timeout: 1500ms", "first_byte_timeout: soon")

@@ -632,3 +632,38 @@ plano_fast:
     assert any("plano_fast.guardrails.projects: never applies" in w for w in warnings)
     firewall = text.replace("plano_fast:\n", "plano_fast:\n  mode: firewall\n")
     assert not [w for w in parse_config(firewall, env={}).warnings if "never" in w]
+
+
+def test_precomputed_upstream_paths_and_origin() -> None:
+    """``ModelProvider.upstream_paths`` / ``origin`` / ``host_line`` (built once per provider)
+    give what was formatted per request before: the path of each client endpoint (Azure's
+    ``{model}`` filled in per request), the pool key and the upstream Host line."""
+    from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES, upstream_path
+    from plano_fast.gateway.upstream_request import origin_of
+
+    def reference(p: ModelProvider, endpoint: object, model: str | None) -> bytes | None:
+        if endpoint is MESSAGES:
+            path = p.messages_path
+        elif endpoint is COUNT_TOKENS:
+            path = p.messages_path + "/count_tokens" if p.messages_path else None
+        elif endpoint is CHAT_COMPLETIONS:
+            path = p.chat_path_for(model) if model else p.chat_completions_path
+        else:
+            path = p.responses_path
+        return path.encode() if path else None
+
+    providers = [p for f in sorted(GOOD.glob("*.yaml")) for p in load_config(f, env=ENV).providers]
+    providers += parse_config(
+        "version: v0.4.0\nmodel_providers:\n"
+        "  - {model: azure_openai/*, base_url: 'https://x.openai.azure.com', access_key: k}\n"
+        "  - {model: anthropic/claude-sonnet-4-5, access_key: k}\n", env={},
+    ).providers  # fmt: skip
+    assert any(p.model_in_path for p in providers) and any(not p.messages_path for p in providers)
+    assert any(p.messages_path for p in providers) and any(p.tls for p in providers)
+    for p in providers:
+        for endpoint in (CHAT_COMPLETIONS, MESSAGES, COUNT_TOKENS, RESPONSES):
+            for model in (None, "", "gpt-4o", "my deployment/x"):
+                assert upstream_path(p, endpoint, model) == reference(p, endpoint, model), (p.name, endpoint.name)
+        assert origin_of(p) == ("https" if p.tls else "http", p.host, p.port, None)
+        assert origin_of(p, "10.0.0.7") == ("https" if p.tls else "http", p.host, p.port, "10.0.0.7")
+        assert p.host_line == b"host: " + p.host_header.encode() + b"\r\n"

@@ -167,6 +167,7 @@ def test_one_credential_is_forwarded_once_in_the_header_it_came_in(
         assert status == 200, body
         (seen,) = provider_calls(fake)
         assert credentials_seen(seen) == expected
+        assert seen.header_all("host") == [f"127.0.0.1:{fake.port}"]  # the registered upstream's, once
 
 
 def test_query_key_moves_to_the_gemini_header(hardened: Any, fake: FakeProviderThread) -> None:

@@ -214,3 +214,32 @@ _REQ_VALUE = st.one_of(st.binary(max_size=20), st.sampled_from([b"x-hop", b"clos
 def test_request_implementations_agree(headers: list[tuple[bytes, bytes]]) -> None:
     results = [impl(headers) for impl in FORWARD]
     assert all(r == results[0] for r in results)
+
+
+HEADS: list[type] = [_head_py.ResponseHead] + ([_compiled_head.ResponseHead] if _compiled_head is not None else [])
+
+
+@pytest.mark.parametrize("head_type", HEADS, ids=IDS)
+@given(
+    st.lists(
+        st.tuples(
+            st.text("abcXYZ-_0", min_size=1, max_size=8).map(str.encode),
+            st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in v),
+        ),
+        max_size=6,
+    ),
+    st.one_of(st.none(), st.integers(0, 2**40)),
+    st.booleans(),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_response_head_twins_agree(
+    head_type: type, lines: list[tuple[bytes, bytes]], length: int | None, chunked: bool
+) -> None:
+    """``ResponseHead`` (the exchange's ``UpstreamHead``), compiled and pure: the same
+    fields, and ``headers()`` parses a kept block into the same pairs."""
+    block = b"".join(name + b":" + value + b"\r\n" for name, value in lines)
+    head = head_type(503, block, length, chunked)
+    twin = _head_py.ResponseHead(503, block, length, chunked)
+    assert (head.status, head.block, head.content_length, head.chunked) == (503, block, length, chunked)
+    assert head.headers() == twin.headers()
+    assert twin.headers() == [(n.lower(), v.strip(b" \t")) for n, v in lines]

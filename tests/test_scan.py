@@ -291,7 +291,10 @@ def test_shim_env_var_forces_twin() -> None:
         (b'{"max_output_tokens":0}', (None, False, None, 0)),
         (b'{"max_tokens":null,"max_output_tokens":9}', (None, False, None, 9)),
         (b'{"generationConfig":{"maxOutputTokens":64,"temperature":0.5}}', (None, False, None, 64)),
-        (b'{"generationConfig":{"maxOutputTokens":64},"max_tokens":3}', (None, False, None, 3)),
+        (b'{"generationConfig":{"maxOutputTokens":64},"max_tokens":3}', (None, False, None, 64)),
+        # the largest cap: an upper bound whichever member the provider honours
+        (b'{"max_tokens":10,"max_completion_tokens":5000}', (None, False, None, 5000)),
+        (b'{"max_output_tokens":9,"max_tokens":null,"max_completion_tokens":2}', (None, False, None, 9)),
         (b'{"max_tokens":-0}', (None, False, None, 0)),
         (b'{"max_tokens":999999999999999999}', (None, False, None, 999999999999999999)),
         (b'{"a":{"max_tokens":5}}', (None, False, None, None)),

@@ -128,3 +128,24 @@ def test_sampling_zero_sends_nothing(fake: FakeProviderThread, tmp_path: Path, r
     finally:
         gateway.stop()
     assert receiver.spans == []  # nothing at stop either
+
+
+def test_may_sample_is_the_one_gate_before_any_span() -> None:
+    """Dispatch asks ``Tracing.may_sample`` before anything else of tracing: at sampling 0
+    only a client's traceparent (whatever its flag: ``sample`` decides) opens the way."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from plano_fast.tracing import Tracing
+
+    plain = [(b"host", b"h"), (b"content-type", b"application/json")]
+    traced = [*plain, (b"traceparent", PARENT.encode())]
+    off = Tracing({"random_sampling": 0}, InMemorySpanExporter())
+    on = Tracing({"random_sampling": 1}, InMemorySpanExporter())
+    try:
+        assert not off.may_sample(plain)
+        assert off.may_sample(traced)
+        assert off.sample(traced) is not False  # the parent's sampled flag
+        assert on.may_sample(plain) and on.may_sample(traced)
+    finally:
+        off.shutdown()
+        on.shutdown()

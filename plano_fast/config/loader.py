@@ -214,6 +214,7 @@ class _Builder(_ProviderBuilder):
             raw=data,
             unimplemented=tuple(self.unimplemented),
             preference_routing=preference,
+            upstream_timeouts=self.default_timeouts,
         )
 
     def report_unimplemented(

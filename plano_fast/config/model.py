@@ -106,6 +106,27 @@ class ModelProvider:
     # upstream_body_idle_timeout_s, the last two defaulting to the listener's timeout),
     # resolved when the config loads.
     timeouts: tuple[float, float, float] = (5.0, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
+    # Derived from the fields above once (``__post_init__``), not per request:
+    #: the upstream pool's key for this provider, no egress address (scheme, host, port, None)
+    origin: tuple[str, str, int, None] = field(init=False, repr=False, compare=False)
+    #: client endpoint name ("chat_completions", "messages", "count_tokens", "responses")
+    #: -> the provider path serving it as bytes, None where it has none (the chat path as
+    #: written when ``model_in_path``: gateway.endpoints.upstream_path fills the model in)
+    upstream_paths: dict[str, bytes | None] = field(init=False, repr=False, compare=False)
+    #: ``host: <host_header>\r\n``, the upstream head's Host line
+    host_line: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin", ("https" if self.tls else "http", self.host, self.port, None))
+        object.__setattr__(self, "host_line", b"host: " + self.host_header.encode() + b"\r\n")
+        messages = self.messages_path
+        paths = {
+            "chat_completions": self.chat_completions_path,
+            "messages": messages,
+            "count_tokens": messages + "/count_tokens" if messages else None,
+            "responses": self.responses_path,
+        }
+        object.__setattr__(self, "upstream_paths", {k: v.encode() if v else None for k, v in paths.items()})
 
     def chat_path_for(self, upstream_model: str) -> str | None:
         """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
@@ -298,4 +319,8 @@ class GatewayConfig:
     #: alias -> ordered fallback models (``model_aliases.<alias>.target`` as a list: the
     #: first model serves, these follow it in a retry plan)
     alias_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: (connect, first byte, idle between body bytes) upstream timeouts in seconds for a
+    #: target that sets none of its own: plano_fast's upstream_*_timeout_s, the last two
+    #: defaulting to the served listener's timeout (resolved once, by the loader)
+    upstream_timeouts: tuple[float, float, float] = (5.0, DEFAULT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 

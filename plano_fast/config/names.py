@@ -23,6 +23,9 @@ def _owner(p: ModelProvider) -> str:
     return p.prefix.lower() if p.provider == "custom" else p.provider
 
 
+#: what a wildcard never matches after its prefix
+_NOT_MODEL_IDS = frozenset(("", "*", ".", ".."))
+
 class ModelIndex:
     """Lookup tables over a provider list (rules 1, 2 and 4).  Used by the loader too."""
 
@@ -52,7 +55,9 @@ class ModelIndex:
 
     def lookup_wildcard(self, model: str) -> tuple[ModelProvider, str] | None:
         prefix, sep, rest = model.partition("/")
-        if not sep or not rest or rest == "*" or not self.wildcards:
+        # "." and ".." are never model ids, and where the model is a path segment (Azure's
+        # deployment, Gemini's model) they would move the request to another endpoint
+        if not sep or rest in _NOT_MODEL_IDS or not self.wildcards:
             return None
         key = prefix.strip().lower()
         p = self.wildcards.get(key)

@@ -97,9 +97,12 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
     if gw.managed is not None:
         client = read_client_headers(request.headers, request.query, request.forward)
         credential = client.credential
-        if credential is not None and credential.secret.startswith(b"xproxy_"):
+        if (credential is not None and credential.secret.startswith(b"xproxy_")) or request.path not in ALWAYS_SERVED:
             # Managed mode forwards its exact endpoints only; a token never goes on to
-            # config-mode routing (where a passthrough provider would see it).
+            # config-mode routing (where a passthrough provider would see it), and neither
+            # does a request without one: config-mode routing would serve it with the
+            # config's own keys, outside every token and hard budget (fail closed: the
+            # managed exchange answers it 401, with its access-log line).
             endpoint = ENDPOINTS.get(request.path)
             if endpoint is None and stored_response_path(gw, request):
                 return stored_response(gw, request, responder)
@@ -110,31 +113,27 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             exchange = ManagedExchange(ctx, gw.managed, request, responder, endpoint)
             exchange.client = client
             tracing = ctx.tracing
-            if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
+            if tracing is not None and tracing.may_sample(request.headers):
                 trace(gw, exchange)
             return exchange.start()
     forwarded: Exchange | None = None
-    if gw.firewall and request.path not in _HEALTH:
+    path = request.path
+    if gw.firewall and path not in _HEALTH:
         forwarded = FirewallExchange(ctx, request, responder)
-    elif is_gemini_path(request.path) and request.method == b"POST":
-        forwarded = GeminiExchange(ctx, request, responder, GEMINI)
-    elif request.path in DECISION_APIS:
+    elif (endpoint := ENDPOINTS.get(path)) is not None:  # (config mode's usual request first)
         if request.method != b"POST":
-            raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-        return routing_decision(gw, request, responder, DECISION_APIS[request.path])
-    else:
-        endpoint = ENDPOINTS.get(request.path)
-        if endpoint is not None:
-            if request.method != b"POST":
-                raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            forwarded = ConfigExchange(ctx, request, responder, endpoint)
+            raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+        forwarded = ConfigExchange(ctx, request, responder, endpoint)
+    elif is_gemini_path(path) and request.method == b"POST":
+        forwarded = GeminiExchange(ctx, request, responder, GEMINI)
+    elif path in DECISION_APIS:
+        if request.method != b"POST":
+            raise MethodNotAllowed(f"{path.decode()} accepts POST only")
+        return routing_decision(gw, request, responder, DECISION_APIS[path])
     if forwarded is not None:
         forwarded.client = client  # read above in managed mode, else on first use
         tracing = ctx.tracing
-        if tracing is not None and (tracing.rate or scan.has_header(request.headers, b"traceparent")):
-            # Only a random draw (rate > 0) or a client's traceparent can sample: without
-            # either, nothing more is done (at random_sampling 0, one C scan of the header
-            # names; benchmarks/results/observability-cost-20261205.md)
+        if tracing is not None and tracing.may_sample(request.headers):
             trace(gw, forwarded)
         if ctx.prechecks and isinstance(forwarded, RoutedExchange) and forwarded.endpoint is not COUNT_TOKENS:
             # guard models / input filters (config mode: Plano's listener semantics)
@@ -144,7 +143,6 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         except GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
             forwarded.refused(exc)
             raise
-    path = request.path
     if stored_response_path(gw, request):
         return stored_response(gw, request, responder)
     if path in _HEALTH:
@@ -199,7 +197,7 @@ async def routing_decision(gw: Gateway, request: Request, responder: Responder, 
 
 def trace(gw: Gateway, exchange: Exchange) -> None:
     """Sampled (the client's traceparent, else random_sampling): a server span.  Called
-    only when sampling is possible: ``tracing.rate`` or a ``traceparent`` header."""
+    only when sampling is possible (``Tracing.may_sample``)."""
     tracing = gw.ctx.tracing
     assert tracing is not None
     request = exchange.request

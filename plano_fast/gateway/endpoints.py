@@ -35,16 +35,14 @@ COUNT_TOKENS = Endpoint("count_tokens", scan.API_ANTHROPIC, "anthropic")
 
 
 def upstream_path(provider: ModelProvider, endpoint: Endpoint, model: str | None) -> bytes | None:
-    """The provider path serving ``endpoint``, or None when it cannot be served."""
-    if endpoint is MESSAGES:
-        path = provider.messages_path
-    elif endpoint is COUNT_TOKENS:
-        path = provider.messages_path + "/count_tokens" if provider.messages_path else None
-    elif endpoint is CHAT_COMPLETIONS:
-        path = provider.chat_path_for(model) if model else provider.chat_completions_path
-    else:
-        path = provider.responses_path
-    return path.encode() if path else None
+    """The provider path serving ``endpoint``, or None when it cannot be served (encoded
+    once per provider, ``ModelProvider.upstream_paths``, but for Azure's ``{model}``)."""
+    if model and endpoint is CHAT_COMPLETIONS and provider.model_in_path:
+        path = provider.chat_path_for(model)
+        return path.encode() if path else None
+    paths = provider.upstream_paths
+    name = endpoint.name
+    return paths[name] if name in paths else paths["responses"]
 
 
 def converts(endpoint: Endpoint, provider: ModelProvider) -> bool:

@@ -64,18 +64,16 @@ def client_headers(exchange: Exchange) -> ClientHeaders:
     return client
 
 
-def caller_key_hash(exchange: Exchange) -> str | None:
-    """Config mode identifies callers by their credential's hash (per-key usage)."""
-    credential = client_headers(exchange).credential
-    return key_hash(credential.secret) if credential is not None else None
-
-
 def identify_caller(exchange: Exchange) -> str | None:
     """Config mode's identify phase: the caller's key hash (per-key usage), refused with
     429 ``spending_limit_exceeded`` when a soft limit on that key is reached (the budget
     checker's blocked set: README "The three modes").  A caller without a key has no
     per-key limit.  One set test when some scope is blocked, nothing otherwise."""
-    digest = caller_key_hash(exchange)
+    client = exchange.client
+    if client is None:  # (client_headers, inline: once per config-mode request)
+        client = client_headers(exchange)
+    credential = client.credential
+    digest = key_hash(credential.secret) if credential is not None else None
     budget = exchange.ctx.budget
     if digest is not None and budget is not None:
         blocked = budget.blocked
@@ -170,8 +168,12 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str
     if not buckets:
         return False
     exchange.rl_buckets = buckets
-    if limits.asynchronous:
-        return True
+    if limits.asynchronous:  # Redis: admitted on this process's leases, or wait for the script
+        head = limits.admit_leased(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
+        if head is None:
+            return True
+        exchange.rl_head = head
+        return False
     exchange.rl_head = limits.admit_now(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
     return False
 

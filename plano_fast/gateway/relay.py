@@ -129,8 +129,6 @@ class ExchangeContext:
         "router",
         "pool",
         "usage_sink",
-        "first_byte_timeout_s",
-        "idle_timeout_s",
         "timeouts",
         "registry",
         "budget",
@@ -169,8 +167,7 @@ class ExchangeContext:
         router: Router,
         pool: UpstreamPool,
         usage_sink: UsageSink,
-        first_byte_timeout_s: float,
-        idle_timeout_s: float,
+        timeouts: tuple[float, float, float],
         registry: ApiKeyRegistry | None = None,
         budget: BudgetChecker | None = None,
         gone_drain_s: float = 60.0,
@@ -181,13 +178,10 @@ class ExchangeContext:
         self.router = router
         self.pool = pool
         self.usage_sink = usage_sink
-        self.first_byte_timeout_s = first_byte_timeout_s
-        self.idle_timeout_s = idle_timeout_s
         #: (connect, first byte, idle between body chunks) in seconds, for exchanges whose
-        #: target sets none of its own (a model provider's ``timeouts``)
-        self.timeouts: tuple[float, float, float] = (
-            pool.connect_timeout_s, first_byte_timeout_s, idle_timeout_s
-        )
+        #: target sets none of its own (a model provider's ``timeouts``): the config's
+        #: ``upstream_timeouts``
+        self.timeouts = timeouts
         self.registry = registry
         self.budget = budget
         #: after a client hangs up, its provider response is still read to the end (for the
@@ -573,14 +567,14 @@ class Exchange:
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
         block = head.block if not self.rl_head else with_headers(head.block, self.rl_head)
-        block += b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
+        extra = b"x-plano-request-id: " + self.request_id.encode() + b"\r\n"
         if self.ctx.server_timing:
-            block += self._server_timing()
+            extra += self._server_timing()
         if self.guard_warning:
-            block += self.guard_warning
+            extra += self.guard_warning
         if self.route_header:
-            block += self.route_header
-        self.responder.send_head_block(status, block, content_length)
+            extra += self.route_header
+        self.responder.send_head_block(status, block, content_length, extra)
 
     def _server_timing(self) -> bytes:
         """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the

@@ -149,7 +149,8 @@ class RetryingExchange(Exchange):
         elif not self.client_left and self._retry_head(head):
             # (a client gone: read on for the usage, Exchange._client_gone, never retried)
             return
-        super().on_upstream_head(head)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        Exchange.on_upstream_head(self, head)
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
         hedge = self.hedge

@@ -32,7 +32,7 @@ from plano_fast.gateway.endpoints import (
 from plano_fast.gateway.phases import client_headers
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
-from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.gateway.upstream_request import upstream_request
 from plano_fast.response_guard import (
     ResponseHold,
     StreamScan,
@@ -68,7 +68,8 @@ class RoutedExchange(RetryingExchange):
     def __init__(
         self, ctx: ExchangeContext, request: Request, responder: Responder, endpoint: Endpoint
     ) -> None:
-        super().__init__(ctx, request, responder)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        RetryingExchange.__init__(self, ctx, request, responder)
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
@@ -149,7 +150,9 @@ class RoutedExchange(RetryingExchange):
             checks = self.ctx.response_checks
             if checks is not None:
                 self._check_response(checks, fields.stream)
-        client = client_headers(self)
+        client = self.client  # (read once already by identify_caller, in config mode)
+        if client is None:
+            client = client_headers(self)
         query = client.query
         self.upstream_data = upstream_request(
             client,
@@ -159,7 +162,7 @@ class RoutedExchange(RetryingExchange):
             None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
             body,
         )
-        self.origin = origin_of(provider)
+        self.origin = provider.origin
 
     # -- the response side of the guardrails (plano_fast.response_guard) ------------
     def _check_response(self, checks: ResponseChecks, stream: bool) -> None:
@@ -184,7 +187,7 @@ class RoutedExchange(RetryingExchange):
             self._name_detections(body_filter.found)
             self._complete(outcome)
             return
-        super()._finish(outcome, tail)
+        RetryingExchange._finish(self, outcome, tail)
 
     def _name_detections(self, names: list[str]) -> None:
         """Response detections, beside the request's, in the access log's list."""
@@ -307,7 +310,7 @@ class RoutedExchange(RetryingExchange):
             client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
             anthropic_version=target == "anthropic",
         )
-        self.origin = origin_of(provider)
+        self.origin = provider.origin
 
     def _responses_turn(self, doc: dict[str, Any]) -> tuple[dict[str, Any], Turn | None]:
         """With state_storage: ``previous_response_id`` expanded (404 when this caller has

@@ -51,20 +51,23 @@ def upstream_request(
         head.append(b"anthropic-version: 2023-06-01\r\n")
     for name, value in provider.extra_headers:
         head.append(name + b": " + value + b"\r\n")
-    return finish_head(head, provider.host_header, body, client.seen_request_id, request_id)
+    return finish_head(head, provider.host_line, body, client.seen_request_id, request_id)
 
 
 def finish_head(
-    head: list[bytes], host: str, body: bytes, has_request_id: bool, request_id: str
+    head: list[bytes], host_line: bytes, body: bytes, has_request_id: bool, request_id: str
 ) -> list[bytes]:
-    """Close the upstream head: our request id unless the client sent one, host, length."""
+    """Close the upstream head: our request id unless the client sent one, the Host line
+    (``host_line``: built once per target), length."""
     if not has_request_id:
         head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
-    head.append(b"host: " + host.encode() + b"\r\n")
+    head.append(host_line)
     head.append(b"content-length: %d\r\n\r\n" % len(body))
     return [b"".join(head), body]
 
 
 def origin_of(provider: ModelProvider, egress: str | None = None) -> Origin:
     """The pool's key for ``provider``: scheme, host, port, egress address."""
+    if egress is None:
+        return provider.origin  # (built once per provider)
     return ("https" if provider.tls else "http", provider.host, provider.port, egress)

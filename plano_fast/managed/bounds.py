@@ -76,7 +76,9 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
     if not any(body.find(m) >= 0 for m in _MARKERS):
         return len(body), max_output_tokens
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_members_once)
+    except UnboundedContent:
+        raise
     except ValueError as exc:
         raise UnboundedContent(f"the body is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -100,11 +102,36 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
     return input_bound, max_output_tokens * _choices(doc)
 
 
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose member names are unique, at any depth.  ``json.loads`` keeps the
+    last of two duplicates, some providers' parsers the first: ``"n":8,"n":1`` would be
+    reserved as one choice and billed as eight, an image hidden in a first ``messages``
+    would never be seen.  What could be read two ways has no bound."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise UnboundedContent(f"'{key}' appears more than once (parsers disagree on which one counts)")
+            seen.add(key)
+    return doc
+
+
+def _one_of(doc: dict[str, Any], camel: str, snake: str) -> Any:
+    """A member a provider accepts in both spellings (Gemini's protobuf JSON): both given
+    is read two ways, so refused like a duplicate."""
+    if camel in doc and snake in doc:
+        raise UnboundedContent(f"both '{camel}' and '{snake}' (parsers disagree on which one counts)")
+    return doc.get(camel, doc.get(snake))
+
+
 def _choices(doc: dict[str, Any]) -> int:
     n = doc.get("n")
-    config = doc.get("generationConfig") or doc.get("generation_config")
+    config = _one_of(doc, "generationConfig", "generation_config")
     if isinstance(config, dict):
-        n = config.get("candidateCount", config.get("candidate_count", n))
+        candidates = _one_of(config, "candidateCount", "candidate_count")
+        if candidates is not None:
+            n = candidates
     if n is None:
         return 1
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:

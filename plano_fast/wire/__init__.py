@@ -103,11 +103,11 @@ else:
 #: else None; None itself in the pure build (httptools parses every response).
 parse_response: Callable[[bytes, int], tuple[int, bytes, int, bool, int] | None] | None
 if _built("_head"):
-    from plano_fast.wire._head import forward_request_headers, parse_response, response_head
+    from plano_fast.wire._head import ResponseHead, forward_request_headers, parse_response, response_head
 
     _HEAD = "cython"
 else:
-    from plano_fast.wire._head_py import forward_request_headers, response_head
+    from plano_fast.wire._head_py import ResponseHead, forward_request_headers, response_head  # type: ignore[assignment]
 
     parse_response = None
     _HEAD = "python"
@@ -169,6 +169,7 @@ IMPLEMENTATION: Final = (
 )
 
 __all__ = [
+    "ResponseHead",
     "ACCESS_LOG_FIELDS",
     "ACCESS_LOG_RECORD",
     "DLP_DETECTORS",

@@ -16,6 +16,36 @@ from plano_fast.wire._shared import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
 
+
+cdef class ResponseHead:
+    """An upstream response's head as the client will get it (twin: ``_head_py.ResponseHead``;
+    the gateway's ``plano_fast.upstream.UpstreamHead``).
+
+    An extension type, not a Python class with ``__slots__``: one is built for every
+    upstream answer, and a Python ``__init__`` costs ~2k instructions on 3.11 before its
+    first attribute (bench_request_path: -1.3k a request with this one)."""
+
+    cdef readonly int status
+    cdef readonly bytes block
+    cdef readonly object content_length
+    cdef readonly bint chunked
+
+    def __init__(self, int status, bytes block not None, object content_length, bint chunked):
+        self.status = status
+        self.block = block
+        self.content_length = content_length
+        self.chunked = chunked
+
+    def headers(self):
+        """The kept headers as (lowercased name, value) pairs."""
+        cdef list out = []
+        cdef bytes line
+        for line in self.block.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), value.strip(b" \t")))
+        return out
+
 cdef enum:
     KEEP = 0
     DROP = 1

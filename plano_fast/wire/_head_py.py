@@ -31,6 +31,34 @@ from __future__ import annotations
 
 from plano_fast.wire._shared import connection_tokens
 
+
+class ResponseHead:
+    """An upstream response's head as the client will get it (``plano_fast.upstream.UpstreamHead``).
+
+    ``block`` is the upstream's header lines minus the status line, hop-by-hop and framing
+    headers, date and server (``response_head`` has the rules), byte for byte and
+    CRLF-ended, ready to follow the gateway's own status line; ``content_length`` is set
+    for a Content-Length-framed body; ``headers()`` parses the block for the few paths that
+    rewrite an answer.  Compiled twin: ``_head.pyx`` (an extension type, cheaper to build).
+    """
+
+    __slots__ = ("status", "block", "content_length", "chunked")
+
+    def __init__(self, status: int, block: bytes, content_length: int | None, chunked: bool) -> None:
+        self.status = status
+        self.block = block
+        self.content_length = content_length
+        self.chunked = chunked
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The kept headers as (lowercased name, value) pairs."""
+        out: list[tuple[bytes, bytes]] = []
+        for line in self.block.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                out.append((name.lower(), value.strip(b" \t")))
+        return out
+
 #: Headers that describe one hop, not the message (RFC 9110 §7.6.1): never relayed in
 #: either direction; framing is redone for each side.
 HOP_BY_HOP = frozenset(

@@ -290,11 +290,10 @@ cdef inline char *put_char(char *out, uint32_t c) noexcept nogil:
     if c < 0x80:
         out[0] = <char>c
         return out + 1
-    if c < 0x800:
-        out[0] = <char>(0xc0 | (c >> 6))
-        out[1] = <char>(0x80 | (c & 0x3f))
-        return out + 2
-    if 0xd800 <= c <= 0xdfff:  # a lone surrogate: UTF-8 cannot carry it, JSON can
+    # \uXXXX: a lone surrogate (UTF-8 cannot carry it, JSON can), and NEL, LS and PS, which
+    # end a line for str.splitlines() and other readers: raw, a client's model name could
+    # forge a log line
+    if (0xd800 <= c <= 0xdfff) or c == 0x85 or c == 0x2028 or c == 0x2029:
         out[0] = b'\\'
         out[1] = b'u'
         out[2] = HEX[(c >> 12) & 15]
@@ -302,6 +301,10 @@ cdef inline char *put_char(char *out, uint32_t c) noexcept nogil:
         out[4] = HEX[(c >> 4) & 15]
         out[5] = HEX[c & 15]
         return out + 6
+    if c < 0x800:
+        out[0] = <char>(0xc0 | (c >> 6))
+        out[1] = <char>(0x80 | (c & 0x3f))
+        return out + 2
     if c < 0x10000:
         out[0] = <char>(0xe0 | (c >> 12))
         out[1] = <char>(0x80 | ((c >> 6) & 0x3f))

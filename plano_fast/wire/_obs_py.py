@@ -18,7 +18,8 @@ Access log (:func:`lines`): one JSON object per RECORD tuple, FIELDS in order, e
 ended by ``\\n``; strings escaped as JSON requires (``"``, ``\\``, controls below 0x20 --
 ``\\b \\t \\n \\f \\r`` short, others ``\\u00XX``), non-ASCII written as UTF-8 and a lone
 surrogate (which UTF-8 cannot carry; a client can put one in a model name as ``\\ud800``)
-as its ``\\uXXXX`` escape, so every line parses (``json.loads``) back to the values given.
+and the line breaks NEL, LS and PS (``str.splitlines`` ends a line there) as their
+``\\uXXXX`` escapes, so every line parses (``json.loads``) back to the values given.
 Values: None, bool, int, float, str and lists/tuples of them; any other type: TypeError.
 """
 
@@ -119,7 +120,9 @@ class RouteTable:
 
 # -- the access log's lines -----------------------------------------------------------------
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+#: escaped as \uXXXX: lone surrogates (UTF-8 cannot carry them), and NEL, LS and PS, which
+#: end a line for str.splitlines() and other readers (a model name could forge a log line)
+_SURROGATE = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
 _stamp_second = -1
 _stamp_text = ""
 

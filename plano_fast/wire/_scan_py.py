@@ -21,9 +21,10 @@ Request side (:func:`scan_request`, :func:`rewrite_request`)
   ``boolean or null``); any other type -> :class:`ScanError`.
 * ``stream_options``: an object or ``null``; ``include_usage`` inside it: a boolean or
   ``null`` (-> ``None``).
-* ``max_output_tokens`` is the first non-null of ``max_tokens``, ``max_completion_tokens``,
-  ``max_output_tokens`` (top level, in that priority order) and then Gemini's
-  ``generationConfig.maxOutputTokens``.  Each of them, when present and not ``null``, must be
+* ``max_output_tokens`` is the largest non-null of ``max_tokens``, ``max_completion_tokens``,
+  ``max_output_tokens`` (top level) and Gemini's ``generationConfig.maxOutputTokens``: it
+  bounds a managed reservation, and providers differ on which one wins when several are
+  given (vLLM reads ``max_completion_tokens`` first, the others ``max_tokens``).  Each of them, when present and not ``null``, must be
   an integer ``0 <= n <= MAX_TOKEN_COUNT``.
 * :func:`rewrite_request` replaces the value of **every** top-level ``model`` member (so a
   duplicate key cannot smuggle another model past an upstream parser that keeps the first
@@ -341,14 +342,14 @@ def _request_fields(obj: Any) -> RequestFields:
     max_out: int | None = None
     for key in MAX_KEYS:
         count = _req_count(obj.get(key), key)
-        if max_out is None:
+        if count is not None and (max_out is None or count > max_out):
             max_out = count
     config = obj.get("generationConfig")
     if config is not None:
         if type(config) is not dict:
             raise ScanError(MSG_GENERATION_CONFIG_TYPE)
         count = _req_count(config.get("maxOutputTokens"), "generationConfig.maxOutputTokens")
-        if max_out is None:
+        if count is not None and (max_out is None or count > max_out):
             max_out = count
     return RequestFields(model, stream, include_usage, max_out)
 

@@ -64,7 +64,9 @@ cdef int req_walk(ReqScan *s, bytes body) except -1:
 cdef object req_max(ReqRec *r, int i, str key, object current):
     if r.maxst[i] == ST_BAD:
         raise ScanError(msg_max_type(key))
-    if current is None and r.maxst[i] == ST_OK:
+    # the largest cap given: the value is an upper bound (a managed reservation), and
+    # providers differ on which member wins (vLLM: max_completion_tokens over max_tokens)
+    if r.maxst[i] == ST_OK and (current is None or r.maxv[i] > current):
         return r.maxv[i]
     return current
 

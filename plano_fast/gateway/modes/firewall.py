@@ -131,7 +131,8 @@ class FirewallExchange(Exchange):
             self.ctx.unbilled_requests += 1
             if outcome == STATUS_NOT_BILLABLE:
                 outcome = STATUS_UNBILLED
-        super()._settle(outcome, http_status)
+        # (the base's method named, not super(): on 3.11 super() is an object per call)
+        Exchange._settle(self, outcome, http_status)
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         ctx = self.ctx
@@ -191,7 +192,7 @@ class FirewallExchange(Exchange):
         credential = client.credential
         assert credential is not None
         head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
-        self.upstream_data = finish_head(head, route.host_header, body, client.seen_request_id, self.request_id)
+        self.upstream_data = finish_head(head, route.host_line, body, client.seen_request_id, self.request_id)
         self.origin = route.origin
         if ctx.ratelimits is not None and rate_limit(self, (self.model,)):
             return admitted_forward(self)

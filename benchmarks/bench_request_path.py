@@ -1,0 +1,268 @@
+"""Instructions per request of the gateway's own Python request path, in one process.
+
+    python -m benchmarks.bench_request_path --modes firewall,config              # callgrind
+    python -m benchmarks.bench_request_path --modes firewall --profile           # cProfile table
+    python -m benchmarks.bench_request_path --modes config --access-log --profile
+
+The end-to-end measures (``benchmarks.ab_refs --callgrind``) count whole requests -- the
+loopback TCP, uvloop, the usage flush after them -- and spread by a few percent between
+windows.  This one isolates what the gateway's code does for one request: a real
+``Gateway`` is started (``benchmarks.run``'s setup of the mode: its config, store, keys;
+request metrics on, the access log with ``--access-log``), and a loop hands its
+``ServerProtocol`` the bytes of one request as a socket read would
+(``data_received``: the openai SDK's headers, the harness's body), then hands the upstream
+connection the exchange took the bytes of the fake provider's answer (captured once from
+``benchmarks/fake_provider.py --provider-headers``: a 1.3 KB head, a 915-byte body).
+Transports are stand-ins that drop what is written: no socket, no loop turn, nothing of
+the kernel.  Everything a request runs synchronously is counted (parse, identify,
+forward, relay, settle: the usage event handed to billing, metrics, the access-log
+record); the billing pipeline's tasks (flush, pricing) and the access log's writer do not
+run inside the loop.
+
+Under ``valgrind --tool=callgrind --instr-atstart=no``, the child switches the
+instrumentation on (``callgrind_control -i on``) right before its loop of N requests:
+total / N is one request's instructions, start-up and warm-up not counted, stable
+whatever the machine's load.  ``--profile`` instead runs the loop under
+cProfile and prints the functions by own time (cProfile's overhead inflates calls, so read
+it for where, callgrind for how much).  ``--root DIR`` measures another checkout's
+``plano_fast`` (A/B of two trees with the same harness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import json
+import os
+import pstats
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Transport:
+    """A transport that drops what is written (client side and upstream side)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def writelines(self, data: Any) -> None:
+        pass
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40312) if name == "peername" else default
+
+
+def capture_answer(workdir: Path, request: bytes) -> bytes:
+    """The fake provider's raw answer to ``request`` (its first response on a connection)."""
+    from benchmarks import run as bench
+
+    fake, port = bench.start_fake(1, workdir / "fake.log")
+    try:
+        request = re.sub(rb"\r\nHost: [^\r]*", b"\r\nHost: 127.0.0.1:%d" % port, request, count=1)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += sock.recv(65536)
+        return head + b"\r\n\r\n" + body
+    finally:
+        bench.stop_proc(fake)
+
+
+def prepare(mode: str, workdir: Path, access_log: bool) -> dict[str, Any]:
+    """Config, store and keys as ``benchmarks.run`` sets them up, and the two byte strings."""
+    from benchmarks import ab_refs
+    from benchmarks import run as bench
+
+    setup = bench.MODES[mode](workdir, 9, 1, ["ab"])  # port 9: never connected to
+    if mode == "config":
+        bench._migrate(setup.config_path, setup.env)
+    settings: dict[str, Any] = {"request_metrics": True}
+    if access_log:
+        settings["access_log"] = str(workdir / "access.jsonl")
+    bench.append_settings(setup.config_path, settings)
+    headers = bench.CLIENT_HEADERS + [tuple(h) for h in setup.headers_for("ab")]
+    request = ab_refs.request_bytes("127.0.0.1", 12000, bench.BODY_JSON, headers)
+    answer = capture_answer(workdir, request)
+    return {"config": str(setup.config_path), "env": setup.env, "request": request.decode("latin-1"),
+            "answer": answer.decode("latin-1")}
+
+
+async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> None:
+    from plano_fast.app import Gateway
+    from plano_fast.config import load_config
+    from plano_fast.upstream import UpstreamConnection
+
+    os.environ.update(prepared["env"])
+    gw = Gateway(load_config(prepared["config"]), port=0)
+    await gw.start()
+    gc.collect()  # as `plano_fast serve` does after start-up (plano_fast/cli.py)
+    gc.freeze()
+    for _ in range(500):  # the registry and budgets load in tasks
+        if gw.store_ready and (not gw.firewall or (gw.registry.ready and gw.billing.budget.ready)):
+            break
+        await asyncio.sleep(0.01)
+    pool = gw.pool
+    conns: list[UpstreamConnection] = []
+
+    async def connect(origin: Any, timeout_s: float | None = None) -> UpstreamConnection:
+        conn = UpstreamConnection(pool, origin)
+        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        conns.append(conn)
+        return conn
+
+    pool.connect = connect  # type: ignore[method-assign]
+    proto = gw._protocol_factory()
+    proto.connection_made(_Transport())  # type: ignore[arg-type]
+    request = prepared["request"].encode("latin-1")
+    answer = prepared["answer"].encode("latin-1")
+
+    def one() -> None:
+        proto.data_received(request)
+        conns[-1].data_received(answer)
+
+    # Warm-up: the first request opens the (stand-in) connection in a task.
+    proto.data_received(request)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    conns[-1].data_received(answer)
+    for _ in range(200):
+        one()
+    assert proto.idle and not proto.lost, "the warm-up requests were not answered"
+    gc.collect()  # every run's window starts from the same collector state
+    if profile is not None:
+        profiler = cProfile.Profile()
+        profiler.enable()
+    if os.environ.get("BENCH_RP_CALLGRIND"):
+        # counted from here on (the child runs under --instr-atstart=no)
+        subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True, capture_output=True)
+    for _ in range(n):
+        one()
+    if profile is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
+    assert proto.idle and len(conns) == 1, "a request was not answered on the pooled connection"
+    os._exit(0)  # the loop's own length is measured, not the gateway's stop
+
+
+def child(prepared_path: str, n: int, profile: str) -> None:
+    import uvloop
+
+    prepared = json.loads(Path(prepared_path).read_text())
+    uvloop.run(_run_loop(prepared, n, Path(profile) if profile else None))
+
+
+def _child_cmd(root: Path, prepared: Path, n: int, profile: str = "") -> list[str]:
+    return [sys.executable, "-c",
+            f"import sys; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
+            "from benchmarks.bench_request_path import child; "
+            f"child({str(prepared)!r}, {n}, {profile!r})"]
+
+
+def callgrind_total(root: Path, prepared: Path, n: int, out: Path) -> int:
+    """Instructions of ``n`` requests: the child switches callgrind's instrumentation on
+    right before its loop (start-up, imports and warm-up are not counted)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RP_CALLGRIND": "1"}
+    env.pop("PYTHONPATH", None)
+    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                    *_child_cmd(root, prepared, n)], cwd=root, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    match = re.search(r"^(?:totals|summary):\s+(\d+)", out.read_text(), re.M)
+    assert match is not None, out
+    return int(match.group(1))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--modes", default="firewall,config")
+    ap.add_argument("--root", type=Path, action="append",
+                    help="checkout(s) whose plano_fast is measured (default: this one); twice for A/B")
+    ap.add_argument("--n", type=int, default=3000, help="requests counted (callgrind) or profiled")
+    ap.add_argument("--access-log", action="store_true", help="the JSON access log on (records only)")
+    ap.add_argument("--profile", action="store_true", help="cProfile of the loop instead of callgrind")
+    ap.add_argument("--top", type=int, default=45)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    roots = args.root or [ROOT]
+    work = Path(tempfile.mkdtemp(prefix="bench-rp-"))
+    try:
+        for mode in args.modes.split(","):
+            for root in roots:
+                mdir = work / f"{mode}-{roots.index(root)}"
+                mdir.mkdir()
+                # the setup runs with the measured tree's code (its migrations, its store)
+                prep = subprocess.run(
+                    [sys.executable, "-c",
+                     f"import sys, json; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
+                     "from benchmarks.bench_request_path import prepare; from pathlib import Path; "
+                     f"print(json.dumps(prepare({mode!r}, Path({str(mdir)!r}), {args.access_log!r})))"],
+                    cwd=root, capture_output=True, text=True, check=False)  # fmt: skip
+                if prep.returncode != 0:
+                    raise RuntimeError(prep.stderr[-3000:])
+                prepared = mdir / "prepared.json"
+                prepared.write_text(prep.stdout.strip().splitlines()[-1])
+                if args.profile:
+                    stats_path = mdir / "profile.out"
+                    subprocess.run(_child_cmd(root, prepared, args.n, str(stats_path)), cwd=root, check=True)
+                    print(f"== {mode} {root}: cProfile of {args.n} requests (per request: calls, tottime µs)")
+                    stats = pstats.Stats(str(stats_path))
+                    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+                    total = sum(v[2] for _, v in rows)
+                    print(f"   total own time {total / args.n * 1e6:.2f} µs per request")
+                    for (file, line, fn), (cc, nc, tt, ct, _) in rows[: args.top]:
+                        where = f"{Path(file).name}:{line}" if line else file
+                        print(f"   {nc / args.n:6.2f} {tt / args.n * 1e6:7.2f} {ct / args.n * 1e6:7.2f}  {fn}  {where}")
+                    continue
+                t0 = time.monotonic()
+                per = callgrind_total(root, prepared, args.n, mdir / "callgrind.out") / args.n
+                print(f"{mode} {'access-log ' if args.access_log else ''}{root}: {per:,.0f} instructions "
+                      f"per request ({time.monotonic() - t0:.0f} s)", flush=True)
+    finally:
+        if args.keep:
+            print("work directory:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

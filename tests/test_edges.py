@@ -1,0 +1,240 @@
+"""What the outside checker (benchmarks/attack_battery.py) found, each case over real sockets
+against the real gateway and the fake provider: the request, what reached the provider,
+the usage rows."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.attack_battery import exchange, post
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+from tests.test_firewall import OTHER_KEY, USER_KEY, firewall  # noqa: F401 - fixture
+from plano_fast.managed.bounds import UnboundedContent, token_bound
+from tests.test_managed import Tenant, managed, rows  # noqa: F401 - fixture
+from tests.test_managed_bounds import call, limited  # noqa: F401 - fixture
+
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+MESSAGES = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+
+
+def provider_calls(fake: FakeProviderThread) -> list[Any]:
+    return [r for r in fake.requests if not r.path.startswith("/_fake")]
+
+
+# -- managed mode serves tokens only ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("credential", [b"", b"Authorization: Bearer sk-any-provider-key\r\n",
+                                        b"x-api-key: sk-any-provider-key\r\n"])
+@pytest.mark.parametrize(("path", "body", "status"), [
+    (b"/v1/chat/completions", CHAT, 401),
+    (b"/v1/messages", MESSAGES, 401),
+    (b"/v1/responses", b'{"model":"gpt-4o-mini","input":"hi"}', 401),
+    (b"/v1beta/models/gpt-4o-mini:generateContent", b'{"contents":[{"parts":[{"text":"hi"}]}]}', 404),
+    (b"/routing/v1/chat/completions", CHAT, 404),
+])
+def test_managed_mode_refuses_requests_without_a_token(
+    managed: Any, fake: FakeProviderThread, credential: bytes, path: bytes, body: bytes, status: int  # noqa: F811
+) -> None:
+    """Was: a request without an xproxy_ token went on to config-mode routing and was
+    served with the config's own provider keys (200, a usage row with no project, no
+    token and no budget): anyone reaching a managed gateway could spend past every hard
+    limit.  Now refused in the client's format; nothing reaches the provider."""
+    gateway, sqlite_path, tenant = managed
+    fake.clear()
+    answer = exchange(gateway.port, post(path, body, credential, b"anthropic-version: 2023-06-01\r\n"))
+    assert answer.status == status, answer.raw[:300]
+    assert "error" in (answer.error_json() or {})
+    assert provider_calls(fake) == []
+    # the tenant's token is served as before, and only its request is billed
+    served = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"))
+    assert served.status == 200, served.raw[:300]
+    billed = rows(sqlite_path)
+    assert [r.token_id for r in billed] == [tenant.token_id]
+
+
+# -- Expect: 100-continue on a pipelined request -----------------------------------------------
+
+
+def _pipelined_expect(port: int, first_auth: bytes, second_auth: bytes) -> tuple[socket.socket, bytes]:
+    """A slow stream, and behind it (same write) the head of a request that waits for
+    100-continue before sending its body; returns the socket and what arrived in 4 s."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    first = post(b"/v1/chat/completions", STREAM_CHAT, first_auth, b"x-fake-events: 4\r\nx-fake-interval-ms: 100\r\n")
+    second = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + second_auth
+              + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(CHAT))
+    sock.sendall(first + second)
+    data = b""
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return sock, data
+
+
+def test_pipelined_expect_continue_is_invited_when_its_turn_comes(gateway: GatewayProcess) -> None:
+    """Was: a head asking for 100-continue that arrived while an earlier request was being
+    answered never got its 100 (the check ran only when the head ended on an idle
+    connection): a client waiting for it waited out the body timeout (408)."""
+    sock, data = _pipelined_expect(gateway.port, b"", b"")
+    with sock:
+        first_end = data.find(b"0\r\n\r\n")
+        assert first_end > 0, data[-300:]
+        assert data[first_end + 5:].startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), data[first_end:]
+        sock.sendall(CHAT)
+        sock.settimeout(10)
+        rest = b""
+        while b"chat.completion" not in rest:
+            chunk = sock.recv(65536)
+            assert chunk, rest
+            rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]
+
+
+def test_pipelined_expect_continue_identifies_before_the_body(
+    firewall: Any, fake: FakeProviderThread  # noqa: F811
+) -> None:
+    """The same pipelined head with an unregistered key gets its 401 instead of the 100 (the
+    body is never invited) and the connection closes; only the first request was forwarded."""
+    gateway, _, _ = firewall
+    fake.clear()
+    sock, data = _pipelined_expect(gateway.port, b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n",
+                                   b"Authorization: Bearer " + OTHER_KEY.encode() + b"\r\n")
+    with sock:
+        first_end = data.find(b"0\r\n\r\n")
+        assert first_end > 0, data[-300:]
+        after = data[first_end + 5:]
+        assert after.startswith(b"HTTP/1.1 401 "), after[:200]
+        assert b"100 Continue" not in data and b"connection: close" in after
+    assert len(provider_calls(fake)) == 1
+
+
+# -- managed hard limits: a member read two ways has no bound -----------------------------------
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    (b'{"model":"gpt-4o-mini","max_tokens":50,"n":8,"n":1,"messages":[{"role":"user","content":"hi"}]}', "'n'"),
+    # an image in the first of two "messages": json.loads saw only the second
+    (b'{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":[{"type":"image_url",'
+     b'"image_url":{"url":"https://example.com/cat.png"}}]}],"n":1,"messages":[{"role":"user","content":"hi"}]}',
+     "'messages'"),
+])
+def test_duplicate_members_under_a_hard_limit_are_refused(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811
+    fake: FakeProviderThread, body: bytes, named: str,
+) -> None:
+    """Was: the reservation read the body with json.loads (the last duplicate wins), so
+    ``"n":8,"n":1`` reserved one choice and went to a provider that may honour the first
+    (eight: the hard limit overshot), and an image in a first ``messages`` was never seen.
+    Now a 400 naming the member; nothing forwarded, nothing billed."""
+    gateway, tenant, sqlite_path = limited(10 ** 12)
+    fake.clear()
+    status, doc, _ = call(gateway.url, tenant.token, body)
+    assert status == 400 and named in doc["error"]["message"], doc
+    assert provider_calls(fake) == [] and rows(sqlite_path) == []
+
+
+@pytest.mark.parametrize("doc", [
+    '{"contents":[],"generationConfig":{"candidateCount":1},"generation_config":{"candidateCount":8}}',
+    '{"contents":[],"generationConfig":{"candidateCount":1,"candidate_count":8}}',
+    '{"model":"m","tools":[{"type":"function","function":{"name":"a","name":"b"}}],"messages":[]}',
+])
+def test_a_member_in_two_spellings_or_twice_has_no_bound(doc: str) -> None:
+    with pytest.raises(UnboundedContent, match="more than once|both"):
+        token_bound(doc.encode(), 100)
+
+
+def test_the_largest_output_cap_is_reserved(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]], fake: FakeProviderThread,  # noqa: F811
+) -> None:
+    """Was: the first of max_tokens / max_completion_tokens was reserved, while vLLM honours
+    max_completion_tokens first: ``"max_tokens":10,"max_completion_tokens":5000`` reserved 10
+    output tokens for an answer of up to 5000.  The limit here fits 100 output tokens."""
+    body = b'{"model":"gpt-4o-mini","max_tokens":10,"max_completion_tokens":5000,"messages":[{"role":"user","content":"hi"}]}'
+    gateway, tenant, sqlite_path = limited(len(body) * 150 + 100 * 600)  # gpt-4o-mini: 150 / 600 nano-USD
+    fake.clear()
+    status, doc, _ = call(gateway.url, tenant.token, body)
+    assert status == 402 and doc["error"]["code"] == "budget_exceeded", doc
+    assert provider_calls(fake) == []
+    fits = body.replace(b"5000", b"100")
+    assert call(gateway.url, tenant.token, fits)[0] == 200
+
+
+# -- HTTP/1.0 keep-alive -------------------------------------------------------------------------
+
+
+def test_http10_keep_alive_is_announced(gateway: GatewayProcess) -> None:
+    """Was: an HTTP/1.0 client asking for keep-alive got no ``connection: keep-alive`` back
+    while the gateway kept the connection open, so the client took it as closing (RFC 9112
+    9.3) -- one that reads to the end of the connection waited out the idle timeout."""
+    one = post(b"/v1/chat/completions", CHAT, b"", b"Connection: keep-alive\r\n", version=b"HTTP/1.0")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        for _ in range(2):  # the same connection serves a second request
+            sock.sendall(one)
+            data = b""
+            while b"chat.completion" not in data or not data.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            head = data.partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 200") and b"\r\nconnection: keep-alive\r\n" in head, head
+    plain = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", version=b"HTTP/1.0"))
+    assert plain.status == 200 and plain.header(b"connection") == b"close" and plain.closed
+
+
+# -- a wildcard model that is a dot segment ------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [b"azure_openai/..", b"azure_openai/.", b"gemini/.."])
+def test_dot_segment_models_match_no_wildcard(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, model: bytes
+) -> None:
+    """Was: ``azure_openai/..`` matched ``azure_openai/*`` and went upstream as
+    ``/openai/deployments/../chat/completions`` -- ``/openai/chat/completions`` once
+    normalised, another endpoint than the one metered, with the gateway's key."""
+    gateway = make_gateway(extra_providers=(
+        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
+        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    fake.clear()
+    body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b""))
+    assert answer.status == 400 and "not found" in answer.error_json()["error"]["message"], answer.body
+    assert provider_calls(fake) == []
+    plain = body.replace(model, model.split(b"/")[0] + b"/my-deployment")
+    assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
+
+
+# -- the access log: one line per answer for every reader ---------------------------------------
+
+
+def test_a_model_name_cannot_forge_an_access_log_line(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Was: NEL, LS and PS in a client's model name were written raw; ``str.splitlines()``
+    (benchmarks/chaos.py, features.py) ends a line there, so the rest of the name read as a
+    record of its own: a forged one."""
+    log_path = tmp_path / "access.jsonl"
+    gateway = make_gateway({"access_log": str(log_path)})
+    forged = '{"request_id":"forged","status":200,"outcome":"ok"}'
+    for brk in ("\x85", "\u2028", "\u2029"):
+        body = json.dumps({"model": "x" + brk + forged, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        assert exchange(gateway.port, post(b"/v1/chat/completions", body, b"")).status == 400
+    gateway.stop()  # the writer's last lines are flushed at stop
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["status"] == 400 for line in lines), lines
+    assert all(json.loads(line)["model"].endswith(forged) for line in lines)
