@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +143,106 @@ def test_sdks_reach_the_provider_with_the_server_side_key(
     ant = [r for r in fake.requests if r.path == "/v1/messages"][-1]
     assert ant.header("x-api-key") == ANTHROPIC_SERVER_KEY
     assert ant.header("authorization") is None
+
+
+def test_a_client_gone_as_the_response_completes_still_leaves_its_row(
+    managed: tuple[GatewayProcess, str, Tenant], fake: FakeProviderThread
+) -> None:
+    """The provider's last bytes and the client's goodbye reach the gateway in one turn of
+    its loop (the gateway is stopped while both arrive): the response is complete, so its
+    row is written although the exchange's task is cancelled by the departure (the settle
+    starts from the upstream's callback, and the task's wait for it is what is cancelled).
+    A regression test of that hand-off: it passes before it too (uvloop reports the reset
+    a turn later, when the task already waits on the writer)."""
+    gateway, sqlite_path, tenant = managed
+    # A first request leaves a pooled provider connection: the one under test is then
+    # forwarded at once and ended by its write's callback (no task), the common path.
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as sdk:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert len(rows(sqlite_path)) == 1
+    fake.clear()
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer " + tenant.token.encode() + b"\r\nx-fake-latency-ms: 300\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    client = socket.create_connection(("127.0.0.1", gateway.port))
+    stopped = False
+    try:
+        client.sendall(request)
+        deadline = time.monotonic() + 5
+        while not [r for r in fake.requests if r.path == "/v1/chat/completions"]:
+            assert time.monotonic() < deadline, "the request never reached the provider"
+            time.sleep(0.005)
+        os.kill(gateway.pids[0], signal.SIGSTOP)  # the provider answers into a stopped gateway
+        stopped = True
+        time.sleep(0.6)  # the answer (300 ms later) is in the gateway's socket buffer
+        # ... and then the client's reset (a FIN alone is a half-close: still answered)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.05)
+    finally:
+        if stopped:
+            os.kill(gateway.pids[0], signal.SIGCONT)
+        client.close()
+    deadline = time.monotonic() + 5
+    billed = rows(sqlite_path)
+    while len(billed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        billed = rows(sqlite_path)
+    assert len(billed) == 2, gateway.log_text()[-2000:]
+    assert billed[0].token_id == tenant.token_id and billed[0].priced and billed[0].cost_nano_usd
+
+
+def test_the_end_of_the_answer_waits_for_the_commit_on_the_task_free_path(
+    managed: tuple[GatewayProcess, str, Tenant], fake: FakeProviderThread
+) -> None:
+    """Another process holds the database's write lock: the gateway's write of the row
+    waits (busy back-off), and so does the end of the answer -- a JSON body and a
+    stream's [DONE] -- on the path where no task carries the request (a pooled provider
+    connection, no hard limit: the done-callback of the write releases the end)."""
+    gateway, sqlite_path, tenant = managed
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as sdk:
+        sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert len(rows(sqlite_path)) == 1
+    for stream in (False, True):
+        body = json.dumps({"model": "gpt-4o-mini", "stream": stream,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + tenant.token.encode() + b"\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        lock = sqlite3.connect(sqlite_path, isolation_level=None, timeout=5)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as client:
+                client.sendall(request)
+                got = b""
+                deadline = time.monotonic() + 1.0  # the provider answers in a few ms
+                client.settimeout(0.05)
+                while time.monotonic() < deadline:
+                    try:
+                        got += client.recv(65536)
+                    except TimeoutError:
+                        pass
+                held = got
+                lock.execute("COMMIT")
+                client.settimeout(5)
+                while not (got.endswith(b"}") if not stream else b"data: [DONE]" in got):
+                    chunk = client.recv(65536)
+                    assert chunk, got[-300:]
+                    got += chunk
+        finally:
+            if lock.in_transaction:
+                lock.execute("ROLLBACK")
+            lock.close()
+        if stream:
+            assert b"data: [DONE]" not in held and b"chat.completion.chunk" in held
+        else:
+            assert b'"usage"' not in held  # the body (its last piece) waits with the end
+        assert len(rows(sqlite_path)) == 2 + stream
 
 
 def test_revoked_expired_and_wrong_model(

@@ -115,7 +115,7 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
             tracing = ctx.tracing
             if tracing is not None and tracing.may_sample(request.headers):
                 trace(gw, exchange)
-            return exchange.run()
+            return exchange.start()
     forwarded: Exchange | None = None
     path = request.path
     if gw.firewall and path not in _HEALTH:

@@ -114,6 +114,14 @@ class ManagedState:
         self._last_used[token.id] = now_ns
         return token
 
+    def hard_limited(self, project_id: str | None, user_id: str | None) -> bool:
+        """Whether a request of this project / user must reserve against a hard limit."""
+        limits = self.hard_limits
+        return bool(limits) and (
+            (project_id is not None and bool(limits.get(("project", project_id))))
+            or (user_id is not None and bool(limits.get(("user", user_id))))
+        )
+
     def pipe_for(self, token: ProxyToken) -> ResolvedPipe | None:
         if token.pipe_id is not None:
             return self.pipes.get(token.pipe_id)

@@ -27,6 +27,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from plano_fast import wire as scan
 from plano_fast.billing.rows import incomplete_answer, row_of_event, row_within_reservation
@@ -75,7 +77,9 @@ class ManagedExchange(RetryingExchange):
         "fields",
         "base_body",
         "reservation",
-        "final_event",
+        "billing",
+        "finish_in_callback",
+        "token_digest",
         "user_id",
         "token_id",
         "state_turn",
@@ -101,66 +105,121 @@ class ManagedExchange(RetryingExchange):
         self.fields: scan.RequestFields | None = None
         self.base_body = b""
         self.reservation: Reservation | None = None
-        self.final_event: UsageEvent | None = None
+        #: the synchronous settle of the complete response, under way from its completion
+        #: (``_complete``) on: awaited before the held-back end is sent
+        self.billing: asyncio.Future[Any] | None = None
+        #: started without a task (``start``): the write's callback ends the response
+        self.finish_in_callback = False
+        self.token_digest = ""
         self.user_id: str | None = None
         self.token_id: str | None = None
         #: state_storage: records the Responses answer (plano_fast.responses_managed)
         self.state_turn: ManagedTurn | None = None
 
     # -- phases -----------------------------------------------------------------------
-    async def run(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None] | None:
+        """Identify, route and forward now when nothing has to be awaited first (no hard
+        limit to reserve against, no rate limit backend, no stored Responses state):
+        then no task carries the request (``forward_now``, as firewall mode does) and the
+        held-back end is released by the write's callback (``_billed``).  Otherwise the
+        coroutine ``_run_awaited`` does it all, awaiting what it must."""
         try:
-            state = self.mctx.state
-            if not state.ready:
-                raise ServiceUnavailable("the gateway has not loaded its tokens yet")
-            request = self.request
-            credential = client_headers(self).credential
-            key = credential.secret if credential is not None else None
-            if key is None or not key.startswith(TOKEN_PREFIX.encode()):
-                raise Unauthorized("an xproxy_ token is required")
-            digest = token_hash(key)
-            token = state.lookup(digest, time.time_ns())
-            if token is None:
-                raise Unauthorized("this token is invalid, revoked or expired")
-            pipe = state.pipe_for(token)
-            if pipe is None:
-                raise ClientError("this token's project has no pipe to route it")
-            if self.endpoint is RESPONSES:
-                refuse_background(request.body)  # its cost could not be settled
-            try:
-                fields = scan.scan_request(request.body)
-            except scan.ScanError as exc:
-                raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            self.requested_model = fields.model
-            if self.ctx.guardrails is not None:
-                self.project_id = token.project_id  # (its project's guardrail overrides apply)
-                guard(self, GUARD_FORMATS[self.endpoint.name], None)
-            targets = [t for t in pipe.candidates(fields.model)
-                       if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
-            if not targets:
-                allowed = ", ".join(pipe.allowed_models()) or "none"
-                raise ClientError(
-                    f"model '{fields.model}' is not served by pipe '{pipe.pipe.name}'; "
-                    f"allowed models: {allowed}"
-                )
-            self.targets = targets
-            self.project_id = token.project_id
-            self.user_id = token.user_id
-            self.token_id = token.id
+            fields = self._identify()
+            if (self.ctx.ratelimits is not None or self.mctx.state.hard_limited(self.project_id, self.user_id)
+                    or (self.endpoint is RESPONSES and self.ctx.responses_state is not None)):
+                return self._run_awaited(fields)
+            body, _ = self._with_ceiling(fields, self.request.body)
+        except GatewayError as exc:  # a refusal of this request: its access-log line
+            self.refused(exc)
+            raise
+        self._first_attempt(fields, body)
+        self.finish_in_callback = True
+        opening = self.forward_now()
+        if opening is None:
+            return None
+        # A connection must be opened first: a task after all, which ends the response
+        # itself (nothing can have completed before it starts).
+        self.finish_in_callback = False
+        return self._finish_after(opening)
+
+    async def _finish_after(self, forwarding: Coroutine[Any, Any, None]) -> None:
+        await forwarding
+        if self.billing is not None:
+            await self._bill_and_finish()
+
+    def _identify(self) -> scan.RequestFields:
+        """The token, its pipe, the request's fields and the targets serving its model
+        (a GatewayError refuses the request)."""
+        state = self.mctx.state
+        if not state.ready:
+            raise ServiceUnavailable("the gateway has not loaded its tokens yet")
+        request = self.request
+        credential = client_headers(self).credential
+        key = credential.secret if credential is not None else None
+        if key is None or not key.startswith(TOKEN_PREFIX.encode()):
+            raise Unauthorized("an xproxy_ token is required")
+        digest = self.token_digest = token_hash(key)
+        token = state.lookup(digest, time.time_ns())
+        if token is None:
+            raise Unauthorized("this token is invalid, revoked or expired")
+        pipe = state.pipe_for(token)
+        if pipe is None:
+            raise ClientError("this token's project has no pipe to route it")
+        if self.endpoint is RESPONSES:
+            refuse_background(request.body)  # its cost could not be settled
+        try:
+            fields = scan.scan_request(request.body)
+        except scan.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        self.requested_model = fields.model
+        if self.ctx.guardrails is not None:
+            self.project_id = token.project_id  # (its project's guardrail overrides apply)
+            guard(self, GUARD_FORMATS[self.endpoint.name], None)
+        targets = [t for t in pipe.candidates(fields.model)
+                   if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
+        if not targets:
+            allowed = ", ".join(pipe.allowed_models()) or "none"
+            raise ClientError(
+                f"model '{fields.model}' is not served by pipe '{pipe.pipe.name}'; "
+                f"allowed models: {allowed}"
+            )
+        self.targets = targets
+        self.project_id = token.project_id
+        self.user_id = token.user_id
+        self.token_id = token.id
+        self.streaming = fields.stream
+        self.body_filter = HoldTerminal(fields.stream)
+        return fields
+
+    def _with_ceiling(self, fields: scan.RequestFields, body: bytes) -> tuple[bytes, int]:
+        """``body`` with the configured output ceiling inserted when the client set no
+        bound, and the bound the reservation counts."""
+        max_out = fields.max_output_tokens
+        if max_out is None:
+            max_out = self.mctx.max_output_tokens
+            body = _with_max_tokens(body, self.endpoint, max_out, self.targets[0].provider.provider)
+        return body, max_out
+
+    def _first_attempt(self, fields: scan.RequestFields, body: bytes) -> None:
+        self.fields = fields
+        self.base_body = body
+        circuit = self.circuit = self._target_circuit(0)
+        self._prepare_target(0 if circuit.opened_at is None else self._first_target())
+
+    async def _run_awaited(self, fields: scan.RequestFields) -> None:
+        """The request when something must be awaited before it is forwarded: the rate
+        limit backend, the stored Responses state, the reservation of a hard limit."""
+        request = self.request
+        try:
             if self.ctx.ratelimits is not None:  # plano_fast's per-project / per-token limits
-                await admit_awaited(self, (fields.model,), digest)
-            self.streaming = fields.stream
-            self.body_filter = HoldTerminal(fields.stream)
+                await admit_awaited(self, (fields.model,), self.token_digest)
             body = request.body
             if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
                 # previous_response_id expanded before the reservation: it counts the history
                 body, self.state_turn = await expand_managed(
-                    self.ctx.responses_state, body, managed_owner(token.project_id, token.user_id), fields.stream
+                    self.ctx.responses_state, body, managed_owner(self.project_id, self.user_id), fields.stream
                 )
-            max_out = fields.max_output_tokens
-            if max_out is None:
-                max_out = self.mctx.max_output_tokens
-                body = _with_max_tokens(body, self.endpoint, max_out, targets[0].provider.provider)
+            body, max_out = self._with_ceiling(fields, body)
             try:
                 self.reservation = await self._reserve(body, max_out, fields.model)
             except BudgetHeld as exc:
@@ -177,13 +236,10 @@ class ManagedExchange(RetryingExchange):
         except GatewayError as exc:  # a refusal of this request: its access-log line
             self.refused(exc)
             raise
-        self.fields = fields
-        self.base_body = body
-        circuit = self.circuit = self._target_circuit(0)
-        self._prepare_target(0 if circuit.opened_at is None else self._first_target())
+        self._first_attempt(fields, body)
         try:
             await self.forward()  # retries and failover within (plano_fast.gateway.retrying)
-            if self.final_event is not None:
+            if self.billing is not None:
                 await self._bill_and_finish()
         finally:
             if self.reservation is not None and not self.client_left:
@@ -335,11 +391,37 @@ class ManagedExchange(RetryingExchange):
         super().on_upstream_body(data)
 
     def _complete(self, outcome: str) -> None:
-        """The synchronous settle step: the event is billed by ``_bill_and_finish`` before
-        the held-back end of the response is sent."""
+        """The synchronous settle step: the row goes to the store as soon as the upstream
+        response is complete, from the upstream connection's callback; the held-back end
+        of the response is sent once it is written: by ``_billed`` (the write's done
+        callback) when no task carries the request, else by the task's
+        ``_bill_and_finish``.
+
+        Started here rather than when a task resumes: the write of a lone request
+        (SQLite) then runs in the loop turn that wakes the task, which finds it done
+        instead of waiting a turn for the writer and another for its answer (issue 27,
+        concurrency 1); and the task-free path has no task to start it.  The row is the
+        writer's (or the settle task's) from here: a client leaving cancels only a wait."""
         self.outcome = outcome
-        self.final_event = event = self._event(outcome, self.status)
+        event = self._event(outcome, self.status)
         self.observe(event)
+        reservation, self.reservation = self.reservation, None
+        row = row_of_event(self.mctx.pricing, event)
+        if reservation is None:
+            # The writer owns the row now: a client leaving cancels only the wait.
+            self.billing = self.mctx.writer.write(row, event)
+        else:
+            # A task of the context's: a client leaving must not cancel the settlement.
+            self.billing = self.mctx.spawn(self._settle_reservation(row, event, reservation))
+        if self.finish_in_callback:
+            self.billing.add_done_callback(self._billed)
+
+    def _billed(self, billing: asyncio.Future[Any]) -> None:
+        """A request started without a task: its row is written (or handed to the
+        journaled path), so the held-back end goes out -- unless the client has left."""
+        if self.client_left or not self.responder.client_connected:
+            return
+        self._release_end()
 
     def _settle(self, outcome: str, http_status: int) -> None:
         # Failures (no response, client gone): asynchronous billing, reservation released.
@@ -378,16 +460,15 @@ class ManagedExchange(RetryingExchange):
         return event
 
     async def _bill_and_finish(self) -> None:
-        event = self.final_event
-        assert event is not None
-        reservation, self.reservation = self.reservation, None
-        row = row_of_event(self.mctx.pricing, event)
-        if reservation is None:
-            # The writer owns the row now: a client leaving cancels only this wait.
-            await self.mctx.writer.write(row, event)
+        billing = self.billing
+        assert billing is not None
+        if isinstance(billing, asyncio.Task):
+            await asyncio.shield(billing)  # cancelling the wait must not cancel the settle
         else:
-            # Shielded: a client leaving now must not cancel the settlement.
-            await asyncio.shield(self.mctx.spawn(self._settle_reservation(row, event, reservation)))
+            await billing
+        self._release_end()
+
+    def _release_end(self) -> None:
         if self.state_turn is not None:
             self.state_turn.complete(self.status, self.model, self.provider_id)
         body_filter = self.body_filter
