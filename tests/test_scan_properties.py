@@ -253,7 +253,9 @@ def reference(body: bytes) -> tuple[Any, ...]:
         limits.append(config.get("maxOutputTokens"))
     if not all(_count(v) for v in limits):
         return ERROR
-    limit = next((v for v in limits if v is not None), None)
+    # the largest cap given (the scanner's value bounds a managed reservation)
+    given = [v for v in limits if v is not None]
+    limit = max(given) if given else None
     return (model, bool(stream), include, limit)
 
 
