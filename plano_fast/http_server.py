@@ -135,7 +135,9 @@ _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"
 class Request:
     """One parsed request, complete with its body.  Header names are lowercased."""
 
-    __slots__ = ("method", "target", "path", "query", "headers", "body", "keep_alive", "forward")
+    __slots__ = (
+        "method", "target", "path", "query", "headers", "body", "keep_alive", "forward", "http11"
+    )
 
     def __init__(
         self,
@@ -145,6 +147,7 @@ class Request:
         body: bytes,
         keep_alive: bool,
         forward: ForwardHeaders | None = None,
+        http11: bool = True,
     ) -> None:
         self.method = method
         self.target = target
@@ -157,6 +160,10 @@ class Request:
         #: ``wire.forward_request_headers(headers)``, when the fast path built it in the
         #: pass that parsed the request (None: computed from ``headers`` on first use)
         self.forward = forward
+        #: this request's version (HTTP/1.1, else 1.0): its answer's framing and keep-alive
+        #: line follow it, not the connection's last parsed head (a pipelined 1.1 head read
+        #: behind a 1.0 request must not change the 1.0 answer)
+        self.http11 = http11
 
     @property
     def api_format(self) -> ApiFormat:
@@ -229,6 +236,7 @@ class Responder:
         "finished",
         "_chunked",
         "_close_after",
+        "_http11",
         "upstream",
         "bytes_sent",
         "_out",
@@ -238,7 +246,7 @@ class Responder:
     #: (a slot set only by ``peer``: unset means False, read with getattr; no store per request)
     logged: bool
 
-    def __init__(self, proto: ServerProtocol, keep_alive: bool) -> None:
+    def __init__(self, proto: ServerProtocol, keep_alive: bool, http11: bool = True) -> None:
         self._out: list[bytes | memoryview] = []
         self._proto = proto
         self._transport = proto.transport
@@ -246,6 +254,9 @@ class Responder:
         self.finished = False
         self._chunked = False
         self._close_after = not keep_alive
+        #: the answered request's version (``Request.http11``): chunked or close-delimited,
+        #: and whether an HTTP/1.0 keep-alive needs saying
+        self._http11 = http11
         #: the upstream transport relaying to this client; paused when the client is slow
         self.upstream: UpstreamReader | None = None
         self.bytes_sent = 0
@@ -277,7 +288,7 @@ class Responder:
         parts = [line if line is not None else status_line(status), block, extra]
         if content_length is not None:
             parts.append(b"content-length: %d\r\n" % content_length)
-        elif self._proto.http11:
+        elif self._http11:
             self._chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
         else:
@@ -285,7 +296,7 @@ class Responder:
         if self._close_after or self._proto.draining:  # (self.closing, without its call)
             self._close_after = True
             parts.append(b"connection: close\r\n")
-        elif not self._proto.http11:
+        elif not self._http11:
             # An HTTP/1.0 connection persists only when the answer says so (RFC 9112
             # 9.3): without it the client takes the connection as closing while we keep it.
             parts.append(b"connection: keep-alive\r\n")
@@ -568,7 +579,6 @@ class ServerProtocol(asyncio.Protocol):
                 return taken
             method, target, headers, body, keep_alive, taken, forward = parsed
             self._url = target
-            self.http11 = True
             if not keep_alive:
                 # Connection: close -- the client sends nothing after this request
                 # (RFC 9112 9.6), so nothing after it is read.
@@ -733,6 +743,8 @@ class ServerProtocol(asyncio.Protocol):
             self._request_headers,
             body,
             self._parser.should_keep_alive(),
+            None,
+            self.http11,
         )
         self._headers_done = False
         self._dispatch(request)
@@ -748,7 +760,7 @@ class ServerProtocol(asyncio.Protocol):
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
         self.deadline = 0.0  # (_cancel_timer, inline)
-        responder = Responder(self, request.keep_alive and not self.draining)
+        responder = Responder(self, request.keep_alive and not self.draining, request.http11)
         self._active = responder
         try:
             pending = self._handler(request, responder)

@@ -17,6 +17,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import subprocess
+import sys
+import textwrap
 from types import ModuleType
 from typing import Any
 
@@ -310,3 +313,45 @@ def test_an_unset_slot_or_another_class_takes_the_twins_path() -> None:
             module.event_fields(unset)
     del unset.input_tokens
     assert all(_outcome(module, pricing, unset) is AttributeError for module in MODULES)
+
+
+# A finalizer that unsets an event's slot, run by the GC that allocating the result tuple
+# starts (3.11 collects inside the allocation once generation 0 passes its threshold).
+_SLOT_UNSET_BY_GC = textwrap.dedent("""
+    import gc
+    from plano_fast.billing import _drain
+    from plano_fast.usage import UsageEvent
+
+    event = UsageEvent("r", 1, "openai", "gpt-4o-mini", False, "ok", 200, has_usage=True)
+    ran = []
+
+    class Unsetter:
+        def __del__(self):
+            del event.attempt_trail
+            ran.append(True)
+
+    gc.collect()
+    gc.disable()
+    cycle = Unsetter()
+    cycle.me = cycle
+    del cycle
+    gc.set_threshold(1)
+    gc.enable()
+    try:
+        _drain.event_fields(event)
+    except AttributeError:
+        print("AttributeError", ran)
+    else:
+        print("no error", ran)
+""")
+
+
+@pytest.mark.skipif(_compiled_drain is None, reason="the compiled drain is not built")
+def test_a_slot_unset_while_the_tuple_is_made_takes_the_twins_path() -> None:
+    """Was: ``event_fields`` checked the 29 slots, then made the tuple (which can run the GC
+    and a finalizer) and read them again: a slot emptied in between was read as NULL (a
+    crash).  Now each slot is tested as it is read, after the tuple is made: the twin's
+    AttributeError.  In a child process, since the failure is a segfault."""
+    done = subprocess.run([sys.executable, "-c", _SLOT_UNSET_BY_GC], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["AttributeError", "[True]"], done.stdout

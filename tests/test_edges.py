@@ -197,6 +197,75 @@ def test_http10_keep_alive_is_announced(gateway: GatewayProcess) -> None:
     assert plain.status == 200 and plain.header(b"connection") == b"close" and plain.closed
 
 
+def _read_to_close(sock: socket.socket, limit_s: float = 10.0) -> bytes:
+    data = b""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"the gateway did not close the connection: {data[:2000]!r}")
+
+
+def _pipelined(port: int, first: bytes, second: bytes) -> bytes:
+    """``first`` and ``second`` in one write (the second head is parsed while the first
+    request waits on the provider); everything the gateway answers, to its close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(first + second)
+        return _read_to_close(sock)
+
+
+_SLOW = b"x-fake-latency-ms: 300\r\n"
+
+
+def test_http10_keep_alive_is_announced_with_an_http11_head_queued(gateway: GatewayProcess) -> None:
+    """Was: the answer's framing and keep-alive line followed the connection's last parsed
+    head, not the request answered: an HTTP/1.1 head pipelined behind an HTTP/1.0
+    keep-alive request took the 1.0 answer's ``connection: keep-alive`` away."""
+    one = post(b"/v1/chat/completions", CHAT, b"", b"Connection: keep-alive\r\n" + _SLOW, version=b"HTTP/1.0")
+    two = post(b"/v1/chat/completions", CHAT, b"", b"Connection: close\r\n")
+    data = _pipelined(gateway.port, one, two)
+    first_head, _, rest = data.partition(b"\r\n\r\n")
+    first_head = first_head.lower()
+    assert first_head.startswith(b"http/1.1 200") and b"\r\nconnection: keep-alive\r\n" in first_head, first_head
+    assert b"transfer-encoding" not in first_head, first_head
+    # the connection persisted: the HTTP/1.1 request was answered on it
+    assert rest.count(b"HTTP/1.1 200") == 1, data[:2000]
+
+
+def test_http10_stream_is_never_chunked_with_an_http11_head_queued(gateway: GatewayProcess) -> None:
+    """Was: an HTTP/1.0 streaming answer with an HTTP/1.1 head queued behind it was sent
+    ``transfer-encoding: chunked``, which an HTTP/1.0 client cannot decode.  It is
+    delimited by the connection's close, as for any HTTP/1.0 answer of unknown length."""
+    one = post(b"/v1/chat/completions", STREAM_CHAT, b"", b"Connection: keep-alive\r\n" + _SLOW, version=b"HTTP/1.0")
+    two = post(b"/v1/chat/completions", CHAT, b"")
+    data = _pipelined(gateway.port, one, two)
+    head, _, body = data.partition(b"\r\n\r\n")
+    head = head.lower()
+    assert head.startswith(b"http/1.1 200"), head
+    assert b"transfer-encoding" not in head and b"\r\nconnection: close\r\n" in head, head
+    assert body.startswith(b"data: ") and body.rstrip().endswith(b"data: [DONE]"), body[-300:]
+    assert b"HTTP/1.1" not in body, body[-300:]  # closed after the stream: the 1.1 request is unread
+
+
+def test_http11_stream_is_chunked_with_an_http10_head_queued(gateway: GatewayProcess) -> None:
+    """The other way round: an HTTP/1.1 stream with an HTTP/1.0 head queued behind it was
+    delimited by closing the connection (so the queued request was never answered).  It is
+    chunked, and the HTTP/1.0 request is answered after it."""
+    one = post(b"/v1/chat/completions", STREAM_CHAT, b"", _SLOW)
+    two = post(b"/v1/chat/completions", CHAT, b"", version=b"HTTP/1.0")
+    data = _pipelined(gateway.port, one, two)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    head = head.lower()
+    assert head.startswith(b"http/1.1 200") and b"\r\ntransfer-encoding: chunked\r\n" in head, head
+    assert b"connection: close" not in head, head
+    body, sep, second = rest.partition(b"\r\n0\r\n\r\n")
+    assert sep and b"data: [DONE]" in body, rest[-300:]
+    second_head = second.partition(b"\r\n\r\n")[0].lower()
+    assert second_head.startswith(b"http/1.1 200") and b"\r\nconnection: close\r\n" in second_head, second
+
+
 # -- a wildcard model that is a dot segment ------------------------------------------------------
 
 

@@ -182,6 +182,34 @@ def test_a_first_attempt_timing_out_while_its_hedge_is_in_flight_adopts_the_hedg
     assert (row.attempts, row.attempt_trail) == (2, "timeout,200")
 
 
+def test_a_reused_connection_closing_while_its_hedge_is_in_flight_adopts_the_hedge(
+    hedged: Any, fake: FakeProviderThread
+) -> None:
+    """The first attempt goes out on a reused (pooled) connection, which the provider
+    closes after 300 ms without a byte, while the hedge sent at 100 ms is stalled.  Was:
+    "a reused connection died: once more on a fresh one" dropped the hedge after it was
+    sent and sent the first target a second request (and, had that failed too, the plan's
+    next attempt a second request to the hedge's target).  Now the hedge is adopted as for
+    any other failure: exactly one request per target."""
+    gateway, sqlite_path = hedged
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+        fake.clear()
+        fake.faults.add(Fault("reset"), 1, model="gpt-4.1-nano")
+        fake.faults.add(Fault("stall", stall_ms=700), 1, model="gpt-4o-mini")
+        try:
+            reply = client.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "hi"}])
+            resets = fake.faults.counts["reset"]
+        finally:
+            fake.faults.clear()
+    assert resets == 1  # the first attempt did fail
+    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-nano", "gpt-4o-mini"]
+    assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
+    (row,) = [r for r in rows_for(sqlite_path, 2) if r.model != "gpt-4.1-mini"]
+    assert row.model == "gpt-4o-mini" and row.status == "ok"
+    assert row.attempts == 2, (row.attempts, row.attempt_trail)
+
+
 def test_hedge_after_ms_validates() -> None:
     base = "version: v0.4.0\nmodel_providers:\n  - model: openai/gpt-4o\n    access_key: k\n"
     ok = base + "    retry_policy: {hedge_after_ms: 250}\n"

@@ -143,12 +143,16 @@ def event_fields(event):
     cdef int i
     if type(event) is not _Event:
         return _event_fields_twin(event)
-    for i in range(N_EVENT):
-        if get_slot(event, EV[i]) is NULL:
-            return _event_fields_twin(event)  # an unset slot: its AttributeError
+    # The slots are read after the tuple is made, not checked before it: PyTuple_New may
+    # run the GC and so finalizers, which could empty a slot checked earlier.  Nothing in
+    # the loop runs Python code.
     out = PyTuple_New(N_EVENT)
     for i in range(N_EVENT):
         value = get_slot(event, EV[i])
+        if value is NULL:
+            # An unset slot: the twin raises its AttributeError.  ``out`` is dropped with
+            # the items set so far (a tuple's NULL items are skipped when it is freed).
+            return _event_fields_twin(event)
         Py_INCREF(<object>value)  # PyTuple_SET_ITEM steals a reference
         PyTuple_SET_ITEM(out, i, <object>value)
     return out

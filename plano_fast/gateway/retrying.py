@@ -168,7 +168,14 @@ class RetryingExchange(Exchange):
         Exchange.on_upstream_head(self, head)
 
     def on_upstream_error(self, error: UpstreamError, retry_safe: bool) -> None:
-        if not (retry_safe and self.attempts == 1) and self._failed(None, None, error.kind):
+        hedge = self.hedge
+        # A reused connection that died before answering is sent again on a fresh one
+        # (Exchange.on_upstream_error), but not while a hedge is in flight: that shortcut
+        # would cancel the hedge after it was sent, and the plan's next attempt would then
+        # send its target a second request.  _failed adopts the hedge (or drops it and
+        # retries as the plan says).
+        fresh = retry_safe and self.attempts == 1 and (hedge is None or not hedge.live())
+        if not fresh and self._failed(None, None, error.kind):
             if self.next_attempt is not None:  # (None: a hedge in flight is the attempt now)
                 self.conn = None
                 self._schedule_retry()

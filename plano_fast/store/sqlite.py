@@ -133,19 +133,27 @@ _OMITTABLE: Final = tuple(
                 "usage_raw", "price_entry", "reservation_overrun_nano_usd", "requested_model",
                 "attempts", "attempt_trail")
 )  # fmt: skip
-# The same for the usage parts that are 0 on most rows (cache writes, tool-use prompt, 1h
-# cache writes, audio; reasoning and cache reads on many): these columns are NOT NULL
-# DEFAULT 0 INTEGER, so a column that is 0 in every row of a chunk is left out too and
-# stores exactly the 0 it would have been bound (a value == 0 of another numeric type
-# would be stored as INTEGER 0 by the column's affinity as well), under the same CHECKs.
-# Each value left out saves its binding and copy, ~300 instructions (issue 27,
-# benchmarks/results/billing2-20261205.md).
-_OMITTABLE_ZERO: Final = tuple(
-    i for i, name in enumerate(USAGE_WRITE_COLUMNS)
-    if name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "tool_use_prompt_tokens",
-                "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens")
+# The same for the usage parts that are 0 on nearly every row: these columns are NOT NULL
+# DEFAULT 0 INTEGER, so a part that is 0 in every row of a chunk can be left out and stores
+# exactly the 0 it would have been bound (a value == 0 of another numeric type would be
+# stored as INTEGER 0 by the column's affinity as well), under the same CHECKs.  Each value
+# left out saves its binding and copy, ~300 instructions (issue 27,
+# benchmarks/results/billing2-20261205.md).  They are left out in two groups, each only
+# when all its columns are 0 in every row (cache writes; tool-use prompt and audio), and
+# cache reads and reasoning, set on many rows, are always bound: each column on its own
+# gave up to 2**7 shapes per chunk size on mixed traffic (75 in a simulation with the
+# earlier 64-entry cache: misses, each ~45 us plus a ~300 us prepare on the event loop),
+# the groups give at most 4.
+_OMITTABLE_ZERO_GROUPS: Final = tuple(
+    tuple(USAGE_WRITE_COLUMNS.index(name) for name in group)
+    for group in (("cache_write_tokens", "cache_write_1h_tokens"),
+                  ("tool_use_prompt_tokens", "audio_input_tokens", "audio_output_tokens"))
 )  # fmt: skip
-_OMIT_SHAPES = 64  # (rows, left-out columns) shapes kept; sqlite3 caches 128 statements
+_OMITTABLE_ZERO: Final = tuple(i for group in _OMITTABLE_ZERO_GROUPS for i in group)
+# Shapes kept: chunk sizes (6) x zero-group states (4) x 4 patterns of all-None columns (a
+# deployment fills the same columns on nearly every row: a few patterns); under the 128
+# statements sqlite3 caches per connection, with room for the full INSERTs and the rest.
+_OMIT_SHAPES = _INSERT_CHUNK.bit_length() * (1 << len(_OMITTABLE_ZERO_GROUPS)) * 4
 
 
 @functools.lru_cache(maxsize=_OMIT_SHAPES)
@@ -163,11 +171,12 @@ def _sparse_insert(n: int, omitted: tuple[int, ...]) -> tuple[str, Callable[[lis
 
 def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
-    ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and the
-    parts 0 in all of them (``_OMITTABLE_ZERO``)."""
-    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n) + tuple(
-        i for i in _OMITTABLE_ZERO if params[i :: _USAGE_WIDTH].count(0) == n
-    )
+    ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and each
+    group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
+    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n)
+    for group in _OMITTABLE_ZERO_GROUPS:
+        if all(params[i :: _USAGE_WIDTH].count(0) == n for i in group):
+            omitted += group
     if not omitted:
         return _multi_insert(n), params
     sql, take = _sparse_insert(n, omitted)
