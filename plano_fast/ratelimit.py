@@ -741,12 +741,13 @@ class RedisBackend:
     def _lost_state(self, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """Redis answered NOSCRIPT: it restarted empty (or its scripts were flushed), so
         the counts our leases were granted from are gone.  Every lease held is dropped
-        with no return, and the returns pending -- in ``parts`` (the call to resend) and
+        with no return (the units requests took awaiting this very call stay taken), and
+        the returns pending -- in ``parts`` (the call to resend) and
         in the debits not sent yet -- are dropped too: a return to a count that no longer
         holds it would take the new count below what was really used.  A wanted grant
         that assumed a lease held (negative: never refused) asks to be checked instead."""
         for lease in self._leases.values():
-            lease.left = 0
+            lease.left = min(lease.left, 0)  # (below 0: units taken by requests whose check is out)
             lease.held = lease.inflight = 0
             lease.prev = lease.cur = 0
         self._debits = {key: entry for key, entry in self._debits.items() if entry[0] >= 0}
