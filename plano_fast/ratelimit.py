@@ -39,13 +39,22 @@ Where the buckets live: with ``plano_fast.redis_url``, in Redis, shared by every
 and instance, each process admitting on a **lease** (a share of the bucket the check script
 granted it and counted at once) with no round trip while the lease lasts; one Lua script
 call grants, checks and carries this process's pending token debits (``RedisBackend``).
-Bounds with leases: a lease is counted in Redis before it is used, so leases add no
-overshoot (a request limit is never exceeded; a token limit by at most the bound above plus
-the tokens debited in the 5 ms before another process saw them, as without leases).
+Bounds with leases: a lease is counted in Redis before it is used, so a request limit is
+never exceeded.  A token request admitted on a lease takes its estimate (the mean tokens
+per settled request of the bucket, at least 1) out of it, reconciled when it settles; a
+token limit is exceeded by at most the bound above, plus the tokens debited in the 5 ms
+before another process saw them, plus -- the leases' term -- the tokens beyond their
+estimates of the requests a process admits on the lease it still holds after the bucket
+emptied: at most ``lease / estimate`` requests per process (``max(1, amount // 32)`` with an
+estimate of 1), until its next script call answers "no room" and the lease goes back.
 Under-admission: at most the unused leases outstanding -- per process and bucket at most
 ``max(1, amount // 32)`` units, returned within 100 ms of the process's last use (dropped,
-still counted, at a window change); a limit under 32 units is never leased ahead (every
-grant is the one unit its request takes: the per-request check).  Redis unreachable: a
+still counted, at a window change) -- plus, while requests are in flight, what their
+estimates exceed their tokens by; a limit under 32 units is never leased ahead (every grant
+is the one unit its request takes: the per-request check, for tokens too).  A Redis that
+lost its state (restart without persistence, FLUSHDB, eviction) forgets the window's counts:
+the limit then admits its full amount again in that window; leases held are dropped and
+returns never take a count below 0.  Redis unreachable: a
 lease still held keeps admitting in fail_open and fail_closed alike (granted and counted
 before the outage); then the configured mode.  Without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
@@ -521,9 +530,13 @@ class RedisBackend:
     **Leases.**  The check script grants this process a share of each bucket (up to
     ``cap = max(1, amount // LEASE_FRACTION)`` units), counted in Redis at once as
     consumption; while the process holds lease for every bucket of a request it admits it
-    locally, with no round trip (a request takes one unit of a request bucket; a token
-    bucket admits while its lease is above zero, and the response's tokens are taken from
-    the lease, the rest debited in Redis as below).  When a lease falls to half the last
+    locally, with no round trip (a request takes one unit of a request bucket; of a token
+    bucket its estimate -- ``Lease.estimate``, the mean tokens per settled request, at
+    least 1 -- held until it settles: then the tokens beyond it are taken from the lease,
+    the rest debited in Redis as below, or what it held beyond its tokens goes back to the
+    lease).  A request admitted by the script holds its estimate the same way.  When an
+    answer shows a token bucket with no room (a grant of 0, a refusal), its lease goes back
+    at once: the next request asks Redis.  When a lease falls to half the last
     grant, the next one is fetched off the request path (``call_soon``, after the request
     was forwarded), so a steady stream never waits; a request waits on Redis only when
     the process holds none (first use, a new window, a nearly empty bucket).  A grant's
@@ -534,13 +547,23 @@ class RedisBackend:
     used the bucket for ``LEASE_IDLE_S``; at a window change it is dropped (it counted in
     the old window).
 
-    Bounds (docs/ratelimits.md).  Overshoot: grants are counted before they are used, so
-    leases add none -- a request limit never exceeds its amount; a token limit exceeds it
-    by at most the tokens of the requests in flight when it emptied plus those debited in
-    the ``DEBIT_DELAY_S`` before another process saw them, as without leases.
-    Under-admission: at most the unused leases outstanding, ``cap`` per process and
-    bucket, returned within ``LEASE_IDLE_S`` of the process's last use (or left to expire
-    with the window's count when the window changes).
+    Bounds (docs/ratelimits.md).  Overshoot: grants are counted before they are used, so a
+    request limit never exceeds its amount; a token limit exceeds it by at most the tokens
+    of the requests in flight when it emptied plus those debited in the ``DEBIT_DELAY_S``
+    before another process saw them (as without leases), plus the tokens beyond their
+    estimates of the requests admitted on a lease still held after it emptied: each takes
+    at least one unit of it, so at most ``cap`` such requests per process (``lease /
+    estimate`` in practice), until the process's next script call (the prefetch at half
+    the lease) answers "no room".  Under-admission: at most the unused leases outstanding,
+    ``cap`` per process and bucket, returned within ``LEASE_IDLE_S`` of the process's last
+    use (or left to expire with the window's count when the window changes), plus the
+    estimates held by requests in flight beyond their tokens.
+
+    **Redis lost its state** (a NOSCRIPT: restarted empty, or its scripts flushed): every
+    lease held is dropped with no return, and the pending returns too (``_lost_state``);
+    the script never takes a count below 0 and skips a return to a missing key (a FLUSHDB
+    or an eviction keeps the scripts).  The window's counts are forgotten: the limit admits
+    its full amount again in that window.
 
     **Round trips.**  The check script (EVALSHA; EVAL once after a Redis restart answers
     NOSCRIPT) is answered by a callback run from the reply's read (no task, no future).
