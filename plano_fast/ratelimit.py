@@ -45,8 +45,9 @@ per settled request of the bucket, at least 1) out of it, reconciled when it set
 token limit is exceeded by at most the bound above, plus the tokens debited in the 5 ms
 before another process saw them, plus -- the leases' term -- the tokens beyond their
 estimates of the requests a process admits on the lease it still holds after the bucket
-emptied: at most ``lease / estimate`` requests per process (``max(1, amount // 32)`` with an
-estimate of 1), until its next script call answers "no room" and the lease goes back.
+emptied: each takes at least one of the units it held then (its lease, at most
+``max(1, amount // 32)``, and its requests' estimates in flight), ``lease / estimate`` requests
+in practice, until its next script call answers "no room" and the lease goes back.
 Under-admission: at most the unused leases outstanding -- per process and bucket at most
 ``max(1, amount // 32)`` units, returned within 100 ms of the process's last use (dropped,
 still counted, at a window change) -- plus, while requests are in flight, what their
@@ -552,9 +553,9 @@ class RedisBackend:
     of the requests in flight when it emptied plus those debited in the ``DEBIT_DELAY_S``
     before another process saw them (as without leases), plus the tokens beyond their
     estimates of the requests admitted on a lease still held after it emptied: each takes
-    at least one unit of it, so at most ``cap`` such requests per process (``lease /
-    estimate`` in practice), until the process's next script call (the prefetch at half
-    the lease) answers "no room".  Under-admission: at most the unused leases outstanding,
+    at least one of the units the process held then (its lease, at most ``cap``, and the
+    estimates its requests in flight hold), ``lease / estimate`` requests in practice, until
+    the process's next script call (the prefetch at half the lease) answers "no room".  Under-admission: at most the unused leases outstanding,
     ``cap`` per process and bucket, returned within ``LEASE_IDLE_S`` of the process's last
     use (or left to expire with the window's count when the window changes), plus the
     estimates held by requests in flight beyond their tokens.
