@@ -443,6 +443,18 @@ def test_held_estimates_are_reconciled_exactly(redis: PrivateRedis) -> None:
     asyncio.run(scenario())
 
 
+async def _hold_a_lease_of_9(limits: RateLimits) -> tuple[str, float]:
+    """A new user's bucket of a 320/hour request limit, with a lease of 9 held (2 used)."""
+    user = uuid.uuid4().hex
+    buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
+    t = time.time()
+    assert isinstance(limits.backend, RedisBackend)
+    await limits.backend.check(buckets, t)
+    await limits.backend.check(buckets, t + 0.001)
+    assert limits.backend.lease(buckets[0], t + 0.001).left == 9
+    return user, t
+
+
 def test_a_return_to_a_redis_that_lost_its_state(redis: PrivateRedis) -> None:
     """320 requests/hour, a process holds a lease of 9.  Redis restarted empty: the idle
     return used to recreate the key at -9 (NOSCRIPT, then EVAL) and a fresh process was
@@ -452,12 +464,7 @@ def test_a_return_to_a_redis_that_lost_its_state(redis: PrivateRedis) -> None:
 
     async def scenario() -> None:
         a = _token_limits(redis.url, 320, "requests")
-        user = uuid.uuid4().hex
-        ba = a.buckets(("m",), [(b"x-user", user.encode())])
-        t = time.time()
-        await a.backend.check(ba, t)
-        await a.backend.check(ba, t + 0.001)
-        assert a.backend.lease(ba[0], t + 0.001).left == 9
+        user, t = await _hold_a_lease_of_9(a)
         redis.kill()
         redis.start()
         await asyncio.sleep(a.backend.LEASE_IDLE_S * 4)  # the idle return: NOSCRIPT, then EVAL
@@ -474,17 +481,13 @@ def test_a_return_to_a_redis_that_lost_its_state(redis: PrivateRedis) -> None:
         assert admitted == 320
         await c.backend.close()
 
-        user = uuid.uuid4().hex
-        ba = a.buckets(("m",), [(b"x-user", user.encode())])
-        t = time.time()
-        await a.backend.check(ba, t)
-        await a.backend.check(ba, t + 0.001)
-        assert a.backend.lease(ba[0], t + 0.001).left == 9
+        user, t = await _hold_a_lease_of_9(a)
         key = f"plano_fast:rl:0:{user}:{int(t // 3600)}".encode()
         await raw.call(command(b"FLUSHDB"))
         await asyncio.sleep(a.backend.LEASE_IDLE_S * 4)
         assert await raw.call(command(b"GET", key)) is None  # skipped, not -9
         await raw.call(command(b"SET", key, b"5"))
+        assert isinstance(a.backend, RedisBackend)
         a.backend._add_debit(key, -9, 3600)  # a return larger than the count
         await asyncio.sleep(0.05)
         assert await raw.call(command(b"GET", key)) == b"0"
