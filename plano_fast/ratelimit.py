@@ -456,7 +456,7 @@ class Lease:
 
     __slots__ = ("limit", "base", "ends_s", "cur_key", "prev_key", "left", "cap", "size",
                  "used", "since_s", "last_use_s", "prev", "cur", "asked", "held", "inflight",
-                 "settled", "settled_tokens")  # fmt: skip
+                 "settled", "settled_tokens", "estimate")  # fmt: skip
 
     def __init__(self, limit: Limit, base: bytes, cap: int) -> None:
         self.limit = limit
@@ -475,24 +475,19 @@ class Lease:
         #: their own unit), so the lease held stays within the under-admission bound
         self.asked = 0
         #: a token bucket: the units taken out of ``left`` by the admitted requests not
-        #: settled yet (each took its estimate, ``estimate()``), and how many they are
+        #: settled yet (each took its estimate, ``estimate``), and how many they are
         self.held = 0
         self.inflight = 0
-        #: a token bucket: requests settled with usage and their tokens (the estimate)
+        #: a token bucket: requests settled with usage and their tokens, and the tokens a
+        #: request is expected to take: their running mean, at least 1 (1 before any)
         self.settled = 0
         self.settled_tokens = 0
-
-    def estimate(self) -> int:
-        """The tokens a request of this token bucket is expected to take: the running mean
-        per settled request, at least 1 (1 before any settled)."""
-        if not self.settled:
-            return 1
-        return max(1, -(-self.settled_tokens // self.settled))
+        self.estimate = 1
 
     def hold(self) -> None:
         """An admitted request of this token bucket takes its estimate out of the lease
         (what is left of it, when less), held until it settles (``settle``)."""
-        take = min(self.estimate(), self.left) if self.left > 0 else 0
+        take = self.estimate if self.estimate < self.left else max(0, self.left)
         self.left -= take
         self.held += take
         self.inflight += 1
@@ -510,6 +505,7 @@ class Lease:
         if tokens > 0:
             self.settled += 1
             self.settled_tokens += tokens
+            self.estimate = max(1, -(-self.settled_tokens // self.settled))
         return tokens - share
 
     def roll(self, now_s: float) -> None:
