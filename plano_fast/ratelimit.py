@@ -551,10 +551,11 @@ class RedisBackend:
     estimates of the requests admitted on a lease still held after it emptied: each takes
     at least one of the units the process held then (its lease, at most ``cap``, and the
     estimates its requests in flight hold), ``lease / estimate`` requests in practice, until
-    the process's next script call (the prefetch at half the lease) answers "no room".  Under-admission: at most the unused leases outstanding,
-    ``cap`` per process and bucket, returned within ``LEASE_IDLE_S`` of the process's last
-    use (or left to expire with the window's count when the window changes), plus the
-    estimates held by requests in flight beyond their tokens.
+    the process's next script call (the prefetch at half the lease) answers "no room".
+    Under-admission: at most the unused leases outstanding, ``cap`` per process and
+    bucket, returned within ``LEASE_IDLE_S`` of the process's last use (or left to expire
+    with the window's count when the window changes), plus the estimates held by requests
+    in flight beyond their tokens.
 
     **Redis lost its state** (a NOSCRIPT: restarted empty, or its scripts flushed): every
     lease held is dropped with no return, and the pending returns too (``_lost_state``);
