@@ -39,13 +39,23 @@ Where the buckets live: with ``plano_fast.redis_url``, in Redis, shared by every
 and instance, each process admitting on a **lease** (a share of the bucket the check script
 granted it and counted at once) with no round trip while the lease lasts; one Lua script
 call grants, checks and carries this process's pending token debits (``RedisBackend``).
-Bounds with leases: a lease is counted in Redis before it is used, so leases add no
-overshoot (a request limit is never exceeded; a token limit by at most the bound above plus
-the tokens debited in the 5 ms before another process saw them, as without leases).
+Bounds with leases: a lease is counted in Redis before it is used, so a request limit is
+never exceeded.  A token request admitted on a lease takes its estimate (the mean tokens
+per settled request of the bucket, at least 1) out of it, reconciled when it settles; a
+token limit is exceeded by at most the bound above, plus the tokens debited in the 5 ms
+before another process saw them, plus -- the leases' term -- the tokens beyond their
+estimates of the requests a process admits on the lease it still holds after the bucket
+emptied: each takes at least one of the units it held then (its lease, at most
+``max(1, amount // 32)``, and its requests' estimates in flight), ``lease / estimate`` requests
+in practice, until its next script call answers "no room" and the lease goes back.
 Under-admission: at most the unused leases outstanding -- per process and bucket at most
 ``max(1, amount // 32)`` units, returned within 100 ms of the process's last use (dropped,
-still counted, at a window change); a limit under 32 units is never leased ahead (every
-grant is the one unit its request takes: the per-request check).  Redis unreachable: a
+still counted, at a window change) -- plus, while requests are in flight, what their
+estimates exceed their tokens by; a limit under 32 units is never leased ahead (every grant
+is the one unit its request takes: the per-request check, for tokens too).  A Redis that
+lost its state (restart without persistence, FLUSHDB, eviction) forgets the window's counts:
+the limit then admits its full amount again in that window; leases held are dropped and
+returns never take a count below 0.  Redis unreachable: a
 lease still held keeps admitting in fail_open and fail_closed alike (granted and counted
 before the outage); then the configured mode.  Without it, with one worker, in
 this process; without it and ``--workers`` > 1, in a SQLite file in the instance's shared
@@ -372,6 +382,9 @@ class SqliteBackend:
 # process still holds lease for this request: grant up to S of what is left, never
 # refuse"; 0 "held, nothing more wanted"; then per debited key its tokens (negative: an
 # unused lease returned) and TTL.  The debits go first (they are older than this check).
+# A return (negative) never takes a key below 0 and is skipped when the key does not exist:
+# a Redis that lost its state (restart without persistence, FLUSHDB, eviction) must not be
+# left with a negative count, which would admit the limit plus the return.
 # A grant is counted at once (INCRBY of the current window: consumption).  A key's TTL is
 # set only by the write that created it: one EXPIRE per key and window, not per call.
 # Returns {i, prev, cur} for the first bucket that refuses (nothing granted), else
@@ -381,8 +394,15 @@ local n = tonumber(ARGV[1])
 local a = 3 + 3 * n
 for j = 2 * n + 1, #KEYS do
   local by = tonumber(ARGV[a])
-  if redis.call('INCRBY', KEYS[j], by) == by then
-    redis.call('EXPIRE', KEYS[j], ARGV[a + 1])
+  if by >= 0 then
+    if redis.call('INCRBY', KEYS[j], by) == by then
+      redis.call('EXPIRE', KEYS[j], ARGV[a + 1])
+    end
+  elseif redis.call('EXISTS', KEYS[j]) == 1 then
+    local left = redis.call('INCRBY', KEYS[j], by)
+    if left < 0 then
+      redis.call('INCRBY', KEYS[j], -left)
+    end
   end
   a = a + 2
 end
@@ -435,7 +455,8 @@ class Lease:
     (already counted in Redis) and not yet used here."""
 
     __slots__ = ("limit", "base", "ends_s", "cur_key", "prev_key", "left", "cap", "size",
-                 "used", "since_s", "last_use_s", "prev", "cur", "asked")  # fmt: skip
+                 "used", "since_s", "last_use_s", "prev", "cur", "asked", "held", "inflight",
+                 "settled", "settled_tokens", "estimate")  # fmt: skip
 
     def __init__(self, limit: Limit, base: bytes, cap: int) -> None:
         self.limit = limit
@@ -453,6 +474,39 @@ class Lease:
         #: (concurrent requests that find no lease each ask only what is missing, at least
         #: their own unit), so the lease held stays within the under-admission bound
         self.asked = 0
+        #: a token bucket: the units taken out of ``left`` by the admitted requests not
+        #: settled yet (each took its estimate, ``estimate``), and how many they are
+        self.held = 0
+        self.inflight = 0
+        #: a token bucket: requests settled with usage and their tokens, and the tokens a
+        #: request is expected to take: their running mean, at least 1 (1 before any)
+        self.settled = 0
+        self.settled_tokens = 0
+        self.estimate = 1
+
+    def hold(self) -> None:
+        """An admitted request of this token bucket takes its estimate out of the lease
+        (what is left of it, when less), held until it settles (``settle``)."""
+        take = self.estimate if self.estimate < self.left else max(0, self.left)
+        self.left -= take
+        self.held += take
+        self.inflight += 1
+
+    def settle(self, tokens: int) -> int:
+        """A settled request's tokens against the estimate it held: the tokens beyond it
+        (to take from the lease or debit), negative when it held more than it took (given
+        back to the lease).  The requests in flight share what they hold equally (the last
+        takes the rest), so the held units are reconciled exactly in sum."""
+        share = 0
+        if self.inflight > 0:
+            share = self.held if self.inflight == 1 else self.held // self.inflight
+            self.held -= share
+            self.inflight -= 1
+        if tokens > 0:
+            self.settled += 1
+            self.settled_tokens += tokens
+            self.estimate = max(1, -(-self.settled_tokens // self.settled))
+        return tokens - share
 
     def roll(self, now_s: float) -> None:
         """Into the window of ``now_s``: the lease left is dropped (it counted in the old
@@ -463,6 +517,7 @@ class Lease:
         self.cur_key = self.base + b"%d" % n
         self.prev_key = self.base + b"%d" % (n - 1)
         self.left = 0
+        self.held = self.inflight = 0  # (their requests' tokens are debited in full)
         self.prev = self.cur = 0
 
 
@@ -472,9 +527,13 @@ class RedisBackend:
     **Leases.**  The check script grants this process a share of each bucket (up to
     ``cap = max(1, amount // LEASE_FRACTION)`` units), counted in Redis at once as
     consumption; while the process holds lease for every bucket of a request it admits it
-    locally, with no round trip (a request takes one unit of a request bucket; a token
-    bucket admits while its lease is above zero, and the response's tokens are taken from
-    the lease, the rest debited in Redis as below).  When a lease falls to half the last
+    locally, with no round trip (a request takes one unit of a request bucket; of a token
+    bucket its estimate -- ``Lease.estimate``, the mean tokens per settled request, at
+    least 1 -- held until it settles: then the tokens beyond it are taken from the lease,
+    the rest debited in Redis as below, or what it held beyond its tokens goes back to the
+    lease).  A request admitted by the script holds its estimate the same way.  When an
+    answer shows a token bucket with no room (a grant of 0, a refusal), its lease goes back
+    at once: the next request asks Redis.  When a lease falls to half the last
     grant, the next one is fetched off the request path (``call_soon``, after the request
     was forwarded), so a steady stream never waits; a request waits on Redis only when
     the process holds none (first use, a new window, a nearly empty bucket).  A grant's
@@ -485,13 +544,24 @@ class RedisBackend:
     used the bucket for ``LEASE_IDLE_S``; at a window change it is dropped (it counted in
     the old window).
 
-    Bounds (docs/ratelimits.md).  Overshoot: grants are counted before they are used, so
-    leases add none -- a request limit never exceeds its amount; a token limit exceeds it
-    by at most the tokens of the requests in flight when it emptied plus those debited in
-    the ``DEBIT_DELAY_S`` before another process saw them, as without leases.
+    Bounds (docs/ratelimits.md).  Overshoot: grants are counted before they are used, so a
+    request limit never exceeds its amount; a token limit exceeds it by at most the tokens
+    of the requests in flight when it emptied plus those debited in the ``DEBIT_DELAY_S``
+    before another process saw them (as without leases), plus the tokens beyond their
+    estimates of the requests admitted on a lease still held after it emptied: each takes
+    at least one of the units the process held then (its lease, at most ``cap``, and the
+    estimates its requests in flight hold), ``lease / estimate`` requests in practice, until
+    the process's next script call (the prefetch at half the lease) answers "no room".
     Under-admission: at most the unused leases outstanding, ``cap`` per process and
     bucket, returned within ``LEASE_IDLE_S`` of the process's last use (or left to expire
-    with the window's count when the window changes).
+    with the window's count when the window changes), plus the estimates held by requests
+    in flight beyond their tokens.
+
+    **Redis lost its state** (a NOSCRIPT: restarted empty, or its scripts flushed): every
+    lease held is dropped with no return, and the pending returns too (``_lost_state``);
+    the script never takes a count below 0 and skips a return to a missing key (a FLUSHDB
+    or an eviction keeps the scripts).  The window's counts are forgotten: the limit admits
+    its full amount again in that window.
 
     **Round trips.**  The check script (EVALSHA; EVAL once after a Redis restart answers
     NOSCRIPT) is answered by a callback run from the reply's read (no task, no future).
@@ -534,32 +604,43 @@ class RedisBackend:
         self._leases: dict[str, Lease] = {}
         #: leases whose next grant is to be fetched (one script call, after this loop turn)
         self._to_fetch: list[tuple[Lease, int]] = []
+        #: the lease map is full of leases with a script call out (Redis slow): until this
+        #: time a new bucket gets no lease (the per-request check), with no rescan of the map
+        self._full_until_s = 0.0
 
     # -- leases ---------------------------------------------------------------------------
     def lease(self, b: Bucket, now_s: float) -> Lease:
         """The bucket's lease, rolled into the window of ``now_s``."""
         lease = self._leases.get(b.key)
         if lease is None:
-            if len(self._leases) >= self._LEASES_MAX:
-                self._evict(now_s)
-            lease = self._leases[b.key] = Lease(
-                b.limit, self.prefix + b.key.encode() + b":", max(1, b.limit.amount // self.LEASE_FRACTION))
+            base = self.prefix + b.key.encode() + b":"
+            if len(self._leases) >= self._LEASES_MAX and (now_s < self._full_until_s or self._evict(now_s)):
+                lease = Lease(b.limit, base, 1)  # kept nowhere: a grant of 1, the per-request check
+            else:
+                lease = self._leases[b.key] = Lease(b.limit, base, max(1, b.limit.amount // self.LEASE_FRACTION))
             lease.since_s = now_s
         if now_s >= lease.ends_s:
             lease.roll(now_s)
         return lease
 
-    def _evict(self, now_s: float) -> None:
+    def _evict(self, now_s: float) -> bool:
         """The lease map starts over (a selector "*" makes many buckets): the lease held
-        goes back first, as when idle; a lease with a grant still out is kept (its grant
-        must land where it can be used or returned)."""
+        goes back first, as when idle; a lease with a grant still out, or units held by
+        requests in flight, is kept (its grant must land where it can be used or returned).
+        True when the map is still at least half full of those (Redis slow): then no new
+        bucket gets a lease for LEASE_IDLE_S, so the map is not rescanned per new bucket
+        (that was quadratic while Redis stalled)."""
         kept = {}
         for key, lease in self._leases.items():
-            if lease.asked:
+            if lease.asked or lease.inflight:
                 kept[key] = lease
             elif lease.left > 0 and now_s < lease.ends_s:
                 self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
         self._leases = kept
+        if len(kept) * 2 >= self._LEASES_MAX:
+            self._full_until_s = now_s + self.LEASE_IDLE_S
+            return len(kept) >= self._LEASES_MAX
+        return False
 
     def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
         """Admit on the leases held, with no round trip: True when every bucket has lease
@@ -574,6 +655,8 @@ class RedisBackend:
             if b.limit.kind == "requests":
                 lease.left -= 1
                 lease.used += 1
+            else:  # its estimate: a lease of n tokens admits at most n requests, not all
+                lease.hold()
             lease.last_use_s = now_s
             if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
                 self._want_fetch(lease, now_s)
@@ -639,6 +722,8 @@ class RedisBackend:
             if lease.cur_key == keys[i]:
                 lease.left += grant
                 lease.prev, lease.cur = prev, cur
+                if grant == 0 and lease.left > 0 and lease.limit.kind == "tokens" and self._empty(lease):
+                    self._give_back(lease)  # others emptied the bucket: the next request asks Redis
                 if lease.left > 0 and self._idle_timer is None:  # (returned if not used)
                     self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
             if counts is not None:
@@ -656,13 +741,50 @@ class RedisBackend:
             if now_s >= lease.ends_s:
                 lease.roll(now_s)  # counted in the old window: dropped
             elif now_s - lease.last_use_s >= self.LEASE_IDLE_S and not lease.asked:
-                self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
-                lease.cur -= lease.left
-                lease.left = 0
+                self._give_back(lease)
             else:
                 held = True
         if held:
             self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+
+    def _give_back(self, lease: Lease) -> None:
+        """The lease's unused units go back to Redis (a negative debit)."""
+        self._add_debit(lease.cur_key, -lease.left, lease.limit.window_s)
+        lease.cur -= lease.left
+        lease.left = 0
+
+    @staticmethod
+    def _empty(lease: Lease) -> bool:
+        """Redis's last answer for the bucket leaves no room (the script's own test)."""
+        limit = lease.limit
+        return math.ceil(limit.amount - estimate(lease.prev, lease.cur, limit.window_s, time.time())) <= 0
+
+    def _lost_state(self, parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """Redis answered NOSCRIPT: it restarted empty (or its scripts were flushed), so
+        the counts our leases were granted from are gone.  Every lease held is dropped
+        with no return (the units requests took awaiting this very call stay taken), and
+        the returns pending -- in ``parts`` (the call to resend) and
+        in the debits not sent yet -- are dropped too: a return to a count that no longer
+        holds it would take the new count below what was really used.  A wanted grant
+        that assumed a lease held (negative: never refused) asks to be checked instead."""
+        for lease in self._leases.values():
+            lease.left = min(lease.left, 0)  # (below 0: units taken by requests whose check is out)
+            lease.held = lease.inflight = 0
+            lease.prev = lease.cur = 0
+        self._debits = {key: entry for key, entry in self._debits.items() if entry[0] >= 0}
+        numkeys = int(parts[2])
+        keys, args = list(parts[3:3 + numkeys]), list(parts[3 + numkeys:])
+        n = int(args[0])
+        kept_keys, kept_args = keys[:2 * n], args[:2 + 3 * n]
+        for i in range(n):
+            if kept_args[3 * i + 4].startswith(b"-"):
+                kept_args[3 * i + 4] = kept_args[3 * i + 4][1:]
+        for j, key in enumerate(keys[2 * n:]):
+            tokens, ttl_s = args[2 + 3 * n + 2 * j], args[3 + 3 * n + 2 * j]
+            if not tokens.startswith(b"-"):
+                kept_keys.append(key)
+                kept_args += (tokens, ttl_s)
+        return (b"EVAL", _CHECK_LUA_BYTES, b"%d" % len(kept_keys), *kept_keys, *kept_args)
 
     # -- the script call ------------------------------------------------------------------
     def _send(self, items: Sequence[tuple[Lease, int]], now_s: float, done: Callable[[Any], None]) -> None:
@@ -698,8 +820,9 @@ class RedisBackend:
                  exc: BaseException | None) -> None:  # fmt: skip
         if exc is not None:
             if isinstance(exc, ReplyError) and parts[0] == b"EVALSHA" and str(exc).startswith("NOSCRIPT"):
-                # a restarted (empty) Redis: send the script itself; EVAL caches it
-                parts = (b"EVAL", _CHECK_LUA_BYTES, *parts[2:])
+                # a restarted (empty) Redis: its counts are gone with our leases; send the
+                # script itself (EVAL caches it)
+                parts = self._lost_state(parts)
                 self.client.call_back(pack_command(parts), partial(self._replied, parts, done))
                 return
             done(self._failed(exc))
@@ -742,11 +865,17 @@ class RedisBackend:
             if isinstance(result, list):
                 b = buckets[result[0] - 1]
                 prev, cur = result[1], result[2]
+                lease = items[result[0] - 1][0]
+                if b.limit.kind == "tokens" and lease.cur_key == keys[result[0] - 1] and lease.left > 0:
+                    self._give_back(lease)  # the bucket is empty: the next request asks Redis
                 result = Verdict(b.limit, 0, retry_after(prev, cur, b.limit.amount, b.limit.window_s, now_s))
             done(result)
             return
         counts = [-1] if self.want_counts else None
         self._granted(items, keys, counts, result)
+        for (lease, _), key in zip(items, keys):
+            if lease.limit.kind == "tokens" and lease.cur_key == key:
+                lease.hold()  # this request's estimate, as a local admission takes it
         done(counts if counts is not None else ADMITTED)
 
     async def check(self, buckets: Sequence[Bucket], now_s: float) -> Outcome:
@@ -757,18 +886,27 @@ class RedisBackend:
 
     # -- debits -----------------------------------------------------------------------------
     def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
-        """A response's tokens: taken from the bucket's lease, the rest debited in Redis
-        with the next script call (or after DEBIT_DELAY_S)."""
-        if not tokens:
-            return
+        """A settled request's tokens (0: it has no usage) against the estimate it held
+        (``Lease.settle``): what it held beyond them goes back to the lease; its tokens
+        beyond it are taken from the lease, the rest debited in Redis with the next script
+        call (or after DEBIT_DELAY_S)."""
         for b in buckets:
             if b.limit.kind == "tokens":
-                lease = self.lease(b, now_s)
+                lease = self._leases.get(b.key)
+                if lease is None or now_s >= lease.ends_s:
+                    if not tokens:
+                        continue
+                    lease = self.lease(b, now_s)
+                rest = lease.settle(tokens)
                 lease.used += tokens
                 lease.last_use_s = now_s
-                rest = tokens
+                if rest < 0:
+                    lease.left -= rest
+                    if self._idle_timer is None:  # (returned if not used)
+                        self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+                    continue
                 if lease.left > 0:
-                    taken = min(lease.left, tokens)
+                    taken = min(lease.left, rest)
                     lease.left -= taken
                     rest -= taken
                     if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:

@@ -327,3 +327,210 @@ async def _get(url: str, key: str) -> bytes:
         return await raw.call(command(b"GET", key.encode())) or b"0"
     finally:
         await raw.aclose()
+
+
+# -- the review's findings (issue 22) ---------------------------------------------------------
+
+
+def _token_limits(url: str, amount: int, kind: str = "tokens") -> RateLimits:
+    limits = build([{"model": "m", "selector": {"key": "x-user"}, "limit": {kind: amount, "unit": "hour"}}],
+                   url, False, None, "refused")  # fmt: skip
+    assert limits is not None and isinstance(limits.backend, RedisBackend)
+    return limits
+
+
+async def _count(url: str, user: str, now_s: float) -> int:
+    raw = RespClient(url)
+    try:
+        return int(await raw.call(command(b"GET", f"plano_fast:rl:0:{user}:{int(now_s // 3600)}".encode())) or 0)
+    finally:
+        await raw.aclose()
+
+
+def test_a_token_lease_stops_admitting_once_others_emptied_the_bucket(redis: PrivateRedis) -> None:
+    """3,200 tokens/hour.  A process that checked once (a 1-token lease) used to admit
+    every later request locally after another process emptied the bucket (a token lease
+    was only consumed by responses); now each admission holds its estimate out of the
+    lease, so the 1-token lease admits nothing more.  With a real lease (the estimate 30
+    tokens per request) the process admits at most lease / estimate requests; the
+    prefetch at half the lease answers "empty" and the lease goes back: the next request
+    asks Redis (refused)."""
+
+    async def scenario() -> None:
+        a, b = _token_limits(redis.url, 3200), _token_limits(redis.url, 3200)
+        user = uuid.uuid4().hex
+        ba, bb = (x.buckets(("m",), [(b"x-user", user.encode())]) for x in (a, b))
+        t0 = time.time()
+        assert isinstance(await a.backend.check(ba, t0), list)
+        b.settle(bb, 5000)
+        await asyncio.sleep(0.02)
+        assert not isinstance(await b.backend.check(bb, time.time()), list)  # empty for B
+        assert sum(a.admit_leased(ba) is not None for _ in range(50)) == 0
+
+        user = uuid.uuid4().hex
+        ba, bb = (x.buckets(("m",), [(b"x-user", user.encode())]) for x in (a, b))
+        t0 = time.time()
+        assert isinstance(await a.backend.check(ba, t0), list)
+        a.settle(ba, 30)  # the estimate: 30 tokens per request
+        assert isinstance(await a.backend.check(ba, t0 + 0.001), list)  # a lease of 100 (the cap)
+        lease = a.backend.lease(ba[0], time.time())
+        assert lease.left == 100 - 30 and lease.held == 30
+        b.settle(bb, 5000)
+        await asyncio.sleep(0.02)
+        admitted = 0
+        for _ in range(50):
+            admitted += a.admit_leased(ba) is not None
+            await asyncio.sleep(0.005)  # (the prefetch's answer)
+        assert 1 <= admitted <= 3 and lease.left == 0  # 70 / 30 at most, then dropped
+        assert not isinstance(await a.backend.check(ba, time.time()), list)
+        await a.backend.close()
+        await b.backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_token_limit_under_the_lease_threshold_is_a_per_request_check(redis: PrivateRedis) -> None:
+    """10 tokens/hour (under LEASE_FRACTION units): each request is checked in Redis (no
+    local admission after a check: its grant of 1 is the token the request holds), and
+    Redis's count is the tokens settled, exactly; once they reach 10 the next is refused."""
+
+    async def scenario() -> None:
+        a = _token_limits(redis.url, 10)
+        user = uuid.uuid4().hex
+        ba = a.buckets(("m",), [(b"x-user", user.encode())])
+        t0 = time.time()
+        for tokens in (4, 5):
+            assert isinstance(await a.backend.check(ba, time.time()), list)
+            assert sum(a.admit_leased(ba) is not None for _ in range(20)) == 0
+            a.settle(ba, tokens)
+        await asyncio.sleep(0.02)
+        assert await _count(redis.url, user, t0) == 9
+        assert isinstance(await a.backend.check(ba, time.time()), list)  # 9 < 10
+        a.settle(ba, 3)
+        await asyncio.sleep(0.02)
+        assert await _count(redis.url, user, t0) == 12
+        assert not isinstance(await a.backend.check(ba, time.time()), list)
+        await a.backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_held_estimates_are_reconciled_exactly(redis: PrivateRedis) -> None:
+    """Requests admitted by check and on the lease hold their estimates; settled with more,
+    fewer or no tokens (no usage), Redis's count ends as the tokens settled, exactly,
+    once the process returned its lease."""
+
+    async def scenario() -> None:
+        a = _token_limits(redis.url, 32_000)
+        user = uuid.uuid4().hex
+        ba = a.buckets(("m",), [(b"x-user", user.encode())])
+        t0 = time.time()
+        settled = 0
+        admitted = 0
+        for i, tokens in enumerate([40, 7, 0, 250, 13, 90, 1, 60, 0, 33] * 3):
+            if a.admit_leased(ba) is None:
+                assert isinstance(await a.backend.check(ba, time.time()), list)
+            admitted += 1
+            if i % 3 == 2:  # a few in flight at once
+                await asyncio.sleep(0.002)
+            a.settle(ba, tokens)
+            settled += tokens
+        lease = a.backend.lease(ba[0], time.time())
+        assert lease.held == 0 and lease.inflight == 0
+        await a.backend.close()  # returns the lease
+        assert await _count(redis.url, user, t0) == settled
+
+    asyncio.run(scenario())
+
+
+async def _hold_a_lease_of_9(limits: RateLimits) -> tuple[str, float]:
+    """A new user's bucket of a 320/hour request limit, with a lease of 9 held (2 used)."""
+    user = uuid.uuid4().hex
+    buckets = limits.buckets(("m",), [(b"x-user", user.encode())])
+    t = time.time()
+    assert isinstance(limits.backend, RedisBackend)
+    await limits.backend.check(buckets, t)
+    await limits.backend.check(buckets, t + 0.001)
+    assert limits.backend.lease(buckets[0], t + 0.001).left == 9
+    return user, t
+
+
+def test_a_return_to_a_redis_that_lost_its_state(redis: PrivateRedis) -> None:
+    """320 requests/hour, a process holds a lease of 9.  Redis restarted empty: the idle
+    return used to recreate the key at -9 (NOSCRIPT, then EVAL) and a fresh process was
+    then admitted 329 times; now the NOSCRIPT drops the leases and the returns, and the
+    fresh process gets exactly 320.  A FLUSHDB keeps the scripts (no NOSCRIPT): the
+    script itself skips a return to a missing key and never takes a key below 0."""
+
+    async def scenario() -> None:
+        a = _token_limits(redis.url, 320, "requests")
+        user, t = await _hold_a_lease_of_9(a)
+        redis.kill()
+        redis.start()
+        await asyncio.sleep(a.backend.LEASE_IDLE_S * 4)  # the idle return: NOSCRIPT, then EVAL
+        raw = RespClient(redis.url)
+        key = f"plano_fast:rl:0:{user}:{int(t // 3600)}".encode()
+        assert await raw.call(command(b"GET", key)) is None
+        c = _token_limits(redis.url, 320, "requests")
+        bc = c.buckets(("m",), [(b"x-user", user.encode())])
+        admitted = 0
+        for _ in range(400):
+            if c.admit_leased(bc) is None and not isinstance(await c.backend.check(bc, time.time()), list):
+                break
+            admitted += 1
+        assert admitted == 320
+        await c.backend.close()
+
+        user, t = await _hold_a_lease_of_9(a)
+        key = f"plano_fast:rl:0:{user}:{int(t // 3600)}".encode()
+        await raw.call(command(b"FLUSHDB"))
+        await asyncio.sleep(a.backend.LEASE_IDLE_S * 4)
+        assert await raw.call(command(b"GET", key)) is None  # skipped, not -9
+        await raw.call(command(b"SET", key, b"5"))
+        assert isinstance(a.backend, RedisBackend)
+        a.backend._add_debit(key, -9, 3600)  # a return larger than the count
+        await asyncio.sleep(0.05)
+        assert await raw.call(command(b"GET", key)) == b"0"
+        await a.backend.close()
+        await raw.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_map_full_of_outstanding_calls_is_not_rescanned_per_bucket(
+    redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """While Redis stalls, every lease with a call out is kept by an eviction; a map full
+    of them used to be rescanned for every new bucket (quadratic).  Now one scan, then no
+    leasing for LEASE_IDLE_S (the per-request check); the map stays within its size, and
+    every request is counted exactly once."""
+    monkeypatch.setattr(RedisBackend, "_LEASES_MAX", 8)
+    scans = []
+    evict = RedisBackend._evict
+
+    def counted(self: RedisBackend, now_s: float) -> bool:
+        scans.append(now_s)
+        return evict(self, now_s)
+
+    monkeypatch.setattr(RedisBackend, "_evict", counted)
+
+    async def scenario() -> None:
+        a = _token_limits(redis.url, 320, "requests")
+        backend = a.backend
+        assert isinstance(backend, RedisBackend)
+        raw = RespClient(redis.url)
+        await raw.call(command(b"PING"))
+        await backend.check(a.buckets(("m",), [(b"x-user", b"warm")]), time.time())  # (connected, script loaded)
+        await raw.call(command(b"CLIENT", b"PAUSE", b"300"))
+        users = [uuid.uuid4().hex for _ in range(40)]
+        t = time.time()
+        outcomes = await asyncio.gather(
+            *(backend.check(a.buckets(("m",), [(b"x-user", u.encode())]), t) for u in users))
+        assert all(isinstance(o, list) for o in outcomes)
+        assert len(scans) == 1 and len(backend._leases) <= 8
+        for u in users:
+            assert await _count(redis.url, u, t) == 1
+        await backend.close()
+        await raw.aclose()
+
+    asyncio.run(scenario())

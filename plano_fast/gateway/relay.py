@@ -745,10 +745,10 @@ class Exchange:
 
     def observe(self, event: UsageEvent) -> None:
         """Add this finished request to the process's metrics (plano_fast.metrics)."""
-        if self.rl_buckets is not None and event.has_usage:
+        if self.rl_buckets is not None:  # (with no usage too: a Redis token lease's estimate it held goes back)
             limits = self.ctx.ratelimits
             assert limits is not None
-            limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens)
+            limits.settle(self.rl_buckets, event.input_tokens + event.output_tokens if event.has_usage else 0)
         ctx = self.ctx
         now_ns = time.time_ns()
         started_ns = self.started_ns
