@@ -25,8 +25,9 @@ differences).  The B configs reuse the per-feature scripts' snippets:
   never fails (configured, not triggered).
 
 Each B side also gets a probe that shows the feature is really on (a check row): Redis
-counts at least one rate-limit script call per request (redis-server's own CPU per request
-is shown beside the gateway's); the DLP floor names the e-mail address of one request sent
+counts rate-limit script calls -- lease grants, fewer than the requests: each process admits
+on a share of the bucket granted ahead of need (redis-server's own CPU per request is shown
+beside the gateway's); the DLP floor names the e-mail address of one request sent
 before the measurement in the access log; the sink receives spans during the measurement at
 100%, none at 0% -- and then at least one for a request with a sampled ``traceparent``
 after it (the exporter works); every B request of ``routing`` carries its route in the
@@ -358,8 +359,11 @@ class FeaturePairs:
             lines = _access_lines(side.access_log)
             if name == "rate_limit":
                 evals = self._evals_after - self._evals0
-                out[name] = {"measured": f"{evals} Redis script calls for {served} requests served",
-                             "threshold": ">= 1 per request", "ok": evals >= served > 0}
+                # Leases (issue 22): a process admits on a share of the bucket granted and
+                # counted by the script ahead of need, so a steady stream makes a few grant
+                # calls, not one per request; tests/test_ratelimit_lease.py checks the counts.
+                out[name] = {"measured": f"{evals} Redis script calls (lease grants) for {served} requests served",
+                             "threshold": ">= 1 grant, < 1 per request (leases)", "ok": 0 < evals < served}
             elif name == "dlp":
                 hits = [ln for ln in lines if "email" in (ln.get("guardrails") or [])]
                 out[name] = {"measured": f"probe with an e-mail address logged as {hits[0]['guardrails'] if hits else 'no match'}",
