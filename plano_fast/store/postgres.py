@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from plano_fast.store.pg_batch import GroupRunner
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
@@ -159,20 +160,27 @@ _WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
     source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}")
 )
 
-# ``settle``: the usage row written, its cost counted and its reservation taken back, in
-# ONE statement (one round trip, its own transaction): the reservation's rows are deleted
-# and their amounts come off ``reserved`` in the same ordered upsert that adds the cost.
+# ``settle``: the usage rows written, their cost counted and their reservations taken
+# back, in ONE statement (one round trip, its own transaction) for a whole batch of
+# settles (``pg_batch.GroupRunner``; one row and one id at concurrency 1): the
+# reservations' rows are deleted and their amounts come off ``reserved`` in the same
+# ordered upsert that adds the cost.  The result: the ids of the reservations taken.
 _SETTLE = (
     _INPUT_CTE
     + f"""
 taken AS (
-    DELETE FROM spending_reservations WHERE id = ${_USAGE_WIDTH + 2}::text
-    RETURNING scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
+    DELETE FROM spending_reservations WHERE id = ANY(${_USAGE_WIDTH + 2}::text[])
+    RETURNING id, scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
 ),"""
     + _INSERT_AND_COUNT.format(
         source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}", freed="taken")
-    ).replace("SELECT count(*) FROM ins", "SELECT (SELECT count(*) FROM taken)")
+    ).replace("SELECT count(*) FROM ins", "SELECT ARRAY(SELECT DISTINCT id FROM taken)")
 )
+_SETTLES_IN_FLIGHT = 2
+"""Settle batches running at once.  Batches of one project update the same counter rows,
+so they run one after another whatever this is; two let a batch gather while another
+commits, and other projects' batches run beside them (PostgreSQL flushes commits that
+wait together with one WAL flush)."""
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
 # the same single statement reading from it.  The temp table empties itself at commit.
@@ -423,6 +431,7 @@ class PostgresStore(SqlStore):
         self.max_size = max_size
         self.command_timeout = command_timeout
         self._pool: Any = None
+        self._settles: GroupRunner[tuple[str, UsageRow], bool] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -669,13 +678,34 @@ class PostgresStore(SqlStore):
         return True
 
     async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
-        arrays = _usage_arrays(normalize_usage([usage]))
+        settles = self._settles
+        if settles is None:
+            settles = self._settles = GroupRunner(
+                self._settle_batch, in_flight=_SETTLES_IN_FLIGHT, isolate=self.rejects_data
+            )
+        return await settles.run((reservation.id, usage))
+
+    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow]]) -> list[bool]:
+        """Settle ``batch`` (reservation id, row) in one statement; per item, whether its
+        reservation was still held (a second settle of one reservation in the batch: False,
+        as if it had come after the first)."""
+        rows = await normalize_usage_sliced([row for _, row in batch])
+        # Inserted in one global order (as ``write_usage``); ids sorted likewise.
+        rows.sort(key=_REQUEST_ID)
+        ids = sorted({rid for rid, _ in batch})
+        arrays = _usage_arrays(rows)
         now = time.time_ns()
 
-        async def attempt() -> bool:
-            return bool(await self.pool.fetchval(_SETTLE, *arrays, now, reservation.id))
+        async def attempt() -> list[str]:
+            taken: list[str] = await self.pool.fetchval(_SETTLE, *arrays, now, ids)
+            return taken
 
-        return await self._retrying(attempt)
+        taken = set(await self._retrying(attempt))
+        results = []
+        for rid, _ in batch:
+            results.append(rid in taken)
+            taken.discard(rid)
+        return results
 
     async def release(self, reservation: Reservation) -> bool:
         now = time.time_ns()

@@ -1,0 +1,106 @@
+"""PostgreSQL store: request-path writes that arrive together run as one statement
+(plano_fast/store/pg_batch.py), and every caller still gets its own exact answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from plano_fast.store import BudgetTarget, CounterKey, InvalidValue, Store, UsageRow, open_store
+from plano_fast.store.migrate import migrate
+from tests import pg
+
+
+@pytest.fixture
+def dsn(pg_database: str) -> Iterator[str]:
+    with pg.temp_schema(pg_database) as url:
+        yield url
+
+
+def row(i: int, cost: int | None = 5, project: str = "p1") -> UsageRow:
+    return UsageRow(
+        request_id=f"batch-{i:04d}", time_ns=time.time_ns(), project_id=project, user_id="u1",
+        key_hash=None, token_id=None, provider="openai", model="gpt-4o-mini", input_tokens=10,
+        output_tokens=2, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
+        streaming=False, status="ok", http_status=200, priced=cost is not None, cost_nano_usd=cost,
+        duration_us=100,
+    )  # fmt: skip
+
+
+TOTAL = CounterKey("project", "p1", "total", 0)
+USER = CounterKey("user", "u1", "total", 0)
+TARGETS = [BudgetTarget("project", "p1", "total", 0, 10**12), BudgetTarget("user", "u1", "total", 0, 10**12)]
+
+
+class StatementCount:
+    """asyncpg connection calls (each one statement, one round trip), by kind."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.settles = 0
+        original = asyncpg.connection.Connection.fetchval
+
+        async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            if "DELETE FROM spending_reservations" in query:
+                self.settles += 1
+            return await original(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+
+def run(dsn: str, body: Any) -> None:
+    async def main() -> None:
+        async with open_store(dsn, "unused.db", max_size=20) as store:
+            await migrate(store)
+            await body(store)
+
+    asyncio.run(main())
+
+
+def test_concurrent_settles_share_statements_and_stay_exact(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 settles at once (a loaded gateway with a hard limit): far fewer statements than
+    settles, each settle's answer its own, spend = the log and nothing left reserved."""
+    count = StatementCount(monkeypatch)
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(60)]
+        assert all(r is not None for r in held)
+        # One reservation settled twice at once: the first settle takes it, the second
+        # finds it gone (False), as one after the other; its row is still recorded.
+        results = await asyncio.gather(
+            *(store.settle(r, row(i)) for i, r in enumerate(held) if r is not None),
+            store.settle(held[0], row(999)),  # type: ignore[arg-type]
+        )
+        assert results == [True] * 60 + [False]
+        assert count.settles < 20, count.settles  # one per settle before batching (61)
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (61 * 5, 0)
+        assert await store.sum_usage_cost("p1") == 61 * 5
+
+    run(dsn, body)
+
+
+def test_a_refused_row_fails_only_its_own_settle(dsn: str) -> None:
+    """One settle's row the store refuses (priced without a cost) among many: that caller
+    gets the error, the others are settled."""
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(30)]
+        bad = row(7)
+        bad.cost_nano_usd = None  # priced, no cost: InvalidValue
+        results = await asyncio.gather(
+            *(store.settle(r, bad if i == 7 else row(i)) for i, r in enumerate(held) if r is not None),
+            return_exceptions=True,
+        )
+        assert isinstance(results[7], InvalidValue)
+        assert results[:7] + results[8:] == [True] * 29
+        c = await store.get_counter(TOTAL)
+        assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (29 * 5, 100)
+        assert await store.release(held[7])  # type: ignore[arg-type]
+
+    run(dsn, body)
