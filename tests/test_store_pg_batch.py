@@ -42,11 +42,14 @@ class StatementCount:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.settles = 0
+        self.reserves = 0
         original = asyncpg.connection.Connection.fetchval
 
         async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
             if "DELETE FROM spending_reservations" in query:
                 self.settles += 1
+            elif "INSERT INTO spending_reservations" in query:
+                self.reserves += 1
             return await original(conn, query, *args, **kwargs)
 
         monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
@@ -102,5 +105,48 @@ def test_a_refused_row_fails_only_its_own_settle(dsn: str) -> None:
         c = await store.get_counter(TOTAL)
         assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (29 * 5, 100)
         assert await store.release(held[7])  # type: ignore[arg-type]
+
+    run(dsn, body)
+
+
+def test_concurrent_reservations_share_statements_and_admit_exactly_what_fits(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """80 two-limit reservations at once on existing counters, room for 50 under the user
+    limit: exactly 50 granted, in far fewer statements than reservations, and each
+    counter holds exactly the granted amounts, one reservation row per counter each."""
+    count = StatementCount(monkeypatch)
+
+    async def body(store: Store) -> None:
+        await store.write_usage([row(0, cost=1_000)])  # counters exist, 1,000 spent on each
+        targets = [BudgetTarget("project", "p1", "total", 0, 10**12), BudgetTarget("user", "u1", "total", 0, 6_000)]
+        results = await asyncio.gather(*(store.reserve(targets, 100) for _ in range(80)))
+        granted = [r for r in results if r is not None]
+        assert len(granted) == 50
+        assert count.reserves < 40, count.reserves  # one per reservation before batching (80)
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (1_000, 5_000)
+        assert all(await asyncio.gather(*(store.release(r) for r in granted)))
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and c.reserved_nano_usd == 0
+
+    run(dsn, body)
+
+
+def test_a_batch_admits_a_prefix_and_answers_the_rest_one_by_one(dsn: str) -> None:
+    """Amounts 40, 40, 40, 10 against a limit of 100, arriving together (the last ones as
+    a batch whose first item no longer fits): as some one-after-the-other order would,
+    two 40s and the 10 are granted (a smaller request after a refused one still fits), one
+    40 is refused, and the counter holds exactly what was granted."""
+
+    async def body(store: Store) -> None:
+        targets = [BudgetTarget("project", "p1", "total", 0, 100)]
+        amounts = (40, 40, 40, 10)
+        results = await asyncio.gather(*(store.reserve(targets, a) for a in amounts))
+        assert sorted(a for a, r in zip(amounts, results, strict=True) if r is None) == [40]
+        c = await store.get_counter(TOTAL)
+        assert c is not None and c.reserved_nano_usd == 90
 
     run(dsn, body)

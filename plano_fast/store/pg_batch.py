@@ -6,7 +6,8 @@ statements and N commits, and since they all update the same few counter rows (a
 project's and a user's), each one waits for the row locks of the one before, held until
 that one's commit is flushed: the commits are serialized, one WAL flush each.
 ``GroupRunner`` gathers the calls that arrive while earlier batches are in flight and runs
-them as ONE statement (the store's batch function): one commit, one flush, one lock
+them as ONE statement (the store's batch function; per item, a result or that item's
+own exception): one commit, one flush, one lock
 acquisition per counter for the whole batch.
 
 A call that arrives while fewer than ``in_flight`` batches run starts its own batch at
@@ -33,7 +34,7 @@ class GroupRunner(Generic[I, R]):
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[I]], Awaitable[list[R]]],
+        run_batch: Callable[[Sequence[I]], Awaitable[list[R | BaseException]]],
         *,
         in_flight: int,
         isolate: Callable[[BaseException], bool],
@@ -50,7 +51,10 @@ class GroupRunner(Generic[I, R]):
         if self._running < self.in_flight and not self._queue:
             self._running += 1
             try:
-                return (await self._run_batch((item,)))[0]
+                result = (await self._run_batch((item,)))[0]
+                if isinstance(result, BaseException):
+                    raise result
+                return result
             finally:
                 self._running -= 1
                 self._start_queued()
@@ -94,5 +98,9 @@ class GroupRunner(Generic[I, R]):
                     future.set_exception(exc)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(result, BaseException):  # that item's own failure
+                future.set_exception(result)
+            else:
                 future.set_result(result)

@@ -31,6 +31,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store.pg_batch import GroupRunner
+from plano_fast.store.pg_reserve import PARTIAL, RESERVE_MANY
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
@@ -260,7 +261,7 @@ SELECT count(*) FILTER (WHERE priced) FROM upd
 # covers only part of the targets, and the statement fails on purpose (the cast of
 # ``_PARTIAL``), which rolls all of it back: ``reserve`` runs it again (it then sees that
 # row in ``chk``).  The result: the number of counters reserved, len(targets) or 0.
-_PARTIAL = "plano_reservation_partial"
+_PARTIAL = PARTIAL  # the one-request statement fails the same way (pg_reserve)
 _RESERVE = f"""
 WITH t AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, lim)
@@ -295,6 +296,8 @@ rows AS (
 SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
   FROM (SELECT count(*) AS n FROM held) AS h
 """
+_RESERVES_IN_FLIGHT = 2
+"""Reservation batches running at once (as ``_SETTLES_IN_FLIGHT``)."""
 _RESERVE_ATTEMPTS = 5
 """A partial ``held`` needs a counter created by a concurrent reservation in the same
 instant; each retry sees it, so a second attempt is all it takes in practice."""
@@ -432,6 +435,7 @@ class PostgresStore(SqlStore):
         self.command_timeout = command_timeout
         self._pool: Any = None
         self._settles: GroupRunner[tuple[str, UsageRow], bool] | None = None
+        self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -649,6 +653,53 @@ class PostgresStore(SqlStore):
         res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
         if not todo:
             return res
+        reserves = self._reserves
+        if reserves is None:
+            reserves = self._reserves = GroupRunner(
+                self._reserve_batch, in_flight=_RESERVES_IN_FLIGHT, isolate=self.rejects_data
+            )
+        return await reserves.run((todo, res))
+
+    async def _reserve_batch(
+        self, batch: Sequence[tuple[list[BudgetTarget], Reservation]]
+    ) -> list[Reservation | None | BaseException]:
+        """Reservations that arrived together: the longest prefix that fits in one
+        statement (``pg_reserve``), each one from the first misfit on alone."""
+        if len(batch) == 1:
+            return [await self._reserve_one(*batch[0])]
+        now = time.time_ns()
+        cols: list[list[Any]] = [[] for _ in range(10)]
+        for j, (todo, res) in enumerate(batch, 1):
+            for t in todo:
+                for col, value in zip(cols, (
+                    j, t.scope_kind, t.scope_id, t.period, t.period_start, t.limit_nano_usd,
+                    res.amount_nano_usd, res.id, res.expires_at_ns, res.owner,
+                ), strict=True):  # fmt: skip
+                    col.append(value)
+
+        async def attempt() -> int:
+            for _ in range(_RESERVE_ATTEMPTS):
+                try:
+                    return int(await self.pool.fetchval(RESERVE_MANY, *cols, now))
+                except asyncpg.exceptions.InvalidTextRepresentationError as exc:
+                    if PARTIAL not in str(exc):
+                        raise
+            return 1  # counters still being created: each request alone
+
+        first_refused = await self._retrying(attempt)
+        out: list[Reservation | None | BaseException] = []
+        for j, (todo, res) in enumerate(batch, 1):
+            if j < first_refused:
+                out.append(res)
+                continue
+            try:  # exact for each (a smaller one may fit); rare: a limit is (nearly) reached
+                out.append(await self._reserve_one(todo, res))
+            except Exception as exc:  # noqa: BLE001 - that request's own failure
+                out.append(exc)
+        return out
+
+    async def _reserve_one(self, todo: list[BudgetTarget], res: Reservation) -> Reservation | None:
+        amount_nano_usd, now, owner = res.amount_nano_usd, time.time_ns(), res.owner
         args = (
             [t.scope_kind for t in todo], [t.scope_id for t in todo], [t.period for t in todo],
             [t.period_start for t in todo], [t.limit_nano_usd for t in todo],
@@ -685,7 +736,7 @@ class PostgresStore(SqlStore):
             )
         return await settles.run((reservation.id, usage))
 
-    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow]]) -> list[bool]:
+    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow]]) -> list[bool | BaseException]:
         """Settle ``batch`` (reservation id, row) in one statement; per item, whether its
         reservation was still held (a second settle of one reservation in the batch: False,
         as if it had come after the first)."""
@@ -701,7 +752,7 @@ class PostgresStore(SqlStore):
             return taken
 
         taken = set(await self._retrying(attempt))
-        results = []
+        results: list[bool | BaseException] = []
         for rid, _ in batch:
             results.append(rid in taken)
             taken.discard(rid)
