@@ -11,7 +11,10 @@ sum of the log, whatever is replayed or retried.
 Managed mode's hard budgets are on the request path, so each of their writes is one
 statement run on its own (its own transaction, one round trip): ``reserve`` (every limit or
 none) and ``settle`` (the row, its cost and the reservation's release in one counter
-upsert).  The pool sends no reset query at release (``_keep_session``).
+upsert).  Calls that arrive while earlier ones are being written share one statement
+(``pg_batch.GroupRunner``; ``pg_reserve`` for the reservations' batch): one commit and one
+hold of the counter locks for all of them.  The pool sends no reset query at release
+(``_keep_session``).
 
 Counter rows are always locked in one global order (``COLLATE "C"`` in SQL, code-point order
 in Python) to keep concurrent writers and reservers from deadlocking; a deadlock or
