@@ -150,3 +150,45 @@ def test_a_batch_admits_a_prefix_and_answers_the_rest_one_by_one(dsn: str) -> No
         assert c is not None and c.reserved_nano_usd == 90
 
     run(dsn, body)
+
+
+def test_mixed_reservations_from_two_instances_never_overfill_and_refuse_only_misfits(dsn: str) -> None:
+    """150 reservations of random amounts on a project limit and three user limits, from
+    two store instances at once (batches, their prefix cuts, the lone retries and fresh
+    counters racing): no counter holds more than its limit, each holds exactly what was
+    granted on it, and every refused request does not fit even now (nothing was released,
+    so it did not fit when it was refused either)."""
+    import random
+
+    rng = random.Random(27)
+    limits = {("project", "pm"): 3_000, ("user", "ua"): 1_000, ("user", "ub"): 1_500, ("user", "uc"): 800}
+    asks = [(rng.choice(["ua", "ub", "uc"]), rng.randint(1, 60)) for _ in range(150)]
+
+    def targets(user: str) -> list[BudgetTarget]:
+        return [BudgetTarget("project", "pm", "total", 0, limits[("project", "pm")]),
+                BudgetTarget("user", user, "total", 0, limits[("user", user)])]  # fmt: skip
+
+    async def main() -> None:
+        a = open_store(dsn, "unused.db", max_size=10)
+        b = open_store(dsn, "unused.db", max_size=10)
+        async with a, b:
+            await migrate(a)
+            results = await asyncio.gather(
+                *((a if n % 2 else b).reserve(targets(user), amount) for n, (user, amount) in enumerate(asks))
+            )
+            held: dict[tuple[str, str], int] = {}
+            for c in await a.load_counters():
+                held[(c.scope_kind, c.scope_id)] = c.reserved_nano_usd
+            granted: dict[tuple[str, str], int] = dict.fromkeys(limits, 0)
+            for (user, amount), res in zip(asks, results, strict=True):
+                if res is not None:
+                    granted[("project", "pm")] += amount
+                    granted[("user", user)] += amount
+            for key, limit in limits.items():
+                assert held.get(key, 0) == granted[key] <= limit, key
+            for (user, amount), res in zip(asks, results, strict=True):
+                if res is None:
+                    assert any(held.get(k, 0) + amount > limits[k] for k in (("project", "pm"), ("user", user)))
+            assert any(r is None for r in results) and any(r is not None for r in results)
+
+    asyncio.run(main())
