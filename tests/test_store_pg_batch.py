@@ -192,3 +192,37 @@ def test_mixed_reservations_from_two_instances_never_overfill_and_refuse_only_mi
             assert any(r is None for r in results) and any(r is not None for r in results)
 
     asyncio.run(main())
+
+
+def test_a_release_is_one_statement_and_batches_with_settles(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release (errors, failover exhausted: the reservation given back) is one round trip
+    (it was BEGIN, DELETE, UPDATEs, COMMIT), and releases and settles arriving together
+    share statements; each answers for its own reservation."""
+    calls = [0]
+    for name in ("execute", "executemany", "fetch", "fetchval", "fetchrow"):
+        original = getattr(asyncpg.connection.Connection, name)
+
+        async def counted(conn: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return await _original(conn, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, name, counted)
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(41)]
+        assert all(r is not None for r in held)
+        calls[0] = 0
+        assert await store.release(held[0])  # type: ignore[arg-type]
+        assert calls[0] == 1
+        assert not await store.release(held[0])  # type: ignore[arg-type]
+        calls[0] = 0
+        results = await asyncio.gather(
+            *(store.release(r) if i % 2 else store.settle(r, row(i)) for i, r in enumerate(held[1:]) if r is not None)
+        )
+        assert results == [True] * 40
+        assert calls[0] < 20, calls[0]
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (20 * 5, 0)
+
+    run(dsn, body)

@@ -437,7 +437,7 @@ class PostgresStore(SqlStore):
         self.max_size = max_size
         self.command_timeout = command_timeout
         self._pool: Any = None
-        self._settles: GroupRunner[tuple[str, UsageRow], bool] | None = None
+        self._settles: GroupRunner[tuple[str, UsageRow | None], bool] | None = None
         self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -731,23 +731,26 @@ class PostgresStore(SqlStore):
         await conn.executemany(_UNRESERVE, [(amount, now, *key) for key, amount in held])
         return True
 
-    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+    def _settle_runner(self) -> GroupRunner[tuple[str, UsageRow | None], bool]:
         settles = self._settles
         if settles is None:
             settles = self._settles = GroupRunner(
                 self._settle_batch, in_flight=_SETTLES_IN_FLIGHT, isolate=self.rejects_data
             )
-        return await settles.run((reservation.id, usage))
+        return settles
 
-    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow]]) -> list[bool | BaseException]:
-        """Settle ``batch`` (reservation id, row) in one statement; per item, whether its
-        reservation was still held (a second settle of one reservation in the batch: False,
-        as if it had come after the first)."""
-        rows = await normalize_usage_sliced([row for _, row in batch])
+    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+        return await self._settle_runner().run((reservation.id, usage))
+
+    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow | None]]) -> list[bool | BaseException]:
+        """Settle ``batch`` (reservation id, row; no row: a release) in one statement; per
+        item, whether its reservation was still held (a second settle of one reservation
+        in the batch: False, as if it had come after the first)."""
+        rows = await normalize_usage_sliced([row for _, row in batch if row is not None])
         # Inserted in one global order (as ``write_usage``); ids sorted likewise.
         rows.sort(key=_REQUEST_ID)
         ids = sorted({rid for rid, _ in batch})
-        arrays = _usage_arrays(rows)
+        arrays = _usage_arrays(rows) if rows else [[] for _ in range(_USAGE_WIDTH)]
         now = time.time_ns()
 
         async def attempt() -> list[str]:
@@ -762,11 +765,9 @@ class PostgresStore(SqlStore):
         return results
 
     async def release(self, reservation: Reservation) -> bool:
-        now = time.time_ns()
-        async def body(conn: Any) -> bool:
-            return await self._release_on(conn, reservation.id, now)
-
-        return await self._in_tx(body)
+        # A settle without a row: one statement (it was BEGIN, DELETE, UPDATEs, COMMIT),
+        # batched with the settles and releases that arrive with it.
+        return await self._settle_runner().run((reservation.id, None))
 
     async def release_expired(self, now_ns: int | None = None) -> int:
         now = time.time_ns() if now_ns is None else now_ns
