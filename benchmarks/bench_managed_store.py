@@ -3,6 +3,7 @@
     python -m benchmarks.bench_managed_store                       # both backends, both shapes
     python -m benchmarks.bench_managed_store --backend sqlite --callgrind
     python -m benchmarks.bench_managed_store --backend postgres --requests 2000
+    python -m benchmarks.bench_managed_store --backend postgres --shapes hard --concurrency 64
 
 Two shapes, as ``plano_fast.gateway.modes.managed`` runs them one request after another
 (concurrency 1, the case whose added p50 issue 27 bounds):
@@ -13,7 +14,8 @@ Two shapes, as ``plano_fast.gateway.modes.managed`` runs them one request after 
 * ``hard``: a hard monthly project limit and a daily user limit: ``reserve`` then
   ``settle`` of the request's row.
 
-Reported per request: wall-clock latency (median and p99; noisy on a shared machine),
+``--concurrency N`` runs N such clients at once (closed loop; ``req_per_s`` is their
+total), the shape of a loaded gateway.  Reported per request: wall-clock latency (median and p99; noisy on a shared machine),
 CPU µs (process utime+stime), and for PostgreSQL the round trips to the server (counted
 by wrapping asyncpg's connection calls: every ``execute``/``fetch*``/``executemany`` is
 one, and a transaction's BEGIN / COMMIT and the pool's reset query go through ``execute``).  ``--callgrind`` reruns the SQLite shapes
@@ -91,16 +93,23 @@ async def one_request(store: Store, shape: str, i: int) -> None:
     assert await store.settle(res, row)
 
 
-async def run_shape(store: Store, shape: str, warmup: int, requests: int) -> dict[str, float]:
+async def run_shape(store: Store, shape: str, warmup: int, requests: int, concurrency: int = 1) -> dict[str, float]:
     for i in range(warmup):
         await one_request(store, shape, i)
     ROUND_TRIPS[0] = 0
     lat_s: list[float] = []
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    for i in range(warmup, warmup + requests):
-        t0 = time.perf_counter()
-        await one_request(store, shape, i)
-        lat_s.append(time.perf_counter() - t0)
+
+    async def client(first: int, step: int) -> None:
+        # ``concurrency`` clients, each one request after another (closed loop).
+        for i in range(first, warmup + requests, step):
+            t0 = time.perf_counter()
+            await one_request(store, shape, i)
+            lat_s.append(time.perf_counter() - t0)
+
+    w0 = time.perf_counter()
+    await asyncio.gather(*(client(warmup + c, concurrency) for c in range(concurrency)))
+    wall_s = time.perf_counter() - w0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     lat_s.sort()
@@ -109,15 +118,16 @@ async def run_shape(store: Store, shape: str, warmup: int, requests: int) -> dic
         "p99_ms": lat_s[int(len(lat_s) * 0.99) - 1] * 1e3,
         "cpu_us": cpu_s / requests * 1e6,
         "round_trips": ROUND_TRIPS[0] / requests,
+        "req_per_s": requests / wall_s,
     }
 
 
-async def measure(url: str | None, shape: str, warmup: int, requests: int) -> dict[str, float]:
+async def measure(url: str | None, shape: str, warmup: int, requests: int, concurrency: int = 1) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(url, os.path.join(tmp, "managed.db"))
         async with store:
             await migrate(store)
-            return await run_shape(store, shape, warmup, requests)
+            return await run_shape(store, shape, warmup, requests, concurrency)
 
 
 @contextmanager
@@ -154,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--database-url", help="PostgreSQL DSN (default: a throwaway database)")
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="clients, each one request after another (1: the issue's concurrency-1 case)")
     ap.add_argument("--callgrind", action="store_true", help="SQLite: instructions per request")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     if args.backend in ("sqlite", "both"):
         for shape in shapes:
-            results[f"sqlite/{shape}"] = asyncio.run(measure(None, shape, args.warmup, args.requests))
+            results[f"sqlite/{shape}"] = asyncio.run(measure(None, shape, args.warmup, args.requests, args.concurrency))
             if args.callgrind:
                 base = callgrind_ir(shape, args.requests, args.warmup)
                 more = callgrind_ir(shape, args.requests + 1000, args.warmup)
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         count_round_trips()
         with postgres_url(args.database_url) as url:
             for shape in shapes:
-                results[f"postgres/{shape}"] = asyncio.run(measure(url, shape, args.warmup, args.requests))
+                results[f"postgres/{shape}"] = asyncio.run(measure(url, shape, args.warmup, args.requests, args.concurrency))
     if not args.quiet:
         print(f"load: {os.getloadavg()}")
         for name, r in results.items():

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/managed_c1_probe.py --mode managed -d 10 --rate 500
     .venv/bin/python benchmarks/managed_c1_probe.py --mode managed,firewall --rounds 2
+    PLANO_FAST_BENCH_PG_DSN=postgresql://... .venv/bin/python benchmarks/managed_c1_probe.py --mode managed-pg
 
 One fake provider, one gateway worker set up as ``benchmarks/run.py`` sets up the mode,
 and ``benchmarks/tail_probe.py``'s open-loop client at concurrency 1.  The gateway runs
@@ -86,6 +87,7 @@ def _install_hooks(out: str) -> None:
     from plano_fast.http_server import Responder
     from plano_fast.managed.context import GroupWriter
     from plano_fast.managed.state import ManagedState
+    from plano_fast.store.postgres import PostgresStore
     from plano_fast.store.sqlite import SqliteStore
 
     _before(Exchange, "__init__", "exchange")
@@ -97,6 +99,7 @@ def _install_hooks(out: str) -> None:
     _before(Exchange, "on_upstream_complete", "complete")
     _before(GroupWriter, "write", "submitted")
     _around_async(SqliteStore, "write_usage", "store_start", "committed")
+    _around_async(PostgresStore, "write_usage", "store_start", "committed")  # managed-pg
     _before(HoldTerminal, "release", "woken")
     _before(Responder, "end", "ending")
     _after(Responder, "end", "ended")
@@ -163,6 +166,8 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
         reqs = asyncio.run(tp._c1("127.0.0.1", port, request, args.rate, args.duration_s, args.warmup_s))
     finally:
         tp._stop(proc)
+        if setup.database_url is not None:
+            bench._drop_pg_database(setup.database_url)
     marks = [tuple(m) for m in json.loads(out.read_text())]
     if args.dump:
         Path(args.dump).write_text(json.dumps({"sends": [(t, lat) for t, lat, _ in reqs], "marks": marks}))
@@ -176,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _gateway(argv[1:])  # the gateway of the tree on PYTHONPATH (--root)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", default="managed", help="comma list: managed, firewall, config")
+    ap.add_argument("--mode", default="managed", help="comma list: managed, managed-pg, firewall, config")
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("-d", "--duration-s", type=float, default=10.0)
     ap.add_argument("--warmup-s", type=float, default=2.0)

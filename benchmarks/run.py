@@ -550,7 +550,15 @@ def mode_managed_pg(workdir: Path, fake_port: int, workers: int, scenarios: list
     return _managed(workdir, fake_port, scenarios, _fresh_pg_database(PG_DSN))
 
 
-def _managed(workdir: Path, fake_port: int, scenarios: list[str], database_url: Optional[str]) -> ModeSetup:
+def mode_managed_pg_hard(workdir: Path, fake_port: int, workers: int, scenarios: list[str]) -> ModeSetup:
+    """``managed-pg`` with hard limits (a monthly one on the project, a daily one on the
+    user, never reached): every request reserves its maximum cost before it is forwarded
+    and settles after, the path a hard budget costs (not one of the issue's targets)."""
+    return _managed(workdir, fake_port, scenarios, _fresh_pg_database(PG_DSN), hard_limit_nano_usd=10**17)
+
+
+def _managed(workdir: Path, fake_port: int, scenarios: list[str], database_url: Optional[str],
+             hard_limit_nano_usd: Optional[int] = None) -> ModeSetup:
     ok, why = gateway_supports_mode("managed")
     if not ok:
         raise ModeUnavailable(f"mode not available yet ({why})")
@@ -575,6 +583,9 @@ def _managed(workdir: Path, fake_port: int, scenarios: list[str], database_url: 
         pkey = await store.create_provider_key("openai", ciphertext, nonce, key_id, project_id=project.id)
         pipe = await store.create_pipe(project.id, "default",
                                        [PipeTarget(f"openai/{MODEL}", None, f"{MODEL}*", pkey.id)])
+        if hard_limit_nano_usd is not None:
+            await store.set_spending_limit("project", project.id, "monthly", hard_limit_nano_usd, "hard")
+            await store.set_spending_limit("user", user.id, "daily", hard_limit_nano_usd, "hard")
         for s in scenarios:
             token = new_token()
             row = await store.create_proxy_token(token_hash(token), project.id, user_id=user.id, pipe_id=pipe.id)
@@ -600,7 +611,7 @@ def gateway_supports_mode(name: str) -> tuple[bool, str]:
     except Exception as exc:  # pragma: no cover
         return False, f"cannot import plano_fast.config ({exc})"
     fields = GatewaySettings.model_fields
-    if name in ("managed", "managed-pg"):
+    if name in ("managed", "managed-pg", "managed-pg-hard"):
         if "managed" not in fields:
             return False, "plano_fast has no 'managed' setting"
         try:
@@ -623,6 +634,7 @@ MODES: dict[str, Callable[[Path, int, int, list[str]], ModeSetup]] = {
     "firewall": mode_firewall,
     "managed": mode_managed,
     "managed-pg": mode_managed_pg,
+    "managed-pg-hard": mode_managed_pg_hard,
 }
 
 

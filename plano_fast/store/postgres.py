@@ -11,7 +11,10 @@ sum of the log, whatever is replayed or retried.
 Managed mode's hard budgets are on the request path, so each of their writes is one
 statement run on its own (its own transaction, one round trip): ``reserve`` (every limit or
 none) and ``settle`` (the row, its cost and the reservation's release in one counter
-upsert).  The pool sends no reset query at release (``_keep_session``).
+upsert).  Calls that arrive while earlier ones are being written share one statement
+(``pg_batch.GroupRunner``; ``pg_reserve`` for the reservations' batch): one commit and one
+hold of the counter locks for all of them.  The pool sends no reset query at release
+(``_keep_session``).
 
 Counter rows are always locked in one global order (``COLLATE "C"`` in SQL, code-point order
 in Python) to keep concurrent writers and reservers from deadlocking; a deadlock or
@@ -30,6 +33,8 @@ from typing import Any, Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from plano_fast.store.pg_batch import GroupRunner
+from plano_fast.store.pg_reserve import PARTIAL, RESERVE_MANY
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
@@ -159,20 +164,27 @@ _WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
     source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}")
 )
 
-# ``settle``: the usage row written, its cost counted and its reservation taken back, in
-# ONE statement (one round trip, its own transaction): the reservation's rows are deleted
-# and their amounts come off ``reserved`` in the same ordered upsert that adds the cost.
+# ``settle``: the usage rows written, their cost counted and their reservations taken
+# back, in ONE statement (one round trip, its own transaction) for a whole batch of
+# settles (``pg_batch.GroupRunner``; one row and one id at concurrency 1): the
+# reservations' rows are deleted and their amounts come off ``reserved`` in the same
+# ordered upsert that adds the cost.  The result: the ids of the reservations taken.
 _SETTLE = (
     _INPUT_CTE
     + f"""
 taken AS (
-    DELETE FROM spending_reservations WHERE id = ${_USAGE_WIDTH + 2}::text
-    RETURNING scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
+    DELETE FROM spending_reservations WHERE id = ANY(${_USAGE_WIDTH + 2}::text[])
+    RETURNING id, scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
 ),"""
     + _INSERT_AND_COUNT.format(
         source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}", freed="taken")
-    ).replace("SELECT count(*) FROM ins", "SELECT (SELECT count(*) FROM taken)")
+    ).replace("SELECT count(*) FROM ins", "SELECT ARRAY(SELECT DISTINCT id FROM taken)")
 )
+_SETTLES_IN_FLIGHT = 2
+"""Settle batches running at once.  Batches of one project update the same counter rows,
+so they run one after another whatever this is; two let a batch gather while another
+commits, and other projects' batches run beside them (PostgreSQL flushes commits that
+wait together with one WAL flush)."""
 
 # Large batches: COPY into a per-connection temp table (binary, the fastest way in), then
 # the same single statement reading from it.  The temp table empties itself at commit.
@@ -252,7 +264,7 @@ SELECT count(*) FILTER (WHERE priced) FROM upd
 # covers only part of the targets, and the statement fails on purpose (the cast of
 # ``_PARTIAL``), which rolls all of it back: ``reserve`` runs it again (it then sees that
 # row in ``chk``).  The result: the number of counters reserved, len(targets) or 0.
-_PARTIAL = "plano_reservation_partial"
+_PARTIAL = PARTIAL  # the one-request statement fails the same way (pg_reserve)
 _RESERVE = f"""
 WITH t AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, lim)
@@ -287,6 +299,8 @@ rows AS (
 SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
   FROM (SELECT count(*) AS n FROM held) AS h
 """
+_RESERVES_IN_FLIGHT = 2
+"""Reservation batches running at once (as ``_SETTLES_IN_FLIGHT``)."""
 _RESERVE_ATTEMPTS = 5
 """A partial ``held`` needs a counter created by a concurrent reservation in the same
 instant; each retry sees it, so a second attempt is all it takes in practice."""
@@ -423,6 +437,8 @@ class PostgresStore(SqlStore):
         self.max_size = max_size
         self.command_timeout = command_timeout
         self._pool: Any = None
+        self._settles: GroupRunner[tuple[str, UsageRow | None], bool] | None = None
+        self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -640,6 +656,53 @@ class PostgresStore(SqlStore):
         res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
         if not todo:
             return res
+        reserves = self._reserves
+        if reserves is None:
+            reserves = self._reserves = GroupRunner(
+                self._reserve_batch, in_flight=_RESERVES_IN_FLIGHT, isolate=self.rejects_data
+            )
+        return await reserves.run((todo, res))
+
+    async def _reserve_batch(
+        self, batch: Sequence[tuple[list[BudgetTarget], Reservation]]
+    ) -> list[Reservation | None | BaseException]:
+        """Reservations that arrived together: the longest prefix that fits in one
+        statement (``pg_reserve``), each one from the first misfit on alone."""
+        if len(batch) == 1:
+            return [await self._reserve_one(*batch[0])]
+        now = time.time_ns()
+        cols: list[list[Any]] = [[] for _ in range(10)]
+        for j, (todo, res) in enumerate(batch, 1):
+            for t in todo:
+                for col, value in zip(cols, (
+                    j, t.scope_kind, t.scope_id, t.period, t.period_start, t.limit_nano_usd,
+                    res.amount_nano_usd, res.id, res.expires_at_ns, res.owner,
+                ), strict=True):  # fmt: skip
+                    col.append(value)
+
+        async def attempt() -> int:
+            for _ in range(_RESERVE_ATTEMPTS):
+                try:
+                    return int(await self.pool.fetchval(RESERVE_MANY, *cols, now))
+                except asyncpg.exceptions.InvalidTextRepresentationError as exc:
+                    if PARTIAL not in str(exc):
+                        raise
+            return 1  # counters still being created: each request alone
+
+        first_refused = await self._retrying(attempt)
+        out: list[Reservation | None | BaseException] = []
+        for j, (todo, res) in enumerate(batch, 1):
+            if j < first_refused:
+                out.append(res)
+                continue
+            try:  # exact for each (a smaller one may fit); rare: a limit is (nearly) reached
+                out.append(await self._reserve_one(todo, res))
+            except Exception as exc:  # noqa: BLE001 - that request's own failure
+                out.append(exc)
+        return out
+
+    async def _reserve_one(self, todo: list[BudgetTarget], res: Reservation) -> Reservation | None:
+        amount_nano_usd, now, owner = res.amount_nano_usd, time.time_ns(), res.owner
         args = (
             [t.scope_kind for t in todo], [t.scope_id for t in todo], [t.period for t in todo],
             [t.period_start for t in todo], [t.limit_nano_usd for t in todo],
@@ -668,21 +731,43 @@ class PostgresStore(SqlStore):
         await conn.executemany(_UNRESERVE, [(amount, now, *key) for key, amount in held])
         return True
 
+    def _settle_runner(self) -> GroupRunner[tuple[str, UsageRow | None], bool]:
+        settles = self._settles
+        if settles is None:
+            settles = self._settles = GroupRunner(
+                self._settle_batch, in_flight=_SETTLES_IN_FLIGHT, isolate=self.rejects_data
+            )
+        return settles
+
     async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
-        arrays = _usage_arrays(normalize_usage([usage]))
+        return await self._settle_runner().run((reservation.id, usage))
+
+    async def _settle_batch(self, batch: Sequence[tuple[str, UsageRow | None]]) -> list[bool | BaseException]:
+        """Settle ``batch`` (reservation id, row; no row: a release) in one statement; per
+        item, whether its reservation was still held (a second settle of one reservation
+        in the batch: False, as if it had come after the first)."""
+        rows = await normalize_usage_sliced([row for _, row in batch if row is not None])
+        # Inserted in one global order (as ``write_usage``); ids sorted likewise.
+        rows.sort(key=_REQUEST_ID)
+        ids = sorted({rid for rid, _ in batch})
+        arrays = _usage_arrays(rows) if rows else [[] for _ in range(_USAGE_WIDTH)]
         now = time.time_ns()
 
-        async def attempt() -> bool:
-            return bool(await self.pool.fetchval(_SETTLE, *arrays, now, reservation.id))
+        async def attempt() -> list[str]:
+            taken: list[str] = await self.pool.fetchval(_SETTLE, *arrays, now, ids)
+            return taken
 
-        return await self._retrying(attempt)
+        taken = set(await self._retrying(attempt))
+        results: list[bool | BaseException] = []
+        for rid, _ in batch:
+            results.append(rid in taken)
+            taken.discard(rid)
+        return results
 
     async def release(self, reservation: Reservation) -> bool:
-        now = time.time_ns()
-        async def body(conn: Any) -> bool:
-            return await self._release_on(conn, reservation.id, now)
-
-        return await self._in_tx(body)
+        # A settle without a row: one statement (it was BEGIN, DELETE, UPDATEs, COMMIT),
+        # batched with the settles and releases that arrive with it.
+        return await self._settle_runner().run((reservation.id, None))
 
     async def release_expired(self, now_ns: int | None = None) -> int:
         now = time.time_ns() if now_ns is None else now_ns

@@ -1,0 +1,77 @@
+"""PostgreSQL: many hard-budget reservations in ONE statement (issue 27).
+
+Reservations of one project all lock its counter rows until their commit is flushed, so
+one at a time they are serialized behind one WAL flush each.  ``RESERVE_MANY`` takes the
+reservations that arrived together (``pg_batch.GroupRunner``), in arrival order
+``j = 1..n``, and admits the longest prefix that fits: request ``j`` is admitted when, on
+every counter it names, ``spent + reserved + (the amounts of requests 1..j on that
+counter) <= its limit``, and so are all the requests before it.  That is exactly what n
+single reservations run one after another would admit up to the first refusal; the
+requests from the first misfit on are then each run alone (``postgres._RESERVE``), which
+answers each exactly (a smaller one may still fit).  All or nothing per request, as
+before: a request's rows are all written or none.
+
+Counter rows are locked (``chk``, ``FOR UPDATE``) in the global lock order and read at
+their latest version (READ COMMITTED re-reads a row once its lock is granted).  A counter
+that did not exist at ``chk`` but was created by a concurrent statement before ``held``
+inserts it cannot be checked here: ``held`` leaves it alone, covers fewer counters than
+the batch needs, and the statement fails on purpose (the cast of ``PARTIAL``), which rolls
+all of it back; it is run again (that counter is then locked in ``chk``).
+
+The result: the arrival number of the first request not admitted (``NONE_REFUSED`` when
+all were).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PARTIAL: Final = "plano_reservation_partial"
+NONE_REFUSED: Final = 2**31 - 1
+
+RESERVE_MANY: Final = f"""
+WITH t AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+                         $7::bigint[], $8::text[], $9::bigint[], $10::text[])
+      AS t(j, k, i, p, s, lim, a, rid, exp, own)
+),
+chk AS (
+    SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s,
+           sc.spent_nano_usd + sc.reserved_nano_usd AS used
+      FROM spending_counters sc
+     WHERE (sc.scope_kind, sc.scope_id, sc.period, sc.period_start) IN (SELECT k, i, p, s FROM t)
+     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start
+       FOR UPDATE OF sc
+),
+cum AS (
+    SELECT t.j,
+           COALESCE(chk.used, 0) + SUM(t.a) OVER (PARTITION BY t.k, t.i, t.p, t.s ORDER BY t.j) <= t.lim AS fits
+      FROM t LEFT JOIN chk ON chk.k = t.k AND chk.i = t.i AND chk.p = t.p AND chk.s = t.s
+),
+cut AS (
+    SELECT COALESCE(MIN(j), {NONE_REFUSED}) AS first_refused FROM cum WHERE NOT fits
+),
+ok AS (
+    SELECT * FROM t WHERE t.j < (SELECT first_refused FROM cut)
+),
+held AS (
+    INSERT INTO spending_counters AS sc
+        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, 0, SUM(a)::bigint, $11::bigint FROM ok
+     GROUP BY k, i, p, s
+     ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+       SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
+           updated_at_ns = EXCLUDED.updated_at_ns
+     WHERE EXISTS (SELECT 1 FROM chk WHERE chk.k = sc.scope_kind AND chk.i = sc.scope_id
+                                       AND chk.p = sc.period AND chk.s = sc.period_start)
+    RETURNING 1
+),
+rows AS (
+    INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
+                                       amount_nano_usd, created_at_ns, expires_at_ns, owner)
+    SELECT rid, k, i, p, s, a, $11::bigint, exp, own FROM ok
+)
+SELECT CAST(CASE WHEN (SELECT count(*) FROM held) = (SELECT count(*) FROM (SELECT DISTINCT k, i, p, s FROM ok) d)
+                 THEN (SELECT first_refused FROM cut)::text ELSE '{PARTIAL}' END AS integer)
+"""

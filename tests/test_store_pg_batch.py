@@ -1,0 +1,228 @@
+"""PostgreSQL store: request-path writes that arrive together run as one statement
+(plano_fast/store/pg_batch.py), and every caller still gets its own exact answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from plano_fast.store import BudgetTarget, CounterKey, InvalidValue, Store, UsageRow, open_store
+from plano_fast.store.migrate import migrate
+from tests import pg
+
+
+@pytest.fixture
+def dsn(pg_database: str) -> Iterator[str]:
+    with pg.temp_schema(pg_database) as url:
+        yield url
+
+
+def row(i: int, cost: int | None = 5, project: str = "p1") -> UsageRow:
+    return UsageRow(
+        request_id=f"batch-{i:04d}", time_ns=time.time_ns(), project_id=project, user_id="u1",
+        key_hash=None, token_id=None, provider="openai", model="gpt-4o-mini", input_tokens=10,
+        output_tokens=2, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
+        streaming=False, status="ok", http_status=200, priced=cost is not None, cost_nano_usd=cost,
+        duration_us=100,
+    )  # fmt: skip
+
+
+TOTAL = CounterKey("project", "p1", "total", 0)
+USER = CounterKey("user", "u1", "total", 0)
+TARGETS = [BudgetTarget("project", "p1", "total", 0, 10**12), BudgetTarget("user", "u1", "total", 0, 10**12)]
+
+
+class StatementCount:
+    """asyncpg connection calls (each one statement, one round trip), by kind."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.settles = 0
+        self.reserves = 0
+        original = asyncpg.connection.Connection.fetchval
+
+        async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            if "DELETE FROM spending_reservations" in query:
+                self.settles += 1
+            elif "INSERT INTO spending_reservations" in query:
+                self.reserves += 1
+            return await original(conn, query, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+
+def run(dsn: str, body: Any) -> None:
+    async def main() -> None:
+        async with open_store(dsn, "unused.db", max_size=20) as store:
+            await migrate(store)
+            await body(store)
+
+    asyncio.run(main())
+
+
+def test_concurrent_settles_share_statements_and_stay_exact(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 settles at once (a loaded gateway with a hard limit): far fewer statements than
+    settles, each settle's answer its own, spend = the log and nothing left reserved."""
+    count = StatementCount(monkeypatch)
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(60)]
+        assert all(r is not None for r in held)
+        # One reservation settled twice at once: the first settle takes it, the second
+        # finds it gone (False), as one after the other; its row is still recorded.
+        results = await asyncio.gather(
+            *(store.settle(r, row(i)) for i, r in enumerate(held) if r is not None),
+            store.settle(held[0], row(999)),  # type: ignore[arg-type]
+        )
+        assert results == [True] * 60 + [False]
+        assert count.settles < 20, count.settles  # one per settle before batching (61)
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (61 * 5, 0)
+        assert await store.sum_usage_cost("p1") == 61 * 5
+
+    run(dsn, body)
+
+
+def test_a_refused_row_fails_only_its_own_settle(dsn: str) -> None:
+    """One settle's row the store refuses (priced without a cost) among many: that caller
+    gets the error, the others are settled."""
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(30)]
+        bad = row(7)
+        bad.cost_nano_usd = None  # priced, no cost: InvalidValue
+        results = await asyncio.gather(
+            *(store.settle(r, bad if i == 7 else row(i)) for i, r in enumerate(held) if r is not None),
+            return_exceptions=True,
+        )
+        assert isinstance(results[7], InvalidValue)
+        assert results[:7] + results[8:] == [True] * 29
+        c = await store.get_counter(TOTAL)
+        assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (29 * 5, 100)
+        assert await store.release(held[7])  # type: ignore[arg-type]
+
+    run(dsn, body)
+
+
+def test_concurrent_reservations_share_statements_and_admit_exactly_what_fits(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """80 two-limit reservations at once on existing counters, room for 50 under the user
+    limit: exactly 50 granted, in far fewer statements than reservations, and each
+    counter holds exactly the granted amounts, one reservation row per counter each."""
+    count = StatementCount(monkeypatch)
+
+    async def body(store: Store) -> None:
+        await store.write_usage([row(0, cost=1_000)])  # counters exist, 1,000 spent on each
+        targets = [BudgetTarget("project", "p1", "total", 0, 10**12), BudgetTarget("user", "u1", "total", 0, 6_000)]
+        results = await asyncio.gather(*(store.reserve(targets, 100) for _ in range(80)))
+        granted = [r for r in results if r is not None]
+        assert len(granted) == 50
+        assert count.reserves < 40, count.reserves  # one per reservation before batching (80)
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (1_000, 5_000)
+        assert all(await asyncio.gather(*(store.release(r) for r in granted)))
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and c.reserved_nano_usd == 0
+
+    run(dsn, body)
+
+
+def test_a_batch_admits_a_prefix_and_answers_the_rest_one_by_one(dsn: str) -> None:
+    """Amounts 40, 40, 40, 10 against a limit of 100, arriving together (the last ones as
+    a batch whose first item no longer fits): as some one-after-the-other order would,
+    two 40s and the 10 are granted (a smaller request after a refused one still fits), one
+    40 is refused, and the counter holds exactly what was granted."""
+
+    async def body(store: Store) -> None:
+        targets = [BudgetTarget("project", "p1", "total", 0, 100)]
+        amounts = (40, 40, 40, 10)
+        results = await asyncio.gather(*(store.reserve(targets, a) for a in amounts))
+        assert sorted(a for a, r in zip(amounts, results, strict=True) if r is None) == [40]
+        c = await store.get_counter(TOTAL)
+        assert c is not None and c.reserved_nano_usd == 90
+
+    run(dsn, body)
+
+
+def test_mixed_reservations_from_two_instances_never_overfill_and_refuse_only_misfits(dsn: str) -> None:
+    """150 reservations of random amounts on a project limit and three user limits, from
+    two store instances at once (batches, their prefix cuts, the lone retries and fresh
+    counters racing): no counter holds more than its limit, each holds exactly what was
+    granted on it, and every refused request does not fit even now (nothing was released,
+    so it did not fit when it was refused either)."""
+    import random
+
+    rng = random.Random(27)
+    limits = {("project", "pm"): 3_000, ("user", "ua"): 1_000, ("user", "ub"): 1_500, ("user", "uc"): 800}
+    asks = [(rng.choice(["ua", "ub", "uc"]), rng.randint(1, 60)) for _ in range(150)]
+
+    def targets(user: str) -> list[BudgetTarget]:
+        return [BudgetTarget("project", "pm", "total", 0, limits[("project", "pm")]),
+                BudgetTarget("user", user, "total", 0, limits[("user", user)])]  # fmt: skip
+
+    async def main() -> None:
+        a = open_store(dsn, "unused.db", max_size=10)
+        b = open_store(dsn, "unused.db", max_size=10)
+        async with a, b:
+            await migrate(a)
+            results = await asyncio.gather(
+                *((a if n % 2 else b).reserve(targets(user), amount) for n, (user, amount) in enumerate(asks))
+            )
+            held: dict[tuple[str, str], int] = {}
+            for c in await a.load_counters():
+                held[(c.scope_kind, c.scope_id)] = c.reserved_nano_usd
+            granted: dict[tuple[str, str], int] = dict.fromkeys(limits, 0)
+            for (user, amount), res in zip(asks, results, strict=True):
+                if res is not None:
+                    granted[("project", "pm")] += amount
+                    granted[("user", user)] += amount
+            for key, limit in limits.items():
+                assert held.get(key, 0) == granted[key] <= limit, key
+            for (user, amount), res in zip(asks, results, strict=True):
+                if res is None:
+                    assert any(held.get(k, 0) + amount > limits[k] for k in (("project", "pm"), ("user", user)))
+            assert any(r is None for r in results) and any(r is not None for r in results)
+
+    asyncio.run(main())
+
+
+def test_a_release_is_one_statement_and_batches_with_settles(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release (errors, failover exhausted: the reservation given back) is one round trip
+    (it was BEGIN, DELETE, UPDATEs, COMMIT), and releases and settles arriving together
+    share statements; each answers for its own reservation."""
+    calls = [0]
+    for name in ("execute", "executemany", "fetch", "fetchval", "fetchrow"):
+        original = getattr(asyncpg.connection.Connection, name)
+
+        async def counted(conn: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            calls[0] += 1
+            return await _original(conn, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.connection.Connection, name, counted)
+
+    async def body(store: Store) -> None:
+        held = [await store.reserve(TARGETS, 100) for _ in range(41)]
+        assert all(r is not None for r in held)
+        calls[0] = 0
+        assert await store.release(held[0])  # type: ignore[arg-type]
+        assert calls[0] == 1
+        assert not await store.release(held[0])  # type: ignore[arg-type]
+        calls[0] = 0
+        results = await asyncio.gather(
+            *(store.release(r) if i % 2 else store.settle(r, row(i)) for i, r in enumerate(held[1:]) if r is not None)
+        )
+        assert results == [True] * 40
+        assert calls[0] < 20, calls[0]
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (20 * 5, 0)
+
+    run(dsn, body)
