@@ -264,6 +264,8 @@ def _install_gateway_hooks() -> None:
         threshold = os.environ.get("TAIL_HOOKS_GC_THRESHOLD")  # an experiment: "700,10,10"
         if threshold:
             gc.set_threshold(*map(int, threshold.split(",")))
+        if os.environ.get("TAIL_HOOKS_GC_DEBUG"):  # each pass's generation sizes, to stderr
+            gc.set_debug(gc.DEBUG_STATS)
         loop = asyncio.get_running_loop()
         loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
         await original_start(self)

@@ -128,6 +128,18 @@ def _request_bytes(port: int, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def _preload(port: int, headers: list[tuple[str, str]], seconds: float) -> None:
+    """What ``benchmarks/run.py`` does to a gateway before its c=1 runs: the saturation
+    scenario (64 connections, closed loop), so the heap, the usage store and the access
+    log are as large as they are there; then a pause for the usage flush to finish."""
+    from benchmarks.loadgen import LoadSpec, run_load
+
+    run_load(LoadSpec(url=f"http://127.0.0.1:{port}/v1/chat/completions", body=bench.BODY_JSON.encode(),
+                      headers=[*bench.SDK_HEADERS, *headers], concurrency=64, duration_s=seconds,
+                      warmup_s=0.0, timeout_s=10))
+    time.sleep(3.0)
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -138,6 +150,7 @@ def _start_gateway(root: Path, cfg: Path, env_extra: dict[str, str], hooks_out: 
         args = [bench.PY, str(HERE / "tail_hooks.py"), str(hooks_out), "serve", "--config", str(cfg)]
     else:
         args = [bench.PY, "-m", "plano_fast", "serve", "--config", str(cfg)]
+    args += ["--port", "0"]  # not the config's 12000: another probe or gateway may hold it
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"))
     return proc, bench.listening_port(proc, 60, log, "gateway")
 
@@ -267,6 +280,8 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
         noop = subprocess.Popen([bench.PY, str(HERE / "tail_hooks.py"), str(wd / "noop.json"), "--noop",
                                  str(args.duration_s + args.warmup_s + 1)])
     try:
+        if args.preload_s > 0:
+            _preload(port, setup.headers_for("c1"), args.preload_s)
         cpu0 = _cpu_s(proc.pid)
         request = _request_bytes(port, setup.headers_for("c1"))
         t0 = time.monotonic()
@@ -300,6 +315,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--access-log", action="store_true", help="the gateway writes an access log file")
     ap.add_argument("--ab", nargs=2, metavar=("ROOT_A", "ROOT_B"), help="two gateway source trees, alternated")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--preload-s", type=float, default=0.0,
+                    help="saturate the gateway this long first (64 connections), as run.py's ns_sat does")
     ap.add_argument("--json-out", help="write every run's result here")
     args = ap.parse_args(argv)
     roots = [Path(p).resolve() for p in args.ab] if args.ab else [bench.ROOT]
