@@ -204,6 +204,45 @@ def _attribute(reqs: list[tuple[int, int, float]], hooks: dict[str, Any], slow_n
                 hit.add(n)
         for n in hit or {"(nothing recorded: VM or the request itself)"}:
             causes[n] = causes.get(n, 0) + 1
+    # Every request (slow or not) against the causes overlapping it: a cause that delays
+    # the requests it meets shows a higher median than the requests it does not meet
+    # (robust to a loaded machine, which slows both groups alike).
+    met: dict[str, list[int]] = {}
+    untouched: list[int] = []
+    j = 0
+    for t, lat, _ in reqs:
+        while j < len(events) and events[j][0] + events[j][1] < t - 50_000_000:
+            j += 1
+        hit = set()
+        for s, d, _, n in events[j:]:
+            if s > t + lat:
+                break
+            if s + d >= t:
+                hit.add(n)
+        for n in hit:
+            met.setdefault(n, []).append(lat)
+        if not hit:
+            untouched.append(lat)
+    untouched.sort()
+    overlap = {"(none)": {"n": len(untouched), "p50_ms": _pct(untouched, 50), "p90_ms": _pct(untouched, 90)}}
+    for n, lats in sorted(met.items(), key=lambda kv: -len(kv[1])):
+        lats.sort()
+        overlap[n] = {"n": len(lats), "p50_ms": round(_pct(lats, 50), 3), "p90_ms": round(_pct(lats, 90), 3)}
+    # Stretches of the loop thread that blocked (a voluntary context switch inside: file
+    # I/O, the GIL held by another thread, a lock) or were preempted (involuntary), per
+    # name, inside the window: how many and the wall time they took.
+    blocked: dict[str, dict[str, float]] = {}
+    for (st, d, c, n), (nv, niv) in zip(hooks["spans"], hooks.get("span_switches", [])):
+        if not lo <= st <= hi or n.startswith("thread: "):
+            continue
+        row = blocked.setdefault(n, {"stretches": 0, "blocked": 0, "blocked_wall_ms_max": 0.0,
+                                     "blocked_wait_ms_sum": 0.0, "preempted": 0})
+        row["stretches"] += 1
+        if nv:
+            row["blocked"] += 1
+            row["blocked_wall_ms_max"] = max(row["blocked_wall_ms_max"], d / 1e6)
+            row["blocked_wait_ms_sum"] = round(row["blocked_wait_ms_sum"] + max(0, d - c) / 1e6, 3)
+        row["preempted"] += bool(niv)
     stalls: dict[str, dict[str, float]] = {}
     for _, d, c, n in events:
         row = stalls.setdefault(n, {"n_over_100us": 0, "cpu_over_0.5ms": 0, "cpu_over_1ms": 0,
@@ -229,6 +268,8 @@ def _attribute(reqs: list[tuple[int, int, float]], hooks: dict[str, Any], slow_n
         "loop_stall_cpu_ms_per_10k": round(sum(c for c in tasks if c >= 500_000) / 1e6 * per10k, 2),
         "slow_requests": len(slow),
         "slow_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])),
+        "latency_by_overlap": overlap,
+        "blocked_stretches": dict(sorted(blocked.items(), key=lambda kv: -kv[1]["blocked"])),
         "stalls_in_window": dict(sorted(stalls.items(), key=lambda kv: -kv[1]["cpu_over_0.5ms_per_10k"])),
         "gc_in_window": {g: {"per_10k": round(len(cs) * per10k, 1), "median_cpu_us": round(statistics.median(cs) / 1e3, 1),
                              "max_cpu_ms": max(cs) / 1e6, "cpu_over_0.5ms": sum(1 for c in cs if c >= 500_000)}

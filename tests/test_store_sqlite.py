@@ -180,3 +180,46 @@ def test_the_wal_is_checkpointed_so_it_does_not_grow_with_every_batch(
         assert count_rows(path) == 10_000
 
     asyncio.run(main())
+
+
+def test_the_wal_restarts_on_the_checkpoint_thread_not_in_the_next_hot_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a checkpoint has copied the whole WAL, the next write starts the WAL over and
+    fsyncs its new header (synchronous = NORMAL).  That restart must happen on the
+    executor thread, right after the checkpoint: left to the next hot commit it was an
+    fsync on the event loop (issue 27: 5-25 ms stalls once per checkpoint).  The WAL
+    header's checkpoint sequence number (bytes 12-15) changes at a restart."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    path = tmp_path / "plano.db"
+    wal = Path(f"{path}-wal")
+
+    async def checkpoint_done(store: object) -> None:
+        for _ in range(500):
+            if store._checkpoint_task is None:  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the checkpoint did not finish")
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            sequences = []
+            for i in range(3):
+                assert await store.write_usage(rows(100, f"r{i}")) == 100
+                before = wal.read_bytes()[12:16]  # the checkpoint task has not run yet
+                await checkpoint_done(store)
+                after = wal.read_bytes()[12:16]
+                assert after != before  # restarted by the thread, before any hot write
+                sequences.append(int.from_bytes(after, "big"))
+            assert sequences == sorted(sequences) and len(set(sequences)) == 3
+            assert await store.write_usage(rows(100, "last")) == 100
+        assert count_rows(path) == 400
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        finally:
+            conn.close()
+
+    asyncio.run(main())

@@ -197,6 +197,34 @@ def _chunk_sizes(n: int) -> list[int]:
     return sizes
 
 
+def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
+    """A passive checkpoint and, when it caught up, the WAL's restart (executor thread).
+
+    PASSIVE copies what no reader still needs and never waits for anyone, so it cannot
+    hold up the hot writes.  Once it has copied the whole WAL, the next transaction that
+    writes a page starts the WAL over from its first frame and, at ``synchronous =
+    NORMAL``, fsyncs the new WAL header first (SQLite's documented rule).  Left to the
+    hot connection, that fsync ran on the event loop in the first usage batch's (or
+    managed request's) COMMIT after every checkpoint: 5-25 ms with the loop blocked on
+    this machine's disk (measured: 19 of 20 such COMMITs made a voluntary context switch,
+    none without checkpoints; issue 27, benchmarks/tail_probe.py).  So the restart is
+    done here, by a write of the header page that changes nothing (``user_version`` set
+    to its own value; plano_fast does not use it).  A hot write meanwhile finds the lock
+    taken and backs off on the loop (``_hot_run``) instead of blocking it.
+    """
+    busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if busy or log_frames <= 0 or copied != log_frames:
+        return  # not caught up (a reader or a writer came in between): the WAL goes on
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 # Counter writes.  An existing counter (nearly always: a scope's counters are created by
 # its first request of a period) is changed with a plain UPDATE by primary key, one
 # executemany for all of them.  Not an upsert: an INSERT evaluates every CHECK of
@@ -484,10 +512,8 @@ class SqliteStore(SqlStore):
             self._checkpoint_task = asyncio.get_running_loop().create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
-        # PASSIVE: copies what no reader still needs and never waits for anyone, so it
-        # cannot hold up the hot writes; the WAL restarts once a checkpoint has caught up.
         try:
-            await self._call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+            await self._call(_checkpoint_and_restart)
         except Exception as exc:  # noqa: BLE001 - the next commit schedules another
             log.warning("SQLite WAL checkpoint failed: %s", exc)
         finally:
