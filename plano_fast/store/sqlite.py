@@ -198,7 +198,7 @@ def _chunk_sizes(n: int) -> list[int]:
 
 
 def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
-    """A passive checkpoint and, when it caught up, the WAL's restart (executor thread).
+    """A passive checkpoint, then the WAL's restart (executor thread).
 
     PASSIVE copies what no reader still needs and never waits for anyone, so it cannot
     hold up the hot writes.  Once it has copied the whole WAL, the next transaction that
@@ -207,21 +207,23 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
     hot connection, that fsync ran on the event loop in the first usage batch's (or
     managed request's) COMMIT after every checkpoint: 5-25 ms with the loop blocked on
     this machine's disk (measured: 19 of 20 such COMMITs made a voluntary context switch,
-    none without checkpoints; issue 27, benchmarks/tail_probe.py).  So the restart is
-    done here, by a write of the header page that changes nothing (``user_version`` set
-    to its own value; plano_fast does not use it).  A hot write meanwhile finds the lock
-    taken and backs off on the loop (``_hot_run``) instead of blocking it.
+    none without checkpoints; issue 27, benchmarks/tail_probe.py).  So the thread does
+    that first write itself, right after the checkpoint: ``user_version`` set to its own
+    value (plano_fast does not use it), a header-page write that changes nothing.  One
+    script, so the GIL is not waited for between the checkpoint and the write lock (a
+    hot write slipping in between would restart the WAL on the loop after all).  When the
+    checkpoint did not catch up, the write only appends one frame.  A hot write during
+    the fsync finds the lock taken and backs off on the loop (``_hot_run``), which goes
+    on serving requests meanwhile.
     """
-    busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    if busy or log_frames <= 0 or copied != log_frames:
-        return  # not caught up (a reader or a writer came in between): the WAL goes on
-    conn.execute("BEGIN IMMEDIATE")
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     try:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        conn.execute(f"PRAGMA user_version = {version}")
-        conn.execute("COMMIT")
+        conn.executescript(
+            f"PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
+        )
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 
