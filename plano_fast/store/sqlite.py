@@ -16,8 +16,9 @@ What keeps the loop from blocking on the hot connection:
   process holds it, the attempt is rolled back and retried after an asynchronous back-off,
   up to ``busy_timeout_ms`` in all, instead of sleeping inside SQLite;
 - it never checkpoints (``wal_autocheckpoint = 0``): the executor thread runs a passive
-  checkpoint at most once a second after hot commits, so the fsyncs happen off the loop;
-  commits themselves only append to the WAL (``synchronous = NORMAL``);
+  checkpoint at most once a second after hot commits, and then restarts the WAL itself
+  (``_checkpoint_and_restart``), so the fsyncs happen off the loop; hot commits only
+  append to the WAL (``synchronous = NORMAL``);
 - a usage batch is inserted 128 rows at a time with a yield to the loop in between (one
   transaction still, held under ``_hot_lock`` so no other hot write interleaves).
 
