@@ -223,3 +223,39 @@ def test_the_wal_restarts_on_the_checkpoint_thread_not_in_the_next_hot_commit(
             conn.close()
 
     asyncio.run(main())
+
+
+def test_the_wal_restart_gives_up_quietly_when_another_writer_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restart after a checkpoint is optional: with the write lock held elsewhere it
+    waits RESTART_LOCK_WAIT_MS, not the store's busy timeout (10 s, which would hold up
+    every admin read and pricer write queued behind it on the one executor thread), logs
+    nothing, and leaves the connection's busy timeout as it was."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            assert await store.write_usage(rows(10, "a")) == 10
+            await asyncio.sleep(0.3)  # the checkpoint scheduled by that write is done
+            blocker = other_process_lock(path)
+            try:
+                started = time.monotonic()
+                await store._checkpoint()  # type: ignore[attr-defined]
+                waited = time.monotonic() - started
+                assert sqlite_store.RESTART_LOCK_WAIT_MS / 1000 * 0.8 <= waited < 2.0, waited
+                timeout = await store._call(  # type: ignore[attr-defined]
+                    lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0])
+                assert timeout == store.busy_timeout_ms
+                assert not await store._call(lambda conn: conn.in_transaction)  # type: ignore[attr-defined]
+            finally:
+                blocker.execute("COMMIT")
+                blocker.close()
+            assert await store.write_usage(rows(10, "b")) == 10
+        assert count_rows(path) == 20
+
+    with caplog.at_level("WARNING", logger="plano_fast.store"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]

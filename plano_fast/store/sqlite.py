@@ -85,6 +85,9 @@ BUSY_FIRST_DELAY_S = 0.001
 BUSY_MAX_DELAY_S = 0.016
 #: at most one WAL checkpoint per this many seconds, run on the executor thread
 CHECKPOINT_INTERVAL_S = 1.0
+#: how long the thread waits for the write lock to restart the WAL after a checkpoint
+#: (a 1,000-row usage batch holds it ~15-60 ms); past it, the next writer restarts it
+RESTART_LOCK_WAIT_MS = 250
 
 # sqlite3 binds int, float, str and bytes directly but sends every other value through its
 # adapter lookup, which for None (user_id, token_id, cost ... on most usage rows) fails two
@@ -218,14 +221,26 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
     on serving requests meanwhile.
     """
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     try:
         conn.executescript(
-            f"PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
+            f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA busy_timeout = {RESTART_LOCK_WAIT_MS}; "
+            f"BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
         )
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if not _is_busy(exc):
+            raise
+        # Another writer held the lock longer (a batch in flight, another process): the
+        # restart is left to the next write, as SQLite does it, rather than holding up the
+        # executor thread's other work for up to busy_timeout_ms.
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
 
 # Counter writes.  An existing counter (nearly always: a scope's counters are created by
