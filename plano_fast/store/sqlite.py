@@ -19,7 +19,7 @@ What keeps the loop from blocking on the hot connection:
   checkpoint at most once a second after hot commits, and then restarts the WAL itself
   (``_checkpoint_and_restart``), so the fsyncs happen off the loop; hot commits only
   append to the WAL (``synchronous = NORMAL``);
-- a usage batch is inserted 128 rows at a time with a yield to the loop in between (one
+- a usage batch is inserted ``_INSERT_CHUNK`` rows at a time with a yield to the loop in between (one
   transaction still, held under ``_hot_lock`` so no other hot write interleaves).
 
 Multi-statement writes use ``BEGIN IMMEDIATE`` (the write lock up front), so a
@@ -211,7 +211,7 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
     hot connection, that fsync ran on the event loop in the first usage batch's (or
     managed request's) COMMIT after every checkpoint: 5-25 ms with the loop blocked on
     this machine's disk (measured: 19 of 20 such COMMITs made a voluntary context switch,
-    none without checkpoints; issue 27, benchmarks/tail_probe.py).  So the thread does
+    none without checkpoints; issue 27, benchmarks/hot_commit_probe.py).  So the thread does
     that first write itself, right after the checkpoint: ``user_version`` set to its own
     value (plano_fast does not use it), a header-page write that changes nothing.  One
     script, so the GIL is not waited for between the checkpoint and the write lock (a
