@@ -31,6 +31,7 @@ import functools
 import gc
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -38,10 +39,12 @@ from typing import Any
 
 now_ns = time.monotonic_ns
 cpu_ns = time.thread_time_ns  # this thread's CPU time: what the gateway did, not the VM's preemption
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 SPAN_MIN_NS = 100_000  # stretches at least this long are kept one by one
 TICK_S = 0.001
 
 _spans: list[tuple[int, int, int, str]] = []  # (start_ns, wall_ns, cpu_ns, name)
+_switches: list[tuple[int, int]] = []  # per span: (voluntary, involuntary) context switches in it
 _totals: dict[str, list[int]] = {}  # name -> [count, total cpu_ns, max cpu_ns, max wall_ns]
 _gcs: list[tuple[int, int, int, int, int]] = []  # (start_ns, wall_ns, cpu_ns, generation, collected)
 _ticks: list[int] = []  # lateness of each tick, ns (late ones only, >= 0.5 ms)
@@ -54,10 +57,19 @@ _PROFILE = tuple(filter(None, os.environ.get("TAIL_HOOKS_PROFILE", "").split(","
 _profiles: list[tuple[int, str, str]] = []  # (cpu_ns, task name, top functions)
 
 
-def _note(name: str, start: int, cpu_start: int) -> None:
+def _mark() -> tuple[int, int, int]:
+    """This thread's CPU ns and its voluntary / involuntary context switches so far: a
+    stretch with a voluntary switch blocked inside (file I/O, the GIL, a lock); an
+    involuntary one was preempted (another process wanted the core)."""
+    ru = resource.getrusage(_RUSAGE_THREAD)
+    return cpu_ns(), ru.ru_nvcsw, ru.ru_nivcsw
+
+
+def _note(name: str, start: int, mark: tuple[int, int, int]) -> None:
     if threading.get_ident() != _MAIN:
         name = "thread: " + name  # not a stretch of the loop (it may hold the GIL, though)
     dur = now_ns() - start
+    cpu_start, nv0, niv0 = mark
     cpu = cpu_ns() - cpu_start
     t = _totals.get(name)
     if t is None:
@@ -70,10 +82,32 @@ def _note(name: str, start: int, cpu_start: int) -> None:
         if dur > t[3]:
             t[3] = dur
     if dur >= SPAN_MIN_NS:
+        ru = resource.getrusage(_RUSAGE_THREAD)
         _spans.append((start, dur, cpu, name))
+        _switches.append((ru.ru_nvcsw - nv0, ru.ru_nivcsw - niv0))
+
+
+_GC_CENSUS = [False]  # on once the gateway has started (TAIL_HOOKS_GC_CENSUS=1)
+_census: list[tuple[int, int, list[tuple[str, int]]]] = []  # (generation, young objects, top types)
+
+
+def _take_census(generation: int) -> None:
+    """What a gen >= 1 pass is about to traverse: object count and the commonest types
+    (costly: diagnostics only, TAIL_HOOKS_GC_CENSUS=1)."""
+    import collections
+
+    objs = [o for g in range(generation + 1) for o in gc.get_objects(g)]
+    top = collections.Counter(type(o).__qualname__ for o in objs).most_common(12)
+    _census.append((generation, len(objs), top))
 
 
 def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start" and _GC_CENSUS[0] and info["generation"] >= 1 and len(_census) < 50:
+        gc.callbacks.remove(_on_gc)
+        try:
+            _take_census(info["generation"])
+        finally:
+            gc.callbacks.insert(0, _on_gc)
     if phase == "start":
         _gc_start[0] = now_ns()
         _gc_start[1] = cpu_ns()
@@ -94,7 +128,7 @@ class _TimedCoro(collections.abc.Coroutine):  # type: ignore[type-arg]
     def send(self, value: Any) -> Any:
         if _PROFILE and any(p in self._name for p in _PROFILE):
             return self._profiled(value)
-        start, cpu = now_ns(), cpu_ns()
+        start, cpu = now_ns(), _mark()
         try:
             return self._coro.send(value)
         finally:
@@ -106,13 +140,13 @@ class _TimedCoro(collections.abc.Coroutine):  # type: ignore[type-arg]
         import pstats
 
         prof = cProfile.Profile()
-        start, cpu = now_ns(), cpu_ns()
+        start, cpu = now_ns(), _mark()
         prof.enable()
         try:
             return self._coro.send(value)
         finally:
             prof.disable()
-            used = cpu_ns() - cpu
+            used = cpu_ns() - cpu[0]
             _note(self._name, start, cpu)
             if used >= 400_000 and len(_profiles) < 200:
                 text = io.StringIO()
@@ -120,7 +154,7 @@ class _TimedCoro(collections.abc.Coroutine):  # type: ignore[type-arg]
                 _profiles.append((used, self._name, text.getvalue()[-2500:]))
 
     def throw(self, *args: Any) -> Any:
-        start, cpu = now_ns(), cpu_ns()
+        start, cpu = now_ns(), _mark()
         try:
             return self._coro.throw(*args)
         finally:
@@ -150,7 +184,7 @@ def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> 
 def _timed(name: str, fn: Any) -> Any:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start, cpu = now_ns(), cpu_ns()
+        start, cpu = now_ns(), _mark()
         try:
             return fn(*args, **kwargs)
         finally:
@@ -166,7 +200,7 @@ def _timed_steps(name: str, gen_fn: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         gen = gen_fn(*args, **kwargs)
         while True:
-            start, cpu = now_ns(), cpu_ns()
+            start, cpu = now_ns(), _mark()
             try:
                 next(gen)
             except StopIteration as done:
@@ -212,11 +246,13 @@ def _dump(path: str) -> None:
         "late_ticks_ns": _ticks,
         "gcs": _gcs,
         "spans": _spans,
+        "span_switches": _switches,
         "totals": _totals,
         "gc_threshold": gc.get_threshold(),
         "gc_frozen": gc.get_freeze_count(),
         "switch_interval_s": sys.getswitchinterval(),
         "profiles": _profiles,
+        "gc_census": _census,
     }
     with open(path, "w") as fh:
         json.dump(data, fh)
@@ -228,7 +264,7 @@ def _timed_sqlite() -> None:
 
     class TimedConnection(sqlite3.Connection):
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
-            start, cpu = now_ns(), cpu_ns()
+            start, cpu = now_ns(), _mark()
             try:
                 return super().execute(sql, *args)
             finally:
@@ -264,11 +300,14 @@ def _install_gateway_hooks() -> None:
         threshold = os.environ.get("TAIL_HOOKS_GC_THRESHOLD")  # an experiment: "700,10,10"
         if threshold:
             gc.set_threshold(*map(int, threshold.split(",")))
+        if os.environ.get("TAIL_HOOKS_GC_DEBUG"):  # each pass's generation sizes, to stderr
+            gc.set_debug(gc.DEBUG_STATS)
         loop = asyncio.get_running_loop()
         loop.set_task_factory(_task_factory)  # type: ignore[arg-type]
         await original_start(self)
         _patch(type(self.pool), "sweep", "upstream pool sweep")
         _start_ticker(loop)
+        _GC_CENSUS[0] = bool(os.environ.get("TAIL_HOOKS_GC_CENSUS"))
 
     app.Gateway.start = start  # type: ignore[method-assign]
 

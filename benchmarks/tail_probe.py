@@ -128,6 +128,18 @@ def _request_bytes(port: int, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def _preload(port: int, headers: list[tuple[str, str]], seconds: float) -> None:
+    """What ``benchmarks/run.py`` does to a gateway before its c=1 runs: the saturation
+    scenario (64 connections, closed loop), so the heap, the usage store and the access
+    log are as large as they are there; then a pause for the usage flush to finish."""
+    from benchmarks.loadgen import LoadSpec, run_load
+
+    run_load(LoadSpec(url=f"http://127.0.0.1:{port}/v1/chat/completions", body=bench.BODY_JSON.encode(),
+                      headers=[*bench.SDK_HEADERS, *headers], concurrency=64, duration_s=seconds,
+                      warmup_s=0.0, timeout_s=10))
+    time.sleep(3.0)
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -138,6 +150,7 @@ def _start_gateway(root: Path, cfg: Path, env_extra: dict[str, str], hooks_out: 
         args = [bench.PY, str(HERE / "tail_hooks.py"), str(hooks_out), "serve", "--config", str(cfg)]
     else:
         args = [bench.PY, "-m", "plano_fast", "serve", "--config", str(cfg)]
+    args += ["--port", "0"]  # not the config's 12000: another probe or gateway may hold it
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"))
     return proc, bench.listening_port(proc, 60, log, "gateway")
 
@@ -191,6 +204,45 @@ def _attribute(reqs: list[tuple[int, int, float]], hooks: dict[str, Any], slow_n
                 hit.add(n)
         for n in hit or {"(nothing recorded: VM or the request itself)"}:
             causes[n] = causes.get(n, 0) + 1
+    # Every request (slow or not) against the causes overlapping it: a cause that delays
+    # the requests it meets shows a higher median than the requests it does not meet
+    # (robust to a loaded machine, which slows both groups alike).
+    met: dict[str, list[int]] = {}
+    untouched: list[int] = []
+    j = 0
+    for t, lat, _ in reqs:
+        while j < len(events) and events[j][0] + events[j][1] < t - 50_000_000:
+            j += 1
+        hit = set()
+        for s, d, _, n in events[j:]:
+            if s > t + lat:
+                break
+            if s + d >= t:
+                hit.add(n)
+        for n in hit:
+            met.setdefault(n, []).append(lat)
+        if not hit:
+            untouched.append(lat)
+    untouched.sort()
+    overlap = {"(none)": {"n": len(untouched), "p50_ms": _pct(untouched, 50), "p90_ms": _pct(untouched, 90)}}
+    for n, lats in sorted(met.items(), key=lambda kv: -len(kv[1])):
+        lats.sort()
+        overlap[n] = {"n": len(lats), "p50_ms": round(_pct(lats, 50), 3), "p90_ms": round(_pct(lats, 90), 3)}
+    # Stretches of the loop thread that blocked (a voluntary context switch inside: file
+    # I/O, the GIL held by another thread, a lock) or were preempted (involuntary), per
+    # name, inside the window: how many and the wall time they took.
+    blocked: dict[str, dict[str, float]] = {}
+    for (st, d, c, n), (nv, niv) in zip(hooks["spans"], hooks.get("span_switches", [])):
+        if not lo <= st <= hi or n.startswith("thread: "):
+            continue
+        row = blocked.setdefault(n, {"stretches": 0, "blocked": 0, "blocked_wall_ms_max": 0.0,
+                                     "blocked_wait_ms_sum": 0.0, "preempted": 0})
+        row["stretches"] += 1
+        if nv:
+            row["blocked"] += 1
+            row["blocked_wall_ms_max"] = max(row["blocked_wall_ms_max"], d / 1e6)
+            row["blocked_wait_ms_sum"] = round(row["blocked_wait_ms_sum"] + max(0, d - c) / 1e6, 3)
+        row["preempted"] += bool(niv)
     stalls: dict[str, dict[str, float]] = {}
     for _, d, c, n in events:
         row = stalls.setdefault(n, {"n_over_100us": 0, "cpu_over_0.5ms": 0, "cpu_over_1ms": 0,
@@ -216,6 +268,8 @@ def _attribute(reqs: list[tuple[int, int, float]], hooks: dict[str, Any], slow_n
         "loop_stall_cpu_ms_per_10k": round(sum(c for c in tasks if c >= 500_000) / 1e6 * per10k, 2),
         "slow_requests": len(slow),
         "slow_causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])),
+        "latency_by_overlap": overlap,
+        "blocked_stretches": dict(sorted(blocked.items(), key=lambda kv: -kv[1]["blocked"])),
         "stalls_in_window": dict(sorted(stalls.items(), key=lambda kv: -kv[1]["cpu_over_0.5ms_per_10k"])),
         "gc_in_window": {g: {"per_10k": round(len(cs) * per10k, 1), "median_cpu_us": round(statistics.median(cs) / 1e3, 1),
                              "max_cpu_ms": max(cs) / 1e6, "cpu_over_0.5ms": sum(1 for c in cs if c >= 500_000)}
@@ -267,6 +321,8 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
         noop = subprocess.Popen([bench.PY, str(HERE / "tail_hooks.py"), str(wd / "noop.json"), "--noop",
                                  str(args.duration_s + args.warmup_s + 1)])
     try:
+        if args.preload_s > 0:
+            _preload(port, setup.headers_for("c1"), args.preload_s)
         cpu0 = _cpu_s(proc.pid)
         request = _request_bytes(port, setup.headers_for("c1"))
         t0 = time.monotonic()
@@ -300,6 +356,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--access-log", action="store_true", help="the gateway writes an access log file")
     ap.add_argument("--ab", nargs=2, metavar=("ROOT_A", "ROOT_B"), help="two gateway source trees, alternated")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--preload-s", type=float, default=0.0,
+                    help="saturate the gateway this long first (64 connections), as run.py's ns_sat does")
     ap.add_argument("--json-out", help="write every run's result here")
     args = ap.parse_args(argv)
     roots = [Path(p).resolve() for p in args.ab] if args.ab else [bench.ROOT]

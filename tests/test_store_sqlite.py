@@ -180,3 +180,82 @@ def test_the_wal_is_checkpointed_so_it_does_not_grow_with_every_batch(
         assert count_rows(path) == 10_000
 
     asyncio.run(main())
+
+
+def test_the_wal_restarts_on_the_checkpoint_thread_not_in_the_next_hot_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a checkpoint has copied the whole WAL, the next write starts the WAL over and
+    fsyncs its new header (synchronous = NORMAL).  That restart must happen on the
+    executor thread, right after the checkpoint: left to the next hot commit it was an
+    fsync on the event loop (issue 27: 5-25 ms stalls once per checkpoint).  The WAL
+    header's checkpoint sequence number (bytes 12-15) changes at a restart."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    path = tmp_path / "plano.db"
+    wal = Path(f"{path}-wal")
+
+    async def checkpoint_done(store: object) -> None:
+        for _ in range(500):
+            if store._checkpoint_task is None:  # type: ignore[attr-defined]
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the checkpoint did not finish")
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            sequences = []
+            for i in range(3):
+                assert await store.write_usage(rows(100, f"r{i}")) == 100
+                before = wal.read_bytes()[12:16]  # the checkpoint task has not run yet
+                await checkpoint_done(store)
+                after = wal.read_bytes()[12:16]
+                assert after != before  # restarted by the thread, before any hot write
+                sequences.append(int.from_bytes(after, "big"))
+            assert sequences == sorted(sequences) and len(set(sequences)) == 3
+            assert await store.write_usage(rows(100, "last")) == 100
+        assert count_rows(path) == 400
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        finally:
+            conn.close()
+
+    asyncio.run(main())
+
+
+def test_the_wal_restart_gives_up_quietly_when_another_writer_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restart after a checkpoint is optional: with the write lock held elsewhere it
+    waits RESTART_LOCK_WAIT_MS, not the store's busy timeout (10 s, which would hold up
+    every admin read and pricer write queued behind it on the one executor thread), logs
+    nothing, and leaves the connection's busy timeout as it was."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 0.0)
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            assert await store.write_usage(rows(10, "a")) == 10
+            await asyncio.sleep(0.3)  # the checkpoint scheduled by that write is done
+            blocker = other_process_lock(path)
+            try:
+                started = time.monotonic()
+                await store._checkpoint()  # type: ignore[attr-defined]
+                waited = time.monotonic() - started
+                assert sqlite_store.RESTART_LOCK_WAIT_MS / 1000 * 0.8 <= waited < 2.0, waited
+                timeout = await store._call(  # type: ignore[attr-defined]
+                    lambda conn: conn.execute("PRAGMA busy_timeout").fetchone()[0])
+                assert timeout == store.busy_timeout_ms
+                assert not await store._call(lambda conn: conn.in_transaction)  # type: ignore[attr-defined]
+            finally:
+                blocker.execute("COMMIT")
+                blocker.close()
+            assert await store.write_usage(rows(10, "b")) == 10
+        assert count_rows(path) == 20
+
+    with caplog.at_level("WARNING", logger="plano_fast.store"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]

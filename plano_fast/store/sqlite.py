@@ -16,9 +16,10 @@ What keeps the loop from blocking on the hot connection:
   process holds it, the attempt is rolled back and retried after an asynchronous back-off,
   up to ``busy_timeout_ms`` in all, instead of sleeping inside SQLite;
 - it never checkpoints (``wal_autocheckpoint = 0``): the executor thread runs a passive
-  checkpoint at most once a second after hot commits, so the fsyncs happen off the loop;
-  commits themselves only append to the WAL (``synchronous = NORMAL``);
-- a usage batch is inserted 128 rows at a time with a yield to the loop in between (one
+  checkpoint at most once a second after hot commits, and then restarts the WAL itself
+  (``_checkpoint_and_restart``), so the fsyncs happen off the loop; hot commits only
+  append to the WAL (``synchronous = NORMAL``);
+- a usage batch is inserted ``_INSERT_CHUNK`` rows at a time with a yield to the loop in between (one
   transaction still, held under ``_hot_lock`` so no other hot write interleaves).
 
 Multi-statement writes use ``BEGIN IMMEDIATE`` (the write lock up front), so a
@@ -84,6 +85,9 @@ BUSY_FIRST_DELAY_S = 0.001
 BUSY_MAX_DELAY_S = 0.016
 #: at most one WAL checkpoint per this many seconds, run on the executor thread
 CHECKPOINT_INTERVAL_S = 1.0
+#: how long the thread waits for the write lock to restart the WAL after a checkpoint
+#: (a 1,000-row usage batch holds it ~15-60 ms); past it, the next writer restarts it
+RESTART_LOCK_WAIT_MS = 250
 
 # sqlite3 binds int, float, str and bytes directly but sends every other value through its
 # adapter lookup, which for None (user_id, token_id, cost ... on most usage rows) fails two
@@ -195,6 +199,48 @@ def _chunk_sizes(n: int) -> list[int]:
             rest ^= bit
         bit >>= 1
     return sizes
+
+
+def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
+    """A passive checkpoint, then the WAL's restart (executor thread).
+
+    PASSIVE copies what no reader still needs and never waits for anyone, so it cannot
+    hold up the hot writes.  Once it has copied the whole WAL, the next transaction that
+    writes a page starts the WAL over from its first frame and, at ``synchronous =
+    NORMAL``, fsyncs the new WAL header first (SQLite's documented rule).  Left to the
+    hot connection, that fsync ran on the event loop in the first usage batch's (or
+    managed request's) COMMIT after every checkpoint: 5-25 ms with the loop blocked on
+    this machine's disk (measured: 19 of 20 such COMMITs made a voluntary context switch,
+    none without checkpoints; issue 27, benchmarks/hot_commit_probe.py).  So the thread does
+    that first write itself, right after the checkpoint: ``user_version`` set to its own
+    value (plano_fast does not use it), a header-page write that changes nothing.  One
+    script, so the GIL is not waited for between the checkpoint and the write lock (a
+    hot write slipping in between would restart the WAL on the loop after all).  When the
+    checkpoint did not catch up, the write only appends one frame.  A hot write during
+    the fsync finds the lock taken and backs off on the loop (``_hot_run``), which goes
+    on serving requests meanwhile.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+    try:
+        conn.executescript(
+            f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA busy_timeout = {RESTART_LOCK_WAIT_MS}; "
+            f"BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
+        )
+    except sqlite3.OperationalError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if not _is_busy(exc):
+            raise
+        # Another writer held the lock longer (a batch in flight, another process): the
+        # restart is left to the next write, as SQLite does it, rather than holding up the
+        # executor thread's other work for up to busy_timeout_ms.
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
 
 # Counter writes.  An existing counter (nearly always: a scope's counters are created by
@@ -484,10 +530,8 @@ class SqliteStore(SqlStore):
             self._checkpoint_task = asyncio.get_running_loop().create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
-        # PASSIVE: copies what no reader still needs and never waits for anyone, so it
-        # cannot hold up the hot writes; the WAL restarts once a checkpoint has caught up.
         try:
-            await self._call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+            await self._call(_checkpoint_and_restart)
         except Exception as exc:  # noqa: BLE001 - the next commit schedules another
             log.warning("SQLite WAL checkpoint failed: %s", exc)
         finally:
