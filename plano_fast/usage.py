@@ -79,6 +79,11 @@ class UsageEvent:
     #: with more than one attempt, each one's HTTP status or error kind, in order
     #: ("503,connect_error,200"); None for one attempt (plano_fast.failover.attempt_trail)
     attempt_trail: str | None = None
+    #: managed hard limit: what a 2xx answer whose usage was missing or cut short was charged
+    #: (the bound, ``plano_fast.billing.rows.charge_of_incomplete``), set before its settle is
+    #: written, so a row that falls back to the journaled path (the settle's write failed)
+    #: is still charged it; None: priced from its usage
+    bound_cost_nano_usd: int | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -293,7 +293,9 @@ def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
     return result
 
 
-def start_slow_stream(url: str, token: str, events: int = 60, interval_ms: int = 100) -> Any:
+def start_slow_stream(
+    url: str, token: str, events: int = 60, interval_ms: int = 100, extra: dict[str, str] | None = None
+) -> Any:
     """A managed stream that takes events * interval_ms, read on a thread."""
     import threading
 
@@ -302,7 +304,7 @@ def start_slow_stream(url: str, token: str, events: int = 60, interval_ms: int =
     req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={
         "authorization": f"Bearer {token}", "content-type": "application/json",
         "x-fake-events": str(events), "x-fake-interval-ms": str(interval_ms),
-        "x-fake-input-tokens": "100", "x-fake-output-tokens": "50"})
+        "x-fake-input-tokens": "100", "x-fake-output-tokens": "50", **(extra or {})})
     outcome: dict[str, Any] = {}
 
     def run() -> None:

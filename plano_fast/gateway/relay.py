@@ -850,5 +850,5 @@ class Exchange:
             self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
             usage.audio_input_tokens, usage.audio_output_tokens,
             None if raw is None else raw.decode("utf-8", "replace"),
-            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail,
+            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail, None,
         )  # fmt: skip
