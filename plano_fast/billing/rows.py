@@ -21,9 +21,10 @@ row is charged at a bound of that bill (``charge_of_incomplete``):
 
 * nothing seen (no usage, an OpenAI stream cut before its usage chunk), or only the
   gateway's estimate (``client_disconnected_estimated``: the client left and the answer
-  could not be read to its usage): the reservation.  Bytes / 4 is no bound either way: a
-  token can be one byte, and an SSE stream's framing counts as output (a 50-token answer
-  was estimated at ~850), which used to be recorded as a reservation overrun;
+  could not be read to its usage): the reservation.  An estimate is no bound either way:
+  a token can be one byte, and hidden reasoning is billed but never seen (the estimate
+  once counted an SSE stream's framing as output: a 50-token answer at ~850, recorded as
+  a reservation overrun);
 * the input seen (a stream cut after Anthropic's ``message_start`` or a Gemini chunk's
   ``usageMetadata``: those input counts are the final ones, cache reads and writes
   included), the output not (generated after the cut; only ``max_tokens`` bounds it): the
