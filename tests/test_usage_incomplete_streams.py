@@ -63,11 +63,32 @@ OPENAI_NO_USAGE_CHUNK = (
 )
 
 
+LIE_MARK = b"lie:"
+
+
+def ANTHROPIC_ANSWER(usage: object) -> bytes:  # noqa: N802 - a template, like the constants
+    return json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+                       "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                       "stop_sequence": None, "usage": usage}).encode()
+
+
+def GEMINI_ANSWER(usage: object) -> bytes:  # noqa: N802
+    return json.dumps({"candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                                       "finishReason": "STOP", "index": 0}],
+                       "modelVersion": "gemini-2.5-flash", "usageMetadata": usage}).encode()
+
+
 class ScriptedStreams(RawUpstream):
     """Answers every request with the stream its path (and a marker in the body) names."""
 
     def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
         path = head.split(b" ", 2)[1]
+        if LIE_MARK in body:  # a non-streamed answer with the usage object the test names
+            lie = json.loads(body.split(LIE_MARK, 1)[1].split(b"|", 1)[0].replace(b"\\", b""))
+            answer = (ANTHROPIC_ANSWER if b"/messages" in path else GEMINI_ANSWER)(lie)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(answer), answer))  # fmt: skip
+            return True
         if b"/messages" in path:
             stream = ANTHROPIC_NO_FINAL_USAGE
         elif b"streamGenerateContent" in path:
@@ -179,3 +200,38 @@ def test_the_scanner_reports_no_usage_when_the_final_one_is_missing(
         scanner.finish()
         usage = scanner.result()
         assert (usage.has_usage, usage.input_tokens, usage.output_tokens) == (has_usage, *counts)
+
+
+# -- usage that lies, in a non-streamed answer converted for an OpenAI client ----------------
+LIES = {
+    "anthropic": [{"input_tokens": -5, "output_tokens": 3}, {"input_tokens": 5.0, "output_tokens": 3},
+                  {"input_tokens": 10**30, "output_tokens": 3},
+                  {"input_tokens": 5, "output_tokens": 3, "cache_read_input_tokens": -1}],
+    "gemini": [{"promptTokenCount": -5, "candidatesTokenCount": 3}, {"promptTokenCount": 5.5, "candidatesTokenCount": 3},
+               {"promptTokenCount": 10**30, "candidatesTokenCount": 3},
+               {"promptTokenCount": 5, "candidatesTokenCount": 3, "thoughtsTokenCount": -2}],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_usage_that_lies_is_reported_to_the_client_as_it_is_billed(
+    gw: tuple[GatewayProcess, Path], provider: str
+) -> None:
+    """A usage object the scanner refuses (a negative, fractional or huge count) bills no
+    usage (``usage_missing``); the converted answer told the client otherwise (the counts
+    that parsed, 10**30 passed on).  Now it reports none either: zeros, as for an answer
+    without usage."""
+    gateway, path = gw
+    model = "claude-raw" if provider == "anthropic" else "gemini-raw"
+    good = {"anthropic": {"input_tokens": 5, "output_tokens": 3}, "gemini": {"promptTokenCount": 5,
+                                                                            "candidatesTokenCount": 3}}[provider]
+    for usage in [*LIES[provider], good]:
+        content = (LIE_MARK + json.dumps(usage).encode() + b"|").decode()
+        answer, rid = post(gateway, "/v1/chat/completions",
+                           {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": content}]},
+                           {"authorization": "Bearer sk-client"})
+        told = json.loads(answer)["usage"]
+        row = row_of(path, rid)
+        billed = (row.input_tokens, row.output_tokens) if row.status == "ok" else (0, 0)
+        assert (told["prompt_tokens"], told["completion_tokens"]) == billed, (usage, told, row)
+        assert row.status == ("ok" if usage is good else "usage_missing"), usage
