@@ -175,6 +175,9 @@ def _event(status: str, http_status: int, **counts: Any) -> UsageEvent:
 @pytest.mark.parametrize(("status", "http_status", "counts", "output_bound", "cost", "entry"), [
     ("usage_missing", 200, {}, 50, 90_000, "hard_limit_bound"),  # nothing seen: the reservation
     ("upstream_failed", 200, {}, 50, 90_000, "hard_limit_bound"),  # cut before any usage
+    # a complete stream without its final usage (an Anthropic message_delta without usage, a
+    # last Gemini chunk without usageMetadata): the input seen with the output bound
+    ("usage_missing", 200, {"input_tokens": 100, "output_tokens": 1}, 50, 45_000, "hard_limit_bound"),
     # the input seen (100: 15,000) with the output bound (50: 30,000), below the reservation
     ("upstream_failed", 200, {"input_tokens": 100, "output_tokens": 3}, 50, 45_000, "hard_limit_bound"),
     # ... above it (200 output: 120,000): capped at the reservation
