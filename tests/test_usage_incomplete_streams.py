@@ -235,3 +235,22 @@ def test_usage_that_lies_is_reported_to_the_client_as_it_is_billed(
         billed = (row.input_tokens, row.output_tokens) if row.status == "ok" else (0, 0)
         assert (told["prompt_tokens"], told["completion_tokens"]) == billed, (usage, told, row)
         assert row.status == ("ok" if usage is good else "usage_missing"), usage
+
+
+def test_a_converted_gemini_stream_tells_the_client_the_usage_it_billed(gw: tuple[GatewayProcess, Path]) -> None:
+    """An OpenAI client with ``include_usage`` on a Gemini stream: without usage on the
+    last chunk, no usage chunk (it sent the first chunk's 1 output token as the usage);
+    with it, the usage chunk is the row's."""
+    gateway, path = gw
+    for marker, billed in (("hi", None), ("final-usage", (12, 7))):
+        answer, rid = post(gateway, "/v1/chat/completions", {
+            "model": "gemini-raw", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": marker}]}, {"authorization": "Bearer sk-client"})
+        chunks = [json.loads(line[6:]) for line in answer.split(b"\n") if line.startswith(b"data: {")]
+        told = [(c["usage"]["prompt_tokens"], c["usage"]["completion_tokens"]) for c in chunks if c.get("usage")]
+        row = row_of(path, rid)
+        assert answer.endswith(b"data: [DONE]\n\n")
+        if billed is None:
+            assert (told, row.status) == ([], "usage_missing")
+        else:
+            assert (told, row.status, (row.input_tokens, row.output_tokens)) == ([billed], "ok", billed)
