@@ -2,7 +2,7 @@
 """``UsageEvent(*fields)`` for the request path, compiled: the twin of the dataclass's own
 constructor, chosen in ``plano_fast.usage`` (``new_usage_event``).
 
-Why: the relay builds one ``UsageEvent`` per request with all 29 fields positional; the
+Why: the relay builds one ``UsageEvent`` per request with all 30 fields positional; the
 dataclass's ``__init__`` is a Python frame of 29 stores (~5.6k instructions, callgrind,
 issue 27; Python 3.11 does not specialize a call to a class with a Python ``__init__``).
 Here the instance is allocated and its slots written in place (``plano_fast/_slots.pxd``)
@@ -18,7 +18,7 @@ from plano_fast._slots cimport put_slot, slot_offset
 from plano_fast.usage import UsageEvent
 
 FIELDS = tuple(f.name for f in dataclasses.fields(UsageEvent))
-DEF N = 29
+DEF N = 30
 if len(FIELDS) != N or hasattr(UsageEvent, "__post_init__"):
     raise ImportError("UsageEvent changed: _usage_event.pyx must be updated (its constructor is used)")
 
@@ -34,7 +34,8 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
                     output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage,
                     project_id, key_hash, user_id, token_id, duration_ms, wire_format, tool_use_prompt_tokens,
                     cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, usage_raw, usage_api,
-                    reservation_overrun_nano_usd, requested_model, attempts, attempt_trail):
+                    reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
+                    bound_cost_nano_usd):
     """``UsageEvent(...)`` of every field, positional, in field order."""
     event = _new_object(_Event)
     put_slot(event, OFF[0], request_id)
@@ -66,4 +67,5 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
     put_slot(event, OFF[26], requested_model)
     put_slot(event, OFF[27], attempts)
     put_slot(event, OFF[28], attempt_trail)
+    put_slot(event, OFF[29], bound_cost_nano_usd)
     return event

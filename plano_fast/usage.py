@@ -19,7 +19,7 @@ STATUS_UPSTREAM_ERROR = "upstream_error"  # provider answered >= 400
 STATUS_UPSTREAM_FAILED = "upstream_failed"  # connection failed / reset / timed out
 STATUS_CLIENT_GONE = "client_disconnected"  # the client left; the provider's usage was read
 #: the client left and the provider's usage could not be read: an estimate (request body
-#: bytes / 4 in, response bytes seen / 4 out), never zero
+#: bytes / 4 in, the generated text seen / 4 out: plano_fast.usage_estimate), never zero
 STATUS_CLIENT_GONE_ESTIMATED = "client_disconnected_estimated"
 STATUS_CLIENT_ABANDONED = "client_abandoned"  # the client left before anything was forwarded
 STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
@@ -79,6 +79,11 @@ class UsageEvent:
     #: with more than one attempt, each one's HTTP status or error kind, in order
     #: ("503,connect_error,200"); None for one attempt (plano_fast.failover.attempt_trail)
     attempt_trail: str | None = None
+    #: managed hard limit: what a 2xx answer whose usage was missing or cut short was charged
+    #: (the bound, ``plano_fast.billing.rows.charge_of_incomplete``), set before its settle is
+    #: written, so a row that falls back to the journaled path (the settle's write failed)
+    #: is still charged it; None: priced from its usage
+    bound_cost_nano_usd: int | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -28,7 +28,7 @@ import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from plano_fast.billing.journal import Journal, _encode_line, _event_fields
+from plano_fast.billing.journal import _EVENT_FIELDS, Journal, _encode_line, _event_fields
 from plano_fast.config import ConfigError, parse_config
 from plano_fast.failover import MAX_TRAIL_CHARS, attempt_trail
 from plano_fast.store import Store, UsageRow
@@ -54,7 +54,8 @@ def test_attempts_survive_the_write_ahead_log_and_old_lines_read_as_one_attempt(
     event = UsageEvent("req-1", 1, "openai", "gpt-4o", False, "ok", 200, attempts=3,
                        attempt_trail="503,timeout,200")  # fmt: skip
     wal = tmp_path / "j.1.wal"
-    old = json.loads(_encode_line([_event_fields(event)]))[0][:-2]  # a line written before v7
+    # a line written before v7: the fields before ``attempts`` (later ones are newer still)
+    old = json.loads(_encode_line([_event_fields(event)]))[0][: _EVENT_FIELDS.index("attempts")]
     wal.write_bytes(_encode_line([_event_fields(event)]) + json.dumps([old]).encode() + b"\n")
     (read,) = list(Journal.read_events(wal, 10))
     assert (read[0].attempts, read[0].attempt_trail) == (3, "503,timeout,200")

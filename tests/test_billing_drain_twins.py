@@ -150,6 +150,23 @@ def test_statuses_missing_usage_and_no_model() -> None:
         assert _agree(pricing, event) == expected
 
 
+def test_an_event_charged_at_its_bound_keeps_that_charge() -> None:
+    """A managed settle that failed hands its event to the journaled path with the charge
+    it settled at (``bound_cost_nano_usd``): the drain writes that charge, whatever the
+    status or usage (a missing usage would otherwise leave the row unpriced)."""
+    pricing = PricingRegistry()
+    for event in (_event("openai", "gpt-4o", status=STATUS_USAGE_MISSING, has_usage=False),
+                  _event("openai", None, status=STATUS_USAGE_MISSING, has_usage=False),
+                  _event("openai", "gpt-4o", (40, 1, 0, 0, 0, 0, 0))):  # fmt: skip
+        event.bound_cost_nano_usd = 90_000
+        assert _agree(pricing, event) == (90_000, False, "hard_limit_bound")
+        for module in MODULES:
+            out: collections.deque[UsageRow] = collections.deque()
+            assert module.rows_of_events(pricing, [event], out) == 0
+            assert (out[0].priced, out[0].cost_nano_usd, out[0].price_status, out[0].price_entry) == (
+                True, 90_000, "priced", "hard_limit_bound")
+
+
 def test_custom_prices_project_then_global() -> None:
     pricing = PricingRegistry()
     pricing.set_overrides(
@@ -224,6 +241,7 @@ EVENTS = st.builds(
     cache_write_1h_tokens=SMALL, audio_input_tokens=SMALL, audio_output_tokens=SMALL, usage_raw=TEXT,
     usage_api=TEXT, reservation_overrun_nano_usd=st.one_of(st.just(0), SMALL, st.none()),
     requested_model=TEXT, attempts=st.integers(0, 3), attempt_trail=TEXT,
+    bound_cost_nano_usd=st.one_of(st.none(), st.none(), SMALL),
 )  # fmt: skip
 
 
@@ -245,7 +263,9 @@ def _reference_rows(pricing: PricingRegistry, events: list[UsageEvent]) -> list[
     out = []
     for e in events:
         priced = None
-        if e.status in _drain_py.FREE_STATUSES or (not e.has_usage and e.http_status >= 400):
+        if e.bound_cost_nano_usd is not None:
+            priced = (e.bound_cost_nano_usd, False, "hard_limit_bound")
+        elif e.status in _drain_py.FREE_STATUSES or (not e.has_usage and e.http_status >= 400):
             priced = (0, False, "")
         elif e.has_usage and e.model is not None:
             priced = _reference(pricing, e)

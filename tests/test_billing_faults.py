@@ -293,7 +293,9 @@ def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
     return result
 
 
-def start_slow_stream(url: str, token: str, events: int = 60, interval_ms: int = 100) -> Any:
+def start_slow_stream(
+    url: str, token: str, events: int = 60, interval_ms: int = 100, extra: dict[str, str] | None = None
+) -> Any:
     """A managed stream that takes events * interval_ms, read on a thread."""
     import threading
 
@@ -302,7 +304,7 @@ def start_slow_stream(url: str, token: str, events: int = 60, interval_ms: int =
     req = urllib.request.Request(url + "/v1/chat/completions", data=body, headers={
         "authorization": f"Bearer {token}", "content-type": "application/json",
         "x-fake-events": str(events), "x-fake-interval-ms": str(interval_ms),
-        "x-fake-input-tokens": "100", "x-fake-output-tokens": "50"})
+        "x-fake-input-tokens": "100", "x-fake-output-tokens": "50", **(extra or {})})
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -565,6 +567,26 @@ def test_a_cut_stream_the_provider_cannot_finish_is_estimated_never_zero(
         assert row.status == "client_disconnected_estimated", row
         assert row.input_tokens == (len(STREAM) + 3) // 4 and row.output_tokens > 0
         assert row.priced and (row.cost_nano_usd or 0) > 0
+
+
+def test_the_estimate_of_a_cut_stream_counts_its_text_not_its_framing(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The client leaves after the first bytes, the provider resets after 20 of its 40
+    events: the output estimate is the text those events carried at 4 bytes a token
+    (plano_fast.usage_estimate), not the SSE stream's bytes / 4 (~17 times more: each
+    ~150-byte chunk carries ~10 bytes of text here)."""
+    gateway = make_gateway()
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    text = "abcd " * 80  # 400 bytes of text in 40 events: 10 a event, 100 tokens in all
+    hang_up(gateway.url, STREAM, {"authorization": "Bearer sk-hangup", "x-fake-text": text,
+                                  "x-fake-events": "40", "x-fake-interval-ms": "10",
+                                  "x-fake-reset-after-events": "20"}, wait_first_byte=True)
+    (row,) = wait_rows(None, sqlite_path, 1)
+    assert row.status == "client_disconnected_estimated", row
+    # ~19 content events sent (the role chunk counts as one of the 20): ~190 bytes, ~48
+    # tokens; bounded by the whole text's 100 (bytes / 4 of the stream was ~750)
+    assert 30 <= row.output_tokens <= 100, row.output_tokens
 
 
 def test_managed_hang_ups_settle_the_reservation_against_the_providers_usage(

@@ -209,3 +209,31 @@ def test_gemini_clients_native_and_converted(
     assert error["status"] == "INVALID_ARGUMENT" and "no-such-model" in error["message"]
     rows = wait_rows(None, str(gateway.config_path.with_suffix(".db")), 2)
     assert sorted(r.provider for r in rows) == ["gemini", "openai"]
+
+
+def test_an_anthropic_overload_reaches_an_openai_client_as_a_retryable_503(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Anthropic's 529 ``overloaded_error`` for an OpenAI-format client: 503, the status
+    OpenAI itself answers when overloaded ("Slow Down" / "server is overloaded"), which the
+    openai SDK retries (it retries 408, 409, 429 and every 5xx, waiting ``retry-after-ms`` /
+    ``retry-after`` when given); 529 is no status an OpenAI client knows.  The provider's
+    message and its Retry-After headers reach the client."""
+    overload = {"x-fake-status": "529", "x-fake-retry-after": "3", "x-fake-retry-after-ms": "20"}
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-c", max_retries=0) as client:
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="claude-sonnet-4-6", max_tokens=8,
+                                           messages=[{"role": "user", "content": "x"}], extra_headers=overload)
+    assert err.value.status_code == 503
+    assert err.value.body == {"message": "fake provider: injected HTTP 529", "type": "overloaded_error",  # type: ignore[comparison-overlap]
+                              "param": None, "code": None}
+    assert (err.value.response.headers["retry-after"], err.value.response.headers["retry-after-ms"]) == ("3", "20")
+    # The SDK's own retry, after the provider's 20 ms, gets the answer.
+    fake.clear()
+    key = "overload-" + str(id(err))
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-c", max_retries=1) as client:
+        reply = client.chat.completions.create(
+            model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "x"}],
+            extra_headers={**overload, "x-fake-fail-first": "1", "x-fake-fail-key": key})
+    assert reply.choices[0].message.content
+    assert [r.path for r in fake.requests] == ["/v1/messages"] * 2

@@ -175,6 +175,9 @@ def _event(status: str, http_status: int, **counts: Any) -> UsageEvent:
 @pytest.mark.parametrize(("status", "http_status", "counts", "output_bound", "cost", "entry"), [
     ("usage_missing", 200, {}, 50, 90_000, "hard_limit_bound"),  # nothing seen: the reservation
     ("upstream_failed", 200, {}, 50, 90_000, "hard_limit_bound"),  # cut before any usage
+    # a complete stream without its final usage (an Anthropic message_delta without usage, a
+    # last Gemini chunk without usageMetadata): the input seen with the output bound
+    ("usage_missing", 200, {"input_tokens": 100, "output_tokens": 1}, 50, 45_000, "hard_limit_bound"),
     # the input seen (100: 15,000) with the output bound (50: 30,000), below the reservation
     ("upstream_failed", 200, {"input_tokens": 100, "output_tokens": 3}, 50, 45_000, "hard_limit_bound"),
     # ... above it (200 output: 120,000): capped at the reservation
@@ -229,3 +232,42 @@ def test_a_client_gone_whose_answer_cannot_be_read_is_charged_its_reservation(
         "client_disconnected_estimated", reservation, "hard_limit_bound")
     assert row.input_tokens == (len(STREAM_BODY) + 3) // 4  # the estimate stays on the row
     assert spent(sqlite_path, tenant.project_id) == reservation
+
+
+# -- a settle that fails: the journaled path keeps the bound ---------------------------------
+def test_a_failed_settle_still_charges_the_bound_after_recovery(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str
+) -> None:
+    """An answer without usage under a hard limit whose synchronous settle fails
+    (PostgreSQL cut between reserve and settle): the event falls back to the journaled path
+    and the row written once the database is back is charged at the bound, as the settle
+    would have (formerly it was written unpriced: the charge was lost)."""
+    from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
+    from tests.test_billing_faults import ledger, start_slow_stream, wait_until
+
+    reservation = request_cost(json.dumps(
+        {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+         "messages": [{"role": "user", "content": "slow"}]}).encode())  # start_slow_stream's body
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        database_url = proxied_dsn(pg_dsn, proxy.port)
+        tenants: list[Tenant] = []
+        gateway = make_gateway(
+            {"managed": "true", "managed_reload_s": 1, "database_url": f'"{database_url}"',
+             "reservation_sweep_interval_s": 60},
+            env=ENV, before_start=lambda: tenants.append(provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=10**9)))
+        thread, outcome = start_slow_stream(gateway.url, tenants[0].token, events=8, interval_ms=50,
+                                            extra={"x-fake-omit-usage": "1"})
+        wait_until(lambda: ledger(pg_dsn, "")["open"] == 1, 10, "a reservation")
+        proxy.cut()
+        thread.join(20)
+        assert outcome.get("status") == 200, outcome
+        proxy.restore()
+        healed = wait_until(
+            lambda: (lambda s: s if s["open"] == 0 and len(s["rows"]) == 1 else None)(ledger(pg_dsn, "")),
+            20, "the release and the row")  # (ledger also checks spent == the log)
+    (row,) = healed["rows"]
+    assert (row.status, row.http_status) == ("usage_missing", 200)
+    assert (row.priced, row.cost_nano_usd, row.price_entry) == (True, reservation, "hard_limit_bound")
+    assert healed["reserved"] == 0
+    assert spent("", tenants[0].project_id, pg_dsn) == reservation
+    assert "synchronous billing failed" in gateway.log_text()  # (the fault did hit the settle)

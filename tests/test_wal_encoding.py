@@ -42,3 +42,26 @@ def test_a_line_torn_inside_a_utf8_sequence_is_skipped(tmp_path: Path) -> None:
     path.write_bytes(whole + torn[:cut])
     read = [e.request_id for batch in Journal.read_events(path, 10) for e in batch]
     assert read == ["r1"]
+
+
+def test_a_bound_charge_survives_the_log_and_an_old_line_reads_without_one(tmp_path: Path) -> None:
+    """A managed settle that failed journals its event with the hard limit's bound
+    (``bound_cost_nano_usd``): replayed, the row is charged it.  A line written before the
+    field existed (29 fields) reads as None: priced from its usage, as then."""
+    import collections
+
+    from plano_fast.billing.drain import rows_of_events
+    from plano_fast.pricing import PricingRegistry
+    from plano_fast.store.records import UsageRow
+
+    bound = UsageEvent("r1", 1, "openai", "gpt-4o-mini", True, "usage_missing", 200, bound_cost_nano_usd=90_000)
+    old = _event("r2", None)
+    path = tmp_path / "j.1.1.wal"
+    with open(path, "wb") as fh:
+        fh.write(_encode_line([_fields(bound), _fields(old)[:29]]))
+    read = [e for batch in Journal.read_events(path, 10) for e in batch]
+    assert [e.bound_cost_nano_usd for e in read] == [90_000, None]
+    rows: collections.deque[UsageRow] = collections.deque()
+    rows_of_events(PricingRegistry(), read, rows)
+    assert [(r.cost_nano_usd, r.price_entry) for r in rows] == [
+        (90_000, "hard_limit_bound"), (12 * 150 + 3 * 600, "openai/gpt-4o-mini")]

@@ -36,7 +36,7 @@ from libc.math cimport nearbyint
 
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
-from plano_fast.billing._drain_py import EVENT_FIELDS, FREE, FREE_STATUSES
+from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
 from plano_fast.billing._drain_py import price_of_event as _price_twin
 from plano_fast.pricing import _CUSTOM
@@ -57,6 +57,7 @@ cdef long long _INT64_MAX = 9223372036854775807LL
 cdef object _free = FREE
 cdef object _free_statuses = FREE_STATUSES
 cdef object _custom_entry = _CUSTOM
+cdef object _bound_entry = BOUND_PRICE_ENTRY
 cdef object _partial = PRICE_STATUS_PARTIAL
 cdef object _priced = PRICE_STATUS_PRICED
 cdef object _pending = PRICE_STATUS_PENDING
@@ -80,7 +81,7 @@ if ROW_FIELDS != tuple(f for f in UsageRow.__dataclass_fields__):
     raise ImportError("UsageRow's fields changed: _drain.pyx must be updated (the twin is used)")
 
 # UsageEvent's fields, by index in EVENT_FIELDS
-DEF N_EVENT = 29
+DEF N_EVENT = 30
 DEF E_REQUEST_ID = 0
 DEF E_TIME_NS = 1
 DEF E_PROVIDER = 2
@@ -109,9 +110,11 @@ DEF E_OVERRUN = 25
 DEF E_REQUESTED_MODEL = 26
 DEF E_ATTEMPTS = 27
 DEF E_TRAIL = 28
+DEF E_BOUND = 29
 DEF N_ROW = 32
 
-if len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail" or EVENT_FIELDS[E_INPUT] != "input_tokens":
+if (len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail"
+        or EVENT_FIELDS[E_INPUT] != "input_tokens" or EVENT_FIELDS[E_BOUND] != "bound_cost_nano_usd"):
     raise ImportError("UsageEvent's fields changed: _drain.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t EV[N_EVENT]
@@ -251,6 +254,9 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
 
 
 cdef object _price_event(object pricing, object event):
+    bound = _ev(event, E_BOUND)
+    if bound is not None:
+        return (bound, False, _bound_entry)  # charged at a hard limit's bound (the twin's note)
     if _ev(event, E_STATUS) in _free_statuses:
         return _free
     if not _ev(event, E_HAS_USAGE):

@@ -2,9 +2,10 @@
 ``plano_fast.billing._drain`` (its twin), and the path it hands every unusual event to.
 
 * ``price_of_event(pricing, event)``: ``(cost_nano_usd, partial, entry)``, or None when the
-  event cannot be priced: free statuses cost nothing, an event without usage costs nothing
-  when the provider refused it (HTTP >= 400) and is unpriced otherwise, an event without a
-  model is unpriced, anything else is ``PricingRegistry.price_counts`` of its counts (which
+  event cannot be priced: an event charged at a managed hard limit's bound
+  (``bound_cost_nano_usd`` set) costs that, entry ``BOUND_PRICE_ENTRY``; free statuses
+  cost nothing, an event without usage costs nothing when the provider refused it (HTTP
+  >= 400) and is unpriced otherwise, an event without a model is unpriced, anything else is ``PricingRegistry.price_counts`` of its counts (which
   raises ``TokenCounts``' TypeError / ValueError for counts that are not non-negative ints).
 * ``rows_of_events(pricing, events, out)``: each event priced and turned into its
   ``UsageRow`` (``UsageRow.from_event``), appended to ``out``; returns how many are unpriced.
@@ -31,6 +32,11 @@ FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
 
 FREE: Final = (0, False, "")
 
+BOUND_PRICE_ENTRY: Final = "hard_limit_bound"
+"""``price_entry`` of a row charged at its hard limit's bound (usage missing or cut short):
+its cost is ``plano_fast.billing.rows.charge_of_incomplete``'s, not a price table entry's
+quote of its usage."""
+
 EVENT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(UsageEvent))
 
 event_fields: Final = operator.attrgetter(*EVENT_FIELDS)
@@ -40,6 +46,11 @@ event_fields: Final = operator.attrgetter(*EVENT_FIELDS)
 def price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
     """``(cost_nano_usd, partial, entry)`` of one event, or None when it cannot be priced
     (no ``Quote`` built: the drain's form, see ``PricingRegistry.price_counts``)."""
+    bound = event.bound_cost_nano_usd
+    if bound is not None:
+        # Charged at its hard limit's bound by the synchronous settle, whose write failed:
+        # the journaled path writes that charge, not a price of the missing usage.
+        return (bound, False, BOUND_PRICE_ENTRY)
     if event.status in FREE_STATUSES:
         return FREE
     if not event.has_usage:

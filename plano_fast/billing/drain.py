@@ -38,5 +38,8 @@ except ImportError:
     event_fields = _drain_py.event_fields
     DRAIN_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
 
+BOUND_PRICE_ENTRY: Final = _drain_py.BOUND_PRICE_ENTRY
+"""``price_entry`` of a row charged at a managed hard limit's bound (plano_fast.billing.rows)."""
+
 EVENT_FIELDS: Final = _drain_py.EVENT_FIELDS
 """``UsageEvent``'s field names, in order: what ``event_fields`` returns the values of."""

@@ -21,9 +21,10 @@ row is charged at a bound of that bill (``charge_of_incomplete``):
 
 * nothing seen (no usage, an OpenAI stream cut before its usage chunk), or only the
   gateway's estimate (``client_disconnected_estimated``: the client left and the answer
-  could not be read to its usage): the reservation.  Bytes / 4 is no bound either way: a
-  token can be one byte, and an SSE stream's framing counts as output (a 50-token answer
-  was estimated at ~850), which used to be recorded as a reservation overrun;
+  could not be read to its usage): the reservation.  An estimate is no bound either way:
+  a token can be one byte, and hidden reasoning is billed but never seen (the estimate
+  once counted an SSE stream's framing as output: a 50-token answer at ~850, recorded as
+  a reservation overrun);
 * the input seen (a stream cut after Anthropic's ``message_start`` or a Gemini chunk's
   ``usageMetadata``: those input counts are the final ones, cache reads and writes
   included), the output not (generated after the cut; only ``max_tokens`` bounds it): the
@@ -35,9 +36,10 @@ row is charged at a bound of that bill (``charge_of_incomplete``):
 The row keeps its status (``usage_missing``, ``upstream_failed``,
 ``client_disconnected_estimated``) and its token columns, and is priced with
 ``price_entry`` ``BOUND_PRICE_ENTRY`` (which ``usage reprice`` leaves alone).  The rule is
-applied to the row of the synchronous settle, not in the drain (``price_of_event`` is
-unchanged: no per-event cost, no field on ``UsageEvent``), so an event that falls back to
-the journaled path (the settle's store write failed) is written unpriced, as before.
+applied to the row of the synchronous settle, and the charge is kept on the event
+(``UsageEvent.bound_cost_nano_usd``): an event that falls back to the journaled path (the
+settle's store write failed or was stopped) is written by the flusher's drain, or replayed
+from the write-ahead log, at that same charge (``price_of_event`` takes it first).
 Without a reservation such a row stays unpriced (visible, never zero), as before.
 """
 
@@ -48,6 +50,7 @@ import logging
 from collections.abc import Callable
 from typing import Final, Protocol
 
+from plano_fast.billing.drain import BOUND_PRICE_ENTRY
 from plano_fast.billing.drain import price_of_event as _price_of_event
 from plano_fast.billing.drain import rows_of_events
 from plano_fast.billing.metrics import BillingMetrics
@@ -66,9 +69,6 @@ _INCOMPLETE_STATUSES: Final = frozenset((STATUS_USAGE_MISSING, STATUS_UPSTREAM_F
 """Statuses of an answer whose usage may be missing or short of what the provider bills:
 with a 2xx status and a reservation, charged at a bound (``charge_of_incomplete``)."""
 
-BOUND_PRICE_ENTRY: Final = "hard_limit_bound"
-"""``price_entry`` of a row charged at its hard limit's bound (usage missing or cut short):
-its cost is ``charge_of_incomplete``'s, not a price table entry's quote of its usage."""
 
 
 class Counted(Protocol):
@@ -177,6 +177,8 @@ def row_within_reservation(
     if event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300:
         return row  # the usual case (incomplete_answer inlined: one call less per request)
     charge = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
+    # On the event too: if the settle's write fails, the journaled path charges the same.
+    event.bound_cost_nano_usd = charge
     row.priced = True
     row.cost_nano_usd = charge
     row.price_status = PRICE_STATUS_PRICED

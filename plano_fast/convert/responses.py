@@ -47,6 +47,7 @@ from plano_fast.convert._ir import Text, Thinking, ToolUse
 from plano_fast.convert._request_responses import json_tool_for
 from plano_fast.convert._responses_out import echo_fields, emit_responses
 from plano_fast.convert.errors import ConversionError
+from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, counts_as_usage
 
 __all__ = ["convert_response", "parse_response", "Response"]
 
@@ -117,7 +118,7 @@ def _parse_openai(body: JSONDict) -> Response:
             n_calls += 1
     resp.stop = stop_from("openai", choice.get("finish_reason"), n_calls > 0)
     usage = body.get("usage")
-    if isinstance(usage, dict):
+    if isinstance(usage, dict) and counts_as_usage(API_OPENAI_CHAT, usage):  # else none: as billed
         resp.usage = usage_from_openai(usage)
     return resp
 
@@ -143,7 +144,7 @@ def _parse_anthropic(body: JSONDict) -> Response:
     seq = body.get("stop_sequence")
     resp.stop_sequence = seq if isinstance(seq, str) else None
     usage = body.get("usage")
-    if isinstance(usage, dict):
+    if isinstance(usage, dict) and counts_as_usage(API_ANTHROPIC, usage):  # else none: as billed
         resp.usage = usage_from_anthropic(usage)
     return resp
 
@@ -175,7 +176,7 @@ def _parse_gemini(body: JSONDict) -> Response:
         raise _upstream_unusable("gemini", "has no candidates")
     resp.stop = stop_from("gemini", finish, n_calls > 0)
     usage = body.get("usageMetadata")
-    if isinstance(usage, dict):
+    if isinstance(usage, dict) and counts_as_usage(API_GEMINI, usage):  # else none: as billed
         resp.usage = usage_from_gemini(usage)
     return resp
 

@@ -56,6 +56,7 @@ from plano_fast.convert._responses_out import echo_fields
 from plano_fast.convert._stream_emit import EMITTERS, Emitter, render_stream_error
 from plano_fast.convert._stream_responses import ResponsesEmitter
 from plano_fast.convert.errors import ConversionError, ErrorInfo, error_info_from
+from plano_fast.wire import API_GEMINI, counts_as_usage
 
 __all__ = ["StreamConverter", "MAX_EVENT_BYTES"]
 
@@ -320,7 +321,13 @@ class _GeminiSource(_Source):
             return
         meta = obj.get("usageMetadata")
         usage: Usage | None = None
-        if type(meta) is dict:  # cumulative: every event carries the totals so far
+        if type(meta) is not dict or not counts_as_usage(API_GEMINI, meta):
+            # Cumulative, the final counts on the last event: an event without usage (or
+            # with one the bill refuses) leaves none that is final, as the scanner rules
+            # (plano_fast.wire._scan_py, Gemini): no usage for the client either.
+            self.usage["has_usage"] = False
+            em.usage = None
+        else:  # cumulative: every event carries the totals so far
             self._record(
                 meta.get("promptTokenCount"),
                 meta.get("candidatesTokenCount"),

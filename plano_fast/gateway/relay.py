@@ -38,6 +38,7 @@ from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
+from plano_fast.usage_estimate import ContentMeter, tokens_of_bytes
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
     STATUS_CLIENT_GONE,
@@ -284,6 +285,7 @@ class Exchange:
         "client_left",
         "drain_left",
         "drain_timer",
+        "content_meter",
         "client",
         "sent_ns",
         "head_ns",
@@ -309,6 +311,8 @@ class Exchange:
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
+    #: a departed client's streamed answer, metered for its output estimate (set only then)
+    content_meter: ContentMeter | None
 
     #: the ``mode`` label of this exchange's metrics
     MODE = "config"
@@ -449,6 +453,7 @@ class Exchange:
             return
         self.client_left = True
         self.drain_left = self.ctx.gone_drain_bytes
+        self.content_meter = ContentMeter(self.scan_api, self.responder.bytes_sent > 0) if self.streaming else None
         self.drain_timer = self.ctx.pool.loop.call_later(self.ctx.gone_drain_s, self.give_up_drain)
         self.ctx.draining.add(self)
         conn.resume_reading()  # it may have been paused for the slow client
@@ -479,15 +484,20 @@ class Exchange:
 
     def _settle_left(self) -> None:
         """Settle a departed client's exchange: the provider's usage when it was read,
-        otherwise an estimate (input from the request body, output from the response
-        bytes seen, both at 4 bytes a token), flagged by its status."""
+        otherwise an estimate (input from the request body at 4 bytes a token; output from
+        the generated text of a stream, ``plano_fast.usage_estimate``, or from the bytes
+        of a JSON answer), flagged by its status."""
         self._end_drain()
         event = self.make_event(STATUS_CLIENT_GONE, self.status)
         if not event.has_usage:
             event.status = STATUS_CLIENT_GONE_ESTIMATED
-            event.input_tokens = max(1, (len(self.request.body) + 3) // 4)
-            seen = self.responder.bytes_sent + self.ctx.gone_drain_bytes - self.drain_left
-            event.output_tokens = max(1, (seen + 3) // 4)
+            event.input_tokens = tokens_of_bytes(len(self.request.body))
+            meter = self.content_meter
+            if meter is not None:
+                event.output_tokens = meter.output_tokens(self.responder.bytes_sent)
+            else:
+                event.output_tokens = tokens_of_bytes(
+                    self.responder.bytes_sent + self.ctx.gone_drain_bytes - self.drain_left)
             event.has_usage = True
         self.outcome = event.status
         self._sink_left(event)
@@ -610,6 +620,9 @@ class Exchange:
         scanner = self.scanner
         if scanner is not None:
             scanner.feed(data)
+        meter = self.content_meter
+        if meter is not None:
+            meter.feed(data)
         self.drain_left -= len(data)
         if self.drain_left < 0:
             self.give_up_drain()
@@ -850,5 +863,5 @@ class Exchange:
             self.wire_format, usage.tool_use_prompt_tokens, usage.cache_write_1h_tokens,
             usage.audio_input_tokens, usage.audio_output_tokens,
             None if raw is None else raw.decode("utf-8", "replace"),
-            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail,
+            USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail, None,
         )  # fmt: skip

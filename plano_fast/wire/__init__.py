@@ -37,6 +37,7 @@ import os
 from collections.abc import Callable
 from typing import Final
 
+from plano_fast.wire._scan_py import _usage_counts  # counts_as_usage: the twin is the specification
 from plano_fast.wire._shared import ScanError
 
 #: The one switch: "1" runs the pure-Python build of every wire module.
@@ -199,6 +200,7 @@ __all__ = [
     "Usage",
     "UsageScanner",
     "access_log_lines",
+    "counts_as_usage",
     "dlp_scan_body",
     "dlp_scan_text",
     "forward_request_headers",
@@ -209,3 +211,12 @@ __all__ = [
     "rewrite_request",
     "scan_request",
 ]
+
+
+def counts_as_usage(api: int, usage: object) -> bool:
+    """Whether a provider's usage object counts for billing, by the scanner's rule (the
+    twin's docstring: an object, an input or output count present, every count present an
+    int in [0, MAX_TOKEN_COUNT], every details member an object or null).  For code that
+    reports a parsed usage (the converters), so what a client is told matches the row:
+    an object that does not count is no usage, for the client as for the bill."""
+    return _usage_counts(api, usage) is not None

@@ -103,7 +103,11 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
   counts override ``message_start`` ones when present.  Only a top-level
   ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
   in the fields but reports ``has_usage=False`` (its output count is a placeholder).
-* Gemini: ``usageMetadata`` (cumulative: the last one wins).
+* Gemini: ``usageMetadata`` (cumulative: the last one wins).  It sets ``has_usage`` only
+  while the last document carried one that counts: a stream whose last chunk has none
+  (the final counts ride on the last chunk, with its ``finishReason``) keeps the earlier
+  counts in the fields but reports ``has_usage=False``, as an Anthropic stream without
+  its ``message_delta`` usage does (the input counts are final, the output count is not).
 * For the other APIs the last usage object seen replaces the previous one entirely.
 
 A usage object counts only when it is an object, at least one of its input/output counts is
@@ -790,13 +794,16 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
                 acc.has_usage = True
         return
     usage, path = (top, top_path) if top is not None else (inner, inner_path)
-    if usage is None:
-        return
-    counts = _usage_counts(api, usage)
+    counts = None if usage is None else _usage_counts(api, usage)
     if counts is not None:
         acc.counts = [0 if value is None else value for value in counts]
         acc.has_usage = True
         _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), False)
+    elif api == API_GEMINI:
+        # Gemini's usageMetadata is cumulative and the final one rides on the last chunk:
+        # a document after it without one leaves counts that are not the final ones (the
+        # input is, the output is short), so the usage is not complete (the fields stay).
+        acc.has_usage = False
 
 
 def _apply_value(acc: _Acc, api: int, value: Any, payload: bytes) -> None:

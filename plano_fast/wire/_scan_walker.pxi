@@ -454,6 +454,8 @@ cdef void doc_eval(Walker *w) noexcept nogil:
         if r.fst[F_CR] != ST_OK and r.fst[F_HIT] == ST_OK:
             a.v[F_CR] = r.fv[F_HIT]
         a.has_usage = 1
+    elif api == A_GEM:
+        a.has_usage = 0  # a Gemini document without usage after the last one (the twin's note)
 
 
 cdef void value_end(Walker *w, int64_t off) noexcept nogil:
