@@ -307,3 +307,35 @@ def test_a_model_name_cannot_forge_an_access_log_line(
     lines = log_path.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["status"] == 400 for line in lines), lines
     assert all(json.loads(line)["model"].endswith(forged) for line in lines)
+
+
+# -- a ?key= credential is checked as decoded ----------------------------------------------------
+
+GEMINI = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+
+
+def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
+    firewall: Any, fake: FakeProviderThread  # noqa: F811
+) -> None:
+    """Was: ``?key=KEY%20`` (or ``+KEY``, ``%09``) was decoded and then stripped, so a key
+    with encoded whitespace was verified and forwarded as the registered one, although
+    docs/security.md refuses spaces in a key; a malformed escape (``%zz``, a trailing ``%``)
+    was taken literally.  Each is a 401, never forwarded; the plain key is served."""
+    gateway, _, _ = firewall
+    key = USER_KEY.encode()
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent?key="
+    for value in (key + b"%20", key + b"+", b"+" + key, b"%20" + key, key + b"%09", b"%09" + key,
+                  key + b"%", key + b"%zz", key + b"%0d%0a", key + b"%00", key + b"%C3%A9"):
+        fake.clear()
+        answer = exchange(gateway.port, post(path + value, GEMINI, b""))
+        assert answer.status == 401, (value, answer.raw[:300])
+        assert answer.error_json()["error"]["status"] == "UNAUTHENTICATED", answer.body  # Gemini format
+        assert USER_KEY not in answer.body.decode()
+        assert provider_calls(fake) == [], value
+    # the same key, plainly or with an escape that decodes to itself, is served once
+    for value in (key, key.replace(b"-", b"%2D", 1)):
+        fake.clear()
+        answer = exchange(gateway.port, post(path + value, GEMINI, b""))
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        assert call.header_all("x-goog-api-key") == [USER_KEY] and "key=" not in call.path
