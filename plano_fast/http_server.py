@@ -243,7 +243,10 @@ class Responder:
         "on_client_gone",
         "logged",
     )
-    #: (a slot set only by ``peer``: unset means False, read with getattr; no store per request)
+    #: this request's access-log line is written (set by the exchange that wrote it,
+    #: ``Exchange.observe`` / ``refused``): a refusal answered later gets no second line
+    #: (``ServerProtocol``'s ``on_refusal``).  Set only with an access log: unset means
+    #: False, read with getattr (no store per request without one)
     logged: bool
 
     def __init__(self, proto: ServerProtocol, keep_alive: bool, http11: bool = True) -> None:
@@ -394,11 +397,9 @@ class Responder:
 
     def peer(self) -> str:
         """The client's address as "host:port" ("" when unknown): for this request's
-        access-log line, which taking it notes (``logged``: a refusal answered later gets
-        no second line, see ``ServerProtocol``'s ``on_refusal``).
-        Once per connection (uvloop's get_extra_info("peername") and the formatting cost
-        ~5.6k instructions, ~2% of a firewall request, on every request otherwise)."""
-        self.logged = True
+        access-log line.  Once per connection (uvloop's get_extra_info("peername") and the
+        formatting cost ~5.6k instructions, ~2% of a firewall request, on every request
+        otherwise)."""
         proto = self._proto
         try:
             text = proto.peer_text
