@@ -420,6 +420,22 @@ class Responder:
         return text
 
 
+class HeadResponder(Responder):
+    """The responder of a HEAD request: the head the same GET would get, never a body byte
+    (RFC 9110 9.3.2).  A body after a HEAD's head -- an error's JSON, /healthz's answer --
+    is read by a front proxy as the start of the next response on the connection: its
+    client gets the wrong answer (response desync)."""
+
+    __slots__ = ()
+
+    def send_body(self, data: bytes | memoryview) -> None:
+        return None
+
+    def end(self) -> None:
+        self._chunked = False  # no body: no terminating chunk either
+        Responder.end(self)
+
+
 class ServerProtocol(asyncio.Protocol):
     """One client connection: parse, enforce limits, run exchanges in order."""
 
@@ -761,7 +777,9 @@ class ServerProtocol(asyncio.Protocol):
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
         self.deadline = 0.0  # (_cancel_timer, inline)
-        responder = Responder(self, request.keep_alive and not self.draining, request.http11)
+        responder = (Responder if request.method != b"HEAD" else HeadResponder)(
+            self, request.keep_alive and not self.draining, request.http11
+        )
         self._active = responder
         try:
             pending = self._handler(request, responder)

@@ -339,3 +339,21 @@ def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
         assert answer.status == 200, answer.raw[:300]
         [call] = provider_calls(fake)
         assert call.header_all("x-goog-api-key") == [USER_KEY] and "key=" not in call.path
+
+
+# -- HEAD: a head, never a body ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [b"/healthz", b"/v1/models", b"/v1/chat/completions", b"/nowhere"])
+def test_a_head_request_gets_no_body(gateway: GatewayProcess, path: bytes) -> None:
+    """Was: HEAD got the GET's (or the error's) body after its head -- /healthz's JSON, a
+    405's error -- which a front proxy reads as the start of the next response on the
+    connection (RFC 9110 9.3.2: a HEAD answer has no content): response desync.  Now the
+    head only, and the pipelined GET behind it is answered right after it."""
+    data = _pipelined(gateway.port, b"HEAD " + path + b" HTTP/1.1\r\nHost: gw\r\n\r\n",
+                      b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), data[:300]
+    assert rest.startswith(b"HTTP/1.1 200 "), data[:600]
+    second_head, _, second_body = rest.partition(b"\r\n\r\n")
+    assert b'"ok"' in second_body, rest[:400]
