@@ -288,6 +288,38 @@ def test_dot_segment_models_match_no_wildcard(
     assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
 
 
+def test_a_wildcard_model_that_becomes_a_path_segment_is_one_plain_segment(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: ``gemini/x\r\nHost: evil``, ``gemini/../x``, ``azure_openai/x?key=1`` (any id
+    after a wildcard's prefix) were routed and sent percent-encoded into the upstream path
+    (``/v1beta/models/..%2Fx:generateContent``): no request-line injection, but a path a
+    decoding proxy or server reads as another endpoint.  Where the model is a path segment
+    upstream, the id must be one segment of letters, digits and ``._-``: else the
+    unknown-model 400, nothing forwarded."""
+    gateway = make_gateway(extra_providers=(
+        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
+        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    for prefix in (b"gemini/", b"azure_openai/"):
+        for tail in (b"x\\r\\nHost: evil", b"x\\u0000y", b"../x", b"x/y", b"x?key=1", b"x#y", b"x%2F..", b"x y",
+                     b"x:generateContent", b"-x", b"\\u2028x", b"x" * 300):
+            fake.clear()
+            body = b'{"model":"' + prefix + tail + b'","messages":[{"role":"user","content":"hi"}]}'
+            answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b""))
+            assert answer.status == 400 and "not found" in answer.error_json()["error"]["message"], (tail, answer.body)
+            assert provider_calls(fake) == [], (prefix, tail)
+        fake.clear()
+        plain = b'{"model":"' + prefix + b'my-model_2.0","messages":[{"role":"user","content":"hi"}]}'
+        assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
+        [call] = provider_calls(fake)
+        assert "/my-model_2.0" in call.path, call.path
+    # a body-placed wildcard id keeps its '/' (OpenRouter-style "vendor/model" ids)
+    fake.clear()
+    vendor = b'{"model":"openai/vendor/model-x","messages":[{"role":"user","content":"hi"}]}'
+    assert exchange(gateway.port, post(b"/v1/chat/completions", vendor, b"")).status == 200
+    assert [c.json()["model"] for c in provider_calls(fake)] == ["vendor/model-x"]
+
+
 # -- the access log: one line per answer for every reader ---------------------------------------
 
 
