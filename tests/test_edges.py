@@ -389,3 +389,24 @@ def test_a_head_request_gets_no_body(gateway: GatewayProcess, path: bytes) -> No
     assert rest.startswith(b"HTTP/1.1 200 "), data[:600]
     second_head, _, second_body = rest.partition(b"\r\n\r\n")
     assert b'"ok"' in second_body, rest[:400]
+
+
+# -- a NUL in a row's text -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_a_model_with_a_nul_is_still_billed(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """Was: ``"model":"openai/x\\u0000y"`` (a wildcard forwards any id) was served, and
+    PostgreSQL refused its usage row (text cannot hold U+0000: CharacterNotInRepertoireError)
+    -- a served request without a row, kept only in the journal's rejected file.  Now the
+    NUL is written as U+FFFD in both stores (the same row either way)."""
+    from tests.test_billing_e2e import wait_rows
+
+    dsn = request.getfixturevalue("pg_dsn") if store == "postgres" else None
+    gateway = make_gateway({"database_url": f'"{dsn}"'} if dsn else {})
+    body = b'{"model":"openai/x\\u0000y","messages":[{"role":"user","content":"hi"}]}'
+    assert exchange(gateway.port, post(b"/v1/chat/completions", body, b"")).status == 200
+    rows = wait_rows(dsn, str(tmp_path / "plano_config_0.db"), 1, timeout_s=8)
+    assert [(r.model, r.requested_model) for r in rows] == [("x\ufffdy", "openai/x\ufffdy")]
