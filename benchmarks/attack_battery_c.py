@@ -224,6 +224,19 @@ def hop_by_hop_dropped(s: Stack) -> Result:
     return Result(ok, f"{answer.status} fwd={len(calls)} leaked={leaked}")
 
 
+@case("hop-by-hop", "Connection: Upgrade + Upgrade: websocket with a body that is a request: one 400, close, nothing forwarded")
+def upgrade_with_body(s: Stack) -> Result:
+    inner = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    before = len(s.provider_calls())
+    data = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n" + s.auth + b"Connection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nContent-Length: %d\r\n\r\n" % len(inner) + inner)
+    answer = exchange(s.gateway.port, data, until_close=True, wait_s=4)
+    answers = answer.raw.count(b"HTTP/1.1 ")
+    fwd = len(_calls_since(s, before))
+    return Result(answers == 1 and answer.status == 400 and answer.closed and not fwd,
+                  f"{answer.status} answers={answers} closed={answer.closed} fwd={fwd}")
+
+
 # smuggling against a front proxy ----------------------------------------------------------------------
 @case("smuggling", "GET with TE chunked + CL 0: 400, close")
 def get_te_and_cl(s: Stack) -> Result:
@@ -311,9 +324,16 @@ def nested_model_first(s: Stack) -> Result:
     return Result(ok, f"{answer.status} upstream model={models} row={[r['model'] for r in rows]}")
 
 
-@case("json", "\"a\\u0000b\" as the model: 400 (or the unknown-model 400/404), nothing forwarded")
+@case("json", "\"a\\u0000b\" as the model: the unknown-model 400 (config, managed), or forwarded untouched "
+      "(firewall) and its row written (NUL as U+FFFD)")
 def model_with_nul(s: Stack) -> Result:
-    return _not_forwarded(s, _req(s, b'{"model":"gpt-4o\\u0000mini","messages":[{"role":"user","content":"hi"}]}'), (400, 404))
+    body = b'{"model":"gpt-4o\\u0000mini","messages":[{"role":"user","content":"hi"}]}'
+    if s.mode != "firewall":
+        return _not_forwarded(s, _req(s, body), (400, 404))
+    answer, calls = _one_call(s, body)
+    rows = s.rows_for(answer, settle_s=0)
+    ok = answer.status == 200 and len(calls) == 1 and [r["model"] for r in rows] == ["gpt-4o\ufffdmini"]
+    return Result(ok, f"{answer.status} fwd={len(calls)} rows={[r['model'] for r in rows]}")
 
 
 @case("json", "\"stream\":true inside messages is not the request's stream: a JSON answer, billed")

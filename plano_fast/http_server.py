@@ -706,6 +706,12 @@ class ServerProtocol(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:
             raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
+        if parser.should_upgrade():
+            # Refused here, before the request is dispatched: httptools ends an upgrade
+            # request's message at its head (its body is the new protocol's bytes), so
+            # answering it and then refusing the upgrade was two answers to one request --
+            # the first without its body -- and a front proxy's next response was ours.
+            raise MalformedRequest("protocol upgrade is not supported")
         self._headers_done = True
         self._in_head = False
         self._head_raw = 0

@@ -410,3 +410,26 @@ def test_a_model_with_a_nul_is_still_billed(
     assert exchange(gateway.port, post(b"/v1/chat/completions", body, b"")).status == 200
     rows = wait_rows(dsn, str(tmp_path / "plano_config_0.db"), 1, timeout_s=8)
     assert [(r.model, r.requested_model) for r in rows] == [("x\ufffdy", "openai/x\ufffdy")]
+
+
+# -- Upgrade: one answer -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [(b"POST", b"/v1/chat/completions"), (b"GET", b"/healthz")])
+def test_an_upgrade_request_gets_one_answer(
+    gateway: GatewayProcess, fake: FakeProviderThread, method: bytes, path: bytes
+) -> None:
+    """Was: a request with ``Connection: Upgrade`` + ``Upgrade: websocket`` was dispatched
+    without its body (httptools ends an upgrade request at its head) -- a POST got "not
+    valid JSON", a GET its answer -- and then the upgrade was refused: two answers to one
+    request, so a front proxy that forwards Upgrade took the second as the answer to its
+    next request.  Now one 400 and the connection closes; nothing forwarded."""
+    inner = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    fake.clear()
+    data = (method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(inner) + inner)
+    answer = exchange(gateway.port, data, until_close=True, wait_s=5)
+    assert answer.raw.count(b"HTTP/1.1 ") == 1, answer.raw[:600]
+    assert answer.status == 400 and answer.closed, answer.raw[:300]
+    assert "upgrade" in answer.error_json()["error"]["message"]
+    assert provider_calls(fake) == []
