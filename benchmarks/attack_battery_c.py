@@ -67,6 +67,38 @@ def _not_forwarded(s: Stack, data: bytes, statuses: tuple[int, ...], must_close:
     return refused(s, data, statuses, must_close=must_close, **kw)
 
 
+# credentials: every source, the same rules ---------------------------------------------------------
+@case("identity", "each credential source (Bearer, x-api-key, x-goog-api-key, api-key, ?key=) with an encoded or "
+      "inner space, a control byte (a header's: the parser's 400), non-ASCII, an empty value or twice: 401, nothing "
+      "forwarded; the plain key: 200",
+      modes=("firewall",))
+def credential_sources_same_rules(s: Stack) -> Result:
+    key = s.auth.split(b"Bearer ")[1].strip()
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent"
+    bad: list[str] = []
+
+    def attempt(headers: bytes, query: bytes, want: int) -> None:
+        before = len(s.provider_calls())
+        answer = exchange(s.gateway.port, post(path + (b"?" + query if query else b""), GEMINI_BODY, headers))
+        fwd = len(_calls_since(s, before))
+        # (a control byte in a header value is the HTTP parser's 400, before identification)
+        status_ok = answer.status == want or (want == 401 and answer.status == 400 and b"\x01" in headers)
+        if not status_ok or (want != 200 and fwd) or key.decode() in answer.body.decode("latin-1"):
+            bad.append(f"{(headers + query)[:60]!r}->{answer.status} fwd={fwd}")
+
+    for name in (b"Authorization: Bearer ", b"x-api-key: ", b"x-goog-api-key: ", b"api-key: "):
+        attempt(name + key + b"\r\n", b"", 200)
+        for value in (key + b"%20", b"K EY", key + b"\x01", key + b"\xc3\xa9", b""):
+            attempt(name + value + b"\r\n", b"", 401)
+        attempt(name + key + b"\r\n" + name + key + b"\r\n", b"", 401)
+    attempt(b"", b"key=" + key, 200)
+    for value in (key + b"%20", key + b"+", b"%20" + key, key + b"%09", key + b"%01", key + b"%C3%A9", b"", key + b"%zz"):
+        attempt(b"", b"key=" + value, 401)
+    attempt(b"", b"key=" + key + b"&key=" + key, 401)
+    attempt(b"x-goog-api-key: " + key + b"\r\n", b"key=" + key, 401)
+    return Result(not bad, "; ".join(bad)[:300] or "every malformed or repeated credential: 401, none forwarded")
+
+
 # gemini paths --------------------------------------------------------------------------------
 GEMINI_PATHS: dict[str, bytes] = {
     "gemini_path_traversal": b"..%2F..%2Fx:generateContent",
