@@ -438,18 +438,22 @@ def max_tokens_odd_numbers(s: Stack) -> Result:
 
 
 # resources -------------------------------------------------------------------------------------
-@case("resource", "10k tiny pipelined requests then close: the gateway stays up and serves the next client")
+@case("resource", "10k tiny pipelined requests then close: the gateway stays up, RSS grows < 16 MB, serves the next client")
 def pipelined_10k_then_close(s: Stack) -> Result:
+    pids = _gateway_pids(s)
+    start_kb = sum(_rss_kb(p) for p in pids)
     one = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+    chat = _req(s)
     sock = socket.create_connection(("127.0.0.1", s.gateway.port), timeout=10)
     try:
-        sock.sendall(one * 10_000)
+        sock.sendall((one * 9 + chat) * 1_000)
     except OSError:
         pass
     sock.close()
-    time.sleep(0.5)
+    time.sleep(1.0)
+    grown_mb = (sum(_rss_kb(p) for p in pids) - start_kb) / 1024
     answer = exchange(s.gateway.port, _req(s))
-    return Result(answer.status == 200, f"next client: {answer.status}")
+    return Result(answer.status == 200 and grown_mb < 16, f"RSS +{grown_mb:.1f} MB, next client: {answer.status}")
 
 
 def _rss_kb(pid: int) -> int:

@@ -129,7 +129,8 @@ class _DateHeader:
 DATE_HEADER = _DateHeader()
 SERVER_HEADER = b"server: plano_fast\r\n"
 #: request headers that decide framing and get checked as they arrive
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+#: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades)
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
 
 class Request:
@@ -463,6 +464,7 @@ class ServerProtocol(asyncio.Protocol):
         "_writing_paused",
         "_expect_continue",
         "_te_seen",
+        "_upgrade_seen",
         "_in_head",
         "_msg_started",
         "_head_raw",
@@ -517,6 +519,7 @@ class ServerProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._expect_continue = False
         self._te_seen = False
+        self._upgrade_seen = False
         self._in_head = True
         self._msg_started = False
         self._head_raw = 0
@@ -654,6 +657,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers_done = False
         self._expect_continue = False
         self._te_seen = False
+        self._upgrade_seen = False
         self._in_head = True
         self._msg_started = True
         self._quiet_raw = 0
@@ -688,6 +692,8 @@ class ServerProtocol(asyncio.Protocol):
                     "unsupported Transfer-Encoding: only a single 'chunked' is accepted"
                 )
             self._te_seen = True
+        elif name == b"upgrade":
+            self._upgrade_seen = True
         else:  # expect
             if value.strip().lower() != b"100-continue":
                 raise MalformedRequest("unsupported Expect header")
@@ -706,7 +712,7 @@ class ServerProtocol(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:
             raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
-        if parser.should_upgrade():
+        if self._upgrade_seen and parser.should_upgrade():
             # Refused here, before the request is dispatched: httptools ends an upgrade
             # request's message at its head (its body is the new protocol's bytes), so
             # answering it and then refusing the upgrade was two answers to one request --
