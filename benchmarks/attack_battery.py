@@ -10,6 +10,9 @@ and prints what it saw; the exit status is the number of failures.
     .venv/bin/python -m benchmarks.attack_battery [--mode config,firewall,managed] [-k NAME]
 
 The cases that found bugs are also tests (tests/test_edges.py) that import the helpers here.
+The second round's cases (Gemini paths, header injection, hop-by-hop headers, smuggling
+against a front proxy, JSON tricks, resources) are in benchmarks/attack_battery_c.py and run
+with these.
 """
 
 from __future__ import annotations
