@@ -437,3 +437,24 @@ def test_an_upgrade_request_gets_one_answer(
     assert answer.status == 400 and answer.closed, answer.raw[:300]
     assert "upgrade" in answer.error_json()["error"]["message"]
     assert provider_calls(fake) == []
+
+
+def test_head_on_an_unbilled_path_is_not_forwarded(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: ``HEAD`` on a ``firewall_unbilled_paths`` path was forwarded; the provider's
+    answer (a Content-Length, no body) was relayed as if a body followed, so the client
+    waited for the idle timeout and got a cut answer.  Now a 405 at once, nothing forwarded
+    (GET on the same path is forwarded as before)."""
+    from tests.test_firewall import setup_keys
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"mode": "firewall", "key_registry_reload_s": 1, "firewall_unbilled_paths": "[/v1/files]"},
+                           before_start=lambda: setup_keys(sqlite_path, fake.url))
+    auth = b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n"
+    fake.clear()
+    answer = exchange(gateway.port, b"HEAD /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
+    assert answer.status == 405 and answer.body == b"", answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, b"GET /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
+    assert [c.method for c in provider_calls(fake)] == ["GET"], answer.raw[:300]
