@@ -10,6 +10,9 @@ and prints what it saw; the exit status is the number of failures.
     .venv/bin/python -m benchmarks.attack_battery [--mode config,firewall,managed] [-k NAME]
 
 The cases that found bugs are also tests (tests/test_edges.py) that import the helpers here.
+The second round's cases (Gemini paths, header injection, hop-by-hop headers, smuggling
+against a front proxy, JSON tricks, resources) are in benchmarks/attack_battery_c.py and run
+with these.
 """
 
 from __future__ import annotations
@@ -296,6 +299,12 @@ SCRIPTED_PROVIDER = """\
     base_url: http://127.0.0.1:{port}
     provider_interface: openai
     access_key: sk-scripted
+  - model: gemini/*
+    base_url: http://127.0.0.1:{fake_port}/v1beta
+    access_key: sk-gemini
+  - model: azure_openai/*
+    base_url: http://127.0.0.1:{fake_port}
+    access_key: sk-azure
 """
 
 
@@ -323,7 +332,7 @@ def start_stack(mode: str, workdir: Path, fake: FakeProviderThread, scripted: Sc
         env = ENV
         # a hard limit of $0.50: every request reserves; 10^6 output tokens ($0.60) do not fit
         before = lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=500_000_000))  # noqa: E731
-    write_config(config, fake.port, settings, SCRIPTED_PROVIDER.format(port=scripted.port))
+    write_config(config, fake.port, settings, SCRIPTED_PROVIDER.format(port=scripted.port, fake_port=fake.port))
     gateway = GatewayProcess(config, env=env, before_start=before)
     if mode == "managed":
         auth = b"Authorization: Bearer " + tenants[0].token.encode() + b"\r\n"
@@ -903,6 +912,12 @@ def anthropic_error_format(s: Stack) -> Result:
                   f"{answer.status} {answer.body[:70]!r}")
 
 
+def all_cases() -> list[Case]:
+    """This module's cases, then the second round's (benchmarks/attack_battery_c.py)."""
+    from benchmarks import attack_battery_c
+    return CASES + attack_battery_c.CASES
+
+
 def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, Result]]:
     results: list[tuple[str, str, str, Result]] = []
     workdir = Path(tempfile.mkdtemp(prefix="attack-battery-"))
@@ -911,7 +926,7 @@ def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, 
         for mode in modes:
             stack = start_stack(mode, workdir, fake, scripted)
             try:
-                for c in CASES:
+                for c in all_cases():
                     if mode not in c.modes or (only and only not in c.name):
                         continue
                     try:

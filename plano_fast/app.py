@@ -554,8 +554,8 @@ class Gateway:
         """Every refusal the server answers (parse errors, 404/405, auth, budgets, rate
         limits, ...; the path of errors only): errors_total by type, and the answer's
         access-log line unless it has one.  An exchange that refused or settled wrote its
-        own (with its mode, key hash and model; taking the client's address for it marked
-        the responder ``logged``); what no exchange logged -- a refusal before a mode
+        own (with its mode, key hash and model) and marked the responder ``logged``; what
+        no exchange logged -- a refusal before a mode
         handles the request -- gets plano_fast.access_log.refusal_record.  Not counted: an
         UpstreamError, whose exchange (a provider it could not reach) has settled itself,
         and its settle counted it (``upstream`` or ``timeout``, Exchange.observe) -- once."""

@@ -12,7 +12,9 @@ registered key and have the provider serve (and the project pay for) another one
   two headers, a header twice, a header plus ``key=`` -- is a 401, never forwarded;
 * the one credential must be well formed: ``Authorization`` only as ``Bearer <token>``; a
   token is visible ASCII (so a key that is not valid UTF-8 is a 401 everywhere, never a
-  500);
+  500); a header's optional whitespace around the value is HTTP's, not the key's, while a
+  ``key=`` value is percent-decoded and checked as decoded (``KEY%20``, ``+KEY``, ``%zz``:
+  401);
 * the verified credential is written back, exactly once, in the header the client used
   (a ``key=`` parameter becomes ``x-goog-api-key``, which Gemini documents as equivalent),
   and every ``key`` parameter is removed from the forwarded query.
@@ -33,6 +35,7 @@ from plano_fast.wire import forward_request_headers
 
 _PRINTABLE: Final = bytes(range(0x21, 0x7F))
 _QUERY_SPLIT: Final = re.compile(rb"[&;]")
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 #: Where the gateway writes a ``key=`` credential back (Gemini's documented header).
 QUERY_KEY_HEADER: Final = b"x-goog-api-key"
 
@@ -162,7 +165,13 @@ def _bearer_credential(value: bytes) -> Credential:
 
 
 def _query_credential(raw: bytes) -> Credential:
-    token = unquote_to_bytes(raw.replace(b"+", b" ")).strip(b" \t")
+    # Decoded, then held to the header rule as it is: nothing stripped.  A header's
+    # surrounding spaces are HTTP's optional whitespace, not part of its value; a decoded
+    # ``%20`` or ``+`` is part of the key (``KEY%20`` is another key to the provider), and
+    # a malformed escape (``%zz``, a trailing ``%``) has no one decoding to verify.
+    if _BAD_ESCAPE.search(raw):
+        raise Unauthorized("the key query parameter has a malformed percent-escape")
+    token = unquote_to_bytes(raw.replace(b"+", b" "))
     if not token:
         raise Unauthorized("the key query parameter is empty (or is not an API key)")
     _check_token(token)

@@ -129,7 +129,8 @@ class _DateHeader:
 DATE_HEADER = _DateHeader()
 SERVER_HEADER = b"server: plano_fast\r\n"
 #: request headers that decide framing and get checked as they arrive
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+#: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades)
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
 
 
 class Request:
@@ -243,7 +244,10 @@ class Responder:
         "on_client_gone",
         "logged",
     )
-    #: (a slot set only by ``peer``: unset means False, read with getattr; no store per request)
+    #: this request's access-log line is written (set by the exchange that wrote it,
+    #: ``Exchange.observe`` / ``refused``): a refusal answered later gets no second line
+    #: (``ServerProtocol``'s ``on_refusal``).  Set only with an access log: unset means
+    #: False, read with getattr (no store per request without one)
     logged: bool
 
     def __init__(self, proto: ServerProtocol, keep_alive: bool, http11: bool = True) -> None:
@@ -394,11 +398,9 @@ class Responder:
 
     def peer(self) -> str:
         """The client's address as "host:port" ("" when unknown): for this request's
-        access-log line, which taking it notes (``logged``: a refusal answered later gets
-        no second line, see ``ServerProtocol``'s ``on_refusal``).
-        Once per connection (uvloop's get_extra_info("peername") and the formatting cost
-        ~5.6k instructions, ~2% of a firewall request, on every request otherwise)."""
-        self.logged = True
+        access-log line.  Once per connection (uvloop's get_extra_info("peername") and the
+        formatting cost ~5.6k instructions, ~2% of a firewall request, on every request
+        otherwise)."""
         proto = self._proto
         try:
             text = proto.peer_text
@@ -417,6 +419,22 @@ class Responder:
             except AttributeError:  # a stand-in protocol (tests, benchmarks)
                 pass
         return text
+
+
+class HeadResponder(Responder):
+    """The responder of a HEAD request: the head the same GET would get, never a body byte
+    (RFC 9110 9.3.2).  A body after a HEAD's head -- an error's JSON, /healthz's answer --
+    is read by a front proxy as the start of the next response on the connection: its
+    client gets the wrong answer (response desync)."""
+
+    __slots__ = ()
+
+    def send_body(self, data: bytes | memoryview) -> None:
+        return None
+
+    def end(self) -> None:
+        self._chunked = False  # no body: no terminating chunk either
+        Responder.end(self)
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -446,6 +464,7 @@ class ServerProtocol(asyncio.Protocol):
         "_writing_paused",
         "_expect_continue",
         "_te_seen",
+        "_upgrade_seen",
         "_in_head",
         "_msg_started",
         "_head_raw",
@@ -500,6 +519,7 @@ class ServerProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._expect_continue = False
         self._te_seen = False
+        self._upgrade_seen = False
         self._in_head = True
         self._msg_started = False
         self._head_raw = 0
@@ -637,6 +657,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers_done = False
         self._expect_continue = False
         self._te_seen = False
+        self._upgrade_seen = False
         self._in_head = True
         self._msg_started = True
         self._quiet_raw = 0
@@ -671,6 +692,8 @@ class ServerProtocol(asyncio.Protocol):
                     "unsupported Transfer-Encoding: only a single 'chunked' is accepted"
                 )
             self._te_seen = True
+        elif name == b"upgrade":
+            self._upgrade_seen = True
         else:  # expect
             if value.strip().lower() != b"100-continue":
                 raise MalformedRequest("unsupported Expect header")
@@ -689,6 +712,12 @@ class ServerProtocol(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:
             raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
+        if self._upgrade_seen and parser.should_upgrade():
+            # Refused here, before the request is dispatched: httptools ends an upgrade
+            # request's message at its head (its body is the new protocol's bytes), so
+            # answering it and then refusing the upgrade was two answers to one request --
+            # the first without its body -- and a front proxy's next response was ours.
+            raise MalformedRequest("protocol upgrade is not supported")
         self._headers_done = True
         self._in_head = False
         self._head_raw = 0
@@ -760,7 +789,9 @@ class ServerProtocol(asyncio.Protocol):
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
         self.deadline = 0.0  # (_cancel_timer, inline)
-        responder = Responder(self, request.keep_alive and not self.draining, request.http11)
+        responder = (Responder if request.method != b"HEAD" else HeadResponder)(
+            self, request.keep_alive and not self.draining, request.http11
+        )
         self._active = responder
         try:
             pending = self._handler(request, responder)

@@ -1137,12 +1137,17 @@ class RateLimits:
         backend.start_check(buckets, now_s, done)
 
     async def admit(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes:
-        """The Redis check, awaited (only when ``asynchronous``; raises RateLimited, or
-        BackendUnavailable when fail_closed); returns the admitted response's header lines
-        (see ``decide``)."""
+        """Admission on this process's leases, else the Redis check, awaited (only when
+        ``asynchronous``; raises RateLimited, or BackendUnavailable when fail_closed);
+        returns the admitted response's header lines (see ``decide``)."""
         head = self.admit_leased(buckets, anthropic)
         if head is not None:
             return head
+        return await self.admit_remote(buckets, anthropic)
+
+    async def admit_remote(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes:
+        """``admit`` after ``admit_leased`` said None (the leases cannot admit): only the
+        Redis check, awaited -- no second look at the leases, which nothing changed since."""
         backend = self.backend
         assert isinstance(backend, RedisBackend)
         now_s = time.time()

@@ -288,6 +288,38 @@ def test_dot_segment_models_match_no_wildcard(
     assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
 
 
+def test_a_wildcard_model_that_becomes_a_path_segment_is_one_plain_segment(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: ``gemini/x\r\nHost: evil``, ``gemini/../x``, ``azure_openai/x?key=1`` (any id
+    after a wildcard's prefix) were routed and sent percent-encoded into the upstream path
+    (``/v1beta/models/..%2Fx:generateContent``): no request-line injection, but a path a
+    decoding proxy or server reads as another endpoint.  Where the model is a path segment
+    upstream, the id must be one segment of letters, digits and ``._-``: else the
+    unknown-model 400, nothing forwarded."""
+    gateway = make_gateway(extra_providers=(
+        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
+        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    for prefix in (b"gemini/", b"azure_openai/"):
+        for tail in (b"x\\r\\nHost: evil", b"x\\u0000y", b"../x", b"x/y", b"x?key=1", b"x#y", b"x%2F..", b"x y",
+                     b"x:generateContent", b"-x", b"\\u2028x", b"x" * 300):
+            fake.clear()
+            body = b'{"model":"' + prefix + tail + b'","messages":[{"role":"user","content":"hi"}]}'
+            answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b""))
+            assert answer.status == 400 and "not found" in answer.error_json()["error"]["message"], (tail, answer.body)
+            assert provider_calls(fake) == [], (prefix, tail)
+        fake.clear()
+        plain = b'{"model":"' + prefix + b'my-model_2.0","messages":[{"role":"user","content":"hi"}]}'
+        assert exchange(gateway.port, post(b"/v1/chat/completions", plain, b"")).status == 200
+        [call] = provider_calls(fake)
+        assert "/my-model_2.0" in call.path, call.path
+    # a body-placed wildcard id keeps its '/' (OpenRouter-style "vendor/model" ids)
+    fake.clear()
+    vendor = b'{"model":"openai/vendor/model-x","messages":[{"role":"user","content":"hi"}]}'
+    assert exchange(gateway.port, post(b"/v1/chat/completions", vendor, b"")).status == 200
+    assert [c.json()["model"] for c in provider_calls(fake)] == ["vendor/model-x"]
+
+
 # -- the access log: one line per answer for every reader ---------------------------------------
 
 
@@ -307,3 +339,122 @@ def test_a_model_name_cannot_forge_an_access_log_line(
     lines = log_path.read_text().splitlines()
     assert len(lines) == 3 and all(json.loads(line)["status"] == 400 for line in lines), lines
     assert all(json.loads(line)["model"].endswith(forged) for line in lines)
+
+
+# -- a ?key= credential is checked as decoded ----------------------------------------------------
+
+GEMINI = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+
+
+def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
+    firewall: Any, fake: FakeProviderThread  # noqa: F811
+) -> None:
+    """Was: ``?key=KEY%20`` (or ``+KEY``, ``%09``) was decoded and then stripped, so a key
+    with encoded whitespace was verified and forwarded as the registered one, although
+    docs/security.md refuses spaces in a key; a malformed escape (``%zz``, a trailing ``%``)
+    was taken literally.  Each is a 401, never forwarded; the plain key is served."""
+    gateway, _, _ = firewall
+    key = USER_KEY.encode()
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent?key="
+    for value in (key + b"%20", key + b"+", b"+" + key, b"%20" + key, key + b"%09", b"%09" + key,
+                  key + b"%", key + b"%zz", key + b"%0d%0a", key + b"%00", key + b"%C3%A9"):
+        fake.clear()
+        answer = exchange(gateway.port, post(path + value, GEMINI, b""))
+        assert answer.status == 401, (value, answer.raw[:300])
+        assert answer.error_json()["error"]["status"] == "UNAUTHENTICATED", answer.body  # Gemini format
+        assert USER_KEY not in answer.body.decode()
+        assert provider_calls(fake) == [], value
+    # the same key, plainly or with an escape that decodes to itself, is served once
+    for value in (key, key.replace(b"-", b"%2D", 1)):
+        fake.clear()
+        answer = exchange(gateway.port, post(path + value, GEMINI, b""))
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        assert call.header_all("x-goog-api-key") == [USER_KEY] and "key=" not in call.path
+
+
+# -- HEAD: a head, never a body ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [b"/healthz", b"/v1/models", b"/v1/chat/completions", b"/nowhere"])
+def test_a_head_request_gets_no_body(gateway: GatewayProcess, path: bytes) -> None:
+    """Was: HEAD got the GET's (or the error's) body after its head -- /healthz's JSON, a
+    405's error -- which a front proxy reads as the start of the next response on the
+    connection (RFC 9110 9.3.2: a HEAD answer has no content): response desync.  Now the
+    head only, and the pipelined GET behind it is answered right after it."""
+    data = _pipelined(gateway.port, b"HEAD " + path + b" HTTP/1.1\r\nHost: gw\r\n\r\n",
+                      b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), data[:300]
+    assert rest.startswith(b"HTTP/1.1 200 "), data[:600]
+    second_head, _, second_body = rest.partition(b"\r\n\r\n")
+    assert b'"ok"' in second_body, rest[:400]
+
+
+# -- a NUL in a row's text -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["postgres", "sqlite"])
+def test_a_model_with_a_nul_is_still_billed(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """Was: ``"model":"openai/x\\u0000y"`` (a wildcard forwards any id) was served, and
+    PostgreSQL refused its usage row (text cannot hold U+0000: CharacterNotInRepertoireError)
+    -- a served request without a row, kept only in the journal's rejected file.  Now the
+    NUL is written as U+FFFD in both stores (the same row either way)."""
+    from tests.test_billing_e2e import read_rows
+
+    dsn = request.getfixturevalue("pg_dsn") if store == "postgres" else None
+    gateway = make_gateway({"database_url": f'"{dsn}"'} if dsn else {})
+    body = b'{"model":"openai/x\\u0000y","messages":[{"role":"user","content":"hi"}]}'
+    assert exchange(gateway.port, post(b"/v1/chat/completions", body, b"")).status == 200
+    deadline = time.monotonic() + 8
+    rows = read_rows(dsn, str(tmp_path / "plano_config_0.db"))
+    while not rows and time.monotonic() < deadline:  # (an unknown model is never priced: no wait for it)
+        time.sleep(0.2)
+        rows = read_rows(dsn, str(tmp_path / "plano_config_0.db"))
+    assert [(r.model, r.requested_model) for r in rows] == [("x\ufffdy", "openai/x\ufffdy")]
+
+
+# -- Upgrade: one answer -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [(b"POST", b"/v1/chat/completions"), (b"GET", b"/healthz")])
+def test_an_upgrade_request_gets_one_answer(
+    gateway: GatewayProcess, fake: FakeProviderThread, method: bytes, path: bytes
+) -> None:
+    """Was: a request with ``Connection: Upgrade`` + ``Upgrade: websocket`` was dispatched
+    without its body (httptools ends an upgrade request at its head) -- a POST got "not
+    valid JSON", a GET its answer -- and then the upgrade was refused: two answers to one
+    request, so a front proxy that forwards Upgrade took the second as the answer to its
+    next request.  Now one 400 and the connection closes; nothing forwarded."""
+    inner = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    fake.clear()
+    data = (method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(inner) + inner)
+    answer = exchange(gateway.port, data, until_close=True, wait_s=5)
+    assert answer.raw.count(b"HTTP/1.1 ") == 1, answer.raw[:600]
+    assert answer.status == 400 and answer.closed, answer.raw[:300]
+    assert "upgrade" in answer.error_json()["error"]["message"]
+    assert provider_calls(fake) == []
+
+
+def test_head_on_an_unbilled_path_is_not_forwarded(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: ``HEAD`` on a ``firewall_unbilled_paths`` path was forwarded; the provider's
+    answer (a Content-Length, no body) was relayed as if a body followed, so the client
+    waited for the idle timeout and got a cut answer.  Now a 405 at once, nothing forwarded
+    (GET on the same path is forwarded as before)."""
+    from tests.test_firewall import setup_keys
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"mode": "firewall", "key_registry_reload_s": 1, "firewall_unbilled_paths": "[/v1/files]"},
+                           before_start=lambda: setup_keys(sqlite_path, fake.url))
+    auth = b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n"
+    fake.clear()
+    answer = exchange(gateway.port, b"HEAD /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
+    assert answer.status == 405 and answer.body == b"", answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, b"GET /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
+    assert [c.method for c in provider_calls(fake)] == ["GET"], answer.raw[:300]

@@ -3,6 +3,7 @@ over real sockets with the OpenAI SDK against the fake provider."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -81,6 +82,15 @@ def metric(gateway: GatewayProcess, name: str) -> float:
             if line.startswith(f"plano_fast_{name} "):
                 return float(line.split()[1])
     raise AssertionError(f"no {name} in /metrics")
+
+
+def circuit_failures(gateway: GatewayProcess, model: str) -> int:
+    """The consecutive failures of ``model``'s circuit (0 when it has none yet)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/circuits",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        circuits = json.loads(resp.read())["circuits"]
+    return sum(int(c["consecutive_failures"]) for c in circuits if c["model"] == model)
 
 
 def test_a_slow_first_attempt_is_hedged_and_the_first_answer_wins(
@@ -208,6 +218,9 @@ def test_a_reused_connection_closing_while_its_hedge_is_in_flight_adopts_the_hed
     (row,) = [r for r in rows_for(sqlite_path, 2) if r.model != "gpt-4.1-mini"]
     assert row.model == "gpt-4o-mini" and row.status == "ok"
     assert row.attempts == 2, (row.attempts, row.attempt_trail)
+    # A stale keep-alive connection is not the provider's fault: no circuit failure (was: 1,
+    # so five such races opened a healthy target's circuit; without a hedge none is counted)
+    assert circuit_failures(gateway, "gpt-4.1-nano") == 0
 
 
 def test_hedge_after_ms_validates() -> None:

@@ -10,6 +10,7 @@ a request resolves.  It lives here, not in routing, so the loader never imports 
 
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterable, Mapping
 
 from plano_fast.config.model import ModelProvider
@@ -25,6 +26,12 @@ def _owner(p: ModelProvider) -> str:
 
 #: what a wildcard never matches after its prefix
 _NOT_MODEL_IDS = frozenset(("", "*", ".", ".."))
+#: what a wildcard matches after its prefix where the model id becomes a path segment
+#: upstream (Azure's deployment, Gemini's model): one segment of letters, digits and
+#: ``._-`` starting with a letter or digit, as the firewall's Gemini paths (docs/security.md).
+#: Anything else -- "/", "?", "#", "%", CR/LF, NUL, spaces -- would be sent percent-encoded
+#: to a path a decoding proxy or server could read as another endpoint.
+_PATH_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 
 class ModelIndex:
     """Lookup tables over a provider list (rules 1, 2 and 4).  Used by the loader too."""
@@ -65,7 +72,11 @@ class ModelIndex:
             canonical = canonical_provider_id(key)
             if canonical is not None:
                 p = self.wildcards.get(canonical)
-        return None if p is None else (p, rest)
+        if p is None:
+            return None
+        if (p.model_in_path or p.gemini_base_path is not None) and _PATH_MODEL_ID.fullmatch(rest) is None:
+            return None
+        return p, rest
 
     def names(self) -> list[str]:
         """Configured model names (wildcards as ``prefix/*``), in config order."""

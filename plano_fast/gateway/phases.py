@@ -179,11 +179,15 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str
 
 
 async def admit_awaited(exchange: Exchange, models: tuple[str | None, ...], key_hash: str | None) -> None:
-    """``rate_limit`` for a mode that awaits anyway (managed): check, in either backend."""
+    """``rate_limit`` for a mode that awaits anyway (managed): check, in either backend.
+    True from ``rate_limit``: the leases could not admit (it asked them), so only the Redis
+    check is left."""
     if rate_limit(exchange, models, key_hash):
         limits = exchange.ctx.ratelimits
         assert limits is not None and exchange.rl_buckets is not None
-        exchange.rl_head = await limits.admit(exchange.rl_buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
+        exchange.rl_head = await limits.admit_remote(
+            exchange.rl_buckets, exchange.request.api_format is ApiFormat.ANTHROPIC
+        )
 
 
 def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:

@@ -805,13 +805,15 @@ class Exchange:
             self.span = None
         access_log = ctx.access_log
         if access_log is not None:
+            responder = self.responder
+            responder.logged = True  # a refusal answered after this settle adds no line
             # Raw values only: the writer derives the fields (plano_fast.access_log.RECORD).
             access_log.record((
                 started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
                 event.provider, event.model, self.endpoint_name, event.http_status, event.status,
                 self.streaming, event.input_tokens, event.output_tokens, event.cache_read_tokens,
                 event.reasoning_tokens, now_ns, head_ns, sent_ns, event.attempts,
-                self.responder.peer(), self.guard_names, self.route_name, event.attempt_trail,
+                responder.peer(), self.guard_names, self.route_name, event.attempt_trail,
             ))  # fmt: skip
 
     def refused(self, error: GatewayError) -> None:
@@ -823,6 +825,8 @@ class Exchange:
         access_log = self.ctx.access_log
         if access_log is None or self.outcome:
             return
+        responder = self.responder
+        responder.logged = True  # the server's refusal handler adds no line of its own
         names = self.guard_names
         for name, value in error.headers(self.request.api_format):
             if name == b"x-plano-guardrail":
@@ -831,7 +835,7 @@ class Exchange:
             self.started_ns, self.request_id, self.MODE, self.project_id, self.key_hash,
             self.provider_id or None, self.model or self.requested_model, self.endpoint_name, error.status, "refused",
             self.streaming, None, None, None, None, time.time_ns(), 0, 0, self.attempts,
-            self.responder.peer(), names, self.route_name, error.code,
+            responder.peer(), names, self.route_name, error.code,
         ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:

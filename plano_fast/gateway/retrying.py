@@ -55,12 +55,16 @@ class RetryingExchange(Exchange):
         return None
 
     # -- the engine -------------------------------------------------------------------
-    def _failed(self, status: int | None, retry_after: float | None, kind: str) -> bool:
+    def _failed(
+        self, status: int | None, retry_after: float | None, kind: str, target_fault: bool = True
+    ) -> bool:
         """The current attempt failed before the client saw anything (``status`` None: no
         response): note it, and decide whether another attempt follows (then True, and
         ``kind`` -- its status or error kind -- on the usage row's attempt trail): either
         ``next_attempt`` is set, or (``next_attempt`` None) a hedge in flight to the target
-        the plan goes to next became the current attempt (``_adopt_hedge``)."""
+        the plan goes to next became the current attempt (``_adopt_hedge``).
+        ``target_fault`` False: a failure that says nothing of the target's health (a
+        reused keep-alive connection that died before answering), not on its circuit."""
         if self.responder.head_sent or self.outcome or self.client_left:
             return False
         plan = self.plan
@@ -70,7 +74,8 @@ class RetryingExchange(Exchange):
                 return False
         now = self.ctx.pool.loop.time()
         circuit = self._target_circuit
-        circuit(plan.index).record_failure(now)
+        if target_fault:
+            circuit(plan.index).record_failure(now)
         healthy = frozenset(i for i in range(len(plan.targets)) if circuit(i).available(now))
         before = plan.index
         hedge = self.hedge
@@ -173,9 +178,11 @@ class RetryingExchange(Exchange):
         # (Exchange.on_upstream_error), but not while a hedge is in flight: that shortcut
         # would cancel the hedge after it was sent, and the plan's next attempt would then
         # send its target a second request.  _failed adopts the hedge (or drops it and
-        # retries as the plan says).
+        # retries as the plan says).  Either way a retry-safe failure (a stale keep-alive
+        # connection the provider or a middlebox closed) is not counted on the target's
+        # circuit: without a hedge it is not either (the fresh retry below).
         fresh = retry_safe and self.attempts == 1 and (hedge is None or not hedge.live())
-        if not fresh and self._failed(None, None, error.kind):
+        if not fresh and self._failed(None, None, error.kind, target_fault=not retry_safe):
             if self.next_attempt is not None:  # (None: a hedge in flight is the attempt now)
                 self.conn = None
                 self._schedule_retry()

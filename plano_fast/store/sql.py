@@ -275,8 +275,23 @@ def normalize_usage(rows: Sequence[UsageRow], seen: set[str] | None = None) -> l
                 if cost is None:
                     raise InvalidValue(f"usage row {request_id!r} is priced but has no cost")
                 _check_money(cost, "cost_nano_usd")
+        model = row.model
+        if model and "\x00" in model:
+            row.model = model.replace("\x00", NUL_STAND_IN)
+        model = row.requested_model
+        if model and "\x00" in model:
+            row.requested_model = model.replace("\x00", NUL_STAND_IN)
+        raw = row.usage_raw
+        if raw and "\x00" in raw:
+            row.usage_raw = raw.replace("\x00", NUL_STAND_IN)
         keep(row)
     return out
+
+
+#: What a NUL in a row's text (a client's model "a\u0000b", a provider's) is written as, in
+#: both stores: PostgreSQL's text cannot hold U+0000, and refused the whole row -- a served
+#: request with no usage row (kept only in the journal's rejected file).
+NUL_STAND_IN = "\ufffd"
 
 
 #: Rows validated per synchronous stretch of the loop before a usage write: a flush of

@@ -105,6 +105,10 @@ def metered_endpoint(
     if endpoint is not None:
         return endpoint
     if path in unbilled:
+        if method == b"HEAD":
+            # Its answer has a Content-Length and no body: relayed as a body, it would be
+            # waited for until the idle timeout cut it (the pool reads bodies by framing).
+            raise MethodNotAllowed("HEAD is not allowed on this endpoint")
         return UNBILLED
     allowed = False
     for pattern_method, pattern, endpoint in _PATTERNS:
