@@ -136,6 +136,23 @@ def test_n_and_images_under_a_hard_limit(limited: Callable[[int], tuple[GatewayP
     assert len(rows(sqlite_path)) == 1  # nothing else was forwarded
 
 
+def test_an_output_ceiling_of_0_is_refused_under_a_hard_limit(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],
+) -> None:
+    """A ceiling of 0 reserves no output, yet Gemini reads maxOutputTokens 0 as unset (and
+    an OpenAI-compatible server may read it as "no limit"): refused, nothing forwarded."""
+    gateway, tenant, sqlite_path = limited(3 * cost(BODY))
+    for fields in ({"max_tokens": 0}, {"max_completion_tokens": 0}, {"max_tokens": 0, "max_completion_tokens": 0}):
+        zero = b({"model": "gpt-4o-mini", "messages": TEXT, **fields})
+        status, body, _ = call(gateway.url, tenant.token, zero)
+        assert status == 400 and "at least 1" in body["error"]["message"], (fields, status, body)
+    assert rows(sqlite_path) == []  # nothing was forwarded
+    # the largest ceiling counts: 0 beside 50 reserves 50 output tokens and is served
+    status, _, _ = call(gateway.url, tenant.token, b({"model": "gpt-4o-mini", "messages": TEXT,
+                                                      "max_tokens": 0, "max_completion_tokens": 50}))
+    assert status == 200
+
+
 def test_a_limit_held_by_in_flight_requests_says_retry(
     limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],
 ) -> None:

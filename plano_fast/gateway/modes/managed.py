@@ -220,6 +220,13 @@ class ManagedExchange(RetryingExchange):
                     self.ctx.responses_state, body, managed_owner(self.project_id, self.user_id), fields.stream
                 )
             body, max_out = self._with_ceiling(fields, body)
+            if max_out < 1 and self.mctx.state.hard_limited(self.project_id, self.user_id):
+                # Gemini reads maxOutputTokens 0 as unset (proto3's default): the provider's
+                # own ceiling then applies, and a reservation of 0 output bounds nothing.
+                raise ClientError(
+                    "an output token ceiling of 0 (max_tokens, max_completion_tokens, max_output_tokens "
+                    "or maxOutputTokens) is refused under a hard budget: set it to at least 1"
+                )
             try:
                 self.reservation = await self._reserve(body, max_out, fields.model)
             except BudgetHeld as exc:
