@@ -59,6 +59,13 @@ class BillingStore(abc.ABC):
         the spending counters of their project, user and key, for the periods 'total',
         'monthly' and 'daily' of the row's time.  Returns how many rows were inserted."""
 
+    def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
+        """``write_usage`` done before returning, when this store can write without
+        waiting (SQLite's hot connection, idle: nothing to await); ``None`` when it cannot
+        now (nothing was written: the caller awaits ``write_usage``).  The same
+        transaction, the same result and errors.  By default it never can."""
+        return None
+
     def rejects_data(self, exc: BaseException) -> bool:
         """Whether ``write_usage`` failed because of what the rows hold (a value out of
         range, a broken constraint) rather than because the store is unreachable: the

@@ -400,21 +400,29 @@ class ManagedExchange(RetryingExchange):
         Started here rather than when a task resumes: the write of a lone request
         (SQLite) then runs in the loop turn that wakes the task, which finds it done
         instead of waiting a turn for the writer and another for its answer (issue 27,
-        concurrency 1); and the task-free path has no task to start it.  The row is the
+        concurrency 1); and the task-free path has no task to start it.  With no other
+        answer under way the store writes it before ``write`` returns (SQLite), and the
+        task-free path sends the end here, in this callback, after the commit.  The row is the
         writer's (or the settle task's) from here: a client leaving cancels only a wait."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
         reservation, self.reservation = self.reservation, None
         row = row_of_event(self.mctx.pricing, event)
+        billing: asyncio.Future[Any]
         if reservation is None:
-            # The writer owns the row now: a client leaving cancels only the wait.
-            self.billing = self.mctx.writer.write(row, event)
+            # The writer owns the row now: a client leaving cancels only the wait.  With
+            # no other answer under way (no upstream connection busy: concurrency 1) the
+            # row is written at once when the store can (the future comes back done).
+            billing = self.billing = self.mctx.writer.write(row, event, self.ctx.pool.busy_count == 0)
         else:
             # A task of the context's: a client leaving must not cancel the settlement.
-            self.billing = self.mctx.spawn(self._settle_reservation(row, event, reservation))
+            billing = self.billing = self.mctx.spawn(self._settle_reservation(row, event, reservation))
         if self.finish_in_callback:
-            self.billing.add_done_callback(self._billed)
+            if billing.done():
+                self._billed(billing)  # written already: the end goes now, not a turn later
+            else:
+                billing.add_done_callback(self._billed)
 
     def _billed(self, billing: asyncio.Future[Any]) -> None:
         """A request started without a task: its row is written (or handed to the
