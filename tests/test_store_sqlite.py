@@ -224,3 +224,35 @@ def test_write_usage_now_commits_before_returning_or_declines(tmp_path: Path) ->
             assert memory.write_usage_now(rows(1, "mem")) is None
 
     asyncio.run(main())
+
+
+def test_settle_now_settles_before_returning_or_declines(tmp_path: Path) -> None:
+    """A hard-limited request's settlement without a task: the row, its spend and the
+    reservation's release committed together when it returns; ``None`` with nothing
+    changed when another process holds the write lock (the awaited ``settle`` then waits)."""
+    from plano_fast.store import BudgetTarget
+
+    path = tmp_path / "plano.db"
+    target = BudgetTarget("project", "p1", "total", 0, 10_000)
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            reservation = await store.reserve([target], 4_000)
+            assert reservation is not None
+            row = rows(1, "settle")[0]  # costs 1,000
+            blocker = other_process_lock(path)
+            assert store.settle_now(reservation, row) is None
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            counter = await store.get_counter(target.key)
+            assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (0, 4_000)
+            assert count_rows(path) == 0
+
+            assert store.settle_now(reservation, row) is True
+            assert count_rows(path) == 1  # committed: another connection sees it
+            counter = await store.get_counter(target.key)
+            assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (1_000, 0)
+            assert store.settle_now(reservation, rows(2, "again")[1]) is False  # settled already
+
+    asyncio.run(main())

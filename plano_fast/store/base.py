@@ -174,6 +174,12 @@ class UsageStore(BillingStore):
         ``reserved`` to ``spent`` with no window in between.  False if the reservation
         was already settled, released or expired (the row is still recorded)."""
 
+    def settle_now(self, reservation: Reservation, usage: UsageRow) -> bool | None:
+        """``settle`` done before returning, when this store can without waiting (as
+        ``write_usage_now``); ``None`` when it cannot now (nothing done: await
+        ``settle``).  By default it never can."""
+        return None
+
     @abc.abstractmethod
     async def release(self, reservation: Reservation) -> bool:
         """Give the reserved amount back.  False if already settled or released."""

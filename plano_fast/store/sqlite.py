@@ -649,25 +649,33 @@ class SqliteStore(SqlStore):
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
     def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
-        """The write of a few rows (one INSERT chunk) on the hot connection before
-        returning, when no hot transaction is under way and no other process holds the
-        write lock; else ``None`` (nothing written).
-
-        Why: a synchronous managed request's row (issue 27) is then committed in the
-        turn of the loop its answer completed in, with no task to schedule and no turn
-        to wait for.  Safe without ``_hot_lock``: nothing here yields to the loop, so no
-        other hot write can interleave, and one that is under way holds the lock (then
-        this declines).  Another process writing: ``BEGIN IMMEDIATE`` fails at once
-        (``busy_timeout = 0``), rolls nothing back, and the caller takes ``write_usage``,
-        whose back-off waits for the lock."""
-        conn = self._hot
-        if conn is None or self._hot_lock.locked() or conn.in_transaction or len(rows) > _INSERT_CHUNK:
+        """The write of a few rows (one INSERT chunk) before returning, as ``_hot_now``
+        runs it; ``None`` (nothing written) when it cannot run now or the rows are more
+        than one chunk (a longer write yields to the loop between chunks)."""
+        if len(rows) > _INSERT_CHUNK:
             return None
         batch = normalize_usage(rows)
         if not batch:
             return 0
+        now = time.time_ns()
+        return self._hot_now(lambda conn: self._write_usage_steps(conn, batch, now))
+
+    def _hot_now(self, attempt: Callable[[sqlite3.Connection], Generator[None, None, T]]) -> T | None:
+        """``attempt`` in one write transaction on the hot connection, committed before
+        this returns, when no hot transaction is under way and no other process holds
+        the write lock; else ``None`` (nothing done: the caller awaits the usual call).
+
+        Why: a managed request's synchronous write (issue 27) then commits in the turn
+        of the loop its answer completed in, with no task to schedule and no turn to
+        wait for.  Safe without ``_hot_lock``: nothing here yields to the loop, so no
+        other hot write can interleave, and one that is under way holds the lock (then
+        this declines).  Another process writing: ``BEGIN IMMEDIATE`` fails at once
+        (``busy_timeout = 0``) and the caller's usual call waits with its back-off."""
+        conn = self._hot
+        if conn is None or self._hot_lock.locked() or conn.in_transaction:
+            return None
         try:
-            written = _run_now(conn, self._write_usage_steps(conn, batch, time.time_ns()))
+            result = _run_now(conn, attempt(conn))
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 return None
@@ -677,7 +685,7 @@ class SqliteStore(SqlStore):
         loop = self._loop
         if loop is not None:
             self._after_hot_commit(loop.time())
-        return written
+        return result
 
     async def set_prices(self, results: Sequence[PriceResult]) -> int:
         latest: dict[int, tuple[int | None, str, str | None]] = {}
@@ -821,7 +829,7 @@ class SqliteStore(SqlStore):
         _bump_spent(conn, {}, now, freed)
         return True
 
-    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+    def _settle_body(self, reservation: Reservation, usage: UsageRow) -> Callable[[sqlite3.Connection], bool]:
         batch = normalize_usage([usage])
         now = time.time_ns()
 
@@ -831,7 +839,14 @@ class SqliteStore(SqlStore):
             _finish(self._write_usage_steps(conn, batch, now, freed))
             return freed is not None
 
-        return await self._hot_tx(body)
+        return body
+
+    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+        return await self._hot_tx(self._settle_body(reservation, usage))
+
+    def settle_now(self, reservation: Reservation, usage: UsageRow) -> bool | None:
+        body = self._settle_body(reservation, usage)
+        return self._hot_now(lambda conn: _single_step(body, conn))
 
     async def release(self, reservation: Reservation) -> bool:
         now = time.time_ns()
