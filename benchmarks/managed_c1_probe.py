@@ -81,8 +81,11 @@ def _around_async(cls: Any, attr: str, start: str, end: str) -> None:
 
 
 def _around_now(cls: Any, attr: str, start: str, end: str) -> None:
-    """A store call that may decline (``None``): the end stamped only when it wrote."""
-    original = getattr(cls, attr)
+    """A store call that may decline (``None``): the end stamped only when it wrote
+    (absent from trees older than it: nothing hooked)."""
+    original = getattr(cls, attr, None)
+    if original is None:
+        return
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _mark(start)

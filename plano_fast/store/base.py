@@ -59,13 +59,6 @@ class BillingStore(abc.ABC):
         the spending counters of their project, user and key, for the periods 'total',
         'monthly' and 'daily' of the row's time.  Returns how many rows were inserted."""
 
-    def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
-        """``write_usage`` done before returning, when this store can write without
-        waiting (SQLite's hot connection, idle: nothing to await); ``None`` when it cannot
-        now (nothing was written: the caller awaits ``write_usage``).  The same
-        transaction, the same result and errors.  By default it never can."""
-        return None
-
     def rejects_data(self, exc: BaseException) -> bool:
         """Whether ``write_usage`` failed because of what the rows hold (a value out of
         range, a broken constraint) rather than because the store is unreachable: the
@@ -173,6 +166,14 @@ class UsageStore(BillingStore):
         ``spent``) and release the reservation, in ONE transaction, so spend moves from
         ``reserved`` to ``spent`` with no window in between.  False if the reservation
         was already settled, released or expired (the row is still recorded)."""
+
+    def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
+        """``write_usage`` (managed mode's synchronous write) done before returning, when
+        this store can write without waiting (SQLite's hot connection, idle: nothing to
+        await); ``None`` when it cannot now (nothing was written: the caller awaits
+        ``write_usage``).  The same transaction, result and errors.  By default it never
+        can."""
+        return None
 
     def settle_now(self, reservation: Reservation, usage: UsageRow) -> bool | None:
         """``settle`` done before returning, when this store can without waiting (as
