@@ -402,8 +402,9 @@ class ManagedExchange(RetryingExchange):
         instead of waiting a turn for the writer and another for its answer (issue 27,
         concurrency 1); and the task-free path has no task to start it.  With no other
         answer under way the store writes it before ``write`` returns (SQLite), and the
-        task-free path sends the end here, in this callback, after the commit.  The row is the
-        writer's (or the settle task's) from here: a client leaving cancels only a wait."""
+        task-free path sends the end here, in this callback, after the commit.  The row
+        is the writer's (or the settle task's) from here: a client leaving cancels only
+        a wait."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
