@@ -15,6 +15,7 @@ from plano_fast.failover import RetryPolicy
 from plano_fast.managed.state import ManagedState
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import Reservation, Store, UsageRow
+from plano_fast.store.base import UsageStore
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -46,6 +47,9 @@ class GroupWriter:
         self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
+        #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
+        self.writes_now = type(store).write_usage_now is not UsageStore.write_usage_now
 
     def write(self, row: UsageRow, event: UsageEvent, alone: bool = False) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once it is written or handed to the fallback.
@@ -62,7 +66,7 @@ class GroupWriter:
             # Once: asyncio.get_running_loop() costs a getpid() system call per call.
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        if alone and self._task is None and not self._pending:
+        if alone and self.writes_now and self._task is None and not self._pending:
             item = (row, event, future)
             if self._write_now(item):
                 future.set_result(None)

@@ -415,7 +415,9 @@ class ManagedExchange(RetryingExchange):
             # The writer owns the row now: a client leaving cancels only the wait.  With
             # no other answer under way (no upstream connection busy: concurrency 1) the
             # row is written at once when the store can (the future comes back done).
-            billing = self.billing = self.mctx.writer.write(row, event, self.ctx.pool.busy_count == 0)
+            writer = self.mctx.writer
+            alone = writer.writes_now and self.ctx.pool.busy_count == 0
+            billing = self.billing = writer.write(row, event, alone)
         else:
             billing = self.billing = self._settle_now_or_soon(row, event, reservation)
         if self.finish_in_callback:
