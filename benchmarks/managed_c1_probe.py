@@ -81,6 +81,23 @@ def _around_async(cls: Any, attr: str, start: str, end: str) -> None:
     setattr(cls, attr, wrapper)
 
 
+def _around_now(cls: Any, attr: str, start: str, end: str) -> None:
+    """A store call that may decline (``None``): the end stamped only when it wrote
+    (absent from trees older than it: nothing hooked)."""
+    original = getattr(cls, attr, None)
+    if original is None:
+        return
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _mark(start)
+        result = original(*args, **kwargs)
+        if result is not None:
+            _mark(end)
+        return result
+
+    setattr(cls, attr, wrapper)
+
+
 def _install_hooks(out: str) -> None:
     from plano_fast.gateway.modes.managed import HoldTerminal, ManagedExchange
     from plano_fast.gateway.relay import Exchange
@@ -100,6 +117,7 @@ def _install_hooks(out: str) -> None:
     _before(GroupWriter, "write", "submitted")
     _around_async(SqliteStore, "write_usage", "store_start", "committed")
     _around_async(PostgresStore, "write_usage", "store_start", "committed")  # managed-pg
+    _around_now(SqliteStore, "write_usage_now", "store_start", "committed")
     _before(HoldTerminal, "release", "woken")
     _before(Responder, "end", "ending")
     _after(Responder, "end", "ended")

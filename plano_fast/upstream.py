@@ -383,6 +383,15 @@ class UpstreamPool:
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())
 
+    @property
+    def busy_count(self) -> int:
+        """Connections carrying a request now (open and not idle; one closed but not yet
+        told ``connection_lost`` counts too, until it is)."""
+        idle = 0
+        for stack in self._idle.values():
+            idle += len(stack)
+        return self.connections_opened - self.connections_closed - idle
+
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             # Verified against the system CA store; HTTP/1.1 only.

@@ -435,6 +435,34 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
     assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (spent, 0)
 
 
+def test_no_overshoot_on_sqlite_with_2_processes_settling_without_a_task(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """SQLite, two worker processes, 60 hard-limited requests 20 at a time (about 20
+    fit): the settlements run in the upstream's callback (``Store.settle_now``) or,
+    while the other process holds the write lock, in a task; either way spend never
+    passes the limit and every served answer's row is written, its reservation
+    released, before it ended."""
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    cost = request_cost(REQUEST_BODY)
+    limit = 20 * cost
+    tenants: list[Tenant] = []
+    gateway = make_gateway(
+        {"managed": "true", "managed_reload_s": 1}, env=ENV, workers=2,
+        before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=limit)),
+    )
+    tenant = tenants[0]
+    statuses = asyncio.run(fire(gateway.url, tenant.token, REQUEST_BODY, 60, concurrency=20))
+    served = statuses.count(200)
+    assert set(statuses) <= {200, 402}, sorted(set(statuses))
+    recorded = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
+    spent = sum(r.cost_nano_usd or 0 for r in recorded)
+    assert len(recorded) == served and served > 0
+    assert spent <= limit
+    counter = store_call(None, sqlite_path, lambda s: s.get_counter(CounterKey("project", tenant.project_id, "total", 0)))
+    assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (spent, 0)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

@@ -1351,3 +1351,52 @@ def test_group_writer_owns_its_rows(backend: Backend) -> None:
         await assert_counters_match_log(store)
 
     backend.run(body)
+
+
+def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> None:
+    """``alone`` (no other answer under way) and an idle writer: the row is committed by
+    the time ``write`` returns (SQLite's hot connection; the future comes back done), or
+    queued as before where the store cannot write without waiting (PostgreSQL).  With
+    others in flight, or a batch already gathering, the row joins the batch (the group
+    commit).  A row the store refuses goes to the fallback, the future done all the same."""
+    from plano_fast.billing.rows import price_event
+    from plano_fast.managed.context import GroupWriter
+    from plano_fast.pricing import PricingRegistry
+    from plano_fast.store import usage_row_from_event
+    from plano_fast.usage import STATUS_OK, UsageEvent
+
+    now = ns(2026, 12, 5, 12)
+    pricing = PricingRegistry()
+
+    def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
+        event = UsageEvent(
+            f"req-alone-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
+            input_tokens, 20, has_usage=True, project_id="p1", key_hash=sha("k"),
+        )  # fmt: skip
+        return usage_row_from_event(event, cost_nano_usd=price_event(pricing, event)), event
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        now_capable = backend.kind == "sqlite"
+        first = writer.write(*item(0), alone=True)
+        assert first.done() is now_capable
+        if now_capable:
+            # Committed: another connection sees it, before any turn of the loop.
+            with sqlite3.connect(backend.sqlite_path) as other:
+                assert other.execute("SELECT count(*) FROM usage_log").fetchone()[0] == 1
+            other.close()
+        await first
+        # Others in flight: queued for the batch, written by the writer's task.
+        queued = writer.write(*item(1), alone=False)
+        joined = writer.write(*item(2), alone=True)  # a batch is gathering: it joins it
+        assert not queued.done() and not joined.done()
+        await asyncio.gather(queued, joined)
+        refused = writer.write(*item(3, input_tokens=10**18 - 1), alone=True)  # cost over 64 bits
+        await refused
+        assert [e.request_id for e in handed_over] == ["req-alone-3"]
+        assert writer.metrics.rows_written == 3
+        assert {r.request_id for r in await all_usage(store)} == {f"req-alone-{i}" for i in range(3)}
+        await assert_counters_match_log(store)
+
+    backend.run(body)

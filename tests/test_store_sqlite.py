@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plano_fast.store import UsageRow, open_store
+from plano_fast.store import CounterKey, UsageRow, open_store
 from plano_fast.store import sqlite as sqlite_store
 from plano_fast.store.migrate import migrate
 
@@ -259,3 +259,79 @@ def test_the_wal_restart_gives_up_quietly_when_another_writer_holds_the_lock(
     with caplog.at_level("WARNING", logger="plano_fast.store"):
         asyncio.run(main())
     assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
+
+
+def test_write_usage_now_commits_before_returning_or_declines(tmp_path: Path) -> None:
+    """The synchronous write of a few rows (managed mode at concurrency 1): committed when
+    it returns; ``None`` and nothing written -- never a wait on the loop -- when another
+    process holds the write lock, a hot transaction is under way, the rows are more than
+    one INSERT chunk, or there is no hot connection (``:memory:``)."""
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            one = rows(1, "now")
+            assert store.write_usage_now(one) == 1
+            assert count_rows(path) == 1  # committed: another connection sees it
+            assert store.write_usage_now(one) == 0  # a request id already stored
+            counter = await store.get_counter(CounterKey("project", "p1", "total", 0))
+            assert counter is not None and counter.spent_nano_usd == one[0].cost_nano_usd
+
+            blocker = other_process_lock(path)
+            started = time.monotonic()
+            assert store.write_usage_now(rows(1, "locked")) is None
+            assert time.monotonic() - started < 0.1  # declined at once, not waited for
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+            many = asyncio.ensure_future(store.write_usage(rows(1_000, "many")))
+            for _ in range(20):  # into the transaction (the loop runs between its chunks)
+                await asyncio.sleep(0)
+                if not write_lock_is_free(path):
+                    break
+            assert not many.done()
+            assert store.write_usage_now(rows(1, "during")) is None
+            assert await many == 1_000
+
+            assert store.write_usage_now(rows(sqlite_store._INSERT_CHUNK + 1, "big")) is None
+            assert count_rows(path) == 1_001
+            assert store.write_usage_now(rows(1, "after")) == 1
+
+        async with open_store(None, ":memory:") as memory:
+            await migrate(memory)
+            assert memory.write_usage_now(rows(1, "mem")) is None
+
+    asyncio.run(main())
+
+
+def test_settle_now_settles_before_returning_or_declines(tmp_path: Path) -> None:
+    """A hard-limited request's settlement without a task: the row, its spend and the
+    reservation's release committed together when it returns; ``None`` with nothing
+    changed when another process holds the write lock (the awaited ``settle`` then waits)."""
+    from plano_fast.store import BudgetTarget
+
+    path = tmp_path / "plano.db"
+    target = BudgetTarget("project", "p1", "total", 0, 10_000)
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            reservation = await store.reserve([target], 4_000)
+            assert reservation is not None
+            row = rows(1, "settle")[0]  # costs 1,000
+            blocker = other_process_lock(path)
+            assert store.settle_now(reservation, row) is None
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            counter = await store.get_counter(target.key)
+            assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (0, 4_000)
+            assert count_rows(path) == 0
+
+            assert store.settle_now(reservation, row) is True
+            assert count_rows(path) == 1  # committed: another connection sees it
+            counter = await store.get_counter(target.key)
+            assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (1_000, 0)
+            assert store.settle_now(reservation, rows(2, "again")[1]) is False  # settled already
+
+    asyncio.run(main())

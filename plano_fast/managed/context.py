@@ -15,6 +15,7 @@ from plano_fast.failover import RetryPolicy
 from plano_fast.managed.state import ManagedState
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import Reservation, Store, UsageRow
+from plano_fast.store.base import UsageStore
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -46,14 +47,30 @@ class GroupWriter:
         self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
+        #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
+        self.writes_now = type(store).write_usage_now is not UsageStore.write_usage_now
 
-    def write(self, row: UsageRow, event: UsageEvent) -> asyncio.Future[None]:
-        """Queue ``row``; the future resolves once it is written or handed to the fallback."""
+    def write(self, row: UsageRow, event: UsageEvent, alone: bool = False) -> asyncio.Future[None]:
+        """Queue ``row``; the future resolves once it is written or handed to the fallback.
+
+        ``alone``: no other request is in flight to share a batch with (the caller
+        knows: no upstream answer is under way).  Then, when the writer is idle and the
+        store can write without waiting (``Store.write_usage_now``: SQLite), the row is
+        written before this returns and the future comes back done: no task, no turn of
+        the loop before the store call or after it (issue 27, concurrency 1).  Not when
+        others are in flight: their rows, finishing in the same turn, share the batch's
+        transaction (the group commit), which is what throughput under load rests on."""
         loop = self._loop
         if loop is None:
             # Once: asyncio.get_running_loop() costs a getpid() system call per call.
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        if alone and self.writes_now and self._task is None and not self._pending:
+            item = (row, event, future)
+            if self._write_now(item):
+                future.set_result(None)
+                return future
         self._pending.append((row, event, future))
         if self._task is None:
             self._task = loop.create_task(self._drain())
@@ -78,6 +95,19 @@ class GroupWriter:
         items, self._inflight, self._pending = self._inflight + self._pending, [], []
         return [event for _, event, _ in items]
 
+    def _write_now(self, item: tuple[UsageRow, UsageEvent, asyncio.Future[None]]) -> bool:
+        """One row written (or handed to the fallback) before returning; False when the
+        store cannot write without waiting now (nothing done: the caller queues it)."""
+        try:
+            inserted = self.store.write_usage_now([item[0]])
+        except Exception as exc:  # noqa: BLE001 - the row takes the journaled path
+            self._failed([item], exc)
+            return True
+        if inserted is None:
+            return False
+        self._count(inserted, 1)
+        return True
+
     async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
         try:
             inserted = await self.store.write_usage([row for row, _, _ in batch])
@@ -88,18 +118,23 @@ class GroupWriter:
                 for item in batch:
                     await self._write([item])
                 return
-            log.error("synchronous billing failed (%s); %d usage rows queued",
-                      type(exc).__name__, len(batch))
-            for _, event, _ in batch:
-                self.fallback(event)
+            self._failed(batch, exc)
             return
+        self._count(inserted, len(batch))
+
+    def _failed(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]], exc: Exception) -> None:
+        log.error("synchronous billing failed (%s); %d usage rows queued", type(exc).__name__, len(batch))
+        for _, event, _ in batch:
+            self.fallback(event)
+
+    def _count(self, inserted: int, rows: int) -> None:
         metrics = self.metrics
         metrics.rows_written += inserted
-        if inserted < len(batch):  # never silent: two requests with one id
-            metrics.rows_duplicate += len(batch) - inserted
-            metrics.rows_duplicate_id += len(batch) - inserted
+        if inserted < rows:  # never silent: two requests with one id
+            metrics.rows_duplicate += rows - inserted
+            metrics.rows_duplicate_id += rows - inserted
             log.error("synchronous billing: %d of %d rows had a request id already stored, skipped",
-                      len(batch) - inserted, len(batch))
+                      rows - inserted, rows)
 
 
 class ManagedContext:

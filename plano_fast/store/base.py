@@ -167,6 +167,20 @@ class UsageStore(BillingStore):
         ``reserved`` to ``spent`` with no window in between.  False if the reservation
         was already settled, released or expired (the row is still recorded)."""
 
+    def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
+        """``write_usage`` (managed mode's synchronous write) done before returning, when
+        this store can write without waiting (SQLite's hot connection, idle: nothing to
+        await); ``None`` when it cannot now (nothing was written: the caller awaits
+        ``write_usage``).  The same transaction, result and errors.  By default it never
+        can."""
+        return None
+
+    def settle_now(self, reservation: Reservation, usage: UsageRow) -> bool | None:
+        """``settle`` done before returning, when this store can without waiting (as
+        ``write_usage_now``); ``None`` when it cannot now (nothing done: await
+        ``settle``).  By default it never can."""
+        return None
+
     @abc.abstractmethod
     async def release(self, reservation: Reservation) -> bool:
         """Give the reserved amount back.  False if already settled or released."""

@@ -391,6 +391,24 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     return result
 
 
+def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> T:
+    """``_drive_transaction`` without turns of the loop: BEGIN IMMEDIATE, every step,
+    COMMIT, before returning; any failure rolls back before it propagates."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = _finish(steps)
+        conn.execute("COMMIT")
+    except BaseException:
+        steps.close()
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # the original error is the one worth raising
+                log.warning("SQLite rollback failed: %s", exc)
+        raise
+    return result
+
+
 def _connect(path: str, busy_timeout_ms: int, *pragmas: str, check_same_thread: bool = True) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with ``pragmas`` run."""
     conn = sqlite3.connect(
@@ -421,6 +439,8 @@ class SqliteStore(SqlStore):
         #: the event loop's connection for hot writes (None: everything on the thread)
         self._hot: sqlite3.Connection | None = None
         self._hot_lock = asyncio.Lock()
+        #: the loop the hot connection serves (set by ``open``)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._last_checkpoint_s = 0.0
 
@@ -452,7 +472,7 @@ class SqliteStore(SqlStore):
                 check_same_thread=False,  # only ever used on the executor's one thread
             )
 
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             self._conn = conn = await loop.run_in_executor(self._executor, connect)
             mode = await loop.run_in_executor(
@@ -672,6 +692,45 @@ class SqliteStore(SqlStore):
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
+    def write_usage_now(self, rows: Sequence[UsageRow]) -> int | None:
+        """The write of a few rows (one INSERT chunk) before returning, as ``_hot_now``
+        runs it; ``None`` (nothing written) when it cannot run now or the rows are more
+        than one chunk (a longer write yields to the loop between chunks)."""
+        if len(rows) > _INSERT_CHUNK:
+            return None
+        batch = normalize_usage(rows)
+        if not batch:
+            return 0
+        now = time.time_ns()
+        return self._hot_now(lambda conn: self._write_usage_steps(conn, batch, now))
+
+    def _hot_now(self, attempt: Callable[[sqlite3.Connection], Generator[None, None, T]]) -> T | None:
+        """``attempt`` in one write transaction on the hot connection, committed before
+        this returns, when no hot transaction is under way and no other process holds
+        the write lock; else ``None`` (nothing done: the caller awaits the usual call).
+
+        Why: a managed request's synchronous write (issue 27) then commits in the turn
+        of the loop its answer completed in, with no task to schedule and no turn to
+        wait for.  Safe without ``_hot_lock``: nothing here yields to the loop, so no
+        other hot write can interleave, and one that is under way holds the lock (then
+        this declines).  Another process writing: ``BEGIN IMMEDIATE`` fails at once
+        (``busy_timeout = 0``) and the caller's usual call waits with its back-off."""
+        conn = self._hot
+        if conn is None or self._hot_lock.locked() or conn.in_transaction:
+            return None
+        try:
+            result = _run_now(conn, attempt(conn))
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return None
+            raise
+        except sqlite3.IntegrityError as exc:
+            raise _translate(exc) from None
+        loop = self._loop
+        if loop is not None:
+            self._after_hot_commit(loop.time())
+        return result
+
     async def set_prices(self, results: Sequence[PriceResult]) -> int:
         latest: dict[int, tuple[int | None, str, str | None]] = {}
         for result in results:
@@ -814,7 +873,7 @@ class SqliteStore(SqlStore):
         _bump_spent(conn, {}, now, freed)
         return True
 
-    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+    def _settle_body(self, reservation: Reservation, usage: UsageRow) -> Callable[[sqlite3.Connection], bool]:
         batch = normalize_usage([usage])
         now = time.time_ns()
 
@@ -824,7 +883,14 @@ class SqliteStore(SqlStore):
             _finish(self._write_usage_steps(conn, batch, now, freed))
             return freed is not None
 
-        return await self._hot_tx(body)
+        return body
+
+    async def settle(self, reservation: Reservation, usage: UsageRow) -> bool:
+        return await self._hot_tx(self._settle_body(reservation, usage))
+
+    def settle_now(self, reservation: Reservation, usage: UsageRow) -> bool | None:
+        body = self._settle_body(reservation, usage)
+        return self._hot_now(lambda conn: _single_step(body, conn))
 
     async def release(self, reservation: Reservation) -> bool:
         now = time.time_ns()

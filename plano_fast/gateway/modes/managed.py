@@ -407,21 +407,31 @@ class ManagedExchange(RetryingExchange):
         Started here rather than when a task resumes: the write of a lone request
         (SQLite) then runs in the loop turn that wakes the task, which finds it done
         instead of waiting a turn for the writer and another for its answer (issue 27,
-        concurrency 1); and the task-free path has no task to start it.  The row is the
-        writer's (or the settle task's) from here: a client leaving cancels only a wait."""
+        concurrency 1); and the task-free path has no task to start it.  With no other
+        answer under way the store writes it before ``write`` returns (SQLite), and the
+        task-free path sends the end here, in this callback, after the commit.  The row
+        is the writer's (or the settle task's) from here: a client leaving cancels only
+        a wait."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
         reservation, self.reservation = self.reservation, None
         row = row_of_event(self.mctx.pricing, event)
+        billing: asyncio.Future[Any]
         if reservation is None:
-            # The writer owns the row now: a client leaving cancels only the wait.
-            self.billing = self.mctx.writer.write(row, event)
+            # The writer owns the row now: a client leaving cancels only the wait.  With
+            # no other answer under way (no upstream connection busy: concurrency 1) the
+            # row is written at once when the store can (the future comes back done).
+            writer = self.mctx.writer
+            alone = writer.writes_now and self.ctx.pool.busy_count == 0
+            billing = self.billing = writer.write(row, event, alone)
         else:
-            # A task of the context's: a client leaving must not cancel the settlement.
-            self.billing = self.mctx.spawn(self._settle_reservation(row, event, reservation))
+            billing = self.billing = self._settle_now_or_soon(row, event, reservation)
         if self.finish_in_callback:
-            self.billing.add_done_callback(self._billed)
+            if billing.done():
+                self._billed(billing)  # written already: the end goes now, not a turn later
+            else:
+                billing.add_done_callback(self._billed)
 
     def _billed(self, billing: asyncio.Future[Any]) -> None:
         """A request started without a task: its row is written (or handed to the
@@ -492,8 +502,30 @@ class ManagedExchange(RetryingExchange):
         max_out = fields.max_output_tokens
         return token_bound(self.base_body, self.mctx.max_output_tokens if max_out is None else max_out)[1]
 
+    def _settle_now_or_soon(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> asyncio.Future[Any]:
+        """The settlement of a complete answer: done before this returns when the store
+        can without waiting (``Store.settle_now``: SQLite's hot connection, idle), the
+        future then done; else a task of the context's, which a client leaving must not
+        cancel.  The same transaction either way (the row, the spend, the release)."""
+        mctx = self.mctx
+        row = self._bounded_row(row, event, reservation)
+        try:
+            settled = mctx.store.settle_now(reservation, row)
+        except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
+            self._settle_failed(exc, event, reservation)
+            settled = False
+        if settled is None:
+            return mctx.spawn(self._settle_in_store(row, event, reservation))
+        done: asyncio.Future[Any] = self.ctx.pool.loop.create_future()
+        done.set_result(None)
+        return done
+
     async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
-        store = self.mctx.store
+        await self._settle_in_store(self._bounded_row(row, event, reservation), event, reservation)
+
+    def _bounded_row(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> UsageRow:
+        """The row as it settles ``reservation``: an answer cut short at its bound, an
+        overrun (the bound did not hold) on the row, counted and logged."""
         row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd,
                                      self._output_bound, self.mctx.writer.metrics)
         overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
@@ -505,17 +537,23 @@ class ManagedExchange(RetryingExchange):
             self.mctx.writer.metrics.reservation_overrun_nano_usd += overrun
             log.warning("request %s cost %d nano-USD, more than the %d reserved (%s %s)",
                         row.request_id, row.cost_nano_usd, reservation.amount_nano_usd, row.provider, row.model)
+        return row
+
+    async def _settle_in_store(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
         try:
-            await store.settle(reservation, row)
+            await self.mctx.store.settle(reservation, row)
         except asyncio.CancelledError:
             # Stopped past its bound while the store hangs: the row is queued (journaled at
             # stop); the reservation is left to the sweepers (this instance is going away).
             self.ctx.usage_sink(event)
             raise
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
-            log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
-            self.ctx.usage_sink(event)
-            self.mctx.release_soon(reservation)
+            self._settle_failed(exc, event, reservation)
+
+    def _settle_failed(self, exc: Exception, event: UsageEvent, reservation: Reservation) -> None:
+        log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
+        self.ctx.usage_sink(event)
+        self.mctx.release_soon(reservation)
 
 
 class HoldTerminal:
