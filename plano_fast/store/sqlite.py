@@ -381,12 +381,7 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
             await asyncio.sleep(0)
         conn.execute("COMMIT")
     except BaseException:
-        steps.close()
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:  # the original error is the one worth raising
-                log.warning("SQLite rollback failed: %s", exc)
+        _roll_back(conn, steps)
         raise
     return result
 
@@ -399,14 +394,19 @@ def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> T:
         result = _finish(steps)
         conn.execute("COMMIT")
     except BaseException:
-        steps.close()
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:  # the original error is the one worth raising
-                log.warning("SQLite rollback failed: %s", exc)
+        _roll_back(conn, steps)
         raise
     return result
+
+
+def _roll_back(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> None:
+    """Close a failed transaction's body and roll it back (the caller re-raises)."""
+    steps.close()
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the original error is the one worth raising
+            log.warning("SQLite rollback failed: %s", exc)
 
 
 def _connect(path: str, busy_timeout_ms: int, *pragmas: str, check_same_thread: bool = True) -> sqlite3.Connection:
