@@ -226,3 +226,69 @@ def test_a_release_is_one_statement_and_batches_with_settles(dsn: str, monkeypat
             assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (20 * 5, 0)
 
     run(dsn, body)
+
+
+# Backends waiting on $1's locks, directly or queued behind one that is (a row's lock queue).
+_BLOCKED_BY = """
+SELECT count(*) FROM pg_stat_activity a
+ WHERE $1 = ANY(pg_blocking_pids(a.pid))
+    OR EXISTS (SELECT 1 FROM pg_stat_activity b
+                WHERE $1 = ANY(pg_blocking_pids(b.pid)) AND b.pid = ANY(pg_blocking_pids(a.pid)))
+"""
+
+
+def test_a_reservation_made_after_its_caller_left_is_given_back(dsn: str) -> None:
+    """A client that disconnects while its reservation waits behind busy batches: once the
+    batch it joined has run, the reservation it made for nobody is released at once (the
+    cancelled caller never learns of it, so the gateway cannot), not held until its expiry."""
+    x = [BudgetTarget("project", "leakX", "total", 0, 10**9)]
+    w = [BudgetTarget("project", "leakW", "total", 0, 10**9)]
+
+    async def body(store: Store) -> None:
+        for t in (x, w):  # the counters exist (no creation inside the batches)
+            made = await store.reserve(t, 1)
+            assert made is not None and await store.release(made)
+        lock_x, lock_w, observer = [await asyncpg.connect(dsn) for _ in range(3)]
+        try:
+            tx_x, tx_w = lock_x.transaction(), lock_w.transaction()
+            await tx_x.start()
+            await tx_w.start()
+            await lock_x.execute("SELECT 1 FROM spending_counters WHERE scope_id = 'leakX' FOR UPDATE")
+            await lock_w.execute("SELECT 1 FROM spending_counters WHERE scope_id = 'leakW' FOR UPDATE")
+
+            async def lock_waits(holder: Any, n: int) -> None:  # statements blocked by holder's locks
+                pid = await holder.fetchval("SELECT pg_backend_pid()")
+                for _ in range(500):
+                    if await observer.fetchval(_BLOCKED_BY, pid) >= n:
+                        return
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"{n} statements never waited on a lock")
+
+            busy = [asyncio.create_task(store.reserve(w, 5)) for _ in range(2)]  # both batches in flight
+            await lock_waits(lock_w, 2)
+            leaving = asyncio.create_task(store.reserve(x, 1000))  # queued behind them
+            await asyncio.sleep(0.05)
+            assert not leaving.done()
+            await tx_w.commit()  # the two batches finish; the queued one starts and waits on X
+            await asyncio.gather(*busy)
+            await lock_waits(lock_x, 1)  # its batch runs
+            leaving.cancel()  # the client disconnects while its batch runs
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            await tx_x.commit()
+            # a reservation on X waits on the row lock until the left batch has committed
+            after = await store.reserve(x, 1)
+            assert after is not None and await store.release(after)
+            for _ in range(200):
+                counter = await store.get_counter(x[0].key)
+                if counter is not None and counter.reserved_nano_usd == 0:  # released at once
+                    break
+                await asyncio.sleep(0.01)
+            assert counter is not None and counter.reserved_nano_usd == 0, counter
+            assert await lock_x.fetchval(
+                "SELECT count(*) FROM spending_reservations WHERE scope_id = 'leakX'") == 0
+        finally:
+            for conn in (lock_x, lock_w, observer):
+                await conn.close()
+
+    run(dsn, body)

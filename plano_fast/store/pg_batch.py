@@ -30,7 +30,7 @@ R = TypeVar("R")
 
 
 class GroupRunner(Generic[I, R]):
-    __slots__ = ("_run_batch", "_isolate", "in_flight", "_running", "_queue", "_tasks")
+    __slots__ = ("_run_batch", "_isolate", "_abandoned", "in_flight", "_running", "_queue", "_tasks")
 
     def __init__(
         self,
@@ -38,8 +38,12 @@ class GroupRunner(Generic[I, R]):
         *,
         in_flight: int,
         isolate: Callable[[BaseException], bool],
+        abandoned: Callable[[I, R], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        #: called with an item and its result when its caller left while its batch ran
+        #: (a reservation made for nobody: given back)
+        self._abandoned = abandoned
         self._isolate = isolate
         #: batches running at once (the pool's connections they may hold)
         self.in_flight = in_flight
@@ -97,8 +101,10 @@ class GroupRunner(Generic[I, R]):
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (item, future), result in zip(batch, results, strict=True):
             if future.done():
+                if self._abandoned is not None and not isinstance(result, BaseException):
+                    self._abandoned(item, result)
                 continue
             if isinstance(result, BaseException):  # that item's own failure
                 future.set_exception(result)

@@ -299,6 +299,13 @@ rows AS (
 SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
   FROM (SELECT count(*) AS n FROM held) AS h
 """
+_ENSURE_COUNTERS = """
+INSERT INTO spending_counters AS sc
+    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT k, i, p, s, 0, 0, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(k, i, p, s)
+ ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+ON CONFLICT DO NOTHING
+"""
 _RESERVES_IN_FLIGHT = 2
 """Reservation batches running at once (as ``_SETTLES_IN_FLIGHT``)."""
 _RESERVE_ATTEMPTS = 5
@@ -439,6 +446,11 @@ class PostgresStore(SqlStore):
         self._pool: Any = None
         self._settles: GroupRunner[tuple[str, UsageRow | None], bool] | None = None
         self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
+        self._releases: set[asyncio.Task[bool]] = set()
+        #: counters known to exist: a reservation's counters are created (empty, in the lock
+        #: order, their own statement) before it locks them, so it never inserts one while
+        #: holding others' locks (the deadlock with a settle's ordered upsert at rollover)
+        self._known_counters: set[Any] = set()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -463,6 +475,8 @@ class PostgresStore(SqlStore):
         self._pool = pool
 
     async def close(self) -> None:
+        if self._releases:  # reservations given back after their callers left (_give_back)
+            await asyncio.gather(*self._releases, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -656,12 +670,30 @@ class PostgresStore(SqlStore):
         res = Reservation(new_id(), amount_nano_usd, tuple(t.key for t in todo), now + int(ttl_s * 1e9), owner)
         if not todo:
             return res
+        new = [t for t in todo if t.key not in self._known_counters]
+        if new and all(amount_nano_usd <= t.limit_nano_usd for t in todo):  # else refused anyway
+            async def ensure() -> None:
+                await self.pool.execute(_ENSURE_COUNTERS, [t.scope_kind for t in new], [t.scope_id for t in new],
+                                        [t.period for t in new], [t.period_start for t in new], now)
+            await self._retrying(ensure)
+            if len(self._known_counters) > 100_000:
+                self._known_counters.clear()
+            self._known_counters.update(t.key for t in new)
         reserves = self._reserves
         if reserves is None:
             reserves = self._reserves = GroupRunner(
-                self._reserve_batch, in_flight=_RESERVES_IN_FLIGHT, isolate=self.rejects_data
+                self._reserve_batch, in_flight=_RESERVES_IN_FLIGHT, isolate=self.rejects_data,
+                abandoned=self._give_back,
             )
         return await reserves.run((todo, res))
+
+    def _give_back(self, item: tuple[list[BudgetTarget], Reservation], result: Reservation | None) -> None:
+        """A reservation made after its caller left (its client disconnected): released
+        now rather than held until its expiry."""
+        if result is not None:
+            task = asyncio.get_running_loop().create_task(self.release(result))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
 
     async def _reserve_batch(
         self, batch: Sequence[tuple[list[BudgetTarget], Reservation]]

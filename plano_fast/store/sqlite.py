@@ -213,20 +213,23 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
     this machine's disk (measured: 19 of 20 such COMMITs made a voluntary context switch,
     none without checkpoints; issue 27, benchmarks/hot_commit_probe.py).  So the thread does
     that first write itself, right after the checkpoint: ``user_version`` set to its own
-    value (plano_fast does not use it), a header-page write that changes nothing.  One
-    script, so the GIL is not waited for between the checkpoint and the write lock (a
-    hot write slipping in between would restart the WAL on the loop after all).  When the
-    checkpoint did not catch up, the write only appends one frame.  A hot write during
+    value (plano_fast does not use it), a header-page write that changes nothing; the
+    value is read inside the write transaction, so one set meanwhile by another
+    connection is kept.  A hot write can still slip in between the checkpoint and the
+    write lock (each statement lets go of the GIL): it then restarts the WAL on the loop,
+    as before, which costs time, never a write.  When the checkpoint did not catch up,
+    the write only appends one frame.  A hot write during
     the fsync finds the lock taken and backs off on the loop (``_hot_run``), which goes
     on serving requests meanwhile.
     """
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     try:
-        conn.executescript(
-            f"PRAGMA wal_checkpoint(PASSIVE); PRAGMA busy_timeout = {RESTART_LOCK_WAIT_MS}; "
-            f"BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT;"
-        )
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        conn.execute(f"PRAGMA busy_timeout = {RESTART_LOCK_WAIT_MS}")
+        conn.execute("BEGIN IMMEDIATE")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
