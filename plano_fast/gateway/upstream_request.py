@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def upstream_request(
     client: ClientHeaders,
     request_id: str,
-    request_line: bytes,
+    request_line: list[bytes],
     provider: ModelProvider,
     auth: tuple[Header, ...] | None,
     body: bytes,
@@ -32,16 +32,14 @@ def upstream_request(
     """The bytes to send upstream: request line, the client's forwardable headers, the
     credentials (``auth``: the gateway's own; None = the client's one verified credential,
     passed through), the provider's configured headers, host and length.  A client's own
-    anthropic-version wins."""
-    head = [request_line + b" HTTP/1.1\r\n", client.block]
+    anthropic-version wins.  ``request_line``: its pieces before the version (method, SP,
+    target), a fresh list the head is built in (pieces joined once: no intermediate bytes)."""
+    head = request_line
+    head.append(b" HTTP/1.1\r\n")
+    head.append(client.block)
     seen_version = client.seen_version
     if auth is None:
-        credential = client.credential
-        if credential is not None:
-            if credential.secret.startswith(b"xproxy_"):
-                # A gateway token is never a provider's key: it must not leave the gateway.
-                raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
-            head.append(credential.line)
+        _passed_through(head, client)
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -53,6 +51,38 @@ def upstream_request(
     for name, value in provider.extra_headers:
         head.append(name + b": " + value + b"\r\n")
     return finish_head(head, provider.host_line, body, client.seen_request_id, request_id)
+
+
+def provider_request(
+    client: ClientHeaders,
+    request_id: str,
+    request_line: list[bytes],
+    provider: ModelProvider,
+    auth_lines: tuple[bytes, bytes] | None,
+    body: bytes,
+) -> list[bytes]:
+    """``upstream_request`` for a provider's own headers, with the lines the config
+    joined once (``auth_lines``: ``ModelProvider.auth_lines`` or ``chat_auth_lines``, None
+    = the client's credential passed through): the same bytes, no line built per request."""
+    head = request_line
+    head.append(b" HTTP/1.1\r\n")
+    head.append(client.block)
+    if auth_lines is None:
+        _passed_through(head, client)
+        head.append(provider.extra_lines)
+    else:
+        head.append(auth_lines[1] if client.seen_version else auth_lines[0])
+    return finish_head(head, provider.host_line, body, client.seen_request_id, request_id)
+
+
+def _passed_through(head: list[bytes], client: ClientHeaders) -> None:
+    """The client's one verified credential, written back (when it sent one)."""
+    credential = client.credential
+    if credential is not None:
+        if credential.secret.startswith(b"xproxy_"):
+            # A gateway token is never a provider's key: it must not leave the gateway.
+            raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
+        head.append(credential.line)
 
 
 def finish_head(
