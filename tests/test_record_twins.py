@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,3 +77,58 @@ def test_the_request_path_builds_its_records_with_them() -> None:
     )
     source = inspect.getsource(credentials)
     assert "return ClientHeaders(" not in source and "return Credential(" not in source
+
+
+# -- the exchange (plano_fast/gateway/_new_exchange.pyx, twin relay.new_exchange) ----------
+
+try:
+    from plano_fast.gateway import _new_exchange as _compiled_exchange
+except ImportError:  # the extension is not built: new_exchange is the twin
+    _compiled_exchange = None  # type: ignore[assignment]
+
+if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+    from plano_fast.gateway import relay as _relay
+
+    assert _compiled_exchange is not None and _relay.new_exchange is _compiled_exchange.new_exchange
+
+
+class _Ctx:
+    timeouts = (1.0, 2.0, 3.0)
+
+
+def test_new_exchange_sets_what_exchange_init_sets() -> None:
+    from plano_fast.gateway import relay
+    from plano_fast.gateway.endpoints import CHAT_COMPLETIONS
+    from plano_fast.gateway.modes.config import ConfigExchange
+    from plano_fast.gateway.modes.firewall import FirewallExchange
+
+    makers: list[Any] = [relay.new_exchange] + (
+        [_compiled_exchange.new_exchange] if _compiled_exchange is not None else []
+    )
+    ctx, request, responder = _Ctx(), object(), object()
+    for cls in (relay.Exchange, FirewallExchange, ConfigExchange):
+        reference = cls.__new__(cls)
+        relay.Exchange.__init__(reference, ctx, request, responder)  # type: ignore[arg-type]
+        for make in makers:
+            first, second = make(cls, ctx, request, responder), make(cls, ctx, request, responder)
+            assert type(first) is cls
+            for name in relay.Exchange.__slots__:
+                if not hasattr(reference, name):  # drain_left, drain_timer: unset until used
+                    assert not hasattr(first, name), name
+                    continue
+                got, want = getattr(first, name), getattr(reference, name)
+                assert type(got) is type(want), name
+                if name == "request_id":
+                    assert got != second.request_id and got.rsplit("-", 1)[0] == want.rsplit("-", 1)[0]
+                elif name == "started_ns":
+                    assert abs(got - want) < 60 * 10**9
+                else:
+                    assert got == want, name
+            assert first.upstream_data is not second.upstream_data  # a fresh list each
+            assert first.timeouts is ctx.timeouts
+            if cls is ConfigExchange:
+                first.aim(CHAT_COMPLETIONS)
+                assert first.endpoint is CHAT_COMPLETIONS and first.endpoint_name == "chat_completions"
+                assert first.prior is None and first.scan_api == CHAT_COMPLETIONS.scan_api
+    with pytest.raises(TypeError):
+        makers[-1](object, ctx, request, responder)

@@ -24,7 +24,7 @@ import asyncio
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from plano_fast import guardrails
 from plano_fast import wire as scan
@@ -91,6 +91,9 @@ os.register_at_fork(after_in_child=_new_request_prefix)
 _FAILED_OUTCOMES = frozenset(
     (STATUS_UPSTREAM_FAILED, STATUS_UPSTREAM_ERROR, STATUS_CLIENT_GONE, STATUS_CLIENT_GONE_ESTIMATED)
 )
+
+
+_E = TypeVar("_E", bound="Exchange")
 
 
 class BodyFilter(Protocol):
@@ -847,3 +850,20 @@ class Exchange:
             None if raw is None else raw.decode("utf-8", "replace"),
             USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail,
         )  # fmt: skip
+
+
+def new_exchange(cls: type[_E], ctx: ExchangeContext, request: Request, responder: Responder) -> _E:
+    """A ``cls`` (Exchange or a subclass) whose Exchange slots are what ``Exchange.__init__``
+    sets; a subclass's own slots are the caller's (``RoutedExchange.aim``).  The request
+    path's constructor: compiled where built (``plano_fast/gateway/_new_exchange.pyx``: the
+    slots written in place, no class call and no ``__init__`` frame), else this twin."""
+    exchange = cls.__new__(cls)
+    Exchange.__init__(exchange, ctx, request, responder)
+    return exchange
+
+
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._new_exchange import new_exchange  # noqa: E402 - needs Exchange defined
+    except ImportError:
+        pass

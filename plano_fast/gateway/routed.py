@@ -71,6 +71,11 @@ class RoutedExchange(RetryingExchange):
     ) -> None:
         # (the base's method named, not super(): on 3.11 super() is an object per call)
         RetryingExchange.__init__(self, ctx, request, responder)
+        self.aim(endpoint)
+
+    def aim(self, endpoint: Endpoint) -> None:
+        """This exchange's own slots (after ``relay.new_exchange``, the request path's
+        constructor, or ``Exchange.__init__``)."""
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
