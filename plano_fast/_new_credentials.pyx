@@ -9,7 +9,7 @@ allocated and its slots written in place (``plano_fast/_slots.pxd``): the same i
 ``__init__`` makes (tests/test_record_twins.py compares them slot by slot).
 """
 
-from plano_fast._slots cimport put_slot, slot_offset
+from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.credentials import ClientHeaders, Credential
 
@@ -26,14 +26,13 @@ cdef Py_ssize_t C4 = slot_offset(ClientHeaders, "query")
 cdef Py_ssize_t K0 = slot_offset(Credential, "secret")
 cdef Py_ssize_t K1 = slot_offset(Credential, "line")
 
-cdef object _ClientHeaders = ClientHeaders
-cdef object _Credential = Credential
-cdef object _new_object = object.__new__
+cdef type _ClientHeaders = ClientHeaders
+cdef type _Credential = Credential
 
 
 def new_client_headers(block, seen_version, seen_request_id, credential, query):
     """``ClientHeaders(block, seen_version, seen_request_id, credential, query)``."""
-    client = _new_object(_ClientHeaders)
+    client = new_instance(_ClientHeaders)
     put_slot(client, C0, block)
     put_slot(client, C1, seen_version)
     put_slot(client, C2, seen_request_id)
@@ -44,7 +43,7 @@ def new_client_headers(block, seen_version, seen_request_id, credential, query):
 
 def new_credential(secret, line):
     """``Credential(secret, line)``."""
-    credential = _new_object(_Credential)
+    credential = new_instance(_Credential)
     put_slot(credential, K0, secret)
     put_slot(credential, K1, line)
     return credential

@@ -12,7 +12,7 @@ the same instance ``__init__`` makes (tests/test_record_twins.py compares them s
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memchr
 
-from plano_fast._slots cimport put_slot, slot_offset
+from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.http_server import Request
 
@@ -25,8 +25,7 @@ cdef Py_ssize_t OFF[N]
 for _i in range(N):
     OFF[_i] = slot_offset(Request, FIELDS[_i])
 
-cdef object _Request = Request
-cdef object _new_object = object.__new__
+cdef type _Request = Request
 cdef bytes _EMPTY = b""
 
 
@@ -35,7 +34,7 @@ def new_request(bytes method, bytes target not None, headers, body, keep_alive, 
     cdef const char *t = PyBytes_AS_STRING(target)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(target)
     cdef const char *q = <const char *>memchr(t, 63, n)  # "?"
-    request = _new_object(_Request)
+    request = new_instance(_Request)
     put_slot(request, OFF[0], method)
     put_slot(request, OFF[1], target)
     if q == NULL:

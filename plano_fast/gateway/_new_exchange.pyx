@@ -17,7 +17,7 @@ that is not known here, is an ImportError: the pure twin is used
 
 import time
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset
 
 from plano_fast.gateway import relay
 from plano_fast.gateway.relay import Exchange
@@ -63,7 +63,6 @@ cdef Py_ssize_t O_ID = slot_offset(Exchange, "request_id")
 cdef Py_ssize_t O_DATA = slot_offset(Exchange, "upstream_data")
 cdef Py_ssize_t O_TIMEOUTS = slot_offset(Exchange, "timeouts")
 
-cdef object _new_object = object.__new__
 cdef object _time_ns = time.time_ns
 cdef dict _relay = relay.__dict__
 del _template
@@ -75,7 +74,7 @@ def new_exchange(cls, ctx, request, responder):
     sets (``cls``: Exchange or a subclass of it, whose own slots are left to the caller)."""
     if not issubclass(cls, Exchange):
         raise TypeError("not an Exchange class")
-    exchange = _new_object(cls)
+    exchange = new_instance(cls)
     cdef Py_ssize_t i
     put_slot(exchange, O_CTX, ctx)
     put_slot(exchange, O_REQUEST, request)
