@@ -29,8 +29,6 @@ complete head).  ``buf`` may continue past the head (body bytes from the same re
 
 from __future__ import annotations
 
-import itertools
-
 from plano_fast.wire._shared import connection_tokens
 
 
@@ -247,7 +245,9 @@ class RequestIds:
         if not prefix.isascii() or len(prefix) > 64:
             raise ValueError("a request id prefix is at most 64 ASCII characters")
         self._prefix = prefix
-        self._counter = itertools.count(1)
+        # (a range's iterator: next() is one C call, atomic under the GIL as the compiled
+        # counter is; the wire package imports no itertools)
+        self._counter = iter(range(1, 1 << 64))
 
     def next(self) -> str:
         return f"{self._prefix}-{next(self._counter):x}"
