@@ -49,3 +49,12 @@ cdef inline void put_slot(object obj, Py_ssize_t offset, object value):
     Py_INCREF(value)
     slot[0] = <PyObject*>value
     Py_XDECREF(old)
+
+
+cdef inline object new_instance(type cls):
+    """``object.__new__(cls)`` without a Python-level call: the class's own ``tp_new`` (for
+    a ``__slots__`` class without ``__new__``, object's: an allocation, slots unset) with
+    no arguments.  The call through ``object.__new__`` builds an argument tuple and goes
+    through ``tp_new_wrapper``: ~0.25k instructions more, five times a request."""
+    cdef tuple no_args = ()
+    return (<PyTypeObject*>cls).tp_new(cls, <PyObject*>no_args, NULL)

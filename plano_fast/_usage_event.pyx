@@ -13,7 +13,7 @@ positional call with every field could skip: the instance is the one ``__init__`
 
 import dataclasses
 
-from plano_fast._slots cimport put_slot, slot_offset
+from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.usage import UsageEvent
 
@@ -26,8 +26,7 @@ cdef Py_ssize_t OFF[N]
 for _i in range(N):
     OFF[_i] = slot_offset(UsageEvent, FIELDS[_i])
 
-cdef object _Event = UsageEvent
-cdef object _new_object = object.__new__
+cdef type _Event = UsageEvent
 
 
 def new_usage_event(request_id, time_ns, provider, model, streaming, status, http_status, input_tokens,
@@ -37,7 +36,7 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
                     reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
                     bound_cost_nano_usd):
     """``UsageEvent(...)`` of every field, positional, in field order."""
-    event = _new_object(_Event)
+    event = new_instance(_Event)
     put_slot(event, OFF[0], request_id)
     put_slot(event, OFF[1], time_ns)
     put_slot(event, OFF[2], provider)

@@ -52,7 +52,8 @@ def test_shared_pipeline_modules_never_import_a_mode() -> None:
 
 def test_wire_level_request_builder_holds_no_policy() -> None:
     # the upstream request bytes: headers, credentials and body in, bytes out
-    allowed = ("plano_fast.errors", "plano_fast.config", "plano_fast.credentials", "plano_fast.upstream")
+    allowed = ("plano_fast.errors", "plano_fast.config", "plano_fast.credentials", "plano_fast.upstream",
+               "plano_fast.wire")  # (wire: the byte helpers, formatted lines)
     names = {n for n in imported(PKG / "gateway" / "upstream_request.py")
              if not n.startswith(("__future__", "typing"))}
     assert names and all(n.startswith(allowed) for n in names), sorted(names)

@@ -243,3 +243,45 @@ def test_response_head_twins_agree(
     assert (head.status, head.block, head.content_length, head.chunked) == (503, block, length, chunked)
     assert head.headers() == twin.headers()
     assert twin.headers() == [(n.lower(), v.strip(b" \t")) for n, v in lines]
+
+
+# -- the gateway's own lines: content-length, a chunk's size, the request id --------------
+LINE_MODULES = [_head_py] + ([_compiled_head] if _compiled_head is not None else [])
+
+
+@pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)
+@pytest.mark.parametrize("n", [0, 1, 9, 10, 15, 16, 255, 915, 10**6, 2**31, 2**62 - 1, 2**63 - 1])
+def test_length_lines_are_the_percent_formats(mod: object, n: int) -> None:
+    assert mod.content_length_line(n, False) == b"content-length: %d\r\n" % n  # type: ignore[attr-defined]
+    assert mod.content_length_line(n, True) == b"content-length: %d\r\n\r\n" % n  # type: ignore[attr-defined]
+    assert mod.chunk_size_line(n) == b"%x\r\n" % n  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)
+def test_negative_lengths_are_refused(mod: object) -> None:
+    with pytest.raises(ValueError):
+        mod.content_length_line(-1, False)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        mod.chunk_size_line(-1)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)
+@pytest.mark.parametrize("value", ["", "abc-1f", "0123456789abcdef" * 8, "é€😀"])
+def test_header_line_is_start_value_crlf(mod: object, value: str) -> None:
+    assert mod.header_line(b"x-request-id: ", value) == b"x-request-id: " + value.encode() + b"\r\n"  # type: ignore[attr-defined]
+    with pytest.raises(UnicodeEncodeError):
+        mod.header_line(b"x: ", "\udc80")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)
+def test_request_ids_count_in_hex_after_the_prefix_and_reset_in_place(mod: object) -> None:
+    ids = mod.RequestIds("ab" * 16)  # type: ignore[attr-defined]
+    take = ids.next  # bound once, as plano_fast.gateway.relay.new_request_id is
+    got = [take() for _ in range(300)]
+    assert got == [f"{'ab' * 16}-{i:x}" for i in range(1, 301)]
+    ids.reset("cd" * 16)
+    assert take() == f"{'cd' * 16}-1"
+    with pytest.raises(ValueError):
+        ids.reset("é")
+    with pytest.raises(ValueError):
+        ids.reset("a" * 65)

@@ -408,3 +408,52 @@ def test_loader_name_checker_agrees_with_the_router(aliases: dict[str, str]) -> 
         except UnknownModel:
             expected = False
         assert resolves(name) is expected, name
+
+
+# ------------------------------------------------- the provider's lines, joined at config load
+
+LINES_CONFIG = CONFIG.replace(
+    "  - model: groq/gpt-4o-mini\n    access_key: gsk\n",
+    "  - model: groq/gpt-4o-mini\n    access_key: gsk\n    headers: {X-Team: blue, OpenAI-Project: p1}\n"
+    "  - name: ant-extra\n    model: anthropic/claude-haiku-4-5\n    access_key: sk-ant2\n"
+    "    headers: {X-Route: a}\n"
+    "  - name: pass-extra\n    model: mistral/*\n    passthrough_auth: true\n    headers: {X-Route: b}\n",
+)
+
+
+@pytest.mark.parametrize("endpoint_name", ["CHAT_COMPLETIONS", "MESSAGES", "RESPONSES", "COUNT_TOKENS"])
+@pytest.mark.parametrize("client_version", [False, True])
+@pytest.mark.parametrize("client_request_id", [False, True])
+@pytest.mark.parametrize("query", [b"", b"a=1"])
+def test_provider_request_writes_the_bytes_upstream_request_does(
+    endpoint_name: str, client_version: bool, client_request_id: bool, query: bytes
+) -> None:
+    # provider_request (config mode: the lines the config joined once) against the
+    # general builder, for every provider: credentials, anthropic-version (the client's
+    # wins), extra headers, passthrough.
+    from plano_fast.credentials import read_client_headers
+    from plano_fast.gateway import endpoints
+    from plano_fast.gateway.upstream_request import provider_request, upstream_request
+
+    cfg = parse_config(LINES_CONFIG, source="lines.yaml", env={})
+    assert {"ant-extra", "pass-extra"} <= {p.name for p in cfg.providers}
+    endpoint = getattr(endpoints, endpoint_name)
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer sk-client")]
+    if client_version:
+        headers.append((b"anthropic-version", b"2024-01-01"))
+    if client_request_id:
+        headers.append((b"x-request-id", b"client-id"))
+    for provider in cfg.providers:
+        client = read_client_headers(headers, query)
+        line = [b"POST", b" ", b"/v1/x", b"?", query] if query else [b"POST", b" ", b"/v1/x"]
+        auth = None if provider.passthrough_auth else endpoints.auth_headers_for(provider, endpoint)
+        lines = None if provider.passthrough_auth else endpoints.auth_lines_for(provider, endpoint)
+        expected = upstream_request(client, "rid-1", list(line), provider, auth, b"{}")
+        got = provider_request(client, "rid-1", list(line), provider, lines, b"{}")
+        assert got == expected, provider.name
+        head = got[0]
+        assert head.startswith(b"POST /v1/x" + (b"?" + query if query else b"") + b" HTTP/1.1\r\n")
+        assert head.endswith(b"content-length: 2\r\n\r\n") and got[1] == b"{}"
+        assert (b"x-request-id: rid-1\r\n" in head) is not client_request_id
+        assert head.count(b"anthropic-version:") <= 1  # the client's wins over the provider's
+        assert (b"anthropic-version: 2024-01-01\r\n" in head) is client_version

@@ -115,6 +115,15 @@ class ModelProvider:
     upstream_paths: dict[str, bytes | None] = field(init=False, repr=False, compare=False)
     #: ``host: <host_header>\r\n``, the upstream head's Host line
     host_line: bytes = field(init=False, repr=False, compare=False)
+    #: the upstream head's lines of ``auth_headers`` then ``extra_headers``, joined once:
+    #: (all of them, those without ``anthropic-version`` -- for a client that sent its own);
+    #: the same of ``chat_auth_headers`` (``auth_lines`` when it has none); and of
+    #: ``extra_headers`` alone (passthrough_auth).  plano_fast.gateway.upstream_request
+    #: writes them as they are: ~1.6k instructions a request fewer than a concatenation
+    #: per header line.
+    auth_lines: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    chat_auth_lines: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    extra_lines: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", ("https" if self.tls else "http", self.host, self.port, None))
@@ -127,6 +136,11 @@ class ModelProvider:
             "responses": self.responses_path,
         }
         object.__setattr__(self, "upstream_paths", {k: v.encode() if v else None for k, v in paths.items()})
+        object.__setattr__(self, "extra_lines", _lines(self.extra_headers, True))
+        object.__setattr__(self, "auth_lines", _auth_lines(self.auth_headers, self.extra_lines))
+        object.__setattr__(self, "chat_auth_lines", (
+            _auth_lines(self.chat_auth_headers, self.extra_lines) if self.chat_auth_headers else self.auth_lines
+        ))  # fmt: skip
 
     def chat_path_for(self, upstream_model: str) -> str | None:
         """The chat-completions path for ``upstream_model`` (differs only for Azure *)."""
@@ -134,6 +148,17 @@ class ModelProvider:
         if path is None or not self.model_in_path:
             return path
         return path.replace("{model}", quote(upstream_model, safe=""))
+
+
+def _lines(headers: tuple[tuple[bytes, bytes], ...], version: bool) -> bytes:
+    """``name: value`` CRLF-ended lines (without ``anthropic-version`` unless ``version``)."""
+    return b"".join(
+        name + b": " + value + b"\r\n" for name, value in headers if version or name != b"anthropic-version"
+    )
+
+
+def _auth_lines(auth: tuple[tuple[bytes, bytes], ...], extra_lines: bytes) -> tuple[bytes, bytes]:
+    return _lines(auth, True) + extra_lines, _lines(auth, False) + extra_lines
 
 
 def parse_duration(value: object) -> float:

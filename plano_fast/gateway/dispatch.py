@@ -36,7 +36,7 @@ from plano_fast.gateway.modes.firewall import FirewallExchange, identify, metere
 from plano_fast.gateway.modes.gemini import GEMINI, GeminiExchange, is_gemini_path
 from plano_fast.gateway.modes.managed import ManagedExchange
 from plano_fast.gateway.phases import checked_start, key_hash
-from plano_fast.gateway.relay import Exchange, new_request_id
+from plano_fast.gateway.relay import Exchange, new_exchange, new_request_id
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import Decision, decision_body
 from plano_fast.responses_managed import owner_of
@@ -119,13 +119,18 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
     forwarded: Exchange | None = None
     path = request.path
     if gw.firewall and path not in _HEALTH:
-        forwarded = FirewallExchange(ctx, request, responder)
+        forwarded = new_exchange(FirewallExchange, ctx, request, responder)
     elif (endpoint := ENDPOINTS.get(path)) is not None:  # (config mode's usual request first)
         if request.method != b"POST":
             raise MethodNotAllowed(f"{path.decode()} accepts POST only")
-        forwarded = ConfigExchange(ctx, request, responder, endpoint)
+        # (new_exchange, then aim: no class call, see plano_fast.gateway.relay.new_exchange)
+        routed = new_exchange(ConfigExchange, ctx, request, responder)
+        routed.aim(endpoint)
+        forwarded = routed
     elif is_gemini_path(path) and request.method == b"POST":
-        forwarded = GeminiExchange(ctx, request, responder, GEMINI)
+        gemini = new_exchange(GeminiExchange, ctx, request, responder)
+        gemini.aim(GEMINI)
+        forwarded = gemini
     elif path in DECISION_APIS:
         if request.method != b"POST":
             raise MethodNotAllowed(f"{path.decode()} accepts POST only")

@@ -62,6 +62,14 @@ def auth_headers_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[Heade
     return provider.auth_headers
 
 
+def auth_lines_for(provider: ModelProvider, endpoint: Endpoint) -> tuple[bytes, bytes]:
+    """``auth_headers_for``'s headers and the provider's extra headers as the upstream
+    head's lines, joined at config load (``ModelProvider.auth_lines``)."""
+    if endpoint is CHAT_COMPLETIONS:
+        return provider.chat_auth_lines
+    return provider.auth_lines
+
+
 class RequestFieldsLike(Protocol):
     """What the exchange reads of a request (scan.RequestFields, or a Gemini path's)."""
 

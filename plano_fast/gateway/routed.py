@@ -26,13 +26,14 @@ from plano_fast.gateway.endpoints import (
     Endpoint,
     RequestFieldsLike,
     auth_headers_for,
+    auth_lines_for,
     converts,
     upstream_path,
 )
 from plano_fast.gateway.phases import client_headers
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
-from plano_fast.gateway.upstream_request import upstream_request
+from plano_fast.gateway.upstream_request import provider_request, upstream_request
 from plano_fast.response_guard import (
     ResponseHold,
     StreamScan,
@@ -70,6 +71,11 @@ class RoutedExchange(RetryingExchange):
     ) -> None:
         # (the base's method named, not super(): on 3.11 super() is an object per call)
         RetryingExchange.__init__(self, ctx, request, responder)
+        self.aim(endpoint)
+
+    def aim(self, endpoint: Endpoint) -> None:
+        """This exchange's own slots (after ``relay.new_exchange``, the request path's
+        constructor, or ``Exchange.__init__``)."""
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
@@ -154,12 +160,12 @@ class RoutedExchange(RetryingExchange):
         if client is None:
             client = client_headers(self)
         query = client.query
-        self.upstream_data = upstream_request(
+        self.upstream_data = provider_request(
             client,
             self.request_id,
-            request.method + b" " + path + (b"?" + query if query else b""),
+            [request.method, b" ", path, b"?", query] if query else [request.method, b" ", path],
             provider,
-            None if provider.passthrough_auth else auth_headers_for(provider, self.endpoint),
+            None if provider.passthrough_auth else auth_lines_for(provider, self.endpoint),
             body,
         )
         self.origin = provider.origin
@@ -307,7 +313,7 @@ class RoutedExchange(RetryingExchange):
                 provider, upstream_endpoint
             )
         self.upstream_data = upstream_request(
-            client_headers(self), self.request_id, b"POST " + path, provider, auth, body,
+            client_headers(self), self.request_id, [b"POST ", path], provider, auth, body,
             anthropic_version=target == "anthropic",
         )
         self.origin = provider.origin

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from plano_fast.errors import Unauthorized
+from plano_fast.wire import content_length_line, header_line
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 def upstream_request(
     client: ClientHeaders,
     request_id: str,
-    request_line: bytes,
+    request_line: list[bytes],
     provider: ModelProvider,
     auth: tuple[Header, ...] | None,
     body: bytes,
@@ -31,16 +32,14 @@ def upstream_request(
     """The bytes to send upstream: request line, the client's forwardable headers, the
     credentials (``auth``: the gateway's own; None = the client's one verified credential,
     passed through), the provider's configured headers, host and length.  A client's own
-    anthropic-version wins."""
-    head = [request_line + b" HTTP/1.1\r\n", client.block]
+    anthropic-version wins.  ``request_line``: its pieces before the version (method, SP,
+    target), a fresh list the head is built in (pieces joined once: no intermediate bytes)."""
+    head = request_line
+    head.append(b" HTTP/1.1\r\n")
+    head.append(client.block)
     seen_version = client.seen_version
     if auth is None:
-        credential = client.credential
-        if credential is not None:
-            if credential.secret.startswith(b"xproxy_"):
-                # A gateway token is never a provider's key: it must not leave the gateway.
-                raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
-            head.append(credential.line)
+        _passed_through(head, client)
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -54,15 +53,48 @@ def upstream_request(
     return finish_head(head, provider.host_line, body, client.seen_request_id, request_id)
 
 
+def provider_request(
+    client: ClientHeaders,
+    request_id: str,
+    request_line: list[bytes],
+    provider: ModelProvider,
+    auth_lines: tuple[bytes, bytes] | None,
+    body: bytes,
+) -> list[bytes]:
+    """``upstream_request`` for a provider's own headers, with the lines the config
+    joined once (``auth_lines``: ``ModelProvider.auth_lines`` or ``chat_auth_lines``, None
+    = the client's credential passed through): the same bytes, no line built per request."""
+    head = request_line
+    head.append(b" HTTP/1.1\r\n")
+    head.append(client.block)
+    if auth_lines is None:
+        _passed_through(head, client)
+        head.append(provider.extra_lines)
+    else:
+        head.append(auth_lines[1] if client.seen_version else auth_lines[0])
+    return finish_head(head, provider.host_line, body, client.seen_request_id, request_id)
+
+
+def _passed_through(head: list[bytes], client: ClientHeaders) -> None:
+    """The client's one verified credential, written back (when it sent one)."""
+    credential = client.credential
+    if credential is not None:
+        if credential.secret.startswith(b"xproxy_"):
+            # A gateway token is never a provider's key: it must not leave the gateway.
+            raise Unauthorized("an xproxy_ token is only accepted on the managed endpoints")
+        head.append(credential.line)
+
+
 def finish_head(
     head: list[bytes], host_line: bytes, body: bytes, has_request_id: bool, request_id: str
 ) -> list[bytes]:
     """Close the upstream head: our request id unless the client sent one, the Host line
-    (``host_line``: built once per target), length."""
+    (``host_line``: built once per target), length (the two computed lines formatted in C,
+    plano_fast.wire: ~1.7k instructions fewer than concatenation and %d)."""
     if not has_request_id:
-        head.append(b"x-request-id: " + request_id.encode() + b"\r\n")
+        head.append(header_line(b"x-request-id: ", request_id))
     head.append(host_line)
-    head.append(b"content-length: %d\r\n\r\n" % len(body))
+    head.append(content_length_line(len(body), True))
     return [b"".join(head), body]
 
 

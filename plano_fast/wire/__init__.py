@@ -4,7 +4,8 @@
   the request rewrite (``_scan.pyx``, twin ``_scan_py.py``; the specification is the twin's
   docstring);
 * the header relay -- the client's headers that go upstream, the upstream head's lines
-  that go to the client (``_head.pyx``, twin ``_head_py.py``);
+  that go to the client, and the gateway's own lines (content-length, a chunk's size, the
+  request id and its generator ``RequestIds``) (``_head.pyx``, twin ``_head_py.py``);
 * the request fast path -- a whole plain HTTP/1.1 request parsed in one pass
   (``_request.pyx``; its "twin" is httptools, which parses every request it declines);
   and its mirror for answers, ``parse_response`` (``_head.pyx``: a whole plain upstream
@@ -104,11 +105,28 @@ else:
 #: else None; None itself in the pure build (httptools parses every response).
 parse_response: Callable[[bytes, int], tuple[int, bytes, int, bool, int] | None] | None
 if _built("_head"):
-    from plano_fast.wire._head import ResponseHead, forward_request_headers, parse_response, response_head
+    from plano_fast.wire._head import (
+        RequestIds,
+        ResponseHead,
+        chunk_size_line,
+        content_length_line,
+        forward_request_headers,
+        header_line,
+        parse_response,
+        response_head,
+    )
 
     _HEAD = "cython"
 else:
-    from plano_fast.wire._head_py import ResponseHead, forward_request_headers, response_head  # type: ignore[assignment]
+    from plano_fast.wire._head_py import (  # type: ignore[assignment]
+        RequestIds,
+        ResponseHead,
+        chunk_size_line,
+        content_length_line,
+        forward_request_headers,
+        header_line,
+        response_head,
+    )
 
     parse_response = None
     _HEAD = "python"
@@ -170,6 +188,7 @@ IMPLEMENTATION: Final = (
 )
 
 __all__ = [
+    "RequestIds",
     "ResponseHead",
     "ACCESS_LOG_FIELDS",
     "ACCESS_LOG_RECORD",
@@ -200,11 +219,14 @@ __all__ = [
     "Usage",
     "UsageScanner",
     "access_log_lines",
+    "chunk_size_line",
+    "content_length_line",
     "counts_as_usage",
     "dlp_scan_body",
     "dlp_scan_text",
     "forward_request_headers",
     "has_header",
+    "header_line",
     "parse_request",
     "parse_response",
     "response_head",

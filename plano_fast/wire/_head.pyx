@@ -9,7 +9,8 @@ docstrings; the two are checked against each other in tests/test_header_relay.py
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
 from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
 from plano_fast.wire._shared import connection_tokens
@@ -387,3 +388,95 @@ def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
     finally:
         free(out)
     return result
+
+
+# -- the gateway's own header lines (twins: the functions of the same names in _head_py.py) --
+# Formatted in C: on 3.11, ``b"content-length: %d\r\n" % n`` is ~1k instructions (the
+# general %-formatter), ``name + value.encode() + b"\r\n"`` ~1.1k (an encode, two
+# concatenations, three allocations); a request writes four such lines.
+
+cdef inline Py_ssize_t put_digits(char *out, unsigned long long n, int base) noexcept nogil:
+    """``n`` in ``base`` (10 or 16, lowercase) at ``out``; returns the digits written."""
+    cdef char tmp[24]
+    cdef Py_ssize_t k = 0, i
+    while True:
+        tmp[k] = b"0123456789abcdef"[n % base]
+        k += 1
+        n //= base
+        if n == 0:
+            break
+    for i in range(k):
+        out[i] = tmp[k - 1 - i]
+    return k
+
+
+def content_length_line(Py_ssize_t n, bint blank_line):
+    """``b"content-length: %d\\r\\n" % n``, and the head's closing CRLF after it when
+    ``blank_line`` (``n`` >= 0)."""
+    cdef char buf[48]
+    if n < 0:
+        raise ValueError("negative content length")
+    memcpy(buf, b"content-length: ", 16)
+    cdef Py_ssize_t w = 16 + put_digits(buf + 16, <unsigned long long>n, 10)
+    buf[w] = 13
+    buf[w + 1] = 10
+    w += 2
+    if blank_line:
+        buf[w] = 13
+        buf[w + 1] = 10
+        w += 2
+    return PyBytes_FromStringAndSize(buf, w)
+
+
+def chunk_size_line(Py_ssize_t n):
+    """A chunk's size line, ``b"%x\\r\\n" % n`` (``n`` >= 0)."""
+    cdef char buf[24]
+    if n < 0:
+        raise ValueError("negative chunk size")
+    cdef Py_ssize_t w = put_digits(buf, <unsigned long long>n, 16)
+    buf[w] = 13
+    buf[w + 1] = 10
+    return PyBytes_FromStringAndSize(buf, w + 2)
+
+
+def header_line(bytes start not None, str value not None):
+    """``start + value.encode() + b"\\r\\n"`` (``start``: the name and ``": "``)."""
+    cdef Py_ssize_t a = len(start), b
+    cdef const char *v = PyUnicode_AsUTF8AndSize(value, &b)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, a + b + 2)
+    cdef char *p = PyBytes_AS_STRING(out)
+    memcpy(p, <const char *>start, a)
+    memcpy(p + a, v, b)
+    p[a + b] = 13
+    p[a + b + 1] = 10
+    return out
+
+
+cdef class RequestIds:
+    """Request ids: ``prefix`` (drawn by the caller), ``-``, then a counter from 1 in
+    lowercase hex (``f"{prefix}-{n:x}"``; twin ``_head_py.RequestIds``).  ``reset`` starts
+    over with a new prefix (a forked child), in place: ``next`` stays bound where it was
+    taken.  ~0.2k instructions an id, against ~2.3k for the f-string and ``next()`` on an
+    ``itertools.count``."""
+
+    cdef str prefix
+    cdef unsigned long long counter
+
+    def __init__(self, str prefix not None):
+        self.reset(prefix)
+
+    def reset(self, str prefix not None):
+        if not prefix.isascii() or len(prefix) > 64:
+            raise ValueError("a request id prefix is at most 64 ASCII characters")
+        self.prefix = prefix
+        self.counter = 0
+
+    def next(self):
+        cdef char buf[96]
+        cdef Py_ssize_t a
+        cdef const char *p = PyUnicode_AsUTF8AndSize(self.prefix, &a)
+        self.counter += 1
+        memcpy(buf, p, a)
+        buf[a] = 45  # "-"
+        cdef Py_ssize_t w = a + 1 + put_digits(buf + a + 1, self.counter, 16)
+        return PyUnicode_DecodeASCII(buf, w, NULL)

@@ -206,3 +206,48 @@ def forward_request_headers(
         out.append(name + b": " + value + b"\r\n")
     return b"".join(out), seen_version, seen_request_id, credentials, credential_name, credential_value
 
+
+
+# -- the gateway's own header lines (compiled twins in _head.pyx, formatted in C there) --
+
+
+def content_length_line(n: int, blank_line: bool) -> bytes:
+    """``b"content-length: %d\\r\\n" % n``, and the head's closing CRLF after it when
+    ``blank_line`` (``n`` >= 0)."""
+    if n < 0:
+        raise ValueError("negative content length")
+    return (b"content-length: %d\r\n\r\n" if blank_line else b"content-length: %d\r\n") % n
+
+
+def chunk_size_line(n: int) -> bytes:
+    """A chunk's size line, ``b"%x\\r\\n" % n`` (``n`` >= 0)."""
+    if n < 0:
+        raise ValueError("negative chunk size")
+    return b"%x\r\n" % n
+
+
+def header_line(start: bytes, value: str) -> bytes:
+    """``start + value.encode() + b"\\r\\n"`` (``start``: the name and ``": "``)."""
+    return start + value.encode() + b"\r\n"
+
+
+class RequestIds:
+    """Request ids: ``prefix`` (drawn by the caller), ``-``, then a counter from 1 in
+    lowercase hex.  ``reset`` starts over with a new prefix (a forked child), in place:
+    ``next`` stays bound where it was taken."""
+
+    __slots__ = ("_prefix", "_counter")
+
+    def __init__(self, prefix: str) -> None:
+        self.reset(prefix)
+
+    def reset(self, prefix: str) -> None:
+        if not prefix.isascii() or len(prefix) > 64:
+            raise ValueError("a request id prefix is at most 64 ASCII characters")
+        self._prefix = prefix
+        # (a range's iterator: next() is one C call, atomic under the GIL as the compiled
+        # counter is; the wire package imports no itertools)
+        self._counter = iter(range(1, 1 << 64))
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"

@@ -191,11 +191,14 @@ class FirewallExchange(Exchange):
         if base and not path.startswith(base + b"/"):
             path = base + path
         query = client.query
-        target = path + b"?" + query if query else path
         # The verified credential, written back once; every other one was dropped.
         credential = client.credential
         assert credential is not None
-        head = [request.method + b" " + target + b" HTTP/1.1\r\n", client.block, credential.line]
+        # (pieces, joined once by finish_head: a concatenation is ~0.45k instructions)
+        if query:
+            head = [request.method, b" ", path, b"?", query, b" HTTP/1.1\r\n", client.block, credential.line]
+        else:
+            head = [request.method, b" ", path, b" HTTP/1.1\r\n", client.block, credential.line]
         self.upstream_data = finish_head(head, route.host_line, body, client.seen_request_id, self.request_id)
         self.origin = route.origin
         if ctx.ratelimits is not None and rate_limit(self, (self.model,)):

@@ -112,7 +112,7 @@ class GeminiExchange(RoutedExchange):
         self.upstream_data = upstream_request(
             client,
             self.request_id,
-            b"POST " + path + self.method + (b"?" + query if query else b""),
+            [b"POST ", path, self.method, b"?", query] if query else [b"POST ", path, self.method],
             provider,
             None if provider.passthrough_auth else provider.auth_headers,
             self.request.body,

@@ -1,0 +1,11 @@
+"""Type stub for plano_fast/_new_credentials.pyx; see plano_fast.credentials.new_client_headers."""
+
+from plano_fast.credentials import ClientHeaders, Credential
+
+CLIENT_FIELDS: tuple[str, ...]
+CREDENTIAL_FIELDS: tuple[str, ...]
+
+def new_client_headers(
+    block: bytes, seen_version: bool, seen_request_id: bool, credential: Credential | None, query: bytes
+) -> ClientHeaders: ...
+def new_credential(secret: bytes, line: bytes) -> Credential: ...

@@ -1,0 +1,49 @@
+# cython: language_level=3
+"""``ClientHeaders(...)`` and ``Credential(...)`` for the request path, compiled: twins of
+the classes' own constructors, chosen in ``plano_fast.credentials`` (``new_client_headers``,
+``new_credential``).
+
+Why: every forwarded request builds one of each, and on 3.11 calling a class with a Python
+``__init__`` costs ~1.5k instructions before its first store.  Here the instance is
+allocated and its slots written in place (``plano_fast/_slots.pxd``): the same instance
+``__init__`` makes (tests/test_record_twins.py compares them slot by slot).
+"""
+
+from plano_fast._slots cimport new_instance, put_slot, slot_offset
+
+from plano_fast.credentials import ClientHeaders, Credential
+
+CLIENT_FIELDS = ("block", "seen_version", "seen_request_id", "credential", "query")
+CREDENTIAL_FIELDS = ("secret", "line")
+if tuple(ClientHeaders.__slots__) != CLIENT_FIELDS or tuple(Credential.__slots__) != CREDENTIAL_FIELDS:
+    raise ImportError("ClientHeaders or Credential changed: _new_credentials.pyx must be updated")
+
+cdef Py_ssize_t C0 = slot_offset(ClientHeaders, "block")
+cdef Py_ssize_t C1 = slot_offset(ClientHeaders, "seen_version")
+cdef Py_ssize_t C2 = slot_offset(ClientHeaders, "seen_request_id")
+cdef Py_ssize_t C3 = slot_offset(ClientHeaders, "credential")
+cdef Py_ssize_t C4 = slot_offset(ClientHeaders, "query")
+cdef Py_ssize_t K0 = slot_offset(Credential, "secret")
+cdef Py_ssize_t K1 = slot_offset(Credential, "line")
+
+cdef type _ClientHeaders = ClientHeaders
+cdef type _Credential = Credential
+
+
+def new_client_headers(block, seen_version, seen_request_id, credential, query):
+    """``ClientHeaders(block, seen_version, seen_request_id, credential, query)``."""
+    client = new_instance(_ClientHeaders)
+    put_slot(client, C0, block)
+    put_slot(client, C1, seen_version)
+    put_slot(client, C2, seen_request_id)
+    put_slot(client, C3, credential)
+    put_slot(client, C4, query)
+    return client
+
+
+def new_credential(secret, line):
+    """``Credential(secret, line)``."""
+    credential = new_instance(_Credential)
+    put_slot(credential, K0, secret)
+    put_slot(credential, K1, line)
+    return credential
