@@ -44,4 +44,6 @@ bench-micro: env
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:
-	rm -rf $(VENV) build *.egg-info plano_fast/wire/*.c plano_fast/wire/*.so plano_fast/wire/*.html
+	rm -rf $(VENV) build *.egg-info
+	# every Cython module's generated C, build and annotation (no hand-written .c in the tree)
+	find plano_fast \( -name '*.c' -o -name '*.so' -o -name '*.html' \) -delete
