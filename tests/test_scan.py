@@ -919,12 +919,13 @@ def test_stream_without_final_blank_line(scan: ModuleType) -> None:
             b'event: message_stop\ndata: {"type":"message_stop"               }\n\n',
             U(61 + 7, 2, 7, 0, 0, model="claude-x"),
         ),
-        # Anthropic stream cut before message_delta: counts kept, but has_usage is False
+        # Anthropic stream cut before message_delta: input counts kept, but has_usage is False
+        # and no output (message_start's output_tokens is a placeholder, not a count)
         (
             ANTHROPIC,
             b'data: {"type":"message_start","message":{"model":"c","usage":{"input_tokens":43,'
             b'"output_tokens":1}}}\n\n',
-            U(43, 1, has_usage=False, model="c"),
+            U(43, 0, has_usage=False, model="c"),
         ),
         # Gemini alt=sse with CRLF framing; cumulative usageMetadata
         (

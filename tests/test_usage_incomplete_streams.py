@@ -78,11 +78,46 @@ def GEMINI_ANSWER(usage: object) -> bytes:  # noqa: N802
                        "modelVersion": "gemini-2.5-flash", "usageMetadata": usage}).encode()
 
 
+TOLD_MARK = b"told:"
+
+
+def ANTHROPIC_STREAM(start: object, final: object) -> bytes:  # noqa: N802
+    """An Anthropic stream: ``message_start`` with usage ``start``, ``message_delta`` with ``final``."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
+               "content": [], "stop_reason": None, "stop_sequence": None, "usage": start}
+    events = [("message_start", {"type": "message_start", "message": message}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Hello"}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                    "stop_sequence": None}, "usage": final}),
+              ("message_stop", {"type": "message_stop"})]  # fmt: skip
+    return b"".join(b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(doc).encode()) for name, doc in events)
+
+
+def OPENAI_STREAM(usage: object) -> bytes:  # noqa: N802
+    """An OpenAI chat stream: a text chunk, the finish chunk, a usage chunk with ``usage``, ``[DONE]``."""
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"},
+                                    "finish_reason": None}]},
+              {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+              {**head, "choices": [], "usage": usage}]  # fmt: skip
+    return b"".join(b"data: %s\n\n" % json.dumps(c).encode() for c in chunks) + b"data: [DONE]\n\n"
+
+
 class ScriptedStreams(RawUpstream):
     """Answers every request with the stream its path (and a marker in the body) names."""
 
     def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
         path = head.split(b" ", 2)[1]
+        if TOLD_MARK in body:  # a stream with the usage the test names ([start, final] for Anthropic)
+            usage = json.loads(body.split(TOLD_MARK, 1)[1].split(b"|", 1)[0].replace(b"\\", b""))
+            stream = ANTHROPIC_STREAM(*usage) if b"/messages" in path else OPENAI_STREAM(usage)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(stream), stream))  # fmt: skip
+            return True
         if LIE_MARK in body:  # a non-streamed answer with the usage object the test names
             lie = json.loads(body.split(LIE_MARK, 1)[1].split(b"|", 1)[0].replace(b"\\", b""))
             answer = (ANTHROPIC_ANSWER if b"/messages" in path else GEMINI_ANSWER)(lie)
@@ -152,6 +187,7 @@ def test_anthropic_stream_without_its_message_delta_usage(gw: tuple[GatewayProce
     row = row_of(path, rid)
     assert (row.status, row.http_status, row.priced, row.cost_nano_usd) == ("usage_missing", 200, False, None)
     assert row.input_tokens == 25  # message_start's input count is final
+    assert row.output_tokens == 0  # its output_tokens (1) is a placeholder: no output reported
 
 
 def test_gemini_stream_whose_last_chunk_has_no_usage(gw: tuple[GatewayProcess, Path]) -> None:
@@ -183,7 +219,7 @@ def test_openai_stream_ending_without_its_usage_chunk(gw: tuple[GatewayProcess, 
 # -- the scanner rule, both implementations, whole and one byte at a time -------------------
 @pytest.mark.parametrize("scan", IMPLEMENTATIONS)
 @pytest.mark.parametrize(("api", "stream", "has_usage", "counts"), [
-    (ANTHROPIC, ANTHROPIC_NO_FINAL_USAGE, False, (25, 1)),
+    (ANTHROPIC, ANTHROPIC_NO_FINAL_USAGE, False, (25, 0)),  # (message_start's output 1: a placeholder)
     (GEMINI, GEMINI_NO_FINAL_USAGE, False, (12, 1)),
     (GEMINI, GEMINI_FINAL_USAGE, True, (12, 7)),
     # a Gemini chunk without usage before the last one's does not matter
@@ -254,3 +290,96 @@ def test_a_converted_gemini_stream_tells_the_client_the_usage_it_billed(gw: tupl
             assert (told, row.status) == ([], "usage_missing")
         else:
             assert (told, row.status, (row.input_tokens, row.output_tokens)) == ([billed], "ok", billed)
+
+
+# -- usage that lies, in a stream converted for a client of another format -------------------
+START = {"input_tokens": 25, "output_tokens": 1}  # message_start's: input final, output a placeholder
+STREAM_LIES = {
+    # [message_start usage, message_delta usage]: the final one refused, or none counting at all
+    "anthropic": [[START, {"output_tokens": -3}], [START, {"output_tokens": 3.0}], [START, {"output_tokens": 10**30}],
+                  [START, {"output_tokens": "3"}], [START, {"output_tokens": 3, "cache_read_input_tokens": -1}],
+                  [START, {"output_tokens": 3, "output_tokens_details": 5}]],
+    "openai": [{"prompt_tokens": -5, "completion_tokens": 3}, {"prompt_tokens": 5.0, "completion_tokens": 3},
+               {"prompt_tokens": 10**30, "completion_tokens": 3}, {"prompt_tokens": "5", "completion_tokens": 3},
+               {"prompt_tokens": 5, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": -1}}],
+}  # fmt: skip
+STREAM_GOOD = {
+    # message_start's usage refused (10**30), message_delta's counted: billed (0, 7), as the scanner merges
+    "anthropic": [[START, {"output_tokens": 7}], [{"input_tokens": 10**30, "output_tokens": 1}, {"output_tokens": 7}]],
+    "openai": [{"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}],
+}  # fmt: skip
+
+
+def _told(client: str, answer: bytes) -> tuple[int, int] | None:
+    """The final usage the converted stream told the client (None: it told none)."""
+    docs = [json.loads(line[6:]) for line in answer.replace(b"\r\n", b"\n").split(b"\n")
+            if line.startswith(b"data: {")]
+    if client == "openai":
+        told = [(d["usage"]["prompt_tokens"], d["usage"]["completion_tokens"]) for d in docs if d.get("usage")]
+    elif client == "anthropic":  # message_delta's usage is required by the format: zeros when none
+        told = [(d["usage"]["input_tokens"] + d["usage"]["cache_read_input_tokens"]
+                 + d["usage"]["cache_creation_input_tokens"], d["usage"]["output_tokens"])
+                for d in docs if d.get("type") == "message_delta"]
+        assert len(told) == 1, answer
+        return None if told == [(0, 0)] else told[0]
+    else:
+        told = [(d["usageMetadata"]["promptTokenCount"],
+                 d["usageMetadata"]["candidatesTokenCount"] + d["usageMetadata"].get("thoughtsTokenCount", 0))
+                for d in docs if "usageMetadata" in d]  # fmt: skip
+    assert len(told) <= 1, answer
+    return told[0] if told else None
+
+
+# (a Responses client on an OpenAI provider is forwarded as is: no conversion)
+CONVERTED = [("openai", "anthropic"), ("gemini", "anthropic"), ("responses", "anthropic"),
+             ("anthropic", "openai"), ("gemini", "openai")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("client", "provider"), CONVERTED, ids=[f"{c}-on-{p}" for c, p in CONVERTED])
+def test_a_converted_stream_tells_the_client_the_usage_it_billed(
+    gw: tuple[GatewayProcess, Path], client: str, provider: str
+) -> None:
+    """A provider stream whose final usage lies (a negative, fractional, huge or string
+    count, a details member that is not an object) is billed ``usage_missing``; the stream
+    converted for a client of another format told it the counts that parsed (10**30 passed
+    on).  Now it tells what was billed: none (zeros in Anthropic's required
+    ``message_delta.usage``), and the row's counts when the usage counts."""
+    gateway, path = gw
+    model = "claude-raw" if provider == "anthropic" else "gpt-raw"
+    sent = []
+    for usage in [*STREAM_LIES[provider], *STREAM_GOOD[provider]]:
+        content = (TOLD_MARK + json.dumps(usage).encode() + b"|").decode()
+        if client == "gemini":
+            answer, rid = post(gateway, f"/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                               {"contents": [{"role": "user", "parts": [{"text": content}]}]},
+                               {"x-goog-api-key": "client-key"})
+        elif client == "anthropic":
+            answer, rid = post(gateway, "/v1/messages", {"model": model, "max_tokens": 50, "stream": True,
+                                                         "messages": [{"role": "user", "content": content}]},
+                               {"x-api-key": "sk-ant-client", "anthropic-version": "2023-06-01"})
+        elif client == "responses":
+            answer, rid = post(gateway, "/v1/responses", {"model": model, "stream": True, "input": content},
+                               {"authorization": "Bearer sk-client"})
+        else:
+            answer, rid = post(gateway, "/v1/chat/completions", {
+                "model": model, "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": content}]}, {"authorization": "Bearer sk-client"})
+        sent.append((usage, answer, rid))
+    row_of(path, sent[-1][2])  # rows are written in order: the others are in by then
+    rows = {r.request_id: r for r in read_rows(None, str(path.with_suffix(".db")))}
+    for usage, answer, rid in sent:
+        row = rows.get(rid) or row_of(path, rid)
+        good = usage in STREAM_GOOD[provider]
+        assert row.status == ("ok" if good else "usage_missing"), (usage, row)
+        billed = (row.input_tokens, row.output_tokens) if good else None
+        told = _told_responses(answer) if client == "responses" else _told(client, answer)
+        assert told == billed, (usage, told, row)
+
+
+def _told_responses(answer: bytes) -> tuple[int, int] | None:
+    """A Responses stream's ``response.completed`` usage (always present: zeros when none)."""
+    docs = [json.loads(line[6:]) for line in answer.split(b"\n") if line.startswith(b"data: {")]
+    done = [d["response"]["usage"] for d in docs if d.get("type") == "response.completed"]
+    assert len(done) == 1, answer
+    told = (done[0]["input_tokens"], done[0]["output_tokens"])
+    return None if told == (0, 0) else told

@@ -56,7 +56,7 @@ from plano_fast.convert._responses_out import echo_fields
 from plano_fast.convert._stream_emit import EMITTERS, Emitter, render_stream_error
 from plano_fast.convert._stream_responses import ResponsesEmitter
 from plano_fast.convert.errors import ConversionError, ErrorInfo, error_info_from
-from plano_fast.wire import API_GEMINI, counts_as_usage
+from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, counts_as_usage
 
 __all__ = ["StreamConverter", "MAX_EVENT_BYTES"]
 
@@ -123,10 +123,13 @@ class _OpenAISource(_Source):
             em.served(obj.get("model"))
             em.start(self.upstream_id, None)
         usage = obj.get("usage")
-        if type(usage) is not dict:
+        if usage is None:
             usage = as_dict(obj.get("x_groq")).get("usage")  # Groq without include_usage
         usage_here: Usage | None = None
-        if type(usage) is dict and ("prompt_tokens" in usage or "completion_tokens" in usage):
+        # Only a usage object that counts for the bill (the scanner twin's whole-object rule,
+        # plano_fast.wire._scan_py): one with a negative, fractional, huge or string count is
+        # ignored there (usage_missing when no other came), so the client is not told it.
+        if type(usage) is dict and counts_as_usage(API_OPENAI_CHAT, usage):
             pd = as_dict(usage.get("prompt_tokens_details"))
             read = pd.get("cached_tokens")
             if read is None:
@@ -206,12 +209,17 @@ class _AnthropicSource(_Source):
         self.tools: set[object] = set()
         self.raw_usage: dict[str, Any] = {}
 
-    def _merge(self, usage: object, top_level: bool) -> Usage:
+    def _merge(self, usage: object, top_level: bool) -> Usage | None:
+        """Merge a usage object field by field, as the scanner does; None (nothing merged)
+        for one that does not count for the bill (the scanner twin's whole-object rule:
+        a negative, fractional, huge or string count), so the client is told what is
+        billed."""
+        if type(usage) is not dict or not counts_as_usage(API_ANTHROPIC, usage):
+            return None
         raw = self.raw_usage
-        if type(usage) is dict:
-            for key, value in usage.items():
-                if value is not None:
-                    raw[key] = value
+        for key, value in usage.items():
+            if value is not None:
+                raw[key] = value
         u = self.usage
         u["input_tokens"] = count(raw.get("input_tokens")) or 0
         u["output_tokens"] = count(raw.get("output_tokens")) or 0
@@ -278,9 +286,9 @@ class _AnthropicSource(_Source):
                 em.served(message.get("model"))
                 em.start(message.get("id"), usage)
         elif etype == "message_delta":
-            usage_obj = obj.get("usage")
-            if type(usage_obj) is dict:
-                em.set_usage(self._merge(usage_obj, True))
+            final = self._merge(obj.get("usage"), True)
+            if final is not None:
+                em.set_usage(final)
             reason = as_dict(obj.get("delta")).get("stop_reason")
             if reason and not self.finished:
                 self.finished = True

@@ -102,7 +102,8 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
   ``output_tokens_details``) are merged one by one, later values win, so ``message_delta``
   counts override ``message_start`` ones when present.  Only a top-level
   ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
-  in the fields but reports ``has_usage=False`` (its output count is a placeholder).
+  in the fields but reports ``has_usage=False`` and no output (``output_tokens``,
+  ``reasoning_tokens`` 0: ``message_start``'s output count is a placeholder, not a count).
 * Gemini: ``usageMetadata`` (cumulative: the last one wins).  It sets ``has_usage`` only
   while the last document carried one that counts: a stream whose last chunk has none
   (the final counts ride on the last chunk, with its ``finishReason``) keeps the earlier
@@ -993,6 +994,11 @@ class UsageScanner:
     def result(self) -> Usage:
         acc = self._acc
         usage = _normalize(self._api, acc.counts)
+        if self._api == API_ANTHROPIC and not acc.has_usage:
+            # Only message_start's usage counted (no top-level one): its output_tokens is a
+            # placeholder (1), not a count; a row column of "every billed output token"
+            # (README "Usage rows") must not sum it: no output reported, the input stays.
+            usage.output_tokens = usage.reasoning_tokens = usage.audio_output_tokens = 0
         usage.has_usage = acc.has_usage
         usage.model = acc.model
         usage.is_error = acc.is_error

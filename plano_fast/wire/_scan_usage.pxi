@@ -327,6 +327,12 @@ cdef class UsageScanner:
         """The usage read so far (final after finish())."""
         cdef Usage u = Usage.__new__(Usage)
         normalize(self.api, self.acc.v, u)
+        if self.api == A_ANTH and not self.acc.has_usage:
+            # only message_start's usage counted: its output_tokens is a placeholder, not a
+            # count (the twin's result(), plano_fast.wire._scan_py): no output reported
+            u.output_tokens = 0
+            u.reasoning_tokens = 0
+            u.audio_output_tokens = 0
         u.has_usage = self.acc.has_usage
         u.is_error = self.acc.is_error
         if not self.model_valid:
