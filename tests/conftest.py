@@ -30,6 +30,41 @@ OPT_IN_SKIPS = (
 )
 
 
+def _share_the_default_client_tls_context() -> None:
+    """Build the SDK clients' default TLS context once per test process, not once per client.
+
+    Every ``openai.OpenAI()`` / ``anthropic.Anthropic()`` makes an httpx client, whose
+    transport loads the system CA bundle into a new ``SSLContext``: ~23 ms of CPU, 97% of
+    a client's construction, for clients that talk plain HTTP to the gateway and the fake
+    provider (some tests make one per request: hundreds).  Only the default call
+    (``verify=True``, no client certificate, same ``SSL_CERT_*`` environment) is shared;
+    any other call builds its own context as before.  Gateways run in subprocesses and are
+    not affected.  If the SDK's HTTP library changes shape, nothing is patched.
+    """
+    try:
+        from httpx2._transports import default as transport  # the HTTP library of these SDKs
+    except ImportError:
+        return
+    original = getattr(transport, "create_ssl_context", None)
+    if original is None or getattr(original, "_plano_fast_shared", False):
+        return
+    shared: dict[tuple[bool, str | None, str | None], object] = {}
+
+    def create_ssl_context(verify: object = True, cert: object = None, trust_env: bool = True) -> object:
+        if verify is not True or cert is not None:
+            return original(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in shared:
+            shared[key] = original(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[key]
+
+    create_ssl_context._plano_fast_shared = True  # type: ignore[attr-defined]
+    transport.create_ssl_context = create_ssl_context
+
+
+_share_the_default_client_tls_context()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ import pytest
 
 from benchmarks.attack_battery import exchange, post
 from benchmarks.fake_provider import FakeProviderThread
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_firewall import OTHER_KEY, USER_KEY, firewall  # noqa: F401 - fixture
 from plano_fast.managed.bounds import UnboundedContent, token_bound
-from tests.test_managed import Tenant, managed, rows  # noqa: F401 - fixture
+from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, managed, provision, rows  # noqa: F401 - fixture
 from tests.test_managed_bounds import call, limited  # noqa: F401 - fixture
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
@@ -33,6 +33,22 @@ def provider_calls(fake: FakeProviderThread) -> list[Any]:
 # -- managed mode serves tokens only ---------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def managed_once(
+    fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str, Tenant]]:
+    """``managed`` (tests/test_managed.py) started once for the 15 refusal cases below (a
+    managed start is a migrate and a serve, ~2 s each case); each case checks only the rows
+    its own requests added."""
+    config = write_config(tmp_path_factory.mktemp("managed_edges") / "plano_config.yaml", fake.port,
+                          {"managed": "true", "managed_reload_s": 1})  # fmt: skip
+    sqlite_path = str(config.with_suffix(".db"))
+    tenants: list[Tenant] = []
+    with GatewayProcess(config, env=ENV,
+                        before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE))) as gateway:
+        yield gateway, sqlite_path, tenants[0]
+
+
 @pytest.mark.parametrize("credential", [b"", b"Authorization: Bearer sk-any-provider-key\r\n",
                                         b"x-api-key: sk-any-provider-key\r\n"])
 @pytest.mark.parametrize(("path", "body", "status"), [
@@ -43,13 +59,14 @@ def provider_calls(fake: FakeProviderThread) -> list[Any]:
     (b"/routing/v1/chat/completions", CHAT, 404),
 ])
 def test_managed_mode_refuses_requests_without_a_token(
-    managed: Any, fake: FakeProviderThread, credential: bytes, path: bytes, body: bytes, status: int  # noqa: F811
+    managed_once: Any, fake: FakeProviderThread, credential: bytes, path: bytes, body: bytes, status: int
 ) -> None:
     """Was: a request without an xproxy_ token went on to config-mode routing and was
     served with the config's own provider keys (200, a usage row with no project, no
     token and no budget): anyone reaching a managed gateway could spend past every hard
     limit.  Now refused in the client's format; nothing reaches the provider."""
-    gateway, sqlite_path, tenant = managed
+    gateway, sqlite_path, tenant = managed_once
+    earlier = {r.request_id for r in rows(sqlite_path)}  # the rows of the cases before this one
     fake.clear()
     answer = exchange(gateway.port, post(path, body, credential, b"anthropic-version: 2023-06-01\r\n"))
     assert answer.status == status, answer.raw[:300]
@@ -58,7 +75,7 @@ def test_managed_mode_refuses_requests_without_a_token(
     # the tenant's token is served as before, and only its request is billed
     served = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"))
     assert served.status == 200, served.raw[:300]
-    billed = rows(sqlite_path)
+    billed = [r for r in rows(sqlite_path) if r.request_id not in earlier]
     assert [r.token_id for r in billed] == [tenant.token_id]
 
 

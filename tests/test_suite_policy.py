@@ -48,3 +48,19 @@ def test_a_skip_that_is_not_an_opt_in_fails_in_ci(tmp_path: Path) -> None:
     assert run().startswith("2 skipped in ")
     ci = run(PLANO_FAST_TEST_REQUIRE_ALL="1")
     assert ci.startswith("1 failed, 1 skipped"), ci
+
+
+def test_sdk_clients_share_the_default_tls_context_only() -> None:
+    """tests/conftest.py builds the SDK clients' default TLS context once (loading the CA
+    bundle is ~23 ms of CPU a client); any other verify setting still gets its own context."""
+    import ssl
+
+    from httpx2._transports import default as transport
+
+    first, second = transport.create_ssl_context(), transport.create_ssl_context(verify=True)
+    assert first is second and first.verify_mode == ssl.CERT_REQUIRED
+    unverified = transport.create_ssl_context(verify=False)
+    assert unverified is not transport.create_ssl_context(verify=False) and unverified is not first
+    assert unverified.verify_mode == ssl.CERT_NONE
+    own = ssl.create_default_context()
+    assert transport.create_ssl_context(verify=own) is own
