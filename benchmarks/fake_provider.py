@@ -1852,7 +1852,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             os.waitpid(pid, 0)
         print("fake_provider: workers failed to start", file=sys.stderr)
         return 1
-    announce(port)
 
     def forward(signum: int, _frame: object) -> None:
         for cpid in children:
@@ -1861,8 +1860,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ProcessLookupError:
                 pass
 
+    # Before the announcement: a SIGTERM sent as soon as it is read must reach the workers
+    # (it used to kill this parent alone when it came first, leaving the workers serving).
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    announce(port)
     for pid in children:
         while True:
             try:

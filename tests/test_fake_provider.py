@@ -643,6 +643,7 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.fake_provider", "--host", "127.0.0.1", *args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its workers can be killed with it (they hold the pipes)
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -663,7 +664,7 @@ def test_cli(workers: str) -> None:
         try:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too, or communicate waits on their pipes
             proc.communicate()
             raise
     assert proc.returncode == 0, err
