@@ -11,7 +11,10 @@ provider generates: delta text, reasoning / thinking text and tool-call argument
 The gateway never keeps the bytes it relays (the hot path only scans them), so the meter
 only sees what is read after the client left (``ContentMeter.feed``, from the drain).  The
 bytes relayed before that are estimated at the share of text the drained events showed
-(framing per event is about constant within a stream).  When no whole event was drained,
+(framing per event is about constant within a stream); so are the bytes drained after the
+first ``SAMPLE_EVENT_BYTES`` of events, unparsed (bounded work on the event loop).  When the
+drained events carried no text at all, there is no share: the part relayed before counts
+at bytes / 4.  When no whole event was drained,
 there is no share to apply and bytes / 4 of what was seen is kept (an upper bound of the
 text, as before).  A non-streamed (JSON) answer cut short cannot be parsed: bytes / 4 too
 (one envelope, small against the text).
@@ -22,6 +25,7 @@ Runs only on that rare path: no cost on a request whose usage is read.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Final
 
 from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES
@@ -29,6 +33,10 @@ from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPEN
 BYTES_PER_TOKEN: Final = 4
 #: an SSE event larger than this is counted as framing, not parsed (bounded work and memory)
 MAX_EVENT_BYTES: Final = 1 << 20
+#: events parsed before the share of text is taken as known: what comes after is counted at
+#: that share, unparsed (the drain runs on the event loop: a 256 KiB read parsed whole
+#: was a 46 ms stretch; the share is about constant within a stream)
+SAMPLE_EVENT_BYTES: Final = 64 << 10
 
 
 def tokens_of_bytes(n: int) -> int:
@@ -81,7 +89,8 @@ def _gemini(doc: dict[str, Any]) -> int:
             n += _text_bytes(part.get("text"))
             call = part.get("functionCall")
             if type(call) is dict:
-                n += len(json.dumps(call.get("args"), separators=(",", ":"), ensure_ascii=False).encode())
+                args = json.dumps(call.get("args"), separators=(",", ":"), ensure_ascii=False)
+                n += len(args.encode("utf-8", "surrogatepass"))
     return n
 
 
@@ -93,7 +102,7 @@ class ContentMeter:
     """Counts the whole SSE events fed to it (``event_bytes``, framing included) and the
     generated text they carry (``text_bytes``), for scan API ``api``."""
 
-    __slots__ = ("text_of", "pending", "event_bytes", "text_bytes", "mid_event", "head_bytes")
+    __slots__ = ("text_of", "pending", "event_bytes", "text_bytes", "mid_event", "head_bytes", "unparsed_bytes")
 
     def __init__(self, api: int, mid_event: bool = False) -> None:
         """``mid_event``: the meter starts where the relay stopped, maybe inside an event:
@@ -105,9 +114,13 @@ class ContentMeter:
         self.text_bytes = 0
         self.mid_event = mid_event
         self.head_bytes = 0
+        self.unparsed_bytes = 0  # read after the sample: counted at its share of text
 
     def feed(self, data: bytes) -> None:
         """More of the answer (any split point): each event completed is counted."""
+        if self.event_bytes >= SAMPLE_EVENT_BYTES:
+            self.unparsed_bytes += len(data)
+            return
         buf = self.pending + data if self.pending else data
         start = 0
         while True:
@@ -121,6 +134,10 @@ class ContentMeter:
                 self._event(buf[start:end])
                 self.event_bytes += end + sep - start
             start = end + sep
+            if self.event_bytes >= SAMPLE_EVENT_BYTES:  # the sample is complete
+                self.unparsed_bytes += len(buf) - start
+                self.pending = b""
+                return
         rest = buf[start:]
         if len(rest) > MAX_EVENT_BYTES:  # a huge event: framing, not parsed (bounded memory)
             self.event_bytes += len(rest)
@@ -134,28 +151,37 @@ class ContentMeter:
             return
         try:
             doc = json.loads(data)
-        except ValueError:
+            if type(doc) is dict:
+                self.text_bytes += self.text_of(doc)
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return
-        if type(doc) is dict:
-            self.text_bytes += self.text_of(doc)
 
     def output_tokens(self, bytes_before: int) -> int:
         """The output estimate: the drained text, plus the ``bytes_before`` relayed before
-        the meter started at the drained events' share of text (bytes / 4 of everything
-        when no whole event was drained)."""
+        the meter started (and what was read after its sample) at the drained events'
+        share of text (bytes / 4 of everything when no whole event was drained)."""
         bytes_before += self.head_bytes
         if not self.event_bytes:
             return tokens_of_bytes(bytes_before + len(self.pending))
-        before_text = bytes_before * self.text_bytes // self.event_bytes
-        return tokens_of_bytes(self.text_bytes + before_text)
+        if not self.text_bytes:
+            # The drained events carried no text (a finish chunk, pings, keep-alive
+            # comments): no share to apply, so what was relayed before counts at bytes / 4,
+            # the upper bound, rather than at a share of 0 (which billed 1 token).
+            return tokens_of_bytes(bytes_before)
+        outside = bytes_before + self.unparsed_bytes + len(self.pending)
+        return tokens_of_bytes(self.text_bytes + outside * self.text_bytes // self.event_bytes)
+
+
+#: an SSE event ends at a blank line, in any of the three line-end spellings
+_EVENT_END: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 def _event_end(buf: bytes, start: int) -> tuple[int, int]:
     """Where the first SSE event at or after ``start`` ends (a blank line), and the length
-    of that blank line's separator; (-1, 0) when none is complete yet."""
-    best, sep = -1, 0
-    for marker in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        at = buf.find(marker, start)
-        if at >= 0 and (best < 0 or at < best):
-            best, sep = at, len(marker)
-    return best, sep
+    of that blank line's separator; (-1, 0) when none is complete yet.  One left-to-right
+    search: a separator the stream never uses must not be looked for to the buffer's end
+    once per event (that was quadratic in a drained read: 0.3 s for one 256 KiB read)."""
+    found = _EVENT_END.search(buf, start)
+    if found is None:
+        return -1, 0
+    return found.start(), found.end() - found.start()

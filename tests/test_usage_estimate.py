@@ -74,3 +74,47 @@ def test_without_a_whole_event_drained_bytes_over_four_remain() -> None:
     meter = _meter(API_OPENAI_CHAT, [partial])
     assert meter.output_tokens(1000) == tokens_of_bytes(1000 + len(partial))
     assert ContentMeter(API_OPENAI_CHAT).output_tokens(0) == 1  # never zero
+
+
+def test_events_end_at_the_first_blank_line_in_any_spelling() -> None:
+    """Mixed line ends: each event ends at its own first blank line, whichever spelling
+    comes first (one left-to-right search)."""
+    text = b'data: {"choices":[{"delta":{"content":"abcd"}}]}'
+    stream = text + b"\r\n\r\n" + text + b"\n\n" + text + b"\r\r" + text + b"\n\n"
+    meter = _meter(API_OPENAI_CHAT, [stream])
+    assert (meter.text_bytes, meter.event_bytes, meter.pending) == (16, len(stream), b"")
+    assert _meter(API_OPENAI_CHAT, [stream[i : i + 1] for i in range(len(stream))]).text_bytes == 16
+
+
+def test_drained_events_without_text_leave_the_relayed_part_at_bytes_over_4() -> None:
+    """The client left near the end: the drained events (a finish chunk, keep-alive
+    comments) carry no text, so there is no share to apply; what was relayed before counts
+    at bytes / 4 (it counted as nothing: 1 token for a ~5,000-token answer)."""
+    tail = (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n' + b": keep-alive\n\n" * 3)
+    meter = _meter(API_OPENAI_CHAT, [tail])
+    assert meter.event_bytes == len(tail) and meter.text_bytes == 0
+    assert meter.output_tokens(28_922) == tokens_of_bytes(28_922)
+
+
+def test_the_meter_never_raises() -> None:
+    """Events the meter cannot read (nested past the JSON parser's depth, a lone surrogate
+    in Gemini tool arguments) are counted as framing: an exception here used to end the
+    drain, so the provider's own usage was never read."""
+    deep = b'data: {"choices":[{"delta":{"content":' + b"[" * 100_000 + b"]" * 100_000 + b"}}]}\n\n"
+    assert _meter(API_OPENAI_CHAT, [deep]).text_bytes == 0
+    call = b'data: {"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":"\\ud800"}}}]}}]}\n\n'
+    assert _meter(API_GEMINI, [call]).text_bytes == len('{"a":"\ud800"}'.encode("utf-8", "surrogatepass"))
+
+
+def test_a_long_drain_is_sampled_then_counted_at_its_share() -> None:
+    """Past SAMPLE_EVENT_BYTES of events the rest is counted at the sample's share of text,
+    unparsed (the drain runs on the event loop): the estimate stays that of the whole."""
+    from plano_fast.usage_estimate import SAMPLE_EVENT_BYTES
+
+    event = b'data: {"choices":[{"delta":{"content":"abcd"}}]}\n\n'
+    count = 4 * SAMPLE_EVENT_BYTES // len(event)
+    stream = event * count
+    for pieces in ([stream], [stream[i : i + 65_536] for i in range(0, len(stream), 65_536)]):
+        meter = _meter(API_OPENAI_CHAT, pieces)
+        assert meter.unparsed_bytes > 2 * SAMPLE_EVENT_BYTES  # most of it was not parsed
+        assert abs(meter.output_tokens(0) - count) <= 2, (meter.output_tokens(0), count)

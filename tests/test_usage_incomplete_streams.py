@@ -107,6 +107,19 @@ def OPENAI_STREAM(usage: object) -> bytes:  # noqa: N802
     return b"".join(b"data: %s\n\n" % json.dumps(c).encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
+def _gemini_chunk(text: str, output_tokens: int, final: bool = False) -> bytes:
+    """One Gemini SSE chunk carrying the running (cumulative) usageMetadata, as Gemini sends."""
+    candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if final:
+        candidate["finishReason"] = "STOP"
+    usage = {"promptTokenCount": 12, "candidatesTokenCount": output_tokens, "totalTokenCount": 12 + output_tokens}
+    return b"data: %s\r\n\r\n" % json.dumps({"candidates": [candidate], "usageMetadata": usage}).encode()
+
+
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 class ScriptedStreams(RawUpstream):
     """Answers every request with the stream its path (and a marker in the body) names."""
 
@@ -123,6 +136,17 @@ class ScriptedStreams(RawUpstream):
             answer = (ANTHROPIC_ANSWER if b"/messages" in path else GEMINI_ANSWER)(lie)
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
                          % (len(answer), answer))  # fmt: skip
+            return True
+        if b"LEAVE-" in body:  # a Gemini stream whose client leaves after its first chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+            conn.sendall(_chunked(_gemini_chunk("Hello", 1)))
+            time.sleep(0.5)  # the client leaves meanwhile
+            for i in range(2, 8):
+                conn.sendall(_chunked(_gemini_chunk(" more", i)))
+                time.sleep(0.02)
+            if b"LEAVE-CUT" in body:
+                return False  # dropped before the final chunk
+            conn.sendall(_chunked(_gemini_chunk(".", 500, final=True)) + b"0\r\n\r\n")
             return True
         if b"/messages" in path:
             stream = ANTHROPIC_NO_FINAL_USAGE
@@ -383,3 +407,28 @@ def _told_responses(answer: bytes) -> tuple[int, int] | None:
     assert len(done) == 1, answer
     told = (done[0]["input_tokens"], done[0]["output_tokens"])
     return None if told == (0, 0) else told
+
+
+@pytest.mark.parametrize("how", ["LEAVE-END", "LEAVE-CUT"])
+def test_a_gemini_stream_cut_after_its_client_left_is_an_estimate(gw: tuple[GatewayProcess, Path], how: str) -> None:
+    """Gemini repeats its running usage on every chunk: a stream read to its end after the
+    client left is billed at the provider's final counts (client_disconnected), but one cut
+    before its end has counts short of the bill -- an estimate, never passed off as the
+    provider's usage (it was client_disconnected with 7 of 500 output tokens, priced as
+    complete; under a hard limit an estimate is charged the reservation)."""
+    gateway, path = gw
+    body = json.dumps({"contents": [{"role": "user", "parts": [{"text": how}]}]}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1beta/models/gemini-raw:streamGenerateContent?alt=sse HTTP/1.1\r\nhost: x\r\n"
+                     b"x-goog-api-key: client-key\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        head = sock.recv(65536)
+    [request_id] = [line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"x-plano-request-id:")]
+    row = row_of(path, request_id)
+    if how == "LEAVE-END":
+        assert (row.status, row.input_tokens, row.output_tokens) == ("client_disconnected", 12, 500)
+    else:
+        assert row.status == "client_disconnected_estimated", row
+        assert row.input_tokens == 12 and row.output_tokens >= 7  # the seen input; output at least the seen
+

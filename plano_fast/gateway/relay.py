@@ -480,14 +480,23 @@ class Exchange:
             self.conn = None
         self._settle_left()
 
-    def _settle_left(self) -> None:
-        """Settle a departed client's exchange: the provider's usage when it was read,
+    def _settle_left(self, complete: bool = False) -> None:
+        """Settle a departed client's exchange (``complete``: its answer was read to the
+        end): the provider's usage when it was read,
         otherwise an estimate (input from the request body at 4 bytes a token; output from
         the generated text of a stream, ``plano_fast.usage_estimate``, or from the bytes
         of a JSON answer), flagged by its status."""
         self._end_drain()
         event = self.make_event(STATUS_CLIENT_GONE, self.status)
-        if not event.has_usage:
+        if not complete and event.has_usage and self.scan_api == scan.API_GEMINI:
+            # Gemini repeats its running usage on every chunk: a stream cut (or given up)
+            # before its end has counts short of what the provider bills.  An estimate,
+            # so a hard limit charges its bound; its output at least the estimate's.
+            event.status = STATUS_CLIENT_GONE_ESTIMATED
+            meter = self.content_meter
+            if meter is not None:
+                event.output_tokens = max(event.output_tokens, meter.output_tokens(self.responder.bytes_sent))
+        elif not event.has_usage:
             event.status = STATUS_CLIENT_GONE_ESTIMATED
             event.input_tokens = tokens_of_bytes(len(self.request.body))
             meter = self.content_meter
@@ -620,7 +629,10 @@ class Exchange:
             scanner.feed(data)
         meter = self.content_meter
         if meter is not None:
-            meter.feed(data)
+            try:
+                meter.feed(data)
+            except Exception:  # noqa: BLE001 - an estimate must never stop the usage read
+                self.content_meter = None  # (bytes / 4 then, as for a JSON answer)
         self.drain_left -= len(data)
         if self.drain_left < 0:
             self.give_up_drain()
@@ -641,7 +653,7 @@ class Exchange:
         tail = scanner.finish() if scanner is not None else b""
         if self.client_left:
             if not self.outcome:
-                self._settle_left()
+                self._settle_left(complete=True)
             return
         if self.status >= 400:
             outcome = STATUS_UPSTREAM_ERROR
