@@ -60,10 +60,6 @@ STORE_RETRY_FIRST_S = 0.5
 STORE_RETRY_MAX_S = 5.0
 """Back-off between attempts to open a store that was away at start: 0.5 s doubling to 5 s."""
 STORE_CLOSE_TIMEOUT_S = 5.0
-USAGE_DRAIN_BOUND_S = 10.0
-"""Bound on everything a stop asks of the store after the drain (usage flush, settles,
-releases, close): SIGTERM -> exit within ``drain_timeout_s`` + this + ~2 s of task
-cancellation, whatever the database does; rows it did not take are journaled."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -396,15 +392,16 @@ class Gateway:
             await self._server.wait_closed()
             self._server = None
         # Every exchange has settled: drain the usage queue, then close the store, within
-        # USAGE_DRAIN_BOUND_S whatever the database does (refuses, hangs, half-answers).
-        phase = loop.create_task(self._stop_store_phase(), name="stop-store")
-        done, _ = await asyncio.wait({phase}, timeout=USAGE_DRAIN_BOUND_S)
+        # ``store_stop_timeout_s`` whatever the database does (refuses, hangs, half-answers):
+        # SIGTERM -> exit within drain_timeout_s + this + ~2 s of task cancellation.
+        bound_s = self.config.settings.store_stop_timeout_s
+        phase = loop.create_task(self._stop_store_phase(bound_s), name="stop-store")
+        done, _ = await asyncio.wait({phase}, timeout=bound_s)
         if done:
             await self._stop_observability()
             phase.result()
             return
-        log.error("the store did not finish within %.0fs of the drain: connections dropped",
-                  USAGE_DRAIN_BOUND_S)
+        log.error("the store did not finish within %gs of the drain: connections dropped", bound_s)
         self.store.terminate()
         leftovers: list[asyncio.Task[Any]] = [phase, *background]
         if self.managed is not None:
@@ -421,11 +418,11 @@ class Gateway:
                   spilled, self.billing.journal.path)
         await self._stop_observability()
 
-    async def _stop_store_phase(self) -> None:
+    async def _stop_store_phase(self, bound_s: float) -> None:
         await self.registry.stop()
         if self.managed is not None:
-            await self._stop_managed()
-        await self.billing.stop(drain_deadline_s=USAGE_DRAIN_BOUND_S / 2)
+            await self._stop_managed(bound_s / 4)
+        await self.billing.stop(drain_deadline_s=bound_s / 2)
         await self.store.close()
 
     async def _stop_observability(self) -> None:
@@ -443,14 +440,14 @@ class Gateway:
             if self.ctx.tracing is not None:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
-    async def _stop_managed(self) -> None:
+    async def _stop_managed(self, tasks_bound_s: float) -> None:
         """Background settles and releases get a bounded time; what they leave open is
         released by another instance's sweeper once this instance is forgotten (or its
         heartbeat goes stale when the store cannot even be told)."""
         assert self.managed is not None
         tasks = list(self.managed.tasks)
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=USAGE_DRAIN_BOUND_S / 4)
+            _, pending = await asyncio.wait(tasks, timeout=tasks_bound_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -198,7 +198,7 @@ def test_shutdown_while_database_is_down_journals_then_replays(
         database_url = proxied_dsn(pg_dsn, proxy.port)
         gateway = make_gateway(
             {"database_url": f'"{database_url}"', "usage_max_pending_events": 5,
-             "usage_batch_size": 5, "drain_timeout_s": 1}
+             "usage_batch_size": 5, "drain_timeout_s": 1, "store_stop_timeout_s": 3}
         )
         with openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0) as client:
             proxy.cut()

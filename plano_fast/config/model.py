@@ -234,6 +234,9 @@ class GatewaySettings(BaseModel):
     request_head_timeout_s: PosFloat = 10.0  # time allowed to receive a request head
     keepalive_timeout_s: PosFloat = 60.0  # idle client connection lifetime
     drain_timeout_s: PosFloat = 30.0  # grace period for in-flight requests at shutdown
+    # After the drain, the bound on what a stop asks of the store (usage flush, settles,
+    # releases, close), whatever the database does; past it rows are journaled.
+    store_stop_timeout_s: PosFloat = 10.0
     upstream_connect_timeout_s: PosFloat = 5.0  # TCP + TLS connect to a provider
     # No response byte this long after the request was sent: the attempt fails (retried
     # when the provider's retry policy allows); None: the model listener's timeout.
