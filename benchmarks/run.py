@@ -52,6 +52,9 @@ so the ``--workers 2`` check can say what ceiling the machine's cores put on the
 (VmRSS, VmHWM); non-2xx
 and errors; stalled streams; usage rows recorded by the gateway per scenario (one API key
 per scenario, rows grouped by key hash after a graceful stop) against requests sent.
+A row whose requests mostly failed (over ``T_FAILED_SHARE``: non-2xx, socket errors,
+streams cut short) is reported as FAILED with that share and what one request sent again
+got, not with numbers.
 
 Output: ``benchmarks/results/<timestamp>/{results.md, results.json, latency.png,
 raw/*.txt}`` and a copy of results.md as ``benchmarks/results/latest.md``.
@@ -125,6 +128,9 @@ T_RSS_MB = 200.0
 # five rounds); a leak grows round after round, which the last two rounds show.
 T_RSS_FLAT = 0.10
 RSS_FLAT_CHECK = "RSS flat after load (last round vs the one before)"
+#: a row whose requests failed (non-2xx, socket errors, streams cut short) more often than
+#: this measured error responses, not the target: it says FAILED with the share, no numbers
+T_FAILED_SHARE = 0.5
 
 
 def log(msg: str) -> None:
@@ -950,8 +956,71 @@ def _med(values: list[Optional[float]]) -> Optional[float]:
     return statistics.median(vals) if vals else None
 
 
+def failed_counts(r: dict[str, Any]) -> tuple[int, int]:
+    """(failed, attempted) requests of one run: responses with a non-2xx status, requests
+    that ended in a socket error or timeout, and 2xx streams that did not end (loadgen's
+    ``incomplete_streams``), out of every response plus every error."""
+    errors = r.get("error_count", 0)
+    return (r.get("non2xx", 0) + errors + r.get("incomplete_streams", 0),
+            r.get("completed", r.get("completed_total", 0)) + errors)
+
+
+def run_failed(r: dict[str, Any]) -> bool:
+    """Whether one run measured mostly failures (or its load tool failed)."""
+    failed, attempted = failed_counts(r)
+    return bool(r.get("failed")) or (attempted > 0 and failed / attempted > T_FAILED_SHARE)
+
+
+def failed_row_text(s: dict[str, Any]) -> str:
+    """What a FAILED row (``summarize_runs``' ``row_failed``) says instead of its numbers."""
+    what = "non-2xx, errors or incomplete streams" if "streams" in s else "non-2xx or errors"
+    if s.get("attempted"):
+        text = (f"FAILED: {s['failed_requests']:,} of {s['attempted']:,} requests "
+                f"({s['failed_share']:.0%}) {what}; no numbers reported")
+    else:
+        text = "FAILED: no request completed; no numbers reported"
+    if s.get("statuses"):
+        text += " (statuses " + ", ".join(f"{k}: {v:,}" for k, v in s["statuses"].items()) + ")"
+    if s.get("error_sample"):
+        text += f"; a request sent again got {s['error_sample']}"
+    return text
+
+
+def error_sample(target: Target, sc: Scenario, timeout_s: float = 10.0) -> str:
+    """One request of scenario ``sc`` sent to ``target`` again, after a run that mostly
+    failed: its status and the start of its body (what the target says is wrong)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(target.url)
+    body = BODY_STREAM if sc.stream else (target.body_json or BODY_JSON)
+    headers = dict(CLIENT_HEADERS + target.headers_for(sc.name))
+    headers["content-type"] = "application/json"
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout_s)
+    try:
+        conn.request("POST", PATH, body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        text = resp.read(300).decode(errors="replace")
+        return f"{resp.status} {' '.join(text.split())!r}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"no response ({exc.__class__.__name__}: {exc})"
+    finally:
+        conn.close()
+
+
 def summarize_runs(runs: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
     s: dict[str, Any] = {"runs": len(runs)}
+    counts = [failed_counts(r) for r in runs]
+    s["failed_requests"] = sum(f for f, _ in counts)
+    s["attempted"] = sum(a for _, a in counts)
+    s["failed_share"] = s["failed_requests"] / s["attempted"] if s["attempted"] else None
+    s["row_failed"] = (s["failed_share"] or 0.0) > T_FAILED_SHARE or (bool(runs) and all(r.get("failed") for r in runs))
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in (r.get("status") or {}).items():
+            statuses[k] = statuses.get(k, 0) + v
+    s["statuses"] = statuses
+    s["error_sample"] = next((r["error_sample"] for r in runs if r.get("error_sample")), None)
     s["rps"] = _med([r.get("rps", 0.0) for r in runs])
     s["rps_runs"] = [r.get("rps", 0.0) for r in runs]
     s["steal_frac"] = _med([r.get("steal_frac") for r in runs])
@@ -1094,7 +1163,7 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
         t_p50 = T_ADDED_P50_MS_BY_MODE.get(mode, T_ADDED_P50_MS)
         sat = summ.get("ns_sat", {})
         pf_rps = sat.get(pf, {}).get("rps")
-        if nginx and sat.get(nginx, {}).get("rps"):
+        if nginx and sat.get(nginx, {}).get("rps") and not sat[nginx].get("row_failed"):
             ratio, paired, verdict = ratio_verdict(sat.get(pf, {}).get("rps_runs") or [pf_rps or 0.0],
                                                    sat[nginx].get("rps_runs") or [sat[nginx]["rps"]], t_ratio)
             per_repeat = " / ".join(f"{x:.0%}" for x in paired)
@@ -1102,7 +1171,8 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
                 f"{sat[nginx]['rps']:.0f} req/s, medians); within each repeat {per_repeat}",
                 f">= {t_ratio:.0%} both ways", None, verdict)
         else:
-            add(pf, "req/s at saturation vs nginx", f"{_f(pf_rps, '{:.0f}')} req/s; nginx not measured",
+            add(pf, "req/s at saturation vs nginx", f"{_f(pf_rps, '{:.0f}')} req/s; nginx "
+                + ("row FAILED" if nginx and sat.get(nginx, {}).get("row_failed") else "not measured"),
                 f">= {t_ratio:.0%}", None)
         one = sat.get(f"plano_fast {mode} w1", {}).get("rps")
         if workers != "w1" and one and pf_rps:
@@ -1114,7 +1184,7 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
         c1 = summ.get("ns_c1", {})
         direct = c1.get("direct", {})
         mine = c1.get(pf, {})
-        if direct.get("lat_p50") is not None and mine.get("lat_p50") is not None:
+        if not direct.get("row_failed") and direct.get("lat_p50") is not None and mine.get("lat_p50") is not None:
             a50 = mine["lat_p50"] - direct["lat_p50"]
             a99 = mine["lat_p99"] - direct["lat_p99"]
             add(pf, "added latency p50, concurrency 1", f"{a50:.3f} ms", f"<= {t_p50} ms",
@@ -1123,7 +1193,8 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
                 a99 <= T_ADDED_P99_MS)
         c1_runs = report.get("runs", {}).get("ns_c1", {})
         consecutive = next((s.get("consecutive", 1) for s in report.get("scenarios", []) if s["name"] == "ns_c1"), 1)
-        if consecutive > 1 and direct.get("lat_p50") is not None and c1_runs.get(pf):
+        if consecutive > 1 and not direct.get("row_failed") and direct.get("lat_p50") is not None \
+                and c1_runs.get(pf):
             measured, ok = consecutive_c1_verdict(c1_runs[pf], direct, t_p50, T_ADDED_P99_MS if mode in (
                 "config", "firewall") else None)
             add(pf, f"added latency, concurrency 1, each of {len(c1_runs[pf])} consecutive runs", measured,
@@ -1171,6 +1242,14 @@ def evaluate(report: dict[str, Any]) -> list[dict[str, str]]:
         errs = sum(summ.get(s, {}).get(pf, {}).get("non2xx", 0) + summ.get(s, {}).get(pf, {}).get("errors", 0)
                    for s in summ)
         add(pf, "non-2xx + errors (all scenarios)", str(errs), "0", errs == 0)
+    for base in [n for n in names if not n.startswith("plano_fast")]:
+        rows = {sn: summ[sn][base] for sn in summ if base in summ[sn]}
+        failed = [f"{sn} ({r.get('failed_requests', 0):,} of {r.get('attempted', 0):,})" for sn, r in rows.items()
+                  if r.get("row_failed")]
+        worst = max((r.get("failed_share") or 0.0 for r in rows.values()), default=0.0)
+        add(base, "baseline rows measured (requests failed, each scenario)",
+            ("FAILED in " + ", ".join(failed) + ": those rows are not reported") if failed
+            else f"at most {worst:.1%} failed", f"<= {T_FAILED_SHARE:.0%}", not failed)
     if report.get("features"):
         from benchmarks.features import checks as feature_checks
 
@@ -1240,7 +1319,8 @@ def render_md(report: dict[str, Any]) -> str:
         if info.get("kind") == "litellm":
             out.append(f"| litellm | {info.get('version')} (own venv, no database: no usage rows) |")
         if info.get("kind") == "portkey":
-            out.append(f"| portkey | @portkey-ai/gateway {info.get('version')} on Node {info.get('node')} "
+            pins = "".join(f", {d} {v}" for d, v in (info.get("pinned") or {}).items())
+            out.append(f"| portkey | @portkey-ai/gateway {info.get('version')} on Node {info.get('node')}{pins} "
                        "(one process, no database: no usage rows) |")
     headers = "4 response headers" if report["args"].get("minimal_headers") else \
         "a real provider's ~20 response headers"
@@ -1291,6 +1371,8 @@ def render_md(report: dict[str, Any]) -> str:
         s = summ.get(sc["name"], {})
         out.append(f"## {sc['name']}: {sc['title']}\n")
         direct = s.get("direct", {})
+        if direct.get("row_failed"):
+            direct = {}  # nothing to add latency to
         if not sc["stream"]:
             out.append("| target | tool | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | added p50 ms "
                        "| added p99 ms | proxy CPU µs/req | proxy CPU % | fake CPU µs/req | fake CPU % | load tool CPU % "
@@ -1299,6 +1381,10 @@ def render_md(report: dict[str, Any]) -> str:
             for n in names:
                 r = s.get(n)
                 if not r:
+                    continue
+                if r.get("row_failed"):
+                    out.append(f"| {n} | {r['tool']} | {failed_row_text(r)} | " + "— | " * 14
+                               + f"{r['non2xx']} | {r['errors']} |")
                     continue
                 a50 = None if n == "direct" or r["lat_p50"] is None or direct.get("lat_p50") is None \
                     else r["lat_p50"] - direct["lat_p50"]
@@ -1326,6 +1412,9 @@ def render_md(report: dict[str, Any]) -> str:
             for n in names:
                 r = s.get(n)
                 if not r:
+                    continue
+                if r.get("row_failed"):
+                    out.append(f"| {n} | {failed_row_text(r)} | " + "— | " * 13 + f"{r['non2xx']} | {r['errors']} |")
                     continue
                 at = None if n == "direct" or r.get("ttfb_p50") is None or direct.get("ttfb_p50") is None \
                     else r["ttfb_p50"] - direct["ttfb_p50"]
@@ -1395,7 +1484,7 @@ def consecutive_runs_md(runs: dict[str, list[dict[str, Any]]], direct: dict[str,
     """The consecutive runs of a scenario (``--c1-runs``), one column per run: each run's
     added p50 / p99 over direct's medians."""
     width = max((len(runs.get(n, [])) for n in names), default=0)
-    if not width or direct.get("lat_p50") is None or direct.get("lat_p99") is None:
+    if not width or direct.get("row_failed") or direct.get("lat_p50") is None or direct.get("lat_p99") is None:
         return []
     out = ["", "Consecutive runs (added p50 / p99 ms over direct's medians, in the order they ran):", "",
            "| target | " + " | ".join(f"run {i}" for i in range(1, width + 1)) + " |",
@@ -1406,6 +1495,10 @@ def consecutive_runs_md(runs: dict[str, list[dict[str, Any]]], direct: dict[str,
         cells = []
         for r in runs[n]:
             lat = r.get("latency_ms", {})
+            if run_failed(r):
+                failed, attempted = failed_counts(r)
+                cells.append(f"FAILED ({failed} of {attempted} failed)")
+                continue
             cells.append("—" if lat.get("p50") is None or lat.get("p99") is None else
                          f"{lat['p50'] - direct['lat_p50']:+.3f} / {lat['p99'] - direct['lat_p99']:+.3f}")
         out.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -1428,7 +1521,7 @@ def plot(report: dict[str, Any], path: Path) -> Optional[str]:
     pts = ["p50", "p75", "p90", "p95", "p99", "p99_9", "p99_99", "p100"]
     for n in names:
         runs = report["runs"].get("ns_c1", {}).get(n, [])
-        if not runs:
+        if not runs or summ.get("ns_c1", {}).get(n, {}).get("row_failed"):
             continue
         mid = sorted(runs, key=lambda r: r.get("latency_ms", {}).get("p50", 0))[len(runs) // 2]
         lat = mid.get("latency_ms", {})
@@ -1445,19 +1538,22 @@ def plot(report: dict[str, Any], path: Path) -> Optional[str]:
     ax = axes[1]
     sat = summ.get("ns_sat", {})
     xs = [n for n in names if n in sat]
-    ax.bar(range(len(xs)), [sat[n]["rps"] or 0 for n in xs], color="tab:blue")
+    ok_rps = {n: 0.0 if sat[n].get("row_failed") else (sat[n]["rps"] or 0.0) for n in xs}  # FAILED rows: no bar
+    ax.bar(range(len(xs)), [ok_rps[n] for n in xs], color="tab:blue")
     ax.set_xticks(range(len(xs)), xs, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("requests/s")
     ax.set_title("non-streaming saturation, 64 connections")
     for i, n in enumerate(xs):
-        ax.annotate(f"{sat[n]['rps'] or 0:.0f}", (i, sat[n]["rps"] or 0), ha="center", va="bottom", fontsize=8)
+        ax.annotate("FAILED" if sat[n].get("row_failed") else f"{ok_rps[n]:.0f}", (i, ok_rps[n]), ha="center",
+                    va="bottom", fontsize=8)
     # 3: streams: TTFB and total p50/p99 at 1000
     ax = axes[2]
     width = 0.2
     for j, (sname, label) in enumerate((("st_c1", "c=1"), ("st_c64", "c=64"), ("st_c1000", "c=1000"))):
         s = summ.get(sname, {})
         xs2 = [n for n in names if n in s]
-        ax.bar([i + (j - 1) * width for i in range(len(xs2))], [s[n]["lat_p99"] or 0 for n in xs2], width,
+        ax.bar([i + (j - 1) * width for i in range(len(xs2))],
+               [0 if s[n].get("row_failed") else (s[n]["lat_p99"] or 0) for n in xs2], width,
                label=f"{label} total p99")
         ax.set_xticks(range(len(xs2)), xs2, rotation=20, ha="right", fontsize=8)
     ideal = (STREAM_EVENTS - 1) * STREAM_INTERVAL_MS
@@ -1675,7 +1771,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 skipped.append({"target": "litellm", "reason": f"LiteLLM: not available ({exc})"})
                 log(f"LiteLLM: not available ({exc})")
         if args.with_portkey:
-            from benchmarks.portkey_setup import PortkeyGateway, PortkeyUnavailable, portkey_headers
+            from benchmarks.portkey_setup import PINNED, PortkeyGateway, PortkeyUnavailable, portkey_headers
 
             try:
                 log("Portkey: installing/starting (benchmarks/.portkey)")
@@ -1683,7 +1779,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pk_headers = portkey_headers(fake_port)
                 node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
                 targets.append(Target("portkey", "portkey", pk.url, pk.proc.pid, lambda s: pk_headers, pk.stop,
-                                      info={"version": pk.version, "node": node}))
+                                      log_path=pk.log_path,  # copied to raw/portkey.log
+                                      info={"version": pk.version, "node": node, "pinned": dict(PINNED)}))
                 log(f"Portkey {pk.version} on {pk.url}")
             except PortkeyUnavailable as exc:
                 skipped.append({"target": "portkey", "reason": f"Portkey: not available ({exc})"})
@@ -1710,6 +1807,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                             desc += f" rss {r['mem_after']['rss_mb']:.1f} MiB"
                         if r.get("non2xx") or r.get("error_count"):
                             desc += f" NON2XX {r.get('non2xx')} ERRORS {r.get('errors')}"
+                        if run_failed(r):
+                            failed, attempted = failed_counts(r)
+                            if not r.get("dead"):
+                                r["error_sample"] = error_sample(t, sc)
+                            desc += (f" FAILED ({failed} of {attempted} requests failed"
+                                     + (f"; sent again: {r['error_sample']}" if r.get("error_sample") else "") + ")")
                         log(f"{sc.name} {tag} {t.name}: {desc}")
         if args.features:
             features = run_features(args, work, raw_dir, fake_port, fake_pids, targets, wrk, wrk2, skipped)

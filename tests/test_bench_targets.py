@@ -220,3 +220,120 @@ def test_markdown_of_consecutive_runs_and_feature_rows() -> None:
                                        "probe": {"measured": "101 Redis script calls", "ok": True, "threshold": ""}}})
     assert rows[-2] == ("| rate_limit: rate limit | firewall | 10000 → 8000 | 80% (80%) | 60 → 70 | +10.0 (+ Redis 20) "
                         "| 0.300 → 0.350 | +0.050 | +0.100 | 0 | 101 Redis script calls |")
+
+
+# --------------------------------------------------------------------------- baseline rows that measured errors
+
+
+def test_portkey_install_pins_the_hono_node_server_of_portkeys_lock_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the newest @hono/node-server (1.19.19), which ``npm install @portkey-ai/gateway``
+    picks, every streaming request to Portkey 1.15.2 got 500 ("TypeError: immutable"): an
+    install with it is redone, pinned through npm overrides, and one with the pin is kept."""
+    import json
+    import subprocess
+
+    from benchmarks import portkey_setup
+
+    def manifest(package: str, version: str) -> None:
+        d = tmp_path / "node_modules" / package
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "package.json").write_text(json.dumps({"name": package, "version": version}))
+
+    manifest("@portkey-ai/gateway", "1.15.2")
+    (tmp_path / "node_modules" / "@portkey-ai/gateway" / "build").mkdir()
+    (tmp_path / "node_modules" / "@portkey-ai/gateway" / "build" / "start-server.js").write_text("")
+    manifest("@hono/node-server", "1.19.19")  # what an earlier, unpinned install left
+    (tmp_path / "package-lock.json").write_text("{}")
+    calls: list[list[str]] = []
+
+    def fake_npm(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        calls.append(cmd)
+        wanted = json.loads((tmp_path / "package.json").read_text())
+        assert not (tmp_path / "package-lock.json").exists()  # resolved afresh, not from the old lock
+        for package, version in {**wanted["dependencies"], **wanted["overrides"]}.items():
+            manifest(package, version)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(portkey_setup.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(portkey_setup.subprocess, "run", fake_npm)
+    script = portkey_setup.ensure_portkey("1.15.2", prefix=tmp_path, log=tmp_path / "install.log")
+    assert script == tmp_path / "node_modules" / "@portkey-ai/gateway" / "build" / "start-server.js"
+    assert len(calls) == 1 and calls[0][:2] == ["npm", "install"]
+    wanted = json.loads((tmp_path / "package.json").read_text())
+    assert wanted["dependencies"] == {"@portkey-ai/gateway": "1.15.2"}
+    assert wanted["overrides"] == {"@hono/node-server": "1.13.5"}
+    assert portkey_setup.installed_version(tmp_path, "@hono/node-server") == "1.13.5"
+    portkey_setup.ensure_portkey("1.15.2", prefix=tmp_path, log=tmp_path / "install.log")
+    assert len(calls) == 1  # pinned already: not installed again
+
+
+def _stream_run(completed: int, non2xx: int, errors: int = 0, rps: float = 2.0) -> dict[str, Any]:
+    """One streaming measurement as ``run_tool`` returns it for the Python load generator."""
+    ok = completed - non2xx
+    return {"tool": "python-loadgen", "rps": rps, "requests": completed, "sent": completed + errors,
+            "completed": completed, "completed_2xx": ok, "completed_total": completed, "non2xx": non2xx,
+            "status": {k: v for k, v in (("200", ok), ("500", non2xx)) if v},
+            "errors": {"timeout": errors} if errors else {}, "error_count": errors, "timeouts": errors,
+            "latency_ms": {"p50": 1290.0, "p99": 1300.0, "p100": 1301.0} if ok else {},
+            "ttfb_ms": {"p50": 0.5, "p99": 0.9, "p100": 1.0} if ok else {}, "events_per_s": 136.0 * ok / completed,
+            "max_gap_ms": {"p100": 21.0}, "stalled_streams": errors, "incomplete_streams": 0}
+
+
+def _stream_report(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from benchmarks.run import evaluate, summarize_runs
+
+    report: dict[str, Any] = {
+        "started": "now", "command": "run.py", "machine": {}, "fake_workers": 1, "skipped": [], "usage": {},
+        "gateway_logs": {}, "features": {}, "target_names": list(runs),
+        "targets": {n: {"kind": n} for n in runs},
+        "args": {"duration_s": 1.0, "repeats": 1, "rate": 500.0},
+        "scenarios": [{"name": "st_c64", "title": "streaming", "stream": True}],
+        "runs": {"st_c64": {n: [r] for n, r in runs.items()}},
+        "summary": {"st_c64": {n: summarize_runs([r], True) for n, r in runs.items()}},
+    }
+    report["checks"] = evaluate(report)
+    return report
+
+
+def test_a_baseline_row_of_mostly_failed_requests_says_failed_not_a_number() -> None:
+    from benchmarks.run import render_md
+
+    # Portkey with @hono/node-server 1.19.19: every stream answered 500, which loadgen counts
+    # as a completed response, 381.8 of them started per second
+    report = _stream_report({"direct": _stream_run(64, 0), "nginx": _stream_run(64, 6, rps=128.0),
+                             "portkey": _stream_run(1909, 1909, rps=381.8),
+                             "litellm": _stream_run(100, 40, errors=12, rps=50.0)})
+    table = render_md(report).split("## st_c64: streaming\n", 1)[1].strip().split("\n\n")[0].splitlines()[2:]
+    rows = {line.split(" | ")[0][2:]: line for line in table}
+    assert list(rows) == ["direct", "nginx", "portkey", "litellm"]
+    assert rows["portkey"].startswith("| portkey | FAILED: 1,909 of 1,909 requests (100%) non-2xx, errors or "
+                                      "incomplete streams; no numbers reported (statuses 500: 1,909)")
+    assert "381.8" not in rows["portkey"] and rows["portkey"].endswith(" | 1909 | 0 |")
+    # 6 of 64 (9%) and 52 of 112 (46%) failed: reported with their numbers (and their counts)
+    assert rows["nginx"].startswith("| nginx | 64/64 | 128.0 |")
+    assert rows["litellm"].startswith("| litellm | 100/112 | 50.0 |")
+    checks = {c["target"]: c for c in report["checks"] if c["check"].startswith("baseline rows measured")}
+    assert checks["portkey"]["result"] == "FAIL"
+    assert checks["portkey"]["measured"] == "FAILED in st_c64 (1,909 of 1,909): those rows are not reported"
+    assert checks["nginx"]["result"] == checks["litellm"]["result"] == checks["direct"]["result"] == "PASS"
+    # just over half failed: FAILED
+    over = _stream_report({"direct": _stream_run(64, 0), "portkey": _stream_run(100, 51)})
+    assert "| portkey | FAILED: 51 of 100 requests (51%)" in render_md(over)
+
+
+def test_gateway_is_not_compared_with_a_failed_nginx_row() -> None:
+    sat = {"nginx": {"rps": 30000.0, "rps_runs": [30000.0], "row_failed": True},
+           "plano_fast config w1": {"rps": 20000.0, "rps_runs": [20000.0]}}
+    report = {"summary": {"ns_sat": sat, "ns_c1": {}}, "target_names": list(sat), "usage": {}}
+    check = _check(evaluate(report), "plano_fast config w1", "req/s at saturation")
+    assert check["result"] == "n/a" and check["measured"] == "20000 req/s; nginx row FAILED"
+
+
+def test_a_consecutive_run_of_mostly_failures_says_failed() -> None:
+    from benchmarks.run import consecutive_runs_md
+
+    ok = {**_c1_run(0.3, 0.9), "completed": 500, "non2xx": 0, "error_count": 0}
+    bad = {**_c1_run(0.25, 0.5), "completed": 500, "non2xx": 300, "error_count": 0}  # 200 quick 2xx, 300 errors
+    md = consecutive_runs_md({"portkey": [ok, bad]}, {"lat_p50": 0.2, "lat_p99": 0.4}, ["direct", "portkey"])
+    assert md[-1] == "| portkey | +0.100 / +0.500 | FAILED (300 of 500 failed) |"
