@@ -23,6 +23,9 @@ from tests.test_managed_bounds import call, limited  # noqa: F401 - fixture
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+#: ``post``'s extra header for a one-request connection (``exchange`` then needs no 0.3 s wait
+#: to see whether the server closes)
+CLOSE = b"Connection: close\r\n"
 MESSAGES = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 
 
@@ -388,6 +391,47 @@ def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
         assert answer.status == 200, answer.raw[:300]
         [call] = provider_calls(fake)
         assert call.header_all("x-goog-api-key") == [USER_KEY] and "key=" not in call.path
+
+
+# -- a credential-like query parameter, in config and managed mode --------------------------------
+# (firewall mode: tests/test_firewall_hardening.py, test_a_credential_like_query_parameter_...)
+
+
+@pytest.mark.parametrize("name", [b"key%00", b"key[]", b"$key", b"api_key", b"oauth_token", b"%256Bey"])
+def test_config_mode_refuses_a_credential_like_query_parameter(
+    gateway: GatewayProcess, fake: FakeProviderThread, name: bytes
+) -> None:
+    """Was: config mode forwarded the query as sent apart from ``key`` / ``access_token``,
+    so ``?key[]=``, ``?$key=``, ``?api_key=`` ... reached the provider beside the
+    gateway's own key (or, on a passthrough provider, beside the client's checked one): a
+    credential nobody verified.  Now 401 in the client's format, nothing forwarded."""
+    for model, auth in ((b"gpt-4o-mini", b""), (b"vllm/llama-passthrough", b"Authorization: Bearer sk-client-key\r\n")):
+        fake.clear()
+        body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
+        answer = exchange(gateway.port, post(b"/v1/chat/completions?" + name + b"=sk-other-key", body, auth, CLOSE))
+        assert answer.status == 401, (name, model, answer.raw[:300])
+        assert answer.error_json()["error"]["code"] == "invalid_api_key", answer.body
+        assert b"sk-other-key" not in answer.raw
+        assert provider_calls(fake) == []
+    fake.clear()  # an ordinary parameter is still forwarded
+    answer = exchange(gateway.port, post(b"/v1/chat/completions?monkey=1", CHAT, b"", CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.path for c in provider_calls(fake)] == ["/v1/chat/completions?monkey=1"]
+
+
+def test_managed_mode_refuses_a_credential_like_query_parameter(
+    managed_once: Any, fake: FakeProviderThread
+) -> None:
+    """Was: a token and ``?key[]=`` (or ``?$key=``) was served (200): managed mode forwards
+    no client query, but two credentials are refused everywhere else (``?key=`` and a token
+    is a 401).  Now the same rule in every mode: 401, nothing forwarded."""
+    gateway, _, tenant = managed_once
+    token = b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"
+    for name in (b"key", b"key[]", b"$key", b"api_key"):
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions?" + name + b"=sk-other-key", CHAT, token, CLOSE))
+        assert answer.status == 401, (name, answer.raw[:300])
+        assert provider_calls(fake) == []
 
 
 # -- HEAD: a head, never a body ------------------------------------------------------------------
