@@ -62,20 +62,22 @@ class Credential:
 class ClientHeaders:
     """What one pass over the request's headers found (see ``read_client_headers``)."""
 
-    __slots__ = ("block", "seen_version", "seen_request_id", "credential", "query")
+    __slots__ = ("block", "seen_version", "request_id", "credential", "query")
 
     def __init__(
         self,
         block: bytes,
         seen_version: bool,
-        seen_request_id: bool,
+        request_id: bytes | None,
         credential: Credential | None,
         query: bytes,
     ) -> None:
         #: the forwardable headers, CRLF-ended lines, no credential among them
         self.block = block
         self.seen_version = seen_version
-        self.seen_request_id = seen_request_id
+        #: the client's x-request-id: None (none), b"" (more than one), else its value,
+        #: unchecked (``upstream_request.finish_head`` keeps it only when valid)
+        self.request_id = request_id
         self.credential = credential
         #: the query without any ``key`` parameter (b"" when none is left)
         self.query = query
@@ -85,20 +87,20 @@ class ClientHeaders:
 #: constructors.  Compiled where built (``plano_fast/_new_credentials.pyx``: the slots
 #: written in one C call, no ``__init__`` frame: ~1.5k instructions fewer each), else the
 #: classes themselves (imported at the end of this module: it needs the classes).
-new_client_headers: Callable[[bytes, bool, bool, Credential | None, bytes], ClientHeaders] = ClientHeaders
+new_client_headers: Callable[[bytes, bool, bytes | None, Credential | None, bytes], ClientHeaders] = ClientHeaders
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
 def read_client_headers(
     headers: list[tuple[bytes, bytes]],
     query: bytes,
-    forward: tuple[bytes, bool, bool, int, bytes | None, bytes | None] | None = None,
+    forward: tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None] | None = None,
 ) -> ClientHeaders:
     """Forwardable headers and the request's one credential; raises ``Unauthorized`` when
     there is more than one or it is malformed.  ``headers``: names lowercased; ``forward``:
     ``forward_request_headers(headers)`` when already known (the request fast path builds
     it in the pass that parsed the request: ``Request.forward``)."""
-    block, seen_version, seen_request_id, count, name, value = (
+    block, seen_version, request_id, count, name, value = (
         forward if forward is not None else forward_request_headers(headers)
     )
     if query:
@@ -112,7 +114,7 @@ def read_client_headers(
                     "api_key, ...); send the key as ?key= or in a header"
                 )
             return new_client_headers(
-                block, seen_version, seen_request_id, _query_credential(query_value), query
+                block, seen_version, request_id, _query_credential(query_value), query
             )
     credential = None
     if count:
@@ -120,7 +122,7 @@ def read_client_headers(
             raise _ambiguous(count)
         assert name is not None and value is not None
         credential = _header_credential(name, value)
-    return new_client_headers(block, seen_version, seen_request_id, credential, query)
+    return new_client_headers(block, seen_version, request_id, credential, query)
 
 
 #: Query parameter names that carry a credential somewhere, as compared: decoded, lowercase,

@@ -434,6 +434,37 @@ def test_managed_mode_refuses_a_credential_like_query_parameter(
         assert provider_calls(fake) == []
 
 
+# -- x-request-id: one upstream, the client's only when valid ------------------------------------
+
+
+def test_one_valid_x_request_id_goes_upstream(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Was: the client's x-request-id went upstream as sent -- twice when sent twice, with
+    non-ASCII bytes, spaces, any length.  Now exactly one: the client's when it sent one of 1
+    to 128 visible ASCII bytes, else the gateway's own id -- the one in x-plano-request-id
+    and on the usage row (which always carries the gateway's id: a client's id is not unique)."""
+    from tests.test_billing_e2e import read_rows
+
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    kept = [b"my-trace-0123", b"x" * 128, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    replaced = [b"one\r\nx-request-id: two", b"r\xc3\xa9q\x85", b"a b", b"x" * 129,
+                b"same\r\nx-request-id: same"]
+    served: list[bytes] = []
+    for value, keep in [(v, True) for v in kept] + [(v, False) for v in replaced]:
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", b"x-request-id: " + value + b"\r\n" + CLOSE))
+        assert answer.status == 200, (value, answer.raw[:300])
+        ours = answer.header(b"x-plano-request-id")
+        assert ours is not None
+        served.append(ours)
+        [call] = provider_calls(fake)
+        expected = value if keep else ours
+        assert call.header_all("x-request-id") == [expected.decode("latin-1")], value
+    deadline = time.monotonic() + 8
+    while not set(served) <= {r.request_id.encode() for r in read_rows(None, sqlite_path)}:
+        assert time.monotonic() < deadline, "the usage rows carry the gateway's ids"
+        time.sleep(0.2)
+
+
 # -- HEAD: a head, never a body ------------------------------------------------------------------
 
 
