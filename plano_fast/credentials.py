@@ -205,10 +205,12 @@ def _header_credential(name: bytes, value: bytes) -> Credential:
 
 
 def _bearer_credential(value: bytes) -> Credential:
-    """An Authorization value by the general rules: ``Bearer`` in any case, then the token,
-    spaces and tabs around either ignored."""
+    """An Authorization value by the general rules: ``Bearer`` in any case, one or more
+    spaces, the token.  The whitespace around the whole value is the field's optional
+    whitespace (spaces and tabs, RFC 9110 5.5); between scheme and token RFC 9110 11.4
+    allows spaces only (``1*SP``), so ``Bearer<TAB>KEY`` and ``Bearer <TAB>KEY`` are 401s."""
     scheme, _, rest = value.strip(b" \t").partition(b" ")
-    token = rest.strip(b" \t")
+    token = rest.lstrip(b" ")
     if scheme.lower() != b"bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     _check_token(token)

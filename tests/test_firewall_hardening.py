@@ -140,6 +140,10 @@ def test_more_than_one_credential_is_refused_and_never_forwarded(
         b"x-api-key: ",
         b"x-api-key: sk-\xff\xfe-not-utf8",  # was: /auth/check 500, data plane 401
         b"Authorization: Bearer sk-a b",
+        # RFC 9110 11.4: only spaces between scheme and token (1*SP), never a tab
+        b"Authorization: Bearer\t" + REGISTERED,
+        b"Authorization: Bearer \t" + REGISTERED,  # was: 200 (the tab stripped with the spaces)
+        b"Authorization: bearer\t " + REGISTERED,
     ],
 )  # (a lone ?access_token= is refused too: see test_query_key_moves_to_the_gemini_header)
 def test_malformed_credential_is_401_on_both_paths(hardened: Any, fake: FakeProviderThread, line: bytes) -> None:
