@@ -550,3 +550,49 @@ def test_head_on_an_unbilled_path_is_not_forwarded(
     assert provider_calls(fake) == []
     answer = exchange(gateway.port, b"GET /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
     assert [c.method for c in provider_calls(fake)] == ["GET"], answer.raw[:300]
+
+
+# -- Groq: usage only under x_groq, in the final chunk ---------------------------------------------
+
+
+def test_groq_usage_under_x_groq_is_billed(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """Groq streams without ``stream_options.include_usage`` report usage only in the final
+    chunk's ``x_groq.usage`` (top-level ``usage`` absent or null).  Over real sockets, from a
+    provider that answers exactly so: the stream is relayed as sent and the usage row has
+    Groq's counts, priced (was pinned only by the scanner's unit tests)."""
+    from benchmarks.attack_battery import ScriptedProvider, sse_answer
+    from tests.test_billing_e2e import wait_rows
+
+    groq = ScriptedProvider()
+    try:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            return json.dumps({"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1,
+                               "model": "llama-3.1-8b-instant", "system_fingerprint": "fp_g",
+                               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                               **extra}).encode()  # fmt: skip
+
+        usage = {"queue_time": 0.02, "prompt_tokens": 5003, "prompt_time": 0.01, "completion_tokens": 359,
+                 "completion_time": 0.3, "total_tokens": 5362, "total_time": 0.31}  # fmt: skip
+        events = [chunk({"role": "assistant", "content": ""}, x_groq={"id": "req_01"}),
+                  chunk({"content": "Hello"}),
+                  chunk({}, "stop", x_groq={"id": "req_01", "usage": usage}),
+                  b"[DONE]"]  # fmt: skip
+        groq.add("groq-stream", sse_answer(events))
+        extra = (f"  - model: groq/llama-3.1-8b-instant\n    base_url: http://127.0.0.1:{groq.port}\n"
+                 "    access_key: gsk-server-key\n")  # fmt: skip
+        gateway = make_gateway({}, extra_providers=extra)
+        body = b'{"model":"groq/llama-3.1-8b-instant","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"", b"x-script: groq-stream\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        assert b'"usage": {"queue_time"' in answer.raw and b"[DONE]" in answer.raw  # relayed as sent
+        assert len(groq.requests) == 1 and b"authorization: Bearer gsk-server-key" in groq.requests[0]
+        [usage_row] = wait_rows(None, str(tmp_path / "plano_config_0.db"), 1)
+        assert (usage_row.provider, usage_row.model, usage_row.streaming) == ("groq", "llama-3.1-8b-instant", True)
+        assert (usage_row.input_tokens, usage_row.output_tokens, usage_row.status) == (5003, 359, "ok")
+        deadline = time.monotonic() + 8  # priced in the background
+        while not usage_row.priced and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [usage_row] = wait_rows(None, str(tmp_path / "plano_config_0.db"), 1)
+        assert usage_row.priced and (usage_row.cost_nano_usd or 0) > 0, usage_row
+    finally:
+        groq.close()
