@@ -232,6 +232,19 @@ class ScriptedProvider:
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
+    def close(self) -> None:
+        """``stop``, then release the server, the loop and its thread (a test that warns on
+        unclosed resources needs it)."""
+        async def shut() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
+        self.stop()
+        self._thread.join(5)
+        self._loop.close()
+
 
 def json_answer(obj: Any, status: int = 200) -> bytes:
     body = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj

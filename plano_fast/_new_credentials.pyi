@@ -6,6 +6,6 @@ CLIENT_FIELDS: tuple[str, ...]
 CREDENTIAL_FIELDS: tuple[str, ...]
 
 def new_client_headers(
-    block: bytes, seen_version: bool, seen_request_id: bool, credential: Credential | None, query: bytes
+    block: bytes, seen_version: bool, request_id: bytes | None, credential: Credential | None, query: bytes
 ) -> ClientHeaders: ...
 def new_credential(secret: bytes, line: bytes) -> Credential: ...

@@ -23,6 +23,9 @@ from tests.test_managed_bounds import call, limited  # noqa: F401 - fixture
 
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 STREAM_CHAT = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+#: ``post``'s extra header for a one-request connection (``exchange`` then needs no 0.3 s wait
+#: to see whether the server closes)
+CLOSE = b"Connection: close\r\n"
 MESSAGES = b'{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
 
 
@@ -390,6 +393,78 @@ def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
         assert call.header_all("x-goog-api-key") == [USER_KEY] and "key=" not in call.path
 
 
+# -- a credential-like query parameter, in config and managed mode --------------------------------
+# (firewall mode: tests/test_firewall_hardening.py, test_a_credential_like_query_parameter_...)
+
+
+@pytest.mark.parametrize("name", [b"key%00", b"key[]", b"$key", b"api_key", b"oauth_token", b"%256Bey"])
+def test_config_mode_refuses_a_credential_like_query_parameter(
+    gateway: GatewayProcess, fake: FakeProviderThread, name: bytes
+) -> None:
+    """Was: config mode forwarded the query as sent apart from ``key`` / ``access_token``,
+    so ``?key[]=``, ``?$key=``, ``?api_key=`` ... reached the provider beside the
+    gateway's own key (or, on a passthrough provider, beside the client's checked one): a
+    credential nobody verified.  Now 401 in the client's format, nothing forwarded."""
+    for model, auth in ((b"gpt-4o-mini", b""), (b"vllm/llama-passthrough", b"Authorization: Bearer sk-client-key\r\n")):
+        fake.clear()
+        body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
+        answer = exchange(gateway.port, post(b"/v1/chat/completions?" + name + b"=sk-other-key", body, auth, CLOSE))
+        assert answer.status == 401, (name, model, answer.raw[:300])
+        assert answer.error_json()["error"]["code"] == "invalid_api_key", answer.body
+        assert b"sk-other-key" not in answer.raw
+        assert provider_calls(fake) == []
+    fake.clear()  # an ordinary parameter is still forwarded
+    answer = exchange(gateway.port, post(b"/v1/chat/completions?monkey=1", CHAT, b"", CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.path for c in provider_calls(fake)] == ["/v1/chat/completions?monkey=1"]
+
+
+def test_managed_mode_refuses_a_credential_like_query_parameter(
+    managed_once: Any, fake: FakeProviderThread
+) -> None:
+    """Was: a token and ``?key[]=`` (or ``?$key=``) was served (200): managed mode forwards
+    no client query, but two credentials are refused everywhere else (``?key=`` and a token
+    is a 401).  Now the same rule in every mode: 401, nothing forwarded."""
+    gateway, _, tenant = managed_once
+    token = b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"
+    for name in (b"key", b"key[]", b"$key", b"api_key"):
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions?" + name + b"=sk-other-key", CHAT, token, CLOSE))
+        assert answer.status == 401, (name, answer.raw[:300])
+        assert provider_calls(fake) == []
+
+
+# -- x-request-id: one upstream, the client's only when valid ------------------------------------
+
+
+def test_one_valid_x_request_id_goes_upstream(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Was: the client's x-request-id went upstream as sent -- twice when sent twice, with
+    non-ASCII bytes, spaces, any length.  Now exactly one: the client's when it sent one of 1
+    to 128 visible ASCII bytes, else the gateway's own id -- the one in x-plano-request-id
+    and on the usage row (which always carries the gateway's id: a client's id is not unique)."""
+    from tests.test_billing_e2e import read_rows
+
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    kept = [b"my-trace-0123", b"x" * 128, b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    replaced = [b"one\r\nx-request-id: two", b"r\xc3\xa9q\x85", b"a b", b"x" * 129,
+                b"same\r\nx-request-id: same"]
+    served: list[bytes] = []
+    for value, keep in [(v, True) for v in kept] + [(v, False) for v in replaced]:
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", b"x-request-id: " + value + b"\r\n" + CLOSE))
+        assert answer.status == 200, (value, answer.raw[:300])
+        ours = answer.header(b"x-plano-request-id")
+        assert ours is not None
+        served.append(ours)
+        [call] = provider_calls(fake)
+        expected = value if keep else ours
+        assert call.header_all("x-request-id") == [expected.decode("latin-1")], value
+    deadline = time.monotonic() + 8
+    while not set(served) <= {r.request_id.encode() for r in read_rows(None, sqlite_path)}:
+        assert time.monotonic() < deadline, "the usage rows carry the gateway's ids"
+        time.sleep(0.2)
+
+
 # -- HEAD: a head, never a body ------------------------------------------------------------------
 
 
@@ -475,3 +550,49 @@ def test_head_on_an_unbilled_path_is_not_forwarded(
     assert provider_calls(fake) == []
     answer = exchange(gateway.port, b"GET /v1/files HTTP/1.1\r\nHost: gw\r\n" + auth + b"\r\n", wait_s=4)
     assert [c.method for c in provider_calls(fake)] == ["GET"], answer.raw[:300]
+
+
+# -- Groq: usage only under x_groq, in the final chunk ---------------------------------------------
+
+
+def test_groq_usage_under_x_groq_is_billed(make_gateway: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """Groq streams without ``stream_options.include_usage`` report usage only in the final
+    chunk's ``x_groq.usage`` (top-level ``usage`` absent or null).  Over real sockets, from a
+    provider that answers exactly so: the stream is relayed as sent and the usage row has
+    Groq's counts, priced (was pinned only by the scanner's unit tests)."""
+    from benchmarks.attack_battery import ScriptedProvider, sse_answer
+    from tests.test_billing_e2e import wait_rows
+
+    groq = ScriptedProvider()
+    try:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            return json.dumps({"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1,
+                               "model": "llama-3.1-8b-instant", "system_fingerprint": "fp_g",
+                               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                               **extra}).encode()  # fmt: skip
+
+        usage = {"queue_time": 0.02, "prompt_tokens": 5003, "prompt_time": 0.01, "completion_tokens": 359,
+                 "completion_time": 0.3, "total_tokens": 5362, "total_time": 0.31}  # fmt: skip
+        events = [chunk({"role": "assistant", "content": ""}, x_groq={"id": "req_01"}),
+                  chunk({"content": "Hello"}),
+                  chunk({}, "stop", x_groq={"id": "req_01", "usage": usage}),
+                  b"[DONE]"]  # fmt: skip
+        groq.add("groq-stream", sse_answer(events))
+        extra = (f"  - model: groq/llama-3.1-8b-instant\n    base_url: http://127.0.0.1:{groq.port}\n"
+                 "    access_key: gsk-server-key\n")  # fmt: skip
+        gateway = make_gateway({}, extra_providers=extra)
+        body = b'{"model":"groq/llama-3.1-8b-instant","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"", b"x-script: groq-stream\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        assert b'"usage": {"queue_time"' in answer.raw and b"[DONE]" in answer.raw  # relayed as sent
+        assert len(groq.requests) == 1 and b"authorization: Bearer gsk-server-key" in groq.requests[0]
+        [usage_row] = wait_rows(None, str(tmp_path / "plano_config_0.db"), 1)
+        assert (usage_row.provider, usage_row.model, usage_row.streaming) == ("groq", "llama-3.1-8b-instant", True)
+        assert (usage_row.input_tokens, usage_row.output_tokens, usage_row.status) == (5003, 359, "ok")
+        deadline = time.monotonic() + 8  # priced in the background
+        while not usage_row.priced and time.monotonic() < deadline:
+            time.sleep(0.2)
+            [usage_row] = wait_rows(None, str(tmp_path / "plano_config_0.db"), 1)
+        assert usage_row.priced and (usage_row.cost_nano_usd or 0) > 0, usage_row
+    finally:
+        groq.close()

@@ -140,6 +140,10 @@ def test_more_than_one_credential_is_refused_and_never_forwarded(
         b"x-api-key: ",
         b"x-api-key: sk-\xff\xfe-not-utf8",  # was: /auth/check 500, data plane 401
         b"Authorization: Bearer sk-a b",
+        # RFC 9110 11.4: only spaces between scheme and token (1*SP), never a tab
+        b"Authorization: Bearer\t" + REGISTERED,
+        b"Authorization: Bearer \t" + REGISTERED,  # was: 200 (the tab stripped with the spaces)
+        b"Authorization: bearer\t " + REGISTERED,
     ],
 )  # (a lone ?access_token= is refused too: see test_query_key_moves_to_the_gemini_header)
 def test_malformed_credential_is_401_on_both_paths(hardened: Any, fake: FakeProviderThread, line: bytes) -> None:
@@ -192,6 +196,57 @@ def test_query_key_moves_to_the_gemini_header(hardened: Any, fake: FakeProviderT
     (seen,) = provider_calls(fake)
     assert credentials_seen(seen) == [("x-api-key", USER_KEY)]
     assert seen.header("x-http-method-override") is None
+
+
+#: Query parameter names a provider (or a proxy before it) could read as a credential: a NUL
+#: or ``[]`` after ``key``, Google's ``$key`` system-parameter form (plain and encoded),
+#: Cloud Endpoints' ``api_key``, Azure's ``api-key`` / ``subscription-key``, Google's OAuth
+#: spellings, ``key`` encoded twice.
+CREDENTIAL_LIKE_QUERY_NAMES = [b"key%00", b"key[]", b"key%5B%5D", b"$key", b"%24key", b"api_key", b"API-KEY",
+                               b"subscription-key", b"oauth_token", b"bearer_token", b"access%5Ftoken",
+                               b"%256Bey", b"k%2565y", b"x-goog-api-key"]
+
+
+@pytest.mark.parametrize("name", CREDENTIAL_LIKE_QUERY_NAMES)
+def test_a_credential_like_query_parameter_is_refused_and_never_forwarded(
+    hardened: Any, fake: FakeProviderThread, name: bytes
+) -> None:
+    """Was: only a name decoding to ``key`` or ``access_token`` counted, so ``?key%00=``,
+    ``?key[]=``, ``?$key=`` (Google's documented system-parameter form) or ``?api_key=``
+    went to the provider beside the verified header key: a second, unchecked credential.
+    Now each is a credential; with a header key it makes two (401), alone it is not taken as
+    the key (401); Gemini's error format; /auth/check agrees; nothing forwarded."""
+    gateway, _, _ = hardened
+    gemini = b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&"
+    body = b'{"contents":[{"parts":[{"text":"hi"}]}]}'
+    for headers, query in (([b"x-goog-api-key: " + REGISTERED], name + b"=" + UNREGISTERED),
+                           ([], name + b"=" + REGISTERED)):
+        fake.clear()
+        status, _, answer = post_chat(gateway, headers, gemini + query, body)
+        assert status == 401, (name, answer)
+        assert json.loads(answer)["error"]["status"] == "UNAUTHENTICATED", answer  # Gemini's format
+        assert USER_KEY not in answer.decode() and OTHER_KEY not in answer.decode()
+        assert provider_calls(fake) == [], name
+        assert auth_check(gateway, headers, b"alt=sse&" + query) == 401
+
+
+def test_key_spellings_the_gateway_reads_as_the_key(hardened: Any, fake: FakeProviderThread) -> None:
+    """``Key=``, ``%6Bey=``, ``+key+=`` (spaces around) are the key: verified and moved to
+    x-goog-api-key, whatever a provider makes of the spelling; ``key=A&key=B`` is two credentials (401);
+    a name that merely contains ``key`` (``monkey``, ``key_id``) is an ordinary parameter."""
+    gateway, _, _ = hardened
+    gemini = b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&"
+    body = b'{"contents":[{"parts":[{"text":"hi"}]}]}'
+    for query in (b"Key=" + REGISTERED, b"%6Bey=" + REGISTERED, b"+key+=" + REGISTERED, b"monkey=1&key_id=2&key=" + REGISTERED):
+        fake.clear()
+        status, _, answer = post_chat(gateway, [], gemini + query, body)
+        assert status == 200, (query, answer)
+        (seen,) = provider_calls(fake)
+        assert credentials_seen(seen) == [("x-goog-api-key", USER_KEY)]
+        assert seen.path.endswith("?alt=sse" + ("&monkey=1&key_id=2" if b"monkey" in query else "")), seen.path
+    fake.clear()
+    assert post_chat(gateway, [], gemini + b"key=" + REGISTERED + b"&key=" + REGISTERED, body)[0] == 401
+    assert provider_calls(fake) == []
 
 
 # The property: any mix of credential headers (repeated, mixed case, listed in Connection),

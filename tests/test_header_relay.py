@@ -188,18 +188,21 @@ def test_request_headers_forwarded_without_any_credential_header(forward: Forwar
     # Every credential header is dropped and counted; the first is reported (the caller
     # refuses the request when there is more than one: plano_fast.credentials).
     assert forward(SDK_REQUEST) == (
-        kept + b"anthropic-version: 2023-06-01\r\nx-request-id: client-chosen\r\n",
+        kept + b"anthropic-version: 2023-06-01\r\n",
         True,
-        True,
+        b"client-chosen",  # never in the block: upstream_request.finish_head writes one
         4,
         b"authorization",
         b"Bearer sk-client",
     )
-    assert forward([]) == (b"", False, False, 0, None, None)
-    assert forward([(b"x-a", b"")]) == (b"x-a: \r\n", False, False, 0, None, None)
+    assert forward([]) == (b"", False, None, 0, None, None)
+    assert forward([(b"x-a", b"")]) == (b"x-a: \r\n", False, None, 0, None, None)
+    # two x-request-ids: b"" (none of them is kept); one listed in Connection: none seen
+    assert forward([(b"x-request-id", b"a"), (b"x-request-id", b"a")])[2] == b""
+    assert forward([(b"connection", b"x-request-id"), (b"x-request-id", b"a")])[2] is None
     # Connection can neither hide a credential from the count nor keep one in the block.
     listed = [(b"connection", b"x-api-key"), (b"x-api-key", b"a"), (b"authorization", b"Bearer b")]
-    assert forward(listed) == (b"", False, False, 2, b"x-api-key", b"a")
+    assert forward(listed) == (b"", False, None, 2, b"x-api-key", b"a")
 
 
 _REQ_NAME = st.sampled_from(

@@ -292,3 +292,142 @@ def test_a_reservation_made_after_its_caller_left_is_given_back(dsn: str) -> Non
                 await conn.close()
 
     run(dsn, body)
+
+
+# -- a batch whose connection is lost is run once more (settles, releases, reservations) ------
+
+
+async def _kill_the_queued_batch(dsn: str, store: Store, busy: Any, queued: Any) -> list[Any]:
+    """Two batches in flight on project W's locked counters, ``queued`` calls behind them
+    (one batch, on project X's locked counters): W's lock goes, X's batch starts and waits
+    on its lock, its backend is terminated (pg_terminate_backend) mid-statement, then X's
+    lock goes.  Returns each queued call's result or exception."""
+    lock_x, lock_w, observer = [await asyncpg.connect(dsn) for _ in range(3)]
+    try:
+        tx_x, tx_w = lock_x.transaction(), lock_w.transaction()
+        await tx_x.start()
+        await tx_w.start()
+        await lock_x.execute("SELECT 1 FROM spending_counters WHERE scope_id = 'lostX' FOR UPDATE")
+        await lock_w.execute("SELECT 1 FROM spending_counters WHERE scope_id = 'lostW' FOR UPDATE")
+
+        async def waiting_on(holder: Any, n: int) -> list[int]:  # the pids waiting directly
+            pid = await holder.fetchval("SELECT pg_backend_pid()")
+            for _ in range(500):
+                if await observer.fetchval(_BLOCKED_BY, pid) >= n:
+                    return [r[0] for r in await observer.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid)]
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{n} statements never waited on a lock")
+
+        in_flight = [asyncio.create_task(c) for c in busy]
+        await waiting_on(lock_w, 2)
+        behind = [asyncio.create_task(c) for c in queued]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in behind)
+        await tx_w.commit()  # the two batches end; the queued calls leave as one batch
+        await asyncio.gather(*in_flight)
+        [victim] = await waiting_on(lock_x, 1)  # one statement: the whole batch
+        assert await observer.fetchval("SELECT pg_terminate_backend($1)", victim)
+        for _ in range(500):  # gone before X's lock is given up (else it could still commit)
+            if not await observer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", victim):
+                break
+            await asyncio.sleep(0.01)
+        await tx_x.commit()
+        return list(await asyncio.gather(*behind, return_exceptions=True))
+    finally:
+        for conn in (lock_x, lock_w, observer):
+            await conn.close()
+
+
+X = [BudgetTarget("project", "lostX", "total", 0, 10**9)]
+W = [BudgetTarget("project", "lostW", "total", 0, 10**9)]
+
+
+def test_a_settle_batch_whose_connection_is_killed_is_run_once_more(dsn: str) -> None:
+    """Was: a settle batch whose backend was terminated mid-statement failed every caller
+    in it (ConnectionDoesNotExistError: each row went to the journal, each reservation to
+    a background release).  Settles and releases are idempotent, so the batch is run once
+    more on another connection: every caller settled, the counters exact."""
+
+    async def body(store: Store) -> None:
+        x_held = [await store.reserve(X, 100) for _ in range(8)]
+        w_held = [await store.reserve(W, 100) for _ in range(2)]
+        assert None not in x_held and None not in w_held
+        results = await _kill_the_queued_batch(
+            dsn, store,
+            [store.settle(r, row(900 + i, project="lostW")) for i, r in enumerate(w_held)],  # type: ignore[arg-type]
+            [store.release(r) if i == 7 else store.settle(r, row(i, project="lostX"))  # type: ignore[arg-type]
+             for i, r in enumerate(x_held)],
+        )  # fmt: skip
+        assert results == [True] * 8, results
+        c = await store.get_counter(X[0].key)
+        assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == (7 * 5, 0)
+        assert await store.sum_usage_cost("lostX") == 7 * 5
+
+    run(dsn, body)
+
+
+def test_a_reservation_batch_whose_connection_is_killed_is_run_once_more(dsn: str) -> None:
+    """Was: a reservation batch whose backend was terminated failed every caller in it.
+    Its statement never committed (the backend died holding X's row locks), so the batch
+    runs again: every reservation granted, each counted once."""
+
+    async def body(store: Store) -> None:
+        for t in (X, W):  # the counters exist (no creation inside the batches)
+            made = await store.reserve(t, 1)
+            assert made is not None and await store.release(made)
+        results = await _kill_the_queued_batch(
+            dsn, store, [store.reserve(W, 5) for _ in range(2)], [store.reserve(X, 7) for _ in range(8)]
+        )
+        assert all(r is not None and not isinstance(r, BaseException) for r in results), results
+        c = await store.get_counter(X[0].key)
+        assert c is not None and c.reserved_nano_usd == 8 * 7
+        assert await store.release_expired(now_ns=2**62) == 10  # 8 on X, 2 on W: one row each
+
+    run(dsn, body)
+
+
+@pytest.mark.parametrize("kind", ["reserve", "settle"])
+def test_a_statement_that_committed_but_lost_its_answer_counts_once(
+    dsn: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The other side of a lost connection: the statement committed and only its answer
+    was lost (simulated: each first attempt runs, then raises ConnectionDoesNotExistError).
+    The rerun changes nothing twice: a settle finds its rows inserted and its reservation
+    gone; a reservation's rerun hits its own rows' primary key (rolled back whole) and
+    the rows it finds say what was granted.  Singles and batches, every caller answered."""
+    marker = "INSERT INTO spending_reservations" if kind == "reserve" else "DELETE FROM spending_reservations"
+    seen: set[str] = set()
+    sizes: list[int] = []  # the statements that lost their answer: how many calls each
+    original = asyncpg.connection.Connection.fetchval
+
+    async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        result = await original(conn, query, *args, **kwargs)
+        ids = args[-1] if kind == "settle" else args[7]  # the reservation id(s)
+        if marker in query and repr(ids) not in seen:
+            seen.add(repr(ids))
+            sizes.append(1 if isinstance(ids, str) else len(set(ids)))
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return result
+
+    async def body(store: Store) -> None:
+        targets = [BudgetTarget("project", "p1", "total", 0, 10**12), BudgetTarget("user", "u1", "total", 0, 3_000)]
+        await store.write_usage([row(0, cost=1_000)])  # counters exist: room for 20 of 100 under u1
+        if kind == "settle":
+            held = [await store.reserve(targets, 100) for _ in range(20)]
+            monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+            settled = await asyncio.gather(*(store.settle(r, row(1 + i)) for i, r in enumerate(held)))  # type: ignore[arg-type]
+            assert len(settled) == 20  # (False: the lost attempt took the reservation, as a second settle)
+            assert await store.sum_usage_cost("p1") == 1_000 + 20 * 5
+            expected = (1_000 + 20 * 5, 0)
+        else:
+            monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+            results = await asyncio.gather(*(store.reserve(targets, 100) for _ in range(30)))
+            assert sum(r is not None for r in results) == 20, results
+            expected = (1_000, 20 * 100)
+        assert 1 in sizes and max(sizes) > 1, sizes  # singles and batches lost their answers
+        for key in (TOTAL, USER):
+            c = await store.get_counter(key)
+            assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == expected, (key, c)
+
+    run(dsn, body)

@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store.pg_batch import GroupRunner
-from plano_fast.store.pg_reserve import PARTIAL, RESERVE_MANY
+from plano_fast.store.pg_reserve import NONE_REFUSED, PARTIAL, RESERVE_MANY
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
@@ -68,6 +68,20 @@ T = TypeVar("T")
 
 _MIGRATION_LOCK = 0x706C616E6F5F6D  # pg_advisory_xact_lock key for migrations ("plano_m")
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+#: A request-path batch whose connection was lost (a backend terminated or restarted, a
+#: reset socket) is run once more on another connection before its callers are failed
+#: (``_once_more_if_lost``).  Not a timeout (TimeoutError is an OSError): a statement that
+#: ran out of time would only wait as long again.
+_CONNECTION_LOST = (
+    asyncpg.exceptions.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    OSError,
+)
+_RESERVED_IDS = "SELECT DISTINCT id FROM spending_reservations WHERE id = ANY($1::text[])"
+log = logging.getLogger(__name__)
 
 
 def _counters_cte(source: str, now_param: str, freed: str | None = None) -> str:
@@ -675,7 +689,7 @@ class PostgresStore(SqlStore):
             async def ensure() -> None:
                 await self.pool.execute(_ENSURE_COUNTERS, [t.scope_kind for t in new], [t.scope_id for t in new],
                                         [t.period for t in new], [t.period_start for t in new], now)
-            await self._retrying(ensure)
+            await self._once_more_if_lost(ensure, "counter creation")  # (ON CONFLICT DO NOTHING)
             if len(self._known_counters) > 100_000:
                 self._known_counters.clear()
             self._known_counters.update(t.key for t in new)
@@ -721,7 +735,14 @@ class PostgresStore(SqlStore):
                         raise
             return 1  # counters still being created: each request alone
 
-        first_refused = await self._retrying(attempt)
+        try:
+            first_refused = await self._retrying(attempt)
+        except _CONNECTION_LOST as exc:
+            ids = [res.id for _, res in batch]
+            first_refused = await self._reserve_again(
+                attempt, ids, lambda made: next((j for j, rid in enumerate(ids, 1) if rid not in made), NONE_REFUSED),
+                exc,
+            )
         out: list[Reservation | None | BaseException] = []
         for j, (todo, res) in enumerate(batch, 1):
             if j < first_refused:
@@ -752,7 +773,48 @@ class PostgresStore(SqlStore):
                         return 0
             raise AssertionError("unreachable")  # pragma: no cover
 
-        return res if await self._retrying(attempt) else None
+        try:
+            admitted = await self._retrying(attempt)
+        except _CONNECTION_LOST as exc:
+            admitted = await self._reserve_again(attempt, [res.id], lambda made: len(made), exc)
+        return res if admitted else None
+
+    async def _reserve_again(
+        self, attempt: Callable[[], Awaitable[int]], ids: list[str], committed: Callable[[set[str]], int],
+        exc: Exception,
+    ) -> int:
+        """A reservation statement whose connection was lost, answered without reserving
+        anything twice.  Its reservation rows, keyed by the reservation ids, say whether it
+        committed: some found -- it did, and they are what it granted (``committed``: the
+        attempt's answer from the ids found; a batch grants a prefix of its arrival order).
+        None found -- it granted nothing (or never committed: a terminated backend's
+        transaction is rolled back), so it is run once more, a fresh decision.  A backend cut
+        off but still running could commit while that rerun waits on its counter locks: the
+        rerun's rows then collide with its own (same primary key) and it rolls back whole,
+        and the rows found answer.  (Had it granted nothing but fitted nothing more either,
+        its reservations stay held until their expiry: never an overspend.)"""
+        log.warning("a reservation statement lost its connection (%s); checked and run once more",
+                    type(exc).__name__)
+
+        async def made() -> set[str]:
+            return {r[0] for r in await self.pool.fetch(_RESERVED_IDS, ids)}
+
+        present = await self._retrying(made)
+        if present:
+            return committed(present)
+        try:
+            return await self._retrying(attempt)
+        except AlreadyExists:  # (the UniqueViolation, translated by _retrying)
+            return committed(await self._retrying(made))
+
+    async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """``attempt`` (an idempotent statement: settle, release), run once more on another
+        connection when its connection was lost, before its callers are failed."""
+        try:
+            return await self._retrying(attempt)
+        except _CONNECTION_LOST as exc:
+            log.warning("a %s statement lost its connection (%s); run once more", what, type(exc).__name__)
+            return await self._retrying(attempt)
 
     @staticmethod
     async def _release_on(conn: Any, reservation_id: str, now: int) -> bool:
@@ -789,7 +851,10 @@ class PostgresStore(SqlStore):
             taken: list[str] = await self.pool.fetchval(_SETTLE, *arrays, now, ids)
             return taken
 
-        taken = set(await self._retrying(attempt))
+        # Idempotent, so run again if its connection was lost: a settle that did commit
+        # inserts no row twice (ON CONFLICT (request_id) DO NOTHING, and only inserted rows
+        # are counted) and finds its reservation gone (``taken`` empty: nothing freed twice).
+        taken = set(await self._once_more_if_lost(attempt, "settle"))
         results: list[bool | BaseException] = []
         for rid, _ in batch:
             results.append(rid in taken)

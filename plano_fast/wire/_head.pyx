@@ -201,14 +201,15 @@ def response_head(bytes buf not None):
 
 
 def forward_request_headers(list headers not None):
-    """``(block, seen_anthropic_version, seen_x_request_id, credential_count,
+    """``(block, seen_anthropic_version, client_x_request_id, credential_count,
     credential_name, credential_value)``; see ``plano_fast.wire._head_py``."""
     cdef tuple pair
     cdef bytes name, value
     cdef Py_ssize_t total = 0, w = 0, nn, nv
     cdef int kind
     cdef int credentials = 0
-    cdef bint seen_version = False, seen_request_id = False
+    cdef bint seen_version = False
+    request_id = None
     credential_name = None
     credential_value = None
     tokens = None
@@ -241,7 +242,8 @@ def forward_request_headers(list headers not None):
             if kind == R_VERSION:
                 seen_version = True
             elif kind == R_REQUEST_ID:
-                seen_request_id = True
+                request_id = value if request_id is None else b""  # (two: b"", see _head_py)
+                continue
             nv = len(value)
             memcpy(out + w, <const char *>name, nn)
             w += nn
@@ -253,7 +255,7 @@ def forward_request_headers(list headers not None):
             out[w] = 13
             out[w + 1] = 10
             w += 2
-        return (PyBytes_FromStringAndSize(<char *>out, w), seen_version, seen_request_id,
+        return (PyBytes_FromStringAndSize(<char *>out, w), seen_version, request_id,
                 credentials, credential_name, credential_value)
     finally:
         free(out)

@@ -169,10 +169,12 @@ def _content_length(value: bytes) -> int:
 
 def forward_request_headers(
     headers: list[tuple[bytes, bytes]],
-) -> tuple[bytes, bool, bool, int, bytes | None, bytes | None]:
+) -> tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None]:
     """The client's headers (names lowercased, as parsed) that may go upstream, as CRLF-ended
-    lines; whether anthropic-version and x-request-id were among them; and the credential
-    headers: how many there were, and the first one's name and value (None when none).
+    lines; whether anthropic-version was among them; the client's x-request-id (None when it
+    sent none, b"" when it sent more than one: never in the block, the upstream head writes
+    one, see ``upstream_request.finish_head``); and the credential headers: how many there
+    were, and the first one's name and value (None when none).
 
     Dropped: hop-by-hop headers and those named in Connection (RFC 9110 §7.6.1), framing and
     host (redone for the upstream hop), accept-encoding, every x-xproxy-* header, and every
@@ -185,7 +187,8 @@ def forward_request_headers(
         if name == b"connection":
             tokens = connection_tokens(value, tokens)
     out: list[bytes] = []
-    seen_version = seen_request_id = False
+    seen_version = False
+    request_id: bytes | None = None
     credentials = 0
     credential_name: bytes | None = None
     credential_value: bytes | None = None
@@ -202,9 +205,10 @@ def forward_request_headers(
         if name == b"anthropic-version":
             seen_version = True
         elif name == b"x-request-id":
-            seen_request_id = True
+            request_id = value if request_id is None else b""
+            continue
         out.append(name + b": " + value + b"\r\n")
-    return b"".join(out), seen_version, seen_request_id, credentials, credential_name, credential_value
+    return b"".join(out), seen_version, request_id, credentials, credential_name, credential_value
 
 
 

@@ -85,7 +85,8 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef unsigned char *w
     cdef Py_ssize_t k, m, o = 0
     cdef int kind, credentials = 0
-    cdef bint seen_version = False, seen_request_id = False
+    cdef bint seen_version = False
+    request_id = None
     cdef bytes value
     credential_name = None
     credential_value = None
@@ -178,11 +179,12 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
                 credential_name = name
                 credential_value = value
             credentials += 1
+        elif kind == R_REQUEST_ID:
+            # never in the block: finish_head writes one (the client's if valid, else ours)
+            request_id = value if request_id is None else b""
         elif kind != R_DROP:
             if kind == R_VERSION:
                 seen_version = True
-            elif kind == R_REQUEST_ID:
-                seen_request_id = True
             memcpy(out + o, w, name_len)
             o += name_len
             out[o] = 58
@@ -200,6 +202,6 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     if content_length > max_body_bytes or n - i < content_length:
         return None
     body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
-    forward = (PyBytes_FromStringAndSize(<const char *>out, o), seen_version, seen_request_id,
+    forward = (PyBytes_FromStringAndSize(<const char *>out, o), seen_version, request_id,
                credentials, credential_name, credential_value)
     return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length, forward

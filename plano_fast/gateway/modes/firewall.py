@@ -199,7 +199,7 @@ class FirewallExchange(Exchange):
             head = [request.method, b" ", path, b"?", query, b" HTTP/1.1\r\n", client.block, credential.line]
         else:
             head = [request.method, b" ", path, b" HTTP/1.1\r\n", client.block, credential.line]
-        self.upstream_data = finish_head(head, route.host_line, body, client.seen_request_id, self.request_id)
+        self.upstream_data = finish_head(head, route.host_line, body, client.request_id, self.request_id)
         self.origin = route.origin
         if ctx.ratelimits is not None and rate_limit(self, (self.model,)):
             return admitted_forward(self)
