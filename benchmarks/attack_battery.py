@@ -83,8 +83,10 @@ def _decode_chunked(data: bytes) -> tuple[bytes, bool]:
         data = rest[size + 2 :]
 
 
-def parse_first(raw: bytes) -> tuple[int, bytes, bytes, bool]:
-    """(status, head, body, complete) of the first final response in ``raw``."""
+def parse_first(raw: bytes, head_request: bool = False) -> tuple[int, bytes, bytes, bool]:
+    """(status, head, body, complete) of the first final response in ``raw``.  The answer
+    to a HEAD request is complete at the end of its head (RFC 9110 9.3.2: whatever its
+    Content-Length says); ``body`` is then whatever followed the head (none is allowed)."""
     while raw.startswith(b"HTTP/1.1 100"):
         raw = raw.partition(b"\r\n\r\n")[2]
     head, sep, rest = raw.partition(b"\r\n\r\n")
@@ -94,6 +96,8 @@ def parse_first(raw: bytes) -> tuple[int, bytes, bytes, bool]:
         status = int(head.split(b" ", 2)[1])
     except (IndexError, ValueError):
         return 0, head, rest, False
+    if head_request:
+        return status, head, rest, True
     lower = head.lower()
     if b"transfer-encoding: chunked" in lower:
         body, complete = _decode_chunked(rest)
@@ -112,10 +116,13 @@ def exchange(
     wait_s: float = 8.0,
     until_close: bool = False,
     half_close: bool = False,
+    close_wait_s: float = 0.3,
 ) -> Answer:
     """Send ``data`` (or timed pieces: (pause before, bytes)) and read until the first
-    response is complete (or the server closes / ``wait_s`` passes)."""
+    response is complete (or the server closes / ``wait_s`` passes), then ``close_wait_s``
+    more for a close (``Answer.closed``) or bytes after it (0: return at once)."""
     start = time.monotonic()
+    head_request = (data if isinstance(data, bytes) else data[0][1]).startswith(b"HEAD ")
     sock = socket.create_connection(("127.0.0.1", port), timeout=wait_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     raw = b""
@@ -148,9 +155,11 @@ def exchange(
                 closed = True
                 break
             raw += chunk
-            if not until_close and parse_first(raw)[3]:
+            if not until_close and parse_first(raw, head_request)[3]:
+                if not close_wait_s:
+                    break
                 # complete: see whether the server closes right after (briefly)
-                sock.settimeout(0.3)
+                sock.settimeout(close_wait_s)
                 try:
                     more = sock.recv(65536)
                     raw += more
@@ -162,7 +171,7 @@ def exchange(
                 break
     finally:
         sock.close()
-    status, head, body, _ = parse_first(raw)
+    status, head, body, _ = parse_first(raw, head_request)
     return Answer(status, head, body, closed, raw, time.monotonic() - start)
 
 
