@@ -11,12 +11,26 @@ Config (Plano's shape)::
         static: {environment: prod}
 
 Without ``opentracing_grpc_endpoint`` spans go over OTLP/HTTP, configured by the standard
-``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables.  Spans
-are exported by the SDK's ``BatchSpanProcessor`` (a thread of its own).
+``OTEL_EXPORTER_OTLP_*`` variables.  Spans are exported by the SDK's ``BatchSpanProcessor``
+(a thread of its own; ``OTEL_BSP_*`` variables).
+
+The spans are not the SDK's: a sampled request's spans are ``plano_fast.otlp.TraceSpan``
+records, written as OTLP protobuf bytes by ``plano_fast.otlp.OtlpEncoder`` and posted by
+the SDK's OTLP/HTTP exporter client (its endpoint, headers, compression, TLS and retries).
+The bytes are the ones the SDK would send for its own spans of the same calls
+(tests/test_tracing_otlp.py); the SDK's span pipeline and encoder cost ~950k instructions
+a traced request, these ~150k (benchmarks/results/tracing-cost-20261205.md).  The SDK's
+attribute limits (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` ...) and resource
+(``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``) apply; ``OTEL_TRACES_SAMPLER`` does
+not (``random_sampling`` and the client decide; a warning says so; ``OTEL_SDK_DISABLED=true``
+samples nothing), nor do the exporter's
+own self-metrics (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``).  An exporter other than
+the SDK's OTLP/HTTP one (the gRPC one, a test's) gets the SDK's ``ReadableSpan`` of each
+record and encodes as before.
 
 Sampling is decided before any span exists: a client's W3C ``traceparent`` decides by its
 sampled flag (parent-based), otherwise ``random_sampling`` percent of requests.  An
-unsampled request runs nothing of the SDK: at ``random_sampling: 0`` it costs dispatch one
+unsampled request runs nothing of tracing: at ``random_sampling: 0`` it costs dispatch one
 C scan of the header names (``wire.has_header``: is there a ``traceparent``?), ~0.6k
 instructions; above 0, the header lookup and one random draw.
 
@@ -32,18 +46,21 @@ ones (credential headers are never copied).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from collections.abc import Mapping, Sequence
+from time import time_ns
 from typing import Any, Final
 
-from opentelemetry import trace
-
-from plano_fast.wire import has_header
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from plano_fast.otlp import KIND_CLIENT, KIND_SERVER, OtlpEncoder, SpanOwner, TraceSpan
+from plano_fast.wire import has_header
 
 log = logging.getLogger("plano_fast.tracing")
 
@@ -61,10 +78,19 @@ OPERATIONS: Final = {
     "embeddings": "embeddings",
     "completions": "text_completion",
 }
+#: the instrumentation scope (``TracerProvider.get_tracer("plano_fast")``'s)
+SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 
 
 class Tracing:
-    """The configured tracer, or nothing when ``random_sampling`` is 0 and no client asks."""
+    """The configured tracer, or nothing when ``random_sampling`` is 0 and no client asks.
+
+    Spans are ``plano_fast.otlp.TraceSpan`` records, batched by the SDK's
+    ``BatchSpanProcessor`` (``OTEL_BSP_*`` variables) and written as OTLP bytes by
+    ``plano_fast.otlp.OtlpEncoder``, posted by the SDK's OTLP/HTTP exporter client
+    (``OTEL_EXPORTER_OTLP_*`` variables: endpoint, headers, compression, timeout,
+    certificates; its retries).  Any other exporter (gRPC, a test's in-memory one) gets
+    the SDK's ``ReadableSpan`` of each record (``readable``)."""
 
     def __init__(self, section: Mapping[str, Any], exporter: SpanExporter | None = None) -> None:
         self.rate = float(section.get("random_sampling") or 0) / 100.0
@@ -73,10 +99,23 @@ class Tracing:
             p.lower().encode() for p in attributes.get("header_prefixes") or () if isinstance(p, str)
         )
         self.static = {str(k): str(v) for k, v in (attributes.get("static") or {}).items()}
-        provider = TracerProvider(resource=Resource.create({"service.name": "plano_fast"}))
-        provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(section)))
-        self.provider = provider
-        self.tracer = provider.get_tracer("plano_fast")
+        #: OTEL_SDK_DISABLED=true: nothing is traced (the SDK's tracer made no spans)
+        self.disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        sampler = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+        if sampler and sampler != "parentbased_always_on":
+            log.warning("OTEL_TRACES_SAMPLER=%s is not used: tracing.random_sampling and the client's "
+                        "traceparent decide which requests are traced", sampler)  # fmt: skip
+        self.resource = Resource.create({"service.name": "plano_fast"})
+        limits = SpanLimits()  # the SDK's, from OTEL_SPAN_ATTRIBUTE_* / OTEL_ATTRIBUTE_* variables
+        self.limits = limits
+        self.exporter = RecordExporter(exporter or _exporter(section), self)
+        self.processor = BatchSpanProcessor(self.exporter)
+        self.owner = SpanOwner(limits.max_span_attributes, limits.max_attribute_length,
+                               self.processor.on_end)  # type: ignore[arg-type]  # fmt: skip
+        # the static attributes as a span starts with them (the limits applied once)
+        start = TraceSpan(self.owner, "", KIND_SERVER, 1, 1, 0, False, {}, 0, 0)
+        start.set_attributes(self.static)
+        self._start_attributes, self._start_dropped = start.attributes, start.dropped
         self._random = random.random
 
     def may_sample(self, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -86,9 +125,11 @@ class Tracing:
         (benchmarks/results/observability-cost-20261205.md)."""
         return self.rate > 0 or has_header(headers, b"traceparent")
 
-    def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> SpanContext | bool:
-        """False: not sampled; True: sampled, no parent; a SpanContext: sampled under the
-        client's trace."""
+    def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
+        """False: not sampled; True: sampled, no parent; (trace id, parent span id):
+        sampled under the client's trace."""
+        if self.disabled:
+            return False
         for name, value in headers:
             if name == b"traceparent":
                 m = _TRACEPARENT.fullmatch(value.strip().lower())
@@ -97,55 +138,125 @@ class Tracing:
                 flags = int(m.group(3), 16)
                 if not flags & 1:
                     return False
-                return SpanContext(
-                    int(m.group(1), 16), int(m.group(2), 16), is_remote=True,
-                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
-                )  # fmt: skip
+                return int(m.group(1), 16), int(m.group(2), 16)
         return self.rate > 0 and self._random() < self.rate
 
     def start_server(
-        self, decision: SpanContext | bool, headers: Sequence[tuple[bytes, bytes]], path: bytes
-    ) -> Span:
-        context = (
-            trace.set_span_in_context(NonRecordingSpan(decision))
-            if isinstance(decision, SpanContext)
-            else None
-        )
-        span = self.tracer.start_span(
-            path.decode("latin-1"), context=context, kind=SpanKind.SERVER, attributes=self.static
-        )
+        self, decision: tuple[int, int] | bool, headers: Sequence[tuple[bytes, bytes]], path: bytes
+    ) -> TraceSpan:
+        if isinstance(decision, tuple):
+            trace_id, parent_id = decision
+        else:
+            trace_id, parent_id = _new_id(128), 0
+        span = TraceSpan(
+            self.owner, path.decode("latin-1"), KIND_SERVER, trace_id, _new_id(64), parent_id, bool(parent_id),
+            self._start_attributes.copy(), self._start_dropped, time_ns(),
+        )  # fmt: skip
         if self.header_prefixes:
             for name, value in headers:
                 if name.startswith(self.header_prefixes) and name not in _SECRET_HEADERS:
                     span.set_attribute("http.request.header." + name.decode("latin-1"), value.decode("latin-1"))
         return span
 
-    def start_attempt(self, server: Span, provider: str, model: str | None) -> Span:
-        span = self.tracer.start_span(
-            f"upstream {provider}", context=trace.set_span_in_context(server), kind=SpanKind.CLIENT,
-            attributes={"gen_ai.provider.name": provider, "gen_ai.request.model": model or ""},
+    def start_attempt(self, server: TraceSpan, provider: str, model: str | None) -> TraceSpan:
+        span = TraceSpan(
+            self.owner, f"upstream {provider}", KIND_CLIENT, server.trace_id, _new_id(64), server.span_id, False,
+            {}, 0, time_ns(),
         )  # fmt: skip
+        span.set_attributes({"gen_ai.provider.name": provider, "gen_ai.request.model": model or ""})
         return span
 
+    def readable(self, span: TraceSpan) -> ReadableSpan:
+        """The SDK's ``ReadableSpan`` of a record (for an exporter other than OTLP/HTTP)."""
+        from opentelemetry.attributes import BoundedAttributes
+
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        parent = (
+            SpanContext(span.trace_id, span.parent_id, is_remote=span.remote_parent, trace_flags=flags)
+            if span.parent_id else None
+        )  # fmt: skip
+        attributes = BoundedAttributes(
+            self.limits.max_span_attributes, span.attributes, immutable=True,
+            max_value_len=self.limits.max_attribute_length,
+        )  # fmt: skip
+        attributes.dropped = span.dropped
+        return ReadableSpan(
+            span.name, context=SpanContext(span.trace_id, span.span_id, is_remote=False, trace_flags=flags),
+            parent=parent, resource=self.resource, attributes=attributes,
+            kind=SpanKind.SERVER if span.kind == KIND_SERVER else SpanKind.CLIENT,
+            status=Status(StatusCode.UNSET) if span.error is None else Status(StatusCode.ERROR, span.error),
+            start_time=span.start_ns, end_time=span.end_ns, instrumentation_scope=SCOPE,
+        )  # fmt: skip
+
+    def force_flush(self) -> bool:
+        return self.processor.force_flush()
+
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self.processor.shutdown()  # type: ignore[no-untyped-call]
 
 
-def traceparent(span: Span) -> bytes:
-    ctx = span.get_span_context()
-    return b"00-%032x-%016x-01" % (ctx.trace_id, ctx.span_id)
+def _new_id(bits: int) -> int:
+    """A random non-zero id (the SDK's ``RandomIdGenerator``)."""
+    value = random.getrandbits(bits)
+    while not value:
+        value = random.getrandbits(bits)
+    return value
 
 
-def end_attempt(span: Span, status: int, error: str | None = None) -> None:
+class RecordExporter(SpanExporter):
+    """The batch processor's exporter: records in, OTLP out.  With the SDK's OTLP/HTTP
+    exporter the bytes are ``OtlpEncoder``'s, posted by that exporter's client; any other
+    exporter is given the SDK's ``ReadableSpan``s."""
+
+    def __init__(self, inner: SpanExporter, tracing: Tracing) -> None:
+        self.inner = inner
+        self.tracing = tracing
+        scope = SCOPE
+        self.encoder = OtlpEncoder(
+            tracing.resource.attributes, tracing.resource.schema_url, scope.name, scope.version,
+            scope.attributes, scope.schema_url,
+        )  # fmt: skip
+        self._post: Any = None
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:  # pragma: no cover - a dependency of the package
+            return
+        client = getattr(inner, "_client", None)  # SDK >= 1.4x: _OTLPHTTPClient.export(bytes)
+        if type(inner) is OTLPSpanExporter and callable(getattr(client, "export", None)):
+            self._post = client.export  # type: ignore[union-attr]
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        if self._post is None:
+            return self.inner.export([self.tracing.readable(s) for s in spans])
+        try:
+            data = self.encoder.request(spans)
+        except Exception as exc:  # the SDK's words
+            log.error("Failed to encode span batch: %s", exc)
+            return SpanExportResult.FAILURE
+        result = self._post(data)
+        return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def traceparent(span: TraceSpan) -> bytes:
+    return b"00-%032x-%016x-01" % (span.trace_id, span.span_id)
+
+
+def end_attempt(span: TraceSpan, status: int, error: str | None = None) -> None:
     if status:
         span.set_attribute("http.response.status_code", status)
     if error is not None or status >= 400 or not status:
-        span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status}"))
-    span.end()
+        span.set_error(error or f"HTTP {status}")
+    span.end(time_ns())
 
 
 def end_server(
-    span: Span,
+    span: TraceSpan,
     *,
     mode: str,
     endpoint: str,
@@ -174,8 +285,8 @@ def end_server(
         attributes["gen_ai.usage.output_tokens"] = tokens[1]
     span.set_attributes(attributes)
     if status >= 500 or outcome in ("upstream_failed",):
-        span.set_status(Status(StatusCode.ERROR, outcome))
-    span.end()
+        span.set_error(outcome)
+    span.end(time_ns())
 
 
 def _exporter(section: Mapping[str, Any]) -> SpanExporter:

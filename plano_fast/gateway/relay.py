@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from plano_fast.gateway.hedge import Hedge
     from collections.abc import Coroutine
 
-    from opentelemetry.trace import Span
+    from plano_fast.otlp import TraceSpan as Span
 
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.filter_chain import FilterChains

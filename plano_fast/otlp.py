@@ -1,0 +1,273 @@
+"""Trace spans as records, and their OTLP protobuf encoding (no I/O).
+
+A sampled request's spans used to be OpenTelemetry SDK spans, encoded by the SDK's OTLP
+encoder: ~35 µs of span bookkeeping per request (context objects, samplers, locked
+attribute maps, a ``ReadableSpan`` copy at the end) and ~65 µs to encode its two spans
+(a protobuf message object per attribute), measured in-process with cProfile
+(benchmarks/results/tracing-cost-20261205.md).  Here a span is a plain record (ids as
+ints, ``time.time_ns`` stamps, a dict of attributes) and the export request is written
+as bytes: the resource and the instrumentation scope once, each attribute's KeyValue
+once per distinct (key, value) (a bounded cache: provider, model, mode, outcome and
+status repeat from one request to the next).
+
+The bytes are the SDK's, byte for byte, for the same spans (tests/test_tracing_otlp.py
+compares them with ``encode_spans`` of the SDK's own spans for the same calls): fields in
+the order the SDK's protobuf runtime writes them, attributes in the SDK's order (a key
+set again moves to the end), the SDK's attribute limits (``SpanLimits``: the oldest
+attribute dropped past the count limit and counted, strings cut at the length limit), an
+empty ``Status`` for an unset status, the span flags saying whether the parent is remote.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from opentelemetry.trace import SpanContext, TraceFlags
+
+log = logging.getLogger("plano_fast.tracing")
+
+#: OTLP Span.SpanKind
+KIND_SERVER: Final = 2
+KIND_CLIENT: Final = 3
+#: SpanFlags: CONTEXT_HAS_IS_REMOTE, | CONTEXT_IS_REMOTE when the parent came from a client
+_FLAGS_LOCAL: Final = struct.pack("<I", 0x100)
+_FLAGS_REMOTE: Final = struct.pack("<I", 0x300)
+_FIXED64: Final = struct.Struct("<Q")
+_DOUBLE: Final = struct.Struct("<d")
+#: KeyValue encodings kept (the cache is emptied when it reaches this many)
+_KV_CACHE_MAX: Final = 4096
+
+
+class SpanOwner:
+    """What a span needs from its tracer: the attribute limits and where it goes when
+    it ends (the batch processor)."""
+
+    __slots__ = ("max_attributes", "max_length", "on_end")
+
+    def __init__(self, max_attributes: int | None, max_length: int | None,
+                 on_end: Callable[[TraceSpan], None]) -> None:  # fmt: skip
+        self.max_attributes = max_attributes
+        self.max_length = max_length
+        self.on_end = on_end
+
+
+class TraceSpan:
+    """One span of a sampled request: what OTLP exports of it, nothing else.
+
+    ``parent_id`` is 0 for a root span; ``remote_parent`` says the parent is a client's
+    (its ``traceparent``).  ``error`` is None for an unset status, else the description of
+    an ERROR status.  Mutators after ``end`` are ignored, as the SDK's are."""
+
+    __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind", "start_ns", "end_ns",
+                 "attributes", "dropped", "error", "owner")
+
+    #: BatchSpanProcessor.on_end exports what its context says is sampled: every span
+    #: here is (sampling was decided before it existed)
+    context: Final = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+
+    def __init__(self, owner: SpanOwner, name: str, kind: int, trace_id: int, span_id: int, parent_id: int,
+                 remote_parent: bool, attributes: dict[str, Any], dropped: int, start_ns: int) -> None:
+        self.owner = owner
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.remote_parent = remote_parent
+        self.attributes = attributes
+        self.dropped = dropped
+        self.start_ns = start_ns
+        self.end_ns = 0
+        self.error: str | None = None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """The SDK's ``BoundedAttributes`` rules: a key set again moves to the end; past
+        the count limit the oldest is dropped (and counted); strings cut at the length limit."""
+        if self.end_ns:
+            log.warning("Setting attribute on ended span.")
+            return
+        attributes = self.attributes
+        owner = self.owner
+        if key in attributes:
+            del attributes[key]
+        elif owner.max_attributes is not None and len(attributes) >= owner.max_attributes:
+            self.dropped += 1
+            if owner.max_attributes == 0:
+                return
+            del attributes[next(iter(attributes))]
+        if owner.max_length is not None and type(value) is str and len(value) > owner.max_length:
+            value = value[: owner.max_length]
+        attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        """``set_attribute`` of each item, in order; one dict update when no key is
+        already set and no limit can be reached (the gateway's own calls)."""
+        mine = self.attributes
+        owner = self.owner
+        if (
+            not self.end_ns and owner.max_length is None
+            and (owner.max_attributes is None or len(mine) + len(attributes) <= owner.max_attributes)
+            and mine.keys().isdisjoint(attributes)
+        ):  # fmt: skip
+            mine.update(attributes)
+            return
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def update_name(self, name: str) -> None:
+        if not self.end_ns:
+            self.name = name
+
+    def set_error(self, description: str) -> None:
+        """Status ERROR with ``description`` (the only status the gateway sets)."""
+        if not self.end_ns:
+            self.error = description
+
+    def end(self, end_ns: int) -> None:
+        if self.end_ns:
+            log.warning("Calling end() on an ended span.")
+            return
+        self.end_ns = end_ns
+        self.owner.on_end(self)
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL: Final = [bytes((i,)) for i in range(0x80)]
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag byte(s), the length, the payload."""
+    n = len(payload)
+    return tag + (_SMALL[n] if n < 0x80 else _varint(n)) + payload
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+def any_value(value: Any) -> bytes:
+    """An ``AnyValue`` message's bytes (the SDK's ``_encode_value``: None empty, then
+    bool, str, int, float, bytes, sequences, mappings; anything else raises)."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10" + (b"\x01" if value else b"\x00")
+    if isinstance(value, str):
+        return _field(b"\x0a", _text(value))
+    if isinstance(value, int):
+        if not -(1 << 63) <= value < (1 << 63):
+            raise ValueError(f"Value out of range: {value}")
+        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    if isinstance(value, float):
+        return b"\x21" + _DOUBLE.pack(value)
+    if isinstance(value, bytes):
+        return _field(b"\x3a", value)
+    if isinstance(value, Sequence):
+        return _field(b"\x2a", b"".join(_field(b"\x0a", any_value(v)) for v in value))
+    if isinstance(value, Mapping):
+        return _field(b"\x32", b"".join(_field(b"\x0a", key_value(str(k), v)) for k, v in value.items()))
+    raise TypeError(f"Invalid type {type(value)} of value {value}")
+
+
+def key_value(key: str, value: Any) -> bytes:
+    """A ``KeyValue`` message's bytes."""
+    return _field(b"\x0a", _text(key)) + _field(b"\x12", any_value(value))
+
+
+def attributes_fields(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
+    """Repeated ``KeyValue`` fields with ``tag``; an attribute that cannot be encoded is
+    left out and logged, as the SDK's encoder does."""
+    out = []
+    for key, value in attributes.items():
+        try:
+            out.append(_field(tag, key_value(key, value)))
+        except Exception as exc:  # the SDK: "Failed to encode key %s: %s", the others kept
+            log.error("Failed to encode key %s: %s", key, exc)
+    return b"".join(out)
+
+
+class OtlpEncoder:
+    """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource and one
+    instrumentation scope (the gateway's tracer)."""
+
+    def __init__(self, resource_attributes: Mapping[str, Any], resource_schema_url: str,
+                 scope_name: str, scope_version: str | None, scope_attributes: Mapping[str, Any] | None,
+                 scope_schema_url: str | None) -> None:  # fmt: skip
+        # ResourceSpans.resource (field 1): Resource { attributes = 1 }
+        self._resource = _field(b"\x0a", attributes_fields(b"\x0a", resource_attributes))
+        self._resource_schema = _field(b"\x1a", _text(resource_schema_url)) if resource_schema_url else b""
+        # ScopeSpans.scope (field 1): InstrumentationScope { name = 1, version = 2, attributes = 3 }
+        scope = _field(b"\x0a", _text(scope_name)) if scope_name else b""
+        if scope_version:
+            scope += _field(b"\x12", _text(scope_version))
+        scope += attributes_fields(b"\x1a", scope_attributes or {})
+        self._scope = _field(b"\x0a", scope)
+        self._scope_schema = _field(b"\x1a", _text(scope_schema_url)) if scope_schema_url else b""
+        self._kv_str: dict[tuple[str, Any], bytes] = {}
+        self._kv_int: dict[tuple[str, Any], bytes] = {}
+
+    def request(self, spans: Iterable[TraceSpan]) -> bytes:
+        """The export request of ``spans``, in their order."""
+        encoded = b"".join([_field(b"\x12", self.span(s)) for s in spans])
+        scope_spans = self._scope + encoded + self._scope_schema
+        resource_spans = self._resource + _field(b"\x12", scope_spans) + self._resource_schema
+        return _field(b"\x0a", resource_spans)
+
+    def span(self, span: TraceSpan) -> bytes:
+        """A ``Span`` message's bytes, its fields in number order as the SDK's protobuf
+        runtime writes them (flags, field 16, last)."""
+        parts = [b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big")]
+        if span.parent_id:
+            parts += (b"\x22\x08", span.parent_id.to_bytes(8, "big"))
+        parts += (
+            _field(b"\x2a", span.name.encode("utf-8", "replace")),
+            b"\x30", _SMALL[span.kind],
+            b"\x39", _FIXED64.pack(span.start_ns), b"\x41", _FIXED64.pack(span.end_ns),
+        )  # fmt: skip
+        strings, ints = self._kv_str, self._kv_int
+        for item in span.attributes.items():
+            t = type(item[1])
+            # the values that repeat from one request to the next; bool is not int here
+            # (True == 1 as a dict key)
+            cache = strings if t is str else ints if t is int else None
+            if cache is None:
+                parts.append(self._attribute(*item))
+                continue
+            kv = cache.get(item)
+            if kv is None:
+                kv = self._attribute(*item)
+                if len(cache) >= _KV_CACHE_MAX:
+                    cache.clear()
+                cache[item] = kv
+            parts.append(kv)
+        if span.dropped:
+            parts += (b"\x50", _varint(span.dropped))
+        error = span.error
+        if error is None:
+            parts.append(b"\x7a\x00")  # Status {} (code UNSET)
+        else:
+            status = (_field(b"\x12", error.encode("utf-8", "replace")) if error else b"") + b"\x18\x02"
+            parts.append(_field(b"\x7a", status))
+        parts += (b"\x85\x01", _FLAGS_REMOTE if span.remote_parent else _FLAGS_LOCAL)
+        return b"".join(parts)
+
+    @staticmethod
+    def _attribute(key: str, value: Any) -> bytes:
+        try:
+            return _field(b"\x4a", key_value(key, value))
+        except Exception as exc:  # the SDK: "Failed to encode key %s: %s", the others kept
+            log.error("Failed to encode key %s: %s", key, exc)
+            return b""
