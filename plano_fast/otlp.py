@@ -33,10 +33,13 @@ log = logging.getLogger("plano_fast.tracing")
 KIND_SERVER: Final = 2
 KIND_CLIENT: Final = 3
 #: SpanFlags: CONTEXT_HAS_IS_REMOTE, | CONTEXT_IS_REMOTE when the parent came from a client
-_FLAGS_LOCAL: Final = struct.pack("<I", 0x100)
-_FLAGS_REMOTE: Final = struct.pack("<I", 0x300)
-_FIXED64: Final = struct.Struct("<Q")
+_FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)
+_FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
+#: start_time_unix_nano (7) and end_time_unix_nano (8), fixed64 each, with their tags
+_TIMES: Final = struct.Struct("<BQBQ")
 _DOUBLE: Final = struct.Struct("<d")
+#: the values whose KeyValue encodings are cached
+_SCALARS: Final = frozenset({str, int, float, bool})
 #: KeyValue encodings kept (the cache is emptied when it reaches this many)
 _KV_CACHE_MAX: Final = 4096
 
@@ -216,53 +219,77 @@ class OtlpEncoder:
         scope += attributes_fields(b"\x1a", scope_attributes or {})
         self._scope = _field(b"\x0a", scope)
         self._scope_schema = _field(b"\x1a", _text(scope_schema_url)) if scope_schema_url else b""
-        self._kv_str: dict[tuple[str, Any], bytes] = {}
-        self._kv_int: dict[tuple[str, Any], bytes] = {}
+        self._kv: dict[tuple[str, Any, type], bytes] = {}
+        self._heads: dict[tuple[str, int], bytes] = {}
+        self._statuses: dict[str, bytes] = {}
 
     def request(self, spans: Iterable[TraceSpan]) -> bytes:
-        """The export request of ``spans``, in their order."""
-        encoded = b"".join([_field(b"\x12", self.span(s)) for s in spans])
-        scope_spans = self._scope + encoded + self._scope_schema
-        resource_spans = self._resource + _field(b"\x12", scope_spans) + self._resource_schema
-        return _field(b"\x0a", resource_spans)
+        """The export request of ``spans``, in their order (one join: no nested copies)."""
+        parts = [b"", b"", self._resource, b"\x12", b"", self._scope]
+        size = len(self._scope)
+        for s in spans:
+            encoded = self.span(s)
+            n = len(encoded)
+            length = _SMALL[n] if n < 0x80 else _varint(n)
+            parts += (b"\x12", length, encoded)
+            size += 1 + len(length) + n
+        size += len(self._scope_schema)
+        parts[4] = _varint(size)  # ResourceSpans.scope_spans
+        size += len(self._resource) + 1 + len(parts[4]) + len(self._resource_schema)
+        parts[0], parts[1] = b"\x0a", _varint(size)  # ExportTraceServiceRequest.resource_spans
+        parts += (self._scope_schema, self._resource_schema)
+        return b"".join(parts)
 
     def span(self, span: TraceSpan) -> bytes:
         """A ``Span`` message's bytes, its fields in number order as the SDK's protobuf
-        runtime writes them (flags, field 16, last)."""
-        parts = [b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big")]
-        if span.parent_id:
-            parts += (b"\x22\x08", span.parent_id.to_bytes(8, "big"))
-        parts += (
-            _field(b"\x2a", span.name.encode("utf-8", "replace")),
-            b"\x30", _SMALL[span.kind],
-            b"\x39", _FIXED64.pack(span.start_ns), b"\x41", _FIXED64.pack(span.end_ns),
-        )  # fmt: skip
-        strings, ints = self._kv_str, self._kv_int
-        for item in span.attributes.items():
-            t = type(item[1])
-            # the values that repeat from one request to the next; bool is not int here
-            # (True == 1 as a dict key)
-            cache = strings if t is str else ints if t is int else None
-            if cache is None:
-                parts.append(self._attribute(*item))
-                continue
-            kv = cache.get(item)
-            if kv is None:
-                kv = self._attribute(*item)
-                if len(cache) >= _KV_CACHE_MAX:
-                    cache.clear()
-                cache[item] = kv
-            parts.append(kv)
-        if span.dropped:
-            parts += (b"\x50", _varint(span.dropped))
+        runtime writes them (flags, field 16, last).  Name and kind, each attribute's
+        ``KeyValue`` of a string value and the status are looked up in caches."""
+        head = self._heads.get((span.name, span.kind))
+        if head is None:
+            head = self._remember(self._heads, (span.name, span.kind),
+                                  _field(b"\x2a", span.name.encode("utf-8", "replace")) + b"\x30" + _SMALL[span.kind])
+        attributes = span.attributes
+        values = attributes.values()
+        kvs: list[Any]
+        try:  # (key, value, type of value) -> KeyValue field; the type: True == 1 == 1.0
+            kvs = list(map(self._kv.get, zip(attributes, values, map(type, values))))
+        except TypeError:  # an unhashable value: every attribute the slow way
+            kvs = [None] * len(attributes)
+        if None in kvs:
+            kvs = self._fill(attributes, kvs)
         error = span.error
         if error is None:
-            parts.append(b"\x7a\x00")  # Status {} (code UNSET)
+            status = b"\x7a\x00"  # Status {} (code UNSET)
         else:
-            status = (_field(b"\x12", error.encode("utf-8", "replace")) if error else b"") + b"\x18\x02"
-            parts.append(_field(b"\x7a", status))
-        parts += (b"\x85\x01", _FLAGS_REMOTE if span.remote_parent else _FLAGS_LOCAL)
-        return b"".join(parts)
+            status = self._statuses.get(error) or self._remember(self._statuses, error, _field(
+                b"\x7a", (_field(b"\x12", error.encode("utf-8", "replace")) if error else b"") + b"\x18\x02"))
+        return b"".join((
+            b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big"),
+            b"\x22\x08" + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+            head, _TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns), *kvs,
+            b"\x50" + _varint(span.dropped) if span.dropped else b"",
+            status, _FLAGS_REMOTE if span.remote_parent else _FLAGS_LOCAL,
+        ))  # fmt: skip
+
+    def _fill(self, attributes: Mapping[str, Any], kvs: list[Any]) -> list[bytes]:
+        """``kvs`` with the cache misses encoded, and remembered when the value is a
+        scalar (a tuple's items could be equal but of other types: (1,) == (1.0,))."""
+        out = []
+        for item, kv in zip(attributes.items(), kvs):
+            if kv is None:
+                kv = self._attribute(*item)
+                t = type(item[1])
+                if t in _SCALARS:
+                    self._remember(self._kv, (item[0], item[1], t), kv)
+            out.append(kv)
+        return out
+
+    @staticmethod
+    def _remember(cache: dict[Any, bytes], key: Any, value: bytes) -> bytes:
+        if len(cache) >= _KV_CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+        return value
 
     @staticmethod
     def _attribute(key: str, value: Any) -> bytes:

@@ -148,7 +148,7 @@ def requests(t: Any) -> None:
     server.set_attribute("negative", -7)
     server.set_attribute("ratio", 0.0)
     server.set_attribute("empty", "")
-    server.set_attribute("list", ("a", "b"))
+    server.set_attribute("list", ["a", "b"])  # unhashable: the encoder's slow path
     server.set_attribute("text", "réponse ✓")
     attempt = t.start_attempt(server, "gemini", "g")
     t.end_attempt(attempt, 404)
