@@ -265,33 +265,6 @@ def forward_request_headers(list headers not None):
 include "_header_chars.pxi"
 
 
-cdef uint64_t ONES_01 = 0x0101010101010101ULL
-cdef uint64_t ONES_20 = 0x2020202020202020ULL
-cdef uint64_t ONES_7F = 0x7F7F7F7F7F7F7F7FULL
-cdef uint64_t ONES_80 = 0x8080808080808080ULL
-
-
-cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """Index of the first byte in s[i:n] that cannot be in a field value (or n).  Eight
-    bytes at a time while none is a control byte (< 0x20, or DEL): the per-byte table
-    loop cost ~5 instructions a byte, and a provider's head is mostly values."""
-    cdef uint64_t x, y
-    cdef Py_ssize_t e
-    while True:
-        while i + 8 <= n:
-            memcpy(&x, s + i, 8)
-            y = x ^ ONES_7F
-            # some byte < 0x20, or some byte == 0x7F (bytes >= 0x80 never set the flag)
-            if (((x - ONES_20) & ~x) | ((y - ONES_01) & ~y)) & ONES_80:
-                break
-            i += 8
-        e = i + 8 if i + 8 < n else n
-        while i < e and VALUE[s[i]]:
-            i += 1
-        if i < e or i >= n:
-            return i
-
-
 def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
     """A whole plain upstream response in ``buf`` as ``(status, block, content_length,
     keep_alive, head_len)`` (the body is ``buf[head_len:]``), or None when it is not one
@@ -339,8 +312,7 @@ def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
                 i += 2
                 break
             a = i
-            while i < limit and TCHAR[s[i]]:
-                i += 1
+            i = skip_tchar(s, i)
             if i == a or i >= limit or s[i] != 58:
                 return None  # obs-fold, whitespace before the colon, a bad name byte
             colon = i

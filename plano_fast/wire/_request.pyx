@@ -103,7 +103,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     a = i
     if i >= limit or s[i] != 47:
         return None  # origin-form only ("/..."); absolute and asterisk forms go to httptools
-    while i < limit and TARGET[s[i]]:
+    while TARGET[s[i]]:  # (TARGET[0] == 0: the NUL after the buffer's last byte stops it)
         i += 1
     if i == a or i >= limit or s[i] != 32:
         return None
@@ -124,8 +124,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             break
         # field-name ":"
         a = i
-        while i < limit and TCHAR[s[i]]:
-            i += 1
+        i = skip_tchar(s, i)
         if i == a or i >= limit or s[i] != 58:
             return None
         colon = i
@@ -133,8 +132,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         while i < limit and (s[i] == 32 or s[i] == 9):
             i += 1
         b = i
-        while i < limit and VALUE[s[i]]:
-            i += 1
+        i = skip_value(s, i, limit)
         if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
             return None
         if i == b or s[i - 1] == 32 or s[i - 1] == 9:
