@@ -20,6 +20,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+
 from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
 
 cdef int64_t MAX_DIGITS = 18
@@ -87,6 +90,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef int kind, credentials = 0
     cdef bint seen_version = False, seen_request_id = False
     cdef bytes value
+    cdef tuple pair
     credential_name = None
     credential_value = None
 
@@ -168,7 +172,13 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         ):
             return None
         value = PyBytes_FromStringAndSize(<const char *>s + b, i - b)
-        headers.append((name, value))
+        pair = (name, value)
+        # Two bytes objects: the pair can be in no reference cycle, so it leaves the
+        # cyclic GC now rather than at the first collection that scans it (CPython
+        # untracks such tuples itself, lazily): an in-flight request's ~18 pairs were a
+        # third of what each young collection scanned at saturation.
+        PyObject_GC_UnTrack(<void *>pair)
+        headers.append(pair)
         # the upstream block, as forward_request_headers builds it from ``headers``
         kind = request_kind(w, name_len)
         if kind == R_CREDENTIAL:
