@@ -175,12 +175,12 @@ from plano_fast.wire._obs_shared import LATENCY_BUCKETS_S  # noqa: E402
 from plano_fast.wire._obs_shared import RECORD as ACCESS_LOG_RECORD  # noqa: E402
 
 if _built("_obs"):
-    from plano_fast.wire._obs import RouteStats, RouteTable, has_header
+    from plano_fast.wire._obs import RouteStats, RouteTable, has_header, record_appender
     from plano_fast.wire._obs import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "cython"
 else:
-    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header  # type: ignore[assignment]
+    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header, record_appender  # type: ignore[assignment]
     from plano_fast.wire._obs_py import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
@@ -224,6 +224,7 @@ __all__ = [
     "Usage",
     "UsageScanner",
     "access_log_lines",
+    "record_appender",
     "chunk_size_line",
     "content_length_line",
     "counts_as_usage",
