@@ -1,6 +1,8 @@
 # cython: language_level=3
 """``Request(...)`` for the server's fast path, compiled: the twin of the class's own
-constructor, chosen in ``plano_fast.http_server`` (``new_request``).
+constructor, chosen in ``plano_fast.http_server`` (``new_request``); and
+``new_responder(cls, proto, keep_alive, http11)``, the twin of ``Responder(...)`` (and
+``HeadResponder``), every request's other record.
 
 Why: a plain request builds one ``Request`` and, on 3.11, calling a class with a Python
 ``__init__`` costs ~1.5k instructions before its first store (the call is not specialized:
@@ -14,7 +16,7 @@ from libc.string cimport memchr
 
 from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
-from plano_fast.http_server import Request
+from plano_fast.http_server import HeadResponder, Request, Responder
 
 FIELDS = ("method", "target", "path", "query", "headers", "body", "keep_alive", "forward", "http11")
 DEF N = 9
@@ -49,3 +51,50 @@ def new_request(bytes method, bytes target not None, headers, body, keep_alive, 
     put_slot(request, OFF[7], forward)
     put_slot(request, OFF[8], http11)
     return request
+
+
+# -- the responder ----------------------------------------------------------------------
+
+RESPONDER_FIELDS = ("_proto", "_transport", "head_sent", "finished", "_chunked", "_close_after", "_http11",
+                    "upstream", "bytes_sent", "_out", "on_client_gone", "logged")
+if tuple(Responder.__slots__) != RESPONDER_FIELDS or HeadResponder.__slots__ != ():
+    raise ImportError("Responder changed: _new_request.pyx must be updated (its constructor is used)")
+
+cdef Py_ssize_t R_PROTO = slot_offset(Responder, "_proto")
+cdef Py_ssize_t R_TRANSPORT = slot_offset(Responder, "_transport")
+cdef Py_ssize_t R_HEAD_SENT = slot_offset(Responder, "head_sent")
+cdef Py_ssize_t R_FINISHED = slot_offset(Responder, "finished")
+cdef Py_ssize_t R_CHUNKED = slot_offset(Responder, "_chunked")
+cdef Py_ssize_t R_CLOSE_AFTER = slot_offset(Responder, "_close_after")
+cdef Py_ssize_t R_HTTP11 = slot_offset(Responder, "_http11")
+cdef Py_ssize_t R_UPSTREAM = slot_offset(Responder, "upstream")
+cdef Py_ssize_t R_BYTES_SENT = slot_offset(Responder, "bytes_sent")
+cdef Py_ssize_t R_OUT = slot_offset(Responder, "_out")
+cdef Py_ssize_t R_ON_GONE = slot_offset(Responder, "on_client_gone")
+
+cdef type _Responder = Responder
+cdef type _HeadResponder = HeadResponder
+cdef object _ZERO = 0
+
+
+def new_responder(cls, proto, keep_alive, http11=True):
+    """``cls(proto, keep_alive, http11)``, ``cls`` Responder or HeadResponder (same slots).
+
+    Why: the server builds one per request, and ``Responder.__init__`` is a Python frame
+    behind an unspecialized class call (~1.5k instructions before its first store, as for
+    ``Request``).  The slots ``__init__`` sets, written in place; ``logged`` stays unset."""
+    if cls is not _Responder and cls is not _HeadResponder:
+        raise TypeError("not a Responder class")
+    responder = new_instance(<type>cls)
+    put_slot(responder, R_OUT, [])
+    put_slot(responder, R_PROTO, proto)
+    put_slot(responder, R_TRANSPORT, proto.transport)
+    put_slot(responder, R_HEAD_SENT, False)
+    put_slot(responder, R_FINISHED, False)
+    put_slot(responder, R_CHUNKED, False)
+    put_slot(responder, R_CLOSE_AFTER, not keep_alive)
+    put_slot(responder, R_HTTP11, http11)
+    put_slot(responder, R_UPSTREAM, None)
+    put_slot(responder, R_BYTES_SENT, _ZERO)
+    put_slot(responder, R_ON_GONE, None)
+    return responder

@@ -58,3 +58,34 @@ cdef inline object new_instance(type cls):
     through ``tp_new_wrapper``: ~0.25k instructions more, five times a request."""
     cdef tuple no_args = ()
     return (<PyTypeObject*>cls).tp_new(cls, <PyObject*>no_args, NULL)
+
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+    PyTypeObject PyUnicode_Type
+    PyTypeObject PyLong_Type
+    PyTypeObject PyFloat_Type
+    PyTypeObject PyBool_Type
+    PyObject *Py_None
+
+
+cdef inline void untrack_if_scalars(object obj, const Py_ssize_t *offsets, Py_ssize_t n):
+    """Take ``obj`` out of the cyclic GC's lists when each of its slots at ``offsets`` is
+    unset or holds None, an exact str, int, float or bool: an object referring to no
+    container can be in no reference cycle (CPython untracks such tuples and dicts
+    itself).  For the usage records, whose fields are all scalars and are only ever set
+    to scalars: queued by the hundred until a flush, they were most of what each young
+    collection scanned (~1.5k objects a collection, ~2.6% of a firewall gateway's CPU at
+    saturation).  A record that holds anything else stays tracked.  Deallocation
+    untracks again, which is a no-op for an untracked object."""
+    cdef Py_ssize_t i
+    cdef PyObject *value
+    cdef PyTypeObject *kind
+    for i in range(n):
+        value = get_slot(obj, offsets[i])
+        if value == NULL or value == Py_None:
+            continue
+        kind = Py_TYPE(<object>value)
+        if kind != &PyUnicode_Type and kind != &PyLong_Type and kind != &PyFloat_Type and kind != &PyBool_Type:
+            return
+    PyObject_GC_UnTrack(<void *><PyObject *>obj)

@@ -13,7 +13,7 @@ positional call with every field could skip: the instance is the one ``__init__`
 
 import dataclasses
 
-from plano_fast._slots cimport new_instance, put_slot, slot_offset
+from plano_fast._slots cimport new_instance, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.usage import UsageEvent
 
@@ -67,4 +67,7 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
     put_slot(event, OFF[27], attempts)
     put_slot(event, OFF[28], attempt_trail)
     put_slot(event, OFF[29], bound_cost_nano_usd)
+    # out of the cyclic GC when every field is a scalar (they are, and are only ever set
+    # to scalars): events wait for the flush by the hundred (plano_fast/_slots.pxd)
+    untrack_if_scalars(event, OFF, N)
     return event

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from plano_fast.wire import ACCESS_LOG_FIELDS, ACCESS_LOG_RECORD, access_log_lines
+from plano_fast.wire import ACCESS_LOG_FIELDS, ACCESS_LOG_RECORD, access_log_lines, record_appender
 
 if TYPE_CHECKING:
     from plano_fast.errors import GatewayError
@@ -81,9 +81,10 @@ class AccessLog:
         self.target = target
         self.flush_interval_s = flush_interval_s
         self._pending: list[tuple[Any, ...]] = []
-        #: One request's values, in RECORD order: the hot path's call, the pending list's
-        #: own append (a C call, no Python frame); flush empties that same list.
-        self.record: Callable[[tuple[Any, ...]], None] = self._pending.append
+        #: One request's values, in RECORD order: the hot path's call, an append to the
+        #: pending list in C (no Python frame), which takes a record of scalars out of the
+        #: cyclic GC (wire.record_appender); flush empties that same list.
+        self.record: Callable[[tuple[Any, ...]], None] = record_appender(self._pending)
         self._out: IO[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
 

@@ -798,8 +798,9 @@ class ServerProtocol(asyncio.Protocol):
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
         self.deadline = 0.0  # (_cancel_timer, inline)
-        responder = (Responder if request.method != b"HEAD" else HeadResponder)(
-            self, request.keep_alive and not self.draining, request.http11
+        responder = new_responder(
+            Responder if request.method != b"HEAD" else HeadResponder,
+            self, request.keep_alive and not self.draining, request.http11,
         )
         self._active = responder
         try:
@@ -971,8 +972,16 @@ def _parser_reason(exc: Exception) -> str:
     return text if text else type(exc).__name__
 
 
+def new_responder(cls: type[Responder], proto: ServerProtocol, keep_alive: bool, http11: bool = True) -> Responder:
+    """``cls(proto, keep_alive, http11)``: the server's constructor of its responders
+    (``cls``: Responder or HeadResponder).  Compiled where built
+    (``plano_fast/_new_request.pyx``: the slots written in one C call, no ``__init__``
+    frame), else this twin."""
+    return cls(proto, keep_alive, http11)
+
+
 if os.environ.get(PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
-        from plano_fast._new_request import new_request  # noqa: E402 - needs Request defined
+        from plano_fast._new_request import new_request, new_responder  # noqa: E402 - needs the classes
     except ImportError:
         pass

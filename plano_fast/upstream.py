@@ -30,7 +30,7 @@ import httptools
 from plano_fast.deadlines import DeadlineClock
 from plano_fast.errors import UpstreamConnectError, UpstreamError, UpstreamStalled, UpstreamTimeout
 from plano_fast.wire import ResponseHead, response_head
-from plano_fast.wire import parse_response as _parse_response
+from plano_fast.wire import parse_response_head as _parse_response
 
 Header = tuple[bytes, bytes]
 
@@ -195,7 +195,8 @@ class UpstreamConnection(asyncio.Protocol):
             buf = self._head_buf
             if not buf and _parse_response is not None:
                 # At a message boundary: a whole plain answer in this read (the common
-                # case) is taken in one compiled pass instead of llhttp and three callbacks.
+                # case) is taken in one compiled pass instead of llhttp and three callbacks
+                # (its ResponseHead built in that pass: wire.parse_response_head).
                 parsed = _parse_response(data, MAX_RESPONSE_HEAD_BYTES)
                 if parsed is not None:
                     self._take_whole_response(sink, data, parsed)
@@ -217,16 +218,16 @@ class UpstreamConnection(asyncio.Protocol):
         sink.on_upstream_read_done()
 
     def _take_whole_response(
-        self, sink: ResponseSink, data: bytes, parsed: tuple[int, bytes, int, bool, int]
+        self, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
     ) -> None:
-        """What the httptools callbacks do for a response ``parse_response`` accepted (the
-        parser is left at the message boundary, where it already was)."""
-        status, block, length, keep_alive, head_len = parsed
+        """What the httptools callbacks do for a response ``parse_response_head`` accepted
+        (the parser is left at the message boundary, where it already was)."""
+        head, keep_alive, head_len = parsed
         self._head_seen = True
         self._has_length = True
         try:
-            sink.on_upstream_head(UpstreamHead(status, block, length, False))
-            if length and self._sink is not None:
+            sink.on_upstream_head(head)
+            if head.content_length and self._sink is not None:
                 sink.on_upstream_body(data[head_len:])
             self._message_complete(keep_alive)
         except Exception as exc:  # noqa: BLE001 - as a callback's error under httptools

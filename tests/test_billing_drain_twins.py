@@ -167,6 +167,24 @@ def test_an_event_charged_at_its_bound_keeps_that_charge() -> None:
                 True, 90_000, "priced", "hard_limit_bound")
 
 
+def test_compiled_rows_of_scalars_leave_the_cyclic_gc() -> None:
+    """Rows wait for the store by the hundred: the compiled drain takes a row whose fields
+    are all scalars out of the cyclic GC (plano_fast/_slots.pxd), the twin's rows are
+    tracked as any object; one holding anything else stays tracked."""
+    import gc
+
+    if _compiled_drain is None:
+        return
+    pricing = PricingRegistry()
+    event = _event("openai", "gpt-4o")
+    out: collections.deque[UsageRow] = collections.deque()
+    _compiled_drain.rows_of_events(pricing, [event], out)
+    assert not gc.is_tracked(out[0]) and _rows(_compiled_drain, pricing, [event]) == _rows(_drain_py, pricing, [event])
+    event.usage_raw = ["not", "a", "scalar"]  # type: ignore[assignment]
+    _compiled_drain.rows_of_events(pricing, [event], out)
+    assert gc.is_tracked(out[1])
+
+
 def test_custom_prices_project_then_global() -> None:
     pricing = PricingRegistry()
     pricing.set_overrides(

@@ -275,3 +275,26 @@ def test_a_bad_record_costs_its_own_line_only(tmp_path: Any) -> None:
     docs = [json.loads(line) for line in (tmp_path / "access.jsonl").read_text().splitlines()]
     assert [d["request_id"] for d in docs] == ["first", "third"]
 
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=IDS)
+def test_record_appender_appends_to_the_pending_list(mod: Any) -> None:
+    """``AccessLog.record``: an append to the very list the writer empties, every record
+    kept as it came, in order (the compiled one also takes a record of scalars out of the
+    cyclic GC: records wait for the writer by the thousand)."""
+    import gc
+
+    pending: list[Any] = []
+    record = mod.record_appender(pending)
+    scalars = (1, "a", None, 2.5, True, 10**30)
+    held = (1, ["guard"], None)
+    other = [1, 2]
+    for values in (scalars, held, other):
+        record(values)
+    assert pending == [scalars, held, other] and pending[0] is scalars and pending[2] is other
+    assert gc.is_tracked(held)
+    if mod is not _obs_py:
+        assert not gc.is_tracked(scalars)
+    log = AccessLog("stdout")
+    log.record(scalars)
+    assert log._pending == [scalars]

@@ -24,6 +24,7 @@ except ImportError:  # the extensions are not built: the constructors are the cl
 if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
     assert _compiled_request is not None and _compiled_credentials is not None
     assert http_server.new_request is _compiled_request.new_request
+    assert http_server.new_responder is _compiled_request.new_responder
     assert credentials.new_client_headers is _compiled_credentials.new_client_headers
     assert credentials.new_credential is _compiled_credentials.new_credential
 
@@ -69,12 +70,48 @@ def test_client_headers_and_credential_slots_land_where_init_puts_them(
         _same_slots(make(secret, line), Credential(secret, line))
 
 
+class _Proto:
+    """What a responder's constructor reads of its protocol."""
+
+    def __init__(self) -> None:
+        self.transport = object()
+
+
+RESPONDERS: list[Any] = [http_server.new_responder] + (
+    [_compiled_request.new_responder] if _compiled_request is not None else []
+)
+
+
+@pytest.mark.parametrize("cls", [http_server.Responder, http_server.HeadResponder])
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize("http11", [True, False, None])
+def test_responder_slots_land_where_init_puts_them(cls: Any, keep_alive: bool, http11: Any) -> None:
+    proto = _Proto()
+    reference = cls(proto, keep_alive, http11)
+    for make in RESPONDERS:
+        made = make(cls, proto, keep_alive, http11)
+        assert type(made) is cls
+        for name in http_server.Responder.__slots__:
+            if not hasattr(reference, name):  # logged: unset until an access-log line is written
+                assert not hasattr(made, name), name
+                continue
+            got, want = getattr(made, name), getattr(reference, name)
+            assert got == want and type(got) is type(want), name
+        assert made._out is not reference._out and made._out == []  # a fresh list each
+        assert made._proto is proto and made._transport is proto.transport
+        assert type(make(cls, proto, keep_alive)._http11) is bool  # http11 defaults to True
+    if _compiled_request is not None:
+        with pytest.raises(TypeError):
+            _compiled_request.new_responder(object, proto, True, True)
+
+
 def test_the_request_path_builds_its_records_with_them() -> None:
     import inspect
 
     assert "new_request(method, target, headers, body, keep_alive, forward)" in inspect.getsource(
         http_server.ServerProtocol._take_plain_requests
     )
+    assert "responder = new_responder(" in inspect.getsource(http_server.ServerProtocol._start)
     source = inspect.getsource(credentials)
     assert "return ClientHeaders(" not in source and "return Credential(" not in source
 

@@ -20,6 +20,7 @@ from tests.byte_mutations import mutated
 
 _head = pytest.importorskip("plano_fast.wire._head", reason="the Cython extension is not built")
 parse_response = _head.parse_response
+parse_response_head = _head.parse_response_head  # the same answer, its head built in C
 response_head = _head.response_head
 
 MAX_HEAD = 64 * 1024
@@ -62,9 +63,17 @@ class Recorder:
 def check_against_httptools(data: bytes) -> bool:
     """Assert the fast path's answer for ``data`` is httptools'; True if it accepted."""
     parsed = parse_response(data, MAX_HEAD)
+    as_head = parse_response_head(data, MAX_HEAD)
     if parsed is None:
+        assert as_head is None
         return False
     status, block, length, keep_alive, head_len = parsed
+    assert as_head is not None
+    head, head_keep_alive, head_head_len = as_head
+    assert type(head) is _head.ResponseHead
+    assert (head.status, head.block, head.content_length, head.chunked, head_keep_alive, head_head_len) == (
+        status, block, length, False, keep_alive, head_len)
+    assert type(head.content_length) is int and type(head_keep_alive) is bool
     rec = Recorder()
     rec.parser.feed_data(data)  # raises if httptools refuses what we accepted
     want = rec.answer

@@ -34,7 +34,7 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from libc.math cimport nearbyint
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
@@ -353,6 +353,7 @@ cdef object _row(object event, object cost, object status, object entry):
     _put(row, 29, _ev(event, E_REQUESTED_MODEL))
     _put(row, 30, _ev(event, E_ATTEMPTS))
     _put(row, 31, _ev(event, E_TRAIL))
+    untrack_if_scalars(row, RW, N_ROW)  # scalars only: out of the cyclic GC (plano_fast/_slots.pxd)
     return row
 
 

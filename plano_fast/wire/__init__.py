@@ -104,6 +104,10 @@ else:
 #: head_len)`` for a plain upstream response complete in ``buf`` (Content-Length framed),
 #: else None; None itself in the pure build (httptools parses every response).
 parse_response: Callable[[bytes, int], tuple[int, bytes, int, bool, int] | None] | None
+#: ``parse_response_head(buf, max_head_bytes)``: the same answer as ``(ResponseHead(status,
+#: block, content_length, False), keep_alive, head_len)``, the head built in C (what the
+#: upstream connection takes); None in the pure build.
+parse_response_head: Callable[[bytes, int], tuple[ResponseHead, bool, int] | None] | None
 if _built("_head"):
     from plano_fast.wire._head import (
         RequestIds,
@@ -113,6 +117,7 @@ if _built("_head"):
         forward_request_headers,
         header_line,
         parse_response,
+        parse_response_head,
         response_head,
     )
 
@@ -128,7 +133,7 @@ else:
         response_head,
     )
 
-    parse_response = None
+    parse_response = parse_response_head = None
     _HEAD = "python"
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
@@ -170,12 +175,12 @@ from plano_fast.wire._obs_shared import LATENCY_BUCKETS_S  # noqa: E402
 from plano_fast.wire._obs_shared import RECORD as ACCESS_LOG_RECORD  # noqa: E402
 
 if _built("_obs"):
-    from plano_fast.wire._obs import RouteStats, RouteTable, has_header
+    from plano_fast.wire._obs import RouteStats, RouteTable, has_header, record_appender
     from plano_fast.wire._obs import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "cython"
 else:
-    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header  # type: ignore[assignment]
+    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header, record_appender  # type: ignore[assignment]
     from plano_fast.wire._obs_py import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
@@ -219,6 +224,7 @@ __all__ = [
     "Usage",
     "UsageScanner",
     "access_log_lines",
+    "record_appender",
     "chunk_size_line",
     "content_length_line",
     "counts_as_usage",
@@ -229,6 +235,7 @@ __all__ = [
     "header_line",
     "parse_request",
     "parse_response",
+    "parse_response_head",
     "response_head",
     "rewrite_request",
     "scan_request",

@@ -1,6 +1,6 @@
 """Type stub for the compiled observability module (plano_fast/wire/_obs.pyx); see plano_fast.wire._obs_py."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 class RouteStats:
@@ -26,3 +26,4 @@ class RouteTable:
 
 def lines(records: Iterable[Sequence[Any]]) -> bytes: ...
 def has_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bool: ...
+def record_appender(pending: list[tuple[Any, ...]]) -> Callable[[tuple[Any, ...]], None]: ...

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -195,6 +195,12 @@ def _line(values: Sequence[Any]) -> str:
 def lines(records: Iterable[Sequence[Any]]) -> bytes:
     """The JSON lines of RECORD tuples, one after the other, as UTF-8."""
     return "".join([_line(values) for values in records]).encode()
+
+
+def record_appender(pending: list[tuple[Any, ...]]) -> Callable[[tuple[Any, ...]], None]:
+    """``pending.append`` (the compiled twin also takes a record of scalars out of the
+    cyclic GC, which the interpreter cannot)."""
+    return pending.append
 
 
 def has_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:

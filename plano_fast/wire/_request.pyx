@@ -20,6 +20,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void *op)
+
 from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
 
 cdef int64_t MAX_DIGITS = 18
@@ -88,6 +91,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef bint seen_version = False
     request_id = None
     cdef bytes value
+    cdef tuple pair
     credential_name = None
     credential_value = None
 
@@ -104,7 +108,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     a = i
     if i >= limit or s[i] != 47:
         return None  # origin-form only ("/..."); absolute and asterisk forms go to httptools
-    while i < limit and TARGET[s[i]]:
+    while TARGET[s[i]]:  # (TARGET[0] == 0: the NUL after the buffer's last byte stops it)
         i += 1
     if i == a or i >= limit or s[i] != 32:
         return None
@@ -125,8 +129,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             break
         # field-name ":"
         a = i
-        while i < limit and TCHAR[s[i]]:
-            i += 1
+        i = skip_tchar(s, i)
         if i == a or i >= limit or s[i] != 58:
             return None
         colon = i
@@ -134,8 +137,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         while i < limit and (s[i] == 32 or s[i] == 9):
             i += 1
         b = i
-        while i < limit and VALUE[s[i]]:
-            i += 1
+        i = skip_value(s, i, limit)
         if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
             return None
         if i == b or s[i - 1] == 32 or s[i - 1] == 9:
@@ -171,7 +173,13 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         ):
             return None
         value = PyBytes_FromStringAndSize(<const char *>s + b, i - b)
-        headers.append((name, value))
+        pair = (name, value)
+        # Two bytes objects: the pair can be in no reference cycle, so it leaves the
+        # cyclic GC now rather than at the first collection that scans it (CPython
+        # untracks such tuples itself, lazily): an in-flight request's ~18 pairs were a
+        # third of what each young collection scanned at saturation.
+        PyObject_GC_UnTrack(<void *>pair)
+        headers.append(pair)
         # the upstream block, as forward_request_headers builds it from ``headers``
         kind = request_kind(w, name_len)
         if kind == R_CREDENTIAL:
