@@ -166,7 +166,30 @@ def test_migration_8_drops_only_the_unread_indexes(backend: Backend) -> None:
             sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN (?, ?)"
         names = {r[0] for r in await store._fetch(sql, ("usage_log", "spending_reservations"))}
         assert not names & {"usage_log_price_status", "spending_reservations_expiry", "spending_reservations_owner"}
-        assert {"usage_log_project_time", "usage_log_user_time", "usage_log_unpriced"} <= names
+        assert {"usage_log_project_time", "usage_log_unpriced"} <= names
+
+    backend.run(body)
+
+
+def test_migration_9_drops_the_user_time_index(backend: Backend) -> None:
+    """Schema 9 drops usage_log_user_time: no query reads usage_log by user (issue 27: an
+    index insert and a WAL page per managed row); a user's spend is still summed right,
+    from a usage_log scan, and the indexes the usage queries use stay."""
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        assert await store.schema_version() == REQUIRED_SCHEMA_VERSION >= 9
+        if store.kind == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"
+        names = {r[0] for r in await store._fetch(sql, ("usage_log",))}
+        assert "usage_log_user_time" not in names
+        assert {"usage_log_project_time", "usage_log_unpriced"} <= names
+        t = 1_700_000_000 * 10**9
+        await store.write_usage(
+            [usage(t=t, user="u1", cost=700), usage(t=t, user="u2", cost=11), usage(t=t + 1, user="u1", cost=5)]
+        )
+        assert await store.sum_usage_cost("u1", scope_kind="user") == 705
 
     backend.run(body)
 
