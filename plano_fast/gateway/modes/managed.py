@@ -34,7 +34,7 @@ from plano_fast import wire as scan
 from plano_fast.billing.rows import incomplete_answer, row_of_event, row_within_reservation
 from plano_fast.errors import BadRequestBody, ClientError, GatewayError, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
-from plano_fast.gateway.phases import admit_awaited, client_headers, guard, refuse_background
+from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_hash, refuse_background
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
@@ -42,7 +42,7 @@ from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.context import ManagedContext
-from plano_fast.managed.state import TOKEN_PREFIX, Target, token_hash
+from plano_fast.managed.state import TOKEN_PREFIX, Target
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
@@ -158,7 +158,11 @@ class ManagedExchange(RetryingExchange):
         key = credential.secret if credential is not None else None
         if key is None or not key.startswith(TOKEN_PREFIX.encode()):
             raise Unauthorized("an xproxy_ token is required")
-        digest = self.token_digest = token_hash(key)
+        # key_hash: SHA-256 hex, memoized without holding the token (firewall mode's; ~5k
+        # instructions a request saved).  The memo only maps a token to its digest: the
+        # token itself is looked up in the state's current tokens on every request, so a
+        # revocation or expiry applies exactly as before.
+        digest = self.token_digest = key_hash(key)
         token = state.lookup(digest, time.time_ns())
         if token is None:
             raise Unauthorized("this token is invalid, revoked or expired")
@@ -378,11 +382,16 @@ class ManagedExchange(RetryingExchange):
         assert path is not None
         inject = (fields.stream and self.endpoint is CHAT_COMPLETIONS
                   and fields.include_usage is not True)
-        rewritten = scan.rewrite_request(
-            self.base_body,
-            model=upstream_model if upstream_model != fields.model else None,
-            inject_include_usage=inject,
-        )
+        rewritten = self.base_body
+        if inject or upstream_model != fields.model:
+            # (with nothing to change, rewrite_request would walk the body -- ~3.3k
+            # instructions -- to return it as is: scan_request has checked the client's
+            # body, and the ceiling's insertion keeps it valid JSON; as config mode does)
+            rewritten = scan.rewrite_request(
+                rewritten,
+                model=upstream_model if upstream_model != fields.model else None,
+                inject_include_usage=inject,
+            )
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
         auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
         self.upstream_data = upstream_request(

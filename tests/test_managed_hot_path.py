@@ -1,0 +1,85 @@
+"""Managed mode's per-request work that issue 27 cut (in process, real sockets): a token is
+hashed once, not on every request, and a body with nothing to rewrite is forwarded as it
+is, without walking it again; neither changes what is refused or what is forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import plano_fast.wire
+from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.store.migrate import prepare_schema
+from tests.gateway_proc import write_config
+from tests.test_billing_faults import InProcessGateway
+from tests.test_managed import DEFAULT_PIPE, MASTER_KEY, provision, store_call
+
+
+def test_token_hashed_once_body_unchanged_forwarded_as_is_revocation_still_applies(
+    fake: FakeProviderThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANO_FAST_MASTER_KEY", MASTER_KEY)
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+    sqlite_path = str(config.with_suffix(".db"))
+    asyncio.run(prepare_schema(None, sqlite_path))
+    tenant = provision(None, sqlite_path, DEFAULT_PIPE)
+    token = tenant.token.encode()
+
+    hashed: list[bytes] = []
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(data: bytes = b"", **kwargs: Any) -> Any:
+        hashed.append(bytes(data))
+        return real_sha256(data, **kwargs)
+
+    rewrites: list[bytes] = []
+    real_rewrite = plano_fast.wire.rewrite_request
+
+    def counting_rewrite(body: bytes, *args: Any, **kwargs: Any) -> bytes:
+        rewrites.append(body)
+        return real_rewrite(body, *args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    monkeypatch.setattr(plano_fast.wire, "rewrite_request", counting_rewrite)
+    gateway = InProcessGateway(config)
+    try:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as client:
+            seen = len(fake.requests)
+            for i in range(3):
+                reply = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"hot {i}"}], max_tokens=50
+                )
+                assert reply.usage is not None and reply.usage.total_tokens > 0
+            assert hashed.count(token) == 1  # three requests, one SHA-256 of the token
+            assert rewrites == []  # nothing to change: the client's bytes went as they were
+            sent = [json.loads(r.body) for r in fake.requests[seen:]]
+            assert [s["messages"][0]["content"] for s in sent] == ["hot 0", "hot 1", "hot 2"]
+            assert all(s["max_tokens"] == 50 and "stream_options" not in s for s in sent)
+
+            # A stream still gets include_usage injected (the rewrite runs when it must).
+            chunks = list(client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "stream"}], max_tokens=50, stream=True,
+            ))  # fmt: skip
+            assert chunks and len(rewrites) == 1
+            assert json.loads(fake.requests[-1].body)["stream_options"] == {"include_usage": True}
+
+            # The memo maps a token to its digest only: a revoked token is refused.
+            store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(tenant.token_id))
+            deadline = time.monotonic() + 5  # bound: managed_reload_s (1 s here)
+            while True:
+                try:
+                    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+                except openai.AuthenticationError:
+                    break
+                assert time.monotonic() < deadline, "revocation never took effect"
+                time.sleep(0.2)
+            assert hashed.count(token) == 1
+    finally:
+        gateway.stop()
