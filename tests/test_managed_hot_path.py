@@ -1,6 +1,7 @@
 """Managed mode's per-request work that issue 27 cut (in process, real sockets): a token is
-hashed once, not on every request, and a body with nothing to rewrite is forwarded as it
-is, without walking it again; neither changes what is refused or what is forwarded."""
+hashed once, not on every request; a body with nothing to rewrite is forwarded as it is,
+without walking it again; the exchange is built by the compiled constructor, not a class
+call.  None of it changes what is refused or what is forwarded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 import plano_fast.wire
 from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.gateway.modes import managed as managed_mode
 from plano_fast.store.migrate import prepare_schema
 from tests.gateway_proc import write_config
 from tests.test_billing_faults import InProcessGateway
@@ -46,8 +48,12 @@ def test_token_hashed_once_body_unchanged_forwarded_as_is_revocation_still_appli
         rewrites.append(body)
         return real_rewrite(body, *args, **kwargs)
 
+    def no_class_call(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("ManagedExchange built by a class call on the request path")
+
     monkeypatch.setattr(hashlib, "sha256", counting_sha256)
     monkeypatch.setattr(plano_fast.wire, "rewrite_request", counting_rewrite)
+    monkeypatch.setattr(managed_mode.ManagedExchange, "__init__", no_class_call)
     gateway = InProcessGateway(config)
     try:
         with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as client:
