@@ -42,7 +42,7 @@ from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, token_bound
 from plano_fast.managed.context import ManagedContext
-from plano_fast.managed.state import TOKEN_PREFIX, Target
+from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
@@ -106,7 +106,7 @@ class ManagedExchange(RetryingExchange):
         self.endpoint_name = endpoint.name
         self.wire_format = endpoint.wire_api
         self.scan_api = endpoint.scan_api
-        self.targets: list[Target] = []
+        self.targets: tuple[Target, ...] = ()
         #: the request's scanned fields and its body as every target gets it (before the
         #: model rewrite): set once the request is admitted
         self.fields: scan.RequestFields | None = None
@@ -186,8 +186,7 @@ class ManagedExchange(RetryingExchange):
         if self.ctx.guardrails is not None:
             self.project_id = token.project_id  # (its project's guardrail overrides apply)
             guard(self, GUARD_FORMATS[self.endpoint.name], None)
-        targets = [t for t in pipe.candidates(fields.model)
-                   if upstream_path(t.provider, self.endpoint, t.model or fields.model)]
+        targets = _route(pipe, fields.model, self.endpoint)
         if not targets:
             allowed = ", ".join(pipe.allowed_models()) or "none"
             raise ClientError(
@@ -570,6 +569,30 @@ class ManagedExchange(RetryingExchange):
         log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
         self.ctx.usage_sink(event)
         self.mctx.release_soon(reservation)
+
+
+#: routes kept per pipe (``ResolvedPipe.routes``): model names are the client's to choose
+ROUTES_PER_PIPE = 256
+#: longer model names are routed without the cache (never held in it)
+ROUTE_MODEL_MAX_CHARS = 256
+
+
+def _route(pipe: ResolvedPipe, model: str | None, endpoint: Endpoint) -> tuple[Target, ...]:
+    """The pipe's targets that serve ``model`` at ``endpoint``, in order.  Computed once
+    per (model, endpoint) of a pipe and kept on it: a client sends the same few models,
+    and each request walked every target (its model filter, its upstream path) to find
+    the same answer (issue 27).  Bounded: at most ``ROUTES_PER_PIPE`` entries (then
+    cleared), none for a model name over ``ROUTE_MODEL_MAX_CHARS``."""
+    key = (model, endpoint.name)
+    routes = pipe.routes
+    found = routes.get(key)
+    if found is None:
+        found = tuple(t for t in pipe.candidates(model) if upstream_path(t.provider, endpoint, t.model or model))
+        if model is None or len(model) <= ROUTE_MODEL_MAX_CHARS:
+            if len(routes) >= ROUTES_PER_PIPE:
+                routes.clear()
+            routes[key] = found
+    return found
 
 
 class HoldTerminal:
