@@ -571,6 +571,31 @@ def test_counter_deltas_equal_a_row_by_row_sum() -> None:
     assert counter_deltas(rows) == expected
 
 
+def test_counter_keys_of_a_scope_and_day_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit after commit touches the same scopes' counters: their keys (and the month
+    start, a datetime computation) are kept, bounded, not rebuilt per write (issue 27);
+    the deltas are the same (the test above)."""
+    from plano_fast.store import sql as sql_module
+
+    months: list[int] = []
+    real = sql_module._month_start_of_day
+
+    def counted(day_start_s: int) -> int:
+        months.append(day_start_s)
+        return real(day_start_s)
+
+    monkeypatch.setattr(sql_module, "_month_start_of_day", counted)
+    monkeypatch.setattr(sql_module, "_DAY_KEYS", {})
+    t = ns(2024, 3, 5, 12)
+    for i in range(5):  # five commits of one row each, one project and one user
+        deltas = counter_deltas([usage(t=t + i, project="p1", user="u1", cost=10)])
+        assert deltas[CounterKey("user", "u1", "monthly", ns(2024, 3, 1) // 10**9)] == 10
+    assert len(months) == 2  # (project, user) x one day: once each, not per commit
+    for day in range(sql_module._DAY_KEYS_MAX + 5):
+        counter_deltas([usage(t=t + day * 86_400 * 10**9, project="p1", cost=1)])
+        assert len(sql_module._DAY_KEYS) <= sql_module._DAY_KEYS_MAX
+
+
 @pytest.mark.parametrize("size", [1, 127, 128, 129, 300, 1000])
 def test_partly_replayed_batches_count_only_new_rows(backend: Backend, size: int) -> None:
     """Skipped rows anywhere in a batch (first, middle or last insert chunk)."""
