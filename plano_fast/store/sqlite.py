@@ -177,10 +177,21 @@ def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
     ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and each
     group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
-    omitted = tuple(i for i in _OMITTABLE if params[i :: _USAGE_WIDTH].count(None) == n)
-    for group in _OMITTABLE_ZERO_GROUPS:
-        if all(params[i :: _USAGE_WIDTH].count(0) == n for i in group):
-            omitted += group
+    # The first row's value is tested first: a column set in it is kept without taking
+    # the column's slice of every row, and a one-row chunk (a managed request at
+    # concurrency 1) takes no slice at all.  Was ~27% of the chunk INSERTs' own time
+    # (cProfile, 13-row commits), a slice and count per omittable column per chunk.
+    if n == 1:
+        omitted = tuple([i for i in _OMITTABLE if params[i] is None])
+        for group in _OMITTABLE_ZERO_GROUPS:
+            if all([params[i] == 0 for i in group]):
+                omitted += group
+    else:
+        omitted = tuple([i for i in _OMITTABLE
+                         if params[i] is None and params[i :: _USAGE_WIDTH].count(None) == n])  # fmt: skip
+        for group in _OMITTABLE_ZERO_GROUPS:
+            if all([params[i] == 0 and params[i :: _USAGE_WIDTH].count(0) == n for i in group]):
+                omitted += group
     if not omitted:
         return _multi_insert(n), params
     sql, take = _sparse_insert(n, omitted)
