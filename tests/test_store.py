@@ -166,7 +166,30 @@ def test_migration_8_drops_only_the_unread_indexes(backend: Backend) -> None:
             sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename IN (?, ?)"
         names = {r[0] for r in await store._fetch(sql, ("usage_log", "spending_reservations"))}
         assert not names & {"usage_log_price_status", "spending_reservations_expiry", "spending_reservations_owner"}
-        assert {"usage_log_project_time", "usage_log_user_time", "usage_log_unpriced"} <= names
+        assert {"usage_log_project_time", "usage_log_unpriced"} <= names
+
+    backend.run(body)
+
+
+def test_migration_9_drops_the_user_time_index(backend: Backend) -> None:
+    """Schema 9 drops usage_log_user_time: no query reads usage_log by user (issue 27: an
+    index insert and a WAL page per managed row); a user's spend is still summed right,
+    from a usage_log scan, and the indexes the usage queries use stay."""
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        assert await store.schema_version() == REQUIRED_SCHEMA_VERSION >= 9
+        if store.kind == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ?"
+        names = {r[0] for r in await store._fetch(sql, ("usage_log",))}
+        assert "usage_log_user_time" not in names
+        assert {"usage_log_project_time", "usage_log_unpriced"} <= names
+        t = 1_700_000_000 * 10**9
+        await store.write_usage(
+            [usage(t=t, user="u1", cost=700), usage(t=t, user="u2", cost=11), usage(t=t + 1, user="u1", cost=5)]
+        )
+        assert await store.sum_usage_cost("u1", scope_kind="user") == 705
 
     backend.run(body)
 
@@ -546,6 +569,31 @@ def test_counter_deltas_equal_a_row_by_row_sum() -> None:
                 k = CounterKey(kind, scope_id, period, period_start(period, r.time_ns))
                 expected[k] = expected.get(k, 0) + r.cost_nano_usd
     assert counter_deltas(rows) == expected
+
+
+def test_counter_keys_of_a_scope_and_day_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit after commit touches the same scopes' counters: their keys (and the month
+    start, a datetime computation) are kept, bounded, not rebuilt per write (issue 27);
+    the deltas are the same (the test above)."""
+    from plano_fast.store import sql as sql_module
+
+    months: list[int] = []
+    real = sql_module._month_start_of_day
+
+    def counted(day_start_s: int) -> int:
+        months.append(day_start_s)
+        return real(day_start_s)
+
+    monkeypatch.setattr(sql_module, "_month_start_of_day", counted)
+    monkeypatch.setattr(sql_module, "_DAY_KEYS", {})
+    t = ns(2024, 3, 5, 12)
+    for i in range(5):  # five commits of one row each, one project and one user
+        deltas = counter_deltas([usage(t=t + i, project="p1", user="u1", cost=10)])
+        assert deltas[CounterKey("user", "u1", "monthly", ns(2024, 3, 1) // 10**9)] == 10
+    assert len(months) == 2  # (project, user) x one day: once each, not per commit
+    for day in range(sql_module._DAY_KEYS_MAX + 5):
+        counter_deltas([usage(t=t + day * 86_400 * 10**9, project="p1", cost=1)])
+        assert len(sql_module._DAY_KEYS) <= sql_module._DAY_KEYS_MAX
 
 
 @pytest.mark.parametrize("size", [1, 127, 128, 129, 300, 1000])

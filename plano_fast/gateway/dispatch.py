@@ -110,7 +110,8 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
                 raise NotFound(f"no managed endpoint at {request.path.decode('latin-1')}")
             if request.method != b"POST":
                 raise MethodNotAllowed(f"{request.path.decode()} accepts POST only")
-            exchange = ManagedExchange(ctx, gw.managed, request, responder, endpoint)
+            exchange = new_exchange(ManagedExchange, ctx, request, responder)
+            exchange.aim(gw.managed, endpoint)
             exchange.client = client
             tracing = ctx.tracing
             if tracing is not None and tracing.may_sample(request.headers):

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plano_fast.config import GatewayConfig, ModelProvider
 from plano_fast.managed.crypto import KeyCipher
@@ -72,6 +72,13 @@ class Target:
 class ResolvedPipe:
     pipe: Pipe
     targets: tuple[Target, ...]
+    #: (client model, endpoint name) -> the targets that serve it there, in order: the
+    #: managed exchange's route, computed once per pair (plano_fast.gateway.modes.managed
+    #: ``_route``).  A ResolvedPipe is rebuilt at every reload of the state, the cache with
+    #: it, so a revoked key or an edited pipe never meets an old entry.
+    routes: dict[tuple[str | None, str], tuple[Target, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def candidates(self, model: str | None) -> list[Target]:
         return [t for t in self.targets if t.serves(model)]

@@ -179,28 +179,47 @@ def add_day_sums(rows: Sequence[UsageRow], sums: DaySums) -> None:
         sums[k] = get(k, 0) + cost
 
 
-def deltas_of_day_sums(sums: DaySums) -> dict[CounterKey, int]:
-    """The counter deltas of ``add_day_sums`` results: per scope and period."""
-    per_day: dict[tuple[str, str, int], int] = {}  # per scope and UTC day
-    for (project_id, user_id, key_hash, day), cost in sums.items():
-        if project_id is not None:
-            k = ("project", project_id, day)
-            per_day[k] = per_day.get(k, 0) + cost
-        if user_id is not None:
-            k = ("user", user_id, day)
-            per_day[k] = per_day.get(k, 0) + cost
-        if key_hash is not None:
-            k = ("key", key_hash, day)
-            per_day[k] = per_day.get(k, 0) + cost
-    deltas: dict[CounterKey, int] = {}
-    for (kind, scope_id, day), cost in per_day.items():
+#: (scope kind, scope id, UTC day number) -> that day's three counter keys (total, monthly,
+#: daily), at most ``_DAY_KEYS_MAX`` (then cleared).  A usage write's counters are those of
+#: the same few scopes and days write after write: their keys (three named tuples and the
+#: month start, a datetime computation) were rebuilt for every commit, ~35k instructions of
+#: a managed request's one-row commit under callgrind (issue 27).  Keys are immutable, so a
+#: cached one is the key a fresh computation would give.
+_DAY_KEYS: dict[tuple[str, str, int], tuple[CounterKey, CounterKey, CounterKey]] = {}
+_DAY_KEYS_MAX: Final = 4096
+
+
+def _day_keys(kind: str, scope_id: str, day: int) -> tuple[CounterKey, CounterKey, CounterKey]:
+    cached = (kind, scope_id, day)
+    keys = _DAY_KEYS.get(cached)
+    if keys is None:
         start = day * 86_400
-        for key in (
+        keys = (
             CounterKey(kind, scope_id, "total", 0),
             CounterKey(kind, scope_id, "monthly", _month_start_of_day(start)),
             CounterKey(kind, scope_id, "daily", start),
-        ):
-            deltas[key] = deltas.get(key, 0) + cost
+        )
+        if len(_DAY_KEYS) >= _DAY_KEYS_MAX:
+            _DAY_KEYS.clear()
+        _DAY_KEYS[cached] = keys
+    return keys
+
+
+def deltas_of_day_sums(sums: DaySums) -> dict[CounterKey, int]:
+    """The counter deltas of ``add_day_sums`` results: per scope and period (in the order
+    each scope and day first appears)."""
+    deltas: dict[CounterKey, int] = {}
+    get = deltas.get
+    for (project_id, user_id, key_hash, day), cost in sums.items():
+        if project_id is not None:
+            for key in _day_keys("project", project_id, day):
+                deltas[key] = get(key, 0) + cost
+        if user_id is not None:
+            for key in _day_keys("user", user_id, day):
+                deltas[key] = get(key, 0) + cost
+        if key_hash is not None:
+            for key in _day_keys("key", key_hash, day):
+                deltas[key] = get(key, 0) + cost
     return deltas
 
 

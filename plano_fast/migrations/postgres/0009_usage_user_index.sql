@@ -1,0 +1,12 @@
+-- plano_fast schema, version 9 (PostgreSQL): usage_log_user_time dropped (issue 27).
+--
+-- No query of the gateway, the pricer, the repricer or the admin API reads usage_log by
+-- user_id: the admin usage listings and totals filter by project_id and time
+-- (usage_log_project_time), pricing reads by id (usage_log_unpriced, the primary key),
+-- the dedupe by request_id (its unique index), and budgets read spending_counters.  The
+-- index cost an index insert on every usage row of a user's token (every managed row):
+-- measured on SQLite ~12k instructions and one WAL frame (a 4 KiB page) per commit of a
+-- managed request's row.  A per-user spend is spending_counters' user counters (or a scan
+-- of usage_log, which Store.sum_usage_cost(scope_kind="user") does from now on, as it
+-- always did for scope_kind="key").
+DROP INDEX IF EXISTS usage_log_user_time;
