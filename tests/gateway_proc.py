@@ -165,6 +165,7 @@ def write_config(
     fake_port: int,
     settings: dict[str, object] | None = None,
     extra_providers: str = "",
+    listener_timeout: str = "5s",
 ) -> Path:
     """The test config: every provider points at the fake provider on ``fake_port``."""
     base = f"http://127.0.0.1:{fake_port}"
@@ -186,7 +187,7 @@ listeners:
     name: test_listener
     address: 127.0.0.1
     port: 12000
-    timeout: 5s
+    timeout: {listener_timeout}
 model_providers:
   - model: openai/gpt-4o-mini
     base_url: {base}
