@@ -172,9 +172,11 @@ def write_config(
     merged: dict[str, object] = {
         "sqlite_path": path.with_suffix(".db"),
         "usage_journal_path": path.with_suffix(".journal"),
-        # The billing loops run every second in tests (10 s by default).
-        "usage_flush_interval_s": 1,
-        "price_interval_s": 1,
+        # The billing loops run often in tests (10 s by default): rows are written and
+        # priced within 0.2 s (a test waiting for its rows waits that long, not ~1 s),
+        # budgets checked every second.  A test about a flush's timing sets its own.
+        "usage_flush_interval_s": 0.2,
+        "price_interval_s": 0.2,
         "budget_check_interval_s": 1,
     }
     merged.update(settings or {})
