@@ -528,14 +528,15 @@ class Gateway:
         return values
 
     async def _housekeeping(self) -> None:
+        period_s = self.config.settings.metrics_publish_interval_s
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(period_s)
             self.pool.sweep()
             self._publish_metrics()
 
     def _publish_metrics(self) -> None:
         """With --workers N: this worker's numbers, for the others' scrapes (see
-        plano_fast.metrics; at most this 1 s loop's period stale)."""
+        plano_fast.metrics; at most this loop's period, ``metrics_publish_interval_s``, stale)."""
         if self.metrics_dir is None:
             return
         try:
