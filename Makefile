@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= examples/plano_config.yaml
 
-.PHONY: run test env bench bench-quick bench-smoke clean
+.PHONY: run test test-deep env bench bench-quick bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/*.pyx plano_fast/*.pxd plano_fast/*/*.pyx plano_fast/*/*.pxi plano_fast/*/*.pxd plano_fast/wire/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: env
 
 test: env
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The property tests at their deep counts (tests/hypothesis_budget.py): a soak, not CI's run
+test-deep: env
+	PLANO_FAST_HYPOTHESIS=deep $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Side-by-side: direct, nginx (when installed), plano_fast modes; results in benchmarks/results/
 # The default is issue 27's table with everything on (README "Performance"); BENCH_ARGS=... for another.

@@ -38,16 +38,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
-
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast.billing.metrics import FLUSH_BUCKETS_S
 from plano_fast.wire import LATENCY_BUCKETS_S, RouteTable
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 MAX_MODELS: Final = 200
 HISTOGRAMS: Final = (
@@ -274,52 +274,61 @@ _GAUGE_SUFFIXES: Final = ("_s", "_current", "_size", "_backlog", "_connections",
 _LABELS: Final = ("mode", "provider", "model", "endpoint")
 
 
-class _MergedCollector(Collector):
-    def __init__(self, merged: Merged) -> None:
-        self.merged = merged
+@cache
+def _merged_collector_type() -> Callable[[Merged], Collector]:
+    """The collector class, made at the first scrape: ``prometheus_client`` (~20 ms of
+    CPU to import) is loaded only by a process that is scraped, not by every start."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    from prometheus_client.registry import Collector
 
-    def collect(self) -> Iterator[Any]:
-        m = self.merged
-        requests = CounterMetricFamily(
-            "plano_fast_requests", "Requests answered, by route and status class", labels=_LABELS + ("status",)
-        )
-        for key, value in sorted(m.requests.items()):
-            requests.add_metric(list(key), value)
-        yield requests
-        for (name, doc), table in zip(HISTOGRAMS, m.histograms):
-            family = HistogramMetricFamily("plano_fast_" + name, doc, labels=_LABELS)
-            for key, row in sorted(table.items()):
-                family.add_metric(list(key), _cumulative(LATENCY_BUCKETS_S, row), row[-1])
-            yield family
-        tokens = CounterMetricFamily(
-            "plano_fast_tokens", "Tokens read off provider responses", labels=_LABELS + ("kind",)
-        )
-        for key, row in sorted(m.tokens.items()):
-            for kind, value in zip(TOKEN_KINDS, row):
-                tokens.add_metric(list(key) + [kind], value)
-        yield tokens
-        errors = CounterMetricFamily("plano_fast_errors", "Requests that failed, by type", labels=("type",))
-        for kind, value in sorted(m.errors.items()):
-            errors.add_metric([kind], value)
-        yield errors
-        detections = CounterMetricFamily(
-            "plano_fast_guardrail_detections",
-            "Guardrail detections (request and response text; guard models, filters: docs/guardrails.md)",
-            labels=("detector", "action"),
-        )
-        for key, value in sorted(m.detections.items()):
-            detections.add_metric(list(key), value)
-        yield detections
-        cost = CounterMetricFamily(
-            "plano_fast_cost_nano_usd", "Cost of the usage rows priced, in nano-USD", labels=("provider", "model")
-        )
-        for key, value in sorted(m.cost.items()):
-            cost.add_metric(list(key), value)
-        yield cost
-        flush = HistogramMetricFamily("plano_fast_usage_flush_duration_seconds", "Usage batch writes to the store")
-        for row in m.flush.values():
-            flush.add_metric([], _cumulative(FLUSH_BUCKETS_S, row), row[-1])
-        yield flush
+    class _MergedCollector(Collector):
+        def __init__(self, merged: Merged) -> None:
+            self.merged = merged
+
+        def collect(self) -> Iterator[Any]:
+            m = self.merged
+            requests = CounterMetricFamily(
+                "plano_fast_requests", "Requests answered, by route and status class", labels=_LABELS + ("status",)
+            )
+            for key, value in sorted(m.requests.items()):
+                requests.add_metric(list(key), value)
+            yield requests
+            for (name, doc), table in zip(HISTOGRAMS, m.histograms):
+                family = HistogramMetricFamily("plano_fast_" + name, doc, labels=_LABELS)
+                for key, row in sorted(table.items()):
+                    family.add_metric(list(key), _cumulative(LATENCY_BUCKETS_S, row), row[-1])
+                yield family
+            tokens = CounterMetricFamily(
+                "plano_fast_tokens", "Tokens read off provider responses", labels=_LABELS + ("kind",)
+            )
+            for key, row in sorted(m.tokens.items()):
+                for kind, value in zip(TOKEN_KINDS, row):
+                    tokens.add_metric(list(key) + [kind], value)
+            yield tokens
+            errors = CounterMetricFamily("plano_fast_errors", "Requests that failed, by type", labels=("type",))
+            for kind, value in sorted(m.errors.items()):
+                errors.add_metric([kind], value)
+            yield errors
+            detections = CounterMetricFamily(
+                "plano_fast_guardrail_detections",
+                "Guardrail detections (request and response text; guard models, filters: docs/guardrails.md)",
+                labels=("detector", "action"),
+            )
+            for key, value in sorted(m.detections.items()):
+                detections.add_metric(list(key), value)
+            yield detections
+            cost = CounterMetricFamily(
+                "plano_fast_cost_nano_usd", "Cost of the usage rows priced, in nano-USD", labels=("provider", "model")
+            )
+            for key, value in sorted(m.cost.items()):
+                cost.add_metric(list(key), value)
+            yield cost
+            flush = HistogramMetricFamily("plano_fast_usage_flush_duration_seconds", "Usage batch writes to the store")
+            for row in m.flush.values():
+                flush.add_metric([], _cumulative(FLUSH_BUCKETS_S, row), row[-1])
+            yield flush
+
+    return _MergedCollector
 
 
 def _cumulative(bounds: tuple[float, ...], row: list[float]) -> list[tuple[str, float]]:
@@ -341,6 +350,9 @@ def render(merged: Merged) -> bytes:
         metric = "plano_fast_" + name
         kind = "gauge" if name.endswith(_GAUGE_SUFFIXES) else "counter"
         lines.append(f"# TYPE {metric} {kind}\n{metric} {value:g}\n")
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_MergedCollector(merged))
+    registry.register(_merged_collector_type()(merged))
     return "".join(lines).encode() + generate_latest(registry)

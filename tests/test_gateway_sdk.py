@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from tests.gateway_proc import GatewayProcess
+from tests.gateway_proc import GatewayProcess, write_config
 
 CLIENT_KEY = "sk-client-own-key-123"
 
@@ -224,15 +225,18 @@ def test_unreachable_provider_is_502(gateway: GatewayProcess) -> None:
     assert "cannot connect" in str(err.value)
 
 
-def test_slow_provider_is_504(gateway: GatewayProcess) -> None:
-    # The listener timeout in the test config is 5 s.
-    with _openai(gateway) as client, pytest.raises(openai.APIStatusError) as err:
-        client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "x"}],
-            extra_headers={"x-fake-latency-ms": "6000"},
-        )
-    assert err.value.status_code == 504
+def test_slow_provider_is_504(fake: FakeProviderThread, tmp_path: Path) -> None:
+    # A gateway of its own with a 1 s listener timeout (the shared one's is 5 s: waited
+    # out, that was 5 s of this test).
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, listener_timeout="1s")
+    with GatewayProcess(config) as gateway:
+        with _openai(gateway) as client, pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "x"}],
+                extra_headers={"x-fake-latency-ms": "2500"},
+            )
+        assert err.value.status_code == 504
 
 
 def test_models_and_health(gateway: GatewayProcess) -> None:

@@ -87,7 +87,8 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
 ) -> None:
     log_path = tmp_path / "access.jsonl"
     gateway = make_gateway(
-        {"admin_port": 0, "admin_key": ADMIN_KEY, "access_log": str(log_path)}, workers=2
+        {"admin_port": 0, "admin_key": ADMIN_KEY, "access_log": str(log_path), "metrics_publish_interval_s": 0.25},
+        workers=2,
     )
     sent = {"gpt-4o-mini": 0, "claude-sonnet-4-6": 0}
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client-SECRET", max_retries=0) as client:
@@ -105,7 +106,7 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
             client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
         except openai.BadRequestError:
             pass
-    time.sleep(2.5)  # each worker publishes once a second
+    time.sleep(1.0)  # each worker publishes every 0.25 s
     for _ in range(8):  # each scrape lands on either worker: every one gives the total
         fams = scrape(gateway)
         counts: dict[str, float] = {}
@@ -171,7 +172,8 @@ def test_counters_never_go_down_between_scrapes_of_two_workers(
     """Scrapes faster than the workers publish, while requests flow: each lands on
     either worker, and the instance's request count never goes down from one to the next
     (Prometheus would take that for a counter reset and count everything again)."""
-    gateway = make_gateway({"admin_port": 0, "admin_key": ADMIN_KEY}, workers=2)
+    # publishing every 0.25 s: the 1.5 s of scrapes span 6 publications (4 s spanned 4)
+    gateway = make_gateway({"admin_port": 0, "admin_key": ADMIN_KEY, "metrics_publish_interval_s": 0.25}, workers=2)
     done = threading.Event()
     sent = 0
 
@@ -186,7 +188,7 @@ def test_counters_never_go_down_between_scrapes_of_two_workers(
     thread.start()
     totals = []
     try:
-        deadline = time.monotonic() + 4.0
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             fams = scrape(gateway)
             totals.append(sum(s.value for s in fams["plano_fast_requests"].samples if s.name.endswith("_total")))

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.byte_mutations import mutated
+from tests.hypothesis_budget import examples
 
 _head = pytest.importorskip("plano_fast.wire._head", reason="the Cython extension is not built")
 parse_response = _head.parse_response
@@ -210,7 +211,8 @@ def responses(draw: st.DrawFn) -> bytes:
     return mutated(draw, data)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 1000 examples (was 3000; 60,000 ran clean when the fast path came): tests/hypothesis_budget.py
+@settings(max_examples=examples(1000, deep=60_000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses())
 @example(PROVIDER_RESPONSE)
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")

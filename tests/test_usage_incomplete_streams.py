@@ -285,12 +285,14 @@ def test_usage_that_lies_is_reported_to_the_client_as_it_is_billed(
     model = "claude-raw" if provider == "anthropic" else "gemini-raw"
     good = {"anthropic": {"input_tokens": 5, "output_tokens": 3}, "gemini": {"promptTokenCount": 5,
                                                                             "candidatesTokenCount": 3}}[provider]
+    answers = []  # all asked first, then their rows read: one flush interval, not one each
     for usage in [*LIES[provider], good]:
         content = (LIE_MARK + json.dumps(usage).encode() + b"|").decode()
         answer, rid = post(gateway, "/v1/chat/completions",
                            {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": content}]},
                            {"authorization": "Bearer sk-client"})
-        told = json.loads(answer)["usage"]
+        answers.append((usage, json.loads(answer)["usage"], rid))
+    for usage, told, rid in answers:
         row = row_of(path, rid)
         billed = (row.input_tokens, row.output_tokens) if row.status == "ok" else (0, 0)
         assert (told["prompt_tokens"], told["completion_tokens"]) == billed, (usage, told, row)

@@ -250,6 +250,9 @@ class GatewaySettings(BaseModel):
     sqlite_path: NonEmptyStr = "plano_fast.db"  # usage store when database_url is unset
     database_url: str | None = Field(default=None, repr=False)  # PostgreSQL usage store
     usage_flush_interval_s: PosFloat = 10.0  # usage batch flush period
+    # With --workers N: how often each worker publishes its metrics for the others'
+    # scrapes (a scrape is at most this stale); also the idle upstream pool's sweep period.
+    metrics_publish_interval_s: PosFloat = 1.0
     usage_batch_size: PosInt = 1000  # rows per bulk write
     usage_max_pending_events: PosInt = 100_000  # in memory while the store is down; then journal
     usage_journal_path: NonEmptyStr = "plano_fast_usage.journal"  # spill file (one per process)

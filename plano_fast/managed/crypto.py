@@ -14,8 +14,10 @@ import binascii
 import hashlib
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MASTER_KEY_ENV = "PLANO_FAST_MASTER_KEY"
 NONCE_BYTES = 12  # the GCM standard nonce; random per encryption
@@ -48,7 +50,11 @@ class KeyCipher:
     def __init__(self, master_key: bytes) -> None:
         if len(master_key) != 32:
             raise MasterKeyError("the master key must be 32 bytes")
-        self._aead = AESGCM(master_key)
+        # Imported on first use (~45 ms of a start's CPU): only managed mode and the
+        # admin API's key commands seal or open keys; MasterKeyError stays light for the CLI.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self._aead: AESGCM = AESGCM(master_key)
         self.key_id = hashlib.sha256(master_key).hexdigest()[:16]
 
     @classmethod
