@@ -286,11 +286,13 @@ def test_write_usage_now_commits_before_returning_or_declines(tmp_path: Path) ->
             blocker.close()
 
             many = asyncio.ensure_future(store.write_usage(rows(1_000, "many")))
-            for _ in range(20):  # into the transaction (the loop runs between its chunks)
+            # Into its transaction (the loop runs between its chunks): turns of the loop until
+            # the hot connection is in it.  (Not "the file's write lock is taken": the
+            # checkpoint thread takes it too, now and then, and lets go before the call below.)
+            deadline = time.monotonic() + 10
+            while not store._hot.in_transaction and not many.done() and time.monotonic() < deadline:
                 await asyncio.sleep(0)
-                if not write_lock_is_free(path):
-                    break
-            assert not many.done()
+            assert not many.done() and store._hot.in_transaction and not write_lock_is_free(path)
             assert store.write_usage_now(rows(1, "during")) is None
             assert await many == 1_000
 
