@@ -42,6 +42,9 @@ _DOUBLE: Final = struct.Struct("<d")
 _SCALARS: Final = frozenset({str, int, float, bool})
 #: KeyValue encodings kept (the cache is emptied when it reaches this many)
 _KV_CACHE_MAX: Final = 4096
+#: longer string values are encoded each time, never cached (a client's header value:
+#: up to the 32 KiB head, 4096 of them were ~230 MiB held)
+_KV_CACHE_VALUE_MAX: Final = 64
 
 
 class SpanOwner:
@@ -279,7 +282,7 @@ class OtlpEncoder:
             if kv is None:
                 kv = self._attribute(*item)
                 t = type(item[1])
-                if t in _SCALARS:
+                if t in _SCALARS and (t is not str or len(item[1]) <= _KV_CACHE_VALUE_MAX):
                     self._remember(self._kv, (item[0], item[1], t), kv)
             out.append(kv)
         return out

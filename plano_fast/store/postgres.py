@@ -738,6 +738,8 @@ class PostgresStore(SqlStore):
         try:
             first_refused = await self._retrying(attempt)
         except _CONNECTION_LOST as exc:
+            if isinstance(exc, TimeoutError):
+                raise
             ids = [res.id for _, res in batch]
             first_refused = await self._reserve_again(
                 attempt, ids, lambda made: next((j for j, rid in enumerate(ids, 1) if rid not in made), NONE_REFUSED),
@@ -776,6 +778,8 @@ class PostgresStore(SqlStore):
         try:
             admitted = await self._retrying(attempt)
         except _CONNECTION_LOST as exc:
+            if isinstance(exc, TimeoutError):
+                raise
             admitted = await self._reserve_again(attempt, [res.id], lambda made: len(made), exc)
         return res if admitted else None
 
@@ -803,9 +807,13 @@ class PostgresStore(SqlStore):
         if present:
             return committed(present)
         try:
-            return await self._retrying(attempt)
+            answer = await self._retrying(attempt)
         except AlreadyExists:  # (the UniqueViolation, translated by _retrying)
             return committed(await self._retrying(made))
+        # A lost statement that took the counter locks before the rerun has ended by now;
+        # had it granted, the rerun granted nothing (no collision): its rows answer.
+        present = await self._retrying(made)
+        return committed(present) if present else answer
 
     async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """``attempt`` (an idempotent statement: settle, release), run once more on another
@@ -813,6 +821,8 @@ class PostgresStore(SqlStore):
         try:
             return await self._retrying(attempt)
         except _CONNECTION_LOST as exc:
+            if isinstance(exc, TimeoutError):
+                raise
             log.warning("a %s statement lost its connection (%s); run once more", what, type(exc).__name__)
             return await self._retrying(attempt)
 
