@@ -494,6 +494,28 @@ def test_one_valid_x_request_id_goes_upstream(gateway: GatewayProcess, fake: Fak
         time.sleep(0.2)
 
 
+def test_x_request_id_in_its_underscore_spelling_is_the_client_request_id(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: ``x_request_id`` (which CGI/WSGI servers read as x-request-id) went upstream as
+    sent, beside the one x-request-id the gateway writes: a second, unchecked id.  Now it is
+    the client's request id as the hyphen spelling is: alone and valid, the one sent up (as
+    x-request-id); beside another or invalid, the gateway's own; never forwarded as sent.
+    On the request fast path and on the httptools path (a value with a trailing space: not
+    kept there, whatever the spelling -- ``x-request-id: U2 `` gets the gateway's id too)."""
+    cases = [(b"x_request_id: U1\r\n", b"U1"), (b"X_Request_Id: U2 \r\n", None),
+             (b"x-request-id: A\r\nx_request_id: B\r\n", None), (b"x_request_id: a b\r\n", None)]  # fmt: skip
+    for extra, expected in cases:
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", extra + CLOSE))
+        assert answer.status == 200, (extra, answer.raw[:300])
+        ours = answer.header(b"x-plano-request-id")
+        assert ours is not None
+        [call] = provider_calls(fake)
+        ids = [(n.lower(), v) for n, v in call.headers if n.replace("_", "-").lower() == "x-request-id"]
+        assert ids == [("x-request-id", (expected or ours).decode())], (extra, ids)
+
+
 # -- HEAD: a head, never a body ------------------------------------------------------------------
 
 
