@@ -23,11 +23,14 @@ Query parameter names are split on ``;`` as well as ``&`` and percent-decoded (a
 that changes them: ``%256Bey``), case-folded and stripped of everything but letters and
 digits before they are compared: ``key[]``, ``key%00``, ``$key`` (Google's system-parameter
 prefix), ``api_key`` (Cloud Endpoints' default), ``access_token`` / ``oauth_token`` /
-``bearer_token`` (Google's OAuth spellings), ``api-key`` / ``subscription-key`` (Azure) all
-count as credentials -- stricter than any provider parses them, so no spelling of one can
-reach a provider unchecked.  Only a name that decodes (once) to ``key`` in any case is taken
-as the key; any other credential-like name is a 401 (a credential the gateway cannot verify
-is never forwarded, nor quietly dropped in favour of another).
+``bearer_token`` (Google's OAuth spellings), ``api-key`` / ``subscription-key`` /
+``ocp-apim-subscription-key`` (Azure), ``x-api-key``, ``api_token``, ``token``,
+``access_key`` all count as credentials (exactly: ``pageToken`` does not) -- stricter than
+any provider parses them, so no spelling of one can reach a provider unchecked.  Only a name
+that decodes (once) to ``key`` in any case is taken as the key; any other credential-like
+name is a 401 (a credential the gateway cannot verify is never forwarded, nor quietly
+dropped in favour of another), and so is a credential in a ``;``-joined part
+(``alt=sse;key=K``: see ``split_query_key``).
 """
 
 from __future__ import annotations
@@ -129,10 +132,14 @@ def read_client_headers(
 #: letters and digits only.  ``key``: Gemini (and ``$key``, Google's system-parameter form);
 #: ``apikey``: Cloud Endpoints' ``api_key``, Azure's ``api-key``; ``accesstoken``,
 #: ``oauthtoken``, ``bearertoken``: Google's OAuth token parameters; ``subscriptionkey``:
-#: Azure API Management; ``xgoogapikey``, ``authorization``: the headers' names.
+#: Azure API Management (``ocpapimsubscriptionkey``: its header's name, which APIM also reads
+#: from the query); ``xgoogapikey``, ``xapikey``, ``authorization``: the headers' names;
+#: ``apitoken``, ``token``, ``accesskey``: other services' usual spellings.  Exact matches
+#: after normalising: ``pageToken`` (``pagetoken``) or ``key_id`` are ordinary parameters.
 QUERY_CREDENTIALS: Final = frozenset({
     b"key", b"apikey", b"accesstoken", b"oauthtoken", b"bearertoken", b"subscriptionkey",
-    b"xgoogapikey", b"authorization",
+    b"ocpapimsubscriptionkey", b"xgoogapikey", b"xapikey", b"authorization", b"apitoken",
+    b"token", b"accesskey",
 })
 _NAME_NOISE: Final = re.compile(rb"[^a-z0-9]+")
 #: Decoding rounds for a name that is percent-encoded again (``%256Bey``): three covers any
@@ -143,16 +150,28 @@ _NAME_DECODES: Final = 3
 def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
     """``(how many credential-like parameters, the first one's raw value, the query without
     them)``; the value is None when the first one is not named ``key`` (an OAuth token or
-    an odd spelling is counted, never taken as an API key)."""
+    an odd spelling is counted, never taken as an API key).
+
+    Raises Unauthorized when a ``;``-joined ``&``-part carries a credential
+    (``alt=sse;key=K``, ``key=K;alt=sse``): a server that splits on ``&`` only (Google's)
+    reads the part as one parameter (``alt`` is ``sse;key=K``), one that splits on ``;``
+    too reads a key; the gateway cannot forward the part nor drop it whole (``alt=sse``
+    would be lost), nor say which reading the provider takes."""
     count = 0
     first: bytes | None = None
     kept: list[bytes] = []
     for part in query.split(b"&"):
         found = False
-        for piece in _QUERY_SPLIT.split(part):
+        pieces = _QUERY_SPLIT.split(part)
+        for piece in pieces:
             name, _, value = piece.partition(b"=")
             decoded = unquote_to_bytes(name.replace(b"+", b" "))
             if _credential_like(decoded):
+                if len(pieces) > 1:
+                    raise Unauthorized(
+                        "a credential shares a ';'-joined query parameter with another "
+                        "(alt=sse;key=...); separate query parameters with '&'"
+                    )
                 if not count:
                     first = value if decoded.strip().lower() == b"key" else None
                 count += 1

@@ -7,7 +7,7 @@ attribute maps, a ``ReadableSpan`` copy at the end) and ~65 µs to encode its tw
 (benchmarks/results/tracing-cost-20261205.md).  Here a span is a plain record (ids as
 ints, ``time.time_ns`` stamps, a dict of attributes) and the export request is written
 as bytes: the resource and the instrumentation scope once, each attribute's KeyValue
-once per distinct (key, value) (a bounded cache: provider, model, mode, outcome and
+once per distinct short (key, value) (a bounded cache: provider, model, mode, outcome and
 status repeat from one request to the next).
 
 The bytes are the SDK's, byte for byte, for the same spans (tests/test_tracing_otlp.py
@@ -38,10 +38,16 @@ _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
 #: start_time_unix_nano (7) and end_time_unix_nano (8), fixed64 each, with their tags
 _TIMES: Final = struct.Struct("<BQBQ")
 _DOUBLE: Final = struct.Struct("<d")
-#: the values whose KeyValue encodings are cached
-_SCALARS: Final = frozenset({str, int, float, bool})
+#: the values whose KeyValue encodings are cached.  Not floats: 0.0 == -0.0 (one cache
+#: entry would give the other its sign), and the gateway's floats are measurements
+#: (``routing.determination_ms``) that seldom repeat.
+_CACHED_TYPES: Final = frozenset({str, int, bool})
 #: KeyValue encodings kept (the cache is emptied when it reaches this many)
 _KV_CACHE_MAX: Final = 4096
+#: a longer KeyValue encoding (key and value, UTF-8) is made each time, never cached: a
+#: client's header name and value (``http.request.header.*``) reach the 32 KiB head, and
+#: 4096 such entries held ~230 MiB; at this bound the cache holds a few MiB at most
+_KV_CACHE_ENTRY_MAX: Final = 160
 
 
 class SpanOwner:
@@ -88,9 +94,14 @@ class TraceSpan:
 
     def set_attribute(self, key: str, value: Any) -> None:
         """The SDK's ``BoundedAttributes`` rules: a key set again moves to the end; past
-        the count limit the oldest is dropped (and counted); strings cut at the length limit."""
+        the count limit the oldest is dropped (and counted); strings cut at the length limit;
+        an empty key is dropped (and counted)."""
         if self.end_ns:
             log.warning("Setting attribute on ended span.")
+            return
+        if not key:
+            log.warning("invalid key `%s`. must be non-empty string. Dropping key from attributes.", key)
+            self.dropped += 1
             return
         attributes = self.attributes
         owner = self.owner
@@ -107,13 +118,13 @@ class TraceSpan:
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         """``set_attribute`` of each item, in order; one dict update when no key is
-        already set and no limit can be reached (the gateway's own calls)."""
+        already set, none is empty and no limit can be reached (the gateway's own calls)."""
         mine = self.attributes
         owner = self.owner
         if (
             not self.end_ns and owner.max_length is None
             and (owner.max_attributes is None or len(mine) + len(attributes) <= owner.max_attributes)
-            and mine.keys().isdisjoint(attributes)
+            and mine.keys().isdisjoint(attributes) and "" not in attributes
         ):  # fmt: skip
             mine.update(attributes)
             return
@@ -279,7 +290,7 @@ class OtlpEncoder:
             if kv is None:
                 kv = self._attribute(*item)
                 t = type(item[1])
-                if t in _SCALARS:
+                if t in _CACHED_TYPES and len(kv) <= _KV_CACHE_ENTRY_MAX:
                     self._remember(self._kv, (item[0], item[1], t), kv)
             out.append(kv)
         return out

@@ -1,12 +1,12 @@
 """The one-credential rules (plano_fast.credentials) on their own: the usual
 ``Authorization: Bearer <token>`` short cut gives what the general rules
-(``_bearer_credential``) give."""
+(``_bearer_credential``) give; which query parameters count as credentials."""
 
 from __future__ import annotations
 
 import pytest
 
-from plano_fast.credentials import Credential, _bearer_credential, _header_credential
+from plano_fast.credentials import Credential, _bearer_credential, _header_credential, split_query_key
 from plano_fast.errors import Unauthorized
 
 
@@ -44,3 +44,45 @@ def test_only_spaces_separate_the_scheme_from_the_token() -> None:
     for value in (b"Bearer\tsk-1", b"Bearer \tsk-1", b"Bearer\t sk-1", b"Bearer \t sk-1"):
         with pytest.raises(Unauthorized):
             _bearer_credential(value)
+
+
+#: Credential names other services read from a query, found forwarded unchecked beside the
+#: verified key by a review: x-api-key's and Azure API Management's header names, the usual
+#: ``api_token`` / ``token`` / ``access_key``.
+MORE_QUERY_CREDENTIALS = [b"x-api-key", b"x_api_key", b"X-Api-Key", b"ocp-apim-subscription-key",
+                          b"Ocp-Apim-Subscription-Key", b"api_token", b"token", b"TOKEN", b"access_key",
+                          b"access-key", b"%74oken"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MORE_QUERY_CREDENTIALS)
+def test_more_credential_names_in_the_query_are_counted_never_taken_as_the_key(name: bytes) -> None:
+    """Was: ``?x-api-key=``, ``?ocp-apim-subscription-key=``, ``?api_token=``, ``?token=``,
+    ``?access_key=`` were ordinary parameters, forwarded as sent (beside the verified key:
+    a second credential nobody checked).  Now each counts as a credential (removed from the
+    query) and is not the key: the caller refuses it (401)."""
+    assert split_query_key(b"alt=sse&" + name + b"=sk-other") == (1, None, b"alt=sse")
+
+
+@pytest.mark.parametrize("name", [b"pageToken", b"page_token", b"nextPageToken", b"tokens", b"key_id",
+                                  b"monkey", b"access_keys", b"max_tokens", b"alt"])  # fmt: skip
+def test_names_that_merely_contain_a_credential_name_are_ordinary_parameters(name: bytes) -> None:
+    """The names are compared exactly after normalising: ``pageToken`` (Google's paging) is
+    not ``token``."""
+    query = b"alt=sse&" + name + b"=1"
+    assert split_query_key(query) == (0, None, query)
+
+
+@pytest.mark.parametrize("query", [b"alt=sse;key=K", b"key=K;alt=sse", b"alt=sse;api_key=K", b"a=1&alt=sse;key=K",
+                                   b"key=K;", b"alt=sse&x=1;token=K"])  # fmt: skip
+def test_a_credential_in_a_semicolon_joined_part_is_refused(query: bytes) -> None:
+    """Was: an ``&``-part holding a credential between ``;`` was dropped whole, so
+    ``alt=sse;key=K`` lost ``alt=sse`` (the stream answered as one JSON array), while Google,
+    which splits on ``&`` only, reads ``alt`` as ``sse;key=K``.  The gateway cannot tell which
+    reading a provider takes: now 401."""
+    with pytest.raises(Unauthorized, match="';'-joined"):
+        split_query_key(query)
+
+
+def test_semicolons_without_a_credential_are_left_as_they_are() -> None:
+    assert split_query_key(b"alt=sse;x=1&y=2") == (0, None, b"alt=sse;x=1&y=2")
+    assert split_query_key(b"alt=sse;x=1&key=K") == (1, b"K", b"alt=sse;x=1")

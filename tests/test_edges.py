@@ -408,7 +408,8 @@ def test_query_key_with_encoded_whitespace_or_a_bad_escape_is_refused(
 # (firewall mode: tests/test_firewall_hardening.py, test_a_credential_like_query_parameter_...)
 
 
-@pytest.mark.parametrize("name", [b"key%00", b"key[]", b"$key", b"api_key", b"oauth_token", b"%256Bey"])
+@pytest.mark.parametrize("name", [b"key%00", b"key[]", b"$key", b"api_key", b"oauth_token", b"%256Bey",
+                                  b"x_api_key", b"ocp-apim-subscription-key", b"token"])
 def test_config_mode_refuses_a_credential_like_query_parameter(
     gateway: GatewayProcess, fake: FakeProviderThread, name: bytes
 ) -> None:
@@ -428,6 +429,23 @@ def test_config_mode_refuses_a_credential_like_query_parameter(
     answer = exchange(gateway.port, post(b"/v1/chat/completions?monkey=1", CHAT, b"", CLOSE))
     assert answer.status == 200, answer.raw[:300]
     assert [c.path for c in provider_calls(fake)] == ["/v1/chat/completions?monkey=1"]
+
+
+@pytest.mark.parametrize("query", [b"alt=sse;key=sk-other-key", b"key=sk-other-key;alt=sse", b"x=1&alt=sse;token=t"])
+def test_a_credential_in_a_semicolon_joined_query_part_is_refused(
+    gateway: GatewayProcess, fake: FakeProviderThread, query: bytes
+) -> None:
+    """Was: the ``&``-part was dropped whole, so ``?alt=sse;key=K`` reached the provider
+    without ``alt=sse`` (a stream answered as one JSON array) -- while Google, splitting on
+    ``&`` only, reads ``alt`` as ``sse;key=K``.  Which reading a provider takes cannot be
+    known: now 401, nothing forwarded (a passthrough provider included)."""
+    for model, auth in ((b"gpt-4o-mini", b""), (b"vllm/llama-passthrough", b"Authorization: Bearer sk-client-key\r\n")):
+        fake.clear()
+        body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
+        answer = exchange(gateway.port, post(b"/v1/chat/completions?" + query, body, auth, CLOSE))
+        assert answer.status == 401, (query, model, answer.raw[:300])
+        assert b"sk-other-key" not in answer.raw
+        assert provider_calls(fake) == []
 
 
 def test_managed_mode_refuses_a_credential_like_query_parameter(
@@ -474,6 +492,28 @@ def test_one_valid_x_request_id_goes_upstream(gateway: GatewayProcess, fake: Fak
     while not set(served) <= {r.request_id.encode() for r in read_rows(None, sqlite_path)}:
         assert time.monotonic() < deadline, "the usage rows carry the gateway's ids"
         time.sleep(0.2)
+
+
+def test_x_request_id_in_its_underscore_spelling_is_the_client_request_id(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: ``x_request_id`` (which CGI/WSGI servers read as x-request-id) went upstream as
+    sent, beside the one x-request-id the gateway writes: a second, unchecked id.  Now it is
+    the client's request id as the hyphen spelling is: alone and valid, the one sent up (as
+    x-request-id); beside another or invalid, the gateway's own; never forwarded as sent.
+    On the request fast path and on the httptools path (a value with a trailing space: not
+    kept there, whatever the spelling -- ``x-request-id: U2 `` gets the gateway's id too)."""
+    cases = [(b"x_request_id: U1\r\n", b"U1"), (b"X_Request_Id: U2 \r\n", None),
+             (b"x-request-id: A\r\nx_request_id: B\r\n", None), (b"x_request_id: a b\r\n", None)]  # fmt: skip
+    for extra, expected in cases:
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", extra + CLOSE))
+        assert answer.status == 200, (extra, answer.raw[:300])
+        ours = answer.header(b"x-plano-request-id")
+        assert ours is not None
+        [call] = provider_calls(fake)
+        ids = [(n.lower(), v) for n, v in call.headers if n.replace("_", "-").lower() == "x-request-id"]
+        assert ids == [("x-request-id", (expected or ours).decode())], (extra, ids)
 
 
 # -- HEAD: a head, never a body ------------------------------------------------------------------

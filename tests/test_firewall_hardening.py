@@ -201,10 +201,13 @@ def test_query_key_moves_to_the_gemini_header(hardened: Any, fake: FakeProviderT
 #: Query parameter names a provider (or a proxy before it) could read as a credential: a NUL
 #: or ``[]`` after ``key``, Google's ``$key`` system-parameter form (plain and encoded),
 #: Cloud Endpoints' ``api_key``, Azure's ``api-key`` / ``subscription-key``, Google's OAuth
-#: spellings, ``key`` encoded twice.
+#: spellings, ``key`` encoded twice, the credential headers' names, ``token`` and its kin.
 CREDENTIAL_LIKE_QUERY_NAMES = [b"key%00", b"key[]", b"key%5B%5D", b"$key", b"%24key", b"api_key", b"API-KEY",
                                b"subscription-key", b"oauth_token", b"bearer_token", b"access%5Ftoken",
-                               b"%256Bey", b"k%2565y", b"x-goog-api-key"]
+                               b"%256Bey", b"k%2565y", b"x-goog-api-key",
+                               # x-api-key's and Azure APIM's header names, other services' spellings
+                               b"x-api-key", b"x_api_key", b"ocp-apim-subscription-key", b"api_token", b"token",
+                               b"access_key"]
 
 
 @pytest.mark.parametrize("name", CREDENTIAL_LIKE_QUERY_NAMES)

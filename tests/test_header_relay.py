@@ -200,6 +200,9 @@ def test_request_headers_forwarded_without_any_credential_header(forward: Forwar
     # two x-request-ids: b"" (none of them is kept); one listed in Connection: none seen
     assert forward([(b"x-request-id", b"a"), (b"x-request-id", b"a")])[2] == b""
     assert forward([(b"connection", b"x-request-id"), (b"x-request-id", b"a")])[2] is None
+    # the underscore spelling (one name to CGI/WSGI servers) is the request id too, never in the block
+    assert forward([(b"x_request_id", b"u"), (b"x-a", b"")]) == (b"x-a: \r\n", False, b"u", 0, None, None)
+    assert forward([(b"x-request-id", b"a"), (b"x_request_id", b"b")])[2] == b""
     # Connection can neither hide a credential from the count nor keep one in the block.
     listed = [(b"connection", b"x-api-key"), (b"x-api-key", b"a"), (b"authorization", b"Bearer b")]
     assert forward(listed) == (b"", False, None, 2, b"x-api-key", b"a")
@@ -207,7 +210,8 @@ def test_request_headers_forwarded_without_any_credential_header(forward: Forwar
 
 _REQ_NAME = st.sampled_from(
     sorted(_head_py.DROPPED_REQUEST | _head_py.CREDENTIALS)
-    + [b"anthropic-version", b"x-request-id", b"x-xproxy-a", b"x-hop", b"x-stainless-os", b"accept", b"x"]
+    + [b"anthropic-version", b"x-request-id", b"x_request_id", b"x-xproxy-a", b"x-hop", b"x-stainless-os",
+       b"accept", b"x"]
 )
 _REQ_VALUE = st.one_of(st.binary(max_size=20), st.sampled_from([b"x-hop", b"close, X-Hop", b"keep-alive"]))
 

@@ -173,16 +173,17 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
     yield restart
 
 
-def both(section: dict[str, Any], restart: Callable[[], None]) -> tuple[bytes, Ours, Sequence[ReadableSpan]]:
+def both(section: dict[str, Any], restart: Callable[[], None],
+         calls: Callable[[Any], None] = requests) -> tuple[bytes, Ours, Sequence[ReadableSpan]]:  # fmt: skip
     restart()
     random.seed(27)
     sdk = SdkTracing(section)
-    requests(sdk)
+    calls(sdk)
     expected = encode_spans(sdk.exporter.get_finished_spans()).SerializePartialToString()
     restart()
     random.seed(27)
     ours = Ours(section)
-    requests(ours)
+    calls(ours)
     return expected, ours, sdk.exporter.get_finished_spans()
 
 
@@ -221,6 +222,67 @@ def test_many_static_attributes_and_a_zero_count_limit(
     monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "0")
     expected, ours, _ = both(SECTION, clock)
     assert ours.tracing.exporter.encoder.request(ours.spans) == expected
+
+
+def zeros_and_empty_keys(t: Any) -> None:
+    """0.0 then -0.0 under one key (equal, one hash: one KeyValue cache entry), and empty
+    attribute keys, set one by one, together and among the static attributes."""
+    for value in (0.0, -0.0, 0.0, -0.0, 1.5, 0):
+        server = t.start_server(True, [], b"/v1/chat/completions")
+        server.set_attribute("ratio", value)
+        server.set_attribute("", "dropped")
+        server.set_attributes({"": 1, "kept": value})
+        t.end_server(server, mode="config", endpoint="chat_completions", request_id="r", provider="openai",
+                     request_model="m", response_model="m", outcome="ok", status=200, tokens=None)  # fmt: skip
+
+
+@pytest.mark.parametrize("limit", [None, "3", "0"])
+def test_negative_zero_and_empty_keys_are_the_sdks(
+    clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch, limit: str | None
+) -> None:
+    """Was: -0.0 was exported as 0.0 after a 0.0 under the same key (the KeyValue cache
+    is keyed by (key, value, type) and 0.0 == -0.0), and an empty attribute key was kept
+    where the SDK drops it (and counts it dropped).  Now floats are not cached and an
+    empty key is dropped and counted, as ``BoundedAttributes`` does."""
+    if limit is not None:
+        monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", limit)
+    section = {**SECTION, "span_attributes": {"static": {"": "v", "environment": "test"}}}
+    expected, ours, sdk_spans = both(section, clock, zeros_and_empty_keys)
+    assert any(s.dropped_attributes for s in sdk_spans)
+    encoder = ours.tracing.exporter.encoder
+    assert encoder.request(ours.spans) == expected
+    assert encoder.request(ours.spans) == expected  # (with the cache filled)
+    assert encode_spans([ours.tracing.readable(s) for s in ours.spans]).SerializePartialToString() == expected
+
+
+def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
+    """Was: every KeyValue of a string was cached, a client's header value (up to the 32 KiB
+    head) among them: 4000 sampled requests with a distinct 30 KB x-user-id held ~230 MiB
+    until the cache's 4096 entries filled.  Now an encoding longer than the bound is made
+    each time: a long header value or a long header name leaves nothing in the cache, and
+    the bytes are the same."""
+    from plano_fast import otlp
+
+    t = Tracing({"random_sampling": 0, "span_attributes": {"header_prefixes": ["x-user-"]}}, InMemorySpanExporter())
+    try:
+        encoder = t.exporter.encoder
+        spans = []
+        for i in range(50):
+            headers = [(b"x-user-id", b"%06d" % i * 5000), (b"x-user-" + b"n%06d" % i * 3000, b"1"),
+                       (b"x-user-team", b"blue"), (b"traceparent", PARENT)]  # fmt: skip
+            span = t.start_server((1, 1), headers, b"/v1/chat/completions")
+            span.end_ns = 1
+            spans.append(span)
+        first = encoder.request(spans)
+        assert encoder._kv, "the short entries are cached"
+        for (key, value, _), kv in encoder._kv.items():
+            assert len(kv) <= otlp._KV_CACHE_ENTRY_MAX and len(key) + len(str(value)) <= otlp._KV_CACHE_ENTRY_MAX
+        assert sum(len(kv) for kv in encoder._kv.values()) < 2000
+        assert encoder.request(spans) == first
+        readable = [t.readable(s) for s in spans]
+        assert encode_spans(readable).SerializePartialToString() == first
+    finally:
+        t.shutdown()
 
 
 def test_otlp_http_posts_the_encoders_bytes() -> None:

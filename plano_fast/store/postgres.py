@@ -737,6 +737,8 @@ class PostgresStore(SqlStore):
 
         try:
             first_refused = await self._retrying(attempt)
+        except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            raise
         except _CONNECTION_LOST as exc:
             ids = [res.id for _, res in batch]
             first_refused = await self._reserve_again(
@@ -775,6 +777,8 @@ class PostgresStore(SqlStore):
 
         try:
             admitted = await self._retrying(attempt)
+        except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            raise
         except _CONNECTION_LOST as exc:
             admitted = await self._reserve_again(attempt, [res.id], lambda made: len(made), exc)
         return res if admitted else None
@@ -791,8 +795,10 @@ class PostgresStore(SqlStore):
         transaction is rolled back), so it is run once more, a fresh decision.  A backend cut
         off but still running could commit while that rerun waits on its counter locks: the
         rerun's rows then collide with its own (same primary key) and it rolls back whole,
-        and the rows found answer.  (Had it granted nothing but fitted nothing more either,
-        its reservations stay held until their expiry: never an overspend.)"""
+        and the rows found answer.  Had it granted and left no room, the rerun (waiting on
+        those locks) granted nothing and collided with nothing: so the rows are looked for
+        again after the rerun, and the ones found answer.  (Had it not committed yet by then, its reservations stay
+        held until their expiry: never an overspend.)"""
         log.warning("a reservation statement lost its connection (%s); checked and run once more",
                     type(exc).__name__)
 
@@ -803,15 +809,21 @@ class PostgresStore(SqlStore):
         if present:
             return committed(present)
         try:
-            return await self._retrying(attempt)
+            answer = await self._retrying(attempt)
         except AlreadyExists:  # (the UniqueViolation, translated by _retrying)
             return committed(await self._retrying(made))
+        # A lost statement that took the counter locks before the rerun has ended by now;
+        # had it granted, the rerun granted nothing (no collision): its rows answer.
+        present = await self._retrying(made)
+        return committed(present) if present else answer
 
     async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """``attempt`` (an idempotent statement: settle, release), run once more on another
         connection when its connection was lost, before its callers are failed."""
         try:
             return await self._retrying(attempt)
+        except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            raise
         except _CONNECTION_LOST as exc:
             log.warning("a %s statement lost its connection (%s); run once more", what, type(exc).__name__)
             return await self._retrying(attempt)

@@ -55,7 +55,8 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
     if n == 10:
         return R_DROP if starts(p, n, b"connection", 10) or starts(p, n, b"keep-alive", 10) else R_KEEP
     if n == 12:
-        return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) else R_KEEP
+        # (the underscore spelling too: CGI/WSGI servers read it as x-request-id)
+        return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) or starts(p, n, b"x_request_id", 12) else R_KEEP
     if n == 13:
         if starts(p, n, b"x-http-method", 13):
             return R_DROP

@@ -108,6 +108,9 @@ CREDENTIALS = frozenset(
         b"api_key",
     }
 )
+#: The client's request id: never forwarded as sent (see forward_request_headers); the
+#: underscore spelling too, as for CREDENTIALS.
+REQUEST_IDS = frozenset({b"x-request-id", b"x_request_id"})
 #: Only the gateway may set these (a client must not forge identity upstream).
 GATEWAY_PREFIX = b"x-xproxy-"
 
@@ -171,7 +174,7 @@ def forward_request_headers(
     headers: list[tuple[bytes, bytes]],
 ) -> tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None]:
     """The client's headers (names lowercased, as parsed) that may go upstream, as CRLF-ended
-    lines; whether anthropic-version was among them; the client's x-request-id (None when it
+    lines; whether anthropic-version was among them; the client's x-request-id (or x_request_id: None when it
     sent none, b"" when it sent more than one: never in the block, the upstream head writes
     one, see ``upstream_request.finish_head``); and the credential headers: how many there
     were, and the first one's name and value (None when none).
@@ -204,7 +207,7 @@ def forward_request_headers(
             continue
         if name == b"anthropic-version":
             seen_version = True
-        elif name == b"x-request-id":
+        elif name in REQUEST_IDS:
             request_id = value if request_id is None else b""
             continue
         out.append(name + b": " + value + b"\r\n")
