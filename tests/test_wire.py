@@ -77,7 +77,7 @@ def test_the_gateway_takes_its_implementations_from_the_selector() -> None:
 
     assert http_server._parse_request is wire.parse_request
     assert upstream.response_head is wire.response_head
-    assert upstream._parse_response is wire.parse_response
+    assert upstream._parse_response is wire.parse_response_head
     assert credentials.forward_request_headers is wire.forward_request_headers
 
 
