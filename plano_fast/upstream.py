@@ -5,7 +5,7 @@ response is parsed by httptools and each parsed piece is handed to the ``Respons
 (the exchange) straight from ``data_received`` — no task, no queue, no await per chunk —
 so an SSE event reaches the client in the same loop iteration it arrived in.  A plain
 answer that arrives whole in one read (the common non-streaming case) skips httptools:
-``wire.parse_response`` (compiled; a strict subset of what llhttp accepts, checked against
+``wire.parse_response_head`` (compiled; a strict subset of what llhttp accepts, checked against
 it in tests/test_response_fast_path.py) reads it in one pass and the same sink calls follow.
 
 Pool rules (after httpcore): all pool state changes in one synchronous step; idle

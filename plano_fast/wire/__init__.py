@@ -8,7 +8,7 @@
   request id and its generator ``RequestIds``) (``_head.pyx``, twin ``_head_py.py``);
 * the request fast path -- a whole plain HTTP/1.1 request parsed in one pass
   (``_request.pyx``; its "twin" is httptools, which parses every request it declines);
-  and its mirror for answers, ``parse_response`` (``_head.pyx``: a whole plain upstream
+  and its mirror for answers, ``parse_response_head`` (``_head.pyx``: a whole plain upstream
   response in one read; httptools parses every response it declines);
 * the DLP detectors -- PII and secrets in message text for plano_fast.guardrails
   (``_dlp.pyx``, twin ``_dlp_py.py``, shared patterns and validators ``_dlp_shared.py``);
@@ -100,13 +100,10 @@ else:
 
     _SCAN = "python"
 
-#: ``parse_response(buf, max_head_bytes)``: ``(status, block, content_length, keep_alive,
-#: head_len)`` for a plain upstream response complete in ``buf`` (Content-Length framed),
-#: else None; None itself in the pure build (httptools parses every response).
-parse_response: Callable[[bytes, int], tuple[int, bytes, int, bool, int] | None] | None
-#: ``parse_response_head(buf, max_head_bytes)``: the same answer as ``(ResponseHead(status,
-#: block, content_length, False), keep_alive, head_len)``, the head built in C (what the
-#: upstream connection takes); None in the pure build.
+#: ``parse_response_head(buf, max_head_bytes)``: ``(ResponseHead(status, block,
+#: content_length, False), keep_alive, head_len)`` for a plain upstream response complete in
+#: ``buf`` (Content-Length framed), else None; None itself in the pure build (httptools
+#: parses every response).
 parse_response_head: Callable[[bytes, int], tuple[ResponseHead, bool, int] | None] | None
 if _built("_head"):
     from plano_fast.wire._head import (
@@ -116,7 +113,6 @@ if _built("_head"):
         content_length_line,
         forward_request_headers,
         header_line,
-        parse_response,
         parse_response_head,
         response_head,
     )
@@ -133,7 +129,7 @@ else:
         response_head,
     )
 
-    parse_response = parse_response_head = None
+    parse_response_head = None
     _HEAD = "python"
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
@@ -234,7 +230,6 @@ __all__ = [
     "has_header",
     "header_line",
     "parse_request",
-    "parse_response",
     "parse_response_head",
     "response_head",
     "rewrite_request",

@@ -267,36 +267,22 @@ def forward_request_headers(list headers not None):
 include "_header_chars.pxi"
 
 
-def parse_response(bytes buf not None, Py_ssize_t max_head_bytes):
-    """A whole plain upstream response in ``buf`` as ``(status, block, content_length,
-    keep_alive, head_len)`` (the body is ``buf[head_len:]``), or None when it is not one
-    this fast path takes: httptools then parses it, as it parses every other response.
-
-    ``block`` is what ``response_head`` keeps of the head.  Taken: ``HTTP/1.1 NNN reason``
-    with a status from 200 to 599 other than 204 and 304, CRLF line ends, header names of
-    tchar, values of visible bytes, SP, HTAB or obs-text, exactly one Content-Length
-    (digits), no Transfer-Encoding, Upgrade or Proxy-Connection, a Connection of only
-    ``keep-alive`` or ``close``, a head within ``max_head_bytes``, and the body complete with nothing after
-    it.  Everything else -- an interim 1xx, a chunked or close-delimited body, obs-fold, a
-    body split over reads -- goes to httptools as before."""
-    cdef int status
-    cdef int64_t content_length
-    cdef bint keep_alive
-    cdef Py_ssize_t head_len
-    block = _parse_response(buf, max_head_bytes, &status, &content_length, &keep_alive, &head_len)
-    if block is None:
-        return None
-    return status, block, content_length, keep_alive, head_len
-
-
 def parse_response_head(bytes buf not None, Py_ssize_t max_head_bytes):
-    """``parse_response``'s answer as the upstream connection uses it: ``(head, keep_alive,
-    head_len)``, ``head`` the ``ResponseHead(status, block, content_length, False)`` built
-    here (the body is ``buf[head_len:]``), or None.
+    """A whole plain upstream response in ``buf`` as ``(head, keep_alive, head_len)``,
+    ``head`` the ``ResponseHead(status, block, content_length, False)`` built here (the body
+    is ``buf[head_len:]``; ``block`` is what ``response_head`` keeps of the head), or None
+    when it is not one this fast path takes: httptools then parses it, as it parses every
+    other response.
 
-    Why: the connection built that ResponseHead from the tuple, through a class call with
-    four arguments (~2.3k instructions a response on 3.11, with the 5-tuple built and taken
-    apart); here its fields are written in place."""
+    Taken: ``HTTP/1.1 NNN reason`` with a status from 200 to 599 other than 204 and 304, CRLF
+    line ends, header names of tchar, values of visible bytes, SP, HTAB or obs-text, exactly
+    one Content-Length (digits), no Transfer-Encoding, Upgrade or Proxy-Connection, a
+    Connection of only ``keep-alive`` or ``close``, a head within ``max_head_bytes``, and the
+    body complete with nothing after it.  Everything else -- an interim 1xx, a chunked or
+    close-delimited body, obs-fold, a body split over reads -- goes to httptools as before.
+
+    The ResponseHead's fields are written in place (a class call with four arguments from a
+    5-tuple cost ~2.3k instructions a response on 3.11)."""
     cdef int status
     cdef int64_t content_length
     cdef bint keep_alive
@@ -314,7 +300,7 @@ def parse_response_head(bytes buf not None, Py_ssize_t max_head_bytes):
 
 cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_out, int64_t *length_out,
                             bint *keep_alive_out, Py_ssize_t *head_len_out):
-    """parse_response's pass: the block (its other fields written to the pointers), or None."""
+    """parse_response_head's pass: the block (its other fields written to the pointers), or None."""
     cdef const unsigned char *s = buf
     cdef Py_ssize_t n = len(buf)
     cdef Py_ssize_t limit = n if n <= max_head_bytes else max_head_bytes
