@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import os
 import random
@@ -1365,25 +1366,35 @@ def test_a_counter_sum_past_64_bits_is_refused_not_rounded(backend: Backend) -> 
     backend.run(body)
 
 
+@functools.cache
+def _pricing() -> Any:
+    from plano_fast.pricing import PricingRegistry
+
+    return PricingRegistry()
+
+
+def _group_item(prefix: str, now: int, i: int, input_tokens: int = 100) -> tuple[UsageRow, Any]:
+    """A GroupWriter item: a priced row and its event (project p1, one client key)."""
+    from plano_fast.billing.rows import price_event
+    from plano_fast.store import usage_row_from_event
+    from plano_fast.usage import STATUS_OK, UsageEvent
+
+    event = UsageEvent(
+        f"{prefix}-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
+        input_tokens, 20, has_usage=True, project_id="p1", key_hash=sha("k"),
+    )  # fmt: skip
+    return usage_row_from_event(event, cost_nano_usd=price_event(_pricing(), event)), event
+
+
 def test_group_writer_owns_its_rows(backend: Backend) -> None:
     """Managed mode's synchronous writer: a waiter cancelled mid-write (its client left)
     does not take its row with it; a row the store refuses is handed to the asynchronous
     pipeline alone, while the rows of the same batch are still written synchronously."""
-    from plano_fast.billing.rows import price_event
     from plano_fast.managed.context import GroupWriter
-    from plano_fast.pricing import PricingRegistry
-    from plano_fast.store import usage_row_from_event
-    from plano_fast.usage import STATUS_OK, UsageEvent
-
-    now = ns(2026, 12, 3, 12)
-    pricing = PricingRegistry()
+    from plano_fast.usage import UsageEvent
 
     def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
-        event = UsageEvent(
-            f"req-group-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
-            input_tokens, 20, has_usage=True, project_id="p1", key_hash=sha("k"),
-        )  # fmt: skip
-        return usage_row_from_event(event, cost_nano_usd=price_event(pricing, event)), event
+        return _group_item("req-group", ns(2026, 12, 3, 12), i, input_tokens)
 
     async def body(store: Store) -> None:
         handed_over: list[UsageEvent] = []
@@ -1407,21 +1418,11 @@ def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> No
     queued as before where the store cannot write without waiting (PostgreSQL).  With
     others in flight, or a batch already gathering, the row joins the batch (the group
     commit).  A row the store refuses goes to the fallback, the future done all the same."""
-    from plano_fast.billing.rows import price_event
     from plano_fast.managed.context import GroupWriter
-    from plano_fast.pricing import PricingRegistry
-    from plano_fast.store import usage_row_from_event
-    from plano_fast.usage import STATUS_OK, UsageEvent
-
-    now = ns(2026, 12, 5, 12)
-    pricing = PricingRegistry()
+    from plano_fast.usage import UsageEvent
 
     def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
-        event = UsageEvent(
-            f"req-alone-{i}", now + i, "openai", "gpt-4o-mini", False, STATUS_OK, 200,
-            input_tokens, 20, has_usage=True, project_id="p1", key_hash=sha("k"),
-        )  # fmt: skip
-        return usage_row_from_event(event, cost_nano_usd=price_event(pricing, event)), event
+        return _group_item("req-alone", ns(2026, 12, 5, 12), i, input_tokens)
 
     async def body(store: Store) -> None:
         handed_over: list[UsageEvent] = []
