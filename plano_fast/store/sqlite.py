@@ -181,17 +181,12 @@ def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     # the column's slice of every row, and a one-row chunk (a managed request at
     # concurrency 1) takes no slice at all.  Was ~27% of the chunk INSERTs' own time
     # (cProfile, 13-row commits), a slice and count per omittable column per chunk.
-    if n == 1:
-        omitted = tuple([i for i in _OMITTABLE if params[i] is None])
-        for group in _OMITTABLE_ZERO_GROUPS:
-            if all([params[i] == 0 for i in group]):
-                omitted += group
-    else:
-        omitted = tuple([i for i in _OMITTABLE
-                         if params[i] is None and params[i :: _USAGE_WIDTH].count(None) == n])  # fmt: skip
-        for group in _OMITTABLE_ZERO_GROUPS:
-            if all([params[i] == 0 and params[i :: _USAGE_WIDTH].count(0) == n for i in group]):
-                omitted += group
+    one = n == 1
+    omitted = tuple([i for i in _OMITTABLE
+                     if params[i] is None and (one or params[i :: _USAGE_WIDTH].count(None) == n)])  # fmt: skip
+    for group in _OMITTABLE_ZERO_GROUPS:
+        if all([params[i] == 0 and (one or params[i :: _USAGE_WIDTH].count(0) == n) for i in group]):
+            omitted += group
     if not omitted:
         return _multi_insert(n), params
     sql, take = _sparse_insert(n, omitted)
