@@ -8,24 +8,16 @@ CONFIG ?= examples/plano_config.yaml
 
 .PHONY: run test test-deep env bench bench-quick bench-smoke clean
 
-# The environment: the venv with the dependencies (rebuilt only when they change) ...
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/*.pyx plano_fast/*.pxd plano_fast/*/*.pyx plano_fast/*/*.pxi plano_fast/*/*.pxd plano_fast/wire/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the build requirements (pinned in pyproject.toml) for the in-place build below
 	$(PY) -c "import subprocess, sys, tomllib; subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', *tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']])"
 	$(PY) -m pip install -q -e '.[test]'
-	touch $@
-
-# ... and the compiled modules, rebuilt in place whenever a source may have changed: the .pyx
-# files and their includes, and every .py (plano_fast/_compiled.py lists those compiled as they
-# are; build_ext recompiles only the modules whose source is newer than their build, so an
-# edited relay.py never leaves its old .so behind).
-$(VENV)/.built: $(VENV)/.installed setup.py $(wildcard plano_fast/*.pyx plano_fast/*.pxd plano_fast/*/*.pyx plano_fast/*/*.pxi plano_fast/*/*.pxd plano_fast/wire/*.h plano_fast/*.py plano_fast/*/*.py plano_fast/*/*/*.py)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-env: $(VENV)/.built
+env: $(VENV)/.installed
 
 run: env
 	$(PY) -m plano_fast migrate --config $(CONFIG)

@@ -1,7 +1,6 @@
 """Build script for the optional Cython helpers (the byte scanner, the header relay, the
 request fast path, the DLP detectors, the metrics accumulator and access-log writer, the
-usage drain -- pricing, rows, journal fields -- and the SQLite writer's row parameters), and
-the request path's plain Python modules compiled as they are (``plano_fast/_compiled.py``).
+usage drain -- pricing, rows, journal fields -- and the SQLite writer's row parameters).
 
 The extension is built when Cython and a C compiler are available. When either is
 missing the install still succeeds and ``plano_fast.wire`` falls back to the pure-Python
@@ -10,7 +9,6 @@ twins (``plano_fast/wire/_scan_py.py``, ``_head_py.py``), reporting which implem
 
 from __future__ import annotations
 
-import ast
 import glob
 import os
 import sys
@@ -60,32 +58,6 @@ WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_b
                                                                 "plano_fast/wire/_dlp_simd.h"]
 
 
-def _compiled_modules() -> tuple[str, ...]:
-    """``plano_fast._compiled.COMPILED_MODULES``, read without importing the package."""
-    tree = ast.parse(open("plano_fast/_compiled.py", encoding="utf-8").read())
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "COMPILED_MODULES":
-            return tuple(ast.literal_eval(node.value)) if node.value is not None else ()
-    raise SystemExit("plano_fast/_compiled.py: COMPILED_MODULES not found")
-
-
-def _py_extensions(cythonize) -> list[Extension]:  # type: ignore[no-untyped-def]
-    """The request path's plain Python modules (plano_fast/_compiled.py), compiled as they are.
-
-    ``annotation_typing=False``: an annotation (``x: int``, ``-> float``) stays a hint, never a
-    C type or an exact-type check the untyped code did not make; ``binding=True``: functions
-    are introspectable like Python ones (signatures, ``iscoroutinefunction``).  ``-O2 -g0``:
-    the generated C is large (up to ~3 MB a module) and the default ``-g -O3`` is slow to
-    build: relay.c takes 9.3 s of CPU with it, 5.1 s with these (no debug info; perf and
-    callgrind still name the functions)."""
-    return cythonize(
-        [Extension(name, [name.replace(".", "/") + ".py"], extra_compile_args=["-O2", "-g0"])
-         for name in _compiled_modules()],
-        compiler_directives={"language_level": "3", "annotation_typing": False, "binding": True},
-        nthreads=_JOBS if _JOBS > 1 else 0,
-    )
-
-
 def _extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
@@ -124,7 +96,7 @@ def _extensions() -> list[Extension]:
         },
         annotate=annotate,
         nthreads=_JOBS if _JOBS > 1 else 0,
-    ) + _py_extensions(cythonize)
+    )
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -91,25 +91,6 @@ def _let_subprocesses_cache_bytecode() -> None:
 _let_subprocesses_cache_bytecode()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop before the first test when a compiled module's build is older than its ``.py``.
-
-    Such a module runs from its ``.py`` (plano_fast/_compiled.py), so the suite would test
-    code that is not what the build ships; ``make test`` rebuilds first, a direct pytest
-    run is told how.
-    """
-    from plano_fast import _compiled
-
-    stale = [] if os.environ.get(_compiled.PURE_ENV) == "1" else _compiled.stale_modules()
-    if stale:
-        pytest.exit(
-            f"compiled build older than its source: {', '.join(stale)}; rebuild with `make env` "
-            f"(or `.venv/bin/python setup.py -q build_ext --inplace`), or run the sources with "
-            f"{_compiled.PURE_ENV}=1",
-            returncode=pytest.ExitCode.USAGE_ERROR,
-        )
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
