@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= examples/plano_config.yaml
 
-.PHONY: run test test-deep env bench bench-quick bench-smoke clean
+.PHONY: run test test-deep env bench bench-tools bench-quick bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard plano_fast/*.pyx plano_fast/*.pxd plano_fast/*/*.pyx plano_fast/*/*.pxi plano_fast/*/*.pxd plano_fast/wire/*.h)
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,23 @@ test-deep: env
 # Side-by-side: direct, nginx (when installed), plano_fast modes; results in benchmarks/results/
 # The default is issue 27's table with everything on (README "Performance"); BENCH_ARGS=... for another.
 BENCH_ARGS ?= --modes config:1+2,firewall:1+2,managed:1,managed-pg:1 --with-portkey --with-features --c1-runs 3
-bench: env
+bench: env bench-tools
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# The baselines' tools (wrk for saturation, nginx for the ratio base): from Debian's packages when
+# missing and this is root on a Debian-like machine; else the harness says what it skipped.
+# The package starts an nginx service on port 80: stopped, the harness runs its own.
+bench-tools:
+	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk and nginx-light (Debian packages) for the benchmark's baselines"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light >/dev/null 2>&1; } || \
+	      echo "could not install wrk/nginx-light: the benchmark runs without them"; \
+	    (service nginx stop >/dev/null 2>&1 || pkill -x nginx || true); \
+	  else echo "wrk or nginx missing (apt-get install wrk nginx-light): the benchmark runs without them"; fi; \
+	fi
 
 bench-quick: env
 	$(PY) benchmarks/run.py --quick --modes config --workers 1
