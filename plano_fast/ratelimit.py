@@ -1019,6 +1019,27 @@ Outcome: TypeAlias = "Verdict | Counts | BackendUnavailable | None"
 HeadersMode = Literal["refused", "always"]
 
 
+class _Plan:
+    """The limits of one configured model name (or of a model with none of its own), and,
+    when none is header-scoped, the buckets they made per caller: ``memo`` maps the
+    project (``subject`` 1), the key hash (2) or both (3) to the request's buckets.  Keys
+    are server-side project ids and fixed-length digests, never a client's header value
+    or model name; at ``MEMO_MAX`` the memo starts over.  Nothing else changes the
+    answer: the limits are read once, when the gateway starts."""
+
+    __slots__ = ("limits", "subject", "memo")
+
+    MEMO_MAX: Final = 4096
+
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
+        self.limits = limits
+        scopes = {limit.scope for limit in limits}
+        self.subject: int | None = None
+        if limits and "header" not in scopes:
+            self.subject = ("project" in scopes) + 2 * ("api_key" in scopes)
+        self.memo: dict[Any, tuple[Bucket, ...]] = {}
+
+
 class RateLimits:
     """The configured limits and their backend."""
 
@@ -1043,6 +1064,11 @@ class RateLimits:
         self.refused = 0
         #: (limit index, selector value) -> its Bucket, built once (key strings, Redis keys)
         self._buckets: dict[tuple[int, str], Bucket] = {}
+        #: per configured model name, the limits a request naming it falls under (its own,
+        #: then the ``"*"`` ones) and the buckets they made per caller; ``_any``: a model
+        #: with no limits of its own
+        self._plans = {model: _Plan(own + self.any_model) for model, own in self.by_model.items()}
+        self._any = _Plan(self.any_model)
 
     @property
     def asynchronous(self) -> bool:
@@ -1054,9 +1080,45 @@ class RateLimits:
         headers: Sequence[tuple[bytes, bytes]],
         project: str | None = None,
         key_hash: str | None = None,
-    ) -> list[Bucket]:
+    ) -> Sequence[Bucket]:
         """The buckets a request falls in (its model by any of the names given; its
-        project and client key hash when the mode knows them)."""
+        project and client key hash when the mode knows them).
+
+        Without header-scoped limits the answer depends only on the configured model name
+        the request names (at most one distinct: else the full match below), the project
+        and the key hash, so it is kept per plan (``_Plan``) and caller: the same tuple for
+        every request of that caller, no matching."""
+        plan = self._any
+        plans = self._plans
+        if plans:
+            name: str | None = None
+            for model in models:
+                if model in plans:
+                    if name is None:
+                        name = model
+                    elif model != name:  # two configured names: their limits merged, not kept
+                        return self._collect(models, headers, project, key_hash)
+            if name is not None:
+                plan = plans[name]
+        subject = plan.subject
+        if subject is None:  # header-scoped limits (per header value), or none at all
+            return self._collect(models, headers, project, key_hash) if plan.limits else ()
+        caller = project if subject == 1 else key_hash if subject == 2 else (project, key_hash)
+        memo = plan.memo
+        found = memo.get(caller)
+        if found is None:
+            found_list: list[Bucket] = []
+            self._match(plan.limits, headers, project, key_hash, found_list, set())
+            if len(memo) >= _Plan.MEMO_MAX:
+                memo.clear()
+            found = memo[caller] = tuple(found_list)
+        return found
+
+    def _collect(
+        self, models: Sequence[str | None], headers: Sequence[tuple[bytes, bytes]], project: str | None,
+        key_hash: str | None,
+    ) -> list[Bucket]:  # fmt: skip
+        """``buckets`` by matching every limit of every name given, then the ``"*"`` ones."""
         found: list[Bucket] = []
         seen: set[int] = set()
         for model in models:
