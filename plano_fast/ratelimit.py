@@ -505,7 +505,7 @@ class Lease:
         if tokens > 0:
             self.settled += 1
             self.settled_tokens += tokens
-            self.estimate = max(1, -(-self.settled_tokens // self.settled))
+            self.estimate = -(-self.settled_tokens // self.settled)  # (>= 1: tokens > 0; no max(): ~1k instructions)
         return tokens - share
 
     def roll(self, now_s: float) -> None:
@@ -905,11 +905,13 @@ class RedisBackend:
                     if self._idle_timer is None:  # (returned if not used)
                         self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
                     continue
-                if lease.left > 0:
-                    taken = min(lease.left, rest)
-                    lease.left -= taken
-                    rest -= taken
-                    if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                left = lease.left
+                if left > 0:
+                    if rest > 0:  # (taken from the lease; no min(): ~1k instructions)
+                        taken = rest if rest < left else left
+                        lease.left = left = left - taken
+                        rest -= taken
+                    if left * 2 <= lease.size and lease.size > 1 and not lease.asked:
                         self._want_fetch(lease, now_s)
                 if rest:
                     self._add_debit(lease.cur_key, rest, b.limit.window_s)
