@@ -643,13 +643,23 @@ class RedisBackend:
         return False
 
     def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
-        """Admit on the leases held, with no round trip: True when every bucket has lease
-        left in this window (its units taken), False when the request must wait on Redis."""
+        """``admit_leased`` at ``now_s``: True when admitted."""
+        return self.admit_leased(buckets, False, now_s) is not None
+
+    def admit_leased(
+        self, buckets: Sequence[Bucket], anthropic: bool = False, now_s: float | None = None
+    ) -> bytes | None:
+        """Admit on the leases held, with no round trip, when every bucket has lease left in
+        this window (its units taken): the admitted response's header lines (b"" unless
+        ``ratelimit_headers: always``); None when the request must wait on Redis.  (One
+        frame: ``RateLimits.admit_leased`` is this method.)"""
+        if now_s is None:
+            now_s = time.time()
         leases = self._leases
         for b in buckets:
             lease = leases.get(b.key)
             if lease is None or lease.left <= 0 or now_s >= lease.ends_s:
-                return False
+                return None
         for b in buckets:
             lease = leases[b.key]
             if b.limit.kind == "requests":
@@ -662,7 +672,9 @@ class RedisBackend:
                 self._want_fetch(lease, now_s)
         if self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
-        return True
+        if not self.want_counts:
+            return b""
+        return admitted_headers(buckets, self.local_counts(buckets), now_s, anthropic)
 
     def local_counts(self, buckets: Sequence[Bucket]) -> Counts:
         """An admission's Counts from the leases: Redis's last answer minus the lease not
@@ -1057,6 +1069,15 @@ class RateLimits:
         self.backend = backend
         self.headers_always = headers == "always"
         backend.want_counts = self.headers_always  # (Counts are only ever made into headers)
+        #: the Redis backend: admission on this process's leases, else a check awaited or
+        #: called back (``check``); the others answer at once (``admit_now``)
+        self.asynchronous = isinstance(backend, RedisBackend)
+        #: admission on this process's Redis leases, with no round trip (only when
+        #: ``asynchronous``): the admitted response's header lines (see ``decide``), or None
+        #: when the request must wait on Redis (``check`` / ``admit_remote``)
+        self.admit_leased: Callable[..., bytes | None] = (
+            backend.admit_leased if isinstance(backend, RedisBackend) else _no_leases
+        )
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
             if limit.model != "*":
@@ -1071,10 +1092,6 @@ class RateLimits:
         #: with no limits of its own
         self._plans = {model: _Plan(own + self.any_model) for model, own in self.by_model.items()}
         self._any = _Plan(self.any_model)
-
-    @property
-    def asynchronous(self) -> bool:
-        return isinstance(self.backend, RedisBackend)
 
     def buckets(
         self,
@@ -1179,19 +1196,6 @@ class RateLimits:
         now_s = time.time()
         return self.decide(buckets, backend.check_now(buckets, now_s), now_s, anthropic)
 
-    def admit_leased(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes | None:
-        """Admission on this process's Redis leases, with no round trip (only when
-        ``asynchronous``): the admitted response's header lines (see ``decide``), or None
-        when the request must wait on Redis (``check`` / ``admit``)."""
-        backend = self.backend
-        assert isinstance(backend, RedisBackend)
-        now_s = time.time()
-        if not backend.admit_local(buckets, now_s):
-            return None
-        if not self.headers_always:
-            return b""
-        return admitted_headers(buckets, backend.local_counts(buckets), now_s, anthropic)
-
     def check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
         """The Redis check without a task (only when ``asynchronous``: the in-process and
         SQLite backends answer at once, ``admit_now``): ``done(outcome)`` runs from the
@@ -1217,6 +1221,10 @@ class RateLimits:
         now_s = time.time()
         outcome = await backend.check(buckets, now_s)
         return self.decide(buckets, outcome, now_s, anthropic)
+
+
+def _no_leases(buckets: Sequence[Bucket], anthropic: bool = False) -> bytes | None:
+    raise AssertionError("admit_leased: only with Redis (RateLimits.asynchronous)")
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
