@@ -262,7 +262,9 @@ class MemoryBackend:
             self._sweep(now_s)
         return state
 
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
+        if now_s is None:
+            now_s = time.time()
         for b in buckets:
             if b.limit.kind == "tokens" and tokens:
                 key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
@@ -346,10 +348,12 @@ class SqliteBackend:
         finally:
             db.execute("COMMIT")
 
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
         targets = [b for b in buckets if b.limit.kind == "tokens"]
         if not targets or not tokens:
             return
+        if now_s is None:
+            now_s = time.time()
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -486,27 +490,11 @@ class Lease:
 
     def hold(self) -> None:
         """An admitted request of this token bucket takes its estimate out of the lease
-        (what is left of it, when less), held until it settles (``settle``)."""
+        (what is left of it, when less), held until it settles (``RedisBackend.debit``)."""
         take = self.estimate if self.estimate < self.left else max(0, self.left)
         self.left -= take
         self.held += take
         self.inflight += 1
-
-    def settle(self, tokens: int) -> int:
-        """A settled request's tokens against the estimate it held: the tokens beyond it
-        (to take from the lease or debit), negative when it held more than it took (given
-        back to the lease).  The requests in flight share what they hold equally (the last
-        takes the rest), so the held units are reconciled exactly in sum."""
-        share = 0
-        if self.inflight > 0:
-            share = self.held if self.inflight == 1 else self.held // self.inflight
-            self.held -= share
-            self.inflight -= 1
-        if tokens > 0:
-            self.settled += 1
-            self.settled_tokens += tokens
-            self.estimate = -(-self.settled_tokens // self.settled)  # (>= 1: tokens > 0; no max(): ~1k instructions)
-        return tokens - share
 
     def roll(self, now_s: float) -> None:
         """Into the window of ``now_s``: the lease left is dropped (it counted in the old
@@ -897,36 +885,52 @@ class RedisBackend:
         return await waiter
 
     # -- debits -----------------------------------------------------------------------------
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
         """A settled request's tokens (0: it has no usage) against the estimate it held
-        (``Lease.settle``): what it held beyond them goes back to the lease; its tokens
+        (``Lease.hold``): what it held beyond them goes back to the lease; its tokens
         beyond it are taken from the lease, the rest debited in Redis with the next script
-        call (or after DEBIT_DELAY_S)."""
+        call (or after DEBIT_DELAY_S).  (One frame: ``RateLimits.settle`` is this method.)"""
+        if now_s is None:
+            now_s = time.time()
         for b in buckets:
-            if b.limit.kind == "tokens":
-                lease = self._leases.get(b.key)
-                if lease is None or now_s >= lease.ends_s:
-                    if not tokens:
-                        continue
-                    lease = self.lease(b, now_s)
-                rest = lease.settle(tokens)
-                lease.used += tokens
-                lease.last_use_s = now_s
-                if rest < 0:
-                    lease.left -= rest
-                    if self._idle_timer is None:  # (returned if not used)
-                        self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+            if b.limit.kind != "tokens":
+                continue
+            lease = self._leases.get(b.key)
+            if lease is None or now_s >= lease.ends_s:
+                if not tokens:
                     continue
-                left = lease.left
-                if left > 0:
-                    if rest > 0:  # (taken from the lease; no min(): ~1k instructions)
-                        taken = rest if rest < left else left
-                        lease.left = left = left - taken
-                        rest -= taken
-                    if left * 2 <= lease.size and lease.size > 1 and not lease.asked:
-                        self._want_fetch(lease, now_s)
-                if rest:
-                    self._add_debit(lease.cur_key, rest, b.limit.window_s)
+                lease = self.lease(b, now_s)
+            # The estimate it held: the requests in flight share what they hold equally
+            # (the last takes the rest), so the held units are reconciled exactly in sum.
+            # ``rest``: its tokens beyond that share (negative: it held more than it took).
+            rest = tokens
+            inflight = lease.inflight
+            if inflight > 0:
+                share = lease.held if inflight == 1 else lease.held // inflight
+                lease.held -= share
+                lease.inflight = inflight - 1
+                rest -= share
+            if tokens > 0:  # the estimate: the mean tokens per settled request (>= 1)
+                lease.settled += 1
+                lease.settled_tokens += tokens
+                lease.estimate = -(-lease.settled_tokens // lease.settled)
+                lease.used += tokens
+            lease.last_use_s = now_s
+            if rest < 0:
+                lease.left -= rest
+                if self._idle_timer is None:  # (returned if not used)
+                    self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+                continue
+            left = lease.left
+            if left > 0:
+                if rest > 0:  # (taken from the lease; no min(): ~1k instructions)
+                    taken = rest if rest < left else left
+                    lease.left = left = left - taken
+                    rest -= taken
+                if left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                    self._want_fetch(lease, now_s)
+            if rest:
+                self._add_debit(lease.cur_key, rest, b.limit.window_s)
 
     def _add_debit(self, key: bytes, tokens: int, window_s: int) -> None:
         entry = self._debits.get(key)
@@ -1078,6 +1082,9 @@ class RateLimits:
         self.admit_leased: Callable[..., bytes | None] = (
             backend.admit_leased if isinstance(backend, RedisBackend) else _no_leases
         )
+        #: a settled request's tokens (0: no usage) into its buckets: the backend's debit
+        #: at the current time, bound once (one frame per request)
+        self.settle: Callable[[Sequence[Bucket], int], None] = backend.debit
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
             if limit.model != "*":
@@ -1170,9 +1177,6 @@ class RateLimits:
                 key = f"{limit.index}:{value}"
                 bucket = self._buckets[(limit.index, value)] = Bucket(limit, key)
             found.append(bucket)
-
-    def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
-        self.backend.debit(buckets, tokens, time.time())
 
     def decide(self, buckets: Sequence[Bucket], outcome: Outcome, now_s: float, anthropic: bool) -> bytes:
         """A check's outcome -> the header lines for the admitted response (b"" unless
