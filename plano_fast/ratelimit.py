@@ -662,7 +662,8 @@ class RedisBackend:
                 lease.held += take
                 lease.inflight += 1
             lease.last_use_s = now_s
-            if left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+            size = lease.size
+            if left * 2 <= size and size > 1 and not lease.asked:
                 self._want_fetch(lease, now_s)
         if self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
@@ -918,15 +919,18 @@ class RedisBackend:
             # ``rest``: its tokens beyond that share (negative: it held more than it took).
             rest = tokens
             inflight = lease.inflight
-            if inflight > 0:
-                share = lease.held if inflight == 1 else lease.held // inflight
+            if inflight == 1:  # (the one in flight: all that is held)
+                rest -= lease.held
+                lease.held = lease.inflight = 0
+            elif inflight > 1:
+                share = lease.held // inflight
                 lease.held -= share
                 lease.inflight = inflight - 1
                 rest -= share
             if tokens > 0:  # the estimate: the mean tokens per settled request (>= 1)
-                lease.settled += 1
-                lease.settled_tokens += tokens
-                lease.estimate = -(-lease.settled_tokens // lease.settled)
+                settled = lease.settled = lease.settled + 1
+                total = lease.settled_tokens = lease.settled_tokens + tokens
+                lease.estimate = -(-total // settled)
                 lease.used += tokens
             lease.last_use_s = now_s
             if rest < 0:
@@ -940,7 +944,8 @@ class RedisBackend:
                     taken = rest if rest < left else left
                     lease.left = left = left - taken
                     rest -= taken
-                if left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+                size = lease.size
+                if left * 2 <= size and size > 1 and not lease.asked:
                     self._want_fetch(lease, now_s)
             if rest:
                 self._add_debit(lease.cur_key, rest, b.limit.window_s)
