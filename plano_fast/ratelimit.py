@@ -1060,8 +1060,9 @@ class _Plan:
     when none is header-scoped, the buckets they made per caller: ``memo`` maps the
     project (``subject`` 1), the key hash (2) or both (3) to the request's buckets.  Keys
     are server-side project ids and fixed-length digests, never a client's header value
-    or model name; at ``MEMO_MAX`` the memo starts over.  Nothing else changes the
-    answer: the limits are read once, when the gateway starts."""
+    or model name; at ``MEMO_MAX`` answers kept in all the plans together, every memo
+    starts over.  Nothing else changes the answer: the limits are read once, when the
+    gateway starts."""
 
     __slots__ = ("limits", "subject", "memo")
 
@@ -1117,6 +1118,8 @@ class RateLimits:
         #: with no limits of its own
         self._plans = {model: _Plan(own + self.any_model) for model, own in self.by_model.items()}
         self._any = _Plan(self.any_model)
+        #: answers kept in all the plans' memos together (at _Plan.MEMO_MAX they start over)
+        self._memoized = 0
 
     def buckets(
         self,
@@ -1153,8 +1156,11 @@ class RateLimits:
         if found is None:
             found_list: list[Bucket] = []
             self._match(plan.limits, headers, project, key_hash, found_list, set())
-            if len(memo) >= _Plan.MEMO_MAX:
-                memo.clear()
+            if self._memoized >= _Plan.MEMO_MAX:  # (every plan's: the bound is for them all)
+                for other in (self._any, *plans.values()):
+                    other.memo.clear()
+                self._memoized = 0
+            self._memoized += 1
             found = memo[caller] = tuple(found_list)
         return found
 

@@ -302,19 +302,27 @@ def test_buckets_are_kept_per_caller_and_equal_the_full_match() -> None:
 
 
 def test_bucket_memo_is_bounded_and_keyed_by_caller_ids_only() -> None:
-    """Many key hashes (a config-mode client can send any key) and unconfigured model names
-    (the client's own strings): the memo starts over at its bound, holds no model name,
-    and answers right after starting over."""
-    limits = build([{"model": "*", "selector": {"api_key": "*"}, "limit": {"requests": 9, "unit": "minute"}}],
-                   None, False, None)  # fmt: skip
+    """Many key hashes (a config-mode client can send any key) and model names (configured
+    ones, and the client's own strings): the plans' memos together start over at their
+    bound, hold no model name, and answer right after starting over."""
+    limits = build([
+        {"model": "*", "selector": {"api_key": "*"}, "limit": {"requests": 9, "unit": "minute"}},
+        {"model": "gpt-4o", "selector": {"project": "p"}, "limit": {"requests": 9, "unit": "minute"}},
+        {"model": "o3", "selector": {"api_key": "*"}, "limit": {"requests": 9, "unit": "minute"}},
+    ], None, False, None)  # fmt: skip
     assert limits is not None
-    plan = limits._any
-    for i in range(plan.MEMO_MAX + 10):
+    plans = [limits._any, *limits._plans.values()]
+    bound = plans[0].MEMO_MAX
+    for i in range(bound + 10):
         digest = "%064x" % i
-        assert [b.key for b in limits.buckets((f"model-{i}" * 50,), [], None, digest)] == [f"0:{digest}"]
-        assert len(plan.memo) <= plan.MEMO_MAX
-    assert len(plan.memo) == 10 and not limits._plans  # started over once; no name kept
-    assert all(len(k) == 64 for k in plan.memo)
+        model = ("gpt-4o", "o3", f"model-{i}" * 50)[i % 3]
+        want = {"gpt-4o": [f"0:{digest}"], "o3": [f"2:{digest}", f"0:{digest}"]}.get(model, [f"0:{digest}"])
+        assert [b.key for b in limits.buckets((model,), [], "x", digest)] == want
+        assert sum(len(p.memo) for p in plans) <= bound
+    assert sum(len(p.memo) for p in plans) == 10  # started over once
+    assert sorted(limits._plans) == ["gpt-4o", "o3"]  # no client's model name kept
+    ids = [x for p in plans for k in p.memo for x in (k if isinstance(k, tuple) else (k,))]
+    assert ids and all(x == "x" or len(x) == 64 for x in ids)  # the project and key hashes only
 
 
 def test_header_scoped_limits_are_matched_per_request_never_kept() -> None:
