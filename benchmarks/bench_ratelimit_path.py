@@ -25,6 +25,7 @@ import cProfile
 import os
 import pstats
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main() -> int:
               f"{per['B'] - per['A']:+,.0f} instructions/request")
     finally:
         redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
