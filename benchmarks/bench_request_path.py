@@ -3,6 +3,7 @@
     python -m benchmarks.bench_request_path --modes firewall,config              # callgrind
     python -m benchmarks.bench_request_path --modes firewall --profile           # cProfile table
     python -m benchmarks.bench_request_path --modes config --access-log --profile
+    python -m benchmarks.bench_request_path --modes firewall --ratelimit tokens  # the feature's B - A
 
 The end-to-end measures (``benchmarks.ab_refs --callgrind``) count whole requests -- the
 loopback TCP, uvloop, the usage flush after them -- and spread by a few percent between
@@ -26,6 +27,13 @@ whatever the machine's load.  ``--profile`` instead runs the loop under
 cProfile and prints the functions by own time (cProfile's overhead inflates calls, so read
 it for where, callgrind for how much).  ``--root DIR`` measures another checkout's
 ``plano_fast`` (A/B of two trees with the same harness).
+
+``--ratelimit tokens|requests``: per mode, A is the config with ``redis_url`` set (a private
+``redis-server``) and no limits, B the same plus ``benchmarks.ratelimit_ab``'s limit (every
+request falls in it, never reached): B - A is the rate limit's cost on the request path,
+leases and all.  Both run one loop turn after each request (the lease fetches and Redis's
+replies are handled there, as the server's loop would) and wait for the forward when a
+request waits on Redis (no lease yet).
 """
 
 from __future__ import annotations
@@ -55,12 +63,13 @@ class _Transport:
 
     def __init__(self) -> None:
         self.closed = False
+        self.writes = 0
 
     def write(self, data: Any) -> None:
-        pass
+        self.writes += 1
 
     def writelines(self, data: Any) -> None:
-        pass
+        self.writes += 1
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
@@ -108,8 +117,9 @@ def capture_answer(workdir: Path, request: bytes) -> bytes:
         bench.stop_proc(fake)
 
 
-def prepare(mode: str, workdir: Path, access_log: bool) -> dict[str, Any]:
-    """Config, store and keys as ``benchmarks.run`` sets them up, and the two byte strings."""
+def prepare(mode: str, workdir: Path, access_log: bool, redis_url: str = "", limit: str = "") -> dict[str, Any]:
+    """Config, store and keys as ``benchmarks.run`` sets them up, and the two byte strings;
+    ``redis_url`` set, and ``limit`` (tokens, requests: ``ratelimit_ab``'s limit) added."""
     from benchmarks import ab_refs
     from benchmarks import run as bench
 
@@ -119,12 +129,19 @@ def prepare(mode: str, workdir: Path, access_log: bool) -> dict[str, Any]:
     settings: dict[str, Any] = {"request_metrics": True}
     if access_log:
         settings["access_log"] = str(workdir / "access.jsonl")
+    if redis_url:
+        settings["redis_url"] = redis_url
     bench.append_settings(setup.config_path, settings)
+    if limit:
+        from benchmarks.ratelimit_ab import ratelimit_section
+
+        with open(setup.config_path, "a") as fh:
+            fh.write(ratelimit_section(limit))
     headers = bench.CLIENT_HEADERS + [tuple(h) for h in setup.headers_for("ab")]
     request = ab_refs.request_bytes("127.0.0.1", 12000, bench.BODY_JSON, headers)
     answer = capture_answer(workdir, request)
     return {"config": str(setup.config_path), "env": setup.env, "request": request.decode("latin-1"),
-            "answer": answer.decode("latin-1")}
+            "answer": answer.decode("latin-1"), "turns": bool(redis_url)}
 
 
 async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> None:
@@ -143,10 +160,12 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
         await asyncio.sleep(0.01)
     pool = gw.pool
     conns: list[UpstreamConnection] = []
+    upstream: list[_Transport] = []
 
     async def connect(origin: Any, timeout_s: float | None = None) -> UpstreamConnection:
         conn = UpstreamConnection(pool, origin)
-        conn.connection_made(_Transport())  # type: ignore[arg-type]
+        upstream.append(_Transport())
+        conn.connection_made(upstream[-1])  # type: ignore[arg-type]
         conns.append(conn)
         return conn
 
@@ -160,13 +179,29 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
         proto.data_received(request)
         conns[-1].data_received(answer)
 
-    # Warm-up: the first request opens the (stand-in) connection in a task.
-    proto.data_received(request)
-    for _ in range(10):
+    async def one_turn() -> None:
+        """A request, then a loop turn; waits for the forward when it waits on Redis."""
+        written = upstream[-1].writes
+        proto.data_received(request)
+        while upstream[-1].writes == written:
+            await asyncio.sleep(0.0005)
+        conns[-1].data_received(answer)
         await asyncio.sleep(0)
+
+    # Warm-up: the first request opens the (stand-in) connection in a task (and, with a
+    # rate limit, waits for Redis's first answer).
+    proto.data_received(request)
+    for _ in range(5000):
+        await asyncio.sleep(0.001)
+        if upstream and upstream[-1].writes:
+            break
     conns[-1].data_received(answer)
+    turns = prepared.get("turns", False)
     for _ in range(200):
-        one()
+        if turns:
+            await one_turn()
+        else:
+            one()
     assert proto.idle and not proto.lost, "the warm-up requests were not answered"
     gc.collect()  # every run's window starts from the same collector state
     if profile is not None:
@@ -175,8 +210,12 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     if os.environ.get("BENCH_RP_CALLGRIND"):
         # counted from here on (the child runs under --instr-atstart=no)
         subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True, capture_output=True)
-    for _ in range(n):
-        one()
+    if turns:
+        for _ in range(n):
+            await one_turn()
+    else:
+        for _ in range(n):
+            one()
     if profile is not None:
         profiler.disable()
         profiler.dump_stats(str(profile))
@@ -221,42 +260,60 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile of the loop instead of callgrind")
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--ratelimit", choices=("tokens", "requests"),
+                    help="A: redis_url and no limit, B: plus a limit every request falls in (B - A printed)")
     args = ap.parse_args()
     roots = args.root or [ROOT]
     work = Path(tempfile.mkdtemp(prefix="bench-rp-"))
+    redis = None
+    sides = [("", "")]
+    per_side: dict[str, float] = {}
+    if args.ratelimit:
+        from benchmarks.private_redis import PrivateRedis
+
+        redis = PrivateRedis(work)
+        sides = [("A", ""), ("B", args.ratelimit)]
     try:
-        for mode in args.modes.split(","):
-            for root in roots:
-                mdir = work / f"{mode}-{roots.index(root)}"
-                mdir.mkdir()
-                # the setup runs with the measured tree's code (its migrations, its store)
-                prep = subprocess.run(
-                    [sys.executable, "-c",
-                     f"import sys, json; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
-                     "from benchmarks.bench_request_path import prepare; from pathlib import Path; "
-                     f"print(json.dumps(prepare({mode!r}, Path({str(mdir)!r}), {args.access_log!r})))"],
-                    cwd=root, capture_output=True, text=True, check=False)  # fmt: skip
-                if prep.returncode != 0:
-                    raise RuntimeError(prep.stderr[-3000:])
-                prepared = mdir / "prepared.json"
-                prepared.write_text(prep.stdout.strip().splitlines()[-1])
-                if args.profile:
-                    stats_path = mdir / "profile.out"
-                    subprocess.run(_child_cmd(root, prepared, args.n, str(stats_path)), cwd=root, check=True)
-                    print(f"== {mode} {root}: cProfile of {args.n} requests (per request: calls, tottime µs)")
-                    stats = pstats.Stats(str(stats_path))
-                    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
-                    total = sum(v[2] for _, v in rows)
-                    print(f"   total own time {total / args.n * 1e6:.2f} µs per request")
-                    for (file, line, fn), (cc, nc, tt, ct, _) in rows[: args.top]:
-                        where = f"{Path(file).name}:{line}" if line else file
-                        print(f"   {nc / args.n:6.2f} {tt / args.n * 1e6:7.2f} {ct / args.n * 1e6:7.2f}  {fn}  {where}")
-                    continue
-                t0 = time.monotonic()
-                per = callgrind_total(root, prepared, args.n, mdir / "callgrind.out") / args.n
-                print(f"{mode} {'access-log ' if args.access_log else ''}{root}: {per:,.0f} instructions "
-                      f"per request ({time.monotonic() - t0:.0f} s)", flush=True)
+        for mode, root, (side, limit) in ((m, r, s) for m in args.modes.split(",") for r in roots for s in sides):
+            mdir = work / f"{mode}-{roots.index(root)}{side}"
+            mdir.mkdir()
+            # the setup runs with the measured tree's code (its migrations, its store)
+            prep = subprocess.run(
+                [sys.executable, "-c",
+                 f"import sys, json; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
+                 "from benchmarks.bench_request_path import prepare; from pathlib import Path; "
+                 f"print(json.dumps(prepare({mode!r}, Path({str(mdir)!r}), {args.access_log!r}, "
+                 f"{redis.url if redis else ''!r}, {limit!r})))"],
+                cwd=root, capture_output=True, text=True, check=False)  # fmt: skip
+            if prep.returncode != 0:
+                raise RuntimeError(prep.stderr[-3000:])
+            prepared = mdir / "prepared.json"
+            prepared.write_text(prep.stdout.strip().splitlines()[-1])
+            if args.profile:
+                stats_path = mdir / "profile.out"
+                subprocess.run(_child_cmd(root, prepared, args.n, str(stats_path)), cwd=root, check=True)
+                print(f"== {mode} {root}: cProfile of {args.n} requests (per request: calls, tottime µs)")
+                stats = pstats.Stats(str(stats_path))
+                rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+                total = sum(v[2] for _, v in rows)
+                print(f"   total own time {total / args.n * 1e6:.2f} µs per request")
+                for (file, line, fn), (cc, nc, tt, ct, _) in rows[: args.top]:
+                    where = f"{Path(file).name}:{line}" if line else file
+                    print(f"   {nc / args.n:6.2f} {tt / args.n * 1e6:7.2f} {ct / args.n * 1e6:7.2f}  {fn}  {where}")
+                continue
+            t0 = time.monotonic()
+            per = callgrind_total(root, prepared, args.n, mdir / "callgrind.out") / args.n
+            label = f"{side} ({f'{limit} limit' if limit else 'no limit'}, redis_url set) " if side else ""
+            print(f"{mode} {label}{'access-log ' if args.access_log else ''}{root}: {per:,.0f} instructions "
+                  f"per request ({time.monotonic() - t0:.0f} s)", flush=True)
+            if side:
+                per_side[side] = per
+                if side == "B":
+                    print(f"{mode} B - A (rate limit in Redis): {per_side['B'] - per_side['A']:+,.0f} "
+                          "instructions per request", flush=True)
     finally:
+        if redis is not None:
+            redis.stop()
         if args.keep:
             print("work directory:", work)
         else:

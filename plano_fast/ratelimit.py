@@ -262,7 +262,9 @@ class MemoryBackend:
             self._sweep(now_s)
         return state
 
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
+        if now_s is None:
+            now_s = time.time()
         for b in buckets:
             if b.limit.kind == "tokens" and tokens:
                 key = (b.key, b.limit.window_s, int(now_s // b.limit.window_s))
@@ -346,10 +348,12 @@ class SqliteBackend:
         finally:
             db.execute("COMMIT")
 
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
         targets = [b for b in buckets if b.limit.kind == "tokens"]
         if not targets or not tokens:
             return
+        if now_s is None:
+            now_s = time.time()
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -486,27 +490,11 @@ class Lease:
 
     def hold(self) -> None:
         """An admitted request of this token bucket takes its estimate out of the lease
-        (what is left of it, when less), held until it settles (``settle``)."""
+        (what is left of it, when less), held until it settles (``RedisBackend.debit``)."""
         take = self.estimate if self.estimate < self.left else max(0, self.left)
         self.left -= take
         self.held += take
         self.inflight += 1
-
-    def settle(self, tokens: int) -> int:
-        """A settled request's tokens against the estimate it held: the tokens beyond it
-        (to take from the lease or debit), negative when it held more than it took (given
-        back to the lease).  The requests in flight share what they hold equally (the last
-        takes the rest), so the held units are reconciled exactly in sum."""
-        share = 0
-        if self.inflight > 0:
-            share = self.held if self.inflight == 1 else self.held // self.inflight
-            self.held -= share
-            self.inflight -= 1
-        if tokens > 0:
-            self.settled += 1
-            self.settled_tokens += tokens
-            self.estimate = max(1, -(-self.settled_tokens // self.settled))
-        return tokens - share
 
     def roll(self, now_s: float) -> None:
         """Into the window of ``now_s``: the lease left is dropped (it counted in the old
@@ -643,26 +631,45 @@ class RedisBackend:
         return False
 
     def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
-        """Admit on the leases held, with no round trip: True when every bucket has lease
-        left in this window (its units taken), False when the request must wait on Redis."""
+        """``admit_leased`` at ``now_s``: True when admitted."""
+        return self.admit_leased(buckets, False, now_s) is not None
+
+    def admit_leased(
+        self, buckets: Sequence[Bucket], anthropic: bool = False, now_s: float | None = None
+    ) -> bytes | None:
+        """Admit on the leases held, with no round trip, when every bucket has lease left in
+        this window (its units taken): the admitted response's header lines (b"" unless
+        ``ratelimit_headers: always``); None when the request must wait on Redis.  (One
+        frame: ``RateLimits.admit_leased`` is this method.)"""
+        if now_s is None:
+            now_s = time.time()
         leases = self._leases
         for b in buckets:
             lease = leases.get(b.key)
             if lease is None or lease.left <= 0 or now_s >= lease.ends_s:
-                return False
+                return None
         for b in buckets:
             lease = leases[b.key]
+            left = lease.left
             if b.limit.kind == "requests":
-                lease.left -= 1
+                lease.left = left = left - 1
                 lease.used += 1
-            else:  # its estimate: a lease of n tokens admits at most n requests, not all
-                lease.hold()
+            else:  # its estimate (Lease.hold, inline; left > 0 here): a lease of n tokens admits at most n requests
+                take = lease.estimate
+                if take > left:
+                    take = left
+                lease.left = left = left - take
+                lease.held += take
+                lease.inflight += 1
             lease.last_use_s = now_s
-            if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
+            size = lease.size
+            if left * 2 <= size and size > 1 and not lease.asked:
                 self._want_fetch(lease, now_s)
         if self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
-        return True
+        if not self.want_counts:
+            return b""
+        return admitted_headers(buckets, self.local_counts(buckets), now_s, anthropic)
 
     def local_counts(self, buckets: Sequence[Bucket]) -> Counts:
         """An admission's Counts from the leases: Redis's last answer minus the lease not
@@ -683,8 +690,15 @@ class RedisBackend:
         rate = lease.used / elapsed_s if elapsed_s > 0 else 0.0
         lease.used = 0
         lease.since_s = now_s
-        size = lease.size = max(1, min(lease.cap, math.ceil(rate * self.LEASE_HORIZON_S)))
-        return min(size, lease.cap - lease.left - lease.asked)
+        # (comparisons, not min()/max(): a builtin call is ~1k instructions)
+        size = math.ceil(rate * self.LEASE_HORIZON_S)
+        if size > lease.cap:
+            size = lease.cap
+        if size < 1:
+            size = 1
+        lease.size = size
+        room = lease.cap - lease.left - lease.asked
+        return size if size < room else room
 
     def _want_fetch(self, lease: Lease, now_s: float) -> None:
         want = self._size(lease, now_s)
@@ -885,34 +899,56 @@ class RedisBackend:
         return await waiter
 
     # -- debits -----------------------------------------------------------------------------
-    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float) -> None:
+    def debit(self, buckets: Sequence[Bucket], tokens: int, now_s: float | None = None) -> None:
         """A settled request's tokens (0: it has no usage) against the estimate it held
-        (``Lease.settle``): what it held beyond them goes back to the lease; its tokens
+        (``Lease.hold``): what it held beyond them goes back to the lease; its tokens
         beyond it are taken from the lease, the rest debited in Redis with the next script
-        call (or after DEBIT_DELAY_S)."""
+        call (or after DEBIT_DELAY_S).  (One frame: ``RateLimits.settle`` is this method.)"""
+        if now_s is None:
+            now_s = time.time()
         for b in buckets:
-            if b.limit.kind == "tokens":
-                lease = self._leases.get(b.key)
-                if lease is None or now_s >= lease.ends_s:
-                    if not tokens:
-                        continue
-                    lease = self.lease(b, now_s)
-                rest = lease.settle(tokens)
-                lease.used += tokens
-                lease.last_use_s = now_s
-                if rest < 0:
-                    lease.left -= rest
-                    if self._idle_timer is None:  # (returned if not used)
-                        self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+            if b.limit.kind != "tokens":
+                continue
+            lease = self._leases.get(b.key)
+            if lease is None or now_s >= lease.ends_s:
+                if not tokens:
                     continue
-                if lease.left > 0:
-                    taken = min(lease.left, rest)
-                    lease.left -= taken
+                lease = self.lease(b, now_s)
+            # The estimate it held: the requests in flight share what they hold equally
+            # (the last takes the rest), so the held units are reconciled exactly in sum.
+            # ``rest``: its tokens beyond that share (negative: it held more than it took).
+            rest = tokens
+            inflight = lease.inflight
+            if inflight == 1:  # (the one in flight: all that is held)
+                rest -= lease.held
+                lease.held = lease.inflight = 0
+            elif inflight > 1:
+                share = lease.held // inflight
+                lease.held -= share
+                lease.inflight = inflight - 1
+                rest -= share
+            if tokens > 0:  # the estimate: the mean tokens per settled request (>= 1)
+                settled = lease.settled = lease.settled + 1
+                total = lease.settled_tokens = lease.settled_tokens + tokens
+                lease.estimate = -(-total // settled)
+                lease.used += tokens
+            lease.last_use_s = now_s
+            if rest < 0:
+                lease.left -= rest
+                if self._idle_timer is None:  # (returned if not used)
+                    self._idle_timer = asyncio.get_running_loop().call_later(self.LEASE_IDLE_S, self._return_idle)
+                continue
+            left = lease.left
+            if left > 0:
+                if rest > 0:  # (taken from the lease; no min(): ~1k instructions)
+                    taken = rest if rest < left else left
+                    lease.left = left = left - taken
                     rest -= taken
-                    if lease.left * 2 <= lease.size and lease.size > 1 and not lease.asked:
-                        self._want_fetch(lease, now_s)
-                if rest:
-                    self._add_debit(lease.cur_key, rest, b.limit.window_s)
+                size = lease.size
+                if left * 2 <= size and size > 1 and not lease.asked:
+                    self._want_fetch(lease, now_s)
+            if rest:
+                self._add_debit(lease.cur_key, rest, b.limit.window_s)
 
     def _add_debit(self, key: bytes, tokens: int, window_s: int) -> None:
         entry = self._debits.get(key)
@@ -1019,6 +1055,28 @@ Outcome: TypeAlias = "Verdict | Counts | BackendUnavailable | None"
 HeadersMode = Literal["refused", "always"]
 
 
+class _Plan:
+    """The limits of one configured model name (or of a model with none of its own), and,
+    when none is header-scoped, the buckets they made per caller: ``memo`` maps the
+    project (``subject`` 1), the key hash (2) or both (3) to the request's buckets.  Keys
+    are server-side project ids and fixed-length digests, never a client's header value
+    or model name; at ``MEMO_MAX`` answers kept in all the plans together, every memo
+    starts over.  Nothing else changes the answer: the limits are read once, when the
+    gateway starts."""
+
+    __slots__ = ("limits", "subject", "memo")
+
+    MEMO_MAX: Final = 4096
+
+    def __init__(self, limits: tuple[Limit, ...]) -> None:
+        self.limits = limits
+        scopes = {limit.scope for limit in limits}
+        self.subject: int | None = None
+        if limits and "header" not in scopes:
+            self.subject = ("project" in scopes) + 2 * ("api_key" in scopes)
+        self.memo: dict[Any, tuple[Bucket, ...]] = {}
+
+
 class RateLimits:
     """The configured limits and their backend."""
 
@@ -1034,6 +1092,18 @@ class RateLimits:
         self.backend = backend
         self.headers_always = headers == "always"
         backend.want_counts = self.headers_always  # (Counts are only ever made into headers)
+        #: the Redis backend: admission on this process's leases, else a check awaited or
+        #: called back (``check``); the others answer at once (``admit_now``)
+        self.asynchronous = isinstance(backend, RedisBackend)
+        #: admission on this process's Redis leases, with no round trip (only when
+        #: ``asynchronous``): the admitted response's header lines (see ``decide``), or None
+        #: when the request must wait on Redis (``check`` / ``admit_remote``)
+        self.admit_leased: Callable[..., bytes | None] = (
+            backend.admit_leased if isinstance(backend, RedisBackend) else _no_leases
+        )
+        #: a settled request's tokens (0: no usage) into its buckets: the backend's debit
+        #: at the current time, bound once (one frame per request)
+        self.settle: Callable[[Sequence[Bucket], int], None] = backend.debit
         self.by_model: dict[str, tuple[Limit, ...]] = {}
         for limit in self.limits:
             if limit.model != "*":
@@ -1043,10 +1113,13 @@ class RateLimits:
         self.refused = 0
         #: (limit index, selector value) -> its Bucket, built once (key strings, Redis keys)
         self._buckets: dict[tuple[int, str], Bucket] = {}
-
-    @property
-    def asynchronous(self) -> bool:
-        return isinstance(self.backend, RedisBackend)
+        #: per configured model name, the limits a request naming it falls under (its own,
+        #: then the ``"*"`` ones) and the buckets they made per caller; ``_any``: a model
+        #: with no limits of its own
+        self._plans = {model: _Plan(own + self.any_model) for model, own in self.by_model.items()}
+        self._any = _Plan(self.any_model)
+        #: answers kept in all the plans' memos together (at _Plan.MEMO_MAX they start over)
+        self._memoized = 0
 
     def buckets(
         self,
@@ -1054,9 +1127,48 @@ class RateLimits:
         headers: Sequence[tuple[bytes, bytes]],
         project: str | None = None,
         key_hash: str | None = None,
-    ) -> list[Bucket]:
+    ) -> Sequence[Bucket]:
         """The buckets a request falls in (its model by any of the names given; its
-        project and client key hash when the mode knows them)."""
+        project and client key hash when the mode knows them).
+
+        Without header-scoped limits the answer depends only on the configured model name
+        the request names (at most one distinct: else the full match below), the project
+        and the key hash, so it is kept per plan (``_Plan``) and caller: the same tuple for
+        every request of that caller, no matching."""
+        plan = self._any
+        plans = self._plans
+        if plans:
+            name: str | None = None
+            for model in models:
+                if model in plans:
+                    if name is None:
+                        name = model
+                    elif model != name:  # two configured names: their limits merged, not kept
+                        return self._collect(models, headers, project, key_hash)
+            if name is not None:
+                plan = plans[name]
+        subject = plan.subject
+        if subject is None:  # header-scoped limits (per header value), or none at all
+            return self._collect(models, headers, project, key_hash) if plan.limits else ()
+        caller = project if subject == 1 else key_hash if subject == 2 else (project, key_hash)
+        memo = plan.memo
+        found = memo.get(caller)
+        if found is None:
+            found_list: list[Bucket] = []
+            self._match(plan.limits, headers, project, key_hash, found_list, set())
+            if self._memoized >= _Plan.MEMO_MAX:  # (every plan's: the bound is for them all)
+                for other in (self._any, *plans.values()):
+                    other.memo.clear()
+                self._memoized = 0
+            self._memoized += 1
+            found = memo[caller] = tuple(found_list)
+        return found
+
+    def _collect(
+        self, models: Sequence[str | None], headers: Sequence[tuple[bytes, bytes]], project: str | None,
+        key_hash: str | None,
+    ) -> list[Bucket]:  # fmt: skip
+        """``buckets`` by matching every limit of every name given, then the ``"*"`` ones."""
         found: list[Bucket] = []
         seen: set[int] = set()
         for model in models:
@@ -1090,9 +1202,6 @@ class RateLimits:
                 bucket = self._buckets[(limit.index, value)] = Bucket(limit, key)
             found.append(bucket)
 
-    def settle(self, buckets: Sequence[Bucket], tokens: int) -> None:
-        self.backend.debit(buckets, tokens, time.time())
-
     def decide(self, buckets: Sequence[Bucket], outcome: Outcome, now_s: float, anthropic: bool) -> bytes:
         """A check's outcome -> the header lines for the admitted response (b"" unless
         ``ratelimit_headers: always``); raises RateLimited or BackendUnavailable."""
@@ -1114,19 +1223,6 @@ class RateLimits:
         assert not isinstance(backend, RedisBackend)
         now_s = time.time()
         return self.decide(buckets, backend.check_now(buckets, now_s), now_s, anthropic)
-
-    def admit_leased(self, buckets: Sequence[Bucket], anthropic: bool = False) -> bytes | None:
-        """Admission on this process's Redis leases, with no round trip (only when
-        ``asynchronous``): the admitted response's header lines (see ``decide``), or None
-        when the request must wait on Redis (``check`` / ``admit``)."""
-        backend = self.backend
-        assert isinstance(backend, RedisBackend)
-        now_s = time.time()
-        if not backend.admit_local(buckets, now_s):
-            return None
-        if not self.headers_always:
-            return b""
-        return admitted_headers(buckets, backend.local_counts(buckets), now_s, anthropic)
 
     def check(self, buckets: Sequence[Bucket], now_s: float, done: Callable[[Outcome], None]) -> None:
         """The Redis check without a task (only when ``asynchronous``: the in-process and
@@ -1153,6 +1249,10 @@ class RateLimits:
         now_s = time.time()
         outcome = await backend.check(buckets, now_s)
         return self.decide(buckets, outcome, now_s, anthropic)
+
+
+def _no_leases(buckets: Sequence[Bucket], anthropic: bool = False) -> bytes | None:
+    raise AssertionError("admit_leased: only with Redis (RateLimits.asynchronous)")
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:

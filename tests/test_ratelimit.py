@@ -253,6 +253,94 @@ def test_project_and_api_key_selectors_parse_and_match() -> None:
     assert [b.key for b in limits.buckets(("other",), [], "p2", digest)] == ["0:p2"]  # "*" = any model
 
 
+def _spec_buckets(limits: Any, models: tuple[str | None, ...], headers: list[tuple[bytes, bytes]],
+                  project: str | None, key_hash: str | None) -> list[str]:  # fmt: skip
+    """The documented match, written out: each name's own limits in config order, then the
+    ``"*"`` ones, each limit once; a bucket per matching selector value."""
+    out, seen = [], set()
+    for group in [[lim for lim in limits.limits if lim.model == m] for m in models if m] + [
+        [lim for lim in limits.limits if lim.model == "*"]
+    ]:
+        for lim in group:
+            if lim.index in seen:
+                continue
+            if lim.scope == "header":
+                value = next((v.decode("latin-1").strip() for n, v in headers if n == lim.header), None)
+            else:
+                value = project if lim.scope == "project" else key_hash
+            if value is None or (lim.value != "*" and value != lim.value):
+                continue
+            seen.add(lim.index)
+            out.append(f"{lim.index}:{value}")
+    return out
+
+
+def test_buckets_are_kept_per_caller_and_equal_the_full_match() -> None:
+    """Without header-scoped limits a caller's buckets are made once and the same tuple
+    answers its next requests; every answer is the documented match (names of the model
+    with and without limits of their own, several names, value-specific selectors)."""
+    digest, other = "ab" * 32, "cd" * 32
+    limits = build([
+        {"model": "*", "selector": {"project": "*"}, "limit": {"requests": 3, "unit": "minute"}},
+        {"model": "gpt-4o", "selector": {"api_key": digest}, "limit": {"tokens": 10, "unit": "second"}},
+        {"model": "gpt-4o", "selector": {"project": "p2"}, "limit": {"tokens": 99, "unit": "hour"}},
+        {"model": "o3", "selector": {"api_key": "*"}, "limit": {"requests": 7, "unit": "day"}},
+        {"model": "*", "selector": {"api_key": "*"}, "limit": {"tokens": 500, "unit": "minute"}},
+    ], None, False, None)  # fmt: skip
+    assert limits is not None
+    names: list[tuple[str | None, ...]] = [("gpt-4o",), ("o3",), ("other",), (None,), ("x", "gpt-4o", "openai/gpt-4o"),
+                                           ("gpt-4o", "gpt-4o"), ("gpt-4o", "o3"), ("o3", None, "gpt-4o")]  # fmt: skip
+    for models in names:
+        for project in ("p1", "p2", None):
+            for key in (digest, other, None):
+                first = limits.buckets(models, [], project, key)
+                assert [b.key for b in first] == _spec_buckets(limits, models, [], project, key), (models, project, key)
+                again = limits.buckets(models, [(b"x-any", b"1")], project, key)
+                assert [b.key for b in again] == [b.key for b in first]
+                if len(set(models) & {"gpt-4o", "o3"}) < 2:  # (two names' limits merged are not kept)
+                    assert again is first, (models, project, key)
+
+
+def test_bucket_memo_is_bounded_and_keyed_by_caller_ids_only() -> None:
+    """Many key hashes (a config-mode client can send any key) and model names (configured
+    ones, and the client's own strings): the plans' memos together start over at their
+    bound, hold no model name, and answer right after starting over."""
+    limits = build([
+        {"model": "*", "selector": {"api_key": "*"}, "limit": {"requests": 9, "unit": "minute"}},
+        {"model": "gpt-4o", "selector": {"project": "p"}, "limit": {"requests": 9, "unit": "minute"}},
+        {"model": "o3", "selector": {"api_key": "*"}, "limit": {"requests": 9, "unit": "minute"}},
+    ], None, False, None)  # fmt: skip
+    assert limits is not None
+    plans = [limits._any, *limits._plans.values()]
+    bound = plans[0].MEMO_MAX
+    for i in range(bound + 10):
+        digest = "%064x" % i
+        model = ("gpt-4o", "o3", f"model-{i}" * 50)[i % 3]
+        want = {"gpt-4o": [f"0:{digest}"], "o3": [f"2:{digest}", f"0:{digest}"]}.get(model, [f"0:{digest}"])
+        assert [b.key for b in limits.buckets((model,), [], "x", digest)] == want
+        assert sum(len(p.memo) for p in plans) <= bound
+    assert sum(len(p.memo) for p in plans) == 10  # started over once
+    assert sorted(limits._plans) == ["gpt-4o", "o3"]  # no client's model name kept
+    ids = [x for p in plans for k in p.memo for x in (k if isinstance(k, tuple) else (k,))]
+    assert ids and all(x == "x" or len(x) == 64 for x in ids)  # the project and key hashes only
+
+
+def test_header_scoped_limits_are_matched_per_request_never_kept() -> None:
+    """A header-scoped limit makes a bucket per header value: those requests are matched
+    each time (their values are the client's), the other limits' answers too."""
+    limits = build([
+        {"model": "m", "selector": {"key": "x-user", "value": "*"}, "limit": {"requests": 3, "unit": "minute"}},
+        {"model": "*", "selector": {"project": "*"}, "limit": {"requests": 3, "unit": "minute"}},
+    ], None, False, None)  # fmt: skip
+    assert limits is not None
+    for user in ("u1", "u2", "u1", " u3 "):
+        got = [b.key for b in limits.buckets(("m",), [(b"x-user", user.encode())], "p", None)]
+        assert got == [f"0:{user.strip()}", "1:p"]
+    assert [b.key for b in limits.buckets(("m",), [], "p", None)] == ["1:p"]  # no header: that limit not
+    assert [b.key for b in limits.buckets(("n",), [(b"x-user", b"u1")], "p", None)] == ["1:p"]  # other model
+    assert not limits._plans["m"].memo and len(limits._any.memo) == 1  # header values never kept
+
+
 def test_sqlite_backend_is_one_store_for_every_worker(tmp_path: Path) -> None:
     """Two connections to the instance's file stand for two workers: one count."""
     (req, tok) = parse_limits([

@@ -162,19 +162,21 @@ def rate_limit(exchange: Exchange, models: tuple[str | None, ...], key_hash: str
     limits = exchange.ctx.ratelimits
     if limits is None:
         return False
-    buckets = limits.buckets(
-        models, exchange.request.headers, exchange.project_id, key_hash or exchange.key_hash
-    )
+    request = exchange.request
+    buckets = limits.buckets(models, request.headers, exchange.project_id, key_hash or exchange.key_hash)
     if not buckets:
         return False
     exchange.rl_buckets = buckets
+    # (the format, a property worked out from the path, only for the headers of an admitted
+    # response: ratelimit_headers: always)
+    anthropic = limits.headers_always and request.api_format is ApiFormat.ANTHROPIC
     if limits.asynchronous:  # Redis: admitted on this process's leases, or wait for the script
-        head = limits.admit_leased(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
+        head = limits.admit_leased(buckets, anthropic)
         if head is None:
             return True
         exchange.rl_head = head
         return False
-    exchange.rl_head = limits.admit_now(buckets, exchange.request.api_format is ApiFormat.ANTHROPIC)
+    exchange.rl_head = limits.admit_now(buckets, anthropic)
     return False
 
 

@@ -24,6 +24,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from plano_fast import guardrails
@@ -351,7 +352,7 @@ class Exchange:
         self.span: Span | None = None
         self.attempt_span: Span | None = None
         #: the rate-limit buckets this request counts against (debited at settle)
-        self.rl_buckets: list[Bucket] | None = None
+        self.rl_buckets: Sequence[Bucket] | None = None
         #: the rate-limit header lines of an admitted response (``ratelimit_headers: always``)
         self.rl_head = b""
         #: guardrails: detectors whose action is warn (a response header), all that matched
