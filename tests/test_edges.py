@@ -649,3 +649,130 @@ def test_groq_usage_under_x_groq_is_billed(make_gateway: Callable[..., GatewayPr
         assert usage_row.priced and (usage_row.cost_nano_usd or 0) > 0, usage_row
     finally:
         groq.close()
+
+
+# -- round e: memory per body byte, Google's answer-shaping parameters, background Responses ----
+
+
+def _peak_rss_kb(gateway: GatewayProcess) -> int:
+    """The gateway's processes' peak resident sizes (VmHWM), summed."""
+    pid = gateway.proc.pid
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_a_body_in_tiny_chunks_costs_about_its_size(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: each chunk of a chunked body was kept as its own bytes object until the body
+    was complete: a 4 MiB body sent in 2-byte chunks raised the gateway's peak memory by
+    ~110 MB (a 32 MiB body, the default limit: ~900 MB per connection, before any
+    identification).  Now small pieces are gathered in one bytearray: the body costs about
+    its size, and arrives intact."""
+    gateway = make_gateway({})
+    text = b"a" * (4 * 1024 * 1024)
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + text + b'"}]}'
+    chunked = b"".join(b"2\r\n" + body[i:i + 2] + b"\r\n" for i in range(0, len(body) - 1, 2))
+    if len(body) % 2:
+        chunked += b"1\r\n" + body[-1:] + b"\r\n"
+    fake.clear()
+    before = _peak_rss_kb(gateway)
+    answer = exchange(gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n" + CLOSE + b"\r\n" + chunked + b"0\r\n\r\n", wait_s=60)
+    grown_mb = (_peak_rss_kb(gateway) - before) / 1024
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.body for c in provider_calls(fake)] == [body]
+    assert grown_mb < 48, f"peak RSS grew {grown_mb:.0f} MB for a 4 MiB body"
+
+
+#: Google's system parameters that would answer without a readable usage (a field mask
+#: without usageMetadata, binary protobuf, JSONP, ...), in the spellings Google reads
+ANSWER_SHAPING_QUERIES = [b"alt=sse&fields=candidates", b"alt=sse&%24fields=candidates", b"alt=proto",
+                          b"%24alt=media", b"alt=sse&callback=f", b"alt=sse&$callback=f", b"alt=sse&%24ct=text/plain",
+                          b"alt=sse&%24httpMethod=GET", b"alt=sse;fields=candidates"]
+
+
+def test_google_answer_shaping_parameters_are_refused(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: forwarded.  Every Google API honours its system parameters: ``fields`` (or
+    ``$fields``) is a response field mask -- ``fields=candidates`` answers without
+    ``usageMetadata`` -- ``alt=proto`` answers in binary protobuf, ``callback`` in JSONP:
+    the request is served and its row is ``usage_missing``, left unpriced (never counted
+    against a limit).  Now each is a 400 naming the parameter, nothing forwarded; the
+    ``X-Goog-FieldMask`` header (the mask's other spelling) is dropped; ``alt=sse`` /
+    ``alt=json`` and harmless ones (``prettyPrint``, ``quotaUser``) pass."""
+    gateway, _, _ = firewall
+    auth = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n"
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    path = b"/v1beta/models/gemini-2.0-flash:streamGenerateContent?"
+    fake.clear()
+    for query in ANSWER_SHAPING_QUERIES:
+        answer = exchange(gateway.port, post(path + query, body, auth, CLOSE))
+        assert answer.status == 400, (query, answer.raw[:300])
+        assert "change the form of the provider's answer" in answer.error_json()["error"]["message"], query
+    assert provider_calls(fake) == []
+    for query in (b"alt=sse", b"%24alt=json&prettyPrint=false&quotaUser=x"):
+        answer = exchange(gateway.port, post(path + query, body, auth, b"X-Goog-FieldMask: candidates\r\n" + CLOSE))
+        assert answer.status == 200, (query, answer.raw[:300])
+    calls = provider_calls(fake)
+    assert [c.path.partition("?")[2] for c in calls] == ["alt=sse", "%24alt=json&prettyPrint=false&quotaUser=x"]
+    assert [c.header("x-goog-fieldmask") for c in calls] == [None, None]
+
+
+def test_config_mode_refuses_answer_shaping_parameters(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Config mode forwards the client's query to its provider (a Gemini provider reads
+    Google's system parameters on every endpoint): the same 400, nothing forwarded; the
+    header form is dropped."""
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions?fields=choices", CHAT, b"", CLOSE))
+    assert answer.status == 400 and "'fields'" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", b"X-Goog-FieldMask: choices\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.header("x-goog-fieldmask") for c in provider_calls(fake)] == [None]
+
+
+def test_the_field_mask_header_is_never_forwarded() -> None:
+    """Both builds of the header pass drop X-Goog-FieldMask (the socket tests exercise the
+    compiled request path)."""
+    from plano_fast.wire import _head_py, forward_request_headers
+
+    headers = [(b"x-goog-fieldmask", b"candidates"), (b"accept", b"*/*")]
+    for forward in (forward_request_headers, _head_py.forward_request_headers):
+        assert forward(headers)[0] == b"accept: */*\r\n"
+
+
+def test_config_mode_refuses_background_responses(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Was: firewall and managed mode refused ``background: true`` on /v1/responses (its
+    usage is only readable later, from an endpoint nobody meters), config mode forwarded it
+    with the gateway's own access_key: OpenAI answers ``queued`` without usage and runs it,
+    unbilled.  Now the same 400 in every mode, nothing forwarded."""
+    fake.clear()
+    body = b'{"model":"gpt-4o-mini","input":"hi","background":true}'
+    answer = exchange(gateway.port, post(b"/v1/responses", body, b"", CLOSE))
+    assert answer.status == 400 and "background" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+
+
+def test_a_deeply_nested_body_naming_background_is_a_400(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: a 500 "internal gateway error" -- the background check parses a body naming
+    ``background`` with json, which raises RecursionError (not ValueError) past ~1,000
+    levels.  Now the scanner's 400 (nested too deep), nothing forwarded."""
+    gateway, _, _ = firewall
+    fake.clear()
+    body = b'{"background":false,"model":"gpt-4o-mini","input":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = exchange(gateway.port, post(b"/v1/responses", body, b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n", CLOSE))
+    assert answer.status == 400 and "nested" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
