@@ -82,6 +82,24 @@ def test_what_bytes_cannot_bound_is_refused_naming_it(doc: dict[str, Any], named
         token_bound(b(doc), 10)
 
 
+@pytest.mark.parametrize(("doc", "named"), [
+    ({"model": "m", "messages": TEXT, "web_search_options": {}}, "web_search_options"),
+    ({"model": "m", "max_tokens": 5, "messages": TEXT,
+      "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}, "mcp_servers"),
+    ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1", "version": "2"}}, "'prompt'"),
+    ({"model": "m", "messages": TEXT, "service_tier": "priority"}, "service_tier"),
+    ({"model": "m", "input": "hi", "service_tier": "priority"}, "service_tier"),
+])
+def test_what_the_provider_adds_to_the_bill_is_refused_naming_it(doc: dict[str, Any], named: str) -> None:
+    """Was: bounded by bytes and max_tokens, so reserved as a plain request.  Chat's web
+    search (per-call fees, results billed as input), Anthropic's MCP connector (tool results
+    as input), a Responses stored prompt (its text as input) and priority processing
+    (billed above the price table's rates, with no overrun to show for it) are not in the
+    body's bytes: no bound, so a 400 naming the member under a hard limit."""
+    with pytest.raises(UnboundedContent, match=named):
+        token_bound(b(doc), 10)
+
+
 def test_an_escaped_key_cannot_hide_an_image() -> None:
     body = (b'{"model":"m","messages":[{"role":"user","content":[{"type":"\\u0069mage_url",'
             b'"\\u0069mage_url":{"url":"https://x/y.png"}}]}]}')
