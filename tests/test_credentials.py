@@ -87,12 +87,6 @@ def test_answer_shaping_system_parameters_are_refused(query: bytes) -> None:
     assert "would change the form of the provider's answer" in refused.value.message
 
 
-@pytest.mark.parametrize("query", [b"alt=sse", b"alt=json", b"%24alt=sse", b"alt=%73se", b"prettyPrint=false",
-                                   b"quotaUser=x", b"field=x", b"fieldsx=1", b"callbacks=1"])  # fmt: skip
-def test_readable_answer_forms_and_other_parameters_pass(query: bytes) -> None:
-    assert split_query_key(query) == (0, None, query)
-
-
 @pytest.mark.parametrize("query", [b"alt=sse;key=K", b"key=K;alt=sse", b"alt=sse;api_key=K", b"a=1&alt=sse;key=K",
                                    b"key=K;", b"alt=sse&x=1;token=K"])  # fmt: skip
 def test_a_credential_in_a_semicolon_joined_part_is_refused(query: bytes) -> None:

@@ -725,12 +725,14 @@ def test_google_answer_shaping_parameters_are_refused(
         assert answer.status == 400, (query, answer.raw[:300])
         assert "change the form of the provider's answer" in answer.error_json()["error"]["message"], query
     assert provider_calls(fake) == []
-    for query in (b"alt=sse", b"%24alt=json&prettyPrint=false&quotaUser=x"):
+    # (``$alt=json;enum-encoding=int``: what Google's REST client libraries send)
+    passing = (b"alt=sse", b"%24alt=json&prettyPrint=false&quotaUser=x", b"$alt=json;enum-encoding=int")
+    for query in passing:
         answer = exchange(gateway.port, post(path + query, body, auth, b"X-Goog-FieldMask: candidates\r\n" + CLOSE))
         assert answer.status == 200, (query, answer.raw[:300])
     calls = provider_calls(fake)
-    assert [c.path.partition("?")[2] for c in calls] == ["alt=sse", "%24alt=json&prettyPrint=false&quotaUser=x"]
-    assert [c.header("x-goog-fieldmask") for c in calls] == [None, None]
+    assert [c.path.partition("?")[2].encode() for c in calls] == list(passing)
+    assert [c.header("x-goog-fieldmask") for c in calls] == [None] * len(passing)
 
 
 def test_config_mode_refuses_answer_shaping_parameters(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
