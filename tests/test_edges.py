@@ -782,3 +782,39 @@ def test_a_deeply_nested_body_naming_background_is_a_400(
     answer = exchange(gateway.port, post(b"/v1/responses", body, b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n", CLOSE))
     assert answer.status == 400 and "nested" in answer.error_json()["error"]["message"], answer.raw[:300]
     assert provider_calls(fake) == []
+
+
+@pytest.mark.parametrize("mode", ["firewall", "config"])
+def test_guardrails_refuse_a_gemini_body_they_cannot_read(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path, mode: str
+) -> None:
+    """Was: a Gemini request's body is not scanned (the model is in the path), and the DLP
+    floor reads a body that is not JSON as "nothing found": a gzip-encoded body
+    (``Content-Encoding: gzip``, which Google's front end decodes) or an invalid one went
+    past a ``block`` policy unread and was forwarded.  Now, with guardrails on, such a body
+    is the scanner's 400, nothing forwarded; the plain one is still blocked (403)."""
+    import gzip
+
+    from tests.test_firewall import setup_keys
+
+    settings: dict[str, object] = {"guardrails": json.dumps({"detectors": {"ssn": "block"}})}
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    if mode == "firewall":
+        settings.update({"mode": "firewall", "key_registry_reload_s": 1})
+        gateway = make_gateway(settings, before_start=lambda: setup_keys(sqlite_path, fake.url))
+        auth, model = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n", b"gemini-2.0-flash"
+    else:
+        extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+        gateway = make_gateway(settings, extra_providers=extra)
+        auth, model = b"", b"gemini%2Fgemini-2.0-flash"
+    path = b"/v1beta/models/" + model + b":generateContent"
+    secret = b'{"contents":[{"role":"user","parts":[{"text":"my ssn is 078-05-1120"}]}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(path, secret, auth, CLOSE))
+    assert answer.status == 403, answer.raw[:300]
+    for body, extra_header in [(gzip.compress(secret), b"Content-Encoding: gzip\r\n"), (secret[:-1] + b",}", b"")]:
+        answer = exchange(gateway.port, post(path, body, auth, extra_header + CLOSE))
+        assert answer.status == 400 and "not valid JSON" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path, b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}', auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
