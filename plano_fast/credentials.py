@@ -202,6 +202,8 @@ _READABLE_ALT: Final = (b"sse", b"json")
 
 
 def _alt_unreadable(value: bytes) -> bool:
+    if value in _READABLE_ALT:  # (the usual alt=sse: no decoding)
+        return False
     return unquote_to_bytes(value.replace(b"+", b" ")) not in _READABLE_ALT
 
 
