@@ -818,3 +818,57 @@ def test_guardrails_refuse_a_gemini_body_they_cannot_read(
     assert provider_calls(fake) == []
     answer = exchange(gateway.port, post(path, b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}', auth, CLOSE))
     assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+def test_the_routing_decision_api_refuses_a_key_over_its_limit(
+    fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: ``POST /routing/v1/...`` asked the router model (a call billed to the caller's
+    key) without checking the key's soft limit: a key blocked for its spending went on
+    spending through it.  Now the 429 ``spending_limit_exceeded`` its requests get, before
+    the router is asked."""
+    import hashlib
+    import urllib.request
+
+    from tests.test_metrics import ADMIN_KEY
+    from tests.test_preference_routing import FakeRouter, routing_yaml
+
+    router = FakeRouter()
+    try:
+        config = tmp_path / "plano_config.yaml"
+        config.write_text(
+            "version: v0.4.0\nlisteners:\n  - {type: model, name: m, address: 127.0.0.1, port: 12000, timeout: 5s}\n"
+            + routing_yaml(fake.port, router.port)
+            + f"plano_fast:\n  sqlite_path: {config.with_suffix('.db')}\n  usage_journal_path: {config.with_suffix('.journal')}\n"
+            f"  usage_flush_interval_s: 0.2\n  price_interval_s: 0.2\n  budget_check_interval_s: 0.5\n"
+            f"  admin_port: 0\n  admin_key: {ADMIN_KEY}\n"
+        )
+        key = "sk-routing-decision-limited-01"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        auth = f"Authorization: Bearer {key}\r\n".encode()
+        with GatewayProcess(config) as gateway:
+            def admin(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{gateway.admin_port}{path}", method=method,
+                    data=json.dumps(body).encode() if body is not None else None,
+                    headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return json.loads(resp.read())
+
+            admin("PUT", "/limits", {"scope_kind": "key", "scope_id": digest, "period": "total", "limit_nano_usd": 1})
+            assert exchange(gateway.port, post(b"/v1/chat/completions", CHAT, auth, CLOSE)).status == 200
+            deadline = time.monotonic() + 15
+            while ["key", digest] not in admin("GET", "/budget/blocked")["scopes"]:
+                assert time.monotonic() < deadline, "the key was never blocked"
+                time.sleep(0.2)
+            asked = len(router.prompts)
+            answer = exchange(gateway.port, post(b"/routing/v1/chat/completions", CHAT, auth, CLOSE))
+            assert answer.status == 429, answer.raw[:300]
+            assert answer.error_json()["error"]["code"] == "spending_limit_exceeded"
+            assert len(router.prompts) == asked  # the router was not asked
+            # another key is still answered (the router asked)
+            other = post(b"/routing/v1/chat/completions", CHAT, b"Authorization: Bearer sk-another-key-02\r\n", CLOSE)
+            assert exchange(gateway.port, other).status == 200
+            assert len(router.prompts) == asked + 1
+    finally:
+        router.stop()
