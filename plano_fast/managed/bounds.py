@@ -22,7 +22,8 @@ provider will bill.  The argument, per part of the bill:
   provider-run tools whose results are added to the input (web search, file search,
   code execution, URL context, MCP; chat's ``web_search_options``, Anthropic's
   ``mcp_servers``), a stored prompt template (Responses ``prompt``: its text is billed
-  as input), and ``service_tier: "priority"`` (billed above the price table's rates).
+  as input), ``service_tier: "priority"`` (billed above the price table's rates), and a
+  model that searches the web on every call (``searches_on_every_call``: per-call fees).
   A request without a hard limit is not inspected.
 
 When a provider nevertheless bills more than was reserved, the settle path records the
@@ -34,6 +35,7 @@ so an operator sees the hole.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 TOOL_OVERHEAD_TOKENS = 1000
@@ -73,6 +75,17 @@ _PROVIDER_INPUT = (
 # Tool entries that are plain function declarations (everything else runs at the provider).
 _FUNCTION_TOOL_TYPES = frozenset(("function", "custom"))
 _GEMINI_TOOL_KEYS = frozenset(("functionDeclarations", "function_declarations"))
+
+
+# Models that search the web on every call, billed per call (or per request) beside their
+# tokens: OpenAI's ``*-search-preview`` / ``*-search-api`` ($10-30 per 1,000 calls, with
+# no tool in the request), deep research models, Perplexity's ``sonar*`` (request fees).
+_SEARCHING_MODEL = re.compile(r"(?:^|[/:-])(?:search-preview|search-api|deep-research|sonar)(?:$|[-:@.])")
+
+
+def searches_on_every_call(model: str) -> bool:
+    """Whether ``model`` is billed a search fee per call, which no token bound covers."""
+    return _SEARCHING_MODEL.search(model.lower()) is not None
 
 
 class UnboundedContent(ValueError):
