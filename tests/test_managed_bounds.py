@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.managed.bounds import TOOL_OVERHEAD_TOKENS, UnboundedContent, token_bound
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import start_slow_stream, wait_until
@@ -240,3 +241,21 @@ def test_no_overshoot_with_n_and_tools_over_4_processes(
     print(f"served {statuses.count(200)} of 400, spent {spent} of limit {limit} (one = {one})")
     assert len(recorded) == statuses.count(200) > 0
     assert spent <= limit
+
+
+def test_a_model_that_searches_on_every_call_is_refused_under_a_hard_limit(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]], fake: FakeProviderThread
+) -> None:
+    """Was: ``gpt-4o-mini-search-preview`` (the pipe's ``gpt-4o-mini*`` filter lets it
+    through) was reserved and settled at its token prices only, while OpenAI bills each call
+    a search fee ($25 per 1,000 calls: ~3,000 times a short request's tokens), so a tenant
+    could spend far past its hard limit with nothing on its rows.  Now a 400 naming the
+    model, nothing forwarded; the plain model is served as before."""
+    gateway, tenant, _ = limited(10**9)
+    fake.clear()
+    body = b({"model": "gpt-4o-mini-search-preview", "max_tokens": 50, "messages": TEXT})
+    status, answer, _ = call(gateway.url, tenant.token, body)
+    assert status == 400 and "searches the web on every call" in answer["error"]["message"], answer
+    assert [r for r in fake.requests if not r.path.startswith("/_fake")] == []
+    status, answer, _ = call(gateway.url, tenant.token, BODY)
+    assert status == 200, answer
