@@ -85,7 +85,10 @@ _SEARCHING_MODEL = re.compile(r"(?:^|[/:-])(?:search-preview|search-api|deep-res
 
 def searches_on_every_call(model: str) -> bool:
     """Whether ``model`` is billed a search fee per call, which no token bound covers."""
-    return _SEARCHING_MODEL.search(model.lower()) is not None
+    name = model.lower()
+    if "search" not in name and "sonar" not in name:  # (most names: two substring tests)
+        return False
+    return _SEARCHING_MODEL.search(name) is not None
 
 
 class UnboundedContent(ValueError):
