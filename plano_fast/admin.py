@@ -97,7 +97,7 @@ from plano_fast.admin_models import (
     resolve_project,
 )
 from plano_fast.credentials import Credential, read_client_headers
-from plano_fast.errors import GatewayError, Unauthorized
+from plano_fast.errors import ClientError, GatewayError, Unauthorized
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.store import (
     AlreadyExists,
@@ -642,6 +642,8 @@ class _Admin:
             credential = _client_credential(request)
         except Unauthorized as exc:
             return _error(401, "invalid_api_key", exc.message)
+        except ClientError as exc:  # a query parameter the data plane refuses (400)
+            return _error(exc.status, exc.code, exc.message)
         if credential is None:
             return _error(
                 401,

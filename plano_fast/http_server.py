@@ -134,6 +134,9 @@ SERVER_HEADER = b"server: plano_fast\r\n"
 #: request headers that decide framing and get checked as they arrive
 #: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades)
 _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+#: request body pieces shorter than this (tiny chunks, a trickled body) are joined as they
+#: arrive rather than kept one object each (``on_body``)
+_SMALL_PIECE = 4096
 
 
 class Request:
@@ -513,7 +516,7 @@ class ServerProtocol(asyncio.Protocol):
         self._request_headers: list[Header] = []
         self._url = b""
         self._head_bytes = 0
-        self._body_parts: list[bytes] = []
+        self._body_parts: list[bytes | bytearray] = []
         self._body_bytes = 0
         self._headers_done = False
         self._pending: collections.deque[Request] = collections.deque()
@@ -765,7 +768,16 @@ class ServerProtocol(asyncio.Protocol):
             raise BodyTooLarge(
                 f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"
             )
-        self._body_parts.append(body)
+        parts = self._body_parts
+        if parts and len(body) < _SMALL_PIECE and len(parts[-1]) < _SMALL_PIECE:
+            # Tiny chunks gather in one bytearray: kept as bytes objects, a body sent in
+            # 2-byte chunks cost ~43 bytes of memory per 2 (a 32 MiB body: ~900 MB).
+            last = parts[-1]
+            if type(last) is not bytearray:
+                last = parts[-1] = bytearray(last)
+            last += body
+            return
+        parts.append(body)
 
     def on_message_complete(self) -> None:
         self._msg_started = False
@@ -773,7 +785,7 @@ class ServerProtocol(asyncio.Protocol):
             return  # an earlier request in this read closed the connection
         self._check_head_bytes()  # trailers count toward the head
         parts = self._body_parts
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        body = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else b"".join(parts)
         self._body_parts = []
         request = new_request(
             self._parser.get_method(),

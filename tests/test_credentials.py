@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from plano_fast.credentials import Credential, _bearer_credential, _header_credential, split_query_key
-from plano_fast.errors import Unauthorized
+from plano_fast.errors import ClientError, Unauthorized
 
 
 VALUES = [
@@ -64,12 +64,27 @@ def test_more_credential_names_in_the_query_are_counted_never_taken_as_the_key(n
 
 
 @pytest.mark.parametrize("name", [b"pageToken", b"page_token", b"nextPageToken", b"tokens", b"key_id",
-                                  b"monkey", b"access_keys", b"max_tokens", b"alt"])  # fmt: skip
+                                  b"monkey", b"access_keys", b"max_tokens", b"prettyPrint"])  # fmt: skip
 def test_names_that_merely_contain_a_credential_name_are_ordinary_parameters(name: bytes) -> None:
     """The names are compared exactly after normalising: ``pageToken`` (Google's paging) is
-    not ``token``."""
+    not ``token``.  (``alt=1`` is no longer ordinary: the test below.)"""
     query = b"alt=sse&" + name + b"=1"
     assert split_query_key(query) == (0, None, query)
+
+
+@pytest.mark.parametrize("query", [b"fields=candidates", b"%24fields=candidates", b"%2524fields=x", b"FIELDS=x",
+                                   b"alt=proto", b"$alt=media", b"alt=1", b"alt=", b"alt=sse&alt=proto",
+                                   b"callback=f", b"%24callback=f", b"$ct=text/plain", b"$httpMethod=GET",
+                                   b"alt=sse;fields=x", b"key=K&fields=x"])  # fmt: skip
+def test_answer_shaping_system_parameters_are_refused(query: bytes) -> None:
+    """Google's system parameters that change the form of the answer (a field mask without
+    usageMetadata, protobuf, JSONP, a Content-Type or method override) are a 400 naming the
+    parameter, in every spelling Google reads (``$name``, percent-encoded), before the
+    credential is even read."""
+    with pytest.raises(ClientError) as refused:
+        split_query_key(query)
+    assert type(refused.value) is ClientError and refused.value.status == 400
+    assert "would change the form of the provider's answer" in refused.value.message
 
 
 @pytest.mark.parametrize("query", [b"alt=sse;key=K", b"key=K;alt=sse", b"alt=sse;api_key=K", b"a=1&alt=sse;key=K",

@@ -649,3 +649,226 @@ def test_groq_usage_under_x_groq_is_billed(make_gateway: Callable[..., GatewayPr
         assert usage_row.priced and (usage_row.cost_nano_usd or 0) > 0, usage_row
     finally:
         groq.close()
+
+
+# -- round e: memory per body byte, Google's answer-shaping parameters, background Responses ----
+
+
+def _peak_rss_kb(gateway: GatewayProcess) -> int:
+    """The gateway's processes' peak resident sizes (VmHWM), summed."""
+    pid = gateway.proc.pid
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_a_body_in_tiny_chunks_costs_about_its_size(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: each chunk of a chunked body was kept as its own bytes object until the body
+    was complete: a 4 MiB body sent in 2-byte chunks raised the gateway's peak memory by
+    ~270 MB on main (~28 bytes per body byte: a 32 MiB body, the default limit, ~900 MB per
+    connection, before any identification).  Now small pieces are gathered in one bytearray: the body costs about
+    its size, and arrives intact (small and big chunks mixed)."""
+    gateway = make_gateway({})
+    text = b"a" * (4 * 1024 * 1024)
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + text + b'"}]}'
+    pieces: list[bytes] = []
+    at = 0
+    while at < len(body):  # 2-byte chunks, every 7th of 1 byte, every 50,000th of 5,000 (big pieces between small)
+        size = 5000 if len(pieces) % 50_000 == 0 else 1 if len(pieces) % 7 == 3 else 2
+        pieces.append(body[at:at + size])
+        at += size
+    chunked = b"".join(b"%x\r\n" % len(piece) + piece + b"\r\n" for piece in pieces)
+    fake.clear()
+    before = _peak_rss_kb(gateway)
+    answer = exchange(gateway.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n" + CLOSE + b"\r\n" + chunked + b"0\r\n\r\n", wait_s=60)
+    grown_mb = (_peak_rss_kb(gateway) - before) / 1024
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.body for c in provider_calls(fake)] == [body]
+    assert grown_mb < 48, f"peak RSS grew {grown_mb:.0f} MB for a 4 MiB body"
+
+
+#: Google's system parameters that would answer without a readable usage (a field mask
+#: without usageMetadata, binary protobuf, JSONP, ...), in the spellings Google reads
+ANSWER_SHAPING_QUERIES = [b"alt=sse&fields=candidates", b"alt=sse&%24fields=candidates", b"alt=proto",
+                          b"%24alt=media", b"alt=sse&callback=f", b"alt=sse&$callback=f", b"alt=sse&%24ct=text/plain",
+                          b"alt=sse&%24httpMethod=GET", b"alt=sse;fields=candidates"]
+
+
+def test_google_answer_shaping_parameters_are_refused(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: forwarded.  Every Google API honours its system parameters: ``fields`` (or
+    ``$fields``) is a response field mask -- ``fields=candidates`` answers without
+    ``usageMetadata`` -- ``alt=proto`` answers in binary protobuf, ``callback`` in JSONP:
+    the request is served and its row is ``usage_missing``, left unpriced (never counted
+    against a limit).  Now each is a 400 naming the parameter, nothing forwarded; the
+    ``X-Goog-FieldMask`` header (the mask's other spelling) is dropped; ``alt=sse`` /
+    ``alt=json`` and harmless ones (``prettyPrint``, ``quotaUser``) pass."""
+    gateway, _, _ = firewall
+    auth = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n"
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    path = b"/v1beta/models/gemini-2.0-flash:streamGenerateContent?"
+    fake.clear()
+    for query in ANSWER_SHAPING_QUERIES:
+        answer = exchange(gateway.port, post(path + query, body, auth, CLOSE))
+        assert answer.status == 400, (query, answer.raw[:300])
+        assert "change the form of the provider's answer" in answer.error_json()["error"]["message"], query
+    assert provider_calls(fake) == []
+    # (``$alt=json;enum-encoding=int``: what Google's REST client libraries send)
+    passing = (b"alt=sse", b"%24alt=json&prettyPrint=false&quotaUser=x", b"$alt=json;enum-encoding=int")
+    for query in passing:
+        answer = exchange(gateway.port, post(path + query, body, auth, b"X-Goog-FieldMask: candidates\r\n" + CLOSE))
+        assert answer.status == 200, (query, answer.raw[:300])
+    calls = provider_calls(fake)
+    assert [c.path.partition("?")[2].encode() for c in calls] == list(passing)
+    assert [c.header("x-goog-fieldmask") for c in calls] == [None] * len(passing)
+
+
+def test_config_mode_refuses_answer_shaping_parameters(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Config mode forwards the client's query to its provider (a Gemini provider reads
+    Google's system parameters on every endpoint): the same 400, nothing forwarded; the
+    header form is dropped."""
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions?fields=choices", CHAT, b"", CLOSE))
+    assert answer.status == 400 and "'fields'" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", b"X-Goog-FieldMask: choices\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert [c.header("x-goog-fieldmask") for c in provider_calls(fake)] == [None]
+
+
+def test_the_field_mask_header_is_never_forwarded() -> None:
+    """Both builds of the header pass drop X-Goog-FieldMask (the socket tests exercise the
+    compiled request path)."""
+    from plano_fast.wire import _head_py, forward_request_headers
+
+    headers = [(b"x-goog-fieldmask", b"candidates"), (b"accept", b"*/*")]
+    for forward in (forward_request_headers, _head_py.forward_request_headers):
+        assert forward(headers)[0] == b"accept: */*\r\n"
+
+
+def test_config_mode_refuses_background_responses(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """Was: firewall and managed mode refused ``background: true`` on /v1/responses (its
+    usage is only readable later, from an endpoint nobody meters), config mode forwarded it
+    with the gateway's own access_key: OpenAI answers ``queued`` without usage and runs it,
+    unbilled.  Now the same 400 in every mode, nothing forwarded."""
+    fake.clear()
+    body = b'{"model":"gpt-4o-mini","input":"hi","background":true}'
+    answer = exchange(gateway.port, post(b"/v1/responses", body, b"", CLOSE))
+    assert answer.status == 400 and "background" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+
+
+def test_a_deeply_nested_body_naming_background_is_a_400(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: a 500 "internal gateway error" -- the background check parses a body naming
+    ``background`` with json, which raises RecursionError (not ValueError) past ~1,000
+    levels.  Now the scanner's 400 (nested too deep), nothing forwarded."""
+    gateway, _, _ = firewall
+    fake.clear()
+    body = b'{"background":false,"model":"gpt-4o-mini","input":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = exchange(gateway.port, post(b"/v1/responses", body, b"Authorization: Bearer " + USER_KEY.encode() + b"\r\n", CLOSE))
+    assert answer.status == 400 and "nested" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+
+
+@pytest.mark.parametrize("mode", ["firewall", "config"])
+def test_guardrails_refuse_a_gemini_body_they_cannot_read(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path, mode: str
+) -> None:
+    """Was: a Gemini request's body is not scanned (the model is in the path), and the DLP
+    floor reads a body that is not JSON as "nothing found": a gzip-encoded body
+    (``Content-Encoding: gzip``, which Google's front end decodes) or an invalid one went
+    past a ``block`` policy unread and was forwarded.  Now, with guardrails on, such a body
+    is the scanner's 400, nothing forwarded; the plain one is still blocked (403)."""
+    import gzip
+
+    from tests.test_firewall import setup_keys
+
+    settings: dict[str, object] = {"guardrails": json.dumps({"detectors": {"ssn": "block"}})}
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    if mode == "firewall":
+        settings.update({"mode": "firewall", "key_registry_reload_s": 1})
+        gateway = make_gateway(settings, before_start=lambda: setup_keys(sqlite_path, fake.url))
+        auth, model = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n", b"gemini-2.0-flash"
+    else:
+        extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+        gateway = make_gateway(settings, extra_providers=extra)
+        auth, model = b"", b"gemini%2Fgemini-2.0-flash"
+    path = b"/v1beta/models/" + model + b":generateContent"
+    secret = b'{"contents":[{"role":"user","parts":[{"text":"my ssn is 078-05-1120"}]}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(path, secret, auth, CLOSE))
+    assert answer.status == 403, answer.raw[:300]
+    for body, extra_header in [(gzip.compress(secret), b"Content-Encoding: gzip\r\n"), (secret[:-1] + b",}", b"")]:
+        answer = exchange(gateway.port, post(path, body, auth, extra_header + CLOSE))
+        assert answer.status == 400 and "not valid JSON" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path, b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}', auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+def test_the_routing_decision_api_refuses_a_key_over_its_limit(
+    fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: ``POST /routing/v1/...`` asked the router model (a call billed to the caller's
+    key) without checking the key's soft limit: a key blocked for its spending went on
+    spending through it.  Now the 429 ``spending_limit_exceeded`` its requests get, before
+    the router is asked."""
+    import hashlib
+    import urllib.request
+
+    from tests.test_metrics import ADMIN_KEY
+    from tests.test_preference_routing import FakeRouter, routing_yaml
+
+    router = FakeRouter()
+    try:
+        config = tmp_path / "plano_config.yaml"
+        config.write_text(
+            "version: v0.4.0\nlisteners:\n  - {type: model, name: m, address: 127.0.0.1, port: 12000, timeout: 5s}\n"
+            + routing_yaml(fake.port, router.port)
+            + f"plano_fast:\n  sqlite_path: {config.with_suffix('.db')}\n  usage_journal_path: {config.with_suffix('.journal')}\n"
+            f"  usage_flush_interval_s: 0.2\n  price_interval_s: 0.2\n  budget_check_interval_s: 0.5\n"
+            f"  admin_port: 0\n  admin_key: {ADMIN_KEY}\n"
+        )
+        key = "sk-routing-decision-limited-01"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        auth = f"Authorization: Bearer {key}\r\n".encode()
+        with GatewayProcess(config) as gateway:
+            def admin(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{gateway.admin_port}{path}", method=method,
+                    data=json.dumps(body).encode() if body is not None else None,
+                    headers={"content-type": "application/json", "authorization": f"Bearer {ADMIN_KEY}"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return json.loads(resp.read())
+
+            admin("PUT", "/limits", {"scope_kind": "key", "scope_id": digest, "period": "total", "limit_nano_usd": 1})
+            assert exchange(gateway.port, post(b"/v1/chat/completions", CHAT, auth, CLOSE)).status == 200
+            deadline = time.monotonic() + 15
+            while ["key", digest] not in admin("GET", "/budget/blocked")["scopes"]:
+                assert time.monotonic() < deadline, "the key was never blocked"
+                time.sleep(0.2)
+            asked = len(router.prompts)
+            answer = exchange(gateway.port, post(b"/routing/v1/chat/completions", CHAT, auth, CLOSE))
+            assert answer.status == 429, answer.raw[:300]
+            assert answer.error_json()["error"]["code"] == "spending_limit_exceeded"
+            assert len(router.prompts) == asked  # the router was not asked
+            # another key is still answered (the router asked)
+            other = post(b"/routing/v1/chat/completions", CHAT, b"Authorization: Bearer sk-another-key-02\r\n", CLOSE)
+            assert exchange(gateway.port, other).status == 200
+            assert len(router.prompts) == asked + 1
+    finally:
+        router.stop()

@@ -233,6 +233,23 @@ def test_a_credential_like_query_parameter_is_refused_and_never_forwarded(
         assert auth_check(gateway, headers, b"alt=sse&" + query) == 401
 
 
+@pytest.mark.parametrize("query", [b"alt=sse&fields=candidates", b"alt=proto", b"alt=sse&%24callback=f"])
+def test_auth_check_refuses_answer_shaping_parameters_like_the_data_plane(
+    hardened: Any, fake: FakeProviderThread, query: bytes
+) -> None:
+    """Was: /auth/check admitted (200) the registered key with Google's ``fields`` / ``alt=proto``
+    / ``callback`` (the data plane forwarded them too: an answer without readable usage).  Now
+    both answer the 400, nothing forwarded."""
+    gateway, _, _ = hardened
+    fake.clear()
+    status, _, answer = post_chat(gateway, [b"x-goog-api-key: " + REGISTERED],
+                                  b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?" + query,
+                                  b'{"contents":[{"parts":[{"text":"hi"}]}]}')
+    assert status == 400, answer
+    assert provider_calls(fake) == []
+    assert auth_check(gateway, [b"x-goog-api-key: " + REGISTERED], query) == 400
+
+
 def test_key_spellings_the_gateway_reads_as_the_key(hardened: Any, fake: FakeProviderThread) -> None:
     """``Key=``, ``%6Bey=``, ``+key+=`` (spaces around) are the key: verified and moved to
     x-goog-api-key, whatever a provider makes of the spelling; ``key=A&key=B`` is two credentials (401);

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.managed.bounds import TOOL_OVERHEAD_TOKENS, UnboundedContent, token_bound
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import start_slow_stream, wait_until
@@ -78,6 +79,24 @@ def test_function_tools_add_the_providers_tool_overhead() -> None:
     ({"model": "m", "messages": TEXT, "n": 0}, "'n'"),
 ])
 def test_what_bytes_cannot_bound_is_refused_naming_it(doc: dict[str, Any], named: str) -> None:
+    with pytest.raises(UnboundedContent, match=named):
+        token_bound(b(doc), 10)
+
+
+@pytest.mark.parametrize(("doc", "named"), [
+    ({"model": "m", "messages": TEXT, "web_search_options": {}}, "web_search_options"),
+    ({"model": "m", "max_tokens": 5, "messages": TEXT,
+      "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}, "mcp_servers"),
+    ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1", "version": "2"}}, "'prompt'"),
+    ({"model": "m", "messages": TEXT, "service_tier": "priority"}, "service_tier"),
+    ({"model": "m", "input": "hi", "service_tier": "priority"}, "service_tier"),
+])
+def test_what_the_provider_adds_to_the_bill_is_refused_naming_it(doc: dict[str, Any], named: str) -> None:
+    """Was: bounded by bytes and max_tokens, so reserved as a plain request.  Chat's web
+    search (per-call fees, results billed as input), Anthropic's MCP connector (tool results
+    as input), a Responses stored prompt (its text as input) and priority processing
+    (billed above the price table's rates, with no overrun to show for it) are not in the
+    body's bytes: no bound, so a 400 naming the member under a hard limit."""
     with pytest.raises(UnboundedContent, match=named):
         token_bound(b(doc), 10)
 
@@ -222,3 +241,21 @@ def test_no_overshoot_with_n_and_tools_over_4_processes(
     print(f"served {statuses.count(200)} of 400, spent {spent} of limit {limit} (one = {one})")
     assert len(recorded) == statuses.count(200) > 0
     assert spent <= limit
+
+
+def test_a_model_that_searches_on_every_call_is_refused_under_a_hard_limit(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]], fake: FakeProviderThread
+) -> None:
+    """Was: ``gpt-4o-mini-search-preview`` (the pipe's ``gpt-4o-mini*`` filter lets it
+    through) was reserved and settled at its token prices only, while OpenAI bills each call
+    a search fee ($25 per 1,000 calls: ~3,000 times a short request's tokens), so a tenant
+    could spend far past its hard limit with nothing on its rows.  Now a 400 naming the
+    model, nothing forwarded; the plain model is served as before."""
+    gateway, tenant, _ = limited(10**9)
+    fake.clear()
+    body = b({"model": "gpt-4o-mini-search-preview", "max_tokens": 50, "messages": TEXT})
+    status, answer, _ = call(gateway.url, tenant.token, body)
+    assert status == 400 and "searches the web on every call" in answer["error"]["message"], answer
+    assert [r for r in fake.requests if not r.path.startswith("/_fake")] == []
+    status, answer, _ = call(gateway.url, tenant.token, BODY)
+    assert status == 200, answer

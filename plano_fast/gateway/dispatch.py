@@ -21,6 +21,7 @@ from plano_fast.errors import (
     MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
+    SpendingLimitExceeded,
     UnknownModelError,
 )
 from plano_fast.gateway.endpoints import (
@@ -197,6 +198,10 @@ async def routing_decision(gw: Gateway, request: Request, responder: Responder, 
     else:
         credential = read_client_headers(request.headers, request.query).credential
         caller = key_hash(credential.secret) if credential is not None else None
+        budget = gw.ctx.budget
+        if caller is not None and budget is not None and ("key", caller) in budget.blocked:
+            # the router call is billed to this key: refused like its requests (identify_caller)
+            raise SpendingLimitExceeded("this API key has exceeded its spending limit")
         decision = await preference.decide_request(request, api, fields.model, (new_request_id(), caller))
     responder.send_simple(200, decision_body(decision, trace_id_of(request.headers)))
 

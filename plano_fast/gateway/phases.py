@@ -91,7 +91,7 @@ def refuse_background(body: bytes) -> None:
         return  # neither the name nor an escape that could spell it
     try:
         members = json.loads(body, object_pairs_hook=lambda pairs: pairs)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep for json: a RecursionError)
         return  # the scanner refuses it with a precise message
     if isinstance(members, list) and any(
         name == "background" and value not in (False, None) for name, value in members

@@ -20,7 +20,11 @@ provider will bill.  The argument, per part of the bill:
   gateway expands ``previous_response_id`` into the body before this bound is taken,
   plano_fast.responses_managed, so the history is counted), audio output, and
   provider-run tools whose results are added to the input (web search, file search,
-  code execution, URL context, MCP).  A request without a hard limit is not inspected.
+  code execution, URL context, MCP; chat's ``web_search_options``, Anthropic's
+  ``mcp_servers``), a stored prompt template (Responses ``prompt``: its text is billed
+  as input), ``service_tier: "priority"`` (billed above the price table's rates), and a
+  model that searches the web on every call (``searches_on_every_call``: per-call fees).
+  A request without a hard limit is not inspected.
 
 When a provider nevertheless bills more than was reserved, the settle path records the
 difference on the usage row (``reservation_overrun_nano_usd``, migration 0004), counts it
@@ -31,6 +35,7 @@ so an operator sees the hole.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 TOOL_OVERHEAD_TOKENS = 1000
@@ -42,7 +47,8 @@ _MARKERS = (
     b'"image', b'"input_image"', b'"inline_data"', b'"inlineData"', b'"file', b'"input_file"',
     b'"input_audio"', b'"audio"', b'"video', b'"document"', b'"previous_response_id"',
     b'"conversation"', b'"modalities"', b'"googleSearch"', b'"google_search', b'"codeExecution"',
-    b'"code_execution"', b'"urlContext"', b'"url_context"', b"\\u",
+    b'"code_execution"', b'"urlContext"', b'"url_context"', b'"web_search_options"', b'"mcp_servers"',
+    b'"prompt"', b'"service_tier"', b"\\u",
 )  # fmt: skip
 
 # Where message content lives, per API (chat / messages / responses / gemini).
@@ -59,9 +65,30 @@ _MEDIA_TYPES = frozenset((
     "document", "video", "video_url", "container_upload",
 ))  # fmt: skip
 _STATE_KEYS = ("previous_response_id", "conversation", "audio")
+# Top-level members that make the provider bill what the body does not hold: chat's web
+# search (per-call fees, the results as input), Anthropic's MCP connector (tool results as
+# input).
+_PROVIDER_INPUT = (
+    ("web_search_options", "web search: its fees and results are not in the request"),
+    ("mcp_servers", "MCP servers: their tool results are billed as input"),
+)
 # Tool entries that are plain function declarations (everything else runs at the provider).
 _FUNCTION_TOOL_TYPES = frozenset(("function", "custom"))
 _GEMINI_TOOL_KEYS = frozenset(("functionDeclarations", "function_declarations"))
+
+
+# Models that search the web on every call, billed per call (or per request) beside their
+# tokens: OpenAI's ``*-search-preview`` / ``*-search-api`` ($10-30 per 1,000 calls, with
+# no tool in the request), deep research models, Perplexity's ``sonar*`` (request fees).
+_SEARCHING_MODEL = re.compile(r"(?:^|[/:-])(?:search-preview|search-api|deep-research|sonar)(?:$|[-:@.])")
+
+
+def searches_on_every_call(model: str) -> bool:
+    """Whether ``model`` is billed a search fee per call, which no token bound covers."""
+    name = model.lower()
+    if "search" not in name and "sonar" not in name:  # (most names: two substring tests)
+        return False
+    return _SEARCHING_MODEL.search(name) is not None
 
 
 class UnboundedContent(ValueError):
@@ -86,6 +113,14 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
     for key in _STATE_KEYS:
         if doc.get(key) is not None:
             raise UnboundedContent(f"'{key}' (its cost is not in the request)")
+    for key, why in _PROVIDER_INPUT:
+        if doc.get(key) is not None:
+            raise UnboundedContent(f"'{key}' ({why})")
+    if isinstance(doc.get("prompt"), dict):
+        raise UnboundedContent("'prompt' (a stored prompt: its text is billed as input, not in the request)")
+    if doc.get("service_tier") == "priority":
+        # billed at priority processing's rates, above the price table's: no bound from it
+        raise UnboundedContent("'service_tier' priority (billed above the price table's rates)")
     modalities = doc.get("modalities")
     if isinstance(modalities, list) and "audio" in modalities:
         raise UnboundedContent("'modalities' with audio output")

@@ -70,7 +70,8 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
     if n == 15:
         return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
     if n == 16:
-        return R_DROP if starts(p, n, b"proxy-connection", 16) else R_KEEP
+        # (x-goog-fieldmask: Google's response field mask could cut the usage from an answer)
+        return R_DROP if starts(p, n, b"proxy-connection", 16) or starts(p, n, b"x-goog-fieldmask", 16) else R_KEEP
     if n == 17:
         if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
             return R_DROP

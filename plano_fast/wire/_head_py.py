@@ -86,6 +86,9 @@ DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"} | GATEWAY_RESPONS
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
 #: Method-override headers are dropped because some frameworks (Google's front ends among
 #: them) honour them: the provider could act on another method than the one metered.
+#: x-goog-fieldmask is Google's response field mask (``fields`` as a header): a mask without
+#: ``usageMetadata`` would answer without the usage (the query form is refused:
+#: plano_fast.credentials.ANSWER_SHAPING).
 DROPPED_REQUEST = HOP_BY_HOP | {
     b"host",
     b"content-length",
@@ -94,6 +97,7 @@ DROPPED_REQUEST = HOP_BY_HOP | {
     b"x-http-method-override",
     b"x-http-method",
     b"x-method-override",
+    b"x-goog-fieldmask",
 }
 #: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
 #: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.

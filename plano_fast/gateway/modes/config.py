@@ -18,7 +18,7 @@ from plano_fast.conversion import request_error
 from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, GUARD_FORMATS, MESSAGES, RESPONSES, converts
-from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit
+from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit, refuse_background
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
@@ -46,6 +46,8 @@ class ConfigExchange(RoutedExchange):
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
+        if self.endpoint is RESPONSES:
+            refuse_background(request.body)  # its usage could never be read, as in every mode
         try:
             route = self.ctx.router.resolve(fields.model)
         except UnknownModel as exc:

@@ -40,7 +40,7 @@ from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
 from plano_fast.gateway.upstream_request import origin_of, upstream_request
 from plano_fast.http_server import Request, Responder
-from plano_fast.managed.bounds import UnboundedContent, token_bound
+from plano_fast.managed.bounds import UnboundedContent, searches_on_every_call, token_bound
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
@@ -302,6 +302,11 @@ class ManagedExchange(RetryingExchange):
         for target in self.targets:
             model = target.model or client_model
             provider = target.provider.provider
+            if model and searches_on_every_call(model):
+                raise ClientError(
+                    f"model '{model}' searches the web on every call, billed per call beside its "
+                    "tokens, so its hard budget cannot be enforced; use a key without a hard limit"
+                )
             costs = [pricing.cost_nano_usd(provider, model or "", self.project_id, t) for t in variants]
             cost = None if costs[0] is None else max(c or 0 for c in costs)
             if cost is None:
