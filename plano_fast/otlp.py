@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry.trace import SpanContext, TraceFlags
+if TYPE_CHECKING:
+    from plano_fast.spans import TraceSpan
 
 log = logging.getLogger("plano_fast.tracing")
 
-#: OTLP Span.SpanKind
-KIND_SERVER: Final = 2
-KIND_CLIENT: Final = 3
 #: SpanFlags: CONTEXT_HAS_IS_REMOTE, | CONTEXT_IS_REMOTE when the parent came from a client
 _FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)
 _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
@@ -48,104 +46,6 @@ _KV_CACHE_MAX: Final = 4096
 #: client's header name and value (``http.request.header.*``) reach the 32 KiB head, and
 #: 4096 such entries held ~230 MiB; at this bound the cache holds a few MiB at most
 _KV_CACHE_ENTRY_MAX: Final = 160
-
-
-class SpanOwner:
-    """What a span needs from its tracer: the attribute limits and where it goes when
-    it ends (the batch processor)."""
-
-    __slots__ = ("max_attributes", "max_length", "on_end")
-
-    def __init__(self, max_attributes: int | None, max_length: int | None,
-                 on_end: Callable[[TraceSpan], None]) -> None:  # fmt: skip
-        self.max_attributes = max_attributes
-        self.max_length = max_length
-        self.on_end = on_end
-
-
-class TraceSpan:
-    """One span of a sampled request: what OTLP exports of it, nothing else.
-
-    ``parent_id`` is 0 for a root span; ``remote_parent`` says the parent is a client's
-    (its ``traceparent``).  ``error`` is None for an unset status, else the description of
-    an ERROR status.  Mutators after ``end`` are ignored, as the SDK's are."""
-
-    __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind", "start_ns", "end_ns",
-                 "attributes", "dropped", "error", "owner")
-
-    #: BatchSpanProcessor.on_end exports what its context says is sampled: every span
-    #: here is (sampling was decided before it existed)
-    context: Final = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-
-    def __init__(self, owner: SpanOwner, name: str, kind: int, trace_id: int, span_id: int, parent_id: int,
-                 remote_parent: bool, attributes: dict[str, Any], dropped: int, start_ns: int) -> None:
-        self.owner = owner
-        self.name = name
-        self.kind = kind
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.remote_parent = remote_parent
-        self.attributes = attributes
-        self.dropped = dropped
-        self.start_ns = start_ns
-        self.end_ns = 0
-        self.error: str | None = None
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        """The SDK's ``BoundedAttributes`` rules: a key set again moves to the end; past
-        the count limit the oldest is dropped (and counted); strings cut at the length limit;
-        an empty key is dropped (and counted)."""
-        if self.end_ns:
-            log.warning("Setting attribute on ended span.")
-            return
-        if not key:
-            log.warning("invalid key `%s`. must be non-empty string. Dropping key from attributes.", key)
-            self.dropped += 1
-            return
-        attributes = self.attributes
-        owner = self.owner
-        if key in attributes:
-            del attributes[key]
-        elif owner.max_attributes is not None and len(attributes) >= owner.max_attributes:
-            self.dropped += 1
-            if owner.max_attributes == 0:
-                return
-            del attributes[next(iter(attributes))]
-        if owner.max_length is not None and type(value) is str and len(value) > owner.max_length:
-            value = value[: owner.max_length]
-        attributes[key] = value
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """``set_attribute`` of each item, in order; one dict update when no key is
-        already set, none is empty and no limit can be reached (the gateway's own calls)."""
-        mine = self.attributes
-        owner = self.owner
-        if (
-            not self.end_ns and owner.max_length is None
-            and (owner.max_attributes is None or len(mine) + len(attributes) <= owner.max_attributes)
-            and mine.keys().isdisjoint(attributes) and "" not in attributes
-        ):  # fmt: skip
-            mine.update(attributes)
-            return
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
-
-    def update_name(self, name: str) -> None:
-        if not self.end_ns:
-            self.name = name
-
-    def set_error(self, description: str) -> None:
-        """Status ERROR with ``description`` (the only status the gateway sets)."""
-        if not self.end_ns:
-            self.error = description
-
-    def end(self, end_ns: int) -> None:
-        if self.end_ns:
-            log.warning("Calling end() on an ended span.")
-            return
-        self.end_ns = end_ns
-        self.owner.on_end(self)
 
 
 def _varint(n: int) -> bytes:

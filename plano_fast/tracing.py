@@ -59,7 +59,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from plano_fast.otlp import KIND_CLIENT, KIND_SERVER, OtlpEncoder, SpanOwner, TraceSpan
+from plano_fast.otlp import OtlpEncoder
+from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan
 from plano_fast.wire import has_header
 
 log = logging.getLogger("plano_fast.tracing")
@@ -69,15 +70,6 @@ _TRACEPARENT: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2
 _SECRET_HEADERS: Final = frozenset(
     {b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key", b"cookie", b"proxy-authorization"}
 )
-#: GenAI operation names by endpoint label
-OPERATIONS: Final = {
-    "chat_completions": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "gemini": "generate_content",
-    "embeddings": "embeddings",
-    "completions": "text_completion",
-}
 #: the instrumentation scope (``TracerProvider.get_tracer("plano_fast")``'s)
 SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 
@@ -256,53 +248,6 @@ class RecordExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
-
-
-def traceparent(span: TraceSpan) -> bytes:
-    return b"00-%032x-%016x-01" % (span.trace_id, span.span_id)
-
-
-def end_attempt(span: TraceSpan, status: int, error: str | None = None) -> None:
-    if status:
-        span.set_attribute("http.response.status_code", status)
-    if error is not None or status >= 400 or not status:
-        span.set_error(error or f"HTTP {status}")
-    span.end(time_ns())
-
-
-def end_server(
-    span: TraceSpan,
-    *,
-    mode: str,
-    endpoint: str,
-    request_id: str,
-    provider: str,
-    request_model: str | None,
-    response_model: str | None,
-    outcome: str,
-    status: int,
-    tokens: tuple[int, int] | None,
-) -> None:
-    operation = OPERATIONS.get(endpoint, endpoint or "chat")
-    if not span.end_ns:  # (update_name, inline)
-        span.name = f"{operation} {request_model or ''}".strip()
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": request_model or "",
-        "gen_ai.response.model": response_model or "",
-        "http.response.status_code": status,
-        "plano_fast.mode": mode,
-        "plano_fast.request_id": request_id,
-        "plano_fast.outcome": outcome,
-    }
-    if tokens is not None:
-        attributes["gen_ai.usage.input_tokens"] = tokens[0]
-        attributes["gen_ai.usage.output_tokens"] = tokens[1]
-    span.set_attributes(attributes)
-    if status >= 500 or outcome in ("upstream_failed",):
-        span.set_error(outcome)
-    span.end(time_ns())
 
 
 def _exporter(section: Mapping[str, Any]) -> SpanExporter:

@@ -27,9 +27,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+import plano_fast.spans as spans_module
 import plano_fast.tracing as tracing_module
-from plano_fast.otlp import TraceSpan
-from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.spans import TraceSpan, end_attempt, end_server, traceparent
+from plano_fast.tracing import Tracing
 
 PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SECTION: dict[str, Any] = {
@@ -86,7 +87,7 @@ class SdkTracing:
     def end_server(span: Any, *, mode: str, endpoint: str, request_id: str, provider: str,
                    request_model: str | None, response_model: str | None, outcome: str, status: int,
                    tokens: tuple[int, int] | None) -> None:  # fmt: skip
-        operation = tracing_module.OPERATIONS.get(endpoint, endpoint or "chat")
+        operation = spans_module.OPERATIONS.get(endpoint, endpoint or "chat")
         span.update_name(f"{operation} {request_model or ''}".strip())
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
@@ -169,7 +170,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
         state["it"] = itertools.count(1_733_400_000_000_000_000, 1_234_567)
 
     monkeypatch.setattr("opentelemetry.sdk.trace.time_ns", now)
-    monkeypatch.setattr(tracing_module, "time_ns", now)
+    monkeypatch.setattr(tracing_module, "time_ns", now)  # spans start
+    monkeypatch.setattr(spans_module, "time_ns", now)  # and end
     yield restart
 
 

@@ -32,7 +32,7 @@ from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
-from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.spans import end_attempt, end_server, traceparent
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from plano_fast.gateway.hedge import Hedge
     from collections.abc import Coroutine
 
-    from plano_fast.otlp import TraceSpan as Span
+    from plano_fast.spans import TraceSpan as Span
+    from plano_fast.tracing import Tracing
 
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.filter_chain import FilterChains
