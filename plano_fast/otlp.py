@@ -1,10 +1,10 @@
-"""Trace spans as records, and their OTLP protobuf encoding (no I/O).
+"""The OTLP protobuf encoding of trace span records (``plano_fast.spans``; no I/O).
 
 A sampled request's spans used to be OpenTelemetry SDK spans, encoded by the SDK's OTLP
 encoder: ~35 µs of span bookkeeping per request (context objects, samplers, locked
 attribute maps, a ``ReadableSpan`` copy at the end) and ~65 µs to encode its two spans
 (a protobuf message object per attribute), measured in-process with cProfile
-(benchmarks/results/tracing-cost-20261205.md).  Here a span is a plain record (ids as
+(benchmarks/results/tracing-cost-20261205.md).  Now a span is a plain record (ids as
 ints, ``time.time_ns`` stamps, a dict of attributes) and the export request is written
 as bytes: the resource and the instrumentation scope once, each attribute's KeyValue
 once per distinct short (key, value) (a bounded cache: provider, model, mode, outcome and

@@ -14,7 +14,7 @@ Without ``opentracing_grpc_endpoint`` spans go over OTLP/HTTP, configured by the
 ``OTEL_EXPORTER_OTLP_*`` variables.  Spans are exported by the SDK's ``BatchSpanProcessor``
 (a thread of its own; ``OTEL_BSP_*`` variables).
 
-The spans are not the SDK's: a sampled request's spans are ``plano_fast.otlp.TraceSpan``
+The spans are not the SDK's: a sampled request's spans are ``plano_fast.spans.TraceSpan``
 records, written as OTLP protobuf bytes by ``plano_fast.otlp.OtlpEncoder`` and posted by
 the SDK's OTLP/HTTP exporter client (its endpoint, headers, compression, TLS and retries).
 The bytes are the ones the SDK would send for its own spans of the same calls
@@ -77,7 +77,7 @@ SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 class Tracing:
     """The configured tracer, or nothing when ``random_sampling`` is 0 and no client asks.
 
-    Spans are ``plano_fast.otlp.TraceSpan`` records, batched by the SDK's
+    Spans are ``plano_fast.spans.TraceSpan`` records, batched by the SDK's
     ``BatchSpanProcessor`` (``OTEL_BSP_*`` variables) and written as OTLP bytes by
     ``plano_fast.otlp.OtlpEncoder``, posted by the SDK's OTLP/HTTP exporter client
     (``OTEL_EXPORTER_OTLP_*`` variables: endpoint, headers, compression, timeout,
