@@ -212,8 +212,10 @@ def _new_id(bits: int) -> int:
 
 class RecordExporter(SpanExporter):
     """The batch processor's exporter: records in, OTLP out.  With the SDK's OTLP/HTTP
-    exporter the bytes are ``OtlpEncoder``'s, posted by that exporter's client; any other
-    exporter is given the SDK's ``ReadableSpan``s."""
+    exporter the bytes are ``OtlpEncoder``'s, posted by that exporter's client after that
+    exporter's own checks (``OTLPSpanExporter.export``: nothing after shutdown, no request
+    over its ``max_request_size``, 64 MiB by default); any other exporter is given the SDK's
+    ``ReadableSpan``s."""
 
     def __init__(self, inner: SpanExporter, tracing: Tracing) -> None:
         self.inner = inner
@@ -224,6 +226,9 @@ class RecordExporter(SpanExporter):
             scope.attributes, scope.schema_url,
         )  # fmt: skip
         self._post: Any = None
+        #: the SDK exporter's limit on a request's size (uncompressed); 0 or less: none
+        self._max_request_size = 0
+        self._shutdown = False
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:  # pragma: no cover - a dependency of the package
@@ -231,19 +236,30 @@ class RecordExporter(SpanExporter):
         client = getattr(inner, "_client", None)  # SDK >= 1.4x: _OTLPHTTPClient.export(bytes)
         if type(inner) is OTLPSpanExporter and callable(getattr(client, "export", None)):
             self._post = client.export  # type: ignore[union-attr]
+            # (an SDK without the attribute enforces no limit)
+            self._max_request_size = getattr(inner, "_max_request_size", None) or 0
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        """``OTLPSpanExporter.export`` with our bytes: its checks, its words, its result."""
         if self._post is None:
             return self.inner.export([self.tracing.readable(s) for s in spans])
+        if self._shutdown:
+            log.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
         try:
             data = self.encoder.request(spans)
-        except Exception as exc:  # the SDK's words
+        except Exception as exc:
             log.error("Failed to encode span batch: %s", exc)
+            return SpanExportResult.FAILURE
+        if 0 < self._max_request_size < len(data):
+            log.warning("Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                        len(data), self._max_request_size)  # fmt: skip
             return SpanExportResult.FAILURE
         result = self._post(data)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
+        self._shutdown = True
         self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -31,6 +32,7 @@ import plano_fast.spans as spans_module
 import plano_fast.tracing as tracing_module
 from plano_fast.spans import TraceSpan, end_attempt, end_server, traceparent
 from plano_fast.tracing import Tracing
+from tests.test_tracing import Receiver, receiver  # noqa: F401 - the fixture
 
 PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SECTION: dict[str, Any] = {
@@ -335,3 +337,62 @@ def test_sdk_disabled_samples_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         assert t.sample(HEADERS) is False and t.sample([]) is False
     finally:
         t.shutdown()
+
+
+def _ended_server(t: Tracing, request_id: str) -> TraceSpan:
+    server = t.start_server(True, [], b"/v1/chat/completions")
+    end_server(server, mode="config", endpoint="chat_completions", request_id=request_id, provider="openai",
+               request_model="m", response_model="m", outcome="ok", status=200, tokens=None)  # fmt: skip
+    return server
+
+
+def test_otlp_http_drops_a_request_over_the_exporters_max_request_size(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: the encoder's bytes were posted whatever their size, where the SDK's exporter
+    drops a request over its ``max_request_size`` (64 MiB unless set; 0 or less: no limit)
+    and fails the export.  Now the same check, at the same edge, before any post."""
+    endpoint = f"http://127.0.0.1:{receiver.port}/v1/traces"
+    spans: list[TraceSpan] = []
+    t = Tracing({"random_sampling": 100})
+    t.owner.on_end = spans.append
+    try:
+        _ended_server(t, "r")
+        size = len(t.exporter.encoder.request(spans))
+    finally:
+        t.shutdown()
+    results = []
+    for limit in (size - 1, size, 0, -1):
+        t = Tracing({"random_sampling": 100}, OTLPSpanExporter(endpoint=endpoint, max_request_size=limit))
+        try:
+            assert t.exporter._post is not None  # our bytes, the SDK's client
+            results.append(t.exporter.export(spans))
+        finally:
+            t.shutdown()
+    assert results == [SpanExportResult.FAILURE, SpanExportResult.SUCCESS, SpanExportResult.SUCCESS,
+                       SpanExportResult.SUCCESS]  # fmt: skip
+    assert len(receiver.spans) == 3  # the first request was not sent
+    assert f"serialized size {size} bytes exceeds max_request_size {size - 1} bytes" in caplog.text
+    # the SDK's exporter, given the same spans as its own, decides alike
+    sdk = OTLPSpanExporter(endpoint=endpoint, max_request_size=size - 1)
+    try:
+        assert sdk.export([Tracing({}, InMemorySpanExporter()).readable(s) for s in spans]) == SpanExportResult.FAILURE
+    finally:
+        sdk.shutdown()
+    assert len(receiver.spans) == 3
+
+
+def test_otlp_http_exports_nothing_after_shutdown(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    """Was: an export after the exporter's shutdown (the batch processor's worker outliving
+    its shutdown timeout) still posted; the SDK's exporter refuses it.  Now refused alike."""
+    t = Tracing({"random_sampling": 100},
+                OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.port}/v1/traces"))  # fmt: skip
+    spans: list[TraceSpan] = []
+    t.owner.on_end = spans.append
+    _ended_server(t, "before")
+    assert t.exporter.export(spans) == SpanExportResult.SUCCESS
+    t.shutdown()
+    _ended_server(t, "after")
+    assert t.exporter.export(spans[1:]) == SpanExportResult.FAILURE
+    assert [s.span_id for s in receiver.spans] == [spans[0].span_id.to_bytes(8, "big")]
+    assert "Exporter already shutdown, ignoring batch" in caplog.text
