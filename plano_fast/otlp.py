@@ -20,10 +20,15 @@ empty ``Status`` for an unset status, the span flags saying whether the parent i
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
+
+from plano_fast.wire import PURE_ENV
 
 if TYPE_CHECKING:
     from plano_fast.spans import TraceSpan
@@ -117,6 +122,10 @@ class OtlpEncoder:
     """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource and one
     instrumentation scope (the gateway's tracer)."""
 
+    #: the caches' bounds (read by the compiled twin too)
+    cache_max: Final = _KV_CACHE_MAX
+    kv_entry_max: Final = _KV_CACHE_ENTRY_MAX
+
     def __init__(self, resource_attributes: Mapping[str, Any], resource_schema_url: str,
                  scope_name: str, scope_version: str | None, scope_attributes: Mapping[str, Any] | None,
                  scope_schema_url: str | None) -> None:  # fmt: skip
@@ -133,13 +142,23 @@ class OtlpEncoder:
         self._kv: dict[tuple[str, Any, type], bytes] = {}
         self._heads: dict[tuple[str, int], bytes] = {}
         self._statuses: dict[str, bytes] = {}
+        #: an export request's bytes and a ``Span`` message's: ``plano_fast._otlp``'s where it
+        #: is built, else the twins
+        self.request: Callable[[Iterable[TraceSpan]], bytes] = self._request_py
+        self.span: Callable[[TraceSpan], bytes] = self._span_py
+        if _compiled is not None:
+            self.request = functools.partial(_compiled.request, self)
+            self.span = functools.partial(_compiled.span, self)
 
-    def request(self, spans: Iterable[TraceSpan]) -> bytes:
-        """The export request of ``spans``, in their order (one join: no nested copies)."""
+    def _request_py(self, spans: Iterable[TraceSpan]) -> bytes:
+        """The export request of ``spans``, in their order (one join: no nested copies).
+        (The pure twin of ``plano_fast._otlp.request``: ``OtlpEncoder.request`` is one or
+        the other.)"""
         parts = [b"", b"", self._resource, b"\x12", b"", self._scope]
         size = len(self._scope)
+        span = self.span
         for s in spans:
-            encoded = self.span(s)
+            encoded = span(s)
             n = len(encoded)
             length = _SMALL[n] if n < 0x80 else _varint(n)
             parts += (b"\x12", length, encoded)
@@ -151,14 +170,12 @@ class OtlpEncoder:
         parts += (self._scope_schema, self._resource_schema)
         return b"".join(parts)
 
-    def span(self, span: TraceSpan) -> bytes:
+    def _span_py(self, span: TraceSpan) -> bytes:
         """A ``Span`` message's bytes, its fields in number order as the SDK's protobuf
         runtime writes them (flags, field 16, last).  Name and kind, each attribute's
-        ``KeyValue`` of a string value and the status are looked up in caches."""
-        head = self._heads.get((span.name, span.kind))
-        if head is None:
-            head = self._remember(self._heads, (span.name, span.kind),
-                                  _field(b"\x2a", span.name.encode("utf-8", "replace")) + b"\x30" + _SMALL[span.kind])
+        ``KeyValue`` of a string value and the status are looked up in caches.  (The pure
+        twin of ``plano_fast._otlp.span``: ``OtlpEncoder.span`` is one or the other.)"""
+        head = self._heads.get((span.name, span.kind)) or self._head(span)
         attributes = span.attributes
         values = attributes.values()
         kvs: list[Any]
@@ -167,13 +184,12 @@ class OtlpEncoder:
         except TypeError:  # an unhashable value: every attribute the slow way
             kvs = [None] * len(attributes)
         if None in kvs:
-            kvs = self._fill(attributes, kvs)
+            kvs = [kv if kv is not None else self._miss(*item) for item, kv in zip(attributes.items(), kvs)]
         error = span.error
         if error is None:
             status = b"\x7a\x00"  # Status {} (code UNSET)
         else:
-            status = self._statuses.get(error) or self._remember(self._statuses, error, _field(
-                b"\x7a", (_field(b"\x12", error.encode("utf-8", "replace")) if error else b"") + b"\x18\x02"))
+            status = self._statuses.get(error) or self._status(error)
         return b"".join((
             b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big"),
             b"\x22\x08" + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
@@ -182,22 +198,29 @@ class OtlpEncoder:
             status, _FLAGS_REMOTE if span.remote_parent else _FLAGS_LOCAL,
         ))  # fmt: skip
 
-    def _fill(self, attributes: Mapping[str, Any], kvs: list[Any]) -> list[bytes]:
-        """``kvs`` with the cache misses encoded, and remembered when the value is a
-        scalar (a tuple's items could be equal but of other types: (1,) == (1.0,))."""
-        out = []
-        for item, kv in zip(attributes.items(), kvs):
-            if kv is None:
-                kv = self._attribute(*item)
-                t = type(item[1])
-                if t in _CACHED_TYPES and len(kv) <= _KV_CACHE_ENTRY_MAX:
-                    self._remember(self._kv, (item[0], item[1], t), kv)
-            out.append(kv)
-        return out
+    def _head(self, span: TraceSpan) -> bytes:
+        """The span's name and kind fields (a cache miss), remembered."""
+        return self._remember(self._heads, (span.name, span.kind),
+                              _field(b"\x2a", span.name.encode("utf-8", "replace")) + b"\x30" + _SMALL[span.kind])
+
+    def _status(self, error: str) -> bytes:
+        """The status field of an ERROR status (a cache miss), remembered."""
+        description = _field(b"\x12", error.encode("utf-8", "replace")) if error else b""
+        return self._remember(self._statuses, error, _field(b"\x7a", description + b"\x18\x02"))
+
+    def _miss(self, key: str, value: Any) -> bytes:
+        """An attribute's ``KeyValue`` field (a cache miss), remembered when the value is
+        a short scalar (a tuple's items could be equal but of other types: (1,) == (1.0,)).
+        (The compiled twin writes a string's here itself, and remembers it alike.)"""
+        kv = self._attribute(key, value)
+        t = type(value)
+        if t in _CACHED_TYPES and len(kv) <= self.kv_entry_max:
+            self._remember(self._kv, (key, value, t), kv)
+        return kv
 
     @staticmethod
     def _remember(cache: dict[Any, bytes], key: Any, value: bytes) -> bytes:
-        if len(cache) >= _KV_CACHE_MAX:
+        if len(cache) >= OtlpEncoder.cache_max:
             cache.clear()
         cache[key] = value
         return value
@@ -209,3 +232,15 @@ class OtlpEncoder:
         except Exception as exc:  # the SDK: "Failed to encode key %s: %s", the others kept
             log.error("Failed to encode key %s: %s", key, exc)
             return b""
+
+
+_compiled: ModuleType | None
+try:
+    if os.environ.get(PURE_ENV) == "1":
+        raise ImportError(PURE_ENV)
+    from plano_fast import _otlp as _compiled
+
+    ENCODER_IMPLEMENTATION: Final = "cython"
+except ImportError:
+    _compiled = None
+    ENCODER_IMPLEMENTATION: Final = "python"  # type: ignore[misc]

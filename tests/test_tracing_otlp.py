@@ -13,7 +13,9 @@ other value types, and the SDK's attribute limits from the environment.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -153,10 +155,28 @@ def requests(t: Any) -> None:
     server.set_attribute("empty", "")
     server.set_attribute("list", ["a", "b"])  # unhashable: the encoder's slow path
     server.set_attribute("text", "réponse ✓")
+    server.set_attribute("lone surrogate", "\ud800")  # not UTF-8: left out (and logged)
     attempt = t.start_attempt(server, "gemini", "g")
     t.end_attempt(attempt, 404)
     t.end_server(server, mode="config", endpoint="other", request_id="req-3", provider="gemini", request_model="g",
                  response_model="g", outcome="upstream_error", status=404, tokens=(0, 0))
+
+
+@pytest.fixture(params=["python", "cython"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An encoding test on both builds of the encoder: ``plano_fast._otlp``'s ``request``
+    and ``span`` and their twins ``OtlpEncoder._request_py``, ``_span_py`` (chosen when the
+    encoder is made)."""
+    from plano_fast import otlp
+    from plano_fast.wire import PURE_ENV
+
+    if request.param == "python":
+        monkeypatch.setattr(otlp, "_compiled", None)
+    elif otlp.ENCODER_IMPLEMENTATION != "cython":
+        if os.environ.get(PURE_ENV) == "1":
+            pytest.skip("pure build forced by the environment")
+        pytest.fail("plano_fast._otlp is not built (make env)")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -191,8 +211,11 @@ def both(section: dict[str, Any], restart: Callable[[], None],
     return expected, ours, sdk.exporter.get_finished_spans()
 
 
-def test_encoded_bytes_are_the_sdks(clock: Callable[[], None]) -> None:
+def test_encoded_bytes_are_the_sdks(clock: Callable[[], None], implementation: str) -> None:
     expected, ours, sdk_spans = both(SECTION, clock)
+    encoder = ours.tracing.exporter.encoder
+    assert isinstance(encoder.request, functools.partial) == (implementation == "cython")
+    assert isinstance(encoder.span, functools.partial) == (implementation == "cython")
     assert len(ours.spans) == len(sdk_spans) == 7
     assert ours.tracing.exporter.encoder.request(ours.spans) == expected
     # the cache of KeyValue encodings: a second pass gives the same bytes
@@ -205,6 +228,7 @@ def test_encoded_bytes_are_the_sdks(clock: Callable[[], None]) -> None:
     assert traceparent(first_attempt) == b"00-4bf92f3577b34da6a3ce929d0e0e4736-%016x-01" % first_attempt.span_id
 
 
+@pytest.mark.usefixtures("implementation")
 def test_attribute_limits_from_the_environment_are_the_sdks(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +241,7 @@ def test_attribute_limits_from_the_environment_are_the_sdks(
     assert encode_spans([ours.tracing.readable(s) for s in ours.spans]).SerializePartialToString() == expected
 
 
+@pytest.mark.usefixtures("implementation")
 def test_many_static_attributes_and_a_zero_count_limit(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,6 +266,7 @@ def zeros_and_empty_keys(t: Any) -> None:
 
 
 @pytest.mark.parametrize("limit", [None, "3", "0"])
+@pytest.mark.usefixtures("implementation")
 def test_negative_zero_and_empty_keys_are_the_sdks(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch, limit: str | None
 ) -> None:
@@ -259,6 +285,7 @@ def test_negative_zero_and_empty_keys_are_the_sdks(
     assert encode_spans([ours.tracing.readable(s) for s in ours.spans]).SerializePartialToString() == expected
 
 
+@pytest.mark.usefixtures("implementation")
 def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
     """Was: every KeyValue of a string was cached, a client's header value (up to the 32 KiB
     head) among them: 4000 sampled requests with a distinct 30 KB x-user-id held ~230 MiB
@@ -289,6 +316,7 @@ def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
         t.shutdown()
 
 
+@pytest.mark.usefixtures("implementation")
 def test_otlp_http_posts_the_encoders_bytes() -> None:
     """With the default exporter (OTLP/HTTP) the records are encoded here and posted by
     the SDK exporter's client: if an SDK release moves that client, this fails (and the
@@ -346,6 +374,7 @@ def _ended_server(t: Tracing, request_id: str) -> TraceSpan:
     return server
 
 
+@pytest.mark.usefixtures("implementation")
 def test_otlp_http_drops_a_request_over_the_exporters_max_request_size(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
