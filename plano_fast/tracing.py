@@ -126,12 +126,13 @@ class Tracing:
         (benchmarks/results/observability-cost-20261205.md)."""
         return self.rate > 0 or has_header(headers, b"traceparent")
 
-    def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
+    def sample(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
         """False: not sampled; True: sampled, no parent; (trace id, parent span id):
-        sampled under the client's trace."""
+        sampled under the client's trace.  (The headers are looked at in Python only when
+        a C scan found a ``traceparent``.)"""
         if self.disabled:
             return False
-        for name, value in headers:
+        for name, value in headers if has_header(headers, b"traceparent") else ():
             if name == b"traceparent":
                 m = _TRACEPARENT.fullmatch(value.strip().lower())
                 if m is None or m.group(1) == b"0" * 32 or m.group(2) == b"0" * 16:
