@@ -9,10 +9,11 @@ where it goes.  Each part is the gateway's own call, as the exchange makes it, i
 under ``valgrind --tool=callgrind``, run twice (N1 and N2 calls): (total(N2) - total(N1)) /
 (N2 - N1) is one request's, startup and set-up cancelled out (``bench_observability``'s
 method).  Parts: ``sample`` (a request without a ``traceparent``), ``start_server``,
-``start_attempt``, ``traceparent`` (the relay's rewrite of the upstream head),
+``start_attempt``, ``traceparent`` (the relay's rewrite of the upstream head:
+``Tracing.upstream_head``),
 ``end_attempt``, ``end_server``, ``encode`` (the export request of both spans, in
-512-span batches; its pure twin: ``encode_python``).  Not here: the SDK's batch processor
-(``emit``, its thread) and the post.
+512-span batches); ``*_python``: the pure twins of the compiled parts.  Not here: the
+SDK's batch processor (``emit``, its thread) and the post.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from benchmarks.bench_observability import HEADERS, callgrind_total
 
-PARTS = ("sample", "start_server", "start_attempt", "traceparent", "end_attempt", "end_server", "encode",
-         "encode_python")
+PARTS = ("sample", "start_server", "start_attempt", "traceparent", "traceparent_python", "end_attempt",
+         "end_server", "encode", "encode_python")
 #: the largest count a loop runs (the records are made before it)
 MAX_N = 8192
 
@@ -36,11 +37,10 @@ def loop(part: str, n: int) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from plano_fast import otlp
-    from plano_fast.gateway.relay import _TRACEPARENT_LINE
-    from plano_fast.spans import TraceSpan, end_attempt, end_server, traceparent
+    from plano_fast.spans import TraceSpan, end_attempt, end_server
     from plano_fast.tracing import Tracing
 
-    if part == "encode_python":
+    if part in ("encode_python", "traceparent_python"):
         otlp._compiled = None
     tracing = Tracing({"random_sampling": 100}, InMemorySpanExporter())
     ended: list[TraceSpan] = []
@@ -59,10 +59,9 @@ def loop(part: str, n: int) -> None:
     elif part == "start_attempt":
         for server in servers[:n]:
             tracing.start_attempt(server, "openai", "gpt-4o-mini")
-    elif part == "traceparent":
+    elif part in ("traceparent", "traceparent_python"):
         for attempt in attempts[:n]:  # as Exchange._trace_attempt writes it
-            head = _TRACEPARENT_LINE.sub(b"", upstream_data[0])
-            upstream_data[0] = head[:-2] + b"traceparent: " + traceparent(attempt) + b"\r\n\r\n"
+            upstream_data[0] = tracing.upstream_head(upstream_data[0], attempt)
     elif part == "end_attempt":
         for attempt in attempts[:n]:
             end_attempt(attempt, 200)

@@ -1,4 +1,5 @@
-"""Type stub for plano_fast/_otlp.pyx; see plano_fast.otlp.OtlpEncoder._request_py and _span_py."""
+"""Type stub for plano_fast/_otlp.pyx; see plano_fast.otlp.OtlpEncoder._request_py, _span_py and
+plano_fast.spans.upstream_head."""
 
 from collections.abc import Iterable
 
@@ -7,3 +8,4 @@ from plano_fast.spans import TraceSpan
 
 def span(encoder: OtlpEncoder, span: TraceSpan) -> bytes: ...
 def request(encoder: OtlpEncoder, spans: Iterable[TraceSpan]) -> bytes: ...
+def upstream_head(head: bytes, span: TraceSpan) -> bytes: ...

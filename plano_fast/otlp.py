@@ -244,3 +244,9 @@ try:
 except ImportError:
     _compiled = None
     ENCODER_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
+
+
+def compiled() -> ModuleType | None:
+    """``plano_fast._otlp`` where it is built (and ``PLANO_FAST_PURE_SCANNER`` is not "1"),
+    else None: read when an encoder or a ``Tracing`` is made."""
+    return _compiled

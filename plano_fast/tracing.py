@@ -49,7 +49,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from typing import Any, Final
 
@@ -59,8 +59,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from plano_fast import otlp
 from plano_fast.otlp import OtlpEncoder
-from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan
+from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan, upstream_head
 from plano_fast.wire import has_header
 
 log = logging.getLogger("plano_fast.tracing")
@@ -118,6 +119,12 @@ class Tracing:
             limits.max_span_attributes is None or limits.max_span_attributes >= 2
         )
         self._random = random.random
+        #: an attempt's upstream head: the client's (or a previous attempt's) ``traceparent``
+        #: lines out, the attempt's in (``plano_fast._otlp``'s where built, else the twin)
+        compiled = otlp.compiled()
+        self.upstream_head: Callable[[bytes, TraceSpan], bytes] = (
+            upstream_head if compiled is None else compiled.upstream_head
+        )
 
     def may_sample(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether ``sample`` could say yes: only a random draw (``random_sampling`` above

@@ -425,3 +425,46 @@ def test_otlp_http_exports_nothing_after_shutdown(receiver: Receiver, caplog: py
     assert t.exporter.export(spans[1:]) == SpanExportResult.FAILURE
     assert [s.span_id for s in receiver.spans] == [spans[0].span_id.to_bytes(8, "big")]
     assert "Exporter already shutdown, ignoring batch" in caplog.text
+
+
+#: upstream heads: none, the client's first, a previous attempt's last, several (one
+#: empty), names that are not ``traceparent``, a bare LF inside, degenerate ones
+HEADS = [
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: " + PARENT + b"\r\nhost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-1-2-01\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: a\r\ntraceparent:\r\nhost: a\r\ntraceparent: c\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTraceparent: kept\r\ntraceparent-x: kept\r\nx: traceparent: kept\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: lf\nx: y\r\n\r\n",
+    b"", b"\r", b"\r\n", b"\r\ntraceparent:", b"\r\ntraceparent: x",
+]  # fmt: skip
+
+
+def test_the_upstream_heads_traceparent_is_the_attempts_on_both_builds() -> None:
+    """``plano_fast._otlp.upstream_head`` writes what its twin ``spans.upstream_head``
+    (a regular expression's strip, then the line) does, ids of every width included."""
+    from plano_fast import otlp
+    from plano_fast.spans import upstream_head
+    from plano_fast.wire import PURE_ENV
+
+    compiled = otlp.compiled()
+    if compiled is None:
+        if os.environ.get(PURE_ENV) == "1":
+            pytest.skip("pure build forced by the environment")
+        pytest.fail("plano_fast._otlp is not built (make env)")
+    t = Tracing({"random_sampling": 100}, InMemorySpanExporter())
+    try:
+        assert t.upstream_head is compiled.upstream_head
+        spans = [t.start_server(decision, [], b"/") for decision in
+                 ((1, 1), ((1 << 128) - 1, (1 << 64) - 1), (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7))]
+        spans += [t.start_attempt(s, "openai", "m") for s in spans]
+        for head in HEADS:
+            for span in spans:
+                assert compiled.upstream_head(head, span) == upstream_head(head, span), (head, span.trace_id)
+        span = spans[-1]
+        assert upstream_head(HEADS[1], span) == (
+            b"POST / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-%016x-01\r\n\r\n"
+            % span.span_id
+        )
+    finally:
+        t.shutdown()
