@@ -135,12 +135,18 @@ def span(encoder, span):
     return _span(encoder, span)
 
 
-cdef bytes _span(encoder, span):
-    cdef object trace_id = span.trace_id
+cdef int _trace_id(object trace_id, uint64_t* high, uint64_t* low) except -1:
+    """A 128-bit trace id's two halves (``int.to_bytes(16)``'s range check)."""
     if not 0 <= trace_id < (1 << 128):
         raise OverflowError("trace id out of range")
-    cdef uint64_t trace_hi = trace_id >> 64
-    cdef uint64_t trace_lo = trace_id & 0xFFFFFFFFFFFFFFFF
+    high[0] = trace_id >> 64
+    low[0] = trace_id & 0xFFFFFFFFFFFFFFFF
+    return 0
+
+
+cdef bytes _span(encoder, span):
+    cdef uint64_t trace_hi, trace_lo
+    _trace_id(span.trace_id, &trace_hi, &trace_lo)
     cdef uint64_t span_id = span.span_id
     cdef uint64_t parent_id = span.parent_id
     cdef uint64_t start_ns = span.start_ns
@@ -217,47 +223,42 @@ cdef inline char* _put_hex(char* out, uint64_t value, int digits):
     return out + digits
 
 
+cdef Py_ssize_t _strip(const char* src, Py_ssize_t n, char* out):
+    """The bytes of ``src`` but each "\\r\\ntraceparent:" and the rest of its line (the
+    twin's regular expression), copied to ``out`` unless it is NULL; their count."""
+    cdef const char* needle = PyBytes_AS_STRING(TRACEPARENT_LINE)
+    cdef Py_ssize_t needle_size = PyBytes_GET_SIZE(TRACEPARENT_LINE)
+    cdef Py_ssize_t pos = 0, kept = 0, end, size
+    cdef const char* hit
+    while True:
+        hit = <const char*>memmem(src + pos, n - pos, needle, needle_size)
+        size = (n if hit == NULL else hit - src) - pos
+        if out != NULL:
+            memcpy(out + kept, src + pos, size)
+        kept += size
+        if hit == NULL:
+            return kept
+        end = (hit - src) + needle_size
+        while end < n and src[end] != 13 and src[end] != 10:
+            end += 1
+        pos = end
+
+
 def upstream_head(bytes head, span):
     """``head`` without its ``traceparent`` lines and with ``span``'s, last: the twin of
     ``plano_fast.spans.upstream_head`` (a regular expression's strip, then the line)."""
-    cdef object trace_id = span.trace_id
-    if not 0 <= trace_id < (1 << 128):
-        raise OverflowError("trace id out of range")
-    cdef uint64_t trace_hi = trace_id >> 64
-    cdef uint64_t trace_lo = trace_id & 0xFFFFFFFFFFFFFFFF
+    cdef uint64_t trace_hi, trace_lo
+    _trace_id(span.trace_id, &trace_hi, &trace_lo)
     cdef uint64_t span_id = span.span_id
     cdef const char* src = PyBytes_AS_STRING(head)
-    cdef const char* needle = PyBytes_AS_STRING(TRACEPARENT_LINE)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(head), needle_size = PyBytes_GET_SIZE(TRACEPARENT_LINE)
-    cdef Py_ssize_t pos = 0, kept = 0, end
-    cdef const char* hit
-    while True:  # the kept bytes: all but each "\r\ntraceparent:" and the rest of its line
-        hit = <const char*>memmem(src + pos, n - pos, needle, needle_size)
-        if hit == NULL:
-            kept += n - pos
-            break
-        kept += (hit - src) - pos
-        end = (hit - src) + needle_size
-        while end < n and src[end] != 13 and src[end] != 10:
-            end += 1
-        pos = end
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(head)
+    cdef Py_ssize_t kept = _strip(src, n, NULL)
     # head[:-2] of what is kept, then "traceparent: 00-<trace>-<span>-01" and the empty line
+    # (the kept bytes are copied whole: the last two are written over)
     cdef Py_ssize_t base = kept - 2 if kept >= 2 else 0
     cdef bytes out = PyBytes_FromStringAndSize(NULL, base + 16 + 32 + 1 + 16 + 3 + 4)
-    cdef char* p = PyBytes_AS_STRING(out)
-    pos = 0
-    while True:  # the kept bytes again (at most base + 2: the last two are written over)
-        hit = <const char*>memmem(src + pos, n - pos, needle, needle_size)
-        if hit == NULL:
-            memcpy(p, src + pos, n - pos)
-            break
-        memcpy(p, src + pos, (hit - src) - pos)
-        p += (hit - src) - pos
-        end = (hit - src) + needle_size
-        while end < n and src[end] != 13 and src[end] != 10:
-            end += 1
-        pos = end
-    p = _put(PyBytes_AS_STRING(out) + base, TRACEPARENT_NAME)
+    _strip(src, n, PyBytes_AS_STRING(out))
+    cdef char* p = _put(PyBytes_AS_STRING(out) + base, TRACEPARENT_NAME)
     p = _put_hex(_put_hex(p, trace_hi, 16), trace_lo, 16)
     p[0] = 0x2d  # -
     p = _put_hex(p + 1, span_id, 16)
