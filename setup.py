@@ -86,7 +86,9 @@ def _extensions() -> list[Extension]:
            for name in ("_new_request", "_new_credentials")]
         # the request path's Exchange constructor (twin plano_fast.gateway.relay.new_exchange)
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
+        # a trace span's OTLP bytes (twin plano_fast.otlp.OtlpEncoder._span_py)
+        + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -97,11 +97,12 @@ def loop(variant: str, n: int) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def callgrind_total(variant: str, n: int, out_dir: Path) -> int:
+def callgrind_total(variant: str, n: int, out_dir: Path, module: str = "benchmarks.bench_observability") -> int:
+    """Instructions of ``python -m module _loop variant n`` under callgrind."""
     out = out_dir / f"callgrind.{variant}.{n}"
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                    "benchmarks.bench_observability", "_loop", variant, str(n)],
+                    module, "_loop", variant, str(n)],
                    cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
     match = re.search(r"^(?:totals|summary):\s+(\d+)", out.read_text(), re.M)
     assert match is not None, out

@@ -1,10 +1,10 @@
-"""Trace spans as records, and their OTLP protobuf encoding (no I/O).
+"""The OTLP protobuf encoding of trace span records (``plano_fast.spans``; no I/O).
 
 A sampled request's spans used to be OpenTelemetry SDK spans, encoded by the SDK's OTLP
 encoder: ~35 µs of span bookkeeping per request (context objects, samplers, locked
 attribute maps, a ``ReadableSpan`` copy at the end) and ~65 µs to encode its two spans
 (a protobuf message object per attribute), measured in-process with cProfile
-(benchmarks/results/tracing-cost-20261205.md).  Here a span is a plain record (ids as
+(benchmarks/results/tracing-cost-20261205.md).  Now a span is a plain record (ids as
 ints, ``time.time_ns`` stamps, a dict of attributes) and the export request is written
 as bytes: the resource and the instrumentation scope once, each attribute's KeyValue
 once per distinct short (key, value) (a bounded cache: provider, model, mode, outcome and
@@ -20,18 +20,21 @@ empty ``Status`` for an unset status, the span flags saying whether the parent i
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry.trace import SpanContext, TraceFlags
+from plano_fast.wire import PURE_ENV
+
+if TYPE_CHECKING:
+    from plano_fast.spans import TraceSpan
 
 log = logging.getLogger("plano_fast.tracing")
 
-#: OTLP Span.SpanKind
-KIND_SERVER: Final = 2
-KIND_CLIENT: Final = 3
 #: SpanFlags: CONTEXT_HAS_IS_REMOTE, | CONTEXT_IS_REMOTE when the parent came from a client
 _FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)
 _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
@@ -48,104 +51,6 @@ _KV_CACHE_MAX: Final = 4096
 #: client's header name and value (``http.request.header.*``) reach the 32 KiB head, and
 #: 4096 such entries held ~230 MiB; at this bound the cache holds a few MiB at most
 _KV_CACHE_ENTRY_MAX: Final = 160
-
-
-class SpanOwner:
-    """What a span needs from its tracer: the attribute limits and where it goes when
-    it ends (the batch processor)."""
-
-    __slots__ = ("max_attributes", "max_length", "on_end")
-
-    def __init__(self, max_attributes: int | None, max_length: int | None,
-                 on_end: Callable[[TraceSpan], None]) -> None:  # fmt: skip
-        self.max_attributes = max_attributes
-        self.max_length = max_length
-        self.on_end = on_end
-
-
-class TraceSpan:
-    """One span of a sampled request: what OTLP exports of it, nothing else.
-
-    ``parent_id`` is 0 for a root span; ``remote_parent`` says the parent is a client's
-    (its ``traceparent``).  ``error`` is None for an unset status, else the description of
-    an ERROR status.  Mutators after ``end`` are ignored, as the SDK's are."""
-
-    __slots__ = ("name", "trace_id", "span_id", "parent_id", "remote_parent", "kind", "start_ns", "end_ns",
-                 "attributes", "dropped", "error", "owner")
-
-    #: BatchSpanProcessor.on_end exports what its context says is sampled: every span
-    #: here is (sampling was decided before it existed)
-    context: Final = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-
-    def __init__(self, owner: SpanOwner, name: str, kind: int, trace_id: int, span_id: int, parent_id: int,
-                 remote_parent: bool, attributes: dict[str, Any], dropped: int, start_ns: int) -> None:
-        self.owner = owner
-        self.name = name
-        self.kind = kind
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent_id = parent_id
-        self.remote_parent = remote_parent
-        self.attributes = attributes
-        self.dropped = dropped
-        self.start_ns = start_ns
-        self.end_ns = 0
-        self.error: str | None = None
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        """The SDK's ``BoundedAttributes`` rules: a key set again moves to the end; past
-        the count limit the oldest is dropped (and counted); strings cut at the length limit;
-        an empty key is dropped (and counted)."""
-        if self.end_ns:
-            log.warning("Setting attribute on ended span.")
-            return
-        if not key:
-            log.warning("invalid key `%s`. must be non-empty string. Dropping key from attributes.", key)
-            self.dropped += 1
-            return
-        attributes = self.attributes
-        owner = self.owner
-        if key in attributes:
-            del attributes[key]
-        elif owner.max_attributes is not None and len(attributes) >= owner.max_attributes:
-            self.dropped += 1
-            if owner.max_attributes == 0:
-                return
-            del attributes[next(iter(attributes))]
-        if owner.max_length is not None and type(value) is str and len(value) > owner.max_length:
-            value = value[: owner.max_length]
-        attributes[key] = value
-
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """``set_attribute`` of each item, in order; one dict update when no key is
-        already set, none is empty and no limit can be reached (the gateway's own calls)."""
-        mine = self.attributes
-        owner = self.owner
-        if (
-            not self.end_ns and owner.max_length is None
-            and (owner.max_attributes is None or len(mine) + len(attributes) <= owner.max_attributes)
-            and mine.keys().isdisjoint(attributes) and "" not in attributes
-        ):  # fmt: skip
-            mine.update(attributes)
-            return
-        for key, value in attributes.items():
-            self.set_attribute(key, value)
-
-    def update_name(self, name: str) -> None:
-        if not self.end_ns:
-            self.name = name
-
-    def set_error(self, description: str) -> None:
-        """Status ERROR with ``description`` (the only status the gateway sets)."""
-        if not self.end_ns:
-            self.error = description
-
-    def end(self, end_ns: int) -> None:
-        if self.end_ns:
-            log.warning("Calling end() on an ended span.")
-            return
-        self.end_ns = end_ns
-        self.owner.on_end(self)
 
 
 def _varint(n: int) -> bytes:
@@ -217,6 +122,10 @@ class OtlpEncoder:
     """``ExportTraceServiceRequest`` bytes for a batch of spans of one resource and one
     instrumentation scope (the gateway's tracer)."""
 
+    #: the caches' bounds (read by the compiled twin too)
+    cache_max: Final = _KV_CACHE_MAX
+    kv_entry_max: Final = _KV_CACHE_ENTRY_MAX
+
     def __init__(self, resource_attributes: Mapping[str, Any], resource_schema_url: str,
                  scope_name: str, scope_version: str | None, scope_attributes: Mapping[str, Any] | None,
                  scope_schema_url: str | None) -> None:  # fmt: skip
@@ -233,13 +142,23 @@ class OtlpEncoder:
         self._kv: dict[tuple[str, Any, type], bytes] = {}
         self._heads: dict[tuple[str, int], bytes] = {}
         self._statuses: dict[str, bytes] = {}
+        #: an export request's bytes and a ``Span`` message's: ``plano_fast._otlp``'s where it
+        #: is built, else the twins
+        self.request: Callable[[Iterable[TraceSpan]], bytes] = self._request_py
+        self.span: Callable[[TraceSpan], bytes] = self._span_py
+        if _compiled is not None:
+            self.request = functools.partial(_compiled.request, self)
+            self.span = functools.partial(_compiled.span, self)
 
-    def request(self, spans: Iterable[TraceSpan]) -> bytes:
-        """The export request of ``spans``, in their order (one join: no nested copies)."""
+    def _request_py(self, spans: Iterable[TraceSpan]) -> bytes:
+        """The export request of ``spans``, in their order (one join: no nested copies).
+        (The pure twin of ``plano_fast._otlp.request``: ``OtlpEncoder.request`` is one or
+        the other.)"""
         parts = [b"", b"", self._resource, b"\x12", b"", self._scope]
         size = len(self._scope)
+        span = self.span
         for s in spans:
-            encoded = self.span(s)
+            encoded = span(s)
             n = len(encoded)
             length = _SMALL[n] if n < 0x80 else _varint(n)
             parts += (b"\x12", length, encoded)
@@ -251,14 +170,12 @@ class OtlpEncoder:
         parts += (self._scope_schema, self._resource_schema)
         return b"".join(parts)
 
-    def span(self, span: TraceSpan) -> bytes:
+    def _span_py(self, span: TraceSpan) -> bytes:
         """A ``Span`` message's bytes, its fields in number order as the SDK's protobuf
         runtime writes them (flags, field 16, last).  Name and kind, each attribute's
-        ``KeyValue`` of a string value and the status are looked up in caches."""
-        head = self._heads.get((span.name, span.kind))
-        if head is None:
-            head = self._remember(self._heads, (span.name, span.kind),
-                                  _field(b"\x2a", span.name.encode("utf-8", "replace")) + b"\x30" + _SMALL[span.kind])
+        ``KeyValue`` of a string value and the status are looked up in caches.  (The pure
+        twin of ``plano_fast._otlp.span``: ``OtlpEncoder.span`` is one or the other.)"""
+        head = self._heads.get((span.name, span.kind)) or self._head(span)
         attributes = span.attributes
         values = attributes.values()
         kvs: list[Any]
@@ -267,13 +184,12 @@ class OtlpEncoder:
         except TypeError:  # an unhashable value: every attribute the slow way
             kvs = [None] * len(attributes)
         if None in kvs:
-            kvs = self._fill(attributes, kvs)
+            kvs = [kv if kv is not None else self._miss(*item) for item, kv in zip(attributes.items(), kvs)]
         error = span.error
         if error is None:
             status = b"\x7a\x00"  # Status {} (code UNSET)
         else:
-            status = self._statuses.get(error) or self._remember(self._statuses, error, _field(
-                b"\x7a", (_field(b"\x12", error.encode("utf-8", "replace")) if error else b"") + b"\x18\x02"))
+            status = self._statuses.get(error) or self._status(error)
         return b"".join((
             b"\x0a\x10", span.trace_id.to_bytes(16, "big"), b"\x12\x08", span.span_id.to_bytes(8, "big"),
             b"\x22\x08" + span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
@@ -282,22 +198,29 @@ class OtlpEncoder:
             status, _FLAGS_REMOTE if span.remote_parent else _FLAGS_LOCAL,
         ))  # fmt: skip
 
-    def _fill(self, attributes: Mapping[str, Any], kvs: list[Any]) -> list[bytes]:
-        """``kvs`` with the cache misses encoded, and remembered when the value is a
-        scalar (a tuple's items could be equal but of other types: (1,) == (1.0,))."""
-        out = []
-        for item, kv in zip(attributes.items(), kvs):
-            if kv is None:
-                kv = self._attribute(*item)
-                t = type(item[1])
-                if t in _CACHED_TYPES and len(kv) <= _KV_CACHE_ENTRY_MAX:
-                    self._remember(self._kv, (item[0], item[1], t), kv)
-            out.append(kv)
-        return out
+    def _head(self, span: TraceSpan) -> bytes:
+        """The span's name and kind fields (a cache miss), remembered."""
+        return self._remember(self._heads, (span.name, span.kind),
+                              _field(b"\x2a", span.name.encode("utf-8", "replace")) + b"\x30" + _SMALL[span.kind])
+
+    def _status(self, error: str) -> bytes:
+        """The status field of an ERROR status (a cache miss), remembered."""
+        description = _field(b"\x12", error.encode("utf-8", "replace")) if error else b""
+        return self._remember(self._statuses, error, _field(b"\x7a", description + b"\x18\x02"))
+
+    def _miss(self, key: str, value: Any) -> bytes:
+        """An attribute's ``KeyValue`` field (a cache miss), remembered when the value is
+        a short scalar (a tuple's items could be equal but of other types: (1,) == (1.0,)).
+        (The compiled twin writes a string's here itself, and remembers it alike.)"""
+        kv = self._attribute(key, value)
+        t = type(value)
+        if t in _CACHED_TYPES and len(kv) <= self.kv_entry_max:
+            self._remember(self._kv, (key, value, t), kv)
+        return kv
 
     @staticmethod
     def _remember(cache: dict[Any, bytes], key: Any, value: bytes) -> bytes:
-        if len(cache) >= _KV_CACHE_MAX:
+        if len(cache) >= OtlpEncoder.cache_max:
             cache.clear()
         cache[key] = value
         return value
@@ -309,3 +232,21 @@ class OtlpEncoder:
         except Exception as exc:  # the SDK: "Failed to encode key %s: %s", the others kept
             log.error("Failed to encode key %s: %s", key, exc)
             return b""
+
+
+_compiled: ModuleType | None
+try:
+    if os.environ.get(PURE_ENV) == "1":
+        raise ImportError(PURE_ENV)
+    from plano_fast import _otlp as _compiled
+
+    ENCODER_IMPLEMENTATION: Final = "cython"
+except ImportError:
+    _compiled = None
+    ENCODER_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
+
+
+def compiled() -> ModuleType | None:
+    """``plano_fast._otlp`` where it is built (and ``PLANO_FAST_PURE_SCANNER`` is not "1"),
+    else None: read when an encoder or a ``Tracing`` is made."""
+    return _compiled

@@ -14,7 +14,7 @@ Without ``opentracing_grpc_endpoint`` spans go over OTLP/HTTP, configured by the
 ``OTEL_EXPORTER_OTLP_*`` variables.  Spans are exported by the SDK's ``BatchSpanProcessor``
 (a thread of its own; ``OTEL_BSP_*`` variables).
 
-The spans are not the SDK's: a sampled request's spans are ``plano_fast.otlp.TraceSpan``
+The spans are not the SDK's: a sampled request's spans are ``plano_fast.spans.TraceSpan``
 records, written as OTLP protobuf bytes by ``plano_fast.otlp.OtlpEncoder`` and posted by
 the SDK's OTLP/HTTP exporter client (its endpoint, headers, compression, TLS and retries).
 The bytes are the ones the SDK would send for its own spans of the same calls
@@ -49,7 +49,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import time_ns
 from typing import Any, Final
 
@@ -59,7 +59,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from plano_fast.otlp import KIND_CLIENT, KIND_SERVER, OtlpEncoder, SpanOwner, TraceSpan
+from plano_fast import otlp
+from plano_fast.otlp import OtlpEncoder
+from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan, upstream_head
 from plano_fast.wire import has_header
 
 log = logging.getLogger("plano_fast.tracing")
@@ -69,15 +71,6 @@ _TRACEPARENT: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2
 _SECRET_HEADERS: Final = frozenset(
     {b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key", b"cookie", b"proxy-authorization"}
 )
-#: GenAI operation names by endpoint label
-OPERATIONS: Final = {
-    "chat_completions": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "gemini": "generate_content",
-    "embeddings": "embeddings",
-    "completions": "text_completion",
-}
 #: the instrumentation scope (``TracerProvider.get_tracer("plano_fast")``'s)
 SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 
@@ -85,7 +78,7 @@ SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 class Tracing:
     """The configured tracer, or nothing when ``random_sampling`` is 0 and no client asks.
 
-    Spans are ``plano_fast.otlp.TraceSpan`` records, batched by the SDK's
+    Spans are ``plano_fast.spans.TraceSpan`` records, batched by the SDK's
     ``BatchSpanProcessor`` (``OTEL_BSP_*`` variables) and written as OTLP bytes by
     ``plano_fast.otlp.OtlpEncoder``, posted by the SDK's OTLP/HTTP exporter client
     (``OTEL_EXPORTER_OTLP_*`` variables: endpoint, headers, compression, timeout,
@@ -126,6 +119,12 @@ class Tracing:
             limits.max_span_attributes is None or limits.max_span_attributes >= 2
         )
         self._random = random.random
+        #: an attempt's upstream head: the client's (or a previous attempt's) ``traceparent``
+        #: lines out, the attempt's in (``plano_fast._otlp``'s where built, else the twin)
+        compiled = otlp.compiled()
+        self.upstream_head: Callable[[bytes, TraceSpan], bytes] = (
+            upstream_head if compiled is None else compiled.upstream_head
+        )
 
     def may_sample(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether ``sample`` could say yes: only a random draw (``random_sampling`` above
@@ -134,12 +133,13 @@ class Tracing:
         (benchmarks/results/observability-cost-20261205.md)."""
         return self.rate > 0 or has_header(headers, b"traceparent")
 
-    def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
+    def sample(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
         """False: not sampled; True: sampled, no parent; (trace id, parent span id):
-        sampled under the client's trace."""
+        sampled under the client's trace.  (The headers are looked at in Python only when
+        a C scan found a ``traceparent``.)"""
         if self.disabled:
             return False
-        for name, value in headers:
+        for name, value in headers if has_header(headers, b"traceparent") else ():
             if name == b"traceparent":
                 m = _TRACEPARENT.fullmatch(value.strip().lower())
                 if m is None or m.group(1) == b"0" * 32 or m.group(2) == b"0" * 16:
@@ -220,8 +220,10 @@ def _new_id(bits: int) -> int:
 
 class RecordExporter(SpanExporter):
     """The batch processor's exporter: records in, OTLP out.  With the SDK's OTLP/HTTP
-    exporter the bytes are ``OtlpEncoder``'s, posted by that exporter's client; any other
-    exporter is given the SDK's ``ReadableSpan``s."""
+    exporter the bytes are ``OtlpEncoder``'s, posted by that exporter's client after that
+    exporter's own checks (``OTLPSpanExporter.export``: nothing after shutdown, no request
+    over its ``max_request_size``, 64 MiB by default); any other exporter is given the SDK's
+    ``ReadableSpan``s."""
 
     def __init__(self, inner: SpanExporter, tracing: Tracing) -> None:
         self.inner = inner
@@ -232,6 +234,9 @@ class RecordExporter(SpanExporter):
             scope.attributes, scope.schema_url,
         )  # fmt: skip
         self._post: Any = None
+        #: the SDK exporter's limit on a request's size (uncompressed); 0 or less: none
+        self._max_request_size = 0
+        self._shutdown = False
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:  # pragma: no cover - a dependency of the package
@@ -239,70 +244,34 @@ class RecordExporter(SpanExporter):
         client = getattr(inner, "_client", None)  # SDK >= 1.4x: _OTLPHTTPClient.export(bytes)
         if type(inner) is OTLPSpanExporter and callable(getattr(client, "export", None)):
             self._post = client.export  # type: ignore[union-attr]
+            # (an SDK without the attribute enforces no limit)
+            self._max_request_size = getattr(inner, "_max_request_size", None) or 0
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        """``OTLPSpanExporter.export`` with our bytes: its checks, its words, its result."""
         if self._post is None:
             return self.inner.export([self.tracing.readable(s) for s in spans])
+        if self._shutdown:
+            log.warning("Exporter already shutdown, ignoring batch")
+            return SpanExportResult.FAILURE
         try:
             data = self.encoder.request(spans)
-        except Exception as exc:  # the SDK's words
+        except Exception as exc:
             log.error("Failed to encode span batch: %s", exc)
+            return SpanExportResult.FAILURE
+        if 0 < self._max_request_size < len(data):
+            log.warning("Dropping span batch: serialized size %d bytes exceeds max_request_size %d bytes.",
+                        len(data), self._max_request_size)  # fmt: skip
             return SpanExportResult.FAILURE
         result = self._post(data)
         return SpanExportResult.SUCCESS if getattr(result, "success", False) else SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
+        self._shutdown = True
         self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
-
-
-def traceparent(span: TraceSpan) -> bytes:
-    return b"00-%032x-%016x-01" % (span.trace_id, span.span_id)
-
-
-def end_attempt(span: TraceSpan, status: int, error: str | None = None) -> None:
-    if status:
-        span.set_attribute("http.response.status_code", status)
-    if error is not None or status >= 400 or not status:
-        span.set_error(error or f"HTTP {status}")
-    span.end(time_ns())
-
-
-def end_server(
-    span: TraceSpan,
-    *,
-    mode: str,
-    endpoint: str,
-    request_id: str,
-    provider: str,
-    request_model: str | None,
-    response_model: str | None,
-    outcome: str,
-    status: int,
-    tokens: tuple[int, int] | None,
-) -> None:
-    operation = OPERATIONS.get(endpoint, endpoint or "chat")
-    if not span.end_ns:  # (update_name, inline)
-        span.name = f"{operation} {request_model or ''}".strip()
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": request_model or "",
-        "gen_ai.response.model": response_model or "",
-        "http.response.status_code": status,
-        "plano_fast.mode": mode,
-        "plano_fast.request_id": request_id,
-        "plano_fast.outcome": outcome,
-    }
-    if tokens is not None:
-        attributes["gen_ai.usage.input_tokens"] = tokens[0]
-        attributes["gen_ai.usage.output_tokens"] = tokens[1]
-    span.set_attributes(attributes)
-    if status >= 500 or outcome in ("upstream_failed",):
-        span.set_error(outcome)
-    span.end(time_ns())
 
 
 def _exporter(section: Mapping[str, Any]) -> SpanExporter:

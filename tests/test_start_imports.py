@@ -1,8 +1,9 @@
 """A gateway loads only what its configuration uses.
 
-The admin API (aiohttp's web server), managed mode's key cipher (cryptography) and
-prometheus_client's exposition cost ~0.2 s of CPU to import: a gateway without an admin
-port, managed mode or a scrape does not import them, so a restart is that much faster
+The admin API (aiohttp's web server), managed mode's key cipher (cryptography),
+prometheus_client's exposition and the OpenTelemetry SDK (tracing) cost ~0.25 s of CPU to
+import: a gateway without an admin port, managed mode, a scrape or a ``tracing`` section
+does not import them, so a restart is that much faster
 (and so is each of the suite's hundreds of gateway starts).  Checked on a real ``serve``: ``-X importtime`` (the environment's
 ``PYTHONPROFILEIMPORTTIME``) lists every module the process imported, on its stderr.
 """
@@ -10,11 +11,17 @@ port, managed mode or a scrape does not import them, so a restart is that much f
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
-from tests.gateway_proc import GatewayProcess
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess, write_config
 
-#: imported only when the configuration asks for what they serve
-LAZY = ("aiohttp", "cryptography", "prometheus_client", "plano_fast.admin", "plano_fast.admin_managed")
+#: imported only when the configuration asks for what they serve (OpenTelemetry: the
+#: relay's span calls are plano_fast.spans, which imports none of it)
+LAZY = (
+    "aiohttp", "cryptography", "prometheus_client", "plano_fast.admin", "plano_fast.admin_managed",
+    "opentelemetry", "plano_fast.tracing", "plano_fast.otlp",
+)  # fmt: skip
 
 
 def _imported(log: str) -> set[str]:
@@ -52,4 +59,17 @@ def test_the_admin_api_and_managed_mode_still_load_what_they_use(
     imported = _imported(gateway.log_text())
     assert gateway.admin_port
     for package in ("aiohttp", "cryptography", "plano_fast.admin"):
+        assert _loaded(imported, package), package
+
+
+def test_a_tracing_section_loads_the_opentelemetry_sdk(fake: FakeProviderThread, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "plano_config.yaml", fake.port)
+    with open(config, "a") as f:
+        f.write("tracing:\n  random_sampling: 0\n")
+    gateway = GatewayProcess(config, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        imported = _imported(gateway.log_text())
+    finally:
+        gateway.stop()
+    for package in ("opentelemetry.sdk.trace", "plano_fast.tracing", "plano_fast.otlp"):
         assert _loaded(imported, package), package

@@ -149,3 +149,38 @@ def test_may_sample_is_the_one_gate_before_any_span() -> None:
     finally:
         off.shutdown()
         on.shutdown()
+
+
+def test_each_retried_attempt_sends_its_own_traceparent_alone(
+    fake: FakeProviderThread, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The same model retried twice: each attempt's request carries one ``traceparent``,
+    its own span's (the client's, then the previous attempt's, taken out), under the
+    client's trace; the receiver gets the three attempts and the server span."""
+    import uuid
+
+    from tests.test_failover import providers
+
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, extra_providers=providers(fake.url))
+    with open(config, "a") as f:
+        f.write("tracing:\n  random_sampling: 0\n")
+    gateway = GatewayProcess(config, env={
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver.port}/v1/traces",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    })  # fmt: skip
+    try:
+        fake.clear()
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client-SECRET", max_retries=0) as client:
+            client.chat.completions.create(
+                model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"traceparent": PARENT, "x-fake-fail-first": "2", "x-fake-fail-key": uuid.uuid4().hex},
+            )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while len(receiver.spans) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        attempts = sorted((s for s in receiver.spans if s.kind == 3), key=lambda s: s.start_time_unix_nano)
+        assert len(attempts) == 3 and len(receiver.spans) == 4
+        sent = [r.header_all("traceparent") for r in fake.requests if not r.path.startswith("/_fake")]
+        assert sent == [[f"00-{TRACE_ID}-{s.span_id.hex()}-01"] for s in attempts]
+    finally:
+        gateway.stop()

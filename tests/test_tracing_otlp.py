@@ -13,7 +13,9 @@ other value types, and the SDK's attribute limits from the environment.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,15 +23,18 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+import plano_fast.spans as spans_module
 import plano_fast.tracing as tracing_module
-from plano_fast.otlp import TraceSpan
-from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.spans import TraceSpan, end_attempt, end_server, traceparent
+from plano_fast.tracing import Tracing
+from tests.test_tracing import Receiver, receiver  # noqa: F401 - the fixture
 
 PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SECTION: dict[str, Any] = {
@@ -86,7 +91,7 @@ class SdkTracing:
     def end_server(span: Any, *, mode: str, endpoint: str, request_id: str, provider: str,
                    request_model: str | None, response_model: str | None, outcome: str, status: int,
                    tokens: tuple[int, int] | None) -> None:  # fmt: skip
-        operation = tracing_module.OPERATIONS.get(endpoint, endpoint or "chat")
+        operation = spans_module.OPERATIONS.get(endpoint, endpoint or "chat")
         span.update_name(f"{operation} {request_model or ''}".strip())
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
@@ -150,10 +155,28 @@ def requests(t: Any) -> None:
     server.set_attribute("empty", "")
     server.set_attribute("list", ["a", "b"])  # unhashable: the encoder's slow path
     server.set_attribute("text", "réponse ✓")
+    server.set_attribute("lone surrogate", "\ud800")  # not UTF-8: left out (and logged)
     attempt = t.start_attempt(server, "gemini", "g")
     t.end_attempt(attempt, 404)
     t.end_server(server, mode="config", endpoint="other", request_id="req-3", provider="gemini", request_model="g",
                  response_model="g", outcome="upstream_error", status=404, tokens=(0, 0))
+
+
+@pytest.fixture(params=["python", "cython"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An encoding test on both builds of the encoder: ``plano_fast._otlp``'s ``request``
+    and ``span`` and their twins ``OtlpEncoder._request_py``, ``_span_py`` (chosen when the
+    encoder is made)."""
+    from plano_fast import otlp
+    from plano_fast.wire import PURE_ENV
+
+    if request.param == "python":
+        monkeypatch.setattr(otlp, "_compiled", None)
+    elif otlp.ENCODER_IMPLEMENTATION != "cython":
+        if os.environ.get(PURE_ENV) == "1":
+            pytest.skip("pure build forced by the environment")
+        pytest.fail("plano_fast._otlp is not built (make env)")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -169,7 +192,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
         state["it"] = itertools.count(1_733_400_000_000_000_000, 1_234_567)
 
     monkeypatch.setattr("opentelemetry.sdk.trace.time_ns", now)
-    monkeypatch.setattr(tracing_module, "time_ns", now)
+    monkeypatch.setattr(tracing_module, "time_ns", now)  # spans start
+    monkeypatch.setattr(spans_module, "time_ns", now)  # and end
     yield restart
 
 
@@ -187,8 +211,11 @@ def both(section: dict[str, Any], restart: Callable[[], None],
     return expected, ours, sdk.exporter.get_finished_spans()
 
 
-def test_encoded_bytes_are_the_sdks(clock: Callable[[], None]) -> None:
+def test_encoded_bytes_are_the_sdks(clock: Callable[[], None], implementation: str) -> None:
     expected, ours, sdk_spans = both(SECTION, clock)
+    encoder = ours.tracing.exporter.encoder
+    assert isinstance(encoder.request, functools.partial) == (implementation == "cython")
+    assert isinstance(encoder.span, functools.partial) == (implementation == "cython")
     assert len(ours.spans) == len(sdk_spans) == 7
     assert ours.tracing.exporter.encoder.request(ours.spans) == expected
     # the cache of KeyValue encodings: a second pass gives the same bytes
@@ -201,6 +228,7 @@ def test_encoded_bytes_are_the_sdks(clock: Callable[[], None]) -> None:
     assert traceparent(first_attempt) == b"00-4bf92f3577b34da6a3ce929d0e0e4736-%016x-01" % first_attempt.span_id
 
 
+@pytest.mark.usefixtures("implementation")
 def test_attribute_limits_from_the_environment_are_the_sdks(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -213,6 +241,7 @@ def test_attribute_limits_from_the_environment_are_the_sdks(
     assert encode_spans([ours.tracing.readable(s) for s in ours.spans]).SerializePartialToString() == expected
 
 
+@pytest.mark.usefixtures("implementation")
 def test_many_static_attributes_and_a_zero_count_limit(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,6 +266,7 @@ def zeros_and_empty_keys(t: Any) -> None:
 
 
 @pytest.mark.parametrize("limit", [None, "3", "0"])
+@pytest.mark.usefixtures("implementation")
 def test_negative_zero_and_empty_keys_are_the_sdks(
     clock: Callable[[], None], monkeypatch: pytest.MonkeyPatch, limit: str | None
 ) -> None:
@@ -255,6 +285,7 @@ def test_negative_zero_and_empty_keys_are_the_sdks(
     assert encode_spans([ours.tracing.readable(s) for s in ours.spans]).SerializePartialToString() == expected
 
 
+@pytest.mark.usefixtures("implementation")
 def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
     """Was: every KeyValue of a string was cached, a client's header value (up to the 32 KiB
     head) among them: 4000 sampled requests with a distinct 30 KB x-user-id held ~230 MiB
@@ -285,6 +316,7 @@ def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
         t.shutdown()
 
 
+@pytest.mark.usefixtures("implementation")
 def test_otlp_http_posts_the_encoders_bytes() -> None:
     """With the default exporter (OTLP/HTTP) the records are encoded here and posted by
     the SDK exporter's client: if an SDK release moves that client, this fails (and the
@@ -331,5 +363,108 @@ def test_sdk_disabled_samples_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     t = Tracing({"random_sampling": 100}, InMemorySpanExporter())
     try:
         assert t.sample(HEADERS) is False and t.sample([]) is False
+    finally:
+        t.shutdown()
+
+
+def _ended_server(t: Tracing, request_id: str) -> TraceSpan:
+    server = t.start_server(True, [], b"/v1/chat/completions")
+    end_server(server, mode="config", endpoint="chat_completions", request_id=request_id, provider="openai",
+               request_model="m", response_model="m", outcome="ok", status=200, tokens=None)  # fmt: skip
+    return server
+
+
+@pytest.mark.usefixtures("implementation")
+def test_otlp_http_drops_a_request_over_the_exporters_max_request_size(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: the encoder's bytes were posted whatever their size, where the SDK's exporter
+    drops a request over its ``max_request_size`` (64 MiB unless set; 0 or less: no limit)
+    and fails the export.  Now the same check, at the same edge, before any post."""
+    endpoint = f"http://127.0.0.1:{receiver.port}/v1/traces"
+    spans: list[TraceSpan] = []
+    t = Tracing({"random_sampling": 100})
+    t.owner.on_end = spans.append
+    try:
+        _ended_server(t, "r")
+        size = len(t.exporter.encoder.request(spans))
+    finally:
+        t.shutdown()
+    results = []
+    for limit in (size - 1, size, 0, -1):
+        t = Tracing({"random_sampling": 100}, OTLPSpanExporter(endpoint=endpoint, max_request_size=limit))
+        try:
+            assert t.exporter._post is not None  # our bytes, the SDK's client
+            results.append(t.exporter.export(spans))
+        finally:
+            t.shutdown()
+    assert results == [SpanExportResult.FAILURE, SpanExportResult.SUCCESS, SpanExportResult.SUCCESS,
+                       SpanExportResult.SUCCESS]  # fmt: skip
+    assert len(receiver.spans) == 3  # the first request was not sent
+    assert f"serialized size {size} bytes exceeds max_request_size {size - 1} bytes" in caplog.text
+    # the SDK's exporter, given the same spans as its own, decides alike
+    sdk = OTLPSpanExporter(endpoint=endpoint, max_request_size=size - 1)
+    try:
+        assert sdk.export([Tracing({}, InMemorySpanExporter()).readable(s) for s in spans]) == SpanExportResult.FAILURE
+    finally:
+        sdk.shutdown()
+    assert len(receiver.spans) == 3
+
+
+def test_otlp_http_exports_nothing_after_shutdown(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    """Was: an export after the exporter's shutdown (the batch processor's worker outliving
+    its shutdown timeout) still posted; the SDK's exporter refuses it.  Now refused alike."""
+    t = Tracing({"random_sampling": 100},
+                OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.port}/v1/traces"))  # fmt: skip
+    spans: list[TraceSpan] = []
+    t.owner.on_end = spans.append
+    _ended_server(t, "before")
+    assert t.exporter.export(spans) == SpanExportResult.SUCCESS
+    t.shutdown()
+    _ended_server(t, "after")
+    assert t.exporter.export(spans[1:]) == SpanExportResult.FAILURE
+    assert [s.span_id for s in receiver.spans] == [spans[0].span_id.to_bytes(8, "big")]
+    assert "Exporter already shutdown, ignoring batch" in caplog.text
+
+
+#: upstream heads: none, the client's first, a previous attempt's last, several (one
+#: empty), names that are not ``traceparent``, a bare LF inside, degenerate ones
+HEADS = [
+    b"POST /v1/chat/completions HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: " + PARENT + b"\r\nhost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-1-2-01\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: a\r\ntraceparent:\r\nhost: a\r\ntraceparent: c\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTraceparent: kept\r\ntraceparent-x: kept\r\nx: traceparent: kept\r\n\r\n",
+    b"POST / HTTP/1.1\r\ntraceparent: lf\nx: y\r\n\r\n",
+    b"", b"\r", b"\r\n", b"\r\ntraceparent:", b"\r\ntraceparent: x",
+]  # fmt: skip
+
+
+def test_the_upstream_heads_traceparent_is_the_attempts_on_both_builds() -> None:
+    """``plano_fast._otlp.upstream_head`` writes what its twin ``spans.upstream_head``
+    (a regular expression's strip, then the line) does, ids of every width included."""
+    from plano_fast import otlp
+    from plano_fast.spans import upstream_head
+    from plano_fast.wire import PURE_ENV
+
+    compiled = otlp.compiled()
+    if compiled is None:
+        if os.environ.get(PURE_ENV) == "1":
+            pytest.skip("pure build forced by the environment")
+        pytest.fail("plano_fast._otlp is not built (make env)")
+    t = Tracing({"random_sampling": 100}, InMemorySpanExporter())
+    try:
+        assert t.upstream_head is compiled.upstream_head
+        spans = [t.start_server(decision, [], b"/") for decision in
+                 ((1, 1), ((1 << 128) - 1, (1 << 64) - 1), (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7))]
+        spans += [t.start_attempt(s, "openai", "m") for s in spans]
+        for head in HEADS:
+            for span in spans:
+                assert compiled.upstream_head(head, span) == upstream_head(head, span), (head, span.trace_id)
+        span = spans[-1]
+        assert upstream_head(HEADS[1], span) == (
+            b"POST / HTTP/1.1\r\nhost: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-%016x-01\r\n\r\n"
+            % span.span_id
+        )
     finally:
         t.shutdown()

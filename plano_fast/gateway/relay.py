@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -33,7 +32,7 @@ from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
-from plano_fast.tracing import Tracing, end_attempt, end_server, traceparent
+from plano_fast.spans import end_attempt, end_server
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
@@ -58,7 +57,8 @@ if TYPE_CHECKING:
     from plano_fast.gateway.hedge import Hedge
     from collections.abc import Coroutine
 
-    from plano_fast.otlp import TraceSpan as Span
+    from plano_fast.spans import TraceSpan as Span
+    from plano_fast.tracing import Tracing
 
     from plano_fast.billing.budget import BudgetChecker
     from plano_fast.filter_chain import FilterChains
@@ -116,8 +116,6 @@ class BodyFilter(Protocol):
 
     def finish(self, responder: Responder, tail: bytes) -> None: ...
 
-
-_TRACEPARENT_LINE = re.compile(rb"\r\ntraceparent:[^\r\n]*")
 
 #: circuit breakers kept per process (oldest forgotten first)
 MAX_CIRCUITS = 4096
@@ -428,8 +426,7 @@ class Exchange:
         if self.attempt_span is not None:  # the previous attempt failed
             end_attempt(self.attempt_span, self.status, "retried")
         span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
-        head = _TRACEPARENT_LINE.sub(b"", self.upstream_data[0])
-        self.upstream_data[0] = head[:-2] + b"traceparent: " + traceparent(span) + b"\r\n\r\n"
+        self.upstream_data[0] = tracing.upstream_head(self.upstream_data[0], span)
 
     def _client_gone(self) -> None:
         """The client disconnected mid-exchange.
