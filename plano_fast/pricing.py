@@ -28,8 +28,9 @@ Context tiers: when a model has tiers (e.g. gemini-2.5-pro above 200k prompt tok
 Sonnet 4/4.5 above 200k, gpt-5.4 above 272k), the tier applies to the **whole request** when
 the prompt size (``input_tokens``, every prompt token) is **greater than** its
 ``above_input_tokens`` threshold.  Absent tier cache prices fall back to the tier's input
-price, like the base ones; the 1h-write and audio prices have no tier variants in the table,
-so a tiered request with such tokens charges them at the tier's fallback and is partial.
+price, like the base ones; so do absent tier 1h-write and audio prices (to the tier's write,
+input and output prices: partial), never to the base ones, which a long prompt does not pay
+(Claude Sonnet 4/4.5's 1h writes are $6 per 1M at most 200k prompt tokens, $12 above).
 
 Rounding: the exact sum ``tokens x nano-USD-per-1M`` is computed in integers and divided by
 1,000,000 **once, at the end, rounding half up** (so a request is never more than 0.5
@@ -158,6 +159,9 @@ class PriceTier:
     output_per_mtok: int
     cache_read_per_mtok: int | None
     cache_write_per_mtok: int | None
+    cache_write_1h_per_mtok: int | None = None
+    audio_input_per_mtok: int | None = None
+    audio_output_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("above_input_tokens", self.above_input_tokens, False)
@@ -165,6 +169,9 @@ class PriceTier:
         _check_price("output_per_mtok", self.output_per_mtok, False)
         _check_price("cache_read_per_mtok", self.cache_read_per_mtok, True)
         _check_price("cache_write_per_mtok", self.cache_write_per_mtok, True)
+        _check_price("cache_write_1h_per_mtok", self.cache_write_1h_per_mtok, True)
+        _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
+        _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +281,9 @@ def price_tokens(
         out_p = tier.output_per_mtok
         cr_p = tier.cache_read_per_mtok
         cw_p = tier.cache_write_per_mtok
-        cw1h_p = ain_p = aout_p = None  # no tier variants in the table
+        cw1h_p = tier.cache_write_1h_per_mtok
+        ain_p = tier.audio_input_per_mtok
+        aout_p = tier.audio_output_per_mtok
     # parts, each within what is left of its total
     if cr > inp:
         cr = inp
@@ -345,6 +354,9 @@ def _parse_table(doc: Any) -> dict[tuple[str, str], ModelPrice]:
                     _req_int(t, "out"),
                     _opt_int(t, "cr"),
                     _opt_int(t, "cw"),
+                    _opt_int(t, "cw1h"),
+                    _opt_int(t, "ain"),
+                    _opt_int(t, "aout"),
                 )
                 for t in entry.get("tiers", ())
             )

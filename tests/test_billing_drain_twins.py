@@ -214,7 +214,7 @@ RATE = st.one_of(st.integers(0, 10**12), BIG)
     counts=st.tuples(*[COUNT] * 7),
     rates=st.tuples(RATE, RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE,
                     st.none() | RATE),  # fmt: skip
-    tier=st.none() | st.tuples(st.integers(0, 400_000), RATE, RATE, st.none() | RATE, st.none() | RATE),
+    tier=st.none() | st.tuples(st.integers(0, 400_000), RATE, RATE, *[st.none() | RATE] * 5),
     custom=st.booleans(),
 )
 def test_generated_counts_and_prices_agree(

@@ -204,7 +204,9 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
             out_o = tier.output_per_mtok
             cr_o = tier.cache_read_per_mtok
             cw_o = tier.cache_write_per_mtok
-            cw1h_o = ain_o = aout_o = None  # no tier variants in the table
+            cw1h_o = tier.cache_write_1h_per_mtok
+            ain_o = tier.audio_input_per_mtok
+            aout_o = tier.audio_output_per_mtok
     cdef long long in_p = 0, out_p = 0, cr_p = 0, cw_p = 0, cw1h_p = 0, ain_p = 0, aout_p = 0
     cdef bint no_in, no_out, no_cr, no_cw, no_cw1h, no_ain, no_aout
     if not (_rate(in_o, &in_p, &no_in) and _rate(out_o, &out_p, &no_out)
