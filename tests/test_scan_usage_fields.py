@@ -81,6 +81,43 @@ OPENAI_AUDIO = (
     b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":80}}}'
 )
 
+# Chat Completions with n=2, streamed with include_usage: choices interleave by index, each
+# ends with its own finish_reason, then one choices:[] chunk with the request's usage.
+OPENAI_N2_STREAM = b"".join(
+    b'data: {"id":"chatcmpl-2","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18",'
+    + chunk + b"}\n\n"
+    for chunk in (
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":"A"},"finish_reason":null}],"usage":null',
+        b'"choices":[{"index":1,"delta":{"role":"assistant","content":"B"},"finish_reason":null}],"usage":null',
+        b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null',
+        b'"choices":[{"index":1,"delta":{},"finish_reason":"stop"}],"usage":null',
+        b'"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":6,"total_tokens":16,'
+        b'"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}',
+    )
+) + b"data: [DONE]\n\n"
+
+RESPONSES_CACHED = (
+    b'{"id":"resp_1","object":"response","status":"completed","model":"gpt-5-2025-08-07","output":[],'
+    b'"usage":{"input_tokens":5000,"input_tokens_details":{"cached_tokens":4000},"output_tokens":900,'
+    b'"output_tokens_details":{"reasoning_tokens":850},"total_tokens":5900}}'
+)
+
+# https://docs.anthropic.com/en/docs/build-with-claude/streaming ("the token counts shown in
+# the usage field of the message_delta event are cumulative"); recorded in vercel-ai
+# anthropic-message-delta-input-tokens.chunks.txt (message_start input 43, message_delta 61)
+ANTHROPIC_DELTA_INPUT_STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant",'
+    b'"model":"claude-sonnet-4-5-20250929","content":[],"usage":{"input_tokens":43,'
+    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":'
+    b'{"ephemeral_5m_input_tokens":200,"ephemeral_1h_input_tokens":100},"output_tokens":1}}}\n\n'
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"input_tokens":61,"cache_creation_input_tokens":300,"cache_read_input_tokens":2000,'
+    b'"output_tokens":9,"server_tool_use":{"web_search_requests":1}}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
 CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
     (
         "gemini-json-tool-use",
@@ -162,6 +199,59 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
         b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093]}],'
         b'"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}',
         U(8, 0, model="text-embedding-3-small"),
+    ),
+    (
+        # n > 1 (https://platform.openai.com/docs/api-reference/chat/create, "n"): one usage
+        # for the whole request, on the final choices:[] chunk -- counted once, not per choice
+        "openai-sse-n2",
+        CHAT, True, OPENAI_N2_STREAM,
+        U(10, 6, model="gpt-4o-mini-2024-07-18"),
+    ),
+    (
+        # Predicted Outputs (completion_usage.py): rejected_prediction_tokens "are still
+        # counted in the total completion tokens for purposes of billing" -- inside
+        # completion_tokens like accepted ones: output is completion_tokens, nothing added
+        "openai-json-predictions",
+        CHAT, False,
+        b'{"model":"gpt-4o","usage":{"prompt_tokens":100,"completion_tokens":60,"total_tokens":160,'
+        b'"prompt_tokens_details":{"cached_tokens":64},"completion_tokens_details":{"reasoning_tokens":0,'
+        b'"accepted_prediction_tokens":20,"rejected_prediction_tokens":30}}}',
+        U(100, 60, 64, model="gpt-4o"),
+    ),
+    (
+        # Responses, not streamed (openai-python types/responses/response.py: top-level usage)
+        "responses-json-cached",
+        RESPONSES, False, RESPONSES_CACHED,
+        U(5000, 900, 4000, 0, 850, model="gpt-5-2025-08-07"),
+    ),
+    (
+        # a response.failed / response.incomplete event that carries usage: those tokens were
+        # consumed and are billed as reported (is_error marks the failure)
+        "responses-sse-failed-with-usage",
+        RESPONSES, True,
+        b'event: response.failed\ndata: {"type":"response.failed","response":{"model":"gpt-5",'
+        b'"status":"failed","error":{"code":"server_error","message":"x"},'
+        b'"usage":{"input_tokens":50,"output_tokens":7,"output_tokens_details":{"reasoning_tokens":4}}}}\n\n',
+        U(50, 7, 0, 0, 4, model="gpt-5", is_error=True),
+    ),
+    (
+        # current Anthropic API: message_delta.usage carries cumulative input and cache counts
+        # too (MessageDeltaUsage); its values win over message_start's, fields it lacks
+        # (the TTL split) stay; server_tool_use is not a token count
+        "anthropic-sse-delta-input-and-cache-win",
+        ANTHROPIC, True, ANTHROPIC_DELTA_INPUT_STREAM,
+        U(61 + 2000 + 300, 9, 2000, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=100),
+    ),
+    (
+        # Gemini stream: an early chunk may carry only the prompt count; the last one wins
+        # whole (not merged with, nor summed to, the earlier ones)
+        "gemini-sse-early-prompt-only",
+        GEMINI, True,
+        b'data: {"usageMetadata":{"promptTokenCount":18,"cachedContentTokenCount":10,"totalTokenCount":18},'
+        b'"modelVersion":"gemini-2.5-flash"}\r\n\r\n'
+        b'data: {"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":18,'
+        b'"candidatesTokenCount":5,"thoughtsTokenCount":3,"totalTokenCount":26},"modelVersion":"gemini-2.5-flash"}\r\n\r\n',
+        U(18, 8, 0, 0, 3, model="gemini-2.5-flash"),
     ),
     # malformed new fields: the whole usage object is ignored, never a made-up number
     ("gemini-bad-tool-use", GEMINI, False, b'{"usageMetadata":{"promptTokenCount":1,"toolUsePromptTokenCount":-1}}', NO_USAGE),
