@@ -9,11 +9,14 @@ every billed output token (visible + reasoning), the other counts subsets of tho
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from plano_fast.convert import convert_response
+from plano_fast.wire import _scan_py
 from tests.test_scan import ANTHROPIC, CHAT, GEMINI, IMPLEMENTATIONS, NO_USAGE, RESPONSES, U, check_all_splits
 
 
@@ -365,3 +368,62 @@ def test_raw_usage_anthropic_keeps_every_object_that_counted(scan: ModuleType) -
     assert six is not None and seven == six[:-1] + b',{"usage":{"output_tokens":9' + b" " * 500 + b"}}]"
     assert len(seven) + 530 > scan.MAX_RAW_USAGE_BYTES
     assert _raw(scan, ANTHROPIC, True, body + delta * 8) is None
+
+
+# -- what a converted answer tells its client ------------------------------------------------
+
+_WRAP = {
+    CHAT: ("openai", "usage", {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}),
+    ANTHROPIC: ("anthropic", "usage", {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                      "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn"}),
+    GEMINI: ("gemini", "usageMetadata", {"candidates": [
+        {"content": {"parts": [{"text": "x"}], "role": "model"}, "finishReason": "STOP"}], "modelVersion": "m"}),
+}  # fmt: skip
+# usage objects whose billed counts are not the plain fields': every non-streamed case above, and
+CONVERTED_USAGE: list[tuple[int, dict[str, Any]]] = [
+    (api, json.loads(body)[_WRAP[api][1]]) for _, api, streaming, body, expected in CASES
+    if not streaming and api in _WRAP and expected[5]  # (has_usage)
+] + [
+    # xAI (vercel-ai xai-tool-call.json): reasoning outside completion_tokens, billed as output
+    (CHAT, {"prompt_tokens": 291, "completion_tokens": 26, "total_tokens": 506,
+            "prompt_tokens_details": {"cached_tokens": 244}, "completion_tokens_details": {"reasoning_tokens": 189}}),
+    # DeepSeek's cache hits
+    (CHAT, {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}),
+]  # fmt: skip
+
+
+def _told(target: str, answer: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(input, output, cache read, cache write, reasoning) a ``target`` client reads."""
+    if target == "openai":
+        u = answer["usage"]
+        return (u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"],
+                u["prompt_tokens_details"].get("cache_write_tokens", 0), u["completion_tokens_details"]["reasoning_tokens"])
+    if target == "anthropic":
+        u = answer["usage"]
+        cached = u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+        return (u["input_tokens"] + cached, u["output_tokens"], u["cache_read_input_tokens"],
+                u["cache_creation_input_tokens"], -1)  # (no reasoning count in Messages usage)
+    u = answer["usageMetadata"]
+    thoughts = u.get("thoughtsTokenCount", 0)
+    return (u["promptTokenCount"], u["candidatesTokenCount"] + thoughts, u.get("cachedContentTokenCount", 0), -1, thoughts)
+
+
+@pytest.mark.parametrize(("api", "usage"), CONVERTED_USAGE)
+def test_a_converted_answer_tells_its_client_the_usage_billed(api: int, usage: dict[str, Any]) -> None:
+    """An answer converted for a client of another format reports the counts its row holds
+    (read by the upstream's scan API), whatever the provider's way of reporting them:
+    Anthropic's TTL-only cache writes, xAI's reasoning outside completion_tokens, DeepSeek's
+    cache hits, subsets larger than their totals..."""
+    source, member, shell = _WRAP[api]
+    body = {**shell, member: usage}
+    scanner = _scan_py.UsageScanner(api, False)
+    scanner.feed(json.dumps(body).encode())
+    scanner.finish()
+    u = scanner.result()
+    billed = (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens)
+    for target in ("openai", "anthropic", "gemini"):
+        if target == source:
+            continue
+        told = _told(target, convert_response(body, source, target, client_model="m"))
+        assert told == tuple(-1 if t == -1 else b for t, b in zip(told, billed)), (target, told, billed)

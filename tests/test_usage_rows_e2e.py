@@ -136,6 +136,23 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
         GEMINI_LONG_CONTEXT, "application/json",
         (250_000, 1000, 50_000, 0, 400, 0, 0, 0, 0, "gemini-2.5-pro", "gemini"),
     ),
+    # An OpenAI client on an Anthropic / Gemini provider (converted): billed from the
+    # upstream's usage, in its semantics (cache outside input_tokens, thoughts outside
+    # candidatesTokenCount), the same row as a native client's
+    "converted-chat-on-anthropic-json": (
+        "/v1/chat/completions", {"model": "anthropic/claude-sonnet-4-6"}, ANTHROPIC_THINKING, "application/json",
+        (6156, 700, 4096, 2048, 640, 0, 1024, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "converted-chat-on-anthropic-sse": (
+        "/v1/chat/completions", {"model": "anthropic/claude-sonnet-4-6", "stream": True,
+                                 "stream_options": {"include_usage": True}},
+        ANTHROPIC_DELTA_INPUT_STREAM, "text/event-stream",
+        (61 + 2000 + 300, 9, 2000, 300, 0, 0, 100, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "converted-chat-on-gemini-json": (
+        "/v1/chat/completions", {"model": "gemini/gemini-2.5-pro"}, GEMINI_TOOL_USE, "application/json",
+        (1620, 350, 1000, 0, 300, 420, 0, 0, 0, "gemini-2.5-pro", "gemini"),
+    ),
     # Gemini native, doc-derived: toolUsePromptTokenCount and thoughts
     "gemini-json-tool-use": (
         "/v1beta/models/gemini-2.5-pro:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
@@ -165,6 +182,17 @@ DOC_COSTS = {
 COUNT_TOKENS = b'{"input_tokens":1234}'
 
 
+def _case_of(request: dict[str, Any]) -> str:
+    if "metadata" in request:
+        return str(request["metadata"]["case"])
+    if "contents" in request and "case" in request["contents"][0]["parts"][0]:
+        return str(request["contents"][0]["parts"][0]["case"])
+    # a converted request: the case rides in the message text ("case:<name>|")
+    text = json.dumps(request)
+    start = text.index("case:") + len("case:")
+    return text[start : text.index("|", start)]
+
+
 class _Replay(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -177,7 +205,7 @@ class _Replay(BaseHTTPRequestHandler):
         if self.path.endswith("/count_tokens"):
             body, ctype = COUNT_TOKENS, "application/json"
         else:
-            case = CASES[request["metadata"]["case"] if "metadata" in request else request["contents"][0]["parts"][0]["case"]]
+            case = CASES[_case_of(request)]
             body, ctype = case[2], case[3]
         self.send_response(200)
         self.send_header("content-type", ctype)
@@ -263,6 +291,17 @@ def _post(url: str, path: str, body: dict[str, Any]) -> bytes:
     return data
 
 
+def _told_openai(answer: bytes) -> tuple[int, int, int, int]:
+    """(prompt, completion, cached, reasoning) of an OpenAI answer or stream's usage."""
+    if answer.startswith(b"{"):
+        (usage,) = [json.loads(answer)["usage"]]
+    else:
+        docs = [json.loads(line[6:]) for line in answer.split(b"\n") if line.startswith(b"data: {")]
+        (usage,) = [d["usage"] for d in docs if d.get("usage")]
+    return (usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
+            usage["completion_tokens_details"]["reasoning_tokens"])
+
+
 def _row_tuple(r: UsageRow) -> tuple[Any, ...]:
     return (
         r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
@@ -276,11 +315,16 @@ def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -
         request = dict(request)
         if path.startswith("/v1beta"):
             request["contents"] = [{"parts": [{"text": "x", "case": name}]}]
+        elif name.startswith("converted-"):
+            request["messages"] = [{"role": "user", "content": f"case:{name}|"}]
         else:
             request.setdefault("messages", [{"role": "user", "content": "x"}])
             request["metadata"] = {"case": name}
         relayed = _post(gateway.url, path, request)
-        if "include_usage" in json.dumps(request) or not request.get("stream"):
+        if name.startswith("converted-"):  # the client is told the usage it is billed
+            row = CASES[name][4]
+            assert _told_openai(relayed) == (row[0], row[1], row[2], row[4]), (name, relayed)
+        elif "include_usage" in json.dumps(request) or not request.get("stream"):
             assert relayed == body  # relayed untouched
         elif path == "/v1/chat/completions":  # the injected usage chunk hidden again
             assert b'"usage"' not in relayed and relayed.endswith(b"data: [DONE]\n\n"), relayed
