@@ -125,7 +125,7 @@ def test_recorded_provider_usage_prices_alike() -> None:
     pricing = PricingRegistry()
     priced = 0
     for usage in cassettes.values():
-        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout = usage
+        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout, _searches = usage
         if not has_usage:
             continue
         for provider in ("openai", "anthropic", "gemini", "mistral", "deepseek", "groq", "openrouter"):

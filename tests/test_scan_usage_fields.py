@@ -138,7 +138,8 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
     (
         "anthropic-json-thinking-cache-ttl",
         ANTHROPIC, False, ANTHROPIC_THINKING,
-        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
+        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024,
+          web_searches=1),
     ),
     (
         "anthropic-sse-thinking-final-delta-wins",
@@ -240,10 +241,10 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
     (
         # current Anthropic API: message_delta.usage carries cumulative input and cache counts
         # too (MessageDeltaUsage); its values win over message_start's, fields it lacks
-        # (the TTL split) stay; server_tool_use is not a token count
+        # (the TTL split) stay; server_tool_use counts web searches (requests, not tokens)
         "anthropic-sse-delta-input-and-cache-win",
         ANTHROPIC, True, ANTHROPIC_DELTA_INPUT_STREAM,
-        U(61 + 2000 + 300, 9, 2000, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=100),
+        U(61 + 2000 + 300, 9, 2000, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=100, web_searches=1),
     ),
     (
         # Gemini stream: an early chunk may carry only the prompt count; the last one wins
