@@ -137,6 +137,8 @@ FIREWORKS_PREFIX = "accounts/fireworks/models/"
 CENTS_PER_TOKEN = Decimal(10) ** 13  # /100 (USD) * 1e6 (per M) * 1e9 (nano)
 USD_PER_TOKEN = Decimal(10) ** 15
 USD_PER_MTOK = Decimal(10) ** 9
+USD_PER_KCOUNT = Decimal(10) ** 6  # USD per 1,000 requests -> nano-USD per request
+USD_PER_REQUEST = Decimal(10) ** 9
 
 _TIER_KEY = re.compile(r"^(?P<base>.+)-(?P<kind>lte|gt)-(?P<n>\d+)k$")
 _LITELLM_TIER = re.compile(
@@ -158,9 +160,10 @@ _GENAI_FIELDS = {
     "cache_write_mtok": "cw",
 }
 PRICE_FIELDS = ("in", "out", "cr", "cw")
-# Priced dimensions a source lists for fewer models: 1h cache writes (Anthropic), audio in / out.
+# Priced dimensions a source lists for fewer models: 1h cache writes (Anthropic), audio in / out,
+# server-side web searches (Anthropic; "ws": nano-USD per request, not per 1M tokens).
 # A context tier has one only where its source lists it for that tier (never the base price).
-EXTRA_FIELDS = ("cw1h", "ain", "aout")
+EXTRA_FIELDS = ("cw1h", "ain", "aout", "ws")
 _LITELLM_EXTRA = {
     "cache_creation_input_token_cost_above_1hr": "cw1h",
     "input_cost_per_audio_token": "ain",
@@ -339,6 +342,18 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
 # ----------------------------------------------------------------------------- LiteLLM
 
 
+def _litellm_web_search(per_query: Any) -> int | None:
+    """``search_context_cost_per_query`` (USD per search, by search context size) as one
+    price per request: only when it does not depend on the size (Anthropic's flat $10 per
+    1,000); a size-dependent price is not one the usage tells, so none."""
+    if not isinstance(per_query, dict) or not per_query:
+        return None
+    values = set(per_query.values())
+    if len(values) != 1:
+        return None
+    return to_nano(values.pop(), USD_PER_REQUEST)
+
+
 def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]:
     out: list[Entry] = []
     seen: set[str] = set()
@@ -378,6 +393,7 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
                 "cr": to_nano(value.get("cache_read_input_token_cost"), USD_PER_TOKEN),
                 "cw": to_nano(value.get("cache_creation_input_token_cost"), USD_PER_TOKEN),
                 **{k: to_nano(value.get(f), USD_PER_TOKEN) for f, k in _LITELLM_EXTRA.items()},
+                "ws": _litellm_web_search(value.get("search_context_cost_per_query")),
             },
         )
         entry.clean()
@@ -459,6 +475,7 @@ def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[En
                 continue
             base["in"] = base["in"] or 0
             base["out"] = base["out"] or 0
+            base["ws"] = to_nano(prices.get("web_searches_kcount"), USD_PER_KCOUNT)
             for src_key, key in _GENAI_EXTRA.items():
                 value = prices.get(src_key)
                 if isinstance(value, dict):  # TieredPrices
@@ -610,6 +627,7 @@ def build(data: Path) -> str:
             "cw1h": "cache writes with a 1-hour lifetime (absent: not listed, priced as cw, the row is priced_partial)",
             "ain": "audio input tokens (absent: not listed, priced as input, the row is priced_partial)",
             "aout": "audio output tokens (absent: not listed, priced as output, the row is priced_partial)",
+            "ws": "nano-USD per server-side web search request (absent: not listed, searches add nothing, the row is priced_partial)",
             "tiers": "context tiers: all prices switch when prompt tokens > above (a tier without cw1h/ain/aout: its cw/in/out, priced_partial)",
             "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
             "fill": "fields taken from another source listing the same model at the same in/out prices",

@@ -142,6 +142,24 @@ def test_long_context_tier_prices_its_1h_writes(reg: PricingRegistry) -> None:
         (600_000 * 3_000 + 400_000 * 5_000 + 500_000 * 4_000 + 500_000 * 6_000) // 1_000_000, False)
 
 
+def test_anthropic_web_searches_are_priced_per_request(reg: PricingRegistry) -> None:
+    # Anthropic web search tool: "$10 per 1,000 searches plus standard token costs"
+    # (genai-prices web_searches_kcount 10; LiteLLM search_context_cost_per_query 0.01):
+    # 10_000_000 nano-USD a search, whatever the prompt's tier.
+    t = TokenCounts(1000, 100, 0, 0, 0, web_search_requests=3)
+    for model in ("claude-sonnet-4-5", SONNET_45_DATED, "claude-haiku-4-5", "claude-opus-4-6"):
+        q = reg.quote("anthropic", model, None, t)
+        plain = reg.quote("anthropic", model, None, TokenCounts(1000, 100, 0, 0, 0))
+        assert q is not None and plain is not None, model
+        assert (q.cost_nano_usd - plain.cost_nano_usd, q.partial) == (3 * 10_000_000, False), model
+    long = reg.quote("anthropic", "claude-sonnet-4-5", None, TokenCounts(250_000, 0, 0, 0, 0, web_search_requests=1))
+    assert long is not None and long.cost_nano_usd == 250_000 * 6_000 + 10_000_000
+    # a price without one: the searches add nothing and the quote is partial (never silent)
+    price = ModelPrice(1_000_000, 2_000_000, None, None)
+    assert price_tokens(price, 10, 5, 0, 0, 0, 0, 0, 2) == (20, True)
+    assert price_tokens(replace(price, web_search_per_request=7), 10, 5, 0, 0, 0, 0, 0, 2) == (34, False)
+
+
 def test_gemini_25_flash_cached_and_thoughts(reg: PricingRegistry) -> None:
     # gemini-2.5-flash: $0.30 in / $0.03 cached / $2.50 out (thinking included) per 1M.
     # Recorded usageMetadata (WIRE_FORMATS 6.2): promptTokenCount 17713 (includes cached

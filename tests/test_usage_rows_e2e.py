@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
+from plano_fast import wire
 from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.usage import USAGE_API_NUMBERS
 from plano_fast.store import UsageRow
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_e2e import read_rows
@@ -167,6 +169,10 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
     ),
 }  # fmt: skip
 
+# case -> the web searches its usage reports (Anthropic server_tool_use; 0 when not listed)
+SEARCHES = {"anthropic-json-thinking": 1, "converted-chat-on-anthropic-json": 1, "anthropic-sse-delta-input": 1,
+            "converted-chat-on-anthropic-sse": 1}  # fmt: skip
+
 # case -> its cost (nano-USD) from the providers' published prices, worked by hand
 DOC_COSTS = {
     # Anthropic long context (> 200k prompt tokens, cache included): $6 in, $0.60 read, $7.50
@@ -174,6 +180,9 @@ DOC_COSTS = {
     "anthropic-json-long-context": 150_000 * 6_000 + 60_000 * 600 + 10_000 * 7_500 + 30_000 * 12_000 + 1000 * 22_500,
     # gemini-2.5-pro above 200k: $2.50 in, $0.25 cached, $15 out (thoughts included) per 1M
     "gemini-json-long-context": 200_000 * 2_500 + 50_000 * 250 + 1000 * 15_000,
+    # claude-sonnet-4-5: $3 in / $0.30 read / $3.75 5m write / $6 1h write / $15 out per 1M, and
+    # the web search tool's $10 per 1,000 searches
+    "anthropic-json-thinking": 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000 + 10_000_000,
     # gpt-5: $1.25 in, $0.125 cached, $10 out (reasoning included) per 1M
     "responses-json-cached": 1000 * 1_250 + 4000 * 125 + 900 * 10_000,
 }
@@ -302,6 +311,15 @@ def _told_openai(answer: bytes) -> tuple[int, int, int, int]:
             usage["completion_tokens_details"]["reasoning_tokens"])
 
 
+def _searches(r: UsageRow) -> int:
+    """The web searches of a row's kept provider usage object (no column of their own)."""
+    assert r.usage_raw is not None and r.usage_api is not None
+    kept = wire.UsageScanner(USAGE_API_NUMBERS[r.usage_api], False)
+    kept.feed(r.usage_raw.encode())
+    kept.finish()
+    return kept.result().web_search_requests
+
+
 def _row_tuple(r: UsageRow) -> tuple[Any, ...]:
     return (
         r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
@@ -342,20 +360,25 @@ def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -
     (free,) = [r for r in rows if r.status == "not_billable"]  # count_tokens: free
     assert (free.cost_nano_usd, free.input_tokens, free.output_tokens) == (0, 0, 0), free
     rows.remove(free)
-    got = sorted(_row_tuple(r) for r in rows)
-    want = sorted(case[4] for case in CASES.values())
+    # (web searches, priced per request, have no column: the kept usage object tells them)
+    got = sorted(_row_tuple(r) + (_searches(r),) for r in rows)
+    def want_of(name: str) -> tuple[Any, ...]:
+        return CASES[name][4] + (SEARCHES.get(name, 0),)
+
+    want = sorted(map(want_of, CASES))
     assert got == want
-    by_row = {_row_tuple(r): r for r in rows}
-    for name, cost in DOC_COSTS.items():
-        assert by_row[CASES[name][4]].cost_nano_usd == cost, name
+    for name, cost in DOC_COSTS.items():  # (a converted twin of a case is the same row)
+        costs = {r.cost_nano_usd for r in rows if _row_tuple(r) + (_searches(r),) == want_of(name)}
+        assert costs == {cost}, name
     registry = PricingRegistry()
     for r in rows:
         assert r.status == "ok" and r.priced and r.usage_raw, r
         quote = registry.quote(r.provider, r.model or "", r.project_id, TokenCounts(
             r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
-            r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens))  # fmt: skip
+            r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens,
+            _searches(r)))  # fmt: skip
         assert quote is not None
         assert (r.cost_nano_usd, r.price_entry) == (quote.cost_nano_usd, quote.entry), r
         assert r.price_status == ("priced_partial" if quote.partial else "priced")
-    # every dimension of these rows (1h writes, audio, cache writes) has its own price
+    # every dimension of these rows (1h writes, audio, cache writes, web searches) has its own price
     assert [r.model for r in rows if r.price_status == "priced_partial"] == []
