@@ -446,6 +446,18 @@ def _genai_effective(prices: Any, snapshot_date: str) -> dict[str, Any] | None:
     return best
 
 
+def _genai_price(
+    value: Any, key: str, base: dict[str, int | None], tiers: dict[int, dict[str, int | None]]
+) -> None:
+    """One genai-prices per-1M price (a number, or TieredPrices) into ``base`` and ``tiers``."""
+    if isinstance(value, dict):  # TieredPrices
+        base[key] = to_nano(value["base"], USD_PER_MTOK)
+        for tier in value["tiers"]:
+            tiers.setdefault(int(tier["start"]), {})[key] = to_nano(tier["price"], USD_PER_MTOK)
+    else:
+        base[key] = to_nano(value, USD_PER_MTOK)
+
+
 def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[Entry]:
     snapshot_date = SOURCE_META["genai-prices"]["snapshot_date"]
     out: list[Entry] = []
@@ -461,15 +473,7 @@ def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[En
             base: dict[str, int | None] = {}
             tiers: dict[int, dict[str, int | None]] = {}
             for src_key, key in _GENAI_FIELDS.items():
-                value = prices.get(src_key)
-                if isinstance(value, dict):  # TieredPrices
-                    base[key] = to_nano(value["base"], USD_PER_MTOK)
-                    for tier in value["tiers"]:
-                        tiers.setdefault(int(tier["start"]), {})[key] = to_nano(
-                            tier["price"], USD_PER_MTOK
-                        )
-                else:
-                    base[key] = to_nano(value, USD_PER_MTOK)
+                _genai_price(prices.get(src_key), key, base, tiers)
             if base["in"] is None and base["out"] is None:
                 STATS.skip("genai-prices no token price")
                 continue
@@ -477,15 +481,7 @@ def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[En
             base["out"] = base["out"] or 0
             base["ws"] = to_nano(prices.get("web_searches_kcount"), USD_PER_KCOUNT)
             for src_key, key in _GENAI_EXTRA.items():
-                value = prices.get(src_key)
-                if isinstance(value, dict):  # TieredPrices
-                    base[key] = to_nano(value["base"], USD_PER_MTOK)
-                    for tier in value["tiers"]:
-                        tiers.setdefault(int(tier["start"]), {})[key] = to_nano(
-                            tier["price"], USD_PER_MTOK
-                        )
-                else:
-                    base[key] = to_nano(value, USD_PER_MTOK)
+                _genai_price(prices.get(src_key), key, base, tiers)
             model_id = str(model["id"])
             if model_id.lower() in seen:
                 STATS.skip("duplicate within source")
