@@ -320,10 +320,10 @@ def price_tokens(
     if aout_p is None:
         aout_p = out_p
         partial = partial or aout > 0
-    ws_p = price.web_search_per_request  # (per request: no context tier changes it)
+    ws_p = price.web_search_per_request if ws else 0  # (per request: no context tier changes it)
     if ws_p is None:
         ws_p = 0
-        partial = partial or ws > 0
+        partial = True
     total = (
         (inp - cr - cw - ain) * in_p + cr * cr_p + (cw - cw1h) * cw_p + cw1h * cw1h_p
         + ain * ain_p + (out - aout) * out_p + aout * aout_p + ws * ws_p * TOKENS_PER_PRICE_UNIT

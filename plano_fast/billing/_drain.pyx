@@ -199,7 +199,8 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
     cdef object cw1h_o = price.cache_write_1h_per_mtok
     cdef object ain_o = price.audio_input_per_mtok
     cdef object aout_o = price.audio_output_per_mtok
-    cdef object ws_o = price.web_search_per_request
+    # (read only for an event with searches: one attribute lookup less for every other one)
+    cdef object ws_o = price.web_search_per_request if ws else None
     cdef object tiers = price.tiers
     if tiers:
         for tier in tiers:  # ascending: the last one passed applies
