@@ -18,18 +18,23 @@ the model's prices::
            + cache_read * cr + (cache_write - cache_write_1h) * cw + cache_write_1h * cw1h
            + audio_input * ain + (output - audio_output) * out + audio_output * aout
 
+plus ``web_search_requests * ws`` (Anthropic's server-side web searches, priced per request:
+``ws`` is nano-USD per request, $10 per 1,000 in the bundled table's Claude entries).
+
 Each uncached / visible part is clamped at 0 (a malformed row never makes a negative charge).
 A dimension the row has (non-zero) but the price entry does not list is charged at its
 fallback -- cache read/write and audio input at ``in``, 1h cache writes at ``cw`` (else
 ``in``), audio output at ``out`` -- never as free, and the result is marked **partial**
-(``price_status = 'priced_partial'``: counted, visible, re-priceable).
+(``price_status = 'priced_partial'``: counted, visible, re-priceable).  Web searches have no
+token price to fall back to: without a ``ws`` price they add nothing and the result is partial.
 
 Context tiers: when a model has tiers (e.g. gemini-2.5-pro above 200k prompt tokens, Claude
 Sonnet 4/4.5 above 200k, gpt-5.4 above 272k), the tier applies to the **whole request** when
 the prompt size (``input_tokens``, every prompt token) is **greater than** its
 ``above_input_tokens`` threshold.  Absent tier cache prices fall back to the tier's input
-price, like the base ones; the 1h-write and audio prices have no tier variants in the table,
-so a tiered request with such tokens charges them at the tier's fallback and is partial.
+price, like the base ones; so do absent tier 1h-write and audio prices (to the tier's write,
+input and output prices: partial), never to the base ones, which a long prompt does not pay
+(Claude Sonnet 4/4.5's 1h writes are $6 per 1M at most 200k prompt tokens, $12 above).
 
 Rounding: the exact sum ``tokens x nano-USD-per-1M`` is computed in integers and divided by
 1,000,000 **once, at the end, rounding half up** (so a request is never more than 0.5
@@ -158,6 +163,9 @@ class PriceTier:
     output_per_mtok: int
     cache_read_per_mtok: int | None
     cache_write_per_mtok: int | None
+    cache_write_1h_per_mtok: int | None = None
+    audio_input_per_mtok: int | None = None
+    audio_output_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("above_input_tokens", self.above_input_tokens, False)
@@ -165,6 +173,9 @@ class PriceTier:
         _check_price("output_per_mtok", self.output_per_mtok, False)
         _check_price("cache_read_per_mtok", self.cache_read_per_mtok, True)
         _check_price("cache_write_per_mtok", self.cache_write_per_mtok, True)
+        _check_price("cache_write_1h_per_mtok", self.cache_write_1h_per_mtok, True)
+        _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
+        _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,8 @@ class ModelPrice:
     cache_write_1h_per_mtok: int | None = None
     audio_input_per_mtok: int | None = None
     audio_output_per_mtok: int | None = None
+    #: nano-USD per server-side web search (not per 1M: one request is one unit)
+    web_search_per_request: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("input_per_mtok", self.input_per_mtok, False)
@@ -195,6 +208,7 @@ class ModelPrice:
         _check_price("cache_write_1h_per_mtok", self.cache_write_1h_per_mtok, True)
         _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
         _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
+        _check_price("web_search_per_request", self.web_search_per_request, True)
         if type(self.tiers) is not tuple:
             raise TypeError("tiers must be a tuple of PriceTier")
         last = -1
@@ -219,6 +233,7 @@ class TokenCounts:
     audio_input_tokens: int = 0
     audio_output_tokens: int = 0
     tool_use_prompt_tokens: int = 0
+    web_search_requests: int = 0
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -251,12 +266,13 @@ def cost_nano_usd(price: ModelPrice, tokens: TokenCounts) -> int:
     return price_tokens(
         price, tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens,
         tokens.cache_write_tokens, tokens.cache_write_1h_tokens, tokens.audio_input_tokens,
-        tokens.audio_output_tokens,
+        tokens.audio_output_tokens, tokens.web_search_requests,
     )[0]  # fmt: skip
 
 
 def price_tokens(
-    price: ModelPrice, inp: int, out: int, cr: int, cw: int, cw1h: int = 0, ain: int = 0, aout: int = 0
+    price: ModelPrice, inp: int, out: int, cr: int, cw: int, cw1h: int = 0, ain: int = 0, aout: int = 0,
+    ws: int = 0,
 ) -> tuple[int, bool]:
     """``(cost in nano-USD, partial)`` of validated counts: the one implementation of the
     formula in the module docstring."""
@@ -274,7 +290,9 @@ def price_tokens(
         out_p = tier.output_per_mtok
         cr_p = tier.cache_read_per_mtok
         cw_p = tier.cache_write_per_mtok
-        cw1h_p = ain_p = aout_p = None  # no tier variants in the table
+        cw1h_p = tier.cache_write_1h_per_mtok
+        ain_p = tier.audio_input_per_mtok
+        aout_p = tier.audio_output_per_mtok
     # parts, each within what is left of its total
     if cr > inp:
         cr = inp
@@ -302,9 +320,13 @@ def price_tokens(
     if aout_p is None:
         aout_p = out_p
         partial = partial or aout > 0
+    ws_p = price.web_search_per_request if ws else 0  # (per request: no context tier changes it)
+    if ws_p is None:
+        ws_p = 0
+        partial = True
     total = (
         (inp - cr - cw - ain) * in_p + cr * cr_p + (cw - cw1h) * cw_p + cw1h * cw1h_p
-        + ain * ain_p + (out - aout) * out_p + aout * aout_p
+        + ain * ain_p + (out - aout) * out_p + aout * aout_p + ws * ws_p * TOKENS_PER_PRICE_UNIT
     )  # fmt: skip
     return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT, partial
 
@@ -345,6 +367,9 @@ def _parse_table(doc: Any) -> dict[tuple[str, str], ModelPrice]:
                     _req_int(t, "out"),
                     _opt_int(t, "cr"),
                     _opt_int(t, "cw"),
+                    _opt_int(t, "cw1h"),
+                    _opt_int(t, "ain"),
+                    _opt_int(t, "aout"),
                 )
                 for t in entry.get("tiers", ())
             )
@@ -358,6 +383,7 @@ def _parse_table(doc: Any) -> dict[tuple[str, str], ModelPrice]:
                 _opt_int(entry, "cw1h"),
                 _opt_int(entry, "ain"),
                 _opt_int(entry, "aout"),
+                _opt_int(entry, "ws"),
             )
     return table
 
@@ -585,7 +611,7 @@ class PricingRegistry:
         return self.quote_counts(
             provider, model, project_id, tokens.input_tokens, tokens.output_tokens,
             tokens.cache_read_tokens, tokens.cache_write_tokens, tokens.cache_write_1h_tokens,
-            tokens.audio_input_tokens, tokens.audio_output_tokens,
+            tokens.audio_input_tokens, tokens.audio_output_tokens, tokens.web_search_requests,
         )  # fmt: skip
 
     def quote_counts(self, provider: str, model: str, project_id: str | None, *counts: int) -> Quote | None:
@@ -607,6 +633,7 @@ class PricingRegistry:
         cache_write_1h_tokens: int = 0,
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
+        web_search_requests: int = 0,
     ) -> tuple[int, bool, str] | None:
         """``quote_counts`` as a plain ``(cost_nano_usd, partial, entry)`` tuple: what the
         flusher's drain reads per event.  A ``Quote`` (a frozen dataclass: one
@@ -620,11 +647,14 @@ class PricingRegistry:
             and type(cache_write_1h_tokens) is int
             and type(audio_input_tokens) is int
             and type(audio_output_tokens) is int
+            and type(web_search_requests) is int
             and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens
-                 | cache_write_1h_tokens | audio_input_tokens | audio_output_tokens) >= 0
+                 | cache_write_1h_tokens | audio_input_tokens | audio_output_tokens
+                 | web_search_requests) >= 0
         ):  # raises TokenCounts' own TypeError / ValueError
             TokenCounts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, 0,
-                        cache_write_1h_tokens, audio_input_tokens, audio_output_tokens)  # fmt: skip
+                        cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+                        web_search_requests=web_search_requests)  # fmt: skip
         resolution = self._cache.get((provider, model))
         if resolution is None:
             resolution = self._resolve(provider, model)
@@ -639,6 +669,6 @@ class PricingRegistry:
             entry = resolution.entry
         cost, partial = price_tokens(
             price, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-            cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+            cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, web_search_requests,
         )  # fmt: skip
         return cost, partial, entry

@@ -84,6 +84,9 @@ class UsageEvent:
     #: written, so a row that falls back to the journaled path (the settle's write failed)
     #: is still charged it; None: priced from its usage
     bound_cost_nano_usd: int | None = None
+    #: Anthropic server-side web searches (``server_tool_use.web_search_requests``): priced
+    #: per request, not per token; part of the cost, kept in ``usage_raw`` (no column)
+    web_search_requests: int = 0
 
 
 UsageSink = Callable[[UsageEvent], None]

@@ -137,17 +137,21 @@ FIREWORKS_PREFIX = "accounts/fireworks/models/"
 CENTS_PER_TOKEN = Decimal(10) ** 13  # /100 (USD) * 1e6 (per M) * 1e9 (nano)
 USD_PER_TOKEN = Decimal(10) ** 15
 USD_PER_MTOK = Decimal(10) ** 9
+USD_PER_KCOUNT = Decimal(10) ** 6  # USD per 1,000 requests -> nano-USD per request
+USD_PER_REQUEST = Decimal(10) ** 9
 
 _TIER_KEY = re.compile(r"^(?P<base>.+)-(?P<kind>lte|gt)-(?P<n>\d+)k$")
 _LITELLM_TIER = re.compile(
     r"^(?P<field>input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|"
-    r"cache_creation_input_token_cost)_above_(?P<n>\d+)k_tokens$"
+    r"cache_creation_input_token_cost_above_1hr|cache_creation_input_token_cost)"
+    r"_above_(?P<n>\d+)k_tokens$"
 )
 _LITELLM_FIELDS = {
     "input_cost_per_token": "in",
     "output_cost_per_token": "out",
     "cache_read_input_token_cost": "cr",
     "cache_creation_input_token_cost": "cw",
+    "cache_creation_input_token_cost_above_1hr": "cw1h",
 }
 _GENAI_FIELDS = {
     "input_mtok": "in",
@@ -156,8 +160,10 @@ _GENAI_FIELDS = {
     "cache_write_mtok": "cw",
 }
 PRICE_FIELDS = ("in", "out", "cr", "cw")
-# Priced dimensions without context tiers: 1h cache writes (Anthropic), audio in / out.
-EXTRA_FIELDS = ("cw1h", "ain", "aout")
+# Priced dimensions a source lists for fewer models: 1h cache writes (Anthropic), audio in / out,
+# server-side web searches (Anthropic; "ws": nano-USD per request, not per 1M tokens).
+# A context tier has one only where its source lists it for that tier (never the base price).
+EXTRA_FIELDS = ("cw1h", "ain", "aout", "ws")
 _LITELLM_EXTRA = {
     "cache_creation_input_token_cost_above_1hr": "cw1h",
     "input_cost_per_audio_token": "ain",
@@ -336,6 +342,18 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
 # ----------------------------------------------------------------------------- LiteLLM
 
 
+def _litellm_web_search(per_query: Any) -> int | None:
+    """``search_context_cost_per_query`` (USD per search, by search context size) as one
+    price per request: only when it does not depend on the size (Anthropic's flat $10 per
+    1,000); a size-dependent price is not one the usage tells, so none."""
+    if not isinstance(per_query, dict) or not per_query:
+        return None
+    values = set(per_query.values())
+    if len(values) != 1:
+        return None
+    return to_nano(values.pop(), USD_PER_REQUEST)
+
+
 def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]:
     out: list[Entry] = []
     seen: set[str] = set()
@@ -375,6 +393,7 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
                 "cr": to_nano(value.get("cache_read_input_token_cost"), USD_PER_TOKEN),
                 "cw": to_nano(value.get("cache_creation_input_token_cost"), USD_PER_TOKEN),
                 **{k: to_nano(value.get(f), USD_PER_TOKEN) for f, k in _LITELLM_EXTRA.items()},
+                "ws": _litellm_web_search(value.get("search_context_cost_per_query")),
             },
         )
         entry.clean()
@@ -386,15 +405,19 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
 def _complete_tiers(
     base: dict[str, int | None], tiers: dict[int, dict[str, int | None]]
 ) -> list[Tier]:
-    """Tiers with every field set: a field a tier does not mention keeps its lower value."""
+    """Tiers with every field set: a field a tier does not mention keeps its lower value --
+    but a 1h-write or audio price (EXTRA_FIELDS) only a lower tier's, never the base's: a
+    long prompt pays the tier's own (Claude Sonnet 4.5's 1h writes: $6 per 1M at most 200k
+    prompt tokens, $12 above), and without one the tier's fallback, priced_partial."""
     result: list[Tier] = []
-    current = dict(base)
+    untiered = {key: None for key in EXTRA_FIELDS}
+    current = {**base, **untiered}
     for above in sorted(tiers):
         for key, value in tiers[above].items():
             current[key] = value
         if "in" not in tiers[above] and "out" not in tiers[above]:
             continue
-        if current == (result[-1].prices if result else base):
+        if current == (result[-1].prices if result else {**base, **untiered}):
             continue  # a tier that changes nothing
         result.append(Tier(above, dict(current)))
     return result
@@ -423,6 +446,18 @@ def _genai_effective(prices: Any, snapshot_date: str) -> dict[str, Any] | None:
     return best
 
 
+def _genai_price(
+    value: Any, key: str, base: dict[str, int | None], tiers: dict[int, dict[str, int | None]]
+) -> None:
+    """One genai-prices per-1M price (a number, or TieredPrices) into ``base`` and ``tiers``."""
+    if isinstance(value, dict):  # TieredPrices
+        base[key] = to_nano(value["base"], USD_PER_MTOK)
+        for tier in value["tiers"]:
+            tiers.setdefault(int(tier["start"]), {})[key] = to_nano(tier["price"], USD_PER_MTOK)
+    else:
+        base[key] = to_nano(value, USD_PER_MTOK)
+
+
 def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[Entry]:
     snapshot_date = SOURCE_META["genai-prices"]["snapshot_date"]
     out: list[Entry] = []
@@ -438,23 +473,15 @@ def load_genai(doc: list[dict[str, Any]], providers: tuple[str, ...]) -> list[En
             base: dict[str, int | None] = {}
             tiers: dict[int, dict[str, int | None]] = {}
             for src_key, key in _GENAI_FIELDS.items():
-                value = prices.get(src_key)
-                if isinstance(value, dict):  # TieredPrices
-                    base[key] = to_nano(value["base"], USD_PER_MTOK)
-                    for tier in value["tiers"]:
-                        tiers.setdefault(int(tier["start"]), {})[key] = to_nano(
-                            tier["price"], USD_PER_MTOK
-                        )
-                else:
-                    base[key] = to_nano(value, USD_PER_MTOK)
+                _genai_price(prices.get(src_key), key, base, tiers)
             if base["in"] is None and base["out"] is None:
                 STATS.skip("genai-prices no token price")
                 continue
             base["in"] = base["in"] or 0
             base["out"] = base["out"] or 0
+            base["ws"] = to_nano(prices.get("web_searches_kcount"), USD_PER_KCOUNT)
             for src_key, key in _GENAI_EXTRA.items():
-                value = prices.get(src_key)
-                base[key] = to_nano(value["base"] if isinstance(value, dict) else value, USD_PER_MTOK)
+                _genai_price(prices.get(src_key), key, base, tiers)
             model_id = str(model["id"])
             if model_id.lower() in seen:
                 STATS.skip("duplicate within source")
@@ -533,7 +560,7 @@ def entry_json(entry: Entry) -> str:
         tiers = []
         for tier in entry.tiers:
             t: dict[str, Any] = {"above": tier.above}
-            for key in PRICE_FIELDS:
+            for key in (*PRICE_FIELDS, *EXTRA_FIELDS):
                 if tier.prices.get(key) is not None:
                     t[key] = tier.prices[key]
             tiers.append(t)
@@ -596,7 +623,8 @@ def build(data: Path) -> str:
             "cw1h": "cache writes with a 1-hour lifetime (absent: not listed, priced as cw, the row is priced_partial)",
             "ain": "audio input tokens (absent: not listed, priced as input, the row is priced_partial)",
             "aout": "audio output tokens (absent: not listed, priced as output, the row is priced_partial)",
-            "tiers": "context tiers: all prices switch when prompt tokens > above",
+            "ws": "nano-USD per server-side web search request (absent: not listed, searches add nothing, the row is priced_partial)",
+            "tiers": "context tiers: all prices switch when prompt tokens > above (a tier without cw1h/ain/aout: its cw/in/out, priced_partial)",
             "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
             "fill": "fields taken from another source listing the same model at the same in/out prices",
         },

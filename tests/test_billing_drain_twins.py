@@ -52,10 +52,10 @@ MODULES: list[ModuleType] = [_drain_py] + ([_compiled_drain] if _compiled_drain 
 IDS = ["python", "cython"][: len(MODULES)]
 TABLE = load_default_prices()
 COUNT_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens")  # fmt: skip
+                "cache_write_1h_tokens", "audio_input_tokens", "audio_output_tokens", "web_search_requests")  # fmt: skip
 
 
-def _event(provider: str, model: str | None, counts: tuple[Any, ...] = (1200, 300, 0, 0, 0, 0, 0), *,
+def _event(provider: str, model: str | None, counts: tuple[Any, ...] = (1200, 300, 0, 0, 0, 0, 0, 0), *,
            status: str = STATUS_OK, http_status: int = 200, has_usage: bool = True,
            project_id: str | None = "p1") -> UsageEvent:  # fmt: skip
     event = UsageEvent("r", 1, provider, model, False, status, http_status, has_usage=has_usage,
@@ -67,10 +67,10 @@ def _event(provider: str, model: str | None, counts: tuple[Any, ...] = (1200, 30
 
 def _reference(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, str] | None:
     """What the registry's ``quote`` (TokenCounts in) says the event costs."""
-    inp, out, cr, cw, cw1h, ain, aout = (getattr(event, name) for name in COUNT_FIELDS)
+    inp, out, cr, cw, cw1h, ain, aout, ws = (getattr(event, name) for name in COUNT_FIELDS)
     assert event.model is not None
     quote = pricing.quote(event.provider, event.model, event.project_id,
-                          TokenCounts(inp, out, cr, cw, 0, cw1h, ain, aout))  # fmt: skip
+                          TokenCounts(inp, out, cr, cw, 0, cw1h, ain, aout, web_search_requests=ws))  # fmt: skip
     return None if quote is None else (quote.cost_nano_usd, quote.partial, quote.entry)
 
 
@@ -91,18 +91,20 @@ def _agree(pricing: PricingRegistry, event: UsageEvent) -> Any:
 
 
 COUNT_MIXES = [
-    (1200, 300, 0, 0, 0, 0, 0),
-    (250_000, 4_000, 64_000, 10_000, 2_000, 0, 0),  # past every tier threshold, cache writes
-    (300_000, 900, 0, 0, 0, 5_000, 700),  # audio in and out
-    (5, 0, 9, 7, 9, 3, 1),  # parts larger than their totals (clamped)
-    (1_000, 10, 1, 1, 1, 1, 1),  # one token of each part: partial wherever a price is absent
-    (1_000, 10, 0, 0, 0, 1, 0),  # ... one part at a time
-    (1_000, 10, 0, 1, 1, 0, 0),
-    (1_000, 10, 0, 1, 0, 0, 0),
-    (1_000, 10, 1, 0, 0, 0, 0),
-    (1_000, 10, 0, 0, 0, 0, 1),
-    (999_999, 1, 0, 0, 0, 0, 0),  # half-way costs: rounding
-    (0, 0, 0, 0, 0, 0, 0),
+    (1200, 300, 0, 0, 0, 0, 0, 0),
+    (250_000, 4_000, 64_000, 10_000, 2_000, 0, 0, 0),  # past every tier threshold, cache writes
+    (300_000, 900, 0, 0, 0, 5_000, 700, 0),  # audio in and out
+    (5, 0, 9, 7, 9, 3, 1, 0),  # parts larger than their totals (clamped)
+    (1_000, 10, 1, 1, 1, 1, 1, 0),  # one token of each part: partial wherever a price is absent
+    (1_000, 10, 0, 0, 0, 1, 0, 0),  # ... one part at a time
+    (1_000, 10, 0, 1, 1, 0, 0, 0),
+    (1_000, 10, 0, 1, 0, 0, 0, 0),
+    (1_000, 10, 1, 0, 0, 0, 0, 0),
+    (1_000, 10, 0, 0, 0, 0, 1, 0),
+    (999_999, 1, 0, 0, 0, 0, 0, 0),  # half-way costs: rounding
+    (0, 0, 0, 0, 0, 0, 0, 0),
+    (1_000, 10, 0, 0, 0, 0, 0, 3),  # web searches: per request where priced, else partial
+    (250_000, 4_000, 64_000, 10_000, 2_000, 0, 0, 2**40),
 ]
 
 
@@ -125,7 +127,7 @@ def test_recorded_provider_usage_prices_alike() -> None:
     pricing = PricingRegistry()
     priced = 0
     for usage in cassettes.values():
-        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout = usage
+        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout, _searches = usage
         if not has_usage:
             continue
         for provider in ("openai", "anthropic", "gemini", "mistral", "deepseek", "groq", "openrouter"):
@@ -211,18 +213,18 @@ RATE = st.one_of(st.integers(0, 10**12), BIG)
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    counts=st.tuples(*[COUNT] * 7),
+    counts=st.tuples(*[COUNT] * 8),
     rates=st.tuples(RATE, RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE, st.none() | RATE,
-                    st.none() | RATE),  # fmt: skip
-    tier=st.none() | st.tuples(st.integers(0, 400_000), RATE, RATE, st.none() | RATE, st.none() | RATE),
+                    st.none() | RATE, st.none() | RATE),  # fmt: skip
+    tier=st.none() | st.tuples(st.integers(0, 400_000), RATE, RATE, *[st.none() | RATE] * 5),
     custom=st.booleans(),
 )
 def test_generated_counts_and_prices_agree(
     counts: tuple[Any, ...], rates: tuple[Any, ...], tier: tuple[Any, ...] | None, custom: bool
 ) -> None:
-    in_p, out_p, cr_p, cw_p, cw1h_p, ain_p, aout_p = rates
+    in_p, out_p, cr_p, cw_p, cw1h_p, ain_p, aout_p, ws_p = rates
     tiers = () if tier is None else (PriceTier(*tier),)
-    price = ModelPrice(in_p, out_p, cr_p, cw_p, tiers, "gen", cw1h_p, ain_p, aout_p)
+    price = ModelPrice(in_p, out_p, cr_p, cw_p, tiers, "gen", cw1h_p, ain_p, aout_p, ws_p)
     if custom:
         pricing = PricingRegistry({})
         pricing.set_overrides({"m": price}, {})

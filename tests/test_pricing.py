@@ -118,6 +118,48 @@ def test_anthropic_long_context_tier(reg: PricingRegistry) -> None:
     assert cost == 453_000_000
 
 
+def test_long_context_tier_prices_its_1h_writes(reg: PricingRegistry) -> None:
+    # Anthropic pricing, "Long context pricing": above 200k prompt tokens Sonnet 4.5 costs
+    # $6 in / $22.50 out, and the prompt-caching multipliers apply to those rates: 5-minute
+    # writes 1.25x ($7.50), 1-hour writes 2x ($12), reads 0.1x ($0.60) -- genai-prices and
+    # LiteLLM list the tier's 1h write at $12 ($6 at most 200k).
+    # Row: 250_000 prompt = 150_000 uncached + 60_000 read + 40_000 written (30_000 for 1h).
+    t = TokenCounts(250_000, 1000, 60_000, 40_000, 0, cache_write_1h_tokens=30_000)
+    for model in ("claude-sonnet-4-5", SONNET_45_DATED):
+        q = reg.quote("anthropic", model, None, t)
+        expected = 150_000 * 6_000 + 60_000 * 600 + 10_000 * 7_500 + 30_000 * 12_000 + 1000 * 22_500
+        assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False), model
+    # a tier that lists no 1h price: the tier's write price (never the base's $6), partial
+    price = ModelPrice(3_000_000_000, 15_000_000_000, 300_000_000, 3_750_000_000,
+                       (PriceTier(200_000, 6_000_000_000, 22_500_000_000, 600_000_000, 7_500_000_000),),
+                       cache_write_1h_per_mtok=6_000_000_000)  # fmt: skip
+    expected = 150_000 * 6_000 + 60_000 * 600 + 40_000 * 7_500 + 1000 * 22_500
+    assert price_tokens(price, 250_000, 1000, 60_000, 40_000, 30_000) == (expected, True)
+    # audio has tier prices too when listed
+    price = ModelPrice(1_000, 2_000, None, None, (PriceTier(10, 3_000, 4_000, None, None, None, 5_000, 6_000),),
+                       audio_input_per_mtok=7_000, audio_output_per_mtok=8_000)  # fmt: skip
+    assert price_tokens(price, 1_000_000, 1_000_000, 0, 0, 0, 400_000, 500_000) == (
+        (600_000 * 3_000 + 400_000 * 5_000 + 500_000 * 4_000 + 500_000 * 6_000) // 1_000_000, False)
+
+
+def test_anthropic_web_searches_are_priced_per_request(reg: PricingRegistry) -> None:
+    # Anthropic web search tool: "$10 per 1,000 searches plus standard token costs"
+    # (genai-prices web_searches_kcount 10; LiteLLM search_context_cost_per_query 0.01):
+    # 10_000_000 nano-USD a search, whatever the prompt's tier.
+    t = TokenCounts(1000, 100, 0, 0, 0, web_search_requests=3)
+    for model in ("claude-sonnet-4-5", SONNET_45_DATED, "claude-haiku-4-5", "claude-opus-4-6"):
+        q = reg.quote("anthropic", model, None, t)
+        plain = reg.quote("anthropic", model, None, TokenCounts(1000, 100, 0, 0, 0))
+        assert q is not None and plain is not None, model
+        assert (q.cost_nano_usd - plain.cost_nano_usd, q.partial) == (3 * 10_000_000, False), model
+    long = reg.quote("anthropic", "claude-sonnet-4-5", None, TokenCounts(250_000, 0, 0, 0, 0, web_search_requests=1))
+    assert long is not None and long.cost_nano_usd == 250_000 * 6_000 + 10_000_000
+    # a price without one: the searches add nothing and the quote is partial (never silent)
+    price = ModelPrice(1_000_000, 2_000_000, None, None)
+    assert price_tokens(price, 10, 5, 0, 0, 0, 0, 0, 2) == (20, True)
+    assert price_tokens(replace(price, web_search_per_request=7), 10, 5, 0, 0, 0, 0, 0, 2) == (34, False)
+
+
 def test_gemini_25_flash_cached_and_thoughts(reg: PricingRegistry) -> None:
     # gemini-2.5-flash: $0.30 in / $0.03 cached / $2.50 out (thinking included) per 1M.
     # Recorded usageMetadata (WIRE_FORMATS 6.2): promptTokenCount 17713 (includes cached

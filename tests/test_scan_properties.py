@@ -364,11 +364,11 @@ TOKEN_KEYS = st.sampled_from(
      "cache_creation_input_tokens", "promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount",
      "thoughtsTokenCount", "total_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
      "prompt_cache_hit_tokens", "toolUsePromptTokenCount", "thinking_tokens", "audio_tokens",
-     "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"]
+     "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "web_search_requests"]
 )  # fmt: skip
 DETAIL_KEYS = st.sampled_from(
     ["prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details",
-     "cache_creation"]
+     "cache_creation", "server_tool_use"]
 )  # fmt: skip
 TOKEN_VALUES = st.one_of(
     st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**6), SCALARS

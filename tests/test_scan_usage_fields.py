@@ -9,11 +9,14 @@ every billed output token (visible + reasoning), the other counts subsets of tho
 
 from __future__ import annotations
 
+import json
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from plano_fast.convert import convert_response
+from plano_fast.wire import _scan_py
 from tests.test_scan import ANTHROPIC, CHAT, GEMINI, IMPLEMENTATIONS, NO_USAGE, RESPONSES, U, check_all_splits
 
 
@@ -81,6 +84,43 @@ OPENAI_AUDIO = (
     b'"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":80}}}'
 )
 
+# Chat Completions with n=2, streamed with include_usage: choices interleave by index, each
+# ends with its own finish_reason, then one choices:[] chunk with the request's usage.
+OPENAI_N2_STREAM = b"".join(
+    b'data: {"id":"chatcmpl-2","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18",'
+    + chunk + b"}\n\n"
+    for chunk in (
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":"A"},"finish_reason":null}],"usage":null',
+        b'"choices":[{"index":1,"delta":{"role":"assistant","content":"B"},"finish_reason":null}],"usage":null',
+        b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null',
+        b'"choices":[{"index":1,"delta":{},"finish_reason":"stop"}],"usage":null',
+        b'"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":6,"total_tokens":16,'
+        b'"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}',
+    )
+) + b"data: [DONE]\n\n"
+
+RESPONSES_CACHED = (
+    b'{"id":"resp_1","object":"response","status":"completed","model":"gpt-5-2025-08-07","output":[],'
+    b'"usage":{"input_tokens":5000,"input_tokens_details":{"cached_tokens":4000},"output_tokens":900,'
+    b'"output_tokens_details":{"reasoning_tokens":850},"total_tokens":5900}}'
+)
+
+# https://docs.anthropic.com/en/docs/build-with-claude/streaming ("the token counts shown in
+# the usage field of the message_delta event are cumulative"); recorded in vercel-ai
+# anthropic-message-delta-input-tokens.chunks.txt (message_start input 43, message_delta 61)
+ANTHROPIC_DELTA_INPUT_STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant",'
+    b'"model":"claude-sonnet-4-5-20250929","content":[],"usage":{"input_tokens":43,'
+    b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"cache_creation":'
+    b'{"ephemeral_5m_input_tokens":200,"ephemeral_1h_input_tokens":100},"output_tokens":1}}}\n\n'
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"input_tokens":61,"cache_creation_input_tokens":300,"cache_read_input_tokens":2000,'
+    b'"output_tokens":9,"server_tool_use":{"web_search_requests":1}}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
 CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
     (
         "gemini-json-tool-use",
@@ -98,7 +138,8 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
     (
         "anthropic-json-thinking-cache-ttl",
         ANTHROPIC, False, ANTHROPIC_THINKING,
-        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024),
+        U(12 + 4096 + 2048, 700, 4096, 2048, 640, model="claude-sonnet-4-5-20250929", cache_write_1h=1024,
+          web_searches=1),
     ),
     (
         "anthropic-sse-thinking-final-delta-wins",
@@ -162,6 +203,59 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
         b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.0023,-0.0093]}],'
         b'"model":"text-embedding-3-small","usage":{"prompt_tokens":8,"total_tokens":8}}',
         U(8, 0, model="text-embedding-3-small"),
+    ),
+    (
+        # n > 1 (https://platform.openai.com/docs/api-reference/chat/create, "n"): one usage
+        # for the whole request, on the final choices:[] chunk -- counted once, not per choice
+        "openai-sse-n2",
+        CHAT, True, OPENAI_N2_STREAM,
+        U(10, 6, model="gpt-4o-mini-2024-07-18"),
+    ),
+    (
+        # Predicted Outputs (completion_usage.py): rejected_prediction_tokens "are still
+        # counted in the total completion tokens for purposes of billing" -- inside
+        # completion_tokens like accepted ones: output is completion_tokens, nothing added
+        "openai-json-predictions",
+        CHAT, False,
+        b'{"model":"gpt-4o","usage":{"prompt_tokens":100,"completion_tokens":60,"total_tokens":160,'
+        b'"prompt_tokens_details":{"cached_tokens":64},"completion_tokens_details":{"reasoning_tokens":0,'
+        b'"accepted_prediction_tokens":20,"rejected_prediction_tokens":30}}}',
+        U(100, 60, 64, model="gpt-4o"),
+    ),
+    (
+        # Responses, not streamed (openai-python types/responses/response.py: top-level usage)
+        "responses-json-cached",
+        RESPONSES, False, RESPONSES_CACHED,
+        U(5000, 900, 4000, 0, 850, model="gpt-5-2025-08-07"),
+    ),
+    (
+        # a response.failed / response.incomplete event that carries usage: those tokens were
+        # consumed and are billed as reported (is_error marks the failure)
+        "responses-sse-failed-with-usage",
+        RESPONSES, True,
+        b'event: response.failed\ndata: {"type":"response.failed","response":{"model":"gpt-5",'
+        b'"status":"failed","error":{"code":"server_error","message":"x"},'
+        b'"usage":{"input_tokens":50,"output_tokens":7,"output_tokens_details":{"reasoning_tokens":4}}}}\n\n',
+        U(50, 7, 0, 0, 4, model="gpt-5", is_error=True),
+    ),
+    (
+        # current Anthropic API: message_delta.usage carries cumulative input and cache counts
+        # too (MessageDeltaUsage); its values win over message_start's, fields it lacks
+        # (the TTL split) stay; server_tool_use counts web searches (requests, not tokens)
+        "anthropic-sse-delta-input-and-cache-win",
+        ANTHROPIC, True, ANTHROPIC_DELTA_INPUT_STREAM,
+        U(61 + 2000 + 300, 9, 2000, 300, model="claude-sonnet-4-5-20250929", cache_write_1h=100, web_searches=1),
+    ),
+    (
+        # Gemini stream: an early chunk may carry only the prompt count; the last one wins
+        # whole (not merged with, nor summed to, the earlier ones)
+        "gemini-sse-early-prompt-only",
+        GEMINI, True,
+        b'data: {"usageMetadata":{"promptTokenCount":18,"cachedContentTokenCount":10,"totalTokenCount":18},'
+        b'"modelVersion":"gemini-2.5-flash"}\r\n\r\n'
+        b'data: {"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":18,'
+        b'"candidatesTokenCount":5,"thoughtsTokenCount":3,"totalTokenCount":26},"modelVersion":"gemini-2.5-flash"}\r\n\r\n',
+        U(18, 8, 0, 0, 3, model="gemini-2.5-flash"),
     ),
     # malformed new fields: the whole usage object is ignored, never a made-up number
     ("gemini-bad-tool-use", GEMINI, False, b'{"usageMetadata":{"promptTokenCount":1,"toolUsePromptTokenCount":-1}}', NO_USAGE),
@@ -275,3 +369,62 @@ def test_raw_usage_anthropic_keeps_every_object_that_counted(scan: ModuleType) -
     assert six is not None and seven == six[:-1] + b',{"usage":{"output_tokens":9' + b" " * 500 + b"}}]"
     assert len(seven) + 530 > scan.MAX_RAW_USAGE_BYTES
     assert _raw(scan, ANTHROPIC, True, body + delta * 8) is None
+
+
+# -- what a converted answer tells its client ------------------------------------------------
+
+_WRAP = {
+    CHAT: ("openai", "usage", {"id": "chatcmpl-1", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}),
+    ANTHROPIC: ("anthropic", "usage", {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                      "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn"}),
+    GEMINI: ("gemini", "usageMetadata", {"candidates": [
+        {"content": {"parts": [{"text": "x"}], "role": "model"}, "finishReason": "STOP"}], "modelVersion": "m"}),
+}  # fmt: skip
+# usage objects whose billed counts are not the plain fields': every non-streamed case above, and
+CONVERTED_USAGE: list[tuple[int, dict[str, Any]]] = [
+    (api, json.loads(body)[_WRAP[api][1]]) for _, api, streaming, body, expected in CASES
+    if not streaming and api in _WRAP and expected[5]  # (has_usage)
+] + [
+    # xAI (vercel-ai xai-tool-call.json): reasoning outside completion_tokens, billed as output
+    (CHAT, {"prompt_tokens": 291, "completion_tokens": 26, "total_tokens": 506,
+            "prompt_tokens_details": {"cached_tokens": 244}, "completion_tokens_details": {"reasoning_tokens": 189}}),
+    # DeepSeek's cache hits
+    (CHAT, {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}),
+]  # fmt: skip
+
+
+def _told(target: str, answer: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """(input, output, cache read, cache write, reasoning) a ``target`` client reads."""
+    if target == "openai":
+        u = answer["usage"]
+        return (u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens_details"]["cached_tokens"],
+                u["prompt_tokens_details"].get("cache_write_tokens", 0), u["completion_tokens_details"]["reasoning_tokens"])
+    if target == "anthropic":
+        u = answer["usage"]
+        cached = u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+        return (u["input_tokens"] + cached, u["output_tokens"], u["cache_read_input_tokens"],
+                u["cache_creation_input_tokens"], -1)  # (no reasoning count in Messages usage)
+    u = answer["usageMetadata"]
+    thoughts = u.get("thoughtsTokenCount", 0)
+    return (u["promptTokenCount"], u["candidatesTokenCount"] + thoughts, u.get("cachedContentTokenCount", 0), -1, thoughts)
+
+
+@pytest.mark.parametrize(("api", "usage"), CONVERTED_USAGE)
+def test_a_converted_answer_tells_its_client_the_usage_billed(api: int, usage: dict[str, Any]) -> None:
+    """An answer converted for a client of another format reports the counts its row holds
+    (read by the upstream's scan API), whatever the provider's way of reporting them:
+    Anthropic's TTL-only cache writes, xAI's reasoning outside completion_tokens, DeepSeek's
+    cache hits, subsets larger than their totals..."""
+    source, member, shell = _WRAP[api]
+    body = {**shell, member: usage}
+    scanner = _scan_py.UsageScanner(api, False)
+    scanner.feed(json.dumps(body).encode())
+    scanner.finish()
+    u = scanner.result()
+    billed = (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens)
+    for target in ("openai", "anthropic", "gemini"):
+        if target == source:
+            continue
+        told = _told(target, convert_response(body, source, target, client_model="m"))
+        assert told == tuple(-1 if t == -1 else b for t, b in zip(told, billed)), (target, told, billed)

@@ -68,6 +68,7 @@ def anthropic_usage(draw: st.DrawFn) -> dict[str, Any]:
         cache_creation=draw(st.one_of(st.none(), st.builds(
             lambda a, b: _obj(ephemeral_5m_input_tokens=a, ephemeral_1h_input_tokens=b), MAYBE, MAYBE))),
         output_tokens_details=draw(st.one_of(st.none(), st.builds(lambda t: _obj(thinking_tokens=t), MAYBE))),
+        server_tool_use=draw(st.one_of(st.none(), st.builds(lambda n: _obj(web_search_requests=n), MAYBE))),
     )  # fmt: skip
 
 

@@ -170,6 +170,7 @@ def _event(api: int, body: bytes, streaming: bool, provider: str, model: str, i:
         u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, True, "p1", "k" * 64, None,
         None, 1.0, "openai", u.tool_use_prompt_tokens, u.cache_write_1h_tokens,
         u.audio_input_tokens, u.audio_output_tokens, raw.decode(), USAGE_API_NAMES[api],
+        web_search_requests=u.web_search_requests,
     )  # fmt: skip
 
 
@@ -178,7 +179,8 @@ RAW_CASES = [
      b'"usage":{"input_tokens":12,"cache_creation_input_tokens":2048,"cache_read_input_tokens":4096,'
      b'"cache_creation":{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":1024},"output_tokens":1}}}\n\n'
      b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":700,'
-     b'"output_tokens_details":{"thinking_tokens":640}}}\n\n', True, "anthropic", "claude-sonnet-4-5"),
+     b'"output_tokens_details":{"thinking_tokens":640},"server_tool_use":{"web_search_requests":2}}}\n\n', True,
+     "anthropic", "claude-sonnet-4-5"),
     (scan.API_GEMINI, b'{"usageMetadata":{"promptTokenCount":1200,"cachedContentTokenCount":1000,'
      b'"candidatesTokenCount":50,"toolUsePromptTokenCount":420,"thoughtsTokenCount":300}}', False,
      "gemini", "gemini-2.5-pro"),
@@ -201,7 +203,8 @@ def test_reprice_rederives_from_the_kept_provider_usage(backend: Backend) -> Non
         for e in events:
             quote = registry.quote(e.provider, e.model or "", e.project_id, TokenCounts(
                 e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens,
-                e.reasoning_tokens, e.cache_write_1h_tokens, e.audio_input_tokens, e.audio_output_tokens))
+                e.reasoning_tokens, e.cache_write_1h_tokens, e.audio_input_tokens, e.audio_output_tokens,
+                web_search_requests=e.web_search_requests))
             assert quote is not None, e.model
             good.append(usage_row_from_event(e, cost_nano_usd=quote.cost_nano_usd, price_entry=quote.entry,
                                              price_status="priced_partial" if quote.partial else "priced"))
@@ -218,6 +221,9 @@ def test_reprice_rederives_from_the_kept_provider_usage(backend: Backend) -> Non
             got = rows[want.request_id]
             assert replace(got, row_id=None) == want
         assert rows["raw-1"].tool_use_prompt_tokens == 420 and rows["raw-0"].cache_write_1h_tokens == 1024
+        # the two web searches ($10 per 1,000), read back from the kept usage object
+        assert events[0].web_search_requests == 2 and rows["raw-0"].cost_nano_usd == (
+            12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000 + 2 * 10_000_000)
         await assert_counters_match_log(store)
         assert (await reprice(store, await load_pricing(store))).rows_changed == 0
 

@@ -24,18 +24,43 @@ from typing import Any
 
 import pytest
 
+from plano_fast import wire
 from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.usage import USAGE_API_NUMBERS
 from plano_fast.store import UsageRow
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_e2e import read_rows
 from tests.test_scan_fixtures import _cassette, _response
-from tests.test_scan_usage_fields import ANTHROPIC_THINKING, ANTHROPIC_THINKING_STREAM, GEMINI_TOOL_USE, OPENAI_AUDIO
+from tests.test_scan_usage_fields import (
+    ANTHROPIC_DELTA_INPUT_STREAM,
+    ANTHROPIC_THINKING,
+    ANTHROPIC_THINKING_STREAM,
+    GEMINI_TOOL_USE,
+    OPENAI_AUDIO,
+    OPENAI_N2_STREAM,
+    RESPONSES_CACHED,
+)
 from tests.shared_data import FIXTURES
 
 
 def _fixture(name: str, index: int) -> bytes:
     return _response(_cassette(name)[index])[1]
 
+
+# Anthropic, doc-derived: a long-context request (more than 200k prompt tokens, cache reads and
+# writes included) with 1h cache writes
+ANTHROPIC_LONG_CONTEXT = (
+    b'{"id":"msg_3","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[],'
+    b'"stop_reason":"end_turn","usage":{"input_tokens":150000,"cache_creation_input_tokens":40000,'
+    b'"cache_read_input_tokens":60000,"cache_creation":{"ephemeral_5m_input_tokens":10000,'
+    b'"ephemeral_1h_input_tokens":30000},"output_tokens":1000}}'
+)
+# Gemini, doc-derived: a gemini-2.5-pro prompt above its 200k tier
+GEMINI_LONG_CONTEXT = (
+    b'{"candidates":[{"content":{"parts":[{"text":"ok"}],"role":"model"},"finishReason":"STOP"}],'
+    b'"usageMetadata":{"promptTokenCount":250000,"cachedContentTokenCount":50000,"candidatesTokenCount":600,'
+    b'"thoughtsTokenCount":400,"totalTokenCount":251000},"modelVersion":"gemini-2.5-pro"}'
+)
 
 # case -> (client path, request body, streaming, upstream body, content type, expected row)
 # expected: (input, output, cache_read, cache_write, reasoning, tool_use, cache_write_1h,
@@ -86,6 +111,50 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
         ANTHROPIC_THINKING_STREAM, "text/event-stream",
         (6156, 700, 4096, 2048, 640, 0, 1024, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
     ),
+    # OpenAI chat, doc-derived: n=2 streamed without include_usage (injected, its chunk hidden)
+    "chat-sse-n2": (
+        "/v1/chat/completions", {"model": "openai/gpt-4o-mini", "stream": True, "n": 2},
+        OPENAI_N2_STREAM, "text/event-stream",
+        (10, 6, 0, 0, 0, 0, 0, 0, 0, "gpt-4o-mini-2024-07-18", "openai_chat"),
+    ),
+    # Responses, doc-derived: not streamed, cached input and reasoning output
+    "responses-json-cached": (
+        "/v1/responses", {"model": "openai/gpt-5"}, RESPONSES_CACHED, "application/json",
+        (5000, 900, 4000, 0, 850, 0, 0, 0, 0, "gpt-5-2025-08-07", "openai_responses"),
+    ),
+    # Anthropic, doc-derived: message_delta's cumulative input and cache counts win
+    "anthropic-sse-delta-input": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50, "stream": True},
+        ANTHROPIC_DELTA_INPUT_STREAM, "text/event-stream",
+        (61 + 2000 + 300, 9, 2000, 300, 0, 0, 100, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "anthropic-json-long-context": (
+        "/v1/messages", {"model": "anthropic/claude-sonnet-4-6", "max_tokens": 50}, ANTHROPIC_LONG_CONTEXT,
+        "application/json",
+        (250_000, 1000, 60_000, 40_000, 0, 0, 30_000, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "gemini-json-long-context": (
+        "/v1beta/models/gemini-2.5-pro:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
+        GEMINI_LONG_CONTEXT, "application/json",
+        (250_000, 1000, 50_000, 0, 400, 0, 0, 0, 0, "gemini-2.5-pro", "gemini"),
+    ),
+    # An OpenAI client on an Anthropic / Gemini provider (converted): billed from the
+    # upstream's usage, in its semantics (cache outside input_tokens, thoughts outside
+    # candidatesTokenCount), the same row as a native client's
+    "converted-chat-on-anthropic-json": (
+        "/v1/chat/completions", {"model": "anthropic/claude-sonnet-4-6"}, ANTHROPIC_THINKING, "application/json",
+        (6156, 700, 4096, 2048, 640, 0, 1024, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "converted-chat-on-anthropic-sse": (
+        "/v1/chat/completions", {"model": "anthropic/claude-sonnet-4-6", "stream": True,
+                                 "stream_options": {"include_usage": True}},
+        ANTHROPIC_DELTA_INPUT_STREAM, "text/event-stream",
+        (61 + 2000 + 300, 9, 2000, 300, 0, 0, 100, 0, 0, "claude-sonnet-4-5-20250929", "anthropic"),
+    ),
+    "converted-chat-on-gemini-json": (
+        "/v1/chat/completions", {"model": "gemini/gemini-2.5-pro"}, GEMINI_TOOL_USE, "application/json",
+        (1620, 350, 1000, 0, 300, 420, 0, 0, 0, "gemini-2.5-pro", "gemini"),
+    ),
     # Gemini native, doc-derived: toolUsePromptTokenCount and thoughts
     "gemini-json-tool-use": (
         "/v1beta/models/gemini-2.5-pro:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
@@ -100,6 +169,38 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
     ),
 }  # fmt: skip
 
+# case -> the web searches its usage reports (Anthropic server_tool_use; 0 when not listed)
+SEARCHES = {"anthropic-json-thinking": 1, "converted-chat-on-anthropic-json": 1, "anthropic-sse-delta-input": 1,
+            "converted-chat-on-anthropic-sse": 1}  # fmt: skip
+
+# case -> its cost (nano-USD) from the providers' published prices, worked by hand
+DOC_COSTS = {
+    # Anthropic long context (> 200k prompt tokens, cache included): $6 in, $0.60 read, $7.50
+    # 5-minute write, $12 1-hour write, $22.50 out per 1M
+    "anthropic-json-long-context": 150_000 * 6_000 + 60_000 * 600 + 10_000 * 7_500 + 30_000 * 12_000 + 1000 * 22_500,
+    # gemini-2.5-pro above 200k: $2.50 in, $0.25 cached, $15 out (thoughts included) per 1M
+    "gemini-json-long-context": 200_000 * 2_500 + 50_000 * 250 + 1000 * 15_000,
+    # claude-sonnet-4-5: $3 in / $0.30 read / $3.75 5m write / $6 1h write / $15 out per 1M, and
+    # the web search tool's $10 per 1,000 searches
+    "anthropic-json-thinking": 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000 + 10_000_000,
+    # gpt-5: $1.25 in, $0.125 cached, $10 out (reasoning included) per 1M
+    "responses-json-cached": 1000 * 1_250 + 4000 * 125 + 900 * 10_000,
+}
+
+#: POST /v1/messages/count_tokens's answer: counted, never billed
+COUNT_TOKENS = b'{"input_tokens":1234}'
+
+
+def _case_of(request: dict[str, Any]) -> str:
+    if "metadata" in request:
+        return str(request["metadata"]["case"])
+    if "contents" in request and "case" in request["contents"][0]["parts"][0]:
+        return str(request["contents"][0]["parts"][0]["case"])
+    # a converted request: the case rides in the message text ("case:<name>|")
+    text = json.dumps(request)
+    start = text.index("case:") + len("case:")
+    return text[start : text.index("|", start)]
+
 
 class _Replay(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -110,8 +211,11 @@ class _Replay(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         length = int(self.headers.get("content-length") or 0)
         request = json.loads(self.rfile.read(length) or b"{}")
-        case = CASES[request["metadata"]["case"] if "metadata" in request else request["contents"][0]["parts"][0]["case"]]
-        body, ctype = case[2], case[3]
+        if self.path.endswith("/count_tokens"):
+            body, ctype = COUNT_TOKENS, "application/json"
+        else:
+            case = CASES[_case_of(request)]
+            body, ctype = case[2], case[3]
         self.send_response(200)
         self.send_header("content-type", ctype)
         self.send_header("transfer-encoding", "chunked")
@@ -196,6 +300,26 @@ def _post(url: str, path: str, body: dict[str, Any]) -> bytes:
     return data
 
 
+def _told_openai(answer: bytes) -> tuple[int, int, int, int]:
+    """(prompt, completion, cached, reasoning) of an OpenAI answer or stream's usage."""
+    if answer.startswith(b"{"):
+        (usage,) = [json.loads(answer)["usage"]]
+    else:
+        docs = [json.loads(line[6:]) for line in answer.split(b"\n") if line.startswith(b"data: {")]
+        (usage,) = [d["usage"] for d in docs if d.get("usage")]
+    return (usage["prompt_tokens"], usage["completion_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
+            usage["completion_tokens_details"]["reasoning_tokens"])
+
+
+def _searches(r: UsageRow) -> int:
+    """The web searches of a row's kept provider usage object (no column of their own)."""
+    assert r.usage_raw is not None and r.usage_api is not None
+    kept = wire.UsageScanner(USAGE_API_NUMBERS[r.usage_api], False)
+    kept.feed(r.usage_raw.encode())
+    kept.finish()
+    return kept.result().web_search_requests
+
+
 def _row_tuple(r: UsageRow) -> tuple[Any, ...]:
     return (
         r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
@@ -209,32 +333,52 @@ def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -
         request = dict(request)
         if path.startswith("/v1beta"):
             request["contents"] = [{"parts": [{"text": "x", "case": name}]}]
+        elif name.startswith("converted-"):
+            request["messages"] = [{"role": "user", "content": f"case:{name}|"}]
         else:
             request.setdefault("messages", [{"role": "user", "content": "x"}])
             request["metadata"] = {"case": name}
         relayed = _post(gateway.url, path, request)
-        if "include_usage" in json.dumps(request) or not request.get("stream"):
+        if name.startswith("converted-"):  # the client is told the usage it is billed
+            row = CASES[name][4]
+            assert _told_openai(relayed) == (row[0], row[1], row[2], row[4]), (name, relayed)
+        elif "include_usage" in json.dumps(request) or not request.get("stream"):
             assert relayed == body  # relayed untouched
+        elif path == "/v1/chat/completions":  # the injected usage chunk hidden again
+            assert b'"usage"' not in relayed and relayed.endswith(b"data: [DONE]\n\n"), relayed
+    counted = {"model": "anthropic/claude-sonnet-4-6", "messages": [{"role": "user", "content": "x"}]}
+    assert _post(gateway.url, "/v1/messages/count_tokens", counted) == COUNT_TOKENS
     sqlite = str(gateway.config_path.with_suffix(".db"))
     deadline = time.monotonic() + 20
     rows: list[UsageRow] = []
     while time.monotonic() < deadline:
         rows = read_rows(None, sqlite)
-        if len(rows) >= len(CASES) and all(r.priced for r in rows):
+        if len(rows) >= len(CASES) + 1 and all(r.priced for r in rows):
             break
         time.sleep(0.2)
-    assert len(rows) == len(CASES)
-    got = sorted(_row_tuple(r) for r in rows)
-    want = sorted(case[4] for case in CASES.values())
+    assert len(rows) == len(CASES) + 1
+    (free,) = [r for r in rows if r.status == "not_billable"]  # count_tokens: free
+    assert (free.cost_nano_usd, free.input_tokens, free.output_tokens) == (0, 0, 0), free
+    rows.remove(free)
+    # (web searches, priced per request, have no column: the kept usage object tells them)
+    got = sorted(_row_tuple(r) + (_searches(r),) for r in rows)
+    def want_of(name: str) -> tuple[Any, ...]:
+        return CASES[name][4] + (SEARCHES.get(name, 0),)
+
+    want = sorted(map(want_of, CASES))
     assert got == want
+    for name, cost in DOC_COSTS.items():  # (a converted twin of a case is the same row)
+        costs = {r.cost_nano_usd for r in rows if _row_tuple(r) + (_searches(r),) == want_of(name)}
+        assert costs == {cost}, name
     registry = PricingRegistry()
     for r in rows:
         assert r.status == "ok" and r.priced and r.usage_raw, r
         quote = registry.quote(r.provider, r.model or "", r.project_id, TokenCounts(
             r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
-            r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens))  # fmt: skip
+            r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens,
+            _searches(r)))  # fmt: skip
         assert quote is not None
         assert (r.cost_nano_usd, r.price_entry) == (quote.cost_nano_usd, quote.entry), r
         assert r.price_status == ("priced_partial" if quote.partial else "priced")
-    # every dimension of these rows (1h writes, audio, cache writes) has its own price
+    # every dimension of these rows (1h writes, audio, cache writes, web searches) has its own price
     assert [r.model for r in rows if r.price_status == "priced_partial"] == []

@@ -52,6 +52,7 @@ cdef extern from *:
 cdef long long _LIMIT = 1LL << 62
 cdef long long _MTOK = 1000000
 cdef long long _HALF = 500000
+cdef long long _WS_RATE_MAX = 1LL << 42  # a web search price above it: the twin prices it
 cdef long long _INT64_MAX = 9223372036854775807LL
 
 cdef object _free = FREE
@@ -81,7 +82,7 @@ if ROW_FIELDS != tuple(f for f in UsageRow.__dataclass_fields__):
     raise ImportError("UsageRow's fields changed: _drain.pyx must be updated (the twin is used)")
 
 # UsageEvent's fields, by index in EVENT_FIELDS
-DEF N_EVENT = 30
+DEF N_EVENT = 31
 DEF E_REQUEST_ID = 0
 DEF E_TIME_NS = 1
 DEF E_PROVIDER = 2
@@ -111,10 +112,12 @@ DEF E_REQUESTED_MODEL = 26
 DEF E_ATTEMPTS = 27
 DEF E_TRAIL = 28
 DEF E_BOUND = 29
+DEF E_WEB_SEARCHES = 30
 DEF N_ROW = 32
 
 if (len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail"
-        or EVENT_FIELDS[E_INPUT] != "input_tokens" or EVENT_FIELDS[E_BOUND] != "bound_cost_nano_usd"):
+        or EVENT_FIELDS[E_INPUT] != "input_tokens" or EVENT_FIELDS[E_BOUND] != "bound_cost_nano_usd"
+        or EVENT_FIELDS[E_WEB_SEARCHES] != "web_search_requests"):
     raise ImportError("UsageEvent's fields changed: _drain.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t EV[N_EVENT]
@@ -186,7 +189,8 @@ cdef inline int _rate(object value, long long *out, bint *absent):
 
 
 cdef int _price(object price, long long inp, long long out, long long cr, long long cw,
-                long long cw1h, long long ain, long long aout, long long *cost_out, bint *partial_out) except -1:
+                long long cw1h, long long ain, long long aout, long long ws, long long *cost_out,
+                bint *partial_out) except -1:
     """``pricing.price_tokens``: 1 with ``(cost, partial)`` stored; 0 when the twin must do it."""
     cdef object in_o = price.input_per_mtok
     cdef object out_o = price.output_per_mtok
@@ -195,6 +199,8 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
     cdef object cw1h_o = price.cache_write_1h_per_mtok
     cdef object ain_o = price.audio_input_per_mtok
     cdef object aout_o = price.audio_output_per_mtok
+    # (read only for an event with searches: one attribute lookup less for every other one)
+    cdef object ws_o = price.web_search_per_request if ws else None
     cdef object tiers = price.tiers
     if tiers:
         for tier in tiers:  # ascending: the last one passed applies
@@ -204,14 +210,18 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
             out_o = tier.output_per_mtok
             cr_o = tier.cache_read_per_mtok
             cw_o = tier.cache_write_per_mtok
-            cw1h_o = ain_o = aout_o = None  # no tier variants in the table
-    cdef long long in_p = 0, out_p = 0, cr_p = 0, cw_p = 0, cw1h_p = 0, ain_p = 0, aout_p = 0
-    cdef bint no_in, no_out, no_cr, no_cw, no_cw1h, no_ain, no_aout
+            cw1h_o = tier.cache_write_1h_per_mtok
+            ain_o = tier.audio_input_per_mtok
+            aout_o = tier.audio_output_per_mtok
+    cdef long long in_p = 0, out_p = 0, cr_p = 0, cw_p = 0, cw1h_p = 0, ain_p = 0, aout_p = 0, ws_p = 0
+    cdef bint no_in, no_out, no_cr, no_cw, no_cw1h, no_ain, no_aout, no_ws
     if not (_rate(in_o, &in_p, &no_in) and _rate(out_o, &out_p, &no_out)
             and _rate(cr_o, &cr_p, &no_cr) and _rate(cw_o, &cw_p, &no_cw)
             and _rate(cw1h_o, &cw1h_p, &no_cw1h) and _rate(ain_o, &ain_p, &no_ain)
-            and _rate(aout_o, &aout_p, &no_aout)) or no_in or no_out:
+            and _rate(aout_o, &aout_p, &no_aout) and _rate(ws_o, &ws_p, &no_ws)) or no_in or no_out:
         return 0
+    if ws_p > _WS_RATE_MAX:
+        return 0  # (the twin's exact integers: ws * ws_p * 1e6 must stay within 127 bits)
     # parts, each within what is left of its total
     if cr > inp:
         cr = inp
@@ -239,11 +249,14 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
     if no_aout:
         aout_p = out_p
         partial = partial or aout > 0
-    # every factor is in [0, 2**62]: each product is below 2**124, the sum below 2**127
+    if no_ws:
+        partial = partial or ws > 0  # (ws_p 0: no token price to fall back to)
+    # every factor is in [0, 2**62]: each product is below 2**124; ws * ws_p * 1e6 below
+    # 2**62 * 2**42 * 2**20 = 2**124; the eight terms below 2**127
     cdef pf_i128 total = (
         <pf_i128>(inp - cr - cw - ain) * in_p + <pf_i128>cr * cr_p + <pf_i128>(cw - cw1h) * cw_p
         + <pf_i128>cw1h * cw1h_p + <pf_i128>ain * ain_p + <pf_i128>(out - aout) * out_p
-        + <pf_i128>aout * aout_p
+        + <pf_i128>aout * aout_p + <pf_i128>ws * ws_p * _MTOK
     )
     cdef pf_i128 cost = (total + _HALF) // _MTOK
     if cost > _INT64_MAX:
@@ -264,11 +277,11 @@ cdef object _price_event(object pricing, object event):
     model = _ev(event, E_MODEL)
     if model is None:
         return None
-    cdef long long inp = 0, out = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0
+    cdef long long inp = 0, out = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0, ws = 0
     if not (_count(_ev(event, E_INPUT), &inp) and _count(_ev(event, E_OUTPUT), &out)
             and _count(_ev(event, E_CACHE_READ), &cr) and _count(_ev(event, E_CACHE_WRITE), &cw)
             and _count(_ev(event, E_CACHE_WRITE_1H), &cw1h) and _count(_ev(event, E_AUDIO_IN), &ain)
-            and _count(_ev(event, E_AUDIO_OUT), &aout)):
+            and _count(_ev(event, E_AUDIO_OUT), &aout) and _count(_ev(event, E_WEB_SEARCHES), &ws)):
         return _price_twin(pricing, event)  # it raises TokenCounts' error for a bad count
     resolution = pricing._cache.get((_ev(event, E_PROVIDER), model))
     if resolution is None:
@@ -284,7 +297,7 @@ cdef object _price_event(object pricing, object event):
         entry = resolution.entry
     cdef long long cost = 0
     cdef bint partial = False
-    if not _price(price, inp, out, cr, cw, cw1h, ain, aout, &cost, &partial):
+    if not _price(price, inp, out, cr, cw, cw1h, ain, aout, ws, &cost, &partial):
         return _price_twin(pricing, event)
     return (cost, partial, entry)
 

@@ -65,7 +65,7 @@ def price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bo
     return pricing.price_counts(
         event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
         event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
-        event.audio_input_tokens, event.audio_output_tokens,
+        event.audio_input_tokens, event.audio_output_tokens, event.web_search_requests,
     )  # fmt: skip
 
 

@@ -53,10 +53,17 @@ from typing import Final, Protocol
 from plano_fast.billing.drain import BOUND_PRICE_ENTRY
 from plano_fast.billing.drain import price_of_event as _price_of_event
 from plano_fast.billing.drain import rows_of_events
+from plano_fast import wire
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.pricing import PricingRegistry, Quote
 from plano_fast.store.records import PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_CLIENT_GONE_ESTIMATED, STATUS_UPSTREAM_FAILED, STATUS_USAGE_MISSING, UsageEvent
+from plano_fast.usage import (
+    STATUS_CLIENT_GONE_ESTIMATED,
+    STATUS_UPSTREAM_FAILED,
+    STATUS_USAGE_MISSING,
+    USAGE_API_NUMBERS,
+    UsageEvent,
+)
 
 __all__ = [
     "BOUND_PRICE_ENTRY", "Counted", "charge_of_incomplete", "incomplete_answer", "price_event", "quote_event",
@@ -94,13 +101,31 @@ class Counted(Protocol):
     def audio_output_tokens(self) -> int: ...
 
 
+def kept_web_searches(row: UsageRow) -> int:
+    """The web searches of a stored row (Anthropic ``server_tool_use.web_search_requests``,
+    priced per request): no column holds them, its kept provider usage object does."""
+    raw, api = row.usage_raw, row.usage_api
+    if raw is None or api != "anthropic" or "web_search_requests" not in raw:
+        return 0
+    scanner = wire.UsageScanner(USAGE_API_NUMBERS[api], False)
+    scanner.feed(raw.encode("utf-8"))
+    scanner.finish()
+    usage = scanner.result()
+    return usage.web_search_requests if usage.has_usage else 0
+
+
 def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote | None:
     """The registry's quote for ``usage``'s token counts as ``model`` (None: no price).
-    The one place the priced count columns are listed."""
+    The one place the priced count columns are listed (a stored row's web searches are
+    read back from its usage object: ``kept_web_searches``)."""
+    if isinstance(usage, UsageRow):
+        searches = kept_web_searches(usage)
+    else:
+        searches = usage.web_search_requests if isinstance(usage, UsageEvent) else 0
     return pricing.quote_counts(
         usage.provider, model, usage.project_id, usage.input_tokens, usage.output_tokens,
         usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens,
-        usage.audio_input_tokens, usage.audio_output_tokens,
+        usage.audio_input_tokens, usage.audio_output_tokens, searches,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import uuid
 from typing import Any, Final
 
 from plano_fast.convert.errors import ConversionError
+from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, usage_counts
 
 try:  # orjson is faster; the stdlib module is the fallback (same compact output)
     import orjson as _orjson
@@ -149,45 +150,24 @@ class Usage:
         )
 
 
+def _billed(api: int, u: JSONDict) -> Usage:
+    """The counts the scanner bills for ``u`` (``plano_fast.wire.usage_counts``), so a
+    client of another format is told what its row holds; zeros for an object that does
+    not count (callers check ``counts_as_usage`` first: no usage is reported then)."""
+    counts = usage_counts(api, u)
+    return Usage() if counts is None else Usage(*counts)
+
+
 def usage_from_openai(u: JSONDict) -> Usage:
-    pd = as_dict(u.get("prompt_tokens_details"))
-    cd = as_dict(u.get("completion_tokens_details"))
-    cache_read = count(pd.get("cached_tokens"))
-    if cache_read is None:  # DeepSeek
-        cache_read = count(u.get("prompt_cache_hit_tokens"))
-    return Usage(
-        input_total=count(u.get("prompt_tokens")) or 0,
-        output=count(u.get("completion_tokens")) or 0,
-        cache_read=cache_read or 0,
-        cache_write=count(pd.get("cache_write_tokens")) or 0,
-        reasoning=count(cd.get("reasoning_tokens")) or count(u.get("reasoning_tokens")) or 0,
-    )
+    return _billed(API_OPENAI_CHAT, u)
 
 
 def usage_from_anthropic(u: JSONDict) -> Usage:
-    inp = count(u.get("input_tokens")) or 0
-    read = count(u.get("cache_read_input_tokens")) or 0
-    write = count(u.get("cache_creation_input_tokens")) or 0
-    od = as_dict(u.get("output_tokens_details"))
-    return Usage(
-        input_total=inp + read + write,
-        output=count(u.get("output_tokens")) or 0,
-        cache_read=read,
-        cache_write=write,
-        reasoning=count(od.get("thinking_tokens")) or 0,
-    )
+    return _billed(API_ANTHROPIC, u)
 
 
 def usage_from_gemini(u: JSONDict) -> Usage:
-    thoughts = count(u.get("thoughtsTokenCount")) or 0
-    return Usage(
-        input_total=(count(u.get("promptTokenCount")) or 0)
-        + (count(u.get("toolUsePromptTokenCount")) or 0),
-        output=(count(u.get("candidatesTokenCount")) or 0) + thoughts,
-        cache_read=count(u.get("cachedContentTokenCount")) or 0,
-        cache_write=0,
-        reasoning=thoughts,
-    )
+    return _billed(API_GEMINI, u)
 
 
 def usage_to_openai(u: Usage) -> JSONDict:

@@ -38,7 +38,8 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from plano_fast.wire._scan_py import _usage_counts  # counts_as_usage: the twin is the specification
+# counts_as_usage / usage_counts: the twin is the specification
+from plano_fast.wire._scan_py import _normalize, _usage_counts
 from plano_fast.wire._shared import ScanError
 
 #: The one switch: "1" runs the pure-Python build of every wire module.
@@ -224,6 +225,7 @@ __all__ = [
     "chunk_size_line",
     "content_length_line",
     "counts_as_usage",
+    "usage_counts",
     "dlp_scan_body",
     "dlp_scan_text",
     "forward_request_headers",
@@ -244,3 +246,17 @@ def counts_as_usage(api: int, usage: object) -> bool:
     reports a parsed usage (the converters), so what a client is told matches the row:
     an object that does not count is no usage, for the client as for the bill."""
     return _usage_counts(api, usage) is not None
+
+
+def usage_counts(api: int, usage: object) -> tuple[int, int, int, int, int] | None:
+    """``(input, output, cache_read, cache_write, reasoning)`` of one provider usage object
+    in the row convention, exactly as the scanner bills it (the twin's "Normalized usage":
+    Anthropic cache reads and writes -- at least the TTL split's sum -- added to the input,
+    Gemini thoughts and xAI's outside reasoning to the output, subsets capped), or None
+    when it does not count (``counts_as_usage``).  For the converters: what a client of
+    another format is told is what its row holds."""
+    counts = _usage_counts(api, usage)
+    if counts is None:
+        return None
+    u = _normalize(api, [0 if value is None else value for value in counts])
+    return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens)

@@ -65,6 +65,8 @@ class Usage:
     def audio_input_tokens(self) -> int: ...
     @property
     def audio_output_tokens(self) -> int: ...
+    @property
+    def web_search_requests(self) -> int: ...
     def __init__(
         self,
         input_tokens: int = 0,
@@ -79,6 +81,7 @@ class Usage:
         cache_write_1h_tokens: int = 0,
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
+        web_search_requests: int = 0,
     ) -> None: ...
     def __eq__(self, other: object) -> bool: ...
 

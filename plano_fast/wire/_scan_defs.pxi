@@ -100,6 +100,8 @@ cdef enum:
     SL_DETOUT2
     SL_CC1           # Anthropic usage.cache_creation
     SL_CC2
+    SL_STU1          # Anthropic usage.server_tool_use
+    SL_STU2
     SL_F = 20        # 20..31 record 0, 32..43 record 1 (NF fields each)
     SL_RMODEL = 50
     SL_RSTREAM
@@ -126,6 +128,8 @@ cdef enum:
     ND_GEN
     ND_CC1
     ND_CC2
+    ND_STU1
+    ND_STU2
 
 cdef enum:
     F_IN = 0
@@ -140,6 +144,7 @@ cdef enum:
     F_AIN            # OpenAI chat prompt_tokens_details.audio_tokens
     F_AOUT           # OpenAI chat completion_tokens_details.audio_tokens
     F_TOT            # OpenAI chat total_tokens (tells xAI's reasoning-outside-completion)
+    F_WS             # Anthropic server_tool_use.web_search_requests (requests, not tokens)
     NF               # fields per usage record
 
 cdef enum:
@@ -205,6 +210,7 @@ cdef struct URec:
     int det_in
     int det_out
     int cc
+    int stu
 
 cdef struct DocRec:
     int model_st0

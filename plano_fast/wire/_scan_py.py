@@ -47,7 +47,9 @@ derived from the provider's documented fields:
 * ``cache_read_tokens``, ``cache_write_tokens`` (of which ``cache_write_1h_tokens``),
   ``tool_use_prompt_tokens``, ``audio_input_tokens``: subsets of ``input_tokens``;
 * ``output_tokens``: every billed output token (visible + reasoning/thinking);
-* ``reasoning_tokens``, ``audio_output_tokens``: subsets of ``output_tokens``.
+* ``reasoning_tokens``, ``audio_output_tokens``: subsets of ``output_tokens``;
+* ``web_search_requests``: server-side web searches, billed per request, not tokens
+  (Anthropic ``server_tool_use.web_search_requests``; 0 for the other APIs).
 
 =================  ==========================================  ================================================
 API                input side                                  output side
@@ -98,8 +100,8 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
   any event (in practice ``response.completed`` / ``response.incomplete`` /
   ``response.failed``; the earlier events carry ``null``, which is ignored).
 * Anthropic: top-level ``usage`` (non-streamed body, ``message_delta``) and ``message.usage``
-  (``message_start``).  Anthropic fields (including the ones inside ``cache_creation`` and
-  ``output_tokens_details``) are merged one by one, later values win, so ``message_delta``
+  (``message_start``).  Anthropic fields (including the ones inside ``cache_creation``,
+  ``output_tokens_details`` and ``server_tool_use``) are merged one by one, later values win, so ``message_delta``
   counts override ``message_start`` ones when present.  Only a top-level
   ``usage`` sets ``has_usage``: a stream cut after ``message_start`` keeps the input counts
   in the fields but reports ``has_usage=False`` and no output (``output_tokens``,
@@ -113,8 +115,8 @@ Gemini's ``streamGenerateContent`` without ``alt=sse``):
 
 A usage object counts only when it is an object, at least one of its input/output counts is
 present, every count that is present (and not ``null``) is an integer
-``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` / ``cache_creation`` member that is read
-is an object or ``null``;
+``0 <= n <= MAX_TOKEN_COUNT`` and every ``*_details`` / ``cache_creation`` /
+``server_tool_use`` member that is read is an object or ``null``;
 otherwise it is ignored (``has_usage`` stays as it was: never a made-up number).  Absent
 counts read as 0.  ``model`` is the top-level ``model`` string (Gemini ``modelVersion``;
 Responses ``response.model`` and Anthropic ``message.model`` when the top-level one is
@@ -490,6 +492,7 @@ class Usage:
         "output_tokens",
         "reasoning_tokens",
         "tool_use_prompt_tokens",
+        "web_search_requests",
     )
 
     def __init__(
@@ -506,6 +509,7 @@ class Usage:
         cache_write_1h_tokens: int = 0,
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
+        web_search_requests: int = 0,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -519,6 +523,7 @@ class Usage:
         self.cache_write_1h_tokens = cache_write_1h_tokens
         self.audio_input_tokens = audio_input_tokens
         self.audio_output_tokens = audio_output_tokens
+        self.web_search_requests = web_search_requests
 
     def _key(self) -> tuple[object, ...]:
         return (
@@ -534,6 +539,7 @@ class Usage:
             self.cache_write_1h_tokens,
             self.audio_input_tokens,
             self.audio_output_tokens,
+            self.web_search_requests,
         )
 
     def __repr__(self) -> str:
@@ -546,7 +552,8 @@ class Usage:
             f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
             f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
             f"audio_input_tokens={self.audio_input_tokens}, "
-            f"audio_output_tokens={self.audio_output_tokens})"
+            f"audio_output_tokens={self.audio_output_tokens}, "
+            f"web_search_requests={self.web_search_requests})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -578,8 +585,8 @@ def _details(value: Any) -> dict[str, Any]:
 
 
 # Raw fields, in this order (absent: None): the provider's own counts, nothing derived.
-_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT = range(11)
-_NRAW: Final = 11
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS = range(12)
+_NRAW: Final = 12
 _Counts = tuple[int | None, ...]
 
 
@@ -619,6 +626,7 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
             raw[_CW5] = _count(creation.get("ephemeral_5m_input_tokens"))
             raw[_CW1H] = _count(creation.get("ephemeral_1h_input_tokens"))
             raw[_RS] = _count(_details(usage.get("output_tokens_details")).get("thinking_tokens"))
+            raw[_WS] = _count(_details(usage.get("server_tool_use")).get("web_search_requests"))
         else:
             raw[_IN] = _count(usage.get("promptTokenCount"))
             raw[_OUT] = _count(usage.get("candidatesTokenCount"))
@@ -634,7 +642,7 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
 
 def _normalize(api: int, v: list[int]) -> Usage:
     """The row convention (module docstring, "Normalized usage") from raw fields."""
-    cw1h = tool = ain = aout = 0
+    cw1h = tool = ain = aout = ws = 0
     if api == API_ANTHROPIC:
         cr = v[_CR]
         cw = max(v[_CW], v[_CW5] + v[_CW1H])
@@ -642,6 +650,7 @@ def _normalize(api: int, v: list[int]) -> Usage:
         inp = v[_IN] + cr + cw
         out = v[_OUT]
         rs = v[_RS]
+        ws = v[_WS]
     elif api == API_GEMINI:
         tool = v[_TOOL]
         inp = v[_IN] + tool
@@ -672,6 +681,7 @@ def _normalize(api: int, v: list[int]) -> Usage:
         cache_write_1h_tokens=min(cw1h, cw),
         audio_input_tokens=min(ain, inp - cr - cw),
         audio_output_tokens=min(aout, out),
+        web_search_requests=ws,
     )
 
 

@@ -21,12 +21,13 @@ cdef class Usage:
     cdef readonly int64_t cache_write_1h_tokens
     cdef readonly int64_t audio_input_tokens
     cdef readonly int64_t audio_output_tokens
+    cdef readonly int64_t web_search_requests
 
     def __init__(self, int64_t input_tokens=0, int64_t output_tokens=0, int64_t cache_read_tokens=0,
                  int64_t cache_write_tokens=0, int64_t reasoning_tokens=0, bint has_usage=False,
                  model=None, bint is_error=False, int64_t tool_use_prompt_tokens=0,
                  int64_t cache_write_1h_tokens=0, int64_t audio_input_tokens=0,
-                 int64_t audio_output_tokens=0):
+                 int64_t audio_output_tokens=0, int64_t web_search_requests=0):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cache_read_tokens = cache_read_tokens
@@ -39,12 +40,13 @@ cdef class Usage:
         self.cache_write_1h_tokens = cache_write_1h_tokens
         self.audio_input_tokens = audio_input_tokens
         self.audio_output_tokens = audio_output_tokens
+        self.web_search_requests = web_search_requests
 
     def _key(self):
         return (self.input_tokens, self.output_tokens, self.cache_read_tokens,
                 self.cache_write_tokens, self.reasoning_tokens, self.has_usage, self.model,
                 self.is_error, self.tool_use_prompt_tokens, self.cache_write_1h_tokens,
-                self.audio_input_tokens, self.audio_output_tokens)
+                self.audio_input_tokens, self.audio_output_tokens, self.web_search_requests)
 
     def __repr__(self):
         return (
@@ -56,7 +58,8 @@ cdef class Usage:
             f"tool_use_prompt_tokens={self.tool_use_prompt_tokens}, "
             f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
             f"audio_input_tokens={self.audio_input_tokens}, "
-            f"audio_output_tokens={self.audio_output_tokens})"
+            f"audio_output_tokens={self.audio_output_tokens}, "
+            f"web_search_requests={self.web_search_requests})"
         )
 
     def __eq__(self, other):
@@ -95,7 +98,7 @@ cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
 
 cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     """The row convention (see plano_fast.wire._scan_py, "Normalized usage") from raw fields."""
-    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0
+    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0, ws = 0
     if api == A_ANTH:
         cr = v[F_CR]
         cw = v[F_CW]
@@ -105,6 +108,7 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
         inp = v[F_IN] + cr + cw
         out = v[F_OUT]
         rs = v[F_RS]
+        ws = v[F_WS]
     elif api == A_GEM:
         tool = v[F_TOOL]
         inp = v[F_IN] + tool
@@ -135,6 +139,7 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     u.output_tokens = out
     u.reasoning_tokens = min64(rs, out)
     u.audio_output_tokens = min64(aout, out)
+    u.web_search_requests = ws
 
 
 @cython.freelist(8)

@@ -12,6 +12,7 @@ cdef inline void urec_clear(URec *r) noexcept nogil:
     r.det_in = ST_ABSENT
     r.det_out = ST_ABSENT
     r.cc = ST_ABSENT
+    r.stu = ST_ABSENT
 
 
 cdef inline void doc_reset(DocRec *d) noexcept nogil:
@@ -169,6 +170,10 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         d.u[i].fst[F_CW5] = ST_ABSENT
         d.u[i].fst[F_CW1H] = ST_ABSENT
         d.u[i].cc = null_or_bad(kind)
+    elif slot == SL_STU1 or slot == SL_STU2:
+        i = slot - SL_STU1
+        d.u[i].fst[F_WS] = ST_ABSENT
+        d.u[i].stu = null_or_bad(kind)
 
 
 cdef int open_obj(Walker *w, int slot) noexcept nogil:
@@ -212,6 +217,11 @@ cdef int open_obj(Walker *w, int slot) noexcept nogil:
         d.u[i].fst[F_CW1H] = ST_ABSENT
         d.u[i].cc = ST_OK
         return ND_CC1 + i
+    if slot == SL_STU1 or slot == SL_STU2:
+        i = slot - SL_STU1
+        d.u[i].fst[F_WS] = ST_ABSENT
+        d.u[i].stu = ST_OK
+        return ND_STU1 + i
     if slot == SL_RSOPT:
         w.req.sopt = ST_OK
         w.req.incl = ST_ABSENT
@@ -319,6 +329,8 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
                 return SL_F + rec * NF + F_CW
             if key_is(k, n, "cache_creation", 14):
                 return SL_CC1 + rec
+            if key_is(k, n, "server_tool_use", 15):
+                return SL_STU1 + rec
             if key_is(k, n, "output_tokens_details", 21):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
         else:
@@ -359,6 +371,10 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
             return SL_F + rec * NF + F_CW5
         if key_is(k, n, "ephemeral_1h_input_tokens", 25):
             return SL_F + rec * NF + F_CW1H
+        return SL_NONE
+    if node == ND_STU1 or node == ND_STU2:
+        if key_is(k, n, "web_search_requests", 19):
+            return SL_F + (node - ND_STU1) * NF + F_WS
         return SL_NONE
     if node == ND_REQ or node == ND_SOPT or node == ND_GEN:
         return req_seen(w.req, req_key_slot(node, k, n))
@@ -407,7 +423,8 @@ cdef inline int req_seen(ReqRec *r, int slot) noexcept nogil:
 
 cdef inline bint urec_eval(URec *r) noexcept nogil:
     cdef int i
-    if r.status != ST_OK or r.det_in == ST_BAD or r.det_out == ST_BAD or r.cc == ST_BAD:
+    if (r.status != ST_OK or r.det_in == ST_BAD or r.det_out == ST_BAD or r.cc == ST_BAD
+            or r.stu == ST_BAD):
         return 0
     for i in range(NF):
         if r.fst[i] == ST_BAD:
