@@ -79,14 +79,17 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd"])]
         # the request path's UsageEvent constructor (twin: the dataclass itself)
         + [Extension("plano_fast._usage_event", ["plano_fast/_usage_event.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd"])]
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
         # the request path's Request, ClientHeaders and Credential constructors (twins: the classes)
         + [Extension(f"plano_fast.{name}", [f"plano_fast/{name}.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])
            for name in ("_new_request", "_new_credentials")]
         # the request path's Exchange constructor (twin plano_fast.gateway.relay.new_exchange)
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
+        # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
+        + [Extension("plano_fast.gateway._make_event", ["plano_fast/gateway/_make_event.pyx"],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

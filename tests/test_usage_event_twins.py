@@ -10,6 +10,7 @@ import os
 import pickle
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +50,7 @@ def test_the_relay_builds_its_events_with_it() -> None:
     from plano_fast.gateway import relay
 
     assert relay.new_usage_event is usage.new_usage_event
-    assert "return new_usage_event(" in inspect.getsource(relay.Exchange.make_event)
+    assert "return new_usage_event(" in inspect.getsource(relay.make_event_py)
 
 
 def test_compiled_events_of_scalars_leave_the_cyclic_gc() -> None:
@@ -70,3 +71,117 @@ def test_compiled_events_of_scalars_leave_the_cyclic_gc() -> None:
         held = values.copy()
         held[i] = other
         assert gc.is_tracked(_compiled.new_usage_event(*held)), i
+
+
+# -- the exchange's event (plano_fast/gateway/_make_event.pyx, twin relay.make_event_py) ----
+
+from plano_fast.gateway import relay as _relay  # first: it installs the compiled method it imports
+
+try:
+    from plano_fast.gateway import _make_event as _compiled_make_event
+except ImportError:  # the extension is not built: Exchange.make_event is the twin
+    _compiled_make_event = None  # type: ignore[assignment]
+
+if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+    assert _compiled_make_event is not None, "the compiled make_event was not built"
+    assert _relay.Exchange.make_event is _compiled_make_event.make_event
+
+#: answers as providers send them: (scan API, streaming, body chunks)
+_ANSWERS: list[tuple[int, bool, list[bytes]]] = [
+    (1, False, [b'{"id":"c1","model":"gpt-4o-2024","choices":[],"usage":{"prompt_tokens":12,'
+                b'"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4},'
+                b'"completion_tokens_details":{"reasoning_tokens":2}}}']),
+    (1, False, [b'{"id":"c1","choices":[]}']),  # no usage, no model
+    (1, True, [b'data: {"id":"c","model":"gpt-4o","choices":[{"delta":{"content":"hi"}}]}\n\n',
+               b'data: {"id":"c","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":7,'
+               b'"completion_tokens":3}}\n\ndata: [DONE]\n\n']),
+    (2, False, [b'{"id":"r","model":"gpt-4.1","usage":{"input_tokens":9,"output_tokens":4,'
+                b'"input_tokens_details":{"cached_tokens":1}}}']),
+    (3, False, [b'{"id":"m","model":"claude-x","usage":{"input_tokens":3,"output_tokens":4,'
+                b'"cache_read_input_tokens":2,"cache_creation_input_tokens":5,"note":"caf\xc3\xa9 \xff"}}']),
+    (3, True, [b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-y",'
+               b'"usage":{"input_tokens":11,"output_tokens":1}}}\n\n']),  # cut before message_delta
+    (4, False, [b'{"candidates":[],"modelVersion":"gemini-2.0","usageMetadata":{"promptTokenCount":6,'
+                b'"candidatesTokenCount":2,"thoughtsTokenCount":1}}']),
+]
+_TEXT = st.one_of(st.none(), st.text(max_size=6))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=st.sampled_from(_ANSWERS), outcome=st.sampled_from(["ok", "usage_missing", "client_gone"]),
+       http_status=st.sampled_from([200, 400, 502]), model=_TEXT, project_id=_TEXT, key_hash=_TEXT,
+       requested_model=_TEXT, provider_id=st.text(max_size=6), streaming=st.booleans(),
+       attempts=st.integers(0, 2), failed=st.one_of(st.none(), st.lists(st.sampled_from(["503", "connect_error"]),
+                                                                          min_size=1, max_size=2)),
+       metered=st.booleans(), wire_format=st.sampled_from(["openai", "anthropic", "gemini"]))
+def test_the_compiled_event_is_the_twins(
+    answer: tuple[int, bool, list[bytes]], outcome: str, http_status: int, model: str | None,
+    project_id: str | None, key_hash: str | None, requested_model: str | None, provider_id: str,
+    streaming: bool, attempts: int, failed: list[str] | None, metered: bool, wire_format: str,
+) -> None:
+    """``Exchange.make_event`` compiled against its twin on one exchange with a real scanner
+    that read a real answer (or none: not metered; retried): every field the same object
+    type and value but the duration (the clock moves between the two calls)."""
+    from plano_fast import wire as scan
+    from plano_fast.gateway import relay
+    from plano_fast.gateway.modes.firewall import FirewallExchange
+
+    class _Ctx:
+        timeouts = (1.0, 2.0, 3.0)
+
+    exchange = relay.new_exchange(FirewallExchange, _Ctx(), object(), object())  # type: ignore[arg-type]
+    api, stream, chunks = answer
+    if metered:
+        scanner = scan.UsageScanner(api, stream, False)
+        for chunk in chunks:
+            scanner.feed(chunk)
+        scanner.finish()
+        exchange.scanner = scanner
+        exchange.scan_api = api
+    exchange.model, exchange.project_id, exchange.key_hash = model, project_id, key_hash
+    exchange.requested_model, exchange.provider_id, exchange.streaming = requested_model, provider_id, streaming
+    exchange.attempts, exchange.failed_attempts, exchange.wire_format = attempts, failed, wire_format
+    exchange.status = http_status
+    makers: list[Any] = [relay.make_event_py] + (
+        [_compiled_make_event.make_event] if _compiled_make_event is not None else []
+    )
+    reference = relay.make_event_py(exchange, outcome, http_status)
+    for make in makers:
+        event = make(exchange, outcome, http_status)
+        assert type(event) is UsageEvent
+        for field in dataclasses.fields(UsageEvent):
+            got, want = getattr(event, field.name), getattr(reference, field.name)
+            assert type(got) is type(want), field.name
+            if field.name == "duration_ms":
+                assert 0 <= got - want < 60_000
+            else:
+                assert got == want, field.name
+    if _compiled_make_event is not None:
+        with pytest.raises(TypeError):
+            _compiled_make_event.make_event(object(), outcome, http_status)
+
+
+def test_the_compiled_duration_is_the_twins_arithmetic() -> None:
+    """The duration: ``(time.time_ns() - started_ns) / 1e6`` in both (an exchange started
+    long ago, so that the double's rounding of a large difference is exercised too)."""
+    import time
+
+    from plano_fast import wire as scan
+    from plano_fast.gateway import relay
+
+    class _Ctx:
+        timeouts = (1.0, 2.0, 3.0)
+
+    exchange = relay.new_exchange(relay.Exchange, _Ctx(), object(), object())  # type: ignore[arg-type]
+    exchange.scanner = scan.UsageScanner(1, False, False)
+    exchange.scanner.feed(b'{"usage":{"prompt_tokens":1,"completion_tokens":2}}')
+    exchange.scanner.finish()
+    for started in (exchange.started_ns, 123_456_789_123_456_789, 1):
+        exchange.started_ns = started
+        for make in [relay.make_event_py] + (
+            [_compiled_make_event.make_event] if _compiled_make_event is not None else []
+        ):
+            before = (time.time_ns() - started) / 1e6
+            got = make(exchange, "ok", 200).duration_ms
+            after = (time.time_ns() - started) / 1e6
+            assert type(got) is float and before <= got <= after

@@ -850,6 +850,9 @@ class Exchange:
         ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
+        """The usage event of this exchange as it ends.  Compiled where built
+        (``plano_fast/gateway/_make_event.pyx``: the slots read in place, the scanner's
+        counts as one tuple, the event built by a C call; ``make_event_py`` is this twin)."""
         started_ns = self.started_ns
         duration_ms = (time.time_ns() - started_ns) / 1e6
         scanner = self.scanner
@@ -892,8 +895,15 @@ def new_exchange(cls: type[_E], ctx: ExchangeContext, request: Request, responde
     return exchange
 
 
+make_event_py = Exchange.make_event
 if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
         from plano_fast.gateway._new_exchange import new_exchange  # noqa: E402 - needs Exchange defined
     except ImportError:
         pass
+    try:
+        from plano_fast.gateway._make_event import make_event as _make_event  # noqa: E402 - needs Exchange
+    except ImportError:
+        pass
+    else:
+        Exchange.make_event = _make_event  # type: ignore[method-assign]
