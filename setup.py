@@ -88,7 +88,7 @@ def _extensions() -> list[Extension]:
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
         # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
-        + [Extension("plano_fast.gateway._make_event", ["plano_fast/gateway/_make_event.pyx"],
+        + [Extension("plano_fast.gateway._settle", ["plano_fast/gateway/_settle.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])],
         compiler_directives={
             "language_level": "3",

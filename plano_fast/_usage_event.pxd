@@ -1,4 +1,4 @@
-# The compiled UsageEvent constructor for other compiled modules (plano_fast/gateway/_make_event.pyx):
+# The compiled UsageEvent constructor for other compiled modules (plano_fast/gateway/_settle.pyx):
 # a C call with every field positional, in field order (``new_usage_event`` without its argument parsing).
 
 cdef object new_event(object request_id, object time_ns, object provider, object model, object streaming,

@@ -51,7 +51,7 @@ cdef object new_event(request_id, time_ns, provider, model, streaming, status, h
                       reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
                       bound_cost_nano_usd):
     """The same, for a compiled caller (``cimport``: no argument parsing; see
-    ``_usage_event.pxd``): ``plano_fast/gateway/_make_event.pyx``."""
+    ``_usage_event.pxd``): ``plano_fast/gateway/_settle.pyx``."""
     event = new_instance(_Event)
     put_slot(event, OFF[0], request_id)
     put_slot(event, OFF[1], time_ns)

@@ -73,18 +73,19 @@ def test_compiled_events_of_scalars_leave_the_cyclic_gc() -> None:
         assert gc.is_tracked(_compiled.new_usage_event(*held)), i
 
 
-# -- the exchange's event (plano_fast/gateway/_make_event.pyx, twin relay.make_event_py) ----
+# -- the exchange's event (plano_fast/gateway/_settle.pyx, twin relay.make_event_py) ----
 
 from plano_fast.gateway import relay as _relay  # first: it installs the compiled method it imports
 
 try:
-    from plano_fast.gateway import _make_event as _compiled_make_event
+    from plano_fast.gateway import _settle as _compiled_settle
 except ImportError:  # the extension is not built: Exchange.make_event is the twin
-    _compiled_make_event = None  # type: ignore[assignment]
+    _compiled_settle = None  # type: ignore[assignment]
 
 if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
-    assert _compiled_make_event is not None, "the compiled make_event was not built"
-    assert _relay.Exchange.make_event is _compiled_make_event.make_event
+    assert _compiled_settle is not None, "the compiled make_event was not built"
+    assert _relay.Exchange.make_event is _compiled_settle.make_event
+    assert _relay.Exchange.observe is _compiled_settle.observe
 
 #: answers as providers send them: (scan API, streaming, body chunks)
 _ANSWERS: list[tuple[int, bool, list[bytes]]] = [
@@ -143,7 +144,7 @@ def test_the_compiled_event_is_the_twins(
     exchange.attempts, exchange.failed_attempts, exchange.wire_format = attempts, failed, wire_format
     exchange.status = http_status
     makers: list[Any] = [relay.make_event_py] + (
-        [_compiled_make_event.make_event] if _compiled_make_event is not None else []
+        [_compiled_settle.make_event] if _compiled_settle is not None else []
     )
     reference = relay.make_event_py(exchange, outcome, http_status)
     for make in makers:
@@ -156,9 +157,9 @@ def test_the_compiled_event_is_the_twins(
                 assert 0 <= got - want < 60_000
             else:
                 assert got == want, field.name
-    if _compiled_make_event is not None:
+    if _compiled_settle is not None:
         with pytest.raises(TypeError):
-            _compiled_make_event.make_event(object(), outcome, http_status)
+            _compiled_settle.make_event(object(), outcome, http_status)
 
 
 def test_the_compiled_duration_is_the_twins_arithmetic() -> None:
@@ -179,9 +180,77 @@ def test_the_compiled_duration_is_the_twins_arithmetic() -> None:
     for started in (exchange.started_ns, 123_456_789_123_456_789, 1):
         exchange.started_ns = started
         for make in [relay.make_event_py] + (
-            [_compiled_make_event.make_event] if _compiled_make_event is not None else []
+            [_compiled_settle.make_event] if _compiled_settle is not None else []
         ):
             before = (time.time_ns() - started) / 1e6
             got = make(exchange, "ok", 200).duration_ms
             after = (time.time_ns() - started) / 1e6
             assert type(got) is float and before <= got <= after
+
+
+class _Proto:
+    """What a responder reads of its protocol (its transport; the client's address)."""
+
+    def __init__(self) -> None:
+        self.transport = object()
+        self.peer_text = "10.1.2.3:4567"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(status=st.sampled_from(["ok", "usage_missing", "upstream_failed", "upstream_error", "client_gone",
+                               "client_gone_estimated", "not_billable"]),
+       http_status=st.sampled_from([200, 429, 500, 504]), has_usage=st.booleans(), streaming=st.booleans(),
+       model=st.one_of(st.none(), st.sampled_from(["gpt-4o", "claude-x"])), metrics_on=st.booleans(),
+       access_log=st.booleans(), failed=st.one_of(st.none(), st.lists(st.just("503"), min_size=1, max_size=2)),
+       tokens=st.lists(st.integers(0, 10**6), min_size=5, max_size=5), guard_names=st.one_of(st.none(),
+                                                                                              st.just(["pii"])))
+def test_the_compiled_observe_is_the_twins(
+    status: str, http_status: int, has_usage: bool, streaming: bool, model: str | None, metrics_on: bool,
+    access_log: bool, failed: list[str] | None, tokens: list[int], guard_names: list[str] | None,
+) -> None:
+    """``Exchange.observe`` compiled against its twin: the same metrics (requests, tokens,
+    errors, one observation per histogram), the same retry counters, the same access-log
+    record but for the clock reading it takes."""
+    import time
+
+    from plano_fast.access_log import AccessLog
+    from plano_fast.gateway import relay
+    from plano_fast.gateway.modes.firewall import FirewallExchange
+    from plano_fast.http_server import Responder
+
+    makers: list[Any] = [relay.observe_py] + ([_compiled_settle.observe] if _compiled_settle is not None else [])
+    seen: list[tuple[Any, ...]] = []
+    for observe in makers:
+        ctx = relay.ExchangeContext(None, None, lambda e: None, (1.0, 2.0, 3.0))  # type: ignore[arg-type]
+        ctx.request_metrics = metrics_on
+        ctx.access_log = AccessLog("stdout") if access_log else None
+        responder = Responder(_Proto(), True)  # type: ignore[arg-type]
+        exchange = relay.new_exchange(FirewallExchange, ctx, object(), responder)  # type: ignore[arg-type]
+        exchange.started_ns, exchange.request_id = 1_700_000_000_000_000_000, "0123-1"
+        exchange.sent_ns, exchange.head_ns = exchange.started_ns + 2_000_000, exchange.started_ns + 9_000_000
+        exchange.streaming, exchange.endpoint_name, exchange.failed_attempts = streaming, "chat_completions", failed
+        exchange.project_id, exchange.key_hash, exchange.guard_names = "p1", "kh", guard_names
+        event = usage.new_usage_event(
+            exchange.request_id, exchange.started_ns, "openai", model, streaming, status, http_status, *tokens,
+            has_usage, "p1", "kh", None, None, 12.5, "openai", 0, 0, 0, 0, None, "openai_chat", 0, None,
+            len(failed or ()) + 1, None, None,
+        )
+        before = time.time_ns()
+        observe(exchange, event)
+        after = time.time_ns()
+        snap = ctx.metrics.snapshot()
+        # (per histogram its +Inf count: the sums hold the clock reading)
+        hists = [[(tuple(labels), row[-2]) for labels, row in h] for h in snap["histograms"]]
+        record: tuple[Any, ...] = ()
+        if access_log:
+            assert ctx.access_log is not None and responder.logged is True
+            [record] = ctx.access_log._pending
+            assert type(record[15]) is int and before <= record[15] <= after
+            record = record[:15] + record[16:]
+        seen.append((snap["requests"], snap["tokens"], snap["errors"], hists, ctx.requests_retried,
+                     ctx.attempts_failed, record))
+    for s in seen:
+        assert s == seen[0]
+    if _compiled_settle is not None:
+        with pytest.raises(TypeError):
+            _compiled_settle.observe(object(), None)
