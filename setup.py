@@ -79,7 +79,7 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd"])]
         # the request path's UsageEvent constructor (twin: the dataclass itself)
         + [Extension("plano_fast._usage_event", ["plano_fast/_usage_event.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd"])]
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
         # the request path's Request, ClientHeaders and Credential constructors (twins: the classes)
         + [Extension(f"plano_fast.{name}", [f"plano_fast/{name}.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])
@@ -88,7 +88,10 @@ def _extensions() -> list[Extension]:
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
         # a trace span's OTLP bytes (twin plano_fast.otlp.OtlpEncoder._span_py)
-        + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])],
+        + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])]
+        # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
+        + [Extension("plano_fast.gateway._settle", ["plano_fast/gateway/_settle.pyx"],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

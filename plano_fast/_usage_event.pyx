@@ -36,6 +36,22 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
                     reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
                     bound_cost_nano_usd, web_search_requests):
     """``UsageEvent(...)`` of every field, positional, in field order."""
+    return new_event(request_id, time_ns, provider, model, streaming, status, http_status, input_tokens,
+                     output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage,
+                     project_id, key_hash, user_id, token_id, duration_ms, wire_format,
+                     tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
+                     usage_raw, usage_api, reservation_overrun_nano_usd, requested_model, attempts,
+                     attempt_trail, bound_cost_nano_usd, web_search_requests)
+
+
+cdef object new_event(request_id, time_ns, provider, model, streaming, status, http_status, input_tokens,
+                      output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage,
+                      project_id, key_hash, user_id, token_id, duration_ms, wire_format, tool_use_prompt_tokens,
+                      cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, usage_raw, usage_api,
+                      reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
+                      bound_cost_nano_usd, web_search_requests):
+    """The same, for a compiled caller (``cimport``: no argument parsing; see
+    ``_usage_event.pxd``): ``plano_fast/gateway/_settle.pyx``."""
     event = new_instance(_Event)
     put_slot(event, OFF[0], request_id)
     put_slot(event, OFF[1], time_ns)

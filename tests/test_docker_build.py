@@ -171,7 +171,8 @@ def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_p
         assert re.search(rf"plano_fast/wire/{module}\.cpython-\S+\.so", listing), module
     for module in ("billing/_drain", "store/_params", "_usage_event",  # the usage path's compiled modules
                    "_new_request", "_new_credentials", "gateway/_new_exchange",  # the request path's records
-                   "_otlp"):  # a traced request's OTLP encoding
+                   "_otlp",  # a traced request's OTLP encoding
+                   "gateway/_settle"):  # an exchange's usage event and observation
         assert re.search(rf"plano_fast/{module}\.cpython-\S+\.so", listing), module
     assert not re.search(r"\.c\s*$", listing, re.MULTILINE), "generated C is for the sdist, not wheels"
 

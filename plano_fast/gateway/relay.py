@@ -765,7 +765,9 @@ class Exchange:
         self.observe(event)
 
     def observe(self, event: UsageEvent) -> None:
-        """Add this finished request to the process's metrics (plano_fast.metrics)."""
+        """Add this finished request to the process's metrics (plano_fast.metrics) and its
+        access log.  Compiled where built (``plano_fast/gateway/_settle.pyx``; ``observe_py``
+        is this twin)."""
         if self.rl_buckets is not None:  # (with no usage too: a Redis token lease's estimate it held goes back)
             limits = self.ctx.ratelimits
             assert limits is not None
@@ -847,6 +849,9 @@ class Exchange:
         ))  # fmt: skip
 
     def make_event(self, outcome: str, http_status: int) -> UsageEvent:
+        """The usage event of this exchange as it ends.  Compiled where built
+        (``plano_fast/gateway/_settle.pyx``: the slots read in place, the scanner's
+        counts as one tuple, the event built by a C call; ``make_event_py`` is this twin)."""
         started_ns = self.started_ns
         duration_ms = (time.time_ns() - started_ns) / 1e6
         scanner = self.scanner
@@ -890,8 +895,18 @@ def new_exchange(cls: type[_E], ctx: ExchangeContext, request: Request, responde
     return exchange
 
 
+make_event_py = Exchange.make_event
+observe_py = Exchange.observe
 if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
         from plano_fast.gateway._new_exchange import new_exchange  # noqa: E402 - needs Exchange defined
     except ImportError:
         pass
+    try:
+        from plano_fast.gateway._settle import make_event as _make_event  # noqa: E402 - needs Exchange
+        from plano_fast.gateway._settle import observe as _observe  # noqa: E402
+    except ImportError:
+        pass
+    else:
+        Exchange.make_event = _make_event  # type: ignore[method-assign]
+        Exchange.observe = _observe  # type: ignore[method-assign]
