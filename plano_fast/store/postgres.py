@@ -24,6 +24,7 @@ serialization failure that happens anyway is retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import functools
 import operator
@@ -841,13 +842,15 @@ class PostgresStore(SqlStore):
         backend), and the connection is closed on this side if it was not already, so the
         pool never hands it out again."""
         async with self.pool.acquire() as conn:
+            pid = conn.get_server_pid()  # (read now: a lost connection leaves the pool's hands)
             try:
                 return int(await conn.fetchval(sql, *args))
             except TimeoutError:  # not a lost connection (see _CONNECTION_LOST)
                 raise
             except _CONNECTION_LOST:
-                lost_pids.append(conn.get_server_pid())
-                conn.terminate()
+                lost_pids.append(pid)
+                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
+                    conn.terminate()
                 raise
 
     async def _reserve_again(
