@@ -519,6 +519,8 @@ class PostgresStore(SqlStore):
             await pool.close()
 
     def terminate(self) -> None:
+        for task in self._releases:  # left to the expiry sweep
+            task.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
@@ -750,7 +752,7 @@ class PostgresStore(SqlStore):
                 await asyncio.gather(*(self.release(r) for r in reservations))
                 return
             except Exception as exc:  # noqa: BLE001 - retried; the expiry sweep is the backstop
-                if time.time_ns() + delay_s * 1e9 >= until_ns:
+                if self._pool is None or time.time_ns() + delay_s * 1e9 >= until_ns:
                     log.warning("%d reservation(s) no caller holds could not be released (%s); "
                                 "left to their expiry", len(reservations), type(exc).__name__)
                     return
