@@ -5,8 +5,10 @@ what it does not do when it merely ran out of time (plano_fast/store/postgres.py
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -134,17 +136,46 @@ async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
     raise AssertionError(f"never: {what}")
 
 
-async def lost_reservation_setup(dsn: str, store: Any) -> tuple[Any, Any]:
-    """Migrated, the two counters made (and empty), and a transaction of another
-    connection holding the second one's lock: (that connection, its transaction)."""
+async def counters_made(store: Any) -> None:
+    """Migrated, and the two counters made (and empty)."""
     await migrate(store)
     first = await store.reserve(LOST_TARGETS, 1)
     assert first is not None and await store.release(first)
+
+
+@dataclasses.dataclass
+class CutWhileWaiting:
+    tx: Any  # another connection's transaction, holding the second counter's lock
+    watch: Any  # a connection to look with
+    reserving: asyncio.Future[Any]  # store.reserve(LOST_TARGETS, 100)
+    old_pid: int  # the backend of the statement whose connection was cut
+    old_xid: str  # its transaction
+    rerun_pid: int  # the backend of its rerun, waiting in its turn
+
+
+@contextlib.asynccontextmanager
+async def cut_while_waiting(dsn: str, proxy: FaultProxy, store: Any) -> AsyncIterator[CutWhileWaiting]:
+    """A reservation whose statement waits on a counter lock when the proxy cuts its
+    connection (the backend, waiting, does not notice), and its rerun, waiting too (on
+    the lock or on the lost statement)."""
+    await counters_made(store)
     lock = await asyncpg.connect(dsn)
-    tx = lock.transaction()
-    await tx.start()
-    await lock.execute(LOCK_USER_COUNTER)
-    return lock, tx
+    watch = await asyncpg.connect(dsn)
+    try:
+        tx = lock.transaction()
+        await tx.start()
+        await lock.execute(LOCK_USER_COUNTER)
+        lock_pid = lock.get_server_pid()
+        reserving = asyncio.ensure_future(store.reserve(LOST_TARGETS, 100))
+        [(old_pid, old_xid)] = await until(lambda: watch.fetch(BLOCKED, lock_pid, 0), "the reservation waits")
+        assert old_xid is not None  # (it holds the first counter's lock)
+        proxy.cut()
+        proxy.restore()
+        [(rerun_pid, _)] = await until(lambda: watch.fetch(BLOCKED, lock_pid, old_pid), "the rerun waits")
+        yield CutWhileWaiting(tx, watch, reserving, old_pid, old_xid, rerun_pid)
+    finally:
+        await lock.close()
+        await watch.close()
 
 
 def test_a_lost_statement_waiting_on_a_lock_is_ended_before_the_rerun(dsn: str) -> None:
@@ -158,28 +189,14 @@ def test_a_lost_statement_waiting_on_a_lock_is_ended_before_the_rerun(dsn: str) 
 
     async def main(proxy: FaultProxy) -> None:
         async with open_store(proxied_dsn(dsn, proxy.port), "unused.db", max_size=5) as store:
-            lock, tx = await lost_reservation_setup(dsn, store)
-            watch = await asyncpg.connect(dsn)
-            try:
-                lock_pid = lock.get_server_pid()
-                reserving = asyncio.ensure_future(store.reserve(LOST_TARGETS, 100))
-                [(old_pid, old_xid)] = await until(
-                    lambda: watch.fetch(BLOCKED, lock_pid, 0), "the reservation waits on the lock")
-                assert old_xid is not None  # (it holds the first counter's lock)
-                proxy.cut()
-                proxy.restore()
-                # the rerun waits in its turn (on the lock, or on the lost statement)
-                await until(lambda: watch.fetch(BLOCKED, lock_pid, old_pid), "the rerun waits")
-                await tx.commit()
-                got = await reserving
-                reserved, rows = await watch.fetchrow(HELD)
-            finally:
-                await lock.close()
-                await watch.close()
+            async with cut_while_waiting(dsn, proxy, store) as cut:
+                await cut.tx.commit()
+                got = await cut.reserving
+                reserved, rows = await cut.watch.fetchrow(HELD)
             assert got is not None
             assert reserved == [100, 100]
             assert [r.split(":")[0] for r in rows] == [got.id, got.id]
-            assert all(r.split(":")[1] != old_xid for r in rows), "the lost statement committed"
+            assert all(r.split(":")[1] != cut.old_xid for r in rows), "the lost statement committed"
             assert await store.release(got)
 
     with FaultProxy(dsn_target(dsn)) as proxy:
@@ -209,9 +226,7 @@ def test_a_reservation_whose_check_fails_after_it_committed_is_released(
 
     async def main() -> None:
         async with open_store(dsn, "unused.db", max_size=5) as store:
-            await migrate(store)
-            first = await store.reserve(LOST_TARGETS, 1)
-            assert first is not None and await store.release(first)
+            await counters_made(store)
             monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
             monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch)
             with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
@@ -236,29 +251,16 @@ def test_a_rerun_that_loses_its_connection_too_is_ended_and_released(dsn: str) -
 
     async def main(proxy: FaultProxy) -> None:
         async with open_store(proxied_dsn(dsn, proxy.port), "unused.db", max_size=5) as store:
-            lock, tx = await lost_reservation_setup(dsn, store)
-            watch = await asyncpg.connect(dsn)
-            try:
-                lock_pid = lock.get_server_pid()
-                reserving = asyncio.ensure_future(store.reserve(LOST_TARGETS, 100))
-                [(old_pid, _)] = await until(
-                    lambda: watch.fetch(BLOCKED, lock_pid, 0), "the reservation waits on the lock")
-                proxy.cut()
-                proxy.restore()
-                [(rerun_pid, _)] = await until(
-                    lambda: watch.fetch(BLOCKED, lock_pid, old_pid), "the rerun waits")
+            async with cut_while_waiting(dsn, proxy, store) as cut:
                 proxy.cut()
                 proxy.restore()
                 with pytest.raises(_LOST):
-                    await reserving
+                    await cut.reserving
                 await store.close()  # waits for the background release
-                await tx.commit()
+                await cut.tx.commit()
                 # whatever still waited on the lock has run to its end
-                await until(lambda: _idle_or_gone(watch, [old_pid, rerun_pid]), "the waiters end")
-                reserved, rows = await watch.fetchrow(HELD)
-            finally:
-                await lock.close()
-                await watch.close()
+                await until(lambda: _idle_or_gone(cut.watch, [cut.old_pid, cut.rerun_pid]), "the waiters end")
+                reserved, rows = await cut.watch.fetchrow(HELD)
             assert rows is None and reserved == [0, 0], (reserved, rows)
 
     with FaultProxy(dsn_target(dsn)) as proxy:
