@@ -403,8 +403,10 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
 
     async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
         result = await original(conn, query, *args, **kwargs)
+        if marker not in query:
+            return result
         ids = args[-1] if kind == "settle" else args[7]  # the reservation id(s)
-        if marker in query and repr(ids) not in seen:
+        if repr(ids) not in seen:
             seen.add(repr(ids))
             sizes.append(1 if isinstance(ids, str) else len(set(ids)))
             raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")

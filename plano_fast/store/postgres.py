@@ -24,6 +24,7 @@ serialization failure that happens anyway is retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import functools
 import operator
@@ -81,6 +82,22 @@ _CONNECTION_LOST = (
     OSError,
 )
 _RESERVED_IDS = "SELECT DISTINCT id FROM spending_reservations WHERE id = ANY($1::text[])"
+# A lost reservation statement's backend, ended before the statement is checked and run
+# again (``_end_backends``).  Only a backend of this role in this database: the pid of a
+# backend that is gone may have been given to another process since.
+_END_BACKENDS = """
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+ WHERE pid = ANY($1::int[]) AND usename = current_user AND datname = current_database()
+"""
+_BACKENDS_LEFT = """
+SELECT count(*) FROM pg_stat_activity
+ WHERE pid = ANY($1::int[]) AND usename = current_user AND datname = current_database()
+"""
+_BACKENDS_GONE_WAIT_S = 5.0
+"""How long a terminated backend may take to exit (it rolls back first; one waiting on a
+lock exits at once) before the rerun goes ahead without that certainty."""
+_RELEASE_RETRY_MAX_S = 2.0
+"""The longest pause between two attempts of a background release (``_release_when_back``)."""
 log = logging.getLogger(__name__)
 
 
@@ -460,7 +477,8 @@ class PostgresStore(SqlStore):
         self._pool: Any = None
         self._settles: GroupRunner[tuple[str, UsageRow | None], bool] | None = None
         self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
-        self._releases: set[asyncio.Task[bool]] = set()
+        #: background releases (``_release_later``): reservations nobody will use
+        self._releases: set[asyncio.Task[None]] = set()
         #: counters known to exist: a reservation's counters are created (empty, in the lock
         #: order, their own statement) before it locks them, so it never inserts one while
         #: holding others' locks (the deadlock with a settle's ordered upsert at rollover)
@@ -489,13 +507,20 @@ class PostgresStore(SqlStore):
         self._pool = pool
 
     async def close(self) -> None:
-        if self._releases:  # reservations given back after their callers left (_give_back)
-            await asyncio.gather(*self._releases, return_exceptions=True)
+        if self._releases:  # reservations given back in the background (_release_later)
+            # Waited for while the database answers; still retrying past the bound (the
+            # database away), they are left to the expiry sweep, as they would be anyway.
+            _, waiting = await asyncio.wait(set(self._releases), timeout=self.connect_timeout_s)
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
     def terminate(self) -> None:
+        for task in self._releases:  # left to the expiry sweep
+            task.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
@@ -705,9 +730,34 @@ class PostgresStore(SqlStore):
         """A reservation made after its caller left (its client disconnected): released
         now rather than held until its expiry."""
         if result is not None:
-            task = asyncio.get_running_loop().create_task(self.release(result))
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            self._release_later([result], [])
+
+    def _release_later(self, reservations: list[Reservation], lost_pids: list[int]) -> None:
+        """Release ``reservations``, which no caller holds (their callers were answered
+        with an error, or left), in the background: once ``lost_pids`` (the backends of
+        statements that lost their connection while making them) are ended, so that none
+        can commit one afterwards, and retried until the database answers or they expire.
+        A release is idempotent (``settle`` without a row: it frees what it deletes), so a
+        reservation that was never made, or is already released, costs nothing."""
+        task = asyncio.get_running_loop().create_task(self._release_when_back(reservations, lost_pids))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release_when_back(self, reservations: list[Reservation], lost_pids: list[int]) -> None:
+        delay_s = 0.05
+        until_ns = max(r.expires_at_ns for r in reservations)
+        while True:
+            try:
+                await self._end_backends(lost_pids)
+                await asyncio.gather(*(self.release(r) for r in reservations))
+                return
+            except Exception as exc:  # noqa: BLE001 - retried; the expiry sweep is the backstop
+                if self._pool is None or time.time_ns() + delay_s * 1e9 >= until_ns:
+                    log.warning("%d reservation(s) no caller holds could not be released (%s); "
+                                "left to their expiry", len(reservations), type(exc).__name__)
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _RELEASE_RETRY_MAX_S)
 
     async def _reserve_batch(
         self, batch: Sequence[tuple[list[BudgetTarget], Reservation]]
@@ -726,10 +776,12 @@ class PostgresStore(SqlStore):
                 ), strict=True):  # fmt: skip
                     col.append(value)
 
+        lost_pids: list[int] = []
+
         async def attempt() -> int:
             for _ in range(_RESERVE_ATTEMPTS):
                 try:
-                    return int(await self.pool.fetchval(RESERVE_MANY, *cols, now))
+                    return await self._reserving(lost_pids, RESERVE_MANY, *cols, now)
                 except asyncpg.exceptions.InvalidTextRepresentationError as exc:
                     if PARTIAL not in str(exc):
                         raise
@@ -740,10 +792,11 @@ class PostgresStore(SqlStore):
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
             raise
         except _CONNECTION_LOST as exc:
-            ids = [res.id for _, res in batch]
+            made = [res for _, res in batch]
             first_refused = await self._reserve_again(
-                attempt, ids, lambda made: next((j for j, rid in enumerate(ids, 1) if rid not in made), NONE_REFUSED),
-                exc,
+                attempt, made,
+                lambda found: next((j for j, r in enumerate(made, 1) if r.id not in found), NONE_REFUSED),
+                exc, lost_pids,
             )
         out: list[Reservation | None | BaseException] = []
         for j, (todo, res) in enumerate(batch, 1):
@@ -764,10 +817,12 @@ class PostgresStore(SqlStore):
             amount_nano_usd, now, res.id, res.expires_at_ns, owner,
         )  # fmt: skip
 
+        lost_pids: list[int] = []
+
         async def attempt() -> int:
             for tries_left in range(_RESERVE_ATTEMPTS - 1, -1, -1):
                 try:
-                    return int(await self.pool.fetchval(_RESERVE, *args))
+                    return await self._reserving(lost_pids, _RESERVE, *args)
                 except asyncpg.exceptions.InvalidTextRepresentationError as exc:
                     if _PARTIAL not in str(exc):
                         raise
@@ -780,42 +835,109 @@ class PostgresStore(SqlStore):
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
             raise
         except _CONNECTION_LOST as exc:
-            admitted = await self._reserve_again(attempt, [res.id], lambda made: len(made), exc)
+            admitted = await self._reserve_again(attempt, [res], len, exc, lost_pids)
         return res if admitted else None
 
+    async def _reserving(self, lost_pids: list[int], sql: str, *args: Any) -> int:
+        """The reservation statement ``sql``'s value; the backend pid of its connection
+        goes into ``lost_pids`` when that connection is lost (``_reserve_again`` ends that
+        backend), and the connection is closed on this side if it was not already, so the
+        pool never hands it out again."""
+        async with self.pool.acquire() as conn:
+            pid = conn.get_server_pid()  # (read now: a lost connection leaves the pool's hands)
+            try:
+                return int(await conn.fetchval(sql, *args))
+            except TimeoutError:  # not a lost connection (see _CONNECTION_LOST)
+                raise
+            except _CONNECTION_LOST:
+                lost_pids.append(pid)
+                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
+                    conn.terminate()
+                raise
+
     async def _reserve_again(
-        self, attempt: Callable[[], Awaitable[int]], ids: list[str], committed: Callable[[set[str]], int],
-        exc: Exception,
+        self, attempt: Callable[[], Awaitable[int]], made: list[Reservation], committed: Callable[[set[str]], int],
+        exc: Exception, lost_pids: list[int],
     ) -> int:
         """A reservation statement whose connection was lost, answered without reserving
-        anything twice.  Its reservation rows, keyed by the reservation ids, say whether it
-        committed: some found -- it did, and they are what it granted (``committed``: the
-        attempt's answer from the ids found; a batch grants a prefix of its arrival order).
-        None found -- it granted nothing (or never committed: a terminated backend's
-        transaction is rolled back), so it is run once more, a fresh decision.  A backend cut
-        off but still running could commit while that rerun waits on its counter locks: the
-        rerun's rows then collide with its own (same primary key) and it rolls back whole,
-        and the rows found answer.  Had it granted and left no room, the rerun (waiting on
-        those locks) granted nothing and collided with nothing: so the rows are looked for
-        again after the rerun, and the ones found answer.  (Had it not committed yet by then, its reservations stay
-        held until their expiry: never an overspend.)"""
+        anything twice.  Its backend may still be running it (a connection cut by the
+        network, not by the server: the backend waits on a counter lock and notices only
+        when it next writes), so it is ended first (``_end_backends``): once it is gone,
+        nothing of that statement can commit any more.  Then its reservation rows, keyed by
+        the reservation ids, say whether it committed: some found -- it did, and they are
+        what it granted (``committed``: the attempt's answer from the ids found; a batch
+        grants a prefix of its arrival order).  None found -- it granted nothing, so it is
+        run once more, a fresh decision.
+
+        Without that certainty (terminating the backend was not permitted, or it outlived
+        ``_BACKENDS_GONE_WAIT_S``) the lost statement could still commit while the rerun
+        waits on its counter locks: the rerun's rows then collide with its own (same
+        primary key) and it rolls back whole, and the rows found answer; had it granted and
+        left no room, the rerun granted nothing and collided with nothing, so the rows are
+        looked for again after the rerun.  (Had it not committed yet by then, its
+        reservations stay held until their expiry: never an overspend.)
+
+        Any failure on the way (the connection lost again, the check itself failing) goes
+        to the callers, and every reservation of ``made`` -- which none of them will hold,
+        but which the lost statement or the rerun may have committed -- is released in the
+        background (``_release_later``)."""
         log.warning("a reservation statement lost its connection (%s); checked and run once more",
                     type(exc).__name__)
+        ids = [r.id for r in made]
 
-        async def made() -> set[str]:
+        async def found() -> set[str]:
             return {r[0] for r in await self.pool.fetch(_RESERVED_IDS, ids)}
 
-        present = await self._retrying(made)
-        if present:
-            return committed(present)
         try:
-            answer = await self._retrying(attempt)
-        except AlreadyExists:  # (the UniqueViolation, translated by _retrying)
-            return committed(await self._retrying(made))
-        # A lost statement that took the counter locks before the rerun has ended by now;
-        # had it granted, the rerun granted nothing (no collision): its rows answer.
-        present = await self._retrying(made)
-        return committed(present) if present else answer
+            await self._end_backends(lost_pids)
+            present = await self._retrying(found)
+            if present:
+                return committed(present)
+            try:
+                answer = await self._retrying(attempt)
+            except AlreadyExists:  # (the UniqueViolation, translated by _retrying)
+                return committed(await self._retrying(found))
+            # A lost statement that took the counter locks before the rerun has ended by now;
+            # had it granted, the rerun granted nothing (no collision): its rows answer.
+            # (Once the lost backends are gone none can have; looked for all the same, for
+            # when they could not be ended: one read, on this rare path.)
+            present = await self._retrying(found)
+            return committed(present) if present else answer
+        except BaseException as failure:
+            # (Not when the store refused the data: the batch is then run again item by
+            # item, with these same reservations -- pg_batch's ``isolate``.)
+            if not self.rejects_data(failure):
+                self._release_later(made, lost_pids)
+            raise
+
+    async def _end_backends(self, pids: list[int]) -> None:
+        """Terminate the backends ``pids`` (lost connections' statements) and wait until
+        they are gone: a terminated backend rolls its transaction back before it leaves
+        ``pg_stat_activity``.  When the role may not terminate them, or one outlives
+        ``_BACKENDS_GONE_WAIT_S``, that is logged and the caller goes on without the
+        certainty (as it did before this existed).  A connection error is raised."""
+        if not pids:
+            return
+
+        async def terminate() -> object:
+            return await self.pool.fetch(_END_BACKENDS, pids)
+
+        try:
+            await self._retrying(terminate)
+        except asyncpg.exceptions.InsufficientPrivilegeError as exc:
+            log.warning("a lost reservation statement's backend could not be ended (%s); its "
+                        "reservation may stay held until it expires", type(exc).__name__)
+            return
+        deadline = time.monotonic() + _BACKENDS_GONE_WAIT_S
+        pause_s = 0.002
+        while await self._retrying(lambda: self.pool.fetchval(_BACKENDS_LEFT, pids)):
+            if time.monotonic() >= deadline:
+                log.warning("a lost reservation statement's backend was still running %.0f s after "
+                            "it was terminated; its reservation may stay held until it expires",
+                            _BACKENDS_GONE_WAIT_S)
+                return
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, 0.1)
 
     async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """``attempt`` (an idempotent statement: settle, release), run once more on another
