@@ -39,16 +39,19 @@ bench: env bench-tools
 
 # The baselines' tools (wrk for saturation, nginx for the ratio base): from Debian's packages when
 # missing and this is root on a Debian-like machine; else the harness says what it skipped.
-# The package starts an nginx service on port 80: stopped, the harness runs its own.
+# Only the missing ones are installed; when nginx-light is, the service its package starts on
+# port 80 is stopped (the harness runs its own).  An nginx that was already there is left alone.
 bench-tools:
-	@if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then \
+	@missing=""; command -v wrk >/dev/null || missing=" wrk"; \
+	command -v nginx >/dev/null || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing wrk and nginx-light (Debian packages) for the benchmark's baselines"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light >/dev/null 2>&1 || \
-	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nginx-light >/dev/null 2>&1; } || \
-	      echo "could not install wrk/nginx-light: the benchmark runs without them"; \
-	    (service nginx stop >/dev/null 2>&1 || pkill -x nginx || true); \
-	  else echo "wrk or nginx missing (apt-get install wrk nginx-light): the benchmark runs without them"; fi; \
+	    echo "installing$$missing (Debian packages) for the benchmark's baselines"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null 2>&1; } || \
+	      echo "could not install$$missing: the benchmark runs without them"; \
+	    case "$$missing" in *nginx-light*) { service nginx stop || nginx -s stop; } >/dev/null 2>&1 || true;; esac; \
+	  else echo "wrk or nginx missing (apt-get install$$missing): the benchmark runs without them"; fi; \
 	fi
 
 bench-quick: env
