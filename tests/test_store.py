@@ -622,8 +622,9 @@ def test_sqlite_insert_statement_shapes() -> None:
     for n in range(0, 3 * _INSERT_CHUNK + 2):
         sizes = _chunk_sizes(n)
         assert sum(sizes) == n and all(0 < s <= _INSERT_CHUNK for s in sizes)
+        assert len(sizes) == -(-n // _INSERT_CHUNK)  # a batch of up to 32 rows: one statement
         shapes.update(sizes)
-    assert len(shapes) <= 8
+    assert shapes == set(range(1, _INSERT_CHUNK + 1))
     rows = [usage(t=1, cost=c) for c in (None, 0, 5)]
     rows.append(replace(rows[0], priced=1, cost_nano_usd=7))  # type: ignore[arg-type]
     rows.append(replace(rows[0], priced=0, cost_nano_usd=7))  # type: ignore[arg-type]
@@ -683,12 +684,13 @@ def test_sqlite_insert_leaves_out_only_all_null_columns_and_all_zero_parts() -> 
 def test_sqlite_insert_shapes_on_mixed_traffic_stay_few_and_cached() -> None:
     """Mixed traffic (cache reads on 30% of rows, reasoning on 20%, cache writes on 5%,
     the rarer parts on 1% or less, a retry trail on 2%) in batches of 1..120 rows: the
-    distinct INSERT shapes are at most 6 chunk sizes x 4 zero-part states per pattern of
+    distinct INSERT shapes are at most 32 chunk sizes x 4 zero-part states per pattern of
     all-None columns, and they all stay in the statement-text cache (no shape is rebuilt
     and prepared again: each miss is ~45 us plus a ~300 us sqlite3 prepare on the event
     loop).  Was: every all-zero part column was left out on its own, 75 shapes here for a
     64-entry cache."""
     from plano_fast.store.sqlite import (
+        _HOT_STATEMENTS,
         _OMITTABLE,
         _OMIT_SHAPES,
         _USAGE_WIDTH,
@@ -719,8 +721,8 @@ def test_sqlite_insert_shapes_on_mixed_traffic_stay_few_and_cached() -> None:
             shapes.add(_insert_of(size, params)[0])
             null_patterns.add(tuple(i for i in _OMITTABLE if params[i::_USAGE_WIDTH].count(None) == size))
     assert len(null_patterns) == 2  # with and without a retry trail
-    assert len(shapes) <= 6 * 4 * len(null_patterns), len(shapes)
-    assert 6 * 4 * len(null_patterns) <= _OMIT_SHAPES
+    assert len(shapes) <= 32 * 4 * len(null_patterns), len(shapes)
+    assert 32 * 4 * len(null_patterns) <= _OMIT_SHAPES < _HOT_STATEMENTS
     info = _sparse_insert.cache_info()
     assert info.misses == info.currsize  # every shape built once, none evicted and rebuilt
 
