@@ -1451,3 +1451,46 @@ def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> No
         await assert_counters_match_log(store)
 
     backend.run(body)
+
+
+def test_group_writer_calls_then_in_its_step_once_the_batch_is_written(backend: Backend) -> None:
+    """``then`` (the task-free managed path's end of the answer): called with the future,
+    done, in the writer's own step right after the batch holding its row is written --
+    its row already visible to another connection on SQLite -- or handed to the fallback;
+    never for a row written before ``write`` returned (the caller sends that end itself)."""
+    from plano_fast.managed.context import GroupWriter
+    from plano_fast.usage import UsageEvent
+
+    def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
+        return _group_item("req-then", ns(2026, 12, 5, 12), i, input_tokens)
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        seen: list[tuple[int, bool, int]] = []
+
+        def then(i: int) -> Callable[[asyncio.Future[None]], None]:
+            def call(future: asyncio.Future[None]) -> None:
+                stored = -1
+                if backend.kind == "sqlite":
+                    with sqlite3.connect(backend.sqlite_path) as other:
+                        stored = other.execute("SELECT count(*) FROM usage_log").fetchone()[0]
+                    other.close()
+                seen.append((i, future.done(), stored))
+            return call
+
+        lone = writer.write(*item(0), alone=True, then=then(0))
+        if backend.kind == "sqlite":
+            assert lone.done() and seen == []  # written before returning: no call
+        await lone
+        seen.clear()
+        futures = [writer.write(*item(i), then=then(i)) for i in range(1, 4)]
+        futures.append(writer.write(*item(4, input_tokens=10**18 - 1), then=then(4)))  # refused
+        await asyncio.gather(*futures)
+        stored = 4 if backend.kind == "sqlite" else -1
+        assert seen[:3] == [(i, True, stored) for i in range(1, 4)]
+        assert [(i, done) for i, done, _ in seen[3:]] == [(4, True)]
+        assert [e.request_id for e in handed_over] == ["req-then-4"]
+        await assert_counters_match_log(store)
+
+    backend.run(body)
