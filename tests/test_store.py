@@ -622,8 +622,9 @@ def test_sqlite_insert_statement_shapes() -> None:
     for n in range(0, 3 * _INSERT_CHUNK + 2):
         sizes = _chunk_sizes(n)
         assert sum(sizes) == n and all(0 < s <= _INSERT_CHUNK for s in sizes)
+        assert len(sizes) == -(-n // _INSERT_CHUNK)  # a batch of up to 32 rows: one statement
         shapes.update(sizes)
-    assert len(shapes) <= 8
+    assert shapes == set(range(1, _INSERT_CHUNK + 1))
     rows = [usage(t=1, cost=c) for c in (None, 0, 5)]
     rows.append(replace(rows[0], priced=1, cost_nano_usd=7))  # type: ignore[arg-type]
     rows.append(replace(rows[0], priced=0, cost_nano_usd=7))  # type: ignore[arg-type]
@@ -683,12 +684,13 @@ def test_sqlite_insert_leaves_out_only_all_null_columns_and_all_zero_parts() -> 
 def test_sqlite_insert_shapes_on_mixed_traffic_stay_few_and_cached() -> None:
     """Mixed traffic (cache reads on 30% of rows, reasoning on 20%, cache writes on 5%,
     the rarer parts on 1% or less, a retry trail on 2%) in batches of 1..120 rows: the
-    distinct INSERT shapes are at most 6 chunk sizes x 4 zero-part states per pattern of
+    distinct INSERT shapes are at most 32 chunk sizes x 4 zero-part states per pattern of
     all-None columns, and they all stay in the statement-text cache (no shape is rebuilt
     and prepared again: each miss is ~45 us plus a ~300 us sqlite3 prepare on the event
     loop).  Was: every all-zero part column was left out on its own, 75 shapes here for a
     64-entry cache."""
     from plano_fast.store.sqlite import (
+        _HOT_STATEMENTS,
         _OMITTABLE,
         _OMIT_SHAPES,
         _USAGE_WIDTH,
@@ -719,8 +721,8 @@ def test_sqlite_insert_shapes_on_mixed_traffic_stay_few_and_cached() -> None:
             shapes.add(_insert_of(size, params)[0])
             null_patterns.add(tuple(i for i in _OMITTABLE if params[i::_USAGE_WIDTH].count(None) == size))
     assert len(null_patterns) == 2  # with and without a retry trail
-    assert len(shapes) <= 6 * 4 * len(null_patterns), len(shapes)
-    assert 6 * 4 * len(null_patterns) <= _OMIT_SHAPES
+    assert len(shapes) <= 32 * 4 * len(null_patterns), len(shapes)
+    assert 32 * 4 * len(null_patterns) <= _OMIT_SHAPES < _HOT_STATEMENTS
     info = _sparse_insert.cache_info()
     assert info.misses == info.currsize  # every shape built once, none evicted and rebuilt
 
@@ -1446,6 +1448,49 @@ def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> No
         assert [e.request_id for e in handed_over] == ["req-alone-3"]
         assert writer.metrics.rows_written == 3
         assert {r.request_id for r in await all_usage(store)} == {f"req-alone-{i}" for i in range(3)}
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_group_writer_calls_then_in_its_step_once_the_batch_is_written(backend: Backend) -> None:
+    """``then`` (the task-free managed path's end of the answer): called with the future,
+    done, in the writer's own step right after the batch holding its row is written --
+    its row already visible to another connection on SQLite -- or handed to the fallback;
+    never for a row written before ``write`` returned (the caller sends that end itself)."""
+    from plano_fast.managed.context import GroupWriter
+    from plano_fast.usage import UsageEvent
+
+    def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
+        return _group_item("req-then", ns(2026, 12, 5, 12), i, input_tokens)
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        seen: list[tuple[int, bool, int]] = []
+
+        def then(i: int) -> Callable[[asyncio.Future[None]], None]:
+            def call(future: asyncio.Future[None]) -> None:
+                stored = -1
+                if backend.kind == "sqlite":
+                    with sqlite3.connect(backend.sqlite_path) as other:
+                        stored = other.execute("SELECT count(*) FROM usage_log").fetchone()[0]
+                    other.close()
+                seen.append((i, future.done(), stored))
+            return call
+
+        lone = writer.write(*item(0), alone=True, then=then(0))
+        if backend.kind == "sqlite":
+            assert lone.done() and seen == []  # written before returning: no call
+        await lone
+        seen.clear()
+        futures = [writer.write(*item(i), then=then(i)) for i in range(1, 4)]
+        futures.append(writer.write(*item(4, input_tokens=10**18 - 1), then=then(4)))  # refused
+        await asyncio.gather(*futures)
+        stored = 4 if backend.kind == "sqlite" else -1
+        assert seen[:3] == [(i, True, stored) for i in range(1, 4)]
+        assert [(i, done) for i, done, _ in seen[3:]] == [(4, True)]
+        assert [e.request_id for e in handed_over] == ["req-then-4"]
         await assert_counters_match_log(store)
 
     backend.run(body)

@@ -337,3 +337,62 @@ def test_settle_now_settles_before_returning_or_declines(tmp_path: Path) -> None
             assert store.settle_now(reservation, rows(2, "again")[1]) is False  # settled already
 
     asyncio.run(main())
+
+
+def test_a_group_commit_of_up_to_32_rows_is_one_insert_and_counts_each_scope_once(tmp_path: Path) -> None:
+    """A managed group commit (13 rows: two scopes, two days) is one INSERT statement and
+    one counter UPDATE per (scope, period) -- it was three INSERTs (8 + 4 + 1 rows) with a
+    turn of the loop after each -- and every counter equals the sum of its rows.  A batch
+    with a row the database refuses writes nothing (no row, no counter moves)."""
+    path = tmp_path / "plano.db"
+    day_ns = 86_400 * 10**9
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            batch = rows(13, "group")
+            for i, row in enumerate(batch):
+                if i % 3 == 0:
+                    row.key_hash = "j" * 64  # another key scope
+                if i >= 10:
+                    row.time_ns += day_ns  # the next day: its own daily counters
+            seen: list[str] = []
+            assert store._hot is not None
+            store._hot.set_trace_callback(seen.append)
+            assert await store.write_usage(batch) == 13
+            store._hot.set_trace_callback(None)
+            assert sum(s.startswith("INSERT INTO usage_log") for s in seen) == 1
+            updates = [s for s in seen if s.startswith("UPDATE spending_counters")]
+            # project p1, keys k and j: total + monthly (same month) + 2 dailies each
+            assert len(updates) == 3 * 4
+            assert count_rows(path) == 13
+
+            def spent(kind: str, scope: str, period: str, start: int) -> int:
+                with sqlite3.connect(path) as conn:
+                    found = conn.execute(
+                        "SELECT spent_nano_usd FROM spending_counters WHERE scope_kind = ? AND scope_id = ? "
+                        "AND period = ? AND period_start = ?", (kind, scope, period, start),
+                    ).fetchone()  # fmt: skip
+                conn.close()
+                return int(found[0])
+
+            day0 = T0_NS // day_ns * 86_400
+            cost = [r.cost_nano_usd or 0 for r in batch]
+            assert spent("project", "p1", "total", 0) == sum(cost)
+            assert spent("project", "p1", "daily", day0) == sum(cost[:10])
+            assert spent("project", "p1", "daily", day0 + 86_400) == sum(cost[10:])
+            assert spent("key", "j" * 64, "total", 0) == sum(c for i, c in enumerate(cost) if i % 3 == 0)
+            assert spent("key", "k" * 64, "total", 0) == sum(c for i, c in enumerate(cost) if i % 3)
+            assert spent("key", "k" * 64, "daily", day0 + 86_400) == cost[10] + cost[11]
+
+            refused = rows(13, "refused")
+            refused[7].input_tokens = -1  # a CHECK the whole statement fails on
+            with pytest.raises(Exception):
+                await store.write_usage(refused)
+            assert count_rows(path) == 13
+            assert spent("project", "p1", "total", 0) == sum(cost)
+            assert await store.write_usage(refused[:7] + refused[8:]) == 12
+            assert spent("project", "p1", "total", 0) == sum(cost) + sum(r.cost_nano_usd or 0 for i, r in
+                                                                          enumerate(refused) if i != 7)  # fmt: skip
+
+    asyncio.run(main())

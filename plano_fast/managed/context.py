@@ -24,6 +24,9 @@ RELEASE_RETRY_FIRST_S = 0.1
 RELEASE_RETRY_MAX_S = 5.0
 """Back-off between attempts to release a reservation while the store fails."""
 
+#: a queued row: the row, its event, its future and what to call once it is written
+_Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
+
 
 class GroupWriter:
     """Group commit for synchronous billing: each request still waits until its own row is
@@ -43,16 +46,23 @@ class GroupWriter:
         self.store = store
         self.fallback = fallback
         self.metrics = metrics or BillingMetrics()
-        self._pending: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
-        self._inflight: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]] = []
+        self._pending: list[_Item] = []
+        self._inflight: list[_Item] = []
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
         #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
         self.writes_now = type(store).write_usage_now is not UsageStore.write_usage_now
 
-    def write(self, row: UsageRow, event: UsageEvent, alone: bool = False) -> asyncio.Future[None]:
+    def write(
+        self, row: UsageRow, event: UsageEvent, alone: bool = False,
+        then: Callable[[asyncio.Future[None]], None] | None = None,
+    ) -> asyncio.Future[None]:
         """Queue ``row``; the future resolves once it is written or handed to the fallback.
+
+        ``then``: called with the future in the writer's step, right after the future
+        resolves, instead of a done callback a turn of the loop later (a Handle scheduled
+        and run per request); not called when the future comes back done.
 
         ``alone``: no other request is in flight to share a batch with (the caller
         knows: no upstream answer is under way).  Then, when the writer is idle and the
@@ -66,12 +76,12 @@ class GroupWriter:
             # Once: asyncio.get_running_loop() costs a getpid() system call per call.
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        item = (row, event, future, then)
         if alone and self.writes_now and self._task is None and not self._pending:
-            item = (row, event, future)
             if self._write_now(item):
                 future.set_result(None)
                 return future
-        self._pending.append((row, event, future))
+        self._pending.append(item)
         if self._task is None:
             self._task = loop.create_task(self._drain())
         return future
@@ -83,9 +93,14 @@ class GroupWriter:
                 self._inflight = batch
                 await self._write(batch)
                 self._inflight = []
-                for _, _, future in batch:
+                for _, _, future, then in batch:
                     if not future.done():
                         future.set_result(None)
+                    if then is not None:
+                        try:
+                            then(future)
+                        except Exception:  # as the loop does for a done callback that raises
+                            log.exception("synchronous billing: a written row's callback failed")
         finally:
             self._task = None
 
@@ -93,9 +108,9 @@ class GroupWriter:
         """The events of rows not known to be written (a stop whose bound ran out while
         the store hangs): the caller journals them; a replay skips any that did commit."""
         items, self._inflight, self._pending = self._inflight + self._pending, [], []
-        return [event for _, event, _ in items]
+        return [item[1] for item in items]
 
-    def _write_now(self, item: tuple[UsageRow, UsageEvent, asyncio.Future[None]]) -> bool:
+    def _write_now(self, item: _Item) -> bool:
         """One row written (or handed to the fallback) before returning; False when the
         store cannot write without waiting now (nothing done: the caller queues it)."""
         try:
@@ -108,9 +123,15 @@ class GroupWriter:
         self._count(inserted, 1)
         return True
 
-    async def _write(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[_Item]) -> None:
+        rows = [item[0] for item in batch]
         try:
-            inserted = await self.store.write_usage([row for row, _, _ in batch])
+            # Committed in this step when the store can without waiting (SQLite's hot
+            # connection idle, up to one INSERT chunk: a group commit under load) -- not
+            # through write_usage's lock and coroutines; else awaited as usual.
+            inserted = self.store.write_usage_now(rows) if self.writes_now else None
+            if inserted is None:
+                inserted = await self.store.write_usage(rows)
         except Exception as exc:  # noqa: BLE001 - the rows take the journaled path
             if len(batch) > 1 and self.store.rejects_data(exc):
                 # One row the store refuses must not push the others off the synchronous
@@ -122,10 +143,10 @@ class GroupWriter:
             return
         self._count(inserted, len(batch))
 
-    def _failed(self, batch: list[tuple[UsageRow, UsageEvent, asyncio.Future[None]]], exc: Exception) -> None:
+    def _failed(self, batch: list[_Item], exc: Exception) -> None:
         log.error("synchronous billing failed (%s); %d usage rows queued", type(exc).__name__, len(batch))
-        for _, event, _ in batch:
-            self.fallback(event)
+        for item in batch:
+            self.fallback(item[1])
 
     def _count(self, inserted: int, rows: int) -> None:
         metrics = self.metrics

@@ -109,8 +109,11 @@ _INSERT_USAGE = (
 # stretch on the event loop around 0.15 ms (the hot connection yields between chunks):
 # 128 measured ~0.5 ms each, eight of them a second at 1,000 req/s, a p99 cost at
 # concurrency 1 (issue 27, benchmarks/tail_probe.py).  A batch is split into full chunks
-# and then power-of-two pieces, so only 6 statement shapes exist (each prepared once,
-# then cached by sqlite3).
+# and one chunk of the rest, so a batch of up to 32 rows (a group commit of managed
+# requests) is one statement: it was split into power-of-two pieces (13 rows: 8 + 4 + 1,
+# three statements and a turn of the loop after each), ~165k instructions more per
+# 13-row commit than one statement under callgrind (issue 27).  32 sizes of statement
+# exist, each prepared once (~0.1-0.3 ms) and kept by sqlite3 (``_HOT_STATEMENTS``).
 _INSERT_CHUNK = 32
 _INSERT_HEAD, _, _INSERT_TAIL = _INSERT_USAGE.partition("VALUES (" + ", ".join("?" * _USAGE_WIDTH) + ")")
 _ROW_MARKS = "(" + ",".join("?" * _USAGE_WIDTH) + ")"
@@ -154,10 +157,12 @@ _OMITTABLE_ZERO_GROUPS: Final = tuple(
                   ("tool_use_prompt_tokens", "audio_input_tokens", "audio_output_tokens"))
 )  # fmt: skip
 _OMITTABLE_ZERO: Final = tuple(i for group in _OMITTABLE_ZERO_GROUPS for i in group)
-# Shapes kept: chunk sizes (6) x zero-group states (4) x 4 patterns of all-None columns (a
-# deployment fills the same columns on nearly every row: a few patterns); under the 128
-# statements sqlite3 caches per connection, with room for the full INSERTs and the rest.
-_OMIT_SHAPES = _INSERT_CHUNK.bit_length() * (1 << len(_OMITTABLE_ZERO_GROUPS)) * 4
+# Shapes kept: chunk sizes (32) x zero-group states (4) x 4 patterns of all-None columns (a
+# deployment fills the same columns on nearly every row: a few patterns); the hot
+# connection's statement cache holds them all, with room for the full INSERTs and the
+# rest (a cached 16-row INSERT is ~22 KiB: ~0.7 MiB for each pattern and zero state in use).
+_OMIT_SHAPES = _INSERT_CHUNK * (1 << len(_OMITTABLE_ZERO_GROUPS)) * 4
+_HOT_STATEMENTS = _OMIT_SHAPES + _INSERT_CHUNK + 64
 
 
 @functools.lru_cache(maxsize=_OMIT_SHAPES)
@@ -194,17 +199,10 @@ def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
 
 
 def _chunk_sizes(n: int) -> list[int]:
-    """``n`` rows as full chunks then decreasing powers of two (6 statement shapes at most;
-    32 rows of 31 parameters stay far under SQLite's 32,766 variables)."""
+    """``n`` rows as full chunks then one of the rest (32 rows of 31 parameters stay far
+    under SQLite's 32,766 variables)."""
     full, rest = divmod(n, _INSERT_CHUNK)
-    sizes = [_INSERT_CHUNK] * full
-    bit = 1 << max(0, rest.bit_length() - 1)
-    while rest:
-        if rest & bit:
-            sizes.append(bit)
-            rest ^= bit
-        bit >>= 1
-    return sizes
+    return [_INSERT_CHUNK] * full + [rest] if rest else [_INSERT_CHUNK] * full
 
 
 def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
@@ -421,10 +419,12 @@ def _roll_back(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> Non
             log.warning("SQLite rollback failed: %s", exc)
 
 
-def _connect(path: str, busy_timeout_ms: int, *pragmas: str, check_same_thread: bool = True) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout_ms: int, *pragmas: str, check_same_thread: bool = True,
+             cached_statements: int = 128) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with ``pragmas`` run."""
     conn = sqlite3.connect(
-        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=check_same_thread
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=check_same_thread,
+        cached_statements=cached_statements,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -495,7 +495,7 @@ class SqliteStore(SqlStore):
                 # (never inside SQLite); checkpoints are left to the thread (module doc).
                 self._hot = _connect(
                     self.path, 0, "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON",
-                    "PRAGMA wal_autocheckpoint = 0",
+                    "PRAGMA wal_autocheckpoint = 0", cached_statements=_HOT_STATEMENTS,
                 )  # fmt: skip
         except BaseException:
             if self._conn is not None:

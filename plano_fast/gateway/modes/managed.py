@@ -442,11 +442,15 @@ class ManagedExchange(RetryingExchange):
             # The writer owns the row now: a client leaving cancels only the wait.  With
             # no other answer under way (no upstream connection busy: concurrency 1) the
             # row is written at once when the store can (the future comes back done).
+            # The task-free path's end goes in the writer's step once it is written.
             writer = self.mctx.writer
             alone = writer.writes_now and self.ctx.pool.busy_count == 0
-            billing = self.billing = writer.write(row, event, alone)
-        else:
-            billing = self.billing = self._settle_now_or_soon(row, event, reservation)
+            then = self._billed if self.finish_in_callback else None
+            billing = self.billing = writer.write(row, event, alone, then)
+            if then is not None and billing.done():
+                self._billed(billing)  # written already: the end goes now, not a turn later
+            return
+        billing = self.billing = self._settle_now_or_soon(row, event, reservation)
         if self.finish_in_callback:
             if billing.done():
                 self._billed(billing)  # written already: the end goes now, not a turn later
