@@ -872,3 +872,130 @@ def test_the_routing_decision_api_refuses_a_key_over_its_limit(
             assert len(router.prompts) == asked + 1
     finally:
         router.stop()
+
+
+# -- round f: the operator's provider account (config mode's access_key, managed mode) ----------
+
+#: account-selecting request headers, in the spellings a client may send them
+ACCOUNT_REQUEST_HEADERS = (b"OpenAI-Organization: org-attacker\r\nOpenAI-Project: proj_attacker\r\n"
+                           b"openai_project: proj_underscore\r\nX-Goog-User-Project: attacker-project\r\n")
+
+
+def test_account_selecting_headers_are_cut_where_the_key_is_the_operators(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: ``OpenAI-Organization`` / ``OpenAI-Project`` (and Google's ``X-Goog-User-Project``)
+    went upstream beside the gateway's own ``access_key``: a caller chose which of the
+    operator's organizations or projects paid.  Now cut where the key is the operator's;
+    a passthrough provider (the client's own key) still gets them."""
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", ACCOUNT_REQUEST_HEADERS + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    for name in ("openai-organization", "openai-project", "openai_project", "x-goog-user-project"):
+        assert call.header_all(name) == [], name
+    assert call.header_all("authorization") == ["Bearer sk-server-openai-key"]
+    fake.clear()
+    body = b'{"model":"anthropic/claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/messages", body, b"x-api-key: sk-ant-client-own\r\n",
+                                         ACCOUNT_REQUEST_HEADERS + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    assert call.header_all("openai-organization") == ["org-attacker"]
+    assert call.header_all("x-goog-user-project") == ["attacker-project"]
+
+
+@pytest.mark.parametrize("header", [b"openai-organization: org-operator0000",
+                                    b"OpenAI-Project: proj_operator0000",
+                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000"])
+def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
+    gateway: GatewayProcess, fake: FakeProviderThread, header: bytes
+) -> None:
+    """Was: the provider's ``openai-organization``, ``openai-project`` and
+    ``anthropic-organization-id`` reached every caller of a config-mode gateway: the
+    operator's account ids.  Now cut there (streamed or not); a passthrough provider's
+    answer (the client's own account) keeps them; rate-limit and request-id headers stay."""
+    name = header.partition(b":")[0].lower()
+    for body in (CHAT, STREAM_CHAT):
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                             b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        assert answer.header(name) is None and b"operator0000" not in answer.raw, answer.raw[:600]
+        assert answer.header(b"x-fake-request-id") is not None  # the provider's other headers stay
+    body = b'{"model":"anthropic/claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/messages", body, b"x-api-key: sk-ant-client-own\r\n",
+                                         b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert answer.header(name) == header.partition(b": ")[2]
+
+
+OPERATOR_KEY = b"sk-proj-operator-secret-0123456789abcd"
+
+
+@pytest.fixture
+def scripted_operator(make_gateway: Callable[..., GatewayProcess]) -> Iterator[tuple[GatewayProcess, Any]]:
+    """A config-mode gateway whose ``scripted/*`` provider (the operator's key) and
+    ``scriptedpt/*`` provider (passthrough_auth) answer what ``x-script`` names."""
+    from benchmarks.attack_battery import ScriptedProvider
+
+    scripted = ScriptedProvider()
+    try:
+        extra = (f"  - model: scripted/gpt-4o-mini\n    base_url: http://127.0.0.1:{scripted.port}\n"
+                 f"    provider_interface: openai\n    access_key: {OPERATOR_KEY.decode()}\n"
+                 f"  - model: scriptedpt/gpt-4o-mini\n    base_url: http://127.0.0.1:{scripted.port}\n"
+                 "    provider_interface: openai\n    passthrough_auth: true\n")  # fmt: skip
+        yield make_gateway({}, extra_providers=extra), scripted
+    finally:
+        scripted.close()
+
+
+def test_a_provider_rejecting_the_operators_key_is_the_gateways_502(scripted_operator: Any) -> None:
+    """Was: OpenAI's 401 to the gateway's own key reached the client as sent: "Incorrect
+    API key provided: sk-proj-****abcd" (the key's last characters) and a 401 that told the
+    client its own credential was wrong.  Now the gateway's 502 in the client's format,
+    nothing of the provider's body; a passthrough provider's 401 (the client's key) is
+    relayed as it came."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    for status in (401, 403):
+        body = {"error": {"message": "Incorrect API key provided: sk-proj-****abcd. You can find your API key at "
+                                     "https://platform.openai.com/account/api-keys.",
+                          "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        scripted.add(f"denied{status}", json_answer(body, status))
+        chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"",
+                                             b"x-script: denied%d\r\n" % status + CLOSE))
+        assert answer.status == 502, answer.raw[:400]
+        assert b"abcd" not in answer.raw and b"Incorrect" not in answer.raw
+        assert answer.error_json()["error"]["code"] == "upstream_credential_rejected"
+        messages = MESSAGES.replace(b"claude-sonnet-4-6", b"scripted/gpt-4o-mini")
+        answer = exchange(gateway.port, post(b"/v1/messages", messages, b"", b"x-script: denied%d\r\n" % status + CLOSE))
+        assert answer.status == 502 and answer.error_json()["type"] == "error", answer.raw[:400]
+        assert b"abcd" not in answer.raw
+    chat = CHAT.replace(b"gpt-4o-mini", b"scriptedpt/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"Authorization: Bearer sk-client-own-key\r\n",
+                                         b"x-script: denied401\r\n" + CLOSE))
+    assert answer.status == 401 and b"Incorrect API key provided" in answer.raw, answer.raw[:400]
+    deadline = time.monotonic() + 5  # the operator is told, without the key
+    while "answered 401 to the gateway's credential" not in gateway.log_text():
+        assert time.monotonic() < deadline, gateway.log_text()[-2000:]
+        time.sleep(0.1)
+    assert OPERATOR_KEY.decode() not in gateway.log_text() and "abcd" not in gateway.log_text()
+
+
+def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: Any) -> None:
+    """Was: a provider error that quoted the request's key (a misconfigured proxy, a
+    validation message) reached the client with the operator's key in it.  Now the key's
+    bytes are masked, length kept (the Content-Length still holds)."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    body = {"error": {"message": "header Authorization: Bearer " + OPERATOR_KEY.decode() + " is not allowed here",
+                      "type": "invalid_request_error", "code": None}}
+    scripted.add("echo", json_answer(body, 400))
+    chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"", b"x-script: echo\r\n" + CLOSE))
+    assert answer.status == 400, answer.raw[:400]
+    assert OPERATOR_KEY not in answer.raw and b"0123456789abcd" not in answer.raw
+    assert answer.error_json()["error"]["message"] == "header Authorization: Bearer " + "*" * len(OPERATOR_KEY) + " is not allowed here"

@@ -390,6 +390,54 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
     return block
 
 
+# -- the provider-account headers (twin: without_account_headers in _head_py.py) --
+
+cdef bint account_header(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """p[:n] (any case) names a header that selects or reveals the provider account: see
+    ``_head_py.ACCOUNT_HEADERS``."""
+    if n == 14:
+        return name_is(p, n, b"openai-project", 14) or name_is(p, n, b"openai_project", 14)
+    if n == 19:
+        return (name_is(p, n, b"openai-organization", 19) or name_is(p, n, b"openai_organization", 19)
+                or name_is(p, n, b"x-goog-user-project", 19) or name_is(p, n, b"x_goog_user_project", 19))
+    if n == 25:
+        return name_is(p, n, b"anthropic-organization-id", 25)
+    return False
+
+
+def without_account_headers(bytes block not None):
+    """``block`` (CRLF-ended header lines) without its provider-account lines; ``block``
+    itself when it has none (the common case: no copy)."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(block)
+    cdef Py_ssize_t n = len(block)
+    cdef Py_ssize_t i = 0, line, stop, w = 0, colon
+    cdef const unsigned char *p
+    cdef unsigned char *out = NULL
+    try:
+        while i < n:
+            line = i
+            stop = find_lf(s, i, n)  # the LF, or n (a last line without one)
+            i = stop + 1 if stop < n else n
+            p = <const unsigned char *>memchr(s + line, 58, stop - line)
+            colon = stop if p == NULL else p - s
+            if account_header(s + line, colon - line):
+                if out == NULL:
+                    out = <unsigned char *>malloc(n + 1)
+                    if out == NULL:
+                        raise MemoryError()
+                    memcpy(out, s, line)
+                    w = line
+                continue
+            if out != NULL:
+                memcpy(out + w, s + line, i - line)
+                w += i - line
+        if out == NULL:
+            return block
+        return PyBytes_FromStringAndSize(<char *>out, w)
+    finally:
+        free(out)
+
+
 # -- the gateway's own header lines (twins: the functions of the same names in _head_py.py) --
 # Formatted in C: on 3.11, ``b"content-length: %d\r\n" % n`` is ~1k instructions (the
 # general %-formatter), ``name + value.encode() + b"\r\n"`` ~1.1k (an encode, two

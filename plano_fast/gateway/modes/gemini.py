@@ -114,13 +114,14 @@ class GeminiExchange(RoutedExchange):
         # x-goog-api-key; see plano_fast.credentials).
         client = client_headers(self)
         query = client.query
+        self.operator_auth = None if provider.passthrough_auth else provider.auth_headers
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
             client,
             self.request_id,
             [b"POST ", path, self.method, b"?", query] if query else [b"POST ", path, self.method],
             provider,
-            None if provider.passthrough_auth else provider.auth_headers,
+            self.operator_auth,
             self.request.body,
         )
         self.origin = origin_of(provider)
