@@ -999,3 +999,40 @@ def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: An
     assert answer.status == 400, answer.raw[:400]
     assert OPERATOR_KEY not in answer.raw and b"0123456789abcd" not in answer.raw
     assert answer.error_json()["error"]["message"] == "header Authorization: Bearer " + "*" * len(OPERATOR_KEY) + " is not allowed here"
+
+
+# -- round f: Host ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body", "hosts"), [
+    (b"/v1/chat/completions", CHAT, b""),
+    (b"/v1/chat/completions", CHAT, b"Host: gw\r\nHost: other\r\n"),
+    (b"/v1/messages", MESSAGES, b"host: gw\r\nHOST: gw\r\n"),
+    (b"/v1/chat/completions", CHAT, b"Host: gw\r\nTransfer-Encoding: chunked\r\nHost: other\r\n"),
+])
+def test_an_http11_request_needs_exactly_one_host(
+    gateway: GatewayProcess, fake: FakeProviderThread, path: bytes, body: bytes, hosts: bytes
+) -> None:
+    """Was: served without a Host, or with two (the gateway never reads Host), while
+    RFC 9112 §3.2 makes both a 400: a load balancer before the gateway that picks the
+    other Host (or answers a Host-less request itself) routes the request elsewhere than
+    the gateway believes.  Now a 400 in the client's format and the connection closes;
+    nothing goes upstream.  HTTP/1.0 without a Host is still served."""
+    fake.clear()
+    if b"chunked" in hosts:
+        data = (b"POST " + path + b" HTTP/1.1\r\n" + hosts + b"Content-Type: application/json\r\n\r\n"
+                + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    else:
+        data = (b"POST " + path + b" HTTP/1.1\r\n" + hosts + b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    answer = exchange(gateway.port, data)
+    assert answer.status == 400, answer.raw[:300]
+    assert b"Host" in answer.body and answer.header(b"connection") == b"close"
+    if path == b"/v1/messages":
+        assert answer.error_json()["type"] == "error"
+    else:
+        assert answer.error_json()["error"]["code"] == "malformed_request"
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT)
+    assert answer.status == 200, answer.raw[:300]
