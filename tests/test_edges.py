@@ -1036,3 +1036,33 @@ def test_an_http11_request_needs_exactly_one_host(
     answer = exchange(gateway.port, b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
                                     b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT)
     assert answer.status == 200, answer.raw[:300]
+
+
+# -- round f: a message list given twice ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    (b"/v1/chat/completions", b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"my ssn is 078-05-1120"}],'
+                              b'"messages":[{"role":"user","content":"hi"}]}'),
+    (b"/v1/messages", b'{"model":"claude-sonnet-4-6","max_tokens":5,"system":"my ssn is 078-05-1120",'
+                      b'"messages":[{"role":"user","content":"hi"}],"system":"be brief"}'),
+    (b"/v1/responses", b'{"model":"gpt-4o-mini","input":"my ssn is 078-05-1120","input":"hi"}'),
+    (b"/v1beta/models/gemini%2Fgemini-2.0-flash:generateContent",
+     b'{"contents":[{"role":"user","parts":[{"text":"my ssn is 078-05-1120"}]}],'
+     b'"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'),
+])
+def test_a_conversation_given_twice_is_refused(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, path: bytes, body: bytes
+) -> None:
+    """Was: with ``"messages"`` (``"contents"``, ``"input"``, ``"system"``) twice in one body
+    the guardrails read JSON's last copy (clean) while a first-wins parser upstream acts on
+    the first (the secret a ``block`` policy exists to stop): forwarded.  Now the scanner's
+    400 naming the member, nothing forwarded."""
+    settings: dict[str, object] = {"guardrails": json.dumps({"detectors": {"ssn": "block"}})}
+    extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+    gateway = make_gateway(settings, extra_providers=extra)
+    fake.clear()
+    answer = exchange(gateway.port, post(path, body, b"", CLOSE))
+    assert answer.status == 400, answer.raw[:300]
+    assert b"appears more than once" in answer.body, answer.raw[:300]
+    assert provider_calls(fake) == []
