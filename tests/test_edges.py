@@ -1066,3 +1066,43 @@ def test_a_conversation_given_twice_is_refused(
     assert answer.status == 400, answer.raw[:300]
     assert b"appears more than once" in answer.body, answer.raw[:300]
     assert provider_calls(fake) == []
+
+
+# -- round f: alt=sse on a unary Gemini call -----------------------------------------------------
+
+
+def test_alt_sse_on_a_unary_gemini_call_is_refused(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: ``:generateContent?alt=sse`` was forwarded and Google answers it with server-sent
+    events, which the unary usage scanner cannot read: the row was ``usage_missing``,
+    unpriced, never counted against a limit.  Now a 400 in Gemini's format (the stream is
+    ``:streamGenerateContent?alt=sse``), nothing forwarded; ``alt=json`` passes."""
+    gateway, _, _ = firewall
+    auth = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n"
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent?"
+    fake.clear()
+    for query in (b"alt=sse", b"prettyPrint=false&%61lt=%73se", b"$alt=sse"):
+        answer = exchange(gateway.port, post(path + query, body, auth, CLOSE))
+        assert answer.status == 400, (query, answer.raw[:300])
+        assert answer.error_json()["error"]["status"] == "INVALID_ARGUMENT" and b"streamGenerateContent" in answer.body
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path + b"alt=json", body, auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+def test_config_mode_refuses_alt_sse_on_a_unary_gemini_call(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """The same in config mode, for a Gemini-native provider (the query is forwarded)."""
+    extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+    gateway = make_gateway({}, extra_providers=extra)
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1beta/models/gemini%2Fgemini-2.0-flash:generateContent?alt=sse", body, b"", CLOSE))
+    assert answer.status == 400 and b"streamGenerateContent" in answer.body, answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(b"/v1beta/models/gemini%2Fgemini-2.0-flash:streamGenerateContent?alt=sse",
+                                         body, b"", CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from plano_fast import wire as scan
+from plano_fast.credentials import refuse_unary_sse
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.gateway.phases import admitted_forward, client_headers, guard, identify_caller, rate_limit
@@ -66,6 +67,8 @@ class GeminiExchange(RoutedExchange):
                 "separated by an encoded '/')"
             )
         self.fields = PathFields(model, method == b"streamGenerateContent")
+        if method == b"generateContent" and request.query:
+            refuse_unary_sse(request.query)
         self.method = method
         self.requested_model = model
         try:
