@@ -163,7 +163,7 @@ def test_pipelined_expect_continue_identifies_before_the_body(
     # an image in the first of two "messages": json.loads saw only the second
     (b'{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":[{"type":"image_url",'
      b'"image_url":{"url":"https://example.com/cat.png"}}]}],"n":1,"messages":[{"role":"user","content":"hi"}]}',
-     "'messages'"),
+     '"messages"'),  # (the scanner's refusal now, before the bound's: every mode refuses it)
 ])
 def test_duplicate_members_under_a_hard_limit_are_refused(
     limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811
