@@ -633,9 +633,11 @@ class _Admin:
             )
         tail = request.raw_path.partition("?")[0][len("/auth/check"):]
         if tail and tail != "/":
-            # Envoy appends the original path: refuse what the data plane would not forward.
+            # Envoy appends the original path: refuse what the data plane would not forward
+            # (with its query: alt=sse on a unary Gemini call).
+            target = request.raw_path[len("/auth/check"):]
             try:
-                self.ctx.admit_path(request.method.encode(), tail.encode("latin-1", "replace"))
+                self.ctx.admit_path(request.method.encode(), target.encode("latin-1", "replace"))
             except GatewayError as exc:
                 return _error(exc.status, exc.code or "not_found", exc.message)
         try:

@@ -201,6 +201,25 @@ ANSWER_SHAPING: Final = frozenset({b"fields", b"alt", b"callback", b"ct", b"http
 _READABLE_ALT: Final = (b"sse", b"json")
 
 
+def refuse_unary_sse(query: bytes) -> None:
+    """ClientError when the query of a unary Gemini call (``:generateContent``) asks for
+    ``alt=sse``: Google then answers server-sent events, which the unary usage scanner
+    cannot read (the row would be ``usage_missing``, unpriced); a stream is
+    ``:streamGenerateContent?alt=sse``.  (Names compared as ``split_query_key`` does.)"""
+    if query.find(b"=") < 0:
+        return
+    for part in query.split(b"&"):
+        for piece in _QUERY_SPLIT.split(part):
+            name, _, value = piece.partition(b"=")
+            if _normal_name(unquote_to_bytes(name.replace(b"+", b" "))) == b"alt" and (
+                unquote_to_bytes(value.replace(b"+", b" ")) == b"sse"
+            ):
+                raise ClientError(
+                    "alt=sse asks for a streamed answer, which :generateContent does not "
+                    "meter; use :streamGenerateContent?alt=sse"
+                )
+
+
 def _alt_unreadable(value: bytes) -> bool:
     if value in _READABLE_ALT:  # (the usual alt=sse: no decoding)
         return False

@@ -268,3 +268,16 @@ class UpstreamStalled(UpstreamTimeout):
 class ServiceUnavailable(GatewayError):
     status = 503
     code = "unavailable"
+
+
+class ProviderCredentialRejected(UpstreamError):
+    """The provider answered 401/403 to the gateway's own key (config mode's ``access_key``,
+    a managed provider key): the client's credential is fine, the operator's is not.  A 502,
+    not the provider's answer: its body can name part of the key (OpenAI's "Incorrect API
+    key provided: sk-proj-****abcd"), and a 401 would tell the client its own key is wrong."""
+
+    code = "upstream_credential_rejected"
+    kind = "upstream_credential_rejected"
+
+    def __init__(self) -> None:
+        super().__init__("the provider rejected the gateway's credential for it; the operator has been told")

@@ -132,8 +132,9 @@ class _DateHeader:
 DATE_HEADER = _DateHeader()
 SERVER_HEADER = b"server: plano_fast\r\n"
 #: request headers that decide framing and get checked as they arrive
-#: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades)
-_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
+#: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades;
+#: host: counted, RFC 9112 §3.2 wants exactly one)
+_FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host"))
 #: request body pieces shorter than this (tiny chunks, a trickled body) are joined as they
 #: arrive rather than kept one object each (``on_body``)
 _SMALL_PIECE = 4096
@@ -477,6 +478,7 @@ class ServerProtocol(asyncio.Protocol):
         "_expect_continue",
         "_te_seen",
         "_upgrade_seen",
+        "_hosts",
         "_in_head",
         "_msg_started",
         "_head_raw",
@@ -532,6 +534,7 @@ class ServerProtocol(asyncio.Protocol):
         self._expect_continue = False
         self._te_seen = False
         self._upgrade_seen = False
+        self._hosts = 0
         self._in_head = True
         self._msg_started = False
         self._head_raw = 0
@@ -670,6 +673,7 @@ class ServerProtocol(asyncio.Protocol):
         self._expect_continue = False
         self._te_seen = False
         self._upgrade_seen = False
+        self._hosts = 0
         self._in_head = True
         self._msg_started = True
         self._quiet_raw = 0
@@ -706,6 +710,8 @@ class ServerProtocol(asyncio.Protocol):
             self._te_seen = True
         elif name == b"upgrade":
             self._upgrade_seen = True
+        elif name == b"host":
+            self._hosts += 1
         else:  # expect
             if value.strip().lower() != b"100-continue":
                 raise MalformedRequest("unsupported Expect header")
@@ -724,6 +730,11 @@ class ServerProtocol(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         if self._te_seen and not self.http11:
             raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
+        if self._hosts != 1 and (self._hosts or self.http11):
+            # RFC 9112 §3.2: an HTTP/1.1 request without Host, or any with two, is a 400; a
+            # front proxy that read another Host than ours would route it elsewhere.
+            raise MalformedRequest("an HTTP/1.1 request needs exactly one Host header"
+                                   if self.http11 else "a request has at most one Host header")
         if self._upgrade_seen and parser.should_upgrade():
             # Refused here, before the request is dispatched: httptools ends an upgrade
             # request's message at its head (its body is the new protocol's bytes), so

@@ -163,7 +163,7 @@ def test_pipelined_expect_continue_identifies_before_the_body(
     # an image in the first of two "messages": json.loads saw only the second
     (b'{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":[{"type":"image_url",'
      b'"image_url":{"url":"https://example.com/cat.png"}}]}],"n":1,"messages":[{"role":"user","content":"hi"}]}',
-     "'messages'"),
+     '"messages"'),  # (the scanner's refusal now, before the bound's: every mode refuses it)
 ])
 def test_duplicate_members_under_a_hard_limit_are_refused(
     limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811
@@ -872,3 +872,237 @@ def test_the_routing_decision_api_refuses_a_key_over_its_limit(
             assert len(router.prompts) == asked + 1
     finally:
         router.stop()
+
+
+# -- round f: the operator's provider account (config mode's access_key, managed mode) ----------
+
+#: account-selecting request headers, in the spellings a client may send them
+ACCOUNT_REQUEST_HEADERS = (b"OpenAI-Organization: org-attacker\r\nOpenAI-Project: proj_attacker\r\n"
+                           b"openai_project: proj_underscore\r\nX-Goog-User-Project: attacker-project\r\n")
+
+
+def test_account_selecting_headers_are_cut_where_the_key_is_the_operators(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: ``OpenAI-Organization`` / ``OpenAI-Project`` (and Google's ``X-Goog-User-Project``)
+    went upstream beside the gateway's own ``access_key``: a caller chose which of the
+    operator's organizations or projects paid.  Now cut where the key is the operator's;
+    a passthrough provider (the client's own key) still gets them."""
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", ACCOUNT_REQUEST_HEADERS + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    for name in ("openai-organization", "openai-project", "openai_project", "x-goog-user-project"):
+        assert call.header_all(name) == [], name
+    assert call.header_all("authorization") == ["Bearer sk-server-openai-key"]
+    fake.clear()
+    body = b'{"model":"anthropic/claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/messages", body, b"x-api-key: sk-ant-client-own\r\n",
+                                         ACCOUNT_REQUEST_HEADERS + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    assert call.header_all("openai-organization") == ["org-attacker"]
+    assert call.header_all("x-goog-user-project") == ["attacker-project"]
+
+
+@pytest.mark.parametrize("header", [b"openai-organization: org-operator0000",
+                                    b"OpenAI-Project: proj_operator0000",
+                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000"])
+def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
+    gateway: GatewayProcess, fake: FakeProviderThread, header: bytes
+) -> None:
+    """Was: the provider's ``openai-organization``, ``openai-project`` and
+    ``anthropic-organization-id`` reached every caller of a config-mode gateway: the
+    operator's account ids.  Now cut there (streamed or not); a passthrough provider's
+    answer (the client's own account) keeps them; rate-limit and request-id headers stay."""
+    name = header.partition(b":")[0].lower()
+    for body in (CHAT, STREAM_CHAT):
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                             b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        assert answer.header(name) is None and b"operator0000" not in answer.raw, answer.raw[:600]
+        assert answer.header(b"x-fake-request-id") is not None  # the provider's other headers stay
+    body = b'{"model":"anthropic/claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    answer = exchange(gateway.port, post(b"/v1/messages", body, b"x-api-key: sk-ant-client-own\r\n",
+                                         b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    assert answer.header(name) == header.partition(b": ")[2]
+
+
+OPERATOR_KEY = b"sk-proj-operator-secret-0123456789abcd"
+
+
+@pytest.fixture
+def scripted_operator(make_gateway: Callable[..., GatewayProcess]) -> Iterator[tuple[GatewayProcess, Any]]:
+    """A config-mode gateway whose ``scripted/*`` provider (the operator's key) and
+    ``scriptedpt/*`` provider (passthrough_auth) answer what ``x-script`` names."""
+    from benchmarks.attack_battery import ScriptedProvider
+
+    scripted = ScriptedProvider()
+    try:
+        extra = (f"  - model: scripted/gpt-4o-mini\n    base_url: http://127.0.0.1:{scripted.port}\n"
+                 f"    provider_interface: openai\n    access_key: {OPERATOR_KEY.decode()}\n"
+                 f"  - model: scriptedpt/gpt-4o-mini\n    base_url: http://127.0.0.1:{scripted.port}\n"
+                 "    provider_interface: openai\n    passthrough_auth: true\n")  # fmt: skip
+        yield make_gateway({}, extra_providers=extra), scripted
+    finally:
+        scripted.close()
+
+
+def test_a_provider_rejecting_the_operators_key_is_the_gateways_502(scripted_operator: Any) -> None:
+    """Was: OpenAI's 401 to the gateway's own key reached the client as sent: "Incorrect
+    API key provided: sk-proj-****abcd" (the key's last characters) and a 401 that told the
+    client its own credential was wrong.  Now the gateway's 502 in the client's format,
+    nothing of the provider's body; a passthrough provider's 401 (the client's key) is
+    relayed as it came."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    for status in (401, 403):
+        body = {"error": {"message": "Incorrect API key provided: sk-proj-****abcd. You can find your API key at "
+                                     "https://platform.openai.com/account/api-keys.",
+                          "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        scripted.add(f"denied{status}", json_answer(body, status))
+        chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"",
+                                             b"x-script: denied%d\r\n" % status + CLOSE))
+        assert answer.status == 502, answer.raw[:400]
+        assert b"abcd" not in answer.raw and b"Incorrect" not in answer.raw
+        assert answer.error_json()["error"]["code"] == "upstream_credential_rejected"
+        messages = MESSAGES.replace(b"claude-sonnet-4-6", b"scripted/gpt-4o-mini")
+        answer = exchange(gateway.port, post(b"/v1/messages", messages, b"", b"x-script: denied%d\r\n" % status + CLOSE))
+        assert answer.status == 502 and answer.error_json()["type"] == "error", answer.raw[:400]
+        assert b"abcd" not in answer.raw
+    chat = CHAT.replace(b"gpt-4o-mini", b"scriptedpt/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"Authorization: Bearer sk-client-own-key\r\n",
+                                         b"x-script: denied401\r\n" + CLOSE))
+    assert answer.status == 401 and b"Incorrect API key provided" in answer.raw, answer.raw[:400]
+    deadline = time.monotonic() + 5  # the operator is told, without the key
+    while "answered 401 to the gateway's credential" not in gateway.log_text():
+        assert time.monotonic() < deadline, gateway.log_text()[-2000:]
+        time.sleep(0.1)
+    assert OPERATOR_KEY.decode() not in gateway.log_text() and "abcd" not in gateway.log_text()
+
+
+def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: Any) -> None:
+    """Was: a provider error that quoted the request's key (a misconfigured proxy, a
+    validation message) reached the client with the operator's key in it.  Now the key's
+    bytes are masked, length kept (the Content-Length still holds)."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    body = {"error": {"message": "header Authorization: Bearer " + OPERATOR_KEY.decode() + " is not allowed here",
+                      "type": "invalid_request_error", "code": None}}
+    scripted.add("echo", json_answer(body, 400))
+    chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"", b"x-script: echo\r\n" + CLOSE))
+    assert answer.status == 400, answer.raw[:400]
+    assert OPERATOR_KEY not in answer.raw and b"0123456789abcd" not in answer.raw
+    assert answer.error_json()["error"]["message"] == "header Authorization: Bearer " + "*" * len(OPERATOR_KEY) + " is not allowed here"
+
+
+# -- round f: Host ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body", "hosts"), [
+    (b"/v1/chat/completions", CHAT, b""),
+    (b"/v1/chat/completions", CHAT, b"Host: gw\r\nHost: other\r\n"),
+    (b"/v1/messages", MESSAGES, b"host: gw\r\nHOST: gw\r\n"),
+    (b"/v1/chat/completions", CHAT, b"Host: gw\r\nTransfer-Encoding: chunked\r\nHost: other\r\n"),
+])
+def test_an_http11_request_needs_exactly_one_host(
+    gateway: GatewayProcess, fake: FakeProviderThread, path: bytes, body: bytes, hosts: bytes
+) -> None:
+    """Was: served without a Host, or with two (the gateway never reads Host), while
+    RFC 9112 §3.2 makes both a 400: a load balancer before the gateway that picks the
+    other Host (or answers a Host-less request itself) routes the request elsewhere than
+    the gateway believes.  Now a 400 in the client's format and the connection closes;
+    nothing goes upstream.  HTTP/1.0 without a Host is still served."""
+    fake.clear()
+    if b"chunked" in hosts:
+        data = (b"POST " + path + b" HTTP/1.1\r\n" + hosts + b"Content-Type: application/json\r\n\r\n"
+                + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    else:
+        data = (b"POST " + path + b" HTTP/1.1\r\n" + hosts + b"Content-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    answer = exchange(gateway.port, data)
+    assert answer.status == 400, answer.raw[:300]
+    assert b"Host" in answer.body and answer.header(b"connection") == b"close"
+    if path == b"/v1/messages":
+        assert answer.error_json()["type"] == "error"
+    else:
+        assert answer.error_json()["error"]["code"] == "malformed_request"
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, b"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT)
+    assert answer.status == 200, answer.raw[:300]
+
+
+# -- round f: a message list given twice ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    (b"/v1/chat/completions", b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"my ssn is 078-05-1120"}],'
+                              b'"messages":[{"role":"user","content":"hi"}]}'),
+    (b"/v1/messages", b'{"model":"claude-sonnet-4-6","max_tokens":5,"system":"my ssn is 078-05-1120",'
+                      b'"messages":[{"role":"user","content":"hi"}],"system":"be brief"}'),
+    (b"/v1/responses", b'{"model":"gpt-4o-mini","input":"my ssn is 078-05-1120","input":"hi"}'),
+    (b"/v1beta/models/gemini%2Fgemini-2.0-flash:generateContent",
+     b'{"contents":[{"role":"user","parts":[{"text":"my ssn is 078-05-1120"}]}],'
+     b'"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'),
+])
+def test_a_conversation_given_twice_is_refused(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, path: bytes, body: bytes
+) -> None:
+    """Was: with ``"messages"`` (``"contents"``, ``"input"``, ``"system"``) twice in one body
+    the guardrails read JSON's last copy (clean) while a first-wins parser upstream acts on
+    the first (the secret a ``block`` policy exists to stop): forwarded.  Now the scanner's
+    400 naming the member, nothing forwarded."""
+    settings: dict[str, object] = {"guardrails": json.dumps({"detectors": {"ssn": "block"}})}
+    extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+    gateway = make_gateway(settings, extra_providers=extra)
+    fake.clear()
+    answer = exchange(gateway.port, post(path, body, b"", CLOSE))
+    assert answer.status == 400, answer.raw[:300]
+    assert b"appears more than once" in answer.body, answer.raw[:300]
+    assert provider_calls(fake) == []
+
+
+# -- round f: alt=sse on a unary Gemini call -----------------------------------------------------
+
+
+def test_alt_sse_on_a_unary_gemini_call_is_refused(
+    firewall: tuple[GatewayProcess, str, str], fake: FakeProviderThread  # noqa: F811 - fixture
+) -> None:
+    """Was: ``:generateContent?alt=sse`` was forwarded and Google answers it with server-sent
+    events, which the unary usage scanner cannot read: the row was ``usage_missing``,
+    unpriced, never counted against a limit.  Now a 400 in Gemini's format (the stream is
+    ``:streamGenerateContent?alt=sse``), nothing forwarded; ``alt=json`` passes."""
+    gateway, _, _ = firewall
+    auth = b"x-goog-api-key: " + USER_KEY.encode() + b"\r\n"
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent?"
+    fake.clear()
+    for query in (b"alt=sse", b"prettyPrint=false&%61lt=%73se", b"$alt=sse"):
+        answer = exchange(gateway.port, post(path + query, body, auth, CLOSE))
+        assert answer.status == 400, (query, answer.raw[:300])
+        assert answer.error_json()["error"]["status"] == "INVALID_ARGUMENT" and b"streamGenerateContent" in answer.body
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path + b"alt=json", body, auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+def test_config_mode_refuses_alt_sse_on_a_unary_gemini_call(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """The same in config mode, for a Gemini-native provider (the query is forwarded)."""
+    extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+    gateway = make_gateway({}, extra_providers=extra)
+    body = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1beta/models/gemini%2Fgemini-2.0-flash:generateContent?alt=sse", body, b"", CLOSE))
+    assert answer.status == 400 and b"streamGenerateContent" in answer.body, answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(b"/v1beta/models/gemini%2Fgemini-2.0-flash:streamGenerateContent?alt=sse",
+                                         body, b"", CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]

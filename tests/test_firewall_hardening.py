@@ -596,3 +596,13 @@ def test_key_hash_memo_holds_no_key_and_is_bounded() -> None:
     assert len(exchange._KEY_HASHES) <= exchange._KEY_HASHES_MAX
     for check, digest in exchange._KEY_HASHES.values():
         assert isinstance(check, int) and len(digest) == 64  # fixed size: no key inside
+
+
+def test_auth_check_refuses_alt_sse_on_a_unary_gemini_call(hardened: Any) -> None:
+    """As the data plane does (tests/test_edges.py): ``:generateContent?alt=sse`` is a 400,
+    the stream's ``:streamGenerateContent?alt=sse`` is admitted."""
+    gateway, _, _ = hardened
+    key = [b"x-goog-api-key: " + REGISTERED]
+    assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=sse") == 400
+    assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse") == 200
+    assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=json") == 200

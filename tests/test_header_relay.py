@@ -292,3 +292,24 @@ def test_request_ids_count_in_hex_after_the_prefix_and_reset_in_place(mod: objec
         ids.reset("é")
     with pytest.raises(ValueError):
         ids.reset("a" * 65)
+
+
+ACCOUNT_NAMES = sorted(_head_py.ACCOUNT_HEADERS) + [b"OpenAI-Organization", b"X-Goog-User-Project", b"openai-version",
+                                                   b"openai-processing-ms", b"x-goog-api-client", b"x", b"openai-projects"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(ACCOUNT_NAMES), st.binary(max_size=6)), max_size=6),
+       st.sampled_from([b"", b"tail: no-crlf", b"no colon\r\n"]))
+def test_account_headers_are_cut_alike_in_both_twins(headers: list[tuple[bytes, bytes]], tail: bytes) -> None:
+    """``without_account_headers``: the compiled filter cuts exactly what the twin cuts (the
+    provider-account names in any case, nothing else), and hands back the block itself when
+    there is nothing to cut."""
+    block = b"".join(n + b": " + v.replace(b"\n", b"") + b"\r\n" for n, v in headers) + tail
+    expected = b"".join(n + b": " + v.replace(b"\n", b"") + b"\r\n" for n, v in headers
+                        if n.lower() not in _head_py.ACCOUNT_HEADERS) + tail
+    assert _head_py.without_account_headers(block) == expected
+    if _compiled_head is not None:
+        assert _compiled_head.without_account_headers(block) == expected
+        if expected == block:
+            assert _compiled_head.without_account_headers(block) is block

@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
-from plano_fast.credentials import read_client_headers
+from plano_fast.credentials import read_client_headers, refuse_unary_sse
 from plano_fast.errors import (
     BadRequestBody,
     ClientError,
@@ -234,5 +234,8 @@ def precheck(gw: Gateway, request: Request) -> None:
 def admit_path(gw: Gateway, method: bytes, target: bytes) -> None:
     """``/auth/check``: the data plane's path refusals for ``method target``."""
     refuse_fragment(target)
+    path, _, query = target.partition(b"?")
     if gw.firewall:
-        metered_endpoint(method, target.partition(b"?")[0], gw.ctx.unbilled_paths)
+        metered_endpoint(method, path, gw.ctx.unbilled_paths)
+    if query and path.endswith(b":generateContent"):
+        refuse_unary_sse(query)

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from plano_fast import guardrails
 from plano_fast import wire as scan
-from plano_fast.errors import GatewayError, UpstreamError
+from plano_fast.errors import GatewayError, ProviderCredentialRejected, UpstreamError
+from plano_fast.gateway import operator_key
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -305,6 +306,7 @@ class Exchange:
         "next_attempt",
         "circuit",
         "hedge",
+        "operator_auth",
     )
     drain_left: int
     drain_timer: asyncio.TimerHandle
@@ -367,6 +369,9 @@ class Exchange:
         self.body_filter: BodyFilter | None = None
         #: the current attempt failed and its response is dropped (another one follows)
         self.swallow = False
+        #: the gateway's own upstream credential (its header lines or pairs) when the key
+        #: sent is the operator's, None when it is the client's (plano_fast.gateway.operator_key)
+        self.operator_auth: bytes | tuple[Header, ...] | None = None
         #: (connect, first byte, idle) timeouts of the current target, in seconds
         self.timeouts = ctx.timeouts
         #: outcomes of the attempts that failed and were followed by another (None: no
@@ -554,6 +559,8 @@ class Exchange:
         """The upstream response's headers fit for the client, as pairs (for the paths that
         rebuild an answer; the relay sends ``head.block`` as it is)."""
         out = head.headers()
+        if self.operator_auth is not None:
+            out = [pair for pair in out if pair[0] not in scan.ACCOUNT_HEADERS]
         out.append((b"x-plano-request-id", self.request_id.encode()))
         if self.route_header:  # "name: value\r\n", as the relayed head carries it
             name, _, value = self.route_header[:-2].partition(b": ")
@@ -566,6 +573,9 @@ class Exchange:
             return
         self.head_ns = time.time_ns()
         self.status = status = head.status
+        if (status == 401 or status == 403) and self.operator_auth is not None:
+            self._operator_key_rejected(status)
+            return
         scanner = self.scanner
         if scanner is not None and status >= 400:
             # Errors are relayed as they are; the scanner still notes the error body.
@@ -582,7 +592,9 @@ class Exchange:
         content_length = head.content_length
         if content_length is not None and scanner is not None and self._may_rewrite_body():
             content_length = None  # the stripped body is shorter: send it chunked
-        block = head.block if not self.rl_head else with_headers(head.block, self.rl_head)
+        block = head.block if self.operator_auth is None else scan.without_account_headers(head.block)
+        if self.rl_head:
+            block = with_headers(block, self.rl_head)
         extra = scan.header_line(b"x-plano-request-id: ", self.request_id)
         if self.ctx.server_timing:
             extra += self._server_timing()
@@ -591,6 +603,19 @@ class Exchange:
         if self.route_header:
             extra += self.route_header
         self.responder.send_head_block(status, block, content_length, extra)
+
+    def _operator_key_rejected(self, status: int) -> None:
+        """The provider refused the gateway's own key: the client gets the gateway's 502,
+        never the provider's body (it can echo part of the key); the connection is closed."""
+        operator_key.log_rejected(self.provider_id, status, self.request_id)
+        if self.conn is not None:
+            self.conn.detach()
+            self.conn = None
+        self._settle(STATUS_UPSTREAM_ERROR, status)
+        self.responder.send_error(ProviderCredentialRejected(), self.request.api_format)
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(False)
 
     def _server_timing(self) -> bytes:
         """``Server-Timing`` (plano_fast.server_timing): the gateway's own time before the
@@ -611,6 +636,8 @@ class Exchange:
         responder = self.responder
         if not responder.client_connected:
             return
+        if self.status >= 400 and self.operator_auth is not None:
+            data = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)

@@ -160,12 +160,14 @@ class RoutedExchange(RetryingExchange):
         if client is None:
             client = client_headers(self)
         query = client.query
+        auth_lines = None if provider.passthrough_auth else auth_lines_for(provider, self.endpoint)
+        self.operator_auth = None if auth_lines is None else auth_lines[0]
         self.upstream_data = provider_request(
             client,
             self.request_id,
             [request.method, b" ", path, b"?", query] if query else [request.method, b" ", path],
             provider,
-            None if provider.passthrough_auth else auth_lines_for(provider, self.endpoint),
+            auth_lines,
             body,
         )
         self.origin = provider.origin
@@ -312,6 +314,7 @@ class RoutedExchange(RetryingExchange):
             auth = provider.auth_headers if target == "gemini" else auth_headers_for(
                 provider, upstream_endpoint
             )
+        self.operator_auth = auth
         self.upstream_data = upstream_request(
             client_headers(self), self.request_id, [b"POST ", path], provider, auth, body,
             anthropic_version=target == "anthropic",

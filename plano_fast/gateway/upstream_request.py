@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from typing import Final
 
 from plano_fast.errors import Unauthorized
-from plano_fast.wire import content_length_line, header_line
+from plano_fast.wire import content_length_line, header_line, without_account_headers
 
 #: The longest client x-request-id kept (a UUID is 36, a W3C trace id 32; Envoy's own
 #: request ids are UUIDs): anything longer is replaced by the gateway's id.
@@ -43,10 +43,12 @@ def upstream_request(
     target), a fresh list the head is built in (pieces joined once: no intermediate bytes)."""
     head = request_line
     head.append(b" HTTP/1.1\r\n")
-    head.append(client.block)
     seen_version = client.seen_version
     if auth is None:
+        head.append(client.block)
         _passed_through(head, client)
+    else:
+        head.append(without_account_headers(client.block))
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -73,11 +75,12 @@ def provider_request(
     = the client's credential passed through): the same bytes, no line built per request."""
     head = request_line
     head.append(b" HTTP/1.1\r\n")
-    head.append(client.block)
     if auth_lines is None:
+        head.append(client.block)
         _passed_through(head, client)
         head.append(provider.extra_lines)
     else:
+        head.append(without_account_headers(client.block))
         head.append(auth_lines[1] if client.seen_version else auth_lines[0])
     return finish_head(head, provider.host_line, body, client.request_id, request_id)
 

@@ -116,6 +116,7 @@ if _built("_head"):
         header_line,
         parse_response_head,
         response_head,
+        without_account_headers,
     )
 
     _HEAD = "cython"
@@ -128,10 +129,14 @@ else:
         forward_request_headers,
         header_line,
         response_head,
+        without_account_headers,
     )
 
     parse_response_head = None
     _HEAD = "python"
+
+#: headers that select or reveal the provider account (cut where the key is the operator's)
+from plano_fast.wire._head_py import ACCOUNT_HEADERS  # noqa: E402
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
 #: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
@@ -190,6 +195,8 @@ IMPLEMENTATION: Final = (
 )
 
 __all__ = [
+    "ACCOUNT_HEADERS",
+    "without_account_headers",
     "RequestIds",
     "ResponseHead",
     "ACCESS_LOG_FIELDS",

@@ -390,6 +390,53 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
     return block
 
 
+# -- the provider-account headers (twin: without_account_headers in _head_py.py) --
+
+cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """The line p[:n] (its end excluded) is a header that selects or reveals the provider
+    account (``_head_py.ACCOUNT_HEADERS``, any case).  Their names are 14, 19 or 25 bytes
+    and hold no colon, so the colon is looked for at those offsets only (no scan of the line:
+    a provider's head has ~25 lines, this runs on every answer where the key is the operator's)."""
+    if n > 14 and p[14] == 58:
+        return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
+    if n > 19 and p[19] == 58:
+        return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
+                or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
+    if n > 25 and p[25] == 58:
+        return name_is(p, 25, b"anthropic-organization-id", 25)
+    return False
+
+
+def without_account_headers(bytes block not None):
+    """``block`` (CRLF-ended header lines) without its provider-account lines; ``block``
+    itself when it has none (the common case: no copy)."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(block)
+    cdef Py_ssize_t n = len(block)
+    cdef Py_ssize_t i = 0, line, stop, w = 0
+    cdef unsigned char *out = NULL
+    try:
+        while i < n:
+            line = i
+            stop = find_lf(s, i, n)  # the LF, or n (a last line without one)
+            i = stop + 1 if stop < n else n
+            if account_line(s + line, stop - line):
+                if out == NULL:
+                    out = <unsigned char *>malloc(n + 1)
+                    if out == NULL:
+                        raise MemoryError()
+                    memcpy(out, s, line)
+                    w = line
+                continue
+            if out != NULL:
+                memcpy(out + w, s + line, i - line)
+                w += i - line
+        if out == NULL:
+            return block
+        return PyBytes_FromStringAndSize(<char *>out, w)
+    finally:
+        free(out)
+
+
 # -- the gateway's own header lines (twins: the functions of the same names in _head_py.py) --
 # Formatted in C: on 3.11, ``b"content-length: %d\r\n" % n`` is ~1k instructions (the
 # general %-formatter), ``name + value.encode() + b"\r\n"`` ~1.1k (an encode, two

@@ -219,6 +219,36 @@ def forward_request_headers(
 
 
 
+#: Headers that select or reveal the provider account the gateway's own key belongs to:
+#: OpenAI's organization and project (request: which of the key's organizations/projects
+#: pays; response: the operator's ids), Google's quota/billing project, Anthropic's
+#: organization id.  Where the key is the operator's (config mode with an ``access_key``,
+#: managed mode) they are cut both ways; a client's own key (firewall, passthrough_auth)
+#: keeps them.  The underscore spellings count too, as for CREDENTIALS.
+ACCOUNT_HEADERS = frozenset({
+    b"openai-organization", b"openai_organization", b"openai-project", b"openai_project",
+    b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id",
+})
+
+
+def without_account_headers(block: bytes) -> bytes:
+    """``block`` (CRLF-ended header lines) without its :data:`ACCOUNT_HEADERS` lines (names
+    in any case); ``block`` itself when it has none."""
+    out: list[bytes] = []
+    cut = False
+    i, n = 0, len(block)
+    while i < n:
+        j = block.find(b"\n", i)
+        j = n if j < 0 else j + 1
+        line = block[i:j]
+        if line.partition(b":")[0].lower() in ACCOUNT_HEADERS:
+            cut = True
+        else:
+            out.append(line)
+        i = j
+    return b"".join(out) if cut else block
+
+
 # -- the gateway's own header lines (compiled twins in _head.pyx, formatted in C there) --
 
 

@@ -10,7 +10,7 @@ cannot be read two ways, and returns None for anything else, which httptools the
 (and accepts or refuses) exactly as before.  Declined: another method or HTTP version,
 a target or header byte outside the plain RFC 9110/9112 grammar, bare LF, obs-fold,
 whitespace before a colon or after a value, empty values, Transfer-Encoding, Expect,
-Upgrade, a second Content-Length, a Connection other than ``keep-alive`` / ``close``, a
+Upgrade, a second Content-Length, no Host or a second one, a Connection other than ``keep-alive`` / ``close``, a
 head over the size limit, a body over its limit or not complete in the buffer.
 tests/test_request_fast_path.py checks the subset against httptools, byte for byte.
 """
@@ -87,7 +87,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef bytes name
     cdef unsigned char *w
     cdef Py_ssize_t k, m, o = 0
-    cdef int kind, credentials = 0
+    cdef int kind, credentials = 0, hosts = 0
     cdef bint seen_version = False
     request_id = None
     cdef bytes value
@@ -182,6 +182,8 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         headers.append(pair)
         # the upstream block, as forward_request_headers builds it from ``headers``
         kind = request_kind(w, name_len)
+        if kind == R_DROP and name_len == 4:
+            hosts += 1  # (the only 4-byte name request_kind drops: host)
         if kind == R_CREDENTIAL:
             if credentials == 0:
                 credential_name = name
@@ -205,6 +207,8 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             o += 2
         i += 2
 
+    if hosts != 1:
+        return None  # no Host or several (RFC 9112 §3.2: a 400): httptools' path refuses it
     if content_length < 0:
         content_length = 0
     if content_length > max_body_bytes or n - i < content_length:

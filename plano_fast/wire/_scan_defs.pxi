@@ -109,6 +109,7 @@ cdef enum:
     SL_RINCL
     SL_RMAX = 54     # 54..57
     SL_RGEN = 58
+    SL_RMSGS = 59    # 59..62: messages, contents, input, system (only noted: DUPLICATE_NAMES)
 
 cdef enum:
     # container nodes

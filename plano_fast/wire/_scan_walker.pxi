@@ -397,6 +397,14 @@ cdef inline int req_key_slot(int node, const unsigned char *k, Py_ssize_t n) noe
             return SL_RMAX + 2
         if key_is(k, n, "generationConfig", 16):
             return SL_RGEN
+        if key_is(k, n, "messages", 8):
+            return SL_RMSGS
+        if key_is(k, n, "contents", 8):
+            return SL_RMSGS + 1
+        if key_is(k, n, "input", 5):
+            return SL_RMSGS + 2
+        if key_is(k, n, "system", 6):
+            return SL_RMSGS + 3
         return SL_NONE
     if node == ND_SOPT:
         if key_is(k, n, "include_usage", 13):

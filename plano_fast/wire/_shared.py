@@ -61,6 +61,12 @@ DUPLICATE_NAMES: Final = (
     "max_output_tokens",
     "generationConfig.maxOutputTokens",
     "generationConfig",
+    # the conversation itself: the guardrails (DLP floor, guard models) read JSON's last
+    # copy, a first-wins parser upstream would act on the first
+    "messages",
+    "contents",
+    "input",
+    "system",
 )
 
 

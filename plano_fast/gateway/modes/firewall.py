@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
-from plano_fast.credentials import ClientHeaders
+from plano_fast.credentials import ClientHeaders, refuse_unary_sse
 from plano_fast.errors import (
     BadRequestBody,
     MethodNotAllowed,
@@ -176,6 +176,8 @@ class FirewallExchange(Exchange):
                 # Gemini names the model in the path and streams by method name.
                 self.model = path.rsplit(b"/", 1)[-1].split(b":", 1)[0].decode("ascii")
                 self.streaming = path.endswith(b":streamGenerateContent")
+                if not self.streaming and request.query:
+                    refuse_unary_sse(request.query)
             else:
                 if endpoint is _RESPONSES:
                     refuse_background(body)

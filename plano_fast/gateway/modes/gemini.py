@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from plano_fast import wire as scan
+from plano_fast.credentials import refuse_unary_sse
 from plano_fast.errors import BadRequestBody, ClientError, UnknownModelError
 from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.gateway.phases import admitted_forward, client_headers, guard, identify_caller, rate_limit
@@ -66,6 +67,8 @@ class GeminiExchange(RoutedExchange):
                 "separated by an encoded '/')"
             )
         self.fields = PathFields(model, method == b"streamGenerateContent")
+        if method == b"generateContent" and request.query:
+            refuse_unary_sse(request.query)
         self.method = method
         self.requested_model = model
         try:
@@ -114,13 +117,14 @@ class GeminiExchange(RoutedExchange):
         # x-goog-api-key; see plano_fast.credentials).
         client = client_headers(self)
         query = client.query
+        self.operator_auth = None if provider.passthrough_auth else provider.auth_headers
         path = f"{provider.gemini_base_path}/models/{quote(upstream_model, safe='')}:".encode()
         self.upstream_data = upstream_request(
             client,
             self.request_id,
             [b"POST ", path, self.method, b"?", query] if query else [b"POST ", path, self.method],
             provider,
-            None if provider.passthrough_auth else provider.auth_headers,
+            self.operator_auth,
             self.request.body,
         )
         self.origin = origin_of(provider)

@@ -404,7 +404,7 @@ class ManagedExchange(RetryingExchange):
                 inject_include_usage=inject,
             )
         self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
-        auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
+        auth = self.operator_auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
         self.upstream_data = upstream_request(
             client_headers(self), self.request_id, [self.request.method, b" ", path], provider, auth,
             rewritten,
