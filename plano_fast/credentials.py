@@ -159,6 +159,7 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
     would be lost), nor say which reading the provider takes."""
     count = 0
     first: bytes | None = None
+    alt: bytes | None = None  # the first readable alt's value, decoded
     kept: list[bytes] = []
     for part in query.split(b"&"):
         found = False
@@ -174,6 +175,17 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
                     "callback, $ct, $httpMethod) so that its usage could not be read; send "
                     "the request without it"
                 )
+            if normal == b"alt":
+                # alt=json&alt=sse: which one Google takes is not documented; a stream path
+                # answered as JSON (or a unary one as SSE) is read by the wrong usage scanner
+                value_decoded = unquote_to_bytes(value.replace(b"+", b" "))
+                if alt is not None and value_decoded != alt:
+                    raise ClientError(
+                        "the query parameter 'alt' is given more than once with different values: "
+                        "whichever the provider takes would change the form of the provider's answer "
+                        "so that its usage could not be read; send it once"
+                    )
+                alt = value_decoded
             if normal is None or normal in QUERY_CREDENTIALS:
                 if len(pieces) > 1:
                     raise Unauthorized(

@@ -75,7 +75,10 @@ def test_names_that_merely_contain_a_credential_name_are_ordinary_parameters(nam
 @pytest.mark.parametrize("query", [b"fields=candidates", b"%24fields=candidates", b"%2524fields=x", b"FIELDS=x",
                                    b"alt=proto", b"$alt=media", b"alt=1", b"alt=", b"alt=sse&alt=proto",
                                    b"callback=f", b"%24callback=f", b"$ct=text/plain", b"$httpMethod=GET",
-                                   b"alt=sse;fields=x", b"key=K&fields=x"])  # fmt: skip
+                                   b"alt=sse;fields=x", b"key=K&fields=x",
+                                   # alt twice with different values (which one Google takes is undocumented)
+                                   b"alt=json&alt=sse", b"alt=sse&%24alt=json", b"$alt=sse&alt=%6Aso%6E",
+                                   b"alt=sse;alt=json"])  # fmt: skip
 def test_answer_shaping_system_parameters_are_refused(query: bytes) -> None:
     """Google's system parameters that change the form of the answer (a field mask without
     usageMetadata, protobuf, JSONP, a Content-Type or method override) are a 400 naming the
@@ -85,6 +88,12 @@ def test_answer_shaping_system_parameters_are_refused(query: bytes) -> None:
         split_query_key(query)
     assert type(refused.value) is ClientError and refused.value.status == 400
     assert "would change the form of the provider's answer" in refused.value.message
+
+
+def test_alt_given_twice_with_one_value_passes() -> None:
+    """The same value twice (any spelling) leaves nothing to choose: forwarded as sent."""
+    for query in (b"alt=sse&alt=sse", b"alt=sse&%24alt=%73se", b"alt=json&prettyPrint=false&alt=json"):
+        assert split_query_key(query) == (0, None, query)
 
 
 @pytest.mark.parametrize("query", [b"alt=sse;key=K", b"key=K;alt=sse", b"alt=sse;api_key=K", b"a=1&alt=sse;key=K",

@@ -702,7 +702,7 @@ def test_a_body_in_tiny_chunks_costs_about_its_size(
 #: without usageMetadata, binary protobuf, JSONP, ...), in the spellings Google reads
 ANSWER_SHAPING_QUERIES = [b"alt=sse&fields=candidates", b"alt=sse&%24fields=candidates", b"alt=proto",
                           b"%24alt=media", b"alt=sse&callback=f", b"alt=sse&$callback=f", b"alt=sse&%24ct=text/plain",
-                          b"alt=sse&%24httpMethod=GET", b"alt=sse;fields=candidates"]
+                          b"alt=sse&%24httpMethod=GET", b"alt=sse;fields=candidates", b"alt=json&alt=sse"]
 
 
 def test_google_answer_shaping_parameters_are_refused(
