@@ -178,7 +178,8 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
             if normal == b"alt":
                 # alt=json&alt=sse: which one Google takes is not documented; a stream path
                 # answered as JSON (or a unary one as SSE) is read by the wrong usage scanner
-                value_decoded = unquote_to_bytes(value.replace(b"+", b" "))
+                value_decoded = (value if value in _READABLE_ALT  # (the usual alt=sse: no decoding)
+                                 else unquote_to_bytes(value.replace(b"+", b" ")))
                 if alt is not None and value_decoded != alt:
                     raise ClientError(
                         "the query parameter 'alt' is given more than once with different values: "

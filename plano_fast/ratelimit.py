@@ -630,10 +630,6 @@ class RedisBackend:
             return len(kept) >= self._LEASES_MAX
         return False
 
-    def admit_local(self, buckets: Sequence[Bucket], now_s: float) -> bool:
-        """``admit_leased`` at ``now_s``: True when admitted."""
-        return self.admit_leased(buckets, False, now_s) is not None
-
     def admit_leased(
         self, buckets: Sequence[Bucket], anthropic: bool = False, now_s: float | None = None
     ) -> bytes | None:

@@ -154,8 +154,8 @@ def test_small_limits_never_lease_and_a_new_window_drops_the_lease(redis: Privat
         await backend.check(buckets, t + 0.1001)  # 10,000/s x 50 ms, capped at 100
         lease = backend.lease(buckets[0], t + 0.1001)
         assert lease.left == 99
-        assert backend.admit_local(buckets, t + 0.5)  # this window: local
-        assert not backend.admit_local(buckets, t + 1.2)  # the next: dropped, wait on Redis
+        assert backend.admit_leased(buckets, False, t + 0.5) is not None  # this window: local
+        assert backend.admit_leased(buckets, False, t + 1.2) is None  # the next: dropped, wait on Redis
         raw = RespClient(redis.url)
         assert await raw.call(command(b"GET", f"plano_fast:rl:0:{user}:{int(t)}".encode())) == b"101"
         assert await backend.check(buckets, t + 1.2) == [-1, 101, 1]  # the old count carries over
