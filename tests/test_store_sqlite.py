@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plano_fast.store import CounterKey, UsageRow, open_store
+from plano_fast.store import CounterKey, InvalidValue, UsageRow, open_store
 from plano_fast.store import sqlite as sqlite_store
 from plano_fast.store.migrate import migrate
 
@@ -387,7 +387,7 @@ def test_a_group_commit_of_up_to_32_rows_is_one_insert_and_counts_each_scope_onc
 
             refused = rows(13, "refused")
             refused[7].input_tokens = -1  # a CHECK the whole statement fails on
-            with pytest.raises(Exception):
+            with pytest.raises(InvalidValue, match="CHECK"):  # (the store's translation of IntegrityError)
                 await store.write_usage(refused)
             assert count_rows(path) == 13
             assert spent("project", "p1", "total", 0) == sum(cost)
