@@ -1,0 +1,79 @@
+"""Round g of the outside checker (benchmarks/attack_battery_g.py): trust at the edges.
+Each case over real sockets against the real gateway and the fake provider: the request,
+what reached the provider, the usage rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from benchmarks.fake_provider import FakeProviderThread
+from tests.gateway_proc import GatewayProcess
+from tests.test_edges import CLOSE, exchange, post, provider_calls
+from tests.test_managed import Tenant, rows
+from tests.test_managed_bounds import limited  # noqa: F401 - fixture
+
+GEMINI_BODY = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
+_TEXT = b'"messages":[{"role":"user","content":"hi"}]'
+
+
+def test_a_gemini_path_names_exactly_one_method(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: config mode took ``/v1beta/models/{m}:{anything}:generateContent`` for a Gemini
+    call (only the text after the last ``:`` was checked) and forwarded the whole method part
+    to a Gemini-native provider with the gateway's key: ``m:generateContent:streamGenerateContent``
+    was metered as unary while the server streamed it (row ``usage_missing``, unpriced),
+    ``m:streamGenerateContent:generateContent`` and ``m:countTokens:generateContent`` left a
+    row under a model name no price matches.  Now the last segment's one ``:`` must be
+    followed by ``generateContent`` or ``streamGenerateContent``: 404, nothing forwarded."""
+    extra = f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gemini\n"
+    gateway = make_gateway({}, extra_providers=extra)
+    model = b"/v1beta/models/gemini%2Fgemini-2.0-flash"
+    fake.clear()
+    for method in (b":generateContent:streamGenerateContent", b":streamGenerateContent:generateContent",
+                   b":countTokens:generateContent", b"::generateContent"):
+        answer = exchange(gateway.port, post(model + method + b"?alt=sse", GEMINI_BODY, b"", CLOSE))
+        assert answer.status == 404, (method, answer.raw[:300])
+        assert answer.error_json()["error"]["status"] == "NOT_FOUND"
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(model + b":streamGenerateContent?alt=sse", GEMINI_BODY, b"", CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+@pytest.mark.parametrize(("path", "body", "named"), [
+    (b"/v1/messages", b'{"model":"claude-sonnet-4-6","max_tokens":5,"speed":"fast",' + _TEXT + b"}", b"speed"),
+    (b"/v1/messages", b'{"model":"claude-sonnet-4-6","max_tokens":5,"inference_geo":"us",' + _TEXT + b"}",
+     b"inference_geo"),
+    (b"/v1/messages", b'{"model":"claude-sonnet-4-6","max_tokens":5,"service_tier":"fast",' + _TEXT + b"}",
+     b"service_tier"),
+    (b"/v1/chat/completions", b'{"model":"gpt-4o-mini","max_tokens":5,"prediction":{"type":"content",'
+                              b'"content":"aaaa"},' + _TEXT + b"}", b"prediction"),
+    (b"/v1/responses", b'{"model":"gpt-4o-mini","max_output_tokens":5,"input":[{"type":"item_reference",'
+                       b'"id":"msg_1"}]}', b"item_reference"),
+    (b"/v1/responses", b'{"model":"gpt-4o-mini","max_output_tokens":5,"input":[{"id":"msg_1"}]}', b"item_reference"),
+])
+def test_what_is_billed_above_the_body_is_refused_under_a_hard_limit(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811 - fixture
+    fake: FakeProviderThread, path: bytes, body: bytes, named: bytes,
+) -> None:
+    """Was: reserved as a plain request of the body's bytes and max_tokens, and forwarded with
+    the operator's key.  Anthropic's fast mode (``speed: "fast"``, or ``service_tier: "fast"``:
+    2-6x the table's rates), US-only inference (``inference_geo``: 1.1x), a chat
+    ``prediction`` (rejected prediction tokens are billed at output rates) and a Responses
+    ``item_reference`` (a stored item, with or without its optional type, billed as input)
+    cost more than the reservation bounds, and the row is priced at the table's rates, so
+    no overrun shows it.  Now a 400 naming the member under a hard limit, nothing forwarded."""
+    gateway, tenant, sqlite_path = limited(500_000_000)
+    auth = b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"
+    fake.clear()
+    answer = exchange(gateway.port, post(path, body, auth, CLOSE))
+    assert answer.status == 400 and named in answer.body, answer.raw[:400]
+    assert provider_calls(fake) == [] and rows(sqlite_path) == []
+    plain = body.replace(b'"speed":"fast",', b"").replace(b'"inference_geo":"us",', b"").replace(
+        b'"service_tier":"fast",', b'"service_tier":"auto",').replace(
+        b'"prediction":{"type":"content","content":"aaaa"},', b"").replace(
+        b'[{"type":"item_reference","id":"msg_1"}]', b'"hi"').replace(b'[{"id":"msg_1"}]', b'"hi"')
+    answer = exchange(gateway.port, post(path, plain, auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:400]
