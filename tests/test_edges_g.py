@@ -4,6 +4,8 @@ what reached the provider, the usage rows."""
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess
 from tests.test_edges import CLOSE, exchange, post, provider_calls
-from tests.test_managed import Tenant, rows
+from tests.test_firewall import USER_KEY, firewall  # noqa: F401 - fixture
+from tests.test_managed import Tenant, managed, rows  # noqa: F401 - fixture
 from tests.test_managed_bounds import limited  # noqa: F401 - fixture
 
 GEMINI_BODY = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
@@ -77,3 +80,86 @@ def test_what_is_billed_above_the_body_is_refused_under_a_hard_limit(
         b'[{"type":"item_reference","id":"msg_1"}]', b'"hi"').replace(b'[{"id":"msg_1"}]', b'"hi"')
     answer = exchange(gateway.port, post(path, plain, auth, CLOSE))
     assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:400]
+
+
+def _upload(port: int, head: bytes, body_bytes: int, piece: int = 64 * 1024) -> tuple[int, bytes]:
+    """Send ``head`` then up to ``body_bytes`` of its body in ``piece``-sized writes,
+    stopping when the gateway answers; (body bytes sent, the answer read)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        sent = 0
+        sock.setblocking(False)
+        answer = b""
+        while sent < body_bytes:
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            if answer:
+                break
+            try:
+                sent += sock.send(b"x" * min(piece, body_bytes - sent))
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        sock.setblocking(True)
+        sock.settimeout(5)
+        try:
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except OSError:
+            pass
+        return sent, answer
+
+
+@pytest.mark.parametrize("mode", ["firewall", "managed"])
+def test_a_large_body_is_identified_before_it_is_read(
+    mode: str, request: pytest.FixtureRequest, fake: FakeProviderThread
+) -> None:
+    """Was: a request's head was identified only once its whole body had arrived (unless it
+    asked for 100-continue), so a client without a valid key could make the gateway hold
+    ``max_body_bytes`` (32 MiB) per connection on as many connections as it opened, until
+    the body timeout (8 connections: +240 MB of RSS).  Now a body past 64 KiB has its head
+    identified first: an unknown key (firewall) or a request without a current token
+    (managed) is the 401 before the rest is read, the connection closed; a valid key's
+    large body is served as before."""
+    started = request.getfixturevalue(mode)  # (one gateway a case: both would share a database)
+    gateway = started[0]
+    good = USER_KEY if mode == "firewall" else started[2].token
+    size = 16 * 1024 * 1024
+
+    def head(key: str, length: int) -> bytes:
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (key.encode(), length))
+
+    fake.clear()
+    for key in ("sk-not-a-registered-key-000000", "xproxy_not_a_token_0000000000"):
+        sent, answer = _upload(gateway.port, head(key, size), size)
+        assert answer.startswith(b"HTTP/1.1 401 "), (key, sent, answer[:200])
+        assert sent < size // 4, sent  # refused long before the body's end
+    assert provider_calls(fake) == []
+    # A valid key's large body (sent in pieces, so parsed as it arrives) is served.
+    text = b"y" * (300 * 1024)
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + text + b'"}]}'
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head(good, len(body)) + body[:1000])
+        time.sleep(0.05)
+        try:
+            for i in range(1000, len(body), 64 * 1024):
+                sock.sendall(body[i:i + 64 * 1024])
+        except OSError:
+            pass  # (refused early: the answer says why)
+        answer = b""
+        while b'"usage"' not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert len(provider_calls(fake)) == 1
