@@ -163,3 +163,29 @@ def test_a_large_body_is_identified_before_it_is_read(
             answer += data
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     assert len(provider_calls(fake)) == 1
+
+
+def test_underscore_spellings_of_dropped_request_headers_are_dropped(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: ``Accept-Encoding``, ``Transfer-Encoding``, the method overrides and Google's
+    field mask were dropped, but not their underscore spellings, which CGI/WSGI-style servers
+    read as the same names (as the credentials' and ``x_request_id`` already are):
+    ``accept_encoding: gzip`` could get a compressed answer whose usage the gateway cannot
+    read (served unbilled), ``transfer_encoding: chunked`` be read as the framing of a body
+    sent with Content-Length, ``x_http_method_override`` change the method.  Now none goes
+    upstream, on the compiled request path and on httptools' (a chunked body)."""
+    names = [b"accept_encoding", b"transfer_encoding", b"x_http_method_override", b"x_http_method",
+             b"x_method_override", b"x_goog_fieldmask", b"Accept_Encoding"]
+    extra = b"".join(name + b": gzip\r\n" for name in names) + CLOSE
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+               + extra + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    for data in (post(b"/v1/chat/completions", body, b"", extra), chunked):
+        fake.clear()
+        answer = exchange(gateway.port, data)
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        sent = {name.lower() for name, _ in call.headers}
+        assert not sent & {n.decode().lower() for n in names}, sent
+        assert "content-type" in sent
