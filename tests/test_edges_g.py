@@ -4,9 +4,11 @@ what reached the provider, the usage rows."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,8 @@ from tests.test_edges import CLOSE, exchange, post, provider_calls
 from tests.test_firewall import USER_KEY, firewall  # noqa: F401 - fixture
 from tests.test_managed import Tenant, managed, rows  # noqa: F401 - fixture
 from tests.test_managed_bounds import limited  # noqa: F401 - fixture
+from tests.test_managed_missing_usage import REQUEST_BODY, request_cost, send, settled_rows, spent
+from tests.test_managed_missing_usage import start as start_managed
 
 GEMINI_BODY = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'
 _TEXT = b'"messages":[{"role":"user","content":"hi"}]'
@@ -189,3 +193,24 @@ def test_underscore_spellings_of_dropped_request_headers_are_dropped(
         sent = {name.lower() for name, _ in call.headers}
         assert not sent & {n.decode().lower() for n in names}, sent
         assert "content-type" in sent
+
+
+def test_a_request_the_provider_never_answered_is_charged_its_reservation(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Was: under a managed hard limit, a request the provider received but did not answer
+    within the first-byte timeout (a long non-streamed generation, say: the client gets the
+    504) was settled at nothing -- row ``upstream_failed``, cost 0, the reservation released
+    -- while the provider goes on generating and bills it (providers bill a request whose
+    client left).  A tenant could spend without limit through requests slower than the
+    timeout.  Now it is charged like a 2xx answer without usage: the reservation,
+    ``price_entry = 'hard_limit_bound'``, in the spend.  (A connect error, where nothing
+    was sent, still costs nothing.)"""
+    reservation = request_cost(REQUEST_BODY)
+    gateway, sqlite_path, tenant = start_managed(make_gateway, tmp_path, 10 * reservation,
+                                                 upstream_first_byte_timeout_s=0.5)
+    assert asyncio.run(send(gateway.url, tenant.token, REQUEST_BODY, {"x-fake-latency-ms": "1500"})) == 504
+    (row,) = settled_rows(sqlite_path, 1)
+    assert (row.status, row.http_status, row.cost_nano_usd, row.price_entry) == (
+        "upstream_failed", 504, reservation, "hard_limit_bound")
+    assert spent(sqlite_path, tenant.project_id) == reservation

@@ -46,7 +46,7 @@ from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
-from plano_fast.usage import UsageEvent
+from plano_fast.usage import STATUS_UPSTREAM_FAILED, UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
 
@@ -471,10 +471,15 @@ class ManagedExchange(RetryingExchange):
         self.outcome = outcome
         event = self._event(outcome, http_status)
         reservation = self.reservation
-        if reservation is not None and incomplete_answer(outcome, http_status):
+        # The provider received the request and sent nothing within the first-byte timeout:
+        # it may be generating the answer still (a provider bills a request its client
+        # left), so it is charged like a 2xx answer without usage, not as nothing.
+        unanswered = outcome == STATUS_UPSTREAM_FAILED and self.error_kind == "timeout"
+        if reservation is not None and (unanswered or incomplete_answer(outcome, http_status)):
             # A 2xx answer cut short: settled at its bound (row_within_reservation).
             self.reservation = None
-            self.mctx.spawn(self._settle_reservation(row_of_event(self.mctx.pricing, event), event, reservation))
+            self.mctx.spawn(self._settle_reservation(
+                row_of_event(self.mctx.pricing, event), event, reservation, unanswered))
         else:
             self.ctx.usage_sink(event)
         self.observe(event)
@@ -544,14 +549,19 @@ class ManagedExchange(RetryingExchange):
         done.set_result(None)
         return done
 
-    async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
-        await self._settle_in_store(self._bounded_row(row, event, reservation), event, reservation)
+    async def _settle_reservation(
+        self, row: UsageRow, event: UsageEvent, reservation: Reservation, unanswered: bool = False
+    ) -> None:
+        await self._settle_in_store(self._bounded_row(row, event, reservation, unanswered), event, reservation)
 
-    def _bounded_row(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> UsageRow:
-        """The row as it settles ``reservation``: an answer cut short at its bound, an
-        overrun (the bound did not hold) on the row, counted and logged."""
+    def _bounded_row(
+        self, row: UsageRow, event: UsageEvent, reservation: Reservation, unanswered: bool = False
+    ) -> UsageRow:
+        """The row as it settles ``reservation``: an answer cut short (or ``unanswered``:
+        row_within_reservation) at its bound, an overrun (the bound did not hold) on the
+        row, counted and logged."""
         row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd,
-                                     self._output_bound, self.mctx.writer.metrics)
+                                     self._output_bound, self.mctx.writer.metrics, unanswered)
         overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
         if overrun > 0:
             # The bound did not hold (a provider billed what the request could not show):
