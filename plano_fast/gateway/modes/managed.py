@@ -522,6 +522,17 @@ class ManagedExchange(RetryingExchange):
         body_filter.release(self.responder)
         self.responder.end()
 
+    def _failed(
+        self, status: int | None, retry_after: float | None, kind: str, target_fault: bool = True
+    ) -> bool:
+        """As the retry engine decides, but an attempt the provider never answered within
+        the first-byte timeout is not followed by another under a hard limit: the provider
+        may be generating (and billing) it still, and the reservation bounds one attempt,
+        not two.  The request then ends in the 504, charged at its reservation (``_settle``)."""
+        if kind == "timeout" and self.reservation is not None:
+            return False
+        return RetryingExchange._failed(self, status, retry_after, kind, target_fault)
+
     def _output_bound(self) -> int:
         """The output tokens the reservation counted (re-derived from the forwarded body:
         asked only to bound an answer whose usage was missing or cut short)."""
