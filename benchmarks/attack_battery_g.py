@@ -182,3 +182,19 @@ def pipelined_after_an_error(s: Stack) -> Result:
     ok = (raw.startswith(b"HTTP/1.1 400 ") and raw.count(b"HTTP/1.1 ") == 2 and b"}HTTP/1.1 200 OK\r\n" in raw
           and len(_calls_since(s, before)) == 1)
     return Result(ok, f"{raw.count(b'HTTP/1.1 ')} answers, first {raw[:12]!r} fwd={len(_calls_since(s, before))}")
+
+
+@case("billing", "managed count_tokens: free (not_billable, nothing reserved, no max_tokens inserted, "
+      "x-api-key); it was charged the whole reservation under a hard limit", modes=("managed",))
+def managed_count_tokens_free(s: Stack) -> Result:
+    body = b'{"model":"claude-sonnet-4-6","messages":[{"role":"user","content":"hi"}]}'
+    before = len(s.provider_calls())
+    answer = exchange(s.gateway.port, post(b"/v1/messages/count_tokens", body, s.auth,
+                                           b"anthropic-version: 2023-06-01\r\n"))
+    calls = _calls_since(s, before)
+    rows = s.rows_for(answer, settle_s=0)
+    sent = {n.lower() for c in calls for n, _ in c.headers}
+    ok = (answer.status == 200 and len(calls) == 1 and calls[0].body == body and "x-api-key" in sent
+          and [(r["status"], r["cost_nano_usd"] or 0) for r in rows] == [("not_billable", 0)])
+    return Result(ok, f"{answer.status} sent_body_same={bool(calls) and calls[0].body == body} "
+                      f"rows={[(r['status'], r['cost_nano_usd'], r['price_entry']) for r in rows]}")

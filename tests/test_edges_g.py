@@ -214,3 +214,30 @@ def test_a_request_the_provider_never_answered_is_charged_its_reservation(
     assert (row.status, row.http_status, row.cost_nano_usd, row.price_entry) == (
         "upstream_failed", 504, reservation, "hard_limit_bound")
     assert spent(sqlite_path, tenant.project_id) == reservation
+
+
+def test_managed_count_tokens_is_free_and_sent_as_anthropic_expects(
+    limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],  # noqa: F811 - fixture
+    fake: FakeProviderThread,
+) -> None:
+    """Was: managed mode treated ``POST /v1/messages/count_tokens`` as a Messages call: the
+    output ceiling went into its body (``max_tokens``, which the endpoint does not take), the
+    chat bearer (``Authorization``) instead of Anthropic's ``x-api-key``, and its answer (a
+    count, no usage) was a row ``usage_missing`` -- under a hard limit charged the whole
+    reservation (``hard_limit_bound``) for a call Anthropic does not bill, on every count
+    Claude Code makes.  Now it is sent as the client sent it with the Messages credential,
+    nothing is reserved, and the row is ``not_billable`` at 0 (as in config mode)."""
+    gateway, tenant, sqlite_path = limited(500_000_000)
+    auth = b"Authorization: Bearer " + tenant.token.encode() + b"\r\nanthropic-version: 2023-06-01\r\n"
+    body = b'{"model":"claude-sonnet-4-6","messages":[{"role":"user","content":"hi"}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/messages/count_tokens", body, auth, CLOSE))
+    assert answer.status == 200 and b"input_tokens" in answer.body, answer.raw[:300]
+    [call] = provider_calls(fake)
+    sent = {name.lower(): value for name, value in call.headers}
+    assert call.body == body and "x-api-key" in sent and "authorization" not in sent
+    for _ in range(100):
+        if billed := rows(sqlite_path):
+            break
+        time.sleep(0.05)
+    assert [(r.status, r.cost_nano_usd or 0, r.price_entry) for r in billed] == [("not_billable", 0, None)]

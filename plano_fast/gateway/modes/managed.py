@@ -33,7 +33,15 @@ from typing import Any
 from plano_fast import wire as scan
 from plano_fast.billing.rows import incomplete_answer, row_of_event, row_within_reservation
 from plano_fast.errors import BadRequestBody, ClientError, GatewayError, ServiceUnavailable, Unauthorized
-from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
+from plano_fast.gateway.endpoints import (
+    CHAT_COMPLETIONS,
+    COUNT_TOKENS,
+    GUARD_FORMATS,
+    MESSAGES,
+    RESPONSES,
+    Endpoint,
+    upstream_path,
+)
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_hash, refuse_background
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
@@ -204,6 +212,10 @@ class ManagedExchange(RetryingExchange):
     def _with_ceiling(self, fields: scan.RequestFields, body: bytes) -> tuple[bytes, int]:
         """``body`` with the configured output ceiling inserted when the client set no
         bound, and the bound the reservation counts."""
+        if self.endpoint is COUNT_TOKENS:
+            # Counting tokens is free: no ceiling is sent (the endpoint takes no max_tokens)
+            # and nothing is reserved (``_reserve``); 1 is no output ceiling of 0.
+            return body, 1
         max_out = fields.max_output_tokens
         if max_out is None:
             max_out = self.mctx.max_output_tokens
@@ -268,6 +280,8 @@ class ManagedExchange(RetryingExchange):
     async def _reserve(
         self, body: bytes, max_out: int, client_model: str | None
     ) -> Reservation | None:
+        if self.endpoint is COUNT_TOKENS:
+            return None  # free: no usage to settle (recorded not_billable, as in config mode)
         state = self.mctx.state
         now = time.time_ns()
         budget_targets = []
@@ -403,8 +417,11 @@ class ManagedExchange(RetryingExchange):
                 model=upstream_model if upstream_model != fields.model else None,
                 inject_include_usage=inject,
             )
-        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
-        auth = self.operator_auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
+        # (count_tokens answers a count, not a usage: no scanner, the row not_billable)
+        self.scanner = None if self.endpoint is COUNT_TOKENS else scan.UsageScanner(self.scan_api, fields.stream, inject)
+        # (count_tokens is Anthropic's native API too: its x-api-key, not the chat bearer)
+        native = self.endpoint is MESSAGES or self.endpoint is COUNT_TOKENS
+        auth = self.operator_auth = target.messages_auth if native else target.chat_auth
         self.upstream_data = upstream_request(
             client_headers(self), self.request_id, [self.request.method, b" ", path], provider, auth,
             rewritten,
