@@ -935,9 +935,10 @@ def anthropic_error_format(s: Stack) -> Result:
 
 
 def all_cases() -> list[Case]:
-    """This module's cases, then the second round's (benchmarks/attack_battery_c.py)."""
-    from benchmarks import attack_battery_c
-    return CASES + attack_battery_c.CASES
+    """This module's cases, then the second round's (benchmarks/attack_battery_c.py) and
+    round g's (benchmarks/attack_battery_g.py)."""
+    from benchmarks import attack_battery_c, attack_battery_g
+    return CASES + attack_battery_c.CASES + attack_battery_g.CASES
 
 
 def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, Result]]:

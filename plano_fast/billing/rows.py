@@ -193,13 +193,16 @@ def row_within_reservation(
     reserved_nano_usd: int,
     output_bound: Callable[[], int],
     metrics: BillingMetrics,
+    unanswered: bool = False,
 ) -> UsageRow:
     """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
     (``row_of_event(pricing, event)``) as it is, or for a 2xx answer whose usage is missing
-    or cut short, charged at the bound (``charge_of_incomplete``; ``output_bound`` gives
-    the output tokens the reservation counted, asked only then) -- counted in ``metrics``
-    and logged (request id, model, amounts: no secrets), so an operator sees every one."""
-    if event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300:
+    or cut short -- or, ``unanswered``, a request the provider received and never answered
+    within the first-byte timeout (it may be generating, and billing, still) -- charged at
+    the bound (``charge_of_incomplete``; ``output_bound`` gives the output tokens the
+    reservation counted, asked only then), counted in ``metrics`` and logged (request id,
+    model, amounts: no secrets), so an operator sees every one."""
+    if not unanswered and (event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300):
         return row  # the usual case (incomplete_answer inlined: one call less per request)
     charge = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
     # On the event too: if the settle's write fails, the journaled path charges the same.

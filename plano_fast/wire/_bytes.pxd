@@ -58,7 +58,7 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
         # (the underscore spelling too: CGI/WSGI servers read it as x-request-id)
         return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) or starts(p, n, b"x_request_id", 12) else R_KEEP
     if n == 13:
-        if starts(p, n, b"x-http-method", 13):
+        if starts(p, n, b"x-http-method", 13) or starts(p, n, b"x_http_method", 13):
             return R_DROP
         return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
     if n == 14:
@@ -68,12 +68,17 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
             return R_CREDENTIAL
         return R_KEEP
     if n == 15:
-        return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
+        # (and the underscore spellings of what is dropped below: CGI/WSGI servers read
+        # accept_encoding as Accept-Encoding -- a gzip answer's usage is unreadable --,
+        # transfer_encoding as Transfer-Encoding, x_http_method_override as the override)
+        return R_DROP if starts(p, n, b"accept-encoding", 15) or starts(p, n, b"accept_encoding", 15) else R_KEEP
     if n == 16:
         # (x-goog-fieldmask: Google's response field mask could cut the usage from an answer)
-        return R_DROP if starts(p, n, b"proxy-connection", 16) or starts(p, n, b"x-goog-fieldmask", 16) else R_KEEP
+        return R_DROP if (starts(p, n, b"proxy-connection", 16) or starts(p, n, b"x-goog-fieldmask", 16)
+                          or starts(p, n, b"x_goog_fieldmask", 16)) else R_KEEP
     if n == 17:
-        if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
+        if (starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17)
+                or starts(p, n, b"transfer_encoding", 17) or starts(p, n, b"x_method_override", 17)):
             return R_DROP
         return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
     if n == 18:
@@ -81,5 +86,5 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
     if n == 19:
         return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
     if n == 22:
-        return R_DROP if starts(p, n, b"x-http-method-override", 22) else R_KEEP
+        return R_DROP if starts(p, n, b"x-http-method-override", 22) or starts(p, n, b"x_http_method_override", 22) else R_KEEP
     return R_KEEP

@@ -98,6 +98,15 @@ DROPPED_REQUEST = HOP_BY_HOP | {
     b"x-http-method",
     b"x-method-override",
     b"x-goog-fieldmask",
+    # their underscore spellings: CGI/WSGI-style servers read "_" as "-" (accept_encoding
+    # would get a gzip answer, whose usage cannot be read; transfer_encoding would be read
+    # as the framing; x_http_method_override as the override)
+    b"accept_encoding",
+    b"transfer_encoding",
+    b"x_http_method_override",
+    b"x_http_method",
+    b"x_method_override",
+    b"x_goog_fieldmask",
 }
 #: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
 #: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.

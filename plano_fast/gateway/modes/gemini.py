@@ -31,9 +31,13 @@ METHODS = (b"generateContent", b"streamGenerateContent")
 
 
 def is_gemini_path(path: bytes) -> bool:
+    """Whether ``path`` is ``/v1beta/models/{model}:{method}``, ``method`` one of
+    :data:`METHODS` and the only ``:`` of the last segment: ``m:generateContent:stream...``
+    would be forwarded as it is with a method the exchange does not meter (read as unary
+    while a Gemini-native server streams it, or as a countTokens), its row unpriced."""
     if not path.startswith(b"/v1beta/models/"):
         return False
-    return path.rpartition(b":")[2] in METHODS
+    return path.rpartition(b"/")[2].partition(b":")[2] in METHODS
 
 
 class PathFields:
