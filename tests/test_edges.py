@@ -1001,6 +1001,31 @@ def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: An
     assert answer.error_json()["error"]["message"] == "header Authorization: Bearer " + "*" * len(OPERATOR_KEY) + " is not allowed here"
 
 
+@pytest.mark.parametrize("split", [1, 3, 4, 20, len(OPERATOR_KEY) - 1])
+def test_an_error_body_echoing_the_operators_key_split_across_reads_is_masked(
+    scripted_operator: Any, split: int
+) -> None:
+    """Was: only a whole key within one read of the body was masked: a provider that
+    wrote its error body in two TCP writes, the key split between them, sent the operator's
+    key to the client unmasked (the key's head in one read, its tail in the next).  Now the
+    key's bytes are masked across the reads (a tail of 4+ of its first bytes at once; the
+    first 1-3, its public ``sk-`` marker, are left); the Content-Length holds."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    message = "header Authorization: Bearer " + OPERATOR_KEY.decode() + " is not allowed here"
+    answer_bytes = json_answer({"error": {"message": message, "type": "invalid_request_error", "code": None}}, 400)
+    cut = answer_bytes.index(OPERATOR_KEY) + split
+    scripted.add(f"split{split}", [answer_bytes[:cut], answer_bytes[cut:]])
+    chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"", b"x-script: split%d\r\n" % split + CLOSE))
+    assert answer.status == 400, answer.raw[:400]
+    kept = OPERATOR_KEY[:split] if split < 4 else b""  # (at most "sk-")
+    expected = "header Authorization: Bearer " + kept.decode() + "*" * (len(OPERATOR_KEY) - len(kept)) + " is not allowed here"
+    assert answer.error_json()["error"]["message"] == expected, answer.raw[:400]
+    assert b"operator-secret" not in answer.raw and b"0123456789abcd" not in answer.raw
+
+
 # -- round f: Host ------------------------------------------------------------------------------
 
 

@@ -112,6 +112,13 @@ CREDENTIALS = frozenset(
         b"api_key",
     }
 )
+#: Headers whose value is a secret: the request credentials above, Azure API Management's
+#: subscription key (a credential: ACCOUNT_HEADERS), cookies and proxy credentials.  Never
+#: copied into a trace span (plano_fast.tracing); the gateway's own values of them are its
+#: keys, masked in an error body that echoes them (plano_fast.gateway.operator_key).
+SECRET_HEADERS = CREDENTIALS | {
+    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"cookie", b"proxy-authorization",
+}
 #: The client's request id: never forwarded as sent (see forward_request_headers); the
 #: underscore spelling too, as for CREDENTIALS.
 REQUEST_IDS = frozenset({b"x-request-id", b"x_request_id"})
