@@ -40,7 +40,7 @@ place of the client's.  Attributes: ``gen_ai.operation.name``, ``gen_ai.provider
 ``gen_ai.request.model``, ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``,
 ``gen_ai.usage.output_tokens``, ``http.response.status_code``, ``plano_fast.mode``,
 ``plano_fast.request_id``, ``plano_fast.outcome``, plus the configured header and static
-ones (credential headers are never copied).
+ones (credential headers are never copied: ``wire.SECRET_HEADERS``).
 """
 
 from __future__ import annotations

@@ -316,6 +316,26 @@ def test_the_keyvalue_cache_keeps_no_long_entry() -> None:
         t.shutdown()
 
 
+def test_no_credential_header_is_copied_into_a_span() -> None:
+    """Was: tracing kept its own list of secret headers (authorization, x-api-key,
+    x-goog-api-key, api-key, cookie, proxy-authorization): Azure API Management's
+    ``Ocp-Apim-Subscription-Key`` and the credentials' underscore spellings (``x_api_key``,
+    which CGI/WSGI servers read as ``x-api-key``) were copied into a span when a configured
+    prefix matched them.  Now the one list, ``wire.SECRET_HEADERS``, shared with the
+    operator-key masking."""
+    t = Tracing({"random_sampling": 0, "span_attributes": {"header_prefixes": ["ocp-", "x", "api"]}},
+                InMemorySpanExporter())  # fmt: skip
+    try:
+        headers = [(b"ocp-apim-subscription-key", b"SECRET1"), (b"x_api_key", b"SECRET2"),
+                   (b"x_goog_api_key", b"SECRET3"), (b"api_key", b"SECRET4"), (b"x-api-key", b"SECRET5"),
+                   (b"x-user-team", b"blue"), (b"ocp-apim-trace", b"true")]  # fmt: skip
+        span = t.start_server((1, 1), headers, b"/v1/chat/completions")
+        copied = {k: v for k, v in span.attributes.items() if k.startswith("http.request.header.")}
+        assert copied == {"http.request.header.x-user-team": "blue", "http.request.header.ocp-apim-trace": "true"}
+    finally:
+        t.shutdown()
+
+
 @pytest.mark.usefixtures("implementation")
 def test_otlp_http_posts_the_encoders_bytes() -> None:
     """With the default exporter (OTLP/HTTP) the records are encoded here and posted by
