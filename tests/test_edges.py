@@ -907,7 +907,8 @@ def test_account_selecting_headers_are_cut_where_the_key_is_the_operators(
 
 @pytest.mark.parametrize("header", [b"openai-organization: org-operator0000",
                                     b"OpenAI-Project: proj_operator0000",
-                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000"])
+                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000",
+                                    b"X-MS-Region: operator0000-swedencentral"])
 def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
     gateway: GatewayProcess, fake: FakeProviderThread, header: bytes
 ) -> None:
@@ -927,6 +928,35 @@ def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
                                          b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
     assert answer.status == 200, answer.raw[:300]
     assert answer.header(name) == header.partition(b": ")[2]
+
+
+def test_azure_subscription_keys_and_region_are_cut_where_the_key_is_the_operators(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: an Azure OpenAI provider with the operator's ``access_key`` got the client's
+    ``Ocp-Apim-Subscription-Key`` beside the gateway's ``api-key`` -- a credential Azure AI
+    services accept, of the client's choosing (an API Management subscription in front of
+    the resource reads it too) -- and the client got Azure's ``x-ms-region``, where the
+    operator's resource is.  Now both are cut there (any case, the underscore spelling);
+    the headers that describe the request (``apim-request-id``, ``x-ms-deployment-name``)
+    stay."""
+    gateway = make_gateway(extra_providers=f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure-operator\n")
+    body = b'{"model":"azure_openai/my-deployment","messages":[{"role":"user","content":"hi"}]}'
+    sent = b"Ocp-Apim-Subscription-Key: client-chosen-key-1\r\nocp_apim_subscription_key: client-chosen-key-2\r\n"
+    for header in (b"x-ms-region: operator0000-swedencentral", b"apim-request-id: 1f7c", b"x-ms-deployment-name: my-deployment"):
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                             sent + b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        assert not any("client-chosen" in v for _, v in call.headers), call.headers
+        assert call.header_all("ocp-apim-subscription-key") == [] and call.header_all("ocp_apim_subscription_key") == []
+        assert call.header_all("api-key") == ["sk-azure-operator"]
+        name, _, value = header.partition(b": ")
+        if name == b"x-ms-region":
+            assert answer.header(name) is None and b"operator0000" not in answer.raw, answer.raw[:600]
+        else:
+            assert answer.header(name) == value, answer.raw[:600]
 
 
 OPERATOR_KEY = b"sk-proj-operator-secret-0123456789abcd"

@@ -229,12 +229,16 @@ def forward_request_headers(
 #: Headers that select or reveal the provider account the gateway's own key belongs to:
 #: OpenAI's organization and project (request: which of the key's organizations/projects
 #: pays; response: the operator's ids), Google's quota/billing project, Anthropic's
-#: organization id.  Where the key is the operator's (config mode with an ``access_key``,
-#: managed mode) they are cut both ways; a client's own key (firewall, passthrough_auth)
-#: keeps them.  The underscore spellings count too, as for CREDENTIALS.
+#: organization id; Azure's ``Ocp-Apim-Subscription-Key`` (request: a resource or API
+#: Management subscription key of the client's choosing, which Azure AI services accept
+#: beside ``api-key``) and ``x-ms-region`` (response: where the operator's resource is).
+#: Where the key is the operator's (config mode with an ``access_key``, managed mode) they
+#: are cut both ways; a client's own key (firewall, passthrough_auth) keeps them.  The
+#: underscore spellings of the request headers count too, as for CREDENTIALS.
 ACCOUNT_HEADERS = frozenset({
     b"openai-organization", b"openai_organization", b"openai-project", b"openai_project",
     b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id",
+    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"x-ms-region",
 })
 
 
