@@ -820,6 +820,36 @@ def test_guardrails_refuse_a_gemini_body_they_cannot_read(
     assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
 
 
+def test_guardrails_refuse_a_firewall_count_tokens_body_they_cannot_read(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: firewall mode's ``/v1/messages/count_tokens`` (free, so not scanned) went to the
+    DLP floor unscanned, which reads a body that is not JSON as "nothing found": a
+    gzip-encoded or invalid body with a ``block`` finding in it was forwarded to Anthropic.
+    Now the guard phase itself scans what no mode scanned: the scanner's 400, nothing
+    forwarded; the plain body is still blocked (403), a clean one counted."""
+    import gzip
+
+    from tests.test_firewall import setup_keys
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"guardrails": json.dumps({"detectors": {"ssn": "block"}}), "mode": "firewall",
+                            "key_registry_reload_s": 1},
+                           before_start=lambda: setup_keys(sqlite_path, fake.url))  # fmt: skip
+    auth = b"x-api-key: " + USER_KEY.encode() + b"\r\n"
+    path = b"/v1/messages/count_tokens"
+    secret = b'{"model":"claude-sonnet-4-6","messages":[{"role":"user","content":"my ssn is 078-05-1120"}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(path, secret, auth, CLOSE))
+    assert answer.status == 403, answer.raw[:300]
+    for body, extra_header in [(gzip.compress(secret), b"Content-Encoding: gzip\r\n"), (secret[:-1] + b",}", b"")]:
+        answer = exchange(gateway.port, post(path, body, auth, extra_header + CLOSE))
+        assert answer.status == 400 and "not valid JSON" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path, secret.replace(b"078-05-1120", b"unknown"), auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
 def test_the_routing_decision_api_refuses_a_key_over_its_limit(
     fake: FakeProviderThread, tmp_path: Path
 ) -> None:
