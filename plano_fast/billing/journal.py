@@ -28,7 +28,6 @@ from pathlib import Path
 
 import orjson
 
-from plano_fast.billing.drain import EVENT_FIELDS as _EVENT_FIELDS
 from plano_fast.billing.drain import event_fields as _event_fields
 from plano_fast.periodic import Periodic
 from plano_fast.store.records import UsageRow

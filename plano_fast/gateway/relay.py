@@ -371,7 +371,7 @@ class Exchange:
         self.swallow = False
         #: the gateway's own upstream credential (its header lines or pairs) when the key
         #: sent is the operator's, None when it is the client's (plano_fast.gateway.operator_key)
-        self.operator_auth: bytes | tuple[Header, ...] | None = None
+        self.operator_auth: operator_key.OperatorAuth | None = None
         #: (connect, first byte, idle) timeouts of the current target, in seconds
         self.timeouts = ctx.timeouts
         #: outcomes of the attempts that failed and were followed by another (None: no
@@ -637,7 +637,7 @@ class Exchange:
         if not responder.client_connected:
             return
         if self.status >= 400 and self.operator_auth is not None:
-            data = operator_key.redact(data, self.operator_auth)
+            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)

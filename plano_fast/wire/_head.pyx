@@ -394,16 +394,19 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
 
 cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """The line p[:n] (its end excluded) is a header that selects or reveals the provider
-    account (``_head_py.ACCOUNT_HEADERS``, any case).  Their names are 14, 19 or 25 bytes
+    account (``_head_py.ACCOUNT_HEADERS``, any case).  Their names are 11, 14, 19 or 25 bytes
     and hold no colon, so the colon is looked for at those offsets only (no scan of the line:
     a provider's head has ~25 lines, this runs on every answer where the key is the operator's)."""
+    if n > 11 and p[11] == 58:
+        return name_is(p, 11, b"x-ms-region", 11)
     if n > 14 and p[14] == 58:
         return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
     if n > 19 and p[19] == 58:
         return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
                 or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
     if n > 25 and p[25] == 58:
-        return name_is(p, 25, b"anthropic-organization-id", 25)
+        return (name_is(p, 25, b"anthropic-organization-id", 25) or name_is(p, 25, b"ocp-apim-subscription-key", 25)
+                or name_is(p, 25, b"ocp_apim_subscription_key", 25))
     return False
 
 

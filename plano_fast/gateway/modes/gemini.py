@@ -80,13 +80,7 @@ class GeminiExchange(RoutedExchange):
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         if self.ctx.guardrails is not None:
-            # A body the guardrails cannot read (gzip-encoded, not JSON) must not pass them
-            # unread: forwarded as is to a Gemini-native provider, it could carry anything.
-            try:
-                scan.scan_request(self.request.body)
-            except scan.ScanError as exc:
-                raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            guard(self, "gemini", route.provider.provider)
+            guard(self, "gemini", route.provider.provider)  # (which scans the body first)
         self.key_hash = identify_caller(self)
         provider = route.provider
         upstream_model = route.upstream_model or model

@@ -193,7 +193,7 @@ class ManagedExchange(RetryingExchange):
         self.requested_model = fields.model
         if self.ctx.guardrails is not None:
             self.project_id = token.project_id  # (its project's guardrail overrides apply)
-            guard(self, GUARD_FORMATS[self.endpoint.name], None)
+            guard(self, GUARD_FORMATS[self.endpoint.name], None, scanned=True)
         targets = _route(pipe, fields.model, self.endpoint)
         if not targets:
             allowed = ", ".join(pipe.allowed_models()) or "none"
