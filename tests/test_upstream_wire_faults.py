@@ -368,6 +368,24 @@ def test_a_stream_cut_after_its_head_is_cut_for_the_client_and_billed_as_seen(
 
 
 @pytest.mark.parametrize("api", APIS)
+def test_a_stream_cut_before_its_usage_stays_unpriced(gw: tuple[GatewayProcess, Path], api: str) -> None:
+    """A cut stream whose usage never came whole (Responses: none; Anthropic: the input of
+    ``message_start`` alone) is left unpriced by the flush, and stays so: the late pricer
+    (every 0.2 s here) priced it from its token columns -- at 0, or at its input alone --
+    on main.  One whose usage came (a chat usage chunk, Gemini's running counts) is priced
+    from it at once."""
+    gateway, path = gw
+    _, row = exchange(gw, api, True, "reset")
+    time.sleep(1.0)  # several pricing cycles
+    (row,) = [r for r in read_rows(None, str(path.with_suffix(".db"))) if r.request_id == row.request_id]
+    if api in ("responses", "messages"):
+        # (marked unpriced_unknown by the pricer, as a usage_missing row is)
+        assert (row.priced, row.cost_nano_usd, row.price_status) == (False, None, "unpriced_unknown"), row
+    else:
+        assert row.priced and (row.cost_nano_usd or 0) > 0, row
+
+
+@pytest.mark.parametrize("api", APIS)
 def test_a_json_answer_shorter_than_its_length_is_cut(gw: tuple[GatewayProcess, Path], api: str) -> None:
     answer, row = exchange(gw, api, False, "short")
     assert answer.status == 200 and not answer.complete
