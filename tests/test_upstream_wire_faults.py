@@ -191,6 +191,17 @@ class Wire(RawUpstream):
             time.sleep(0.2)
             _reset(conn)
             return False
+        if fault == "extra":  # a whole answer, then a second, unasked-for one in the same write
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nEVIL!"
+                         % (len(whole), whole))
+            return True
+        if fault == "extra_late":  # the same, the unasked-for answer a moment later
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(whole), whole))
+            time.sleep(0.05)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\n\r\nEVIL!")
+            return True
         raise AssertionError(fault)
 
 
@@ -427,3 +438,17 @@ def test_an_error_event_in_a_200_stream_is_relayed_and_billed_as_seen(gw: tuple[
         assert (row.status, row.input_tokens, row.output_tokens, row.priced) == ("ok", 25, 9, True), row
     else:
         assert (row.status, row.priced) == ("usage_missing", False), row
+
+
+@pytest.mark.parametrize("fault", ["extra", "extra_late"])
+def test_an_answer_nobody_asked_for_is_never_the_next_requests(gw: tuple[GatewayProcess, Path], fault: str) -> None:
+    """A provider that sends a second answer after the one asked for (in the same write,
+    or a moment later on the idle keep-alive connection): that connection is never reused,
+    so the next requests get their own answers, not the stray one."""
+    answer, row = exchange(gw, "chat", False, fault)
+    assert answer.status == 200 and answer.complete and row.status == "ok"
+    time.sleep(0.1)
+    for _ in range(3):
+        answer, row = exchange(gw, "chat", False, "none")
+        assert answer.status == 200 and b"EVIL" not in answer.body and answer.json()["id"] == "c1"
+        assert (row.status, row.input_tokens, row.output_tokens) == ("ok", 25, 9)
