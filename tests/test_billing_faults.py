@@ -715,6 +715,8 @@ def test_a_journal_that_cannot_be_written_loses_no_row_and_stops_no_flush(
     back.  On main the failed spill had already taken them off the backlog (lost) and its
     error ended the flusher's task: no row was written again until the restart; so did
     the write-ahead log's failed unlink of a segment in that directory after a flush."""
+    import signal
+
     not_a_directory = tmp_path / "journal-dir"
     not_a_directory.write_text("a file where the journal's directory should be")
     with FaultProxy(dsn_target(pg_dsn)) as proxy:
@@ -733,4 +735,14 @@ def test_a_journal_that_cannot_be_written_loses_no_row_and_stops_no_flush(
         proxy.restore()
         rows = wait_rows(pg_dsn, "", 20, timeout_s=30)
         assert len(rows) == 20 and len({r.request_id for r in rows}) == 20, len(rows)
-        assert "Traceback" not in gateway.log_text()
+        # A stop with neither: a clean exit within its bound, saying what it could not keep.
+        proxy.cut()
+        for i in range(3):
+            assert chat(gateway.url, f"at-stop-{i}")[0] == 200
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait(30) == 0
+        assert time.monotonic() - started < 15
+        log = gateway.log_text()
+        assert "3 usage rows only in the write-ahead log" in log, log[-3000:]
+        assert "Traceback" not in log
