@@ -50,6 +50,8 @@ from plano_fast.usage import UsageEvent
 log = logging.getLogger("plano_fast.billing")
 
 MAX_RETRY_DELAY_S = 30.0
+#: after the journal refused an overflow spill, the next attempt waits this long
+JOURNAL_RETRY_S = 5.0
 
 DRAIN_SLICE = 32
 """Events priced and converted per synchronous stretch of the event loop (~0.1 ms).  128
@@ -94,8 +96,9 @@ class UsageFlusher:
         self._task: asyncio.Task[None] | None = None
         self._retry_delay_s = 0.0
         self._replayed: list[Path] = []
-        #: spills the journal refused in a row (``_journal_failed``)
+        #: spills the journal refused in a row (``_journal_failed``), and when to try again
         self._journal_failures = 0
+        self._journal_retry_at = 0.0
 
     # -- the request path -------------------------------------------------------------
     def submit(self, event: UsageEvent) -> None:
@@ -323,14 +326,18 @@ class UsageFlusher:
         pending = self._pending
         overflow = len(pending) - self.max_pending_rows
         if overflow > 0:
+            now = time.monotonic()
+            if now < self._journal_retry_at:
+                return  # (the journal failed a moment ago: not a JSON dump of the backlog per drain)
             spill = list(itertools.islice(pending, overflow))
             try:
                 self.metrics.rows_spilled += self.journal.spill(spill)
             except OSError as exc:
                 # The journal cannot take them (a full disk, an unwritable directory): they
-                # stay in memory, over the bound, for the store or the next drain's spill.
+                # stay in memory, over the bound, for the store or a later drain's spill.
                 # (Popped first, they were lost; raised, the error ended the flusher's task:
                 # nothing was flushed again until a restart.)
+                self._journal_retry_at = now + JOURNAL_RETRY_S
                 self._journal_failed(exc, len(spill))
                 return
             for _ in range(overflow):
