@@ -244,8 +244,11 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         if sink is None:
             return
-        if self._head_seen and not self._chunked and not self._has_length:
-            # A close-delimited body (RFC 9112 §6.3 rule 8) ends with the connection.
+        if self._head_seen and not self._chunked and not self._has_length and exc is None:
+            # A close-delimited body (RFC 9112 §6.3 rule 8) ends with the connection: with
+            # its orderly close (EOF).  A reset (``exc`` set) is a cut, not its end: relayed
+            # as the end, the client got a falsely complete answer and the row was "ok"
+            # with the usage seen before the cut (a Gemini stream's running counts).
             self._sink = None
             sink.on_upstream_complete()
             return
