@@ -540,6 +540,7 @@ class Exchange:
                         continue
                     self.error_kind = exc.kind
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
+                    exc.request_id = self.request_id  # (x-plano-request-id, as its row's)
                     raise
             done = self.done = loop.create_future()
             self._send(conn)
@@ -612,7 +613,9 @@ class Exchange:
             self.conn.detach()
             self.conn = None
         self._settle(STATUS_UPSTREAM_ERROR, status)
-        self.responder.send_error(ProviderCredentialRejected(), self.request.api_format)
+        error = ProviderCredentialRejected()
+        error.request_id = self.request_id
+        self.responder.send_error(error, self.request.api_format)
         done = self.done
         if done is not None and not done.done():
             done.set_result(False)
@@ -772,6 +775,7 @@ class Exchange:
             return
         self.error_kind = error.kind
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
+        error.request_id = self.request_id  # (x-plano-request-id, as its row's)
         self.responder.send_error(error, self.request.api_format)
         if done is not None:
             done.set_result(False)
