@@ -65,11 +65,12 @@ class Credential:
 class ClientHeaders:
     """What one pass over the request's headers found (see ``read_client_headers``)."""
 
-    __slots__ = ("block", "seen_version", "request_id", "credential", "query")
+    __slots__ = ("block", "operator_block", "seen_version", "request_id", "credential", "query")
 
     def __init__(
         self,
         block: bytes,
+        operator_block: bytes,
         seen_version: bool,
         request_id: bytes | None,
         credential: Credential | None,
@@ -77,6 +78,9 @@ class ClientHeaders:
     ) -> None:
         #: the forwardable headers, CRLF-ended lines, no credential among them
         self.block = block
+        #: ``block`` without the provider-account headers (``wire.ACCOUNT_HEADERS``), for
+        #: a request sent with the operator's key; ``block`` itself when it has none
+        self.operator_block = operator_block
         self.seen_version = seen_version
         #: the client's x-request-id: None (none), b"" (more than one), else its value,
         #: unchecked (``upstream_request.finish_head`` keeps it only when valid)
@@ -90,20 +94,20 @@ class ClientHeaders:
 #: constructors.  Compiled where built (``plano_fast/_new_credentials.pyx``: the slots
 #: written in one C call, no ``__init__`` frame: ~1.5k instructions fewer each), else the
 #: classes themselves (imported at the end of this module: it needs the classes).
-new_client_headers: Callable[[bytes, bool, bytes | None, Credential | None, bytes], ClientHeaders] = ClientHeaders
+new_client_headers: Callable[[bytes, bytes, bool, bytes | None, Credential | None, bytes], ClientHeaders] = ClientHeaders
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
 def read_client_headers(
     headers: list[tuple[bytes, bytes]],
     query: bytes,
-    forward: tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None] | None = None,
+    forward: tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes] | None = None,
 ) -> ClientHeaders:
     """Forwardable headers and the request's one credential; raises ``Unauthorized`` when
     there is more than one or it is malformed.  ``headers``: names lowercased; ``forward``:
     ``forward_request_headers(headers)`` when already known (the request fast path builds
     it in the pass that parsed the request: ``Request.forward``)."""
-    block, seen_version, request_id, count, name, value = (
+    block, seen_version, request_id, count, name, value, operator_block = (
         forward if forward is not None else forward_request_headers(headers)
     )
     if query:
@@ -117,7 +121,7 @@ def read_client_headers(
                     "api_key, ...); send the key as ?key= or in a header"
                 )
             return new_client_headers(
-                block, seen_version, request_id, _query_credential(query_value), query
+                block, operator_block, seen_version, request_id, _query_credential(query_value), query
             )
     credential = None
     if count:
@@ -125,7 +129,7 @@ def read_client_headers(
             raise _ambiguous(count)
         assert name is not None and value is not None
         credential = _header_credential(name, value)
-    return new_client_headers(block, seen_version, request_id, credential, query)
+    return new_client_headers(block, operator_block, seen_version, request_id, credential, query)
 
 
 #: Query parameter names that carry a credential somewhere, as compared: decoded, lowercase,
