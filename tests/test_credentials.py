@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plano_fast.credentials import Credential, _bearer_credential, _header_credential, split_query_key
 from plano_fast.errors import ClientError, Unauthorized
@@ -110,3 +112,39 @@ def test_a_credential_in_a_semicolon_joined_part_is_refused(query: bytes) -> Non
 def test_semicolons_without_a_credential_are_left_as_they_are() -> None:
     assert split_query_key(b"alt=sse;x=1&y=2") == (0, None, b"alt=sse;x=1&y=2")
     assert split_query_key(b"alt=sse;x=1&key=K") == (1, b"K", b"alt=sse;x=1")
+
+
+def _refuses_unary_sse_by_the_walk(query: bytes) -> bool:
+    """The reference: every ``&``/``;`` parameter decoded and compared, no shortcut."""
+    from urllib.parse import unquote_to_bytes
+
+    from plano_fast.credentials import _QUERY_SPLIT, _normal_name
+
+    for part in query.split(b"&"):
+        for piece in _QUERY_SPLIT.split(part):
+            name, _, value = piece.partition(b"=")
+            if (_normal_name(unquote_to_bytes(name.replace(b"+", b" "))) == b"alt"
+                    and unquote_to_bytes(value.replace(b"+", b" ")) == b"sse"):
+                return True
+    return False
+
+
+_QUERY_PIECES = st.sampled_from([b"alt", b"ALT", b"$alt", b"%61lt", b"%2561lt", b"a+lt", b"key", b"=", b"&", b";",
+                                 b"sse", b"SSE", b"%73se", b"s%73e", b"ss+e", b"+sse", b"json", b"%", b"%zz",
+                                 b"x", b"K-sse-1"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_QUERY_PIECES, max_size=8).map(b"".join))
+def test_the_unary_sse_shortcut_refuses_exactly_what_the_walk_refuses(query: bytes) -> None:
+    """``refuse_unary_sse`` skips the walk when the query holds neither ``%`` nor ``sse``:
+    it refuses exactly the queries the full walk refuses (escapes, ``+``, case, ``;``)."""
+    from plano_fast.credentials import refuse_unary_sse
+    from plano_fast.errors import ClientError
+
+    try:
+        refuse_unary_sse(query)
+        refused = False
+    except ClientError:
+        refused = True
+    assert refused == _refuses_unary_sse_by_the_walk(query), query
