@@ -148,3 +148,15 @@ def test_the_unary_sse_shortcut_refuses_exactly_what_the_walk_refuses(query: byt
     except ClientError:
         refused = True
     assert refused == _refuses_unary_sse_by_the_walk(query), query
+
+
+def test_the_stream_query_shortcut_answers_what_the_walk_answers() -> None:
+    """``alt=sse`` alone (a Gemini stream's query) is answered without the walk: as the walk
+    answers it beside another ordinary parameter, and its spellings still take the walk."""
+    assert split_query_key(b"alt=sse") == (0, None, b"alt=sse")
+    assert split_query_key(b"alt=sse&x=1") == (0, None, b"alt=sse&x=1")
+    assert split_query_key(b"x=1&alt=sse") == (0, None, b"x=1&alt=sse")
+    with pytest.raises(ClientError):
+        split_query_key(b"alt=sse&alt=json")
+    with pytest.raises(ClientError):
+        split_query_key(b"alt=sse&fields=x")
