@@ -80,6 +80,7 @@ def check_against_httptools(data: bytes, start: int = 0) -> bool:
         return False
     method, target, headers, body, keep_alive, end, forward = parsed
     assert start < end <= len(data)
+    assert b"#" not in target  # (dispatch checks a fragment only where httptools parsed the request)
     # the upstream block built in the same pass is what both relay twins build from headers
     assert forward == _head.forward_request_headers(headers) == _head_py.forward_request_headers(headers)
     assert forward[6] == _head_py.without_account_headers(forward[0])  # (the operator's block)
