@@ -199,8 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # (its ResponseHead built in that pass: wire.parse_response_head).
                 parsed = _parse_response(data, MAX_RESPONSE_HEAD_BYTES)
                 if parsed is not None:
-                    self._take_whole_response(sink, data, parsed)
-                    sink.on_upstream_read_done()
+                    take_whole_answer(self, sink, data, parsed)
                     return
             self._head_buf = buf + data if buf else data
         try:
@@ -347,6 +346,22 @@ class UpstreamConnection(asyncio.Protocol):
             self._pool.forget(self)
             if self.transport is not None:
                 self.transport.abort()
+
+
+def take_whole_answer_py(
+    conn: UpstreamConnection, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
+) -> None:
+    """A whole plain answer in one read (``parse_response_head`` took it): the sink's
+    callbacks, as httptools would call them, then the read's end."""
+    conn._take_whole_response(sink, data, parsed)
+    sink.on_upstream_read_done()
+
+
+#: What ``data_received`` calls for a whole plain answer: ``take_whole_answer_py``, or
+#: where it is built the gateway's compiled pass for its exchanges (installed by
+#: plano_fast.gateway.relay: plano_fast/gateway/_answer.pyx, which hands any other sink to
+#: this twin)
+take_whole_answer = take_whole_answer_py
 
 
 class UpstreamPool:

@@ -1,0 +1,8 @@
+"""Type stub for plano_fast/gateway/_answer.pyx; see plano_fast.upstream.take_whole_answer_py."""
+
+from plano_fast.upstream import ResponseSink, UpstreamConnection, UpstreamHead
+
+def plan_of(cls: type) -> int: ...
+def take_whole_answer(
+    conn: UpstreamConnection, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
+) -> None: ...
