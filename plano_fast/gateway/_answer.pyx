@@ -111,6 +111,7 @@ cdef Py_ssize_t D_VALUE = slot_offset(_DateHeader, "value")
 cdef type _Exchange = Exchange
 cdef type _Responder = Responder
 cdef type _Protocol = ServerProtocol
+cdef type _Pool = _upstream.UpstreamPool
 cdef type _Head = ResponseHead  # (the compiled one: parse_response_head builds it)
 cdef dict _STATUS = _STATUS_LINES
 cdef object _DATE = DATE_HEADER
@@ -268,6 +269,27 @@ cdef void _end(object responder) except *:
     put_slot(proto, P_ON_TIMEOUT, _IDLE_TIMEOUT)
 
 
+cdef void _release(object conn) except *:
+    """``UpstreamPool.release(conn)`` (the connection is open: checked by the caller)."""
+    pool = conn._pool
+    if type(pool) is not _Pool:
+        pool.release(conn)
+        return
+    if pool.closed:
+        conn._close()
+        return
+    cdef dict idle = pool._idle
+    origin = conn.origin
+    stack = idle.get(origin)
+    if stack is None:
+        stack = idle[origin] = []
+    if len(stack) >= pool.max_idle_per_origin:
+        conn._close()
+        return
+    conn.idle_since = pool.loop.time()
+    (<list>stack).append(conn)
+
+
 cdef void _settle_step(object sink, object ctx, object outcome, object status, int plan) except *:
     """``_settle`` (Exchange's, or FirewallExchange's then Exchange's)."""
     if plan & P_CALL_SETTLE:
@@ -360,7 +382,7 @@ def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
         conn._sink = None
         conn.deadline = 0.0
         if keep_alive and not conn.closed:
-            conn._pool.release(conn)
+            _release(conn)
         else:
             conn._close()
         # -- on_upstream_complete
