@@ -41,6 +41,7 @@ from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
 from plano_fast import upstream as _upstream
 from plano_fast.errors import UpstreamError
+from plano_fast.upstream import UpstreamConnection
 from plano_fast.gateway import _settle
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.http_server import (
@@ -55,6 +56,9 @@ from plano_fast.http_server import (
 from plano_fast.ratelimit import with_headers
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_OK, STATUS_UNBILLED, STATUS_USAGE_MISSING
 from plano_fast.wire import ResponseHead, content_length_line, header_line, without_account_headers
+from plano_fast.wire import parse_response_head as _parse_response
+
+import httptools
 
 # -- the exchange's slots (a subclass keeps its base's layout: read at the base's offsets)
 cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
@@ -105,6 +109,20 @@ cdef Py_ssize_t P_ON_TIMEOUT = slot_offset(ServerProtocol, "_on_timeout")
 cdef Py_ssize_t P_LOOP = slot_offset(ServerProtocol, "loop")
 cdef Py_ssize_t P_LIMITS = slot_offset(ServerProtocol, "_limits")
 
+cdef Py_ssize_t U_POOL = slot_offset(UpstreamConnection, "_pool")
+cdef Py_ssize_t U_ORIGIN = slot_offset(UpstreamConnection, "origin")
+cdef Py_ssize_t U_PARSER = slot_offset(UpstreamConnection, "_parser")
+cdef Py_ssize_t U_SINK = slot_offset(UpstreamConnection, "_sink")
+cdef Py_ssize_t U_HEAD_BUF = slot_offset(UpstreamConnection, "_head_buf")
+cdef Py_ssize_t U_HAS_LENGTH = slot_offset(UpstreamConnection, "_has_length")
+cdef Py_ssize_t U_HEAD_SEEN = slot_offset(UpstreamConnection, "_head_seen")
+cdef Py_ssize_t U_RECEIVED_ANY = slot_offset(UpstreamConnection, "_received_any")
+cdef Py_ssize_t U_DEADLINE = slot_offset(UpstreamConnection, "deadline")
+cdef Py_ssize_t U_IDLE_TIMEOUT = slot_offset(UpstreamConnection, "_idle_timeout_s")
+cdef Py_ssize_t U_LAST_RX = slot_offset(UpstreamConnection, "_last_rx")
+cdef Py_ssize_t U_CLOSED = slot_offset(UpstreamConnection, "closed")
+cdef Py_ssize_t U_IDLE_SINCE = slot_offset(UpstreamConnection, "idle_since")
+
 cdef Py_ssize_t D_SECOND = slot_offset(_DateHeader, "_second")
 cdef Py_ssize_t D_VALUE = slot_offset(_DateHeader, "value")
 
@@ -112,6 +130,11 @@ cdef type _Exchange = Exchange
 cdef type _Responder = Responder
 cdef type _Protocol = ServerProtocol
 cdef type _Pool = _upstream.UpstreamPool
+cdef type _Connection = UpstreamConnection
+cdef Py_ssize_t _MAX_HEAD = _upstream.MAX_RESPONSE_HEAD_BYTES
+cdef object _CallbackError = httptools.HttpParserCallbackError
+cdef object _ParserError = httptools.HttpParserError
+cdef object _data_received_twin = UpstreamConnection.data_received_py
 cdef type _Head = ResponseHead  # (the compiled one: parse_response_head builds it)
 cdef dict _STATUS = _STATUS_LINES
 cdef object _DATE = DATE_HEADER
@@ -271,7 +294,7 @@ cdef void _end(object responder) except *:
 
 cdef void _release(object conn) except *:
     """``UpstreamPool.release(conn)`` (the connection is open: checked by the caller)."""
-    pool = conn._pool
+    pool = _get(conn, U_POOL, "_pool")
     if type(pool) is not _Pool:
         pool.release(conn)
         return
@@ -279,14 +302,14 @@ cdef void _release(object conn) except *:
         conn._close()
         return
     cdef dict idle = pool._idle
-    origin = conn.origin
+    origin = _get(conn, U_ORIGIN, "origin")
     stack = idle.get(origin)
     if stack is None:
         stack = idle[origin] = []
     if len(stack) >= pool.max_idle_per_origin:
         conn._close()
         return
-    conn.idle_since = pool.loop.time()
+    put_slot(conn, U_IDLE_SINCE, pool.loop.time())
     (<list>stack).append(conn)
 
 
@@ -314,9 +337,55 @@ cdef void _settle_step(object sink, object ctx, object outcome, object status, i
         _observe(sink, event)
 
 
+def data_received(conn, data):
+    """``UpstreamConnection.data_received`` (installed as it; the Python method is the twin,
+    ``UpstreamConnection.data_received_py``): the same steps, the connection's slots read
+    and written in place, for every upstream read (an answer's, a stream chunk's)."""
+    if type(conn) is not _Connection:
+        return _data_received_twin(conn, data)
+    sink = _get(conn, U_SINK, "_sink")
+    if sink is None:
+        # Bytes on an idle connection: the server is confused; never reuse it.
+        conn._close()
+        return
+    now = _get(conn, U_POOL, "_pool").loop.time()
+    put_slot(conn, U_LAST_RX, now)
+    if not _get(conn, U_RECEIVED_ANY, "_received_any"):
+        put_slot(conn, U_RECEIVED_ANY, True)
+        put_slot(conn, U_DEADLINE, now + _get(conn, U_IDLE_TIMEOUT, "_idle_timeout_s"))
+    if not _get(conn, U_HEAD_SEEN, "_head_seen"):
+        buf = _get(conn, U_HEAD_BUF, "_head_buf")
+        if not buf:
+            parsed = _parse_response(data, _MAX_HEAD)
+            if parsed is not None:
+                _take_whole(conn, sink, data, parsed)
+                return
+            put_slot(conn, U_HEAD_BUF, data)
+        else:
+            put_slot(conn, U_HEAD_BUF, buf + data)
+    try:
+        _get(conn, U_PARSER, "_parser").feed_data(data)
+    except _CallbackError as exc:
+        # The sink raised while handling a piece; it has already dealt with it.
+        cause = exc.__context__
+        conn._fail(UpstreamError(f"error relaying upstream response: {cause!r}"), False)
+    except _ParserError as exc:
+        conn._fail(UpstreamError(f"invalid response from upstream: {exc}"), False)
+    else:
+        if not _get(conn, U_HEAD_SEEN, "_head_seen") and len(_get(conn, U_HEAD_BUF, "_head_buf")) > _MAX_HEAD:
+            conn._fail(UpstreamError(f"upstream response head exceeds {_MAX_HEAD} bytes"), False)
+    sink.on_upstream_read_done()
+
+
 def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
     """``take_whole_answer_py(conn, sink, data, parsed)``: relay the whole plain answer
     ``parse_response_head`` found in ``data`` to ``sink``."""
+    if type(conn) is not _Connection:
+        return _twin(conn, sink, data, parsed)
+    _take_whole(conn, sink, data, parsed)
+
+
+cdef _take_whole(conn, sink, bytes data, tuple parsed):
     cls = type(sink)
     cdef object known = _PLANS.get(cls)
     if known is None:
@@ -326,8 +395,8 @@ def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
     if not plan or type(head) is not _Head or not _plain(sink, head, plan):
         return _twin(conn, sink, data, parsed)
     status = head.status
-    conn._head_seen = True
-    conn._has_length = True
+    put_slot(conn, U_HEAD_SEEN, True)
+    put_slot(conn, U_HAS_LENGTH, True)
     try:
         # -- on_upstream_head (RetryingExchange's for a status < 400, then Exchange's)
         if plan & P_RETRYING_HEAD:
@@ -373,15 +442,15 @@ def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
         put_slot(responder, R_HEAD_SENT, True)
         (<list>_get(responder, R_OUT, "_out")).append(b"".join(parts))
         # -- on_upstream_body (the client is still there: nothing above can change that)
-        if content_length and conn._sink is not None:
+        if content_length and _get(conn, U_SINK, "_sink") is not None:
             body = data[head_len:]
             if scanner is not None:
                 body = scanner.feed(body)
             _send_body(responder, body)
         # -- the connection's _message_complete
-        conn._sink = None
-        conn.deadline = 0.0
-        if keep_alive and not conn.closed:
+        put_slot(conn, U_SINK, None)
+        put_slot(conn, U_DEADLINE, 0.0)
+        if keep_alive and not _get(conn, U_CLOSED, "closed"):
             _release(conn)
         else:
             conn._close()

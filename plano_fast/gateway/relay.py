@@ -940,8 +940,10 @@ if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obe
         Exchange.observe = _observe  # type: ignore[method-assign]
     try:
         # (after make_event / observe: the pass calls the compiled ones directly)
+        from plano_fast.gateway._answer import data_received as _data_received  # noqa: E402
         from plano_fast.gateway._answer import take_whole_answer as _take_whole_answer  # noqa: E402
     except ImportError:
         pass
     else:
         upstream.take_whole_answer = _take_whole_answer
+        UpstreamConnection.data_received = _data_received  # type: ignore[method-assign,assignment]
