@@ -19,8 +19,9 @@ step's compiled ``make_event`` / ``observe`` are called directly.
 Only the plain case is taken; everything else goes to the twin, before any side effect:
 a sink that is not an ``Exchange`` (a hedge, a side request), or one whose class overrides
 a callback this pass does not know (see ``_plan_of``), an error status (>= 400: retries,
-circuit breakers, redaction), a client gone or an attempt swallowed, a body filter
-(conversion, held answers, stream scans), a
+circuit breakers, redaction), a client gone or an attempt swallowed, a body filter other
+than managed mode's ``HoldTerminal`` of a JSON answer (conversion, held answers, stream
+scans), a
 streamed request (its answer may be rewritten: sent chunked), a hedge in flight, a
 ``HeadResponder`` or a responder already answering, managed mode's Responses state.
 Methods a subclass overrides that stay cheap to honour are called as Python methods
@@ -34,6 +35,8 @@ same (tests/test_whole_answer.py compares the two on real sockets).
 """
 
 from cpython.object cimport PyObject
+
+import sys
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
@@ -156,6 +159,10 @@ cdef enum:
     P_CALL_OBSERVE = 128
 
 cdef dict _PLANS = {}
+#: managed mode's body filter (plano_fast.gateway.modes.managed.HoldTerminal), once a
+#: managed exchange was planned: a JSON answer's body is held by it, then released once
+#: billed (its methods called as they are)
+cdef object _HOLD = None
 
 #: (method name, the classes whose version this pass knows -> the plan bit it sets; a
 #: class absent from the map is not taken).  Classes named, not imported: a mode whose
@@ -198,6 +205,9 @@ def plan_of(cls):
                 continue
             return 0
         plan |= bit
+    if plan & P_STATE_TURN:
+        global _HOLD
+        _HOLD = getattr(sys.modules.get("plano_fast.gateway.modes.managed"), "HoldTerminal", None)
     if cls.make_event is not _make_event:
         plan |= P_CALL_MAKE_EVENT
     if cls.observe is not _observe:
@@ -235,9 +245,11 @@ cdef bint _plain(object sink, object head, int plan) except -1:
     if head.status >= 400 or head.chunked or head.content_length is None:
         return False
     if (_get(sink, X_CLIENT_LEFT, "client_left") or _get(sink, X_SWALLOW, "swallow")
-            or _get(sink, X_BODY_FILTER, "body_filter") is not None
             or _get(sink, X_STREAMING, "streaming") or _get(sink, X_HEDGE, "hedge") is not None):
         return False
+    body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+    if body_filter is not None and (type(body_filter) is not _HOLD or body_filter.streaming):
+        return False  # (managed mode's HoldTerminal of a JSON answer: its methods are called)
     if plan & P_STATE_TURN and getattr(sink, "state_turn") is not None:
         return False
     responder = _get(sink, X_RESPONDER, "responder")
@@ -446,7 +458,11 @@ cdef _take_whole(conn, sink, bytes data, tuple parsed):
             body = data[head_len:]
             if scanner is not None:
                 body = scanner.feed(body)
-            _send_body(responder, body)
+            body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+            if body_filter is None:
+                _send_body(responder, body)
+            else:
+                body_filter.relay(body, responder)
         # -- the connection's _message_complete
         put_slot(conn, U_SINK, None)
         put_slot(conn, U_DEADLINE, 0.0)
@@ -463,9 +479,13 @@ cdef _take_whole(conn, sink, bytes data, tuple parsed):
             outcome = STATUS_OK
         else:
             outcome = STATUS_USAGE_MISSING
-        # -- _finish (no body filter), _complete
-        if tail:
-            _send_body(responder, tail)
+        # -- _finish, _complete
+        body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+        if body_filter is None:
+            if tail:
+                _send_body(responder, tail)
+        else:
+            body_filter.finish(responder, tail)
         if plan & P_CALL_COMPLETE:
             sink._complete(outcome)
         else:
