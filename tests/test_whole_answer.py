@@ -31,6 +31,8 @@ from tests.gateway_proc import GatewayProcess, write_config
 from tests.raw_upstream import RawUpstream
 from tests.test_billing_e2e import read_rows
 from tests.test_firewall import USER_KEY, setup_keys
+from tests.test_managed import DEFAULT_PIPE, Tenant, provision
+from tests.test_managed import ENV as MANAGED_ENV
 
 pytest.importorskip("plano_fast.gateway._answer", reason="the Cython extension is not built")
 if os.environ.get(PURE_ENV) == "1":  # both gateways would run the twin
@@ -194,15 +196,16 @@ def _usage(sqlite_path: str, count: int) -> list[tuple[object, ...]]:
                   for r in rows)  # fmt: skip
 
 
-Start = Callable[[dict[str, str]], tuple[GatewayProcess, str]]
+#: starts a gateway with this environment: (gateway, its SQLite path, the client's credential line)
+Start = Callable[[dict[str, str]], tuple[GatewayProcess, str, bytes]]
 
 
-def _compare(start: Start, auth: bytes) -> dict[str, bytes]:
-    compiled_gw, compiled_db = start({})
-    twin_gw, twin_db = start({PURE_ENV: "1"})
+def _compare(start: Start) -> dict[str, bytes]:
+    compiled_gw, compiled_db, compiled_auth = start({})
+    twin_gw, twin_db, twin_auth = start({PURE_ENV: "1"})
     with compiled_gw, twin_gw:
-        compiled = _answers(compiled_gw, auth)
-        twin = _answers(twin_gw, auth)
+        compiled = _answers(compiled_gw, compiled_auth)
+        twin = _answers(twin_gw, twin_auth)
         count = len(compiled)
         compiled_rows, twin_rows = _usage(compiled_db, count), _usage(twin_db, count)
     assert list(compiled) == list(twin)
@@ -234,24 +237,41 @@ def _check_answers(answers: dict[str, bytes], operator_key: bool) -> None:
 
 
 def test_config_mode_answers_are_the_twins_byte_for_byte(upstream: ScriptedUpstream, tmp_path: Path) -> None:
-    def start(env: dict[str, str]) -> tuple[GatewayProcess, str]:
+    def start(env: dict[str, str]) -> tuple[GatewayProcess, str, bytes]:
         name = "pure" if env else "compiled"
         config = write_config(tmp_path / f"{name}.yaml", upstream.port)
-        return GatewayProcess(config, env=env), str(tmp_path / f"{name}.db")
+        return GatewayProcess(config, env=env), str(tmp_path / f"{name}.db"), b""
 
-    _check_answers(_compare(start, b""), operator_key=True)
+    _check_answers(_compare(start), operator_key=True)
 
 
 def test_firewall_mode_answers_are_the_twins_byte_for_byte(upstream: ScriptedUpstream, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{upstream.port}"
 
-    def start(env: dict[str, str]) -> tuple[GatewayProcess, str]:
+    def start(env: dict[str, str]) -> tuple[GatewayProcess, str, bytes]:
         name = "pure" if env else "compiled"
         config = write_config(tmp_path / f"{name}.yaml", upstream.port, {"mode": "firewall"})
         db = str(tmp_path / f"{name}.db")
-        return GatewayProcess(config, env=env, before_start=lambda: setup_keys(db, url)), db
+        gateway = GatewayProcess(config, env=env, before_start=lambda: setup_keys(db, url))
+        return gateway, db, b"authorization: Bearer %s\r\n" % USER_KEY.encode()
 
-    _check_answers(_compare(start, b"authorization: Bearer %s\r\n" % USER_KEY.encode()), operator_key=False)
+    _check_answers(_compare(start), operator_key=False)
+
+
+def test_managed_mode_answers_are_the_twins_byte_for_byte(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    """Managed mode holds a JSON answer's body until its row is written (HoldTerminal):
+    the pass calls that filter as the twin does."""
+
+    def start(env: dict[str, str]) -> tuple[GatewayProcess, str, bytes]:
+        name = "pure" if env else "compiled"
+        config = write_config(tmp_path / f"{name}.yaml", upstream.port, {"managed": "true"})
+        db = str(tmp_path / f"{name}.db")
+        tenants: list[Tenant] = []
+        gateway = GatewayProcess(config, env={**MANAGED_ENV, **env},
+                                 before_start=lambda: tenants.append(provision(None, db, DEFAULT_PIPE)))
+        return gateway, db, b"authorization: Bearer %s\r\n" % tenants[0].token.encode()
+
+    _check_answers(_compare(start), operator_key=True)
 
 
 def test_every_modes_exchange_takes_the_compiled_pass() -> None:
