@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import operator
 import os
 import sqlite3
 import time
@@ -61,7 +60,6 @@ from plano_fast.store.sql import (
     Row,
     SqlStore,
     Stmt,
-    add_day_sums,
     check_targets,
     counter_deltas,
     deltas_of_day_sums,
@@ -166,36 +164,29 @@ _HOT_STATEMENTS = _OMIT_SHAPES + _INSERT_CHUNK + 64
 
 
 @functools.lru_cache(maxsize=_OMIT_SHAPES)
-def _sparse_insert(n: int, omitted: tuple[int, ...]) -> tuple[str, Callable[[list[object]], tuple[object, ...]]]:
-    """The INSERT of ``n`` rows without the ``omitted`` columns, and the getter that takes
-    its parameters out of ``_chunk_params``' flat list (one C call for the chunk)."""
+def _sparse_insert(n: int, omitted: tuple[int, ...]) -> str:
+    """The INSERT of ``n`` rows without the ``omitted`` columns (its parameters:
+    ``_sparse_params``' kept ones)."""
     kept = [i for i in range(_USAGE_WIDTH) if i not in omitted]
     marks = "(" + ",".join("?" * len(kept)) + ")"
-    sql = (
+    return (
         f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS[i] for i in kept)}) VALUES "
         + ",".join([marks] * n) + _INSERT_TAIL
     )  # fmt: skip
-    return sql, operator.itemgetter(*[r * _USAGE_WIDTH + i for r in range(n) for i in kept])
 
 
 def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
     ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and each
     group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
-    # The first row's value is tested first: a column set in it is kept without taking
-    # the column's slice of every row, and a one-row chunk (a managed request at
-    # concurrency 1) takes no slice at all.  Was ~27% of the chunk INSERTs' own time
-    # (cProfile, 13-row commits), a slice and count per omittable column per chunk.
-    one = n == 1
-    omitted = tuple([i for i in _OMITTABLE
-                     if params[i] is None and (one or params[i :: _USAGE_WIDTH].count(None) == n)])  # fmt: skip
-    for group in _OMITTABLE_ZERO_GROUPS:
-        if all([params[i] == 0 and (one or params[i :: _USAGE_WIDTH].count(0) == n) for i in group]):
-            omitted += group
+    # Which columns, and the kept values, in one compiled pass (``_sparse_params``): the
+    # Python test of each column (a slice and count) and the itemgetter of every kept
+    # value were ~65k instructions of a 13-row group commit's ~630k under callgrind, the
+    # compiled pass ~5k (issue 27, bench_managed_store --shapes group).
+    omitted, kept = _sparse_params(n, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
     if not omitted:
         return _multi_insert(n), params
-    sql, take = _sparse_insert(n, omitted)
-    return sql, take(params)
+    return _sparse_insert(n, omitted), kept
 
 
 def _chunk_sizes(n: int) -> list[int]:
@@ -340,13 +331,23 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
 # rows' slots read in place, ~1/5 of the twin's instructions a row) where it is built, else
 # its twin's (plano_fast/store/_params_py.py, the specification).
 _chunk_params: Callable[[Sequence[UsageRow]], list[object]]
+_sparse_params: Callable[
+    [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...]], tuple[tuple[int, ...], list[object]]
+]
+_add_day_sums: Callable[[Sequence[UsageRow], DaySums], None]
 if os.environ.get(PURE_ENV) == "1":
-    _chunk_params = _params_py.chunk_params
+    _chunk_params, _sparse_params, _add_day_sums = (
+        _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums
+    )
 else:
     try:
+        from plano_fast.store._params import add_day_sums as _add_day_sums
         from plano_fast.store._params import chunk_params as _chunk_params
+        from plano_fast.store._params import sparse_params as _sparse_params
     except ImportError:
-        _chunk_params = _params_py.chunk_params
+        _chunk_params, _sparse_params, _add_day_sums = (
+            _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums
+        )
 _usage_params = _params_py.usage_params
 
 
@@ -665,7 +666,7 @@ class SqliteStore(SqlStore):
             n = conn.execute(*_insert_of(size, _chunk_params(chunk))).rowcount
             inserted += n
             if inserted == start:  # nothing skipped so far (the common case)
-                add_day_sums(chunk, sums)
+                _add_day_sums(chunk, sums)
             if start < len(rows):
                 yield  # between chunks only: a one-chunk batch (one request's row) needs
                 # no extra turn of the loop before its commit
