@@ -166,3 +166,53 @@ def test_add_day_sums_of_another_class_or_an_unset_slot() -> None:
     for module in MODULES:
         with pytest.raises(AttributeError):
             module.add_day_sums([row], {})
+
+
+# -- normalize_usage: rows checked for writing, repeated request ids dropped ---------------
+
+from plano_fast.store.records import StoreError  # noqa: E402
+
+NORM_ROWS = st.builds(
+    UsageRow,
+    request_id=st.sampled_from(["a", "b", "c", "d"]), time_ns=st.just(1), project_id=st.none(),
+    user_id=st.none(), key_hash=st.none(), token_id=st.none(), provider=st.just("openai"),
+    model=st.one_of(st.none(), st.sampled_from(["", "m", "a\x00b", "\x00"])), input_tokens=st.just(1),
+    output_tokens=st.just(1), cache_read_tokens=st.just(0), cache_write_tokens=st.just(0),
+    reasoning_tokens=st.just(0), streaming=st.just(False), status=st.just("ok"), http_status=st.just(200),
+    priced=st.sampled_from([True, False, 1, 0, None, "yes"]),
+    cost_nano_usd=st.one_of(st.none(), st.integers(-3, 2**70), st.just(True), st.just(2.5)),
+    duration_us=st.just(1), usage_raw=st.one_of(st.none(), st.sampled_from(['{"a":1}', "x\x00y", ""])),
+    requested_model=st.one_of(st.none(), st.sampled_from(["alias", "b\x00"])),
+)  # fmt: skip
+
+
+def _outcome(module: ModuleType, rows: list[UsageRow], seen: set[str] | None) -> tuple[object, ...]:
+    copies = [dataclasses.replace(r) for r in rows]
+    given = None if seen is None else set(seen)
+    try:
+        out = module.normalize_usage(copies, given)
+    except StoreError as exc:
+        return ("raised", type(exc), str(exc), copies, given)
+    # the same rows (by position: identity of the copies), rewritten the same way
+    return ([copies.index(r) for r in out], copies, given)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(NORM_ROWS, max_size=8), seen=st.none() | st.sets(st.sampled_from(["a", "b", "x"])))
+def test_normalize_usage_matches_the_twin(rows: list[UsageRow], seen: set[str] | None) -> None:
+    expected = _outcome(_params_py, rows, seen)
+    for module in MODULES:
+        assert _outcome(module, rows, seen) == expected
+
+
+def test_normalize_usage_of_another_class_or_an_unset_slot() -> None:
+    row = UsageRow("r", 1, "p", None, None, None, "openai", "m\x00", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    other: Any = _OtherRow(dataclasses.replace(row, request_id="o"))
+    for module in MODULES:
+        a, b = dataclasses.replace(row), _OtherRow(other)
+        assert module.normalize_usage([a, b, dataclasses.replace(a)], None) == [a, b]
+        assert a.model == b.model == "m\ufffd"
+    del row.usage_raw
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.normalize_usage([row], None)

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """The SQLite writer's parameters of a chunk of usage rows, compiled: the twin of
 ``plano_fast.store._params_py`` (whose docstring is the specification), chosen in
-``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params`` and ``add_day_sums``.
+``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``add_day_sums`` and
+``normalize_usage``.
 
 Why: the twin reads 31 attributes a row (~5.4k instructions a row, callgrind,
 benchmarks/bench_billing_stages.py ``params``, issue 27).  Here a ``UsageRow`` (exactly
@@ -21,10 +22,12 @@ from plano_fast.store._params_py import usage_params as _usage_params
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.store.times import _NS_PER_DAY as _ns_per_day
 from plano_fast.store.sql import USAGE_WRITE_COLUMNS
+from plano_fast.store.sql import normalize_usage as _normalize_usage_py
 
 DEF WIDTH = 31
 if (len(USAGE_WRITE_COLUMNS) != WIDTH or USAGE_WRITE_COLUMNS[16] != "priced" or USAGE_WRITE_COLUMNS[19] != "price_status"
-        or USAGE_WRITE_COLUMNS[1:5] != ("time_ns", "project_id", "user_id", "key_hash")):
+        or USAGE_WRITE_COLUMNS[:5] != ("request_id", "time_ns", "project_id", "user_id", "key_hash")
+        or (USAGE_WRITE_COLUMNS[7], USAGE_WRITE_COLUMNS[25], USAGE_WRITE_COLUMNS[28]) != ("model", "usage_raw", "requested_model")):
     raise ImportError("usage_log's written columns changed: _params.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t OFF[WIDTH]
@@ -251,3 +254,63 @@ def add_day_sums(rows, dict sums):
     if run_open:
         k = (run_project, run_user, run_key, run_day)
         sums[k] = sums.get(k, 0) + run_cost
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_FindChar(object s, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end, int direction) except -2
+    bint PyUnicode_CheckExact(object obj)
+
+DEF C_REQUEST_ID = 0
+DEF C_MODEL = 7
+DEF C_USAGE_RAW = 25
+DEF C_REQUESTED_MODEL = 28
+
+
+cdef inline bint _plain_text(PyObject *value) except -1:
+    # None, or a str without a NUL: nothing for normalize_usage to rewrite
+    if value == <PyObject*>None:
+        return True
+    if not PyUnicode_CheckExact(<object>value):
+        return False
+    return PyUnicode_FindChar(<object>value, 0, 0, len(<object>value), 1) == -1
+
+
+def normalize_usage(rows, set seen=None):
+    """``plano_fast.store.sql.normalize_usage`` (the twin, the specification): rows
+    validated for writing, repeated request ids within the batch dropped (first wins).
+    A ``UsageRow`` whose checks all pass as read in place (priced exactly True with an
+    int cost >= 0, or exactly False; model, requested model and raw usage None or a str
+    without a NUL) is kept here; any other row goes through the twin, one row at a time
+    with the same ``seen``: its errors, its rewrites, its duplicate test."""
+    if seen is None:
+        seen = set()
+    cdef list out = []
+    cdef bint whole
+    cdef PyObject *priced
+    cdef PyObject *cost
+    for row in rows:
+        whole = type(row) is _Row
+        if whole:
+            for i in (C_REQUEST_ID, C_PRICED, C_COST, C_MODEL, C_REQUESTED_MODEL, C_USAGE_RAW):
+                if get_slot(row, OFF[i]) is NULL:
+                    whole = False
+                    break
+        if whole:
+            priced = get_slot(row, OFF[C_PRICED])
+            if priced == <PyObject*>True:
+                cost = get_slot(row, OFF[C_COST])
+                whole = PyLong_CheckExact(<object>cost) and (<object>cost) >= 0
+            else:
+                whole = priced == <PyObject*>False
+        if whole:
+            whole = (_plain_text(get_slot(row, OFF[C_MODEL])) and _plain_text(get_slot(row, OFF[C_REQUESTED_MODEL]))
+                     and _plain_text(get_slot(row, OFF[C_USAGE_RAW])))
+        if not whole:
+            out += _normalize_usage_py([row], seen)
+            continue
+        request_id = <object>get_slot(row, OFF[C_REQUEST_ID])
+        if request_id in seen:
+            continue
+        seen.add(request_id)
+        out.append(row)
+    return out

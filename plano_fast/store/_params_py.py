@@ -13,6 +13,9 @@ out (``_insert_of``: each of ``omittable`` None in all ``n`` rows, each group of
 ``add_day_sums(rows, sums)``: ``plano_fast.store.sql.add_day_sums`` (that function is this
 twin's; the compiled one reads the slots in place and sums a run of rows of one scope and
 day before it touches the dict).
+
+``normalize_usage(rows, seen=None)``: ``plano_fast.store.sql.normalize_usage`` (likewise;
+the compiled one checks the common rows in place and hands any other to it).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.store.sql import add_day_sums, written_price_status
+from plano_fast.store.sql import add_day_sums, normalize_usage, written_price_status
 
-__all__ = ["add_day_sums", "chunk_params", "sparse_params", "usage_params"]
+__all__ = ["add_day_sums", "chunk_params", "normalize_usage", "sparse_params", "usage_params"]
 
 
 def usage_params(row: UsageRow) -> tuple[object, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, Final
 
@@ -338,17 +338,23 @@ NUL_STAND_IN = "\ufffd"
 NORMALIZE_SLICE: Final = 256
 
 
-async def normalize_usage_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
+async def normalize_usage_sliced(
+    rows: Sequence[UsageRow],
+    normalize: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]] | None = None,
+) -> list[UsageRow]:
     """``normalize_usage`` a slice at a time, the loop running in between (both stores'
-    ``write_usage``: a flusher's batch of up to 1,000 rows is not one long stretch)."""
+    ``write_usage``: a flusher's batch of up to 1,000 rows is not one long stretch).
+    ``normalize``: ``normalize_usage`` or a twin of it (SQLite's compiled one)."""
+    if normalize is None:
+        normalize = normalize_usage
     if len(rows) <= NORMALIZE_SLICE:
-        return normalize_usage(rows)
+        return normalize(rows, None)
     seen: set[str] = set()
     out: list[UsageRow] = []
     for start in range(0, len(rows), NORMALIZE_SLICE):
         if start:
             await asyncio.sleep(0)
-        out += normalize_usage(rows[start : start + NORMALIZE_SLICE], seen)
+        out += normalize(rows[start : start + NORMALIZE_SLICE], seen)
     return out
 
 

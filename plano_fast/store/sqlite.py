@@ -63,7 +63,6 @@ from plano_fast.store.sql import (
     check_targets,
     counter_deltas,
     deltas_of_day_sums,
-    normalize_usage,
     normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
@@ -335,18 +334,20 @@ _sparse_params: Callable[
     [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...]], tuple[tuple[int, ...], list[object]]
 ]
 _add_day_sums: Callable[[Sequence[UsageRow], DaySums], None]
+_normalize_usage: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]]
 if os.environ.get(PURE_ENV) == "1":
-    _chunk_params, _sparse_params, _add_day_sums = (
-        _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums
+    _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
+        _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
     )
 else:
     try:
         from plano_fast.store._params import add_day_sums as _add_day_sums
         from plano_fast.store._params import chunk_params as _chunk_params
+        from plano_fast.store._params import normalize_usage as _normalize_usage
         from plano_fast.store._params import sparse_params as _sparse_params
     except ImportError:
-        _chunk_params, _sparse_params, _add_day_sums = (
-            _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums
+        _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
+            _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
         )
 _usage_params = _params_py.usage_params
 
@@ -701,7 +702,7 @@ class SqliteStore(SqlStore):
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        batch = await normalize_usage_sliced(rows)
+        batch = await normalize_usage_sliced(rows, _normalize_usage)
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
@@ -711,7 +712,7 @@ class SqliteStore(SqlStore):
         than one chunk (a longer write yields to the loop between chunks)."""
         if len(rows) > _INSERT_CHUNK:
             return None
-        batch = normalize_usage(rows)
+        batch = _normalize_usage(rows, None)
         if not batch:
             return 0
         now = time.time_ns()
@@ -887,7 +888,7 @@ class SqliteStore(SqlStore):
         return True
 
     def _settle_body(self, reservation: Reservation, usage: UsageRow) -> Callable[[sqlite3.Connection], bool]:
-        batch = normalize_usage([usage])
+        batch = _normalize_usage([usage], None)
         now = time.time_ns()
 
         def body(conn: sqlite3.Connection) -> bool:
