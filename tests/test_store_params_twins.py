@@ -216,3 +216,21 @@ def test_normalize_usage_of_another_class_or_an_unset_slot() -> None:
     for module in MODULES:
         with pytest.raises(AttributeError):
             module.normalize_usage([row], None)
+
+
+@pytest.mark.skipif(_compiled_params is None, reason="the extension is not built")
+def test_normalize_usage_checks_the_common_rows_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A priced (or unpriced) row with plain text is kept without the twin (it was the
+    whole cost once: a bare True compared as a pointer sent every row there)."""
+    handed: list[UsageRow] = []
+
+    def twin(rows: list[UsageRow], seen: set[str] | None) -> list[UsageRow]:
+        handed.extend(rows)
+        return _params_py.normalize_usage(rows, seen)
+
+    monkeypatch.setattr(_compiled_params, "_normalize_usage_py", twin)
+    row = UsageRow("r", 1, "p", None, None, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    rows = [row, dataclasses.replace(row, request_id="u", priced=False, cost_nano_usd=None, usage_raw="{}"),
+            dataclasses.replace(row, request_id="n", model="a\x00")]  # fmt: skip
+    assert _compiled_params.normalize_usage(rows, None) == rows
+    assert handed == [rows[2]]  # only the one with a NUL to rewrite

@@ -44,6 +44,8 @@ cdef object _partial = PRICE_STATUS_PARTIAL
 cdef object _priced = PRICE_STATUS_PRICED
 cdef object _pending = PRICE_STATUS_PENDING
 cdef object _one = 1
+cdef object _true = True  # objects: a bare True cast to a pointer is Cython's C 1
+cdef object _false = False
 cdef object _zero = 0
 
 
@@ -297,11 +299,11 @@ def normalize_usage(rows, set seen=None):
                     break
         if whole:
             priced = get_slot(row, OFF[C_PRICED])
-            if priced == <PyObject*>True:
+            if priced == <PyObject*>_true:
                 cost = get_slot(row, OFF[C_COST])
                 whole = PyLong_CheckExact(<object>cost) and (<object>cost) >= 0
             else:
-                whole = priced == <PyObject*>False
+                whole = priced == <PyObject*>_false
         if whole:
             whole = (_plain_text(get_slot(row, OFF[C_MODEL])) and _plain_text(get_slot(row, OFF[C_REQUESTED_MODEL]))
                      and _plain_text(get_slot(row, OFF[C_USAGE_RAW])))
