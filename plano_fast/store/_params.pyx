@@ -198,7 +198,9 @@ def add_day_sums(rows, dict sums):
     key tuple built and hashed once a run instead of twice a row; for int costs (what
     ``normalize_usage`` lets through) the sums are the twin's, in the twin's key order.
     A row not exactly a ``UsageRow`` with those slots set is read by attribute, in the
-    twin's order (its AttributeError for an unset field)."""
+    twin's order (its AttributeError for an unset field).  When a row raises, the run
+    before it is not in ``sums`` yet (the twin's would be): the caller's transaction is
+    rolled back and its sums dropped either way."""
     cdef Py_ssize_t n = len(rows), r
     cdef bint whole, run_open = False, fast, run_fast = False
     cdef int overflow
