@@ -398,13 +398,15 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     return result
 
 
-def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> T:
+def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T], cur: sqlite3.Cursor) -> T:
     """``_drive_transaction`` without turns of the loop: BEGIN IMMEDIATE, every step,
-    COMMIT, before returning; any failure rolls back before it propagates."""
-    conn.execute("BEGIN IMMEDIATE")
+    COMMIT, before returning; any failure rolls back before it propagates.  ``cur``: a
+    cursor of ``conn`` kept for BEGIN and COMMIT (``Connection.execute`` makes a new
+    cursor per call: ~2.7k instructions a commit for the two, callgrind)."""
+    cur.execute("BEGIN IMMEDIATE")
     try:
         result = _finish(steps)
-        conn.execute("COMMIT")
+        cur.execute("COMMIT")
     except BaseException:
         _roll_back(conn, steps)
         raise
@@ -452,6 +454,8 @@ class SqliteStore(SqlStore):
         self._conn: sqlite3.Connection | None = None
         #: the event loop's connection for hot writes (None: everything on the thread)
         self._hot: sqlite3.Connection | None = None
+        #: a cursor of ``_hot`` for ``_hot_now``'s BEGIN and COMMIT (set with it)
+        self._hot_cursor: sqlite3.Cursor | None = None
         self._hot_lock = asyncio.Lock()
         #: the loop the hot connection serves (set by ``open``)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -499,6 +503,7 @@ class SqliteStore(SqlStore):
                     self.path, 0, "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON",
                     "PRAGMA wal_autocheckpoint = 0", cached_statements=_HOT_STATEMENTS,
                 )  # fmt: skip
+                self._hot_cursor = self._hot.cursor()
         except BaseException:
             if self._conn is not None:
                 await loop.run_in_executor(self._executor, self._conn.close)
@@ -513,6 +518,7 @@ class SqliteStore(SqlStore):
             return
         async with self._hot_lock:  # a hot transaction in progress finishes first
             hot, self._hot = self._hot, None
+            self._hot_cursor = None
             if hot is not None:
                 hot.close()
         if self._checkpoint_task is not None:
@@ -729,11 +735,11 @@ class SqliteStore(SqlStore):
         other hot write can interleave, and one that is under way holds the lock (then
         this declines).  Another process writing: ``BEGIN IMMEDIATE`` fails at once
         (``busy_timeout = 0``) and the caller's usual call waits with its back-off."""
-        conn = self._hot
-        if conn is None or self._hot_lock.locked() or conn.in_transaction:
+        conn, cur = self._hot, self._hot_cursor
+        if conn is None or cur is None or self._hot_lock.locked() or conn.in_transaction:
             return None
         try:
-            result = _run_now(conn, attempt(conn))
+            result = _run_now(conn, attempt(conn), cur)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 return None
