@@ -180,8 +180,8 @@ def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
     # Which columns, and the kept values, in one compiled pass (``_sparse_params``): the
     # Python test of each column (a slice and count) and the itemgetter of every kept
-    # value were ~65k instructions of a 13-row group commit's ~630k under callgrind, the
-    # compiled pass ~5k (issue 27, bench_managed_store --shapes group).
+    # value were ~65k instructions of a 13-row group commit's ~630k under callgrind; now
+    # ~18k with the statement's lookup (issue 27, benchmarks/results/sqlite-20261205.md).
     omitted, kept = _sparse_params(n, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
     if not omitted:
         return _multi_insert(n), params
