@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -433,3 +434,73 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
             assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == expected, (key, c)
 
     run(dsn, body)
+
+
+def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``write_usage`` of one row (the group writer's batch at concurrency 1) runs its own
+    statement (``_WRITE_ONE``: scalars, counter deltas computed in Python); rows written
+    one by one leave the same log and the same counters as the same rows in one batch
+    (``_WRITE_USAGE``, counters computed in SQL): every scope, both sides of day and month
+    ends, unpriced and zero-cost rows, replays (never counted twice) and a row before 1970
+    (``_WRITE_USAGE``'s day numbering: its own path)."""
+    import random
+
+    from plano_fast.store import postgres
+
+    rng = random.Random(27)
+    day_ns = 86_400 * 10**9
+    instants = [
+        1706745599_900_000_000, 1706745600_100_000_000,  # 2024-01-31 23:59:59.9, 2024-02-01 00:00:00.1
+        1709251199_900_000_000, 1709251200_000_000_000,  # end of 29 February 2024, 1 March
+        time.time_ns(), 0, day_ns - 1,
+    ]  # fmt: skip
+    rows = []
+    for i in range(120):
+        cost = rng.choice([None, 0, rng.randrange(1, 10**12)])
+        rows.append(UsageRow(
+            request_id=f"one-{i:04d}", time_ns=rng.choice(instants) + rng.randrange(-3, 3) * day_ns,
+            project_id=rng.choice(["pa", "pb", None]), user_id=rng.choice(["ua", "ü-b", None]),
+            key_hash=rng.choice(["a" * 64, "b" * 64, None]), token_id=None, provider="openai",
+            model="m", input_tokens=1, output_tokens=1, cache_read_tokens=0, cache_write_tokens=0,
+            reasoning_tokens=0, streaming=bool(i % 2), status="ok", http_status=200,
+            priced=cost is not None, cost_nano_usd=cost, duration_us=1,
+        ))  # fmt: skip
+    rows.append(dataclasses.replace(rows[0], request_id="before-1970", time_ns=-day_ns // 2, cost_nano_usd=7, priced=True))
+    after_1970 = sum(r.time_ns >= 0 for r in rows + rows[:30])
+    assert after_1970 < len(rows) + 30
+    one_row_statements = [0]
+    original = asyncpg.connection.Connection.fetchval
+
+    async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query is postgres._WRITE_ONE:
+            one_row_statements[0] += 1
+        return await original(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+    async def written(dsn: str, one_by_one: bool) -> tuple[list[Any], list[Any]]:
+        async with open_store(dsn, "unused.db") as store:
+            await migrate(store)
+            if one_by_one:
+                inserted = [await store.write_usage([r]) for r in rows + rows[:30]]  # then 30 replays
+                assert inserted == [1] * len(rows) + [0] * 30
+            else:
+                assert await store.write_usage(rows) == len(rows)
+                assert await store.write_usage(rows[:30]) == 0
+            log = await store._fetch(
+                "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd, "
+                "price_status, streaming FROM usage_log ORDER BY request_id"
+            )
+            counters = await store._fetch(
+                "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
+                "FROM spending_counters ORDER BY 1, 2, 3, 4"
+            )
+            return [tuple(r) for r in log], [tuple(r) for r in counters]
+
+    with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
+        one = asyncio.run(written(one_dsn, True))
+        assert one_row_statements[0] == after_1970 > len(rows) // 2  # the others: _WRITE_USAGE
+        batch = asyncio.run(written(batch_dsn, False))
+        assert one_row_statements[0] == after_1970
+    assert one == batch
+    assert len(one[0]) == len(rows) and len(one[1]) > 30

@@ -56,6 +56,7 @@ from plano_fast.store.sql import (
     SqlStore,
     Stmt,
     check_targets,
+    counter_deltas,
     normalize_usage,
     normalize_usage_sliced,
     price_result_entry,
@@ -194,6 +195,49 @@ WITH input AS (
 _WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
     source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}")
 )
+
+# One row, the group writer's batch at concurrency 1 (issue 27): its columns as scalars
+# (``$1`` .. ``$width``) and its counter deltas computed here, as SQLite's are
+# (``counter_deltas``), five arrays of (kind, scope id, period, period start, cost), counted
+# only when the row was inserted.  The same effect as ``_WRITE_USAGE`` on one row, without
+# its 31 one-element arrays (encoded here, unnested there) and its per-day month arithmetic:
+# measured ~60 µs less server CPU and ~20 µs less client CPU per row.
+_WRITE_ONE = f"""
+WITH ins AS (
+    INSERT INTO usage_log ({_USAGE_COLUMN_LIST})
+    VALUES ({", ".join(f"${i}::{t}" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))})
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING 1
+),
+bump AS (
+    INSERT INTO spending_counters AS sc
+        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, c, 0, ${_USAGE_WIDTH + 1}::bigint
+      FROM unnest(${_USAGE_WIDTH + 2}::text[], ${_USAGE_WIDTH + 3}::text[], ${_USAGE_WIDTH + 4}::text[],
+                  ${_USAGE_WIDTH + 5}::bigint[], ${_USAGE_WIDTH + 6}::bigint[]) AS t(k, i, p, s, c)
+     WHERE EXISTS (SELECT FROM ins)
+     ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+       SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
+           updated_at_ns = EXCLUDED.updated_at_ns
+)
+SELECT count(*) FROM ins
+"""
+
+
+def _write_one_args(row: UsageRow, now: int) -> tuple[Any, ...] | None:
+    """``_WRITE_ONE``'s arguments for ``row`` (normalized); None for a row before 1970,
+    whose UTC day SQL's integer division and Python's floor division number differently:
+    ``_WRITE_USAGE`` counts it, as it always did."""
+    if row.time_ns < 0:
+        return None
+    deltas = sorted(counter_deltas((row,)).items())  # (the counters' lock order)
+    return (
+        *_usage_records((row,))[0], now,
+        [k.scope_kind for k, _ in deltas], [k.scope_id for k, _ in deltas], [k.period for k, _ in deltas],
+        [k.period_start for k, _ in deltas], [cost for _, cost in deltas],
+    )  # fmt: skip
+
 
 # ``settle``: the usage rows written, their cost counted and their reservations taken
 # back, in ONE statement (one round trip, its own transaction) for a whole batch of
@@ -610,6 +654,8 @@ class PostgresStore(SqlStore):
     @staticmethod
     async def _write_usage_on(conn: Any, rows: list[UsageRow], now: int) -> int:
         """Insert + count on ``conn``, which must be inside a transaction for big batches."""
+        if len(rows) == 1 and (one := _write_one_args(rows[0], now)) is not None:
+            return int(await conn.fetchval(_WRITE_ONE, *one))
         if len(rows) < _COPY_THRESHOLD:
             return int(await conn.fetchval(_WRITE_USAGE, *_usage_arrays(rows), now))
         await conn.execute(_CREATE_STAGING)
