@@ -504,3 +504,78 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_databas
         assert one_row_statements[0] == after_1970
     assert one == batch
     assert len(one[0]) == len(rows) and len(one[1]) > 30
+
+
+def test_one_settle_counts_exactly_what_the_batch_statement_counts(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settle alone (concurrency 1 with a hard limit) runs its own statement
+    (``_SETTLE_ONE``); settles one by one leave the same log, counters and reservations,
+    and give the same answers, as the same settles in one ``_SETTLE`` batch: mixed rows and
+    reservations, a row already written (its reservation freed, its cost not counted
+    again) and a reservation already settled (False; its row counted)."""
+    import random
+
+    from plano_fast.store import period_start, postgres
+
+    rng = random.Random(2027)
+    now = time.time_ns()
+    day_ns = 86_400 * 10**9
+    work = []
+    for i in range(40):
+        project, user = rng.choice(["pa", "pb"]), rng.choice(["ua", "ub"])
+        targets = [BudgetTarget("project", project, p, period_start(p, now), 10**15) for p in ("monthly", "daily")]
+        targets += [BudgetTarget("user", user, "total", 0, 10**15)] if i % 3 else []
+        cost = rng.choice([None, 0, rng.randrange(1, 10**9)])
+        usage = UsageRow(
+            request_id=f"settle-{i:04d}", time_ns=now + rng.randrange(-40, 2) * day_ns, project_id=project,
+            user_id=rng.choice([user, None]), key_hash=rng.choice(["c" * 64, None]), token_id=None,
+            provider="openai", model="m", input_tokens=1, output_tokens=1, cache_read_tokens=0,
+            cache_write_tokens=0, reasoning_tokens=0, streaming=False, status="ok", http_status=200,
+            priced=cost is not None, cost_nano_usd=cost, duration_us=1,
+        )  # fmt: skip
+        work.append((targets, rng.randrange(1, 10**6), usage))
+    one_settles = [0]
+    original = asyncpg.connection.Connection.fetchval
+
+    async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query is postgres._SETTLE_ONE:
+            one_settles[0] += 1
+        return await original(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+    async def settled(dsn: str, alone: bool) -> tuple[Any, ...]:
+        async with open_store(dsn, "unused.db") as store:
+            await migrate(store)
+            held = [await store.reserve(t, amount) for t, amount, _ in work]
+            assert all(r is not None for r in held)
+            items: list[tuple[str, UsageRow | None]] = [(r.id, u) for r, (_, _, u) in zip(held, work) if r]  # type: ignore[union-attr]
+            items.append((items[0][0], dataclasses.replace(work[1][2], request_id="settle-again")))  # settled already
+            paid = next(w for w in work if w[2].cost_nano_usd)
+            again = await store.reserve(paid[0], 5)
+            assert again is not None
+            items.append((again.id, paid[2]))  # a priced row written already
+            if alone:
+                answers = [await store._settle_batch([item]) for item in items]  # type: ignore[attr-defined]
+            else:
+                answers = [[a] for a in await store._settle_batch(items)]  # type: ignore[attr-defined]
+            tables = [
+                [tuple(r) for r in await store._fetch(sql)]  # type: ignore[attr-defined]
+                for sql in (
+                    "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd "
+                    "FROM usage_log ORDER BY request_id",
+                    "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
+                    "FROM spending_counters ORDER BY 1, 2, 3, 4",
+                    "SELECT count(*) FROM spending_reservations",
+                )
+            ]
+            return answers, *tables
+
+    with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
+        one = asyncio.run(settled(one_dsn, True))
+        assert one_settles[0] == len(work) + 2
+        batch = asyncio.run(settled(batch_dsn, False))
+        assert one_settles[0] == len(work) + 2
+    assert one == batch
+    assert one[0] == [[True]] * len(work) + [[False], [True]]
+    assert one[3] == [(0,)] and len(one[1]) == len(work) + 1
+    assert all(reserved == 0 for *_, reserved in one[2])

@@ -255,6 +255,42 @@ taken AS (
         source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}", freed="taken")
     ).replace("SELECT count(*) FROM ins", "SELECT ARRAY(SELECT DISTINCT id FROM taken)")
 )
+# ``settle`` of one request (concurrency 1 with a hard limit): ``_SETTLE`` for one row and
+# one reservation, shaped as ``_WRITE_ONE`` (the row's columns as scalars, its counter
+# deltas as five arrays, counted only when the row was inserted; then the reservation id).
+_SETTLE_ONE = f"""
+WITH taken AS (
+    DELETE FROM spending_reservations WHERE id = ${_USAGE_WIDTH + 7}::text
+    RETURNING id, scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
+),
+ins AS (
+    INSERT INTO usage_log ({_USAGE_COLUMN_LIST})
+    VALUES ({", ".join(f"${i}::{t}" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))})
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING 1
+),
+bump AS (
+    INSERT INTO spending_counters AS sc
+        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, SUM(c)::bigint, 0, ${_USAGE_WIDTH + 1}::bigint FROM (
+        SELECT k, i, p, s, c
+          FROM unnest(${_USAGE_WIDTH + 2}::text[], ${_USAGE_WIDTH + 3}::text[], ${_USAGE_WIDTH + 4}::text[],
+                      ${_USAGE_WIDTH + 5}::bigint[], ${_USAGE_WIDTH + 6}::bigint[]) AS t(k, i, p, s, c)
+         WHERE EXISTS (SELECT FROM ins)
+        UNION ALL
+        SELECT k COLLATE "default", i COLLATE "default", p COLLATE "default", s, 0::bigint FROM taken
+    ) AS counted
+     GROUP BY k, i, p, s
+     ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+       SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
+           updated_at_ns = EXCLUDED.updated_at_ns,
+           reserved_nano_usd = sc.reserved_nano_usd - COALESCE((
+               SELECT SUM(f.a) FROM taken f WHERE f.k = sc.scope_kind AND f.i = sc.scope_id
+                  AND f.p = sc.period AND f.s = sc.period_start), 0)
+)
+SELECT ARRAY(SELECT id FROM taken)
+"""
 _SETTLES_IN_FLIGHT = 2
 """Settle batches running at once.  Batches of one project update the same counter rows,
 so they run one after another whatever this is; two let a batch gather while another
@@ -1021,14 +1057,20 @@ class PostgresStore(SqlStore):
         item, whether its reservation was still held (a second settle of one reservation
         in the batch: False, as if it had come after the first)."""
         rows = await normalize_usage_sliced([row for _, row in batch if row is not None])
-        # Inserted in one global order (as ``write_usage``); ids sorted likewise.
-        rows.sort(key=_REQUEST_ID)
-        ids = sorted({rid for rid, _ in batch})
-        arrays = _usage_arrays(rows) if rows else [[] for _ in range(_USAGE_WIDTH)]
         now = time.time_ns()
+        one = _write_one_args(rows[0], now) if len(batch) == 1 and rows else None
+        if one is not None:  # one request's settle: its own statement (_SETTLE_ONE)
+            args: tuple[Any, ...] = (*one, batch[0][0])
+            sql = _SETTLE_ONE
+        else:
+            # Inserted in one global order (as ``write_usage``); ids sorted likewise.
+            rows.sort(key=_REQUEST_ID)
+            ids = sorted({rid for rid, _ in batch})
+            arrays = _usage_arrays(rows) if rows else [[] for _ in range(_USAGE_WIDTH)]
+            args, sql = (*arrays, now, ids), _SETTLE
 
         async def attempt() -> list[str]:
-            taken: list[str] = await self.pool.fetchval(_SETTLE, *arrays, now, ids)
+            taken: list[str] = await self.pool.fetchval(sql, *args)
             return taken
 
         # Idempotent, so run again if its connection was lost: a settle that did commit
