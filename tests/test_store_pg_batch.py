@@ -436,7 +436,9 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
     run(dsn, body)
 
 
-def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_row_writes_count_exactly_what_the_batch_statement_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``write_usage`` of one row (the group writer's batch at concurrency 1) runs its own
     statement (``_WRITE_ONE``: scalars, counter deltas computed in Python); rows written
     one by one leave the same log and the same counters as the same rows in one batch
@@ -465,7 +467,9 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_databas
             reasoning_tokens=0, streaming=bool(i % 2), status="ok", http_status=200,
             priced=cost is not None, cost_nano_usd=cost, duration_us=1,
         ))  # fmt: skip
-    rows.append(dataclasses.replace(rows[0], request_id="before-1970", time_ns=-day_ns // 2, cost_nano_usd=7, priced=True))
+    rows.append(
+        dataclasses.replace(rows[0], request_id="before-1970", time_ns=-day_ns // 2, cost_nano_usd=7, priced=True)
+    )
     after_1970 = sum(r.time_ns >= 0 for r in rows + rows[:30])
     assert after_1970 < len(rows) + 30
     one_row_statements = [0]
@@ -487,11 +491,11 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_databas
             else:
                 assert await store.write_usage(rows) == len(rows)
                 assert await store.write_usage(rows[:30]) == 0
-            log = await store._fetch(
+            log = await store._fetch(  # type: ignore[attr-defined]
                 "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd, "
                 "price_status, streaming FROM usage_log ORDER BY request_id"
             )
-            counters = await store._fetch(
+            counters = await store._fetch(  # type: ignore[attr-defined]
                 "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
                 "FROM spending_counters ORDER BY 1, 2, 3, 4"
             )
@@ -506,7 +510,9 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(pg_databas
     assert len(one[0]) == len(rows) and len(one[1]) > 30
 
 
-def test_one_settle_counts_exactly_what_the_batch_statement_counts(pg_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_settle_counts_exactly_what_the_batch_statement_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A settle alone (concurrency 1 with a hard limit) runs its own statement
     (``_SETTLE_ONE``); settles one by one leave the same log, counters and reservations,
     and give the same answers, as the same settles in one ``_SETTLE`` batch: mixed rows and
@@ -548,7 +554,9 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(pg_database: 
             await migrate(store)
             held = [await store.reserve(t, amount) for t, amount, _ in work]
             assert all(r is not None for r in held)
-            items: list[tuple[str, UsageRow | None]] = [(r.id, u) for r, (_, _, u) in zip(held, work) if r]  # type: ignore[union-attr]
+            items: list[tuple[str, UsageRow | None]] = [
+                (r.id, u) for r, (_, _, u) in zip(held, work, strict=True) if r is not None
+            ]
             items.append((items[0][0], dataclasses.replace(work[1][2], request_id="settle-again")))  # settled already
             paid = next(w for w in work if w[2].cost_nano_usd)
             again = await store.reserve(paid[0], 5)
