@@ -440,7 +440,7 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``write_usage`` of one row (the group writer's batch at concurrency 1) runs its own
-    statement (``_WRITE_ONE``: scalars, counter deltas computed in Python); rows written
+    statement (``_write_one_sql``: scalars, counter deltas computed in Python); rows written
     one by one leave the same log and the same counters as the same rows in one batch
     (``_WRITE_USAGE``, counters computed in SQL): every scope, both sides of day and month
     ends, unpriced and zero-cost rows, replays (never counted twice) and a row before 1970
@@ -473,11 +473,13 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(
     after_1970 = sum(r.time_ns >= 0 for r in rows + rows[:30])
     assert after_1970 < len(rows) + 30
     one_row_statements = [0]
+    shapes: set[str] = set()  # one statement per number of counter deltas: each one ran
     original = asyncpg.connection.Connection.fetchval
 
     async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-        if query is postgres._WRITE_ONE:
+        if query in {postgres._write_one_sql(n) for n in (0, 3, 6, 9)}:
             one_row_statements[0] += 1
+            shapes.add(query)
         return await original(conn, query, *args, **kwargs)
 
     monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
@@ -504,6 +506,7 @@ def test_one_row_writes_count_exactly_what_the_batch_statement_counts(
     with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
         one = asyncio.run(written(one_dsn, True))
         assert one_row_statements[0] == after_1970 > len(rows) // 2  # the others: _WRITE_USAGE
+        assert len(shapes) == 4
         batch = asyncio.run(written(batch_dsn, False))
         assert one_row_statements[0] == after_1970
     assert one == batch
@@ -514,7 +517,7 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A settle alone (concurrency 1 with a hard limit) runs its own statement
-    (``_SETTLE_ONE``); settles one by one leave the same log, counters and reservations,
+    (``_settle_one_sql``); settles one by one leave the same log, counters and reservations,
     and give the same answers, as the same settles in one ``_SETTLE`` batch: mixed rows and
     reservations, a row already written (its reservation freed, its cost not counted
     again) and a reservation already settled (False; its row counted)."""
@@ -540,11 +543,13 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(
         )  # fmt: skip
         work.append((targets, rng.randrange(1, 10**6), usage))
     one_settles = [0]
+    shapes: set[str] = set()  # one statement per number of counter deltas: each one ran
     original = asyncpg.connection.Connection.fetchval
 
     async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
-        if query is postgres._SETTLE_ONE:
+        if query in {postgres._settle_one_sql(n) for n in (0, 3, 6, 9)}:
             one_settles[0] += 1
+            shapes.add(query)
         return await original(conn, query, *args, **kwargs)
 
     monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
@@ -581,6 +586,7 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(
     with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
         one = asyncio.run(settled(one_dsn, True))
         assert one_settles[0] == len(work) + 2
+        assert len(shapes) == 4
         batch = asyncio.run(settled(batch_dsn, False))
         assert one_settles[0] == len(work) + 2
     assert one == batch
