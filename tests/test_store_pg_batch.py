@@ -593,3 +593,40 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(
     assert one[0] == [[True]] * len(work) + [[False], [True]]
     assert one[3] == [(0,)] and len(one[1]) == len(work) + 1
     assert all(reserved == 0 for *_, reserved in one[2])
+
+
+def test_usage_input_type_is_a_written_usage_row(dsn: str) -> None:
+    """``usage_input`` (migration 10), the type of the batch statements' one array of rows,
+    has ``USAGE_COLUMN_TYPES``'s attributes in order: a migration adding a written column to
+    usage_log must add it there too.  And a batch sent as those tuples lands column for
+    column (every column of a row differs from the defaults)."""
+    from plano_fast.store.records import PRICE_STATUS_PARTIAL
+    from plano_fast.store.sql import _USAGE_COLS, USAGE_COLUMN_TYPES, usage_from_row
+
+    async def body(store: Store) -> None:
+        attributes = await store._fetch(  # type: ignore[attr-defined]
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype('usage_input'))"
+            "   AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        )
+        written = {"integer": "integer", "bigint": "bigint", "text": "text", "boolean": "boolean"}
+        assert [(r[0], r[1]) for r in attributes] == [(c, written[t]) for c, t in USAGE_COLUMN_TYPES.items()]
+        full = [
+            UsageRow(
+                request_id=f"full-{i}", time_ns=1_700_000_000_000_000_000 + i, project_id="p1", user_id="u1",
+                key_hash="d" * 64, token_id="t1", provider="anthropic", model="m1", input_tokens=1 + i,
+                output_tokens=2, cache_read_tokens=3, cache_write_tokens=4, reasoning_tokens=5, streaming=True,
+                status="ok", http_status=201, priced=True, cost_nano_usd=6 + i, duration_us=7,
+                price_status=PRICE_STATUS_PARTIAL, tool_use_prompt_tokens=8, cache_write_1h_tokens=9,
+                audio_input_tokens=10, audio_output_tokens=11, usage_api="messages", usage_raw='{"x": "\\"y"}',
+                price_entry="e1", reservation_overrun_nano_usd=12, requested_model="m0", attempts=2,
+                attempt_trail="503,200",
+            )
+            for i in range(3)
+        ]  # fmt: skip
+        assert await store.write_usage(full) == 3
+        read = f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY request_id"
+        stored = await store._fetch(read)  # type: ignore[attr-defined]
+        assert [dataclasses.replace(usage_from_row(r), row_id=None) for r in stored] == full
+
+    run(dsn, body)

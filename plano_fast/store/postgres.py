@@ -4,9 +4,9 @@
 (``ON CONFLICT (request_id) DO NOTHING``), takes exactly the rows it inserted (``RETURNING``)
 and upserts their cost into ``spending_counters`` per scope and period.  Batches of 100 rows
 or more are first COPYed (binary) into a per-connection temp table in the same transaction;
-smaller ones travel as one array per column, and a single row (``write_usage`` or ``settle``
-of one request: concurrency 1) as scalars, with its counter deltas computed here as
-SQLite's are (``_write_one_sql``, ``_settle_one_sql``).  ``set_prices``
+smaller ones travel as one array of rows (``usage_input``, migration 10), and a single row
+(``write_usage`` or ``settle`` of one request: concurrency 1) as scalars, with its counter
+deltas computed here as SQLite's are (``_write_one_sql``, ``_settle_one_sql``).  ``set_prices``
 is built the same way around ``UPDATE ... WHERE NOT priced``.  So spend always equals the
 sum of the log, whatever is replayed or retried.
 
@@ -182,21 +182,16 @@ src AS (
 SELECT count(*) FROM ins
 """
 
-# Small batches (and ``settle``): one statement, one array per column ($1 .. $width), read
-# as the rows of ``input``.
-_INPUT_CTE = (
-    """
+# Small batches (and ``settle``): one statement, the rows as ONE array of ``usage_input``
+# (the composite type of migration 10: ``USAGE_COLUMN_TYPES``; a tuple per row, ``$1``),
+# read as the rows of ``input``.  Not one array per column: asyncpg checks each element of
+# an array parameter against collections.abc (~39 Python-level ``__instancecheck__`` calls
+# per row, ~0.4 µs each; three per row here).
+_INPUT_CTE = """
 WITH input AS (
-    SELECT * FROM unnest(
-        """
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(USAGE_COLUMN_TYPES.values(), 1))
-    + f"""
-    ) AS r({_USAGE_COLUMN_LIST})
+    SELECT * FROM unnest($1::usage_input[])
 ),"""
-)
-_WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
-    source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}")
-)
+_WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$2"))
 
 # One row, the group writer's batch at concurrency 1 (issue 27): its columns as scalars
 # (``$1`` .. ``$width``) and its counter deltas computed here, as SQLite's are
@@ -274,13 +269,13 @@ def _write_one_args(row: UsageRow, now: int) -> tuple[int, tuple[Any, ...]] | No
 # ordered upsert that adds the cost.  The result: the ids of the reservations taken.
 _SETTLE = (
     _INPUT_CTE
-    + f"""
+    + """
 taken AS (
-    DELETE FROM spending_reservations WHERE id = ANY(${_USAGE_WIDTH + 2}::text[])
+    DELETE FROM spending_reservations WHERE id = ANY($3::text[])
     RETURNING id, scope_kind AS k, scope_id AS i, period AS p, period_start AS s, amount_nano_usd AS a
 ),"""
     + _INSERT_AND_COUNT.format(
-        source="input", counters=_counters_cte("src", f"${_USAGE_WIDTH + 1}", freed="taken")
+        source="input", counters=_counters_cte("src", "$2", freed="taken")
     ).replace("SELECT count(*) FROM ins", "SELECT ARRAY(SELECT DISTINCT id FROM taken)")
 )
 # ``settle`` of one request (concurrency 1 with a hard limit): ``_SETTLE`` for one row and
@@ -527,10 +522,6 @@ def _usage_records(rows: Sequence[UsageRow]) -> list[tuple[Any, ...]]:
     return out
 
 
-def _usage_arrays(rows: Sequence[UsageRow]) -> list[list[Any]]:
-    return [list(column) for column in zip(*_usage_records(rows), strict=True)]
-
-
 class _OneLinePoolWarnings(logging.Filter):
     """asyncpg's pool logs every failed attempt to restore its connection floor with a
     full traceback (asyncpg/pool.py ``_maintain_min_size``: 1, 2, 4 ... 60 s apart while
@@ -717,7 +708,7 @@ class PostgresStore(SqlStore):
         if len(rows) == 1 and (one := _write_one_args(rows[0], now)) is not None:
             return int(await conn.fetchval(_write_one_sql(one[0]), *one[1]))
         if len(rows) < _COPY_THRESHOLD:
-            return int(await conn.fetchval(_WRITE_USAGE, *_usage_arrays(rows), now))
+            return int(await conn.fetchval(_WRITE_USAGE, _usage_records(rows), now))
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_usage_records(rows), columns=_USAGE_COLUMNS)
         return int(await conn.fetchval(_WRITE_STAGED, now))
@@ -1092,8 +1083,7 @@ class PostgresStore(SqlStore):
             # Inserted in one global order (as ``write_usage``); ids sorted likewise.
             rows.sort(key=_REQUEST_ID)
             ids = sorted({rid for rid, _ in batch})
-            arrays = _usage_arrays(rows) if rows else [[] for _ in range(_USAGE_WIDTH)]
-            args, sql = (*arrays, now, ids), _SETTLE
+            args, sql = (_usage_records(rows), now, ids), _SETTLE
 
         async def attempt() -> list[str]:
             taken: list[str] = await self.pool.fetchval(sql, *args)
