@@ -406,7 +406,12 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
         result = await original(conn, query, *args, **kwargs)
         if marker not in query:
             return result
-        ids = args[-1] if kind == "settle" else args[7]  # the reservation id(s)
+        if kind == "settle":
+            ids = args[-1]  # the reservation id(s)
+        elif len(args) == 2:  # a batch (RESERVE_MANY): one reserve_input tuple per request and counter, now
+            ids = [wanted[7] for wanted in args[0]]
+        else:
+            ids = args[7]
         if repr(ids) not in seen:
             seen.add(repr(ids))
             sizes.append(1 if isinstance(ids, str) else len(set(ids)))

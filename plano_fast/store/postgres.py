@@ -864,21 +864,18 @@ class PostgresStore(SqlStore):
         if len(batch) == 1:
             return [await self._reserve_one(*batch[0])]
         now = time.time_ns()
-        cols: list[list[Any]] = [[] for _ in range(10)]
-        for j, (todo, res) in enumerate(batch, 1):
-            for t in todo:
-                for col, value in zip(cols, (
-                    j, t.scope_kind, t.scope_id, t.period, t.period_start, t.limit_nano_usd,
-                    res.amount_nano_usd, res.id, res.expires_at_ns, res.owner,
-                ), strict=True):  # fmt: skip
-                    col.append(value)
+        wanted = [
+            (j, t.scope_kind, t.scope_id, t.period, t.period_start, t.limit_nano_usd,
+             res.amount_nano_usd, res.id, res.expires_at_ns, res.owner)
+            for j, (todo, res) in enumerate(batch, 1) for t in todo
+        ]  # fmt: skip
 
         lost_pids: list[int] = []
 
         async def attempt() -> int:
             for _ in range(_RESERVE_ATTEMPTS):
                 try:
-                    return await self._reserving(lost_pids, RESERVE_MANY, *cols, now)
+                    return await self._reserving(lost_pids, RESERVE_MANY, wanted, now)
                 except asyncpg.exceptions.InvalidTextRepresentationError as exc:
                     if PARTIAL not in str(exc):
                         raise

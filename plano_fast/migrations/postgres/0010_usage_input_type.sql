@@ -42,3 +42,20 @@ CREATE TYPE usage_input AS (
     attempts integer,
     attempt_trail text
 );
+
+-- reserve_input: one request's reservation on one counter, as the batch reservation
+-- statement (plano_fast/store/pg_reserve.py RESERVE_MANY) reads it: the request's arrival
+-- number in its batch, the counter, its limit, the amount, the reservation's id, expiry and
+-- owner.  Ten arrays before, one per column (the same ~0.4 us check per element).
+CREATE TYPE reserve_input AS (
+    j integer,
+    k text,
+    i text,
+    p text,
+    s bigint,
+    lim bigint,
+    a bigint,
+    rid text,
+    exp bigint,
+    own text
+);
