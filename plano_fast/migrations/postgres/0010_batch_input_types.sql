@@ -1,4 +1,5 @@
--- plano_fast schema, version 10 (PostgreSQL): usage_input, a usage row as written (issue 27).
+-- plano_fast schema, version 10 (PostgreSQL): usage_input, a usage row as written, and
+-- reserve_input, a reservation of a batch on one counter (issue 27).
 --
 -- Batches of usage rows (write_usage under 100 rows, settle) were sent as one array per
 -- column, 31 arrays; asyncpg checks every element of an array parameter against

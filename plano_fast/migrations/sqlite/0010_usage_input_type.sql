@@ -1,5 +1,0 @@
--- plano_fast schema, version 10 (SQLite): nothing to do.
---
--- Version 10 adds a composite type to PostgreSQL (usage_input: a usage row as written, sent
--- as one array of rows instead of one array per column); SQLite binds each row's values
--- directly and has no such type.  The versions stay in step across the two backends.
