@@ -191,7 +191,7 @@ class ScriptedProvider:
     provider cannot give: lying usage, truncated JSON."""
 
     def __init__(self) -> None:
-        self.scripts: dict[str, tuple[bytes, bool]] = {}
+        self.scripts: dict[str, tuple[bytes | list[bytes], bool]] = {}
         self.requests: list[bytes] = []
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -211,7 +211,9 @@ class ScriptedProvider:
         assert self._server is not None
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def add(self, name: str, answer: bytes, close: bool = True) -> None:
+    def add(self, name: str, answer: bytes | list[bytes], close: bool = True) -> None:
+        """``answer``: its bytes, or pieces written one at a time with a pause between
+        (separate TCP segments, so the gateway reads them separately)."""
         self.scripts[name] = (answer, close)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -229,8 +231,11 @@ class ScriptedProvider:
                 body = await reader.readexactly(length)
                 self.requests.append(head + body)
                 answer, close = self.scripts.get(script, (b"HTTP/1.1 500 x\r\ncontent-length: 0\r\n\r\n", True))
-                writer.write(answer)
-                await writer.drain()
+                for i, piece in enumerate([answer] if isinstance(answer, bytes) else answer):
+                    if i:
+                        await asyncio.sleep(0.05)  # (the gateway reads the pieces apart)
+                    writer.write(piece)
+                    await writer.drain()
                 if close:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -935,9 +940,10 @@ def anthropic_error_format(s: Stack) -> Result:
 
 
 def all_cases() -> list[Case]:
-    """This module's cases, then the second round's (benchmarks/attack_battery_c.py)."""
-    from benchmarks import attack_battery_c
-    return CASES + attack_battery_c.CASES
+    """This module's cases, then the second round's (benchmarks/attack_battery_c.py) and
+    round g's (benchmarks/attack_battery_g.py)."""
+    from benchmarks import attack_battery_c, attack_battery_g
+    return CASES + attack_battery_c.CASES + attack_battery_g.CASES
 
 
 def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, Result]]:

@@ -1,6 +1,6 @@
-"""``request(encoder, spans)`` and ``span(encoder, span)`` compiled: the twins of
-``plano_fast.otlp.OtlpEncoder._request_py`` and ``_span_py`` (an export request's bytes, a
-``Span`` message's; their docstrings are the specification).
+"""``request(encoder, spans)`` compiled: the twin of ``plano_fast.otlp.OtlpEncoder._request_py``
+and, span by span, ``_span_py`` (an export request's bytes, each ``Span`` message's: their
+docstrings are the specification).
 
 Why: the span encoding was the largest part of a traced request's cost (~77k instructions
 for its two spans in the twin: the cache keys, the lookups and the parts joined in
@@ -129,12 +129,6 @@ def request(encoder, spans):
     return out
 
 
-def span(encoder, span):
-    """The ``Span`` message of ``span`` (a ``plano_fast.spans.TraceSpan``), with
-    ``encoder``'s caches (an ``OtlpEncoder``)."""
-    return _span(encoder, span)
-
-
 cdef int _trace_id(object trace_id, uint64_t* high, uint64_t* low) except -1:
     """A 128-bit trace id's two halves (``int.to_bytes(16)``'s range check)."""
     if not 0 <= trace_id < (1 << 128):
@@ -145,6 +139,8 @@ cdef int _trace_id(object trace_id, uint64_t* high, uint64_t* low) except -1:
 
 
 cdef bytes _span(encoder, span):
+    """The ``Span`` message of ``span`` (a ``plano_fast.spans.TraceSpan``), with
+    ``encoder``'s caches (an ``OtlpEncoder``)."""
     cdef uint64_t trace_hi, trace_lo
     _trace_id(span.trace_id, &trace_hi, &trace_lo)
     cdef uint64_t span_id = span.span_id

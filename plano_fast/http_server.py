@@ -138,6 +138,10 @@ _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect"
 #: request body pieces shorter than this (tiny chunks, a trickled body) are joined as they
 #: arrive rather than kept one object each (``on_body``)
 _SMALL_PIECE = 4096
+#: a request body past this many bytes has its head identified before the rest is read
+#: (``on_body``): without it a client with no valid key could hold ``max_body_bytes`` (32 MiB)
+#: per connection, on as many connections as it opens, until the body timeout
+_IDENTIFY_AFTER_BYTES = 64 * 1024
 
 
 class Request:
@@ -476,6 +480,7 @@ class ServerProtocol(asyncio.Protocol):
         "_reading_paused",
         "_writing_paused",
         "_expect_continue",
+        "_identified",
         "_te_seen",
         "_upgrade_seen",
         "_hosts",
@@ -532,6 +537,7 @@ class ServerProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._expect_continue = False
+        self._identified = False
         self._te_seen = False
         self._upgrade_seen = False
         self._hosts = 0
@@ -671,6 +677,7 @@ class ServerProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._headers_done = False
         self._expect_continue = False
+        self._identified = False
         self._te_seen = False
         self._upgrade_seen = False
         self._hosts = 0
@@ -761,13 +768,17 @@ class ServerProtocol(asyncio.Protocol):
         running, else when the running one ends (a pipelined head waits its turn; without
         this its client, waiting for the 100, would wait out the body timeout)."""
         self._expect_continue = False
+        self._identify_head()
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _identify_head(self) -> None:
+        """Run the precheck on the head before (the rest of) its body is read: a client with
+        a bad key does not get to upload it (a GatewayError refuses the request, closing)."""
+        self._identified = True
         if self._precheck is not None:
-            # Identify before inviting the body: a client with a bad key does not get
-            # to upload it.
             self._precheck(
                 Request(self._parser.get_method(), self._url, self._request_headers, b"", False)
             )
-        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_chunk_header(self) -> None:
         self._body_progress = True
@@ -775,6 +786,8 @@ class ServerProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_progress = True
         self._body_bytes += len(body)
+        if self._body_bytes > _IDENTIFY_AFTER_BYTES and not self._identified:
+            self._identify_head()
         if self._body_bytes > self._limits.max_body_bytes:
             raise BodyTooLarge(
                 f"request body exceeds the limit of {self._limits.max_body_bytes} bytes"

@@ -328,11 +328,6 @@ class ModelMetrics:
     async def _fetch_all(self) -> None:
         await asyncio.gather(*(self.fetch(f) for f in self.feeds))
 
-    async def wait_first(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) for the first fetches, e.g. before a measurement."""
-        if self._first is not None:
-            await asyncio.wait((self._first,), timeout=timeout_s)
-
     async def stop(self) -> None:
         for p in self._tasks:
             await p.stop()

@@ -142,13 +142,10 @@ class OtlpEncoder:
         self._kv: dict[tuple[str, Any, type], bytes] = {}
         self._heads: dict[tuple[str, int], bytes] = {}
         self._statuses: dict[str, bytes] = {}
-        #: an export request's bytes and a ``Span`` message's: ``plano_fast._otlp``'s where it
-        #: is built, else the twins
+        #: an export request's bytes: ``plano_fast._otlp``'s where it is built, else the twin
         self.request: Callable[[Iterable[TraceSpan]], bytes] = self._request_py
-        self.span: Callable[[TraceSpan], bytes] = self._span_py
         if _compiled is not None:
             self.request = functools.partial(_compiled.request, self)
-            self.span = functools.partial(_compiled.span, self)
 
     def _request_py(self, spans: Iterable[TraceSpan]) -> bytes:
         """The export request of ``spans``, in their order (one join: no nested copies).
@@ -156,7 +153,7 @@ class OtlpEncoder:
         the other.)"""
         parts = [b"", b"", self._resource, b"\x12", b"", self._scope]
         size = len(self._scope)
-        span = self.span
+        span = self._span_py
         for s in spans:
             encoded = span(s)
             n = len(encoded)
@@ -174,7 +171,7 @@ class OtlpEncoder:
         """A ``Span`` message's bytes, its fields in number order as the SDK's protobuf
         runtime writes them (flags, field 16, last).  Name and kind, each attribute's
         ``KeyValue`` of a string value and the status are looked up in caches.  (The pure
-        twin of ``plano_fast._otlp.span``: ``OtlpEncoder.span`` is one or the other.)"""
+        twin of ``plano_fast._otlp._span``, which the compiled ``request`` calls.)"""
         head = self._heads.get((span.name, span.kind)) or self._head(span)
         attributes = span.attributes
         values = attributes.values()

@@ -333,11 +333,6 @@ def router_request(model: str, prompt: str) -> bytes:
     ).encode()
 
 
-def answer_content(body: bytes) -> str:
-    """The text of a chat-completions answer (``choices[0].message.content``)."""
-    return read_answer(body)[0]
-
-
 def read_answer(body: bytes) -> tuple[str, tuple[int, int] | None]:
     """(text, (prompt tokens, completion tokens) or None) of a chat-completions answer."""
     try:

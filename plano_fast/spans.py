@@ -117,10 +117,6 @@ class TraceSpan:
         for key, value in attributes.items():
             self.set_attribute(key, value)
 
-    def update_name(self, name: str) -> None:
-        if not self.end_ns:
-            self.name = name
-
     def set_error(self, description: str) -> None:
         """Status ERROR with ``description`` (the only status the gateway sets)."""
         if not self.end_ns:
@@ -171,7 +167,7 @@ def end_server(
     tokens: tuple[int, int] | None,
 ) -> None:
     operation = OPERATIONS.get(endpoint, endpoint or "chat")
-    if not span.end_ns:  # (update_name, inline)
+    if not span.end_ns:  # (an ended span keeps its name, as the SDK's)
         span.name = f"{operation} {request_model or ''}".strip()
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": operation,

@@ -40,7 +40,7 @@ place of the client's.  Attributes: ``gen_ai.operation.name``, ``gen_ai.provider
 ``gen_ai.request.model``, ``gen_ai.response.model``, ``gen_ai.usage.input_tokens``,
 ``gen_ai.usage.output_tokens``, ``http.response.status_code``, ``plano_fast.mode``,
 ``plano_fast.request_id``, ``plano_fast.outcome``, plus the configured header and static
-ones (credential headers are never copied).
+ones (credential headers are never copied: ``wire.SECRET_HEADERS``).
 """
 
 from __future__ import annotations
@@ -62,15 +62,11 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from plano_fast import otlp
 from plano_fast.otlp import OtlpEncoder
 from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan, upstream_head
-from plano_fast.wire import has_header
+from plano_fast.wire import SECRET_HEADERS, has_header
 
 log = logging.getLogger("plano_fast.tracing")
 
 _TRACEPARENT: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-#: never copied into a span, whatever header_prefixes say
-_SECRET_HEADERS: Final = frozenset(
-    {b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key", b"cookie", b"proxy-authorization"}
-)
 #: the instrumentation scope (``TracerProvider.get_tracer("plano_fast")``'s)
 SCOPE: Final = InstrumentationScope("plano_fast", "", None, None)
 
@@ -164,7 +160,7 @@ class Tracing:
         )  # fmt: skip
         if self.header_prefixes:
             for name, value in headers:
-                if name.startswith(self.header_prefixes) and name not in _SECRET_HEADERS:
+                if name.startswith(self.header_prefixes) and name not in SECRET_HEADERS:
                     span.set_attribute("http.request.header." + name.decode("latin-1"), value.decode("latin-1"))
         return span
 

@@ -704,3 +704,45 @@ def test_pool_floor_warnings_are_one_line_during_a_cut(pg_dsn: str, caplog: Any)
     floor = [r for r in caplog.records if "connection floor" in r.getMessage()]
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in floor)
     assert "Error" in floor[0].getMessage() or "refused" in floor[0].getMessage().lower()
+
+
+def test_a_journal_that_cannot_be_written_loses_no_row_and_stops_no_flush(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str, tmp_path: Path
+) -> None:
+    """The database away long enough for the backlog to pass ``usage_max_pending_events``,
+    and the journal it overflows to unwritable (a full disk; here its directory is a
+    file): the rows stay in memory, over the bound, and reach the database when it comes
+    back.  On main the failed spill had already taken them off the backlog (lost) and its
+    error ended the flusher's task: no row was written again until the restart; so did
+    the write-ahead log's failed unlink of a segment in that directory after a flush."""
+    import signal
+
+    not_a_directory = tmp_path / "journal-dir"
+    not_a_directory.write_text("a file where the journal's directory should be")
+    with FaultProxy(dsn_target(pg_dsn)) as proxy:
+        gateway = make_gateway({
+            "database_url": f'"{proxied_dsn(pg_dsn, proxy.port)}"', "usage_batch_size": 5,
+            "usage_max_pending_events": 5, "usage_journal_path": str(not_a_directory / "usage.journal"),
+        })  # fmt: skip
+        proxy.cut()
+        for i in range(20):
+            assert chat(gateway.url, f"overflow-{i}")[0] == 200
+        deadline = time.monotonic() + 10
+        while "could not be journaled" not in gateway.log_text():
+            assert time.monotonic() < deadline, [
+                line for line in gateway.log_text().splitlines() if "plano_fast.billing: usage" in line]
+            time.sleep(0.1)
+        proxy.restore()
+        rows = wait_rows(pg_dsn, "", 20, timeout_s=30)
+        assert len(rows) == 20 and len({r.request_id for r in rows}) == 20, len(rows)
+        # A stop with neither: a clean exit within its bound, saying what it could not keep.
+        proxy.cut()
+        for i in range(3):
+            assert chat(gateway.url, f"at-stop-{i}")[0] == 200
+        started = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        assert gateway.wait(30) == 0
+        assert time.monotonic() - started < 15
+        log = gateway.log_text()
+        assert "3 usage rows only in the write-ahead log" in log, log[-3000:]
+        assert "Traceback" not in log

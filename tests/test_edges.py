@@ -820,6 +820,36 @@ def test_guardrails_refuse_a_gemini_body_they_cannot_read(
     assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
 
 
+def test_guardrails_refuse_a_firewall_count_tokens_body_they_cannot_read(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
+) -> None:
+    """Was: firewall mode's ``/v1/messages/count_tokens`` (free, so not scanned) went to the
+    DLP floor unscanned, which reads a body that is not JSON as "nothing found": a
+    gzip-encoded or invalid body with a ``block`` finding in it was forwarded to Anthropic.
+    Now the guard phase itself scans what no mode scanned: the scanner's 400, nothing
+    forwarded; the plain body is still blocked (403), a clean one counted."""
+    import gzip
+
+    from tests.test_firewall import setup_keys
+
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    gateway = make_gateway({"guardrails": json.dumps({"detectors": {"ssn": "block"}}), "mode": "firewall",
+                            "key_registry_reload_s": 1},
+                           before_start=lambda: setup_keys(sqlite_path, fake.url))  # fmt: skip
+    auth = b"x-api-key: " + USER_KEY.encode() + b"\r\n"
+    path = b"/v1/messages/count_tokens"
+    secret = b'{"model":"claude-sonnet-4-6","messages":[{"role":"user","content":"my ssn is 078-05-1120"}]}'
+    fake.clear()
+    answer = exchange(gateway.port, post(path, secret, auth, CLOSE))
+    assert answer.status == 403, answer.raw[:300]
+    for body, extra_header in [(gzip.compress(secret), b"Content-Encoding: gzip\r\n"), (secret[:-1] + b",}", b"")]:
+        answer = exchange(gateway.port, post(path, body, auth, extra_header + CLOSE))
+        assert answer.status == 400 and "not valid JSON" in answer.error_json()["error"]["message"], answer.raw[:300]
+    assert provider_calls(fake) == []
+    answer = exchange(gateway.port, post(path, secret.replace(b"078-05-1120", b"unknown"), auth, CLOSE))
+    assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
 def test_the_routing_decision_api_refuses_a_key_over_its_limit(
     fake: FakeProviderThread, tmp_path: Path
 ) -> None:
@@ -980,7 +1010,8 @@ def test_managed_mode_cuts_the_account_headers(managed_once: Any, fake: FakeProv
 
 @pytest.mark.parametrize("header", [b"openai-organization: org-operator0000",
                                     b"OpenAI-Project: proj_operator0000",
-                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000"])
+                                    b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000",
+                                    b"X-MS-Region: operator0000-swedencentral"])
 def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
     gateway: GatewayProcess, fake: FakeProviderThread, header: bytes
 ) -> None:
@@ -1000,6 +1031,35 @@ def test_provider_account_ids_in_answers_are_cut_where_the_key_is_the_operators(
                                          b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
     assert answer.status == 200, answer.raw[:300]
     assert answer.header(name) == header.partition(b": ")[2]
+
+
+def test_azure_subscription_keys_and_region_are_cut_where_the_key_is_the_operators(
+    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+) -> None:
+    """Was: an Azure OpenAI provider with the operator's ``access_key`` got the client's
+    ``Ocp-Apim-Subscription-Key`` beside the gateway's ``api-key`` -- a credential Azure AI
+    services accept, of the client's choosing (an API Management subscription in front of
+    the resource reads it too) -- and the client got Azure's ``x-ms-region``, where the
+    operator's resource is.  Now both are cut there (any case, the underscore spelling);
+    the headers that describe the request (``apim-request-id``, ``x-ms-deployment-name``)
+    stay."""
+    gateway = make_gateway(extra_providers=f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure-operator\n")
+    body = b'{"model":"azure_openai/my-deployment","messages":[{"role":"user","content":"hi"}]}'
+    sent = b"Ocp-Apim-Subscription-Key: client-chosen-key-1\r\nocp_apim_subscription_key: client-chosen-key-2\r\n"
+    for header in (b"x-ms-region: operator0000-swedencentral", b"apim-request-id: 1f7c", b"x-ms-deployment-name: my-deployment"):
+        fake.clear()
+        answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                             sent + b"x-fake-response-header: " + header + b"\r\n" + CLOSE))
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        assert not any("client-chosen" in v for _, v in call.headers), call.headers
+        assert call.header_all("ocp-apim-subscription-key") == [] and call.header_all("ocp_apim_subscription_key") == []
+        assert call.header_all("api-key") == ["sk-azure-operator"]
+        name, _, value = header.partition(b": ")
+        if name == b"x-ms-region":
+            assert answer.header(name) is None and b"operator0000" not in answer.raw, answer.raw[:600]
+        else:
+            assert answer.header(name) == value, answer.raw[:600]
 
 
 OPERATOR_KEY = b"sk-proj-operator-secret-0123456789abcd"
@@ -1072,6 +1132,31 @@ def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: An
     assert answer.status == 400, answer.raw[:400]
     assert OPERATOR_KEY not in answer.raw and b"0123456789abcd" not in answer.raw
     assert answer.error_json()["error"]["message"] == "header Authorization: Bearer " + "*" * len(OPERATOR_KEY) + " is not allowed here"
+
+
+@pytest.mark.parametrize("split", [1, 3, 4, 20, len(OPERATOR_KEY) - 1])
+def test_an_error_body_echoing_the_operators_key_split_across_reads_is_masked(
+    scripted_operator: Any, split: int
+) -> None:
+    """Was: only a whole key within one read of the body was masked: a provider that
+    wrote its error body in two TCP writes, the key split between them, sent the operator's
+    key to the client unmasked (the key's head in one read, its tail in the next).  Now the
+    key's bytes are masked across the reads (a tail of 4+ of its first bytes at once; the
+    first 1-3, its public ``sk-`` marker, are left); the Content-Length holds."""
+    from benchmarks.attack_battery import json_answer
+
+    gateway, scripted = scripted_operator
+    message = "header Authorization: Bearer " + OPERATOR_KEY.decode() + " is not allowed here"
+    answer_bytes = json_answer({"error": {"message": message, "type": "invalid_request_error", "code": None}}, 400)
+    cut = answer_bytes.index(OPERATOR_KEY) + split
+    scripted.add(f"split{split}", [answer_bytes[:cut], answer_bytes[cut:]])
+    chat = CHAT.replace(b"gpt-4o-mini", b"scripted/gpt-4o-mini")
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"", b"x-script: split%d\r\n" % split + CLOSE))
+    assert answer.status == 400, answer.raw[:400]
+    kept = OPERATOR_KEY[:split] if split < 4 else b""  # (at most "sk-")
+    expected = "header Authorization: Bearer " + kept.decode() + "*" * (len(OPERATOR_KEY) - len(kept)) + " is not allowed here"
+    assert answer.error_json()["error"]["message"] == expected, answer.raw[:400]
+    assert b"operator-secret" not in answer.raw and b"0123456789abcd" not in answer.raw
 
 
 # -- round f: Host ------------------------------------------------------------------------------

@@ -107,6 +107,42 @@ def test_shutdown_drain_timeout_cuts_long_streams(
         assert not data.endswith(b"0\r\n\r\n")  # cut, not falsely completed
 
 
+def test_sigterm_writes_a_row_for_every_stream_it_served_or_cut(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """SIGTERM with streams in flight: one that ends within ``drain_timeout_s`` is billed
+    ``ok``; those the drain timeout cuts are billed too -- an estimate, never zero
+    (``client_disconnected_estimated``): main aborted their connections and gave up the
+    drains in the same turn, before the exchanges learnt their clients were gone, so they
+    never settled and had no row at all."""
+    from tests.test_billing_e2e import read_rows
+
+    gateway = make_gateway({"drain_timeout_s": 0.5})
+    socks = []
+    for events in (3, 100, 100):
+        sock = connect(gateway.port)
+        sock.sendall(request(body=STREAM_BODY, extra=b"x-fake-events: %d\r\nx-fake-interval-ms: 50\r\n"
+                                                     b"x-fake-input-tokens: 100\r\nx-fake-output-tokens: 10\r\n"
+                                                     % events))
+        sock.settimeout(5)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")
+        socks.append(sock)
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(10) == 0
+    endings = []
+    for sock in socks:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        endings.append(data.endswith(b"0\r\n\r\n"))
+    assert endings == [True, False, False]
+    rows = read_rows(None, str(gateway.config_path.with_suffix(".db")))
+    assert sorted(r.status for r in rows) == ["client_disconnected_estimated"] * 2 + ["ok"], rows
+    for row in rows:
+        assert row.priced and (row.cost_nano_usd or 0) > 0 and row.output_tokens > 0, row
+
+
 def test_workers_share_the_port(make_gateway: Callable[..., GatewayProcess]) -> None:
     gateway = make_gateway(workers=2)
     assert len(set(gateway.pids)) == 2

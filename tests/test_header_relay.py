@@ -319,7 +319,10 @@ def test_request_ids_count_in_hex_after_the_prefix_and_reset_in_place(mod: objec
 
 
 ACCOUNT_NAMES = sorted(_head_py.ACCOUNT_HEADERS) + [b"OpenAI-Organization", b"X-Goog-User-Project", b"openai-version",
-                                                   b"openai-processing-ms", b"x-goog-api-client", b"x", b"openai-projects"]
+                                                   b"openai-processing-ms", b"x-goog-api-client", b"x", b"openai-projects",
+                                                   b"X-MS-Region", b"x-ms-regions", b"x-ms-deployment-name",
+                                                   b"apim-request-id", b"Ocp-Apim-Subscription-Key",
+                                                   b"ocp-apim-subscription-region"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -88,6 +88,8 @@ def pipes(tmp_path_factory: pytest.TempPathFactory) -> Any:
                                           limit_nano_usd=3 * cost)  # fmt: skip
             tenants["one"] = provision(None, sqlite_path, [MINI])
             tenants["stalled"] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI])
+            tenants["stalled_limited"] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI],
+                                                   limit_nano_usd=10 * cost)  # fmt: skip
             tenants["flaky"] = provision(None, sqlite_path, [("flaky", "gpt-4o-mini", "gpt-4o-mini"), MINI])
 
         with GatewayProcess(config, env=ENV, before_start=before_start) as gateway:
@@ -209,6 +211,28 @@ def test_a_first_byte_timeout_fails_over(pipes: Any) -> None:
     circuit = next(c for c in json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
                    if c["provider"] == "stalled")  # fmt: skip
     assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 1
+
+
+def test_a_first_byte_timeout_under_a_hard_limit_is_not_retried(pipes: Any) -> None:
+    """Was: under a hard limit too, a first-byte timeout failed over to the next target,
+    and the row was the second attempt's -- while the provider may go on generating the
+    first and bill it (one reservation, two billed attempts, one on the row).  Now the
+    request ends in the 504, charged its reservation (``hard_limit_bound``), nothing sent
+    to the next target; without a hard limit it fails over as above."""
+    gateway, fake, sqlite_path, tenants = pipes
+    tenant = tenants["stalled_limited"]
+    fake.clear()
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(gateway, tenant.token)
+    assert caught.value.status_code == 504
+    assert [r.header("x-fake-latency-ms") for r in calls(fake)] == ["3000"]
+    for _ in range(100):
+        billed = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
+        if billed:
+            break
+        time.sleep(0.05)
+    assert [(r.status, r.cost_nano_usd, r.price_entry) for r in billed] == [
+        ("upstream_failed", request_cost(REQUEST_BODY), "hard_limit_bound")]
 
 
 def test_streams_fail_over_too(pipes: Any) -> None:

@@ -287,3 +287,26 @@ def test_header_pairs_leave_the_cyclic_gc() -> None:
     assert headers == [(b"host", b"x"), (b"content-type", b"application/json"),
                        (b"authorization", b"Bearer k"), (b"content-length", b"2")]  # fmt: skip
     assert not any(gc.is_tracked(pair) for pair in headers) and gc.is_tracked(headers)
+
+
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
+    """The name and value scans go sixteen bytes at a time (plano_fast/wire/_simd.h) before
+    the per-byte loops: each byte value at each offset of a 40-byte name or value is
+    accepted exactly when the fast path's grammar allows it, and as httptools reads it."""
+    for offset in range(40):
+        for byte in range(256):
+            field = bytearray(b"n" * 40 if where == "name" else b"v" * 40)
+            field[offset] = byte
+            if where == "name":
+                line = bytes(field) + b": value\r\n"
+                allowed = byte in _TCHARS or (byte == 58 and offset > 0)  # (a colon ends the name)
+            else:
+                line = b"x-field: " + bytes(field) + b"\r\n"
+                # (trailing whitespace is declined: httptools decides)
+                allowed = (byte == 9 or (byte >= 32 and byte != 127)) and not (byte in (9, 32) and offset == 39)
+            data = b"POST /v1/chat/completions HTTP/1.1\r\nhost: h\r\n" + line + b"content-length: 2\r\n\r\nok"
+            assert check_against_httptools(data) is allowed, (where, offset, byte)

@@ -297,3 +297,30 @@ def test_late_pricing_records_the_price_entry(backend: Backend) -> None:
         assert await store.set_prices([(row.row_id or 0, 5, "priced")]) == 0  # already priced
 
     backend.run(body)
+
+
+def test_reprice_leaves_a_stream_cut_before_its_usage_unpriced(backend: Backend) -> None:
+    """A 2xx stream cut before its usage came whole (``upstream_failed``): the Anthropic
+    input of ``message_start`` alone, or nothing (a Responses stream) -- no price of it,
+    left unpriced (main priced them at the input alone, and at 0).  One cut after its
+    usage came whole (kept in ``usage_raw``) is priced from it."""
+    async def body(store: Store) -> None:
+        cut = [
+            UsageEvent("cut-anthropic", T0, "anthropic", "claude-sonnet-4-5", True, "upstream_failed", 200,
+                       25, 0, 0, 0, 0, False, "p1", "k" * 64, None, None, 1.0, "anthropic"),
+            UsageEvent("cut-responses", T0 + 1, "openai", "gpt-5", True, "upstream_failed", 200,
+                       0, 0, 0, 0, 0, False, "p1", "k" * 64, None, None, 1.0, "openai"),
+        ]  # fmt: skip
+        whole = _event(scan.API_OPENAI_CHAT, b'{"usage":{"prompt_tokens":25,"completion_tokens":9}}', False,
+                       "openai", "gpt-4o-mini", 7)
+        whole.status = "upstream_failed"  # its usage chunk came, then the reset
+        assert await store.write_usage([usage_row_from_event(e) for e in (*cut, whole)]) == 3
+        report = await reprice(store, await load_pricing(store))
+        assert report.rows_changed == 1
+        rows = {r.request_id: r for r in await all_usage(store)}
+        for e in cut:
+            assert (rows[e.request_id].priced, rows[e.request_id].cost_nano_usd) == (False, None)
+        assert rows[whole.request_id].priced and (rows[whole.request_id].cost_nano_usd or 0) > 0
+        await assert_counters_match_log(store)
+
+    backend.run(body)

@@ -7,7 +7,8 @@ import operator
 from dataclasses import astuple
 from pathlib import Path
 
-from plano_fast.billing.journal import _EVENT_FIELDS, Journal, _encode_line
+from plano_fast.billing.drain import EVENT_FIELDS as _EVENT_FIELDS
+from plano_fast.billing.journal import Journal, _encode_line
 from plano_fast.usage import UsageEvent
 
 _fields = operator.attrgetter(*_EVENT_FIELDS)

@@ -31,10 +31,8 @@ class BudgetChecker:
         self.interval_s = interval_s
         #: (scope_kind, scope_id) pairs over a limit: ("project", id), ("key", hash), ...
         self.blocked: frozenset[tuple[str, str]] = frozenset()
-        self.blocked_projects: frozenset[str] = frozenset()
         #: False until the first successful check: callers that must fail closed look here
         self.ready = False
-        self.last_check_ns = 0
         self._loop = Periodic(
             "budget-checker", self.check_once, lambda: self.interval_s, on_error=self._check_failed
         )
@@ -66,7 +64,5 @@ class BudgetChecker:
             if counters.get(key, 0) >= limit.limit_nano_usd:
                 blocked.add((limit.scope_kind, limit.scope_id))
         self.blocked = frozenset(blocked)
-        self.blocked_projects = frozenset(sid for kind, sid in blocked if kind == "project")
         self.ready = True
-        self.last_check_ns = now_ns
         return self.blocked

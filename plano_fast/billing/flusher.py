@@ -50,6 +50,8 @@ from plano_fast.usage import UsageEvent
 log = logging.getLogger("plano_fast.billing")
 
 MAX_RETRY_DELAY_S = 30.0
+#: after the journal refused an overflow spill, the next attempt waits this long
+JOURNAL_RETRY_S = 5.0
 
 DRAIN_SLICE = 32
 """Events priced and converted per synchronous stretch of the event loop (~0.1 ms).  128
@@ -94,6 +96,9 @@ class UsageFlusher:
         self._task: asyncio.Task[None] | None = None
         self._retry_delay_s = 0.0
         self._replayed: list[Path] = []
+        #: spills the journal refused in a row (``_journal_failed``), and when to try again
+        self._journal_failures = 0
+        self._journal_retry_at = 0.0
 
     # -- the request path -------------------------------------------------------------
     def submit(self, event: UsageEvent) -> None:
@@ -160,10 +165,18 @@ class UsageFlusher:
             if not await self._flush_once():
                 await asyncio.sleep(min(0.5, max(0.0, end - loop.time())))
         if self._pending:
-            spilled = self.journal.spill(self._pending)
-            self.metrics.rows_spilled += spilled
-            self._resolved += spilled
-            log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
+            try:
+                spilled = self.journal.spill(self._pending)
+            except OSError as exc:
+                # Not resolved: the write-ahead log's segments holding them stay, for the
+                # next start (those it could sync).
+                log.error("store unavailable at shutdown and the journal %s cannot be written (%s: %s): "
+                          "%d usage rows only in the write-ahead log, as far as it synced", self.journal.path,
+                          type(exc).__name__, exc, len(self._pending))
+            else:
+                self.metrics.rows_spilled += spilled
+                self._resolved += spilled
+                log.error("store unavailable at shutdown: %d usage rows kept in %s", spilled, self.journal.path)
             self._pending.clear()
         if self.wal is not None:
             await self.wal.stop()
@@ -175,10 +188,16 @@ class UsageFlusher:
         a stop whose bound ran out while the store hangs.  Returns how many rows."""
         while self._queued:
             self._convert_slice(DRAIN_SLICE)
-        spilled = self.journal.spill(self._pending) if self._pending else 0
+        try:
+            spilled = self.journal.spill(self._pending) if self._pending else 0
+        except OSError as exc:
+            log.error("the journal %s cannot be written (%s: %s): %d usage rows only in the write-ahead "
+                      "log, as far as it synced", self.journal.path, type(exc).__name__, exc, len(self._pending))
+            spilled = 0
+        else:
+            self._resolved += spilled
         self._pending.clear()
         self.metrics.rows_spilled += spilled
-        self._resolved += spilled
         # The write-ahead log's segments stay: replaying them next time only finds rows
         # already stored or spilled (idempotent), and no store call can be made here.
         return spilled
@@ -201,6 +220,18 @@ class UsageFlusher:
 
     # -- the loop ---------------------------------------------------------------------
     async def _run(self) -> None:
+        """The flusher's task: its cycles, resumed after an unexpected error (a task that
+        ended on one wrote no row again until a restart, and said nothing)."""
+        while True:
+            try:
+                await self._cycles()
+            except Exception as exc:  # noqa: BLE001 - billing must go on; the rows are kept
+                self.metrics.flush_failures += 1
+                delay_s = max(1.0, self._retry_delay_s)
+                log.error("usage flusher: unexpected %s (%s); resumed in %.1fs", type(exc).__name__, exc, delay_s)
+                await asyncio.sleep(delay_s)
+
+    async def _cycles(self) -> None:
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + self.interval_s
         while True:
@@ -295,11 +326,35 @@ class UsageFlusher:
         pending = self._pending
         overflow = len(pending) - self.max_pending_rows
         if overflow > 0:
-            spill = [pending.popleft() for _ in range(overflow)]
-            self.metrics.rows_spilled += self.journal.spill(spill)
+            now = time.monotonic()
+            if now < self._journal_retry_at:
+                return  # (the journal failed a moment ago: not a JSON dump of the backlog per drain)
+            spill = list(itertools.islice(pending, overflow))
+            try:
+                self.metrics.rows_spilled += self.journal.spill(spill)
+            except OSError as exc:
+                # The journal cannot take them (a full disk, an unwritable directory): they
+                # stay in memory, over the bound, for the store or a later drain's spill.
+                # (Popped first, they were lost; raised, the error ended the flusher's task:
+                # nothing was flushed again until a restart.)
+                self._journal_retry_at = now + JOURNAL_RETRY_S
+                self._journal_failed(exc, len(spill))
+                return
+            for _ in range(overflow):
+                pending.popleft()
+            self._journal_failures = 0
             self._resolved += overflow
             log.warning("usage backlog over %d rows: %d spilled to %s",
                         self.max_pending_rows, overflow, self.journal.path)
+
+    def _journal_failed(self, exc: OSError, rows: int) -> None:
+        """A spill failed: logged at the first failure of a run and every 100th after."""
+        self.metrics.flush_failures += 1
+        self._journal_failures += 1
+        if self._journal_failures == 1 or self._journal_failures % 100 == 0:
+            log.error("usage backlog: %d rows could not be journaled to %s (%s: %s); kept in memory "
+                      "(%d rows), %d failures", rows, self.journal.path, type(exc).__name__, exc,
+                      len(self._pending), self._journal_failures)
 
     async def _flush_once(self) -> bool:
         # One flush at a time: two (flush_now while the loop task flushes) would write the

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import orjson
 
-from plano_fast.billing.drain import EVENT_FIELDS as _EVENT_FIELDS
 from plano_fast.billing.drain import event_fields as _event_fields
 from plano_fast.periodic import Periodic
 from plano_fast.store.records import UsageRow
@@ -316,7 +315,15 @@ class WriteAheadLog:
 
 def _unlink_all(paths: list[Path]) -> None:
     for path in paths:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            # (a read-only remount, a directory gone bad: raised, it ended the flusher's
+            # task after its write) Left behind, the segment is replayed by the next start,
+            # which finds its rows already stored (idempotent on request_id).
+            logging.getLogger("plano_fast.billing").warning(
+                "usage write-ahead log segment %s not deleted (%s); replayed at the next start",
+                path, type(exc).__name__)
 
 
 def _append_synced(path: Path, data: bytes) -> None:

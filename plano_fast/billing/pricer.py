@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from plano_fast.billing.metrics import BillingMetrics
-from plano_fast.billing.rows import quote_usage
+from plano_fast.billing.rows import cut_before_its_usage, quote_usage
 from plano_fast.periodic import Periodic
 from plano_fast.pricing import ModelPrice, PricingRegistry
 from plano_fast.store.base import BillingStore
@@ -110,7 +110,7 @@ class PriceCalculator:
             for row in rows:
                 assert row.row_id is not None
                 quote = None
-                if row.model is not None and row.status != "usage_missing":
+                if row.model is not None and row.status != "usage_missing" and not cut_before_its_usage(row):
                     # rows are in the row convention: one formula for every provider
                     quote = quote_usage(self.pricing, row, row.model)
                 if quote is None:

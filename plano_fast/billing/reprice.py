@@ -26,14 +26,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from plano_fast import wire as scan
 from plano_fast.billing.pricer import model_price_of
-from plano_fast.billing.rows import BOUND_PRICE_ENTRY, quote_usage
+from plano_fast.billing.rows import BOUND_PRICE_ENTRY, cut_before_its_usage, quote_usage, rederive_counts
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store import open_store
 from plano_fast.store.base import BillingStore, UsageStore
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_NOT_BILLABLE, USAGE_API_NUMBERS
+from plano_fast.usage import STATUS_NOT_BILLABLE
 
 DEFAULT_PAGE_ROWS = 2_000
 
@@ -48,34 +47,6 @@ class RepriceReport:
     elapsed_s: float = 0.0
 
 
-def rederive_counts(row: UsageRow) -> UsageRow | None:
-    """``row`` with its token columns rebuilt from ``usage_raw``; None when it has none or
-    they do not scan to a usage."""
-    if row.usage_raw is None or row.usage_api is None:
-        return None
-    api = USAGE_API_NUMBERS.get(row.usage_api)
-    if api is None:
-        return None
-    scanner = scan.UsageScanner(api, False)
-    scanner.feed(row.usage_raw.encode("utf-8"))
-    scanner.finish()
-    u = scanner.result()
-    if not u.has_usage:
-        return None
-    return replace(
-        row,
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cache_read_tokens=u.cache_read_tokens,
-        cache_write_tokens=u.cache_write_tokens,
-        reasoning_tokens=u.reasoning_tokens,
-        tool_use_prompt_tokens=u.tool_use_prompt_tokens,
-        cache_write_1h_tokens=u.cache_write_1h_tokens,
-        audio_input_tokens=u.audio_input_tokens,
-        audio_output_tokens=u.audio_output_tokens,
-    )
-
-
 def _carries_usage(row: UsageRow) -> bool:
     return bool(row.input_tokens or row.output_tokens or (row.priced and row.cost_nano_usd))
 
@@ -85,6 +56,8 @@ def reprice_row(pricing: PricingRegistry, row: UsageRow) -> tuple[UsageRow, bool
     if row.status == STATUS_NOT_BILLABLE or row.model is None or row.price_entry == BOUND_PRICE_ENTRY:
         # (a row charged at its hard limit's bound: its usage does not price it)
         return row, False
+    if cut_before_its_usage(row):
+        return row, False  # (what its columns hold is no price of it: left unpriced)
     derived = rederive_counts(row)
     new = row if derived is None else derived
     if derived is None and not _carries_usage(row):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Final, Protocol
 
 from plano_fast.billing.drain import BOUND_PRICE_ENTRY
@@ -66,8 +67,9 @@ from plano_fast.usage import (
 )
 
 __all__ = [
-    "BOUND_PRICE_ENTRY", "Counted", "charge_of_incomplete", "incomplete_answer", "price_event", "quote_event",
-    "quote_usage", "row_of_event", "row_within_reservation", "rows_of_events",
+    "BOUND_PRICE_ENTRY", "Counted", "charge_of_incomplete", "cut_before_its_usage", "incomplete_answer",
+    "price_event", "quote_event", "quote_usage", "rederive_counts", "row_of_event", "row_within_reservation",
+    "rows_of_events",
 ]  # fmt: skip
 
 log = logging.getLogger("plano_fast.billing")
@@ -112,6 +114,44 @@ def kept_web_searches(row: UsageRow) -> int:
     scanner.finish()
     usage = scanner.result()
     return usage.web_search_requests if usage.has_usage else 0
+
+
+def rederive_counts(row: UsageRow) -> UsageRow | None:
+    """``row`` with its token columns rebuilt from ``usage_raw``; None when it has none or
+    they do not scan to a usage."""
+    if row.usage_raw is None or row.usage_api is None:
+        return None
+    api = USAGE_API_NUMBERS.get(row.usage_api)
+    if api is None:
+        return None
+    scanner = wire.UsageScanner(api, False)
+    scanner.feed(row.usage_raw.encode("utf-8"))
+    scanner.finish()
+    u = scanner.result()
+    if not u.has_usage:
+        return None
+    return replace(
+        row,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        tool_use_prompt_tokens=u.tool_use_prompt_tokens,
+        cache_write_1h_tokens=u.cache_write_1h_tokens,
+        audio_input_tokens=u.audio_input_tokens,
+        audio_output_tokens=u.audio_output_tokens,
+    )
+
+
+def cut_before_its_usage(row: UsageRow) -> bool:
+    """A 2xx answer cut before its usage came whole (``upstream_failed`` after the head: a
+    reset, a stall, a short body): the flush left it unpriced, and its token columns --
+    nothing, or the input of Anthropic's ``message_start`` -- are no price of it, so the
+    late pricer and ``usage reprice`` leave it unpriced too (visible, never a silent zero
+    or an input-only cost).  Its kept usage object tells: only a whole one scans to a
+    usage.  (Under a hard limit it was charged at its bound when it settled.)"""
+    return row.status == STATUS_UPSTREAM_FAILED and 200 <= row.http_status < 300 and rederive_counts(row) is None
 
 
 def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote | None:
@@ -193,13 +233,16 @@ def row_within_reservation(
     reserved_nano_usd: int,
     output_bound: Callable[[], int],
     metrics: BillingMetrics,
+    unanswered: bool = False,
 ) -> UsageRow:
     """The row that settles a hard limit's reservation of ``reserved_nano_usd``: ``row``
     (``row_of_event(pricing, event)``) as it is, or for a 2xx answer whose usage is missing
-    or cut short, charged at the bound (``charge_of_incomplete``; ``output_bound`` gives
-    the output tokens the reservation counted, asked only then) -- counted in ``metrics``
-    and logged (request id, model, amounts: no secrets), so an operator sees every one."""
-    if event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300:
+    or cut short -- or, ``unanswered``, a request the provider received and never answered
+    within the first-byte timeout (it may be generating, and billing, still) -- charged at
+    the bound (``charge_of_incomplete``; ``output_bound`` gives the output tokens the
+    reservation counted, asked only then), counted in ``metrics`` and logged (request id,
+    model, amounts: no secrets), so an operator sees every one."""
+    if not unanswered and (event.status not in _INCOMPLETE_STATUSES or not 200 <= event.http_status < 300):
         return row  # the usual case (incomplete_answer inlined: one call less per request)
     charge = charge_of_incomplete(pricing, event, reserved_nano_usd, output_bound())
     # On the event too: if the settle's write fails, the journaled path charges the same.

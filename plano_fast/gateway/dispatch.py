@@ -10,6 +10,7 @@ they read; this module owns the order of the questions.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
@@ -22,6 +23,7 @@ from plano_fast.errors import (
     NotFound,
     ServiceUnavailable,
     SpendingLimitExceeded,
+    Unauthorized,
     UnknownModelError,
 )
 from plano_fast.gateway.endpoints import (
@@ -39,6 +41,7 @@ from plano_fast.gateway.modes.managed import ManagedExchange
 from plano_fast.gateway.phases import checked_start, key_hash
 from plano_fast.gateway.relay import Exchange, new_exchange, new_request_id
 from plano_fast.gateway.routed import RoutedExchange
+from plano_fast.managed.state import TOKEN_PREFIX
 from plano_fast.preference_routing import Decision, decision_body
 from plano_fast.responses_managed import owner_of
 from plano_fast.responses_state import stored_response_answer
@@ -221,10 +224,12 @@ def trace(gw: Gateway, exchange: Exchange) -> None:
 
 
 def precheck(gw: Gateway, request: Request) -> None:
-    """A head that expects 100-continue: refuse (GatewayError) what identification
-    alone refuses -- a fragment, an ambiguous or malformed credential, and in firewall
-    mode an endpoint it does not meter or a key it does not know -- before the body is
-    invited.  ``request`` has no body; the full checks run again when it is complete."""
+    """A head whose body is not read yet (it expects 100-continue, or its body passed
+    ``http_server._IDENTIFY_AFTER_BYTES``): refuse (GatewayError) what identification
+    alone refuses -- a fragment, an ambiguous or malformed credential, in firewall mode an
+    endpoint it does not meter or a key it does not know, in managed mode a request
+    without a current ``xproxy_`` token -- before the body is invited or read on.
+    ``request`` has no body; the full checks run again when it is complete."""
     refuse_fragment(request.target)
     client = read_client_headers(request.headers, request.query)
     if gw.firewall and request.path not in _HEALTH:
@@ -232,6 +237,16 @@ def precheck(gw: Gateway, request: Request) -> None:
             raise ServiceUnavailable("the gateway has not loaded its key registry and budgets yet")
         metered_endpoint(request.method, request.path, gw.ctx.unbilled_paths)
         identify(gw.registry, gw.billing.budget, client)
+    elif gw.managed is not None and request.path not in ALWAYS_SERVED:
+        # (as dispatch: every path but the always-served ones needs a token)
+        state = gw.managed.state
+        if not state.ready:
+            raise ServiceUnavailable("the gateway has not loaded its tokens yet")
+        credential = client.credential
+        if credential is None or not credential.secret.startswith(TOKEN_PREFIX.encode()):
+            raise Unauthorized("an xproxy_ token is required")
+        if state.lookup(key_hash(credential.secret), time.time_ns()) is None:
+            raise Unauthorized("this token is invalid, revoked or expired")
 
 
 def admit_path(gw: Gateway, method: bytes, target: bytes) -> None:

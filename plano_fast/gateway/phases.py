@@ -16,11 +16,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from plano_fast import guardrails
+from plano_fast import guardrails, wire
 from plano_fast.filter_chain import run_chain
 from plano_fast.guard_models import latest_user_text
 from plano_fast.credentials import ClientHeaders, read_client_headers
-from plano_fast.errors import ApiFormat, ClientError, GatewayError, SpendingLimitExceeded
+from plano_fast.errors import ApiFormat, BadRequestBody, ClientError, GatewayError, SpendingLimitExceeded
 from plano_fast.ratelimit import Outcome
 
 if TYPE_CHECKING:
@@ -103,16 +103,29 @@ def refuse_background(body: bytes) -> None:
         )
 
 
-def guard(exchange: Exchange, fmt: str, provider: str | None) -> None:
+def guard(exchange: Exchange, fmt: str, provider: str | None, *, scanned: bool = False) -> None:
     """The DLP floor (plano_fast.guardrails) over the request's message text: raises
-    GuardrailBlocked (403); redaction replaces ``request.body``.  Call it after the
-    body passed the scanner (valid JSON) and before the upstream request is built."""
+    GuardrailBlocked (403); redaction replaces ``request.body``.  Call it before the
+    upstream request is built.
+
+    The guardrails read only a body that passed the scanner (``scanned``: the mode has
+    scanned it already; otherwise it is scanned here): one they cannot read -- gzip-encoded
+    (``Content-Encoding: gzip``, which Google's front end decodes), not JSON -- would pass
+    them unread (``apply_body`` finds nothing in it) and go upstream as it is, and a
+    repeated member would be lost when a redaction re-encodes the body, while the provider
+    might read it.  So such a body is the scanner's 400 here, in every mode and endpoint
+    (Gemini's, whose model is in the path, and firewall mode's free ``count_tokens`` are
+    not scanned otherwise)."""
     policy = exchange.ctx.guardrails
     if policy is None:
         return
+    if not scanned:
+        try:
+            wire.scan_request(exchange.request.body)
+        except wire.ScanError as exc:
+            raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
     metrics = exchange.ctx.metrics
     try:
-        # (a body that is not JSON: nothing found; the scanner refuses it with a precise message)
         outcome = guardrails.apply_body(policy, exchange.request.body, fmt, provider, exchange.project_id)
     except guardrails.GuardrailBlocked as exc:
         metrics.detected(exc.detections)

@@ -37,6 +37,7 @@ from plano_fast.spans import end_attempt, end_server
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
+from plano_fast import upstream
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage_estimate import ContentMeter, tokens_of_bytes
 from plano_fast.usage import (
@@ -371,7 +372,7 @@ class Exchange:
         self.swallow = False
         #: the gateway's own upstream credential (its header lines or pairs) when the key
         #: sent is the operator's, None when it is the client's (plano_fast.gateway.operator_key)
-        self.operator_auth: bytes | tuple[Header, ...] | None = None
+        self.operator_auth: operator_key.OperatorAuth | None = None
         #: (connect, first byte, idle) timeouts of the current target, in seconds
         self.timeouts = ctx.timeouts
         #: outcomes of the attempts that failed and were followed by another (None: no
@@ -637,7 +638,7 @@ class Exchange:
         if not responder.client_connected:
             return
         if self.status >= 400 and self.operator_auth is not None:
-            data = operator_key.redact(data, self.operator_auth)
+            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)
@@ -937,3 +938,12 @@ if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obe
     else:
         Exchange.make_event = _make_event  # type: ignore[method-assign]
         Exchange.observe = _observe  # type: ignore[method-assign]
+    try:
+        # (after make_event / observe: the pass calls the compiled ones directly)
+        from plano_fast.gateway._answer import data_received as _data_received  # noqa: E402
+        from plano_fast.gateway._answer import take_whole_answer as _take_whole_answer  # noqa: E402
+    except ImportError:
+        pass
+    else:
+        upstream.take_whole_answer = _take_whole_answer
+        UpstreamConnection.data_received = _data_received  # type: ignore[method-assign,assignment]

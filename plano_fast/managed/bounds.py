@@ -22,7 +22,10 @@ provider will bill.  The argument, per part of the bill:
   provider-run tools whose results are added to the input (web search, file search,
   code execution, URL context, MCP; chat's ``web_search_options``, Anthropic's
   ``mcp_servers``), a stored prompt template (Responses ``prompt``: its text is billed
-  as input), ``service_tier: "priority"`` (billed above the price table's rates), and a
+  as input), a Responses input item that references a stored item (``item_reference``),
+  rates above the price table's (``service_tier`` other than auto, default, flex or
+  standard_only; Anthropic's fast mode ``speed: "fast"`` and ``inference_geo``; a chat
+  ``prediction``, whose rejected tokens are billed at output rates), and a
   model that searches the web on every call (``searches_on_every_call``: per-call fees).
   A request without a hard limit is not inspected.
 
@@ -48,7 +51,8 @@ _MARKERS = (
     b'"input_audio"', b'"audio"', b'"video', b'"document"', b'"previous_response_id"',
     b'"conversation"', b'"modalities"', b'"googleSearch"', b'"google_search', b'"codeExecution"',
     b'"code_execution"', b'"urlContext"', b'"url_context"', b'"web_search_options"', b'"mcp_servers"',
-    b'"prompt"', b'"service_tier"', b"\\u",
+    b'"prompt"', b'"service_tier"', b'"speed"', b'"inference_geo"', b'"prediction"', b'"item_reference"',
+    b'"id"', b"\\u",
 )  # fmt: skip
 
 # Where message content lives, per API (chat / messages / responses / gemini).
@@ -71,6 +75,16 @@ _STATE_KEYS = ("previous_response_id", "conversation", "audio")
 _PROVIDER_INPUT = (
     ("web_search_options", "web search: its fees and results are not in the request"),
     ("mcp_servers", "MCP servers: their tool results are billed as input"),
+)
+# service_tier values billed at (or below: flex) the price table's rates; any other one
+# (OpenAI's priority, Anthropic's fast, a tier not known yet) is refused under a hard limit.
+_TABLE_RATE_TIERS = frozenset(("auto", "default", "flex", "standard_only"))
+# Members whose only non-default value is billed at a multiple of the table's rates:
+# Anthropic's fast mode (``speed: "fast"``, 2-6x) and US-only inference (``inference_geo``,
+# 1.1x).  (member, its standard value, why)
+_PREMIUM_OPTIONS = (
+    ("speed", "standard", "fast mode is billed at a multiple of the price table's rates"),
+    ("inference_geo", "global", "inference pinned to a region is billed above the price table's rates"),
 )
 # Tool entries that are plain function declarations (everything else runs at the provider).
 _FUNCTION_TOOL_TYPES = frozenset(("function", "custom"))
@@ -118,9 +132,22 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
             raise UnboundedContent(f"'{key}' ({why})")
     if isinstance(doc.get("prompt"), dict):
         raise UnboundedContent("'prompt' (a stored prompt: its text is billed as input, not in the request)")
-    if doc.get("service_tier") == "priority":
-        # billed at priority processing's rates, above the price table's: no bound from it
-        raise UnboundedContent("'service_tier' priority (billed above the price table's rates)")
+    tier = doc.get("service_tier")
+    if tier is not None and tier not in _TABLE_RATE_TIERS:
+        # priority (OpenAI), fast (Anthropic's fast mode, also as service_tier), or one not
+        # known: billed above the price table's rates, so no bound from the table
+        raise UnboundedContent(f"'service_tier' {tier!r} (billed above the price table's rates)")
+    for key, allowed, why in _PREMIUM_OPTIONS:
+        if doc.get(key, allowed) != allowed:
+            raise UnboundedContent(f"'{key}' {doc[key]!r} ({why})")
+    if doc.get("prediction") is not None:
+        raise UnboundedContent(
+            "'prediction' (a predicted output: its rejected tokens are billed at output rates, "
+            "which a bound of the body's bytes as input does not cover)"
+        )
+    reference = _stored_item_in(doc.get("input"))
+    if reference is not None:
+        raise UnboundedContent(f"{reference} in 'input' (a stored item: its cost is not in the request)")
     modalities = doc.get("modalities")
     if isinstance(modalities, list) and "audio" in modalities:
         raise UnboundedContent("'modalities' with audio output")
@@ -190,6 +217,20 @@ def _media_in(node: Any) -> str | None:
                     stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
+    return None
+
+
+def _stored_item_in(items: Any) -> str | None:
+    """A Responses input item that names a stored item instead of carrying it, described:
+    ``{"type": "item_reference", "id": ...}`` or the same without its (optional) type
+    (an ``id`` and no ``role``); the provider bills the stored item's text as input."""
+    if not isinstance(items, list):
+        return None
+    for item in items:
+        if isinstance(item, dict):
+            kind = item.get("type")
+            if kind == "item_reference" or (kind is None and "id" in item and "role" not in item):
+                return "an 'item_reference' item"
     return None
 
 

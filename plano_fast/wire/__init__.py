@@ -137,6 +137,8 @@ else:
 
 #: headers that select or reveal the provider account (cut where the key is the operator's)
 from plano_fast.wire._head_py import ACCOUNT_HEADERS  # noqa: E402
+#: headers whose value is a secret (never in a span; the gateway's own are masked in errors)
+from plano_fast.wire._head_py import SECRET_HEADERS  # noqa: E402
 
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
 #: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
@@ -196,6 +198,7 @@ IMPLEMENTATION: Final = (
 
 __all__ = [
     "ACCOUNT_HEADERS",
+    "SECRET_HEADERS",
     "without_account_headers",
     "RequestIds",
     "ResponseHead",

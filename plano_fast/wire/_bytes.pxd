@@ -64,7 +64,7 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
         # (the underscore spelling too: CGI/WSGI servers read it as x-request-id)
         return R_REQUEST_ID if starts(p, n, b"x-request-id", 12) or starts(p, n, b"x_request_id", 12) else R_KEEP
     if n == 13:
-        if starts(p, n, b"x-http-method", 13):
+        if starts(p, n, b"x-http-method", 13) or starts(p, n, b"x_http_method", 13):
             return R_DROP
         return R_CREDENTIAL if starts(p, n, b"authorization", 13) else R_KEEP
     if n == 14:
@@ -74,12 +74,17 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
             return R_CREDENTIAL
         return R_KEEP
     if n == 15:
-        return R_DROP if starts(p, n, b"accept-encoding", 15) else R_KEEP
+        # (and the underscore spellings of what is dropped below: CGI/WSGI servers read
+        # accept_encoding as Accept-Encoding -- a gzip answer's usage is unreadable --,
+        # transfer_encoding as Transfer-Encoding, x_http_method_override as the override)
+        return R_DROP if starts(p, n, b"accept-encoding", 15) or starts(p, n, b"accept_encoding", 15) else R_KEEP
     if n == 16:
         # (x-goog-fieldmask: Google's response field mask could cut the usage from an answer)
-        return R_DROP if starts(p, n, b"proxy-connection", 16) or starts(p, n, b"x-goog-fieldmask", 16) else R_KEEP
+        return R_DROP if (starts(p, n, b"proxy-connection", 16) or starts(p, n, b"x-goog-fieldmask", 16)
+                          or starts(p, n, b"x_goog_fieldmask", 16)) else R_KEEP
     if n == 17:
-        if starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17):
+        if (starts(p, n, b"transfer-encoding", 17) or starts(p, n, b"x-method-override", 17)
+                or starts(p, n, b"transfer_encoding", 17) or starts(p, n, b"x_method_override", 17)):
             return R_DROP
         return R_VERSION if starts(p, n, b"anthropic-version", 17) else R_KEEP
     if n == 18:
@@ -87,7 +92,7 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
     if n == 19:
         return R_DROP if starts(p, n, b"proxy-authorization", 19) else R_KEEP
     if n == 22:
-        return R_DROP if starts(p, n, b"x-http-method-override", 22) else R_KEEP
+        return R_DROP if starts(p, n, b"x-http-method-override", 22) or starts(p, n, b"x_http_method_override", 22) else R_KEEP
     return R_KEEP
 
 
@@ -95,29 +100,35 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
 
 cdef inline bint account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """p[:n] (lowercase, as parsed) names a header that selects or reveals the provider
-    account: 14, 19 or 25 bytes."""
+    account: 11, 14, 19 or 25 bytes."""
+    if n == 11:
+        return starts(p, n, b"x-ms-region", 11)
     if n == 14:
         return starts(p, n, b"openai-project", 14) or starts(p, n, b"openai_project", 14)
     if n == 19:
         return (starts(p, n, b"openai-organization", 19) or starts(p, n, b"openai_organization", 19)
                 or starts(p, n, b"x-goog-user-project", 19) or starts(p, n, b"x_goog_user_project", 19))
     if n == 25:
-        return starts(p, n, b"anthropic-organization-id", 25)
+        return (starts(p, n, b"anthropic-organization-id", 25) or starts(p, n, b"ocp-apim-subscription-key", 25)
+                or starts(p, n, b"ocp_apim_subscription_key", 25))
     return False
 
 
 cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """The line p[:n] (its end excluded) is a provider-account header (any case).  The
-    names hold no colon, so the colon is looked for at their lengths only (no scan of the
-    line: a provider's head has ~25 lines, this runs on every answer where the key is the
-    operator's)."""
+    names (11, 14, 19 or 25 bytes) hold no colon, so the colon is looked for at their
+    lengths only (no scan of the line: a provider's head has ~25 lines, this runs on every
+    answer where the key is the operator's)."""
+    if n > 11 and p[11] == 58:
+        return name_is(p, 11, b"x-ms-region", 11)
     if n > 14 and p[14] == 58:
         return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
     if n > 19 and p[19] == 58:
         return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
                 or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
     if n > 25 and p[25] == 58:
-        return name_is(p, 25, b"anthropic-organization-id", 25)
+        return (name_is(p, 25, b"anthropic-organization-id", 25) or name_is(p, 25, b"ocp-apim-subscription-key", 25)
+                or name_is(p, 25, b"ocp_apim_subscription_key", 25))
     return False
 
 

@@ -342,7 +342,7 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
                 i += 2
                 break
             a = i
-            i = skip_tchar(s, i)
+            i = skip_name(s, i, limit)
             if i == a or i >= limit or s[i] != 58:
                 return None  # obs-fold, whitespace before the colon, a bad name byte
             colon = i

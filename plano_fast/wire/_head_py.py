@@ -98,6 +98,15 @@ DROPPED_REQUEST = HOP_BY_HOP | {
     b"x-http-method",
     b"x-method-override",
     b"x-goog-fieldmask",
+    # their underscore spellings: CGI/WSGI-style servers read "_" as "-" (accept_encoding
+    # would get a gzip answer, whose usage cannot be read; transfer_encoding would be read
+    # as the framing; x_http_method_override as the override)
+    b"accept_encoding",
+    b"transfer_encoding",
+    b"x_http_method_override",
+    b"x_http_method",
+    b"x_method_override",
+    b"x_goog_fieldmask",
 }
 #: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
 #: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.
@@ -112,6 +121,13 @@ CREDENTIALS = frozenset(
         b"api_key",
     }
 )
+#: Headers whose value is a secret: the request credentials above, Azure API Management's
+#: subscription key (a credential: ACCOUNT_HEADERS), cookies and proxy credentials.  Never
+#: copied into a trace span (plano_fast.tracing); the gateway's own values of them are its
+#: keys, masked in an error body that echoes them (plano_fast.gateway.operator_key).
+SECRET_HEADERS = CREDENTIALS | {
+    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"cookie", b"proxy-authorization",
+}
 #: The client's request id: never forwarded as sent (see forward_request_headers); the
 #: underscore spelling too, as for CREDENTIALS.
 REQUEST_IDS = frozenset({b"x-request-id", b"x_request_id"})
@@ -230,12 +246,16 @@ def forward_request_headers(
 #: Headers that select or reveal the provider account the gateway's own key belongs to:
 #: OpenAI's organization and project (request: which of the key's organizations/projects
 #: pays; response: the operator's ids), Google's quota/billing project, Anthropic's
-#: organization id.  Where the key is the operator's (config mode with an ``access_key``,
-#: managed mode) they are cut both ways; a client's own key (firewall, passthrough_auth)
-#: keeps them.  The underscore spellings count too, as for CREDENTIALS.
+#: organization id; Azure's ``Ocp-Apim-Subscription-Key`` (request: a resource or API
+#: Management subscription key of the client's choosing, which Azure AI services accept
+#: beside ``api-key``) and ``x-ms-region`` (response: where the operator's resource is).
+#: Where the key is the operator's (config mode with an ``access_key``, managed mode) they
+#: are cut both ways; a client's own key (firewall, passthrough_auth) keeps them.  The
+#: underscore spellings of the request headers count too, as for CREDENTIALS.
 ACCOUNT_HEADERS = frozenset({
     b"openai-organization", b"openai_organization", b"openai-project", b"openai_project",
     b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id",
+    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"x-ms-region",
 })
 
 

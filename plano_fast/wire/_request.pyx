@@ -132,7 +132,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             break
         # field-name ":"
         a = i
-        i = skip_tchar(s, i)
+        i = skip_name(s, i, limit)
         if i == a or i >= limit or s[i] != 58:
             return None
         colon = i

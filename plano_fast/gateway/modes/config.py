@@ -99,7 +99,7 @@ class ConfigExchange(RoutedExchange):
         provider = route.provider
         ctx = self.ctx
         if ctx.guardrails is not None:
-            guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider)
+            guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider, scanned=True)
         # (the names a limit may use, built only when limits are configured)
         shared_check = ctx.ratelimits is not None and rate_limit(
             self, (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")

@@ -156,16 +156,7 @@ class FirewallExchange(Exchange):
         self.wire_format = endpoint.wire_format
         guard_format = GUARD_FORMATS.get(endpoint.name) if ctx.guardrails is not None else None
         if guard_format is not None:
-            if endpoint.scan_api is not None:
-                # First the scanner's verdict (valid JSON, no repeated member): a redaction
-                # re-encodes the body, which would drop a duplicate the provider might read;
-                # and a body the guardrails cannot read (a gzip-encoded one, say: a Gemini
-                # body is not scanned otherwise) must not pass them unread.
-                try:
-                    scan.scan_request(request.body)
-                except scan.ScanError as exc:
-                    raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            guard(self, guard_format, route.key.provider)
+            guard(self, guard_format, route.key.provider)  # (which scans the body first)
         body = request.body
         path = request.path
         scan_api = endpoint.scan_api

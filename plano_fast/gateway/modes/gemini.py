@@ -31,9 +31,13 @@ METHODS = (b"generateContent", b"streamGenerateContent")
 
 
 def is_gemini_path(path: bytes) -> bool:
+    """Whether ``path`` is ``/v1beta/models/{model}:{method}``, ``method`` one of
+    :data:`METHODS` and the only ``:`` of the last segment: ``m:generateContent:stream...``
+    would be forwarded as it is with a method the exchange does not meter (read as unary
+    while a Gemini-native server streams it, or as a countTokens), its row unpriced."""
     if not path.startswith(b"/v1beta/models/"):
         return False
-    return path.rpartition(b":")[2] in METHODS
+    return path.rpartition(b"/")[2].partition(b":")[2] in METHODS
 
 
 class PathFields:
@@ -76,13 +80,7 @@ class GeminiExchange(RoutedExchange):
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         if self.ctx.guardrails is not None:
-            # A body the guardrails cannot read (gzip-encoded, not JSON) must not pass them
-            # unread: forwarded as is to a Gemini-native provider, it could carry anything.
-            try:
-                scan.scan_request(self.request.body)
-            except scan.ScanError as exc:
-                raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
-            guard(self, "gemini", route.provider.provider)
+            guard(self, "gemini", route.provider.provider)  # (which scans the body first)
         self.key_hash = identify_caller(self)
         provider = route.provider
         upstream_model = route.upstream_model or model

@@ -33,7 +33,15 @@ from typing import Any
 from plano_fast import wire as scan
 from plano_fast.billing.rows import incomplete_answer, row_of_event, row_within_reservation
 from plano_fast.errors import BadRequestBody, ClientError, GatewayError, ServiceUnavailable, Unauthorized
-from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, GUARD_FORMATS, MESSAGES, RESPONSES, Endpoint, upstream_path
+from plano_fast.gateway.endpoints import (
+    CHAT_COMPLETIONS,
+    COUNT_TOKENS,
+    GUARD_FORMATS,
+    MESSAGES,
+    RESPONSES,
+    Endpoint,
+    upstream_path,
+)
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_hash, refuse_background
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
@@ -46,7 +54,7 @@ from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
-from plano_fast.usage import UsageEvent
+from plano_fast.usage import STATUS_UPSTREAM_FAILED, UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
 
@@ -190,7 +198,7 @@ class ManagedExchange(RetryingExchange):
         self.requested_model = fields.model
         if self.ctx.guardrails is not None:
             self.project_id = token.project_id  # (its project's guardrail overrides apply)
-            guard(self, GUARD_FORMATS[self.endpoint.name], None)
+            guard(self, GUARD_FORMATS[self.endpoint.name], None, scanned=True)
         targets = _route(pipe, fields.model, self.endpoint)
         if not targets:
             allowed = ", ".join(pipe.allowed_models()) or "none"
@@ -209,6 +217,10 @@ class ManagedExchange(RetryingExchange):
     def _with_ceiling(self, fields: scan.RequestFields, body: bytes) -> tuple[bytes, int]:
         """``body`` with the configured output ceiling inserted when the client set no
         bound, and the bound the reservation counts."""
+        if self.endpoint is COUNT_TOKENS:
+            # Counting tokens is free: no ceiling is sent (the endpoint takes no max_tokens)
+            # and nothing is reserved (``_reserve``); 1 is no output ceiling of 0.
+            return body, 1
         max_out = fields.max_output_tokens
         if max_out is None:
             max_out = self.mctx.max_output_tokens
@@ -273,6 +285,8 @@ class ManagedExchange(RetryingExchange):
     async def _reserve(
         self, body: bytes, max_out: int, client_model: str | None
     ) -> Reservation | None:
+        if self.endpoint is COUNT_TOKENS:
+            return None  # free: no usage to settle (recorded not_billable, as in config mode)
         state = self.mctx.state
         now = time.time_ns()
         budget_targets = []
@@ -408,8 +422,11 @@ class ManagedExchange(RetryingExchange):
                 model=upstream_model if upstream_model != fields.model else None,
                 inject_include_usage=inject,
             )
-        self.scanner = scan.UsageScanner(self.scan_api, fields.stream, inject)
-        auth = self.operator_auth = target.messages_auth if self.endpoint is MESSAGES else target.chat_auth
+        # (count_tokens answers a count, not a usage: no scanner, the row not_billable)
+        self.scanner = None if self.endpoint is COUNT_TOKENS else scan.UsageScanner(self.scan_api, fields.stream, inject)
+        # (count_tokens is Anthropic's native API too: its x-api-key, not the chat bearer)
+        native = self.endpoint is MESSAGES or self.endpoint is COUNT_TOKENS
+        auth = self.operator_auth = target.messages_auth if native else target.chat_auth
         client = self.client
         if client is None:
             client = client_headers(self)
@@ -479,10 +496,15 @@ class ManagedExchange(RetryingExchange):
         self.outcome = outcome
         event = self._event(outcome, http_status)
         reservation = self.reservation
-        if reservation is not None and incomplete_answer(outcome, http_status):
+        # The provider received the request and sent nothing within the first-byte timeout:
+        # it may be generating the answer still (a provider bills a request its client
+        # left), so it is charged like a 2xx answer without usage, not as nothing.
+        unanswered = outcome == STATUS_UPSTREAM_FAILED and self.error_kind == "timeout"
+        if reservation is not None and (unanswered or incomplete_answer(outcome, http_status)):
             # A 2xx answer cut short: settled at its bound (row_within_reservation).
             self.reservation = None
-            self.mctx.spawn(self._settle_reservation(row_of_event(self.mctx.pricing, event), event, reservation))
+            self.mctx.spawn(self._settle_reservation(
+                row_of_event(self.mctx.pricing, event), event, reservation, unanswered))
         else:
             self.ctx.usage_sink(event)
         self.observe(event)
@@ -525,6 +547,17 @@ class ManagedExchange(RetryingExchange):
         body_filter.release(self.responder)
         self.responder.end()
 
+    def _failed(
+        self, status: int | None, retry_after: float | None, kind: str, target_fault: bool = True
+    ) -> bool:
+        """As the retry engine decides, but an attempt the provider never answered within
+        the first-byte timeout is not followed by another under a hard limit: the provider
+        may be generating (and billing) it still, and the reservation bounds one attempt,
+        not two.  The request then ends in the 504, charged at its reservation (``_settle``)."""
+        if kind == "timeout" and self.reservation is not None:
+            return False
+        return RetryingExchange._failed(self, status, retry_after, kind, target_fault)
+
     def _output_bound(self) -> int:
         """The output tokens the reservation counted (re-derived from the forwarded body:
         asked only to bound an answer whose usage was missing or cut short)."""
@@ -552,14 +585,19 @@ class ManagedExchange(RetryingExchange):
         done.set_result(None)
         return done
 
-    async def _settle_reservation(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
-        await self._settle_in_store(self._bounded_row(row, event, reservation), event, reservation)
+    async def _settle_reservation(
+        self, row: UsageRow, event: UsageEvent, reservation: Reservation, unanswered: bool = False
+    ) -> None:
+        await self._settle_in_store(self._bounded_row(row, event, reservation, unanswered), event, reservation)
 
-    def _bounded_row(self, row: UsageRow, event: UsageEvent, reservation: Reservation) -> UsageRow:
-        """The row as it settles ``reservation``: an answer cut short at its bound, an
-        overrun (the bound did not hold) on the row, counted and logged."""
+    def _bounded_row(
+        self, row: UsageRow, event: UsageEvent, reservation: Reservation, unanswered: bool = False
+    ) -> UsageRow:
+        """The row as it settles ``reservation``: an answer cut short (or ``unanswered``:
+        row_within_reservation) at its bound, an overrun (the bound did not hold) on the
+        row, counted and logged."""
         row = row_within_reservation(self.mctx.pricing, row, event, reservation.amount_nano_usd,
-                                     self._output_bound, self.mctx.writer.metrics)
+                                     self._output_bound, self.mctx.writer.metrics, unanswered)
         overrun = (row.cost_nano_usd or 0) - reservation.amount_nano_usd
         if overrun > 0:
             # The bound did not hold (a provider billed what the request could not show):
