@@ -80,8 +80,10 @@ def check_against_httptools(data: bytes, start: int = 0) -> bool:
         return False
     method, target, headers, body, keep_alive, end, forward = parsed
     assert start < end <= len(data)
+    assert b"#" not in target  # (dispatch checks a fragment only where httptools parsed the request)
     # the upstream block built in the same pass is what both relay twins build from headers
     assert forward == _head.forward_request_headers(headers) == _head_py.forward_request_headers(headers)
+    assert forward[6] == _head_py.without_account_headers(forward[0])  # (the operator's block)
     rec = Recorder()
     rec.parser.feed_data(data[start:end])  # raises if httptools refuses what we accepted
     # Exactly one message, complete exactly at ``end``, nothing of a next one begun.
@@ -103,8 +105,9 @@ def test_the_sdk_request_takes_the_fast_path() -> None:
     method, target, headers, body, keep_alive, end, forward = parse_request(SDK_REQUEST, 0, MAX_HEAD, MAX_BODY)
     assert (method, target, keep_alive, end) == (b"POST", b"/v1/chat/completions", True, len(SDK_REQUEST))
     assert (b"authorization", b"Bearer sk-test") in headers and len(headers) == 17
-    block, seen_version, request_id, count, name, value = forward
+    block, seen_version, request_id, count, name, value, operator_block = forward
     assert (seen_version, request_id, count, name, value) == (False, None, 1, b"authorization", b"Bearer sk-test")
+    assert operator_block is block  # no provider-account header: no second block
     # host, accept-encoding, connection, content-length and the credential stay behind
     assert block.startswith(b"accept: application/json\r\ncontent-type: application/json\r\n")
     for gone in (b"host", b"accept-encoding", b"connection", b"content-length", b"authorization"):
@@ -117,8 +120,9 @@ def test_the_forward_block_of_credentials_versions_and_dropped_headers() -> None
             b"Anthropic-Version: 2023-06-01\r\nX-Request-Id: r1\r\nX-Xproxy-Project: p\r\nTE: trailers\r\n"
             b"X-HTTP-Method-Override: GET\r\nX-Keep: yes\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
     assert check_against_httptools(data)
-    block, seen_version, request_id, count, name, value = parse_request(data, 0, MAX_HEAD, MAX_BODY)[6]
+    block, seen_version, request_id, count, name, value, operator_block = parse_request(data, 0, MAX_HEAD, MAX_BODY)[6]
     assert (seen_version, request_id, count, name, value) == (True, b"r1", 2, b"x-api-key", b"k1")
+    assert operator_block is block
     # (the x-request-id is never in the block: upstream_request.finish_head writes one)
     assert block == b"anthropic-version: 2023-06-01\r\nx-keep: yes\r\n"
 
@@ -199,7 +203,11 @@ VALUE_BYTES = st.binary(min_size=0, max_size=12) | st.sampled_from(
 
 
 # (no Host: a well-formed request has its one Host line already; NAMES adds a second)
-CLEAN_NAMES = [b"Authorization", b"X-Api-Key", b"Content-Type", b"x-stainless-os", b"Accept", b"X_Odd!#$%&'*+.^`|~"]
+CLEAN_NAMES = [b"Authorization", b"X-Api-Key", b"Content-Type", b"x-stainless-os", b"Accept", b"X_Odd!#$%&'*+.^`|~",
+               # round f's provider-account headers in odd cases and spellings, and look-alikes:
+               # the operator's block, cut in the same pass, is compared with the twins' too
+               b"OpenAI-Organization", b"openai_PROJECT", b"X-Goog-User-Project", b"Anthropic-Organization-Id",
+               b"OpenAI-Projects"]
 CLEAN_VALUES = st.binary(min_size=1, max_size=12).map(
     lambda v: bytes(c if 33 <= c < 127 or c >= 128 else 97 for c in v)  # no CTL, no edge space
 )
