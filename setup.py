@@ -91,7 +91,10 @@ def _extensions() -> list[Extension]:
         + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])]
         # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
         + [Extension("plano_fast.gateway._settle", ["plano_fast/gateway/_settle.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
+        # a whole plain answer relayed in one call (twin plano_fast.upstream.take_whole_answer_py)
+        + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

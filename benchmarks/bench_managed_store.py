@@ -12,7 +12,12 @@ Two shapes, as ``plano_fast.gateway.modes.managed`` runs them one request after 
   ``managed`` mode): the synchronous usage write (``write_usage`` of one row, what the
   group writer does at concurrency 1);
 * ``hard``: a hard monthly project limit and a daily user limit: ``reserve`` then
-  ``settle`` of the request's row.
+  ``settle`` of the request's row;
+* ``group`` (not run by default): one group commit of ``--rows-per-commit`` rows (13 by
+  default, the batch size the gateway's writer forms at concurrency 32) through
+  ``write_usage_now``, as ``GroupWriter`` commits a batch; figures are per commit;
+* ``build`` (not run by default): the ``group`` shape's rows built and not written (its
+  instructions are the part of ``group``'s that is the benchmark's, not the store's).
 
 ``--concurrency N`` runs N such clients at once (closed loop; ``req_per_s`` is their
 total), the shape of a loaded gateway.  Reported per request: wall-clock latency (median and p99; noisy on a shared machine),
@@ -78,7 +83,18 @@ def make_row(i: int, project_id: str, user_id: str) -> UsageRow:
     )  # fmt: skip
 
 
+ROWS_PER_COMMIT = [13]
+
+
 async def one_request(store: Store, shape: str, i: int) -> None:
+    if shape in ("group", "build"):
+        n = ROWS_PER_COMMIT[0]
+        rows = [make_row(i * n + j, "proj-bench", "user-bench") for j in range(n)]
+        if shape == "build":
+            return
+        if store.write_usage_now(rows) is None:
+            await store.write_usage(rows)
+        return
     row = make_row(i, "proj-bench", "user-bench")
     if shape == "nolimit":
         await store.write_usage([row])
@@ -141,13 +157,14 @@ def postgres_url(given: str | None) -> Iterator[str]:
         yield dsn
 
 
-def callgrind_ir(shape: str, requests: int, warmup: int) -> int:
+def callgrind_ir(shape: str, requests: int, warmup: int, rows_per_commit: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "cg.out"
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
              "benchmarks.bench_managed_store", "--backend", "sqlite", "--shapes", shape,
-             "--requests", str(requests), "--warmup", str(warmup), "--quiet"],
+             "--requests", str(requests), "--warmup", str(warmup), "--quiet",
+             "--rows-per-commit", str(rows_per_commit)],
             check=True, capture_output=True, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
         text = out.read_text(errors="replace")
@@ -167,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=1,
                     help="clients, each one request after another (1: the issue's concurrency-1 case)")
     ap.add_argument("--callgrind", action="store_true", help="SQLite: instructions per request")
+    ap.add_argument("--rows-per-commit", type=int, default=13, help="the group shape's rows a commit")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
+    ROWS_PER_COMMIT[0] = args.rows_per_commit
     results: dict[str, dict[str, float]] = {}
     if args.backend in ("sqlite", "both"):
         for shape in shapes:
             results[f"sqlite/{shape}"] = asyncio.run(measure(None, shape, args.warmup, args.requests, args.concurrency))
             if args.callgrind:
-                base = callgrind_ir(shape, args.requests, args.warmup)
-                more = callgrind_ir(shape, args.requests + 1000, args.warmup)
+                base = callgrind_ir(shape, args.requests, args.warmup, args.rows_per_commit)
+                more = callgrind_ir(shape, args.requests + 1000, args.warmup, args.rows_per_commit)
                 results[f"sqlite/{shape}"]["instructions"] = (more - base) / 1000
     if args.backend in ("postgres", "both"):
         count_round_trips()

@@ -6,6 +6,7 @@ CLIENT_FIELDS: tuple[str, ...]
 CREDENTIAL_FIELDS: tuple[str, ...]
 
 def new_client_headers(
-    block: bytes, seen_version: bool, request_id: bytes | None, credential: Credential | None, query: bytes
+    block: bytes, operator_block: bytes, seen_version: bool, request_id: bytes | None,
+    credential: Credential | None, query: bytes,
 ) -> ClientHeaders: ...
 def new_credential(secret: bytes, line: bytes) -> Credential: ...

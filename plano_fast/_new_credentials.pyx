@@ -13,12 +13,13 @@ from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.credentials import ClientHeaders, Credential
 
-CLIENT_FIELDS = ("block", "seen_version", "request_id", "credential", "query")
+CLIENT_FIELDS = ("block", "operator_block", "seen_version", "request_id", "credential", "query")
 CREDENTIAL_FIELDS = ("secret", "line")
 if tuple(ClientHeaders.__slots__) != CLIENT_FIELDS or tuple(Credential.__slots__) != CREDENTIAL_FIELDS:
     raise ImportError("ClientHeaders or Credential changed: _new_credentials.pyx must be updated")
 
 cdef Py_ssize_t C0 = slot_offset(ClientHeaders, "block")
+cdef Py_ssize_t C5 = slot_offset(ClientHeaders, "operator_block")
 cdef Py_ssize_t C1 = slot_offset(ClientHeaders, "seen_version")
 cdef Py_ssize_t C2 = slot_offset(ClientHeaders, "request_id")
 cdef Py_ssize_t C3 = slot_offset(ClientHeaders, "credential")
@@ -30,10 +31,11 @@ cdef type _ClientHeaders = ClientHeaders
 cdef type _Credential = Credential
 
 
-def new_client_headers(block, seen_version, request_id, credential, query):
-    """``ClientHeaders(block, seen_version, request_id, credential, query)``."""
+def new_client_headers(block, operator_block, seen_version, request_id, credential, query):
+    """``ClientHeaders(block, operator_block, seen_version, request_id, credential, query)``."""
     client = new_instance(_ClientHeaders)
     put_slot(client, C0, block)
+    put_slot(client, C5, operator_block)
     put_slot(client, C1, seen_version)
     put_slot(client, C2, request_id)
     put_slot(client, C3, credential)

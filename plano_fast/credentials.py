@@ -65,11 +65,12 @@ class Credential:
 class ClientHeaders:
     """What one pass over the request's headers found (see ``read_client_headers``)."""
 
-    __slots__ = ("block", "seen_version", "request_id", "credential", "query")
+    __slots__ = ("block", "operator_block", "seen_version", "request_id", "credential", "query")
 
     def __init__(
         self,
         block: bytes,
+        operator_block: bytes,
         seen_version: bool,
         request_id: bytes | None,
         credential: Credential | None,
@@ -77,6 +78,9 @@ class ClientHeaders:
     ) -> None:
         #: the forwardable headers, CRLF-ended lines, no credential among them
         self.block = block
+        #: ``block`` without the provider-account headers (``wire.ACCOUNT_HEADERS``), for
+        #: a request sent with the operator's key; ``block`` itself when it has none
+        self.operator_block = operator_block
         self.seen_version = seen_version
         #: the client's x-request-id: None (none), b"" (more than one), else its value,
         #: unchecked (``upstream_request.finish_head`` keeps it only when valid)
@@ -90,20 +94,20 @@ class ClientHeaders:
 #: constructors.  Compiled where built (``plano_fast/_new_credentials.pyx``: the slots
 #: written in one C call, no ``__init__`` frame: ~1.5k instructions fewer each), else the
 #: classes themselves (imported at the end of this module: it needs the classes).
-new_client_headers: Callable[[bytes, bool, bytes | None, Credential | None, bytes], ClientHeaders] = ClientHeaders
+new_client_headers: Callable[[bytes, bytes, bool, bytes | None, Credential | None, bytes], ClientHeaders] = ClientHeaders
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
 def read_client_headers(
     headers: list[tuple[bytes, bytes]],
     query: bytes,
-    forward: tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None] | None = None,
+    forward: tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes] | None = None,
 ) -> ClientHeaders:
     """Forwardable headers and the request's one credential; raises ``Unauthorized`` when
     there is more than one or it is malformed.  ``headers``: names lowercased; ``forward``:
     ``forward_request_headers(headers)`` when already known (the request fast path builds
     it in the pass that parsed the request: ``Request.forward``)."""
-    block, seen_version, request_id, count, name, value = (
+    block, seen_version, request_id, count, name, value, operator_block = (
         forward if forward is not None else forward_request_headers(headers)
     )
     if query:
@@ -117,7 +121,7 @@ def read_client_headers(
                     "api_key, ...); send the key as ?key= or in a header"
                 )
             return new_client_headers(
-                block, seen_version, request_id, _query_credential(query_value), query
+                block, operator_block, seen_version, request_id, _query_credential(query_value), query
             )
     credential = None
     if count:
@@ -125,7 +129,7 @@ def read_client_headers(
             raise _ambiguous(count)
         assert name is not None and value is not None
         credential = _header_credential(name, value)
-    return new_client_headers(block, seen_version, request_id, credential, query)
+    return new_client_headers(block, operator_block, seen_version, request_id, credential, query)
 
 
 #: Query parameter names that carry a credential somewhere, as compared: decoded, lowercase,
@@ -157,17 +161,28 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
     reads the part as one parameter (``alt`` is ``sse;key=K``), one that splits on ``;``
     too reads a key; the gateway cannot forward the part nor drop it whole (``alt=sse``
     would be lost), nor say which reading the provider takes."""
+    if query == _STREAM_QUERY:
+        return 0, None, query  # (what the walk finds: no credential, alt readable, kept)
     count = 0
     first: bytes | None = None
     alt: bytes | None = None  # the first readable alt's value, decoded
     kept: list[bytes] = []
     for part in query.split(b"&"):
         found = False
-        pieces = _QUERY_SPLIT.split(part)
+        pieces = part.split(b";")  # (``_QUERY_SPLIT``'s split: ``part`` holds no "&")
         for piece in pieces:
             name, _, value = piece.partition(b"=")
-            decoded = unquote_to_bytes(name.replace(b"+", b" "))
-            normal = _normal_name(decoded)
+            normal: bytes | None
+            if name.find(b"%") < 0 and name.find(b"+") < 0:
+                # a plain name (the usual alt, key): its own decoding, and compared as
+                # ``_normal_name`` compares it with no escape to undo (two calls fewer)
+                decoded = name
+                normal = name.lower()
+                if not normal.isalnum():
+                    normal = _NAME_NOISE.sub(b"", normal)
+            else:
+                decoded = unquote_to_bytes(name.replace(b"+", b" "))
+                normal = _normal_name(decoded)
             if normal in ANSWER_SHAPING and (normal != b"alt" or _alt_unreadable(value)):
                 raise ClientError(
                     f"the query parameter {decoded.decode('latin-1')!r} would change the form "
@@ -212,6 +227,9 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
 #: mask's header, is dropped: plano_fast.wire).
 ANSWER_SHAPING: Final = frozenset({b"fields", b"alt", b"callback", b"ct", b"httpmethod"})
 _READABLE_ALT: Final = (b"sse", b"json")
+#: a Gemini stream's whole query as Google's SDKs send it (``:streamGenerateContent?alt=sse``):
+#: ``split_query_key``'s walk costs ~13k instructions under callgrind, one comparison answers it
+_STREAM_QUERY: Final = b"alt=sse"
 
 
 def refuse_unary_sse(query: bytes) -> None:
@@ -219,12 +237,19 @@ def refuse_unary_sse(query: bytes) -> None:
     ``alt=sse``: Google then answers server-sent events, which the unary usage scanner
     cannot read (the row would be ``usage_missing``, unpriced); a stream is
     ``:streamGenerateContent?alt=sse``.  (Names compared as ``split_query_key`` does.)"""
+    if query.find(b"%") < 0 and query.find(b"sse") < 0:
+        # Without a percent-escape a value decodes to ``sse`` only when it is ``sse`` as
+        # sent (``+`` decodes to a space): a query without those bytes -- the usual
+        # ``key=...`` of a unary call -- needs no walk (two C calls instead of a decode
+        # per parameter; the walk is ``split_query_key``'s, whose refusals must keep
+        # coming after this one's in config mode, so the two are not merged).
+        return
     if query.find(b"=") < 0:
         return
     for part in query.split(b"&"):
-        for piece in _QUERY_SPLIT.split(part):
+        for piece in part.split(b";"):  # (``_QUERY_SPLIT``'s split: ``part`` holds no "&")
             name, _, value = piece.partition(b"=")
-            if _normal_name(unquote_to_bytes(name.replace(b"+", b" "))) == b"alt" and (
+            if _normal_name(_decoded_name(name)) == b"alt" and (
                 unquote_to_bytes(value.replace(b"+", b" ")) == b"sse"
             ):
                 raise ClientError(
@@ -239,19 +264,28 @@ def _alt_unreadable(value: bytes) -> bool:
     return unquote_to_bytes(value.replace(b"+", b" ")) not in _READABLE_ALT
 
 
+def _decoded_name(name: bytes) -> bytes:
+    """``unquote_to_bytes(name.replace(b"+", b" "))``: a name without ``%`` or ``+`` (the
+    usual ``alt``, ``key``) is its own decoding, found with two C calls instead of a call
+    into urllib (~1.5k instructions a parameter)."""
+    if name.find(b"%") < 0 and name.find(b"+") < 0:
+        return name
+    return unquote_to_bytes(name.replace(b"+", b" "))
+
+
 def _normal_name(decoded: bytes) -> bytes | None:
     """A query parameter's (once-decoded) name as compared: decoded again while that changes
     it, lowercase, letters and digits only; None when it is still encoded after every round
     (nobody can say what it names)."""
     for _ in range(_NAME_DECODES):
-        if b"%" not in decoded:
-            break
+        if decoded.find(b"%") < 0:  # (not ``in``: bytes' ``in`` tries the operand as an
+            break                   # int first and clears a TypeError, ~2k instructions)
         again = unquote_to_bytes(decoded)
         if again == decoded:
             break
         decoded = again
     else:
-        if b"%" in decoded and unquote_to_bytes(decoded) != decoded:
+        if decoded.find(b"%") >= 0 and unquote_to_bytes(decoded) != decoded:
             return None
     decoded = decoded.lower()
     if not decoded.isalnum():  # (the usual name, ``alt``, needs no regex: ~0.4 us less)

@@ -91,8 +91,8 @@ if TYPE_CHECKING:
 Header = tuple[bytes, bytes]
 #: what ``wire.forward_request_headers`` returns: (block, seen anthropic-version, the
 #: client's x-request-id -- None: none, b"": more than one --, credential count, first
-#: credential's name, its value)
-ForwardHeaders = tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None]
+#: credential's name, its value, the block without the provider-account headers)
+ForwardHeaders = tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]
 
 # Write-buffer water marks for client transports.  64 KiB keeps a few SSE events in
 # flight without letting a slow reader grow memory; measured in the 1 GiB slow-reader test.

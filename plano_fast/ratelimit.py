@@ -1321,7 +1321,7 @@ def with_headers(block: bytes, lines: bytes) -> bytes:
     """An upstream head's header ``block`` plus the gateway's rate-limit header ``lines``;
     the provider's own headers of the same names (OpenAI and Anthropic send theirs: the
     limits of the gateway's upstream key) are dropped, so the client sees one value."""
-    if b"ratelimit-" in block.lower():
+    if block.lower().find(b"ratelimit-") >= 0:  # (not ``in``: see credentials._normal_name)
         names = {line.partition(b":")[0] for line in lines.split(b"\r\n") if line}
         block = b"".join(
             line + b"\r\n" for line in block.split(b"\r\n") if line and line.partition(b":")[0].lower() not in names

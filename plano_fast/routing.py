@@ -22,7 +22,7 @@ for configured names; wildcard hits are cached in a bounded FIFO dict.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
 from plano_fast.config import ModelProvider
@@ -64,6 +64,9 @@ class Route:
     rewrite: bool
     #: an alias with a target list: the other listed models, in order (its failover plan)
     fallbacks: tuple[str, ...] = ()
+    #: what the gateway derives from this route for each client endpoint, filled on first
+    #: use (``plano_fast.gateway.routed.target_of``): once per (route, endpoint), not per request
+    per_endpoint: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class RoutingConfig(Protocol):
@@ -79,7 +82,7 @@ class RoutingConfig(Protocol):
 class Router:
     """Resolves request models to routes; built once per config."""
 
-    __slots__ = ("_routes", "_index", "_wild_cache", "_default", "_available", "_models")
+    __slots__ = ("routes", "_index", "_wild_cache", "_default", "_available", "_models")
 
     def __init__(self, config: RoutingConfig) -> None:
         index = ModelIndex(config.providers)
@@ -104,7 +107,9 @@ class Router:
                     raise ValueError(f"model alias '{alias}' falls back to unknown model '{name}'")
             routes[alias] = Route(hit[0], hit[1], alias != hit[1], fallbacks)
             aliases.append(alias)
-        self._routes = routes
+        #: the configured names' routes (rules 1-3): ``resolve``'s first lookup, which
+        #: config mode's request path makes inline (a call fewer per request)
+        self.routes: Mapping[str, Route] = routes
         self._index = index
         self._wild_cache: dict[str, Route] = {}
         default = next((p for p in config.providers if p.default), None)
@@ -136,7 +141,7 @@ class Router:
             if self._default is None:
                 raise UnknownModel("", self._available)
             return self._default
-        route = self._routes.get(model)
+        route = self.routes.get(model)
         if route is not None:
             return route
         route = self._wild_cache.get(model)

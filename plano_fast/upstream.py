@@ -107,6 +107,29 @@ class DnsCache:
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a provider; one request at a time."""
 
+    # Slots: the compiled read path (plano_fast/gateway/_answer.pyx) reads and writes them
+    # in place; a dict attribute from C is a generic lookup (~150 instructions each).
+    __slots__ = (
+        "_pool",
+        "origin",
+        "transport",
+        "_parser",
+        "_sink",
+        "_head_buf",
+        "_chunked",
+        "_has_length",
+        "_head_seen",
+        "_received_any",
+        "_reading_paused",
+        "deadline",
+        "_first_byte_timeout_s",
+        "_idle_timeout_s",
+        "_last_rx",
+        "reused",
+        "closed",
+        "idle_since",
+    )
+
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
         self._pool = pool
         self.origin = origin
@@ -199,8 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # (its ResponseHead built in that pass: wire.parse_response_head).
                 parsed = _parse_response(data, MAX_RESPONSE_HEAD_BYTES)
                 if parsed is not None:
-                    self._take_whole_response(sink, data, parsed)
-                    sink.on_upstream_read_done()
+                    take_whole_answer(self, sink, data, parsed)
                     return
             self._head_buf = buf + data if buf else data
         try:
@@ -216,6 +238,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self._fail(UpstreamError(
                     f"upstream response head exceeds {MAX_RESPONSE_HEAD_BYTES} bytes"), False)
         sink.on_upstream_read_done()
+
+    #: the twin of the compiled ``data_received`` (plano_fast/gateway/_answer.pyx), which
+    #: replaces the method where it is built
+    data_received_py = data_received
 
     def _take_whole_response(
         self, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
@@ -357,6 +383,22 @@ class UpstreamConnection(asyncio.Protocol):
             self._pool.forget(self)
             if self.transport is not None:
                 self.transport.abort()
+
+
+def take_whole_answer_py(
+    conn: UpstreamConnection, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
+) -> None:
+    """A whole plain answer in one read (``parse_response_head`` took it): the sink's
+    callbacks, as httptools would call them, then the read's end."""
+    conn._take_whole_response(sink, data, parsed)
+    sink.on_upstream_read_done()
+
+
+#: What ``data_received`` calls for a whole plain answer: ``take_whole_answer_py``, or
+#: where it is built the gateway's compiled pass for its exchanges (installed by
+#: plano_fast.gateway.relay: plano_fast/gateway/_answer.pyx, which hands any other sink to
+#: this twin)
+take_whole_answer = take_whole_answer_py
 
 
 class UpstreamPool:

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plano_fast.credentials import Credential, _bearer_credential, _header_credential, split_query_key
 from plano_fast.errors import ClientError, Unauthorized
@@ -110,3 +112,109 @@ def test_a_credential_in_a_semicolon_joined_part_is_refused(query: bytes) -> Non
 def test_semicolons_without_a_credential_are_left_as_they_are() -> None:
     assert split_query_key(b"alt=sse;x=1&y=2") == (0, None, b"alt=sse;x=1&y=2")
     assert split_query_key(b"alt=sse;x=1&key=K") == (1, b"K", b"alt=sse;x=1")
+
+
+def _refuses_unary_sse_by_the_walk(query: bytes) -> bool:
+    """The reference: every ``&``/``;`` parameter decoded and compared, no shortcut."""
+    from urllib.parse import unquote_to_bytes
+
+    from plano_fast.credentials import _QUERY_SPLIT, _normal_name
+
+    for part in query.split(b"&"):
+        for piece in _QUERY_SPLIT.split(part):
+            name, _, value = piece.partition(b"=")
+            if (_normal_name(unquote_to_bytes(name.replace(b"+", b" "))) == b"alt"
+                    and unquote_to_bytes(value.replace(b"+", b" ")) == b"sse"):
+                return True
+    return False
+
+
+_QUERY_PIECES = st.sampled_from([b"alt", b"ALT", b"$alt", b"%61lt", b"%2561lt", b"a+lt", b"key", b"=", b"&", b";",
+                                 b"sse", b"SSE", b"%73se", b"s%73e", b"ss+e", b"+sse", b"json", b"%", b"%zz",
+                                 b"x", b"K-sse-1"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_QUERY_PIECES, max_size=8).map(b"".join))
+def test_the_unary_sse_shortcut_refuses_exactly_what_the_walk_refuses(query: bytes) -> None:
+    """``refuse_unary_sse`` skips the walk when the query holds neither ``%`` nor ``sse``:
+    it refuses exactly the queries the full walk refuses (escapes, ``+``, case, ``;``)."""
+    from plano_fast.credentials import refuse_unary_sse
+    from plano_fast.errors import ClientError
+
+    try:
+        refuse_unary_sse(query)
+        refused = False
+    except ClientError:
+        refused = True
+    assert refused == _refuses_unary_sse_by_the_walk(query), query
+
+
+def test_the_stream_query_shortcut_answers_what_the_walk_answers() -> None:
+    """``alt=sse`` alone (a Gemini stream's query) is answered without the walk: as the walk
+    answers it beside another ordinary parameter, and its spellings still take the walk."""
+    assert split_query_key(b"alt=sse") == (0, None, b"alt=sse")
+    assert split_query_key(b"alt=sse&x=1") == (0, None, b"alt=sse&x=1")
+    assert split_query_key(b"x=1&alt=sse") == (0, None, b"x=1&alt=sse")
+    with pytest.raises(ClientError):
+        split_query_key(b"alt=sse&alt=json")
+    with pytest.raises(ClientError):
+        split_query_key(b"alt=sse&fields=x")
+
+
+def _split_query_key_by_the_walk(query: bytes) -> tuple[int, bytes | None, bytes]:
+    """The reference: ``split_query_key`` as it was before its shortcuts (round f), every
+    parameter decoded with urllib and normalised by ``_normal_name``."""
+    from urllib.parse import unquote_to_bytes
+
+    from plano_fast.credentials import (
+        _QUERY_SPLIT, _READABLE_ALT, ANSWER_SHAPING, QUERY_CREDENTIALS, _alt_unreadable, _normal_name,
+    )
+
+    count, first, alt, kept = 0, None, None, []
+    for part in query.split(b"&"):
+        found = False
+        pieces = _QUERY_SPLIT.split(part)
+        for piece in pieces:
+            name, _, value = piece.partition(b"=")
+            decoded = unquote_to_bytes(name.replace(b"+", b" "))
+            normal = _normal_name(decoded)
+            if normal in ANSWER_SHAPING and (normal != b"alt" or _alt_unreadable(value)):
+                raise ClientError("shaping " + decoded.decode("latin-1"))
+            if normal == b"alt":
+                value_decoded = unquote_to_bytes(value.replace(b"+", b" "))
+                assert value_decoded in _READABLE_ALT
+                if alt is not None and value_decoded != alt:
+                    raise ClientError("alt twice")
+                alt = value_decoded
+            if normal is None or normal in QUERY_CREDENTIALS:
+                if len(pieces) > 1:
+                    raise Unauthorized("joined")
+                if not count:
+                    first = value if decoded.strip().lower() == b"key" else None
+                count += 1
+                found = True
+        if not found and part:
+            kept.append(part)
+    return count, first, b"&".join(kept) if count else query
+
+
+_SPLIT_PIECES = st.sampled_from([b"alt", b"ALT", b"$alt", b"%61lt", b"%2561lt", b"a+lt", b"key", b"Key", b"KEY+",
+                                 b"%6Bey", b"key[]", b"api_key", b"access_token", b"fields", b"x", b"pageToken",
+                                 b"=", b"&", b";", b"sse", b"json", b"proto", b"%73se", b"%", b"%zz", b"+", b"K1"])
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(st.lists(_SPLIT_PIECES, max_size=9).map(b"".join), st.just(b"alt=sse")))
+def test_split_query_key_answers_as_the_walk(query: bytes) -> None:
+    """``split_query_key``'s shortcuts (``alt=sse`` alone, plain names, ';' split by
+    bytes.split) answer as the full walk does: the same result, or the same refusal."""
+    try:
+        want: object = _split_query_key_by_the_walk(query)
+    except (ClientError, Unauthorized) as exc:
+        want = type(exc)
+    try:
+        got: object = split_query_key(query)
+    except (ClientError, Unauthorized) as exc:
+        got = type(exc)
+    assert got == want, query

@@ -172,7 +172,8 @@ def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_p
     for module in ("billing/_drain", "store/_params", "_usage_event",  # the usage path's compiled modules
                    "_new_request", "_new_credentials", "gateway/_new_exchange",  # the request path's records
                    "_otlp",  # a traced request's OTLP encoding
-                   "gateway/_settle"):  # an exchange's usage event and observation
+                   "gateway/_settle",  # an exchange's usage event and observation
+                   "gateway/_answer"):  # a whole plain answer relayed in one call
         assert re.search(rf"plano_fast/{module}\.cpython-\S+\.so", listing), module
     assert not re.search(r"\.c\s*$", listing, re.MULTILINE), "generated C is for the sdist, not wheels"
 

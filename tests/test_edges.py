@@ -935,6 +935,79 @@ def test_account_selecting_headers_are_cut_where_the_key_is_the_operators(
     assert call.header_all("x-goog-user-project") == ["attacker-project"]
 
 
+#: the same headers as the parsers may see them: odd case, twice, an underscore spelling,
+#: trailing whitespace (the compiled fast path declines that head: httptools parses it),
+#: beside look-alikes that are ordinary headers
+ODD_ACCOUNT_HEADERS = (b"OPENAI-ORGANIZATION: org-attacker\r\nopenai-organization: org-attacker2\r\n"
+                       b"OpenAI_Organization: org-underscore\r\nx-GOOG-user-project: attacker-project  \r\n"
+                       b"Anthropic-Organization-Id: anth-attacker\r\nOpenAI-Projects: kept-1\r\n"
+                       b"X-OpenAI-Project: kept-2\r\n")
+ACCOUNT_NAMES = ("openai-organization", "openai_organization", "openai-project", "openai_project",
+                 "x-goog-user-project", "x_goog_user_project", "anthropic-organization-id")
+
+
+def _byte_by_byte(data: bytes) -> list[tuple[float, bytes]]:
+    """``data`` in one-byte reads (a pause between: the server parses each read alone)."""
+    return [(0.0 if i == 0 else 0.001, data[i:i + 1]) for i in range(len(data))]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte_by_byte"])
+@pytest.mark.parametrize("extra", [ACCOUNT_REQUEST_HEADERS, ODD_ACCOUNT_HEADERS], ids=["usual", "odd"])
+def test_account_headers_are_cut_whatever_parser_reads_them(
+    gateway: GatewayProcess, fake: FakeProviderThread, extra: bytes, split: bool
+) -> None:
+    """The account headers are now found in the parsers' own pass over the head (the
+    compiled fast path, or the relay pass after httptools: a head read in pieces, or with
+    trailing whitespace): every spelling, case and repetition is cut where the key is the
+    operator's, the look-alikes go on, and a passthrough provider still gets them all."""
+    data = post(b"/v1/chat/completions", CHAT, b"", extra + CLOSE)
+    fake.clear()
+    answer = exchange(gateway.port, _byte_by_byte(data) if split else data)
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    for name in ACCOUNT_NAMES:
+        assert call.header_all(name) == [], name
+    assert call.header_all("authorization") == ["Bearer sk-server-openai-key"]
+    if extra is ODD_ACCOUNT_HEADERS:
+        assert call.header_all("openai-projects") == ["kept-1"] and call.header_all("x-openai-project") == ["kept-2"]
+    body = b'{"model":"anthropic/claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    data = post(b"/v1/messages", body, b"x-api-key: sk-ant-client-own\r\n", extra + CLOSE)
+    fake.clear()
+    answer = exchange(gateway.port, _byte_by_byte(data) if split else data)
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    # (httptools leaves a value's trailing whitespace on it, and the relay forwards it as read)
+    assert [v.rstrip() for v in call.header_all("x-goog-user-project")] == ["attacker-project"]
+    if extra is ODD_ACCOUNT_HEADERS:
+        assert call.header_all("openai-organization") == ["org-attacker", "org-attacker2"]
+        assert call.header_all("openai_organization") == ["org-underscore"]
+
+
+def test_a_folded_account_header_is_never_forwarded(gateway: GatewayProcess, fake: FakeProviderThread) -> None:
+    """An obs-fold line (a value continued on the next line) is refused by both parsers:
+    nothing reaches the provider that a line-by-line filter would have had to cut."""
+    fake.clear()
+    folded = b"X-Note: a\r\n OpenAI-Project: proj_attacker\r\n"
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"", folded + CLOSE))
+    assert answer.status == 400, answer.raw[:300]
+    assert provider_calls(fake) == []
+
+
+def test_managed_mode_cuts_the_account_headers(managed_once: Any, fake: FakeProviderThread) -> None:
+    """Managed mode forwards with the operator's key too: the same cut, whole or in pieces."""
+    gateway, _, tenant = managed_once
+    token = b"Authorization: Bearer " + tenant.token.encode() + b"\r\n"
+    for split in (False, True):
+        data = post(b"/v1/chat/completions", CHAT, token, ODD_ACCOUNT_HEADERS + ACCOUNT_REQUEST_HEADERS + CLOSE)
+        fake.clear()
+        answer = exchange(gateway.port, _byte_by_byte(data) if split else data)
+        assert answer.status == 200, answer.raw[:300]
+        [call] = provider_calls(fake)
+        for name in ACCOUNT_NAMES:
+            assert call.header_all(name) == [], (split, name)
+        assert call.header_all("openai-projects") == ["kept-1"]
+
+
 @pytest.mark.parametrize("header", [b"openai-organization: org-operator0000",
                                     b"OpenAI-Project: proj_operator0000",
                                     b"anthropic-organization-id: 00000000-0000-4000-8000-operator0000",

@@ -23,7 +23,7 @@ if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
     assert _compiled_head is not None, "the compiled head filter was not built"
 
 HeadFn = Callable[[bytes], tuple[bytes, int, bool, int]]
-ForwardFn = Callable[[list[tuple[bytes, bytes]]], tuple[bytes, bool, bool, int, bytes | None, bytes | None]]
+ForwardFn = Callable[[list[tuple[bytes, bytes]]], tuple[bytes, bool, bool, int, bytes | None, bytes | None, bytes]]
 FORWARD: list[ForwardFn] = [_head_py.forward_request_headers] + (
     [_compiled_head.forward_request_headers] if _compiled_head is not None else []
 )
@@ -194,24 +194,26 @@ def test_request_headers_forwarded_without_any_credential_header(forward: Forwar
         4,
         b"authorization",
         b"Bearer sk-client",
+        kept + b"anthropic-version: 2023-06-01\r\n",
     )
-    assert forward([]) == (b"", False, None, 0, None, None)
-    assert forward([(b"x-a", b"")]) == (b"x-a: \r\n", False, None, 0, None, None)
+    assert forward([]) == (b"", False, None, 0, None, None, b"")
+    assert forward([(b"x-a", b"")]) == (b"x-a: \r\n", False, None, 0, None, None, b"x-a: \r\n")
     # two x-request-ids: b"" (none of them is kept); one listed in Connection: none seen
     assert forward([(b"x-request-id", b"a"), (b"x-request-id", b"a")])[2] == b""
     assert forward([(b"connection", b"x-request-id"), (b"x-request-id", b"a")])[2] is None
     # the underscore spelling (one name to CGI/WSGI servers) is the request id too, never in the block
-    assert forward([(b"x_request_id", b"u"), (b"x-a", b"")]) == (b"x-a: \r\n", False, b"u", 0, None, None)
+    assert forward([(b"x_request_id", b"u"), (b"x-a", b"")]) == (b"x-a: \r\n", False, b"u", 0, None, None, b"x-a: \r\n")
     assert forward([(b"x-request-id", b"a"), (b"x_request_id", b"b")])[2] == b""
     # Connection can neither hide a credential from the count nor keep one in the block.
     listed = [(b"connection", b"x-api-key"), (b"x-api-key", b"a"), (b"authorization", b"Bearer b")]
-    assert forward(listed) == (b"", False, None, 2, b"x-api-key", b"a")
+    assert forward(listed) == (b"", False, None, 2, b"x-api-key", b"a", b"")
 
 
 _REQ_NAME = st.sampled_from(
     sorted(_head_py.DROPPED_REQUEST | _head_py.CREDENTIALS)
     + [b"anthropic-version", b"x-request-id", b"x_request_id", b"x-xproxy-a", b"x-hop", b"x-stainless-os",
        b"accept", b"x"]
+    + sorted(_head_py.ACCOUNT_HEADERS) + [b"openai-projects", b"x-openai-project", b"openai-organization-id"]
 )
 _REQ_VALUE = st.one_of(st.binary(max_size=20), st.sampled_from([b"x-hop", b"close, X-Hop", b"keep-alive"]))
 
@@ -221,6 +223,28 @@ _REQ_VALUE = st.one_of(st.binary(max_size=20), st.sampled_from([b"x-hop", b"clos
 def test_request_implementations_agree(headers: list[tuple[bytes, bytes]]) -> None:
     results = [impl(headers) for impl in FORWARD]
     assert all(r == results[0] for r in results)
+    # the operator's block is the block without its provider-account lines, found in the
+    # same pass: the block itself (no copy) when it has none
+    for block, *_, operator_block in results:
+        assert operator_block == _head_py.without_account_headers(block)
+        if operator_block == block:
+            assert operator_block is block
+
+
+@pytest.mark.parametrize("forward", FORWARD, ids=IDS)
+def test_the_operators_block_is_cut_in_the_relay_pass(forward: ForwardFn) -> None:
+    """Round f's account headers (every spelling, twice, beside look-alikes) are cut from
+    the block sent with the operator's key, and only from it; one that Connection names is
+    in neither block."""
+    headers = [(b"openai-organization", b"org-a"), (b"accept", b"*/*"), (b"openai_project", b"p1"),
+               (b"openai-project", b"p2"), (b"openai-project", b"p3"), (b"x-goog-user-project", b"g"),
+               (b"x_goog_user_project", b"g2"), (b"openai_organization", b"o2"),
+               (b"anthropic-organization-id", b"a"), (b"openai-projects", b"kept"), (b"x-openai-project", b"kept")]
+    block, *_, operator_block = forward(headers)
+    assert block == b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+    assert operator_block == b"accept: */*\r\nopenai-projects: kept\r\nx-openai-project: kept\r\n"
+    listed = forward([(b"connection", b"OpenAI-Project"), (b"openai-project", b"p"), (b"x-a", b"1")])
+    assert listed[0] == listed[-1] == b"x-a: 1\r\n"
 
 
 HEADS: list[type] = [_head_py.ResponseHead] + ([_compiled_head.ResponseHead] if _compiled_head is not None else [])

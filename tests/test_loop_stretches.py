@@ -174,6 +174,7 @@ def test_both_stores_validate_a_usage_batch_a_slice_per_stretch(
     """write_usage validates a flusher-sized batch NORMALIZE_SLICE rows per stretch of the
     loop, in both stores (PostgreSQL validated it whole: one ~0.25 ms stretch per flush)."""
     from plano_fast.store import postgres, sql
+    from plano_fast.store import sqlite as sqlite_store
 
     database_url = request.getfixturevalue("pg_dsn") if kind == "postgres" else None
     n = 3 * NORMALIZE_SLICE + 10
@@ -187,6 +188,8 @@ def test_both_stores_validate_a_usage_batch_a_slice_per_stretch(
     monkeypatch.setattr(sql, "normalize_usage", counting_normalize)
     # (the name a store module imported for itself, if it validates without slicing)
     monkeypatch.setattr(postgres, "normalize_usage", counting_normalize)
+    # (SQLite's choice of the compiled one or its twin, handed to normalize_usage_sliced)
+    monkeypatch.setattr(sqlite_store, "_normalize_usage", counting_normalize)
 
     async def main() -> None:
         async with open_store(database_url, str(tmp_path / "plano.db")) as store:

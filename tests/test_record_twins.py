@@ -60,7 +60,7 @@ def test_request_slots_land_where_init_puts_them(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(VALUE, min_size=5, max_size=5), secret=st.binary(max_size=8), line=st.binary(max_size=8))
+@given(values=st.lists(VALUE, min_size=6, max_size=6), secret=st.binary(max_size=8), line=st.binary(max_size=8))
 def test_client_headers_and_credential_slots_land_where_init_puts_them(
     values: list[Any], secret: bytes, line: bytes
 ) -> None:

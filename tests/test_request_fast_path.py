@@ -80,8 +80,10 @@ def check_against_httptools(data: bytes, start: int = 0) -> bool:
         return False
     method, target, headers, body, keep_alive, end, forward = parsed
     assert start < end <= len(data)
+    assert b"#" not in target  # (dispatch checks a fragment only where httptools parsed the request)
     # the upstream block built in the same pass is what both relay twins build from headers
     assert forward == _head.forward_request_headers(headers) == _head_py.forward_request_headers(headers)
+    assert forward[6] == _head_py.without_account_headers(forward[0])  # (the operator's block)
     rec = Recorder()
     rec.parser.feed_data(data[start:end])  # raises if httptools refuses what we accepted
     # Exactly one message, complete exactly at ``end``, nothing of a next one begun.
@@ -103,8 +105,9 @@ def test_the_sdk_request_takes_the_fast_path() -> None:
     method, target, headers, body, keep_alive, end, forward = parse_request(SDK_REQUEST, 0, MAX_HEAD, MAX_BODY)
     assert (method, target, keep_alive, end) == (b"POST", b"/v1/chat/completions", True, len(SDK_REQUEST))
     assert (b"authorization", b"Bearer sk-test") in headers and len(headers) == 17
-    block, seen_version, request_id, count, name, value = forward
+    block, seen_version, request_id, count, name, value, operator_block = forward
     assert (seen_version, request_id, count, name, value) == (False, None, 1, b"authorization", b"Bearer sk-test")
+    assert operator_block is block  # no provider-account header: no second block
     # host, accept-encoding, connection, content-length and the credential stay behind
     assert block.startswith(b"accept: application/json\r\ncontent-type: application/json\r\n")
     for gone in (b"host", b"accept-encoding", b"connection", b"content-length", b"authorization"):
@@ -117,8 +120,9 @@ def test_the_forward_block_of_credentials_versions_and_dropped_headers() -> None
             b"Anthropic-Version: 2023-06-01\r\nX-Request-Id: r1\r\nX-Xproxy-Project: p\r\nTE: trailers\r\n"
             b"X-HTTP-Method-Override: GET\r\nX-Keep: yes\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
     assert check_against_httptools(data)
-    block, seen_version, request_id, count, name, value = parse_request(data, 0, MAX_HEAD, MAX_BODY)[6]
+    block, seen_version, request_id, count, name, value, operator_block = parse_request(data, 0, MAX_HEAD, MAX_BODY)[6]
     assert (seen_version, request_id, count, name, value) == (True, b"r1", 2, b"x-api-key", b"k1")
+    assert operator_block is block
     # (the x-request-id is never in the block: upstream_request.finish_head writes one)
     assert block == b"anthropic-version: 2023-06-01\r\nx-keep: yes\r\n"
 
@@ -199,7 +203,11 @@ VALUE_BYTES = st.binary(min_size=0, max_size=12) | st.sampled_from(
 
 
 # (no Host: a well-formed request has its one Host line already; NAMES adds a second)
-CLEAN_NAMES = [b"Authorization", b"X-Api-Key", b"Content-Type", b"x-stainless-os", b"Accept", b"X_Odd!#$%&'*+.^`|~"]
+CLEAN_NAMES = [b"Authorization", b"X-Api-Key", b"Content-Type", b"x-stainless-os", b"Accept", b"X_Odd!#$%&'*+.^`|~",
+               # round f's provider-account headers in odd cases and spellings, and look-alikes:
+               # the operator's block, cut in the same pass, is compared with the twins' too
+               b"OpenAI-Organization", b"openai_PROJECT", b"X-Goog-User-Project", b"Anthropic-Organization-Id",
+               b"OpenAI-Projects"]
 CLEAN_VALUES = st.binary(min_size=1, max_size=12).map(
     lambda v: bytes(c if 33 <= c < 127 or c >= 128 else 97 for c in v)  # no CTL, no edge space
 )
@@ -279,3 +287,26 @@ def test_header_pairs_leave_the_cyclic_gc() -> None:
     assert headers == [(b"host", b"x"), (b"content-type", b"application/json"),
                        (b"authorization", b"Bearer k"), (b"content-length", b"2")]  # fmt: skip
     assert not any(gc.is_tracked(pair) for pair in headers) and gc.is_tracked(headers)
+
+
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
+    """The name and value scans go sixteen bytes at a time (plano_fast/wire/_simd.h) before
+    the per-byte loops: each byte value at each offset of a 40-byte name or value is
+    accepted exactly when the fast path's grammar allows it, and as httptools reads it."""
+    for offset in range(40):
+        for byte in range(256):
+            field = bytearray(b"n" * 40 if where == "name" else b"v" * 40)
+            field[offset] = byte
+            if where == "name":
+                line = bytes(field) + b": value\r\n"
+                allowed = byte in _TCHARS or (byte == 58 and offset > 0)  # (a colon ends the name)
+            else:
+                line = b"x-field: " + bytes(field) + b"\r\n"
+                # (trailing whitespace is declined: httptools decides)
+                allowed = (byte == 9 or (byte >= 32 and byte != 127)) and not (byte in (9, 32) and offset == 39)
+            data = b"POST /v1/chat/completions HTTP/1.1\r\nhost: h\r\n" + line + b"content-length: 2\r\n\r\nok"
+            assert check_against_httptools(data) is allowed, (where, offset, byte)

@@ -238,3 +238,33 @@ def test_generated_responses_are_often_accepted() -> None:
     # constants it collects from the modules imported before (test_request_fast_path's
     # run first gives 79).  A fast path that accepted nothing would give 0.
     assert accepted >= 50
+
+
+_TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@pytest.mark.parametrize("where", ["name", "value"])
+def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
+    """The name and value scans go sixteen bytes at a time (``pf_name_run``,
+    ``pf_value_run`` in plano_fast/wire/_simd.h) before the per-byte loops: each byte value
+    at each offset of a 40-byte name or value, across those blocks and their ends, is
+    accepted exactly when the grammar allows it (a tchar in a name; a visible byte, SP,
+    HTAB or obs-text in a value), and whatever is accepted is what httptools reads."""
+    for offset in range(40):
+        for byte in range(256):
+            field = bytearray(b"n" * 40 if where == "name" else b"v" * 40)
+            field[offset] = byte
+            if where == "name":
+                line = bytes(field) + b": value\r\n"
+                # (a colon ends the name there: the rest is the value)
+                allowed = byte in _TCHARS or (byte == 58 and offset > 0)
+            else:
+                line = b"x-field: " + bytes(field) + b"\r\n"
+                allowed = byte == 9 or (byte >= 32 and byte != 127)
+                if byte in (9, 32) and offset == 39:
+                    allowed = True  # trailing whitespace: kept as it came (llhttp strips it)
+            data = b"HTTP/1.1 200 OK\r\n" + line + b"content-length: 2\r\n\r\nok"
+            accepted = check_against_httptools(data) if allowed else parse_response(data, MAX_HEAD) is not None
+            assert accepted is allowed, (where, offset, byte)
+            if allowed:
+                assert line in parse_response(data, MAX_HEAD)[1]  # type: ignore[index]

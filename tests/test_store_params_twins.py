@@ -73,3 +73,164 @@ def test_an_unset_slot_or_another_class_takes_the_twins_path() -> None:
     for module in MODULES:
         with pytest.raises(AttributeError):
             module.chunk_params([row])
+
+
+# -- sparse_params: the columns a chunk's INSERT leaves out, and the kept parameters ----
+
+from plano_fast.store.sql import add_day_sums as _add_day_sums_spec  # noqa: E402
+from plano_fast.store.sqlite import _OMITTABLE, _OMITTABLE_ZERO_GROUPS  # noqa: E402
+
+# values a column can hold, None and 0 (and things equal to 0 that are not 0 itself) often
+PARAM = st.one_of(st.none(), st.just(0), st.integers(-3, 3), st.just(0.0), st.just(False), st.text(max_size=3))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), n=st.integers(1, 6), width=st.integers(1, 9))
+def test_sparse_params_match_the_twin(data: st.DataObject, n: int, width: int) -> None:
+    params = data.draw(st.lists(PARAM, min_size=n * width, max_size=n * width))
+    omittable = tuple(data.draw(st.sets(st.integers(0, width - 1))))
+    omittable = tuple(sorted(omittable))
+    zero_groups = tuple(tuple(g) for g in data.draw(st.lists(st.lists(st.integers(0, width - 1), min_size=1,
+                                                                        max_size=3, unique=True), max_size=3)))
+    omitted, kept = _params_py.sparse_params(n, params, omittable, zero_groups)
+    # the specification, spelled out: a column is left out when None (0) in every row
+    expected = tuple(i for i in omittable if all(params[r * width + i] is None for r in range(n)))
+    for group in zero_groups:
+        if all(params[r * width + i] == 0 for i in group for r in range(n)):
+            expected += group
+    assert omitted == expected
+    left = [i for i in range(width) if i not in omitted]
+    assert kept == [params[r * width + i] for r in range(n) for i in left]
+    for module in MODULES:
+        got = module.sparse_params(n, params, omittable, zero_groups)
+        assert got == (omitted, kept) and [type(v) for v in got[1]] == [type(v) for v in kept]
+
+
+def test_sparse_params_of_real_chunks() -> None:
+    """On the usage columns: one row, a full chunk, every optional column set (params
+    unchanged, the same list)."""
+    row = UsageRow("r", 1, "p", None, None, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    for rows in ([row], [row] * 32):
+        params = _params_py.chunk_params(rows)
+        expected = _params_py.sparse_params(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
+        assert expected[0]  # user, key, token ... None: left out
+        for module in MODULES:
+            assert module.sparse_params(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS) == expected
+    full = dataclasses.replace(row, user_id="u", key_hash="k", token_id="t", usage_api="a", usage_raw="{}",
+                               price_entry="e", reservation_overrun_nano_usd=1, requested_model="r", attempts=1,
+                               attempt_trail="200", cache_write_tokens=1, tool_use_prompt_tokens=1)  # fmt: skip
+    params = _params_py.chunk_params([full])
+    for module in MODULES:
+        omitted, kept = module.sparse_params(1, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
+        assert omitted == () and kept is params
+
+
+# -- add_day_sums: what priced rows cost, per (project, user, key, UTC day) --------------
+
+DAY_NS = 86_400 * 10**9
+SCOPE = st.sampled_from([None, "p1", "p2"])
+SUM_ROWS = st.builds(
+    UsageRow,
+    request_id=st.just("r"), time_ns=st.one_of(st.integers(0, 3 * DAY_NS), st.integers(-(2**70), 2**70)),
+    project_id=SCOPE, user_id=SCOPE, key_hash=SCOPE, token_id=st.none(), provider=st.just("openai"),
+    model=st.none(), input_tokens=st.just(1), output_tokens=st.just(1), cache_read_tokens=st.just(0),
+    cache_write_tokens=st.just(0), reasoning_tokens=st.just(0), streaming=st.just(False), status=st.just("ok"),
+    http_status=st.just(200), priced=st.sampled_from([True, False, 1, 0, None]),
+    cost_nano_usd=st.one_of(st.none(), st.integers(0, 10**12), st.integers(0, 2**80)), duration_us=st.just(1),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(SUM_ROWS, max_size=12), runs=st.integers(1, 4), start=st.dictionaries(
+    st.tuples(SCOPE, SCOPE, SCOPE, st.integers(0, 3)), st.integers(0, 10**6), max_size=3))
+def test_add_day_sums_match_the_twin(rows: list[UsageRow], runs: int, start: dict[Any, int]) -> None:
+    # runs of equal rows (a group commit's rows of one token and day) as well as mixed ones
+    rows = [r for r in rows for _ in range(runs)]
+    expected = dict(start)
+    _add_day_sums_spec(rows, expected)
+    for module in MODULES:
+        got = dict(start)
+        module.add_day_sums(rows, got)
+        assert got == expected and list(got) == list(expected)  # the same keys, in the same order
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+
+
+def test_add_day_sums_of_another_class_or_an_unset_slot() -> None:
+    row = UsageRow("r", 5 * DAY_NS + 1, "p", "u", None, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    other: Any = _OtherRow(row)
+    for module in MODULES:
+        sums: dict[Any, int] = {}
+        module.add_day_sums([row, other, row], sums)
+        assert sums == {("p", "u", None, 5): 15}
+    del row.key_hash
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.add_day_sums([row], {})
+
+
+# -- normalize_usage: rows checked for writing, repeated request ids dropped ---------------
+
+from plano_fast.store.records import StoreError  # noqa: E402
+
+NORM_ROWS = st.builds(
+    UsageRow,
+    request_id=st.sampled_from(["a", "b", "c", "d"]), time_ns=st.just(1), project_id=st.none(),
+    user_id=st.none(), key_hash=st.none(), token_id=st.none(), provider=st.just("openai"),
+    model=st.one_of(st.none(), st.sampled_from(["", "m", "a\x00b", "\x00"])), input_tokens=st.just(1),
+    output_tokens=st.just(1), cache_read_tokens=st.just(0), cache_write_tokens=st.just(0),
+    reasoning_tokens=st.just(0), streaming=st.just(False), status=st.just("ok"), http_status=st.just(200),
+    priced=st.sampled_from([True, False, 1, 0, None, "yes"]),
+    cost_nano_usd=st.one_of(st.none(), st.integers(-3, 2**70), st.just(True), st.just(2.5)),
+    duration_us=st.just(1), usage_raw=st.one_of(st.none(), st.sampled_from(['{"a":1}', "x\x00y", ""])),
+    requested_model=st.one_of(st.none(), st.sampled_from(["alias", "b\x00"])),
+)  # fmt: skip
+
+
+def _outcome(module: ModuleType, rows: list[UsageRow], seen: set[str] | None) -> tuple[object, ...]:
+    copies = [dataclasses.replace(r) for r in rows]
+    given = None if seen is None else set(seen)
+    try:
+        out = module.normalize_usage(copies, given)
+    except StoreError as exc:
+        return ("raised", type(exc), str(exc), copies, given)
+    # the same rows (by position: identity of the copies), rewritten the same way
+    return ([copies.index(r) for r in out], copies, given)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(NORM_ROWS, max_size=8), seen=st.none() | st.sets(st.sampled_from(["a", "b", "x"])))
+def test_normalize_usage_matches_the_twin(rows: list[UsageRow], seen: set[str] | None) -> None:
+    expected = _outcome(_params_py, rows, seen)
+    for module in MODULES:
+        assert _outcome(module, rows, seen) == expected
+
+
+def test_normalize_usage_of_another_class_or_an_unset_slot() -> None:
+    row = UsageRow("r", 1, "p", None, None, None, "openai", "m\x00", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    other: Any = _OtherRow(dataclasses.replace(row, request_id="o"))
+    for module in MODULES:
+        a, b = dataclasses.replace(row), _OtherRow(other)
+        assert module.normalize_usage([a, b, dataclasses.replace(a)], None) == [a, b]
+        assert a.model == b.model == "m\ufffd"
+    del row.usage_raw
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.normalize_usage([row], None)
+
+
+@pytest.mark.skipif(_compiled_params is None, reason="the extension is not built")
+def test_normalize_usage_checks_the_common_rows_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A priced (or unpriced) row with plain text is kept without the twin (it was the
+    whole cost once: a bare True compared as a pointer sent every row there)."""
+    handed: list[UsageRow] = []
+
+    def twin(rows: list[UsageRow], seen: set[str] | None) -> list[UsageRow]:
+        handed.extend(rows)
+        return _params_py.normalize_usage(rows, seen)
+
+    monkeypatch.setattr(_compiled_params, "_normalize_usage_py", twin)
+    row = UsageRow("r", 1, "p", None, None, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
+    rows = [row, dataclasses.replace(row, request_id="u", priced=False, cost_nano_usd=None, usage_raw="{}"),
+            dataclasses.replace(row, request_id="n", model="a\x00")]  # fmt: skip
+    assert _compiled_params.normalize_usage(rows, None) == rows
+    assert handed == [rows[2]]  # only the one with a NUL to rewrite

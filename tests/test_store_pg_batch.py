@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -405,7 +406,12 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
         result = await original(conn, query, *args, **kwargs)
         if marker not in query:
             return result
-        ids = args[-1] if kind == "settle" else args[7]  # the reservation id(s)
+        if kind == "settle":
+            ids = args[-1]  # the reservation id(s)
+        elif len(args) == 2:  # a batch (RESERVE_MANY): one reserve_input tuple per request and counter, now
+            ids = [wanted[7] for wanted in args[0]]
+        else:
+            ids = args[7]
         if repr(ids) not in seen:
             seen.add(repr(ids))
             sizes.append(1 if isinstance(ids, str) else len(set(ids)))
@@ -431,5 +437,201 @@ def test_a_statement_that_committed_but_lost_its_answer_counts_once(
         for key in (TOTAL, USER):
             c = await store.get_counter(key)
             assert c is not None and (c.spent_nano_usd, c.reserved_nano_usd) == expected, (key, c)
+
+    run(dsn, body)
+
+
+def test_one_row_writes_count_exactly_what_the_batch_statement_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_usage`` of one row (the group writer's batch at concurrency 1) runs its own
+    statement (``_write_one_sql``: scalars, counter deltas computed in Python); rows written
+    one by one leave the same log and the same counters as the same rows in one batch
+    (``_WRITE_USAGE``, counters computed in SQL): every scope, both sides of day and month
+    ends, unpriced and zero-cost rows, replays (never counted twice) and a row before 1970
+    (``_WRITE_USAGE``'s day numbering: its own path)."""
+    import random
+
+    from plano_fast.store import postgres
+
+    rng = random.Random(27)
+    day_ns = 86_400 * 10**9
+    instants = [
+        1706745599_900_000_000, 1706745600_100_000_000,  # 2024-01-31 23:59:59.9, 2024-02-01 00:00:00.1
+        1709251199_900_000_000, 1709251200_000_000_000,  # end of 29 February 2024, 1 March
+        time.time_ns(), 0, day_ns - 1,
+    ]  # fmt: skip
+    rows = []
+    for i in range(120):
+        cost = rng.choice([None, 0, rng.randrange(1, 10**12)])
+        rows.append(UsageRow(
+            request_id=f"one-{i:04d}", time_ns=rng.choice(instants) + rng.randrange(-3, 3) * day_ns,
+            project_id=rng.choice(["pa", "pb", None]), user_id=rng.choice(["ua", "ü-b", None]),
+            key_hash=rng.choice(["a" * 64, "b" * 64, None]), token_id=None, provider="openai",
+            model="m", input_tokens=1, output_tokens=1, cache_read_tokens=0, cache_write_tokens=0,
+            reasoning_tokens=0, streaming=bool(i % 2), status="ok", http_status=200,
+            priced=cost is not None, cost_nano_usd=cost, duration_us=1,
+        ))  # fmt: skip
+    rows.append(
+        dataclasses.replace(rows[0], request_id="before-1970", time_ns=-day_ns // 2, cost_nano_usd=7, priced=True)
+    )
+    after_1970 = sum(r.time_ns >= 0 for r in rows + rows[:30])
+    assert after_1970 < len(rows) + 30
+    one_row_statements = [0]
+    shapes: set[str] = set()  # one statement per number of counter deltas: each one ran
+    original = asyncpg.connection.Connection.fetchval
+
+    async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query in {postgres._write_one_sql(n) for n in (0, 3, 6, 9)}:
+            one_row_statements[0] += 1
+            shapes.add(query)
+        return await original(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+    async def written(dsn: str, one_by_one: bool) -> tuple[list[Any], list[Any]]:
+        async with open_store(dsn, "unused.db") as store:
+            await migrate(store)
+            if one_by_one:
+                inserted = [await store.write_usage([r]) for r in rows + rows[:30]]  # then 30 replays
+                assert inserted == [1] * len(rows) + [0] * 30
+            else:
+                assert await store.write_usage(rows) == len(rows)
+                assert await store.write_usage(rows[:30]) == 0
+            log = await store._fetch(  # type: ignore[attr-defined]
+                "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd, "
+                "price_status, streaming FROM usage_log ORDER BY request_id"
+            )
+            counters = await store._fetch(  # type: ignore[attr-defined]
+                "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
+                "FROM spending_counters ORDER BY 1, 2, 3, 4"
+            )
+            return [tuple(r) for r in log], [tuple(r) for r in counters]
+
+    with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
+        one = asyncio.run(written(one_dsn, True))
+        assert one_row_statements[0] == after_1970 > len(rows) // 2  # the others: _WRITE_USAGE
+        assert len(shapes) == 4
+        batch = asyncio.run(written(batch_dsn, False))
+        assert one_row_statements[0] == after_1970
+    assert one == batch
+    assert len(one[0]) == len(rows) and len(one[1]) > 30
+
+
+def test_one_settle_counts_exactly_what_the_batch_statement_counts(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle alone (concurrency 1 with a hard limit) runs its own statement
+    (``_settle_one_sql``); settles one by one leave the same log, counters and reservations,
+    and give the same answers, as the same settles in one ``_SETTLE`` batch: mixed rows and
+    reservations, a row already written (its reservation freed, its cost not counted
+    again) and a reservation already settled (False; its row counted)."""
+    import random
+
+    from plano_fast.store import period_start, postgres
+
+    rng = random.Random(2027)
+    now = time.time_ns()
+    day_ns = 86_400 * 10**9
+    work = []
+    for i in range(40):
+        project, user = rng.choice(["pa", "pb"]), rng.choice(["ua", "ub"])
+        targets = [BudgetTarget("project", project, p, period_start(p, now), 10**15) for p in ("monthly", "daily")]
+        targets += [BudgetTarget("user", user, "total", 0, 10**15)] if i % 3 else []
+        cost = rng.choice([None, 0, rng.randrange(1, 10**9)])
+        usage = UsageRow(
+            request_id=f"settle-{i:04d}", time_ns=now + rng.randrange(-40, 2) * day_ns, project_id=project,
+            user_id=rng.choice([user, None]), key_hash=rng.choice(["c" * 64, None]), token_id=None,
+            provider="openai", model="m", input_tokens=1, output_tokens=1, cache_read_tokens=0,
+            cache_write_tokens=0, reasoning_tokens=0, streaming=False, status="ok", http_status=200,
+            priced=cost is not None, cost_nano_usd=cost, duration_us=1,
+        )  # fmt: skip
+        work.append((targets, rng.randrange(1, 10**6), usage))
+    one_settles = [0]
+    shapes: set[str] = set()  # one statement per number of counter deltas: each one ran
+    original = asyncpg.connection.Connection.fetchval
+
+    async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query in {postgres._settle_one_sql(n) for n in (0, 3, 6, 9)}:
+            one_settles[0] += 1
+            shapes.add(query)
+        return await original(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchval", fetchval)
+
+    async def settled(dsn: str, alone: bool) -> tuple[Any, ...]:
+        async with open_store(dsn, "unused.db") as store:
+            await migrate(store)
+            held = [await store.reserve(t, amount) for t, amount, _ in work]
+            assert all(r is not None for r in held)
+            items: list[tuple[str, UsageRow | None]] = [
+                (r.id, u) for r, (_, _, u) in zip(held, work, strict=True) if r is not None
+            ]
+            items.append((items[0][0], dataclasses.replace(work[1][2], request_id="settle-again")))  # settled already
+            paid = next(w for w in work if w[2].cost_nano_usd)
+            again = await store.reserve(paid[0], 5)
+            assert again is not None
+            items.append((again.id, paid[2]))  # a priced row written already
+            if alone:
+                answers = [await store._settle_batch([item]) for item in items]  # type: ignore[attr-defined]
+            else:
+                answers = [[a] for a in await store._settle_batch(items)]  # type: ignore[attr-defined]
+            tables = [
+                [tuple(r) for r in await store._fetch(sql)]  # type: ignore[attr-defined]
+                for sql in (
+                    "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd "
+                    "FROM usage_log ORDER BY request_id",
+                    "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
+                    "FROM spending_counters ORDER BY 1, 2, 3, 4",
+                    "SELECT count(*) FROM spending_reservations",
+                )
+            ]
+            return answers, *tables
+
+    with pg.temp_schema(pg_database) as one_dsn, pg.temp_schema(pg_database) as batch_dsn:
+        one = asyncio.run(settled(one_dsn, True))
+        assert one_settles[0] == len(work) + 2
+        assert len(shapes) == 4
+        batch = asyncio.run(settled(batch_dsn, False))
+        assert one_settles[0] == len(work) + 2
+    assert one == batch
+    assert one[0] == [[True]] * len(work) + [[False], [True]]
+    assert one[3] == [(0,)] and len(one[1]) == len(work) + 1
+    assert all(reserved == 0 for *_, reserved in one[2])
+
+
+def test_usage_input_type_is_a_written_usage_row(dsn: str) -> None:
+    """``usage_input`` (migration 10), the type of the batch statements' one array of rows,
+    has ``USAGE_COLUMN_TYPES``'s attributes in order: a migration adding a written column to
+    usage_log must add it there too.  And a batch sent as those tuples lands column for
+    column (every column of a row differs from the defaults)."""
+    from plano_fast.store.records import PRICE_STATUS_PARTIAL
+    from plano_fast.store.sql import _USAGE_COLS, USAGE_COLUMN_TYPES, usage_from_row
+
+    async def body(store: Store) -> None:
+        attributes = await store._fetch(  # type: ignore[attr-defined]
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+            " WHERE a.attrelid = (SELECT typrelid FROM pg_type WHERE oid = to_regtype('usage_input'))"
+            "   AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        )
+        written = {"integer": "integer", "bigint": "bigint", "text": "text", "boolean": "boolean"}
+        assert [(r[0], r[1]) for r in attributes] == [(c, written[t]) for c, t in USAGE_COLUMN_TYPES.items()]
+        full = [
+            UsageRow(
+                request_id=f"full-{i}", time_ns=1_700_000_000_000_000_000 + i, project_id="p1", user_id="u1",
+                key_hash="d" * 64, token_id="t1", provider="anthropic", model="m1", input_tokens=1 + i,
+                output_tokens=2, cache_read_tokens=3, cache_write_tokens=4, reasoning_tokens=5, streaming=True,
+                status="ok", http_status=201, priced=True, cost_nano_usd=6 + i, duration_us=7,
+                price_status=PRICE_STATUS_PARTIAL, tool_use_prompt_tokens=8, cache_write_1h_tokens=9,
+                audio_input_tokens=10, audio_output_tokens=11, usage_api="messages", usage_raw='{"x": "\\"y"}',
+                price_entry="e1", reservation_overrun_nano_usd=12, requested_model="m0", attempts=2,
+                attempt_trail="503,200",
+            )
+            for i in range(3)
+        ]  # fmt: skip
+        assert await store.write_usage(full) == 3
+        read = f"SELECT {_USAGE_COLS} FROM usage_log ORDER BY request_id"
+        stored = await store._fetch(read)  # type: ignore[attr-defined]
+        assert [dataclasses.replace(usage_from_row(r), row_id=None) for r in stored] == full
 
     run(dsn, body)

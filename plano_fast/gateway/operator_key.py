@@ -4,8 +4,9 @@ In config mode with an ``access_key`` (not ``passthrough_auth``) and in managed 
 request goes upstream with the gateway's own key.  Then (docs/security.md, "The operator's
 provider account"):
 
-* the client's account-selecting headers are cut from what goes up and the provider's
-  account headers from what comes back (``wire.without_account_headers``);
+* the client's account-selecting headers are cut from what goes up (``ClientHeaders.operator_block``,
+  cut in the parsers' pass over the head) and the provider's account headers from what comes
+  back (``wire.without_account_headers``);
 * a 401/403 answer is replaced by the gateway's 502 (``ProviderCredentialRejected``), logged
   for the operator without the key;
 * any other error body has the key's bytes masked, byte for byte (same length: the

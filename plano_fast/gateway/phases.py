@@ -71,7 +71,8 @@ def identify_caller(exchange: Exchange) -> str | None:
     per-key limit.  One set test when some scope is blocked, nothing otherwise."""
     client = exchange.client
     if client is None:  # (client_headers, inline: once per config-mode request)
-        client = client_headers(exchange)
+        request = exchange.request
+        client = exchange.client = read_client_headers(request.headers, request.query, request.forward)
     credential = client.credential
     digest = key_hash(credential.secret) if credential is not None else None
     budget = exchange.ctx.budget

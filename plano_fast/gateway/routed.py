@@ -56,6 +56,22 @@ if TYPE_CHECKING:
 _MODEL_SAFE = " !#$&'()*+,/:;=?@[]~"
 
 
+def target_of(route: Route, endpoint: Endpoint) -> tuple[bool, bytes | None, tuple[bytes, bytes] | None]:
+    """What ``_prepare`` needs of ``route`` for ``endpoint`` that no request changes --
+    whether it is reached through conversion, the provider path (None: not served), the
+    provider's credential and extra lines (None: the client's credential passes through)
+    -- computed once and kept on the route (``Route.per_endpoint``): three calls fewer per
+    request (~2.7k instructions under callgrind)."""
+    provider = route.provider
+    target = (
+        converts(endpoint, provider),
+        upstream_path(provider, endpoint, route.upstream_model),
+        None if provider.passthrough_auth else auth_lines_for(provider, endpoint),
+    )
+    route.per_endpoint[endpoint] = target
+    return target
+
+
 class RoutedExchange(RetryingExchange):
     """A request routed by the config's model table (config mode, Gemini-format clients):
     the upstream request for a route (``_prepare``; converted when the client's format is
@@ -122,10 +138,13 @@ class RoutedExchange(RetryingExchange):
         fields = self.fields
         provider = route.provider
         model = route.upstream_model or fields.model
-        if converts(self.endpoint, provider):
+        target = route.per_endpoint.get(self.endpoint)
+        if target is None:
+            target = target_of(route, self.endpoint)
+        converted, path, auth_lines = target
+        if converted:
             self._prepare_converted(fields, model, provider)
             return
-        path = upstream_path(provider, self.endpoint, route.upstream_model)
         if path is None:
             raise ClientError(
                 f"model '{fields.model}' is served by provider '{provider.name}', which does "
@@ -160,7 +179,6 @@ class RoutedExchange(RetryingExchange):
         if client is None:
             client = client_headers(self)
         query = client.query
-        auth_lines = None if provider.passthrough_auth else auth_lines_for(provider, self.endpoint)
         self.operator_auth = None if auth_lines is None else auth_lines[0]
         self.upstream_data = provider_request(
             client,

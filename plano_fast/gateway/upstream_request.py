@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from typing import Final
 
 from plano_fast.errors import Unauthorized
-from plano_fast.wire import content_length_line, header_line, without_account_headers
+from plano_fast.wire import content_length_line, header_line
 
 #: The longest client x-request-id kept (a UUID is 36, a W3C trace id 32; Envoy's own
 #: request ids are UUIDs): anything longer is replaced by the gateway's id.
@@ -48,7 +48,7 @@ def upstream_request(
         head.append(client.block)
         _passed_through(head, client)
     else:
-        head.append(without_account_headers(client.block))
+        head.append(client.operator_block)  # (cut by the parser's pass: wire.forward_request_headers)
     for name, value in auth or ():
         if name == b"anthropic-version":
             if seen_version:
@@ -80,7 +80,7 @@ def provider_request(
         _passed_through(head, client)
         head.append(provider.extra_lines)
     else:
-        head.append(without_account_headers(client.block))
+        head.append(client.operator_block)  # (cut by the parser's pass: wire.forward_request_headers)
         head.append(auth_lines[1] if client.seen_version else auth_lines[0])
     return finish_head(head, provider.host_line, body, client.request_id, request_id)
 

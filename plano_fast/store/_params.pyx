@@ -1,7 +1,8 @@
 # cython: language_level=3
 """The SQLite writer's parameters of a chunk of usage rows, compiled: the twin of
 ``plano_fast.store._params_py`` (whose docstring is the specification), chosen in
-``plano_fast.store.sqlite``.
+``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``add_day_sums`` and
+``normalize_usage``.
 
 Why: the twin reads 31 attributes a row (~5.4k instructions a row, callgrind,
 benchmarks/bench_billing_stages.py ``params``, issue 27).  Here a ``UsageRow`` (exactly
@@ -11,17 +12,22 @@ exactly True or False goes through the twin's ``usage_params``, as in the twin.
 """
 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.object cimport PyObject
+from cpython.object cimport Py_EQ, PyObject, PyObject_RichCompareBool
 from cpython.ref cimport Py_INCREF
 
 from plano_fast._slots cimport get_slot, slot_offset
 
+from plano_fast.store._params_py import sparse_params as _sparse_params_py
 from plano_fast.store._params_py import usage_params as _usage_params
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
+from plano_fast.store.times import _NS_PER_DAY as _ns_per_day
 from plano_fast.store.sql import USAGE_WRITE_COLUMNS
+from plano_fast.store.sql import normalize_usage as _normalize_usage_py
 
 DEF WIDTH = 31
-if len(USAGE_WRITE_COLUMNS) != WIDTH or USAGE_WRITE_COLUMNS[16] != "priced" or USAGE_WRITE_COLUMNS[19] != "price_status":
+if (len(USAGE_WRITE_COLUMNS) != WIDTH or USAGE_WRITE_COLUMNS[16] != "priced" or USAGE_WRITE_COLUMNS[19] != "price_status"
+        or USAGE_WRITE_COLUMNS[:5] != ("request_id", "time_ns", "project_id", "user_id", "key_hash")
+        or (USAGE_WRITE_COLUMNS[7], USAGE_WRITE_COLUMNS[25], USAGE_WRITE_COLUMNS[28]) != ("model", "usage_raw", "requested_model")):
     raise ImportError("usage_log's written columns changed: _params.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t OFF[WIDTH]
@@ -38,6 +44,8 @@ cdef object _partial = PRICE_STATUS_PARTIAL
 cdef object _priced = PRICE_STATUS_PRICED
 cdef object _pending = PRICE_STATUS_PENDING
 cdef object _one = 1
+cdef object _true = True  # objects: a bare True cast to a pointer is Cython's C 1
+cdef object _false = False
 cdef object _zero = 0
 
 
@@ -79,4 +87,234 @@ def chunk_params(rows):
             values = _usage_params(row)  # raises for an unset slot, as the twin does
             for i in range(WIDTH):
                 _set(out, at + i, values[i])
+    return out
+
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object obj, int *overflow) except? -1
+    bint PyLong_CheckExact(object obj)
+    PyObject *PyList_GET_ITEM(object lst, Py_ssize_t i)
+
+
+DEF MAX_WIDTH = 64
+
+
+cdef inline bint _is_null(PyObject *value) except -1:
+    # list.count(None)'s test, the identity first (every None, no call)
+    return value == <PyObject*>None or PyObject_RichCompareBool(<object>value, None, Py_EQ)
+
+
+cdef inline bint _is_zero(PyObject *value) except -1:
+    # list.count(0)'s test: 0 is one object in CPython, the identity first
+    return value == <PyObject*>_zero or PyObject_RichCompareBool(<object>value, _zero, Py_EQ)
+
+
+def sparse_params(Py_ssize_t n, list params, tuple omittable, tuple zero_groups):
+    """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
+    ``params`` (ascending ``omittable`` ones, then whole ``zero_groups`` in order), and the
+    parameters of the columns kept, flat (``params`` itself when none is left out): the
+    twin's, each column tested in place (no slice) and the kept values copied in one pass
+    (no itemgetter of every value)."""
+    cdef Py_ssize_t size = len(params)
+    if n <= 0 or size % n:
+        return _sparse_params_py(n, params, omittable, zero_groups)
+    cdef Py_ssize_t width = size // n
+    if width > MAX_WIDTH:
+        return _sparse_params_py(n, params, omittable, zero_groups)
+    cdef Py_ssize_t r, i, k, at, nkept
+    cdef bint left_out
+    cdef char dropped[MAX_WIDTH]
+    cdef Py_ssize_t kept[MAX_WIDTH]
+    for i in range(width):
+        dropped[i] = 0
+    for column in omittable:
+        i = column
+        if i < 0 or i >= width:
+            return _sparse_params_py(n, params, omittable, zero_groups)
+    for group in zero_groups:
+        for column in group:
+            i = column
+            if i < 0 or i >= width:
+                return _sparse_params_py(n, params, omittable, zero_groups)
+    omitted = []
+    for column in omittable:
+        i = column
+        left_out = True
+        for r in range(n):
+            if not _is_null(PyList_GET_ITEM(params, r * width + i)):
+                left_out = False
+                break
+        if left_out:
+            omitted.append(column)
+            dropped[i] = 1
+    for group in zero_groups:
+        left_out = True
+        for column in group:
+            i = column
+            for r in range(n):
+                if not _is_zero(PyList_GET_ITEM(params, r * width + i)):
+                    left_out = False
+                    break
+            if not left_out:
+                break
+        if left_out:
+            omitted.extend(group)
+            for column in group:
+                i = column
+                dropped[i] = 1
+    if not omitted:
+        return (), params
+    nkept = 0
+    for i in range(width):
+        if not dropped[i]:
+            kept[nkept] = i
+            nkept += 1
+    cdef list out = PyList_New(n * nkept)
+    at = 0
+    for r in range(n):
+        for k in range(nkept):
+            _set(out, at, <object>PyList_GET_ITEM(params, r * width + kept[k]))
+            at += 1
+    return tuple(omitted), out
+
+
+cdef object _NS_PER_DAY = _ns_per_day
+cdef long long NS_PER_DAY_C = _ns_per_day
+DEF C_TIME = 1
+DEF C_PROJECT = 2
+DEF C_USER = 3
+DEF C_KEY = 4
+
+
+cdef inline bint _same(object a, object b) except -1:
+    # a tuple key's element test, the identity first
+    return a is b or a == b
+
+
+def add_day_sums(rows, dict sums):
+    """``plano_fast.store.sql.add_day_sums``: what priced ``rows`` cost added to ``sums``
+    per (project_id, user_id, key_hash, UTC day).  A run of rows of one key (a group
+    commit's rows of one token and day) is summed first and added to ``sums`` once, the
+    key tuple built and hashed once a run instead of twice a row; for int costs (what
+    ``normalize_usage`` lets through) the sums are the twin's, in the twin's key order.
+    A row not exactly a ``UsageRow`` with those slots set is read by attribute, in the
+    twin's order (its AttributeError for an unset field).  When a row raises, the run
+    before it is not in ``sums`` yet (the twin's would be): the caller's transaction is
+    rolled back and its sums dropped either way."""
+    cdef Py_ssize_t n = len(rows), r
+    cdef bint whole, run_open = False, fast, run_fast = False
+    cdef int overflow
+    cdef long long t_c, day_c = 0, run_day_c = 0
+    run_project = run_user = run_key = run_day = run_cost = None
+    for r in range(n):
+        row = rows[r]
+        whole = type(row) is _Row
+        if whole:
+            whole = (get_slot(row, OFF[C_COST]) is not NULL and get_slot(row, OFF[C_PRICED]) is not NULL
+                     and get_slot(row, OFF[C_PROJECT]) is not NULL and get_slot(row, OFF[C_USER]) is not NULL
+                     and get_slot(row, OFF[C_KEY]) is not NULL and get_slot(row, OFF[C_TIME]) is not NULL)
+        if whole:
+            cost = <object>get_slot(row, OFF[C_COST])
+            if not <object>get_slot(row, OFF[C_PRICED]) or not cost:
+                continue
+            project = <object>get_slot(row, OFF[C_PROJECT])
+            user = <object>get_slot(row, OFF[C_USER])
+            key = <object>get_slot(row, OFF[C_KEY])
+            time_ns = <object>get_slot(row, OFF[C_TIME])
+        else:
+            cost = row.cost_nano_usd
+            if not row.priced or not cost:
+                continue
+            project = row.project_id
+            user = row.user_id
+            key = row.key_hash
+            time_ns = row.time_ns
+        fast = False
+        if PyLong_CheckExact(time_ns):
+            overflow = 0
+            t_c = PyLong_AsLongLongAndOverflow(time_ns, &overflow)
+            if overflow == 0 and t_c >= 0:  # C's division is the floor one here
+                fast = True
+                day_c = t_c // NS_PER_DAY_C
+        if run_open:
+            if fast and run_fast:
+                if day_c == run_day_c and _same(project, run_project) and _same(user, run_user) and _same(key, run_key):
+                    run_cost = run_cost + cost
+                    continue
+                day = day_c
+            else:
+                day = day_c if fast else time_ns // _NS_PER_DAY
+                if _same(day, run_day) and _same(project, run_project) and _same(user, run_user) and _same(key, run_key):
+                    run_cost = run_cost + cost
+                    continue
+            k = (run_project, run_user, run_key, run_day)
+            sums[k] = sums.get(k, 0) + run_cost
+        else:
+            day = day_c if fast else time_ns // _NS_PER_DAY
+        run_open = True
+        run_fast = fast
+        run_day_c = day_c
+        run_project, run_user, run_key, run_day, run_cost = project, user, key, day, cost
+    if run_open:
+        k = (run_project, run_user, run_key, run_day)
+        sums[k] = sums.get(k, 0) + run_cost
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_FindChar(object s, Py_UCS4 ch, Py_ssize_t start, Py_ssize_t end, int direction) except -2
+    bint PyUnicode_CheckExact(object obj)
+
+DEF C_REQUEST_ID = 0
+DEF C_MODEL = 7
+DEF C_USAGE_RAW = 25
+DEF C_REQUESTED_MODEL = 28
+
+
+cdef inline bint _plain_text(PyObject *value) except -1:
+    # None, or a str without a NUL: nothing for normalize_usage to rewrite
+    if value == <PyObject*>None:
+        return True
+    if not PyUnicode_CheckExact(<object>value):
+        return False
+    return PyUnicode_FindChar(<object>value, 0, 0, len(<object>value), 1) == -1
+
+
+def normalize_usage(rows, set seen=None):
+    """``plano_fast.store.sql.normalize_usage`` (the twin, the specification): rows
+    validated for writing, repeated request ids within the batch dropped (first wins).
+    A ``UsageRow`` whose checks all pass as read in place (priced exactly True with an
+    int cost >= 0, or exactly False; model, requested model and raw usage None or a str
+    without a NUL) is kept here; any other row goes through the twin, one row at a time
+    with the same ``seen``: its errors, its rewrites, its duplicate test."""
+    if seen is None:
+        seen = set()
+    cdef list out = []
+    cdef bint whole
+    cdef PyObject *priced
+    cdef PyObject *cost
+    for row in rows:
+        whole = type(row) is _Row
+        if whole:
+            for i in (C_REQUEST_ID, C_PRICED, C_COST, C_MODEL, C_REQUESTED_MODEL, C_USAGE_RAW):
+                if get_slot(row, OFF[i]) is NULL:
+                    whole = False
+                    break
+        if whole:
+            priced = get_slot(row, OFF[C_PRICED])
+            if priced == <PyObject*>_true:
+                cost = get_slot(row, OFF[C_COST])
+                whole = PyLong_CheckExact(<object>cost) and (<object>cost) >= 0
+            else:
+                whole = priced == <PyObject*>_false
+        if whole:
+            whole = (_plain_text(get_slot(row, OFF[C_MODEL])) and _plain_text(get_slot(row, OFF[C_REQUESTED_MODEL]))
+                     and _plain_text(get_slot(row, OFF[C_USAGE_RAW])))
+        if not whole:
+            out += _normalize_usage_py([row], seen)
+            continue
+        request_id = <object>get_slot(row, OFF[C_REQUEST_ID])
+        if request_id in seen:
+            continue
+        seen.add(request_id)
+        out.append(row)
     return out

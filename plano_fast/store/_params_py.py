@@ -5,6 +5,17 @@ specification of the compiled ``plano_fast.store._params`` (its twin).  Chosen i
 
 ``chunk_params(rows)``: ``usage_params`` of each row, flat: the parameters of
 ``_multi_insert(len(rows))``, in ``USAGE_WRITE_COLUMNS`` order.
+
+``sparse_params(n, params, omittable, zero_groups)``: which columns a chunk's INSERT leaves
+out (``_insert_of``: each of ``omittable`` None in all ``n`` rows, each group of
+``zero_groups`` == 0 in all of them) and the parameters of the rest, flat.
+
+``add_day_sums(rows, sums)``: ``plano_fast.store.sql.add_day_sums`` (that function is this
+twin's; the compiled one reads the slots in place and sums a run of rows of one scope and
+day before it touches the dict).
+
+``normalize_usage(rows, seen=None)``: ``plano_fast.store.sql.normalize_usage`` (likewise;
+the compiled one checks the common rows in place and hands any other to it).
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.store.sql import written_price_status
+from plano_fast.store.sql import add_day_sums, normalize_usage, written_price_status
+
+__all__ = ["add_day_sums", "chunk_params", "normalize_usage", "sparse_params", "usage_params"]
 
 
 def usage_params(row: UsageRow) -> tuple[object, ...]:
@@ -61,3 +74,20 @@ def chunk_params(rows: Sequence[UsageRow]) -> list[object]:
         else:
             add(usage_params(r))
     return params
+
+
+def sparse_params(
+    n: int, params: list[object], omittable: tuple[int, ...], zero_groups: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[int, ...], list[object]]:
+    """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
+    ``params`` (ascending ``omittable`` ones, then whole ``zero_groups`` in order), and the
+    parameters of the columns kept, flat (``params`` itself when none is left out)."""
+    width = len(params) // n if n else 0
+    omitted = tuple([i for i in omittable if params[i::width].count(None) == n])
+    for group in zero_groups:
+        if all([params[i::width].count(0) == n for i in group]):
+            omitted += group
+    if not omitted:
+        return omitted, params
+    kept = [i for i in range(width) if i not in omitted]
+    return omitted, [params[r * width + i] for r in range(n) for i in kept]

@@ -42,7 +42,7 @@ from plano_fast.store.records import (
     User,
 )
 
-REQUIRED_SCHEMA_VERSION: Final = 9
+REQUIRED_SCHEMA_VERSION: Final = 10
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 

@@ -18,6 +18,11 @@ inserts it cannot be checked here: ``held`` leaves it alone, covers fewer counte
 the batch needs, and the statement fails on purpose (the cast of ``PARTIAL``), which rolls
 all of it back; it is run again (that counter is then locked in ``chk``).
 
+The batch travels as ONE array of ``reserve_input`` (migration 10: a tuple per request and
+counter, ``(j, k, i, p, s, lim, a, rid, exp, own)``), ``$1``; ``$2`` is now.  Not ten
+arrays, one per column: asyncpg checks each element of an array parameter against
+collections.abc (a Python-level ``__instancecheck__`` each, ~0.4 µs; ~15 per tuple).
+
 The result: the arrival number of the first request not admitted (``NONE_REFUSED`` when
 all were).
 """
@@ -31,9 +36,7 @@ NONE_REFUSED: Final = 2**31 - 1
 
 RESERVE_MANY: Final = f"""
 WITH t AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-                         $7::bigint[], $8::text[], $9::bigint[], $10::text[])
-      AS t(j, k, i, p, s, lim, a, rid, exp, own)
+    SELECT * FROM unnest($1::reserve_input[])
 ),
 chk AS (
     SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s,
@@ -57,7 +60,7 @@ ok AS (
 held AS (
     INSERT INTO spending_counters AS sc
         (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-    SELECT k, i, p, s, 0, SUM(a)::bigint, $11::bigint FROM ok
+    SELECT k, i, p, s, 0, SUM(a)::bigint, $2::bigint FROM ok
      GROUP BY k, i, p, s
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
     ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
@@ -70,7 +73,7 @@ held AS (
 rows AS (
     INSERT INTO spending_reservations (id, scope_kind, scope_id, period, period_start,
                                        amount_nano_usd, created_at_ns, expires_at_ns, owner)
-    SELECT rid, k, i, p, s, a, $11::bigint, exp, own FROM ok
+    SELECT rid, k, i, p, s, a, $2::bigint, exp, own FROM ok
 )
 SELECT CAST(CASE WHEN (SELECT count(*) FROM held) = (SELECT count(*) FROM (SELECT DISTINCT k, i, p, s FROM ok) d)
                  THEN (SELECT first_refused FROM cut)::text ELSE '{PARTIAL}' END AS integer)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, Final
 
@@ -180,16 +180,17 @@ def add_day_sums(rows: Sequence[UsageRow], sums: DaySums) -> None:
 
 
 #: (scope kind, scope id, UTC day number) -> that day's three counter keys (total, monthly,
-#: daily), at most ``_DAY_KEYS_MAX`` (then cleared).  A usage write's counters are those of
-#: the same few scopes and days write after write: their keys (three named tuples and the
-#: month start, a datetime computation) were rebuilt for every commit, ~35k instructions of
-#: a managed request's one-row commit under callgrind (issue 27).  Keys are immutable, so a
-#: cached one is the key a fresh computation would give.
-_DAY_KEYS: dict[tuple[str, str, int], tuple[CounterKey, CounterKey, CounterKey]] = {}
+#: daily), and (project_id, user_id, key_hash, UTC day number) -> the counter keys of all
+#: three scopes (``_sum_keys``), at most ``_DAY_KEYS_MAX`` (then cleared).  A usage write's
+#: counters are those of the same few scopes and days write after write: their keys (three
+#: named tuples and the month start, a datetime computation) were rebuilt for every commit,
+#: ~35k instructions of a managed request's one-row commit under callgrind (issue 27).  Keys
+#: are immutable, so a cached one is the key a fresh computation would give.
+_DAY_KEYS: dict[tuple[object, ...], tuple[CounterKey, ...]] = {}
 _DAY_KEYS_MAX: Final = 4096
 
 
-def _day_keys(kind: str, scope_id: str, day: int) -> tuple[CounterKey, CounterKey, CounterKey]:
+def _day_keys(kind: str, scope_id: str, day: int) -> tuple[CounterKey, ...]:
     cached = (kind, scope_id, day)
     keys = _DAY_KEYS.get(cached)
     if keys is None:
@@ -205,21 +206,39 @@ def _day_keys(kind: str, scope_id: str, day: int) -> tuple[CounterKey, CounterKe
     return keys
 
 
+def _sum_keys(k: tuple[str | None, str | None, str | None, int]) -> tuple[CounterKey, ...]:
+    """The counter keys a ``DaySums`` entry adds to: its project's, user's and key's, each
+    scope's total, monthly and daily, in that order (all distinct: the kinds differ)."""
+    keys = _DAY_KEYS.get(k)
+    if keys is None:
+        project_id, user_id, key_hash, day = k
+        keys = ()
+        if project_id is not None:
+            keys += _day_keys("project", project_id, day)
+        if user_id is not None:
+            keys += _day_keys("user", user_id, day)
+        if key_hash is not None:
+            keys += _day_keys("key", key_hash, day)
+        if len(_DAY_KEYS) >= _DAY_KEYS_MAX:
+            _DAY_KEYS.clear()
+        _DAY_KEYS[k] = keys
+    return keys
+
+
 def deltas_of_day_sums(sums: DaySums) -> dict[CounterKey, int]:
     """The counter deltas of ``add_day_sums`` results: per scope and period (in the order
     each scope and day first appears)."""
+    if len(sums) == 1:
+        # One scope triple and day (a group commit of one token's rows, a lone request's
+        # row): its keys, all distinct, each gets the sum.  The general loop below was
+        # ~15k instructions for this, a fixed cost of every commit (issue 27).
+        for k, cost in sums.items():
+            return dict.fromkeys(_sum_keys(k), 0 + cost)
     deltas: dict[CounterKey, int] = {}
     get = deltas.get
-    for (project_id, user_id, key_hash, day), cost in sums.items():
-        if project_id is not None:
-            for key in _day_keys("project", project_id, day):
-                deltas[key] = get(key, 0) + cost
-        if user_id is not None:
-            for key in _day_keys("user", user_id, day):
-                deltas[key] = get(key, 0) + cost
-        if key_hash is not None:
-            for key in _day_keys("key", key_hash, day):
-                deltas[key] = get(key, 0) + cost
+    for k, cost in sums.items():
+        for key in _sum_keys(k):
+            deltas[key] = get(key, 0) + cost
     return deltas
 
 
@@ -319,17 +338,23 @@ NUL_STAND_IN = "\ufffd"
 NORMALIZE_SLICE: Final = 256
 
 
-async def normalize_usage_sliced(rows: Sequence[UsageRow]) -> list[UsageRow]:
+async def normalize_usage_sliced(
+    rows: Sequence[UsageRow],
+    normalize: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]] | None = None,
+) -> list[UsageRow]:
     """``normalize_usage`` a slice at a time, the loop running in between (both stores'
-    ``write_usage``: a flusher's batch of up to 1,000 rows is not one long stretch)."""
+    ``write_usage``: a flusher's batch of up to 1,000 rows is not one long stretch).
+    ``normalize``: ``normalize_usage`` or a twin of it (SQLite's compiled one)."""
+    if normalize is None:
+        normalize = normalize_usage
     if len(rows) <= NORMALIZE_SLICE:
-        return normalize_usage(rows)
+        return normalize(rows, None)
     seen: set[str] = set()
     out: list[UsageRow] = []
     for start in range(0, len(rows), NORMALIZE_SLICE):
         if start:
             await asyncio.sleep(0)
-        out += normalize_usage(rows[start : start + NORMALIZE_SLICE], seen)
+        out += normalize(rows[start : start + NORMALIZE_SLICE], seen)
     return out
 
 

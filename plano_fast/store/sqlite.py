@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import operator
 import os
 import sqlite3
 import time
@@ -61,11 +60,9 @@ from plano_fast.store.sql import (
     Row,
     SqlStore,
     Stmt,
-    add_day_sums,
     check_targets,
     counter_deltas,
     deltas_of_day_sums,
-    normalize_usage,
     normalize_usage_sliced,
     price_result_entry,
     reprice_deltas,
@@ -166,36 +163,29 @@ _HOT_STATEMENTS = _OMIT_SHAPES + _INSERT_CHUNK + 64
 
 
 @functools.lru_cache(maxsize=_OMIT_SHAPES)
-def _sparse_insert(n: int, omitted: tuple[int, ...]) -> tuple[str, Callable[[list[object]], tuple[object, ...]]]:
-    """The INSERT of ``n`` rows without the ``omitted`` columns, and the getter that takes
-    its parameters out of ``_chunk_params``' flat list (one C call for the chunk)."""
+def _sparse_insert(n: int, omitted: tuple[int, ...]) -> str:
+    """The INSERT of ``n`` rows without the ``omitted`` columns (its parameters:
+    ``_sparse_params``' kept ones)."""
     kept = [i for i in range(_USAGE_WIDTH) if i not in omitted]
     marks = "(" + ",".join("?" * len(kept)) + ")"
-    sql = (
+    return (
         f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS[i] for i in kept)}) VALUES "
         + ",".join([marks] * n) + _INSERT_TAIL
     )  # fmt: skip
-    return sql, operator.itemgetter(*[r * _USAGE_WIDTH + i for r in range(n) for i in kept])
 
 
 def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
     ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and each
     group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
-    # The first row's value is tested first: a column set in it is kept without taking
-    # the column's slice of every row, and a one-row chunk (a managed request at
-    # concurrency 1) takes no slice at all.  Was ~27% of the chunk INSERTs' own time
-    # (cProfile, 13-row commits), a slice and count per omittable column per chunk.
-    one = n == 1
-    omitted = tuple([i for i in _OMITTABLE
-                     if params[i] is None and (one or params[i :: _USAGE_WIDTH].count(None) == n)])  # fmt: skip
-    for group in _OMITTABLE_ZERO_GROUPS:
-        if all([params[i] == 0 and (one or params[i :: _USAGE_WIDTH].count(0) == n) for i in group]):
-            omitted += group
+    # Which columns, and the kept values, in one compiled pass (``_sparse_params``): the
+    # Python test of each column (a slice and count) and the itemgetter of every kept
+    # value were ~65k instructions of a 13-row group commit's ~630k under callgrind; now
+    # ~18k with the statement's lookup (issue 27, benchmarks/results/sqlite-20261205.md).
+    omitted, kept = _sparse_params(n, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
     if not omitted:
         return _multi_insert(n), params
-    sql, take = _sparse_insert(n, omitted)
-    return sql, take(params)
+    return _sparse_insert(n, omitted), kept
 
 
 def _chunk_sizes(n: int) -> list[int]:
@@ -340,13 +330,25 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
 # rows' slots read in place, ~1/5 of the twin's instructions a row) where it is built, else
 # its twin's (plano_fast/store/_params_py.py, the specification).
 _chunk_params: Callable[[Sequence[UsageRow]], list[object]]
+_sparse_params: Callable[
+    [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...]], tuple[tuple[int, ...], list[object]]
+]
+_add_day_sums: Callable[[Sequence[UsageRow], DaySums], None]
+_normalize_usage: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]]
 if os.environ.get(PURE_ENV) == "1":
-    _chunk_params = _params_py.chunk_params
+    _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
+        _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
+    )
 else:
     try:
+        from plano_fast.store._params import add_day_sums as _add_day_sums
         from plano_fast.store._params import chunk_params as _chunk_params
+        from plano_fast.store._params import normalize_usage as _normalize_usage
+        from plano_fast.store._params import sparse_params as _sparse_params
     except ImportError:
-        _chunk_params = _params_py.chunk_params
+        _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
+            _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
+        )
 _usage_params = _params_py.usage_params
 
 
@@ -396,13 +398,15 @@ async def _drive_transaction(conn: sqlite3.Connection, steps: Generator[None, No
     return result
 
 
-def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T]) -> T:
+def _run_now(conn: sqlite3.Connection, steps: Generator[None, None, T], cur: sqlite3.Cursor) -> T:
     """``_drive_transaction`` without turns of the loop: BEGIN IMMEDIATE, every step,
-    COMMIT, before returning; any failure rolls back before it propagates."""
-    conn.execute("BEGIN IMMEDIATE")
+    COMMIT, before returning; any failure rolls back before it propagates.  ``cur``: a
+    cursor of ``conn`` kept for BEGIN and COMMIT (``Connection.execute`` makes a new
+    cursor per call: ~2.7k instructions a commit for the two, callgrind)."""
+    cur.execute("BEGIN IMMEDIATE")
     try:
         result = _finish(steps)
-        conn.execute("COMMIT")
+        cur.execute("COMMIT")
     except BaseException:
         _roll_back(conn, steps)
         raise
@@ -450,6 +454,8 @@ class SqliteStore(SqlStore):
         self._conn: sqlite3.Connection | None = None
         #: the event loop's connection for hot writes (None: everything on the thread)
         self._hot: sqlite3.Connection | None = None
+        #: a cursor of ``_hot`` for ``_hot_now``'s BEGIN and COMMIT (set with it)
+        self._hot_cursor: sqlite3.Cursor | None = None
         self._hot_lock = asyncio.Lock()
         #: the loop the hot connection serves (set by ``open``)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -497,6 +503,7 @@ class SqliteStore(SqlStore):
                     self.path, 0, "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON",
                     "PRAGMA wal_autocheckpoint = 0", cached_statements=_HOT_STATEMENTS,
                 )  # fmt: skip
+                self._hot_cursor = self._hot.cursor()
         except BaseException:
             if self._conn is not None:
                 await loop.run_in_executor(self._executor, self._conn.close)
@@ -511,6 +518,7 @@ class SqliteStore(SqlStore):
             return
         async with self._hot_lock:  # a hot transaction in progress finishes first
             hot, self._hot = self._hot, None
+            self._hot_cursor = None
             if hot is not None:
                 hot.close()
         if self._checkpoint_task is not None:
@@ -665,7 +673,7 @@ class SqliteStore(SqlStore):
             n = conn.execute(*_insert_of(size, _chunk_params(chunk))).rowcount
             inserted += n
             if inserted == start:  # nothing skipped so far (the common case)
-                add_day_sums(chunk, sums)
+                _add_day_sums(chunk, sums)
             if start < len(rows):
                 yield  # between chunks only: a one-chunk batch (one request's row) needs
                 # no extra turn of the loop before its commit
@@ -700,7 +708,7 @@ class SqliteStore(SqlStore):
     async def write_usage(self, rows: Sequence[UsageRow]) -> int:
         if not rows:
             return 0
-        batch = await normalize_usage_sliced(rows)
+        batch = await normalize_usage_sliced(rows, _normalize_usage)
         now = time.time_ns()
         return await self._hot_run(lambda conn: self._write_usage_steps(conn, batch, now))
 
@@ -710,7 +718,7 @@ class SqliteStore(SqlStore):
         than one chunk (a longer write yields to the loop between chunks)."""
         if len(rows) > _INSERT_CHUNK:
             return None
-        batch = normalize_usage(rows)
+        batch = _normalize_usage(rows, None)
         if not batch:
             return 0
         now = time.time_ns()
@@ -727,11 +735,11 @@ class SqliteStore(SqlStore):
         other hot write can interleave, and one that is under way holds the lock (then
         this declines).  Another process writing: ``BEGIN IMMEDIATE`` fails at once
         (``busy_timeout = 0``) and the caller's usual call waits with its back-off."""
-        conn = self._hot
-        if conn is None or self._hot_lock.locked() or conn.in_transaction:
+        conn, cur = self._hot, self._hot_cursor
+        if conn is None or cur is None or self._hot_lock.locked() or conn.in_transaction:
             return None
         try:
-            result = _run_now(conn, attempt(conn))
+            result = _run_now(conn, attempt(conn), cur)
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 return None
@@ -886,7 +894,7 @@ class SqliteStore(SqlStore):
         return True
 
     def _settle_body(self, reservation: Reservation, usage: UsageRow) -> Callable[[sqlite3.Connection], bool]:
-        batch = normalize_usage([usage])
+        batch = _normalize_usage([usage], None)
         now = time.time_ns()
 
         def body(conn: sqlite3.Connection) -> bool:

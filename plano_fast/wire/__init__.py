@@ -144,7 +144,7 @@ from plano_fast.wire._head_py import SECRET_HEADERS  # noqa: E402
 #: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
 #: None itself when the fast path is not in use (httptools parses every request).
 #: ``forward`` is what ``forward_request_headers(headers)`` returns, built in the same pass.
-parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None]] | None] | None
+parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]] | None] | None
 if _built("_request"):
     from plano_fast.wire._request import parse_request
 

@@ -1,6 +1,12 @@
 # Byte helpers the compiled modules share (_head.pyx, _request.pyx); inline, so sharing
 # them costs no call.  ``request_kind`` is the request-header relay rule both apply
-# (forward_request_headers in _head.pyx; parse_request in _request.pyx, in the same pass).
+# (forward_request_headers in _head.pyx; parse_request in _request.pyx, in the same pass),
+# and ``account_name`` / ``without_account_lines`` the provider-account rule
+# (``_head_py.ACCOUNT_HEADERS``) both apply to the block they build.
+
+from libc.stdlib cimport free, malloc
+from libc.string cimport memchr, memcpy
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 cdef inline unsigned char lower(unsigned char c) noexcept nogil:
     return c + 32 if 65 <= c <= 90 else c
@@ -88,3 +94,71 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
     if n == 22:
         return R_DROP if starts(p, n, b"x-http-method-override", 22) or starts(p, n, b"x_http_method_override", 22) else R_KEEP
     return R_KEEP
+
+
+# -- the provider-account headers (twin: ACCOUNT_HEADERS, without_account_headers in _head_py.py)
+
+cdef inline bint account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """p[:n] (lowercase, as parsed) names a header that selects or reveals the provider
+    account: 11, 14, 19 or 25 bytes."""
+    if n == 11:
+        return starts(p, n, b"x-ms-region", 11)
+    if n == 14:
+        return starts(p, n, b"openai-project", 14) or starts(p, n, b"openai_project", 14)
+    if n == 19:
+        return (starts(p, n, b"openai-organization", 19) or starts(p, n, b"openai_organization", 19)
+                or starts(p, n, b"x-goog-user-project", 19) or starts(p, n, b"x_goog_user_project", 19))
+    if n == 25:
+        return (starts(p, n, b"anthropic-organization-id", 25) or starts(p, n, b"ocp-apim-subscription-key", 25)
+                or starts(p, n, b"ocp_apim_subscription_key", 25))
+    return False
+
+
+cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """The line p[:n] (its end excluded) is a provider-account header (any case).  The
+    names (11, 14, 19 or 25 bytes) hold no colon, so the colon is looked for at their
+    lengths only (no scan of the line: a provider's head has ~25 lines, this runs on every
+    answer where the key is the operator's)."""
+    if n > 11 and p[11] == 58:
+        return name_is(p, 11, b"x-ms-region", 11)
+    if n > 14 and p[14] == 58:
+        return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
+    if n > 19 and p[19] == 58:
+        return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
+                or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
+    if n > 25 and p[25] == 58:
+        return (name_is(p, 25, b"anthropic-organization-id", 25) or name_is(p, 25, b"ocp-apim-subscription-key", 25)
+                or name_is(p, 25, b"ocp_apim_subscription_key", 25))
+    return False
+
+
+cdef inline bytes without_account_lines(bytes block):
+    """``block`` (CRLF-ended header lines) without its provider-account lines; ``block``
+    itself when it has none (no copy)."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(block)
+    cdef Py_ssize_t n = len(block)
+    cdef Py_ssize_t i = 0, line, stop, w = 0
+    cdef const unsigned char *lf
+    cdef unsigned char *out = NULL
+    try:
+        while i < n:
+            line = i
+            lf = <const unsigned char *>memchr(s + i, 10, n - i)
+            stop = n if lf == NULL else lf - s  # the LF, or n (a last line without one)
+            i = stop + 1 if stop < n else n
+            if account_line(s + line, stop - line):
+                if out == NULL:
+                    out = <unsigned char *>malloc(n + 1)
+                    if out == NULL:
+                        raise MemoryError()
+                    memcpy(out, s, line)
+                    w = line
+                continue
+            if out != NULL:
+                memcpy(out + w, s + line, i - line)
+                w += i - line
+        if out == NULL:
+            return block
+        return PyBytes_FromStringAndSize(<char *>out, w)
+    finally:
+        free(out)

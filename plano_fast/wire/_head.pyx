@@ -12,7 +12,10 @@ from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
-from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
+from plano_fast.wire._bytes cimport (
+    R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_name, lower, name_is, request_kind, starts,
+    without_account_lines,
+)
 from plano_fast.wire._shared import connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
@@ -202,12 +205,12 @@ def response_head(bytes buf not None):
 
 def forward_request_headers(list headers not None):
     """``(block, seen_anthropic_version, client_x_request_id, credential_count,
-    credential_name, credential_value)``; see ``plano_fast.wire._head_py``."""
+    credential_name, credential_value, operator_block)``; see ``plano_fast.wire._head_py``."""
     cdef tuple pair
-    cdef bytes name, value
+    cdef bytes name, value, block
     cdef Py_ssize_t total = 0, w = 0, nn, nv
     cdef int kind
-    cdef int credentials = 0
+    cdef int credentials = 0, accounts = 0
     cdef bint seen_version = False
     request_id = None
     credential_name = None
@@ -244,6 +247,8 @@ def forward_request_headers(list headers not None):
             elif kind == R_REQUEST_ID:
                 request_id = value if request_id is None else b""  # (two: b"", see _head_py)
                 continue
+            elif account_name(name, nn):
+                accounts += 1
             nv = len(value)
             memcpy(out + w, <const char *>name, nn)
             w += nn
@@ -255,8 +260,9 @@ def forward_request_headers(list headers not None):
             out[w] = 13
             out[w + 1] = 10
             w += 2
-        return (PyBytes_FromStringAndSize(<char *>out, w), seen_version, request_id,
-                credentials, credential_name, credential_value)
+        block = PyBytes_FromStringAndSize(<char *>out, w)
+        return (block, seen_version, request_id, credentials, credential_name, credential_value,
+                without_account_lines(block) if accounts else block)
     finally:
         free(out)
 
@@ -336,7 +342,7 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
                 i += 2
                 break
             a = i
-            i = skip_tchar(s, i)
+            i = skip_name(s, i, limit)
             if i == a or i >= limit or s[i] != 58:
                 return None  # obs-fold, whitespace before the colon, a bad name byte
             colon = i
@@ -392,52 +398,11 @@ cdef object _parse_response(bytes buf, Py_ssize_t max_head_bytes, int *status_ou
 
 # -- the provider-account headers (twin: without_account_headers in _head_py.py) --
 
-cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """The line p[:n] (its end excluded) is a header that selects or reveals the provider
-    account (``_head_py.ACCOUNT_HEADERS``, any case).  Their names are 11, 14, 19 or 25 bytes
-    and hold no colon, so the colon is looked for at those offsets only (no scan of the line:
-    a provider's head has ~25 lines, this runs on every answer where the key is the operator's)."""
-    if n > 11 and p[11] == 58:
-        return name_is(p, 11, b"x-ms-region", 11)
-    if n > 14 and p[14] == 58:
-        return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
-    if n > 19 and p[19] == 58:
-        return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
-                or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
-    if n > 25 and p[25] == 58:
-        return (name_is(p, 25, b"anthropic-organization-id", 25) or name_is(p, 25, b"ocp-apim-subscription-key", 25)
-                or name_is(p, 25, b"ocp_apim_subscription_key", 25))
-    return False
-
-
 def without_account_headers(bytes block not None):
     """``block`` (CRLF-ended header lines) without its provider-account lines; ``block``
-    itself when it has none (the common case: no copy)."""
-    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(block)
-    cdef Py_ssize_t n = len(block)
-    cdef Py_ssize_t i = 0, line, stop, w = 0
-    cdef unsigned char *out = NULL
-    try:
-        while i < n:
-            line = i
-            stop = find_lf(s, i, n)  # the LF, or n (a last line without one)
-            i = stop + 1 if stop < n else n
-            if account_line(s + line, stop - line):
-                if out == NULL:
-                    out = <unsigned char *>malloc(n + 1)
-                    if out == NULL:
-                        raise MemoryError()
-                    memcpy(out, s, line)
-                    w = line
-                continue
-            if out != NULL:
-                memcpy(out + w, s + line, i - line)
-                w += i - line
-        if out == NULL:
-            return block
-        return PyBytes_FromStringAndSize(<char *>out, w)
-    finally:
-        free(out)
+    itself when it has none (the common case: no copy).  (``_bytes.without_account_lines``:
+    the request parsers apply it to the block they build, once, when they saw such a line.)"""
+    return without_account_lines(block)
 
 
 # -- the gateway's own header lines (twins: the functions of the same names in _head_py.py) --

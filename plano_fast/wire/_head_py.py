@@ -192,12 +192,15 @@ def _content_length(value: bytes) -> int:
 
 def forward_request_headers(
     headers: list[tuple[bytes, bytes]],
-) -> tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None]:
+) -> tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]:
     """The client's headers (names lowercased, as parsed) that may go upstream, as CRLF-ended
     lines; whether anthropic-version was among them; the client's x-request-id (or x_request_id: None when it
     sent none, b"" when it sent more than one: never in the block, the upstream head writes
-    one, see ``upstream_request.finish_head``); and the credential headers: how many there
-    were, and the first one's name and value (None when none).
+    one, see ``upstream_request.finish_head``); the credential headers: how many there
+    were, and the first one's name and value (None when none); and the block to send where
+    the key is the operator's: ``without_account_headers(block)``, the block itself (the
+    same object) when it holds no :data:`ACCOUNT_HEADERS` line -- known from this pass, so
+    a request without them is not walked again.
 
     Dropped: hop-by-hop headers and those named in Connection (RFC 9110 §7.6.1), framing and
     host (redone for the upstream hop), accept-encoding, every x-xproxy-* header, and every
@@ -215,6 +218,7 @@ def forward_request_headers(
     credentials = 0
     credential_name: bytes | None = None
     credential_value: bytes | None = None
+    accounts = False
     for name, value in headers:
         if name in CREDENTIALS:
             if not credentials:
@@ -230,8 +234,12 @@ def forward_request_headers(
         elif name in REQUEST_IDS:
             request_id = value if request_id is None else b""
             continue
+        elif name in ACCOUNT_HEADERS:
+            accounts = True
         out.append(name + b": " + value + b"\r\n")
-    return b"".join(out), seen_version, request_id, credentials, credential_name, credential_value
+    block = b"".join(out)
+    return (block, seen_version, request_id, credentials, credential_name, credential_value,
+            without_account_headers(block) if accounts else block)
 
 
 

@@ -41,12 +41,25 @@ cdef inline Py_ssize_t skip_tchar(const unsigned char *s, Py_ssize_t i) noexcept
     return i
 
 
+cdef extern from "_simd.h":
+    const unsigned char *pf_value_run(const unsigned char *p, const unsigned char *end) noexcept nogil
+    const unsigned char *pf_name_run(const unsigned char *p, const unsigned char *end) noexcept nogil
+
+
+cdef inline Py_ssize_t skip_name(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """``skip_tchar(s, i)``, sixteen bytes at a time over [A-Za-z0-9-] within s[:n]
+    (``pf_name_run``; a provider's head has ~25 names of ~15 bytes)."""
+    return skip_tchar(s, pf_name_run(s + i, s + n) - s)
+
+
 cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """Index of the first byte in s[i:n] that cannot be in a field value (or n).  Eight
-    bytes at a time while none is a control byte (< 0x20, or DEL): the per-byte table
-    loop cost ~5 instructions a byte, and a head is mostly values."""
+    """Index of the first byte in s[i:n] that cannot be in a field value (or n).  Sixteen
+    bytes at a time with SSE2 (``pf_value_run``), then eight while none is a control byte
+    (< 0x20, or DEL): the per-byte table loop cost ~5 instructions a byte, and a head is
+    mostly values."""
     cdef uint64_t x, y
     cdef Py_ssize_t e
+    i = pf_value_run(s + i, s + n) - s
     while True:
         while i + 8 <= n:
             memcpy(&x, s + i, 8)

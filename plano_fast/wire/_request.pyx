@@ -23,7 +23,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
 
-from plano_fast.wire._bytes cimport R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, lower, name_is, request_kind, starts
+from plano_fast.wire._bytes cimport (
+    R_CREDENTIAL, R_DROP, R_KEEP, R_REQUEST_ID, R_VERSION, account_name, lower, name_is, request_kind, starts,
+    without_account_lines,
+)
 
 cdef int64_t MAX_DIGITS = 18
 
@@ -84,10 +87,10 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef int64_t content_length = -1, v
     cdef bint keep_alive = True, seen_connection = False
     cdef unsigned char c
-    cdef bytes name
+    cdef bytes name, block
     cdef unsigned char *w
     cdef Py_ssize_t k, m, o = 0
-    cdef int kind, credentials = 0, hosts = 0
+    cdef int kind, credentials = 0, hosts = 0, accounts = 0
     cdef bint seen_version = False
     request_id = None
     cdef bytes value
@@ -129,7 +132,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             break
         # field-name ":"
         a = i
-        i = skip_tchar(s, i)
+        i = skip_name(s, i, limit)
         if i == a or i >= limit or s[i] != 58:
             return None
         colon = i
@@ -195,6 +198,8 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         elif kind != R_DROP:
             if kind == R_VERSION:
                 seen_version = True
+            elif kind == R_KEEP and account_name(w, name_len):
+                accounts += 1  # (in the block: the operator's block is cut from it below)
             memcpy(out + o, w, name_len)
             o += name_len
             out[o] = 58
@@ -214,6 +219,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     if content_length > max_body_bytes or n - i < content_length:
         return None
     body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
-    forward = (PyBytes_FromStringAndSize(<const char *>out, o), seen_version, request_id,
-               credentials, credential_name, credential_value)
+    block = PyBytes_FromStringAndSize(<const char *>out, o)
+    forward = (block, seen_version, request_id, credentials, credential_name, credential_value,
+               without_account_lines(block) if accounts else block)
     return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length, forward

@@ -105,4 +105,47 @@ static inline const unsigned char *pf_find_eol(const unsigned char *p, const uns
     return p;
 }
 
+/* Header heads (_header_chars.pxi), 16 bytes at a time where SSE2 is there; without it
+ * (or for the last < 16 bytes) ``p`` comes back as given and the callers' loops go on. */
+
+/* The first byte in [p, end) that cannot be in a field value -- a control byte other
+ * than HTAB (< 0x20), or DEL -- or the point where fewer than 16 bytes remain. */
+static inline const unsigned char *pf_value_run(const unsigned char *p, const unsigned char *end) {
+#ifdef PF_SSE2
+    const __m128i c1f = _mm_set1_epi8(0x1F), tab = _mm_set1_epi8(9), del = _mm_set1_epi8(0x7F);
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        /* x <= 0x1F unsigned: min(x, 0x1F) == x */
+        __m128i ctl = _mm_andnot_si128(_mm_cmpeq_epi8(x, tab), _mm_cmpeq_epi8(_mm_min_epu8(x, c1f), x));
+        unsigned int m = (unsigned int)_mm_movemask_epi8(_mm_or_si128(ctl, _mm_cmpeq_epi8(x, del)));
+        if (m) return p + pf_ctz(m);
+        p += 16;
+    }
+#endif
+    return p;
+}
+
+/* The first byte in [p, end) outside [A-Za-z0-9-] (the tchars header names are made of,
+ * almost always), or the point where fewer than 16 bytes remain: the caller's tchar loop
+ * goes on from there (a subset: it stops no later than that loop would). */
+static inline const unsigned char *pf_name_run(const unsigned char *p, const unsigned char *end) {
+#ifdef PF_SSE2
+    const __m128i case_bit = _mm_set1_epi8(0x20), a = _mm_set1_epi8('a'), z25 = _mm_set1_epi8(25);
+    const __m128i zero = _mm_set1_epi8('0'), nine = _mm_set1_epi8(9), dash = _mm_set1_epi8('-');
+    while (end - p >= 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)p);
+        /* x | 0x20 is in 'a'..'z' exactly for x in 'A'..'Z' or 'a'..'z' */
+        __m128i la = _mm_sub_epi8(_mm_or_si128(x, case_bit), a);
+        __m128i d = _mm_sub_epi8(x, zero);
+        __m128i ok = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(_mm_min_epu8(la, z25), la),
+                                               _mm_cmpeq_epi8(_mm_min_epu8(d, nine), d)),
+                                  _mm_cmpeq_epi8(x, dash));
+        unsigned int m = (~(unsigned int)_mm_movemask_epi8(ok)) & 0xFFFFu;
+        if (m) return p + pf_ctz(m);
+        p += 16;
+    }
+#endif
+    return p;
+}
+
 #endif /* PLANO_FAST_WIRE_SIMD_H */

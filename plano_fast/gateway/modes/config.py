@@ -48,11 +48,14 @@ class ConfigExchange(RoutedExchange):
             raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
         if self.endpoint is RESPONSES:
             refuse_background(request.body)  # its usage could never be read, as in every mode
-        try:
-            route = self.ctx.router.resolve(fields.model)
-        except UnknownModel as exc:
-            self.requested_model = fields.model  # for the refusal's access-log line
-            raise UnknownModelError(str(exc)) from None
+        router = self.ctx.router
+        route = router.routes.get(fields.model or "")  # (a configured name: resolve's lookup, inline)
+        if route is None:
+            try:
+                route = router.resolve(fields.model)
+            except UnknownModel as exc:
+                self.requested_model = fields.model  # for the refusal's access-log line
+                raise UnknownModelError(str(exc)) from None
         provider = route.provider
         if self.endpoint is COUNT_TOKENS and provider.wire_api != "anthropic":
             self._count_tokens_locally()
@@ -62,10 +65,13 @@ class ConfigExchange(RoutedExchange):
         self.key_hash = identify_caller(self)
         self.fields = fields
         self.requested_model = fields.model
-        state = self.ctx.responses_state
+        ctx = self.ctx
+        state = ctx.responses_state
         if (state is not None and self.endpoint is RESPONSES and needs_prefetch(state, request.body)
-                and (self.ctx.preference is not None or converts(RESPONSES, provider))):
+                and (ctx.preference is not None or converts(RESPONSES, provider))):
             return self._with_history(state, route)
+        if ctx.preference is None:  # (``_route``'s usual case, inline: a call fewer)
+            return self._admit_and_forward(route, fields.model, ())
         return self._route(route)
 
     async def _with_history(self, state: ResponseStore, route: Route) -> None:
@@ -91,13 +97,16 @@ class ConfigExchange(RoutedExchange):
         """Guard, rate-limit, plan and forward ``route`` (``model``: the name it was
         chosen by; ``fallbacks``: preference routing's other ranked models)."""
         provider = route.provider
-        if self.ctx.guardrails is not None:
+        ctx = self.ctx
+        if ctx.guardrails is not None:
             guard(self, GUARD_FORMATS[self.endpoint.name], provider.provider, scanned=True)
         # (the names a limit may use, built only when limits are configured)
-        shared_check = self.ctx.ratelimits is not None and rate_limit(self, 
-            (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
+        shared_check = ctx.ratelimits is not None and rate_limit(
+            self, (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
-        route = self._first_target(route, fallbacks)
+        if route.fallbacks or provider.retry_policy is not None or ctx.default_retry_policy is not None:
+            # (else no plan: the route itself, without the call)
+            route = self._first_target(route, fallbacks)
         plan = self.plan
         if (plan is not None and plan.policy.hedge_after_ms is not None and not self.fields.stream
                 and self.endpoint in HEDGED):

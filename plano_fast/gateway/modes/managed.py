@@ -46,7 +46,7 @@ from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
-from plano_fast.gateway.upstream_request import origin_of, upstream_request
+from plano_fast.gateway.upstream_request import upstream_request
 from plano_fast.http_server import Request, Responder
 from plano_fast.managed.bounds import UnboundedContent, searches_on_every_call, token_bound
 from plano_fast.managed.context import ManagedContext
@@ -60,6 +60,8 @@ log = logging.getLogger("plano_fast.managed")
 
 # Lines that start the last event of a stream, per format: held until billing is done.
 TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
+#: a gateway token's prefix as the credential's bytes start with it (encoded once, not per request)
+_TOKEN_PREFIX_BYTES = TOKEN_PREFIX.encode()
 
 
 class BudgetExceeded(ClientError):
@@ -169,9 +171,12 @@ class ManagedExchange(RetryingExchange):
         if not state.ready:
             raise ServiceUnavailable("the gateway has not loaded its tokens yet")
         request = self.request
-        credential = client_headers(self).credential
+        client = self.client  # (read by dispatch, which tells a token from a provider key)
+        if client is None:
+            client = client_headers(self)
+        credential = client.credential
         key = credential.secret if credential is not None else None
-        if key is None or not key.startswith(TOKEN_PREFIX.encode()):
+        if key is None or not key.startswith(_TOKEN_PREFIX_BYTES):
             raise Unauthorized("an xproxy_ token is required")
         # key_hash: SHA-256 hex, memoized without holding the token (firewall mode's; ~5k
         # instructions a request saved).  The memo only maps a token to its digest: the
@@ -422,11 +427,14 @@ class ManagedExchange(RetryingExchange):
         # (count_tokens is Anthropic's native API too: its x-api-key, not the chat bearer)
         native = self.endpoint is MESSAGES or self.endpoint is COUNT_TOKENS
         auth = self.operator_auth = target.messages_auth if native else target.chat_auth
+        client = self.client
+        if client is None:
+            client = client_headers(self)
         self.upstream_data = upstream_request(
-            client_headers(self), self.request_id, [self.request.method, b" ", path], provider, auth,
+            client, self.request_id, [self.request.method, b" ", path], provider, auth,
             rewritten,
         )
-        self.origin = origin_of(provider)
+        self.origin = provider.origin  # (origin_of without an egress address, inline)
 
     # -- sink overrides ---------------------------------------------------------------
     def on_upstream_body(self, data: bytes) -> None:

@@ -1,0 +1,505 @@
+# cython: language_level=3
+"""A whole plain answer relayed in one compiled call: the twin of
+``plano_fast.upstream.take_whole_answer_py`` (installed as ``upstream.take_whole_answer`` by
+``plano_fast.gateway.relay``).
+
+When one upstream read holds a whole plain answer (``wire.parse_response_head`` took it:
+a 2xx-5xx status, one Content-Length, the body complete), the twin runs the relay's
+callbacks one after the other: ``on_upstream_head`` (+ ``Responder.send_head_block``),
+``on_upstream_body`` (the usage scan, ``Responder.send_body``), the connection's
+``_message_complete`` (back to the pool), ``on_upstream_complete`` -> ``_finish`` ->
+``_complete`` (``Responder.end`` -> ``ServerProtocol.exchange_done``, then ``_settle``:
+the usage event, its sink, ``observe``), then ``on_upstream_read_done``.  That is ~15
+Python frames and ~80 attribute reads per answer, ~35% of a firewall request's
+instructions (bench_request_path, issue 27).  Here the same steps run in that order, with
+the same side effects, in one C function: the slots of the exchange, the responder and the
+server protocol are read and written in place (``plano_fast/_slots.pxd``), the settle
+step's compiled ``make_event`` / ``observe`` are called directly.
+
+Only the plain case is taken; everything else goes to the twin, before any side effect:
+a sink that is not an ``Exchange`` (a hedge, a side request), or one whose class overrides
+a callback this pass does not know (see ``_plan_of``), an error status (>= 400: retries,
+circuit breakers, redaction), a client gone or an attempt swallowed, a body filter other
+than managed mode's ``HoldTerminal`` of a JSON answer (conversion, held answers, stream
+scans), a
+streamed request (its answer may be rewritten: sent chunked), a hedge in flight, a
+``HeadResponder`` or a responder already answering, managed mode's Responses state.
+Methods a subclass overrides that stay cheap to honour are called as Python methods
+(managed mode's ``_complete``, any other ``_settle``, ``make_event`` / ``observe`` when not
+the compiled ones, ``_server_timing``, ``CircuitBreaker.record_success``).
+
+Exceptions are handled as the twin's ``_take_whole_response`` does (the connection fails
+with the error; ``on_upstream_read_done`` follows either way); since every step's side
+effects happen in the twin's order, the bytes handed to the client's transport are the
+same (tests/test_whole_answer.py compares the two on real sockets).
+"""
+
+from cpython.object cimport PyObject
+
+import sys
+from libc.stdint cimport int64_t
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+from plano_fast._slots cimport get_slot, put_slot, slot_offset
+
+from plano_fast import upstream as _upstream
+from plano_fast.errors import UpstreamError
+from plano_fast.upstream import UpstreamConnection
+from plano_fast.gateway import _settle
+from plano_fast.gateway.relay import Exchange, ExchangeContext
+from plano_fast.http_server import (
+    _STATUS_LINES,
+    DATE_HEADER,
+    SERVER_HEADER,
+    Responder,
+    ServerProtocol,
+    _DateHeader,
+    status_line,
+)
+from plano_fast.ratelimit import with_headers
+from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_OK, STATUS_UNBILLED, STATUS_USAGE_MISSING
+from plano_fast.wire import ResponseHead, content_length_line, header_line, without_account_headers
+from plano_fast.wire import parse_response_head as _parse_response
+
+import httptools
+
+# -- the exchange's slots (a subclass keeps its base's layout: read at the base's offsets)
+cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
+cdef Py_ssize_t X_RESPONDER = slot_offset(Exchange, "responder")
+cdef Py_ssize_t X_CLIENT_LEFT = slot_offset(Exchange, "client_left")
+cdef Py_ssize_t X_SWALLOW = slot_offset(Exchange, "swallow")
+cdef Py_ssize_t X_OPERATOR_AUTH = slot_offset(Exchange, "operator_auth")
+cdef Py_ssize_t X_BODY_FILTER = slot_offset(Exchange, "body_filter")
+cdef Py_ssize_t X_STREAMING = slot_offset(Exchange, "streaming")
+cdef Py_ssize_t X_HEDGE = slot_offset(Exchange, "hedge")
+cdef Py_ssize_t X_CIRCUIT = slot_offset(Exchange, "circuit")
+cdef Py_ssize_t X_HEAD_NS = slot_offset(Exchange, "head_ns")
+cdef Py_ssize_t X_STATUS = slot_offset(Exchange, "status")
+cdef Py_ssize_t X_SCANNER = slot_offset(Exchange, "scanner")
+cdef Py_ssize_t X_RL_HEAD = slot_offset(Exchange, "rl_head")
+cdef Py_ssize_t X_REQUEST_ID = slot_offset(Exchange, "request_id")
+cdef Py_ssize_t X_GUARD_WARNING = slot_offset(Exchange, "guard_warning")
+cdef Py_ssize_t X_ROUTE_HEADER = slot_offset(Exchange, "route_header")
+cdef Py_ssize_t X_CONN = slot_offset(Exchange, "conn")
+cdef Py_ssize_t X_DONE = slot_offset(Exchange, "done")
+cdef Py_ssize_t X_OUTCOME = slot_offset(Exchange, "outcome")
+
+cdef Py_ssize_t C_SERVER_TIMING = slot_offset(ExchangeContext, "server_timing")
+cdef Py_ssize_t C_USAGE_SINK = slot_offset(ExchangeContext, "usage_sink")
+
+# -- the responder's and the server protocol's
+cdef Py_ssize_t R_PROTO = slot_offset(Responder, "_proto")
+cdef Py_ssize_t R_TRANSPORT = slot_offset(Responder, "_transport")
+cdef Py_ssize_t R_HEAD_SENT = slot_offset(Responder, "head_sent")
+cdef Py_ssize_t R_FINISHED = slot_offset(Responder, "finished")
+cdef Py_ssize_t R_CHUNKED = slot_offset(Responder, "_chunked")
+cdef Py_ssize_t R_CLOSE_AFTER = slot_offset(Responder, "_close_after")
+cdef Py_ssize_t R_HTTP11 = slot_offset(Responder, "_http11")
+cdef Py_ssize_t R_UPSTREAM = slot_offset(Responder, "upstream")
+cdef Py_ssize_t R_BYTES_SENT = slot_offset(Responder, "bytes_sent")
+cdef Py_ssize_t R_OUT = slot_offset(Responder, "_out")
+cdef Py_ssize_t R_ON_CLIENT_GONE = slot_offset(Responder, "on_client_gone")
+
+cdef Py_ssize_t P_LOST = slot_offset(ServerProtocol, "lost")
+cdef Py_ssize_t P_DRAINING = slot_offset(ServerProtocol, "draining")
+cdef Py_ssize_t P_ACTIVE = slot_offset(ServerProtocol, "_active")
+cdef Py_ssize_t P_PENDING = slot_offset(ServerProtocol, "_pending")
+cdef Py_ssize_t P_READING_PAUSED = slot_offset(ServerProtocol, "_reading_paused")
+cdef Py_ssize_t P_HEADERS_DONE = slot_offset(ServerProtocol, "_headers_done")
+cdef Py_ssize_t P_MSG_STARTED = slot_offset(ServerProtocol, "_msg_started")
+cdef Py_ssize_t P_DEADLINE = slot_offset(ServerProtocol, "deadline")
+cdef Py_ssize_t P_ON_TIMEOUT = slot_offset(ServerProtocol, "_on_timeout")
+cdef Py_ssize_t P_LOOP = slot_offset(ServerProtocol, "loop")
+cdef Py_ssize_t P_LIMITS = slot_offset(ServerProtocol, "_limits")
+
+cdef Py_ssize_t U_POOL = slot_offset(UpstreamConnection, "_pool")
+cdef Py_ssize_t U_ORIGIN = slot_offset(UpstreamConnection, "origin")
+cdef Py_ssize_t U_PARSER = slot_offset(UpstreamConnection, "_parser")
+cdef Py_ssize_t U_SINK = slot_offset(UpstreamConnection, "_sink")
+cdef Py_ssize_t U_HEAD_BUF = slot_offset(UpstreamConnection, "_head_buf")
+cdef Py_ssize_t U_HAS_LENGTH = slot_offset(UpstreamConnection, "_has_length")
+cdef Py_ssize_t U_HEAD_SEEN = slot_offset(UpstreamConnection, "_head_seen")
+cdef Py_ssize_t U_RECEIVED_ANY = slot_offset(UpstreamConnection, "_received_any")
+cdef Py_ssize_t U_DEADLINE = slot_offset(UpstreamConnection, "deadline")
+cdef Py_ssize_t U_IDLE_TIMEOUT = slot_offset(UpstreamConnection, "_idle_timeout_s")
+cdef Py_ssize_t U_LAST_RX = slot_offset(UpstreamConnection, "_last_rx")
+cdef Py_ssize_t U_CLOSED = slot_offset(UpstreamConnection, "closed")
+cdef Py_ssize_t U_IDLE_SINCE = slot_offset(UpstreamConnection, "idle_since")
+
+cdef Py_ssize_t D_SECOND = slot_offset(_DateHeader, "_second")
+cdef Py_ssize_t D_VALUE = slot_offset(_DateHeader, "value")
+
+cdef type _Exchange = Exchange
+cdef type _Responder = Responder
+cdef type _Protocol = ServerProtocol
+cdef type _Pool = _upstream.UpstreamPool
+cdef type _Connection = UpstreamConnection
+cdef Py_ssize_t _MAX_HEAD = _upstream.MAX_RESPONSE_HEAD_BYTES
+cdef object _CallbackError = httptools.HttpParserCallbackError
+cdef object _ParserError = httptools.HttpParserError
+cdef object _data_received_twin = UpstreamConnection.data_received_py
+cdef type _Head = ResponseHead  # (the compiled one: parse_response_head builds it)
+cdef dict _STATUS = _STATUS_LINES
+cdef object _DATE = DATE_HEADER
+cdef bytes _SERVER = SERVER_HEADER
+cdef object _IDLE_TIMEOUT = ServerProtocol._on_idle_timeout
+cdef object _twin = _upstream.take_whole_answer_py
+cdef object _make_event = _settle.make_event
+cdef object _observe = _settle.observe
+
+# What a class's plan says (0: the twin takes its answers)
+cdef enum:
+    P_TAKEN = 1
+    P_RETRYING_HEAD = 2  # RetryingExchange.on_upstream_head: circuit and hedge first
+    P_STATE_TURN = 4  # ManagedExchange.on_upstream_body: the Responses state fed first
+    P_CALL_COMPLETE = 8  # a _complete of its own (managed: billed synchronously)
+    P_FIREWALL_SETTLE = 16  # FirewallExchange._settle: unbilled paths counted
+    P_CALL_SETTLE = 32  # another _settle of its own
+    P_CALL_MAKE_EVENT = 64  # make_event / observe are not the compiled ones
+    P_CALL_OBSERVE = 128
+
+cdef dict _PLANS = {}
+#: managed mode's body filter (plano_fast.gateway.modes.managed.HoldTerminal), once a
+#: managed exchange was planned: a JSON answer's body is held by it, then released once
+#: billed (its methods called as they are)
+cdef object _HOLD = None
+
+#: (method name, the classes whose version this pass knows -> the plan bit it sets; a
+#: class absent from the map is not taken).  Classes named, not imported: a mode whose
+#: module is not loaded has no exchange here.
+_KNOWN = (
+    ("on_upstream_head", {"plano_fast.gateway.relay.Exchange": 0,
+                          "plano_fast.gateway.retrying.RetryingExchange": P_RETRYING_HEAD}),
+    ("on_upstream_body", {"plano_fast.gateway.relay.Exchange": 0,
+                          "plano_fast.gateway.modes.managed.ManagedExchange": P_STATE_TURN}),
+    ("on_upstream_complete", {"plano_fast.gateway.relay.Exchange": 0}),
+    ("on_upstream_read_done", {"plano_fast.gateway.relay.Exchange": 0}),
+    # (RoutedExchange._finish with no body filter is Exchange._finish)
+    ("_finish", {"plano_fast.gateway.relay.Exchange": 0, "plano_fast.gateway.routed.RoutedExchange": 0}),
+    ("_complete", {"plano_fast.gateway.relay.Exchange": 0,
+                   "plano_fast.gateway.modes.managed.ManagedExchange": P_CALL_COMPLETE}),
+    ("_settle", {"plano_fast.gateway.relay.Exchange": 0,
+                 "plano_fast.gateway.modes.firewall.FirewallExchange": P_FIREWALL_SETTLE}),
+    ("_may_rewrite_body", {"plano_fast.gateway.relay.Exchange": 0}),
+)
+
+
+def _owner(cls, name):
+    """The qualified name of the class in ``cls``' MRO that defines ``name``."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return f"{klass.__module__}.{klass.__qualname__}"
+    return ""
+
+
+def plan_of(cls):
+    """What this pass does for an answer to a ``cls`` exchange (0: the twin takes it)."""
+    if not issubclass(cls, _Exchange):
+        return 0
+    cdef int plan = P_TAKEN
+    for name, known in _KNOWN:
+        bit = known.get(_owner(cls, name))
+        if bit is None:
+            if name == "_settle":
+                plan |= P_CALL_SETTLE  # honoured as a Python call
+                continue
+            return 0
+        plan |= bit
+    if plan & P_STATE_TURN:
+        global _HOLD
+        _HOLD = getattr(sys.modules.get("plano_fast.gateway.modes.managed"), "HoldTerminal", None)
+    if cls.make_event is not _make_event:
+        plan |= P_CALL_MAKE_EVENT
+    if cls.observe is not _observe:
+        plan |= P_CALL_OBSERVE
+    return plan
+
+
+cdef inline object _get(object obj, Py_ssize_t offset, str name):
+    """The slot at ``offset``; an unset one raises as the attribute read would."""
+    cdef PyObject *value = get_slot(obj, offset)
+    if value == NULL:
+        return getattr(obj, name)
+    return <object>value
+
+
+cdef inline int64_t _now_ns():
+    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
+
+
+cdef inline bytes _date_line():
+    """``DATE_HEADER.get()``: its cached line while the second has not changed."""
+    cdef timespec now
+    clock_gettime(CLOCK_REALTIME, &now)
+    cdef PyObject *second = get_slot(_DATE, D_SECOND)
+    if second != NULL and type(<object>second) is int and <object>second == now.tv_sec:
+        return _get(_DATE, D_VALUE, "value")
+    return _DATE.get()
+
+
+cdef bint _plain(object sink, object head, int plan) except -1:
+    """Whether this answer takes the compiled pass (read-only checks, before any effect)."""
+    if head.status >= 400 or head.chunked or head.content_length is None:
+        return False
+    if (_get(sink, X_CLIENT_LEFT, "client_left") or _get(sink, X_SWALLOW, "swallow")
+            or _get(sink, X_STREAMING, "streaming") or _get(sink, X_HEDGE, "hedge") is not None):
+        return False
+    body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+    if body_filter is not None and (type(body_filter) is not _HOLD or body_filter.streaming):
+        return False  # (managed mode's HoldTerminal of a JSON answer: its methods are called)
+    if plan & P_STATE_TURN and getattr(sink, "state_turn") is not None:
+        return False
+    responder = _get(sink, X_RESPONDER, "responder")
+    if (type(responder) is not _Responder or _get(responder, R_FINISHED, "finished")
+            or _get(responder, R_HEAD_SENT, "head_sent") or _get(responder, R_CHUNKED, "_chunked")):
+        return False
+    proto = _get(responder, R_PROTO, "_proto")
+    if type(proto) is _Protocol:
+        return not _get(proto, P_LOST, "lost")
+    return not proto.lost
+
+
+cdef void _send_body(object responder, object data) except *:
+    """``Responder.send_body`` (not chunked: the answer has a Content-Length)."""
+    cdef Py_ssize_t n = len(data)
+    if n == 0:
+        return
+    put_slot(responder, R_BYTES_SENT, _get(responder, R_BYTES_SENT, "bytes_sent") + n)
+    (<list>_get(responder, R_OUT, "_out")).append(data)
+
+
+cdef void _end(object responder) except *:
+    """``Responder.end`` of a plain ``Responder`` (not chunked), then
+    ``ServerProtocol.exchange_done``, whose usual keep-alive branch is inlined."""
+    if _get(responder, R_FINISHED, "finished"):
+        return
+    put_slot(responder, R_FINISHED, True)
+    put_slot(responder, R_UPSTREAM, None)
+    put_slot(responder, R_ON_CLIENT_GONE, None)
+    proto = _get(responder, R_PROTO, "_proto")
+    cdef bint exact = type(proto) is _Protocol
+    # flush
+    cdef list out = _get(responder, R_OUT, "_out")
+    if out:
+        put_slot(responder, R_OUT, [])
+        if not (_get(proto, P_LOST, "lost") if exact else proto.lost):
+            transport = _get(responder, R_TRANSPORT, "_transport")
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+    close = _get(responder, R_CLOSE_AFTER, "_close_after")
+    if (not exact or _get(proto, P_ACTIVE, "_active") is not responder or _get(proto, P_LOST, "lost")
+            or close or _get(proto, P_DRAINING, "draining") or _get(proto, P_PENDING, "_pending")
+            or _get(proto, P_READING_PAUSED, "_reading_paused") or _get(proto, P_HEADERS_DONE, "_headers_done")
+            or _get(proto, P_MSG_STARTED, "_msg_started")):
+        proto.exchange_done(responder, close)
+        return
+    # the usual keep-alive wait (exchange_done's last branch)
+    put_slot(proto, P_ACTIVE, None)
+    put_slot(proto, P_DEADLINE, _get(proto, P_LOOP, "loop").time() + _get(proto, P_LIMITS, "_limits").keepalive_timeout_s)
+    put_slot(proto, P_ON_TIMEOUT, _IDLE_TIMEOUT)
+
+
+cdef void _release(object conn) except *:
+    """``UpstreamPool.release(conn)`` (the connection is open: checked by the caller)."""
+    pool = _get(conn, U_POOL, "_pool")
+    if type(pool) is not _Pool:
+        pool.release(conn)
+        return
+    if pool.closed:
+        conn._close()
+        return
+    cdef dict idle = pool._idle
+    origin = _get(conn, U_ORIGIN, "origin")
+    stack = idle.get(origin)
+    if stack is None:
+        stack = idle[origin] = []
+    if len(stack) >= pool.max_idle_per_origin:
+        conn._close()
+        return
+    put_slot(conn, U_IDLE_SINCE, pool.loop.time())
+    (<list>stack).append(conn)
+
+
+cdef void _settle_step(object sink, object ctx, object outcome, object status, int plan) except *:
+    """``_settle`` (Exchange's, or FirewallExchange's then Exchange's)."""
+    if plan & P_CALL_SETTLE:
+        sink._settle(outcome, status)
+        return
+    if plan & P_FIREWALL_SETTLE:
+        if sink.unbilled and not _get(sink, X_OUTCOME, "outcome"):
+            ctx.unbilled_requests += 1
+            if outcome == STATUS_NOT_BILLABLE:
+                outcome = STATUS_UNBILLED
+    if _get(sink, X_OUTCOME, "outcome"):
+        return
+    put_slot(sink, X_OUTCOME, outcome)
+    if plan & P_CALL_MAKE_EVENT:
+        event = sink.make_event(outcome, status)
+    else:
+        event = _make_event(sink, outcome, status)
+    _get(ctx, C_USAGE_SINK, "usage_sink")(event)
+    if plan & P_CALL_OBSERVE:
+        sink.observe(event)
+    else:
+        _observe(sink, event)
+
+
+def data_received(conn, data):
+    """``UpstreamConnection.data_received`` (installed as it; the Python method is the twin,
+    ``UpstreamConnection.data_received_py``): the same steps, the connection's slots read
+    and written in place, for every upstream read (an answer's, a stream chunk's)."""
+    if type(conn) is not _Connection:
+        return _data_received_twin(conn, data)
+    sink = _get(conn, U_SINK, "_sink")
+    if sink is None:
+        # Bytes on an idle connection: the server is confused; never reuse it.
+        conn._close()
+        return
+    now = _get(conn, U_POOL, "_pool").loop.time()
+    put_slot(conn, U_LAST_RX, now)
+    if not _get(conn, U_RECEIVED_ANY, "_received_any"):
+        put_slot(conn, U_RECEIVED_ANY, True)
+        put_slot(conn, U_DEADLINE, now + _get(conn, U_IDLE_TIMEOUT, "_idle_timeout_s"))
+    if not _get(conn, U_HEAD_SEEN, "_head_seen"):
+        buf = _get(conn, U_HEAD_BUF, "_head_buf")
+        if not buf:
+            parsed = _parse_response(data, _MAX_HEAD)
+            if parsed is not None:
+                _take_whole(conn, sink, data, parsed)
+                return
+            put_slot(conn, U_HEAD_BUF, data)
+        else:
+            put_slot(conn, U_HEAD_BUF, buf + data)
+    try:
+        _get(conn, U_PARSER, "_parser").feed_data(data)
+    except _CallbackError as exc:
+        # The sink raised while handling a piece; it has already dealt with it.
+        cause = exc.__context__
+        conn._fail(UpstreamError(f"error relaying upstream response: {cause!r}"), False)
+    except _ParserError as exc:
+        conn._fail(UpstreamError(f"invalid response from upstream: {exc}"), False)
+    else:
+        if not _get(conn, U_HEAD_SEEN, "_head_seen") and len(_get(conn, U_HEAD_BUF, "_head_buf")) > _MAX_HEAD:
+            conn._fail(UpstreamError(f"upstream response head exceeds {_MAX_HEAD} bytes"), False)
+    sink.on_upstream_read_done()
+
+
+def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
+    """``take_whole_answer_py(conn, sink, data, parsed)``: relay the whole plain answer
+    ``parse_response_head`` found in ``data`` to ``sink``."""
+    if type(conn) is not _Connection:
+        return _twin(conn, sink, data, parsed)
+    _take_whole(conn, sink, data, parsed)
+
+
+cdef _take_whole(conn, sink, bytes data, tuple parsed):
+    cls = type(sink)
+    cdef object known = _PLANS.get(cls)
+    if known is None:
+        known = _PLANS[cls] = plan_of(cls)
+    cdef int plan = known
+    head, keep_alive, head_len = parsed
+    if not plan or type(head) is not _Head or not _plain(sink, head, plan):
+        return _twin(conn, sink, data, parsed)
+    status = head.status
+    put_slot(conn, U_HEAD_SEEN, True)
+    put_slot(conn, U_HAS_LENGTH, True)
+    try:
+        # -- on_upstream_head (RetryingExchange's for a status < 400, then Exchange's)
+        if plan & P_RETRYING_HEAD:
+            circuit = _get(sink, X_CIRCUIT, "circuit")
+            if circuit is not None and circuit.failures:
+                circuit.record_success()
+        put_slot(sink, X_HEAD_NS, _now_ns())
+        put_slot(sink, X_STATUS, status)
+        scanner = _get(sink, X_SCANNER, "scanner")
+        content_length = head.content_length
+        block = head.block
+        if _get(sink, X_OPERATOR_AUTH, "operator_auth") is not None:
+            # the operator's key upstream: the account headers are not the client's to see
+            block = without_account_headers(block)
+        rl_head = _get(sink, X_RL_HEAD, "rl_head")
+        if rl_head:
+            block = with_headers(block, rl_head)
+        extra = header_line(b"x-plano-request-id: ", _get(sink, X_REQUEST_ID, "request_id"))
+        ctx = _get(sink, X_CTX, "ctx")
+        if _get(ctx, C_SERVER_TIMING, "server_timing"):
+            extra += sink._server_timing()
+        guard_warning = _get(sink, X_GUARD_WARNING, "guard_warning")
+        if guard_warning:
+            extra += guard_warning
+        route_header = _get(sink, X_ROUTE_HEADER, "route_header")
+        if route_header:
+            extra += route_header
+        # -- Responder.send_head_block (a Content-Length: never chunked)
+        responder = _get(sink, X_RESPONDER, "responder")
+        line = _STATUS.get(status)
+        parts = [line if line is not None else status_line(status), block, extra,
+                 content_length_line(content_length, False)]
+        proto = _get(responder, R_PROTO, "_proto")
+        if _get(responder, R_CLOSE_AFTER, "_close_after") or (
+                _get(proto, P_DRAINING, "draining") if type(proto) is _Protocol else proto.draining):
+            put_slot(responder, R_CLOSE_AFTER, True)
+            parts.append(b"connection: close\r\n")
+        elif not _get(responder, R_HTTP11, "_http11"):
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(_date_line())
+        parts.append(_SERVER)
+        parts.append(b"\r\n")
+        put_slot(responder, R_HEAD_SENT, True)
+        (<list>_get(responder, R_OUT, "_out")).append(b"".join(parts))
+        # -- on_upstream_body (the client is still there: nothing above can change that)
+        if content_length and _get(conn, U_SINK, "_sink") is not None:
+            body = data[head_len:]
+            if scanner is not None:
+                body = scanner.feed(body)
+            body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+            if body_filter is None:
+                _send_body(responder, body)
+            else:
+                body_filter.relay(body, responder)
+        # -- the connection's _message_complete
+        put_slot(conn, U_SINK, None)
+        put_slot(conn, U_DEADLINE, 0.0)
+        if keep_alive and not _get(conn, U_CLOSED, "closed"):
+            _release(conn)
+        else:
+            conn._close()
+        # -- on_upstream_complete
+        put_slot(sink, X_CONN, None)
+        tail = scanner.finish() if scanner is not None else b""
+        if scanner is None:
+            outcome = STATUS_NOT_BILLABLE
+        elif scanner.result().has_usage:
+            outcome = STATUS_OK
+        else:
+            outcome = STATUS_USAGE_MISSING
+        # -- _finish, _complete
+        body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+        if body_filter is None:
+            if tail:
+                _send_body(responder, tail)
+        else:
+            body_filter.finish(responder, tail)
+        if plan & P_CALL_COMPLETE:
+            sink._complete(outcome)
+        else:
+            _end(responder)
+            _settle_step(sink, ctx, outcome, status, plan)
+        done = _get(sink, X_DONE, "done")
+        if done is not None and not done.done():
+            done.set_result(False)
+    except Exception as exc:  # as a callback's error under httptools (the twin's handling)
+        conn._fail(UpstreamError(f"error relaying upstream response: {exc!r}"), False)
+    # -- on_upstream_read_done (Exchange's: flush what is left, if anything)
+    body_filter = _get(sink, X_BODY_FILTER, "body_filter")
+    responder = _get(sink, X_RESPONDER, "responder")
+    if body_filter is not None:
+        body_filter.read_done(responder)
+    elif type(responder) is not _Responder or _get(responder, R_OUT, "_out"):
+        responder.flush()

@@ -1,0 +1,6 @@
+-- plano_fast schema, version 10 (SQLite): nothing to do.
+--
+-- Version 10 adds two composite types to PostgreSQL (usage_input, a usage row as written, and
+-- reserve_input, a batch reservation on one counter: each batch sent as one array of rows
+-- instead of one array per column); SQLite binds each row's values directly.
+-- The versions stay in step across the two backends.
