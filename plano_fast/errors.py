@@ -152,6 +152,9 @@ class GatewayError(Exception):
     close_connection: bool = False
     #: OpenAI-format "type" when it is not the usual one for the status
     openai_type: str | None = None
+    #: the exchange's request id, set on an error that ends a forwarded exchange (its usage
+    #: row has this id): answered as ``x-plano-request-id``, as a relayed answer carries it
+    request_id: str | None = None
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or HTTPStatus(self.status).phrase)

@@ -385,9 +385,10 @@ class Responder:
         if error.close_connection:
             self._close_after = True
         body = error.body(fmt)
-        self.send_head(
-            error.status, ((b"content-type", b"application/json"),) + error.headers(fmt), len(body)
-        )
+        headers = ((b"content-type", b"application/json"),) + error.headers(fmt)
+        if error.request_id is not None:  # (the gateway's own answer to a forwarded request)
+            headers += ((b"x-plano-request-id", error.request_id.encode()),)
+        self.send_head(error.status, headers, len(body))
         self.send_body(body)
         self.end()
 

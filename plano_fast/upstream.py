@@ -356,6 +356,13 @@ class UpstreamConnection(asyncio.Protocol):
         if remaining > 0:
             self.deadline = loop.time() + remaining
             return
+        if not self._head_seen:
+            # Only an interim (1xx) answer, or part of a head, came: nothing was relayed,
+            # so this is no stall mid-response but no final answer (a 504 before the head).
+            self._fail(UpstreamTimeout(
+                f"upstream sent no final response: nothing for {self._idle_timeout_s:g}s after an "
+                "interim (1xx) response or part of a head (idle timeout)"), False)
+            return
         self._fail(UpstreamStalled(
             f"upstream stalled mid-response: nothing for {self._idle_timeout_s:g}s (idle timeout)"), False)
 

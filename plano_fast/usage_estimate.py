@@ -19,6 +19,12 @@ there is no share to apply and bytes / 4 of what was seen is kept (an upper boun
 text, as before).  A non-streamed (JSON) answer cut short cannot be parsed: bytes / 4 too
 (one envelope, small against the text).
 
+Whatever it counts, an output estimate never exceeds the request's own output bound when
+it sets one (``output_bound``: its ``max_tokens`` / ``max_completion_tokens`` /
+``max_output_tokens`` / ``generationConfig.maxOutputTokens`` times its choices, ``n`` or
+``candidateCount``): the provider cannot generate more, reasoning included.  Bytes / 4
+of a framed stream counted 833 output tokens for a ``max_tokens: 50`` request.
+
 Runs only on that rare path: no cost on a request whose usage is read.
 """
 
@@ -28,7 +34,7 @@ import json
 import re
 from typing import Any, Final
 
-from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES
+from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES, ScanError, scan_request
 
 BYTES_PER_TOKEN: Final = 4
 #: an SSE event larger than this is counted as framing, not parsed (bounded work and memory)
@@ -42,6 +48,39 @@ SAMPLE_EVENT_BYTES: Final = 64 << 10
 def tokens_of_bytes(n: int) -> int:
     """``n`` bytes at four a token, rounded up, at least 1 (never zero)."""
     return max(1, (n + BYTES_PER_TOKEN - 1) // BYTES_PER_TOKEN)
+
+
+def output_bound(body: bytes) -> int | None:
+    """The most output tokens the request ``body`` lets the provider generate: its output
+    ceiling (the largest it names, as the managed reservation reads it) times its
+    choices; None when it names no ceiling or cannot be read that far (no cap then)."""
+    try:
+        ceiling = scan_request(body).max_output_tokens
+    except (ScanError, ValueError):
+        return None
+    if ceiling is None:
+        return None
+    choices = 1
+    if b'"n"' in body or b"andidate" in body or b"\\u" in body:  # (else no parse)
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        n = doc.get("n")
+        config = doc.get("generationConfig", doc.get("generation_config"))
+        if type(config) is dict:
+            n = config.get("candidateCount", config.get("candidate_count", n))
+        if n is not None:
+            if type(n) is not int or n < 1:
+                return None  # (the provider refuses it or reads it some other way: no cap)
+            choices = n
+    return ceiling * choices
+
+
+def capped(tokens: int, body: bytes) -> int:
+    """An output estimate ``tokens`` capped at the request's ``output_bound`` (if any)."""
+    bound = output_bound(body)
+    return tokens if bound is None else min(tokens, bound)
 
 
 def _text_bytes(value: object) -> int:

@@ -594,6 +594,47 @@ def test_the_estimate_of_a_cut_stream_counts_its_text_not_its_framing(
     assert 30 <= row.output_tokens <= 100, row.output_tokens
 
 
+def test_the_estimate_of_a_cut_stream_never_exceeds_the_requests_output_bound(
+    make_gateway: Callable[..., GatewayProcess],
+) -> None:
+    """The same cut with ``max_tokens: 50`` (and ``n: 2``: 100) on a stream whose text
+    would be estimated at ~500 tokens: the estimate stops at the request's bound, which the
+    provider cannot exceed (main recorded the ~500; a SIGTERM-cut stream 833 in a probe)."""
+    gateway = make_gateway()
+    sqlite_path = str(gateway.config_path.with_suffix(".db"))
+    text = "abcdefghi " * 400  # 4,000 bytes in 40 events: ~25 tokens an event
+    for extra, bound in (({"max_tokens": 50}, 50), ({"max_completion_tokens": 50, "n": 2}, 100)):
+        body = json.dumps({"model": "gpt-4o-mini", "stream": True, **extra,
+                           "messages": [{"role": "user", "content": "cut"}]}).encode()
+        before = {r.request_id for r in read_rows(None, sqlite_path)}
+        hang_up(gateway.url, body, {"authorization": "Bearer sk-hangup", "x-fake-text": text,
+                                    "x-fake-events": "40", "x-fake-interval-ms": "10",
+                                    "x-fake-reset-after-events": "20"}, wait_first_byte=True)
+        deadline = time.monotonic() + 10
+        while not (new := [r for r in read_rows(None, sqlite_path) if r.request_id not in before]):
+            assert time.monotonic() < deadline, "no row"
+            time.sleep(0.05)
+        (row,) = new
+        assert row.status == "client_disconnected_estimated", row
+        assert row.output_tokens == bound, (row.output_tokens, bound)
+
+
+def test_the_output_bound_of_a_request() -> None:
+    from plano_fast.usage_estimate import capped, output_bound
+
+    assert output_bound(b'{"model":"m","max_tokens":50}') == 50
+    assert output_bound(b'{"max_tokens":50,"max_completion_tokens":70}') == 70  # the largest
+    assert output_bound(b'{"input":"x","max_output_tokens":30}') == 30
+    assert output_bound(b'{"contents":[],"generationConfig":{"maxOutputTokens":40,"candidateCount":3}}') == 120
+    assert output_bound(b'{"max_tokens":50,"n":4}') == 200
+    assert output_bound(b'{"max_tokens":50,"\\u006e":4}') == 200  # an escaped key is read
+    assert output_bound(b'{"model":"m"}') is None  # no ceiling: no cap
+    assert output_bound(b'{"max_tokens":50,"n":"4"}') is None  # unreadable choices: no cap
+    assert output_bound(b"not json") is None
+    assert capped(833, b'{"max_tokens":50}') == 50 and capped(20, b'{"max_tokens":50}') == 20
+    assert capped(833, b"{}") == 833
+
+
 def test_managed_hang_ups_settle_the_reservation_against_the_providers_usage(
     make_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:

@@ -1091,6 +1091,7 @@ def test_a_provider_rejecting_the_operators_key_is_the_gateways_502(scripted_ope
     from benchmarks.attack_battery import json_answer
 
     gateway, scripted = scripted_operator
+    rejected_ids: list[str] = []
     for status in (401, 403):
         body = {"error": {"message": "Incorrect API key provided: sk-proj-****abcd. You can find your API key at "
                                      "https://platform.openai.com/account/api-keys.",
@@ -1102,6 +1103,10 @@ def test_a_provider_rejecting_the_operators_key_is_the_gateways_502(scripted_ope
         assert answer.status == 502, answer.raw[:400]
         assert b"abcd" not in answer.raw and b"Incorrect" not in answer.raw
         assert answer.error_json()["error"]["code"] == "upstream_credential_rejected"
+        # named as a relayed answer is (absent on main): the id the log line names too
+        request_id = answer.header(b"x-plano-request-id")
+        assert request_id, answer.raw[:400]
+        rejected_ids.append(request_id.decode())
         messages = MESSAGES.replace(b"claude-sonnet-4-6", b"scripted/gpt-4o-mini")
         answer = exchange(gateway.port, post(b"/v1/messages", messages, b"", b"x-script: denied%d\r\n" % status + CLOSE))
         assert answer.status == 502 and answer.error_json()["type"] == "error", answer.raw[:400]
@@ -1115,6 +1120,7 @@ def test_a_provider_rejecting_the_operators_key_is_the_gateways_502(scripted_ope
         assert time.monotonic() < deadline, gateway.log_text()[-2000:]
         time.sleep(0.1)
     assert OPERATOR_KEY.decode() not in gateway.log_text() and "abcd" not in gateway.log_text()
+    assert all(request_id in gateway.log_text() for request_id in rejected_ids), rejected_ids
 
 
 def test_an_error_body_echoing_the_operators_key_is_masked(scripted_operator: Any) -> None:

@@ -1453,6 +1453,40 @@ def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> No
     backend.run(body)
 
 
+def test_group_writer_logs_a_run_of_failed_writes_once_and_counts_them(backend: Backend, caplog: Any) -> None:
+    """A store that fails every synchronous write (an outage; here each row is refused)
+    logged one ERROR line per request; now one line, then at most one per
+    ``FAILURE_LOG_INTERVAL_S``, the sum of the ones in between in the next line (or in one
+    warning once a write succeeds again), every failure counted in the metrics."""
+    import logging
+
+    from plano_fast.managed.context import GroupWriter
+    from plano_fast.usage import UsageEvent
+
+    def item(i: int, input_tokens: int = 100) -> tuple[UsageRow, UsageEvent]:
+        return _group_item("req-outage", ns(2026, 12, 5, 12), i, input_tokens)
+
+    failing = 30
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        for i in range(failing):  # one request after another, each write failing
+            await writer.write(*item(i, input_tokens=10**18 - 1), alone=True)
+        await writer.write(*item(failing), alone=True)  # the store writes again
+        assert len(handed_over) == failing
+        assert (writer.metrics.sync_write_failures, writer.metrics.sync_rows_fallback) == (failing, failing)
+        assert writer.metrics.rows_written == 1
+
+    with caplog.at_level(logging.INFO, logger="plano_fast.managed"):
+        backend.run(body)
+    lines = [r for r in caplog.records if r.name == "plano_fast.managed"]
+    errors = [r.getMessage() for r in lines if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "synchronous billing failed" in errors[0], errors
+    (summary,) = [r.getMessage() for r in lines if r.levelno == logging.WARNING]
+    assert f"{failing - 1} usage rows in {failing - 1} writes" in summary, summary
+
+
 def test_group_writer_calls_then_in_its_step_once_the_batch_is_written(backend: Backend) -> None:
     """``then`` (the task-free managed path's end of the answer): called with the future,
     done, in the writer's own step right after the batch holding its row is written --

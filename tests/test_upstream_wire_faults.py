@@ -167,6 +167,10 @@ class Wire(RawUpstream):
         if fault == "stall_head":  # nothing at all
             time.sleep(5)
             return False
+        if fault == "interim_stall":  # an interim 103, then nothing: no final answer at all
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+            time.sleep(5)
+            return False
         if fault == "error_event":  # 200, some events, an error event, the stream's end
             conn.sendall(SSE_HEAD + _chunk(start) + _chunk(error) + b"0\r\n\r\n")
             return True
@@ -221,14 +225,24 @@ PROVIDERS = """\
     access_key: gemini-server-key
     first_byte_timeout: 1s
     body_idle_timeout: 1s
+  - model: openai/gpt-closed
+    base_url: http://127.0.0.1:{closed_port}
+    access_key: sk-server-openai-key
 """
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then closed: refused until reused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def gw(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
     upstream = Wire()
     path = tmp_path_factory.mktemp("wire") / "plano_config.yaml"
-    write_config(path, fake.port, None, PROVIDERS.format(port=upstream.port))
+    write_config(path, fake.port, None, PROVIDERS.format(port=upstream.port, closed_port=closed_port()))
     try:
         with GatewayProcess(path) as proc:
             yield proc, path
@@ -422,6 +436,45 @@ def test_no_answer_is_a_5xx_in_the_clients_format(
     assert ("timeout" if status == 504 else "invalid response from upstream") in json.dumps(doc)
     assert (row.status, row.http_status, row.input_tokens, row.output_tokens) == ("upstream_failed", status, 0, 0)
     assert row.priced and row.cost_nano_usd == 0
+    # The gateway's own answer names the request as a relayed one does (absent on main):
+    # the client can match it to this row.
+    assert answer.headers.get("x-plano-request-id") == row.request_id, answer.headers
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_interim_answer_then_silence_is_no_final_answer(
+    gw: tuple[GatewayProcess, Path], api: str, stream: bool
+) -> None:
+    """A 103 Early Hints and then nothing past ``body_idle_timeout``: nothing reached the
+    client, so its 504 says the provider sent no final answer (main said "stalled
+    mid-response", as if an answer had been cut)."""
+    answer, row = exchange(gw, api, stream, "interim_stall")
+    assert answer.status == 504 and answer.complete, answer.raw[-300:]
+    text = json.dumps(answer.json())
+    assert "no final response" in text and "stalled mid-response" not in text, text
+    assert (row.status, row.http_status, row.input_tokens, row.output_tokens) == ("upstream_failed", 504, 0, 0)
+    assert answer.headers.get("x-plano-request-id") == row.request_id
+
+
+def test_a_provider_that_refuses_the_connection_is_a_502_naming_the_request(gw: tuple[GatewayProcess, Path]) -> None:
+    """Nothing listens at the provider's address: the gateway's 502 carries the request id
+    of its ``upstream_failed`` row (main sent no ``x-plano-request-id`` on it)."""
+    gateway, path = gw
+    before = {r.request_id for r in read_rows(None, str(path.with_suffix(".db")))}
+    body = json.dumps({"model": "openai/gpt-closed", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                     b"content-type: application/json\r\nauthorization: Bearer sk-c\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        raw = b""
+        while data := sock.recv(65536):
+            raw += data
+    answer = Answer(raw)
+    row = new_row(path, before)
+    assert answer.status == 502 and answer.complete, raw[:300]
+    assert (row.status, row.http_status) == ("upstream_failed", 502), row
+    assert answer.headers.get("x-plano-request-id") == row.request_id, answer.headers
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -28,6 +28,10 @@ class BillingMetrics:
     #: and the sum charged
     rows_charged_at_bound: int = 0
     rows_charged_at_bound_nano_usd: int = 0
+    #: managed: synchronous billing writes that failed (the store away) and the rows they
+    #: handed to the journaled path (plano_fast.managed.context.GroupWriter._failed)
+    sync_write_failures: int = 0
+    sync_rows_fallback: int = 0
     rows_rejected: int = 0  # refused by the store for their values; set aside (journal)
     flushes: int = 0
     flush_failures: int = 0

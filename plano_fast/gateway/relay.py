@@ -39,7 +39,7 @@ from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
 from plano_fast import upstream
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
-from plano_fast.usage_estimate import ContentMeter, tokens_of_bytes
+from plano_fast.usage_estimate import ContentMeter, capped, tokens_of_bytes
 from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
     STATUS_CLIENT_GONE,
@@ -494,12 +494,12 @@ class Exchange:
         event = self.make_event(STATUS_CLIENT_GONE, self.status)
         if not complete and event.has_usage and self.scan_api == scan.API_GEMINI:
             # Gemini repeats its running usage on every chunk: a stream cut (or given up)
-            # before its end has counts short of what the provider bills.  An estimate,
-            # so a hard limit charges its bound; its output at least the estimate's.
+            # before its end may have counts short of what the provider bills.  Flagged
+            # an estimate (a hard limit charges its bound), priced at those counts as a
+            # stream the provider cuts is (upstream_failed): they count every chunk read,
+            # relayed or drained, reasoning included; a text estimate of the same bytes
+            # only added its error (it took the larger of the two before 2026-12-05).
             event.status = STATUS_CLIENT_GONE_ESTIMATED
-            meter = self.content_meter
-            if meter is not None:
-                event.output_tokens = max(event.output_tokens, meter.output_tokens(self.responder.bytes_sent))
         elif not event.has_usage:
             event.status = STATUS_CLIENT_GONE_ESTIMATED
             event.input_tokens = tokens_of_bytes(len(self.request.body))
@@ -509,6 +509,7 @@ class Exchange:
             else:
                 event.output_tokens = tokens_of_bytes(
                     self.responder.bytes_sent + self.ctx.gone_drain_bytes - self.drain_left)
+            event.output_tokens = capped(event.output_tokens, self.request.body)  # (max_tokens, ...)
             event.has_usage = True
         self.outcome = event.status
         self._sink_left(event)
@@ -541,6 +542,7 @@ class Exchange:
                         continue
                     self.error_kind = exc.kind
                     self._settle(STATUS_UPSTREAM_FAILED, exc.status)
+                    exc.request_id = self.request_id  # (x-plano-request-id, as its row's)
                     raise
             done = self.done = loop.create_future()
             self._send(conn)
@@ -613,7 +615,9 @@ class Exchange:
             self.conn.detach()
             self.conn = None
         self._settle(STATUS_UPSTREAM_ERROR, status)
-        self.responder.send_error(ProviderCredentialRejected(), self.request.api_format)
+        error = ProviderCredentialRejected()
+        error.request_id = self.request_id
+        self.responder.send_error(error, self.request.api_format)
         done = self.done
         if done is not None and not done.done():
             done.set_result(False)
@@ -773,6 +777,7 @@ class Exchange:
             return
         self.error_kind = error.kind
         self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
+        error.request_id = self.request_id  # (x-plano-request-id, as its row's)
         self.responder.send_error(error, self.request.api_format)
         if done is not None:
             done.set_result(False)

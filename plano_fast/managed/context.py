@@ -24,6 +24,10 @@ RELEASE_RETRY_FIRST_S = 0.1
 RELEASE_RETRY_MAX_S = 5.0
 """Back-off between attempts to release a reservation while the store fails."""
 
+#: seconds: at most one log line of failed synchronous writes per this (a store outage
+#: failed every request's write; the counts are in /metrics)
+FAILURE_LOG_INTERVAL_S = 10.0
+
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
 
@@ -53,6 +57,10 @@ class GroupWriter:
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
         #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
         self.writes_now = type(store).write_usage_now is not UsageStore.write_usage_now
+        #: failed writes (and their rows) not in a log line yet, and when the next may be
+        self._quiet_failures = 0
+        self._quiet_rows = 0
+        self._next_failure_log = 0.0
 
     def write(
         self, row: UsageRow, event: UsageEvent, alone: bool = False,
@@ -144,11 +152,35 @@ class GroupWriter:
         self._count(inserted, len(batch))
 
     def _failed(self, batch: list[_Item], exc: Exception) -> None:
-        log.error("synchronous billing failed (%s); %d usage rows queued", type(exc).__name__, len(batch))
+        """A batch not written: its events take the journaled path.  Counted every time
+        (``sync_write_failures``, ``sync_rows_fallback``); logged at most once per
+        ``FAILURE_LOG_INTERVAL_S``, the failures in between summed in the next line (a
+        store outage under load was one ERROR line per request: thousands a second)."""
+        metrics = self.metrics
+        metrics.sync_write_failures += 1
+        metrics.sync_rows_fallback += len(batch)
+        self._quiet_failures += 1
+        self._quiet_rows += len(batch)
+        now = time.monotonic()
+        if now >= self._next_failure_log:
+            self._next_failure_log = now + FAILURE_LOG_INTERVAL_S
+            log.error("synchronous billing failed (%s: %s); %d usage rows in %d writes queued to the journal "
+                      "since the last such line (logged at most every %gs)", type(exc).__name__, exc,
+                      self._quiet_rows, self._quiet_failures, FAILURE_LOG_INTERVAL_S)
+            self._quiet_failures = self._quiet_rows = 0
         for item in batch:
             self.fallback(item[1])
 
+    def _recovered(self) -> None:
+        """A write succeeded after failures that were not logged yet: their sum, once."""
+        log.warning("synchronous billing writes again; %d usage rows in %d writes queued to the journal "
+                    "since the last line", self._quiet_rows, self._quiet_failures)
+        self._quiet_failures = self._quiet_rows = 0
+        self._next_failure_log = 0.0
+
     def _count(self, inserted: int, rows: int) -> None:
+        if self._quiet_failures:  # (one test per batch: the outage's tail is reported)
+            self._recovered()
         metrics = self.metrics
         metrics.rows_written += inserted
         if inserted < rows:  # never silent: two requests with one id
