@@ -384,15 +384,23 @@ class Case:
     modes: tuple[str, ...] = ("config", "firewall", "managed")
 
 
+ALL_MODES = ("config", "firewall", "managed")
+CaseDecorator = Callable[[Callable[[Stack], Result]], Callable[[Stack], Result]]
+
+
+def registrar(cases: list[Case]) -> Callable[..., CaseDecorator]:
+    """A ``@case(group, expected, modes)`` decorator appending to ``cases`` (one per battery
+    module: each keeps its own list, ``all_cases`` joins them)."""
+    def case(group: str, expected: str, modes: tuple[str, ...] = ALL_MODES) -> CaseDecorator:
+        def register(fn: Callable[[Stack], Result]) -> Callable[[Stack], Result]:
+            cases.append(Case(fn.__name__, group, expected, fn, modes))
+            return fn
+        return register
+    return case
+
+
 CASES: list[Case] = []
-
-
-def case(group: str, expected: str, modes: tuple[str, ...] = ("config", "firewall", "managed")) -> Callable[
-        [Callable[[Stack], Result]], Callable[[Stack], Result]]:
-    def register(fn: Callable[[Stack], Result]) -> Callable[[Stack], Result]:
-        CASES.append(Case(fn.__name__, group, expected, fn, modes))
-        return fn
-    return register
+case = registrar(CASES)
 
 
 def refused(stack: Stack, data: bytes | list[tuple[float, bytes]], statuses: tuple[int, ...],

@@ -11,10 +11,10 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 from benchmarks.attack_battery import (
+    ALL_MODES,
     CHAT,
     CHAT_PATH,
     STREAM_CHAT,
@@ -29,18 +29,12 @@ from benchmarks.attack_battery import (
     parse_first,
     post,
     refused,
+    registrar,
 )
 
 CASES: list[Case] = []
-ALL = ("config", "firewall", "managed")
-
-
-def case(group: str, expected: str, modes: tuple[str, ...] = ALL) -> Callable[
-        [Callable[[Stack], Result]], Callable[[Stack], Result]]:
-    def register(fn: Callable[[Stack], Result]) -> Callable[[Stack], Result]:
-        CASES.append(Case(fn.__name__, group, expected, fn, modes))
-        return fn
-    return register
+ALL = ALL_MODES
+case = registrar(CASES)
 
 
 GEMINI_BODY = b'{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}'

@@ -13,21 +13,13 @@ from __future__ import annotations
 import gzip
 import socket
 import time
-from collections.abc import Callable
 
-from benchmarks.attack_battery import CHAT, CHAT_PATH, Case, Result, Stack, _req, exchange, post
+from benchmarks.attack_battery import ALL_MODES, CHAT, CHAT_PATH, Case, Result, Stack, _req, exchange, post, registrar
 from benchmarks.attack_battery_c import _calls_since, _gemini, _not_forwarded
 
 CASES: list[Case] = []
-ALL = ("config", "firewall", "managed")
-
-
-def case(group: str, expected: str, modes: tuple[str, ...] = ALL) -> Callable[
-        [Callable[[Stack], Result]], Callable[[Stack], Result]]:
-    def register(fn: Callable[[Stack], Result]) -> Callable[[Stack], Result]:
-        CASES.append(Case(fn.__name__, group, expected, fn, modes))
-        return fn
-    return register
+ALL = ALL_MODES
+case = registrar(CASES)
 
 
 def _model_segment(s: Stack) -> bytes:
