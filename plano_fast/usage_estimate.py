@@ -34,6 +34,7 @@ import json
 import re
 from typing import Any, Final
 
+from plano_fast.managed.bounds import UnboundedContent, _choices
 from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES, ScanError, scan_request
 
 BYTES_PER_TOKEN: Final = 4
@@ -66,14 +67,12 @@ def output_bound(body: bytes) -> int | None:
             doc = json.loads(body)
         except (ValueError, RecursionError):
             return None
-        n = doc.get("n")
-        config = doc.get("generationConfig", doc.get("generation_config"))
-        if type(config) is dict:
-            n = config.get("candidateCount", config.get("candidate_count", n))
-        if n is not None:
-            if type(n) is not int or n < 1:
-                return None  # (the provider refuses it or reads it some other way: no cap)
-            choices = n
+        if type(doc) is not dict:
+            return None
+        try:  # the reservation's own reading (a copy disagreed with it: halved caps)
+            choices = _choices(doc)
+        except UnboundedContent:
+            return None  # (the provider refuses it or reads it some other way: no cap)
     return ceiling * choices
 
 

@@ -630,6 +630,12 @@ def test_the_output_bound_of_a_request() -> None:
     assert output_bound(b'{"max_tokens":50,"\\u006e":4}') == 200  # an escaped key is read
     assert output_bound(b'{"model":"m"}') is None  # no ceiling: no cap
     assert output_bound(b'{"max_tokens":50,"n":"4"}') is None  # unreadable choices: no cap
+    # read as the managed reservation reads it (bounds._choices): a null candidateCount is
+    # no override of n (a copy of that reading halved this cap), both spellings no cap
+    assert output_bound(b'{"max_tokens":50,"n":2,"generationConfig":{"candidateCount":null}}') == 100
+    assert output_bound(b'{"max_tokens":50,"generationConfig":{"candidateCount":2},'
+                        b'"generation_config":{"candidateCount":1}}') is None
+    assert output_bound(b'{"max_tokens":50,"n":true}') is None
     assert output_bound(b"not json") is None
     assert capped(833, b'{"max_tokens":50}') == 50 and capped(20, b'{"max_tokens":50}') == 20
     assert capped(833, b"{}") == 833
