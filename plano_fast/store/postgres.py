@@ -1021,6 +1021,7 @@ class PostgresStore(SqlStore):
         except asyncpg.exceptions.InsufficientPrivilegeError as exc:
             log.warning("a lost reservation statement's backend could not be ended (%s); its "
                         "reservation may stay held until it expires", type(exc).__name__)
+            pids.clear()  # (asking again on every release retry would fail the same way)
             return
         deadline = time.monotonic() + _BACKENDS_GONE_WAIT_S
         pause_s = 0.002
@@ -1032,6 +1033,10 @@ class PostgresStore(SqlStore):
                 return
             await asyncio.sleep(pause_s)
             pause_s = min(pause_s * 2, 0.1)
+        # Gone: each pid is ended once.  A later caller with this list (a background release
+        # after a failed rerun) must not terminate them again: a gone pid may since be one of
+        # this role's own healthy pooled connections.
+        pids.clear()
 
     async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """``attempt`` (an idempotent statement: settle, release), run once more on another
