@@ -222,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
                 # (its ResponseHead built in that pass: wire.parse_response_head).
                 parsed = _parse_response(data, MAX_RESPONSE_HEAD_BYTES)
                 if parsed is not None:
-                    take_whole_answer(self, sink, data, parsed)
+                    take_whole_answer_py(self, sink, data, parsed)
                     return
             self._head_buf = buf + data if buf else data
         try:
@@ -393,12 +393,6 @@ def take_whole_answer_py(
     conn._take_whole_response(sink, data, parsed)
     sink.on_upstream_read_done()
 
-
-#: What ``data_received`` calls for a whole plain answer: ``take_whole_answer_py``, or
-#: where it is built the gateway's compiled pass for its exchanges (installed by
-#: plano_fast.gateway.relay: plano_fast/gateway/_answer.pyx, which hands any other sink to
-#: this twin)
-take_whole_answer = take_whole_answer_py
 
 
 class UpstreamPool:

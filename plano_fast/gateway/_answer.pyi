@@ -1,10 +1,7 @@
 """Type stub for plano_fast/gateway/_answer.pyx; see plano_fast.upstream.take_whole_answer_py
 and plano_fast.upstream.UpstreamConnection.data_received_py."""
 
-from plano_fast.upstream import ResponseSink, UpstreamConnection, UpstreamHead
+from plano_fast.upstream import UpstreamConnection
 
 def plan_of(cls: type) -> int: ...
 def data_received(conn: UpstreamConnection, data: bytes) -> None: ...
-def take_whole_answer(
-    conn: UpstreamConnection, sink: ResponseSink, data: bytes, parsed: tuple[UpstreamHead, bool, int]
-) -> None: ...

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """A whole plain answer relayed in one compiled call: the twin of
-``plano_fast.upstream.take_whole_answer_py`` (installed as ``upstream.take_whole_answer`` by
-``plano_fast.gateway.relay``).
+``plano_fast.upstream.take_whole_answer_py``, reached through the compiled
+``UpstreamConnection.data_received`` below (installed by ``plano_fast.gateway.relay``; its
+twin ``data_received_py`` calls ``take_whole_answer_py``).
 
 When one upstream read holds a whole plain answer (``wire.parse_response_head`` took it:
 a 2xx-5xx status, one Content-Length, the body complete), the twin runs the relay's
@@ -18,7 +19,7 @@ step's compiled ``make_event`` / ``observe`` are called directly.
 
 Only the plain case is taken; everything else goes to the twin, before any side effect:
 a sink that is not an ``Exchange`` (a hedge, a side request), or one whose class overrides
-a callback this pass does not know (see ``_plan_of``), an error status (>= 400: retries,
+a callback this pass does not know (see ``plan_of``), an error status (>= 400: retries,
 circuit breakers, redaction), a client gone or an attempt swallowed, a body filter other
 than managed mode's ``HoldTerminal`` of a JSON answer (conversion, held answers, stream
 scans), a
@@ -387,14 +388,6 @@ def data_received(conn, data):
         if not _get(conn, U_HEAD_SEEN, "_head_seen") and len(_get(conn, U_HEAD_BUF, "_head_buf")) > _MAX_HEAD:
             conn._fail(UpstreamError(f"upstream response head exceeds {_MAX_HEAD} bytes"), False)
     sink.on_upstream_read_done()
-
-
-def take_whole_answer(conn, sink, bytes data not None, tuple parsed not None):
-    """``take_whole_answer_py(conn, sink, data, parsed)``: relay the whole plain answer
-    ``parse_response_head`` found in ``data`` to ``sink``."""
-    if type(conn) is not _Connection:
-        return _twin(conn, sink, data, parsed)
-    _take_whole(conn, sink, data, parsed)
 
 
 cdef _take_whole(conn, sink, bytes data, tuple parsed):

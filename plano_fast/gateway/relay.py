@@ -37,7 +37,6 @@ from plano_fast.spans import end_attempt, end_server
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
-from plano_fast import upstream
 from plano_fast.upstream import Header, Origin, UpstreamConnection, UpstreamHead, UpstreamPool
 from plano_fast.usage_estimate import ContentMeter, capped, tokens_of_bytes
 from plano_fast.usage import (
@@ -946,9 +945,7 @@ if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obe
     try:
         # (after make_event / observe: the pass calls the compiled ones directly)
         from plano_fast.gateway._answer import data_received as _data_received  # noqa: E402
-        from plano_fast.gateway._answer import take_whole_answer as _take_whole_answer  # noqa: E402
     except ImportError:
         pass
     else:
-        upstream.take_whole_answer = _take_whole_answer
         UpstreamConnection.data_received = _data_received  # type: ignore[method-assign,assignment]
