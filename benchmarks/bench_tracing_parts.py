@@ -1,6 +1,6 @@
 """Instructions per traced request of each part of tracing, under callgrind.
 
-    python -m benchmarks.bench_tracing_parts                  # every part, 500 and 4500 calls
+    python -m benchmarks.bench_tracing_parts                  # every part, 512 and 4608 calls (--n1, --n2)
     python -m benchmarks.bench_tracing_parts --parts encode,encode_python
 
 The end-to-end A/B (``benchmarks.ab_settings --callgrind --otlp-sink --b-section
