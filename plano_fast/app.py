@@ -582,9 +582,11 @@ class Gateway:
         and its settle counted it (``upstream`` or ``timeout``, Exchange.observe) -- once."""
         if not isinstance(exc, UpstreamError):
             self.ctx.metrics.error(error_type(exc.status, exc.code))
+        if exc.request_id is None:  # (an exchange's refusal has its own: Exchange.refused)
+            exc.request_id = new_request_id()  # answered as x-plano-request-id, as its line's
         access_log = self.ctx.access_log
         if access_log is not None and responder is not None and not getattr(responder, "logged", False):
-            access_log.record(refusal_record(exc, path, new_request_id(), responder.peer()))
+            access_log.record(refusal_record(exc, path, exc.request_id, responder.peer()))
 
     def precheck(self, request: Request) -> None:
         """A head that expects 100-continue (see plano_fast.gateway.dispatch.precheck)."""

@@ -863,7 +863,10 @@ class Exchange:
         filter, a rate limit, ...; the server answers it and counts it in errors_total):
         its access-log line -- outcome ``refused``, the error's code and the guardrail or
         filter named by its ``x-plano-guardrail`` header in ``attempt_trail`` and
-        ``guardrails``.  Nothing when the request was already settled (its line written)."""
+        ``guardrails``.  Nothing when the request was already settled (its line written).
+        The refusal is answered with this exchange's id (``x-plano-request-id``), the id of
+        its line and of its usage row where one is written."""
+        error.request_id = self.request_id
         access_log = self.ctx.access_log
         if access_log is None or self.outcome:
             return
