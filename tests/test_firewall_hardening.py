@@ -606,3 +606,44 @@ def test_auth_check_refuses_alt_sse_on_a_unary_gemini_call(hardened: Any) -> Non
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=sse") == 400
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse") == 200
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=json") == 200
+
+
+#: Azure's subscription-key header in the spellings a server reads as it (any case, "_" for "-")
+SUBSCRIPTION_KEY_HEADERS = [b"Ocp-Apim-Subscription-Key: ", b"ocp-apim-subscription-key: ",
+                            b"ocp_apim_subscription_key: ", b"OCP_APIM_SUBSCRIPTION_KEY: "]
+
+
+@pytest.mark.parametrize("header", SUBSCRIPTION_KEY_HEADERS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_azure_subscription_key_header_is_refused_beside_the_verified_key(
+    hardened: Any, fake: FakeProviderThread, header: bytes, chunked: bool
+) -> None:
+    """Was: forwarded beside the one verified credential -- a second key nobody checked,
+    which Azure AI services authenticate as they do ``api-key`` and an API Management
+    front reads its subscription from: a registered key could carry an unregistered
+    (revoked, another tenant's) one, served and charged upstream while the gateway meters
+    the registered one.  Now a 401 like its query form, alone or beside a key, on both
+    request parsers (``chunked``: httptools'); /auth/check agrees; nothing forwarded.  An
+    ordinary header that merely contains the name passes."""
+    gateway, _, _ = hardened
+    azure = b"/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    for credentials in ([b"api-key: " + REGISTERED], [b"Authorization: Bearer " + REGISTERED], []):
+        headers = [*credentials, header + UNREGISTERED]
+        fake.clear()
+        if chunked:
+            head = b"POST " + azure + b" HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            head += b"".join(line + b"\r\n" for line in headers) + b"transfer-encoding: chunked\r\nconnection: close"
+            status, _, answer = raw_request(
+                gateway.port, head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT_BODY), CHAT_BODY), read_all=False)
+        else:
+            status, _, answer = post_chat(gateway, headers, azure)
+        assert status == 401, (headers, answer)
+        assert json.loads(answer)["error"]["code"] in ("invalid_api_key", "missing_api_key"), answer
+        assert OTHER_KEY not in answer.decode()
+        assert provider_calls(fake) == [], headers
+        assert auth_check(gateway, headers) == 401
+    fake.clear()
+    status, _, answer = post_chat(gateway, [b"api-key: " + REGISTERED, b"x-note: " + header + b"v"], azure)
+    assert status == 200, answer
+    assert auth_check(gateway, [b"api-key: " + REGISTERED, b"x-note: " + header + b"v"]) == 200
+
