@@ -108,6 +108,8 @@ DROPPED_REQUEST = HOP_BY_HOP | {
     b"x_method_override",
     b"x_goog_fieldmask",
 }
+
+
 def upstream_host_lines(host_header: str) -> bytes:
     """The upstream head's Host line and ``Accept-Encoding: identity``, built once per target
     (``ModelProvider.host_line``, ``KeyRoute.host_line``; written by every forwarded request's
