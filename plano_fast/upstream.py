@@ -178,6 +178,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = now + first_byte_timeout_s
         self.transport.writelines(data)
 
+    @property
+    def sink(self) -> ResponseSink | None:
+        """Whom this connection's answer goes to (None: no request in flight); read at
+        the gateway's stop only (``app._stop_unanswered``)."""
+        return self._sink
+
     def detach(self) -> None:
         """The exchange gives up on this response (client gone): close, never reuse."""
         self._sink = None
