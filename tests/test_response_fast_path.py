@@ -173,6 +173,20 @@ def test_the_head_limit_is_left_to_httptools() -> None:
     assert parse_response(PROVIDER_RESPONSE, head_len) is not None
 
 
+def test_a_head_of_many_runs() -> None:
+    # The pass records the kept lines as runs (consecutive kept lines; a dropped line ends
+    # one, an account line is one of its own), 24 in place and more on a second pass:
+    # heads on both sides of that, their blocks still response_head's, byte for byte.
+    for pairs in (5, 11, 12, 13, 40):
+        lines = b"".join(b"x-kept-%d: v\r\nDate: d\r\nOpenAI-Organization: org-%d\r\n" % (k, k)
+                         for k in range(pairs))
+        data = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nhi"
+        assert check_against_httptools(data)
+        block = parse_response(data, MAX_HEAD)[1]
+        assert block.count(b"x-kept-") == block.count(b"OpenAI-Organization: org-") == pairs
+        assert b"Date" not in block
+
+
 # -- generated answers, then mutated: the fast path never disagrees with httptools ----
 NAMES = [b"Content-Length", b"content-length", b"Connection", b"Proxy-Connection", b"Transfer-Encoding", b"Upgrade",
          b"Content-Type",

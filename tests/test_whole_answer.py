@@ -83,6 +83,9 @@ CASES: dict[str, tuple[bytes, bool, int]] = {
     "odd-case-and-spacing": (_plain(_completion("odd"), lines=(
         b"Content-Type:application/json \r\nX-Odd-Name:  two  spaces \t\r\nOpenAI-Organization: org-x\r\n"
         b"SET-COOKIE: a=1\r\nx-empty:\r\n")), False, 0),
+    # more runs of kept lines than the pass records in place (_head.pxd: HEAD_RUNS)
+    "many-runs": (_plain(_completion("many runs"), lines=_PROVIDER_LINES + b"".join(
+        b"x-kept-%d: v\r\ndate: d\r\nopenai-project: p-%d\r\n" % (k, k) for k in range(30))), False, 0),
     "large": (_plain(_completion("x" * 200_000)), False, 0),
     "chunked": (_chunked(_completion("chunked")), False, 0),
     "interim": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
@@ -229,6 +232,9 @@ def _check_answers(answers: dict[str, bytes], operator_key: bool) -> None:
     assert (b"openai-organization" in lower) is not operator_key
     assert b"content-length: %d\r\n" % len(body) in lower
     assert b"x-odd-name:  two  spaces \t\r\n" in answers["odd-case-and-spacing"].lower()
+    many = answers["many-runs"].partition(b"\r\n\r\n")[0]
+    assert many.count(b"\r\nx-kept-") == 30 and many.count(b"\r\ndate: ") == 1
+    assert many.count(b"\r\nopenai-project: ") == (0 if operator_key else 31)
     assert json.loads(answers["interim"].partition(b"\r\n\r\n")[2])["choices"][0]["message"]["content"] == (
         "after interim")
     assert answers["bad-request"].startswith(b"HTTP/1.1 400 Bad Request\r\n")
