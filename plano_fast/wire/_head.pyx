@@ -6,15 +6,15 @@ Compiled twin of ``plano_fast/wire/_head_py.py``: the rules, and why this exists
 docstrings; the two are checked against each other in tests/test_header_relay.py.
 """
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
 from plano_fast.wire._bytes cimport (
-    R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_line, account_name, lower, name_is, request_kind,
-    starts, without_account_lines,
+    R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_name, lower, name_is, request_kind, starts,
+    without_account_lines,
 )
 from plano_fast.wire._shared import connection_tokens
 
@@ -87,6 +87,93 @@ cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     if n == 19:
         return DROP if name_is(p, n, b"proxy-authorization", 19) else KEEP
     return KEEP
+
+
+# -- names of tchars compared a word at a time (the fast path's names: skip_name checked them)
+
+cdef inline uint64_t load8(const unsigned char *p) noexcept nogil:
+    cdef uint64_t x
+    memcpy(&x, p, 8)
+    return x
+
+
+cdef inline uint32_t load4(const unsigned char *p) noexcept nogil:
+    cdef uint32_t x
+    memcpy(&x, p, 4)
+    return x
+
+
+cdef inline bint tchar_name_is(const unsigned char *p, const char *name, Py_ssize_t n) noexcept nogil:
+    """The n tchars at p equal the lowercase ``name`` (n bytes, at least 2) in any case.
+    OR 0x20 on both sides, eight (or four) bytes at a time, overlapping at the end: it
+    maps A-Z to a-z, and among tchars nothing else onto a letter, '-', '_' or a digit (the
+    bytes the names hold), so it is ``name_is`` for tchar names, at ~1/4 of the
+    instructions (``name_is``' byte loop with ``lower`` was ~0.8k a provider's head)."""
+    cdef const unsigned char *t = <const unsigned char *>name
+    cdef Py_ssize_t i = 0
+    if n >= 8:
+        while i + 8 < n:
+            if (load8(p + i) | 0x2020202020202020ULL) != (load8(t + i) | 0x2020202020202020ULL):
+                return False
+            i += 8
+        return (load8(p + n - 8) | 0x2020202020202020ULL) == (load8(t + n - 8) | 0x2020202020202020ULL)
+    if n >= 4:
+        return ((load4(p) | 0x20202020U) == (load4(t) | 0x20202020U)
+                and (load4(p + n - 4) | 0x20202020U) == (load4(t + n - 4) | 0x20202020U))
+    for i in range(n):
+        if (p[i] | 0x20) != (t[i] | 0x20):
+            return False
+    return True
+
+
+cdef int classify_tchar(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """``classify`` for a name of tchars (the fast path's), with ``tchar_name_is``; the
+    names are classify's, length for length."""
+    if n == 2:
+        return DROP if tchar_name_is(p, b"te", 2) else KEEP
+    if n == 4:
+        return DROP if tchar_name_is(p, b"date", 4) else KEEP
+    if n == 6:
+        return DROP if tchar_name_is(p, b"server", 6) else KEEP
+    if n == 7:
+        return DROP if tchar_name_is(p, b"trailer", 7) or tchar_name_is(p, b"upgrade", 7) else KEEP
+    if n == 10:
+        return DROP if tchar_name_is(p, b"connection", 10) or tchar_name_is(p, b"keep-alive", 10) else KEEP
+    if n == 14:
+        return CONTENT_LENGTH if tchar_name_is(p, b"content-length", 14) else KEEP
+    if n == 16:
+        return DROP if tchar_name_is(p, b"proxy-connection", 16) else KEEP
+    if n == 17:
+        return TRANSFER_ENCODING if tchar_name_is(p, b"transfer-encoding", 17) else KEEP
+    if n == 18:
+        return DROP if (tchar_name_is(p, b"proxy-authenticate", 18)
+                        or tchar_name_is(p, b"x-plano-request-id", 18)) else KEEP
+    if n == 23:
+        return DROP if tchar_name_is(p, b"x-plano-requested-model", 23) else KEEP
+    if n == 25:
+        return DROP if tchar_name_is(p, b"x-plano-guardrail-warning", 25) else KEEP
+    if n == 29:
+        return DROP if tchar_name_is(p, b"x-model-router-selected-route", 29) else KEEP
+    if n == 19:
+        return DROP if tchar_name_is(p, b"proxy-authorization", 19) else KEEP
+    return KEEP
+
+
+cdef inline bint tchar_account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """``_bytes.account_line`` of a line whose name, p[:n], is of tchars (the line's first
+    colon is right after it): the same names, compared with ``tchar_name_is``."""
+    if n == 11:
+        return tchar_name_is(p, b"x-ms-region", 11)
+    if n == 14:
+        return tchar_name_is(p, b"openai-project", 14) or tchar_name_is(p, b"openai_project", 14)
+    if n == 19:
+        return (tchar_name_is(p, b"openai-organization", 19) or tchar_name_is(p, b"openai_organization", 19)
+                or tchar_name_is(p, b"x-goog-user-project", 19) or tchar_name_is(p, b"x_goog_user_project", 19))
+    if n == 25:
+        return (tchar_name_is(p, b"anthropic-organization-id", 25)
+                or tchar_name_is(p, b"ocp-apim-subscription-key", 25)
+                or tchar_name_is(p, b"ocp_apim_subscription_key", 25))
+    return False
 
 
 cdef inline Py_ssize_t find_lf(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -402,9 +489,9 @@ cdef int scan_response(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_head
             return 0
         stop = i
         i += 2
-        kind = classify(s + a, colon - a)
+        kind = classify_tchar(s + a, colon - a)
         if kind == KEEP:  # the line as it arrived (with its CRLF), in the open run
-            if account_line(s + a, stop - a):  # a run of its own
+            if tchar_account_name(s + a, colon - a):  # a run of its own
                 if run >= 0 and not add_run(scan, capacity, run, a, 0):
                     return -1
                 run = -1
@@ -426,11 +513,11 @@ cdef int scan_response(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_head
         elif kind == TRANSFER_ENCODING:
             return 0
         else:  # DROP
-            if colon - a == 7 and name_is(s + a, 7, b"upgrade", 7):
+            if colon - a == 7 and tchar_name_is(s + a, b"upgrade", 7):
                 return 0
-            if colon - a == 16 and name_is(s + a, 16, b"proxy-connection", 16):
+            if colon - a == 16 and tchar_name_is(s + a, b"proxy-connection", 16):
                 return 0  # llhttp reads it as Connection: left to it
-            if colon - a == 10 and name_is(s + a, 10, b"connection", 10):
+            if colon - a == 10 and tchar_name_is(s + a, b"connection", 10):
                 if seen_connection:
                     return 0
                 seen_connection = True
