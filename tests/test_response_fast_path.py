@@ -282,3 +282,23 @@ def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
             assert accepted is allowed, (where, offset, byte)
             if allowed:
                 assert line in parse_response(data, MAX_HEAD)[1]  # type: ignore[index]
+
+
+def test_every_byte_at_every_offset_of_a_short_value_after_a_colon_anywhere_in_a_block() -> None:
+    """``pf_header_line`` (plano_fast/wire/_head_simd.h) takes a value's end from the block
+    its name's colon is in: names of 1 to 16 bytes put that colon at each of a block's
+    sixteen places, and each byte value at each offset of the 12-byte value after it (in
+    that block, or across its end into the next) is accepted exactly when the grammar
+    allows it, and whatever is accepted is what httptools reads."""
+    for name_len in range(1, 17):
+        for offset in range(12):
+            for byte in range(256):
+                value = bytearray(b"v" * 12)
+                value[offset] = byte
+                line = b"n" * name_len + b":" + bytes(value) + b"\r\n"
+                allowed = byte == 9 or (byte >= 32 and byte != 127)  # (OWS at either end: kept as it came)
+                data = b"HTTP/1.1 200 OK\r\n" + line + b"content-length: 2\r\n\r\nok"
+                accepted = check_against_httptools(data) if allowed else parse_response(data, MAX_HEAD) is not None
+                assert accepted is allowed, (name_len, offset, byte)
+                if allowed:
+                    assert line in parse_response(data, MAX_HEAD)[1]  # type: ignore[index]

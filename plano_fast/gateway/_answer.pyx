@@ -57,6 +57,7 @@ from plano_fast.http_server import (
     DATE_HEADER,
     SERVER_HEADER,
     Responder,
+    ServerLimits,
     ServerProtocol,
     _DateHeader,
     status_line,
@@ -116,6 +117,8 @@ cdef Py_ssize_t P_ON_TIMEOUT = slot_offset(ServerProtocol, "_on_timeout")
 cdef Py_ssize_t P_LOOP = slot_offset(ServerProtocol, "loop")
 cdef Py_ssize_t P_LIMITS = slot_offset(ServerProtocol, "_limits")
 
+cdef Py_ssize_t S_KEEPALIVE = slot_offset(ServerLimits, "keepalive_timeout_s")
+
 cdef Py_ssize_t U_POOL = slot_offset(UpstreamConnection, "_pool")
 cdef Py_ssize_t U_ORIGIN = slot_offset(UpstreamConnection, "origin")
 cdef Py_ssize_t U_PARSER = slot_offset(UpstreamConnection, "_parser")
@@ -141,6 +144,7 @@ cdef Py_ssize_t D_VALUE = slot_offset(_DateHeader, "value")
 cdef type _Exchange = Exchange
 cdef type _Responder = Responder
 cdef type _Protocol = ServerProtocol
+cdef type _Limits = ServerLimits
 cdef type _Pool = _upstream.UpstreamPool
 cdef type _Connection = UpstreamConnection
 cdef Py_ssize_t _MAX_HEAD = _upstream.MAX_RESPONSE_HEAD_BYTES
@@ -312,8 +316,10 @@ cdef void _end(object responder, object loop, object now) except *:
     # the usual keep-alive wait (exchange_done's last branch)
     put_slot(proto, P_ACTIVE, None)
     proto_loop = _get(proto, P_LOOP, "loop")
+    limits = _get(proto, P_LIMITS, "_limits")
     put_slot(proto, P_DEADLINE, (now if proto_loop is loop else proto_loop.time())
-             + _get(proto, P_LIMITS, "_limits").keepalive_timeout_s)
+             + (_get(limits, S_KEEPALIVE, "keepalive_timeout_s") if type(limits) is _Limits
+                else limits.keepalive_timeout_s))
     put_slot(proto, P_ON_TIMEOUT, _IDLE_TIMEOUT)
 
 
@@ -622,7 +628,9 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
                     n = content_length
                 else:
                     try:
-                        body = scanner.feed(data[head_len:])
+                        # (data[head_len:] without the slice object and its generic dispatch)
+                        body = scanner.feed(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + head_len,
+                                                                      content_length))
                     except BaseException:
                         out.append(_answer(&h, scan, data, None, 0, 0))  # (sent before the body was read)
                         raise
