@@ -285,11 +285,11 @@ def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
 
 
 def test_every_byte_at_every_offset_of_a_short_value_after_a_colon_anywhere_in_a_block() -> None:
-    """``pf_header_line`` (plano_fast/wire/_head_simd.h) takes a value's end from the block
-    its name's colon is in: names of 1 to 16 bytes put that colon at each of a block's
-    sixteen places, and each byte value at each offset of the 12-byte value after it (in
-    that block, or across its end into the next) is accepted exactly when the grammar
-    allows it, and whatever is accepted is what httptools reads."""
+    """Where a name's sixteen-byte scan (``pf_name_run``) stops, a value's begins
+    (``pf_value_run``, then the word and byte loops): names of 1 to 16 bytes put the colon
+    at each of a block's sixteen places, and each byte value at each offset of the 12-byte
+    value after it (in that block, or across its end into the next) is accepted exactly
+    when the grammar allows it, and whatever is accepted is what httptools reads."""
     for name_len in range(1, 17):
         for offset in range(12):
             for byte in range(256):

@@ -18,10 +18,6 @@ from plano_fast.wire._bytes cimport (
 )
 from plano_fast.wire._shared import connection_tokens
 
-cdef extern from "_head_simd.h":
-    const unsigned char *pf_header_line(const unsigned char *p, const unsigned char *end,
-                                        const unsigned char **value_stop) noexcept nogil
-
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
 
 
@@ -454,7 +450,6 @@ cdef int scan_response(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_head
     answers it takes, -1 more runs than ``capacity`` (``scan.runs``' room)."""
     cdef Py_ssize_t limit = n if n <= max_head_bytes else max_head_bytes
     cdef Py_ssize_t i, a, colon, stop, run = -1  # run: where the open run starts (-1: none)
-    cdef const unsigned char *value_stop
     cdef int status, kind
     cdef int64_t content_length = -1
     cdef bint keep_alive = True, seen_connection = False
@@ -485,20 +480,11 @@ cdef int scan_response(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_head
             i += 2
             break
         a = i
-        # skip_name, and skip_value from the block the name ended in when it ended at a
-        # colon found sixteen bytes at a time (_head_simd.h)
-        i = pf_header_line(s + i, s + limit, &value_stop) - s
-        if value_stop != NULL:
-            if i == a:
-                return 0  # no name
-            colon = i
-            i = value_end_from(s, value_stop - s, limit)
-        else:
-            i = skip_tchar(s, i)
-            if i == a or i >= limit or s[i] != 58:
-                return 0  # obs-fold, whitespace before the colon, a bad name byte
-            colon = i
-            i = skip_value(s, i + 1, limit)
+        i = skip_name(s, i, limit)
+        if i == a or i >= limit or s[i] != 58:
+            return 0  # obs-fold, whitespace before the colon, a bad name byte
+        colon = i
+        i = skip_value(s, i + 1, limit)
         if i + 1 >= limit or s[i] != 13 or s[i + 1] != 10:
             return 0
         stop = i

@@ -57,14 +57,9 @@ cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize
     bytes at a time with SSE2 (``pf_value_run``), then eight while none is a control byte
     (< 0x20, or DEL): the per-byte table loop cost ~5 instructions a byte, and a head is
     mostly values."""
-    return value_end_from(s, pf_value_run(s + i, s + n) - s, n)
-
-
-cdef inline Py_ssize_t value_end_from(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """``skip_value``'s answer from where ``pf_value_run`` stopped, ``i`` (the bytes before
-    it are value bytes)."""
     cdef uint64_t x, y
     cdef Py_ssize_t e
+    i = pf_value_run(s + i, s + n) - s
     if i < n and not VALUE[s[i]]:
         return i  # pf_value_run stopped on it (a line's CR, usually): no word loop to find it again
     while True:
