@@ -404,6 +404,11 @@ def take_whole_answer_py(
 class UpstreamPool:
     """Keep-alive connections per origin (scheme, host, port, egress address)."""
 
+    # Slots for what the compiled read path (plano_fast/gateway/_answer.pyx) reads on every
+    # answer, in place (a dict attribute from C is a generic lookup: ~250 instructions
+    # each, four per answer); a __dict__ for the rest (a harness may replace ``connect``).
+    __slots__ = ("loop", "closed", "_idle", "max_idle_per_origin", "__dict__")
+
     def __init__(
         self,
         *,
