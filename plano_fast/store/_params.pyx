@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The SQLite writer's parameters of a chunk of usage rows, compiled: the twin of
 ``plano_fast.store._params_py`` (whose docstring is the specification), chosen in
-``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``add_day_sums`` and
-``normalize_usage``.
+``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``insert_params``,
+``add_day_sums`` and ``normalize_usage``.
 
 Why: the twin reads 31 attributes a row (~5.4k instructions a row, callgrind,
 benchmarks/bench_billing_stages.py ``params``, issue 27).  Here a ``UsageRow`` (exactly
