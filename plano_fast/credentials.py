@@ -129,7 +129,9 @@ def read_client_headers(
         if count > 1:
             raise _ambiguous(count)
         assert name is not None and value is not None
-        credential = _header_credential(name, value)
+        # (the usual Bearer value without the call into _header_credential: a frame fewer)
+        if name != b"authorization" or (credential := plain_bearer(value)) is None:
+            credential = _header_credential(name, value)
     return new_client_headers(block, operator_block, seen_version, request_id, credential, query)
 
 

@@ -270,3 +270,26 @@ def test_the_authorization_header_takes_the_chosen_plain_bearer() -> None:
         assert credentials.plain_bearer is _compiled_credentials.plain_bearer
     else:
         assert credentials.plain_bearer is credentials._plain_bearer
+
+
+@pytest.mark.parametrize("name", [b"authorization", b"x-api-key", b"api_key", b"x-goog-api-key"])
+@pytest.mark.parametrize("value", VALUES)
+def test_read_client_headers_takes_the_header_rules(name: bytes, value: bytes) -> None:
+    """``read_client_headers`` (its Authorization short cut included) gives the credential,
+    or the refusal, ``_header_credential`` gives for the one credential header."""
+    try:
+        expected: tuple[bytes, bytes] | str = _credential_pair(_header_credential(name, value))
+    except Unauthorized as exc:
+        expected = str(exc)
+    forward = (b"accept: */*\r\n", False, None, 1, name, value, b"accept: */*\r\n")
+    try:
+        client = credentials.read_client_headers([], b"", forward)
+        assert client.credential is not None
+        got: tuple[bytes, bytes] | str = _credential_pair(client.credential)
+    except Unauthorized as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def _credential_pair(credential: Credential) -> tuple[bytes, bytes]:
+    return credential.secret, credential.line
