@@ -293,3 +293,26 @@ def test_read_client_headers_takes_the_header_rules(name: bytes, value: bytes) -
 
 def _credential_pair(credential: Credential) -> tuple[bytes, bytes]:
     return credential.secret, credential.line
+
+
+def test_the_compiled_key_hash_reads_the_twins_memo() -> None:
+    """``phases.key_hash`` is the compiled reader of ``_key_hash``'s memo where built: the
+    digest is SHA-256 either way, a hit is the entry's, an entry whose salted check does not
+    match (another key with the same first hash) is never taken, long keys included."""
+    import hashlib
+
+    from plano_fast.gateway import phases
+
+    if _compiled_credentials is not None and os.environ.get("PLANO_FAST_PURE_SCANNER") != "1":
+        assert phases.key_hash is _compiled_credentials.key_hash
+    else:
+        assert phases.key_hash is phases._key_hash
+    keys = [b"sk-twin-%d" % i for i in range(50)] + [b"sk-long-" + b"k" * 600, b"", b"\x00\xff"]
+    for key in keys + keys:  # misses, then hits
+        assert phases.key_hash(key) == phases._key_hash(key) == hashlib.sha256(key).hexdigest()
+    key = b"sk-forged"
+    phases.key_hash(key)
+    check, digest = phases._KEY_HASHES[hash(key)]
+    phases._KEY_HASHES[hash(key)] = (check ^ 1, "0" * 64)  # a look-alike entry: not this key's
+    assert phases.key_hash(key) == hashlib.sha256(key).hexdigest()
+    assert phases._KEY_HASHES[hash(key)] == (check, digest)  # (rewritten by the twin)
