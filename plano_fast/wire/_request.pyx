@@ -63,6 +63,15 @@ cdef void _init_lower():
 _init_lower()
 
 
+cdef inline void lower8(unsigned char *w, const unsigned char *p) noexcept nogil:
+    """w[:8] = p[:8] (tchars) in lowercase (see ``lower_name``)."""
+    cdef uint64_t x, upper
+    memcpy(&x, p, 8)
+    upper = ((x + 0x3F3F3F3F3F3F3F3FULL) ^ (x + 0x2525252525252525ULL)) & 0x8080808080808080ULL
+    x |= upper >> 2
+    memcpy(w, &x, 8)
+
+
 cdef inline void lower_name(unsigned char *w, const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """w[:n] = p[:n] in lowercase, p[:n] tchars (ASCII).  Eight bytes at a time: a byte
     below 0x80 plus 0x3F has its high bit set from 'A' on, plus 0x25 from past 'Z' on, so
@@ -70,16 +79,16 @@ cdef inline void lower_name(unsigned char *w, const unsigned char *p, Py_ssize_t
     byte: every byte is below 0x80).  A byte at a time, the branchy ``lower`` was ~2.4k
     instructions of a 17-header request."""
     cdef Py_ssize_t k = 0
-    cdef uint64_t x, upper
-    while k + 8 <= n:
-        memcpy(&x, p + k, 8)
-        upper = ((x + 0x3F3F3F3F3F3F3F3FULL) ^ (x + 0x2525252525252525ULL)) & 0x8080808080808080ULL
-        x |= upper >> 2
-        memcpy(w + k, &x, 8)
+    if n < 8:
+        while k < n:
+            w[k] = LOWER[p[k]]
+            k += 1
+        return
+    while k + 8 < n:
+        lower8(w + k, p + k)
         k += 8
-    while k < n:
-        w[k] = LOWER[p[k]]
-        k += 1
+    lower8(w + n - 8, p + n - 8)  # the last eight, overlapping what is done: no byte loop
+
 
 # The methods taken here (others go to httptools), with the space after each.
 cdef const char *METHOD_WORDS[7]
