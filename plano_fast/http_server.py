@@ -56,9 +56,9 @@ import asyncio
 import collections
 import os
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
