@@ -262,6 +262,7 @@ def test_has_header(mod: Any) -> None:
     assert not mod.has_header(headers[:1] + headers[2:], b"traceparent")
     assert not mod.has_header([(b"traceparentx", b""), (b"traceparen", b"")], b"traceparent")
     assert not mod.has_header([], b"traceparent")
+    assert mod.has_header(tuple(headers), b"traceparent") and not mod.has_header((), b"traceparent")
 
 
 @pytest.mark.parametrize("mod", MODULES, ids=IDS)

@@ -510,7 +510,10 @@ def has_header(headers, bytes name):
     cdef const char *want = PyBytes_AS_STRING(name)
     cdef object key
     if type(headers) is not list:
-        return headers.has(name)
+        has = getattr(headers, "has", None)
+        if has is not None:
+            return has(name)
+        headers = list(headers)  # (any other sequence of pairs, as the twin takes)
     for i in range(PyList_GET_SIZE(headers)):
         key = (<tuple?><object>PyList_GET_ITEM(headers, i))[0]  # (name, value) pairs
         if type(key) is bytes:
