@@ -9,6 +9,9 @@ allocated and its slots written in place (``plano_fast/_slots.pxd``): the same i
 ``__init__`` makes (tests/test_record_twins.py compares them slot by slot).
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcmp, memcpy
+
 from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.credentials import ClientHeaders, Credential
@@ -49,3 +52,74 @@ def new_credential(secret, line):
     put_slot(credential, K0, secret)
     put_slot(credential, K1, line)
     return credential
+
+
+def plain_bearer(bytes value not None):
+    """``credentials._plain_bearer(value)``: the credential of ``Bearer <token>`` (one
+    space, a token of printable ASCII without spaces), else None.
+
+    Why: the twin's ``bytes.translate`` builds a 256-byte table on every call (~1.7k
+    instructions of the ~2.3k the usual Authorization header cost); here the token is
+    checked in the loop that finds its end, and the line written in place."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
+    cdef unsigned char *w
+    if n <= 7 or memcmp(s, b"Bearer ", 7) != 0:
+        return None
+    for i in range(7, n):
+        if s[i] < 0x21 or s[i] > 0x7E:
+            return None
+    token = PyBytes_FromStringAndSize(<const char *>s + 7, n - 7)
+    line = PyBytes_FromStringAndSize(NULL, 15 + n + 2)
+    w = <unsigned char *>PyBytes_AS_STRING(line)
+    memcpy(w, b"authorization: ", 15)
+    memcpy(w + 15, s, n)
+    w[15 + n] = 13
+    w[16 + n] = 10
+    credential = new_instance(_Credential)
+    put_slot(credential, K0, token)
+    put_slot(credential, K1, line)
+    return credential
+
+
+# -- key_hash (twin: plano_fast.gateway.phases._key_hash, whose memo this reads) ------------
+
+cdef extern from "Python.h":
+    Py_hash_t _Py_HashBytes(const void *src, Py_ssize_t len)
+
+cdef dict _memo = None
+cdef bytes _salt = b""
+cdef object _slow = None
+
+
+def install_key_hash(dict memo not None, bytes salt not None, slow not None):
+    """Read ``memo`` (``phases._KEY_HASHES``) with ``salt`` (``phases._KEY_SALT``); a key
+    not found there goes to ``slow`` (``phases._key_hash``: SHA-256, and the memo's entry)."""
+    global _memo, _salt, _slow
+    _memo, _salt, _slow = memo, salt, slow
+
+
+def key_hash(bytes key not None):
+    """``phases._key_hash(key)``: the memo's digest when its entry is the key's (both keyed
+    SipHashes agree), else ``_slow(key)``.
+
+    Why: every identified request asks, and the twin's frame and ``key + salt`` (a bytes
+    object to hash) were ~1k instructions; the salted hash is taken here over a stack copy
+    (``_Py_HashBytes``: what ``hash()`` of that concatenation computes)."""
+    cdef unsigned char joined[512]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(key), m = PyBytes_GET_SIZE(_salt)
+    cdef Py_hash_t check
+    if _memo is None:
+        raise RuntimeError("install_key_hash was not called")
+    entry = _memo.get(hash(key))
+    if entry is None:
+        return _slow(key)
+    if n + m <= 512:
+        memcpy(joined, PyBytes_AS_STRING(key), n)
+        memcpy(joined + n, PyBytes_AS_STRING(_salt), m)
+        check = _Py_HashBytes(joined, n + m)
+    else:
+        check = hash(key + _salt)
+    if type(entry) is tuple and len(<tuple>entry) == 2 and (<tuple>entry)[0] == check:
+        return (<tuple>entry)[1]
+    return _slow(key)

@@ -56,6 +56,7 @@ import asyncio
 import collections
 import os
 import time
+from collections.abc import Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -145,7 +146,11 @@ _IDENTIFY_AFTER_BYTES = 64 * 1024
 
 
 class Request:
-    """One parsed request, complete with its body.  Header names are lowercased."""
+    """One parsed request, complete with its body.  Header names are lowercased.
+
+    ``headers``: a list where httptools parsed the request; where the fast path did, a
+    ``wire._request.RequestHeaders`` -- the same pairs as a read-only sequence, made on
+    first use (the hot path reads ``forward`` instead).  Read it as a sequence."""
 
     __slots__ = (
         "method", "target", "path", "query", "headers", "body", "keep_alive", "forward", "http11"
@@ -155,7 +160,7 @@ class Request:
         self,
         method: bytes,
         target: bytes,
-        headers: list[Header],
+        headers: Sequence[Header],
         body: bytes,
         keep_alive: bool,
         forward: ForwardHeaders | None = None,

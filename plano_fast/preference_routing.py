@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -706,7 +706,7 @@ class PreferenceRouter:
         # up there (asynchronously) by decide_request.
         return None if session is None else self._pinned(session)
 
-    def session_key(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+    def session_key(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
         header when configured), or None."""
         session = tenant = None

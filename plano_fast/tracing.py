@@ -122,14 +122,14 @@ class Tracing:
             upstream_head if compiled is None else compiled.upstream_head
         )
 
-    def may_sample(self, headers: list[tuple[bytes, bytes]]) -> bool:
+    def may_sample(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         """Whether ``sample`` could say yes: only a random draw (``random_sampling`` above
         0) or a client's ``traceparent`` can sample.  Without either nothing more is done:
         at ``random_sampling: 0`` one C scan of the header names
         (benchmarks/results/observability-cost-20261205.md)."""
         return self.rate > 0 or has_header(headers, b"traceparent")
 
-    def sample(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
+    def sample(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int] | bool:
         """False: not sampled; True: sampled, no parent; (trace id, parent span id):
         sampled under the client's trace.  (The headers are looked at in Python only when
         a C scan found a ``traceparent``.)"""

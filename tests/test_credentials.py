@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plano_fast import credentials
 from plano_fast.credentials import Credential, _bearer_credential, _header_credential, split_query_key
 from plano_fast.errors import ClientError, Unauthorized
 
@@ -218,3 +221,98 @@ def test_split_query_key_answers_as_the_walk(query: bytes) -> None:
     except (ClientError, Unauthorized) as exc:
         got = type(exc)
     assert got == want, query
+
+
+try:
+    from plano_fast import _new_credentials as _compiled_credentials
+except ImportError:  # the extension is not built: plain_bearer is the twin
+    _compiled_credentials = None  # type: ignore[assignment]
+
+PLAIN_BEARERS = [credentials._plain_bearer] + (
+    [_compiled_credentials.plain_bearer] if _compiled_credentials is not None else []
+)
+
+
+def _plain_bearer_answers(value: bytes) -> list[tuple[bytes, bytes] | None]:
+    answers: list[tuple[bytes, bytes] | None] = []
+    for plain in PLAIN_BEARERS:
+        got = plain(value)
+        if got is not None:
+            assert type(got) is Credential and type(got.secret) is bytes and type(got.line) is bytes
+        answers.append(None if got is None else (got.secret, got.line))
+    return answers
+
+
+@pytest.mark.parametrize("value", VALUES + [b"Bearer sk-" + bytes([c]) + b"x" for c in range(256)])
+def test_the_plain_bearer_twins_agree(value: bytes) -> None:
+    """The compiled ``plain_bearer`` (``_new_credentials.pyx``) answers as its twin: the
+    usual ``Bearer <printable token>`` only, every other value left to the general rules."""
+    answers = _plain_bearer_answers(value)
+    assert all(a == answers[0] for a in answers)
+    token = value[7:]
+    plain = value[:7] == b"Bearer " and bool(token) and all(0x21 <= c <= 0x7E for c in token)
+    assert (answers[0] is not None) is plain
+    if plain:
+        assert answers[0] == (token, b"authorization: " + value + b"\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.binary(max_size=24), st.binary(max_size=24).map(lambda b: b"Bearer " + b)))
+def test_the_plain_bearer_twins_agree_on_generated_values(value: bytes) -> None:
+    answers = _plain_bearer_answers(value)
+    assert all(a == answers[0] for a in answers)
+
+
+def test_the_authorization_header_takes_the_chosen_plain_bearer() -> None:
+    if os.environ.get("PLANO_FAST_REQUIRE_EXTENSION") == "1":
+        assert _compiled_credentials is not None
+    if _compiled_credentials is not None and os.environ.get("PLANO_FAST_PURE_SCANNER") != "1":
+        assert credentials.plain_bearer is _compiled_credentials.plain_bearer
+    else:
+        assert credentials.plain_bearer is credentials._plain_bearer
+
+
+@pytest.mark.parametrize("name", [b"authorization", b"x-api-key", b"api_key", b"x-goog-api-key"])
+@pytest.mark.parametrize("value", VALUES)
+def test_read_client_headers_takes_the_header_rules(name: bytes, value: bytes) -> None:
+    """``read_client_headers`` (its Authorization short cut included) gives the credential,
+    or the refusal, ``_header_credential`` gives for the one credential header."""
+    try:
+        expected: tuple[bytes, bytes] | str = _credential_pair(_header_credential(name, value))
+    except Unauthorized as exc:
+        expected = str(exc)
+    forward = (b"accept: */*\r\n", False, None, 1, name, value, b"accept: */*\r\n")
+    try:
+        client = credentials.read_client_headers([], b"", forward)
+        assert client.credential is not None
+        got: tuple[bytes, bytes] | str = _credential_pair(client.credential)
+    except Unauthorized as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def _credential_pair(credential: Credential) -> tuple[bytes, bytes]:
+    return credential.secret, credential.line
+
+
+def test_the_compiled_key_hash_reads_the_twins_memo() -> None:
+    """``phases.key_hash`` is the compiled reader of ``_key_hash``'s memo where built: the
+    digest is SHA-256 either way, a hit is the entry's, an entry whose salted check does not
+    match (another key with the same first hash) is never taken, long keys included."""
+    import hashlib
+
+    from plano_fast.gateway import phases
+
+    if _compiled_credentials is not None and os.environ.get("PLANO_FAST_PURE_SCANNER") != "1":
+        assert phases.key_hash is _compiled_credentials.key_hash
+    else:
+        assert phases.key_hash is phases._key_hash
+    keys = [b"sk-twin-%d" % i for i in range(50)] + [b"sk-long-" + b"k" * 600, b"", b"\x00\xff"]
+    for key in keys + keys:  # misses, then hits
+        assert phases.key_hash(key) == phases._key_hash(key) == hashlib.sha256(key).hexdigest()
+    key = b"sk-forged"
+    phases.key_hash(key)
+    check, digest = phases._KEY_HASHES[hash(key)]
+    phases._KEY_HASHES[hash(key)] = (check ^ 1, "0" * 64)  # a look-alike entry: not this key's
+    assert phases.key_hash(key) == hashlib.sha256(key).hexdigest()
+    assert phases._KEY_HASHES[hash(key)] == (check, digest)  # (rewritten by the twin)

@@ -262,6 +262,21 @@ def test_has_header(mod: Any) -> None:
     assert not mod.has_header(headers[:1] + headers[2:], b"traceparent")
     assert not mod.has_header([(b"traceparentx", b""), (b"traceparen", b"")], b"traceparent")
     assert not mod.has_header([], b"traceparent")
+    assert mod.has_header(tuple(headers), b"traceparent") and not mod.has_header((), b"traceparent")
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=IDS)
+def test_has_header_of_a_fast_path_request(mod: Any) -> None:
+    """A request the fast path parsed hands over ``RequestHeaders`` (its pairs made on
+    first use): asked as the list of its pairs would be."""
+    _request = pytest.importorskip("plano_fast.wire._request", reason="the Cython extension is not built")
+    for lines in (b"Host: x\r\nTraceParent: 00-a\r\n", b"Host: x\r\nTraceparentx: 0\r\nTraceparen: 0\r\n",
+                  b"traceparent:0\r\nHost: x\r\n", b"Host: x\r\n"):
+        parsed = _request.parse_request(b"GET / HTTP/1.1\r\n" + lines + b"\r\n", 0, 4096, 4096)
+        assert parsed is not None
+        for name in (b"traceparent", b"host", b"traceparen"):
+            assert mod.has_header(parsed[2], name) is mod.has_header(list(parsed[2]), name)
+        assert mod.has_header(parsed[2], b"traceparent") is (b"parent:" in lines.lower())
 
 
 def test_a_bad_record_costs_its_own_line_only(tmp_path: Any) -> None:

@@ -72,6 +72,13 @@ class Recorder:
         self._cur.keep_alive = self.parser.should_keep_alive()
         self.messages.append(self._cur)
 
+    @staticmethod
+    def heads(message: bytes) -> list[tuple[bytes, bytes]]:
+        """httptools' headers of the one message ``message`` holds (names as sent)."""
+        rec = Recorder()
+        rec.parser.feed_data(message)
+        return [(name, value) for name, value in rec.messages[0].headers]
+
 
 def check_against_httptools(data: bytes, start: int = 0) -> bool:
     """Assert the fast path's answer for ``data[start:]`` is httptools'; True if it accepted."""
@@ -81,8 +88,16 @@ def check_against_httptools(data: bytes, start: int = 0) -> bool:
     method, target, headers, body, keep_alive, end, forward = parsed
     assert start < end <= len(data)
     assert b"#" not in target  # (dispatch checks a fragment only where httptools parsed the request)
+    # the headers' own answers, before their pairs are made (what a fast-path request is
+    # asked without them: its length, tracing's has)
+    names = {name.lower() for name, _ in Recorder.heads(data[start:end])}
+    assert len(headers) == len(Recorder.heads(data[start:end]))
+    for name in names | {b"traceparent", b"host", b"hos", b"hostx", b"x-request-i"}:
+        assert headers.has(name) is (name in names), name
+    pairs = list(headers)
+    assert headers == pairs and pairs == list(headers) and len(pairs) == len(headers)
     # the upstream block built in the same pass is what both relay twins build from headers
-    assert forward == _head.forward_request_headers(headers) == _head_py.forward_request_headers(headers)
+    assert forward == _head.forward_request_headers(pairs) == _head_py.forward_request_headers(pairs)
     assert forward[6] == _head_py.without_account_headers(forward[0])  # (the operator's block)
     rec = Recorder()
     rec.parser.feed_data(data[start:end])  # raises if httptools refuses what we accepted
@@ -276,7 +291,8 @@ def test_generated_requests_are_often_accepted() -> None:
 def test_header_pairs_leave_the_cyclic_gc() -> None:
     """Each (name, value) pair holds two bytes objects, so it can be in no cycle: the fast
     path builds it untracked (an in-flight request's pairs were a third of what each young
-    collection scanned at saturation).  The list that holds them stays tracked."""
+    collection scanned at saturation).  The headers object holds bytes and that list of
+    pairs, which it never hands out: it cannot be in a cycle either (``no_gc``)."""
     import gc
 
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -286,7 +302,36 @@ def test_header_pairs_leave_the_cyclic_gc() -> None:
     headers = parsed[2]
     assert headers == [(b"host", b"x"), (b"content-type", b"application/json"),
                        (b"authorization", b"Bearer k"), (b"content-length", b"2")]  # fmt: skip
-    assert not any(gc.is_tracked(pair) for pair in headers) and gc.is_tracked(headers)
+    assert not any(gc.is_tracked(pair) for pair in headers) and not gc.is_tracked(headers)
+
+
+def test_the_headers_are_a_read_only_sequence_of_the_pairs() -> None:
+    """``RequestHeaders``: what the request path's readers do with a list of pairs
+    (iterate, index, slice, ``in``, ``len``, compare) gives what the list gives, before and
+    after the pairs are made; names lowercased, values as sent (inner whitespace kept)."""
+    request = (b"GET /x HTTP/1.1\r\nHost: x\r\nX-A:\t a \t b\r\nTraceParent: 00-ab\r\nx-a: \xc3\xa9\r\n\r\n")
+    want = [(b"host", b"x"), (b"x-a", b"a \t b"), (b"traceparent", b"00-ab"), (b"x-a", b"\xc3\xa9")]
+    for first in ("len", "has", "index", "in", "iter", "eq"):
+        parsed = parse_request(request, 0, MAX_HEAD, MAX_BODY)
+        assert parsed is not None
+        headers = parsed[2]
+        if first == "len":
+            assert len(headers) == 4
+        elif first == "has":
+            assert headers.has(b"traceparent") and not headers.has(b"TraceParent") and not headers.has(b"x")
+        elif first == "index":
+            assert headers[1] == (b"x-a", b"a \t b") and headers[-1] == want[-1] and headers[1:3] == want[1:3]
+        elif first == "in":
+            assert (b"traceparent", b"00-ab") in headers and (b"TraceParent", b"00-ab") not in headers
+        elif first == "iter":
+            assert [pair for pair in headers] == want
+        assert headers == want and not headers != want and headers != want[:-1] and headers != tuple(want)
+        assert list(headers) == want and len(headers) == 4 and headers == parse_request(request, 0, MAX_HEAD, MAX_BODY)[2]
+        assert repr(headers) == f"RequestHeaders({want!r})"
+        with pytest.raises(IndexError):
+            headers[4]
+        with pytest.raises(TypeError):
+            hash(headers)
 
 
 _TCHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
@@ -81,7 +82,7 @@ def refuse_fragment(target: bytes) -> None:
         raise ClientError("the request target must not contain '#'")
 
 
-def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+def trace_id_of(headers: Sequence[tuple[bytes, bytes]]) -> str:
     """The trace id of the client's W3C traceparent, else a new one."""
     for name, value in headers:
         if name == b"traceparent":

@@ -35,7 +35,7 @@ benchmarks do, to run every implementation).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 # counts_as_usage / usage_counts: the twin is the specification
@@ -145,8 +145,10 @@ from plano_fast.wire._head_py import upstream_host_lines  # noqa: E402
 #: ``parse_request(buf, start, max_head_bytes, max_body_bytes)``: ``(method, target,
 #: headers, body, keep_alive, end, forward)`` for a plain request complete in ``buf``, else None;
 #: None itself when the fast path is not in use (httptools parses every request).
-#: ``forward`` is what ``forward_request_headers(headers)`` returns, built in the same pass.
-parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]] | None] | None
+#: ``forward`` is what ``forward_request_headers(list(headers))`` returns, built in the same
+#: pass; ``headers`` is a read-only sequence of the pairs, made on first use
+#: (``_request.RequestHeaders``: the hot path reads ``forward``).
+parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, Sequence[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]] | None] | None
 if _built("_request"):
     from plano_fast.wire._request import parse_request
 

@@ -5,7 +5,7 @@
 # (``_head_py.ACCOUNT_HEADERS``) both apply to the block they build.
 
 from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 cdef inline unsigned char lower(unsigned char c) noexcept nogil:
@@ -24,14 +24,11 @@ cdef inline bint name_is(const unsigned char *p, Py_ssize_t n, const char *name,
 
 
 cdef inline bint starts(const unsigned char *p, Py_ssize_t n, const char *word, Py_ssize_t m) noexcept nogil:
-    """p[:n] begins with ``word`` (m bytes), exactly."""
-    cdef Py_ssize_t i
+    """p[:n] begins with ``word`` (m bytes), exactly.  (memcmp: the callers' words and
+    lengths are constants, which the compiler compares a word at a time, not a byte.)"""
     if n < m:
         return False
-    for i in range(m):
-        if p[i] != <unsigned char>word[i]:
-            return False
-    return True
+    return memcmp(p, word, m) == 0
 
 
 cdef enum:

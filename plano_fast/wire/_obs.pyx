@@ -503,11 +503,17 @@ def lines(records):
         free(b.p)
 
 
-def has_header(list headers, bytes name):
-    """Whether a header called ``name`` (lowercased) is in ``headers``."""
+def has_header(headers, bytes name):
+    """Whether a header called ``name`` (lowercased) is in ``headers``: a list of pairs, or
+    a fast-path request's ``RequestHeaders`` (asked: its lines are looked at, no pairs made)."""
     cdef Py_ssize_t i, n = PyBytes_GET_SIZE(name)
     cdef const char *want = PyBytes_AS_STRING(name)
     cdef object key
+    if type(headers) is not list:
+        has = getattr(headers, "has", None)
+        if has is not None:
+            return has(name)
+        headers = list(headers)  # (any other sequence of pairs, as the twin takes)
     for i in range(PyList_GET_SIZE(headers)):
         key = (<tuple?><object>PyList_GET_ITEM(headers, i))[0]  # (name, value) pairs
         if type(key) is bytes:

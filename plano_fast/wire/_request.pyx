@@ -15,10 +15,11 @@ head over the size limit, a body over its limit or not complete in the buffer.
 tests/test_request_fast_path.py checks the subset against httptools, byte for byte.
 """
 
-from libc.stdint cimport int64_t
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cdef extern from "Python.h":
     void PyObject_GC_UnTrack(void *op)
@@ -29,6 +30,8 @@ from plano_fast.wire._bytes cimport (
 )
 
 cdef int64_t MAX_DIGITS = 18
+# the block's buffer on the stack, for a head (and what follows it in the read) up to ~4 KB
+DEF STACK_BLOCK = 8192
 
 # Character classes: TCHAR (header names) and VALUE (field-value bytes), shared with
 # _head.pyx; RFC 3986 for the target, without '#' (a fragment is never sent).
@@ -47,6 +50,46 @@ cdef void _init_target_chars():
 
 _init_target_chars()
 
+# ASCII lowercase of each byte (the tail of ``lower_name``)
+cdef unsigned char LOWER[256]
+
+
+cdef void _init_lower():
+    cdef int c
+    for c in range(256):
+        LOWER[c] = lower(c)
+
+
+_init_lower()
+
+
+cdef inline void lower8(unsigned char *w, const unsigned char *p) noexcept nogil:
+    """w[:8] = p[:8] (tchars) in lowercase (see ``lower_name``)."""
+    cdef uint64_t x, upper
+    memcpy(&x, p, 8)
+    upper = ((x + 0x3F3F3F3F3F3F3F3FULL) ^ (x + 0x2525252525252525ULL)) & 0x8080808080808080ULL
+    x |= upper >> 2
+    memcpy(w, &x, 8)
+
+
+cdef inline void lower_name(unsigned char *w, const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """w[:n] = p[:n] in lowercase, p[:n] tchars (ASCII).  Eight bytes at a time: a byte
+    below 0x80 plus 0x3F has its high bit set from 'A' on, plus 0x25 from past 'Z' on, so
+    the two sums differ in that bit exactly for 'A'..'Z', which gets 0x20 (no carry crosses a
+    byte: every byte is below 0x80).  A byte at a time, the branchy ``lower`` was ~2.4k
+    instructions of a 17-header request."""
+    cdef Py_ssize_t k = 0
+    if n < 8:
+        while k < n:
+            w[k] = LOWER[p[k]]
+            k += 1
+        return
+    while k + 8 < n:
+        lower8(w + k, p + k)
+        k += 8
+    lower8(w + n - 8, p + n - 8)  # the last eight, overlapping what is done: no byte loop
+
+
 # The methods taken here (others go to httptools), with the space after each.
 cdef const char *METHOD_WORDS[7]
 cdef Py_ssize_t METHOD_LENS[7]
@@ -55,21 +98,164 @@ METHOD_LENS[:] = [5, 4, 4, 6, 7, 8, 5]
 _METHODS = (b"POST", b"GET", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"HEAD")
 
 
+# The credential headers' names as the block's pass finds them (lowercase): the name handed
+# over is one of these constants, not a new bytes object per request.
+_AUTHORIZATION = b"authorization"
+_X_API_KEY = b"x-api-key"
+_X_API_KEY_U = b"x_api_key"
+_API_KEY = b"api-key"
+_API_KEY_U = b"api_key"
+_X_GOOG_API_KEY = b"x-goog-api-key"
+_X_GOOG_API_KEY_U = b"x_goog_api_key"
+
+
+cdef bytes credential_name(const unsigned char *w, Py_ssize_t n):
+    """The lowercase name w[:n] of a credential header (``request_kind`` said R_CREDENTIAL)."""
+    if n == 13:
+        return _AUTHORIZATION
+    if n == 9:
+        return _X_API_KEY if w[1] == 45 else _X_API_KEY_U
+    if n == 7:
+        return _API_KEY if w[3] == 45 else _API_KEY_U
+    if n == 14:
+        return _X_GOOG_API_KEY if w[1] == 45 else _X_GOOG_API_KEY_U
+    return PyBytes_FromStringAndSize(<const char *>w, n)  # (none: request_kind's list is the above)
+
+
+@cython.final
+@cython.no_gc
+@cython.freelist(16)
+cdef class RequestHeaders:
+    """A fast-path request's headers, ``[(lowercased name, value)]`` as httptools' path
+    builds them, made on first use from a copy of the head's header lines.
+
+    Why lazy: the pass that parsed the request built what the hot path reads from the
+    headers (the upstream block, the credential, the request id: ``forward``), so most
+    requests never look at them; building ~17 pairs was ~37 bytes objects and 17 tuples a
+    request (~4.5k instructions, and as much again to free them).  Only slow paths read
+    them (tracing's traceparent, header-scoped rate limits, preference routing's session,
+    the endpoints that identify without ``forward``).
+
+    A read-only sequence: iteration, ``len``, indexing, ``in``, ``==`` (with a list: the
+    pairs compared), and ``has(name)`` (a name looked for in the lines, no pairs made).
+    No reference cycle is possible (bytes, and a list of pairs of bytes that is never
+    handed out), hence ``no_gc``."""
+
+    cdef bytes lines   # the header lines as received, each CRLF-ended (checked by the parse)
+    cdef list pairs    # None until first use
+    cdef Py_ssize_t count
+
+    def __cinit__(self):
+        self.pairs = None
+
+    cdef list _list(self):
+        if self.pairs is None:
+            self.pairs = _pairs_of(self.lines)
+        return self.pairs
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return self._list()[index]
+
+    def __contains__(self, item):
+        return item in self._list()
+
+    def __eq__(self, other):
+        if isinstance(other, RequestHeaders):
+            return self._list() == (<RequestHeaders>other)._list()
+        if isinstance(other, list):
+            return self._list() == other
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"RequestHeaders({self._list()!r})"
+
+    def has(self, bytes name not None):
+        """Whether a header called ``name`` (lowercase) is among them (no pairs made: what
+        tracing asks of every request, ``_obs.has_header``)."""
+        cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(self.lines)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.lines)
+        cdef const unsigned char *want = <const unsigned char *>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t m = PyBytes_GET_SIZE(name), i = 0, a, k
+        cdef bint same
+        while i < n:
+            a = i
+            while s[i] != 58:  # (every line has its colon: the parse checked it)
+                i += 1
+            if i - a == m:
+                same = True
+                for k in range(m):
+                    if lower(s[a + k]) != want[k]:
+                        same = False
+                        break
+                if same:
+                    return True
+            while s[i] != 10:
+                i += 1
+            i += 1
+        return False
+
+
+cdef list _pairs_of(bytes lines):
+    """The pairs of ``lines`` (header lines the parse checked: a name, a colon, optional
+    spaces or tabs, a value that does not end with either, CRLF)."""
+    cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(lines)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(lines)
+    cdef Py_ssize_t i = 0, a, b
+    cdef bytes name
+    cdef tuple pair
+    cdef list pairs = []
+    while i < n:
+        a = i
+        while s[i] != 58:
+            i += 1
+        name = PyBytes_FromStringAndSize(NULL, i - a)
+        lower_name(<unsigned char *>PyBytes_AS_STRING(name), s + a, i - a)
+        i += 1
+        while s[i] == 32 or s[i] == 9:
+            i += 1
+        b = i
+        while s[i] != 13:
+            i += 1
+        pair = (name, PyBytes_FromStringAndSize(<const char *>s + b, i - b))
+        # Two bytes objects: the pair can be in no reference cycle, so it leaves the
+        # cyclic GC now rather than at the first collection that scans it (CPython
+        # untracks such tuples itself, lazily).
+        PyObject_GC_UnTrack(<void *>pair)
+        pairs.append(pair)
+        i += 2
+    return pairs
+
+
 def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
     """The request at ``buf[start:]`` as ``(method, target, headers, body, keep_alive,
-    end, forward)``, headers as ``[(lowercased name, value)]``, ``end`` the offset after
-    it, ``forward`` what ``forward_request_headers(headers)`` returns (the upstream header
-    block and the credential), built in the same pass; or None when it is not a complete
-    request this fast path accepts.
+    end, forward)``, ``headers`` a ``RequestHeaders`` (the sequence of ``(lowercased name,
+    value)``, made on first use), ``end`` the offset after it, ``forward`` what
+    ``forward_request_headers(list(headers))`` returns (the upstream header block and the
+    credential), built in the same pass; or None when it is not a complete request this
+    fast path accepts.
 
     A Connection header here is only ``keep-alive`` or ``close``, which name no header to
     drop, so the block follows from each header's own name (``request_kind``)."""
     cdef Py_ssize_t head = len(buf) - start
+    cdef unsigned char small[STACK_BLOCK]
     if head > max_head_bytes:
         head = max_head_bytes
     # the block holds head bytes only, and a forwarded line is at most one byte longer than
-    # the line it came from (": " after the colon)
-    cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16 if head > 0 else 16)
+    # the line it came from (": " after the colon); a usual request's fits on the stack
+    # (malloc and free of its ~2 KB were ~0.8k instructions)
+    if head <= 0:
+        head = 0
+    if 2 * head + 16 <= STACK_BLOCK:
+        return _parse(buf, start, max_head_bytes, max_body_bytes, small)
+    cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16)
     if out == NULL:
         raise MemoryError()
     try:
@@ -83,19 +269,18 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = len(buf)
     cdef Py_ssize_t limit = n if n - start <= max_head_bytes else start + max_head_bytes
-    cdef Py_ssize_t i = start, a, b, colon, name_len
+    cdef Py_ssize_t i = start, a, b, colon, name_len, lines_start, count = 0, target_start, target_end
     cdef int64_t content_length = -1, v
     cdef bint keep_alive = True, seen_connection = False
     cdef unsigned char c
-    cdef bytes name, block
+    cdef bytes block
     cdef unsigned char *w
     cdef Py_ssize_t k, m, o = 0
     cdef int kind, credentials = 0, hosts = 0, accounts = 0
     cdef bint seen_version = False
+    cdef RequestHeaders headers
     request_id = None
-    cdef bytes value
-    cdef tuple pair
-    credential_name = None
+    credential_name_ = None
     credential_value = None
 
     # request line: METHOD SP target SP HTTP/1.1 CRLF
@@ -115,13 +300,14 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         i += 1
     if i == a or i >= limit or s[i] != 32:
         return None
-    target = PyBytes_FromStringAndSize(<const char *>s + a, i - a)
+    target_start = a
+    target_end = i
     i += 1
     if not starts(s + i, limit - i, b"HTTP/1.1\r\n", 10):
         return None
     i += 10
 
-    headers = []
+    lines_start = i
     while True:
         if i + 1 >= limit:
             return None  # incomplete, or longer than the head limit
@@ -146,12 +332,13 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         if i == b or s[i - 1] == 32 or s[i - 1] == 9:
             return None  # an empty value, or trailing whitespace: httptools decides
         name_len = colon - a
-        name = PyBytes_FromStringAndSize(NULL, name_len)
-        w = <unsigned char *>PyBytes_AS_STRING(name)
-        for k in range(name_len):
-            w[k] = lower(s[a + k])
-        # framing and connection headers
-        if name_len == 14 and name_is(w, name_len, b"content-length", 14):
+        count += 1
+        # the lowercase name, written where the block's next line would start (kept there
+        # when the header is forwarded; the block so far plus this name fit: see the malloc)
+        w = out + o
+        lower_name(w, s + a, name_len)
+        # framing and connection headers (w is lowercase: compared exactly)
+        if name_len == 14 and starts(w, name_len, b"content-length", 14):
             if content_length >= 0 or i - b > MAX_DIGITS:
                 return None
             v = 0
@@ -161,7 +348,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
                     return None
                 v = v * 10 + (c - 48)
             content_length = v
-        elif name_len == 10 and name_is(w, name_len, b"connection", 10):
+        elif name_len == 10 and starts(w, name_len, b"connection", 10):
             if seen_connection:
                 return None
             seen_connection = True
@@ -170,38 +357,29 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             elif not name_is(s + b, i - b, b"keep-alive", 10):
                 return None
         elif (
-            (name_len == 17 and name_is(w, name_len, b"transfer-encoding", 17))
-            or (name_len == 6 and name_is(w, name_len, b"expect", 6))
-            or (name_len == 7 and name_is(w, name_len, b"upgrade", 7))
+            (name_len == 17 and starts(w, name_len, b"transfer-encoding", 17))
+            or (name_len == 6 and starts(w, name_len, b"expect", 6))
+            or (name_len == 7 and starts(w, name_len, b"upgrade", 7))
         ):
             return None
-        value = PyBytes_FromStringAndSize(<const char *>s + b, i - b)
-        pair = (name, value)
-        # Two bytes objects: the pair can be in no reference cycle, so it leaves the
-        # cyclic GC now rather than at the first collection that scans it (CPython
-        # untracks such tuples itself, lazily): an in-flight request's ~18 pairs were a
-        # third of what each young collection scanned at saturation.
-        PyObject_GC_UnTrack(<void *>pair)
-        headers.append(pair)
-        # the upstream block, as forward_request_headers builds it from ``headers``
+        # the upstream block, as forward_request_headers builds it from the pairs
         kind = request_kind(w, name_len)
         if kind == R_DROP and name_len == 4:
             hosts += 1  # (the only 4-byte name request_kind drops: host)
         if kind == R_CREDENTIAL:
             if credentials == 0:
-                credential_name = name
-                credential_value = value
+                credential_name_ = credential_name(w, name_len)
+                credential_value = PyBytes_FromStringAndSize(<const char *>s + b, i - b)
             credentials += 1
         elif kind == R_REQUEST_ID:
             # never in the block: finish_head writes one (the client's if valid, else ours)
-            request_id = value if request_id is None else b""
+            request_id = PyBytes_FromStringAndSize(<const char *>s + b, i - b) if request_id is None else b""
         elif kind != R_DROP:
             if kind == R_VERSION:
                 seen_version = True
             elif kind == R_KEEP and account_name(w, name_len):
                 accounts += 1  # (in the block: the operator's block is cut from it below)
-            memcpy(out + o, w, name_len)
-            o += name_len
+            o += name_len  # (the lowercase name is in place)
             out[o] = 58
             out[o + 1] = 32
             o += 2
@@ -218,8 +396,12 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         content_length = 0
     if content_length > max_body_bytes or n - i < content_length:
         return None
+    target = PyBytes_FromStringAndSize(<const char *>s + target_start, target_end - target_start)
+    headers = RequestHeaders.__new__(RequestHeaders)
+    headers.lines = PyBytes_FromStringAndSize(<const char *>s + lines_start, i - 2 - lines_start)
+    headers.count = count
     body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
     block = PyBytes_FromStringAndSize(<const char *>out, o)
-    forward = (block, seen_version, request_id, credentials, credential_name, credential_value,
+    forward = (block, seen_version, request_id, credentials, credential_name_, credential_value,
                without_account_lines(block) if accounts else block)
     return method, target, headers, body, keep_alive, i + <Py_ssize_t>content_length, forward

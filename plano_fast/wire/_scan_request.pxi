@@ -61,6 +61,26 @@ cdef int req_walk(ReqScan *s, bytes body) except -1:
     return 0
 
 
+# The last model name decoded from a request (its UTF-8 bytes, the str): clients send the
+# same few names over and over, so the str is handed out again (its hash already computed
+# for the routing and pricing look-ups) rather than decoded anew; ~0.3k instructions.
+cdef bytes _last_model_utf8 = b""
+cdef object _last_model = None
+
+
+cdef object model_str(const char *p, Py_ssize_t n):
+    """``p[:n]`` (a JSON string's content without escapes, valid UTF-8: the walker checked
+    it) decoded."""
+    global _last_model_utf8, _last_model
+    if (_last_model is not None and PyBytes_GET_SIZE(_last_model_utf8) == n
+            and memcmp(PyBytes_AS_STRING(_last_model_utf8), p, n) == 0):
+        return _last_model
+    model = PyUnicode_DecodeUTF8(p, n, NULL)
+    _last_model_utf8 = PyBytes_FromStringAndSize(p, n)
+    _last_model = model
+    return model
+
+
 cdef object req_max(ReqRec *r, int i, str key, object current):
     if r.maxst[i] == ST_BAD:
         raise ScanError(msg_max_type(key))
@@ -76,6 +96,7 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
     cdef object include_usage = None
     cdef object max_out = None
     cdef const char *buf
+    cdef RequestFields fields
     if r.root_not_obj:
         raise ScanError(MSG_NOT_OBJECT)
     if r.dup:
@@ -89,7 +110,7 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
                 raise ScanError(MSG_MODEL_SURROGATE)
         else:
             buf = PyBytes_AS_STRING(body)
-            model = PyUnicode_DecodeUTF8(buf + r.model_start + 1, r.model_end - r.model_start - 2, NULL)
+            model = model_str(buf + r.model_start + 1, r.model_end - r.model_start - 2)
     if r.stream == ST_BAD:
         raise ScanError(MSG_STREAM_TYPE)
     if r.sopt == ST_BAD:
@@ -108,7 +129,13 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
         raise ScanError(MSG_GENERATION_CONFIG_TYPE)
     if r.gen == ST_OK:
         max_out = req_max(r, 3, "generationConfig.maxOutputTokens", max_out)
-    return RequestFields(model, r.stream == ST_TRUE, include_usage, max_out)
+    # (its slots written here: the class call parsed four arguments into __init__, ~0.15k)
+    fields = <RequestFields>RequestFields.__new__(RequestFields)
+    fields.model = model
+    fields.stream = r.stream == ST_TRUE
+    fields.include_usage = include_usage
+    fields.max_output_tokens = max_out
+    return fields
 
 
 def scan_request(bytes body not None):
