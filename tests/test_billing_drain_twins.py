@@ -313,6 +313,70 @@ def test_generated_events_make_the_same_rows_and_journal_fields(events: list[Usa
         fields = [module.event_fields(e) for module in MODULES]
         assert all(f == dataclasses.astuple(e) for f in fields)
         assert all(type(f) is tuple for f in fields)
+    _same_wal_lines(events)
+
+
+def _same_wal_lines(events: list[Any]) -> None:
+    """Each twin's write-ahead log line of every slice of ``events``: the same bytes, those
+    of ``encode_line`` of the event tuples (orjson, else the stdlib encoder)."""
+    for start in range(len(events) + 1):
+        for stop in range(start, len(events) + 1):
+            expected = _drain_py.encode_line([dataclasses.astuple(e) if isinstance(e, UsageEvent)
+                                              else _drain_py.event_fields(e) for e in events[start:stop]])
+            for module in MODULES:
+                assert module.wal_line(events, start, stop) == expected, (module, start, stop)
+
+
+JSON_TEXT = st.one_of(TEXT, st.text(alphabet=st.characters(max_codepoint=0x2100), max_size=40),
+                      st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+                      st.sampled_from(['{"prompt_tokens":12,"x":"a\\"b"}', "\x00\x1f\x7f\b\t\n\f\r", "\u2028"]))
+DURATION_NS = st.integers(-(10**16), 10**16).map(lambda ns: ns / 1e6)
+WAL_EVENTS = st.builds(
+    UsageEvent,
+    request_id=JSON_TEXT, time_ns=st.one_of(st.integers(0, 2**63 - 1), st.integers(-(2**65), 2**65)),
+    provider=JSON_TEXT, model=JSON_TEXT, streaming=st.booleans(), status=JSON_TEXT,
+    http_status=st.sampled_from([200, 400, 500]), input_tokens=st.integers(-(2**64), 2**64),
+    duration_ms=st.one_of(DURATION, DURATION_NS, st.floats()), usage_raw=JSON_TEXT,
+    reservation_overrun_nano_usd=st.one_of(st.integers(), st.none()),
+    bound_cost_nano_usd=st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1)),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(WAL_EVENTS, max_size=4))
+def test_generated_events_make_the_same_wal_lines(events: list[UsageEvent]) -> None:
+    """Strings with escapes and every UTF-8 length (and lone surrogates), integers in and
+    past 64 bits, durations of every kind (n / 1e6 as the settle makes them, NaN, the
+    infinities, tiny and huge ones): the compiled line is the twin's, byte for byte."""
+    _same_wal_lines(events)
+
+
+def test_wal_lines_at_the_edges_of_the_compiled_writer() -> None:
+    """Values on both sides of what the compiled writer takes itself (see ``_put_value``):
+    the line is always the twin's, and reads back as the events."""
+    base = _event("openai", "gpt-4o")
+    events: list[Any] = []
+    for ms in (0.0, -0.0, 1e-5, 9e-6, 1e-6, 0.1, 1.25, 999999999.999999, 1e9, 1e10, 123456789 / 1e6, -2.5,
+               0.1 + 0.2, float("nan"), float("inf"), -float("inf"), 5e-324):
+        event = dataclasses.replace(base, duration_ms=ms)
+        events.append(event)
+    for n in (2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(2**63) - 1):
+        events.append(dataclasses.replace(base, time_ns=n))
+    events.append(dataclasses.replace(base, usage_raw="lone \udc80"))
+    events.append(dataclasses.replace(base, usage_raw="".join(map(chr, range(0x80))) + "é日😀"))
+    events.append(_OtherEvent(base))
+    for event in events:
+        _same_wal_lines([event])
+    _same_wal_lines(events[:3])
+    for module in MODULES:
+        assert module.wal_line(events, 0, len(events)) == _drain_py.wal_line(events, 0, len(events))
+        assert module.wal_line(events, 2, 1) == b"[]\n"
+        assert module.wal_line(events, 0, 99) == _drain_py.wal_line(events, 0, 99)
+    unset = _event("openai", "gpt-4o-mini")
+    del unset.attempt_trail
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.wal_line([base, unset], 0, 2)
 
 
 def test_durations_round_as_the_twin_does() -> None:

@@ -30,7 +30,10 @@ The two can only differ by a bug in the C below, which the twin tests look for
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, strlen
 from cpython.ref cimport Py_INCREF
 from libc.math cimport nearbyint
 
@@ -39,6 +42,7 @@ from plano_fast._slots cimport get_slot, put_slot, slot_offset, untrack_if_scala
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
 from plano_fast.billing._drain_py import price_of_event as _price_twin
+from plano_fast.billing._drain_py import wal_line as _wal_line_twin
 from plano_fast.pricing import _CUSTOM
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.usage import UsageEvent
@@ -384,3 +388,330 @@ def rows_of_events(pricing, events, out):
             cost, partial, entry = priced
             append(_row(event, cost, _partial if partial else _priced, entry or None))
     return unpriced
+
+
+# -------------------------------------------------------------------------------- journal line
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
+    int PyUnicode_IS_ASCII(object text)
+    void *PyUnicode_DATA(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+    object PyBytes_FromStringAndSize(const char *data, Py_ssize_t size)
+    char *PyOS_double_to_string(double val, char format_code, int precision, int flags, int *ptype)
+    int Py_DTSF_ADD_DOT_0
+    void PyMem_Free(void *p)
+
+cdef extern from "<math.h>":
+    long long llrint(double x)
+    int signbit(double x)
+    int isfinite(double x)
+
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline unsigned long long pf_load8(const unsigned char *p) {
+        unsigned long long w; memcpy(&w, p, 8); return w;
+    }
+    /* Does the 8-byte word hold a byte JSON must escape: below 0x20, '"' or '\\'?
+       (the exact "has a zero byte" / "has a byte below n" word tests) */
+    static inline int pf_dirty8(unsigned long long w) {
+        const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+        unsigned long long q = w ^ (ones * 0x22), b = w ^ (ones * 0x5c);
+        return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs ? 1 : 0;
+    }
+    """
+    unsigned long long pf_load8(const unsigned char *p) nogil
+    int pf_dirty8(unsigned long long w) nogil
+
+cdef struct Out:
+    char *p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _grow(Out *o, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = o.cap * 2
+    cdef char *p
+    if cap < o.n + extra + 1024:
+        cap = o.n + extra + 1024
+    p = <char *>realloc(o.p, cap)
+    if p == NULL:
+        raise MemoryError()
+    o.p = p
+    o.cap = cap
+    return 0
+
+
+cdef inline int _room(Out *o, Py_ssize_t k) except -1:
+    """At least ``k`` bytes free at ``o.p + o.n``."""
+    if o.n + k > o.cap:
+        _grow(o, k)
+    return 0
+
+
+cdef inline void _raw(Out *o, const char *s, Py_ssize_t k) noexcept:
+    """Append ``k`` bytes (room made by the caller)."""
+    memcpy(o.p + o.n, s, k)
+    o.n += k
+
+
+# "00" .. "99": two digits per division
+cdef char _DIGITS2[200]
+for _i in range(100):
+    _DIGITS2[2 * _i] = <char>(48 + _i // 10)
+    _DIGITS2[2 * _i + 1] = <char>(48 + _i % 10)
+
+
+cdef inline void _digits(Out *o, unsigned long long u) noexcept:
+    """``u`` in decimal (room for 20 bytes made by the caller)."""
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef unsigned long long r
+    while u >= 100:
+        r = u % 100
+        u //= 100
+        i -= 2
+        tmp[i] = _DIGITS2[2 * r]
+        tmp[i + 1] = _DIGITS2[2 * r + 1]
+    if u >= 10:
+        i -= 2
+        tmp[i] = _DIGITS2[2 * u]
+        tmp[i + 1] = _DIGITS2[2 * u + 1]
+    else:
+        i -= 1
+        tmp[i] = <char>(48 + u)
+    _raw(o, tmp + i, 24 - i)
+
+
+# Bytes a JSON string cannot hold as they are, and what orjson writes for them: the
+# control characters (\b \t \n \f \r by name, the rest as \u00xx), the quote and the
+# backslash.  Every other byte, UTF-8 sequences included, is copied.
+cdef char _ESCAPE[256]
+for _i in range(256):
+    _ESCAPE[_i] = 0
+for _i in range(0x20):
+    _ESCAPE[_i] = b'u'
+_ESCAPE[0x08] = b'b'
+_ESCAPE[0x09] = b't'
+_ESCAPE[0x0a] = b'n'
+_ESCAPE[0x0c] = b'f'
+_ESCAPE[0x0d] = b'r'
+_ESCAPE[0x22] = b'"'
+_ESCAPE[0x5c] = b'\\'
+cdef const char *_HEX = b"0123456789abcdef"
+
+
+cdef inline void _escaped(Out *o, unsigned char c) noexcept:
+    """One byte as JSON writes it inside a string (room for 6 made by the caller)."""
+    cdef char esc = _ESCAPE[c]
+    cdef char *w = o.p + o.n
+    if esc == 0:
+        w[0] = <char>c
+        o.n += 1
+    elif esc == b'u':
+        w[0] = b'\\'
+        w[1] = b'u'
+        w[2] = b'0'
+        w[3] = b'0'
+        w[4] = _HEX[c >> 4]
+        w[5] = _HEX[c & 15]
+        o.n += 6
+    else:
+        w[0] = b'\\'
+        w[1] = esc
+        o.n += 2
+
+
+cdef int _put_str(Out *o, object text) except -1:
+    """``text`` (an exact str with a UTF-8 form: the caller checked) as a JSON string, as
+    orjson writes it: eight bytes at a time where none needs an escape."""
+    cdef Py_ssize_t n, i = 0, j
+    cdef const unsigned char *s
+    if PyUnicode_IS_ASCII(text):
+        s = <const unsigned char *>PyUnicode_DATA(text)
+        n = PyUnicode_GET_LENGTH(text)
+    else:
+        s = <const unsigned char *>PyUnicode_AsUTF8AndSize(text, &n)
+    _room(o, 6 * n + 2)
+    o.p[o.n] = b'"'
+    o.n += 1
+    while i + 8 <= n:
+        if pf_dirty8(pf_load8(s + i)):
+            for j in range(i, i + 8):
+                _escaped(o, s[j])
+        else:
+            memcpy(o.p + o.n, s + i, 8)
+            o.n += 8
+        i += 8
+    while i < n:
+        _escaped(o, s[i])
+        i += 1
+    o.p[o.n] = b'"'
+    o.n += 1
+    return 0
+
+
+cdef long long _POW10_15 = 1000000000000000LL
+
+
+cdef int _put_float(Out *o, double d) except -1:
+    """1: ``d`` written as orjson writes it (its shortest round-trip digits, in plain
+    notation from 1e-5 up to 1e16, which is where ``_put_float`` takes it); 0: not written,
+    the caller hands the line to the twin."""
+    cdef char *text
+    cdef double m = -d if d < 0 else d
+    if _put_micros(o, d):
+        return 1
+    if not (1e-4 <= m < 1e16):
+        return 0
+    # Python's repr: the same shortest round-trip digits (both ryu and dtoa's mode 0 give
+    # the shortest, and of those the closest), in plain notation from 1e-4 up to 1e16,
+    # with ".0" on a whole number, as orjson.
+    text = PyOS_double_to_string(d, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    if text == NULL:
+        raise MemoryError()
+    try:
+        _room(o, strlen(text))
+        _raw(o, text, strlen(text))
+    finally:
+        PyMem_Free(text)
+    return 1
+
+
+cdef int _put_micros(Out *o, double d) except -1:
+    """1: ``d`` written as orjson writes it, for 0.0, -0.0 and the usual duration: a double
+    that is exactly ``n / 1e6`` (IEEE division, as the settle computes ``duration_ms``) for
+    an integer 10 <= |n| < 10**15; 0: none of those, nothing written.
+
+    Such a double is the correctly rounded value of the decimal n * 10**-6, so that
+    decimal reads back as it; with at most 15 significant digits it is the only decimal of
+    15 digits or fewer that does (DBL_DIG), so it is also the shortest -- the digits ryu
+    (orjson) writes, here in plain notation as orjson writes [1e-5, 1e16)."""
+    cdef long long n
+    cdef unsigned long long u, frac
+    cdef int digits, i
+    cdef char tmp[8]
+    if d == 0.0:
+        if signbit(d):
+            _raw(o, "-0.0", 4)
+        else:
+            _raw(o, "0.0", 3)
+        return 1
+    if not isfinite(d) or d > 1e10 or d < -1e10:
+        return 0
+    n = llrint(d * 1e6)
+    if <double>n / 1e6 != d:
+        return 0
+    u = <unsigned long long>(-n if n < 0 else n)
+    if u < 10 or u >= <unsigned long long>_POW10_15:
+        return 0
+    if n < 0:
+        _raw(o, "-", 1)
+    _digits(o, u // 1000000)
+    frac = u % 1000000
+    if frac == 0:
+        _raw(o, ".0", 2)
+        return 1
+    digits = 6
+    while frac % 10 == 0:
+        frac //= 10
+        digits -= 1
+    # ".", then frac's digits left-padded with zeros to ``digits``
+    tmp[0] = b'.'
+    for i in range(digits, 0, -1):
+        tmp[i] = <char>(48 + frac % 10)
+        frac //= 10
+    _raw(o, tmp, digits + 1)
+    return 1
+
+
+cdef int _put_value(Out *o, PyObject *value) except -1:
+    """1: one field written; 0: a value this writer leaves to the twin (another type, an
+    integer past 64 bits, a float outside ``_put_float``'s, a string with no UTF-8 form).
+    The caller made room for 32 bytes: a number's, up to ``_put_micros``' 1 + 9 + 1 + 6."""
+    cdef object v = <object>value
+    cdef int overflow = 0
+    cdef long long i
+    if type(v) is str:
+        if not PyUnicode_IS_ASCII(v):
+            try:
+                PyUnicode_AsUTF8AndSize(v, NULL)
+            except UnicodeEncodeError:
+                return 0  # a lone surrogate: the twin's stdlib line
+        _put_str(o, v)
+        return 1
+    if v is None:
+        _raw(o, "null", 4)
+        return 1
+    if type(v) is int:
+        i = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow:
+            return 0
+        if i < 0:
+            _raw(o, "-", 1)
+            _digits(o, <unsigned long long>0 - <unsigned long long>i)
+        else:
+            _digits(o, <unsigned long long>i)
+        return 1
+    if v is True:
+        _raw(o, "true", 4)
+        return 1
+    if v is False:
+        _raw(o, "false", 5)
+        return 1
+    if type(v) is float:
+        return _put_float(o, PyFloat_AS_DOUBLE(v))
+    return 0
+
+
+cdef int _put_events(Out *o, list events, Py_ssize_t start, Py_ssize_t stop) except -1:
+    """1: ``events[start:stop]`` written as the twin's line; 0: the twin must write it."""
+    cdef Py_ssize_t k
+    cdef int i
+    cdef PyObject *value
+    _room(o, 1)
+    _raw(o, "[", 1)
+    for k in range(start, stop):
+        event = <object>PyList_GET_ITEM(events, k)
+        if type(event) is not _Event:
+            return 0
+        _room(o, 2)
+        if k > start:
+            _raw(o, ",", 1)
+        _raw(o, "[", 1)
+        for i in range(N_EVENT):
+            value = get_slot(event, EV[i])
+            if value is NULL:
+                return 0  # an unset slot: the twin raises its AttributeError
+            _room(o, 32)  # the comma and any value but a string or a dtoa float (their own)
+            if i:
+                _raw(o, ",", 1)
+            if not _put_value(o, value):
+                return 0
+        _room(o, 1)
+        _raw(o, "]", 1)
+    _room(o, 2)
+    _raw(o, "]\n", 2)
+    return 1
+
+
+def wal_line(list events, Py_ssize_t start, Py_ssize_t stop):
+    """``_drain_py.wal_line(events, start, stop)``: the same bytes, written from the
+    events' slots into one buffer (no field tuple, no list, no orjson call); whatever it
+    does not write itself (see ``_put_value``) goes to the twin, for the whole line."""
+    cdef Out o
+    if start < 0 or stop > len(events) or start > stop:
+        return _wal_line_twin(events, start, stop)
+    o.n = 0
+    o.cap = 0
+    o.p = NULL
+    try:
+        _grow(&o, (stop - start) * 512)
+        # No Python code runs while the events are read (PyUnicode_AsUTF8AndSize only
+        # allocates the string's cached UTF-8 form): the list and its events stay as they are.
+        if _put_events(&o, events, start, stop):
+            return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        free(o.p)
+    return _wal_line_twin(events, start, stop)
