@@ -120,6 +120,29 @@ def test_every_vendored_price_agrees_with_the_registry_quote(counts: tuple[int, 
     assert tiered > 0 and len(TABLE) > 500  # the table has what the cases are for
 
 
+@pytest.mark.parametrize("custom", [False, True], ids=["table", "custom"])
+def test_a_slice_of_repeated_models_prices_every_event_as_the_registry(custom: bool) -> None:
+    """``rows_of_events`` keeps the last (provider, model)'s price within a call: a slice
+    of every vendored model with each count mix, the same pair in runs and interleaved,
+    unresolved before the call (its first event resolves it), with tiers and web searches
+    among them, makes each twin's rows and the registry's quote of every event."""
+    def registry() -> PricingRegistry:  # a fresh one per twin: nothing resolved yet
+        pricing = PricingRegistry()
+        if custom:
+            pricing.set_overrides({"gpt-4o": ModelPrice(7_000, 9_000, None, None)},
+                                  {("p1", "gpt-4o-mini"): ModelPrice(1, 2, 3, 4)})  # fmt: skip
+        return pricing
+
+    pairs = list(TABLE)[::7]
+    events = [_event(p, m, c) for p, m in pairs for c in COUNT_MIXES[:4]]  # runs of one pair
+    events += [_event(p, m, c) for c in COUNT_MIXES for p, m in pairs[:40]]  # interleaved
+    events += [_event("openai", "gpt-4o-mini", c, project_id=project) for c in COUNT_MIXES
+               for project in ("p1", "p2", None)]  # fmt: skip
+    results = [_rows(module, registry(), events) for module in MODULES]
+    assert all(r == results[0] for r in results)
+    assert results[0][1] == _reference_rows(registry(), events)
+
+
 def test_recorded_provider_usage_prices_alike() -> None:
     """The usage read from recorded traffic (tests/test_scan_fixtures.py's expectations),
     priced as its own model on every provider of the table that lists it."""

@@ -37,7 +37,7 @@ from libc.string cimport memcpy, strlen
 from cpython.ref cimport Py_INCREF
 from libc.math cimport nearbyint
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset, untrack_if_scalars
+from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
@@ -69,7 +69,6 @@ cdef object _pending = PRICE_STATUS_PENDING
 cdef object _Event = UsageEvent
 cdef object _Row = UsageRow
 cdef object _from_event = UsageRow.from_event
-cdef object _new_object = object.__new__
 
 
 # -------------------------------------------------------------------------------- slots
@@ -142,7 +141,7 @@ cdef inline object _ev(object event, int i):
     return getattr(event, EVENT_FIELDS[i])  # another class, or an unset slot (its error)
 
 
-cdef inline void _put(object row, int i, object value):
+cdef inline void _put(object row, int i, object value) noexcept:
     """Set slot ``i`` of a ``UsageRow``."""
     put_slot(row, RW[i], value)
 
@@ -192,40 +191,37 @@ cdef inline int _rate(object value, long long *out, bint *absent):
     return _count(value, out)
 
 
-cdef int _price(object price, long long inp, long long out, long long cr, long long cw,
-                long long cw1h, long long ain, long long aout, long long ws, long long *cost_out,
-                bint *partial_out) except -1:
-    """``pricing.price_tokens``: 1 with ``(cost, partial)`` stored; 0 when the twin must do it."""
-    cdef object in_o = price.input_per_mtok
-    cdef object out_o = price.output_per_mtok
-    cdef object cr_o = price.cache_read_per_mtok
-    cdef object cw_o = price.cache_write_per_mtok
-    cdef object cw1h_o = price.cache_write_1h_per_mtok
-    cdef object ain_o = price.audio_input_per_mtok
-    cdef object aout_o = price.audio_output_per_mtok
-    # (read only for an event with searches: one attribute lookup less for every other one)
-    cdef object ws_o = price.web_search_per_request if ws else None
-    cdef object tiers = price.tiers
-    if tiers:
-        for tier in tiers:  # ascending: the last one passed applies
-            if inp <= tier.above_input_tokens:
-                break
-            in_o = tier.input_per_mtok
-            out_o = tier.output_per_mtok
-            cr_o = tier.cache_read_per_mtok
-            cw_o = tier.cache_write_per_mtok
-            cw1h_o = tier.cache_write_1h_per_mtok
-            ain_o = tier.audio_input_per_mtok
-            aout_o = tier.audio_output_per_mtok
-    cdef long long in_p = 0, out_p = 0, cr_p = 0, cw_p = 0, cw1h_p = 0, ain_p = 0, aout_p = 0, ws_p = 0
-    cdef bint no_in, no_out, no_cr, no_cw, no_cw1h, no_ain, no_aout, no_ws
-    if not (_rate(in_o, &in_p, &no_in) and _rate(out_o, &out_p, &no_out)
-            and _rate(cr_o, &cr_p, &no_cr) and _rate(cw_o, &cw_p, &no_cw)
-            and _rate(cw1h_o, &cw1h_p, &no_cw1h) and _rate(ain_o, &ain_p, &no_ain)
-            and _rate(aout_o, &aout_p, &no_aout) and _rate(ws_o, &ws_p, &no_ws)) or no_in or no_out:
+cdef struct Rates:
+    # nano-USD per 1M tokens: input, output, cache read, cache write, 1h cache write, audio
+    # in, audio out; nano-USD per web search.  ``no_*``: the price has none (None).
+    long long in_p, out_p, cr_p, cw_p, cw1h_p, ain_p, aout_p, ws_p
+    bint no_cr, no_cw, no_cw1h, no_ain, no_aout, no_ws
+
+
+cdef int _read_rates(object src, object ws_o, Rates *r) except -1:
+    """1: the rates of ``src`` (a ModelPrice or a PriceTier) and the web search price
+    ``ws_o`` read into ``r``; 0: one the C arithmetic does not take (the twin prices it)."""
+    cdef bint no_in, no_out
+    if not (_rate(src.input_per_mtok, &r.in_p, &no_in) and _rate(src.output_per_mtok, &r.out_p, &no_out)
+            and _rate(src.cache_read_per_mtok, &r.cr_p, &r.no_cr)
+            and _rate(src.cache_write_per_mtok, &r.cw_p, &r.no_cw)
+            and _rate(src.cache_write_1h_per_mtok, &r.cw1h_p, &r.no_cw1h)
+            and _rate(src.audio_input_per_mtok, &r.ain_p, &r.no_ain)
+            and _rate(src.audio_output_per_mtok, &r.aout_p, &r.no_aout)
+            and _rate(ws_o, &r.ws_p, &r.no_ws)) or no_in or no_out:
         return 0
-    if ws_p > _WS_RATE_MAX:
+    if r.ws_p > _WS_RATE_MAX:
         return 0  # (the twin's exact integers: ws * ws_p * 1e6 must stay within 127 bits)
+    return 1
+
+
+cdef int _cost(const Rates *rates, long long inp, long long out, long long cr, long long cw,
+               long long cw1h, long long ain, long long aout, long long ws, long long *cost_out,
+               bint *partial_out) noexcept:
+    """``pricing.price_tokens`` of counts in [0, 2**62] at ``rates``: 1 with ``(cost,
+    partial)`` stored; 0 (a cost past 2**63) when the twin must do it."""
+    cdef long long in_p = rates.in_p, out_p = rates.out_p, cr_p = rates.cr_p, cw_p = rates.cw_p
+    cdef long long cw1h_p = rates.cw1h_p, ain_p = rates.ain_p, aout_p = rates.aout_p, ws_p = rates.ws_p
     # parts, each within what is left of its total
     if cr > inp:
         cr = inp
@@ -238,22 +234,22 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
     if aout > out:
         aout = out
     cdef bint partial = False
-    if no_cr:
+    if rates.no_cr:
         cr_p = in_p
         partial = cr > 0
-    if no_cw:
+    if rates.no_cw:
         cw_p = in_p
         partial = partial or cw > cw1h
-    if no_cw1h:
+    if rates.no_cw1h:
         cw1h_p = cw_p
         partial = partial or cw1h > 0
-    if no_ain:
+    if rates.no_ain:
         ain_p = in_p
         partial = partial or ain > 0
-    if no_aout:
+    if rates.no_aout:
         aout_p = out_p
         partial = partial or aout > 0
-    if no_ws:
+    if rates.no_ws:
         partial = partial or ws > 0  # (ws_p 0: no token price to fall back to)
     # every factor is in [0, 2**62]: each product is below 2**124; ws * ws_p * 1e6 below
     # 2**62 * 2**42 * 2**20 = 2**124; the eight terms below 2**127
@@ -268,6 +264,25 @@ cdef int _price(object price, long long inp, long long out, long long cr, long l
     cost_out[0] = <long long>cost
     partial_out[0] = partial
     return 1
+
+
+cdef int _price(object price, long long inp, long long out, long long cr, long long cw,
+                long long cw1h, long long ain, long long aout, long long ws, long long *cost_out,
+                bint *partial_out) except -1:
+    """``pricing.price_tokens``: 1 with ``(cost, partial)`` stored; 0 when the twin must do it."""
+    cdef Rates rates
+    # (read only for an event with searches: one attribute lookup less for every other one)
+    cdef object ws_o = price.web_search_per_request if ws else None
+    cdef object src = price
+    cdef object tiers = price.tiers
+    if tiers:
+        for tier in tiers:  # ascending: the last one passed applies
+            if inp <= tier.above_input_tokens:
+                break
+            src = tier
+    if not _read_rates(src, ws_o, &rates):
+        return 0
+    return _cost(&rates, inp, out, cr, cw, cw1h, ain, aout, ws, cost_out, partial_out)
 
 
 cdef object _price_event(object pricing, object event):
@@ -329,65 +344,199 @@ cdef object _duration_us(object duration_ms):
 
 cdef object _row(object event, object cost, object status, object entry):
     """``UsageRow.from_event(event, cost_nano_usd=cost, price_status=status,
-    price_entry=entry)``, its slots written in place."""
+    price_entry=entry)``, its slots written in place.
+
+    The row is allocated, and the two fields that may run Python code (``duration_us``:
+    arithmetic on what may not be a float; ``overrun or None``: a truth test) computed,
+    before the event's slots are read into ``ev``: either may run the cyclic GC and so
+    finalizers, which could empty a slot read earlier (and free its value).  Nothing
+    after those reads runs Python code or allocates a GC-tracked object."""
+    cdef PyObject *ev[N_EVENT]
+    cdef PyObject *value
+    cdef int i
     if type(event) is not _Event:
         return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
-    cdef int i
+    row = new_instance(_Row)
+    value = get_slot(event, EV[E_DURATION_MS])
+    if value is NULL:
+        return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
+    duration_us = _duration_us(<object>value)
+    value = get_slot(event, EV[E_OVERRUN])
+    if value is NULL:
+        return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
+    overrun = <object>value or None
     for i in range(N_EVENT):
-        if get_slot(event, EV[i]) is NULL:
+        ev[i] = get_slot(event, EV[i])
+        if ev[i] is NULL:
             # an unset slot: the twin raises its AttributeError
             return _from_event(event, cost_nano_usd=cost, price_status=status, price_entry=entry)
-    row = _new_object(_Row)
-    _put(row, 0, _ev(event, E_REQUEST_ID))
-    _put(row, 1, _ev(event, E_TIME_NS))
-    _put(row, 2, _ev(event, E_PROJECT_ID))
-    _put(row, 3, _ev(event, E_USER_ID))
-    _put(row, 4, _ev(event, E_KEY_HASH))
-    _put(row, 5, _ev(event, E_TOKEN_ID))
-    _put(row, 6, _ev(event, E_PROVIDER))
-    _put(row, 7, _ev(event, E_MODEL))
-    _put(row, 8, _ev(event, E_INPUT))
-    _put(row, 9, _ev(event, E_OUTPUT))
-    _put(row, 10, _ev(event, E_CACHE_READ))
-    _put(row, 11, _ev(event, E_CACHE_WRITE))
-    _put(row, 12, _ev(event, E_REASONING))
-    _put(row, 13, _ev(event, E_STREAMING))
-    _put(row, 14, _ev(event, E_STATUS))
-    _put(row, 15, _ev(event, E_HTTP_STATUS))
+    _put(row, 0, <object>ev[E_REQUEST_ID])
+    _put(row, 1, <object>ev[E_TIME_NS])
+    _put(row, 2, <object>ev[E_PROJECT_ID])
+    _put(row, 3, <object>ev[E_USER_ID])
+    _put(row, 4, <object>ev[E_KEY_HASH])
+    _put(row, 5, <object>ev[E_TOKEN_ID])
+    _put(row, 6, <object>ev[E_PROVIDER])
+    _put(row, 7, <object>ev[E_MODEL])
+    _put(row, 8, <object>ev[E_INPUT])
+    _put(row, 9, <object>ev[E_OUTPUT])
+    _put(row, 10, <object>ev[E_CACHE_READ])
+    _put(row, 11, <object>ev[E_CACHE_WRITE])
+    _put(row, 12, <object>ev[E_REASONING])
+    _put(row, 13, <object>ev[E_STREAMING])
+    _put(row, 14, <object>ev[E_STATUS])
+    _put(row, 15, <object>ev[E_HTTP_STATUS])
     _put(row, 16, cost is not None)
     _put(row, 17, cost)
-    _put(row, 18, _duration_us(_ev(event, E_DURATION_MS)))
+    _put(row, 18, duration_us)
     _put(row, 19, status)
     _put(row, 20, None)
-    _put(row, 21, _ev(event, E_TOOL_USE))
-    _put(row, 22, _ev(event, E_CACHE_WRITE_1H))
-    _put(row, 23, _ev(event, E_AUDIO_IN))
-    _put(row, 24, _ev(event, E_AUDIO_OUT))
-    _put(row, 25, _ev(event, E_USAGE_API))
-    _put(row, 26, _ev(event, E_USAGE_RAW))
+    _put(row, 21, <object>ev[E_TOOL_USE])
+    _put(row, 22, <object>ev[E_CACHE_WRITE_1H])
+    _put(row, 23, <object>ev[E_AUDIO_IN])
+    _put(row, 24, <object>ev[E_AUDIO_OUT])
+    _put(row, 25, <object>ev[E_USAGE_API])
+    _put(row, 26, <object>ev[E_USAGE_RAW])
     _put(row, 27, entry)
-    _put(row, 28, _ev(event, E_OVERRUN) or None)
-    _put(row, 29, _ev(event, E_REQUESTED_MODEL))
-    _put(row, 30, _ev(event, E_ATTEMPTS))
-    _put(row, 31, _ev(event, E_TRAIL))
+    _put(row, 28, overrun)
+    _put(row, 29, <object>ev[E_REQUESTED_MODEL])
+    _put(row, 30, <object>ev[E_ATTEMPTS])
+    _put(row, 31, <object>ev[E_TRAIL])
     untrack_if_scalars(row, RW, N_ROW)  # scalars only: out of the cyclic GC (plano_fast/_slots.pxd)
     return row
 
 
+cdef inline bint _same_str(object a, object b):
+    """``a == b`` for two exact strs (a dict key's equality), identity first."""
+    return a is b or (type(a) is str and type(b) is str and <str>a == <str>b)
+
+
+DEF N_KEPT = 8
+
+cdef struct Kept:
+    # a (provider, model) resolved within one ``rows_of_events`` call (the objects are
+    # owned by the call's ``hold`` list): its price (None: unpriced), entry, and the price's
+    # rates read into C (``have_rates``: a price without tiers whose rates C takes)
+    PyObject *provider
+    PyObject *model
+    PyObject *price
+    PyObject *entry
+    Rates rates
+    bint have_rates
+
+
 def rows_of_events(pricing, events, out):
     """Append each event's priced row to ``out``, in one pass; returns how many rows are
-    unpriced."""
+    unpriced.
+
+    Within one call, the prices of the last ``N_KEPT`` (provider, model) pairs resolved
+    are kept (their rates read into C once): a slice's events mostly share a few models,
+    and the registry's lookup (a key tuple, a dict method call, ten attribute reads of the
+    price) was ~2.5k instructions an event.  Only while no custom price is set (a custom
+    price depends on the project too: those events take ``_price_event``'s full path), and
+    only for an exact ``UsageEvent`` with every slot set (else ``_price_event``).  Nothing
+    in the call can change a resolution (one, once made, is the same until ``set_pins``,
+    which no event runs)."""
     cdef Py_ssize_t unpriced = 0
+    cdef PyObject *ev[N_EVENT]
+    cdef int i
+    cdef bint slotted
+    cdef Kept kept[N_KEPT]
+    cdef Kept *k
+    cdef int n_kept = 0, next_kept = 0
+    cdef long long inp = 0, outp = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0, ws = 0
+    cdef long long cost = 0
+    cdef bint partial = False
     append = out.append
+    global_prices, project_prices = pricing._overrides
+    cdef bint custom = bool(global_prices) or bool(project_prices)
+    cdef list hold = []  # owns what ``kept`` points to
     for event in events:
-        priced = _price_event(pricing, event)
-        if priced is None:
+        # (the slots read here are used before anything is allocated: see ``_row``)
+        slotted = type(event) is _Event and not custom
+        if slotted:
+            for i in range(N_EVENT):
+                ev[i] = get_slot(event, EV[i])
+                if ev[i] is NULL:
+                    slotted = False
+                    break
+        if not slotted:
+            priced = _price_event(pricing, event)
+            _append_priced(append, event, priced)
+            unpriced += priced is None
+            continue
+        # _price_event, on the slots read above (the same steps, in the same order)
+        bound = <object>ev[E_BOUND]
+        if bound is not None:
+            append(_row(event, bound, _priced, _bound_entry))
+            continue
+        if <object>ev[E_STATUS] in _free_statuses or (
+                not <object>ev[E_HAS_USAGE] and <object>ev[E_HTTP_STATUS] >= 400):
+            append(_row(event, 0, _priced, None))
+            continue
+        model = <object>ev[E_MODEL]
+        if not <object>ev[E_HAS_USAGE] or model is None:
             unpriced += 1
             append(_row(event, None, _pending, None))
-        else:
-            cost, partial, entry = priced
-            append(_row(event, cost, _partial if partial else _priced, entry or None))
+            continue
+        provider = <object>ev[E_PROVIDER]
+        if not (_count(<object>ev[E_INPUT], &inp) and _count(<object>ev[E_OUTPUT], &outp)
+                and _count(<object>ev[E_CACHE_READ], &cr) and _count(<object>ev[E_CACHE_WRITE], &cw)
+                and _count(<object>ev[E_CACHE_WRITE_1H], &cw1h) and _count(<object>ev[E_AUDIO_IN], &ain)
+                and _count(<object>ev[E_AUDIO_OUT], &aout) and _count(<object>ev[E_WEB_SEARCHES], &ws)):
+            priced = _price_twin(pricing, event)  # it raises TokenCounts' error for a bad count
+            _append_priced(append, event, priced)
+            unpriced += priced is None
+            continue
+        k = NULL
+        for i in range(n_kept):
+            if (_same_str(provider, <object>kept[i].provider)
+                    and _same_str(model, <object>kept[i].model)):
+                k = &kept[i]
+                break
+        if k is NULL:
+            resolution = pricing._cache.get((provider, model))
+            if resolution is None or type(provider) is not str or type(model) is not str:
+                priced = _price_twin(pricing, event)  # resolved (and cached) there
+                _append_priced(append, event, priced)
+                unpriced += priced is None
+                continue
+            price = resolution.default
+            entry = resolution.entry or None
+            hold.append((provider, model, price, entry))
+            k = &kept[next_kept]
+            next_kept = (next_kept + 1) % N_KEPT
+            if n_kept < N_KEPT:
+                n_kept += 1
+            k.provider = <PyObject *>provider
+            k.model = <PyObject *>model
+            k.price = <PyObject *>price
+            k.entry = <PyObject *>entry
+            k.have_rates = (price is not None and not price.tiers and _read_rates(price, None, &k.rates))
+        if <object>k.price is None:
+            unpriced += 1
+            append(_row(event, None, _pending, None))
+            continue
+        if k.have_rates and ws == 0:
+            if _cost(&k.rates, inp, outp, cr, cw, cw1h, ain, aout, 0, &cost, &partial):
+                append(_row(event, cost, _partial if partial else _priced, <object>k.entry))
+                continue
+        elif _price(<object>k.price, inp, outp, cr, cw, cw1h, ain, aout, ws, &cost, &partial):
+            append(_row(event, cost, _partial if partial else _priced, <object>k.entry))
+            continue
+        priced = _price_twin(pricing, event)
+        _append_priced(append, event, priced)
+        unpriced += priced is None
     return unpriced
+
+
+cdef inline void _append_priced(object append, object event, object priced) except *:
+    """The row of ``event`` priced ``priced`` (``price_of_event``'s result) appended."""
+    if priced is None:
+        append(_row(event, None, _pending, None))
+    else:
+        cost_o, partial_o, entry = priced
+        append(_row(event, cost_o, _partial if partial_o else _priced, entry or None))
 
 
 # -------------------------------------------------------------------------------- journal line
