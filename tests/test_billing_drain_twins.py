@@ -337,6 +337,44 @@ def test_generated_events_make_the_same_rows_and_journal_fields(events: list[Usa
         assert all(f == dataclasses.astuple(e) for f in fields)
         assert all(type(f) is tuple for f in fields)
     _same_wal_lines(events)
+    rows: collections.deque[UsageRow] = collections.deque()
+    _drain_py.rows_of_events(pricing, events, rows)
+    _same_row_totals(rows)
+
+
+def _same_row_totals(rows: collections.deque[Any]) -> None:
+    """``row_totals`` of every tail of ``rows``, in each twin: the same partial count and
+    the same costs per (provider, model), in the same order, as summing them by hand."""
+    for start in range(len(rows) + 1):
+        expected: dict[tuple[str, str | None], int] = {("seen", None): 1}
+        partial = 0
+        for row in list(rows)[start:]:
+            partial += row.price_status == "priced_partial"
+            if row.cost_nano_usd:
+                key = (row.provider, row.model)
+                expected[key] = expected.get(key, 0) + row.cost_nano_usd
+        for module in MODULES:
+            costs: dict[tuple[str, str | None], int] = {("seen", None): 1}
+            assert module.row_totals(rows, start, costs) == partial
+            assert list(costs.items()) == list(expected.items())
+
+
+def test_row_totals_of_other_rows_take_the_twins_path() -> None:
+    """A row of another class, or with an unset slot, midway: the twin's sum (or error)."""
+    pricing = PricingRegistry()
+    events = [_event("openai", "gpt-4o-mini", (1000, 10, 0, 0, 0, 0, 0, 0)), _event("openai", "gpt-4o"),
+              _event("gemini", "gemini-2.5-pro", (250_000, 4_000, 64_000, 0, 0, 0, 0, 0))]  # fmt: skip
+    rows: collections.deque[Any] = collections.deque()
+    _drain_py.rows_of_events(pricing, events, rows)
+    rows.insert(1, dataclasses.replace(rows[0]))
+    other = _OtherEvent(events[0])  # an object with the fields, not a UsageRow
+    other.cost_nano_usd, other.price_status, other.model = 5, "priced_partial", "m"
+    rows.insert(2, other)
+    _same_row_totals(rows)
+    del rows[3].cost_nano_usd
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.row_totals(rows, 0, {})
 
 
 def _same_wal_lines(events: list[Any]) -> None:

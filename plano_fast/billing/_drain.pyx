@@ -27,6 +27,7 @@ The two can only differ by a bug in the C below, which the twin tests look for
 (tests/test_billing_drain_twins.py).
 """
 
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
@@ -37,11 +38,15 @@ from libc.string cimport memcpy, strlen
 from cpython.ref cimport Py_INCREF
 from libc.math cimport nearbyint
 
+import collections
+import itertools
+
 from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
 from plano_fast.billing._drain_py import event_fields as _event_fields_twin
 from plano_fast.billing._drain_py import price_of_event as _price_twin
+from plano_fast.billing._drain_py import row_totals as _row_totals_twin
 from plano_fast.billing._drain_py import wal_line as _wal_line_twin
 from plano_fast.pricing import _CUSTOM
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
@@ -528,6 +533,46 @@ def rows_of_events(pricing, events, out):
         _append_priced(append, event, priced)
         unpriced += priced is None
     return unpriced
+
+
+cdef Py_ssize_t R_PROVIDER = RW[6]
+cdef Py_ssize_t R_MODEL = RW[7]
+cdef Py_ssize_t R_COST = RW[17]
+cdef Py_ssize_t R_STATUS = RW[19]
+
+
+def row_totals(rows, Py_ssize_t start, dict costs):
+    """``_drain_py.row_totals``: the rows' slots read in place (a Python loop of attribute
+    reads per row in the flusher before, issue 27); another class, or an unset slot, takes
+    the twin for the rest."""
+    cdef Py_ssize_t partial = 0, i = 0
+    cdef PyObject *status
+    cdef PyObject *cost
+    cdef PyObject *provider
+    cdef PyObject *model
+    cdef PyObject *found
+    if type(rows) is not collections.deque or start < 0:
+        return _row_totals_twin(rows, start, costs)
+    for row in itertools.islice(rows, start, None):
+        if type(row) is not _Row:
+            return partial + _row_totals_twin(rows, start + i, costs)
+        status = get_slot(row, R_STATUS)
+        cost = get_slot(row, R_COST)
+        provider = get_slot(row, R_PROVIDER)
+        model = get_slot(row, R_MODEL)
+        if status is NULL or cost is NULL or provider is NULL or model is NULL:
+            return partial + _row_totals_twin(rows, start + i, costs)  # its AttributeError
+        i += 1
+        if <object>status is _partial or <object>status == _partial:
+            partial += 1
+        if <object>cost:
+            key = (<object>provider, <object>model)
+            found = PyDict_GetItemWithError(costs, key)
+            if found is NULL:
+                costs[key] = 0 + <object>cost
+            else:
+                costs[key] = <object>found + <object>cost
+    return partial
 
 
 cdef inline void _append_priced(object append, object event, object priced) except *:

@@ -11,6 +11,9 @@
   ``UsageRow`` (``UsageRow.from_event``), appended to ``out``; returns how many are unpriced.
 * ``event_fields(event)``: the event's fields as a tuple, in ``UsageEvent`` field order
   (what the write-ahead log writes and ``UsageEvent(*fields)`` reads back).
+* ``row_totals(rows, start, costs)``: for the rows of ``rows`` from index ``start`` on
+  (those a drain slice just appended), each nonzero cost added to ``costs[(provider,
+  model)]`` (pairs in order of first appearance); returns how many are priced partial.
 * ``wal_line(events, start, stop)``: one write-ahead log line, ``events[start:stop]``'s
   fields (``event_fields``) as a JSON list of lists plus a newline, encoded by orjson (the
   stdlib encoder takes what orjson refuses: a lone surrogate, an integer past 64 bits).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import operator
 from collections.abc import Iterable
@@ -120,3 +124,17 @@ def rows_of_events(pricing: PricingRegistry, events: Iterable[UsageEvent], out: 
                 )
             )
     return unpriced
+
+
+def row_totals(rows: collections.deque[UsageRow], start: int, costs: dict[tuple[str, str | None], int]) -> int:
+    """Add the costs of ``rows[start:]`` to ``costs`` per (provider, model); returns how
+    many of those rows are priced partial."""
+    partial = 0
+    for row in itertools.islice(rows, start, None):
+        if row.price_status == PRICE_STATUS_PARTIAL:
+            partial += 1
+        cost = row.cost_nano_usd
+        if cost:
+            key = (row.provider, row.model)
+            costs[key] = costs.get(key, 0) + cost
+    return partial
