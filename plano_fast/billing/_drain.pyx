@@ -604,19 +604,67 @@ cdef extern from "<math.h>":
 cdef extern from *:
     """
     #include <string.h>
-    static inline unsigned long long pf_load8(const unsigned char *p) {
-        unsigned long long w; memcpy(&w, p, 8); return w;
+    #if defined(__SSE2__) || defined(_M_X64) || defined(_M_AMD64)
+    #include <emmintrin.h>
+    #define PF_JSON_SSE2 1
+    #endif
+
+    /* One byte as JSON writes it inside a string: copied, or its escape from ``esc``
+       (0: none; 'u': \\u00xx; else a backslash and that letter). */
+    static inline char *pf_json_byte(char *out, unsigned char c, const char *esc, const char *hex) {
+        char e = esc[c];
+        if (e == 0) { *out = (char)c; return out + 1; }
+        out[0] = '\\\\';
+        if (e != 'u') { out[1] = e; return out + 2; }
+        out[1] = 'u'; out[2] = '0'; out[3] = '0'; out[4] = hex[c >> 4]; out[5] = hex[c & 15];
+        return out + 6;
     }
-    /* Does the 8-byte word hold a byte JSON must escape: below 0x20, '"' or '\\'?
-       (the exact "has a zero byte" / "has a byte below n" word tests) */
-    static inline int pf_dirty8(unsigned long long w) {
-        const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
-        unsigned long long q = w ^ (ones * 0x22), b = w ^ (ones * 0x5c);
-        return (((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs ? 1 : 0;
+
+    /* s[0:n] written at ``out`` as the inside of a JSON string; the caller made room for
+       6 * n + 16 bytes (a 16- or 8-byte block is stored whole before its tail is written
+       over).  Returns the new end.  Blocks of 16 (SSE2) or 8 (SWAR) bytes are tested for
+       a byte to escape -- '"', '\\\\' or below 0x20 -- and copied up to the first one. */
+    static inline char *pf_json_body(char *out, const unsigned char *s, Py_ssize_t n,
+                                     const char *esc, const char *hex) {
+        const unsigned char *end = s + n;
+    #ifdef PF_JSON_SSE2
+        const __m128i q = _mm_set1_epi8('"'), b = _mm_set1_epi8('\\\\');
+        const __m128i flip = _mm_set1_epi8((char)0x80), lim = _mm_set1_epi8((char)0xA0);
+        while (end - s >= 16) {
+            __m128i x = _mm_loadu_si128((const __m128i *)s);
+            /* x ^ 0x80 < 0xA0, signed: exactly x < 0x20 */
+            __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, q), _mm_cmpeq_epi8(x, b)),
+                                        _mm_cmplt_epi8(_mm_xor_si128(x, flip), lim));
+            unsigned int m = (unsigned int)_mm_movemask_epi8(stop);
+            _mm_storeu_si128((__m128i *)out, x);
+            if (m == 0) { out += 16; s += 16; continue; }
+            int k = __builtin_ctz(m);
+            out += k; s += k;
+            out = pf_json_byte(out, *s, esc, hex); s += 1;
+        }
+    #endif
+        {
+            /* The SWAR word tests ("has a zero byte", "has a byte below n") can flag a
+               byte above a true one falsely (a borrow), never below it: the lowest flag
+               (the first byte in memory, little-endian) is exact. */
+            const unsigned long long ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+            while (end - s >= 8) {
+                unsigned long long w, qq, bb, m;
+                memcpy(&w, s, 8);
+                qq = w ^ (ones * 0x22); bb = w ^ (ones * 0x5c);
+                m = (((w - ones * 0x20) & ~w) | ((qq - ones) & ~qq) | ((bb - ones) & ~bb)) & highs;
+                memcpy(out, &w, 8);
+                if (m == 0) { out += 8; s += 8; continue; }
+                int k = __builtin_ctzll(m) >> 3;
+                out += k; s += k;
+                out = pf_json_byte(out, *s, esc, hex); s += 1;
+            }
+        }
+        while (s < end) out = pf_json_byte(out, *s++, esc, hex);
+        return out;
     }
     """
-    unsigned long long pf_load8(const unsigned char *p) nogil
-    int pf_dirty8(unsigned long long w) nogil
+    char *pf_json_body(char *out, const unsigned char *s, Py_ssize_t n, const char *esc, const char *hex) nogil
 
 cdef struct Out:
     char *p
@@ -696,53 +744,22 @@ _ESCAPE[0x5c] = b'\\'
 cdef const char *_HEX = b"0123456789abcdef"
 
 
-cdef inline void _escaped(Out *o, unsigned char c) noexcept:
-    """One byte as JSON writes it inside a string (room for 6 made by the caller)."""
-    cdef char esc = _ESCAPE[c]
-    cdef char *w = o.p + o.n
-    if esc == 0:
-        w[0] = <char>c
-        o.n += 1
-    elif esc == b'u':
-        w[0] = b'\\'
-        w[1] = b'u'
-        w[2] = b'0'
-        w[3] = b'0'
-        w[4] = _HEX[c >> 4]
-        w[5] = _HEX[c & 15]
-        o.n += 6
-    else:
-        w[0] = b'\\'
-        w[1] = esc
-        o.n += 2
-
-
 cdef int _put_str(Out *o, object text) except -1:
     """``text`` (an exact str with a UTF-8 form: the caller checked) as a JSON string, as
-    orjson writes it: eight bytes at a time where none needs an escape."""
-    cdef Py_ssize_t n, i = 0, j
+    orjson writes it (``pf_json_body``)."""
+    cdef Py_ssize_t n
     cdef const unsigned char *s
+    cdef char *end
     if PyUnicode_IS_ASCII(text):
         s = <const unsigned char *>PyUnicode_DATA(text)
         n = PyUnicode_GET_LENGTH(text)
     else:
         s = <const unsigned char *>PyUnicode_AsUTF8AndSize(text, &n)
-    _room(o, 6 * n + 2)
+    _room(o, 6 * n + 2 + 16)
     o.p[o.n] = b'"'
-    o.n += 1
-    while i + 8 <= n:
-        if pf_dirty8(pf_load8(s + i)):
-            for j in range(i, i + 8):
-                _escaped(o, s[j])
-        else:
-            memcpy(o.p + o.n, s + i, 8)
-            o.n += 8
-        i += 8
-    while i < n:
-        _escaped(o, s[i])
-        i += 1
-    o.p[o.n] = b'"'
-    o.n += 1
+    end = pf_json_body(o.p + o.n + 1, s, n, _ESCAPE, _HEX)
+    end[0] = b'"'
+    o.n = end + 1 - o.p
     return 0
 
 
@@ -901,7 +918,7 @@ def wal_line(list events, Py_ssize_t start, Py_ssize_t stop):
     o.cap = 0
     o.p = NULL
     try:
-        _grow(&o, (stop - start) * 512)
+        _grow(&o, (stop - start) * 1024)
         # No Python code runs while the events are read (PyUnicode_AsUTF8AndSize only
         # allocates the string's cached UTF-8 form): the list and its events stay as they are.
         if _put_events(&o, events, start, stop):
