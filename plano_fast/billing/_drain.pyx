@@ -545,7 +545,7 @@ def row_totals(rows, Py_ssize_t start, dict costs):
     """``_drain_py.row_totals``: the rows' slots read in place (a Python loop of attribute
     reads per row in the flusher before, issue 27); another class, or an unset slot, takes
     the twin for the rest."""
-    cdef Py_ssize_t partial = 0, i = 0
+    cdef Py_ssize_t partial = 0, i = 0, n, j
     cdef PyObject *status
     cdef PyObject *cost
     cdef PyObject *provider
@@ -553,7 +553,15 @@ def row_totals(rows, Py_ssize_t start, dict costs):
     cdef PyObject *found
     if type(rows) is not collections.deque or start < 0:
         return _row_totals_twin(rows, start, costs)
-    for row in itertools.islice(rows, start, None):
+    # The tail taken from the deque's end (``islice(rows, start, None)`` walks the
+    # ``start`` rows before it first: the whole backlog, every slice), then read in order.
+    n = len(rows) - start
+    if n <= 0:
+        return 0
+    tail = list(itertools.islice(reversed(rows), n))
+    tail.reverse()
+    for j in range(n):
+        row = tail[j]
         if type(row) is not _Row:
             return partial + _row_totals_twin(rows, start + i, costs)
         status = get_slot(row, R_STATUS)
@@ -562,16 +570,21 @@ def row_totals(rows, Py_ssize_t start, dict costs):
         model = get_slot(row, R_MODEL)
         if status is NULL or cost is NULL or provider is NULL or model is NULL:
             return partial + _row_totals_twin(rows, start + i, costs)  # its AttributeError
+        # held before anything is allocated (an allocation may run the GC and a finalizer
+        # that empties a slot: see ``_row``)
+        cost_o = <object>cost
+        provider_o = <object>provider
+        model_o = <object>model
         i += 1
         if <object>status is _partial or <object>status == _partial:
             partial += 1
-        if <object>cost:
-            key = (<object>provider, <object>model)
+        if cost_o:
+            key = (provider_o, model_o)
             found = PyDict_GetItemWithError(costs, key)
             if found is NULL:
-                costs[key] = 0 + <object>cost
+                costs[key] = 0 + cost_o
             else:
-                costs[key] = <object>found + <object>cost
+                costs[key] = <object>found + cost_o
     return partial
 
 
