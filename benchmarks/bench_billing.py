@@ -77,7 +77,9 @@ def make_events(n: int, tag: str) -> list[UsageEvent]:
                 has_usage=not err,
                 project_id=f"project-{i % 20}",
                 key_hash=_KEYS[i % 50],
-                duration_ms=123.456 + i % 7,
+                # as the settle computes it: nanoseconds / 1e6 (the write-ahead log's
+                # compiled writer formats such a double without dtoa)
+                duration_ms=(123_456_789 + i % 7 * 1_000_003) / 1e6,
                 wire_format=wire,
             )
         )

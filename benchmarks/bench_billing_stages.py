@@ -12,7 +12,7 @@ stage's cost per event.  Instruction counts are nearly independent of the machin
 Stages (the flusher's deferred work, in order):
 
 * ``rows``: ``rows_of_events`` (pricing + ``UsageRow.from_event``), a ``DRAIN_SLICE`` at a time;
-* ``wal``: the write-ahead log's encoding (``_event_fields`` + ``_encode_line`` per ``SYNC_SLICE``);
+* ``wal``: the write-ahead log's encoding (``_wal_line`` per ``SYNC_SLICE``: the events' lines);
 * ``normalize``: ``normalize_usage`` (the store's validation and in-batch dedupe);
 * ``params``: ``_chunk_params`` (the SQLite writer's Python binding work);
 * ``sqlite``: ``SqliteStore.write_usage`` of the rows in batches of ``--batch`` (statements,
@@ -73,10 +73,9 @@ def _stage(stage: str, n: int, batch: int) -> None:
         for start in range(0, n, DRAIN_SLICE):
             rows_of_events(pricing, events[start : start + DRAIN_SLICE], out)
     elif stage == "wal":
-        fields = journal_mod._event_fields
-        encode = journal_mod._encode_line
+        line = journal_mod._wal_line
         for start in range(0, n, journal_mod.SYNC_SLICE):
-            encode(list(map(fields, events[start : start + journal_mod.SYNC_SLICE])))
+            line(events, start, min(start + journal_mod.SYNC_SLICE, n))
     elif stage == "normalize":
         for start in range(0, n, batch):
             normalize_usage(row_list[start : start + batch])

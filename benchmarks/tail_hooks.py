@@ -288,7 +288,7 @@ def _install_gateway_hooks() -> None:
     import plano_fast.store.sqlite as sqlite_store
 
     _patch(access_log.AccessLog, "flush", "access-log flush")
-    _patch(journal, "_encode_line", "usage-wal encode")
+    _patch(journal, "_wal_line", "usage-wal encode")
     _patch(flusher.UsageFlusher, "_convert_slice", "usage-flusher convert slice")
     _patch(sqlite_store, "normalize_usage", "sqlite normalize_usage")
     _patch(flusher.UsageFlusher, "_spill_overflow", "usage-flusher spill check")

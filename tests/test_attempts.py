@@ -29,7 +29,8 @@ import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.billing.drain import EVENT_FIELDS as _EVENT_FIELDS
-from plano_fast.billing.journal import Journal, _encode_line, _event_fields
+from plano_fast.billing.drain import event_fields as _event_fields
+from plano_fast.billing.journal import Journal, _encode_line
 from plano_fast.config import ConfigError, parse_config
 from plano_fast.failover import MAX_TRAIL_CHARS, attempt_trail
 from plano_fast.store import Store, UsageRow

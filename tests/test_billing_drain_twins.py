@@ -120,6 +120,29 @@ def test_every_vendored_price_agrees_with_the_registry_quote(counts: tuple[int, 
     assert tiered > 0 and len(TABLE) > 500  # the table has what the cases are for
 
 
+@pytest.mark.parametrize("custom", [False, True], ids=["table", "custom"])
+def test_a_slice_of_repeated_models_prices_every_event_as_the_registry(custom: bool) -> None:
+    """``rows_of_events`` keeps the last (provider, model)'s price within a call: a slice
+    of every vendored model with each count mix, the same pair in runs and interleaved,
+    unresolved before the call (its first event resolves it), with tiers and web searches
+    among them, makes each twin's rows and the registry's quote of every event."""
+    def registry() -> PricingRegistry:  # a fresh one per twin: nothing resolved yet
+        pricing = PricingRegistry()
+        if custom:
+            pricing.set_overrides({"gpt-4o": ModelPrice(7_000, 9_000, None, None)},
+                                  {("p1", "gpt-4o-mini"): ModelPrice(1, 2, 3, 4)})  # fmt: skip
+        return pricing
+
+    pairs = list(TABLE)[::7]
+    events = [_event(p, m, c) for p, m in pairs for c in COUNT_MIXES[:4]]  # runs of one pair
+    events += [_event(p, m, c) for c in COUNT_MIXES for p, m in pairs[:40]]  # interleaved
+    events += [_event("openai", "gpt-4o-mini", c, project_id=project) for c in COUNT_MIXES
+               for project in ("p1", "p2", None)]  # fmt: skip
+    results = [_rows(module, registry(), events) for module in MODULES]
+    assert all(r == results[0] for r in results)
+    assert results[0][1] == _reference_rows(registry(), events)
+
+
 def test_recorded_provider_usage_prices_alike() -> None:
     """The usage read from recorded traffic (tests/test_scan_fixtures.py's expectations),
     priced as its own model on every provider of the table that lists it."""
@@ -313,6 +336,108 @@ def test_generated_events_make_the_same_rows_and_journal_fields(events: list[Usa
         fields = [module.event_fields(e) for module in MODULES]
         assert all(f == dataclasses.astuple(e) for f in fields)
         assert all(type(f) is tuple for f in fields)
+    _same_wal_lines(events)
+    rows: collections.deque[UsageRow] = collections.deque()
+    _drain_py.rows_of_events(pricing, events, rows)
+    _same_row_totals(rows)
+
+
+def _same_row_totals(rows: collections.deque[Any]) -> None:
+    """``row_totals`` of every tail of ``rows``, in each twin: the same partial count and
+    the same costs per (provider, model), in the same order, as summing them by hand."""
+    for start in range(len(rows) + 1):
+        expected: dict[tuple[str, str | None], int] = {("seen", None): 1}
+        partial = 0
+        for row in list(rows)[start:]:
+            partial += row.price_status == "priced_partial"
+            if row.cost_nano_usd:
+                key = (row.provider, row.model)
+                expected[key] = expected.get(key, 0) + row.cost_nano_usd
+        for module in MODULES:
+            costs: dict[tuple[str, str | None], int] = {("seen", None): 1}
+            assert module.row_totals(rows, start, costs) == partial
+            assert list(costs.items()) == list(expected.items())
+
+
+def test_row_totals_of_other_rows_take_the_twins_path() -> None:
+    """A row of another class, or with an unset slot, midway: the twin's sum (or error)."""
+    pricing = PricingRegistry()
+    events = [_event("openai", "gpt-4o-mini", (1000, 10, 0, 0, 0, 0, 0, 0)), _event("openai", "gpt-4o"),
+              _event("gemini", "gemini-2.5-pro", (250_000, 4_000, 64_000, 0, 0, 0, 0, 0))]  # fmt: skip
+    rows: collections.deque[Any] = collections.deque()
+    _drain_py.rows_of_events(pricing, events, rows)
+    rows.insert(1, dataclasses.replace(rows[0]))
+    other = _OtherEvent(events[0])  # an object with the fields, not a UsageRow
+    other.cost_nano_usd, other.price_status, other.model = 5, "priced_partial", "m"
+    rows.insert(2, other)
+    _same_row_totals(rows)
+    del rows[3].cost_nano_usd
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.row_totals(rows, 0, {})
+
+
+def _same_wal_lines(events: list[Any]) -> None:
+    """Each twin's write-ahead log line of every slice of ``events``: the same bytes, those
+    of ``encode_line`` of the event tuples (orjson, else the stdlib encoder)."""
+    for start in range(len(events) + 1):
+        for stop in range(start, len(events) + 1):
+            expected = _drain_py.encode_line([dataclasses.astuple(e) if isinstance(e, UsageEvent)
+                                              else _drain_py.event_fields(e) for e in events[start:stop]])
+            for module in MODULES:
+                assert module.wal_line(events, start, stop) == expected, (module, start, stop)
+
+
+JSON_TEXT = st.one_of(TEXT, st.text(alphabet=st.characters(max_codepoint=0x2100), max_size=40),
+                      st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
+                      st.sampled_from(['{"prompt_tokens":12,"x":"a\\"b"}', "\x00\x1f\x7f\b\t\n\f\r", "\u2028"]))
+DURATION_NS = st.integers(-(10**16), 10**16).map(lambda ns: ns / 1e6)
+WAL_EVENTS = st.builds(
+    UsageEvent,
+    request_id=JSON_TEXT, time_ns=st.one_of(st.integers(0, 2**63 - 1), st.integers(-(2**65), 2**65)),
+    provider=JSON_TEXT, model=JSON_TEXT, streaming=st.booleans(), status=JSON_TEXT,
+    http_status=st.sampled_from([200, 400, 500]), input_tokens=st.integers(-(2**64), 2**64),
+    duration_ms=st.one_of(DURATION, DURATION_NS, st.floats()), usage_raw=JSON_TEXT,
+    reservation_overrun_nano_usd=st.one_of(st.integers(), st.none()),
+    bound_cost_nano_usd=st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1)),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(WAL_EVENTS, max_size=4))
+def test_generated_events_make_the_same_wal_lines(events: list[UsageEvent]) -> None:
+    """Strings with escapes and every UTF-8 length (and lone surrogates), integers in and
+    past 64 bits, durations of every kind (n / 1e6 as the settle makes them, NaN, the
+    infinities, tiny and huge ones): the compiled line is the twin's, byte for byte."""
+    _same_wal_lines(events)
+
+
+def test_wal_lines_at_the_edges_of_the_compiled_writer() -> None:
+    """Values on both sides of what the compiled writer takes itself (see ``_put_value``):
+    the line is always the twin's, and reads back as the events."""
+    base = _event("openai", "gpt-4o")
+    events: list[Any] = []
+    for ms in (0.0, -0.0, 1e-5, 9e-6, 1e-6, 0.1, 1.25, 999999999.999999, 1e9, 1e10, 123456789 / 1e6, -2.5,
+               0.1 + 0.2, float("nan"), float("inf"), -float("inf"), 5e-324):
+        event = dataclasses.replace(base, duration_ms=ms)
+        events.append(event)
+    for n in (2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(2**63) - 1):
+        events.append(dataclasses.replace(base, time_ns=n))
+    events.append(dataclasses.replace(base, usage_raw="lone \udc80"))
+    events.append(dataclasses.replace(base, usage_raw="".join(map(chr, range(0x80))) + "é日😀"))
+    events.append(_OtherEvent(base))
+    for event in events:
+        _same_wal_lines([event])
+    _same_wal_lines(events[:3])
+    for module in MODULES:
+        assert module.wal_line(events, 0, len(events)) == _drain_py.wal_line(events, 0, len(events))
+        assert module.wal_line(events, 2, 1) == b"[]\n"
+        assert module.wal_line(events, 0, 99) == _drain_py.wal_line(events, 0, 99)
+    unset = _event("openai", "gpt-4o-mini")
+    del unset.attempt_trail
+    for module in MODULES:
+        with pytest.raises(AttributeError):
+            module.wal_line([base, unset], 0, 2)
 
 
 def test_durations_round_as_the_twin_does() -> None:

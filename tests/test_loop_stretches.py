@@ -264,13 +264,13 @@ def test_a_wal_sync_encodes_a_slice_per_stretch_and_loses_nothing_when_cancelled
     from plano_fast.billing.journal import SYNC_SLICE
 
     per_stretch: list[int] = []
-    real_encode = journal._encode_line
+    real_line = journal._wal_line
 
-    def counting_encode(fields: list[tuple[object, ...]]) -> bytes:
-        per_stretch[-1] += len(fields)
-        return real_encode(fields)
+    def counting_line(events: list[UsageEvent], start: int, stop: int) -> bytes:
+        per_stretch[-1] += stop - start
+        return real_line(events, start, stop)
 
-    monkeypatch.setattr(journal, "_encode_line", counting_encode)
+    monkeypatch.setattr(journal, "_wal_line", counting_line)
     n = 3 * SYNC_SLICE + 5
 
     async def main() -> None:

@@ -30,8 +30,9 @@ from plano_fast._usage_event cimport new_event
 
 from plano_fast.gateway import relay
 from plano_fast.gateway.relay import Exchange, ExchangeContext
-from plano_fast.metrics import provider_error_type
+from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.usage import (
+    STATUS_OK,
     STATUS_UPSTREAM_ERROR,
     STATUS_UPSTREAM_FAILED,
     USAGE_API_NAMES,
@@ -79,7 +80,13 @@ cdef Py_ssize_t E_HAS_USAGE = slot_offset(UsageEvent, "has_usage")
 cdef Py_ssize_t E_ATTEMPTS = slot_offset(UsageEvent, "attempts")
 cdef Py_ssize_t E_TRAIL = slot_offset(UsageEvent, "attempt_trail")
 
+cdef Py_ssize_t M_KNOWN = slot_offset(RequestMetrics, "known_models")
+
 cdef type _Exchange = Exchange
+cdef type _Metrics = RequestMetrics
+cdef str _OK = STATUS_OK
+if _OK in relay._FAILED_OUTCOMES:
+    raise ImportError("STATUS_OK is a failed outcome: _settle.pyx's shortcut is wrong")
 cdef type _Context = ExchangeContext
 cdef type _Event = UsageEvent
 cdef dict _API_NAMES = USAGE_API_NAMES
@@ -150,6 +157,7 @@ def observe(self, event):
     sent_ns = _slot(self, O_SENT, "sent_ns")
     head_ns = _slot(self, O_HEAD, "head_ns")
     mode = type(self).MODE
+    cdef PyObject *known
     has_usage = _slot(event, E_HAS_USAGE, "has_usage")
     provider = _slot(event, E_PROVIDER, "provider")
     http_status = _slot(event, E_HTTP_STATUS, "http_status")
@@ -159,7 +167,9 @@ def observe(self, event):
     if _slot(ctx, C_REQUEST_METRICS, "request_metrics"):
         metrics = _slot(ctx, C_METRICS, "metrics")
         model = _slot(event, E_MODEL, "model")
-        if model not in metrics.known_models:
+        # (the metrics' set of known models read in place: an attribute lookup less)
+        known = get_slot(metrics, M_KNOWN) if type(metrics) is _Metrics else NULL
+        if model not in (<object>known if known != NULL else metrics.known_models):
             model = metrics.model_label(model)
         metrics.observe_ns(
             (mode, provider, model, endpoint_name), http_status, started_ns, now_ns, sent_ns,
@@ -168,7 +178,7 @@ def observe(self, event):
              _slot(event, E_CACHE_READ, "cache_read_tokens"), _slot(event, E_CACHE_WRITE, "cache_write_tokens"),
              _slot(event, E_REASONING, "reasoning_tokens")) if has_usage else None,
         )
-        if status in _FAILED:
+        if status is not _OK and status in _FAILED:  # (an answered request: no set lookup)
             if status == STATUS_UPSTREAM_FAILED:
                 metrics.error("timeout" if http_status == 504 else "upstream")
             elif status == STATUS_UPSTREAM_ERROR:
