@@ -69,6 +69,7 @@ cdef extern from "_simd.h":
     const unsigned char *pf_scan_plain(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
+    bint pf_eq_lit(const unsigned char *a, const char *lit, size_t m) noexcept nogil
 
 # The scanner in reviewable pieces, one C module (Cython ``include`` is textual, as in
 # asyncpg): the definitions, the JSON walker (structure, then tokens and the feed loop), the

@@ -135,7 +135,10 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         return
     if slot >= SL_F:
         i = slot - SL_F
-        d.u[i // NF].fst[i % NF] = null_or_bad(kind)
+        if i >= NF:
+            d.u[1].fst[i - NF] = null_or_bad(kind)
+        else:
+            d.u[0].fst[i] = null_or_bad(kind)
     elif slot == SL_MODEL1:
         d.model_st0 = ST_ABSENT
     elif slot == SL_MODEL2:
@@ -253,7 +256,8 @@ cdef inline int elem_slot(int node) noexcept nogil:
 
 
 cdef inline bint key_is(const unsigned char *k, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept nogil:
-    return n == m and memcmp(k, name, m) == 0
+    # ``name`` is a literal and ``m`` its length at every call: pf_eq_lit inlines to word compares
+    return n == m and pf_eq_lit(k, name, m)
 
 
 cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) noexcept nogil:
