@@ -510,6 +510,18 @@ cdef inline const unsigned char *scalar_end(const unsigned char *p, const unsign
     return q
 
 
+cdef inline const unsigned char *token_end(const unsigned char *p, const unsigned char *end,
+                                           bint lenient) noexcept nogil:
+    """scalar_end, with the common case -- a string whose content is one plain run, complete
+    in the buffer -- found in place without the call (``p[0]`` starts a scalar)."""
+    cdef const unsigned char *q
+    if p[0] == b'"':
+        q = pf_scan_text(p + 1, end) if lenient else pf_scan_plain(p + 1, end)
+        if q < end and q[0] == b'"':
+            return q + 1
+    return scalar_end(p, end, lenient)
+
+
 cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const unsigned char *end,
                                     const unsigned char *buf, int64_t base) noexcept nogil:
     """Validate tokens inside an uninteresting container (node ND_NONE) with the state in
@@ -576,7 +588,7 @@ cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const uns
             continue
         elif c != b'"' and c != b't' and c != b'f' and c != b'n' and c != b'-' and not (b'0' <= c <= b'9'):
             break
-        q = scalar_end(p, end, w.lenient)
+        q = token_end(p, end, w.lenient)
         if q == NULL:
             break
         p = q
@@ -697,7 +709,7 @@ cdef const unsigned char *members_fast(Walker *w, const unsigned char *p, const 
             q += 1
             scalar_done(w, base + (q - buf))
         elif slot == SL_NONE and c != b'{' and c != b'[':
-            q = scalar_end(p, end, w.lenient)
+            q = token_end(p, end, w.lenient)
             if q == NULL:
                 return p
             # as w_feed's unwanted scalar (depth >= 1: inside an object)
