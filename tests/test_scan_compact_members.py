@@ -135,3 +135,51 @@ def test_the_usage_look_alikes_do_not_count() -> None:
         assert usage[:2] == (1234, 567) and usage[5]
         usage = run_chunks(scan, ANTHROPIC, False, [CASES[-3][1]])[0]
         assert usage[1] == 20 and usage[0] == 10 + 2 + 3 and usage[5]
+
+
+_BYTES = sorted({0x00, 0x09, 0x1F, 0x20, 0x22, 0x2F, 0x5C, 0x61, 0x7F, 0x80, 0xBF, 0xC3, 0xE2, 0xFF})
+_LENGTHS = (1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 64, 65)
+
+
+def _string_docs(length: int, offset: int, byte: int) -> list[bytes]:
+    """A ``length``-byte string with ``byte`` at ``offset`` as skipped content, as the
+    captured model, as a key of the read usage object and as a key of a skipped object."""
+    s = bytearray(b"k" * length)
+    s[offset] = byte
+    text = bytes(s)
+    return [
+        chat(content=b'"' + text + b'"'),
+        chat().replace(b'"model":"gpt-4o-mini"', b'"model":"' + text + b'"'),
+        chat(usage=b'{"' + text + b'":5,"prompt_tokens":3,"completion_tokens":4}'),
+        chat(content=b'{"' + text + b'":"' + text + b'","a":1}'),
+    ]
+
+
+def test_every_byte_at_every_offset_of_a_string() -> None:
+    """String runs are found 16 bytes first, then 32 at a time, then 16, then byte by byte
+    (``pf_scan_string`` in plano_fast/wire/_simd.h): a quote, backslash, control byte or
+    non-ASCII byte at each offset of strings around those block sizes, whole and cut just
+    before and after it, reads as the twin reads it."""
+    assert _compiled is not None
+    for length in _LENGTHS:
+        for offset in range(length):
+            for byte in _BYTES:
+                text = bytearray(b"k" * length)
+                text[offset] = byte
+                for body in _string_docs(length, offset, byte):
+                    want = run_chunks(_scan_py, CHAT, False, [body])
+                    assert run_chunks(_compiled, CHAT, False, [body]) == want, (length, offset, byte, body)
+                    at = body.index(bytes(text)) + offset
+                    for cut in (at, at + 1, at + 2):
+                        got = run_chunks(_compiled, CHAT, False, [body[:cut], body[cut:]])
+                        assert got == want, (length, offset, byte, cut)
+
+
+def test_every_byte_value_in_a_skipped_and_a_read_string() -> None:
+    """All 256 byte values at each offset of a 40-byte string (skipped and captured)."""
+    assert _compiled is not None
+    for offset in range(40):
+        for byte in range(256):
+            for body in _string_docs(40, offset, byte)[:2]:
+                want = run_chunks(_scan_py, CHAT, False, [body])
+                assert run_chunks(_compiled, CHAT, False, [body]) == want, (offset, byte)

@@ -42,6 +42,13 @@ PF_ALWAYS_INLINE __m128i pf_string_stops(__m128i x, const int stop_high) {
 PF_ALWAYS_INLINE const unsigned char *pf_scan_string(const unsigned char *p, const unsigned char *end,
                                                      const int stop_high) {
 #ifdef PF_SSE2
+    /* one block first: most runs (keys, short values) end within 16 bytes */
+    if (end - p >= 16) {
+        unsigned int m = (unsigned int)_mm_movemask_epi8(
+            pf_string_stops(_mm_loadu_si128((const __m128i *)p), stop_high));
+        if (m) return p + pf_ctz(m);
+        p += 16;
+    }
     while (end - p >= 32) {
         __m128i mx = pf_string_stops(_mm_loadu_si128((const __m128i *)p), stop_high);
         __m128i my = pf_string_stops(_mm_loadu_si128((const __m128i *)(p + 16)), stop_high);
