@@ -11,9 +11,10 @@ once, keeping only a 512-entry container stack and a few small fixed buffers.  S
 are skipped 16/32 bytes at a time (SSE2; SWAR fallback elsewhere).  Keys are only looked at in
 the few "interesting" objects on the paths we read (the document, ``usage``,
 ``*_tokens_details``, ``message``/``response``/``x_groq``, ``stream_options``...), in place when
-they are plain ASCII; everything under any other key is validated by ``fast_skip``, a tight
-loop with its state in registers that hands partial tokens (cut by a chunk boundary) back to
-the resumable general path.  The SSE layer feeds each ``data:`` payload straight into the walker
+they are plain ASCII, and in compact JSON a run of such members (key, ':', a scalar, ',') is
+taken in one loop (``members_fast``); everything under any other key is validated by
+``fast_skip``, a tight loop with its state in registers that hands partial tokens (cut by a
+chunk boundary) back to the resumable general path.  The SSE layer feeds each ``data:`` payload straight into the walker
 as it arrives, so nothing is buffered except, with ``strip_usage_chunk``, the current event (up
 to ``MAX_HOLD_BYTES``).  A scanner is not thread-safe (one per response); inputs of 1 MiB or
 more are scanned with the GIL released.
@@ -69,6 +70,7 @@ cdef extern from "_simd.h":
     const unsigned char *pf_scan_plain(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_scan_text(const unsigned char *p, const unsigned char *end) noexcept nogil
     const unsigned char *pf_find_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
+    bint pf_eq_lit(const unsigned char *a, const char *lit, size_t m) noexcept nogil
 
 # The scanner in reviewable pieces, one C module (Cython ``include`` is textual, as in
 # asyncpg): the definitions, the JSON walker (structure, then tokens and the feed loop), the

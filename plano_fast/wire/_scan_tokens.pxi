@@ -296,6 +296,17 @@ cdef inline void key_mark(Walker *w, int64_t off) noexcept nogil:
         w.members2 += 1
 
 
+cdef inline void field_put(DocRec *d, int i, int st, int64_t v) noexcept nogil:
+    """Field ``i`` (0 .. 2 * NF - 1: record i // NF, field i % NF) of the document: state and
+    value (a compare instead of the division by NF)."""
+    cdef URec *r = &d.u[0]
+    if i >= NF:
+        r = &d.u[1]
+        i -= NF
+    r.fst[i] = st
+    r.fv[i] = v
+
+
 cdef void num_done(Walker *w, int64_t off) noexcept nogil:
     cdef int slot = w.num_slot
     cdef int st
@@ -310,9 +321,7 @@ cdef void num_done(Walker *w, int64_t off) noexcept nogil:
             w.req.maxst[i] = st
             w.req.maxv[i] = w.num_val
         else:
-            i = slot - SL_F
-            w.doc.u[i // NF].fst[i % NF] = st
-            w.doc.u[i // NF].fv[i % NF] = w.num_val
+            field_put(w.doc, slot - SL_F, st, w.num_val)
     scalar_done(w, off)
 
 
@@ -501,6 +510,18 @@ cdef inline const unsigned char *scalar_end(const unsigned char *p, const unsign
     return q
 
 
+cdef inline const unsigned char *token_end(const unsigned char *p, const unsigned char *end,
+                                           bint lenient) noexcept nogil:
+    """scalar_end, with the common case -- a string whose content is one plain run, complete
+    in the buffer -- found in place without the call (``p[0]`` starts a scalar)."""
+    cdef const unsigned char *q
+    if p[0] == b'"':
+        q = pf_scan_text(p + 1, end) if lenient else pf_scan_plain(p + 1, end)
+        if q < end and q[0] == b'"':
+            return q + 1
+    return scalar_end(p, end, lenient)
+
+
 cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const unsigned char *end,
                                     const unsigned char *buf, int64_t base) noexcept nogil:
     """Validate tokens inside an uninteresting container (node ND_NONE) with the state in
@@ -567,11 +588,23 @@ cdef const unsigned char *fast_skip(Walker *w, const unsigned char *p, const uns
             continue
         elif c != b'"' and c != b't' and c != b'f' and c != b'n' and c != b'-' and not (b'0' <= c <= b'9'):
             break
-        q = scalar_end(p, end, w.lenient)
+        q = token_end(p, end, w.lenient)
         if q == NULL:
             break
         p = q
-        st = W_COLON if (st == W_KEY or st == W_KEY_OR_CLOSE) else W_AFTER
+        # compact JSON: take the ':' after a key or the ',' after a value here, as the
+        # W_COLON / W_AFTER steps above would on the next turn
+        if st == W_KEY or st == W_KEY_OR_CLOSE:
+            if p < end and p[0] == b':':
+                st = W_VALUE
+                p += 1
+            else:
+                st = W_COLON
+        elif p < end and p[0] == b',':
+            st = W_KEY if w.kind[depth - 1] == K_OBJ else W_VALUE
+            p += 1
+        else:
+            st = W_AFTER
     w.state = st
     w.depth = depth
     w.slot = SL_NONE  # every value inside an uninteresting container goes nowhere
@@ -604,9 +637,7 @@ cdef inline const unsigned char *int_fast(Walker *w, const unsigned char *p, con
         w.req.maxst[i] = st
         w.req.maxv[i] = v
     else:
-        i = slot - SL_F
-        w.doc.u[i // NF].fst[i % NF] = st
-        w.doc.u[i // NF].fv[i % NF] = v
+        field_put(w.doc, slot - SL_F, st, v)
     scalar_done(w, off + (q - p))
     return q
 
@@ -634,6 +665,68 @@ cdef inline void cap_direct(Walker *w, const unsigned char *s, Py_ssize_t n, int
         if ok:
             memcpy(d.model_buf1, s, n)
             d.model_len1 = n
+
+
+cdef const unsigned char *members_fast(Walker *w, const unsigned char *p, const unsigned char *end,
+                                       const unsigned char *buf, int64_t base) noexcept nogil:
+    """Members of an object in compact JSON, from the opening quote of a key (state W_KEY or
+    W_KEY_OR_CLOSE): a plain key complete in the buffer, ':', a scalar value one of w_feed's
+    fast paths takes (int_fast, cap_direct, a scalar nobody wants), ',' and the next key,
+    each step exactly as w_feed's general path takes it, without a turn of its loop per
+    token (about 250 instructions per member).  Stops at anything else -- whitespace, a
+    container, an escaped key, a token cut by the end of the input, an error -- with the
+    state saved: the general path goes on from the returned pointer (``p`` itself when the
+    first key is not plain)."""
+    cdef const unsigned char *q
+    cdef unsigned char c
+    cdef int slot
+    cdef int node = w.node[w.depth - 1]
+    while True:
+        q = pf_scan_plain(p + 1, end)
+        if q == end or q[0] != b'"':
+            return p
+        key_mark(w, base + (p - buf))
+        slot = key_lookup(w, node, p + 1, q - p - 1)
+        w.slot = slot
+        p = q + 1
+        if p == end or p[0] != b':':
+            w.state = W_COLON
+            return p
+        p += 1
+        w.state = W_VALUE
+        if p == end:
+            return p
+        c = p[0]
+        if b'0' <= c <= b'9' and is_int_slot(slot):
+            q = int_fast(w, p, end, base + (p - buf))
+            if q == NULL:
+                return p
+        elif c == b'"' and (slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE):
+            q = pf_scan_plain(p + 1, end)
+            if q == end or q[0] != b'"':
+                return p
+            cap_direct(w, p + 1, q - p - 1, base + (p - buf))
+            q += 1
+            scalar_done(w, base + (q - buf))
+        elif slot == SL_NONE and c != b'{' and c != b'[':
+            q = token_end(p, end, w.lenient)
+            if q == NULL:
+                return p
+            # as w_feed's unwanted scalar (depth >= 1: inside an object)
+            if w.depth <= 2:
+                w.vslot[w.depth] = SL_NONE
+                if w.depth == 1:
+                    w.last_end1 = base + (q - buf)
+            w.state = W_AFTER
+        else:
+            return p
+        p = q
+        if p == end or p[0] != b',':
+            return p
+        p += 1
+        w.state = W_KEY
+        if p == end or p[0] != b'"':
+            return p
 
 
 cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base) noexcept nogil:
@@ -695,6 +788,9 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
                 if c == b',':
                     if kind == K_OBJ:
                         w.state = W_KEY
+                        if p + 1 < end and p[1] == b'"':
+                            p = members_fast(w, p + 1, end, buf, base)
+                            continue
                     else:
                         w.state = W_VALUE
                         w.slot = elem_slot(w.node[w.depth - 1])
@@ -708,13 +804,11 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
                 w.state = W_VALUE
             elif st == W_KEY or st == W_KEY_OR_CLOSE:
                 if c == b'"':
-                    q = pf_scan_plain(p + 1, end)
-                    if q < end and q[0] == b'"':
-                        # a plain key complete in this buffer: look it up in place
-                        key_mark(w, base + (p - buf))
-                        w.slot = key_lookup(w, w.node[w.depth - 1], p + 1, q - p - 1)
-                        w.state = W_COLON
-                        p = q + 1
+                    # a plain key complete in this buffer: looked up in place (and the
+                    # members after it, in compact JSON)
+                    q = members_fast(w, p, end, buf, base)
+                    if q != p:
+                        p = q
                         continue
                     key_begin(w, base + (p - buf))
                 elif c == b'}' and st == W_KEY_OR_CLOSE:

@@ -142,7 +142,7 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     u.web_search_requests = ws
 
 
-@cython.freelist(8)
+@cython.freelist(64)
 @cython.final
 cdef class UsageScanner:
     """Incremental usage reader for one response body (see plano_fast.wire._scan_py)."""
@@ -206,11 +206,18 @@ cdef class UsageScanner:
             self.doc_start()
 
     def __dealloc__(self):
-        # the raw-usage buffers (raw_buf); free(NULL) is a no-op
-        free(self.acc.raw)
-        free(self.pend.raw)
-        free(self.doc.raw[0])
-        free(self.doc.raw[1])
+        # the raw-usage buffers (raw_buf) back to the pool
+        raw_release(self.acc.raw)
+        raw_release(self.pend.raw)
+        raw_release(self.doc.raw[0])
+        raw_release(self.doc.raw[1])
+
+    cdef bint raw_fill(self) noexcept:
+        """Take all four raw-usage buffers now, with the GIL held: the walker may need them
+        while the GIL is released (raw_buf must not touch the pool then).  False when a
+        malloc failed: the caller then keeps the GIL."""
+        return (raw_buf(&self.acc.raw) & raw_buf(&self.pend.raw)
+                & raw_buf(&self.doc.raw[0]) & raw_buf(&self.doc.raw[1]))
 
     # -- accumulator --------------------------------------------------------------------------
 
@@ -355,7 +362,7 @@ cdef class UsageScanner:
         if self.json_len > C_MAX_BODY:
             self.json_over = 1
             return
-        if n >= NOGIL_MIN:
+        if n >= NOGIL_MIN and self.raw_fill():
             with nogil:
                 w_feed_cap(&self.w, buf, n, self.gpos)
         else:

@@ -135,7 +135,10 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         return
     if slot >= SL_F:
         i = slot - SL_F
-        d.u[i // NF].fst[i % NF] = null_or_bad(kind)
+        if i >= NF:
+            d.u[1].fst[i - NF] = null_or_bad(kind)
+        else:
+            d.u[0].fst[i] = null_or_bad(kind)
     elif slot == SL_MODEL1:
         d.model_st0 = ST_ABSENT
     elif slot == SL_MODEL2:
@@ -253,7 +256,8 @@ cdef inline int elem_slot(int node) noexcept nogil:
 
 
 cdef inline bint key_is(const unsigned char *k, Py_ssize_t n, const char *name, Py_ssize_t m) noexcept nogil:
-    return n == m and memcmp(k, name, m) == 0
+    # ``name`` is a literal and ``m`` its length at every call: pf_eq_lit inlines to word compares
+    return n == m and pf_eq_lit(k, name, m)
 
 
 cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) noexcept nogil:
@@ -658,12 +662,43 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
     return 0
 
 
+# Raw-usage buffers (C_RAW_CAP bytes each) kept for reuse: a scanner takes one at the first
+# byte of a usage object it keeps and gives it back at __dealloc__, so the usual answer (one
+# usage object, two buffers) no longer pays a malloc and a free per buffer (~500
+# instructions per answer).  Only touched with the GIL held: raw_buf runs under the GIL
+# except in json_feed's GIL-free branch, which fills the scanner's buffers first
+# (UsageScanner.raw_fill).  A buffer's bytes are only read up to its owner's raw_len.
+cdef enum:
+    RAW_POOL_CAP = 64
+
+cdef unsigned char *raw_pool[RAW_POOL_CAP]
+cdef int raw_pool_n = 0
+
+
 cdef inline bint raw_buf(unsigned char **p) noexcept nogil:
-    """The raw-usage buffer at ``*p``, allocated (not zeroed) on first use; False when
-    malloc fails (the caller then marks the object not kept, as when it is too long)."""
+    """The raw-usage buffer at ``*p``, taken from the pool or allocated (not zeroed) on first
+    use; False when malloc fails (the caller then marks the object not kept, as when it is
+    too long)."""
+    global raw_pool_n
     if p[0] == NULL:
-        p[0] = <unsigned char *>malloc(C_RAW_CAP)
+        if raw_pool_n > 0:
+            raw_pool_n -= 1
+            p[0] = raw_pool[raw_pool_n]
+        else:
+            p[0] = <unsigned char *>malloc(C_RAW_CAP)
     return p[0] != NULL
+
+
+cdef inline void raw_release(unsigned char *p) noexcept:
+    """Give a raw-usage buffer back (GIL held); NULL is ignored."""
+    global raw_pool_n
+    if p == NULL:
+        return
+    if raw_pool_n < RAW_POOL_CAP:
+        raw_pool[raw_pool_n] = p
+        raw_pool_n += 1
+    else:
+        free(p)
 
 
 cdef void raw_copy(Walker *w, Py_ssize_t upto) noexcept nogil:

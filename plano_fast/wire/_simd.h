@@ -42,6 +42,13 @@ PF_ALWAYS_INLINE __m128i pf_string_stops(__m128i x, const int stop_high) {
 PF_ALWAYS_INLINE const unsigned char *pf_scan_string(const unsigned char *p, const unsigned char *end,
                                                      const int stop_high) {
 #ifdef PF_SSE2
+    /* one block first: most runs (keys, short values) end within 16 bytes */
+    if (end - p >= 16) {
+        unsigned int m = (unsigned int)_mm_movemask_epi8(
+            pf_string_stops(_mm_loadu_si128((const __m128i *)p), stop_high));
+        if (m) return p + pf_ctz(m);
+        p += 16;
+    }
     while (end - p >= 32) {
         __m128i mx = pf_string_stops(_mm_loadu_si128((const __m128i *)p), stop_high);
         __m128i my = pf_string_stops(_mm_loadu_si128((const __m128i *)(p + 16)), stop_high);
@@ -146,6 +153,42 @@ static inline const unsigned char *pf_name_run(const unsigned char *p, const uns
     }
 #endif
     return p;
+}
+
+/* a[0:m] == lit[0:m] for a constant m and a string literal lit (every call site): inlined
+ * to a few word compares with the literal folded into immediates, where memcmp was a
+ * library call per key.  Only a[0:m] is read (overlapping words for the tail). */
+PF_ALWAYS_INLINE int pf_eq_lit(const unsigned char *a, const char *lit, const size_t m) {
+    uint64_t x, y;
+    uint32_t x4, y4;
+    uint16_t x2, y2;
+    size_t i;
+    if (m >= 8) {
+        for (i = 0; i + 8 <= m; i += 8) {
+            memcpy(&x, a + i, 8);
+            memcpy(&y, lit + i, 8);
+            if (x != y) return 0;
+        }
+        if (i == m) return 1;
+        memcpy(&x, a + m - 8, 8);
+        memcpy(&y, lit + m - 8, 8);
+        return x == y;
+    }
+    if (m >= 4) {
+        memcpy(&x4, a, 4);
+        memcpy(&y4, lit, 4);
+        if (x4 != y4) return 0;
+        memcpy(&x4, a + m - 4, 4);
+        memcpy(&y4, lit + m - 4, 4);
+        return x4 == y4;
+    }
+    if (m >= 2) {
+        memcpy(&x2, a, 2);
+        memcpy(&y2, lit, 2);
+        if (x2 != y2) return 0;
+        return a[m - 1] == (unsigned char)lit[m - 1];
+    }
+    return m == 0 || a[0] == (unsigned char)lit[0];
 }
 
 #endif /* PLANO_FAST_WIRE_SIMD_H */
