@@ -101,7 +101,10 @@ def _extensions() -> list[Extension]:
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd"])
-           for name in ("_forward", "_firewall")],
+           for name in ("_forward", "_firewall")]
+        # the server's read of plain requests (twins plano_fast.http_server.data_received_py, start_py)
+        + [Extension("plano_fast._serve", ["plano_fast/_serve.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

@@ -1,6 +1,8 @@
-"""The compiled request passes against their twins: ``plano_fast/gateway/_firewall.pyx``
-(``FirewallExchange.start``; twin ``modes.firewall.start_py``) and
-``plano_fast/gateway/_forward.pyx`` (``Exchange.forward_now``; twin ``relay.forward_now_py``).
+"""The compiled request passes against their twins: ``plano_fast/_serve.pyx``
+(``ServerProtocol.data_received`` and ``_start``; twins ``http_server.data_received_py``,
+``start_py``), ``plano_fast/gateway/_firewall.pyx`` (``FirewallExchange.start``; twin
+``modes.firewall.start_py``) and ``plano_fast/gateway/_forward.pyx``
+(``Exchange.forward_now``; twin ``relay.forward_now_py``).
 
 Two gateways, one compiled and one the pure build (``PLANO_FAST_PURE_SCANNER=1``), each with
 its own recording upstream, get the same client requests: plain ones the passes take (each
@@ -188,9 +190,12 @@ def test_config_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUpst
 
 def test_the_compiled_passes_are_installed() -> None:
     """Built, the passes replace the methods (else every test above compares the twin with
-    itself); an exchange class the firewall pass does not know goes to the twin."""
+    itself)."""
+    from plano_fast import http_server
     from plano_fast.gateway import relay
     from plano_fast.gateway.modes import firewall
 
     assert firewall.FirewallExchange.start is not firewall.start_py
     assert relay.Exchange.forward_now is not relay.forward_now_py
+    assert http_server.ServerProtocol.data_received is not http_server.data_received_py
+    assert http_server.ServerProtocol._start is not http_server.start_py
