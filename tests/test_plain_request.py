@@ -110,6 +110,16 @@ def _cases(key: bytes) -> dict[str, list[bytes]]:
         "models (GET)": [_request(b"/v1/models", b"", auth, b"GET")],
         "pipelined": [_request(b"/v1/chat/completions", _chat(), auth),
                       _request(b"/v1/chat/completions", _chat(stream=True), auth)],
+        # (config mode: a passthrough provider gets the client's own key, never a gateway
+        # token; an alias, a wildcard, a prefixed and an unknown model)
+        "passthrough provider": [_request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"),
+                                          b"authorization: Bearer sk-client-own-key\r\n")],
+        "gateway token to a passthrough provider": [
+            _request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"), b"authorization: Bearer xproxy_abc\r\n")],
+        "alias": [_request(b"/v1/chat/completions", _chat("fast"), auth)],
+        "wildcard model": [_request(b"/v1/chat/completions", _chat("openai/gpt-4.1"), auth)],
+        "prefixed model": [_request(b"/v1/chat/completions", _chat("openai/gpt-4o-mini"), auth)],
+        "unknown model": [_request(b"/v1/chat/completions", _chat("nope/none"), auth)],
         "no key": [_request(b"/v1/chat/completions", _chat(), b"")],
         "unknown key": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer %s\r\n" % OTHER_KEY.encode())],
         "two keys": [_request(b"/v1/chat/completions", _chat(), auth + b"x-api-key: %s\r\n" % ANT_KEY.encode())],
@@ -186,6 +196,11 @@ def test_config_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUpst
     assert answers["chat"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["pipelined"][1].startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"authorization: Bearer sk-server-openai-key\r\n" in upstreams[0].seen[0]
+    assert answers["passthrough provider"][0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answers["gateway token to a passthrough provider"][0].startswith(b"HTTP/1.1 401 ")
+    seen = b"\n".join(upstreams[0].seen)
+    assert b"authorization: Bearer sk-client-own-key\r\n" in seen and b"xproxy_abc" not in seen
+    assert b"openai/gpt-4o-mini" not in seen and b"openai/gpt-4.1" not in seen  # (the prefix rewritten away)
 
 
 def test_the_compiled_passes_are_installed() -> None:

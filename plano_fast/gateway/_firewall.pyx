@@ -25,7 +25,7 @@ that is not JSON) are raised as the twin raises them -- by the twin's own functi
 from cpython.object cimport PyObject
 
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
-from plano_fast.gateway._forward cimport forward_now_c
+from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
 from plano_fast.credentials import ClientHeaders, Credential, read_client_headers
@@ -34,7 +34,6 @@ from plano_fast.gateway import phases as _phases
 from plano_fast.gateway.modes import firewall as _firewall
 from plano_fast.gateway.modes.firewall import FirewallExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
-from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES
 from plano_fast.http_server import Request
 from plano_fast.key_registry import ApiKeyRegistry
 
@@ -89,14 +88,11 @@ cdef object _scan_request = _wire.scan_request
 cdef object _ScanError = _wire.ScanError
 cdef object _rewrite_request = _wire.rewrite_request
 cdef object _UsageScanner = _wire.UsageScanner
-cdef object _header_line = _wire.header_line
 cdef object _content_length_line = _wire.content_length_line
 cdef object _read_client_headers = read_client_headers
 cdef dict _KEY_HASHES = _phases._KEY_HASHES
 cdef bytes _KEY_SALT = _phases._KEY_SALT
 cdef object _key_hash = _phases.key_hash
-cdef Py_ssize_t _MAX_REQUEST_ID = MAX_CLIENT_REQUEST_ID_BYTES
-cdef bytes _VISIBLE_ASCII = bytes(range(0x21, 0x7F))
 if _firewall.start_py is not FirewallExchange.start:
     raise ImportError("FirewallExchange.start is not the twin: the pure one is used")
 
@@ -194,11 +190,7 @@ def start(exchange):
         query, block, client_request_id = client.query, client.block, client.request_id
     line = _get(credential, K_LINE, "line") if type(credential) is _Credential else credential.line
     # -- upstream_request.finish_head, the pieces joined once
-    if (client_request_id and len(client_request_id) <= _MAX_REQUEST_ID
-            and not client_request_id.translate(None, _VISIBLE_ASCII)):
-        request_id_line = b"x-request-id: " + client_request_id + b"\r\n"
-    else:
-        request_id_line = _header_line(b"x-request-id: ", _get(exchange, X_REQUEST_ID, "request_id"))
+    request_id_line = request_id_line_c(client_request_id, _get(exchange, X_REQUEST_ID, "request_id"))
     if query:
         head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", block, line,
                 request_id_line, route.host_line, _content_length_line(len(body), True))

@@ -22,7 +22,9 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
+from plano_fast import wire as _wire
 from plano_fast.gateway import relay as _relay
+from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.http_server import HeadResponder, Responder
 from plano_fast.upstream import UpstreamConnection, UpstreamPool
@@ -67,6 +69,18 @@ cdef object _SEND = Exchange._send
 cdef object _twin = _relay.forward_now_py
 #: exchange class -> whether it keeps ``Exchange._send`` (the pass takes it)
 cdef dict _PLANS = {}
+cdef object _header_line = _wire.header_line
+cdef Py_ssize_t _MAX_REQUEST_ID = MAX_CLIENT_REQUEST_ID_BYTES
+cdef bytes _VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+
+
+cdef bytes request_id_line_c(object client_request_id, object request_id):
+    """``upstream_request.finish_head``'s x-request-id line: the client's own when it sent
+    exactly one of 1 to 128 visible ASCII bytes, else the gateway's ``request_id``."""
+    if (client_request_id and len(client_request_id) <= _MAX_REQUEST_ID
+            and not client_request_id.translate(None, _VISIBLE_ASCII)):
+        return b"x-request-id: " + client_request_id + b"\r\n"
+    return _header_line(b"x-request-id: ", request_id)
 
 
 cdef inline object _get(object obj, Py_ssize_t offset, str name):
