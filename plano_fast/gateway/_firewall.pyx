@@ -35,7 +35,8 @@ from plano_fast.gateway.modes import firewall as _firewall
 from plano_fast.gateway.modes.firewall import FirewallExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.http_server import Request
-from plano_fast.key_registry import ApiKeyRegistry
+from plano_fast.key_registry import ApiKeyRegistry, KeyRoute
+from plano_fast.store import RegisteredApiKey
 
 cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
 cdef Py_ssize_t X_REQUEST = slot_offset(Exchange, "request")
@@ -73,6 +74,20 @@ cdef Py_ssize_t H_QUERY = slot_offset(ClientHeaders, "query")
 cdef Py_ssize_t K_SECRET = slot_offset(Credential, "secret")
 cdef Py_ssize_t K_LINE = slot_offset(Credential, "line")
 
+cdef Py_ssize_t M_NAME = slot_offset(_firewall.MeteredEndpoint, "name")
+cdef Py_ssize_t M_SCAN_API = slot_offset(_firewall.MeteredEndpoint, "scan_api")
+cdef Py_ssize_t M_WIRE_FORMAT = slot_offset(_firewall.MeteredEndpoint, "wire_format")
+cdef Py_ssize_t M_INCLUDE_USAGE = slot_offset(_firewall.MeteredEndpoint, "include_usage")
+cdef Py_ssize_t T_KEY = slot_offset(KeyRoute, "key")
+cdef Py_ssize_t T_ORIGIN = slot_offset(KeyRoute, "origin")
+cdef Py_ssize_t T_BASE_PATH = slot_offset(KeyRoute, "base_path")
+cdef Py_ssize_t T_HOST_LINE = slot_offset(KeyRoute, "host_line")
+cdef Py_ssize_t A_PROJECT_ID = slot_offset(RegisteredApiKey, "project_id")
+cdef Py_ssize_t A_PROVIDER = slot_offset(RegisteredApiKey, "provider")
+
+cdef type _Endpoint = _firewall.MeteredEndpoint
+cdef type _KeyRoute = KeyRoute
+cdef type _ApiKey = RegisteredApiKey
 cdef type _Firewall = FirewallExchange
 cdef type _Context = ExchangeContext
 cdef type _Request = Request
@@ -131,14 +146,14 @@ def start(exchange):
     method = _get(request, Q_METHOD, "method")
     path = _get(request, Q_PATH, "path")
     endpoint = _EXACT.get((method, path))
-    if endpoint is None or endpoint is _RESPONSES:
+    if type(endpoint) is not _Endpoint or endpoint is _RESPONSES:
         return _twin(exchange)
-    scan_api = endpoint.scan_api
+    scan_api = _get(endpoint, M_SCAN_API, "scan_api")
     if scan_api is None or scan_api == _API_GEMINI:
         return _twin(exchange)
     # -- the twin's steps from here, in its order
     put_slot(exchange, F_UNBILLED, False)
-    put_slot(exchange, X_ENDPOINT_NAME, endpoint.name)
+    put_slot(exchange, X_ENDPOINT_NAME, _get(endpoint, M_NAME, "name"))
     client = _get(exchange, X_CLIENT, "client")
     if client is None:  # (phases.client_headers)
         client = _read_client_headers(
@@ -162,10 +177,16 @@ def start(exchange):
             if route is None or budget.blocked:
                 route, digest = _identify(registry, budget, client)  # (its 401, its 429 check)
     put_slot(exchange, X_KEY_HASH, digest)
-    key = route.key
-    put_slot(exchange, X_PROJECT_ID, key.project_id)
-    put_slot(exchange, X_PROVIDER_ID, key.provider)
-    put_slot(exchange, X_WIRE_FORMAT, endpoint.wire_format)
+    # (the registry's records read at their slots; another class's, as attributes)
+    cdef bint exact = type(route) is _KeyRoute
+    key = _get(route, T_KEY, "key") if exact else route.key
+    if type(key) is _ApiKey:
+        put_slot(exchange, X_PROJECT_ID, _get(key, A_PROJECT_ID, "project_id"))
+        put_slot(exchange, X_PROVIDER_ID, _get(key, A_PROVIDER, "provider"))
+    else:
+        put_slot(exchange, X_PROJECT_ID, key.project_id)
+        put_slot(exchange, X_PROVIDER_ID, key.provider)
+    put_slot(exchange, X_WIRE_FORMAT, _get(endpoint, M_WIRE_FORMAT, "wire_format"))
     body = _get(request, Q_BODY, "body")
     put_slot(exchange, X_SCAN_API, scan_api)
     try:
@@ -175,11 +196,11 @@ def start(exchange):
     streaming = fields.stream
     put_slot(exchange, X_MODEL, fields.model)
     put_slot(exchange, X_STREAMING, streaming)
-    inject = streaming and endpoint.include_usage and fields.include_usage is not True
+    inject = streaming and _get(endpoint, M_INCLUDE_USAGE, "include_usage") and fields.include_usage is not True
     if inject:
         body = _rewrite_request(body, inject_include_usage=True)
     put_slot(exchange, X_SCANNER, _UsageScanner(scan_api, streaming, inject))
-    base = route.base_path
+    base = _get(route, T_BASE_PATH, "base_path") if exact else route.base_path
     if base and not path.startswith(base + b"/"):
         path = base + path
     if type(client) is _ClientHeaders:
@@ -191,12 +212,13 @@ def start(exchange):
     line = _get(credential, K_LINE, "line") if type(credential) is _Credential else credential.line
     # -- upstream_request.finish_head, the pieces joined once
     request_id_line = request_id_line_c(client_request_id, _get(exchange, X_REQUEST_ID, "request_id"))
+    host_line = _get(route, T_HOST_LINE, "host_line") if exact else route.host_line
     if query:
         head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", block, line,
-                request_id_line, route.host_line, _content_length_line(len(body), True))
+                request_id_line, host_line, _content_length_line(len(body), True))
     else:
         head = (method, b" ", path, b" HTTP/1.1\r\n", block, line,
-                request_id_line, route.host_line, _content_length_line(len(body), True))
+                request_id_line, host_line, _content_length_line(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
-    put_slot(exchange, X_ORIGIN, route.origin)
+    put_slot(exchange, X_ORIGIN, _get(route, T_ORIGIN, "origin") if exact else route.origin)
     return forward_now_c(exchange)
