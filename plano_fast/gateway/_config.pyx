@@ -40,6 +40,8 @@ from plano_fast.gateway.modes.config import ConfigExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.http_server import Request
+from plano_fast.config import ModelProvider
+from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.routing import Route, Router
 
 cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
@@ -87,6 +89,23 @@ cdef Py_ssize_t H_QUERY = slot_offset(ClientHeaders, "query")
 cdef Py_ssize_t K_SECRET = slot_offset(Credential, "secret")
 cdef Py_ssize_t K_LINE = slot_offset(Credential, "line")
 
+cdef Py_ssize_t O_ROUTES = slot_offset(Router, "routes")
+cdef Py_ssize_t T_PROVIDER = slot_offset(Route, "provider")
+cdef Py_ssize_t T_UPSTREAM_MODEL = slot_offset(Route, "upstream_model")
+cdef Py_ssize_t T_REWRITE = slot_offset(Route, "rewrite")
+cdef Py_ssize_t T_FALLBACKS = slot_offset(Route, "fallbacks")
+cdef Py_ssize_t T_PER_ENDPOINT = slot_offset(Route, "per_endpoint")
+cdef Py_ssize_t V_PROVIDER = slot_offset(ModelProvider, "provider")
+cdef Py_ssize_t V_TIMEOUTS = slot_offset(ModelProvider, "timeouts")
+cdef Py_ssize_t V_RETRY_POLICY = slot_offset(ModelProvider, "retry_policy")
+cdef Py_ssize_t V_EXTRA_LINES = slot_offset(ModelProvider, "extra_lines")
+cdef Py_ssize_t V_HOST_LINE = slot_offset(ModelProvider, "host_line")
+cdef Py_ssize_t V_ORIGIN = slot_offset(ModelProvider, "origin")
+cdef Py_ssize_t N_WIRE_API = slot_offset(Endpoint, "wire_api")
+cdef Py_ssize_t N_SCAN_API = slot_offset(Endpoint, "scan_api")
+
+cdef type _Provider = ModelProvider
+cdef type _Endpoint = Endpoint
 cdef type _Config = ConfigExchange
 cdef type _Context = ExchangeContext
 cdef type _Request = Request
@@ -138,7 +157,7 @@ def start(exchange):
     ctx = _get(exchange, X_CTX, "ctx")
     request = _get(exchange, X_REQUEST, "request")
     endpoint = _get(exchange, E_ENDPOINT, "endpoint")
-    if (type(ctx) is not _Context or type(request) is not _Request
+    if (type(ctx) is not _Context or type(request) is not _Request or type(endpoint) is not _Endpoint
             or endpoint is _RESPONSES or endpoint is _COUNT_TOKENS
             or _get(ctx, C_GUARDRAILS, "guardrails") is not None
             or _get(ctx, C_RATELIMITS, "ratelimits") is not None
@@ -156,13 +175,13 @@ def start(exchange):
     except _ScanError as exc:
         raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
     model = fields.model
-    route = (<dict?>router.routes).get(model or "")  # (a configured name: resolve's lookup)
-    if type(route) is not _Route or route.fallbacks:
+    route = (<dict?>_get(router, O_ROUTES, "routes")).get(model or "")  # (a configured name: resolve's lookup)
+    if type(route) is not _Route or _get(route, T_FALLBACKS, "fallbacks"):
         return _twin(exchange)
-    provider = route.provider
-    if provider.retry_policy is not None:
+    provider = _get(route, T_PROVIDER, "provider")
+    if type(provider) is not _Provider or _get(provider, V_RETRY_POLICY, "retry_policy") is not None:
         return _twin(exchange)
-    target = route.per_endpoint.get(endpoint)
+    target = (<dict?>_get(route, T_PER_ENDPOINT, "per_endpoint")).get(endpoint)
     if target is None:
         target = _target_of(route, endpoint)  # (kept on the route: no per-request effect)
     converted, path, auth_lines = target
@@ -192,20 +211,20 @@ def start(exchange):
     put_slot(exchange, E_FIELDS, fields)
     put_slot(exchange, X_REQUESTED_MODEL, model)
     # -- _admit_and_forward -> _prepare (no guardrails, limits, plan: checked above)
-    upstream_model = route.upstream_model
+    upstream_model = _get(route, T_UPSTREAM_MODEL, "upstream_model")
     served = upstream_model or model
     put_slot(exchange, E_PROVIDER, provider)
-    put_slot(exchange, X_PROVIDER_ID, provider.provider)
-    put_slot(exchange, X_TIMEOUTS, provider.timeouts)
+    put_slot(exchange, X_PROVIDER_ID, _get(provider, V_PROVIDER, "provider"))
+    put_slot(exchange, X_TIMEOUTS, _get(provider, V_TIMEOUTS, "timeouts"))
     put_slot(exchange, X_MODEL, served)
     stream = fields.stream
     put_slot(exchange, X_STREAMING, stream)
-    put_slot(exchange, X_WIRE_FORMAT, endpoint.wire_api)
-    scan_api = endpoint.scan_api
+    put_slot(exchange, X_WIRE_FORMAT, _get(endpoint, N_WIRE_API, "wire_api"))
+    scan_api = _get(endpoint, N_SCAN_API, "scan_api")
     put_slot(exchange, X_SCAN_API, scan_api)
     put_slot(exchange, X_BODY_FILTER, None)
     inject = stream and endpoint is _CHAT_COMPLETIONS and fields.include_usage is not True
-    new_model = upstream_model if route.rewrite or served != model else None
+    new_model = upstream_model if _get(route, T_REWRITE, "rewrite") or served != model else None
     if new_model is not None or inject:
         body = _rewrite_request(body, model=new_model, inject_include_usage=inject)
     put_slot(exchange, X_SCANNER, _UsageScanner(scan_api, stream, inject))
@@ -229,20 +248,21 @@ def start(exchange):
             parts = []
             _passed_through(parts, client)  # (a gateway token: its 401)
             credential_line = parts[0]
-        lines = (_get(client, H_BLOCK, "block"), credential_line, provider.extra_lines)
+        lines = (_get(client, H_BLOCK, "block"), credential_line, _get(provider, V_EXTRA_LINES, "extra_lines"))
     else:
         lines = (_get(client, H_OPERATOR_BLOCK, "operator_block"),
                  auth_lines[1] if _get(client, H_SEEN_VERSION, "seen_version") else auth_lines[0])
     request_id_line = request_id_line_c(_get(client, H_REQUEST_ID, "request_id"),
                                         _get(exchange, X_REQUEST_ID, "request_id"))
+    host_line = _get(provider, V_HOST_LINE, "host_line")
     if query:
-        head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", *lines, request_id_line, provider.host_line,
+        head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", *lines, request_id_line, host_line,
                 _content_length_line(len(body), True))
     else:
-        head = (method, b" ", path, b" HTTP/1.1\r\n", *lines, request_id_line, provider.host_line,
+        head = (method, b" ", path, b" HTTP/1.1\r\n", *lines, request_id_line, host_line,
                 _content_length_line(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
-    put_slot(exchange, X_ORIGIN, provider.origin)
+    put_slot(exchange, X_ORIGIN, _get(provider, V_ORIGIN, "origin"))
     return forward_now_c(exchange)
 
 
