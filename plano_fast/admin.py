@@ -96,7 +96,7 @@ from plano_fast.admin_models import (
     parse_json_body,
     resolve_project,
 )
-from plano_fast.credentials import Credential, read_client_headers
+from plano_fast.credentials import Credential, read_client_headers, refuse_subscription_key
 from plano_fast.errors import ClientError, GatewayError, Unauthorized
 from plano_fast.managed.crypto import KeyCipher
 from plano_fast.store import (
@@ -321,7 +321,9 @@ def _client_credential(request: web.Request) -> Credential | None:
     (plano_fast.credentials; ``Unauthorized`` when there are several or it is malformed)."""
     headers = [(name.lower(), value) for name, value in request.raw_headers]
     query = request.rel_url.raw_query_string.encode("latin-1", "replace")
-    return read_client_headers(headers, query).credential
+    client = read_client_headers(headers, query)
+    refuse_subscription_key(client)  # (firewall mode's rule: a second, unverified key)
+    return client.credential
 
 
 class _Admin:

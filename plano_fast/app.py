@@ -30,7 +30,7 @@ from plano_fast.failover import RetryPolicy, circuit_views
 from plano_fast.errors import GatewayError, UpstreamError
 from plano_fast.gateway.dispatch import admit_path, dispatch, precheck
 from plano_fast.metrics import Merged, billing_snapshot, read_snapshots, render, write_snapshot
-from plano_fast.gateway.relay import ExchangeContext, new_request_id
+from plano_fast.gateway.relay import Exchange, ExchangeContext, new_request_id
 from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
@@ -388,7 +388,8 @@ class Gateway:
         while (self.connections or self.ctx.draining) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
-            conn.abort()
+            if not _stop_unanswered(conn):  # (answered 503: it closes once that is out)
+                conn.abort()
         # An aborted connection's connection_lost runs in a later loop turn: only then
         # does an exchange still relaying learn its client is gone (and join ``draining``,
         # or have its task cancelled, whose handler does).  Given up before that, those
@@ -586,13 +587,29 @@ class Gateway:
         and its settle counted it (``upstream`` or ``timeout``, Exchange.observe) -- once."""
         if not isinstance(exc, UpstreamError):
             self.ctx.metrics.error(error_type(exc.status, exc.code))
+        if exc.request_id is None:  # (an exchange's refusal has its own: Exchange.refused)
+            exc.request_id = new_request_id()  # answered as x-plano-request-id, as its line's
         access_log = self.ctx.access_log
         if access_log is not None and responder is not None and not getattr(responder, "logged", False):
-            access_log.record(refusal_record(exc, path, new_request_id(), responder.peer()))
+            access_log.record(refusal_record(exc, path, exc.request_id, responder.peer()))
 
     def precheck(self, request: Request) -> None:
         """A head that expects 100-continue (see plano_fast.gateway.dispatch.precheck)."""
         precheck(self, request)
+
+
+def _stop_unanswered(proto: ServerProtocol) -> bool:
+    """The drain is over and this connection's request waits for its provider's first byte:
+    the exchange answers it a 503 in the client's format (``Exchange.stop_unanswered``).
+    True when it did: the connection then closes after the answer, not aborted (an abort
+    would drop the answer).  Found through the upstream connection the request was sent
+    on (its sink: the exchange, or a hedged attempt the exchange took over)."""
+    responder = proto.active
+    if responder is None or responder.head_sent:
+        return False
+    sink = getattr(responder.upstream, "sink", None)  # (an UpstreamConnection's, upstream.py)
+    exchange = getattr(sink, "exchange", sink)
+    return isinstance(exchange, Exchange) and exchange.stop_unanswered()
 
 
 METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"

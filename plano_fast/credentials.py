@@ -98,6 +98,31 @@ new_client_headers: Callable[[bytes, bytes, bool, bytes | None, Credential | Non
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
+#: Azure's subscription-key header as the request parsers write it in ``ClientHeaders.block``
+#: (names lowercased; the underscore spelling is read as it by CGI/WSGI-style servers)
+_SUBSCRIPTION_KEY_NAMES: Final = (b"ocp-apim-subscription-key:", b"ocp_apim_subscription_key:")
+
+
+def refuse_subscription_key(client: ClientHeaders) -> None:
+    """Where the client's own key goes upstream (firewall mode, ``passthrough_auth``): a
+    forwardable ``Ocp-Apim-Subscription-Key`` header is a credential nobody verified --
+    Azure AI services authenticate a resource key in it as they do ``api-key``, and an API
+    Management front reads its subscription from it -- so it is a 401, as its query form
+    is, alone or beside the verified key (where the key is the operator's it is dropped:
+    ``wire.ACCOUNT_HEADERS``).  Looked for only when the parsers' pass saw a provider-account
+    header (``operator_block`` is then not ``block``): callers on the request path test
+    that first, one comparison."""
+    block = client.block
+    if client.operator_block is block:
+        return
+    for name in _SUBSCRIPTION_KEY_NAMES:
+        if block.startswith(name) or block.find(b"\n" + name) >= 0:
+            raise Unauthorized(
+                "Ocp-Apim-Subscription-Key is a second credential the gateway does not verify: "
+                "send the key in api-key (or Authorization) only"
+            )
+
+
 def read_client_headers(
     headers: list[tuple[bytes, bytes]],
     query: bytes,

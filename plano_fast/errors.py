@@ -152,8 +152,10 @@ class GatewayError(Exception):
     close_connection: bool = False
     #: OpenAI-format "type" when it is not the usual one for the status
     openai_type: str | None = None
-    #: the exchange's request id, set on an error that ends a forwarded exchange (its usage
-    #: row has this id): answered as ``x-plano-request-id``, as a relayed answer carries it
+    #: the request id answered as ``x-plano-request-id``, as a relayed answer carries it:
+    #: the exchange's where one handled the request (its usage row and access-log line have
+    #: it: ``Exchange.refused``, or set where the exchange ends with this error), else a
+    #: fresh one, its access-log line's (the server's refusal handler, ``Gateway._refusal``)
     request_id: str | None = None
 
     def __init__(self, message: str | None = None) -> None:

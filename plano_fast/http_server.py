@@ -386,7 +386,7 @@ class Responder:
             self._close_after = True
         body = error.body(fmt)
         headers = ((b"content-type", b"application/json"),) + error.headers(fmt)
-        if error.request_id is not None:  # (the gateway's own answer to a forwarded request)
+        if error.request_id is not None:  # (every refusal the gateway answers: GatewayError.request_id)
             headers += ((b"x-plano-request-id", error.request_id.encode()),)
         self.send_head(error.status, headers, len(body))
         self.send_body(body)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from plano_fast.periodic import Periodic
 from plano_fast.store import RegisteredApiKey, Store
 from plano_fast.upstream import Origin
+from plano_fast.wire import upstream_host_lines
 
 log = logging.getLogger("plano_fast.firewall")
 
@@ -32,7 +33,8 @@ class KeyRoute:
     origin: Origin
     base_path: bytes
     host_header: str
-    #: ``host: <host_header>\r\n``, the upstream head's Host line (built here, not per request)
+    #: the upstream head's Host line and ``accept-encoding: identity`` (built here, not per
+    #: request: ``wire.upstream_host_lines``)
     host_line: bytes
 
 
@@ -48,7 +50,7 @@ def parse_upstream(key: RegisteredApiKey) -> KeyRoute:
         origin=(parts.scheme, parts.hostname, port, key.egress_ip or None),
         base_path=parts.path.rstrip("/").encode(),
         host_header=host_header,
-        host_line=b"host: " + host_header.encode() + b"\r\n",
+        host_line=upstream_host_lines(host_header),
     )
 
 

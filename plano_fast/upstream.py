@@ -178,6 +178,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = now + first_byte_timeout_s
         self.transport.writelines(data)
 
+    @property
+    def sink(self) -> ResponseSink | None:
+        """Whom this connection's answer goes to (None: no request in flight); read at
+        the gateway's stop only (``app._stop_unanswered``)."""
+        return self._sink
+
     def detach(self) -> None:
         """The exchange gives up on this response (client gone): close, never reuse."""
         self._sink = None
@@ -397,6 +403,11 @@ def take_whole_answer_py(
 
 class UpstreamPool:
     """Keep-alive connections per origin (scheme, host, port, egress address)."""
+
+    # Slots for what the compiled read path (plano_fast/gateway/_answer.pyx) reads on every
+    # answer, in place (a dict attribute from C is a generic lookup: ~250 instructions
+    # each, four per answer); a __dict__ for the rest (a harness may replace ``connect``).
+    __slots__ = ("loop", "closed", "_idle", "max_idle_per_origin", "__dict__")
 
     def __init__(
         self,

@@ -637,7 +637,8 @@ plano_fast:
 def test_precomputed_upstream_paths_and_origin() -> None:
     """``ModelProvider.upstream_paths`` / ``origin`` / ``host_line`` (built once per provider)
     give what was formatted per request before: the path of each client endpoint (Azure's
-    ``{model}`` filled in per request), the pool key and the upstream Host line."""
+    ``{model}`` filled in per request), the pool key and the upstream Host line (with
+    ``accept-encoding: identity``, asked of every provider)."""
     from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, MESSAGES, RESPONSES, upstream_path
     from plano_fast.gateway.upstream_request import origin_of
 
@@ -666,4 +667,4 @@ def test_precomputed_upstream_paths_and_origin() -> None:
                 assert upstream_path(p, endpoint, model) == reference(p, endpoint, model), (p.name, endpoint.name)
         assert origin_of(p) == ("https" if p.tls else "http", p.host, p.port, None)
         assert origin_of(p, "10.0.0.7") == ("https" if p.tls else "http", p.host, p.port, "10.0.0.7")
-        assert p.host_line == b"host: " + p.host_header.encode() + b"\r\n"
+        assert p.host_line == b"host: " + p.host_header.encode() + b"\r\naccept-encoding: identity\r\n"

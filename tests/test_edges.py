@@ -1270,3 +1270,39 @@ def test_config_mode_refuses_alt_sse_on_a_unary_gemini_call(
     answer = exchange(gateway.port, post(b"/v1beta/models/gemini%2Fgemini-2.0-flash:streamGenerateContent?alt=sse",
                                          body, b"", CLOSE))
     assert answer.status == 200 and len(provider_calls(fake)) == 1, answer.raw[:300]
+
+
+def test_an_azure_subscription_key_header_is_refused_where_the_clients_key_goes_upstream(
+    gateway: GatewayProcess, fake: FakeProviderThread
+) -> None:
+    """Was: a ``passthrough_auth`` provider got the client's ``Ocp-Apim-Subscription-Key``
+    beside the client's own key (or as its only one) -- a credential Azure AI services and
+    an API Management front read, that nothing checked.  Now a 401 in the client's format,
+    as its query form is, nothing forwarded (any case, the underscore spelling, on both
+    request parsers); where the key sent is the operator's it is still dropped (round f)."""
+    chat = b'{"model":"llama-passthrough","messages":[{"role":"user","content":"hi"}]}'
+    messages = b'{"model":"claude-passthrough","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    for path, body, own in ((b"/v1/chat/completions", chat, b"Authorization: Bearer sk-own-key\r\n"),
+                            (b"/v1/messages", messages, b"x-api-key: sk-ant-own-key\r\n")):
+        for header in (b"Ocp-Apim-Subscription-Key: client-chosen\r\n", b"ocp_apim_subscription_key: client-chosen\r\n"):
+            for auth in (own, b""):
+                fake.clear()
+                answer = exchange(gateway.port, post(path, body, auth, header + CLOSE))
+                assert answer.status == 401, answer.raw[:300]
+                error = answer.error_json()
+                assert (error["type"] == "error") if path == b"/v1/messages" else ("code" in error["error"]), error
+                assert provider_calls(fake) == []
+                chunked = (b"POST " + path + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + auth
+                           + header + CLOSE + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                assert exchange(gateway.port, chunked).status == 401
+                assert provider_calls(fake) == []
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", CHAT, b"",
+                                         b"Ocp-Apim-Subscription-Key: client-chosen\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]
+    [call] = provider_calls(fake)
+    assert call.header_all("ocp-apim-subscription-key") == []
+    fake.clear()
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", chat, b"Authorization: Bearer sk-own-key\r\n",
+                                         b"x-note: ocp-apim-subscription-key: v\r\n" + CLOSE))
+    assert answer.status == 200, answer.raw[:300]

@@ -606,3 +606,70 @@ def test_auth_check_refuses_alt_sse_on_a_unary_gemini_call(hardened: Any) -> Non
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=sse") == 400
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse") == 200
     assert auth_check(gateway, key, path=b"/v1beta/models/gemini-2.5-flash:generateContent?alt=json") == 200
+
+
+#: Azure's subscription-key header in the spellings a server reads as it (any case, "_" for "-")
+SUBSCRIPTION_KEY_HEADERS = [b"Ocp-Apim-Subscription-Key: ", b"ocp-apim-subscription-key: ",
+                            b"ocp_apim_subscription_key: ", b"OCP_APIM_SUBSCRIPTION_KEY: "]
+
+
+@pytest.mark.parametrize("header", SUBSCRIPTION_KEY_HEADERS)
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_azure_subscription_key_header_is_refused_beside_the_verified_key(
+    hardened: Any, fake: FakeProviderThread, header: bytes, chunked: bool
+) -> None:
+    """Was: forwarded beside the one verified credential -- a second key nobody checked,
+    which Azure AI services authenticate as they do ``api-key`` and an API Management
+    front reads its subscription from: a registered key could carry an unregistered
+    (revoked, another tenant's) one, served and charged upstream while the gateway meters
+    the registered one.  Now a 401 like its query form, alone or beside a key, on both
+    request parsers (``chunked``: httptools'); /auth/check agrees; nothing forwarded.  An
+    ordinary header that merely contains the name passes."""
+    gateway, _, _ = hardened
+    azure = b"/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    for credentials in ([b"api-key: " + REGISTERED], [b"Authorization: Bearer " + REGISTERED], []):
+        headers = [*credentials, header + UNREGISTERED]
+        fake.clear()
+        if chunked:
+            head = b"POST " + azure + b" HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+            head += b"".join(line + b"\r\n" for line in headers) + b"transfer-encoding: chunked\r\nconnection: close"
+            status, _, answer = raw_request(
+                gateway.port, head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT_BODY), CHAT_BODY), read_all=False)
+        else:
+            status, _, answer = post_chat(gateway, headers, azure)
+        assert status == 401, (headers, answer)
+        assert json.loads(answer)["error"]["code"] in ("invalid_api_key", "missing_api_key"), answer
+        assert OTHER_KEY not in answer.decode()
+        assert provider_calls(fake) == [], headers
+        assert auth_check(gateway, headers) == 401
+    fake.clear()
+    status, _, answer = post_chat(gateway, [b"api-key: " + REGISTERED, b"x-note: " + header + b"v"], azure)
+    assert status == 200, answer
+    assert auth_check(gateway, [b"api-key: " + REGISTERED, b"x-note: " + header + b"v"]) == 200
+
+
+@pytest.mark.parametrize("line", [b"authorization: Bearer ", b"Authorization: bearer  ", b"x-api-key: ",
+                                  b"x_api_key: ", b"api-key: ", b"x-goog-api-key: "])
+def test_trailing_whitespace_after_a_value_decides_nothing_differently(
+    hardened: Any, fake: FakeProviderThread, line: bytes
+) -> None:
+    """httptools hands a header value with its trailing spaces and tabs (the request fast
+    path declines such a head): the credential it identifies and writes back, the framing
+    its Content-Length gives and the usage row are the same as for the value without them
+    -- the optional whitespace is HTTP's, not the value's (RFC 9110 5.5).  (x-request-id
+    with trailing whitespace is not kept as the client's id on that path: the gateway's
+    own id goes up instead, tests/test_edges.py.)"""
+    gateway, sqlite_path, project = hardened
+    key = (ANT_KEY if b"x-api-key" in line.lower() or b"x_api_key" in line.lower() else USER_KEY).encode()
+    seen = []
+    for tail, length_tail in ((b"", b""), (b" \t ", b" "), (b"\t", b"\t")):
+        fake.clear()
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                + line + key + tail + b"\r\nconnection: close\r\ncontent-length: %d" % len(CHAT_BODY) + length_tail)
+        status, answer_head, answer = raw_request(gateway.port, head, CHAT_BODY, read_all=False)
+        assert status == 200, (tail, answer)
+        (call,) = provider_calls(fake)
+        assert call.body == CHAT_BODY
+        seen.append(credentials_seen(call))
+    assert seen[0] == seen[1] == seen[2] and len(seen[0]) == 1, seen
+    assert seen[0][0][1].endswith(key.decode()) and seen[0][0][1].split()[-1] == key.decode()

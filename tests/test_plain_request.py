@@ -120,6 +120,11 @@ def _cases(key: bytes) -> dict[str, list[bytes]]:
         "wildcard model": [_request(b"/v1/chat/completions", _chat("openai/gpt-4.1"), auth)],
         "prefixed model": [_request(b"/v1/chat/completions", _chat("openai/gpt-4o-mini"), auth)],
         "unknown model": [_request(b"/v1/chat/completions", _chat("nope/none"), auth)],
+        "subscription key beside the key": [_request(b"/v1/chat/completions", _chat(),
+                                                     auth + b"ocp-apim-subscription-key: sub-123\r\n")],
+        "subscription key to a passthrough provider": [
+            _request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"),
+                     b"authorization: Bearer sk-client-own-key\r\nocp-apim-subscription-key: sub-123\r\n")],
         "no key": [_request(b"/v1/chat/completions", _chat(), b"")],
         "unknown key": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer %s\r\n" % OTHER_KEY.encode())],
         "two keys": [_request(b"/v1/chat/completions", _chat(), auth + b"x-api-key: %s\r\n" % ANT_KEY.encode())],
@@ -172,7 +177,7 @@ def test_firewall_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUp
     # what both must do (agreeing on something wrong fails here)
     assert answers["chat"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["pipelined"][1].startswith(b"HTTP/1.1 200 OK\r\n")
-    for case in ("no key", "unknown key", "two keys", "key= and a header"):
+    for case in ("no key", "unknown key", "two keys", "key= and a header", "subscription key beside the key"):
         assert answers[case][0].startswith(b"HTTP/1.1 401 "), case
     assert answers["not json"][0] == b"HTTP/1.1 400 Bad Request"
     assert answers["unknown path"][0].startswith(b"HTTP/1.1 404 ")
@@ -198,6 +203,7 @@ def test_config_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUpst
     assert b"authorization: Bearer sk-server-openai-key\r\n" in upstreams[0].seen[0]
     assert answers["passthrough provider"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["gateway token to a passthrough provider"][0].startswith(b"HTTP/1.1 401 ")
+    assert answers["subscription key to a passthrough provider"][0].startswith(b"HTTP/1.1 401 ")
     seen = b"\n".join(upstreams[0].seen)
     assert b"authorization: Bearer sk-client-own-key\r\n" in seen and b"xproxy_abc" not in seen
     assert b"openai/gpt-4o-mini" not in seen and b"openai/gpt-4.1" not in seen  # (the prefix rewritten away)

@@ -173,6 +173,20 @@ def test_the_head_limit_is_left_to_httptools() -> None:
     assert parse_response(PROVIDER_RESPONSE, head_len) is not None
 
 
+def test_a_head_of_many_runs() -> None:
+    # The pass records the kept lines as runs (consecutive kept lines; a dropped line ends
+    # one, an account line is one of its own), 24 in place and more on a second pass:
+    # heads on both sides of that, their blocks still response_head's, byte for byte.
+    for pairs in (5, 11, 12, 13, 40):
+        lines = b"".join(b"x-kept-%d: v\r\nDate: d\r\nOpenAI-Organization: org-%d\r\n" % (k, k)
+                         for k in range(pairs))
+        data = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nhi"
+        assert check_against_httptools(data)
+        block = parse_response(data, MAX_HEAD)[1]
+        assert block.count(b"x-kept-") == block.count(b"OpenAI-Organization: org-") == pairs
+        assert b"Date" not in block
+
+
 # -- generated answers, then mutated: the fast path never disagrees with httptools ----
 NAMES = [b"Content-Length", b"content-length", b"Connection", b"Proxy-Connection", b"Transfer-Encoding", b"Upgrade",
          b"Content-Type",
@@ -268,3 +282,23 @@ def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
             assert accepted is allowed, (where, offset, byte)
             if allowed:
                 assert line in parse_response(data, MAX_HEAD)[1]  # type: ignore[index]
+
+
+def test_every_byte_at_every_offset_of_a_short_value_after_a_colon_anywhere_in_a_block() -> None:
+    """Where a name's sixteen-byte scan (``pf_name_run``) stops, a value's begins
+    (``pf_value_run``, then the word and byte loops): names of 1 to 16 bytes put the colon
+    at each of a block's sixteen places, and each byte value at each offset of the 12-byte
+    value after it (in that block, or across its end into the next) is accepted exactly
+    when the grammar allows it, and whatever is accepted is what httptools reads."""
+    for name_len in range(1, 17):
+        for offset in range(12):
+            for byte in range(256):
+                value = bytearray(b"v" * 12)
+                value[offset] = byte
+                line = b"n" * name_len + b":" + bytes(value) + b"\r\n"
+                allowed = byte == 9 or (byte >= 32 and byte != 127)  # (OWS at either end: kept as it came)
+                data = b"HTTP/1.1 200 OK\r\n" + line + b"content-length: 2\r\n\r\nok"
+                accepted = check_against_httptools(data) if allowed else parse_response(data, MAX_HEAD) is not None
+                assert accepted is allowed, (name_len, offset, byte)
+                if allowed:
+                    assert line in parse_response(data, MAX_HEAD)[1]  # type: ignore[index]

@@ -26,7 +26,7 @@ from pathlib import Path
 import httptools
 import pytest
 
-from plano_fast.wire import PURE_ENV
+from plano_fast.wire import ACCOUNT_HEADERS, PURE_ENV
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.raw_upstream import RawUpstream
 from tests.test_billing_e2e import read_rows
@@ -63,6 +63,13 @@ _PROVIDER_LINES = (
 )
 
 
+#: the account headers (ACCOUNT_HEADERS) as sent in any case, thirty of them; and names
+#: of their lengths, their last byte another, which are not theirs
+_ACCOUNT_NAMES = [(name, name.upper(), name.title())[k % 3] for k, name in enumerate(sorted(ACCOUNT_HEADERS) * 3)]
+_NEAR_NAMES = [name[:-1] + (b"~" if k % 2 else b"x" if name[-1:].lower() != b"x" else b"y")
+               for k, name in enumerate(_ACCOUNT_NAMES)]
+
+
 def _plain(body: bytes, status: bytes = b"200 OK", lines: bytes = _PROVIDER_LINES, version: bytes = b"1.1") -> bytes:
     return b"HTTP/%s %s\r\n%scontent-length: %d\r\n\r\n%s" % (version, status, lines, len(body), body)
 
@@ -83,6 +90,11 @@ CASES: dict[str, tuple[bytes, bool, int]] = {
     "odd-case-and-spacing": (_plain(_completion("odd"), lines=(
         b"Content-Type:application/json \r\nX-Odd-Name:  two  spaces \t\r\nOpenAI-Organization: org-x\r\n"
         b"SET-COOKIE: a=1\r\nx-empty:\r\n")), False, 0),
+    # more runs of kept lines than the pass records in place (_head.pxd: HEAD_RUNS), and
+    # every account header in three cases (and names one byte off them: kept)
+    "many-runs": (_plain(_completion("many runs"), lines=_PROVIDER_LINES + b"".join(
+        b"x-kept-%d: v\r\ndate: d\r\n%s: p-%d\r\n%s: near-%d\r\n" % (k, _ACCOUNT_NAMES[k], k, _NEAR_NAMES[k], k)
+        for k in range(30))), False, 0),
     "large": (_plain(_completion("x" * 200_000)), False, 0),
     "chunked": (_chunked(_completion("chunked")), False, 0),
     "interim": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
@@ -229,6 +241,10 @@ def _check_answers(answers: dict[str, bytes], operator_key: bool) -> None:
     assert (b"openai-organization" in lower) is not operator_key
     assert b"content-length: %d\r\n" % len(body) in lower
     assert b"x-odd-name:  two  spaces \t\r\n" in answers["odd-case-and-spacing"].lower()
+    many = answers["many-runs"].partition(b"\r\n\r\n")[0]
+    assert many.count(b"\r\nx-kept-") == 30 and many.count(b"\r\ndate: ") == 1
+    assert many.count(b": near-") == 30
+    assert many.count(b": p-") == (0 if operator_key else 30)
     assert json.loads(answers["interim"].partition(b"\r\n\r\n")[2])["choices"][0]["message"]["content"] == (
         "after interim")
     assert answers["bad-request"].startswith(b"HTTP/1.1 400 Bad Request\r\n")

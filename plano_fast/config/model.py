@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from plano_fast.config.retry_schema import RetryPolicyIn
 from plano_fast.failover import RetryPolicy
+from plano_fast.wire import upstream_host_lines
 
 if TYPE_CHECKING:  # the runtime module (asyncio, per-request state) is not the model's concern
     from plano_fast.preference_routing import PreferenceConfig
@@ -113,7 +114,9 @@ class ModelProvider:
     #: -> the provider path serving it as bytes, None where it has none (the chat path as
     #: written when ``model_in_path``: gateway.endpoints.upstream_path fills the model in)
     upstream_paths: dict[str, bytes | None] = field(init=False, repr=False, compare=False)
-    #: ``host: <host_header>\r\n``, the upstream head's Host line
+    #: ``host: <host_header>\r\naccept-encoding: identity\r\n``: the upstream head's Host
+    #: line, and the coding asked for (``wire.upstream_host_lines``: usage is read from the
+    #: answer as it comes)
     host_line: bytes = field(init=False, repr=False, compare=False)
     #: the upstream head's lines of ``auth_headers`` then ``extra_headers``, joined once:
     #: (all of them, those without ``anthropic-version`` -- for a client that sent its own);
@@ -127,7 +130,7 @@ class ModelProvider:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin", ("https" if self.tls else "http", self.host, self.port, None))
-        object.__setattr__(self, "host_line", b"host: " + self.host_header.encode() + b"\r\n")
+        object.__setattr__(self, "host_line", upstream_host_lines(self.host_header))
         messages = self.messages_path
         paths = {
             "chat_completions": self.chat_completions_path,

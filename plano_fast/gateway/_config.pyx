@@ -18,7 +18,8 @@ configured (their phases run in the twin); the Responses and count_tokens endpoi
 model that is not a configured name (``Router.resolve``: wildcards, the default, an
 unknown model's refusal); a route with fallbacks, a retry policy (the provider's or the
 listener's: the failover engine), a converted or unserved target.  Refusals on the way (a
-body that is not JSON, two credentials, a key over its limit, a gateway token) are raised
+body that is not JSON, two credentials, a key over its limit, a gateway token, an Azure
+subscription key beside a passed-through key) are raised
 as the twin raises them -- by the twin's own functions (``read_client_headers``,
 ``identify_caller``, ``_passed_through``) or with its message -- after the same side effects.
 """
@@ -29,7 +30,7 @@ from plano_fast._slots cimport get_slot, put_slot, slot_offset
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
-from plano_fast.credentials import ClientHeaders, Credential, read_client_headers
+from plano_fast.credentials import ClientHeaders, Credential, read_client_headers, refuse_subscription_key
 from plano_fast.errors import BadRequestBody
 from plano_fast.gateway import phases as _phases
 from plano_fast.gateway import routed as _routed
@@ -123,6 +124,7 @@ cdef object _rewrite_request = _wire.rewrite_request
 cdef object _UsageScanner = _wire.UsageScanner
 cdef object _content_length_line = _wire.content_length_line
 cdef object _read_client_headers = read_client_headers
+cdef object _refuse_subscription_key = refuse_subscription_key
 cdef object _identify_caller = _phases.identify_caller
 cdef dict _KEY_HASHES = _phases._KEY_HASHES
 cdef bytes _KEY_SALT = _phases._KEY_SALT
@@ -238,7 +240,10 @@ def start(exchange):
     method = _get(request, Q_METHOD, "method")
     if type(client) is not _ClientHeaders:
         return _twin_tail(exchange, client, method, path, query, provider, auth_lines, body)
-    if auth_lines is None:
+    if auth_lines is None:  # (_passed_through)
+        block = _get(client, H_BLOCK, "block")
+        if _get(client, H_OPERATOR_BLOCK, "operator_block") is not block:
+            _refuse_subscription_key(client)  # (a provider-account header was sent)
         credential = _get(client, H_CREDENTIAL, "credential")
         if credential is None:
             credential_line = b""
@@ -248,7 +253,7 @@ def start(exchange):
             parts = []
             _passed_through(parts, client)  # (a gateway token: its 401)
             credential_line = parts[0]
-        lines = (_get(client, H_BLOCK, "block"), credential_line, _get(provider, V_EXTRA_LINES, "extra_lines"))
+        lines = (block, credential_line, _get(provider, V_EXTRA_LINES, "extra_lines"))
     else:
         lines = (_get(client, H_OPERATOR_BLOCK, "operator_block"),
                  auth_lines[1] if _get(client, H_SEEN_VERSION, "seen_version") else auth_lines[0])

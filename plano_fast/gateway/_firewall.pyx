@@ -18,7 +18,7 @@ an exchange, request or context of another class, guardrails or rate limits conf
 503), a path that is not one of the exact metered paths or that names a free endpoint
 (model listings, token counting), the Responses endpoint (its ``background`` refusal),
 Gemini's.  Refusals on the way (two credentials, no key, an unknown or blocked key, a body
-that is not JSON) are raised as the twin raises them -- by the twin's own functions
+that is not JSON, an Azure subscription key beside the key) are raised as the twin raises them -- by the twin's own functions
 (``read_client_headers``, ``identify``) or with its message -- after the same side effects.
 """
 
@@ -28,7 +28,7 @@ from plano_fast._slots cimport get_slot, put_slot, slot_offset
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
-from plano_fast.credentials import ClientHeaders, Credential, read_client_headers
+from plano_fast.credentials import ClientHeaders, Credential, read_client_headers, refuse_subscription_key
 from plano_fast.errors import BadRequestBody
 from plano_fast.gateway import phases as _phases
 from plano_fast.gateway.modes import firewall as _firewall
@@ -68,6 +68,7 @@ cdef Py_ssize_t Q_BODY = slot_offset(Request, "body")
 cdef Py_ssize_t Q_FORWARD = slot_offset(Request, "forward")
 
 cdef Py_ssize_t H_BLOCK = slot_offset(ClientHeaders, "block")
+cdef Py_ssize_t H_OPERATOR_BLOCK = slot_offset(ClientHeaders, "operator_block")
 cdef Py_ssize_t H_REQUEST_ID = slot_offset(ClientHeaders, "request_id")
 cdef Py_ssize_t H_CREDENTIAL = slot_offset(ClientHeaders, "credential")
 cdef Py_ssize_t H_QUERY = slot_offset(ClientHeaders, "query")
@@ -105,6 +106,7 @@ cdef object _rewrite_request = _wire.rewrite_request
 cdef object _UsageScanner = _wire.UsageScanner
 cdef object _content_length_line = _wire.content_length_line
 cdef object _read_client_headers = read_client_headers
+cdef object _refuse_subscription_key = refuse_subscription_key
 cdef dict _KEY_HASHES = _phases._KEY_HASHES
 cdef bytes _KEY_SALT = _phases._KEY_SALT
 cdef object _key_hash = _phases.key_hash
@@ -206,9 +208,15 @@ def start(exchange):
     if type(client) is _ClientHeaders:
         query = _get(client, H_QUERY, "query")
         block = _get(client, H_BLOCK, "block")
+        operator_block = _get(client, H_OPERATOR_BLOCK, "operator_block")
         client_request_id = _get(client, H_REQUEST_ID, "request_id")
     else:
         query, block, client_request_id = client.query, client.block, client.request_id
+        operator_block = client.operator_block
+    if operator_block is not block:
+        # (a provider-account header was sent: an Azure subscription key beside the
+        # verified one is a 401)
+        _refuse_subscription_key(client)
     line = _get(credential, K_LINE, "line") if type(credential) is _Credential else credential.line
     # -- upstream_request.finish_head, the pieces joined once
     request_id_line = request_id_line_c(client_request_id, _get(exchange, X_REQUEST_ID, "request_id"))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from plano_fast import guardrails
 from plano_fast import wire as scan
-from plano_fast.errors import GatewayError, ProviderCredentialRejected, UpstreamError
+from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
@@ -445,6 +445,8 @@ class Exchange:
         an estimate is recorded instead, never zero (``_settle_left``).  Anything else (an
         error answer, a non-LLM path): dropped, as the provider bills nothing for it.
         """
+        if self.client_left:
+            return  # (told twice: the gateway's stop, then its cancelled task: stop_unanswered)
         conn = self.conn
         if conn is None:
             self._settle(STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE, self.status)
@@ -460,6 +462,29 @@ class Exchange:
         self.drain_timer = self.ctx.pool.loop.call_later(self.ctx.gone_drain_s, self.give_up_drain)
         self.ctx.draining.add(self)
         conn.resume_reading()  # it may have been paused for the slow client
+
+    def stop_unanswered(self) -> bool:
+        """The gateway stops (SIGTERM) and ``drain_timeout_s`` is over while this request
+        waits for its provider's first byte: settled as for a client gone at that moment
+        (its row as before 2026-12-05: ``client_disconnected_estimated``, an estimate, the
+        provider may be generating and billing the answer still), then the client gets a
+        503 in its API's error shape with this exchange's id, and the connection closes
+        after it (it was closed with no answer before).  False, nothing done, when the
+        answer has begun (its head arrived, sent or held) or the exchange has ended."""
+        responder = self.responder
+        if self.status or self.outcome or self.client_left or responder.head_sent or responder.finished:
+            return False
+        gone = responder.on_client_gone
+        responder.on_client_gone = None
+        (gone or self._client_gone)()
+        self.give_up_drain()  # (the estimate now: the 503's bytes are no answer's)
+        error = ServiceUnavailable(
+            "the gateway is shutting down and the provider had not begun to answer; retry the request"
+        )
+        error.request_id = self.request_id
+        error.close_connection = True
+        responder.send_error(error, self.request.api_format)
+        return True
 
     def _head_after_left(self, head: UpstreamHead) -> None:
         """The answer's head came after the client left: an error bills nothing (dropped);
@@ -865,7 +890,10 @@ class Exchange:
         filter, a rate limit, ...; the server answers it and counts it in errors_total):
         its access-log line -- outcome ``refused``, the error's code and the guardrail or
         filter named by its ``x-plano-guardrail`` header in ``attempt_trail`` and
-        ``guardrails``.  Nothing when the request was already settled (its line written)."""
+        ``guardrails``.  Nothing when the request was already settled (its line written).
+        The refusal is answered with this exchange's id (``x-plano-request-id``), the id of
+        its line and of its usage row where one is written."""
+        error.request_id = self.request_id
         access_log = self.ctx.access_log
         if access_log is None or self.outcome:
             return

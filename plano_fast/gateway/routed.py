@@ -244,6 +244,7 @@ class RoutedExchange(RetryingExchange):
         try:
             body = await run_chain(chains.output, chains, ctx.pool, body, self.request.path, ctx.metrics)
         except GatewayError as exc:
+            exc.request_id = self.request_id  # (x-plano-request-id, as its row's)
             self.responder.send_error(exc, self.request.api_format)
             self._settle(outcome, self.status)
             return

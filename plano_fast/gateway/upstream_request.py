@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from typing import Final
 
+from plano_fast.credentials import refuse_subscription_key
 from plano_fast.errors import Unauthorized
 from plano_fast.wire import content_length_line, header_line
 
@@ -86,7 +87,10 @@ def provider_request(
 
 
 def _passed_through(head: list[bytes], client: ClientHeaders) -> None:
-    """The client's one verified credential, written back (when it sent one)."""
+    """The client's one verified credential, written back (when it sent one); no second
+    one beside it (an Azure subscription key: 401)."""
+    if client.operator_block is not client.block:  # (a provider-account header was sent)
+        refuse_subscription_key(client)
     credential = client.credential
     if credential is not None:
         if credential.secret.startswith(b"xproxy_"):

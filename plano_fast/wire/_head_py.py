@@ -108,6 +108,18 @@ DROPPED_REQUEST = HOP_BY_HOP | {
     b"x_method_override",
     b"x_goog_fieldmask",
 }
+
+
+def upstream_host_lines(host_header: str) -> bytes:
+    """The upstream head's Host line and ``Accept-Encoding: identity``, built once per target
+    (``ModelProvider.host_line``, ``KeyRoute.host_line``; written by every forwarded request's
+    ``upstream_request.finish_head``): no line built per request.  The client's own
+    Accept-Encoding is dropped (:data:`DROPPED_REQUEST`), and a request without one may be
+    answered in any coding (RFC 9110 12.5.3): a provider that compressed its answers would
+    leave their usage unreadable, so the gateway asks for identity, always."""
+    return b"host: " + host_header.encode() + b"\r\naccept-encoding: identity\r\n"
+
+
 #: Where an SDK puts its key: never forwarded as sent (see forward_request_headers).  The
 #: underscore spellings count too: CGI/WSGI-style servers map "_" and "-" to one name.
 CREDENTIALS = frozenset(

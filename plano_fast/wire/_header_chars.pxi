@@ -60,6 +60,8 @@ cdef inline Py_ssize_t skip_value(const unsigned char *s, Py_ssize_t i, Py_ssize
     cdef uint64_t x, y
     cdef Py_ssize_t e
     i = pf_value_run(s + i, s + n) - s
+    if i < n and not VALUE[s[i]]:
+        return i  # pf_value_run stopped on it (a line's CR, usually): no word loop to find it again
     while True:
         while i + 8 <= n:
             memcpy(&x, s + i, 8)

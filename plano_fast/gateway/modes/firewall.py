@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
-from plano_fast.credentials import ClientHeaders, refuse_unary_sse
+from plano_fast.credentials import ClientHeaders, refuse_subscription_key, refuse_unary_sse
 from plano_fast.errors import (
     BadRequestBody,
     MethodNotAllowed,
@@ -190,7 +190,11 @@ class FirewallExchange(Exchange):
         if base and not path.startswith(base + b"/"):
             path = base + path
         query = client.query
-        # The verified credential, written back once; every other one was dropped.
+        # The verified credential, written back once; every other one was dropped (or
+        # refused: an Azure subscription key, only looked for when a provider-account
+        # header was sent).
+        if client.operator_block is not client.block:
+            refuse_subscription_key(client)
         credential = client.credential
         assert credential is not None
         # (pieces, joined once by finish_head: a concatenation is ~0.45k instructions)

@@ -263,6 +263,7 @@ class ManagedExchange(RetryingExchange):
                 self.responder.send_head(exc.status, (
                     (b"content-type", b"application/json"),
                     (b"retry-after", str(exc.retry_after_s).encode()),
+                    (b"x-plano-request-id", self.request_id.encode()),
                 ), len(payload))
                 self.responder.send_body(payload)
                 self.responder.end()
