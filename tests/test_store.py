@@ -753,6 +753,59 @@ def test_sqlite_sparse_inserts_store_what_full_ones_do(tmp_path: Path) -> None:
     Backend("sqlite", None, str(tmp_path / "sparse.db")).run(body)
 
 
+def _raw_usage_log(path: str) -> list[tuple[object, ...]]:
+    """Every stored column of every row, with SQLite's type of each value."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [r[1] for r in conn.execute("PRAGMA table_info(usage_log)")]
+        select = ", ".join(f"{n}, typeof({n})" for n in names)
+        return conn.execute(f"SELECT {select} FROM usage_log ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_sqlite_shared_values_store_what_rows_written_alone_do(tmp_path: Path) -> None:
+    """Batches whose chunks bind some columns once (a scope, model or outcome alike in every
+    row of a chunk) store exactly the rows, column for column and type for type, that the
+    same rows written one at a time store (a one-row chunk binds everything per row): chunks
+    of one key, of mixed projects, with NULLs in some rows only, unicode, a long raw usage,
+    equal strs that are different objects, and one row priced partial or unpriced."""
+    long_raw = '{"usage":{"prompt_tokens":1,"pad":"' + "x" * 100_000 + '"}}'
+    rows: list[UsageRow] = []
+    for i in range(110):
+        chunk = i // 32  # 0: one key; 1: mixed projects and models; 2: NULLs in some rows; 3: the rest
+        project = "projekt-ü-😀" if chunk == 0 else f"p{i % 3}" if chunk == 1 else "p1"
+        row = replace(
+            usage(t=10**18 + i, project=project, key=sha("k"), cost=None if i == 75 else 1000 + i,
+                  model="модель-x" if chunk != 1 else f"m{i % 2}", user=None if chunk == 2 and i % 2 else "u-é"),
+            usage_api="openai_chat", usage_raw=long_raw if i % 10 == 0 else f'{{"n":{i}}}',
+            price_entry="".join(["openai/", "gpt"]),  # equal, a new str each row
+            price_status="priced_partial" if i == 70 else "priced",
+            requested_model="alias" if i in (65, 66) else None, attempt_trail="503,200" if i == 100 else None,
+            status="ok" if i != 99 else "upstream_error", http_status=200 if i != 99 else 502,
+        )  # fmt: skip
+        rows.append(row)
+
+    async def batch(store: Store) -> None:
+        assert await store.write_usage(rows) == len(rows)
+        await assert_counters_match_log(store)
+
+    async def alone(store: Store) -> None:
+        for r in rows:
+            assert await store.write_usage([r]) == 1
+        await assert_counters_match_log(store)
+
+    from plano_fast.store.sqlite import _insert_of, _chunk_params
+
+    shared = [_insert_of(n, _chunk_params(rows[i : i + n]))[0].count("?1,") for i, n in ((0, 32), (32, 32))]
+    assert all(shared), "the chunks bind some columns once"
+    Backend("sqlite", None, str(tmp_path / "batch.db")).run(batch)
+    Backend("sqlite", None, str(tmp_path / "alone.db")).run(alone)
+    written = _raw_usage_log(str(tmp_path / "batch.db"))
+    assert len(written) == len(rows)
+    assert written == _raw_usage_log(str(tmp_path / "alone.db"))
+
+
 def test_postgres_usage_records() -> None:
     from plano_fast.store.postgres import _USAGE_COLUMNS, _usage_records
 

@@ -125,6 +125,87 @@ def test_sparse_params_of_real_chunks() -> None:
         assert omitted == () and kept is params
 
 
+# -- insert_params: left-out columns, columns bound once per chunk, the parameters ----------
+
+from plano_fast.store.sql import USAGE_WRITE_COLUMNS as _USAGE_WRITE_COLUMNS  # noqa: E402
+from plano_fast.store.sqlite import _SHARE_GROUPS  # noqa: E402
+
+# values that compare equal across types (0, 0.0, -0.0, False; 1, True), equal strs that
+# are not the same object, None
+SHARE_PARAM = st.one_of(
+    st.none(), st.sampled_from([0, 0.0, -0.0, False, 1, True, 2**70, "a", "é", ""]),
+    st.text(alphabet="ab", max_size=2).map(lambda t: "".join(list(t))),  # a new str object each time
+)  # fmt: skip
+
+
+def _copy(v: object) -> object:
+    """An equal value of the same type, a new object where CPython makes one."""
+    if type(v) is str:
+        return (v + "_")[:-1]
+    return int(str(v)) if type(v) is int else v
+
+
+def _binds_alike(a: object, b: object) -> bool:
+    # spelled out apart from the twin: what sqlite3 binds is decided by the exact type
+    return a is b or (type(a) in (str, int) and type(b) is type(a) and a == b)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), n=st.integers(1, 6), width=st.integers(1, 9))
+def test_insert_params_match_the_twin(data: st.DataObject, n: int, width: int) -> None:
+    rows = data.draw(st.lists(st.lists(SHARE_PARAM, min_size=width, max_size=width), min_size=n, max_size=n))
+    if data.draw(st.booleans()):  # columns alike in every row, often
+        for i in data.draw(st.sets(st.integers(0, width - 1))):
+            for row in rows[1:]:
+                row[i] = data.draw(st.sampled_from([rows[0][i], _copy(rows[0][i]), f"{rows[0][i]}"]))
+    params = [v for row in rows for v in row]
+    columns = st.lists(st.integers(0, width - 1), min_size=1, max_size=3, unique=True)
+    omittable = tuple(sorted(data.draw(st.sets(st.integers(0, width - 1)))))
+    zero_groups = tuple(tuple(g) for g in data.draw(st.lists(columns, max_size=2)))
+    share_groups = tuple(tuple(g) for g in data.draw(st.lists(columns, max_size=3)))
+    omitted, shared, bound = _params_py.insert_params(n, params, omittable, zero_groups, share_groups)
+    # the specification, spelled out
+    assert omitted == _params_py.sparse_params(n, params, omittable, zero_groups)[0]
+    expected: set[int] = set()
+    for group in share_groups:
+        kept = [i for i in group if i not in omitted]
+        if n > 1 and all(_binds_alike(params[i], params[r * width + i]) for i in kept for r in range(n)):
+            expected.update(kept)
+    assert shared == tuple(sorted(expected))
+    per_row = [i for i in range(width) if i not in omitted and i not in expected]
+    assert bound == [params[i] for i in shared] + [params[r * width + i] for r in range(n) for i in per_row]
+    assert [type(v) for v in bound] == [type(params[i]) for i in shared] + [
+        type(params[r * width + i]) for r in range(n) for i in per_row
+    ]
+    for module in MODULES:
+        got = module.insert_params(n, params, omittable, zero_groups, share_groups)
+        assert got == (omitted, shared, bound) and [type(v) for v in got[2]] == [type(v) for v in bound]
+        if not omitted and not shared:
+            assert got[2] is params
+
+
+def test_insert_params_of_real_chunks() -> None:
+    """On the usage columns: a chunk of one key's rows binds its scope, model and outcome
+    once; a chunk of two projects and two models only its outcome; one row nothing."""
+    row = UsageRow("r", 1, "p", None, "k" * 64, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5,
+                   usage_api="openai_chat", usage_raw="{}", price_entry="openai/m")  # fmt: skip
+    rows = [dataclasses.replace(row, request_id=f"r{i}", usage_raw=f'{{"i":{i}}}') for i in range(5)]
+    names = _USAGE_WRITE_COLUMNS
+    for module in MODULES:
+        params = module.chunk_params(rows)
+        omitted, shared, bound = module.insert_params(5, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, _SHARE_GROUPS)
+        assert [names[i] for i in shared] == ["project_id", "key_hash", "provider", "model", "status", "http_status",
+                                              "priced", "price_status", "usage_api", "price_entry"]  # fmt: skip
+        assert len(bound) == len(shared) + 5 * (len(names) - len(omitted) - len(shared))
+        mixed = [dataclasses.replace(r, project_id=f"p{i % 2}", model=f"m{i % 2}") for i, r in enumerate(rows)]
+        params = module.chunk_params(mixed)
+        _, shared, _ = module.insert_params(5, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, _SHARE_GROUPS)
+        assert [names[i] for i in shared] == ["status", "http_status", "priced", "price_status"]
+        params = module.chunk_params(rows[:1])
+        _, shared, _ = module.insert_params(1, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, _SHARE_GROUPS)
+        assert shared == ()
+
+
 # -- add_day_sums: what priced rows cost, per (project, user, key, UTC day) --------------
 
 DAY_NS = 86_400 * 10**9

@@ -1,8 +1,8 @@
 # cython: language_level=3
 """The SQLite writer's parameters of a chunk of usage rows, compiled: the twin of
 ``plano_fast.store._params_py`` (whose docstring is the specification), chosen in
-``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``add_day_sums`` and
-``normalize_usage``.
+``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``insert_params``,
+``add_day_sums`` and ``normalize_usage``.
 
 Why: the twin reads 31 attributes a row (~5.4k instructions a row, callgrind,
 benchmarks/bench_billing_stages.py ``params``, issue 27).  Here a ``UsageRow`` (exactly
@@ -12,7 +12,7 @@ exactly True or False goes through the twin's ``usage_params``, as in the twin.
 """
 
 from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.object cimport Py_EQ, PyObject, PyObject_RichCompareBool
+from cpython.object cimport Py_EQ, Py_TYPE, PyObject, PyObject_RichCompareBool
 from cpython.ref cimport Py_INCREF
 
 from plano_fast._slots cimport get_slot, slot_offset
@@ -176,6 +176,123 @@ def sparse_params(Py_ssize_t n, list params, tuple omittable, tuple zero_groups)
             _set(out, at, <object>PyList_GET_ITEM(params, r * width + kept[k]))
             at += 1
     return tuple(omitted), out
+
+
+from plano_fast.store._params_py import insert_params as _insert_params_py
+
+
+cdef inline bint _same_binding(PyObject *a, PyObject *b) except -1:
+    # the twin's same_binding: the same object, or an exact str / int equal to one of its type
+    if a == b:
+        return True
+    if Py_TYPE(<object>a) is not Py_TYPE(<object>b):
+        return False
+    if not (type(<object>a) is str or type(<object>a) is int):
+        return False
+    return PyObject_RichCompareBool(<object>a, <object>b, Py_EQ)
+
+
+def insert_params(Py_ssize_t n, list params, tuple omittable, tuple zero_groups, tuple share_groups):
+    """The twin's ``insert_params`` (``sparse_params``' left-out columns, the kept columns
+    of each share group bound once when every row binds them alike, and the parameters:
+    the shared values, then each row's other kept values), each column tested in place and
+    the values copied in one pass."""
+    cdef Py_ssize_t size = len(params)
+    if n <= 0 or size % n:
+        return _insert_params_py(n, params, omittable, zero_groups, share_groups)
+    cdef Py_ssize_t width = size // n
+    if width > MAX_WIDTH:
+        return _insert_params_py(n, params, omittable, zero_groups, share_groups)
+    cdef Py_ssize_t r, i, k, at, nrow, nshared
+    cdef bint left_out, alike
+    cdef char state[MAX_WIDTH]  # 0: bound per row, 1: left out, 2: bound once
+    cdef Py_ssize_t per_row[MAX_WIDTH]
+    cdef PyObject *first
+    for i in range(width):
+        state[i] = 0
+    for column in omittable:
+        i = column
+        if i < 0 or i >= width:
+            return _insert_params_py(n, params, omittable, zero_groups, share_groups)
+    for group in zero_groups:
+        for column in group:
+            i = column
+            if i < 0 or i >= width:
+                return _insert_params_py(n, params, omittable, zero_groups, share_groups)
+    if n > 1:  # a chunk of one row shares nothing: its groups are not read
+        for group in share_groups:
+            for column in group:
+                i = column
+                if i < 0 or i >= width:
+                    return _insert_params_py(n, params, omittable, zero_groups, share_groups)
+    omitted = []
+    for column in omittable:
+        i = column
+        left_out = True
+        for r in range(n):
+            if not _is_null(PyList_GET_ITEM(params, r * width + i)):
+                left_out = False
+                break
+        if left_out:
+            omitted.append(column)
+            state[i] = 1
+    for group in zero_groups:
+        left_out = True
+        for column in group:
+            i = column
+            for r in range(n):
+                if not _is_zero(PyList_GET_ITEM(params, r * width + i)):
+                    left_out = False
+                    break
+            if not left_out:
+                break
+        if left_out:
+            omitted.extend(group)
+            for column in group:
+                i = column
+                state[i] = 1
+    nshared = 0
+    if n > 1:
+        for group in share_groups:
+            alike = True
+            for column in group:
+                i = column
+                if state[i] == 1:
+                    continue
+                first = PyList_GET_ITEM(params, i)
+                for r in range(1, n):
+                    if not _same_binding(first, PyList_GET_ITEM(params, r * width + i)):
+                        alike = False
+                        break
+                if not alike:
+                    break
+            if alike:
+                for column in group:
+                    i = column
+                    if state[i] == 0:
+                        state[i] = 2
+                        nshared += 1
+    if not omitted and not nshared:
+        return (), (), params
+    shared = []
+    nrow = 0
+    for i in range(width):
+        if state[i] == 2:
+            shared.append(i)
+        elif state[i] == 0:
+            per_row[nrow] = i
+            nrow += 1
+    cdef list out = PyList_New(nshared + n * nrow)
+    at = 0
+    for i in range(width):
+        if state[i] == 2:
+            _set(out, at, <object>PyList_GET_ITEM(params, i))
+            at += 1
+    for r in range(n):
+        for k in range(nrow):
+            _set(out, at, <object>PyList_GET_ITEM(params, r * width + per_row[k]))
+            at += 1
+    return tuple(omitted), tuple(shared), out
 
 
 cdef object _NS_PER_DAY = _ns_per_day

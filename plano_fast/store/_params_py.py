@@ -10,6 +10,12 @@ specification of the compiled ``plano_fast.store._params`` (its twin).  Chosen i
 out (``_insert_of``: each of ``omittable`` None in all ``n`` rows, each group of
 ``zero_groups`` == 0 in all of them) and the parameters of the rest, flat.
 
+``insert_params(n, params, omittable, zero_groups, share_groups)``: ``sparse_params``'
+left-out columns, then which kept columns of ``share_groups`` bind once for the whole
+chunk (each group's kept columns bind the same value in every row of a chunk of two rows
+or more), and the parameters: the shared values once, in column order, then each row's
+other kept values.
+
 ``add_day_sums(rows, sums)``: ``plano_fast.store.sql.add_day_sums`` (that function is this
 twin's; the compiled one reads the slots in place and sums a run of rows of one scope and
 day before it touches the dict).
@@ -25,7 +31,8 @@ from collections.abc import Sequence
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.store.sql import add_day_sums, normalize_usage, written_price_status
 
-__all__ = ["add_day_sums", "chunk_params", "normalize_usage", "sparse_params", "usage_params"]
+__all__ = ["add_day_sums", "chunk_params", "insert_params", "normalize_usage", "same_binding", "sparse_params",
+           "usage_params"]
 
 
 def usage_params(row: UsageRow) -> tuple[object, ...]:
@@ -91,3 +98,39 @@ def sparse_params(
         return omitted, params
     kept = [i for i in range(width) if i not in omitted]
     return omitted, [params[r * width + i] for r in range(n) for i in kept]
+
+
+def same_binding(a: object, b: object) -> bool:
+    """Whether sqlite3 binds ``a`` and ``b`` alike: the same object, or an exact str or
+    int equal to one of the same type (not 1 and True, 0 and 0.0, 0.0 and -0.0)."""
+    return a is b or (type(a) is type(b) and (type(a) is str or type(a) is int) and a == b)
+
+
+def insert_params(
+    n: int,
+    params: list[object],
+    omittable: tuple[int, ...],
+    zero_groups: tuple[tuple[int, ...], ...],
+    share_groups: tuple[tuple[int, ...], ...],
+) -> tuple[tuple[int, ...], tuple[int, ...], list[object]]:
+    """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
+    ``params`` (``sparse_params``'), the kept columns bound once for all rows (ascending:
+    the kept columns of each of ``share_groups`` whose values bind alike in every row,
+    when ``n`` >= 2), and the parameters: the shared columns' values (row 0's) in that
+    order, then each row's other kept values (``params`` itself when nothing is left out
+    or shared)."""
+    omitted, _ = sparse_params(n, params, omittable, zero_groups)
+    width = len(params) // n if n else 0
+    shared: list[int] = []
+    if n > 1:
+        for group in share_groups:
+            columns = [i for i in group if i not in omitted]
+            if all(same_binding(params[i], params[r * width + i]) for i in columns for r in range(1, n)):
+                shared += columns
+    shared_columns = tuple(sorted(set(shared)))
+    if not omitted and not shared_columns:
+        return omitted, shared_columns, params
+    per_row = [i for i in range(width) if i not in omitted and i not in shared_columns]
+    return omitted, shared_columns, [params[i] for i in shared_columns] + [
+        params[r * width + i] for r in range(n) for i in per_row
+    ]

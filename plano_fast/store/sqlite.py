@@ -154,38 +154,71 @@ _OMITTABLE_ZERO_GROUPS: Final = tuple(
                   ("tool_use_prompt_tokens", "audio_input_tokens", "audio_output_tokens"))
 )  # fmt: skip
 _OMITTABLE_ZERO: Final = tuple(i for group in _OMITTABLE_ZERO_GROUPS for i in group)
+# Values bound once per chunk.  sqlite3 binds every str with SQLITE_TRANSIENT: a mutex, a
+# malloc, a copy and later a free, ~1k instructions a text value with the call around it
+# (callgrind, issue 27), and a usage row has up to 14 text columns, most of them the same
+# in every row of a batch of one key or token (its project, key or token, provider,
+# model, scan API, price entry, status and price status).  A column whose value binds
+# alike in every row of a chunk (the same object, or an equal exact str or int:
+# ``same_binding``) is bound once, as a numbered parameter (``?NNN``) repeated in every
+# row's VALUES: the row stores what it would have been bound, under the same CHECKs.  Decided
+# per group of columns that go together, not per column: each decision doubles the
+# statement shapes, and one per column would turn the coincidences of a few-row chunk on
+# mixed traffic into new shapes, each a cache miss and a ~300 us prepare on the event
+# loop.  Three groups: the scope (project, user, key, token), the model (provider, model,
+# scan API, price entry, requested model) and the outcome (status, HTTP status, priced,
+# price status); request id, times, token counts, cost and raw usage differ row to row.
+# A chunk of one row shares nothing (the plain shapes).
+_SHARE_GROUPS: Final = tuple(
+    tuple(USAGE_WRITE_COLUMNS.index(name) for name in group)
+    for group in (("project_id", "user_id", "key_hash", "token_id"),
+                  ("provider", "model", "usage_api", "price_entry", "requested_model"),
+                  ("status", "http_status", "priced", "price_status"))
+)  # fmt: skip
 # Shapes kept: chunk sizes (32) x zero-group states (4) x 4 patterns of all-None columns (a
-# deployment fills the same columns on nearly every row: a few patterns); the hot
-# connection's statement cache holds them all, with room for the full INSERTs and the
-# rest (a cached 16-row INSERT is ~22 KiB: ~0.7 MiB for each pattern and zero state in use).
-_OMIT_SHAPES = _INSERT_CHUNK * (1 << len(_OMITTABLE_ZERO_GROUPS)) * 4
+# deployment fills the same columns on nearly every row: a few patterns) x 2 sharing states
+# (a deployment's batches are of one scope or of several, nearly all of one outcome); the
+# hot connection's statement cache holds them all, with room for the full INSERTs and the
+# rest (a cached 16-row INSERT is ~22 KiB: ~0.7 MiB for each pattern, zero state and
+# sharing state in use).
+_OMIT_SHAPES = _INSERT_CHUNK * (1 << len(_OMITTABLE_ZERO_GROUPS)) * 4 * 2
 _HOT_STATEMENTS = _OMIT_SHAPES + _INSERT_CHUNK + 64
 
 
 @functools.lru_cache(maxsize=_OMIT_SHAPES)
-def _sparse_insert(n: int, omitted: tuple[int, ...]) -> str:
-    """The INSERT of ``n`` rows without the ``omitted`` columns (its parameters:
-    ``_sparse_params``' kept ones)."""
+def _sparse_insert(n: int, omitted: tuple[int, ...], shared: tuple[int, ...] = ()) -> str:
+    """The INSERT of ``n`` rows without the ``omitted`` columns and with the ``shared``
+    ones bound once (its parameters: ``_insert_params``' ones: the shared values
+    numbered from 1 in column order, then each row's others)."""
     kept = [i for i in range(_USAGE_WIDTH) if i not in omitted]
-    marks = "(" + ",".join("?" * len(kept)) + ")"
-    return (
-        f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS[i] for i in kept)}) VALUES "
-        + ",".join([marks] * n) + _INSERT_TAIL
-    )  # fmt: skip
+    head = f"INSERT INTO usage_log ({', '.join(USAGE_WRITE_COLUMNS[i] for i in kept)}) VALUES "
+    if not shared:
+        marks = "(" + ",".join("?" * len(kept)) + ")"
+        return head + ",".join([marks] * n) + _INSERT_TAIL
+    number = {column: at for at, column in enumerate(shared, 1)}
+    per_row = [i for i in kept if i not in number]
+    rows = []
+    for r in range(n):
+        first = len(shared) + r * len(per_row) + 1
+        for at, column in enumerate(per_row):
+            number[column] = first + at
+        rows.append("(" + ",".join(f"?{number[i]}" for i in kept) + ")")
+    return head + ",".join(rows) + _INSERT_TAIL
 
 
 def _insert_of(n: int, params: list[object]) -> tuple[str, Sequence[object]]:
     """The statement and parameters inserting ``n`` rows whose ``_chunk_params`` are
     ``params``: the columns None in all ``n`` rows left out (see ``_OMITTABLE``), and each
-    group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``)."""
-    # Which columns, and the kept values, in one compiled pass (``_sparse_params``): the
+    group of parts 0 in all of them (``_OMITTABLE_ZERO_GROUPS``); each group of
+    ``_SHARE_GROUPS`` alike in all of them bound once."""
+    # Which columns, and the kept values, in one compiled pass (``_insert_params``): the
     # Python test of each column (a slice and count) and the itemgetter of every kept
     # value were ~65k instructions of a 13-row group commit's ~630k under callgrind; now
     # ~18k with the statement's lookup (issue 27, benchmarks/results/sqlite-20261205.md).
-    omitted, kept = _sparse_params(n, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
-    if not omitted:
+    omitted, shared, bound = _insert_params(n, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, _SHARE_GROUPS)
+    if not omitted and not shared:
         return _multi_insert(n), params
-    return _sparse_insert(n, omitted), kept
+    return _sparse_insert(n, omitted, shared), bound
 
 
 def _chunk_sizes(n: int) -> list[int]:
@@ -333,21 +366,28 @@ _chunk_params: Callable[[Sequence[UsageRow]], list[object]]
 _sparse_params: Callable[
     [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...]], tuple[tuple[int, ...], list[object]]
 ]
+_insert_params: Callable[
+    [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]],
+    tuple[tuple[int, ...], tuple[int, ...], list[object]],
+]
 _add_day_sums: Callable[[Sequence[UsageRow], DaySums], None]
 _normalize_usage: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]]
 if os.environ.get(PURE_ENV) == "1":
-    _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
-        _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
+    _chunk_params, _sparse_params, _insert_params, _add_day_sums, _normalize_usage = (
+        _params_py.chunk_params, _params_py.sparse_params, _params_py.insert_params, _params_py.add_day_sums,
+        _params_py.normalize_usage,
     )
 else:
     try:
         from plano_fast.store._params import add_day_sums as _add_day_sums
         from plano_fast.store._params import chunk_params as _chunk_params
+        from plano_fast.store._params import insert_params as _insert_params
         from plano_fast.store._params import normalize_usage as _normalize_usage
         from plano_fast.store._params import sparse_params as _sparse_params
     except ImportError:
-        _chunk_params, _sparse_params, _add_day_sums, _normalize_usage = (
-            _params_py.chunk_params, _params_py.sparse_params, _params_py.add_day_sums, _params_py.normalize_usage
+        _chunk_params, _sparse_params, _insert_params, _add_day_sums, _normalize_usage = (
+            _params_py.chunk_params, _params_py.sparse_params, _params_py.insert_params, _params_py.add_day_sums,
+            _params_py.normalize_usage,
         )
 _usage_params = _params_py.usage_params
 
