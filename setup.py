@@ -95,7 +95,18 @@ def _extensions() -> list[Extension]:
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
         # a whole plain answer relayed in one call (twin plano_fast.upstream.take_whole_answer_py)
         + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/wire/_head.pxd"])],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/wire/_head.pxd"])]
+        # a pooled connection taken and the request sent in one call (twin
+        # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
+        # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain
+        # config-mode one routed and forwarded (twin plano_fast.gateway.modes.config.start_py)
+        + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
+                     extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd"])
+           for name in ("_forward", "_firewall", "_config")]
+        # the server's read of plain requests (twins plano_fast.http_server.data_received_py, start_py)
+        + [Extension("plano_fast._serve", ["plano_fast/_serve.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

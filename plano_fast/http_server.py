@@ -570,6 +570,9 @@ class ServerProtocol(asyncio.Protocol):
         self._arm(self._limits.request_head_timeout_s, ServerProtocol._on_head_timeout)
 
     def data_received(self, data: bytes) -> None:
+        """Compiled where built (``plano_fast/_serve.pyx``: this method,
+        ``_take_plain_requests`` and ``_start`` in one C call for a read of plain requests;
+        ``data_received_py`` is this twin)."""
         if self._broken:
             return  # after a framing error nothing more is read
         if _parse_request is not None and not self._msg_started:
@@ -580,6 +583,10 @@ class ServerProtocol(asyncio.Protocol):
                 return
             if taken:
                 data = data[taken:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """What the fast path left of a read, to httptools (its callbacks below)."""
         try:
             self._parser.feed_data(data)
             if self._in_head:
@@ -839,6 +846,8 @@ class ServerProtocol(asyncio.Protocol):
 
     # -- exchange lifecycle -----------------------------------------------------------
     def _start(self, request: Request) -> None:
+        """Answer ``request`` (no exchange running): its responder, then the handler.
+        Compiled where built (``plano_fast/_serve.pyx``; ``start_py`` is this twin)."""
         self.deadline = 0.0  # (_cancel_timer, inline)
         responder = new_responder(
             Responder if request.method != b"HEAD" else HeadResponder,
@@ -1022,8 +1031,19 @@ def new_responder(cls: type[Responder], proto: ServerProtocol, keep_alive: bool,
     return cls(proto, keep_alive, http11)
 
 
+data_received_py = ServerProtocol.data_received
+start_py = ServerProtocol._start
 if os.environ.get(PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
         from plano_fast._new_request import new_request, new_responder  # noqa: E402 - needs the classes
     except ImportError:
         pass
+    try:
+        # (after new_request / new_responder: the pass reads them from this module)
+        from plano_fast._serve import data_received as _data_received  # noqa: E402 - needs the classes
+        from plano_fast._serve import start as _start  # noqa: E402
+    except ImportError:
+        pass
+    else:
+        ServerProtocol.data_received = _data_received  # type: ignore[method-assign]
+        ServerProtocol._start = _start  # type: ignore[method-assign]

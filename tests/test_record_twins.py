@@ -111,7 +111,7 @@ def test_the_request_path_builds_its_records_with_them() -> None:
     assert "new_request(method, target, headers, body, keep_alive, forward)" in inspect.getsource(
         http_server.ServerProtocol._take_plain_requests
     )
-    assert "responder = new_responder(" in inspect.getsource(http_server.ServerProtocol._start)
+    assert "responder = new_responder(" in inspect.getsource(http_server.start_py)
     source = inspect.getsource(credentials)
     assert "return ClientHeaders(" not in source and "return Credential(" not in source
 

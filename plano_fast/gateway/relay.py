@@ -402,7 +402,9 @@ class Exchange:
         raise NotImplementedError
 
     def forward_now(self) -> Coroutine[Any, Any, None] | None:
-        """Send on an idle pooled connection now; a coroutine when one must be opened."""
+        """Send on an idle pooled connection now; a coroutine when one must be opened.
+        Compiled where built (``plano_fast/gateway/_forward.pyx``: ``take_idle``, ``_send``
+        and ``send_request`` in one C call; ``forward_now_py`` is this twin)."""
         conn = self.ctx.pool.take_idle(self.origin)
         if conn is None:
             return self._forward()
@@ -957,6 +959,7 @@ def new_exchange(cls: type[_E], ctx: ExchangeContext, request: Request, responde
 
 make_event_py = Exchange.make_event
 observe_py = Exchange.observe
+forward_now_py = Exchange.forward_now
 if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
         from plano_fast.gateway._new_exchange import new_exchange  # noqa: E402 - needs Exchange defined
@@ -970,6 +973,12 @@ if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obe
     else:
         Exchange.make_event = _make_event  # type: ignore[method-assign]
         Exchange.observe = _observe  # type: ignore[method-assign]
+    try:
+        from plano_fast.gateway._forward import forward_now as _forward_now  # noqa: E402 - needs Exchange
+    except ImportError:
+        pass
+    else:
+        Exchange.forward_now = _forward_now  # type: ignore[method-assign]
     try:
         # (after make_event / observe: the pass calls the compiled ones directly)
         from plano_fast.gateway._answer import data_received as _data_received  # noqa: E402

@@ -10,6 +10,7 @@ provider that cannot count is answered here (an estimate).
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -41,6 +42,10 @@ class ConfigExchange(RoutedExchange):
     __slots__ = ()
 
     def start(self) -> Coroutine[Any, Any, None] | None:
+        """Identify, route, admit and forward (see the module docstring).  Compiled where
+        built for a plain request (``plano_fast/gateway/_config.pyx``: a configured model
+        name, no retry plan, no guardrails, limits, preference routing or response checks;
+        ``start_py`` is this twin)."""
         request = self.request
         try:
             fields = scan.scan_request(request.body)
@@ -162,3 +167,13 @@ class ConfigExchange(RoutedExchange):
         except ConversionError as exc:
             raise request_error(exc) from None
         self.responder.send_simple(200, b'{"input_tokens":%d}' % count)
+
+
+start_py = ConfigExchange.start
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._config import start as _start  # noqa: E402 - needs ConfigExchange
+    except ImportError:
+        pass
+    else:
+        ConfigExchange.start = _start  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ client did not ask for it).  Observe and settle as in every exchange.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,9 @@ class FirewallExchange(Exchange):
         Exchange._settle(self, outcome, http_status)
 
     def start(self) -> Coroutine[Any, Any, None] | None:
+        """Identify, admit, rewrite and forward (see the module docstring).  Compiled where
+        built for a plain request (``plano_fast/gateway/_firewall.pyx``: no guardrails or
+        rate limits configured, an exact metered path; ``start_py`` is this twin)."""
         ctx = self.ctx
         registry, budget = ctx.registry, ctx.budget
         assert registry is not None and budget is not None
@@ -221,3 +225,13 @@ def identify(
     if blocked and (("project", route.key.project_id) in blocked or ("key", digest) in blocked):
         raise SpendingLimitExceeded()
     return route, digest
+
+
+start_py = FirewallExchange.start
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._firewall import start as _start  # noqa: E402 - needs FirewallExchange
+    except ImportError:
+        pass
+    else:
+        FirewallExchange.start = _start  # type: ignore[method-assign]
