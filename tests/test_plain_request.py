@@ -122,6 +122,11 @@ def _cases(key: bytes) -> dict[str, list[bytes]]:
         "unknown model": [_request(b"/v1/chat/completions", _chat("nope/none"), auth)],
         "subscription key beside the key": [_request(b"/v1/chat/completions", _chat(),
                                                      auth + b"ocp-apim-subscription-key: sub-123\r\n")],
+        # (the spellings both parsers fold to it, on the exact path the compiled start takes)
+        "subscription key, underscores": [_request(b"/v1/chat/completions", _chat(),
+                                                   auth + b"ocp_apim_subscription_key: sub-123\r\n")],
+        "subscription key, capitals": [_request(b"/v1/chat/completions", _chat(),
+                                                auth + b"OCP-APIM-Subscription-KEY: sub-123\r\n")],
         "subscription key to a passthrough provider": [
             _request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"),
                      b"authorization: Bearer sk-client-own-key\r\nocp-apim-subscription-key: sub-123\r\n")],
@@ -177,7 +182,8 @@ def test_firewall_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUp
     # what both must do (agreeing on something wrong fails here)
     assert answers["chat"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["pipelined"][1].startswith(b"HTTP/1.1 200 OK\r\n")
-    for case in ("no key", "unknown key", "two keys", "key= and a header", "subscription key beside the key"):
+    for case in ("no key", "unknown key", "two keys", "key= and a header", "subscription key beside the key",
+                 "subscription key, underscores", "subscription key, capitals"):
         assert answers[case][0].startswith(b"HTTP/1.1 401 "), case
     assert answers["not json"][0] == b"HTTP/1.1 400 Bad Request"
     assert answers["unknown path"][0].startswith(b"HTTP/1.1 404 ")
@@ -214,9 +220,14 @@ def test_the_compiled_passes_are_installed() -> None:
     itself)."""
     from plano_fast import http_server
     from plano_fast.gateway import relay
-    from plano_fast.gateway.modes import firewall
+    from plano_fast import credentials
+    from plano_fast.gateway import phases
+    from plano_fast.gateway.modes import config, firewall
 
     assert firewall.FirewallExchange.start is not firewall.start_py
+    assert config.ConfigExchange.start is not config.start_py
+    assert credentials.plain_bearer is not credentials._plain_bearer
+    assert phases.key_hash is not phases._key_hash
     assert relay.Exchange.forward_now is not relay.forward_now_py
     assert http_server.ServerProtocol.data_received is not http_server.data_received_py
     assert http_server.ServerProtocol._start is not http_server.start_py

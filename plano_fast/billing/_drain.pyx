@@ -781,8 +781,9 @@ cdef long long _POW10_15 = 1000000000000000LL
 
 cdef int _put_float(Out *o, double d) except -1:
     """1: ``d`` written as orjson writes it (its shortest round-trip digits, in plain
-    notation from 1e-5 up to 1e16, which is where ``_put_float`` takes it); 0: not written,
-    the caller hands the line to the twin."""
+    notation): ``_put_micros``'s doubles, else any from 1e-4 up to 1e16 through Python's
+    repr; 0: not written (orjson's plain range starts at 1e-5, but repr turns to exponent
+    notation below 1e-4), the caller hands the line to the twin."""
     cdef char *text
     cdef double m = -d if d < 0 else d
     if _put_micros(o, d):
