@@ -16,6 +16,7 @@ runs 40x more (tests/hypothesis_budget.py).
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import random
 import re
@@ -81,14 +82,14 @@ def _differential(mode: str, tmp_path: Path, upstreams: tuple[RecordingUpstream,
         if mode == "firewall":
             config = write_config(tmp_path / f"{name}.yaml", upstream.port, {"mode": "firewall"})
             url = f"http://127.0.0.1:{upstream.port}/base"
-            gateways.append(GatewayProcess(config, env=env, before_start=lambda db=db, url=url: setup_keys(db, url)))
+            gateways.append(GatewayProcess(config, env=env, before_start=functools.partial(setup_keys, db, url)))
         else:
             gateways.append(GatewayProcess(write_config(tmp_path / f"{name}.yaml", upstream.port), env=env))
         dbs.append(db)
     rng = random.Random(seed)
     statuses: collections.Counter[bytes] = collections.Counter()
     with gateways[0], gateways[1]:
-        for _ in range(examples(45, deep=2000)):
+        for _ in range(examples(35, deep=2000)):
             data, count = requests(rng, mode)
             split = rng.randrange(1, len(data)) if rng.random() < 0.2 else None
             seen = [len(u.seen) for u in upstreams]
