@@ -131,3 +131,38 @@ def request(rng: random.Random, mode: str) -> bytes:
     rng.shuffle(lines)
     lines.insert(0, b"POST " + path + b" HTTP/1.1")
     return b"\r\n".join(lines) + b"\r\n\r\n" + frame
+
+
+def fixed(mode: str) -> list[bytes]:
+    """Hand-picked edges beside the generated ones: heads around the 32 KiB limit (one
+    header, or many), HTTP/1.0, absolute and asterisk targets, lowercase and body-carrying
+    methods, encoded paths, credential-like query names, odd Host / Content-Length /
+    Connection / Expect / Upgrade / credential / request-id / version lines."""
+    key = b"authorization: Bearer %s\r\n" % (USER_KEY.encode() if mode == "firewall" else b"sk-client-own")
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+    def req(extra: bytes = b"", target: bytes = b"/v1/chat/completions", method: bytes = b"POST",
+            version: bytes = b"HTTP/1.1", auth: bytes = key) -> bytes:
+        return (method + b" " + target + b" " + version + b"\r\nhost: gw\r\n" + auth + extra
+                + b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    out = []
+    for size in (32 * 1024 - 200, 32 * 1024 - 90, 32 * 1024 - 80, 32 * 1024, 40_000):
+        out.append(req(b"x-pad: " + b"a" * size + b"\r\n"))
+        out.append(req(b"".join(b"x-p%05d: %s\r\n" % (i, b"b" * 40) for i in range(size // 50))))
+    out += [req(version=b"HTTP/1.0"), req(b"connection: keep-alive\r\n", version=b"HTTP/1.0"),
+            req(target=b"http://gw/v1/chat/completions"), req(target=b"*"), req(method=b"GET"),
+            req(method=b"post"), req(target=b"/v1/chat%2Fcompletions"), req(target=b"/v1/x/../chat/completions"),
+            req(target=b"/v1/chat/completions?"), req(target=b"/v1/chat/completions?key"),
+            req(target=b"/v1/chat/completions?KEY=abc"), req(target=b"/v1/chat/completions?api_key=abc"),
+            req().replace(b"host: gw", b"host: g w"), req().replace(b"host: gw", b"host:"),
+            req().replace(b"content-length: ", b"content-length:  "),
+            req().replace(b"content-length: %d" % len(body), b"content-length: %d\t" % len(body)),
+            req(b"transfer-encoding: identity\r\n"), req(b"upgrade: h2c\r\nconnection: upgrade\r\n"),
+            req(b"connection: close, keep-alive\r\n"), req(b"connection: keep-alive\r\nconnection: close\r\n"),
+            req(auth=key + key), req(auth=b"authorization:\r\n"), req(auth=b"authorization: Bearer \r\n"),
+            req(auth=b"authorization: Bearer sk-\xc3\xa9\r\n"), req(b"x-request-id: " + b"a" * 128 + b"\r\n"),
+            req(b"x_request_id: abc\r\nx-request-id: def\r\n"), req(b"anthropic-version: 1\r\nanthropic-version: 2\r\n"),
+            req(b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"),
+            req(b"traceparent: zz\r\n")]
+    return out

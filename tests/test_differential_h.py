@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from plano_fast.wire import PURE_ENV
-from tests.differential_h import requests
+from tests.differential_h import fixed, requests
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hypothesis_budget import examples
 from tests.test_firewall import setup_keys
@@ -89,8 +89,9 @@ def _differential(mode: str, tmp_path: Path, upstreams: tuple[RecordingUpstream,
     rng = random.Random(seed)
     statuses: collections.Counter[bytes] = collections.Counter()
     with gateways[0], gateways[1]:
-        for _ in range(examples(35, deep=2000)):
-            data, count = requests(rng, mode)
+        pool = [(data, 1) for data in fixed(mode)]
+        pool += [requests(rng, mode) for _ in range(examples(35, deep=2000))]
+        for data, count in pool:
             split = rng.randrange(1, len(data)) if rng.random() < 0.2 else None
             seen = [len(u.seen) for u in upstreams]
             compiled = _answers(gateways[0], data, count, split)
