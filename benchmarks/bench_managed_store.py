@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import resource
 import statistics
@@ -89,6 +90,7 @@ def make_row(i: int, project_id: str, user_id: str) -> UsageRow:
 
 ROWS_PER_COMMIT = [13]
 _WRITERS: dict[int, Any] = {}
+UPSTREAM_RNG = random.Random(27)
 #: the event a writer hands to its fallback if a batch fails (none does here: counted)
 WRITER_EVENT: Any = None
 
@@ -116,6 +118,10 @@ async def one_request(store: Store, shape: str, i: int) -> None:
         return
     row = make_row(i, "proj-bench", "user-bench")
     if shape == "writer":
+        # Each request's upstream time first (0-2 ms, uniform): requests finish at
+        # different moments, as a gateway's do, rather than in lockstep with the batch
+        # before them (which would make every batch all the clients).
+        await asyncio.sleep(UPSTREAM_RNG.random() * 0.002)
         await group_writer(store).write(row, WRITER_EVENT)
         return
     if shape == "nolimit":
