@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from plano_fast.managed.context import GroupWriter
+from plano_fast.managed.context import BATCH_BESIDE_MIN_ROWS, GroupWriter
 from plano_fast.store import BudgetTarget, CounterKey, Store, UsageRow, open_store
 from plano_fast.store.migrate import migrate
 from plano_fast.usage import STATUS_OK, UsageEvent
@@ -88,8 +88,10 @@ def test_a_usage_batch_does_not_wait_for_another_batchs_counter_locks(dsn: str) 
 
 def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -> None:
     """Managed mode's synchronous writer on PostgreSQL: while a batch is stuck (its counter
-    row locked elsewhere), rows that arrive after it are written in a batch of their own
-    beside it -- their waiters answered before the stuck one -- and nothing is lost."""
+    row locked elsewhere), rows that arrive after it wait for it while they are few (a
+    statement each batch: not worth one yet); once ``BATCH_BESIDE_MIN_ROWS`` wait, they are
+    written in a batch of their own beside it -- their waiters answered before the stuck
+    one -- and nothing is lost."""
 
     def item(i: int) -> tuple[UsageRow, UsageEvent]:
         event = UsageEvent(f"w-{i}", time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
@@ -111,12 +113,16 @@ def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -
                     stuck = writer.write(*item(0))  # the first batch: shard 1, waits on the lock
                     await asyncio.sleep(0.3)
                     assert not stuck.done()
-                    beside = [writer.write(*item(i)) for i in range(1, 6)]  # a batch on shard 2
+                    few = [writer.write(*item(i)) for i in range(1, BATCH_BESIDE_MIN_ROWS)]
+                    await asyncio.sleep(0.3)
+                    assert not any(f.done() for f in few)  # they wait for the stuck batch
+                    beside = few + [writer.write(*item(BATCH_BESIDE_MIN_ROWS))]  # enough: shard 2
                     await asyncio.wait_for(asyncio.gather(*beside), timeout=10)
                     assert not stuck.done()
                 await asyncio.wait_for(stuck, timeout=10)
-                assert fallback == [] and writer.metrics.rows_written == 6
-                assert await sums(holder, "project", "p1") == (31, 0, 31)
+                rows = BATCH_BESIDE_MIN_ROWS + 1
+                assert fallback == [] and writer.metrics.rows_written == rows
+                assert await sums(holder, "project", "p1") == (1 + 5 * rows, 0, 1 + 5 * rows)
             finally:
                 await holder.close()
 

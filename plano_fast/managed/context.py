@@ -28,6 +28,12 @@ RELEASE_RETRY_MAX_S = 5.0
 #: failed every request's write; the counts are in /metrics)
 FAILURE_LOG_INTERVAL_S = 10.0
 
+BATCH_BESIDE_MIN_ROWS = 8
+"""Rows waiting before a batch is started beside one in flight (``Store.write_batches_in_flight``
+above 1).  Fewer ride with the next batch, a moment later: each batch is a statement and a
+commit, and with no minimum the batches beside came out small -- callgrind, managed-pg at
+concurrency 32: 175k -> 190k gateway instructions a request."""
+
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
 
@@ -95,14 +101,16 @@ class GroupWriter:
                 future.set_result(None)
                 return future
         self._pending.append(item)
-        if self._drains < self.in_flight:
-            self._drains += 1
+        drains = self._drains
+        if not drains or (drains < self.in_flight and len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
+            self._drains = drains + 1
             loop.create_task(self._drain())
         return future
 
     async def _drain(self) -> None:
         try:
-            while self._pending:
+            # (The last drain running takes whatever waits; another leaves a few rows to it.)
+            while self._pending and (self._drains == 1 or len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
                 batch, self._pending = self._pending, []
                 inflight = self._inflight
                 inflight.append(batch)
