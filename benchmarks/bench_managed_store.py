@@ -17,7 +17,11 @@ Two shapes, as ``plano_fast.gateway.modes.managed`` runs them one request after 
   default, the batch size the gateway's writer forms at concurrency 32) through
   ``write_usage_now``, as ``GroupWriter`` commits a batch; figures are per commit;
 * ``build`` (not run by default): the ``group`` shape's rows built and not written (its
-  instructions are the part of ``group``'s that is the benchmark's, not the store's).
+  instructions are the part of ``group``'s that is the benchmark's, not the store's);
+* ``writer`` (not run by default): ``nolimit`` through managed mode's synchronous writer
+  (``GroupWriter``: rows of requests finishing together share a batch, up to the store's
+  ``write_batches_in_flight`` batches at once), the gateway's path under load: run it with
+  ``--concurrency``.
 
 ``--concurrency N`` runs N such clients at once (closed loop; ``req_per_s`` is their
 total), the shape of a loaded gateway.  Reported per request: wall-clock latency (median and p99; noisy on a shared machine),
@@ -35,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import resource
 import statistics
@@ -84,6 +89,22 @@ def make_row(i: int, project_id: str, user_id: str) -> UsageRow:
 
 
 ROWS_PER_COMMIT = [13]
+_WRITERS: dict[int, Any] = {}
+UPSTREAM_RNG = random.Random(27)
+#: the event a writer hands to its fallback if a batch fails (none does here: counted)
+WRITER_EVENT: Any = None
+
+
+def group_writer(store: Store) -> Any:
+    from plano_fast.managed.context import GroupWriter
+
+    writer = _WRITERS.get(id(store))
+    if writer is None:
+        def failed(event: Any) -> None:
+            raise RuntimeError("a synchronous write failed")
+
+        writer = _WRITERS[id(store)] = GroupWriter(store, failed)
+    return writer
 
 
 async def one_request(store: Store, shape: str, i: int) -> None:
@@ -96,6 +117,13 @@ async def one_request(store: Store, shape: str, i: int) -> None:
             await store.write_usage(rows)
         return
     row = make_row(i, "proj-bench", "user-bench")
+    if shape == "writer":
+        # Each request's upstream time first (0-2 ms, uniform): requests finish at
+        # different moments, as a gateway's do, rather than in lockstep with the batch
+        # before them (which would make every batch all the clients).
+        await asyncio.sleep(UPSTREAM_RNG.random() * 0.002)
+        await group_writer(store).write(row, WRITER_EVENT)
+        return
     if shape == "nolimit":
         await store.write_usage([row])
         return

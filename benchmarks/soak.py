@@ -205,13 +205,17 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+# (A counter is the sum of its rows: one per shard, migration 11.)
+_COUNTERS = ("(SELECT scope_kind, scope_id, period, period_start, SUM(spent_nano_usd) AS spent_nano_usd, "
+             "SUM(reserved_nano_usd) AS reserved_nano_usd FROM spending_counters "
+             "GROUP BY scope_kind, scope_id, period, period_start)")
 LEDGER_RESERVED = (
-    "SELECT count(*) FROM spending_counters c WHERE c.reserved_nano_usd <> "
+    f"SELECT count(*) FROM {_COUNTERS} c WHERE c.reserved_nano_usd <> "
     "COALESCE((SELECT SUM(r.amount_nano_usd) FROM spending_reservations r WHERE r.scope_kind = c.scope_kind "
     "AND r.scope_id = c.scope_id AND r.period = c.period AND r.period_start = c.period_start), 0)"
 )
 LEDGER_SPENT = (
-    "SELECT count(*) FROM spending_counters c WHERE c.period = 'total' AND c.spent_nano_usd <> "
+    f"SELECT count(*) FROM {_COUNTERS} c WHERE c.period = 'total' AND c.spent_nano_usd <> "
     "COALESCE((SELECT SUM(u.cost_nano_usd) FROM usage_log u WHERE u.priced AND "
     "((c.scope_kind = 'project' AND u.project_id = c.scope_id) OR (c.scope_kind = 'user' AND u.user_id = c.scope_id) "
     "OR (c.scope_kind = 'key' AND u.key_hash = c.scope_id))), 0)"

@@ -265,12 +265,14 @@ def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
 
     async def go(store: Any) -> dict[str, Any]:
         assert isinstance(store, SqlStore)
+        # (A counter is the sum of its rows: one per shard, migration 11.)
         for r in await store._fetch(
             "SELECT c.scope_kind, c.scope_id, c.period, c.reserved_nano_usd, "
             "COALESCE((SELECT SUM(r.amount_nano_usd) FROM spending_reservations r "
             "WHERE r.scope_kind = c.scope_kind AND r.scope_id = c.scope_id "
             "AND r.period = c.period AND r.period_start = c.period_start), 0) "
-            "FROM spending_counters c"
+            "FROM (SELECT scope_kind, scope_id, period, period_start, SUM(reserved_nano_usd) AS reserved_nano_usd "
+            "FROM spending_counters GROUP BY scope_kind, scope_id, period, period_start) c"
         ):
             assert int(r[3]) == int(r[4]), f"reserved != open reservations: {tuple(r)}"
         for r in await store._fetch(
@@ -279,7 +281,8 @@ def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
             "((c.scope_kind = 'project' AND u.project_id = c.scope_id) OR "
             "(c.scope_kind = 'user' AND u.user_id = c.scope_id) OR "
             "(c.scope_kind = 'key' AND u.key_hash = c.scope_id))), 0) "
-            "FROM spending_counters c WHERE c.period = 'total'"
+            "FROM (SELECT scope_kind, scope_id, SUM(spent_nano_usd) AS spent_nano_usd FROM spending_counters "
+            "WHERE period = 'total' GROUP BY scope_kind, scope_id) c"
         ):
             assert int(r[2]) == int(r[3]), f"spent != the log: {tuple(r)}"
         counters = await store.load_counters()

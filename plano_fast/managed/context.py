@@ -28,6 +28,12 @@ RELEASE_RETRY_MAX_S = 5.0
 #: failed every request's write; the counts are in /metrics)
 FAILURE_LOG_INTERVAL_S = 10.0
 
+BATCH_BESIDE_MIN_ROWS = 8
+"""Rows waiting before a batch is started beside one in flight (``Store.write_batches_in_flight``
+above 1).  Fewer ride with the next batch, a moment later: each batch is a statement and a
+commit, and with no minimum the batches beside came out small -- callgrind, managed-pg at
+concurrency 32: 175k -> 190k gateway instructions a request."""
+
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
 
@@ -51,8 +57,13 @@ class GroupWriter:
         self.fallback = fallback
         self.metrics = metrics or BillingMetrics()
         self._pending: list[_Item] = []
-        self._inflight: list[_Item] = []
-        self._task: asyncio.Task[None] | None = None
+        #: the batches being written (each by one ``_drain``)
+        self._inflight: list[list[_Item]] = []
+        #: ``_drain`` tasks running, at most ``in_flight``: while one batch commits the
+        #: next may be written beside it where the store gains from it (PostgreSQL: each
+        #: on its own counter rows, ``Store.write_batches_in_flight``)
+        self._drains = 0
+        self.in_flight = max(1, store.write_batches_in_flight)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
         #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
@@ -85,22 +96,26 @@ class GroupWriter:
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         item = (row, event, future, then)
-        if alone and self.writes_now and self._task is None and not self._pending:
+        if alone and self.writes_now and not self._drains and not self._pending:
             if self._write_now(item):
                 future.set_result(None)
                 return future
         self._pending.append(item)
-        if self._task is None:
-            self._task = loop.create_task(self._drain())
+        drains = self._drains
+        if not drains or (drains < self.in_flight and len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
+            self._drains = drains + 1
+            loop.create_task(self._drain())
         return future
 
     async def _drain(self) -> None:
         try:
-            while self._pending:
+            # (The last drain running takes whatever waits; another leaves a few rows to it.)
+            while self._pending and (self._drains == 1 or len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
                 batch, self._pending = self._pending, []
-                self._inflight = batch
-                await self._write(batch)
-                self._inflight = []
+                inflight = self._inflight
+                inflight.append(batch)
+                await self._write(batch)  # (cancelled: left in flight, for ``abandon``)
+                inflight[:] = [b for b in inflight if b is not batch]
                 for _, _, future, then in batch:
                     if not future.done():
                         future.set_result(None)
@@ -110,12 +125,14 @@ class GroupWriter:
                         except Exception:  # as the loop does for a done callback that raises
                             log.exception("synchronous billing: a written row's callback failed")
         finally:
-            self._task = None
+            self._drains -= 1
 
     def abandon(self) -> list[UsageEvent]:
         """The events of rows not known to be written (a stop whose bound ran out while
         the store hangs): the caller journals them; a replay skips any that did commit."""
-        items, self._inflight, self._pending = self._inflight + self._pending, [], []
+        items = [item for batch in self._inflight for item in batch] + self._pending
+        self._inflight.clear()
+        self._pending = []
         return [item[1] for item in items]
 
     def _write_now(self, item: _Item) -> bool:

@@ -20,6 +20,8 @@ Units, identical in both backends:
   lowercase hex SHA-256 (``key_hash``), never raw.
 
 Invariant kept by construction: for every scope and period, ``spending_counters.spent``
+(summed over the counter's rows: one per shard on PostgreSQL, migration 11, so that usage
+batches in flight at once update different rows; one on SQLite)
 equals the sum of ``cost_nano_usd`` of the priced ``usage_log`` rows in it, because the
 only writes that price a row (``write_usage``, ``set_prices``, ``settle``) add to the
 counters in the same transaction, for exactly the rows they inserted or priced.

@@ -42,13 +42,18 @@ from plano_fast.store.records import (
     User,
 )
 
-REQUIRED_SCHEMA_VERSION: Final = 10
+REQUIRED_SCHEMA_VERSION: Final = 11
 """The schema version this code needs; ``check_schema`` refuses anything older."""
 
 
 class BillingStore(abc.ABC):
     """What the billing pipeline calls: write usage rows, price the ones left unpriced,
     read the counters and limits (and the custom prices) it decides with."""
+
+    #: ``write_usage`` calls one caller may have under way at once and gain from (the
+    #: synchronous writer of managed mode, plano_fast.managed.context): 1 where batches
+    #: would only queue on one another (SQLite: one writer)
+    write_batches_in_flight: int = 1
 
     # -- usage and counters -------------------------------------------------------------
 

@@ -11,10 +11,12 @@ requests from the first misfit on are then each run alone (``postgres._RESERVE``
 answers each exactly (a smaller one may still fit).  All or nothing per request, as
 before: a request's rows are all written or none.
 
-Counter rows are locked (``chk``, ``FOR UPDATE``) in the global lock order and read at
-their latest version (READ COMMITTED re-reads a row once its lock is granted).  A counter
-that did not exist at ``chk`` but was created by a concurrent statement before ``held``
-inserts it cannot be checked here: ``held`` leaves it alone, covers fewer counters than
+Counter rows -- every shard of each counter (migration 11: a counter is the sum of its
+rows) -- are locked (``lk``, ``FOR UPDATE``) in the global lock order (shard last) and read
+at their latest version (READ COMMITTED re-reads a row once its lock is granted); ``chk``
+sums them per counter.  Reservations live on shard 0.  A shard-0 row that did not exist at
+``lk`` but was created by a concurrent statement before ``held`` inserts it cannot be
+checked here: ``held`` leaves it alone, covers fewer counters than
 the batch needs, and the statement fails on purpose (the cast of ``PARTIAL``), which rolls
 all of it back; it is run again (that counter is then locked in ``chk``).
 
@@ -38,13 +40,16 @@ RESERVE_MANY: Final = f"""
 WITH t AS (
     SELECT * FROM unnest($1::reserve_input[])
 ),
-chk AS (
-    SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s,
+lk AS MATERIALIZED (
+    SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s, sc.shard,
            sc.spent_nano_usd + sc.reserved_nano_usd AS used
       FROM spending_counters sc
      WHERE (sc.scope_kind, sc.scope_id, sc.period, sc.period_start) IN (SELECT k, i, p, s FROM t)
-     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start
+     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start, sc.shard
        FOR UPDATE OF sc
+),
+chk AS (
+    SELECT k, i, p, s, SUM(used) AS used FROM lk GROUP BY k, i, p, s
 ),
 cum AS (
     SELECT t.j,
@@ -63,11 +68,11 @@ held AS (
     SELECT k, i, p, s, 0, SUM(a)::bigint, $2::bigint FROM ok
      GROUP BY k, i, p, s
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
-    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+    ON CONFLICT (scope_kind, scope_id, period, period_start, shard) DO UPDATE
        SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
            updated_at_ns = EXCLUDED.updated_at_ns
-     WHERE EXISTS (SELECT 1 FROM chk WHERE chk.k = sc.scope_kind AND chk.i = sc.scope_id
-                                       AND chk.p = sc.period AND chk.s = sc.period_start)
+     WHERE EXISTS (SELECT 1 FROM lk WHERE lk.k = sc.scope_kind AND lk.i = sc.scope_id
+                                      AND lk.p = sc.period AND lk.s = sc.period_start AND lk.shard = 0)
     RETURNING 1
 ),
 rows AS (

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import functools
 import operator
 import time
@@ -104,14 +105,17 @@ _RELEASE_RETRY_MAX_S = 2.0
 log = logging.getLogger(__name__)
 
 
-def _counters_cte(source: str, now_param: str, freed: str | None = None) -> str:
+def _counters_cte(source: str, now_param: str, freed: str | None = None, shard: str = "0") -> str:
     """CTEs adding ``source``'s (time_ns, project_id, user_id, key_hash, cost_nano_usd)
     to spending_counters for each scope present and each period.  Costs are first summed
     per scope and UTC day, so the month arithmetic runs per day, not per row.
 
     ``freed`` names a CTE of (k, i, p, s, a) -- a settled reservation's rows: ``a`` comes
     off ``reserved`` of those counters in the same upsert (one statement may modify a row
-    only once, and one ordered upsert keeps the global lock order)."""
+    only once, and one ordered upsert keeps the global lock order).
+
+    ``shard``: the counter rows' shard (migration 11), an SQL expression: a usage batch's
+    writer's (``_WRITE_SHARDS``); 0, the reservations' shard, wherever ``freed`` is."""
     freed_keys = (
         f'\n    UNION ALL\n    SELECT k COLLATE "default", i COLLATE "default", p COLLATE "default", s, 0::bigint'
         f"\n      FROM {freed}"
@@ -152,12 +156,12 @@ periods AS (
 ),
 bump AS (
     INSERT INTO spending_counters AS sc
-        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-    SELECT k, i, p, s, SUM(c)::bigint, 0, {now_param}
+        (scope_kind, scope_id, period, period_start, shard, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, {shard}, SUM(c)::bigint, 0, {now_param}
       FROM periods
      GROUP BY k, i, p, s
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
-    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+    ON CONFLICT (scope_kind, scope_id, period, period_start, shard) DO UPDATE
        SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
            updated_at_ns = EXCLUDED.updated_at_ns{freed_set}
     RETURNING 1
@@ -191,7 +195,9 @@ _INPUT_CTE = """
 WITH input AS (
     SELECT * FROM unnest($1::usage_input[])
 ),"""
-_WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(source="input", counters=_counters_cte("src", "$2"))
+_WRITE_USAGE = _INPUT_CTE + _INSERT_AND_COUNT.format(
+    source="input", counters=_counters_cte("src", "$2", shard="$3::smallint")
+)
 
 # One row, the group writer's batch at concurrency 1 (issue 27): its columns as scalars
 # (``$1`` .. ``$width``) and its counter deltas computed here, as SQLite's are
@@ -212,7 +218,7 @@ ins AS (
     RETURNING 1
 )"""
 _BUMP_SET = """
-    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+    ON CONFLICT (scope_kind, scope_id, period, period_start, shard) DO UPDATE
        SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
            updated_at_ns = EXCLUDED.updated_at_ns"""
 
@@ -228,15 +234,17 @@ def _delta_values(deltas: int) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _write_one_sql(deltas: int) -> str:
-    """``write_usage`` of one row with ``deltas`` counter deltas (none: no ``now`` either)."""
+    """``write_usage`` of one row with ``deltas`` counter deltas (none: no ``now`` either,
+    nor a shard; else the shard is the last parameter)."""
     if not deltas:
         return f"WITH {_INSERT_ONE}\nSELECT count(*) FROM ins"
     return f"""
 WITH {_INSERT_ONE},
 bump AS (
     INSERT INTO spending_counters AS sc
-        (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-    SELECT k, i, p, s, c, 0, ${_USAGE_WIDTH + 1}::bigint FROM (VALUES {_delta_values(deltas)}) AS t(k, i, p, s, c)
+        (scope_kind, scope_id, period, period_start, shard, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+    SELECT k, i, p, s, ${_USAGE_WIDTH + 2 + 5 * deltas}::smallint, c, 0, ${_USAGE_WIDTH + 1}::bigint
+      FROM (VALUES {_delta_values(deltas)}) AS t(k, i, p, s, c)
      WHERE EXISTS (SELECT FROM ins)
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s{_BUMP_SET}
 )
@@ -310,6 +318,16 @@ SELECT ARRAY(SELECT id FROM taken)
 """
 
 
+_WRITE_SHARDS = 8
+"""Counter shards usage batches write (migration 11).  A counter row is locked from the
+batch's upsert until its commit is flushed, so batches of one project, each in its own
+transaction, were serialized behind one WAL flush each, however many ran at once; on
+different shards they overlap (and their commits share flushes).  Reservations and settles
+keep shard 0; a reservation locks and sums every shard of its counters (``_RESERVE``)."""
+WRITE_BATCHES_IN_FLIGHT = 3
+"""Usage batches a caller may have in flight at once (``UsageStore.write_batches_in_flight``:
+the synchronous writer of managed mode), each on its own shard."""
+
 _SETTLES_IN_FLIGHT = 2
 """Settle batches running at once.  Batches of one project update the same counter rows,
 so they run one after another whatever this is; two let a batch gather while another
@@ -324,7 +342,9 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
     {", ".join(f"{column} {type_}" for column, type_ in USAGE_COLUMN_TYPES.items())}
 ) ON COMMIT DELETE ROWS
 """
-_WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(source=_STAGING, counters=_counters_cte("src", "$1"))
+_WRITE_STAGED = "WITH" + _INSERT_AND_COUNT.format(
+    source=_STAGING, counters=_counters_cte("src", "$1", shard="$2::smallint")
+)
 _COPY_THRESHOLD = 100  # rows; below this the one-statement array path is quicker
 
 # usage reprice: lock the rows (id order) and read what they count now, rewrite them, then
@@ -359,7 +379,7 @@ INSERT INTO spending_counters AS sc
     (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
 SELECT k, i, p, s, d, 0, $6
   FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, d)
-ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+ON CONFLICT (scope_kind, scope_id, period, period_start, shard) DO UPDATE
    SET spent_nano_usd = sc.spent_nano_usd + EXCLUDED.spent_nano_usd,
        updated_at_ns = EXCLUDED.updated_at_ns
 """
@@ -384,27 +404,35 @@ SELECT count(*) FILTER (WHERE priced) FROM upd
 """
 
 # ``reserve`` in ONE statement (one round trip, its own transaction), all or nothing:
-# ``chk`` locks the target counters that exist, in the global lock order, and reads their
-# latest versions (READ COMMITTED re-reads a row once its lock is granted); only when
-# every one fits ``spent + reserved + amount <= limit`` (and the amount fits the limit of
-# every counter still to be created) does ``held`` add the amount to all of them, creating
-# the missing ones, and the reservation's rows are written from what ``held`` returns.
-# ``held`` checks each limit again on the row it updates, so one that a concurrent
-# reservation created between ``chk`` and ``held`` is never overfilled; then ``held``
-# covers only part of the targets, and the statement fails on purpose (the cast of
-# ``_PARTIAL``), which rolls all of it back: ``reserve`` runs it again (it then sees that
-# row in ``chk``).  The result: the number of counters reserved, len(targets) or 0.
+# ``lk`` locks the rows of the target counters that exist -- every shard of each (migration
+# 11) -- in the global lock order (shard last), and reads their latest versions (READ
+# COMMITTED re-reads a row once its lock is granted); ``chk`` sums them per counter.  Only
+# when every one fits ``spent + reserved + amount <= limit`` (and the amount fits the limit
+# of every counter still to be created) does ``held`` add the amount to all of them (on
+# shard 0, the reservations' shard), creating the missing ones, and the reservation's rows
+# are written from what ``held`` returns.  ``held`` updates only shard-0 rows ``lk``
+# locked, so one that a concurrent reservation created between ``lk`` and ``held`` is never
+# overfilled; then ``held`` covers only part of the targets, and the statement fails on
+# purpose (the cast of ``_PARTIAL``), which rolls all of it back: ``reserve`` runs it again
+# (it then sees that row in ``lk``).  The result: the number of counters reserved,
+# len(targets) or 0.
 _PARTIAL = PARTIAL  # the one-request statement fails the same way (pg_reserve)
 _RESERVE = f"""
 WITH t AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, lim)
 ),
-chk AS (
-    SELECT sc.spent_nano_usd + sc.reserved_nano_usd + $6::bigint <= t.lim AS fits
-      FROM t JOIN spending_counters sc
-        ON sc.scope_kind = t.k AND sc.scope_id = t.i AND sc.period = t.p AND sc.period_start = t.s
-     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start
+lk AS MATERIALIZED (
+    SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s, sc.shard,
+           sc.spent_nano_usd + sc.reserved_nano_usd AS used
+      FROM spending_counters sc
+     WHERE (sc.scope_kind, sc.scope_id, sc.period, sc.period_start) IN (SELECT k, i, p, s FROM t)
+     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start, sc.shard
        FOR UPDATE OF sc
+),
+chk AS (
+    SELECT SUM(lk.used) + $6::bigint <= t.lim AS fits
+      FROM t JOIN lk ON lk.k = t.k AND lk.i = t.i AND lk.p = t.p AND lk.s = t.s
+     GROUP BY t.k, t.i, t.p, t.s, t.lim
 ),
 held AS (
     INSERT INTO spending_counters AS sc
@@ -412,12 +440,11 @@ held AS (
     SELECT k, i, p, s, 0, $6::bigint, $7::bigint FROM t
      WHERE (SELECT bool_and(fits) IS NOT FALSE FROM chk) AND (SELECT bool_and($6::bigint <= lim) FROM t)
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
-    ON CONFLICT (scope_kind, scope_id, period, period_start) DO UPDATE
+    ON CONFLICT (scope_kind, scope_id, period, period_start, shard) DO UPDATE
        SET reserved_nano_usd = sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd,
            updated_at_ns = EXCLUDED.updated_at_ns
-     WHERE sc.spent_nano_usd + sc.reserved_nano_usd + EXCLUDED.reserved_nano_usd
-           <= (SELECT t.lim FROM t WHERE t.k = sc.scope_kind AND t.i = sc.scope_id
-                                    AND t.p = sc.period AND t.s = sc.period_start)
+     WHERE EXISTS (SELECT 1 FROM lk WHERE lk.k = sc.scope_kind AND lk.i = sc.scope_id
+                                      AND lk.p = sc.period AND lk.s = sc.period_start AND lk.shard = 0)
     RETURNING scope_kind, scope_id, period, period_start
 ),
 rows AS (
@@ -449,7 +476,7 @@ RETURNING scope_kind, scope_id, period, period_start, amount_nano_usd
 
 _UNRESERVE = """
 UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd - $1, updated_at_ns = $2
- WHERE scope_kind = $3 AND scope_id = $4 AND period = $5 AND period_start = $6
+ WHERE scope_kind = $3 AND scope_id = $4 AND period = $5 AND period_start = $6 AND shard = 0
 """
 
 
@@ -554,6 +581,7 @@ async def _keep_session(conn: Any) -> None:
 
 class PostgresStore(SqlStore):
     kind = "postgres"
+    write_batches_in_flight = WRITE_BATCHES_IN_FLIGHT
 
     def __init__(
         self,
@@ -578,6 +606,12 @@ class PostgresStore(SqlStore):
         #: order, their own statement) before it locks them, so it never inserts one while
         #: holding others' locks (the deadlock with a settle's ordered upsert at rollover)
         self._known_counters: set[Any] = set()
+        #: counter shards no ``write_usage`` of this store holds now (popped from the end):
+        #: this process's turn first, so two processes' lone batches (a gateway's workers,
+        #: instances) tend to write different rows too
+        first = os.getpid() % _WRITE_SHARDS
+        self._free_shards: list[int] = [(first - n) % _WRITE_SHARDS for n in range(_WRITE_SHARDS - 1, -1, -1)]
+        self._shard_turn = first
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -703,15 +737,17 @@ class PostgresStore(SqlStore):
     # -- usage and billing --------------------------------------------------------------------
 
     @staticmethod
-    async def _write_usage_on(conn: Any, rows: list[UsageRow], now: int) -> int:
-        """Insert + count on ``conn``, which must be inside a transaction for big batches."""
+    async def _write_usage_on(conn: Any, rows: list[UsageRow], now: int, shard: int) -> int:
+        """Insert + count (into counter rows of ``shard``) on ``conn``, which must be inside
+        a transaction for big batches."""
         if len(rows) == 1 and (one := _write_one_args(rows[0], now)) is not None:
-            return int(await conn.fetchval(_write_one_sql(one[0]), *one[1]))
+            deltas, args = one
+            return int(await conn.fetchval(_write_one_sql(deltas), *args, *((shard,) if deltas else ())))
         if len(rows) < _COPY_THRESHOLD:
-            return int(await conn.fetchval(_WRITE_USAGE, _usage_records(rows), now))
+            return int(await conn.fetchval(_WRITE_USAGE, _usage_records(rows), now, shard))
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_usage_records(rows), columns=_USAGE_COLUMNS)
-        return int(await conn.fetchval(_WRITE_STAGED, now))
+        return int(await conn.fetchval(_WRITE_STAGED, now, shard))
 
     def rejects_data(self, exc: BaseException) -> bool:
         # Out-of-range numbers (DataError: the server's, or asyncpg's own when it encodes
@@ -728,18 +764,31 @@ class PostgresStore(SqlStore):
         # each other instead of deadlocking on the request_id index.
         batch.sort(key=_REQUEST_ID)
         now = time.time_ns()
+        # A shard of the counters no other batch of this store is writing (one of the free
+        # ones, or any when all are taken): batches in flight at once do not queue on each
+        # other's counter row locks.
+        free = self._free_shards
+        held = bool(free)
+        if held:
+            shard = free.pop()
+        else:
+            shard = self._shard_turn = (self._shard_turn + 1) % _WRITE_SHARDS
 
         async def body(conn: Any) -> int:
-            return await self._write_usage_on(conn, batch, now)
+            return await self._write_usage_on(conn, batch, now, shard)
 
-        if len(batch) < _COPY_THRESHOLD:  # one statement: its own transaction
+        try:
+            if len(batch) < _COPY_THRESHOLD:  # one statement: its own transaction
 
-            async def attempt() -> int:
-                async with self.pool.acquire() as conn:
-                    return await body(conn)
+                async def attempt() -> int:
+                    async with self.pool.acquire() as conn:
+                        return await body(conn)
 
-            return await self._retrying(attempt)
-        return await self._in_tx(body)
+                return await self._retrying(attempt)
+            return await self._in_tx(body)
+        finally:
+            if held:
+                free.append(shard)
 
     async def set_prices(self, results: Sequence[PriceResult]) -> int:
         latest: dict[int, tuple[int | None, str, str | None]] = {}

@@ -88,7 +88,13 @@ _PKEY_COLS = (
     "id, project_id, provider, display_name, ciphertext, nonce, key_id, is_active, "
     "created_at_ns, revoked_at_ns"
 )
-_COUNTER_COLS = "scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd"
+#: A counter is the sum of its rows: PostgreSQL keeps one per shard (migration 11: concurrent
+#: usage batches add to different rows), SQLite one.
+_COUNTER_SUMS = (
+    "SELECT scope_kind, scope_id, period, period_start, SUM(spent_nano_usd), SUM(reserved_nano_usd) "
+    "FROM spending_counters"
+)
+_COUNTER_GROUP = " GROUP BY scope_kind, scope_id, period, period_start"
 _SCOPE_COLUMN = {"project": "project_id", "user": "user_id", "key": "key_hash"}
 
 Row = Sequence[Any]
@@ -446,7 +452,7 @@ class SqlStore(Store):
         return await self._execute(sql, args)
 
     async def load_counters(self, *, at_ns: int | None = None) -> list[CounterRow]:
-        sql = f"SELECT {_COUNTER_COLS} FROM spending_counters"
+        sql = _COUNTER_SUMS
         args: list[object] = []
         if at_ns is not None:
             sql += (
@@ -454,13 +460,13 @@ class SqlStore(Store):
                 " OR (period = 'daily' AND period_start = ?)"
             )
             args = [month_start(at_ns), day_start(at_ns)]
-        rows = await self._fetch(sql, args)
+        rows = await self._fetch(sql + _COUNTER_GROUP, args)
         return sorted((counter_from_row(r) for r in rows), key=lambda c: c.key)
 
     async def get_counter(self, key: CounterKey) -> CounterRow | None:
         r = await self._one(
-            f"SELECT {_COUNTER_COLS} FROM spending_counters "
-            "WHERE scope_kind = ? AND scope_id = ? AND period = ? AND period_start = ?",
+            f"{_COUNTER_SUMS} WHERE scope_kind = ? AND scope_id = ? AND period = ? AND period_start = ?"
+            f"{_COUNTER_GROUP}",
             (key.scope_kind, key.scope_id, key.period, key.period_start),
         )
         return None if r is None else counter_from_row(r)
