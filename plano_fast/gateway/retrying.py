@@ -120,11 +120,15 @@ class RetryingExchange(Exchange):
         index, wait_s, moved = nxt
         self.attempts = 0  # (before the wait: a client gone during it ends no attempt)
         if wait_s > 0:
+            waiting = self.ctx.waiting
+            self.ctx.waits(self)  # (a stop in the wait answers 503: Exchange.stop_waiting)
             try:
                 await asyncio.sleep(wait_s)
             except asyncio.CancelledError:
                 self._settle(STATUS_CLIENT_GONE, self.status)
                 raise
+            finally:
+                waiting.pop(self, None)
         ctx = self.ctx
         ctx.retries_total += 1
         if moved:
@@ -192,11 +196,11 @@ class RetryingExchange(Exchange):
             self._drop_hedge(hedge)
         super().on_upstream_error(error, retry_safe)
 
-    def _client_gone(self) -> None:
+    def _client_gone(self, client_status: int = 0) -> None:
         hedge = self.hedge
         if hedge is not None:
             hedge.cancel()
-        super()._client_gone()
+        super()._client_gone(client_status)
 
     # -- hedging (plano_fast.gateway.hedge) ---------------------------------------------
     def _drop_hedge(self, hedge: Hedge) -> None:
