@@ -518,6 +518,7 @@ class Gateway:
         values["upstream_attempts_failed"] = gw.ctx.attempts_failed
         values["upstream_hedges"] = gw.ctx.hedges_total
         values["upstream_hedges_won"] = gw.ctx.hedges_won
+        values["upstream_hedges_lost"] = gw.ctx.hedges_lost
         now = gw.pool.loop.time()
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")

@@ -149,6 +149,7 @@ class ExchangeContext:
         "attempts_failed",
         "hedges_total",
         "hedges_won",
+        "hedges_lost",
         "metrics",
         "request_metrics",
         "access_log",
@@ -217,6 +218,9 @@ class ExchangeContext:
         #: hedged attempts started (plano_fast.gateway.hedge) and those that won
         self.hedges_total = 0
         self.hedges_won = 0
+        #: hedges sent and then cancelled, the request's own attempt having answered or
+        #: failed first: the provider may bill them, and no usage row prices them
+        self.hedges_lost = 0
         self.metrics = RequestMetrics()
         #: count each finished request in ``metrics`` (plano_fast.request_metrics)
         self.request_metrics = True

@@ -206,10 +206,17 @@ class RetryingExchange(Exchange):
     def _drop_hedge(self, hedge: Hedge) -> None:
         """This attempt answered or failed first: cancel a hedge still in flight and give
         its attempt back to the plan, so that a failure here is retried as without hedging
-        (a hedge that won is not cancelled)."""
-        plan = self.plan
-        if hedge.live() and plan is not None:
-            plan.attempts -= 1
+        (a hedge that won is not cancelled).  A hedge already sent is on the usage row's
+        trail (``hedged``, as the slower attempt is when the hedge wins) and counted
+        (``hedges_lost``): the provider may bill the answer it was generating, which no
+        row prices (before 2026-12-06 it was on neither)."""
+        if hedge.live():
+            plan = self.plan
+            if plan is not None:
+                plan.attempts -= 1
+            if hedge.conn is not None:  # (sent: set just before its request is written)
+                self.ctx.hedges_lost += 1
+                self.note_failed("hedged")
         hedge.cancel()
 
     def _adopt_hedge(self, hedge: Hedge, failed_index: int) -> None:
