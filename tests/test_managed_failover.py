@@ -208,6 +208,8 @@ def test_a_first_byte_timeout_fails_over(pipes: Any) -> None:
     assert [r.header("x-fake-latency-ms") for r in calls(fake)] == ["3000", None]
     billed = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
     assert len(billed) == 1 and billed[0].status == "ok"
+    # the timed-out attempt is on the row (not priced: "Not metered", docs/security.md)
+    assert (billed[0].attempts, billed[0].attempt_trail) == (2, "timeout,200")
     circuit = next(c for c in json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
                    if c["provider"] == "stalled")  # fmt: skip
     assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 1
