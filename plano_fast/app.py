@@ -615,12 +615,12 @@ def _stop_unanswered(
     responder = proto.active
     if responder is None or responder.head_sent:
         return False
+    found = waiting.get(responder)  # (first: ``upstream`` may be an earlier attempt's)
+    if found is not None:
+        return found[0].stop_waiting(found[1])
     sink = getattr(responder.upstream, "sink", None)  # (an UpstreamConnection's, upstream.py)
     exchange = getattr(sink, "exchange", sink)
-    if isinstance(exchange, Exchange):
-        return exchange.stop_unanswered()
-    found = waiting.get(responder)
-    return found is not None and found[0].stop_waiting(found[1])
+    return isinstance(exchange, Exchange) and exchange.stop_unanswered()
 
 
 METRICS_DIR_ENV = "PLANO_FAST_METRICS_DIR"
