@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess, write_config
@@ -20,7 +21,9 @@ from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
 UNKNOWN = "resp_0123456789abcdef0123456789abcdef"
 
 
-def _call(gw: GatewayProcess, method: str, path: str, key: str, body: bytes | None = None) -> tuple[int, str | None, dict]:
+def _call(
+    gw: GatewayProcess, method: str, path: str, key: str, body: bytes | None = None
+) -> tuple[int, str | None, dict[str, Any]]:
     req = urllib.request.Request(gw.url + path, method=method, data=body, headers={
         "authorization": f"Bearer {key}", "content-type": "application/json"})
     try:
@@ -48,7 +51,7 @@ def _unknown_ids(gw: GatewayProcess, key: str, model: str) -> dict[str, str]:
     return ids
 
 
-def _lines_have(lines: list[dict], ids: dict[str, str]) -> None:
+def _lines_have(lines: list[dict[str, Any]], ids: dict[str, str]) -> None:
     by_id = {line["request_id"]: line for line in lines}
     for kind, request_id in ids.items():
         assert request_id in by_id, f"{kind}: no access-log line has the id {request_id}"

@@ -194,7 +194,8 @@ class ExchangeContext:
         #: exchanges reading a response whose client left (ended at stop: ``give_up_drains``)
         self.draining: set[Exchange] = set()
         #: exchanges waiting in a task with nothing of theirs with a provider -- opening a
-        #: connection, in a retry's backoff, at a guard model or an input filter -- and that
+        #: connection, in a retry's backoff, at a guard model, an input filter or a router
+        #: model -- and that
         #: task: answered 503 at stop (``Exchange.stop_waiting``); entered around those
         #: waits only (``waits``), never on the path of a request sent on a pooled connection
         self.waiting: dict[Exchange, asyncio.Task[Any]] = {}
@@ -468,7 +469,8 @@ class Exchange:
             return  # (told twice: the gateway's stop, then its cancelled task: stop_unanswered)
         conn = self.conn
         if conn is None:
-            self._settle(STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE, self.status or client_status)
+            outcome = STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE
+            self._settle(outcome, self.status or client_status)
             return
         if self.scanner is None or self.status >= 400 or self.outcome:
             conn.detach()
@@ -510,7 +512,8 @@ class Exchange:
     def stop_waiting(self, task: asyncio.Task[Any]) -> bool:
         """The gateway stops (SIGTERM) and ``drain_timeout_s`` is over while this request
         waits with nothing of it at a provider (``ExchangeContext.waiting``: opening a
-        connection, in a retry's backoff, at a guard model or an input filter): its row
+        connection, in a retry's backoff, at a guard model, an input filter or a router
+        model): its row
         ``gateway_stopped`` (nothing billed; the attempts that failed before on it, the
         one being opened not counted), then the client gets the 503 ``stop_unanswered``
         gives, with this exchange's id and ``Connection: close``, and ``task`` is
@@ -525,7 +528,9 @@ class Exchange:
             hedge.cancel()
         self.attempts = 0  # (the connection being opened carried nothing)
         self._settle(STATUS_GATEWAY_STOPPED, ServiceUnavailable.status)
-        error = ServiceUnavailable("the gateway is shutting down and the request is with no provider; retry the request")
+        error = ServiceUnavailable(
+            "the gateway is shutting down and the request is with no provider; retry the request"
+        )
         error.request_id = self.request_id
         error.close_connection = True
         responder.on_client_gone = None
