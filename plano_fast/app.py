@@ -387,8 +387,11 @@ class Gateway:
         # Responses still read for clients that left (their usage) drain too.
         while (self.connections or self.ctx.draining) and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        # Requests waiting with nothing at a provider (connecting, backoff, guard model):
+        # by their responders, for the connections below.
+        waiting = {exchange.responder: (exchange, task) for exchange, task in self.ctx.waiting.items()}
         for conn in list(self.connections):
-            if not _stop_unanswered(conn):  # (answered 503: it closes once that is out)
+            if not _stop_unanswered(conn, waiting):  # (answered 503: it closes once that is out)
                 conn.abort()
         # An aborted connection's connection_lost runs in a later loop turn: only then
         # does an exchange still relaying learn its client is gone (and join ``draining``,
@@ -515,6 +518,7 @@ class Gateway:
         values["upstream_attempts_failed"] = gw.ctx.attempts_failed
         values["upstream_hedges"] = gw.ctx.hedges_total
         values["upstream_hedges_won"] = gw.ctx.hedges_won
+        values["upstream_hedges_lost"] = gw.ctx.hedges_lost
         now = gw.pool.loop.time()
         circuits = gw.ctx.circuits.values()
         values["circuits_open_current"] = sum(1 for c in circuits if c.state(now) == "open")
@@ -598,15 +602,22 @@ class Gateway:
         precheck(self, request)
 
 
-def _stop_unanswered(proto: ServerProtocol) -> bool:
-    """The drain is over and this connection's request waits for its provider's first byte:
-    the exchange answers it a 503 in the client's format (``Exchange.stop_unanswered``).
-    True when it did: the connection then closes after the answer, not aborted (an abort
-    would drop the answer).  Found through the upstream connection the request was sent
-    on (its sink: the exchange, or a hedged attempt the exchange took over)."""
+def _stop_unanswered(
+    proto: ServerProtocol, waiting: dict[Responder, tuple[Exchange, asyncio.Task[Any]]]
+) -> bool:
+    """The drain is over and this connection's request waits for its provider's first byte,
+    or waits with nothing at a provider yet (``waiting``: ``ExchangeContext.waiting`` by
+    responder): the exchange answers it a 503 in the client's format
+    (``Exchange.stop_unanswered``, ``Exchange.stop_waiting``).  True when it did: the
+    connection then closes after the answer, not aborted (an abort would drop the answer).
+    A request sent is found through the upstream connection it was sent on (its sink: the
+    exchange, or a hedged attempt the exchange took over)."""
     responder = proto.active
     if responder is None or responder.head_sent:
         return False
+    found = waiting.get(responder)  # (first: ``upstream`` may be an earlier attempt's)
+    if found is not None:
+        return found[0].stop_waiting(found[1])
     sink = getattr(responder.upstream, "sink", None)  # (an UpstreamConnection's, upstream.py)
     exchange = getattr(sink, "exchange", sink)
     return isinstance(exchange, Exchange) and exchange.stop_unanswered()

@@ -232,22 +232,28 @@ async def stored_response_answer(
     """``GET /v1/responses/{id}`` (the stored response object) and ``DELETE`` (OpenAI's
     ``{"id", "object": "response", "deleted": true}``) for this caller's stored
     conversations, answered on ``responder``; 404 for an unknown, expired or foreign id,
-    503 when the state database is away."""
-    from plano_fast.errors import ServiceUnavailable
+    503 when the state database is away -- both raised, so the server answers them as every
+    refusal (``x-plano-request-id``, the access-log line, errors_total; the 404 was sent
+    plain before 2026-12-06)."""
+    from plano_fast.errors import NotFound, ServiceUnavailable
     from plano_fast.responses_store import StateUnavailable
 
     try:
-        status, body = await _stored_answer(store, method, response_id, owner)
+        answer = await _stored_answer(store, method, response_id, owner)
     except StateUnavailable as exc:
         raise ServiceUnavailable(str(exc)) from None
-    responder.send_simple(status, body)
+    if answer is None:
+        raise NotFound(f"response '{response_id}' not found")
+    responder.send_simple(*answer)
 
 
-async def _stored_answer(store: ResponseStore, method: bytes, response_id: str, owner: str) -> tuple[int, bytes]:
+async def _stored_answer(
+    store: ResponseStore, method: bytes, response_id: str, owner: str
+) -> tuple[int, bytes] | None:
+    """The answer to a stored conversation's GET or DELETE; None: no such conversation."""
     entry = await store.fetch(response_id, owner)
     if entry is None:
-        return 404, dumps({"error": {"message": f"response '{response_id}' not found",
-                                     "type": "invalid_request_error", "param": None, "code": "not_found"}})
+        return None
     if method == b"DELETE":
         await store.remove(response_id, owner)
         return 200, dumps({"id": response_id, "object": "response", "deleted": True})

@@ -22,6 +22,11 @@ STATUS_CLIENT_GONE = "client_disconnected"  # the client left; the provider's us
 #: bytes / 4 in, the generated text seen / 4 out: plano_fast.usage_estimate), never zero
 STATUS_CLIENT_GONE_ESTIMATED = "client_disconnected_estimated"
 STATUS_CLIENT_ABANDONED = "client_abandoned"  # the client left before anything was forwarded
+#: the gateway stopped (SIGTERM, ``drain_timeout_s`` over) while nothing of the request was
+#: with a provider (still connecting, in a retry's backoff, at a guard model, an input
+#: filter or a router model): answered 503, nothing billed; its attempts so far on the row
+#: (0: never sent)
+STATUS_GATEWAY_STOPPED = "gateway_stopped"
 STATUS_NOT_BILLABLE = "not_billable"  # forwarded, but not an LLM call (e.g. GET /v1/models)
 # forwarded on an operator's explicit list (firewall_unbilled_paths): not metered, so left
 # unpriced (visible), never priced at zero

@@ -165,6 +165,34 @@ def test_a_first_attempt_failing_while_its_hedge_is_in_flight_adopts_the_hedge(
     assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 0
 
 
+def test_a_hedge_sent_then_cancelled_is_on_the_row_and_counted(
+    hedged: Any, fake: FakeProviderThread
+) -> None:
+    """The request's own attempt answers at 800 ms, its hedge (sent at 500 ms) is stalled:
+    the hedge is cancelled after the provider got it, which may bill what it generated.
+    The one row is the own attempt's, priced as ever, and shows both attempts
+    (``hedged,200``, as for the slower attempt when a hedge wins); /metrics counts the
+    lost hedge (before 2026-12-06 the row said 1 attempt and nothing counted it)."""
+    gateway, sqlite_path = hedged
+    fake.clear()
+    fake.faults.add(Fault("stall", stall_ms=800), 1, model="gpt-4.1-mini")
+    fake.faults.add(Fault("stall", stall_ms=1500), 1, model="gpt-4o-mini")
+    try:
+        with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        fake.faults.clear()
+    assert reply.model == "gpt-4.1-mini"
+    assert [r.json()["model"] for r in calls(fake)] == ["gpt-4.1-mini", "gpt-4o-mini"]
+    (row,) = rows_for(sqlite_path, 1)
+    assert (row.model, row.status, row.attempts, row.attempt_trail) == ("gpt-4.1-mini", "ok", 2, "hedged,200")
+    assert row.priced and (row.cost_nano_usd or 0) > 0
+    assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 0
+    assert metric(gateway, "upstream_hedges_lost") == 1
+
+
 @pytest.mark.parametrize("pooled", [False, True])
 def test_a_first_attempt_timing_out_while_its_hedge_is_in_flight_adopts_the_hedge(
     hedged: Any, fake: FakeProviderThread, pooled: bool

@@ -208,6 +208,8 @@ def test_a_first_byte_timeout_fails_over(pipes: Any) -> None:
     assert [r.header("x-fake-latency-ms") for r in calls(fake)] == ["3000", None]
     billed = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
     assert len(billed) == 1 and billed[0].status == "ok"
+    # the timed-out attempt is on the row (not priced: "Not metered", docs/security.md)
+    assert (billed[0].attempts, billed[0].attempt_trail) == (2, "timeout,200")
     circuit = next(c for c in json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
                    if c["provider"] == "stalled")  # fmt: skip
     assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 1
@@ -233,6 +235,26 @@ def test_a_first_byte_timeout_under_a_hard_limit_is_not_retried(pipes: Any) -> N
         time.sleep(0.05)
     assert [(r.status, r.cost_nano_usd, r.price_entry) for r in billed] == [
         ("upstream_failed", request_cost(REQUEST_BODY), "hard_limit_bound")]
+
+
+def test_a_timeout_not_retried_under_a_hard_limit_counts_on_the_targets_circuit(pipes: Any) -> None:
+    """The 504 above is a failure of the stalled target all the same: with a threshold of
+    2 its circuit opens, and the next request goes to the pipe's second target at once
+    (before 2026-12-06 the timeout was not recorded: every request waited for the stalled
+    target and got a 504)."""
+    gateway, fake, sqlite_path, tenants = pipes
+    tenant = tenants["stalled_limited"]
+    statuses = []
+    for _ in range(3):  # (the test above may have left one failure on it already)
+        fake.clear()
+        try:
+            chat(gateway, tenant.token)
+            statuses.append(200)
+            break
+        except openai.APIStatusError as exc:
+            statuses.append(exc.status_code)
+    assert statuses[-1] == 200 and set(statuses[:-1]) <= {504} and len(statuses) >= 2, statuses
+    assert [r.header("x-fake-latency-ms") for r in calls(fake)] == [None]  # (straight to the second)
 
 
 def test_streams_fail_over_too(pipes: Any) -> None:

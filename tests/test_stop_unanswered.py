@@ -131,4 +131,7 @@ def test_sigterm_answers_503_in_managed_mode_and_settles_the_reservations(
         assert answer.startswith(b"HTTP/1.1 503 ") and b"x-plano-request-id: " in answer, answer[:300]
     state = ledger(None, sqlite_path)
     assert [row.status for row in state["rows"]] == ["client_disconnected_estimated"] * 2, state["rows"]
+    # what the clients got (0 before 2026-12-06), and charged their estimates as before
+    assert [row.http_status for row in state["rows"]] == [503] * 2, state["rows"]
+    assert all(row.priced and (row.cost_nano_usd or 0) > 0 for row in state["rows"]), state["rows"]
     assert state["open"] == 0 and state["reserved"] == 0

@@ -36,9 +36,9 @@ import orjson
 
 from plano_fast.pricing import PricingRegistry
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PRICED, UsageRow
-from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_NOT_BILLABLE, UsageEvent
+from plano_fast.usage import STATUS_CLIENT_ABANDONED, STATUS_GATEWAY_STOPPED, STATUS_NOT_BILLABLE, UsageEvent
 
-FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED))
+FREE_STATUSES: Final = frozenset((STATUS_NOT_BILLABLE, STATUS_CLIENT_ABANDONED, STATUS_GATEWAY_STOPPED))
 """Statuses that cost nothing: not an LLM call; abandoned before it was forwarded."""
 
 FREE: Final = (0, False, "")

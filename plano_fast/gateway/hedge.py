@@ -20,7 +20,12 @@ noted on its target's circuit; the exchange's own attempt goes on.
 
 Billing: one row, the winner's.  The loser never reported usage -- an LLM answer's usage
 is in its body, after its head, and the loser is cancelled when the winner's head
-arrives, before its own -- so it costs nothing.
+arrives, before its own -- so the row prices none of it, though the provider may bill
+what it generated (a non-streamed answer's head comes after the whole generation).  Not
+estimated (how far it got is unknown), but visible: a loser that was sent is on the row's
+trail (``hedged``: ``attempts`` counts it) and a lost hedge in ``/metrics``
+(``plano_fast_upstream_hedges_lost``).  Under a hard limit there is no hedging:
+``managed_retry_policy`` refuses ``hedge_after_ms`` (a reservation bounds one attempt).
 """
 
 from __future__ import annotations

@@ -164,17 +164,22 @@ async def checked_start(exchange: Exchange, fmt: str) -> None:
     request = exchange.request
     try:
         key = exchange.key_hash = identify_caller(exchange)  # (a refusal's line names it)
-        chains = ctx.filter_chains
-        if chains is not None and chains.input:
-            request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
-        guards = ctx.guards
-        if guards is not None:
-            try:
-                doc = json.loads(request.body)
-            except ValueError:
-                doc = None  # refused by the scanner with a precise message
-            if doc is not None:
-                await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
+        # (a stop while the filters or guards are out answers 503: Exchange.stop_waiting)
+        ctx.waits(exchange)
+        try:
+            chains = ctx.filter_chains
+            if chains is not None and chains.input:
+                request.body = await run_chain(chains.input, chains, ctx.pool, request.body, request.path, ctx.metrics)
+            guards = ctx.guards
+            if guards is not None:
+                try:
+                    doc = json.loads(request.body)
+                except ValueError:
+                    doc = None  # refused by the scanner with a precise message
+                if doc is not None:
+                    await guards.check(latest_user_text(doc, fmt), (exchange.request_id, key))
+        finally:
+            ctx.waiting.pop(exchange, None)
         pending = exchange.start()
         if pending is not None:
             await pending

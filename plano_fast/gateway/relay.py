@@ -43,6 +43,7 @@ from plano_fast.usage import (
     STATUS_CLIENT_ABANDONED,
     STATUS_CLIENT_GONE,
     STATUS_CLIENT_GONE_ESTIMATED,
+    STATUS_GATEWAY_STOPPED,
     STATUS_NOT_BILLABLE,
     STATUS_OK,
     STATUS_UPSTREAM_ERROR,
@@ -135,6 +136,7 @@ class ExchangeContext:
         "gone_drain_s",
         "gone_drain_bytes",
         "draining",
+        "waiting",
         "unbilled_paths",
         "unbilled_requests",
         "default_retry_policy",
@@ -147,6 +149,7 @@ class ExchangeContext:
         "attempts_failed",
         "hedges_total",
         "hedges_won",
+        "hedges_lost",
         "metrics",
         "request_metrics",
         "access_log",
@@ -190,6 +193,12 @@ class ExchangeContext:
         self.gone_drain_bytes = gone_drain_bytes
         #: exchanges reading a response whose client left (ended at stop: ``give_up_drains``)
         self.draining: set[Exchange] = set()
+        #: exchanges waiting in a task with nothing of theirs with a provider -- opening a
+        #: connection, in a retry's backoff, at a guard model, an input filter or a router
+        #: model -- and that
+        #: task: answered 503 at stop (``Exchange.stop_waiting``); entered around those
+        #: waits only (``waits``), never on the path of a request sent on a pooled connection
+        self.waiting: dict[Exchange, asyncio.Task[Any]] = {}
         #: firewall mode: exact paths forwarded unmetered (firewall_unbilled_paths)
         self.unbilled_paths = unbilled_paths
         self.unbilled_requests = 0
@@ -210,6 +219,9 @@ class ExchangeContext:
         #: hedged attempts started (plano_fast.gateway.hedge) and those that won
         self.hedges_total = 0
         self.hedges_won = 0
+        #: hedges sent and then cancelled, the request's own attempt having answered or
+        #: failed first: the provider may bill them, and no usage row prices them
+        self.hedges_lost = 0
         self.metrics = RequestMetrics()
         #: count each finished request in ``metrics`` (plano_fast.request_metrics)
         self.request_metrics = True
@@ -245,6 +257,13 @@ class ExchangeContext:
                 del circuits[next(iter(circuits))]  # wildcard models are client-chosen: bounded
             circuit = circuits[key] = CircuitBreaker(self.circuit_failure_threshold, self.circuit_cooldown_s)
         return circuit
+
+    def waits(self, exchange: Exchange) -> None:
+        """``exchange`` waits, in the current task, with nothing of it upstream (see
+        ``waiting``); the caller removes it when the wait is over (``waiting.pop``)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.waiting[exchange] = task
 
     def give_up_drains(self) -> None:
         """At stop: every response still read for a departed client settles now."""
@@ -435,8 +454,9 @@ class Exchange:
         span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
         self.upstream_data[0] = tracing.upstream_head(self.upstream_data[0], span)
 
-    def _client_gone(self) -> None:
-        """The client disconnected mid-exchange.
+    def _client_gone(self, client_status: int = 0) -> None:
+        """The client disconnected mid-exchange (``client_status``: the status the gateway
+        answered it instead, the SIGTERM 503 of ``stop_unanswered``; 0: none, it left).
 
         Nothing forwarded yet: recorded as abandoned (not billed).  A billable response
         under way (2xx, an LLM endpoint): the relay stops but the response is read on to
@@ -449,12 +469,13 @@ class Exchange:
             return  # (told twice: the gateway's stop, then its cancelled task: stop_unanswered)
         conn = self.conn
         if conn is None:
-            self._settle(STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE, self.status)
+            outcome = STATUS_CLIENT_ABANDONED if not self.status else STATUS_CLIENT_GONE
+            self._settle(outcome, self.status or client_status)
             return
         if self.scanner is None or self.status >= 400 or self.outcome:
             conn.detach()
             self.conn = None
-            self._settle(STATUS_CLIENT_GONE, self.status)
+            self._settle(STATUS_CLIENT_GONE, self.status or client_status)
             return
         self.client_left = True
         self.drain_left = self.ctx.gone_drain_bytes
@@ -469,21 +490,52 @@ class Exchange:
         (its row as before 2026-12-05: ``client_disconnected_estimated``, an estimate, the
         provider may be generating and billing the answer still), then the client gets a
         503 in its API's error shape with this exchange's id, and the connection closes
-        after it (it was closed with no answer before).  False, nothing done, when the
+        after it (it was closed with no answer before).  The row's ``http_status`` is the
+        503 the client got (it was 0 before 2026-12-06, the provider's none): what a hard
+        limit charges is unchanged, as it reads a 2xx only.  False, nothing done, when the
         answer has begun (its head arrived, sent or held) or the exchange has ended."""
         responder = self.responder
         if self.status or self.outcome or self.client_left or responder.head_sent or responder.finished:
             return False
-        gone = responder.on_client_gone
+        # (on_client_gone, when set, is this exchange's _client_gone: called with the 503)
         responder.on_client_gone = None
-        (gone or self._client_gone)()
-        self.give_up_drain()  # (the estimate now: the 503's bytes are no answer's)
+        self._client_gone(ServiceUnavailable.status)
+        self.give_up_drain(ServiceUnavailable.status)  # (the estimate now: the 503's bytes are no answer's)
         error = ServiceUnavailable(
             "the gateway is shutting down and the provider had not begun to answer; retry the request"
         )
         error.request_id = self.request_id
         error.close_connection = True
         responder.send_error(error, self.request.api_format)
+        return True
+
+    def stop_waiting(self, task: asyncio.Task[Any]) -> bool:
+        """The gateway stops (SIGTERM) and ``drain_timeout_s`` is over while this request
+        waits with nothing of it at a provider (``ExchangeContext.waiting``: opening a
+        connection, in a retry's backoff, at a guard model, an input filter or a router
+        model): its row
+        ``gateway_stopped`` (nothing billed; the attempts that failed before on it, the
+        one being opened not counted), then the client gets the 503 ``stop_unanswered``
+        gives, with this exchange's id and ``Connection: close``, and ``task`` is
+        cancelled (it forwards nothing after).  Before 2026-12-06 the connection was
+        closed with no answer (``client_abandoned``, or no row at a guard model).  False,
+        nothing done, when the exchange has ended or its answer begun."""
+        responder = self.responder
+        if self.outcome or self.client_left or responder.head_sent or responder.finished:
+            return False
+        hedge = self.hedge
+        if hedge is not None:
+            hedge.cancel()
+        self.attempts = 0  # (the connection being opened carried nothing)
+        self._settle(STATUS_GATEWAY_STOPPED, ServiceUnavailable.status)
+        error = ServiceUnavailable(
+            "the gateway is shutting down and the request is with no provider; retry the request"
+        )
+        error.request_id = self.request_id
+        error.close_connection = True
+        responder.on_client_gone = None
+        responder.send_error(error, self.request.api_format)
+        task.cancel()
         return True
 
     def _head_after_left(self, head: UpstreamHead) -> None:
@@ -501,23 +553,24 @@ class Exchange:
         self.ctx.draining.discard(self)
         self.drain_timer.cancel()
 
-    def give_up_drain(self) -> None:
-        """The drain ran out of time or bytes (or the gateway stops): settle an estimate."""
+    def give_up_drain(self, client_status: int = 0) -> None:
+        """The drain ran out of time or bytes (or the gateway stops): settle an estimate
+        (``client_status``: see ``_client_gone``)."""
         if not self.client_left or self.outcome:
             return
         if self.conn is not None:
             self.conn.detach()
             self.conn = None
-        self._settle_left()
+        self._settle_left(client_status=client_status)
 
-    def _settle_left(self, complete: bool = False) -> None:
+    def _settle_left(self, complete: bool = False, client_status: int = 0) -> None:
         """Settle a departed client's exchange (``complete``: its answer was read to the
         end): the provider's usage when it was read,
         otherwise an estimate (input from the request body at 4 bytes a token; output from
         the generated text of a stream, ``plano_fast.usage_estimate``, or from the bytes
         of a JSON answer), flagged by its status."""
         self._end_drain()
-        event = self.make_event(STATUS_CLIENT_GONE, self.status)
+        event = self.make_event(STATUS_CLIENT_GONE, self.status or client_status)
         if not complete and event.has_usage and self.scan_api == scan.API_GEMINI:
             # Gemini repeats its running usage on every chunk: a stream cut (or given up)
             # before its end may have counts short of what the provider bills.  Flagged
@@ -551,8 +604,12 @@ class Exchange:
             self.attempts += 1
             conn = pool.take_idle(self.origin) if self.attempts == 1 else None
             if conn is None:
+                self.ctx.waits(self)
                 try:
-                    conn = await pool.connect(self.origin, self.timeouts[0])
+                    try:
+                        conn = await pool.connect(self.origin, self.timeouts[0])
+                    finally:
+                        self.ctx.waiting.pop(self, None)
                 except asyncio.CancelledError:
                     if self.attempts == 1:  # never forwarded: recorded as abandoned
                         self._settle(STATUS_CLIENT_ABANDONED, 0)

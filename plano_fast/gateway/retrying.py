@@ -120,11 +120,15 @@ class RetryingExchange(Exchange):
         index, wait_s, moved = nxt
         self.attempts = 0  # (before the wait: a client gone during it ends no attempt)
         if wait_s > 0:
+            waiting = self.ctx.waiting
+            self.ctx.waits(self)  # (a stop in the wait answers 503: Exchange.stop_waiting)
             try:
                 await asyncio.sleep(wait_s)
             except asyncio.CancelledError:
                 self._settle(STATUS_CLIENT_GONE, self.status)
                 raise
+            finally:
+                waiting.pop(self, None)
         ctx = self.ctx
         ctx.retries_total += 1
         if moved:
@@ -192,20 +196,27 @@ class RetryingExchange(Exchange):
             self._drop_hedge(hedge)
         super().on_upstream_error(error, retry_safe)
 
-    def _client_gone(self) -> None:
+    def _client_gone(self, client_status: int = 0) -> None:
         hedge = self.hedge
         if hedge is not None:
             hedge.cancel()
-        super()._client_gone()
+        super()._client_gone(client_status)
 
     # -- hedging (plano_fast.gateway.hedge) ---------------------------------------------
     def _drop_hedge(self, hedge: Hedge) -> None:
         """This attempt answered or failed first: cancel a hedge still in flight and give
         its attempt back to the plan, so that a failure here is retried as without hedging
-        (a hedge that won is not cancelled)."""
-        plan = self.plan
-        if hedge.live() and plan is not None:
-            plan.attempts -= 1
+        (a hedge that won is not cancelled).  A hedge already sent is on the usage row's
+        trail (``hedged``, as the slower attempt is when the hedge wins) and counted
+        (``hedges_lost``): the provider may bill the answer it was generating, which no
+        row prices (before 2026-12-06 it was on neither)."""
+        if hedge.live():
+            plan = self.plan
+            if plan is not None:
+                plan.attempts -= 1
+            if hedge.conn is not None:  # (sent: set just before its request is written)
+                self.ctx.hedges_lost += 1
+                self.note_failed("hedged")
         hedge.cancel()
 
     def _adopt_hedge(self, hedge: Hedge, failed_index: int) -> None:

@@ -124,9 +124,14 @@ class ConfigExchange(RoutedExchange):
     async def _route_by_preference(self, preference: PreferenceRouter) -> None:
         """Preference routing (plano_fast.preference_routing): ask the router model once,
         before the retry plan, then go on as any request."""
-        decision = await preference.decide_request(
-            self.request, self.endpoint.name, self.fields.model, (self.request_id, self.key_hash)
-        )
+        waiting = self.ctx.waiting
+        self.ctx.waits(self)  # (a stop while the router model is out answers 503: stop_waiting)
+        try:
+            decision = await preference.decide_request(
+                self.request, self.endpoint.name, self.fields.model, (self.request_id, self.key_hash)
+            )
+        finally:
+            waiting.pop(self, None)
         pending = self._routed(decision)
         if pending is not None:
             await pending

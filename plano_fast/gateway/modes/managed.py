@@ -554,8 +554,14 @@ class ManagedExchange(RetryingExchange):
         """As the retry engine decides, but an attempt the provider never answered within
         the first-byte timeout is not followed by another under a hard limit: the provider
         may be generating (and billing) it still, and the reservation bounds one attempt,
-        not two.  The request then ends in the 504, charged at its reservation (``_settle``)."""
+        not two.  The request then ends in the 504, charged at its reservation (``_settle``),
+        and the timeout counts against the target's circuit as any failure does (it did not
+        before 2026-12-06: a target that timed out every request under a hard limit was
+        never skipped)."""
         if kind == "timeout" and self.reservation is not None:
+            circuit = self.circuit
+            if circuit is not None and not (self.responder.head_sent or self.outcome or self.client_left):
+                circuit.record_failure(self.ctx.pool.loop.time())
             return False
         return RetryingExchange._failed(self, status, retry_after, kind, target_fault)
 
