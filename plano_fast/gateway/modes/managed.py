@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -139,7 +140,10 @@ class ManagedExchange(RetryingExchange):
         limit to reserve against, no rate limit backend, no stored Responses state):
         then no task carries the request (``forward_now``, as firewall mode does) and the
         held-back end is released by the write's callback (``_billed``).  Otherwise the
-        coroutine ``_run_awaited`` does it all, awaiting what it must."""
+        coroutine ``_run_awaited`` does it all, awaiting what it must.  Compiled where
+        built for a plain request (``plano_fast/gateway/_managed.pyx``: a known token with
+        a pipe, no hard limit, no guardrails or rate limits, chat completions or messages,
+        the first target's circuit closed; ``start_py`` is this twin)."""
         try:
             fields = self._identify()
             if (self.ctx.ratelimits is not None or self.mctx.state.hard_limited(self.project_id, self.user_id)
@@ -753,3 +757,13 @@ def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider:
     doc = json.loads(body)
     doc[name] = max_tokens
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+start_py = ManagedExchange.start
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._managed import start as _start  # noqa: E402 - needs ManagedExchange
+    except ImportError:
+        pass
+    else:
+        ManagedExchange.start = _start  # type: ignore[method-assign]

@@ -1,0 +1,8 @@
+"""Type stub for plano_fast/gateway/_managed.pyx; see plano_fast.gateway.modes.managed.start_py."""
+
+from collections.abc import Coroutine
+from typing import Any
+
+from plano_fast.gateway.modes.managed import ManagedExchange
+
+def start(self: ManagedExchange) -> Coroutine[Any, Any, None] | None: ...
