@@ -115,25 +115,32 @@ _PIPE = [
 
 
 def _provision(sqlite_path: str) -> dict[str, str]:
-    """The tenants, in one database: name -> its token."""
+    """The tenants, in one database: name -> its token.  Every token but the live one's
+    is on the live tenant's pipe and keys, so its request meets the circuits the live
+    requests made: the compiled start would take it but for the check that refuses it or
+    hands it to the twin (expiry, revocation, a hard limit)."""
     asyncio.run(prepare_schema(None, sqlite_path))
-    tokens = {
-        "live": provision(None, sqlite_path, _PIPE).token,
-        "expired": provision(None, sqlite_path, _PIPE, expires_at_ns=time.time_ns() - 1).token,
-        "hard, tiny": provision(None, sqlite_path, _PIPE, limit_nano_usd=1).token,
-        "hard, large": provision(None, sqlite_path, _PIPE, limit_nano_usd=10**15).token,
-    }
-    revoked = provision(None, sqlite_path, _PIPE)
-    store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(revoked.token_id))
-    tokens["revoked"] = revoked.token
-    pipeless = new_token()
+    live = provision(None, sqlite_path, _PIPE)
+    tokens = {"live": live.token}
 
-    async def no_pipe(store: Store) -> None:
+    async def more(store: Store) -> None:
+        [pipe] = await store.list_pipes(live.project_id)
+        for name in ("expired", "revoked", "hard, tiny", "hard, large"):
+            user = await store.create_user(name)
+            token = tokens[name] = new_token()
+            row = await store.create_proxy_token(
+                token_hash(token), live.project_id, user_id=user.id, pipe_id=pipe.id,
+                expires_at_ns=time.time_ns() - 1 if name == "expired" else None,
+            )
+            if name == "revoked":
+                await store.revoke_proxy_token(row.id)
+            elif name.startswith("hard"):
+                await store.set_spending_limit("user", user.id, "total", 1 if name == "hard, tiny" else 10**15, "hard")
         project = await store.create_project("no pipe")
-        await store.create_proxy_token(token_hash(pipeless), project.id)
+        token = tokens["no pipe"] = new_token()
+        await store.create_proxy_token(token_hash(token), project.id)
 
-    store_call(None, sqlite_path, no_pipe)
-    tokens["no pipe"] = pipeless
+    store_call(None, sqlite_path, more)
     return tokens
 
 
@@ -289,16 +296,28 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
     fake: FakeProviderThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The twin's ``_identify`` counted in process: a plain request (its target's circuit
-    made by an earlier one) never reaches it; a hard-limited, unknown or refused one does."""
+    made by an earlier one) never reaches it; a hard-limited, unknown or refused one does,
+    and so does a token that expired since the state was loaded (no reload in the test:
+    only the start's own expiry check refuses it)."""
     from plano_fast.gateway.modes import managed as managed_mode
     from tests.test_billing_faults import InProcessGateway
 
     monkeypatch.setenv("PLANO_FAST_MASTER_KEY", MASTER_KEY)
-    config = write_config(tmp_path / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 600})
     sqlite_path = str(config.with_suffix(".db"))
     asyncio.run(prepare_schema(None, sqlite_path))
     tenant = provision(None, sqlite_path, DEFAULT_PIPE)
     limited = provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=10**15)
+    expiring = new_token()
+    expires_at_ns = time.time_ns() + 8 * 10**9
+
+    async def expiring_token(store: Store) -> str:
+        [pipe] = await store.list_pipes(tenant.project_id)
+        row = await store.create_proxy_token(token_hash(expiring), tenant.project_id, user_id=tenant.user_id,
+                                             pipe_id=pipe.id, expires_at_ns=expires_at_ns)
+        return row.id
+
+    expiring_id = store_call(None, sqlite_path, expiring_token)
     identified: list[str] = []
     real_identify = managed_mode.ManagedExchange._identify
 
@@ -319,19 +338,27 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
         for _ in range(3):
             assert chat(tenant.token).usage.total_tokens > 0
         assert list(chat(tenant.token, stream=True))
+        assert chat(expiring).usage.total_tokens > 0
         assert len(identified) == 1  # the compiled start took them
-        assert chat(limited.token).usage.total_tokens > 0  # reserved and settled: the twin
+        time.sleep(max(0.0, (expires_at_ns - time.time_ns()) / 1e9) + 0.1)
+        with pytest.raises(openai.AuthenticationError):
+            chat(expiring)  # (expired since the state was loaded: the twin's 401)
         assert len(identified) == 2
+        identified.clear()
+        chat(tenant.token)
+        assert identified == []
+        assert chat(limited.token).usage.total_tokens > 0  # reserved and settled: the twin
+        assert len(identified) == 1
         with pytest.raises(openai.AuthenticationError):
             chat("xproxy_" + "C" * 43)
-        assert len(identified) == 3
+        assert len(identified) == 2
         with pytest.raises(openai.BadRequestError):
             chat(tenant.token, "gpt-5")
-        assert len(identified) == 4
+        assert len(identified) == 3
     finally:
         gateway.stop()
     rows = list(store_call(None, sqlite_path, lambda s: s.recent_usage(None, limit=100)))
-    assert sorted(r.token_id for r in rows) == sorted([tenant.token_id] * 5 + [limited.token_id])
+    assert sorted(r.token_id for r in rows) == sorted([tenant.token_id] * 6 + [limited.token_id, expiring_id])
     # the hard-limited request's cost is on its limit's counter, nothing left reserved
     [cost] = [r.cost_nano_usd for r in rows if r.token_id == limited.token_id]
     counter = store_call(None, sqlite_path, lambda s: s.get_counter(CounterKey("project", limited.project_id, "total", 0)))
