@@ -373,3 +373,24 @@ def test_the_compiled_managed_start_is_installed() -> None:
 
     assert managed.ManagedExchange.start is not managed.start_py
     assert managed.ManagedExchange.start is _managed.start
+    assert managed.ManagedExchange.aim is _managed.aim and _managed.aim is not managed.aim_py
+
+
+def test_the_compiled_aim_sets_what_the_twin_sets() -> None:
+    """``ManagedExchange.aim`` compiled (``_managed.aim``) and its twin (``managed.aim_py``)
+    leave every slot of the exchange the same: a slot the twin gains and the compiled one
+    lacks fails here."""
+    from plano_fast.gateway import _managed
+    from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, MESSAGES
+    from plano_fast.gateway.modes import managed
+
+    names = [name for cls in managed.ManagedExchange.__mro__ for name in getattr(cls, "__slots__", ())]
+    unset = object()
+    mctx = object()
+    for endpoint in (CHAT_COMPLETIONS, MESSAGES):
+        compiled = object.__new__(managed.ManagedExchange)
+        twin = object.__new__(managed.ManagedExchange)
+        _managed.aim(compiled, mctx, endpoint)  # type: ignore[arg-type]
+        managed.aim_py(twin, mctx, endpoint)  # type: ignore[arg-type]
+        assert [getattr(compiled, n, unset) for n in names] == [getattr(twin, n, unset) for n in names]
+        assert compiled.mctx is mctx and compiled.endpoint is endpoint and compiled.fields is None

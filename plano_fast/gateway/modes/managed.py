@@ -111,7 +111,9 @@ class ManagedExchange(RetryingExchange):
     def aim(self, mctx: ManagedContext, endpoint: Endpoint) -> None:
         """This exchange's own slots, after ``relay.new_exchange`` (the request path's
         constructor: compiled where built, no class call and no ``__init__`` frame, ~5k
-        instructions a request fewer than the Python constructor) or ``Exchange.__init__``."""
+        instructions a request fewer than the Python constructor) or ``Exchange.__init__``.
+        Compiled where built (``plano_fast/gateway/_managed.pyx``; ``aim_py`` is this twin):
+        a slot it sets here must be set there too."""
         self.mctx = mctx
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
@@ -760,10 +762,13 @@ def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider:
 
 
 start_py = ManagedExchange.start
+aim_py = ManagedExchange.aim
 if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
-        from plano_fast.gateway._managed import start as _start  # noqa: E402 - needs ManagedExchange
+        from plano_fast.gateway._managed import aim as _aim  # noqa: E402 - needs ManagedExchange
+        from plano_fast.gateway._managed import start as _start  # noqa: E402
     except ImportError:
         pass
     else:
         ManagedExchange.start = _start  # type: ignore[method-assign]
+        ManagedExchange.aim = _aim  # type: ignore[method-assign]
