@@ -368,8 +368,8 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
 def test_the_compiled_managed_start_is_installed() -> None:
     """Built, the pass replaces the method (else the tests above compare the twin with
     itself): an import of ``_managed`` that fails leaves the twin, and fails here."""
-    from plano_fast.gateway import _managed
-    from plano_fast.gateway.modes import managed
+    from plano_fast.gateway.modes import managed  # (first: it installs what _managed holds)
+    from plano_fast.gateway import _managed  # noqa: I001
 
     assert managed.ManagedExchange.start is not managed.start_py
     assert managed.ManagedExchange.start is _managed.start
@@ -380,9 +380,9 @@ def test_the_compiled_aim_sets_what_the_twin_sets() -> None:
     """``ManagedExchange.aim`` compiled (``_managed.aim``) and its twin (``managed.aim_py``)
     leave every slot of the exchange the same: a slot the twin gains and the compiled one
     lacks fails here."""
-    from plano_fast.gateway import _managed
+    from plano_fast.gateway.modes import managed  # (first: it installs what _managed holds)
+    from plano_fast.gateway import _managed  # noqa: I001
     from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, MESSAGES
-    from plano_fast.gateway.modes import managed
 
     names = [name for cls in managed.ManagedExchange.__mro__ for name in getattr(cls, "__slots__", ())]
     unset = object()

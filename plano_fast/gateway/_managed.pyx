@@ -78,6 +78,11 @@ cdef Py_ssize_t M_FINISH_IN_CALLBACK = slot_offset(ManagedExchange, "finish_in_c
 cdef Py_ssize_t M_TOKEN_DIGEST = slot_offset(ManagedExchange, "token_digest")
 cdef Py_ssize_t M_USER_ID = slot_offset(ManagedExchange, "user_id")
 cdef Py_ssize_t M_TOKEN_ID = slot_offset(ManagedExchange, "token_id")
+cdef Py_ssize_t M_RESERVATION = slot_offset(ManagedExchange, "reservation")
+cdef Py_ssize_t M_BILLING = slot_offset(ManagedExchange, "billing")
+cdef Py_ssize_t M_STATE_TURN = slot_offset(ManagedExchange, "state_turn")
+cdef Py_ssize_t X_ENDPOINT_NAME = slot_offset(Exchange, "endpoint_name")
+cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
 
 cdef Py_ssize_t C_GUARDRAILS = slot_offset(ExchangeContext, "guardrails")
 cdef Py_ssize_t C_RATELIMITS = slot_offset(ExchangeContext, "ratelimits")
@@ -117,6 +122,7 @@ cdef Py_ssize_t V_HOST_LINE = slot_offset(ModelProvider, "host_line")
 cdef Py_ssize_t V_ORIGIN = slot_offset(ModelProvider, "origin")
 cdef Py_ssize_t N_NAME = slot_offset(Endpoint, "name")
 cdef Py_ssize_t N_SCAN_API = slot_offset(Endpoint, "scan_api")
+cdef Py_ssize_t N_WIRE_API = slot_offset(Endpoint, "wire_api")
 cdef Py_ssize_t B_OPENED_AT = slot_offset(CircuitBreaker, "opened_at")
 cdef Py_ssize_t F_STREAMING = slot_offset(HoldTerminal, "streaming")
 cdef Py_ssize_t F_HELD = slot_offset(HoldTerminal, "held")
@@ -137,6 +143,7 @@ cdef type _Provider = ModelProvider
 cdef type _Circuit = CircuitBreaker
 cdef type _HoldTerminal = HoldTerminal
 cdef object _twin = _managed.start_py
+cdef object _aim_twin = _managed.aim_py
 cdef object _CHAT_COMPLETIONS = CHAT_COMPLETIONS
 cdef object _MESSAGES = MESSAGES
 cdef object _COUNT_TOKENS = COUNT_TOKENS
@@ -150,8 +157,8 @@ cdef object _route = _managed._route
 cdef object _with_max_tokens = _managed._with_max_tokens
 cdef dict _CEILINGS = _managed._CEILINGS
 cdef bytes _TOKEN_PREFIX = _managed._TOKEN_PREFIX_BYTES
-if _managed.start_py is not ManagedExchange.start:
-    raise ImportError("ManagedExchange.start is not the twin: the pure one is used")
+if _managed.start_py is not ManagedExchange.start or _managed.aim_py is not ManagedExchange.aim:
+    raise ImportError("ManagedExchange.start or aim is not the twin: the pure ones are used")
 
 
 cdef inline object _get(object obj, Py_ssize_t offset, str name):
@@ -201,6 +208,28 @@ cdef bytes _with_ceiling(bytes body, object endpoint, object max_tokens, object 
         after += 1
     sep = b"" if after < size and data[after] == b'}' else b","
     return b"".join((body[: start + 1], member, sep, body[start + 1 :]))
+
+
+def aim(exchange, mctx, endpoint):
+    """``ManagedExchange.aim`` (installed as it; ``managed.aim_py`` is the twin): the
+    exchange's own slots written in place, not ~15 attribute writes of a Python frame."""
+    if type(exchange) is not _Managed or type(endpoint) is not _Endpoint:
+        return _aim_twin(exchange, mctx, endpoint)
+    put_slot(exchange, M_MCTX, mctx)
+    put_slot(exchange, M_ENDPOINT, endpoint)
+    put_slot(exchange, X_ENDPOINT_NAME, _get(endpoint, N_NAME, "name"))
+    put_slot(exchange, X_WIRE_FORMAT, _get(endpoint, N_WIRE_API, "wire_api"))
+    put_slot(exchange, X_SCAN_API, _get(endpoint, N_SCAN_API, "scan_api"))
+    put_slot(exchange, M_TARGETS, ())
+    put_slot(exchange, M_FIELDS, None)
+    put_slot(exchange, M_BASE_BODY, b"")
+    put_slot(exchange, M_RESERVATION, None)
+    put_slot(exchange, M_BILLING, None)
+    put_slot(exchange, M_FINISH_IN_CALLBACK, False)
+    put_slot(exchange, M_TOKEN_DIGEST, "")
+    put_slot(exchange, M_USER_ID, None)
+    put_slot(exchange, M_TOKEN_ID, None)
+    put_slot(exchange, M_STATE_TURN, None)
 
 
 def start(exchange):
