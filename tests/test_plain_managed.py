@@ -1,5 +1,6 @@
 """The compiled managed start (``plano_fast/gateway/_managed.pyx``, installed as
-``ManagedExchange.start``; twin ``modes.managed.start_py``) against its twin.
+``ManagedExchange.start``, ``aim``, ``_complete`` and ``_billed``; twins
+``modes.managed.start_py``, ``aim_py``, ``complete_py``, ``billed_py``) against its twins.
 
 Two gateways, one compiled and one the pure build (``PLANO_FAST_PURE_SCANNER=1``), each with
 its own recording upstream and a copy of the same provisioned database (the same tokens,
@@ -374,6 +375,8 @@ def test_the_compiled_managed_start_is_installed() -> None:
     assert managed.ManagedExchange.start is not managed.start_py
     assert managed.ManagedExchange.start is _managed.start
     assert managed.ManagedExchange.aim is _managed.aim and _managed.aim is not managed.aim_py
+    assert managed.ManagedExchange._complete is _managed.complete and _managed.complete is not managed.complete_py
+    assert managed.ManagedExchange._billed is _managed.billed and _managed.billed is not managed.billed_py
 
 
 def test_the_compiled_aim_sets_what_the_twin_sets() -> None:

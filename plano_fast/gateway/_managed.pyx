@@ -35,7 +35,10 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
+import collections
+
 from plano_fast import wire as _wire
+from plano_fast.billing import rows as _rows
 from plano_fast.config import ModelProvider
 from plano_fast.credentials import ClientHeaders, Credential
 from plano_fast.failover import CircuitBreaker
@@ -82,6 +85,10 @@ cdef Py_ssize_t M_RESERVATION = slot_offset(ManagedExchange, "reservation")
 cdef Py_ssize_t M_BILLING = slot_offset(ManagedExchange, "billing")
 cdef Py_ssize_t M_STATE_TURN = slot_offset(ManagedExchange, "state_turn")
 cdef Py_ssize_t X_ENDPOINT_NAME = slot_offset(Exchange, "endpoint_name")
+cdef Py_ssize_t X_OUTCOME = slot_offset(Exchange, "outcome")
+cdef Py_ssize_t X_STATUS = slot_offset(Exchange, "status")
+cdef Py_ssize_t X_CLIENT_LEFT = slot_offset(Exchange, "client_left")
+cdef Py_ssize_t X_RESPONDER = slot_offset(Exchange, "responder")
 cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
 
 cdef Py_ssize_t C_GUARDRAILS = slot_offset(ExchangeContext, "guardrails")
@@ -89,6 +96,9 @@ cdef Py_ssize_t C_RATELIMITS = slot_offset(ExchangeContext, "ratelimits")
 cdef Py_ssize_t C_CIRCUITS = slot_offset(ExchangeContext, "circuits")
 cdef Py_ssize_t G_STATE = slot_offset(ManagedContext, "state")
 cdef Py_ssize_t G_MAX_OUTPUT_TOKENS = slot_offset(ManagedContext, "max_output_tokens")
+cdef Py_ssize_t G_PRICING = slot_offset(ManagedContext, "pricing")
+cdef Py_ssize_t G_WRITER = slot_offset(ManagedContext, "writer")
+cdef Py_ssize_t C_POOL = slot_offset(ExchangeContext, "pool")
 
 cdef Py_ssize_t Q_METHOD = slot_offset(Request, "method")
 cdef Py_ssize_t Q_BODY = slot_offset(Request, "body")
@@ -144,6 +154,10 @@ cdef type _Circuit = CircuitBreaker
 cdef type _HoldTerminal = HoldTerminal
 cdef object _twin = _managed.start_py
 cdef object _aim_twin = _managed.aim_py
+cdef object _complete_twin = _managed.complete_py
+cdef object _billed_twin = _managed.billed_py
+cdef object _rows_of_events = _rows.rows_of_events
+cdef object _deque = collections.deque
 cdef object _CHAT_COMPLETIONS = CHAT_COMPLETIONS
 cdef object _MESSAGES = MESSAGES
 cdef object _COUNT_TOKENS = COUNT_TOKENS
@@ -157,8 +171,9 @@ cdef object _route = _managed._route
 cdef object _with_max_tokens = _managed._with_max_tokens
 cdef dict _CEILINGS = _managed._CEILINGS
 cdef bytes _TOKEN_PREFIX = _managed._TOKEN_PREFIX_BYTES
-if _managed.start_py is not ManagedExchange.start or _managed.aim_py is not ManagedExchange.aim:
-    raise ImportError("ManagedExchange.start or aim is not the twin: the pure ones are used")
+if (_managed.start_py is not ManagedExchange.start or _managed.aim_py is not ManagedExchange.aim
+        or _managed.complete_py is not ManagedExchange._complete or _managed.billed_py is not ManagedExchange._billed):
+    raise ImportError("a ManagedExchange method is not its twin: the pure ones are used")
 
 
 cdef inline object _get(object obj, Py_ssize_t offset, str name):
@@ -363,3 +378,55 @@ def start(exchange):
         return None
     put_slot(exchange, M_FINISH_IN_CALLBACK, False)
     return exchange._finish_after(opening)
+
+
+def complete(exchange, outcome):
+    """``ManagedExchange._complete`` (installed as it; ``managed.complete_py`` is the twin)
+    for an answer with no reservation to settle: its event, observed, its row, handed to
+    the writer, and the held end released when the row is written already -- the twin's
+    steps in its order, without its three frames (``_complete``, ``_event``,
+    ``row_of_event``).  A reservation to settle goes to the twin."""
+    if type(exchange) is not _Managed or _get(exchange, M_RESERVATION, "reservation") is not None:
+        return _complete_twin(exchange, outcome)
+    mctx = _get(exchange, M_MCTX, "mctx")
+    ctx = _get(exchange, X_CTX, "ctx")
+    if type(mctx) is not _ManagedContext or type(ctx) is not _Context:
+        return _complete_twin(exchange, outcome)
+    put_slot(exchange, X_OUTCOME, outcome)
+    # -- _event
+    event = exchange.make_event(outcome, _get(exchange, X_STATUS, "status"))
+    event.user_id = _get(exchange, M_USER_ID, "user_id")
+    event.token_id = _get(exchange, M_TOKEN_ID, "token_id")
+    exchange.observe(event)
+    put_slot(exchange, M_RESERVATION, None)
+    # -- row_of_event
+    out = _deque()
+    _rows_of_events(_get(mctx, G_PRICING, "pricing"), (event,), out)
+    row = out[0]
+    # -- the writer owns the row now: a client leaving cancels only the wait
+    writer = _get(mctx, G_WRITER, "writer")
+    alone = writer.writes_now and _get(ctx, C_POOL, "pool").busy_count == 0
+    then = exchange._billed if _get(exchange, M_FINISH_IN_CALLBACK, "finish_in_callback") else None
+    billing = writer.write(row, event, alone, then)
+    put_slot(exchange, M_BILLING, billing)
+    if then is not None and billing.done():
+        then(billing)  # written already: the end goes now, not a turn later
+
+
+def billed(exchange, billing):
+    """``ManagedExchange._billed`` (installed as it; ``managed.billed_py`` is the twin):
+    unless the client has left, the held end released (``_release_end``, inline for
+    managed mode's own body filter without a Responses turn)."""
+    if type(exchange) is not _Managed:
+        return _billed_twin(exchange, billing)
+    responder = _get(exchange, X_RESPONDER, "responder")
+    if _get(exchange, X_CLIENT_LEFT, "client_left") or not responder.client_connected:
+        return None
+    body_filter = _get(exchange, X_BODY_FILTER, "body_filter")
+    if _get(exchange, M_STATE_TURN, "state_turn") is not None or type(body_filter) is not _HoldTerminal:
+        return exchange._release_end()
+    held = _get(body_filter, F_HELD, "held")
+    if held:
+        responder.send_body(held)
+        put_slot(body_filter, F_HELD, b"")
+    responder.end()

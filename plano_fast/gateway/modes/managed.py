@@ -463,7 +463,8 @@ class ManagedExchange(RetryingExchange):
         answer under way the store writes it before ``write`` returns (SQLite), and the
         task-free path sends the end here, in this callback, after the commit.  The row
         is the writer's (or the settle task's) from here: a client leaving cancels only
-        a wait."""
+        a wait.  Compiled where built for an answer without a reservation
+        (``plano_fast/gateway/_managed.pyx``; ``complete_py`` is this twin)."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
@@ -491,7 +492,8 @@ class ManagedExchange(RetryingExchange):
 
     def _billed(self, billing: asyncio.Future[Any]) -> None:
         """A request started without a task: its row is written (or handed to the
-        journaled path), so the held-back end goes out -- unless the client has left."""
+        journaled path), so the held-back end goes out -- unless the client has left.
+        Compiled where built (``plano_fast/gateway/_managed.pyx``; ``billed_py``)."""
         if self.client_left or not self.responder.client_connected:
             return
         self._release_end()
@@ -763,12 +765,18 @@ def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider:
 
 start_py = ManagedExchange.start
 aim_py = ManagedExchange.aim
+complete_py = ManagedExchange._complete
+billed_py = ManagedExchange._billed
 if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
     try:
         from plano_fast.gateway._managed import aim as _aim  # noqa: E402 - needs ManagedExchange
+        from plano_fast.gateway._managed import billed as _billed  # noqa: E402
+        from plano_fast.gateway._managed import complete as _complete  # noqa: E402
         from plano_fast.gateway._managed import start as _start  # noqa: E402
     except ImportError:
         pass
     else:
         ManagedExchange.start = _start  # type: ignore[method-assign]
         ManagedExchange.aim = _aim  # type: ignore[method-assign]
+        ManagedExchange._complete = _complete  # type: ignore[method-assign]
+        ManagedExchange._billed = _billed  # type: ignore[method-assign]
