@@ -25,6 +25,15 @@ an ``xproxy_`` token, a token unknown, revoked or expired, no pipe, a body that 
 JSON, a model the pipe does not serve -- the twin raises each one with its access-log
 line (``refused``), so nothing is forwarded that the twin would not forward, and nothing
 is refused differently.
+
+Beside it, the request's other managed-mode frames: ``aim`` (the exchange's own slots, set
+by dispatch before ``start``; twin ``managed.aim_py``), and at the answer's end
+``_complete`` for an answer with no reservation to settle (event, row, the writer's
+hand-off; twin ``complete_py``) and ``_billed`` (the held end released once the row is
+written; twin ``billed_py``).  The writer and the store's commit are called as they are.
+
+The first request to a target goes to the twin (its circuit breaker is made there): a
+test that wants the compiled start sends one before (tests/test_plain_managed.py).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
