@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import threading
@@ -38,7 +37,6 @@ import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from plano_fast.managed.crypto import KeyCipher, parse_master_key
 from plano_fast.managed.state import new_token, token_hash
 from plano_fast.store import CounterKey, Store
 from plano_fast.store.migrate import prepare_schema
@@ -46,7 +44,7 @@ from plano_fast.wire import PURE_ENV
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.raw_upstream import RawUpstream
 from tests.test_managed import ANTHROPIC_SERVER_KEY, DEFAULT_PIPE, ENV, MASTER_KEY, OPENAI_SERVER_KEY, provision, store_call
-from tests.test_whole_answer import _normalized, _read_answer
+from tests.test_plain_request import _OWN_ID, _chat, _exchange, _request
 
 pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extensions are not built")
 if os.environ.get(PURE_ENV) == "1":  # both gateways would run the twins
@@ -67,8 +65,6 @@ _MESSAGE = json.dumps({
     "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
     "usage": {"input_tokens": 11, "output_tokens": 7},
 }).encode()  # fmt: skip
-#: the gateway's own request ids (relay.new_request_id): different in each process
-_OWN_ID = re.compile(rb"x-request-id: [0-9a-f]{32}-[0-9a-f]+\r\n")
 
 
 class RecordingUpstream(RawUpstream):
@@ -145,15 +141,6 @@ def _provision(sqlite_path: str) -> dict[str, str]:
     return tokens
 
 
-def _chat(model: str = "gpt-4o-mini", **extra: object) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}).encode()
-
-
-def _request(target: bytes, body: bytes, lines: bytes, method: bytes = b"POST") -> bytes:
-    return (b"%s %s HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nuser-agent: OpenAI/Python 1.0\r\n"
-            b"%scontent-length: %d\r\n\r\n%s" % (method, target, lines, len(body), body))
-
-
 def _cases(tokens: dict[str, str]) -> dict[str, list[bytes]]:
     """case -> the requests sent in one write (their answers read in order)."""
     auth = b"authorization: Bearer %s\r\n" % tokens["live"].encode()
@@ -214,13 +201,6 @@ def _cases(tokens: dict[str, str]) -> dict[str, list[bytes]]:
         "wrong method": [_request(chat, b"", auth, b"GET")],
         "unknown path": [_request(b"/v1/nothing/here", _chat(), auth)],
     }
-
-
-def _exchange(gateway: GatewayProcess, requests: list[bytes]) -> list[bytes]:
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(b"".join(requests))
-        buf = bytearray()
-        return [_normalized(_read_answer(sock, buf)) for _ in requests]
 
 
 def _rows(sqlite_path: str, count: int) -> list[tuple[Any, ...]]:
