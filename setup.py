@@ -99,11 +99,12 @@ def _extensions() -> list[Extension]:
         # a pooled connection taken and the request sent in one call (twin
         # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
         # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain
-        # config-mode one routed and forwarded (twin plano_fast.gateway.modes.config.start_py)
+        # config-mode one routed and forwarded (twin plano_fast.gateway.modes.config.start_py), a
+        # plain managed one identified by its token and forwarded (twin ...modes.managed.start_py)
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd"])
-           for name in ("_forward", "_firewall", "_config")]
+           for name in ("_forward", "_firewall", "_config", "_managed")]
         # the server's read of plain requests (twins plano_fast.http_server.data_received_py, start_py)
         + [Extension("plano_fast._serve", ["plano_fast/_serve.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])],

@@ -44,6 +44,19 @@ def token_hash(token: str | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def _auth_lines(auth: tuple[Header, ...], seen_version: bool) -> bytes:
+    """``auth``'s header lines as ``upstream_request`` writes them: one anthropic-version
+    at most, none when the client sent its own (``seen_version``)."""
+    lines = []
+    for name, value in auth:
+        if name == b"anthropic-version":
+            if seen_version:
+                continue
+            seen_version = True
+        lines.append(name + b": " + value + b"\r\n")
+    return b"".join(lines)
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One pipe target, ready to send to."""
@@ -56,6 +69,18 @@ class Target:
     #: the provider key's id (never the key): with provider and model, names the target's
     #: circuit breaker
     key_id: str = ""
+    #: ``chat_auth`` / ``messages_auth`` as the upstream head's lines, joined once: (for a
+    #: client that sent no anthropic-version, for one that did) -- what
+    #: ``upstream_request`` writes of them, without a concatenation per header per request
+    #: (the compiled managed start, plano_fast/gateway/_managed.pyx)
+    chat_lines: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    messages_lines: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chat_lines", (_auth_lines(self.chat_auth, False), _auth_lines(self.chat_auth, True)))
+        object.__setattr__(self, "messages_lines", (
+            _auth_lines(self.messages_auth, False), _auth_lines(self.messages_auth, True)
+        ))  # fmt: skip
 
     def serves(self, model: str | None) -> bool:
         if self.model_filter is not None:

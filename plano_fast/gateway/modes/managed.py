@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -110,7 +111,9 @@ class ManagedExchange(RetryingExchange):
     def aim(self, mctx: ManagedContext, endpoint: Endpoint) -> None:
         """This exchange's own slots, after ``relay.new_exchange`` (the request path's
         constructor: compiled where built, no class call and no ``__init__`` frame, ~5k
-        instructions a request fewer than the Python constructor) or ``Exchange.__init__``."""
+        instructions a request fewer than the Python constructor) or ``Exchange.__init__``.
+        Compiled where built (``plano_fast/gateway/_managed.pyx``; ``aim_py`` is this twin):
+        a slot it sets here must be set there too."""
         self.mctx = mctx
         self.endpoint = endpoint
         self.endpoint_name = endpoint.name
@@ -139,7 +142,10 @@ class ManagedExchange(RetryingExchange):
         limit to reserve against, no rate limit backend, no stored Responses state):
         then no task carries the request (``forward_now``, as firewall mode does) and the
         held-back end is released by the write's callback (``_billed``).  Otherwise the
-        coroutine ``_run_awaited`` does it all, awaiting what it must."""
+        coroutine ``_run_awaited`` does it all, awaiting what it must.  Compiled where
+        built for a plain request (``plano_fast/gateway/_managed.pyx``: a known token with
+        a pipe, no hard limit, no guardrails or rate limits, chat completions or messages,
+        the first target's circuit closed; ``start_py`` is this twin)."""
         try:
             fields = self._identify()
             if (self.ctx.ratelimits is not None or self.mctx.state.hard_limited(self.project_id, self.user_id)
@@ -457,7 +463,8 @@ class ManagedExchange(RetryingExchange):
         answer under way the store writes it before ``write`` returns (SQLite), and the
         task-free path sends the end here, in this callback, after the commit.  The row
         is the writer's (or the settle task's) from here: a client leaving cancels only
-        a wait."""
+        a wait.  Compiled where built for an answer without a reservation
+        (``plano_fast/gateway/_managed.pyx``; ``complete_py`` is this twin)."""
         self.outcome = outcome
         event = self._event(outcome, self.status)
         self.observe(event)
@@ -485,7 +492,8 @@ class ManagedExchange(RetryingExchange):
 
     def _billed(self, billing: asyncio.Future[Any]) -> None:
         """A request started without a task: its row is written (or handed to the
-        journaled path), so the held-back end goes out -- unless the client has left."""
+        journaled path), so the held-back end goes out -- unless the client has left.
+        Compiled where built (``plano_fast/gateway/_managed.pyx``; ``billed_py``)."""
         if self.client_left or not self.responder.client_connected:
             return
         self._release_end()
@@ -759,3 +767,22 @@ def _with_max_tokens(body: bytes, endpoint: Endpoint, max_tokens: int, provider:
     doc = json.loads(body)
     doc[name] = max_tokens
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+start_py = ManagedExchange.start
+aim_py = ManagedExchange.aim
+complete_py = ManagedExchange._complete
+billed_py = ManagedExchange._billed
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._managed import aim as _aim  # noqa: E402 - needs ManagedExchange
+        from plano_fast.gateway._managed import billed as _billed  # noqa: E402
+        from plano_fast.gateway._managed import complete as _complete  # noqa: E402
+        from plano_fast.gateway._managed import start as _start  # noqa: E402
+    except ImportError:
+        pass
+    else:
+        ManagedExchange.start = _start  # type: ignore[method-assign]
+        ManagedExchange.aim = _aim  # type: ignore[method-assign]
+        ManagedExchange._complete = _complete  # type: ignore[method-assign]
+        ManagedExchange._billed = _billed  # type: ignore[method-assign]
