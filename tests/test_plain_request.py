@@ -130,6 +130,13 @@ def _cases(key: bytes) -> dict[str, list[bytes]]:
         "subscription key to a passthrough provider": [
             _request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"),
                      b"authorization: Bearer sk-client-own-key\r\nocp-apim-subscription-key: sub-123\r\n")],
+        # (the client's headers read in C only for no key or one plain ``Bearer <key>``:
+        # the general rules' spellings, a bad token and two Authorization lines go to the twin)
+        "bearer, lower case and two spaces": [_request(b"/v1/chat/completions", _chat(),
+                                                       b"authorization: bearer  %s\r\n" % key if key else b"")],
+        "Bearer, a tab": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer\t%s\r\n" % key)],
+        "Bearer, no token": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer \r\n")],
+        "two authorization lines": [_request(b"/v1/chat/completions", _chat(), auth + auth)],
         "no key": [_request(b"/v1/chat/completions", _chat(), b"")],
         "unknown key": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer %s\r\n" % OTHER_KEY.encode())],
         "two keys": [_request(b"/v1/chat/completions", _chat(), auth + b"x-api-key: %s\r\n" % ANT_KEY.encode())],
@@ -182,8 +189,10 @@ def test_firewall_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUp
     # what both must do (agreeing on something wrong fails here)
     assert answers["chat"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["pipelined"][1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answers["bearer, lower case and two spaces"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     for case in ("no key", "unknown key", "two keys", "key= and a header", "subscription key beside the key",
-                 "subscription key, underscores", "subscription key, capitals"):
+                 "subscription key, underscores", "subscription key, capitals", "Bearer, a tab",
+                 "Bearer, no token", "two authorization lines"):
         assert answers[case][0].startswith(b"HTTP/1.1 401 "), case
     assert answers["not json"][0] == b"HTTP/1.1 400 Bad Request"
     assert answers["unknown path"][0].startswith(b"HTTP/1.1 404 ")
