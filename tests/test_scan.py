@@ -83,6 +83,8 @@ def run_chunks(
     out.append(scanner.finish())
     usage = usage_tuple(scanner.result())
     raw = scanner.raw_usage()
+    # (the settle step's one call: the same counts, model, flags and document)
+    assert scanner.usage_fields() == (*usage, raw)
     if raw is not None:
         assert usage[5], "raw usage without usage"
         assert len(raw) <= scan.MAX_RAW_USAGE_BYTES

@@ -1001,6 +1001,12 @@ class UsageScanner:
         counted or the document would be longer than :data:`MAX_RAW_USAGE_BYTES`."""
         return _raw_document(self._api, self._acc)
 
+    def usage_fields(self) -> tuple[object, ...]:
+        """``result()._key() + (raw_usage(),)``: the counts, the model, the error flag and
+        the raw usage document in one call (the compiled scanner's saves the settle step
+        three calls: ``gateway/_settle.pyx``)."""
+        return (*self.result()._key(), self.raw_usage())
+
     def result(self) -> Usage:
         acc = self._acc
         usage = _normalize(self._api, acc.counts)
