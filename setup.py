@@ -105,6 +105,10 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd",
                               "plano_fast/_new_credentials.pxd"])
            for name in ("_forward", "_firewall", "_config")]
+        # a firewall or config-mode request handed to its exchange (twin
+        # plano_fast.gateway.dispatch.dispatch_py)
+        + [Extension("plano_fast.gateway._dispatch", ["plano_fast/gateway/_dispatch.pyx"],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
         # the server's read of plain requests (twins plano_fast.http_server.data_received_py, start_py)
         + [Extension("plano_fast._serve", ["plano_fast/_serve.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])],
