@@ -938,6 +938,15 @@ class UsageScanner:
 
     # -- public API --------------------------------------------------------------------------
 
+    def feed_from(self, data: bytes, start: int) -> bytes | None:
+        """``feed(data[start:])``: None when the bytes to forward are exactly
+        ``data[start:]``, else those bytes (the compiled scanner's saves the slice)."""
+        if not 0 <= start <= len(data):
+            raise ValueError("start is outside data")
+        piece = data[start:]
+        out = self.feed(piece)
+        return None if out is piece else out
+
     def feed(self, data: bytes) -> bytes:
         if type(data) is not bytes:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")

@@ -298,6 +298,45 @@ cdef class UsageScanner:
             return data
         return bytes(out)
 
+    def feed_from(self, bytes data not None, Py_ssize_t start):
+        """``feed(data[start:])`` without that copy: None when the bytes to forward are
+        exactly ``data[start:]`` (always, unless the scanner strips the usage chunk), else
+        those bytes.
+
+        Why: the compiled answer pass (``gateway/_answer.pyx``) has the body inside the
+        upstream read, after the head; the slice was a bytes object per answer (~0.4k
+        instructions), copied again into the client's answer."""
+        cdef const unsigned char *buf
+        cdef Py_ssize_t n, k
+        if start < 0 or start > PyBytes_GET_SIZE(data):
+            raise ValueError("start is outside data")
+        if self.strip:
+            return self.feed(data[start:])
+        if self.finished:
+            raise ValueError("feed() called after finish()")
+        buf = <const unsigned char *>PyBytes_AS_STRING(data) + start
+        n = PyBytes_GET_SIZE(data) - start
+        if n == 0:
+            return None
+        if self.mode == MODE_UNDECIDED:
+            k = 0
+            while k < n and (buf[k] == b' ' or buf[k] == b'\t' or buf[k] == b'\r' or buf[k] == b'\n'):
+                k += 1
+            if k < n:
+                if buf[k] == b'{' or buf[k] == b'[':
+                    self.mode = MODE_JSON
+                    self.doc_start()
+                    self.json_feed(buf + k, n - k)
+                    self.gpos += n
+                    return None
+                self.mode = MODE_SSE
+        if self.mode == MODE_JSON:
+            self.json_feed(buf, n)
+        else:
+            self.sse(buf, n, None)  # (``data`` is read only when stripping)
+        self.gpos += n
+        return None
+
     def finish(self):
         """End of body: returns any held-back bytes to forward (usually b"")."""
         cdef object out = None
