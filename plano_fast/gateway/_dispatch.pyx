@@ -8,7 +8,8 @@ attribute reads of the gateway, its context and the request (~2k instructions a 
 issue 27).  Here the same steps run in that order, with the same side effects: the
 request's and the exchange's slots read and written in place (``plano_fast/_slots.pxd``),
 the exchange built by ``relay.new_exchange`` and aimed (``RoutedExchange.aim``'s slots)
-inline, its ``start`` called and a refusal logged as the twin does.
+inline, the gateway's plain attributes read from its __dict__, its ``start`` called and a
+refusal logged as the twin does.
 
 Only the plain case is taken; everything else goes to the twin before any side effect:
 a request or gateway context of another class, the store not open yet, a request the
@@ -17,7 +18,11 @@ or prechecks configured, health paths, a config-mode path that is not one of the
 endpoints or not a POST (the twin's 405), Gemini's, the decision API, stored responses.
 """
 
+from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    PyObject **_PyObject_GetDictPtr(object obj)
 
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
@@ -40,6 +45,7 @@ cdef Py_ssize_t E_PRIOR = slot_offset(RoutedExchange, "prior")
 cdef Py_ssize_t X_ENDPOINT_NAME = slot_offset(Exchange, "endpoint_name")
 cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
 cdef Py_ssize_t X_SCAN_API = slot_offset(Exchange, "scan_api")
+cdef Py_ssize_t X_CLIENT = slot_offset(Exchange, "client")
 cdef Py_ssize_t N_NAME = slot_offset(Endpoint, "name")
 cdef Py_ssize_t N_WIRE_API = slot_offset(Endpoint, "wire_api")
 cdef Py_ssize_t N_SCAN_API = slot_offset(Endpoint, "scan_api")
@@ -53,6 +59,12 @@ cdef object _twin = _dispatch.dispatch_py
 cdef object _new_exchange = _dispatch.new_exchange
 cdef dict _ENDPOINTS = _dispatch.ENDPOINTS
 cdef tuple _HEALTH = _dispatch._HEALTH
+if _HEALTH != (b"/healthz", b"/health"):
+    raise ImportError("dispatch._HEALTH changed: _dispatch.pyx compares its two paths")
+#: the gateway's attributes read here, and whether a gateway class defines none of them on
+#: the class (plain instance attributes: read from the instance's __dict__)
+cdef tuple _GW_NAMES = ("store_ready", "managed", "ctx", "firewall")
+cdef dict _GW_PLAIN = {}
 cdef object _GatewayError = GatewayError
 cdef object _AIM = RoutedExchange.aim
 if ConfigExchange.aim is not _AIM:
@@ -67,18 +79,44 @@ cdef inline object _get(object obj, Py_ssize_t offset, str name):
     return <object>value
 
 
+cdef object _attr(object obj, str name, bint plain):
+    """``obj.name``; when ``plain`` (no class in its MRO defines the name) from the
+    instance's __dict__ (the generic lookup walks the MRO first: ~180 instructions)."""
+    cdef PyObject **dictptr
+    cdef PyObject *value
+    if plain:
+        dictptr = _PyObject_GetDictPtr(obj)
+        if dictptr != NULL and dictptr[0] != NULL:
+            value = PyDict_GetItem(<object>dictptr[0], name)
+            if value != NULL:
+                return <object>value
+    return getattr(obj, name)
+
+
+cdef bint _plain(type cls):
+    """Whether ``cls`` (a gateway's class) defines none of ``_GW_NAMES`` anywhere in its
+    MRO nor its own ``__getattribute__`` (then an instance's value of each can only be its
+    __dict__'s); memoized."""
+    known = _GW_PLAIN.get(cls)
+    if known is None:
+        known = _GW_PLAIN[cls] = (cls.__getattribute__ is object.__getattribute__ and not any(
+            name in vars(base) for base in cls.__mro__ for name in _GW_NAMES))
+    return known is True
+
+
 def dispatch(gw, request, responder):
     """``dispatch.dispatch`` (installed as it; ``dispatch.dispatch_py`` is the twin)."""
     if type(request) is not _Request or _get(request, Q_FORWARD, "forward") is None:
         return _twin(gw, request, responder)
-    if not gw.store_ready or gw.managed is not None:
+    cdef bint plain = _plain(type(gw))
+    if not _attr(gw, "store_ready", plain) or _attr(gw, "managed", plain) is not None:
         return _twin(gw, request, responder)
-    ctx = gw.ctx
+    ctx = _attr(gw, "ctx", plain)
     if type(ctx) is not _Context or _get(ctx, C_TRACING, "tracing") is not None:
         return _twin(gw, request, responder)
     path = _get(request, Q_PATH, "path")
-    if gw.firewall:
-        if path in _HEALTH:
+    if _attr(gw, "firewall", plain):
+        if type(path) is not bytes or path == b"/healthz" or path == b"/health":  # (_HEALTH)
             return _twin(gw, request, responder)
         forwarded = _new_exchange(_Firewall, ctx, request, responder)
     else:
@@ -95,7 +133,10 @@ def dispatch(gw, request, responder):
             put_slot(forwarded, X_WIRE_FORMAT, _get(endpoint, N_WIRE_API, "wire_api"))
             put_slot(forwarded, X_SCAN_API, _get(endpoint, N_SCAN_API, "scan_api"))
             put_slot(forwarded, E_PRIOR, None)
-    forwarded.client = None  # (the twin's: read on first use)
+    if type(forwarded) is _Firewall or type(forwarded) is _Config:
+        put_slot(forwarded, X_CLIENT, None)  # (the twin's: read on first use)
+    else:
+        forwarded.client = None
     try:
         return forwarded.start()
     except _GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
