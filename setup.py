@@ -83,7 +83,7 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
         # the request path's Request, ClientHeaders and Credential constructors (twins: the classes)
         + [Extension(f"plano_fast.{name}", [f"plano_fast/{name}.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd"])
+                     depends=["plano_fast/_slots.pxd", f"plano_fast/{name}.pxd"][:2 if name == "_new_credentials" else 1])
            for name in ("_new_request", "_new_credentials")]
         # the request path's Exchange constructor (twin plano_fast.gateway.relay.new_exchange)
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
@@ -103,8 +103,13 @@ def _extensions() -> list[Extension]:
         # plain managed one identified by its token and forwarded (twin ...modes.managed.start_py)
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd"])
+                     depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd",
+                              "plano_fast/_new_credentials.pxd"])
            for name in ("_forward", "_firewall", "_config", "_managed")]
+        # a firewall or config-mode request handed to its exchange (twin
+        # plano_fast.gateway.dispatch.dispatch_py)
+        + [Extension("plano_fast.gateway._dispatch", ["plano_fast/gateway/_dispatch.pyx"],
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
         # the server's read of plain requests (twins plano_fast.http_server.data_received_py, start_py)
         + [Extension("plano_fast._serve", ["plano_fast/_serve.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])],

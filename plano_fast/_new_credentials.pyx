@@ -15,6 +15,7 @@ from libc.string cimport memcmp, memcpy
 from plano_fast._slots cimport new_instance, put_slot, slot_offset
 
 from plano_fast.credentials import ClientHeaders, Credential
+from plano_fast.credentials import read_client_headers as _read_client_headers  # (defined before it imports this)
 
 CLIENT_FIELDS = ("block", "operator_block", "seen_version", "request_id", "credential", "query")
 CREDENTIAL_FIELDS = ("secret", "line")
@@ -36,6 +37,11 @@ cdef type _Credential = Credential
 
 def new_client_headers(block, operator_block, seen_version, request_id, credential, query):
     """``ClientHeaders(block, operator_block, seen_version, request_id, credential, query)``."""
+    return new_client_headers_c(block, operator_block, seen_version, request_id, credential, query)
+
+
+cdef object new_client_headers_c(object block, object operator_block, object seen_version, object request_id,
+                                 object credential, object query):
     client = new_instance(_ClientHeaders)
     put_slot(client, C0, block)
     put_slot(client, C5, operator_block)
@@ -61,6 +67,10 @@ def plain_bearer(bytes value not None):
     Why: the twin's ``bytes.translate`` builds a 256-byte table on every call (~1.7k
     instructions of the ~2.3k the usual Authorization header cost); here the token is
     checked in the loop that finds its end, and the line written in place."""
+    return plain_bearer_c(value)
+
+
+cdef object plain_bearer_c(bytes value):
     cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(value)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
     cdef unsigned char *w
@@ -106,6 +116,10 @@ def key_hash(bytes key not None):
     Why: every identified request asks, and the twin's frame and ``key + salt`` (a bytes
     object to hash) were ~1k instructions; the salted hash is taken here over a stack copy
     (``_Py_HashBytes``: what ``hash()`` of that concatenation computes)."""
+    return key_hash_c(key)
+
+
+cdef object key_hash_c(bytes key):
     cdef unsigned char joined[512]
     cdef Py_ssize_t n = PyBytes_GET_SIZE(key), m = PyBytes_GET_SIZE(_salt)
     cdef Py_hash_t check
@@ -123,3 +137,33 @@ def key_hash(bytes key not None):
     if type(entry) is tuple and len(<tuple>entry) == 2 and (<tuple>entry)[0] == check:
         return (<tuple>entry)[1]
     return _slow(key)
+
+
+# -- read_client_headers (twin: plano_fast.credentials.read_client_headers) -----------------
+
+cdef bytes _AUTHORIZATION = b"authorization"
+
+
+cdef object read_client_headers_c(object headers, object query, object forward):
+    """``credentials.read_client_headers(headers, query, forward)`` for the request path's
+    usual request: the fast parser's ``forward`` tuple, no query, no credential or one
+    ``Authorization: Bearer <token>`` (``plain_bearer``'s form).  Anything else -- a query
+    (its ``key=`` and credential-like names), two credentials, another header, a Bearer
+    value the general rules must read, no ``forward`` -- goes to the twin, before any side
+    effect (there is none here but the records made).
+
+    Why: the twin is a Python frame, a seven-way unpack and two more calls (~3k
+    instructions a request); the compiled request starts (``gateway/_firewall.pyx``,
+    ``_config.pyx``) call this as a C function."""
+    if query or type(forward) is not tuple or len(<tuple>forward) != 7:
+        return _read_client_headers(headers, query, forward)
+    block, seen_version, request_id, count, name, value, operator_block = <tuple>forward
+    credential = None
+    if count is not None and count:
+        if (count != 1 or type(name) is not bytes or type(value) is not bytes
+                or <bytes>name != _AUTHORIZATION):
+            return _read_client_headers(headers, query, forward)
+        credential = plain_bearer_c(<bytes>value)
+        if credential is None:
+            return _read_client_headers(headers, query, forward)
+    return new_client_headers_c(block, operator_block, seen_version, request_id, credential, query)

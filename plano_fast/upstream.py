@@ -406,8 +406,9 @@ class UpstreamPool:
 
     # Slots for what the compiled read path (plano_fast/gateway/_answer.pyx) reads on every
     # answer, in place (a dict attribute from C is a generic lookup: ~250 instructions
-    # each, four per answer); a __dict__ for the rest (a harness may replace ``connect``).
-    __slots__ = ("loop", "closed", "_idle", "max_idle_per_origin", "__dict__")
+    # each, four per answer; ``idle_timeout_s``: the compiled take_idle, _forward.pyx); a
+    # __dict__ for the rest (a harness may replace ``connect``).
+    __slots__ = ("loop", "closed", "_idle", "max_idle_per_origin", "idle_timeout_s", "__dict__")
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """The compiled request passes against their twins: ``plano_fast/_serve.pyx``
 (``ServerProtocol.data_received`` and ``_start``; twins ``http_server.data_received_py``,
 ``start_py``), ``plano_fast/gateway/_firewall.pyx`` (``FirewallExchange.start``; twin
-``modes.firewall.start_py``) and ``plano_fast/gateway/_forward.pyx``
-(``Exchange.forward_now``; twin ``relay.forward_now_py``).
+``modes.firewall.start_py``), ``plano_fast/gateway/_forward.pyx``
+(``Exchange.forward_now``; twin ``relay.forward_now_py``) and ``plano_fast/gateway/_dispatch.pyx``
+(``dispatch.dispatch``; twin ``dispatch.dispatch_py``).
 
 Two gateways, one compiled and one the pure build (``PLANO_FAST_PURE_SCANNER=1``), each with
 its own recording upstream, get the same client requests: plain ones the passes take (each
@@ -130,12 +131,22 @@ def _cases(key: bytes) -> dict[str, list[bytes]]:
         "subscription key to a passthrough provider": [
             _request(b"/v1/chat/completions", _chat("vllm/llama-passthrough"),
                      b"authorization: Bearer sk-client-own-key\r\nocp-apim-subscription-key: sub-123\r\n")],
+        # (the client's headers read in C only for no key or one plain ``Bearer <key>``:
+        # the general rules' spellings, a bad token and two Authorization lines go to the twin)
+        "bearer, lower case and two spaces": [_request(b"/v1/chat/completions", _chat(),
+                                                       b"authorization: bearer  %s\r\n" % key if key else b"")],
+        "Bearer, a tab": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer\t%s\r\n" % key)],
+        "Bearer, no token": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer \r\n")],
+        "two authorization lines": [_request(b"/v1/chat/completions", _chat(), auth + auth)],
         "no key": [_request(b"/v1/chat/completions", _chat(), b"")],
         "unknown key": [_request(b"/v1/chat/completions", _chat(), b"authorization: Bearer %s\r\n" % OTHER_KEY.encode())],
         "two keys": [_request(b"/v1/chat/completions", _chat(), auth + b"x-api-key: %s\r\n" % ANT_KEY.encode())],
         "key= and a header": [_request(b"/v1/chat/completions?key=abc", _chat(), auth)],
         "not json": [_request(b"/v1/chat/completions", b"{not json", auth)],
         "unknown path": [_request(b"/v1/nothing/here", _chat(), auth)],
+        "health": [_request(b"/healthz", b"", b"", b"GET")],
+        "decision API": [_request(b"/routing/v1/chat/completions", _chat(), auth + (  # (its trace id the client's)
+            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"))],
         "wrong method": [_request(b"/v1/chat/completions", b"", auth, b"GET")],
     }
 
@@ -182,11 +193,14 @@ def test_firewall_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUp
     # what both must do (agreeing on something wrong fails here)
     assert answers["chat"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["pipelined"][1].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answers["bearer, lower case and two spaces"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     for case in ("no key", "unknown key", "two keys", "key= and a header", "subscription key beside the key",
-                 "subscription key, underscores", "subscription key, capitals"):
+                 "subscription key, underscores", "subscription key, capitals", "Bearer, a tab",
+                 "Bearer, no token", "two authorization lines"):
         assert answers[case][0].startswith(b"HTTP/1.1 401 "), case
     assert answers["not json"][0] == b"HTTP/1.1 400 Bad Request"
     assert answers["unknown path"][0].startswith(b"HTTP/1.1 404 ")
+    assert answers["health"][0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert answers["wrong method"][0].startswith(b"HTTP/1.1 405 ")
     seen = b"\n".join(upstreams[0].seen)
     assert b"POST /base/v1/chat/completions?api-version=2024-06-01&x=1 HTTP/1.1\r\n" in seen
@@ -221,7 +235,7 @@ def test_the_compiled_passes_are_installed() -> None:
     from plano_fast import http_server
     from plano_fast.gateway import relay
     from plano_fast import credentials
-    from plano_fast.gateway import phases
+    from plano_fast.gateway import dispatch, phases
     from plano_fast.gateway.modes import config, firewall
 
     assert firewall.FirewallExchange.start is not firewall.start_py
@@ -229,5 +243,6 @@ def test_the_compiled_passes_are_installed() -> None:
     assert credentials.plain_bearer is not credentials._plain_bearer
     assert phases.key_hash is not phases._key_hash
     assert relay.Exchange.forward_now is not relay.forward_now_py
+    assert dispatch.dispatch is not dispatch.dispatch_py
     assert http_server.ServerProtocol.data_received is not http_server.data_received_py
     assert http_server.ServerProtocol._start is not http_server.start_py

@@ -83,6 +83,17 @@ def run_chunks(
     out.append(scanner.finish())
     usage = usage_tuple(scanner.result())
     raw = scanner.raw_usage()
+    # (the answer pass's feed from inside the upstream read: the same bytes forwarded, the
+    # same counts)
+    again_from = scan.UsageScanner(api, streaming, strip)
+    out_from = []
+    for chunk in chunks:
+        forwarded = again_from.feed_from(b"HTTP/1.1 200 OK\r\n\r\n" + chunk, 19)
+        out_from.append(chunk if forwarded is None else forwarded)
+    out_from.append(again_from.finish())
+    assert b"".join(out_from) == b"".join(out) and usage_tuple(again_from.result()) == usage
+    # (the settle step's one call: the same counts, model, flags and document)
+    assert scanner.usage_fields() == (*usage, raw)
     if raw is not None:
         assert usage[5], "raw usage without usage"
         assert len(raw) <= scan.MAX_RAW_USAGE_BYTES

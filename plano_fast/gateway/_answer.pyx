@@ -65,6 +65,7 @@ from plano_fast.http_server import (
 from plano_fast.ratelimit import with_headers
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_OK, STATUS_UNBILLED, STATUS_USAGE_MISSING
 from plano_fast.wire import parse_response_head as _parse_response
+from plano_fast.wire import UsageScanner as _UsageScanner
 
 import httptools
 
@@ -147,6 +148,7 @@ cdef type _Protocol = ServerProtocol
 cdef type _Limits = ServerLimits
 cdef type _Pool = _upstream.UpstreamPool
 cdef type _Connection = UpstreamConnection
+cdef type _Scanner = _UsageScanner  # (feed_from: the body scanned inside the read)
 cdef Py_ssize_t _MAX_HEAD = _upstream.MAX_RESPONSE_HEAD_BYTES
 cdef object _CallbackError = httptools.HttpParserCallbackError
 cdef object _ParserError = httptools.HttpParserError
@@ -628,13 +630,20 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
                     n = content_length
                 else:
                     try:
-                        # (data[head_len:] without the slice object and its generic dispatch)
-                        body = scanner.feed(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + head_len,
-                                                                      content_length))
+                        # (data[head_len:] scanned in place: the body is the read's tail,
+                        # ``content_length`` bytes, checked by the head's scan)
+                        if type(scanner) is _Scanner and PyBytes_GET_SIZE(data) - head_len == content_length:
+                            body = scanner.feed_from(data, head_len)
+                        else:
+                            body = scanner.feed(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + head_len,
+                                                                          content_length))
                     except BaseException:
                         out.append(_answer(&h, scan, data, None, 0, 0))  # (sent before the body was read)
                         raise
-                    if type(body) is bytes:
+                    if body is None:  # (forward the read's own tail)
+                        n = content_length
+                        out.append(_answer(&h, scan, data, data, head_len, content_length))
+                    elif type(body) is bytes:
                         n = PyBytes_GET_SIZE(body)
                         out.append(_answer(&h, scan, data, body, 0, n))
                     else:

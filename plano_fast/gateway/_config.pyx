@@ -8,8 +8,9 @@ The twin is ~9 Python frames per request -- ``start`` -> ``identify_caller`` ->
 ``finish_head``, then ``forward_now`` -- and ~70 attribute reads and writes.  Here the
 same steps run in that order, with the same side effects, in one C function: the slots
 of the exchange, the request and the client's headers are read and written in place
-(``plano_fast/_slots.pxd``), the key-hash memo and the upstream head inline, and the
-request sent by the compiled ``forward_now`` (``_forward.pyx``).
+(``plano_fast/_slots.pxd``), the client's headers and the key-hash memo read by C
+functions (``_new_credentials.pxd``: the rules written once, there), the upstream head
+built inline, and the request sent by the compiled ``forward_now`` (``_forward.pyx``).
 
 Only the plain case is taken; everything else goes to the twin, before any side effect
 (the body's scan, which has none, is then done again by the twin): an exchange, request
@@ -26,11 +27,12 @@ as the twin raises them -- by the twin's own functions (``read_client_headers``,
 
 from cpython.object cimport PyObject
 
+from plano_fast._new_credentials cimport key_hash_c, read_client_headers_c
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
-from plano_fast.credentials import ClientHeaders, Credential, read_client_headers, refuse_subscription_key
+from plano_fast.credentials import ClientHeaders, Credential, refuse_subscription_key
 from plano_fast.errors import BadRequestBody
 from plano_fast.gateway import phases as _phases
 from plano_fast.gateway import routed as _routed
@@ -123,12 +125,8 @@ cdef object _ScanError = _wire.ScanError
 cdef object _rewrite_request = _wire.rewrite_request
 cdef object _UsageScanner = _wire.UsageScanner
 cdef object _content_length_line = _wire.content_length_line
-cdef object _read_client_headers = read_client_headers
 cdef object _refuse_subscription_key = refuse_subscription_key
 cdef object _identify_caller = _phases.identify_caller
-cdef dict _KEY_HASHES = _phases._KEY_HASHES
-cdef bytes _KEY_SALT = _phases._KEY_SALT
-cdef object _key_hash = _phases.key_hash
 cdef object _target_of = _routed.target_of
 cdef object _passed_through = _upstream_request._passed_through
 if _config.start_py is not ConfigExchange.start:
@@ -141,15 +139,6 @@ cdef inline object _get(object obj, Py_ssize_t offset, str name):
     if value == NULL:
         return getattr(obj, name)
     return <object>value
-
-
-cdef object _digest(bytes secret):
-    """``phases.key_hash(secret)``: its memo read here; a miss is its call."""
-    entry = _KEY_HASHES.get(hash(secret))
-    check = hash(secret + _KEY_SALT)
-    if entry is not None and (<tuple>entry)[0] == check:
-        return (<tuple>entry)[1]
-    return _key_hash(secret)
 
 
 def start(exchange):
@@ -192,7 +181,7 @@ def start(exchange):
     # -- the twin's steps from here, in its order: identify_caller
     client = _get(exchange, X_CLIENT, "client")
     if client is None:
-        client = _read_client_headers(
+        client = read_client_headers_c(
             _get(request, Q_HEADERS, "headers"), _get(request, Q_QUERY, "query"), _get(request, Q_FORWARD, "forward")
         )
         put_slot(exchange, X_CLIENT, client)
@@ -203,7 +192,7 @@ def start(exchange):
         if credential is None:
             digest = None
         elif type(credential) is _Credential:
-            digest = _digest(_get(credential, K_SECRET, "secret"))
+            digest = key_hash_c(_get(credential, K_SECRET, "secret"))
             budget = _get(ctx, C_BUDGET, "budget")
             if budget is not None and budget.blocked:
                 digest = _identify_caller(exchange)  # (its 429 check)

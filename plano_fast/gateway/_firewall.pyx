@@ -9,7 +9,8 @@ The twin is ~10 Python frames per request -- ``start`` -> ``metered_endpoint``,
 attribute reads and writes.  Here the same steps run in that order, with the same side
 effects, in one C function: the slots of the exchange, the request, the client's headers
 and the pooled connection are read and written in place (``plano_fast/_slots.pxd``), the
-key-hash memo (``phases.key_hash``) and the upstream head (``upstream_request.finish_head``)
+client's headers and the key-hash memo read by C functions (``_new_credentials.pxd``: the
+rules written once, there), the upstream head (``upstream_request.finish_head``) built
 inline, and the request sent by the compiled ``forward_now`` (``_forward.pyx``).
 
 Only the plain case is taken; everything else goes to the twin, before any side effect:
@@ -24,13 +25,14 @@ that is not JSON, an Azure subscription key beside the key) are raised as the tw
 
 from cpython.object cimport PyObject
 
+from plano_fast._new_credentials cimport key_hash_c, read_client_headers_c
 from plano_fast._slots cimport get_slot, put_slot, slot_offset
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
-from plano_fast.credentials import ClientHeaders, Credential, read_client_headers, refuse_subscription_key
+from plano_fast.credentials import ClientHeaders, Credential, refuse_subscription_key
 from plano_fast.errors import BadRequestBody
-from plano_fast.gateway import phases as _phases
+from plano_fast.gateway import phases as _phases  # (installs the key-hash memo key_hash_c reads)
 from plano_fast.gateway.modes import firewall as _firewall
 from plano_fast.gateway.modes.firewall import FirewallExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
@@ -105,11 +107,7 @@ cdef object _ScanError = _wire.ScanError
 cdef object _rewrite_request = _wire.rewrite_request
 cdef object _UsageScanner = _wire.UsageScanner
 cdef object _content_length_line = _wire.content_length_line
-cdef object _read_client_headers = read_client_headers
 cdef object _refuse_subscription_key = refuse_subscription_key
-cdef dict _KEY_HASHES = _phases._KEY_HASHES
-cdef bytes _KEY_SALT = _phases._KEY_SALT
-cdef object _key_hash = _phases.key_hash
 if _firewall.start_py is not FirewallExchange.start:
     raise ImportError("FirewallExchange.start is not the twin: the pure one is used")
 
@@ -120,15 +118,6 @@ cdef inline object _get(object obj, Py_ssize_t offset, str name):
     if value == NULL:
         return getattr(obj, name)
     return <object>value
-
-
-cdef object _digest(bytes secret):
-    """``phases.key_hash(secret)``: its memo read here; a miss is its call."""
-    entry = _KEY_HASHES.get(hash(secret))
-    check = hash(secret + _KEY_SALT)
-    if entry is not None and (<tuple>entry)[0] == check:
-        return (<tuple>entry)[1]
-    return _key_hash(secret)
 
 
 def start(exchange):
@@ -158,7 +147,7 @@ def start(exchange):
     put_slot(exchange, X_ENDPOINT_NAME, _get(endpoint, M_NAME, "name"))
     client = _get(exchange, X_CLIENT, "client")
     if client is None:  # (phases.client_headers)
-        client = _read_client_headers(
+        client = read_client_headers_c(
             _get(request, Q_HEADERS, "headers"), _get(request, Q_QUERY, "query"), _get(request, Q_FORWARD, "forward")
         )
         put_slot(exchange, X_CLIENT, client)
@@ -171,7 +160,7 @@ def start(exchange):
         if type(credential) is not _Credential:
             route, digest = _identify(registry, budget, client)  # (no key: its 401)
         else:
-            digest = _digest(_get(credential, K_SECRET, "secret"))
+            digest = key_hash_c(_get(credential, K_SECRET, "secret"))
             if type(registry) is _Registry:
                 route = (<dict?>registry._routes).get(digest)
             else:

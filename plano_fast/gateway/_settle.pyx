@@ -7,10 +7,11 @@ the methods by ``relay``).
 instructions (callgrind, firewall, issue 27): ~20 slot reads of the exchange, 13 attribute
 reads of the scanner's ``Usage`` through the generic getattr path (~2.3k), the 30-argument
 call of ``new_usage_event`` with its argument parsing (~1.6k) and a frame.  Here the
-exchange's slots are read in place (``plano_fast/_slots.pxd``), the counts come as one
-tuple (``Usage._key()``), the duration is C arithmetic and the event is built by a C call
-(``_usage_event.pxd``).  The uncommon paths are the twin's: no scanner (a request that is
-not metered) and a retried request (its attempt trail).
+exchange's slots are read in place (``plano_fast/_slots.pxd``), the counts and the raw
+usage come as one tuple (``UsageScanner.usage_fields()``), the duration is C arithmetic
+and the event is built by a C call (``_usage_event.pxd``).  The uncommon paths are the
+twin's: no scanner (a request that is not metered) and a retried request (its attempt
+trail).
 
 ``observe``: the request's metrics and access-log record from its event, ~5.5k
 instructions as a Python method (~1.4k of them the metrics' own compiled accumulator):
@@ -28,6 +29,7 @@ from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 from plano_fast._slots cimport get_slot, slot_offset
 from plano_fast._usage_event cimport new_event
 
+from plano_fast import wire as _wire
 from plano_fast.gateway import relay
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.metrics import RequestMetrics, provider_error_type
@@ -83,6 +85,7 @@ cdef Py_ssize_t E_TRAIL = slot_offset(UsageEvent, "attempt_trail")
 cdef Py_ssize_t M_KNOWN = slot_offset(RequestMetrics, "known_models")
 
 cdef type _Exchange = Exchange
+cdef type _Scanner = _wire.UsageScanner  # (the compiled one where built: usage_fields)
 cdef type _Metrics = RequestMetrics
 cdef str _OK = STATUS_OK
 if _OK in relay._FAILED_OUTCOMES:
@@ -120,12 +123,15 @@ def make_event(self, outcome, http_status):
     started_ns = _slot(self, O_STARTED, "started_ns")
     # (the twin's ``(time.time_ns() - started_ns) / 1e6``: an int converted to a double, divided)
     cdef double duration_ms = <double>(_now_ns() - <int64_t>started_ns) / 1e6
+    if type(scanner) is _Scanner:
+        fields = scanner.usage_fields()  # (one call for the three below)
+    else:
+        fields = scanner.result()._key() + (scanner.raw_usage(),)
     (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage, model,
      _is_error, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens,
-     audio_output_tokens, web_search_requests) = scanner.result()._key()
+     audio_output_tokens, web_search_requests, raw) = fields
     if not model:
         model = _slot(self, O_MODEL, "model")
-    raw = scanner.raw_usage()
     if raw is None:
         usage_raw = None
     elif type(raw) is bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from plano_fast import wire as scan
@@ -92,8 +92,10 @@ def trace_id_of(headers: Sequence[tuple[bytes, bytes]]) -> str:
     return os.urandom(16).hex()
 
 
-def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
-    """Route one complete request (see Exchange.start for the coroutine it may return)."""
+def dispatch_py(gw: Gateway, request: Request, responder: Responder) -> Coroutine[Any, Any, None] | None:
+    """Route one complete request (see Exchange.start for the coroutine it may return).
+    The twin of the compiled ``dispatch`` (``gateway/_dispatch.pyx``), installed below as
+    ``dispatch`` where built."""
     if not gw.store_ready and request.path not in ALWAYS_SERVED:
         raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
     if request.forward is None:
@@ -168,6 +170,17 @@ def dispatch(gw: Gateway, request: Request, responder: Responder) -> Coroutine[A
         responder.send_simple(200, gw.models_body)
         return None
     raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
+
+
+#: ``dispatch_py``; where built, compiled for the firewall or config-mode request an
+#: exchange forwards (``plano_fast/gateway/_dispatch.pyx``: no Python frame between the
+#: server's read and the exchange's start, ~2k instructions a request), the twin otherwise
+dispatch: Callable[[Gateway, Request, Responder], Coroutine[Any, Any, None] | None] = dispatch_py
+if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
+    try:
+        from plano_fast.gateway._dispatch import dispatch  # noqa: E402 - needs dispatch_py
+    except ImportError:
+        pass
 
 
 def stored_response_path(gw: Gateway, request: Request) -> bool:

@@ -938,6 +938,15 @@ class UsageScanner:
 
     # -- public API --------------------------------------------------------------------------
 
+    def feed_from(self, data: bytes, start: int) -> bytes | None:
+        """``feed(data[start:])``: None when the bytes to forward are exactly
+        ``data[start:]``, else those bytes (the compiled scanner's saves the slice)."""
+        if not 0 <= start <= len(data):
+            raise ValueError("start is outside data")
+        piece = data[start:]
+        out = self.feed(piece)
+        return None if out is piece else out
+
     def feed(self, data: bytes) -> bytes:
         if type(data) is not bytes:
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
@@ -1000,6 +1009,12 @@ class UsageScanner:
         ``[{"message":{"usage":START}},{"usage":DELTA},...]``.  ``None`` when no usage
         counted or the document would be longer than :data:`MAX_RAW_USAGE_BYTES`."""
         return _raw_document(self._api, self._acc)
+
+    def usage_fields(self) -> tuple[object, ...]:
+        """``result()._key() + (raw_usage(),)``: the counts, the model, the error flag and
+        the raw usage document in one call (the compiled scanner's saves the settle step
+        three calls: ``gateway/_settle.pyx``)."""
+        return (*self.result()._key(), self.raw_usage())
 
     def result(self) -> Usage:
         acc = self._acc

@@ -298,6 +298,45 @@ cdef class UsageScanner:
             return data
         return bytes(out)
 
+    def feed_from(self, bytes data not None, Py_ssize_t start):
+        """``feed(data[start:])`` without that copy: None when the bytes to forward are
+        exactly ``data[start:]`` (always, unless the scanner strips the usage chunk), else
+        those bytes.
+
+        Why: the compiled answer pass (``gateway/_answer.pyx``) has the body inside the
+        upstream read, after the head; the slice was a bytes object per answer (~0.4k
+        instructions), copied again into the client's answer."""
+        cdef const unsigned char *buf
+        cdef Py_ssize_t n, k
+        if start < 0 or start > PyBytes_GET_SIZE(data):
+            raise ValueError("start is outside data")
+        if self.strip:
+            return self.feed(data[start:])
+        if self.finished:
+            raise ValueError("feed() called after finish()")
+        buf = <const unsigned char *>PyBytes_AS_STRING(data) + start
+        n = PyBytes_GET_SIZE(data) - start
+        if n == 0:
+            return None
+        if self.mode == MODE_UNDECIDED:
+            k = 0
+            while k < n and (buf[k] == b' ' or buf[k] == b'\t' or buf[k] == b'\r' or buf[k] == b'\n'):
+                k += 1
+            if k < n:
+                if buf[k] == b'{' or buf[k] == b'[':
+                    self.mode = MODE_JSON
+                    self.doc_start()
+                    self.json_feed(buf + k, n - k)
+                    self.gpos += n
+                    return None
+                self.mode = MODE_SSE
+        if self.mode == MODE_JSON:
+            self.json_feed(buf, n)
+        else:
+            self.sse(buf, n, None)  # (``data`` is read only when stripping)
+        self.gpos += n
+        return None
+
     def finish(self):
         """End of body: returns any held-back bytes to forward (usually b"")."""
         cdef object out = None
@@ -327,6 +366,25 @@ cdef class UsageScanner:
         """The provider's usage object(s) as received, in a document that scans (with this
         API, not streaming) to the same counts; ``None`` when no usage was read or the
         document would exceed MAX_RAW_USAGE_BYTES (see plano_fast.wire._scan_py)."""
+        return self.raw_usage_c()
+
+    def result(self):
+        """The usage read so far (final after finish())."""
+        return self.result_c()
+
+    def usage_fields(self):
+        """``result()._key() + (raw_usage(),)``: the counts, the model, the error flag and
+        the raw usage document in one call.
+
+        Why: the settle step's usage event (``gateway/_settle.pyx``) took them with three
+        Python calls and a ``Usage`` object (~1.3k instructions a request)."""
+        cdef Usage u = self.result_c()
+        return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+                u.reasoning_tokens, u.has_usage, u.model, u.is_error, u.tool_use_prompt_tokens,
+                u.cache_write_1h_tokens, u.audio_input_tokens, u.audio_output_tokens,
+                u.web_search_requests, self.raw_usage_c())
+
+    cdef object raw_usage_c(self):
         cdef Acc *a = &self.acc
         if not a.has_usage or not a.raw_set or a.raw_len <= 0:
             return None
@@ -335,8 +393,7 @@ cdef class UsageScanner:
             return b"[" + doc + b"]"
         return doc
 
-    def result(self):
-        """The usage read so far (final after finish())."""
+    cdef Usage result_c(self):
         cdef Usage u = Usage.__new__(Usage)
         normalize(self.api, self.acc.v, u)
         if self.api == A_ANTH and not self.acc.has_usage:
