@@ -448,3 +448,42 @@ def test_a_commit_of_one_scope_triple_and_day_updates_its_counters_in_one_statem
             assert count_rows(path) == 13 * 6
 
     asyncio.run(main())
+
+
+def test_a_settlement_takes_its_spend_in_one_update_and_each_limit_s_release_in_one(tmp_path: Path) -> None:
+    """A hard-limited request's settlement (a monthly project limit and a daily key limit):
+    the row's cost added to its six counters in one UPDATE and the reservation taken off
+    each of its two counters by one UPDATE each (it was six UPDATEs setting both); every
+    counter ends with the spend and nothing reserved, as does a settlement whose limited
+    counters are new that day (the reservation made them)."""
+    from plano_fast.store import BudgetTarget, period_start
+
+    path = tmp_path / "plano.db"
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            assert store._hot is not None
+            expected: dict[tuple[str, str, str, int], tuple[int, int]] = {}
+            for n in range(3):
+                row = rows(1, f"settle{n}")[0]
+                row.time_ns = T0_NS + n * 86_400 * 10**9 // 2  # the second settlement: the next day
+                month, day = period_start("monthly", row.time_ns), period_start("daily", row.time_ns)
+                targets = [BudgetTarget("project", "p1", "monthly", month, 10**12),
+                           BudgetTarget("key", "k" * 64, "daily", day, 10**12)]  # fmt: skip
+                reservation = await store.reserve(targets, 5_000)
+                assert reservation is not None
+                seen: list[str] = []
+                store._hot.set_trace_callback(seen.append)
+                assert store.settle_now(reservation, row) is True
+                store._hot.set_trace_callback(None)
+                assert len([s for s in seen if s.startswith("UPDATE spending_counters")]) == 1 + 2, seen
+                for kind, scope in (("project", "p1"), ("key", "k" * 64)):
+                    for key in ((kind, scope, "total", 0), (kind, scope, "monthly", month), (kind, scope, "daily", day)):
+                        expected[key] = (expected.get(key, (0, 0))[0] + (row.cost_nano_usd or 0), 0)
+            got = {(c.scope_kind, c.scope_id, c.period, c.period_start): (c.spent_nano_usd, c.reserved_nano_usd)
+                   for c in await store.load_counters()}  # fmt: skip
+            assert got == expected
+            assert count_rows(path) == 3
+
+    asyncio.run(main())
