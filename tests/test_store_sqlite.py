@@ -435,7 +435,8 @@ def test_a_commit_of_one_scope_triple_and_day_updates_its_counters_in_one_statem
                 created = [s for s in seen if s.startswith("INSERT INTO spending_counters")]
                 assert len(created) == (6 if n < len(days_ns) else 0)  # (per counter, where some were new)
             counters = await store.load_counters()
-            assert {(c.scope_kind, c.scope_id, c.period, c.period_start): c.spent_nano_usd for c in counters} == expected
+            got = {(c.scope_kind, c.scope_id, c.period, c.period_start): c.spent_nano_usd for c in counters}
+            assert got == expected
 
             near_max = rows(2, "max")
             for row in near_max:
@@ -452,8 +453,10 @@ def test_a_commit_of_one_scope_triple_and_day_updates_its_counters_in_one_statem
 
 def test_a_settlement_takes_its_spend_in_one_update_and_each_limit_s_release_in_one(tmp_path: Path) -> None:
     """A hard-limited request's settlement (a monthly project limit and a daily key limit):
-    the row's cost added to its six counters in one UPDATE and the reservation taken off
-    each of its two counters by one UPDATE each (it was six UPDATEs setting both); every
+    the reservation's rows read and deleted by one statement (SQLite 3.35+: it was a
+    SELECT then a DELETE), the row's cost added to its six counters in one UPDATE and the
+    reservation taken off each of its two counters by one UPDATE each (it was six UPDATEs
+    setting both); every
     counter ends with the spend and nothing reserved, as does a settlement whose limited
     counters are new that day (the reservation made them)."""
     from plano_fast.store import BudgetTarget, period_start
@@ -478,8 +481,13 @@ def test_a_settlement_takes_its_spend_in_one_update_and_each_limit_s_release_in_
                 assert store.settle_now(reservation, row) is True
                 store._hot.set_trace_callback(None)
                 assert len([s for s in seen if s.startswith("UPDATE spending_counters")]) == 1 + 2, seen
+                if sqlite_store._DELETE_RETURNING:  # the reservation read and deleted by one statement
+                    assert [s for s in seen if "spending_reservations" in s] == [
+                        sqlite_store._TAKE_RESERVATION.replace("?", repr(reservation.id))
+                    ]
                 for kind, scope in (("project", "p1"), ("key", "k" * 64)):
-                    for key in ((kind, scope, "total", 0), (kind, scope, "monthly", month), (kind, scope, "daily", day)):
+                    for key in ((kind, scope, "total", 0), (kind, scope, "monthly", month),
+                                (kind, scope, "daily", day)):  # fmt: skip
                         expected[key] = (expected.get(key, (0, 0))[0] + (row.cost_nano_usd or 0), 0)
             got = {(c.scope_kind, c.scope_id, c.period, c.period_start): (c.spent_nano_usd, c.reserved_nano_usd)
                    for c in await store.load_counters()}  # fmt: skip
