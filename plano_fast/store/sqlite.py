@@ -442,15 +442,6 @@ _RESERVE_NEW = (
 )
 _CHUNK = 500  # bound parameters per IN (...) list; old SQLite builds allow only 999
 
-# A reservation's rows read and deleted by one statement where SQLite has RETURNING
-# (3.35): a settle's SELECT then DELETE were two statements, each ~18k instructions of
-# bind, step and reset around a few B-tree steps (callgrind, issue 27).
-_DELETE_RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
-_TAKE_RESERVATION = (
-    "DELETE FROM spending_reservations WHERE id = ? "
-    "RETURNING scope_kind, scope_id, period, period_start, amount_nano_usd"
-)
-
 
 def _translate(exc: sqlite3.IntegrityError) -> StoreError:
     msg = str(exc)
@@ -1013,19 +1004,14 @@ class SqliteStore(SqlStore):
     def _take_sync(conn: sqlite3.Connection, reservation_id: str) -> dict[CounterKey, int] | None:
         """Delete a reservation's rows: what each of its counters holds for it, or None
         if it is gone already (settled, released or expired)."""
-        if _DELETE_RETURNING:
-            rows = conn.execute(_TAKE_RESERVATION, (reservation_id,)).fetchall()
-            if not rows:
-                return None
-        else:
-            rows = conn.execute(
-                "SELECT scope_kind, scope_id, period, period_start, amount_nano_usd "
-                "FROM spending_reservations WHERE id = ?",
-                (reservation_id,),
-            ).fetchall()
-            if not rows:
-                return None
-            conn.execute("DELETE FROM spending_reservations WHERE id = ?", (reservation_id,))
+        rows = conn.execute(
+            "SELECT scope_kind, scope_id, period, period_start, amount_nano_usd "
+            "FROM spending_reservations WHERE id = ?",
+            (reservation_id,),
+        ).fetchall()
+        if not rows:
+            return None
+        conn.execute("DELETE FROM spending_reservations WHERE id = ?", (reservation_id,))
         freed: dict[CounterKey, int] = {}
         for r in rows:
             key = CounterKey(r[0], r[1], r[2], int(r[3]))
