@@ -396,3 +396,57 @@ def test_a_group_commit_of_up_to_32_rows_is_one_insert_and_counts_each_scope_onc
                                                                           enumerate(refused) if i != 7)  # fmt: skip
 
     asyncio.run(main())
+
+
+def test_a_commit_of_one_scope_triple_and_day_updates_its_counters_in_one_statement(tmp_path: Path) -> None:
+    """A group commit of one token's rows of one day adds the same sum to each of its six
+    counters (project and user: total, monthly, daily): one UPDATE for all six (it was six,
+    issue 27).  Counters it does not find (the first commit of a day, of a month, of a
+    scope) are created with that sum, those it finds are added to, on the first day of a
+    month too (its monthly and daily counters start at the same second), and a sum that
+    would pass 64 bits moves no counter and writes no row."""
+    path = tmp_path / "plano.db"
+    day_s = 86_400
+    month_first_ns = 1_719_792_000 * 10**9  # 2024-07-01T00:00:00Z
+    days_ns = [month_first_ns - day_s * 10**9, month_first_ns, month_first_ns + day_s * 10**9]
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            assert store._hot is not None
+            expected: dict[tuple[str, str, str, int], int] = {}
+            for n, day_ns in enumerate(days_ns * 2):
+                batch = rows(13, f"c{n}")
+                for row in batch:
+                    row.time_ns = day_ns + 3_600 * 10**9 + row.time_ns % 1000
+                    row.user_id, row.key_hash = "u1", None
+                day = day_ns // 10**9
+                month = 1_719_792_000 if day >= 1_719_792_000 else 1_717_200_000
+                for kind, scope in (("project", "p1"), ("user", "u1")):
+                    for key in ((kind, scope, "total", 0), (kind, scope, "monthly", month),
+                                (kind, scope, "daily", day)):  # fmt: skip
+                        expected[key] = expected.get(key, 0) + sum(r.cost_nano_usd or 0 for r in batch)
+                seen: list[str] = []
+                store._hot.set_trace_callback(seen.append)
+                assert store.write_usage_now(batch) == 13
+                store._hot.set_trace_callback(None)
+                updates = [s for s in seen if s.startswith("UPDATE spending_counters")]
+                assert len(updates) == 1, seen
+                created = [s for s in seen if s.startswith("INSERT INTO spending_counters")]
+                assert len(created) == (6 if n < len(days_ns) else 0)  # (per counter, where some were new)
+            counters = await store.load_counters()
+            got = {(c.scope_kind, c.scope_id, c.period, c.period_start): c.spent_nano_usd for c in counters}
+            assert got == expected
+
+            near_max = rows(2, "max")
+            for row in near_max:
+                row.time_ns, row.user_id, row.key_hash = days_ns[1], "u1", None
+            near_max[0].cost_nano_usd = 2**63 - 1 - (near_max[1].cost_nano_usd or 0)  # the rows sum to 2**63 - 1
+            with pytest.raises(sqlite3.DataError, match="64 bits"):
+                store.write_usage_now(near_max)
+            assert {(c.scope_kind, c.scope_id, c.period, c.period_start): c.spent_nano_usd
+                    for c in await store.load_counters()} == expected  # fmt: skip
+            assert count_rows(path) == 13 * 6
+
+    asyncio.run(main())
+
