@@ -285,9 +285,14 @@ def ledger(database_url: str | None, sqlite_path: str) -> dict[str, Any]:
             "WHERE period = 'total' GROUP BY scope_kind, scope_id) c"
         ):
             assert int(r[2]) == int(r[3]), f"spent != the log: {tuple(r)}"
-        counters = await store.load_counters()
+        # The open reservations and the rows before the counters: a settle deletes its
+        # reservation and frees the counters' amounts in one transaction, so once no
+        # reservation is open every later read of the counters has them freed (read the other
+        # way round, a settle committing between the reads showed a freed reservation's
+        # amount still reserved).
         held = await store._fetch("SELECT DISTINCT id, owner FROM spending_reservations")
         rows = await store.recent_usage(None, limit=100_000)
+        counters = await store.load_counters()
         return {"reserved": sum(c.reserved_nano_usd for c in counters if c.period == "total"
                                 and c.scope_kind == "project"),
                 "open": len(held), "rows": rows, "owners": {r[1] for r in held}}
