@@ -42,7 +42,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from plano_fast.errors import ClientError, Unauthorized
-from plano_fast.wire import PURE_ENV, forward_request_headers
+from plano_fast.wire import PURE_ENV, SUBSCRIPTION_KEYS, forward_request_headers
 
 _PRINTABLE: Final = bytes(range(0x21, 0x7F))
 _QUERY_SPLIT: Final = re.compile(rb"[&;]")
@@ -98,9 +98,10 @@ new_client_headers: Callable[[bytes, bytes, bool, bytes | None, Credential | Non
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
-#: Azure's subscription-key header as the request parsers write it in ``ClientHeaders.block``
-#: (names lowercased; the underscore spelling is read as it by CGI/WSGI-style servers)
-_SUBSCRIPTION_KEY_NAMES: Final = (b"ocp-apim-subscription-key:", b"ocp_apim_subscription_key:")
+#: Azure's subscription-key header (``wire.SUBSCRIPTION_KEYS``) as the request parsers
+#: write it in ``ClientHeaders.block`` (names lowercased; the underscore spelling is read as
+#: it by CGI/WSGI-style servers)
+_SUBSCRIPTION_KEY_NAMES: Final = tuple(sorted(name + b":" for name in SUBSCRIPTION_KEYS))
 
 
 def refuse_subscription_key(client: ClientHeaders) -> None:

@@ -24,7 +24,7 @@ from plano_fast._slots cimport get_slot, put_slot, slot_offset
 
 from plano_fast import wire as _wire
 from plano_fast.gateway import relay as _relay
-from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES
+from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES, VISIBLE_ASCII
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.http_server import HeadResponder, Responder
 from plano_fast.upstream import UpstreamConnection, UpstreamPool
@@ -71,7 +71,7 @@ cdef object _twin = _relay.forward_now_py
 cdef dict _PLANS = {}
 cdef object _header_line = _wire.header_line
 cdef Py_ssize_t _MAX_REQUEST_ID = MAX_CLIENT_REQUEST_ID_BYTES
-cdef bytes _VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+cdef bytes _VISIBLE_ASCII = VISIBLE_ASCII
 
 
 cdef bytes request_id_line_c(object client_request_id, object request_id):
@@ -179,3 +179,8 @@ cdef object forward_now_c(object exchange):
 def forward_now(exchange):
     """``Exchange.forward_now`` (installed as it; ``relay.forward_now_py`` is the twin)."""
     return forward_now_c(exchange)
+
+
+def request_id_line(client_request_id, request_id):
+    """``request_id_line_c``, for tests/test_header_tables.py (``finish_head``'s rule)."""
+    return request_id_line_c(client_request_id, request_id)
