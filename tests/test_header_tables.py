@@ -1,6 +1,7 @@
-"""Each header table is written once in Python (``plano_fast.wire._head_py``) and once,
-hand-unrolled for speed, in C (``wire/_head.pyx`` ``classify_as``, ``wire/_bytes.pxd``
-``account_name_as`` and ``request_kind``); the x-request-id rule likewise
+"""Each header table is written once in Python (``plano_fast.wire._head_py``) and, hand-
+unrolled for speed, in C, once per compare (``wire/_head.pyx`` ``classify`` and
+``classify_tchar``; ``wire/_bytes.pxd`` ``account_name`` and ``account_line``, ``_head.pyx``
+``tchar_account_name``; ``_bytes.request_kind``); the x-request-id rule likewise
 (``upstream_request.finish_head``, ``gateway/_forward.pyx`` ``request_id_line_c``).  These
 tests pin each compiled copy to its Python table, so that a name added to one place and not
 the other fails here:
@@ -89,19 +90,18 @@ def _near_misses(name: bytes, alphabet: bytes) -> set[bytes]:
 # -- the names each compiled table spells are its Python table's ------------------------
 
 
-def test_the_compiled_drop_table_spells_exactly_DROPPED() -> None:
-    assert _spelled(WIRE / "_head.pyx", "classify_as") == _head_py.DROPPED
-    # the two response classifiers are the one table, compared two ways
-    for function in ("classify", "classify_tchar"):
-        assert _spelled(WIRE / "_head.pyx", function) == set()
+@pytest.mark.parametrize("function", ["classify", "classify_tchar"])
+def test_each_compiled_drop_table_spells_exactly_DROPPED(function: str) -> None:
+    assert _spelled(WIRE / "_head.pyx", function) == _head_py.DROPPED
 
 
-def test_the_compiled_account_table_spells_exactly_ACCOUNT_HEADERS() -> None:
-    assert _spelled(WIRE / "_bytes.pxd", "account_name_as") == _head_py.ACCOUNT_HEADERS
-    for function in ("account_name", "account_line", "tchar_account_name"):
-        path = WIRE / ("_head.pyx" if function == "tchar_account_name" else "_bytes.pxd")
-        assert _spelled(path, function) == set()
-    # account_line looks for the colon after each length the table's names have
+@pytest.mark.parametrize("path, function", [("_bytes.pxd", "account_name"), ("_bytes.pxd", "account_line"),
+                                            ("_head.pyx", "tchar_account_name")])
+def test_each_compiled_account_table_spells_exactly_ACCOUNT_HEADERS(path: str, function: str) -> None:
+    assert _spelled(WIRE / path, function) == _head_py.ACCOUNT_HEADERS
+
+
+def test_account_line_looks_for_the_colon_after_each_name_length() -> None:
     lengths = {int(k) for k in re.findall(r"n > (\d+) and p\[\1\] == 58", _body(WIRE / "_bytes.pxd", "account_line"))}
     assert lengths == {len(name) for name in _head_py.ACCOUNT_HEADERS}
 

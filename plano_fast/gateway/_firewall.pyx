@@ -24,7 +24,7 @@ that is not JSON, an Azure subscription key beside the key) are raised as the tw
 
 from cpython.object cimport PyObject
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
@@ -112,14 +112,6 @@ cdef bytes _KEY_SALT = _phases._KEY_SALT
 cdef object _key_hash = _phases.key_hash
 if _firewall.start_py is not FirewallExchange.start:
     raise ImportError("FirewallExchange.start is not the twin: the pure one is used")
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
 
 
 cdef object _digest(bytes secret):

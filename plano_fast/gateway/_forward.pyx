@@ -20,7 +20,8 @@ from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._clock cimport now_ns as _now_ns
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 
 from plano_fast import wire as _wire
 from plano_fast.gateway import relay as _relay
@@ -81,21 +82,6 @@ cdef bytes request_id_line_c(object client_request_id, object request_id):
             and not client_request_id.translate(None, _VISIBLE_ASCII)):
         return b"x-request-id: " + client_request_id + b"\r\n"
     return _header_line(b"x-request-id: ", request_id)
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
-
-
-cdef inline int64_t _now_ns():
-    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
-    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
 
 
 cdef object _take_idle(object pool, object origin):

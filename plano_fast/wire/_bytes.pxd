@@ -4,7 +4,6 @@
 # and ``account_name`` / ``without_account_lines`` the provider-account rule
 # (``_head_py.ACCOUNT_HEADERS``) both apply to the block they build.
 
-from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -32,62 +31,6 @@ cdef inline bint starts(const unsigned char *p, Py_ssize_t n, const char *word, 
     return memcmp(p, word, m) == 0
 
 
-# -- names of tchars compared a word at a time (the fast path's names: skip_name checked them)
-
-cdef inline uint64_t load8(const unsigned char *p) noexcept nogil:
-    cdef uint64_t x
-    memcpy(&x, p, 8)
-    return x
-
-
-cdef inline uint32_t load4(const unsigned char *p) noexcept nogil:
-    cdef uint32_t x
-    memcpy(&x, p, 4)
-    return x
-
-
-cdef inline bint tchar_name_is(const unsigned char *p, const char *name, Py_ssize_t n) noexcept nogil:
-    """The n tchars at p equal the lowercase ``name`` (n bytes, at least 2) in any case.
-    OR 0x20 on both sides, eight (or four) bytes at a time, overlapping at the end: it
-    maps A-Z to a-z, and among tchars nothing else onto a letter, '-', '_' or a digit (the
-    bytes the names hold), so it is ``name_is`` for tchar names, at ~1/4 of the
-    instructions (``name_is``' byte loop with ``lower`` was ~0.8k a provider's head)."""
-    cdef const unsigned char *t = <const unsigned char *>name
-    cdef Py_ssize_t i = 0
-    if n >= 8:
-        while i + 8 < n:
-            if (load8(p + i) | 0x2020202020202020ULL) != (load8(t + i) | 0x2020202020202020ULL):
-                return False
-            i += 8
-        return (load8(p + n - 8) | 0x2020202020202020ULL) == (load8(t + n - 8) | 0x2020202020202020ULL)
-    if n >= 4:
-        return ((load4(p) | 0x20202020U) == (load4(t) | 0x20202020U)
-                and (load4(p + n - 4) | 0x20202020U) == (load4(t + n - 4) | 0x20202020U))
-    for i in range(n):
-        if (p[i] | 0x20) != (t[i] | 0x20):
-            return False
-    return True
-
-
-# How a header table's classifier compares a name p[:n] with one of its lowercase names
-# of that length: each table is written once (``classify_as`` in _head.pyx,
-# ``account_name_as`` below) and each caller passes a constant ``how``, which the C
-# compiler folds where the table is inlined.
-cdef enum:
-    AS_PARSED = 0  # exactly: the parsers lowercased the name (memcmp of a constant)
-    ANY_CASE = 1  # any case (``name_is``)
-    TCHARS_ANY_CASE = 2  # any case, a name of tchars (``tchar_name_is``, a word at a time)
-
-
-cdef inline bint name_matches(const unsigned char *p, Py_ssize_t n, const char *name, int how) noexcept nogil:
-    """p[:n] is the lowercase ``name`` (n bytes), compared as ``how`` says."""
-    if how == AS_PARSED:
-        return memcmp(p, name, n) == 0
-    if how == ANY_CASE:
-        return name_is(p, n, name, n)
-    return tchar_name_is(p, name, n)
-
-
 cdef enum:
     R_KEEP = 0
     R_DROP = 1
@@ -97,7 +40,8 @@ cdef enum:
 
 
 cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """What happens to a request header called p[:n] (lowercase, as parsed)."""
+    """What happens to a request header called p[:n] (lowercase, as parsed).  (Its names
+    are ``_head_py``'s request tables': tests/test_header_tables.py.)"""
     if n >= 9 and starts(p, n, b"x-xproxy-", 9):
         return R_DROP
     if n == 2:
@@ -151,28 +95,24 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
 
 
 # -- the provider-account headers (twin: ACCOUNT_HEADERS, without_account_headers in _head_py.py)
-
-cdef inline bint account_name_as(const unsigned char *p, Py_ssize_t n, int how) noexcept nogil:
-    """p[:n] names a header that selects or reveals the provider account, compared as
-    ``how`` says: the one compiled copy of ``_head_py.ACCOUNT_HEADERS`` (11, 14, 19 or 25
-    bytes; tests/test_header_tables.py checks the two name for name)."""
-    if n == 11:
-        return name_matches(p, n, b"x-ms-region", how)
-    if n == 14:
-        return name_matches(p, n, b"openai-project", how) or name_matches(p, n, b"openai_project", how)
-    if n == 19:
-        return (name_matches(p, n, b"openai-organization", how) or name_matches(p, n, b"openai_organization", how)
-                or name_matches(p, n, b"x-goog-user-project", how) or name_matches(p, n, b"x_goog_user_project", how))
-    if n == 25:
-        return (name_matches(p, n, b"anthropic-organization-id", how)
-                or name_matches(p, n, b"ocp-apim-subscription-key", how)
-                or name_matches(p, n, b"ocp_apim_subscription_key", how))
-    return False
-
+# Hand-unrolled in each compare (here, and ``_head.tchar_account_name``), inlined where
+# used: tests/test_header_tables.py checks each against ``_head_py.ACCOUNT_HEADERS``, name
+# for name, every case and near miss.
 
 cdef inline bint account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """p[:n] (lowercase, as parsed) names a provider-account header."""
-    return account_name_as(p, n, AS_PARSED)
+    """p[:n] (lowercase, as parsed) names a header that selects or reveals the provider
+    account: 11, 14, 19 or 25 bytes."""
+    if n == 11:
+        return starts(p, n, b"x-ms-region", 11)
+    if n == 14:
+        return starts(p, n, b"openai-project", 14) or starts(p, n, b"openai_project", 14)
+    if n == 19:
+        return (starts(p, n, b"openai-organization", 19) or starts(p, n, b"openai_organization", 19)
+                or starts(p, n, b"x-goog-user-project", 19) or starts(p, n, b"x_goog_user_project", 19))
+    if n == 25:
+        return (starts(p, n, b"anthropic-organization-id", 25) or starts(p, n, b"ocp-apim-subscription-key", 25)
+                or starts(p, n, b"ocp_apim_subscription_key", 25))
+    return False
 
 
 cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nogil:
@@ -181,13 +121,15 @@ cdef inline bint account_line(const unsigned char *p, Py_ssize_t n) noexcept nog
     lengths only (no scan of the line: a provider's head has ~25 lines, this runs on every
     answer where the key is the operator's)."""
     if n > 11 and p[11] == 58:
-        return account_name_as(p, 11, ANY_CASE)
+        return name_is(p, 11, b"x-ms-region", 11)
     if n > 14 and p[14] == 58:
-        return account_name_as(p, 14, ANY_CASE)
+        return name_is(p, 14, b"openai-project", 14) or name_is(p, 14, b"openai_project", 14)
     if n > 19 and p[19] == 58:
-        return account_name_as(p, 19, ANY_CASE)
+        return (name_is(p, 19, b"openai-organization", 19) or name_is(p, 19, b"openai_organization", 19)
+                or name_is(p, 19, b"x-goog-user-project", 19) or name_is(p, 19, b"x_goog_user_project", 19))
     if n > 25 and p[25] == 58:
-        return account_name_as(p, 25, ANY_CASE)
+        return (name_is(p, 25, b"anthropic-organization-id", 25) or name_is(p, 25, b"ocp-apim-subscription-key", 25)
+                or name_is(p, 25, b"ocp_apim_subscription_key", 25))
     return False
 
 

@@ -81,7 +81,8 @@ GATEWAY_RESPONSE_HEADERS = frozenset({
     b"x-plano-request-id", b"x-plano-requested-model", b"x-plano-guardrail-warning",
     b"x-model-router-selected-route",
 })
-#: (Compiled: ``_head.classify_as``; tests/test_header_tables.py checks the two name for name.)
+#: (Compiled: ``_head.classify`` and ``classify_tchar``; tests/test_header_tables.py checks
+#: them name for name.)
 DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"} | GATEWAY_RESPONSE_HEADERS
 #: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
@@ -267,7 +268,8 @@ def forward_request_headers(
 #: Where the key is the operator's (config mode with an ``access_key``, managed mode) they
 #: are cut both ways; a client's own key (firewall, passthrough_auth) keeps them.  The
 #: underscore spellings of the request headers count too, as for CREDENTIALS.  (Compiled:
-#: ``_bytes.account_name_as``; tests/test_header_tables.py checks the two name for name.)
+#: ``_bytes.account_name``, ``account_line``, ``_head.tchar_account_name``;
+#: tests/test_header_tables.py checks them name for name.)
 ACCOUNT_HEADERS = SUBSCRIPTION_KEYS | {
     b"openai-organization", b"openai_organization", b"openai-project", b"openai_project",
     b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id", b"x-ms-region",
