@@ -22,6 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+# relay first: it imports the compiled _forward and installs its pass (importing _forward
+# first would import relay halfway through it, and relay would fall back to the twin)
+from plano_fast.gateway import relay  # noqa: F401
 from plano_fast.gateway import upstream_request
 from plano_fast.wire import _head_py
 
