@@ -54,7 +54,7 @@ _JOBS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
-WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/_digits.pxd", "plano_fast/wire/_bytes.pxd",
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_digits.pxd", "plano_fast/wire/_bytes.pxd",
                                                                 "plano_fast/wire/_head.pxd",
                                                                 "plano_fast/wire/_simd.h",
                                                                 "plano_fast/wire/_dlp_simd.h"]
@@ -75,7 +75,7 @@ def _extensions() -> list[Extension]:
         ]
         # the flusher's per-event work: pricing, rows, journal fields (twin plano_fast/billing/_drain_py.py)
         + [Extension("plano_fast.billing._drain", ["plano_fast/billing/_drain.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd", "plano_fast/_digits.pxd"])]
+                     depends=["plano_fast/_slots.pxd", "plano_fast/wire/_digits.pxd"])]
         # the SQLite writer's parameters of a chunk of usage rows (twin plano_fast/store/_params_py.py)
         + [Extension("plano_fast.store._params", ["plano_fast/store/_params.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])]
@@ -98,7 +98,7 @@ def _extensions() -> list[Extension]:
         # a whole plain answer relayed in one call (twin plano_fast.upstream.take_whole_answer_py)
         + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd",
-                                                          "plano_fast/_digits.pxd", "plano_fast/wire/_head.pxd"])]
+                                                          "plano_fast/wire/_digits.pxd", "plano_fast/wire/_head.pxd"])]
         # a pooled connection taken and the request sent in one call (twin
         # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
         # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain

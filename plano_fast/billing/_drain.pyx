@@ -41,7 +41,7 @@ from libc.math cimport nearbyint
 import collections
 import itertools
 
-from plano_fast._digits cimport put_decimal
+from plano_fast.wire._digits cimport put_decimal
 from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES

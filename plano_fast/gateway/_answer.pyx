@@ -45,7 +45,7 @@ from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from plano_fast._clock cimport now_ns as _now_ns
-from plano_fast._digits cimport put_decimal as _digits
+from plano_fast.wire._digits cimport put_decimal as _digits
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.wire._head cimport HeadScan, free_scan, scan_response_any, scan_result
 

@@ -12,7 +12,7 @@ from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
-from plano_fast._digits cimport put_decimal, put_hex
+from plano_fast.wire._digits cimport put_decimal, put_hex
 from plano_fast.wire._bytes cimport (
     R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_line, account_name, lower, name_is, request_kind, starts,
     without_account_lines,
