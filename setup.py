@@ -54,8 +54,8 @@ _JOBS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
-WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_digits.pxd", "plano_fast/wire/_bytes.pxd",
-                                                                "plano_fast/wire/_head.pxd",
+WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_head.pxd",
+                                                                "plano_fast/wire/_digits.pxd",
                                                                 "plano_fast/wire/_simd.h",
                                                                 "plano_fast/wire/_dlp_simd.h"]
 
