@@ -55,6 +55,7 @@ _JOBS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
 WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_head.pxd",
+                                                                "plano_fast/wire/_digits.pxd",
                                                                 "plano_fast/wire/_simd.h",
                                                                 "plano_fast/wire/_dlp_simd.h"]
 
@@ -74,7 +75,7 @@ def _extensions() -> list[Extension]:
         ]
         # the flusher's per-event work: pricing, rows, journal fields (twin plano_fast/billing/_drain_py.py)
         + [Extension("plano_fast.billing._drain", ["plano_fast/billing/_drain.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd"])]
+                     depends=["plano_fast/_slots.pxd", "plano_fast/wire/_digits.pxd"])]
         # the SQLite writer's parameters of a chunk of usage rows (twin plano_fast/store/_params_py.py)
         + [Extension("plano_fast.store._params", ["plano_fast/store/_params.pyx"], extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd"])]
@@ -92,10 +93,12 @@ def _extensions() -> list[Extension]:
         + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])]
         # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
         + [Extension("plano_fast.gateway._settle", ["plano_fast/gateway/_settle.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
+                     extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd", "plano_fast/_usage_event.pxd"])]
         # a whole plain answer relayed in one call (twin plano_fast.upstream.take_whole_answer_py)
         + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
-                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/wire/_head.pxd"])]
+                     extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd",
+                                                          "plano_fast/wire/_digits.pxd", "plano_fast/wire/_head.pxd"])]
         # a pooled connection taken and the request sent in one call (twin
         # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
         # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain
@@ -103,7 +106,7 @@ def _extensions() -> list[Extension]:
         # plain managed one identified by its token and forwarded (twin ...modes.managed.start_py)
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd", "plano_fast/gateway/_forward.pxd",
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd", "plano_fast/gateway/_forward.pxd",
                               "plano_fast/_new_credentials.pxd"])
            for name in ("_forward", "_firewall", "_config", "_managed")]
         # a firewall or config-mode request handed to its exchange (twin

@@ -267,16 +267,35 @@ class RefGateway(GatewayProcess):
         self.url = f"http://127.0.0.1:{self.port}"
 
 
+def _mapped_objects(pid: int) -> set[str]:
+    """The shared objects ``pid`` maps (real paths: the kernel resolves links)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in maps.splitlines() if line.rstrip().endswith(".so")}
+
+
 def loaded_from(pid: int, worktree: Path) -> list[str]:
     """Shared objects of ``worktree`` mapped by ``pid``: proof the gateway runs the ref's
     compiled code (the kernel reports real paths, so links are resolved)."""
     root = str(worktree.resolve()) + os.sep
-    try:
-        maps = Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return []
-    return sorted({line.split()[-1][len(root):] for line in maps.splitlines()
-                   if line.rstrip().endswith(".so") and line.split()[-1].startswith(root)})
+    return sorted(path[len(root):] for path in _mapped_objects(pid) if path.startswith(root))
+
+
+def check_loaded(pid: int, prepared: PreparedRef) -> list[str]:
+    """``loaded_from`` the ref's worktree (its run directory links there), refusing a
+    gateway that runs none of it or any plano_fast extension from elsewhere: another
+    ref's worktree (a cache shared between runs was seen to swap one under a run), or an
+    installed copy.  Either would measure the wrong code under the ref's name."""
+    root = str(prepared.worktree.resolve()) + os.sep
+    foreign = sorted(path for path in _mapped_objects(pid)
+                     if "/plano_fast/" in path and not path.startswith(root))
+    loaded = loaded_from(pid, prepared.worktree)
+    if foreign or not loaded:
+        raise SystemExit(f"{prepared.ref} ({prepared.sha[:12]}): the gateway (pid {pid}, run in {prepared.run_dir}) "
+                         f"loaded {', '.join(foreign) or 'no extension'} instead of {prepared.worktree}'s: refused")
+    return loaded
 
 
 # --------------------------------------------------------------------------- a fixed number of requests
@@ -415,9 +434,9 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
     gw = RefGateway(prepared, Path(setup["config"]), setup["env"], workdir / "gateway_callgrind.log",
                     wrapper=wrapper, ready_timeout_s=600)
     headers = bench.CLIENT_HEADERS + [tuple(h) for h in setup["headers"]]
-    out: dict[str, Any] = {"loaded": loaded_from(gw.proc.pid, prepared.worktree)}
     pid = gw.proc.pid
     try:
+        out: dict[str, Any] = {"loaded": check_loaded(pid, prepared)}
         send(gw.url, headers, args.warmup, max(args.cg_conc))
         _control(pid, "--instr=on")
         for conc in args.cg_conc:
@@ -453,7 +472,7 @@ def run_wrk(refs: dict[str, PreparedRef], args: argparse.Namespace, work: Path, 
                 sides[name] = Side(gw.url, gw.proc.pid, bench.CLIENT_HEADERS + [tuple(h) for h in setup["headers"]])
                 send(gw.url, sides[name].headers, 1, 1)  # answered 2xx, or stop here
                 print(f"{mode} {name} = {prepared.ref} ({prepared.sha[:12]}): extensions loaded from its "
-                      f"worktree: {', '.join(loaded_from(gw.proc.pid, prepared.worktree)) or 'NONE'}", flush=True)
+                      f"worktree: {', '.join(check_loaded(gw.proc.pid, prepared))}", flush=True)
             rounds = alternate(sides, args.rounds, args.concurrency, args.duration_s, label=f"{mode} ")
         finally:
             for gw in gateways.values():

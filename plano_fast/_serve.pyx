@@ -14,7 +14,7 @@ callbacks), as in the twin; a protocol or request of another class, to the twins
 
 from cpython.object cimport PyObject
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 
 from plano_fast import http_server as _server
 from plano_fast.errors import GatewayError
@@ -55,14 +55,6 @@ cdef object _GatewayError = GatewayError
 cdef object _ZERO = 0.0
 if _server.ServerProtocol.data_received is not _data_received_twin or ServerProtocol._start is not _start_twin:
     raise ImportError("ServerProtocol's methods are not the twins: the pure ones are used")
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
 
 
 cdef object _start(object proto, object request):

@@ -1,6 +1,7 @@
 # cython: language_level=3
-"""Reading and writing a ``__slots__`` dataclass's fields in place, for the compiled modules
-that handle usage records per event (``billing/_drain.pyx``, ``store/_params.pyx``).
+"""Reading and writing a ``__slots__`` class's fields in place, for the compiled modules
+that handle usage records per event (``billing/_drain.pyx``, ``store/_params.pyx``) and
+the compiled request passes (``_serve.pyx``, ``gateway/_*.pyx``).
 
 Each slot of a class with ``__slots__`` is an object pointer at a fixed offset of the
 instance, which its member descriptor names (``PyMemberDef.offset``, type ``T_OBJECT_EX``).
@@ -43,6 +44,16 @@ cdef inline Py_ssize_t slot_offset(object cls, str name) except -1:
 
 cdef inline PyObject *get_slot(object obj, Py_ssize_t offset) noexcept:
     return (<PyObject**>((<char*><PyObject*>obj) + offset))[0]
+
+
+cdef inline object slot_or_attr(object obj, Py_ssize_t offset, str name):
+    """The slot at ``offset`` of ``obj``; an unset one is read as the attribute ``name``,
+    which raises its AttributeError as the attribute read would.  (The request passes
+    cimport it as ``_get``.)"""
+    cdef PyObject *value = get_slot(obj, offset)
+    if value == NULL:
+        return getattr(obj, name)
+    return <object>value
 
 
 cdef inline void put_slot(object obj, Py_ssize_t offset, object value) noexcept:

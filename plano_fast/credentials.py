@@ -42,7 +42,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from plano_fast.errors import ClientError, Unauthorized
-from plano_fast.wire import PURE_ENV, forward_request_headers
+from plano_fast.wire import PURE_ENV, SUBSCRIPTION_KEYS, forward_request_headers
 
 _PRINTABLE: Final = bytes(range(0x21, 0x7F))
 _QUERY_SPLIT: Final = re.compile(rb"[&;]")
@@ -98,9 +98,10 @@ new_client_headers: Callable[[bytes, bytes, bool, bytes | None, Credential | Non
 new_credential: Callable[[bytes, bytes], Credential] = Credential
 
 
-#: Azure's subscription-key header as the request parsers write it in ``ClientHeaders.block``
-#: (names lowercased; the underscore spelling is read as it by CGI/WSGI-style servers)
-_SUBSCRIPTION_KEY_NAMES: Final = (b"ocp-apim-subscription-key:", b"ocp_apim_subscription_key:")
+#: Azure's subscription-key header (``wire.SUBSCRIPTION_KEYS``) as the request parsers
+#: write it in ``ClientHeaders.block`` (names lowercased; the underscore spelling is read as
+#: it by CGI/WSGI-style servers)
+_SUBSCRIPTION_KEY_NAMES: Final = tuple(sorted(name + b":" for name in SUBSCRIPTION_KEYS))
 
 
 def refuse_subscription_key(client: ClientHeaders) -> None:
@@ -200,17 +201,7 @@ def split_query_key(query: bytes) -> tuple[int, bytes | None, bytes]:
         pieces = part.split(b";")  # (``_QUERY_SPLIT``'s split: ``part`` holds no "&")
         for piece in pieces:
             name, _, value = piece.partition(b"=")
-            normal: bytes | None
-            if name.find(b"%") < 0 and name.find(b"+") < 0:
-                # a plain name (the usual alt, key): its own decoding, and compared as
-                # ``_normal_name`` compares it with no escape to undo (two calls fewer)
-                decoded = name
-                normal = name.lower()
-                if not normal.isalnum():
-                    normal = _NAME_NOISE.sub(b"", normal)
-            else:
-                decoded = unquote_to_bytes(name.replace(b"+", b" "))
-                normal = _normal_name(decoded)
+            decoded, normal = _decoded_and_normal(name)
             if normal in ANSWER_SHAPING and (normal != b"alt" or _alt_unreadable(value)):
                 raise ClientError(
                     f"the query parameter {decoded.decode('latin-1')!r} would change the form "
@@ -277,7 +268,7 @@ def refuse_unary_sse(query: bytes) -> None:
     for part in query.split(b"&"):
         for piece in part.split(b";"):  # (``_QUERY_SPLIT``'s split: ``part`` holds no "&")
             name, _, value = piece.partition(b"=")
-            if _normal_name(_decoded_name(name)) == b"alt" and (
+            if _decoded_and_normal(name)[1] == b"alt" and (
                 unquote_to_bytes(value.replace(b"+", b" ")) == b"sse"
             ):
                 raise ClientError(
@@ -292,13 +283,16 @@ def _alt_unreadable(value: bytes) -> bool:
     return unquote_to_bytes(value.replace(b"+", b" ")) not in _READABLE_ALT
 
 
-def _decoded_name(name: bytes) -> bytes:
-    """``unquote_to_bytes(name.replace(b"+", b" "))``: a name without ``%`` or ``+`` (the
-    usual ``alt``, ``key``) is its own decoding, found with two C calls instead of a call
-    into urllib (~1.5k instructions a parameter)."""
+def _decoded_and_normal(name: bytes) -> tuple[bytes, bytes | None]:
+    """A query parameter's name decoded once (``unquote_to_bytes(name.replace(b"+", b" "))``)
+    and as compared (``_normal_name`` of that).  A name without ``%`` or ``+`` (the usual
+    ``alt``, ``key``) is its own decoding, with no escape to undo: two C calls instead of a
+    call into urllib (~1.5k instructions a parameter) and ``_normal_name``'s loop."""
     if name.find(b"%") < 0 and name.find(b"+") < 0:
-        return name
-    return unquote_to_bytes(name.replace(b"+", b" "))
+        normal = name.lower()
+        return name, normal if normal.isalnum() else _NAME_NOISE.sub(b"", normal)
+    decoded = unquote_to_bytes(name.replace(b"+", b" "))
+    return decoded, _normal_name(decoded)
 
 
 def _normal_name(decoded: bytes) -> bytes | None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.ab_refs import (
+    PreparedRef,
     callgrind_total,
+    check_loaded,
     compare,
     iqr,
     parse_args,
@@ -206,3 +208,19 @@ def test_callgrind_windows_are_whole_periods() -> None:
 
     assert whole_periods(21.0, 10.0) == 30.0 and whole_periods(20.0, 10.0) == 20.0
     assert whole_periods(0.5, 10.0) == 10.0 and whole_periods(4.2 + 21.0, 10.0) == 30.0
+
+
+def test_a_gateway_running_another_worktrees_extensions_is_refused(tmp_path: Path) -> None:
+    """``check_loaded`` on a real process (this one: it maps the compiled extensions of the
+    checkout it runs from): taken as that checkout's run, refused as another worktree's --
+    the shared-cache race of an earlier session, where one ref's gateway loaded the other's."""
+    from plano_fast.wire import _head
+
+    here = Path(_head.__file__).resolve().parents[2]  # the checkout this test imports from
+    mine = PreparedRef("HEAD", "0" * 40, here, here, [])
+    assert "plano_fast/wire/" + Path(_head.__file__).name in check_loaded(os.getpid(), mine)
+    other = tmp_path / "other-worktree"
+    (other / "plano_fast").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="refused") as refused:
+        check_loaded(os.getpid(), PreparedRef("main", "1" * 40, other, tmp_path / "run", []))
+    assert str(Path(_head.__file__).resolve()) in str(refused.value)

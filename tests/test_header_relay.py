@@ -281,11 +281,22 @@ LINE_MODULES = [_head_py] + ([_compiled_head] if _compiled_head is not None else
 
 
 @pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)
-@pytest.mark.parametrize("n", [0, 1, 9, 10, 15, 16, 255, 915, 10**6, 2**31, 2**62 - 1, 2**63 - 1])
+@pytest.mark.parametrize("n", [0, 1, 9, 10, 15, 16, 99, 100, 101, 255, 256, 915, 999, 1000, 4095, 4096, 10**6, 2**31,
+                               10**18 - 1, 10**18, 2**62 - 1, 2**63 - 1])
 def test_length_lines_are_the_percent_formats(mod: object, n: int) -> None:
     assert mod.content_length_line(n, False) == b"content-length: %d\r\n" % n  # type: ignore[attr-defined]
     assert mod.content_length_line(n, True) == b"content-length: %d\r\n\r\n" % n  # type: ignore[attr-defined]
     assert mod.chunk_size_line(n) == b"%x\r\n" % n  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.one_of(st.integers(0, 2**63 - 1), st.integers(0, 10**4), st.sampled_from([10**k + d for k in range(19)
+                                                                                     for d in (-1, 0, 1)])))
+def test_the_compiled_digit_writers_are_the_percent_formats(n: int) -> None:
+    """``_digits.put_decimal`` / ``put_hex`` (shared by _head, _answer and billing/_drain)."""
+    for mod in LINE_MODULES:
+        assert mod.content_length_line(n, False) == b"content-length: %d\r\n" % n  # type: ignore[attr-defined]
+        assert mod.chunk_size_line(n) == b"%x\r\n" % n  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("mod", LINE_MODULES, ids=IDS)

@@ -75,7 +75,7 @@ def test_an_unset_slot_or_another_class_takes_the_twins_path() -> None:
             module.chunk_params([row])
 
 
-# -- sparse_params: the columns a chunk's INSERT leaves out, and the kept parameters ----
+# -- omitted_columns: the columns a chunk's INSERT leaves out (insert_params' first step) ----
 
 from plano_fast.store.sql import add_day_sums as _add_day_sums_spec  # noqa: E402
 from plano_fast.store.sqlite import _OMITTABLE, _OMITTABLE_ZERO_GROUPS  # noqa: E402
@@ -84,45 +84,56 @@ from plano_fast.store.sqlite import _OMITTABLE, _OMITTABLE_ZERO_GROUPS  # noqa: 
 PARAM = st.one_of(st.none(), st.just(0), st.integers(-3, 3), st.just(0.0), st.just(False), st.text(max_size=3))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), n=st.integers(1, 6), width=st.integers(1, 9))
-def test_sparse_params_match_the_twin(data: st.DataObject, n: int, width: int) -> None:
-    params = data.draw(st.lists(PARAM, min_size=n * width, max_size=n * width))
-    omittable = tuple(data.draw(st.sets(st.integers(0, width - 1))))
-    omittable = tuple(sorted(omittable))
-    zero_groups = tuple(tuple(g) for g in data.draw(st.lists(st.lists(st.integers(0, width - 1), min_size=1,
-                                                                        max_size=3, unique=True), max_size=3)))
-    omitted, kept = _params_py.sparse_params(n, params, omittable, zero_groups)
-    # the specification, spelled out: a column is left out when None (0) in every row
+def _omitted_spec(
+    n: int, params: list[object], omittable: tuple[int, ...], zero_groups: tuple[tuple[int, ...], ...]
+) -> tuple[int, ...]:
+    # the specification, spelled out apart from the twin: a column is left out when None
+    # in every row, a group when == 0 in every row
+    width = len(params) // n
     expected = tuple(i for i in omittable if all(params[r * width + i] is None for r in range(n)))
     for group in zero_groups:
         if all(params[r * width + i] == 0 for i in group for r in range(n)):
             expected += group
-    assert omitted == expected
+    return expected
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), n=st.integers(1, 6), width=st.integers(1, 9))
+def test_omitted_columns_match_the_twin(data: st.DataObject, n: int, width: int) -> None:
+    """Nothing shared (no share groups): ``insert_params`` is the left-out columns and the
+    kept parameters, the same in both builds (``params`` itself when none is left out)."""
+    params = data.draw(st.lists(PARAM, min_size=n * width, max_size=n * width))
+    omittable = tuple(sorted(data.draw(st.sets(st.integers(0, width - 1)))))
+    zero_groups = tuple(tuple(g) for g in data.draw(st.lists(st.lists(st.integers(0, width - 1), min_size=1,
+                                                                        max_size=3, unique=True), max_size=3)))
+    omitted = _params_py.omitted_columns(n, params, omittable, zero_groups)
+    assert omitted == _omitted_spec(n, params, omittable, zero_groups)
     left = [i for i in range(width) if i not in omitted]
-    assert kept == [params[r * width + i] for r in range(n) for i in left]
+    kept = [params[r * width + i] for r in range(n) for i in left]
     for module in MODULES:
-        got = module.sparse_params(n, params, omittable, zero_groups)
-        assert got == (omitted, kept) and [type(v) for v in got[1]] == [type(v) for v in kept]
+        got = module.insert_params(n, params, omittable, zero_groups, ())
+        assert got == (omitted, (), kept) and [type(v) for v in got[2]] == [type(v) for v in kept]
+        if not omitted:
+            assert got[2] is params
 
 
-def test_sparse_params_of_real_chunks() -> None:
+def test_omitted_columns_of_real_chunks() -> None:
     """On the usage columns: one row, a full chunk, every optional column set (params
     unchanged, the same list)."""
     row = UsageRow("r", 1, "p", None, None, None, "openai", "m", 1, 2, 0, 0, 0, True, "ok", 200, True, 5)
     for rows in ([row], [row] * 32):
         params = _params_py.chunk_params(rows)
-        expected = _params_py.sparse_params(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
-        assert expected[0]  # user, key, token ... None: left out
+        expected = _params_py.omitted_columns(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
+        assert expected  # user, key, token ... None: left out
         for module in MODULES:
-            assert module.sparse_params(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS) == expected
+            assert module.insert_params(len(rows), params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, ())[0] == expected
     full = dataclasses.replace(row, user_id="u", key_hash="k", token_id="t", usage_api="a", usage_raw="{}",
                                price_entry="e", reservation_overrun_nano_usd=1, requested_model="r", attempts=1,
                                attempt_trail="200", cache_write_tokens=1, tool_use_prompt_tokens=1)  # fmt: skip
     params = _params_py.chunk_params([full])
     for module in MODULES:
-        omitted, kept = module.sparse_params(1, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS)
-        assert omitted == () and kept is params
+        omitted, shared, bound = module.insert_params(1, params, _OMITTABLE, _OMITTABLE_ZERO_GROUPS, ())
+        assert omitted == () and shared == () and bound is params
 
 
 # -- insert_params: left-out columns, columns bound once per chunk, the parameters ----------
@@ -165,7 +176,7 @@ def test_insert_params_match_the_twin(data: st.DataObject, n: int, width: int) -
     share_groups = tuple(tuple(g) for g in data.draw(st.lists(columns, max_size=3)))
     omitted, shared, bound = _params_py.insert_params(n, params, omittable, zero_groups, share_groups)
     # the specification, spelled out
-    assert omitted == _params_py.sparse_params(n, params, omittable, zero_groups)[0]
+    assert omitted == _omitted_spec(n, params, omittable, zero_groups)
     expected: set[int] = set()
     for group in share_groups:
         kept = [i for i in group if i not in omitted]

@@ -41,6 +41,7 @@ from libc.math cimport nearbyint
 import collections
 import itertools
 
+from plano_fast.wire._digits cimport put_decimal
 from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset, untrack_if_scalars
 
 from plano_fast.billing._drain_py import BOUND_PRICE_ENTRY, EVENT_FIELDS, FREE, FREE_STATUSES
@@ -711,32 +712,9 @@ cdef inline void _raw(Out *o, const char *s, Py_ssize_t k) noexcept:
     o.n += k
 
 
-# "00" .. "99": two digits per division
-cdef char _DIGITS2[200]
-for _i in range(100):
-    _DIGITS2[2 * _i] = <char>(48 + _i // 10)
-    _DIGITS2[2 * _i + 1] = <char>(48 + _i % 10)
-
-
 cdef inline void _digits(Out *o, unsigned long long u) noexcept:
     """``u`` in decimal (room for 20 bytes made by the caller)."""
-    cdef char tmp[24]
-    cdef int i = 24
-    cdef unsigned long long r
-    while u >= 100:
-        r = u % 100
-        u //= 100
-        i -= 2
-        tmp[i] = _DIGITS2[2 * r]
-        tmp[i + 1] = _DIGITS2[2 * r + 1]
-    if u >= 10:
-        i -= 2
-        tmp[i] = _DIGITS2[2 * u]
-        tmp[i + 1] = _DIGITS2[2 * u + 1]
-    else:
-        i -= 1
-        tmp[i] = <char>(48 + u)
-    _raw(o, tmp + i, 24 - i)
+    o.n += put_decimal(o.p + o.n, u)
 
 
 # Bytes a JSON string cannot hold as they are, and what orjson writes for them: the

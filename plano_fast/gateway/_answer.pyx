@@ -44,7 +44,9 @@ import sys
 from libc.stdint cimport int64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._clock cimport now_ns as _now_ns
+from plano_fast.wire._digits cimport put_decimal as _digits
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.wire._head cimport HeadScan, free_scan, scan_response_any, scan_result
 
 from plano_fast import upstream as _upstream
@@ -227,21 +229,6 @@ def plan_of(cls):
     if cls.observe is not _observe:
         plan |= P_CALL_OBSERVE
     return plan
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
-
-
-cdef inline int64_t _now_ns():
-    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
-    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
 
 
 cdef inline bytes _date_line():
@@ -437,21 +424,6 @@ def data_received(conn, data):
 cdef bytes _REQUEST_ID_START = b"x-plano-request-id: "
 cdef bytes _CONNECTION_CLOSE = b"connection: close\r\n"
 cdef bytes _CONNECTION_KEEP_ALIVE = b"connection: keep-alive\r\n"
-
-
-cdef inline Py_ssize_t _digits(char *out, unsigned long long n) noexcept nogil:
-    """``n`` in decimal at ``out``; returns the digits written (``_head.put_digits``)."""
-    cdef char tmp[24]
-    cdef Py_ssize_t k = 0, i
-    while True:
-        tmp[k] = 48 + <char>(n % 10)
-        k += 1
-        n //= 10
-        if n == 0:
-            break
-    for i in range(k):
-        out[i] = tmp[k - 1 - i]
-    return k
 
 
 ctypedef struct HeadParts:

@@ -24,7 +24,7 @@ from cpython.object cimport PyObject
 cdef extern from "Python.h":
     PyObject **_PyObject_GetDictPtr(object obj)
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 
 from plano_fast.errors import GatewayError
 from plano_fast.gateway import dispatch as _dispatch
@@ -69,14 +69,6 @@ cdef object _GatewayError = GatewayError
 cdef object _AIM = RoutedExchange.aim
 if ConfigExchange.aim is not _AIM:
     raise ImportError("ConfigExchange.aim is not RoutedExchange.aim: the twin is used")
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
 
 
 cdef object _attr(object obj, str name, bint plain):

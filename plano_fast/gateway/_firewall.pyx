@@ -26,7 +26,7 @@ that is not JSON, an Azure subscription key beside the key) are raised as the tw
 from cpython.object cimport PyObject
 
 from plano_fast._new_credentials cimport key_hash_c, read_client_headers_c
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 from plano_fast import wire as _wire
@@ -112,12 +112,6 @@ if _firewall.start_py is not FirewallExchange.start:
     raise ImportError("FirewallExchange.start is not the twin: the pure one is used")
 
 
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
 
 
 def start(exchange):

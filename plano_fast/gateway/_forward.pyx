@@ -19,13 +19,13 @@ binds it), ``_trace_attempt`` (a sampled request).
 
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from plano_fast._slots cimport get_slot, put_slot, slot_offset
+from plano_fast._clock cimport now_ns as _now_ns
+from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 
 from plano_fast import wire as _wire
 from plano_fast.gateway import relay as _relay
-from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES
+from plano_fast.gateway.upstream_request import MAX_CLIENT_REQUEST_ID_BYTES, VISIBLE_ASCII
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.http_server import HeadResponder, Responder
 from plano_fast.upstream import UpstreamConnection, UpstreamPool
@@ -72,7 +72,7 @@ cdef object _twin = _relay.forward_now_py
 cdef dict _PLANS = {}
 cdef object _header_line = _wire.header_line
 cdef Py_ssize_t _MAX_REQUEST_ID = MAX_CLIENT_REQUEST_ID_BYTES
-cdef bytes _VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+cdef bytes _VISIBLE_ASCII = VISIBLE_ASCII
 
 
 cdef bytes request_id_line_c(object client_request_id, object request_id):
@@ -82,21 +82,6 @@ cdef bytes request_id_line_c(object client_request_id, object request_id):
             and not client_request_id.translate(None, _VISIBLE_ASCII)):
         return b"x-request-id: " + client_request_id + b"\r\n"
     return _header_line(b"x-request-id: ", request_id)
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
-
-
-cdef inline int64_t _now_ns():
-    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
-    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
 
 
 cdef Py_ssize_t L_LOOP = slot_offset(UpstreamPool, "loop")
@@ -207,3 +192,8 @@ cdef object forward_now_c(object exchange):
 def forward_now(exchange):
     """``Exchange.forward_now`` (installed as it; ``relay.forward_now_py`` is the twin)."""
     return forward_now_c(exchange)
+
+
+def request_id_line(client_request_id, request_id):
+    """``request_id_line_c``, for tests/test_header_tables.py (``finish_head``'s rule)."""
+    return request_id_line_c(client_request_id, request_id)

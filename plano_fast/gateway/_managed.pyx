@@ -39,9 +39,9 @@ test that wants the compiled start sends one before (tests/test_plain_managed.py
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset
+from plano_fast._clock cimport now_ns as _now_ns
+from plano_fast._slots cimport get_slot, new_instance, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
 
 import collections
@@ -183,21 +183,6 @@ cdef bytes _TOKEN_PREFIX = _managed._TOKEN_PREFIX_BYTES
 if (_managed.start_py is not ManagedExchange.start or _managed.aim_py is not ManagedExchange.aim
         or _managed.complete_py is not ManagedExchange._complete or _managed.billed_py is not ManagedExchange._billed):
     raise ImportError("a ManagedExchange method is not its twin: the pure ones are used")
-
-
-cdef inline object _get(object obj, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(obj, offset)
-    if value == NULL:
-        return getattr(obj, name)
-    return <object>value
-
-
-cdef inline int64_t _now_ns():
-    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
-    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
 
 
 cdef inline bint _has(bytes body, bytes needle):

@@ -24,9 +24,9 @@ from cpython.long cimport PyLong_FromLongLong
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from plano_fast._slots cimport get_slot, slot_offset
+from plano_fast._clock cimport now_ns as _now_ns
+from plano_fast._slots cimport get_slot, slot_offset, slot_or_attr as _slot
 from plano_fast._usage_event cimport new_event
 
 from plano_fast import wire as _wire
@@ -96,21 +96,6 @@ cdef dict _API_NAMES = USAGE_API_NAMES
 cdef frozenset _FAILED = relay._FAILED_OUTCOMES
 cdef object _twin = relay.make_event_py
 cdef object _observe_twin = relay.observe_py
-
-
-cdef inline int64_t _now_ns():
-    """``time.time_ns()`` (its clock, CLOCK_REALTIME)."""
-    cdef timespec now
-    clock_gettime(CLOCK_REALTIME, &now)
-    return <int64_t>now.tv_sec * 1000000000 + now.tv_nsec
-
-
-cdef inline object _slot(object exchange, Py_ssize_t offset, str name):
-    """The slot at ``offset``; an unset one raises as the attribute read would."""
-    cdef PyObject *value = get_slot(exchange, offset)
-    if value == NULL:
-        return getattr(exchange, name)
-    return <object>value
 
 
 def make_event(self, outcome, http_status):

@@ -84,11 +84,9 @@ def identify_caller(exchange: Exchange) -> str | None:
     429 ``spending_limit_exceeded`` when a soft limit on that key is reached (the budget
     checker's blocked set: README "The three modes").  A caller without a key has no
     per-key limit.  One set test when some scope is blocked, nothing otherwise."""
-    client = exchange.client
-    if client is None:  # (client_headers, inline: once per config-mode request)
-        request = exchange.request
-        client = exchange.client = read_client_headers(request.headers, request.query, request.forward)
-    credential = client.credential
+    # (a plain request takes the compiled start, gateway/_config.pyx, which reads the
+    # headers in place: only the others reach here, one call more for them)
+    credential = client_headers(exchange).credential
     digest = key_hash(credential.secret) if credential is not None else None
     budget = exchange.ctx.budget
     if digest is not None and budget is not None:

@@ -72,6 +72,14 @@ def target_of(route: Route, endpoint: Endpoint) -> tuple[bool, bytes | None, tup
     return target
 
 
+def plans_retries(route: Route, default_retry_policy: RetryPolicy | None) -> bool:
+    """Whether a request routed to ``route`` has a retry plan (``RoutedExchange._first_target``
+    makes one): its provider has a retry policy, the listener a default one, or the route
+    is an alias with a target list.  The one rule: config mode asks it before calling
+    ``_first_target`` (no call for the usual route)."""
+    return bool(route.fallbacks) or route.provider.retry_policy is not None or default_retry_policy is not None
+
+
 class RoutedExchange(RetryingExchange):
     """A request routed by the config's model table (config mode, Gemini-format clients):
     the upstream request for a route (``_prepare``; converted when the client's format is
@@ -104,6 +112,8 @@ class RoutedExchange(RetryingExchange):
         routing's other ranked models), when its provider has a retry policy, the
         listener a ``max_retries`` or the route an alias's target list; the target to
         try first (``route`` itself unless its circuit is open)."""
+        if not plans_retries(route, self.ctx.default_retry_policy):
+            return route
         provider = route.provider
         policy = provider.retry_policy or self.ctx.default_retry_policy
         if route.fallbacks:  # an alias with a target list: its models, in order, first

@@ -19,7 +19,10 @@ from plano_fast.wire import content_length_line, header_line
 #: The longest client x-request-id kept (a UUID is 36, a W3C trace id 32; Envoy's own
 #: request ids are UUIDs): anything longer is replaced by the gateway's id.
 MAX_CLIENT_REQUEST_ID_BYTES: Final = 128
-_VISIBLE_ASCII: Final = bytes(range(0x21, 0x7F))
+#: The bytes a kept client x-request-id may hold (visible ASCII).  Compiled with
+#: ``finish_head``'s rule: ``_forward.request_id_line_c`` (tests/test_header_tables.py
+#: checks the two on every kind of id).
+VISIBLE_ASCII: Final = bytes(range(0x21, 0x7F))
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -115,7 +118,7 @@ def finish_head(
     if (
         client_request_id
         and len(client_request_id) <= MAX_CLIENT_REQUEST_ID_BYTES
-        and not client_request_id.translate(None, _VISIBLE_ASCII)
+        and not client_request_id.translate(None, VISIBLE_ASCII)
     ):
         head.append(b"x-request-id: " + client_request_id + b"\r\n")
     else:

@@ -6,9 +6,6 @@ from plano_fast.store.records import UsageRow
 from plano_fast.store.sql import DaySums
 
 def chunk_params(rows: Sequence[UsageRow]) -> list[object]: ...
-def sparse_params(
-    n: int, params: list[object], omittable: tuple[int, ...], zero_groups: tuple[tuple[int, ...], ...]
-) -> tuple[tuple[int, ...], list[object]]: ...
 def insert_params(
     n: int,
     params: list[object],

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The SQLite writer's parameters of a chunk of usage rows, compiled: the twin of
 ``plano_fast.store._params_py`` (whose docstring is the specification), chosen in
-``plano_fast.store.sqlite``: ``chunk_params``, ``sparse_params``, ``insert_params``,
+``plano_fast.store.sqlite``: ``chunk_params``, ``insert_params``,
 ``add_day_sums`` and ``normalize_usage``.
 
 Why: the twin reads 31 attributes a row (~5.4k instructions a row, callgrind,
@@ -17,7 +17,6 @@ from cpython.ref cimport Py_INCREF
 
 from plano_fast._slots cimport get_slot, slot_offset
 
-from plano_fast.store._params_py import sparse_params as _sparse_params_py
 from plano_fast.store._params_py import usage_params as _usage_params
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.store.times import _NS_PER_DAY as _ns_per_day
@@ -109,75 +108,6 @@ cdef inline bint _is_zero(PyObject *value) except -1:
     return value == <PyObject*>_zero or PyObject_RichCompareBool(<object>value, _zero, Py_EQ)
 
 
-def sparse_params(Py_ssize_t n, list params, tuple omittable, tuple zero_groups):
-    """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
-    ``params`` (ascending ``omittable`` ones, then whole ``zero_groups`` in order), and the
-    parameters of the columns kept, flat (``params`` itself when none is left out): the
-    twin's, each column tested in place (no slice) and the kept values copied in one pass
-    (no itemgetter of every value)."""
-    cdef Py_ssize_t size = len(params)
-    if n <= 0 or size % n:
-        return _sparse_params_py(n, params, omittable, zero_groups)
-    cdef Py_ssize_t width = size // n
-    if width > MAX_WIDTH:
-        return _sparse_params_py(n, params, omittable, zero_groups)
-    cdef Py_ssize_t r, i, k, at, nkept
-    cdef bint left_out
-    cdef char dropped[MAX_WIDTH]
-    cdef Py_ssize_t kept[MAX_WIDTH]
-    for i in range(width):
-        dropped[i] = 0
-    for column in omittable:
-        i = column
-        if i < 0 or i >= width:
-            return _sparse_params_py(n, params, omittable, zero_groups)
-    for group in zero_groups:
-        for column in group:
-            i = column
-            if i < 0 or i >= width:
-                return _sparse_params_py(n, params, omittable, zero_groups)
-    omitted = []
-    for column in omittable:
-        i = column
-        left_out = True
-        for r in range(n):
-            if not _is_null(PyList_GET_ITEM(params, r * width + i)):
-                left_out = False
-                break
-        if left_out:
-            omitted.append(column)
-            dropped[i] = 1
-    for group in zero_groups:
-        left_out = True
-        for column in group:
-            i = column
-            for r in range(n):
-                if not _is_zero(PyList_GET_ITEM(params, r * width + i)):
-                    left_out = False
-                    break
-            if not left_out:
-                break
-        if left_out:
-            omitted.extend(group)
-            for column in group:
-                i = column
-                dropped[i] = 1
-    if not omitted:
-        return (), params
-    nkept = 0
-    for i in range(width):
-        if not dropped[i]:
-            kept[nkept] = i
-            nkept += 1
-    cdef list out = PyList_New(n * nkept)
-    at = 0
-    for r in range(n):
-        for k in range(nkept):
-            _set(out, at, <object>PyList_GET_ITEM(params, r * width + kept[k]))
-            at += 1
-    return tuple(omitted), out
-
-
 from plano_fast.store._params_py import insert_params as _insert_params_py
 
 
@@ -193,7 +123,7 @@ cdef inline bint _same_binding(PyObject *a, PyObject *b) except -1:
 
 
 def insert_params(Py_ssize_t n, list params, tuple omittable, tuple zero_groups, tuple share_groups):
-    """The twin's ``insert_params`` (``sparse_params``' left-out columns, the kept columns
+    """The twin's ``insert_params`` (``omitted_columns``' left-out columns, the kept columns
     of each share group bound once when every row binds them alike, and the parameters:
     the shared values, then each row's other kept values), each column tested in place and
     the values copied in one pass."""

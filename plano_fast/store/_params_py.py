@@ -6,15 +6,12 @@ specification of the compiled ``plano_fast.store._params`` (its twin).  Chosen i
 ``chunk_params(rows)``: ``usage_params`` of each row, flat: the parameters of
 ``_multi_insert(len(rows))``, in ``USAGE_WRITE_COLUMNS`` order.
 
-``sparse_params(n, params, omittable, zero_groups)``: which columns a chunk's INSERT leaves
-out (``_insert_of``: each of ``omittable`` None in all ``n`` rows, each group of
-``zero_groups`` == 0 in all of them) and the parameters of the rest, flat.
-
-``insert_params(n, params, omittable, zero_groups, share_groups)``: ``sparse_params``'
-left-out columns, then which kept columns of ``share_groups`` bind once for the whole
-chunk (each group's kept columns bind the same value in every row of a chunk of two rows
-or more), and the parameters: the shared values once, in column order, then each row's
-other kept values.
+``insert_params(n, params, omittable, zero_groups, share_groups)``: which columns a chunk's
+INSERT leaves out (``omitted_columns``: each of ``omittable`` None in all ``n`` rows, each
+group of ``zero_groups`` == 0 in all of them), then which kept columns of ``share_groups``
+bind once for the whole chunk (each group's kept columns bind the same value in every row
+of a chunk of two rows or more), and the parameters: the shared values once, in column
+order, then each row's other kept values.
 
 ``add_day_sums(rows, sums)``: ``plano_fast.store.sql.add_day_sums`` (that function is this
 twin's; the compiled one reads the slots in place and sums a run of rows of one scope and
@@ -31,7 +28,7 @@ from collections.abc import Sequence
 from plano_fast.store.records import PRICE_STATUS_PARTIAL, PRICE_STATUS_PENDING, PRICE_STATUS_PRICED, UsageRow
 from plano_fast.store.sql import add_day_sums, normalize_usage, written_price_status
 
-__all__ = ["add_day_sums", "chunk_params", "insert_params", "normalize_usage", "same_binding", "sparse_params",
+__all__ = ["add_day_sums", "chunk_params", "insert_params", "normalize_usage", "omitted_columns", "same_binding",
            "usage_params"]
 
 
@@ -83,21 +80,19 @@ def chunk_params(rows: Sequence[UsageRow]) -> list[object]:
     return params
 
 
-def sparse_params(
+def omitted_columns(
     n: int, params: list[object], omittable: tuple[int, ...], zero_groups: tuple[tuple[int, ...], ...]
-) -> tuple[tuple[int, ...], list[object]]:
+) -> tuple[int, ...]:
     """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
-    ``params`` (ascending ``omittable`` ones, then whole ``zero_groups`` in order), and the
-    parameters of the columns kept, flat (``params`` itself when none is left out)."""
+    ``params``: ascending ``omittable`` ones None in every row, then whole ``zero_groups``
+    == 0 in every row, in order (``insert_params``' first step; the compiled
+    ``insert_params`` tests each column in place, in the same order)."""
     width = len(params) // n if n else 0
     omitted = tuple([i for i in omittable if params[i::width].count(None) == n])
     for group in zero_groups:
         if all([params[i::width].count(0) == n for i in group]):
             omitted += group
-    if not omitted:
-        return omitted, params
-    kept = [i for i in range(width) if i not in omitted]
-    return omitted, [params[r * width + i] for r in range(n) for i in kept]
+    return omitted
 
 
 def same_binding(a: object, b: object) -> bool:
@@ -114,12 +109,12 @@ def insert_params(
     share_groups: tuple[tuple[int, ...], ...],
 ) -> tuple[tuple[int, ...], tuple[int, ...], list[object]]:
     """The columns left out of the INSERT of ``n`` rows whose ``chunk_params`` are
-    ``params`` (``sparse_params``'), the kept columns bound once for all rows (ascending:
+    ``params`` (``omitted_columns``), the kept columns bound once for all rows (ascending:
     the kept columns of each of ``share_groups`` whose values bind alike in every row,
     when ``n`` >= 2), and the parameters: the shared columns' values (row 0's) in that
     order, then each row's other kept values (``params`` itself when nothing is left out
     or shared)."""
-    omitted, _ = sparse_params(n, params, omittable, zero_groups)
+    omitted = omitted_columns(n, params, omittable, zero_groups)
     width = len(params) // n if n else 0
     shared: list[int] = []
     if n > 1:

@@ -456,9 +456,6 @@ def _translate(exc: sqlite3.IntegrityError) -> StoreError:
 # rows' slots read in place, ~1/5 of the twin's instructions a row) where it is built, else
 # its twin's (plano_fast/store/_params_py.py, the specification).
 _chunk_params: Callable[[Sequence[UsageRow]], list[object]]
-_sparse_params: Callable[
-    [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...]], tuple[tuple[int, ...], list[object]]
-]
 _insert_params: Callable[
     [int, list[object], tuple[int, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]],
     tuple[tuple[int, ...], tuple[int, ...], list[object]],
@@ -466,9 +463,8 @@ _insert_params: Callable[
 _add_day_sums: Callable[[Sequence[UsageRow], DaySums], None]
 _normalize_usage: Callable[[Sequence[UsageRow], set[str] | None], list[UsageRow]]
 if os.environ.get(PURE_ENV) == "1":
-    _chunk_params, _sparse_params, _insert_params, _add_day_sums, _normalize_usage = (
-        _params_py.chunk_params, _params_py.sparse_params, _params_py.insert_params, _params_py.add_day_sums,
-        _params_py.normalize_usage,
+    _chunk_params, _insert_params, _add_day_sums, _normalize_usage = (
+        _params_py.chunk_params, _params_py.insert_params, _params_py.add_day_sums, _params_py.normalize_usage,
     )
 else:
     try:
@@ -476,11 +472,9 @@ else:
         from plano_fast.store._params import chunk_params as _chunk_params
         from plano_fast.store._params import insert_params as _insert_params
         from plano_fast.store._params import normalize_usage as _normalize_usage
-        from plano_fast.store._params import sparse_params as _sparse_params
     except ImportError:
-        _chunk_params, _sparse_params, _insert_params, _add_day_sums, _normalize_usage = (
-            _params_py.chunk_params, _params_py.sparse_params, _params_py.insert_params, _params_py.add_day_sums,
-            _params_py.normalize_usage,
+        _chunk_params, _insert_params, _add_day_sums, _normalize_usage = (
+            _params_py.chunk_params, _params_py.insert_params, _params_py.add_day_sums, _params_py.normalize_usage,
         )
 _usage_params = _params_py.usage_params
 

@@ -139,6 +139,8 @@ else:
 from plano_fast.wire._head_py import ACCOUNT_HEADERS  # noqa: E402
 #: headers whose value is a secret (never in a span; the gateway's own are masked in errors)
 from plano_fast.wire._head_py import SECRET_HEADERS  # noqa: E402
+#: Azure API Management's subscription-key header, both spellings (in both lists above)
+from plano_fast.wire._head_py import SUBSCRIPTION_KEYS  # noqa: E402
 #: the upstream head's Host and Accept-Encoding: identity lines, built once per target
 from plano_fast.wire._head_py import upstream_host_lines  # noqa: E402
 
@@ -203,6 +205,7 @@ IMPLEMENTATION: Final = (
 __all__ = [
     "ACCOUNT_HEADERS",
     "SECRET_HEADERS",
+    "SUBSCRIPTION_KEYS",
     "upstream_host_lines",
     "without_account_headers",
     "RequestIds",

@@ -40,7 +40,8 @@ cdef enum:
 
 
 cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    """What happens to a request header called p[:n] (lowercase, as parsed)."""
+    """What happens to a request header called p[:n] (lowercase, as parsed).  (Its names
+    are ``_head_py``'s request tables': tests/test_header_tables.py.)"""
     if n >= 9 and starts(p, n, b"x-xproxy-", 9):
         return R_DROP
     if n == 2:
@@ -94,6 +95,9 @@ cdef inline int request_kind(const unsigned char *p, Py_ssize_t n) noexcept nogi
 
 
 # -- the provider-account headers (twin: ACCOUNT_HEADERS, without_account_headers in _head_py.py)
+# Hand-unrolled in each compare (here, and ``_head.tchar_account_name``), inlined where
+# used: tests/test_header_tables.py checks each against ``_head_py.ACCOUNT_HEADERS``, name
+# for name, every case and near miss.
 
 cdef inline bint account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """p[:n] (lowercase, as parsed) names a header that selects or reveals the provider

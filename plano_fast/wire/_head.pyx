@@ -12,8 +12,9 @@ from libc.string cimport memchr, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
+from plano_fast.wire._digits cimport put_decimal, put_hex
 from plano_fast.wire._bytes cimport (
-    R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_name, lower, name_is, request_kind, starts,
+    R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_line, account_name, lower, name_is, request_kind, starts,
     without_account_lines,
 )
 from plano_fast.wire._shared import connection_tokens
@@ -57,6 +58,10 @@ cdef enum:
     TRANSFER_ENCODING = 3
 
 
+# The response headers' table, hand-unrolled twice (``classify``, ``classify_tchar``: one
+# compare each, inlined -- a table taking the compare as an argument was not, +2k
+# instructions a request): tests/test_header_tables.py checks each against
+# ``_head_py.DROPPED``, name for name, every case and near miss.
 cdef int classify(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """What happens to a header called p[:n] (any case)."""
     if n == 2:
@@ -161,7 +166,8 @@ cdef int classify_tchar(const unsigned char *p, Py_ssize_t n) noexcept nogil:
 
 cdef inline bint tchar_account_name(const unsigned char *p, Py_ssize_t n) noexcept nogil:
     """``_bytes.account_line`` of a line whose name, p[:n], is of tchars (the line's first
-    colon is right after it): the same names, compared with ``tchar_name_is``."""
+    colon is right after it): the same names, compared with ``tchar_name_is`` (checked
+    against ``_head_py.ACCOUNT_HEADERS`` by tests/test_header_tables.py)."""
     if n == 11:
         return tchar_name_is(p, b"x-ms-region", 11)
     if n == 14:
@@ -174,6 +180,18 @@ cdef inline bint tchar_account_name(const unsigned char *p, Py_ssize_t n) noexce
                 or tchar_name_is(p, b"ocp-apim-subscription-key", 25)
                 or tchar_name_is(p, b"ocp_apim_subscription_key", 25))
     return False
+
+
+def header_verdicts(bytes name not None):
+    """For tests/test_header_tables.py: what each compiled header table says of a header
+    called ``name`` -- ``classify``, ``classify_tchar`` (meaningful for a name of tchars
+    only), ``account_name`` (of the name as parsed), ``tchar_account_name``, and
+    ``account_line`` of the line ``name: v``."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = len(name)
+    line = name + b": v"
+    return (classify(p, n), classify_tchar(p, n), account_name(p, n), tchar_account_name(p, n),
+            account_line(<const unsigned char *>PyBytes_AS_STRING(line), len(line)))
 
 
 cdef inline Py_ssize_t find_lf(const unsigned char *s, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -553,21 +571,6 @@ def without_account_headers(bytes block not None):
 # general %-formatter), ``name + value.encode() + b"\r\n"`` ~1.1k (an encode, two
 # concatenations, three allocations); a request writes four such lines.
 
-cdef inline Py_ssize_t put_digits(char *out, unsigned long long n, int base) noexcept nogil:
-    """``n`` in ``base`` (10 or 16, lowercase) at ``out``; returns the digits written."""
-    cdef char tmp[24]
-    cdef Py_ssize_t k = 0, i
-    while True:
-        tmp[k] = b"0123456789abcdef"[n % base]
-        k += 1
-        n //= base
-        if n == 0:
-            break
-    for i in range(k):
-        out[i] = tmp[k - 1 - i]
-    return k
-
-
 def content_length_line(Py_ssize_t n, bint blank_line):
     """``b"content-length: %d\\r\\n" % n``, and the head's closing CRLF after it when
     ``blank_line`` (``n`` >= 0)."""
@@ -575,7 +578,7 @@ def content_length_line(Py_ssize_t n, bint blank_line):
     if n < 0:
         raise ValueError("negative content length")
     memcpy(buf, b"content-length: ", 16)
-    cdef Py_ssize_t w = 16 + put_digits(buf + 16, <unsigned long long>n, 10)
+    cdef Py_ssize_t w = 16 + put_decimal(buf + 16, <unsigned long long>n)
     buf[w] = 13
     buf[w + 1] = 10
     w += 2
@@ -591,7 +594,7 @@ def chunk_size_line(Py_ssize_t n):
     cdef char buf[24]
     if n < 0:
         raise ValueError("negative chunk size")
-    cdef Py_ssize_t w = put_digits(buf, <unsigned long long>n, 16)
+    cdef Py_ssize_t w = put_hex(buf, <unsigned long long>n)
     buf[w] = 13
     buf[w + 1] = 10
     return PyBytes_FromStringAndSize(buf, w + 2)
@@ -636,5 +639,5 @@ cdef class RequestIds:
         self.counter += 1
         memcpy(buf, p, a)
         buf[a] = 45  # "-"
-        cdef Py_ssize_t w = a + 1 + put_digits(buf + a + 1, self.counter, 16)
+        cdef Py_ssize_t w = a + 1 + put_hex(buf + a + 1, self.counter)
         return PyUnicode_DecodeASCII(buf, w, NULL)

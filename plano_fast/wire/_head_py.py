@@ -81,6 +81,8 @@ GATEWAY_RESPONSE_HEADERS = frozenset({
     b"x-plano-request-id", b"x-plano-requested-model", b"x-plano-guardrail-warning",
     b"x-model-router-selected-route",
 })
+#: (Compiled: ``_head.classify`` and ``classify_tchar``; tests/test_header_tables.py checks
+#: them name for name.)
 DROPPED = HOP_BY_HOP | {b"content-length", b"date", b"server"} | GATEWAY_RESPONSE_HEADERS
 #: Request headers recomputed or meaningless for the upstream hop.  accept-encoding is
 #: dropped so the provider answers in identity encoding: usage cannot be read from gzip.
@@ -133,13 +135,15 @@ CREDENTIALS = frozenset(
         b"api_key",
     }
 )
+#: Azure API Management's subscription key, both spellings: a credential (SECRET_HEADERS)
+#: that also selects the account (ACCOUNT_HEADERS), refused where the client's own key goes
+#: upstream (plano_fast.credentials.refuse_subscription_key).
+SUBSCRIPTION_KEYS = frozenset({b"ocp-apim-subscription-key", b"ocp_apim_subscription_key"})
 #: Headers whose value is a secret: the request credentials above, Azure API Management's
 #: subscription key (a credential: ACCOUNT_HEADERS), cookies and proxy credentials.  Never
 #: copied into a trace span (plano_fast.tracing); the gateway's own values of them are its
 #: keys, masked in an error body that echoes them (plano_fast.gateway.operator_key).
-SECRET_HEADERS = CREDENTIALS | {
-    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"cookie", b"proxy-authorization",
-}
+SECRET_HEADERS = CREDENTIALS | SUBSCRIPTION_KEYS | {b"cookie", b"proxy-authorization"}
 #: The client's request id: never forwarded as sent (see forward_request_headers); the
 #: underscore spelling too, as for CREDENTIALS.
 REQUEST_IDS = frozenset({b"x-request-id", b"x_request_id"})
@@ -263,12 +267,13 @@ def forward_request_headers(
 #: beside ``api-key``) and ``x-ms-region`` (response: where the operator's resource is).
 #: Where the key is the operator's (config mode with an ``access_key``, managed mode) they
 #: are cut both ways; a client's own key (firewall, passthrough_auth) keeps them.  The
-#: underscore spellings of the request headers count too, as for CREDENTIALS.
-ACCOUNT_HEADERS = frozenset({
+#: underscore spellings of the request headers count too, as for CREDENTIALS.  (Compiled:
+#: ``_bytes.account_name``, ``account_line``, ``_head.tchar_account_name``;
+#: tests/test_header_tables.py checks them name for name.)
+ACCOUNT_HEADERS = SUBSCRIPTION_KEYS | {
     b"openai-organization", b"openai_organization", b"openai-project", b"openai_project",
-    b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id",
-    b"ocp-apim-subscription-key", b"ocp_apim_subscription_key", b"x-ms-region",
-})
+    b"x-goog-user-project", b"x_goog_user_project", b"anthropic-organization-id", b"x-ms-region",
+}
 
 
 def without_account_headers(block: bytes) -> bytes:

@@ -20,7 +20,7 @@ from plano_fast.convert import ConversionError, count_tokens_estimate
 from plano_fast.errors import BadRequestBody, UnknownModelError
 from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, GUARD_FORMATS, MESSAGES, RESPONSES, converts
 from plano_fast.gateway.phases import admitted_forward, guard, identify_caller, rate_limit, refuse_background
-from plano_fast.gateway.routed import RoutedExchange
+from plano_fast.gateway.routed import RoutedExchange, plans_retries
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
 from plano_fast.routing import Route, UnknownModel
@@ -109,8 +109,7 @@ class ConfigExchange(RoutedExchange):
         shared_check = ctx.ratelimits is not None and rate_limit(
             self, (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
-        if route.fallbacks or provider.retry_policy is not None or ctx.default_retry_policy is not None:
-            # (else no plan: the route itself, without the call)
+        if plans_retries(route, ctx.default_retry_policy):  # (else the route itself, no call)
             route = self._first_target(route, fallbacks)
         plan = self.plan
         if (plan is not None and plan.policy.hedge_after_ms is not None and not self.fields.stream
