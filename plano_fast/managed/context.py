@@ -63,6 +63,9 @@ class GroupWriter:
         #: next may be written beside it where the store gains from it (PostgreSQL: each
         #: on its own counter rows, ``Store.write_batches_in_flight``)
         self._drains = 0
+        #: the running ``_drain`` tasks themselves (the loop keeps only weak references to
+        #: a task: one nobody holds could be collected mid-batch)
+        self._drain_tasks: set[asyncio.Task[None]] = set()
         self.in_flight = max(1, store.write_batches_in_flight)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
@@ -104,7 +107,9 @@ class GroupWriter:
         drains = self._drains
         if not drains or (drains < self.in_flight and len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
             self._drains = drains + 1
-            loop.create_task(self._drain())
+            task = loop.create_task(self._drain())
+            self._drain_tasks.add(task)
+            task.add_done_callback(self._drain_tasks.discard)
         return future
 
     async def _drain(self) -> None:
