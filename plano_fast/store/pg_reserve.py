@@ -36,18 +36,23 @@ from typing import Final
 PARTIAL: Final = "plano_reservation_partial"
 NONE_REFUSED: Final = 2**31 - 1
 
-RESERVE_MANY: Final = f"""
-WITH t AS (
-    SELECT * FROM unnest($1::reserve_input[])
-),
-lk AS MATERIALIZED (
+#: every shard row of the counters in ``t`` locked (key, then shard: one lock order for all
+#: reservation statements) with its spent + reserved; shared by ``RESERVE_MANY`` and
+#: ``postgres._RESERVE``, which sum it per counter
+LOCK_COUNTERS: Final = """lk AS MATERIALIZED (
     SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s, sc.shard,
            sc.spent_nano_usd + sc.reserved_nano_usd AS used
       FROM spending_counters sc
      WHERE (sc.scope_kind, sc.scope_id, sc.period, sc.period_start) IN (SELECT k, i, p, s FROM t)
      ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start, sc.shard
        FOR UPDATE OF sc
+),"""
+
+RESERVE_MANY: Final = f"""
+WITH t AS (
+    SELECT * FROM unnest($1::reserve_input[])
 ),
+{LOCK_COUNTERS}
 chk AS (
     SELECT k, i, p, s, SUM(used) AS used FROM lk GROUP BY k, i, p, s
 ),

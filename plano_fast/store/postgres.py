@@ -38,7 +38,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store.pg_batch import GroupRunner
-from plano_fast.store.pg_reserve import NONE_REFUSED, PARTIAL, RESERVE_MANY
+from plano_fast.store.pg_reserve import LOCK_COUNTERS, NONE_REFUSED, PARTIAL, RESERVE_MANY
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
     PRICE_STATUS_PENDING,
@@ -421,14 +421,7 @@ _RESERVE = f"""
 WITH t AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS t(k, i, p, s, lim)
 ),
-lk AS MATERIALIZED (
-    SELECT sc.scope_kind AS k, sc.scope_id AS i, sc.period AS p, sc.period_start AS s, sc.shard,
-           sc.spent_nano_usd + sc.reserved_nano_usd AS used
-      FROM spending_counters sc
-     WHERE (sc.scope_kind, sc.scope_id, sc.period, sc.period_start) IN (SELECT k, i, p, s FROM t)
-     ORDER BY sc.scope_kind COLLATE "C", sc.scope_id COLLATE "C", sc.period COLLATE "C", sc.period_start, sc.shard
-       FOR UPDATE OF sc
-),
+{LOCK_COUNTERS}
 chk AS (
     SELECT SUM(lk.used) + $6::bigint <= t.lim AS fits
       FROM t JOIN lk ON lk.k = t.k AND lk.i = t.i AND lk.p = t.p AND lk.s = t.s
