@@ -37,6 +37,11 @@ _cpu_ns = time.thread_time_ns
 _cpu: dict[str, list[int]] = {}
 _blocked: dict[str, list[int]] = {}  # name -> wall µs of each statement that blocked
 _one_row_wall_us: list[int] = []  # each one-row write's wall time, back-offs on a taken lock included
+_declined_wall_us: list[int] = []  # those the hot connection declined at once (lock taken): their wait
+_restart_hold_us: list[int] = []  # how long the thread's WAL restart held the write lock, each time
+_holds: list[tuple[int, int]] = []  # (start ns, end ns) of each hold
+_writes: list[tuple[int, int, bool]] = []  # one-row writes: (start ns, wall ns, declined)
+_slow_now: list[tuple[float, int, int]] = []  # write_usage_now calls over 2 ms: (wall ms, voluntary, involuntary switches)
 
 
 def _switches() -> int:
@@ -97,8 +102,19 @@ async def _run(args: argparse.Namespace, path: str) -> None:
             loop = asyncio.get_running_loop()
             end = loop.time() + args.gap_s
             while loop.time() < end:
+                # as managed mode writes a request's row at concurrency 1 (GroupWriter,
+                # ``alone``): at once on the loop, else (declined) the awaited write
                 t0 = time.monotonic_ns()
-                await store.write_usage([_row(n)])
+                ru0 = resource.getrusage(resource.RUSAGE_THREAD)
+                declined = store.write_usage_now([_row(n)]) is None
+                if time.monotonic_ns() - t0 > 2_000_000:
+                    ru1 = resource.getrusage(resource.RUSAGE_THREAD)
+                    _slow_now.append(((time.monotonic_ns() - t0) / 1e6, ru1.ru_nvcsw - ru0.ru_nvcsw,
+                                      ru1.ru_nivcsw - ru0.ru_nivcsw))
+                if declined:
+                    await store.write_usage([_row(n)])
+                    _declined_wall_us.append((time.monotonic_ns() - t0) // 1000)
+                _writes.append((t0, time.monotonic_ns() - t0, declined))
                 _one_row_wall_us.append((time.monotonic_ns() - t0) // 1000)
                 n += 1
                 await asyncio.sleep(1 / args.rows_per_s)
@@ -112,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-per-s", type=float, default=0.0,
                     help="one-row commits at this rate between the batches (managed mode's per-request writes)")
     ap.add_argument("--restart-on-loop", action="store_true", help="the old checkpoint (PASSIVE only)")
+    ap.add_argument("--doubling-backoff", action="store_true",
+                    help="a write waiting on the thread's WAL restart backs off doubling, as before RESTART_POLL_S")
     ap.add_argument("--dir", default=None,
                     help="where the database goes (default: the temp dir; a disk, not tmpfs, for fsyncs to cost)")
     args = ap.parse_args(argv)
@@ -127,7 +145,31 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.restart_on_loop:
         sqlite_store._checkpoint_and_restart = (  # type: ignore[attr-defined]
-            lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+            lambda conn, restart=None: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+    original_restart = sqlite_store._checkpoint_and_restart
+
+    def restart_timed(conn: sqlite3.Connection, restart: Any = None) -> None:
+        class Held:  # the restart's hold of the write lock, timed (and hidden when --doubling-backoff)
+            def __init__(self) -> None:
+                self.since = 0
+
+            @property
+            def held(self) -> bool:
+                return False
+
+            @held.setter
+            def held(self, value: bool) -> None:
+                if value:
+                    self.since = time.monotonic_ns()
+                elif self.since:
+                    _restart_hold_us.append((time.monotonic_ns() - self.since) // 1000)
+                    _holds.append((self.since, time.monotonic_ns()))
+                if restart is not None and not args.doubling_backoff:
+                    restart.held = value
+
+        original_restart(conn, Held())
+
+    sqlite_store._checkpoint_and_restart = restart_timed  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         asyncio.run(_run(args, os.path.join(work, "usage.db")))
     commits = sorted(_cpu.get("COMMIT", []))
@@ -141,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
         w = sorted(_one_row_wall_us)
         print(f"  one-row writes: {len(w)}, wall ms p50 {w[len(w) // 2] / 1e3:.2f} p99 {w[len(w) * 99 // 100] / 1e3:.2f}"
               f" max {w[-1] / 1e3:.1f}, over 5 ms: {sum(x > 5000 for x in w)}")
+    if _restart_hold_us or _declined_wall_us:
+        h, d = sorted(_restart_hold_us), sorted(_declined_wall_us)
+        print(f"  WAL restarts holding the write lock: {len(h)}"
+              + (f", held ms median {statistics.median(h) / 1e3:.2f} max {h[-1] / 1e3:.1f}" if h else ""))
+        print(f"  one-row writes declined (lock taken): {len(d)}"
+              + (f", their wait ms median {statistics.median(d) / 1e3:.2f} max {d[-1] / 1e3:.1f}" if d else ""))
+    met = [(w, d, min(abs(w0 - h0) for h0, _ in _holds)) for w0, w, d in _writes
+           if any(h0 - w <= w0 <= h1 for h0, h1 in _holds)]
+    if _holds:
+        print(f"  one-row writes overlapping a restart's hold: {len(met)}, declined {sum(d for _, d, _ in met)}, "
+              f"wall ms: {sorted(round(w / 1e6, 2) for w, _, _ in met)}")
+    if _slow_now:
+        print(f"  write_usage_now calls over 2 ms (wall ms, voluntary, involuntary switches): {_slow_now}")
     for name, walls in sorted(_blocked.items()):
         if name != "COMMIT":
             print(f"  {name}: {len(walls)} blocked of {len(_cpu[name])}, wall ms max {max(walls) / 1e3:.1f}")

@@ -222,6 +222,27 @@ def _patch(obj: Any, attr: str, name: str, steps: bool = False) -> None:
     setattr(obj, attr, wrapped)
 
 
+def _declines(store_cls: Any) -> None:
+    """Each time the hot connection declined a write that could not run at once
+    (``_hot_now`` -> None: another write, the WAL restart on the thread or another process
+    holds the lock): a span named ``sqlite hot-now declined``, kept whatever its length, so
+    the requests that then waited for the awaited path can be counted."""
+    fn = getattr(store_cls, "_hot_now", None)
+    if fn is None:
+        return
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = now_ns()
+        result = fn(*args, **kwargs)
+        if result is None:
+            _spans.append((start, max(SPAN_MIN_NS, now_ns() - start), 0, "sqlite hot-now declined"))
+            _switches.append((0, 0))
+        return result
+
+    store_cls._hot_now = wrapper
+
+
 def _start_ticker(loop: asyncio.AbstractEventLoop) -> None:
     state = [now_ns() + int(TICK_S * 1e9)]
 
@@ -250,6 +271,10 @@ def _dump(path: str) -> None:
         "totals": _totals,
         "gc_threshold": gc.get_threshold(),
         "gc_frozen": gc.get_freeze_count(),
+        # collections and objects collected per generation since start; objects in the
+        # oldest generation now (the frozen ones are not in it): what survived into it
+        "gc_stats": gc.get_stats(),
+        "gc_gen2_objects": len(gc.get_objects(2)),
         "switch_interval_s": sys.getswitchinterval(),
         "profiles": _profiles,
         "gc_census": _census,
@@ -294,6 +319,8 @@ def _install_gateway_hooks() -> None:
     _patch(flusher.UsageFlusher, "_spill_overflow", "usage-flusher spill check")
     _patch(sqlite_store.SqliteStore, "_write_usage_steps", "sqlite usage insert step", steps=True)
     _patch(app.Gateway, "_publish_metrics", "metrics snapshot publish")
+    _patch(sqlite_store, "_checkpoint_and_restart", "sqlite checkpoint+restart")
+    _declines(sqlite_store.SqliteStore)
     original_start = app.Gateway.start
 
     async def start(self: Any) -> None:

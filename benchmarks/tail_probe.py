@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -168,6 +169,41 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Strace:
+    """``strace -c -f`` attached to the gateway (every thread) for the measured window:
+    system calls per request, by name, counted -- not timed, so a loaded machine does not
+    change them.  (strace slows the gateway down: the client's latencies of such a run mean
+    nothing.)"""
+
+    def __init__(self, pid: int, out: Path, after_s: float) -> None:
+        self.out = out
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.start_ns = self.stop_ns = 0
+        self._timer = threading.Timer(after_s, self._attach, args=(pid,))
+        self._timer.start()
+
+    def _attach(self, pid: int) -> None:
+        self.proc = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", str(self.out), "-p", str(pid)],
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached to every thread
+        self.start_ns = now_ns()
+
+    def stop(self, reqs: list[tuple[int, int, float]]) -> dict[str, Any]:
+        self._timer.join()
+        self.stop_ns = now_ns()
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+        n = sum(1 for t, _, _ in reqs if self.start_ns <= t <= self.stop_ns)
+        calls: dict[str, int] = {}
+        for line in self.out.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+        per = {k: round(v / max(1, n), 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+        return {"requests": n, "per_request_total": round(sum(calls.values()) / max(1, n), 2), "per_request": per}
 
 
 # --------------------------------------------------------------------------- analysis
@@ -325,10 +361,13 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
             _preload(port, setup.headers_for("c1"), args.preload_s)
         cpu0 = _cpu_s(proc.pid)
         request = _request_bytes(port, setup.headers_for("c1"))
+        tracer = _Strace(proc.pid, wd / "strace.txt", args.warmup_s + 0.1) if args.strace else None
         t0 = time.monotonic()
         reqs = asyncio.run(_c1("127.0.0.1", port, request, args.rate, args.duration_s, args.warmup_s))
         wall = time.monotonic() - t0
         cpu = _cpu_s(proc.pid) - cpu0
+        if tracer is not None:
+            syscalls = tracer.stop(reqs)
     finally:
         _stop(proc)
         if noop is not None:
@@ -337,6 +376,8 @@ def one_run(root: Path, mode: str, fake_port: int, args: argparse.Namespace, wor
                               **summarize(reqs, int(args.slow_ms * 1e6)),
                               "gateway_cpu_us_per_req": round(cpu * 1e6 / max(1, len(reqs) * wall /
                                                               (args.duration_s + args.warmup_s)), 1)}
+    if tracer is not None:
+        result["syscalls"] = syscalls
     if hooks_out is not None and hooks_out.exists():
         hooks = json.loads(hooks_out.read_text())
         result["attribution"] = _attribute(reqs, hooks, int(args.slow_ms * 1e6))
@@ -359,6 +400,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--preload-s", type=float, default=0.0,
                     help="saturate the gateway this long first (64 connections), as run.py's ns_sat does")
     ap.add_argument("--json-out", help="write every run's result here")
+    ap.add_argument("--strace", action="store_true",
+                    help="count the gateway's system calls per request in the window (strace -c -f)")
     args = ap.parse_args(argv)
     roots = [Path(p).resolve() for p in args.ab] if args.ab else [bench.ROOT]
     work = Path(tempfile.mkdtemp(prefix="tail-probe-"))

@@ -261,6 +261,69 @@ def test_the_wal_restart_gives_up_quietly_when_another_writer_holds_the_lock(
     assert not [r for r in caplog.records if "checkpoint" in r.getMessage()]
 
 
+class _SlowCommit:
+    """The thread's connection with each COMMIT held back ``hold_s`` first (the write lock
+    taken meanwhile): a WAL restart whose header fsync takes that long on a slow disk."""
+
+    def __init__(self, conn: sqlite3.Connection, hold_s: float, started: asyncio.Event,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._conn, self._hold_s, self._started, self._loop = conn, hold_s, started, loop
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            self._loop.call_soon_threadsafe(self._started.set)
+            time.sleep(self._hold_s)
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._conn, name)
+
+
+def test_a_write_waiting_on_the_threads_wal_restart_retries_at_the_poll_step_not_doubling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot write that finds the write lock taken by this store's own WAL restart (its
+    one header fsync, on the thread) retries every ``RESTART_POLL_S`` until the restart
+    lets go: every back-off it asks for is 1 ms, so it commits within ~1 ms of the lock's
+    release.  The doubling back-off (1, 2, 4, 8, 16 ms: for another process's lock) woke
+    up to the fsync's length again after it (issue 27, concurrency 1: a managed request's
+    row is written before its answer's last byte).  The row is stored either way."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_S", 3600.0)  # only ours below
+    path = tmp_path / "plano.db"
+    hold_s = 0.2  # long enough that a loaded machine's loop still writes inside it
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    class Clock:  # the store's asyncio, its back-off sleeps recorded
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay: float) -> None:
+            asked.append(delay)
+            await real_sleep(delay)
+
+    async def main() -> None:
+        async with open_store(None, str(path)) as store:
+            await migrate(store)
+            assert await store.write_usage(rows(10, "a")) == 10
+            started = asyncio.Event()
+            original = sqlite_store._checkpoint_and_restart
+            loop = asyncio.get_running_loop()
+            monkeypatch.setattr(sqlite_store, "_checkpoint_and_restart", lambda conn, *a: original(
+                _SlowCommit(conn, hold_s, started, loop), *a))  # type: ignore[arg-type]
+            monkeypatch.setattr(sqlite_store, "asyncio", Clock())
+            restart = asyncio.ensure_future(store._checkpoint())  # type: ignore[attr-defined]
+            await started.wait()  # the thread holds the write lock now
+            assert store.write_usage_now(rows(1, "declined")) is None  # taken: not waited on the loop
+            assert await store.write_usage(rows(1, "b")) == 1
+            await restart
+            assert asked, "the write never found the lock taken"
+            assert max(asked) <= sqlite_store.RESTART_POLL_S, asked
+        assert count_rows(path) == 11
+
+    asyncio.run(main())
+
+
 def test_write_usage_now_commits_before_returning_or_declines(tmp_path: Path) -> None:
     """The synchronous write of a few rows (managed mode at concurrency 1): committed when
     it returns; ``None`` and nothing written -- never a wait on the loop -- when another

@@ -80,6 +80,11 @@ log = logging.getLogger("plano_fast.store")
 #: back-off while another process holds the write lock (hot connection): first wait, cap
 BUSY_FIRST_DELAY_S = 0.001
 BUSY_MAX_DELAY_S = 0.016
+#: the poll step while this store's own thread holds the write lock for the WAL restart
+#: (one fsync, 1-25 ms on a disk): the lock is free as soon as that fsync returns, so a
+#: hot write waiting for it retries at this step instead of on the doubling back-off,
+#: which overshot up to the length of the fsync again (issue 27, concurrency-1 tail)
+RESTART_POLL_S = 0.001
 #: at most one WAL checkpoint per this many seconds, run on the executor thread
 CHECKPOINT_INTERVAL_S = 1.0
 #: how long the thread waits for the write lock to restart the WAL after a checkpoint
@@ -228,7 +233,17 @@ def _chunk_sizes(n: int) -> list[int]:
     return [_INSERT_CHUNK] * full + [rest] if rest else [_INSERT_CHUNK] * full
 
 
-def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
+class RestartLock:
+    """Whether this store's thread holds the write lock for the WAL restart (set and
+    cleared on the thread, read on the loop: one attribute, consistent under the GIL)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+
+def _checkpoint_and_restart(conn: sqlite3.Connection, restart: RestartLock | None = None) -> None:
     """A passive checkpoint, then the WAL's restart (executor thread).
 
     PASSIVE copies what no reader still needs and never waits for anyone, so it cannot
@@ -247,13 +262,16 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
     as before, which costs time, never a write.  When the checkpoint did not catch up,
     the write only appends one frame.  A hot write during
     the fsync finds the lock taken and backs off on the loop (``_hot_run``), which goes
-    on serving requests meanwhile.
+    on serving requests meanwhile; ``restart.held`` tells it the lock is this thread's,
+    for the fsync only, so it retries every ``RESTART_POLL_S`` rather than doubling.
     """
     busy_timeout_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     try:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         conn.execute(f"PRAGMA busy_timeout = {RESTART_LOCK_WAIT_MS}")
         conn.execute("BEGIN IMMEDIATE")
+        if restart is not None:
+            restart.held = True
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         conn.execute(f"PRAGMA user_version = {version}")
         conn.execute("COMMIT")
@@ -270,6 +288,8 @@ def _checkpoint_and_restart(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         raise
     finally:
+        if restart is not None:
+            restart.held = False
         conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
 
 
@@ -588,6 +608,8 @@ class SqliteStore(SqlStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._last_checkpoint_s = 0.0
+        #: set while the thread's WAL restart holds the write lock (``_hot_run`` polls)
+        self._restart = RestartLock()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -682,6 +704,10 @@ class SqliteStore(SqlStore):
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc) or loop.time() + delay_s > deadline:
                         raise
+                    if self._restart.held:
+                        # Our own thread's WAL restart: free once its one fsync returns.
+                        await asyncio.sleep(RESTART_POLL_S)
+                        continue
                     await asyncio.sleep(delay_s)
                     delay_s = min(BUSY_MAX_DELAY_S, delay_s * 2)
                     continue
@@ -698,7 +724,8 @@ class SqliteStore(SqlStore):
 
     async def _checkpoint(self) -> None:
         try:
-            await self._call(_checkpoint_and_restart)
+            restart = self._restart
+            await self._call(lambda conn: _checkpoint_and_restart(conn, restart))
         except Exception as exc:  # noqa: BLE001 - the next commit schedules another
             log.warning("SQLite WAL checkpoint failed: %s", exc)
         finally:
