@@ -17,7 +17,10 @@ What each upstream received (but for the gateway's own request id), what each cl
 (but for ``date`` and the request id) and the usage rows must be the same.
 
 A second test, in process, counts the twin's ``_identify``: plain requests must not reach
-it (the compiled start is taken), the others must.
+it (the compiled start is taken; the first request to a target too, its circuit made by the
+compiled start), the others must; and the twin dispatch's ``read_client_headers``: a plain
+managed POST is dispatched by the compiled ``dispatch`` (``gateway/_dispatch.pyx``), a GET of
+a managed endpoint (405) and an unknown path (404) by the twin.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from tests.gateway_proc import GatewayProcess, write_config
 from tests.raw_upstream import RawUpstream
 from tests.test_managed import ANTHROPIC_SERVER_KEY, DEFAULT_PIPE, ENV, MASTER_KEY, OPENAI_SERVER_KEY, provision, store_call
 from tests.test_plain_request import _OWN_ID, _chat, _exchange, _request
+from tests.test_whole_answer import _read_answer
 
 pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extensions are not built")
 if os.environ.get(PURE_ENV) == "1":  # both gateways would run the twins
@@ -276,10 +280,15 @@ def test_managed_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUps
 def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
     fake: FakeProviderThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The twin's ``_identify`` counted in process: a plain request (its target's circuit
-    made by an earlier one) never reaches it; a hard-limited, unknown or refused one does,
-    and so does a token that expired since the state was loaded (no reload in the test:
-    only the start's own expiry check refuses it)."""
+    """The twin's ``_identify`` counted in process: a plain request never reaches it, the
+    first one to its target included (its circuit is made by the compiled start: the twin
+    made it on main); a hard-limited, unknown or refused one does, and so does a token that
+    expired since the state was loaded (no reload in the test: only the start's own expiry
+    check refuses it).  The twin dispatch's ``read_client_headers`` counted too: every
+    managed POST to an exact endpoint is dispatched compiled (0 calls, refused ones
+    included: the start refuses them), a GET of one (405) and an unknown path (404) by
+    the twin (one call each)."""
+    from plano_fast.gateway import dispatch as dispatch_mod
     from plano_fast.gateway.modes import managed as managed_mode
     from tests.test_billing_faults import InProcessGateway
 
@@ -307,6 +316,14 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
         return real_identify(self)
 
     monkeypatch.setattr(managed_mode.ManagedExchange, "_identify", counting_identify)
+    dispatched: list[bytes] = []  # the twin dispatch's managed branch: its read of the headers
+    real_read = dispatch_mod.read_client_headers
+
+    def counting_read(headers: Any, query: bytes, forward: Any = None) -> Any:
+        dispatched.append(query)  # (b"": none of these requests has a query)
+        return real_read(headers, query, forward)
+
+    monkeypatch.setattr(dispatch_mod, "read_client_headers", counting_read)
     gateway = InProcessGateway(config)
     try:
         def chat(token: str, model: str = "gpt-4o-mini", **extra: Any) -> Any:
@@ -314,17 +331,17 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
                 return client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": "x"}], **extra)
 
-        chat(tenant.token)  # (the first: the target's circuit is made by the twin)
-        assert len(identified) == 1
+        assert chat(tenant.token).usage.total_tokens > 0  # (the first: its circuit made compiled)
+        assert identified == []
         for _ in range(3):
             assert chat(tenant.token).usage.total_tokens > 0
         assert list(chat(tenant.token, stream=True))
         assert chat(expiring).usage.total_tokens > 0
-        assert len(identified) == 1  # the compiled start took them
+        assert identified == []  # the compiled start took them
         time.sleep(max(0.0, (expires_at_ns - time.time_ns()) / 1e9) + 0.1)
         with pytest.raises(openai.AuthenticationError):
             chat(expiring)  # (expired since the state was loaded: the twin's 401)
-        assert len(identified) == 2
+        assert len(identified) == 1
         identified.clear()
         chat(tenant.token)
         assert identified == []
@@ -336,10 +353,25 @@ def test_plain_requests_take_the_compiled_start_and_the_rest_the_twin(
         with pytest.raises(openai.BadRequestError):
             chat(tenant.token, "gpt-5")
         assert len(identified) == 3
+        # Whole requests in one write (the fast parser's: the SDK's head and body come in
+        # two writes, read by httptools, which leaves ``forward`` unset: the twin dispatch).
+        dispatched.clear()
+        identified.clear()
+        auth = b"authorization: Bearer %s\r\n" % tenant.token.encode()
+        with socket.create_connection(("127.0.0.1", gateway.gateway.port), timeout=10) as sock:
+            sock.sendall(_request(b"/v1/chat/completions", _chat(), auth)
+                         + _request(b"/v1/chat/completions", _chat(), b"authorization: Bearer xproxy_%s\r\n" % (b"D" * 43))
+                         + _request(b"/v1/chat/completions", b"", auth, b"GET")
+                         + _request(b"/v1/chat/completionz", _chat(), auth))
+            buf = bytearray()
+            answers = [_read_answer(sock, buf)[:12] for _ in range(4)]
+        assert answers == [b"HTTP/1.1 200", b"HTTP/1.1 401", b"HTTP/1.1 405", b"HTTP/1.1 404"]
+        assert len(identified) == 1  # (the unknown token: the compiled dispatch, then the twin start)
+        assert dispatched == [b"", b""]  # the GET and the unknown path only (the twin's read of the headers)
     finally:
         gateway.stop()
     rows = list(store_call(None, sqlite_path, lambda s: s.recent_usage(None, limit=100)))
-    assert sorted(r.token_id for r in rows) == sorted([tenant.token_id] * 6 + [limited.token_id, expiring_id])
+    assert sorted(r.token_id for r in rows) == sorted([tenant.token_id] * 7 + [limited.token_id, expiring_id])
     # the hard-limited request's cost is on its limit's counter, nothing left reserved
     [cost] = [r.cost_nano_usd for r in rows if r.token_id == limited.token_id]
     counter = store_call(None, sqlite_path, lambda s: s.get_counter(CounterKey("project", limited.project_id, "total", 0)))

@@ -11,11 +11,17 @@ the exchange built by ``relay.new_exchange`` and aimed (``RoutedExchange.aim``'s
 inline, the gateway's plain attributes read from its __dict__, its ``start`` called and a
 refusal logged as the twin does.
 
+Managed mode's plain request too: a POST to one of the exact endpoints, its client
+headers read (``read_client_headers_c``, the twin's ``read_client_headers`` and its
+refusals for anything unusual), the ``ManagedExchange`` built, aimed and started as the
+twin's managed branch does (its start decides everything else: ``_managed.pyx``).
+
 Only the plain case is taken; everything else goes to the twin before any side effect:
 a request or gateway context of another class, the store not open yet, a request the
-fast parser did not read (``forward`` unset: the fragment check), managed mode, tracing
-or prechecks configured, health paths, a config-mode path that is not one of the exact
-endpoints or not a POST (the twin's 405), Gemini's, the decision API, stored responses.
+fast parser did not read (``forward`` unset: the fragment check), tracing or prechecks
+configured, health paths, a config- or managed-mode path that is not one of the exact
+endpoints or not a POST (the twin's 405, managed mode's 404 and stored responses),
+Gemini's, the decision API.
 """
 
 from cpython.dict cimport PyDict_GetItem
@@ -24,12 +30,14 @@ from cpython.object cimport PyObject
 cdef extern from "Python.h":
     PyObject **_PyObject_GetDictPtr(object obj)
 
+from plano_fast._new_credentials cimport read_client_headers_c
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 
 from plano_fast.errors import GatewayError
 from plano_fast.gateway import dispatch as _dispatch
 from plano_fast.gateway.modes.config import ConfigExchange
 from plano_fast.gateway.modes.firewall import FirewallExchange
+from plano_fast.gateway.modes.managed import ManagedExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
 from plano_fast.gateway.routed import RoutedExchange
 from plano_fast.gateway.endpoints import Endpoint
@@ -38,6 +46,8 @@ from plano_fast.http_server import Request
 cdef Py_ssize_t Q_PATH = slot_offset(Request, "path")
 cdef Py_ssize_t Q_METHOD = slot_offset(Request, "method")
 cdef Py_ssize_t Q_FORWARD = slot_offset(Request, "forward")
+cdef Py_ssize_t Q_HEADERS = slot_offset(Request, "headers")
+cdef Py_ssize_t Q_QUERY = slot_offset(Request, "query")
 cdef Py_ssize_t C_TRACING = slot_offset(ExchangeContext, "tracing")
 cdef Py_ssize_t C_PRECHECKS = slot_offset(ExchangeContext, "prechecks")
 cdef Py_ssize_t E_ENDPOINT = slot_offset(RoutedExchange, "endpoint")
@@ -55,6 +65,7 @@ cdef type _Context = ExchangeContext
 cdef type _Endpoint = Endpoint
 cdef type _Firewall = FirewallExchange
 cdef type _Config = ConfigExchange
+cdef type _Managed = ManagedExchange
 cdef object _twin = _dispatch.dispatch_py
 cdef object _new_exchange = _dispatch.new_exchange
 cdef dict _ENDPOINTS = _dispatch.ENDPOINTS
@@ -101,12 +112,27 @@ def dispatch(gw, request, responder):
     if type(request) is not _Request or _get(request, Q_FORWARD, "forward") is None:
         return _twin(gw, request, responder)
     cdef bint plain = _plain(type(gw))
-    if not _attr(gw, "store_ready", plain) or _attr(gw, "managed", plain) is not None:
+    if not _attr(gw, "store_ready", plain):
         return _twin(gw, request, responder)
     ctx = _attr(gw, "ctx", plain)
     if type(ctx) is not _Context or _get(ctx, C_TRACING, "tracing") is not None:
         return _twin(gw, request, responder)
     path = _get(request, Q_PATH, "path")
+    managed = _attr(gw, "managed", plain)
+    if managed is not None:  # (the twin's managed branch: every exact endpoint is not ALWAYS_SERVED)
+        endpoint = _ENDPOINTS.get(path)
+        if type(endpoint) is not _Endpoint or _get(request, Q_METHOD, "method") != b"POST":
+            return _twin(gw, request, responder)
+        # (raises the twin's Unauthorized for two credentials or a malformed one, as its read does)
+        client = read_client_headers_c(_get(request, Q_HEADERS, "headers"), _get(request, Q_QUERY, "query"),
+                                       _get(request, Q_FORWARD, "forward"))
+        exchange = _new_exchange(_Managed, ctx, request, responder)
+        exchange.aim(managed, endpoint)
+        if type(exchange) is _Managed:
+            put_slot(exchange, X_CLIENT, client)
+        else:
+            exchange.client = client
+        return exchange.start()  # (refusals logged by the exchange itself, as in the twin)
     if _attr(gw, "firewall", plain):
         if type(path) is not bytes or path == b"/healthz" or path == b"/health":  # (_HEALTH)
             return _twin(gw, request, responder)

@@ -19,7 +19,7 @@ Only the plain case is taken; everything else goes to the twin, before any side 
 twin): an exchange, request, context or state of another class; the state not loaded
 yet (its 503); guardrails or rate limits configured; the Responses and count_tokens
 endpoints; a request of a project or user with a hard limit (the reservation is awaited:
-``_run_awaited``); a first target whose circuit is open or not made yet; a Azure-style
+``_run_awaited``); a first target whose circuit is open; a Azure-style
 provider with the model in its path.  And every refusal: no credential or one that is not
 an ``xproxy_`` token, a token unknown, revoked or expired, no pipe, a body that is not
 JSON, a model the pipe does not serve -- the twin raises each one with its access-log
@@ -32,8 +32,9 @@ by dispatch before ``start``; twin ``managed.aim_py``), and at the answer's end
 hand-off; twin ``complete_py``) and ``_billed`` (the held end released once the row is
 written; twin ``billed_py``).  The writer and the store's commit are called as they are.
 
-The first request to a target goes to the twin (its circuit breaker is made there): a
-test that wants the compiled start sends one before (tests/test_plain_managed.py).
+The first request to a target is compiled too: its circuit breaker is made here
+(``ExchangeContext.circuit_for``, as the twin's ``_target_circuit``), after every step
+that can still send the request to the twin.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -303,10 +304,10 @@ def start(exchange):
     if type(provider) is not _Provider or _get(provider, V_MODEL_IN_PATH, "model_in_path"):
         return _twin(exchange)
     target_model = _get(target, T_MODEL, "model")
-    circuit = (<dict?>_get(ctx, C_CIRCUITS, "circuits")).get(
-        (_get(provider, V_NAME, "name"), target_model or model or "", _get(target, T_KEY_ID, "key_id")))
-    if type(circuit) is not _Circuit or _get(circuit, B_OPENED_AT, "opened_at") is not None:
-        return _twin(exchange)  # (not made yet, or opened: _first_target's walk)
+    circuit_key = (_get(provider, V_NAME, "name"), target_model or model or "", _get(target, T_KEY_ID, "key_id"))
+    circuit = (<dict?>_get(ctx, C_CIRCUITS, "circuits")).get(circuit_key)
+    if circuit is not None and (type(circuit) is not _Circuit or _get(circuit, B_OPENED_AT, "opened_at") is not None):
+        return _twin(exchange)  # (opened: _first_target's walk)
     upstream_model = target_model or model
     paths = _get(provider, V_UPSTREAM_PATHS, "upstream_paths")
     path = (<dict?>paths).get(endpoint_name) if endpoint_name in paths else (<dict?>paths)["responses"]
@@ -340,6 +341,13 @@ def start(exchange):
             _get(provider, V_HOST_LINE, "host_line"),
             _content_length_line(len(rewritten), True))
     upstream_data = [b"".join(head), rewritten]
+    if circuit is None:
+        # The target's first request: its breaker made as the twin's _target_circuit(0)
+        # makes it (a memo: a twin taking the request after this finds the same one), here
+        # after the last step that can send the request to the twin.
+        circuit = ctx.circuit_for(*circuit_key)
+        if type(circuit) is not _Circuit or _get(circuit, B_OPENED_AT, "opened_at") is not None:
+            return _twin(exchange)
     body_filter = new_instance(_HoldTerminal)
     put_slot(body_filter, F_STREAMING, stream)
     put_slot(body_filter, F_HELD, b"")

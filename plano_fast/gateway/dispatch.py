@@ -172,7 +172,7 @@ def dispatch_py(gw: Gateway, request: Request, responder: Responder) -> Coroutin
     raise NotFound(f"no route for {request.method.decode()} {path.decode('latin-1')}")
 
 
-#: ``dispatch_py``; where built, compiled for the firewall or config-mode request an
+#: ``dispatch_py``; where built, compiled for the firewall, config or managed-mode request an
 #: exchange forwards (``plano_fast/gateway/_dispatch.pyx``: no Python frame between the
 #: server's read and the exchange's start, ~2k instructions a request), the twin otherwise
 dispatch: Callable[[Gateway, Request, Responder], Coroutine[Any, Any, None] | None] = dispatch_py
