@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -41,17 +42,13 @@ PIPE = [
 #: a limit no request fits (1 nano-dollar) and one every bounded request fits ($1M)
 TINY_NANO_USD = 1
 LARGE_NANO_USD = 10**15
-#: seconds after provisioning at which the "expiring" token expires: after both gateways
-#: have loaded it (phase one uses it live), before phase two (refused)
-EXPIRING_AFTER_S = 10.0
 
 
 @dataclass
 class Tenants:
     tokens: dict[str, str] = field(default_factory=dict)
-    #: token name -> its row id (to revoke after load)
+    #: token name -> its row id (to revoke, or expire, after load)
     token_ids: dict[str, str] = field(default_factory=dict)
-    expiring_at_ns: int = 0
 
 
 def provision_tenants(sqlite_path: str) -> Tenants:
@@ -63,14 +60,14 @@ def provision_tenants(sqlite_path: str) -> Tenants:
     for name, limit in (("project hard, tiny", TINY_NANO_USD), ("project hard, large", LARGE_NANO_USD)):
         tenant = provision(None, sqlite_path, PIPE, limit_nano_usd=limit)
         out.tokens[name], out.token_ids[name] = tenant.token, tenant.token_id
-    out.expiring_at_ns = time.time_ns() + int(EXPIRING_AFTER_S * 1e9)
 
     async def more(store: Store) -> None:
         [pipe] = await store.list_pipes(live.project_id)
         for name in ("expired", "expiring", "revoked", "revoked after load", "user hard, tiny", "user hard, large"):
             user = await store.create_user(name)
             token = out.tokens[name] = new_token()
-            expires = {"expired": time.time_ns() - 1, "expiring": out.expiring_at_ns}.get(name)
+            # ("expiring" gets its expiry once the gateways have loaded it: ``expire_soon``)
+            expires = time.time_ns() - 1 if name == "expired" else None
             row = await store.create_proxy_token(token_hash(token), live.project_id, user_id=user.id,
                                                  pipe_id=pipe.id, expires_at_ns=expires)
             out.token_ids[name] = row.id
@@ -89,6 +86,13 @@ def provision_tenants(sqlite_path: str) -> Tenants:
 
 def revoke(sqlite_path: str, token_id: str) -> None:
     store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(token_id))
+
+
+def expire_soon(sqlite_path: str, token_id: str, in_s: float) -> None:
+    """The token expires ``in_s`` from now (its row updated: the gateway's next reload
+    reads it; until then the expiry it loaded, none, stands)."""
+    with sqlite3.connect(sqlite_path) as db:
+        db.execute("update proxy_tokens set expires_at_ns = ? where id = ?", (time.time_ns() + int(in_s * 1e9), token_id))
 
 
 # -- credentials --------------------------------------------------------------------------
@@ -212,22 +216,24 @@ def request(rng: random.Random, tenants: Tenants) -> bytes:
     return b"POST " + path + b" HTTP/1.1\r\n" + head + b"\r\n".join(lines) + b"\r\n\r\n" + data
 
 
-def fixed(tenants: Tenants) -> list[bytes]:
-    """Hand-picked requests beside the generated ones: each tenant once on chat, the
-    down and absent targets (each once: the circuit breaker's timing stays out of it),
-    a huge bound under each hard limit."""
+def fixed(tenants: Tenants) -> dict[str, bytes]:
+    """Hand-picked requests beside the generated ones, by name: each tenant once on chat,
+    the down and absent targets (each once: the circuit breaker's timing stays out of it),
+    count_tokens under a limit no request fits, bounds no number or huge under each large
+    hard limit."""
     def req(path: bytes, data: bytes, token: str) -> bytes:
         return (b"POST %s HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
                 % (path, tenants.tokens[token].encode(), len(data), data))
 
     chat = b'{"model":"gpt-4o-mini","messages":' + _MESSAGES + b"}"
-    out = [req(b"/v1/chat/completions", chat, name) for name in tenants.tokens]
-    out += [req(b"/v1/chat/completions", b'{"model":"down-1","messages":' + _MESSAGES + b"}", "live"),
-            req(b"/v1/chat/completions", b'{"model":"absent-1","messages":' + _MESSAGES + b"}", "live"),
-            req(b"/v1/messages/count_tokens", b'{"model":"claude-sonnet-4-6","messages":' + _MESSAGES + b"}",
-                "user hard, tiny")]
+    out = {name: req(b"/v1/chat/completions", chat, name) for name in tenants.tokens}
+    out["down target"] = req(b"/v1/chat/completions", b'{"model":"down-1","messages":' + _MESSAGES + b"}", "live")
+    out["absent target"] = req(b"/v1/chat/completions", b'{"model":"absent-1","messages":' + _MESSAGES + b"}", "live")
+    out["count_tokens, tiny limit"] = req(
+        b"/v1/messages/count_tokens", b'{"model":"claude-sonnet-4-6","messages":' + _MESSAGES + b"}", "user hard, tiny")
     for name in ("project hard, large", "user hard, large"):
         for bound in (b"1000000000000", b"9223372036854775808", b"-1", b"0", b"1.5"):
-            out.append(req(b"/v1/chat/completions",
-                           b'{"model":"gpt-4o-mini","max_tokens":' + bound + b',"messages":' + _MESSAGES + b"}", name))
+            out[f"{name}, max_tokens {bound.decode()}"] = req(
+                b"/v1/chat/completions",
+                b'{"model":"gpt-4o-mini","max_tokens":' + bound + b',"messages":' + _MESSAGES + b"}", name)
     return out

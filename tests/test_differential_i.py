@@ -9,8 +9,8 @@ Messages, count_tokens and Responses, streamed or not).
 
 A compiled gateway and a pure one (``PLANO_FAST_PURE_SCANNER=1``), each with its own
 recording upstream and a copy of the same provisioned database, get the same requests over
-real sockets in two phases (between them the "expiring" token expires and the "revoked
-after load" one is revoked in both databases).  Each case returns an answer whose status,
+real sockets in two phases (between them the "expiring" token is given an expiry a second
+away and the "revoked after load" one is revoked, in both databases; the gateways reload).  Each case returns an answer whose status,
 head (but ``date`` and the request id) and body (but the JSON parsers' own wording of a
 syntax error) must be the same on both; what each upstream received must be the same
 (but the gateway's own request id) and never carry ``xproxy_`` in any case; afterwards
@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 
 from plano_fast.wire import PURE_ENV
-from tests.differential_i import Tenants, fixed, provision_tenants, request, revoke
+from tests.differential_i import Tenants, expire_soon, fixed, provision_tenants, request, revoke
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hypothesis_budget import examples
 from tests.test_managed import ENV
@@ -161,6 +161,8 @@ class Outcome:
     statuses: collections.Counter[bytes] = field(default_factory=collections.Counter)
     requests: int = 0
     divergences: list[str] = field(default_factory=list)
+    #: the hand-picked requests' status lines, by name, before and after the phase change
+    fixed: dict[str, bytes] = field(default_factory=dict)
 
 
 def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, RecordingUpstream], seed: int,
@@ -181,7 +183,7 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
     out = Outcome()
     served = 0
 
-    def compare(data: bytes) -> None:
+    def compare(data: bytes) -> bytes:
         nonlocal served
         seen = [len(u.seen) for u in upstreams]
         compiled = _answer(gateways[0], data)
@@ -196,17 +198,20 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
             out.divergences.append(f"{problem}: {data[:300]!r}\n  compiled {compiled[:400]!r}\n  pure     {twin[:400]!r}")
             if stop_at_first:
                 raise AssertionError(out.divergences[-1])
+        return compiled
 
     with gateways[0], gateways[1]:
-        assert time.time_ns() < tenants.expiring_at_ns - 2 * 10**9, "the gateways took too long to start"
-        for data in fixed(tenants) + [request(rng, tenants) for _ in range(count)]:
-            compare(data)
+        before = {name: compare(data)[:12] for name, data in fixed(tenants).items()}
+        for _ in range(count):
+            compare(request(rng, tenants))
         for db in dbs:
             revoke(db, tenants.token_ids["revoked after load"])
+            expire_soon(db, tenants.token_ids["expiring"], in_s=1.0)
         # both gateways reload their tokens every second: two reloads, and past the expiry
-        time.sleep(max(2.5, (tenants.expiring_at_ns - time.time_ns()) / 1e9 + 0.5))
-        for data in fixed(tenants) + [request(rng, tenants) for _ in range(max(10, count // 3))]:
-            compare(data)
+        time.sleep(3.0)
+        after = {name: compare(data)[:12] for name, data in fixed(tenants).items()}
+        for _ in range(max(10, count // 3)):
+            compare(request(rng, tenants))
         ledgers = [_settled_ledger(db, served) for db in dbs]
     for what, compiled_part, twin_part in zip(("usage rows", "counters", "reservations", "hard limits"), *ledgers):
         if compiled_part != twin_part:
@@ -215,10 +220,18 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
     if stop_at_first:
         assert not out.divergences, out.divergences
     # What both must do (agreeing on something wrong fails here too).
+    expected = {"live": b"200", "expiring": b"200", "revoked after load": b"200", "expired": b"401",
+                "revoked": b"401", "no pipe": b"400", "project hard, tiny": b"402", "user hard, tiny": b"402",
+                "project hard, large": b"200", "user hard, large": b"200", "down target": b"502",
+                "absent target": b"400", "count_tokens, tiny limit": b"200"}
+    assert {name: before[name][9:] for name in expected} == expected, before
+    assert {name: after[name][9:] for name in expected} == {
+        **expected, "expiring": b"401", "revoked after load": b"401"}, after
     http_status = _column(dbs[0], "http_status")
     assert sum(1 for s in http_status if s == 200) == served, (served, collections.Counter(http_status))
     assert not reservations and all(c[5] == 0 for c in counters), (reservations, counters)
     assert all(spent <= limit for _, _, limit, spent in limits), limits
+    out.fixed = {**{f"{k} (before)": v for k, v in before.items()}, **{f"{k} (after)": v for k, v in after.items()}}
     return out
 
 
