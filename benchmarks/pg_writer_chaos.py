@@ -46,8 +46,9 @@ from plano_fast.store.migrate import migrate
 from plano_fast.usage import STATUS_OK, UsageEvent
 
 FAULTS = ("kill", "kill", "pause", "abandon", "abandon+kill")
-#: the hard-limited project's limit and what each of its requests reserves (then spends)
-LIMIT_NANO_USD = 40_000
+#: the hard-limited project's limit (by default: reached about half-way through 40 rounds)
+#: and what each of its requests reserves (then spends up to 300 less)
+LIMIT_NANO_USD = 100_000
 RESERVE_NANO_USD = 1_000
 
 
@@ -63,13 +64,16 @@ class Report:
     abandoned_rows: int = 0
     backends_killed: int = 0
     replays: int = 0
+    limit_nano_usd: int = 0
+    limited_spent_nano_usd: int = 0
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"rounds {dict(self.rounds)}, {self.rows} rows, reservations {self.reservations_granted}/"
                 f"{self.reservations_asked} granted ({self.reserve_errors} reserve errors, {self.settle_errors} "
                 f"settle errors), {self.fallback_rows} rows to the fallback, {self.abandoned_rows} abandoned, "
-                f"{self.backends_killed} backends killed, {self.replays} replay writes; "
+                f"{self.backends_killed} backends killed, {self.replays} replay writes, hard limit "
+                f"{self.limited_spent_nano_usd}/{self.limit_nano_usd} spent; "
                 f"problems: {self.problems or 'none'}")
 
 
@@ -142,7 +146,7 @@ async def _until_in_flight(writer: GroupWriter, batches: int, timeout_s: float =
 
 
 async def chaos(dsn: str, *, rounds: int, seed: int, rows_per_round: int = 40, proxy_dsn: str | None = None,
-                proxy: Any = None, faults: Sequence[str] = ()) -> Report:
+                proxy: Any = None, faults: Sequence[str] = (), limit_nano_usd: int = LIMIT_NANO_USD) -> Report:
     """The run: ``rounds`` rounds of faults on the database ``dsn`` (a fresh schema),
     ``faults`` in turn or, without them, drawn at random; instance B through ``proxy_dsn``
     (a ``tests.fault_proxy.FaultProxy`` in front of the same database, ``proxy``) when
@@ -153,7 +157,8 @@ async def chaos(dsn: str, *, rounds: int, seed: int, rows_per_round: int = 40, p
     report = Report()
     tag = "pfchaos-" + secrets.token_hex(4)
     rows: dict[str, UsageRow] = {}
-    limited = [BudgetTarget("project", "p2", "total", 0, LIMIT_NANO_USD)]
+    limited = [BudgetTarget("project", "p2", "total", 0, limit_nano_usd)]
+    report.limit_nano_usd = limit_nano_usd
     admin = await asyncpg.connect(dsn)
     a_store = open_store(with_query(dsn, application_name=tag + "-a"), "unused.db", max_size=8, command_timeout=30)
     b_store = open_store(with_query(proxy_dsn or dsn, application_name=tag + "-b"), "unused.db", max_size=8,
@@ -268,8 +273,10 @@ async def _check(admin: Any, rows: dict[str, UsageRow], report: Report) -> None:
         if not (int(spent) == int(log_sum) == expected and int(reserved) == 0):
             report.problems.append(f"{kind} {scope}: spent {spent}, log {log_sum}, expected {expected}, "
                                    f"reserved {reserved}")
-        if scope == "p2" and int(spent) > LIMIT_NANO_USD:
-            report.problems.append(f"hard limit overshot: {spent} > {LIMIT_NANO_USD}")
+        if scope == "p2":
+            report.limited_spent_nano_usd = int(spent)
+            if int(spent) > report.limit_nano_usd:
+                report.problems.append(f"hard limit overshot: {spent} > {report.limit_nano_usd}")
     open_reservations = await admin.fetchval("SELECT count(*) FROM spending_reservations")
     if open_reservations:
         report.problems.append(f"{open_reservations} reservations left")
