@@ -84,13 +84,9 @@ def provision_tenants(sqlite_path: str) -> Tenants:
     return out
 
 
-def revoke(sqlite_path: str, token_id: str) -> None:
-    store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(token_id))
-
-
 def expire_soon(sqlite_path: str, token_id: str, in_s: float) -> None:
     """The token expires ``in_s`` from now (its row updated: the gateway's next reload
-    reads it; until then the expiry it loaded, none, stands)."""
+    of its state reads it; until then the expiry it loaded, none, stands)."""
     with sqlite3.connect(sqlite_path) as db:
         db.execute("update proxy_tokens set expires_at_ns = ? where id = ?", (time.time_ns() + int(in_s * 1e9), token_id))
 

@@ -9,8 +9,10 @@ Messages, count_tokens and Responses, streamed or not).
 
 A compiled gateway and a pure one (``PLANO_FAST_PURE_SCANNER=1``), each with its own
 recording upstream and a copy of the same provisioned database, get the same requests over
-real sockets in two phases (between them the "expiring" token is given an expiry a second
-away and the "revoked after load" one is revoked, in both databases; the gateways reload).  Each case returns an answer whose status,
+real sockets in two phases: between them the "expiring" token's row is given an expiry
+1.5 s away and the "revoked after load" one is revoked through each gateway's admin API,
+which reloads its state; the phase after starts once the expiry has passed (no periodic
+reload: only the start's own expiry check can refuse that token).  Each case returns an answer whose status,
 head (but ``date`` and the request id) and body (but the JSON parsers' own wording of a
 syntax error) must be the same on both; what each upstream received must be the same
 (but the gateway's own request id) and never carry ``xproxy_`` in any case; afterwards
@@ -33,6 +35,7 @@ import shutil
 import socket
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +44,10 @@ from typing import Any
 import pytest
 
 from plano_fast.wire import PURE_ENV
-from tests.differential_i import Tenants, expire_soon, fixed, provision_tenants, request, revoke
+from tests.differential_i import Tenants, expire_soon, fixed, provision_tenants, request
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hypothesis_budget import examples
+from tests.test_admin import ADMIN_KEY
 from tests.test_managed import ENV
 from tests.test_plain_managed import RecordingUpstream as ChatUpstream
 from tests.test_whole_answer import _normalized, _read_answer
@@ -144,15 +148,19 @@ def _ledger(sqlite_path: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     return usage, counters, reservations, limits
 
 
-def _settled_ledger(sqlite_path: str, rows: int) -> tuple[list[tuple[Any, ...]], ...]:
-    """The ledger once ``rows`` usage rows are there, priced (or 15 s passed)."""
+def _settled_ledgers(dbs: list[str], rows: int) -> list[tuple[list[tuple[Any, ...]], ...]]:
+    """Both ledgers once each has at least ``rows`` usage rows, none waiting for its price,
+    nothing reserved, and the two agree (or 15 s passed: then as they are)."""
     deadline = time.monotonic() + 15
     while True:
-        ledger = _ledger(sqlite_path)
-        with sqlite3.connect(sqlite_path) as db:
-            pending = db.execute("select count(*) from usage_log where price_status = 'pending'").fetchone()[0]
-        if (len(ledger[0]) >= rows and not pending and not ledger[2]) or time.monotonic() > deadline:
-            return ledger
+        ledgers = [_ledger(db) for db in dbs]
+        pending = 0
+        for db in dbs:
+            with sqlite3.connect(db) as conn:
+                pending += conn.execute("select count(*) from usage_log where price_status = 'pending'").fetchone()[0]
+        settled = all(len(ledger[0]) >= rows and not ledger[2] for ledger in ledgers) and not pending
+        if (settled and ledgers[0] == ledgers[1]) or time.monotonic() > deadline:
+            return ledgers
         time.sleep(0.2)
 
 
@@ -174,7 +182,10 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
     gateways: list[GatewayProcess] = []
     dbs: list[str] = []
     for name, upstream, env in (("compiled", upstreams[0], {}), ("pure", upstreams[1], {PURE_ENV: "1"})):
-        config = write_config(tmp_path / f"{name}.yaml", upstream.port, {"managed": "true", "managed_reload_s": 1})
+        # No periodic reload (600 s): the state changes between the phases are loaded by the
+        # admin API's revocation, and the expiry that passes after it is the start's own check.
+        config = write_config(tmp_path / f"{name}.yaml", upstream.port,
+                              {"managed": "true", "managed_reload_s": 600, "admin_port": 0, "admin_key": ADMIN_KEY})
         db = str(config.with_suffix(".db"))
         gateways.append(GatewayProcess(config, env={**ENV, **env}, migrate=False,
                                        before_start=lambda db=db: shutil.copyfile(template, db)))
@@ -204,15 +215,14 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
         before = {name: compare(data)[:12] for name, data in fixed(tenants).items()}
         for _ in range(count):
             compare(request(rng, tenants))
-        for db in dbs:
-            revoke(db, tenants.token_ids["revoked after load"])
-            expire_soon(db, tenants.token_ids["expiring"], in_s=1.0)
-        # both gateways reload their tokens every second: two reloads, and past the expiry
-        time.sleep(3.0)
+        for db, gateway in zip(dbs, gateways):
+            expire_soon(db, tenants.token_ids["expiring"], in_s=1.5)
+            _revoke(gateway, tenants.token_ids["revoked after load"])  # (and the state reloaded)
+        time.sleep(2.0)  # past the expiry, with the token still loaded
         after = {name: compare(data)[:12] for name, data in fixed(tenants).items()}
         for _ in range(max(10, count // 3)):
             compare(request(rng, tenants))
-        ledgers = [_settled_ledger(db, served) for db in dbs]
+        ledgers = _settled_ledgers(dbs, served)
     for what, compiled_part, twin_part in zip(("usage rows", "counters", "reservations", "hard limits"), *ledgers):
         if compiled_part != twin_part:
             out.divergences.append(f"{what} differ:\n  compiled {compiled_part}\n  pure     {twin_part}")
@@ -233,6 +243,14 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
     assert all(spent <= limit for _, _, limit, spent in limits), limits
     out.fixed = {**{f"{k} (before)": v for k, v in before.items()}, **{f"{k} (after)": v for k, v in after.items()}}
     return out
+
+
+def _revoke(gateway: GatewayProcess, token_id: str) -> None:
+    """The admin API's revocation: the token revoked in the store and the state reloaded."""
+    req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/tokens/{token_id}/revoke", method="POST",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
 
 
 def _column(sqlite_path: str, name: str) -> list[Any]:
