@@ -48,7 +48,6 @@ def _mangled(token: bytes) -> dict[str, bytes]:
         "no scheme": b"Authorization: " + token + b"\r\n",
         "proxy-authorization": b"Proxy-Authorization: Bearer " + token + b"\r\n",
         "cookie": b"Cookie: token=" + token + b"\r\n",
-        "x-goog-api-key": b"x-goog-api-key: " + token + b"\r\n",
         "a percent-encoded NUL after": b"Authorization: Bearer " + token + b"%00\r\n",
         "a provider-key look-alike": b"Authorization: Bearer sk-" + token[7:] + b"\r\n",
         "the prefix alone": b"Authorization: Bearer xproxy_\r\n",
@@ -56,8 +55,9 @@ def _mangled(token: bytes) -> dict[str, bytes]:
     }
 
 
-@case("identity", "round i: an xproxy_ token mangled 16 ways (case, trailing bytes, twice, comma-joined, wrong "
-      "header or scheme, a look-alike): 401 in the client's format, not forwarded, the token not echoed",
+@case("identity", "round i: an xproxy_ token mangled 15 ways (case, trailing bytes, twice, comma-joined, wrong "
+      "header or scheme, a look-alike): 401, not forwarded, not echoed; in each other credential place "
+      "(x-goog-api-key, api-key, x_api_key, ?key=): 200, the token never upstream",
       modes=("managed",))
 def round_i_mangled_tokens(s: Stack) -> Result:
     token = _token(s)
@@ -68,13 +68,21 @@ def round_i_mangled_tokens(s: Stack) -> Result:
         forwarded = len(_calls_since(s, before))
         if answer.status != 401 or forwarded or token in answer.raw or token[7:] in answer.raw:
             bad.append(f"{name}: {answer.status} fwd={forwarded} echoed={token[7:] in answer.raw}")
-    # and in the query string: the token is no credential there, and never goes upstream
-    before = len(s.provider_calls())
-    answer = exchange(s.gateway.port, post(CHAT_PATH + b"?key=" + token, CHAT, b""), wait_s=5, close_wait_s=0)
-    if answer.status != 401 or _calls_since(s, before):
-        bad.append(f"?key=: {answer.status}")
-    return Result(not bad, "; ".join(bad)[:300] or f"{len(_mangled(token)) + 1} mangled credentials, each 401, "
-                                                   "none forwarded or echoed")
+    # The token where a credential may be (docs/security.md "One credential per request"):
+    # served, and the provider gets the server-side key only.
+    for name, path, lines in (("x-goog-api-key", CHAT_PATH, b"x-goog-api-key: " + token + b"\r\n"),
+                              ("api-key", CHAT_PATH, b"api-key: " + token + b"\r\n"),
+                              ("x_api_key", CHAT_PATH, b"x_api_key: " + token + b"\r\n"),
+                              ("?key=", CHAT_PATH + b"?key=" + token, b"")):
+        before = len(s.provider_calls())
+        answer = exchange(s.gateway.port, post(path, CHAT, lines), wait_s=5, close_wait_s=0)
+        calls = _calls_since(s, before)
+        leaked = [c for c in calls if b"xproxy_" in (c.path + repr(c.headers)).encode().lower()]
+        if answer.status != 200 or len(calls) != 1 or leaked:
+            bad.append(f"{name}: {answer.status} fwd={len(calls)} token upstream={bool(leaked)}")
+    return Result(not bad, "; ".join(bad)[:300] or f"{len(_mangled(token))} mangled credentials, each 401, none "
+                                                   "forwarded or echoed; in x-goog-api-key, api-key, x_api_key or "
+                                                   "?key=: 200, the token not forwarded")
 
 
 _BOUNDS = (b"-1", b"0", b"-0", b"1.5", b"1e3", b"1E400", b'"5"', b"null", b"true", b"[]", b"{}",

@@ -65,6 +65,8 @@ class Report:
     backends_killed: int = 0
     replays: int = 0
     limit_nano_usd: int = 0
+    #: the most batches instance A's writer had in flight when a fault struck
+    in_flight_at_fault: int = 0
     limited_spent_nano_usd: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -72,7 +74,8 @@ class Report:
         return (f"rounds {dict(self.rounds)}, {self.rows} rows, reservations {self.reservations_granted}/"
                 f"{self.reservations_asked} granted ({self.reserve_errors} reserve errors, {self.settle_errors} "
                 f"settle errors), {self.fallback_rows} rows to the fallback, {self.abandoned_rows} abandoned, "
-                f"{self.backends_killed} backends killed, {self.replays} replay writes, hard limit "
+                f"{self.backends_killed} backends killed, {self.replays} replay writes, up to "
+                f"{self.in_flight_at_fault} batches in flight at a fault, hard limit "
                 f"{self.limited_spent_nano_usd}/{self.limit_nano_usd} spent; "
                 f"problems: {self.problems or 'none'}")
 
@@ -219,7 +222,8 @@ async def chaos(dsn: str, *, rounds: int, seed: int, rows_per_round: int = 40, p
                 serial += 1
                 rid = f"h{round_no}-{serial}"
                 settle_tasks.append(asyncio.create_task(limited_request(rng.choice((a, b)), rid)))
-            await _until_in_flight(a.writer, 3)
+            in_flight = await _until_in_flight(a.writer, a.writer.in_flight)
+            report.in_flight_at_fault = max(report.in_flight_at_fault, in_flight)
             await asyncio.sleep(rng.random() * 0.2)
             if fault == "pause":
                 await asyncio.sleep(0.3 + rng.random() * 0.7)

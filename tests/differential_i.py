@@ -96,17 +96,17 @@ def expire_soon(sqlite_path: str, token_id: str, in_s: float) -> None:
 #: tenants a generated request may carry (live ones weighted up: most requests forwarded).
 #: Not "expiring": a generated request could be sent to one gateway before its expiry and
 #: to the other after it; ``fixed`` sends it, well before and well after.
-_TENANTS = ("live", "live", "live", "live", "project hard, large", "project hard, large", "user hard, large",
-            "user hard, large", "project hard, tiny", "user hard, tiny", "expired", "revoked", "no pipe",
-            "revoked after load")
+_TENANTS = ("live", "live", "live", "live", "live", "live", "project hard, large", "project hard, large",
+            "user hard, large", "user hard, large", "project hard, tiny", "user hard, tiny", "expired", "revoked",
+            "no pipe", "revoked after load")
 _URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def _token(rng: random.Random, tenants: Tenants) -> tuple[bytes, str]:
     """A credential's value and what it is."""
     valid = tenants.tokens[rng.choice(_TENANTS)].encode()
-    pick = rng.randrange(14)
-    if pick < 7:
+    pick = rng.randrange(20)
+    if pick < 13:
         return valid, "valid"
     return [
         (b"xproxy_" + "".join(rng.choice(_URLSAFE) for _ in range(43)).encode(), "unknown"),
@@ -118,29 +118,30 @@ def _token(rng: random.Random, tenants: Tenants) -> tuple[bytes, str]:
         (valid + rng.choice([b"x", b",", b" extra", b";", b"\t\t", b"  ", b"%00", b"\x7f"]), "trailing"),
         (b"sk-" + valid[7:], "provider-looking"),
         (valid, "valid"),
-    ][pick - 7]
+    ][pick - 13]
 
 
 def _credential_lines(rng: random.Random, tenants: Tenants) -> bytes:
     token, _ = _token(rng, tenants)
-    pick = rng.randrange(12)
-    if pick < 5:
-        scheme = b"Bearer " if pick < 4 else rng.choice([b"bearer ", b"BEARER ", b"Bearer  ", b"Basic ", b"",
-                                                          b"Token ", b"Bearer\t"])
+    pick = rng.randrange(22) - 6
+    if pick < 9:  # (more than half the requests: Bearer, in any case)
+        return _case_variant(rng, b"authorization") + b": Bearer " + token + b"\r\n"
+    if pick == 9:
+        scheme = rng.choice([b"bearer ", b"BEARER ", b"Bearer  ", b"Basic ", b"", b"Token ", b"Bearer\t"])
         return _case_variant(rng, b"authorization") + b": " + scheme + token + b"\r\n"
-    if pick == 5:
-        return _case_variant(rng, b"x-api-key") + b": " + token + b"\r\n"
-    if pick == 6:  # the wrong header: never a credential
-        name = rng.choice([b"proxy-authorization", b"cookie", b"x-xproxy-token", b"x-goog-api-key", b"api-key",
-                           b"x_api_key", b"authorisation"])
+    if pick == 10:  # the other places a credential may be (docs/security.md)
+        name = rng.choice([b"x-api-key", b"x-goog-api-key", b"api-key", b"x_api_key"])
+        return _case_variant(rng, name) + b": " + token + b"\r\n"
+    if pick == 11:  # a header that is no credential: the request has none
+        name = rng.choice([b"proxy-authorization", b"cookie", b"x-xproxy-token", b"authorisation"])
         return name + b": " + (b"Bearer " if name.endswith(b"authorization") else b"") + token + b"\r\n"
-    if pick == 7:  # twice: the same value, or two tokens
+    if pick == 12:  # twice: the same value, or two tokens
         other = token if rng.random() < 0.5 else _token(rng, tenants)[0]
         first = b"authorization: Bearer " + token + b"\r\n"
         return first + rng.choice([b"authorization: Bearer ", b"x-api-key: ", b"Authorization: Bearer "]) + other + b"\r\n"
-    if pick == 8:
+    if pick == 13:
         return b""
-    if pick == 9:  # a comma-joined pair in one line
+    if pick == 14:  # a comma-joined pair in one line
         return b"authorization: Bearer " + token + b", Bearer " + token + b"\r\n"
     return b"authorization: Bearer " + token + b"\r\n"
 
@@ -149,10 +150,11 @@ def _credential_lines(rng: random.Random, tenants: Tenants) -> bytes:
 
 #: raw JSON values for an output bound: small, zero, negative, huge (past 64 bits),
 #: fractional, exponent, string, null, boolean, -0
-_BOUNDS = (b"5", b"5", b"1", b"0", b"-1", b"-0", b"1000000000000", b"9223372036854775807", b"9223372036854775808",
+_BOUNDS = (b"5", b"5", b"5", b"16", b"1", b"0", b"-1", b"-0", b"1000000000000", b"9223372036854775807", b"9223372036854775808",
            b"18446744073709551617", b"99999999999999999999999999999", b"1.5", b"5.0", b"1e3", b"1E400", b'"10"',
            b"null", b"true", b"false", b"[]", b"{}", b" 5 ")
-_MODELS = ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o", "claude-sonnet-4-6", "claude-sonnet-4-6",
+_MODELS = ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o", "gpt-4o",
+           "claude-sonnet-4-6", "claude-sonnet-4-6", "claude-sonnet-4-6",
            "absent-model", "gpt-5", "GPT-4O-MINI", "gpt-4o-mini ", "claude-*", "", None)
 _MESSAGES = b'[{"role":"user","content":"hello"}]'
 
@@ -162,8 +164,8 @@ def _members(rng: random.Random, model: str | None, bound_names: tuple[bytes, ..
     if model is not None:
         members.append(b'"model":' + json.dumps(model).encode())
     for name in bound_names:
-        if rng.random() < 0.6:
-            members.append(b'"' + name + b'":' + rng.choice(_BOUNDS))
+        if rng.random() < 0.5:  # (half of them one a provider would take)
+            members.append(b'"' + name + b'":' + rng.choice(_BOUNDS if rng.random() < 0.5 else (b"5", b"16", b"4096")))
     if rng.random() < 0.3:
         members.append(b'"stream":' + rng.choice([b"true", b"true", b"false", b'"yes"', b"null"]))
     if rng.random() < 0.05:
