@@ -126,16 +126,11 @@ def round_i_no_token_upstream(s: Stack) -> Result:
       "($PLANO_FAST_ROUND_I_REQUESTS, default 600 a phase): 0 divergences between the compiled and the pure "
       "gateway (answers, upstream bytes, usage rows, counters)", modes=("managed",))
 def round_i_managed_differential(s: Stack) -> Result:
-    from tests.test_differential_i import RecordingUpstream, run_differential
+    from tests.test_differential_i import recording_pair, run_differential
 
     count = int(os.environ.get("PLANO_FAST_ROUND_I_REQUESTS", "600"))
-    upstreams = (RecordingUpstream(), RecordingUpstream())
-    try:
-        with tempfile.TemporaryDirectory(prefix="round-i-") as tmp:
-            out = run_differential(Path(tmp), upstreams, seed=101, count=count, stop_at_first=False)
-    finally:
-        for u in upstreams:
-            u.close()
+    with recording_pair() as upstreams, tempfile.TemporaryDirectory(prefix="round-i-") as tmp:
+        out = run_differential(Path(tmp), upstreams, seed=101, count=count, stop_at_first=False)
     return Result(not out.divergences, f"{out.requests} requests, {len(out.divergences)} divergences, statuses "
                                        f"{sorted((k.decode()[9:12], v) for k, v in out.statuses.items())}"
                   + (f"; first: {out.divergences[0][:200]}" if out.divergences else ""))

@@ -34,7 +34,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,33 +104,30 @@ class _Instance:
         self.writer = GroupWriter(store, self.fallback.append)
 
 
-async def _replay(store: Store, rows: list[UsageRow], report: Report, deadline_s: float = 60.0) -> None:
-    """``rows`` written (a row that committed already is skipped by the store), retried
-    until the database takes them: the journal's replay."""
-    end = time.monotonic() + deadline_s
-    while rows:
-        try:
-            await store.write_usage(rows)
-            report.replays += 1
-            return
-        except Exception as exc:  # noqa: BLE001 - retried, as the journal's replay is
-            if time.monotonic() > end:
-                report.problems.append(f"replay of {len(rows)} rows kept failing: {type(exc).__name__}")
-                return
-            await asyncio.sleep(0.2)
-
-
-async def _release(store: Store, reservation: Reservation, report: Report) -> None:
+async def _until_done(call: Callable[[], Awaitable[object]], what: str, report: Report) -> bool:
+    """``call`` retried until the database takes it (60 s at most: then a problem)."""
     end = time.monotonic() + 60
     while True:
         try:
-            await store.release(reservation)
-            return
-        except Exception as exc:  # noqa: BLE001 - retried, as managed mode's release_soon does
+            await call()
+            return True
+        except Exception as exc:  # noqa: BLE001 - retried, as the journal's replay and release_soon are
             if time.monotonic() > end:
-                report.problems.append(f"release kept failing: {type(exc).__name__}")
-                return
+                report.problems.append(f"{what} kept failing: {type(exc).__name__}")
+                return False
             await asyncio.sleep(0.2)
+
+
+async def _replay(store: Store, rows: list[UsageRow], report: Report) -> None:
+    """``rows`` written (a row that committed already is skipped by the store), retried
+    until the database takes them: the journal's replay."""
+    if rows and await _until_done(lambda: store.write_usage(rows), f"replay of {len(rows)} rows", report):
+        report.replays += 1
+
+
+async def _release(store: Store, reservation: Reservation, report: Report) -> None:
+    """The reservation given back, retried: managed mode's ``release_soon``."""
+    await _until_done(lambda: store.release(reservation), "release", report)
 
 
 async def _kill(admin: Any, tag: str, busy_only: bool) -> int:
@@ -271,7 +268,8 @@ async def _check(admin: Any, rows: dict[str, UsageRow], report: Report) -> None:
             "SELECT COALESCE(SUM(spent_nano_usd), 0), COALESCE(SUM(reserved_nano_usd), 0) FROM spending_counters "
             "WHERE scope_kind = $1 AND scope_id = $2 AND period = 'total'", kind, scope)
         log_sum = await admin.fetchval(
-            f"SELECT COALESCE(SUM(cost_nano_usd), 0) FROM usage_log WHERE priced AND {column} = $1", scope)  # noqa: S608
+            f"SELECT COALESCE(SUM(cost_nano_usd), 0) FROM usage_log WHERE priced AND {column} = $1",  # noqa: S608
+            scope)
         expected = sum(r.cost_nano_usd or 0 for r in rows.values()
                        if (r.project_id if kind == "project" else r.user_id) == scope)
         if not (int(spent) == int(log_sum) == expected and int(reserved) == 0):

@@ -88,7 +88,8 @@ def expire_soon(sqlite_path: str, token_id: str, in_s: float) -> None:
     """The token expires ``in_s`` from now (its row updated: the gateway's next reload
     of its state reads it; until then the expiry it loaded, none, stands)."""
     with sqlite3.connect(sqlite_path) as db:
-        db.execute("update proxy_tokens set expires_at_ns = ? where id = ?", (time.time_ns() + int(in_s * 1e9), token_id))
+        db.execute("update proxy_tokens set expires_at_ns = ? where id = ?",
+                   (time.time_ns() + int(in_s * 1e9), token_id))
 
 
 # -- credentials --------------------------------------------------------------------------
@@ -138,7 +139,8 @@ def _credential_lines(rng: random.Random, tenants: Tenants) -> bytes:
     if pick == 12:  # twice: the same value, or two tokens
         other = token if rng.random() < 0.5 else _token(rng, tenants)[0]
         first = b"authorization: Bearer " + token + b"\r\n"
-        return first + rng.choice([b"authorization: Bearer ", b"x-api-key: ", b"Authorization: Bearer "]) + other + b"\r\n"
+        second = rng.choice([b"authorization: Bearer ", b"x-api-key: ", b"Authorization: Bearer "])
+        return first + second + other + b"\r\n"
     if pick == 13:
         return b""
     if pick == 14:  # a comma-joined pair in one line
@@ -150,7 +152,8 @@ def _credential_lines(rng: random.Random, tenants: Tenants) -> bytes:
 
 #: raw JSON values for an output bound: small, zero, negative, huge (past 64 bits),
 #: fractional, exponent, string, null, boolean, -0
-_BOUNDS = (b"5", b"5", b"5", b"16", b"1", b"0", b"-1", b"-0", b"1000000000000", b"9223372036854775807", b"9223372036854775808",
+_BOUNDS = (b"5", b"5", b"5", b"16", b"1", b"0", b"-1", b"-0", b"1000000000000", b"9223372036854775807",
+           b"9223372036854775808",
            b"18446744073709551617", b"99999999999999999999999999999", b"1.5", b"5.0", b"1e3", b"1E400", b'"10"',
            b"null", b"true", b"false", b"[]", b"{}", b" 5 ")
 _MODELS = ("gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o", "gpt-4o",

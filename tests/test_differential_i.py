@@ -27,6 +27,7 @@ The seeds are fixed (a failure reproduces); ``PLANO_FAST_HYPOTHESIS=deep`` runs 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -48,6 +49,7 @@ from tests.differential_i import Tenants, expire_soon, fixed, provision_tenants,
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hypothesis_budget import examples
 from tests.test_admin import ADMIN_KEY
+from tests.test_differential_h import _JSON_ERROR  # (the JSON parsers' own wording of a syntax error)
 from tests.test_managed import ENV
 from tests.test_plain_managed import RecordingUpstream as ChatUpstream
 from tests.test_whole_answer import _normalized, _read_answer
@@ -56,20 +58,24 @@ pytest.importorskip("plano_fast.gateway._managed", reason="the Cython extensions
 if os.environ.get(PURE_ENV) == "1":  # both gateways would run the twins
     pytest.skip("pure scanner forced by the environment", allow_module_level=True)
 
-#: the JSON parsers word a syntax error each their own way (orjson / the pure scanner)
-_JSON_ERROR = re.compile(rb'"message":"request body is not valid JSON: [^"]*"')
 _USAGE = {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
 _RESPONSE = {"id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-4o-mini",
              "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
                          "content": [{"type": "output_text", "text": "hi", "annotations": []}]}],
              "usage": _USAGE}
-_RESPONSE_STREAM = b"".join(b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(event).encode()) for kind, event in (
+
+
+def _sse(events: tuple[tuple[str, dict[str, Any]], ...]) -> bytes:
+    return b"".join(b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(event).encode()) for kind, event in events)
+
+
+_RESPONSE_STREAM = _sse((
     ("response.created", {"type": "response.created", "response": {**_RESPONSE, "status": "in_progress",
                                                                    "usage": None}}),
     ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "hi"}),
     ("response.completed", {"type": "response.completed", "response": _RESPONSE}),
 ))
-_MESSAGE_STREAM = b"".join(b"event: %s\ndata: %s\n\n" % (kind.encode(), json.dumps(event).encode()) for kind, event in (
+_MESSAGE_STREAM = _sse((
     ("message_start", {"type": "message_start", "message": {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "content": [],
         "stop_reason": None, "usage": {"input_tokens": 11, "output_tokens": 1}}}),
@@ -107,12 +113,21 @@ class RecordingUpstream(ChatUpstream):
         return True
 
 
+@contextlib.contextmanager
+def recording_pair() -> Iterator[tuple[RecordingUpstream, RecordingUpstream]]:
+    """Two recording upstreams (the compiled gateway's, the pure one's), closed after."""
+    pair = (RecordingUpstream(), RecordingUpstream())
+    try:
+        yield pair
+    finally:
+        for server in pair:
+            server.close()
+
+
 @pytest.fixture
 def upstreams() -> Iterator[tuple[RecordingUpstream, RecordingUpstream]]:
-    pair = (RecordingUpstream(), RecordingUpstream())
-    yield pair
-    for server in pair:
-        server.close()
+    with recording_pair() as pair:
+        yield pair
 
 
 def _answer(gateway: GatewayProcess, data: bytes) -> bytes:
@@ -206,7 +221,8 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
         problem = ("answers differ" if compiled != twin else "upstream bytes differ" if sent[0] != sent[1]
                    else "a token upstream" if any(b"xproxy_" in s.lower() for s in sent[0] + sent[1]) else "")
         if problem:
-            out.divergences.append(f"{problem}: {data[:300]!r}\n  compiled {compiled[:400]!r}\n  pure     {twin[:400]!r}")
+            out.divergences.append(
+                f"{problem}: {data[:300]!r}\n  compiled {compiled[:400]!r}\n  pure     {twin[:400]!r}")
             if stop_at_first:
                 raise AssertionError(out.divergences[-1])
         return compiled
