@@ -32,7 +32,7 @@ from tests.test_managed import provision, store_call
 
 #: (provider, upstream model, client models served): a rewrite, Anthropic, a provider
 #: whose base_url refuses connections, and one absent from model_providers (skipped)
-PIPE = [
+PIPE: list[tuple[str, str | None, str | None]] = [
     ("openai/gpt-4o-mini", None, "gpt-4o-mini*"),
     ("openai/gpt-4o-mini", "gpt-4o-mini", "gpt-4o"),
     ("anthropic/claude-sonnet-4-6", None, "claude-*"),

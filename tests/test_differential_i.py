@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import random
@@ -144,8 +145,11 @@ def _answer(gateway: GatewayProcess, data: bytes) -> bytes:
 _VOLATILE = {"id", "request_id", "time_ns", "duration_us", "price_attempted_at_ns", "upstream_us", "ttfb_us"}
 
 
-def _ledger(sqlite_path: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]],
-                                       list[tuple[Any, ...]]]:
+#: (usage rows, counters, open reservations, hard limits): rows of each
+Ledger = tuple[list[tuple[Any, ...]], ...]
+
+
+def _ledger(sqlite_path: str) -> Ledger:
     """(usage rows, counters, open reservations, hard limits with their counters' spend)."""
     with sqlite3.connect(sqlite_path) as db:
         cur = db.execute("select * from usage_log")
@@ -163,7 +167,7 @@ def _ledger(sqlite_path: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     return usage, counters, reservations, limits
 
 
-def _settled_ledgers(dbs: list[str], rows: int) -> list[tuple[list[tuple[Any, ...]], ...]]:
+def _settled_ledgers(dbs: list[str], rows: int) -> list[Ledger]:
     """Both ledgers once each has at least ``rows`` usage rows, none waiting for its price,
     nothing reserved, and the two agree (or 15 s passed: then as they are)."""
     deadline = time.monotonic() + 15
@@ -203,7 +207,7 @@ def run_differential(tmp_path: Path, upstreams: tuple[RecordingUpstream, Recordi
                               {"managed": "true", "managed_reload_s": 600, "admin_port": 0, "admin_key": ADMIN_KEY})
         db = str(config.with_suffix(".db"))
         gateways.append(GatewayProcess(config, env={**ENV, **env}, migrate=False,
-                                       before_start=lambda db=db: shutil.copyfile(template, db)))
+                                       before_start=functools.partial(shutil.copyfile, template, db)))
         dbs.append(db)
     rng = random.Random(seed)
     out = Outcome()
