@@ -19,11 +19,20 @@ happened (backends killed, rows abandoned and replayed), else the test proves no
 from __future__ import annotations
 
 import asyncio
+import collections
+import threading
+import time
+from collections.abc import Callable
+
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
 
 from benchmarks.pg_writer_chaos import chaos
 from plano_fast.store.postgres import WRITE_BATCHES_IN_FLIGHT
 from tests import pg
 from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
+from tests.gateway_proc import GatewayProcess
+from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
 
 
 def test_kills_pauses_and_abandons_lose_and_double_no_usage_row(pg_database: str) -> None:
@@ -35,3 +44,98 @@ def test_kills_pauses_and_abandons_lose_and_double_no_usage_row(pg_database: str
     assert report.backends_killed >= 2 and report.abandoned_rows >= 8 and report.replays >= 2, report.line()
     # the hard limit was reached: some reservations were refused
     assert 4 <= report.reservations_granted < report.reservations_asked, report.line()
+
+
+_BODY = b'{"model":"gpt-4o-mini","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}'
+
+
+async def _fire(url: str, token: str, count: int) -> list[tuple[int, str]]:
+    """``count`` chat requests, 24 at a time: (status, x-plano-request-id) each."""
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json",
+               "x-fake-input-tokens": str(len(_BODY)), "x-fake-output-tokens": "50"}
+    gate = asyncio.Semaphore(24)
+    async with aiohttp.ClientSession() as session:
+        async def one() -> tuple[int, str]:
+            async with gate, session.post(url + "/v1/chat/completions", data=_BODY, headers=headers) as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("x-plano-request-id", "")
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def _kill_every_backend(dsn: str, times: int, gap_s: float, killed: list[int]) -> None:
+    """Terminate every other backend of this test's database ``times`` times (the gateways'
+    connections: the session's database is this test run's own)."""
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for _ in range(times):
+                await asyncio.sleep(gap_s)
+                killed.append(int(await conn.fetchval(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                    "datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend') t")))
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def test_managed_gateway_workers_bill_every_answer_once_while_their_backends_are_killed(
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str
+) -> None:
+    """The real gateway (managed, two worker processes: two store instances, each with its
+    synchronous writer) on PostgreSQL: a tenant without a limit (its rows through the
+    sharded writer) and one with a project hard limit (reserved and settled) fire 300
+    requests each while every backend of the database is terminated 8 times, 0.25 s apart.
+    Each answer is 200, 402 (the limit) or 503 (the store lost while reserving: nothing
+    forwarded).  Afterwards -- the rows a lost write journaled flushed -- every 200 has
+    exactly one usage row and no other request has one; each counter summed across its
+    shards equals the log; nothing is reserved; the hard limit is not overshot."""
+    limit = 60 * 40_000  # about 60 requests of the limited tenant fit
+    tenants: list[Tenant] = []
+    gateway = make_gateway(
+        {"managed": "true", "database_url": f'"{pg_dsn}"', "managed_reload_s": 1}, env=ENV, workers=2,
+        before_start=lambda: tenants.extend((provision(pg_dsn, "", DEFAULT_PIPE),
+                                             provision(pg_dsn, "", DEFAULT_PIPE, limit_nano_usd=limit))),
+    )
+    plain, limited = tenants
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_every_backend, args=(pg_dsn, 8, 0.25, killed))
+
+    async def load() -> list[list[tuple[int, str]]]:
+        return list(await asyncio.gather(_fire(gateway.url, plain.token, 300), _fire(gateway.url, limited.token, 300)))
+
+    killer.start()
+    answers = asyncio.run(load())
+    killer.join(30)
+    assert sum(killed) >= 8, killed  # (the faults happened)
+    statuses = collections.Counter(status for per_tenant in answers for status, _ in per_tenant)
+    assert set(statuses) <= {200, 402, 503}, statuses
+    served = {rid for per_tenant in answers for status, rid in per_tenant if status == 200}
+    assert statuses[402] and statuses[200] >= 300, statuses
+
+    async def ledger() -> tuple[list[str], list[tuple[str, str, int, int, int]], int]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            ids = [r[0] for r in await conn.fetch("SELECT request_id FROM usage_log")]
+            sums = [tuple(r) for r in await conn.fetch(
+                "SELECT c.scope_kind, c.scope_id, SUM(c.spent_nano_usd), SUM(c.reserved_nano_usd), "
+                "(SELECT COALESCE(SUM(cost_nano_usd), 0) FROM usage_log u WHERE u.priced AND "
+                " CASE c.scope_kind WHEN 'project' THEN u.project_id ELSE u.user_id END = c.scope_id) "
+                "FROM spending_counters c WHERE c.period = 'total' GROUP BY 1, 2 ORDER BY 1, 2")]
+            held = int(await conn.fetchval("SELECT count(*) FROM spending_reservations"))
+            return ids, sums, held  # type: ignore[return-value]
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 30
+    while True:
+        ids, sums, held = asyncio.run(ledger())
+        if (len(ids) >= len(served) and not held and all(s[2] == s[4] for s in sums)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(ids) == sorted(served), (len(ids), len(served), len(set(ids) - served), len(served - set(ids)))
+    assert held == 0 and all(s[3] == 0 for s in sums), (held, sums)
+    assert all(s[2] == s[4] for s in sums), sums  # each counter, across its shards, is the log
+    [limited_sum] = [s for s in sums if s[:2] == ("project", limited.project_id)]
+    assert limited_sum[2] <= limit, (limited_sum, limit)
