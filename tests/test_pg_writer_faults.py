@@ -23,6 +23,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
@@ -138,4 +139,14 @@ def test_managed_gateway_workers_bill_every_answer_once_while_their_backends_are
     assert held == 0 and all(s[3] == 0 for s in sums), (held, sums)
     assert all(s[2] == s[4] for s in sums), sums  # each counter, across its shards, is the log
     [limited_sum] = [s for s in sums if s[:2] == ("project", limited.project_id)]
-    assert limited_sum[2] <= limit, (limited_sum, limit)
+
+    async def detail() -> list[Any]:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(
+                "SELECT status, http_status, cost_nano_usd, input_tokens, output_tokens, count(*) FROM usage_log "
+                "WHERE project_id = $1 GROUP BY 1, 2, 3, 4, 5", limited.project_id)]
+        finally:
+            await conn.close()
+
+    assert limited_sum[2] <= limit, (limited_sum, limit, asyncio.run(detail()), statuses, killed)
