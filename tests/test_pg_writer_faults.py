@@ -129,7 +129,7 @@ def test_managed_gateway_workers_bill_every_answer_once_while_their_backends_are
                 " CASE c.scope_kind WHEN 'project' THEN u.project_id ELSE u.user_id END = c.scope_id) "
                 "FROM spending_counters c WHERE c.period = 'total' GROUP BY 1, 2 ORDER BY 1, 2")]
             held = int(await conn.fetchval("SELECT count(*) FROM spending_reservations"))
-            return ids, sums, held  # type: ignore[return-value]
+            return ids, sums, held
         finally:
             await conn.close()
 

@@ -69,6 +69,7 @@ def test_a_failed_settle_keeps_its_reservation_until_its_row_is_counted(
     assert statuses == [200, 200, 200, 402, 402, 402], statuses
     recorded = [r for r in rows(sqlite_path) if r.project_id == tenant.project_id]
     assert len(recorded) == 3 and sum(r.cost_nano_usd or 0 for r in recorded) == 3 * cost
-    counter = store_call(None, sqlite_path, lambda s: s.get_counter(CounterKey("project", tenant.project_id, "total", 0)))
+    key = CounterKey("project", tenant.project_id, "total", 0)
+    counter = store_call(None, sqlite_path, lambda s: s.get_counter(key))
     assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (3 * cost, 0)
     assert counter.spent_nano_usd <= limit
