@@ -255,13 +255,32 @@ class ManagedContext:
         task: every failure is caught and logged)."""
         self.spawn(self._release_until_done(reservation))
 
-    async def _release_until_done(self, reservation: Reservation) -> None:
+    def settle_soon(self, reservation: Reservation, row: UsageRow) -> None:
+        """Settle ``reservation`` with ``row`` in the background, retried until done: what
+        follows a synchronous settle that failed (its row also journaled, for a restart).
+        Not a release: a reservation given back before its row's cost is on the counters
+        leaves the limit short of that cost until the journaled row is written, and
+        requests admitted meanwhile overshot the hard limit (round i: two requests over, of
+        58, with the database's backends killed under load).  A settle is idempotent (the
+        row inserted and counted once, the reservation freed once), so it and the
+        journaled copy of the row land in either order.  A row the store refuses
+        (``rejects_data``) cannot settle: the reservation is then released, as before."""
+        self.spawn(self._release_until_done(reservation, row))
+
+    async def _release_until_done(self, reservation: Reservation, row: UsageRow | None = None) -> None:
+        """Released (``row`` None) or settled with ``row``, retried until done or expired."""
         delay_s = RELEASE_RETRY_FIRST_S
         failures = 0
         while True:
             try:
-                await self.store.release(reservation)
+                if row is None:
+                    await self.store.release(reservation)
+                else:
+                    await self.store.settle(reservation, row)
             except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
+                if row is not None and self.store.rejects_data(exc):
+                    row = None  # (the journaled copy is set aside by the flusher too)
+                    continue
                 failures += 1
                 if time.time_ns() + delay_s * 1e9 >= reservation.expires_at_ns:
                     log.warning("reservation %s still held after %d attempts (%s); left to the "

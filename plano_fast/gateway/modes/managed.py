@@ -592,7 +592,7 @@ class ManagedExchange(RetryingExchange):
         try:
             settled = mctx.store.settle_now(reservation, row)
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
-            self._settle_failed(exc, event, reservation)
+            self._settle_failed(exc, row, event, reservation)
             settled = False
         if settled is None:
             return mctx.spawn(self._settle_in_store(row, event, reservation))
@@ -633,12 +633,14 @@ class ManagedExchange(RetryingExchange):
             self.ctx.usage_sink(event)
             raise
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path
-            self._settle_failed(exc, event, reservation)
+            self._settle_failed(exc, row, event, reservation)
 
-    def _settle_failed(self, exc: Exception, event: UsageEvent, reservation: Reservation) -> None:
+    def _settle_failed(self, exc: Exception, row: UsageRow, event: UsageEvent, reservation: Reservation) -> None:
+        """The row journaled, and the settle retried in the background: the reservation is
+        held until the row's cost is on the counters (``ManagedContext.settle_soon``)."""
         log.error("synchronous billing failed (%s); usage queued", type(exc).__name__)
         self.ctx.usage_sink(event)
-        self.mctx.release_soon(reservation)
+        self.mctx.settle_soon(reservation, row)
 
 
 #: routes kept per pipe (``ResolvedPipe.routes``): model names are the client's to choose
