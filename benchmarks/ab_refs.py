@@ -417,9 +417,10 @@ def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int,
     return r
 
 
-def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace
-                   ) -> dict[str, Any]:
-    """Instructions per request of one ref's gateway at each concurrency.
+def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace,
+                   body: str = bench.BODY_JSON) -> dict[str, Any]:
+    """Instructions per request of one ref's gateway at each concurrency (each request
+    sends ``body`` with ``setup["headers"]``).
 
     Per concurrency: a few requests to translate the instrumented code, ``--settle-s`` for
     the deferred work they caused (usage flush, pricing: 10 s cycles by default), an idle
@@ -437,11 +438,11 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
     pid = gw.proc.pid
     try:
         out: dict[str, Any] = {"loaded": check_loaded(pid, prepared)}
-        send(gw.url, headers, args.warmup, max(args.cg_conc))
+        send(gw.url, headers, args.warmup, max(args.cg_conc), body)
         _control(pid, "--instr=on")
         for conc in args.cg_conc:
-            send(gw.url, headers, max(20, args.requests // 10), conc)  # translate the instrumented code
-            runs = [_callgrind_window(gw, headers, conc, workdir, args) for _ in range(args.cg_repeats)]
+            send(gw.url, headers, max(20, args.requests // 10), conc, body)  # translate the instrumented code
+            runs = [_callgrind_window(gw, headers, conc, workdir, args, body) for _ in range(args.cg_repeats)]
             runs.sort(key=lambda r: float(r["per_request"]))
             r = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
             r["repeats"] = [x["per_request"] for x in runs]
