@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 #: comes after the head, and preparing a second target has no side effect (a Responses
 #: request may record a conversation turn)
 HEDGED = (CHAT_COMPLETIONS, MESSAGES)
+#: route name -> its answer header line (``quote`` is ~1.5k instructions a call)
+_ROUTE_HEADERS: dict[str, bytes] = {}
+ROUTE_HEADERS_MAX = 256
 
 class ConfigExchange(RoutedExchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
@@ -168,9 +171,16 @@ class ConfigExchange(RoutedExchange):
                 span.set_attribute("plano.route.name", decision.route)
         if decision.route is not None:
             self.route_name = decision.route
-            # Plano records the route as a response header; route names are config text.
-            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
-            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+            # Plano records the route as a response header; route names are config text
+            # (or a request's own routing_preferences: the memo is bounded).
+            header = _ROUTE_HEADERS.get(decision.route)
+            if header is None:
+                name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
+                header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+                if len(_ROUTE_HEADERS) >= ROUTE_HEADERS_MAX:
+                    _ROUTE_HEADERS.clear()
+                _ROUTE_HEADERS[decision.route] = header
+            self.route_header = header
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""
