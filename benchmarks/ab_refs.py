@@ -388,6 +388,19 @@ def _dump(pid: int, out_dir: Path) -> int:
     raise RuntimeError(f"callgrind wrote no dump for pid {pid}")
 
 
+def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrency: str, idle_s: float,
+                       settle_s: float) -> None:
+    """The options ``callgrind_side`` reads (``cg_conc`` is parsed from
+    ``--callgrind-concurrency`` by the caller), with the caller's defaults."""
+    ap.add_argument("--requests", type=int, default=requests, help="callgrind: requests counted per concurrency")
+    ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
+    ap.add_argument("--callgrind-concurrency", default=concurrency, help="callgrind: comma-separated")
+    ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
+    ap.add_argument("--idle-s", type=float, default=idle_s, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
+    ap.add_argument("--settle-s", type=float, default=settle_s, help="callgrind: wait for deferred work")
+
+
 def whole_periods(seconds: float, period_s: float) -> float:
     """``seconds`` rounded up to a whole number of periods (at least one)."""
     return max(1, math.ceil(seconds / period_s - 1e-9)) * period_s
