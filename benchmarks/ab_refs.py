@@ -388,6 +388,19 @@ def _dump(pid: int, out_dir: Path) -> int:
     raise RuntimeError(f"callgrind wrote no dump for pid {pid}")
 
 
+def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrency: str, idle_s: float,
+                       settle_s: float) -> None:
+    """The options ``callgrind_side`` reads (``cg_conc`` is parsed from
+    ``--callgrind-concurrency`` by the caller), with the caller's defaults."""
+    ap.add_argument("--requests", type=int, default=requests, help="callgrind: requests counted per concurrency")
+    ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
+    ap.add_argument("--callgrind-concurrency", default=concurrency, help="callgrind: comma-separated")
+    ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
+    ap.add_argument("--idle-s", type=float, default=idle_s, help="callgrind: idle baseline per measurement")
+    ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
+    ap.add_argument("--settle-s", type=float, default=settle_s, help="callgrind: wait for deferred work")
+
+
 def whole_periods(seconds: float, period_s: float) -> float:
     """``seconds`` rounded up to a whole number of periods (at least one)."""
     return max(1, math.ceil(seconds / period_s - 1e-9)) * period_s
@@ -417,9 +430,10 @@ def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int,
     return r
 
 
-def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace
-                   ) -> dict[str, Any]:
-    """Instructions per request of one ref's gateway at each concurrency.
+def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, args: argparse.Namespace,
+                   body: str = bench.BODY_JSON) -> dict[str, Any]:
+    """Instructions per request of one ref's gateway at each concurrency (each request
+    sends ``body`` with ``setup["headers"]``).
 
     Per concurrency: a few requests to translate the instrumented code, ``--settle-s`` for
     the deferred work they caused (usage flush, pricing: 10 s cycles by default), an idle
@@ -437,11 +451,11 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
     pid = gw.proc.pid
     try:
         out: dict[str, Any] = {"loaded": check_loaded(pid, prepared)}
-        send(gw.url, headers, args.warmup, max(args.cg_conc))
+        send(gw.url, headers, args.warmup, max(args.cg_conc), body)
         _control(pid, "--instr=on")
         for conc in args.cg_conc:
-            send(gw.url, headers, max(20, args.requests // 10), conc)  # translate the instrumented code
-            runs = [_callgrind_window(gw, headers, conc, workdir, args) for _ in range(args.cg_repeats)]
+            send(gw.url, headers, max(20, args.requests // 10), conc, body)  # translate the instrumented code
+            runs = [_callgrind_window(gw, headers, conc, workdir, args, body) for _ in range(args.cg_repeats)]
             runs.sort(key=lambda r: float(r["per_request"]))
             r = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)
             r["repeats"] = [x["per_request"] for x in runs]

@@ -160,13 +160,9 @@ def main() -> int:
     ap.add_argument("--b-section", action="append", default=[], help="top-level YAML added to B's config")
     ap.add_argument("--otlp-sink", action="store_true", help="an OTLP/HTTP receiver for both sides' traces")
     ap.add_argument("--callgrind", action="store_true", help="instructions per request under callgrind")
-    ap.add_argument("--requests", type=int, default=1000, help="callgrind: requests counted per concurrency")
-    ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
-    ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
-    ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
-    ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline per measurement")
-    ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
-    ap.add_argument("--settle-s", type=float, default=21.0, help="callgrind: wait for deferred work")
+    from benchmarks.ab_refs import add_window_options
+
+    add_window_options(ap, requests=1000, concurrency="1,32", idle_s=20.0, settle_s=21.0)
     ap.add_argument("--json-out", type=Path, help="callgrind: also write the results as JSON")
     args = ap.parse_args()
     args.cg_conc = [int(c) for c in args.callgrind_concurrency.split(",") if c.strip()]

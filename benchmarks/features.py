@@ -221,10 +221,7 @@ class FeaturePairs:
         self.a: dict[str, Side] = {}
         self.b: dict[str, Side] = {}
         self.skipped: list[dict[str, str]] = []
-        self.redis: Any = None
-        self.router: Any = None
-        self.sinks: dict[str, Any] = {}
-        self._evals0 = 0
+        self.services = FeatureServices(work, fake_port)
         self._evals_after = 0
         self._posts_measured: dict[str, int] = {}
         try:
@@ -265,58 +262,28 @@ class FeaturePairs:
                 self.log(f"feature {name}: not measured: {exc}")
 
     def _start_b(self, name: str, mode: str) -> Side:
-        if name == "rate_limit":
-            from benchmarks import private_redis
-            from benchmarks.ratelimit_ab import ratelimit_section, redis_calls
+        b = self.services.setup(name)
+        side = self._side(f"{name}-B", mode, b.settings, b.sections, b.env, edit=b.edit, body=b.body,
+                          extra_headers=b.extra_headers)
+        if name == "rate_limit":  # the script calls before the measurement (none expected)
+            from benchmarks.ratelimit_ab import redis_calls
 
-            if not private_redis.available():
-                raise RuntimeError("redis-server is not installed")
-            self.redis = private_redis.PrivateRedis(self.work)
-            side = self._side("rate_limit-B", mode, [f"redis_url={self.redis.url}"], [ratelimit_section("tokens")], {})
-            calls = redis_calls(self.redis.port)
-            self._evals0 = calls.get("evalsha", 0) + calls.get("eval", 0)
-            return side
-        if name == "dlp":
-            from benchmarks.bench_dlp import ALL_LOG
-
-            side = self._side("dlp-B", mode, [f"guardrails={json.dumps(ALL_LOG)}"], [], {})
-            # one request with a finding, before the measurement: the probe (logged, not blocked)
+            calls = redis_calls(self.services.redis.port)
+            self.services.evals0 = calls.get("evalsha", 0) + calls.get("eval", 0)
+        if name == "dlp":  # one request with a finding, before the measurement: the probe (logged, not blocked)
             status = _post(side.target.url, PII_BODY, [*bench.CLIENT_HEADERS, *side.target.headers_for("")])
             if status != 200:
                 raise RuntimeError(f"dlp: the probe request got {status}")
-            return side
-        if name in ("tracing0", "tracing100"):
-            from benchmarks.ab_settings import OtlpSink
-
-            sink = self.sinks[name] = OtlpSink()
-            rate = 0 if name == "tracing0" else 100
-            return self._side(f"{name}-B", mode, [], [f"tracing:\n  random_sampling: {rate}"], sink.env)
-        if name == "routing":
-            from tests.test_preference_routing import FakeRouter, routing_yaml
-
-            self.router = FakeRouter()
-            yaml = routing_yaml(self.fake_port, self.router.port, session_ttl_s=3600)
-            side = self._side("routing-B", mode, [], [], {}, edit=lambda p: _replace_providers(p, yaml),
-                              body=ROUTING_BODY, extra_headers=(SESSION_HEADER,))
-            # decide the session now: the measured requests are pinned ones
+        if name == "routing":  # decide the session now: the measured requests are pinned ones
             status = _post(side.target.url, ROUTING_BODY, [*bench.CLIENT_HEADERS, *side.target.headers_for("")])
             if status != 200:
                 raise RuntimeError(f"routing: the session's first request got {status}")
-            return side
-        if name == "retries":
-            from benchmarks.chaos import FALLBACK_MODEL, retry_policy_yaml
-
-            fallback = f"anthropic/{FALLBACK_MODEL}"
-            policy = retry_policy_yaml(fallback)
-            extra = (f"  - model: {fallback}\n    base_url: http://127.0.0.1:{self.fake_port}\n"
-                     f"    access_key: sk-ant-bench-fallback\n")
-            return self._side("retries-B", mode, [], [], {}, edit=lambda p: _add_retry_policy(p, policy, extra))
-        raise ValueError(name)
+        return side
 
     def service_pids(self, name: str) -> list[int]:
         """Processes B's feature uses besides the gateway (their CPU is reported apart)."""
-        if name == "rate_limit" and self.redis is not None and self.redis.proc is not None:
-            return [self.redis.proc.pid]
+        if name == "rate_limit" and self.services.redis is not None and self.services.redis.proc is not None:
+            return [self.services.redis.proc.pid]
         return []
 
     def pids(self) -> list[int]:
@@ -358,7 +325,7 @@ class FeaturePairs:
             served = sum(r.get("completed_total", 0) for sc in runs.get(name, {}).values() for r in sc["B"])
             lines = _access_lines(side.access_log)
             if name == "rate_limit":
-                evals = self._evals_after - self._evals0
+                evals = self._evals_after - self.services.evals0
                 # Leases (issue 22): a process admits on a share of the bucket granted and
                 # counted by the script ahead of need, so a steady stream makes a few grant
                 # calls, not one per request; tests/test_ratelimit_lease.py checks the counts.
@@ -369,7 +336,7 @@ class FeaturePairs:
                 out[name] = {"measured": f"probe with an e-mail address logged as {hits[0]['guardrails'] if hits else 'no match'}",
                              "threshold": "email named in the access log", "ok": bool(hits)}
             elif name in ("tracing0", "tracing100"):
-                during, after = self._posts_measured.get(name, 0), self.sinks[name].posts
+                during, after = self._posts_measured.get(name, 0), self.services.sinks[name].posts
                 if name == "tracing100":
                     out[name] = {"measured": f"{during} OTLP posts during the measurement",
                                  "threshold": "> 0", "ok": during > 0}
@@ -379,7 +346,7 @@ class FeaturePairs:
                                  "threshold": "0, then >= 1", "ok": during == 0 and after > during}
             elif name == "routing":
                 routed = sum(1 for ln in lines if ln.get("route"))
-                calls = len(self.router.prompts) if self.router is not None else -1
+                calls = len(self.services.router.prompts) if self.services.router is not None else -1
                 out[name] = {"measured": f"{routed} of {len(lines)} access-log lines routed, router called {calls}x",
                              "threshold": "every line routed, router called once",
                              "ok": routed == len(lines) >= served > 0 and calls == 1}
@@ -391,7 +358,7 @@ class FeaturePairs:
         return out
 
     def stop(self) -> None:
-        for name, sink in self.sinks.items():
+        for name, sink in self.services.sinks.items():
             self._posts_measured[name] = sink.posts
             if name in self.b:  # a sampled request: exported whatever random_sampling says
                 try:
@@ -404,15 +371,83 @@ class FeaturePairs:
                 side.gateway.stop()
             except Exception as exc:  # pragma: no cover - reported, the others still stopped
                 self.log(f"stopping {side.target.name}: {exc}")
-        self._evals_after = self._evals0
-        if self.redis is not None:
+        self._evals_after = self.services.evals0
+        if self.services.redis is not None:
             from benchmarks.ratelimit_ab import redis_calls
 
             try:
-                calls = redis_calls(self.redis.port)
+                calls = redis_calls(self.services.redis.port)
                 self._evals_after = calls.get("evalsha", 0) + calls.get("eval", 0)
             except OSError:
                 pass
+        self.services.stop()
+
+
+@dataclasses.dataclass
+class FeatureSetup:
+    """What B adds to its base mode's config: ``plano_fast:`` settings, top-level YAML
+    sections, environment, an edit of the written config, the request body (None: the
+    harness's) and headers every request carries."""
+
+    settings: list[str]
+    sections: list[str]
+    env: dict[str, str]
+    edit: Optional[Callable[[Path], None]] = None
+    body: Optional[str] = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+class FeatureServices:
+    """The services B sides need (a private Redis, the fake router, OTLP sinks) and each
+    feature's config (``setup``): shared by the wall-clock pairs here and the callgrind
+    count of ``benchmarks.feature_callgrind``."""
+
+    def __init__(self, work: Path, fake_port: int) -> None:
+        self.work = work
+        self.fake_port = fake_port
+        self.redis: Any = None
+        self.router: Any = None
+        self.sinks: dict[str, Any] = {}
+        self.evals0 = 0
+
+    def setup(self, name: str) -> FeatureSetup:
+        if name == "rate_limit":
+            from benchmarks import private_redis
+            from benchmarks.ratelimit_ab import ratelimit_section
+
+            if not private_redis.available():
+                raise RuntimeError("redis-server is not installed")
+            self.redis = private_redis.PrivateRedis(self.work)
+            return FeatureSetup([f"redis_url={self.redis.url}"], [ratelimit_section("tokens")], {})
+        if name == "dlp":
+            from benchmarks.bench_dlp import ALL_LOG
+
+            return FeatureSetup([f"guardrails={json.dumps(ALL_LOG)}"], [], {})
+        if name in ("tracing0", "tracing100"):
+            from benchmarks.ab_settings import OtlpSink
+
+            sink = self.sinks[name] = OtlpSink()
+            rate = 0 if name == "tracing0" else 100
+            return FeatureSetup([], [f"tracing:\n  random_sampling: {rate}"], sink.env)
+        if name == "routing":
+            from tests.test_preference_routing import FakeRouter, routing_yaml
+
+            self.router = FakeRouter()
+            yaml = routing_yaml(self.fake_port, self.router.port, session_ttl_s=3600)
+            return FeatureSetup([], [], {}, edit=lambda p: _replace_providers(p, yaml), body=ROUTING_BODY,
+                                extra_headers=(SESSION_HEADER,))
+        if name == "retries":
+            from benchmarks.chaos import FALLBACK_MODEL, retry_policy_yaml
+
+            fallback = f"anthropic/{FALLBACK_MODEL}"
+            policy = retry_policy_yaml(fallback)
+            extra = (f"  - model: {fallback}\n    base_url: http://127.0.0.1:{self.fake_port}\n"
+                     f"    access_key: sk-ant-bench-fallback\n")
+            return FeatureSetup([], [], {}, edit=lambda p: _add_retry_policy(p, policy, extra))
+        raise ValueError(name)
+
+    def stop(self) -> None:
+        if self.redis is not None:
             self.redis.stop()
         if self.router is not None:
             self.router.stop()

@@ -593,7 +593,7 @@ class PreferenceRouter:
     __slots__ = (
         "config", "router", "pool", "pricing", "metrics", "sessions", "routes_text",
         "by_name", "calls", "failures", "pinned_hits", "usage_sink", "latency", "redis",
-        "model_metrics", "turns", "replays", "builder",
+        "model_metrics", "turns", "replays", "builder", "_pinned_decisions",
     )
 
     def __init__(
@@ -614,6 +614,10 @@ class PreferenceRouter:
         self.metrics = metrics
         self.latency = LatencyWindow(metrics) if metrics is not None else None
         self.sessions = SessionCache(config.session_ttl_s, config.session_max_entries)
+        #: session -> its last pinned Decision, reused while the cache holds the same
+        #: entry (a frozen dataclass's construction is ~6 attribute sets through
+        #: object.__setattr__: the largest part of a pinned request's routing cost)
+        self._pinned_decisions: dict[str, Decision] = {}
         #: route_on_user_only: the decision of each conversation's last user turn
         self.turns = SessionCache(config.session_ttl_s, config.session_max_entries)
         self.replays = 0
@@ -694,7 +698,14 @@ class PreferenceRouter:
         if hit is None:
             return None
         self.pinned_hits += 1
-        return Decision(hit[0], hit[1], True, session)
+        memo = self._pinned_decisions
+        decision = memo.get(session)
+        if decision is None or decision.models is not hit[0] or decision.route != hit[1]:
+            decision = Decision(hit[0], hit[1], True, session)
+            if len(memo) >= self.sessions.max_entries:
+                memo.clear()  # (bounded as the session cache is)
+            memo[session] = decision
+        return decision
 
     def pinned_decision(self, request: Request) -> Decision | None:
         """The session's decision when the request belongs to a live one (and carries no

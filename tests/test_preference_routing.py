@@ -304,6 +304,27 @@ def test_session_cache_expires_and_is_bounded() -> None:
     assert c.get("a", now=10.5) is None  # expired
 
 
+def test_a_pinned_decision_is_reused_until_its_session_changes() -> None:
+    """``_pinned`` returns the same Decision for a session's unchanged cache entry (no
+    frozen dataclass built per pinned request), a new one once the session was decided
+    again, and keeps no more decisions than the session cache keeps sessions."""
+    r = PR.PreferenceRouter.__new__(PR.PreferenceRouter)
+    r.sessions = PR.SessionCache(ttl_s=3600, max_entries=2)
+    r._pinned_decisions = {}
+    r.pinned_hits = 0
+    r.sessions.put("s", ("openai/gpt-4o", "openai/gpt-4.1"), "code generation", time.monotonic())
+    first, again = r._pinned("s"), r._pinned("s")
+    assert first == PR.Decision(("openai/gpt-4o", "openai/gpt-4.1"), "code generation", True, "s")
+    assert again is first and r.pinned_hits == 2
+    r.sessions.put("s", ("openai/gpt-4o-mini",), None, time.monotonic())  # decided again
+    assert r._pinned("s") == PR.Decision(("openai/gpt-4o-mini",), None, True, "s")
+    for session in ("t", "u", "v"):
+        r.sessions.put(session, ("openai/gpt-4o",), None, time.monotonic())
+        assert r._pinned(session) is not None
+    assert len(r._pinned_decisions) <= 2
+    assert r._pinned("missing") is None
+
+
 # -- over sockets ---------------------------------------------------------------------
 
 

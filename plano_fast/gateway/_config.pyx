@@ -14,11 +14,17 @@ built inline, and the request sent by the compiled ``forward_now`` (``_forward.p
 
 Only the plain case is taken; everything else goes to the twin, before any side effect
 (the body's scan, which has none, is then done again by the twin): an exchange, request
-or context of another class; guardrails, rate limits, preference routing, response checks
-configured (their phases run in the twin); the Responses and count_tokens endpoints; a
-model that is not a configured name (``Router.resolve``: wildcards, the default, an
-unknown model's refusal); a route with fallbacks, a retry policy (the provider's or the
-listener's: the failover engine), a converted or unserved target.  Refusals on the way (a
+or context of another class; guardrails, rate limits, response checks configured (their
+phases run in the twin); the Responses and count_tokens endpoints; a model that is not a
+configured name (``Router.resolve``: wildcards, the default, an unknown model's refusal);
+a route with fallbacks (an alias's target list), a converted or unserved target.  With
+preference routing, the request of a live session is taken when its pinned decision's
+first model is such a plain route (the twin's ``_route`` step: ``pinned_decision``, once);
+a request the router must decide, or a decision naming another route, goes on from that
+step in the twin's methods (``_route_by_preference``, ``_routed``).  A retry policy (the
+provider's or the listener's) is taken: its plan is made by the twin's ``_plan_first``
+(one call; a first target other than the route, its circuit open, is prepared by the
+twin's ``_prepare``), the relay's failover callbacks are the exchange's as in the twin.  Refusals on the way (a
 body that is not JSON, two credentials, a key over its limit, a gateway token, an Azure
 subscription key beside a passed-through key) are raised
 as the twin raises them -- by the twin's own functions (``read_client_headers``,
@@ -146,9 +152,7 @@ def start(exchange):
             or endpoint is _RESPONSES or endpoint is _COUNT_TOKENS
             or _get(ctx, C_GUARDRAILS, "guardrails") is not None
             or _get(ctx, C_RATELIMITS, "ratelimits") is not None
-            or _get(ctx, C_PREFERENCE, "preference") is not None
             or _get(ctx, C_RESPONSE_CHECKS, "response_checks") is not None
-            or _get(ctx, C_DEFAULT_RETRY, "default_retry_policy") is not None
             or _get(exchange, X_PLAN, "plan") is not None):
         return _twin(exchange)
     router = _get(ctx, C_ROUTER, "router")
@@ -160,18 +164,16 @@ def start(exchange):
     except _ScanError as exc:
         raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
     model = fields.model
-    route = (<dict?>_get(router, O_ROUTES, "routes")).get(model or "")  # (a configured name: resolve's lookup)
-    if type(route) is not _Route or _get(route, T_FALLBACKS, "fallbacks"):
+    routes = <dict?>_get(router, O_ROUTES, "routes")
+    route = routes.get(model or "")  # (a configured name: resolve's lookup)
+    if type(route) is not _Route:
         return _twin(exchange)
-    provider = _get(route, T_PROVIDER, "provider")
-    if type(provider) is not _Provider or _get(provider, V_RETRY_POLICY, "retry_policy") is not None:
-        return _twin(exchange)
-    target = (<dict?>_get(route, T_PER_ENDPOINT, "per_endpoint")).get(endpoint)
-    if target is None:
-        target = _target_of(route, endpoint)  # (kept on the route: no per-request effect)
-    converted, path, auth_lines = target
-    if converted or path is None:
-        return _twin(exchange)
+    preference = _get(ctx, C_PREFERENCE, "preference")
+    target = None
+    if preference is None:
+        target = _plain_target(route, endpoint)
+        if target is None:
+            return _twin(exchange)
     # -- the twin's steps from here, in its order: identify_caller
     client = _get(exchange, X_CLIENT, "client")
     if client is None:
@@ -195,7 +197,32 @@ def start(exchange):
     put_slot(exchange, X_KEY_HASH, digest)
     put_slot(exchange, E_FIELDS, fields)
     put_slot(exchange, X_REQUESTED_MODEL, model)
-    # -- _admit_and_forward -> _prepare (no guardrails, limits, plan: checked above)
+    # -- _route: a session's pinned decision (a router call, or a decision naming a route
+    # this pass does not take, goes on in the twin's methods from this step)
+    decision = None
+    fallbacks = ()
+    if preference is not None:
+        decision = preference.pinned_decision(request)
+        if decision is None:
+            return exchange._route_by_preference(preference)
+        models = decision.models
+        route = routes.get(models[0] if models else model)
+        if type(route) is _Route:
+            target = _plain_target(route, endpoint)
+        if target is None:
+            return exchange._routed(decision)
+        fallbacks = models[1:]
+    provider = _get(route, T_PROVIDER, "provider")
+    converted, path, auth_lines = target
+    # -- _admit_and_forward: the retry plan (routed.plans_retries, for a route without
+    # fallbacks), by the twin's method; a first target other than the route (its circuit
+    # open) is prepared by the twin's _prepare
+    if _get(provider, V_RETRY_POLICY, "retry_policy") is not None or _get(ctx, C_DEFAULT_RETRY, "default_retry_policy") is not None:
+        first = exchange._plan_first(route, fallbacks)
+        if first is not route:
+            exchange._prepare(first)
+            return _sent(exchange, decision)
+    # -- _prepare (no guardrails, limits: checked above)
     upstream_model = _get(route, T_UPSTREAM_MODEL, "upstream_model")
     served = upstream_model or model
     put_slot(exchange, E_PROVIDER, provider)
@@ -222,7 +249,7 @@ def start(exchange):
     # -- upstream_request.provider_request, the pieces joined once
     method = _get(request, Q_METHOD, "method")
     if type(client) is not _ClientHeaders:
-        return _twin_tail(exchange, client, method, path, query, provider, auth_lines, body)
+        return _twin_tail(exchange, client, method, path, query, provider, auth_lines, body, decision)
     if auth_lines is None:  # (_passed_through)
         block = _get(client, H_BLOCK, "block")
         if _get(client, H_OPERATOR_BLOCK, "operator_block") is not block:
@@ -251,14 +278,38 @@ def start(exchange):
                 _content_length_line(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
     put_slot(exchange, X_ORIGIN, _get(provider, V_ORIGIN, "origin"))
-    return forward_now_c(exchange)
+    return _sent(exchange, decision)
 
 
-cdef object _twin_tail(exchange, client, method, path, query, provider, auth_lines, body):
+cdef object _twin_tail(exchange, client, method, path, query, provider, auth_lines, body, decision):
     """The rest, by the twin's functions (a client's headers of another class)."""
     exchange.upstream_data = _upstream_request.provider_request(
         client, exchange.request_id,
         [method, b" ", path, b"?", query] if query else [method, b" ", path], provider, auth_lines, body,
     )
     exchange.origin = provider.origin
-    return forward_now_c(exchange)
+    return _sent(exchange, decision)
+
+
+cdef object _plain_target(route, endpoint):
+    """``route``'s (converted, path, auth lines) for ``endpoint`` when this pass takes it:
+    no fallbacks (an alias's target list), a provider of the config's class, neither
+    converted nor unserved; else None."""
+    if _get(route, T_FALLBACKS, "fallbacks"):
+        return None
+    if type(_get(route, T_PROVIDER, "provider")) is not _Provider:
+        return None
+    target = (<dict?>_get(route, T_PER_ENDPOINT, "per_endpoint")).get(endpoint)
+    if target is None:
+        target = _target_of(route, endpoint)  # (kept on the route: no per-request effect)
+    if target[0] or target[1] is None:
+        return None
+    return target
+
+
+cdef object _sent(exchange, decision):
+    """``forward_now``, then what ``_routed`` notes of a pinned decision after it."""
+    pending = forward_now_c(exchange)
+    if decision is not None:
+        exchange._note_decision(decision)
+    return pending

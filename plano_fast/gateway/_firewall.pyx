@@ -14,13 +14,15 @@ rules written once, there), the upstream head (``upstream_request.finish_head``)
 inline, and the request sent by the compiled ``forward_now`` (``_forward.pyx``).
 
 Only the plain case is taken; everything else goes to the twin, before any side effect:
-an exchange, request or context of another class, guardrails or rate limits configured
-(their phases run in the twin), the key registry or budgets not loaded yet (the twin's
+an exchange, request or context of another class, guardrails configured (their phase
+runs in the twin), the key registry or budgets not loaded yet (the twin's
 503), a path that is not one of the exact metered paths or that names a free endpoint
 (model listings, token counting), the Responses endpoint (its ``background`` refusal),
 Gemini's.  Refusals on the way (two credentials, no key, an unknown or blocked key, a body
 that is not JSON, an Azure subscription key beside the key) are raised as the twin raises them -- by the twin's own functions
 (``read_client_headers``, ``identify``) or with its message -- after the same side effects.
+Rate limits are the twin's last phase, run by its functions (``phases.rate_limit``, and
+``admitted_forward`` when a Redis check must be waited for).
 """
 
 from cpython.object cimport PyObject
@@ -101,6 +103,8 @@ cdef object _twin = _firewall.start_py
 cdef dict _EXACT = _firewall._EXACT
 cdef object _RESPONSES = _firewall._RESPONSES
 cdef object _identify = _firewall.identify
+cdef object _rate_limit = _phases.rate_limit
+cdef object _admitted_forward = _phases.admitted_forward
 cdef object _API_GEMINI = _wire.API_GEMINI
 cdef object _scan_request = _wire.scan_request
 cdef object _ScanError = _wire.ScanError
@@ -122,7 +126,7 @@ def start(exchange):
     request = _get(exchange, X_REQUEST, "request")
     if type(ctx) is not _Context or type(request) is not _Request:
         return _twin(exchange)
-    if _get(ctx, C_GUARDRAILS, "guardrails") is not None or _get(ctx, C_RATELIMITS, "ratelimits") is not None:
+    if _get(ctx, C_GUARDRAILS, "guardrails") is not None:
         return _twin(exchange)
     registry = _get(ctx, C_REGISTRY, "registry")
     budget = _get(ctx, C_BUDGET, "budget")
@@ -212,4 +216,8 @@ def start(exchange):
                 request_id_line, host_line, _content_length_line(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
     put_slot(exchange, X_ORIGIN, _get(route, T_ORIGIN, "origin") if exact else route.origin)
+    # -- rate limits: the twin's phase, by its functions (a Redis check that must wait
+    # forwards from its reply)
+    if _get(ctx, C_RATELIMITS, "ratelimits") is not None and _rate_limit(exchange, (fields.model,)):
+        return _admitted_forward(exchange)
     return forward_now_c(exchange)

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 #: comes after the head, and preparing a second target has no side effect (a Responses
 #: request may record a conversation turn)
 HEDGED = (CHAT_COMPLETIONS, MESSAGES)
+#: route name -> its answer header line (``quote`` is ~1.5k instructions a call)
+_ROUTE_HEADERS: dict[str, bytes] = {}
+ROUTE_HEADERS_MAX = 256
 
 class ConfigExchange(RoutedExchange):
     """Config mode: the body's model picks a configured provider (Plano semantics)."""
@@ -44,8 +47,8 @@ class ConfigExchange(RoutedExchange):
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Identify, route, admit and forward (see the module docstring).  Compiled where
         built for a plain request (``plano_fast/gateway/_config.pyx``: a configured model
-        name, no retry plan, no guardrails, limits, preference routing or response checks;
-        ``start_py`` is this twin)."""
+        name, no alias target list, guardrails, limits or response checks, a live session's
+        pinned decision under preference routing; ``start_py`` is this twin)."""
         request = self.request
         try:
             fields = scan.scan_request(request.body)
@@ -110,15 +113,22 @@ class ConfigExchange(RoutedExchange):
             self, (model, route.upstream_model, f"{provider.prefix}/{route.upstream_model}")
         )
         if plans_retries(route, ctx.default_retry_policy):  # (else the route itself, no call)
-            route = self._first_target(route, fallbacks)
-        plan = self.plan
-        if (plan is not None and plan.policy.hedge_after_ms is not None and not self.fields.stream
-                and self.endpoint in HEDGED):
-            self.arm_hedge(plan.policy.hedge_after_ms / 1000.0)  # (plano_fast.gateway.hedge)
+            route = self._plan_first(route, fallbacks)
         self._prepare(route)
         if shared_check:
             return admitted_forward(self)
         return self.forward_now()
+
+    def _plan_first(self, route: Route, fallbacks: tuple[str, ...]) -> Route:
+        """The retry plan of a request routed to ``route`` and its first target; a hedge
+        armed when the policy hedges this request.  (The compiled start calls it too, for a
+        route whose provider or listener has a retry policy.)"""
+        route = self._first_target(route, fallbacks)
+        plan = self.plan
+        if (plan is not None and plan.policy.hedge_after_ms is not None and not self.fields.stream
+                and self.endpoint in HEDGED):
+            self.arm_hedge(plan.policy.hedge_after_ms / 1000.0)  # (plano_fast.gateway.hedge)
+        return route
 
     async def _route_by_preference(self, preference: PreferenceRouter) -> None:
         """Preference routing (plano_fast.preference_routing): ask the router model once,
@@ -147,6 +157,12 @@ class ConfigExchange(RoutedExchange):
         except UnknownModel as exc:
             raise UnknownModelError(str(exc)) from None
         pending = self._admit_and_forward(route, chosen, decision.models[1:])
+        self._note_decision(decision)
+        return pending
+
+    def _note_decision(self, decision: Decision) -> None:
+        """The decision on the request's span, access-log line and answer (after the
+        forward; the compiled start calls it too, for a pinned decision)."""
         span = self.span
         if span is not None and (decision.pinned or decision.router_ms > 0 or decision.route):
             # Plano's span attributes (brightstaff tracing/constants.rs)
@@ -155,10 +171,16 @@ class ConfigExchange(RoutedExchange):
                 span.set_attribute("plano.route.name", decision.route)
         if decision.route is not None:
             self.route_name = decision.route
-            # Plano records the route as a response header; route names are config text.
-            name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
-            self.route_header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
-        return pending
+            # Plano records the route as a response header; route names are config text
+            # (or a request's own routing_preferences: the memo is bounded).
+            header = _ROUTE_HEADERS.get(decision.route)
+            if header is None:
+                name = quote(decision.route, safe=" !#$&'()*+,/:;=?@[]~")
+                header = b"x-model-router-selected-route: " + name.encode() + b"\r\n"
+                if len(_ROUTE_HEADERS) >= ROUTE_HEADERS_MAX:
+                    _ROUTE_HEADERS.clear()
+                _ROUTE_HEADERS[decision.route] = header
+            self.route_header = header
 
     def _count_tokens_locally(self) -> None:
         """``/v1/messages/count_tokens`` for a provider that cannot count: an estimate."""

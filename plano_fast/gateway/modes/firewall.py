@@ -141,8 +141,8 @@ class FirewallExchange(Exchange):
 
     def start(self) -> Coroutine[Any, Any, None] | None:
         """Identify, admit, rewrite and forward (see the module docstring).  Compiled where
-        built for a plain request (``plano_fast/gateway/_firewall.pyx``: no guardrails or
-        rate limits configured, an exact metered path; ``start_py`` is this twin)."""
+        built for a plain request (``plano_fast/gateway/_firewall.pyx``: no guardrails
+        configured, an exact metered path; ``start_py`` is this twin)."""
         ctx = self.ctx
         registry, budget = ctx.registry, ctx.budget
         assert registry is not None and budget is not None
