@@ -449,11 +449,22 @@ rows AS (
 SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
   FROM (SELECT count(*) AS n FROM held) AS h
 """
-_ENSURE_COUNTERS = """
+# A reservation's counters made to exist before it locks them -- every shard of each, in
+# one statement, in the lock order (key, then shard): ``LOCK_COUNTERS`` locks the rows its
+# snapshot sees, so a shard row a usage batch inserted after that (its first cost on that
+# shard) would be neither locked nor summed, and a hard limit could be passed by it.  With
+# all shards present, a batch's upsert only ever UPDATEs a row the reservation holds (and
+# waits for it).  A shard row being inserted by a batch that has not committed yet makes
+# this statement wait for that commit (ON CONFLICT), so its cost is seen.  Counters of an
+# older database with fewer rows are filled in by the first reservation against them after
+# a (re)start (``_known_counters`` starts empty).
+_ENSURE_COUNTERS = f"""
 INSERT INTO spending_counters AS sc
-    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-SELECT k, i, p, s, 0, 0, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(k, i, p, s)
- ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    (scope_kind, scope_id, period, period_start, shard, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT k, i, p, s, n, 0, 0, $5
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(k, i, p, s)
+ CROSS JOIN generate_series(0, {_WRITE_SHARDS - 1}) AS n
+ ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s, n
 ON CONFLICT DO NOTHING
 """
 _RESERVES_IN_FLIGHT = 2
