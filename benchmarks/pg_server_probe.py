@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -75,17 +76,24 @@ async def wal_delta(dsn: str, a: str, b: str) -> int:
         await conn.close()
 
 
-async def probe(dsn: str, shape: str, warmup: int, requests: int) -> dict[str, float]:
+async def probe(dsn: str, shape: str, warmup: int, requests: int, concurrency: int = 1) -> dict[str, float]:
     async with open_store(dsn, "unused.db") as store:
         await migrate(store)
-        for i in range(warmup):
-            await bms.one_request(store, shape, i)
+        async def clients(first: int, last: int) -> None:
+            async def client(start: int) -> None:
+                for i in range(start, last, concurrency):
+                    await bms.one_request(store, shape, i)
+
+            await asyncio.gather(*(client(first + c) for c in range(concurrency)))
+
+        await clients(0, warmup)  # (at the run's concurrency: the pool's connections opened)
         before = await server_stats(dsn)
         pids = before["pids"]
         cpu0 = {p: _cpu_ns(p) for p in pids}
         bms.ROUND_TRIPS[0] = 0
-        for i in range(warmup, warmup + requests):
-            await bms.one_request(store, shape, i)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        await clients(warmup, warmup + requests)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu_ns = sum(_cpu_ns(p) - t for p, t in cpu0.items())
         round_trips = bms.ROUND_TRIPS[0]
         after = await server_stats(dsn)
@@ -96,6 +104,7 @@ async def probe(dsn: str, shape: str, warmup: int, requests: int) -> dict[str, f
     n = requests
     return {
         "backend_cpu_us": cpu_ns / n / 1e3,
+        "client_cpu_us": ((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) / n * 1e6,
         "statements": (after["xacts"] - before["xacts"] - 2) / n,
         "round_trips": round_trips / n,
         "wal_bytes": wal / n,
@@ -135,15 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--database-url", help="PostgreSQL DSN (default: a throwaway database on the local server)")
     ap.add_argument("--explain", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=1, help="clients at once (closed loop)")
+    ap.add_argument("--batches-in-flight", type=int,
+                    help="PostgresStore.write_batches_in_flight for the writer shape (default: the store's)")
     ap.add_argument("--rows-per-commit", type=int, default=13, help="the group shape's rows a commit")
     args = ap.parse_args(argv)
     bms.count_round_trips()
     bms.ROWS_PER_COMMIT[0] = args.rows_per_commit
+    if args.batches_in_flight:
+        from plano_fast.store.postgres import PostgresStore
+
+        PostgresStore.write_batches_in_flight = args.batches_in_flight
     out: dict[str, Any] = {}
     for shape in args.shapes.split(","):
         for r in range(args.rounds):
             with bms.postgres_url(args.database_url) as dsn:
-                out[f"{shape}#{r}"] = asyncio.run(probe(dsn, shape, args.warmup, args.requests))
+                out[f"{shape}#{r}"] = asyncio.run(probe(dsn, shape, args.warmup, args.requests, args.concurrency))
             print(json.dumps({f"{shape}#{r}": out[f"{shape}#{r}"]}), flush=True)
     if args.explain:
         with bms.postgres_url(args.database_url) as dsn:
