@@ -10,7 +10,7 @@ held, on a machine at load 14; ``benchmarks/results/pg-managed-20261206.md``).
 ``HotConnection.fetchval`` runs the statement on the held connection when it is free, and
 on the pool when it is busy (another statement on it: concurrent callers share the pool as
 before) or not open yet.  It is opened in the background on first use (never on a
-caller's time), at most once per ``REOPEN_AFTER_S`` while the server refuses.  A
+caller's time), again at most once per ``REOPEN_AFTER_S`` after an attempt failed.  A
 connection that fails other than by the server reporting an error in a statement (lost,
 timed out, cancelled mid-statement: its state is unknown) is terminated and forgotten, and
 a new one opened in the background; the failure goes to the caller, who handles it as it
@@ -30,7 +30,8 @@ import asyncpg  # type: ignore[import-untyped]
 log = logging.getLogger(__name__)
 
 REOPEN_AFTER_S: Final = 1.0
-"""The least time between two attempts to open the connection (the server away)."""
+"""After a failed attempt to open the connection (the server away), the least time before
+the next."""
 
 
 class HotConnection:
@@ -47,6 +48,9 @@ class HotConnection:
     async def fetchval(self, pool: Any, sql: str, *args: Any) -> Any:
         """``sql``'s value: on the held connection when it is free, else on ``pool``."""
         conn = self._conn
+        if conn is not None and conn.is_closed():  # (lost while idle: known already)
+            self._drop(conn)
+            conn = None
         if conn is None or self._busy:
             if conn is None:
                 self._open_later()
@@ -79,7 +83,6 @@ class HotConnection:
     def _open_later(self) -> None:
         if self._closed or self._opening is not None or time.monotonic() < self._next_open_s:
             return
-        self._next_open_s = time.monotonic() + REOPEN_AFTER_S
         self._opening = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
@@ -87,6 +90,7 @@ class HotConnection:
             conn = await asyncpg.connect(self.dsn, command_timeout=self.command_timeout,
                                          timeout=self.connect_timeout_s)
         except Exception as exc:  # noqa: BLE001 - the pool serves meanwhile; tried again later
+            self._next_open_s = time.monotonic() + REOPEN_AFTER_S
             log.debug("the store's hot connection could not be opened (%s)", type(exc).__name__)
             return
         finally:
