@@ -20,7 +20,6 @@ would the pool's (a usage write is idempotent: ``ON CONFLICT (request_id)``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any, Final
@@ -107,14 +106,10 @@ class HotConnection:
             opening.cancel()
             await asyncio.gather(opening, return_exceptions=True)
         conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if self._busy:  # (a statement still running: not waited for, as pool.close would not)
-            conn.terminate()
-            return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), timeout=self.connect_timeout_s)
-        if not conn.is_closed():
+        if conn is not None:
+            # Closed on this side at once, never waited for: idle, it has nothing to roll
+            # back; busy, its statement is not waited for (as a stop's bound would not); and
+            # a server that hangs would hold a polite close up to its timeout.
             conn.terminate()
 
     def terminate(self) -> None:
