@@ -131,7 +131,8 @@ async def explain(dsn: str) -> str:
         assert one is not None
         deltas, args = one
         sql = postgres._write_one_sql(deltas)
-        async with store.pool.acquire() as conn:  # (it runs: one more row, a throwaway database)
+        # (it runs: one more row, in a throwaway database)
+        async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
             plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) " + sql, *args, 0)
         return "\n".join(r[0] for r in plan)
 
