@@ -100,19 +100,16 @@ class HotConnection:
             self._conn = conn
 
     async def close(self) -> None:
-        self._closed = True
-        opening, self._opening = self._opening, None
+        """``terminate``, and the background open (if any) waited for once cancelled."""
+        opening = self._opening
+        self.terminate()
         if opening is not None:
-            opening.cancel()
             await asyncio.gather(opening, return_exceptions=True)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            # Closed on this side at once, never waited for: idle, it has nothing to roll
-            # back; busy, its statement is not waited for (as a stop's bound would not); and
-            # a server that hangs would hold a polite close up to its timeout.
-            conn.terminate()
 
     def terminate(self) -> None:
+        """Closed on this side at once, never waited for: idle, the connection has nothing
+        to roll back; busy, its statement is not waited for (as a stop's bound would not);
+        and a server that hangs would hold a polite close up to its timeout."""
         self._closed = True
         opening, self._opening = self._opening, None
         if opening is not None:
