@@ -185,3 +185,42 @@ def test_hard_budgets_across_two_instances_count_every_shard(dsn: str) -> None:
             assert await a.reserve(targets, 1) is None and await b.reserve(targets, 1) is None
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-counter", "older-database-counter"])
+def test_a_shard_row_inserted_beside_a_reservation_is_counted(dsn: str, existing: bool) -> None:
+    """A usage batch adding the first cost of a shard of p1's counter (its row inserted, not
+    yet committed: a batch still waiting for its commit's flush) while a reservation against
+    p1's hard limit runs.  The reservation waits for that batch and counts its cost: the
+    limit 1,000 with 900 spent on shard 5 leaves no room for 200 -- ``reserve`` returns None,
+    and spent + reserved stays <= the limit.  (Before: the reservation locked and summed only
+    the rows its snapshot saw, shard 0 alone, admitted the 200 and the counter ended at
+    1,100.)  ``older-database-counter``: p1's counter already exists with its shard-0 row
+    only (a database written before every shard was created up front): the same."""
+    limit = 1_000
+    target = [BudgetTarget("project", "p1", "total", 0, limit)]
+
+    async def main() -> None:
+        async with open_store(dsn, "unused.db") as store:
+            await migrate(store)
+            holder = await asyncpg.connect(dsn)
+            try:
+                if existing:
+                    await holder.execute(
+                        "INSERT INTO spending_counters (scope_kind, scope_id, period, period_start, shard, "
+                        "spent_nano_usd, reserved_nano_usd, updated_at_ns) VALUES ('project', 'p1', 'total', 0, "
+                        "0, 0, 0, 0)")
+                async with holder.transaction():
+                    await store._write_usage_on(  # type: ignore[attr-defined]
+                        holder, [row("beside", 900, user=None)], time.time_ns(), 5)
+                    reserving = asyncio.ensure_future(store.reserve(target, 200))
+                    await asyncio.sleep(0.5)  # (before: the reservation is made by now)
+                granted = await asyncio.wait_for(reserving, timeout=10)
+                assert granted is None
+                spent, reserved, logged = await sums(holder, "project", "p1")
+                assert (spent, reserved, logged) == (900, 0, 900) and spent + reserved <= limit
+                assert await store.reserve(target, 100) is not None  # exactly the room left
+            finally:
+                await holder.close()
+
+    asyncio.run(main())

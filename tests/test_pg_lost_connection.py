@@ -121,8 +121,11 @@ BLOCKED = """
 SELECT pid, backend_xid::text FROM pg_stat_activity
  WHERE pg_blocking_pids(pid) && ARRAY[$1::int, $2::int] AND pid <> $2
 """
+# (a counter's reserved amount: the sum of its shard rows, migration 11)
 HELD = """
-SELECT (SELECT array_agg(reserved_nano_usd ORDER BY scope_kind) FROM spending_counters WHERE scope_id = 'lost'),
+SELECT (SELECT array_agg(reserved ORDER BY scope_kind) FROM (
+            SELECT scope_kind, SUM(reserved_nano_usd)::bigint AS reserved FROM spending_counters
+             WHERE scope_id = 'lost' GROUP BY scope_kind) AS per_counter),
        (SELECT array_agg(id || ':' || xmin::text ORDER BY scope_kind) FROM spending_reservations)
 """
 

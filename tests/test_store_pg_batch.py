@@ -582,7 +582,7 @@ def test_one_settle_counts_exactly_what_the_batch_statement_counts(
                     "SELECT request_id, time_ns, project_id, user_id, key_hash, priced, cost_nano_usd "
                     "FROM usage_log ORDER BY request_id",
                     "SELECT scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd "
-                    "FROM spending_counters ORDER BY 1, 2, 3, 4",
+                    "FROM spending_counters ORDER BY 1, 2, 3, 4, shard",
                     "SELECT count(*) FROM spending_reservations",
                 )
             ]

@@ -38,6 +38,7 @@ from typing import Any, Final, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from plano_fast.store.pg_batch import GroupRunner
+from plano_fast.store.pg_hot import HotConnection
 from plano_fast.store.pg_reserve import LOCK_COUNTERS, NONE_REFUSED, PARTIAL, RESERVE_MANY
 from plano_fast.store.records import (
     PRICE_STATUS_PARTIAL,
@@ -449,11 +450,22 @@ rows AS (
 SELECT CAST(CASE WHEN n = cardinality($1::text[]) OR n = 0 THEN n::text ELSE '{_PARTIAL}' END AS integer)
   FROM (SELECT count(*) AS n FROM held) AS h
 """
-_ENSURE_COUNTERS = """
+# A reservation's counters made to exist before it locks them -- every shard of each, in
+# one statement, in the lock order (key, then shard): ``LOCK_COUNTERS`` locks the rows its
+# snapshot sees, so a shard row a usage batch inserted after that (its first cost on that
+# shard) would be neither locked nor summed, and a hard limit could be passed by it.  With
+# all shards present, a batch's upsert only ever UPDATEs a row the reservation holds (and
+# waits for it).  A shard row being inserted by a batch that has not committed yet makes
+# this statement wait for that commit (ON CONFLICT), so its cost is seen.  Counters of an
+# older database with fewer rows are filled in by the first reservation against them after
+# a (re)start (``_known_counters`` starts empty).
+_ENSURE_COUNTERS = f"""
 INSERT INTO spending_counters AS sc
-    (scope_kind, scope_id, period, period_start, spent_nano_usd, reserved_nano_usd, updated_at_ns)
-SELECT k, i, p, s, 0, 0, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(k, i, p, s)
- ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s
+    (scope_kind, scope_id, period, period_start, shard, spent_nano_usd, reserved_nano_usd, updated_at_ns)
+SELECT k, i, p, s, n, 0, 0, $5
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(k, i, p, s)
+ CROSS JOIN generate_series(0, {_WRITE_SHARDS - 1}) AS n
+ ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s, n
 ON CONFLICT DO NOTHING
 """
 _RESERVES_IN_FLIGHT = 2
@@ -591,6 +603,9 @@ class PostgresStore(SqlStore):
         self.max_size = max_size
         self.command_timeout = command_timeout
         self._pool: Any = None
+        #: the request path's lone statements (usage writes, settles) off the pool
+        #: (``pg_hot``); made at ``open``
+        self._hot: HotConnection | None = None
         self._settles: GroupRunner[tuple[str, UsageRow | None], bool] | None = None
         self._reserves: GroupRunner[tuple[list[BudgetTarget], Reservation], Reservation | None] | None = None
         #: background releases (``_release_later``): reservations nobody will use
@@ -627,6 +642,7 @@ class PostgresStore(SqlStore):
             pool.terminate()
             raise
         self._pool = pool
+        self._hot = HotConnection(self.dsn, self.command_timeout, self.connect_timeout_s)
 
     async def close(self) -> None:
         if self._releases:  # reservations given back in the background (_release_later)
@@ -636,6 +652,9 @@ class PostgresStore(SqlStore):
             for task in waiting:
                 task.cancel()
             await asyncio.gather(*waiting, return_exceptions=True)
+        hot, self._hot = self._hot, None
+        if hot is not None:
+            await hot.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -643,6 +662,9 @@ class PostgresStore(SqlStore):
     def terminate(self) -> None:
         for task in self._releases:  # left to the expiry sweep
             task.cancel()
+        hot, self._hot = self._hot, None
+        if hot is not None:
+            hot.terminate()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
@@ -652,6 +674,14 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             raise StoreError("the PostgreSQL store is not open")
         return self._pool
+
+    async def _fetchval_hot(self, sql: str, *args: Any) -> Any:
+        """``sql``'s value on the hot connection when it is free, else on the pool
+        (``pg_hot``): the request path's lone statements."""
+        hot = self._hot
+        if hot is None:
+            raise StoreError("the PostgreSQL store is not open")
+        return await hot.fetchval(self._pool, sql, *args)
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]], attempts: int = 6) -> T:
         for attempt in range(attempts):
@@ -730,14 +760,24 @@ class PostgresStore(SqlStore):
     # -- usage and billing --------------------------------------------------------------------
 
     @staticmethod
+    def _write_one_statement(rows: list[UsageRow], now: int, shard: int) -> tuple[str, tuple[Any, ...]] | None:
+        """The one statement that writes and counts ``rows`` (fewer than
+        ``_COPY_THRESHOLD``; into counter rows of ``shard``) and its arguments; None for a
+        batch that needs the staging table."""
+        if len(rows) == 1 and (one := _write_one_args(rows[0], now)) is not None:
+            deltas, args = one
+            return _write_one_sql(deltas), (*args, *((shard,) if deltas else ()))
+        if len(rows) < _COPY_THRESHOLD:
+            return _WRITE_USAGE, (_usage_records(rows), now, shard)
+        return None
+
+    @staticmethod
     async def _write_usage_on(conn: Any, rows: list[UsageRow], now: int, shard: int) -> int:
         """Insert + count (into counter rows of ``shard``) on ``conn``, which must be inside
         a transaction for big batches."""
-        if len(rows) == 1 and (one := _write_one_args(rows[0], now)) is not None:
-            deltas, args = one
-            return int(await conn.fetchval(_write_one_sql(deltas), *args, *((shard,) if deltas else ())))
-        if len(rows) < _COPY_THRESHOLD:
-            return int(await conn.fetchval(_WRITE_USAGE, _usage_records(rows), now, shard))
+        one = PostgresStore._write_one_statement(rows, now, shard)
+        if one is not None:
+            return int(await conn.fetchval(one[0], *one[1]))
         await conn.execute(_CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_usage_records(rows), columns=_USAGE_COLUMNS)
         return int(await conn.fetchval(_WRITE_STAGED, now, shard))
@@ -771,11 +811,12 @@ class PostgresStore(SqlStore):
             return await self._write_usage_on(conn, batch, now, shard)
 
         try:
-            if len(batch) < _COPY_THRESHOLD:  # one statement: its own transaction
+            one = self._write_one_statement(batch, now, shard)
+            if one is not None:  # one statement: its own transaction, on the hot connection
+                sql, args = one
 
                 async def attempt() -> int:
-                    async with self.pool.acquire() as conn:
-                        return await body(conn)
+                    return int(await self._fetchval_hot(sql, *args))
 
                 return await self._retrying(attempt)
             return await self._in_tx(body)
@@ -1130,7 +1171,7 @@ class PostgresStore(SqlStore):
             args, sql = (_usage_records(rows), now, ids), _SETTLE
 
         async def attempt() -> list[str]:
-            taken: list[str] = await self.pool.fetchval(sql, *args)
+            taken: list[str] = await self._fetchval_hot(sql, *args)
             return taken
 
         # Idempotent, so run again if its connection was lost: a settle that did commit
