@@ -37,7 +37,6 @@ INVALID = {
     "a bad percent-escape": b"Host: g%zzw\r\n",
     "an unclosed IP literal": b"Host: [::1\r\n",
     "an IP literal and junk": b"Host: [::1]x\r\n",
-    "a DEL": b"Host: g\x7fw\r\n",
     "a high byte": b"Host: g\xc3\xa9w\r\n",
     "a quote": b'Host: "gw"\r\n',
     "a backslash": b"Host: gw\\x\r\n",
@@ -45,6 +44,15 @@ INVALID = {
     "two Host lines, one valid": b"Host: gw\r\nhost: g w\r\n",
     "no Host": b"",
 }
+
+#: Host lines with a control byte: httptools' parser itself refuses those (its message)
+CONTROL = {
+    "a DEL": b"Host: g\x7fw\r\n",
+    "a control byte": b"Host: g\x01w\r\n",
+    "a NUL": b"Host: g\x00w\r\n",
+}
+#: what each refusal's message names
+REASON = {**{name: b"Host" for name in INVALID}, **{name: b"Invalid header value char" for name in CONTROL}}
 
 #: Host lines a request is served with
 VALID = {
@@ -80,19 +88,21 @@ def _request(path: bytes, body: bytes, host_lines: bytes, version: bytes = b"HTT
             b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
-@pytest.mark.parametrize("host_lines", INVALID.values(), ids=INVALID.keys())
+@pytest.mark.parametrize("case", [*INVALID, *CONTROL])
 @pytest.mark.parametrize(("path", "body"), [(b"/v1/chat/completions", CHAT), (b"/v1/messages", MESSAGES)],
                          ids=["openai", "anthropic"])
 def test_an_invalid_host_is_a_400_in_the_clients_format(
-    build_gateway: GatewayProcess, fake: FakeProviderThread, path: bytes, body: bytes, host_lines: bytes
+    build_gateway: GatewayProcess, fake: FakeProviderThread, path: bytes, body: bytes, case: str
 ) -> None:
-    """Each INVALID case: 400, the OpenAI error object (code ``malformed_request``) on
-    /v1/chat/completions or Anthropic's (``type: error``) on /v1/messages, its message
-    naming Host, ``Connection: close``, nothing sent upstream."""
+    """Each INVALID and CONTROL case: 400, the OpenAI error object (code
+    ``malformed_request``) on /v1/chat/completions or Anthropic's (``type: error``) on
+    /v1/messages, its message naming Host (CONTROL: the parser's "Invalid header value
+    char", as before), ``Connection: close``, nothing sent upstream."""
     fake.clear()
+    host_lines = INVALID[case] if case in INVALID else CONTROL[case]
     answer = exchange(build_gateway.port, _request(path, body, host_lines))
     assert answer.status == 400, answer.raw[:300]
-    assert b"Host" in answer.body and answer.header(b"connection") == b"close"
+    assert REASON[case] in answer.body and answer.header(b"connection") == b"close", answer.raw[:300]
     if path == b"/v1/messages":
         assert answer.error_json()["type"] == "error", answer.body
     else:

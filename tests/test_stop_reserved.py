@@ -179,3 +179,59 @@ def test_sigterm_answers_503_to_a_request_at_the_preference_router(
         assert json.loads(body)["error"]["type"] == "service_unavailable_error", body
         assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
         _stopped_rows(str(config.with_suffix(".db")), {"router": headers[b"x-plano-request-id"].decode()})
+
+
+def test_sigterm_answers_503_to_a_request_reading_its_stored_conversation(
+    fake: FakeProviderThread, tmp_path: Path, pg_database: str
+) -> None:
+    """Config mode, Plano's ``state_storage: postgres``: a Responses request converted for
+    Anthropic that names a ``previous_response_id`` reads the conversation before anything
+    else (``_with_history``); the test holds an ACCESS EXCLUSIVE lock on the state table,
+    so that read waits.  Was: the stop closed the connection with no answer.  Now the 503
+    (OpenAI's shape) with its id, row ``gateway_stopped`` 503 free, nothing forwarded."""
+    import threading
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    from tests import pg
+    from tests.gateway_proc import write_config
+
+    with pg.temp_schema(pg_database, "state") as dsn:
+        config = write_config(tmp_path / "plano_config.yaml", fake.port, {"drain_timeout_s": 0.5})
+        config.write_text(config.read_text() + f'state_storage:\n  type: postgres\n  connection_string: "{dsn}"\n')
+        turn = b'{"model":"claude-sonnet-4-6","input":"hi","previous_response_id":"resp_%s"}'
+        with GatewayProcess(config) as gateway:
+            # (a first turn naming an unknown id: served, and the state table made)
+            first = _send(gateway, b"/v1/responses", turn % b"0", b"connection: close\r\n")
+            with first:
+                assert _read_all(first).startswith(b"HTTP/1.1 200 "), "first turn"
+            locked, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                async def go() -> None:
+                    conn = await asyncpg.connect(dsn)
+                    try:
+                        async with conn.transaction():
+                            await conn.execute("LOCK TABLE response_states IN ACCESS EXCLUSIVE MODE")
+                            locked.set()
+                            await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
+                    finally:
+                        await conn.close()
+
+                asyncio.run(go())
+
+            holder = threading.Thread(target=hold, daemon=True)
+            holder.start()
+            try:
+                assert locked.wait(10)
+                fake.clear()
+                conn = _send(gateway, b"/v1/responses", turn % b"1")
+                time.sleep(1.0)  # (at the state read: the table is locked)
+                answers = _stop_and_read(gateway, {"prefetch": conn})
+            finally:
+                release.set()
+                holder.join(10)
+            headers, body = _answer(answers["prefetch"])
+            assert json.loads(body)["error"]["type"] == "service_unavailable_error", body
+            assert not [r for r in fake.requests if not r.path.startswith("/_fake")]
+            _stopped_rows(str(config.with_suffix(".db")), {"prefetch": headers[b"x-plano-request-id"].decode()})
