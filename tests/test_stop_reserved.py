@@ -52,7 +52,7 @@ def _open_reservations(sqlite_path: str) -> int:
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what() if callable(what) else what
         time.sleep(0.05)
 
 
@@ -85,8 +85,10 @@ def test_sigterm_answers_503_and_releases_a_reservation_held_while_connecting_or
 
     gateway = make_gateway(
         {"managed": "true", "managed_reload_s": 1, "drain_timeout_s": 0.5,
+         # a 503 is retried on the same target after a 10 s backoff
          "managed_retry_policy": "{default_strategy: same_provider, default_max_attempts: 3,"
-                                 " backoff: {base_ms: 10000, max_ms: 10000, jitter: false}}"},
+                                 " backoff: {base_ms: 10000, max_ms: 10000, jitter: false},"
+                                 " on_status_codes: [{codes: [503], strategy: same_model, max_attempts: 3}]}"},
         extra_providers=(
             f"  - name: silent-tls\n    model: openai/silent-model\n    base_url: https://127.0.0.1:{silent.port}\n"
             "    access_key: sk-unused\n    connect_timeout: 20s\n"
@@ -100,7 +102,20 @@ def test_sigterm_answers_503_and_releases_a_reservation_held_while_connecting_or
              for kind, t in tenants.items()}  # fmt: skip
     _wait_for(lambda: bool(silent.accepted) and any(r.path == "/v1/chat/completions" for r in fake.requests),
               "the handshake began and the 503 came back")  # fmt: skip
-    _wait_for(lambda: _open_reservations(sqlite_path) == 2, "both reservations taken")
+    def debug() -> str:
+        with sqlite3.connect(sqlite_path) as db:
+            held = db.execute("SELECT scope_id FROM spending_reservations").fetchall()
+        out = []
+        for k, c in conns.items():
+            c.setblocking(False)
+            try:
+                out.append((k, c.recv(3000)))
+            except BlockingIOError:
+                out.append((k, None))
+            c.setblocking(True)
+        return f"{held} {[(r.status, r.http_status, r.attempt_trail) for r in rows(sqlite_path)]} {out}"
+
+    _wait_for(lambda: _open_reservations(sqlite_path) == 2, debug)
     time.sleep(0.3)  # (the 503 read: in its backoff)
     answers = _stop_and_read(gateway, conns)
     ids = {}
@@ -201,10 +216,10 @@ def test_sigterm_answers_503_to_a_request_reading_its_stored_conversation(
         config.write_text(config.read_text() + f'state_storage:\n  type: postgres\n  connection_string: "{dsn}"\n')
         turn = b'{"model":"claude-sonnet-4-6","input":"hi","previous_response_id":"resp_%s"}'
         with GatewayProcess(config) as gateway:
-            # (a first turn naming an unknown id: served, and the state table made)
+            # (a first turn naming an unknown id: the state store opened, its table made, a 404)
             first = _send(gateway, b"/v1/responses", turn % b"0", b"connection: close\r\n")
             with first:
-                assert _read_all(first).startswith(b"HTTP/1.1 200 "), "first turn"
+                assert _read_all(first).startswith(b"HTTP/1.1 404 "), "first turn"
             locked, release = threading.Event(), threading.Event()
 
             def hold() -> None:
