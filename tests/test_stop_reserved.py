@@ -49,7 +49,7 @@ def _open_reservations(sqlite_path: str) -> int:
         return int(db.execute("SELECT count(DISTINCT id) FROM spending_reservations").fetchone()[0])
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+def _wait_for(condition: Callable[[], bool], what: str | Callable[[], str], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, what() if callable(what) else what
