@@ -29,7 +29,7 @@ from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import ledger
 from tests.test_managed import ENV, REQUEST_BODY, Tenant, provision, request_cost, rows
 from tests.test_stop_unanswered import _raw, _read_all
-from tests.test_stop_waiting import SilentPeer, _answer, _stop_and_read, silent  # noqa: F401 - fixture
+from tests.test_stop_waiting import SilentPeer, _answer, _stop_and_read, _stop_for_errors, silent  # noqa: F401 - fixture
 
 MINI = ("openai/gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini")
 
@@ -117,12 +117,9 @@ def test_sigterm_answers_503_and_releases_a_reservation_held_while_connecting_or
 
     _wait_for(lambda: _open_reservations(sqlite_path) == 2, debug)
     time.sleep(0.3)  # (the 503 read: in its backoff)
-    answers = _stop_and_read(gateway, conns)
     ids = {}
-    for kind, answer in answers.items():
-        headers, body = _answer(answer)
-        ids[kind] = headers[b"x-plano-request-id"].decode()
-        assert json.loads(body)["error"]["type"] == "service_unavailable_error", body
+    for kind, (ids[kind], error) in _stop_for_errors(gateway, conns).items():
+        assert error["error"]["type"] == "service_unavailable_error", error
     assert len([r for r in fake.requests if r.path == "/v1/chat/completions"]) == 1  # never retried after
     stopped = _stopped_rows(sqlite_path, ids)
     assert (stopped["connecting"].attempts, stopped["backoff"].attempts) == (0, 1)
