@@ -35,7 +35,7 @@ from plano_fast.key_registry import ApiKeyRegistry
 from plano_fast.http_server import Request, Responder, ServerLimits, ServerProtocol
 from plano_fast.routing import Router
 from plano_fast.responses_state import store_from_config
-from plano_fast.store import SchemaTooOld, Store, open_store
+from plano_fast.store import SchemaMismatch, SchemaTooNew, SchemaTooOld, Store, open_store
 from plano_fast.store.migrate import prepare_schema
 from plano_fast.upstream import UpstreamPool
 
@@ -184,7 +184,7 @@ class Gateway:
         try:
             await self._open_store()
             opened = True
-        except SchemaTooOld:
+        except SchemaMismatch:
             raise
         except Exception as exc:  # noqa: BLE001 - any reason the store is away: retry it
             opened = False
@@ -352,13 +352,14 @@ class Gateway:
             attempt += 1
             try:
                 # As `serve` does before it listens: a new embedded SQLite database gets
-                # the schema; an older one is refused (SchemaTooOld, logged with the hint).
+                # the schema; an older or newer one is refused (SchemaMismatch, logged with the hint).
                 async with asyncio.timeout(STORE_OPEN_TIMEOUT_S):
                     await prepare_schema(self.config.settings.database_url, self.config.settings.sqlite_path)
                 await self._open_store()
             except Exception as exc:  # noqa: BLE001 - one line per attempt, no traceback
                 delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
-                hint = " (run `plano-fast migrate`)" if isinstance(exc, SchemaTooOld) else ""
+                hint = (" (run `plano-fast migrate`)" if isinstance(exc, SchemaTooOld)
+                        else " (run the release that migrated it)" if isinstance(exc, SchemaTooNew) else "")
                 log.warning("store still unavailable (attempt %d: %s)%s; retrying in %.1fs",
                             attempt, _one_line(exc), hint, delay_s)
                 continue
@@ -473,12 +474,17 @@ class Gateway:
         released by another instance's sweeper once this instance is forgotten (or its
         heartbeat goes stale when the store cannot even be told)."""
         assert self.managed is not None
-        tasks = list(self.managed.tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=tasks_bound_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + tasks_bound_s
+        # Until none is left: a task may start another as it ends (a reservation the store
+        # granted to a request that stopped waiting is then given back).
+        while tasks := list(self.managed.tasks):
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                break
         await self.managed.state.stop()
         if self.store_ready:
             try:

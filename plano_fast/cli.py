@@ -189,6 +189,7 @@ def _store_name(config: GatewayConfig) -> str:
 
 
 def _migrate(path: str) -> int:
+    from plano_fast.store import SchemaTooNew
     from plano_fast.store.migrate import run_migrate
 
     config = _load(path)
@@ -198,6 +199,8 @@ def _migrate(path: str) -> int:
     where = _store_name(config)
     try:
         applied = asyncio.run(run_migrate(settings.database_url, settings.sqlite_path))
+    except SchemaTooNew as exc:
+        raise CliError(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - reported as one line
         raise CliError(f"{where}: migration failed: {_one_line(exc)}") from None
     if applied:
@@ -222,7 +225,7 @@ def _store_unavailable_errors() -> tuple[type[BaseException], ...]:
 
 def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool) -> None:
     """Create or check the schema before listening; CliError when it cannot be served."""
-    from plano_fast.store import SchemaTooOld
+    from plano_fast.store import SchemaTooNew, SchemaTooOld
     from plano_fast.store.migrate import prepare_schema
 
     settings = config.settings
@@ -237,6 +240,8 @@ def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool)
             f"{where} {state}, this plano-fast needs version {exc.required}: run "
             f"`plano-fast migrate --config {config_path}` (or serve with --migrate)"
         ) from None
+    except SchemaTooNew as exc:
+        raise CliError(f"{where}: {exc}") from None
     except _store_unavailable_errors() as exc:
         # The store cannot be opened now (PostgreSQL down, starting up or out of
         # connections, an unusable SQLite path): the gateway starts anyway, answers 503
@@ -249,7 +254,7 @@ def _prepare_store(config: GatewayConfig, config_path: str, allow_migrate: bool)
 
 def _reprice(args: argparse.Namespace) -> int:
     from plano_fast.billing.reprice import run_reprice
-    from plano_fast.store import SchemaTooOld
+    from plano_fast.store import SchemaMismatch
 
     if not args.config:  # usage errors exit 2, as argparse's do
         _error("usage reprice needs --config (the database to work on)")
@@ -266,7 +271,7 @@ def _reprice(args: argparse.Namespace) -> int:
             settings.database_url, settings.sqlite_path, settings.price_as,
             page_rows=args.page_rows, dry_run=args.dry_run,
         ))  # fmt: skip
-    except SchemaTooOld as exc:
+    except SchemaMismatch as exc:
         raise CliError(f"cannot reprice: {_one_line(exc)}") from None
     verb = "would change" if args.dry_run else "changed"
     delta = report.cost_after_nano_usd - report.cost_before_nano_usd
@@ -320,7 +325,7 @@ async def _serve_until_signal(
 
     from plano_fast.app import AdminKeyMissing
     from plano_fast.managed.crypto import MasterKeyError
-    from plano_fast.store import SchemaTooOld
+    from plano_fast.store import SchemaMismatch
 
     try:
         gateway = Gateway(config, host=host, port=port, reuse_port=reuse_port)
@@ -328,7 +333,7 @@ async def _serve_until_signal(
         raise CliError(f"cannot start: {exc}") from None
     try:
         await gateway.start()
-    except SchemaTooOld as exc:
+    except SchemaMismatch as exc:
         raise CliError(f"cannot start: {exc}") from None
     except OSError as exc:  # the port is taken, the address is not ours...
         raise CliError(f"cannot start: {_one_line(exc)}") from None

@@ -77,6 +77,7 @@ from plano_fast.errors import (
 # the compiled fast path for plain requests (None when not in use); httptools parses the rest
 from plano_fast.wire import PURE_ENV, chunk_size_line, content_length_line
 from plano_fast.wire import parse_request as _parse_request
+from plano_fast.wire._host import valid_host
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -134,7 +135,7 @@ DATE_HEADER = _DateHeader()
 SERVER_HEADER = b"server: plano_fast\r\n"
 #: request headers that decide framing and get checked as they arrive
 #: (and upgrade: noted, so that only a head naming it asks httptools whether it upgrades;
-#: host: counted, RFC 9112 §3.2 wants exactly one)
+#: host: counted and its value checked, RFC 9112 §3.2 wants exactly one valid one)
 _FRAMING_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"host"))
 #: request body pieces shorter than this (tiny chunks, a trickled body) are joined as they
 #: arrive rather than kept one object each (``on_body``)
@@ -732,6 +733,8 @@ class ServerProtocol(asyncio.Protocol):
             self._upgrade_seen = True
         elif name == b"host":
             self._hosts += 1
+            if not valid_host(value):
+                raise MalformedRequest("invalid Host header: a request's Host is host[:port] (RFC 9112 §3.2)")
         else:  # expect
             if value.strip().lower() != b"100-continue":
                 raise MalformedRequest("unsupported Expect header")

@@ -155,6 +155,94 @@ def test_prepare_schema_on_postgres_needs_the_flag(pg_dsn: str) -> None:
     assert asyncio.run(prepare_schema(pg_dsn, "unused.db")) == []
 
 
+def _run_refused_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    """``serve`` expected to exit at once; one that listens instead is killed and fails the test."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plano_fast", "serve", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"serve did not refuse the database: it kept running\n{out}\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+async def _pg_snapshot(dsn: str) -> list[object]:
+    """Every table of the test's schema, its columns and its rows (as text, sorted)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        columns = await conn.fetch(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() ORDER BY 1, 2"
+        )
+        snapshot: list[object] = [tuple(r) for r in columns]
+        for table in sorted({r[0] for r in columns}):
+            rows = await conn.fetch(f'SELECT t::text FROM "{table}" t')
+            snapshot.append((table, sorted(r[0] for r in rows)))
+        return snapshot
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_serve_and_migrate_refuse_a_newer_schema(
+    kind: str, fake: FakeProviderThread, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A database migrated by a newer release (here: every migration this code ships plus a
+    row for version N+1 in schema_migrations): ``migrate``, ``serve`` and ``serve --migrate``
+    each exit 1 with one line naming the database's version (N+1), the newest this code knows
+    (N) and what to do; serve never listens, and the database is byte-for-byte (SQLite dump)
+    or row-for-row (PostgreSQL tables, columns, rows) what it was.  On main: ``migrate`` said
+    "schema up to date" (exit 0) and ``serve`` listened."""
+    settings: dict[str, object] = {}
+    if kind == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        settings["database_url"] = f'"{dsn}"'
+    config = write_config(tmp_path / "plano_config.yaml", fake.port, settings)
+    assert run_cli("migrate", "--config", str(config)).returncode == 0
+    newer = REQUIRED_SCHEMA_VERSION + 1
+    db = tmp_path / "plano_config.db"
+    if kind == "sqlite":
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_a_newer_release', 1)", (newer,))
+
+        def snapshot() -> list[object]:
+            with sqlite3.connect(db) as conn:
+                return list(conn.iterdump())
+    else:
+        async def mark() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, 'from_a_newer_release', 1)", newer)
+            finally:
+                await conn.close()
+
+        asyncio.run(mark())
+
+        def snapshot() -> list[object]:
+            return asyncio.run(_pg_snapshot(dsn))
+
+    before = snapshot()
+    needles = (f"schema version {newer}", f"newest migration is {REQUIRED_SCHEMA_VERSION}",
+               "newer release", "nothing was written")  # fmt: skip
+    migrated = run_cli("migrate", "--config", str(config))
+    assert migrated.returncode == 1 and migrated.stdout == ""
+    assert_one_line_error(migrated, *needles)
+    for extra in ([], ["--migrate"]):
+        served = _run_refused_serve("--config", str(config), "--port", "0", *extra)
+        assert served.returncode == 1
+        assert_one_line_error(served, *needles)
+        assert "listening on" not in served.stdout
+    assert snapshot() == before
+
+
 # --------------------------------------------------------------------------- one-line errors
 
 

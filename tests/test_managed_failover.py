@@ -2,7 +2,9 @@
 with per-target circuit breakers, under one hard-budget reservation per client request;
 the admin API's ``GET /circuits``.  One gateway (official SDKs, real sockets, the fake
 provider, SQLite) serves every test here: each uses its own tenant, so its own provider
-keys and therefore its own circuits."""
+keys and therefore its own circuits, rows and spend (a tenant shared by two tests made each
+depend on the other's having run, or not: a circuit left open, a row more), and a test
+reading a circuit picks its own tenant's by key id.  Any test passes alone or in any order."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tests.test_managed import (
     provision,
     request_cost,
     rows,
+    store_call,
 )
 
 ADMIN_KEY = "admin-key-for-managed-failover-0000000"
@@ -87,9 +90,11 @@ def pipes(tmp_path_factory: pytest.TempPathFactory) -> Any:
             tenants["budget"] = provision(None, sqlite_path, [("always-503", "gpt-4o-mini", "gpt-4o-mini"), MINI],
                                           limit_nano_usd=3 * cost)  # fmt: skip
             tenants["one"] = provision(None, sqlite_path, [MINI])
+            tenants["one_stream"] = provision(None, sqlite_path, [MINI])
             tenants["stalled"] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI])
-            tenants["stalled_limited"] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI],
-                                                   limit_nano_usd=10 * cost)  # fmt: skip
+            for name in ("stalled_limited", "stalled_limited_circuit"):
+                tenants[name] = provision(None, sqlite_path, [("stalled", "gpt-4o-mini", "gpt-4o-mini"), MINI],
+                                          limit_nano_usd=10 * cost)  # fmt: skip
             tenants["flaky"] = provision(None, sqlite_path, [("flaky", "gpt-4o-mini", "gpt-4o-mini"), MINI])
 
         with GatewayProcess(config, env=ENV, before_start=before_start) as gateway:
@@ -108,6 +113,17 @@ def admin_get(gateway: GatewayProcess, path: str, key: str | None = ADMIN_KEY) -
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def circuit_of(pipes: Any, provider: str, tenant: Tenant) -> dict[str, Any]:
+    """``GET /circuits``' entry for ``provider`` with ``tenant``'s provider key (another
+    tenant's target on the same provider has a circuit of its own)."""
+    gateway, _, sqlite_path, _ = pipes
+    keys = store_call(None, sqlite_path, lambda s: s.list_provider_keys(tenant.project_id))
+    key_ids = {k.id for k in keys}
+    circuits = json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
+    (found,) = [c for c in circuits if c["provider"] == provider and c["key_id"] in key_ids]
+    return dict(found)
 
 
 def chat(gateway: GatewayProcess, token: str, headers: dict[str, str] | None = None) -> Any:
@@ -210,8 +226,7 @@ def test_a_first_byte_timeout_fails_over(pipes: Any) -> None:
     assert len(billed) == 1 and billed[0].status == "ok"
     # the timed-out attempt is on the row (not priced: "Not metered", docs/security.md)
     assert (billed[0].attempts, billed[0].attempt_trail) == (2, "timeout,200")
-    circuit = next(c for c in json.loads(admin_get(gateway, "/circuits")[1])["circuits"]
-                   if c["provider"] == "stalled")  # fmt: skip
+    circuit = circuit_of(pipes, "stalled", tenant)
     assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 1
 
 
@@ -243,9 +258,9 @@ def test_a_timeout_not_retried_under_a_hard_limit_counts_on_the_targets_circuit(
     (before 2026-12-06 the timeout was not recorded: every request waited for the stalled
     target and got a 504)."""
     gateway, fake, sqlite_path, tenants = pipes
-    tenant = tenants["stalled_limited"]
+    tenant = tenants["stalled_limited_circuit"]
     statuses = []
-    for _ in range(3):  # (the test above may have left one failure on it already)
+    for _ in range(3):  # 504, 504 (the second failure opens the circuit), 200
         fake.clear()
         try:
             chat(gateway, tenant.token)
@@ -261,7 +276,7 @@ def test_streams_fail_over_too(pipes: Any) -> None:
     """A stream whose first attempt is refused (429, ``Retry-After: 0``) is retried: the
     client sees one clean stream (nothing of the refusal), billed once."""
     gateway, fake, sqlite_path, tenants = pipes
-    tenant = tenants["one"]
+    tenant = tenants["one_stream"]
     before = len([r for r in rows(sqlite_path) if r.project_id == tenant.project_id])
     fake.clear()
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as client:

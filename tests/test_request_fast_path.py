@@ -162,6 +162,17 @@ def test_connection_close_is_not_keep_alive() -> None:
 DECLINED = {
     "no host": b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
     "two hosts": b"POST /x HTTP/1.1\r\nHost: a\r\nhost: b\r\nContent-Length: 2\r\n\r\nhi",
+    # a Host that is not a plain host[:port] (httptools' path serves or refuses it: wire._host)
+    "a space in the host": b"GET /x HTTP/1.1\r\nHost: g w\r\n\r\n",
+    "a tab in the host": b"GET /x HTTP/1.1\r\nHost: g\tw\r\n\r\n",
+    "userinfo in the host": b"GET /x HTTP/1.1\r\nHost: u@gw\r\n\r\n",
+    "a slash in the host": b"GET /x HTTP/1.1\r\nHost: gw/x\r\n\r\n",
+    "a host port not digits": b"GET /x HTTP/1.1\r\nHost: gw:8o\r\n\r\n",
+    "a host with two colons": b"GET /x HTTP/1.1\r\nHost: gw:1:2\r\n\r\n",
+    "a host that is only a port": b"GET /x HTTP/1.1\r\nHost: :80\r\n\r\n",
+    "a host with a high byte": b"GET /x HTTP/1.1\r\nHost: g\xc3\xa9\r\n\r\n",
+    "an IP literal host": b"GET /x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    "a percent-escape in the host": b"GET /x HTTP/1.1\r\nHost: g%41\r\n\r\n",
     "transfer-encoding": b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "content-length and transfer-encoding": b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -355,3 +366,13 @@ def test_every_byte_at_every_offset_of_a_long_name_or_value(where: str) -> None:
                 allowed = (byte == 9 or (byte >= 32 and byte != 127)) and not (byte in (9, 32) and offset == 39)
             data = b"POST /v1/chat/completions HTTP/1.1\r\nhost: h\r\n" + line + b"content-length: 2\r\n\r\nok"
             assert check_against_httptools(data) is allowed, (where, offset, byte)
+
+
+@pytest.mark.parametrize("host", [b"gw", b"gw:12000", b"gw:", b"127.0.0.1:8080", b"A-b_c~d!e$f&g'h(i)j*k+l,m;n=o"])
+def test_a_plain_host_is_taken(host: bytes) -> None:
+    """A plain host[:port] (wire._host.PLAIN_HOST_CHARS, an optional colon and digits) is
+    parsed here, as httptools parses it."""
+    data = b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    parsed = parse_request(data, 0, MAX_HEAD, MAX_BODY)
+    assert parsed is not None and parsed[2] == [(b"host", host)]
+    assert check_against_httptools(data)

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,15 @@ def _stop_and_read(gateway: GatewayProcess, socks: dict[str, socket.socket]) -> 
     return answers
 
 
+def _stop_for_errors(gateway: GatewayProcess, socks: dict[str, socket.socket]) -> dict[str, tuple[str, Any]]:
+    """SIGTERM, then each client's 503 (``_answer``): its request id and its error object."""
+    errors = {}
+    for kind, answer in _stop_and_read(gateway, socks).items():
+        headers, body = _answer(answer)
+        errors[kind] = (headers[b"x-plano-request-id"].decode(), json.loads(body))
+    return errors
+
+
 def test_sigterm_answers_503_to_requests_connecting_or_in_a_retry_backoff(
     make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, silent: SilentPeer
 ) -> None:
@@ -125,12 +135,8 @@ def test_sigterm_answers_503_to_requests_connecting_or_in_a_retry_backoff(
         assert time.monotonic() < deadline  # (the handshake began; the 503 came back)
         time.sleep(0.05)
     time.sleep(0.3)  # (the 503 read: in its backoff)
-    answers = _stop_and_read(gateway, conns)
     ids = {}
-    for kind, answer in answers.items():
-        headers, body = _answer(answer)
-        ids[kind] = headers[b"x-plano-request-id"].decode()
-        error = json.loads(body)
+    for kind, (ids[kind], error) in _stop_for_errors(gateway, conns).items():
         if kind == "backoff":
             assert error["type"] == "error" and error["error"]["type"] == "overloaded_error", error
         else:

@@ -25,6 +25,7 @@ from plano_fast.store import (
     InvalidValue,
     MissingReference,
     PipeTarget,
+    SchemaTooNew,
     SchemaTooOld,
     SqlStore,
     Store,
@@ -203,6 +204,30 @@ def test_schema_older_than_required_is_refused(backend: Backend) -> None:
             await store.check_schema()
         assert info.value.current == REQUIRED_SCHEMA_VERSION - 1
         assert "plano-fast migrate" in str(info.value)
+
+    backend.run(body)
+
+
+def test_schema_newer_than_known_is_refused_before_anything_is_applied(backend: Backend) -> None:
+    """A database that records a version newer than this code ships (here N+1, with N's own
+    row removed, so there is one migration this code could apply): ``check_schema`` (what
+    the gateway's start and its store-retry loop run) and ``migrate`` raise ``SchemaTooNew``
+    naming N+1 and N, and ``migrate`` applied nothing (N is still absent).  On main both
+    passed: ``migrate`` applied N to a newer database."""
+    async def body(store: Store) -> None:
+        assert isinstance(store, SqlStore)
+        newest = len(load_migrations(store.kind))
+        await store._execute("DELETE FROM schema_migrations WHERE version = ?", (newest,))
+        await store._execute(
+            "INSERT INTO schema_migrations (version, name, applied_at_ns) VALUES (?, ?, ?)",
+            (newest + 1, "from_a_newer_release", 1),
+        )
+        for refused in (store.check_schema, lambda: migrate(store)):
+            with pytest.raises(SchemaTooNew) as info:
+                await refused()
+            assert (info.value.current, info.value.known) == (newest + 1, newest)
+            assert f"schema version {newest + 1}" in str(info.value)
+        assert newest not in await store.applied_migrations()
 
     backend.run(body)
 

@@ -194,8 +194,9 @@ class ExchangeContext:
         #: exchanges reading a response whose client left (ended at stop: ``give_up_drains``)
         self.draining: set[Exchange] = set()
         #: exchanges waiting in a task with nothing of theirs with a provider -- opening a
-        #: connection, in a retry's backoff, at a guard model, an input filter or a router
-        #: model -- and that
+        #: connection, in a retry's backoff, at a guard model, an input filter, a router
+        #: model, the Responses state store, or (managed) the store's answer to a hard
+        #: limit's reservation -- and that
         #: task: answered 503 at stop (``Exchange.stop_waiting``); entered around those
         #: waits only (``waits``), never on the path of a request sent on a pooled connection
         self.waiting: dict[Exchange, asyncio.Task[Any]] = {}

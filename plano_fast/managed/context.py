@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from plano_fast.billing.metrics import BillingMetrics
 from plano_fast.failover import RetryPolicy
@@ -19,6 +19,8 @@ from plano_fast.store.base import UsageStore
 from plano_fast.usage import UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
+
+T = TypeVar("T")
 
 RELEASE_RETRY_FIRST_S = 0.1
 RELEASE_RETRY_MAX_S = 5.0
@@ -236,7 +238,7 @@ class ManagedContext:
         self.max_output_tokens = max_output_tokens
         self.reservation_ttl_s = reservation_ttl_s
         #: background releases, shielded from the cancellation of a client's task
-        self.tasks: set[asyncio.Task[object]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.writer = GroupWriter(store, usage_sink, metrics)
         #: this gateway instance's id, recorded on each reservation (see the sweeper)
         self.owner: str | None = None
@@ -244,7 +246,7 @@ class ManagedContext:
         #: each target once, in order -- plano_fast.failover.pipe_policy)
         self.retry_policy = retry_policy
 
-    def spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -266,6 +268,16 @@ class ManagedContext:
         journaled copy of the row land in either order.  A row the store refuses
         (``rejects_data``) cannot settle: the reservation is then released, as before."""
         self.spawn(self._release_until_done(reservation, row))
+
+    async def give_back_if_granted(self, call: asyncio.Task[Reservation | None]) -> None:
+        """The request that asked for ``call``'s reservation stopped waiting for it (the
+        gateway stops, the client left): whatever the store grants is given back."""
+        try:
+            reservation = await call
+        except Exception:  # noqa: BLE001 - refused by a fault: nothing was taken
+            return
+        if reservation is not None:
+            await self._release_until_done(reservation)
 
     async def _release_until_done(self, reservation: Reservation, row: UsageRow | None = None) -> None:
         """Released (``row`` None) or settled with ``row``, retried until done or expired."""

@@ -43,7 +43,8 @@ from plano_fast.store.records import (
 )
 
 REQUIRED_SCHEMA_VERSION: Final = 11
-"""The schema version this code needs; ``check_schema`` refuses anything older."""
+"""The schema version this code needs; ``check_schema`` refuses anything older (and anything
+newer than the newest migration shipped, ``migrate.newest_known_version``)."""
 
 
 class BillingStore(abc.ABC):
@@ -435,7 +436,12 @@ class Store(UsageStore, RegistryStore, AdminStore):
         return max(await self.applied_migrations(), default=0)
 
     async def check_schema(self) -> None:
-        """Raise ``SchemaTooOld`` unless the schema is at least ``REQUIRED_SCHEMA_VERSION``."""
-        current = await self.schema_version()
+        """Raise ``SchemaTooOld`` unless the schema is at least ``REQUIRED_SCHEMA_VERSION``,
+        and ``SchemaTooNew`` when it records a migration newer than this code ships."""
+        from plano_fast.store.migrate import refuse_newer  # migrate imports this module
+
+        recorded = await self.applied_migrations()
+        current = max(recorded, default=0)
         if current < REQUIRED_SCHEMA_VERSION:
             raise SchemaTooOld(current, REQUIRED_SCHEMA_VERSION, self.kind)
+        refuse_newer(recorded, self.kind)

@@ -13,17 +13,31 @@ design card names, and the one to hand to ``psql -f``) is a symlink to it.
 schema is current; create it on a new or empty embedded SQLite database; otherwise (an
 older schema, or an empty PostgreSQL database) migrate only when asked (``--migrate``) and
 refuse with :class:`SchemaTooOld` when not.
+
+Both ``serve`` and ``migrate`` refuse a database that records a migration newer than the
+newest this code ships (:class:`SchemaTooNew`), before writing anything: a newer release
+migrated it, and this code's statements may name what that migration changed (an older
+instance against schema 11 on PostgreSQL names the old counter primary key in ``ON
+CONFLICT``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import re
 import sqlite3
 from dataclasses import dataclass
 
-from plano_fast.store import REQUIRED_SCHEMA_VERSION, SchemaTooOld, Store, StoreError, open_store
+from plano_fast.store import (
+    REQUIRED_SCHEMA_VERSION,
+    SchemaTooNew,
+    SchemaTooOld,
+    Store,
+    StoreError,
+    open_store,
+)
 
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 
@@ -66,14 +80,33 @@ def load_migrations(kind: str) -> list[Migration]:
     return found
 
 
+@functools.cache
+def newest_known_version(kind: str) -> int:
+    """The newest migration this code ships for backend ``kind``: a database at a higher
+    version was migrated by a newer release."""
+    return load_migrations(kind)[-1].version
+
+
+def refuse_newer(applied: list[int], kind: str) -> None:
+    """``SchemaTooNew`` when ``applied`` (the versions ``schema_migrations`` records)
+    holds one newer than this code ships."""
+    current = max(applied, default=0)
+    known = newest_known_version(kind)
+    if current > known:
+        raise SchemaTooNew(current, known, kind)
+
+
 async def schema_version(store: Store) -> int:
     """The highest applied version, 0 for an empty database."""
     return await store.schema_version()
 
 
 async def migrate(store: Store) -> list[int]:
-    """Apply every missing migration, each in its own transaction; returns their versions."""
-    applied = set(await store.applied_migrations())
+    """Apply every missing migration, each in its own transaction; returns their versions.
+    ``SchemaTooNew`` before anything is applied when the database is newer than this code."""
+    recorded = await store.applied_migrations()
+    refuse_newer(recorded, store.kind)
+    applied = set(recorded)
     done: list[int] = []
     for m in load_migrations(store.kind):
         if m.version in applied:
@@ -113,7 +146,8 @@ async def prepare_schema(
 ) -> list[int]:
     """Bring the configured store to a schema this code can serve, or refuse.
 
-    * current (or newer) schema: nothing to do;
+    * a schema newer than this code ships: refused with ``SchemaTooNew``, nothing written;
+    * current schema: nothing to do;
     * embedded SQLite that is new or empty (``sqlite_is_empty``): the schema is created;
     * otherwise, an older or absent schema is migrated only with ``allow_migrate``
       (``serve --migrate``) and refused with ``SchemaTooOld`` without it.
@@ -124,7 +158,9 @@ async def prepare_schema(
     store = open_store(database_url, sqlite_path)
     await store.open()
     try:
-        current = await store.schema_version()
+        recorded = await store.applied_migrations()
+        refuse_newer(recorded, store.kind)
+        current = max(recorded, default=0)
         if current >= REQUIRED_SCHEMA_VERSION:
             return []
         if allow_migrate or (fresh and current == 0):

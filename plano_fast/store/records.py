@@ -36,7 +36,12 @@ class StoreError(Exception):
     """Base class of every error a store raises on purpose."""
 
 
-class SchemaTooOld(StoreError):
+class SchemaMismatch(StoreError):
+    """The database schema is not one this code can serve: refused at start, never retried
+    (an operator's matter, not a fault that passes)."""
+
+
+class SchemaTooOld(SchemaMismatch):
     """The database schema is older than this code needs (or absent)."""
 
     def __init__(self, current: int, required: int, kind: str) -> None:
@@ -48,6 +53,22 @@ class SchemaTooOld(StoreError):
             f"the {kind} database {where}; this plano-fast needs version {required}. "
             "Run `plano-fast migrate` (with the same config) to bring it up to date, "
             "then start the server again."
+        )
+
+
+class SchemaTooNew(SchemaMismatch):
+    """The database records a migration newer than any this code ships: a newer release
+    migrated it.  This code must not write to it -- its statements may name what that
+    migration changed (schema 11's counter primary key, say), and fail or write wrongly."""
+
+    def __init__(self, current: int, known: int, kind: str) -> None:
+        self.current = current
+        self.known = known
+        self.kind = kind
+        super().__init__(
+            f"the {kind} database is at schema version {current}, newer than this plano-fast knows "
+            f"(its newest migration is {known}): a newer release migrated it. Run that release "
+            "(or a newer one) against this database; nothing was written to it."
         )
 
 

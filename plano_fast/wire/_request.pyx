@@ -10,7 +10,8 @@ cannot be read two ways, and returns None for anything else, which httptools the
 (and accepts or refuses) exactly as before.  Declined: another method or HTTP version,
 a target or header byte outside the plain RFC 9110/9112 grammar, bare LF, obs-fold,
 whitespace before a colon or after a value, empty values, Transfer-Encoding, Expect,
-Upgrade, a second Content-Length, no Host or a second one, a Connection other than ``keep-alive`` / ``close``, a
+Upgrade, a second Content-Length, no Host or a second one or one that is not a plain
+host[:port] (``wire._host``), a Connection other than ``keep-alive`` / ``close``, a
 head over the size limit, a body over its limit or not complete in the buffer.
 tests/test_request_fast_path.py checks the subset against httptools, byte for byte.
 """
@@ -49,6 +50,40 @@ cdef void _init_target_chars():
 
 
 _init_target_chars()
+
+# RFC 3986 reg-name bytes without the percent-escape (plano_fast.wire._host, written once):
+# the Host values this path takes; any other (an IP literal, an escape, an invalid one) goes
+# to httptools' path, which serves or refuses it (wire._host.valid_host)
+from plano_fast.wire._host import PLAIN_HOST_CHARS
+
+cdef unsigned char HOST[256]
+
+
+cdef void _init_host_chars():
+    cdef int c
+    for c in range(256):
+        HOST[c] = 0
+    for c in PLAIN_HOST_CHARS:
+        HOST[c] = 1
+
+
+_init_host_chars()
+
+
+cdef inline bint plain_host(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """``p[:n]`` is PLAIN_HOST_CHARS, at least one, then optionally ``:`` and digits."""
+    cdef Py_ssize_t k = 0
+    while k < n and HOST[p[k]]:
+        k += 1
+    if k == 0:
+        return False
+    if k < n:
+        if p[k] != 58:
+            return False
+        k += 1
+        while k < n and 48 <= p[k] <= 57:
+            k += 1
+    return k == n
 
 # ASCII lowercase of each byte (the tail of ``lower_name``)
 cdef unsigned char LOWER[256]
@@ -366,6 +401,8 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         kind = request_kind(w, name_len)
         if kind == R_DROP and name_len == 4:
             hosts += 1  # (the only 4-byte name request_kind drops: host)
+            if not plain_host(s + b, i - b):
+                return None  # not a plain host[:port]: httptools' path serves or refuses it
         if kind == R_CREDENTIAL:
             if credentials == 0:
                 credential_name_ = credential_name(w, name_len)

@@ -84,7 +84,12 @@ class ConfigExchange(RoutedExchange):
 
     async def _with_history(self, state: ResponseStore, route: Route) -> None:
         """Read the conversation ``previous_response_id`` names (shared state store) first."""
-        self.prior = await prefetch(state, self.request.body, self.key_hash or "")
+        waiting = self.ctx.waiting
+        self.ctx.waits(self)  # (a stop while the state store answers is a 503: stop_waiting)
+        try:
+            self.prior = await prefetch(state, self.request.body, self.key_hash or "")
+        finally:
+            waiting.pop(self, None)
         pending = self._route(route)
         if pending is not None:
             await pending

@@ -249,9 +249,14 @@ class ManagedExchange(RetryingExchange):
             body = request.body
             if self.endpoint is RESPONSES and self.ctx.responses_state is not None:
                 # previous_response_id expanded before the reservation: it counts the history
-                body, self.state_turn = await expand_managed(
-                    self.ctx.responses_state, body, managed_owner(self.project_id, self.user_id), fields.stream
-                )
+                waiting = self.ctx.waiting
+                self.ctx.waits(self)  # (a stop while the state store answers is a 503: stop_waiting)
+                try:
+                    body, self.state_turn = await expand_managed(
+                        self.ctx.responses_state, body, managed_owner(self.project_id, self.user_id), fields.stream
+                    )
+                finally:
+                    waiting.pop(self, None)
             body, max_out = self._with_ceiling(fields, body)
             if max_out < 1 and self.mctx.state.hard_limited(self.project_id, self.user_id):
                 # Gemini reads maxOutputTokens 0 as unset (proto3's default): the provider's
@@ -341,13 +346,24 @@ class ManagedExchange(RetryingExchange):
                     "enforced; set a custom price for it"
                 )
             worst = max(worst, cost)
+        mctx = self.mctx
+        # The store's answer is awaited under a shield, in a task of the context's: a stop
+        # (or the client leaving) cancels this wait, never the reservation half-taken --
+        # one granted after it is given back (``give_back_if_granted``), and the stop
+        # waits for that (``Gateway._stop_managed``).
+        call = mctx.spawn(mctx.store.reserve(budget_targets, worst, ttl_s=mctx.reservation_ttl_s, owner=mctx.owner))
+        waiting = self.ctx.waiting
+        self.ctx.waits(self)  # (a stop while the store decides answers 503: stop_waiting)
         try:
-            reservation = await self.mctx.store.reserve(
-                budget_targets, worst, ttl_s=self.mctx.reservation_ttl_s, owner=self.mctx.owner
-            )
+            reservation = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            mctx.spawn(mctx.give_back_if_granted(call))
+            raise
         except Exception as exc:  # noqa: BLE001 - fail closed
             log.warning("budget reservation failed: %s", type(exc).__name__)
             raise ServiceUnavailable("budget state is unavailable; try again") from None
+        finally:
+            waiting.pop(self, None)
         if reservation is None:
             if await self._held_by_in_flight(budget_targets, worst):
                 raise BudgetHeld(
