@@ -32,8 +32,12 @@ def install_compiled(cls: type, module: str, **methods: str) -> bool:
         return False
     try:
         compiled = importlib.import_module(module)
+    except ImportError:
+        return False
+    try:  # (what ``from module import name`` refuses with ImportError; anything else the
+        # module's own import raises, an AttributeError of a circular import say, propagates)
         functions = {method: getattr(compiled, name) for method, name in methods.items()}
-    except (ImportError, AttributeError):
+    except AttributeError:
         return False
     for method, function in functions.items():
         setattr(cls, method, function)
