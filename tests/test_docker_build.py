@@ -176,7 +176,7 @@ class WheelBuild:
                 [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
                  "-v", "--wheel-dir", str(self.wheels), str(src)],
                 stdout=log, stderr=subprocess.STDOUT, env={**build_env, **env_assignments},
-                preexec_fn=_lowest_cpu_priority,
+                preexec_fn=_lowest_cpu_priority, start_new_session=True,  # (stop() ends its compilers too)
             )  # fmt: skip
 
     def result(self, timeout_s: float = 600) -> tuple[int, str]:
@@ -199,8 +199,12 @@ class WheelBuild:
         return returncode, self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """End the build, pip and every process it started (its own process group)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
 
