@@ -84,7 +84,8 @@ def _extensions() -> list[Extension]:
                      depends=["plano_fast/_slots.pxd", "plano_fast/_usage_event.pxd"])]
         # the request path's Request, ClientHeaders and Credential constructors (twins: the classes)
         + [Extension(f"plano_fast.{name}", [f"plano_fast/{name}.pyx"], extra_compile_args=["-O3"],
-                     depends=["plano_fast/_slots.pxd", f"plano_fast/{name}.pxd"][:2 if name == "_new_credentials" else 1])
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_new_credentials.pxd" if name == "_new_credentials"
+                              else "plano_fast/_responder_slots.pxi"])
            for name in ("_new_request", "_new_credentials")]
         # the request path's Exchange constructor (twin plano_fast.gateway.relay.new_exchange)
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
@@ -98,7 +99,8 @@ def _extensions() -> list[Extension]:
         # a whole plain answer relayed in one call (twin plano_fast.upstream.take_whole_answer_py)
         + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd",
-                                                          "plano_fast/wire/_digits.pxd", "plano_fast/wire/_head.pxd"])]
+                                                          "plano_fast/wire/_digits.pxd", "plano_fast/wire/_head.pxd",
+                                                          "plano_fast/_responder_slots.pxi"])]
         # a pooled connection taken and the request sent in one call (twin
         # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
         # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain
@@ -107,7 +109,7 @@ def _extensions() -> list[Extension]:
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd", "plano_fast/gateway/_forward.pxd",
-                              "plano_fast/_new_credentials.pxd"])
+                              "plano_fast/_new_credentials.pxd", "plano_fast/gateway/_start_slots.pxi"])
            for name in ("_forward", "_firewall", "_config", "_managed")]
         # a firewall or config-mode request handed to its exchange (twin
         # plano_fast.gateway.dispatch.dispatch_py)

@@ -60,17 +60,7 @@ RESPONDER_FIELDS = ("_proto", "_transport", "head_sent", "finished", "_chunked",
 if tuple(Responder.__slots__) != RESPONDER_FIELDS or HeadResponder.__slots__ != ():
     raise ImportError("Responder changed: _new_request.pyx must be updated (its constructor is used)")
 
-cdef Py_ssize_t R_PROTO = slot_offset(Responder, "_proto")
-cdef Py_ssize_t R_TRANSPORT = slot_offset(Responder, "_transport")
-cdef Py_ssize_t R_HEAD_SENT = slot_offset(Responder, "head_sent")
-cdef Py_ssize_t R_FINISHED = slot_offset(Responder, "finished")
-cdef Py_ssize_t R_CHUNKED = slot_offset(Responder, "_chunked")
-cdef Py_ssize_t R_CLOSE_AFTER = slot_offset(Responder, "_close_after")
-cdef Py_ssize_t R_HTTP11 = slot_offset(Responder, "_http11")
-cdef Py_ssize_t R_UPSTREAM = slot_offset(Responder, "upstream")
-cdef Py_ssize_t R_BYTES_SENT = slot_offset(Responder, "bytes_sent")
-cdef Py_ssize_t R_OUT = slot_offset(Responder, "_out")
-cdef Py_ssize_t R_ON_GONE = slot_offset(Responder, "on_client_gone")
+include "_responder_slots.pxi"
 
 cdef type _Responder = Responder
 cdef type _HeadResponder = HeadResponder
@@ -96,5 +86,5 @@ def new_responder(cls, proto, keep_alive, http11=True):
     put_slot(responder, R_HTTP11, http11)
     put_slot(responder, R_UPSTREAM, None)
     put_slot(responder, R_BYTES_SENT, _ZERO)
-    put_slot(responder, R_ON_GONE, None)
+    put_slot(responder, R_ON_CLIENT_GONE, None)
     return responder

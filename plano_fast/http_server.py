@@ -75,6 +75,7 @@ from plano_fast.errors import (
 )
 
 # the compiled fast path for plain requests (None when not in use); httptools parses the rest
+from plano_fast.twins import install_compiled
 from plano_fast.wire import PURE_ENV, chunk_size_line, content_length_line
 from plano_fast.wire import parse_request as _parse_request
 from plano_fast.wire._host import valid_host
@@ -1041,12 +1042,5 @@ if os.environ.get(PURE_ENV) != "1":  # the switch every compiled module obeys
         from plano_fast._new_request import new_request, new_responder  # noqa: E402 - needs the classes
     except ImportError:
         pass
-    try:
-        # (after new_request / new_responder: the pass reads them from this module)
-        from plano_fast._serve import data_received as _data_received  # noqa: E402 - needs the classes
-        from plano_fast._serve import start as _start  # noqa: E402
-    except ImportError:
-        pass
-    else:
-        ServerProtocol.data_received = _data_received  # type: ignore[method-assign]
-        ServerProtocol._start = _start  # type: ignore[method-assign]
+# (after new_request / new_responder: the pass reads them from this module)
+install_compiled(ServerProtocol, "plano_fast._serve", data_received="data_received", _start="start")

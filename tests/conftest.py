@@ -91,6 +91,24 @@ def _let_subprocesses_cache_bytecode() -> None:
 _let_subprocesses_cache_bytecode()
 
 
+#: the Dockerfile test whose wheel build runs beside the suite (tests/test_docker_build.py)
+_IMAGE_TEST = "test_docker_build.py::test_the_image_steps_build_install_and_serve"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Dockerfile test last: its wheel build, started at collection's end at the
+    lowest CPU priority (``pytest_collection_finish``), then has the whole suite's idle
+    CPU to finish in before the test waits for it."""
+    items.sort(key=lambda item: item.nodeid.endswith(_IMAGE_TEST))  # (stable: the rest keep their order)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.option.collectonly and any(item.nodeid.endswith(_IMAGE_TEST) for item in session.items):
+        from tests import test_docker_build
+
+        test_docker_build.start_ahead()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield

@@ -32,7 +32,7 @@ from tests.differential_h import fixed, requests
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hypothesis_budget import examples
 from tests.test_firewall import setup_keys
-from tests.test_plain_request import RecordingUpstream
+from tests.test_plain_request import RecordingUpstream, recording_pair
 from tests.test_whole_answer import _normalized, _read_answer, _usage
 
 pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extension is not built")
@@ -45,10 +45,7 @@ _JSON_ERROR = re.compile(rb'"message":"request body is not valid JSON: [^"]*"')
 
 @pytest.fixture
 def upstreams() -> Iterator[tuple[RecordingUpstream, RecordingUpstream]]:
-    pair = (RecordingUpstream(), RecordingUpstream())
-    yield pair
-    for server in pair:
-        server.close()
+    yield from recording_pair(RecordingUpstream)
 
 
 def _answers(gateway: GatewayProcess, data: bytes, count: int, split: int | None) -> list[bytes]:

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +44,8 @@ from plano_fast.store import CounterKey, Store
 from plano_fast.store.migrate import prepare_schema
 from plano_fast.wire import PURE_ENV
 from tests.gateway_proc import GatewayProcess, write_config
-from tests.raw_upstream import RawUpstream
 from tests.test_managed import ANTHROPIC_SERVER_KEY, DEFAULT_PIPE, ENV, MASTER_KEY, OPENAI_SERVER_KEY, provision, store_call
-from tests.test_plain_request import _OWN_ID, _chat, _exchange, _request
+from tests.test_plain_request import RecordingUpstream, _chat, _exchange, _request, recording_pair
 from tests.test_whole_answer import _read_answer
 
 pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extensions are not built")
@@ -71,19 +69,11 @@ _MESSAGE = json.dumps({
 }).encode()  # fmt: skip
 
 
-class RecordingUpstream(RawUpstream):
+class ManagedUpstream(RecordingUpstream):
     """Records every request's bytes; answers a chat request with a completion (a stream
     when it asked for one), a Messages request with a message, count_tokens with a count."""
 
-    def __init__(self) -> None:
-        self.seen: list[bytes] = []
-        self.lock = threading.Lock()
-        super().__init__()
-
-    def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
-        with self.lock:
-            head = _OWN_ID.sub(b"x-request-id: <gateway's>\r\n", head).replace(b":%d" % self.port, b":<port>")
-            self.seen.append(head + b"\r\n\r\n" + body)
+    def reply(self, head: bytes, body: bytes) -> bytes:
         target = head.split(b" ", 2)[1]
         kind = b"application/json"
         if target.endswith(b"/count_tokens"):
@@ -94,17 +84,12 @@ class RecordingUpstream(RawUpstream):
             payload, kind = _STREAM, b"text/event-stream"
         else:
             payload = _CHAT
-        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-                     % (kind, len(payload), payload))
-        return True
+        return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (kind, len(payload), payload)
 
 
 @pytest.fixture
-def upstreams() -> Iterator[tuple[RecordingUpstream, RecordingUpstream]]:
-    pair = (RecordingUpstream(), RecordingUpstream())
-    yield pair
-    for server in pair:
-        server.close()
+def upstreams() -> Iterator[tuple[ManagedUpstream, ManagedUpstream]]:
+    yield from recording_pair(ManagedUpstream)
 
 
 #: (provider, upstream model, client models served): one target rewrites the model
@@ -221,7 +206,7 @@ def _rows(sqlite_path: str, count: int) -> list[tuple[Any, ...]]:
                   for r in rows)  # fmt: skip
 
 
-def test_managed_requests_go_upstream_as_the_twins(upstreams: tuple[RecordingUpstream, RecordingUpstream],
+def test_managed_requests_go_upstream_as_the_twins(upstreams: tuple[ManagedUpstream, ManagedUpstream],
                                                    tmp_path: Path) -> None:
     template = str(tmp_path / "template.db")
     tokens = _provision(template)

@@ -25,6 +25,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -50,7 +51,9 @@ _OWN_ID = re.compile(rb"x-request-id: [0-9a-f]{32}-[0-9a-f]+\r\n")
 
 
 class RecordingUpstream(RawUpstream):
-    """Records every request's bytes; answers each with the same plain completion."""
+    """Records every request's bytes (the gateway's own request id and the port masked:
+    they differ between the two gateways); answers each with ``reply``'s bytes, here the
+    same plain completion (tests/test_plain_managed.py answers by endpoint)."""
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
@@ -61,16 +64,28 @@ class RecordingUpstream(RawUpstream):
         with self.lock:
             head = _OWN_ID.sub(b"x-request-id: <gateway's>\r\n", head).replace(b":%d" % self.port, b":<port>")
             self.seen.append(head + b"\r\n\r\n" + body)
-        conn.sendall(_ANSWER)
+        conn.sendall(self.reply(head, body))
         return True
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        """The whole answer to a request (``head`` as recorded)."""
+        return _ANSWER
+
+
+_R = TypeVar("_R", bound=RecordingUpstream)
+
+
+def recording_pair(cls: type[_R]) -> Iterator[tuple[_R, _R]]:
+    """Two recording upstreams, one a gateway (a fixture's body: closed after the test)."""
+    pair = (cls(), cls())
+    yield pair
+    for server in pair:
+        server.close()
 
 
 @pytest.fixture
 def upstreams() -> Iterator[tuple[RecordingUpstream, RecordingUpstream]]:
-    pair = (RecordingUpstream(), RecordingUpstream())
-    yield pair
-    for server in pair:
-        server.close()
+    yield from recording_pair(RecordingUpstream)
 
 
 def _chat(model: str = "gpt-4o-mini", **extra: object) -> bytes:

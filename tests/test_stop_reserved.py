@@ -28,8 +28,8 @@ from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import ledger
 from tests.test_managed import ENV, REQUEST_BODY, Tenant, provision, request_cost, rows
-from tests.test_stop_unanswered import _raw, _read_all
-from tests.test_stop_waiting import SilentPeer, _answer, _stop_and_read, _stop_for_errors, silent  # noqa: F401 - fixture
+from tests.test_stop_unanswered import _answer, _raw, _read_all, _stop_and_read
+from tests.test_stop_waiting import SilentPeer, _stop_for_errors, silent  # noqa: F401 - fixture
 
 MINI = ("openai/gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini")
 

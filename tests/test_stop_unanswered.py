@@ -36,6 +36,30 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def _answer(answer: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    """A shutdown's 503 (``Connection: close``, the whole body, "shutting down"): its headers
+    (names lower-cased) and body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer[:300]
+    headers = {k.lower(): v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])}
+    assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(body)
+    assert b"shutting down" in body
+    return headers, body
+
+
+def _stop_and_read(gateway: GatewayProcess, socks: dict[str, socket.socket]) -> dict[str, bytes]:
+    """SIGTERM, then what each socket read to its end: the gateway exits 0 within 5 s."""
+    started = time.monotonic()
+    gateway.signal(signal.SIGTERM)
+    answers = {}
+    for kind, sock in socks.items():
+        with sock:
+            answers[kind] = _read_all(sock)
+    assert gateway.wait(10) == 0
+    assert time.monotonic() - started < 5
+    return answers
+
+
 def test_sigterm_answers_503_to_requests_still_waiting_for_the_provider(
     make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
 ) -> None:
@@ -68,21 +92,10 @@ def test_sigterm_answers_503_to_requests_still_waiting_for_the_provider(
     while len([r for r in fake.requests if not r.path.startswith("/_fake")]) < len(requests):
         assert time.monotonic() < deadline, [r.path for r in fake.requests]  # (all four reach it)
         time.sleep(0.05)
-    started = time.monotonic()
-    gateway.signal(signal.SIGTERM)
-    answers = {}
-    for kind, sock in socks.items():
-        with sock:
-            answers[kind] = _read_all(sock)
-    assert gateway.wait(10) == 0
-    assert time.monotonic() - started < 5
+    answers = _stop_and_read(gateway, socks)
     ids = {}
     for kind, answer in answers.items():
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503 "), (kind, answer[:300])
-        headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
-        headers = {k.lower(): v for k, v in headers.items()}
-        assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(body)
+        headers, body = _answer(answer)
         ids[kind] = headers[b"x-plano-request-id"].decode()
         error = json.loads(body)
         if kind == "anthropic":

@@ -13,7 +13,6 @@ A real gateway process, the fake provider and raw TCP peers over real sockets.""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import threading
 import time
@@ -26,7 +25,7 @@ from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_e2e import read_rows
 from plano_fast.usage_estimate import tokens_of_bytes
-from tests.test_stop_unanswered import SLOW, _raw, _read_all
+from tests.test_stop_unanswered import SLOW, _answer, _raw, _read_all, _stop_and_read
 
 
 class SilentPeer:
@@ -71,27 +70,6 @@ def silent() -> Iterator[SilentPeer]:
     peer = SilentPeer()
     yield peer
     peer.close()
-
-
-def _answer(answer: bytes) -> tuple[dict[bytes, bytes], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 503 "), answer[:300]
-    headers = {k.lower(): v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])}
-    assert headers[b"connection"] == b"close" and int(headers[b"content-length"]) == len(body)
-    assert b"shutting down" in body
-    return headers, body
-
-
-def _stop_and_read(gateway: GatewayProcess, socks: dict[str, socket.socket]) -> dict[str, bytes]:
-    started = time.monotonic()
-    gateway.signal(signal.SIGTERM)
-    answers = {}
-    for kind, sock in socks.items():
-        with sock:
-            answers[kind] = _read_all(sock)
-    assert gateway.wait(10) == 0
-    assert time.monotonic() - started < 5
-    return answers
 
 
 def _stop_for_errors(gateway: GatewayProcess, socks: dict[str, socket.socket]) -> dict[str, tuple[str, Any]]:

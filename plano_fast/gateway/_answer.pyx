@@ -96,17 +96,7 @@ cdef Py_ssize_t C_SERVER_TIMING = slot_offset(ExchangeContext, "server_timing")
 cdef Py_ssize_t C_USAGE_SINK = slot_offset(ExchangeContext, "usage_sink")
 
 # -- the responder's and the server protocol's
-cdef Py_ssize_t R_PROTO = slot_offset(Responder, "_proto")
-cdef Py_ssize_t R_TRANSPORT = slot_offset(Responder, "_transport")
-cdef Py_ssize_t R_HEAD_SENT = slot_offset(Responder, "head_sent")
-cdef Py_ssize_t R_FINISHED = slot_offset(Responder, "finished")
-cdef Py_ssize_t R_CHUNKED = slot_offset(Responder, "_chunked")
-cdef Py_ssize_t R_CLOSE_AFTER = slot_offset(Responder, "_close_after")
-cdef Py_ssize_t R_HTTP11 = slot_offset(Responder, "_http11")
-cdef Py_ssize_t R_UPSTREAM = slot_offset(Responder, "upstream")
-cdef Py_ssize_t R_BYTES_SENT = slot_offset(Responder, "bytes_sent")
-cdef Py_ssize_t R_OUT = slot_offset(Responder, "_out")
-cdef Py_ssize_t R_ON_CLIENT_GONE = slot_offset(Responder, "on_client_gone")
+include "../_responder_slots.pxi"
 
 cdef Py_ssize_t P_LOST = slot_offset(ServerProtocol, "lost")
 cdef Py_ssize_t P_DRAINING = slot_offset(ServerProtocol, "draining")

@@ -53,23 +53,13 @@ from plano_fast.config import ModelProvider
 from plano_fast.gateway.endpoints import Endpoint
 from plano_fast.routing import Route, Router
 
-cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
-cdef Py_ssize_t X_REQUEST = slot_offset(Exchange, "request")
-cdef Py_ssize_t X_CLIENT = slot_offset(Exchange, "client")
+include "_start_slots.pxi"
+
 cdef Py_ssize_t X_KEY_HASH = slot_offset(Exchange, "key_hash")
 cdef Py_ssize_t X_REQUESTED_MODEL = slot_offset(Exchange, "requested_model")
-cdef Py_ssize_t X_PROVIDER_ID = slot_offset(Exchange, "provider_id")
 cdef Py_ssize_t X_TIMEOUTS = slot_offset(Exchange, "timeouts")
-cdef Py_ssize_t X_MODEL = slot_offset(Exchange, "model")
-cdef Py_ssize_t X_STREAMING = slot_offset(Exchange, "streaming")
-cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
-cdef Py_ssize_t X_SCAN_API = slot_offset(Exchange, "scan_api")
 cdef Py_ssize_t X_BODY_FILTER = slot_offset(Exchange, "body_filter")
-cdef Py_ssize_t X_SCANNER = slot_offset(Exchange, "scanner")
 cdef Py_ssize_t X_OPERATOR_AUTH = slot_offset(Exchange, "operator_auth")
-cdef Py_ssize_t X_REQUEST_ID = slot_offset(Exchange, "request_id")
-cdef Py_ssize_t X_UPSTREAM_DATA = slot_offset(Exchange, "upstream_data")
-cdef Py_ssize_t X_ORIGIN = slot_offset(Exchange, "origin")
 cdef Py_ssize_t X_PLAN = slot_offset(Exchange, "plan")
 cdef Py_ssize_t E_ENDPOINT = slot_offset(RoutedExchange, "endpoint")
 cdef Py_ssize_t E_PROVIDER = slot_offset(RoutedExchange, "provider")
@@ -77,25 +67,17 @@ cdef Py_ssize_t E_FIELDS = slot_offset(RoutedExchange, "fields")
 
 cdef Py_ssize_t C_BUDGET = slot_offset(ExchangeContext, "budget")
 cdef Py_ssize_t C_ROUTER = slot_offset(ExchangeContext, "router")
-cdef Py_ssize_t C_GUARDRAILS = slot_offset(ExchangeContext, "guardrails")
-cdef Py_ssize_t C_RATELIMITS = slot_offset(ExchangeContext, "ratelimits")
 cdef Py_ssize_t C_PREFERENCE = slot_offset(ExchangeContext, "preference")
 cdef Py_ssize_t C_RESPONSE_CHECKS = slot_offset(ExchangeContext, "response_checks")
 cdef Py_ssize_t C_DEFAULT_RETRY = slot_offset(ExchangeContext, "default_retry_policy")
 
-cdef Py_ssize_t Q_METHOD = slot_offset(Request, "method")
 cdef Py_ssize_t Q_QUERY = slot_offset(Request, "query")
 cdef Py_ssize_t Q_HEADERS = slot_offset(Request, "headers")
-cdef Py_ssize_t Q_BODY = slot_offset(Request, "body")
 cdef Py_ssize_t Q_FORWARD = slot_offset(Request, "forward")
 
 cdef Py_ssize_t H_BLOCK = slot_offset(ClientHeaders, "block")
-cdef Py_ssize_t H_OPERATOR_BLOCK = slot_offset(ClientHeaders, "operator_block")
 cdef Py_ssize_t H_SEEN_VERSION = slot_offset(ClientHeaders, "seen_version")
-cdef Py_ssize_t H_REQUEST_ID = slot_offset(ClientHeaders, "request_id")
-cdef Py_ssize_t H_CREDENTIAL = slot_offset(ClientHeaders, "credential")
 cdef Py_ssize_t H_QUERY = slot_offset(ClientHeaders, "query")
-cdef Py_ssize_t K_SECRET = slot_offset(Credential, "secret")
 cdef Py_ssize_t K_LINE = slot_offset(Credential, "line")
 
 cdef Py_ssize_t O_ROUTES = slot_offset(Router, "routes")
@@ -116,21 +98,13 @@ cdef Py_ssize_t N_SCAN_API = slot_offset(Endpoint, "scan_api")
 cdef type _Provider = ModelProvider
 cdef type _Endpoint = Endpoint
 cdef type _Config = ConfigExchange
-cdef type _Context = ExchangeContext
-cdef type _Request = Request
-cdef type _ClientHeaders = ClientHeaders
-cdef type _Credential = Credential
 cdef type _Router = Router
 cdef type _Route = Route
 cdef object _twin = _config.start_py
 cdef object _CHAT_COMPLETIONS = CHAT_COMPLETIONS
 cdef object _COUNT_TOKENS = COUNT_TOKENS
 cdef object _RESPONSES = RESPONSES
-cdef object _scan_request = _wire.scan_request
-cdef object _ScanError = _wire.ScanError
 cdef object _rewrite_request = _wire.rewrite_request
-cdef object _UsageScanner = _wire.UsageScanner
-cdef object _content_length_line = _wire.content_length_line
 cdef object _refuse_subscription_key = refuse_subscription_key
 cdef object _identify_caller = _phases.identify_caller
 cdef object _target_of = _routed.target_of

@@ -42,41 +42,23 @@ from plano_fast.http_server import Request
 from plano_fast.key_registry import ApiKeyRegistry, KeyRoute
 from plano_fast.store import RegisteredApiKey
 
-cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
-cdef Py_ssize_t X_REQUEST = slot_offset(Exchange, "request")
-cdef Py_ssize_t X_CLIENT = slot_offset(Exchange, "client")
+include "_start_slots.pxi"
+
 cdef Py_ssize_t X_ENDPOINT_NAME = slot_offset(Exchange, "endpoint_name")
 cdef Py_ssize_t X_KEY_HASH = slot_offset(Exchange, "key_hash")
 cdef Py_ssize_t X_PROJECT_ID = slot_offset(Exchange, "project_id")
-cdef Py_ssize_t X_PROVIDER_ID = slot_offset(Exchange, "provider_id")
-cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
-cdef Py_ssize_t X_SCAN_API = slot_offset(Exchange, "scan_api")
-cdef Py_ssize_t X_MODEL = slot_offset(Exchange, "model")
-cdef Py_ssize_t X_STREAMING = slot_offset(Exchange, "streaming")
-cdef Py_ssize_t X_SCANNER = slot_offset(Exchange, "scanner")
-cdef Py_ssize_t X_REQUEST_ID = slot_offset(Exchange, "request_id")
-cdef Py_ssize_t X_UPSTREAM_DATA = slot_offset(Exchange, "upstream_data")
-cdef Py_ssize_t X_ORIGIN = slot_offset(Exchange, "origin")
 cdef Py_ssize_t F_UNBILLED = slot_offset(FirewallExchange, "unbilled")
 
 cdef Py_ssize_t C_REGISTRY = slot_offset(ExchangeContext, "registry")
 cdef Py_ssize_t C_BUDGET = slot_offset(ExchangeContext, "budget")
-cdef Py_ssize_t C_GUARDRAILS = slot_offset(ExchangeContext, "guardrails")
-cdef Py_ssize_t C_RATELIMITS = slot_offset(ExchangeContext, "ratelimits")
 
-cdef Py_ssize_t Q_METHOD = slot_offset(Request, "method")
 cdef Py_ssize_t Q_PATH = slot_offset(Request, "path")
 cdef Py_ssize_t Q_QUERY = slot_offset(Request, "query")
 cdef Py_ssize_t Q_HEADERS = slot_offset(Request, "headers")
-cdef Py_ssize_t Q_BODY = slot_offset(Request, "body")
 cdef Py_ssize_t Q_FORWARD = slot_offset(Request, "forward")
 
 cdef Py_ssize_t H_BLOCK = slot_offset(ClientHeaders, "block")
-cdef Py_ssize_t H_OPERATOR_BLOCK = slot_offset(ClientHeaders, "operator_block")
-cdef Py_ssize_t H_REQUEST_ID = slot_offset(ClientHeaders, "request_id")
-cdef Py_ssize_t H_CREDENTIAL = slot_offset(ClientHeaders, "credential")
 cdef Py_ssize_t H_QUERY = slot_offset(ClientHeaders, "query")
-cdef Py_ssize_t K_SECRET = slot_offset(Credential, "secret")
 cdef Py_ssize_t K_LINE = slot_offset(Credential, "line")
 
 cdef Py_ssize_t M_NAME = slot_offset(_firewall.MeteredEndpoint, "name")
@@ -94,10 +76,6 @@ cdef type _Endpoint = _firewall.MeteredEndpoint
 cdef type _KeyRoute = KeyRoute
 cdef type _ApiKey = RegisteredApiKey
 cdef type _Firewall = FirewallExchange
-cdef type _Context = ExchangeContext
-cdef type _Request = Request
-cdef type _ClientHeaders = ClientHeaders
-cdef type _Credential = Credential
 cdef type _Registry = ApiKeyRegistry
 cdef object _twin = _firewall.start_py
 cdef dict _EXACT = _firewall._EXACT
@@ -106,11 +84,7 @@ cdef object _identify = _firewall.identify
 cdef object _rate_limit = _phases.rate_limit
 cdef object _admitted_forward = _phases.admitted_forward
 cdef object _API_GEMINI = _wire.API_GEMINI
-cdef object _scan_request = _wire.scan_request
-cdef object _ScanError = _wire.ScanError
 cdef object _rewrite_request = _wire.rewrite_request
-cdef object _UsageScanner = _wire.UsageScanner
-cdef object _content_length_line = _wire.content_length_line
 cdef object _refuse_subscription_key = refuse_subscription_key
 if _firewall.start_py is not FirewallExchange.start:
     raise ImportError("FirewallExchange.start is not the twin: the pure one is used")

@@ -66,21 +66,12 @@ from plano_fast.store import ProxyToken
 cdef extern from "string.h" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
-cdef Py_ssize_t X_CTX = slot_offset(Exchange, "ctx")
-cdef Py_ssize_t X_REQUEST = slot_offset(Exchange, "request")
-cdef Py_ssize_t X_CLIENT = slot_offset(Exchange, "client")
+include "_start_slots.pxi"
+
 cdef Py_ssize_t X_PROJECT_ID = slot_offset(Exchange, "project_id")
 cdef Py_ssize_t X_REQUESTED_MODEL = slot_offset(Exchange, "requested_model")
-cdef Py_ssize_t X_PROVIDER_ID = slot_offset(Exchange, "provider_id")
-cdef Py_ssize_t X_MODEL = slot_offset(Exchange, "model")
-cdef Py_ssize_t X_STREAMING = slot_offset(Exchange, "streaming")
-cdef Py_ssize_t X_SCAN_API = slot_offset(Exchange, "scan_api")
 cdef Py_ssize_t X_BODY_FILTER = slot_offset(Exchange, "body_filter")
-cdef Py_ssize_t X_SCANNER = slot_offset(Exchange, "scanner")
 cdef Py_ssize_t X_OPERATOR_AUTH = slot_offset(Exchange, "operator_auth")
-cdef Py_ssize_t X_REQUEST_ID = slot_offset(Exchange, "request_id")
-cdef Py_ssize_t X_UPSTREAM_DATA = slot_offset(Exchange, "upstream_data")
-cdef Py_ssize_t X_ORIGIN = slot_offset(Exchange, "origin")
 cdef Py_ssize_t X_CIRCUIT = slot_offset(Exchange, "circuit")
 cdef Py_ssize_t M_MCTX = slot_offset(ManagedExchange, "mctx")
 cdef Py_ssize_t M_ENDPOINT = slot_offset(ManagedExchange, "endpoint")
@@ -99,10 +90,7 @@ cdef Py_ssize_t X_OUTCOME = slot_offset(Exchange, "outcome")
 cdef Py_ssize_t X_STATUS = slot_offset(Exchange, "status")
 cdef Py_ssize_t X_CLIENT_LEFT = slot_offset(Exchange, "client_left")
 cdef Py_ssize_t X_RESPONDER = slot_offset(Exchange, "responder")
-cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
 
-cdef Py_ssize_t C_GUARDRAILS = slot_offset(ExchangeContext, "guardrails")
-cdef Py_ssize_t C_RATELIMITS = slot_offset(ExchangeContext, "ratelimits")
 cdef Py_ssize_t C_CIRCUITS = slot_offset(ExchangeContext, "circuits")
 cdef Py_ssize_t G_STATE = slot_offset(ManagedContext, "state")
 cdef Py_ssize_t G_MAX_OUTPUT_TOKENS = slot_offset(ManagedContext, "max_output_tokens")
@@ -110,14 +98,8 @@ cdef Py_ssize_t G_PRICING = slot_offset(ManagedContext, "pricing")
 cdef Py_ssize_t G_WRITER = slot_offset(ManagedContext, "writer")
 cdef Py_ssize_t C_POOL = slot_offset(ExchangeContext, "pool")
 
-cdef Py_ssize_t Q_METHOD = slot_offset(Request, "method")
-cdef Py_ssize_t Q_BODY = slot_offset(Request, "body")
 
-cdef Py_ssize_t H_OPERATOR_BLOCK = slot_offset(ClientHeaders, "operator_block")
 cdef Py_ssize_t H_SEEN_VERSION = slot_offset(ClientHeaders, "seen_version")
-cdef Py_ssize_t H_REQUEST_ID = slot_offset(ClientHeaders, "request_id")
-cdef Py_ssize_t H_CREDENTIAL = slot_offset(ClientHeaders, "credential")
-cdef Py_ssize_t K_SECRET = slot_offset(Credential, "secret")
 
 cdef Py_ssize_t P_ID = slot_offset(ProxyToken, "id")
 cdef Py_ssize_t P_USER_ID = slot_offset(ProxyToken, "user_id")
@@ -149,13 +131,9 @@ cdef Py_ssize_t F_HELD = slot_offset(HoldTerminal, "held")
 cdef Py_ssize_t F_TERMINAL = slot_offset(HoldTerminal, "terminal")
 
 cdef type _Managed = ManagedExchange
-cdef type _Context = ExchangeContext
 cdef type _ManagedContext = ManagedContext
 cdef type _State = ManagedState
-cdef type _Request = Request
 cdef type _Endpoint = Endpoint
-cdef type _ClientHeaders = ClientHeaders
-cdef type _Credential = Credential
 cdef type _Token = ProxyToken
 cdef type _Pipe = ResolvedPipe
 cdef type _Target = Target
@@ -172,10 +150,6 @@ cdef object _CHAT_COMPLETIONS = CHAT_COMPLETIONS
 cdef object _MESSAGES = MESSAGES
 cdef object _COUNT_TOKENS = COUNT_TOKENS
 cdef object _RESPONSES = RESPONSES
-cdef object _scan_request = _wire.scan_request
-cdef object _ScanError = _wire.ScanError
-cdef object _UsageScanner = _wire.UsageScanner
-cdef object _content_length_line = _wire.content_length_line
 cdef object _key_hash = _phases.key_hash
 cdef object _route = _managed._route
 cdef object _with_max_tokens = _managed._with_max_tokens

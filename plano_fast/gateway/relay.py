@@ -34,6 +34,7 @@ from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
 from plano_fast.spans import end_attempt, end_server
+from plano_fast.twins import install_compiled
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
 from plano_fast.failover import CircuitBreaker, RetryPlan, RetryPolicy, attempt_trail
@@ -1023,24 +1024,7 @@ if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obe
         from plano_fast.gateway._new_exchange import new_exchange  # noqa: E402 - needs Exchange defined
     except ImportError:
         pass
-    try:
-        from plano_fast.gateway._settle import make_event as _make_event  # noqa: E402 - needs Exchange
-        from plano_fast.gateway._settle import observe as _observe  # noqa: E402
-    except ImportError:
-        pass
-    else:
-        Exchange.make_event = _make_event  # type: ignore[method-assign]
-        Exchange.observe = _observe  # type: ignore[method-assign]
-    try:
-        from plano_fast.gateway._forward import forward_now as _forward_now  # noqa: E402 - needs Exchange
-    except ImportError:
-        pass
-    else:
-        Exchange.forward_now = _forward_now  # type: ignore[method-assign]
-    try:
-        # (after make_event / observe: the pass calls the compiled ones directly)
-        from plano_fast.gateway._answer import data_received as _data_received  # noqa: E402
-    except ImportError:
-        pass
-    else:
-        UpstreamConnection.data_received = _data_received  # type: ignore[method-assign,assignment]
+install_compiled(Exchange, "plano_fast.gateway._settle", make_event="make_event", observe="observe")
+install_compiled(Exchange, "plano_fast.gateway._forward", forward_now="forward_now")
+# (after make_event / observe: the pass calls the compiled ones directly)
+install_compiled(UpstreamConnection, "plano_fast.gateway._answer", data_received="data_received")

@@ -10,7 +10,6 @@ provider that cannot count is answered here (an estimate).
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -24,6 +23,7 @@ from plano_fast.gateway.routed import RoutedExchange, plans_retries
 from plano_fast.preference_routing import OVERRIDE_MEMBER, Decision, strip_member
 from plano_fast.responses_state import ResponseStore, needs_prefetch, prefetch
 from plano_fast.routing import Route, UnknownModel
+from plano_fast.twins import install_compiled
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -201,10 +201,4 @@ class ConfigExchange(RoutedExchange):
 
 
 start_py = ConfigExchange.start
-if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
-    try:
-        from plano_fast.gateway._config import start as _start  # noqa: E402 - needs ConfigExchange
-    except ImportError:
-        pass
-    else:
-        ConfigExchange.start = _start  # type: ignore[method-assign]
+install_compiled(ConfigExchange, "plano_fast.gateway._config", start="start")

@@ -15,7 +15,6 @@ client did not ask for it).  Observe and settle as in every exchange.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from plano_fast.gateway.endpoints import GUARD_FORMATS
 from plano_fast.gateway.phases import admitted_forward, client_headers, guard, key_hash, rate_limit, refuse_background
 from plano_fast.gateway.relay import Exchange
 from plano_fast.gateway.upstream_request import finish_head
+from plano_fast.twins import install_compiled
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_UNBILLED
 
 if TYPE_CHECKING:
@@ -228,10 +228,4 @@ def identify(
 
 
 start_py = FirewallExchange.start
-if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
-    try:
-        from plano_fast.gateway._firewall import start as _start  # noqa: E402 - needs FirewallExchange
-    except ImportError:
-        pass
-    else:
-        FirewallExchange.start = _start  # type: ignore[method-assign]
+install_compiled(FirewallExchange, "plano_fast.gateway._firewall", start="start")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -55,6 +54,7 @@ from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
+from plano_fast.twins import install_compiled
 from plano_fast.usage import STATUS_UPSTREAM_FAILED, UsageEvent
 
 log = logging.getLogger("plano_fast.managed")
@@ -791,16 +791,6 @@ start_py = ManagedExchange.start
 aim_py = ManagedExchange.aim
 complete_py = ManagedExchange._complete
 billed_py = ManagedExchange._billed
-if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
-    try:
-        from plano_fast.gateway._managed import aim as _aim  # noqa: E402 - needs ManagedExchange
-        from plano_fast.gateway._managed import billed as _billed  # noqa: E402
-        from plano_fast.gateway._managed import complete as _complete  # noqa: E402
-        from plano_fast.gateway._managed import start as _start  # noqa: E402
-    except ImportError:
-        pass
-    else:
-        ManagedExchange.start = _start  # type: ignore[method-assign]
-        ManagedExchange.aim = _aim  # type: ignore[method-assign]
-        ManagedExchange._complete = _complete  # type: ignore[method-assign]
-        ManagedExchange._billed = _billed  # type: ignore[method-assign]
+install_compiled(
+    ManagedExchange, "plano_fast.gateway._managed", start="start", aim="aim", _complete="complete", _billed="billed"
+)

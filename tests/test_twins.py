@@ -1,0 +1,99 @@
+"""``twins.install_compiled``: the one rule that puts compiled methods over their twins.
+
+Each case on a throwaway class whose methods are the "twins": the compiled module's
+functions are installed all together (``True``), or none of them (``False``, the class
+unchanged) when one name is missing, when the module does not exist, or when
+``PLANO_FAST_PURE_SCANNER=1``.  And the request path's classes carry the compiled
+functions (or, in the pure build, their twins)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from plano_fast import twins
+from plano_fast.gateway import relay  # noqa: F401 - before any compiled module, as the gateway imports them
+from plano_fast.wire import PURE_ENV
+
+pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extensions are not built")
+_SETTLE = "plano_fast.gateway._settle"
+
+
+def _twin(self: object) -> str:
+    return "twin"
+
+
+def _class() -> type:
+    return type("Throwaway", (), {"make_event": _twin, "observe": _twin})
+
+
+def test_every_method_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PURE_ENV, raising=False)
+    from plano_fast.gateway import _settle
+
+    cls = _class()
+    assert twins.install_compiled(cls, _SETTLE, make_event="make_event", observe="observe") is True
+    assert cls.make_event is _settle.make_event and cls.observe is _settle.observe  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("module, names", [
+    (_SETTLE, {"make_event": "make_event", "observe": "no_such_function"}),  # one missing: none
+    ("plano_fast.gateway._no_such_module", {"make_event": "make_event"}),  # not built
+])  # fmt: skip
+def test_none_is_installed_when_one_is_missing(monkeypatch: pytest.MonkeyPatch, module: str,
+                                               names: dict[str, str]) -> None:
+    monkeypatch.delenv(PURE_ENV, raising=False)
+    cls = _class()
+    assert twins.install_compiled(cls, module, **names) is False
+    assert cls.make_event is _twin and cls.observe is _twin  # type: ignore[attr-defined]
+
+
+def test_the_pure_switch_installs_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PURE_ENV, "1")
+    cls = _class()
+    assert twins.install_compiled(cls, _SETTLE, make_event="make_event", observe="observe") is False
+    assert cls.make_event is _twin and cls.observe is _twin  # type: ignore[attr-defined]
+
+
+_CHECK = """
+import importlib, os
+from plano_fast import http_server
+from plano_fast.gateway import relay
+from plano_fast.gateway.modes import config, firewall, managed
+pure = os.environ.get("PLANO_FAST_PURE_SCANNER") == "1"
+pairs = [
+    (config.ConfigExchange.start, config.start_py, "plano_fast.gateway._config", "start"),
+    (firewall.FirewallExchange.start, firewall.start_py, "plano_fast.gateway._firewall", "start"),
+    (managed.ManagedExchange.start, managed.start_py, "plano_fast.gateway._managed", "start"),
+    (managed.ManagedExchange.aim, managed.aim_py, "plano_fast.gateway._managed", "aim"),
+    (managed.ManagedExchange._complete, managed.complete_py, "plano_fast.gateway._managed", "complete"),
+    (managed.ManagedExchange._billed, managed.billed_py, "plano_fast.gateway._managed", "billed"),
+    (relay.Exchange.make_event, relay.make_event_py, "plano_fast.gateway._settle", "make_event"),
+    (relay.Exchange.observe, relay.observe_py, "plano_fast.gateway._settle", "observe"),
+    (relay.Exchange.forward_now, relay.forward_now_py, "plano_fast.gateway._forward", "forward_now"),
+    (relay.UpstreamConnection.data_received, None, "plano_fast.gateway._answer", "data_received"),
+    (http_server.ServerProtocol.data_received, http_server.data_received_py, "plano_fast._serve", "data_received"),
+    (http_server.ServerProtocol._start, http_server.start_py, "plano_fast._serve", "start"),
+]
+for method, twin, module, name in pairs:
+    compiled = getattr(importlib.import_module(module), name)
+    assert (method is not compiled) if pure else (method is compiled), (module, name)
+    assert twin is None or (method is twin) == pure, (module, name)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_the_request_path_classes_carry_the_compiled_methods(pure: bool) -> None:
+    """In a fresh process importing the gateway's modules as the gateway does (a test
+    process may import a compiled module first, whose circular import then leaves its
+    twin in place, on main as here): every compiled method installed, or in the pure
+    build every twin kept."""
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    if pure:
+        env[PURE_ENV] = "1"
+    done = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
