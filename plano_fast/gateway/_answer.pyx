@@ -48,6 +48,7 @@ from plano_fast._clock cimport now_ns as _now_ns
 from plano_fast.wire._digits cimport put_decimal as _digits
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.wire._head cimport HeadScan, free_scan, scan_response_any, scan_result
+from plano_fast.wire._scan cimport feed_from_c, finish_c, has_usage_c
 
 from plano_fast import upstream as _upstream
 from plano_fast.errors import UpstreamError
@@ -67,7 +68,7 @@ from plano_fast.http_server import (
 from plano_fast.ratelimit import with_headers
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_OK, STATUS_UNBILLED, STATUS_USAGE_MISSING
 from plano_fast.wire import parse_response_head as _parse_response
-from plano_fast.wire import UsageScanner as _UsageScanner
+from plano_fast.wire._scan import UsageScanner as _UsageScanner  # (the compiled one: its C entries)
 
 import httptools
 
@@ -605,7 +606,7 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
                         # (data[head_len:] scanned in place: the body is the read's tail,
                         # ``content_length`` bytes, checked by the head's scan)
                         if type(scanner) is _Scanner and PyBytes_GET_SIZE(data) - head_len == content_length:
-                            body = scanner.feed_from(data, head_len)
+                            body = feed_from_c(scanner, data, head_len)
                         else:
                             body = scanner.feed(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + head_len,
                                                                           content_length))
@@ -641,13 +642,15 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
             conn._close()
         # -- on_upstream_complete
         put_slot(sink, X_CONN, None)
-        tail = scanner.finish() if scanner is not None else b""
         if scanner is None:
+            tail = b""
             outcome = STATUS_NOT_BILLABLE
-        elif scanner.result().has_usage:
-            outcome = STATUS_OK
+        elif type(scanner) is _Scanner:  # (its C entries: no Usage object built for the flag)
+            tail = finish_c(scanner)
+            outcome = STATUS_OK if has_usage_c(scanner) else STATUS_USAGE_MISSING
         else:
-            outcome = STATUS_USAGE_MISSING
+            tail = scanner.finish()
+            outcome = STATUS_OK if scanner.result().has_usage else STATUS_USAGE_MISSING
         # -- _finish, _complete
         body_filter = _get(sink, X_BODY_FILTER, "body_filter")
         if body_filter is None:
