@@ -55,7 +55,7 @@ _JOBS = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffi
 #: What the compiled modules read besides their own .pyx (the scanner's included pieces, the
 #: shared byte helpers, the SIMD header): a change to any of these rebuilds.
 WIRE_DEPENDS = sorted(glob.glob("plano_fast/wire/*.pxi")) + ["plano_fast/wire/_bytes.pxd", "plano_fast/wire/_head.pxd",
-                                                                "plano_fast/wire/_digits.pxd",
+                                                                "plano_fast/wire/_digits.pxd", "plano_fast/wire/_scan.pxd",
                                                                 "plano_fast/wire/_simd.h",
                                                                 "plano_fast/wire/_dlp_simd.h"]
 
@@ -100,7 +100,7 @@ def _extensions() -> list[Extension]:
         + [Extension("plano_fast.gateway._answer", ["plano_fast/gateway/_answer.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd",
                                                           "plano_fast/wire/_digits.pxd", "plano_fast/wire/_head.pxd",
-                                                          "plano_fast/_responder_slots.pxi"])]
+                                                          "plano_fast/_responder_slots.pxi", "plano_fast/wire/_scan.pxd"])]
         # a pooled connection taken and the request sent in one call (twin
         # plano_fast.gateway.relay.forward_now_py); a plain firewall request identified and
         # forwarded in one call (twin plano_fast.gateway.modes.firewall.start_py), a plain
@@ -109,7 +109,8 @@ def _extensions() -> list[Extension]:
         + [Extension(f"plano_fast.gateway.{name}", [f"plano_fast/gateway/{name}.pyx"],
                      extra_compile_args=["-O3"],
                      depends=["plano_fast/_slots.pxd", "plano_fast/_clock.pxd", "plano_fast/gateway/_forward.pxd",
-                              "plano_fast/_new_credentials.pxd", "plano_fast/gateway/_start_slots.pxi"])
+                              "plano_fast/_new_credentials.pxd", "plano_fast/gateway/_start_slots.pxi",
+                              "plano_fast/wire/_head.pxd", "plano_fast/wire/_scan.pxd"])
            for name in ("_forward", "_firewall", "_config", "_managed")]
         # a firewall or config-mode request handed to its exchange (twin
         # plano_fast.gateway.dispatch.dispatch_py)

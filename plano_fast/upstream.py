@@ -128,6 +128,9 @@ class UpstreamConnection(asyncio.Protocol):
         "reused",
         "closed",
         "idle_since",
+        # the pool's idle list for ``origin`` (``UpstreamPool._idle[origin]``), kept by the
+        # compiled release (``_answer._release``) once it found it: no origin hashed an answer
+        "idle_stack",
     )
 
     def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
@@ -151,6 +154,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.closed = False
         self.idle_since = 0.0
+        self.idle_stack: list[UpstreamConnection] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("active" if self._sink else "idle")

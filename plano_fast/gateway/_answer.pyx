@@ -48,6 +48,7 @@ from plano_fast._clock cimport now_ns as _now_ns
 from plano_fast.wire._digits cimport put_decimal as _digits
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.wire._head cimport HeadScan, free_scan, scan_response_any, scan_result
+from plano_fast.wire._scan cimport feed_from_c, finish_c, has_usage_c
 
 from plano_fast import upstream as _upstream
 from plano_fast.errors import UpstreamError
@@ -67,7 +68,7 @@ from plano_fast.http_server import (
 from plano_fast.ratelimit import with_headers
 from plano_fast.usage import STATUS_NOT_BILLABLE, STATUS_OK, STATUS_UNBILLED, STATUS_USAGE_MISSING
 from plano_fast.wire import parse_response_head as _parse_response
-from plano_fast.wire import UsageScanner as _UsageScanner
+from plano_fast.wire._scan import UsageScanner as _UsageScanner  # (the compiled one: its C entries)
 
 import httptools
 
@@ -125,6 +126,7 @@ cdef Py_ssize_t U_IDLE_TIMEOUT = slot_offset(UpstreamConnection, "_idle_timeout_
 cdef Py_ssize_t U_LAST_RX = slot_offset(UpstreamConnection, "_last_rx")
 cdef Py_ssize_t U_CLOSED = slot_offset(UpstreamConnection, "closed")
 cdef Py_ssize_t U_IDLE_SINCE = slot_offset(UpstreamConnection, "idle_since")
+cdef Py_ssize_t U_IDLE_STACK = slot_offset(UpstreamConnection, "idle_stack")
 
 cdef Py_ssize_t L_CLOSED = slot_offset(_upstream.UpstreamPool, "closed")
 cdef Py_ssize_t L_IDLE = slot_offset(_upstream.UpstreamPool, "_idle")
@@ -312,11 +314,12 @@ cdef void _release(object conn, object now) except *:
     if _get(pool, L_CLOSED, "closed"):
         conn._close()
         return
-    cdef dict idle = _get(pool, L_IDLE, "_idle")
-    origin = _get(conn, U_ORIGIN, "origin")
-    stack = idle.get(origin)
+    # (the pool's stack for the connection's origin, kept on the connection once found:
+    # the origin tuple hashed and looked up on every answer was ~0.3k instructions)
+    stack = _get(conn, U_IDLE_STACK, "idle_stack")
     if stack is None:
-        stack = idle[origin] = []
+        stack = (<dict?>_get(pool, L_IDLE, "_idle")).setdefault(_get(conn, U_ORIGIN, "origin"), [])
+        put_slot(conn, U_IDLE_STACK, stack)
     if len(stack) >= _get(pool, L_MAX_IDLE, "max_idle_per_origin"):
         conn._close()
         return
@@ -595,7 +598,7 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
                         # (data[head_len:] scanned in place: the body is the read's tail,
                         # ``content_length`` bytes, checked by the head's scan)
                         if type(scanner) is _Scanner and PyBytes_GET_SIZE(data) - head_len == content_length:
-                            body = scanner.feed_from(data, head_len)
+                            body = feed_from_c(scanner, data, head_len)
                         else:
                             body = scanner.feed(PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + head_len,
                                                                           content_length))
@@ -631,13 +634,15 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
             conn._close()
         # -- on_upstream_complete
         put_slot(sink, X_CONN, None)
-        tail = scanner.finish() if scanner is not None else b""
         if scanner is None:
+            tail = b""
             outcome = STATUS_NOT_BILLABLE
-        elif scanner.result().has_usage:
-            outcome = STATUS_OK
+        elif type(scanner) is _Scanner:  # (its C entries: no Usage object built for the flag)
+            tail = finish_c(scanner)
+            outcome = STATUS_OK if has_usage_c(scanner) else STATUS_USAGE_MISSING
         else:
-            outcome = STATUS_USAGE_MISSING
+            tail = scanner.finish()
+            outcome = STATUS_OK if scanner.result().has_usage else STATUS_USAGE_MISSING
         # -- _finish, _complete
         body_filter = _get(sink, X_BODY_FILTER, "body_filter")
         if body_filter is None:

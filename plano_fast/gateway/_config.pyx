@@ -36,6 +36,8 @@ from cpython.object cimport PyObject
 from plano_fast._new_credentials cimport key_hash_c, read_client_headers_c
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
+from plano_fast.wire._head cimport content_length_line_c
+from plano_fast.wire._scan cimport scan_request_c, usage_scanner_c
 
 from plano_fast import wire as _wire
 from plano_fast.credentials import ClientHeaders, Credential, refuse_subscription_key
@@ -134,7 +136,7 @@ def start(exchange):
         return _twin(exchange)
     body = _get(request, Q_BODY, "body")
     try:
-        fields = _scan_request(body)
+        fields = scan_request_c(body)
     except _ScanError as exc:
         raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
     model = fields.model
@@ -213,7 +215,7 @@ def start(exchange):
     new_model = upstream_model if _get(route, T_REWRITE, "rewrite") or served != model else None
     if new_model is not None or inject:
         body = _rewrite_request(body, model=new_model, inject_include_usage=inject)
-    put_slot(exchange, X_SCANNER, _UsageScanner(scan_api, stream, inject))
+    put_slot(exchange, X_SCANNER, usage_scanner_c(scan_api, stream, inject))
     client = _get(exchange, X_CLIENT, "client")
     if type(client) is _ClientHeaders:
         query = _get(client, H_QUERY, "query")
@@ -246,10 +248,10 @@ def start(exchange):
     host_line = _get(provider, V_HOST_LINE, "host_line")
     if query:
         head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", *lines, request_id_line, host_line,
-                _content_length_line(len(body), True))
+                content_length_line_c(len(body), True))
     else:
         head = (method, b" ", path, b" HTTP/1.1\r\n", *lines, request_id_line, host_line,
-                _content_length_line(len(body), True))
+                content_length_line_c(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
     put_slot(exchange, X_ORIGIN, _get(provider, V_ORIGIN, "origin"))
     return _sent(exchange, decision)

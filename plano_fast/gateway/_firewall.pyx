@@ -30,6 +30,8 @@ from cpython.object cimport PyObject
 from plano_fast._new_credentials cimport key_hash_c, read_client_headers_c
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.gateway._forward cimport forward_now_c, request_id_line_c
+from plano_fast.wire._head cimport content_length_line_c
+from plano_fast.wire._scan cimport scan_request_c, usage_scanner_c
 
 from plano_fast import wire as _wire
 from plano_fast.credentials import ClientHeaders, Credential, refuse_subscription_key
@@ -153,7 +155,7 @@ def start(exchange):
     body = _get(request, Q_BODY, "body")
     put_slot(exchange, X_SCAN_API, scan_api)
     try:
-        fields = _scan_request(body)
+        fields = scan_request_c(body)
     except _ScanError as exc:
         raise BadRequestBody(f"request body is not valid JSON: {exc}") from None
     streaming = fields.stream
@@ -162,7 +164,7 @@ def start(exchange):
     inject = streaming and _get(endpoint, M_INCLUDE_USAGE, "include_usage") and fields.include_usage is not True
     if inject:
         body = _rewrite_request(body, inject_include_usage=True)
-    put_slot(exchange, X_SCANNER, _UsageScanner(scan_api, streaming, inject))
+    put_slot(exchange, X_SCANNER, usage_scanner_c(scan_api, streaming, inject))
     base = _get(route, T_BASE_PATH, "base_path") if exact else route.base_path
     if base and not path.startswith(base + b"/"):
         path = base + path
@@ -184,10 +186,10 @@ def start(exchange):
     host_line = _get(route, T_HOST_LINE, "host_line") if exact else route.host_line
     if query:
         head = (method, b" ", path, b"?", query, b" HTTP/1.1\r\n", block, line,
-                request_id_line, host_line, _content_length_line(len(body), True))
+                request_id_line, host_line, content_length_line_c(len(body), True))
     else:
         head = (method, b" ", path, b" HTTP/1.1\r\n", block, line,
-                request_id_line, host_line, _content_length_line(len(body), True))
+                request_id_line, host_line, content_length_line_c(len(body), True))
     put_slot(exchange, X_UPSTREAM_DATA, [b"".join(head), body])
     put_slot(exchange, X_ORIGIN, _get(route, T_ORIGIN, "origin") if exact else route.origin)
     # -- rate limits: the twin's phase, by its functions (a Redis check that must wait

@@ -36,3 +36,7 @@ cdef int scan_response_any(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_
                            HeadScan *scan) noexcept nogil
 cdef void free_scan(HeadScan *scan) noexcept nogil
 cdef object scan_result(bytes buf, HeadScan *scan)
+
+# ``content_length_line(n, blank_line)`` from C (the firewall and config starts write one a
+# request: the Python call was ~0.22k instructions of its ~0.1k)
+cdef bytes content_length_line_c(Py_ssize_t n, bint blank_line)

@@ -574,6 +574,11 @@ def without_account_headers(bytes block not None):
 def content_length_line(Py_ssize_t n, bint blank_line):
     """``b"content-length: %d\\r\\n" % n``, and the head's closing CRLF after it when
     ``blank_line`` (``n`` >= 0)."""
+    return content_length_line_c(n, blank_line)
+
+
+cdef bytes content_length_line_c(Py_ssize_t n, bint blank_line):
+    """``content_length_line`` for compiled callers (``_head.pxd``)."""
     cdef char buf[48]
     if n < 0:
         raise ValueError("negative content length")

@@ -140,7 +140,14 @@ cdef RequestFields req_fields(ReqRec *r, bytes body):
 
 def scan_request(bytes body not None):
     """Read model / stream / stream_options.include_usage / max tokens from a request body."""
+    return scan_request_c(body)
+
+
+cdef object scan_request_c(bytes body):
+    """``scan_request`` for compiled callers (``_scan.pxd``)."""
     cdef ReqScan s
+    if body is None:
+        raise TypeError("body must be bytes, not None")
     req_walk(&s, body)
     return req_fields(&s.r, body)
 

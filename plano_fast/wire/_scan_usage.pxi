@@ -181,7 +181,16 @@ cdef class UsageScanner:
     cdef object model_obj
     cdef bint model_valid
 
-    def __cinit__(self, int api, bint streaming, bint strip_usage_chunk=False):
+    # The checks and fields are set by ``setup``, called by ``__init__`` or, from C, by
+    # ``usage_scanner_c``: a ``__cinit__`` with arguments made every construction from C a
+    # type call with an argument tuple parsed (~0.65k instructions a request).  (Without a
+    # ``__cinit__`` nothing checks the constructor's arguments but ``__init__``.)
+    def __init__(self, int api, bint streaming, bint strip_usage_chunk=False):
+        if self.api:
+            raise TypeError("UsageScanner.__init__ called twice")
+        self.setup(api, streaming, strip_usage_chunk)
+
+    cdef int setup(self, int api, bint streaming, bint strip_usage_chunk) except -1:
         if api < A_CHAT or api > A_GEM:
             raise ValueError(f"unknown api {api!r}")
         if strip_usage_chunk and (api != A_CHAT or not streaming):
@@ -204,6 +213,7 @@ cdef class UsageScanner:
         else:
             self.mode = MODE_JSON
             self.doc_start()
+        return 0
 
     def __dealloc__(self):
         # the raw-usage buffers (raw_buf) back to the pool
@@ -306,6 +316,9 @@ cdef class UsageScanner:
         Why: the compiled answer pass (``gateway/_answer.pyx``) has the body inside the
         upstream read, after the head; the slice was a bytes object per answer (~0.4k
         instructions), copied again into the client's answer."""
+        return self.feed_from_c(data, start)
+
+    cdef object feed_from_c(self, bytes data, Py_ssize_t start):
         cdef const unsigned char *buf
         cdef Py_ssize_t n, k
         if start < 0 or start > PyBytes_GET_SIZE(data):
@@ -339,6 +352,9 @@ cdef class UsageScanner:
 
     def finish(self):
         """End of body: returns any held-back bytes to forward (usually b"")."""
+        return self.finish_c()
+
+    cdef object finish_c(self):
         cdef object out = None
         if self.finished:
             return b""
@@ -624,3 +640,29 @@ cdef class UsageScanner:
         if strip:
             out = self.region_tail(out, data, emit_from, n)
         return out
+
+
+# -- the C entries (``_scan.pxd``): the Python API's bodies, for compiled callers ----------------
+
+cdef object usage_scanner_c(int api, bint streaming, bint strip_usage_chunk):
+    """``UsageScanner(api, streaming, strip_usage_chunk)``."""
+    cdef UsageScanner s = UsageScanner.__new__(UsageScanner)
+    s.setup(api, streaming, strip_usage_chunk)
+    return s
+
+
+cdef object feed_from_c(object scanner, bytes data, Py_ssize_t start):
+    """``scanner.feed_from(data, start)``."""
+    if data is None:
+        raise TypeError("data must be bytes, not None")
+    return (<UsageScanner?>scanner).feed_from_c(data, start)
+
+
+cdef object finish_c(object scanner):
+    """``scanner.finish()``."""
+    return (<UsageScanner?>scanner).finish_c()
+
+
+cdef int has_usage_c(object scanner) except -1:
+    """``scanner.result().has_usage`` without the ``Usage`` object (result_c's flag)."""
+    return (<UsageScanner?>scanner).acc.has_usage
