@@ -734,7 +734,7 @@ class ServerProtocol(asyncio.Protocol):
             self._upgrade_seen = True
         elif name == b"host":
             self._hosts += 1
-            if not valid_host(value):
+            if not valid_host(value.rstrip(b" \t")):  # (httptools keeps the trailing OWS: not the value)
                 raise MalformedRequest("invalid Host header: a request's Host is host[:port] (RFC 9112 §3.2)")
         else:  # expect
             if value.strip().lower() != b"100-continue":

@@ -432,6 +432,8 @@ class UpstreamPool:
         self.max_idle_per_origin = max_idle_per_origin
         self.dns = DnsCache(dns_ttl_s)
         self._ssl = ssl_context
+        #: an origin's list is never replaced or deleted, only appended to and popped (and
+        #: cleared once ``closed`` is set): a connection keeps its list (``idle_stack``)
         self._idle: dict[Origin, list[UpstreamConnection]] = {}
         self.connections_opened = 0
         #: opened - closed: the connections open now (idle or carrying a request)

@@ -64,6 +64,8 @@ VALID = {
     "a percent-escape": b"Host: g%41w\r\n",
     "sub-delims": b"Host: a-b_c~d!e$f&g'h(i)j*k+l,m;n=o\r\n",
     "upper case": b"HOST: GW.Example.COM\r\n",
+    "trailing whitespace (not the value, RFC 9112 §5)": b"Host: gw \t\r\n",
+    "whitespace around": b"Host:  gw:12000  \r\n",
 }
 
 BUILDS = ["compiled", "pure"]

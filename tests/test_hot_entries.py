@@ -74,6 +74,31 @@ def test_the_compiled_scanner_refuses_a_second_init() -> None:
     assert scanner.result().output_tokens == 2
 
 
+def test_a_scanner_never_set_up_is_refused_not_a_crash() -> None:
+    """``UsageScanner.__new__`` skips ``__init__`` (the set-up): its Python entries raise
+    TypeError instead of walking pointers that point nowhere (a segfault before the
+    guard). Run in a child process, so a crash fails this test and not the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "from plano_fast.wire import _scan\n"
+        "s = _scan.UsageScanner.__new__(_scan.UsageScanner)\n"
+        "for call in (lambda: s.feed(b'{}'), lambda: s.feed_from(b'{}', 0), s.finish, s.result,\n"
+        "             s.raw_usage, s.usage_fields):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except TypeError as exc:\n"
+        "        assert 'not initialised' in str(exc), exc\n"
+        "    else:\n"
+        "        raise SystemExit('served')\n"
+        "print('refused')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != wire.PURE_ENV})
+    assert (done.returncode, done.stdout.strip()) == (0, "refused"), done.stderr[-2000:]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeProviderThread]:
     with FakeProviderThread() as provider:

@@ -299,11 +299,12 @@ class ManagedContext:
                                 "sweeper at its expiry", reservation.id, failures, type(exc).__name__)
                     return
                 if failures == 1:
-                    log.warning("releasing reservation %s failed (%s); retrying until done",
-                                reservation.id, type(exc).__name__)
+                    log.warning("%s reservation %s failed (%s); retrying until done",
+                                "releasing" if row is None else "settling", reservation.id, type(exc).__name__)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RELEASE_RETRY_MAX_S)
                 continue
             if failures:
-                log.info("reservation %s released after %d failed attempts", reservation.id, failures)
+                log.info("reservation %s %s after %d failed attempts", reservation.id,
+                         "released" if row is None else "settled", failures)
             return

@@ -15,6 +15,12 @@ connection that fails other than by the server reporting an error in a statement
 timed out, cancelled mid-statement: its state is unknown) is terminated and forgotten, and
 a new one opened in the background; the failure goes to the caller, who handles it as it
 would the pool's (a usage write is idempotent: ``ON CONFLICT (request_id)``).
+
+Only idempotent single statements may run here: a timed-out or cancelled statement's
+connection is terminated, not cancelled on the server, so a statement blocked on a lock can
+still commit after its caller saw the failure (the usage write inserts a request id once;
+a settle finds its reservation already gone).  One connection per store (per worker)
+beside the pool's ``max_size``.
 """
 
 from __future__ import annotations

@@ -144,6 +144,12 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
 
 @cython.freelist(64)
 @cython.final
+cdef int _not_set_up() except -1:
+    """A scanner's Python entries refuse one ``__init__`` never set up (the C entries are
+    reached only through ``usage_scanner_c``, which sets it up)."""
+    raise TypeError("UsageScanner was not initialised: construct it as UsageScanner(api, streaming)")
+
+
 cdef class UsageScanner:
     """Incremental usage reader for one response body (see plano_fast.wire._scan_py)."""
 
@@ -274,6 +280,8 @@ cdef class UsageScanner:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t k
         cdef object out
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         if self.finished:
             raise ValueError("feed() called after finish()")
         if n == 0:
@@ -316,6 +324,8 @@ cdef class UsageScanner:
         Why: the compiled answer pass (``gateway/_answer.pyx``) has the body inside the
         upstream read, after the head; the slice was a bytes object per answer (~0.4k
         instructions), copied again into the client's answer."""
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         return self.feed_from_c(data, start)
 
     cdef object feed_from_c(self, bytes data, Py_ssize_t start):
@@ -352,6 +362,8 @@ cdef class UsageScanner:
 
     def finish(self):
         """End of body: returns any held-back bytes to forward (usually b"")."""
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         return self.finish_c()
 
     cdef object finish_c(self):
@@ -382,10 +394,14 @@ cdef class UsageScanner:
         """The provider's usage object(s) as received, in a document that scans (with this
         API, not streaming) to the same counts; ``None`` when no usage was read or the
         document would exceed MAX_RAW_USAGE_BYTES (see plano_fast.wire._scan_py)."""
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         return self.raw_usage_c()
 
     def result(self):
         """The usage read so far (final after finish())."""
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         return self.result_c()
 
     def usage_fields(self):
@@ -395,6 +411,8 @@ cdef class UsageScanner:
         Why: the settle step's usage event (``gateway/_settle.pyx``) took them with three
         Python calls and a ``Usage`` object (~1.3k instructions a request)."""
         cdef Usage u = self.result_c()
+        if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
+            _not_set_up()
         return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
                 u.reasoning_tokens, u.has_usage, u.model, u.is_error, u.tool_use_prompt_tokens,
                 u.cache_write_1h_tokens, u.audio_input_tokens, u.audio_output_tokens,
