@@ -17,6 +17,14 @@ from pathlib import Path
 
 import pytest
 
+# The request path imported in a gateway's own order before any test module: a test that
+# imports a compiled module first (``gateway._settle``, ``_answer``, ``_managed``, an
+# ``importorskip`` of one) would otherwise leave its methods uninstalled in this process
+# (the mode module's ``twins.install_compiled`` finds it half-imported), and every later
+# in-process gateway of the suite would run the pure twins where it means the compiled code.
+import plano_fast.app  # noqa: F401,E402 - (imports relay, dispatch and the three modes)
+from plano_fast.gateway.modes import config as _config_mode, firewall as _firewall_mode, managed as _managed_mode  # noqa: F401,E501
+
 from benchmarks.fake_provider import FakeProviderThread
 from benchmarks.private_redis import PrivateRedis, available
 from tests import pg

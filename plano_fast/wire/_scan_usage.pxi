@@ -142,14 +142,14 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     u.web_search_requests = ws
 
 
-@cython.freelist(64)
-@cython.final
 cdef int _not_set_up() except -1:
     """A scanner's Python entries refuse one ``__init__`` never set up (the C entries are
     reached only through ``usage_scanner_c``, which sets it up)."""
     raise TypeError("UsageScanner was not initialised: construct it as UsageScanner(api, streaming)")
 
 
+@cython.freelist(64)
+@cython.final
 cdef class UsageScanner:
     """Incremental usage reader for one response body (see plano_fast.wire._scan_py)."""
 
