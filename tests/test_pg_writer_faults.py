@@ -45,7 +45,8 @@ def test_kills_pauses_and_abandons_lose_and_double_no_usage_row(pg_database: str
         report = asyncio.run(chaos(dsn, rounds=4, seed=5, proxy_dsn=proxied_dsn(dsn, proxy.port), proxy=proxy,
                                    faults=("kill", "pause", "abandon", "abandon+kill"), limit_nano_usd=9_000))
     assert not report.problems, report.line()
-    assert report.in_flight_at_fault == WRITE_BATCHES_IN_FLIGHT == 3  # (several batches in flight, struck)
+    # (several batches in flight, struck: the writer's own bound, whatever it is set to, above one)
+    assert report.in_flight_at_fault == WRITE_BATCHES_IN_FLIGHT > 1
     assert report.backends_killed >= 2 and report.abandoned_rows >= 8 and report.replays >= 2, report.line()
     # the hard limit was reached: some reservations were refused
     assert 4 <= report.reservations_granted < report.reservations_asked, report.line()
