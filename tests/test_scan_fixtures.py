@@ -75,8 +75,11 @@ CASSETTES: dict[tuple[str, int], tuple[Any, ...]] = {
     ("test_google_model_iter_stream.yaml", 0): U(52, 5, model="gemini-2.0-flash"),
     ("test_google_model_iter_stream.yaml", 1): U(64, 5, model="gemini-2.0-flash"),
     ("test_google_model_iter_stream.yaml", 2): U(79, 12, model="gemini-2.0-flash"),
+    # a video's audio track is AUDIO tokens, priced at the audio rate
+    # (https://ai.google.dev/gemini-api/docs/pricing); 1,881 of its 1,917 are cache reads
+    # (cacheTokensDetails): 36 uncached audio tokens
     ("test_google_model_mobile_youtube_video_url_input.yaml", 0): U(
-        17713, 68 + 821, 17379, 0, 821, model="gemini-2.5-flash"
+        17713, 68 + 821, 17379, 0, 821, model="gemini-2.5-flash", audio_in=1917 - 1881
     ),
     ("test_google_stream_usage_is_live_mid_stream.yaml", 0): U(18, 80 + 35, 0, 0, 35, model="gemini-2.5-flash"),
     ("test_groq_model_web_search_tool_stream.yaml", 0): U(5003, 359, model="groq/compound"),

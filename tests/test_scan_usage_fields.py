@@ -39,6 +39,32 @@ GEMINI_TOOL_USE = (
     b'"modelVersion":"gemini-2.5-pro"}'
 )
 
+# Gemini audio (https://ai.google.dev/api/generate-content#UsageMetadata: promptTokensDetails /
+# cacheTokensDetails / candidatesTokensDetails are ModalityTokenCount lists, {modality,
+# tokenCount}; https://ai.google.dev/gemini-api/docs/pricing: gemini-2.5-flash input "$0.30
+# (text / image / video), $1.00 (audio)", context caching likewise by modality; the native
+# audio / TTS models price audio output apart).  promptTokenCount holds every modality, the
+# cached ones included: the AUDIO entry of promptTokensDetails less that of
+# cacheTokensDetails is the uncached audio priced at the audio rate.
+GEMINI_AUDIO = (
+    b'{"candidates":[{"content":{"parts":[{"text":"a summary"}],"role":"model"},"finishReason":"STOP"}],'
+    b'"usageMetadata":{"promptTokenCount":1570,"candidatesTokenCount":42,"totalTokenCount":1612,'
+    b'"promptTokensDetails":[{"modality":"TEXT","tokenCount":10},{"modality":"AUDIO","tokenCount":1560}],'
+    b'"candidatesTokensDetails":[{"modality":"TEXT","tokenCount":42}]},"modelVersion":"gemini-2.5-flash"}'
+)
+GEMINI_CACHED_AUDIO = (
+    b'{"usageMetadata":{"promptTokenCount":2000,"cachedContentTokenCount":1600,"candidatesTokenCount":8,'
+    b'"promptTokensDetails":[{"modality":"AUDIO","tokenCount":1600},{"modality":"TEXT","tokenCount":400}],'
+    b'"cacheTokensDetails":[{"modality":"TEXT","tokenCount":100},{"modality":"AUDIO","tokenCount":1500}]},'
+    b'"modelVersion":"gemini-2.5-flash"}'
+)
+
+
+def _gemini_details(details: str) -> bytes:
+    """A Gemini answer whose usageMetadata carries ``details`` (JSON members) after its counts."""
+    return b'{"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":5,' + details.encode() + b"}}"
+
+
 # Anthropic Messages usage (https://docs.anthropic.com/en/api/messages, "usage"; prompt caching
 # https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching "Tracking cache
 # performance": input_tokens counts only the tokens after the last cache breakpoint;
@@ -257,6 +283,54 @@ CASES: list[tuple[str, int, bool, bytes, tuple[Any, ...]]] = [
         b'"candidatesTokenCount":5,"thoughtsTokenCount":3,"totalTokenCount":26},"modelVersion":"gemini-2.5-flash"}\r\n\r\n',
         U(18, 8, 0, 0, 3, model="gemini-2.5-flash"),
     ),
+    # Gemini audio, by modality (GEMINI_AUDIO above)
+    ("gemini-json-audio-input", GEMINI, False, GEMINI_AUDIO, U(1570, 42, audio_in=1560, model="gemini-2.5-flash")),
+    (
+        # cached audio is a cache read (priced as one), not uncached audio: 1600 - 1500
+        "gemini-json-cached-audio",
+        GEMINI, False, GEMINI_CACHED_AUDIO,
+        U(2000, 8, 1600, audio_in=100, model="gemini-2.5-flash"),
+    ),
+    (
+        # a TTS / native-audio stream: cumulative usageMetadata, the last one's AUDIO counts
+        "gemini-sse-audio-output",
+        GEMINI, True,
+        b'data: {"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":40,'
+        b'"candidatesTokensDetails":[{"modality":"AUDIO","tokenCount":40}]}}\r\n\r\n'
+        b'data: {"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":12,'
+        b'"candidatesTokenCount":320,"promptTokensDetails":[{"modality":"TEXT","tokenCount":12}],'
+        b'"candidatesTokensDetails":[{"modality":"AUDIO","tokenCount":320}]},'
+        b'"modelVersion":"gemini-2.5-flash-preview-tts"}\r\n\r\n',
+        U(12, 320, audio_out=320, model="gemini-2.5-flash-preview-tts"),
+    ),
+    # the other modalities and elements are not read; AUDIO entries add up; a repeated list
+    # replaces the earlier one; escapes decode
+    (
+        "gemini-audio-other-elements-ignored",
+        GEMINI, False,
+        _gemini_details('"promptTokensDetails":[1,null,[2],{"modality":"TEXT","tokenCount":-1},'
+                        '{"modality":["AUDIO"],"tokenCount":7},{"tokenCount":9},{"modality":"AUDIO"},'
+                        '{"modality":"AUDIO","tokenCount":null},{"modality":"audio","tokenCount":3},'
+                        '{"modality":"AUDIO","tokenCount":30,"x":{"tokenCount":"no"}},'
+                        '{"tokenCount":20,"modality":"\\u0041UDIO"}]'),
+        U(100, 5, audio_in=50),
+    ),
+    (
+        "gemini-audio-repeated-list",
+        GEMINI, False,
+        _gemini_details('"promptTokensDetails":[{"modality":"AUDIO","tokenCount":90}],'
+                        '"promptTokensDetails":[{"modality":"AUDIO","tokenCount":60}]'),
+        U(100, 5, audio_in=60),
+    ),
+    ("gemini-audio-null-list", GEMINI, False, _gemini_details('"promptTokensDetails":null'), U(100, 5)),
+    ("gemini-audio-capped", GEMINI, False,
+     _gemini_details('"promptTokensDetails":[{"modality":"AUDIO","tokenCount":80},{"modality":"AUDIO","tokenCount":70}]'),
+     U(100, 5, audio_in=100)),
+    ("gemini-audio-list-not-array", GEMINI, False, _gemini_details('"promptTokensDetails":{"modality":"AUDIO"}'), NO_USAGE),
+    ("gemini-audio-bad-count", GEMINI, False,
+     _gemini_details('"cacheTokensDetails":[{"modality":"AUDIO","tokenCount":1.5}]'), NO_USAGE),
+    ("gemini-audio-huge-count", GEMINI, False,
+     _gemini_details('"candidatesTokensDetails":[{"modality":"AUDIO","tokenCount":1000000000000000000}]'), NO_USAGE),
     # malformed new fields: the whole usage object is ignored, never a made-up number
     ("gemini-bad-tool-use", GEMINI, False, b'{"usageMetadata":{"promptTokenCount":1,"toolUsePromptTokenCount":-1}}', NO_USAGE),
     ("anthropic-bad-thinking", ANTHROPIC, False, b'{"usage":{"input_tokens":1,"output_tokens_details":{"thinking_tokens":"9"}}}', NO_USAGE),

@@ -35,6 +35,7 @@ from tests.test_scan_usage_fields import (
     ANTHROPIC_DELTA_INPUT_STREAM,
     ANTHROPIC_THINKING,
     ANTHROPIC_THINKING_STREAM,
+    GEMINI_AUDIO,
     GEMINI_TOOL_USE,
     OPENAI_AUDIO,
     OPENAI_N2_STREAM,
@@ -161,6 +162,12 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
         GEMINI_TOOL_USE, "application/json",
         (1620, 350, 1000, 0, 300, 420, 0, 0, 0, "gemini-2.5-pro", "gemini"),
     ),
+    # Gemini native, doc-derived: audio input (promptTokensDetails' AUDIO entry), priced apart
+    "gemini-json-audio": (
+        "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
+        GEMINI_AUDIO, "application/json",
+        (1570, 42, 0, 0, 0, 0, 0, 1560, 0, "gemini-2.5-flash", "gemini"),
+    ),
     # Gemini native, recorded (pydantic-ai): alt=sse with CRLF framing, cumulative usage
     "gemini-sse": (
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "x"}]}]},
@@ -183,6 +190,9 @@ DOC_COSTS = {
     # claude-sonnet-4-5: $3 in / $0.30 read / $3.75 5m write / $6 1h write / $15 out per 1M, and
     # the web search tool's $10 per 1,000 searches
     "anthropic-json-thinking": 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000 + 10_000_000,
+    # gemini-2.5-flash (https://ai.google.dev/gemini-api/docs/pricing): $0.30 text input,
+    # $1.00 audio input, $2.50 out per 1M (was billed 576,000: the audio at the text rate)
+    "gemini-json-audio": 10 * 300 + 1560 * 1_000 + 42 * 2_500,
     # gpt-5: $1.25 in, $0.125 cached, $10 out (reasoning included) per 1M
     "responses-json-cached": 1000 * 1_250 + 4000 * 125 + 900 * 10_000,
 }

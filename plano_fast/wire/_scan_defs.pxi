@@ -17,6 +17,9 @@ cdef enum:
     C_RAW_CAP = 4096          # bytes of the provider usage document kept for the row
     NOGIL_MIN = 1048576        # release the GIL only for inputs of 1 MiB or more
 
+# MAX_TOKEN_COUNT as a C value: a sum of counts is capped here
+cdef int64_t C_MAX_COUNT = 999999999999999999
+
 cdef enum:
     # APIs
     A_CHAT = 1
@@ -102,14 +105,20 @@ cdef enum:
     SL_CC2
     SL_STU1          # Anthropic usage.server_tool_use
     SL_STU2
-    SL_F = 20        # 20..31 record 0, 32..43 record 1 (NF fields each)
-    SL_RMODEL = 50
+    SL_F = 20        # 20..33 record 0, 34..47 record 1 (NF fields each)
+    SL_MLIST_IN = 48 # Gemini usageMetadata.promptTokensDetails (a ModalityTokenCount list)
+    SL_MLIST_CR      # .cacheTokensDetails
+    SL_MLIST_OUT     # .candidatesTokensDetails
+    SL_MELEM         # an element of one of them
+    SL_MODALITY      # its modality (captured: "AUDIO" or not)
+    SL_MCOUNT        # its tokenCount
+    SL_RMODEL = 60
     SL_RSTREAM
     SL_RSOPT
     SL_RINCL
-    SL_RMAX = 54     # 54..57
-    SL_RGEN = 58
-    SL_RMSGS = 59    # 59..62: messages, contents, input, system (only noted: DUPLICATE_NAMES)
+    SL_RMAX = 64     # 64..67
+    SL_RGEN = 68
+    SL_RMSGS = 69    # 69..72: messages, contents, input, system (only noted: DUPLICATE_NAMES)
 
 cdef enum:
     # container nodes
@@ -131,6 +140,8 @@ cdef enum:
     ND_CC2
     ND_STU1
     ND_STU2
+    ND_MLIST         # a Gemini ModalityTokenCount list (DocRec.mlist: the field it adds to)
+    ND_MELEM         # one of its elements
 
 cdef enum:
     F_IN = 0
@@ -146,6 +157,7 @@ cdef enum:
     F_AOUT           # OpenAI chat completion_tokens_details.audio_tokens
     F_TOT            # OpenAI chat total_tokens (tells xAI's reasoning-outside-completion)
     F_WS             # Anthropic server_tool_use.web_search_requests (requests, not tokens)
+    F_CAUD           # Gemini cacheTokensDetails AUDIO (F_AIN / F_AOUT: prompt / candidates AUDIO)
     NF               # fields per usage record
 
 cdef enum:
@@ -234,6 +246,13 @@ cdef struct DocRec:
     int64_t cut_start
     int64_t cut_end
     bint cut_pending
+    # Gemini ModalityTokenCount lists (one open at a time): the field the open list adds its
+    # AUDIO counts to, and the element being read
+    int mlist
+    bint m_audio
+    int m_cst
+    int64_t m_cv
+    unsigned char mod_buf[C_TYPE_CAP]
 
 cdef struct ReqRec:
     bint root_not_obj

@@ -71,10 +71,18 @@ Anthropic          ``input_tokens + cache_read_input_tokens    ``output_tokens``
                    ephemeral_1h_input_tokens``), 1h part
                    ``ephemeral_1h_input_tokens``
 Gemini             ``promptTokenCount +                        ``candidatesTokenCount + thoughtsTokenCount``;
-                   toolUsePromptTokenCount``; cache read       reasoning ``thoughtsTokenCount``
-                   ``cachedContentTokenCount``; tool-use
-                   ``toolUsePromptTokenCount``
+                   toolUsePromptTokenCount``; cache read       reasoning ``thoughtsTokenCount``; audio the
+                   ``cachedContentTokenCount``; tool-use       ``AUDIO`` entry of ``candidatesTokensDetails``
+                   ``toolUsePromptTokenCount``; audio the
+                   ``AUDIO`` entry of ``promptTokensDetails``
+                   less that of ``cacheTokensDetails``
+                   (cached audio is a cache read)
 =================  ==========================================  ================================================
+
+Gemini's ``*TokensDetails`` are ``ModalityTokenCount`` lists (``{"modality", "tokenCount"}``):
+such a list must be an array or ``null``; the ``tokenCount`` of an element whose ``modality``
+is the string ``"AUDIO"`` is read (absent or ``null``: none; the AUDIO entries add up, capped
+at :data:`MAX_TOKEN_COUNT`); other elements are not read.
 
 A subset larger than its total (a malformed or inconsistent object, e.g. an OpenRouter
 recording with ``reasoning_tokens`` 11 > ``completion_tokens`` 10) is capped at what is left
@@ -584,9 +592,27 @@ def _details(value: Any) -> dict[str, Any]:
     return value
 
 
+def _modality_audio(value: Any) -> int | None:
+    """Gemini's ``AUDIO`` tokens in a ``ModalityTokenCount`` list (``promptTokensDetails``,
+    ``cacheTokensDetails``, ``candidatesTokensDetails``): the sum of the ``tokenCount`` of
+    the elements whose ``modality`` is ``"AUDIO"`` (capped at MAX_TOKEN_COUNT), None when
+    there is none.  The list must be an array or null; the other elements are not read."""
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise _Bad
+    total: int | None = None
+    for element in value:
+        if type(element) is dict and element.get("modality") == "AUDIO":
+            count = _count(element.get("tokenCount"))
+            if count is not None:
+                total = count if total is None else min(total + count, MAX_TOKEN_COUNT)
+    return total
+
+
 # Raw fields, in this order (absent: None): the provider's own counts, nothing derived.
-_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS = range(12)
-_NRAW: Final = 12
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS, _CAUD = range(13)
+_NRAW: Final = 13
 _Counts = tuple[int | None, ...]
 
 
@@ -633,6 +659,9 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
             raw[_CR] = _count(usage.get("cachedContentTokenCount"))
             raw[_RS] = _count(usage.get("thoughtsTokenCount"))
             raw[_TOOL] = _count(usage.get("toolUsePromptTokenCount"))
+            raw[_AIN] = _modality_audio(usage.get("promptTokensDetails"))
+            raw[_CAUD] = _modality_audio(usage.get("cacheTokensDetails"))
+            raw[_AOUT] = _modality_audio(usage.get("candidatesTokensDetails"))
     except _Bad:
         return None
     if raw[_IN] is None and raw[_OUT] is None:
@@ -658,6 +687,10 @@ def _normalize(api: int, v: list[int]) -> Usage:
         cw = 0
         rs = v[_RS]
         out = v[_OUT] + rs
+        # audio is priced apart (ai.google.dev/gemini-api/docs/pricing); cached audio is a
+        # cache read (in cachedContentTokenCount), not an uncached audio token
+        ain = max(v[_AIN] - v[_CAUD], 0)
+        aout = v[_AOUT]
     else:
         inp = v[_IN]
         cr = v[_CR]

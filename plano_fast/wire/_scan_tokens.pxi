@@ -251,6 +251,8 @@ cdef void str_done(Walker *w, int64_t off) noexcept nogil:
         elif slot == SL_MODEL2:
             d.model_st1 = ST_OK if ok else ST_ABSENT
             d.model_len1 = w.cap_len
+        elif slot == SL_MODALITY:
+            d.m_audio = ok and key_is(d.mod_buf, w.cap_len, "AUDIO", 5)
         else:
             d.typ = ok and (key_is(d.type_buf, w.cap_len, "error", 5)
                             or key_is(d.type_buf, w.cap_len, "response.failed", 15))
@@ -320,6 +322,9 @@ cdef void num_done(Walker *w, int64_t off) noexcept nogil:
             i = slot - SL_RMAX
             w.req.maxst[i] = st
             w.req.maxv[i] = w.num_val
+        elif slot == SL_MCOUNT:
+            w.doc.m_cst = st
+            w.doc.m_cv = w.num_val
         else:
             field_put(w.doc, slot - SL_F, st, w.num_val)
     scalar_done(w, off)
@@ -636,6 +641,9 @@ cdef inline const unsigned char *int_fast(Walker *w, const unsigned char *p, con
         i = slot - SL_RMAX
         w.req.maxst[i] = st
         w.req.maxv[i] = v
+    elif slot == SL_MCOUNT:
+        w.doc.m_cst = st
+        w.doc.m_cv = v
     else:
         field_put(w.doc, slot - SL_F, st, v)
     scalar_done(w, off + (q - p))

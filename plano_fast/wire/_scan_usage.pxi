@@ -116,6 +116,10 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
         cw = 0
         rs = v[F_RS]
         out = v[F_OUT] + rs
+        # audio is priced apart (ai.google.dev/gemini-api/docs/pricing); cached audio is a
+        # cache read (in cachedContentTokenCount), not an uncached audio token
+        ain = v[F_AIN] - v[F_CAUD] if v[F_AIN] > v[F_CAUD] else 0
+        aout = v[F_AOUT]
     else:
         inp = v[F_IN]
         cr = v[F_CR]

@@ -89,7 +89,32 @@ cdef inline int w_fail(Walker *w, int code, int64_t pos) noexcept nogil:
 
 
 cdef inline bint is_int_slot(int slot) noexcept nogil:
-    return (SL_F <= slot < SL_F + 2 * NF) or (SL_RMAX <= slot < SL_RMAX + 4)
+    return (SL_F <= slot < SL_F + 2 * NF) or (SL_RMAX <= slot < SL_RMAX + 4) or slot == SL_MCOUNT
+
+
+cdef inline int mlist_field(int slot) noexcept nogil:
+    """The raw field a Gemini ModalityTokenCount list adds its AUDIO counts to."""
+    if slot == SL_MLIST_IN:
+        return F_AIN
+    if slot == SL_MLIST_CR:
+        return F_CAUD
+    return F_AOUT
+
+
+cdef void melem_done(DocRec *d) noexcept nogil:
+    """An element of a ModalityTokenCount list closed: an AUDIO one adds its tokenCount (a
+    bad count spoils the usage object, as any bad count does; the sum is capped)."""
+    cdef URec *r = &d.u[0]
+    cdef int f = d.mlist
+    if not d.m_audio or d.m_cst == ST_ABSENT or r.fst[f] == ST_BAD:
+        return
+    if d.m_cst == ST_BAD:
+        r.fst[f] = ST_BAD
+    elif r.fst[f] == ST_OK:
+        r.fv[f] = min64(r.fv[f] + d.m_cv, C_MAX_COUNT)
+    else:
+        r.fst[f] = ST_OK
+        r.fv[f] = d.m_cv
 
 
 cdef inline int bool_state(int kind) noexcept nogil:
@@ -132,6 +157,14 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         elif slot == SL_RGEN:
             r.gen = null_or_bad(kind)
             r.maxst[3] = ST_ABSENT
+        return
+    if slot >= SL_MLIST_IN:
+        if slot == SL_MODALITY:
+            d.m_audio = 0
+        elif slot == SL_MCOUNT:
+            d.m_cst = null_or_bad(kind)
+        elif slot != SL_MELEM:  # a list that is not an array: null is none, else bad
+            d.u[0].fst[mlist_field(slot)] = null_or_bad(kind)
         return
     if slot >= SL_F:
         i = slot - SL_F
@@ -225,6 +258,10 @@ cdef int open_obj(Walker *w, int slot) noexcept nogil:
         d.u[i].fst[F_WS] = ST_ABSENT
         d.u[i].stu = ST_OK
         return ND_STU1 + i
+    if slot == SL_MELEM:
+        d.m_audio = 0
+        d.m_cst = ST_ABSENT
+        return ND_MELEM
     if slot == SL_RSOPT:
         w.req.sopt = ST_OK
         w.req.incl = ST_ABSENT
@@ -243,6 +280,10 @@ cdef int open_arr(Walker *w, int slot) noexcept nogil:
     if slot == SL_CHOICES:
         w.doc.choices = CH_EMPTY
         return ND_CHOICES
+    if SL_MLIST_IN <= slot <= SL_MLIST_OUT:
+        w.doc.mlist = mlist_field(slot)
+        w.doc.u[0].fst[w.doc.mlist] = ST_ABSENT  # a repeated list replaces the earlier one
+        return ND_MLIST
     slot_scalar(w, slot, K_ARR)
     return ND_NONE
 
@@ -252,6 +293,8 @@ cdef inline int elem_slot(int node) noexcept nogil:
         return SL_DOC
     if node == ND_CHOICES:
         return SL_CHOICE_ELEM
+    if node == ND_MLIST:
+        return SL_MELEM
     return SL_NONE
 
 
@@ -348,6 +391,19 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
                 return SL_F + rec * NF + F_RS
             if key_is(k, n, "toolUsePromptTokenCount", 23):
                 return SL_F + rec * NF + F_TOOL
+            if rec == 0:  # (Gemini usage is only ever usageMetadata: record 0)
+                if key_is(k, n, "promptTokensDetails", 19):
+                    return SL_MLIST_IN
+                if key_is(k, n, "cacheTokensDetails", 18):
+                    return SL_MLIST_CR
+                if key_is(k, n, "candidatesTokensDetails", 23):
+                    return SL_MLIST_OUT
+        return SL_NONE
+    if node == ND_MELEM:
+        if key_is(k, n, "modality", 8):
+            return SL_MODALITY
+        if key_is(k, n, "tokenCount", 10):
+            return SL_MCOUNT
         return SL_NONE
     if node == ND_DETIN1 or node == ND_DETIN2:
         rec = 0 if node == ND_DETIN1 else 1
@@ -593,7 +649,7 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
         w.u8need = 0
         w.str_esc = 0
         w.str_slot = slot
-        if slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE:
+        if slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE or slot == SL_MODALITY:
             w.str_mode = SM_CAP
             w.cap_len = 0
             w.cap_over = 0
@@ -605,8 +661,11 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
             elif slot == SL_MODEL2:
                 w.cap_buf = w.doc.model_buf1
                 w.cap_max = C_MODEL_CAP
-            else:
+            elif slot == SL_TYPE:
                 w.cap_buf = w.doc.type_buf
+                w.cap_max = C_TYPE_CAP
+            else:
+                w.cap_buf = w.doc.mod_buf
                 w.cap_max = C_TYPE_CAP
         else:
             w.str_mode = SM_SKIP
@@ -769,6 +828,8 @@ cdef inline void container_done(Walker *w, int64_t off) noexcept nogil:
     w.depth = depth
     if w.node[depth] == ND_DOC:
         doc_eval(w)
+    elif w.node[depth] == ND_MELEM:
+        melem_done(w.doc)
     elif w.rec and (w.node[depth] == ND_USAGE1 or w.node[depth] == ND_USAGE2):
         raw_copy(w, off - w.cur_base)
         w.rec = 0
