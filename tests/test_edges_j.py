@@ -1,0 +1,134 @@
+"""Round j of the attack battery (benchmarks/attack_battery_j.py): what it found, as tests.
+
+* An upstream that answers before the request body is sent (an early 413, a server that
+  answers after the head) must not have its connection reused while the gateway is still
+  writing the body: the next request's bytes would queue behind the unread rest, and the
+  provider, which stopped reading, never sees it -- a 504 at the first-byte timeout for
+  another client, its row ``upstream_failed`` (under a managed hard limit: charged the
+  whole reservation for a request no provider received).
+* A request line naming an HTTP version other than 1.0 or 1.1 (``HTTP/2.0``, ``HTTP/0.9``)
+  is answered 505 (RFC 9110 §15.6.6), never served as HTTP/1.x.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.attack_battery import exchange, post
+from tests.gateway_proc import GatewayProcess, write_config
+
+_ANSWER_BODY = json.dumps({
+    "id": "chatcmpl-early", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "early"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}).encode()  # fmt: skip
+_ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+           % len(_ANSWER_BODY)) + _ANSWER_BODY
+#: a body the kernel's socket buffers cannot take whole, so part of it is still in the
+#: gateway's write buffer when the early answer arrives
+_LARGE_PAD_BYTES = 16 * 1024 * 1024
+
+
+class EarlyAnswerUpstream:
+    """Answers a request whose body is large right after its head, then never reads again
+    (the rest of the body stays unread; the connection stays open); answers small requests
+    after their whole body, keep-alive.  Counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    conn.close()
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length > 1024 * 1024:
+                conn.sendall(_ANSWER)
+                self._held.append(conn)  # open, never read again
+                return
+            while len(buf) < length:
+                data = conn.recv(65536)
+                if not data:
+                    conn.close()
+                    return
+                buf += data
+            buf = buf[length:]
+            conn.sendall(_ANSWER)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.fixture
+def early_gateway(tmp_path: Path) -> Iterator[tuple[GatewayProcess, EarlyAnswerUpstream, Path]]:
+    upstream = EarlyAnswerUpstream()
+    config = write_config(tmp_path / "early.yaml", 9, {}, f"""\
+  - model: early/gpt-4o-mini
+    base_url: http://127.0.0.1:{upstream.port}
+    provider_interface: openai
+    access_key: sk-early
+""", listener_timeout="2s")
+    try:
+        with GatewayProcess(config) as gateway:
+            yield gateway, upstream, config.with_suffix(".db")
+    finally:
+        upstream.close()
+
+
+def _chat(pad_bytes: int) -> bytes:
+    return (b'{"model":"early/gpt-4o-mini","messages":[{"role":"user","content":"'
+            + b"x" * pad_bytes + b'"}]}')
+
+
+def test_a_connection_answered_before_its_body_was_sent_is_not_reused(
+    early_gateway: tuple[GatewayProcess, EarlyAnswerUpstream, Path],
+) -> None:
+    gateway, upstream, db_path = early_gateway
+    first = exchange(gateway.port, post(b"/v1/chat/completions", _chat(_LARGE_PAD_BYTES), b""), wait_s=20)
+    assert first.status == 200 and b"early" in first.body
+    # The next request (another client) must reach the provider: on a new connection,
+    # not behind the first one's unread body.
+    second = exchange(gateway.port, post(b"/v1/chat/completions", _chat(10), b""), wait_s=10)
+    assert second.status == 200, second.body
+    assert upstream.connections == 2
+    deadline = time.monotonic() + 5
+    while True:
+        with sqlite3.connect(db_path) as db:
+            rows = db.execute("select status from usage_log order by id").fetchall()
+        if len(rows) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows == [("ok",), ("ok",)]
