@@ -132,3 +132,44 @@ def test_a_connection_answered_before_its_body_was_sent_is_not_reused(
             break
         time.sleep(0.1)
     assert rows == [("ok",), ("ok",)]
+
+
+@pytest.fixture(scope="module")
+def fake_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, object]]:
+    from benchmarks.fake_provider import FakeProviderThread
+
+    workdir = tmp_path_factory.mktemp("edges-j")
+    with FakeProviderThread() as fake:
+        config = write_config(workdir / "config.yaml", fake.port, {})
+        with GatewayProcess(config) as gateway:
+            yield gateway, fake
+
+
+_CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+_STREAM = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+@pytest.mark.parametrize("request_bytes", [
+    lambda v: post(b"/v1/chat/completions", _CHAT, b"", version=v),
+    lambda v: post(b"/v1/chat/completions", _STREAM, b"", version=v),
+    lambda v: b"GET /v1/models " + v + b"\r\nHost: gw\r\n\r\n",
+], ids=["chat", "stream", "models"])
+def test_a_request_line_of_another_http_version_is_a_505(
+    fake_gateway: tuple[GatewayProcess, object], version: bytes, request_bytes: object,
+) -> None:
+    gateway, fake = fake_gateway
+    before = len(fake.requests)  # type: ignore[attr-defined]
+    answer = exchange(gateway.port, request_bytes(version), wait_s=5)  # type: ignore[operator]
+    assert answer.status == 505, answer.raw[:200]
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "http_version_not_supported" and error["type"] == "invalid_request_error"
+    assert answer.closed and answer.header(b"x-plano-request-id")
+    assert len(fake.requests) == before  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.0", b"HTTP/1.1"])
+def test_http_1_0_and_1_1_are_served(fake_gateway: tuple[GatewayProcess, object], version: bytes) -> None:
+    gateway, _ = fake_gateway
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT, b"", version=version), wait_s=5)
+    assert answer.status == 200
