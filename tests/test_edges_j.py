@@ -173,3 +173,41 @@ def test_http_1_0_and_1_1_are_served(fake_gateway: tuple[GatewayProcess, object]
     gateway, _ = fake_gateway
     answer = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT, b"", version=version), wait_s=5)
     assert answer.status == 200
+
+
+@pytest.fixture(scope="module")
+def scripted_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, object, Path]]:
+    from benchmarks.attack_battery import ScriptedProvider
+
+    workdir = tmp_path_factory.mktemp("edges-j-scripted")
+    scripted = ScriptedProvider()
+    config = write_config(workdir / "scripted.yaml", 9, {}, f"""\
+  - model: scripted/gpt-4o-mini
+    base_url: http://127.0.0.1:{scripted.port}
+    provider_interface: openai
+    access_key: sk-scripted
+""")
+    try:
+        with GatewayProcess(config) as gateway:
+            yield gateway, scripted, config.with_suffix(".db")
+    finally:
+        scripted.close()
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"chunked\r\ntransfer-encoding: chunked"], ids=["gzip", "twice"])
+def test_an_upstream_transfer_coding_other_than_chunked_is_a_502(
+    scripted_gateway: tuple[GatewayProcess, object, Path], coding: bytes,
+) -> None:
+    """``gzip, chunked`` was relayed as gzip bytes under no coding: the client got bytes it
+    could not read, the row ``usage_missing``."""
+    import gzip
+
+    gateway, scripted, _ = scripted_gateway
+    content = gzip.compress(_ANSWER_BODY) if coding.startswith(b"gzip") else _ANSWER_BODY
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: " + coding + b"\r\n\r\n"
+              + b"%x\r\n%s\r\n0\r\n\r\n" % (len(content), content))
+    scripted.add("te", answer)  # type: ignore[attr-defined]
+    body = b'{"model":"scripted/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    got = exchange(gateway.port, post(b"/v1/chat/completions", body, b"", b"x-script: te\r\n"), wait_s=5)
+    assert got.status == 502, got.raw[:300]
+    assert "Transfer-Encoding" in json.loads(got.body)["error"]["message"]
