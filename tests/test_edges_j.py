@@ -12,10 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +24,7 @@ import pytest
 
 from benchmarks.attack_battery import exchange, post
 from tests.gateway_proc import GatewayProcess, write_config
+from tests.raw_upstream import RawUpstream
 
 _ANSWER_BODY = json.dumps({
     "id": "chatcmpl-early", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
@@ -37,73 +38,51 @@ _ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length
 _LARGE_PAD_BYTES = 16 * 1024 * 1024
 
 
-class EarlyAnswerUpstream:
+class EarlyAnswerUpstream(RawUpstream):
     """Answers a request whose body is large right after its head, then never reads again
     (the rest of the body stays unread; the connection stays open); answers small requests
     after their whole body, keep-alive.  Counts the connections it accepts."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def before_body(self, conn: socket.socket, head: bytes, length: int) -> bool:
+        if length <= 1024 * 1024:
+            return True
+        conn.sendall(_ANSWER)
+        self._held.append(conn.dup())  # kept open (the server closes its own copy), never read again
+        return False
 
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    conn.close()
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length > 1024 * 1024:
-                conn.sendall(_ANSWER)
-                self._held.append(conn)  # open, never read again
-                return
-            while len(buf) < length:
-                data = conn.recv(65536)
-                if not data:
-                    conn.close()
-                    return
-                buf += data
-            buf = buf[length:]
-            conn.sendall(_ANSWER)
+    def answer(self, conn: socket.socket, head: bytes, body: bytes, on_connection: int) -> bool:
+        conn.sendall(_ANSWER)
+        return True
 
     def close(self) -> None:
-        self.sock.close()
+        super().close()
         for conn in self._held:
             conn.close()
+
+
+@contextlib.contextmanager
+def _gateway_before(workdir: Path, model: str, port: int, listener_timeout: str = "5s") -> Iterator[GatewayProcess]:
+    """A config-mode gateway whose ``model`` (OpenAI interface) is served on ``port``."""
+    config = write_config(workdir / "gateway.yaml", 9, {}, f"""\
+  - model: {model}
+    base_url: http://127.0.0.1:{port}
+    provider_interface: openai
+    access_key: sk-upstream
+""", listener_timeout=listener_timeout)
+    with GatewayProcess(config) as gateway:
+        yield gateway
 
 
 @pytest.fixture
 def early_gateway(tmp_path: Path) -> Iterator[tuple[GatewayProcess, EarlyAnswerUpstream, Path]]:
     upstream = EarlyAnswerUpstream()
-    config = write_config(tmp_path / "early.yaml", 9, {}, f"""\
-  - model: early/gpt-4o-mini
-    base_url: http://127.0.0.1:{upstream.port}
-    provider_interface: openai
-    access_key: sk-early
-""", listener_timeout="2s")
     try:
-        with GatewayProcess(config) as gateway:
-            yield gateway, upstream, config.with_suffix(".db")
+        with _gateway_before(tmp_path, "early/gpt-4o-mini", upstream.port, "2s") as gateway:
+            yield gateway, upstream, tmp_path / "gateway.db"
     finally:
         upstream.close()
 
@@ -176,33 +155,26 @@ def test_http_1_0_and_1_1_are_served(fake_gateway: tuple[GatewayProcess, object]
 
 
 @pytest.fixture(scope="module")
-def scripted_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, object, Path]]:
+def scripted_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, object]]:
     from benchmarks.attack_battery import ScriptedProvider
 
-    workdir = tmp_path_factory.mktemp("edges-j-scripted")
     scripted = ScriptedProvider()
-    config = write_config(workdir / "scripted.yaml", 9, {}, f"""\
-  - model: scripted/gpt-4o-mini
-    base_url: http://127.0.0.1:{scripted.port}
-    provider_interface: openai
-    access_key: sk-scripted
-""")
     try:
-        with GatewayProcess(config) as gateway:
-            yield gateway, scripted, config.with_suffix(".db")
+        with _gateway_before(tmp_path_factory.mktemp("edges-j-scripted"), "scripted/gpt-4o-mini", scripted.port) as gateway:
+            yield gateway, scripted
     finally:
         scripted.close()
 
 
 @pytest.mark.parametrize("coding", [b"gzip, chunked", b"chunked\r\ntransfer-encoding: chunked"], ids=["gzip", "twice"])
 def test_an_upstream_transfer_coding_other_than_chunked_is_a_502(
-    scripted_gateway: tuple[GatewayProcess, object, Path], coding: bytes,
+    scripted_gateway: tuple[GatewayProcess, object], coding: bytes,
 ) -> None:
     """``gzip, chunked`` was relayed as gzip bytes under no coding: the client got bytes it
     could not read, the row ``usage_missing``."""
     import gzip
 
-    gateway, scripted, _ = scripted_gateway
+    gateway, scripted = scripted_gateway
     content = gzip.compress(_ANSWER_BODY) if coding.startswith(b"gzip") else _ANSWER_BODY
     answer = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: " + coding + b"\r\n\r\n"
               + b"%x\r\n%s\r\n0\r\n\r\n" % (len(content), content))
