@@ -949,11 +949,11 @@ def anthropic_error_format(s: Stack) -> Result:
 
 def all_cases() -> list[Case]:
     """This module's cases, then the second round's (benchmarks/attack_battery_c.py) and
-    round g's (benchmarks/attack_battery_g.py), round h's (benchmarks/attack_battery_h.py) and round
-    i's (benchmarks/attack_battery_i.py)."""
-    from benchmarks import attack_battery_c, attack_battery_g, attack_battery_h, attack_battery_i
+    round g's (benchmarks/attack_battery_g.py), round h's (benchmarks/attack_battery_h.py), round
+    i's (benchmarks/attack_battery_i.py) and round j's (benchmarks/attack_battery_j.py)."""
+    from benchmarks import attack_battery_c, attack_battery_g, attack_battery_h, attack_battery_i, attack_battery_j
     return (CASES + attack_battery_c.CASES + attack_battery_g.CASES + attack_battery_h.CASES
-            + attack_battery_i.CASES)
+            + attack_battery_i.CASES + attack_battery_j.CASES)
 
 
 def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, Result]]:

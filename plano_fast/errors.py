@@ -186,6 +186,15 @@ class MalformedRequest(ClientError):
     close_connection = True
 
 
+class HttpVersionNotSupported(MalformedRequest):
+    """A request line naming an HTTP version other than 1.0 or 1.1 (``HTTP/2.0``, ``HTTP/0.9``,
+    both of which llhttp parses): 505 (RFC 9110 §15.6.6), closing; never served as HTTP/1.x."""
+
+    status = 505
+    code = "http_version_not_supported"
+    openai_type = "invalid_request_error"
+
+
 class HeadersTooLarge(ClientError):
     status = 431
     code = "request_header_fields_too_large"

@@ -69,6 +69,7 @@ from plano_fast.errors import (
     BodyTooLarge,
     GatewayError,
     HeadersTooLarge,
+    HttpVersionNotSupported,
     MalformedRequest,
     RequestHeadTimeout,
     api_format_for_path,
@@ -751,7 +752,13 @@ class ServerProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._check_head_bytes()
         parser = self._parser
-        self.http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
+        if not self.http11 and version != "1.0":
+            # llhttp takes HTTP/2.0 and HTTP/0.9 request lines too; served, they were answered
+            # as HTTP/1.x, which a front proxy speaking the named version would misread.
+            raise HttpVersionNotSupported(
+                f"HTTP/{version} is not supported: the gateway speaks HTTP/1.1 and HTTP/1.0")
         if self._te_seen and not self.http11:
             raise MalformedRequest("Transfer-Encoding is not allowed on an HTTP/1.0 request")
         if self._hosts != 1 and (self._hosts or self.http11):

@@ -188,6 +188,15 @@ class UpstreamConnection(asyncio.Protocol):
         the gateway's stop only (``app._stop_unanswered``)."""
         return self._sink
 
+    def sending(self) -> bool:
+        """Part of the request is still in the write buffer: the provider answered before
+        reading all of it (an early 413, a server answering after the head).  Such a
+        connection is not reused: the next request's bytes would queue behind the unread
+        rest, and a provider that stopped reading never sees them (a 504 at the first-byte
+        timeout for another client; under a hard limit, charged its whole reservation)."""
+        transport = self.transport
+        return transport is not None and transport.get_write_buffer_size() > 0
+
     def detach(self) -> None:
         """The exchange gives up on this response (client gone): close, never reuse."""
         self._sink = None
@@ -338,7 +347,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self._sink
         self._sink = None
         self.deadline = 0.0  # (_cancel_timer, inline)
-        keep = keep_alive and not self.closed
+        keep = keep_alive and not self.closed and not self.sending()
         if keep:
             # llhttp starts the next message on the same parser (a new one per response
             # cost ~3k instructions: httptools looks up every callback at construction).

@@ -20,6 +20,11 @@ class RawUpstream:
         False closes the connection instead."""
         raise NotImplementedError
 
+    def before_body(self, conn: socket.socket, head: bytes, length: int) -> bool:
+        """Called once a request's head is read, before its body of ``length`` bytes; False
+        ends the connection's serving (closing it) without reading the body."""
+        return True
+
     def _accept(self) -> None:
         while True:
             try:
@@ -45,6 +50,8 @@ class RawUpstream:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value)
+                if not self.before_body(conn, head, length):
+                    return
                 while len(buf) < length:
                     data = conn.recv(65536)
                     if not data:

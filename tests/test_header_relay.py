@@ -90,6 +90,26 @@ def test_an_impossible_content_length_is_refused(response_head: HeadFn, value: b
 
 
 @pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+@pytest.mark.parametrize("lines", [
+    b"transfer-encoding: gzip, chunked\r\n", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    b"transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n", b"transfer-encoding: chunked, chunked\r\n",
+    b"transfer-encoding: xchunked\r\n", b"transfer-encoding: identity\r\n", b"transfer-encoding:\r\n",
+])
+def test_a_transfer_coding_other_than_one_chunked_is_refused(response_head: HeadFn, lines: bytes) -> None:
+    """llhttp undoes ``chunked`` alone: ``gzip, chunked`` was relayed as gzip bytes under no
+    coding (round j); chunked twice is never sent (RFC 9112 §7)."""
+    with pytest.raises(ValueError, match="Transfer-Encoding"):
+        response_head(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\n")
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
+@pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"CHUNKED", b" \tchunked\t "])
+def test_one_chunked_in_any_case_is_relayed(response_head: HeadFn, value: bytes) -> None:
+    assert response_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding:" + value + b"\r\nx-a: 1\r\n\r\n")[:3] == (
+        b"x-a: 1\r\n", -1, True)
+
+
+@pytest.mark.parametrize("response_head", IMPLS, ids=IDS)
 def test_the_headers_the_gateway_sets_are_never_taken_from_upstream(response_head: HeadFn) -> None:
     """An upstream's x-plano-request-id, x-plano-requested-model, x-plano-guardrail-warning
     or x-model-router-selected-route (another gateway's, or a forged one) would reach the

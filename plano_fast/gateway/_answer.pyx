@@ -125,6 +125,7 @@ cdef Py_ssize_t U_DEADLINE = slot_offset(UpstreamConnection, "deadline")
 cdef Py_ssize_t U_IDLE_TIMEOUT = slot_offset(UpstreamConnection, "_idle_timeout_s")
 cdef Py_ssize_t U_LAST_RX = slot_offset(UpstreamConnection, "_last_rx")
 cdef Py_ssize_t U_CLOSED = slot_offset(UpstreamConnection, "closed")
+cdef Py_ssize_t U_TRANSPORT = slot_offset(UpstreamConnection, "transport")
 cdef Py_ssize_t U_IDLE_SINCE = slot_offset(UpstreamConnection, "idle_since")
 cdef Py_ssize_t U_IDLE_STACK = slot_offset(UpstreamConnection, "idle_stack")
 
@@ -628,7 +629,10 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
         # -- the connection's _message_complete
         put_slot(conn, U_SINK, None)
         put_slot(conn, U_DEADLINE, 0.0)
-        if scan.keep_alive and not _get(conn, U_CLOSED, "closed"):
+        # (not reused while part of the request is still being written: the twin's
+        # UpstreamConnection.sending, inlined: no Python frame on every answer)
+        if (scan.keep_alive and not _get(conn, U_CLOSED, "closed")
+                and not _get(conn, U_TRANSPORT, "transport").get_write_buffer_size()):
             _release(conn, now)
         else:
             conn._close()

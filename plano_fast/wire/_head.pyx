@@ -255,8 +255,9 @@ def response_head(bytes buf not None):
     cdef Py_ssize_t w = 0, i = 0, line, stop, colon, a
     cdef const unsigned char *p
     cdef int kind
-    cdef bint keep_prev = False, chunked = False, bad_length = False
+    cdef bint keep_prev = False, chunked = False, bad_length = False, bad_te = False
     cdef int64_t content_length = -1
+    cdef Py_ssize_t stop_te
     try:
         # skip the status line
         i = find_lf(s, 0, end) + 1
@@ -293,6 +294,15 @@ def response_head(bytes buf not None):
                 if content_length < 0:
                     bad_length = True
             elif kind == TRANSFER_ENCODING:
+                # only one ``chunked`` (the twin, _head_py.response_head, says why)
+                a = colon + 1
+                while a < stop and is_ows(s[a]):
+                    a += 1
+                stop_te = stop
+                while stop_te > a and is_ows(s[stop_te - 1]):
+                    stop_te -= 1
+                if chunked or not name_is(s + a, stop_te - a, b"chunked", 7):
+                    bad_te = True
                 chunked = True
             keep_prev = kind == KEEP
             if keep_prev:
@@ -303,6 +313,8 @@ def response_head(bytes buf not None):
                 w += 2
         if bad_length:
             raise ValueError("invalid Content-Length")
+        if bad_te:
+            raise ValueError("unsupported Transfer-Encoding: only a single 'chunked' is relayed")
         return PyBytes_FromStringAndSize(<char *>out, w), content_length, chunked, end
     finally:
         free(out)

@@ -176,6 +176,11 @@ def response_head(buf: bytes) -> tuple[bytes, int, bool, int]:
         if lname == b"content-length":
             content_length = _content_length(value)
         elif lname == b"transfer-encoding":
+            # Only one ``chunked``: llhttp undoes chunked alone, so ``gzip, chunked`` was
+            # relayed as gzip bytes under no coding (the client got garbage, the usage was
+            # unread), and a second line means chunked applied twice (RFC 9112 §7: never).
+            if chunked or value.strip(b" \t").lower() != b"chunked":
+                raise ValueError("unsupported Transfer-Encoding: only a single 'chunked' is relayed")
             chunked = True
         keep_prev = lname not in DROPPED
         if keep_prev:
