@@ -334,15 +334,19 @@ class Gateway:
             try:
                 async with asyncio.timeout(max(interval_s, STORE_CLOSE_TIMEOUT_S)):
                     await self._heartbeat()
-                    now = time.time_ns()
-                    expired = await self.store.release_expired(now)
-                    orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+                    await self.sweep_reservations()
             except Exception as exc:  # noqa: BLE001 - one line, next interval retries
                 log.warning("reservation sweep failed: %s", _one_line(exc))
-                continue
-            if expired or orphaned:
-                log.warning("reservation sweep released %d expired and %d orphaned reservations",
-                            expired, orphaned)
+
+    async def sweep_reservations(self, now_ns: int | None = None) -> None:
+        """One sweep (``_sweep_reservations``) as at ``now_ns`` (default: now)."""
+        interval_s = self.config.settings.reservation_sweep_interval_s
+        now = time.time_ns() if now_ns is None else now_ns
+        expired = await self.store.release_expired(now)
+        orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+        if expired or orphaned:
+            log.warning("reservation sweep released %d expired and %d orphaned reservations",
+                        expired, orphaned)
 
     async def _open_store_retrying(self) -> None:
         delay_s = STORE_RETRY_FIRST_S
