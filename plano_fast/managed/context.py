@@ -218,7 +218,7 @@ class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
     __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer", "owner", "retry_policy")
+                 "writer", "owner", "retry_policy", "unsettled")
 
     def __init__(
         self,
@@ -245,6 +245,9 @@ class ManagedContext:
         #: plano_fast.managed_retry_policy: how pipes' targets are walked on failures (None:
         #: each target once, in order -- plano_fast.failover.pipe_policy)
         self.retry_policy = retry_policy
+        #: settles a stop cancelled, by reservation id: each reservation still held in the
+        #: store, its row queued to the usage journal (``Gateway._finish_settles``)
+        self.unsettled: dict[str, tuple[Reservation, UsageRow]] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -289,6 +292,10 @@ class ManagedContext:
                     await self.store.release(reservation)
                 else:
                     await self.store.settle(reservation, row)
+            except asyncio.CancelledError:
+                if row is not None:  # (a stop: the reservation stays held until its row is in)
+                    self.unsettled[reservation.id] = (reservation, row)
+                raise
             except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
                 if row is not None and self.store.rejects_data(exc):
                     row = None  # (the journaled copy is set aside by the flusher too)
