@@ -667,7 +667,7 @@ class Gateway:
 
 
 def _stop_unanswered(
-    proto: ServerProtocol, waiting: dict[Responder, tuple[Exchange, asyncio.Task[Any]]]
+    proto: ServerProtocol, waiting: dict[Responder, tuple[Exchange, asyncio.Task[Any] | None]]
 ) -> bool:
     """The drain is over and this connection's request waits for its provider's first byte,
     or waits with nothing at a provider yet (``waiting``: ``ExchangeContext.waiting`` by
