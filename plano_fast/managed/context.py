@@ -283,7 +283,17 @@ class ManagedContext:
             await self._release_until_done(reservation)
 
     async def _release_until_done(self, reservation: Reservation, row: UsageRow | None = None) -> None:
-        """Released (``row`` None) or settled with ``row``, retried until done or expired."""
+        """Released (``row`` None) or settled with ``row``, retried until done or expired.
+        A settle cancelled (a stop), in a store call or between attempts, is recorded in
+        ``unsettled``: its reservation stays held until its row is in (never released)."""
+        try:
+            await self._until_done(reservation, row)
+        except asyncio.CancelledError:
+            if row is not None:
+                self.unsettled[reservation.id] = (reservation, row)
+            raise
+
+    async def _until_done(self, reservation: Reservation, row: UsageRow | None) -> None:
         delay_s = RELEASE_RETRY_FIRST_S
         failures = 0
         while True:
@@ -292,10 +302,6 @@ class ManagedContext:
                     await self.store.release(reservation)
                 else:
                     await self.store.settle(reservation, row)
-            except asyncio.CancelledError:
-                if row is not None:  # (a stop: the reservation stays held until its row is in)
-                    self.unsettled[reservation.id] = (reservation, row)
-                raise
             except Exception as exc:  # noqa: BLE001 - retried; the sweeper is the backstop
                 if row is not None and self.store.rejects_data(exc):
                     row = None  # (the journaled copy is set aside by the flusher too)
