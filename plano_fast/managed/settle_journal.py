@@ -104,25 +104,24 @@ async def finish_or_keep(mctx: ManagedContext, journal: SettleJournal, bound_s: 
     once more within ``bound_s`` (the store may answer again); the ones it does not take
     are kept in ``journal``.  Returns how many were kept (0: this instance may be forgotten,
     nothing of it is left that a sweeper must not release)."""
-    pairs = list(mctx.unsettled.values())
-    mctx.unsettled.clear()
+    # (each leaves ``unsettled`` only once settled: a stop whose own bound cancels this
+    # keeps what is left there, ``keep``)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + bound_s
-    left: list[Pair] = []
-    for reservation, row in pairs:
+    for reservation, row in list(mctx.unsettled.values()):
         try:
             async with asyncio.timeout_at(deadline):
                 await _settle_or_release(mctx, reservation, row)
         except Exception:  # noqa: BLE001 - a timeout or a store fault: kept for the next start
-            left.append((reservation, row))
-    return keep(mctx, journal, left)
+            continue
+        mctx.unsettled.pop(reservation.id, None)
+    return keep(mctx, journal)
 
 
-def keep(mctx: ManagedContext, journal: SettleJournal, pairs: list[Pair] | None = None) -> int:
-    """Keep ``pairs`` (by default every settle the stop cancelled) in ``journal``; logged."""
-    if pairs is None:
-        pairs = list(mctx.unsettled.values())
-        mctx.unsettled.clear()
+def keep(mctx: ManagedContext, journal: SettleJournal) -> int:
+    """Keep every settle the stop cancelled and did not finish in ``journal``; logged."""
+    pairs = list(mctx.unsettled.values())
+    mctx.unsettled.clear()
     kept = journal.keep(pairs)
     if kept:
         log.error("%d settles not finished at stop: their reservations stay held, kept in %s "
