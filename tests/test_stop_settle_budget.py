@@ -124,3 +124,48 @@ def test_a_settle_cut_by_a_stop_holds_the_limit_until_its_row_is_counted(
     recorded = [r for r in rows(sqlite_path, database_url) if r.project_id == tenant.project_id]
     assert len(recorded) == 3 and sum(r.cost_nano_usd or 0 for r in recorded) == 3 * cost
     assert counter() == (3 * cost, 0)
+
+
+def test_a_settle_retry_cut_between_attempts_is_kept(tmp_path: Path) -> None:
+    """``settle_soon``'s retry cancelled by a stop while it sleeps between attempts (not in a
+    store call) is kept too: in ``unsettled``, then on disk, then settled by ``settle_kept``
+    (the reservation freed, the row counted once)."""
+    from plano_fast.managed.context import ManagedContext
+    from plano_fast.managed.settle_journal import SettleJournal, finish_or_keep, settle_kept
+    from plano_fast.store import BudgetTarget
+    from plano_fast.store.sqlite import SqliteStore
+    from tests.test_store_pg_batch import row
+
+    async def main() -> None:
+        store = SqliteStore(str(tmp_path / "kept.db"))
+        await store.open()
+        try:
+            await prepare_schema(None, str(tmp_path / "kept.db"))
+            held = await store.reserve([BudgetTarget("project", "p1", "total", 0, 10**9)], 50)
+            assert held is not None
+            mctx = ManagedContext(None, store, None, max_output_tokens=1, usage_sink=lambda e: None)  # type: ignore[arg-type]
+            real_settle = store.settle
+            failures: list[int] = []
+
+            async def failing(*args: Any) -> bool:
+                failures.append(1)
+                raise OSError("the database went away")
+
+            store.settle = failing  # type: ignore[method-assign]
+            mctx.settle_soon(held, row(1, cost=30))
+            while not failures:
+                await asyncio.sleep(0.01)
+            for task in list(mctx.tasks):  # (now in its back-off sleep)
+                task.cancel()
+            await asyncio.gather(*mctx.tasks, return_exceptions=True)
+            assert list(mctx.unsettled) == [held.id]
+            journal = SettleJournal(str(tmp_path / "usage.journal"))
+            assert await finish_or_keep(mctx, journal, 0.2) == 1  # (the store still fails: kept)
+            store.settle = real_settle  # type: ignore[method-assign]
+            assert await settle_kept(mctx, journal, 5.0) == set()  # (the reservation names no owner)
+            counter = await store.get_counter(CounterKey("project", "p1", "total", 0))
+            assert counter is not None and (counter.spent_nano_usd, counter.reserved_nano_usd) == (30, 0)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
