@@ -135,6 +135,10 @@ class Gateway:
                 ),
             )
             self.managed.owner = self.instance_id
+            from plano_fast.managed.settle_journal import SettleJournal
+
+            #: settles a stop could not finish, for the next start on this host
+            self.kept_settles = SettleJournal(settings.usage_journal_path)
         self.connections: set[ServerProtocol] = set()
         #: shared by the workers of one instance (set by the parent of --workers N)
         metrics_dir = os.environ.get(METRICS_DIR_ENV)
@@ -312,13 +316,47 @@ class Gateway:
                 await self._heartbeat()
             except Exception as exc:  # noqa: BLE001 - the sweeper retries it
                 log.warning("instance heartbeat failed: %s", _one_line(exc))
+            # Before the sweeper: a reservation kept with its row by a stop is settled, not
+            # released before its row's cost is counted.
+            await self._settle_kept()
             await self.managed.state.start()
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._sweep_reservations(), name="reservation-sweeper"))
         self.store_ready = True
 
-    async def _heartbeat(self) -> None:
-        await self.store.heartbeat(self.instance_id, socket.gethostname(), os.getpid(), self._started_ns)
+    async def _heartbeat(self, alive_until_ns: int | None = None) -> None:
+        await self.store.heartbeat(self.instance_id, socket.gethostname(), os.getpid(), self._started_ns,
+                                   alive_until_ns)
+
+    async def _settle_kept(self) -> None:
+        """The settles earlier processes on this host kept at their stop, settled; their
+        instances, once all settled, forgotten (their other reservations are orphans)."""
+        from plano_fast.managed.settle_journal import settle_kept
+
+        assert self.managed is not None
+        try:
+            owners = await settle_kept(self.managed, self.kept_settles, STORE_CLOSE_TIMEOUT_S)
+            for owner in owners:
+                async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
+                    await self.store.forget_instance(owner)
+        except Exception as exc:  # noqa: BLE001 - a kept instance's vouch expires instead
+            log.warning("settling the kept settles: %s", _one_line(exc))
+
+    async def _vouch(self, bound_s: float) -> None:
+        """Before a stop cancels anything: this instance vouches for its reservations until
+        the last of them can expire, so no other instance's sweeper takes them for orphans
+        while this one may hold a settle's row it could not write (a cancelled settle,
+        kept for the next start: ``plano_fast.managed.settle_journal``).  The stop withdraws
+        the vouch (``forget_instance``) when it kept nothing; a stop that cannot reach the
+        store leaves its reservations to their expiry, not to the stale-heartbeat rule."""
+        if not self.store_ready:
+            return
+        until_ns = time.time_ns() + int(self.config.settings.managed_reservation_ttl_s * 1e9)
+        try:
+            async with asyncio.timeout(bound_s):
+                await self._heartbeat(until_ns)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
+            log.warning("could not vouch for this instance's reservations: %s", _one_line(exc))
 
     async def _sweep_reservations(self) -> None:
         """Managed mode, on every instance: heartbeat, then release reservations past their
@@ -334,15 +372,19 @@ class Gateway:
             try:
                 async with asyncio.timeout(max(interval_s, STORE_CLOSE_TIMEOUT_S)):
                     await self._heartbeat()
-                    now = time.time_ns()
-                    expired = await self.store.release_expired(now)
-                    orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+                    await self.sweep_reservations()
             except Exception as exc:  # noqa: BLE001 - one line, next interval retries
                 log.warning("reservation sweep failed: %s", _one_line(exc))
-                continue
-            if expired or orphaned:
-                log.warning("reservation sweep released %d expired and %d orphaned reservations",
-                            expired, orphaned)
+
+    async def sweep_reservations(self, now_ns: int | None = None) -> None:
+        """One sweep (``_sweep_reservations``) as at ``now_ns`` (default: now)."""
+        interval_s = self.config.settings.reservation_sweep_interval_s
+        now = time.time_ns() if now_ns is None else now_ns
+        expired = await self.store.release_expired(now)
+        orphaned = await self.store.release_orphaned(now - int(3 * interval_s * 1e9), now)
+        if expired or orphaned:
+            log.warning("reservation sweep released %d expired and %d orphaned reservations",
+                        expired, orphaned)
 
     async def _open_store_retrying(self) -> None:
         delay_s = STORE_RETRY_FIRST_S
@@ -442,6 +484,9 @@ class Gateway:
         if self.managed is not None:
             for event in self.managed.writer.abandon():
                 self.billing.submit(event)
+            from plano_fast.managed.settle_journal import keep
+
+            keep(self.managed, self.kept_settles)
         spilled = self.billing.flusher.spill_all()
         log.error("%d unwritten usage rows kept in %s (replayed at the next start)",
                   spilled, self.billing.journal.path)
@@ -450,8 +495,11 @@ class Gateway:
     async def _stop_store_phase(self, bound_s: float) -> None:
         await self.registry.stop()
         if self.managed is not None:
+            await self._vouch(bound_s / 8)
             await self._stop_managed(bound_s / 4)
         await self.billing.stop(drain_deadline_s=bound_s / 2)
+        if self.managed is not None:
+            await self._finish_settles(bound_s / 8)
         await self.store.close()
 
     async def _stop_observability(self) -> None:
@@ -470,9 +518,9 @@ class Gateway:
                 self.ctx.tracing.shutdown()  # exports what is left (bounded by the exporter timeout)
 
     async def _stop_managed(self, tasks_bound_s: float) -> None:
-        """Background settles and releases get a bounded time; what they leave open is
-        released by another instance's sweeper once this instance is forgotten (or its
-        heartbeat goes stale when the store cannot even be told)."""
+        """Background settles and releases get a bounded time; a settle cut is kept
+        (``ManagedContext.unsettled``, then ``_finish_settles``); a release cut is left to
+        the sweepers (at the reservation's expiry: this instance vouched for it)."""
         assert self.managed is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + tasks_bound_s
@@ -486,11 +534,21 @@ class Gateway:
             if pending:
                 break
         await self.managed.state.stop()
+
+    async def _finish_settles(self, bound_s: float) -> None:
+        """After the usage drain: the settles the stop cancelled tried once more, those the
+        store does not take kept on disk (their reservations stay held and vouched for);
+        only when none is kept is this instance forgotten (its leftovers orphans at once)."""
+        from plano_fast.managed.settle_journal import finish_or_keep
+
+        assert self.managed is not None
+        if await finish_or_keep(self.managed, self.kept_settles, bound_s):
+            return
         if self.store_ready:
             try:
                 async with asyncio.timeout(STORE_CLOSE_TIMEOUT_S):
                     await self.store.forget_instance(self.instance_id)
-            except Exception as exc:  # noqa: BLE001 - the heartbeat goes stale instead
+            except Exception as exc:  # noqa: BLE001 - the vouch expires instead
                 log.warning("could not deregister this instance: %s", _one_line(exc))
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -609,7 +667,7 @@ class Gateway:
 
 
 def _stop_unanswered(
-    proto: ServerProtocol, waiting: dict[Responder, tuple[Exchange, asyncio.Task[Any]]]
+    proto: ServerProtocol, waiting: dict[Responder, tuple[Exchange, asyncio.Task[Any] | None]]
 ) -> bool:
     """The drain is over and this connection's request waits for its provider's first byte,
     or waits with nothing at a provider yet (``waiting``: ``ExchangeContext.waiting`` by

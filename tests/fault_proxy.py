@@ -78,6 +78,11 @@ class FaultProxy:
         self._starting_up = False
         self.connections_made = 0
         self.connections_hung = 0
+        #: ``hold_closes``: a server's close is not passed on to its client until
+        #: ``release_closes`` (what it sent before is); counted here as each is held
+        self._hold_closes = False
+        self._released: asyncio.Event | None = None
+        self.closes_held = 0
 
     def start(self) -> FaultProxy:
         self._thread.start()
@@ -122,7 +127,7 @@ class FaultProxy:
         self.connections_made += 1
         self._writers.update((writer, up_writer))
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, to_client: bool) -> None:
             try:
                 while data := await src.read(65536):
                     if self._hang:
@@ -132,10 +137,14 @@ class FaultProxy:
             except (OSError, asyncio.IncompleteReadError):
                 pass
             finally:
+                released = self._released
+                if to_client and self._hold_closes and released is not None:
+                    self.closes_held += 1
+                    await released.wait()
                 dst.transport.abort()
                 self._writers.discard(dst)
 
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
 
     def cut(self) -> None:
         def do() -> None:
@@ -149,6 +158,25 @@ class FaultProxy:
     def hang(self) -> None:
         def do() -> None:
             self._hang = True
+
+        self._loop.call_soon_threadsafe(do)
+
+    def hold_closes(self) -> None:
+        """A server that closes (a backend terminated) is heard closing late: the bytes it
+        sent before its close reach the client, the close itself waits for
+        ``release_closes`` (PostgreSQL's FATAL before its backend's exit, stretched)."""
+
+        def do() -> None:
+            self._released = asyncio.Event()
+            self._hold_closes = True
+
+        self._loop.call_soon_threadsafe(do)
+
+    def release_closes(self) -> None:
+        def do() -> None:
+            self._hold_closes = False
+            if self._released is not None:
+                self._released.set()
 
         self._loop.call_soon_threadsafe(do)
 

@@ -217,11 +217,16 @@ async def admit_awaited(exchange: Exchange, models: tuple[str | None, ...], key_
     True from ``rate_limit``: the leases could not admit (it asked them), so only the Redis
     check is left."""
     if rate_limit(exchange, models, key_hash):
-        limits = exchange.ctx.ratelimits
+        ctx = exchange.ctx
+        limits = ctx.ratelimits
         assert limits is not None and exchange.rl_buckets is not None
-        exchange.rl_head = await limits.admit_remote(
-            exchange.rl_buckets, exchange.request.api_format is ApiFormat.ANTHROPIC
-        )
+        ctx.waits(exchange)  # (a stop while Redis answers is a 503: Exchange.stop_waiting)
+        try:
+            exchange.rl_head = await limits.admit_remote(
+                exchange.rl_buckets, exchange.request.api_format is ApiFormat.ANTHROPIC
+            )
+        finally:
+            ctx.waiting.pop(exchange, None)
 
 
 def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:
@@ -232,14 +237,20 @@ def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:
     a task per limited request cost ~10 µs and a loop turn.  Meanwhile the exchange is
     handed to the server as waiting on upstream callbacks (``on_client_gone`` set): a
     client that leaves is recorded as abandoned, and the reply then forwards nothing."""
-    limits = exchange.ctx.ratelimits
+    ctx = exchange.ctx
+    limits = ctx.ratelimits
     buckets = exchange.rl_buckets
     assert limits is not None and buckets is not None
     responder = exchange.responder
     responder.on_client_gone = exchange._client_gone
     now_s = time.time()
+    # A stop while the check is out answers 503 (Exchange.stop_waiting; no task to cancel:
+    # the reply below then finds the exchange settled).
+    waiting = ctx.waiting
+    waiting[exchange] = None
 
     def checked(outcome: Outcome) -> None:
+        waiting.pop(exchange, None)
         if exchange.outcome or not responder.client_connected:
             return  # the client left while the check was out (settled as abandoned)
         try:
@@ -253,7 +264,11 @@ def admitted_forward(exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         if pending is not None:
             responder.continue_in_task(pending, exchange.request)
 
-    limits.check(buckets, now_s, checked)
+    try:
+        limits.check(buckets, now_s, checked)
+    except BaseException:
+        waiting.pop(exchange, None)
+        raise
     return None
 
 

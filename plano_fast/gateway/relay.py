@@ -196,11 +196,12 @@ class ExchangeContext:
         self.draining: set[Exchange] = set()
         #: exchanges waiting in a task with nothing of theirs with a provider -- opening a
         #: connection, in a retry's backoff, at a guard model, an input filter, a router
-        #: model, the Responses state store, or (managed) the store's answer to a hard
-        #: limit's reservation -- and that
-        #: task: answered 503 at stop (``Exchange.stop_waiting``); entered around those
-        #: waits only (``waits``), never on the path of a request sent on a pooled connection
-        self.waiting: dict[Exchange, asyncio.Task[Any]] = {}
+        #: model, the Responses state store, (managed) the store's answer to a hard limit's
+        #: reservation, a rate limit's Redis check -- and that task (None: a wait with no
+        #: task of its own, the Redis check's reply callback of ``admitted_forward``):
+        #: answered 503 at stop (``Exchange.stop_waiting``); entered around those waits
+        #: only (``waits``), never on the path of a request sent on a pooled connection
+        self.waiting: dict[Exchange, asyncio.Task[Any] | None] = {}
         #: firewall mode: exact paths forwarded unmetered (firewall_unbilled_paths)
         self.unbilled_paths = unbilled_paths
         self.unbilled_requests = 0
@@ -511,7 +512,7 @@ class Exchange:
         responder.send_error(error, self.request.api_format)
         return True
 
-    def stop_waiting(self, task: asyncio.Task[Any]) -> bool:
+    def stop_waiting(self, task: asyncio.Task[Any] | None) -> bool:
         """The gateway stops (SIGTERM) and ``drain_timeout_s`` is over while this request
         waits with nothing of it at a provider (``ExchangeContext.waiting``: opening a
         connection, in a retry's backoff, at a guard model, an input filter or a router
@@ -519,7 +520,8 @@ class Exchange:
         ``gateway_stopped`` (nothing billed; the attempts that failed before on it, the
         one being opened not counted), then the client gets the 503 ``stop_unanswered``
         gives, with this exchange's id and ``Connection: close``, and ``task`` is
-        cancelled (it forwards nothing after).  Before 2026-12-06 the connection was
+        cancelled (it forwards nothing after; with no task, the wait's callback finds the
+        exchange settled and forwards nothing).  Before 2026-12-06 the connection was
         closed with no answer (``client_abandoned``, or no row at a guard model).  False,
         nothing done, when the exchange has ended or its answer begun."""
         responder = self.responder
@@ -537,7 +539,8 @@ class Exchange:
         error.close_connection = True
         responder.on_client_gone = None
         responder.send_error(error, self.request.api_format)
-        task.cancel()
+        if task is not None:
+            task.cancel()
         return True
 
     def _head_after_left(self, head: UpstreamHead) -> None:

@@ -218,7 +218,7 @@ class ManagedContext:
     """What managed exchanges share (owned by the Gateway)."""
 
     __slots__ = ("state", "store", "pricing", "max_output_tokens", "reservation_ttl_s", "tasks",
-                 "writer", "owner", "retry_policy")
+                 "writer", "owner", "retry_policy", "unsettled")
 
     def __init__(
         self,
@@ -245,6 +245,9 @@ class ManagedContext:
         #: plano_fast.managed_retry_policy: how pipes' targets are walked on failures (None:
         #: each target once, in order -- plano_fast.failover.pipe_policy)
         self.retry_policy = retry_policy
+        #: settles a stop cancelled, by reservation id: each reservation still held in the
+        #: store, its row queued to the usage journal (``Gateway._finish_settles``)
+        self.unsettled: dict[str, tuple[Reservation, UsageRow]] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -280,7 +283,17 @@ class ManagedContext:
             await self._release_until_done(reservation)
 
     async def _release_until_done(self, reservation: Reservation, row: UsageRow | None = None) -> None:
-        """Released (``row`` None) or settled with ``row``, retried until done or expired."""
+        """Released (``row`` None) or settled with ``row``, retried until done or expired.
+        A settle cancelled (a stop), in a store call or between attempts, is recorded in
+        ``unsettled``: its reservation stays held until its row is in (never released)."""
+        try:
+            await self._until_done(reservation, row)
+        except asyncio.CancelledError:
+            if row is not None:
+                self.unsettled[reservation.id] = (reservation, row)
+            raise
+
+    async def _until_done(self, reservation: Reservation, row: UsageRow | None) -> None:
         delay_s = RELEASE_RETRY_FIRST_S
         failures = 0
         while True:

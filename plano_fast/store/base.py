@@ -202,8 +202,12 @@ class UsageStore(BillingStore):
         Returns how many reservations were released."""
 
     @abc.abstractmethod
-    async def heartbeat(self, instance_id: str, host: str, pid: int, started_at_ns: int) -> None:
-        """Record that gateway instance ``instance_id`` is alive now."""
+    async def heartbeat(
+        self, instance_id: str, host: str, pid: int, started_at_ns: int, alive_until_ns: int | None = None
+    ) -> None:
+        """Record that gateway instance ``instance_id`` is alive now (or, with
+        ``alive_until_ns``, vouches for its reservations until then: no sweeper takes them
+        for orphans before, see ``Gateway._vouch``)."""
 
     @abc.abstractmethod
     async def forget_instance(self, instance_id: str) -> None:

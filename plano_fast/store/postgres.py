@@ -84,6 +84,13 @@ _CONNECTION_LOST = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
+    # A connection whose backend was terminated while idle: asyncpg reads the server's
+    # FATAL (57P01, sent before the backend exits) as a protocol error and parks the
+    # connection in its error state until the close arrives; a statement started between
+    # fails before it is sent, "cannot switch to state 12; another operation (2) is in
+    # progress" (tests/test_pg_terminated_idle.py).  Any protocol state asyncpg cannot go
+    # on from is a connection to drop, not the statement's fault.
+    asyncpg.exceptions.InternalClientError,
     OSError,
 )
 _RESERVED_IDS = "SELECT DISTINCT id FROM spending_reservations WHERE id = ANY($1::text[])"

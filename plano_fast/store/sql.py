@@ -401,11 +401,13 @@ class SqlStore(Store):
 
     # -- usage reads ------------------------------------------------------------------------
 
-    async def heartbeat(self, instance_id: str, host: str, pid: int, started_at_ns: int) -> None:
+    async def heartbeat(
+        self, instance_id: str, host: str, pid: int, started_at_ns: int, alive_until_ns: int | None = None
+    ) -> None:
         await self._execute(
             "INSERT INTO gateway_instances (id, host, pid, started_at_ns, heartbeat_at_ns) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at_ns = excluded.heartbeat_at_ns",
-            (instance_id, host, pid, started_at_ns, now_ns()),
+            (instance_id, host, pid, started_at_ns, now_ns() if alive_until_ns is None else alive_until_ns),
         )
 
     async def forget_instance(self, instance_id: str) -> None:

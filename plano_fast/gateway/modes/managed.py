@@ -645,7 +645,10 @@ class ManagedExchange(RetryingExchange):
             await self.mctx.store.settle(reservation, row)
         except asyncio.CancelledError:
             # Stopped past its bound while the store hangs: the row is queued (journaled at
-            # stop); the reservation is left to the sweepers (this instance is going away).
+            # stop) and the settle kept for the stop to finish or keep on disk
+            # (``Gateway._finish_settles``): the reservation stays held until its row's cost
+            # is on the counters, never released to the sweepers before.
+            self.mctx.unsettled[reservation.id] = (reservation, row)
             self.ctx.usage_sink(event)
             raise
         except Exception as exc:  # noqa: BLE001 - never lose the row: the journaled path

@@ -1,0 +1,85 @@
+"""PostgreSQL store: a statement on a connection whose backend was terminated while it was
+idle, in the moment between the server's FATAL message and its close.
+
+``pg_terminate_backend`` (an operator, a failover, the chaos benchmark) makes the backend
+send ``FATAL 57P01 terminating connection due to administrator command`` and then exit.
+asyncpg reads that message on an idle connection as a protocol error and parks the
+connection in its error-consuming state; the connection says it is open until the close
+arrives.  A statement started in between fails before anything is sent with
+``InternalClientError: cannot switch to state 12; another operation (2) is in progress``
+(seen in the round i chaos runs: no two operations of ours on one connection, the "(2)" is
+that state).  That is a lost connection, and the store now treats it as one: the statement
+is run on another connection (a reservation through ``_reserve_again``, a settle through
+``_once_more_if_lost``), where before the caller was failed (a 503, or the journal).
+
+The gap is stretched by a proxy that passes the FATAL on and holds the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from plano_fast.store import BudgetTarget, CounterKey, open_store
+from plano_fast.store.migrate import migrate
+from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
+from tests.test_store_pg_batch import dsn, row  # noqa: F401 - fixture
+
+TARGETS = [BudgetTarget("project", "tidle", "total", 0, 10**9)]
+
+
+async def _terminate_while_idle(proxy: FaultProxy, direct_dsn: str, pid: int) -> None:
+    """``pid``'s backend terminated: its FATAL read by the client, its close held."""
+    proxy.hold_closes()
+    killer = await asyncpg.connect(direct_dsn)
+    try:
+        assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await killer.close()
+    deadline = time.monotonic() + 10
+    while proxy.closes_held < 1:
+        assert time.monotonic() < deadline, "the backend never closed"
+        await asyncio.sleep(0.01)
+    # (the FATAL was written to the client before the held close: a few loop turns read it)
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("kind", ["reserve", "settle"])
+def test_a_statement_on_a_connection_terminated_while_idle_runs_on_another(dsn: str, kind: str) -> None:
+    with FaultProxy(dsn_target(dsn)) as proxy:
+
+        async def main() -> None:
+            async with open_store(proxied_dsn(dsn, proxy.port), "unused.db", min_size=1, max_size=1) as store:
+                await migrate(store)
+                held = await store.reserve(TARGETS, 5)
+                assert held is not None
+                if kind == "reserve":
+                    async with store.pool.acquire() as conn:  # (the pool's only connection)
+                        pid = conn.get_server_pid()
+                else:
+                    await store.write_usage([row(9000)])  # (opens the hot connection, in the background)
+                    deadline = time.monotonic() + 10
+                    while store._hot is None or store._hot.pid is None:
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.01)
+                    pid = store._hot.pid
+                await _terminate_while_idle(proxy, dsn, pid)
+                try:
+                    if kind == "reserve":
+                        second = await store.reserve(TARGETS, 7)
+                        assert second is not None and second.amount_nano_usd == 7
+                        expected = (0, 5 + 7)
+                    else:
+                        assert await store.settle(held, row(9001, cost=3, project="tidle"))
+                        expected = (3, 0)
+                finally:
+                    proxy.release_closes()
+                counter = await store.get_counter(CounterKey("project", "tidle", "total", 0))
+                assert counter is not None
+                assert (counter.spent_nano_usd, counter.reserved_nano_usd) == expected
+
+        asyncio.run(main())
