@@ -26,7 +26,9 @@ Two measurements:
   ``callgrind_control -i on``, the counters are zeroed, a fixed number of requests is sent
   at each ``--callgrind-concurrency`` and the counters are dumped.  Instructions per
   request = (dumped total - the idle rate measured right after x the load's wall time) /
-  requests: independent of what else runs on the machine.
+  requests: independent of what else runs on the machine.  ``--split-writes-ms M``: each
+  request's head and body are sent in two writes M ms apart, as httpx (the openai and
+  anthropic SDKs) sends them; wrk and the default send one write.
 """
 
 from __future__ import annotations

@@ -159,14 +159,20 @@ def _own_ids_masked(seen: list[bytes]) -> list[bytes]:
             for raw in seen]
 
 
+@pytest.mark.parametrize("read", ["compiled", "twin"])
 @pytest.mark.parametrize("mode", ["config", "firewall", "managed"])
 def test_a_split_request_is_served_as_a_one_write_one_and_takes_the_compiled_path(
-    mode: str, upstream: ManagedUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, read: str, upstream: ManagedUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same requests, in one write and then head and body apart (on another
     connection): the same answers, upstream bytes and usage rows; neither kind reaches
-    httptools' path nor the twin dispatch (on main the split ones reached both)."""
+    httptools' path nor the twin dispatch (on main the split ones reached both).  The
+    server's read compiled (``_serve.pyx``) and its twin (``data_received_py``)."""
     counted = Counted(monkeypatch)
+    if read == "twin":
+        from plano_fast import http_server
+
+        monkeypatch.setattr(http_server.ServerProtocol, "data_received", http_server.data_received_py)
     gateway, db, auth = _gateway(mode, tmp_path, upstream.port, monkeypatch)
     try:
         cases = _cases(auth)
