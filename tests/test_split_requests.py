@@ -359,3 +359,29 @@ def test_a_large_body_from_an_unknown_key_is_refused_before_it_is_all_read(
     finally:
         gateway.stop()
 
+
+
+def test_parse_request_begun_returns_a_head_whose_body_is_not_in() -> None:
+    """``wire.parse_request_begun``: a whole request as ``parse_request`` returns it; a plain
+    head with part of its body: the same fields, ``body`` the offset where the body starts,
+    ``end`` where it will end; a head not complete, a length over the limit, or a head the
+    fast path declines (chunked): None."""
+    from plano_fast import wire
+
+    begun, whole_only = wire.parse_request_begun, wire.parse_request
+    assert begun is not None and whole_only is not None
+    request = _request(CHAT, _chat(), b"authorization: Bearer sk-x\r\n")
+    cut = _head_end(request)
+    assert begun(request, 0, 32768, 4096) == whole_only(request, 0, 32768, 4096)
+    for have in (cut, cut + 1, len(request) - 1):
+        parsed = begun(request[:have], 0, 32768, 4096)
+        assert parsed is not None and whole_only(request[:have], 0, 32768, 4096) is None
+        whole = whole_only(request, 0, 32768, 4096)
+        assert whole is not None
+        assert parsed[3] == cut and parsed[5] == len(request)
+        assert parsed[:3] + parsed[4:] == whole[:3] + whole[4:]
+    assert begun(b"GET / HTTP/1.1\r\n" + request[:cut], 16, 32768, 4096) is not None  # (at an offset)
+    assert begun(request[:cut - 1], 0, 32768, 4096) is None
+    assert begun(request[:cut], 0, 32768, len(_chat()) - 1) is None
+    chunked = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello"
+    assert begun(chunked, 0, 32768, 4096) is None

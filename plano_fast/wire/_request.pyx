@@ -279,6 +279,25 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
 
     A Connection header here is only ``keep-alive`` or ``close``, which name no header to
     drop, so the block follows from each header's own name (``request_kind``)."""
+    return _parse_with_block(buf, start, max_head_bytes, max_body_bytes, False)
+
+
+def parse_request_begun(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
+    """``parse_request``, and also a plain request whose head is complete in ``buf`` and
+    whose Content-Length body (within ``max_body_bytes``) is not: then ``body`` is an int,
+    the offset in ``buf`` where the body starts, and ``end`` where it will end.
+
+    Why: an HTTP client library (httpx, under the openai and anthropic SDKs) writes a
+    request's head and its body with two send() calls, so the server's first read usually
+    holds the head alone.  The server keeps such a head (``ServerProtocol._hold``) and
+    completes it from the next reads, instead of handing it to httptools, whose path is
+    the slower one (a Python callback per header, no ``forward``, the twin dispatch)."""
+    return _parse_with_block(buf, start, max_head_bytes, max_body_bytes, True)
+
+
+cdef object _parse_with_block(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes,
+                              bint begun):
+    """``_parse`` with the upstream block's buffer: on the stack for a usual head."""
     cdef Py_ssize_t head = len(buf) - start
     cdef unsigned char small[STACK_BLOCK]
     if head > max_head_bytes:
@@ -289,39 +308,12 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
     if head <= 0:
         head = 0
     if 2 * head + 16 <= STACK_BLOCK:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, small, False)
+        return _parse(buf, start, max_head_bytes, max_body_bytes, small, begun)
     cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16)
     if out == NULL:
         raise MemoryError()
     try:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, out, False)
-    finally:
-        free(out)
-
-
-def parse_request_begun(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
-    """``parse_request``, and also a plain request whose head is complete in ``buf`` and
-    whose Content-Length body (within ``max_body_bytes``) is not: then ``body`` is an int,
-    the offset in ``buf`` where the body starts, and ``end`` where it will end.
-
-    Why: an HTTP client library (httpx, under the openai and anthropic SDKs) writes a
-    request's head and its body with two send() calls, so the server's first read usually
-    holds the head alone.  The server keeps such a head (``ServerProtocol``'s held request)
-    and completes it from the next reads, instead of handing it to httptools, whose path
-    is the slower one (a Python callback per header, no ``forward``, the twin dispatch)."""
-    cdef Py_ssize_t head = len(buf) - start
-    cdef unsigned char small[STACK_BLOCK]
-    if head > max_head_bytes:
-        head = max_head_bytes
-    if head <= 0:
-        head = 0
-    if 2 * head + 16 <= STACK_BLOCK:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, small, True)
-    cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16)
-    if out == NULL:
-        raise MemoryError()
-    try:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, out, True)
+        return _parse(buf, start, max_head_bytes, max_body_bytes, out, begun)
     finally:
         free(out)
 
