@@ -37,8 +37,8 @@ from plano_fast.wire import PURE_ENV
 from tests.gateway_proc import write_config
 from tests.test_billing_faults import InProcessGateway
 from tests.test_firewall import OTHER_KEY, USER_KEY, setup_keys
-from tests.test_managed import MASTER_KEY, provision, store_call
-from tests.test_plain_managed import ManagedUpstream
+from tests.test_managed import MASTER_KEY, provision
+from tests.test_plain_managed import ManagedUpstream, _rows
 from tests.test_plain_request import _chat, _request, recording_pair
 from tests.test_whole_answer import _normalized, _read_answer
 
@@ -105,19 +105,6 @@ def _send_split(sock: socket.socket, request: bytes, piece: int = 0) -> None:
     for at in range(0, len(body), piece or len(body) or 1):
         time.sleep(PAUSE_S)
         sock.sendall(body[at:at + (piece or len(body))])
-
-
-def _rows(db: str, count: int) -> list[tuple[Any, ...]]:
-    def read() -> list[Any]:
-        return list(store_call(None, db, lambda s: s.recent_usage(None, limit=1000)))
-
-    deadline = time.monotonic() + 15
-    rows = read()
-    while len(rows) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-        rows = read()
-    return sorted((r.status, r.http_status, r.provider, r.model, r.input_tokens, r.output_tokens, r.streaming,
-                   r.project_id, r.token_id, r.cost_nano_usd) for r in rows)  # fmt: skip
 
 
 def _gateway(mode: str, tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch,
