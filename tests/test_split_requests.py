@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -192,11 +193,12 @@ def test_a_split_request_is_served_as_a_one_write_one_and_takes_the_compiled_pat
     assert _rows(db, 2 * forwarded) == sorted(one_write_rows * 2)
 
 
-def test_the_openai_sdk_request_takes_the_compiled_path(
+def test_the_sdk_requests_take_the_compiled_path(
     fake: FakeProviderThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The official SDK (httpx: head and body in two sends), plain and streamed: answered
-    with usage, never through httptools' path nor the twin dispatch."""
+    """The official SDKs (httpx: head and body in two sends), openai's plain and streamed
+    and anthropic's Messages: answered with usage, never through httptools' path nor the
+    twin dispatch."""
     counted = Counted(monkeypatch)
     gateway, db, _ = _gateway("config", tmp_path, fake.port, monkeypatch)
     try:
@@ -208,8 +210,12 @@ def test_the_openai_sdk_request_takes_the_compiled_path(
             chunks = list(client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True))
             assert chunks and chunks[0].choices[0].delta.role == "assistant"
+        with anthropic.Anthropic(base_url=gateway.url, api_key="sk-ant-client", max_retries=0) as aclient:
+            message = aclient.messages.create(model="claude-sonnet-4-6", max_tokens=64,
+                                              messages=[{"role": "user", "content": "hello"}])
+            assert message.usage.input_tokens > 0
         assert counted.take() == (0, 0)
-        assert len(_rows(db, 4)) == 4
+        assert len(_rows(db, 5)) == 5
     finally:
         gateway.stop()
 
