@@ -26,7 +26,9 @@ Two measurements:
   ``callgrind_control -i on``, the counters are zeroed, a fixed number of requests is sent
   at each ``--callgrind-concurrency`` and the counters are dumped.  Instructions per
   request = (dumped total - the idle rate measured right after x the load's wall time) /
-  requests: independent of what else runs on the machine.
+  requests: independent of what else runs on the machine.  ``--split-writes-ms M``: each
+  request's head and body are sent in two writes M ms apart, as httpx (the openai and
+  anthropic SDKs) sends them; wrk and the default send one write.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="callgrind: windows last whole multiples of this (the gateway's periodic tasks)")
     ap.add_argument("--settle-s", type=float, default=21.0,
                     help="callgrind: wait for deferred work (usage flush and pricing run every 10 s)")
+    add_split_option(ap)
     ap.add_argument("--repo", type=Path, default=ROOT, help="the git repository the refs are in")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                     help="worktrees, one per commit, reused by later runs")
@@ -316,14 +319,25 @@ class _Response:
         self.done = True
 
 
-async def _drive(host: str, port: int, request: bytes, n: int, concurrency: int) -> dict[int, int]:
+async def _drive(host: str, port: int, request: bytes, n: int, concurrency: int,
+                 split_pause_s: float = 0.0) -> dict[int, int]:
     statuses: dict[int, int] = {}
+    head_end = request.index(b"\r\n\r\n") + 4
 
     async def connection(count: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for _ in range(count):
-                writer.write(request)
+                if split_pause_s > 0:
+                    # the head, then the body in a second send, as httpx (the openai and
+                    # anthropic SDKs) writes a request; the pause lets the server read
+                    # the head alone first
+                    writer.write(request[:head_end])
+                    await writer.drain()
+                    await asyncio.sleep(split_pause_s)
+                    writer.write(request[head_end:])
+                else:
+                    writer.write(request)
                 resp = _Response()
                 parser = httptools.HttpResponseParser(resp)
                 while not resp.done:
@@ -342,12 +356,15 @@ async def _drive(host: str, port: int, request: bytes, n: int, concurrency: int)
 
 
 def send(url: str, headers: Sequence[tuple[str, str]], n: int, concurrency: int,
-         body: str = bench.BODY_JSON) -> float:
+         body: str = bench.BODY_JSON, split_pause_s: float = 0.0) -> float:
     """Send exactly ``n`` keep-alive requests over ``concurrency`` connections; returns the
-    wall time.  Raises unless every response is a 2xx (a refusal would be measured instead)."""
+    wall time.  Raises unless every response is a 2xx (a refusal would be measured instead).
+    ``split_pause_s`` > 0: each request's head and body in two writes that far apart (an
+    SDK client's two sends)."""
     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
     t0 = time.monotonic()
-    statuses = asyncio.run(_drive(host, int(port), request_bytes(host, int(port), body, headers), n, concurrency))
+    statuses = asyncio.run(_drive(host, int(port), request_bytes(host, int(port), body, headers), n, concurrency,
+                                  split_pause_s))
     wall = time.monotonic() - t0
     bad = {k: v for k, v in statuses.items() if not 200 <= k < 300}
     if bad:
@@ -388,6 +405,12 @@ def _dump(pid: int, out_dir: Path) -> int:
     raise RuntimeError(f"callgrind wrote no dump for pid {pid}")
 
 
+def add_split_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--split-writes-ms", type=float, default=0.0,
+                    help="callgrind: send each request's head and body in two writes this many ms apart "
+                    "(as the openai/anthropic SDKs' httpx does; 0: one write, as wrk)")
+
+
 def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrency: str, idle_s: float,
                        settle_s: float) -> None:
     """The options ``callgrind_side`` reads (``cg_conc`` is parsed from
@@ -396,6 +419,7 @@ def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrenc
     ap.add_argument("--warmup", type=int, default=300, help="callgrind: requests before counting")
     ap.add_argument("--callgrind-concurrency", default=concurrency, help="callgrind: comma-separated")
     ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
+    add_split_option(ap)
     ap.add_argument("--idle-s", type=float, default=idle_s, help="callgrind: idle baseline per measurement")
     ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
     ap.add_argument("--settle-s", type=float, default=settle_s, help="callgrind: wait for deferred work")
@@ -404,6 +428,10 @@ def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrenc
 def whole_periods(seconds: float, period_s: float) -> float:
     """``seconds`` rounded up to a whole number of periods (at least one)."""
     return max(1, math.ceil(seconds / period_s - 1e-9)) * period_s
+
+
+def _split_s(args: argparse.Namespace) -> float:
+    return float(getattr(args, "split_writes_ms", 0.0)) / 1000.0
 
 
 def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int, workdir: Path,
@@ -417,7 +445,7 @@ def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int,
     idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
     _control(pid, "--zero")
     t0 = time.monotonic()
-    wall = send(gw.url, headers, args.requests, conc, body)
+    wall = send(gw.url, headers, args.requests, conc, body, _split_s(args))
     inline = _dump(pid, workdir)
     time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
     deferred = _dump(pid, workdir)
@@ -451,10 +479,10 @@ def callgrind_side(prepared: PreparedRef, setup: dict[str, Any], workdir: Path, 
     pid = gw.proc.pid
     try:
         out: dict[str, Any] = {"loaded": check_loaded(pid, prepared)}
-        send(gw.url, headers, args.warmup, max(args.cg_conc), body)
+        send(gw.url, headers, args.warmup, max(args.cg_conc), body, _split_s(args))
         _control(pid, "--instr=on")
         for conc in args.cg_conc:
-            send(gw.url, headers, max(20, args.requests // 10), conc, body)  # translate the instrumented code
+            send(gw.url, headers, max(20, args.requests // 10), conc, body, _split_s(args))  # translate the instrumented code
             runs = [_callgrind_window(gw, headers, conc, workdir, args, body) for _ in range(args.cg_repeats)]
             runs.sort(key=lambda r: float(r["per_request"]))
             r = runs[(len(runs) - 1) // 2]  # the median run (the lower one of an even count)

@@ -10,6 +10,11 @@ order, with the same side effects, in one C function, the protocol's, the reques
 the responder's slots read and written in place (``plano_fast/_slots.pxd``).  What is not
 a plain request at the front of a read goes to ``ServerProtocol._feed`` (httptools and its
 callbacks), as in the twin; a protocol or request of another class, to the twins.
+
+A plain head whose body is not all in the read is held, as the twin holds it
+(``ServerProtocol._hold``), and its body completed here from the next reads
+(``_take_held_body``); the rare steps (the head's identification past 64 KiB of body)
+are the twin's methods.
 """
 
 from cpython.object cimport PyObject
@@ -29,6 +34,9 @@ cdef Py_ssize_t P_DEADLINE = slot_offset(ServerProtocol, "deadline")
 cdef Py_ssize_t P_DRAINING = slot_offset(ServerProtocol, "draining")
 cdef Py_ssize_t P_HANDLER = slot_offset(ServerProtocol, "_handler")
 cdef Py_ssize_t P_ON_REFUSAL = slot_offset(ServerProtocol, "_on_refusal")
+cdef Py_ssize_t P_HELD = slot_offset(ServerProtocol, "_held")
+cdef Py_ssize_t P_HELD_BODY = slot_offset(ServerProtocol, "_held_body")
+cdef Py_ssize_t P_HELD_LENGTH = slot_offset(ServerProtocol, "_held_length")
 
 cdef Py_ssize_t L_MAX_HEADER = slot_offset(ServerLimits, "max_header_bytes")
 cdef Py_ssize_t L_MAX_BODY = slot_offset(ServerLimits, "max_body_bytes")
@@ -46,7 +54,7 @@ cdef type _Limits = ServerLimits
 cdef type _Request = Request
 cdef type _Responder = Responder
 cdef type _HeadResponder = HeadResponder
-cdef object _parse = _server._parse_request
+cdef object _parse = _server._parse_request_begun
 cdef object _new_request = _server.new_request
 cdef object _new_responder = _server.new_responder
 cdef object _data_received_twin = _server.data_received_py
@@ -112,7 +120,13 @@ cdef Py_ssize_t _take_plain_requests(object proto, bytes data) except -1:
         parsed = _parse(data, taken, max_header, max_body)
         if parsed is None:
             return taken
-        method, target, headers, body, keep_alive, taken, forward = parsed
+        method, target, headers, body, keep_alive, end, forward = parsed
+        if type(body) is not bytes:  # the head is here, not all of its body
+            if _get(proto, P_ACTIVE, "_active") is not None:
+                return taken  # (behind a running exchange: httptools' path, as before)
+            proto._hold(parsed, data)
+            return n
+        taken = end
         put_slot(proto, P_URL, target)
         if not keep_alive:
             # Connection: close -- the client sends nothing after this request
@@ -127,6 +141,29 @@ cdef Py_ssize_t _take_plain_requests(object proto, bytes data) except -1:
             return taken
 
 
+cdef Py_ssize_t _take_held_body(object proto, bytes data) except -1:
+    """``ServerProtocol._take_held_body``: ``data`` continues the held request's body,
+    dispatched once complete; how many bytes of ``data`` the body took."""
+    have = _get(proto, P_HELD_BODY, "_held_body")
+    cdef Py_ssize_t n = len(data)
+    cdef Py_ssize_t need = <Py_ssize_t>_get(proto, P_HELD_LENGTH, "_held_length") - len(have)
+    if n < need:
+        return proto._take_held_body(data)  # (the twin: the body still arriving)
+    parsed = _get(proto, P_HELD, "_held")
+    body = (data if n == need else data[:need]) if not have else b"".join((have, data[:need]))
+    put_slot(proto, P_HELD, None)
+    put_slot(proto, P_HELD_BODY, b"")
+    method, target, headers, _, keep_alive, _, forward = parsed
+    if not keep_alive:
+        put_slot(proto, P_BROKEN, True)  # (Connection: close: nothing after this request is read)
+    request = _new_request(method, target, headers, body, keep_alive, forward)
+    if _get(proto, P_ACTIVE, "_active") is None:  # (_dispatch, inline)
+        _start(proto, request)
+    else:
+        proto._dispatch(request)
+    return need
+
+
 def data_received(proto, data):
     """``ServerProtocol.data_received`` (installed as it; ``http_server.data_received_py``
     is the twin)."""
@@ -135,6 +172,11 @@ def data_received(proto, data):
     if _get(proto, P_BROKEN, "_broken"):
         return None  # after a framing error nothing more is read
     cdef Py_ssize_t taken
+    if _get(proto, P_HELD, "_held") is not None:
+        taken = _take_held_body(proto, <bytes>data)
+        if taken == len(data) or _get(proto, P_BROKEN, "_broken"):
+            return None
+        data = data[taken:]
     if not _get(proto, P_MSG_STARTED, "_msg_started"):
         # httptools is between messages, so whole plain requests at the front of this
         # read can bypass it; it parses whatever the fast path leaves.

@@ -19,7 +19,13 @@ httptools) are dispatched from one Cython pass instead of a Python callback per 
 everything else, from the first declined byte on, goes to httptools as before.  The same
 pass builds the upstream header block and finds the credential (``Request.forward``: what
 ``wire.forward_request_headers`` would compute from the headers), so the exchange does
-not walk the header list a second time.
+not walk the header list a second time.  A plain head whose Content-Length body has not
+all arrived is held (``_hold``) and its body completed from the next reads: httpx, under
+the openai and anthropic SDKs, writes a request's head and body in two sends, so without
+this every SDK request went through httptools' slower path; the held body is bounded and
+timed as httptools' path bounds and times a body (the limit is checked on the announced
+length, the body timeout armed when the head is in, the head identified past
+``_IDENTIFY_AFTER_BYTES``).
 
 A request is handed to the ``handler`` (the exchange) only once its body is complete: LLM
 requests must be routed on the ``model`` inside the body, so the body is needed before the
@@ -79,6 +85,7 @@ from plano_fast.errors import (
 from plano_fast.twins import install_compiled
 from plano_fast.wire import PURE_ENV, chunk_size_line, content_length_line
 from plano_fast.wire import parse_request as _parse_request
+from plano_fast.wire import parse_request_begun as _parse_request_begun
 from plano_fast.wire._host import valid_host
 
 if TYPE_CHECKING:
@@ -499,6 +506,9 @@ class ServerProtocol(asyncio.Protocol):
         "_quiet_raw",
         "_body_progress",
         "_broken",
+        "_held",
+        "_held_body",
+        "_held_length",
         "http11",
         "draining",
         "lost",
@@ -557,6 +567,12 @@ class ServerProtocol(asyncio.Protocol):
         self._quiet_raw = 0
         self._body_progress = False
         self._broken = False
+        #: a plain request whose head the fast path read and whose body is still arriving
+        #: (``parse_request_begun``'s tuple: ``_hold``), else None; its body so far, and the
+        #: body's announced length
+        self._held: tuple[Any, ...] | None = None
+        self._held_body: bytes | bytearray = b""
+        self._held_length = 0
         self.http11 = True
         self.draining = False
         self.lost = False
@@ -578,6 +594,11 @@ class ServerProtocol(asyncio.Protocol):
         ``data_received_py`` is this twin)."""
         if self._broken:
             return  # after a framing error nothing more is read
+        if self._held is not None:
+            taken = self._take_held_body(data)
+            if taken == len(data) or self._broken:
+                return
+            data = data[taken:]
         if _parse_request is not None and not self._msg_started:
             # httptools is between messages, so whole plain requests at the front of
             # this read can bypass it; it parses whatever the fast path leaves.
@@ -626,7 +647,7 @@ class ServerProtocol(asyncio.Protocol):
         """Dispatch the complete requests at the front of ``data`` that the compiled fast
         path accepts (plano_fast/wire/_request.pyx: a strict subset of what httptools accepts,
         parsed to the same fields); returns how many bytes they took."""
-        parse = _parse_request
+        parse = _parse_request_begun
         assert parse is not None
         limits = self._limits
         taken = 0
@@ -634,7 +655,13 @@ class ServerProtocol(asyncio.Protocol):
             parsed = parse(data, taken, limits.max_header_bytes, limits.max_body_bytes)
             if parsed is None:
                 return taken
-            method, target, headers, body, keep_alive, taken, forward = parsed
+            method, target, headers, body, keep_alive, end, forward = parsed
+            if isinstance(body, int):  # the head is here, not all of its body
+                if self._active is not None:
+                    return taken  # (behind a running exchange: httptools' path, as before)
+                self._hold(parsed, data)
+                return len(data)
+            taken = end
             self._url = target
             if not keep_alive:
                 # Connection: close -- the client sends nothing after this request
@@ -647,6 +674,63 @@ class ServerProtocol(asyncio.Protocol):
                 self._dispatch(request)
             if self._broken or taken == len(data):
                 return taken
+
+    def _hold(self, parsed: tuple[Any, ...], data: bytes) -> None:
+        """Keep ``parsed`` (``parse_request_begun``'s: its head is in ``data``, its body
+        starts at ``parsed[3]`` and is not all there) until its body is in.  As httptools'
+        path does when a head ends: the body timeout armed (a body that never completes is
+        answered ``_on_head_timeout``'s 408), the head identified once the body passes
+        ``_IDENTIFY_AFTER_BYTES``; its announced length is within the limit (the parse
+        declines a larger one, and httptools' path answers it 413 at once)."""
+        self._held = parsed
+        self._url = parsed[1]
+        start = parsed[3]
+        self._held_body = data[start:]
+        self._held_length = parsed[5] - start
+        self._identified = False
+        self._arm(self._limits.request_body_timeout_s, ServerProtocol._on_head_timeout)
+        if len(self._held_body) > _IDENTIFY_AFTER_BYTES:
+            self._identify_held()
+
+    def _take_held_body(self, data: bytes) -> int:
+        """``data`` continues the held request's body: the request dispatched once its body is
+        complete; returns how many bytes of ``data`` the body took (all, while incomplete)."""
+        have = self._held_body
+        need = self._held_length - len(have)
+        if len(data) < need:
+            if not have:
+                self._held_body = data
+            else:
+                # pieces gather in one bytearray (a body trickled in tiny writes would
+                # otherwise cost a bytes object per write)
+                if type(have) is not bytearray:
+                    have = self._held_body = bytearray(have)
+                have += data
+            if len(self._held_body) > _IDENTIFY_AFTER_BYTES and not self._identified:
+                self._identify_held()
+            return len(data)
+        parsed = self._held
+        assert parsed is not None
+        body = data[:need] if not have else b"".join((have, data[:need]))
+        self._held = None
+        self._held_body = b""
+        method, target, headers, _, keep_alive, _, forward = parsed
+        if not keep_alive:
+            self._broken = True  # (Connection: close: nothing after this request is read)
+        self._dispatch(new_request(method, target, headers, body, keep_alive, forward))
+        return need
+
+    def _identify_held(self) -> None:
+        """``_identify_head`` for the held request (its body passed ``_IDENTIFY_AFTER_BYTES``):
+        a refusal answers it, closing, and nothing more is read."""
+        self._identified = True
+        held = self._held
+        if self._precheck is None or held is None:
+            return
+        try:
+            self._precheck(Request(held[0], held[1], held[2], b"", False))
+        except GatewayError as exc:
+            self._refuse(exc)
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to what it already sent.

@@ -151,12 +151,17 @@ from plano_fast.wire._head_py import upstream_host_lines  # noqa: E402
 #: pass; ``headers`` is a read-only sequence of the pairs, made on first use
 #: (``_request.RequestHeaders``: the hot path reads ``forward``).
 parse_request: Callable[[bytes, int, int, int], tuple[bytes, bytes, Sequence[tuple[bytes, bytes]], bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]] | None] | None
+#: ``parse_request_begun(...)``: the same, and for a plain head complete in ``buf`` whose
+#: Content-Length body is not, the same tuple with ``body`` the int offset where the body
+#: starts (``end``: where it will end): the server holds such a head until its body is in
+#: (a client library writes a request's head and body in two sends).  None with parse_request.
+parse_request_begun: Callable[[bytes, int, int, int], tuple[bytes, bytes, Sequence[tuple[bytes, bytes]], bytes | int, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]] | None] | None
 if _built("_request"):
-    from plano_fast.wire._request import parse_request
+    from plano_fast.wire._request import parse_request, parse_request_begun
 
     _REQUEST = "cython"
 else:
-    parse_request = None
+    parse_request = parse_request_begun = None
     _REQUEST = "python"
 
 #: The DLP floor's detectors (plano_fast.guardrails): ``dlp_scan_text(text, mask)`` in both
@@ -250,6 +255,7 @@ __all__ = [
     "has_header",
     "header_line",
     "parse_request",
+    "parse_request_begun",
     "parse_response_head",
     "response_head",
     "rewrite_request",

@@ -20,3 +20,10 @@ def parse_request(
 ) -> tuple[
     bytes, bytes, RequestHeaders, bytes, bool, int, tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes]
 ] | None: ...
+
+def parse_request_begun(
+    buf: bytes, start: int, max_head_bytes: int, max_body_bytes: int
+) -> tuple[
+    bytes, bytes, RequestHeaders, bytes | int, bool, int,
+    tuple[bytes, bool, bytes | None, int, bytes | None, bytes | None, bytes],
+] | None: ...

@@ -279,6 +279,25 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
 
     A Connection header here is only ``keep-alive`` or ``close``, which name no header to
     drop, so the block follows from each header's own name (``request_kind``)."""
+    return _parse_with_block(buf, start, max_head_bytes, max_body_bytes, False)
+
+
+def parse_request_begun(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes):
+    """``parse_request``, and also a plain request whose head is complete in ``buf`` and
+    whose Content-Length body (within ``max_body_bytes``) is not: then ``body`` is an int,
+    the offset in ``buf`` where the body starts, and ``end`` where it will end.
+
+    Why: an HTTP client library (httpx, under the openai and anthropic SDKs) writes a
+    request's head and its body with two send() calls, so the server's first read usually
+    holds the head alone.  The server keeps such a head (``ServerProtocol._hold``) and
+    completes it from the next reads, instead of handing it to httptools, whose path is
+    the slower one (a Python callback per header, no ``forward``, the twin dispatch)."""
+    return _parse_with_block(buf, start, max_head_bytes, max_body_bytes, True)
+
+
+cdef object _parse_with_block(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes,
+                              bint begun):
+    """``_parse`` with the upstream block's buffer: on the stack for a usual head."""
     cdef Py_ssize_t head = len(buf) - start
     cdef unsigned char small[STACK_BLOCK]
     if head > max_head_bytes:
@@ -289,18 +308,18 @@ def parse_request(bytes buf not None, Py_ssize_t start, Py_ssize_t max_head_byte
     if head <= 0:
         head = 0
     if 2 * head + 16 <= STACK_BLOCK:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, small)
+        return _parse(buf, start, max_head_bytes, max_body_bytes, small, begun)
     cdef unsigned char *out = <unsigned char *>malloc(2 * head + 16)
     if out == NULL:
         raise MemoryError()
     try:
-        return _parse(buf, start, max_head_bytes, max_body_bytes, out)
+        return _parse(buf, start, max_head_bytes, max_body_bytes, out, begun)
     finally:
         free(out)
 
 
 cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ssize_t max_body_bytes,
-                   unsigned char *out):
+                   unsigned char *out, bint begun):
     cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = len(buf)
     cdef Py_ssize_t limit = n if n - start <= max_head_bytes else start + max_head_bytes
@@ -312,7 +331,7 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
     cdef unsigned char *w
     cdef Py_ssize_t k, m, o = 0
     cdef int kind, credentials = 0, hosts = 0, accounts = 0
-    cdef bint seen_version = False
+    cdef bint seen_version = False, whole
     cdef RequestHeaders headers
     request_id = None
     credential_name_ = None
@@ -431,13 +450,17 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
         return None  # no Host or several (RFC 9112 §3.2: a 400): httptools' path refuses it
     if content_length < 0:
         content_length = 0
-    if content_length > max_body_bytes or n - i < content_length:
+    if content_length > max_body_bytes:
+        return None  # (httptools' path answers its 413 at once)
+    whole = n - i >= content_length
+    if not whole and not begun:
         return None
     target = PyBytes_FromStringAndSize(<const char *>s + target_start, target_end - target_start)
     headers = RequestHeaders.__new__(RequestHeaders)
     headers.lines = PyBytes_FromStringAndSize(<const char *>s + lines_start, i - 2 - lines_start)
     headers.count = count
-    body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length)
+    # (the body's start when only the head is here: parse_request_begun's held request)
+    body = PyBytes_FromStringAndSize(<const char *>s + i, <Py_ssize_t>content_length) if whole else i
     block = PyBytes_FromStringAndSize(<const char *>out, o)
     forward = (block, seen_version, request_id, credentials, credential_name_, credential_value,
                without_account_lines(block) if accounts else block)
