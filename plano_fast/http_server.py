@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -87,6 +88,8 @@ from plano_fast.wire import PURE_ENV, chunk_size_line, content_length_line
 from plano_fast.wire import parse_request as _parse_request
 from plano_fast.wire import parse_request_begun as _parse_request_begun
 from plano_fast.wire._host import valid_host
+
+log = logging.getLogger("plano_fast")
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -731,6 +734,10 @@ class ServerProtocol(asyncio.Protocol):
             self._precheck(Request(held[0], held[1], held[2], b"", False))
         except GatewayError as exc:
             self._refuse(exc)
+        except Exception:  # noqa: BLE001 - a bug in the check: answered, as httptools' path
+            # answers an error raised in its callback (400, closing), not left to the body timeout
+            log.exception("the head check failed on a held request")
+            self._refuse(MalformedRequest("malformed request: the request head could not be checked"))
 
     def eof_received(self) -> bool | None:
         # A half-closed client may still read the answer to what it already sent.

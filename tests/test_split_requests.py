@@ -378,3 +378,35 @@ def test_parse_request_begun_returns_a_head_whose_body_is_not_in() -> None:
     assert begun(request[:cut], 0, 32768, len(_chat()) - 1) is None
     chunked = b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello"
     assert begun(chunked, 0, 32768, 4096) is None
+
+
+def test_a_failing_head_check_on_a_held_request_is_answered_400_not_left_to_the_timeout(
+    upstream: ManagedUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the head check (an error that is not a GatewayError) raised when a held body
+    passes 64 KiB: 400 in the client's format, closing, at once, as httptools' path answers an
+    error raised in its callback -- not the body timeout's 408 much later; nothing upstream."""
+    from plano_fast import app as app_module
+
+    def broken_check(app: Any, request: Any) -> None:
+        raise RuntimeError("a bug in the check")
+
+    gateway, _, auth = _gateway("firewall", tmp_path, upstream.port, monkeypatch)
+    monkeypatch.setattr(app_module, "precheck", broken_check)
+    try:
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * (1 << 20)}]})
+        request = _request(CHAT, body.encode(), auth)
+        cut = _head_end(request)
+        with _connect(gateway.gateway.port) as sock:
+            sock.sendall(request[:cut])
+            time.sleep(PAUSE_S)
+            started = time.monotonic()
+            sock.sendall(request[cut:cut + 70 * 1024])
+            answer = _read_answer(sock, bytearray())
+            waited_s = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"could not be checked" in answer
+        assert waited_s < 5  # the body timeout is far longer: answered, not timed out
+        assert upstream.seen == []
+    finally:
+        gateway.stop()
