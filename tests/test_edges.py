@@ -300,16 +300,27 @@ def test_http11_stream_is_chunked_with_an_http10_head_queued(gateway: GatewayPro
 # -- a wildcard model that is a dot segment ------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def wildcards(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """A config-mode gateway with ``azure_openai/*`` and ``gemini/*``, started once for the
+    wildcard cases below (each was a gateway start of its own, with this same config):
+    they read only the answers and what reached the provider (cleared first), and write
+    nothing a later case reads (a 400 before routing, or a 200)."""
+    config = write_config(tmp_path_factory.mktemp("wildcards") / "plano_config.yaml", fake.port, None, (
+        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
+        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))  # fmt: skip
+    with GatewayProcess(config) as gateway:
+        yield gateway
+
+
 @pytest.mark.parametrize("model", [b"azure_openai/..", b"azure_openai/.", b"gemini/.."])
 def test_dot_segment_models_match_no_wildcard(
-    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, model: bytes
+    wildcards: GatewayProcess, fake: FakeProviderThread, model: bytes
 ) -> None:
     """Was: ``azure_openai/..`` matched ``azure_openai/*`` and went upstream as
     ``/openai/deployments/../chat/completions`` -- ``/openai/chat/completions`` once
     normalised, another endpoint than the one metered, with the gateway's key."""
-    gateway = make_gateway(extra_providers=(
-        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
-        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    gateway = wildcards
     fake.clear()
     body = b'{"model":"' + model + b'","messages":[{"role":"user","content":"hi"}]}'
     answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b""))
@@ -320,7 +331,7 @@ def test_dot_segment_models_match_no_wildcard(
 
 
 def test_a_wildcard_model_that_becomes_a_path_segment_is_one_plain_segment(
-    make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread
+    wildcards: GatewayProcess, fake: FakeProviderThread
 ) -> None:
     """Was: ``gemini/x\r\nHost: evil``, ``gemini/../x``, ``azure_openai/x?key=1`` (any id
     after a wildcard's prefix) were routed and sent percent-encoded into the upstream path
@@ -328,9 +339,7 @@ def test_a_wildcard_model_that_becomes_a_path_segment_is_one_plain_segment(
     decoding proxy or server reads as another endpoint.  Where the model is a path segment
     upstream, the id must be one segment of letters, digits and ``._-``: else the
     unknown-model 400, nothing forwarded."""
-    gateway = make_gateway(extra_providers=(
-        f"  - model: azure_openai/*\n    base_url: {fake.url}\n    access_key: sk-azure\n"
-        f"  - model: gemini/*\n    base_url: {fake.url}/v1beta\n    access_key: sk-gem\n"))
+    gateway = wildcards
     for prefix in (b"gemini/", b"azure_openai/"):
         for tail in (b"x\\r\\nHost: evil", b"x\\u0000y", b"../x", b"x/y", b"x?key=1", b"x#y", b"x%2F..", b"x y",
                      b"x:generateContent", b"-x", b"\\u2028x", b"x" * 300):

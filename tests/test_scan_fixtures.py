@@ -9,6 +9,8 @@ for the slower pure-Python twin).
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from types import ModuleType
 from typing import Any
@@ -48,10 +50,19 @@ def _api_for(uri: str) -> int:
     return CHAT
 
 
-def _cassette(name: str) -> list[dict[str, Any]]:
+@functools.cache
+def _parsed_cassette(name: str) -> list[dict[str, Any]]:
+    """A cassette parsed once per process: ~150 cases read the same 21 files, and the
+    YAML parse (up to ~0.6 s a file on a loaded machine) was most of this module's time."""
     with open(FIXTURES / "pydantic-ai" / name, encoding="utf-8") as fh:
         interactions: list[dict[str, Any]] = yaml.safe_load(fh)["interactions"]
     return interactions
+
+
+def _cassette(name: str) -> list[dict[str, Any]]:
+    """The cassette's interactions, a copy of its own for each caller (no case can see
+    another's changes)."""
+    return copy.deepcopy(_parsed_cassette(name))
 
 
 def _response(interaction: dict[str, Any]) -> tuple[bool, bytes]:

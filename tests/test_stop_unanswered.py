@@ -114,7 +114,7 @@ def test_sigterm_answers_503_to_requests_still_waiting_for_the_provider(
 
 
 def test_sigterm_answers_503_in_managed_mode_and_settles_the_reservations(
-    make_gateway: Callable[..., GatewayProcess], tmp_path: Path
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, fake: FakeProviderThread
 ) -> None:
     """Under a hard limit: the 503, the rows as before (an estimate each), every
     reservation settled (none left open, spent == the log)."""
@@ -128,12 +128,16 @@ def test_sigterm_answers_503_in_managed_mode_and_settles_the_reservations(
                                provision(None, sqlite_path, DEFAULT_PIPE, limit_nano_usd=10**9)))
     auth = f"authorization: Bearer {tenants[0].token}\r\n".encode()
     socks = []
+    fake.clear()
     for stream in (b"false", b"true"):
         sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
         sock.sendall(_raw(b"/v1/chat/completions", b'{"model":"gpt-4o-mini","max_tokens":50,"stream":' + stream
                           + b',"messages":[{"role":"user","content":"hi"}]}', auth + SLOW))
         socks.append(sock)
-    time.sleep(1.0)  # (both forwarded: the provider holds them 20 s)
+    deadline = time.monotonic() + 10
+    while len([r for r in fake.requests if not r.path.startswith("/_fake")]) < len(socks):
+        assert time.monotonic() < deadline, [r.path for r in fake.requests]  # (both forwarded: held 20 s)
+        time.sleep(0.05)
     gateway.signal(signal.SIGTERM)
     answers = []
     for sock in socks:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
-from plano_fast.store.records import UsageRow
+from plano_fast.store.records import PRICE_STATUS_PENDING, UsageRow
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.raw_upstream import RawUpstream
 from tests.test_billing_e2e import read_rows
@@ -209,22 +209,35 @@ class Wire(RawUpstream):
         raise AssertionError(fault)
 
 
-PROVIDERS = """\
-  - model: openai/gpt-wire
+#: how long the faults that stay silent are waited for: (model suffix, first-byte timeout,
+#: body idle timeout).  The timeout itself is what those tests pin, not its length, and
+#: nothing can come early: ``stall`` and ``interim_stall`` send their head (or 103) and
+#: then nothing, ``stall_head`` nothing at all, so only the timer that ends each is short
+#: (a head that a loaded machine delays still meets its 1 s first-byte timeout).  The
+#: other faults keep 1 s for both: they end the connection 0.05-0.2 s into it, and a
+#: timeout firing first would test another path.
+WIRE_TIMEOUTS = [("", "1s", "1s"), ("-idle", "1s", "250ms"), ("-silent", "250ms", "1s")]
+#: which fault goes to which provider (by the model's suffix)
+SUFFIX_OF_FAULT = {"stall": "-idle", "interim_stall": "-idle", "stall_head": "-silent"}
+
+PROVIDER = """\
+  - model: openai/gpt-wire{suffix}
     base_url: http://127.0.0.1:{port}
     access_key: sk-server-openai-key
-    first_byte_timeout: 1s
-    body_idle_timeout: 1s
-  - model: anthropic/claude-wire
+    first_byte_timeout: {first_byte}
+    body_idle_timeout: {idle}
+  - model: anthropic/claude-wire{suffix}
     base_url: http://127.0.0.1:{port}
     access_key: sk-ant-server-key
-    first_byte_timeout: 1s
-    body_idle_timeout: 1s
-  - model: gemini/gemini-wire
+    first_byte_timeout: {first_byte}
+    body_idle_timeout: {idle}
+  - model: gemini/gemini-wire{suffix}
     base_url: http://127.0.0.1:{port}/v1beta
     access_key: gemini-server-key
-    first_byte_timeout: 1s
-    body_idle_timeout: 1s
+    first_byte_timeout: {first_byte}
+    body_idle_timeout: {idle}
+"""
+CLOSED_PROVIDER = """\
   - model: openai/gpt-closed
     base_url: http://127.0.0.1:{closed_port}
     access_key: sk-server-openai-key
@@ -242,7 +255,9 @@ def closed_port() -> int:
 def gw(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, Path]]:
     upstream = Wire()
     path = tmp_path_factory.mktemp("wire") / "plano_config.yaml"
-    write_config(path, fake.port, None, PROVIDERS.format(port=upstream.port, closed_port=closed_port()))
+    providers = "".join(PROVIDER.format(suffix=suffix, port=upstream.port, first_byte=first_byte, idle=idle)
+                        for suffix, first_byte, idle in WIRE_TIMEOUTS)  # fmt: skip
+    write_config(path, fake.port, None, providers + CLOSED_PROVIDER.format(closed_port=closed_port()))
     try:
         with GatewayProcess(path) as proc:
             yield proc, path
@@ -252,24 +267,25 @@ def gw(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def request(api: str, stream: bool, fault: str) -> tuple[str, bytes, dict[str, str]]:
     marker = f"{FAULT.decode()}{fault}"
+    suffix = SUFFIX_OF_FAULT.get(fault, "")
     if api == "chat":
-        body: dict[str, object] = {"model": "openai/gpt-wire", "messages": [{"role": "user", "content": marker}]}
+        body: dict[str, object] = {"model": f"openai/gpt-wire{suffix}", "messages": [{"role": "user", "content": marker}]}
         if stream:
             body["stream"] = True
         return "/v1/chat/completions", json.dumps(body).encode(), {"authorization": "Bearer sk-c"}
     if api == "responses":
-        body = {"model": "openai/gpt-wire", "input": marker, "store": False}
+        body = {"model": f"openai/gpt-wire{suffix}", "input": marker, "store": False}
         if stream:
             body["stream"] = True
         return "/v1/responses", json.dumps(body).encode(), {"authorization": "Bearer sk-c"}
     if api == "messages":
-        body = {"model": "anthropic/claude-wire", "max_tokens": 20, "messages": [{"role": "user", "content": marker}]}
+        body = {"model": f"anthropic/claude-wire{suffix}", "max_tokens": 20, "messages": [{"role": "user", "content": marker}]}
         if stream:
             body["stream"] = True
         return "/v1/messages", json.dumps(body).encode(), {"x-api-key": "sk-c", "anthropic-version": "2023-06-01"}
     body = {"contents": [{"role": "user", "parts": [{"text": marker}]}]}
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-    return f"/v1beta/models/gemini-wire:{method}", json.dumps(body).encode(), {"x-goog-api-key": "k"}
+    return f"/v1beta/models/gemini-wire{suffix}:{method}", json.dumps(body).encode(), {"x-goog-api-key": "k"}
 
 
 class Answer:
@@ -401,8 +417,13 @@ def test_a_stream_cut_before_its_usage_stays_unpriced(gw: tuple[GatewayProcess, 
     from it at once."""
     gateway, path = gw
     _, row = exchange(gw, api, True, "reset")
-    time.sleep(1.0)  # several pricing cycles
-    (row,) = [r for r in read_rows(None, str(path.with_suffix(".db"))) if r.request_id == row.request_id]
+    # Until the pricer has looked at it (an unpriced row is written ``pending``; the pricer
+    # stamps every row it fetches, priced or not, and never fetches that row again): main's
+    # pricer priced it at that first look.  A row priced at its flush is not pending.
+    deadline = time.monotonic() + 10
+    while row.price_status == PRICE_STATUS_PENDING and time.monotonic() < deadline:
+        time.sleep(0.05)
+        (row,) = [r for r in read_rows(None, str(path.with_suffix(".db"))) if r.request_id == row.request_id]
     if api in ("responses", "messages"):
         # (marked unpriced_unknown by the pricer, as a usage_missing row is)
         assert (row.priced, row.cost_nano_usd, row.price_status) == (False, None, "unpriced_unknown"), row
