@@ -237,6 +237,39 @@ cdef class RequestHeaders:
             i += 1
         return False
 
+    def last(self, bytes name not None):
+        """The value of the last header called ``name`` (lowercase), or None (no pairs made:
+        preference routing's session headers, ``_obs.header_value``)."""
+        cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(self.lines)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.lines)
+        cdef const unsigned char *want = <const unsigned char *>PyBytes_AS_STRING(name)
+        cdef Py_ssize_t m = PyBytes_GET_SIZE(name), i = 0, a, k, start = -1, end = -1
+        cdef bint same
+        while i < n:
+            a = i
+            while s[i] != 58:  # (every line has its colon: the parse checked it)
+                i += 1
+            same = i - a == m
+            if same:
+                for k in range(m):
+                    if lower(s[a + k]) != want[k]:
+                        same = False
+                        break
+            if same:  # (the value as _pairs_of cuts it: leading spaces and tabs skipped)
+                i += 1
+                while s[i] == 32 or s[i] == 9:
+                    i += 1
+                start = i
+                while s[i] != 13:
+                    i += 1
+                end = i
+            while s[i] != 10:
+                i += 1
+            i += 1
+        if start < 0:
+            return None
+        return PyBytes_FromStringAndSize(<const char *>s + start, end - start)
+
 
 cdef list _pairs_of(bytes lines):
     """The pairs of ``lines`` (header lines the parse checked: a name, a colon, optional
