@@ -722,7 +722,8 @@ class PreferenceRouter:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
         header when configured), or None."""
         # (each header's last value; ``header_value`` looks in a fast-path request's lines
-        # in C, no pairs made: a loop here over the ~15 pairs was ~10k instructions, issue 27)
+        # in C, no pairs made: a loop here over the pairs, and their making, was ~20k
+        # instructions a pinned request, benchmarks/results/features-feat2-20261206.md)
         value = header_value(headers, AFFINITY_HEADER)
         session = None if value is None else value.decode("latin-1").strip()
         if not session:
