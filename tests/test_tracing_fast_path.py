@@ -36,7 +36,6 @@ from tests.test_plain_request import RecordingUpstream, _exchange, _request
 from tests.test_tracing import TRACE_ID, Receiver, attrs
 from tests.test_whole_answer import _usage
 
-# (not ``importorskip("plano_fast.gateway._dispatch")``: see tests/conftest.py's import order)
 pytest.importorskip("plano_fast.gateway._forward", reason="the Cython extension is not built")
 if os.environ.get(PURE_ENV) == "1":  # both gateways would run the twins
     pytest.skip("pure scanner forced by the environment", allow_module_level=True)

@@ -89,10 +89,9 @@ print("ok")
 
 @pytest.mark.parametrize("pure", [False, True])
 def test_the_request_path_classes_carry_the_compiled_methods(pure: bool) -> None:
-    """In a fresh process importing the gateway's modules as the gateway does (a test
-    process may import a compiled module first, whose circular import then leaves its
-    twin in place, on main as here): every compiled method installed, or in the pure
-    build every twin kept."""
+    """In a fresh process importing the gateway's modules as the gateway does: every
+    compiled method installed, or in the pure build every twin kept.  (Importing a
+    compiled module first: the test below.)"""
     env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
     if pure:
         env[PURE_ENV] = "1"
