@@ -187,3 +187,9 @@ def data_received(proto, data):
             data = data[taken:]
     proto._feed(data)
     return None
+
+
+# Last: what the twins' module asked to install while this one was half-imported (this
+# module imported first: plano_fast.twins).
+from plano_fast.twins import install_deferred as _install_deferred
+_install_deferred(__name__)

@@ -49,6 +49,7 @@ from plano_fast.model_metrics import ModelMetrics, rank_by
 from plano_fast.errors import ClientError, UpstreamError
 from plano_fast.http_post import exchange
 from plano_fast.usage import STATUS_OK, STATUS_UPSTREAM_ERROR, STATUS_USAGE_MISSING, UsageEvent, UsageSink
+from plano_fast.wire import header_value
 
 if TYPE_CHECKING:
     from plano_fast.config import ModelProvider
@@ -720,16 +721,16 @@ class PreferenceRouter:
     def session_key(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         """The session a request belongs to (``x-model-affinity``, scoped by the tenant
         header when configured), or None."""
-        session = tenant = None
-        th = self.config.tenant_header
-        for name, value in headers:
-            lname = name.lower()
-            if lname == AFFINITY_HEADER:
-                session = value.decode("latin-1").strip()
-            elif th is not None and lname == th:
-                tenant = value.decode("latin-1").strip()
+        # (each header's last value; ``header_value`` looks in a fast-path request's lines
+        # in C, no pairs made: a loop here over the pairs, and their making, was ~20k
+        # instructions a pinned request, benchmarks/results/features-feat2-20261206.md)
+        value = header_value(headers, AFFINITY_HEADER)
+        session = None if value is None else value.decode("latin-1").strip()
         if not session:
             return None
+        th = self.config.tenant_header
+        value = None if th is None or th == AFFINITY_HEADER else header_value(headers, th)
+        tenant = None if value is None else value.decode("latin-1").strip()
         return f"{tenant}:{session}" if tenant else session
 
     async def decide(

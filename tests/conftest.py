@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-# The request path imported in a gateway's own order before any test module: a test that
-# imports a compiled module first (``gateway._settle``, ``_answer``, ``_managed``, an
-# ``importorskip`` of one) would otherwise leave its methods uninstalled in this process
-# (the mode module's ``twins.install_compiled`` finds it half-imported), and every later
-# in-process gateway of the suite would run the pure twins where it means the compiled code.
+# The request path imported in a gateway's own order before any test module, so the suite's
+# processes import as a gateway does.  (A test that imports a compiled module first --
+# ``gateway._settle``, an ``importorskip`` of one -- no longer leaves its methods
+# uninstalled: the mode module's ``twins.install_compiled`` finds it half-imported and the
+# compiled module makes that install at its end, tests/test_twins.py.)
 import plano_fast.app  # noqa: F401,E402 - (imports relay, dispatch and the three modes)
 from plano_fast.gateway.modes import config as _config_mode, firewall as _firewall_mode, managed as _managed_mode  # noqa: F401,E501
 

@@ -61,7 +61,7 @@ def test_the_pure_switch_installs_none(monkeypatch: pytest.MonkeyPatch) -> None:
 _CHECK = """
 import importlib, os
 from plano_fast import http_server
-from plano_fast.gateway import relay
+from plano_fast.gateway import dispatch, relay
 from plano_fast.gateway.modes import config, firewall, managed
 pure = os.environ.get("PLANO_FAST_PURE_SCANNER") == "1"
 pairs = [
@@ -77,6 +77,7 @@ pairs = [
     (relay.UpstreamConnection.data_received, None, "plano_fast.gateway._answer", "data_received"),
     (http_server.ServerProtocol.data_received, http_server.data_received_py, "plano_fast._serve", "data_received"),
     (http_server.ServerProtocol._start, http_server.start_py, "plano_fast._serve", "start"),
+    (dispatch.dispatch, dispatch.dispatch_py, "plano_fast.gateway._dispatch", "dispatch"),
 ]
 for method, twin, module, name in pairs:
     compiled = getattr(importlib.import_module(module), name)
@@ -88,12 +89,44 @@ print("ok")
 
 @pytest.mark.parametrize("pure", [False, True])
 def test_the_request_path_classes_carry_the_compiled_methods(pure: bool) -> None:
-    """In a fresh process importing the gateway's modules as the gateway does (a test
-    process may import a compiled module first, whose circular import then leaves its
-    twin in place, on main as here): every compiled method installed, or in the pure
-    build every twin kept."""
+    """In a fresh process importing the gateway's modules as the gateway does: every
+    compiled method installed, or in the pure build every twin kept.  (Importing a
+    compiled module first: the test below.)"""
     env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
     if pure:
         env[PURE_ENV] = "1"
     done = subprocess.run([sys.executable, "-c", _CHECK], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+#: every compiled module whose functions ``install_compiled`` puts over their twins
+COMPILED = ("plano_fast._serve", "plano_fast.gateway._settle", "plano_fast.gateway._forward",
+            "plano_fast.gateway._answer", "plano_fast.gateway._config", "plano_fast.gateway._firewall",
+            "plano_fast.gateway._managed", "plano_fast.gateway._dispatch")
+
+
+def test_a_compiled_module_imported_first_still_installs_itself() -> None:
+    """A fresh process per compiled module that imports it before anything else (so its
+    twins' module, imported by it, finds it half-imported): every compiled method is
+    installed all the same (before: that module's twins kept, silently -- the
+    import-order note of tests/conftest.py).  The processes run side by side."""
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
+    children = {module: subprocess.Popen([sys.executable, "-c", f"import {module}\n" + _CHECK], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for module in COMPILED}  # fmt: skip
+    for module, child in children.items():
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and out.strip() == "ok", (module, err[-3000:])
+
+
+def test_a_compiled_module_without_a_function_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A built module that lacks one of the functions (a build older than its twins):
+    none installed, and a WARNING says which class keeps its twins and why."""
+    monkeypatch.delenv(PURE_ENV, raising=False)
+    cls = _class()
+    with caplog.at_level("WARNING", logger="plano_fast.twins"):
+        assert twins.install_compiled(cls, _SETTLE, make_event="make_event", observe="no_such_function") is False
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "Throwaway" in record.getMessage()
+    assert "no_such_function" in record.getMessage()

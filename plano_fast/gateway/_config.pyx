@@ -289,3 +289,9 @@ cdef object _sent(exchange, decision):
     if decision is not None:
         exchange._note_decision(decision)
     return pending
+
+
+# Last: what the twins' module asked to install while this one was half-imported (this
+# module imported first: plano_fast.twins).
+from plano_fast.twins import install_deferred as _install_deferred
+_install_deferred(__name__)

@@ -8,8 +8,9 @@ attribute reads of the gateway, its context and the request (~2k instructions a 
 issue 27).  Here the same steps run in that order, with the same side effects: the
 request's and the exchange's slots read and written in place (``plano_fast/_slots.pxd``),
 the exchange built by ``relay.new_exchange`` and aimed (``RoutedExchange.aim``'s slots)
-inline, the gateway's plain attributes read from its __dict__, its ``start`` called and a
-refusal logged as the twin does.
+inline, the gateway's plain attributes read from its __dict__, a request tracing may
+sample traced by the twin's ``trace`` (its server span: ``Tracing.may_sample``, then the
+draw), its ``start`` called and a refusal logged as the twin does.
 
 Managed mode's plain request too: a POST to one of the exact endpoints, its client
 headers read (``read_client_headers_c``, the twin's ``read_client_headers`` and its
@@ -18,10 +19,9 @@ twin's managed branch does (its start decides everything else: ``_managed.pyx``)
 
 Only the plain case is taken; everything else goes to the twin before any side effect:
 a request or gateway context of another class, the store not open yet, a request the
-fast parser did not read (``forward`` unset: the fragment check), tracing or prechecks
-configured, health paths, a config- or managed-mode path that is not one of the exact
-endpoints or not a POST (the twin's 405, managed mode's 404 and stored responses),
-Gemini's, the decision API.
+fast parser did not read (``forward`` unset: the fragment check), prechecks configured, health
+paths, a config- or managed-mode path that is not one of the exact endpoints or not a POST
+(the twin's 405, managed mode's 404 and stored responses), Gemini's, the decision API.
 """
 
 from cpython.dict cimport PyDict_GetItem
@@ -68,6 +68,7 @@ cdef type _Config = ConfigExchange
 cdef type _Managed = ManagedExchange
 cdef object _twin = _dispatch.dispatch_py
 cdef object _new_exchange = _dispatch.new_exchange
+cdef object _trace = _dispatch.trace
 cdef dict _ENDPOINTS = _dispatch.ENDPOINTS
 cdef tuple _HEALTH = _dispatch._HEALTH
 if _HEALTH != (b"/healthz", b"/health"):
@@ -115,8 +116,13 @@ def dispatch(gw, request, responder):
     if not _attr(gw, "store_ready", plain):
         return _twin(gw, request, responder)
     ctx = _attr(gw, "ctx", plain)
-    if type(ctx) is not _Context or _get(ctx, C_TRACING, "tracing") is not None:
+    if type(ctx) is not _Context:
         return _twin(gw, request, responder)
+    tracing = _get(ctx, C_TRACING, "tracing")
+    # (where tracing could sample -- a random draw, a client's traceparent -- the twin's
+    # ``trace`` draws and opens the span once the exchange is built, as the twin does; else
+    # nothing of tracing runs: issue 27's tracing rows, the twin's frame here before)
+    cdef bint sampling = tracing is not None and tracing.may_sample(_get(request, Q_HEADERS, "headers"))
     path = _get(request, Q_PATH, "path")
     managed = _attr(gw, "managed", plain)
     if managed is not None:  # (the twin's managed branch: every exact endpoint is not ALWAYS_SERVED)
@@ -132,6 +138,8 @@ def dispatch(gw, request, responder):
             put_slot(exchange, X_CLIENT, client)
         else:
             exchange.client = client
+        if sampling:
+            _trace(gw, exchange)
         return exchange.start()  # (refusals logged by the exchange itself, as in the twin)
     if _attr(gw, "firewall", plain):
         if type(path) is not bytes or path == b"/healthz" or path == b"/health":  # (_HEALTH)
@@ -155,8 +163,16 @@ def dispatch(gw, request, responder):
         put_slot(forwarded, X_CLIENT, None)  # (the twin's: read on first use)
     else:
         forwarded.client = None
+    if sampling:
+        _trace(gw, forwarded)
     try:
         return forwarded.start()
     except _GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged
         forwarded.refused(exc)
         raise
+
+
+# Last: what the twins' module asked to install while this one was half-imported (this
+# module imported first: plano_fast.twins).
+from plano_fast.twins import install_deferred as _install_deferred
+_install_deferred(__name__)

@@ -197,3 +197,9 @@ def forward_now(exchange):
 def request_id_line(client_request_id, request_id):
     """``request_id_line_c``, for tests/test_header_tables.py (``finish_head``'s rule)."""
     return request_id_line_c(client_request_id, request_id)
+
+
+# Last: what the twins' module asked to install while this one was half-imported (this
+# module imported first: plano_fast.twins).
+from plano_fast.twins import install_deferred as _install_deferred
+_install_deferred(__name__)

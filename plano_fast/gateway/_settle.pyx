@@ -193,3 +193,9 @@ def observe(self, event):
             _slot(event, E_ATTEMPTS, "attempts"), responder.peer(), _slot(self, O_GUARD_NAMES, "guard_names"),
             _slot(self, O_ROUTE_NAME, "route_name"), _slot(event, E_TRAIL, "attempt_trail"),
         ))
+
+
+# Last: what the twins' module asked to install while this one was half-imported (this
+# module imported first: plano_fast.twins).
+from plano_fast.twins import install_deferred as _install_deferred
+_install_deferred(__name__)

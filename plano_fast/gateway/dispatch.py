@@ -10,6 +10,7 @@ they read; this module owns the order of the questions.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from plano_fast.preference_routing import Decision, decision_body
 from plano_fast.responses_managed import owner_of
 from plano_fast.responses_state import stored_response_answer
 from plano_fast.routing import UnknownModel
+from plano_fast.twins import install_compiled
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -176,11 +178,6 @@ def dispatch_py(gw: Gateway, request: Request, responder: Responder) -> Coroutin
 #: exchange forwards (``plano_fast/gateway/_dispatch.pyx``: no Python frame between the
 #: server's read and the exchange's start, ~2k instructions a request), the twin otherwise
 dispatch: Callable[[Gateway, Request, Responder], Coroutine[Any, Any, None] | None] = dispatch_py
-if os.environ.get(scan.PURE_ENV) != "1":  # the switch every compiled module obeys
-    try:
-        from plano_fast.gateway._dispatch import dispatch  # noqa: E402 - needs dispatch_py
-    except ImportError:
-        pass
 
 
 def stored_response_path(gw: Gateway, request: Request) -> bool:
@@ -271,3 +268,7 @@ def admit_path(gw: Gateway, method: bytes, target: bytes) -> None:
         metered_endpoint(method, path, gw.ctx.unbilled_paths)
     if query and path.endswith(b":generateContent"):
         refuse_unary_sse(query)
+
+
+# (last: the compiled dispatch reads this module's functions, ``trace`` among them)
+install_compiled(sys.modules[__name__], "plano_fast.gateway._dispatch", dispatch="dispatch")

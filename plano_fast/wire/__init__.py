@@ -184,18 +184,21 @@ else:
     DLP_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
 
 #: The request metrics' accumulator (plano_fast.metrics.RequestMetrics' base), the access
-#: log's line writer (``access_log_lines(records) -> bytes``) and ``has_header(headers, name)``.
+#: log's line writer (``access_log_lines(records) -> bytes``), ``has_header(headers, name)`` and
+#: ``header_value(headers, name)``.
 from plano_fast.wire._obs_shared import FIELDS as ACCESS_LOG_FIELDS  # noqa: E402 - grouped with its switch
 from plano_fast.wire._obs_shared import LATENCY_BUCKETS_S  # noqa: E402
 from plano_fast.wire._obs_shared import RECORD as ACCESS_LOG_RECORD  # noqa: E402
 
 if _built("_obs"):
-    from plano_fast.wire._obs import RouteStats, RouteTable, has_header, record_appender
+    from plano_fast.wire._obs import RouteStats, RouteTable, has_header, header_value, record_appender
     from plano_fast.wire._obs import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "cython"
 else:
-    from plano_fast.wire._obs_py import RouteStats, RouteTable, has_header, record_appender  # type: ignore[assignment]
+    from plano_fast.wire._obs_py import (  # type: ignore[assignment]
+        RouteStats, RouteTable, has_header, header_value, record_appender,
+    )
     from plano_fast.wire._obs_py import lines as access_log_lines
 
     OBS_IMPLEMENTATION: Final = "python"  # type: ignore[misc]
@@ -253,6 +256,7 @@ __all__ = [
     "dlp_scan_text",
     "forward_request_headers",
     "has_header",
+    "header_value",
     "header_line",
     "parse_request",
     "parse_request_begun",

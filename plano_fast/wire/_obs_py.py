@@ -211,3 +211,13 @@ def has_header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bool:
         if key == name:
             return True
     return False
+
+
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the last header called ``name`` (lowercase; the names in ``headers``
+    compared lowercased), or None: preference routing's session headers."""
+    found = None
+    for key, value in headers:
+        if key.lower() == name:
+            found = value
+    return found

@@ -215,27 +215,50 @@ cdef class RequestHeaders:
     def has(self, bytes name not None):
         """Whether a header called ``name`` (lowercase) is among them (no pairs made: what
         tracing asks of every request, ``_obs.has_header``)."""
+        cdef Py_ssize_t end
+        return self._value(name, True, &end) >= 0
+
+    def last(self, bytes name not None):
+        """The value of the last header called ``name`` (lowercase), or None (no pairs made:
+        preference routing's session headers, ``_obs.header_value``)."""
+        cdef Py_ssize_t end
+        cdef Py_ssize_t start = self._value(name, False, &end)
+        if start < 0:
+            return None
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.lines) + start, end - start)
+
+    cdef Py_ssize_t _value(self, bytes name, bint first, Py_ssize_t *end):
+        """Where the value of the first (``first``) or last header called ``name`` starts
+        in the lines (``end[0]``: where it ends; cut as ``_pairs_of`` cuts it), or -1."""
         cdef const unsigned char *s = <const unsigned char *>PyBytes_AS_STRING(self.lines)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(self.lines)
         cdef const unsigned char *want = <const unsigned char *>PyBytes_AS_STRING(name)
-        cdef Py_ssize_t m = PyBytes_GET_SIZE(name), i = 0, a, k
+        cdef Py_ssize_t m = PyBytes_GET_SIZE(name), i = 0, a, k, start = -1
         cdef bint same
         while i < n:
             a = i
             while s[i] != 58:  # (every line has its colon: the parse checked it)
                 i += 1
-            if i - a == m:
-                same = True
+            same = i - a == m
+            if same:
                 for k in range(m):
                     if lower(s[a + k]) != want[k]:
                         same = False
                         break
-                if same:
-                    return True
+            if same:
+                i += 1
+                while s[i] == 32 or s[i] == 9:
+                    i += 1
+                start = i
+                while s[i] != 13:
+                    i += 1
+                end[0] = i
+                if first:
+                    return start
             while s[i] != 10:
                 i += 1
             i += 1
-        return False
+        return start
 
 
 cdef list _pairs_of(bytes lines):
