@@ -23,12 +23,12 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
 from plano_fast.billing.drain import encode_line
 from plano_fast.billing.drain import wal_line as _wal_line
+from plano_fast.billing.file_thread import FileThread
 from plano_fast.periodic import Periodic
 from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
@@ -189,7 +189,7 @@ class WriteAheadLog:
         self._current_last = 0
         self._segments = 0
         self._lock = asyncio.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: FileThread | None = None
         #: set while the sync task waits for an event (an idle gateway: no wake-ups)
         self._parked: asyncio.Future[None] | None = None
         self._loop = Periodic("usage-wal", self._tick, lambda: self.sync_interval_s, on_error=self._sync_failed)
@@ -221,14 +221,14 @@ class WriteAheadLog:
             self._parked = None
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plano-wal")
+        self._executor = FileThread("plano-wal")
         self._loop.start()
 
     async def stop(self) -> None:
         """Stop syncing (the flusher has drained: everything is resolved or spilled)."""
         await self._loop.stop()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.stop()
             self._executor = None
 
     @property
@@ -267,9 +267,8 @@ class WriteAheadLog:
                 self._current = self._base.with_name(
                     f"{self._base.name}.{os.getpid()}.{self._segments}{WAL_SUFFIX}")
             path = self._current
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._executor, _append_synced, path, line)
+                await self._executor.run(_append_synced, path, line)
             except BaseException:
                 self._buffer[:0] = events  # kept for the next sync
                 raise
@@ -297,9 +296,9 @@ class WriteAheadLog:
                 _unlink_all(done)
             else:
                 # Shielded: a cancelled flusher must not leave a resolved segment behind
-                # (a queued job whose future is cancelled would never run).
-                await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(self._executor, _unlink_all, done))
+                # (the thread runs every job it was given; the shield keeps the
+                # waiting future itself uncancelled).
+                await asyncio.shield(self._executor.run(_unlink_all, done))
 
 
 def _unlink_all(paths: list[Path]) -> None:
