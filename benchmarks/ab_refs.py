@@ -59,6 +59,10 @@ ROOT = bench.ROOT
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "plano_fast_ab_refs"
 HARNESS_PACKAGES = ("benchmarks", "tests")  # always the harness's, never the ref's
 ENV_DROP = ("PYTHONPATH", "PLANO_FAST_PURE_SCANNER")  # both refs compiled, nothing injected
+CG_RATE_HELP = ("callgrind: send the counted concurrency-1 requests at this many a second (0: back to back). "
+                "Work done per unit of time (the usage WAL's 0.1 s syncs) is shared by the requests of that "
+                "time, so an unpaced c=1 count moves with the rate the loaded machine allows (15 to 285 "
+                "req/s measured for one ref); a fixed rate below the slowest side's makes A and B comparable")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -81,6 +85,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--callgrind-concurrency", default="1,32", help="callgrind: comma-separated")
     ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1,
                     help="callgrind: measurements per concurrency (the median is reported)")
+    ap.add_argument("--callgrind-rate", dest="cg_rate", type=float, default=0.0, help=CG_RATE_HELP)
     ap.add_argument("--idle-s", type=float, default=20.0, help="callgrind: idle baseline per measurement")
     ap.add_argument("--period-s", type=float, default=10.0,
                     help="callgrind: windows last whole multiples of this (the gateway's periodic tasks)")
@@ -100,6 +105,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.cg_conc = [int(c) for c in args.callgrind_concurrency.split(",") if c.strip()]
     if args.rounds < 1 or args.requests < 1 or args.cg_repeats < 1 or not args.cg_conc or min(args.cg_conc) < 1:
         ap.error("--rounds, --requests, --callgrind-repeats and --callgrind-concurrency must be positive")
+    if args.cg_rate < 0:
+        ap.error("--callgrind-rate must be 0 or positive")
     return args
 
 
@@ -320,14 +327,20 @@ class _Response:
 
 
 async def _drive(host: str, port: int, request: bytes, n: int, concurrency: int,
-                 split_pause_s: float = 0.0) -> dict[int, int]:
+                 split_pause_s: float = 0.0, rate: float = 0.0) -> dict[int, int]:
+    """``rate`` > 0 (one connection): request i is sent at i / rate s, or when the previous
+    answer came if that is later."""
     statuses: dict[int, int] = {}
     head_end = request.index(b"\r\n\r\n") + 4
+    loop = asyncio.get_running_loop()
 
     async def connection(count: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
+        t0 = loop.time()
         try:
-            for _ in range(count):
+            for i in range(count):
+                if rate > 0 and (delay_s := t0 + i / rate - loop.time()) > 0:
+                    await asyncio.sleep(delay_s)
                 if split_pause_s > 0:
                     # the head, then the body in a second send, as httpx (the openai and
                     # anthropic SDKs) writes a request; the pause lets the server read
@@ -356,15 +369,18 @@ async def _drive(host: str, port: int, request: bytes, n: int, concurrency: int,
 
 
 def send(url: str, headers: Sequence[tuple[str, str]], n: int, concurrency: int,
-         body: str = bench.BODY_JSON, split_pause_s: float = 0.0) -> float:
-    """Send exactly ``n`` keep-alive requests over ``concurrency`` connections; returns the
-    wall time.  Raises unless every response is a 2xx (a refusal would be measured instead).
+         body: str = bench.BODY_JSON, split_pause_s: float = 0.0, rate: float = 0.0) -> float:
+    """Send exactly ``n`` keep-alive requests over ``concurrency`` connections (``rate`` > 0:
+    one connection, ``rate`` requests a second at most); returns the wall time.  Raises
+    unless every response is a 2xx (a refusal would be measured instead).
     ``split_pause_s`` > 0: each request's head and body in two writes that far apart (an
     SDK client's two sends)."""
+    if rate > 0 and concurrency != 1:
+        raise ValueError("a paced send is one connection")
     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
     t0 = time.monotonic()
     statuses = asyncio.run(_drive(host, int(port), request_bytes(host, int(port), body, headers), n, concurrency,
-                                  split_pause_s))
+                                  split_pause_s, rate))
     wall = time.monotonic() - t0
     bad = {k: v for k, v in statuses.items() if not 200 <= k < 300}
     if bad:
@@ -420,6 +436,7 @@ def add_window_options(ap: argparse.ArgumentParser, *, requests: int, concurrenc
     ap.add_argument("--callgrind-concurrency", default=concurrency, help="callgrind: comma-separated")
     ap.add_argument("--callgrind-repeats", dest="cg_repeats", type=int, default=1)
     add_split_option(ap)
+    ap.add_argument("--callgrind-rate", dest="cg_rate", type=float, default=0.0, help=CG_RATE_HELP)
     ap.add_argument("--idle-s", type=float, default=idle_s, help="callgrind: idle baseline per measurement")
     ap.add_argument("--period-s", type=float, default=10.0, help="callgrind: windows are whole multiples")
     ap.add_argument("--settle-s", type=float, default=settle_s, help="callgrind: wait for deferred work")
@@ -445,7 +462,8 @@ def _callgrind_window(gw: RefGateway, headers: list[tuple[str, str]], conc: int,
     idle_rate = _dump(pid, workdir) / (time.monotonic() - t0)
     _control(pid, "--zero")
     t0 = time.monotonic()
-    wall = send(gw.url, headers, args.requests, conc, body, _split_s(args))
+    wall = send(gw.url, headers, args.requests, conc, body, _split_s(args),
+                getattr(args, "cg_rate", 0.0) if conc == 1 else 0.0)
     inline = _dump(pid, workdir)
     time.sleep(max(0.0, t0 + whole_periods(wall + args.settle_s, args.period_s) - time.monotonic()))
     deferred = _dump(pid, workdir)
@@ -559,7 +577,8 @@ def render(refs: dict[str, PreparedRef], wrk: dict[str, Any], cg: dict[str, Any]
                          f"{r['verdict']} |")
     if cg:
         lines += ["", f"instructions per request under callgrind, {args.requests} requests per concurrency after "
-                  f"{args.warmup} (inline: while answering; deferred: the {args.settle_s:g} s after, usage flush and "
+                  f"{args.warmup}" + (f", concurrency 1 paced at {args.cg_rate:g} req/s" if args.cg_rate else "")
+                  + f" (inline: while answering; deferred: the {args.settle_s:g} s after, usage flush and "
                   "pricing; both minus the idle rate)",
                   "| mode | concurrency | A inline | B inline | B/A | A inline+deferred | B inline+deferred | B/A |",
                   "|---|---|---|---|---|---|---|---|"]

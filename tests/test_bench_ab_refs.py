@@ -157,6 +157,19 @@ def test_fixed_number_of_requests() -> None:
         assert len(provider.requests) == 3
 
 
+def test_a_paced_send_sends_every_request_no_sooner_than_its_rate_allows() -> None:
+    with FakeProviderThread() as provider:
+        wall = send(provider.url, [("authorization", "Bearer sk-x")], 5, 1, rate=50.0)
+        assert len(provider.requests) == 5
+        assert wall >= 4 / 50.0  # the fifth request is sent 80 ms after the first, not before
+    with pytest.raises(ValueError, match="one connection"):
+        send("http://127.0.0.1:9", [], 5, 2, rate=50.0)
+    assert parse_args(["--a", "x", "--b", "y", "--callgrind", "--callgrind-rate", "10"]).cg_rate == 10.0
+    assert parse_args(["--a", "x", "--b", "y"]).cg_rate == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["--a", "x", "--b", "y", "--callgrind-rate", "-1"])
+
+
 def test_callgrind_dump_total(tmp_path: Path) -> None:
     dump = tmp_path / "callgrind.out.1.1"
     dump.write_text("version: 1\ncreator: callgrind-3.19.0\npid: 1\ncmd: python\npart: 1\n\nevents: Ir\n"

@@ -23,12 +23,12 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
 from plano_fast.billing.drain import encode_line
 from plano_fast.billing.drain import wal_line as _wal_line
+from plano_fast.billing.file_thread import FileThread
 from plano_fast.periodic import Periodic
 from plano_fast.store.records import UsageRow
 from plano_fast.usage import UsageEvent
@@ -189,7 +189,8 @@ class WriteAheadLog:
         self._current_last = 0
         self._segments = 0
         self._lock = asyncio.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: FileThread | None = None
+        self._segment = SegmentFile()  # (used on the executor's thread while it runs)
         #: set while the sync task waits for an event (an idle gateway: no wake-ups)
         self._parked: asyncio.Future[None] | None = None
         self._loop = Periodic("usage-wal", self._tick, lambda: self.sync_interval_s, on_error=self._sync_failed)
@@ -221,15 +222,16 @@ class WriteAheadLog:
             self._parked = None
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plano-wal")
+        self._executor = FileThread("plano-wal")
         self._loop.start()
 
     async def stop(self) -> None:
         """Stop syncing (the flusher has drained: everything is resolved or spilled)."""
         await self._loop.stop()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.stop()
             self._executor = None
+        self._segment.close()  # (the thread has ended)
 
     @property
     def files(self) -> list[Path]:
@@ -267,9 +269,8 @@ class WriteAheadLog:
                 self._current = self._base.with_name(
                     f"{self._base.name}.{os.getpid()}.{self._segments}{WAL_SUFFIX}")
             path = self._current
-            loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(self._executor, _append_synced, path, line)
+                await self._executor.run(self._segment.append, path, line)
             except BaseException:
                 self._buffer[:0] = events  # kept for the next sync
                 raise
@@ -294,12 +295,12 @@ class WriteAheadLog:
             if not done:
                 return
             if self._executor is None:  # stopped: nothing else is waiting on the loop
-                _unlink_all(done)
+                self._segment.unlink_all(done)
             else:
                 # Shielded: a cancelled flusher must not leave a resolved segment behind
-                # (a queued job whose future is cancelled would never run).
-                await asyncio.shield(
-                    asyncio.get_running_loop().run_in_executor(self._executor, _unlink_all, done))
+                # (the thread runs every job it was given; the shield keeps the
+                # waiting future itself uncancelled).
+                await asyncio.shield(self._executor.run(self._segment.unlink_all, done))
 
 
 def _unlink_all(paths: list[Path]) -> None:
@@ -315,9 +316,48 @@ def _unlink_all(paths: list[Path]) -> None:
                 path, type(exc).__name__)
 
 
-def _append_synced(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+class SegmentFile:
+    """The segment the log's thread appends to, kept open from one sync to the next (used
+    on that thread only).
+
+    Opened per sync, a sync was ~7 system calls on the thread beside the write and the
+    fsync (mkdir, openat, fstat, ioctl, lseek, close, ...) and the Python of ``Path.mkdir``
+    and ``open``: ~0.05-0.1 calls a request each at concurrency 1 (issue 27,
+    benchmarks/results/tails-20261206.md).  Now a segment is opened by its first sync
+    and closed when the log moves to the next one, when it is unlinked, after a failed
+    write (the next sync opens it again, as each sync did) and at stop."""
+
+    __slots__ = ("path", "_fd")
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._fd = -1
+
+    def append(self, path: Path, data: bytes) -> None:
+        """``data`` appended to ``path`` and fsynced."""
+        if path != self.path:
+            self.close()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+            self.path = path
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except BaseException:
+            self.close()
+            raise
+
+    def unlink_all(self, paths: list[Path]) -> None:
+        if self.path in paths:
+            self.close()
+        _unlink_all(paths)
+
+    def close(self) -> None:
+        fd, self._fd, self.path = self._fd, -1, None
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # (its data was fsynced, or the sync that wrote it failed)
