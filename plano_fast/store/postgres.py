@@ -584,6 +584,20 @@ async def _keep_session(conn: Any) -> None:
     rolls back a transaction left open before this is called."""
 
 
+async def _reserve_on(conn: Any, lost_pids: list[int], sql: str, *args: Any) -> int:
+    """``PostgresStore._reserving`` on ``conn``."""
+    pid = conn.get_server_pid()  # (read now: a lost pooled connection leaves the pool's hands)
+    try:
+        return int(await conn.fetchval(sql, *args))
+    except _CONNECTION_LOST:  # (TimeoutError among them: a statement that ran out of time)
+        # Its backend may still run it (waiting on a counter lock: the connection is closed
+        # on this side only) and commit a reservation nobody holds.
+        lost_pids.append(pid)
+        with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
+            conn.terminate()
+        raise
+
+
 class PostgresStore(SqlStore):
     kind = "postgres"
     write_batches_in_flight = WRITE_BATCHES_IN_FLIGHT
@@ -807,19 +821,21 @@ class PostgresStore(SqlStore):
         else:
             shard = self._shard_turn = (self._shard_turn + 1) % _WRITE_SHARDS
 
-        async def body(conn: Any) -> int:
-            return await self._write_usage_on(conn, batch, now, shard)
-
         try:
             one = self._write_one_statement(batch, now, shard)
-            if one is not None:  # one statement: its own transaction, on the hot connection
-                sql, args = one
 
-                async def attempt() -> int:
-                    return int(await self._fetchval_hot(sql, *args))
+            async def attempt() -> int:
+                if one is not None:  # one statement: its own transaction, on the hot connection
+                    return int(await self._fetchval_hot(one[0], *one[1]))
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await self._write_usage_on(conn, batch, now, shard)
 
-                return await self._retrying(attempt)
-            return await self._in_tx(body)
+            # Idempotent, so run once more if its connection was lost (a backend ended, a
+            # reset socket) before its callers are failed (managed mode's writer would send
+            # the rows to the journal, written later): a lost statement that did commit, or
+            # still commits, leaves the rerun nothing to insert or count (ON CONFLICT
+            # (request_id) DO NOTHING, which waits for that commit).
+            return await self._once_more_if_lost(attempt, "usage write")
         finally:
             if held:
                 free.append(shard)
@@ -964,12 +980,13 @@ class PostgresStore(SqlStore):
                         raise
             return 1  # counters still being created: each request alone
 
+        made = [res for _, res in batch]
         try:
             first_refused = await self._retrying(attempt)
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            self._release_later(made, lost_pids)  # (what the timed-out statement may still grant)
             raise
         except _CONNECTION_LOST as exc:
-            made = [res for _, res in batch]
             first_refused = await self._reserve_again(
                 attempt, made,
                 lambda found: next((j for j, r in enumerate(made, 1) if r.id not in found), NONE_REFUSED),
@@ -1010,27 +1027,23 @@ class PostgresStore(SqlStore):
         try:
             admitted = await self._retrying(attempt)
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            self._release_later([res], lost_pids)  # (what the timed-out statement may still grant)
             raise
         except _CONNECTION_LOST as exc:
             admitted = await self._reserve_again(attempt, [res], len, exc, lost_pids)
         return res if admitted else None
 
     async def _reserving(self, lost_pids: list[int], sql: str, *args: Any) -> int:
-        """The reservation statement ``sql``'s value; the backend pid of its connection
-        goes into ``lost_pids`` when that connection is lost (``_reserve_again`` ends that
-        backend), and the connection is closed on this side if it was not already, so the
-        pool never hands it out again."""
-        async with self.pool.acquire() as conn:
-            pid = conn.get_server_pid()  # (read now: a lost connection leaves the pool's hands)
-            try:
-                return int(await conn.fetchval(sql, *args))
-            except TimeoutError:  # not a lost connection (see _CONNECTION_LOST)
-                raise
-            except _CONNECTION_LOST:
-                lost_pids.append(pid)
-                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
-                    conn.terminate()
-                raise
+        """The reservation statement ``sql``'s value, on the hot connection when it is free
+        (``pg_hot``; else on a pooled one).  When its connection is lost, or the statement
+        times out, the backend pid of that connection goes into ``lost_pids`` (the caller
+        ends that backend before it checks, reruns or gives back: ``_reserve_again``,
+        ``_release_later``) and the connection is closed on this side if it was not
+        already, so that neither the hot connection nor the pool uses it again."""
+        hot = self._hot
+        if hot is None:
+            raise StoreError("the PostgreSQL store is not open")
+        return await hot.run(self._pool, _reserve_on, lost_pids, sql, *args)
 
     async def _reserve_again(
         self, attempt: Callable[[], Awaitable[int]], made: list[Reservation], committed: Callable[[set[str]], int],
