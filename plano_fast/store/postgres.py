@@ -485,6 +485,29 @@ UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd - $1, updated
 """
 
 
+# ``usage_synchronous_commit=False`` (an operator's choice: ``plano_fast.
+# usage_synchronous_commit``): usage writes and settles commit without waiting for their WAL
+# to reach the disk.  Their statements run on their own (implicit) transaction, so the
+# setting is made inside the statement -- ``set_config(..., true)`` lasts to the end of
+# that transaction, and the commit that follows the statement reads it -- not by a ``SET
+# LOCAL`` of its own, which would need a transaction block (BEGIN ... COMMIT: two round
+# trips more).  The statement's last SELECT becomes a scalar subquery over a one-row
+# FROM that calls it (a SELECT-only CTE nobody reads is never run).  A batch that COPYs
+# is a transaction block already: ``SET LOCAL`` there.
+_UNFLUSHED_FROM = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+_SET_UNFLUSHED = "SET LOCAL synchronous_commit = off"
+
+
+@functools.lru_cache(maxsize=64)
+def _unflushed(sql: str) -> str:
+    """``sql`` (a statement whose last line starts its final SELECT) committed with
+    ``synchronous_commit = off``: the same value, from the same CTEs."""
+    head, sep, last = sql.rstrip().rpartition("\nSELECT ")
+    if not sep:
+        raise ValueError("no final SELECT on a line of its own")
+    return f"{head}\nSELECT (SELECT {last}) {_UNFLUSHED_FROM}"
+
+
 @functools.lru_cache(maxsize=1024)
 def _dollar(sql: str) -> str:
     """Rewrite portable ``?`` placeholders to PostgreSQL's ``$n``."""
@@ -610,8 +633,13 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         command_timeout: float | None = 60.0,
         connect_timeout_s: float = 10.0,
+        usage_synchronous_commit: bool = True,
     ) -> None:
         self.dsn = dsn
+        #: False: usage writes and settles commit with ``synchronous_commit = off``
+        #: (``_unflushed``): visible to every instance at once, but a server or OS crash
+        #: can lose the last few hundred milliseconds of them (README, "Durability")
+        self.usage_synchronous_commit = usage_synchronous_commit
         self.connect_timeout_s = connect_timeout_s
         self.min_size = min_size
         self.max_size = max_size
@@ -824,10 +852,15 @@ class PostgresStore(SqlStore):
         try:
             one = self._write_one_statement(batch, now, shard)
 
+            unflushed = not self.usage_synchronous_commit
+
             async def attempt() -> int:
                 if one is not None:  # one statement: its own transaction, on the hot connection
-                    return int(await self._fetchval_hot(one[0], *one[1]))
+                    sql, args = one
+                    return int(await self._fetchval_hot(_unflushed(sql) if unflushed else sql, *args))
                 async with self.pool.acquire() as conn, conn.transaction():
+                    if unflushed:
+                        await conn.execute(_SET_UNFLUSHED)
                     return await self._write_usage_on(conn, batch, now, shard)
 
             # Idempotent, so run once more if its connection was lost (a backend ended, a
@@ -1182,6 +1215,8 @@ class PostgresStore(SqlStore):
             rows.sort(key=_REQUEST_ID)
             ids = sorted({rid for rid, _ in batch})
             args, sql = (_usage_records(rows), now, ids), _SETTLE
+        if not self.usage_synchronous_commit:
+            sql = _unflushed(sql)
 
         async def attempt() -> list[str]:
             taken: list[str] = await self._fetchval_hot(sql, *args)
