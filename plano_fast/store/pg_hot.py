@@ -46,10 +46,6 @@ REOPEN_AFTER_S: Final = 1.0
 the next."""
 
 
-async def _fetchval(conn: Any, sql: str, *args: Any) -> Any:
-    return await conn.fetchval(sql, *args)
-
-
 class HotConnection:
     def __init__(self, dsn: str, command_timeout: float | None, connect_timeout_s: float) -> None:
         self.dsn = dsn
@@ -62,34 +58,56 @@ class HotConnection:
         self._closed = False
 
     async def fetchval(self, pool: Any, sql: str, *args: Any) -> Any:
-        """``sql``'s value: on the held connection when it is free, else on ``pool``."""
-        return await self.run(pool, _fetchval, sql, *args)
+        """``sql``'s value: on the held connection when it is free, else on ``pool``.
+        (``run`` with ``conn.fetchval``, without its coroutine layer: the usage write's
+        path at concurrency 1.)"""
+        conn = self._free()
+        if conn is None:
+            return await pool.fetchval(sql, *args)
+        self._busy = True
+        try:
+            return await conn.fetchval(sql, *args)
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+        finally:
+            self._busy = False
 
     async def run(self, pool: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``fn(conn, *args)`` -- one statement on ``conn`` -- on the held connection when
         it is free, else on a connection of ``pool``."""
-        conn = self._conn
-        if conn is not None and conn.is_closed():  # (lost while idle: known already)
-            self._drop(conn)
-            conn = None
-        if conn is None or self._busy:
-            if conn is None:
-                self._open_later()
+        conn = self._free()
+        if conn is None:
             async with pool.acquire() as pooled:
                 return await fn(pooled, *args)
         self._busy = True
         try:
             return await fn(conn, *args)
         except BaseException as exc:
-            # The server's own error in a statement leaves the connection idle and usable;
-            # anything else (lost, timed out, cancelled while the statement ran) does not.
-            if not isinstance(exc, asyncpg.PostgresError) or isinstance(
-                exc, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
-            ) or conn.is_closed():
-                self._drop(conn)
+            self._failed(conn, exc)
             raise
         finally:
             self._busy = False
+
+    def _free(self) -> Any:
+        """The held connection if it is open and idle (None: use the pool; opened in the
+        background when there is none)."""
+        conn = self._conn
+        if conn is not None and conn.is_closed():  # (lost while idle: known already)
+            self._drop(conn)
+            conn = None
+        if conn is None:
+            self._open_later()
+            return None
+        return None if self._busy else conn
+
+    def _failed(self, conn: Any, exc: BaseException) -> None:
+        # The server's own error in a statement leaves the connection idle and usable;
+        # anything else (lost, timed out, cancelled while the statement ran) does not.
+        if not isinstance(exc, asyncpg.PostgresError) or isinstance(
+            exc, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+        ) or conn.is_closed():
+            self._drop(conn)
 
     @property
     def pid(self) -> int | None:

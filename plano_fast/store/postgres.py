@@ -1113,7 +1113,7 @@ class PostgresStore(SqlStore):
 
         try:
             await self._end_backends(lost_pids)
-            present = await self._retrying(found)
+            present = await self._once_more_if_lost(found, "reservation check")
             if present:
                 return committed(present)
             try:
@@ -1146,7 +1146,10 @@ class PostgresStore(SqlStore):
             return await self.pool.fetch(_END_BACKENDS, pids)
 
         try:
-            await self._retrying(terminate)
+            # (once more on another connection if lost: a network cut that took the
+            # statement's connection takes the pool's idle ones too -- and, since
+            # reservations run on the hot connection, the pool may still hold one)
+            await self._once_more_if_lost(terminate, "backend termination")
         except asyncpg.exceptions.InsufficientPrivilegeError as exc:
             log.warning("a lost reservation statement's backend could not be ended (%s); its "
                         "reservation may stay held until it expires", type(exc).__name__)
