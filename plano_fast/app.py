@@ -104,7 +104,11 @@ class Gateway:
             keepalive_timeout_s=settings.keepalive_timeout_s,
         )
         self.router = Router(config)
-        self.store = store or open_store(settings.database_url, settings.sqlite_path)
+        self.store = store or open_store(
+            settings.database_url, settings.sqlite_path,
+            # (the loader allows false with a PostgreSQL database_url only)
+            **({} if settings.usage_synchronous_commit else {"usage_synchronous_commit": False}),
+        )
         self.billing = BillingPipeline(self.store, settings)
         self.firewall = settings.mode == "firewall"
         self.registry = ApiKeyRegistry(self.store, settings.key_registry_reload_s)

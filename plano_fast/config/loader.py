@@ -360,6 +360,13 @@ class _Builder(_ProviderBuilder):
         s = self.validate(GatewaySettings, data, ("plano_fast",))
         if s is None:
             return None
+        if not s.usage_synchronous_commit and not (s.database_url or "").lower().startswith(
+            ("postgres://", "postgresql://")
+        ):  # (never a setting accepted and ignored)
+            self.err(("plano_fast", "usage_synchronous_commit"),
+                     "false needs a PostgreSQL database_url (SQLite's commits do not wait for a "
+                     "flush already: synchronous = NORMAL)")
+            return None
         # Plano's overrides.upstream_connect_timeout applies unless plano_fast sets its own.
         if isinstance(overrides, dict) and "upstream_connect_timeout" in overrides:
             if "upstream_connect_timeout_s" not in s.model_fields_set:

@@ -252,6 +252,11 @@ class GatewaySettings(BaseModel):
     dns_ttl_s: PosFloat = 60.0  # how long a resolved address is reused
     sqlite_path: NonEmptyStr = "plano_fast.db"  # usage store when database_url is unset
     database_url: str | None = Field(default=None, repr=False)  # PostgreSQL usage store
+    # PostgreSQL only.  false: usage writes and settles (managed mode's synchronous write)
+    # commit with synchronous_commit = off -- seen by every instance at once, but a
+    # PostgreSQL or OS crash can lose the last ~3 x wal_writer_delay of them (README,
+    # "Durability of usage writes").  true: each commit waits for its WAL flush.
+    usage_synchronous_commit: bool = True
     usage_flush_interval_s: PosFloat = 10.0  # usage batch flush period
     # With --workers N: how often each worker publishes its metrics for the others'
     # scrapes (a scrape is at most this stale); also the idle upstream pool's sweep period.

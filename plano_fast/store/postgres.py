@@ -492,6 +492,29 @@ UPDATE spending_counters SET reserved_nano_usd = reserved_nano_usd - $1, updated
 """
 
 
+# ``usage_synchronous_commit=False`` (an operator's choice: ``plano_fast.
+# usage_synchronous_commit``): usage writes and settles commit without waiting for their WAL
+# to reach the disk.  Their statements run on their own (implicit) transaction, so the
+# setting is made inside the statement -- ``set_config(..., true)`` lasts to the end of
+# that transaction, and the commit that follows the statement reads it -- not by a ``SET
+# LOCAL`` of its own, which would need a transaction block (BEGIN ... COMMIT: two round
+# trips more).  The statement's last SELECT becomes a scalar subquery over a one-row
+# FROM that calls it (a SELECT-only CTE nobody reads is never run).  A batch that COPYs
+# is a transaction block already: ``SET LOCAL`` there.
+_UNFLUSHED_FROM = "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed"
+_SET_UNFLUSHED = "SET LOCAL synchronous_commit = off"
+
+
+@functools.lru_cache(maxsize=64)
+def _unflushed(sql: str) -> str:
+    """``sql`` (a statement whose last line starts its final SELECT) committed with
+    ``synchronous_commit = off``: the same value, from the same CTEs."""
+    head, sep, last = sql.rstrip().rpartition("\nSELECT ")
+    if not sep:
+        raise ValueError("no final SELECT on a line of its own")
+    return f"{head}\nSELECT (SELECT {last}) {_UNFLUSHED_FROM}"
+
+
 @functools.lru_cache(maxsize=1024)
 def _dollar(sql: str) -> str:
     """Rewrite portable ``?`` placeholders to PostgreSQL's ``$n``."""
@@ -591,6 +614,20 @@ async def _keep_session(conn: Any) -> None:
     rolls back a transaction left open before this is called."""
 
 
+async def _reserve_on(conn: Any, lost_pids: list[int], sql: str, *args: Any) -> int:
+    """``PostgresStore._reserving`` on ``conn``."""
+    pid = conn.get_server_pid()  # (read now: a lost pooled connection leaves the pool's hands)
+    try:
+        return int(await conn.fetchval(sql, *args))
+    except _CONNECTION_LOST:  # (TimeoutError among them: a statement that ran out of time)
+        # Its backend may still run it (waiting on a counter lock: the connection is closed
+        # on this side only) and commit a reservation nobody holds.
+        lost_pids.append(pid)
+        with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
+            conn.terminate()
+        raise
+
+
 class PostgresStore(SqlStore):
     kind = "postgres"
     write_batches_in_flight = WRITE_BATCHES_IN_FLIGHT
@@ -603,8 +640,13 @@ class PostgresStore(SqlStore):
         max_size: int = 10,
         command_timeout: float | None = 60.0,
         connect_timeout_s: float = 10.0,
+        usage_synchronous_commit: bool = True,
     ) -> None:
         self.dsn = dsn
+        #: False: usage writes and settles commit with ``synchronous_commit = off``
+        #: (``_unflushed``): visible to every instance at once, but a server or OS crash
+        #: can lose the last few hundred milliseconds of them (README, "Durability")
+        self.usage_synchronous_commit = usage_synchronous_commit
         self.connect_timeout_s = connect_timeout_s
         self.min_size = min_size
         self.max_size = max_size
@@ -814,19 +856,26 @@ class PostgresStore(SqlStore):
         else:
             shard = self._shard_turn = (self._shard_turn + 1) % _WRITE_SHARDS
 
-        async def body(conn: Any) -> int:
-            return await self._write_usage_on(conn, batch, now, shard)
-
         try:
             one = self._write_one_statement(batch, now, shard)
-            if one is not None:  # one statement: its own transaction, on the hot connection
-                sql, args = one
 
-                async def attempt() -> int:
-                    return int(await self._fetchval_hot(sql, *args))
+            unflushed = not self.usage_synchronous_commit
 
-                return await self._retrying(attempt)
-            return await self._in_tx(body)
+            async def attempt() -> int:
+                if one is not None:  # one statement: its own transaction, on the hot connection
+                    sql, args = one
+                    return int(await self._fetchval_hot(_unflushed(sql) if unflushed else sql, *args))
+                async with self.pool.acquire() as conn, conn.transaction():
+                    if unflushed:
+                        await conn.execute(_SET_UNFLUSHED)
+                    return await self._write_usage_on(conn, batch, now, shard)
+
+            # Idempotent, so run once more if its connection was lost (a backend ended, a
+            # reset socket) before its callers are failed (managed mode's writer would send
+            # the rows to the journal, written later): a lost statement that did commit, or
+            # still commits, leaves the rerun nothing to insert or count (ON CONFLICT
+            # (request_id) DO NOTHING, which waits for that commit).
+            return await self._once_more_if_lost(attempt, "usage write")
         finally:
             if held:
                 free.append(shard)
@@ -971,12 +1020,13 @@ class PostgresStore(SqlStore):
                         raise
             return 1  # counters still being created: each request alone
 
+        made = [res for _, res in batch]
         try:
             first_refused = await self._retrying(attempt)
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            self._release_later(made, lost_pids)  # (what the timed-out statement may still grant)
             raise
         except _CONNECTION_LOST as exc:
-            made = [res for _, res in batch]
             first_refused = await self._reserve_again(
                 attempt, made,
                 lambda found: next((j for j, r in enumerate(made, 1) if r.id not in found), NONE_REFUSED),
@@ -1017,27 +1067,23 @@ class PostgresStore(SqlStore):
         try:
             admitted = await self._retrying(attempt)
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
+            self._release_later([res], lost_pids)  # (what the timed-out statement may still grant)
             raise
         except _CONNECTION_LOST as exc:
             admitted = await self._reserve_again(attempt, [res], len, exc, lost_pids)
         return res if admitted else None
 
     async def _reserving(self, lost_pids: list[int], sql: str, *args: Any) -> int:
-        """The reservation statement ``sql``'s value; the backend pid of its connection
-        goes into ``lost_pids`` when that connection is lost (``_reserve_again`` ends that
-        backend), and the connection is closed on this side if it was not already, so the
-        pool never hands it out again."""
-        async with self.pool.acquire() as conn:
-            pid = conn.get_server_pid()  # (read now: a lost connection leaves the pool's hands)
-            try:
-                return int(await conn.fetchval(sql, *args))
-            except TimeoutError:  # not a lost connection (see _CONNECTION_LOST)
-                raise
-            except _CONNECTION_LOST:
-                lost_pids.append(pid)
-                with contextlib.suppress(asyncpg.exceptions.InterfaceError):  # (closed: detached)
-                    conn.terminate()
-                raise
+        """The reservation statement ``sql``'s value, on the hot connection when it is free
+        (``pg_hot``; else on a pooled one).  When its connection is lost, or the statement
+        times out, the backend pid of that connection goes into ``lost_pids`` (the caller
+        ends that backend before it checks, reruns or gives back: ``_reserve_again``,
+        ``_release_later``) and the connection is closed on this side if it was not
+        already, so that neither the hot connection nor the pool uses it again."""
+        hot = self._hot
+        if hot is None:
+            raise StoreError("the PostgreSQL store is not open")
+        return await hot.run(self._pool, _reserve_on, lost_pids, sql, *args)
 
     async def _reserve_again(
         self, attempt: Callable[[], Awaitable[int]], made: list[Reservation], committed: Callable[[set[str]], int],
@@ -1074,7 +1120,7 @@ class PostgresStore(SqlStore):
 
         try:
             await self._end_backends(lost_pids)
-            present = await self._retrying(found)
+            present = await self._once_more_if_lost(found, "reservation check")
             if present:
                 return committed(present)
             try:
@@ -1107,7 +1153,10 @@ class PostgresStore(SqlStore):
             return await self.pool.fetch(_END_BACKENDS, pids)
 
         try:
-            await self._retrying(terminate)
+            # (once more on another connection if lost: a network cut that took the
+            # statement's connection takes the pool's idle ones too -- and, since
+            # reservations run on the hot connection, the pool may still hold one)
+            await self._once_more_if_lost(terminate, "backend termination")
         except asyncpg.exceptions.InsufficientPrivilegeError as exc:
             log.warning("a lost reservation statement's backend could not be ended (%s); its "
                         "reservation may stay held until it expires", type(exc).__name__)
@@ -1176,6 +1225,8 @@ class PostgresStore(SqlStore):
             rows.sort(key=_REQUEST_ID)
             ids = sorted({rid for rid, _ in batch})
             args, sql = (_usage_records(rows), now, ids), _SETTLE
+        if not self.usage_synchronous_commit:
+            sql = _unflushed(sql)
 
         async def attempt() -> list[str]:
             taken: list[str] = await self._fetchval_hot(sql, *args)
