@@ -169,3 +169,32 @@ def test_a_settle_retry_cut_between_attempts_is_kept(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_kept_settle_line_that_cannot_be_read_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """``SettleJournal.read``: a row field this version does not know is left out (as the
+    usage journal's replay does); a line it cannot read at all (no reservation, a bad
+    amount) is skipped alone, where before it aborted the whole start's ``settle_kept``
+    (the file then claimed again at every start); a torn last line is skipped."""
+    import json
+
+    from plano_fast.managed.settle_journal import SettleJournal, _record
+    from plano_fast.store.records import Reservation
+    from tests.test_store_pg_batch import row
+
+    def line(reservation_id: str, request: int) -> dict[str, Any]:
+        reservation = Reservation(reservation_id, 50, (CounterKey("project", "p1", "total", 0),), 10**19, None)
+        return _record(reservation, row(request, cost=30))
+
+    newer = line("r-newer", 2)
+    newer["row"]["a_field_of_a_later_version"] = 1  # type: ignore[index]
+    no_reservation = line("r-x", 3)
+    del no_reservation["reservation"]
+    bad_amount = line("r-y", 4)
+    bad_amount["reservation"]["amount_nano_usd"] = "fifty"  # type: ignore[index]
+    path = tmp_path / "kept.settles"
+    path.write_text("\n".join(json.dumps(d) for d in (line("r-1", 1), no_reservation, newer, bad_amount))
+                    + '\n{"reservation": {"id": "r-torn"')
+    pairs = SettleJournal.read(path)
+    assert [(reservation.id, usage.request_id) for reservation, usage in pairs] == [
+        ("r-1", row(1).request_id), ("r-newer", row(2).request_id)]

@@ -327,27 +327,36 @@ class SegmentFile:
     and closed when the log moves to the next one, when it is unlinked, after a failed
     write (the next sync opens it again, as each sync did) and at stop."""
 
-    __slots__ = ("path", "_fd")
+    __slots__ = ("path", "_fd", "_size")
 
     def __init__(self) -> None:
         self.path: Path | None = None
         self._fd = -1
+        self._size = 0  # bytes in the segment after its last whole write
 
     def append(self, path: Path, data: bytes) -> None:
-        """``data`` appended to ``path`` and fsynced."""
+        """``data`` appended to ``path`` and fsynced; on an error the segment is cut back to
+        its size before (a partial write followed by the same events, re-sent by the next
+        sync, would leave one unreadable line: events lost to a replay)."""
         if path != self.path:
             self.close()
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
             self.path = path
+            self._size = os.fstat(self._fd).st_size
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
         except BaseException:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass  # (the next sync's lines start after what is there; replay skips a torn line)
             self.close()
             raise
+        self._size += len(data)
 
     def unlink_all(self, paths: list[Path]) -> None:
         if self.path in paths:

@@ -17,6 +17,7 @@ Files are ``<usage_journal_path>-settles.<pid>``, claimed as the usage journal's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from plano_fast.managed.context import ManagedContext
 
 log = logging.getLogger("plano_fast.managed")
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(UsageRow))
 
 #: what one kept settle is: the reservation, its usage row
 Pair = tuple[Reservation, UsageRow]
@@ -70,8 +72,15 @@ class SettleJournal:
                     data = json.loads(line)
                 except ValueError:
                     continue  # a torn last line (a crash mid-write): its row is in the usage journal
-                if isinstance(data, dict):
+                if not isinstance(data, dict):
+                    continue
+                try:
                     pairs.append(_pair(data))
+                except (KeyError, TypeError, ValueError, AssertionError) as exc:
+                    # One line this code cannot read (written by another version, or
+                    # damaged) must not hold up the others: its reservation stays held
+                    # until it expires, which errs on the budget's side.
+                    log.error("a kept settle in %s could not be read (%s): skipped", path, type(exc).__name__)
         return pairs
 
 
@@ -96,7 +105,8 @@ def _pair(data: dict[str, object]) -> Pair:
         str(res["id"]), int(res["amount_nano_usd"]), tuple(CounterKey(*key) for key in res["counters"]),
         int(res["expires_at_ns"]), res["owner"] if isinstance(res["owner"], str) else None,
     )
-    return reservation, UsageRow(**row)
+    # (fields this version does not know are left out, as Journal.read_batches does)
+    return reservation, UsageRow(**{k: row[k] for k in _ROW_FIELDS if k in row})
 
 
 async def finish_or_keep(mctx: ManagedContext, journal: SettleJournal, bound_s: float) -> int:
