@@ -32,6 +32,24 @@ def _ids(path: Path) -> list[str]:
     return [e.request_id for batch in Journal.read_events(path, 100) for e in batch]
 
 
+async def _fail_then_sync_again(tmp_path: Path) -> list[str]:
+    """Event "a" in a sync that fails ("disk full"), then "b" in one that does not: the
+    request ids the segment holds after."""
+    wal = WriteAheadLog(Journal(tmp_path / "usage.journal"), sync_interval_s=3600)
+    wal.start()
+    try:
+        wal.append(_event("a"))
+        with pytest.raises(OSError, match="disk full"):
+            await wal.sync()
+        assert wal.syncs == 0
+        wal.append(_event("b"))
+        await wal.sync()
+        [segment] = wal.files
+        return _ids(segment)
+    finally:
+        await wal.stop()
+
+
 def test_syncs_run_on_the_logs_thread_without_an_executor_future(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[int] = []
@@ -96,24 +114,8 @@ def test_a_failed_write_fails_the_sync_and_its_events_wait_for_the_next(
 
     monkeypatch.setattr(journal_module.os, "fsync", flaky_fsync)
 
-    async def main() -> None:
-        wal = WriteAheadLog(Journal(tmp_path / "usage.journal"), sync_interval_s=3600)
-        wal.start()
-        try:
-            wal.append(_event("a"))
-            with pytest.raises(OSError, match="disk full"):
-                await wal.sync()
-            assert wal.syncs == 0
-            wal.append(_event("b"))
-            await wal.sync()
-            [segment] = wal.files
-            # the failed sync's bytes were cut back (SegmentFile.append), then written
-            # again with "b"
-            assert _ids(segment) == ["a", "b"]
-        finally:
-            await wal.stop()
-
-    asyncio.run(main())
+    # the failed sync's bytes were cut back (SegmentFile.append), then written again with "b"
+    assert asyncio.run(_fail_then_sync_again(tmp_path)) == ["a", "b"]
 
 
 def test_a_job_runs_when_its_waiter_is_cancelled_and_stop_waits_for_queued_jobs() -> None:
@@ -160,18 +162,4 @@ def test_a_write_cut_part_way_leaves_no_torn_line_before_the_next_sync(
 
     monkeypatch.setattr(journal_module.os, "write", half_then_fail)
 
-    async def main() -> None:
-        wal = WriteAheadLog(Journal(tmp_path / "usage.journal"), sync_interval_s=3600)
-        wal.start()
-        try:
-            wal.append(_event("a"))
-            with pytest.raises(OSError, match="disk full"):
-                await wal.sync()
-            wal.append(_event("b"))
-            await wal.sync()
-            [segment] = wal.files
-            assert _ids(segment) == ["a", "b"]
-        finally:
-            await wal.stop()
-
-    asyncio.run(main())
+    assert asyncio.run(_fail_then_sync_again(tmp_path)) == ["a", "b"]
