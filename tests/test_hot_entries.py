@@ -40,7 +40,8 @@ def test_the_c_entries_are_exported() -> None:
     """Each module's ``__pyx_capi__`` holds the entries its ``.pxd`` declares (a compiled
     caller cimports them: a missing one would fail that module's import, and the gateway
     would silently run the twin)."""
-    assert {"scan_request_c", "usage_scanner_c", "feed_from_c", "finish_c", "has_usage_c"} <= set(_scan.__pyx_capi__)
+    assert {"scan_request_c", "usage_scanner_c", "feed_from_c", "finish_c", "has_usage_c",
+            "reads_json_aside_c"} <= set(_scan.__pyx_capi__)
     assert "content_length_line_c" in _head.__pyx_capi__
 
 
