@@ -304,10 +304,14 @@ def child(prepared_path: str, n: int, profile: str) -> None:
 
 
 def _child_cmd(root: Path, prepared: Path, n: int, profile: str = "") -> list[str]:
+    # The measured tree's ``plano_fast`` first on the path, but this file's loop (another
+    # tree's harness may not know the options given: loaded by its path, not as the
+    # ``benchmarks`` package the measured tree puts first)
     return [sys.executable, "-c",
-            f"import sys; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
-            "from benchmarks.bench_request_path import child; "
-            f"child({str(prepared)!r}, {n}, {profile!r})"]
+            f"import sys, importlib.util; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
+            f"spec = importlib.util.spec_from_file_location('bench_request_path_loop', {__file__!r}); "
+            "harness = importlib.util.module_from_spec(spec); spec.loader.exec_module(harness); "
+            f"harness.child({str(prepared)!r}, {n}, {profile!r})"]
 
 
 def callgrind_total(root: Path, prepared: Path, n: int, out: Path, critical: str = "", lib: Path | None = None) -> int:

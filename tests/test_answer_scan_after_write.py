@@ -29,6 +29,7 @@ from plano_fast import wire
 from tests.gateway_proc import _migrate, write_config
 from tests.test_billing_e2e import read_rows
 from tests.test_billing_faults import InProcessGateway
+from tests.test_hot_entries import read_answer
 
 pytest.importorskip("plano_fast.gateway._answer", reason="the Cython extension is not built")
 if os.environ.get(wire.PURE_ENV) == "1":
@@ -67,15 +68,8 @@ def _ask(sock: socket.socket) -> tuple[int, bytes]:
     body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "scan after"}]}).encode()
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
                  b"authorization: Bearer sk-client-scan-after\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += sock.recv(65536)
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")))
-    while len(rest) < length:
-        rest += sock.recv(65536)
-    return int(head.split(b" ", 2)[1]), rest[:length]
+    status, body, _ = read_answer(sock, b"")
+    return status, body
 
 
 def test_a_plain_json_answer_is_written_before_its_usage_is_read(fake: FakeProviderThread, tmp_path: Path) -> None:
