@@ -28,6 +28,17 @@ cProfile and prints the functions by own time (cProfile's overhead inflates call
 it for where, callgrind for how much).  ``--root DIR`` measures another checkout's
 ``plano_fast`` (A/B of two trees with the same harness).
 
+``--critical``: besides the total, what a request's latency at concurrency 1 waits for:
+the instructions from the server's read to the upstream write (the request side) and from
+the upstream read to the client's write (the answer side), each counted alone
+(``--collect-atstart=no``; collection switched on right before the harness hands over
+the bytes and off inside the stand-in transport's ``write``, by callgrind client requests
+from ``benchmarks/cg_toggle.c``, built here with ``cc``; the switch's own cost, measured
+by an empty on/off pair, subtracted).  What is left of the total runs after the writes
+(the settle step, the usage sink, the metrics): a concurrency-1 client does not wait for
+it (issue 27: the c=1 cost is paid with caches cold, so fewer instructions before each
+write is what lowers the added latency).
+
 ``--ratelimit tokens|requests``: per mode, A is the config with ``redis_url`` set (a private
 ``redis-server``) and no limits, B the same plus ``benchmarks.ratelimit_ab``'s limit (every
 request falls in it, never reached): B - A is the rate limit's cost on the request path,
@@ -64,11 +75,17 @@ class _Transport:
     def __init__(self) -> None:
         self.closed = False
         self.writes = 0
+        #: called first by every write (``--critical``: the end of a counted stretch)
+        self.on_write: Any = None
 
     def write(self, data: Any) -> None:
+        if self.on_write is not None:
+            self.on_write()
         self.writes += 1
 
     def writelines(self, data: Any) -> None:
+        if self.on_write is not None:
+            self.on_write()
         self.writes += 1
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
@@ -171,7 +188,8 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
 
     pool.connect = connect  # type: ignore[method-assign]
     proto = gw._protocol_factory()
-    proto.connection_made(_Transport())  # type: ignore[arg-type]
+    client = _Transport()
+    proto.connection_made(client)  # type: ignore[arg-type]
     request = prepared["request"].encode("latin-1")
     answer = prepared["answer"].encode("latin-1")
 
@@ -210,7 +228,10 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     if os.environ.get("BENCH_RP_CALLGRIND"):
         # counted from here on (the child runs under --instr-atstart=no)
         subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=True, capture_output=True)
-    if turns:
+    critical = os.environ.get("BENCH_RP_CRITICAL", "")
+    if critical:
+        _critical_loop(critical, n, proto, request, answer, conns, upstream[-1], client)
+    elif turns:
         for _ in range(n):
             await one_turn()
     else:
@@ -223,6 +244,58 @@ async def _run_loop(prepared: dict[str, Any], n: int, profile: Path | None) -> N
     os._exit(0)  # the loop's own length is measured, not the gateway's stop
 
 
+def _critical_loop(side: str, n: int, proto: Any, request: bytes, answer: bytes, conns: list[Any],
+                   upstream: _Transport, client: _Transport) -> None:
+    """``n`` requests, callgrind collecting only one side's stretch before its write
+    (``request``: the server's read up to the upstream write; ``answer``: the upstream
+    read up to the client's write) or, ``calibrate``, only an empty on/off switch."""
+    import ctypes
+
+    toggle = ctypes.CDLL(os.environ["BENCH_RP_TOGGLE_LIB"]).cg_toggle
+    armed = [False]
+
+    def on() -> None:
+        armed[0] = True
+        toggle()
+
+    def off() -> None:
+        if armed[0]:
+            armed[0] = False
+            toggle()
+
+    if side == "calibrate":
+        for _ in range(n):
+            on()
+            off()
+        return
+    if side == "request":
+        upstream.on_write = off
+        for _ in range(n):
+            on()
+            proto.data_received(request)
+            assert not armed[0], "the request was not written upstream"
+            conns[-1].data_received(answer)
+    elif side == "answer":
+        client.on_write = off
+        for _ in range(n):
+            proto.data_received(request)
+            on()
+            conns[-1].data_received(answer)
+            assert not armed[0], "the answer was not written to the client"
+    else:
+        raise ValueError(f"unknown side {side!r}")
+    upstream.on_write = client.on_write = None
+
+
+def toggle_lib(work: Path) -> Path:
+    """``benchmarks/cg_toggle.c`` built into ``work`` (a shared object for ctypes)."""
+    lib = work / "cg_toggle.so"
+    if not lib.exists():
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(ROOT / "benchmarks" / "cg_toggle.c")],
+                       check=True, capture_output=True)
+    return lib
+
+
 def child(prepared_path: str, n: int, profile: str) -> None:
     import uvloop
 
@@ -231,18 +304,28 @@ def child(prepared_path: str, n: int, profile: str) -> None:
 
 
 def _child_cmd(root: Path, prepared: Path, n: int, profile: str = "") -> list[str]:
+    # The measured tree's ``plano_fast`` first on the path, but this file's loop (another
+    # tree's harness may not know the options given: loaded by its path, not as the
+    # ``benchmarks`` package the measured tree puts first)
     return [sys.executable, "-c",
-            f"import sys; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
-            "from benchmarks.bench_request_path import child; "
-            f"child({str(prepared)!r}, {n}, {profile!r})"]
+            f"import sys, importlib.util; sys.path[:0] = [{str(root)!r}, {str(ROOT)!r}]; "
+            f"spec = importlib.util.spec_from_file_location('bench_request_path_loop', {__file__!r}); "
+            "harness = importlib.util.module_from_spec(spec); spec.loader.exec_module(harness); "
+            f"harness.child({str(prepared)!r}, {n}, {profile!r})"]
 
 
-def callgrind_total(root: Path, prepared: Path, n: int, out: Path) -> int:
+def callgrind_total(root: Path, prepared: Path, n: int, out: Path, critical: str = "", lib: Path | None = None) -> int:
     """Instructions of ``n`` requests: the child switches callgrind's instrumentation on
-    right before its loop (start-up, imports and warm-up are not counted)."""
+    right before its loop (start-up, imports and warm-up are not counted); with
+    ``critical`` (a side of ``_critical_loop``), only that side's stretches."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RP_CALLGRIND": "1"}
     env.pop("PYTHONPATH", None)
-    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+    extra = []
+    if critical:
+        assert lib is not None
+        env.update(BENCH_RP_CRITICAL=critical, BENCH_RP_TOGGLE_LIB=str(lib))
+        extra = ["--collect-atstart=no"]
+    subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", *extra, f"--callgrind-out-file={out}",
                     *_child_cmd(root, prepared, n)], cwd=root, env=env, check=True,
                    capture_output=True)  # fmt: skip
     match = re.search(r"^(?:totals|summary):\s+(\d+)", out.read_text(), re.M)
@@ -260,6 +343,9 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile of the loop instead of callgrind")
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--critical", action="store_true",
+                    help="also count the request side (read -> upstream write) and the answer side "
+                         "(upstream read -> client write) alone: what a concurrency-1 client waits for")
     ap.add_argument("--ratelimit", choices=("tokens", "requests"),
                     help="A: redis_url and no limit, B: plus a limit every request falls in (B - A printed)")
     args = ap.parse_args()
@@ -306,6 +392,15 @@ def main() -> int:
             label = f"{side} ({f'{limit} limit' if limit else 'no limit'}, redis_url set) " if side else ""
             print(f"{mode} {label}{'access-log ' if args.access_log else ''}{root}: {per:,.0f} instructions "
                   f"per request ({time.monotonic() - t0:.0f} s)", flush=True)
+            if args.critical:
+                lib = toggle_lib(work)
+                counts = {c: callgrind_total(root, prepared, args.n, mdir / f"callgrind.{c}.out", c, lib) / args.n
+                          for c in ("calibrate", "request", "answer")}
+                req = counts["request"] - counts["calibrate"]
+                ans = counts["answer"] - counts["calibrate"]
+                print(f"{mode} {root}: before the upstream write {req:,.0f}, before the client's write {ans:,.0f}, "
+                      f"after the writes {per - req - ans:,.0f} (the switch's {counts['calibrate']:,.0f} "
+                      "subtracted)", flush=True)
             if side:
                 per_side[side] = per
                 if side == "B":

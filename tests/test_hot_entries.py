@@ -40,7 +40,8 @@ def test_the_c_entries_are_exported() -> None:
     """Each module's ``__pyx_capi__`` holds the entries its ``.pxd`` declares (a compiled
     caller cimports them: a missing one would fail that module's import, and the gateway
     would silently run the twin)."""
-    assert {"scan_request_c", "usage_scanner_c", "feed_from_c", "finish_c", "has_usage_c"} <= set(_scan.__pyx_capi__)
+    assert {"scan_request_c", "usage_scanner_c", "feed_from_c", "finish_c", "has_usage_c",
+            "reads_json_aside_c"} <= set(_scan.__pyx_capi__)
     assert "content_length_line_c" in _head.__pyx_capi__
 
 
@@ -115,16 +116,22 @@ def _post_keep_alive(port: int, count: int) -> list[int]:
         buf = b""
         for _ in range(count):
             sock.sendall(request)
-            while b"\r\n\r\n" not in buf:
-                buf += sock.recv(65536)
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:")))
-            while len(buf) < length:
-                buf += sock.recv(65536)
-            buf = buf[length:]
-            statuses.append(int(head.split(b" ", 2)[1]))
+            status, _, buf = read_answer(sock, buf)
+            statuses.append(status)
     return statuses
+
+
+def read_answer(sock: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
+    """The next Content-Length answer on ``sock`` (``buf``: bytes read before): its status,
+    its body and what was read past it."""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(buf) < length:
+        buf += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), buf[:length], buf[length:]
 
 
 def _pool_state(gateway: InProcessGateway) -> list[tuple[Any, list[Any]]]:

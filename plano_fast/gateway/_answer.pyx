@@ -17,6 +17,14 @@ the same side effects, in one C function: the slots of the exchange, the respond
 server protocol are read and written in place (``plano_fast/_slots.pxd``), the settle
 step's compiled ``make_event`` / ``observe`` are called directly.
 
+One step runs later here than in the twin: a JSON body whose scanner strips nothing
+(``wire._scan.reads_json_aside_c``: a request that does not stream) is relayed first and
+its usage read after ``Responder.end`` wrote the client's answer, where the twin reads it
+in ``on_upstream_body``.  Such a scan forwards every byte unchanged and cannot fail, so
+the bytes and the row are the twin's; what a concurrency-1 client waits for is shorter by
+the JSON walk, ~7k of the ~15k instructions this pass ran before the write (issue 27,
+``benchmarks/bench_request_path --critical``).
+
 Only the plain case is taken; everything else goes to the twin, before any side effect:
 a sink that is not an ``Exchange`` (a hedge, a side request), or one whose class overrides
 a callback this pass does not know (see ``plan_of``), an error status (>= 400: retries,
@@ -48,7 +56,7 @@ from plano_fast._clock cimport now_ns as _now_ns
 from plano_fast.wire._digits cimport put_decimal as _digits
 from plano_fast._slots cimport get_slot, put_slot, slot_offset, slot_or_attr as _get
 from plano_fast.wire._head cimport HeadScan, free_scan, scan_response_any, scan_result
-from plano_fast.wire._scan cimport feed_from_c, finish_c, has_usage_c
+from plano_fast.wire._scan cimport feed_from_c, finish_c, has_usage_c, reads_json_aside_c
 
 from plano_fast import upstream as _upstream
 from plano_fast.errors import UpstreamError
@@ -532,6 +540,8 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
     cdef Py_ssize_t head_len = scan.head_len
     cdef Py_ssize_t n
     cdef HeadParts h
+    #: the body's usage is read after the client's write (a JSON body relayed as it is)
+    cdef bint scan_after = False
     h.block = h.timing = h.warning = h.route = h.connection = NULL
     put_slot(conn, U_HEAD_SEEN, True)
     put_slot(conn, U_HAS_LENGTH, True)
@@ -594,6 +604,16 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
                 if scanner is None:
                     out.append(_answer(&h, scan, data, data, head_len, content_length))
                     n = content_length
+                elif (type(scanner) is _Scanner and PyBytes_GET_SIZE(data) - head_len == content_length
+                        and not plan & P_CALL_COMPLETE and reads_json_aside_c(scanner)):
+                    # Relayed as it is, its usage read once the client's answer is written
+                    # (_scan_after, below): such a scanner forwards every byte unchanged
+                    # and cannot fail, so the bytes and the row are the twin's, and the
+                    # JSON walk (~7k instructions, half of this pass before the write) is
+                    # off what a concurrency-1 client waits for (issue 27).
+                    out.append(_answer(&h, scan, data, data, head_len, content_length))
+                    n = content_length
+                    scan_after = True
                 else:
                     try:
                         # (data[head_len:] scanned in place: the body is the read's tail,
@@ -638,7 +658,10 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
             conn._close()
         # -- on_upstream_complete
         put_slot(sink, X_CONN, None)
-        if scanner is None:
+        if scan_after:
+            tail = b""
+            outcome = None  # (read after the write)
+        elif scanner is None:
             tail = b""
             outcome = STATUS_NOT_BILLABLE
         elif type(scanner) is _Scanner:  # (its C entries: no Usage object built for the flag)
@@ -658,6 +681,8 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
             sink._complete(outcome)
         else:
             _end(responder, loop, now)
+            if scan_after:
+                outcome = _scan_after(scanner, data, head_len)
             _settle_step(sink, ctx, outcome, status, plan)
         done = _get(sink, X_DONE, "done")
         if done is not None and not done.done():
@@ -671,6 +696,15 @@ cdef _take_whole(conn, sink, bytes data, HeadScan *scan, object loop, object now
         body_filter.read_done(responder)
     elif type(responder) is not _Responder or _get(responder, R_OUT, "_out"):
         responder.flush()
+
+
+cdef str _scan_after(object scanner, bytes data, Py_ssize_t start):
+    """The usage of a body already relayed (``reads_json_aside_c``: its scan returns
+    nothing to forward and cannot fail): read, finished; the outcome, as the twin's
+    ``on_upstream_complete`` gives it."""
+    feed_from_c(scanner, data, start)
+    finish_c(scanner)
+    return STATUS_OK if has_usage_c(scanner) else STATUS_USAGE_MISSING
 
 
 cdef bytes _block(bytes data, HeadScan *scan, bint skip_account):

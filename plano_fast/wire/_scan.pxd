@@ -4,7 +4,8 @@
 
 Each is the body of the Python API of the same name, which calls it: ``scan_request``,
 ``UsageScanner(api, streaming, strip_usage_chunk)``, its ``feed_from`` and ``finish``, and
-``result().has_usage``.  Called from C they skip the Python call (argument parsing, the
+``result().has_usage`` (and ``reads_json_aside_c``: whether the answer pass may read a
+JSON body's usage after relaying it).  Called from C they skip the Python call (argument parsing, the
 method lookup, a bound call; for the constructor the type call and its argument tuple; for
 the flag a ``Usage`` object), ~1.7k instructions a firewall or config request (callgrind,
 ``benchmarks/bench_request_path``).  (``usage_fields`` from C measured no better: its
@@ -17,3 +18,4 @@ cdef object usage_scanner_c(int api, bint streaming, bint strip_usage_chunk)
 cdef object feed_from_c(object scanner, bytes data, Py_ssize_t start)
 cdef object finish_c(object scanner)
 cdef int has_usage_c(object scanner) except -1
+cdef int reads_json_aside_c(object scanner) except -1

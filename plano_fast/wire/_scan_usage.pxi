@@ -688,3 +688,14 @@ cdef object finish_c(object scanner):
 cdef int has_usage_c(object scanner) except -1:
     """``scanner.result().has_usage`` without the ``Usage`` object (result_c's flag)."""
     return (<UsageScanner?>scanner).acc.has_usage
+
+
+cdef int reads_json_aside_c(object scanner) except -1:
+    """Whether ``scanner`` reads one JSON body without touching what is relayed: not
+    stripping a usage chunk, in JSON mode (a request that does not stream), nothing fed
+    yet.  Its ``feed_from`` then returns None and its ``finish`` b"" whatever the bytes,
+    and neither can fail (the JSON walk is ``noexcept``), so the compiled answer pass
+    (``gateway/_answer.pyx``) writes the client's answer first and reads its usage after
+    (issue 27: concurrency 1 waits for what runs before the write, not after)."""
+    cdef UsageScanner s = <UsageScanner?>scanner
+    return not s.strip and s.mode == MODE_JSON and not s.finished and s.gpos == 0
