@@ -167,9 +167,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches-in-flight", type=int,
                     help="PostgresStore.write_batches_in_flight for the writer shape (default: the store's)")
     ap.add_argument("--rows-per-commit", type=int, default=13, help="the group shape's rows a commit")
+    ap.add_argument("--beside-min-rows", type=int,
+                    help="managed.context.BATCH_BESIDE_MIN_ROWS for the writer shape (default: the module's)")
+    ap.add_argument("--beside-behind", type=int,
+                    help="managed.context.BATCH_BESIDE_BEHIND for the writer shape (default: the module's; 0: "
+                         "a batch beside as soon as BATCH_BESIDE_MIN_ROWS wait, the rule before it)")
     args = ap.parse_args(argv)
     bms.count_round_trips()
     bms.ROWS_PER_COMMIT[0] = args.rows_per_commit
+    if args.beside_min_rows is not None or args.beside_behind is not None:
+        from plano_fast.managed import context
+
+        if args.beside_min_rows is not None:
+            context.BATCH_BESIDE_MIN_ROWS = args.beside_min_rows
+        if args.beside_behind is not None:
+            context.BATCH_BESIDE_BEHIND = args.beside_behind
     if args.batches_in_flight:
         from plano_fast.store.postgres import PostgresStore
 
