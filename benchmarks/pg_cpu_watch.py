@@ -46,9 +46,17 @@ async def watch(dsn: str, seconds: float, interval_s: float, stop: asyncio.Event
     try:
         last: dict[int, tuple[str, int]] = {}  # pid -> (what, cpu ns at the last look)
         cpu_s: dict[str, float] = {}
+        #: per database, its commits + rollbacks when first and last seen (a database
+        #: dropped before the end -- the benchmark's are -- keeps its last count)
+        first_xacts: dict[str, int] = {}
+        last_xacts: dict[str, int] = {}
 
         async def look() -> None:
             await conn.execute("SELECT pg_stat_clear_snapshot()")
+            for datname, commits, rollbacks in await conn.fetch(_COMMITS):
+                n = int(commits) + int(rollbacks)
+                first_xacts.setdefault(datname, 0 if started_s else n)  # (created since: from 0)
+                last_xacts[datname] = n
             for pid, datname, kind in await conn.fetch(_BACKENDS):
                 what = f"db:{datname}" if kind == "client backend" else f"proc:{kind}"
                 now = _cpu_ns(pid)
@@ -59,26 +67,25 @@ async def watch(dsn: str, seconds: float, interval_s: float, stop: asyncio.Event
                     cpu_s[what] = cpu_s.get(what, 0.0) + (now - seen[1]) / 1e9
                 last[pid] = (what, now)
 
-        async def counters() -> tuple[dict[str, int], tuple[int, ...]]:
+        async def wal() -> tuple[int, ...]:
             await conn.execute("SELECT pg_stat_clear_snapshot()")
-            commits = {r[0]: int(r[1]) + int(r[2]) for r in await conn.fetch(_COMMITS)}
-            wal = tuple(int(v) for v in await conn.fetchrow(_WAL))
-            return commits, wal
+            return tuple(int(v) for v in await conn.fetchrow(_WAL))
 
-        commits0, wal0 = await counters()
-        started = time.monotonic()
+        wal0 = await wal()
+        started_s = 0.0
         await look()
+        started = started_s = time.monotonic()
         while not stop.is_set() and time.monotonic() - started < seconds:
             try:
                 await asyncio.wait_for(stop.wait(), interval_s)
             except TimeoutError:
                 pass
             await look()
-        commits1, wal1 = await counters()
+        wal1 = await wal()
         wall_s = time.monotonic() - started
     finally:
         await conn.close()
-    statements = {db: n - commits0.get(db, 0) for db, n in commits1.items() if n - commits0.get(db, 0)}
+    statements = {db: n - first_xacts[db] for db, n in last_xacts.items() if n - first_xacts[db]}
     return {
         "wall_s": round(wall_s, 3),
         "cpu_s": {k: round(v, 3) for k, v in sorted(cpu_s.items(), key=lambda kv: -kv[1])},
