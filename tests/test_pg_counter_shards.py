@@ -86,6 +86,23 @@ def test_a_usage_batch_does_not_wait_for_another_batchs_counter_locks(dsn: str) 
     asyncio.run(main())
 
 
+def _writer_item(request_id: str) -> tuple[UsageRow, UsageEvent]:
+    """A managed request's row (project p1, cost 5) and its event, for a ``GroupWriter``."""
+    event = UsageEvent(request_id, time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
+                       has_usage=True, project_id="p1")
+    return row(request_id, 5), event
+
+
+async def _writer_first_on_shard_1(store: Any, fallback: list[UsageEvent], seed: str) -> GroupWriter:
+    """A migrated store's synchronous writer whose first batch writes counter shard 1 (the
+    next, shard 2), p1's shard-1 counter rows made to exist by a ``seed`` row of cost 1."""
+    await migrate(store)
+    writer = GroupWriter(store, fallback.append)
+    store._free_shards = [2, 1]  # the first batch: shard 1
+    await store.write_usage([row(seed, 1)])  # shard 1's row of p1 exists
+    return writer
+
+
 def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -> None:
     """Managed mode's synchronous writer on PostgreSQL: while a batch is stuck (its counter
     row locked elsewhere), rows that arrive after it wait for it while they are few (a
@@ -94,18 +111,13 @@ def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -
     one -- and nothing is lost."""
 
     def item(i: int) -> tuple[UsageRow, UsageEvent]:
-        event = UsageEvent(f"w-{i}", time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
-                           has_usage=True, project_id="p1")
-        return row(f"w-{i}", 5), event
+        return _writer_item(f"w-{i}")
 
     async def main() -> None:
         async with open_store(dsn, "unused.db") as store:
-            await migrate(store)
             assert store.write_batches_in_flight >= 2
             fallback: list[UsageEvent] = []
-            writer = GroupWriter(store, fallback.append)
-            store._free_shards = [2, 1]  # type: ignore[attr-defined]  # the first batch: shard 1
-            await store.write_usage([row("seed-1", 1)])  # shard 1's row of p1 exists
+            writer = await _writer_first_on_shard_1(store, fallback, "seed-1")
             holder = await asyncpg.connect(dsn)
             try:
                 async with holder.transaction():
@@ -136,16 +148,11 @@ def test_rows_gathering_while_a_batch_commits_wait_for_it_until_it_is_behind(dsn
     lets gather; then they get a batch of their own beside it."""
 
     def item(i: int) -> tuple[UsageRow, UsageEvent]:
-        event = UsageEvent(f"b-{i}", time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
-                           has_usage=True, project_id="p1")
-        return row(f"b-{i}", 5), event
+        return _writer_item(f"b-{i}")
 
     async def main() -> None:
         async with open_store(dsn, "unused.db") as store:
-            await migrate(store)
-            writer = GroupWriter(store, fallback.append)
-            store._free_shards = [2, 1]  # type: ignore[attr-defined]  # the first batch: shard 1
-            await store.write_usage([row("seed-b", 1)])  # shard 1's row of p1 exists
+            writer = await _writer_first_on_shard_1(store, fallback, "seed-b")
             holder = await asyncpg.connect(dsn)
             first = 2 * BATCH_BESIDE_MIN_ROWS
             behind = BATCH_BESIDE_BEHIND * first
