@@ -42,9 +42,10 @@ flight has fallen behind (a slow commit: a WAL flush of several ms on a busy dis
 merely run while the next rows came, as every batch does.  Each batch is a statement and a
 commit whose fixed cost is most of a small batch's (PostgreSQL, 13 rows: ~0.8 ms of backend
 CPU a statement, ~20 µs a row more), so splitting the rows that gather during one batch
-into batches beside it cost CPU on both sides for nothing: at concurrency 64 (store level,
-``pg_server_probe --shapes writer``) 0.036-0.042 statements a request -> 0.017-0.022 and
-backend CPU 43-44 -> 34-36 µs a request (as one batch in flight measured)."""
+into batches beside it cost CPU on both sides for nothing: at concurrency 32 and 64
+(``pg_server_probe --shapes writer --beside-behind 0|2``, eight interleaved pairs) backend
+CPU a request -12% to -40%, the client's -5% to -39%; two gateways at c=64, statements a
+request 0.0107 -> 0.0052 (``benchmarks/results/managed-pg-k-20261206.md``)."""
 
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
