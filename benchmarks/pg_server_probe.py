@@ -101,6 +101,7 @@ async def probe(dsn: str, shape: str, warmup: int, requests: int, concurrency: i
             raise RuntimeError(f"the store's backends changed during the run: {pids} -> {after['pids']}")
         # (the stats connections' own transactions: two, taken off)
         wal = await wal_delta(dsn, before["lsn"], after["lsn"])
+        plans = await _plans(store)
     n = requests
     return {
         "backend_cpu_us": cpu_ns / n / 1e3,
@@ -114,11 +115,27 @@ async def probe(dsn: str, shape: str, warmup: int, requests: int, concurrency: i
         "blocks_hit": (after["hits"] - before["hits"]) / n,
         "backends": len(pids),
         "rows_per_request": bms.ROWS_PER_COMMIT[0] if shape == "group" else 1,
+        "hot_plans": plans,
     }
 
 
-async def explain(dsn: str) -> str:
-    """EXPLAIN (ANALYZE, BUFFERS, WAL) of the one-row write (``nolimit``) on a warm counter."""
+async def _plans(store: Any) -> list[str]:
+    """The hot connection's prepared statements that ran: generic / custom plans each
+    (``pg_prepared_statements``: a custom plan is planned again at every execution)."""
+    hot = getattr(store, "_hot", None)
+    conn = None if hot is None else hot._conn
+    if conn is None or hot._busy:
+        return []
+    rows = await conn.fetch(
+        "SELECT generic_plans, custom_plans, regexp_replace(left(statement, 400), '\\s+', ' ', 'g')"
+        "  FROM pg_prepared_statements WHERE generic_plans + custom_plans > 0 ORDER BY generic_plans + custom_plans DESC")
+    return [f"generic {r[0]} custom {r[1]}: {r[2][:90]}" for r in rows]
+
+
+async def explain(dsn: str, rows: int = 1) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS, WAL) of the write of ``rows`` rows (1: the one-row
+    statement of ``nolimit``; more: the batch statement the group writer sends under
+    load) on a warm counter."""
     from plano_fast.store import postgres
 
     async with open_store(dsn, "unused.db") as store:
@@ -127,13 +144,13 @@ async def explain(dsn: str) -> str:
             await bms.one_request(store, "nolimit", i)
         import time
 
-        one = postgres._write_one_args(bms.make_row(10**6, "proj-bench", "user-bench"), time.time_ns())
+        batch = [bms.make_row(10**6 + n, "proj-bench", "user-bench") for n in range(rows)]
+        one = postgres.PostgresStore._write_one_statement(batch, time.time_ns(), 0)
         assert one is not None
-        deltas, args = one
-        sql = postgres._write_one_sql(deltas)
+        sql, args = one
         # (it runs: one more row, in a throwaway database)
         async with store.pool.acquire() as conn:  # type: ignore[attr-defined]
-            plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) " + sql, *args, 0)
+            plan = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, WAL, COSTS OFF) " + sql, *args)
         return "\n".join(r[0] for r in plan)
 
 
@@ -145,13 +162,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--database-url", help="PostgreSQL DSN (default: a throwaway database on the local server)")
     ap.add_argument("--explain", action="store_true")
+    ap.add_argument("--explain-rows", type=int, default=1, help="rows of the explained write (1: the one-row statement)")
     ap.add_argument("--concurrency", type=int, default=1, help="clients at once (closed loop)")
     ap.add_argument("--batches-in-flight", type=int,
                     help="PostgresStore.write_batches_in_flight for the writer shape (default: the store's)")
     ap.add_argument("--rows-per-commit", type=int, default=13, help="the group shape's rows a commit")
+    ap.add_argument("--beside-min-rows", type=int,
+                    help="managed.context.BATCH_BESIDE_MIN_ROWS for the writer shape (default: the module's)")
+    ap.add_argument("--beside-behind", type=int,
+                    help="managed.context.BATCH_BESIDE_BEHIND for the writer shape (default: the module's; 0: "
+                         "a batch beside as soon as BATCH_BESIDE_MIN_ROWS wait, the rule before it)")
     args = ap.parse_args(argv)
     bms.count_round_trips()
     bms.ROWS_PER_COMMIT[0] = args.rows_per_commit
+    if args.beside_min_rows is not None or args.beside_behind is not None:
+        from plano_fast.managed import context
+
+        if args.beside_min_rows is not None:
+            context.BATCH_BESIDE_MIN_ROWS = args.beside_min_rows
+        if args.beside_behind is not None:
+            context.BATCH_BESIDE_BEHIND = args.beside_behind
     if args.batches_in_flight:
         from plano_fast.store.postgres import PostgresStore
 
@@ -164,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({f"{shape}#{r}": out[f"{shape}#{r}"]}), flush=True)
     if args.explain:
         with bms.postgres_url(args.database_url) as dsn:
-            print(asyncio.run(explain(dsn)))
+            print(asyncio.run(explain(dsn, args.explain_rows)))
     return 0
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from plano_fast.managed.context import BATCH_BESIDE_MIN_ROWS, GroupWriter
+from plano_fast.managed.context import BATCH_BESIDE_BEHIND, BATCH_BESIDE_MIN_ROWS, GroupWriter
 from plano_fast.store import BudgetTarget, Reservation, Store, UsageRow, open_store
 from plano_fast.store.migrate import migrate
 from plano_fast.usage import STATUS_OK, UsageEvent
@@ -205,10 +205,14 @@ async def chaos(dsn: str, *, rounds: int, seed: int, rows_per_round: int = 40, p
             if fault == "pause":
                 proxy.hang()
             futures: dict[str, asyncio.Future[None]] = {}
-            # waves of rows: each writer gets batches beside each other (BATCH_BESIDE_MIN_ROWS each)
+            # waves of rows: each writer gets batches beside each other (each wave enough to
+            # start one: BATCH_BESIDE_MIN_ROWS, and BATCH_BESIDE_BEHIND x the rows in flight)
+            in_flight_rows = 0
             for _ in range(3):
+                wave = max(BATCH_BESIDE_MIN_ROWS, rows_per_round // 6, BATCH_BESIDE_BEHIND * in_flight_rows)
+                in_flight_rows += wave
                 for inst in (a, b):
-                    for _ in range(max(BATCH_BESIDE_MIN_ROWS, rows_per_round // 6)):
+                    for _ in range(wave):
                         serial += 1
                         rid = f"r{round_no}-{serial}"
                         rows[rid] = _row(rid, 1 + rng.randrange(50), "p1", "u1")

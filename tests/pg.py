@@ -107,9 +107,15 @@ def _free_port() -> int:
 
 
 class PrivateCluster:
-    """A PostgreSQL cluster of our own: temp dir, unix socket only, trust auth, no fsync."""
+    """A PostgreSQL cluster of our own: temp dir, unix socket only, trust auth, no fsync.
 
-    def __init__(self) -> None:
+    ``durable=True``: fsync and synchronous commit on (every commit waits for its WAL
+    flush, counted in ``pg_stat_wal.wal_sync``), and nothing of the server's own that
+    flushes WAL meanwhile (no autovacuum; the WAL writer's 10 s at most between rounds):
+    a test that counts flushes counts its own."""
+
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         initdb, pg_ctl = _find_pg_bin("initdb"), _find_pg_bin("pg_ctl")
         if not initdb or not pg_ctl:
             raise PostgresUnavailable("initdb / pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)")
@@ -163,9 +169,13 @@ class PrivateCluster:
         if result.returncode != 0:
             self.cleanup()
             raise PostgresUnavailable(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        durability = (
+            "-c fsync=on -c synchronous_commit=on -c autovacuum=off -c wal_writer_delay=10s"
+            if self.durable
+            else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
         options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses='' -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            f"-p {self.port} -k {self.dir} -c listen_addresses='' {durability} -c max_connections=200 "
             "-c shared_buffers=64MB"
         )
         result = self._cmd([self.pg_ctl, "-D", self.data, "-l", self.log, "-w", "-t", "60", "-o", options, "start"])

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from plano_fast.managed.context import BATCH_BESIDE_MIN_ROWS, GroupWriter
+from plano_fast.managed.context import BATCH_BESIDE_BEHIND, BATCH_BESIDE_MIN_ROWS, GroupWriter
 from plano_fast.store import BudgetTarget, CounterKey, Store, UsageRow, open_store
 from plano_fast.store.migrate import migrate
 from plano_fast.usage import STATUS_OK, UsageEvent
@@ -86,6 +86,23 @@ def test_a_usage_batch_does_not_wait_for_another_batchs_counter_locks(dsn: str) 
     asyncio.run(main())
 
 
+def _writer_item(request_id: str) -> tuple[UsageRow, UsageEvent]:
+    """A managed request's row (project p1, cost 5) and its event, for a ``GroupWriter``."""
+    event = UsageEvent(request_id, time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
+                       has_usage=True, project_id="p1")
+    return row(request_id, 5), event
+
+
+async def _writer_first_on_shard_1(store: Any, fallback: list[UsageEvent], seed: str) -> GroupWriter:
+    """A migrated store's synchronous writer whose first batch writes counter shard 1 (the
+    next, shard 2), p1's shard-1 counter rows made to exist by a ``seed`` row of cost 1."""
+    await migrate(store)
+    writer = GroupWriter(store, fallback.append)
+    store._free_shards = [2, 1]  # the first batch: shard 1
+    await store.write_usage([row(seed, 1)])  # shard 1's row of p1 exists
+    return writer
+
+
 def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -> None:
     """Managed mode's synchronous writer on PostgreSQL: while a batch is stuck (its counter
     row locked elsewhere), rows that arrive after it wait for it while they are few (a
@@ -94,18 +111,13 @@ def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -
     one -- and nothing is lost."""
 
     def item(i: int) -> tuple[UsageRow, UsageEvent]:
-        event = UsageEvent(f"w-{i}", time.time_ns(), "openai", "gpt-4o-mini", False, STATUS_OK, 200, 10, 2,
-                           has_usage=True, project_id="p1")
-        return row(f"w-{i}", 5), event
+        return _writer_item(f"w-{i}")
 
     async def main() -> None:
         async with open_store(dsn, "unused.db") as store:
-            await migrate(store)
             assert store.write_batches_in_flight >= 2
             fallback: list[UsageEvent] = []
-            writer = GroupWriter(store, fallback.append)
-            store._free_shards = [2, 1]  # type: ignore[attr-defined]  # the first batch: shard 1
-            await store.write_usage([row("seed-1", 1)])  # shard 1's row of p1 exists
+            writer = await _writer_first_on_shard_1(store, fallback, "seed-1")
             holder = await asyncpg.connect(dsn)
             try:
                 async with holder.transaction():
@@ -126,6 +138,44 @@ def test_the_synchronous_writer_keeps_batches_in_flight_side_by_side(dsn: str) -
             finally:
                 await holder.close()
 
+    asyncio.run(main())
+
+
+def test_rows_gathering_while_a_batch_commits_wait_for_it_until_it_is_behind(dsn: str) -> None:
+    """The rows that arrive while a batch of N rows is being written are as many as it had
+    when it keeps up: they ride in the next batch (one statement and commit, not two side by
+    side) until ``BATCH_BESIDE_BEHIND`` x N wait, which only a batch stuck in its commit
+    lets gather; then they get a batch of their own beside it."""
+
+    def item(i: int) -> tuple[UsageRow, UsageEvent]:
+        return _writer_item(f"b-{i}")
+
+    async def main() -> None:
+        async with open_store(dsn, "unused.db") as store:
+            writer = await _writer_first_on_shard_1(store, fallback, "seed-b")
+            holder = await asyncpg.connect(dsn)
+            first = 2 * BATCH_BESIDE_MIN_ROWS
+            behind = BATCH_BESIDE_BEHIND * first
+            try:
+                async with holder.transaction():
+                    await holder.execute("SELECT 1 FROM spending_counters WHERE shard = 1 FOR UPDATE")
+                    stuck = [writer.write(*item(i)) for i in range(first)]  # one batch: shard 1, blocked
+                    await asyncio.sleep(0.3)
+                    assert not any(f.done() for f in stuck)
+                    waiting = [writer.write(*item(i)) for i in range(first, first + behind - 1)]
+                    await asyncio.sleep(0.3)
+                    assert not any(f.done() for f in waiting)  # more than BATCH_BESIDE_MIN_ROWS: still waiting
+                    beside = waiting + [writer.write(*item(first + behind - 1))]  # behind: shard 2
+                    await asyncio.wait_for(asyncio.gather(*beside), timeout=10)
+                    assert not any(f.done() for f in stuck)
+                await asyncio.wait_for(asyncio.gather(*stuck), timeout=10)
+                rows = first + behind
+                assert fallback == [] and writer.metrics.rows_written == rows
+                assert await sums(holder, "project", "p1") == (1 + 5 * rows, 0, 1 + 5 * rows)
+            finally:
+                await holder.close()
+
+    fallback: list[UsageEvent] = []
     asyncio.run(main())
 
 

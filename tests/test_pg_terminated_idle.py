@@ -9,8 +9,9 @@ arrives.  A statement started in between fails before anything is sent with
 ``InternalClientError: cannot switch to state 12; another operation (2) is in progress``
 (seen in the round i chaos runs: no two operations of ours on one connection, the "(2)" is
 that state).  That is a lost connection, and the store now treats it as one: the statement
-is run on another connection (a reservation through ``_reserve_again``, a settle through
-``_once_more_if_lost``), where before the caller was failed (a 503, or the journal).
+is run on another connection (a reservation through ``_reserve_again``, a settle and a
+pooled read through ``_once_more_if_lost``), where before the caller was failed (a 503,
+the journal, a failed sweep or admin call); a pooled write is not run again.
 
 The gap is stretched by a proxy that passes the FATAL on and holds the close.
 """
@@ -19,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from plano_fast.store import BudgetTarget, CounterKey, open_store
 from plano_fast.store.migrate import migrate
+from plano_fast.store.postgres import _CONNECTION_LOST
 from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
 from tests.test_store_pg_batch import dsn, row  # noqa: F401 - fixture
 
@@ -81,5 +85,42 @@ def test_a_statement_on_a_connection_terminated_while_idle_runs_on_another(dsn: 
                 counter = await store.get_counter(CounterKey("project", "tidle", "total", 0))
                 assert counter is not None
                 assert (counter.spent_nano_usd, counter.reserved_nano_usd) == expected
+
+        asyncio.run(main())
+
+
+def test_a_read_on_a_pooled_connection_terminated_while_idle_runs_once_more(dsn: str) -> None:
+    """The pool's statements: a read (an admin list, the budget checker's counters, the
+    sweep's expired reservations) whose idle connection was ended is run once more on a
+    new connection, where before it failed once (``InternalClientError``); a write is not
+    run again (whether it committed is unknown): its caller gets the failure."""
+    with FaultProxy(dsn_target(dsn)) as proxy:
+
+        async def pooled_pid(store: Any) -> int:
+            return int((await store._fetch("SELECT pg_backend_pid()"))[0][0])
+
+        async def main() -> None:
+            async with open_store(proxied_dsn(dsn, proxy.port), "unused.db", min_size=1, max_size=1) as store:
+                await migrate(store)
+                project = await store.create_project("idle-read")
+                # (max_size 1: every read and write of the pool runs on that one connection)
+                reads: list[tuple[str, Callable[[], Awaitable[object]], object]] = [
+                    ("list_projects", lambda: store.list_projects(), [project]),
+                    ("get_counter", lambda: store.get_counter(CounterKey("project", "tidle", "total", 0)), None),
+                    ("release_expired", lambda: store.release_expired(), 0),
+                ]
+                for name, read, expected in reads:
+                    await _terminate_while_idle(proxy, dsn, await pooled_pid(store))
+                    try:
+                        assert await read() == expected, name
+                    finally:
+                        proxy.release_closes()
+                await _terminate_while_idle(proxy, dsn, await pooled_pid(store))
+                try:
+                    with pytest.raises(_CONNECTION_LOST):
+                        await store.create_project("not-run-again")
+                finally:
+                    proxy.release_closes()
+                assert [p.name for p in await store.list_projects()] == ["idle-read"]
 
         asyncio.run(main())

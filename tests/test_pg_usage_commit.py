@@ -123,3 +123,66 @@ def test_writes_and_settles_commit_unflushed_with_the_same_effect(dsn: str) -> N
         assert not any("synchronous_commit" in q for q in off_sent if "spending_reservations (id" in q)
 
     asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def durable_dsn() -> Iterator[str]:
+    """A private cluster with fsync on, used by nobody else: its WAL flushes are the test's."""
+    try:
+        cluster = pg.PrivateCluster(durable=True)
+        dsn = cluster.start()
+    except pg.PostgresUnavailable as exc:
+        pytest.skip(f"no private PostgreSQL cluster ({exc})")
+    try:
+        yield dsn
+    finally:
+        cluster.stop()
+
+
+async def _wal_syncs(dsn: str) -> int:
+    """``pg_stat_wal.wal_sync`` once every other backend of the cluster's clients has
+    exited (a backend adds its counts to the shared ones at exit at the latest)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                                  " AND pid <> pg_backend_pid()"):
+            assert time.monotonic() < deadline, "the store's backends never exited"
+            await asyncio.sleep(0.02)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(await conn.fetchval("SELECT wal_sync FROM pg_stat_wal"))
+    finally:
+        await conn.close()
+
+
+def test_the_option_skips_the_wal_flush_of_writes_and_settles_not_reservations(durable_dsn: str) -> None:
+    """Counted by the server (``pg_stat_wal.wal_sync``, fsync on, nothing else writing):
+    by default each one-row usage write, reservation and settle waits for a flush of its
+    own (one after another, none can share one); with the option, the writes and settles
+    commit without one and the reservations still flush, one each."""
+    writes, pairs = 30, 10
+
+    async def flushes(synchronous: bool) -> int:
+        before = await _wal_syncs(durable_dsn)
+        async with open_store(durable_dsn, "unused.db", usage_synchronous_commit=synchronous) as store:
+            tag = "on" if synchronous else "off"
+            for i in range(writes):
+                assert await store.write_usage([row(f"{tag}-w{i}", 3)]) == 1
+            targets = [BudgetTarget("project", "p1", "total", 0, 10**15)]
+            for i in range(pairs):
+                res = await store.reserve(targets, 10)
+                assert res is not None and await store.settle(res, row(f"{tag}-s{i}", 7))
+        return await _wal_syncs(durable_dsn) - before
+
+    async def main() -> None:
+        async with open_store(durable_dsn, "unused.db") as store:
+            await migrate(store)
+            # (the counters exist before either run: their creation flushes once more)
+            assert await store.reserve([BudgetTarget("project", "p1", "total", 0, 10**15)], 1) is not None
+        on = await flushes(True)
+        off = await flushes(False)
+        assert on >= writes + 2 * pairs, (on, off)
+        # the reservations' flushes, and at most a few of the server's own (a WAL segment's end)
+        assert pairs <= off <= pairs + 3, (on, off)
+
+    asyncio.run(main())

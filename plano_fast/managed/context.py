@@ -36,6 +36,17 @@ above 1).  Fewer ride with the next batch, a moment later: each batch is a state
 commit, and with no minimum the batches beside came out small -- callgrind, managed-pg at
 concurrency 32: 175k -> 190k gateway instructions a request."""
 
+BATCH_BESIDE_BEHIND = 2
+"""... and only once this many times the rows of the batches in flight wait: the batch in
+flight has fallen behind (a slow commit: a WAL flush of several ms on a busy disk), not
+merely run while the next rows came, as every batch does.  Each batch is a statement and a
+commit whose fixed cost is most of a small batch's (PostgreSQL, 13 rows: ~0.8 ms of backend
+CPU a statement, ~20 µs a row more), so splitting the rows that gather during one batch
+into batches beside it cost CPU on both sides for nothing: at concurrency 32 and 64
+(``pg_server_probe --shapes writer --beside-behind 0|2``, eight interleaved pairs) backend
+CPU a request -12% to -40%, the client's -5% to -39%; two gateways at c=64, statements a
+request 0.0107 -> 0.0052 (``benchmarks/results/managed-pg-k-20261206.md``)."""
+
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
 
@@ -61,6 +72,8 @@ class GroupWriter:
         self._pending: list[_Item] = []
         #: the batches being written (each by one ``_drain``)
         self._inflight: list[list[_Item]] = []
+        #: their rows, together
+        self._inflight_rows = 0
         #: ``_drain`` tasks running, at most ``in_flight``: while one batch commits the
         #: next may be written beside it where the store gains from it (PostgreSQL: each
         #: on its own counter rows, ``Store.write_batches_in_flight``)
@@ -107,21 +120,32 @@ class GroupWriter:
                 return future
         self._pending.append(item)
         drains = self._drains
-        if not drains or (drains < self.in_flight and len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
+        if not drains or (drains < self.in_flight and self._behind()):
             self._drains = drains + 1
             task = loop.create_task(self._drain())
             self._drain_tasks.add(task)
             task.add_done_callback(self._drain_tasks.discard)
         return future
 
+    def _behind(self) -> bool:
+        """Enough rows wait to start a batch beside those in flight (``BATCH_BESIDE_MIN_ROWS``,
+        ``BATCH_BESIDE_BEHIND``)."""
+        waiting = len(self._pending)
+        return waiting >= BATCH_BESIDE_MIN_ROWS and waiting >= BATCH_BESIDE_BEHIND * self._inflight_rows
+
     async def _drain(self) -> None:
         try:
-            # (The last drain running takes whatever waits; another leaves a few rows to it.)
-            while self._pending and (self._drains == 1 or len(self._pending) >= BATCH_BESIDE_MIN_ROWS):
+            # (The last drain running takes whatever waits; another leaves the rows to it
+            # unless the batches still in flight are behind.)
+            while self._pending and (self._drains == 1 or self._behind()):
                 batch, self._pending = self._pending, []
                 inflight = self._inflight
                 inflight.append(batch)
-                await self._write(batch)  # (cancelled: left in flight, for ``abandon``)
+                self._inflight_rows += len(batch)
+                try:
+                    await self._write(batch)  # (cancelled: left in flight, for ``abandon``)
+                finally:
+                    self._inflight_rows -= len(batch)
                 inflight[:] = [b for b in inflight if b is not batch]
                 for _, _, future, then in batch:
                     if not future.done():

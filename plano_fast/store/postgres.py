@@ -526,6 +526,13 @@ def _dollar(sql: str) -> str:
     return "".join(out)
 
 
+def _is_read(sql: str) -> bool:
+    """``sql`` is a plain ``SELECT`` (no data-modifying ``WITH``, no ``INSERT ...
+    RETURNING``): safe to run again when its connection was lost.  The store's reads
+    call no function with a side effect."""
+    return sql.lstrip()[:7].upper() in ("SELECT ", "SELECT\n")
+
+
 def _rowcount(status: str) -> int:
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
@@ -756,6 +763,13 @@ class PostgresStore(SqlStore):
             rows: list[Row] = await self.pool.fetch(_dollar(sql), *args)
             return rows
 
+        if _is_read(sql):
+            # A pooled connection lost while idle (its backend ended, a reset socket) fails
+            # the next statement given to it, however healthy the server is: a read --
+            # the heartbeat's sweeps, the budget checker's counters, the admin's lists --
+            # is run once more on another connection, since running it twice changes
+            # nothing.  A write is not: whether it committed is unknown (its caller decides).
+            return await self._once_more_if_lost(run, "read")
         return await self._retrying(run)
 
     async def _execute(self, sql: str, args: Sequence[object] = ()) -> int:
@@ -1178,8 +1192,8 @@ class PostgresStore(SqlStore):
         pids.clear()
 
     async def _once_more_if_lost(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
-        """``attempt`` (an idempotent statement: settle, release), run once more on another
-        connection when its connection was lost, before its callers are failed."""
+        """``attempt`` (an idempotent statement: settle, release, a read), run once more on
+        another connection when its connection was lost, before its callers are failed."""
         try:
             return await self._retrying(attempt)
         except TimeoutError:  # an OSError, but not a lost connection (see _CONNECTION_LOST)
@@ -1249,9 +1263,7 @@ class PostgresStore(SqlStore):
 
     async def release_expired(self, now_ns: int | None = None) -> int:
         now = time.time_ns() if now_ns is None else now_ns
-        rows = await self.pool.fetch(
-            "SELECT DISTINCT id FROM spending_reservations WHERE expires_at_ns <= $1", now
-        )
+        rows = await self._fetch("SELECT DISTINCT id FROM spending_reservations WHERE expires_at_ns <= ?", (now,))
         return await self._release_ids([r[0] for r in rows], now)
 
     async def release_orphaned(self, stale_before_ns: int, now_ns: int | None = None) -> int:
