@@ -30,6 +30,7 @@ from plano_fast import guardrails
 from plano_fast import wire as scan
 from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
+from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, content_coding, decodable
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -672,6 +673,16 @@ class Exchange:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         body_filter = self.body_filter
+        block = head.block
+        if block.find(b"ncoding") >= 0 or block.find(b"NCODING") >= 0:  # (coded_answer.content_coding's test)
+            coding = content_coding(block)
+            if coding is not None:
+                # an answer in a coding the gateway did not ask for: read decoded
+                # (plano_fast.gateway.coded_answer)
+                if scanner is not None and status < 400:
+                    scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
+                if body_filter is not None and body_filter.rebuilds_head and decodable(coding):
+                    body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
             if self.guard_warning:

@@ -29,7 +29,7 @@ complete head).  ``buf`` may continue past the head (body bytes from the same re
 
 from __future__ import annotations
 
-from plano_fast.wire._shared import connection_tokens
+from plano_fast.wire._shared import UPSTREAM_VERSION_ERROR, connection_tokens
 
 
 class ResponseHead:
@@ -158,6 +158,10 @@ def response_head(buf: bytes) -> tuple[bytes, int, bool, int]:
     end = _head_end(buf)
     if end < 0:
         return b"", -1, False, -1
+    if not buf.startswith(b"HTTP/1."):
+        # llhttp takes HTTP/2.0 and HTTP/0.9 status lines too (and refuses HTTP/1.2): an
+        # answer in another version's framing is not one this relay can read as HTTP/1.x
+        raise ValueError(UPSTREAM_VERSION_ERROR)
     lines = buf[:end].split(b"\n")
     out: list[bytes] = []
     content_length = -1
