@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import socket
 import sqlite3
 import time
@@ -76,10 +77,22 @@ def _held_cases(s: Stack) -> list[tuple[str, bytes, bytes]]:
     ]
 
 
-def _outcome(s: Stack, pieces: list[tuple[float, bytes]]) -> tuple[int, bool, int]:
+#: after each case's bytes: a request the gateway answers (and closes after) only if it still
+#: reads the connection -- so the connection's whole story is read, quickly, to its close
+_LAST = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
+
+
+def _statuses(raw: bytes) -> list[int]:
+    return [int(code) for code in _STATUS_LINE.findall(raw)]
+
+
+def _outcome(s: Stack, pieces: list[tuple[float, bytes]]) -> tuple[list[int], int]:
+    """(every status the connection answered, in order, until it closed; requests forwarded)."""
     before = len(s.provider_calls())
-    answer = exchange(s.gateway.port, pieces, wait_s=5, close_wait_s=0.3)
-    return answer.status, answer.closed, len(_calls_since(s, before))
+    pieces = [*pieces[:-1], (pieces[-1][0], pieces[-1][1] + _LAST)]
+    answer = exchange(s.gateway.port, pieces, wait_s=6, until_close=True)
+    return _statuses(answer.raw), len(_calls_since(s, before))
 
 
 @case("held", "round k: every framing case (CL+TE, two CLs, obs-fold, bare LF, NUL, a CL shorter than the body, "
@@ -107,7 +120,7 @@ def round_k_held_trickle_then_pipelined(s: Stack) -> Result:
     pieces.append((0.05, body[-1:] + second + third))
     before = len(s.provider_calls())
     answer = exchange(s.gateway.port, pieces, wait_s=15, until_close=True)
-    statuses = [int(line.split(b" ")[1]) for line in answer.raw.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    statuses = _statuses(answer.raw)
     forwarded = len(_calls_since(s, before))
     return Result(statuses == [200, 200, 200] and forwarded == 2 and answer.closed,
                   f"statuses={statuses} forwarded={forwarded} closed={answer.closed}")
@@ -119,7 +132,8 @@ def round_k_held_then_close(s: Stack) -> Result:
     bad = []
     for sent in (0, len(CHAT) // 2):
         head, body = _head_body(s, b"Content-Length: %d\r\n" % len(CHAT), CHAT)
-        rows_before = len(s.usage_rows())
+        time.sleep(1.0)  # (the earlier cases' rows flushed first)
+        last_id = max((r["id"] for r in s.usage_rows()), default=0)
         before = len(s.provider_calls())
         sock = socket.create_connection(("127.0.0.1", s.gateway.port), timeout=5)
         sock.sendall(head + body[:sent])
@@ -128,9 +142,9 @@ def round_k_held_then_close(s: Stack) -> Result:
         time.sleep(0.5)
         after = exchange(s.gateway.port, post(CHAT_PATH, CHAT, s.auth), wait_s=5)
         forwarded = len(_calls_since(s, before))
-        time.sleep(0.6)
-        rows = len(s.usage_rows()) - rows_before
-        if forwarded != 1 or after.status != 200 or rows != 1:
+        time.sleep(1.0)
+        rows = [r["request_id"] for r in s.usage_rows() if r["id"] > last_id]
+        if forwarded != 1 or after.status != 200 or rows != [(after.header(b"x-plano-request-id") or b"").decode()]:
             bad.append(f"sent {sent}: forwarded={forwarded} next={after.status} rows={rows}")
     return Result(not bad, "; ".join(bad) or "nothing forwarded or billed for the held ones; the next served")
 
@@ -142,7 +156,7 @@ def round_k_held_content_length_lie(s: Stack) -> Result:
     nxt = post(CHAT_PATH, CHAT, s.auth)
     one = _outcome(s, [(0, head + body + nxt)])
     held = _outcome(s, [(0, head), (0.2, body), (0.2, nxt)])
-    ok = one == held and one[0] == 400 and one[2] == 0
+    ok = one == held and one[0][:1] == [400] and one[1] == 0
     return Result(ok, f"one={one} held={held}")
 
 
@@ -336,3 +350,49 @@ def round_k_n_cut_no_usage_billed(s: Stack) -> Result:
         held = db.execute("select count(*) from spending_reservations").fetchone()[0]
     ok = head.startswith(b"HTTP/1.1 200") and len(rows) == 1 and (rows[0]["cost_nano_usd"] or 0) > 0 and not held
     return Result(ok, f"{head[:12]!r} rows={[_row_text(r) for r in rows]} reservations={held}")
+
+
+@case("held", "round k: a held body trickled past the body timeout (the listener's, 1 s here; a gateway of its own) answers "
+      "408 and closes, as a chunked body (httptools' path) does; nothing forwarded", modes=("config",))
+def round_k_held_slowloris_body(s: Stack) -> Result:
+    import tempfile
+    from pathlib import Path
+
+    from tests.gateway_proc import GatewayProcess, write_config
+
+    # (the body timeout is the listener's timeout: 1 s)
+    config = write_config(Path(tempfile.mkdtemp(prefix="round-k-slow-")) / "slow.yaml", s.fake.port, {},
+                          listener_timeout="1s")
+    head, body = _head_body(s, b"Content-Length: %d\r\n" % len(CHAT), CHAT)
+    chunked_head, _ = _head_body(s, b"Transfer-Encoding: chunked\r\n", b"")
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT)
+    before = len(s.provider_calls())
+    with GatewayProcess(config) as gateway:
+        got = {}
+        for name, first, rest in (("held", head, body), ("chunked", chunked_head, chunked)):
+            pieces = [(0.0, first)] + [(0.4, rest[i:i + 1]) for i in range(6)]
+            answer = exchange(gateway.port, pieces, wait_s=5, until_close=True)
+            got[name] = (_statuses(answer.raw), answer.closed)
+    forwarded = len(_calls_since(s, before))
+    ok = got["held"] == got["chunked"] == ([408], True) and not forwarded
+    return Result(ok, f"{got} forwarded={forwarded}")
+
+
+@case("held", "round k: an unknown key on a held head whose body passes 64 KiB: refused (401) before the body is "
+      "all in, as httptools' path refuses it; nothing forwarded", modes=("firewall",))
+def round_k_held_head_identified_early(s: Stack) -> Result:
+    big = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * 1_000_000 + b'"}]}'
+    bad = b"Authorization: Bearer sk-unknown-key-round-k\r\n"
+    head = (b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + bad
+            + b"Content-Length: %d\r\n\r\n" % len(big))
+    chunked_head = (b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + bad
+                    + b"Transfer-Encoding: chunked\r\n\r\n")
+    before = len(s.provider_calls())
+    got = {}
+    for name, data in (("held", [(0.0, head), (0.2, big[:100_000])]),
+                       ("chunked", [(0.0, chunked_head), (0.2, b"%x\r\n" % len(big) + big[:100_000])])):
+        answer = exchange(s.gateway.port, data, wait_s=5, until_close=True)
+        got[name] = (_statuses(answer.raw), answer.closed)
+    forwarded = len(_calls_since(s, before))
+    ok = got["held"] == got["chunked"] == ([401], True) and not forwarded
+    return Result(ok, f"{got} forwarded={forwarded}")
