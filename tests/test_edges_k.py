@@ -327,3 +327,23 @@ def test_a_symlink_or_another_users_file_is_not_claimed(tmp_path: Path) -> None:
     link.symlink_to(forged)
     assert kept.claim() == []
     assert link.is_symlink() and forged.read_text() == "{}\n"
+
+
+_HAS_CE = [pytest.param(_head_py.has_content_encoding, id="python")] + (
+    [pytest.param(_compiled_head.has_content_encoding, id="cython")] if _compiled_head is not None else [])
+
+
+@pytest.mark.parametrize("has_content_encoding", _HAS_CE)
+def test_the_relays_coded_answer_test_finds_the_name_in_any_case_only_as_a_name(
+    has_content_encoding: Callable[[bytes], bool],
+) -> None:
+    for block, want in (
+        (b"content-type: x\r\nContent-Encoding: gzip\r\n", True),
+        (b"CONTENT-ENCODING: br\r\n", True),
+        (b"content-encoding:gzip\r\n", True),
+        (b"x-content-encoding: gzip\r\ncontent-encodings: x\r\n", False),
+        (b"x-a: content-encoding: gzip\r\n", False),
+        (b"content-encoding", False),
+        (b"", False),
+    ):
+        assert has_content_encoding(block) is want, block

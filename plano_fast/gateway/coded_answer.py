@@ -47,9 +47,8 @@ _WBITS: Final = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
 
 def content_coding(block: bytes) -> bytes | None:
     """The coding of a response whose kept header lines are ``block`` (CRLF-ended): one
-    lowercase comma-separated value without ``identity``; None when there is none."""
-    if block.find(b"ncoding") < 0 and block.find(b"NCODING") < 0:
-        return None  # (two C calls: an answer without a Content-Encoding line, the usual one)
+    lowercase comma-separated value without ``identity``; None when there is none.  (The
+    relay asks ``wire.has_content_encoding`` first: this is for the answers that have one.)"""
     codings: list[bytes] = []
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")

@@ -673,9 +673,8 @@ class Exchange:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         body_filter = self.body_filter
-        block = head.block
-        if block.find(b"ncoding") >= 0 or block.find(b"NCODING") >= 0:  # (coded_answer.content_coding's test)
-            coding = content_coding(block)
+        if scan.has_content_encoding(head.block):
+            coding = content_coding(head.block)
             if coding is not None:
                 # an answer in a coding the gateway did not ask for: read decoded
                 # (plano_fast.gateway.coded_answer)

@@ -387,6 +387,22 @@ def forward_request_headers(list headers not None):
         free(out)
 
 
+def has_content_encoding(bytes block not None):
+    """Whether ``block`` (CRLF-ended header lines) has a Content-Encoding line, its name in
+    any case (the twin, ``_head_py.has_content_encoding``, says what for)."""
+    cdef const unsigned char *s = block
+    cdef Py_ssize_t n = len(block), i = 0
+    cdef const unsigned char *lf
+    while i + 17 <= n:
+        if (s[i] | 32) == 99 and s[i + 16] == 58 and name_is(s + i, 16, b"content-encoding", 16):  # 'c', ':'
+            return True
+        lf = <const unsigned char *>memchr(s + i, 10, n - i)
+        if lf == NULL:
+            break
+        i = lf - s + 1
+    return False
+
+
 # --------------------------------------------------------------------------- the response fast path
 
 # TCHAR (header names) and VALUE (field-value bytes), shared with _request.pyx
