@@ -163,7 +163,7 @@ class DecodedScanner:
         return self._inner.raw_usage()
 
     def usage_fields(self) -> tuple[object, ...]:
-        return self._inner.usage_fields()  # type: ignore[no-any-return]
+        return self._inner.usage_fields()
 
 
 class DecodedFilter:

@@ -351,7 +351,7 @@ class Exchange:
         self.attempts = 0
         self.outcome = ""
         self.conn: UpstreamConnection | None = None
-        self.scanner: scan.UsageScanner | None = None
+        self.scanner: scan.UsageScanner | DecodedScanner | None = None
         self.model: str | None = None
         #: the model name the client asked for (an alias, say), where the gateway routes by
         #: it: on the usage row beside the model served (None: firewall mode routes nothing)
