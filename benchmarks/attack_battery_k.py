@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import re
 import socket
 import sqlite3
@@ -36,15 +35,12 @@ from benchmarks.attack_battery import (
     json_answer, post, registrar,
 )  # fmt: skip
 from benchmarks.attack_battery_c import _calls_since, _gemini_auth
+from benchmarks.attack_battery_j import _key, _raw
 
 CASES: list[Case] = []
 case = registrar(CASES)
 
 BOM = b"\xef\xbb\xbf"
-
-
-def _key(s: Stack) -> bytes:
-    return s.auth.split(b"Bearer ", 1)[1].split(b"\r\n", 1)[0]
 
 
 def _rows(s: Stack, answer: Answer, settle_s: float = 0.5) -> list[dict[str, Any]]:
@@ -167,7 +163,7 @@ def round_k_held_content_length_lie(s: Stack) -> Result:
       modes=("firewall",))
 def round_k_billed_key_is_forwarded_key(s: Stack) -> Result:
     key = _key(s)
-    cl = b"Content-Length: %d\r\n" % len(CHAT)
+    want_hash = hashlib.sha256(key).hexdigest()
     bad = []
     for name, lines, status in (
         ("two Authorization, other key second", s.auth + b"Authorization: Bearer sk-other-key\r\n", 401),
@@ -181,13 +177,12 @@ def round_k_billed_key_is_forwarded_key(s: Stack) -> Result:
         ("a trailing tab", b"Authorization: Bearer " + key + b"\t\r\n", 200),
     ):
         before = len(s.provider_calls())
-        data = b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n" + lines + cl + b"\r\n" + CHAT
-        answer = exchange(s.gateway.port, data, wait_s=5, close_wait_s=0)
+        answer = exchange(s.gateway.port, _raw(s, lines + b"Content-Length: %d\r\n" % len(CHAT)), wait_s=5,
+                          close_wait_s=0)
         calls = _calls_since(s, before)
         creds = [v for c in calls for n, v in c.headers if n in ("authorization", "x-api-key", "x-goog-api-key", "api-key")]
         rows = _rows(s, answer, settle_s=0) if status == 200 else []
         billed = rows[0]["key_hash"] if rows else None
-        want_hash = hashlib.sha256(key).hexdigest()
         if answer.status != status or (status == 200 and (creds != ["Bearer " + key.decode()] or billed != want_hash)) \
                 or (status != 200 and calls):
             bad.append(f"{name}: {answer.status} forwarded={creds} billed={billed and billed[:12]}")
@@ -286,18 +281,9 @@ def round_k_coded_answers_billed(s: Stack) -> Result:
       "the rest 402; the spend exactly the ten's usage (read decoded, not the reservations' bound)", modes=("managed",))
 def round_k_coded_streams_at_the_limit(s: Stack) -> Result:
     import asyncio
-    import tempfile
-    from pathlib import Path
 
-    from tests.gateway_proc import GatewayProcess, write_config
-    from tests.test_managed import DEFAULT_PIPE, ENV, STREAM_BODY, provision, request_cost
-
-    cost = request_cost(STREAM_BODY)
-    limit = 10 * cost
-    workdir = Path(tempfile.mkdtemp(prefix="round-k-coded-"))
-    config = write_config(workdir / "coded.yaml", s.fake.port, {"managed": "true", "managed_reload_s": 1})
-    db_path = str(config.with_suffix(".db"))
-    tenants: list[Any] = []
+    from benchmarks.attack_battery_j import hard_limit_gateway
+    from tests.test_managed import STREAM_BODY
 
     async def one(port: int, token: bytes) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -315,9 +301,9 @@ def round_k_coded_streams_at_the_limit(s: Stack) -> Result:
     async def fire(port: int, token: bytes) -> list[int]:
         return list(await asyncio.gather(*(one(port, token) for _ in range(30))))
 
-    with GatewayProcess(config, env=ENV, before_start=lambda: tenants.append(
-            provision(None, db_path, DEFAULT_PIPE, limit_nano_usd=limit))) as gateway:
-        statuses = asyncio.run(fire(gateway.port, tenants[0].token.encode()))
+    with hard_limit_gateway(s, 10, "round-k-coded-") as (gateway, token, db_path, cost):
+        limit = 10 * cost
+        statuses = asyncio.run(fire(gateway.port, token))
         time.sleep(1.5)
         with sqlite3.connect(db_path) as db:
             rows = db.execute("select status, cost_nano_usd from usage_log").fetchall()
