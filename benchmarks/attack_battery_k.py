@@ -316,26 +316,35 @@ def round_k_coded_streams_at_the_limit(s: Stack) -> Result:
                       f"reserved {reserved}")
 
 
-@case("budget", "round k: under the hard limit, n=3 with include_usage false, cut by the client after its head: "
-      "one row, at the provider's usage (never zero), the reservation given back", modes=("managed",))
-def round_k_n_cut_no_usage_billed(s: Stack) -> Result:
-    body = (b'{"model":"gpt-4o-mini","n":3,"max_tokens":40,"stream":true,"stream_options":{"include_usage":false},'
-            b'"messages":[{"role":"user","content":"hi"}]}')
-    sock = socket.create_connection(("127.0.0.1", s.gateway.port), timeout=5)
-    sock.sendall(post(CHAT_PATH, body, s.auth, b"x-fake-events: 30\r\nx-fake-interval-ms: 20\r\n"))
-    head = sock.recv(4096)
-    sock.close()
-    rid = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
-                if line.lower().startswith(b"x-plano-request-id:")), "")
-    deadline = time.monotonic() + 6
-    rows: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not rows:
-        rows = [r for r in s.usage_rows() if r["request_id"] == rid]
-        time.sleep(0.1)
-    with sqlite3.connect(s.sqlite_path) as db:
-        held = db.execute("select count(*) from spending_reservations").fetchone()[0]
-    ok = head.startswith(b"HTTP/1.1 200") and len(rows) == 1 and (rows[0]["cost_nano_usd"] or 0) > 0 and not held
-    return Result(ok, f"{head[:12]!r} rows={[_row_text(r) for r in rows]} reservations={held}")
+@case("budget", "round k: under the hard limit, streams with the usage turned off (include_usage false), cut by "
+      "the client after its head: n=3; a function tool answered with a tool call; each one row at the provider's "
+      "usage (never zero), the reservation given back", modes=("managed",))
+def round_k_cut_no_usage_billed(s: Stack) -> Result:
+    off = b'"stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"hi"}]'
+    tools = b',"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]'
+    cases = {
+        "n=3": (b'{"model":"gpt-4o-mini","n":3,"max_tokens":40,' + off + b"}", b""),
+        "tool call": (b'{"model":"gpt-4o-mini","max_tokens":40,' + off + tools + b"}", b"x-fake-tool-call: f\r\n"),
+    }
+    bad = []
+    for name, (body, extra) in cases.items():
+        sock = socket.create_connection(("127.0.0.1", s.gateway.port), timeout=5)
+        sock.sendall(post(CHAT_PATH, body, s.auth, extra + b"x-fake-events: 30\r\nx-fake-interval-ms: 20\r\n"))
+        head = sock.recv(4096)
+        sock.close()
+        rid = next((line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"x-plano-request-id:")), "")
+        deadline = time.monotonic() + 6
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not rows:
+            rows = [r for r in s.usage_rows() if r["request_id"] == rid]
+            time.sleep(0.1)
+        time.sleep(0.3)
+        with sqlite3.connect(s.sqlite_path) as db:
+            held = db.execute("select count(*) from spending_reservations").fetchone()[0]
+        if not head.startswith(b"HTTP/1.1 200") or len(rows) != 1 or not (rows[0]["cost_nano_usd"] or 0) or held:
+            bad.append(f"{name}: {head[:12]!r} rows={[_row_text(r) for r in rows]} reservations={held}")
+    return Result(not bad, "; ".join(bad)[:300] or "each one row at the provider's usage; nothing left reserved")
 
 
 @case("held", "round k: a held body trickled past the body timeout (the listener's, 1 s here; a gateway of its own) answers "
