@@ -296,12 +296,15 @@ def _pair() -> tuple[Reservation, UsageRow]:
 
 def test_journal_files_are_the_gateways_users_alone(tmp_path: Path) -> None:
     """They took the umask (0644 here): any local user could read the usage rows."""
-    os.umask(0o022)
-    kept = SettleJournal(str(tmp_path / "usage.journal"))
-    kept.keep([_pair()])
-    spill = Journal(tmp_path / "usage.journal")
-    spill.spill([_pair()[1]])
-    spill.set_aside({"x": 1}, "test")
+    umask = os.umask(0o022)  # (the usual one: files 0644 unless asked otherwise)
+    try:
+        kept = SettleJournal(str(tmp_path / "usage.journal"))
+        kept.keep([_pair()])
+        spill = Journal(tmp_path / "usage.journal")
+        spill.spill([_pair()[1]])
+        spill.set_aside({"x": 1}, "test")
+    finally:
+        os.umask(umask)
     for path in (kept.path, spill.path, spill.rejected_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
