@@ -19,12 +19,14 @@ queued behind the unread body (now closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import socket
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,24 @@ def round_j_usage_read_as_a_json_reader_reads_it(s: Stack) -> Result:
     return Result(not bad, "; ".join(bad)[:300] or f"{len(cases)} answers, each billed as a JSON reader reads it")
 
 
+@contextlib.contextmanager
+def hard_limit_gateway(s: Stack, requests: int, prefix: str) -> Iterator[tuple[Any, bytes, str, int]]:
+    """A managed gateway of its own (SQLite, the stack's fake provider) whose one tenant's hard
+    limit fits ``requests`` streams of ``tests.test_managed.STREAM_BODY``: (the gateway, the
+    tenant's token, the SQLite path, one request's cost)."""
+    from tests.gateway_proc import GatewayProcess, write_config
+    from tests.test_managed import DEFAULT_PIPE, ENV, STREAM_BODY, provision, request_cost
+
+    cost = request_cost(STREAM_BODY)
+    config = write_config(Path(tempfile.mkdtemp(prefix=prefix)) / "limit.yaml", s.fake.port,
+                          {"managed": "true", "managed_reload_s": 1})
+    db_path = str(config.with_suffix(".db"))
+    tenants: list[Any] = []
+    with GatewayProcess(config, env=ENV, before_start=lambda: tenants.append(
+            provision(None, db_path, DEFAULT_PIPE, limit_nano_usd=requests * cost))) as gateway:
+        yield gateway, tenants[0].token.encode(), db_path, cost
+
+
 # streams the client cuts -------------------------------------------------------------------------------
 def _cut(s: Stack, data: bytes, read_bytes: int) -> tuple[int, str]:
     """Send ``data``, read at least ``read_bytes`` of the answer, close; (status, request id)."""
@@ -263,15 +283,7 @@ def round_j_cut_streams_billed(s: Stack) -> Result:
       "fits 20, over 120 connections: 20 served, the rest 402; the spend exactly the limit (each row at the "
       "provider's usage, cut ones included), nothing left reserved", modes=("managed",))
 def round_j_cut_streams_at_the_limit_edge(s: Stack) -> Result:
-    from tests.gateway_proc import GatewayProcess, write_config
-    from tests.test_managed import DEFAULT_PIPE, ENV, STREAM_BODY, provision, request_cost
-
-    cost = request_cost(STREAM_BODY)
-    limit = 20 * cost
-    workdir = Path(tempfile.mkdtemp(prefix="round-j-edge-"))
-    config = write_config(workdir / "edge.yaml", s.fake.port, {"managed": "true", "managed_reload_s": 1})
-    db_path = str(config.with_suffix(".db"))
-    tenants: list[Any] = []
+    from tests.test_managed import STREAM_BODY
 
     async def one(port: int, token: bytes, cut: bool) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -289,9 +301,9 @@ def round_j_cut_streams_at_the_limit_edge(s: Stack) -> Result:
     async def fire(port: int, token: bytes) -> list[int]:
         return list(await asyncio.gather(*(one(port, token, i % 2 == 0) for i in range(120))))
 
-    with GatewayProcess(config, env=ENV, before_start=lambda: tenants.append(
-            provision(None, db_path, DEFAULT_PIPE, limit_nano_usd=limit))) as gateway:
-        statuses = asyncio.run(fire(gateway.port, tenants[0].token.encode()))
+    with hard_limit_gateway(s, 20, "round-j-edge-") as (gateway, token, db_path, cost):
+        limit = 20 * cost
+        statuses = asyncio.run(fire(gateway.port, token))
         time.sleep(2.0)
         with sqlite3.connect(db_path) as db:
             costs = [r[0] for r in db.execute("select cost_nano_usd from usage_log")]

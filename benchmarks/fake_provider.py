@@ -59,6 +59,10 @@ Control headers (per request; constructor args / CLI flags give the defaults)
 * ``x-fake-response-header: N: V`` a successful answer also carries the header ``N: V``
 * ``x-fake-fail-first`` ``x-fake-fail-key``  the first N requests carrying that key get
   ``x-fake-status`` (default 503), the later ones a normal answer (retries, failover)
+* ``x-fake-content-encoding: C``  a successful answer (JSON or stream) is sent in content
+  coding C, which the gateway did not ask for: ``gzip`` and ``deflate`` (zlib) compressed
+  (a stream flushed event by event), any other name (``br``, ``zstd``) gzip bytes under it
+* ``x-fake-bom: 1``               a successful answer's body starts with a UTF-8 BOM
 
 Usage numbers (canonical record, rendered per provider)
 -------------------------------------------------------
@@ -121,6 +125,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from typing import Any, Callable, Coroutine, Iterator, Optional, Union, cast
 
 import httptools
@@ -281,6 +286,8 @@ class _Ctl:
     tool_call: Optional[str] = None
     tool_args: str = "{}"
     response_header: str = ""  # "name: value", sent as a response header (success answers)
+    content_encoding: str = ""  # "" = identity (x-fake-content-encoding)
+    bom: bool = False  # x-fake-bom
 
 
 _INT_CTL = {
@@ -669,6 +676,49 @@ def _gemini_events(ctx: _Ctx, sse: bool) -> Iterator[object]:
             yield (b"[" if i == 0 else b"\r\n,") + obj
     if not sse:
         yield b"\r\n]"
+
+
+# ------------------------------------------------- x-fake-content-encoding and x-fake-bom
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _compressor(coding: str) -> Any:
+    return zlib.compressobj(wbits=15 if coding == "deflate" else 31)
+
+
+def _coding_line(ctl: _Ctl) -> bytes:
+    return b"content-encoding: %s\r\n" % ctl.content_encoding.encode() if ctl.content_encoding else b""
+
+
+def _coded(ctl: _Ctl, body: bytes) -> bytes:
+    """A whole answer's body as x-fake-bom and x-fake-content-encoding say."""
+    if ctl.bom:
+        body = _BOM + body
+    if ctl.content_encoding:
+        comp = _compressor(ctl.content_encoding)
+        body = comp.compress(body) + comp.flush()
+    return body
+
+
+def _coded_events(ctl: _Ctl, events: Iterator[object]) -> Iterator[object]:
+    """A stream's events as x-fake-bom and x-fake-content-encoding say: each compressed
+    event flushed (a client reads it as it comes), the coding's end after the last."""
+    if not ctl.bom and not ctl.content_encoding:
+        yield from events
+        return
+    comp = _compressor(ctl.content_encoding) if ctl.content_encoding else None
+    first = True
+    for ev in events:
+        if isinstance(ev, bytes):
+            if first and ctl.bom:
+                ev = _BOM + ev
+            first = False
+            if comp is not None:
+                ev = comp.compress(ev) + comp.flush(zlib.Z_SYNC_FLUSH)
+        yield ev
+    if comp is not None:
+        yield comp.flush()
 
 
 # ------------------------------------------------------------------------ tool-call answers
@@ -1313,6 +1363,12 @@ class FakeProvider:
                     setattr(ctl, _MS_CTL[name], float(v) / 1000.0)
                 elif name == "x-fake-omit-usage":
                     ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
+                elif name == "x-fake-bom":
+                    ctl.bom = v.lower() in ("1", "true", "yes", "on")
+                elif name == "x-fake-content-encoding":
+                    if not v.isalnum():
+                        raise ValueError(v)
+                    ctl.content_encoding = v.lower()
                 elif name == "x-fake-retry-after":
                     ctl.retry_after = v
                 elif name == "x-fake-retry-after-ms":
@@ -1455,9 +1511,10 @@ class FakeProvider:
                 sse = family != "gemini" or "alt=sse" in query
                 events = _tool_events(kind, ctx, ctl.tool_call, ctl.tool_args, include_usage, sse)
                 ctype = _CT_SSE if sse else _CT_JSON
-                return self._stream(p, ctl, rid, ctype, events, keep_alive, extra, kind, sse)
+                return self._stream(p, ctl, rid, ctype, _coded_events(ctl, events), keep_alive,
+                                    extra + _coding_line(ctl), kind, sse)
             out = _tool_json(kind, ctx, ctl.tool_call, ctl.tool_args)
-            return self._respond(p, ctl, rid, 200, _CT_JSON, out, keep_alive, extra)
+            return self._respond(p, ctl, rid, 200, _CT_JSON, _coded(ctl, out), keep_alive, extra + _coding_line(ctl))
 
         if stream:
             events: Iterator[object]
@@ -1475,7 +1532,8 @@ class FakeProvider:
                 if not sse:
                     ctype = _CT_JSON
                 events = _gemini_events(ctx, sse)
-            return self._stream(p, ctl, rid, ctype, events, keep_alive, extra, kind, ctype is _CT_SSE)
+            return self._stream(p, ctl, rid, ctype, _coded_events(ctl, events), keep_alive, extra + _coding_line(ctl),
+                                kind, ctype is _CT_SSE)
 
         if kind == "chat":
             out = _chat_json(ctx)
@@ -1489,7 +1547,7 @@ class FakeProvider:
             out = _gemini_json(ctx)
         if big is not None:
             return self._big_json_response(p, ctl, rid, out, n, keep_alive, extra)
-        return self._respond(p, ctl, rid, 200, _CT_JSON, out, keep_alive, extra)
+        return self._respond(p, ctl, rid, 200, _CT_JSON, _coded(ctl, out), keep_alive, extra + _coding_line(ctl))
 
     def _respond(
         self, p: _HttpProtocol, ctl: _Ctl, rid: int, status: int, ctype: bytes, body: bytes,

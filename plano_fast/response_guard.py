@@ -257,6 +257,11 @@ class StreamScan:
     def _lines(self, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):
             line = line.strip()
+            if line.startswith(b"\xef\xbb\xbf"):
+                # a stream's leading UTF-8 BOM (WHATWG SSE skips it): its first event is
+                # read, not passed unscanned (a BOM on a later line is read past too: the
+                # floor errs on the side of reading)
+                line = line[3:]
             if not line.startswith(b"data:") and not line.startswith(b"{"):
                 continue
             payload = line[5:] if line.startswith(b"data:") else line

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,6 +36,45 @@ from plano_fast.usage import UsageEvent
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(UsageRow))
 WAL_SUFFIX = ".wal"
+log = logging.getLogger("plano_fast.billing")
+
+#: Journal files hold usage rows (project ids, key hashes, costs, what the store has not
+#: taken yet): readable and writable by the gateway's user alone (the umask made them 0644),
+#: and never written through a symlink planted at their path (``O_NOFOLLOW``: an append to
+#: whatever file the link names, with the gateway's rights).
+JOURNAL_FILE_MODE = 0o600
+_APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def open_append(path: Path) -> int:
+    """A journal file's descriptor for appending (created 0600; a symlink is ELOOP)."""
+    return os.open(path, _APPEND_FLAGS, JOURNAL_FILE_MODE)
+
+
+def append_synced(path: Path, text: str) -> None:
+    """``text`` appended to the journal file ``path`` and fsynced (its directory made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_append(path)
+    try:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _claimable(candidate: Path) -> bool:
+    """A journal file this process may replay: a regular file of its own user, never a
+    symlink (which would have it read -- and its rows counted -- from wherever it points)."""
+    try:
+        st = candidate.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        log.error("journal file %s is not a regular file of this user: left alone, not replayed", candidate)
+        return False
+    return True
 
 
 class Journal:
@@ -56,22 +96,14 @@ class Journal:
         lines = [json.dumps(self.record_of(row), separators=(",", ":")) for row in rows]
         if not lines:
             return 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_synced(self.path, "\n".join(lines) + "\n")
         self.rows_spilled += len(lines)
         return len(lines)
 
     def set_aside(self, record: dict[str, object], reason: str) -> None:
         """Append one refused row or event, with why, to ``rejected_path`` (fsynced)."""
         line = json.dumps({"reason": reason, "record": record}, separators=(",", ":"), default=str)
-        self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.rejected_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_synced(self.rejected_path, line + "\n")
 
     def claim(self) -> list[Path]:
         """Take ownership of every journal file not being written by a live process."""
@@ -87,6 +119,8 @@ class Journal:
                 owner = suffix.split(".")[0]  # "<pid>" (spill) or "<pid>.<n>.wal" (WAL)
             if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
                 continue  # another live worker's file (claim runs before our WAL starts)
+            if not _claimable(candidate):
+                continue
             wal = WAL_SUFFIX if candidate.name.endswith(WAL_SUFFIX) else ""
             target = candidate.with_name(f"{prefix}claimed-{os.getpid()}.{_next_claim()}{wal}")
             try:
@@ -341,7 +375,7 @@ class SegmentFile:
         if path != self.path:
             self.close()
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+            self._fd = open_append(path)
             self.path = path
             self._size = os.fstat(self._fd).st_size
         try:

@@ -17,6 +17,7 @@ from plano_fast.convert.errors import ConversionError
 MAX_EVENT_BYTES = 1 << 20
 
 Event = tuple[str | None, bytes]
+_BOM = b"\xef\xbb\xbf"
 
 
 def _too_big(limit: int) -> ConversionError:
@@ -24,9 +25,12 @@ def _too_big(limit: int) -> ConversionError:
 
 
 class SSEParser:
-    __slots__ = ("_buf", "_skip_lf", "_data", "_size", "_event", "_limit")
+    __slots__ = ("_buf", "_skip_lf", "_data", "_size", "_event", "_limit", "_at_start")
 
     def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        #: no byte read yet: one leading UTF-8 BOM is skipped (WHATWG: "One leading U+FEFF
+        #: BYTE ORDER MARK character must be ignored if any are present")
+        self._at_start = True
         self._buf = b""  # an incomplete line (no terminator seen yet)
         self._skip_lf = False  # the last byte seen was "\r": a leading "\n" belongs to it
         self._data: list[bytes] = []  # data lines of the event being read
@@ -37,6 +41,16 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
+        if self._at_start:
+            start = self._buf + chunk if self._buf else chunk
+            if len(start) < 3 and _BOM.startswith(start):
+                self._buf = start  # (a BOM split across reads)
+                return []
+            self._at_start = False
+            self._buf = b""
+            chunk = start[3:] if start.startswith(_BOM) else start
+            if not chunk:
+                return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[0] == 10:

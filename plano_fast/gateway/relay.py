@@ -30,6 +30,7 @@ from plano_fast import guardrails
 from plano_fast import wire as scan
 from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
+from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, content_coding, decodable
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -350,7 +351,7 @@ class Exchange:
         self.attempts = 0
         self.outcome = ""
         self.conn: UpstreamConnection | None = None
-        self.scanner: scan.UsageScanner | None = None
+        self.scanner: scan.UsageScanner | DecodedScanner | None = None
         self.model: str | None = None
         #: the model name the client asked for (an alias, say), where the gateway routes by
         #: it: on the usage row beside the model served (None: firewall mode routes nothing)
@@ -672,6 +673,15 @@ class Exchange:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         body_filter = self.body_filter
+        if scan.has_content_encoding(head.block):
+            coding = content_coding(head.block)
+            if coding is not None:
+                # an answer in a coding the gateway did not ask for: read decoded
+                # (plano_fast.gateway.coded_answer)
+                if scanner is not None and status < 400:
+                    scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
+                if body_filter is not None and body_filter.rebuilds_head and decodable(coding):
+                    body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
             if self.guard_warning:

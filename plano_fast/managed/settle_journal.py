@@ -20,11 +20,10 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plano_fast.billing.journal import Journal
+from plano_fast.billing.journal import Journal, append_synced
 from plano_fast.store.records import CounterKey, Reservation, UsageRow
 
 if TYPE_CHECKING:
@@ -52,12 +51,7 @@ class SettleJournal:
         lines = [json.dumps(_record(reservation, row), separators=(",", ":")) for reservation, row in pairs]
         if not lines:
             return 0
-        path = self.files.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_synced(self.files.path, "\n".join(lines) + "\n")
         return len(lines)
 
     def claim(self) -> list[Path]:
@@ -132,7 +126,15 @@ def keep(mctx: ManagedContext, journal: SettleJournal) -> int:
     """Keep every settle the stop cancelled and did not finish in ``journal``; logged."""
     pairs = list(mctx.unsettled.values())
     mctx.unsettled.clear()
-    kept = journal.keep(pairs)
+    try:
+        kept = journal.keep(pairs)
+    except OSError as exc:
+        # (a symlink at the path, a full disk): the stop goes on -- its rows are in the
+        # usage journal, and the reservations stay held until they expire, which errs on
+        # the budget's side
+        log.error("%d settles not finished at stop could not be kept in %s (%s): their "
+                  "reservations stay held until they expire", len(pairs), journal.path, exc)
+        return len(pairs)
     if kept:
         log.error("%d settles not finished at stop: their reservations stay held, kept in %s "
                   "(settled at the next start)", kept, journal.path)

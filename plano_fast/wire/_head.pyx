@@ -8,7 +8,7 @@ docstrings; the two are checked against each other in tests/test_header_relay.py
 
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 
@@ -17,7 +17,7 @@ from plano_fast.wire._bytes cimport (
     R_CREDENTIAL, R_DROP, R_REQUEST_ID, R_VERSION, account_line, account_name, lower, name_is, request_kind, starts,
     without_account_lines,
 )
-from plano_fast.wire._shared import connection_tokens
+from plano_fast.wire._shared import UPSTREAM_VERSION_ERROR, connection_tokens
 
 cdef int64_t MAX_CONTENT_LENGTH = 4611686018427387903  # 2**62 - 1
 
@@ -248,6 +248,9 @@ def response_head(bytes buf not None):
     cdef Py_ssize_t end = head_end(s, n)
     if end < 0:
         return b"", -1, False, -1
+    if end < 7 or memcmp(s, b"HTTP/1.", 7) != 0:
+        # another version's status line (llhttp takes HTTP/2.0 and HTTP/0.9): the twin says why
+        raise ValueError(UPSTREAM_VERSION_ERROR)
     # A kept line grows by one byte when it ended in a bare LF: 2x bounds it.
     cdef unsigned char *out = <unsigned char *>malloc(2 * end + 2)
     if out == NULL:
@@ -384,6 +387,22 @@ def forward_request_headers(list headers not None):
         free(out)
 
 
+def has_content_encoding(bytes block not None):
+    """Whether ``block`` (CRLF-ended header lines) has a Content-Encoding line, its name in
+    any case (the twin, ``_head_py.has_content_encoding``, says what for)."""
+    cdef const unsigned char *s = block
+    cdef Py_ssize_t n = len(block), i = 0
+    cdef const unsigned char *lf
+    while i + 17 <= n:
+        if (s[i] | 32) == 99 and s[i + 16] == 58 and name_is(s + i, 16, b"content-encoding", 16):  # 'c', ':'
+            return True
+        lf = <const unsigned char *>memchr(s + i, 10, n - i)
+        if lf == NULL:
+            break
+        i = lf - s + 1
+    return False
+
+
 # --------------------------------------------------------------------------- the response fast path
 
 # TCHAR (header names) and VALUE (field-value bytes), shared with _request.pyx
@@ -399,7 +418,8 @@ def parse_response_head(bytes buf not None, Py_ssize_t max_head_bytes):
 
     Taken: ``HTTP/1.1 NNN reason`` with a status from 200 to 599 other than 204 and 304, CRLF
     line ends, header names of tchar, values of visible bytes, SP, HTAB or obs-text, exactly
-    one Content-Length (digits), no Transfer-Encoding, Upgrade or Proxy-Connection, a
+    one Content-Length (digits), no Transfer-Encoding, Upgrade, Proxy-Connection or
+    Content-Encoding (a coded answer's usage is read decoded: gateway/coded_answer.py), a
     Connection of only ``keep-alive`` or ``close``, a head within ``max_head_bytes``, and the
     body complete with nothing after it.  Everything else -- an interim 1xx, a chunked or
     close-delimited body, obs-fold, a body split over reads -- goes to httptools as before.
@@ -521,6 +541,8 @@ cdef int scan_response(const unsigned char *s, Py_ssize_t n, Py_ssize_t max_head
         i += 2
         kind = classify_tchar(s + a, colon - a)
         if kind == KEEP:  # the line as it arrived (with its CRLF), in the open run
+            if colon - a == 16 and tchar_name_is(s + a, b"content-encoding", 16):
+                return 0  # a coded answer is read decoded (gateway/coded_answer.py): httptools' path
             if tchar_account_name(s + a, colon - a):  # a run of its own
                 if run >= 0 and not add_run(scan, capacity, run, a, 0):
                     return -1

@@ -29,7 +29,7 @@ complete head).  ``buf`` may continue past the head (body bytes from the same re
 
 from __future__ import annotations
 
-from plano_fast.wire._shared import connection_tokens
+from plano_fast.wire._shared import UPSTREAM_VERSION_ERROR, connection_tokens
 
 
 class ResponseHead:
@@ -158,6 +158,10 @@ def response_head(buf: bytes) -> tuple[bytes, int, bool, int]:
     end = _head_end(buf)
     if end < 0:
         return b"", -1, False, -1
+    if not buf.startswith(b"HTTP/1."):
+        # llhttp takes HTTP/2.0 and HTTP/0.9 status lines too (and refuses HTTP/1.2): an
+        # answer in another version's framing is not one this relay can read as HTTP/1.x
+        raise ValueError(UPSTREAM_VERSION_ERROR)
     lines = buf[:end].split(b"\n")
     out: list[bytes] = []
     content_length = -1
@@ -187,6 +191,17 @@ def response_head(buf: bytes) -> tuple[bytes, int, bool, int]:
             out.append(line)
     block = b"".join([line + b"\r\n" for line in out])
     return block, content_length, chunked, end
+
+
+def has_content_encoding(block: bytes) -> bool:
+    """Whether ``block`` (CRLF-ended header lines, ``response_head``'s) has a Content-Encoding
+    line, its name in any case: the relay's test for an answer in a coding
+    (plano_fast.gateway.coded_answer), on every answer read on httptools' path (streams).
+    Compiled twin in ``_head.pyx``: a memchr per line, a name compared only after a ``c``:
+    ~1.5k instructions a call, Python's call included, on an OpenAI-like 22-line head's
+    block, where two ``bytes.find`` (either case of ``ncoding``) cost ~4.8k (callgrind,
+    10,000 calls: benchmarks/results/attack-battery-20261206k.md)."""
+    return any(line[:17].lower() == b"content-encoding:" for line in block.split(b"\r\n"))
 
 
 def _head_end(buf: bytes) -> int:

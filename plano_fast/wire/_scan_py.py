@@ -139,6 +139,12 @@ send valid UTF-8, and checking it would dominate the scan time of non-Latin text
 key, model or ``type`` string simply never matches).  A non-streamed body is only evaluated at
 :meth:`UsageScanner.finish`.
 
+A body (streamed or not) may start with one UTF-8 byte order mark (``EF BB BF``): it is skipped
+before anything else is read (WHATWG SSE strips it from an event stream; RFC 8259 §8.1 lets a
+JSON parser ignore it, and ``json.loads`` of bytes -- the SDKs' reader -- does), so the usage
+billed is the one the client's reader sees.  Only at the very start and only one: bytes that
+begin like a BOM and then differ are read as what they are.
+
 Streams (``streaming=True``): the body is SSE unless its first non-whitespace byte is ``{`` or
 ``[`` (an error returned as plain JSON, or Gemini's JSON-array stream), in which case it is
 handled as a non-streamed body.  SSE follows the WHATWG rules: lines end in ``\\n``,
@@ -239,6 +245,9 @@ _PAIR_RE: Final = re.compile(r"\[\]|\{\}")
 _WS_RE: Final = re.compile(r"[ \t\n\r]*")
 _EOL_RE: Final = re.compile(rb"[\r\n]")
 _JSON_WS: Final = b" \t\r\n"
+#: a UTF-8 byte order mark: one at the very start of a response body is skipped (see
+#: "Validity" in this module's docstring)
+_BOM: Final = b"\xef\xbb\xbf"
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -915,6 +924,7 @@ class UsageScanner:
     __slots__ = (
         "_acc",
         "_api",
+        "_bom",
         "_data_first_offset",
         "_data_len",
         "_data_lines",
@@ -950,6 +960,8 @@ class UsageScanner:
         self._mode = _M_UNDECIDED if streaming else _M_JSON
         self._finished = False
         self._acc = _Acc()
+        #: bytes of a leading BOM seen so far; -1 once the body's start is decided
+        self._bom = 0
         self._json_parts: list[bytes] = []
         self._json_len = 0
         self._json_over = False
@@ -987,30 +999,69 @@ class UsageScanner:
             raise ValueError("feed() called after finish()")
         if not data:
             return data
+        skip = 0
+        if self._bom >= 0:
+            skip = self._take_bom(data)
+            if self._bom > 0:  # the body so far is the start of a BOM: nothing to read yet
+                if self._strip:
+                    held: list[bytes] = []
+                    self._region_add(data, held)
+                    return b"".join(held)
+                return data
+        piece = data[skip:] if skip else data
         mode = self._mode
         if mode == _M_JSON:
-            self._json_add(data)
+            self._json_add(piece)
             return data
         if mode == _M_UNDECIDED:
-            rest = data.lstrip(_JSON_WS)
+            rest = piece.lstrip(_JSON_WS)
             if rest and rest[0] in b"{[":
                 self._mode = _M_JSON
                 self._json_add(rest)
                 if self._strip and self._held:
-                    held = bytes(self._held)
+                    kept = bytes(self._held)
                     self._held.clear()
-                    return held + data
+                    return kept + data
                 return data
             if rest:
                 self._mode = _M_SSE
         if not self._strip:
-            self._sse(data, None)
+            if piece:
+                self._sse(piece, None)
             return data
         out: list[bytes] = []
-        self._sse(data, out)
+        if skip:
+            self._region_add(data[:skip], out)  # (the BOM goes to the client with the first event)
+        if piece:
+            self._sse(piece, out)
         if len(out) == 1 and out[0] == data:
             return data
         return b"".join(out)
+
+    def _take_bom(self, data: bytes) -> int:
+        """At the body's start: how many bytes of ``data`` continue a leading UTF-8 BOM (all
+        of them while it is incomplete).  When the body turns out not to start with one, the
+        bytes taken by earlier feeds are read as what they are -- JSON text (then invalid)
+        or the start of an SSE line's field name -- and ``data`` is read from its start."""
+        have = self._bom
+        n = len(data)
+        i = 0
+        while i < n and have + i < 3 and data[i] == _BOM[have + i]:
+            i += 1
+        if have + i == 3:
+            self._bom = -1
+            return i
+        if i == n:
+            self._bom = have + i
+            return n
+        self._bom = -1
+        if have:
+            if self._mode == _M_JSON:
+                self._json_add(_BOM[:have])
+            else:
+                self._mode = _M_SSE
+                self._line_add(_BOM[:have])
+        return 0
 
     def finish(self) -> bytes:
         if self._finished:

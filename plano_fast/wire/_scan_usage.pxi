@@ -90,6 +90,7 @@ cdef enum:
     DEC_CUT
 
 cdef const unsigned char *NEWLINE = b"\n"
+cdef const unsigned char *UTF8_BOM = b"\xef\xbb\xbf"
 
 
 cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
@@ -166,6 +167,9 @@ cdef class UsageScanner:
     cdef bint strip
     cdef bint finished
     cdef int64_t gpos
+    # bytes of a leading UTF-8 BOM seen so far (0 at the start: the memory is zeroed); -1
+    # once the body's start is decided (plano_fast.wire._scan_py, "Validity")
+    cdef int bom
     cdef int64_t json_len
     cdef bint json_over
     # SSE
@@ -282,7 +286,7 @@ cdef class UsageScanner:
         """Scan the next piece of the body; returns the bytes to forward now."""
         cdef const unsigned char *buf = <const unsigned char *>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, skip = 0
         cdef object out
         if self.api == 0:  # made by __new__ without __init__: its walker points nowhere
             _not_set_up()
@@ -290,12 +294,22 @@ cdef class UsageScanner:
             raise ValueError("feed() called after finish()")
         if n == 0:
             return data
+        if self.bom >= 0:
+            skip = self.take_bom(buf, n)
+            if self.bom > 0:  # the body so far is the start of a BOM: nothing to read yet
+                self.gpos += n
+                if self.strip:
+                    self.region_len += n
+                    self.held += data
+                    return b""
+                return data
         if self.mode == MODE_JSON:
-            self.json_feed(buf, n)
+            if n > skip:
+                self.json_feed(buf + skip, n - skip)
             self.gpos += n
             return data
         if self.mode == MODE_UNDECIDED:
-            k = 0
+            k = skip
             while k < n and (buf[k] == b' ' or buf[k] == b'\t' or buf[k] == b'\r' or buf[k] == b'\n'):
                 k += 1
             if k < n:
@@ -310,7 +324,7 @@ cdef class UsageScanner:
                         return out
                     return data
                 self.mode = MODE_SSE
-        out = self.sse(buf, n, data)
+        out = self.sse(buf, n, data, skip)
         self.gpos += n
         if not self.strip:
             return data
@@ -334,7 +348,7 @@ cdef class UsageScanner:
 
     cdef object feed_from_c(self, bytes data, Py_ssize_t start):
         cdef const unsigned char *buf
-        cdef Py_ssize_t n, k
+        cdef Py_ssize_t n, k, skip = 0
         if start < 0 or start > PyBytes_GET_SIZE(data):
             raise ValueError("start is outside data")
         if self.strip:
@@ -345,8 +359,13 @@ cdef class UsageScanner:
         n = PyBytes_GET_SIZE(data) - start
         if n == 0:
             return None
+        if self.bom >= 0:
+            skip = self.take_bom(buf, n)
+            if self.bom > 0:  # the body so far is the start of a BOM
+                self.gpos += n
+                return None
         if self.mode == MODE_UNDECIDED:
-            k = 0
+            k = skip
             while k < n and (buf[k] == b' ' or buf[k] == b'\t' or buf[k] == b'\r' or buf[k] == b'\n'):
                 k += 1
             if k < n:
@@ -358,11 +377,37 @@ cdef class UsageScanner:
                     return None
                 self.mode = MODE_SSE
         if self.mode == MODE_JSON:
-            self.json_feed(buf, n)
+            if n > skip:
+                self.json_feed(buf + skip, n - skip)
         else:
-            self.sse(buf, n, None)  # (``data`` is read only when stripping)
+            self.sse(buf, n, None, skip)  # (``data`` is read only when stripping)
         self.gpos += n
         return None
+
+    cdef Py_ssize_t take_bom(self, const unsigned char *buf, Py_ssize_t n) noexcept:
+        """At the body's start: how many bytes of ``buf`` continue a leading UTF-8 BOM (all of
+        them while it is incomplete); when the body does not start with one, the bytes earlier
+        feeds took are read as what they are (the twin's ``_take_bom``) and 0 is returned."""
+        cdef int have = self.bom
+        cdef Py_ssize_t i = 0
+        while i < n and have + i < 3 and buf[i] == UTF8_BOM[have + i]:
+            i += 1
+        if have + i == 3:
+            self.bom = -1
+            return i
+        if i == n:
+            self.bom = <int>(have + i)
+            return n
+        self.bom = -1
+        if have:
+            if self.mode == MODE_JSON:
+                self.json_feed(UTF8_BOM, have)
+            else:  # an SSE line whose field name starts with these bytes (never a known one)
+                self.mode = MODE_SSE
+                self.lstate = L_FIELD
+                self.flen = have
+                memcpy(self.fbuf, UTF8_BOM, have)
+        return 0
 
     def finish(self):
         """End of body: returns any held-back bytes to forward (usually b"")."""
@@ -551,8 +596,10 @@ cdef class UsageScanner:
             self.flushed = 1
         return out
 
-    cdef object sse(self, const unsigned char *buf, Py_ssize_t n, object data):
-        cdef Py_ssize_t i = 0
+    cdef object sse(self, const unsigned char *buf, Py_ssize_t n, object data, Py_ssize_t start):
+        """``buf[start:n]`` read as SSE (``start``: past a leading BOM, which still belongs to
+        the first region when stripping)."""
+        cdef Py_ssize_t i = start
         cdef Py_ssize_t j
         cdef Py_ssize_t emit_from = 0
         cdef unsigned char c

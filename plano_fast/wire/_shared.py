@@ -117,6 +117,12 @@ def has_lone_surrogate(value: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # header relay
 
+#: ``response_head``'s refusal (both twins) of a status line naming an HTTP version other than
+#: 1.x: llhttp takes ``HTTP/2.0`` and ``HTTP/0.9`` status lines (and refuses ``HTTP/1.2``); an
+#: answer framed by another version is not one an HTTP/1.1 relay can read (RFC 9110 §6.2: a
+#: major version it does not implement), so it is the 502 of a malformed head
+UPSTREAM_VERSION_ERROR = "unsupported HTTP version in the upstream status line: only HTTP/1.x answers are relayed"
+
 
 def connection_tokens(value: bytes, tokens: set[bytes] | None) -> set[bytes] | None:
     """Add the header names a Connection value lists (keep-alive and close are options)."""

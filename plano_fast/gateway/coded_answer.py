@@ -1,0 +1,194 @@
+"""A provider's answer in a content coding, read decoded.
+
+The gateway asks every provider for ``Accept-Encoding: identity`` (``wire.upstream_host_lines``;
+the client's own Accept-Encoding is never forwarded), so a conforming provider answers in no
+coding.  One that compresses anyway (a misconfigured OpenAI-compatible server, a CDN in front
+of it) used to leave the row ``usage_missing``: unpriced in firewall and config mode, charged
+the reservation's bound under a managed hard limit.  Now:
+
+* relayed as it is, the answer keeps its coding (the client's HTTP stack decodes it: the
+  SDKs' httpx does whatever it asked for), and the usage scanner reads the decoded bytes
+  (:class:`DecodedScanner`): the row is the provider's usage in every mode;
+* converted to another format (``conversion.Conversion``, which rebuilds the head), the
+  converter reads the decoded bytes and the client gets the converted answer without the
+  coding (:class:`DecodedFilter`): converted gzip bytes used to be a 502 (JSON) or an
+  unreadable stream under ``content-encoding: gzip``.
+
+Decoded: ``gzip`` (``x-gzip``) and ``deflate`` (the zlib format RFC 9110 §8.4.1.2 names, or the
+raw deflate some servers send), with the standard library's zlib.  Not decoded: ``br``,
+``zstd``, ``compress``, a list of codings: the scanner reads nothing (compressed bytes read as
+they are would be noise) and the row stays ``usage_missing`` (a hard limit charges its
+bound); a conversion gets the bytes as before.  Decoding is bounded: pieces of at most
+:data:`DECODE_PIECE_BYTES`, :data:`MAX_DECODED_BYTES` in all (a decompression bomb stops
+there), so memory stays bounded whatever the ratio.
+
+What a coded stream cannot have: the usage chunk the gateway asked for (``include_usage``
+injected) is not cut out of compressed bytes; the client gets it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any, Final
+
+from plano_fast import wire as scan
+
+if TYPE_CHECKING:
+    from plano_fast.gateway.relay import BodyFilter
+    from plano_fast.http_server import Responder
+
+#: decoded bytes produced per decompress call
+DECODE_PIECE_BYTES: Final = 256 * 1024
+#: decoded bytes read at most; past them nothing more is decoded (the usage stays unread)
+MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
+#: zlib's wbits per decodable coding (31: gzip; 15: zlib, the HTTP "deflate")
+_WBITS: Final = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+
+
+def content_coding(block: bytes) -> bytes | None:
+    """The coding of a response whose kept header lines are ``block`` (CRLF-ended): one
+    lowercase comma-separated value without ``identity``; None when there is none.  (The
+    relay asks ``wire.has_content_encoding`` first: this is for the answers that have one.)"""
+    codings: list[bytes] = []
+    for line in block.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep and name.lower() == b"content-encoding":
+            codings += [c.strip(b" \t").lower() for c in value.split(b",")]
+    codings = [c for c in codings if c and c != b"identity"]
+    return b", ".join(codings) or None
+
+
+def decodable(coding: bytes) -> bool:
+    return coding in _WBITS
+
+
+class Decoder:
+    """One coded body's decoding, in bounded pieces; ``failed`` once it cannot go on (not
+    what its coding says, or past :data:`MAX_DECODED_BYTES`)."""
+
+    __slots__ = ("_zlib", "_wbits", "_decoded", "_started", "failed")
+
+    def __init__(self, coding: bytes) -> None:
+        self._wbits = _WBITS.get(coding, 0)
+        self._zlib: Any = zlib.decompressobj(self._wbits) if self._wbits else None
+        self._decoded = 0
+        self._started = False
+        self.failed = self._zlib is None
+
+    def decode(self, data: bytes) -> list[bytes]:
+        """The decoded pieces of ``data`` (the next bytes of the body)."""
+        out: list[bytes] = []
+        if self.failed or not data:
+            return out
+        try:
+            piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
+        except zlib.error:
+            if self._wbits != 15 or self._started:
+                self.failed = True
+                return out
+            # "deflate" sent raw, without zlib's header, as some servers do
+            self._wbits = -15
+            self._zlib = zlib.decompressobj(-15)
+            try:
+                piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
+            except zlib.error:
+                self.failed = True
+                return out
+        self._started = True
+        while self._take(piece, out):
+            tail = self._zlib.unconsumed_tail
+            if not tail:
+                break
+            try:
+                piece = self._zlib.decompress(tail, DECODE_PIECE_BYTES)
+            except zlib.error:
+                self.failed = True
+                break
+        return out
+
+    def flush(self) -> bytes:
+        """What is left at the body's end."""
+        if self.failed:
+            return b""
+        try:
+            piece = self._zlib.flush()
+        except zlib.error:
+            self.failed = True
+            return b""
+        out: list[bytes] = []
+        self._take(piece, out)
+        self.failed = True  # (nothing more is decoded)
+        return b"".join(out)
+
+    def _take(self, piece: bytes, out: list[bytes]) -> bool:
+        self._decoded += len(piece)
+        if self._decoded > MAX_DECODED_BYTES:
+            self.failed = True
+            return False
+        if piece:
+            out.append(piece)
+        return True
+
+
+class DecodedScanner:
+    """A usage scanner (``wire.UsageScanner``'s API) for an answer in ``coding``: what it is
+    fed is forwarded as it is; the decoded bytes are what it reads."""
+
+    __slots__ = ("_inner", "_decoder")
+
+    def __init__(self, api: int, streaming: bool, coding: bytes) -> None:
+        self._inner = scan.UsageScanner(api, streaming, False)
+        self._decoder = Decoder(coding)
+
+    def feed(self, data: bytes) -> bytes:
+        for piece in self._decoder.decode(data):
+            self._inner.feed(piece)
+        return data
+
+    def feed_from(self, data: bytes, start: int) -> bytes | None:
+        self.feed(data[start:])
+        return None
+
+    def finish(self) -> bytes:
+        tail = self._decoder.flush()
+        if tail:
+            self._inner.feed(tail)
+        self._inner.finish()
+        return b""
+
+    def result(self) -> Any:
+        return self._inner.result()
+
+    def raw_usage(self) -> bytes | None:
+        return self._inner.raw_usage()
+
+    def usage_fields(self) -> tuple[object, ...]:
+        return self._inner.usage_fields()
+
+
+class DecodedFilter:
+    """A body filter that rebuilds the head (a conversion) given the decoded bytes of an
+    answer in ``coding``; the head it gets has no Content-Encoding."""
+
+    __slots__ = ("_inner", "_decoder")
+
+    rebuilds_head = True
+
+    def __init__(self, inner: BodyFilter, coding: bytes) -> None:
+        self._inner = inner
+        self._decoder = Decoder(coding)
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._inner.head(responder, status, [(n, v) for n, v in headers if n != b"content-encoding"])
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        for piece in self._decoder.decode(data):
+            self._inner.relay(piece, responder)
+
+    def read_done(self, responder: Responder) -> None:
+        self._inner.read_done(responder)
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        pieces = self._decoder.decode(tail) if tail else []
+        pieces.append(self._decoder.flush())
+        self._inner.finish(responder, b"".join(pieces))
