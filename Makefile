@@ -23,8 +23,11 @@ run: env
 	$(PY) -m plano_fast migrate --config $(CONFIG)
 	$(PY) -m plano_fast serve --config $(CONFIG)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), a whole test file to each (a module's
+# gateway is started once); PYTEST_ARGS come after, so PYTEST_ARGS=-n0 runs it in one process.
+TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The property tests at their deep counts (tests/hypothesis_budget.py): a soak, not CI's run
 test-deep: env
