@@ -23,8 +23,12 @@ run: env
 	$(PY) -m plano_fast migrate --config $(CONFIG)
 	$(PY) -m plano_fast serve --config $(CONFIG)
 
+# TEST_WORKERS=2: the suite in two processes (pytest-xdist), a whole test file to each (a
+# module's gateway is started once).  0 (one process) until two consecutive whole parallel
+# runs pass (benchmarks/results/suite-20261206k.md).  PYTEST_ARGS come after: -n0 wins too.
+TEST_WORKERS ?= 0
 test: env
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The property tests at their deep counts (tests/hypothesis_budget.py): a soak, not CI's run
 test-deep: env

@@ -96,7 +96,8 @@ Python API
 (``await start()`` / ``await stop()``, ``.port``, ``.url``, ``.requests``, ``.clear()``) runs
 on the current loop; ``FakeProviderThread(**same)`` runs one on its own uvloop in a
 daemon thread (context manager; ``.port``, ``.url``, ``.requests`` snapshot, ``.clear()``,
-``.stop()``).  ``RecordedRequest`` holds method, path (with query), headers
+``.stop()``).  ``.abandoned`` counts the requests whose connection closed before their
+answer was done (a client's timeout, a lost hedge).  ``RecordedRequest`` holds method, path (with query), headers
 (``[(lowercased name, value)]`` in order), raw body bytes, peer, time, request_id.
 
 CLI
@@ -1059,6 +1060,7 @@ class _HttpProtocol(asyncio.Protocol):
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+            self.srv._abandoned_one()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -1271,6 +1273,7 @@ class FakeProvider:
         self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
         self._lock = threading.Lock()
         self._counter = 0
+        self._abandoned = 0
         self._fail_seen: dict[str, int] = {}  # x-fake-fail-key -> requests seen
         self._nonce = os.urandom(6).hex()
         self._reuse_port = reuse_port
@@ -1336,6 +1339,19 @@ class FakeProvider:
     def clear(self) -> None:
         with self._lock:
             self._recorded.clear()
+            self._abandoned = 0
+
+    @property
+    def abandoned(self) -> int:
+        """Requests whose connection closed while their answer was still to come (a
+        latency or stall under way, a stream not ended): what a client that gave up on
+        them -- a gateway's timeout, a lost hedge -- leaves; since the last ``clear()``."""
+        with self._lock:
+            return self._abandoned
+
+    def _abandoned_one(self) -> None:
+        with self._lock:
+            self._abandoned += 1
 
     # -- request handling
     def _model_bytes(self, model: str) -> bytes:
@@ -1781,6 +1797,10 @@ class FakeProviderThread:
 
     def clear(self) -> None:
         self.provider.clear()
+
+    @property
+    def abandoned(self) -> int:
+        return self.provider.abandoned
 
     @property
     def faults(self) -> Faults:

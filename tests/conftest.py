@@ -110,11 +110,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.nodeid.endswith(_IMAGE_TEST))  # (stable: the rest keep their order)
 
 
+def _runs_in_workers(config: pytest.Config) -> bool:
+    """This process is the controller of a parallel run (pytest-xdist ``-n N``, N > 0):
+    it collects nothing and runs no test; its workers, started after ``pytest_configure``,
+    do (each collects the whole suite and runs its share)."""
+    if hasattr(config, "workerinput"):
+        return False
+    return bool(config.getoption("numprocesses", None)) and config.getoption("dist", "no") != "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _runs_in_workers(config):
+        from tests import test_docker_build
+
+        test_docker_build.share_a_build_folder()  # (named in the environment its workers inherit)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    if not session.config.option.collectonly and any(item.nodeid.endswith(_IMAGE_TEST) for item in session.items):
+    # (In a worker of a parallel run, which may not be the one that runs the test, the
+    # controller starts the one build instead: pytest_xdist_node_collection_finished.)
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
+        return
+    if any(item.nodeid.endswith(_IMAGE_TEST) for item in session.items):
         from tests import test_docker_build
 
         test_docker_build.start_ahead()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """In the controller of a parallel run, when a worker has collected: the Dockerfile
+    test's wheel build, once for the run (whichever worker runs the test waits for it)."""
+    config = getattr(node, "config", None)
+    if config is not None and config.option.collectonly:
+        return
+    if any(nodeid.endswith(_IMAGE_TEST) for nodeid in ids):
+        from tests import test_docker_build
+
+        test_docker_build.start_shared()
 
 
 @pytest.hookimpl(hookwrapper=True)

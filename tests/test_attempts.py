@@ -156,7 +156,7 @@ PROVIDERS = """\
     model: openai/gpt-4.1-nano
     base_url: {base}
     access_key: sk-server-openai-key
-    headers: {{x-fake-latency-ms: "4000"}}
+    headers: {{x-fake-latency-ms: "{stall_ms}"}}
     first_byte_timeout: 300ms
     retry_policy:
       fallback_models: [anthropic/claude-sonnet-4-6]
@@ -166,13 +166,13 @@ PROVIDERS = """\
     model: gemini/gemini-slow
     base_url: {base}/v1beta
     access_key: gemini-server-key
-    headers: {{x-fake-latency-ms: "4000"}}
+    headers: {{x-fake-latency-ms: "{stall_ms}"}}
     first_byte_timeout: 0.3
   - name: stalls
     model: anthropic/claude-stalls
     base_url: {base}
     access_key: sk-ant-server-key
-    headers: {{x-fake-interval-ms: "4000", x-fake-events: "3"}}
+    headers: {{x-fake-interval-ms: "{stall_ms}", x-fake-events: "3"}}
     body_idle_timeout: 300ms
   - name: gem-flaky
     model: gemini/gemini-flaky
@@ -215,6 +215,23 @@ class CloseSecondServer(RawUpstream):
 
 
 ADMIN_KEY = "admin-key-for-attempt-tests-0000000"
+#: the stalls the 300 ms timeouts cut: a minute, so that an answer in a few seconds is
+#: the cut, never the stall's end, however loaded the machine (the fake provider drops a
+#: stalled handler when the gateway closes its connection: the stall costs no wait)
+STALL_MS = 60_000
+#: the bound on a cut's reaction, from the fake provider's receipt of the stalled request:
+#: 10x the 300 ms timeout, under the default timeouts a wrong one would be (connect 5 s,
+#: first byte and body idle 40 s), and under the stall
+CUT_BOUND_S = 3.0
+
+
+def abandoned_by_the_gateway(fake: FakeProviderThread, count: int = 1) -> bool:
+    """Whether the gateway closed ``count`` stalled requests' connections unanswered (its
+    close reaches the fake provider a moment after the client's answer)."""
+    deadline = time.monotonic() + 10
+    while fake.abandoned < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return fake.abandoned == count
 
 
 def metrics(gateway: GatewayProcess) -> dict[str, float]:
@@ -240,7 +257,8 @@ def gw(
     path = tmp_path_factory.mktemp("attempts") / "plano_config.yaml"
     access_log = path.with_suffix(".access.log")
     write_config(path, fake.port, {"access_log": str(access_log), "admin_port": 0, "admin_key": ADMIN_KEY},
-                 PROVIDERS.format(base=f"http://127.0.0.1:{fake.port}", closer_port=closer.port))  # fmt: skip
+                 PROVIDERS.format(base=f"http://127.0.0.1:{fake.port}", closer_port=closer.port,
+                                  stall_ms=STALL_MS))  # fmt: skip
     path.write_text(path.read_text().replace("model_aliases:\n", (
         "model_aliases:\n  gem-list:\n    target: [openai/gpt-flaky, gemini/gemini-2.5-flash]\n")))
     with GatewayProcess(path) as proc:
@@ -364,19 +382,22 @@ def test_a_first_byte_timeout_is_retried_on_the_next_target(
     raw = chat(gateway, "gpt-4.1-nano")
     elapsed = time.monotonic() - started
     assert raw.parse().choices[0].message.content
-    # the stalled attempt was abandoned at ~0.3 s, not waited for (it answers at 4 s)
-    assert 0.3 <= elapsed < 3.0, elapsed
     assert fake_calls(fake) == ["/v1/chat/completions", "/v1/messages"]
+    # the stalled attempt was abandoned at ~0.3 s, not waited for (it answers after a
+    # minute): the fallback went out within the bound of the stalled request's receipt
+    stalled, fallback = (r for r in fake.requests if not r.path.startswith("/_fake"))
+    assert 0.3 <= elapsed and fallback.time - stalled.time < CUT_BOUND_S, (elapsed, fallback.time - stalled.time)
+    assert abandoned_by_the_gateway(fake)
     row = row_of(path, raw.headers["x-plano-request-id"])
     assert (row.provider, row.status, row.attempts, row.attempt_trail) == ("anthropic", "ok", 2, "timeout,200")
 
 
 def test_a_body_idle_timeout_cuts_the_stream_and_bills_what_was_reported(
-    gw: tuple[GatewayProcess, Path],
+    gw: tuple[GatewayProcess, Path], fake: FakeProviderThread
 ) -> None:
     gateway, path = gw
     seen: list[str] = []
-    started = time.monotonic()
+    fake.clear()
     with anthropic.Anthropic(base_url=gateway.url, api_key="sk-ant-client", max_retries=0) as client:
         with pytest.raises((anthropic.APIConnectionError, anthropic.APIError)):  # the cut
             with client.messages.with_streaming_response.create(
@@ -386,7 +407,10 @@ def test_a_body_idle_timeout_cuts_the_stream_and_bills_what_was_reported(
                 request_id = resp.headers["x-plano-request-id"]
                 for event in resp.parse():
                     seen.append(event.type)
-    assert time.monotonic() - started < 3.0  # cut at ~0.3 s of silence, not after 4 s
+    (stalled,) = (r for r in fake.requests if not r.path.startswith("/_fake"))
+    cut_after_s = time.time() - stalled.time
+    assert cut_after_s < CUT_BOUND_S, cut_after_s  # cut at ~0.3 s of silence, not after the minute
+    assert abandoned_by_the_gateway(fake)
     assert seen[:1] == ["message_start"] and "message_stop" not in seen
     row = row_of(path, request_id)
     assert (row.status, row.http_status, row.attempts, row.attempt_trail) == ("upstream_failed", 200, 1, None)
@@ -425,12 +449,16 @@ def test_gemini_clients_fail_over_converted_to_native(
 
 
 def test_no_retry_left_after_a_first_byte_timeout_is_a_504_in_the_clients_format(
-    gw: tuple[GatewayProcess, Path],
+    gw: tuple[GatewayProcess, Path], fake: FakeProviderThread
 ) -> None:
     gateway, path = gw
+    fake.clear()
     started = time.monotonic()
     status, body, _ = gemini_post(gateway, "gemini-slow")
-    assert time.monotonic() - started < 3.0
+    answered = time.time()
+    (stalled,) = (r for r in fake.requests if not r.path.startswith("/_fake"))
+    assert time.monotonic() - started >= 0.3 and answered - stalled.time < CUT_BOUND_S, answered - stalled.time
+    assert abandoned_by_the_gateway(fake)
     error = json.loads(body)["error"]
     assert (status, error["code"], error["status"]) == (504, 504, "DEADLINE_EXCEEDED")
     assert "first-byte timeout" in error["message"] and "0.3s" in error["message"]

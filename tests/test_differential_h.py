@@ -96,8 +96,10 @@ def _differential(mode: str, tmp_path: Path, upstreams: tuple[RecordingUpstream,
             assert compiled == twin, data
             assert upstreams[0].seen[seen[0]:] == upstreams[1].seen[seen[1]:], data
             statuses.update(a[:12] for a in compiled)
-        forwarded = statuses[b"HTTP/1.1 200"]
-        assert _usage(dbs[0], forwarded) == _usage(dbs[1], forwarded)
+    # Read once both gateways have stopped (a stop drains the usage queue): every row each
+    # wrote, not the first ``forwarded`` to land while one still had rows in flight.
+    forwarded = statuses[b"HTTP/1.1 200"]
+    assert _usage(dbs[0], forwarded) == _usage(dbs[1], forwarded)
     return statuses
 
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -133,6 +134,7 @@ class WheelBuild:
     every check on it are the same either way."""
 
     def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.src = workdir / "src"
         self.wheels = workdir / "wheels"
         self.log_path = workdir / "pip-wheel.log"
@@ -207,6 +209,69 @@ class WheelBuild:
                 pass
             self.proc.wait()
 
+    def publish(self) -> None:
+        """For the test in another process (a pytest-xdist worker, :class:`SharedBuild`):
+        the build's pid now, or why step 1 failed; pip's exit status once it ends (the
+        files ``_PID``, ``_FAILURE``, ``_RETURNCODE``, each written whole, then renamed)."""
+        if self.failure is not None or self.proc is None:
+            _write_whole(self.workdir / _FAILURE, repr(self.failure))
+            return
+        _write_whole(self.workdir / _PID, str(self.proc.pid))
+        proc = self.proc
+        threading.Thread(
+            target=lambda: _write_whole(self.workdir / _RETURNCODE, str(proc.wait())),
+            name="wheel-build-wait", daemon=True,
+        ).start()
+
+
+#: the files through which a build started by the controller of a parallel run reaches
+#: the worker that runs the test
+_PID, _RETURNCODE, _FAILURE = "build.pid", "build.returncode", "build.failure"
+#: the shared build's folder, set by the controller before it starts its workers (they
+#: inherit its environment)
+SHARED_BUILD_ENV = "PLANO_FAST_TEST_SHARED_WHEEL_BUILD"
+
+
+def _write_whole(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+class SharedBuild:
+    """The build the controller of a parallel run (pytest-xdist) started, as the worker
+    that runs the test sees it: the same ``wheels``, log and ``result()`` as a
+    :class:`WheelBuild` of its own, through the files ``WheelBuild.publish`` writes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.wheels = workdir / "wheels"
+        self.log_path = workdir / "pip-wheel.log"
+
+    @staticmethod
+    def found(workdir: Path) -> bool:
+        """Whether the controller started (or failed to start) a build there."""
+        return (workdir / _PID).exists() or (workdir / _FAILURE).exists()
+
+    def result(self, timeout_s: float = 600) -> tuple[int, str]:
+        """As :meth:`WheelBuild.result`: step 1's failure raised, else pip's exit status
+        and output once it ends, the build back at the usual priority while the test waits."""
+        failure = self.workdir / _FAILURE
+        if failure.exists():
+            raise AssertionError(f"the build context (step 1) failed: {failure.read_text()}")
+        pid = int((self.workdir / _PID).read_text())
+        waited = time.monotonic()
+        for each in (pid, *_descendants(pid)):
+            _usual_cpu_priority(each)
+        returncode = self.workdir / _RETURNCODE
+        deadline = waited + timeout_s
+        while not returncode.exists():  # (written by the controller's thread when pip ends)
+            assert time.monotonic() < deadline, f"the wheel build did not end within {timeout_s} s"
+            time.sleep(0.1)
+        took = returncode.stat().st_mtime - (self.workdir / _PID).stat().st_mtime
+        print(f"wheel built in {took:.1f} s by the controller (the test waited {time.monotonic() - waited:.1f} s of it)")
+        return int(returncode.read_text()), self.log_path.read_text(errors="replace")
+
 
 def _lowest_cpu_priority() -> None:
     """In the build's process (its compilers inherit it): run only on CPU no one else wants."""
@@ -255,11 +320,31 @@ def start_ahead() -> None:
     atexit.register(_AHEAD.stop)
 
 
+def share_a_build_folder() -> None:
+    """In the controller of a parallel run, before its workers start: the folder where
+    ``start_shared`` will build, named in the environment the workers inherit."""
+    workdir = Path(tempfile.mkdtemp(prefix="plano_fast_docker_build_"))
+    os.environ[SHARED_BUILD_ENV] = str(workdir)
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+
+
+def start_shared() -> None:
+    """In the controller, once a worker collected the test: the one build of the run, in
+    the shared folder, published for whichever worker runs the test (``SharedBuild``)."""
+    global _AHEAD
+    if _AHEAD is not None or SHARED_BUILD_ENV not in os.environ:
+        return
+    _AHEAD = WheelBuild(Path(os.environ[SHARED_BUILD_ENV]))
+    atexit.register(_AHEAD.stop)  # (before the folder's removal: atexit runs last-in first)
+    _AHEAD.publish()
+
+
 def test_the_image_steps_build_install_and_serve(fake: FakeProviderThread, tmp_path: Path) -> None:
     global _AHEAD
     _, runtime = stages()
     started, _AHEAD = _AHEAD, None
-    building = started or WheelBuild(tmp_path)
+    shared = Path(os.environ.get(SHARED_BUILD_ENV, tmp_path / "none"))
+    building = started or (SharedBuild(shared) if SharedBuild.found(shared) else WheelBuild(tmp_path))
     wheels = building.wheels
     returncode, log = building.result()
     assert returncode == 0, log[-4000:]

@@ -686,8 +686,9 @@ def test_a_body_in_tiny_chunks_costs_about_its_size(
     was complete: a 4 MiB body sent in 2-byte chunks raised the gateway's peak memory by
     ~270 MB on main (~28 bytes per body byte: a 32 MiB body, the default limit, ~900 MB per
     connection, before any identification).  Now small pieces are gathered in one bytearray: the body costs about
-    its size, and arrives intact (small and big chunks mixed)."""
-    gateway = make_gateway({})
+    its size, and arrives intact (small and big chunks mixed).  (Two million chunks can take a
+    loaded machine past the default 10 s to receive a request: a minute here.)"""
+    gateway = make_gateway({"request_head_timeout_s": 60})
     text = b"a" * (4 * 1024 * 1024)
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + text + b'"}]}'
     pieces: list[bytes] = []

@@ -245,12 +245,18 @@ def test_egress_address_is_bound_per_key(
             await store.register_api_key(sha(key), project.id, "openai", fake.url, None, ip)
 
     with_store(sqlite_path, go)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 10  # the next registry reload (1 s) has both keys
     for key, ip in keys.items():
         with _client(gateway, key) as client:
-            raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
-            )
+            while True:
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+                    )
+                    break
+                except openai.AuthenticationError:  # (not loaded yet: refused, nothing sent)
+                    assert time.monotonic() < deadline, "the keys never loaded"
+                    time.sleep(0.05)
         assert raw.headers["x-fake-peer"].split(":")[0] == ip
 
 

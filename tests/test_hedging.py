@@ -20,6 +20,11 @@ from tests.gateway_proc import GatewayProcess
 from tests.test_failover import rows_for
 
 ADMIN_KEY = "admin-key-for-hedging-tests-0000000000"
+#: the slow target's answer: far later than a hedge sent at 100 ms can answer, however
+#: loaded the machine (the gateway cancels the attempt it no longer needs, and the fake
+#: provider drops its handler then: it costs no wait); under the listener's 5 s timeout
+#: (its stream, never hedged, is relayed)
+SLOW_MS = 3_000
 
 
 def providers(base: str) -> str:
@@ -28,7 +33,7 @@ def providers(base: str) -> str:
     model: openai/gpt-4.1
     base_url: {base}
     access_key: sk-server-openai-key
-    headers: {{x-fake-latency-ms: "1500"}}
+    headers: {{x-fake-latency-ms: "{SLOW_MS}"}}
     retry_policy:
       fallback_models: [openai/gpt-4o-mini]
       default_strategy: same_provider
@@ -96,9 +101,10 @@ def circuit_failures(gateway: GatewayProcess, model: str) -> int:
 def test_a_slow_first_attempt_is_hedged_and_the_first_answer_wins(
     hedged: Any, fake: FakeProviderThread
 ) -> None:
-    """The first target answers after 1.5 s; after 100 ms a hedge goes to the fallback,
-    which answers at once: the client has the fallback's answer well before 1.5 s, the
-    slow attempt is cancelled, and the one row is the fallback's."""
+    """The first target answers after 3 s; after 100 ms a hedge goes to the fallback,
+    which answers at once: the client has the fallback's answer long before the slow one,
+    the slow attempt is cancelled (its connection closed with the answer still to come:
+    it never answers, so it is never billed), and the one row is the fallback's."""
     gateway, sqlite_path = hedged
     fake.clear()
     started = time.monotonic()
@@ -106,13 +112,20 @@ def test_a_slow_first_attempt_is_hedged_and_the_first_answer_wins(
         reply = client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}])
     elapsed = time.monotonic() - started
     assert reply.model == "gpt-4o-mini" and reply.choices[0].message.content
-    assert elapsed < 1.2, elapsed
+    assert elapsed < SLOW_MS / 1000 / 2, elapsed  # not the slow answer
     seen = calls(fake)
     assert [r.json()["model"] for r in seen] == ["gpt-4.1", "gpt-4o-mini"]
     (row,) = rows_for(sqlite_path, 1)
     assert row.model == "gpt-4o-mini" and row.status == "ok"
-    time.sleep(1.6)  # past the slow answer: still one row (the loser was never billed)
-    assert len(rows_for(sqlite_path, 1)) == 1
+    deadline = time.monotonic() + 10
+    while fake.abandoned < 1 and time.monotonic() < deadline:  # the cancel reaches the fake
+        time.sleep(0.01)
+    assert fake.abandoned == 1  # the loser's answer never comes
+    # and its cancel wrote no row: one written then would be flushed before the row of a
+    # request made after it
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client", max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "after"}])
+    assert [r.model for r in rows_for(sqlite_path, 2)] == ["gpt-4o-mini", "gpt-4o-mini"]
     assert metric(gateway, "upstream_hedges") == 1 and metric(gateway, "upstream_hedges_won") == 1
 
 

@@ -106,6 +106,19 @@ def managed(
     return gateway, sqlite_path, tenants[0]
 
 
+def once_loaded(call: Callable[[], Any], timeout_s: float = 10) -> Any:
+    """``call()`` (a request with a token provisioned just now) once the gateway's next
+    reload knows the token: until then it is refused with a 401, which reaches no
+    provider and writes no row."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, "the token never loaded"
+            time.sleep(0.05)
+
+
 def rows(sqlite_path: str, database_url: str | None = None) -> list[Any]:
     return list(store_call(database_url, sqlite_path, lambda s: s.recent_usage(None, limit=10_000)))
 
@@ -252,10 +265,10 @@ def test_revoked_expired_and_wrong_model(
     gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV)
     live = provision(None, sqlite_path, DEFAULT_PIPE)
     expired = provision(None, sqlite_path, DEFAULT_PIPE, expires_at_ns=time.time_ns() - 1)
-    time.sleep(1.5)
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=live.token, max_retries=0) as client:
-        with pytest.raises(openai.BadRequestError) as wrong:
-            client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.BadRequestError) as wrong:  # (the reload that loads it has both)
+            once_loaded(lambda: client.chat.completions.create(
+                model="gpt-5", messages=[{"role": "user", "content": "x"}]))  # fmt: skip
         assert "gpt-4o-mini*" in str(wrong.value) and "claude-*" in str(wrong.value)
         store_call(None, sqlite_path, lambda s: s.revoke_proxy_token(live.token_id))
         deadline = time.monotonic() + 5  # bound: managed_reload_s (1 s here)
@@ -294,9 +307,9 @@ def test_failover_to_the_second_target_bills_the_one_that_served(
             ("down/unreachable-model", "llama", "gpt-4o"),
             ("openai/gpt-4o-mini", "gpt-4o-mini", "gpt-4o"),
         ])
-        time.sleep(1.5)
         with openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.token, max_retries=0) as c:
-            reply = c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+            reply = once_loaded(lambda: c.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "x"}]))  # fmt: skip
         assert len([r for r in broken.requests if r.path.endswith("/chat/completions")]) == 1
     assert reply.model == "gpt-4o-mini"
     [row] = rows(sqlite_path)

@@ -82,6 +82,15 @@ def scrape(gateway: GatewayProcess) -> dict[str, Any]:
     return families(scrape_text(gateway))
 
 
+def request_counts(fams: dict[str, Any]) -> dict[str, float]:
+    """plano_fast_requests_total by model."""
+    counts: dict[str, float] = {}
+    for s in fams["plano_fast_requests"].samples if "plano_fast_requests" in fams else ():
+        if s.name == "plano_fast_requests_total":
+            counts[s.labels["model"]] = counts.get(s.labels["model"], 0) + s.value
+    return counts
+
+
 def test_two_workers_one_scrape_gives_the_whole_instance(
     make_gateway: Callable[..., GatewayProcess], fake: FakeProviderThread, tmp_path: Path
 ) -> None:
@@ -106,14 +115,22 @@ def test_two_workers_one_scrape_gives_the_whole_instance(
             client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
         except openai.BadRequestError:
             pass
-    time.sleep(1.0)  # each worker publishes every 0.25 s
+    # Each worker publishes every 0.25 s: once a scrape gives the whole instance's count,
+    # both workers' snapshots hold every request (the sum is whole only then); and the rows
+    # are flushed and priced (checked below) within a few flush intervals.
+    def settled(fams: dict[str, Any]) -> bool:
+        if "plano_fast_cost_nano_usd" not in fams or request_counts(fams) != sent:
+            return False
+        priced = {s.labels["model"] for s in fams["plano_fast_cost_nano_usd"].samples
+                  if s.name.endswith("_total") and s.value > 0}  # fmt: skip
+        return {m for m, n in sent.items() if n} <= priced
+
+    deadline = time.monotonic() + 10
+    while not settled(scrape(gateway)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for _ in range(8):  # each scrape lands on either worker: every one gives the total
         fams = scrape(gateway)
-        counts: dict[str, float] = {}
-        for s in fams["plano_fast_requests"].samples:
-            if s.name == "plano_fast_requests_total":
-                counts[s.labels["model"]] = counts.get(s.labels["model"], 0) + s.value
-        assert counts == sent
+        assert request_counts(fams) == sent
         errors = {s.labels["type"]: s.value for s in fams["plano_fast_errors"].samples}
         assert errors.get("client") == 1
         ttft = [s for s in fams["plano_fast_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
@@ -241,6 +258,10 @@ def test_a_provider_that_cannot_be_reached_is_one_upstream_error(
         with pytest.raises(openai.APIStatusError) as failed:
             client.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code == 502
-    time.sleep(1.5)  # published once a second
-    errors = {s.labels["type"]: s.value for s in scrape(gateway)["plano_fast_errors"].samples}
+    # Published once a second; both counts (were there two) happened before the client had
+    # its 502, so the first snapshot with one holds the other too.
+    deadline = time.monotonic() + 10
+    while not (errors := {s.labels["type"]: s.value for s in scrape(gateway)["plano_fast_errors"].samples}):
+        assert time.monotonic() < deadline, "no error counted"
+        time.sleep(0.05)
     assert errors == {"upstream": 1}

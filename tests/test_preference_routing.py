@@ -52,13 +52,15 @@ def expected_prompt(messages: list[dict[str, str]]) -> str:
 
 class FakeRouter:
     """Answers ``{"route": [...]}`` by keyword in the last user line of the prompt:
-    "code" -> code generation, "slow" -> after 1 s, "garbage" -> not JSON,
-    "legacy" -> the single-route form, else an empty list.  Records every prompt."""
+    "code" -> code generation, "slow" -> only once ``release_slow()`` is called (a minute
+    at most), "garbage" -> not JSON, "legacy" -> the single-route form, else an empty
+    list.  Records every prompt."""
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.delay_s = 0.0
+        self._slow_released = threading.Event()
         router = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,7 +79,7 @@ class FakeRouter:
                 if router.delay_s:
                     time.sleep(router.delay_s)
                 if "slow" in last:
-                    time.sleep(1.0)
+                    router._slow_released.wait(60)
                 if "garbage" in last:
                     content = "I think you want code"
                 elif "legacy" in last:
@@ -102,7 +104,12 @@ class FakeRouter:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def release_slow(self) -> None:
+        """Let the "slow" answers go (held until now: one the gateway gave up on)."""
+        self._slow_released.set()
+
     def stop(self) -> None:
+        self.release_slow()
         self.server.shutdown()
         self.server.server_close()
 
@@ -407,13 +414,16 @@ def test_anthropic_and_responses_clients_are_routed(routed: GatewayProcess, fake
 
 
 def test_router_timeout_and_garbage_fall_back_within_the_bound(
-    routed: GatewayProcess, fake: FakeProviderThread
+    routed: GatewayProcess, fake: FakeProviderThread, fake_router: FakeRouter
 ) -> None:
     started = time.monotonic()
+    # the router holds this answer until the test has its own: the fallback came first
     client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "slow code"}])
     elapsed = time.monotonic() - started
+    fake_router.release_slow()
     assert last_model(fake) == "gpt-4o-mini"
-    assert 0.3 <= elapsed < 0.9, elapsed  # routing.timeout_ms: 300, the router takes 1 s
+    # routing.timeout_ms: 300, not the default timeout (3 s)
+    assert 0.3 <= elapsed < PR.DEFAULT_ROUTER_TIMEOUT_MS / 1000 / 2, elapsed
     client(routed).chat.completions.create(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "garbage code"}])
     assert last_model(fake) == "gpt-4o-mini"
 

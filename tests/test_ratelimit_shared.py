@@ -12,6 +12,7 @@ import signal
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -79,11 +80,22 @@ def test_four_processes_share_one_redis_bucket(fake: FakeProviderThread, tmp_pat
         assert r.refused >= clients * per_client - r.bound(limit, clients, tokens) // tokens
         assert not r.bad_refusals, r.bad_refusals[:3]
         assert r.control_served == r.control_total > 0  # another value: its own bucket
-        time.sleep(0.6)  # the other worker's /metrics snapshot is at most 0.25 s old
-        assert sum(metric(g, "ratelimit_refused") for g in gateways) == r.refused
+        # (a worker's /metrics snapshot is at most 0.25 s old: a miscount never settles)
+        assert settled(lambda: sum(metric(g, "ratelimit_refused") for g in gateways), r.refused)
     finally:
         for g in gateways:
             g.stop()
+
+
+def settled(read: Callable[[], float], expected: float, timeout_s: float = 10) -> bool:
+    """Whether ``read()`` comes to ``expected`` (the instance's metrics, read from the
+    workers' snapshots, published every 0.25 s) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while read() != expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 REQUESTS_3 = "ratelimits:\n  - model: gpt-4o-mini\n    selector: {key: x-user-id, value: \"*\"}\n" \
@@ -134,8 +146,8 @@ def test_two_workers_without_redis_share_the_instance_limit(fake: FakeProviderTh
         statuses = [status_of(gateway, user) for _ in range(8)]
         assert statuses == [200, 200, 200] + [429] * 5
         assert status_of(gateway, uuid.uuid4().hex) == 200
-        time.sleep(0.6)  # the other worker's /metrics snapshot is at most 0.25 s old
-        assert metric(gateway, "ratelimit_refused") == 5
+        # (the other worker's /metrics snapshot is at most 0.25 s old: a miscount never settles)
+        assert settled(lambda: metric(gateway, "ratelimit_refused"), 5)
     finally:
         gateway.stop()
 

@@ -6,6 +6,7 @@ of another format (the fake provider answers with the model name it was sent).""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.store import UsageRow
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_billing_e2e import read_rows, wait_rows
 from tests.test_conversion_e2e import _gemini_post
@@ -94,13 +96,25 @@ def test_gemini_clients(gw: GatewayProcess) -> None:
     assert events and {e["modelVersion"] for e in events} == {"deepseek-chat"}
 
 
+def rows_once_in(db: str, count: int, request_ids: set[str], timeout_s: float = 15) -> dict[str, UsageRow]:
+    """The store's rows by request id once there are ``count`` and these requests' are among
+    them (rows of the module's earlier requests may land meanwhile: a count alone can be
+    reached before these)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = {r.request_id: r for r in wait_rows(None, db, count)}
+        if request_ids <= rows.keys() or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
 def test_usage_rows_name_the_served_model(gw: GatewayProcess, oai: openai.OpenAI) -> None:
     db = str(gw.config_path.with_suffix(".db"))
     before = {r.request_id for r in read_rows(None, db)}
     raw = oai.responses.with_raw_response.create(model="sonnet", input="row")
     rid = raw.headers["x-plano-request-id"]
     assert rid not in before
-    rows = [r for r in wait_rows(None, db, len(before) + 1) if r.request_id == rid]
+    rows = [r for r in rows_once_in(db, len(before) + 1, {rid}).values() if r.request_id == rid]
     assert [(r.model, r.provider) for r in rows] == [("claude-sonnet-4-6", "anthropic")]
     # ... and the name the client asked for beside it (issue 28: "the alias stays visible in
     # a response header and the usage row")
@@ -127,7 +141,7 @@ def test_usage_rows_keep_the_requested_name_in_every_client_format(gw: GatewayPr
     status, _ = _gemini_post(gw.url + "/v1beta/models/sonnet:generateContent",
                              {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
     assert status == 200
-    rows = {r.request_id: r for r in wait_rows(None, db, before + 4)}
+    rows = rows_once_in(db, before + 4, set(ids))
     assert {rid: (rows[rid].requested_model, rows[rid].model) for rid in ids} == ids
     gemini = [r for r in rows.values() if r.request_id not in ids and r.model == "claude-sonnet-4-6"
               and r.requested_model == "sonnet" and r.provider == "anthropic"]

@@ -342,9 +342,17 @@ def test_write_usage_now_commits_before_returning_or_declines(tmp_path: Path) ->
             assert counter is not None and counter.spent_nano_usd == one[0].cost_nano_usd
 
             blocker = other_process_lock(path)
-            started = time.monotonic()
-            assert store.write_usage_now(rows(1, "locked")) is None
-            assert time.monotonic() - started < 0.1  # declined at once, not waited for
+            hot = store._hot
+            assert hot is not None
+            statements: list[str] = []
+            hot.set_trace_callback(statements.append)
+            try:
+                assert store.write_usage_now(rows(1, "locked")) is None
+            finally:
+                hot.set_trace_callback(None)
+            # declined at once, not waited for: one try at the lock, no wait inside SQLite
+            assert statements == ["BEGIN IMMEDIATE"], statements
+            assert hot.execute("PRAGMA busy_timeout").fetchone()[0] == 0
             blocker.execute("ROLLBACK")
             blocker.close()
 

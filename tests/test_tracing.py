@@ -121,13 +121,12 @@ def test_sampling_zero_sends_nothing(fake: FakeProviderThread, tmp_path: Path, r
         fake.clear()
         ask(gateway, {})
         ask(gateway, {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-00"})  # parent says: not sampled
-        time.sleep(1.0)
-        assert receiver.spans == []
         seen = [r for r in fake.requests if not r.path.startswith("/_fake")]
         assert seen[1].header_all("traceparent") == [f"00-{TRACE_ID}-00f067aa0ba902b7-00"]  # passed as sent
     finally:
         gateway.stop()
-    assert receiver.spans == []  # nothing at stop either
+    # nothing, then or at stop (which exports whatever spans are pending: no wait needed)
+    assert receiver.spans == []
 
 
 def test_may_sample_is_the_one_gate_before_any_span() -> None:
