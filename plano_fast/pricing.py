@@ -699,6 +699,7 @@ class PricingRegistry:
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
+        *,
         service_tier: str | None = None,
     ) -> tuple[int, bool, str] | None:
         """``quote_counts`` as a plain ``(cost_nano_usd, partial, entry)`` tuple: what the

@@ -237,6 +237,28 @@ def test_the_drain_twins_price_every_vendored_entry_at_each_tier(tier: str) -> N
     assert len(MODULES) >= 1
 
 
+def test_the_flushers_rows_are_priced_at_the_tier() -> None:
+    """The drain's one pass over a slice of events (its inlined fast path) prices a tier's
+    event at the tier, as the registry does, in both twins."""
+    import collections
+
+    pricing = PricingRegistry()
+    events = []
+    for tier in (None, "flex", "priority", None, "unknown"):
+        event = _event("openai", GPT5, (53, 469, 0, 0, 0, 0, 0, 0))
+        event.service_tier = tier
+        events.append(event)
+    want = [(53 * 1_250 + 469 * 10_000, "priced", "openai/gpt-5-2025-08-07"),
+            (2_378_125, "priced", "openai/gpt-5-2025-08-07@flex"),
+            (53 * 2_500 + 469 * 20_000, "priced", "openai/gpt-5-2025-08-07@priority"),
+            (53 * 1_250 + 469 * 10_000, "priced", "openai/gpt-5-2025-08-07"),
+            (53 * 1_250 + 469 * 10_000, "priced_partial", "openai/gpt-5-2025-08-07")]  # fmt: skip
+    for module in MODULES:
+        rows: collections.deque[UsageRow] = collections.deque()
+        assert module.rows_of_events(pricing, events, rows) == 0
+        assert [(r.cost_nano_usd, r.price_status, r.price_entry) for r in rows] == want, module
+
+
 def test_a_stored_row_is_priced_at_its_kept_tier() -> None:
     """Late pricing and ``usage reprice`` read the tier back from the kept usage document."""
     row = UsageRow(

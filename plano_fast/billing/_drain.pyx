@@ -489,6 +489,11 @@ def rows_of_events(pricing, events, out):
             unpriced += 1
             append(_row(event, None, _pending, None))
             continue
+        if <object>ev[E_SERVICE_TIER] is not None:  # a tier's prices (rare): the twin picks them
+            priced = _price_twin(pricing, event)
+            _append_priced(append, event, priced)
+            unpriced += priced is None
+            continue
         provider = <object>ev[E_PROVIDER]
         if not (_count(<object>ev[E_INPUT], &inp) and _count(<object>ev[E_OUTPUT], &outp)
                 and _count(<object>ev[E_CACHE_READ], &cr) and _count(<object>ev[E_CACHE_WRITE], &cw)
