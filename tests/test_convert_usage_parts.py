@@ -4,16 +4,15 @@ field for, so the client reads (and a scan of the converted answer bills) what w
 Before 2026-12-06 only input / output / cache read / cache write / reasoning were carried:
 an OpenAI client on Gemini or a Gemini client on OpenAI lost the audio counts (priced
 apart: gemini-2.5-flash audio input $1.00 against $0.30 per 1M, gpt-4o-audio-preview audio
-$40 against $2.50 in, $80 against $10 out), and a Gemini client lost the tool-use prompt.
+$40 against $2.50 in, $80 against $10 out).
 
 The target formats' documented fields:
 
 * OpenAI chat (openai-python ``types/completion_usage.py``): ``prompt_tokens_details
   .audio_tokens`` / ``.cached_tokens``, ``completion_tokens_details.audio_tokens`` /
   ``.reasoning_tokens``; a tool-use prompt is part of ``prompt_tokens``.
-* Gemini (https://ai.google.dev/api/generate-content#UsageMetadata):
-  ``toolUsePromptTokenCount`` beside ``promptTokenCount``, ``thoughtsTokenCount`` beside
-  ``candidatesTokenCount``, ``promptTokensDetails`` / ``candidatesTokensDetails``
+* Gemini (https://ai.google.dev/api/generate-content#UsageMetadata): ``thoughtsTokenCount``
+  beside ``candidatesTokenCount``, ``promptTokensDetails`` / ``candidatesTokensDetails``
   ModalityTokenCount lists (``AUDIO``).
 * Anthropic Messages usage has no audio or reasoning field.
 """
@@ -36,8 +35,8 @@ TOLD = {
     "openai": ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
                "audio_input_tokens", "audio_output_tokens"),
     "anthropic": ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"),
-    "gemini": ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", "tool_use_prompt_tokens",
-               "audio_input_tokens", "audio_output_tokens"),
+    "gemini": ("input_tokens", "output_tokens", "cache_read_tokens", "reasoning_tokens", "audio_input_tokens",
+               "audio_output_tokens"),
 }  # fmt: skip
 
 # Gemini TTS (doc-derived, https://ai.google.dev/gemini-api/docs/speech-generation): audio out
@@ -83,10 +82,9 @@ def test_a_converted_answer_carries_every_part_its_format_has(scan: ModuleType, 
             assert getattr(told, name) == getattr(billed, name), (source, target, name, told, billed)
 
 
-def test_the_audio_and_tool_use_cases_have_those_parts(scan: ModuleType) -> None:
+def test_the_audio_cases_have_those_parts(scan: ModuleType) -> None:
     """(The cases above are the ones that matter: each has the parts this change carries.)"""
     audio = _row(scan, CHAT, {**_WRAP[CHAT][2], "usage": CASES[0][1]})
     assert (audio.audio_input_tokens, audio.audio_output_tokens) == (100, 80)
     assert _row(scan, GEMINI, {**_WRAP[GEMINI][2], "usageMetadata": CASES[1][1]}).audio_input_tokens == 1560
-    assert _row(scan, GEMINI, {**_WRAP[GEMINI][2], "usageMetadata": CASES[2][1]}).tool_use_prompt_tokens == 420
     assert _row(scan, GEMINI, {**_WRAP[GEMINI][2], "usageMetadata": CASES[3][1]}).audio_output_tokens == 320

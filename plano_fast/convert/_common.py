@@ -125,12 +125,11 @@ def as_dict(value: object) -> JSONDict:
 class Usage:
     """Canonical usage, the row convention (plano_fast.wire._scan_py "Normalized usage"):
     ``input_total`` includes cache reads and writes and the tool-use prompt, ``output``
-    includes reasoning; ``reasoning``/``cache_*``/``audio_*``/``tool_use`` are subsets.
-    (Anthropic's 1h cache writes and server-side searches have no field outside Anthropic's
-    own format, which no answer is converted into from Anthropic.)"""
+    includes reasoning; ``reasoning``/``cache_*``/``audio_*`` are subsets.  (Anthropic's 1h
+    cache writes and server-side searches, Gemini's tool-use prompt: each exists in one
+    format only, which no answer is converted into from itself.)"""
 
-    __slots__ = ("input_total", "output", "cache_read", "cache_write", "reasoning", "tool_use", "audio_in",
-                 "audio_out")  # fmt: skip
+    __slots__ = ("input_total", "output", "cache_read", "cache_write", "reasoning", "audio_in", "audio_out")
 
     def __init__(
         self,
@@ -139,7 +138,6 @@ class Usage:
         cache_read: int = 0,
         cache_write: int = 0,
         reasoning: int = 0,
-        tool_use: int = 0,
         audio_in: int = 0,
         audio_out: int = 0,
     ) -> None:
@@ -148,7 +146,6 @@ class Usage:
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.reasoning = reasoning
-        self.tool_use = tool_use
         self.audio_in = audio_in
         self.audio_out = audio_out
 
@@ -156,8 +153,7 @@ class Usage:
         return (
             f"Usage(input_total={self.input_total}, output={self.output}, "
             f"cache_read={self.cache_read}, cache_write={self.cache_write}, "
-            f"reasoning={self.reasoning}, tool_use={self.tool_use}, "
-            f"audio_in={self.audio_in}, audio_out={self.audio_out})"
+            f"reasoning={self.reasoning}, audio_in={self.audio_in}, audio_out={self.audio_out})"
         )
 
 
@@ -168,8 +164,8 @@ def _billed(api: int, u: JSONDict) -> Usage:
     counts = usage_counts(api, u)
     if counts is None:
         return Usage()
-    inp, out, cr, cw, rs, _cw1h, tool, ain, aout, _ws = counts
-    return Usage(inp, out, cr, cw, rs, tool, ain, aout)
+    inp, out, cr, cw, rs, _cw1h, _tool, ain, aout, _ws = counts
+    return Usage(inp, out, cr, cw, rs, ain, aout)
 
 
 def usage_from_openai(u: JSONDict) -> Usage:
@@ -221,20 +217,17 @@ def usage_to_anthropic(u: Usage) -> JSONDict:
 
 
 def usage_to_gemini(u: Usage) -> JSONDict:
-    """Gemini UsageMetadata (https://ai.google.dev/api/generate-content#UsageMetadata): the
-    tool-use prompt apart from ``promptTokenCount`` (``toolUsePromptTokenCount``), thoughts
-    apart from ``candidatesTokenCount``, audio as the ``AUDIO`` entries of
-    ``promptTokensDetails`` / ``candidatesTokensDetails`` (uncached audio: no cached
-    audio is reported, so none is taken off)."""
+    """Gemini UsageMetadata (https://ai.google.dev/api/generate-content#UsageMetadata):
+    thoughts apart from ``candidatesTokenCount``, audio as the ``AUDIO`` entries of
+    ``promptTokensDetails`` / ``candidatesTokensDetails`` (uncached audio: no cached audio
+    is reported, so none is taken off)."""
     out: JSONDict = {
-        "promptTokenCount": max(0, u.input_total - u.tool_use),
+        "promptTokenCount": u.input_total,
         "candidatesTokenCount": max(0, u.output - u.reasoning),
         "totalTokenCount": u.input_total + u.output,
     }
     if u.cache_read:
         out["cachedContentTokenCount"] = u.cache_read
-    if u.tool_use:
-        out["toolUsePromptTokenCount"] = u.tool_use
     if u.reasoning:
         out["thoughtsTokenCount"] = u.reasoning
     if u.audio_in:
