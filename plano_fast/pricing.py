@@ -36,6 +36,16 @@ price, like the base ones; so do absent tier 1h-write and audio prices (to the t
 input and output prices: partial), never to the base ones, which a long prompt does not pay
 (Claude Sonnet 4/4.5's 1h writes are $6 per 1M at most 200k prompt tokens, $12 above).
 
+Service tiers: a provider that sells a model at several processing tiers says in its
+answer which one served the request (OpenAI ``service_tier`` ``flex`` / ``priority``,
+Anthropic ``usage.service_tier``; the scanner reports it as ``Usage.service_tier``, None for
+the standard tier).  The request is priced at that tier's prices when the entry lists them
+(``ModelPrice.service_tiers``: every price of the formula replaced, the price entry named
+``"<entry>@<tier>"``), else at the standard ones and marked **partial** (Anthropic's Priority
+Tier, a commitment with no list price; a custom price; a tier the gateway does not know,
+``"unknown"``).  A long prompt past the entry's context tier at a tier whose prices list no
+context tier is priced at the tier's prices and marked partial.
+
 Rounding: the exact sum ``tokens x nano-USD-per-1M`` is computed in integers and divided by
 1,000,000 **once, at the end, rounding half up** (so a request is never more than 0.5
 nano-USD off, and a run of requests is unbiased enough for billing; per-request ceil would
@@ -99,6 +109,7 @@ __all__ = [
     "cost_nano_usd",
     "load_default_prices",
     "price_tokens",
+    "service_price",
 ]
 
 TOKENS_PER_PRICE_UNIT: Final = 1_000_000  # prices are per 1M tokens
@@ -199,6 +210,10 @@ class ModelPrice:
     audio_output_per_mtok: int | None = None
     #: nano-USD per server-side web search (not per 1M: one request is one unit)
     web_search_per_request: int | None = None
+    #: the prices of the provider's service tiers, by the name the scanner reports
+    #: (``Usage.service_tier``: OpenAI's ``flex`` / ``priority``): ``((name, price), ...)``;
+    #: a tier's price has none of its own
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
 
     def __post_init__(self) -> None:
         _check_price("input_per_mtok", self.input_per_mtok, False)
@@ -218,6 +233,12 @@ class ModelPrice:
             if tier.above_input_tokens <= last:
                 raise ValueError("tiers must be strictly ascending by above_input_tokens")
             last = tier.above_input_tokens
+        if type(self.service_tiers) is not tuple:
+            raise TypeError("service_tiers must be a tuple of (name, ModelPrice)")
+        for item in self.service_tiers:
+            if not (type(item) is tuple and len(item) == 2 and type(item[0]) is str
+                    and isinstance(item[1], ModelPrice) and not item[1].service_tiers):
+                raise TypeError("service_tiers must be a tuple of (name, ModelPrice without service tiers)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,12 +291,33 @@ def cost_nano_usd(price: ModelPrice, tokens: TokenCounts) -> int:
     )[0]  # fmt: skip
 
 
+def service_price(price: ModelPrice, service_tier: str | None) -> ModelPrice | None:
+    """The price ``price`` lists for ``service_tier`` (None: the standard tier), or None
+    when it lists none."""
+    if service_tier is None:
+        return price
+    for name, tier_price in price.service_tiers:
+        if name == service_tier:
+            return tier_price
+    return None
+
+
 def price_tokens(
     price: ModelPrice, inp: int, out: int, cr: int, cw: int, cw1h: int = 0, ain: int = 0, aout: int = 0,
-    ws: int = 0,
+    ws: int = 0, service_tier: str | None = None,
 ) -> tuple[int, bool]:
     """``(cost in nano-USD, partial)`` of validated counts: the one implementation of the
-    formula in the module docstring."""
+    formula in the module docstring, at the prices of ``service_tier`` (module docstring,
+    "Service tiers")."""
+    tier_partial = False
+    if service_tier is not None:
+        tier_price = service_price(price, service_tier)
+        if tier_price is None:
+            tier_partial = True  # a tier the entry lists no price for: its standard prices
+        else:
+            if price.tiers and not tier_price.tiers and inp > price.tiers[0].above_input_tokens:
+                tier_partial = True  # a long prompt: the tier's prices list no context tier
+            price = tier_price
     in_p = price.input_per_mtok
     out_p = price.output_per_mtok
     cr_p = price.cache_read_per_mtok
@@ -328,7 +370,7 @@ def price_tokens(
         (inp - cr - cw - ain) * in_p + cr * cr_p + (cw - cw1h) * cw_p + cw1h * cw1h_p
         + ain * ain_p + (out - aout) * out_p + aout * aout_p + ws * ws_p * TOKENS_PER_PRICE_UNIT
     )  # fmt: skip
-    return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT, partial
+    return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT, partial or tier_partial
 
 
 # ----------------------------------------------------------------------------- table
@@ -360,32 +402,50 @@ def _parse_table(doc: Any) -> dict[tuple[str, str], ModelPrice]:
         for model, entry in models.items():
             if not isinstance(entry, dict):
                 raise ValueError(f"prices.json: {provider}/{model} is not an object")
-            tiers = tuple(
-                PriceTier(
-                    _req_int(t, "above"),
-                    _req_int(t, "in"),
-                    _req_int(t, "out"),
-                    _opt_int(t, "cr"),
-                    _opt_int(t, "cw"),
-                    _opt_int(t, "cw1h"),
-                    _opt_int(t, "ain"),
-                    _opt_int(t, "aout"),
-                )
-                for t in entry.get("tiers", ())
-            )
-            table[(str(provider), str(model))] = ModelPrice(
-                _req_int(entry, "in"),
-                _req_int(entry, "out"),
-                _opt_int(entry, "cr"),
-                _opt_int(entry, "cw"),
-                tiers,
-                str(entry.get("src", "")),
-                _opt_int(entry, "cw1h"),
-                _opt_int(entry, "ain"),
-                _opt_int(entry, "aout"),
-                _opt_int(entry, "ws"),
+            services = entry.get("svc", {})
+            if not isinstance(services, dict) or not all(isinstance(v, dict) for v in services.values()):
+                raise ValueError(f"prices.json: {provider}/{model} svc is not an object of objects")
+            ws = _opt_int(entry, "ws")
+            table[(str(provider), str(model))] = _entry_price(
+                entry,
+                ws,
+                tuple(
+                    # (a web search costs the same at every service tier)
+                    (str(name), _entry_price(prices, ws if "ws" not in prices else _opt_int(prices, "ws"), ()))
+                    for name, prices in sorted(services.items())
+                ),
             )
     return table
+
+
+def _entry_price(entry: Mapping[str, Any], ws: int | None, services: tuple[tuple[str, ModelPrice], ...]) -> ModelPrice:
+    """The ``ModelPrice`` of one prices.json entry (or of one of its ``svc`` prices)."""
+    tiers = tuple(
+        PriceTier(
+            _req_int(t, "above"),
+            _req_int(t, "in"),
+            _req_int(t, "out"),
+            _opt_int(t, "cr"),
+            _opt_int(t, "cw"),
+            _opt_int(t, "cw1h"),
+            _opt_int(t, "ain"),
+            _opt_int(t, "aout"),
+        )
+        for t in entry.get("tiers", ())
+    )
+    return ModelPrice(
+        _req_int(entry, "in"),
+        _req_int(entry, "out"),
+        _opt_int(entry, "cr"),
+        _opt_int(entry, "cw"),
+        tiers,
+        str(entry.get("src", "")),
+        _opt_int(entry, "cw1h"),
+        _opt_int(entry, "ain"),
+        _opt_int(entry, "aout"),
+        ws,
+        services,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -605,20 +665,25 @@ class PricingRegistry:
         return None if quote is None else quote.cost_nano_usd
 
     def quote(
-        self, provider: str, model: str, project_id: str | None, tokens: TokenCounts
+        self, provider: str, model: str, project_id: str | None, tokens: TokenCounts,
+        service_tier: str | None = None,
     ) -> Quote | None:
-        """The cost, partial flag and price entry; ``None`` when the model has no price."""
+        """The cost, partial flag and price entry; ``None`` when the model has no price.
+        ``service_tier``: the tier the response says served it (``Usage.service_tier``)."""
         return self.quote_counts(
             provider, model, project_id, tokens.input_tokens, tokens.output_tokens,
             tokens.cache_read_tokens, tokens.cache_write_tokens, tokens.cache_write_1h_tokens,
             tokens.audio_input_tokens, tokens.audio_output_tokens, tokens.web_search_requests,
+            service_tier=service_tier,
         )  # fmt: skip
 
-    def quote_counts(self, provider: str, model: str, project_id: str | None, *counts: int) -> Quote | None:
+    def quote_counts(
+        self, provider: str, model: str, project_id: str | None, *counts: int, service_tier: str | None = None
+    ) -> Quote | None:
         """``quote(provider, model, project_id, TokenCounts(...))`` for the billing hot path:
         the same result and the same errors, without building a ``TokenCounts`` unless the
         counts are invalid (to raise its error).  ``counts``: as ``price_counts`` takes them."""
-        priced = self.price_counts(provider, model, project_id, *counts)
+        priced = self.price_counts(provider, model, project_id, *counts, service_tier=service_tier)
         return None if priced is None else Quote(*priced)
 
     def price_counts(
@@ -634,6 +699,8 @@ class PricingRegistry:
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
+        *,
+        service_tier: str | None = None,
     ) -> tuple[int, bool, str] | None:
         """``quote_counts`` as a plain ``(cost_nano_usd, partial, entry)`` tuple: what the
         flusher's drain reads per event.  A ``Quote`` (a frozen dataclass: one
@@ -669,6 +736,8 @@ class PricingRegistry:
             entry = resolution.entry
         cost, partial = price_tokens(
             price, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-            cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, web_search_requests,
+            cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, web_search_requests, service_tier,
         )  # fmt: skip
+        if service_tier is not None and service_price(price, service_tier) is not None:
+            entry = f"{entry}@{service_tier}"  # the tier's own prices were used
         return cost, partial, entry

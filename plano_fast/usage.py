@@ -92,6 +92,10 @@ class UsageEvent:
     #: Anthropic server-side web searches (``server_tool_use.web_search_requests``): priced
     #: per request, not per token; part of the cost, kept in ``usage_raw`` (no column)
     web_search_requests: int = 0
+    #: the service tier the provider says served the request (``Usage.service_tier``:
+    #: ``"flex"``, ``"priority"``, ``"unknown"``; None: the standard tier): priced at its
+    #: rates (plano_fast.pricing, "Service tiers"); kept in ``usage_raw`` (no column)
+    service_tier: str | None = None
 
 
 UsageSink = Callable[[UsageEvent], None]

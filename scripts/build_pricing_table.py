@@ -42,9 +42,15 @@ Merge policy (per gateway provider; all of it is deterministic, no clock, no net
 4. Context tiers (whole request priced at the tier when prompt tokens > ``above``): taken
    from genai-prices, else LiteLLM ``*_above_<N>k_tokens``, for the same model id, only when
    that source's base input/output prices equal the entry's.
-5. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
+5. Service tiers (OpenAI ``flex`` / ``priority``: the tier the answer names is billed at its
+   own rates): Portkey's ``custom_pricing.regions.default.execution_modes.<tier>``, LiteLLM's
+   ``*_flex`` / ``*_priority`` fields (and their ``*_above_<N>k_tokens_<tier>`` context
+   tiers); genai-prices lists none.  A tier the entry's source lacks is taken whole from the
+   next source listing the same model at the same input/output prices (``fill``:
+   ``svc.<tier>``).  Written as ``"svc": {"<tier>": {in, out, cr, ...}}``.
+6. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
    is used; time-of-day (off-peak) variants are ignored.
-6. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
+7. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
    tokens is rounded half up (counted in the build summary).
 
 To refresh: copy the new dataset snapshots into the data folder, update SOURCES.md and
@@ -170,6 +176,16 @@ _LITELLM_EXTRA = {
     "output_cost_per_audio_token": "aout",
 }
 _GENAI_EXTRA = {"cache_write_1h_mtok": "cw1h", "input_audio_mtok": "ain", "output_audio_mtok": "aout"}
+# Service tiers priced apart (the names the scanner reports: Usage.service_tier).
+SERVICE_TIERS = ("flex", "priority")
+_LITELLM_SVC_FIELDS = {
+    "input_cost_per_token": "in",
+    "output_cost_per_token": "out",
+    "cache_read_input_token_cost": "cr",
+    "cache_creation_input_token_cost": "cw",
+    "input_cost_per_audio_token": "ain",
+    "output_cost_per_audio_token": "aout",
+}
 
 
 class Stats:
@@ -217,8 +233,12 @@ class Entry:
     prices: dict[str, int | None]  # in, out, cr, cw, cw1h, ain, aout
     tiers: list[Tier] = field(default_factory=list)
     fill: dict[str, str] = field(default_factory=dict)
+    # service tier -> its prices (an Entry of its own: prices and context tiers)
+    svc: dict[str, Entry] = field(default_factory=dict)
 
     def clean(self) -> None:
+        for tier_entry in self.svc.values():
+            tier_entry.clean()
         inp = self.prices["in"] or 0
         for key in EXTRA_FIELDS:
             self.prices.setdefault(key, None)
@@ -274,6 +294,39 @@ _PK_TOKEN_KEYS = frozenset(
 )
 
 
+def _pk_token_prices(pay: dict[str, Any]) -> dict[str, int | None] | None:
+    """in / out / cache / audio prices of a Portkey ``pay_as_you_go`` (None: no token price)."""
+    inp = to_nano(_pk_price(pay, "request_token", "request_text_token"), CENTS_PER_TOKEN)
+    outp = to_nano(_pk_price(pay, "response_token", "response_text_token"), CENTS_PER_TOKEN)
+    if inp is None or outp is None:
+        return None
+    return {
+        "in": inp,
+        "out": outp,
+        "cr": to_nano(_pk_price(pay, "cache_read_input_token"), CENTS_PER_TOKEN),
+        "cw": to_nano(_pk_price(pay, "cache_write_input_token"), CENTS_PER_TOKEN),
+        "cw1h": to_nano(_pk_price(pay.get("additional_units") or {}, "cache_write_1h"), CENTS_PER_TOKEN),
+        "ain": to_nano(_pk_price(pay, "request_audio_token"), CENTS_PER_TOKEN),
+        "aout": to_nano(_pk_price(pay, "response_audio_token"), CENTS_PER_TOKEN),
+    }
+
+
+def _pk_service_tiers(model: str, value: dict[str, Any]) -> dict[str, Entry]:
+    """Portkey's ``custom_pricing.regions.default.execution_modes.<tier>`` prices."""
+    node: Any = value
+    for key in ("custom_pricing", "regions", "default", "execution_modes"):
+        node = node.get(key) if isinstance(node, dict) else None
+    out: dict[str, Entry] = {}
+    for name in SERVICE_TIERS:
+        mode = node.get(name) if isinstance(node, dict) else None
+        config = mode.get("pricing_config") if isinstance(mode, dict) else None
+        pay = config.get("pay_as_you_go") if isinstance(config, dict) else None
+        prices = _pk_token_prices(pay) if isinstance(pay, dict) else None
+        if prices is not None:
+            out[name] = Entry(model, "portkey", prices)
+    return out
+
+
 def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
     out: list[Entry] = []
     seen: set[str] = set()
@@ -307,33 +360,18 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
             if not isinstance(pay, dict):
                 STATS.skip("portkey no pay_as_you_go")
                 continue
-            inp = to_nano(_pk_price(pay, "request_token", "request_text_token"), CENTS_PER_TOKEN)
-            outp = to_nano(_pk_price(pay, "response_token", "response_text_token"), CENTS_PER_TOKEN)
-            if inp is None or outp is None:
+            prices = _pk_token_prices(pay)
+            if prices is None:
                 STATS.skip("portkey no token price")
                 continue
-            if inp == 0 and outp == 0 and _has_other_price(pay, _PK_TOKEN_KEYS):
+            if prices["in"] == 0 and prices["out"] == 0 and _has_other_price(pay, _PK_TOKEN_KEYS):
                 STATS.skip("portkey non-token model")
                 continue
             if model.lower() in seen:
                 STATS.skip("duplicate within source")
                 continue
             seen.add(model.lower())
-            entry = Entry(
-                model,
-                "portkey",
-                {
-                    "in": inp,
-                    "out": outp,
-                    "cr": to_nano(_pk_price(pay, "cache_read_input_token"), CENTS_PER_TOKEN),
-                    "cw": to_nano(_pk_price(pay, "cache_write_input_token"), CENTS_PER_TOKEN),
-                    "cw1h": to_nano(
-                        _pk_price(pay.get("additional_units") or {}, "cache_write_1h"), CENTS_PER_TOKEN
-                    ),
-                    "ain": to_nano(_pk_price(pay, "request_audio_token"), CENTS_PER_TOKEN),
-                    "aout": to_nano(_pk_price(pay, "response_audio_token"), CENTS_PER_TOKEN),
-                },
-            )
+            entry = Entry(model, "portkey", prices, svc=_pk_service_tiers(model, value))
             entry.clean()
             out.append(entry)
     return out
@@ -396,9 +434,32 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
                 "ws": _litellm_web_search(value.get("search_context_cost_per_query")),
             },
         )
+        entry.svc = _litellm_service_tiers(model, value)
         entry.clean()
         entry.tiers = _complete_tiers(entry.prices, tiers)
         out.append(entry)
+    return out
+
+
+def _litellm_service_tiers(model: str, value: dict[str, Any]) -> dict[str, Entry]:
+    """LiteLLM's ``<field>_<tier>`` prices and ``<field>_above_<N>k_tokens_<tier>`` tiers."""
+    out: dict[str, Entry] = {}
+    for name in SERVICE_TIERS:
+        prices = {key: to_nano(value.get(f"{f}_{name}"), USD_PER_TOKEN) for f, key in _LITELLM_SVC_FIELDS.items()}
+        if prices["in"] is None or prices["out"] is None:
+            continue
+        tiers: dict[int, dict[str, int | None]] = {}
+        for fname, fvalue in value.items():
+            if fname.endswith("_" + name):
+                m = _LITELLM_TIER.match(fname[: -len(name) - 1])
+                if m:
+                    tiers.setdefault(int(m["n"]) * 1000, {})[_LITELLM_FIELDS[m["field"]]] = to_nano(
+                        fvalue, USD_PER_TOKEN
+                    )
+        entry = Entry(model, "litellm", prices)
+        entry.clean()
+        entry.tiers = _complete_tiers(entry.prices, tiers)
+        out[name] = entry
     return out
 
 
@@ -524,6 +585,7 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
                 f"{winner.src}+{others[1].src}",
                 dict(winner.prices),
                 list(winner.tiers),
+                svc=dict(winner.svc),
             )
             others = [others[1]]
             merged[key] = entry
@@ -535,6 +597,14 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
                     if other.prices[field_name] is not None:
                         entry.prices[field_name] = other.prices[field_name]
                         entry.fill[field_name] = other.src
+                        STATS.filled += 1
+                        break
+        for name in SERVICE_TIERS:
+            if name not in entry.svc:
+                for other in agreeing:
+                    if name in other.svc:
+                        entry.svc[name] = other.svc[name]
+                        entry.fill["svc." + name] = other.src
                         STATS.filled += 1
                         break
         if not entry.tiers:
@@ -551,7 +621,7 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
 # ----------------------------------------------------------------------------- output
 
 
-def entry_json(entry: Entry) -> str:
+def _prices_obj(entry: Entry) -> dict[str, Any]:
     obj: dict[str, Any] = {"in": entry.prices["in"], "out": entry.prices["out"]}
     for key in ("cr", "cw", *EXTRA_FIELDS):
         if entry.prices.get(key) is not None:
@@ -565,6 +635,13 @@ def entry_json(entry: Entry) -> str:
                     t[key] = tier.prices[key]
             tiers.append(t)
         obj["tiers"] = tiers
+    return obj
+
+
+def entry_json(entry: Entry) -> str:
+    obj = _prices_obj(entry)
+    if entry.svc:
+        obj["svc"] = {name: _prices_obj(entry.svc[name]) for name in sorted(entry.svc)}
     obj["src"] = entry.src
     if entry.fill:
         obj["fill"] = dict(sorted(entry.fill.items()))
@@ -625,6 +702,7 @@ def build(data: Path) -> str:
             "aout": "audio output tokens (absent: not listed, priced as output, the row is priced_partial)",
             "ws": "nano-USD per server-side web search request (absent: not listed, searches add nothing, the row is priced_partial)",
             "tiers": "context tiers: all prices switch when prompt tokens > above (a tier without cw1h/ain/aout: its cw/in/out, priced_partial)",
+            "svc": "service tiers (OpenAI flex / priority): every price above replaced when the answer names the tier (ws: the entry's; a tier not listed: the entry's prices, priced_partial)",
             "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
             "fill": "fields taken from another source listing the same model at the same in/out prices",
         },

@@ -70,7 +70,8 @@ def _reference(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bool, 
     inp, out, cr, cw, cw1h, ain, aout, ws = (getattr(event, name) for name in COUNT_FIELDS)
     assert event.model is not None
     quote = pricing.quote(event.provider, event.model, event.project_id,
-                          TokenCounts(inp, out, cr, cw, 0, cw1h, ain, aout, web_search_requests=ws))  # fmt: skip
+                          TokenCounts(inp, out, cr, cw, 0, cw1h, ain, aout, web_search_requests=ws),
+                          service_tier=event.service_tier)  # fmt: skip
     return None if quote is None else (quote.cost_nano_usd, quote.partial, quote.entry)
 
 
@@ -150,11 +151,12 @@ def test_recorded_provider_usage_prices_alike() -> None:
     pricing = PricingRegistry()
     priced = 0
     for usage in cassettes.values():
-        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout, _searches = usage
+        inp, out, cr, cw, _reasoning, has_usage, model, _err, _tool, cw1h, ain, aout, _searches, tier = usage
         if not has_usage:
             continue
         for provider in ("openai", "anthropic", "gemini", "mistral", "deepseek", "groq", "openrouter"):
             event = _event(provider, model, (inp, out, cr, cw, cw1h, ain, aout))
+            event.service_tier = tier  # (the recorded gpt-5 stream was served at flex)
             expected = _reference(pricing, event)
             assert _agree(pricing, event) == expected
             priced += expected is not None

@@ -66,6 +66,7 @@ def usage_tuple(u: Any) -> tuple[Any, ...]:
         u.audio_input_tokens,
         u.audio_output_tokens,
         u.web_search_requests,
+        u.service_tier,
     )
 
 
@@ -172,12 +173,13 @@ def U(
     audio_in: int = 0,
     audio_out: int = 0,
     web_searches: int = 0,
+    service_tier: str | None = None,
 ) -> tuple[Any, ...]:
     """An expected :class:`Usage` in the row convention (input includes every prompt token,
     output every billed output token; see plano_fast.wire._scan_py "Normalized usage")."""
     return (
         inp, out, cache_read, cache_write, reasoning, has_usage, model, is_error,
-        tool_use, cache_write_1h, audio_in, audio_out, web_searches,
+        tool_use, cache_write_1h, audio_in, audio_out, web_searches, service_tier,
     )  # fmt: skip
 
 

@@ -107,7 +107,9 @@ CASSETTES: dict[tuple[str, int], tuple[Any, ...]] = {
     ("test_openai_o1_mini_system_role[developer].yaml", 0): U(has_usage=False, is_error=True),
     ("test_openai_responses_prompt_cache_e2e.yaml", 0): U(4020, 5, 0, 4012, 0, model="gpt-5.6-sol"),
     ("test_openai_responses_prompt_cache_e2e.yaml", 1): U(4020, 5, 4012, 0, 0, model="gpt-5.6-sol"),
-    ("test_openai_responses_streaming_usage.yaml", 0): U(53, 469, 0, 0, 448, model="gpt-5-2025-08-07"),
+    # asked for and served at the flex tier ("service_tier":"flex" in response.completed)
+    ("test_openai_responses_streaming_usage.yaml", 0): U(53, 469, 0, 0, 448, model="gpt-5-2025-08-07",
+                                                         service_tier="flex"),
     ("test_openrouter_errors_raised.yaml", 0): U(has_usage=False, is_error=True),
     ("test_openrouter_errors_raised.yaml", 1): U(has_usage=False, is_error=True),
     ("test_openrouter_errors_raised.yaml", 2): U(has_usage=False, is_error=True),

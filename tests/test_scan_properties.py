@@ -370,6 +370,12 @@ TOKEN_KEYS = st.sampled_from(
      "prompt_cache_hit_tokens", "toolUsePromptTokenCount", "thinking_tokens", "audio_tokens",
      "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens", "web_search_requests"]
 )  # fmt: skip
+# service tiers: the names read, near misses, and anything else
+TIERS = st.one_of(
+    st.sampled_from(["flex", "priority", "default", "auto", "standard", "standard_only", "on_demand", "scale",
+                     "batch", "Flex", "flex ", "priorit", "", "p" * 40]),
+    ANY,
+)  # fmt: skip
 DETAIL_KEYS = st.sampled_from(
     ["prompt_tokens_details", "completion_tokens_details", "input_tokens_details", "output_tokens_details",
      "cache_creation", "server_tool_use"]
@@ -381,17 +387,20 @@ DETAILS = st.one_of(
     st.lists(st.tuples(TOKEN_KEYS, TOKEN_VALUES), max_size=3).map(Obj), st.none(), SCALARS
 )
 USAGE = st.one_of(
-    st.lists(st.one_of(st.tuples(TOKEN_KEYS, TOKEN_VALUES), st.tuples(DETAIL_KEYS, DETAILS)), max_size=7).map(Obj),
+    st.lists(st.one_of(st.tuples(TOKEN_KEYS, TOKEN_VALUES), st.tuples(DETAIL_KEYS, DETAILS),
+                       st.tuples(st.just("service_tier"), TIERS)), max_size=7).map(Obj),
     st.none(),
     ANY,
 )
 TYPES = st.sampled_from(["error", "response.failed", "response.completed", "message_delta", "erro", "error "])
 MODELS = st.one_of(st.sampled_from(["gpt-4o", "claude-x", "gemini-2.5-flash", "m" * 256, "m" * 257]), STRINGS)
 DOC_MEMBER = st.one_of(
+    st.tuples(st.just("service_tier"), TIERS),
     st.tuples(st.sampled_from(["usage", "usageMetadata"]), USAGE),
     st.tuples(st.sampled_from(["model", "modelVersion"]), MODELS),
     st.tuples(st.sampled_from(["x_groq", "response", "message"]), st.lists(
-        st.one_of(st.tuples(st.just("usage"), USAGE), st.tuples(st.just("model"), MODELS), st.tuples(RESPONSE_KEYS, ANY)),
+        st.one_of(st.tuples(st.just("usage"), USAGE), st.tuples(st.just("model"), MODELS),
+                  st.tuples(st.just("service_tier"), TIERS), st.tuples(RESPONSE_KEYS, ANY)),
         max_size=3).map(Obj)),
     st.tuples(st.just("error"), st.one_of(st.none(), ANY)),
     st.tuples(st.just("type"), st.one_of(TYPES, ANY)),

@@ -31,7 +31,7 @@ VALUE = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.floats(allow
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(VALUE, min_size=31, max_size=31))
+@given(values=st.lists(VALUE, min_size=32, max_size=32))
 def test_every_field_lands_where_the_dataclass_puts_it(values: list[Any]) -> None:
     names = [f.name for f in dataclasses.fields(UsageEvent)]
     assert len(names) == len(values)
@@ -62,7 +62,7 @@ def test_compiled_events_of_scalars_leave_the_cyclic_gc() -> None:
     if _compiled is None:
         return
     values: list[Any] = ["r", 1, "openai", "m", False, "ok", 200, 1, 2, 0, 0, 0, True, "p", "k", None, None,
-                         1.5, "openai", 0, 0, 0, 0, "{}", "chat", 0, None, 1, None, None, 0]  # fmt: skip
+                         1.5, "openai", 0, 0, 0, 0, "{}", "chat", 0, None, 1, None, None, 0, "flex"]  # fmt: skip
     event = _compiled.new_usage_event(*values)
     assert not gc.is_tracked(event) and event == UsageEvent(*values)
     event.status, event.output_tokens = "client_disconnected", 7  # as the relay's settle does
@@ -102,6 +102,8 @@ _ANSWERS: list[tuple[int, bool, list[bytes]]] = [
                b'"completion_tokens":3}}\n\ndata: [DONE]\n\n']),
     (2, False, [b'{"id":"r","model":"gpt-4.1","usage":{"input_tokens":9,"output_tokens":4,'
                 b'"input_tokens_details":{"cached_tokens":1}}}']),
+    (1, False, [b'{"id":"c2","model":"gpt-5","service_tier":"flex","choices":[],'  # a service tier
+                b'"usage":{"prompt_tokens":12,"completion_tokens":5}}']),
     (3, False, [b'{"id":"m","model":"claude-x","usage":{"input_tokens":3,"output_tokens":4,'
                 b'"cache_read_input_tokens":2,"cache_creation_input_tokens":5,"note":"caf\xc3\xa9 \xff"}}']),
     (3, False, [b'{"id":"m","model":"claude-w","usage":{"input_tokens":5,"output_tokens":9,'
@@ -242,7 +244,7 @@ def test_the_compiled_observe_is_the_twins(
         event = usage.new_usage_event(
             exchange.request_id, exchange.started_ns, "openai", model, streaming, status, http_status, *tokens,
             has_usage, "p1", "kh", None, None, 12.5, "openai", 0, 0, 0, 0, None, "openai_chat", 0, None,
-            len(failed or ()) + 1, None, None, 0,
+            len(failed or ()) + 1, None, None, 0, None,
         )
         before = time.time_ns()
         observe(exchange, event)

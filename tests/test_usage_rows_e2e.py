@@ -42,6 +42,7 @@ from tests.test_scan_usage_fields import (
     RESPONSES_CACHED,
 )
 from tests.shared_data import FIXTURES
+from tests.test_service_tier import chat_answer
 
 
 def _fixture(name: str, index: int) -> bytes:
@@ -79,12 +80,18 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
         _fixture("test_openai_chat_prompt_cache_e2e.yaml", 0), "application/json",
         (4020, 4, 0, 4012, 0, 0, 0, 0, 0, "gpt-5.6-sol", "openai_chat"),
     ),
+    # OpenAI chat, doc-derived (tests/test_service_tier.py): served at the priority tier
+    "chat-json-priority": (
+        "/v1/chat/completions", {"model": "openai/gpt-5", "service_tier": "priority"}, chat_answer('"priority"'),
+        "application/json", (1000, 100, 800, 0, 0, 0, 0, 0, 0, "gpt-5-2025-08-07", "openai_chat"),
+    ),
     # OpenAI chat, doc-derived (openai-python completion_usage.py): audio parts
     "chat-json-audio": (
         "/v1/chat/completions", {"model": "openai/gpt-4o-audio-preview"}, OPENAI_AUDIO, "application/json",
         (150, 90, 0, 0, 0, 0, 0, 100, 80, "gpt-4o-audio-preview-2024-12-17", "openai_chat"),
     ),
-    # Responses, recorded (pydantic-ai): response.completed carries the usage
+    # Responses, recorded (pydantic-ai): response.completed carries the usage, served at the
+    # flex tier
     "responses-sse": (
         "/v1/responses", {"model": "openai/gpt-5", "stream": True},
         _fixture("test_openai_responses_streaming_usage.yaml", 0), "text/event-stream",
@@ -195,6 +202,11 @@ DOC_COSTS = {
     "gemini-json-audio": 10 * 300 + 1560 * 1_000 + 42 * 2_500,
     # gpt-5: $1.25 in, $0.125 cached, $10 out (reasoning included) per 1M
     "responses-json-cached": 1000 * 1_250 + 4000 * 125 + 900 * 10_000,
+    # the recorded stream served at flex (https://platform.openai.com/docs/pricing, gpt-5
+    # Flex): $0.625 in, $5 out per 1M (was billed 4,756,250: the standard rates)
+    "responses-sse": 53 * 625 + 469 * 5_000,
+    # gpt-5 Priority: $2.50 in, $0.25 cached, $20 out per 1M
+    "chat-json-priority": 200 * 2_500 + 800 * 250 + 100 * 20_000,
 }
 
 #: POST /v1/messages/count_tokens's answer: counted, never billed
@@ -321,13 +333,19 @@ def _told_openai(answer: bytes) -> tuple[int, int, int, int]:
             usage["completion_tokens_details"]["reasoning_tokens"])
 
 
-def _searches(r: UsageRow) -> int:
-    """The web searches of a row's kept provider usage object (no column of their own)."""
+def _kept(r: UsageRow) -> Any:
+    """A row's kept provider usage document, scanned again."""
     assert r.usage_raw is not None and r.usage_api is not None
     kept = wire.UsageScanner(USAGE_API_NUMBERS[r.usage_api], False)
     kept.feed(r.usage_raw.encode())
     kept.finish()
-    return kept.result().web_search_requests
+    return kept.result()
+
+
+def _searches(r: UsageRow) -> int:
+    """The web searches of a row's kept provider usage object (no column of their own)."""
+    searches: int = _kept(r).web_search_requests
+    return searches
 
 
 def _row_tuple(r: UsageRow) -> tuple[Any, ...]:
@@ -386,7 +404,7 @@ def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -
         quote = registry.quote(r.provider, r.model or "", r.project_id, TokenCounts(
             r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
             r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens,
-            _searches(r)))  # fmt: skip
+            _searches(r)), service_tier=_kept(r).service_tier)  # fmt: skip
         assert quote is not None
         assert (r.cost_nano_usd, r.price_entry) == (quote.cost_nano_usd, quote.entry), r
         assert r.price_status == ("priced_partial" if quote.partial else "priced")

@@ -91,7 +91,7 @@ if ROW_FIELDS != tuple(f for f in UsageRow.__dataclass_fields__):
     raise ImportError("UsageRow's fields changed: _drain.pyx must be updated (the twin is used)")
 
 # UsageEvent's fields, by index in EVENT_FIELDS
-DEF N_EVENT = 31
+DEF N_EVENT = 32
 DEF E_REQUEST_ID = 0
 DEF E_TIME_NS = 1
 DEF E_PROVIDER = 2
@@ -122,11 +122,13 @@ DEF E_ATTEMPTS = 27
 DEF E_TRAIL = 28
 DEF E_BOUND = 29
 DEF E_WEB_SEARCHES = 30
+DEF E_SERVICE_TIER = 31
 DEF N_ROW = 32
 
 if (len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail"
         or EVENT_FIELDS[E_INPUT] != "input_tokens" or EVENT_FIELDS[E_BOUND] != "bound_cost_nano_usd"
-        or EVENT_FIELDS[E_WEB_SEARCHES] != "web_search_requests"):
+        or EVENT_FIELDS[E_WEB_SEARCHES] != "web_search_requests"
+        or EVENT_FIELDS[E_SERVICE_TIER] != "service_tier"):
     raise ImportError("UsageEvent's fields changed: _drain.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t EV[N_EVENT]
@@ -302,6 +304,8 @@ cdef object _price_event(object pricing, object event):
     model = _ev(event, E_MODEL)
     if model is None:
         return None
+    if _ev(event, E_SERVICE_TIER) is not None:
+        return _price_twin(pricing, event)  # a tier's prices (rare): the twin picks them
     cdef long long inp = 0, out = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0, ws = 0
     if not (_count(_ev(event, E_INPUT), &inp) and _count(_ev(event, E_OUTPUT), &out)
             and _count(_ev(event, E_CACHE_READ), &cr) and _count(_ev(event, E_CACHE_WRITE), &cw)
@@ -484,6 +488,11 @@ def rows_of_events(pricing, events, out):
         if not <object>ev[E_HAS_USAGE] or model is None:
             unpriced += 1
             append(_row(event, None, _pending, None))
+            continue
+        if <object>ev[E_SERVICE_TIER] is not None:  # a tier's prices (rare): the twin picks them
+            priced = _price_twin(pricing, event)
+            _append_priced(append, event, priced)
+            unpriced += priced is None
             continue
         provider = <object>ev[E_PROVIDER]
         if not (_count(<object>ev[E_INPUT], &inp) and _count(<object>ev[E_OUTPUT], &outp)

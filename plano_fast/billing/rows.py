@@ -103,17 +103,18 @@ class Counted(Protocol):
     def audio_output_tokens(self) -> int: ...
 
 
-def kept_web_searches(row: UsageRow) -> int:
-    """The web searches of a stored row (Anthropic ``server_tool_use.web_search_requests``,
-    priced per request): no column holds them, its kept provider usage object does."""
+def kept_extras(row: UsageRow) -> tuple[int, str | None]:
+    """``(web searches, service tier)`` of a stored row (Anthropic
+    ``server_tool_use.web_search_requests``, priced per request; the tier that served it,
+    priced at its rates): no column holds them, its kept provider usage document does."""
     raw, api = row.usage_raw, row.usage_api
-    if raw is None or api != "anthropic" or "web_search_requests" not in raw:
-        return 0
+    if raw is None or api not in USAGE_API_NUMBERS or ("web_search_requests" not in raw and "service_tier" not in raw):
+        return 0, None
     scanner = wire.UsageScanner(USAGE_API_NUMBERS[api], False)
     scanner.feed(raw.encode("utf-8"))
     scanner.finish()
     usage = scanner.result()
-    return usage.web_search_requests if usage.has_usage else 0
+    return (usage.web_search_requests, usage.service_tier) if usage.has_usage else (0, None)
 
 
 def rederive_counts(row: UsageRow) -> UsageRow | None:
@@ -157,15 +158,18 @@ def cut_before_its_usage(row: UsageRow) -> bool:
 def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote | None:
     """The registry's quote for ``usage``'s token counts as ``model`` (None: no price).
     The one place the priced count columns are listed (a stored row's web searches are
-    read back from its usage object: ``kept_web_searches``)."""
+    and service tier are read back from its usage document: ``kept_extras``)."""
+    tier: str | None = None
     if isinstance(usage, UsageRow):
-        searches = kept_web_searches(usage)
+        searches, tier = kept_extras(usage)
+    elif isinstance(usage, UsageEvent):
+        searches, tier = usage.web_search_requests, usage.service_tier
     else:
-        searches = usage.web_search_requests if isinstance(usage, UsageEvent) else 0
+        searches = 0
     return pricing.quote_counts(
         usage.provider, model, usage.project_id, usage.input_tokens, usage.output_tokens,
         usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens,
-        usage.audio_input_tokens, usage.audio_output_tokens, searches,
+        usage.audio_input_tokens, usage.audio_output_tokens, searches, service_tier=tier,
     )  # fmt: skip
 
 
@@ -209,12 +213,14 @@ def charge_of_incomplete(
     counts = (event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
               event.audio_input_tokens, event.audio_output_tokens)  # fmt: skip
     provider, project_id, input_tokens = event.provider, event.project_id, event.input_tokens
-    seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts)
+    tier = event.service_tier
+    seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts,
+                                service_tier=tier)  # fmt: skip
     seen_nano_usd = 0 if seen is None else seen[0]
     bound = reserved_nano_usd
     if input_tokens and output_bound_tokens:
         output = max(event.output_tokens, output_bound_tokens)
-        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts)
+        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts, service_tier=tier)
         if tight is not None:
             bound = min(tight[0], reserved_nano_usd)
     return max(seen_nano_usd, bound)

@@ -123,10 +123,13 @@ def as_dict(value: object) -> JSONDict:
 
 
 class Usage:
-    """Canonical usage: ``input_total`` includes cache reads and writes, ``output``
-    includes reasoning; ``reasoning``/``cache_*`` are subsets."""
+    """Canonical usage, the row convention (plano_fast.wire._scan_py "Normalized usage"):
+    ``input_total`` includes cache reads and writes and the tool-use prompt, ``output``
+    includes reasoning; ``reasoning``/``cache_*``/``audio_*`` are subsets.  (Anthropic's 1h
+    cache writes and server-side searches, Gemini's tool-use prompt: each exists in one
+    format only, which no answer is converted into from itself.)"""
 
-    __slots__ = ("input_total", "output", "cache_read", "cache_write", "reasoning")
+    __slots__ = ("input_total", "output", "cache_read", "cache_write", "reasoning", "audio_in", "audio_out")
 
     def __init__(
         self,
@@ -135,18 +138,22 @@ class Usage:
         cache_read: int = 0,
         cache_write: int = 0,
         reasoning: int = 0,
+        audio_in: int = 0,
+        audio_out: int = 0,
     ) -> None:
         self.input_total = input_total
         self.output = output
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.reasoning = reasoning
+        self.audio_in = audio_in
+        self.audio_out = audio_out
 
     def __repr__(self) -> str:
         return (
             f"Usage(input_total={self.input_total}, output={self.output}, "
             f"cache_read={self.cache_read}, cache_write={self.cache_write}, "
-            f"reasoning={self.reasoning})"
+            f"reasoning={self.reasoning}, audio_in={self.audio_in}, audio_out={self.audio_out})"
         )
 
 
@@ -155,7 +162,10 @@ def _billed(api: int, u: JSONDict) -> Usage:
     client of another format is told what its row holds; zeros for an object that does
     not count (callers check ``counts_as_usage`` first: no usage is reported then)."""
     counts = usage_counts(api, u)
-    return Usage() if counts is None else Usage(*counts)
+    if counts is None:
+        return Usage()
+    inp, out, cr, cw, rs, _cw1h, _tool, ain, aout, _ws = counts
+    return Usage(inp, out, cr, cw, rs, ain, aout)
 
 
 def usage_from_openai(u: JSONDict) -> Usage:
@@ -170,20 +180,34 @@ def usage_from_gemini(u: JSONDict) -> Usage:
     return _billed(API_GEMINI, u)
 
 
+# The usage a converted answer reports, in the target's documented fields, so its client
+# reads (and a scan of it bills) what the row holds: every part the target has a field for.
+
+
 def usage_to_openai(u: Usage) -> JSONDict:
+    """OpenAI CompletionUsage (openai-python ``completion_usage.py``): cached / cache-write /
+    audio input tokens in ``prompt_tokens_details``, reasoning and audio output tokens in
+    ``completion_tokens_details`` (a tool-use prompt is inside ``prompt_tokens``)."""
     prompt_details: JSONDict = {"cached_tokens": u.cache_read}
     if u.cache_write:
         prompt_details["cache_write_tokens"] = u.cache_write
+    if u.audio_in:
+        prompt_details["audio_tokens"] = u.audio_in
+    completion_details: JSONDict = {"reasoning_tokens": u.reasoning}
+    if u.audio_out:
+        completion_details["audio_tokens"] = u.audio_out
     return {
         "prompt_tokens": u.input_total,
         "completion_tokens": u.output,
         "total_tokens": u.input_total + u.output,
         "prompt_tokens_details": prompt_details,
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning},
+        "completion_tokens_details": completion_details,
     }
 
 
 def usage_to_anthropic(u: Usage) -> JSONDict:
+    """Anthropic Messages usage (anthropic-sdk-python ``types/usage.py``; no audio, and the
+    tool-use prompt is input)."""
     return {
         "input_tokens": max(0, u.input_total - u.cache_read - u.cache_write),
         "cache_creation_input_tokens": u.cache_write,
@@ -193,6 +217,10 @@ def usage_to_anthropic(u: Usage) -> JSONDict:
 
 
 def usage_to_gemini(u: Usage) -> JSONDict:
+    """Gemini UsageMetadata (https://ai.google.dev/api/generate-content#UsageMetadata):
+    thoughts apart from ``candidatesTokenCount``, audio as the ``AUDIO`` entries of
+    ``promptTokensDetails`` / ``candidatesTokensDetails`` (uncached audio: no cached audio
+    is reported, so none is taken off)."""
     out: JSONDict = {
         "promptTokenCount": u.input_total,
         "candidatesTokenCount": max(0, u.output - u.reasoning),
@@ -202,6 +230,10 @@ def usage_to_gemini(u: Usage) -> JSONDict:
         out["cachedContentTokenCount"] = u.cache_read
     if u.reasoning:
         out["thoughtsTokenCount"] = u.reasoning
+    if u.audio_in:
+        out["promptTokensDetails"] = [{"modality": "AUDIO", "tokenCount": u.audio_in}]
+    if u.audio_out:
+        out["candidatesTokensDetails"] = [{"modality": "AUDIO", "tokenCount": u.audio_out}]
     return out
 
 

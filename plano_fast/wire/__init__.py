@@ -279,15 +279,18 @@ def counts_as_usage(api: int, usage: object) -> bool:
     return _usage_counts(api, usage) is not None
 
 
-def usage_counts(api: int, usage: object) -> tuple[int, int, int, int, int] | None:
-    """``(input, output, cache_read, cache_write, reasoning)`` of one provider usage object
-    in the row convention, exactly as the scanner bills it (the twin's "Normalized usage":
-    Anthropic cache reads and writes -- at least the TTL split's sum -- added to the input,
-    Gemini thoughts and xAI's outside reasoning to the output, subsets capped), or None
-    when it does not count (``counts_as_usage``).  For the converters: what a client of
-    another format is told is what its row holds."""
+def usage_counts(api: int, usage: object) -> tuple[int, int, int, int, int, int, int, int, int, int] | None:
+    """``(input, output, cache_read, cache_write, reasoning, cache_write_1h,
+    tool_use_prompt, audio_input, audio_output, web_search_requests)`` of one provider
+    usage object in the row convention, exactly as the scanner bills it (the twin's
+    "Normalized usage": Anthropic cache reads and writes -- at least the TTL split's sum --
+    added to the input, Gemini thoughts and xAI's outside reasoning to the output, subsets
+    capped), or None when it does not count (``counts_as_usage``).  For the converters:
+    what a client of another format is told is what its row holds."""
     counts = _usage_counts(api, usage)
     if counts is None:
         return None
     u = _normalize(api, [0 if value is None else value for value in counts])
-    return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens)
+    return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens,
+            u.cache_write_1h_tokens, u.tool_use_prompt_tokens, u.audio_input_tokens, u.audio_output_tokens,
+            u.web_search_requests)  # fmt: skip

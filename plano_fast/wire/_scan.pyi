@@ -67,6 +67,8 @@ class Usage:
     def audio_output_tokens(self) -> int: ...
     @property
     def web_search_requests(self) -> int: ...
+    @property
+    def service_tier(self) -> str | None: ...
     def __init__(
         self,
         input_tokens: int = 0,
@@ -82,6 +84,7 @@ class Usage:
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
+        service_tier: str | None = None,
     ) -> None: ...
     def __eq__(self, other: object) -> bool: ...
 

@@ -105,13 +105,15 @@ cdef enum:
     SL_CC2
     SL_STU1          # Anthropic usage.server_tool_use
     SL_STU2
-    SL_F = 20        # 20..33 record 0, 34..47 record 1 (NF fields each)
-    SL_MLIST_IN = 48 # Gemini usageMetadata.promptTokensDetails (a ModalityTokenCount list)
+    SL_F = 20        # 20..34 record 0, 35..49 record 1 (NF fields each)
+    SL_MLIST_IN = 50 # Gemini usageMetadata.promptTokensDetails (a ModalityTokenCount list)
     SL_MLIST_CR      # .cacheTokensDetails
     SL_MLIST_OUT     # .candidatesTokensDetails
     SL_MELEM         # an element of one of them
     SL_MODALITY      # its modality (captured: "AUDIO" or not)
     SL_MCOUNT        # its tokenCount
+    SL_TIER1 = 56    # a service_tier string: the document's (OpenAI) / usage's (Anthropic)
+    SL_TIER2         # ... the nested object's (Responses' response) / message.usage's (Anthropic)
     SL_RMODEL = 60
     SL_RSTREAM
     SL_RSOPT
@@ -158,7 +160,17 @@ cdef enum:
     F_TOT            # OpenAI chat total_tokens (tells xAI's reasoning-outside-completion)
     F_WS             # Anthropic server_tool_use.web_search_requests (requests, not tokens)
     F_CAUD           # Gemini cacheTokensDetails AUDIO (F_AIN / F_AOUT: prompt / candidates AUDIO)
+    F_TIER           # the service tier (a TIER_* code): Anthropic's usage.service_tier; OpenAI's,
+                     # beside the usage object, copied in from DocRec.tier_* when it counts
     NF               # fields per usage record
+
+cdef enum:
+    # service tier codes (the twin's _TIER_*; Usage.service_tier by TIER_NAMES)
+    TIER_ABSENT = 0
+    TIER_STANDARD
+    TIER_FLEX
+    TIER_PRIORITY
+    TIER_OTHER
 
 cdef enum:
     # record states
@@ -253,6 +265,11 @@ cdef struct DocRec:
     int m_cst
     int64_t m_cv
     unsigned char mod_buf[C_TYPE_CAP]
+    # OpenAI's service_tier beside the usage objects: [0] the document's, [1] the nested
+    # response object's (state, TIER_* code); folded into the usage record that counts
+    int tier_st[2]
+    int64_t tier_v[2]
+    unsigned char tier_buf[C_TYPE_CAP]
 
 cdef struct ReqRec:
     bint root_not_obj

@@ -79,6 +79,17 @@ Gemini             ``promptTokenCount +                        ``candidatesToken
                    (cached audio is a cache read)
 =================  ==========================================  ================================================
 
+``service_tier``: the processing tier the provider says served the request, priced at its
+own rates (plano_fast.pricing, "Service tiers"): ``"flex"``, ``"priority"``, ``"unknown"`` (a
+name the gateway has no rule for: priced partial) or None (absent, not a string, or a name of
+the standard tier: ``default``, ``auto``, ``standard``, ``standard_only``, Groq's
+``on_demand``).  OpenAI chat: the top-level ``service_tier`` of the document whose usage
+counted (every chunk of a stream carries one; ``x_groq.usage`` takes its document's);
+Responses: the top-level one with a top-level ``usage``, else ``response.service_tier``
+beside ``response.usage``; Anthropic: ``usage.service_tier`` (merged like the counts: a
+later usage object without one keeps the earlier one's); Gemini: none.  It travels with its
+usage object: a later document without usage does not change it.
+
 Gemini's ``*TokensDetails`` are ``ModalityTokenCount`` lists (``{"modality", "tokenCount"}``):
 such a list must be an array or ``null``; the ``tokenCount`` of an element whose ``modality``
 is the string ``"AUDIO"`` is read (absent or ``null``: none; the AUDIO entries add up, capped
@@ -92,7 +103,8 @@ holds a negative uncached or visible count.  Totals are never raised to fit a su
 The provider's own usage objects are kept too (:meth:`UsageScanner.raw_usage`), byte for byte
 as received, in a document that scans (same API, not streaming) to the same row: the last
 usage object that counted as ``{"usage":U}`` (Gemini ``{"usageMetadata":U}``, wherever it was
-found: top level, ``x_groq``, ``response``); for Anthropic, whose objects merge field by
+found: top level, ``x_groq``, ``response``), with OpenAI's service tier beside it when it is
+not the standard one (``{"service_tier":"flex","usage":U}``); for Anthropic, whose objects merge field by
 field, every one that counted, in order, ``[{"message":{"usage":START}},{"usage":DELTA},...]``.
 ``None`` when no usage counted or the document would exceed :data:`MAX_RAW_USAGE_BYTES`
 (4 KiB).  The compiled scanner copies the bytes while it walks them.  OpenAI
@@ -508,6 +520,7 @@ class Usage:
         "model",
         "output_tokens",
         "reasoning_tokens",
+        "service_tier",
         "tool_use_prompt_tokens",
         "web_search_requests",
     )
@@ -527,6 +540,7 @@ class Usage:
         audio_input_tokens: int = 0,
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
+        service_tier: str | None = None,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -541,6 +555,7 @@ class Usage:
         self.audio_input_tokens = audio_input_tokens
         self.audio_output_tokens = audio_output_tokens
         self.web_search_requests = web_search_requests
+        self.service_tier = service_tier
 
     def _key(self) -> tuple[object, ...]:
         return (
@@ -557,6 +572,7 @@ class Usage:
             self.audio_input_tokens,
             self.audio_output_tokens,
             self.web_search_requests,
+            self.service_tier,
         )
 
     def __repr__(self) -> str:
@@ -570,7 +586,8 @@ class Usage:
             f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
             f"audio_input_tokens={self.audio_input_tokens}, "
             f"audio_output_tokens={self.audio_output_tokens}, "
-            f"web_search_requests={self.web_search_requests})"
+            f"web_search_requests={self.web_search_requests}, "
+            f"service_tier={self.service_tier!r})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -619,9 +636,31 @@ def _modality_audio(value: Any) -> int | None:
     return total
 
 
-# Raw fields, in this order (absent: None): the provider's own counts, nothing derived.
-_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS, _CAUD = range(13)
-_NRAW: Final = 13
+# Service tiers, as raw codes (the compiled scanner's TIER_*): absent, a standard tier by
+# one of its names, flex, priority, another name (priced partial: plano_fast.pricing)
+_TIER_STANDARD, _TIER_FLEX, _TIER_PRIORITY, _TIER_OTHER = 1, 2, 3, 4
+_STANDARD_TIERS: Final = frozenset(("default", "auto", "standard", "standard_only", "on_demand"))
+#: ``Usage.service_tier`` by raw code: None for the standard tier
+TIER_NAMES: Final = (None, None, "flex", "priority", "unknown")
+
+
+def _tier_code(value: Any) -> int | None:
+    """The raw code of a ``service_tier`` value: None when it is no string (absent, null,
+    another type), else standard (``default``, ``auto``, ``standard``, ``standard_only``,
+    Groq's ``on_demand``), flex, priority, or other for any other name."""
+    if type(value) is not str:
+        return None
+    if value == "flex":
+        return _TIER_FLEX
+    if value == "priority":
+        return _TIER_PRIORITY
+    return _TIER_STANDARD if value in _STANDARD_TIERS else _TIER_OTHER
+
+
+# Raw fields, in this order (absent: None): the provider's own counts (and the service tier
+# code), nothing derived.
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS, _CAUD, _TIER = range(14)
+_NRAW: Final = 14
 _Counts = tuple[int | None, ...]
 
 
@@ -662,6 +701,7 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
             raw[_CW1H] = _count(creation.get("ephemeral_1h_input_tokens"))
             raw[_RS] = _count(_details(usage.get("output_tokens_details")).get("thinking_tokens"))
             raw[_WS] = _count(_details(usage.get("server_tool_use")).get("web_search_requests"))
+            raw[_TIER] = _tier_code(usage.get("service_tier"))
         else:
             raw[_IN] = _count(usage.get("promptTokenCount"))
             raw[_OUT] = _count(usage.get("candidatesTokenCount"))
@@ -724,6 +764,7 @@ def _normalize(api: int, v: list[int]) -> Usage:
         audio_input_tokens=min(ain, inp - cr - cw),
         audio_output_tokens=min(aout, out),
         web_search_requests=ws,
+        service_tier=TIER_NAMES[v[_TIER]],
     )
 
 
@@ -784,17 +825,22 @@ def _raw_member(payload: bytes, text: str, pos: int, path: tuple[str, ...]) -> b
     return payload[start:end]
 
 
-def _raw_piece(acc: _Acc, api: int, usage: bytes, nested: bool) -> None:
+def _raw_piece(acc: _Acc, api: int, usage: bytes, nested: bool, tier: int | None = None) -> None:
     """Record a usage object that counted: its document piece replaces the previous one
-    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``), or for Anthropic, whose objects merge
-    field by field, is appended after a comma (``{"message":{"usage":U}}`` for
-    message_start's).  The whole, with Anthropic's ``[`` ``]``, stays within
-    MAX_RAW_USAGE_BYTES, else it is dropped (None)."""
+    (``{"usage":U}``, Gemini ``{"usageMetadata":U}``; OpenAI's with the service tier that
+    came with it, ``{"service_tier":"flex","usage":U}``, when not the standard one), or for
+    Anthropic, whose objects merge field by field (the tier inside), is appended after a
+    comma (``{"message":{"usage":U}}`` for message_start's).  The whole, with Anthropic's
+    ``[`` ``]``, stays within MAX_RAW_USAGE_BYTES, else it is dropped (None)."""
     acc.raw_set = True
     if api == API_GEMINI:
         piece = b'{"usageMetadata":' + usage + b"}"
     elif api == API_ANTHROPIC and nested:
         piece = b'{"message":{"usage":' + usage + b"}}"
+    elif tier is not None and tier > _TIER_STANDARD:
+        name = TIER_NAMES[tier]
+        assert name is not None
+        piece = b'{"service_tier":"' + name.encode() + b'","usage":' + usage + b"}"
     else:
         piece = b'{"usage":' + usage + b"}"
     if api == API_ANTHROPIC:
@@ -850,8 +896,13 @@ def _apply_doc(acc: _Acc, api: int, doc: dict[str, Any], where: _Doc) -> None:
     counts = None if usage is None else _usage_counts(api, usage)
     if counts is not None:
         acc.counts = [0 if value is None else value for value in counts]
+        if api != API_GEMINI:
+            # OpenAI's tier sits beside the usage object: the document's (chat, Groq's
+            # x_groq.usage included), or the response object's (Responses)
+            holder = nested if top is None and api == API_OPENAI_RESPONSES else doc
+            acc.counts[_TIER] = _tier_code(holder.get("service_tier") if holder is not None else None) or 0
         acc.has_usage = True
-        _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), False)
+        _raw_piece(acc, api, _raw_member(where.payload, where.text, where.pos, path), False, acc.counts[_TIER])
     elif api == API_GEMINI:
         # Gemini's usageMetadata is cumulative and the final one rides on the last chunk:
         # a document after it without one leaves counts that are not the final ones (the

@@ -253,6 +253,8 @@ cdef void str_done(Walker *w, int64_t off) noexcept nogil:
             d.model_len1 = w.cap_len
         elif slot == SL_MODALITY:
             d.m_audio = ok and key_is(d.mod_buf, w.cap_len, "AUDIO", 5)
+        elif slot == SL_TIER1 or slot == SL_TIER2:
+            tier_put(w, slot, tier_code(d.tier_buf, w.cap_len) if ok else TIER_OTHER)
         else:
             d.typ = ok and (key_is(d.type_buf, w.cap_len, "error", 5)
                             or key_is(d.type_buf, w.cap_len, "response.failed", 15))
@@ -662,6 +664,9 @@ cdef inline void cap_direct(Walker *w, const unsigned char *s, Py_ssize_t n, int
     if slot == SL_TYPE:
         d.typ = key_is(s, n, "error", 5) or key_is(s, n, "response.failed", 15)
         return
+    if slot == SL_TIER1 or slot == SL_TIER2:
+        tier_put(w, slot, tier_code(s, n))
+        return
     ok = n <= C_MODEL_CAP
     if slot == SL_MODEL1:
         d.model_st0 = ST_OK if ok else ST_ABSENT
@@ -709,7 +714,8 @@ cdef const unsigned char *members_fast(Walker *w, const unsigned char *p, const 
             q = int_fast(w, p, end, base + (p - buf))
             if q == NULL:
                 return p
-        elif c == b'"' and (slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE):
+        elif c == b'"' and (slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE
+                            or slot == SL_TIER1 or slot == SL_TIER2):
             q = pf_scan_plain(p + 1, end)
             if q == end or q[0] != b'"':
                 return p
@@ -832,7 +838,8 @@ cdef int w_feed(Walker *w, const unsigned char *buf, Py_ssize_t n, int64_t base)
                         if q != NULL:
                             p = q
                             continue
-                    elif c == b'"' and (w.slot == SL_MODEL1 or w.slot == SL_MODEL2 or w.slot == SL_TYPE):
+                    elif c == b'"' and (w.slot == SL_MODEL1 or w.slot == SL_MODEL2 or w.slot == SL_TYPE
+                                        or w.slot == SL_TIER1 or w.slot == SL_TIER2):
                         q = pf_scan_plain(p + 1, end)
                         if q < end and q[0] == b'"':
                             cap_direct(w, p + 1, q - p - 1, base + (p - buf))

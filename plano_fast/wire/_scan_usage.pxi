@@ -22,12 +22,13 @@ cdef class Usage:
     cdef readonly int64_t audio_input_tokens
     cdef readonly int64_t audio_output_tokens
     cdef readonly int64_t web_search_requests
+    cdef readonly object service_tier
 
     def __init__(self, int64_t input_tokens=0, int64_t output_tokens=0, int64_t cache_read_tokens=0,
                  int64_t cache_write_tokens=0, int64_t reasoning_tokens=0, bint has_usage=False,
                  model=None, bint is_error=False, int64_t tool_use_prompt_tokens=0,
                  int64_t cache_write_1h_tokens=0, int64_t audio_input_tokens=0,
-                 int64_t audio_output_tokens=0, int64_t web_search_requests=0):
+                 int64_t audio_output_tokens=0, int64_t web_search_requests=0, service_tier=None):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cache_read_tokens = cache_read_tokens
@@ -41,12 +42,14 @@ cdef class Usage:
         self.audio_input_tokens = audio_input_tokens
         self.audio_output_tokens = audio_output_tokens
         self.web_search_requests = web_search_requests
+        self.service_tier = service_tier
 
     def _key(self):
         return (self.input_tokens, self.output_tokens, self.cache_read_tokens,
                 self.cache_write_tokens, self.reasoning_tokens, self.has_usage, self.model,
                 self.is_error, self.tool_use_prompt_tokens, self.cache_write_1h_tokens,
-                self.audio_input_tokens, self.audio_output_tokens, self.web_search_requests)
+                self.audio_input_tokens, self.audio_output_tokens, self.web_search_requests,
+                self.service_tier)
 
     def __repr__(self):
         return (
@@ -59,7 +62,8 @@ cdef class Usage:
             f"cache_write_1h_tokens={self.cache_write_1h_tokens}, "
             f"audio_input_tokens={self.audio_input_tokens}, "
             f"audio_output_tokens={self.audio_output_tokens}, "
-            f"web_search_requests={self.web_search_requests})"
+            f"web_search_requests={self.web_search_requests}, "
+            f"service_tier={self.service_tier!r})"
         )
 
     def __eq__(self, other):
@@ -91,6 +95,11 @@ cdef enum:
 
 cdef const unsigned char *NEWLINE = b"\n"
 cdef const unsigned char *UTF8_BOM = b"\xef\xbb\xbf"
+
+# Usage.service_tier of the TIER_* codes other than standard (the twin's TIER_NAMES)
+cdef object TIER_NAME_FLEX = "flex"
+cdef object TIER_NAME_PRIORITY = "priority"
+cdef object TIER_NAME_OTHER = "unknown"
 
 
 cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
@@ -145,6 +154,12 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     u.reasoning_tokens = min64(rs, out)
     u.audio_output_tokens = min64(aout, out)
     u.web_search_requests = ws
+    if v[F_TIER] == TIER_FLEX:
+        u.service_tier = TIER_NAME_FLEX
+    elif v[F_TIER] == TIER_PRIORITY:
+        u.service_tier = TIER_NAME_PRIORITY
+    elif v[F_TIER] == TIER_OTHER:
+        u.service_tier = TIER_NAME_OTHER
 
 
 cdef int _not_set_up() except -1:
@@ -465,7 +480,7 @@ cdef class UsageScanner:
         return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
                 u.reasoning_tokens, u.has_usage, u.model, u.is_error, u.tool_use_prompt_tokens,
                 u.cache_write_1h_tokens, u.audio_input_tokens, u.audio_output_tokens,
-                u.web_search_requests, self.raw_usage_c())
+                u.web_search_requests, u.service_tier, self.raw_usage_c())
 
     cdef object raw_usage_c(self):
         cdef Acc *a = &self.acc

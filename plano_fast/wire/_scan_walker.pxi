@@ -26,6 +26,8 @@ cdef inline void doc_reset(DocRec *d) noexcept nogil:
     urec_clear(&d.u[0])
     d.u[1].status = ST_ABSENT
     urec_clear(&d.u[1])
+    d.tier_st[0] = ST_ABSENT
+    d.tier_st[1] = ST_ABSENT
     d.choices = CH_NONE
     d.usage_members = 0
     d.usage_null = 0
@@ -117,6 +119,31 @@ cdef void melem_done(DocRec *d) noexcept nogil:
         r.fv[f] = d.m_cv
 
 
+cdef inline int64_t tier_code(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    """The TIER_* code of a service_tier string (the twin's ``_tier_code``)."""
+    if key_is(s, n, "flex", 4):
+        return TIER_FLEX
+    if key_is(s, n, "priority", 8):
+        return TIER_PRIORITY
+    if (key_is(s, n, "default", 7) or key_is(s, n, "auto", 4) or key_is(s, n, "standard", 8)
+            or key_is(s, n, "standard_only", 13) or key_is(s, n, "on_demand", 9)):
+        return TIER_STANDARD
+    return TIER_OTHER
+
+
+cdef inline void tier_put(Walker *w, int slot, int64_t code) noexcept nogil:
+    """A service_tier value arrived in ``slot`` (TIER_ABSENT: not a string): Anthropic's goes
+    to its usage record (merged like a count), OpenAI's beside the usage (DocRec.tier_*)."""
+    cdef int i = slot - SL_TIER1
+    cdef DocRec *d = w.doc
+    if w.api == A_ANTH:
+        d.u[i].fst[F_TIER] = ST_OK if code != TIER_ABSENT else ST_ABSENT
+        d.u[i].fv[F_TIER] = code
+    else:
+        d.tier_st[i] = ST_OK if code != TIER_ABSENT else ST_ABSENT
+        d.tier_v[i] = code
+
+
 cdef inline int bool_state(int kind) noexcept nogil:
     if kind == K_TRUE:
         return ST_TRUE
@@ -158,6 +185,9 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
             r.gen = null_or_bad(kind)
             r.maxst[3] = ST_ABSENT
         return
+    if slot == SL_TIER1 or slot == SL_TIER2:
+        tier_put(w, slot, TIER_ABSENT)
+        return
     if slot >= SL_MLIST_IN:
         if slot == SL_MODALITY:
             d.m_audio = 0
@@ -188,6 +218,7 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         urec_clear(&d.u[1])
         d.u[1].status = ST_ABSENT
         d.model_st1 = ST_ABSENT
+        d.tier_st[1] = ST_ABSENT
     elif slot == SL_CHOICES or slot == SL_CHOICE_ELEM:
         d.choices = CH_OTHER
     elif slot == SL_DETIN1 or slot == SL_DETIN2:
@@ -233,6 +264,7 @@ cdef int open_obj(Walker *w, int slot) noexcept nogil:
         urec_clear(&d.u[1])
         d.u[1].status = ST_ABSENT
         d.model_st1 = ST_ABSENT
+        d.tier_st[1] = ST_ABSENT
         return ND_NEST
     if slot == SL_DETIN1 or slot == SL_DETIN2:
         i = 0 if slot == SL_DETIN1 else 1
@@ -320,6 +352,8 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
                 return SL_MODEL1
             if key_is(k, n, "usage", 5):
                 return SL_USAGE1
+            if api != A_ANTH and key_is(k, n, "service_tier", 12):
+                return SL_TIER1
             if api == A_CHAT:
                 if key_is(k, n, "x_groq", 6):
                     return SL_NEST
@@ -340,6 +374,8 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
             return SL_USAGE2
         if api != A_CHAT and key_is(k, n, "model", 5):
             return SL_MODEL2
+        if api == A_RESP and key_is(k, n, "service_tier", 12):
+            return SL_TIER2
         return SL_NONE
     if node == ND_USAGE1 or node == ND_USAGE2:
         rec = node - ND_USAGE1
@@ -380,6 +416,8 @@ cdef int key_lookup(Walker *w, int node, const unsigned char *k, Py_ssize_t n) n
                 return SL_STU1 + rec
             if key_is(k, n, "output_tokens_details", 21):
                 return SL_DETOUT1 if rec == 0 else SL_DETOUT2
+            if key_is(k, n, "service_tier", 12):
+                return SL_TIER1 + rec
         else:
             if key_is(k, n, "promptTokenCount", 16):
                 return SL_F + rec * NF + F_IN
@@ -506,7 +544,7 @@ cdef void doc_eval(Walker *w) noexcept nogil:
     cdef Acc *a = w.pend
     cdef URec *r
     cdef int api = w.api
-    cdef int i
+    cdef int i, j
     if d.err or d.typ:
         a.is_error = 1
     if d.model_st0 == ST_OK:
@@ -532,6 +570,11 @@ cdef void doc_eval(Walker *w) noexcept nogil:
         return
     i = 0 if d.u[0].status != ST_ABSENT else 1
     r = &d.u[i]
+    # OpenAI's tier beside the usage object: the document's (chat: x_groq.usage's too), the
+    # response object's for Responses' response.usage (Gemini has none: absent)
+    j = i if api == A_RESP else 0
+    r.fst[F_TIER] = d.tier_st[j]
+    r.fv[F_TIER] = d.tier_v[j]
     if urec_eval(r):
         raw_piece(a, d, i, api)
         for i in range(NF):
@@ -649,7 +692,8 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
         w.u8need = 0
         w.str_esc = 0
         w.str_slot = slot
-        if slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE or slot == SL_MODALITY:
+        if (slot == SL_MODEL1 or slot == SL_MODEL2 or slot == SL_TYPE or slot == SL_MODALITY
+                or slot == SL_TIER1 or slot == SL_TIER2):
             w.str_mode = SM_CAP
             w.cap_len = 0
             w.cap_over = 0
@@ -663,6 +707,9 @@ cdef int value_begin(Walker *w, unsigned char c, int64_t off) noexcept nogil:
                 w.cap_max = C_MODEL_CAP
             elif slot == SL_TYPE:
                 w.cap_buf = w.doc.type_buf
+                w.cap_max = C_TYPE_CAP
+            elif slot == SL_TIER1 or slot == SL_TIER2:
+                w.cap_buf = w.doc.tier_buf
                 w.cap_max = C_TYPE_CAP
             else:
                 w.cap_buf = w.doc.mod_buf
@@ -812,8 +859,14 @@ cdef void raw_piece(Acc *a, DocRec *d, int rec, int api) noexcept nogil:
         raw_put(a, b'{"usageMetadata":', 17)
     elif api == A_ANTH and rec == 1:
         raw_put(a, b'{"message":{"usage":', 20)
-    else:
+    elif api == A_ANTH or d.u[rec].fst[F_TIER] != ST_OK or d.u[rec].fv[F_TIER] == TIER_STANDARD:
         raw_put(a, b'{"usage":', 9)
+    elif d.u[rec].fv[F_TIER] == TIER_FLEX:  # OpenAI's tier beside its usage (the twin's _raw_piece)
+        raw_put(a, b'{"service_tier":"flex","usage":', 31)
+    elif d.u[rec].fv[F_TIER] == TIER_PRIORITY:
+        raw_put(a, b'{"service_tier":"priority","usage":', 35)
+    else:
+        raw_put(a, b'{"service_tier":"unknown","usage":', 34)
     if d.raw_len[rec] > 0:  # d.raw[rec] is NULL until a byte was kept
         raw_put(a, d.raw[rec], d.raw_len[rec])
     if api == A_ANTH and rec == 1:
