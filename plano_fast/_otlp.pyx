@@ -20,20 +20,9 @@ from plano_fast._slots cimport slot_offset, slot_or_attr as _get
 
 from plano_fast.spans import TraceSpan
 
-#: a record's fields read in place (its slots, ``_slots.pxd``) when it is a ``TraceSpan``
-#: itself: ~11 attribute lookups a span less in the export thread
-cdef type _Span = TraceSpan
-cdef Py_ssize_t S_NAME = slot_offset(TraceSpan, "name")
-cdef Py_ssize_t S_KIND = slot_offset(TraceSpan, "kind")
-cdef Py_ssize_t S_TRACE_ID = slot_offset(TraceSpan, "trace_id")
-cdef Py_ssize_t S_SPAN_ID = slot_offset(TraceSpan, "span_id")
-cdef Py_ssize_t S_PARENT_ID = slot_offset(TraceSpan, "parent_id")
-cdef Py_ssize_t S_REMOTE = slot_offset(TraceSpan, "remote_parent")
-cdef Py_ssize_t S_ATTRIBUTES = slot_offset(TraceSpan, "attributes")
-cdef Py_ssize_t S_DROPPED = slot_offset(TraceSpan, "dropped")
-cdef Py_ssize_t S_START = slot_offset(TraceSpan, "start_ns")
-cdef Py_ssize_t S_END = slot_offset(TraceSpan, "end_ns")
-cdef Py_ssize_t S_ERROR = slot_offset(TraceSpan, "error")
+#: a record's fields read in place (its slots) when it is a ``TraceSpan`` itself: ~11
+#: attribute lookups a span less in the export thread
+include "_span_slots.pxi"
 
 
 cdef inline object _of(object span, bint exact, Py_ssize_t offset, str name):

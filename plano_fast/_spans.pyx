@@ -28,23 +28,11 @@ from plano_fast import spans as _spans
 from plano_fast.spans import KIND_CLIENT, KIND_SERVER, OPERATIONS, SpanOwner, TraceSpan
 from plano_fast.wire import has_header
 
-cdef Py_ssize_t S_OWNER = slot_offset(TraceSpan, "owner")
-cdef Py_ssize_t S_NAME = slot_offset(TraceSpan, "name")
-cdef Py_ssize_t S_KIND = slot_offset(TraceSpan, "kind")
-cdef Py_ssize_t S_TRACE_ID = slot_offset(TraceSpan, "trace_id")
-cdef Py_ssize_t S_SPAN_ID = slot_offset(TraceSpan, "span_id")
-cdef Py_ssize_t S_PARENT_ID = slot_offset(TraceSpan, "parent_id")
-cdef Py_ssize_t S_REMOTE = slot_offset(TraceSpan, "remote_parent")
-cdef Py_ssize_t S_ATTRIBUTES = slot_offset(TraceSpan, "attributes")
-cdef Py_ssize_t S_DROPPED = slot_offset(TraceSpan, "dropped")
-cdef Py_ssize_t S_START = slot_offset(TraceSpan, "start_ns")
-cdef Py_ssize_t S_END = slot_offset(TraceSpan, "end_ns")
-cdef Py_ssize_t S_ERROR = slot_offset(TraceSpan, "error")
+include "_span_slots.pxi"
 cdef Py_ssize_t O_MAX_ATTRIBUTES = slot_offset(SpanOwner, "max_attributes")
 cdef Py_ssize_t O_MAX_LENGTH = slot_offset(SpanOwner, "max_length")
 cdef Py_ssize_t O_ON_END = slot_offset(SpanOwner, "on_end")
 
-cdef type _Span = TraceSpan
 cdef type _Owner = SpanOwner
 cdef dict _OPERATIONS = OPERATIONS
 cdef object _KIND_SERVER = KIND_SERVER
