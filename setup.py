@@ -90,8 +90,11 @@ def _extensions() -> list[Extension]:
         # the request path's Exchange constructor (twin plano_fast.gateway.relay.new_exchange)
         + [Extension("plano_fast.gateway._new_exchange", ["plano_fast/gateway/_new_exchange.pyx"],
                      extra_compile_args=["-O3"], depends=["plano_fast/_slots.pxd"])]
-        # a trace span's OTLP bytes (twin plano_fast.otlp.OtlpEncoder._span_py)
-        + [Extension("plano_fast._otlp", ["plano_fast/_otlp.pyx"], extra_compile_args=["-O3"])]
+        # a trace span's OTLP bytes (twin plano_fast.otlp.OtlpEncoder._span_py); a sampled
+        # request's span records made and ended (twins in plano_fast.spans and plano_fast.tracing)
+        + [Extension(f"plano_fast.{name}", [f"plano_fast/{name}.pyx"], extra_compile_args=["-O3"],
+                     depends=["plano_fast/_slots.pxd", "plano_fast/_span_slots.pxi"])
+           for name in ("_otlp", "_spans")]
         # the exchange's usage event (twin plano_fast.gateway.relay.make_event_py)
         + [Extension("plano_fast.gateway._settle", ["plano_fast/gateway/_settle.pyx"],
                      extra_compile_args=["-O3"],

@@ -12,8 +12,10 @@ method).  Parts: ``sample`` (a request without a ``traceparent``), ``start_serve
 ``start_attempt``, ``traceparent`` (the relay's rewrite of the upstream head:
 ``Tracing.upstream_head``),
 ``end_attempt``, ``end_server``, ``encode`` (the export request of both spans, in
-512-span batches); ``*_python``: the pure twins of the compiled parts.  Not here: the
-SDK's batch processor (``emit``, its thread) and the post.
+512-span batches); ``*_python``: the pure twins of the compiled parts (the records'
+calls: ``plano_fast/_spans.pyx``'s twins in ``spans`` and ``tracing``; the encoder and
+the ``traceparent``: ``plano_fast/_otlp.pyx``'s).  Not here: the SDK's batch processor
+(``emit``, its thread) and the post.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 
 from benchmarks.bench_observability import HEADERS, callgrind_total
 
-PARTS = ("sample", "start_server", "start_attempt", "traceparent", "traceparent_python", "end_attempt",
-         "end_server", "encode", "encode_python")
+PARTS = ("sample", "sample_python", "start_server", "start_server_python", "start_attempt", "start_attempt_python",
+         "traceparent", "traceparent_python", "end_attempt", "end_attempt_python", "end_server", "end_server_python",
+         "encode", "encode_python")
 #: the largest count a loop runs (the records are made before it)
 MAX_N = 8192
 
@@ -36,12 +39,20 @@ def loop(part: str, n: int) -> None:
     """``n`` requests' worth of ``part`` (the child under callgrind)."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from plano_fast import otlp
-    from plano_fast.spans import TraceSpan, end_attempt, end_server
+    from plano_fast import otlp, spans
+    from plano_fast import tracing as tracing_module
+    from plano_fast.spans import TraceSpan
     from plano_fast.tracing import Tracing
 
     if part in ("encode_python", "traceparent_python"):
         otlp._compiled = None
+    elif part.endswith("_python"):  # the records' twins
+        for name in ("end_attempt", "end_server"):
+            setattr(spans, name, getattr(spans, f"{name}_py"))
+        for name in ("may_sample", "sample", "start_server", "start_attempt"):
+            setattr(Tracing, name, getattr(tracing_module, f"{name}_py"))
+    part = part.removesuffix("_python") if part not in ("encode_python", "traceparent_python") else part
+    end_attempt, end_server = spans.end_attempt, spans.end_server
     tracing = Tracing({"random_sampling": 100}, InMemorySpanExporter())
     ended: list[TraceSpan] = []
     tracing.owner.on_end = ended.append

@@ -4,15 +4,23 @@ The relay imports this module at every start; it imports nothing of OpenTelemetr
 SDK costs ~45 ms of CPU to import): ``plano_fast.tracing`` (the sampler, the SDK's batch
 processor and exporter) and ``plano_fast.otlp`` (the encoder) load only when the
 configuration has a ``tracing`` section (tests/test_start_imports.py).
+
+``end_attempt`` and ``end_server`` are compiled where built (``plano_fast/_spans.pyx``,
+installed over ``end_attempt_py`` / ``end_server_py``, their twins, at the end of this
+module); call them through this module (``spans.end_server``), which holds whichever is in
+force.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable, Mapping
 from time import time_ns
 from typing import Any, Final
+
+from plano_fast.twins import install_compiled
 
 log = logging.getLogger("plano_fast.tracing")
 
@@ -145,7 +153,9 @@ def upstream_head(head: bytes, span: TraceSpan) -> bytes:
     return _TRACEPARENT_LINE.sub(b"", head)[:-2] + b"traceparent: " + traceparent(span) + b"\r\n\r\n"
 
 
-def end_attempt(span: TraceSpan, status: int, error: str | None = None) -> None:
+def end_attempt_py(span: TraceSpan, status: int, error: str | None = None) -> None:
+    """An upstream attempt's span ends: its status (0: no answer), an error status for an
+    error (``error``: the reason, e.g. "retried"), a status >= 400 or no answer."""
     if status:
         span.set_attribute("http.response.status_code", status)
     if error is not None or status >= 400 or not status:
@@ -153,9 +163,8 @@ def end_attempt(span: TraceSpan, status: int, error: str | None = None) -> None:
     span.end(time_ns())
 
 
-def end_server(
+def end_server_py(
     span: TraceSpan,
-    *,
     mode: str,
     endpoint: str,
     request_id: str,
@@ -166,6 +175,9 @@ def end_server(
     status: int,
     tokens: tuple[int, int] | None,
 ) -> None:
+    """A sampled request's server span ends: its name (``<operation> <model>``), the GenAI
+    and gateway attributes, an error status for a 5xx or a failed upstream.  (Positional
+    parameters: the compiled settle calls it with no keyword dict.)"""
     operation = OPERATIONS.get(endpoint, endpoint or "chat")
     if not span.end_ns:  # (an ended span keeps its name, as the SDK's)
         span.name = f"{operation} {request_model or ''}".strip()
@@ -186,3 +198,10 @@ def end_server(
     if status >= 500 or outcome in ("upstream_failed",):
         span.set_error(outcome)
     span.end(time_ns())
+
+
+# The twins above; compiled where built (plano_fast/_spans.pyx): ~22k instructions of
+# Python bytecode a traced request for the two ends (benchmarks.bench_tracing_parts)
+end_attempt = end_attempt_py
+end_server = end_server_py
+install_compiled(sys.modules[__name__], "plano_fast._spans", end_attempt="end_attempt", end_server="end_server")

@@ -34,6 +34,10 @@ unsampled request runs nothing of tracing: at ``random_sampling: 0`` it costs di
 C scan of the header names (``wire.has_header``: is there a ``traceparent``?), ~0.6k
 instructions; above 0, the header lookup and one random draw.
 
+The per-request methods (``may_sample``, ``sample``, ``start_server``, ``start_attempt``)
+are compiled where built (``plano_fast/_spans.pyx``, with the span ends of
+``plano_fast.spans``; the ``*_py`` functions below are their twins).
+
 A sampled request gets a server span (``<operation> <model>``, kind SERVER) and a child
 span per upstream attempt (kind CLIENT); the attempt's ``traceparent`` goes upstream in
 place of the client's.  Attributes: ``gen_ai.operation.name``, ``gen_ai.provider.name``,
@@ -62,6 +66,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from plano_fast import otlp
 from plano_fast.otlp import OtlpEncoder
 from plano_fast.spans import KIND_CLIENT, KIND_SERVER, SpanOwner, TraceSpan, upstream_head
+from plano_fast.twins import install_compiled
 from plano_fast.wire import SECRET_HEADERS, has_header
 
 log = logging.getLogger("plano_fast.tracing")
@@ -212,6 +217,15 @@ def _new_id(bits: int) -> int:
     while not value:
         value = random.getrandbits(bits)
     return value
+
+
+#: the twins of the compiled methods (plano_fast/_spans.pyx), installed over them below
+may_sample_py = Tracing.may_sample
+sample_py = Tracing.sample
+start_server_py = Tracing.start_server
+start_attempt_py = Tracing.start_attempt
+install_compiled(Tracing, "plano_fast._spans", may_sample="may_sample", sample="sample", start_server="start_server",
+                 start_attempt="start_attempt")
 
 
 class RecordExporter(SpanExporter):

@@ -6,7 +6,9 @@ and, under preference routing, a live session's pinned decision (the twin's ``_r
 step: ``pinned_decision`` once, ``_note_decision`` after the forward);
 ``plano_fast/gateway/_firewall.pyx`` takes a request under rate limits (the twin's
 ``phases.rate_limit`` as its last step).  Before, any of these sent every request through
-the pure twin.
+the pure twin.  Also taken by the compiled config start: the DLP floor (``guardrails``: the
+twin's ``phases.guard`` where the twin calls it).  A retry plan is made at the first
+failure (``RoutedExchange._late_plan``), not for a request its route serves.
 
 1. Compiled vs pure gateways (``PLANO_FAST_PURE_SCANNER=1``), each with its own recording
    upstream, get the same client requests; what each upstream received, what each client
@@ -21,11 +23,15 @@ the pure twin.
      200, the same route header, no router call), a session the router gives no route
      (the body's model), a request without a session;
    * firewall mode with a local rate limit of 3 requests a minute: 200, 200, 200, then
-     429 (the limit's refusal) -- both builds refuse the same request.
-2. In process, the twin's steps counted: with a retry policy, pinned sessions and rate
-   limits the compiled start is taken (``ConfigExchange._admit_and_forward`` /
-   ``firewall.metered_endpoint`` never called for those requests); a session's first request
-   still goes through the twin's router call.
+     429 (the limit's refusal) -- both builds refuse the same request;
+   * config mode under the DLP floor: no finding, a logged one, a warned one (the warning
+     header), a blocked one (403, nothing upstream), a stream.
+2. In process, the twin's steps counted: with a retry policy, pinned sessions, rate
+   limits and the DLP floor the compiled start is taken (``ConfigExchange._admit_and_forward``
+   / ``firewall.metered_endpoint`` never called for those requests); a session's first
+   request still goes through the twin's router call.  With a retry policy, a request its
+   route serves makes no ``RetryPlan``; one answered 503 makes one and is served by the
+   fallback.
 """
 
 from __future__ import annotations
@@ -120,6 +126,11 @@ listeners:
   price_interval_s: 0.2
 """)
     return path
+
+
+#: the DLP floor of the compare test: one detector at each action
+_DLP = {"guardrails": json.dumps({"detectors": {"ssn": "block", "credit_card": "redact", "ip_address": "warn",
+                                               "email": "log"}})}
 
 
 def _rate_limited_config(path: Path, upstream_port: int) -> Path:
@@ -232,6 +243,30 @@ def test_firewall_with_rate_limits_goes_upstream_as_the_twin(
     assert len(upstreams[0].seen) == 3
 
 
+def test_config_with_the_dlp_floor_goes_upstream_as_the_twin(
+    upstreams: tuple[FlakyUpstream, FlakyUpstream], tmp_path: Path
+) -> None:
+    gateways, dbs = _pair(tmp_path, upstreams, lambda path, up: write_config(path, up.port, _DLP))
+    cases = {
+        "no finding": [_request(b"/v1/chat/completions", _chat(), b"")],
+        "logged": [_request(b"/v1/chat/completions", _chat("mail jane.doe@example.com"), b"")],
+        "warned": [_request(b"/v1/chat/completions", _chat("from 10.1.2.3"), b"")],
+        "blocked": [_request(b"/v1/chat/completions", _chat("ssn 123-45-6789"), b"")],
+        "stream": [_request(b"/v1/chat/completions", _chat("mail jane.doe@example.com", stream=True), b"")],
+        "pipelined": [_request(b"/v1/chat/completions", _chat("from 10.1.2.3"), b""),
+                      _request(b"/v1/chat/completions", _chat(), b"")],
+    }
+    # (not compared here: a redaction -- the compiled DLP scanner splices the marker into the
+    # body as sent, its pure twin re-encodes the body compactly: the same JSON, other bytes,
+    # whichever start calls it; the in-process test below checks it on the compiled start)
+    answers = _compare(gateways, dbs, upstreams, cases, rows_expected=6)
+    status = {case: [a.split(b"\r\n", 1)[0] for a in got] for case, got in answers.items()}
+    assert status.pop("blocked") == [b"HTTP/1.1 403 Forbidden"]
+    assert all(s == [b"HTTP/1.1 200 OK"] * len(s) for s in status.values()), status
+    assert b"x-plano-guardrail-warning: ip_address\r\n" in answers["warned"][0]
+    assert b"123-45-6789" not in b"".join(upstreams[0].seen)
+
+
 def _post(url: str, body: bytes, headers: bytes = b"") -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -246,12 +281,20 @@ def test_configured_features_take_the_compiled_starts(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In process: ``_admit_and_forward`` (config) and ``metered_endpoint`` (firewall) are the
-    twins' steps the compiled starts never call."""
+    twins' steps the compiled starts never call; a ``RetryPlan`` is made for a failure only."""
+    from plano_fast.gateway import routed
     from plano_fast.gateway.modes import config as config_mode
     from plano_fast.gateway.modes import firewall as firewall_mode
     from tests.test_billing_faults import InProcessGateway
 
     twin_steps: list[str] = []
+    real_plan = routed.RetryPlan
+
+    def counting_plan(*args: Any) -> Any:
+        twin_steps.append("plan")
+        return real_plan(*args)
+
+    monkeypatch.setattr(routed, "RetryPlan", counting_plan)
     real_admit = config_mode.ConfigExchange._admit_and_forward
     real_metered = firewall_mode.metered_endpoint
 
@@ -283,8 +326,14 @@ def test_configured_features_take_the_compiled_starts(
 
     ok = b"HTTP/1.1 200 OK"
     up = upstreams[0]
-    retry = served(_retry_config(tmp_path / "retry.yaml", up.port), [(_chat(), b"")] * 3)
-    assert retry == [(ok, [])] * 3
+    retry = served(_retry_config(tmp_path / "retry.yaml", up.port),
+                   [(_chat(), b"")] * 3 + [(_chat("fail-first"), b""), (_chat(), b"")])
+    assert retry == [(ok, [])] * 3 + [(ok, ["plan"]), (ok, [])]  # (the 503's retry: the plan made then)
+    assert sum(1 for s in up.seen if s.startswith(b"POST /v1/messages")) == 1  # served by the fallback
+    dlp = served(write_config(tmp_path / "dlp.yaml", up.port, _DLP),
+                 [(_chat(), b""), (_chat("mail jane.doe@example.com"), b""), (_chat("card 4111 1111 1111 1111"), b"")])
+    assert dlp == [(ok, [])] * 3
+    assert b"card [REDACTED:credit_card]" in up.seen[-1] and b"4111" not in up.seen[-1]  # redacted upstream
     pinned = b"x-model-affinity: s-1\r\n"
     routed = served(_routing_config(tmp_path / "routing.yaml", up.port, router.port),
                     [(_chat("write code"), pinned)] + [(_chat("write code"), pinned)] * 3)

@@ -177,3 +177,48 @@ def test_unsampled_requests_take_the_compiled_dispatch(
     ok = b"HTTP/1.1 200 OK"
     assert out == [(ok, [])] * 5
     assert sorted(s[1] for s in _spans(receivers[0], 2)) == [2, 3]  # the sampled one's
+
+
+def test_sampled_requests_end_their_spans_in_the_compiled_settle(
+    upstreams: tuple[TracedUpstream, TracedUpstream], receivers: tuple[Receiver, Receiver], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, every request sampled: the spans' ends (``spans.end_attempt`` /
+    ``end_server``, called through the module by both builds of ``observe``) are called
+    from no Python ``observe`` -- the compiled one (``_settle.pyx``) ends them itself.
+    (Before, a sampled request's observe went to the twin, ``relay.observe_py``.)  The
+    spans are the same: the pair test above, at sampling 100."""
+    import sys
+
+    from plano_fast import spans
+    from tests.test_billing_faults import InProcessGateway
+
+    callers: list[str] = []
+    real_end_attempt, real_end_server = spans.end_attempt, spans.end_server
+
+    def caller() -> str:
+        code = sys._getframe(2).f_code
+        return f"{Path(code.co_filename).name}:{code.co_name}"
+
+    def end_attempt(*args: Any) -> Any:
+        callers.append(caller())
+        return real_end_attempt(*args)
+
+    def end_server(*args: Any, **kwargs: Any) -> Any:
+        callers.append(caller())
+        return real_end_server(*args, **kwargs)
+
+    monkeypatch.setattr(spans, "end_attempt", end_attempt)
+    monkeypatch.setattr(spans, "end_server", end_server)
+    for key, value in _otlp_env(receivers[0]).items():
+        monkeypatch.setenv(key, value)
+    config = _traced_config(tmp_path / "traced.yaml", upstreams[0].port, sampling=100)
+    _migrate(config, dict(os.environ))
+    gateway = InProcessGateway(config)
+    try:
+        answers = [_post(gateway.url, _chat(), headers).split(b"\r\n", 1)[0] for headers in (b"", SAMPLED, b"")]
+    finally:
+        gateway.stop()
+    assert answers == [b"HTTP/1.1 200 OK"] * 3
+    assert len(callers) == 6 and "relay.py:observe" not in callers, callers
+    assert sorted(s[1] for s in _spans(receivers[0], 6)) == [2, 2, 2, 3, 3, 3]

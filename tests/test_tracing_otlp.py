@@ -115,8 +115,10 @@ class Ours:
         self.tracing = Tracing(section, InMemorySpanExporter())
         self.spans: list[TraceSpan] = []
         self.tracing.owner.on_end = self.spans.append
-        self.end_attempt = end_attempt
-        self.end_server = end_server
+        # (the module's, as the exchange calls them: the compiled ones or, in the
+        # ``implementation`` fixture's pure case, the twins)
+        self.end_attempt = spans_module.end_attempt
+        self.end_server = spans_module.end_server
 
     def start_server(self, decision: tuple[int, int] | bool, headers: Sequence[tuple[bytes, bytes]],
                      path: bytes) -> TraceSpan:  # fmt: skip
@@ -162,20 +164,40 @@ def requests(t: Any) -> None:
                  response_model="g", outcome="upstream_error", status=404, tokens=(0, 0))
 
 
+#: the span records' calls compiled where built (plano_fast/_spans.pyx) and their twins
+RECORD_TWINS: dict[Any, tuple[str, ...]] = {
+    spans_module: ("end_attempt", "end_server"),
+    Tracing: ("may_sample", "sample", "start_server", "start_attempt"),
+}
+
+
 @pytest.fixture(params=["python", "cython"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An encoding test on both builds of the encoder: ``plano_fast._otlp``'s ``request``
-    and its twin ``OtlpEncoder._request_py`` (with ``_span_py``; chosen when the encoder is
-    made)."""
+    """A test on both builds of the encoder -- ``plano_fast._otlp``'s ``request`` and its
+    twin ``OtlpEncoder._request_py`` (with ``_span_py``; chosen when the encoder is made)
+    -- and of the span records' calls: ``plano_fast._spans``' (installed over
+    ``spans.end_attempt`` / ``end_server`` and ``Tracing``'s methods) or their twins
+    (``*_py``)."""
     from plano_fast import otlp
     from plano_fast.wire import PURE_ENV
 
     if request.param == "python":
         monkeypatch.setattr(otlp, "_compiled", None)
+        for owner, names in RECORD_TWINS.items():
+            twins = spans_module if owner is spans_module else tracing_module
+            for name in names:
+                monkeypatch.setattr(owner, name, getattr(twins, f"{name}_py"))
     elif otlp.ENCODER_IMPLEMENTATION != "cython":
         if os.environ.get(PURE_ENV) == "1":
             pytest.skip("pure build forced by the environment")
         pytest.fail("plano_fast._otlp is not built (make env)")
+    else:
+        import importlib
+
+        compiled = importlib.import_module("plano_fast._spans")  # (ImportError: not built)
+        for owner, names in RECORD_TWINS.items():
+            for name in names:
+                assert getattr(owner, name) is getattr(compiled, name), name
     return str(request.param)
 
 
@@ -358,6 +380,7 @@ def test_otlp_http_posts_the_encoders_bytes() -> None:
         t.shutdown()
 
 
+@pytest.mark.usefixtures("implementation")
 def test_spans_ended_or_set_after_the_end_change_nothing() -> None:
     t = Tracing({"random_sampling": 100}, InMemorySpanExporter())
     ended: list[TraceSpan] = []
@@ -369,8 +392,10 @@ def test_spans_ended_or_set_after_the_end_change_nothing() -> None:
         span.set_error("late")
         span.end(6)
         # (the server span's renaming, end_server's: not once it has ended)
-        end_server(span, mode="config", endpoint="chat_completions", request_id="r", provider="p",
-                   request_model="late", response_model="late", outcome="ok", status=200, tokens=None)  # fmt: skip
+        spans_module.end_server(span, mode="config", endpoint="chat_completions", request_id="r", provider="p",
+                                request_model="late", response_model="late", outcome="ok", status=500,
+                                tokens=None)  # fmt: skip
+        spans_module.end_attempt(span, 503, "retried")  # (an attempt's end: nothing either)
         assert ended == [span] and span.attributes == {} and span.name == "/p"
         assert span.error is None and span.end_ns == 5
     finally:

@@ -60,7 +60,7 @@ def test_the_pure_switch_installs_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _CHECK = """
 import importlib, os
-from plano_fast import http_server
+from plano_fast import http_server, spans, tracing
 from plano_fast.gateway import dispatch, relay
 from plano_fast.gateway.modes import config, firewall, managed
 pure = os.environ.get("PLANO_FAST_PURE_SCANNER") == "1"
@@ -78,6 +78,12 @@ pairs = [
     (http_server.ServerProtocol.data_received, http_server.data_received_py, "plano_fast._serve", "data_received"),
     (http_server.ServerProtocol._start, http_server.start_py, "plano_fast._serve", "start"),
     (dispatch.dispatch, dispatch.dispatch_py, "plano_fast.gateway._dispatch", "dispatch"),
+    (spans.end_attempt, spans.end_attempt_py, "plano_fast._spans", "end_attempt"),
+    (spans.end_server, spans.end_server_py, "plano_fast._spans", "end_server"),
+    (tracing.Tracing.may_sample, tracing.may_sample_py, "plano_fast._spans", "may_sample"),
+    (tracing.Tracing.sample, tracing.sample_py, "plano_fast._spans", "sample"),
+    (tracing.Tracing.start_server, tracing.start_server_py, "plano_fast._spans", "start_server"),
+    (tracing.Tracing.start_attempt, tracing.start_attempt_py, "plano_fast._spans", "start_attempt"),
 ]
 for method, twin, module, name in pairs:
     compiled = getattr(importlib.import_module(module), name)
@@ -102,7 +108,7 @@ def test_the_request_path_classes_carry_the_compiled_methods(pure: bool) -> None
 #: every compiled module whose functions ``install_compiled`` puts over their twins
 COMPILED = ("plano_fast._serve", "plano_fast.gateway._settle", "plano_fast.gateway._forward",
             "plano_fast.gateway._answer", "plano_fast.gateway._config", "plano_fast.gateway._firewall",
-            "plano_fast.gateway._managed", "plano_fast.gateway._dispatch")
+            "plano_fast.gateway._managed", "plano_fast.gateway._dispatch", "plano_fast._spans")
 
 
 def test_a_compiled_module_imported_first_still_installs_itself() -> None:

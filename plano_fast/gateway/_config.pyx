@@ -14,8 +14,8 @@ built inline, and the request sent by the compiled ``forward_now`` (``_forward.p
 
 Only the plain case is taken; everything else goes to the twin, before any side effect
 (the body's scan, which has none, is then done again by the twin): an exchange, request
-or context of another class; guardrails, rate limits, response checks configured (their
-phases run in the twin); the Responses and count_tokens endpoints; a model that is not a
+or context of another class; rate limits, response checks configured (their phases run
+in the twin); the Responses and count_tokens endpoints; a model that is not a
 configured name (``Router.resolve``: wildcards, the default, an unknown model's refusal);
 a route with fallbacks (an alias's target list), a converted or unserved target.  With
 preference routing, the request of a live session is taken when its pinned decision's
@@ -24,7 +24,11 @@ a request the router must decide, or a decision naming another route, goes on fr
 step in the twin's methods (``_route_by_preference``, ``_routed``).  A retry policy (the
 provider's or the listener's) is taken: its plan is made by the twin's ``_plan_first``
 (one call; a first target other than the route, its circuit open, is prepared by the
-twin's ``_prepare``), the relay's failover callbacks are the exchange's as in the twin.  Refusals on the way (a
+twin's ``_prepare``), the relay's failover callbacks are the exchange's as in the twin.
+The DLP floor (``guardrails``) is taken: the twin's ``phases.guard`` is called where the
+twin calls it (before the retry plan; its refusal raised from here, a redaction's body
+read after it) -- it sent every request to the twin before, ~20k instructions more a
+request (issue 27's DLP row).  Refusals on the way (a
 body that is not JSON, two credentials, a key over its limit, a gateway token, an Azure
 subscription key beside a passed-through key) are raised
 as the twin raises them -- by the twin's own functions (``read_client_headers``,
@@ -45,7 +49,7 @@ from plano_fast.errors import BadRequestBody
 from plano_fast.gateway import phases as _phases
 from plano_fast.gateway import routed as _routed
 from plano_fast.gateway import upstream_request as _upstream_request
-from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, RESPONSES
+from plano_fast.gateway.endpoints import CHAT_COMPLETIONS, COUNT_TOKENS, GUARD_FORMATS, RESPONSES
 from plano_fast.gateway.modes import config as _config
 from plano_fast.gateway.modes.config import ConfigExchange
 from plano_fast.gateway.relay import Exchange, ExchangeContext
@@ -96,6 +100,7 @@ cdef Py_ssize_t V_HOST_LINE = slot_offset(ModelProvider, "host_line")
 cdef Py_ssize_t V_ORIGIN = slot_offset(ModelProvider, "origin")
 cdef Py_ssize_t N_WIRE_API = slot_offset(Endpoint, "wire_api")
 cdef Py_ssize_t N_SCAN_API = slot_offset(Endpoint, "scan_api")
+cdef Py_ssize_t N_NAME = slot_offset(Endpoint, "name")
 
 cdef type _Provider = ModelProvider
 cdef type _Endpoint = Endpoint
@@ -109,6 +114,7 @@ cdef object _RESPONSES = RESPONSES
 cdef object _rewrite_request = _wire.rewrite_request
 cdef object _refuse_subscription_key = refuse_subscription_key
 cdef object _identify_caller = _phases.identify_caller
+cdef dict _GUARD_FORMATS = GUARD_FORMATS
 cdef object _target_of = _routed.target_of
 cdef object _passed_through = _upstream_request._passed_through
 if _config.start_py is not ConfigExchange.start:
@@ -126,7 +132,6 @@ def start(exchange):
     endpoint = _get(exchange, E_ENDPOINT, "endpoint")
     if (type(ctx) is not _Context or type(request) is not _Request or type(endpoint) is not _Endpoint
             or endpoint is _RESPONSES or endpoint is _COUNT_TOKENS
-            or _get(ctx, C_GUARDRAILS, "guardrails") is not None
             or _get(ctx, C_RATELIMITS, "ratelimits") is not None
             or _get(ctx, C_RESPONSE_CHECKS, "response_checks") is not None
             or _get(exchange, X_PLAN, "plan") is not None):
@@ -190,6 +195,12 @@ def start(exchange):
         fallbacks = models[1:]
     provider = _get(route, T_PROVIDER, "provider")
     converted, path, auth_lines = target
+    # -- _admit_and_forward: the DLP floor (the twin's module's ``guard``: it may raise the
+    # refusal, or redact -- the request's body replaced: read again)
+    if _get(ctx, C_GUARDRAILS, "guardrails") is not None:
+        _config.guard(exchange, _GUARD_FORMATS[_get(endpoint, N_NAME, "name")], _get(provider, V_PROVIDER, "provider"),
+                      scanned=True)
+        body = _get(request, Q_BODY, "body")
     # -- _admit_and_forward: the retry plan (routed.plans_retries, for a route without
     # fallbacks), by the twin's method; a first target other than the route (its circuit
     # open) is prepared by the twin's _prepare

@@ -9,8 +9,9 @@ issue 27).  Here the same steps run in that order, with the same side effects: t
 request's and the exchange's slots read and written in place (``plano_fast/_slots.pxd``),
 the exchange built by ``relay.new_exchange`` and aimed (``RoutedExchange.aim``'s slots)
 inline, the gateway's plain attributes read from its __dict__, a request tracing may
-sample traced by the twin's ``trace`` (its server span: ``Tracing.may_sample``, then the
-draw), its ``start`` called and a refusal logged as the twin does.
+sample traced as the twin's ``trace`` does it (``Tracing.may_sample``, then ``sample``
+and ``start_server``: its server span; no frame of its own), its ``start`` called and a
+refusal logged as the twin does.
 
 Managed mode's plain request too: a POST to one of the exact endpoints, its client
 headers read (``read_client_headers_c``, the twin's ``read_client_headers`` and its
@@ -52,6 +53,7 @@ cdef Py_ssize_t C_TRACING = slot_offset(ExchangeContext, "tracing")
 cdef Py_ssize_t C_PRECHECKS = slot_offset(ExchangeContext, "prechecks")
 cdef Py_ssize_t E_ENDPOINT = slot_offset(RoutedExchange, "endpoint")
 cdef Py_ssize_t E_PRIOR = slot_offset(RoutedExchange, "prior")
+cdef Py_ssize_t E_PLAN_LATER = slot_offset(RoutedExchange, "plan_later")
 cdef Py_ssize_t X_ENDPOINT_NAME = slot_offset(Exchange, "endpoint_name")
 cdef Py_ssize_t X_WIRE_FORMAT = slot_offset(Exchange, "wire_format")
 cdef Py_ssize_t X_SCAN_API = slot_offset(Exchange, "scan_api")
@@ -68,7 +70,6 @@ cdef type _Config = ConfigExchange
 cdef type _Managed = ManagedExchange
 cdef object _twin = _dispatch.dispatch_py
 cdef object _new_exchange = _dispatch.new_exchange
-cdef object _trace = _dispatch.trace
 cdef dict _ENDPOINTS = _dispatch.ENDPOINTS
 cdef tuple _HEALTH = _dispatch._HEALTH
 if _HEALTH != (b"/healthz", b"/health"):
@@ -95,6 +96,14 @@ cdef object _attr(object obj, str name, bint plain):
             if value != NULL:
                 return <object>value
     return getattr(obj, name)
+
+
+cdef void _trace(object tracing, object exchange, object headers, object path) except *:
+    """The twin's ``trace(gw, exchange)`` (``tracing``: the gateway context's; ``headers``,
+    ``path``: the exchange's request's): sampled, the server span."""
+    decision = tracing.sample(headers)
+    if decision is not False:
+        exchange.span = tracing.start_server(decision, headers, path)
 
 
 cdef bint _plain(type cls):
@@ -139,7 +148,7 @@ def dispatch(gw, request, responder):
         else:
             exchange.client = client
         if sampling:
-            _trace(gw, exchange)
+            _trace(tracing, exchange, _get(request, Q_HEADERS, "headers"), path)
         return exchange.start()  # (refusals logged by the exchange itself, as in the twin)
     if _attr(gw, "firewall", plain):
         if type(path) is not bytes or path == b"/healthz" or path == b"/health":  # (_HEALTH)
@@ -159,12 +168,13 @@ def dispatch(gw, request, responder):
             put_slot(forwarded, X_WIRE_FORMAT, _get(endpoint, N_WIRE_API, "wire_api"))
             put_slot(forwarded, X_SCAN_API, _get(endpoint, N_SCAN_API, "scan_api"))
             put_slot(forwarded, E_PRIOR, None)
+            put_slot(forwarded, E_PLAN_LATER, None)
     if type(forwarded) is _Firewall or type(forwarded) is _Config:
         put_slot(forwarded, X_CLIENT, None)  # (the twin's: read on first use)
     else:
         forwarded.client = None
     if sampling:
-        _trace(gw, forwarded)
+        _trace(tracing, forwarded, _get(request, Q_HEADERS, "headers"), path)
     try:
         return forwarded.start()
     except _GatewayError as exc:  # refused (auth, budget, guardrails, rate limit): logged

@@ -16,7 +16,10 @@ trail).
 ``observe``: the request's metrics and access-log record from its event, ~5.5k
 instructions as a Python method (~1.4k of them the metrics' own compiled accumulator):
 here the exchange's, the context's and the event's slots are read in place.  A request
-counted against rate limits or traced goes to the twin (``rl_buckets``, ``span``).
+counted against rate limits goes to the twin (``rl_buckets``).  A sampled request's spans
+end here as the twin ends them (``spans.end_attempt``, ``spans.end_server``, compiled where
+built: ``plano_fast/_spans.pyx``), in the twin's order: it went to the twin before, ~5k
+instructions more a traced request (issue 27's tracing row).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -29,6 +32,7 @@ from plano_fast._clock cimport now_ns as _now_ns
 from plano_fast._slots cimport get_slot, slot_offset, slot_or_attr as _slot
 from plano_fast._usage_event cimport new_event
 
+from plano_fast import spans as _spans
 from plano_fast import wire as _wire
 from plano_fast.gateway import relay
 from plano_fast.gateway.relay import Exchange, ExchangeContext
@@ -58,6 +62,7 @@ cdef Py_ssize_t O_REQUESTED = slot_offset(Exchange, "requested_model")
 cdef Py_ssize_t O_CTX = slot_offset(Exchange, "ctx")
 cdef Py_ssize_t O_RL_BUCKETS = slot_offset(Exchange, "rl_buckets")
 cdef Py_ssize_t O_SPAN = slot_offset(Exchange, "span")
+cdef Py_ssize_t O_ATTEMPT_SPAN = slot_offset(Exchange, "attempt_span")
 cdef Py_ssize_t O_SENT = slot_offset(Exchange, "sent_ns")
 cdef Py_ssize_t O_HEAD = slot_offset(Exchange, "head_ns")
 cdef Py_ssize_t O_ENDPOINT = slot_offset(Exchange, "endpoint_name")
@@ -140,8 +145,7 @@ def observe(self, event):
     if not isinstance(self, _Exchange):
         raise TypeError("not an Exchange")
     ctx = _slot(self, O_CTX, "ctx")
-    if (type(event) is not _Event or type(ctx) is not _Context or _slot(self, O_RL_BUCKETS, "rl_buckets") is not None
-            or _slot(self, O_SPAN, "span") is not None):
+    if type(event) is not _Event or type(ctx) is not _Context or _slot(self, O_RL_BUCKETS, "rl_buckets") is not None:
         return _observe_twin(self, event)
     now_ns = PyLong_FromLongLong(_now_ns())
     started_ns = _slot(self, O_STARTED, "started_ns")
@@ -180,6 +184,18 @@ def observe(self, event):
     if failed is not None:
         ctx.requests_retried += 1
         ctx.attempts_failed += len(failed)
+    span = _slot(self, O_SPAN, "span")
+    if span is not None:  # (sampled: its spans end, the module's functions called positionally)
+        attempt_span = _slot(self, O_ATTEMPT_SPAN, "attempt_span")
+        if attempt_span is not None:
+            _spans.end_attempt(attempt_span, http_status)
+            self.attempt_span = None
+        _spans.end_server(
+            span, mode, endpoint_name, _slot(self, O_ID, "request_id"), provider, _slot(self, O_MODEL, "model"),
+            _slot(event, E_MODEL, "model"), status, http_status,
+            (_slot(event, E_INPUT, "input_tokens"), _slot(event, E_OUTPUT, "output_tokens")) if has_usage else None,
+        )
+        self.span = None
     access_log = _slot(ctx, C_ACCESS_LOG, "access_log")
     if access_log is not None:
         responder = _slot(self, O_RESPONDER, "responder")

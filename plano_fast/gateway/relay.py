@@ -34,7 +34,7 @@ from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, conte
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
-from plano_fast.spans import end_attempt, end_server
+from plano_fast import spans  # (its end_attempt / end_server: compiled where built)
 from plano_fast.twins import install_compiled
 from plano_fast.metrics import RequestMetrics, provider_error_type
 from plano_fast.responses_state import ResponseStore
@@ -454,7 +454,7 @@ class Exchange:
         tracing = self.ctx.tracing
         assert tracing is not None and self.span is not None
         if self.attempt_span is not None:  # the previous attempt failed
-            end_attempt(self.attempt_span, self.status, "retried")
+            spans.end_attempt(self.attempt_span, self.status, "retried")
         span = self.attempt_span = tracing.start_attempt(self.span, self.provider_id, self.model)
         self.upstream_data[0] = tracing.upstream_head(self.upstream_data[0], span)
 
@@ -935,9 +935,9 @@ class Exchange:
         span = self.span
         if span is not None:
             if self.attempt_span is not None:
-                end_attempt(self.attempt_span, event.http_status)
+                spans.end_attempt(self.attempt_span, event.http_status)
                 self.attempt_span = None
-            end_server(
+            spans.end_server(
                 span, mode=self.MODE, endpoint=self.endpoint_name, request_id=self.request_id,
                 provider=event.provider, request_model=self.model, response_model=event.model,
                 outcome=event.status, status=event.http_status,

@@ -16,7 +16,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from plano_fast.errors import GatewayError
-from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, retry_after_s
+from plano_fast.failover import RETRYABLE_STATUSES, CircuitBreaker, RetryPlan, RetryPolicy, retry_after_s
 from plano_fast.gateway.hedge import Hedge, set_target_state, target_state
 from plano_fast.gateway.relay import Exchange
 from plano_fast.usage import STATUS_CLIENT_GONE
@@ -53,6 +53,12 @@ class RetryingExchange(Exchange):
         """The plan, built at the first failure by exchanges that do not build it up front;
         None: no retries."""
         return None
+
+    def _retry_policy(self) -> RetryPolicy | None:
+        """The policy a failed answer is judged by (None: none): the plan's (a subclass
+        that makes its plan late may know it before)."""
+        plan = self.plan
+        return None if plan is None else plan.policy
 
     # -- the engine -------------------------------------------------------------------
     def _failed(
@@ -98,9 +104,8 @@ class RetryingExchange(Exchange):
         swallowed: nothing reaches the client).  Otherwise the target's circuit notes a
         success (a closed circuit with no failures has nothing to forget: no call)."""
         status = head.status
-        plan = self.plan
         if status in RETRYABLE_STATUSES or (
-            status >= 400 and plan is not None and plan.policy.rule_for(status) is not None
+            status >= 400 and (policy := self._retry_policy()) is not None and policy.rule_for(status) is not None
         ):
             if self._failed(status, retry_after_s(head.headers()), str(status)):
                 if self.next_attempt is not None:

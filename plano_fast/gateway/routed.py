@@ -86,7 +86,7 @@ class RoutedExchange(RetryingExchange):
     not the provider's), and the failover engine over the route and its retry policy's
     fallbacks (plano_fast.failover: retries, backoff, circuit breakers)."""
 
-    __slots__ = ("endpoint", "provider", "fields", "prior")
+    __slots__ = ("endpoint", "provider", "fields", "prior", "plan_later")
     #: the request's scanned fields (set in ``start``: the body's, or a Gemini path's)
     fields: RequestFieldsLike
 
@@ -106,6 +106,9 @@ class RoutedExchange(RetryingExchange):
         self.scan_api = endpoint.scan_api
         #: the conversation previous_response_id names, read from a shared state store
         self.prior: StoredResponse | None = None
+        #: a retry plan not made yet: its route, policy and clock (``_first_target``), made
+        #: at the first failure (``_late_plan``)
+        self.plan_later: tuple[Route, RetryPolicy, float] | None = None
 
     def _first_target(self, route: Route, fallbacks: tuple[str, ...] = ()) -> Route:
         """The retry plan of a request routed to ``route`` (``fallbacks``: preference
@@ -122,18 +125,54 @@ class RoutedExchange(RetryingExchange):
                 policy, fallbacks = alias_policy(fallbacks), ()
         if policy is None or self.endpoint is COUNT_TOKENS:
             return route
+        ctx = self.ctx
+        now = ctx.pool.loop.time()
         if fallbacks:
             policy = dataclasses.replace(policy, fallback_models=fallbacks + policy.fallback_models)
-        self.plan = plan = self._plan(route, policy)
+        elif not route.fallbacks and policy.hedge_after_ms is None:
+            # The usual request: the route's circuit is closed, the route goes first and
+            # nothing more is needed until an attempt fails -- the plan (its fallbacks
+            # resolved, a RetryPlan, their circuits) is made then, from the same route,
+            # policy and clock (``_late_plan``): ~10k instructions a request that
+            # succeeds, issue 27's retries row.  (The policy's fallback models are
+            # configured ones, checked at load: resolving them later cannot fail; a
+            # preference router's ranked models or an alias's list are resolved now.)
+            circuit = ctx.circuit_for(route.provider.name, route.upstream_model or "")
+            if circuit.opened_at is None:  # closed: available, allowed, nothing taken
+                self.circuit = circuit
+                self.plan_later = (route, policy, now)
+                return route
+        self.plan = plan = self._plan(route, policy, now)
         return plan.targets[plan.index]
 
-    def _plan(self, route: Route, policy: RetryPolicy) -> RetryPlan[Route]:
-        """The request's targets: its route, then the policy's fallbacks.  The first one
-        tried is the first whose circuit is not open (the route itself when all are)."""
+    def _late_plan(self) -> RetryPlan[Route] | None:
+        """The plan ``_first_target`` left for a failure (None: no retries): the one it
+        would have made then (its targets, its clock; the route first: its circuit was
+        closed)."""
+        later = self.plan_later
+        if later is None:
+            return None
+        self.plan_later = None
+        return self._targets(*later)
+
+    def _retry_policy(self) -> RetryPolicy | None:
+        """The plan's policy, or the one of the plan not made yet."""
+        later = self.plan_later
+        if self.plan is None and later is not None:
+            return later[1]
+        return RetryingExchange._retry_policy(self)
+
+    def _targets(self, route: Route, policy: RetryPolicy, now: float) -> RetryPlan[Route]:
+        """The request's targets: its route, then the policy's fallbacks, resolved."""
         router = self.ctx.router
         targets = [route] + [router.resolve(m) for m in policy.fallback_models]
-        now = self.ctx.pool.loop.time()
-        plan = RetryPlan(targets, [t.provider.provider for t in targets], policy, now, JITTER_RNG)
+        return RetryPlan(targets, [t.provider.provider for t in targets], policy, now, JITTER_RNG)
+
+    def _plan(self, route: Route, policy: RetryPolicy, now: float) -> RetryPlan[Route]:
+        """The request's plan (``_targets``).  The first target tried is the first whose
+        circuit is not open (the route itself when all are)."""
+        plan = self._targets(route, policy, now)
+        targets = plan.targets
         circuits = [self.ctx.circuit_for(t.provider.name, t.upstream_model or "") for t in targets]
         first = next((i for i, c in enumerate(circuits) if c.available(now)), 0)
         if first:
