@@ -1531,6 +1531,38 @@ def test_group_writer_writes_a_lone_row_before_returning(backend: Backend) -> No
     backend.run(body)
 
 
+def test_group_writer_idle_is_whether_a_row_could_be_written_at_once(backend: Backend) -> None:
+    """``GroupWriter.idle`` (what a managed answer tests before it asks the upstream pool
+    for its busy count): True exactly when no row waits and no batch is being written --
+    from the first queued row until its batch's drain is over it is False, then True again;
+    an ``alone`` write to an idle writer on SQLite comes back written."""
+    from plano_fast.managed.context import GroupWriter
+    from plano_fast.usage import UsageEvent
+
+    def item(i: int) -> tuple[UsageRow, UsageEvent]:
+        return _group_item("req-idle", ns(2026, 12, 6, 12), i)
+
+    async def body(store: Store) -> None:
+        writer = GroupWriter(store, [].append)
+        assert writer.idle is True
+        queued = [writer.write(*item(i)) for i in range(3)]
+        assert writer.idle is False  # rows waiting for the drain
+        joined = writer.write(*item(3), alone=True)  # busy: it joins the batch
+        assert not joined.done() and writer.idle is False
+        await asyncio.gather(*queued, joined)
+        await asyncio.sleep(0)  # the drain's task ends after it resolved the futures
+        assert writer.idle is True
+        lone = writer.write(*item(4), alone=True)
+        assert lone.done() is (backend.kind == "sqlite") and writer.idle is (backend.kind == "sqlite")
+        await lone
+        await asyncio.sleep(0)
+        assert writer.idle is True
+        assert {r.request_id for r in await all_usage(store)} == {f"req-idle-{i}" for i in range(5)}
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
 def test_group_writer_logs_a_run_of_failed_writes_once_and_counts_them(backend: Backend, caplog: Any) -> None:
     """A store that fails every synchronous write (an outage; here each row is refused)
     logged one ERROR line per request; now one line, then at most one per

@@ -381,7 +381,7 @@ def complete(exchange, outcome):
     row = out[0]
     # -- the writer owns the row now: a client leaving cancels only the wait
     writer = _get(mctx, G_WRITER, "writer")
-    alone = writer.writes_now and _get(ctx, C_POOL, "pool").busy_count == 0
+    alone = writer.idle and writer.writes_now and _get(ctx, C_POOL, "pool").busy_count == 0
     then = exchange._billed if _get(exchange, M_FINISH_IN_CALLBACK, "finish_in_callback") else None
     billing = writer.write(row, event, alone, then)
     put_slot(exchange, M_BILLING, billing)

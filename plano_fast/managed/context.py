@@ -81,6 +81,13 @@ class GroupWriter:
         #: the running ``_drain`` tasks themselves (the loop keeps only weak references to
         #: a task: one nobody holds could be collected mid-batch)
         self._drain_tasks: set[asyncio.Task[None]] = set()
+        #: no row waiting and no batch being written: only then can a row be written at
+        #: once (``write``'s ``alone``).  Kept as a plain attribute so that a caller tests it
+        #: before it asks the upstream pool whether other answers are under way (its
+        #: ``busy_count``, a property that walks the idle lists: ~1.5k instructions, asked
+        #: by every managed answer; at concurrency 32 the writer is busy for ~12 of 13 of
+        #: them, issue 27, benchmarks/results/managed-sqlite-k-20261206.md)
+        self.idle = True
         self.in_flight = max(1, store.write_batches_in_flight)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
@@ -119,6 +126,7 @@ class GroupWriter:
                 future.set_result(None)
                 return future
         self._pending.append(item)
+        self.idle = False
         drains = self._drains
         if not drains or (drains < self.in_flight and self._behind()):
             self._drains = drains + 1
@@ -157,6 +165,8 @@ class GroupWriter:
                             log.exception("synchronous billing: a written row's callback failed")
         finally:
             self._drains -= 1
+            if not self._drains:
+                self.idle = not self._pending
 
     def abandon(self) -> list[UsageEvent]:
         """The events of rows not known to be written (a stop whose bound ran out while
@@ -164,6 +174,7 @@ class GroupWriter:
         items = [item for batch in self._inflight for item in batch] + self._pending
         self._inflight.clear()
         self._pending = []
+        self.idle = not self._drains
         return [item[1] for item in items]
 
     def _write_now(self, item: _Item) -> bool:

@@ -493,7 +493,9 @@ class ManagedExchange(RetryingExchange):
             # row is written at once when the store can (the future comes back done).
             # The task-free path's end goes in the writer's step once it is written.
             writer = self.mctx.writer
-            alone = writer.writes_now and self.ctx.pool.busy_count == 0
+            # (the writer's own test first: it is busy for most answers under load, and the
+            # pool's busy_count is a property that walks its idle lists)
+            alone = writer.idle and writer.writes_now and self.ctx.pool.busy_count == 0
             then = self._billed if self.finish_in_callback else None
             billing = self.billing = writer.write(row, event, alone, then)
             if then is not None and billing.done():
