@@ -36,14 +36,15 @@ def start(fake: FakeProviderThread, path: Path, limits: str, settings: dict[str,
     return GatewayProcess(config, workers=workers, env={"PF_RL_ADMIN": ADMIN_KEY})
 
 
-def metric(gateway: GatewayProcess, name: str) -> float:
+def metric(gateway: GatewayProcess, name: str) -> float | None:
+    """The instance's value of ``plano_fast_<name>``, None while no worker has published it
+    (the counter's line appears with the first snapshot that counts it)."""
     req = urllib.request.Request(f"http://127.0.0.1:{gateway.admin_port}/metrics",
                                  headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=10) as resp:
         text = resp.read().decode()
     found = re.search(rf"^plano_fast_{name} (\S+)$", text, re.M)
-    assert found is not None, f"plano_fast_{name} not in /metrics"
-    return float(found.group(1))
+    return None if found is None else float(found.group(1))
 
 
 def status_of(gateway: GatewayProcess, user: str) -> int:
@@ -81,15 +82,22 @@ def test_four_processes_share_one_redis_bucket(fake: FakeProviderThread, tmp_pat
         assert not r.bad_refusals, r.bad_refusals[:3]
         assert r.control_served == r.control_total > 0  # another value: its own bucket
         # (a worker's /metrics snapshot is at most 0.25 s old: a miscount never settles)
-        assert settled(lambda: sum(metric(g, "ratelimit_refused") for g in gateways), r.refused)
+        assert settled(lambda: instance_sum(gateways, "ratelimit_refused"), r.refused)
     finally:
         for g in gateways:
             g.stop()
 
 
-def settled(read: Callable[[], float], expected: float, timeout_s: float = 10) -> bool:
+def instance_sum(gateways: list[GatewayProcess], name: str) -> float | None:
+    """The sum of every gateway's ``plano_fast_<name>``, None while one has not published it."""
+    values = [metric(g, name) for g in gateways]
+    return None if None in values else sum(v for v in values if v is not None)
+
+
+def settled(read: Callable[[], float | None], expected: float, timeout_s: float = 10) -> bool:
     """Whether ``read()`` comes to ``expected`` (the instance's metrics, read from the
-    workers' snapshots, published every 0.25 s) within ``timeout_s``."""
+    workers' snapshots, published every 0.25 s; None before a worker's first one that
+    counts it) within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while read() != expected:
         if time.monotonic() > deadline:
@@ -118,7 +126,8 @@ def test_redis_killed_mid_run_and_back(fake: FakeProviderThread, tmp_path: Path,
         assert [status_of(opened, user) for _ in range(5)] == [200] * 5  # admitted, over its limit too
         for g in (closed, opened):
             assert metric(g, "ratelimit_backend_down") == 1
-            assert metric(g, "ratelimit_backend_errors") >= 5
+            errors = metric(g, "ratelimit_backend_errors")
+            assert errors is not None and errors >= 5
             assert g.log_text().count("rate-limit backend unreachable") == 1  # once per outage
         redis.start()  # the same port, empty
         # A failed connect is not retried for 0.5 s (plano_fast.resp): the back-up Redis
