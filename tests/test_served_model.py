@@ -96,14 +96,14 @@ def test_gemini_clients(gw: GatewayProcess) -> None:
     assert events and {e["modelVersion"] for e in events} == {"deepseek-chat"}
 
 
-def rows_once_in(db: str, count: int, request_ids: set[str], timeout_s: float = 15) -> dict[str, UsageRow]:
-    """The store's rows by request id once there are ``count`` and these requests' are among
-    them (rows of the module's earlier requests may land meanwhile: a count alone can be
-    reached before these)."""
+def rows_once_in(db: str, count: int, request_ids: set[str], timeout_s: float = 15) -> list[UsageRow]:
+    """The store's rows once there are ``count`` and these requests' are among them (rows of
+    the module's earlier requests may land meanwhile: a count alone can be reached before
+    these).  A list, not keyed by request id: a doubled row stays visible."""
     deadline = time.monotonic() + timeout_s
     while True:
-        rows = {r.request_id: r for r in wait_rows(None, db, count)}
-        if request_ids <= rows.keys() or time.monotonic() > deadline:
+        rows = wait_rows(None, db, count)
+        if request_ids <= {r.request_id for r in rows} or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
 
@@ -114,7 +114,7 @@ def test_usage_rows_name_the_served_model(gw: GatewayProcess, oai: openai.OpenAI
     raw = oai.responses.with_raw_response.create(model="sonnet", input="row")
     rid = raw.headers["x-plano-request-id"]
     assert rid not in before
-    rows = [r for r in rows_once_in(db, len(before) + 1, {rid}).values() if r.request_id == rid]
+    rows = [r for r in rows_once_in(db, len(before) + 1, {rid}) if r.request_id == rid]
     assert [(r.model, r.provider) for r in rows] == [("claude-sonnet-4-6", "anthropic")]
     # ... and the name the client asked for beside it (issue 28: "the alias stays visible in
     # a response header and the usage row")
@@ -142,7 +142,8 @@ def test_usage_rows_keep_the_requested_name_in_every_client_format(gw: GatewayPr
                              {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
     assert status == 200
     rows = rows_once_in(db, before + 4, set(ids))
-    assert {rid: (rows[rid].requested_model, rows[rid].model) for rid in ids} == ids
-    gemini = [r for r in rows.values() if r.request_id not in ids and r.model == "claude-sonnet-4-6"
+    assert sorted((r.request_id, (r.requested_model, r.model)) for r in rows if r.request_id in ids) \
+        == sorted(ids.items())  # fmt: skip
+    gemini = [r for r in rows if r.request_id not in ids and r.model == "claude-sonnet-4-6"
               and r.requested_model == "sonnet" and r.provider == "anthropic"]
     assert gemini, "the Gemini-format request's row does not name the alias it asked for"
