@@ -48,7 +48,13 @@ from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
 from plano_fast.gateway.upstream_request import upstream_request
 from plano_fast.http_server import Request, Responder
-from plano_fast.managed.bounds import UnboundedContent, searches_on_every_call, token_bound
+from plano_fast.managed.bounds import (
+    UnboundedContent,
+    request_bound,
+    searches_on_every_call,
+    tiers_it_may_be_billed_at,
+    token_bound,
+)
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import TokenCounts
@@ -313,7 +319,7 @@ class ManagedExchange(RetryingExchange):
         if not budget_targets:
             return None
         try:
-            input_bound, output_bound = token_bound(body, max_out)
+            input_bound, output_bound, pinned_tier = request_bound(body, max_out)
         except UnboundedContent as exc:
             raise ClientError(
                 f"this request's cost cannot be bounded, so its hard budget cannot be enforced: "
@@ -323,7 +329,9 @@ class ManagedExchange(RetryingExchange):
         # The input priced as plain input and, where the provider bills prompt-cache
         # writes above it (Anthropic: 1.25x for 5 minutes, 2x for 1 hour), as all cache
         # writes of either kind: the dearest of the three (row convention: writes are a
-        # part of the input).
+        # part of the input); each at every service tier the answer may name (the row is
+        # billed at it: an OpenAI project set to priority serves ``auto`` at priority),
+        # plano_fast.managed.bounds.
         variants = (
             TokenCounts(input_bound, output_bound, 0, 0, 0),
             TokenCounts(input_bound, output_bound, 0, input_bound, 0),
@@ -338,14 +346,17 @@ class ManagedExchange(RetryingExchange):
                     f"model '{model}' searches the web on every call, billed per call beside its "
                     "tokens, so its hard budget cannot be enforced; use a key without a hard limit"
                 )
-            costs = [pricing.cost_nano_usd(provider, model or "", self.project_id, t) for t in variants]
-            cost = None if costs[0] is None else max(c or 0 for c in costs)
-            if cost is None:
+            price = pricing.price_for(provider, model or "", self.project_id)
+            if price is None:
                 raise BudgetExceeded(
                     f"no price is known for model '{model}', so its hard budget cannot be "
                     "enforced; set a custom price for it"
                 )
-            worst = max(worst, cost)
+            for tier in tiers_it_may_be_billed_at(pinned_tier, price.service_tiers):
+                for t in variants:
+                    quote = pricing.quote(provider, model or "", self.project_id, t, service_tier=tier)
+                    if quote is not None and quote.cost_nano_usd > worst:
+                        worst = quote.cost_nano_usd
         mctx = self.mctx
         # The store's answer is awaited under a shield, in a task of the context's: a stop
         # (or the client leaving) cancels this wait, never the reservation half-taken --
