@@ -326,6 +326,7 @@ class ManagedExchange(RetryingExchange):
                 f"{exc}; send it without that, or use a key without a hard limit"
             ) from None
         worst = 0
+        worst_tier: str | None = None  # the service tier that priced ``worst`` (None: standard)
         # The input priced as plain input and, where the provider bills prompt-cache
         # writes above it (Anthropic: 1.25x for 5 minutes, 2x for 1 hour), as all cache
         # writes of either kind: the dearest of the three (row convention: writes are a
@@ -357,6 +358,7 @@ class ManagedExchange(RetryingExchange):
                     quote = pricing.quote(provider, model or "", self.project_id, t, service_tier=tier)
                     if quote is not None and quote.cost_nano_usd > worst:
                         worst = quote.cost_nano_usd
+                        worst_tier = tier
         mctx = self.mctx
         # The store's answer is awaited under a shield, in a task of the context's: a stop
         # (or the client leaving) cancels this wait, never the reservation half-taken --
@@ -376,14 +378,20 @@ class ManagedExchange(RetryingExchange):
         finally:
             waiting.pop(self, None)
         if reservation is None:
+            # the bound was priced at a tier the provider may pick: say so, and how to pin
+            at_tier = "" if worst_tier is None else (
+                f" (at the '{worst_tier}' service tier, which the provider may serve a request at "
+                "when its body does not pin one; 'service_tier': 'default' is reserved at the "
+                "standard prices)"
+            )
             if await self._held_by_in_flight(budget_targets, worst):
                 raise BudgetHeld(
                     f"spending limit held by requests in flight: this request may cost up to "
-                    f"${worst / 1e9:.6f}, which fits the limit but not what in-flight requests "
-                    "have reserved; retry shortly"
+                    f"${worst / 1e9:.6f}{at_tier}, which fits the limit but not what in-flight "
+                    "requests have reserved; retry shortly"
                 )
             raise BudgetExceeded(
-                f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}, "
+                f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}{at_tier}, "
                 "more than the remaining budget"
             )
         return reservation
