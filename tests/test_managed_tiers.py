@@ -142,8 +142,8 @@ def test_a_pinned_body_is_reserved_at_standard_and_an_unpinned_one_at_priority(
     to ``default`` and answered at it: three fit.  Not pinned and answered at priority (a
     project set to priority): each is reserved and billed at priority, so only
     ``limit // priority cost`` (one) fit, and no row is above its reservation.  (Was: the
-    unpinned ones were reserved at standard and billed at priority: two served, 2 x 69,250
-    spent of a 124,650 limit, each row an overrun of 27,700.)"""
+    unpinned ones were reserved at standard and billed at priority: two served, 2 x 70,750
+    = 141,500 spent of a 138,600 limit, each row an overrun of 28,300.)"""
     limit = 3 * request_cost(REQUEST_BODY)
     gateway, (pinned, unpinned), sqlite_path = tenants([limit, limit])
     assert [post(gateway, pinned.token, REQUEST_BODY)[0] for _ in range(4)] == [200, 200, 200, 402]
