@@ -57,7 +57,7 @@ from plano_fast.managed.bounds import (
 )
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
-from plano_fast.pricing import TokenCounts
+from plano_fast.pricing import price_tokens
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.twins import install_compiled
@@ -332,12 +332,10 @@ class ManagedExchange(RetryingExchange):
         # writes of either kind: the dearest of the three (row convention: writes are a
         # part of the input); each at every service tier the answer may name (the row is
         # billed at it: an OpenAI project set to priority serves ``auto`` at priority),
-        # plano_fast.managed.bounds.
-        variants = (
-            TokenCounts(input_bound, output_bound, 0, 0, 0),
-            TokenCounts(input_bound, output_bound, 0, input_bound, 0),
-            TokenCounts(input_bound, output_bound, 0, input_bound, 0, cache_write_1h_tokens=input_bound),
-        )
+        # plano_fast.managed.bounds.  Priced by ``price_tokens`` on the entry the row will be
+        # priced with (``price_for``: custom, else the table's), as billing does, without a
+        # TokenCounts and a Quote per variant (benchmarks/bench_reserve_bound.py).
+        variants = ((0, 0), (input_bound, 0), (input_bound, input_bound))  # (cache writes, of which 1h)
         pricing = self.mctx.pricing
         for target in self.targets:
             model = target.model or client_model
@@ -354,10 +352,11 @@ class ManagedExchange(RetryingExchange):
                     "enforced; set a custom price for it"
                 )
             for tier in tiers_it_may_be_billed_at(pinned_tier, price.service_tiers):
-                for t in variants:
-                    quote = pricing.quote(provider, model or "", self.project_id, t, service_tier=tier)
-                    if quote is not None and quote.cost_nano_usd > worst:
-                        worst = quote.cost_nano_usd
+                for cache_write, cache_write_1h in variants:
+                    cost = price_tokens(price, input_bound, output_bound, 0, cache_write, cache_write_1h,
+                                        service_tier=tier)[0]  # fmt: skip
+                    if cost > worst:
+                        worst = cost
                         worst_tier = tier
         mctx = self.mctx
         # The store's answer is awaited under a shield, in a task of the context's: a stop
