@@ -155,7 +155,8 @@ def request_bound(body: bytes, max_output_tokens: int) -> tuple[int, int, str | 
     if isinstance(doc.get("prompt"), dict):
         raise UnboundedContent("'prompt' (a stored prompt: its text is billed as input, not in the request)")
     tier = doc.get("service_tier")
-    if tier is not None and tier not in _TABLE_RATE_TIERS:
+    if tier is not None and (type(tier) is not str or tier not in _TABLE_RATE_TIERS):
+        # (not a string: a list or an object is no tier, and unhashable for the set)
         # priority (OpenAI), fast (Anthropic's fast mode, also as service_tier), or one not
         # known: billed above the price table's rates, so no bound from the table
         raise UnboundedContent(f"'service_tier' {tier!r} (billed above the price table's rates)")
