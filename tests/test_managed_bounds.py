@@ -90,7 +90,7 @@ def test_what_bytes_cannot_bound_is_refused_naming_it(doc: dict[str, Any], named
     ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1", "version": "2"}}, "'prompt'"),
     ({"model": "m", "messages": TEXT, "service_tier": "priority"}, "service_tier"),
     ({"model": "m", "input": "hi", "service_tier": "priority"}, "service_tier"),
-    # not a string: was a TypeError (unhashable) in the reservation, not a 400
+    # not a string: was a TypeError (unhashable) in the reservation: a 500 "internal gateway error"
     ({"model": "m", "messages": TEXT, "service_tier": ["priority"]}, "service_tier"),
     ({"model": "m", "messages": TEXT, "service_tier": {"tier": "priority"}}, "service_tier"),
     ({"model": "m", "messages": TEXT, "service_tier": 1}, "service_tier"),
