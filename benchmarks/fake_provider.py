@@ -63,6 +63,11 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   coding C, which the gateway did not ask for: ``gzip`` and ``deflate`` (zlib) compressed
   (a stream flushed event by event), any other name (``br``, ``zstd``) gzip bytes under it
 * ``x-fake-bom: 1``               a successful answer's body starts with a UTF-8 BOM
+* ``x-fake-service-tier: NAME``   the answer names service tier NAME (letters, digits, ``_``)
+  where the provider says which tier served it: chat's top-level ``service_tier`` (every
+  chunk; a chat tool-call answer names none), Responses' ``response.service_tier``,
+  Anthropic's ``usage.service_tier``; without it ``default`` (OpenAI) and ``standard``
+  (Anthropic), as a standard-tier project answers
 
 Usage numbers (canonical record, rendered per provider)
 -------------------------------------------------------
@@ -289,6 +294,7 @@ class _Ctl:
     response_header: str = ""  # "name: value", sent as a response header (success answers)
     content_encoding: str = ""  # "" = identity (x-fake-content-encoding)
     bom: bool = False  # x-fake-bom
+    service_tier: bytes = b""  # x-fake-service-tier ("" = the format's standard name)
 
 
 _INT_CTL = {
@@ -314,6 +320,7 @@ class _Usage:
     c: int  # cache read
     r: int  # reasoning
     w: int  # cache write
+    t: bytes = b""  # the service tier the answer names ("" = the format's standard name)
 
 
 class _BadRequest(Exception):
@@ -411,8 +418,8 @@ def _chat_json(ctx: _Ctx) -> bytes:
         b'{"id":"chatcmpl-%s","object":"chat.completion","created":%d,"model":%s,'
         b'"choices":[{"index":0,"message":{"role":"assistant","content":%s,"refusal":null,'
         b'"annotations":[]},"logprobs":null,"finish_reason":"stop"}],%s'
-        b'"service_tier":"default","system_fingerprint":"fp_fakeprov"}'
-    ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.text_json(), usage)
+        b'"service_tier":"%s","system_fingerprint":"fp_fakeprov"}'
+    ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.text_json(), usage, ctx.usage.t or b"default")
 
 
 def _embeddings_json(ctx: _Ctx) -> bytes:
@@ -428,8 +435,8 @@ def _embeddings_json(ctx: _Ctx) -> bytes:
 def _chat_events(ctx: _Ctx, include_usage: bool) -> Iterator[object]:
     head = (
         b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":%d,"model":%s,'
-        b'"service_tier":"default","system_fingerprint":"fp_fakeprov","choices":['
-    ) % (ctx.uid.encode(), ctx.created, ctx.model_json)
+        b'"service_tier":"%s","system_fingerprint":"fp_fakeprov","choices":['
+    ) % (ctx.uid.encode(), ctx.created, ctx.model_json, ctx.usage.t or b"default")
     usage_on = include_usage and not ctx.omit_usage
     tail = b',"usage":null}\n\n' if usage_on else b"}\n\n"
     yield (
@@ -495,7 +502,7 @@ def _resp_object(ctx: _Ctx, req: dict[str, Any], text: Optional[str]) -> dict[st
         "prompt_cache_key": None,
         "reasoning": {"effort": None, "summary": None},
         "safety_identifier": None,
-        "service_tier": "default",
+        "service_tier": ctx.usage.t.decode() or "default",
         "store": bool(req.get("store", True)),
         "temperature": 1.0,
         "text": {"format": {"type": "text"}, "verbosity": "medium"},
@@ -577,8 +584,8 @@ def _ant_usage(u: _Usage, output_tokens: int) -> bytes:
     return (
         b'{"input_tokens":%d,"cache_creation_input_tokens":%d,"cache_read_input_tokens":%d,'
         b'"cache_creation":{"ephemeral_5m_input_tokens":%d,"ephemeral_1h_input_tokens":0},'
-        b'"output_tokens":%d%s,"service_tier":"standard"}'
-    ) % (max(0, u.i - u.c - u.w), u.w, u.c, u.w, output_tokens, extra)
+        b'"output_tokens":%d%s,"service_tier":"%s"}'
+    ) % (max(0, u.i - u.c - u.w), u.w, u.c, u.w, output_tokens, extra, u.t or b"standard")
 
 
 def _messages_json(ctx: _Ctx) -> bytes:
@@ -1396,6 +1403,10 @@ class FakeProvider:
                     ctl.text = value
                 elif name == "x-fake-tool-call":
                     ctl.tool_call = v
+                elif name == "x-fake-service-tier":
+                    if not v.replace("_", "").isalnum():
+                        raise ValueError(v)
+                    ctl.service_tier = v.encode()
                 elif name == "x-fake-response-header":
                     if ":" not in v or "\r" in v or "\n" in v:
                         raise ValueError(v)
@@ -1411,7 +1422,7 @@ class FakeProvider:
     def _usage(self, ctl: _Ctl, body: bytes, n_events: int) -> _Usage:
         i = ctl.input_tokens if ctl.input_tokens is not None else max(1, len(body) // 4)
         o = ctl.output_tokens if ctl.output_tokens is not None else n_events + ctl.reasoning
-        return _Usage(i, o, ctl.cached, ctl.reasoning, ctl.cache_write)
+        return _Usage(i, o, ctl.cached, ctl.reasoning, ctl.cache_write, ctl.service_tier)
 
     def _handle(
         self, p: _HttpProtocol, method: str, url: str, raw_headers: list[tuple[bytes, bytes]],

@@ -195,8 +195,10 @@ def test_the_largest_output_cap_is_reserved(
 ) -> None:
     """Was: the first of max_tokens / max_completion_tokens was reserved, while vLLM honours
     max_completion_tokens first: ``"max_tokens":10,"max_completion_tokens":5000`` reserved 10
-    output tokens for an answer of up to 5000.  The limit here fits 100 output tokens."""
-    body = b'{"model":"gpt-4o-mini","max_tokens":10,"max_completion_tokens":5000,"messages":[{"role":"user","content":"hi"}]}'
+    output tokens for an answer of up to 5000.  The limit here fits 100 output tokens.
+    (Pinned to the standard tier, whose prices the limit is computed at.)"""
+    body = (b'{"model":"gpt-4o-mini","max_tokens":10,"max_completion_tokens":5000,"service_tier":"default",'
+            b'"messages":[{"role":"user","content":"hi"}]}')
     gateway, tenant, sqlite_path = limited(len(body) * 150 + 100 * 600)  # gpt-4o-mini: 150 / 600 nano-USD
     fake.clear()
     status, doc, _ = call(gateway.url, tenant.token, body)

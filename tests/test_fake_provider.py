@@ -235,6 +235,24 @@ def test_openai_responses_non_stream(oai: openai.OpenAI) -> None:
     assert r.usage is not None and r.usage.input_tokens_details.cached_tokens == 2
 
 
+def test_the_answers_name_the_service_tier(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    """``x-fake-service-tier``: chat (JSON and every chunk), Responses and Anthropic answers
+    name it where the provider does; without it, the standard tier's names."""
+    tier = {"x-fake-service-tier": "priority"}
+    assert oai.chat.completions.create(model="m", messages=MSGS).service_tier == "default"
+    assert oai.chat.completions.create(model="m", messages=MSGS, extra_headers=tier).service_tier == "priority"
+    chunks = list(oai.chat.completions.create(model="m", messages=MSGS, stream=True,
+                                              stream_options={"include_usage": True}, extra_headers=tier))
+    assert {c.service_tier for c in chunks} == {"priority"} and chunks[-1].usage is not None
+    assert oai.responses.create(model="gpt-5", input="hi", extra_headers=tier).service_tier == "priority"
+    assert oai.responses.create(model="gpt-5", input="hi").service_tier == "default"
+    assert ant.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=MSGS,
+                               extra_headers=tier).usage.service_tier == "priority"
+    assert ant.messages.create(model="claude-sonnet-4-6", max_tokens=10, messages=MSGS).usage.service_tier == "standard"
+    with pytest.raises(openai.BadRequestError):  # a name that is no JSON-safe word
+        oai.chat.completions.create(model="m", messages=MSGS, extra_headers={"x-fake-service-tier": 'a"b'})
+
+
 # ----------------------------------------------------------------------------- Anthropic
 
 

@@ -378,30 +378,50 @@ def test_hard_budget_refuses_with_402_when_the_reservation_does_not_fit(
 
 
 # -- the overshoot test ----------------------------------------------------------------
+# Pinned to the standard tier (``service_tier: "default"``): the tests that send these are
+# about something other than the tier, and a pinned body is reserved at the standard
+# prices, the ones the fake's answers name (``"service_tier":"default"``), so reservation
+# == actual.  A body that does not pin its tier is reserved at the dearest tier its price
+# entry lists (UNPINNED_BODY below; tests/test_managed_tiers.py).
 REQUEST_BODY = json.dumps(
-    {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
-    separators=(",", ":"),
-).encode()
-STREAM_BODY = json.dumps(
-    {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+    {"model": "gpt-4o-mini", "max_tokens": 50, "service_tier": "default",
      "messages": [{"role": "user", "content": "hi"}]},
     separators=(",", ":"),
 ).encode()
+STREAM_BODY = json.dumps(
+    {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True, "service_tier": "default",
+     "messages": [{"role": "user", "content": "hi"}]},
+    separators=(",", ":"),
+).encode()
+# No service_tier: the provider picks (an OpenAI project set to priority serves it at
+# priority), so it is reserved at gpt-4o-mini's dearest listed tier, priority.
+UNPINNED_BODY = json.dumps(
+    {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]},
+    separators=(",", ":"),
+).encode()
+# gpt-4o-mini in the bundled price table, nano-USD per (input, output) token, by service
+# tier (None: standard); priority is the dearest tier its entry lists
+# (tests/test_managed_tiers.py checks these against the table).
+GPT_4O_MINI_PRICES = {None: (150, 600), "priority": (250, 1_000)}
 
 
-def request_cost(body: bytes) -> int:
-    """What the fake provider will report, priced: input = the body's bytes (the gateway's
-    conservative bound, so reservation == actual), output = max_tokens (50).
-    gpt-4o-mini: 150 nano-USD per input token, 600 per output token."""
-    return len(body) * 150 + 50 * 600
+def request_cost(body: bytes, service_tier: str | None = None) -> int:
+    """What the fake provider will report, priced at ``service_tier``: input = the body's
+    bytes (the gateway's conservative bound, so reservation == actual at the tier reserved),
+    output = max_tokens (50)."""
+    input_price, output_price = GPT_4O_MINI_PRICES[service_tier]
+    return len(body) * input_price + 50 * output_price
 
 
-async def fire(url: str, token: str, body: bytes, count: int, concurrency: int) -> list[int]:
+async def fire(
+    url: str, token: str, body: bytes, count: int, concurrency: int, extra: dict[str, str] | None = None
+) -> list[int]:
     headers = {
         "authorization": f"Bearer {token}",
         "content-type": "application/json",
         "x-fake-input-tokens": str(len(body)),
         "x-fake-output-tokens": "50",
+        **(extra or {}),
     }
     semaphore = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -418,11 +438,18 @@ async def fire(url: str, token: str, body: bytes, count: int, concurrency: int) 
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-@pytest.mark.parametrize("body", [REQUEST_BODY, STREAM_BODY], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    ("body", "tier"),
+    [(REQUEST_BODY, None), (STREAM_BODY, None), (UNPINNED_BODY, "priority")],
+    ids=["json", "stream", "unpinned-answered-at-priority"],
+)
 def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
-    make_gateway: Callable[..., GatewayProcess], pg_dsn: str, tmp_path: Path, body: bytes
+    make_gateway: Callable[..., GatewayProcess], pg_dsn: str, tmp_path: Path, body: bytes, tier: str | None
 ) -> None:
-    cost = request_cost(body)
+    """Pinned to the standard tier and answered at it; or not pinned and answered at
+    priority (the tier an OpenAI project set to priority picks): reserved at priority,
+    billed at priority, the limit holds to within one request's cost."""
+    cost = request_cost(body, tier)
     limit = 50 * cost  # about 50 requests fit
     tenants: list[Tenant] = []
     gateway = make_gateway(
@@ -433,15 +460,19 @@ def test_no_overshoot_with_400_concurrent_requests_over_4_processes(
         ),
     )
     tenant = tenants[0]
-    statuses = asyncio.run(fire(gateway.url, tenant.token, body, 400, concurrency=400))
+    extra = {"x-fake-service-tier": tier} if tier else {}
+    statuses = asyncio.run(fire(gateway.url, tenant.token, body, 400, concurrency=400, extra=extra))
     served = statuses.count(200)
     assert set(statuses) <= {200, 402}, sorted(set(statuses))
     recorded = [r for r in rows("", pg_dsn) if r.project_id == tenant.project_id]
     spent = sum(r.cost_nano_usd or 0 for r in recorded)
     print(f"served {served} of 400, spent {spent} of limit {limit} (one request = {cost})")
     assert len(recorded) == served
-    assert spent <= limit
+    assert spent <= limit  # (unpinned at priority, reserved at standard: 81 served, 5,730,750 of 3,537,500)
     assert limit - spent < cost  # within one request's cost of the limit
+    # billed at the tier the answers named; none above its reservation
+    assert {r.price_entry for r in recorded} == {"openai/gpt-4o-mini" + (f"@{tier}" if tier else "")}
+    assert not any(r.reservation_overrun_nano_usd for r in recorded)
     # Every answer was settled before it ended: nothing is still held, and the counter
     # (which the reservations were checked against) holds exactly the rows' cost.
     counter = store_call(pg_dsn, "", lambda s: s.get_counter(CounterKey("project", tenant.project_id, "total", 0)))

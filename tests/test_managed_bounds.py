@@ -19,7 +19,7 @@ from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.managed.bounds import TOOL_OVERHEAD_TOKENS, UnboundedContent, token_bound
 from tests.gateway_proc import GatewayProcess
 from tests.test_billing_faults import start_slow_stream, wait_until
-from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision, rows
+from tests.test_managed import DEFAULT_PIPE, ENV, GPT_4O_MINI_PRICES, Tenant, provision, rows
 
 
 def b(doc: dict[str, Any]) -> bytes:
@@ -90,6 +90,10 @@ def test_what_bytes_cannot_bound_is_refused_naming_it(doc: dict[str, Any], named
     ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1", "version": "2"}}, "'prompt'"),
     ({"model": "m", "messages": TEXT, "service_tier": "priority"}, "service_tier"),
     ({"model": "m", "input": "hi", "service_tier": "priority"}, "service_tier"),
+    # not a string: was a TypeError (unhashable) in the reservation: a 500 "internal gateway error"
+    ({"model": "m", "messages": TEXT, "service_tier": ["priority"]}, "service_tier"),
+    ({"model": "m", "messages": TEXT, "service_tier": {"tier": "priority"}}, "service_tier"),
+    ({"model": "m", "messages": TEXT, "service_tier": 1}, "service_tier"),
 ])
 def test_what_the_provider_adds_to_the_bill_is_refused_naming_it(doc: dict[str, Any], named: str) -> None:
     """Was: bounded by bytes and max_tokens, so reserved as a plain request.  Chat's web
@@ -114,9 +118,11 @@ def test_an_escaped_key_cannot_hide_an_image() -> None:
 BODY = b({"model": "gpt-4o-mini", "max_tokens": 50, "messages": TEXT})
 
 
-def cost(body: bytes, outputs: int = 50) -> int:
-    """gpt-4o-mini: 150 nano-USD per input token, 600 per output token."""
-    return len(body) * 150 + outputs * 600
+def cost(body: bytes, outputs: int = 50, service_tier: str | None = None) -> int:
+    """gpt-4o-mini: 150 nano-USD per input token, 600 per output token at the standard
+    tier; ``service_tier`` ``"priority"``: 250 / 1,000 (tests.test_managed.GPT_4O_MINI_PRICES)."""
+    input_price, output_price = GPT_4O_MINI_PRICES[service_tier]
+    return len(body) * input_price + outputs * output_price
 
 
 def call(url: str, token: str, body: bytes, extra: dict[str, str] | None = None) -> tuple[int, Any, Any]:
@@ -176,13 +182,16 @@ def test_a_limit_held_by_in_flight_requests_says_retry(
     limited: Callable[[int], tuple[GatewayProcess, Tenant, str]],
 ) -> None:
     """Two slow streams hold the whole limit: a third request is told the limit is held,
-    with Retry-After; once they settled (spending it), the limit is reached."""
+    with Retry-After; once they settled (spending it), the limit is reached.  No body pins
+    its service tier: each is reserved at gpt-4o-mini's dearest listed tier, priority, and
+    the streams are answered at it (an OpenAI project set to priority)."""
     from tests.test_billing_faults import ledger
 
     stream = b({"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
                 "messages": [{"role": "user", "content": "slow"}]})
-    gateway, tenant, sqlite_path = limited(2 * cost(stream) + cost(BODY) // 2)
-    threads = [start_slow_stream(gateway.url, tenant.token, events=30, interval_ms=50)
+    gateway, tenant, sqlite_path = limited(2 * cost(stream, service_tier="priority") + cost(BODY, service_tier="priority") // 2)
+    threads = [start_slow_stream(gateway.url, tenant.token, events=30, interval_ms=50,
+                                 extra={"x-fake-service-tier": "priority"})
                for _ in range(2)]
     wait_until(lambda: ledger(None, sqlite_path)["open"] == 2, 10, "two reservations")
     status, body, headers = call(gateway.url, tenant.token, BODY)

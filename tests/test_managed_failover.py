@@ -129,7 +129,8 @@ def circuit_of(pipes: Any, provider: str, tenant: Tenant) -> dict[str, Any]:
 def chat(gateway: GatewayProcess, token: str, headers: dict[str, str] | None = None) -> Any:
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0) as client:
         return client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+            # REQUEST_BODY's members (pinned to the standard tier, as it is), so its bytes
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "hi"}], service_tier="default",
             extra_headers={"x-fake-input-tokens": str(len(REQUEST_BODY)), "x-fake-output-tokens": "50",
                            **(headers or {})},
         )  # fmt: skip

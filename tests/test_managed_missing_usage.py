@@ -249,7 +249,8 @@ def test_a_failed_settle_still_charges_the_bound_after_recovery(
 
     reservation = request_cost(json.dumps(
         {"model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
-         "messages": [{"role": "user", "content": "slow"}]}).encode())  # start_slow_stream's body
+         "messages": [{"role": "user", "content": "slow"}]}).encode(),
+        "priority")  # start_slow_stream's body: no service_tier, reserved at the dearest listed tier
     with FaultProxy(dsn_target(pg_dsn)) as proxy:
         database_url = proxied_dsn(pg_dsn, proxy.port)
         tenants: list[Tenant] = []

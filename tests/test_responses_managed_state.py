@@ -30,8 +30,10 @@ def b(doc: dict[str, Any]) -> bytes:
 
 
 def bound(body: bytes) -> int:
-    """The reservation of a plain-text body: its bytes as input tokens, OUT as output."""
-    return len(body) * 150 + OUT * 600
+    """The reservation of a plain-text body: its bytes as input tokens, OUT as output, at
+    gpt-4o-mini's dearest listed tier (priority: 250 / 1,000 nano-USD), as the body does not
+    pin its service tier (the answers, at the standard tier, cost ACTUAL)."""
+    return len(body) * 250 + OUT * 1_000
 
 
 def post(gw: GatewayProcess, token: str, doc: dict[str, Any]) -> tuple[int, Any]:

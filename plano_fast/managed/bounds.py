@@ -28,6 +28,15 @@ provider will bill.  The argument, per part of the bill:
   ``prediction``, whose rejected tokens are billed at output rates), and a
   model that searches the web on every call (``searches_on_every_call``: per-call fees).
   A request without a hard limit is not inspected.
+* Service tier: the row is billed at the tier the answer names (plano_fast.pricing,
+  "Service tiers"), which the provider may pick by itself: ``service_tier`` ``auto`` or
+  absent is served at priority by an OpenAI project whose default tier is priority.  So
+  the bound is priced at every tier the price entry lists (the dearest counts) unless the
+  body pins a tier billed at or below the standard rates (``tiers_it_may_be_billed_at``):
+  ``default`` (OpenAI: standard), ``standard_only`` (Anthropic: standard), ``flex``
+  (OpenAI: flex or standard).  Anthropic's ``auto`` may use Priority Tier, which has no
+  list price: such a row is billed at the standard rates (``priced_partial``), and the
+  entry lists no tier, so the standard bound holds.
 
 When a provider nevertheless bills more than was reserved, the settle path records the
 difference on the usage row (``reservation_overrun_nano_usd``, migration 0004), counts it
@@ -79,6 +88,8 @@ _PROVIDER_INPUT = (
 # service_tier values billed at (or below: flex) the price table's rates; any other one
 # (OpenAI's priority, Anthropic's fast, a tier not known yet) is refused under a hard limit.
 _TABLE_RATE_TIERS = frozenset(("auto", "default", "flex", "standard_only"))
+# Of those, the ones that pin the tier (``auto`` lets the provider pick, as no member does).
+_PINNED_TIERS = frozenset(("default", "flex", "standard_only"))
 # Members whose only non-default value is billed at a multiple of the table's rates:
 # Anthropic's fast mode (``speed: "fast"``, 2-6x) and US-only inference (``inference_geo``,
 # 1.1x).  (member, its standard value, why)
@@ -114,8 +125,19 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
 
     Raises ``UnboundedContent`` naming the field when no such bound exists.
     """
+    input_bound, output_bound, _ = request_bound(body, max_output_tokens)
+    return input_bound, output_bound
+
+
+def request_bound(body: bytes, max_output_tokens: int) -> tuple[int, int, str | None]:
+    """``token_bound``'s two bounds and the service tier the body pins (``default``,
+    ``flex`` or ``standard_only``; None when the provider may pick one: ``auto`` or no
+    ``service_tier``), from the one read of the body.
+
+    Raises ``UnboundedContent`` naming the field when no such bound exists.
+    """
     if not any(body.find(m) >= 0 for m in _MARKERS):
-        return len(body), max_output_tokens
+        return len(body), max_output_tokens, None
     try:
         doc = json.loads(body, object_pairs_hook=_members_once)
     except UnboundedContent:
@@ -123,7 +145,7 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
     except ValueError as exc:
         raise UnboundedContent(f"the body is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
-        return len(body), max_output_tokens
+        return len(body), max_output_tokens, None
     for key in _STATE_KEYS:
         if doc.get(key) is not None:
             raise UnboundedContent(f"'{key}' (its cost is not in the request)")
@@ -133,7 +155,8 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
     if isinstance(doc.get("prompt"), dict):
         raise UnboundedContent("'prompt' (a stored prompt: its text is billed as input, not in the request)")
     tier = doc.get("service_tier")
-    if tier is not None and tier not in _TABLE_RATE_TIERS:
+    if tier is not None and (type(tier) is not str or tier not in _TABLE_RATE_TIERS):
+        # (not a string: a list or an object is no tier, and unhashable for the set)
         # priority (OpenAI), fast (Anthropic's fast mode, also as service_tier), or one not
         # known: billed above the price table's rates, so no bound from the table
         raise UnboundedContent(f"'service_tier' {tier!r} (billed above the price table's rates)")
@@ -161,7 +184,20 @@ def token_bound(body: bytes, max_output_tokens: int) -> tuple[int, int]:
         for tool in tools:
             _check_tool(tool)
         input_bound += TOOL_OVERHEAD_TOKENS
-    return input_bound, max_output_tokens * _choices(doc)
+    return input_bound, max_output_tokens * _choices(doc), tier if tier in _PINNED_TIERS else None
+
+
+def tiers_it_may_be_billed_at(pinned: str | None, listed: tuple[tuple[str, Any], ...]) -> tuple[str | None, ...]:
+    """The service tiers (None: the standard one) a request whose body pins ``pinned``
+    (``request_bound``'s third value) may be billed at, of a price entry that lists
+    ``listed`` (``ModelPrice.service_tiers``; a tier it does not list is billed at the
+    standard rates): every listed one when the provider may pick, the standard one (and
+    flex, when listed and pinned) otherwise."""
+    if pinned is None:
+        return (None, *(name for name, _ in listed))
+    if pinned == "flex":  # (OpenAI's flex is cheaper than standard; quoted anyway, not assumed)
+        return (None, *(name for name, _ in listed if name == "flex"))
+    return (None,)
 
 
 def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

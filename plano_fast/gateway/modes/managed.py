@@ -48,10 +48,16 @@ from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
 from plano_fast.gateway.upstream_request import upstream_request
 from plano_fast.http_server import Request, Responder
-from plano_fast.managed.bounds import UnboundedContent, searches_on_every_call, token_bound
+from plano_fast.managed.bounds import (
+    UnboundedContent,
+    request_bound,
+    searches_on_every_call,
+    tiers_it_may_be_billed_at,
+    token_bound,
+)
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
-from plano_fast.pricing import TokenCounts
+from plano_fast.pricing import price_tokens
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.twins import install_compiled
@@ -313,22 +319,23 @@ class ManagedExchange(RetryingExchange):
         if not budget_targets:
             return None
         try:
-            input_bound, output_bound = token_bound(body, max_out)
+            input_bound, output_bound, pinned_tier = request_bound(body, max_out)
         except UnboundedContent as exc:
             raise ClientError(
                 f"this request's cost cannot be bounded, so its hard budget cannot be enforced: "
                 f"{exc}; send it without that, or use a key without a hard limit"
             ) from None
         worst = 0
+        worst_tier: str | None = None  # the service tier that priced ``worst`` (None: standard)
         # The input priced as plain input and, where the provider bills prompt-cache
         # writes above it (Anthropic: 1.25x for 5 minutes, 2x for 1 hour), as all cache
         # writes of either kind: the dearest of the three (row convention: writes are a
-        # part of the input).
-        variants = (
-            TokenCounts(input_bound, output_bound, 0, 0, 0),
-            TokenCounts(input_bound, output_bound, 0, input_bound, 0),
-            TokenCounts(input_bound, output_bound, 0, input_bound, 0, cache_write_1h_tokens=input_bound),
-        )
+        # part of the input); each at every service tier the answer may name (the row is
+        # billed at it: an OpenAI project set to priority serves ``auto`` at priority),
+        # plano_fast.managed.bounds.  Priced by ``price_tokens`` on the entry the row will be
+        # priced with (``price_for``: custom, else the table's), as billing does, without a
+        # TokenCounts and a Quote per variant (benchmarks/bench_reserve_bound.py).
+        variants = ((0, 0), (input_bound, 0), (input_bound, input_bound))  # (cache writes, of which 1h)
         pricing = self.mctx.pricing
         for target in self.targets:
             model = target.model or client_model
@@ -338,14 +345,19 @@ class ManagedExchange(RetryingExchange):
                     f"model '{model}' searches the web on every call, billed per call beside its "
                     "tokens, so its hard budget cannot be enforced; use a key without a hard limit"
                 )
-            costs = [pricing.cost_nano_usd(provider, model or "", self.project_id, t) for t in variants]
-            cost = None if costs[0] is None else max(c or 0 for c in costs)
-            if cost is None:
+            price = pricing.price_for(provider, model or "", self.project_id)
+            if price is None:
                 raise BudgetExceeded(
                     f"no price is known for model '{model}', so its hard budget cannot be "
                     "enforced; set a custom price for it"
                 )
-            worst = max(worst, cost)
+            for tier in tiers_it_may_be_billed_at(pinned_tier, price.service_tiers):
+                for cache_write, cache_write_1h in variants:
+                    cost = price_tokens(price, input_bound, output_bound, 0, cache_write, cache_write_1h,
+                                        service_tier=tier)[0]  # fmt: skip
+                    if cost > worst:
+                        worst = cost
+                        worst_tier = tier
         mctx = self.mctx
         # The store's answer is awaited under a shield, in a task of the context's: a stop
         # (or the client leaving) cancels this wait, never the reservation half-taken --
@@ -365,14 +377,20 @@ class ManagedExchange(RetryingExchange):
         finally:
             waiting.pop(self, None)
         if reservation is None:
+            # the bound was priced at a tier the provider may pick: say so, and how to pin
+            at_tier = "" if worst_tier is None else (
+                f" (at the '{worst_tier}' service tier, which the provider may serve a request at "
+                "when its body does not pin one; 'service_tier': 'default' is reserved at the "
+                "standard prices)"
+            )
             if await self._held_by_in_flight(budget_targets, worst):
                 raise BudgetHeld(
                     f"spending limit held by requests in flight: this request may cost up to "
-                    f"${worst / 1e9:.6f}, which fits the limit but not what in-flight requests "
-                    "have reserved; retry shortly"
+                    f"${worst / 1e9:.6f}{at_tier}, which fits the limit but not what in-flight "
+                    "requests have reserved; retry shortly"
                 )
             raise BudgetExceeded(
-                f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}, "
+                f"spending limit reached: this request may cost up to ${worst / 1e9:.6f}{at_tier}, "
                 "more than the remaining budget"
             )
         return reservation
