@@ -402,3 +402,33 @@ def test_service_tier_cases_agree_in_both_scanners(api: int, streaming: bool, bo
                      scanner.raw_usage()))
     assert seen[0] == seen[1]
     assert seen[0][0] is True and seen[0][3] == tier
+
+
+# -- a coded error body under the gateway's own key ------------------------------------------------
+_CHAT_JSON = b'{"model":"scripted/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+_ECHO = b'{"error":{"message":"invalid request for key sk-upstream","type":"invalid_request_error"}}'
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate", b"br"])
+def test_a_coded_error_body_never_shows_the_gateways_key(
+    scripted: tuple[GatewayProcess, ScriptedProvider], coding: bytes,
+) -> None:
+    """A 400 that echoes the gateway's ``access_key``, compressed: its mask looked for the
+    key in the compressed bytes, found nothing, and the client decoded the key (main: 400,
+    the coded body as sent).  Decodable: the 400 decoded and masked (no content-encoding);
+    ``br`` (the gateway cannot read it): the gateway's 502, the body not relayed."""
+    gateway, provider = scripted
+    coded = _deflate(_ECHO, 15) if coding == b"deflate" else _gzip(_ECHO)
+    provider.add("echo-" + coding.decode(), b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                 b"content-encoding: " + coding + b"\r\ncontent-length: %d\r\n\r\n" % len(coded) + coded, close=False)
+    answer = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT_JSON, b"", b"x-script: echo-%s\r\n" % coding))
+    assert answer.header(b"content-encoding") is None, answer.raw[:300]
+    assert b"sk-upstream" not in answer.raw
+    if coding == b"br":
+        assert answer.status == 502
+        assert "content coding" in json.loads(answer.body)["error"]["message"]
+    else:
+        assert answer.status == 400
+        assert json.loads(answer.body)["error"]["message"] == "invalid request for key " + "*" * len("sk-upstream")
+    rows = _rows(gateway.config_path.with_suffix(".db"), answer.header(b"x-plano-request-id"))
+    assert [(r["status"], r["http_status"]) for r in rows] == [("upstream_error", 400)]

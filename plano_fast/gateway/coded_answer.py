@@ -46,6 +46,7 @@ from plano_fast import wire as scan
 from plano_fast.conversion import ConversionFailed
 
 if TYPE_CHECKING:
+    from plano_fast.gateway.operator_key import Redaction
     from plano_fast.gateway.relay import BodyFilter
     from plano_fast.http_server import Responder
 
@@ -236,21 +237,27 @@ class DecodedFilter:
     client gets the gateway's 502, or a stream cut short, not a converted answer that looks
     whole but is not the provider's."""
 
-    __slots__ = ("_inner", "_decoder", "_coding")
+    __slots__ = ("_inner", "_decoder", "_coding", "_redaction")
 
     rebuilds_head = True
 
-    def __init__(self, inner: BodyFilter, coding: bytes) -> None:
+    def __init__(self, inner: BodyFilter, coding: bytes, redaction: Redaction | None = None) -> None:
         self._inner = inner
         self._decoder = Decoder(coding)
         self._coding = coding
+        #: an error body's mask of the operator's key (gateway/operator_key.py), applied to
+        #: the decoded bytes: in compressed ones the key is not there to find
+        self._redaction = redaction
 
     def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._inner.head(responder, status, [(n, v) for n, v in headers if n != b"content-encoding"])
 
     def relay(self, data: bytes, responder: Responder) -> None:
-        inner = self._inner
-        self._decoder.decode(data, lambda piece: inner.relay(piece, responder))
+        inner, redaction = self._inner, self._redaction
+        if redaction is None:
+            self._decoder.decode(data, lambda piece: inner.relay(piece, responder))
+        else:
+            self._decoder.decode(data, lambda piece: inner.relay(redaction.feed(piece), responder))
         self._check()
 
     def read_done(self, responder: Responder) -> None:
@@ -261,9 +268,34 @@ class DecodedFilter:
         self._decoder.decode(tail, pieces.append)
         self._decoder.flush(pieces.append)
         self._check()
-        self._inner.finish(responder, b"".join(pieces))
+        tail = b"".join(pieces)
+        self._inner.finish(responder, tail if self._redaction is None else self._redaction.feed(tail))
 
     def _check(self) -> None:
         if self._decoder.failed:
             raise ConversionFailed(f"upstream answer in content-encoding {self._coding.decode('latin-1')!r} "
                                    "could not be decoded")
+
+
+class PlainBody:
+    """The body filter of an answer relayed as it is, under a :class:`DecodedFilter` (an
+    error body decoded to be masked): its head sent without a Content-Length (the decoded
+    body's length is not the coded one's: chunked)."""
+
+    __slots__ = ()
+
+    rebuilds_head = True
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        responder.send_head(status, headers, None)
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        if data:
+            responder.send_body(data)
+
+    def read_done(self, responder: Responder) -> None:
+        responder.flush()
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        if tail:
+            responder.send_body(tail)
