@@ -432,3 +432,30 @@ def test_a_coded_error_body_never_shows_the_gateways_key(
         assert json.loads(answer.body)["error"]["message"] == "invalid request for key " + "*" * len("sk-upstream")
     rows = _rows(gateway.config_path.with_suffix(".db"), answer.header(b"x-plano-request-id"))
     assert [(r["status"], r["http_status"]) for r in rows] == [("upstream_error", 400)]
+
+
+def test_a_coded_error_body_under_managed_mode_is_the_gateways_502(tmp_path: Path) -> None:
+    """Managed mode relays the provider's head as it is (its body filter holds the end back
+    for billing): a coded error body there cannot be masked, so it is not relayed; main: the
+    400 and its coded body (the key inside) reached the client."""
+    from tests.test_managed import DEFAULT_PIPE, ENV, OPENAI_SERVER_KEY, STREAM_BODY, provision, request_cost
+
+    provider = ScriptedProvider()
+    tenants: list[Any] = []
+    try:
+        config = write_config(tmp_path / "managed.yaml", provider.port, {"managed": "true", "managed_reload_s": 1})
+        db_path = config.with_suffix(".db")
+        with GatewayProcess(config, env=ENV, before_start=lambda: tenants.append(
+                provision(None, str(db_path), DEFAULT_PIPE, limit_nano_usd=100 * request_cost(STREAM_BODY)))) as gateway:
+            echo = b'{"error":{"message":"bad key %s","type":"invalid_request_error"}}' % OPENAI_SERVER_KEY.encode()
+            coded = _gzip(echo)
+            provider.add("echo", b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                         b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(coded) + coded, close=False)
+            auth = b"Authorization: Bearer " + tenants[0].token.encode() + b"\r\nx-script: echo\r\n"
+            answer = exchange(gateway.port, post(b"/v1/chat/completions", STREAM_BODY, auth), wait_s=8)
+            assert answer.status == 502, answer.raw[:400]
+            assert answer.header(b"content-encoding") is None and OPENAI_SERVER_KEY.encode() not in answer.raw
+            rows = _rows(db_path, answer.header(b"x-plano-request-id"))
+    finally:
+        provider.close()
+    assert [(r["status"], r["http_status"]) for r in rows] == [("upstream_error", 400)]
