@@ -459,3 +459,53 @@ def test_a_coded_error_body_under_managed_mode_is_the_gateways_502(tmp_path: Pat
     finally:
         provider.close()
     assert [(r["status"], r["http_status"]) for r in rows] == [("upstream_error", 400)]
+
+
+# -- the compiled whole-answer pass: a JSON answer written before its usage is read ---------------
+def test_a_client_write_that_fails_still_leaves_the_requests_row(tmp_path: Path) -> None:
+    """``gateway/_answer.pyx`` writes a plain JSON answer, then reads its usage and settles.
+    The client's transport refuses the write (uvloop raises on a handle closed earlier in
+    the loop turn, or on a reset the write itself meets): the row is written, with the
+    provider's counts (served and billed by the provider; the client's loss, as a write the
+    kernel took and never delivered).  Main: no row at all -- the raise skipped the settle
+    step, in the compiled pass and in the twin's Responder alike (before the write moved
+    ahead of the scan too), and the request's task waited on, its client gone."""
+    pytest.importorskip("plano_fast.gateway._answer", reason="the Cython extension is not built")
+    from tests.gateway_proc import _migrate
+    from tests.test_answer_scan_after_write import _ask, _Observed
+    from tests.test_billing_e2e import read_rows
+    from tests.test_billing_faults import InProcessGateway
+
+    if __import__("os").environ.get("PLANO_FAST_PURE_SCANNER") == "1":
+        pytest.skip("the pure build's callbacks scan a body before relaying it")
+    with FakeProviderThread() as fake:
+        config = write_config(tmp_path / "plano_config.yaml", fake.port)
+        _migrate(config, {})
+        gateway = InProcessGateway(config)
+        forwarded: list[Any] = []
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+        async def observe() -> None:
+            (proto,) = gateway.gateway.connections
+            proto.transport = _Observed(proto.transport, refuse)
+            ((_, (conn,)),) = gateway.gateway.pool._idle.items()
+            conn.transport = _Observed(conn.transport, lambda data: forwarded.append(conn._sink))
+
+        try:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", gateway.gateway.port), timeout=10) as sock:
+                assert _ask(sock)[0] == 200
+                __import__("asyncio").run_coroutine_threadsafe(observe(), gateway.loop).result(10)
+                sock.settimeout(3)
+                try:
+                    _ask(sock)
+                except (OSError, ValueError, AssertionError):
+                    pass  # (no answer: the write was refused)
+        finally:
+            gateway.stop()
+    assert len(forwarded) == 1
+    rows = [r for r in read_rows(None, str(config.with_suffix(".db"))) if r.request_id == forwarded[0].request_id]
+    assert [(r.status, r.input_tokens > 0, r.output_tokens > 0) for r in rows] == [("ok", True, True)]
