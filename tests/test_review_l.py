@@ -509,3 +509,41 @@ def test_a_client_write_that_fails_still_leaves_the_requests_row(tmp_path: Path)
     assert len(forwarded) == 1
     rows = [r for r in read_rows(None, str(config.with_suffix(".db"))) if r.request_id == forwarded[0].request_id]
     assert [(r.status, r.input_tokens > 0, r.output_tokens > 0) for r in rows] == [("ok", True, True)]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_converted_answer_cut_before_its_codings_end_still_has_its_row(tmp_path: Path, stream: bool) -> None:
+    """A chat client on a Messages provider whose gzip never ended (found at the body's
+    end, every answer byte decoded and converted by then): the client gets the converted
+    answer, whole in content, and the request its one row, ``usage_missing``.  (Raised at
+    the body's end, the decoding error reached no one: no row, and the client waited for an
+    answer that never ended.)"""
+    with FakeProviderThread() as fake:
+        config = write_config(tmp_path / "gateway.yaml", fake.port)
+        with GatewayProcess(config) as gateway:
+            body = (b'{"model":"anthropic/claude-sonnet-4-6","max_tokens":50,"stream":%s,'
+                    b'"messages":[{"role":"user","content":"hi"}]}' % (b"true" if stream else b"false"))
+            answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                                 b"x-fake-content-encoding: gzip\r\nx-fake-coding-cut: 1\r\n"),
+                              wait_s=8, close_wait_s=0.5)
+            assert answer.status == 200 and answer.elapsed_s < 6, answer.raw[-300:]
+            if stream:
+                assert answer.body.endswith(b"data: [DONE]\n\n")
+            else:
+                assert json.loads(answer.body)["object"] == "chat.completion"
+            rows = _rows(config.with_suffix(".db"), answer.header(b"x-plano-request-id"))
+    assert [r["status"] for r in rows] == ["usage_missing"]
+
+
+@pytest.mark.parametrize("block, coding", [
+    (b"Content-Encoding: GZIP\r\n", b"gzip"),
+    (b"content-encoding: identity, gzip\r\n", b"gzip"),
+    (b"content-encoding: identity\r\ncontent-encoding: deflate\r\n", b"deflate"),
+    (b"content-encoding: gzip, gzip\r\n", b"gzip, gzip"),  # a list: not decoded (usage_missing)
+    (b"content-encoding: identity\r\n", None),
+    (b"content-encoding: \r\n", None),
+])  # fmt: skip
+def test_the_coding_named_by_the_head(block: bytes, coding: bytes | None) -> None:
+    """Case, ``identity`` and repeated lines as RFC 9110 §8.4 reads them (the same on main)."""
+    assert coded_answer.content_coding(block) == coding
+    assert coded_answer.decodable(coding or b"") is (coding in (b"gzip", b"deflate"))

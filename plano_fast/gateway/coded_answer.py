@@ -232,10 +232,10 @@ class DecodedScanner:
 
 class DecodedFilter:
     """A body filter that rebuilds the head (a conversion) given the decoded bytes of an
-    answer in ``coding``; the head it gets has no Content-Encoding.  An answer that cannot
-    be decoded is an upstream failure (``ConversionFailed``, raised to the relay): the
-    client gets the gateway's 502, or a stream cut short, not a converted answer that looks
-    whole but is not the provider's."""
+    answer in ``coding``; the head it gets has no Content-Encoding.  An answer with a byte
+    that is not its coding's (or past a limit) is an upstream failure (``ConversionFailed``,
+    raised to the relay while the body is read): the client gets the gateway's 502, or a
+    stream cut short, not a converted answer that looks whole but is not the provider's."""
 
     __slots__ = ("_inner", "_decoder", "_coding", "_redaction")
 
@@ -266,8 +266,12 @@ class DecodedFilter:
     def finish(self, responder: Responder, tail: bytes) -> None:
         pieces: list[bytes] = []
         self._decoder.decode(tail, pieces.append)
-        self._decoder.flush(pieces.append)
         self._check()
+        # (a coding whose end never came is found here, every byte of the answer decoded
+        # and converted already: the converter has the last word -- a JSON answer cut short
+        # does not parse, its 502 -- and the row is usage_missing (DecodedScanner).  An
+        # error raised now would reach no one: the response is the relay's to end.)
+        self._decoder.flush(pieces.append)
         tail = b"".join(pieces)
         self._inner.finish(responder, tail if self._redaction is None else self._redaction.feed(tail))
 
