@@ -62,6 +62,8 @@ Control headers (per request; constructor args / CLI flags give the defaults)
 * ``x-fake-content-encoding: C``  a successful answer (JSON or stream) is sent in content
   coding C, which the gateway did not ask for: ``gzip`` and ``deflate`` (zlib) compressed
   (a stream flushed event by event), any other name (``br``, ``zstd``) gzip bytes under it
+* ``x-fake-coding-cut: 1``        with x-fake-content-encoding: the coded body stops before
+  its coding's end (every byte of the answer flushed, the compressor's end never sent)
 * ``x-fake-bom: 1``               a successful answer's body starts with a UTF-8 BOM
 * ``x-fake-service-tier: NAME``   the answer names service tier NAME (letters, digits, ``_``)
   where the provider says which tier served it: chat's top-level ``service_tier`` (every
@@ -295,6 +297,7 @@ class _Ctl:
     content_encoding: str = ""  # "" = identity (x-fake-content-encoding)
     bom: bool = False  # x-fake-bom
     service_tier: bytes = b""  # x-fake-service-tier ("" = the format's standard name)
+    coding_cut: bool = False  # x-fake-coding-cut
 
 
 _INT_CTL = {
@@ -705,7 +708,7 @@ def _coded(ctl: _Ctl, body: bytes) -> bytes:
         body = _BOM + body
     if ctl.content_encoding:
         comp = _compressor(ctl.content_encoding)
-        body = comp.compress(body) + comp.flush()
+        body = comp.compress(body) + comp.flush(zlib.Z_SYNC_FLUSH if ctl.coding_cut else zlib.Z_FINISH)
     return body
 
 
@@ -725,7 +728,7 @@ def _coded_events(ctl: _Ctl, events: Iterator[object]) -> Iterator[object]:
             if comp is not None:
                 ev = comp.compress(ev) + comp.flush(zlib.Z_SYNC_FLUSH)
         yield ev
-    if comp is not None:
+    if comp is not None and not ctl.coding_cut:
         yield comp.flush()
 
 
@@ -1388,6 +1391,8 @@ class FakeProvider:
                     ctl.omit_usage = v.lower() in ("1", "true", "yes", "on")
                 elif name == "x-fake-bom":
                     ctl.bom = v.lower() in ("1", "true", "yes", "on")
+                elif name == "x-fake-coding-cut":
+                    ctl.coding_cut = v.lower() in ("1", "true", "yes", "on")
                 elif name == "x-fake-content-encoding":
                     if not v.isalnum():
                         raise ValueError(v)

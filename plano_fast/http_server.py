@@ -364,10 +364,18 @@ class Responder:
             self._out = []
             if self._proto.lost:
                 return
-            if len(out) == 1:
-                self._transport.write(out[0])
-            else:
-                self._transport.writelines(out)
+            try:
+                if len(out) == 1:
+                    self._transport.write(out[0])
+                else:
+                    self._transport.writelines(out)
+            except (OSError, RuntimeError):
+                # The client's connection failed under this write: a reset the write itself
+                # met, or a handle closed earlier in this loop turn whose connection_lost has
+                # not run yet (uvloop raises for both).  connection_lost follows; the bytes
+                # are the client's loss, and the caller goes on -- a response's end and its
+                # settle step (its usage row) must not be skipped (_answer.pyx's _end alike).
+                pass
 
     def end(self) -> None:
         """The response is complete: terminate framing and move to the next request."""

@@ -292,10 +292,13 @@ cdef void _end(object responder, object loop, object now) except *:
         put_slot(responder, R_OUT, [])
         if not (_get(proto, P_LOST, "lost") if exact else proto.lost):
             transport = _get(responder, R_TRANSPORT, "_transport")
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)
+            try:
+                if len(out) == 1:
+                    transport.write(out[0])
+                else:
+                    transport.writelines(out)
+            except (OSError, RuntimeError):
+                pass  # the client's connection failed under the write: as Responder.flush
     close = _get(responder, R_CLOSE_AFTER, "_close_after")
     if (not exact or _get(proto, P_ACTIVE, "_active") is not responder or _get(proto, P_LOST, "lost")
             or close or _get(proto, P_DRAINING, "draining") or _get(proto, P_PENDING, "_pending")

@@ -14,13 +14,23 @@ the reservation's bound under a managed hard limit.  Now:
   coding (:class:`DecodedFilter`): converted gzip bytes used to be a 502 (JSON) or an
   unreadable stream under ``content-encoding: gzip``.
 
-Decoded: ``gzip`` (``x-gzip``) and ``deflate`` (the zlib format RFC 9110 §8.4.1.2 names, or the
-raw deflate some servers send), with the standard library's zlib.  Not decoded: ``br``,
-``zstd``, ``compress``, a list of codings: the scanner reads nothing (compressed bytes read as
-they are would be noise) and the row stays ``usage_missing`` (a hard limit charges its
-bound); a conversion gets the bytes as before.  Decoding is bounded: pieces of at most
-:data:`DECODE_PIECE_BYTES`, :data:`MAX_DECODED_BYTES` in all (a decompression bomb stops
-there), so memory stays bounded whatever the ratio.
+Decoded: ``gzip`` (``x-gzip``; every member of a multi-member body) and ``deflate`` (the
+zlib format RFC 9110 §8.4.1.2 names, or the raw deflate some servers send, told apart by the
+first two bytes), with the standard library's zlib.  Not decoded: ``br``, ``zstd``,
+``compress``, a list of codings: the scanner reads nothing (compressed bytes read as they
+are would be noise) and the row stays ``usage_missing`` (a hard limit charges its bound); a
+conversion gets the bytes as before.
+
+Decoding is bounded (a decompression bomb -- ~1,030 decoded bytes a coded byte -- costs no
+more than an answer of its decoded size would): each decoded piece, at most
+:data:`DECODE_PIECE_BYTES`, goes to its reader before the next is made (one piece held,
+never a read's whole output); at most :data:`MAX_RATIO` decoded bytes a coded byte past
+:data:`RATIO_FLOOR_BYTES` (so one upstream read, uvloop's 256 KiB at most, decodes at most
+~20 MiB on the event loop); at most :data:`MAX_DECODED_BYTES` in all for a stream,
+:data:`MAX_DECODED_JSON_BYTES` for a whole answer (what the usage scanner reads of one).
+Past a limit, or at a byte that is not the coding's, nothing more is decoded: the client
+still gets the answer as sent (relayed) or a 502 / a stream cut short (converted), and the
+row is ``usage_missing`` (:class:`DecodedScanner`).
 
 What a coded stream cannot have: the usage chunk the gateway asked for (``include_usage``
 injected) is not cut out of compressed bytes; the client gets it.
@@ -29,20 +39,40 @@ injected) is not cut out of compressed bytes; the client gets it.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from plano_fast import wire as scan
+from plano_fast.conversion import ConversionFailed
 
 if TYPE_CHECKING:
+    from plano_fast.gateway.operator_key import Redaction
     from plano_fast.gateway.relay import BodyFilter
     from plano_fast.http_server import Responder
 
-#: decoded bytes produced per decompress call
+#: decoded bytes produced per decompress call: the most a decoder holds at once (each piece
+#: goes to its reader before the next is made)
 DECODE_PIECE_BYTES: Final = 256 * 1024
-#: decoded bytes read at most; past them nothing more is decoded (the usage stays unread)
+#: decoded bytes read at most from a stream; past them nothing more is decoded (the usage
+#: stays unread)
 MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
+#: decoded bytes read at most from a whole (non-streamed) answer: the usage scanner reads
+#: no more than this of one (``wire.MAX_BODY_BYTES``, its ``has_usage`` False past them)
+MAX_DECODED_JSON_BYTES: Final = scan.MAX_BODY_BYTES
+#: decoded bytes per coded byte at most, past :data:`RATIO_FLOOR_BYTES`.  Real answers
+#: compress 6-38 to 1 (the recorded answers in tests/data/fixtures, gzip -9, whole); a bomb
+#: reaches ~1,030 to 1, so one 256 KiB read decoded ~256 MiB on the event loop at once
+#: (benchmarks/results/review-l-20261206.md).  Apache mod_deflate's
+#: ``DeflateInflateRatioLimit`` (200 by default) is the same guard for request bodies;
+#: lower here, as a read's whole output is decoded and scanned before the loop goes on.
+MAX_RATIO: Final = 64
+#: decoded bytes read whatever the ratio (an answer that repeats itself compresses past
+#: the ratio and is still small); one read decodes at most this plus MAX_RATIO x its size
+#: (~20 MiB for uvloop's 256 KiB reads)
+RATIO_FLOOR_BYTES: Final = 4 * 1024 * 1024
 #: zlib's wbits per decodable coding (31: gzip; 15: zlib, the HTTP "deflate")
 _WBITS: Final = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+_GZIP: Final = 31
 
 
 def content_coding(block: bytes) -> bytes | None:
@@ -62,87 +92,119 @@ def decodable(coding: bytes) -> bool:
     return coding in _WBITS
 
 
+def _zlib_header(first: bytes) -> bool:
+    """Whether a "deflate" body's first two bytes are a zlib header (RFC 1950: method 8, a
+    window of at most 32 KiB, the check bits, no preset dictionary); else it is raw deflate,
+    as some servers send it."""
+    cmf, flg = first[0], first[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0 and not flg & 0x20
+
+
 class Decoder:
-    """One coded body's decoding, in bounded pieces; ``failed`` once it cannot go on (not
-    what its coding says, or past :data:`MAX_DECODED_BYTES`)."""
+    """One coded body's decoding, each decoded piece (at most :data:`DECODE_PIECE_BYTES`)
+    handed to a reader as it is made; ``failed`` once it cannot go on (not what its coding
+    says, past ``max_decoded_bytes`` or :data:`MAX_RATIO`).
 
-    __slots__ = ("_zlib", "_wbits", "_decoded", "_started", "failed")
+    A gzip body is a series of members (RFC 1952 §2.2; a server may compress each flush as
+    one): all are decoded, as Python's gzip module and urllib3 do; bytes after the last one
+    that start no member end the decoding there.  A "deflate" body is read as zlib or raw
+    deflate by its first two bytes (the choice made once two have arrived, whatever the
+    split of the reads); bytes after its end are ignored."""
 
-    def __init__(self, coding: bytes) -> None:
+    __slots__ = ("_zlib", "_wbits", "_decoded", "_coded", "_limit", "_first", "_members", "ended", "failed")
+
+    def __init__(self, coding: bytes, max_decoded_bytes: int = MAX_DECODED_BYTES) -> None:
         self._wbits = _WBITS.get(coding, 0)
-        self._zlib: Any = zlib.decompressobj(self._wbits) if self._wbits else None
+        #: None until a "deflate" body's first two bytes say which format it is
+        self._zlib: Any = zlib.decompressobj(self._wbits) if self._wbits == _GZIP else None
         self._decoded = 0
-        self._started = False
-        self.failed = self._zlib is None
+        self._coded = 0
+        self._limit = max_decoded_bytes
+        self._first = b""
+        self._members = 1
+        #: the body's end was read (``flush``), or bytes after a gzip body's last member
+        self.ended = False
+        self.failed = not self._wbits
 
-    def decode(self, data: bytes) -> list[bytes]:
-        """The decoded pieces of ``data`` (the next bytes of the body)."""
-        out: list[bytes] = []
-        if self.failed or not data:
-            return out
-        try:
-            piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
-        except zlib.error:
-            if self._wbits != 15 or self._started:
-                self.failed = True
-                return out
-            # "deflate" sent raw, without zlib's header, as some servers do
-            self._wbits = -15
-            self._zlib = zlib.decompressobj(-15)
+    def decode(self, data: bytes, read: Callable[[bytes], object]) -> None:
+        """Decode ``data`` (the next bytes of the body), each piece given to ``read``."""
+        if self.failed or self.ended or not data:
+            return
+        z = self._zlib
+        if z is None:
+            data = self._first + data
+            if len(data) < 2:
+                self._first = data
+                return
+            self._first = b""
+            z = self._zlib = zlib.decompressobj(15 if _zlib_header(data) else -15)
+        self._coded += len(data)
+        while data:
+            if z.eof:
+                if self._wbits != _GZIP:
+                    return  # (bytes after a zlib / raw deflate stream's end: ignored)
+                z = self._zlib = zlib.decompressobj(_GZIP)  # the next member
+                self._members += 1
             try:
-                piece = self._zlib.decompress(data, DECODE_PIECE_BYTES)
+                piece = z.decompress(data, DECODE_PIECE_BYTES)
             except zlib.error:
-                self.failed = True
-                return out
-        self._started = True
-        while self._take(piece, out):
-            tail = self._zlib.unconsumed_tail
-            if not tail:
-                break
-            try:
-                piece = self._zlib.decompress(tail, DECODE_PIECE_BYTES)
-            except zlib.error:
-                self.failed = True
-                break
-        return out
+                if self._members > 1:
+                    self.ended = True  # trailing bytes, not a member: the body ends before them (urllib3's rule)
+                else:
+                    self.failed = True
+                return
+            if piece and not self._take(piece, read):
+                return
+            data = z.unused_data if z.eof else z.unconsumed_tail
 
-    def flush(self) -> bytes:
-        """What is left at the body's end."""
-        if self.failed:
-            return b""
+    def flush(self, read: Callable[[bytes], object]) -> None:
+        """The body's end: what is left to ``read``; nothing more is decoded after it."""
+        z = self._zlib
+        if self.failed or self.ended:
+            self.ended = True
+            return
+        self.ended = True
+        if z is None:  # a "deflate" body of one byte: no format has one
+            self.failed = bool(self._first)
+            return
         try:
-            piece = self._zlib.flush()
+            piece = z.flush()
         except zlib.error:
             self.failed = True
-            return b""
-        out: list[bytes] = []
-        self._take(piece, out)
-        self.failed = True  # (nothing more is decoded)
-        return b"".join(out)
+            return
+        if piece:
+            self._take(piece, read)
+        if not z.eof:
+            # the coding's end never came (a gzip member without its trailer, a deflate
+            # stream without its last block): a body cut short, as Python's gzip module
+            # says (EOFError), not one read whole
+            self.failed = True
 
-    def _take(self, piece: bytes, out: list[bytes]) -> bool:
+    def _take(self, piece: bytes, read: Callable[[bytes], object]) -> bool:
         self._decoded += len(piece)
-        if self._decoded > MAX_DECODED_BYTES:
+        if self._decoded > self._limit or self._decoded > RATIO_FLOOR_BYTES + MAX_RATIO * self._coded:
             self.failed = True
             return False
-        if piece:
-            out.append(piece)
+        read(piece)
         return True
 
 
 class DecodedScanner:
     """A usage scanner (``wire.UsageScanner``'s API) for an answer in ``coding``: what it is
-    fed is forwarded as it is; the decoded bytes are what it reads."""
+    fed is forwarded as it is; the decoded bytes are what it reads.  An answer whose
+    decoding failed (not its coding, cut short by a bad byte, past a limit) was not read
+    whole: no usage counted (``has_usage`` False, the row ``usage_missing``; a hard limit
+    charges at least its bound), the counts seen so far kept as a cut stream keeps them."""
 
-    __slots__ = ("_inner", "_decoder")
+    __slots__ = ("_inner", "_decoder", "_read")
 
     def __init__(self, api: int, streaming: bool, coding: bytes) -> None:
         self._inner = scan.UsageScanner(api, streaming, False)
-        self._decoder = Decoder(coding)
+        self._decoder = Decoder(coding, MAX_DECODED_BYTES if streaming else MAX_DECODED_JSON_BYTES)
+        self._read = self._inner.feed
 
     def feed(self, data: bytes) -> bytes:
-        for piece in self._decoder.decode(data):
-            self._inner.feed(piece)
+        self._decoder.decode(data, self._read)
         return data
 
     def feed_from(self, data: bytes, start: int) -> bytes | None:
@@ -150,45 +212,94 @@ class DecodedScanner:
         return None
 
     def finish(self) -> bytes:
-        tail = self._decoder.flush()
-        if tail:
-            self._inner.feed(tail)
+        self._decoder.flush(self._read)
         self._inner.finish()
         return b""
 
     def result(self) -> Any:
-        return self._inner.result()
+        usage: Any = self._inner.result()
+        if self._decoder.failed and usage.has_usage:
+            key = usage._key()
+            return type(usage)(*key[:5], False, *key[6:])
+        return usage
 
     def raw_usage(self) -> bytes | None:
-        return self._inner.raw_usage()
+        return None if self._decoder.failed else self._inner.raw_usage()
 
     def usage_fields(self) -> tuple[object, ...]:
-        return self._inner.usage_fields()
+        return (*self.result()._key(), self.raw_usage())
 
 
 class DecodedFilter:
     """A body filter that rebuilds the head (a conversion) given the decoded bytes of an
-    answer in ``coding``; the head it gets has no Content-Encoding."""
+    answer in ``coding``; the head it gets has no Content-Encoding.  An answer with a byte
+    that is not its coding's (or past a limit) is an upstream failure (``ConversionFailed``,
+    raised to the relay while the body is read): the client gets the gateway's 502, or a
+    stream cut short, not a converted answer that looks whole but is not the provider's."""
 
-    __slots__ = ("_inner", "_decoder")
+    __slots__ = ("_inner", "_decoder", "_coding", "_redaction")
 
     rebuilds_head = True
 
-    def __init__(self, inner: BodyFilter, coding: bytes) -> None:
+    def __init__(self, inner: BodyFilter, coding: bytes, redaction: Redaction | None = None) -> None:
         self._inner = inner
         self._decoder = Decoder(coding)
+        self._coding = coding
+        #: an error body's mask of the operator's key (gateway/operator_key.py), applied to
+        #: the decoded bytes: in compressed ones the key is not there to find
+        self._redaction = redaction
 
     def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._inner.head(responder, status, [(n, v) for n, v in headers if n != b"content-encoding"])
 
     def relay(self, data: bytes, responder: Responder) -> None:
-        for piece in self._decoder.decode(data):
-            self._inner.relay(piece, responder)
+        inner, redaction = self._inner, self._redaction
+        if redaction is None:
+            self._decoder.decode(data, lambda piece: inner.relay(piece, responder))
+        else:
+            self._decoder.decode(data, lambda piece: inner.relay(redaction.feed(piece), responder))
+        self._check()
 
     def read_done(self, responder: Responder) -> None:
         self._inner.read_done(responder)
 
     def finish(self, responder: Responder, tail: bytes) -> None:
-        pieces = self._decoder.decode(tail) if tail else []
-        pieces.append(self._decoder.flush())
-        self._inner.finish(responder, b"".join(pieces))
+        pieces: list[bytes] = []
+        self._decoder.decode(tail, pieces.append)
+        self._check()
+        # (a coding whose end never came is found here, every byte of the answer decoded
+        # and converted already: the converter has the last word -- a JSON answer cut short
+        # does not parse, its 502 -- and the row is usage_missing (DecodedScanner).  An
+        # error raised now would reach no one: the response is the relay's to end.)
+        self._decoder.flush(pieces.append)
+        tail = b"".join(pieces)
+        self._inner.finish(responder, tail if self._redaction is None else self._redaction.feed(tail))
+
+    def _check(self) -> None:
+        if self._decoder.failed:
+            raise ConversionFailed(f"upstream answer in content-encoding {self._coding.decode('latin-1')!r} "
+                                   "could not be decoded")
+
+
+class PlainBody:
+    """The body filter of an answer relayed as it is, under a :class:`DecodedFilter` (an
+    error body decoded to be masked): its head sent without a Content-Length (the decoded
+    body's length is not the coded one's: chunked)."""
+
+    __slots__ = ()
+
+    rebuilds_head = True
+
+    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        responder.send_head(status, headers, None)
+
+    def relay(self, data: bytes, responder: Responder) -> None:
+        if data:
+            responder.send_body(data)
+
+    def read_done(self, responder: Responder) -> None:
+        responder.flush()
+
+    def finish(self, responder: Responder, tail: bytes) -> None:
+        if tail:
+            responder.send_body(tail)

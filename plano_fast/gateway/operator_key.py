@@ -125,3 +125,10 @@ def log_rejected(provider_id: str, status: int, request_id: str) -> None:
         "provider %s answered %d to the gateway's credential (request %s): check its access_key; "
         "the client got a 502", provider_id, status, request_id,
     )
+
+
+def log_coded(provider_id: str, status: int, request_id: str) -> None:
+    log.warning(
+        "provider %s answered %d in a content coding the gateway did not ask for and cannot mask its key in "
+        "(request %s): the client got a 502", provider_id, status, request_id,
+    )

@@ -30,7 +30,7 @@ from plano_fast import guardrails
 from plano_fast import wire as scan
 from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
-from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, content_coding, decodable
+from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, PlainBody, content_coding, decodable
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -680,7 +680,16 @@ class Exchange:
                 # (plano_fast.gateway.coded_answer)
                 if scanner is not None and status < 400:
                     scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
-                if body_filter is not None and body_filter.rebuilds_head and decodable(coding):
+                if status >= 400 and self.operator_auth is not None:
+                    # An error body may echo the gateway's key, and its mask cannot find the
+                    # key in compressed bytes (the client decodes them): masked decoded, or
+                    # not relayed at all (operator_key.py)
+                    if not decodable(coding) or (body_filter is not None and not body_filter.rebuilds_head):
+                        self._operator_key_rejected(status, coded=True)
+                        return
+                    _, redaction = operator_key.redact(b"", self.operator_auth)
+                    body_filter = self.body_filter = DecodedFilter(body_filter or PlainBody(), coding, redaction)
+                elif body_filter is not None and body_filter.rebuilds_head and decodable(coding):
                     body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
@@ -705,15 +714,20 @@ class Exchange:
             extra += self.route_header
         self.responder.send_head_block(status, block, content_length, extra)
 
-    def _operator_key_rejected(self, status: int) -> None:
-        """The provider refused the gateway's own key: the client gets the gateway's 502,
+    def _operator_key_rejected(self, status: int, coded: bool = False) -> None:
+        """The provider refused the gateway's own key (or ``coded``: answered an error in a
+        coding whose bytes the key's mask cannot read): the client gets the gateway's 502,
         never the provider's body (it can echo part of the key); the connection is closed."""
-        operator_key.log_rejected(self.provider_id, status, self.request_id)
+        if coded:
+            operator_key.log_coded(self.provider_id, status, self.request_id)
+        else:
+            operator_key.log_rejected(self.provider_id, status, self.request_id)
         if self.conn is not None:
             self.conn.detach()
             self.conn = None
         self._settle(STATUS_UPSTREAM_ERROR, status)
-        error = ProviderCredentialRejected()
+        error = UpstreamError(f"the provider answered {status} in a content coding the gateway cannot mask "
+                              "its key in") if coded else ProviderCredentialRejected()
         error.request_id = self.request_id
         self.responder.send_error(error, self.request.api_format)
         done = self.done
@@ -739,7 +753,8 @@ class Exchange:
         responder = self.responder
         if not responder.client_connected:
             return
-        if self.status >= 400 and self.operator_auth is not None:
+        if self.status >= 400 and self.operator_auth is not None and type(self.body_filter) is not DecodedFilter:
+            # (a coded error body is masked decoded: DecodedFilter)
             data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
         if scanner is not None:
