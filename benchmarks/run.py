@@ -1870,6 +1870,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                             wait_quiet(everyone)
                             pair = measure(direct_target, fake_pids, sc, raw_dir,
                                            f"{tag}_before_{t.name.replace(' ', '_')}", wrk, wrk2)
+                            log(f"{sc.name} {tag} direct (the floor of {t.name}'s run): p50 "
+                                f"{pair.get('latency_ms', {}).get('p50', float('nan')):.3f} ms, fake provider "
+                                f"{pair.get('fake_cpu_us_per_req', float('nan')):.0f} CPU µs/request")
                         quiet_wait_s = wait_quiet(everyone)
                         r = measure(t, fake_pids, sc, raw_dir, tag, wrk, wrk2)
                         r["quiet_wait_s"] = quiet_wait_s
