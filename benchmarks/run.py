@@ -980,9 +980,27 @@ def paired_direct(r: dict[str, Any]) -> Optional[dict[str, Any]]:
     return {"p50": lat["p50"], "p99": lat["p99"], "fake_cpu_us_per_req": r.get("fake_cpu_us_per_req")}
 
 
+#: a floor run whose p50 is over this many times direct's own median was queued by the
+#: machine itself (a burst of another process: 3.2 ms against 0.08 ms seen), not slowed by
+#: a drift (the twelfth run's was 1.5x): such a run is judged against direct's medians
+FLOOR_DISTURBED_X = 2.0
+
+
+def c1_floor(run: dict[str, Any], direct: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The paired floor of a concurrency-1 run (``paired_direct``) when there is one and
+    it was not disturbed (``FLOOR_DISTURBED_X``), else None: direct's medians apply."""
+    floor = run.get("paired_direct")
+    if not floor:
+        return None
+    if direct.get("lat_p50") is not None and floor["p50"] > FLOOR_DISTURBED_X * direct["lat_p50"]:
+        return None
+    return floor
+
+
 def c1_added(run: dict[str, Any], direct: dict[str, Any]) -> tuple[Optional[float], Optional[float]]:
     """A concurrency-1 run's added p50 and p99 (ms): over the direct run measured right
-    before it when there is one (``Scenario.paired_baseline``), else over direct's medians.
+    before it when there is one and it was not disturbed (``c1_floor``), else over
+    direct's medians.  A disturbed floor never makes a run pass that its medians fail.
 
     Why paired: the machine's speed drifts during a run (a guest on a shared host; the
     fake provider's CPU per request -- the same work for every target -- went 87-100 µs in
@@ -991,10 +1009,28 @@ def c1_added(run: dict[str, Any], direct: dict[str, Any]) -> tuple[Optional[floa
     there firewall's "+0.233 ms" was config's added latency on a 1.5x slower machine
     (benchmarks/results/fwc1-l-20261206.md)."""
     lat = run.get("latency_ms", {})
-    floor = run.get("paired_direct") or {"p50": direct.get("lat_p50"), "p99": direct.get("lat_p99")}
+    floor = c1_floor(run, direct) or {"p50": direct.get("lat_p50"), "p99": direct.get("lat_p99")}
     a50 = None if lat.get("p50") is None or floor.get("p50") is None else lat["p50"] - floor["p50"]
     a99 = None if lat.get("p99") is None or floor.get("p99") is None else lat["p99"] - floor["p99"]
     return a50, a99
+
+
+def add_paired_c1(summary: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> None:
+    """A scenario's summary rows get the medians over each target's runs of ``c1_added``
+    (``added_p50_paired``, ``added_p99_paired``) and of their floors' p50 where some run
+    of the target had its own direct run; direct's row (its own runs) is the fallback."""
+    direct = summary.get("direct", {})
+    if direct.get("row_failed"):
+        direct = {}
+    for name, rs in runs.items():
+        if name == "direct" or name not in summary or not any(r.get("paired_direct") for r in rs):
+            continue
+        added = [c1_added(r, direct) for r in rs]
+        row = summary[name]
+        row["added_p50_paired"] = _med([a for a, _ in added])
+        row["added_p99_paired"] = _med([b for _, b in added])
+        row["paired_direct_p50"] = _med([r["paired_direct"]["p50"] for r in rs if r.get("paired_direct")])
+        row["floors_disturbed"] = sum(1 for r in rs if r.get("paired_direct") and c1_floor(r, direct) is None)
 
 
 def failed_counts(r: dict[str, Any]) -> tuple[int, int]:
@@ -1075,12 +1111,6 @@ def summarize_runs(runs: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
     s["load_cpu_us_per_req"] = _med([r.get("load_cpu_us_per_req") for r in runs])
     s["fake_cpu_frac"] = _med([r.get("fake_cpu_frac") for r in runs])
     s["machine_busy_cores"] = _med([r.get("machine_busy_cores") for r in runs])
-    if runs and all(r.get("paired_direct") for r in runs):
-        # the median of each run's added latency over its own direct run (c1_added)
-        added = [c1_added(r, {}) for r in runs]
-        s["added_p50_paired"] = _med([a for a, _ in added])
-        s["added_p99_paired"] = _med([b for _, b in added])
-        s["paired_direct_p50"] = _med([r["paired_direct"]["p50"] for r in runs])
     sent = sum(r.get("sent", 0) for r in runs)
     s["late_frac"] = sum(r.get("late_sends", 0) for r in runs) / sent if sent else None
     s["non2xx"] = sum(r.get("non2xx", 0) for r in runs)
@@ -1488,7 +1518,9 @@ def render_md(report: dict[str, Any]) -> str:
         if floors:
             out.append("\nAdded p50 / p99 here: the median over a target's runs of its run minus the direct run "
                        "measured right before it (the machine's speed drifts over a run; direct's row is its own "
-                       f"runs, measured first). Those direct runs' median p50 ms: {', '.join(floors)}.")
+                       f"runs, measured first), or minus direct's row where that run's p50 was over "
+                       f"{FLOOR_DISTURBED_X:g}x direct's (disturbed). Those direct runs' median p50 ms: "
+                       f"{', '.join(floors)}.")
         if sc.get("consecutive", 1) > 1:
             out += consecutive_runs_md(report["runs"].get(sc["name"], {}), s.get("direct", {}), names)
         if sc.get("rate"):
@@ -1565,8 +1597,9 @@ def consecutive_runs_md(runs: dict[str, list[dict[str, Any]]], direct: dict[str,
                 continue
             a50, a99 = c1_added(r, direct)
             floor = r.get("paired_direct")
-            cells.append("—" if a50 is None or a99 is None else f"{a50:+.3f} / {a99:+.3f}"
-                         + (f" [{floor['p50']:.3f}]" if floor else ""))
+            mark = "" if not floor else f" [{floor['p50']:.3f}]" if c1_floor(r, direct) else \
+                f" [{floor['p50']:.3f}: disturbed, over direct's medians]"
+            cells.append("—" if a50 is None or a99 is None else f"{a50:+.3f} / {a99:+.3f}{mark}")
         out.append(f"| {n} | " + " | ".join(cells) + " |")
     return out
 
@@ -1954,6 +1987,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         usage[t.name] = {"scenarios": scen, "unattributed": counted["total"] - attributed}
 
     summary = {sc.name: {n: summarize_runs(rs, sc.stream) for n, rs in runs[sc.name].items()} for sc in scenarios}
+    for sc in scenarios:
+        if sc.paired_baseline:
+            add_paired_c1(summary[sc.name], runs[sc.name])
     report: dict[str, Any] = {
         "started": started,
         "command": command,

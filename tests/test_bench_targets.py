@@ -102,7 +102,7 @@ def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
     at 0.25 ms beside them.  Over those floors they add 0.12 ms (PASS); over direct's
     start-of-run medians the same runs said +0.24 ms (FAIL).  And the other way: a run
     whose own floor was fast fails, though the start-of-run medians would have passed it."""
-    from benchmarks.run import c1_added, consecutive_c1_verdict, consecutive_runs_md, summarize_runs
+    from benchmarks.run import add_paired_c1, c1_added, consecutive_c1_verdict, consecutive_runs_md, summarize_runs
 
     direct = {"lat_p50": 0.13, "lat_p99": 0.28}
     slow = [_paired_run(0.37, 0.80, 0.25, 0.45) for _ in range(3)]
@@ -113,12 +113,25 @@ def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
     # a fast floor: 0.10 ms added over direct's medians (0.13 ms), 0.17 ms over its own (0.06 ms)
     measured, ok = consecutive_c1_verdict([_paired_run(0.23, 0.5, 0.06, 0.2)], direct, 0.15, 1.0)
     assert not ok and measured == "added p50 / p99: run 1: +0.170 / +0.300 ms FAIL"
-    # the summary: medians of the per-run differences; only when every run has its floor
-    s = summarize_runs([_paired_run(0.37, 0.8, 0.25, 0.45), _paired_run(0.30, 0.7, 0.20, 0.40),
-                        _paired_run(0.40, 0.9, 0.22, 0.50)], False)
-    assert s["added_p50_paired"] == pytest.approx(0.12) and s["added_p99_paired"] == pytest.approx(0.35)
-    assert s["paired_direct_p50"] == pytest.approx(0.22)
-    assert "added_p50_paired" not in summarize_runs([slow[0], _c1_run(0.3, 0.9)], False)
+    # a floor queued by the machine itself (over 2x direct's medians) is not a floor: the run
+    # is judged over direct's medians (3.3 ms would otherwise be "-0.1 ms")
+    burst = _paired_run(3.3, 9.0, 3.4, 9.5)
+    assert c1_added(burst, direct) == pytest.approx((3.17, 8.72))
+    assert not consecutive_c1_verdict([burst], direct, 0.15, 1.0)[1]
+    # the summary: medians of the per-run differences, each over its floor
+    runs = {"direct": [_c1_run(0.13, 0.28)],
+            "plano_fast firewall w1": [_paired_run(0.37, 0.8, 0.25, 0.45), _paired_run(0.30, 0.7, 0.20, 0.40),
+                                       _paired_run(0.40, 0.9, 0.22, 0.50)],
+            "plano_fast config w1": [_c1_run(0.3, 0.9)],
+            "plano_fast managed w1": [burst, _paired_run(0.40, 0.9, 0.22, 0.50)]}
+    summary = {n: summarize_runs(rs, False) for n, rs in runs.items()}
+    add_paired_c1(summary, runs)
+    fw = summary["plano_fast firewall w1"]
+    assert fw["added_p50_paired"] == pytest.approx(0.12) and fw["added_p99_paired"] == pytest.approx(0.35)
+    assert fw["paired_direct_p50"] == pytest.approx(0.22) and fw["floors_disturbed"] == 0
+    assert "added_p50_paired" not in summary["plano_fast config w1"]  # no floor runs: direct's row applies
+    assert summary["plano_fast managed w1"]["floors_disturbed"] == 1
+    assert summary["plano_fast managed w1"]["added_p50_paired"] == pytest.approx((3.17 + 0.18) / 2)
     md = consecutive_runs_md({"direct": [_c1_run(0.13, 0.28)], "plano_fast firewall w1": slow},
                              {"lat_p50": 0.13, "lat_p99": 0.28}, ["direct", "plano_fast firewall w1"])
     assert "the direct run measured right before each run" in md[1]
