@@ -161,3 +161,8 @@ def test_run_quick_writes_a_report(tmp_path: Path) -> None:
     [access] = [c for c in report["checks"] if c["check"].startswith("access-log lines")]
     assert access["result"] == "PASS", access
     assert list((runs[0] / "raw").glob("*.txt"))
+    # each concurrency-1 run of the gateway has its own direct run, measured right before it
+    [c1] = report["runs"]["ns_c1"]["plano_fast config w1"]
+    assert c1["paired_direct"]["p50"] > 0 and report["summary"]["ns_c1"]["plano_fast config w1"]["added_p50_paired"] \
+        is not None
+    assert list((runs[0] / "raw").glob("ns_c1__direct__r1_before_plano_fast_config_w1.txt"))

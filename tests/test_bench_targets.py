@@ -91,6 +91,79 @@ def test_evaluate_reports_the_consecutive_c1_runs_per_mode() -> None:
     assert not [c for c in evaluate(report) if "consecutive" in c["check"]]
 
 
+def _paired_run(p50: float, p99: float, floor_p50: float, floor_p99: float) -> dict[str, Any]:
+    return {"latency_ms": {"p50": p50, "p99": p99},
+            "paired_direct": {"p50": floor_p50, "p99": floor_p99, "fake_cpu_us_per_req": 100.0}}
+
+
+def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
+    """The twelfth run (20261206-133755) in miniature: direct measured first at 0.13 ms,
+    then the machine slowed by half; firewall's runs (0.37 ms) had their own direct runs
+    at 0.25 ms beside them.  Over those floors they add 0.12 ms (PASS); over direct's
+    start-of-run medians the same runs said +0.24 ms (FAIL).  And the other way: a run
+    whose own floor was fast fails, though the start-of-run medians would have passed it."""
+    from benchmarks.run import add_paired_c1, c1_added, consecutive_c1_verdict, consecutive_runs_md, summarize_runs
+
+    direct = {"lat_p50": 0.13, "lat_p99": 0.28}
+    slow = [_paired_run(0.37, 0.80, 0.25, 0.45) for _ in range(3)]
+    # p50 over its own floor; p99 over the lower of its floor's and direct's (0.28 ms)
+    assert c1_added(slow[0], direct) == pytest.approx((0.12, 0.52))
+    measured, ok = consecutive_c1_verdict(slow, direct, 0.15, 1.0)
+    assert ok and measured.count("+0.120 / +0.520 ms PASS") == 3
+    # a floor whose tail had a hiccup does not hide the target's: 1.2 ms over direct's 0.28
+    assert not consecutive_c1_verdict([_paired_run(0.30, 1.48, 0.20, 2.0)], direct, 0.15, 1.0)[1]
+    assert c1_added(_paired_run(0.30, 0.5, 0.20, 0.2), direct) == pytest.approx((0.10, 0.30))  # a lower one counts
+    assert not consecutive_c1_verdict([{"latency_ms": slow[0]["latency_ms"]}], direct, 0.15, 1.0)[1]  # unpaired
+    # a fast floor: 0.10 ms added over direct's medians (0.13 ms), 0.17 ms over its own (0.06 ms)
+    measured, ok = consecutive_c1_verdict([_paired_run(0.23, 0.5, 0.06, 0.2)], direct, 0.15, 1.0)
+    assert not ok and measured == "added p50 / p99: run 1: +0.170 / +0.300 ms FAIL"
+    # a floor queued by the machine itself (over 2x direct's medians) is not a floor: the run
+    # is judged over direct's medians (3.3 ms would otherwise be "-0.1 ms")
+    burst = _paired_run(3.3, 9.0, 3.4, 9.5)
+    assert c1_added(burst, direct) == pytest.approx((3.17, 8.72))
+    assert not consecutive_c1_verdict([burst], direct, 0.15, 1.0)[1]
+    # the summary: medians of the per-run differences, each over its floor
+    runs = {"direct": [_c1_run(0.13, 0.28)],
+            "plano_fast firewall w1": [_paired_run(0.37, 0.8, 0.25, 0.45), _paired_run(0.30, 0.7, 0.20, 0.40),
+                                       _paired_run(0.40, 0.9, 0.22, 0.50)],
+            "plano_fast config w1": [_c1_run(0.3, 0.9)],
+            "plano_fast managed w1": [burst, _paired_run(0.40, 0.9, 0.22, 0.50)]}
+    summary = {n: summarize_runs(rs, False) for n, rs in runs.items()}
+    add_paired_c1(summary, runs)
+    fw = summary["plano_fast firewall w1"]
+    assert fw["added_p50_paired"] == pytest.approx(0.12) and fw["added_p99_paired"] == pytest.approx(0.52)
+    assert fw["paired_direct_p50"] == pytest.approx(0.22) and fw["floors_disturbed"] == 0
+    assert "added_p50_paired" not in summary["plano_fast config w1"]  # no floor runs: direct's row applies
+    assert summary["plano_fast managed w1"]["floors_disturbed"] == 1
+    assert summary["plano_fast managed w1"]["added_p50_paired"] == pytest.approx((3.17 + 0.18) / 2)
+    md = consecutive_runs_md({"direct": [_c1_run(0.13, 0.28)], "plano_fast firewall w1": slow},
+                             {"lat_p50": 0.13, "lat_p99": 0.28}, ["direct", "plano_fast firewall w1"])
+    assert "the direct run measured right before each run" in md[1]
+    assert md[-1] == "| plano_fast firewall w1 | " + " | ".join(["+0.120 / +0.520 [0.250]"] * 3) + " |"
+
+
+def test_evaluate_uses_the_paired_floors() -> None:
+    # direct's medians 0.13 ms: 0.37 ms would be +0.24 ms (FAIL); over each run's own floor +0.12 ms
+    report = _report({"direct": 2000.0, "plano_fast firewall w1": 900.0},
+                     {"direct": 0.13, "plano_fast firewall w1": 0.37})
+    report["summary"]["ns_c1"]["plano_fast firewall w1"].update(added_p50_paired=0.12, added_p99_paired=0.35)
+    check = _check(evaluate(report), "plano_fast firewall w1", "added latency p50")
+    assert check["result"] == "PASS" and check["measured"] == "0.120 ms (over the direct run before each)"
+    del report["summary"]["ns_c1"]["plano_fast firewall w1"]["added_p50_paired"]
+    assert _check(evaluate(report), "plano_fast firewall w1", "added latency p50")["result"] == "FAIL"
+
+
+def test_c1_scenario_is_paired_unless_asked_not_to() -> None:
+    from benchmarks.run import build_scenarios
+
+    def c1(argv: list[str]) -> Any:
+        [sc] = [s for s in build_scenarios(parse_args(argv)) if s.name == "ns_c1"]
+        return sc
+
+    assert c1([]).paired_baseline and not c1(["--c1-unpaired"]).paired_baseline
+    assert not [s for s in build_scenarios(parse_args([])) if s.name != "ns_c1" and s.paired_baseline]
+
+
 def test_two_workers_verdict_says_when_the_machine_is_the_limit() -> None:
     from benchmarks.run import scaling_verdict
 
