@@ -497,7 +497,8 @@ def rows_of_events(pricing, events, out):
             unpriced += 1
             append(_row(event, None, _pending, None))
             continue
-        if <object>ev[E_SERVICE_TIER] is not None:  # a tier's prices (rare): the twin picks them
+        if (<object>ev[E_SERVICE_TIER] is not None  # a tier's prices (rare): the twin picks them
+                or <object>ev[E_IMAGE_OUT] or <object>ev[E_AUDIO_CACHE_READ]):  # (as _price_event)
             priced = _price_twin(pricing, event)
             _append_priced(append, event, priced)
             unpriced += priced is None
