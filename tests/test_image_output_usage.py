@@ -22,19 +22,28 @@ Sources:
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from plano_fast.billing.reprice import load_pricing, reprice
 from plano_fast.billing.rows import quote_usage
 from plano_fast.wire import _scan_py
 from plano_fast.pricing import PricingRegistry, TokenCounts
+from plano_fast.store import Store, usage_row_from_event
 from plano_fast.store.records import UsageRow
+from plano_fast.usage import UsageEvent
 from tests.test_billing_drain_twins import MODULES, TABLE, _agree, _event
 from tests.test_scan import GEMINI, IMPLEMENTATIONS, NO_USAGE, U, check_all_splits, chunkings, sse
+from tests.test_store import Backend, all_usage, assert_counters_match_log, backend  # noqa: F401
+from tests.test_usage_reprice import T0
 
+ROOT = Path(__file__).resolve().parents[1]
 IMAGE_MODEL = "gemini-2.5-flash-image"
 
 # gemini-2.5-flash-image answering with a line of text and one image (1290 tokens)
@@ -242,3 +251,73 @@ def test_a_stored_row_is_priced_from_its_kept_usage_document() -> None:
     assert raw is not None
     quote = quote_usage(PricingRegistry(), _stored("gemini-2.5-flash", raw, 2000, 100, 1000, 200), "gemini-2.5-flash")
     assert quote is not None and (quote.cost_nano_usd, quote.partial) == (AUDIO_COST, False)
+
+
+def test_usage_reprice_corrects_rows_billed_at_the_text_rate(backend: Backend) -> None:
+    """Rows written before this change (image output at the text rate, cached audio at the
+    text cache rate) are re-priced by ``usage reprice`` from their kept usage documents, on
+    both stores, counters following the rows; a second run changes nothing."""
+
+    async def body(store: Store) -> None:
+        rows = []
+        for i, (model, answer, old_cost) in enumerate((
+            (IMAGE_MODEL, GEMINI_IMAGE, 12 * 300 + 1295 * 2_500),
+            ("gemini-2.5-flash", GEMINI_CACHED_AUDIO, 800 * 300 + 1000 * 30 + 200 * 1_000 + 100 * 2_500),
+        )):  # fmt: skip
+            scanner = _scan_py.UsageScanner(GEMINI, False)
+            scanner.feed(answer)
+            scanner.finish()
+            u, raw = scanner.result(), scanner.raw_usage()
+            assert raw is not None
+            event = UsageEvent(
+                f"old-{i}", T0 + i, "gemini", model, False, "ok", 200, u.input_tokens, u.output_tokens,
+                u.cache_read_tokens, 0, 0, True, "p1", "k" * 64, None, None, 1.0, "gemini", 0, 0,
+                u.audio_input_tokens, 0, raw.decode(), "gemini",
+            )  # fmt: skip
+            rows.append(usage_row_from_event(event, cost_nano_usd=old_cost, price_status="priced",
+                                             price_entry=f"gemini/{model}"))  # fmt: skip
+        assert await store.write_usage(rows) == 2
+        await assert_counters_match_log(store)
+        report = await reprice(store, await load_pricing(store))
+        assert (report.rows_seen, report.rows_changed) == (2, 2)
+        assert (report.cost_before_nano_usd, report.cost_after_nano_usd) == (
+            (rows[0].cost_nano_usd or 0) + (rows[1].cost_nano_usd or 0), IMAGE_COST + AUDIO_COST)  # fmt: skip
+        got = {r.request_id: (r.cost_nano_usd, r.price_status) for r in await all_usage(store)}
+        assert got == {"old-0": (IMAGE_COST, "priced"), "old-1": (AUDIO_COST, "priced")}
+        await assert_counters_match_log(store)
+        assert (await reprice(store, await load_pricing(store))).rows_changed == 0
+
+    backend.run(body)
+
+
+def test_the_builder_never_reads_a_per_image_price_as_a_token_price(tmp_path: Path) -> None:
+    """A Portkey ``-lte-<N>k`` key whose token price is more than 10x below its ``-gt-<N>k``
+    twin's takes the twin's input and output prices (its own other prices kept); a pair
+    within 10x (a context tier) keeps its own."""
+    spec = importlib.util.spec_from_file_location("build_pricing_table", ROOT / "scripts" / "build_pricing_table.py")
+    assert spec is not None and spec.loader is not None
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # (its dataclasses look their module up)
+    try:
+        spec.loader.exec_module(builder)
+    finally:
+        del sys.modules[spec.name]
+    pricing_dir = tmp_path / "portkey-models" / "pricing"
+    pricing_dir.mkdir(parents=True)
+
+    def pay(inp: float, out: float, image: float | None = None) -> dict[str, Any]:
+        prices: dict[str, Any] = {"request_token": {"price": inp}, "response_token": {"price": out}}
+        if image is not None:
+            prices["additional_units"] = {"image_token": {"price": image}}
+        return {"pricing_config": {"pay_as_you_go": prices}}
+
+    (pricing_dir / "google.json").write_text(json.dumps({
+        "flash-image-preview-lte-128k": pay(3e-05, 3.9e-06, 0.003),  # $0.039 "per 1M": one image
+        "flash-image-preview-gt-128k": pay(3e-05, 0.00025),
+        "pro-lte-200k": pay(0.000125, 0.001),  # a context tier: $1.25 / $10, then $2.50 / $15
+        "pro-gt-200k": pay(0.00025, 0.0015),
+    }))  # fmt: skip
+    entries = {e.model: e.prices for e in builder.load_portkey(tmp_path, ("google",))}
+    assert (entries["flash-image-preview"]["in"], entries["flash-image-preview"]["out"],
+            entries["flash-image-preview"]["iout"]) == (300_000_000, 2_500_000_000, 30_000_000_000)  # fmt: skip
+    assert (entries["pro"]["in"], entries["pro"]["out"]) == (1_250_000_000, 10_000_000_000)
