@@ -153,10 +153,10 @@ def _quote(provider: str, model: str, tokens: TokenCounts, tier: str | None = No
     return quote.cost_nano_usd, quote.partial, quote.entry
 
 
-IMAGE_TOKENS = TokenCounts(12, 1295, 0, 0, 0, image_output_tokens=1290)
+# (counts: TokenCounts(12, 1295, 0, 0, 0, image_output_tokens=1290))
 # 12 x $0.30 + 5 x $2.50 + 1290 x $30 per 1M (was 3,241,100: every output token at $2.50)
 IMAGE_COST = 12 * 300 + 5 * 2_500 + 1290 * 30_000
-AUDIO_TOKENS = TokenCounts(2000, 100, 1000, 0, 0, audio_input_tokens=200, audio_cache_read_tokens=600)
+# (counts: TokenCounts(2000, 100, 1000, 0, 0, audio_input_tokens=200, audio_cache_read_tokens=600))
 # 800 x $0.30 text + 400 x $0.03 cached text + 600 x $0.10 cached audio + 200 x $1.00 audio
 # + 100 x $2.50 out per 1M (was 720,000: the cached audio at $0.03)
 AUDIO_COST = 800 * 300 + 400 * 30 + 600 * 100 + 200 * 1_000 + 100 * 2_500
@@ -164,7 +164,8 @@ AUDIO_COST = 800 * 300 + 400 * 30 + 600 * 100 + 200 * 1_000 + 100 * 2_500
 
 def test_image_output_is_priced_at_the_image_rate() -> None:
     assert IMAGE_COST == 38_716_100  # (one image: $0.0387, Google's "$0.039 per image")
-    assert _quote("gemini", IMAGE_MODEL, IMAGE_TOKENS) == (IMAGE_COST, False, "gemini/gemini-2.5-flash-image")
+    tokens = TokenCounts(12, 1295, 0, 0, 0, image_output_tokens=1290)
+    assert _quote("gemini", IMAGE_MODEL, tokens) == (IMAGE_COST, False, "gemini/gemini-2.5-flash-image")
     # every image model of the table has an image output price (a dataset lists it)
     for model in ("gemini-2.5-flash-image", "gemini-2.5-flash-image-preview", "gemini-3-pro-image-preview",
                   "gemini-3.1-flash-image-preview"):  # fmt: skip
@@ -173,7 +174,8 @@ def test_image_output_is_priced_at_the_image_rate() -> None:
 
 def test_cached_audio_is_priced_at_the_cached_audio_rate() -> None:
     assert AUDIO_COST == 762_000
-    assert _quote("gemini", "gemini-2.5-flash", AUDIO_TOKENS) == (AUDIO_COST, False, "gemini/gemini-2.5-flash")
+    tokens = TokenCounts(2000, 100, 1000, 0, 0, audio_input_tokens=200, audio_cache_read_tokens=600)
+    assert _quote("gemini", "gemini-2.5-flash", tokens) == (AUDIO_COST, False, "gemini/gemini-2.5-flash")
 
 
 def test_a_part_without_its_own_price_is_the_fallback_and_partial() -> None:
