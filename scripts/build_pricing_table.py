@@ -63,7 +63,13 @@ Merge policy (per gateway provider; all of it is deterministic, no clock, no net
 7. Provider rules from the providers' own documentation where no dataset lists a price:
    Groq's ``flex`` service tier is priced as on-demand (console.groq.com/docs/flex-processing:
    "Pricing matches the on-demand tier"), so every Groq entry gets ``svc.flex`` = its prices
-   (``fill``: ``"svc.flex": "groq-docs"``).
+   (``fill``: ``"svc.flex": "groq-docs"``).  OpenAI's context tier applies at flex too
+   (developers.openai.com/api/docs/models/gpt-5.4: "prompts with >272K input tokens are
+   priced at 2x input and 1.5x output for the full session for standard, batch, and flex"):
+   an OpenAI entry with context tiers whose ``svc.flex`` has none gets them, each price of the
+   flex tier scaled by the standard tier's own ratio to the standard price (``fill``:
+   ``"svc.flex.tiers": "openai-docs"``).  Priority is not named there: it stays without
+   context tiers (a long prompt at priority is priced_partial).
 8. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
    is used; time-of-day (off-peak) variants are ignored.
 9. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
@@ -207,6 +213,8 @@ _GENAI_EXTRA = {
 OUTLIER_RATIO = 10
 # Service tiers a provider documents at its standard prices (no dataset lists them).
 SAME_AS_STANDARD_TIERS: dict[str, tuple[str, ...]] = {"groq": ("flex",)}
+# Service tiers a provider documents as taking the model's context tiers at the same ratios.
+CONTEXT_TIERED_SERVICE_TIERS: dict[str, tuple[str, ...]] = {"openai": ("flex",)}
 # Service tiers priced apart (the names the scanner reports: Usage.service_tier).
 SERVICE_TIERS = ("flex", "priority")
 _LITELLM_SVC_FIELDS = {
@@ -652,6 +660,29 @@ def same_as_standard(entries: list[Entry], tiers: tuple[str, ...], why: str) -> 
                 entry.fill["svc." + name] = why
 
 
+def _scaled(value: int | None, base: int | None, tier: int | None) -> int | None:
+    """``value`` scaled by ``tier / base`` (exact, rounded half up), None when any is absent."""
+    if value is None or base is None or tier is None or base == 0:
+        return None
+    return int((Decimal(value) * tier / base).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def context_tiered(entries: list[Entry], tiers: tuple[str, ...], why: str) -> None:
+    """Give each listed service tier without context tiers those of its entry, every price
+    scaled as the standard tier scales it (a provider documents the same ratios)."""
+    for entry in entries:
+        for name in tiers:
+            svc = entry.svc.get(name)
+            if svc is None or svc.tiers or not entry.tiers:
+                continue
+            svc.tiers = [
+                Tier(t.above, {key: _scaled(svc.prices.get(key), entry.prices.get(key), t.prices.get(key))
+                               for key in t.prices})  # fmt: skip
+                for t in entry.tiers
+            ]
+            entry.fill[f"svc.{name}.tiers"] = why
+
+
 def merge(sources: list[list[Entry]], provider: str = "") -> list[Entry]:
     merged: dict[str, Entry] = {}
     later: dict[str, list[Entry]] = {}
@@ -770,6 +801,8 @@ def build(data: Path) -> str:
         table[ps.gateway_id] = merge(loaded, ps.gateway_id)
         if ps.gateway_id in SAME_AS_STANDARD_TIERS:
             same_as_standard(table[ps.gateway_id], SAME_AS_STANDARD_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
+        if ps.gateway_id in CONTEXT_TIERED_SERVICE_TIERS:
+            context_tiered(table[ps.gateway_id], CONTEXT_TIERED_SERVICE_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
 
     sources: dict[str, Any] = {}
     for name, meta in SOURCE_META.items():

@@ -323,3 +323,20 @@ def test_the_builder_never_reads_a_per_image_price_as_a_token_price(tmp_path: Pa
     assert (entries["flash-image-preview"]["in"], entries["flash-image-preview"]["out"],
             entries["flash-image-preview"]["iout"]) == (300_000_000, 2_500_000_000, 30_000_000_000)  # fmt: skip
     assert (entries["pro"]["in"], entries["pro"]["out"]) == (1_250_000_000, 10_000_000_000)
+
+
+def test_a_long_prompt_at_openai_flex_is_priced_at_the_flex_context_tier() -> None:
+    """OpenAI (developers.openai.com/api/docs/models/gpt-5.4): "prompts with >272K input
+    tokens are priced at 2x input and 1.5x output for the full session for standard, batch,
+    and flex".  Before: the flex prices without a context tier, ``priced_partial``."""
+    tokens = TokenCounts(300_000, 1_000, 0, 0, 0)
+    # flex $1.25 in / $7.50 out per 1M, doubled / x1.5 above 272k: $2.50 / $11.25
+    assert _quote("openai", "gpt-5.4", tokens, "flex") == (300_000 * 2_500 + 1_000 * 11_250, False,
+                                                           "openai/gpt-5.4@flex")  # fmt: skip
+    # at most 272k: the flex prices
+    assert _quote("openai", "gpt-5.4", TokenCounts(272_000, 1_000, 0, 0, 0), "flex") == (
+        272_000 * 1_250 + 1_000 * 7_500, False, "openai/gpt-5.4@flex")
+    # priority is not named by OpenAI's rule, and no dataset lists its context tier: its
+    # prices ($5 / $30), partial (visible)
+    assert _quote("openai", "gpt-5.4", tokens, "priority") == (300_000 * 5_000 + 1_000 * 30_000, True,
+                                                               "openai/gpt-5.4@priority")  # fmt: skip
