@@ -66,6 +66,10 @@ cdef long long _WS_RATE_MAX = 1LL << 42  # a web search price above it: the twin
 cdef long long _INT64_MAX = 9223372036854775807LL
 
 cdef object _free = FREE
+# 0, the interpreter's one small int: an event's image output / cached audio count is it unless
+# it has some (an identity test, ~100 instructions an event less than two truth tests; any
+# other object, a 0 included, takes the twin, which is exact for all of them)
+cdef object _zero = 0
 cdef object _free_statuses = FREE_STATUSES
 cdef object _custom_entry = _CUSTOM
 cdef object _bound_entry = BOUND_PRICE_ENTRY
@@ -310,7 +314,7 @@ cdef object _price_event(object pricing, object event):
         return None
     if _ev(event, E_SERVICE_TIER) is not None:
         return _price_twin(pricing, event)  # a tier's prices (rare): the twin picks them
-    if _ev(event, E_IMAGE_OUT) or _ev(event, E_AUDIO_CACHE_READ):
+    if _ev(event, E_IMAGE_OUT) is not _zero or _ev(event, E_AUDIO_CACHE_READ) is not _zero:
         # Gemini's image output or cached audio (rare: image models, cached audio), priced
         # at their own rates by the twin; two slot reads for every other event
         return _price_twin(pricing, event)
@@ -498,7 +502,8 @@ def rows_of_events(pricing, events, out):
             append(_row(event, None, _pending, None))
             continue
         if (<object>ev[E_SERVICE_TIER] is not None  # a tier's prices (rare): the twin picks them
-                or <object>ev[E_IMAGE_OUT] or <object>ev[E_AUDIO_CACHE_READ]):  # (as _price_event)
+                or ev[E_IMAGE_OUT] is not <PyObject *>_zero
+                or ev[E_AUDIO_CACHE_READ] is not <PyObject *>_zero):  # (as _price_event)
             priced = _price_twin(pricing, event)
             _append_priced(append, event, priced)
             unpriced += priced is None
