@@ -9,4 +9,5 @@ cdef object new_event(object request_id, object time_ns, object provider, object
                       object cache_write_1h_tokens, object audio_input_tokens, object audio_output_tokens,
                       object usage_raw, object usage_api, object reservation_overrun_nano_usd,
                       object requested_model, object attempts, object attempt_trail, object bound_cost_nano_usd,
-                      object web_search_requests, object service_tier)
+                      object web_search_requests, object service_tier, object image_output_tokens,
+                      object audio_cache_read_tokens)

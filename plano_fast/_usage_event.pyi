@@ -12,5 +12,5 @@ def new_usage_event(
     cache_write_1h_tokens: int, audio_input_tokens: int, audio_output_tokens: int, usage_raw: str | None,
     usage_api: str | None, reservation_overrun_nano_usd: int, requested_model: str | None, attempts: int,
     attempt_trail: str | None, bound_cost_nano_usd: int | None, web_search_requests: int,
-    service_tier: str | None,
+    service_tier: str | None, image_output_tokens: int, audio_cache_read_tokens: int,
 ) -> UsageEvent: ...

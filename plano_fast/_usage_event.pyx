@@ -2,7 +2,7 @@
 """``UsageEvent(*fields)`` for the request path, compiled: the twin of the dataclass's own
 constructor, chosen in ``plano_fast.usage`` (``new_usage_event``).
 
-Why: the relay builds one ``UsageEvent`` per request with all 32 fields positional; the
+Why: the relay builds one ``UsageEvent`` per request with all 34 fields positional; the
 dataclass's ``__init__`` is a Python frame of 29 stores (~5.6k instructions, callgrind,
 issue 27; Python 3.11 does not specialize a call to a class with a Python ``__init__``).
 Here the instance is allocated and its slots written in place (``plano_fast/_slots.pxd``)
@@ -18,7 +18,7 @@ from plano_fast._slots cimport new_instance, put_slot, slot_offset, untrack_if_s
 from plano_fast.usage import UsageEvent
 
 FIELDS = tuple(f.name for f in dataclasses.fields(UsageEvent))
-DEF N = 32
+DEF N = 34
 if len(FIELDS) != N or hasattr(UsageEvent, "__post_init__"):
     raise ImportError("UsageEvent changed: _usage_event.pyx must be updated (its constructor is used)")
 
@@ -34,14 +34,16 @@ def new_usage_event(request_id, time_ns, provider, model, streaming, status, htt
                     project_id, key_hash, user_id, token_id, duration_ms, wire_format, tool_use_prompt_tokens,
                     cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, usage_raw, usage_api,
                     reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
-                    bound_cost_nano_usd, web_search_requests, service_tier):
+                    bound_cost_nano_usd, web_search_requests, service_tier, image_output_tokens,
+                    audio_cache_read_tokens):
     """``UsageEvent(...)`` of every field, positional, in field order."""
     return new_event(request_id, time_ns, provider, model, streaming, status, http_status, input_tokens,
                      output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage,
                      project_id, key_hash, user_id, token_id, duration_ms, wire_format,
                      tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
                      usage_raw, usage_api, reservation_overrun_nano_usd, requested_model, attempts,
-                     attempt_trail, bound_cost_nano_usd, web_search_requests, service_tier)
+                     attempt_trail, bound_cost_nano_usd, web_search_requests, service_tier,
+                     image_output_tokens, audio_cache_read_tokens)
 
 
 cdef object new_event(request_id, time_ns, provider, model, streaming, status, http_status, input_tokens,
@@ -49,7 +51,8 @@ cdef object new_event(request_id, time_ns, provider, model, streaming, status, h
                       project_id, key_hash, user_id, token_id, duration_ms, wire_format, tool_use_prompt_tokens,
                       cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, usage_raw, usage_api,
                       reservation_overrun_nano_usd, requested_model, attempts, attempt_trail,
-                      bound_cost_nano_usd, web_search_requests, service_tier):
+                      bound_cost_nano_usd, web_search_requests, service_tier, image_output_tokens,
+                      audio_cache_read_tokens):
     """The same, for a compiled caller (``cimport``: no argument parsing; see
     ``_usage_event.pxd``): ``plano_fast/gateway/_settle.pyx``."""
     event = new_instance(_Event)
@@ -85,6 +88,8 @@ cdef object new_event(request_id, time_ns, provider, model, streaming, status, h
     put_slot(event, OFF[29], bound_cost_nano_usd)
     put_slot(event, OFF[30], web_search_requests)
     put_slot(event, OFF[31], service_tier)
+    put_slot(event, OFF[32], image_output_tokens)
+    put_slot(event, OFF[33], audio_cache_read_tokens)
     # out of the cyclic GC when every field is a scalar (they are, and are only ever set
     # to scalars): events wait for the flush by the hundred (plano_fast/_slots.pxd)
     untrack_if_scalars(event, OFF, N)

@@ -10,13 +10,16 @@ Cost semantics (one row convention)
 Counts follow the row convention the scanner reports for every provider (plano_fast.wire._scan_py,
 "Normalized usage"; README "Usage rows"): ``input`` is every prompt token, of which
 ``cache_read``, ``cache_write`` (of which ``cache_write_1h``), ``audio_input`` and
-``tool_use_prompt`` are parts; ``output`` is every billed output token (reasoning included), of
-which ``audio_output`` is a part.  With ``in``/``out``/``cr``/``cw``/``cw1h``/``ain``/``aout``
-the model's prices::
+``tool_use_prompt`` are parts, and ``audio_cache_read`` a part of ``cache_read`` (Gemini's
+cached audio); ``output`` is every billed output token (reasoning included), of which
+``audio_output`` and ``image_output`` (Gemini's generated images) are parts.  With
+``in``/``out``/``cr``/``cw``/``cw1h``/``ain``/``aout``/``acr``/``iout`` the model's prices::
 
     cost = (input - cache_read - cache_write - audio_input) * in      # tool-use prompt too
-           + cache_read * cr + (cache_write - cache_write_1h) * cw + cache_write_1h * cw1h
-           + audio_input * ain + (output - audio_output) * out + audio_output * aout
+           + (cache_read - audio_cache_read) * cr + audio_cache_read * acr
+           + (cache_write - cache_write_1h) * cw + cache_write_1h * cw1h
+           + audio_input * ain + (output - audio_output - image_output) * out
+           + audio_output * aout + image_output * iout
 
 plus ``web_search_requests * ws`` (Anthropic's server-side web searches, priced per request:
 ``ws`` is nano-USD per request, $10 per 1,000 in the bundled table's Claude entries).
@@ -24,7 +27,8 @@ plus ``web_search_requests * ws`` (Anthropic's server-side web searches, priced 
 Each uncached / visible part is clamped at 0 (a malformed row never makes a negative charge).
 A dimension the row has (non-zero) but the price entry does not list is charged at its
 fallback -- cache read/write and audio input at ``in``, 1h cache writes at ``cw`` (else
-``in``), audio output at ``out`` -- never as free, and the result is marked **partial**
+``in``), audio and image output at ``out``, cached audio at ``cr`` (else ``in``) -- never as
+free (gemini-2.5-flash-image's images are $30 per 1M tokens, its text $2.50), and the result is marked **partial**
 (``price_status = 'priced_partial'``: counted, visible, re-priceable).  Web searches have no
 token price to fall back to: without a ``ws`` price they add nothing and the result is partial.
 
@@ -33,7 +37,7 @@ Sonnet 4/4.5 above 200k, gpt-5.4 above 272k), the tier applies to the **whole re
 the prompt size (``input_tokens``, every prompt token) is **greater than** its
 ``above_input_tokens`` threshold.  Absent tier cache prices fall back to the tier's input
 price, like the base ones; so do absent tier 1h-write and audio prices (to the tier's write,
-input and output prices: partial), never to the base ones, which a long prompt does not pay
+input and output prices: partial; so do image output and cached audio), never to the base ones, which a long prompt does not pay
 (Claude Sonnet 4/4.5's 1h writes are $6 per 1M at most 200k prompt tokens, $12 above).
 
 Service tiers: a provider that sells a model at several processing tiers says in its
@@ -177,6 +181,8 @@ class PriceTier:
     cache_write_1h_per_mtok: int | None = None
     audio_input_per_mtok: int | None = None
     audio_output_per_mtok: int | None = None
+    image_output_per_mtok: int | None = None
+    audio_cache_read_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("above_input_tokens", self.above_input_tokens, False)
@@ -187,6 +193,8 @@ class PriceTier:
         _check_price("cache_write_1h_per_mtok", self.cache_write_1h_per_mtok, True)
         _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
         _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
+        _check_price("image_output_per_mtok", self.image_output_per_mtok, True)
+        _check_price("audio_cache_read_per_mtok", self.audio_cache_read_per_mtok, True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +222,10 @@ class ModelPrice:
     #: (``Usage.service_tier``: OpenAI's ``flex`` / ``priority``): ``((name, price), ...)``;
     #: a tier's price has none of its own
     service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
+    #: generated image tokens (Gemini's IMAGE candidates tokens)
+    image_output_per_mtok: int | None = None
+    #: cached audio input tokens (Gemini's AUDIO cache tokens)
+    audio_cache_read_per_mtok: int | None = None
 
     def __post_init__(self) -> None:
         _check_price("input_per_mtok", self.input_per_mtok, False)
@@ -224,6 +236,8 @@ class ModelPrice:
         _check_price("audio_input_per_mtok", self.audio_input_per_mtok, True)
         _check_price("audio_output_per_mtok", self.audio_output_per_mtok, True)
         _check_price("web_search_per_request", self.web_search_per_request, True)
+        _check_price("image_output_per_mtok", self.image_output_per_mtok, True)
+        _check_price("audio_cache_read_per_mtok", self.audio_cache_read_per_mtok, True)
         if type(self.tiers) is not tuple:
             raise TypeError("tiers must be a tuple of PriceTier")
         last = -1
@@ -255,6 +269,8 @@ class TokenCounts:
     audio_output_tokens: int = 0
     tool_use_prompt_tokens: int = 0
     web_search_requests: int = 0
+    image_output_tokens: int = 0
+    audio_cache_read_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in self.__slots__:
@@ -287,7 +303,8 @@ def cost_nano_usd(price: ModelPrice, tokens: TokenCounts) -> int:
     return price_tokens(
         price, tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens,
         tokens.cache_write_tokens, tokens.cache_write_1h_tokens, tokens.audio_input_tokens,
-        tokens.audio_output_tokens, tokens.web_search_requests,
+        tokens.audio_output_tokens, tokens.web_search_requests, None, tokens.image_output_tokens,
+        tokens.audio_cache_read_tokens,
     )[0]  # fmt: skip
 
 
@@ -304,11 +321,11 @@ def service_price(price: ModelPrice, service_tier: str | None) -> ModelPrice | N
 
 def price_tokens(
     price: ModelPrice, inp: int, out: int, cr: int, cw: int, cw1h: int = 0, ain: int = 0, aout: int = 0,
-    ws: int = 0, service_tier: str | None = None,
+    ws: int = 0, service_tier: str | None = None, iout: int = 0, acr: int = 0,
 ) -> tuple[int, bool]:
     """``(cost in nano-USD, partial)`` of validated counts: the one implementation of the
     formula in the module docstring, at the prices of ``service_tier`` (module docstring,
-    "Service tiers")."""
+    "Service tiers").  ``iout``: image output tokens; ``acr``: cached audio tokens."""
     tier_partial = False
     if service_tier is not None:
         tier_price = service_price(price, service_tier)
@@ -325,6 +342,8 @@ def price_tokens(
     cw1h_p = price.cache_write_1h_per_mtok
     ain_p = price.audio_input_per_mtok
     aout_p = price.audio_output_per_mtok
+    iout_p = price.image_output_per_mtok
+    acr_p = price.audio_cache_read_per_mtok
     for tier in price.tiers:  # ascending: the last one passed applies
         if inp <= tier.above_input_tokens:
             break
@@ -335,6 +354,8 @@ def price_tokens(
         cw1h_p = tier.cache_write_1h_per_mtok
         ain_p = tier.audio_input_per_mtok
         aout_p = tier.audio_output_per_mtok
+        iout_p = tier.image_output_per_mtok
+        acr_p = tier.audio_cache_read_per_mtok
     # parts, each within what is left of its total
     if cr > inp:
         cr = inp
@@ -346,6 +367,10 @@ def price_tokens(
         ain = inp - cr - cw
     if aout > out:
         aout = out
+    if iout > out - aout:
+        iout = out - aout
+    if acr > cr:
+        acr = cr
     partial = False
     if cr_p is None:
         cr_p = in_p
@@ -362,13 +387,20 @@ def price_tokens(
     if aout_p is None:
         aout_p = out_p
         partial = partial or aout > 0
+    if iout_p is None:
+        iout_p = out_p
+        partial = partial or iout > 0
+    if acr_p is None:
+        acr_p = cr_p
+        partial = partial or acr > 0
     ws_p = price.web_search_per_request if ws else 0  # (per request: no context tier changes it)
     if ws_p is None:
         ws_p = 0
         partial = True
     total = (
-        (inp - cr - cw - ain) * in_p + cr * cr_p + (cw - cw1h) * cw_p + cw1h * cw1h_p
-        + ain * ain_p + (out - aout) * out_p + aout * aout_p + ws * ws_p * TOKENS_PER_PRICE_UNIT
+        (inp - cr - cw - ain) * in_p + (cr - acr) * cr_p + acr * acr_p + (cw - cw1h) * cw_p
+        + cw1h * cw1h_p + ain * ain_p + (out - aout - iout) * out_p + aout * aout_p + iout * iout_p
+        + ws * ws_p * TOKENS_PER_PRICE_UNIT
     )  # fmt: skip
     return (total + _HALF_UNIT) // TOKENS_PER_PRICE_UNIT, partial or tier_partial
 
@@ -430,6 +462,8 @@ def _entry_price(entry: Mapping[str, Any], ws: int | None, services: tuple[tuple
             _opt_int(t, "cw1h"),
             _opt_int(t, "ain"),
             _opt_int(t, "aout"),
+            _opt_int(t, "iout"),
+            _opt_int(t, "acr"),
         )
         for t in entry.get("tiers", ())
     )
@@ -445,6 +479,8 @@ def _entry_price(entry: Mapping[str, Any], ws: int | None, services: tuple[tuple
         _opt_int(entry, "aout"),
         ws,
         services,
+        _opt_int(entry, "iout"),
+        _opt_int(entry, "acr"),
     )
 
 
@@ -674,16 +710,21 @@ class PricingRegistry:
             provider, model, project_id, tokens.input_tokens, tokens.output_tokens,
             tokens.cache_read_tokens, tokens.cache_write_tokens, tokens.cache_write_1h_tokens,
             tokens.audio_input_tokens, tokens.audio_output_tokens, tokens.web_search_requests,
-            service_tier=service_tier,
+            service_tier=service_tier, image_output_tokens=tokens.image_output_tokens,
+            audio_cache_read_tokens=tokens.audio_cache_read_tokens,
         )  # fmt: skip
 
     def quote_counts(
-        self, provider: str, model: str, project_id: str | None, *counts: int, service_tier: str | None = None
+        self, provider: str, model: str, project_id: str | None, *counts: int, service_tier: str | None = None,
+        image_output_tokens: int = 0, audio_cache_read_tokens: int = 0,
     ) -> Quote | None:
         """``quote(provider, model, project_id, TokenCounts(...))`` for the billing hot path:
         the same result and the same errors, without building a ``TokenCounts`` unless the
         counts are invalid (to raise its error).  ``counts``: as ``price_counts`` takes them."""
-        priced = self.price_counts(provider, model, project_id, *counts, service_tier=service_tier)
+        priced = self.price_counts(
+            provider, model, project_id, *counts, service_tier=service_tier,
+            image_output_tokens=image_output_tokens, audio_cache_read_tokens=audio_cache_read_tokens,
+        )  # fmt: skip
         return None if priced is None else Quote(*priced)
 
     def price_counts(
@@ -701,6 +742,8 @@ class PricingRegistry:
         web_search_requests: int = 0,
         *,
         service_tier: str | None = None,
+        image_output_tokens: int = 0,
+        audio_cache_read_tokens: int = 0,
     ) -> tuple[int, bool, str] | None:
         """``quote_counts`` as a plain ``(cost_nano_usd, partial, entry)`` tuple: what the
         flusher's drain reads per event.  A ``Quote`` (a frozen dataclass: one
@@ -715,13 +758,16 @@ class PricingRegistry:
             and type(audio_input_tokens) is int
             and type(audio_output_tokens) is int
             and type(web_search_requests) is int
+            and type(image_output_tokens) is int
+            and type(audio_cache_read_tokens) is int
             and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens
                  | cache_write_1h_tokens | audio_input_tokens | audio_output_tokens
-                 | web_search_requests) >= 0
+                 | web_search_requests | image_output_tokens | audio_cache_read_tokens) >= 0
         ):  # raises TokenCounts' own TypeError / ValueError
             TokenCounts(input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, 0,
                         cache_write_1h_tokens, audio_input_tokens, audio_output_tokens,
-                        web_search_requests=web_search_requests)  # fmt: skip
+                        web_search_requests=web_search_requests, image_output_tokens=image_output_tokens,
+                        audio_cache_read_tokens=audio_cache_read_tokens)  # fmt: skip
         resolution = self._cache.get((provider, model))
         if resolution is None:
             resolution = self._resolve(provider, model)
@@ -737,6 +783,7 @@ class PricingRegistry:
         cost, partial = price_tokens(
             price, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
             cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, web_search_requests, service_tier,
+            image_output_tokens, audio_cache_read_tokens,
         )  # fmt: skip
         if service_tier is not None and service_price(price, service_tier) is not None:
             entry = f"{entry}@{service_tier}"  # the tier's own prices were used

@@ -96,6 +96,13 @@ class UsageEvent:
     #: ``"flex"``, ``"priority"``, ``"unknown"``; None: the standard tier): priced at its
     #: rates (plano_fast.pricing, "Service tiers"); kept in ``usage_raw`` (no column)
     service_tier: str | None = None
+    #: Gemini's generated image tokens (the IMAGE entry of ``candidatesTokensDetails``), a
+    #: part of ``output_tokens`` priced at the image output rate ($30 per 1M for
+    #: gemini-2.5-flash-image, its text $2.50); kept in ``usage_raw`` (no column)
+    image_output_tokens: int = 0
+    #: Gemini's cached audio tokens (the AUDIO entry of ``cacheTokensDetails``), a part of
+    #: ``cache_read_tokens`` priced at the cached audio rate; kept in ``usage_raw`` (no column)
+    audio_cache_read_tokens: int = 0
 
 
 UsageSink = Callable[[UsageEvent], None]

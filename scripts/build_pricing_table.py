@@ -48,9 +48,31 @@ Merge policy (per gateway provider; all of it is deterministic, no clock, no net
    tiers); genai-prices lists none.  A tier the entry's source lacks is taken whole from the
    next source listing the same model at the same input/output prices (``fill``:
    ``svc.<tier>``).  Written as ``"svc": {"<tier>": {in, out, cr, ...}}``.
-6. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
+6. Image output and cached audio (``iout``, ``acr``: Gemini's IMAGE entry of
+   ``candidatesTokensDetails`` and AUDIO entry of ``cacheTokensDetails`` are billed at their own
+   rates): Portkey ``response_image_token`` / ``additional_units.image_token`` and
+   ``cache_read_audio_input_token``, LiteLLM ``output_cost_per_image_token`` and
+   ``cache_read_input_audio_token_cost``, genai-prices ``output_image_mtok`` and
+   ``cache_audio_read_mtok``.  LiteLLM's ``image_generation`` entries are read only when their
+   image output is priced per token (Gemini's image models, answered by generateContent).
+   A per-image price is never a token price: a Portkey ``<model>-lte-<N>k`` key whose input or
+   output token price is more than 10x below its ``-gt-<N>k`` twin's (gemini-2.5-flash-image-preview:
+   $0.039 "per 1M output tokens" is the price of one image; the twin says $2.50) takes the
+   twin's input and output prices instead (a context tier never divides a price by 10); every model whose token
+   prices differ more than 10x between the sources is listed by the build (``--outliers``).
+7. Provider rules from the providers' own documentation where no dataset lists a price:
+   Groq's ``flex`` service tier is priced as on-demand (console.groq.com/docs/flex-processing:
+   "Pricing matches the on-demand tier"), so every Groq entry gets ``svc.flex`` = its prices
+   (``fill``: ``"svc.flex": "groq-docs"``).  OpenAI's context tier applies at flex too
+   (developers.openai.com/api/docs/models/gpt-5.4: "prompts with >272K input tokens are
+   priced at 2x input and 1.5x output for the full session for standard, batch, and flex"):
+   an OpenAI entry with context tiers whose ``svc.flex`` has none gets them, each price of the
+   flex tier scaled by the standard tier's own ratio to the standard price (``fill``:
+   ``"svc.flex.tiers": "openai-docs"``).  Priority is not named there: it stays without
+   context tiers (a long prompt at priority is priced_partial).
+8. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
    is used; time-of-day (off-peak) variants are ignored.
-7. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
+9. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
    tokens is rounded half up (counted in the build summary).
 
 To refresh: copy the new dataset snapshots into the data folder, update SOURCES.md and
@@ -169,13 +191,30 @@ PRICE_FIELDS = ("in", "out", "cr", "cw")
 # Priced dimensions a source lists for fewer models: 1h cache writes (Anthropic), audio in / out,
 # server-side web searches (Anthropic; "ws": nano-USD per request, not per 1M tokens).
 # A context tier has one only where its source lists it for that tier (never the base price).
-EXTRA_FIELDS = ("cw1h", "ain", "aout", "ws")
+# Image output and cached audio reads (Gemini: IMAGE in candidatesTokensDetails, AUDIO in
+# cacheTokensDetails) are priced apart too ("iout", "acr").
+EXTRA_FIELDS = ("cw1h", "ain", "aout", "ws", "iout", "acr")
 _LITELLM_EXTRA = {
     "cache_creation_input_token_cost_above_1hr": "cw1h",
     "input_cost_per_audio_token": "ain",
     "output_cost_per_audio_token": "aout",
+    "output_cost_per_image_token": "iout",
+    "cache_read_input_audio_token_cost": "acr",
 }
-_GENAI_EXTRA = {"cache_write_1h_mtok": "cw1h", "input_audio_mtok": "ain", "output_audio_mtok": "aout"}
+_GENAI_EXTRA = {
+    "cache_write_1h_mtok": "cw1h",
+    "input_audio_mtok": "ain",
+    "output_audio_mtok": "aout",
+    "output_image_mtok": "iout",
+    "cache_audio_read_mtok": "acr",
+}
+# A token price more than this many times another source's (or a Portkey -lte- key's twin's)
+# for the same model is a price of something else (an image, a request): never a token price.
+OUTLIER_RATIO = 10
+# Service tiers a provider documents at its standard prices (no dataset lists them).
+SAME_AS_STANDARD_TIERS: dict[str, tuple[str, ...]] = {"groq": ("flex",)}
+# Service tiers a provider documents as taking the model's context tiers at the same ratios.
+CONTEXT_TIERED_SERVICE_TIERS: dict[str, tuple[str, ...]] = {"openai": ("flex",)}
 # Service tiers priced apart (the names the scanner reports: Usage.service_tier).
 SERVICE_TIERS = ("flex", "priority")
 _LITELLM_SVC_FIELDS = {
@@ -197,6 +236,9 @@ class Stats:
         self.tiers_attached = 0
         self.disagreements = 0
         self.majority = 0
+        self.per_unit_lte = 0
+        # (provider, model, field, [(source, nano-USD per 1M), ...]) differing > OUTLIER_RATIO
+        self.outliers: list[tuple[str, str, str, list[tuple[str, int]]]] = []
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -308,6 +350,11 @@ def _pk_token_prices(pay: dict[str, Any]) -> dict[str, int | None] | None:
         "cw1h": to_nano(_pk_price(pay.get("additional_units") or {}, "cache_write_1h"), CENTS_PER_TOKEN),
         "ain": to_nano(_pk_price(pay, "request_audio_token"), CENTS_PER_TOKEN),
         "aout": to_nano(_pk_price(pay, "response_audio_token"), CENTS_PER_TOKEN),
+        "iout": to_nano(
+            _pk_price(pay, "response_image_token") or _pk_price(pay.get("additional_units") or {}, "image_token"),
+            CENTS_PER_TOKEN,
+        ),
+        "acr": to_nano(_pk_price(pay, "cache_read_audio_input_token"), CENTS_PER_TOKEN),
     }
 
 
@@ -327,6 +374,23 @@ def _pk_service_tiers(model: str, value: dict[str, Any]) -> dict[str, Entry]:
     return out
 
 
+def _pk_twin_prices(twin: Any) -> dict[str, int | None] | None:
+    """The token prices of a Portkey ``-gt-<N>k`` key (None: none)."""
+    config = twin.get("pricing_config") if isinstance(twin, dict) else None
+    pay = config.get("pay_as_you_go") if isinstance(config, dict) else None
+    return _pk_token_prices(pay) if isinstance(pay, dict) else None
+
+
+def _per_unit_below(prices: dict[str, int | None], twin: dict[str, int | None]) -> bool:
+    """Whether an input or output price of ``prices`` is more than OUTLIER_RATIO times below
+    the same price of its longer-context twin: a per-unit price read as a token price."""
+    for key in ("in", "out"):
+        low, high = prices[key], twin[key]
+        if low is not None and high is not None and low * OUTLIER_RATIO < high:
+            return True
+    return False
+
+
 def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
     out: list[Entry] = []
     seen: set[str] = set()
@@ -338,6 +402,7 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
                 continue
             model = key
             m = _TIER_KEY.match(key)
+            twin: Any = None
             if m:
                 if m["kind"] == "gt":
                     STATS.skip("portkey -gt-Nk tier key")
@@ -346,6 +411,7 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
                 if model.lower() in plain:  # a plain key for the same model wins
                     STATS.skip("portkey -lte-Nk key shadowed by plain key")
                     continue
+                twin = doc.get(f"{m['base']}-gt-{m['n']}k")
             if key.endswith(":batch"):
                 STATS.skip("portkey :batch variant")
                 continue
@@ -364,6 +430,12 @@ def load_portkey(data: Path, stems: tuple[str, ...]) -> list[Entry]:
             if prices is None:
                 STATS.skip("portkey no token price")
                 continue
+            twin_prices = _pk_twin_prices(twin)
+            if twin_prices is not None and _per_unit_below(prices, twin_prices):
+                # (gemini-2.5-flash-image-preview-lte-128k: output $0.039 per 1M, the price of
+                # one image; its -gt-128k twin: $2.50, the token price)
+                STATS.per_unit_lte += 1
+                prices = {**prices, "in": twin_prices["in"], "out": twin_prices["out"]}
             if prices["in"] == 0 and prices["out"] == 0 and _has_other_price(pay, _PK_TOKEN_KEYS):
                 STATS.skip("portkey non-token model")
                 continue
@@ -399,7 +471,10 @@ def load_litellm(doc: dict[str, Any], providers: tuple[str, ...]) -> list[Entry]
         value = doc[key]
         if not isinstance(value, dict) or value.get("litellm_provider") not in providers:
             continue
-        if value.get("mode") not in LITELLM_MODES:
+        mode = value.get("mode")
+        if mode not in LITELLM_MODES and not (
+            mode == "image_generation" and value.get("output_cost_per_image_token") is not None
+        ):
             continue
         provider = value["litellm_provider"]
         model = key[len(provider) + 1 :] if key.startswith(provider + "/") else key
@@ -562,7 +637,53 @@ def _in_out(entry: Entry) -> tuple[int | None, int | None]:
     return entry.prices["in"], entry.prices["out"]
 
 
-def merge(sources: list[list[Entry]]) -> list[Entry]:
+def _note_outliers(provider: str, entries: list[Entry]) -> None:
+    """Record a model whose input or output price differs more than OUTLIER_RATIO times
+    between the sources (STATS.outliers: listed by the build, reviewed by hand)."""
+    for key in ("in", "out"):
+        values = [(e.src, e.prices[key]) for e in entries if e.prices[key]]
+        if len(values) > 1:
+            low = min(v for _, v in values)
+            high = max(v for _, v in values)
+            if high > OUTLIER_RATIO * low:  # (low > 0: zero prices are left out above)
+                STATS.outliers.append((provider, entries[0].model, key, [(src, v or 0) for src, v in values]))
+
+
+def same_as_standard(entries: list[Entry], tiers: tuple[str, ...], why: str) -> None:
+    """Give every entry the service ``tiers`` at its own prices (a provider documents them
+    so), unless a source lists them."""
+    for entry in entries:
+        for name in tiers:
+            if name not in entry.svc:
+                entry.svc[name] = Entry(entry.model, entry.src, dict(entry.prices),
+                                        [Tier(t.above, dict(t.prices)) for t in entry.tiers])  # fmt: skip
+                entry.fill["svc." + name] = why
+
+
+def _scaled(value: int | None, base: int | None, tier: int | None) -> int | None:
+    """``value`` scaled by ``tier / base`` (exact, rounded half up), None when any is absent."""
+    if value is None or base is None or tier is None or base == 0:
+        return None
+    return int((Decimal(value) * tier / base).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def context_tiered(entries: list[Entry], tiers: tuple[str, ...], why: str) -> None:
+    """Give each listed service tier without context tiers those of its entry, every price
+    scaled as the standard tier scales it (a provider documents the same ratios)."""
+    for entry in entries:
+        for name in tiers:
+            svc = entry.svc.get(name)
+            if svc is None or svc.tiers or not entry.tiers:
+                continue
+            svc.tiers = [
+                Tier(t.above, {key: _scaled(svc.prices.get(key), entry.prices.get(key), t.prices.get(key))
+                               for key in t.prices})  # fmt: skip
+                for t in entry.tiers
+            ]
+            entry.fill[f"svc.{name}.tiers"] = why
+
+
+def merge(sources: list[list[Entry]], provider: str = "") -> list[Entry]:
     merged: dict[str, Entry] = {}
     later: dict[str, list[Entry]] = {}
     for entries in sources:
@@ -575,6 +696,8 @@ def merge(sources: list[list[Entry]]) -> list[Entry]:
     for key in list(merged):
         entry = merged[key]
         others = later.get(key, [])
+        if others:
+            _note_outliers(provider, [entry, *others])
         if len(others) >= 2 and _in_out(others[0]) == _in_out(others[1]) != _in_out(entry):
             # Both fallbacks list the model at the same price and the primary differs: the
             # two-source majority wins (recorded as "src": "<a>+<b>").
@@ -675,7 +798,11 @@ def build(data: Path) -> str:
         loaded = [
             [e for e in entries if not e.model.lower().startswith(ps.exclude)] for entries in loaded
         ]
-        table[ps.gateway_id] = merge(loaded)
+        table[ps.gateway_id] = merge(loaded, ps.gateway_id)
+        if ps.gateway_id in SAME_AS_STANDARD_TIERS:
+            same_as_standard(table[ps.gateway_id], SAME_AS_STANDARD_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
+        if ps.gateway_id in CONTEXT_TIERED_SERVICE_TIERS:
+            context_tiered(table[ps.gateway_id], CONTEXT_TIERED_SERVICE_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
 
     sources: dict[str, Any] = {}
     for name, meta in SOURCE_META.items():
@@ -701,8 +828,10 @@ def build(data: Path) -> str:
             "ain": "audio input tokens (absent: not listed, priced as input, the row is priced_partial)",
             "aout": "audio output tokens (absent: not listed, priced as output, the row is priced_partial)",
             "ws": "nano-USD per server-side web search request (absent: not listed, searches add nothing, the row is priced_partial)",
+            "iout": "image output tokens (Gemini IMAGE candidates; absent: not listed, priced as output, the row is priced_partial)",
+            "acr": "cached audio input tokens (Gemini AUDIO cache tokens; absent: not listed, priced as cr, the row is priced_partial)",
             "tiers": "context tiers: all prices switch when prompt tokens > above (a tier without cw1h/ain/aout: its cw/in/out, priced_partial)",
-            "svc": "service tiers (OpenAI flex / priority): every price above replaced when the answer names the tier (ws: the entry's; a tier not listed: the entry's prices, priced_partial)",
+            "svc": "service tiers (OpenAI flex / priority, Groq flex): every price above replaced when the answer names the tier (ws: the entry's; a tier not listed: the entry's prices, priced_partial)",
             "src": "source of the base prices (key of 'sources'; 'a+b': both fallbacks agreed against the primary)",
             "fill": "fields taken from another source listing the same model at the same in/out prices",
         },
@@ -735,8 +864,12 @@ def build(data: Path) -> str:
         f"fallback_disagreements={STATS.disagreements} majority_over_primary={STATS.majority}",
         file=sys.stderr,
     )
+    print(f"portkey -lte- keys with a per-unit price, twin's used: {STATS.per_unit_lte}", file=sys.stderr)
     for reason, count in sorted(STATS.skipped.items()):
         print(f"skipped {count}: {reason}", file=sys.stderr)
+    for provider, model, key, values in STATS.outliers:
+        shown = ", ".join(f"{src} {value / 1e9:g}" for src, value in values)
+        print(f"outlier > {OUTLIER_RATIO}x: {provider}/{model} {key} (USD per 1M: {shown})", file=sys.stderr)
     return text
 
 

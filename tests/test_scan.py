@@ -93,8 +93,10 @@ def run_chunks(
         out_from.append(chunk if forwarded is None else forwarded)
     out_from.append(again_from.finish())
     assert b"".join(out_from) == b"".join(out) and usage_tuple(again_from.result()) == usage
-    # (the settle step's one call: the same counts, model, flags and document)
-    assert scanner.usage_fields() == (*usage, raw)
+    # (the settle step's one call: the same counts, model, flags and document; the image
+    # output and cached audio parts after the tier: tests/test_image_output_usage.py)
+    result = scanner.result()
+    assert scanner.usage_fields() == (*usage, result.image_output_tokens, result.audio_cache_read_tokens, raw)
     if raw is not None:
         assert usage[5], "raw usage without usage"
         assert len(raw) <= scan.MAX_RAW_USAGE_BYTES

@@ -31,7 +31,7 @@ VALUE = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.floats(allow
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=st.lists(VALUE, min_size=32, max_size=32))
+@given(values=st.lists(VALUE, min_size=34, max_size=34))
 def test_every_field_lands_where_the_dataclass_puts_it(values: list[Any]) -> None:
     names = [f.name for f in dataclasses.fields(UsageEvent)]
     assert len(names) == len(values)
@@ -62,7 +62,7 @@ def test_compiled_events_of_scalars_leave_the_cyclic_gc() -> None:
     if _compiled is None:
         return
     values: list[Any] = ["r", 1, "openai", "m", False, "ok", 200, 1, 2, 0, 0, 0, True, "p", "k", None, None,
-                         1.5, "openai", 0, 0, 0, 0, "{}", "chat", 0, None, 1, None, None, 0, "flex"]  # fmt: skip
+                         1.5, "openai", 0, 0, 0, 0, "{}", "chat", 0, None, 1, None, None, 0, "flex", 0, 0]  # fmt: skip
     event = _compiled.new_usage_event(*values)
     assert not gc.is_tracked(event) and event == UsageEvent(*values)
     event.status, event.output_tokens = "client_disconnected", 7  # as the relay's settle does
@@ -244,7 +244,7 @@ def test_the_compiled_observe_is_the_twins(
         event = usage.new_usage_event(
             exchange.request_id, exchange.started_ns, "openai", model, streaming, status, http_status, *tokens,
             has_usage, "p1", "kh", None, None, 12.5, "openai", 0, 0, 0, 0, None, "openai_chat", 0, None,
-            len(failed or ()) + 1, None, None, 0, None,
+            len(failed or ()) + 1, None, None, 0, None, 0, 0,
         )
         before = time.time_ns()
         observe(exchange, event)

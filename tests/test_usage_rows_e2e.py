@@ -42,6 +42,7 @@ from tests.test_scan_usage_fields import (
     RESPONSES_CACHED,
 )
 from tests.shared_data import FIXTURES
+from tests.test_image_output_usage import GEMINI_CACHED_AUDIO, GEMINI_IMAGE, GEMINI_IMAGE_STREAM
 from tests.test_service_tier import chat_answer
 
 
@@ -175,6 +176,23 @@ CASES: dict[str, tuple[str, dict[str, Any], bytes, str, tuple[Any, ...]]] = {
         GEMINI_AUDIO, "application/json",
         (1570, 42, 0, 0, 0, 0, 0, 1560, 0, "gemini-2.5-flash", "gemini"),
     ),
+    # Gemini native, doc-derived: a generated image (candidatesTokensDetails' IMAGE entry) and
+    # cached audio (cacheTokensDetails' AUDIO entry), priced apart (tests/test_image_output_usage.py)
+    "gemini-json-image": (
+        "/v1beta/models/gemini-2.5-flash-image:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
+        GEMINI_IMAGE, "application/json",
+        (12, 1295, 0, 0, 0, 0, 0, 0, 0, "gemini-2.5-flash-image", "gemini"),
+    ),
+    "gemini-sse-image": (
+        "/v1beta/models/gemini-2.5-flash-image:streamGenerateContent?alt=sse",
+        {"contents": [{"parts": [{"text": "x"}]}]}, GEMINI_IMAGE_STREAM, "text/event-stream",
+        (12, 1295, 0, 0, 0, 0, 0, 0, 0, "gemini-2.5-flash-image", "gemini"),
+    ),
+    "gemini-json-cached-audio": (
+        "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": [{"parts": [{"text": "x"}]}]},
+        GEMINI_CACHED_AUDIO, "application/json",
+        (2000, 100, 1000, 0, 0, 0, 0, 200, 0, "gemini-2.5-flash", "gemini"),
+    ),
     # Gemini native, recorded (pydantic-ai): alt=sse with CRLF framing, cumulative usage
     "gemini-sse": (
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", {"contents": [{"parts": [{"text": "x"}]}]},
@@ -200,6 +218,13 @@ DOC_COSTS = {
     # gemini-2.5-flash (https://ai.google.dev/gemini-api/docs/pricing): $0.30 text input,
     # $1.00 audio input, $2.50 out per 1M (was billed 576,000: the audio at the text rate)
     "gemini-json-audio": 10 * 300 + 1560 * 1_000 + 42 * 2_500,
+    # gemini-2.5-flash-image: $0.30 in, $2.50 text out, $30 image out per 1M (was 3,241,100:
+    # the image at the text rate); streamed or not, the same row and cost
+    "gemini-json-image": 12 * 300 + 5 * 2_500 + 1290 * 30_000,
+    "gemini-sse-image": 12 * 300 + 5 * 2_500 + 1290 * 30_000,
+    # gemini-2.5-flash: 800 text in at $0.30, 400 cached text at $0.03, 600 cached audio at
+    # $0.10, 200 audio in at $1.00, 100 out at $2.50 per 1M (was 720,000: cached audio at $0.03)
+    "gemini-json-cached-audio": 800 * 300 + 400 * 30 + 600 * 100 + 200 * 1_000 + 100 * 2_500,
     # gpt-5: $1.25 in, $0.125 cached, $10 out (reasoning included) per 1M
     "responses-json-cached": 1000 * 1_250 + 4000 * 125 + 900 * 10_000,
     # the recorded stream served at flex (https://platform.openai.com/docs/pricing, gpt-5
@@ -291,6 +316,9 @@ model_providers:
     base_url: {base}/v1beta
     access_key: gm-key
   - model: gemini/gemini-2.5-flash
+    base_url: {base}/v1beta
+    access_key: gm-key
+  - model: gemini/gemini-2.5-flash-image
     base_url: {base}/v1beta
     access_key: gm-key
 plano_fast:
@@ -404,9 +432,11 @@ def test_every_family_ends_as_a_row_in_the_convention(gateway: GatewayProcess) -
         quote = registry.quote(r.provider, r.model or "", r.project_id, TokenCounts(
             r.input_tokens, r.output_tokens, r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
             r.cache_write_1h_tokens, r.audio_input_tokens, r.audio_output_tokens, r.tool_use_prompt_tokens,
-            _searches(r)), service_tier=_kept(r).service_tier)  # fmt: skip
+            _searches(r), _kept(r).image_output_tokens, _kept(r).audio_cache_read_tokens),
+            service_tier=_kept(r).service_tier)  # fmt: skip
         assert quote is not None
         assert (r.cost_nano_usd, r.price_entry) == (quote.cost_nano_usd, quote.entry), r
         assert r.price_status == ("priced_partial" if quote.partial else "priced")
-    # every dimension of these rows (1h writes, audio, cache writes, web searches) has its own price
+    # every dimension of these rows (1h writes, audio, cache writes, web searches, images,
+    # cached audio) has its own price
     assert [r.model for r in rows if r.price_status == "priced_partial"] == []

@@ -66,6 +66,10 @@ cdef long long _WS_RATE_MAX = 1LL << 42  # a web search price above it: the twin
 cdef long long _INT64_MAX = 9223372036854775807LL
 
 cdef object _free = FREE
+# 0, the interpreter's one small int: an event's image output / cached audio count is it unless
+# it has some (an identity test, ~100 instructions an event less than two truth tests; any
+# other object, a 0 included, takes the twin, which is exact for all of them)
+cdef object _zero = 0
 cdef object _free_statuses = FREE_STATUSES
 cdef object _custom_entry = _CUSTOM
 cdef object _bound_entry = BOUND_PRICE_ENTRY
@@ -91,7 +95,7 @@ if ROW_FIELDS != tuple(f for f in UsageRow.__dataclass_fields__):
     raise ImportError("UsageRow's fields changed: _drain.pyx must be updated (the twin is used)")
 
 # UsageEvent's fields, by index in EVENT_FIELDS
-DEF N_EVENT = 32
+DEF N_EVENT = 34
 DEF E_REQUEST_ID = 0
 DEF E_TIME_NS = 1
 DEF E_PROVIDER = 2
@@ -123,12 +127,16 @@ DEF E_TRAIL = 28
 DEF E_BOUND = 29
 DEF E_WEB_SEARCHES = 30
 DEF E_SERVICE_TIER = 31
+DEF E_IMAGE_OUT = 32
+DEF E_AUDIO_CACHE_READ = 33
 DEF N_ROW = 32
 
 if (len(EVENT_FIELDS) != N_EVENT or EVENT_FIELDS[E_TRAIL] != "attempt_trail"
         or EVENT_FIELDS[E_INPUT] != "input_tokens" or EVENT_FIELDS[E_BOUND] != "bound_cost_nano_usd"
         or EVENT_FIELDS[E_WEB_SEARCHES] != "web_search_requests"
-        or EVENT_FIELDS[E_SERVICE_TIER] != "service_tier"):
+        or EVENT_FIELDS[E_SERVICE_TIER] != "service_tier"
+        or EVENT_FIELDS[E_IMAGE_OUT] != "image_output_tokens"
+        or EVENT_FIELDS[E_AUDIO_CACHE_READ] != "audio_cache_read_tokens"):
     raise ImportError("UsageEvent's fields changed: _drain.pyx must be updated (the twin is used)")
 
 cdef Py_ssize_t EV[N_EVENT]
@@ -306,6 +314,10 @@ cdef object _price_event(object pricing, object event):
         return None
     if _ev(event, E_SERVICE_TIER) is not None:
         return _price_twin(pricing, event)  # a tier's prices (rare): the twin picks them
+    if _ev(event, E_IMAGE_OUT) is not _zero or _ev(event, E_AUDIO_CACHE_READ) is not _zero:
+        # Gemini's image output or cached audio (rare: image models, cached audio), priced
+        # at their own rates by the twin; two slot reads for every other event
+        return _price_twin(pricing, event)
     cdef long long inp = 0, out = 0, cr = 0, cw = 0, cw1h = 0, ain = 0, aout = 0, ws = 0
     if not (_count(_ev(event, E_INPUT), &inp) and _count(_ev(event, E_OUTPUT), &out)
             and _count(_ev(event, E_CACHE_READ), &cr) and _count(_ev(event, E_CACHE_WRITE), &cw)
@@ -489,7 +501,9 @@ def rows_of_events(pricing, events, out):
             unpriced += 1
             append(_row(event, None, _pending, None))
             continue
-        if <object>ev[E_SERVICE_TIER] is not None:  # a tier's prices (rare): the twin picks them
+        if (<object>ev[E_SERVICE_TIER] is not None  # a tier's prices (rare): the twin picks them
+                or ev[E_IMAGE_OUT] is not <PyObject *>_zero
+                or ev[E_AUDIO_CACHE_READ] is not <PyObject *>_zero):  # (as _price_event)
             priced = _price_twin(pricing, event)
             _append_priced(append, event, priced)
             unpriced += priced is None

@@ -95,7 +95,8 @@ def price_of_event(pricing: PricingRegistry, event: UsageEvent) -> tuple[int, bo
         event.provider, model, event.project_id, event.input_tokens, event.output_tokens,
         event.cache_read_tokens, event.cache_write_tokens, event.cache_write_1h_tokens,
         event.audio_input_tokens, event.audio_output_tokens, event.web_search_requests,
-        service_tier=event.service_tier,
+        service_tier=event.service_tier, image_output_tokens=event.image_output_tokens,
+        audio_cache_read_tokens=event.audio_cache_read_tokens,
     )  # fmt: skip
 
 

@@ -103,18 +103,28 @@ class Counted(Protocol):
     def audio_output_tokens(self) -> int: ...
 
 
-def kept_extras(row: UsageRow) -> tuple[int, str | None]:
-    """``(web searches, service tier)`` of a stored row (Anthropic
-    ``server_tool_use.web_search_requests``, priced per request; the tier that served it,
-    priced at its rates): no column holds them, its kept provider usage document does."""
+_NO_EXTRAS: Final = (0, None, 0, 0)
+
+
+def kept_extras(row: UsageRow) -> tuple[int, str | None, int, int]:
+    """``(web searches, service tier, image output tokens, cached audio tokens)`` of a
+    stored row (Anthropic ``server_tool_use.web_search_requests``, priced per request; the
+    tier that served it, priced at its rates; Gemini's IMAGE candidates and AUDIO cache
+    tokens, priced at their rates): no column holds them, its kept provider usage document
+    does."""
     raw, api = row.usage_raw, row.usage_api
-    if raw is None or api not in USAGE_API_NUMBERS or ("web_search_requests" not in raw and "service_tier" not in raw):
-        return 0, None
+    if raw is None or api not in USAGE_API_NUMBERS or (
+        "web_search_requests" not in raw and "service_tier" not in raw and "IMAGE" not in raw
+        and "cacheTokensDetails" not in raw
+    ):  # (most rows: no second scan)
+        return _NO_EXTRAS
     scanner = wire.UsageScanner(USAGE_API_NUMBERS[api], False)
     scanner.feed(raw.encode("utf-8"))
     scanner.finish()
     usage = scanner.result()
-    return (usage.web_search_requests, usage.service_tier) if usage.has_usage else (0, None)
+    if not usage.has_usage:
+        return _NO_EXTRAS
+    return usage.web_search_requests, usage.service_tier, usage.image_output_tokens, usage.audio_cache_read_tokens
 
 
 def rederive_counts(row: UsageRow) -> UsageRow | None:
@@ -157,19 +167,23 @@ def cut_before_its_usage(row: UsageRow) -> bool:
 
 def quote_usage(pricing: PricingRegistry, usage: Counted, model: str) -> Quote | None:
     """The registry's quote for ``usage``'s token counts as ``model`` (None: no price).
-    The one place the priced count columns are listed (a stored row's web searches are
-    and service tier are read back from its usage document: ``kept_extras``)."""
+    The one place the priced count columns are listed (a stored row's web searches,
+    service tier, image output and cached audio are read back from its usage document:
+    ``kept_extras``)."""
     tier: str | None = None
+    images = cached_audio = 0
     if isinstance(usage, UsageRow):
-        searches, tier = kept_extras(usage)
+        searches, tier, images, cached_audio = kept_extras(usage)
     elif isinstance(usage, UsageEvent):
         searches, tier = usage.web_search_requests, usage.service_tier
+        images, cached_audio = usage.image_output_tokens, usage.audio_cache_read_tokens
     else:
         searches = 0
     return pricing.quote_counts(
         usage.provider, model, usage.project_id, usage.input_tokens, usage.output_tokens,
         usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens,
         usage.audio_input_tokens, usage.audio_output_tokens, searches, service_tier=tier,
+        image_output_tokens=images, audio_cache_read_tokens=cached_audio,
     )  # fmt: skip
 
 
@@ -214,13 +228,16 @@ def charge_of_incomplete(
               event.audio_input_tokens, event.audio_output_tokens)  # fmt: skip
     provider, project_id, input_tokens = event.provider, event.project_id, event.input_tokens
     tier = event.service_tier
+    images, cached_audio = event.image_output_tokens, event.audio_cache_read_tokens
     seen = pricing.price_counts(provider, model, project_id, input_tokens, event.output_tokens, *counts,
-                                service_tier=tier)  # fmt: skip
+                                service_tier=tier, image_output_tokens=images,
+                                audio_cache_read_tokens=cached_audio)  # fmt: skip
     seen_nano_usd = 0 if seen is None else seen[0]
     bound = reserved_nano_usd
     if input_tokens and output_bound_tokens:
         output = max(event.output_tokens, output_bound_tokens)
-        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts, service_tier=tier)
+        tight = pricing.price_counts(provider, model, project_id, input_tokens, output, *counts, service_tier=tier,
+                                     image_output_tokens=images, audio_cache_read_tokens=cached_audio)  # fmt: skip
         if tight is not None:
             bound = min(tight[0], reserved_nano_usd)
     return max(seen_nano_usd, bound)

@@ -119,7 +119,8 @@ def make_event(self, outcome, http_status):
         fields = scanner.result()._key() + (scanner.raw_usage(),)
     (input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, has_usage, model,
      _is_error, tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens,
-     audio_output_tokens, web_search_requests, service_tier, raw) = fields
+     audio_output_tokens, web_search_requests, service_tier, image_output_tokens, audio_cache_read_tokens,
+     raw) = fields
     if not model:
         model = _slot(self, O_MODEL, "model")
     if raw is None:
@@ -136,6 +137,7 @@ def make_event(self, outcome, http_status):
         tool_use_prompt_tokens, cache_write_1h_tokens, audio_input_tokens, audio_output_tokens, usage_raw,
         _API_NAMES.get(_slot(self, O_SCAN_API, "scan_api")), 0, _slot(self, O_REQUESTED, "requested_model"),
         1 if _slot(self, O_ATTEMPTS, "attempts") else 0, None, None, web_search_requests, service_tier,
+        image_output_tokens, audio_cache_read_tokens,
     )
 
 

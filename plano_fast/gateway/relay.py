@@ -1030,7 +1030,8 @@ class Exchange:
             usage.audio_input_tokens, usage.audio_output_tokens,
             None if raw is None else raw.decode("utf-8", "replace"),
             USAGE_API_NAMES.get(self.scan_api), 0, self.requested_model, attempts, trail, None,
-            usage.web_search_requests, usage.service_tier,
+            usage.web_search_requests, usage.service_tier, usage.image_output_tokens,
+            usage.audio_cache_read_tokens,
         )  # fmt: skip
 
 

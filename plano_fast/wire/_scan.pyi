@@ -69,6 +69,10 @@ class Usage:
     def web_search_requests(self) -> int: ...
     @property
     def service_tier(self) -> str | None: ...
+    @property
+    def image_output_tokens(self) -> int: ...
+    @property
+    def audio_cache_read_tokens(self) -> int: ...
     def __init__(
         self,
         input_tokens: int = 0,
@@ -85,6 +89,8 @@ class Usage:
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
         service_tier: str | None = None,
+        image_output_tokens: int = 0,
+        audio_cache_read_tokens: int = 0,
     ) -> None: ...
     def __eq__(self, other: object) -> bool: ...
 

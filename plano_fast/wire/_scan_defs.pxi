@@ -105,14 +105,14 @@ cdef enum:
     SL_CC2
     SL_STU1          # Anthropic usage.server_tool_use
     SL_STU2
-    SL_F = 20        # 20..34 record 0, 35..49 record 1 (NF fields each)
-    SL_MLIST_IN = 50 # Gemini usageMetadata.promptTokensDetails (a ModalityTokenCount list)
+    SL_F = 20        # 20..35 record 0, 36..51 record 1 (NF fields each)
+    SL_MLIST_IN = 52 # Gemini usageMetadata.promptTokensDetails (a ModalityTokenCount list)
     SL_MLIST_CR      # .cacheTokensDetails
     SL_MLIST_OUT     # .candidatesTokensDetails
     SL_MELEM         # an element of one of them
-    SL_MODALITY      # its modality (captured: "AUDIO" or not)
+    SL_MODALITY      # its modality (captured: "AUDIO", "IMAGE" or another: MOD_*)
     SL_MCOUNT        # its tokenCount
-    SL_TIER1 = 56    # a service_tier string: the document's (OpenAI) / usage's (Anthropic)
+    SL_TIER1 = 58    # a service_tier string: the document's (OpenAI) / usage's (Anthropic)
     SL_TIER2         # ... the nested object's (Responses' response) / message.usage's (Anthropic)
     SL_RMODEL = 60
     SL_RSTREAM
@@ -162,7 +162,14 @@ cdef enum:
     F_CAUD           # Gemini cacheTokensDetails AUDIO (F_AIN / F_AOUT: prompt / candidates AUDIO)
     F_TIER           # the service tier (a TIER_* code): Anthropic's usage.service_tier; OpenAI's,
                      # beside the usage object, copied in from DocRec.tier_* when it counts
+    F_IOUT           # Gemini candidatesTokensDetails IMAGE (generated images: their own price)
     NF               # fields per usage record
+
+cdef enum:
+    # the modality of a Gemini ModalityTokenCount element (DocRec.m_kind): the ones read
+    MOD_OTHER = 0
+    MOD_AUDIO
+    MOD_IMAGE
 
 cdef enum:
     # service tier codes (the twin's _TIER_*; Usage.service_tier by TIER_NAMES)
@@ -259,9 +266,9 @@ cdef struct DocRec:
     int64_t cut_end
     bint cut_pending
     # Gemini ModalityTokenCount lists (one open at a time): the field the open list adds its
-    # AUDIO counts to, and the element being read
+    # AUDIO counts to (candidates: IMAGE counts to F_IOUT), and the element being read
     int mlist
-    bint m_audio
+    int m_kind
     int m_cst
     int64_t m_cv
     unsigned char mod_buf[C_TYPE_CAP]

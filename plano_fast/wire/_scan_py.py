@@ -47,7 +47,10 @@ derived from the provider's documented fields:
 * ``cache_read_tokens``, ``cache_write_tokens`` (of which ``cache_write_1h_tokens``),
   ``tool_use_prompt_tokens``, ``audio_input_tokens``: subsets of ``input_tokens``;
 * ``output_tokens``: every billed output token (visible + reasoning/thinking);
-* ``reasoning_tokens``, ``audio_output_tokens``: subsets of ``output_tokens``;
+* ``reasoning_tokens``, ``audio_output_tokens``, ``image_output_tokens``: subsets of
+  ``output_tokens`` (image: Gemini's generated images, priced at their own rate);
+* ``audio_cache_read_tokens``: a subset of ``cache_read_tokens`` (Gemini's cached audio,
+  priced at its own rate);
 * ``web_search_requests``: server-side web searches, billed per request, not tokens
   (Anthropic ``server_tool_use.web_search_requests``; 0 for the other APIs).
 
@@ -72,11 +75,12 @@ Anthropic          ``input_tokens + cache_read_input_tokens    ``output_tokens``
                    ``ephemeral_1h_input_tokens``
 Gemini             ``promptTokenCount +                        ``candidatesTokenCount + thoughtsTokenCount``;
                    toolUsePromptTokenCount``; cache read       reasoning ``thoughtsTokenCount``; audio the
-                   ``cachedContentTokenCount``; tool-use       ``AUDIO`` entry of ``candidatesTokensDetails``
-                   ``toolUsePromptTokenCount``; audio the
+                   ``cachedContentTokenCount``; tool-use       ``AUDIO`` entry of ``candidatesTokensDetails``,
+                   ``toolUsePromptTokenCount``; audio the      image its ``IMAGE`` entry
                    ``AUDIO`` entry of ``promptTokensDetails``
                    less that of ``cacheTokensDetails``
-                   (cached audio is a cache read)
+                   (cached audio is a cache read: its
+                   ``AUDIO`` entry, the cached audio part)
 =================  ==========================================  ================================================
 
 ``service_tier``: the processing tier the provider says served the request, priced at its
@@ -93,7 +97,8 @@ usage object: a later document without usage does not change it.
 Gemini's ``*TokensDetails`` are ``ModalityTokenCount`` lists (``{"modality", "tokenCount"}``):
 such a list must be an array or ``null``; the ``tokenCount`` of an element whose ``modality``
 is the string ``"AUDIO"`` is read (absent or ``null``: none; the AUDIO entries add up, capped
-at :data:`MAX_TOKEN_COUNT`); other elements are not read.
+at :data:`MAX_TOKEN_COUNT`), and in ``candidatesTokensDetails`` also those of ``"IMAGE"``
+elements (the same way); other elements are not read.
 
 A subset larger than its total (a malformed or inconsistent object, e.g. an OpenRouter
 recording with ``reasoning_tokens`` 11 > ``completion_tokens`` 10) is capped at what is left
@@ -509,12 +514,14 @@ class Usage:
     """Token usage read from a response body or stream."""
 
     __slots__ = (
+        "audio_cache_read_tokens",
         "audio_input_tokens",
         "audio_output_tokens",
         "cache_read_tokens",
         "cache_write_1h_tokens",
         "cache_write_tokens",
         "has_usage",
+        "image_output_tokens",
         "input_tokens",
         "is_error",
         "model",
@@ -541,6 +548,8 @@ class Usage:
         audio_output_tokens: int = 0,
         web_search_requests: int = 0,
         service_tier: str | None = None,
+        image_output_tokens: int = 0,
+        audio_cache_read_tokens: int = 0,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
@@ -556,6 +565,8 @@ class Usage:
         self.audio_output_tokens = audio_output_tokens
         self.web_search_requests = web_search_requests
         self.service_tier = service_tier
+        self.image_output_tokens = image_output_tokens
+        self.audio_cache_read_tokens = audio_cache_read_tokens
 
     def _key(self) -> tuple[object, ...]:
         return (
@@ -573,6 +584,8 @@ class Usage:
             self.audio_output_tokens,
             self.web_search_requests,
             self.service_tier,
+            self.image_output_tokens,
+            self.audio_cache_read_tokens,
         )
 
     def __repr__(self) -> str:
@@ -587,7 +600,9 @@ class Usage:
             f"audio_input_tokens={self.audio_input_tokens}, "
             f"audio_output_tokens={self.audio_output_tokens}, "
             f"web_search_requests={self.web_search_requests}, "
-            f"service_tier={self.service_tier!r})"
+            f"service_tier={self.service_tier!r}, "
+            f"image_output_tokens={self.image_output_tokens}, "
+            f"audio_cache_read_tokens={self.audio_cache_read_tokens})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -618,10 +633,10 @@ def _details(value: Any) -> dict[str, Any]:
     return value
 
 
-def _modality_audio(value: Any) -> int | None:
-    """Gemini's ``AUDIO`` tokens in a ``ModalityTokenCount`` list (``promptTokensDetails``,
+def _modality(value: Any, modality: str = "AUDIO") -> int | None:
+    """Gemini's ``modality`` tokens in a ``ModalityTokenCount`` list (``promptTokensDetails``,
     ``cacheTokensDetails``, ``candidatesTokensDetails``): the sum of the ``tokenCount`` of
-    the elements whose ``modality`` is ``"AUDIO"`` (capped at MAX_TOKEN_COUNT), None when
+    the elements whose ``modality`` is that string (capped at MAX_TOKEN_COUNT), None when
     there is none.  The list must be an array or null; the other elements are not read."""
     if value is None:
         return None
@@ -629,7 +644,7 @@ def _modality_audio(value: Any) -> int | None:
         raise _Bad
     total: int | None = None
     for element in value:
-        if type(element) is dict and element.get("modality") == "AUDIO":
+        if type(element) is dict and element.get("modality") == modality:
             count = _count(element.get("tokenCount"))
             if count is not None:
                 total = count if total is None else min(total + count, MAX_TOKEN_COUNT)
@@ -659,8 +674,8 @@ def _tier_code(value: Any) -> int | None:
 
 # Raw fields, in this order (absent: None): the provider's own counts (and the service tier
 # code), nothing derived.
-_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS, _CAUD, _TIER = range(14)
-_NRAW: Final = 14
+_IN, _OUT, _CR, _CW, _RS, _TOOL, _CW5, _CW1H, _AIN, _AOUT, _TOT, _WS, _CAUD, _TIER, _IOUT = range(15)
+_NRAW: Final = 15
 _Counts = tuple[int | None, ...]
 
 
@@ -708,9 +723,11 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
             raw[_CR] = _count(usage.get("cachedContentTokenCount"))
             raw[_RS] = _count(usage.get("thoughtsTokenCount"))
             raw[_TOOL] = _count(usage.get("toolUsePromptTokenCount"))
-            raw[_AIN] = _modality_audio(usage.get("promptTokensDetails"))
-            raw[_CAUD] = _modality_audio(usage.get("cacheTokensDetails"))
-            raw[_AOUT] = _modality_audio(usage.get("candidatesTokensDetails"))
+            raw[_AIN] = _modality(usage.get("promptTokensDetails"))
+            raw[_CAUD] = _modality(usage.get("cacheTokensDetails"))
+            candidates = usage.get("candidatesTokensDetails")
+            raw[_AOUT] = _modality(candidates)
+            raw[_IOUT] = _modality(candidates, "IMAGE")
     except _Bad:
         return None
     if raw[_IN] is None and raw[_OUT] is None:
@@ -720,7 +737,7 @@ def _usage_counts(api: int, usage: Any) -> _Counts | None:
 
 def _normalize(api: int, v: list[int]) -> Usage:
     """The row convention (module docstring, "Normalized usage") from raw fields."""
-    cw1h = tool = ain = aout = ws = 0
+    cw1h = tool = ain = aout = ws = iout = acr = 0
     if api == API_ANTHROPIC:
         cr = v[_CR]
         cw = max(v[_CW], v[_CW5] + v[_CW1H])
@@ -740,6 +757,10 @@ def _normalize(api: int, v: list[int]) -> Usage:
         # cache read (in cachedContentTokenCount), not an uncached audio token
         ain = max(v[_AIN] - v[_CAUD], 0)
         aout = v[_AOUT]
+        # ... as are generated images ($30 per 1M for gemini-2.5-flash-image, its text $2.50)
+        # and cached audio (the cache read's audio part)
+        iout = v[_IOUT]
+        acr = v[_CAUD]
     else:
         inp = v[_IN]
         cr = v[_CR]
@@ -753,6 +774,7 @@ def _normalize(api: int, v: list[int]) -> Usage:
                 out += rs  # reasoning reported outside completion_tokens (xAI)
     cr = min(cr, inp)
     cw = min(cw, inp - cr)
+    aout = min(aout, out)
     return Usage(
         inp,
         out,
@@ -762,9 +784,11 @@ def _normalize(api: int, v: list[int]) -> Usage:
         tool_use_prompt_tokens=min(tool, inp),
         cache_write_1h_tokens=min(cw1h, cw),
         audio_input_tokens=min(ain, inp - cr - cw),
-        audio_output_tokens=min(aout, out),
+        audio_output_tokens=aout,
         web_search_requests=ws,
         service_tier=TIER_NAMES[v[_TIER]],
+        image_output_tokens=min(iout, out - aout),
+        audio_cache_read_tokens=min(acr, cr),
     )
 
 

@@ -252,7 +252,12 @@ cdef void str_done(Walker *w, int64_t off) noexcept nogil:
             d.model_st1 = ST_OK if ok else ST_ABSENT
             d.model_len1 = w.cap_len
         elif slot == SL_MODALITY:
-            d.m_audio = ok and key_is(d.mod_buf, w.cap_len, "AUDIO", 5)
+            if ok and key_is(d.mod_buf, w.cap_len, "AUDIO", 5):
+                d.m_kind = MOD_AUDIO
+            elif ok and key_is(d.mod_buf, w.cap_len, "IMAGE", 5):
+                d.m_kind = MOD_IMAGE
+            else:
+                d.m_kind = MOD_OTHER
         elif slot == SL_TIER1 or slot == SL_TIER2:
             tier_put(w, slot, tier_code(d.tier_buf, w.cap_len) if ok else TIER_OTHER)
         else:

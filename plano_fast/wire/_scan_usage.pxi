@@ -23,12 +23,15 @@ cdef class Usage:
     cdef readonly int64_t audio_output_tokens
     cdef readonly int64_t web_search_requests
     cdef readonly object service_tier
+    cdef readonly int64_t image_output_tokens
+    cdef readonly int64_t audio_cache_read_tokens
 
     def __init__(self, int64_t input_tokens=0, int64_t output_tokens=0, int64_t cache_read_tokens=0,
                  int64_t cache_write_tokens=0, int64_t reasoning_tokens=0, bint has_usage=False,
                  model=None, bint is_error=False, int64_t tool_use_prompt_tokens=0,
                  int64_t cache_write_1h_tokens=0, int64_t audio_input_tokens=0,
-                 int64_t audio_output_tokens=0, int64_t web_search_requests=0, service_tier=None):
+                 int64_t audio_output_tokens=0, int64_t web_search_requests=0, service_tier=None,
+                 int64_t image_output_tokens=0, int64_t audio_cache_read_tokens=0):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cache_read_tokens = cache_read_tokens
@@ -43,13 +46,15 @@ cdef class Usage:
         self.audio_output_tokens = audio_output_tokens
         self.web_search_requests = web_search_requests
         self.service_tier = service_tier
+        self.image_output_tokens = image_output_tokens
+        self.audio_cache_read_tokens = audio_cache_read_tokens
 
     def _key(self):
         return (self.input_tokens, self.output_tokens, self.cache_read_tokens,
                 self.cache_write_tokens, self.reasoning_tokens, self.has_usage, self.model,
                 self.is_error, self.tool_use_prompt_tokens, self.cache_write_1h_tokens,
                 self.audio_input_tokens, self.audio_output_tokens, self.web_search_requests,
-                self.service_tier)
+                self.service_tier, self.image_output_tokens, self.audio_cache_read_tokens)
 
     def __repr__(self):
         return (
@@ -63,7 +68,9 @@ cdef class Usage:
             f"audio_input_tokens={self.audio_input_tokens}, "
             f"audio_output_tokens={self.audio_output_tokens}, "
             f"web_search_requests={self.web_search_requests}, "
-            f"service_tier={self.service_tier!r})"
+            f"service_tier={self.service_tier!r}, "
+            f"image_output_tokens={self.image_output_tokens}, "
+            f"audio_cache_read_tokens={self.audio_cache_read_tokens})"
         )
 
     def __eq__(self, other):
@@ -108,7 +115,7 @@ cdef inline int64_t min64(int64_t a, int64_t b) noexcept nogil:
 
 cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     """The row convention (see plano_fast.wire._scan_py, "Normalized usage") from raw fields."""
-    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0, ws = 0
+    cdef int64_t inp, out, cr, cw, cw1h = 0, rs, tool = 0, ain = 0, aout = 0, ws = 0, iout = 0, acr = 0
     if api == A_ANTH:
         cr = v[F_CR]
         cw = v[F_CW]
@@ -130,6 +137,10 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
         # cache read (in cachedContentTokenCount), not an uncached audio token
         ain = v[F_AIN] - v[F_CAUD] if v[F_AIN] > v[F_CAUD] else 0
         aout = v[F_AOUT]
+        # ... as are generated images ($30 per 1M for gemini-2.5-flash-image, its text $2.50)
+        # and cached audio (the cache read's audio part)
+        iout = v[F_IOUT]
+        acr = v[F_CAUD]
     else:
         inp = v[F_IN]
         cr = v[F_CR]
@@ -152,7 +163,10 @@ cdef void normalize(int api, const int64_t *v, Usage u) noexcept:
     u.audio_input_tokens = min64(ain, inp - cr - cw)
     u.output_tokens = out
     u.reasoning_tokens = min64(rs, out)
-    u.audio_output_tokens = min64(aout, out)
+    aout = min64(aout, out)
+    u.audio_output_tokens = aout
+    u.image_output_tokens = min64(iout, out - aout)
+    u.audio_cache_read_tokens = min64(acr, cr)
     u.web_search_requests = ws
     if v[F_TIER] == TIER_FLEX:
         u.service_tier = TIER_NAME_FLEX
@@ -480,7 +494,8 @@ cdef class UsageScanner:
         return (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
                 u.reasoning_tokens, u.has_usage, u.model, u.is_error, u.tool_use_prompt_tokens,
                 u.cache_write_1h_tokens, u.audio_input_tokens, u.audio_output_tokens,
-                u.web_search_requests, u.service_tier, self.raw_usage_c())
+                u.web_search_requests, u.service_tier, u.image_output_tokens, u.audio_cache_read_tokens,
+                self.raw_usage_c())
 
     cdef object raw_usage_c(self):
         cdef Acc *a = &self.acc

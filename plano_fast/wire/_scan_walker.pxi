@@ -104,11 +104,16 @@ cdef inline int mlist_field(int slot) noexcept nogil:
 
 
 cdef void melem_done(DocRec *d) noexcept nogil:
-    """An element of a ModalityTokenCount list closed: an AUDIO one adds its tokenCount (a
-    bad count spoils the usage object, as any bad count does; the sum is capped)."""
+    """An element of a ModalityTokenCount list closed: an AUDIO one adds its tokenCount, and
+    an IMAGE one of candidatesTokensDetails to F_IOUT (a bad count spoils the usage object,
+    as any bad count does; the sum is capped)."""
     cdef URec *r = &d.u[0]
     cdef int f = d.mlist
-    if not d.m_audio or d.m_cst == ST_ABSENT or r.fst[f] == ST_BAD:
+    if d.m_kind == MOD_IMAGE and f == F_AOUT:
+        f = F_IOUT
+    elif d.m_kind != MOD_AUDIO:
+        return
+    if d.m_cst == ST_ABSENT or r.fst[f] == ST_BAD:
         return
     if d.m_cst == ST_BAD:
         r.fst[f] = ST_BAD
@@ -190,11 +195,13 @@ cdef void slot_scalar(Walker *w, int slot, int kind) noexcept nogil:
         return
     if slot >= SL_MLIST_IN:
         if slot == SL_MODALITY:
-            d.m_audio = 0
+            d.m_kind = MOD_OTHER
         elif slot == SL_MCOUNT:
             d.m_cst = null_or_bad(kind)
         elif slot != SL_MELEM:  # a list that is not an array: null is none, else bad
             d.u[0].fst[mlist_field(slot)] = null_or_bad(kind)
+            if slot == SL_MLIST_OUT:
+                d.u[0].fst[F_IOUT] = null_or_bad(kind)
         return
     if slot >= SL_F:
         i = slot - SL_F
@@ -291,7 +298,7 @@ cdef int open_obj(Walker *w, int slot) noexcept nogil:
         d.u[i].stu = ST_OK
         return ND_STU1 + i
     if slot == SL_MELEM:
-        d.m_audio = 0
+        d.m_kind = MOD_OTHER
         d.m_cst = ST_ABSENT
         return ND_MELEM
     if slot == SL_RSOPT:
@@ -315,6 +322,8 @@ cdef int open_arr(Walker *w, int slot) noexcept nogil:
     if SL_MLIST_IN <= slot <= SL_MLIST_OUT:
         w.doc.mlist = mlist_field(slot)
         w.doc.u[0].fst[w.doc.mlist] = ST_ABSENT  # a repeated list replaces the earlier one
+        if slot == SL_MLIST_OUT:
+            w.doc.u[0].fst[F_IOUT] = ST_ABSENT
         return ND_MLIST
     slot_scalar(w, slot, K_ARR)
     return ND_NONE
