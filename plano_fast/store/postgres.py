@@ -776,6 +776,11 @@ class PostgresStore(SqlStore):
         async def run() -> int:
             return _rowcount(await self.pool.execute(_dollar(sql), *args))
 
+        if sql in self.IDEMPOTENT_WRITES:
+            # As a read (``_fetch``): the heartbeat and the instance sweeps leave the same
+            # state however often they run, and nobody reads their count, so a connection
+            # lost while idle (a backend ended between two heartbeats) costs no failed beat.
+            return await self._once_more_if_lost(run, "write")
         return await self._retrying(run)
 
     async def _transaction(self, statements: Sequence[Stmt]) -> list[int]:
