@@ -153,7 +153,8 @@ def test_an_idempotent_write_on_a_pooled_connection_terminated_while_idle_runs_o
                     ("forget_instance", lambda: store.forget_instance("idle-beat"), "idle-beat", None),
                     # (release_orphaned's sweep of stale instances; called alone, since its read
                     # before it would meet the ended connection first)
-                    ("forget stale", lambda: store._execute(store._FORGET_STALE, (now + 1,)), "idle-stale", None),
+                    ("forget stale", lambda: store._execute(  # type: ignore[attr-defined]
+                        store._FORGET_STALE, (now + 1,)), "idle-stale", None),
                 ]
                 await store.heartbeat("idle-stale", "h", 2, now, alive_until_ns=now)
                 for name, write, instance_id, expected in writes:
