@@ -29,6 +29,7 @@ import pytest
 from plano_fast.store import BudgetTarget, CounterKey, open_store
 from plano_fast.store.migrate import migrate
 from plano_fast.store.postgres import _CONNECTION_LOST
+from plano_fast.store.sql import SqlStore
 from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
 from tests.test_store_pg_batch import dsn, row  # noqa: F401 - fixture
 
@@ -154,7 +155,7 @@ def test_an_idempotent_write_on_a_pooled_connection_terminated_while_idle_runs_o
                     # (release_orphaned's sweep of stale instances; called alone, since its read
                     # before it would meet the ended connection first)
                     ("forget stale", lambda: store._execute(  # type: ignore[attr-defined]
-                        store._FORGET_STALE, (now + 1,)), "idle-stale", None),
+                        SqlStore._FORGET_STALE, (now + 1,)), "idle-stale", None),
                 ]
                 await store.heartbeat("idle-stale", "h", 2, now, alive_until_ns=now)
                 for name, write, instance_id, expected in writes:
