@@ -73,18 +73,25 @@ def test_batches_summed_by_the_store_count_exactly_what_the_server_sums(
     batches += [[dataclasses.replace(r, request_id=f"{r.request_id}-one{j}", project_id="pa", user_id="ua",
                                      key_hash=None, time_ns=rows[0].time_ns) for r in rows[60 + 13 * j:73 + 13 * j]]
                 for j in range(3)]
+    # unpriced rows only (the billing flusher's, priced later): no counter moves; then again
+    unpriced = [dataclasses.replace(r, request_id=f"{r.request_id}-unpriced", priced=False, cost_nano_usd=None,
+                                    time_ns=rows[0].time_ns) for r in rows[100:110]]
+    batches += [unpriced, unpriced]
     batches = [b for b in batches if len(b) >= 2]
-    ran = {"summed": 0, "server": 0, "arrays": 0}
+    ran = {"summed": 0, "server": 0, "arrays": 0, "no counter": 0}
     original = asyncpg.connection.Connection.fetchval
-    summed_sql = {sql for n in range(postgres._SCALAR_DELTAS_MAX + 1)
+    shapes: list[int | None] = [None, *range(postgres._SCALAR_DELTAS_MAX + 1)]
+    summed_sql = {sql for n in shapes
                   for sql in (postgres._write_summed_sql(n), postgres._unflushed(postgres._write_summed_sql(n)))}
-    arrays_sql = {postgres._write_summed_sql(0), postgres._unflushed(postgres._write_summed_sql(0))}
+    arrays_sql = {postgres._write_summed_sql(None), postgres._unflushed(postgres._write_summed_sql(None))}
+    no_counter_sql = {postgres._write_summed_sql(0), postgres._unflushed(postgres._write_summed_sql(0))}
     server_sql = {postgres._WRITE_USAGE, postgres._unflushed(postgres._WRITE_USAGE)}
 
     async def fetchval(conn: Any, query: str, *args: Any, **kwargs: Any) -> Any:
         if query in summed_sql:
             ran["summed"] += 1
             ran["arrays"] += query in arrays_sql
+            ran["no counter"] += query in no_counter_sql
         elif query in server_sql:
             ran["server"] += 1
         return await original(conn, query, *args, **kwargs)
@@ -120,14 +127,17 @@ def test_batches_summed_by_the_store_count_exactly_what_the_server_sums(
                 expected["server"] += any(r.request_id in seen for r in b)
             seen.update(r.request_id for r in b)
         assert expected["server"] >= len(batches) // 3 and expected["summed"] >= len(batches) - 2
-        # (the deltas as scalars and, past _SCALAR_DELTAS_MAX, as arrays: both ran)
+        # (the deltas as scalars and, past _SCALAR_DELTAS_MAX, as arrays; none: the
+        # unpriced batch and its replay)
         assert 0 < ran.pop("arrays") < expected["summed"]
+        assert ran.pop("no counter") == 2
         assert ran == expected, ran
         monkeypatch.setattr(postgres, "SUM_DELTAS_HERE", False)
-        ran.update(summed=0, server=0, arrays=0)
+        ran.update({"summed": 0, "server": 0, "arrays": 0, "no counter": 0})
         server = asyncio.run(written(server_dsn))
-        assert ran == {"summed": 0, "server": len(batches), "arrays": 0}
+        assert ran == {"summed": 0, "server": len(batches), "arrays": 0, "no counter": 0}
     assert here == server
     inserted, log, counters = here
-    assert sum(inserted) == len(rows) + 39 == len(log)
-    assert inserted[-4] == 0 and inserted[-3:] == [13, 13, 13] and len(counters) > 40  # (the replays; one user)
+    assert sum(inserted) == len(rows) + 39 + 10 == len(log)
+    # (the replays; one user; unpriced, then replayed)
+    assert inserted[-6] == 0 and inserted[-5:] == [13, 13, 13, 10, 0] and len(counters) > 40

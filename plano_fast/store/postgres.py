@@ -254,23 +254,30 @@ _SCALAR_DELTAS_MAX = 12
 _DELTA_ARRAYS = "unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[])"
 
 
-@functools.lru_cache(maxsize=_SCALAR_DELTAS_MAX + 1)
-def _write_summed_sql(deltas: int) -> str:
-    """A batch's statement with ``deltas`` counter deltas as scalars (0: as arrays)."""
-    source = f"(VALUES {_delta_values(deltas, 4)})" if deltas else _DELTA_ARRAYS
-    return f"""{_INPUT_CTE}
-ins AS (
-    INSERT INTO usage_log ({_USAGE_COLUMN_LIST})
-    SELECT {_USAGE_COLUMN_LIST} FROM input
-    RETURNING 1
-),
+@functools.lru_cache(maxsize=_SCALAR_DELTAS_MAX + 2)
+def _write_summed_sql(deltas: int | None) -> str:
+    """A batch's statement with ``deltas`` counter deltas as scalars (None: as arrays; 0:
+    no counter to move, the rows unpriced or free: ``$1`` only)."""
+    if deltas is None:
+        source = _DELTA_ARRAYS
+    elif deltas:
+        source = f"(VALUES {_delta_values(deltas, 4)})"
+    else:
+        source = ""
+    bump = f""",
 bump AS (
     INSERT INTO spending_counters AS sc
         (scope_kind, scope_id, period, period_start, shard, spent_nano_usd, reserved_nano_usd, updated_at_ns)
     SELECT k, i, p, s, $3::smallint, c, 0, $2::bigint
       FROM {source} AS t(k, i, p, s, c)
      ORDER BY k COLLATE "C", i COLLATE "C", p COLLATE "C", s{_BUMP_SET}
-)
+)""" if source else ""
+    return f"""{_INPUT_CTE}
+ins AS (
+    INSERT INTO usage_log ({_USAGE_COLUMN_LIST})
+    SELECT {_USAGE_COLUMN_LIST} FROM input
+    RETURNING 1
+){bump}
 SELECT count(*) FROM ins
 """
 
@@ -279,8 +286,10 @@ def _write_summed_args(rows: list[UsageRow], records: list[tuple[Any, ...]], now
                        ) -> tuple[str, tuple[Any, ...]]:
     """``_write_summed_sql`` for ``rows`` (none before 1970) and its arguments."""
     deltas = sorted(counter_deltas(rows).items())  # (the counters' lock order)
+    if not deltas:
+        return _write_summed_sql(0), (records,)
     if len(deltas) > _SCALAR_DELTAS_MAX:
-        return _write_summed_sql(0), (
+        return _write_summed_sql(None), (
             records, now, shard,
             [k.scope_kind for k, _ in deltas], [k.scope_id for k, _ in deltas],
             [k.period for k, _ in deltas], [k.period_start for k, _ in deltas],
@@ -965,7 +974,7 @@ class PostgresStore(SqlStore):
                             if exc.constraint_name != _REQUEST_ID_INDEX:
                                 raise
                         # (a row was in the log already: rolled back; counted row by row)
-                        sql, args = _WRITE_USAGE, args[:3]
+                        sql, args = _WRITE_USAGE, (args[0], now, shard)
                     return int(await self._fetchval_hot(_unflushed(sql) if unflushed else sql, *args))
                 async with self.pool.acquire() as conn, conn.transaction():
                     if unflushed:
