@@ -6,7 +6,10 @@ and upserts their cost into ``spending_counters`` per scope and period.  Batches
 or more are first COPYed (binary) into a per-connection temp table in the same transaction;
 smaller ones travel as one array of rows (``usage_input``, migration 10), and a single row
 (``write_usage`` or ``settle`` of one request: concurrency 1) as scalars, with its counter
-deltas computed here as SQLite's are (``_write_one_sql``, ``_settle_one_sql``).  ``set_prices``
+deltas computed here as SQLite's are (``_write_one_sql``, ``_settle_one_sql``); a smaller
+batch's deltas are computed here too, and its rows inserted without ``ON CONFLICT``
+(``_write_summed_sql``: a replayed row fails it, and it runs again as the statement above,
+``_WRITE_USAGE``).  ``set_prices``
 is built the same way around ``UPDATE ... WHERE NOT priced``.  So spend always equals the
 sum of the log, whatever is replayed or retried.
 
