@@ -172,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beside-behind", type=int,
                     help="managed.context.BATCH_BESIDE_BEHIND for the writer shape (default: the module's; 0: "
                          "a batch beside as soon as BATCH_BESIDE_MIN_ROWS wait, the rule before it)")
+    ap.add_argument("--sql-deltas", action="store_true",
+                    help="batches' counter deltas summed by the server (postgres._WRITE_USAGE, the statement "
+                         "before SUM_DELTAS_HERE) rather than by the store")
     args = ap.parse_args(argv)
+    if args.sql_deltas:
+        from plano_fast.store import postgres
+
+        postgres.SUM_DELTAS_HERE = False
     bms.count_round_trips()
     bms.ROWS_PER_COMMIT[0] = args.rows_per_commit
     if args.beside_min_rows is not None or args.beside_behind is not None:

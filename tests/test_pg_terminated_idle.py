@@ -29,6 +29,7 @@ import pytest
 from plano_fast.store import BudgetTarget, CounterKey, open_store
 from plano_fast.store.migrate import migrate
 from plano_fast.store.postgres import _CONNECTION_LOST
+from plano_fast.store.sql import SqlStore
 from tests.fault_proxy import FaultProxy, dsn_target, proxied_dsn
 from tests.test_store_pg_batch import dsn, row  # noqa: F401 - fixture
 
@@ -122,5 +123,47 @@ def test_a_read_on_a_pooled_connection_terminated_while_idle_runs_once_more(dsn:
                 finally:
                     proxy.release_closes()
                 assert [p.name for p in await store.list_projects()] == ["idle-read"]
+
+        asyncio.run(main())
+
+
+def test_an_idempotent_write_on_a_pooled_connection_terminated_while_idle_runs_once_more(dsn: str) -> None:
+    """The heartbeat and the instance sweeps (``SqlStore.IDEMPOTENT_WRITES``) leave the
+    same state however often they run: one whose idle pooled connection was ended runs once
+    more on a new connection, where before it failed once (``InternalClientError``: a missed
+    heartbeat, a failed stop's vouch).  Each case returns None and leaves its row as
+    written; a write outside the set still fails (the previous test)."""
+    with FaultProxy(dsn_target(dsn)) as proxy:
+
+        async def pooled_pid(store: Any) -> int:
+            return int((await store._fetch("SELECT pg_backend_pid()"))[0][0])
+
+        async def beat_of(store: Any, instance_id: str) -> object:
+            rows = await store._fetch("SELECT heartbeat_at_ns FROM gateway_instances WHERE id = ?", (instance_id,))
+            return rows[0][0] if rows else None
+
+        async def main() -> None:
+            async with open_store(proxied_dsn(dsn, proxy.port), "unused.db", min_size=1, max_size=1) as store:
+                await migrate(store)
+                now = time.time_ns()
+                writes: list[tuple[str, Callable[[], Awaitable[object]], str, object]] = [
+                    ("heartbeat", lambda: store.heartbeat("idle-beat", "h", 1, now, alive_until_ns=now + 5),
+                     "idle-beat", now + 5),
+                    ("heartbeat again", lambda: store.heartbeat("idle-beat", "h", 1, now, alive_until_ns=now + 9),
+                     "idle-beat", now + 9),
+                    ("forget_instance", lambda: store.forget_instance("idle-beat"), "idle-beat", None),
+                    # (release_orphaned's sweep of stale instances; called alone, since its read
+                    # before it would meet the ended connection first)
+                    ("forget stale", lambda: store._execute(  # type: ignore[attr-defined]
+                        SqlStore._FORGET_STALE, (now + 1,)), "idle-stale", None),
+                ]
+                await store.heartbeat("idle-stale", "h", 2, now, alive_until_ns=now)
+                for name, write, instance_id, expected in writes:
+                    await _terminate_while_idle(proxy, dsn, await pooled_pid(store))
+                    try:
+                        await write()
+                    finally:
+                        proxy.release_closes()
+                    assert await beat_of(store, instance_id) == expected, name
 
         asyncio.run(main())

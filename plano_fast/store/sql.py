@@ -405,13 +405,21 @@ class SqlStore(Store):
         self, instance_id: str, host: str, pid: int, started_at_ns: int, alive_until_ns: int | None = None
     ) -> None:
         await self._execute(
-            "INSERT INTO gateway_instances (id, host, pid, started_at_ns, heartbeat_at_ns) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at_ns = excluded.heartbeat_at_ns",
+            self._HEARTBEAT,
             (instance_id, host, pid, started_at_ns, now_ns() if alive_until_ns is None else alive_until_ns),
         )
 
     async def forget_instance(self, instance_id: str) -> None:
-        await self._execute("DELETE FROM gateway_instances WHERE id = ?", (instance_id,))
+        await self._execute(self._FORGET_INSTANCE, (instance_id,))
+
+    # Writes that leave the same state however often they run, and whose callers read no
+    # count from them: a store may run one again when its connection was lost
+    # (``IDEMPOTENT_WRITES``; PostgreSQL: a pooled connection whose backend ended while idle).
+    _HEARTBEAT = (
+        "INSERT INTO gateway_instances (id, host, pid, started_at_ns, heartbeat_at_ns) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat_at_ns = excluded.heartbeat_at_ns"
+    )
+    _FORGET_INSTANCE = "DELETE FROM gateway_instances WHERE id = ?"
 
     _ORPHANED = (
         "SELECT DISTINCT r.id FROM spending_reservations r "
@@ -423,6 +431,7 @@ class SqlStore(Store):
         "DELETE FROM gateway_instances WHERE heartbeat_at_ns < ? AND id NOT IN "
         "(SELECT owner FROM spending_reservations WHERE owner IS NOT NULL)"
     )
+    IDEMPOTENT_WRITES = frozenset((_HEARTBEAT, _FORGET_INSTANCE, _FORGET_STALE))
 
     async def fetch_unpriced(self, limit: int) -> list[UsageRow]:
         rows = await self._fetch(
