@@ -308,6 +308,24 @@ def cost_nano_usd(price: ModelPrice, tokens: TokenCounts) -> int:
     )[0]  # fmt: skip
 
 
+_TEXT_OUTPUT_ONLY = ((0, 0),)
+
+
+def output_parts(price: ModelPrice, output_tokens: int) -> tuple[tuple[int, int], ...]:
+    """The ways ``output_tokens`` of output may be billed by ``price`` (its context and
+    service tiers included), as ``(audio_output, image_output)`` parts for
+    ``price_tokens``: all text, and all audio or all images where a price lists a rate for
+    them (each may be dearer than text: gemini-2.5-flash-image's images $30 per 1M against
+    $2.50).  For a bound the provider cannot exceed whatever it generates."""
+    prices = (price, *price.tiers, *(p for _, p in price.service_tiers))
+    parts = [(0, 0)]
+    if any(p.audio_output_per_mtok is not None for p in prices):
+        parts.append((output_tokens, 0))
+    if any(p.image_output_per_mtok is not None for p in prices):
+        parts.append((0, output_tokens))
+    return _TEXT_OUTPUT_ONLY if len(parts) == 1 else tuple(parts)
+
+
 def service_price(price: ModelPrice, service_tier: str | None) -> ModelPrice | None:
     """The price ``price`` lists for ``service_tier`` (None: the standard tier), or None
     when it lists none."""

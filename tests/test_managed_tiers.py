@@ -28,7 +28,7 @@ import pytest
 
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.managed.bounds import UnboundedContent, request_bound, tiers_it_may_be_billed_at, token_bound
-from plano_fast.pricing import PricingRegistry
+from plano_fast.pricing import PricingRegistry, output_parts
 from plano_fast.store.records import PRICE_STATUS_PARTIAL
 from tests.gateway_proc import GatewayProcess
 from tests.test_managed import (
@@ -227,3 +227,54 @@ def test_anthropic_auto_at_priority_tier_is_billed_within_the_standard_bound(
     (row,) = tenant_rows(sqlite_path, tenant)
     assert (row.cost_nano_usd, row.price_status, row.reservation_overrun_nano_usd) == (
         len(body) * 3_000 + 50 * 15_000, PRICE_STATUS_PARTIAL, None)
+
+
+# -- output the model may bill above its text rate ---------------------------------------------
+
+
+@pytest.mark.parametrize(("provider", "model", "parts"), [
+    ("openai", "gpt-4o-mini", ((0, 0),)),  # text only: one way
+    ("openai", "gpt-4o-mini-audio-preview", ((0, 0), (100, 0))),  # speaks: $20 per 1M audio out
+    ("gemini", "gemini-2.5-flash-image", ((0, 0), (0, 100))),  # draws: $30 per 1M image out
+])
+def test_the_ways_an_output_bound_may_be_billed(provider: str, model: str, parts: tuple[tuple[int, int], ...]) -> None:
+    """``output_parts``: all text, and all audio or all images where the entry prices them."""
+    price = PricingRegistry().price_for(provider, model, None)
+    assert price is not None
+    assert output_parts(price, 100) == parts
+
+
+AUDIO_MODEL_PRICES = (150, 600, 20_000)  # gpt-4o-mini-audio-preview: in, text out, audio out (nano-USD a token)
+
+
+def test_a_model_that_may_answer_in_audio_is_reserved_at_the_audio_rate(
+    make_gateway: Callable[..., GatewayProcess], tmp_path: Path, fake: FakeProviderThread,
+) -> None:
+    """The bound prices the whole output at the dearest output rate the entry lists, not
+    at the one the body's members suggest: Gemini's image models answer with images when
+    nothing in the body asks for them (responseModalities defaults to text and image).
+    Shown with an OpenAI model the managed tests can provision, gpt-4o-mini-audio-preview
+    ($20 per 1M audio output against $0.60 for text; an OpenAI body asking for audio is
+    refused already, bounds' ``modalities``): a limit of one request's text bound is refused
+    (402, nothing forwarded); a limit of its audio bound is served, the text answer billed
+    within it.  (Was: reserved at the text rate: an answer in audio or images overshot the
+    limit up to 33-fold.)"""
+    sqlite_path = str(tmp_path / "plano_config_0.db")
+    body = b({"model": "gpt-4o-mini-audio-preview", "max_tokens": 50, "messages": TEXT})
+    in_p, out_p, audio_p = AUDIO_MODEL_PRICES
+    text_bound, audio_bound = len(body) * in_p + 50 * out_p, len(body) * in_p + 50 * audio_p
+    price = PricingRegistry().price_for("openai", "gpt-4o-mini-audio-preview", None)
+    assert price is not None and (price.input_per_mtok, price.output_per_mtok, price.audio_output_per_mtok) == (
+        in_p * 10**6, out_p * 10**6, audio_p * 10**6)
+    made: list[Tenant] = []
+    pipe = [("openai/gpt-4o-mini-audio-preview", None, "gpt-4o-mini-audio*")]
+    gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV, before_start=lambda: made.extend(
+        provision(None, sqlite_path, pipe, limit_nano_usd=limit) for limit in (text_bound, audio_bound)))
+    text_only, audio = made
+    fake.clear()
+    status, doc = post(gateway, text_only.token, body)
+    assert (status, doc["error"]["code"]) == (402, "budget_exceeded")
+    assert [r for r in fake.requests if not r.path.startswith("/_fake")] == []
+    assert post(gateway, audio.token, body)[0] == 200
+    assert [(r.cost_nano_usd, r.reservation_overrun_nano_usd) for r in tenant_rows(sqlite_path, audio)] == [
+        (len(body) * in_p + 50 * out_p, None)]

@@ -57,7 +57,7 @@ from plano_fast.managed.bounds import (
 )
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
-from plano_fast.pricing import price_tokens
+from plano_fast.pricing import output_parts, price_tokens
 from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.twins import install_compiled
@@ -334,7 +334,10 @@ class ManagedExchange(RetryingExchange):
         # billed at it: an OpenAI project set to priority serves ``auto`` at priority),
         # plano_fast.managed.bounds.  Priced by ``price_tokens`` on the entry the row will be
         # priced with (``price_for``: custom, else the table's), as billing does, without a
-        # TokenCounts and a Quote per variant (benchmarks/bench_reserve_bound.py).
+        # TokenCounts and a Quote per variant (benchmarks/bench_reserve_bound.py).  The output
+        # at each rate the entry has for it (``output_parts``): a model that draws or speaks
+        # (gemini-2.5-flash-image: $30 per 1M image tokens against $2.50 for text) may spend
+        # the whole output bound on images or audio without the body asking for them.
         variants = ((0, 0), (input_bound, 0), (input_bound, input_bound))  # (cache writes, of which 1h)
         pricing = self.mctx.pricing
         for target in self.targets:
@@ -351,13 +354,15 @@ class ManagedExchange(RetryingExchange):
                     f"no price is known for model '{model}', so its hard budget cannot be "
                     "enforced; set a custom price for it"
                 )
+            outputs = output_parts(price, output_bound)
             for tier in tiers_it_may_be_billed_at(pinned_tier, price.service_tiers):
                 for cache_write, cache_write_1h in variants:
-                    cost = price_tokens(price, input_bound, output_bound, 0, cache_write, cache_write_1h,
-                                        service_tier=tier)[0]  # fmt: skip
-                    if cost > worst:
-                        worst = cost
-                        worst_tier = tier
+                    for audio_out, image_out in outputs:
+                        cost = price_tokens(price, input_bound, output_bound, 0, cache_write, cache_write_1h,
+                                            aout=audio_out, service_tier=tier, iout=image_out)[0]  # fmt: skip
+                        if cost > worst:
+                            worst = cost
+                            worst_tier = tier
         mctx = self.mctx
         # The store's answer is awaited under a shield, in a task of the context's: a stop
         # (or the client leaving) cancels this wait, never the reservation half-taken --
