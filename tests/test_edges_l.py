@@ -1,0 +1,198 @@
+"""Round l of the attack battery (benchmarks/attack_battery_l.py): what it found, as tests.
+
+* A managed Responses request naming the provider's stored state reached the provider under
+  the operator's one server-side key, shared by every project: without ``state_storage`` (and
+  without a hard limit, whose bound refused it for its cost alone) a ``previous_response_id``
+  went up as sent -- a project naming another project's response id continued that
+  conversation, its text in the answer -- and with or without it a ``conversation`` and an
+  input item naming a stored item (``item_reference``, an ``id`` alone, a ``reasoning`` item
+  by ``id`` without its ``encrypted_content``) and a ``code_interpreter`` tool naming a
+  container by id (another request's container, its files) did too.  They are a 400 naming the member,
+  nothing forwarded (``plano_fast.responses_managed.refuse_unowned_state``); with
+  ``state_storage`` ``previous_response_id`` is expanded from the gateway's own store as
+  before.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.attack_battery import exchange, post
+from benchmarks.attack_battery_l import FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
+from benchmarks.fake_provider import FakeProviderThread
+from plano_fast.errors import ClientError
+from tests.gateway_proc import GatewayProcess, write_config
+from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
+
+CLOSE = b"Connection: close\r\n"
+
+
+def _start(fake: FakeProviderThread, where: Path, state: bool) -> tuple[GatewayProcess, Tenant, str]:
+    """A managed gateway (no hard limit; ``state_storage: store`` when ``state``) and one tenant."""
+    path = write_config(where / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+    if state:
+        path.write_text(path.read_text() + "state_storage:\n  type: store\n")
+    sqlite_path = str(path.with_suffix(".db"))
+    tenants: list[Tenant] = []
+    gw = GatewayProcess(path, env=ENV, before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE)))
+    return gw, tenants[0], sqlite_path
+
+
+@pytest.fixture(scope="module")
+def stateless(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, bytes, str]]:
+    gw, tenant, db = _start(fake, tmp_path_factory.mktemp("stateless"), state=False)
+    yield gw, b"Authorization: Bearer " + tenant.token.encode() + b"\r\n", db
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def stateful(fake: FakeProviderThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, bytes, str]]:
+    gw, tenant, db = _start(fake, tmp_path_factory.mktemp("stateful"), state=True)
+    yield gw, b"Authorization: Bearer " + tenant.token.encode() + b"\r\n", db
+    gw.stop()
+
+
+def _calls(fake: FakeProviderThread) -> list[Any]:
+    return [r for r in fake.requests if not r.path.startswith("/_fake")]
+
+
+def _rows(db: str, request_id: bytes | None) -> list[Any]:
+    time.sleep(0.3)  # (managed rows are written before the answer ends; a margin for none)
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select status from usage_log where request_id = ?",
+                            ((request_id or b"").decode(),)).fetchall()
+
+
+#: the member each state-naming body is refused for, as the 400's message names it
+NAMED = {
+    "previous_response_id": b"previous_response_id", "previous_response_id, escaped name": b"previous_response_id",
+    "conversation id": b"conversation", "conversation object": b"conversation",
+    "item_reference": b"item_reference", "an item by id alone": b"item_reference",
+    "a reasoning item by id, no encrypted_content": b"reasoning",
+    "a code_interpreter container by id": b"container",
+}
+
+
+@pytest.mark.parametrize(("name", "body", "names_state"), [pytest.param(*c, id=c[0]) for c in STATE_BODIES])
+def test_state_the_provider_keeps_is_never_named_upstream(
+    stateless: tuple[GatewayProcess, bytes, str], fake: FakeProviderThread, name: str, body: bytes, names_state: bool,
+) -> None:
+    """Managed, no state_storage, no hard limit.  A body naming stored state: 400 in OpenAI's
+    format naming the member, nothing forwarded, no row (on main: 200, forwarded with the
+    foreign id under the operator's key).  The controls: 200, forwarded once."""
+    gw, auth, db = stateless
+    before = len(_calls(fake))
+    answer = exchange(gw.port, post(b"/v1/responses", body, auth, CLOSE), wait_s=10)
+    calls = _calls(fake)[before:]
+    if names_state:
+        assert answer.status == 400, answer.raw[:400]
+        err = json.loads(answer.body)["error"]
+        assert NAMED[name] in err["message"].encode() and err["type"] == "invalid_request_error", err
+        assert calls == [] and _rows(db, answer.header(b"x-plano-request-id")) == []
+    else:
+        assert answer.status == 200 and len(calls) == 1, answer.raw[:400]
+        assert FOREIGN.encode() not in calls[0].body
+
+
+@pytest.mark.parametrize("name", ["conversation id", "item_reference", "a reasoning item by id, no encrypted_content",
+                                  "a code_interpreter container by id"])
+def test_with_state_storage_the_rest_is_still_refused(
+    stateful: tuple[GatewayProcess, bytes, str], fake: FakeProviderThread, name: str,
+) -> None:
+    """With state_storage the gateway expands previous_response_id from its own store (a
+    foreign id is its 404: tests/test_responses_managed_state.py); a ``conversation`` or a
+    stored item's reference is still the provider's state: 400, nothing forwarded (on main:
+    200, forwarded)."""
+    gw, auth, _ = stateful
+    body = next(b for n, b, _ in STATE_BODIES if n == name)
+    before = len(_calls(fake))
+    answer = exchange(gw.port, post(b"/v1/responses", body, auth, CLOSE), wait_s=10)
+    assert answer.status == 400 and NAMED[name] in answer.body, answer.raw[:400]
+    assert _calls(fake)[before:] == []
+
+
+def test_with_state_storage_a_foreign_id_is_404_and_an_own_id_is_expanded(
+    stateful: tuple[GatewayProcess, bytes, str], fake: FakeProviderThread,
+) -> None:
+    """The previous_response_id refusal above is not taken with state_storage: a foreign id
+    is the store's 404, the tenant's own is expanded and served (the same on main)."""
+    gw, auth, _ = stateful
+    before = len(_calls(fake))
+    answer = exchange(gw.port, post(b"/v1/responses", _responses({"input": "hi", "previous_response_id": FOREIGN}),
+                                    auth, CLOSE), wait_s=10)
+    assert answer.status == 404 and _calls(fake)[before:] == [], answer.raw[:300]
+    first = exchange(gw.port, post(b"/v1/responses", _responses({"input": "remember 7"}), auth, CLOSE), wait_s=10)
+    assert first.status == 200, first.raw[:300]
+    own = json.loads(first.body)["id"]
+    time.sleep(0.3)  # (the stored turn's write lands)
+    second = exchange(gw.port, post(b"/v1/responses", _responses({"input": "which?", "previous_response_id": own}),
+                                    auth, CLOSE), wait_s=10)
+    assert second.status == 200, second.raw[:300]
+    sent = json.loads(_calls(fake)[-1].body)
+    assert "previous_response_id" not in sent and "remember 7" in json.dumps(sent["input"])
+
+
+@pytest.mark.parametrize(("method", "path"), STATE_ENDPOINTS, ids=[f"{m.decode()} {p.decode()[:40]}" for m, p in STATE_ENDPOINTS])
+def test_stored_state_endpoints_are_not_forwarded(
+    stateless: tuple[GatewayProcess, bytes, str], fake: FakeProviderThread, method: bytes, path: bytes,
+) -> None:
+    """Managed without state_storage: every stored-state endpoint of the OpenAI API is a
+    404/405 in the client's format, nothing forwarded (the same on main: a pin)."""
+    gw, auth, _ = stateless
+    body = b"{}" if method == b"POST" else b""
+    data = (method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\n" + auth + CLOSE
+            + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    before = len(_calls(fake))
+    answer = exchange(gw.port, data, wait_s=5)
+    assert answer.status in (404, 405) and "error" in json.loads(answer.body), answer.raw[:300]
+    assert _calls(fake)[before:] == []
+
+
+# the check itself: every spelling a JSON parser accepts --------------------------------------
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","input":"hi","conversation":"conv_1","conversation":null}',  # a first-wins parser reads conv_1
+    b'{"model":"m","input":"hi","conversation":null,"conversation":{"id":"conv_1"}}',
+    b'{"model":"m","input":"hi","\\u0063onversation":"conv_1"}',
+    b'{"model":"m","input":"hi","previous_response_id":"resp_1"}',
+    b'{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}',
+    b'{"model":"m","input":[{"type":"item_reference","type":"message","id":"msg_1","role":"user"}]}',
+    b'{"model":"m","input":[{"id":"msg_1"}]}',
+    b'{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[]}]}',
+    b'{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":""}]}',
+    b'{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":null}]}',
+    b'{"model":"m","input":"hi","tools":[{"type":"code_interpreter","container":"cntr_1"}]}',
+    b'{"model":"m","input":"hi","tools":[{"type":"code_interpreter","container":{"type":"auto"},"container":"cntr_1"}]}',
+])
+def test_refused_in_every_spelling(body: bytes) -> None:
+    """Each names stored state: ClientError (400) (on main the function does not exist: an
+    ImportError, imported here so that the socket tests above run on main too)."""
+    from plano_fast.responses_managed import refuse_unowned_state
+
+    with pytest.raises(ClientError):
+        refuse_unowned_state(body, expands_previous=False)
+
+
+@pytest.mark.parametrize(("body", "expands"), [
+    (b'{"model":"m","input":"hi"}', False),
+    (b'{"model":"m","input":"hi","previous_response_id":null,"conversation":null}', False),
+    (b'{"model":"m","input":"hi","previous_response_id":"resp_1"}', True),  # expanded from the gateway's store
+    (b'{"model":"m","input":"hi","metadata":{"conversation":"mine","id":"x"}}', False),  # metadata is the client's
+    (b'{"model":"m","input":[{"type":"message","id":"msg_1","role":"assistant","content":"ok"}]}', False),
+    (b'{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[],"encrypted_content":"gAAA"}]}', False),
+    (b'{"model":"m","input":[{"type":"function_call_output","call_id":"c1","output":"{\\"id\\":1}"}]}', False),
+    (b'{"model":"m","input":"hi","tools":[{"type":"code_interpreter","container":{"type":"auto"}}]}', False),
+    (b'{"model":"m","input":"hi","tools":[{"type":"function","name":"container","parameters":{}}]}', False),
+    (b'{"model":"m","input":"hi"', False),  # not JSON: the scanner's 400, not this one's
+])
+def test_not_refused(body: bytes, expands: bool) -> None:
+    """Nothing stored is named (or it is expanded by the gateway): passes (returns None)."""
+    from plano_fast.responses_managed import refuse_unowned_state
+
+    assert refuse_unowned_state(body, expands_previous=expands) is None
