@@ -281,3 +281,18 @@ def round_l_headers_toward_upstream(s: Stack) -> Result:
     leaked = sorted(names & {"expect", "x-tenant", "connection", "keep-alive"})
     ok = answer.status == 200 and len(calls) == 1 and not leaked and all("evil" not in h for h in hosts)
     return Result(ok, f"{answer.status} fwd={len(calls)} leaked={leaked} host={hosts}")
+
+
+# a web page as the client (config mode: keyless requests are served with the operator's key) ---------
+@case("browser", "round l (OPEN, not fixed): a cross-site page's simple request -- POST with Content-Type "
+      "text/plain, Origin: https://evil.example, Sec-Fetch-Site: cross-site, no key -- should be refused (403), "
+      "nothing forwarded: the browser sends it without a preflight, and config mode serves it with the operator's "
+      "access_key (the page cannot read the answer, but the operator pays for it)", modes=("config",))
+def round_l_config_cross_site_request(s: Stack) -> Result:
+    head = (b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+            b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n")
+    before = len(s.provider_calls())
+    answer = exchange(s.gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT, wait_s=6)
+    calls = _calls_since(s, before)
+    return Result(answer.status == 403 and not calls,
+                  f"{answer.status} fwd={len(calls)} acao={answer.header(b'access-control-allow-origin')!r}")

@@ -195,4 +195,33 @@ def test_not_refused(body: bytes, expands: bool) -> None:
     """Nothing stored is named (or it is expanded by the gateway): passes (returns None)."""
     from plano_fast.responses_managed import refuse_unowned_state
 
-    assert refuse_unowned_state(body, expands_previous=expands) is None
+    refuse_unowned_state(body, expands_previous=expands)  # (raises ClientError when refused)
+
+
+# the admin API: one key a request ------------------------------------------------------------------
+def test_admin_takes_exactly_one_presented_key(tmp_path: Path) -> None:
+    """Several admin keys in one request (x-admin-key repeated, or beside an Authorization
+    bearer) were each compared and any match let the request in: ~100 guesses a request
+    against a loopback admin key (which may be short), also from a page whose DNS name
+    rebinds to 127.0.0.1.  Now two or more presented are a 401 even when one is right (on main:
+    200 for the pairs holding the key); the key alone in either header: 200."""
+    import aiohttp
+    from multidict import CIMultiDict
+
+    from tests.test_admin import ADMIN_KEY, Backend, Harness, run
+
+    async def body(h: Harness) -> None:
+        async def status(pairs: list[tuple[str, str]]) -> int:
+            async with h.session.get(h.base + "/projects", headers=CIMultiDict(pairs)) as resp:
+                return resp.status
+
+        guesses = [("x-admin-key", f"guess-{i}") for i in range(100)]  # (aiohttp refuses a head of more than ~128 lines: 400)
+        assert await status([*guesses, ("x-admin-key", ADMIN_KEY)]) == 401
+        assert await status([("x-admin-key", "wrong"), ("Authorization", f"Bearer {ADMIN_KEY}")]) == 401
+        assert await status([("x-admin-key", ADMIN_KEY), ("Authorization", f"Bearer {ADMIN_KEY}")]) == 401
+        assert await status([("x-admin-key", ADMIN_KEY), ("x-admin-key", ADMIN_KEY)]) == 401
+        assert await status([("x-admin-key", ADMIN_KEY)]) == 200
+        assert await status([("Authorization", f"Bearer {ADMIN_KEY}")]) == 200
+        assert aiohttp is not None
+
+    run(Backend("sqlite", None, str(tmp_path / "admin.db")), body)
