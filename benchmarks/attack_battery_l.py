@@ -284,15 +284,55 @@ def round_l_headers_toward_upstream(s: Stack) -> Result:
 
 
 # a web page as the client (config mode: keyless requests are served with the operator's key) ---------
-@case("browser", "round l (OPEN, not fixed): a cross-site page's simple request -- POST with Content-Type "
-      "text/plain, Origin: https://evil.example, Sec-Fetch-Site: cross-site, no key -- should be refused (403), "
-      "nothing forwarded: the browser sends it without a preflight, and config mode serves it with the operator's "
-      "access_key (the page cannot read the answer, but the operator pays for it)", modes=("config",))
+#: (name, extra header lines, Content-Type, expected status): what a page's browser sends
+BROWSER_CASES: list[tuple[str, bytes, bytes | None, int]] = [
+    ("cross-site, text/plain", b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n",
+     b"text/plain;charset=UTF-8", 403),
+    ("cross-site, form", b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+     b"application/x-www-form-urlencoded", 403),
+    ("cross-site, multipart", b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+     b"multipart/form-data; boundary=x", 403),
+    ("cross-site, no type", b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\n", None, 403),
+    ("same-site, text/plain", b"Origin: https://a.gw.example\r\nSec-Fetch-Site: same-site\r\n", b"text/plain", 403),
+    ("no Sec-Fetch-Site, another Origin", b"Origin: https://evil.example\r\n", b"text/plain", 403),
+    ("no Sec-Fetch-Site, Origin null", b"Origin: null\r\n", b"text/plain", 403),
+    # consented to, or not a page's
+    ("cross-site, JSON (after a preflight a front proxy answered)",
+     b"Origin: https://app.example\r\nSec-Fetch-Site: cross-site\r\n", b"application/json", 200),
+    ("same-origin, text/plain", b"Origin: http://127.0.0.1\r\nSec-Fetch-Site: same-origin\r\n", b"text/plain", 200),
+    ("no Sec-Fetch-Site, Origin = Host", b"Origin: http://127.0.0.1\r\n", b"text/plain", 200),
+    ("Sec-Fetch-Site: none (typed in, an extension)", b"Sec-Fetch-Site: none\r\n", b"text/plain", 200),
+    ("no browser headers (curl -d)", b"", b"application/x-www-form-urlencoded", 200),
+]
+
+
+@case("browser", "round l: a web page's request the gateway never consented to -- Sec-Fetch-Site cross-site or "
+      "same-site, or (no Sec-Fetch-Site) an Origin that is not the Host, without a JSON Content-Type -- is a 403 "
+      "in the client's format, nothing forwarded (config mode served it keyless with the operator's access_key: "
+      "the page cannot read the answer, the operator pays); JSON, same-origin, none and non-browser: served",
+      modes=("config",))
 def round_l_config_cross_site_request(s: Stack) -> Result:
-    head = (b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain;charset=UTF-8\r\n"
-            b"Origin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n")
+    bad = []
+    for name, lines, content_type, want in BROWSER_CASES:
+        head = (b"POST " + CHAT_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lines
+                + (b"Content-Type: " + content_type + b"\r\n" if content_type else b""))
+        before = len(s.provider_calls())
+        answer = exchange(s.gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT, wait_s=6)
+        calls = _calls_since(s, before)
+        err = answer.error_json()
+        if answer.status != want or len(calls) != (want == 200) or (want == 403 and not (
+                isinstance(err, dict) and "error" in err)):
+            bad.append(f"{name}: {answer.status} fwd={len(calls)}")
+    return Result(not bad, "; ".join(bad)[:400] or f"{len(BROWSER_CASES)} browser requests as expected")
+
+
+@case("browser", "round l: a cross-site page's simple request with a Gemini ?key= (a credential a page can put "
+      "in a URL): 403, nothing forwarded", modes=("firewall",))
+def round_l_firewall_cross_site_query_key(s: Stack) -> Result:
+    path = b"/v1beta/models/gemini-2.0-flash:generateContent?key=" + _key(s)
+    head = (b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://evil.example\r\n"
+            b"Sec-Fetch-Site: cross-site\r\nContent-Type: text/plain\r\n")
     before = len(s.provider_calls())
-    answer = exchange(s.gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(CHAT) + CHAT, wait_s=6)
+    answer = exchange(s.gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(GEMINI_BODY) + GEMINI_BODY, wait_s=6)
     calls = _calls_since(s, before)
-    return Result(answer.status == 403 and not calls,
-                  f"{answer.status} fwd={len(calls)} acao={answer.header(b'access-control-allow-origin')!r}")
+    return Result(answer.status == 403 and not calls, f"{answer.status} fwd={len(calls)}")

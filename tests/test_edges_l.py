@@ -11,6 +11,14 @@
   nothing forwarded (``plano_fast.responses_managed.refuse_unowned_state``); with
   ``state_storage`` ``previous_response_id`` is expanded from the gateway's own store as
   before.
+* A web page's request in config mode: a browser sends a cross-origin POST whose
+  ``Content-Type`` is ``text/plain`` (or a form, or none) without asking the server first,
+  and config mode served it keyless with the operator's ``access_key`` -- any page the
+  operator's browser opened could spend on the account.  A request the browser marks as
+  another site's (``Sec-Fetch-Site: cross-site`` / ``same-site``, or an ``Origin`` that is
+  not the ``Host``) without a JSON ``Content-Type`` is a 403 (``plano_fast.gateway.cross_site``),
+  in both builds: the compiled parser declines such a head.
+* The admin API took any one of several presented admin keys: ~100 guesses a request.
 """
 
 from __future__ import annotations
@@ -25,13 +33,14 @@ from typing import Any
 import pytest
 
 from benchmarks.attack_battery import exchange, post
-from benchmarks.attack_battery_l import FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
+from benchmarks.attack_battery_l import BROWSER_CASES, FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.errors import ClientError
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
 
 CLOSE = b"Connection: close\r\n"
+PURE = {"PLANO_FAST_PURE_SCANNER": "1"}
 
 
 def _start(fake: FakeProviderThread, where: Path, state: bool) -> tuple[GatewayProcess, Tenant, str]:
@@ -225,3 +234,36 @@ def test_admin_takes_exactly_one_presented_key(tmp_path: Path) -> None:
         assert aiohttp is not None
 
     run(Backend("sqlite", None, str(tmp_path / "admin.db")), body)
+
+
+# a web page's request ------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=[pytest.param({}, id="compiled"), pytest.param(PURE, id="pure")])
+def config_gateway(request: pytest.FixtureRequest, fake: FakeProviderThread,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    path = write_config(tmp_path_factory.mktemp("browser") / "plano_config.yaml", fake.port)
+    with GatewayProcess(path, env=request.param) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize(("name", "lines", "content_type", "want"), [pytest.param(*c, id=c[0]) for c in BROWSER_CASES])
+def test_a_web_pages_request_needs_consent(
+    config_gateway: GatewayProcess, fake: FakeProviderThread, name: str, lines: bytes, content_type: bytes | None,
+    want: int,
+) -> None:
+    """Config mode, no key.  The page's requests: 403 ``cross_site_request`` in OpenAI's format,
+    nothing forwarded (on main: 200, forwarded with the operator's access_key); JSON (a
+    preflight passed), same-origin, ``Sec-Fetch-Site: none`` and a client without browser
+    headers: 200, forwarded once (the same on main)."""
+    chat = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n" + lines + CLOSE
+            + (b"Content-Type: " + content_type + b"\r\n" if content_type else b""))
+    before = len(_calls(fake))
+    answer = exchange(config_gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(chat) + chat, wait_s=8)
+    calls = _calls(fake)[before:]
+    assert answer.status == want, answer.raw[:300]
+    if want == 403:
+        err = json.loads(answer.body)["error"]
+        assert err["code"] == "cross_site_request" and err["type"] == "permission_error", err
+        assert calls == [] and answer.header(b"x-plano-request-id")
+    else:
+        assert len(calls) == 1
