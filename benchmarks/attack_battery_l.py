@@ -304,12 +304,15 @@ BROWSER_CASES: list[tuple[str, bytes, bytes | None, int]] = [
     ("Sec-Fetch-Site: none (typed in, an extension)", b"Sec-Fetch-Site: none\r\n", b"text/plain", 200),
     ("no browser headers (curl -d)", b"", b"application/x-www-form-urlencoded", 200),
 ]
+#: a page's GET (free, unreadable to it; a CORS deployment's GET /v1/models has no type): served
+BROWSER_GET = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\nSec-Fetch-Site: cross-site\r\n"
 
 
 @case("browser", "round l: a web page's request the gateway never consented to -- Sec-Fetch-Site cross-site or "
       "same-site, or (no Sec-Fetch-Site) an Origin that is not the Host, without a JSON Content-Type -- is a 403 "
       "in the client's format, nothing forwarded (config mode served it keyless with the operator's access_key: "
-      "the page cannot read the answer, the operator pays); JSON, same-origin, none and non-browser: served",
+      "the page cannot read the answer, the operator pays); JSON, same-origin, none, non-browser and a GET: "
+      "served",
       modes=("config",))
 def round_l_config_cross_site_request(s: Stack) -> Result:
     bad = []
@@ -323,7 +326,10 @@ def round_l_config_cross_site_request(s: Stack) -> Result:
         if answer.status != want or len(calls) != (want == 200) or (want == 403 and not (
                 isinstance(err, dict) and "error" in err)):
             bad.append(f"{name}: {answer.status} fwd={len(calls)}")
-    return Result(not bad, "; ".join(bad)[:400] or f"{len(BROWSER_CASES)} browser requests as expected")
+    get = exchange(s.gateway.port, BROWSER_GET + b"\r\n", wait_s=6)
+    if get.status != 200:
+        bad.append(f"cross-site GET /v1/models: {get.status}")
+    return Result(not bad, "; ".join(bad)[:400] or f"{len(BROWSER_CASES)} browser POSTs and a GET as expected")
 
 
 @case("browser", "round l: a cross-site page's simple request with a Gemini ?key= (a credential a page can put "

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from benchmarks.attack_battery import exchange, post
-from benchmarks.attack_battery_l import BROWSER_CASES, FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
+from benchmarks.attack_battery_l import BROWSER_CASES, BROWSER_GET, FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.errors import ClientError
 from tests.gateway_proc import GatewayProcess, write_config
@@ -267,3 +267,10 @@ def test_a_web_pages_request_needs_consent(
         assert calls == [] and answer.header(b"x-plano-request-id")
     else:
         assert len(calls) == 1
+
+
+def test_a_web_pages_get_is_served(config_gateway: GatewayProcess) -> None:
+    """A page's cross-site GET /v1/models (free; a CORS deployment's carries no Content-Type):
+    200 (the same on main)."""
+    answer = exchange(config_gateway.port, BROWSER_GET + CLOSE + b"\r\n", wait_s=8)
+    assert answer.status == 200 and b'"data"' in answer.body, answer.raw[:300]

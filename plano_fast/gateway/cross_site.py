@@ -10,7 +10,7 @@ developer's loopback is reachable from every page).  A JSON request (``applicati
 from another origin needs a preflight, which the gateway never answers (405): only a front
 proxy that answers it on the gateway's behalf (a CORS deployment) lets one through.
 
-So a request the browser marks as coming from another site -- ``Sec-Fetch-Site:
+So a POST the browser marks as coming from another site -- ``Sec-Fetch-Site:
 cross-site`` or ``same-site`` (every current browser sends it), or, from a browser that
 sends no ``Sec-Fetch-Site``, an ``Origin`` whose host and port are not the request's
 ``Host`` -- is a 403 unless its ``Content-Type`` is JSON, in every mode (a firewall or
@@ -39,9 +39,14 @@ class CrossSiteRequest(ClientError):
     openai_type = "permission_error"
 
 
-def refuse_cross_site(headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """403 for a browser's cross-site request the server never consented to (above);
-    ``headers`` as parsed (lowercase names)."""
+def refuse_cross_site(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """403 for a browser's cross-site POST the server never consented to (above);
+    ``headers`` as parsed (lowercase names).  A page's GET or HEAD is let through: the
+    data plane's are free (``/v1/models``) and the page cannot read the answer, while a CORS
+    deployment's cross-origin GET (no Content-Type) must work; every other method needs a
+    preflight."""
+    if method != b"POST":
+        return
     site = origin = host = content_type = None
     for name, value in headers:
         if name == b"sec-fetch-site":

@@ -106,7 +106,7 @@ def dispatch_py(gw: Gateway, request: Request, responder: Responder) -> Coroutin
         # target grammar leaves it out, tests/test_request_fast_path.py; ~1.5k instructions;
         # nor an Origin or Sec-Fetch-Site: it declines those heads)
         refuse_fragment(request.target)
-        refuse_cross_site(request.headers)  # a web page's request sent without consent
+        refuse_cross_site(request.method, request.headers)  # a web page's POST sent without consent
     ctx = gw.ctx
     client = None
     if gw.managed is not None:
