@@ -342,3 +342,39 @@ def round_l_firewall_cross_site_query_key(s: Stack) -> Result:
     answer = exchange(s.gateway.port, head + b"Content-Length: %d\r\n\r\n" % len(GEMINI_BODY) + GEMINI_BODY, wait_s=6)
     calls = _calls_since(s, before)
     return Result(answer.status == 403 and not calls, f"{answer.status} fwd={len(calls)}")
+
+
+#: (name, body, refused): managed Anthropic Messages bodies naming (or not) a container by id
+CONTAINER_BODIES: list[tuple[str, bytes, bool]] = [
+    ("container id", MESSAGES_BODY.replace(b'"max_tokens"', b'"container":"container_0123456789abcdef","max_tokens"'),
+     True),
+    ("container object with an id", MESSAGES_BODY.replace(
+        b'"max_tokens"', b'"container":{"id":"container_0123456789abcdef"},"max_tokens"'), True),
+    ("container, escaped name", MESSAGES_BODY.replace(
+        b'"max_tokens"', b'"c\\u006fntainer":"container_0123456789abcdef","max_tokens"'), True),
+    ("container, every letter escaped", MESSAGES_BODY.replace(b'"max_tokens"', b'"' + b"".join(
+        b"\\u%04x" % c for c in b"container") + b'":"container_0123456789abcdef","max_tokens"'), True),
+    # controls
+    ("container object without an id (skills)", MESSAGES_BODY.replace(
+        b'"max_tokens"', b'"container":{"skills":[]},"max_tokens"'), False),
+    ("container null", MESSAGES_BODY.replace(b'"max_tokens"', b'"container":null,"max_tokens"'), False),
+    ("the word in the text", MESSAGES_BODY.replace(b'"hi"', b'"a container ship"'), False),
+    ("non-ASCII text, escaped", MESSAGES_BODY.replace(b'"hi"', b'"caf\\u00e9 \\u4f60\\u597d"'), False),
+]
+
+
+@case("responses-state", "round l: managed (no hard limit): an Anthropic Messages body naming a code-execution "
+      "container by id (top-level 'container', Anthropic's container reuse: another request's files), in any "
+      "spelling: 400 naming it, nothing forwarded; a container object without an id, null, the word in the text, "
+      "escaped non-ASCII text: served", modes=("managed",))
+def round_l_managed_anthropic_container(s: Stack) -> Result:
+    auth = _unlimited_auth(s)
+    bad = []
+    for name, body, refused in CONTAINER_BODIES:
+        before = len(s.provider_calls())
+        answer = exchange(s.gateway.port, post(b"/v1/messages", body, auth, b"anthropic-version: 2023-06-01\r\n"),
+                          wait_s=8)
+        calls = _calls_since(s, before)
+        if (answer.status, len(calls)) != ((400, 0) if refused else (200, 1)):
+            bad.append(f"{name}: {answer.status} fwd={len(calls)}")
+    return Result(not bad, "; ".join(bad)[:400] or f"{len(CONTAINER_BODIES)} bodies as expected")

@@ -21,7 +21,9 @@ up at all (``refuse_unowned_state``): the provider keeps one pool of responses,
 conversations and items for the operator's server-side key, so ``previous_response_id``,
 ``conversation`` or an input item that names a stored item would be resolved there --
 another project's conversation continued, its text in the answer.  With it,
-``previous_response_id`` is expanded as above and the others are still refused.
+``previous_response_id`` is expanded as above and the others are still refused.  An
+Anthropic Messages body's ``container`` id is the same kind of name
+(``refuse_container_reuse``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, token_hash
 from plano_fast.responses_state import ResponseStore, Turn, begin_turn
 from plano_fast.responses_store import StateUnavailable
 
-__all__ = ["ManagedTurn", "expand_managed", "managed_owner", "owner_of", "refuse_unowned_state"]
+__all__ = ["ManagedTurn", "expand_managed", "managed_owner", "names_a_container", "owner_of",
+           "refuse_container_reuse", "refuse_unowned_state"]
 
 #: answers bigger than this are not kept for the state (the relay is unaffected)
 MAX_RECORDED_BYTES = 16 * 1024 * 1024
@@ -109,6 +112,36 @@ def refuse_unowned_state(body: bytes, expands_previous: bool) -> None:
                     f"{named} in 'input' names an item stored at the provider, which this gateway cannot "
                     "attribute to a project; send the item itself"
                 )
+
+
+def names_a_container(body: bytes) -> bool:
+    """Whether ``body`` could name Anthropic's ``container`` in some spelling: its letters
+    as they are, or an escaped ASCII letter (``\\u006f``; no JSON encoder escapes a
+    letter: an ``ensure_ascii`` body escapes only non-ASCII and control characters).  The
+    compiled start declines such a body to the twin, which parses it."""
+    return body.find(b"ontainer") >= 0 or body.find(b"\\u006") >= 0 or body.find(b"\\u007") >= 0
+
+
+def refuse_container_reuse(body: bytes) -> None:
+    """400 for a managed Anthropic Messages body naming a code-execution container by id
+    (the top-level ``container``: a string, or an object with an ``id``; Anthropic's
+    container reuse): a container is made by any request that runs code and kept for the
+    operator's key, so the id could be another project's, its files with it.  An object
+    without an ``id`` (skills for a new container) passes."""
+    if not names_a_container(body):
+        return
+    try:
+        doc = json.loads(body, object_pairs_hook=_Members)
+    except (ValueError, RecursionError):  # (the scanner refuses it with a precise message)
+        return
+    if type(doc) is not _Members:
+        return
+    for value in doc.values_of("container"):
+        if type(value) is str or (type(value) is _Members and any(v is not None for v in value.values_of("id"))):
+            raise ClientError(
+                "'container' names a code-execution container stored at the provider (its files too), which "
+                "this gateway cannot attribute to a project; leave it out for a new container"
+            )
 
 
 class _Members(list[tuple[str, Any]]):

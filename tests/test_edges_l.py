@@ -18,6 +18,10 @@
   another site's (``Sec-Fetch-Site: cross-site`` / ``same-site``, or an ``Origin`` that is
   not the ``Host``) without a JSON ``Content-Type`` is a 403 (``plano_fast.gateway.cross_site``),
   in both builds: the compiled parser declines such a head.
+* A managed Anthropic Messages body naming a code-execution container by id (the top-level
+  ``container``: Anthropic's container reuse) was forwarded: another project's container and
+  its files.  A 400 now, in every spelling (the compiled start declines a body that could
+  spell it to the twin, which parses it).
 * The admin API took any one of several presented admin keys: ~100 guesses a request.
 """
 
@@ -33,7 +37,7 @@ from typing import Any
 import pytest
 
 from benchmarks.attack_battery import exchange, post
-from benchmarks.attack_battery_l import BROWSER_CASES, BROWSER_GET, FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
+from benchmarks.attack_battery_l import BROWSER_CASES, BROWSER_GET, CONTAINER_BODIES, FOREIGN, STATE_BODIES, STATE_ENDPOINTS, _responses
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.errors import ClientError
 from tests.gateway_proc import GatewayProcess, write_config
@@ -43,14 +47,16 @@ CLOSE = b"Connection: close\r\n"
 PURE = {"PLANO_FAST_PURE_SCANNER": "1"}
 
 
-def _start(fake: FakeProviderThread, where: Path, state: bool) -> tuple[GatewayProcess, Tenant, str]:
+def _start(fake: FakeProviderThread, where: Path, state: bool,
+           env: dict[str, str] | None = None) -> tuple[GatewayProcess, Tenant, str]:
     """A managed gateway (no hard limit; ``state_storage: store`` when ``state``) and one tenant."""
     path = write_config(where / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
     if state:
         path.write_text(path.read_text() + "state_storage:\n  type: store\n")
     sqlite_path = str(path.with_suffix(".db"))
     tenants: list[Tenant] = []
-    gw = GatewayProcess(path, env=ENV, before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE)))
+    gw = GatewayProcess(path, env={**ENV, **(env or {})},
+                        before_start=lambda: tenants.append(provision(None, sqlite_path, DEFAULT_PIPE)))
     return gw, tenants[0], sqlite_path
 
 
@@ -274,3 +280,42 @@ def test_a_web_pages_get_is_served(config_gateway: GatewayProcess) -> None:
     200 (the same on main)."""
     answer = exchange(config_gateway.port, BROWSER_GET + CLOSE + b"\r\n", wait_s=8)
     assert answer.status == 200 and b'"data"' in answer.body, answer.raw[:300]
+
+
+# Anthropic's container reuse ---------------------------------------------------------------------
+@pytest.fixture(scope="module", params=[pytest.param({}, id="compiled"), pytest.param(PURE, id="pure")])
+def managed_builds(request: pytest.FixtureRequest, fake: FakeProviderThread,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, bytes, str]]:
+    gw, tenant, db = _start(fake, tmp_path_factory.mktemp("containers"), state=False, env=request.param)
+    yield gw, b"Authorization: Bearer " + tenant.token.encode() + b"\r\n", db
+    gw.stop()
+
+
+@pytest.mark.parametrize(("name", "body", "refused"), [pytest.param(*c, id=c[0]) for c in CONTAINER_BODIES])
+def test_a_container_by_id_is_refused(
+    managed_builds: tuple[GatewayProcess, bytes, str], fake: FakeProviderThread, name: str, body: bytes, refused: bool,
+) -> None:
+    """Managed, no hard limit, /v1/messages.  A container named by id, in any spelling: 400
+    naming ``container``, nothing forwarded (on main: 200, forwarded).  The controls: 200,
+    forwarded once (the same on main)."""
+    gw, auth, _ = managed_builds
+    before = len(_calls(fake))
+    answer = exchange(gw.port, post(b"/v1/messages", body, auth, b"anthropic-version: 2023-06-01\r\n" + CLOSE),
+                      wait_s=10)
+    calls = _calls(fake)[before:]
+    if refused:
+        assert answer.status == 400 and b"container" in answer.body and calls == [], answer.raw[:300]
+    else:
+        assert answer.status == 200 and len(calls) == 1, answer.raw[:300]
+
+
+@pytest.mark.parametrize(("body", "names"), [
+    (b'{"container":"x"}', True), (b'{"c\\u006fntainer":"x"}', True), (b'{"\\u0063ontainer":"x"}', True),
+    (b'{"text":"caf\\u00e9 \\u4f60"}', False), (b'{"text":"plain"}', False), (b'{"x":"\\u0072"}', True),
+])
+def test_names_a_container(body: bytes, names: bool) -> None:
+    """The pre-check the compiled start shares (by its own memmem): the word, or any escaped
+    ASCII letter, sends the body to the parse; escaped non-ASCII text does not."""
+    from plano_fast.responses_managed import names_a_container
+
+    assert names_a_container(body) is names
