@@ -11,6 +11,11 @@ benchmarks/attack_battery.py (which adds ``CASES`` to its own):
   ``conversation`` or an input item that names a stored item must never reach it from a
   project that did not store it; nor may the stored-response endpoints (``GET`` /
   ``DELETE`` ``/v1/responses/{id}``, ``cancel``, ``input_items``, ``/v1/conversations``).
+* The same pool through Anthropic: a Messages body's top-level ``container`` (code-execution
+  container reuse) names another request's container and its files.
+* A web page as the client: a browser sends a cross-site POST with a ``text/plain`` (or form)
+  body without asking the server first; config mode serves it keyless with the operator's key.
+* The admin API: several admin keys in one request.
 * Usage inside what the model shapes: a tool call's arguments are a JSON *object* in
   Anthropic's ``tool_use.input`` and Gemini's ``functionCall.args``; a client can make the
   model put ``usage`` / ``usageMetadata`` there.  The row must carry the provider's usage.
