@@ -950,13 +950,14 @@ def anthropic_error_format(s: Stack) -> Result:
 def all_cases() -> list[Case]:
     """This module's cases, then the second round's (benchmarks/attack_battery_c.py) and
     round g's (benchmarks/attack_battery_g.py), round h's (benchmarks/attack_battery_h.py), round
-    i's (benchmarks/attack_battery_i.py), round j's (benchmarks/attack_battery_j.py) and round
-    k's (benchmarks/attack_battery_k.py)."""
+    i's (benchmarks/attack_battery_i.py), round j's (benchmarks/attack_battery_j.py), round
+    k's (benchmarks/attack_battery_k.py) and round l's (benchmarks/attack_battery_l.py)."""
     from benchmarks import (
         attack_battery_c, attack_battery_g, attack_battery_h, attack_battery_i, attack_battery_j, attack_battery_k,
+        attack_battery_l,
     )
     return (CASES + attack_battery_c.CASES + attack_battery_g.CASES + attack_battery_h.CASES
-            + attack_battery_i.CASES + attack_battery_j.CASES + attack_battery_k.CASES)
+            + attack_battery_i.CASES + attack_battery_j.CASES + attack_battery_k.CASES + attack_battery_l.CASES)
 
 
 def run(modes: list[str], only: str | None = None) -> list[tuple[str, str, str, Result]]:

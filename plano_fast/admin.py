@@ -28,7 +28,8 @@ Routes (JSON in and out; money as integer nano-USD plus an exact decimal USD str
 Security model
 --------------
 * Every route takes the admin key (``Authorization: Bearer <admin_key>`` or
-  ``x-admin-key: <admin_key>``, compared with ``hmac.compare_digest``), including unknown
+  ``x-admin-key: <admin_key>``, exactly one of them, once, compared with
+  ``hmac.compare_digest``; two or more presented are a 401 whatever they hold), including unknown
   paths: without the key every request gets the same 401, so nothing about the routes is
   revealed.  Two deliberate exceptions:
 
@@ -226,9 +227,11 @@ def _make_auth_middleware(admin_key: str, public: set[AbstractResource]) -> Midd
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         resource = request.match_info.route.resource
         if resource is None or resource not in public:
-            ok = False
-            for candidate in _presented_admin_keys(request):
-                ok |= hmac.compare_digest(_encode(candidate), expected)
+            # Exactly one key: with any of several accepted, each request would be as many
+            # guesses (~100 x-admin-key lines a request, aiohttp's head limit) against a short
+            # loopback key, also from a web page once its DNS name rebinds to 127.0.0.1.
+            presented = _presented_admin_keys(request)
+            ok = len(presented) == 1 and hmac.compare_digest(_encode(presented[0]), expected)
             if not ok:
                 return _json(
                     {"error": "unauthorized", "message": _UNAUTHORIZED_MESSAGE},

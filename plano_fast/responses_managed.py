@@ -15,21 +15,32 @@ server-side key for every project it would not know whose conversation an id is.
   counts the history the provider will bill;
 * an id this project and user have not got stored is a 404 (never passed to the provider,
   where it might be another project's).
+
+Without ``state_storage`` nothing a body names of the provider's own stored state may go
+up at all (``refuse_unowned_state``): the provider keeps one pool of responses,
+conversations and items for the operator's server-side key, so ``previous_response_id``,
+``conversation`` or an input item that names a stored item would be resolved there --
+another project's conversation continued, its text in the answer.  With it,
+``previous_response_id`` is expanded as above and the others are still refused.  An
+Anthropic Messages body's ``container`` id is the same kind of name
+(``refuse_container_reuse``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from plano_fast.convert._common import dumps, loads
-from plano_fast.errors import NotFound, ServiceUnavailable, Unauthorized
+from plano_fast.errors import ClientError, NotFound, ServiceUnavailable, Unauthorized
 from plano_fast.gateway.phases import key_hash
 from plano_fast.managed.state import TOKEN_PREFIX, ManagedState, token_hash
 from plano_fast.responses_state import ResponseStore, Turn, begin_turn
 from plano_fast.responses_store import StateUnavailable
 
-__all__ = ["ManagedTurn", "expand_managed", "managed_owner", "owner_of"]
+__all__ = ["ManagedTurn", "expand_managed", "managed_owner", "names_a_container", "owner_of",
+           "refuse_container_reuse", "refuse_unowned_state"]
 
 #: answers bigger than this are not kept for the state (the relay is unaffected)
 MAX_RECORDED_BYTES = 16 * 1024 * 1024
@@ -49,6 +60,108 @@ def owner_of(managed: ManagedState | None, secret: bytes) -> str:
     if token is None:
         raise Unauthorized("this token is invalid, revoked or expired")
     return managed_owner(token.project_id, token.user_id)
+
+
+#: bytes one of which a body naming stored state holds (a ``\u`` escape can spell any name)
+_STATE_MARKERS = (b"previous_response_id", b"conversation", b'"id"', b"item_reference", b"container", b"\\u")
+
+
+def refuse_unowned_state(body: bytes, expands_previous: bool) -> None:
+    """400 for a managed Responses body naming state the provider keeps for the operator's
+    key rather than carrying it: ``conversation``; ``previous_response_id`` unless the
+    gateway expands it from its own store (``expands_previous``: ``state_storage``); an
+    input item that is a reference -- ``item_reference``, an ``id`` without ``type`` or
+    ``role``, a ``reasoning`` item by ``id`` without its ``encrypted_content`` (the
+    provider reads the stored reasoning).  Every project reaches the provider under the
+    one server-side key, so such a name would be resolved in a pool every project shares:
+    which project stored it is unknown to the provider, and a 404 here could not tell
+    either.  Every spelling a JSON parser accepts counts (escapes; each copy of a repeated
+    member, as a first-wins parser upstream could read any)."""
+    if not any(body.find(m) >= 0 for m in _STATE_MARKERS):
+        return
+    try:
+        doc = json.loads(body, object_pairs_hook=_Members)
+    except (ValueError, RecursionError):  # (the scanner refuses it with a precise message)
+        return
+    if type(doc) is not _Members:
+        return
+    if any(v is not None for v in doc.values_of("conversation")):
+        raise ClientError(
+            "'conversation' names a conversation stored at the provider, which this gateway cannot "
+            "attribute to a project; send the conversation's items in 'input'"
+        )
+    if not expands_previous and any(v is not None for v in doc.values_of("previous_response_id")):
+        raise ClientError(
+            "'previous_response_id' names a response stored at the provider, which this gateway cannot "
+            "attribute to a project (no state_storage); send the conversation's items in 'input'"
+        )
+    for tools in doc.values_of("tools"):
+        for tool in tools if type(tools) is list else ():
+            if type(tool) is _Members and "code_interpreter" in tool.values_of("type") and any(
+                type(c) is str for c in tool.values_of("container")
+            ):
+                raise ClientError(
+                    "a 'code_interpreter' tool's 'container' names a container stored at the provider (its "
+                    "files too), which this gateway cannot attribute to a project; use {\"type\": \"auto\"}"
+                )
+    for items in doc.values_of("input"):
+        for item in items if type(items) is list else ():
+            named = _reference(item) if type(item) is _Members else None
+            if named is not None:
+                raise ClientError(
+                    f"{named} in 'input' names an item stored at the provider, which this gateway cannot "
+                    "attribute to a project; send the item itself"
+                )
+
+
+def names_a_container(body: bytes) -> bool:
+    """Whether ``body`` could name Anthropic's ``container`` in some spelling: its letters
+    as they are, or an escaped ASCII letter (``\\u006f``; no JSON encoder escapes a
+    letter: an ``ensure_ascii`` body escapes only non-ASCII and control characters).  The
+    compiled start declines such a body to the twin, which parses it."""
+    return body.find(b"ontainer") >= 0 or body.find(b"\\u006") >= 0 or body.find(b"\\u007") >= 0
+
+
+def refuse_container_reuse(body: bytes) -> None:
+    """400 for a managed Anthropic Messages body naming a code-execution container by id
+    (the top-level ``container``: a string, or an object with an ``id``; Anthropic's
+    container reuse): a container is made by any request that runs code and kept for the
+    operator's key, so the id could be another project's, its files with it.  An object
+    without an ``id`` (skills for a new container) passes."""
+    if not names_a_container(body):
+        return
+    try:
+        doc = json.loads(body, object_pairs_hook=_Members)
+    except (ValueError, RecursionError):  # (the scanner refuses it with a precise message)
+        return
+    if type(doc) is not _Members:
+        return
+    for value in doc.values_of("container"):
+        if type(value) is str or (type(value) is _Members and any(v is not None for v in value.values_of("id"))):
+            raise ClientError(
+                "'container' names a code-execution container stored at the provider (its files too), which "
+                "this gateway cannot attribute to a project; leave it out for a new container"
+            )
+
+
+class _Members(list[tuple[str, Any]]):
+    """A JSON object as its members in order, repeated names kept."""
+
+    def values_of(self, name: str) -> list[Any]:
+        return [value for key, value in self if key == name]
+
+
+def _reference(item: _Members) -> str | None:
+    """What ``item`` is when it names a stored item instead of carrying it, else None."""
+    kinds = item.values_of("type")
+    has_id = any(v is not None for v in item.values_of("id"))
+    if "item_reference" in kinds:
+        return "an 'item_reference' item"
+    if not kinds and has_id and not item.values_of("role"):
+        return "an 'item_reference' item (an 'id' without 'type' or 'role')"
+    if "reasoning" in kinds and has_id and not any(v for v in item.values_of("encrypted_content")):
+        return "a 'reasoning' item by 'id' (without its 'encrypted_content')"
+    return None
 
 
 class ManagedTurn:

@@ -28,6 +28,7 @@ from plano_fast.errors import (
     Unauthorized,
     UnknownModelError,
 )
+from plano_fast.gateway.cross_site import refuse_cross_site
 from plano_fast.gateway.endpoints import (
     CHAT_COMPLETIONS,
     COUNT_TOKENS,
@@ -102,8 +103,10 @@ def dispatch_py(gw: Gateway, request: Request, responder: Responder) -> Coroutin
         raise ServiceUnavailable("the gateway has not opened its store yet; try again shortly")
     if request.forward is None:
         # (a request the compiled fast path parsed -- ``forward`` set -- has no '#': its
-        # target grammar leaves it out, tests/test_request_fast_path.py; ~1.5k instructions)
+        # target grammar leaves it out, tests/test_request_fast_path.py; ~1.5k instructions;
+        # nor an Origin or Sec-Fetch-Site: it declines those heads)
         refuse_fragment(request.target)
+        refuse_cross_site(request.method, request.headers)  # a web page's POST sent without consent
     ctx = gw.ctx
     client = None
     if gw.managed is not None:

@@ -10,7 +10,8 @@ cannot be read two ways, and returns None for anything else, which httptools the
 (and accepts or refuses) exactly as before.  Declined: another method or HTTP version,
 a target or header byte outside the plain RFC 9110/9112 grammar, bare LF, obs-fold,
 whitespace before a colon or after a value, empty values, Transfer-Encoding, Expect,
-Upgrade, a second Content-Length, no Host or a second one or one that is not a plain
+Upgrade, Origin and Sec-Fetch-Site (a browser's: ``gateway.cross_site``), a second
+Content-Length, no Host or a second one or one that is not a plain
 host[:port] (``wire._host``), a Connection other than ``keep-alive`` / ``close``, a
 head over the size limit, a body over its limit or not complete in the buffer.
 tests/test_request_fast_path.py checks the subset against httptools, byte for byte.
@@ -437,6 +438,10 @@ cdef object _parse(bytes buf, Py_ssize_t start, Py_ssize_t max_head_bytes, Py_ss
             (name_len == 17 and starts(w, name_len, b"transfer-encoding", 17))
             or (name_len == 6 and starts(w, name_len, b"expect", 6))
             or (name_len == 7 and starts(w, name_len, b"upgrade", 7))
+            # a browser's: the twin's dispatch checks the request is not a cross-site one
+            # (plano_fast.gateway.cross_site)
+            or (name_len == 6 and starts(w, name_len, b"origin", 6))
+            or (name_len == 14 and starts(w, name_len, b"sec-fetch-site", 14))
         ):
             return None
         # the upstream block, as forward_request_headers builds it from the pairs

@@ -58,7 +58,9 @@ from plano_fast.managed.bounds import (
 from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import output_parts, price_tokens
-from plano_fast.responses_managed import ManagedTurn, expand_managed, managed_owner
+from plano_fast.responses_managed import (
+    ManagedTurn, expand_managed, managed_owner, refuse_container_reuse, refuse_unowned_state,
+)
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.twins import install_compiled
 from plano_fast.usage import STATUS_UPSTREAM_FAILED, UsageEvent
@@ -203,6 +205,10 @@ class ManagedExchange(RetryingExchange):
             raise ClientError("this token's project has no pipe to route it")
         if self.endpoint is RESPONSES:
             refuse_background(request.body)  # its cost could not be settled
+            # the provider's stored state is one pool for every project (the operator's key)
+            refuse_unowned_state(request.body, self.ctx.responses_state is not None)
+        elif self.endpoint is MESSAGES:
+            refuse_container_reuse(request.body)  # another request's container: the same pool
         try:
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
