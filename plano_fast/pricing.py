@@ -317,7 +317,7 @@ def output_parts(price: ModelPrice, output_tokens: int) -> tuple[tuple[int, int]
     ``price_tokens``: all text, and all audio or all images where a price lists a rate for
     them (each may be dearer than text: gemini-2.5-flash-image's images $30 per 1M against
     $2.50).  For a bound the provider cannot exceed whatever it generates."""
-    prices = (price, *price.tiers, *(p for _, p in price.service_tiers))
+    prices: tuple[ModelPrice | PriceTier, ...] = (price, *price.tiers, *(p for _, p in price.service_tiers))
     parts = [(0, 0)]
     if any(p.audio_output_per_mtok is not None for p in prices):
         parts.append((output_tokens, 0))

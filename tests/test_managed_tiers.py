@@ -267,13 +267,13 @@ def test_a_model_that_may_answer_in_audio_is_reserved_at_the_audio_rate(
     assert price is not None and (price.input_per_mtok, price.output_per_mtok, price.audio_output_per_mtok) == (
         in_p * 10**6, out_p * 10**6, audio_p * 10**6)
     made: list[Tenant] = []
-    pipe = [("openai/gpt-4o-mini-audio-preview", None, "gpt-4o-mini-audio*")]
+    pipe = [("openai/gpt-4o-mini", "gpt-4o-mini-audio-preview", "gpt-4o-mini-audio*")]  # the config's provider
     gateway = make_gateway({"managed": "true", "managed_reload_s": 1}, env=ENV, before_start=lambda: made.extend(
         provision(None, sqlite_path, pipe, limit_nano_usd=limit) for limit in (text_bound, audio_bound)))
     text_only, audio = made
     fake.clear()
     status, doc = post(gateway, text_only.token, body)
-    assert (status, doc["error"]["code"]) == (402, "budget_exceeded")
+    assert (status, doc["error"]["code"]) == (402, "budget_exceeded"), doc
     assert [r for r in fake.requests if not r.path.startswith("/_fake")] == []
     assert post(gateway, audio.token, body)[0] == 200
     assert [(r.cost_nano_usd, r.reservation_overrun_nano_usd) for r in tenant_rows(sqlite_path, audio)] == [
