@@ -1653,7 +1653,8 @@ def test_group_writer_after_a_large_batch_gathers_one_more_turn(backend: Backend
         return _group_item("req-gather", ns(2026, 12, 6, 13), i)
 
     async def body(store: Store) -> None:
-        writer = GroupWriter(store, [].append)
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
         batches: list[int] = []  # rows of each batch the store committed, in order
         now, later = store.write_usage_now, store.write_usage
 
@@ -1685,7 +1686,7 @@ def test_group_writer_after_a_large_batch_gathers_one_more_turn(backend: Backend
         second = [writer.write(*item(i)) for i in range(202, 204)]
         await asyncio.gather(*first, *second)
         assert batches[-2:] == [2, 2]
-        assert len(await all_usage(store)) == GATHER_AFTER_ROWS + 8
+        assert len(await all_usage(store)) == GATHER_AFTER_ROWS + 8 and handed_over == []
         await assert_counters_match_log(store)
 
     backend.run(body)
