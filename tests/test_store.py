@@ -1686,7 +1686,15 @@ def test_group_writer_after_a_large_batch_gathers_one_more_turn(backend: Backend
         second = [writer.write(*item(i)) for i in range(202, 204)]
         await asyncio.gather(*first, *second)
         assert batches[-2:] == [2, 2]
-        assert len(await all_usage(store)) == GATHER_AFTER_ROWS + 8 and handed_over == []
+        # A lone answer written at once after a large batch also turns the wait off (SQLite).
+        await asyncio.gather(*[writer.write(*item(i)) for i in range(300, 300 + GATHER_AFTER_ROWS)])
+        await writer.write(*item(400), alone=True)
+        first = [writer.write(*item(i)) for i in range(401, 403)]
+        await asyncio.sleep(0)
+        second = [writer.write(*item(i)) for i in range(403, 405)]
+        await asyncio.gather(*first, *second)
+        assert batches[-4:] == [GATHER_AFTER_ROWS, 1, 2, 2]
+        assert len(await all_usage(store)) == 2 * GATHER_AFTER_ROWS + 13 and handed_over == []
         await assert_counters_match_log(store)
 
     backend.run(body)

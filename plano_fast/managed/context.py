@@ -138,6 +138,7 @@ class GroupWriter:
         item = (row, event, future, then)
         if alone and self.writes_now and not self._drains and not self._pending:
             if self._write_now(item):
+                self._last_rows = 1  # (a batch of one: the load is light, nothing gathers)
                 future.set_result(None)
                 return future
         self._pending.append(item)
