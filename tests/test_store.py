@@ -10,7 +10,7 @@ import hashlib
 import os
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -1635,6 +1635,66 @@ def test_group_writer_calls_then_in_its_step_once_the_batch_is_written(backend: 
         assert seen[:3] == [(i, True, stored) for i in range(1, 4)]
         assert [(i, done) for i, done, _ in seen[3:]] == [(4, True)]
         assert [e.request_id for e in handed_over] == ["req-then-4"]
+        await assert_counters_match_log(store)
+
+    backend.run(body)
+
+
+def test_group_writer_after_a_large_batch_gathers_one_more_turn(backend: Backend) -> None:
+    """Under load (the last batch had ``GATHER_AFTER_ROWS`` rows or more) a new batch waits
+    one turn of the loop on SQLite, whose commit runs inside the writer's step: the rows of
+    the next turn's answers share its commit.  After a small batch, or on PostgreSQL (its
+    commits are awaited: the next rows gather meanwhile), nothing waits.  Every row is
+    written either way, each future resolved once its own row is."""
+    from plano_fast.managed.context import GATHER_AFTER_ROWS, GroupWriter
+    from plano_fast.usage import UsageEvent
+
+    def item(i: int) -> tuple[UsageRow, UsageEvent]:
+        return _group_item("req-gather", ns(2026, 12, 6, 13), i)
+
+    async def body(store: Store) -> None:
+        handed_over: list[UsageEvent] = []
+        writer = GroupWriter(store, handed_over.append)
+        batches: list[int] = []  # rows of each batch the store committed, in order
+        now, later = store.write_usage_now, store.write_usage
+
+        def write_now(rows: Sequence[UsageRow]) -> int | None:
+            written = now(rows)
+            if written is not None:
+                batches.append(len(rows))
+            return written
+
+        async def write(rows: Sequence[UsageRow]) -> int:
+            written = await later(rows)
+            batches.append(len(rows))
+            return written
+
+        store.write_usage_now, store.write_usage = write_now, write  # type: ignore[method-assign]
+        await asyncio.gather(*[writer.write(*item(i)) for i in range(GATHER_AFTER_ROWS)])
+        assert batches == [GATHER_AFTER_ROWS]
+        # Two rows now and two answered a turn later (the drain's task has started by then).
+        first = [writer.write(*item(i)) for i in range(100, 102)]
+        await asyncio.sleep(0)
+        second = [writer.write(*item(i)) for i in range(102, 104)]
+        await asyncio.gather(*first, *second)
+        # SQLite: one commit of the four (it waited a turn); PostgreSQL: the two first,
+        # then the two that came while that commit was awaited.
+        assert batches[1:] == ([4] if backend.kind == "sqlite" else [2, 2])
+        # The last batch was small: the next rows do not wait.
+        first = [writer.write(*item(i)) for i in range(200, 202)]
+        await asyncio.sleep(0)
+        second = [writer.write(*item(i)) for i in range(202, 204)]
+        await asyncio.gather(*first, *second)
+        assert batches[-2:] == [2, 2]
+        # A lone answer written at once after a large batch also turns the wait off (SQLite).
+        await asyncio.gather(*[writer.write(*item(i)) for i in range(300, 300 + GATHER_AFTER_ROWS)])
+        await writer.write(*item(400), alone=True)
+        first = [writer.write(*item(i)) for i in range(401, 403)]
+        await asyncio.sleep(0)
+        second = [writer.write(*item(i)) for i in range(403, 405)]
+        await asyncio.gather(*first, *second)
+        assert batches[-4:] == [GATHER_AFTER_ROWS, 1, 2, 2]
+        assert len(await all_usage(store)) == 2 * GATHER_AFTER_ROWS + 13 and handed_over == []
         await assert_counters_match_log(store)
 
     backend.run(body)

@@ -47,6 +47,19 @@ into batches beside it cost CPU on both sides for nothing: at concurrency 32 and
 CPU a request -12% to -40%, the client's -5% to -39%; two gateways at c=64, statements a
 request 0.0107 -> 0.0052 (``benchmarks/results/managed-pg-k-20261206.md``)."""
 
+GATHER_AFTER_ROWS = 8
+"""A batch that starts right after one of at least this many rows (the writer is under load)
+waits one more turn of the loop before it is written, where the store commits without
+waiting (``Store.write_usage_now``: SQLite).  There the commit runs inside the drain's step,
+so a batch holds only the answers of one turn of the loop (~13 at concurrency 32); with the
+turn, those of two: each commit's fixed cost (~200k instructions: BEGIN/COMMIT, the counters'
+UPDATE, the WAL frames of the table's and indexes' last pages) is shared by twice the rows.
+Under a light load the batches are small, so nothing waits (a lone answer is written at
+once, ``write``'s ``alone``); the first small batch after a burst turns the wait off."""
+GATHER_MAX_ROWS = 16
+"""... and only while fewer rows than this wait: twice as many still fit one INSERT
+statement (``plano_fast.store.sqlite._INSERT_CHUNK``, 32 rows), committed in the step."""
+
 #: a queued row: the row, its event, its future and what to call once it is written
 _Item = tuple[UsageRow, UsageEvent, asyncio.Future[None], Callable[[asyncio.Future[None]], None] | None]
 
@@ -93,6 +106,8 @@ class GroupWriter:
         #: whether the store can ever write without waiting (``write_usage_now``: SQLite);
         #: else ``write`` never asks it (nothing to pay per row on PostgreSQL)
         self.writes_now = type(store).write_usage_now is not UsageStore.write_usage_now
+        #: rows of the last batch written (``GATHER_AFTER_ROWS``)
+        self._last_rows = 0
         #: failed writes (and their rows) not in a log line yet, and when the next may be
         self._quiet_failures = 0
         self._quiet_rows = 0
@@ -123,6 +138,7 @@ class GroupWriter:
         item = (row, event, future, then)
         if alone and self.writes_now and not self._drains and not self._pending:
             if self._write_now(item):
+                self._last_rows = 1  # (a batch of one: the load is light, nothing gathers)
                 future.set_result(None)
                 return future
         self._pending.append(item)
@@ -143,10 +159,13 @@ class GroupWriter:
 
     async def _drain(self) -> None:
         try:
+            if self.writes_now and self._last_rows >= GATHER_AFTER_ROWS and len(self._pending) < GATHER_MAX_ROWS:
+                await asyncio.sleep(0)  # the next turn's answers join this batch
             # (The last drain running takes whatever waits; another leaves the rows to it
             # unless the batches still in flight are behind.)
             while self._pending and (self._drains == 1 or self._behind()):
                 batch, self._pending = self._pending, []
+                self._last_rows = len(batch)
                 inflight = self._inflight
                 inflight.append(batch)
                 self._inflight_rows += len(batch)
