@@ -37,8 +37,10 @@ Merge policy (per gateway provider; all of it is deterministic, no clock, no net
    model, e.g. ``...:free``) only when it has no other non-zero price (image / audio /
    per-unit) -- otherwise it is a non-token model and is skipped.  A cache price of 0 (while
    input is not free) means "not listed" and becomes null; a cache-read price above the input
-   price is rejected as a data error (null).  Null cache prices are filled from the next source
-   that lists the same model with the *same* input and output prices (``fill`` records it).
+   price is rejected as a data error (null), and so is a cached-audio price above the audio
+   input price (Portkey's gpt-realtime: cached audio $64 per 1M against $32 uncached).  Null
+   cache prices are filled from the next source that lists the same model with the *same*
+   input and output prices (``fill`` records it).
 4. Context tiers (whole request priced at the tier when prompt tokens > ``above``): taken
    from genai-prices, else LiteLLM ``*_above_<N>k_tokens``, for the same model id, only when
    that source's base input/output prices equal the entry's.
@@ -70,10 +72,18 @@ Merge policy (per gateway provider; all of it is deterministic, no clock, no net
    flex tier scaled by the standard tier's own ratio to the standard price (``fill``:
    ``"svc.flex.tiers": "openai-docs"``).  Priority is not named there: it stays without
    context tiers (a long prompt at priority is priced_partial).
-8. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
+8. Prices from the provider's own model pages where the primary source is wrong and the rules
+   above cannot tell (``DOC_PRICES``: audio prices swapped, 10x too high or too low, an
+   alias priced at a retired snapshot's rates, a cached *image* price read as cached audio).
+   Each override names its page and what it says, and applies only while the entry's text
+   input / output prices are the page's (else the build stops: the data moved, recheck);
+   ``fill`` records ``"<provider>-docs"`` for each field it changes.  Found by comparing
+   every model's audio prices with its dated snapshots and family
+   (benchmarks/results/prices2-l-20261206.md).
+9. genai-prices date-constrained prices: the price in effect on the genai-prices snapshot date
    is used; time-of-day (off-peak) variants are ignored.
-9. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
-   tokens is rounded half up (counted in the build summary).
+10. Conversions are exact (``Decimal``); a value that is not a whole number of nano-USD per 1M
+    tokens is rounded half up (counted in the build summary).
 
 To refresh: copy the new dataset snapshots into the data folder, update SOURCES.md and
 ``SOURCE_META`` below (commit, date), rerun this script, review the diff, commit both.
@@ -217,6 +227,58 @@ SAME_AS_STANDARD_TIERS: dict[str, tuple[str, ...]] = {"groq": ("flex",)}
 CONTEXT_TIERED_SERVICE_TIERS: dict[str, tuple[str, ...]] = {"openai": ("flex",)}
 # Service tiers priced apart (the names the scanner reports: Usage.service_tier).
 SERVICE_TIERS = ("flex", "priority")
+
+
+@dataclass(frozen=True)
+class DocPrice:
+    """Prices a provider's own model page gives where the primary dataset is wrong (step 8).
+    ``text``: the page's text input / output USD per 1M -- the override applies only while the
+    built entry has them (else the build stops: the data moved, recheck by hand).  ``prices``:
+    field -> USD per 1M.  ``why``: what the page and the datasets say."""
+
+    provider: str
+    model: str
+    text: tuple[str, str]
+    prices: tuple[tuple[str, str], ...]
+    url: str
+    why: str
+
+
+_OPENAI_MODELS = "https://developers.openai.com/api/docs/models/"
+DOC_PRICES: tuple[DocPrice, ...] = (
+    DocPrice("openai", "gpt-audio-mini", ("0.6", "2.4"), (("ain", "10"), ("aout", "20")),
+             _OPENAI_MODELS + "gpt-audio-mini",
+             "alias of its 'Default snapshot: gpt-audio-mini-2025-12-15', which Portkey prices at audio "
+             "$10 in / $20 out (as its -2025-10-06 snapshot, LiteLLM and genai-prices price the alias); "
+             "Portkey's alias entry says $1 / $2: 10x low"),
+    DocPrice("openai", "gpt-4o-mini-audio-preview-2024-12-17", ("0.15", "0.6"), (("ain", "10"), ("aout", "20")),
+             _OPENAI_MODELS + "gpt-4o-mini-audio-preview",
+             "'Default snapshot: gpt-4o-mini-audio-preview-2024-12-17' ... Audio tokens: Input $10, "
+             "Output $20 (LiteLLM agrees); Portkey's snapshot entry has them swapped ($20 in / $10 out)"),
+    DocPrice("openai", "gpt-4o-mini-realtime-preview", ("0.6", "2.4"),
+             (("cr", "0.3"), ("ain", "10"), ("aout", "20"), ("acr", "0.3")),
+             _OPENAI_MODELS + "gpt-4o-mini-realtime-preview",
+             "Text tokens: Cached input $0.3; Audio tokens: Input $10, Cached input $0.3, Output $20 "
+             "(genai-prices and LiteLLM agree); Portkey says audio $100 / $200, cached $3: 10x high"),
+    DocPrice("openai", "gpt-4o-mini-realtime-preview-2024-12-17", ("0.6", "2.4"),
+             (("cr", "0.3"), ("ain", "10"), ("aout", "20"), ("acr", "0.3")),
+             _OPENAI_MODELS + "gpt-4o-mini-realtime-preview",
+             "'Default snapshot: gpt-4o-mini-realtime-preview-2024-12-17', priced as its alias above "
+             "(LiteLLM agrees); Portkey: audio $100 / $200, cached text and audio $3: 10x high"),
+    DocPrice("openai", "gpt-4o-audio-preview", ("2.5", "10"), (("ain", "40"), ("aout", "80")),
+             _OPENAI_MODELS + "gpt-4o-audio-preview",
+             "'Default snapshot: gpt-4o-audio-preview-2025-06-03' ... Audio tokens: Input $40, Output $80 "
+             "(LiteLLM agrees); Portkey prices the alias at the retired -2024-10-01 snapshot's $100 / $200"),
+    DocPrice("openai", "gpt-realtime-2025-08-28", ("4", "16"), (("cr", "0.4"), ("acr", "0.4")),
+             _OPENAI_MODELS + "gpt-realtime",
+             "the alias gpt-realtime (default snapshot gpt-realtime-2025-08-28): cached text and audio "
+             "input $0.40 per 1M (genai-prices and LiteLLM, as OpenAI's gpt-realtime-1.5 page); Portkey "
+             "says $16 and $64, above the uncached $4 and $32"),
+    DocPrice("openai", "gpt-realtime-mini", ("0.6", "2.4"), (("acr", "0.3"),),
+             _OPENAI_MODELS + "gpt-realtime-mini",
+             "cached audio input $0.30 per 1M (genai-prices, LiteLLM and Portkey's own -2025-10-06 / "
+             "-2025-12-15 snapshots); Portkey's alias entry says $0.08, the snapshots' cached *image* price"),
+)
 _LITELLM_SVC_FIELDS = {
     "input_cost_per_token": "in",
     "output_cost_per_token": "out",
@@ -237,6 +299,7 @@ class Stats:
         self.disagreements = 0
         self.majority = 0
         self.per_unit_lte = 0
+        self.doc_prices = 0  # prices changed by DOC_PRICES
         # (provider, model, field, [(source, nano-USD per 1M), ...]) differing > OUTLIER_RATIO
         self.outliers: list[tuple[str, str, str, list[tuple[str, int]]]] = []
 
@@ -287,10 +350,13 @@ class Entry:
         for key in ("cr", "cw", *EXTRA_FIELDS):
             if self.prices[key] == 0 and inp > 0:
                 self.prices[key] = None
-        cr = self.prices["cr"]
-        if cr is not None and cr > inp:
-            self.prices["cr"] = None
-            STATS.rejected_cache_read += 1
+        # A cached price above its uncached one is a data error (the text read, or the audio
+        # read: Portkey's gpt-realtime lists cached audio at $64 per 1M, audio input at $32).
+        for cached, uncached in (("cr", inp), ("acr", self.prices["ain"])):
+            value = self.prices[cached]
+            if value is not None and uncached is not None and value > uncached:
+                self.prices[cached] = None
+                STATS.rejected_cache_read += 1
 
 
 def load_json(path: Path) -> Any:
@@ -683,6 +749,28 @@ def context_tiered(entries: list[Entry], tiers: tuple[str, ...], why: str) -> No
             entry.fill[f"svc.{name}.tiers"] = why
 
 
+def doc_prices(provider: str, entries: list[Entry], overrides: tuple[DocPrice, ...]) -> None:
+    """Apply the ``overrides`` for ``provider`` (step 8); stop the build when one names a model
+    the table lacks or whose text prices moved (the page no longer describes the entry)."""
+    by_model = {e.model: e for e in entries}
+    for doc in overrides:
+        if doc.provider != provider:
+            continue
+        entry = by_model.get(doc.model)
+        text = (to_nano(Decimal(doc.text[0]), USD_PER_MTOK), to_nano(Decimal(doc.text[1]), USD_PER_MTOK))
+        if entry is None or _in_out(entry) != text or entry.tiers or entry.svc:
+            raise SystemExit(
+                f"DOC_PRICES {provider}/{doc.model}: the built entry is missing, tiered, or its text "
+                f"prices are not the page's {doc.text} (USD per 1M): recheck {doc.url}"
+            )
+        for key, usd in doc.prices:
+            value = to_nano(Decimal(usd), USD_PER_MTOK)
+            if entry.prices.get(key) != value:
+                entry.prices[key] = value
+                entry.fill[key] = f"{provider}-docs"
+                STATS.doc_prices += 1
+
+
 def merge(sources: list[list[Entry]], provider: str = "") -> list[Entry]:
     merged: dict[str, Entry] = {}
     later: dict[str, list[Entry]] = {}
@@ -803,6 +891,7 @@ def build(data: Path) -> str:
             same_as_standard(table[ps.gateway_id], SAME_AS_STANDARD_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
         if ps.gateway_id in CONTEXT_TIERED_SERVICE_TIERS:
             context_tiered(table[ps.gateway_id], CONTEXT_TIERED_SERVICE_TIERS[ps.gateway_id], f"{ps.gateway_id}-docs")
+        doc_prices(ps.gateway_id, table[ps.gateway_id], DOC_PRICES)
 
     sources: dict[str, Any] = {}
     for name, meta in SOURCE_META.items():
@@ -865,6 +954,7 @@ def build(data: Path) -> str:
         file=sys.stderr,
     )
     print(f"portkey -lte- keys with a per-unit price, twin's used: {STATS.per_unit_lte}", file=sys.stderr)
+    print(f"prices set from the providers' model pages (DOC_PRICES): {STATS.doc_prices}", file=sys.stderr)
     for reason, count in sorted(STATS.skipped.items()):
         print(f"skipped {count}: {reason}", file=sys.stderr)
     for provider, model, key, values in STATS.outliers:

@@ -521,10 +521,12 @@ def test_bundled_1h_writes_and_audio_are_priced_exactly(reg: PricingRegistry) ->
     q = reg.quote("anthropic", SONNET_45_DATED, None, t)
     expected = 12 * 3_000 + 4096 * 300 + 1024 * 3_750 + 1024 * 6_000 + 700 * 15_000  # nano-USD
     assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
-    # gpt-4o-audio-preview (Portkey: audio $100 in / $200 out per 1M; text $2.50 / $10)
+    # gpt-4o-audio-preview (OpenAI's page, default snapshot -2025-06-03: audio $40 in / $80
+    # out per 1M; text $2.50 / $10.  Portkey's $100 / $200 are the retired -2024-10-01's:
+    # tests/test_audio_prices.py)
     t = TokenCounts(150, 90, 0, 0, 0, audio_input_tokens=100, audio_output_tokens=80)
     q = reg.quote("openai", "gpt-4o-audio-preview", None, t)
-    expected = 50 * 2_500 + 100 * 100_000 + 10 * 10_000 + 80 * 200_000
+    expected = 50 * 2_500 + 100 * 40_000 + 10 * 10_000 + 80 * 80_000
     assert q is not None and (q.cost_nano_usd, q.partial) == (expected, False)
     # a model without an audio price: charged as text, marked partial
     q = reg.quote("openai", "gpt-4o-mini", None, t)
