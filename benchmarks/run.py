@@ -988,12 +988,25 @@ FLOOR_DISTURBED_X = 2.0
 
 def c1_floor(run: dict[str, Any], direct: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The paired floor of a concurrency-1 run (``paired_direct``) when there is one and
-    it was not disturbed (``FLOOR_DISTURBED_X``), else None: direct's medians apply."""
+    it was not disturbed (``FLOOR_DISTURBED_X``), else None: direct's medians apply.
+
+    A floor above direct's median p50 is credited only as far as the machine measurably
+    slowed: up to direct's median times the fake provider's CPU a request in the floor run
+    over its median in direct's runs (the same work each time, so the machine's speed).  A
+    floor run slower for any other reason (a wake-up that lingered) would otherwise hide
+    up to its excess of the target's added latency; without the CPU figures, no credit."""
     floor = run.get("paired_direct")
     if not floor:
         return None
-    if direct.get("lat_p50") is not None and floor["p50"] > FLOOR_DISTURBED_X * direct["lat_p50"]:
+    base = direct.get("lat_p50")
+    if base is None:
+        return floor
+    if floor["p50"] > FLOOR_DISTURBED_X * base:
         return None
+    if floor["p50"] > base:
+        cpu, base_cpu = floor.get("fake_cpu_us_per_req"), direct.get("fake_cpu_us_per_req")
+        slowdown = cpu / base_cpu if cpu and base_cpu else 1.0
+        floor = {**floor, "p50": min(floor["p50"], base * max(1.0, slowdown))}
     return floor
 
 

@@ -104,7 +104,9 @@ def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
     whose own floor was fast fails, though the start-of-run medians would have passed it."""
     from benchmarks.run import add_paired_c1, c1_added, consecutive_c1_verdict, consecutive_runs_md, summarize_runs
 
-    direct = {"lat_p50": 0.13, "lat_p99": 0.28}
+    # direct's runs: the fake provider at 50 CPU µs a request; the floors' at 100 (the
+    # machine half as fast): a floor may be credited up to 2 x 0.13 ms
+    direct = {"lat_p50": 0.13, "lat_p99": 0.28, "fake_cpu_us_per_req": 50.0}
     slow = [_paired_run(0.37, 0.80, 0.25, 0.45) for _ in range(3)]
     # p50 over its own floor; p99 over the lower of its floor's and direct's (0.28 ms)
     assert c1_added(slow[0], direct) == pytest.approx((0.12, 0.52))
@@ -122,8 +124,20 @@ def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
     burst = _paired_run(3.3, 9.0, 3.4, 9.5)
     assert c1_added(burst, direct) == pytest.approx((3.17, 8.72))
     assert not consecutive_c1_verdict([burst], direct, 0.15, 1.0)[1]
+    # a floor slower than direct's median while the machine was not (the fake provider's CPU
+    # as in direct's runs): credited only up to direct's median, 0.24 ms added, FAIL; with
+    # no CPU figures, the same
+    lingered = _paired_run(0.37, 0.80, 0.25, 0.45)
+    lingered["paired_direct"]["fake_cpu_us_per_req"] = 50.0
+    assert c1_added(lingered, direct) == pytest.approx((0.24, 0.52))
+    assert not consecutive_c1_verdict([lingered], direct, 0.15, 1.0)[1]
+    assert c1_added(slow[0], {"lat_p50": 0.13, "lat_p99": 0.28}) == pytest.approx((0.24, 0.52))
+    # a partial slowdown (1.5x): credited up to 0.195 ms
+    partly = _paired_run(0.37, 0.80, 0.25, 0.45)
+    partly["paired_direct"]["fake_cpu_us_per_req"] = 75.0
+    assert c1_added(partly, direct) == pytest.approx((0.37 - 0.195, 0.52))
     # the summary: medians of the per-run differences, each over its floor
-    runs = {"direct": [_c1_run(0.13, 0.28)],
+    runs = {"direct": [{**_c1_run(0.13, 0.28), "fake_cpu_us_per_req": 50.0}],
             "plano_fast firewall w1": [_paired_run(0.37, 0.8, 0.25, 0.45), _paired_run(0.30, 0.7, 0.20, 0.40),
                                        _paired_run(0.40, 0.9, 0.22, 0.50)],
             "plano_fast config w1": [_c1_run(0.3, 0.9)],
@@ -137,7 +151,7 @@ def test_c1_runs_are_measured_over_the_direct_run_right_before_each() -> None:
     assert summary["plano_fast managed w1"]["floors_disturbed"] == 1
     assert summary["plano_fast managed w1"]["added_p50_paired"] == pytest.approx((3.17 + 0.18) / 2)
     md = consecutive_runs_md({"direct": [_c1_run(0.13, 0.28)], "plano_fast firewall w1": slow},
-                             {"lat_p50": 0.13, "lat_p99": 0.28}, ["direct", "plano_fast firewall w1"])
+                             direct, ["direct", "plano_fast firewall w1"])
     assert "the direct run measured right before each run" in md[1]
     assert md[-1] == "| plano_fast firewall w1 | " + " | ".join(["+0.120 / +0.520 [0.250]"] * 3) + " |"
 
