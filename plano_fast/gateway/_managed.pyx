@@ -228,6 +228,14 @@ cdef inline bint _names_a_container(bytes body) noexcept:
             or memmem(p, n, b"\\u007", 5) != NULL)
 
 
+cdef inline bint _names_a_file(bytes body) noexcept:
+    """``responses_managed.names_a_file`` (its four needles, by memmem)."""
+    cdef const char *p = PyBytes_AS_STRING(body)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(body)
+    return (memmem(p, n, b"file_id", 7) != NULL or memmem(p, n, b"\\u006", 5) != NULL
+            or memmem(p, n, b"\\u005f", 6) != NULL or memmem(p, n, b"\\u005F", 6) != NULL)
+
+
 def start(exchange):
     """``ManagedExchange.start`` (installed as it; ``managed.start_py`` is the twin)."""
     if type(exchange) is not _Managed:
@@ -272,8 +280,9 @@ def start(exchange):
     if type(pipe) is not _Pipe:
         return _twin(exchange)  # (no pipe: its refusal)
     body = _get(request, Q_BODY, "body")
-    if endpoint is _MESSAGES and (type(body) is not bytes or _names_a_container(<bytes>body)):
-        return _twin(exchange)  # (its refuse_container_reuse parses it)
+    if type(body) is not bytes or _names_a_file(<bytes>body) or (
+            endpoint is _MESSAGES and _names_a_container(<bytes>body)):
+        return _twin(exchange)  # (its refuse_stored_files / refuse_container_reuse parse it)
     try:
         fields = _scan_request(body)
     except _ScanError:
