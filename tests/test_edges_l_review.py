@@ -24,7 +24,7 @@ import pytest
 from benchmarks.attack_battery import exchange, post
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.errors import ClientError
-from plano_fast.responses_managed import names_a_file, refuse_stored_files, refuse_unowned_state
+from plano_fast.responses_managed import refuse_unowned_state
 from plano_fast.responses_state import MemoryResponseStore, StoredResponse
 from plano_fast.responses_store import SqliteResponseStore
 from tests.gateway_proc import GatewayProcess, write_config
@@ -118,8 +118,8 @@ def test_an_unknown_reasoning_id_is_refused_with_state_storage(
     stateful: tuple[GatewayProcess, list[Tenant]], fake: FakeProviderThread,
 ) -> None:
     """state_storage: a reasoning item, an item_reference and an image_generation_call by an id
-    no stored answer of this owner holds: 400, nothing forwarded (the same on integ for the
-    first two; the image_generation_call was forwarded)."""
+    no stored answer of this owner holds: 400 naming the id, nothing forwarded (on integ: a
+    400 not naming the id for the first two; the image_generation_call was forwarded)."""
     gw, (mine, _) = stateful
     auth = b"Authorization: Bearer " + mine.token.encode() + b"\r\n"
     for item in ({"type": "reasoning", "id": "rs_0123456789abcdef", "summary": []},
@@ -252,7 +252,10 @@ def test_no_project_can_upload(builds: tuple[GatewayProcess, bytes], fake: FakeP
     b'{"model":"m","messages":[{"role":"user","content":[{"type":"file","file":{"fil\\u0065_id":"f"}}]}]}',
 ])
 def test_refuse_stored_files(body: bytes) -> None:
-    """Each names a Files API object: ClientError (on integ the function does not exist)."""
+    """Each names a Files API object: ClientError (on integ the function does not exist: an
+    ImportError, imported here so that the socket tests above run on integ too)."""
+    from plano_fast.responses_managed import refuse_stored_files
+
     with pytest.raises(ClientError):
         refuse_stored_files(body)
 
@@ -287,6 +290,8 @@ def test_references_are_left_to_the_store_with_state_storage() -> None:
 def test_names_a_file(body: bytes, names: bool) -> None:
     """The pre-check the compiled start shares (by memmem): the word, an escaped letter or
     underscore sends the body to the parse; escaped non-ASCII text does not."""
+    from plano_fast.responses_managed import names_a_file
+
     assert names_a_file(body) is names
 
 
