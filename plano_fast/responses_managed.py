@@ -229,7 +229,7 @@ def _stored_references(body: bytes) -> list[tuple[str, Any]]:
         doc = json.loads(body, object_pairs_hook=_Members)
     except (ValueError, RecursionError):
         return []
-    found = []
+    found: list[tuple[str, Any]] = []
     for items in doc.values_of("input") if type(doc) is _Members else ():
         for item in items if type(items) is list else ():
             named = _reference(item) if type(item) is _Members else None

@@ -128,7 +128,7 @@ class MemoryResponseStore:
 
     def owned(self, owner: str, item_ids: list[str]) -> set[str]:
         """Those of ``item_ids`` that are output items of ``owner``'s stored, unexpired answers."""
-        found = set()
+        found: set[str] = set()
         for item_id in item_ids:
             rid = self._items.get((owner, item_id))
             if rid is None:
