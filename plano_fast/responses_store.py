@@ -266,6 +266,9 @@ class SharedResponseStore:
             await self._close()
 
 
+#: item ids a SQLite statement carries (3 variables each; old builds allow 999 a statement)
+_ITEMS_A_STATEMENT = 300
+
 #: SQLite rows up to this size are written on the event loop, bigger ones on the thread
 LOOP_ROW_BYTES = 64 * 1024
 
@@ -383,22 +386,30 @@ class SqliteResponseStore(SharedResponseStore):
         await self._run(lambda: self._conn_now().execute(sql, values))
 
     async def _insert_items(self, owner: str, item_ids: tuple[str, ...], expires_at_ns: int) -> None:
-        sql = "INSERT OR REPLACE INTO response_state_items (owner, item_id, expires_at_ns) VALUES (?, ?, ?)"
-        rows = [(owner, item_id, expires_at_ns) for item_id in item_ids]
-        if self._loop_conn is not None:
-            for row in rows:  # (a few a turn: each as the response row, on the loop)
-                await self._on_loop(sql, row)
-            return
-        await self._run(lambda: self._conn_now().executemany(sql, rows))
+        # one statement (one commit) for a turn's items, in chunks under SQLite's 999-variable
+        # limit of older builds; a turn has a few
+        for start in range(0, len(item_ids), _ITEMS_A_STATEMENT):
+            chunk = item_ids[start:start + _ITEMS_A_STATEMENT]
+            sql = ("INSERT OR REPLACE INTO response_state_items (owner, item_id, expires_at_ns) VALUES "
+                   + ", ".join(["(?, ?, ?)"] * len(chunk)))
+            params = tuple(v for item_id in chunk for v in (owner, item_id, expires_at_ns))
+            if self._loop_conn is not None:
+                await self._on_loop(sql, params)
+            else:
+                await self._run(lambda: self._conn_now().execute(sql, params))  # noqa: B023 - awaited here
 
     async def _select_items(self, owner: str, item_ids: list[str], now_ns: int) -> set[str]:
-        marks = ", ".join("?" * len(item_ids))
-        sql = (f"SELECT item_id FROM response_state_items WHERE owner = ? AND item_id IN ({marks}) "
-               "AND expires_at_ns > ?")
-        params = (owner, *item_ids, now_ns)
-        if self._loop_conn is not None:
-            return {row[0] for row in (await self._on_loop(sql, params)).fetchall()}
-        return await self._run(lambda: {row[0] for row in self._conn_now().execute(sql, params).fetchall()})
+        found: set[str] = set()
+        for start in range(0, len(item_ids), _ITEMS_A_STATEMENT):
+            chunk = item_ids[start:start + _ITEMS_A_STATEMENT]
+            sql = (f"SELECT item_id FROM response_state_items WHERE owner = ? AND item_id IN "
+                   f"({', '.join('?' * len(chunk))}) AND expires_at_ns > ?")
+            params = (owner, *chunk, now_ns)
+            if self._loop_conn is not None:
+                found.update(row[0] for row in (await self._on_loop(sql, params)).fetchall())
+            else:
+                found.update(await self._run(lambda: [r[0] for r in self._conn_now().execute(sql, params)]))  # noqa: B023
+        return found
 
     async def _delete(self, response_id: str, owner: str, now_ns: int) -> bool:
         def run() -> bool:

@@ -301,7 +301,8 @@ def _entry(rid: str, owner: str) -> StoredResponse:
 
 
 def test_memory_store_owned_items() -> None:
-    """Only the owner's own ids are found; an evicted answer's ids are gone."""
+    """Only the owner's own ids are found; an evicted answer's ids are gone (on integ:
+    AttributeError, no owned_items)."""
     store = MemoryResponseStore(max_entries=1)
     store.put(_entry("resp_a", "alice"), ("rs_a", "fc_a"))
     assert asyncio.run(store.owned_items("alice", ["rs_a", "fc_a", "rs_x"])) == {"rs_a", "fc_a"}
@@ -312,7 +313,8 @@ def test_memory_store_owned_items() -> None:
 
 
 def test_sqlite_store_owned_items(tmp_path: Path) -> None:
-    """Written with the turn, read by owner, across a reopened store; expired ones are gone."""
+    """Written with the turn, read by owner, across a reopened store, 700 at once; expired
+    ones are gone (on integ: AttributeError, no owned_items)."""
     async def go() -> None:
         store = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=60, max_conversation_bytes=1 << 20)
         store.put(_entry("resp_a", "alice"), 0, ("rs_a", "fc_a"))
@@ -323,6 +325,10 @@ def test_sqlite_store_owned_items(tmp_path: Path) -> None:
                                     miss_grace_s=0.0)
         assert await again.owned_items("alice", ["rs_a", "fc_a", "rs_b"]) == {"rs_a", "fc_a"}
         assert await again.owned_items("bob", ["rs_a"]) == set()
+        many = tuple(f"fc_{i}" for i in range(700))  # (more than one statement's variables)
+        again.put(_entry("resp_m", "alice"), 0, many)
+        await again.flush()
+        assert await again.owned_items("alice", [*many, "fc_x"]) == set(many)
         await again.close()
         expired = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=-1, max_conversation_bytes=1 << 20,
                                       miss_grace_s=0.0)
