@@ -26,7 +26,7 @@ from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.errors import ClientError
 from plano_fast.responses_managed import refuse_unowned_state
 from plano_fast.responses_state import MemoryResponseStore, StoredResponse
-from plano_fast.responses_store import SqliteResponseStore
+from plano_fast.responses_store import PostgresResponseStore, SharedResponseStore, SqliteResponseStore
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.test_managed import DEFAULT_PIPE, ENV, Tenant, provision
 
@@ -312,17 +312,26 @@ def test_memory_store_owned_items() -> None:
     assert asyncio.run(store.owned_items("bob", ["rs_b"])) == {"rs_b"}
 
 
-def test_sqlite_store_owned_items(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_shared_store_owned_items(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Written with the turn, read by owner, across a reopened store, 700 at once; expired
     ones are gone (on integ: AttributeError, no owned_items)."""
+    dsn = request.getfixturevalue("pg_dsn") if backend == "postgres" else ""
+
+    def make(ttl_s: float, grace_s: float = 0.25) -> SharedResponseStore:
+        if backend == "sqlite":
+            return SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=ttl_s, max_conversation_bytes=1 << 20,
+                                       miss_grace_s=grace_s)
+        return PostgresResponseStore(dsn, ttl_s=ttl_s,
+                                     max_conversation_bytes=1 << 20, miss_grace_s=grace_s)
+
     async def go() -> None:
-        store = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=60, max_conversation_bytes=1 << 20)
+        store = make(60)
         store.put(_entry("resp_a", "alice"), 0, ("rs_a", "fc_a"))
         assert await store.owned_items("alice", ["rs_a"]) == {"rs_a"}  # (in flight: pending)
         await store.flush()
         await store.close()
-        again = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=60, max_conversation_bytes=1 << 20,
-                                    miss_grace_s=0.0)
+        again = make(60, 0.0)
         assert await again.owned_items("alice", ["rs_a", "fc_a", "rs_b"]) == {"rs_a", "fc_a"}
         assert await again.owned_items("bob", ["rs_a"]) == set()
         many = tuple(f"fc_{i}" for i in range(700))  # (more than one statement's variables)
@@ -330,8 +339,7 @@ def test_sqlite_store_owned_items(tmp_path: Path) -> None:
         await again.flush()
         assert await again.owned_items("alice", [*many, "fc_x"]) == set(many)
         await again.close()
-        expired = SqliteResponseStore(str(tmp_path / "state.db"), ttl_s=-1, max_conversation_bytes=1 << 20,
-                                      miss_grace_s=0.0)
+        expired = make(-1, 0.0)
         expired.put(_entry("resp_c", "carol"), 0, ("rs_c",))
         await expired.flush()
         assert await expired.owned_items("carol", ["rs_c"]) == set()
