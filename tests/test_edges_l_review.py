@@ -128,7 +128,7 @@ def test_an_unknown_reasoning_id_is_refused_with_state_storage(
         body = json.dumps({"model": MODEL, "input": [{"role": "user", "content": "hi"}, item]}).encode()
         before = len(_calls(fake))
         answer = exchange(gw.port, post(b"/v1/responses", body, auth, CLOSE), wait_s=10)
-        assert answer.status == 400 and item["id"].encode() in answer.body, answer.raw[:400]
+        assert answer.status == 400 and str(item["id"]).encode() in answer.body, answer.raw[:400]
         assert _calls(fake)[before:] == []
 
 
