@@ -40,6 +40,7 @@ that can still send the request to the twin.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
+from libc.string cimport memchr
 
 cdef extern from "string.h" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -229,11 +230,17 @@ cdef inline bint _names_a_container(bytes body) noexcept:
 
 
 cdef inline bint _names_a_file(bytes body) noexcept:
-    """``responses_managed.names_a_file`` (its four needles, by memmem)."""
+    """``responses_managed.names_a_file`` (its four needles: the word by memmem, the three
+    escapes only when the body holds a backslash at all, by memchr -- most bodies have
+    none; four memmem cost ~1.4k instructions a request, measured)."""
     cdef const char *p = PyBytes_AS_STRING(body)
     cdef size_t n = <size_t>PyBytes_GET_SIZE(body)
-    return (memmem(p, n, b"file_id", 7) != NULL or memmem(p, n, b"\\u006", 5) != NULL
-            or memmem(p, n, b"\\u005f", 6) != NULL or memmem(p, n, b"\\u005F", 6) != NULL)
+    if memmem(p, n, b"file_id", 7) != NULL:
+        return True
+    if memchr(p, 0x5c, n) == NULL:  # (no backslash: no escape)
+        return False
+    return (memmem(p, n, b"\\u006", 5) != NULL or memmem(p, n, b"\\u005f", 6) != NULL
+            or memmem(p, n, b"\\u005F", 6) != NULL)
 
 
 def start(exchange):
