@@ -232,7 +232,8 @@ cdef inline bint _names_a_container(bytes body) noexcept:
 cdef inline bint _names_a_file(bytes body) noexcept:
     """``responses_managed.names_a_file`` (its four needles: the word by memmem, the three
     escapes only when the body holds a backslash at all, by memchr -- most bodies have
-    none; four memmem cost ~1.4k instructions a request, measured)."""
+    none; the chat request's whole cost: +0.5k..1.5k instructions of ~324k, within
+    callgrind's run-to-run spread, benchmarks/results/redfix-l-20261206.md)."""
     cdef const char *p = PyBytes_AS_STRING(body)
     cdef size_t n = <size_t>PyBytes_GET_SIZE(body)
     if memmem(p, n, b"file_id", 7) != NULL:
