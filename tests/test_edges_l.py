@@ -294,6 +294,8 @@ PREFLIGHTED_CASES: list[tuple[str, bytes, bytes, int]] = [
      b"x-goog-api-key: page-key\r\n", b"text/plain", 200),
     ("text/plain + anthropic-version", b"Origin: https://app.example\r\nSec-Fetch-Site: cross-site\r\n"
      b"anthropic-version: 2023-06-01\r\n", b"text/plain", 200),
+    ("text/plain + Basic (a browser's cached HTTP authentication)", b"Origin: https://evil.example\r\n"
+     b"Sec-Fetch-Site: cross-site\r\nAuthorization: Basic dXNlcjpwYXNz\r\n", b"text/plain", 403),
     ("text/plain + a proxy's and a browser's own headers", b"Origin: https://evil.example\r\n"
      b"Sec-Fetch-Site: cross-site\r\nX-Forwarded-For: 203.0.113.9\r\nVia: 1.1 proxy\r\n"
      b"User-Agent: Mozilla/5.0\r\nCache-Control: no-cache\r\nAccept: */*\r\nCookie: a=b\r\n", b"text/plain", 403),

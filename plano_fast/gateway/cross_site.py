@@ -21,14 +21,14 @@ either header (``wire/_request.pyx``), so this runs on httptools' path only
 (``dispatch.dispatch_py``): nothing for a request without them.
 
 A request carrying a header no page can send to another origin without a preflight -- a
-credential (``Authorization``, ``x-api-key``, ``x-goog-api-key``, ...) or an API's own
+credential (``Authorization: Bearer``, ``x-api-key``, ``x-goog-api-key``, ...) or an API's own
 header (``anthropic-version``, ``openai-organization``, an SDK's ``x-stainless-*``) -- is
 not a simple request whatever its ``Content-Type`` (Fetch: only ``Accept``,
 ``Accept-Language``, ``Content-Language``, ``Content-Type`` and ``Range`` are
 CORS-safelisted): the browser asked first, and only a front proxy answering for the gateway
 consented.  So a cross-origin multipart upload with its Bearer key is served.  Not every
 non-safelisted name counts: a browser adds ``User-Agent``, ``Cache-Control``, ``Sec-*``,
-``Cookie`` by itself, and a front proxy adds ``X-Forwarded-For``, ``Via``, trace headers
+``Cookie`` -- and a cached ``Authorization: Basic`` -- by itself, and a front proxy adds ``X-Forwarded-For``, ``Via``, trace headers
 to a simple request as well; they prove nothing.  (A front proxy that adds a credential
 to every request makes every request look consented to: its own CORS policy must hold.)
 
@@ -77,6 +77,11 @@ def refuse_cross_site(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> 
             host = value.strip().lower()
         elif name == b"content-type":
             content_type = value
+        elif name == b"authorization":
+            # a Bearer only: a browser attaches a cached Basic (or Negotiate) credential to a
+            # simple request by itself (HTTP authentication behind a front proxy)
+            if value.lstrip()[:7].lower() == b"bearer ":
+                return
         elif name in _PREFLIGHTED or name.startswith(b"x-stainless-"):
             return  # not a simple request: the browser ran a preflight (above)
     if site is not None:
