@@ -53,7 +53,9 @@ Control headers (per request; constructor args / CLI flags give the defaults)
   ``x-fake-events`` roughly equal content events (chat, messages, Gemini, Responses)
 * ``x-fake-tool-call: NAME``      chat, messages and Gemini answer with one call of tool NAME
   (no text) and the provider's tool stop reason; arguments ``x-fake-tool-args`` (a JSON
-  object, default ``{}``), streamed in two fragments where the format fragments them
+  object, default ``{}``), streamed in two fragments where the format fragments them;
+  Responses (JSON only) answers a reasoning model's tool turn: a ``reasoning`` item by id
+  (``rs_…``, no ``encrypted_content``, as with ``store`` on) and a ``function_call`` item
 * ``x-fake-retry-after``          value of the retry-after header for error statuses
 * ``x-fake-retry-after-ms``       error statuses also send ``retry-after-ms`` with this value
 * ``x-fake-response-header: N: V`` a successful answer also carries the header ``N: V``
@@ -1536,6 +1538,15 @@ class FakeProvider:
             extra += _PROVIDER_HEADERS[family]
         if ctl.response_header:
             extra += ctl.response_header.encode("latin-1") + b"\r\n"
+        if ctl.tool_call is not None and kind == "responses" and not stream:
+            doc = _resp_object(ctx, req, "")
+            doc["output"] = [
+                {"id": "rs_" + ctx.uid, "type": "reasoning", "summary": []},
+                {"id": "fc_" + ctx.uid, "type": "function_call", "status": "completed", "call_id": "call_" + ctx.uid,
+                 "name": ctl.tool_call, "arguments": ctl.tool_args},
+            ]
+            return self._respond(p, ctl, rid, 200, _CT_JSON, _coded(ctl, _dumps(doc)), keep_alive,
+                                 extra + _coding_line(ctl))
         if ctl.tool_call is not None and kind in ("chat", "messages", "gemini", "gemini_stream"):
             so = req.get("stream_options")
             include_usage = isinstance(so, dict) and so.get("include_usage") is True

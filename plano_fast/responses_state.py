@@ -78,7 +78,7 @@ class StoredResponse:
 class MemoryResponseStore:
     """An in-process store with expiry and an entry cap (insertion order = eviction order)."""
 
-    __slots__ = ("ttl_s", "max_entries", "max_conversation_bytes", "_entries", "_clock")
+    __slots__ = ("ttl_s", "max_entries", "max_conversation_bytes", "_entries", "_clock", "_items")
 
     def __init__(
         self,
@@ -93,6 +93,8 @@ class MemoryResponseStore:
         self.max_conversation_bytes = max_conversation_bytes
         self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
         self._clock = clock
+        #: (owner, output item id) -> the stored response that answered it (``owned_items``)
+        self._items: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,8 +108,9 @@ class MemoryResponseStore:
             raise ConversationNotFound(response_id)
         return entry
 
-    def put(self, entry: StoredResponse) -> bool:
-        """Store ``entry``; False (nothing stored) when its conversation is over the cap."""
+    def put(self, entry: StoredResponse, item_ids: tuple[str, ...] = ()) -> bool:
+        """Store ``entry`` (``item_ids``: its output items' ids, kept for ``owned_items``);
+        False (nothing stored) when its conversation is over the cap."""
         if len(dumps(entry.items)) > self.max_conversation_bytes:
             return False
         entry.stored_at_s = self._clock()
@@ -115,7 +118,27 @@ class MemoryResponseStore:
         self._entries.move_to_end(entry.id)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        if item_ids:
+            items = self._items
+            if len(items) > 8 * self.max_entries:  # (evicted entries' ids: dropped in one pass)
+                self._items = items = {k: rid for k, rid in items.items() if rid in self._entries}
+            for item_id in item_ids:
+                items[(entry.owner, item_id)] = entry.id
         return True
+
+    def owned(self, owner: str, item_ids: list[str]) -> set[str]:
+        """Those of ``item_ids`` that are output items of ``owner``'s stored, unexpired answers."""
+        found: set[str] = set()
+        for item_id in item_ids:
+            rid = self._items.get((owner, item_id))
+            if rid is None:
+                continue
+            try:
+                self.get(rid, owner)
+            except ConversationNotFound:
+                continue
+            found.add(item_id)
+        return found
 
     def delete(self, response_id: str, owner: str) -> bool:
         entry = self._entries.get(response_id)
@@ -134,6 +157,9 @@ class MemoryResponseStore:
     async def remove(self, response_id: str, owner: str) -> bool:
         return self.delete(response_id, owner)
 
+    async def owned_items(self, owner: str, item_ids: list[str]) -> set[str]:
+        return self.owned(owner, item_ids)
+
     async def close(self) -> None:
         return None
 
@@ -151,7 +177,7 @@ class Turn:
     """One Responses request's part in a conversation: its full input (history first) and,
     once answered, what is stored under the answer's id."""
 
-    __slots__ = ("store", "owner", "items", "model", "provider", "enabled")
+    __slots__ = ("store", "owner", "items", "model", "provider", "enabled", "index_items")
 
     def __init__(self, store: ResponseStore, owner: str, items: list[Any], enabled: bool) -> None:
         self.store = store
@@ -160,6 +186,9 @@ class Turn:
         self.model = ""
         self.provider = ""
         self.enabled = enabled
+        #: keep the output items' ids for ``owned_items`` (managed mode: a later body may
+        #: send them back by id, plano_fast.responses_managed)
+        self.index_items = False
 
     def record(self, response: dict[str, Any]) -> None:
         """The answer (a Responses object, JSON or the stream's final one) is complete."""
@@ -168,10 +197,11 @@ class Turn:
             return
         output = [item for item in response.get("output") or () if isinstance(item, dict)]
         entry = StoredResponse(rid, self.owner, self.model, self.provider, [*self.items, *output], 0.0, response)
+        item_ids = tuple(i for i in (item.get("id") for item in output) if type(i) is str) if self.index_items else ()
         if isinstance(self.store, MemoryResponseStore):
-            self.store.put(entry)
+            self.store.put(entry, item_ids)
         else:
-            self.store.put(entry, len(output))
+            self.store.put(entry, len(output), item_ids)
 
 
 def needs_prefetch(store: ResponseStore, body: bytes) -> bool:

@@ -16,7 +16,13 @@ Config (Plano's ``state_storage``, or its older name ``state_storage_v1_response
 One row per stored response (table ``response_states``, migration 0005; created here too
 when absent, e.g. in a PostgreSQL that is not the gateway's own): its id, owner (the
 caller's key hash), model, provider, the conversation's input items (history included),
-the turn's output items, the answer as the client got it (for GET), and its times.
+the turn's output items, the answer as the client got it (for GET), and its times.  In
+managed mode the ids of a turn's output items are kept too (table
+``response_state_items``: owner, item id, expiry; created by this module when absent, no
+numbered migration), so a later body sending such an item back by id (a reasoning item
+without its ``encrypted_content``) can be told to be the owner's own
+(``owned_items``, plano_fast.responses_managed).  Deleting a response leaves its items'
+ids until they expire: the provider still holds the items.
 
 These stores have their own connections (SQLite: one connection used on the event loop
 and one on a thread of its own; PostgreSQL: an asyncpg pool), opened on first use, so a
@@ -65,6 +71,15 @@ _COLUMNS = ("id, owner, model, provider, input_items, output_items, response, "
             "created_at_ns, expires_at_ns")
 
 
+#: the output items' ids of managed turns (IF NOT EXISTS: run on every open)
+_ITEMS_DDL = (
+    "CREATE TABLE IF NOT EXISTS response_state_items ("
+    " owner TEXT NOT NULL, item_id TEXT NOT NULL, expires_at_ns BIGINT NOT NULL,"
+    " PRIMARY KEY (owner, item_id))",
+    "CREATE INDEX IF NOT EXISTS response_state_items_expires ON response_state_items (expires_at_ns)",
+)
+
+
 class StateUnavailable(RuntimeError):
     """The state database cannot be reached (the request needing it gets a 503)."""
 
@@ -87,6 +102,7 @@ class SharedResponseStore:
         self.sweep_interval_s = sweep_interval_s
         self.miss_grace_s = miss_grace_s
         self._pending: dict[str, Any] = {}  # id -> StoredResponse being written
+        self._pending_items: dict[str, tuple[str, tuple[str, ...]]] = {}  # id -> (owner, item ids)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._open_lock: asyncio.Lock | None = None
         self._opened = False
@@ -107,6 +123,12 @@ class SharedResponseStore:
         raise NotImplementedError
 
     async def _delete(self, response_id: str, owner: str, now_ns: int) -> bool:
+        raise NotImplementedError
+
+    async def _insert_items(self, owner: str, item_ids: tuple[str, ...], expires_at_ns: int) -> None:
+        raise NotImplementedError
+
+    async def _select_items(self, owner: str, item_ids: list[str], now_ns: int) -> set[str]:
         raise NotImplementedError
 
     async def _sweep(self, now_ns: int) -> int:
@@ -157,9 +179,10 @@ class SharedResponseStore:
                 )
         return None
 
-    def put(self, entry: Any, output_count: int = 0) -> bool:
-        """Start writing ``entry`` (its last ``output_count`` items are the turn's output);
-        False (nothing stored) when the conversation is over the cap."""
+    def put(self, entry: Any, output_count: int = 0, item_ids: tuple[str, ...] = ()) -> bool:
+        """Start writing ``entry`` (its last ``output_count`` items are the turn's output;
+        ``item_ids``: their ids, kept for ``owned_items``); False (nothing stored) when the
+        conversation is over the cap."""
         items = entry.items
         split = len(items) - output_count
         inputs, outputs = dumps(items[:split]), dumps(items[split:])
@@ -171,15 +194,19 @@ class SharedResponseStore:
                   None if entry.response is None else dumps(entry.response).decode(),
                   now_ns, now_ns + int(self.ttl_s * 1e9))
         self._pending[entry.id] = entry
-        task = asyncio.get_running_loop().create_task(self._write(entry.id, values))
+        if item_ids:
+            self._pending_items[entry.id] = (entry.owner, item_ids)
+        task = asyncio.get_running_loop().create_task(self._write(entry.id, values, item_ids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _write(self, response_id: str, values: tuple[Any, ...]) -> None:
+    async def _write(self, response_id: str, values: tuple[Any, ...], item_ids: tuple[str, ...] = ()) -> None:
         try:
             await self.ensure_open()
             await self._insert(values)
+            if item_ids:
+                await self._insert_items(values[1], item_ids, values[8])
             now = time.monotonic()
             if now >= self._next_sweep:
                 self._next_sweep = now + self.sweep_interval_s
@@ -190,6 +217,32 @@ class SharedResponseStore:
                         type(exc).__name__, exc)
         finally:
             self._pending.pop(response_id, None)
+            self._pending_items.pop(response_id, None)
+
+    async def owned_items(self, owner: str, item_ids: list[str]) -> set[str]:
+        """Those of ``item_ids`` that are output items of ``owner``'s stored, unexpired
+        answers (a miss is read again for ``miss_grace_s``: the turn that answered them may
+        still be written by another process)."""
+        found: set[str] = set()
+        for pending_owner, ids in list(self._pending_items.values()):
+            if pending_owner == owner:
+                found.update(i for i in ids if i in item_ids)
+        if len(found) == len(set(item_ids)):
+            return found
+        await self.ensure_open()
+        deadline = time.monotonic() + self.miss_grace_s
+        for pause in (0.0, *_MISS_RETRY_S):
+            if pause:
+                if time.monotonic() + pause > deadline:
+                    break
+                await asyncio.sleep(pause)
+            try:
+                found |= await self._select_items(owner, [i for i in item_ids if i not in found], time.time_ns())
+            except Exception as exc:  # noqa: BLE001
+                raise StateUnavailable(f"conversation state read failed: {type(exc).__name__}") from None
+            if len(found) == len(set(item_ids)):
+                break
+        return found
 
     async def remove(self, response_id: str, owner: str) -> bool:
         entry = self._pending.get(response_id)
@@ -212,6 +265,9 @@ class SharedResponseStore:
             self._opened = False
             await self._close()
 
+
+#: item ids a SQLite statement carries (3 variables each; old builds allow 999 a statement)
+_ITEMS_A_STATEMENT = 300
 
 #: SQLite rows up to this size are written on the event loop, bigger ones on the thread
 LOOP_ROW_BYTES = 64 * 1024
@@ -255,6 +311,8 @@ class SqliteResponseStore(SharedResponseStore):
             ).fetchone()
             if exists is None:
                 conn.executescript("BEGIN IMMEDIATE;\n" + _migration_sql("sqlite") + "\nCOMMIT;")
+            for statement in _ITEMS_DDL:
+                conn.execute(statement)
         except BaseException:
             conn.close()
             raise
@@ -327,6 +385,32 @@ class SqliteResponseStore(SharedResponseStore):
             return
         await self._run(lambda: self._conn_now().execute(sql, values))
 
+    async def _insert_items(self, owner: str, item_ids: tuple[str, ...], expires_at_ns: int) -> None:
+        # one statement (one commit) for a turn's items, in chunks under SQLite's 999-variable
+        # limit of older builds; a turn has a few
+        for start in range(0, len(item_ids), _ITEMS_A_STATEMENT):
+            chunk = item_ids[start:start + _ITEMS_A_STATEMENT]
+            sql = ("INSERT OR REPLACE INTO response_state_items (owner, item_id, expires_at_ns) VALUES "
+                   + ", ".join(["(?, ?, ?)"] * len(chunk)))
+            params = tuple(v for item_id in chunk for v in (owner, item_id, expires_at_ns))
+            if self._loop_conn is not None:
+                await self._on_loop(sql, params)
+            else:
+                await self._run(lambda: self._conn_now().execute(sql, params))  # noqa: B023 - awaited here
+
+    async def _select_items(self, owner: str, item_ids: list[str], now_ns: int) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(item_ids), _ITEMS_A_STATEMENT):
+            chunk = item_ids[start:start + _ITEMS_A_STATEMENT]
+            sql = (f"SELECT item_id FROM response_state_items WHERE owner = ? AND item_id IN "
+                   f"({', '.join('?' * len(chunk))}) AND expires_at_ns > ?")
+            params = (owner, *chunk, now_ns)
+            if self._loop_conn is not None:
+                found.update(row[0] for row in (await self._on_loop(sql, params)).fetchall())
+            else:
+                found.update(await self._run(lambda: [r[0] for r in self._conn_now().execute(sql, params)]))  # noqa: B023
+        return found
+
     async def _delete(self, response_id: str, owner: str, now_ns: int) -> bool:
         def run() -> bool:
             cur = self._conn_now().execute(
@@ -339,6 +423,7 @@ class SqliteResponseStore(SharedResponseStore):
     async def _sweep(self, now_ns: int) -> int:
         def run() -> int:
             cur = self._conn_now().execute("DELETE FROM response_states WHERE expires_at_ns <= ?", (now_ns,))
+            self._conn_now().execute("DELETE FROM response_state_items WHERE expires_at_ns <= ?", (now_ns,))
             return cur.rowcount
         return await self._run(run)
 
@@ -366,6 +451,11 @@ class PostgresResponseStore(SharedResponseStore):
                         await conn.execute("SELECT pg_advisory_xact_lock(7380986161473074547)")
                         if not await conn.fetchval("SELECT to_regclass('response_states') IS NOT NULL"):
                             await conn.execute(_migration_sql("postgres"))
+                if not await conn.fetchval("SELECT to_regclass('response_state_items') IS NOT NULL"):
+                    async with conn.transaction():  # (the lock: two gateways creating it at once)
+                        await conn.execute("SELECT pg_advisory_xact_lock(7380986161473074547)")
+                        for statement in _ITEMS_DDL:
+                            await conn.execute(statement)
         except BaseException:
             await pool.close()
             raise
@@ -393,6 +483,22 @@ class PostgresResponseStore(SharedResponseStore):
             *values,
         )
 
+    async def _insert_items(self, owner: str, item_ids: tuple[str, ...], expires_at_ns: int) -> None:
+        await self._pool.execute(
+            "INSERT INTO response_state_items (owner, item_id, expires_at_ns) "
+            "SELECT $1, unnest($2::text[]), $3 "
+            "ON CONFLICT (owner, item_id) DO UPDATE SET expires_at_ns = EXCLUDED.expires_at_ns",
+            owner, list(item_ids), expires_at_ns,
+        )
+
+    async def _select_items(self, owner: str, item_ids: list[str], now_ns: int) -> set[str]:
+        rows = await self._pool.fetch(
+            "SELECT item_id FROM response_state_items WHERE owner = $1 AND item_id = ANY($2::text[]) "
+            "AND expires_at_ns > $3",
+            owner, item_ids, now_ns,
+        )
+        return {row[0] for row in rows}
+
     async def _delete(self, response_id: str, owner: str, now_ns: int) -> bool:
         status = await self._pool.execute(
             "DELETE FROM response_states WHERE id = $1 AND owner = $2 AND expires_at_ns > $3",
@@ -402,4 +508,5 @@ class PostgresResponseStore(SharedResponseStore):
 
     async def _sweep(self, now_ns: int) -> int:
         status = await self._pool.execute("DELETE FROM response_states WHERE expires_at_ns <= $1", now_ns)
+        await self._pool.execute("DELETE FROM response_state_items WHERE expires_at_ns <= $1", now_ns)
         return int(str(status).rsplit(" ", 1)[-1] or 0)

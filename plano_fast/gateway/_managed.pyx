@@ -40,6 +40,7 @@ that can still send the request to the twin.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t
+from libc.string cimport memchr
 
 cdef extern from "string.h" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -228,6 +229,21 @@ cdef inline bint _names_a_container(bytes body) noexcept:
             or memmem(p, n, b"\\u007", 5) != NULL)
 
 
+cdef inline bint _names_a_file(bytes body) noexcept:
+    """``responses_managed.names_a_file`` (its four needles: the word by memmem, the three
+    escapes only when the body holds a backslash at all, by memchr -- most bodies have
+    none; the chat request's whole cost: +0.5k..1.5k instructions of ~324k, within
+    callgrind's run-to-run spread, benchmarks/results/redfix-l-20261206.md)."""
+    cdef const char *p = PyBytes_AS_STRING(body)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(body)
+    if memmem(p, n, b"file_id", 7) != NULL:
+        return True
+    if memchr(p, 0x5c, n) == NULL:  # (no backslash: no escape)
+        return False
+    return (memmem(p, n, b"\\u006", 5) != NULL or memmem(p, n, b"\\u005f", 6) != NULL
+            or memmem(p, n, b"\\u005F", 6) != NULL)
+
+
 def start(exchange):
     """``ManagedExchange.start`` (installed as it; ``managed.start_py`` is the twin)."""
     if type(exchange) is not _Managed:
@@ -272,8 +288,9 @@ def start(exchange):
     if type(pipe) is not _Pipe:
         return _twin(exchange)  # (no pipe: its refusal)
     body = _get(request, Q_BODY, "body")
-    if endpoint is _MESSAGES and (type(body) is not bytes or _names_a_container(<bytes>body)):
-        return _twin(exchange)  # (its refuse_container_reuse parses it)
+    if type(body) is not bytes or _names_a_file(<bytes>body) or (
+            endpoint is _MESSAGES and _names_a_container(<bytes>body)):
+        return _twin(exchange)  # (its refuse_stored_files / refuse_container_reuse parse it)
     try:
         fields = _scan_request(body)
     except _ScanError:

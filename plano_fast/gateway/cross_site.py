@@ -20,6 +20,18 @@ sends neither header, are unaffected.  The compiled request parser declines a he
 either header (``wire/_request.pyx``), so this runs on httptools' path only
 (``dispatch.dispatch_py``): nothing for a request without them.
 
+A request carrying a header no page can send to another origin without a preflight -- a
+credential (``Authorization: Bearer``, ``x-api-key``, ``x-goog-api-key``, ...) or an API's own
+header (``anthropic-version``, ``openai-organization``, an SDK's ``x-stainless-*``) -- is
+not a simple request whatever its ``Content-Type`` (Fetch: only ``Accept``,
+``Accept-Language``, ``Content-Language``, ``Content-Type`` and ``Range`` are
+CORS-safelisted): the browser asked first, and only a front proxy answering for the gateway
+consented.  So a cross-origin multipart upload with its Bearer key is served.  Not every
+non-safelisted name counts: a browser adds ``User-Agent``, ``Cache-Control``, ``Sec-*``,
+``Cookie`` -- and a cached ``Authorization: Basic`` -- by itself, and a front proxy adds ``X-Forwarded-For``, ``Via``, trace headers
+to a simple request as well; they prove nothing.  (A front proxy that adds a credential
+to every request makes every request look consented to: its own CORS policy must hold.)
+
 Not covered: DNS rebinding (a page whose own name is made to resolve to the gateway's
 address is same-origin, its ``Host`` its own name), which only a ``Host`` allowlist stops.
 """
@@ -29,8 +41,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from plano_fast.errors import ClientError
+from plano_fast.wire._head_py import CREDENTIALS, SUBSCRIPTION_KEYS
 
 __all__ = ["CrossSiteRequest", "refuse_cross_site"]
+
+
+#: request headers a page cannot send to another origin without a preflight, which no
+#: browser or front proxy adds by itself: their presence proves the consent was asked for
+_PREFLIGHTED = CREDENTIALS | SUBSCRIPTION_KEYS | frozenset(
+    (b"anthropic-version", b"anthropic-beta", b"openai-organization", b"openai-project")
+)
 
 
 class CrossSiteRequest(ClientError):
@@ -40,7 +60,7 @@ class CrossSiteRequest(ClientError):
 
 
 def refuse_cross_site(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
-    """403 for a browser's cross-site POST the server never consented to (above);
+    """403 for a browser's cross-site simple POST the server never consented to (above);
     ``headers`` as parsed (lowercase names).  A page's GET or HEAD is let through: the
     data plane's are free (``/v1/models``) and the page cannot read the answer, while a CORS
     deployment's cross-origin GET (no Content-Type) must work; every other method needs a
@@ -57,6 +77,13 @@ def refuse_cross_site(method: bytes, headers: Sequence[tuple[bytes, bytes]]) -> 
             host = value.strip().lower()
         elif name == b"content-type":
             content_type = value
+        elif name == b"authorization":
+            # a Bearer only: a browser attaches a cached Basic (or Negotiate) credential to a
+            # simple request by itself (HTTP authentication behind a front proxy)
+            if value.lstrip()[:7].lower() == b"bearer ":
+                return
+        elif name in _PREFLIGHTED or name.startswith(b"x-stainless-"):
+            return  # not a simple request: the browser ran a preflight (above)
     if site is not None:
         foreign = site in (b"cross-site", b"same-site")
     else:

@@ -59,7 +59,7 @@ from plano_fast.managed.context import ManagedContext
 from plano_fast.managed.state import TOKEN_PREFIX, ResolvedPipe, Target
 from plano_fast.pricing import output_parts, price_tokens
 from plano_fast.responses_managed import (
-    ManagedTurn, expand_managed, managed_owner, refuse_container_reuse, refuse_unowned_state,
+    ManagedTurn, expand_managed, managed_owner, refuse_container_reuse, refuse_stored_files, refuse_unowned_state,
 )
 from plano_fast.store import BudgetTarget, Reservation, UsageRow, period_start
 from plano_fast.twins import install_compiled
@@ -207,8 +207,10 @@ class ManagedExchange(RetryingExchange):
             refuse_background(request.body)  # its cost could not be settled
             # the provider's stored state is one pool for every project (the operator's key)
             refuse_unowned_state(request.body, self.ctx.responses_state is not None)
-        elif self.endpoint is MESSAGES:
-            refuse_container_reuse(request.body)  # another request's container: the same pool
+        else:
+            if self.endpoint is MESSAGES:
+                refuse_container_reuse(request.body)  # another request's container: the same pool
+            refuse_stored_files(request.body)  # the operator's account's files: the same pool
         try:
             fields = scan.scan_request(request.body)
         except scan.ScanError as exc:
