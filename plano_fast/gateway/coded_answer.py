@@ -4,26 +4,36 @@ The gateway asks every provider for ``Accept-Encoding: identity`` (``wire.upstre
 the client's own Accept-Encoding is never forwarded), so a conforming provider answers in no
 coding.  One that compresses anyway (a misconfigured OpenAI-compatible server, a CDN in front
 of it) used to leave the row ``usage_missing``: unpriced in firewall and config mode, charged
-the reservation's bound under a managed hard limit.  Now:
+the reservation's bound under a managed hard limit.  Now, for an answer the gateway reads
+(a usage scanner; a status below 400):
 
-* relayed as it is, the answer keeps its coding (the client's HTTP stack decodes it: the
-  SDKs' httpx does whatever it asked for), and the usage scanner reads the decoded bytes
-  (:class:`DecodedScanner`): the row is the provider's usage in every mode;
-* converted to another format (``conversion.Conversion``, which rebuilds the head), the
-  converter reads the decoded bytes and the client gets the converted answer without the
-  coding (:class:`DecodedFilter`): converted gzip bytes used to be a 502 (JSON) or an
-  unreadable stream under ``content-encoding: gzip``.
+* in a coding it can decode (``gzip``, ``deflate``), it is decoded as it comes and the client
+  gets it in no coding (:class:`DecodingScanner`; the head without its Content-Encoding and
+  its Content-Length, sent chunked).  Everything after the decoding sees the provider's
+  bytes as a conforming provider sends them: the usage scanner (which reads the usage and
+  cuts out the usage chunk the gateway asked for: ``include_usage`` injected, never meant for
+  the client), managed mode's ``HoldTerminal`` (which holds a stream's terminal event until
+  billing is done: compressed, ``[DONE]`` could not be seen, so it reached the client before
+  the row was written), the stream DLP and the output guardrails (which read nothing in
+  compressed bytes), a conversion to the client's format.  This is what a production
+  gateway does with an answer its client did not ask to be coded (LiteLLM and Portkey
+  decode every upstream answer; nginx's ``gunzip``): the client may not accept the coding
+  (it sent no Accept-Encoding, or ``identity``: curl without ``--compressed``), and it
+  always accepts none.  The cost, zlib's, falls on such answers only.
+* in a coding it cannot (``br``, ``zstd``, ``compress``, a list of codings), it is relayed as
+  it is and the scanner reads nothing (:class:`DecodedScanner`: compressed bytes read as
+  they are would be noise): the row stays ``usage_missing`` (a hard limit charges its
+  bound), and managed mode holds the latest piece of the body until billing is done, as
+  for a JSON body (``HoldTerminal.undecodable_coding``): the stream's terminal event cannot
+  be found in it.
 
-Decoded: ``gzip`` (``x-gzip``) and ``deflate`` (the zlib format RFC 9110 §8.4.1.2 names, or the
-raw deflate some servers send), with the standard library's zlib.  Not decoded: ``br``,
-``zstd``, ``compress``, a list of codings: the scanner reads nothing (compressed bytes read as
-they are would be noise) and the row stays ``usage_missing`` (a hard limit charges its
-bound); a conversion gets the bytes as before.  Decoding is bounded: pieces of at most
+A rebuilt head without a scanner (no usage read: a conversion of an unbilled answer) gets
+the decoded bytes from :class:`DecodedFilter`.  Decoding is bounded: pieces of at most
 :data:`DECODE_PIECE_BYTES`, :data:`MAX_DECODED_BYTES` in all (a decompression bomb stops
-there), so memory stays bounded whatever the ratio.
-
-What a coded stream cannot have: the usage chunk the gateway asked for (``include_usage``
-injected) is not cut out of compressed bytes; the client gets it.
+there), so memory stays bounded whatever the ratio.  A body that stops decoding (not what
+its coding says, or past the cap) after the client's head left is an error of the upstream
+(:class:`CodingError`): the answer is cut, never passed on as coded bytes under a head that
+says none, nor ended as if it were whole.
 """
 
 from __future__ import annotations
@@ -60,6 +70,13 @@ def content_coding(block: bytes) -> bytes | None:
 
 def decodable(coding: bytes) -> bool:
     return coding in _WBITS
+
+
+def without_content_encoding(block: bytes) -> bytes:
+    """Header lines ``block`` (CRLF-ended) without their Content-Encoding lines: the head of
+    an answer relayed decoded."""
+    lines = block.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if line.partition(b":")[0].strip(b" \t").lower() != b"content-encoding")
 
 
 class Decoder:
@@ -130,9 +147,51 @@ class Decoder:
         return True
 
 
+class CodingError(ValueError):
+    """A body that does not decode as its coding says (or past :data:`MAX_DECODED_BYTES`)."""
+
+
+class DecodingScanner:
+    """A usage scanner (``wire.UsageScanner``'s API) in front of which an answer in a
+    decodable ``coding`` is decoded: what it returns to forward is the decoded body (less
+    what ``inner``, the mode's own scanner, cuts out), what it reads is the decoded body."""
+
+    __slots__ = ("_inner", "_decoder")
+
+    def __init__(self, inner: Any, coding: bytes) -> None:
+        self._inner = inner
+        self._decoder = Decoder(coding)
+
+    def feed(self, data: bytes) -> bytes:
+        decoder = self._decoder
+        pieces = decoder.decode(data)
+        if decoder.failed:
+            raise CodingError("the answer's body does not decode as its content-encoding says")
+        feed = self._inner.feed
+        return b"".join([feed(piece) for piece in pieces])
+
+    def feed_from(self, data: bytes, start: int) -> bytes | None:
+        return self.feed(data[start:])
+
+    def finish(self) -> bytes:
+        tail = self._decoder.flush()
+        out = self._inner.feed(tail) if tail else b""
+        return out + self._inner.finish()
+
+    def result(self) -> Any:
+        return self._inner.result()
+
+    def raw_usage(self) -> bytes | None:
+        return self._inner.raw_usage()
+
+    def usage_fields(self) -> tuple[object, ...]:
+        return self._inner.usage_fields()
+
+
 class DecodedScanner:
-    """A usage scanner (``wire.UsageScanner``'s API) for an answer in ``coding``: what it is
-    fed is forwarded as it is; the decoded bytes are what it reads."""
+    """A usage scanner (``wire.UsageScanner``'s API) for an answer relayed as it is in
+    ``coding``: what it is fed is forwarded unchanged; the decoded bytes are what it reads
+    (nothing when the coding is not decodable: the usage stays missing)."""
 
     __slots__ = ("_inner", "_decoder")
 

@@ -30,7 +30,14 @@ from plano_fast import guardrails
 from plano_fast import wire as scan
 from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
-from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, content_coding, decodable
+from plano_fast.gateway.coded_answer import (
+    DecodedFilter,
+    DecodedScanner,
+    DecodingScanner,
+    content_coding,
+    decodable,
+    without_content_encoding,
+)
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -351,7 +358,7 @@ class Exchange:
         self.attempts = 0
         self.outcome = ""
         self.conn: UpstreamConnection | None = None
-        self.scanner: scan.UsageScanner | DecodedScanner | None = None
+        self.scanner: scan.UsageScanner | DecodedScanner | DecodingScanner | None = None
         self.model: str | None = None
         #: the model name the client asked for (an alias, say), where the gateway routes by
         #: it: on the usage row beside the model served (None: firewall mode routes nothing)
@@ -673,17 +680,26 @@ class Exchange:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         body_filter = self.body_filter
+        decoded = False
         if scan.has_content_encoding(head.block):
             coding = content_coding(head.block)
             if coding is not None:
-                # an answer in a coding the gateway did not ask for: read decoded
-                # (plano_fast.gateway.coded_answer)
-                if scanner is not None and status < 400:
-                    scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
-                if body_filter is not None and body_filter.rebuilds_head and decodable(coding):
+                # an answer in a coding the gateway did not ask for: read decoded, relayed
+                # decoded when it can be (plano_fast.gateway.coded_answer)
+                if not decodable(coding):
+                    if scanner is not None and status < 400:
+                        scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
+                        if body_filter is not None and hasattr(body_filter, "undecodable_coding"):
+                            body_filter.undecodable_coding()  # (managed mode's HoldTerminal)
+                elif scanner is not None and status < 400:
+                    scanner = self.scanner = DecodingScanner(scanner, coding)
+                    decoded = True
+                elif body_filter is not None and body_filter.rebuilds_head:
                     body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
+            if decoded:
+                headers = [pair for pair in headers if pair[0] != b"content-encoding"]
             if self.guard_warning:
                 headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
             if self.rl_head:
@@ -691,9 +707,11 @@ class Exchange:
             body_filter.head(self.responder, status, headers)
             return
         content_length = head.content_length
-        if content_length is not None and scanner is not None and self._may_rewrite_body():
-            content_length = None  # the stripped body is shorter: send it chunked
+        if content_length is not None and scanner is not None and (decoded or self._may_rewrite_body()):
+            content_length = None  # the stripped (or decoded) body's length differs: send it chunked
         block = head.block if self.operator_auth is None else scan.without_account_headers(head.block)
+        if decoded:
+            block = without_content_encoding(block)
         if self.rl_head:
             block = with_headers(block, self.rl_head)
         extra = scan.header_line(b"x-plano-request-id: ", self.request_id)
@@ -754,7 +772,9 @@ class Exchange:
         """A departed client's response: scanned for usage, relayed to nobody."""
         scanner = self.scanner
         if scanner is not None:
-            scanner.feed(data)
+            fed = scanner.feed(data)
+            if type(scanner) is DecodingScanner:
+                data = fed  # (the meter reads the decoded events)
         meter = self.content_meter
         if meter is not None:
             try:

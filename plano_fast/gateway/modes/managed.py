@@ -745,6 +745,13 @@ class HoldTerminal:
     def finish(self, responder: Responder, tail: bytes) -> None:
         self.held += tail
 
+    def undecodable_coding(self) -> None:
+        """The answer comes in a coding the gateway cannot decode (``br``, ``zstd``; gzip and
+        deflate are decoded before this filter: plano_fast.gateway.coded_answer): a
+        stream's terminal event cannot be found in its bytes, so the latest piece is held
+        until billing is done, as a JSON body's is (the body's end waits for the row)."""
+        self.streaming = False
+
     def release(self, responder: Responder) -> None:
         """Billing is done: what was held goes to the client (the caller ends)."""
         if self.held:
