@@ -12,8 +12,9 @@ expressions -- a digit run's start (and the '+' or '(' before it, the two letter
 country), the hex group before a ':' followed by another group and ':' (IPv6), the start of an
 e-mail's local part before an '@' followed by a domain label and '.', a key prefix.  Every possible start is tried, in order, skipping those inside the
 previous match, so the result is finditer's.  The compiled twin also reads a request body
-without decoding it (``scan_body``); this module has none: without the compiled scanner the
-gateway decodes the body and scans each text string with ``scan_text``.
+without decoding it (``scan_body``).  Without it the gateway decodes the body and scans each
+text string with ``scan_text``; this module's ``scan_body`` (the same walk, in Python) is
+asked only when something was redacted, to write the body as the compiled build does.
 """
 
 from __future__ import annotations
