@@ -158,7 +158,7 @@ class DecodingScanner:
 
     __slots__ = ("_inner", "_decoder")
 
-    def __init__(self, inner: Any, coding: bytes) -> None:
+    def __init__(self, inner: scan.UsageScanner, coding: bytes) -> None:
         self._inner = inner
         self._decoder = Decoder(coding)
 

@@ -691,7 +691,7 @@ class Exchange:
                         scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
                         if body_filter is not None and hasattr(body_filter, "undecodable_coding"):
                             body_filter.undecodable_coding()  # (managed mode's HoldTerminal)
-                elif scanner is not None and status < 400:
+                elif isinstance(scanner, scan.UsageScanner) and status < 400:  # (the mode's own)
                     scanner = self.scanner = DecodingScanner(scanner, coding)
                     decoded = True
                 elif body_filter is not None and body_filter.rebuilds_head:
