@@ -318,3 +318,55 @@ def test_an_undecodable_coded_managed_stream_keeps_its_last_piece_until_the_row(
     assert held_body and len(held_body) < len(body) and body.startswith(held_body)  # the end waited
     assert b"[DONE]" in gzip.decompress(body)
     assert [(r["status"], r["cost_nano_usd"]) for r in rows] == [("usage_missing", cost)]  # the bound
+
+
+# -- the conversion path: an Anthropic client, an OpenAI provider answering gzip ---------------------
+@pytest.fixture(scope="module", params=BUILDS)
+def config_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[GatewayProcess]:
+    workdir = tmp_path_factory.mktemp("coded-config")
+    with FakeProviderThread() as fake:
+        with GatewayProcess(write_config(workdir / "config.yaml", fake.port, {}), env=request.param) as gateway:
+            yield gateway
+
+
+def _exchange(port: int, request: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=8) as client:
+        client.sendall(request)
+        got = b""
+        while not _split(got)[2]:
+            chunk = client.recv(65536)
+            assert chunk, got[-300:]
+            got += chunk
+    headers, body, _ = _split(got)
+    assert got.startswith(b"HTTP/1.1 200 "), got[:300]
+    return headers, body
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_anthropic_client_of_an_openai_provider_answering_coded_gets_the_converted_answer(
+    config_gateway: GatewayProcess, stream: bool, coding: bytes,
+) -> None:
+    """The Messages request is converted to chat for the OpenAI provider, whose answer comes
+    coded: the converter reads the decoded answer, the client gets a Messages answer in no
+    coding, the row is the provider's usage (321 in, 7 out)."""
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 50, "stream": stream,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    request = (b"POST /v1/messages HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+               b"anthropic-version: 2023-06-01\r\nx-fake-content-encoding: " + coding + b"\r\n"
+               b"x-fake-input-tokens: 321\r\nx-fake-output-tokens: 7\r\n"
+               + b"content-length: %d\r\n\r\n" % len(body) + body)
+    headers, answer = _exchange(config_gateway.port, request)
+    assert headers.get(b"content-encoding") is None
+    if stream:
+        kinds = [json.loads(line[6:])["type"] for line in answer.split(b"\n") if line.startswith(b"data: {")]
+        assert kinds[0] == "message_start" and kinds[-1] == "message_stop" and "content_block_delta" in kinds
+        usage = [json.loads(line[6:]) for line in answer.split(b"\n") if b'"message_delta"' in line][0]["usage"]
+        assert usage["output_tokens"] == 7
+    else:
+        message = json.loads(answer)
+        assert message["type"] == "message" and message["content"][0]["type"] == "text"
+        assert (message["usage"]["input_tokens"], message["usage"]["output_tokens"]) == (321, 7)
+    rows = _rows(str(config_gateway.config_path.with_suffix(".db")), headers[b"x-plano-request-id"])
+    assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("ok", 321, 7)]
