@@ -370,3 +370,64 @@ def test_an_anthropic_client_of_an_openai_provider_answering_coded_gets_the_conv
         assert (message["usage"]["input_tokens"], message["usage"]["output_tokens"]) == (321, 7)
     rows = _rows(str(config_gateway.config_path.with_suffix(".db")), headers[b"x-plano-request-id"])
     assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("ok", 321, 7)]
+
+
+# -- the response guardrails read a coded answer ---------------------------------------------------------
+def test_the_response_detectors_read_a_coded_answer(tmp_path: Path) -> None:
+    """``response_guardrails`` (email: warn) over an answer the provider sent in gzip: the
+    held JSON answer is checked (``x-plano-guardrail-warning: response:email``) and the
+    stream scanned as it passes (named in the access log).  On main a coded answer was
+    passed unchecked: ``ResponseHold.checkable`` refused a Content-Encoding, and the stream
+    scan read compressed bytes (no warning header: None there)."""
+    with FakeProviderThread() as fake:
+        config = write_config(tmp_path / "config.yaml", fake.port,
+                              {"response_guardrails": "{detectors: {email: warn}, streams: true}",
+                               "access_log": tmp_path / "access.log"})
+        with GatewayProcess(config) as gateway:
+            answers = []
+            for stream in (False, True):
+                body = json.dumps({"model": "gpt-4o-mini", "stream": stream,
+                                   "messages": [{"role": "user", "content": "hi"}]}).encode()
+                request = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                           b"x-fake-content-encoding: gzip\r\nx-fake-text: write to jane.doe@example.com now\r\nx-fake-events: 1\r\n"
+                           + b"content-length: %d\r\n\r\n" % len(body) + body)
+                answers.append(_exchange(gateway.port, request))
+            deadline = time.monotonic() + 5
+            log = b""
+            while log.count(b"\n") < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                log = (tmp_path / "access.log").read_bytes() if (tmp_path / "access.log").exists() else b""
+    (json_headers, json_body), (stream_headers, stream_body) = answers
+    assert json_headers.get(b"content-encoding") is None and b"jane.doe@example.com" in json_body
+    assert json_headers.get(b"x-plano-guardrail-warning") == b"response:email"
+    assert stream_headers.get(b"content-encoding") is None and b"jane.doe" in stream_body
+    lines = log.splitlines()
+    assert len(lines) == 2 and b"response:email" in lines[1], log
+
+
+def test_a_coded_error_under_the_response_guardrails_is_relayed_not_hung(tmp_path: Path) -> None:
+    """A provider's 500 in gzip with ``response_guardrails`` configured: relayed as it is (an
+    error is not checked).  On main the hold was wrapped for decoding and its end never
+    called: the client got nothing until its own timeout (its answer here: b"")."""
+    scripted = ScriptedProvider()
+    try:
+        error = gzip.compress(b'{"error":{"message":"boom","type":"server_error"}}')
+        scripted.add("", b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                         b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(error) + error)
+        config = write_config(tmp_path / "config.yaml", scripted.port,
+                              {"response_guardrails": "{detectors: {email: warn}}"})
+        with GatewayProcess(config) as gateway:
+            body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=8) as client:
+                client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                               + b"content-length: %d\r\n\r\n" % len(body) + body)
+                got = b""
+                while not _split(got)[2]:
+                    chunk = client.recv(65536)
+                    assert chunk, got[-300:]
+                    got += chunk
+    finally:
+        scripted.close()
+    headers, answer, _ = _split(got)
+    assert got.startswith(b"HTTP/1.1 500 ") and headers.get(b"content-encoding") == b"gzip"
+    assert json.loads(gzip.decompress(answer))["error"]["message"] == "boom"

@@ -27,8 +27,9 @@ the reservation's bound under a managed hard limit.  Now, for an answer the gate
   for a JSON body (``HoldTerminal.undecodable_coding``): the stream's terminal event cannot
   be found in it.
 
-A rebuilt head without a scanner (no usage read: a conversion of an unbilled answer) gets
-the decoded bytes from :class:`DecodedFilter`.  Decoding is bounded: pieces of at most
+A conversion of an answer the gateway does not read (an error, an unbilled answer) gets the
+decoded bytes from :class:`DecodedFilter`; the response guardrails' hold of such an answer
+relays it as it is (it reads only a 2xx answer in no coding).  Decoding is bounded: pieces of at most
 :data:`DECODE_PIECE_BYTES`, :data:`MAX_DECODED_BYTES` in all (a decompression bomb stops
 there), so memory stays bounded whatever the ratio.  A body that stops decoding (not what
 its coding says, or past the cap) after the client's head left is an error of the upstream

@@ -694,7 +694,10 @@ class Exchange:
                 elif isinstance(scanner, scan.UsageScanner) and status < 400:  # (the mode's own)
                     scanner = self.scanner = DecodingScanner(scanner, coding)
                     decoded = True
-                elif body_filter is not None and body_filter.rebuilds_head:
+                elif body_filter is not None and getattr(body_filter, "reads_decoded", False):
+                    # (a conversion; not the response guardrails' hold, which relays a coded
+                    # answer it does not read as it is: wrapped, its finish was never called
+                    # and the client waited for an answer that never came)
                     body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
