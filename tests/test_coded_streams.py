@@ -431,3 +431,45 @@ def test_a_coded_error_under_the_response_guardrails_is_relayed_not_hung(tmp_pat
     headers, answer, _ = _split(got)
     assert got.startswith(b"HTTP/1.1 500 ") and headers.get(b"content-encoding") == b"gzip"
     assert json.loads(gzip.decompress(answer))["error"]["message"] == "boom"
+
+
+# -- managed mode's Responses state of a coded answer ---------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_coded_responses_answer_is_stored_as_state_decoded(tmp_path: Path, stream: bool) -> None:
+    """``state_storage`` in managed mode: the first turn's answer comes in gzip, the second
+    turn names it (``previous_response_id``) and is served with the history expanded.  On
+    main the state recorded the compressed bytes (no response read: nothing stored), so the
+    second turn was a 404."""
+    from tests.test_responses_managed_state import FAKE_USAGE, b
+
+    with FakeProviderThread() as fake:
+        path = write_config(tmp_path / "plano_config.yaml", fake.port, {"managed": "true", "managed_reload_s": 1})
+        path.write_text(path.read_text() + "state_storage:\n  type: store\n")
+        db_path = str(path.with_suffix(".db"))
+        tenants: list[Tenant] = []
+        with GatewayProcess(path, env=ENV, before_start=lambda: tenants.append(
+                provision(None, db_path, DEFAULT_PIPE))) as gateway:
+            extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in FAKE_USAGE.items())
+            first = {"model": "gpt-4o-mini", "input": "question 0", "max_output_tokens": 50, "stream": stream}
+            raw = _request(b(first), tenants[0].token, extra + b"x-fake-content-encoding: gzip\r\n")
+            headers, answer = _exchange(gateway.port, raw.replace(b"/v1/chat/completions", b"/v1/responses", 1))
+            assert headers.get(b"content-encoding") is None
+            if stream:
+                events = [json.loads(line[5:]) for line in answer.split(b"\n") if line.startswith(b"data:")]
+                first_id = next(e["response"]["id"] for e in events if e.get("type") == "response.completed")
+            else:
+                first_id = json.loads(answer)["id"]
+            second = {"model": "gpt-4o-mini", "input": "question 1", "max_output_tokens": 50,
+                      "previous_response_id": first_id}
+            raw = _request(b(second), tenants[0].token, extra)
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=8) as client:
+                client.sendall(raw.replace(b"/v1/chat/completions", b"/v1/responses", 1))
+                got = b""
+                while not _split(got)[2]:
+                    chunk = client.recv(65536)
+                    assert chunk, got[-300:]
+                    got += chunk
+            sent = [r for r in fake.requests if r.path.endswith("/responses")][-1].json()
+    assert got.startswith(b"HTTP/1.1 200 "), got[:400]
+    assert "previous_response_id" not in sent
+    assert [i["content"] for i in sent["input"] if i.get("role") == "user"] == ["question 0", "question 1"]

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Final
 from plano_fast import wire as scan
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from plano_fast.gateway.relay import BodyFilter
     from plano_fast.http_server import Responder
 
@@ -157,17 +159,23 @@ class DecodingScanner:
     decodable ``coding`` is decoded: what it returns to forward is the decoded body (less
     what ``inner``, the mode's own scanner, cuts out), what it reads is the decoded body."""
 
-    __slots__ = ("_inner", "_decoder")
+    __slots__ = ("_inner", "_decoder", "tap")
 
     def __init__(self, inner: scan.UsageScanner, coding: bytes) -> None:
         self._inner = inner
         self._decoder = Decoder(coding)
+        #: also given every decoded piece (managed mode's Responses state: the raw answer)
+        self.tap: Callable[[bytes], None] | None = None
 
     def feed(self, data: bytes) -> bytes:
         decoder = self._decoder
         pieces = decoder.decode(data)
         if decoder.failed:
             raise CodingError("the answer's body does not decode as its content-encoding says")
+        tap = self.tap
+        if tap is not None:
+            for piece in pieces:
+                tap(piece)
         feed = self._inner.feed
         return b"".join([feed(piece) for piece in pieces])
 
@@ -176,6 +184,8 @@ class DecodingScanner:
 
     def finish(self) -> bytes:
         tail = self._decoder.flush()
+        if tail and self.tap is not None:
+            self.tap(tail)
         out = self._inner.feed(tail) if tail else b""
         return out + self._inner.finish()
 

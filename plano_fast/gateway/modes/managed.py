@@ -43,6 +43,7 @@ from plano_fast.gateway.endpoints import (
     upstream_path,
 )
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_hash, refuse_background
+from plano_fast.gateway.coded_answer import DecodingScanner
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
@@ -462,7 +463,11 @@ class ManagedExchange(RetryingExchange):
     # -- sink overrides ---------------------------------------------------------------
     def on_upstream_body(self, data: bytes) -> None:
         if self.state_turn is not None and not self.swallow:
-            self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
+            scanner = self.scanner
+            if type(scanner) is DecodingScanner:  # a coded answer: the state reads it decoded
+                scanner.tap = self.state_turn.feed
+            else:
+                self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
         super().on_upstream_body(data)
 
     def _complete(self, outcome: str) -> None:
