@@ -406,8 +406,8 @@ def test_the_response_detectors_read_a_coded_answer(tmp_path: Path) -> None:
 
 
 def test_a_coded_error_under_the_response_guardrails_is_relayed_not_hung(tmp_path: Path) -> None:
-    """A provider's 500 in gzip with ``response_guardrails`` configured: relayed as it is (an
-    error is not checked).  On main the hold was wrapped for decoding and its end never
+    """A provider's 500 in gzip with ``response_guardrails`` configured: relayed (an error is
+    not checked).  On main the hold was wrapped for decoding and its end never
     called: the client got nothing until its own timeout (its answer here: b"")."""
     scripted = ScriptedProvider()
     try:
@@ -429,8 +429,11 @@ def test_a_coded_error_under_the_response_guardrails_is_relayed_not_hung(tmp_pat
     finally:
         scripted.close()
     headers, answer, _ = _split(got)
-    assert got.startswith(b"HTTP/1.1 500 ") and headers.get(b"content-encoding") == b"gzip"
-    assert json.loads(gzip.decompress(answer))["error"]["message"] == "boom"
+    assert got.startswith(b"HTTP/1.1 500 ")
+    # decoded: the provider was called with the gateway's key, which an error body is
+    # redacted of (test_a_coded_error_echoing_the_gateways_key_is_redacted)
+    assert headers.get(b"content-encoding") is None
+    assert json.loads(answer)["error"]["message"] == "boom"
 
 
 # -- managed mode's Responses state of a coded answer ---------------------------------------------------
@@ -473,3 +476,39 @@ def test_a_coded_responses_answer_is_stored_as_state_decoded(tmp_path: Path, str
     assert got.startswith(b"HTTP/1.1 200 "), got[:400]
     assert "previous_response_id" not in sent
     assert [i["content"] for i in sent["input"] if i.get("role") == "user"] == ["question 0", "question 1"]
+
+
+# -- a coded error that echoes the gateway's key ----------------------------------------------------------
+@pytest.mark.parametrize("env", BUILDS)
+def test_a_coded_error_echoing_the_gateways_key_is_redacted(tmp_path: Path, env: dict[str, str]) -> None:
+    """A 400 in gzip whose message quotes the gateway's own provider key: the client gets it
+    decoded with the key masked.  On main the redaction read the compressed bytes (no key
+    there) and the client's gzip decoder gave the key back."""
+    key = b"sk-upstream-operator-secret-0123456789"
+    scripted = ScriptedProvider()
+    try:
+        error = gzip.compress(b'{"error":{"message":"Incorrect API key provided: ' + key + b'.","type":"invalid_request_error"}}')
+        scripted.add("", b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                         b"content-length: %d\r\n\r\n" % len(error) + error)
+        config = write_config(tmp_path / "config.yaml", 9, {}, f"""\
+  - model: scripted/gpt-4o-mini
+    base_url: http://127.0.0.1:{scripted.port}
+    provider_interface: openai
+    access_key: {key.decode()}
+""")
+        with GatewayProcess(config, env=env) as gateway:
+            body = b'{"model":"scripted/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=8) as client:
+                client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                               + b"content-length: %d\r\n\r\n" % len(body) + body)
+                got = b""
+                while not _split(got)[2]:
+                    chunk = client.recv(65536)
+                    assert chunk, got[-300:]
+                    got += chunk
+    finally:
+        scripted.close()
+    headers, answer, _ = _split(got)
+    plain = _plain(headers, answer)
+    assert got.startswith(b"HTTP/1.1 400 ") and key not in plain  # (on main: the key, decoded by the client)
+    assert headers.get(b"content-encoding") is None and b"Incorrect API key provided: " + b"*" * len(key) in plain

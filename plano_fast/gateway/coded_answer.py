@@ -5,7 +5,9 @@ the client's own Accept-Encoding is never forwarded), so a conforming provider a
 coding.  One that compresses anyway (a misconfigured OpenAI-compatible server, a CDN in front
 of it) used to leave the row ``usage_missing``: unpriced in firewall and config mode, charged
 the reservation's bound under a managed hard limit.  Now, for an answer the gateway reads
-(a usage scanner; a status below 400):
+(a usage scanner; a status below 400, or an error of a provider called with the gateway's
+own key, whose body is redacted of that key: compressed, the redaction saw no key and the
+client's decoder gave it back):
 
 * in a coding it can decode (``gzip``, ``deflate``), it is decoded as it comes and the client
   gets it in no coding (:class:`DecodingScanner`; the head without its Content-Encoding and

@@ -691,7 +691,9 @@ class Exchange:
                         scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
                         if body_filter is not None and hasattr(body_filter, "undecodable_coding"):
                             body_filter.undecodable_coding()  # (managed mode's HoldTerminal)
-                elif isinstance(scanner, scan.UsageScanner) and status < 400:  # (the mode's own)
+                elif isinstance(scanner, scan.UsageScanner) and (status < 400 or self.operator_auth is not None):
+                    # (the mode's own scanner, or an error's: an error's body is redacted of
+                    # the gateway's key, which compressed bytes hide from the redaction)
                     scanner = self.scanner = DecodingScanner(scanner, coding)
                     decoded = True
                 elif body_filter is not None and getattr(body_filter, "reads_decoded", False):
@@ -760,9 +762,12 @@ class Exchange:
         responder = self.responder
         if not responder.client_connected:
             return
-        if self.status >= 400 and self.operator_auth is not None:
-            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
+        if self.status >= 400 and self.operator_auth is not None:
+            if type(scanner) is DecodingScanner:  # a coded error: decoded, then redacted
+                data = scanner.feed(data)
+                scanner = None
+            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         if scanner is not None:
             data = scanner.feed(data)
         body_filter = self.body_filter
@@ -802,6 +807,8 @@ class Exchange:
         self.conn = None
         scanner = self.scanner
         tail = scanner.finish() if scanner is not None else b""
+        if tail and self.status >= 400 and self.operator_auth is not None:  # (a coded error's end)
+            tail, self.operator_auth = operator_key.redact(tail, self.operator_auth)
         if self.client_left:
             if not self.outcome:
                 self._settle_left(complete=True)
