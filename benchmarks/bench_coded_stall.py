@@ -1,7 +1,8 @@
 """What one upstream read of a coded answer costs the event loop (gateway/coded_answer.py).
 
 A read's whole decoding and scan run in one callback: nothing else on the loop runs until
-it returns.  This times ``DecodedScanner.feed`` of one read (a gzip bomb of blank SSE lines,
+it returns.  This times ``DecodingScanner.feed`` (the relay's path for an answer it reads
+and relays decoded) and ``DecodedScanner.feed`` (an answer relayed as sent) of one read (a gzip bomb of blank SSE lines,
 ~1,000 decoded bytes a coded byte, and a real-sized stream) and its peak memory, for the
 tree's coded_answer.py and, with ``--against REF``, the one of a git ref (loaded from
 ``git show REF:plano_fast/gateway/coded_answer.py``), in one run: compare them as ratios
@@ -23,6 +24,7 @@ import tracemalloc
 import zlib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,17 +65,34 @@ def _stream() -> bytes:
     return comp.compress(event * 2000) + comp.flush()
 
 
-def _one(module: ModuleType, data: bytes) -> tuple[float, float]:
+def _scanner(module: ModuleType, kind: str) -> Any:
+    if kind == "DecodedScanner":
+        return module.DecodedScanner(API_OPENAI_CHAT, True, b"gzip")
+    inner = wire.UsageScanner(API_OPENAI_CHAT, True, False)
+    try:
+        return module.DecodingScanner(inner, b"gzip", True)
+    except TypeError:  # (branch coded's, before the merge: no bounds by kind of answer)
+        return module.DecodingScanner(inner, b"gzip")
+
+
+def _feed(scanner: Any, data: bytes) -> None:
+    try:
+        scanner.feed(data)
+    except ValueError:  # (CodingError: a bound passed, the relay cuts the answer)
+        pass
+
+
+def _one(module: ModuleType, kind: str, data: bytes) -> tuple[float, float]:
     """(seconds, peak MiB) of one feed of ``data`` (the best of 3 for the time)."""
     best = float("inf")
     for _ in range(3):
-        scanner = module.DecodedScanner(API_OPENAI_CHAT, True, b"gzip")
+        scanner = _scanner(module, kind)
         start = time.perf_counter()
-        scanner.feed(data)
+        _feed(scanner, data)
         best = min(best, time.perf_counter() - start)
-    scanner = module.DecodedScanner(API_OPENAI_CHAT, True, b"gzip")
+    scanner = _scanner(module, kind)
     tracemalloc.start()
-    scanner.feed(data)
+    _feed(scanner, data)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return best, peak / 2**20
@@ -87,9 +106,13 @@ def main() -> None:
     cases = {"bomb, one 256 KiB read": _bomb(), "real-sized stream (2,000 chunks), one read": _stream()}
     for label, ref in [("tree", None)] + ([(args.against, args.against)] if args.against else []):
         module = _module(ref)
-        for name, data in cases.items():
-            seconds, peak = _one(module, data)
-            print(f"{label:>8}  {name:<44} coded {len(data):>7} B  {seconds * 1000:9.1f} ms  peak {peak:7.1f} MiB")
+        for kind in ("DecodingScanner", "DecodedScanner"):
+            if not hasattr(module, kind):
+                continue
+            for name, data in cases.items():
+                seconds, peak = _one(module, kind, data)
+                print(f"{label:>8}  {kind:<15} {name:<44} coded {len(data):>7} B  {seconds * 1000:9.1f} ms  "
+                      f"peak {peak:7.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class Conversion:
 
     #: a body filter of the exchange (plano_fast.gateway.relay.BodyFilter) that answers the head
     rebuilds_head = True
+    #: a coded answer is given to it decoded, an error's too (plano_fast.gateway.coded_answer)
+    reads_decoded = True
 
     def __init__(
         self, source: str, target: str, client_model: str, streaming: bool, include_usage: bool,

@@ -28,8 +28,9 @@ model names, tool schemas or image/audio data.
 Actions, strongest first: ``block`` -- 403 in the client's format, the detector names in
 ``x-plano-guardrail`` (alphabetical), nothing forwarded; ``redact`` -- each match replaced by
 ``[REDACTED:<detector>]`` in the string that held it, and only that string's JSON literal
-rewritten in the body (the only case where the gateway changes a body; without the compiled
-scanner the whole body is re-encoded as compact JSON, the same values otherwise); ``warn`` --
+rewritten in the body (the only case where the gateway changes a body; the compiled scanner
+and its pure twin write the same bytes; a body the walker leaves to ``json.loads`` -- an
+escaped key, a repeated member -- is re-encoded as compact JSON, in both); ``warn`` --
 forwarded, the detector names in the ``x-plano-guardrail-warning`` response header;
 ``log`` -- forwarded, counted.  Every detection is counted in ``/metrics``
 (``guardrail_detections_total{detector,action}``) and named in the access log; the matched
@@ -60,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from plano_fast import wire
+from plano_fast.wire._dlp_py import scan_body as _scan_body_py
 from plano_fast.errors import ApiFormat, ClientError
 
 ACTIONS: Final = ("log", "warn", "redact", "block")  # weakest to strongest
@@ -332,10 +334,14 @@ class _Verdict:
         return Outcome(detections, body, sorted(self.warn))
 
 
-def apply(policy: Policy, doc: Any, fmt: str, provider: str | None, project: str | None = None) -> Outcome:
+def apply(
+    policy: Policy, doc: Any, fmt: str, provider: str | None, project: str | None = None,
+    redactions: dict[str, str] | None = None,
+) -> Outcome:
     """Scan the decoded request ``doc``'s message text; raises GuardrailBlocked, or returns
     what was found and the redacted document's bytes (compact JSON) when something was
-    redacted (``doc`` is changed)."""
+    redacted (``doc`` is changed).  ``redactions``, when given, gets each redacted string's
+    original text -> its redacted text."""
     enabled = policy.actions_for(provider, project)
     verdict = _Verdict(enabled)
     redacted = False
@@ -347,6 +353,8 @@ def apply(policy: Policy, doc: Any, fmt: str, provider: str | None, project: str
             if new is not None:
                 container[key] = new
                 redacted = True
+                if redactions is not None:
+                    redactions[text] = new
     if not redacted or verdict.block:
         return verdict.outcome(None)
     return verdict.outcome(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode())
@@ -362,10 +370,12 @@ def apply_body(
     message-text strings in place, and only a string with a finding to redact (or every
     text string, when operator patterns are configured) is decoded; a redaction replaces
     that string's JSON literal and nothing else in the body.  Without it (or for a body it
-    leaves to ``json.loads``) the body is decoded and ``apply`` runs."""
+    leaves to ``json.loads``) the body is decoded and ``apply`` runs; without it, a redacted
+    body is then written as the compiled path writes it (``_respliced``: the same bytes)."""
     enabled, mask = policy.resolved(provider, project)
     slots = None
-    if wire.dlp_scan_body is not None and (body.isascii() or _utf8(body)):
+    walkable = body.isascii() or _utf8(body)
+    if wire.dlp_scan_body is not None and walkable:
         slots = wire.dlp_scan_body(body, fmt, mask, bool(policy.custom))
         if not slots and slots is not None:
             return Outcome([], None, [])  # the common case: nothing found
@@ -374,7 +384,13 @@ def apply_body(
             doc = json.loads(body)
         except ValueError:
             return Outcome([], None, [])  # refused by the scanner with a precise message
-        return apply(policy, doc, fmt, provider, project)
+        if wire.dlp_scan_body is not None or not walkable:
+            return apply(policy, doc, fmt, provider, project)
+        redactions: dict[str, str] = {}
+        decoded = apply(policy, doc, fmt, provider, project, redactions)
+        if decoded.body is None:
+            return decoded
+        return _respliced(body, fmt, decoded, redactions)
     verdict = _Verdict(enabled)
     edits: list[tuple[int, int, bytes]] = []
     for start, end, plain, raw in slots:
@@ -393,6 +409,28 @@ def apply_body(
         pos = end
     pieces.append(body[pos:])
     return verdict.outcome(b"".join(pieces))
+
+
+def _respliced(body: bytes, fmt: str, decoded: Outcome, redactions: dict[str, str]) -> Outcome:
+    """Without the compiled scanner, a redacted body written as the compiled walker writes
+    it: the redacted strings' literals replaced, every other byte as the client sent it (the
+    twins' bytes are the same).  The pure walk (``_dlp_py.scan_body``, no detector run: the
+    texts were scanned by ``apply``) runs only here, on a redaction.  Where the walker leaves
+    a body to json (an escaped key, a repeated member), both builds send ``apply``'s compact
+    re-encoding."""
+    slots = _scan_body_py(body, fmt, 0, True)
+    if slots is None:
+        return decoded
+    pieces: list[bytes] = []
+    pos = 0
+    for start, end, plain, _ in slots:
+        text = body[start:end].decode("ascii") if plain else json.loads(body[start - 1 : end + 1])
+        new = redactions.get(text)
+        if new is not None:
+            pieces += [body[pos : start - 1], json.dumps(new, ensure_ascii=False).encode()]
+            pos = end + 1
+    pieces.append(body[pos:])
+    return Outcome(decoded.detections, b"".join(pieces), decoded.warn)
 
 
 def _utf8(body: bytes) -> bool:

@@ -38,6 +38,8 @@ from plano_fast.managed.bounds import UnboundedContent, _choices
 from plano_fast.wire import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES, ScanError, scan_request
 
 BYTES_PER_TOKEN: Final = 4
+#: a UTF-8 byte order mark: skipped once at the body's start
+_BOM: Final = b"\xef\xbb\xbf"
 #: an SSE event larger than this is counted as framing, not parsed (bounded work and memory)
 MAX_EVENT_BYTES: Final = 1 << 20
 #: events parsed before the share of text is taken as known: what comes after is counted at
@@ -140,7 +142,9 @@ class ContentMeter:
     """Counts the whole SSE events fed to it (``event_bytes``, framing included) and the
     generated text they carry (``text_bytes``), for scan API ``api``."""
 
-    __slots__ = ("text_of", "pending", "event_bytes", "text_bytes", "mid_event", "head_bytes", "unparsed_bytes")
+    __slots__ = (
+        "text_of", "pending", "event_bytes", "text_bytes", "mid_event", "head_bytes", "unparsed_bytes", "at_body_start",
+    )  # fmt: skip
 
     def __init__(self, api: int, mid_event: bool = False) -> None:
         """``mid_event``: the meter starts where the relay stopped, maybe inside an event:
@@ -153,6 +157,10 @@ class ContentMeter:
         self.mid_event = mid_event
         self.head_bytes = 0
         self.unparsed_bytes = 0  # read after the sample: counted at its share of text
+        #: the first event is the body's first: one leading UTF-8 BOM is skipped there, as
+        #: the scanners, the SSE parser and the stream DLP do (WHATWG SSE); else its first
+        #: line was not read as ``data:`` and that event's text went uncounted
+        self.at_body_start = not mid_event
 
     def feed(self, data: bytes) -> None:
         """More of the answer (any split point): each event completed is counted."""
@@ -169,7 +177,11 @@ class ContentMeter:
                 self.mid_event = False
                 self.head_bytes += end + sep - start
             else:
-                self._event(buf[start:end])
+                event = buf[start:end]
+                if self.at_body_start:
+                    self.at_body_start = False
+                    event = event.removeprefix(_BOM)  # (counted as framing below)
+                self._event(event)
                 self.event_bytes += end + sep - start
             start = end + sep
             if self.event_bytes >= SAMPLE_EVENT_BYTES:  # the sample is complete

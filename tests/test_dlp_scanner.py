@@ -191,6 +191,26 @@ def test_the_raw_body_walk_gives_the_decoded_documents_verdict(doc: Obj, fmt: st
     assert walked == decoded
 
 
+@contextmanager
+def pure_walker() -> Iterator[None]:
+    """As without the compiled scanner: ``apply_body`` decodes the body."""
+    saved = wire.dlp_scan_body
+    wire.dlp_scan_body = None
+    try:
+        yield
+    finally:
+        wire.dlp_scan_body = saved
+
+
+def verdict_bytes(run: Any) -> tuple[Any, ...]:
+    """``verdict``, with the redacted body's bytes as they are."""
+    try:
+        outcome = run()
+    except guardrails.GuardrailBlocked as exc:
+        return ("blocked", exc.detectors, exc.detections)
+    return ("forwarded", outcome.detections, outcome.warn, outcome.body)
+
+
 @needs_compiled
 def test_the_walker_reads_the_slots_of_each_format() -> None:
     """Hand-built documents: the strings each format's slots name, and no other."""
@@ -213,13 +233,16 @@ def test_the_walker_reads_the_slots_of_each_format() -> None:
         assert slots is not None and len(slots) == expected[fmt], (fmt, slots)
 
 
-@needs_compiled
-def test_a_redaction_rewrites_only_that_strings_literal() -> None:
+@pytest.mark.parametrize("build", ["compiled", "pure"])
+def test_a_redaction_rewrites_only_that_strings_literal(build: str) -> None:
+    """In both builds (on main the pure one re-encoded the whole body: compact, 1500.0)."""
+    if build == "compiled" and _compiled is None:
+        pytest.skip("the Cython extension is not built")
     policy = guardrails.parse_policy({"detectors": {"ssn": "redact", "email": "log"}})
     assert policy is not None
     body = (b'{ "messages" : [ {"role":"user", "content" : "caf\\u00e9 123-45-6789 \xc3\xa9t\xc3\xa9"},\n'
             b'  {"role":"user","content":"b@example.org 1.50E+3"} ], "temperature" : 1.50E+3 }')  # fmt: skip
-    with compiled_walker():
+    with compiled_walker() if build == "compiled" else pure_walker():
         outcome = guardrails.apply_body(policy, body, "openai", None)
     assert outcome.body == body.replace(
         b'"caf\\u00e9 123-45-6789 \xc3\xa9t\xc3\xa9"', '"café [REDACTED:ssn] été"'.encode()
@@ -279,3 +302,51 @@ def _has_duplicates(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_duplicates(v) for v in value)
     return False
+
+
+@needs_compiled
+@SETTINGS
+@given(doc=st.one_of(STRUCTURED, STRUCTURED, DOCS), fmt=FORMATS, policy=POLICIES, seed=st.integers(0, 2**32))
+def test_the_twins_write_the_same_redacted_bytes(doc: Obj, fmt: str, policy: Any, seed: int) -> None:
+    """The compiled walker and the pure build give the same verdict and the same body, byte
+    for byte.  On main the pure build re-encoded the whole document as compact JSON (the
+    same document, other bytes: every redaction of a body not sent compact differed)."""
+    body = write_body(doc, seed)
+    with compiled_walker():
+        compiled = verdict_bytes(lambda: guardrails.apply_body(policy, body, fmt, None))
+    with pure_walker():
+        pure = verdict_bytes(lambda: guardrails.apply_body(policy, body, fmt, None))
+    assert pure == compiled
+
+
+@needs_compiled
+@SETTINGS
+@given(doc=st.one_of(STRUCTURED, DOCS), fmt=FORMATS, seed=st.integers(0, 2**32), mask=st.integers(0, 127),
+       every=st.booleans(), inserts=st.lists(st.tuples(st.floats(0, 1), st.sampled_from(BREAKS)), max_size=2))
+def test_the_pure_walker_finds_the_compiled_walkers_slots(doc: Obj, fmt: str, seed: int, mask: int, every: bool,
+                                                          inserts: list[tuple[float, bytes]]) -> None:
+    """The same slots (offsets, plain flag, findings), and None for the same bodies: broken
+    ones too (a body that is not UTF-8 is never walked)."""
+    assert _compiled is not None
+    body = write_body(doc, seed)
+    for where, piece in inserts:
+        at = int(len(body) * where)
+        body = body[:at] + piece + body[at:]
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert _dlp_py.scan_body(body, fmt, mask, every) == _compiled.scan_body(body, fmt, mask, every)
+
+
+def test_the_pure_walker_leaves_what_the_compiled_one_leaves() -> None:
+    """Hand-picked: an escaped key, a repeated slot member, nesting past MAX_DEPTH, a bad
+    escape, trailing bytes: None (json.loads decides); a plain and an escaped text found."""
+    deep = b'{"messages":' + b"[" * 97 + b"]" * 97 + b"}"
+    for body in (b'{"mess\\u0061ges":[]}', b'{"messages":[],"messages":[]}', deep, b'{"messages":[{"content":"\\x"}]}',
+                 b'{"messages":[]} x', b'{"messages":[{"content":"a\\u12"}]}', b"", b"NaN", b'{"a":01}'):
+        assert _dlp_py.scan_body(body, "openai", 127, True) is None, body
+        if _compiled is not None:
+            assert _compiled.scan_body(body, "openai", 127, True) is None, body
+    body = b'{"messages":[{"content":"a@example.com"},{"content":"caf\\u00e9"}]}'
+    assert _dlp_py.scan_body(body, "openai", 127, True) == [(25, 38, True, [(0, 0, 13)]), (53, 62, False, [])]

@@ -255,16 +255,18 @@ def test_config_with_the_dlp_floor_goes_upstream_as_the_twin(
         "stream": [_request(b"/v1/chat/completions", _chat("mail jane.doe@example.com", stream=True), b"")],
         "pipelined": [_request(b"/v1/chat/completions", _chat("from 10.1.2.3"), b""),
                       _request(b"/v1/chat/completions", _chat(), b"")],
+        # a redaction: both twins splice the marker into the body as sent (json.dumps' spacing
+        # kept); until session l the pure twin re-encoded the body compactly (other bytes)
+        "redacted": [_request(b"/v1/chat/completions", _chat("card 4111 1111 1111 1111 ok"), b"")],
     }
-    # (not compared here: a redaction -- the compiled DLP scanner splices the marker into the
-    # body as sent, its pure twin re-encodes the body compactly: the same JSON, other bytes,
-    # whichever start calls it; the in-process test below checks it on the compiled start)
-    answers = _compare(gateways, dbs, upstreams, cases, rows_expected=6)
+    answers = _compare(gateways, dbs, upstreams, cases, rows_expected=7)
     status = {case: [a.split(b"\r\n", 1)[0] for a in got] for case, got in answers.items()}
     assert status.pop("blocked") == [b"HTTP/1.1 403 Forbidden"]
     assert all(s == [b"HTTP/1.1 200 OK"] * len(s) for s in status.values()), status
     assert b"x-plano-guardrail-warning: ip_address\r\n" in answers["warned"][0]
     assert b"123-45-6789" not in b"".join(upstreams[0].seen)
+    redacted = [seen for seen in upstreams[0].seen if b"REDACTED" in seen]
+    assert len(redacted) == 1 and b'"content": "card [REDACTED:credit_card] ok"' in redacted[0]
 
 
 def _post(url: str, body: bytes, headers: bytes = b"") -> bytes:

@@ -35,10 +35,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.attack_battery import ScriptedProvider, exchange, post
+from benchmarks.attack_battery import ScriptedProvider, exchange, parse_first, post
 from benchmarks.fake_provider import FakeProviderThread
 from plano_fast.gateway import coded_answer
 from plano_fast.gateway.coded_answer import DecodedScanner
+from plano_fast import wire as scan
 from plano_fast.wire import _scan_py
 from plano_fast.wire._shared import API_ANTHROPIC, API_GEMINI, API_OPENAI_CHAT, API_OPENAI_RESPONSES
 from tests.gateway_proc import GatewayProcess, write_config
@@ -193,6 +194,56 @@ def test_a_whole_answer_is_decoded_no_further_than_the_scanner_reads() -> None:
     assert decoder.failed and sum(decoded) <= coded_answer.MAX_DECODED_JSON_BYTES
 
 
+# -- the decoding scanner (session l's merge of branch coded: a coded answer relayed decoded) ------
+def _decoding(coding: bytes, streaming: bool = True) -> coded_answer.DecodingScanner:
+    return coded_answer.DecodingScanner(scan.UsageScanner(API_OPENAI_CHAT, streaming, False), coding, streaming)
+
+
+def test_a_bomb_fed_to_the_decoding_scanner_stops_at_the_ratio_with_memory_bounded() -> None:
+    """One ~190 KiB read decoding to 192 MiB: the decoding scanner raises CodingError (the
+    relay cuts the answer) once past 4 MiB + 64 x the coded bytes, having held no more than
+    that bound's output (peak under 48 MiB; the unbounded decoder of branch coded held the
+    read's whole 192 MiB), and it reads no usage (``usage_missing``)."""
+    bomb = _bomb(192 << 20)
+    scanner = _decoding(b"gzip")
+    tracemalloc.start()
+    try:
+        with pytest.raises(coded_answer.CodingError):
+            scanner.feed(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 << 20, peak
+    assert scanner.failed and scanner.result().has_usage is False and scanner.raw_usage() is None
+
+
+@pytest.mark.parametrize("coding, body", [
+    (b"gzip", b"".join(_gzip(event) for event in _EVENTS)),  # every member
+    (b"deflate", _deflate(_STREAM, -15)),  # raw deflate, its first read one byte
+    (b"deflate", _deflate(_STREAM, 15)),
+])  # fmt: skip
+def test_the_decoding_scanner_forwards_the_decoded_stream_whatever_the_split(coding: bytes, body: bytes) -> None:
+    """What it returns to forward is the decoded stream (the inner scanner here cuts
+    nothing), and it reads the usage: ('ok': True, 11, 5), one byte at a time too."""
+    for pieces in ([body], [body[:1], body[1:]], [body[i:i + 1] for i in range(len(body))]):
+        scanner = _decoding(coding)
+        out = b"".join(scanner.feed(piece) for piece in pieces) + scanner.finish()
+        usage = scanner.result()
+        assert out == _STREAM and not scanner.failed
+        assert (usage.has_usage, usage.input_tokens, usage.output_tokens) == (True, 11, 5)
+
+
+def test_the_decoding_scanner_says_a_coding_that_never_ended() -> None:
+    """A gzip body without its trailer: every event decoded and forwarded, but ``finish``
+    leaves ``failed`` set (the relay then cuts the answer) and the usage unread
+    (``has_usage`` False: ``usage_missing``)."""
+    body = _gzip(_STREAM)[:-8]
+    scanner = _decoding(b"gzip")
+    out = scanner.feed(body) + scanner.finish()
+    assert out == _STREAM and scanner.failed
+    assert scanner.result().has_usage is False and scanner.raw_usage() is None
+
+
 # -- through the gateway -------------------------------------------------------------------------
 def _rows(db_path: Path, request_id: bytes | None, timeout_s: float = 8.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
@@ -243,27 +294,36 @@ def _row_of(gateway: GatewayProcess, answer: Any) -> tuple[Any, ...]:
 
 
 def test_a_multi_member_gzip_stream_is_billed_at_its_usage(scripted: tuple[GatewayProcess, ScriptedProvider]) -> None:
-    """Relayed byte for byte; its row ('ok', 11, 5); main: ('usage_missing', 0, 0)."""
+    """Every member decoded and relayed in no coding (session l's merge of branch coded: a
+    coded answer the gateway reads is relayed decoded; review's version asserted the coded
+    bytes as sent), the usage chunk the gateway asked for cut out; its row ('ok', 11, 5);
+    main: ('usage_missing', 0, 0)."""
     gateway, provider = scripted
     body = b"".join(_gzip(event) for event in _EVENTS)
     provider.add("members", _coded_answer(body), close=False)
     answer = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT_STREAM, b"", b"x-script: members\r\n"))
-    assert answer.status == 200 and answer.header(b"content-encoding") == b"gzip"
-    assert answer.body == body  # the bytes as sent
+    assert answer.status == 200 and answer.header(b"content-encoding") is None
+    assert answer.body == _STREAM.replace(_USAGE_CHUNK, b"")  # every member's events, decoded
     assert _row_of(gateway, answer) == ("ok", 11, 5)
 
 
-def test_a_bomb_is_relayed_as_sent_and_its_row_is_usage_missing(
+def test_a_bomb_is_cut_past_the_ratio_and_its_row_is_usage_missing(
     scripted: tuple[GatewayProcess, ScriptedProvider],
 ) -> None:
-    """96 MiB of blank lines and a usage chunk in ~95 KiB of gzip: the client gets the coded
-    bytes as sent, the row is ('usage_missing', 0, 0) (main decoded it all on the event loop
-    and billed ('ok', 11, 5)); the gateway answers the next request."""
+    """96 MiB of blank lines and a usage chunk in ~95 KiB of gzip.  Relayed decoded (session
+    l's merge of branch coded; review's version asserted the coded bytes as sent): the
+    client gets a 200 in no coding whose body is cut (no last chunk) once decoding passes
+    4 MiB + 64 x the coded bytes -- never the 96 MiB, never a whole-looking answer -- and
+    the row is ('usage_missing', 0, 0) (main decoded it all on the event loop and billed
+    ('ok', 11, 5)); the gateway answers the next request."""
     gateway, provider = scripted
     body = _bomb(96 << 20)
     provider.add("bomb", _coded_answer(body), close=False)
     answer = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT_STREAM, b"", b"x-script: bomb\r\n"), wait_s=30)
-    assert answer.status == 200 and answer.body == body
+    assert answer.status == 200 and answer.header(b"content-encoding") is None, answer.raw[:300]
+    assert not parse_first(answer.raw)[3]  # cut: the client knows it is not the whole answer
+    assert len(answer.body) <= coded_answer.RATIO_FLOOR_BYTES + coded_answer.MAX_RATIO * len(body)
+    assert b"[DONE]" not in answer.body
     assert _row_of(gateway, answer) == ("usage_missing", 0, 0)
     provider.add("members", _coded_answer(b"".join(_gzip(event) for event in _EVENTS)), close=False)
     after = exchange(gateway.port, post(b"/v1/chat/completions", _CHAT_STREAM, b"", b"x-script: members\r\n"))
@@ -342,7 +402,10 @@ def test_a_coded_answer_cut_before_its_codings_end_is_charged_the_bound_under_a_
                                                  b"x-fake-content-encoding: gzip\r\nx-fake-coding-cut: 1\r\n"
                                                  b"x-fake-input-tokens: %d\r\nx-fake-output-tokens: 3\r\n"
                                                  % len(request)), wait_s=8)
-            assert answer.status == 200 and answer.header(b"content-encoding") == b"gzip"
+            # relayed decoded (session l's merge of branch coded; review's version: as sent,
+            # under content-encoding gzip), and cut: the coding's end never came
+            assert answer.status == 200 and answer.header(b"content-encoding") is None, answer.raw[:300]
+            assert not parse_first(answer.raw)[3]
             rows = _rows(db_path, answer.header(b"x-plano-request-id"))
     # the bound (input = the body's bytes, 50 output tokens); its counts (3 output) cost less
     assert [(r["status"], r["cost_nano_usd"]) for r in rows] == [("usage_missing", request_cost(request))]
@@ -434,10 +497,12 @@ def test_a_coded_error_body_never_shows_the_gateways_key(
     assert [(r["status"], r["http_status"]) for r in rows] == [("upstream_error", 400)]
 
 
-def test_a_coded_error_body_under_managed_mode_is_the_gateways_502(tmp_path: Path) -> None:
-    """Managed mode relays the provider's head as it is (its body filter holds the end back
-    for billing): a coded error body there cannot be masked, so it is not relayed; main: the
-    400 and its coded body (the key inside) reached the client."""
+def test_a_coded_error_body_under_managed_mode_is_decoded_and_masked(tmp_path: Path) -> None:
+    """Managed mode: a coded error body is decoded and its key masked (session l's merge of
+    branch coded: the decoding scanner is in front of managed mode's body filter too;
+    review's version, written when managed mode relayed the coded head as it is, asserted
+    the gateway's 502); main: the 400 and its coded body (the key inside) reached the
+    client."""
     from tests.test_managed import DEFAULT_PIPE, ENV, OPENAI_SERVER_KEY, STREAM_BODY, provision, request_cost
 
     provider = ScriptedProvider()
@@ -453,8 +518,9 @@ def test_a_coded_error_body_under_managed_mode_is_the_gateways_502(tmp_path: Pat
                          b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(coded) + coded, close=False)
             auth = b"Authorization: Bearer " + tenants[0].token.encode() + b"\r\nx-script: echo\r\n"
             answer = exchange(gateway.port, post(b"/v1/chat/completions", STREAM_BODY, auth), wait_s=8)
-            assert answer.status == 502, answer.raw[:400]
+            assert answer.status == 400, answer.raw[:400]
             assert answer.header(b"content-encoding") is None and OPENAI_SERVER_KEY.encode() not in answer.raw
+            assert json.loads(answer.body)["error"]["message"] == "bad key " + "*" * len(OPENAI_SERVER_KEY)
             rows = _rows(db_path, answer.header(b"x-plano-request-id"))
     finally:
         provider.close()
@@ -514,9 +580,13 @@ def test_a_client_write_that_fails_still_leaves_the_requests_row(tmp_path: Path)
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
 def test_a_converted_answer_cut_before_its_codings_end_still_has_its_row(tmp_path: Path, stream: bool) -> None:
     """A chat client on a Messages provider whose gzip never ended (found at the body's
-    end, every answer byte decoded and converted by then): the client gets the converted
-    answer, whole in content, and the request its one row, ``usage_missing``.  (Raised at
-    the body's end, the decoding error reached no one: no row, and the client waited for an
+    end, every answer byte decoded and converted by then): the request has its one row,
+    ``usage_missing``, and the client an answer that is not whole -- the stream (every
+    event converted already) cut, with no last chunk; the JSON answer, held by the
+    converter to its end, the gateway's 502 (session l's merge of branch coded: the
+    decoding scanner reads the answer the gateway reads and a coding that never ended is
+    never a whole answer; review's version: the converted JSON as if whole).  (Raised at the
+    body's end, the decoding error reached no one: no row, and the client waited for an
     answer that never ended.)"""
     with FakeProviderThread() as fake:
         config = write_config(tmp_path / "gateway.yaml", fake.port)
@@ -526,11 +596,12 @@ def test_a_converted_answer_cut_before_its_codings_end_still_has_its_row(tmp_pat
             answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
                                                  b"x-fake-content-encoding: gzip\r\nx-fake-coding-cut: 1\r\n"),
                               wait_s=8, close_wait_s=0.5)
-            assert answer.status == 200 and answer.elapsed_s < 6, answer.raw[-300:]
+            assert answer.elapsed_s < 6, answer.raw[-300:]
             if stream:
-                assert answer.body.endswith(b"data: [DONE]\n\n")
+                assert answer.status == 200 and not parse_first(answer.raw)[3], answer.raw[-300:]
             else:
-                assert json.loads(answer.body)["object"] == "chat.completion"
+                assert answer.status == 502, answer.raw[-300:]
+                assert "content coding never ended" in json.loads(answer.body)["error"]["message"]
             rows = _rows(config.with_suffix(".db"), answer.header(b"x-plano-request-id"))
     assert [r["status"] for r in rows] == ["usage_missing"]
 

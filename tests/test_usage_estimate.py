@@ -118,3 +118,28 @@ def test_a_long_drain_is_sampled_then_counted_at_its_share() -> None:
         meter = _meter(API_OPENAI_CHAT, pieces)
         assert meter.unparsed_bytes > 2 * SAMPLE_EVENT_BYTES  # most of it was not parsed
         assert abs(meter.output_tokens(0) - count) <= 2, (meter.output_tokens(0), count)
+
+
+def test_a_leading_bom_is_skipped_once_at_the_body_start() -> None:
+    """A stream that starts with a UTF-8 BOM (WHATWG SSE skips one; the scanners, the SSE
+    parser and the stream DLP do): its first event's text is counted.  On main the first
+    line read ``\\xef\\xbb\\xbfdata:`` and that event counted as framing (text_bytes 0
+    for a one-event stream, 4 here)."""
+    bom = b"\xef\xbb\xbf"
+    text = b'data: {"choices":[{"delta":{"content":"abcd"}}]}\n\n'
+    assert _meter(API_OPENAI_CHAT, [bom + text]).text_bytes == 4
+    whole = bom + text + text
+    for cut in range(1, len(whole)):  # split anywhere, inside the BOM too
+        meter = _meter(API_OPENAI_CHAT, [whole[:cut], whole[cut:]])
+        assert (meter.text_bytes, meter.event_bytes) == (8, len(whole)), cut  # the BOM is framing
+    assert _meter(API_OPENAI_CHAT, [whole[i : i + 1] for i in range(len(whole))]).text_bytes == 8
+    # only one, only at the body's start: a second BOM, or one on a later event, is not skipped
+    assert _meter(API_OPENAI_CHAT, [bom + bom + text]).text_bytes == 0
+    assert _meter(API_OPENAI_CHAT, [text + bom + text]).text_bytes == 4
+    # a meter started mid-body (the client left mid-event) never skips one: its first
+    # bytes belong to the part relayed before
+    rest = _meter(API_OPENAI_CHAT, [b"tail\n\n" + bom + text], mid_event=True)
+    assert (rest.head_bytes, rest.text_bytes) == (6, 0)
+    # a recorded stream with a BOM: the same estimate as without
+    stream = cassette_stream("test_deepseek_model_thinking_stream.yaml")
+    assert _meter(API_OPENAI_CHAT, [bom + stream]).text_bytes == _meter(API_OPENAI_CHAT, [stream]).text_bytes

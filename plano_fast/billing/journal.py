@@ -46,9 +46,31 @@ JOURNAL_FILE_MODE = 0o600
 _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
+#: opened to claim a journal file: read-only, never through a symlink (ELOOP), never
+#: blocking (a FIFO planted at the name would hold the open until a writer came)
+_CLAIM_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def open_append(path: Path) -> int:
-    """A journal file's descriptor for appending (created 0600; a symlink is ELOOP)."""
-    return os.open(path, _APPEND_FLAGS, JOURNAL_FILE_MODE)
+    """A journal file's descriptor for appending (created 0600; a symlink is ELOOP).  An
+    existing file of the gateway's own user is made 0600 too: one created before the mode
+    was set (0644 under the usual umask) kept it, readable by every local user."""
+    fd = os.open(path, _APPEND_FLAGS, JOURNAL_FILE_MODE)
+    try:
+        _own_mode(fd, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _own_mode(fd: int, st: os.stat_result) -> None:
+    """``JOURNAL_FILE_MODE`` set on the open file ``fd`` (status ``st``) when it is the
+    gateway user's and has another mode.  On the descriptor, not by path: a name swapped
+    for a link after the open changes nothing.  Another user's file is left as it is
+    (chmod would be EPERM; its replay is refused by ``_claimable``)."""
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != JOURNAL_FILE_MODE:
+        os.fchmod(fd, JOURNAL_FILE_MODE)
 
 
 def append_synced(path: Path, text: str) -> None:
@@ -68,13 +90,21 @@ def _claimable(candidate: Path) -> bool:
     """A journal file this process may replay: a regular file of its own user, never a
     symlink (which would have it read -- and its rows counted -- from wherever it points)."""
     try:
-        st = candidate.lstat()
+        fd = os.open(candidate, _CLAIM_FLAGS)
     except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        return False  # (claimed by another worker first)
+    except OSError:  # ELOOP: a symlink; EACCES: not readable by this user
         log.error("journal file %s is not a regular file of this user: left alone, not replayed", candidate)
         return False
-    return True
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            log.error("journal file %s is not a regular file of this user: left alone, not replayed", candidate)
+            return False
+        _own_mode(fd, st)  # (one left 0644 by a gateway before the mode was set)
+        return True
+    finally:
+        os.close(fd)
 
 
 class Journal:

@@ -4,36 +4,54 @@ The gateway asks every provider for ``Accept-Encoding: identity`` (``wire.upstre
 the client's own Accept-Encoding is never forwarded), so a conforming provider answers in no
 coding.  One that compresses anyway (a misconfigured OpenAI-compatible server, a CDN in front
 of it) used to leave the row ``usage_missing``: unpriced in firewall and config mode, charged
-the reservation's bound under a managed hard limit.  Now:
+the reservation's bound under a managed hard limit.  Now, for an answer the gateway reads
+(a usage scanner; a status below 400, or an error of a provider called with the gateway's
+own key, whose body is redacted of that key: compressed, the redaction saw no key and the
+client's decoder gave it back):
 
-* relayed as it is, the answer keeps its coding (the client's HTTP stack decodes it: the
-  SDKs' httpx does whatever it asked for), and the usage scanner reads the decoded bytes
-  (:class:`DecodedScanner`): the row is the provider's usage in every mode;
-* converted to another format (``conversion.Conversion``, which rebuilds the head), the
-  converter reads the decoded bytes and the client gets the converted answer without the
-  coding (:class:`DecodedFilter`): converted gzip bytes used to be a 502 (JSON) or an
-  unreadable stream under ``content-encoding: gzip``.
+* in a coding it can decode (``gzip``, ``deflate``), it is decoded as it comes and the client
+  gets it in no coding (:class:`DecodingScanner`; the head without its Content-Encoding and
+  its Content-Length, sent chunked).  Everything after the decoding sees the provider's
+  bytes as a conforming provider sends them: the usage scanner (which reads the usage and
+  cuts out the usage chunk the gateway asked for: ``include_usage`` injected, never meant for
+  the client), managed mode's ``HoldTerminal`` (which holds a stream's terminal event until
+  billing is done: compressed, ``[DONE]`` could not be seen, so it reached the client before
+  the row was written), the stream DLP and the output guardrails (which read nothing in
+  compressed bytes), the key's redaction of an error body (``operator_key.redact``, the one
+  mask, run on the decoded bytes), a conversion to the client's format.  This is what a
+  production gateway does with an answer its client did not ask to be coded (LiteLLM and
+  Portkey decode every upstream answer; nginx's ``gunzip``): the client may not accept the
+  coding (it sent no Accept-Encoding, or ``identity``: curl without ``--compressed``), and it
+  always accepts none.  The cost, zlib's, falls on such answers only.
+* in a coding it cannot (``br``, ``zstd``, ``compress``, a list of codings), it is relayed as
+  it is and the scanner reads nothing (:class:`DecodedScanner`: compressed bytes read as
+  they are would be noise): the row stays ``usage_missing`` (a hard limit charges its
+  bound), and managed mode holds the latest piece of the body until billing is done, as
+  for a JSON body (``HoldTerminal.undecodable_coding``): the stream's terminal event cannot
+  be found in it.  An error of a provider called with the gateway's key in such a coding
+  is the gateway's 502 (its key's mask cannot read it).
+
+A conversion of an answer the gateway does not read (an error, an unbilled answer) gets the
+decoded bytes from :class:`DecodedFilter`; the response guardrails' hold of such an answer
+relays it as it is (it reads only a 2xx answer in no coding).
 
 Decoded: ``gzip`` (``x-gzip``; every member of a multi-member body) and ``deflate`` (the
 zlib format RFC 9110 §8.4.1.2 names, or the raw deflate some servers send, told apart by the
-first two bytes), with the standard library's zlib.  Not decoded: ``br``, ``zstd``,
-``compress``, a list of codings: the scanner reads nothing (compressed bytes read as they
-are would be noise) and the row stays ``usage_missing`` (a hard limit charges its bound); a
-conversion gets the bytes as before.
+first two bytes, whatever the split of the reads), with the standard library's zlib.
 
 Decoding is bounded (a decompression bomb -- ~1,030 decoded bytes a coded byte -- costs no
 more than an answer of its decoded size would): each decoded piece, at most
-:data:`DECODE_PIECE_BYTES`, goes to its reader before the next is made (one piece held,
-never a read's whole output); at most :data:`MAX_RATIO` decoded bytes a coded byte past
-:data:`RATIO_FLOOR_BYTES` (so one upstream read, uvloop's 256 KiB at most, decodes at most
-~20 MiB on the event loop); at most :data:`MAX_DECODED_BYTES` in all for a stream,
-:data:`MAX_DECODED_JSON_BYTES` for a whole answer (what the usage scanner reads of one).
-Past a limit, or at a byte that is not the coding's, nothing more is decoded: the client
-still gets the answer as sent (relayed) or a 502 / a stream cut short (converted), and the
-row is ``usage_missing`` (:class:`DecodedScanner`).
-
-What a coded stream cannot have: the usage chunk the gateway asked for (``include_usage``
-injected) is not cut out of compressed bytes; the client gets it.
+:data:`DECODE_PIECE_BYTES`, goes to its reader before the next is made; at most
+:data:`MAX_RATIO` decoded bytes a coded byte past :data:`RATIO_FLOOR_BYTES` (so one upstream
+read, uvloop's 256 KiB at most, decodes at most ~20 MiB on the event loop, the most a
+:class:`DecodingScanner` hands on from one read); at most :data:`MAX_DECODED_BYTES` in all
+for a stream, :data:`MAX_DECODED_JSON_BYTES` for a whole answer (what the usage scanner reads
+of one).  Past a limit, at a byte that is not the coding's, or at a body whose coding never
+ended, nothing more is decoded and the answer is not a whole one: relayed decoded, the
+client's answer is cut (:class:`CodingError`: no last chunk, or the gateway's 502 when its
+head has not left), never passed on as coded bytes under a head that says none, nor ended
+as if it were whole; converted, a 502 / a stream cut short; relayed as sent, as sent.  The
+row is ``usage_missing`` (a hard limit charges its bound).
 """
 
 from __future__ import annotations
@@ -46,7 +64,6 @@ from plano_fast import wire as scan
 from plano_fast.conversion import ConversionFailed
 
 if TYPE_CHECKING:
-    from plano_fast.gateway.operator_key import Redaction
     from plano_fast.gateway.relay import BodyFilter
     from plano_fast.http_server import Responder
 
@@ -90,6 +107,13 @@ def content_coding(block: bytes) -> bytes | None:
 
 def decodable(coding: bytes) -> bool:
     return coding in _WBITS
+
+
+def without_content_encoding(block: bytes) -> bytes:
+    """Header lines ``block`` (CRLF-ended) without their Content-Encoding lines: the head of
+    an answer relayed decoded."""
+    lines = block.split(b"\r\n")
+    return b"\r\n".join(line for line in lines if line.partition(b":")[0].strip(b" \t").lower() != b"content-encoding")
 
 
 def _zlib_header(first: bytes) -> bool:
@@ -189,9 +213,82 @@ class Decoder:
         return True
 
 
+
+class CodingError(ValueError):
+    """A body that does not decode as its coding says (a byte that is not the coding's, a
+    coding that never ended, past a limit of :class:`Decoder`)."""
+
+
+class DecodingScanner:
+    """A usage scanner (``wire.UsageScanner``'s API) in front of which an answer in a
+    decodable ``coding`` is decoded: what it returns to forward is the decoded body (less
+    what ``inner``, the mode's own scanner, cuts out), what it reads is the decoded body.
+
+    ``feed`` raises :class:`CodingError` once the decoding failed (the relay's upstream
+    error: the answer is cut).  At the body's end (``finish``) an error would reach no one
+    (the upstream connection has let go of the exchange): ``failed`` says it and the relay
+    cuts the answer (``Exchange.on_upstream_complete``).  Like :class:`DecodedScanner`, a
+    failed decoding has no usage (``usage_missing``)."""
+
+    __slots__ = ("_inner", "_decoder", "_coding", "_out", "tap")
+
+    def __init__(self, inner: scan.UsageScanner, coding: bytes, streaming: bool) -> None:
+        self._inner = inner
+        self._coding = coding
+        self._decoder = Decoder(coding, MAX_DECODED_BYTES if streaming else MAX_DECODED_JSON_BYTES)
+        #: what ``inner`` forwards of the pieces decoded from one read (the bound: a read's
+        #: output, ~20 MiB at most; see the module's docstring)
+        self._out: list[bytes] = []
+        #: also given every decoded piece (managed mode's Responses state: the raw answer)
+        self.tap: Callable[[bytes], object] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._decoder.failed
+
+    def _read(self, piece: bytes) -> None:
+        tap = self.tap
+        if tap is not None:
+            tap(piece)
+        out = self._inner.feed(piece)
+        if out:
+            self._out.append(out)
+
+    def feed(self, data: bytes) -> bytes:
+        self._decoder.decode(data, self._read)
+        out, self._out = self._out, []
+        if self._decoder.failed:
+            raise CodingError(f"upstream answer in content-encoding {self._coding.decode('latin-1')!r} "
+                              "could not be decoded")
+        return b"".join(out)
+
+    def feed_from(self, data: bytes, start: int) -> bytes | None:
+        return self.feed(data[start:])
+
+    def finish(self) -> bytes:
+        self._decoder.flush(self._read)
+        out, self._out = self._out, []
+        out.append(self._inner.finish())
+        return b"".join(out)
+
+    def result(self) -> Any:
+        usage: Any = self._inner.result()
+        if self._decoder.failed and usage.has_usage:
+            key = usage._key()
+            return type(usage)(*key[:5], False, *key[6:])
+        return usage
+
+    def raw_usage(self) -> bytes | None:
+        return None if self._decoder.failed else self._inner.raw_usage()
+
+    def usage_fields(self) -> tuple[object, ...]:
+        return (*self.result()._key(), self.raw_usage())
+
+
 class DecodedScanner:
-    """A usage scanner (``wire.UsageScanner``'s API) for an answer in ``coding``: what it is
-    fed is forwarded as it is; the decoded bytes are what it reads.  An answer whose
+    """A usage scanner (``wire.UsageScanner``'s API) for an answer relayed as it is in
+    ``coding``: what it is fed is forwarded unchanged; the decoded bytes are what it reads
+    (nothing when the coding is not decodable: the usage stays missing).  An answer whose
     decoding failed (not its coding, cut short by a bad byte, past a limit) was not read
     whole: no usage counted (``has_usage`` False, the row ``usage_missing``; a hard limit
     charges at least its bound), the counts seen so far kept as a cut stream keeps them."""
@@ -232,32 +329,28 @@ class DecodedScanner:
 
 class DecodedFilter:
     """A body filter that rebuilds the head (a conversion) given the decoded bytes of an
-    answer in ``coding``; the head it gets has no Content-Encoding.  An answer with a byte
-    that is not its coding's (or past a limit) is an upstream failure (``ConversionFailed``,
-    raised to the relay while the body is read): the client gets the gateway's 502, or a
-    stream cut short, not a converted answer that looks whole but is not the provider's."""
+    answer in ``coding`` the gateway does not read (an error, an unbilled answer: one it
+    reads is decoded by :class:`DecodingScanner`); the head it gets has no Content-Encoding.
+    An answer with a byte that is not its coding's (or past a limit) is an upstream failure
+    (``ConversionFailed``, raised to the relay while the body is read): the client gets the
+    gateway's 502, or a stream cut short, not a converted answer that looks whole but is not
+    the provider's."""
 
-    __slots__ = ("_inner", "_decoder", "_coding", "_redaction")
+    __slots__ = ("_inner", "_decoder", "_coding")
 
     rebuilds_head = True
 
-    def __init__(self, inner: BodyFilter, coding: bytes, redaction: Redaction | None = None) -> None:
+    def __init__(self, inner: BodyFilter, coding: bytes) -> None:
         self._inner = inner
         self._decoder = Decoder(coding)
         self._coding = coding
-        #: an error body's mask of the operator's key (gateway/operator_key.py), applied to
-        #: the decoded bytes: in compressed ones the key is not there to find
-        self._redaction = redaction
 
     def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self._inner.head(responder, status, [(n, v) for n, v in headers if n != b"content-encoding"])
 
     def relay(self, data: bytes, responder: Responder) -> None:
-        inner, redaction = self._inner, self._redaction
-        if redaction is None:
-            self._decoder.decode(data, lambda piece: inner.relay(piece, responder))
-        else:
-            self._decoder.decode(data, lambda piece: inner.relay(redaction.feed(piece), responder))
+        inner = self._inner
+        self._decoder.decode(data, lambda piece: inner.relay(piece, responder))
         self._check()
 
     def read_done(self, responder: Responder) -> None:
@@ -272,34 +365,9 @@ class DecodedFilter:
         # does not parse, its 502 -- and the row is usage_missing (DecodedScanner).  An
         # error raised now would reach no one: the response is the relay's to end.)
         self._decoder.flush(pieces.append)
-        tail = b"".join(pieces)
-        self._inner.finish(responder, tail if self._redaction is None else self._redaction.feed(tail))
+        self._inner.finish(responder, b"".join(pieces))
 
     def _check(self) -> None:
         if self._decoder.failed:
             raise ConversionFailed(f"upstream answer in content-encoding {self._coding.decode('latin-1')!r} "
                                    "could not be decoded")
-
-
-class PlainBody:
-    """The body filter of an answer relayed as it is, under a :class:`DecodedFilter` (an
-    error body decoded to be masked): its head sent without a Content-Length (the decoded
-    body's length is not the coded one's: chunked)."""
-
-    __slots__ = ()
-
-    rebuilds_head = True
-
-    def head(self, responder: Responder, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        responder.send_head(status, headers, None)
-
-    def relay(self, data: bytes, responder: Responder) -> None:
-        if data:
-            responder.send_body(data)
-
-    def read_done(self, responder: Responder) -> None:
-        responder.flush()
-
-    def finish(self, responder: Responder, tail: bytes) -> None:
-        if tail:
-            responder.send_body(tail)

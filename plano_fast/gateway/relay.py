@@ -30,7 +30,15 @@ from plano_fast import guardrails
 from plano_fast import wire as scan
 from plano_fast.errors import GatewayError, ProviderCredentialRejected, ServiceUnavailable, UpstreamError
 from plano_fast.gateway import operator_key
-from plano_fast.gateway.coded_answer import DecodedFilter, DecodedScanner, PlainBody, content_coding, decodable
+from plano_fast.gateway.coded_answer import (
+    CodingError,
+    DecodedFilter,
+    DecodedScanner,
+    DecodingScanner,
+    content_coding,
+    decodable,
+    without_content_encoding,
+)
 from plano_fast.credentials import ClientHeaders
 from plano_fast.access_log import AccessLog
 from plano_fast.ratelimit import Bucket, RateLimits, with_header_pairs, with_headers
@@ -351,7 +359,7 @@ class Exchange:
         self.attempts = 0
         self.outcome = ""
         self.conn: UpstreamConnection | None = None
-        self.scanner: scan.UsageScanner | DecodedScanner | None = None
+        self.scanner: scan.UsageScanner | DecodedScanner | DecodingScanner | None = None
         self.model: str | None = None
         #: the model name the client asked for (an alias, say), where the gateway routes by
         #: it: on the usage row beside the model served (None: firewall mode routes nothing)
@@ -673,26 +681,43 @@ class Exchange:
             # Errors are relayed as they are; the scanner still notes the error body.
             scanner = self.scanner = scan.UsageScanner(self.scan_api, False, False)
         body_filter = self.body_filter
+        decoded = False
         if scan.has_content_encoding(head.block):
             coding = content_coding(head.block)
             if coding is not None:
-                # an answer in a coding the gateway did not ask for: read decoded
-                # (plano_fast.gateway.coded_answer)
-                if scanner is not None and status < 400:
-                    scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
-                if status >= 400 and self.operator_auth is not None:
-                    # An error body may echo the gateway's key, and its mask cannot find the
-                    # key in compressed bytes (the client decodes them): masked decoded, or
-                    # not relayed at all (operator_key.py)
-                    if not decodable(coding) or (body_filter is not None and not body_filter.rebuilds_head):
+                # an answer in a coding the gateway did not ask for: read decoded, relayed
+                # decoded when it can be (plano_fast.gateway.coded_answer)
+                if not decodable(coding):
+                    if status >= 400 and self.operator_auth is not None:
+                        # An error body may echo the gateway's key, and its mask cannot
+                        # find the key in bytes it cannot decode (the client may): the
+                        # gateway's 502, never the body (operator_key.py)
                         self._operator_key_rejected(status, coded=True)
                         return
-                    _, redaction = operator_key.redact(b"", self.operator_auth)
-                    body_filter = self.body_filter = DecodedFilter(body_filter or PlainBody(), coding, redaction)
-                elif body_filter is not None and body_filter.rebuilds_head and decodable(coding):
+                    if scanner is not None and status < 400:
+                        scanner = self.scanner = DecodedScanner(self.scan_api, self.streaming, coding)
+                        if body_filter is not None and hasattr(body_filter, "undecodable_coding"):
+                            body_filter.undecodable_coding()  # (managed mode's HoldTerminal)
+                elif (status < 400 and isinstance(scanner, scan.UsageScanner)) or (
+                        status >= 400 and self.operator_auth is not None):
+                    # (the mode's own scanner, or an error's: an error's body is redacted of
+                    # the gateway's key, which compressed bytes hide from the redaction --
+                    # one mask, operator_key.redact, on the decoded bytes; an unscanned
+                    # error is given a scanner so that it is decoded too)
+                    if status >= 400 and scanner is None:
+                        scanner = scan.UsageScanner(self.scan_api, False, False)
+                    assert isinstance(scanner, scan.UsageScanner)
+                    scanner = self.scanner = DecodingScanner(scanner, coding, self.streaming and status < 400)
+                    decoded = True
+                elif body_filter is not None and getattr(body_filter, "reads_decoded", False):
+                    # (a conversion; not the response guardrails' hold, which relays a coded
+                    # answer it does not read as it is: wrapped, its finish was never called
+                    # and the client waited for an answer that never came)
                     body_filter = self.body_filter = DecodedFilter(body_filter, coding)
         if body_filter is not None and body_filter.rebuilds_head:
             headers = self.client_headers(head)
+            if decoded:
+                headers = [pair for pair in headers if pair[0] != b"content-encoding"]
             if self.guard_warning:
                 headers.append((b"x-plano-guardrail-warning", self.guard_warning.split(b": ", 1)[1].strip()))
             if self.rl_head:
@@ -700,9 +725,11 @@ class Exchange:
             body_filter.head(self.responder, status, headers)
             return
         content_length = head.content_length
-        if content_length is not None and scanner is not None and self._may_rewrite_body():
-            content_length = None  # the stripped body is shorter: send it chunked
+        if content_length is not None and scanner is not None and (decoded or self._may_rewrite_body()):
+            content_length = None  # the stripped (or decoded) body's length differs: send it chunked
         block = head.block if self.operator_auth is None else scan.without_account_headers(head.block)
+        if decoded:
+            block = without_content_encoding(block)
         if self.rl_head:
             block = with_headers(block, self.rl_head)
         extra = scan.header_line(b"x-plano-request-id: ", self.request_id)
@@ -753,10 +780,12 @@ class Exchange:
         responder = self.responder
         if not responder.client_connected:
             return
-        if self.status >= 400 and self.operator_auth is not None and type(self.body_filter) is not DecodedFilter:
-            # (a coded error body is masked decoded: DecodedFilter)
-            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         scanner = self.scanner
+        if self.status >= 400 and self.operator_auth is not None:
+            if type(scanner) is DecodingScanner:  # a coded error: decoded, then redacted
+                data = scanner.feed(data)
+                scanner = None
+            data, self.operator_auth = operator_key.redact(data, self.operator_auth)
         if scanner is not None:
             data = scanner.feed(data)
         body_filter = self.body_filter
@@ -769,7 +798,9 @@ class Exchange:
         """A departed client's response: scanned for usage, relayed to nobody."""
         scanner = self.scanner
         if scanner is not None:
-            scanner.feed(data)
+            fed = scanner.feed(data)
+            if type(scanner) is DecodingScanner:
+                data = fed  # (the meter reads the decoded events)
         meter = self.content_meter
         if meter is not None:
             try:
@@ -794,6 +825,14 @@ class Exchange:
         self.conn = None
         scanner = self.scanner
         tail = scanner.finish() if scanner is not None else b""
+        if type(scanner) is DecodingScanner and scanner.failed:
+            # the coding's end never came (or its last bytes spoiled it): an answer cut
+            # short, cut for the client too -- never ended as if whole (usage_missing)
+            self.on_upstream_error(UpstreamError(f"error relaying upstream response: {CodingError.__name__}: "
+                                                 "the answer's content coding never ended"), False)
+            return
+        if tail and self.status >= 400 and self.operator_auth is not None:  # (a coded error's end)
+            tail, self.operator_auth = operator_key.redact(tail, self.operator_auth)
         if self.client_left:
             if not self.outcome:
                 self._settle_left(complete=True)
@@ -889,7 +928,12 @@ class Exchange:
             done.set_result(True)  # once more, on a fresh connection
             return
         self.error_kind = error.kind
-        self._settle(STATUS_UPSTREAM_FAILED, self.status or error.status)
+        scanner = self.scanner
+        # (an answer cut by its coding -- plano_fast.gateway.coded_answer.CodingError -- was
+        # answered but not read whole: usage_missing, a hard limit's bound, as a coded
+        # answer relayed as sent is)
+        coding_failed = type(scanner) is DecodingScanner and scanner.failed and self.status < 400
+        self._settle(STATUS_USAGE_MISSING if coding_failed else STATUS_UPSTREAM_FAILED, self.status or error.status)
         error.request_id = self.request_id  # (x-plano-request-id, as its row's)
         self.responder.send_error(error, self.request.api_format)
         if done is not None:

@@ -43,6 +43,7 @@ from plano_fast.gateway.endpoints import (
     upstream_path,
 )
 from plano_fast.gateway.phases import admit_awaited, client_headers, guard, key_hash, refuse_background
+from plano_fast.gateway.coded_answer import DecodingScanner
 from plano_fast.failover import CircuitBreaker, RetryPlan, pipe_policy
 from plano_fast.gateway.relay import ExchangeContext
 from plano_fast.gateway.retrying import JITTER_RNG, RetryingExchange
@@ -493,7 +494,11 @@ class ManagedExchange(RetryingExchange):
     # -- sink overrides ---------------------------------------------------------------
     def on_upstream_body(self, data: bytes) -> None:
         if self.state_turn is not None and not self.swallow:
-            self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
+            scanner = self.scanner
+            if type(scanner) is DecodingScanner:  # a coded answer: the state reads it decoded
+                scanner.tap = self.state_turn.feed
+            else:
+                self.state_turn.feed(data)  # state_storage: the raw answer, before the relay
         super().on_upstream_body(data)
 
     def _complete(self, outcome: str) -> None:
@@ -775,6 +780,13 @@ class HoldTerminal:
 
     def finish(self, responder: Responder, tail: bytes) -> None:
         self.held += tail
+
+    def undecodable_coding(self) -> None:
+        """The answer comes in a coding the gateway cannot decode (``br``, ``zstd``; gzip and
+        deflate are decoded before this filter: plano_fast.gateway.coded_answer): a
+        stream's terminal event cannot be found in its bytes, so the latest piece is held
+        until billing is done, as a JSON body's is (the body's end waits for the row)."""
+        self.streaming = False
 
     def release(self, responder: Responder) -> None:
         """Billing is done: what was held goes to the client (the caller ends)."""
