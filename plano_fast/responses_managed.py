@@ -62,7 +62,16 @@ MAX_RECORDED_BYTES = 16 * 1024 * 1024
 
 
 def managed_owner(project_id: str | None, user_id: str | None) -> str:
-    return f"managed:{project_id or ''}:{user_id or ''}"
+    """The owner key of a managed project's and user's stored conversations and item ids.
+    Ids are admin-chosen and may hold ``:`` (``org:42``): a project id holding ``:`` or
+    ``#`` is written ``<length>#<id>``, so two (project, user) pairs never share a key
+    (project ``a`` with user ``b:c`` and project ``a:b`` with user ``c`` did:
+    ``managed:a:b:c``, each reading the other's conversations).  Ids without them keep
+    the key they always had (stored conversations stay reachable)."""
+    project = project_id or ""
+    if ":" in project or "#" in project:
+        project = f"{len(project)}#{project}"
+    return f"managed:{project}:{user_id or ''}"
 
 
 def owner_of(managed: ManagedState | None, secret: bytes) -> str:

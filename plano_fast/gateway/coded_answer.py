@@ -198,7 +198,9 @@ class Decoder:
             return
         if piece:
             self._take(piece, read)
-        if not z.eof:
+        if not z.eof and self._coded:
+            # (an empty body -- a HEAD's, a bodyless error's -- is an empty answer, as urllib3
+            # and curl read it, and as an empty "deflate" body already was above)
             # the coding's end never came (a gzip member without its trailer, a deflate
             # stream without its last block): a body cut short, as Python's gzip module
             # says (EOFError), not one read whole

@@ -1,0 +1,53 @@
+"""Session l's second review, mended: an empty gzip body is an empty answer, not a cut one,
+and two managed (project, user) pairs never share a stored-conversation owner key."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import zlib
+
+import pytest
+
+from plano_fast.gateway.coded_answer import Decoder
+from plano_fast.responses_managed import managed_owner
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate"])
+def test_an_empty_coded_body_is_an_empty_answer(coding: bytes) -> None:
+    """A HEAD's or a bodyless 4xx's empty body under ``Content-Encoding: gzip`` ended as
+    ``failed`` (the gzip decoder never saw its end) and the relay cut the client's
+    connection; urllib3 and curl read it as an empty answer, and so did "deflate"."""
+    read: list[bytes] = []
+    decoder = Decoder(coding)
+    decoder.flush(read.append)
+    assert (decoder.failed, decoder.ended, read) == (False, True, [])
+
+
+def test_a_gzip_body_cut_before_its_trailer_still_fails() -> None:
+    """The control: a body with bytes whose coding never ended is a cut one."""
+    body = gzip.compress(b'{"usage":{"prompt_tokens":1}}')
+    read: list[bytes] = []
+    decoder = Decoder(b"gzip")
+    decoder.decode(body[:-4], read.append)
+    decoder.flush(read.append)
+    assert decoder.failed
+    deflated = zlib.compress(b"x" * 100)
+    whole = Decoder(b"deflate")
+    whole.decode(deflated, read.append)
+    whole.flush(read.append)
+    assert not whole.failed
+
+
+def test_managed_owner_keys_are_one_per_project_and_user() -> None:
+    """Ids are admin-chosen and may hold ':' (``org:42``): project ``a`` with user ``b:c``
+    and project ``a:b`` with user ``c`` both owned ``managed:a:b:c`` (each read the other's
+    stored conversations and passed the other's item ids as its own).  Every pair of these
+    awkward ids now gets its own key; plain ids keep the key they had."""
+    assert managed_owner("p1", "u1") == "managed:p1:u1"
+    assert managed_owner("p1", None) == "managed:p1:"
+    assert managed_owner("a", "b:c") != managed_owner("a:b", "c")
+    parts = ["", "a", "b", ":", "a:b", "b:c", "3#a", "#", "1#:", "3#a:b", "a#", "c"]
+    pairs = list(itertools.product(parts, parts))
+    keys = {managed_owner(p, u) for p, u in pairs}
+    assert len(keys) == len(pairs)
