@@ -325,7 +325,7 @@ class Responder:
         date and server are added here."""
         line = _STATUS_LINES.get(status)
         parts = [line if line is not None else status_line(status), block, extra]
-        if status < 200 or status == 204 or status == 304:
+        if status != 200 and (status < 200 or status == 204 or status == 304):  # (200 first: one test)
             # A message with no body (RFC 9112 6.3 rule 1): the client reads none after
             # its head, so a "transfer-encoding: chunked" here and its "0\r\n\r\n" were
             # read as the start of the next response on the connection (a provider's 204
