@@ -325,7 +325,18 @@ class Responder:
         date and server are added here."""
         line = _STATUS_LINES.get(status)
         parts = [line if line is not None else status_line(status), block, extra]
-        if content_length is not None:
+        if status != 200 and (status < 200 or status == 204 or status == 304):  # (200 first: one test)
+            # A message with no body (RFC 9112 6.3 rule 1): the client reads none after
+            # its head, so a "transfer-encoding: chunked" here and its "0\r\n\r\n" were
+            # read as the start of the next response on the connection (a provider's 204
+            # or 304 relayed: the client's next request failed or got the wrong answer).  No
+            # framing header (a 304 may keep the length the GET would have, RFC 9110
+            # 8.6; a 204 or 1xx may not send one), no close-delimiting either, and from
+            # here on a HEAD's responder: body bytes dropped, no terminating chunk.
+            if content_length is not None and status == 304:
+                parts.append(content_length_line(content_length, False))
+            self.__class__ = HeadResponder  # (same slots: Responder's layout)
+        elif content_length is not None:
             parts.append(content_length_line(content_length, False))  # (C: ~0.5k instructions fewer than %d)
         elif self._http11:
             self._chunked = True
