@@ -27,7 +27,7 @@ from benchmarks.fake_provider import FakeProviderThread
 from tests.gateway_proc import GatewayProcess
 
 
-def _config(work: Path, primary: str, secondary: str) -> Path:
+def _config(work: Path, primary: str, secondary: str, extra: str = "") -> Path:
     path = work / "retryfix.yaml"
     path.write_text(f"""\
 version: v0.4.0
@@ -62,7 +62,7 @@ plano_fast:
   usage_journal_path: {work / "retryfix.journal"}
   usage_flush_interval_s: 0.2
   price_interval_s: 0.2
-""")
+{extra}""")
     return path
 
 
@@ -138,3 +138,23 @@ def test_a_held_503_still_fails_over(rig: _Rig, path: bytes, model: str) -> None
     assert len(rig.calls(rig.primary)) == 1 and len(rig.calls(rig.secondary)) == 1
     rows = rig.rows(answer.header(b"x-plano-request-id"))
     assert [(r["status"], r["attempt_trail"]) for r in rows] == [("ok", "503,200")], rows
+
+
+def test_a_2xx_held_by_the_response_guardrails_cut_in_its_coding_is_not_retried(tmp_path: Path) -> None:
+    """The same without a conversion (an OpenAI client on an OpenAI model): the response
+    guardrails' hold (``ResponseHold``) keeps the JSON answer's head back.  A 502, one row
+    ``usage_missing``, no request to the fallback.  (Before the fix: the fallback's 200 and
+    its row only.)"""
+    with FakeProviderThread() as primary, FakeProviderThread() as secondary:
+        config = _config(tmp_path, primary.url, secondary.url, '  response_guardrails: {detectors: {email: warn}}\n')
+        with GatewayProcess(config) as gateway:
+            rig = _Rig(primary, secondary, gateway, tmp_path / "retryfix.db")
+            body = b'{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+            answer = exchange(gateway.port, post(b"/v1/chat/completions", body, b"",
+                                                 b"x-fake-content-encoding: gzip\r\nx-fake-coding-cut: 1\r\n"),
+                              wait_s=8, close_wait_s=0.5)
+            assert answer.status == 502, answer.raw[-300:]
+            assert len(rig.calls(primary)) == 1
+            assert rig.calls(secondary) == []  # no second upstream call
+            rows = rig.rows(answer.header(b"x-plano-request-id"))
+    assert [(r["status"], r["attempt_trail"]) for r in rows] == [("usage_missing", None)], rows
