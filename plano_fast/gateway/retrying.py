@@ -71,8 +71,9 @@ class RetryingExchange(Exchange):
         the plan goes to next became the current attempt (``_adopt_hedge``).
         ``target_fault`` False: a failure that says nothing of the target's health (a
         reused keep-alive connection that died before answering), not on its circuit.
-        A 2xx answer once received (``status``, 0 until an attempt's head is taken; an
-        error head another attempt follows is swallowed before it is set) is never followed
+        A 2xx answer once received (``status``: 0 until an attempt's head is taken, reset
+        by ``_advance`` and ``_adopt_hedge``; an error head is judged by ``_retry_head``
+        before it is set, a swallowed one sets its 4xx/5xx) is never followed
         by another, even when the client has seen nothing of it yet -- a conversion or the
         response guardrails hold the head to the answer's end: the provider answered and
         billed it, and its body failing later (a coding that never ended, a cut) is that
