@@ -70,8 +70,15 @@ class RetryingExchange(Exchange):
         ``next_attempt`` is set, or (``next_attempt`` None) a hedge in flight to the target
         the plan goes to next became the current attempt (``_adopt_hedge``).
         ``target_fault`` False: a failure that says nothing of the target's health (a
-        reused keep-alive connection that died before answering), not on its circuit."""
-        if self.responder.head_sent or self.outcome or self.client_left:
+        reused keep-alive connection that died before answering), not on its circuit.
+        A 2xx answer once received (``status``: 0 until an attempt's head is taken, reset
+        by ``_advance`` and ``_adopt_hedge``; an error head is judged by ``_retry_head``
+        before it is set, a swallowed one sets its 4xx/5xx) is never followed
+        by another, even when the client has seen nothing of it yet -- a conversion or the
+        response guardrails hold the head to the answer's end: the provider answered and
+        billed it, and its body failing later (a coding that never ended, a cut) is that
+        attempt's row, not a reason to ask the next target too."""
+        if self.responder.head_sent or self.outcome or self.client_left or 200 <= self.status < 300:
             return False
         plan = self.plan
         if plan is None:
