@@ -78,7 +78,7 @@ class StoredResponse:
 class MemoryResponseStore:
     """An in-process store with expiry and an entry cap (insertion order = eviction order)."""
 
-    __slots__ = ("ttl_s", "max_entries", "max_conversation_bytes", "_entries", "_clock", "_items")
+    __slots__ = ("ttl_s", "max_entries", "max_conversation_bytes", "_entries", "_clock", "_items", "_keys_of")
 
     def __init__(
         self,
@@ -95,6 +95,9 @@ class MemoryResponseStore:
         self._clock = clock
         #: (owner, output item id) -> the stored response that answered it (``owned_items``)
         self._items: dict[tuple[str, str], str] = {}
+        #: a stored response's keys in ``_items``: dropped with it (evicted, expired,
+        #: deleted), so the index holds live responses' ids only, whatever their count
+        self._keys_of: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -105,8 +108,15 @@ class MemoryResponseStore:
             raise ConversationNotFound(response_id)
         if self._clock() - entry.stored_at_s > self.ttl_s:
             del self._entries[response_id]
+            self._forget_items(response_id)
             raise ConversationNotFound(response_id)
         return entry
+
+    def _forget_items(self, response_id: str) -> None:
+        items = self._items
+        for key in self._keys_of.pop(response_id, ()):
+            if items.get(key) == response_id:
+                del items[key]
 
     def put(self, entry: StoredResponse, item_ids: tuple[str, ...] = ()) -> bool:
         """Store ``entry`` (``item_ids``: its output items' ids, kept for ``owned_items``);
@@ -114,16 +124,18 @@ class MemoryResponseStore:
         if len(dumps(entry.items)) > self.max_conversation_bytes:
             return False
         entry.stored_at_s = self._clock()
+        self._forget_items(entry.id)  # (the same id stored again: its old items go)
         self._entries[entry.id] = entry
         self._entries.move_to_end(entry.id)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            evicted, _ = self._entries.popitem(last=False)
+            self._forget_items(evicted)
         if item_ids:
+            keys = tuple((entry.owner, item_id) for item_id in item_ids)
+            self._keys_of[entry.id] = keys
             items = self._items
-            if len(items) > 8 * self.max_entries:  # (evicted entries' ids: dropped in one pass)
-                self._items = items = {k: rid for k, rid in items.items() if rid in self._entries}
-            for item_id in item_ids:
-                items[(entry.owner, item_id)] = entry.id
+            for key in keys:
+                items[key] = entry.id
         return True
 
     def owned(self, owner: str, item_ids: list[str]) -> set[str]:
@@ -145,6 +157,7 @@ class MemoryResponseStore:
         if entry is None or entry.owner != owner:
             return False
         del self._entries[response_id]
+        self._forget_items(response_id)
         return True
 
     # the interface every store answers (the shared ones in plano_fast.responses_store)

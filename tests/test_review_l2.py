@@ -51,3 +51,32 @@ def test_managed_owner_keys_are_one_per_project_and_user() -> None:
     pairs = list(itertools.product(parts, parts))
     keys = {managed_owner(p, u) for p, u in pairs}
     assert len(keys) == len(pairs)
+
+
+def test_the_memory_stores_item_index_holds_live_responses_ids_only() -> None:
+    """The index of output item ids dropped evicted responses' ids only once it held over
+    8 x max_entries, by rebuilding the whole dict: with turns of more than 8 items (parallel
+    tool calls) it stayed over that after the rebuild, so every later ``put`` rebuilt a dict
+    of ~100k entries on the event loop (default max_entries).  Now a response's ids go with
+    it -- evicted, expired or deleted -- and the index is exactly the live responses' ids."""
+    from plano_fast.responses_state import MemoryResponseStore, StoredResponse
+
+    now = [0.0]
+    store = MemoryResponseStore(max_entries=2, ttl_s=10, clock=lambda: now[0])
+
+    def put(rid: str, owner: str = "o") -> None:
+        entry = StoredResponse(rid, owner, "m", "openai", [{"role": "user", "content": "x"}], 0.0)
+        assert store.put(entry, tuple(f"{rid}_item{i}" for i in range(10)))
+
+    for rid in ("r1", "r2", "r3"):  # r1 evicted by r3
+        put(rid)
+    assert len(store._items) == 20
+    assert store.owned("o", ["r1_item0", "r2_item0", "r3_item9"]) == {"r2_item0", "r3_item9"}
+    assert store.delete("r2", "o")
+    assert len(store._items) == 10 and store.owned("o", ["r2_item0"]) == set()
+    now[0] = 11.0  # r3 expired: read once, its ids go with it
+    assert store.owned("o", ["r3_item0"]) == set()
+    assert store._items == {}
+    put("r4")
+    put("r4")  # stored again under the same id: one set of ids
+    assert len(store._items) == 10
