@@ -221,7 +221,31 @@ class CodingError(ValueError):
     coding that never ended, past a limit of :class:`Decoder`)."""
 
 
-class DecodingScanner:
+class _DecodedUsage:
+    """What a scanner reading decoded bytes reports: its inner scanner's usage, none when
+    the decoding failed (not read whole: ``has_usage`` False, the row ``usage_missing``;
+    a hard limit charges at least its bound), the counts seen so far kept as a cut stream
+    keeps them."""
+
+    __slots__ = ()
+    _inner: Any
+    _decoder: Decoder
+
+    def result(self) -> Any:
+        usage: Any = self._inner.result()
+        if self._decoder.failed and usage.has_usage:
+            key = usage._key()
+            return type(usage)(*key[:5], False, *key[6:])
+        return usage
+
+    def raw_usage(self) -> bytes | None:
+        return None if self._decoder.failed else self._inner.raw_usage()
+
+    def usage_fields(self) -> tuple[object, ...]:
+        return (*self.result()._key(), self.raw_usage())
+
+
+class DecodingScanner(_DecodedUsage):
     """A usage scanner (``wire.UsageScanner``'s API) in front of which an answer in a
     decodable ``coding`` is decoded: what it returns to forward is the decoded body (less
     what ``inner``, the mode's own scanner, cuts out), what it reads is the decoded body.
@@ -273,21 +297,8 @@ class DecodingScanner:
         out.append(self._inner.finish())
         return b"".join(out)
 
-    def result(self) -> Any:
-        usage: Any = self._inner.result()
-        if self._decoder.failed and usage.has_usage:
-            key = usage._key()
-            return type(usage)(*key[:5], False, *key[6:])
-        return usage
 
-    def raw_usage(self) -> bytes | None:
-        return None if self._decoder.failed else self._inner.raw_usage()
-
-    def usage_fields(self) -> tuple[object, ...]:
-        return (*self.result()._key(), self.raw_usage())
-
-
-class DecodedScanner:
+class DecodedScanner(_DecodedUsage):
     """A usage scanner (``wire.UsageScanner``'s API) for an answer relayed as it is in
     ``coding``: what it is fed is forwarded unchanged; the decoded bytes are what it reads
     (nothing when the coding is not decodable: the usage stays missing).  An answer whose
@@ -314,19 +325,6 @@ class DecodedScanner:
         self._decoder.flush(self._read)
         self._inner.finish()
         return b""
-
-    def result(self) -> Any:
-        usage: Any = self._inner.result()
-        if self._decoder.failed and usage.has_usage:
-            key = usage._key()
-            return type(usage)(*key[:5], False, *key[6:])
-        return usage
-
-    def raw_usage(self) -> bytes | None:
-        return None if self._decoder.failed else self._inner.raw_usage()
-
-    def usage_fields(self) -> tuple[object, ...]:
-        return (*self.result()._key(), self.raw_usage())
 
 
 class DecodedFilter:
